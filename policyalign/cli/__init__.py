@@ -1,0 +1,61 @@
+"""The `pa` command line: a thin layer that parses options and calls one function.
+
+Each area registers its commands from its own module (`pack_cmds`, `model_cmds`,
+...). Known errors become a message on stderr and an exit code, never a
+traceback: that handling lives once, in `PaGroup.invoke`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from typer.core import TyperGroup
+
+from ..errors import PolicyAlignError
+
+
+class PaGroup(TyperGroup):
+    """Turns every `PolicyAlignError` raised by a sub-command into a message and exit code."""
+
+    def invoke(self, ctx):  # type: ignore[no-untyped-def]
+        try:
+            return super().invoke(ctx)
+        except PolicyAlignError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+app = typer.Typer(
+    cls=PaGroup,
+    help="policyalign: align an LLM directly to a natural-language safety policy pack.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def sub_app(name: str, help: str) -> typer.Typer:
+    """A command group (e.g. `pa pack push`) with the same error handling."""
+    group = typer.Typer(cls=PaGroup, help=help, no_args_is_help=True, pretty_exceptions_enable=False)
+    app.add_typer(group, name=name)
+    return group
+
+
+def _register() -> None:
+    """Import the command modules so they attach to `app`; each is optional while being built."""
+    import importlib
+
+    for module in ("pack_cmds", "model_cmds", "train_cmds", "eval_cmds", "hub_cmds", "run_cmds"):
+        try:
+            importlib.import_module(f"{__name__}.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{module}":
+                raise
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    app(args=argv if argv is not None else sys.argv[1:], prog_name="pa")

@@ -1,0 +1,73 @@
+"""Error types that carry where a problem is and how to fix it.
+
+Every error the user can cause (bad pack, bad option, missing model) is a
+`PolicyAlignError`; the CLI prints it without a traceback and exits with its
+`exit_code`. Anything else escaping is a bug in policyalign.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with an input: which file, where inside it, what, and the fix."""
+
+    file: str
+    where: str
+    message: str
+    hint: str = ""
+
+    def __str__(self) -> str:
+        place = f"{self.file}:{self.where}" if self.where else self.file
+        text = f"{place}: {self.message}"
+        return f"{text}\n    hint: {self.hint}" if self.hint else text
+
+
+class PolicyAlignError(Exception):
+    """Base class for errors caused by input, configuration or environment."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, file: str = "", where: str = "", hint: str = "") -> None:
+        self.problem = Problem(file=file, where=where, message=message, hint=hint)
+        super().__init__(str(self.problem))
+
+
+class InvalidInputError(PolicyAlignError):
+    """Input (a pack, an eval file, an option) is invalid; exit code 2."""
+
+    exit_code = 2
+
+
+class PackError(InvalidInputError):
+    """A pack failed validation. Carries every problem found, not just the first."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        if not problems:
+            raise ValueError("PackError needs at least one problem")
+        self.problems = list(problems)
+        Exception.__init__(self, self.render())
+        self.problem = self.problems[0]
+
+    def render(self) -> str:
+        count = len(self.problems)
+        head = f"{count} problem{'s' if count != 1 else ''} found:"
+        return "\n".join([head, *(f"  {p}" for p in self.problems)])
+
+
+class ResolveError(InvalidInputError):
+    """A pack or model name could not be resolved."""
+
+
+class ModelError(PolicyAlignError):
+    """A model could not be found or loaded, or cannot serve the request."""
+
+
+class HubError(PolicyAlignError):
+    """A Hub operation failed (auth, missing repo, provenance mismatch)."""
+
+
+class RunError(PolicyAlignError):
+    """A run directory is missing, inconsistent, or a stage's inputs are absent."""

@@ -1,0 +1,110 @@
+"""Atomic file writes and JSONL reading: the one place runs touch the disk.
+
+Every artifact is written to a temporary name in the same directory, flushed,
+fsynced and renamed, so a crash leaves either the old file or the new one,
+never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from .errors import InvalidInputError
+
+
+@contextmanager
+def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[Any]:
+    """Open a temporary sibling of `path`; rename it over `path` only on success."""
+    if mode not in ("w", "wb"):
+        raise ValueError("atomic_open writes only ('w' or 'wb')")
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        kwargs = {"encoding": "utf-8", "newline": "\n"} if mode == "w" else {}
+        with os.fdopen(fd, mode, **kwargs) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    with atomic_open(path, "w") as handle:
+        handle.write(text)
+
+
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    with atomic_open(path, "wb") as handle:
+        handle.write(data)
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+
+
+def write_jsonl(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) -> int:
+    """Write rows as JSON lines atomically; returns the number of rows."""
+    count = 0
+    with atomic_open(path, "w") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    p = Path(path)
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(
+            f"invalid JSON: {exc.msg}", file=str(p), where=f"line {exc.lineno}",
+            hint="fix the JSON syntax at that line",
+        ) from None
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Read a JSONL file; a malformed line is an error naming the file and line."""
+    p = Path(path)
+    rows: list[dict[str, Any]] = []
+    with p.open(encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InvalidInputError(
+                    f"malformed JSON line: {exc.msg}", file=str(p), where=f"line {lineno}",
+                    hint="each line must be one complete JSON object",
+                ) from None
+            if not isinstance(row, dict):
+                raise InvalidInputError(
+                    "each JSONL line must be a JSON object", file=str(p), where=f"line {lineno}",
+                    hint='wrap the value in an object, e.g. {"prompt": ...}',
+                )
+            rows.append(row)
+    return rows
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:  # type: BinaryIO
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,714 @@
+"""Load, validate, compose and digest policy packs.
+
+A pack directory is untrusted input. `load_pack` collects every problem it can
+find (schema, paths, sizes, templates, eval items, composition) and raises one
+`PackError` listing them all, each with file, place and a hint, so a contributor
+fixes everything in one round. A valid pack becomes an immutable `Pack` whose
+`digest` pins its exact content and that of its parents.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Mapping
+
+import yaml
+
+from .errors import PackError, Problem
+from .semver import is_semver
+from .templates import TemplateFailure, compile_template, render_template
+
+if TYPE_CHECKING:
+    from .registry import Registry
+
+MANIFEST = "pack.yaml"
+CHANGELOG = "CHANGELOG.md"
+ACTION_STRENGTH = {"comply": 0, "guide": 1, "refuse": 2}
+
+# Size bounds: packs are untrusted, and every file is read into memory.
+MAX_MANIFEST_BYTES = 512 * 1024
+MAX_POLICY_BYTES = 128 * 1024
+MAX_TEMPLATE_BYTES = 64 * 1024
+MAX_EVAL_BYTES = 8 * 1024 * 1024
+MAX_OTHER_BYTES = 2 * 1024 * 1024
+MAX_PACK_BYTES = 32 * 1024 * 1024
+MAX_PACK_FILES = 2000
+MAX_EVAL_ITEMS = 20000
+DIGEST_PREFIX = b"policyalign-pack-digest-v1\n"
+
+
+@dataclass(frozen=True)
+class Seed:
+    """A seed violating request: plain text or a conversation with tools."""
+
+    id: str
+    messages: tuple[Mapping[str, Any], ...]
+    tools: tuple[Mapping[str, Any], ...] = ()
+
+    @property
+    def text(self) -> str:
+        """The seed as the generator sees it: the user text, or the conversation as JSON."""
+        if len(self.messages) == 1 and not self.tools and self.messages[0].get("role") == "user":
+            return str(self.messages[0].get("content", ""))
+        return json.dumps({"messages": [dict(m) for m in self.messages],
+                           **({"tools": [dict(t) for t in self.tools]} if self.tools else {})},
+                          ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class Category:
+    id: str
+    title: str
+    description: str
+    action: str
+    locked: bool
+    seeds: tuple[Seed, ...]
+    origin: str  # name of the pack that defined the category
+
+
+@dataclass(frozen=True)
+class TemplateSpec:
+    id: str
+    file: str
+    description: str
+    format: str
+    source: str
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    id: str
+    category: str
+    messages: tuple[Mapping[str, Any], ...]
+    tools: tuple[Mapping[str, Any], ...]
+    expect: str
+    forbidden_tools: tuple[str, ...]
+    note: str = ""
+
+    def as_record(self) -> dict[str, Any]:
+        """A plain dict (conversation plus labels) for JSONL artifacts."""
+        record: dict[str, Any] = {"id": self.id, "category": self.category,
+                                  "messages": [dict(m) for m in self.messages], "expect": self.expect}
+        if self.tools:
+            record["tools"] = [dict(t) for t in self.tools]
+        if self.forbidden_tools:
+            record["forbidden_tools"] = list(self.forbidden_tools)
+        return record
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    name: str
+    kind: str
+    file: str
+    items: tuple[EvalItem, ...]
+
+
+@dataclass(frozen=True)
+class Pack:
+    """A validated, composed pack. Immutable: stages receive it as plain data."""
+
+    name: str
+    version: str
+    title: str
+    summary: str
+    license: str
+    root: Path
+    own_policy: str
+    policy: str
+    extends: tuple[str, ...]
+    parents: tuple["Pack", ...]
+    categories: tuple[Category, ...]
+    templates: tuple[TemplateSpec, ...]
+    synthesis: Mapping[str, Any]
+    eval_sets: tuple[EvalSet, ...]
+    training: Mapping[str, Any]
+    files_digest: str
+    digest: str
+    manifest: Mapping[str, Any] = field(repr=False, default_factory=dict)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def category(self, category_id: str) -> Category:
+        for cat in self.categories:
+            if cat.id == category_id:
+                return cat
+        raise KeyError(category_id)
+
+    def eval_set(self, name: str) -> EvalSet:
+        for eval_set in self.eval_sets:
+            if eval_set.name == name:
+                return eval_set
+        raise KeyError(name)
+
+    def eval_prompts(self) -> list[str]:
+        """Every user-visible text of every eval item (for decontamination)."""
+        return [str(m.get("content", "")) for s in self.eval_sets for i in s.items
+                for m in i.messages if m.get("role") in ("user", "tool")]
+
+    def ancestry(self) -> list["Pack"]:
+        """Parents first (depth-first, each once), then this pack."""
+        seen: dict[str, Pack] = {}
+        for parent in self.parents:
+            for pack in parent.ancestry():
+                seen.setdefault(pack.name, pack)
+        seen.setdefault(self.name, self)
+        return list(seen.values())
+
+
+def did_you_mean(word: str, options: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}?" if close else ""
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, dict):
+        return MappingProxyType({k: _freeze(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def thaw(value: Any) -> Any:
+    """Turn frozen pack data back into plain dicts and lists (for JSON and chat templates)."""
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [thaw(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------- problems
+
+
+class _Collector:
+    """Accumulates problems for one pack so validation reports all of them at once."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.problems: list[Problem] = []
+
+    def rel(self, path: Path | str) -> str:
+        path = Path(path)
+        try:
+            return str(path.relative_to(self.root.parent))
+        except ValueError:
+            return str(path)
+
+    def add(self, file: Path | str, where: str, message: str, hint: str = "") -> None:
+        name = self.rel(self.root / file) if not Path(file).is_absolute() else self.rel(file)
+        self.problems.append(Problem(file=name, where=where, message=message, hint=hint))
+
+
+# --------------------------------------------------------------------------- files and paths
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """Safe YAML without anchors/aliases: aliases allow exponential 'billion laughs' blow-ups."""
+
+    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.constructor.ConstructorError(
+                None, None, "YAML aliases (*name) are not allowed in pack manifests", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def _line_index(node: yaml.Node | None, pointer: str = "") -> dict[str, int]:
+    """Map JSON pointers to 1-based YAML line numbers, so schema errors can name a line."""
+    lines: dict[str, int] = {}
+    if node is None:
+        return lines
+    lines[pointer] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            child = f"{pointer}/{key.value}"
+            lines[child] = key.start_mark.line + 1
+            lines.update({k: v for k, v in _line_index(value, child).items() if k != child})
+    elif isinstance(node, yaml.SequenceNode):
+        for index, value in enumerate(node.value):
+            lines.update(_line_index(value, f"{pointer}/{index}"))
+    return lines
+
+
+def confined_path(root: Path, rel: str) -> Path | str:
+    """Resolve `rel` inside `root`; return an explanation string if it escapes or is unsafe."""
+    if not isinstance(rel, str) or not rel:
+        return "path must be a non-empty string"
+    if rel.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", rel):
+        return "absolute paths are not allowed"
+    if ".." in Path(rel).parts:
+        return "'..' is not allowed: paths must stay inside the pack"
+    target = root / rel
+    try:
+        resolved = target.resolve()
+    except (OSError, RuntimeError):
+        return "path cannot be resolved (symlink loop?)"
+    if not resolved.is_relative_to(root.resolve()):
+        return "path leads outside the pack (through a symlink)"
+    return target
+
+
+def _read_bounded(col: _Collector, rel: str, limit: int, where: str) -> str | None:
+    """Read a referenced pack file as UTF-8, reporting escape, absence, size and encoding problems."""
+    target = confined_path(col.root, rel)
+    if isinstance(target, str):
+        col.add(MANIFEST, where, f"{rel!r}: {target}", "use a relative path to a file inside the pack directory")
+        return None
+    if not target.is_file():
+        col.add(MANIFEST, where, f"referenced file {rel!r} does not exist", "create the file or fix the path")
+        return None
+    size = target.stat().st_size
+    if size > limit:
+        col.add(rel, "", f"file is {size} bytes, over the {limit}-byte limit", "split or shorten the file")
+        return None
+    try:
+        return target.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        col.add(rel, f"byte {exc.start}", "file is not valid UTF-8", "save the file as UTF-8")
+        return None
+
+
+def _pack_files(col: _Collector) -> list[Path]:
+    """Every regular file of the pack (hidden entries skipped), checking links and bounds."""
+    files: list[Path] = []
+    total = 0
+    root = col.root.resolve()
+    for path in sorted(col.root.rglob("*")):
+        rel = path.relative_to(col.root)
+        if any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
+            continue
+        if path.is_symlink():
+            try:
+                target = path.resolve()
+            except (OSError, RuntimeError):
+                col.add(str(rel), "", "symlink cannot be resolved", "remove the symlink")
+                continue
+            if not target.is_relative_to(root):
+                col.add(str(rel), "", f"symlink points outside the pack ({target})",
+                        "replace the symlink with a copy of the file inside the pack")
+                continue
+        if path.is_dir():
+            continue
+        if not path.is_file():
+            col.add(str(rel), "", "not a regular file", "packs may contain only regular files and directories")
+            continue
+        total += path.stat().st_size
+        files.append(path)
+    if len(files) > MAX_PACK_FILES:
+        col.add(".", "", f"pack has {len(files)} files, over the limit of {MAX_PACK_FILES}", "remove unused files")
+    if total > MAX_PACK_BYTES:
+        col.add(".", "", f"pack is {total} bytes, over the limit of {MAX_PACK_BYTES}", "shrink the eval sets")
+    return files
+
+
+def files_digest(root: Path, files: list[Path]) -> str:
+    """sha256 over sorted relative paths and content with normalised line endings."""
+    digest = hashlib.sha256(DIGEST_PREFIX)
+    for path in sorted(files, key=lambda p: p.relative_to(root).as_posix()):
+        data = path.read_bytes()
+        try:
+            data = data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n").encode("utf-8")
+        except UnicodeDecodeError:
+            pass
+        rel = path.relative_to(root).as_posix().encode("utf-8")
+        digest.update(len(rel).to_bytes(8, "big") + rel + len(data).to_bytes(8, "big") + data)
+    return digest.hexdigest()
+
+
+def compose_digest(own: str, parents: tuple[Pack, ...]) -> str:
+    digest = hashlib.sha256(DIGEST_PREFIX + own.encode())
+    for parent in parents:
+        digest.update(f"\n{parent.ref}:{parent.digest}".encode())
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def _load_manifest(col: _Collector) -> tuple[dict[str, Any] | None, dict[str, int]]:
+    path = col.root / MANIFEST
+    if not path.is_file():
+        col.add(MANIFEST, "", "pack.yaml is missing", "every pack needs a pack.yaml manifest (see `pa new`)")
+        return None, {}
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        col.add(MANIFEST, "", f"manifest is over {MAX_MANIFEST_BYTES} bytes", "move eval items to eval/*.jsonl")
+        return None, {}
+    try:
+        text = path.read_text(encoding="utf-8")
+        node = yaml.compose(text, Loader=_NoAliasLoader)
+        data = yaml.load(text, Loader=_NoAliasLoader)
+    except UnicodeDecodeError:
+        col.add(MANIFEST, "", "manifest is not valid UTF-8", "save pack.yaml as UTF-8")
+        return None, {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f"line {mark.line + 1}" if mark else ""
+        col.add(MANIFEST, where, f"invalid YAML: {getattr(exc, 'problem', None) or exc}", "fix the YAML syntax")
+        return None, {}
+    if not isinstance(data, dict):
+        col.add(MANIFEST, "", "manifest must be a YAML mapping", "start with `name: ...`, `version: ...`")
+        return None, {}
+    return data, _line_index(node)
+
+
+def _schema_problems(col: _Collector, data: dict[str, Any], lines: dict[str, int]) -> None:
+    from .schema import manifest_validator
+
+    for error in sorted(manifest_validator().iter_errors(data), key=lambda e: list(e.absolute_path)):
+        pointer = "/" + "/".join(str(p) for p in error.absolute_path)
+        where = pointer + (f" (line {lines[pointer]})" if pointer in lines else "")
+        col.add(MANIFEST, where, _schema_message(error), _schema_hint(error))
+
+
+def _schema_message(error: Any) -> str:
+    if error.validator == "additionalProperties":
+        return error.message.replace("Additional properties are not allowed", "unknown field(s)")
+    if error.validator == "required":
+        return f"missing required field {error.message.split(' ')[0]}"
+    return error.message
+
+
+def _schema_hint(error: Any) -> str:
+    if error.validator == "additionalProperties":
+        allowed = list(error.schema.get("properties", {}))
+        extra = [k for k in error.instance if k not in allowed] if isinstance(error.instance, dict) else []
+        suggestions = [did_you_mean(k, allowed) for k in extra]
+        hint = "; ".join(s for s in suggestions if s)
+        return hint or f"allowed fields: {', '.join(allowed)}"
+    if error.validator == "enum":
+        return f"use one of: {', '.join(map(str, error.validator_value))}"
+    description = error.schema.get("description") if isinstance(error.schema, dict) else None
+    return description or ""
+
+
+# --------------------------------------------------------------------------- categories and composition
+
+
+def _seed(category_id: str, index: int, raw: Any) -> Seed:
+    if isinstance(raw, str):
+        return Seed(f"{category_id}/seed-{index}", (_freeze({"role": "user", "content": raw}),))
+    return Seed(f"{category_id}/seed-{index}", _freeze(raw.get("messages", [])), _freeze(raw.get("tools", [])))
+
+
+def _own_categories(col: _Collector, data: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    cats = [c for c in data.get("categories", []) if isinstance(c, dict) and isinstance(c.get("id"), str)]
+    seen: set[str] = set()
+    for index, cat in enumerate(cats):
+        if cat["id"] in seen:
+            col.add(MANIFEST, f"/categories/{index}/id", f"duplicate category id {cat['id']!r}",
+                    "give each category a unique id")
+        seen.add(cat["id"])
+    return cats
+
+
+def _new_category(col: _Collector, index: int, raw: dict[str, Any], origin: str) -> Category | None:
+    missing = [k for k in ("title", "description", "action") if k not in raw]
+    if missing:
+        col.add(MANIFEST, f"/categories/{index}", f"new category {raw['id']!r} is missing {', '.join(missing)}",
+                "a category not inherited from a parent needs title, description and action")
+        return None
+    if raw.get("remove"):
+        col.add(MANIFEST, f"/categories/{index}/remove", f"category {raw['id']!r} is not inherited, nothing to remove",
+                "`remove: true` only drops a parent's category")
+        return None
+    seeds = tuple(_seed(raw["id"], i, s) for i, s in enumerate(raw.get("seeds", [])))
+    return Category(raw["id"], raw["title"], raw["description"], raw["action"], bool(raw.get("locked", False)),
+                    seeds, origin)
+
+
+def _override(col: _Collector, index: int, parent: Category, raw: dict[str, Any], origin: str) -> Category | None:
+    """Apply a child's category entry to an inherited one, enforcing the lock rules."""
+    where = f"/categories/{index}"
+    if parent.locked:
+        if raw.get("remove"):
+            col.add(MANIFEST, where + "/remove", f"category {parent.id!r} is locked by {parent.origin!r} and cannot be removed",
+                    "locked categories are the non-overridable global layer; delete this entry")
+            return parent
+        if "action" in raw and ACTION_STRENGTH.get(raw["action"], 0) < ACTION_STRENGTH[parent.action]:
+            col.add(MANIFEST, where + "/action",
+                    f"category {parent.id!r} is locked by {parent.origin!r} at {parent.action!r}; {raw['action']!r} weakens it",
+                    f"use {parent.action!r} or a stricter action (refuse > guide > comply)")
+            return parent
+        if raw.get("locked") is False:
+            col.add(MANIFEST, where + "/locked", f"category {parent.id!r} is locked by {parent.origin!r} and cannot be unlocked",
+                    "remove `locked: false`")
+            return parent
+    if raw.get("remove"):
+        return None
+    extra = tuple(_seed(parent.id, len(parent.seeds) + i, s) for i, s in enumerate(raw.get("seeds", [])))
+    return Category(parent.id, raw.get("title", parent.title), raw.get("description", parent.description),
+                    raw.get("action", parent.action), parent.locked or bool(raw.get("locked", False)),
+                    parent.seeds + extra, parent.origin)
+
+
+def _compose_categories(col: _Collector, parents: tuple[Pack, ...], own: list[dict[str, Any]], name: str) -> tuple[Category, ...]:
+    merged: dict[str, Category] = {}
+    for parent in parents:
+        for cat in parent.categories:
+            existing = merged.get(cat.id)
+            if existing is None or ACTION_STRENGTH[cat.action] > ACTION_STRENGTH[existing.action]:
+                merged[cat.id] = cat
+    for index, raw in enumerate(own):
+        if raw["id"] in merged:
+            result = _override(col, index, merged[raw["id"]], raw, name)
+            if result is None:
+                del merged[raw["id"]]
+            else:
+                merged[raw["id"]] = result
+        else:
+            new = _new_category(col, index, raw, name)
+            if new is not None:
+                merged[new.id] = new
+    return tuple(merged.values())
+
+
+def _resolve_parents(col: _Collector, data: dict[str, Any], registry: "Registry | None",
+                     stack: tuple[str, ...]) -> tuple[Pack, ...]:
+    specs = [s for s in data.get("extends", []) if isinstance(s, str)]
+    if not specs:
+        return ()
+    if registry is None:
+        from .registry import Registry
+
+        registry = Registry.default(extra=[col.root.parent])
+    parents: list[Pack] = []
+    for index, spec in enumerate(specs):
+        parent = _load_parent(col, registry, spec, f"/extends/{index}", stack)
+        if parent is not None:
+            parents.append(parent)
+    return tuple(parents)
+
+
+def _load_parent(col: _Collector, registry: "Registry", spec: str, where: str, stack: tuple[str, ...]) -> Pack | None:
+    from .errors import ResolveError
+
+    name = spec.split("@", 1)[0]
+    if name in stack:
+        cycle = " -> ".join([*stack, name])
+        col.add(MANIFEST, where, f"extends cycle: {cycle}", "a pack cannot (indirectly) extend itself")
+        return None
+    try:
+        path = registry.resolve_path(spec)
+    except ResolveError as exc:
+        col.add(MANIFEST, where, f"parent {spec!r} not found: {exc.problem.message}", exc.problem.hint)
+        return None
+    try:
+        return load_pack(path, registry=registry, _stack=stack)
+    except PackError as exc:
+        cycle = [p for p in exc.problems if "extends cycle" in p.message]
+        if cycle:
+            col.problems.extend(cycle)
+        else:
+            col.add(MANIFEST, where, f"parent {spec!r} is invalid ({len(exc.problems)} problems)",
+                    f"run `pa validate {path}` and fix the parent first")
+        return None
+
+
+def _compose_policy(parents: tuple[Pack, ...], title: str, ref: str, own: str) -> str:
+    sections: list[str] = []
+    seen: set[str] = set()
+    for parent in parents:
+        for pack in parent.ancestry():
+            if pack.name not in seen:
+                seen.add(pack.name)
+                sections.append(f"# {pack.title} ({pack.ref})\n\n{pack.own_policy.strip()}")
+    sections.append(f"# {title} ({ref})\n\n{own.strip()}")
+    return "\n\n".join(sections) + "\n"
+
+
+# --------------------------------------------------------------------------- templates and eval sets
+
+
+def template_variables(pack_name: str, title: str, summary: str, category: Category, n: int) -> dict[str, Any]:
+    """The only variables a synthesis template sees (plain data, no objects)."""
+    return {
+        "pack": {"name": pack_name, "title": title, "summary": summary},
+        "category": {"id": category.id, "title": category.title, "description": category.description,
+                     "action": category.action},
+        "n": n,
+        "seeds": [seed.text for seed in category.seeds],
+    }
+
+
+def _templates(col: _Collector, data: dict[str, Any], categories: tuple[Category, ...]) -> tuple[TemplateSpec, ...]:
+    specs: list[TemplateSpec] = []
+    synthesis = data.get("synthesis") if isinstance(data.get("synthesis"), dict) else {}
+    entries = [t for t in synthesis.get("templates", []) if isinstance(t, dict)]
+    seen: set[str] = set()
+    n = synthesis.get("count_per_category", 20)
+    for index, entry in enumerate(entries):
+        if entry.get("id") in seen:
+            col.add(MANIFEST, f"/synthesis/templates/{index}/id", f"duplicate template id {entry.get('id')!r}",
+                    "give each template a unique id")
+        seen.add(entry.get("id"))
+        source = _read_bounded(col, entry.get("file", ""), MAX_TEMPLATE_BYTES, f"/synthesis/templates/{index}/file")
+        if source is None:
+            continue
+        if _check_template(col, entry["file"], source, data, categories, n if isinstance(n, int) else 20):
+            specs.append(TemplateSpec(entry.get("id", ""), entry["file"], entry.get("description", ""),
+                                      entry.get("format", "list"), source))
+    return tuple(specs)
+
+
+def _check_template(col: _Collector, file: str, source: str, data: dict[str, Any],
+                    categories: tuple[Category, ...], n: int) -> bool:
+    try:
+        template = compile_template(source)
+    except TemplateFailure as exc:
+        col.add(file, f"line {exc.line}" if exc.line else "", exc.message, exc.hint)
+        return False
+    for cat in categories:
+        variables = template_variables(str(data.get("name")), str(data.get("title")), str(data.get("summary")), cat, n)
+        try:
+            render_template(template, variables)
+        except TemplateFailure as exc:
+            where = (f"line {exc.line}, " if exc.line else "") + f"category {cat.id!r}"
+            col.add(file, where, exc.message, exc.hint)
+            return False
+    return True
+
+
+def _eval_sets(col: _Collector, data: dict[str, Any], categories: tuple[Category, ...]) -> tuple[EvalSet, ...]:
+    known = [c.id for c in categories]
+    seen_ids: dict[str, str] = {}
+    sets: list[EvalSet] = []
+    names: set[str] = set()
+    for index, entry in enumerate(e for e in data.get("eval", []) if isinstance(e, dict)):
+        if entry.get("name") in names:
+            col.add(MANIFEST, f"/eval/{index}/name", f"duplicate eval set name {entry.get('name')!r}", "rename one")
+        names.add(entry.get("name"))
+        text = _read_bounded(col, entry.get("file", ""), MAX_EVAL_BYTES, f"/eval/{index}/file")
+        if text is None:
+            continue
+        items = _eval_items(col, entry["file"], text, known, seen_ids)
+        sets.append(EvalSet(str(entry.get("name")), str(entry.get("kind")), entry["file"], tuple(items)))
+    return tuple(sets)
+
+
+def _eval_items(col: _Collector, file: str, text: str, known: list[str], seen_ids: dict[str, str]) -> list[EvalItem]:
+    from .schema import eval_item_validator
+
+    validator = eval_item_validator()
+    items: list[EvalItem] = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        if len(items) >= MAX_EVAL_ITEMS:
+            col.add(file, f"line {lineno}", f"more than {MAX_EVAL_ITEMS} items", "split the eval set")
+            break
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as exc:
+            col.add(file, f"line {lineno}", f"malformed JSON: {exc.msg} (column {exc.colno})",
+                    "each line must be one complete JSON object")
+            continue
+        item = _eval_item(col, file, lineno, raw, validator, known, seen_ids)
+        if item is not None:
+            items.append(item)
+    return items
+
+
+def _eval_item(col: _Collector, file: str, lineno: int, raw: Any, validator: Any, known: list[str],
+               seen_ids: dict[str, str]) -> EvalItem | None:
+    errors = list(validator.iter_errors(raw))
+    for error in errors:
+        pointer = "/" + "/".join(str(p) for p in error.absolute_path)
+        message = ("needs exactly one of 'prompt' or 'messages'" if error.validator == "oneOf"
+                   else _schema_message(error))
+        col.add(file, f"line {lineno} {pointer}", message, _schema_hint(error))
+    if errors:
+        return None
+    where = f"line {lineno}"
+    if raw["id"] in seen_ids:
+        col.add(file, where + " /id", f"duplicate eval item id {raw['id']!r} (first in {seen_ids[raw['id']]})",
+                "eval item ids must be unique across the pack")
+    seen_ids.setdefault(raw["id"], f"{file} line {lineno}")
+    if raw["category"] not in known:
+        col.add(file, where + " /category", f"unknown category {raw['category']!r}",
+                did_you_mean(raw["category"], known) or f"known categories: {', '.join(known)}")
+        return None
+    messages = raw.get("messages") or [{"role": "user", "content": raw["prompt"]}]
+    return EvalItem(raw["id"], raw["category"], _freeze(messages), _freeze(raw.get("tools", [])), raw["expect"],
+                    tuple(raw.get("forbidden_tools", [])), raw.get("note", ""))
+
+
+def _check_changelog(col: _Collector, version: str) -> None:
+    path = col.root / CHANGELOG
+    if not path.is_file():
+        col.add(CHANGELOG, "", "CHANGELOG.md is missing", f"add CHANGELOG.md with a `## {version}` entry")
+        return
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if not re.search(rf"^#+\s*\[?v?{re.escape(version)}\]?(\s|$)", text, re.MULTILINE):
+        col.add(CHANGELOG, "", f"no entry for version {version}",
+                f"add a heading `## {version}` describing what changed")
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def load_pack(path: str | Path, *, registry: "Registry | None" = None, _stack: tuple[str, ...] = ()) -> Pack:
+    """Load and validate the pack at `path`, composing its parents through `registry`.
+
+    Raises PackError with every problem found. Parents are resolved with `registry`
+    (default: the standard search path plus the pack's own parent directory).
+    """
+    root = Path(path)
+    col = _Collector(root)
+    if not root.is_dir():
+        col.add(root.resolve(), "", "pack directory does not exist", "pass the path of a directory holding pack.yaml")
+        raise PackError(col.problems)
+    if registry is not None:
+        cached = registry.cached(root)
+        if cached is not None:
+            return cached
+    data, lines = _load_manifest(col)
+    if data is None:
+        raise PackError(col.problems)
+    pack = _build(col, data, lines, registry, _stack)
+    if col.problems or pack is None:
+        raise PackError(col.problems)
+    if registry is not None:
+        registry.remember(root, pack)
+    return pack
+
+
+def _build(col: _Collector, data: dict[str, Any], lines: dict[str, int], registry: "Registry | None",
+           stack: tuple[str, ...]) -> Pack | None:
+    _schema_problems(col, data, lines)
+    name, version = data.get("name"), data.get("version")
+    if isinstance(name, str) and name != col.root.name:
+        col.add(MANIFEST, "/name", f"name {name!r} does not match the directory name {col.root.name!r}",
+                f"rename the directory to {name!r} or set name: {col.root.name}")
+    if isinstance(version, str) and not is_semver(version):
+        col.add(MANIFEST, "/version", f"{version!r} is not a semantic version", "use MAJOR.MINOR.PATCH, e.g. 1.0.0")
+    files = _pack_files(col)
+    policy = _read_bounded(col, data.get("policy", ""), MAX_POLICY_BYTES, "/policy") if isinstance(data.get("policy"), str) else None
+    if policy is not None and not policy.strip():
+        col.add(str(data["policy"]), "", "policy text is empty", "write the policy the teacher should follow")
+    if isinstance(version, str) and is_semver(version):
+        _check_changelog(col, version)
+    parents = _resolve_parents(col, data, registry, (*stack, str(name)))
+    categories = _compose_categories(col, parents, _own_categories(col, data, str(name)), str(name))
+    templates = _templates(col, data, categories)
+    eval_sets = _eval_sets(col, data, categories)
+    if col.problems or policy is None:
+        return None
+    own_digest = files_digest(col.root, files)
+    ref = f"{name}@{version}"
+    synthesis = {k: v for k, v in data["synthesis"].items() if k != "templates"}
+    return Pack(
+        name=name, version=version, title=data["title"], summary=data["summary"], license=data["license"],
+        root=col.root, own_policy=policy, policy=_compose_policy(parents, data["title"], ref, policy),
+        extends=tuple(data.get("extends", [])), parents=parents, categories=categories, templates=templates,
+        synthesis=_freeze(synthesis), eval_sets=eval_sets, training=_freeze(data.get("training", {})),
+        files_digest=own_digest, digest=compose_digest(own_digest, parents), manifest=_freeze(data),
+    )

@@ -1,0 +1,87 @@
+"""packs/INDEX.json: the published list of packs, and the checks that keep it honest.
+
+The index records each pack's version, its own files' digest and its composed
+digest. `pa validate --all` compares the tree with it: changed files under an
+unchanged version mean a forgotten version bump; any other difference means the
+index is stale and `pa index` must be re-run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import Problem
+from .io import write_json
+
+if TYPE_CHECKING:
+    from .pack import Pack
+
+INDEX_VERSION = 1
+
+
+def index_entry(pack: "Pack") -> dict[str, Any]:
+    return {
+        "name": pack.name, "version": pack.version, "title": pack.title, "path": pack.root.name,
+        "extends": list(pack.extends), "categories": len(pack.categories),
+        "files_digest": pack.files_digest, "digest": pack.digest,
+    }
+
+
+def build_index(packs: list["Pack"]) -> dict[str, Any]:
+    entries = sorted((index_entry(p) for p in packs), key=lambda e: (e["name"], e["version"]))
+    return {"index_version": INDEX_VERSION, "packs": entries}
+
+
+def write_index(path: Path, packs: list["Pack"]) -> dict[str, Any]:
+    index = build_index(packs)
+    write_json(path, index)
+    return index
+
+
+def read_index(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return {"index_version": INDEX_VERSION, "packs": [], "corrupt": True}
+    return data if isinstance(data, dict) else {"packs": [], "corrupt": True}
+
+
+def index_problems(path: Path, packs: list["Pack"]) -> list[Problem]:
+    """Differences between the packs on disk and INDEX.json, each with its fix."""
+    rel = str(path)
+    index = read_index(path)
+    if index is None:
+        return [Problem(rel, "", "packs index is missing", "run `pa index` and commit packs/INDEX.json")]
+    if index.get("corrupt"):
+        return [Problem(rel, "", "packs index is not valid JSON", "run `pa index` to rewrite it")]
+    recorded = {(e.get("name"), e.get("version")): e for e in index.get("packs", []) if isinstance(e, dict)}
+    by_name = {e.get("name"): e for e in recorded.values()}
+    problems: list[Problem] = []
+    for pack in packs:
+        problems += _pack_vs_index(rel, pack, recorded.get((pack.name, pack.version)), by_name.get(pack.name))
+    on_disk = {(p.name, p.version) for p in packs}
+    for key in recorded:
+        if key not in on_disk:
+            problems.append(Problem(rel, f"/packs ({key[0]}@{key[1]})", "index lists a pack that is not on disk",
+                                    "run `pa index` to drop it"))
+    return problems
+
+
+def _pack_vs_index(rel: str, pack: "Pack", entry: dict[str, Any] | None, same_name: dict[str, Any] | None) -> list[Problem]:
+    where = f"/packs ({pack.ref})"
+    if entry is None:
+        message = (f"index has {pack.name}@{same_name.get('version')}, the pack is now {pack.version}"
+                   if same_name else f"{pack.ref} is not in the index")
+        return [Problem(rel, where, message, "run `pa index` and commit packs/INDEX.json")]
+    if entry.get("files_digest") != pack.files_digest:
+        return [Problem(str(pack.root / "pack.yaml"), "/version",
+                        f"content of {pack.name} changed but its version is still {pack.version}",
+                        "bump `version` in pack.yaml, add a CHANGELOG.md entry, then run `pa index`")]
+    if entry.get("digest") != pack.digest:
+        return [Problem(rel, where, f"composed digest of {pack.ref} changed (a parent pack changed)",
+                        "run `pa index` and commit packs/INDEX.json")]
+    return []

@@ -1,0 +1,141 @@
+"""Find packs on disk and resolve `name`, `name@1.2.0`, `name@^1` or a path to one.
+
+Search order: `--packs-path` / `PA_PACKS_PATH` directories, then `./packs`, then
+the user's installed packs (`pa pack pull` puts them there). Discovery reads only
+each manifest's name and version; full validation happens on load.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import yaml
+
+from .errors import ResolveError
+from .semver import Version, is_semver, parse_range
+
+if TYPE_CHECKING:
+    from .pack import Pack
+
+INDEX_FILE = "INDEX.json"
+
+
+def user_packs_dir() -> Path:
+    """Where pulled packs are installed: $PA_HOME/packs (default ~/.local/share/policyalign/packs)."""
+    home = os.environ.get("PA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share", "policyalign")
+    return Path(home) / "packs"
+
+
+def env_packs_paths() -> list[Path]:
+    raw = os.environ.get("PA_PACKS_PATH", "")
+    return [Path(p) for p in raw.split(os.pathsep) if p]
+
+
+@dataclass(frozen=True)
+class PackLocation:
+    name: str
+    version: str
+    path: Path
+
+
+def _read_header(path: Path) -> PackLocation | None:
+    """Name and version from a manifest, or None when it can't be read (validation reports why)."""
+    try:
+        data = yaml.safe_load((path / "pack.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+        return None
+    version = data.get("version")
+    return PackLocation(data["name"], version if isinstance(version, str) else "", path)
+
+
+class Registry:
+    """Packs found under a list of directories, plus a cache of loaded packs."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = [Path(p) for p in paths]
+        self._loaded: dict[Path, "Pack"] = {}
+
+    @classmethod
+    def default(cls, packs_path: list[Path] | None = None, extra: list[Path] | None = None) -> "Registry":
+        paths = [*(packs_path or []), *env_packs_paths(), Path("packs"), user_packs_dir(), *(extra or [])]
+        unique: list[Path] = []
+        for path in paths:
+            if path.resolve() not in [p.resolve() for p in unique]:
+                unique.append(path)
+        return cls(unique)
+
+    def discover(self) -> list[PackLocation]:
+        """Every directory with a pack.yaml directly under a search path, first path winning ties."""
+        found: dict[tuple[str, str], PackLocation] = {}
+        for base in self.paths:
+            if not base.is_dir():
+                continue
+            for child in sorted(base.iterdir()):
+                if child.is_dir() and (child / "pack.yaml").is_file():
+                    loc = _read_header(child)
+                    if loc is not None:
+                        found.setdefault((loc.name, loc.version), loc)
+        return sorted(found.values(), key=lambda l: (l.name, _version_key(l.version)))
+
+    def pack_dirs(self) -> list[Path]:
+        """Every directory with a pack.yaml, readable or not (for `pa validate --all`)."""
+        dirs: list[Path] = []
+        for base in self.paths:
+            if base.is_dir():
+                dirs += [c for c in sorted(base.iterdir()) if c.is_dir() and (c / "pack.yaml").is_file()]
+        return dirs
+
+    def resolve_path(self, spec: str) -> Path:
+        """Resolve a pack spec to its directory; an existing directory path is taken as is."""
+        as_path = Path(spec)
+        if as_path.is_dir() or os.sep in spec or spec.startswith("."):
+            if not (as_path / "pack.yaml").is_file():
+                raise ResolveError(f"no pack.yaml in {spec}", file=spec,
+                                   hint="pass a pack directory, or a pack name known to `pa list`")
+            return as_path
+        name, _, wanted = spec.partition("@")
+        candidates = [loc for loc in self.discover() if loc.name == name]
+        if not candidates:
+            return self._unknown(name)
+        return self._pick(spec, name, wanted, candidates).path
+
+    def _unknown(self, name: str) -> Path:
+        from .pack import did_you_mean
+
+        names = sorted({loc.name for loc in self.discover()})
+        hint = did_you_mean(name, names) or (f"known packs: {', '.join(names)}" if names else
+                                             "no packs found; run from the repository root or set --packs-path")
+        raise ResolveError(f"unknown pack {name!r}", hint=hint)
+
+    @staticmethod
+    def _pick(spec: str, name: str, wanted: str, candidates: list[PackLocation]) -> PackLocation:
+        try:
+            rng = parse_range(wanted or "*")
+        except ValueError as exc:
+            raise ResolveError(f"bad version range in {spec!r}: {exc}",
+                               hint="use e.g. name@1.2.0, name@^1, name@~1.2 or name@>=1.0,<2") from None
+        matching = [c for c in candidates if is_semver(c.version) and Version.parse(c.version) in rng]
+        if not matching:
+            have = ", ".join(c.version for c in candidates)
+            raise ResolveError(f"no version of {name!r} matches {wanted!r}", hint=f"available versions: {have}")
+        return max(matching, key=lambda c: Version.parse(c.version))
+
+    def load(self, spec: str) -> "Pack":
+        from .pack import load_pack
+
+        return load_pack(self.resolve_path(spec), registry=self)
+
+    def cached(self, root: Path) -> "Pack | None":
+        return self._loaded.get(root.resolve())
+
+    def remember(self, root: Path, pack: "Pack") -> None:
+        self._loaded[root.resolve()] = pack
+
+
+def _version_key(version: str) -> tuple:
+    return (0, Version.parse(version)) if is_semver(version) else (-1, version)

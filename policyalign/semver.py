@@ -1,0 +1,126 @@
+"""Semantic versions and the range syntax used by `extends` and `name@range`.
+
+Supported ranges: exact `1.2.3`, caret `^1`, `^1.2`, `^1.2.3`, tilde `~1.2`,
+comparators `>=1.0.0,<2` (comma = and), and `*`. Kept in-house because the
+caret/tilde forms are what pack authors write and packaging's specifiers lack them.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import total_ordering
+
+_SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?$")
+_PARTIAL = re.compile(r"^(0|[1-9]\d*)(?:\.(0|[1-9]\d*))?(?:\.(0|[1-9]\d*))?$")
+
+
+@total_ordering
+class Version:
+    """A parsed MAJOR.MINOR.PATCH[-prerelease] version (build metadata ignored)."""
+
+    def __init__(self, major: int, minor: int, patch: int, pre: str = "") -> None:
+        self.major, self.minor, self.patch, self.pre = major, minor, patch, pre
+
+    @classmethod
+    def parse(cls, text: str) -> "Version":
+        match = _SEMVER.match(text.strip())
+        if not match:
+            raise ValueError(f"not a semantic version (MAJOR.MINOR.PATCH): {text!r}")
+        major, minor, patch, pre = match.groups()
+        return cls(int(major), int(minor), int(patch), pre or "")
+
+    def _key(self) -> tuple:
+        # A prerelease sorts before its release.
+        return (self.major, self.minor, self.patch, self.pre == "", self.pre)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Version) and self._key() == other._key()
+
+    def __lt__(self, other: "Version") -> bool:
+        return self._key() < other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __str__(self) -> str:
+        return f"{self.major}.{self.minor}.{self.patch}" + (f"-{self.pre}" if self.pre else "")
+
+    __repr__ = __str__
+
+
+def is_semver(text: str) -> bool:
+    return bool(_SEMVER.match(text.strip())) if isinstance(text, str) else False
+
+
+def _partial(text: str) -> tuple[int, ...]:
+    match = _PARTIAL.match(text)
+    if not match:
+        raise ValueError(f"bad version in range: {text!r}")
+    return tuple(int(g) for g in match.groups() if g is not None)
+
+
+def _pad(parts: tuple[int, ...]) -> Version:
+    padded = list(parts) + [0] * (3 - len(parts))
+    return Version(*padded)
+
+
+def _caret(parts: tuple[int, ...]) -> tuple[Version, Version]:
+    low = _pad(parts)
+    if parts[0] > 0 or len(parts) == 1:
+        return low, Version(parts[0] + 1, 0, 0)
+    if len(parts) == 2 or parts[1] > 0:
+        return low, Version(0, parts[1] + 1, 0)
+    return low, Version(0, 0, parts[2] + 1)
+
+
+def _tilde(parts: tuple[int, ...]) -> tuple[Version, Version]:
+    low = _pad(parts)
+    if len(parts) == 1:
+        return low, Version(parts[0] + 1, 0, 0)
+    return low, Version(parts[0], parts[1] + 1, 0)
+
+
+class VersionRange:
+    """A set of versions, tested with `in`."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text.strip() or "*"
+        self._checks = self._parse(self.text)
+
+    @staticmethod
+    def _parse(text: str) -> list[tuple[str, Version]]:
+        if text == "*":
+            return []
+        checks: list[tuple[str, Version]] = []
+        for part in (p.strip() for p in text.split(",")):
+            if part.startswith("^"):
+                low, high = _caret(_partial(part[1:]))
+                checks += [(">=", low), ("<", high)]
+            elif part.startswith("~"):
+                low, high = _tilde(_partial(part[1:]))
+                checks += [(">=", low), ("<", high)]
+            elif match := re.match(r"^(>=|<=|>|<|==|=)\s*(.+)$", part):
+                op, ver = match.groups()
+                checks.append(("==" if op == "=" else op, _pad(_partial(ver)) if not is_semver(ver) else Version.parse(ver)))
+            elif is_semver(part):
+                checks.append(("==", Version.parse(part)))
+            else:
+                parts = _partial(part)  # `1` or `1.2` means that series, like npm
+                low, high = _tilde(parts) if len(parts) > 1 else _caret(parts)
+                checks += [(">=", low), ("<", high)]
+        return checks
+
+    def __contains__(self, version: Version) -> bool:
+        ops = {
+            ">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
+            "<": lambda a, b: a < b, "==": lambda a, b: a == b,
+        }
+        return all(ops[op](version, bound) for op, bound in self._checks)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def parse_range(text: str) -> VersionRange:
+    """Parse a range, raising ValueError with the offending text."""
+    return VersionRange(text)
