@@ -56,8 +56,7 @@ class Seed:
         """The seed as the generator sees it: the user text, or the conversation as JSON."""
         if len(self.messages) == 1 and not self.tools and self.messages[0].get("role") == "user":
             return str(self.messages[0].get("content", ""))
-        return json.dumps({"messages": [dict(m) for m in self.messages],
-                           **({"tools": [dict(t) for t in self.tools]} if self.tools else {})},
+        return json.dumps({"messages": thaw(self.messages), **({"tools": thaw(self.tools)} if self.tools else {})},
                           ensure_ascii=False)
 
 
@@ -94,9 +93,9 @@ class EvalItem:
     def as_record(self) -> dict[str, Any]:
         """A plain dict (conversation plus labels) for JSONL artifacts."""
         record: dict[str, Any] = {"id": self.id, "category": self.category,
-                                  "messages": [dict(m) for m in self.messages], "expect": self.expect}
+                                  "messages": thaw(self.messages), "expect": self.expect}
         if self.tools:
-            record["tools"] = [dict(t) for t in self.tools]
+            record["tools"] = thaw(self.tools)
         if self.forbidden_tools:
             record["forbidden_tools"] = list(self.forbidden_tools)
         return record
@@ -184,6 +183,17 @@ def thaw(value: Any) -> Any:
     if isinstance(value, tuple | list):
         return [thaw(v) for v in value]
     return value
+
+
+def _list(data: Any, key: str) -> list[Any]:
+    """`data[key]` if it is a list, else [] (the schema check reports the wrong type)."""
+    value = data.get(key) if isinstance(data, dict) else None
+    return value if isinstance(value, list) else []
+
+
+def _dict(data: Any, key: str) -> dict[str, Any]:
+    value = data.get(key) if isinstance(data, dict) else None
+    return value if isinstance(value, dict) else {}
 
 
 # --------------------------------------------------------------------------- problems
@@ -360,13 +370,18 @@ def _load_manifest(col: _Collector) -> tuple[dict[str, Any] | None, dict[str, in
     return data, _line_index(node)
 
 
-def _schema_problems(col: _Collector, data: dict[str, Any], lines: dict[str, int]) -> None:
+def _schema_problems(col: _Collector, data: dict[str, Any], lines: dict[str, int]) -> set[str]:
+    """Report schema violations; return the top-level sections that have any."""
     from .schema import manifest_validator
 
-    for error in sorted(manifest_validator().iter_errors(data), key=lambda e: list(e.absolute_path)):
-        pointer = "/" + "/".join(str(p) for p in error.absolute_path)
+    broken: set[str] = set()
+    for error in sorted(manifest_validator().iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path]):
+        path = [str(p) for p in error.absolute_path]
+        pointer = "/" + "/".join(path)
         where = pointer + (f" (line {lines[pointer]})" if pointer in lines else "")
         col.add(MANIFEST, where, _schema_message(error), _schema_hint(error))
+        broken.add(path[0] if path else "")
+    return broken
 
 
 def _schema_message(error: Any) -> str:
@@ -400,7 +415,7 @@ def _seed(category_id: str, index: int, raw: Any) -> Seed:
 
 
 def _own_categories(col: _Collector, data: dict[str, Any], name: str) -> list[dict[str, Any]]:
-    cats = [c for c in data.get("categories", []) if isinstance(c, dict) and isinstance(c.get("id"), str)]
+    cats = [c for c in _list(data, "categories") if isinstance(c, dict) and isinstance(c.get("id"), str)]
     seen: set[str] = set()
     for index, cat in enumerate(cats):
         if cat["id"] in seen:
@@ -420,7 +435,7 @@ def _new_category(col: _Collector, index: int, raw: dict[str, Any], origin: str)
         col.add(MANIFEST, f"/categories/{index}/remove", f"category {raw['id']!r} is not inherited, nothing to remove",
                 "`remove: true` only drops a parent's category")
         return None
-    seeds = tuple(_seed(raw["id"], i, s) for i, s in enumerate(raw.get("seeds", [])))
+    seeds = tuple(_seed(raw["id"], i, s) for i, s in enumerate(_list(raw, "seeds")))
     return Category(raw["id"], raw["title"], raw["description"], raw["action"], bool(raw.get("locked", False)),
                     seeds, origin)
 
@@ -444,7 +459,7 @@ def _override(col: _Collector, index: int, parent: Category, raw: dict[str, Any]
             return parent
     if raw.get("remove"):
         return None
-    extra = tuple(_seed(parent.id, len(parent.seeds) + i, s) for i, s in enumerate(raw.get("seeds", [])))
+    extra = tuple(_seed(parent.id, len(parent.seeds) + i, s) for i, s in enumerate(_list(raw, "seeds")))
     return Category(parent.id, raw.get("title", parent.title), raw.get("description", parent.description),
                     raw.get("action", parent.action), parent.locked or bool(raw.get("locked", False)),
                     parent.seeds + extra, parent.origin)
@@ -473,7 +488,7 @@ def _compose_categories(col: _Collector, parents: tuple[Pack, ...], own: list[di
 
 def _resolve_parents(col: _Collector, data: dict[str, Any], registry: "Registry | None",
                      stack: tuple[str, ...]) -> tuple[Pack, ...]:
-    specs = [s for s in data.get("extends", []) if isinstance(s, str)]
+    specs = [s for s in _list(data, "extends") if isinstance(s, str)]
     if not specs:
         return ()
     if registry is None:
@@ -541,8 +556,8 @@ def template_variables(pack_name: str, title: str, summary: str, category: Categ
 
 def _templates(col: _Collector, data: dict[str, Any], categories: tuple[Category, ...]) -> tuple[TemplateSpec, ...]:
     specs: list[TemplateSpec] = []
-    synthesis = data.get("synthesis") if isinstance(data.get("synthesis"), dict) else {}
-    entries = [t for t in synthesis.get("templates", []) if isinstance(t, dict)]
+    synthesis = _dict(data, "synthesis")
+    entries = [t for t in _list(synthesis, "templates") if isinstance(t, dict)]
     seen: set[str] = set()
     n = synthesis.get("count_per_category", 20)
     for index, entry in enumerate(entries):
@@ -582,7 +597,7 @@ def _eval_sets(col: _Collector, data: dict[str, Any], categories: tuple[Category
     seen_ids: dict[str, str] = {}
     sets: list[EvalSet] = []
     names: set[str] = set()
-    for index, entry in enumerate(e for e in data.get("eval", []) if isinstance(e, dict)):
+    for index, entry in enumerate(e for e in _list(data, "eval") if isinstance(e, dict)):
         if entry.get("name") in names:
             col.add(MANIFEST, f"/eval/{index}/name", f"duplicate eval set name {entry.get('name')!r}", "rename one")
         names.add(entry.get("name"))
@@ -683,7 +698,7 @@ def load_pack(path: str | Path, *, registry: "Registry | None" = None, _stack: t
 
 def _build(col: _Collector, data: dict[str, Any], lines: dict[str, int], registry: "Registry | None",
            stack: tuple[str, ...]) -> Pack | None:
-    _schema_problems(col, data, lines)
+    broken = _schema_problems(col, data, lines)
     name, version = data.get("name"), data.get("version")
     if isinstance(name, str) and name != col.root.name:
         col.add(MANIFEST, "/name", f"name {name!r} does not match the directory name {col.root.name!r}",
@@ -696,10 +711,12 @@ def _build(col: _Collector, data: dict[str, Any], lines: dict[str, int], registr
         col.add(str(data["policy"]), "", "policy text is empty", "write the policy the teacher should follow")
     if isinstance(version, str) and is_semver(version):
         _check_changelog(col, version)
-    parents = _resolve_parents(col, data, registry, (*stack, str(name)))
-    categories = _compose_categories(col, parents, _own_categories(col, data, str(name)), str(name))
-    templates = _templates(col, data, categories)
-    eval_sets = _eval_sets(col, data, categories)
+    # Deeper checks assume their section passed the schema; a broken section is reported once, above.
+    parents = _resolve_parents(col, data, registry, (*stack, str(name))) if "extends" not in broken else ()
+    categories = () if broken & {"categories", ""} else _compose_categories(
+        col, parents, _own_categories(col, data, str(name)), str(name))
+    templates = _templates(col, data, categories) if not broken & {"synthesis", "name", "title", "summary"} else ()
+    eval_sets = _eval_sets(col, data, categories) if categories and "eval" not in broken else ()
     if col.problems or policy is None:
         return None
     own_digest = files_digest(col.root, files)

@@ -46,7 +46,7 @@ def _register() -> None:
     """Import the command modules so they attach to `app`; each is optional while being built."""
     import importlib
 
-    for module in ("pack_cmds", "model_cmds", "train_cmds", "eval_cmds", "hub_cmds", "run_cmds"):
+    for module in ("pack_cmds", "model_cmds", "synth_cmds", "train_cmds", "eval_cmds", "hub_cmds", "run_cmds"):
         try:
             importlib.import_module(f"{__name__}.{module}")
         except ModuleNotFoundError as exc:

@@ -1,0 +1,34 @@
+"""Options and output helpers shared by the command modules."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+PacksPath = typer.Option(
+    None, "--packs-path", help="Extra directory to search for packs (repeatable; also PA_PACKS_PATH).",
+)
+
+
+def registry(packs_path: Optional[list[Path]] = None):  # type: ignore[no-untyped-def]
+    from ..registry import Registry
+
+    return Registry.default(packs_path=packs_path or [])
+
+
+def load(spec: str, packs_path: Optional[list[Path]] = None):  # type: ignore[no-untyped-def]
+    """Resolve and load a pack by name, name@range or path."""
+    return registry(packs_path).load(spec)
+
+
+def print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def console():  # type: ignore[no-untyped-def]
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)

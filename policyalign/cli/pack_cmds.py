@@ -1,0 +1,152 @@
+"""Registry commands: list, show, validate, new, render, index."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import app
+from .common import PacksPath, console, load, print_json, registry
+
+
+@app.command("list")
+def list_packs(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    packs_path: Optional[list[Path]] = PacksPath,
+) -> None:
+    """List the packs found on the search path."""
+    from ..errors import PackError
+    from ..pack import load_pack
+
+    reg = registry(packs_path)
+    rows = []
+    for loc in reg.discover():
+        try:
+            pack = load_pack(loc.path, registry=reg)
+        except PackError as exc:
+            rows.append({"name": loc.name, "version": loc.version, "path": str(loc.path), "valid": False,
+                         "problems": len(exc.problems)})
+            continue
+        rows.append({"name": pack.name, "version": pack.version, "title": pack.title, "path": str(loc.path),
+                     "valid": True, "categories": len(pack.categories),
+                     "eval": {s.name: len(s.items) for s in pack.eval_sets}, "digest": pack.digest})
+    if as_json:
+        print_json(rows)
+        return
+    _print_pack_table(rows)
+
+
+def _print_pack_table(rows: list[dict]) -> None:
+    from rich.table import Table
+
+    table = Table("name", "version", "title", "categories", "eval sets", "digest")
+    for row in rows:
+        if not row["valid"]:
+            table.add_row(row["name"], row["version"], f"[red]invalid ({row['problems']} problems)[/]", "", "", "")
+            continue
+        sets = ", ".join(f"{k} {v}" for k, v in row["eval"].items())
+        table.add_row(row["name"], row["version"], row["title"], str(row["categories"]), sets, row["digest"][:12])
+    console().print(table)
+
+
+@app.command()
+def show(
+    pack: str = typer.Argument(..., help="Pack name, name@range, or path."),
+    packs_path: Optional[list[Path]] = PacksPath,
+) -> None:
+    """Show a pack: summary, composed policy, and categories with actions and lock state."""
+    from rich.table import Table
+
+    p = load(pack, packs_path)
+    out = console()
+    out.print(f"[bold]{p.title}[/] ({p.ref})  digest {p.digest}")
+    out.print(p.summary)
+    if p.extends:
+        out.print(f"extends: {', '.join(p.extends)}")
+    out.rule("policy (the teacher's system message)")
+    out.print(p.policy, markup=False)
+    table = Table("category", "title", "action", "locked", "from", "seeds")
+    for cat in p.categories:
+        table.add_row(cat.id, cat.title, cat.action, "locked" if cat.locked else "", cat.origin, str(len(cat.seeds)))
+    out.print(table)
+
+
+@app.command()
+def validate(
+    paths: Optional[list[Path]] = typer.Argument(None, help="Pack directories to validate."),
+    all_packs: bool = typer.Option(False, "--all", help="Validate every pack under --dir and check packs/INDEX.json."),
+    packs_dir: Path = typer.Option(Path("packs"), "--dir", help="The packs directory for --all."),
+    packs_path: Optional[list[Path]] = PacksPath,
+) -> None:
+    """Validate packs, reporting every problem at once (exit code 2 when any is invalid)."""
+    from ..errors import InvalidInputError
+    from ..validation import validate_all, validate_paths
+
+    if not paths and not all_packs:
+        raise InvalidInputError("nothing to validate", hint="pass pack directories, or --all")
+    reg = registry([*(packs_path or []), packs_dir])
+    report = validate_all(packs_dir, reg) if all_packs else validate_paths(list(paths or []), reg)
+    if all_packs and paths:
+        extra = validate_paths(list(paths), reg)
+        report.packs += extra.packs
+        report.failures.update(extra.failures)
+    for pack in report.packs:
+        if str(pack.root) not in report.failures:
+            typer.echo(f"ok       {pack.ref:<28} {pack.root}  digest {pack.digest[:12]}")
+    for path, problems in report.failures.items():
+        typer.echo(f"INVALID  {path}: {len(problems)} problem(s)", err=True)
+        for problem in problems:
+            typer.echo(f"  {problem}", err=True)
+    for problem in report.index:
+        typer.echo(f"INDEX    {problem}", err=True)
+    if not report.ok:
+        typer.echo(f"{report.problem_count()} problem(s) found", err=True)
+        raise typer.Exit(2)
+
+
+@app.command()
+def new(
+    name: str = typer.Argument(..., help="Name of the new pack (lowercase, hyphens)."),
+    extends: Optional[str] = typer.Option(None, "--extends", help="Parent pack, e.g. general or general@^1."),
+    packs_dir: Path = typer.Option(Path("packs"), "--dir", help="Where to create the pack."),
+) -> None:
+    """Create a pack skeleton that validates as created."""
+    from ..scaffold import new_pack
+
+    root = new_pack(name, packs_dir, extends)
+    typer.echo(f"created {root}; next: edit {root}/policy.md and pack.yaml, then `pa validate {root}`")
+
+
+@app.command()
+def render(
+    pack: str = typer.Argument(..., help="Pack name, name@range, or path."),
+    category: Optional[str] = typer.Option(None, "--category", help="Only this category."),
+    template: Optional[str] = typer.Option(None, "--template", help="Only this template id."),
+    n: Optional[int] = typer.Option(None, "--n", help="Instructions requested (default: the pack's count_per_category)."),
+    packs_path: Optional[list[Path]] = PacksPath,
+) -> None:
+    """Print the synthesis prompts exactly as a generator will see them."""
+    from ..prompts import synthesis_prompts
+
+    for prompt in synthesis_prompts(load(pack, packs_path), category=category, template=template, n=n):
+        typer.echo(f"===== template {prompt.template} · category {prompt.category} =====")
+        typer.echo(prompt.text)
+
+
+@app.command()
+def index(
+    packs_dir: Path = typer.Option(Path("packs"), "--dir", help="The packs directory to index."),
+) -> None:
+    """Write packs/INDEX.json (name, version, digest of every pack)."""
+    from ..errors import PackError
+    from ..pack_index import write_index
+    from ..registry import INDEX_FILE
+    from ..validation import validate_all
+
+    report = validate_all(packs_dir, registry([packs_dir]))
+    if report.failures:
+        raise PackError([p for problems in report.failures.values() for p in problems])
+    data = write_index(packs_dir / INDEX_FILE, report.packs)
+    typer.echo(f"wrote {packs_dir / INDEX_FILE} ({len(data['packs'])} packs)")

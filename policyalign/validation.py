@@ -1,0 +1,44 @@
+"""Validate many packs at once and gather every problem, for `pa validate` and CI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import PackError, Problem
+from .pack import Pack, load_pack
+from .pack_index import index_problems
+from .registry import INDEX_FILE, Registry
+
+
+@dataclass
+class ValidationReport:
+    packs: list[Pack] = field(default_factory=list)
+    failures: dict[str, list[Problem]] = field(default_factory=dict)
+    index: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and not self.index
+
+    def problem_count(self) -> int:
+        return sum(len(p) for p in self.failures.values()) + len(self.index)
+
+
+def validate_paths(paths: list[Path], registry: Registry) -> ValidationReport:
+    report = ValidationReport()
+    for path in paths:
+        try:
+            report.packs.append(load_pack(path, registry=registry))
+        except PackError as exc:
+            report.failures[str(path)] = exc.problems
+    return report
+
+
+def validate_all(packs_dir: Path, registry: Registry) -> ValidationReport:
+    """Every pack under `packs_dir`, plus the INDEX.json consistency checks CI relies on."""
+    dirs = sorted(c for c in packs_dir.iterdir() if c.is_dir() and not c.name.startswith(".")) if packs_dir.is_dir() else []
+    report = validate_paths(dirs, registry)
+    if not report.failures:
+        report.index = index_problems(packs_dir / INDEX_FILE, report.packs)
+    return report

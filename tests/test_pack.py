@@ -1,0 +1,115 @@
+"""Loader, validation, composition and digest of packs."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from broken_packs import FAULTS, fault_ids, norm
+from policyalign.cli import app
+from policyalign.errors import PackError
+from policyalign.pack import load_pack
+from policyalign.registry import Registry
+
+
+def _load(packs: Path, name: str):
+    return load_pack(packs / name, registry=Registry([packs]))
+
+
+def test_fixture_packs_are_valid(fixture_packs: Path) -> None:
+    root = _load(fixture_packs, "root-pack")
+    assert root.ref == "root-pack@1.0.0"
+    assert [c.id for c in root.categories] == ["weapons", "scams"]
+    assert root.category("weapons").locked
+
+
+def test_child_inherits_and_composes(fixture_packs: Path) -> None:
+    child = _load(fixture_packs, "child-pack")
+    weapons = child.category("weapons")
+    assert weapons.locked and weapons.action == "refuse" and weapons.origin == "root-pack"
+    assert len(weapons.seeds) == 3, "child seeds are appended to the inherited category"
+    assert child.category("records").origin == "child-pack"
+    # The composed policy is the parent's policy, then the child's, each under a heading.
+    assert child.policy.index("# Fixture pack root-pack (root-pack@1.0.0)") < child.policy.index(
+        "# Fixture pack child-pack (child-pack@1.0.0)")
+    assert child.parents[0].ref == "root-pack@1.0.0"
+
+
+def test_child_may_strengthen_locked_category(fixture_packs: Path) -> None:
+    path = fixture_packs / "root-pack" / "pack.yaml"
+    path.write_text(path.read_text().replace("action: guide", "action: comply"))
+    child_manifest = fixture_packs / "child-pack" / "pack.yaml"
+    child_manifest.write_text(child_manifest.read_text().replace(
+        "  - id: records\n", "  - id: scams\n    action: refuse\n  - id: records\n"))
+    child = _load(fixture_packs, "child-pack")
+    assert child.category("scams").action == "refuse"
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=fault_ids())
+def test_broken_pack_reports_file_place_and_message(fixture_packs: Path, fault) -> None:
+    fault.mutate(fixture_packs / fault.pack)
+    with pytest.raises(PackError) as info:
+        _load(fixture_packs, fault.pack)
+    text = norm(str(info.value))
+    for needle in fault.expect:
+        assert needle in text, f"{needle!r} missing from:\n{text}"
+    # Through the CLI: exit code 2, the same message, no traceback.
+    result = CliRunner().invoke(app, ["validate", str(fixture_packs / fault.pack), "--packs-path", str(fixture_packs)])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert fault.expect[-1] in norm(result.output)
+
+
+def test_at_least_fifteen_distinct_faults() -> None:
+    assert len(set(fault_ids())) >= 15
+
+
+def test_all_problems_reported_at_once(fixture_packs: Path) -> None:
+    root = fixture_packs / "root-pack"
+    (root / "pack.yaml").write_text((root / "pack.yaml").read_text().replace("version: 1.0.0", "version: one"))
+    (root / "templates" / "plain.jinja").write_text("{{ nope }}\n")
+    with (root / "eval" / "harmful.jsonl").open("a") as handle:
+        handle.write("not json\n")
+    with pytest.raises(PackError) as info:
+        _load(fixture_packs, "root-pack")
+    messages = " ".join(p.message for p in info.value.problems)
+    assert "not a semantic version" in messages
+    assert "undefined variable" in messages
+    assert "malformed JSON" in messages
+
+
+def test_digest_is_stable_across_copies_and_line_endings(fixture_packs: Path, tmp_path: Path) -> None:
+    first = _load(fixture_packs, "root-pack").digest
+    other = tmp_path / "copy" / "packs"
+    shutil.copytree(fixture_packs, other)
+    policy = other / "root-pack" / "policy.md"
+    policy.write_bytes(policy.read_bytes().replace(b"\n", b"\r\n"))
+    (other / "root-pack" / ".DS_Store").write_bytes(b"junk")
+    assert _load(other, "root-pack").digest == first
+
+
+def test_digest_changes_with_content_and_with_parent(fixture_packs: Path) -> None:
+    before_root = _load(fixture_packs, "root-pack")
+    before_child = _load(fixture_packs, "child-pack")
+    policy = fixture_packs / "root-pack" / "policy.md"
+    policy.write_text(policy.read_text() + "\n2. A new rule.\n")
+    after_child = _load(fixture_packs, "child-pack")
+    assert _load(fixture_packs, "root-pack").digest != before_root.digest
+    assert after_child.files_digest == before_child.files_digest, "the child's own files did not change"
+    assert after_child.digest != before_child.digest, "the composed digest covers the parent"
+
+
+def test_pack_is_immutable(fixture_packs: Path) -> None:
+    pack = _load(fixture_packs, "root-pack")
+    with pytest.raises(Exception):
+        pack.name = "x"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        pack.training["lora_r"] = 99  # type: ignore[index]
+
+
+def test_missing_directory_is_a_pack_error(tmp_path: Path) -> None:
+    with pytest.raises(PackError, match="does not exist"):
+        load_pack(tmp_path / "nope")

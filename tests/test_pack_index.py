@@ -1,0 +1,64 @@
+"""INDEX.json and the version-bump checks `pa validate --all` runs in CI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from broken_packs import norm
+from policyalign.cli import app
+
+runner = CliRunner()
+
+
+def _validate_all(packs: Path):
+    return runner.invoke(app, ["validate", "--all", "--dir", str(packs)])
+
+
+def test_index_then_validate_all_passes(fixture_packs: Path) -> None:
+    assert runner.invoke(app, ["index", "--dir", str(fixture_packs)]).exit_code == 0
+    result = _validate_all(fixture_packs)
+    assert result.exit_code == 0, result.output
+    assert "ok       root-pack@1.0.0" in result.output
+
+
+def test_missing_index_fails(fixture_packs: Path) -> None:
+    result = _validate_all(fixture_packs)
+    assert result.exit_code == 2
+    assert "packs index is missing" in result.output
+
+
+def test_content_change_without_version_bump_fails(fixture_packs: Path) -> None:
+    runner.invoke(app, ["index", "--dir", str(fixture_packs)])
+    policy = fixture_packs / "root-pack" / "policy.md"
+    policy.write_text(policy.read_text() + "2. Another rule.\n")
+    result = _validate_all(fixture_packs)
+    assert result.exit_code == 2
+    text = norm(result.output)
+    assert "root-pack/pack.yaml" in text and "content of root-pack changed but its version is still 1.0.0" in text
+    assert "bump `version`" in text
+
+
+def test_version_bump_without_reindex_is_stale(fixture_packs: Path) -> None:
+    runner.invoke(app, ["index", "--dir", str(fixture_packs)])
+    manifest = fixture_packs / "child-pack" / "pack.yaml"
+    manifest.write_text(manifest.read_text().replace("version: 1.0.0", "version: 1.1.0"))
+    (fixture_packs / "child-pack" / "CHANGELOG.md").write_text("# Changelog\n\n## 1.1.0\n\n- Bump.\n")
+    result = _validate_all(fixture_packs)
+    assert result.exit_code == 2
+    assert "index has child-pack@1.0.0, the pack is now 1.1.0" in norm(result.output)
+    assert runner.invoke(app, ["index", "--dir", str(fixture_packs)]).exit_code == 0
+    assert _validate_all(fixture_packs).exit_code == 0
+
+
+def test_parent_change_makes_child_index_stale_without_bump(fixture_packs: Path) -> None:
+    runner.invoke(app, ["index", "--dir", str(fixture_packs)])
+    parent = fixture_packs / "root-pack"
+    (parent / "policy.md").write_text((parent / "policy.md").read_text() + "2. More.\n")
+    manifest = parent / "pack.yaml"
+    manifest.write_text(manifest.read_text().replace("version: 1.0.0", "version: 1.0.1"))
+    (parent / "CHANGELOG.md").write_text("# Changelog\n\n## 1.0.1\n\n- Rule.\n")
+    text = norm(_validate_all(fixture_packs).output)
+    assert "composed digest of child-pack@1.0.0 changed (a parent pack changed)" in text
+    assert "content of child-pack changed" not in text

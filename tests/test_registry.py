@@ -1,0 +1,54 @@
+"""Discovering packs and resolving names, versions, ranges and paths."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from policyalign.errors import ResolveError
+from policyalign.registry import Registry
+
+
+def _with_second_version(packs: Path, version: str, where: Path) -> None:
+    dest = where / "root-pack"
+    shutil.copytree(packs / "root-pack", dest)
+    manifest = dest / "pack.yaml"
+    manifest.write_text(manifest.read_text().replace("version: 1.0.0", f"version: {version}"))
+    (dest / "CHANGELOG.md").write_text(f"# Changelog\n\n## {version}\n\n- Bump.\n")
+
+
+def test_resolve_name_version_range_and_path(fixture_packs: Path, tmp_path: Path) -> None:
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    _with_second_version(fixture_packs, "1.4.0", extra)
+    reg = Registry([fixture_packs, extra])
+    assert reg.load("root-pack").version == "1.4.0", "a bare name picks the highest version"
+    assert reg.load("root-pack@1.0.0").version == "1.0.0"
+    assert reg.load("root-pack@~1.0").version == "1.0.0"
+    assert reg.load("root-pack@^1").version == "1.4.0"
+    assert reg.load(str(fixture_packs / "root-pack")).version == "1.0.0"
+
+
+def test_unknown_name_suggests(fixture_packs: Path) -> None:
+    with pytest.raises(ResolveError) as info:
+        Registry([fixture_packs]).resolve_path("child-pak")
+    assert "did you mean 'child-pack'" in str(info.value)
+
+
+def test_no_matching_version_lists_available(fixture_packs: Path) -> None:
+    with pytest.raises(ResolveError, match="available versions: 1.0.0"):
+        Registry([fixture_packs]).resolve_path("root-pack@^3")
+
+
+def test_env_packs_path(fixture_packs: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PA_PACKS_PATH", str(fixture_packs))
+    monkeypatch.setenv("PA_HOME", str(tmp_path / "home"))
+    assert {loc.name for loc in Registry.default().discover()} == {"root-pack", "child-pack"}
+
+
+def test_path_without_manifest_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ResolveError, match="no pack.yaml"):
+        Registry([]).resolve_path(str(tmp_path))
