@@ -1,0 +1,114 @@
+"""Evaluation commands: `pa eval` (a pack's eval sets, or `--compare A B`) and `pa judge`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from . import app
+from .common import PacksPath
+
+
+def _split_sets(sets: Optional[str]) -> list[str] | None:
+    names = [s.strip() for s in (sets or "").split(",") if s.strip()]
+    return names or None
+
+
+def _default_out(pack_name: str, model: str, adapter: Optional[Path], policy_in_context: bool) -> Path:
+    """pa-eval/<pack>/<model>[-adapter|-policy]: distinct runs never overwrite each other."""
+    slug = model.replace("/", "--").replace("@", "-")
+    if adapter:
+        slug += f"-{adapter.name or 'adapter'}"
+    if policy_in_context:
+        slug += "-policy"
+    return Path("pa-eval") / pack_name / slug
+
+
+def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
+    overall = summary["metrics"]["overall"]
+
+    def pct(value: Any) -> str:
+        return "–" if value is None else f"{100 * value:.1f}%"
+
+    typer.echo(f"{summary['pack']['name']}@{summary['pack']['version']} · {summary['model']}"
+               f"{' + ' + summary['adapter'] if summary.get('adapter') else ''} · judge {summary['judge']}")
+    typer.echo(f"  items {overall['n']}  violation {pct(overall['violation_rate'])}  "
+               f"over-refusal {pct(overall['over_refusal_rate'])}  refuse/guide agree "
+               f"{pct(overall['refuse_guide_agreement'])}  unparseable {overall['unparseable']}")
+    if summary.get("drift"):
+        typer.echo(f"  drift KL(base||adapted) {summary['drift']['kl']:.4g}")
+    typer.echo(f"  wrote {out_dir}/eval.json, responses.jsonl, report.md, categories.png")
+
+
+@app.command("eval")
+def eval_command(
+    pack: Optional[str] = typer.Argument(None, help="Pack name, name@range, or path (not needed with --compare)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model: tiny, an alias, a Hub id or a directory."),
+    adapter: Optional[Path] = typer.Option(None, "--adapter", help="PEFT adapter directory to evaluate."),
+    policy_in_context: bool = typer.Option(False, "--policy-in-context",
+                                           help="Put the policy in the system message (the teacher reference)."),
+    sets: Optional[str] = typer.Option(None, "--sets", help="Comma-separated eval set names (default: all)."),
+    judge: str = typer.Option("refusal", "--judge", help="refusal | guard:MODEL | llm:MODEL"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default pa-eval/PACK/MODEL)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="At most N items per eval set."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or auto."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Generation batch size."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Longest response generated."),
+    benchmark: Optional[list[str]] = typer.Option(None, "--benchmark",
+                                                  help="Also run a public benchmark (xstest, strongreject); needs `datasets`."),
+    no_drift: bool = typer.Option(False, "--no-drift", help="Skip the drift measurement with --adapter."),
+    compare: Optional[tuple[Path, Path]] = typer.Option(None, "--compare", metavar="A B",
+                                                       help="Compare two eval.json files (or their directories)."),
+    packs_path: Optional[list[Path]] = PacksPath,
+) -> None:
+    """Evaluate a model (optionally with an adapter) on a pack's eval sets, or compare two evals."""
+    from ..errors import InvalidInputError
+
+    if compare and compare[0] is not None:
+        from ..evaluate import compare as compare_evals
+
+        typer.echo(compare_evals(compare[0], compare[1]), nl=False)
+        return
+    if not pack or not model:
+        raise InvalidInputError("`pa eval` needs a PACK and --model (or --compare A B)", where="arguments",
+                                hint="e.g. pa eval general --model tiny, or pa eval --compare before/ after/")
+    from ..evaluate import evaluate, greedy_params
+    from .common import load
+
+    loaded_pack = load(pack, packs_path)
+    out_dir = out or _default_out(loaded_pack.name, model, adapter, policy_in_context)
+    result = evaluate(loaded_pack, model, adapter=adapter, policy_in_context=policy_in_context,
+                      sets=_split_sets(sets), judge=judge, params=greedy_params(max_new_tokens), out_dir=out_dir,
+                      limit=limit, device=device, batch_size=batch_size, benchmarks=benchmark or (),
+                      drift=False if no_drift else None, progress=True)
+    _print_summary(result.summary, result.out_dir)
+
+
+@app.command("judge")
+def judge_command(
+    file: Path = typer.Argument(..., help="JSONL of {prompt|messages, response[, category, expect]} rows."),
+    judge: str = typer.Option("refusal", "--judge", help="refusal | guard:MODEL | llm:MODEL"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where to write judged rows (default FILE.judged.jsonl)."),
+    pack: Optional[str] = typer.Option(None, "--pack", help="Pack whose policy the llm: judge is shown."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or auto (model judges)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Judge batch size (model judges)."),
+    packs_path: Optional[list[Path]] = PacksPath,
+) -> None:
+    """Score any JSONL of responses with a judge; prints label counts and rates."""
+    from ..evaluate import judge_file
+
+    policy = ""
+    if pack:
+        from .common import load
+
+        policy = load(pack, packs_path).policy
+    result = judge_file(file, judge, out=out, policy=policy, device=device, batch_size=batch_size)
+    overall = result.metrics["overall"]
+    labels = ", ".join(f"{k} {v}" for k, v in overall["labels"].items())
+    typer.echo(f"{overall['n']} rows judged with {judge}: {labels}")
+    for key, title in (("violation_rate", "violation rate"), ("over_refusal_rate", "over-refusal rate")):
+        if overall[key] is not None:
+            typer.echo(f"  {title}: {100 * overall[key]:.1f}%")
+    typer.echo(f"  wrote {result.out_path}")
