@@ -158,7 +158,7 @@ def select_sets(pack: "Pack", names: Sequence[str] | None) -> list["EvalSet"]:
             from .pack import did_you_mean
 
             hint = did_you_mean(name, list(available)) or f"this pack's eval sets: {', '.join(available) or 'none'}"
-            raise InvalidInputError(f"pack {pack.name!r} has no eval set {name!r}", where="--sets", hint=hint)
+            raise InvalidInputError(f"--sets: pack {pack.name!r} has no eval set {name!r}", hint=hint)
         chosen.append(available[name])
     return chosen
 
@@ -174,7 +174,7 @@ class _Task:
 
 def _tasks(sets: Sequence["EvalSet"], limit: int | None) -> list[_Task]:
     if limit is not None and limit < 1:
-        raise InvalidInputError(f"--limit must be at least 1, got {limit}", where="--limit",
+        raise InvalidInputError(f"--limit must be at least 1, got {limit}",
                                 hint="pass a positive number of items per set, or omit --limit")
     tasks = []
     for eval_set in sets:
@@ -368,7 +368,7 @@ def assert_not_eval_only(source: str | os.PathLike[str]) -> None:
         if marker in text:
             raise InvalidInputError(
                 f"{str(source)!r} is an eval-only benchmark and cannot seed synthesis",
-                where="seeds", hint="use the pack's own seed examples; benchmarks are for `pa eval --benchmark` only",
+                hint="use the pack's own seed examples; benchmarks are for `pa eval --benchmark` only",
             )
 
 
@@ -399,7 +399,7 @@ def load_benchmark(name: str, *, revision: str = "main") -> Benchmark:
     key = name.strip().lower()
     if key not in BENCHMARKS:
         close = difflib.get_close_matches(key, list(BENCHMARKS), n=1)
-        raise InvalidInputError(f"unknown benchmark {name!r}", where="--benchmark",
+        raise InvalidInputError(f"--benchmark: unknown benchmark {name!r}",
                                 hint=f"did you mean {close[0]!r}?" if close else f"known: {', '.join(BENCHMARKS)}")
     spec = BENCHMARKS[key]
     try:

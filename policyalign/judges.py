@@ -656,7 +656,6 @@ def get_judge(spec: str, *, device: str | None = None, batch_size: int = 8) -> J
         cls = GuardJudge if kind == "guard" else LLMJudge
         return cls(f"{kind}:{model.strip()}", model.strip(), device=device, batch_size=batch_size)
     raise InvalidInputError(
-        f"unknown judge {spec!r}",
-        where="--judge",
+        f"--judge: unknown judge {spec!r}",
         hint="use 'refusal', 'guard:MODEL' (e.g. guard:Qwen/Qwen3Guard-Gen-0.6B) or 'llm:MODEL'",
     )

@@ -72,7 +72,7 @@ def eval_command(
         typer.echo(compare_evals(compare[0], compare[1]), nl=False)
         return
     if not pack or not model:
-        raise InvalidInputError("`pa eval` needs a PACK and --model (or --compare A B)", where="arguments",
+        raise InvalidInputError("`pa eval` needs a PACK and --model (or --compare A B)",
                                 hint="e.g. pa eval general --model tiny, or pa eval --compare before/ after/")
     from ..evaluate import evaluate, greedy_params
     from .common import load
