@@ -1,0 +1,127 @@
+"""Student and teacher conversations, and the one place chats become text and token ids.
+
+The whole method rests on one difference: the teacher sees the policy as its system message,
+the student does not, and everything else is identical. Building both views here, and
+rendering every chat through `render_chat`, keeps that difference exact across synthesis,
+scoring, distillation and evaluation (no stage formats a prompt by hand).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import InvalidInputError, ModelError
+
+Message = dict[str, Any]
+ROLES = frozenset({"system", "user", "assistant", "tool"})
+
+
+def _copy(messages: Sequence[Message]) -> list[Message]:
+    """Shallow-copy each message so callers can edit the result without touching the record."""
+    return [dict(m) for m in messages]
+
+
+def student_messages(messages: Sequence[Message]) -> list[Message]:
+    """The student's view: the instruction's messages, unchanged (copied)."""
+    return _copy(messages)
+
+
+def teacher_messages(policy: str, messages: Sequence[Message]) -> list[Message]:
+    """The teacher's view: the policy as the one system message, then the same turns.
+
+    An instruction's own leading system message is kept, appended after the policy with a
+    blank line between, so the policy always comes first (and its prefix is shared by every
+    teacher prompt, which the scoring module's KV cache relies on).
+    """
+    policy = policy.strip()
+    if not policy:
+        raise ValueError("teacher_messages needs a non-empty policy")
+    turns = _copy(messages)
+    system = policy
+    if turns and turns[0].get("role") == "system":
+        own = str(turns.pop(0).get("content") or "").strip()
+        if own:
+            system = f"{policy}\n\n{own}"
+    return [{"role": "system", "content": system}, *turns]
+
+
+def conversation(record: dict[str, Any]) -> tuple[list[Message], list[dict[str, Any]] | None]:
+    """Normalise a record with `prompt` (shorthand) or `messages` into (messages, tools).
+
+    Raises InvalidInputError naming the record's id when neither or both are present, or a
+    message is malformed: records come from user-written files.
+    """
+    where = f"id {record['id']}" if "id" in record else ""
+    has_prompt, has_messages = "prompt" in record, "messages" in record
+    if has_prompt == has_messages:
+        raise InvalidInputError(
+            "a record needs exactly one of 'prompt' or 'messages'", where=where,
+            hint='use {"prompt": "..."} for a single user turn, or a "messages" list',
+        )
+    if has_prompt:
+        if not isinstance(record["prompt"], str):
+            raise InvalidInputError("'prompt' must be a string", where=where)
+        messages: list[Message] = [{"role": "user", "content": record["prompt"]}]
+    else:
+        messages = _validated(record["messages"], where)
+    tools = record.get("tools") or None
+    if tools is not None and not isinstance(tools, list):
+        raise InvalidInputError("'tools' must be a list of function definitions", where=where)
+    return messages, tools
+
+
+def _validated(messages: Any, where: str) -> list[Message]:
+    """Check the transformers chat shape: a non-empty list of {role, content} dicts."""
+    if not isinstance(messages, list) or not messages:
+        raise InvalidInputError("'messages' must be a non-empty list", where=where)
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            raise InvalidInputError(
+                f"message {index} needs a role among {sorted(ROLES)}", where=where,
+                hint='each message looks like {"role": "user", "content": "..."}',
+            )
+        if not isinstance(message.get("content", ""), (str, type(None))):
+            raise InvalidInputError(f"message {index}: 'content' must be a string", where=where)
+    return _copy(messages)
+
+
+def render_chat(
+    tokenizer: Any,
+    messages: Sequence[Message],
+    tools: Sequence[dict[str, Any]] | None = None,
+    add_generation_prompt: bool = True,
+) -> str:
+    """The chat as the model sees it, via the tokenizer's own chat template.
+
+    Template failures (a model whose template rejects system turns or tools, say) become a
+    `ModelError` that names the model, instead of a Jinja traceback.
+    """
+    name = getattr(tokenizer, "name_or_path", "") or "this model"
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelError(
+            f"{name} has no chat template", hint="use an instruction-tuned (chat) variant of the model",
+        )
+    try:
+        return tokenizer.apply_chat_template(
+            list(messages), tools=list(tools) if tools else None,
+            add_generation_prompt=add_generation_prompt, tokenize=False,
+        )
+    except Exception as exc:  # jinja2 TemplateError, or raise_exception() inside the template
+        if type(exc).__module__.split(".")[0] not in ("jinja2", "transformers"):
+            raise
+        raise ModelError(
+            f"the chat template of {name} rejected this conversation: {exc}",
+            hint="some templates refuse system turns, tools or non-alternating roles; try another model",
+        ) from None
+
+
+def encode_chat(
+    tokenizer: Any,
+    messages: Sequence[Message],
+    tools: Sequence[dict[str, Any]] | None = None,
+    add_generation_prompt: bool = True,
+) -> list[int]:
+    """Token ids of `render_chat(...)`; no extra BOS, since templates write their own."""
+    text = render_chat(tokenizer, messages, tools, add_generation_prompt)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])

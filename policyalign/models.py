@@ -1,0 +1,335 @@
+"""Resolve a model name to a location, and load it with the right device, dtype and tokenizer.
+
+Users name models four ways: the built-in `tiny`, a local directory, a Hub id
+(`org/name[@revision]`), or a short alias (`Qwen2.5-7B`). Every stage loads through
+`load_model`, so the same code path serves `tiny` on a CPU laptop and a 14B model on a GPU,
+and every user mistake (a typo, a missing download, a prompt longer than the context) ends
+in a `ResolveError`/`ModelError` with a fix, not a traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import ModelError, ResolveError
+
+# Short names for the chat models the method was tried on; values are Hub ids.
+MODEL_ALIASES: dict[str, str] = {
+    "Qwen2.5-0.5B": "Qwen/Qwen2.5-0.5B-Instruct",
+    "Qwen2.5-1.5B": "Qwen/Qwen2.5-1.5B-Instruct",
+    "Qwen2.5-3B": "Qwen/Qwen2.5-3B-Instruct",
+    "Qwen2.5-7B": "Qwen/Qwen2.5-7B-Instruct",
+    "Qwen2.5-14B": "Qwen/Qwen2.5-14B-Instruct",
+    "Qwen3-4B": "Qwen/Qwen3-4B",
+    "Qwen3-8B": "Qwen/Qwen3-8B",
+    "Llama-3.1-8B": "meta-llama/Llama-3.1-8B-Instruct",
+    "Mistral-7B": "mistralai/Mistral-7B-Instruct-v0.3",
+    "gemma-2-9b": "google/gemma-2-9b-it",
+}
+TINY = "tiny"
+
+_ALIAS_INDEX = {alias.lower(): alias for alias in MODEL_ALIASES}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+_DTYPES = {
+    "bf16": "bfloat16", "bfloat16": "bfloat16",
+    "fp16": "float16", "float16": "float16", "half": "float16",
+    "fp32": "float32", "float32": "float32", "float": "float32",
+}
+
+Kind = Literal["tiny", "local", "hub"]
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A resolved model: `location` is what `from_pretrained` takes (a directory or a Hub id)."""
+
+    name: str
+    kind: Kind
+    location: str
+    revision: str | None = None
+
+    def __str__(self) -> str:
+        if self.kind == "tiny":
+            return TINY
+        return f"{self.location}@{self.revision}" if self.revision else self.location
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to use: `device` like "cpu" or "cuda:0", `dtype` a torch.dtype.
+
+    `model` is None when loaded with `weights=False` (for vLLM, which loads its own copy);
+    `config` is the model's config either way.
+    """
+
+    model: Any
+    tokenizer: Any
+    ref: ModelRef
+    device: str
+    dtype: Any
+    config: Any = None
+
+
+# --------------------------------------------------------------------------- resolving
+
+
+def resolve_model(name: str) -> ModelRef:
+    """Turn what the user typed into a `ModelRef`; raises `ResolveError` with a fix if it can't.
+
+    Order matters: an existing local directory wins over a Hub id of the same shape, and a
+    path-looking name that does not exist is reported as a missing directory (not sent to
+    the Hub, where it would fail later with a confusing message).
+    """
+    text = name.strip()
+    if not text:
+        raise ResolveError("empty model name", hint=_NAME_HINT)
+    if text.lower() == TINY:
+        from .tiny import tiny_model_path
+
+        return ModelRef(name=TINY, kind="tiny", location=str(tiny_model_path()))
+    path = Path(text).expanduser()
+    if path.exists():
+        return _local_ref(text, path)
+    if _looks_like_path(text):
+        raise ResolveError(
+            f"model directory not found: {path}", file=str(path),
+            hint="check the path, or use an alias (`pa models`) or a Hub id like Qwen/Qwen2.5-7B-Instruct",
+        )
+    base, _, revision = text.partition("@")
+    if "@" in text and not revision:
+        raise ResolveError(f"empty revision in {text!r}", hint="write org/name@REVISION, or drop the '@'")
+    alias = _ALIAS_INDEX.get(base.lower())
+    if alias is not None:
+        return ModelRef(name=alias, kind="hub", location=MODEL_ALIASES[alias], revision=revision or None)
+    if _HUB_ID.match(base):
+        return ModelRef(name=base, kind="hub", location=base, revision=revision or None)
+    raise ResolveError(f"unknown model {text!r}", hint=_did_you_mean(base))
+
+
+_NAME_HINT = "use `tiny`, an alias from `pa models`, a Hub id like Qwen/Qwen2.5-7B-Instruct, or a local directory"
+
+
+def _local_ref(text: str, path: Path) -> ModelRef:
+    """A local model directory must hold config.json; say what it looks like otherwise."""
+    if not path.is_dir():
+        raise ResolveError(f"not a model directory: {path}", file=str(path), hint="pass the directory that holds config.json")
+    if not (path / "config.json").is_file():
+        hint = "pass the directory that holds config.json and the weights"
+        if (path / "adapter_config.json").is_file():
+            hint = "this is a PEFT adapter: pass its base model as the model and this directory as the adapter"
+        raise ResolveError(f"no config.json in model directory {path}", file=str(path), hint=hint)
+    return ModelRef(name=text, kind="local", location=str(path.resolve()))
+
+
+def _looks_like_path(text: str) -> bool:
+    """Names a user meant as a filesystem path rather than an alias or `org/name`."""
+    return (
+        text.startswith((".", "/", "~"))
+        or "\\" in text
+        or text.endswith("/")
+        or text.count("/") > 1
+    )
+
+
+def _did_you_mean(base: str) -> str:
+    """A "did you mean" hint from the aliases and `tiny`, else the general hint."""
+    candidates = {key: alias for key, alias in _ALIAS_INDEX.items()}
+    candidates[TINY] = TINY
+    close = difflib.get_close_matches(base.lower(), list(candidates), n=3, cutoff=0.6)
+    if close:
+        names = " or ".join(candidates[c] for c in close)
+        return f"did you mean {names}? (`pa models` lists the aliases)"
+    return _NAME_HINT
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _resolve_device(device: str | None) -> str:
+    """None/"auto" picks CUDA when present, else CPU; an explicit CUDA without a GPU is an error."""
+    import torch
+
+    wanted = (device or "auto").strip().lower()
+    if wanted == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(wanted)
+    except RuntimeError:
+        raise ModelError(f"unknown device {device!r}", hint='use "cpu", "cuda", "cuda:N" or "auto"') from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelError(f"device {device!r} requested but no CUDA GPU is available", hint='use --device cpu')
+        index = parsed.index or 0
+        if index >= torch.cuda.device_count():
+            raise ModelError(f"device {device!r} does not exist ({torch.cuda.device_count()} GPU(s) visible)")
+        return f"cuda:{index}"
+    return str(parsed)
+
+
+def _resolve_dtype(dtype: Any, device: str) -> Any:
+    """bf16 on CUDA (fp16 where bf16 is unsupported), fp32 on CPU, unless the caller says."""
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    wanted = (dtype or "auto").strip().lower()
+    if wanted == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if wanted not in _DTYPES:
+        raise ModelError(f"unknown dtype {dtype!r}", hint='use "bf16", "fp16", "fp32" or "auto"')
+    return getattr(torch, _DTYPES[wanted])
+
+
+@contextmanager
+def _load_errors(ref: ModelRef) -> Iterator[None]:
+    """Turn transformers/huggingface_hub/safetensors loading failures into a `ModelError` with a fix."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        raise _model_error(ref, exc) from None
+
+
+def _model_error(ref: ModelRef, exc: Exception) -> ModelError:
+    text = str(exc).strip()
+    detail = text.splitlines()[0] if text else type(exc).__name__
+    if ref.kind == "hub" and isinstance(exc, OSError):  # transformers wraps every Hub failure in OSError
+        lowered = text.lower()
+        if "gated" in lowered or "401" in lowered or "403" in lowered:
+            return ModelError(
+                f"{ref} is gated on the Hugging Face Hub: {detail}",
+                hint="accept its license on the Hub, then `hf auth login` (or set HF_TOKEN)",
+            )
+        return ModelError(
+            f"{ref} is not in the local Hugging Face cache and could not be downloaded: {detail}",
+            hint=(
+                f"on a machine with internet access run `hf download {ref.location}"
+                + (f" --revision {ref.revision}" if ref.revision else "")
+                + "` (`huggingface-cli download ...` with huggingface_hub < 1.0) and copy the cache"
+                " (HF_HOME) here, or pass a local directory that holds config.json"
+            ),
+        )
+    return ModelError(
+        f"could not load the model {ref}: {detail}", file=ref.location if ref.kind == "local" else "",
+        hint="check that it is a complete transformers checkpoint (config.json, weights, tokenizer) "
+        "and that there is enough memory for it",
+    )
+
+
+def load_model(
+    name_or_ref: str | ModelRef,
+    *,
+    device: str | None = None,
+    dtype: Any = None,
+    adapter: str | Path | None = None,
+    trainable: bool = False,
+    weights: bool = True,
+) -> LoadedModel:
+    """Load model and tokenizer for generation, scoring or training.
+
+    The tokenizer pads on the left (batched generation appends on the right) and always has a
+    pad token. Unless `trainable`, the model is in eval mode with gradients off, so inference
+    stages cannot accidentally build autograd graphs. `weights=False` loads only tokenizer
+    and config, for the vLLM backend, which loads the weights itself.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    ref = name_or_ref if isinstance(name_or_ref, ModelRef) else resolve_model(name_or_ref)
+    dev = _resolve_device(device)
+    torch_dtype = _resolve_dtype(dtype, dev)
+    kwargs = {"revision": ref.revision} if ref.revision else {}
+    with _load_errors(ref):
+        tokenizer = AutoTokenizer.from_pretrained(ref.location, **kwargs)
+        if not weights:
+            config = AutoConfig.from_pretrained(ref.location, **kwargs)
+            _prepare_tokenizer(tokenizer, None, ref)
+            return LoadedModel(None, tokenizer, ref, dev, torch_dtype, config)
+        model = AutoModelForCausalLM.from_pretrained(
+            ref.location, dtype=torch_dtype, device_map=dev if dev != "cpu" else None, **kwargs,
+        )
+    if dev == "cpu":
+        model = model.to(dev)
+    _prepare_tokenizer(tokenizer, model, ref)
+    if adapter is not None:
+        model = _attach_adapter(model, Path(adapter), trainable)
+    if trainable:
+        model.train()
+    else:
+        model.eval()
+        model.requires_grad_(False)
+    return LoadedModel(model=model, tokenizer=tokenizer, ref=ref, device=dev, dtype=torch_dtype, config=model.config)
+
+
+def _prepare_tokenizer(tokenizer: Any, model: Any, ref: ModelRef) -> None:
+    """Left padding, a pad token, and a chat template: what every stage assumes."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelError(
+            f"{ref} has no chat template",
+            hint="policyalign works on chat models: use the instruction-tuned variant (e.g. an -Instruct or -it model)",
+        )
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelError(f"{ref} has neither a pad nor an EOS token", hint="use a chat model with a complete tokenizer")
+        tokenizer.pad_token = tokenizer.eos_token
+    gen = getattr(model, "generation_config", None)
+    if gen is not None and gen.pad_token_id is None:
+        gen.pad_token_id = tokenizer.pad_token_id
+
+
+def _attach_adapter(model: Any, adapter: Path, trainable: bool) -> Any:
+    """Wrap the base model with a local PEFT adapter (trainable when training continues)."""
+    if not (adapter / "adapter_config.json").is_file():
+        raise ModelError(
+            f"no adapter_config.json in adapter directory {adapter}", file=str(adapter),
+            hint="pass the directory a distill run wrote (RUN_DIR/adapter) or one saved with PEFT",
+        )
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise ModelError(
+            f"could not load adapter {adapter}: {exc}", file=str(adapter),
+            hint="check that the adapter was trained for this base model",
+        ) from None
+
+
+# --------------------------------------------------------------------------- context
+
+
+def max_context(loaded: LoadedModel) -> int:
+    """Most tokens (prompt + completion) the model handles: the smaller of config and tokenizer."""
+    config = loaded.config if loaded.config is not None else loaded.model.config
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    limits = [
+        value
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+        if isinstance(value := getattr(config, key, None), int) and value > 0
+    ]
+    tokenizer_max = getattr(loaded.tokenizer, "model_max_length", None)
+    if isinstance(tokenizer_max, int) and 0 < tokenizer_max < 10_000_000:  # HF uses 1e30 for "unset"
+        limits.append(tokenizer_max)
+    if not limits:
+        raise ModelError(f"{loaded.ref} does not declare its context length", hint="set max_position_embeddings in config.json")
+    return min(limits)
+
+
+def check_fits(loaded: LoadedModel, n_tokens: int, what: str) -> None:
+    """Raise a `ModelError` when `what` (e.g. "policy + prompt") needs more than the context."""
+    limit = max_context(loaded)
+    if n_tokens > limit:
+        raise ModelError(
+            f"{what} needs {n_tokens} tokens but {loaded.ref} fits at most {limit}",
+            hint="shorten the policy or the prompts, lower max_new_tokens, or use a model with a longer context",
+        )

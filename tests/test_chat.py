@@ -1,0 +1,164 @@
+"""Student/teacher views and chat rendering (tiny's ChatML template, tools included)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from transformers import AutoTokenizer
+
+from policyalign import tiny
+from policyalign.chat import conversation, encode_chat, render_chat, student_messages, teacher_messages
+from policyalign.errors import InvalidInputError, ModelError
+
+TOOLS = [{
+    "type": "function",
+    "function": {
+        "name": "get_weather", "description": "Get weather.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}]
+AGENT_CHAT = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Weather in Paris?"},
+    {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
+    ]},
+    {"role": "tool", "content": '{"temp": 18}'},
+    {"role": "tool", "content": '{"wind": 3}'},
+    {"role": "assistant", "content": "18 degrees."},
+    {"role": "user", "content": "Thanks"},
+]
+EXPECTED_AGENT_RENDER = """<|im_start|>system
+Be brief.
+
+# Tools
+
+You may call one or more functions to assist with the user query.
+
+You are provided with function signatures within <tools></tools> XML tags:
+<tools>
+{"type": "function", "function": {"name": "get_weather", "description": "Get weather.", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+</tools>
+
+For each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:
+<tool_call>
+{"name": <function-name>, "arguments": <args-json-object>}
+</tool_call><|im_end|>
+<|im_start|>user
+Weather in Paris?<|im_end|>
+<|im_start|>assistant
+<tool_call>
+{"name": "get_weather", "arguments": {"city": "Paris"}}
+</tool_call><|im_end|>
+<|im_start|>user
+<tool_response>
+{"temp": 18}
+</tool_response>
+<tool_response>
+{"wind": 3}
+</tool_response><|im_end|>
+<|im_start|>assistant
+18 degrees.<|im_end|>
+<|im_start|>user
+Thanks<|im_end|>
+<|im_start|>assistant
+"""
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Any:
+    return AutoTokenizer.from_pretrained(tiny.tiny_model_path())
+
+
+def test_renders_system_user_assistant_tool_turns_and_tools(tokenizer: Any) -> None:
+    assert render_chat(tokenizer, AGENT_CHAT, TOOLS) == EXPECTED_AGENT_RENDER
+
+
+def test_default_system_turn_and_generation_prompt(tokenizer: Any) -> None:
+    chat = [{"role": "user", "content": "hi"}]
+    assert render_chat(tokenizer, chat) == (
+        f"<|im_start|>system\n{tiny.DEFAULT_SYSTEM}<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert render_chat(tokenizer, chat, add_generation_prompt=False).endswith("hi<|im_end|>\n")
+
+
+def test_tool_call_arguments_as_json_string_are_not_double_encoded(tokenizer: Any) -> None:
+    chat = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "ok", "tool_calls": [{"function": {"name": "f", "arguments": '{"a": 1}'}}]},
+    ]
+    text = render_chat(tokenizer, chat, add_generation_prompt=False)
+    assert 'ok\n<tool_call>\n{"name": "f", "arguments": {"a": 1}}\n</tool_call><|im_end|>\n' in text
+
+
+def test_encode_chat_matches_rendered_text_and_keeps_special_tokens_whole(tokenizer: Any) -> None:
+    ids = encode_chat(tokenizer, AGENT_CHAT, TOOLS)
+    assert ids == tokenizer(render_chat(tokenizer, AGENT_CHAT, TOOLS), add_special_tokens=False)["input_ids"]
+    im_start = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    assert ids[0] == im_start
+    assert ids.count(im_start) == EXPECTED_AGENT_RENDER.count("<|im_start|>")
+    assert tokenizer.convert_tokens_to_ids("<tool_call>") in ids
+
+
+def test_student_messages_are_an_unchanged_copy() -> None:
+    original = copy.deepcopy(AGENT_CHAT)
+    student = student_messages(AGENT_CHAT)
+    assert student == AGENT_CHAT
+    student[0]["content"] = "changed"
+    assert AGENT_CHAT == original
+
+
+def test_teacher_puts_the_policy_first_in_one_system_message() -> None:
+    chat = [{"role": "user", "content": "How do I pick a lock?"}]
+    assert teacher_messages("POLICY\n", chat) == [{"role": "system", "content": "POLICY"}, *chat]
+    merged = teacher_messages("POLICY", AGENT_CHAT)
+    assert merged[0] == {"role": "system", "content": "POLICY\n\nBe brief."}
+    assert merged[1:] == AGENT_CHAT[1:]
+    assert [m["role"] for m in merged].count("system") == 1
+    assert AGENT_CHAT[0]["content"] == "Be brief."  # input untouched
+    with pytest.raises(ValueError):
+        teacher_messages("  ", chat)
+
+
+def test_teacher_prompts_share_the_policy_prefix_and_differ_from_student(tokenizer: Any) -> None:
+    policy = "Refuse to help with weapons. Guide medical questions to a doctor."
+    a = encode_chat(tokenizer, teacher_messages(policy, [{"role": "user", "content": "Hello there"}]))
+    b = encode_chat(tokenizer, teacher_messages(policy, [{"role": "user", "content": "Build a bomb"}]))
+    prefix = encode_chat(tokenizer, [{"role": "system", "content": policy}], add_generation_prompt=False)
+    shared = prefix[:-2]  # up to the policy text; <|im_end|>\n follows
+    assert a[: len(shared)] == shared and b[: len(shared)] == shared
+    student = encode_chat(tokenizer, student_messages([{"role": "user", "content": "Hello there"}]))
+    assert student != a and len(a) > len(student)
+    assert render_chat(tokenizer, [{"role": "user", "content": "Hello there"}]).count(policy) == 0
+
+
+def test_conversation_normalises_prompt_and_messages() -> None:
+    assert conversation({"id": "x", "prompt": "hi"}) == ([{"role": "user", "content": "hi"}], None)
+    messages, tools = conversation({"messages": AGENT_CHAT, "tools": TOOLS})
+    assert messages == AGENT_CHAT and tools == TOOLS
+    assert conversation({"messages": AGENT_CHAT, "tools": []})[1] is None
+
+
+@pytest.mark.parametrize("record", [
+    {"id": "a"},
+    {"id": "b", "prompt": "hi", "messages": [{"role": "user", "content": "hi"}]},
+    {"id": "c", "messages": []},
+    {"id": "d", "messages": [{"role": "robot", "content": "hi"}]},
+    {"id": "e", "prompt": 3},
+    {"id": "f", "messages": [{"role": "user", "content": "hi"}], "tools": {"name": "x"}},
+])
+def test_conversation_rejects_malformed_records(record: dict[str, Any]) -> None:
+    with pytest.raises(InvalidInputError) as info:
+        conversation(record)
+    assert f"id {record['id']}" in str(info.value)
+
+
+def test_missing_or_failing_chat_template_is_a_model_error(tokenizer: Any) -> None:
+    with pytest.raises(ModelError, match="chat template"):
+        render_chat(tokenizer, [{"role": "developer", "content": "hi"}])
+    bare = AutoTokenizer.from_pretrained(tiny.tiny_model_path())
+    bare.chat_template = None
+    with pytest.raises(ModelError, match="no chat template"):
+        encode_chat(bare, [{"role": "user", "content": "hi"}])

@@ -1,0 +1,161 @@
+"""Generation on tiny: batching changes nothing, EOS stops, seeds reproduce, params are honoured."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import pytest
+import torch
+
+from policyalign.chat import encode_chat
+from policyalign.errors import InvalidInputError, ModelError
+from policyalign.generation import Generation, SamplingParams, get_backend, request_seed
+from policyalign.models import LoadedModel, load_model
+
+TOOLS = [{"type": "function", "function": {"name": "send_email", "description": "Send an email.",
+                                            "parameters": {"type": "object", "properties": {}}}}]
+CONVERSATIONS: list[dict[str, Any]] = [
+    {"messages": [{"role": "user", "content": "Hi"}]},
+    {"messages": [{"role": "user", "content": "Write a short poem about the sea and the city library."}]},
+    {"prompt": "How do I pick a lock?"},
+    {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 2?"}]},
+    {"messages": [{"role": "user", "content": "Email my landlord about the heater."}], "tools": TOOLS},
+    {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+                  {"role": "user", "content": "Tell me a story about a detective and a painting, please."}]},
+]
+GREEDY = SamplingParams(max_new_tokens=12, do_sample=False)
+SAMPLED = SamplingParams(max_new_tokens=12, temperature=1.0, seed=11)
+
+
+@pytest.fixture(scope="module")
+def loaded() -> LoadedModel:
+    return load_model("tiny", device="cpu")  # fp32: batched and single runs agree exactly
+
+
+def _ids(generations: list[Generation]) -> list[list[int]]:
+    return [g.token_ids for g in generations]
+
+
+def test_batched_greedy_equals_one_at_a_time(loaded: LoadedModel) -> None:
+    backend = get_backend("transformers", loaded)
+    batched = backend.generate(CONVERSATIONS, GREEDY, batch_size=len(CONVERSATIONS), progress=False)
+    single = [backend.generate([c], GREEDY, progress=False)[0] for c in CONVERSATIONS]
+    assert _ids(batched) == _ids(single)
+    assert [g.text for g in batched] == [g.text for g in single]
+    assert len({tuple(ids) for ids in _ids(batched)}) > 1  # prompts matter: not one constant output
+
+
+def test_generation_fields(loaded: LoadedModel) -> None:
+    [gen] = get_backend("transformers", loaded).generate([CONVERSATIONS[4]], GREEDY, progress=False)
+    assert gen.prompt_ids == encode_chat(loaded.tokenizer, CONVERSATIONS[4]["messages"], TOOLS)
+    assert gen.finish_reason == "length" and len(gen.token_ids) == GREEDY.max_new_tokens
+    assert gen.text == loaded.tokenizer.decode(gen.token_ids, skip_special_tokens=True)
+
+
+def test_greedy_is_plain_argmax_even_if_the_model_config_says_otherwise() -> None:
+    """The model's own generation defaults (here a repetition penalty) must not leak in."""
+    fresh = load_model("tiny", device="cpu")
+    fresh.model.generation_config.repetition_penalty = 3.0
+    prompt = encode_chat(fresh.tokenizer, [{"role": "user", "content": "Hello there, hello there"}])
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(8):
+            ids.append(int(fresh.model(torch.tensor([ids])).logits[0, -1].argmax()))
+    [gen] = get_backend("transformers", fresh).generate(
+        [{"prompt": "Hello there, hello there"}], SamplingParams(max_new_tokens=8, temperature=0.0), progress=False,
+    )
+    eos = {fresh.tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
+    expected = ids[len(prompt):]
+    cut = next((i + 1 for i, t in enumerate(expected) if t in eos), len(expected))
+    assert gen.token_ids == expected[:cut]
+
+
+def test_stops_at_eos_and_keeps_it_as_the_last_id() -> None:
+    """Make the third greedy token an EOS id: generation must stop right there."""
+    fresh = load_model("tiny", device="cpu")
+    backend = get_backend("transformers", fresh)
+    [free] = backend.generate([CONVERSATIONS[1]], GREEDY, progress=False)
+    stop_at = free.token_ids.index(free.token_ids[2]) + 1  # first occurrence of that id
+    fresh.model.generation_config.eos_token_id = [free.token_ids[2]]
+    batch = [CONVERSATIONS[1], CONVERSATIONS[0]]  # a neighbour that keeps going: padding must be cut
+    stopped, _ = backend.generate(batch, GREEDY, progress=False)
+    assert stopped.token_ids == free.token_ids[:stop_at]
+    assert stopped.finish_reason == "stop"
+    assert stopped.text == fresh.tokenizer.decode(stopped.token_ids, skip_special_tokens=True)
+
+
+def test_sampling_is_reproducible_and_independent_of_batching(loaded: LoadedModel) -> None:
+    backend = get_backend("transformers", loaded)
+    runs = [backend.generate(CONVERSATIONS, SAMPLED, batch_size=size, progress=False) for size in (1, 4, 16)]
+    assert _ids(runs[0]) == _ids(runs[1]) == _ids(runs[2])
+    other_seed = backend.generate(CONVERSATIONS, SamplingParams(max_new_tokens=12, seed=12), progress=False)
+    assert _ids(other_seed) != _ids(runs[0])
+    greedy = backend.generate(CONVERSATIONS, GREEDY, progress=False)
+    assert _ids(greedy) != _ids(runs[0])
+
+
+def test_repeated_prompts_in_one_batch_get_different_samples(loaded: LoadedModel) -> None:
+    same = [CONVERSATIONS[2]] * 4
+    out = get_backend("transformers", loaded).generate(same, SAMPLED, progress=False)
+    assert len({tuple(g.token_ids) for g in out}) == 4
+
+
+def test_tiny_top_p_or_zero_temperature_is_greedy(loaded: LoadedModel) -> None:
+    backend = get_backend("transformers", loaded)
+    greedy = _ids(backend.generate(CONVERSATIONS, GREEDY, progress=False))
+    nucleus = SamplingParams(max_new_tokens=12, top_p=1e-6, seed=5)
+    assert _ids(backend.generate(CONVERSATIONS, nucleus, progress=False)) == greedy
+    cold = SamplingParams(max_new_tokens=12, temperature=0.0, do_sample=True)
+    assert _ids(backend.generate(CONVERSATIONS, cold, progress=False)) == greedy
+
+
+def test_progress_bar_runs(loaded: LoadedModel, capsys: pytest.CaptureFixture[str]) -> None:
+    get_backend("transformers", loaded).generate(CONVERSATIONS[:2], GREEDY, batch_size=1, progress=True)
+    assert "2/2" in capsys.readouterr().err
+
+
+def test_prompt_plus_max_new_tokens_must_fit_the_context(loaded: LoadedModel) -> None:
+    with pytest.raises(ModelError, match="conversation 0"):
+        get_backend("transformers", loaded).generate(
+            CONVERSATIONS[:1], SamplingParams(max_new_tokens=9000), progress=False,
+        )
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"max_new_tokens": 0}, {"temperature": -1.0}, {"top_p": 0.0}, {"top_p": 1.5},
+])
+def test_sampling_params_are_validated(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(InvalidInputError):
+        SamplingParams(**kwargs)
+
+
+def test_request_seeds_are_stable_and_distinct() -> None:
+    assert request_seed(0, 0) == request_seed(0, 0)
+    assert len({request_seed(s, i) for s in range(3) for i in range(100)}) == 300
+
+
+def test_unknown_backend(loaded: LoadedModel) -> None:
+    with pytest.raises(InvalidInputError, match="unknown generation backend"):
+        get_backend("llamacpp", loaded)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_vllm_missing_says_how_to_install(loaded: LoadedModel) -> None:
+    with pytest.raises(ModelError) as info:
+        get_backend("vllm", loaded)
+    assert "pip install 'policyalign[vllm]'" in info.value.problem.hint
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_sampling_is_batch_independent() -> None:
+    """On CUDA the default is bf16; per-request CUDA generators keep sampling batch-independent
+    (checked in fp32, where padding cannot change the rounding)."""
+    assert load_model("tiny").dtype == torch.bfloat16
+    gpu = load_model("tiny", dtype="fp32")
+    assert gpu.device.startswith("cuda")
+    backend = get_backend("transformers", gpu)
+    a = backend.generate(CONVERSATIONS, SAMPLED, batch_size=2, progress=False)
+    b = backend.generate(CONVERSATIONS, SAMPLED, batch_size=16, progress=False)
+    assert _ids(a) == _ids(b)

@@ -1,0 +1,254 @@
+"""Model resolution, loading and context checks; `pa models`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from policyalign import tiny
+from policyalign.cli import app
+from policyalign.errors import InvalidInputError, ModelError, ResolveError
+from policyalign.models import (
+    MODEL_ALIASES, LoadedModel, ModelRef, check_fits, load_model, max_context, resolve_model,
+)
+
+
+# --------------------------------------------------------------------------- resolve
+
+
+def test_resolve_tiny_is_a_real_model_directory() -> None:
+    ref = resolve_model("TINY")
+    assert (ref.name, ref.kind, ref.revision) == ("tiny", "tiny", None)
+    assert (Path(ref.location) / "config.json").is_file()
+    assert str(ref) == "tiny"
+
+
+@pytest.mark.parametrize("name", ["Qwen2.5-7B", "qwen2.5-7b", " QWEN2.5-7B "])
+def test_aliases_are_case_insensitive(name: str) -> None:
+    assert resolve_model(name) == ModelRef("Qwen2.5-7B", "hub", "Qwen/Qwen2.5-7B-Instruct", None)
+
+
+def test_alias_table_covers_the_documented_families() -> None:
+    for alias in ("Qwen2.5-0.5B", "Qwen2.5-1.5B", "Qwen2.5-3B", "Qwen2.5-14B", "Qwen3-4B", "Qwen3-8B",
+                  "Llama-3.1-8B", "Mistral-7B", "gemma-2-9b"):
+        assert "/" in MODEL_ALIASES[alias]
+
+
+def test_hub_ids_with_and_without_revision() -> None:
+    assert resolve_model("org/model-x") == ModelRef("org/model-x", "hub", "org/model-x", None)
+    ref = resolve_model("org/model-x@v1.2")
+    assert (ref.location, ref.revision, str(ref)) == ("org/model-x", "v1.2", "org/model-x@v1.2")
+    assert resolve_model("Qwen2.5-3B@abc123").revision == "abc123"
+    with pytest.raises(ResolveError, match="empty revision"):
+        resolve_model("org/model-x@")
+
+
+def test_local_directory_needs_config_json(tmp_path: Path) -> None:
+    good = tmp_path / "model"
+    shutil.copytree(tiny.tiny_model_path(), good)
+    ref = resolve_model(str(good))
+    assert (ref.kind, ref.location) == ("local", str(good.resolve()))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ResolveError, match=f"no config.json in model directory {empty}"):
+        resolve_model(str(empty))
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    with pytest.raises(ResolveError) as info:
+        resolve_model(str(adapter))
+    assert "PEFT adapter" in info.value.problem.hint
+
+
+@pytest.mark.parametrize("name", ["./no/such/model", "/no/such/model", "~/no-such-model-dir", "a/b/c"])
+def test_missing_local_path_is_named(name: str) -> None:
+    with pytest.raises(ResolveError) as info:
+        resolve_model(name)
+    assert "model directory not found" in str(info.value)
+    assert str(Path(name).expanduser()) in str(info.value)
+    assert info.value.exit_code == 2
+
+
+@pytest.mark.parametrize(("typo", "suggestion"), [
+    ("Qwen2.5-7", "Qwen2.5-7B"), ("qwen25-7b", "Qwen2.5-7B"), ("lama-3.1-8b", "Llama-3.1-8B"), ("tinny", "tiny"),
+])
+def test_unknown_alias_suggests_the_near_miss(typo: str, suggestion: str) -> None:
+    with pytest.raises(ResolveError) as info:
+        resolve_model(typo)
+    assert f"unknown model {typo!r}" in str(info.value)
+    assert "did you mean" in info.value.problem.hint and suggestion in info.value.problem.hint
+
+
+def test_unrelated_name_gets_the_general_hint() -> None:
+    with pytest.raises(ResolveError) as info:
+        resolve_model("zzzz")
+    assert "did you mean" not in info.value.problem.hint
+    assert "pa models" in info.value.problem.hint
+
+
+# --------------------------------------------------------------------------- load
+
+
+@pytest.fixture(scope="module")
+def loaded() -> LoadedModel:
+    return load_model("tiny", device="cpu")
+
+
+def test_default_device_and_dtype() -> None:
+    default = load_model("tiny")
+    if torch.cuda.is_available():
+        assert (default.device, default.dtype) == ("cuda:0", torch.bfloat16)
+    else:
+        assert (default.device, default.dtype) == ("cpu", torch.float32)
+    assert next(default.model.parameters()).dtype == default.dtype
+
+
+def test_load_tiny_for_inference(loaded: LoadedModel) -> None:
+    assert (loaded.device, loaded.dtype) == ("cpu", torch.float32)
+    assert type(loaded.model).__name__ == "Qwen2ForCausalLM"
+    assert not loaded.model.training
+    assert not any(p.requires_grad for p in loaded.model.parameters())
+    assert loaded.tokenizer.padding_side == "left"
+    assert loaded.tokenizer.pad_token_id is not None
+    assert loaded.config is loaded.model.config
+
+
+def test_load_trainable_and_dtype_override() -> None:
+    model = load_model("tiny", device="cpu", trainable=True, dtype="bf16").model
+    assert model.training
+    assert all(p.requires_grad for p in model.parameters())
+    assert next(model.parameters()).dtype == torch.bfloat16
+
+
+def test_load_local_directory_through_the_same_path(tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny.tiny_model_path(), copy)
+    local = load_model(str(copy), device="cpu")
+    assert local.ref.kind == "local"
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        assert torch.equal(local.model(ids).logits, load_model("tiny", device="cpu").model(ids).logits)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"dtype": "fp8"}, "unknown dtype"),
+    ({"device": "tpu-ish"}, "unknown device"),
+])
+def test_bad_device_or_dtype_is_a_model_error(kwargs: dict[str, str], message: str) -> None:
+    with pytest.raises(ModelError, match=message):
+        load_model("tiny", **kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_gpu_is_a_model_error() -> None:
+    with pytest.raises(ModelError, match="no CUDA GPU"):
+        load_model("tiny", device="cuda:1")
+
+
+def test_uncached_hub_model_offline_is_a_model_error_with_a_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelError) as info:
+        load_model("policyalign-tests/not-downloaded-model@main")
+    assert "not in the local Hugging Face cache" in str(info.value)
+    hint = info.value.problem.hint
+    assert "hf download policyalign-tests/not-downloaded-model --revision main" in hint
+    assert "huggingface-cli download" in hint and "local directory" in hint
+
+
+def test_uncached_alias_offline_names_the_hub_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An alias fails like its Hub id; the CLI prints ModelError and exits 1 (no traceback)."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelError) as info:
+        load_model("Qwen2.5-0.5B")
+    assert info.value.exit_code == 1
+    assert "Qwen/Qwen2.5-0.5B-Instruct" in str(info.value)
+
+
+def test_model_without_chat_template_is_a_model_error(tmp_path: Path) -> None:
+    copy = tmp_path / "base-model"
+    shutil.copytree(tiny.tiny_model_path(), copy)
+    (copy / "chat_template.jinja").unlink()
+    with pytest.raises(ModelError) as info:
+        load_model(str(copy))
+    assert "has no chat template" in str(info.value)
+    assert "Instruct" in info.value.problem.hint
+
+
+def test_broken_local_checkpoint_is_a_model_error(tmp_path: Path) -> None:
+    copy = tmp_path / "broken"
+    shutil.copytree(tiny.tiny_model_path(), copy)
+    (copy / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ModelError, match="could not load the model"):
+        load_model(str(copy))
+
+
+def test_peft_adapter_is_applied(tmp_path: Path, loaded: LoadedModel) -> None:
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    base = load_model("tiny", device="cpu", trainable=True).model
+    torch.manual_seed(0)
+    lora = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    lora.save_pretrained(tmp_path / "adapter")
+    with_adapter = load_model("tiny", device="cpu", adapter=tmp_path / "adapter")
+    assert isinstance(with_adapter.model, PeftModel) and not with_adapter.model.training
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        assert not torch.allclose(with_adapter.model(ids).logits, loaded.model(ids).logits)
+    trainable = load_model("tiny", device="cpu", adapter=tmp_path / "adapter", trainable=True).model
+    assert any(p.requires_grad for n, p in trainable.named_parameters() if "lora_" in n)
+    with pytest.raises(ModelError, match="no adapter_config.json"):
+        load_model("tiny", device="cpu", adapter=tmp_path)
+
+
+def test_weights_false_loads_tokenizer_and_config_only() -> None:
+    light = load_model("tiny", weights=False)
+    assert light.model is None and light.config.model_type == "qwen2"
+    assert max_context(light) == tiny.MAX_POSITIONS
+
+
+# --------------------------------------------------------------------------- context
+
+
+def test_max_context_and_check_fits(loaded: LoadedModel) -> None:
+    assert max_context(loaded) == tiny.MAX_POSITIONS >= 4096
+    check_fits(loaded, tiny.MAX_POSITIONS, "policy + prompt")
+    with pytest.raises(ModelError) as info:
+        check_fits(loaded, tiny.MAX_POSITIONS + 1, "policy + prompt")
+    assert f"policy + prompt needs {tiny.MAX_POSITIONS + 1} tokens but tiny fits at most {tiny.MAX_POSITIONS}" in str(
+        info.value
+    )
+    assert "shorten the policy" in info.value.problem.hint
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_pa_models_help() -> None:
+    result = CliRunner().invoke(app, ["models", "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output and "--json" in result.output
+
+
+def test_pa_models_table_and_json() -> None:
+    table = CliRunner().invoke(app, ["models"])
+    assert table.exit_code == 0, table.output
+    for alias, hub_id in MODEL_ALIASES.items():
+        assert alias in table.output and hub_id in table.output
+    assert "tiny" in table.output and "org/name[@revision]" in table.output
+    rows = json.loads(CliRunner().invoke(app, ["models", "--json"]).output)
+    assert rows[0]["name"] == "tiny"
+    assert {r["name"]: r["model"] for r in rows[1:]} == MODEL_ALIASES
+    assert all(r["cached"] in (True, False) for r in rows[1:])
+
+
+def test_resolve_error_type_is_invalid_input() -> None:
+    assert issubclass(ResolveError, InvalidInputError)
