@@ -16,3 +16,108 @@ def fixture_packs(tmp_path: Path) -> Path:
     dest = tmp_path / "packs"
     shutil.copytree(FIXTURES / "packs", dest, symlinks=True)
     return dest
+
+
+# --------------------------------------------------------------------------- Hub tests (issue 7)
+# A loopback Hub (olah + tests/hubserver.py) for the whole session, a real PEFT adapter built
+# once, and a factory for run directories with a fabricated-but-consistent policyalign.json.
+
+HUB_TOKEN = "hf_paLEAKCANARY7q3ZtW9xK2vR5mN8"
+
+
+@pytest.fixture(scope="session")
+def hub_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """olah (read API) behind tests/hubserver.py (write + listing API), both on 127.0.0.1."""
+    from hubserver import start_hub
+
+    hub = start_hub(tmp_path_factory.mktemp("hub"), HUB_TOKEN)
+    try:
+        yield hub
+    finally:
+        hub.stop()
+
+
+@pytest.fixture(scope="session")
+def peft_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real (untrained) LoRA adapter saved by peft, on the built-in tiny model."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    try:
+        from policyalign.tiny import tiny_model_path
+
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_path())
+    except ImportError:  # tiny not landed yet: a random tiny Qwen2 does the same job here
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        base = Qwen2ForCausalLM(Qwen2Config(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                            num_attention_heads=2, num_key_value_heads=1))
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    out = tmp_path_factory.mktemp("peft") / "adapter"
+    model.save_pretrained(out)
+    return out
+
+
+def _png() -> bytes:
+    """A valid 1x1 PNG (binary, so the Hub stores it with LFS like real plots)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00\xff\x00\x00")) + chunk(b"IEND", b""))
+
+
+def _eval_json(pack, model: str, rates: dict[str, float]) -> dict:  # type: ignore[no-untyped-def]
+    """eval.json in the run contract's layout, one rate per set and per category."""
+    sets = {}
+    for eval_set in pack.eval_sets:
+        metric = "violation_rate" if eval_set.kind == "safety" else "over_refusal_rate"
+        cats = sorted({item.category for item in eval_set.items})
+        sets[eval_set.name] = {"kind": eval_set.kind, "n": len(eval_set.items), metric: rates[eval_set.kind],
+                               "per_category": {c: {metric: rates[eval_set.kind]} for c in cats}}
+    return {"model": model, "adapter": None, "pack": {"name": pack.name, "version": pack.version, "digest": pack.digest},
+            "judge": "refusal", "sets": sets}
+
+
+@pytest.fixture
+def make_run(peft_adapter: Path):  # type: ignore[no-untyped-def]
+    """make_run(dest, pack_dir, base_id=..., evals=True, **overrides) -> a run directory for `pa push`."""
+    import json as _json
+
+    def make(dest: Path, pack_dir: Path, *, base_id: str = "Qwen/Qwen2.5-0.5B-Instruct", base_name: str = "Qwen2.5-0.5B",
+             evals: bool = True, pack_overrides: dict | None = None) -> Path:
+        from policyalign.pack import load_pack
+
+        pack = load_pack(pack_dir)
+        adapter = dest / "adapter"
+        shutil.copytree(peft_adapter, adapter)
+        (adapter / "loss.png").write_bytes(_png())
+        pack_block = {"name": pack.name, "version": pack.version, "digest": pack.digest, "title": pack.title,
+                      "summary": pack.summary,
+                      "categories": [{"id": c.id, "title": c.title, "action": c.action, "locked": c.locked}
+                                     for c in pack.categories],
+                      **(pack_overrides or {})}
+        provenance = {
+            "policyalign_version": "0.1.0",
+            "pack": pack_block,
+            "base_model": {"name": base_name, "id": base_id, "revision": "0123456789abcdef"},
+            "config": {"lora_r": 4, "lora_alpha": 8, "learning_rate": 1e-4, "top_k": 256, "teacher": "base",
+                       "filter": {"keep": 0.5, "metric": "reverse_kl"}},
+            "data": {"synthesized": 40, "selected": 20, "heldout": 8},
+            "internalization": {"before": 0.91, "after": 0.12},
+            "seeds": {"synthesis": 1, "training": 2},
+        }
+        (adapter / "policyalign.json").write_text(_json.dumps(provenance, indent=2))
+        if evals:
+            for stage, rates in (("before", {"safety": 0.5, "over-refusal": 0.1}),
+                                 ("after", {"safety": 0.125, "over-refusal": 0.05})):
+                (dest / "eval" / stage).mkdir(parents=True)
+                (dest / "eval" / stage / "eval.json").write_text(_json.dumps(_eval_json(pack, base_id, rates)))
+                (dest / "eval" / stage / "categories.png").write_bytes(_png())
+            (dest / "eval" / "before_after.png").write_bytes(_png())
+        return dest
+
+    return make

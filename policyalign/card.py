@@ -1,0 +1,429 @@
+"""Model cards (and pack cards) for the Hub, rendered from templates shipped in the package.
+
+A published adapter is only useful if whoever pulls it can tell exactly which policy it was
+trained on. The card therefore carries the pack's name, version and content digest twice: as
+YAML metadata that `pa pull` verifies against `policyalign.json` (plus a sha256 of every
+uploaded file), and as prose for people. Card text comes from our own Jinja template (a plain,
+non-sandboxed environment), but every value that originates in a pack or a run artifact is
+escaped for Markdown, quoted for Python or the shell, or serialised by `yaml.safe_dump` — packs
+are untrusted input and must not be able to inject HTML, links or YAML into a card.
+
+Run artifacts read here (contract in docs/ARCHITECTURE.md): `RUN_DIR/adapter/` (PEFT files,
+`policyalign.json`, `loss.png`) is required; `RUN_DIR/eval/{before,after}/eval.json`,
+their `categories.png` and `RUN_DIR/eval/before_after.png` are optional.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from . import __version__
+from .errors import RunError
+from .io import read_json, sha256_file
+
+ADAPTER_DIR = "adapter"
+PROVENANCE_FILE = "policyalign.json"
+REQUIRED_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", PROVENANCE_FILE)
+# Optional adapter-side files worth publishing (tokenizer files let vLLM/PEFT users skip the base's).
+OPTIONAL_ADAPTER_FILES = ("loss.png", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                          "chat_template.jinja", "added_tokens.json", "vocab.json", "merges.txt")
+EVAL_STAGES = ("before", "after")
+EVAL_FILES = ("eval.json", "categories.png")
+PRIMARY_METRICS = {"safety": "violation_rate", "over-refusal": "over_refusal_rate"}
+FALLBACK_METRICS = ("violation_rate", "over_refusal_rate", "accuracy", "score")
+LOWER_IS_BETTER = {"violation_rate", "over_refusal_rate", "unparseable_rate", "forbidden_tool_call_rate"}
+DISTILL_HINT = "produced by the distill stage: run `pa apply PACK --model MODEL` (or `pa distill RUN_DIR`) first"
+# vLLM's accepted `--max-lora-rank` values.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+MODEL_CARD_TEMPLATE = "model_card.md.jinja"
+PACK_CARD_TEMPLATE = "pack_card.md.jinja"
+_UNSAFE_ID = re.compile(r"[`\x00-\x1f\x7f]")
+
+
+# --------------------------------------------------------------------------- run artifacts
+
+
+@dataclass(frozen=True)
+class RunArtifacts:
+    """What a run directory offers for publishing: provenance, evals, and files by repo path."""
+
+    run_dir: Path
+    provenance: Mapping[str, Any]
+    evals: Mapping[str, Mapping[str, Any]]
+    files: Mapping[str, Path] = field(default_factory=dict)
+
+    @property
+    def pack(self) -> Mapping[str, Any]:
+        return self.provenance["pack"]
+
+    @property
+    def base_model(self) -> Mapping[str, Any]:
+        return self.provenance["base_model"]
+
+    @property
+    def default_tag(self) -> str:
+        """The revision tag a push gets unless told otherwise: `<pack>-v<version>`."""
+        return f"{self.pack['name']}-v{self.pack['version']}"
+
+
+def load_run(run_dir: str | Path) -> RunArtifacts:
+    """Collect a run's publishable artifacts; missing required pieces are a RunError naming them."""
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise RunError("run directory not found", file=str(root),
+                       hint="pass the directory `pa apply` wrote (it holds run.json and adapter/)")
+    adapter = root / ADAPTER_DIR
+    for name in REQUIRED_ADAPTER_FILES:
+        if not (adapter / name).is_file():
+            raise RunError(f"missing {ADAPTER_DIR}/{name} in the run directory", file=str(adapter / name),
+                           hint=DISTILL_HINT)
+    provenance = read_json(adapter / PROVENANCE_FILE)
+    _check_provenance(provenance, adapter / PROVENANCE_FILE)
+    files = {name: adapter / name for name in (*REQUIRED_ADAPTER_FILES, *OPTIONAL_ADAPTER_FILES)
+             if (adapter / name).is_file()}
+    evals: dict[str, Mapping[str, Any]] = {}
+    for stage in EVAL_STAGES:
+        for name in EVAL_FILES:
+            path = root / "eval" / stage / name
+            if path.is_file():
+                files[f"eval/{stage}/{name}"] = path
+        if (root / "eval" / stage / "eval.json").is_file():
+            evals[stage] = read_json(root / "eval" / stage / "eval.json")
+    if (root / "eval" / "before_after.png").is_file():
+        files["eval/before_after.png"] = root / "eval" / "before_after.png"
+    return RunArtifacts(run_dir=root, provenance=provenance, evals=evals, files=files)
+
+
+def _check_provenance(data: Any, path: Path) -> None:
+    """policyalign.json must name the pack (name, version, digest) and the base model (id)."""
+    required = {"pack": ("name", "version", "digest"), "base_model": ("id",)}
+    if not isinstance(data, dict):
+        raise RunError("policyalign.json must be a JSON object", file=str(path), hint=DISTILL_HINT)
+    for section, keys in required.items():
+        block = data.get(section)
+        for key in keys:
+            value = block.get(key) if isinstance(block, dict) else None
+            if not isinstance(value, str) or not value:
+                raise RunError(f"policyalign.json lacks {section}.{key}", file=str(path), where=f"/{section}/{key}",
+                               hint="re-run the distill stage; it writes the pack and base model it trained on")
+    for section, key in (("pack", "name"), ("pack", "version"), ("base_model", "id")):
+        if _UNSAFE_ID.search(data[section][key]):
+            raise RunError(f"{section}.{key} contains control characters or backticks", file=str(path),
+                           where=f"/{section}/{key}", hint="names and ids must be plain text")
+
+
+def file_hashes(files: Mapping[str, Path]) -> dict[str, str]:
+    """sha256 of every file to publish, keyed by repo path; `pa pull` re-checks them."""
+    return {name: sha256_file(path) for name, path in sorted(files.items())}
+
+
+# --------------------------------------------------------------------------- escaping
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#!|~])")
+_HTML = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+
+
+def md(value: Any) -> str:
+    """Plain text for Markdown: one line, every inline Markdown/HTML-active character backslash-escaped.
+
+    Templates only place these values mid-line (table cells, after a label), so line-start
+    syntax (lists, headings) cannot be triggered; HTML becomes entities and inline syntax
+    (links, images, emphasis, code, table pipes) is neutralised with backslashes.
+    """
+    text = " ".join(str(value).split())
+    text = "".join(_HTML.get(ch, ch) for ch in text)
+    return _MD_SPECIAL.sub(r"\\\1", text)
+
+
+def py(value: Any) -> str:
+    """A Python string literal (JSON's syntax is valid Python); backticks escaped so fences hold."""
+    return json.dumps(str(value), ensure_ascii=False).replace("`", "\\u0060")
+
+
+def sh(value: Any) -> str:
+    """A single shell word."""
+    return shlex.quote(str(value))
+
+
+def pct(value: Any) -> str:
+    return "–" if value is None else f"{100 * float(value):.1f}%"
+
+
+def pp(before: Any, after: Any) -> str:
+    """Change of a rate in percentage points."""
+    if before is None or after is None:
+        return "–"
+    return f"{100 * (float(after) - float(before)):+.1f} pp"
+
+
+def _environment() -> Any:
+    from jinja2 import Environment, StrictUndefined
+
+    env = Environment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True,
+                      trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(md=md, py=py, sh=sh, pct=pct)
+    env.globals["pp"] = pp
+    return env
+
+
+def render_template(name: str, context: Mapping[str, Any]) -> str:
+    """Render one of the package's card templates (policyalign/templates/NAME)."""
+    source = resources.files("policyalign").joinpath("templates", name).read_text(encoding="utf-8")
+    return _environment().from_string(source).render(**context)
+
+
+# --------------------------------------------------------------------------- front matter
+
+
+def dump_front_matter(metadata: Mapping[str, Any]) -> str:
+    """The YAML block that opens a card; safe_dump quotes whatever the values contain."""
+    body = yaml.safe_dump(dict(metadata), sort_keys=False, allow_unicode=True, width=1000)
+    return f"---\n{body}---\n"
+
+
+def parse_card(text: str) -> tuple[dict[str, Any], str]:
+    """Split a README into (metadata, body); a card without a valid YAML block has no metadata."""
+    match = re.match(r"^---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|$)", text, flags=re.S)
+    if not match:
+        return {}, text
+    try:
+        data = yaml.safe_load(match.group(1))
+    except yaml.YAMLError:
+        return {}, text
+    return (data if isinstance(data, dict) else {}), text[match.end():]
+
+
+# --------------------------------------------------------------------------- evals
+
+
+@dataclass(frozen=True)
+class SetRow:
+    name: str
+    kind: str
+    n: Any
+    metric: str
+    before: Any
+    after: Any
+
+
+def eval_sets(summary: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Per-set metrics from an eval.json, whichever layout wrote it.
+
+    The run contract has `sets: {name: {kind, n, <rates>, per_category}}`; evaluate.py also
+    writes `sets` as a list with the numbers under `metrics.sets`. Both are read here so the
+    card does not break when one side moves first.
+    """
+    if not summary:
+        return {}
+    sets = summary.get("sets")
+    if isinstance(sets, dict):
+        return {str(k): dict(v) for k, v in sets.items() if isinstance(v, dict)}
+    metrics = summary.get("metrics")
+    nested = metrics.get("sets") if isinstance(metrics, dict) else None
+    return {str(k): dict(v) for k, v in nested.items() if isinstance(v, dict)} if isinstance(nested, dict) else {}
+
+
+def eval_categories(summary: Mapping[str, Any] | None, set_name: str) -> dict[str, dict[str, Any]]:
+    """Per-category metrics of one set (contract layout) or of all sets (evaluate.py layout)."""
+    if not summary:
+        return {}
+    per = eval_sets(summary).get(set_name, {}).get("per_category")
+    if isinstance(per, dict):
+        return {str(k): dict(v) for k, v in per.items() if isinstance(v, dict)}
+    metrics = summary.get("metrics")
+    cats = metrics.get("categories") if isinstance(metrics, dict) else None
+    return {str(k): dict(v) for k, v in cats.items() if isinstance(v, dict)} if isinstance(cats, dict) else {}
+
+
+def primary_metric(kind: str, *blocks: Mapping[str, Any]) -> str | None:
+    """The rate a set is judged by: violations for safety sets, over-refusals for benign ones."""
+    preferred = PRIMARY_METRICS.get(kind)
+    candidates = ([preferred] if preferred else []) + [m for m in FALLBACK_METRICS if m != preferred]
+    for metric in candidates:
+        if any(isinstance(b.get(metric), (int, float)) for b in blocks):
+            return metric
+    return preferred
+
+
+def set_rows(evals: Mapping[str, Mapping[str, Any]]) -> list[SetRow]:
+    before, after = eval_sets(evals.get("before")), eval_sets(evals.get("after"))
+    rows = []
+    for name in dict.fromkeys([*after, *before]):
+        b, a = before.get(name, {}), after.get(name, {})
+        kind = str(a.get("kind") or b.get("kind") or "")
+        metric = primary_metric(kind, a, b)
+        if metric is None:
+            continue
+        rows.append(SetRow(name, kind, a.get("n", b.get("n")), metric, b.get(metric), a.get(metric)))
+    return rows
+
+
+def category_rows(evals: Mapping[str, Mapping[str, Any]], row: SetRow) -> list[dict[str, Any]]:
+    before = eval_categories(evals.get("before"), row.name)
+    after = eval_categories(evals.get("after"), row.name)
+    names = list(dict.fromkeys([*after, *before]))
+    return [{"category": c, "before": before.get(c, {}).get(row.metric), "after": after.get(c, {}).get(row.metric)}
+            for c in names if before.get(c, {}).get(row.metric) is not None or after.get(c, {}).get(row.metric) is not None]
+
+
+def model_index(name: str, artifacts: RunArtifacts) -> list[dict[str, Any]]:
+    """The Hub's `model-index` block: the adapter's (after) result on each of the pack's eval sets."""
+    pack = artifacts.pack
+    results = []
+    for row in set_rows(artifacts.evals):
+        if not isinstance(row.after, (int, float)):
+            continue
+        results.append({
+            "task": {"type": "text-generation", "name": "Safety policy compliance"},
+            "dataset": {"name": f"{pack['name']}@{pack['version']} {row.name}", "type": f"policyalign/{pack['name']}",
+                        "config": str(pack["version"]), "split": row.name},
+            "metrics": [{"type": row.metric, "value": round(float(row.after), 6),
+                         "name": row.metric.replace("_", " ").capitalize()}],
+        })
+    return [{"name": name, "results": results}] if results else []
+
+
+# --------------------------------------------------------------------------- model card
+
+
+def is_hub_id(model_id: str) -> bool:
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", model_id))
+
+
+def hub_license(value: Any) -> str:
+    """A license id the Hub accepts (lowercase, e.g. `cc-by-4.0`); anything else becomes `other`."""
+    text = str(value or "").strip().lower()
+    return text if re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", text) else "other"
+
+
+def card_metadata(artifacts: RunArtifacts, repo_id: str, *, license: str | None = None) -> dict[str, Any]:
+    """YAML metadata: what the Hub indexes (tags, base model, results) and what `pa pull` verifies."""
+    pack, base = artifacts.pack, artifacts.base_model
+    metadata: dict[str, Any] = {}
+    if is_hub_id(base["id"]):
+        metadata["base_model"] = base["id"]
+    metadata.update({
+        "library_name": "peft",
+        "license": hub_license(license or base.get("license")),
+        "pipeline_tag": "text-generation",
+        "tags": ["policyalign", "safety", "lora", f"pack:{pack['name']}", f"pack-version:{pack['version']}"],
+        "policyalign": {
+            "version": str(artifacts.provenance.get("policyalign_version", __version__)),
+            "pack": {"name": pack["name"], "version": pack["version"], "digest": pack["digest"]},
+            "base_model": {k: base.get(k) for k in ("name", "id", "revision")},
+            "files": file_hashes(artifacts.files),
+        },
+    })
+    index = model_index(repo_id.split("/")[-1], artifacts)
+    if index:
+        metadata["model-index"] = index
+    return metadata
+
+
+def _flatten(data: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """Nested settings as (dotted key, display value) rows for a two-column table."""
+    if isinstance(data, Mapping):
+        rows: list[tuple[str, str]] = []
+        for key, value in data.items():
+            rows += _flatten(value, f"{prefix}.{key}" if prefix else str(key))
+        return rows
+    if isinstance(data, (list, tuple)):
+        return [(prefix, ", ".join(json.dumps(v) if isinstance(v, (dict, list)) else str(v) for v in data))]
+    return [(prefix, "null" if data is None else str(data))]
+
+
+def _lora_summary(adapter_config: Mapping[str, Any]) -> dict[str, str]:
+    """Rank, alpha and targets for the card, plus the `--max-lora-rank` vLLM needs for this rank."""
+    rank = adapter_config.get("r")
+    targets = adapter_config.get("target_modules")
+    allowed = [r for r in VLLM_LORA_RANKS if isinstance(rank, int) and r >= rank]
+    return {
+        "r": str(rank if rank is not None else "?"),
+        "alpha": str(adapter_config.get("lora_alpha", "?")),
+        "targets": ", ".join(map(str, targets)) if isinstance(targets, (list, tuple)) else str(targets or "?"),
+        "vllm_max_rank": str(allowed[0] if allowed else 16),
+    }
+
+
+def card_context(artifacts: RunArtifacts, repo_id: str, revision: str, metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """Everything the model-card template shows, as plain data."""
+    prov, pack, base = artifacts.provenance, artifacts.pack, artifacts.base_model
+    adapter_config = read_json(artifacts.files["adapter_config.json"])
+    rows = set_rows(artifacts.evals)
+    plots = [(alt, path) for alt, path in (("Training loss", "loss.png"),
+                                            ("Violation and over-refusal rates before and after", "eval/before_after.png"),
+                                            ("Per-category rates before training", "eval/before/categories.png"),
+                                            ("Per-category rates after training", "eval/after/categories.png"))
+             if path in artifacts.files]
+    after = artifacts.evals.get("after") or {}
+    return {
+        "front_matter": dump_front_matter(metadata),
+        "repo_id": repo_id,
+        "revision": revision,
+        "pack": pack,
+        "categories": [c for c in pack.get("categories") or [] if isinstance(c, Mapping)],
+        "base": base,
+        "base_is_hub": is_hub_id(base["id"]),
+        "license": metadata["license"],
+        "lora": _lora_summary(adapter_config),
+        "settings": _flatten(prov.get("config") or {}) + _flatten(prov.get("training") or {}, "run"),
+        "data": _flatten(prov.get("data") or {}),
+        "internalization": _flatten(prov.get("internalization") or {}),
+        "seeds": _flatten(prov.get("seeds") or {}),
+        "has_eval": bool(artifacts.evals),
+        "eval_stages": [s for s in EVAL_STAGES if s in artifacts.evals],
+        "judge": after.get("judge") or (artifacts.evals.get("before") or {}).get("judge"),
+        "set_rows": rows,
+        "category_tables": [(row, category_rows(artifacts.evals, row)) for row in rows],
+        "drift": _flatten(after.get("drift")) if isinstance(after.get("drift"), Mapping) else [],
+        "plots": plots,
+        "files": metadata["policyalign"]["files"],
+        "policyalign_version": metadata["policyalign"]["version"],
+    }
+
+
+def render_model_card(artifacts: RunArtifacts, repo_id: str, revision: str, *, license: str | None = None) -> str:
+    """README.md for an adapter repo: YAML metadata, then the human-readable card."""
+    metadata = card_metadata(artifacts, repo_id, license=license)
+    return render_template(MODEL_CARD_TEMPLATE, card_context(artifacts, repo_id, revision, metadata))
+
+
+# --------------------------------------------------------------------------- pack card
+
+
+def pack_card_metadata(pack: Any, files: Mapping[str, str]) -> dict[str, Any]:
+    """Dataset-card metadata for a published pack; `files` maps pack-relative paths to sha256."""
+    return {
+        "license": hub_license(pack.license),
+        "pretty_name": pack.title,
+        "tags": ["policyalign", "policyalign-pack", "safety", f"pack:{pack.name}", f"pack-version:{pack.version}"],
+        "policyalign": {
+            "version": __version__,
+            "pack": {"name": pack.name, "version": pack.version, "digest": pack.digest,
+                     "files_digest": pack.files_digest, "extends": list(pack.extends)},
+            "files": dict(sorted(files.items())),
+        },
+    }
+
+
+def render_pack_card(pack: Any, repo_id: str, revision: str, files: Mapping[str, str]) -> str:
+    """README.md for a pack's dataset repo."""
+    metadata = pack_card_metadata(pack, files)
+    context = {
+        "front_matter": dump_front_matter(metadata),
+        "pack": pack,
+        "repo_id": repo_id,
+        "revision": revision,
+        "categories": pack.categories,
+        "eval_sets": pack.eval_sets,
+    }
+    return render_template(PACK_CARD_TEMPLATE, context)

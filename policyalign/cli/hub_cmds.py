@@ -1,0 +1,115 @@
+"""`pa push`, `pa pull`, `pa pack push`, `pa pack pull`: the Hub side of policyalign.
+
+Each command parses options, calls one function in `policyalign.hub`, and prints the result;
+provenance checks, token handling and error messages live there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import InvalidInputError
+from . import app, sub_app
+from .common import PacksPath, registry
+
+
+def _pack_group() -> typer.Typer:
+    """The `pa pack` group: reuse it if another module registered it first, else create it."""
+    for info in app.registered_groups:
+        if info.name == "pack" and info.typer_instance is not None:
+            return info.typer_instance
+    return sub_app("pack", "Publish policy packs on the Hugging Face Hub and install them from it.")
+
+
+pack_app = _pack_group()
+
+
+@app.command("push")
+def push(
+    run_dir: Path = typer.Argument(..., help="Run directory holding adapter/ (and eval/, if evaluated)."),
+    repo_id: str = typer.Option(..., "--repo-id", help="Model repository to publish to, as ORG/NAME."),
+    private: bool = typer.Option(False, "--private", help="Create the repository as private (if it is new)."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Tag for this version (default: PACK-vVERSION)."),
+    license: Optional[str] = typer.Option(None, "--license", help="License id for the card (default: the base model's, else 'other')."),
+) -> None:
+    """Publish a run's LoRA adapter with a model card recording the pack version and eval results."""
+    from ..hub import push_adapter
+
+    result = push_adapter(run_dir, repo_id, private=private, revision=revision, license=license)
+    typer.echo(f"pushed {result.repo_id} at tag {result.revision} (commit {result.commit[:12]}, {len(result.files)} files)")
+    typer.echo(result.url)
+
+
+@app.command("pull")
+def pull(
+    spec: Optional[str] = typer.Argument(None, metavar="ORG/NAME[@REV]", help="Adapter repository and optional revision."),
+    pack: Optional[str] = typer.Option(None, "--pack", help="Find a published adapter for this pack instead."),
+    model: Optional[str] = typer.Option(None, "--model", help="With --pack: the base model the adapter must be for."),
+    to: Optional[Path] = typer.Option(None, "--to", help="Directory to place the adapter in (default: the Hugging Face cache)."),
+    packs_path: Optional[list[Path]] = PacksPath,
+) -> None:
+    """Download a published adapter, verify its provenance, and compare it with the local pack."""
+    from ..hub import pull_adapter, pull_for_pack
+
+    if (spec is None) == (pack is None):
+        raise InvalidInputError("give either ORG/NAME[@REV] or --pack NAME", hint="e.g. `pa pull org/medical-qwen` or "
+                                "`pa pull --pack medical --model Qwen2.5-7B`")
+    if model is not None and pack is None:
+        raise InvalidInputError("--model only applies with --pack", hint="drop --model, or use --pack NAME")
+    reg = registry(packs_path)
+    if pack is not None:
+        result, chosen = pull_for_pack(pack, model=model, to=to, registry=reg)
+        typer.echo(f"best match: {chosen.describe()}")
+    else:
+        result = pull_adapter(spec or "", to=to, registry=reg)
+    for warning in result.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    _print_pull(result)
+
+
+def _print_pull(result) -> None:  # type: ignore[no-untyped-def]
+    pack, base = result.pack, result.base_model
+    typer.echo(f"pulled {result.repo_id}@{result.revision} (commit {result.commit[:12]}) to {result.path}")
+    typer.echo(f"verified: pack {pack['name']}@{pack['version']} (digest {pack['digest'][:12]}…), base model {base['id']}")
+    for note in result.notes:
+        typer.echo(note)
+    base_id = base["id"] if "/" in str(base["id"]) else "PATH/TO/BASE/MODEL"
+    typer.echo("\nload it with PEFT:\n"
+               "  from peft import PeftModel\n"
+               "  from transformers import AutoModelForCausalLM\n"
+               f"  model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base_id!r}), {str(result.path)!r})")
+    typer.echo(f"or evaluate it: pa eval {pack['name']} --model {base['id']} --adapter {result.path}")
+
+
+@pack_app.command("push")
+def pack_push(
+    path: Path = typer.Argument(..., help="Pack directory (validated before anything is uploaded)."),
+    repo_id: str = typer.Option(..., "--repo-id", help="Dataset repository to publish to, as ORG/NAME."),
+    private: bool = typer.Option(False, "--private", help="Create the repository as private (if it is new)."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Tag for this version (default: vVERSION)."),
+    packs_path: Optional[list[Path]] = PacksPath,
+) -> None:
+    """Publish a policy pack as a dataset repository tagged with its version."""
+    from ..hub import push_pack
+
+    result = push_pack(path, repo_id, private=private, revision=revision, registry=registry(packs_path))
+    typer.echo(f"pushed pack to {result.repo_id} at tag {result.revision} (commit {result.commit[:12]})")
+    typer.echo(result.url)
+
+
+@pack_app.command("pull")
+def pack_pull(
+    spec: str = typer.Argument(..., metavar="ORG/NAME[@VERSION]", help="Pack repository and optional version (e.g. 1.2.0)."),
+    to: Optional[Path] = typer.Option(None, "--to", help="Packs directory to install into (default: the user packs directory)."),
+) -> None:
+    """Download a pack, verify and validate it, then install it (nothing is installed if any check fails)."""
+    from ..hub import pull_pack
+
+    result = pull_pack(spec, to=to)
+    for warning in result.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    typer.echo(f"installed {result.name}@{result.version} (digest {result.digest[:12]}…) from "
+               f"{result.repo_id}@{result.revision} into {result.path}")

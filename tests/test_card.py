@@ -1,0 +1,163 @@
+"""Model and pack cards: metadata the Hub indexes and `pa pull` verifies, escaping, missing pieces."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from huggingface_hub import ModelCard
+
+from policyalign import card
+from policyalign.errors import RunError
+from policyalign.pack import load_pack
+
+FIXTURE_PACKS = Path(__file__).parent / "fixtures" / "packs"
+ROOT_PACK = FIXTURE_PACKS / "root-pack"
+
+
+def _render(run_dir: Path, repo_id: str = "org/root-adapter", tag: str = "root-pack-v1.0.0") -> str:
+    return card.render_model_card(card.load_run(run_dir), repo_id, tag)
+
+
+def test_card_metadata_is_what_the_hub_and_pull_need(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
+    run = make_run(tmp_path / "run", ROOT_PACK)
+    text = _render(run)
+    pack = load_pack(ROOT_PACK)
+
+    parsed = ModelCard(text)  # huggingface_hub's own parser, model-index included
+    data = parsed.data
+    assert data.base_model == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert data.library_name == "peft"
+    assert data.license == "other"
+    assert {"policyalign", "safety", "pack:root-pack", "pack-version:1.0.0"} <= set(data.tags)
+    recorded = data.to_dict()["policyalign"]
+    assert recorded["pack"] == {"name": "root-pack", "version": "1.0.0", "digest": pack.digest}
+    assert recorded["base_model"]["id"] == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert set(recorded["files"]) >= {"adapter_config.json", "adapter_model.safetensors", "policyalign.json",
+                                      "loss.png", "eval/after/eval.json", "eval/before_after.png"}
+    results = {r.dataset_split: r for r in data.eval_results}
+    assert results["harmful"].metric_type == "violation_rate" and results["harmful"].metric_value == 0.125
+    assert results["benign"].metric_type == "over_refusal_rate" and results["benign"].metric_value == 0.05
+    assert results["harmful"].dataset_type == "policyalign/root-pack"
+
+
+def test_card_body_has_pack_training_eval_and_usage(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
+    run = make_run(tmp_path / "run", ROOT_PACK)
+    _, body = card.parse_card(_render(run))
+    pack = load_pack(ROOT_PACK)
+    assert pack.digest in body and "| Version | 1.0.0 |" in body
+    assert "A small pack used by the test-suite to exercise loading and composition." in body
+    for category in pack.categories:
+        assert category.title in body
+    assert "| weapons | Weapons | refuse | yes |" in body
+    assert "learning\\_rate" in body and "filter.keep" in body  # training and filtering settings
+    assert "![Training loss](loss.png)" in body and "(eval/before_after.png)" in body
+    assert 'PeftModel.from_pretrained(base, "org/root-adapter", revision="root-pack-v1.0.0")' in body
+    assert "vllm serve Qwen/Qwen2.5-0.5B-Instruct --enable-lora --max-lora-rank 8" in body
+    assert "--lora-modules root-pack=./root-pack-adapter" in body
+    assert "pa pull org/root-adapter@root-pack-v1.0.0" in body
+
+
+def test_eval_table_numbers(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
+    run = make_run(tmp_path / "run", ROOT_PACK)
+    rows = {r.name: r for r in card.set_rows(card.load_run(run).evals)}
+    assert rows["harmful"].metric == "violation_rate"
+    assert (rows["harmful"].before, rows["harmful"].after) == (0.5, 0.125)
+    assert card.pp(rows["harmful"].before, rows["harmful"].after) == "-37.5 pp"
+    body = _render(run)
+    assert "| 50.0% | 12.5% | -37.5 pp |" in body
+    assert "| 10.0% | 5.0% | -5.0 pp |" in body
+
+
+def test_card_without_eval_says_so(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
+    run = make_run(tmp_path / "run", ROOT_PACK, evals=False)
+    text = _render(run)
+    metadata, body = card.parse_card(text)
+    assert "model-index" not in metadata
+    assert "No evaluation yet" in body
+    assert not any(name.startswith("eval/") for name in metadata["policyalign"]["files"])
+
+
+def test_evaluate_py_layout_is_read_too(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
+    """evaluate.py writes `sets` as a list and the numbers under `metrics`; the card reads both."""
+    run = make_run(tmp_path / "run", ROOT_PACK)
+    for stage, rate in (("before", 0.75), ("after", 0.25)):
+        summary = {"model": "m", "judge": "refusal", "sets": [{"name": "harmful", "kind": "safety", "items": 4}],
+                   "metrics": {"overall": {}, "sets": {"harmful": {"kind": "safety", "n": 4, "violation_rate": rate}},
+                               "categories": {"weapons": {"violation_rate": rate}}},
+                   "drift": {"kl": 0.0123, "prompts": 8, "tokens": 256, "max_new_tokens": 32}}
+        (run / "eval" / stage / "eval.json").write_text(json.dumps(summary))
+    body = _render(run)
+    assert "| harmful | safety | 4 | violation\\_rate | 75.0% | 25.0% | -50.0 pp |" in body
+    assert "| weapons | 75.0% | 25.0% | -50.0 pp |" in body
+    assert "kl=0.0123" in body
+
+
+def test_tiny_base_has_no_hub_base_model(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
+    run = make_run(tmp_path / "run", ROOT_PACK, base_id="tiny", base_name="tiny")
+    metadata, body = card.parse_card(_render(run))
+    assert "base_model" not in metadata
+    assert metadata["policyalign"]["base_model"]["id"] == "tiny"
+    assert "PATH/TO/BASE/MODEL" in body
+
+
+def test_values_from_packs_cannot_inject(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
+    hostile = {
+        "title": "Evil <script>alert(1)</script> [click](http://evil.example) ![x](http://evil.example/t.png)",
+        "summary": "line one\n\n# Fake heading\n| a | b |\n---\nlicense: mit\n",
+        "categories": [{"id": "c|x", "title": "<img src=x onerror=alert(1)>", "action": "refuse", "locked": True}],
+    }
+    run = make_run(tmp_path / "run", ROOT_PACK, pack_overrides=hostile)
+    provenance = json.loads((run / "adapter" / "policyalign.json").read_text())
+    provenance["base_model"]["revision"] = "main\nlicense: mit\n---\ninjected: true"
+    (run / "adapter" / "policyalign.json").write_text(json.dumps(provenance))
+    text = _render(run)
+    metadata, body = card.parse_card(text)
+    assert metadata["license"] == "other" and "injected" not in metadata
+    assert metadata["policyalign"]["base_model"]["revision"] == "main\nlicense: mit\n---\ninjected: true"
+    assert "<script>" not in body and "<img" not in body
+    assert "](http://evil.example)" not in body and "![x]" not in body
+    assert "\n# Fake heading" not in body
+    assert "| c|x |" not in body and "c\\|x" in body
+
+
+def test_missing_adapter_files_name_the_file_and_the_command(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(RunError, match="run directory not found"):
+        card.load_run(tmp_path / "nope")
+    run = make_run(tmp_path / "run", ROOT_PACK)
+    (run / "adapter" / "adapter_model.safetensors").unlink()
+    with pytest.raises(RunError) as excinfo:
+        card.load_run(run)
+    assert "adapter/adapter_model.safetensors" in str(excinfo.value) and "pa apply" in excinfo.value.problem.hint
+
+
+def test_missing_or_incomplete_policyalign_json(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
+    run = make_run(tmp_path / "run", ROOT_PACK)
+    path = run / "adapter" / "policyalign.json"
+    provenance = json.loads(path.read_text())
+    del provenance["pack"]["digest"]
+    path.write_text(json.dumps(provenance))
+    with pytest.raises(RunError) as excinfo:
+        card.load_run(run)
+    assert excinfo.value.problem.where == "/pack/digest"
+    path.unlink()
+    with pytest.raises(RunError, match="policyalign.json"):
+        card.load_run(run)
+
+
+def test_pack_card(tmp_path: Path) -> None:
+    pack = load_pack(ROOT_PACK)
+    text = card.render_pack_card(pack, "org/root-pack", "v1.0.0", {"pack.yaml": "0" * 64})
+    metadata, body = card.parse_card(text)
+    assert {"policyalign", "pack:root-pack", "pack-version:1.0.0"} <= set(metadata["tags"])
+    assert metadata["policyalign"]["pack"]["files_digest"] == pack.files_digest
+    assert metadata["license"] == "cc-by-4.0"  # the Hub's license ids are lowercase
+    assert "pa pack pull org/root-pack@1.0.0" in body
+    assert "| weapons | Weapons | refuse | yes |" in body
+
+
+def test_parse_card_edge_cases() -> None:
+    assert card.parse_card("no front matter") == ({}, "no front matter")
+    assert card.parse_card("---\n: [bad\n---\nbody")[0] == {}
+    assert card.parse_card("---\ntags: [a]\n---\nbody") == ({"tags": ["a"]}, "body")

@@ -1,0 +1,546 @@
+"""Push/pull adapters and packs with the real huggingface_hub client against a loopback Hub.
+
+The Hub is olah (read API, from git repositories) behind tests/hubserver.py (write and listing
+API on the same repositories), started once per session by the `hub_server` fixture. CLI tests
+run `python -m policyalign` in a subprocess with HF_ENDPOINT pointing there, exactly as a user
+would; HF_HUB_DISABLE_XET=1 makes the client use the classic git-LFS upload protocol, which the
+test server implements (it has no Xet storage).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from policyalign import card, hub
+from policyalign.errors import HubError
+from policyalign.pack import files_digest, load_pack
+from policyalign.registry import Registry
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FIXTURE_PACKS = Path(__file__).parent / "fixtures" / "packs"
+DEFAULT = object()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@dataclass
+class Cli:
+    """Runs `pa` in a subprocess against the loopback Hub, recording every output for leak checks."""
+
+    hub: object
+    home: Path
+    packs: Path
+    cwd: Path
+    outputs: list[str] = field(default_factory=list)
+
+    def env(self, token: object = DEFAULT) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE", "PA_"))}
+        env.update(HF_ENDPOINT=self.hub.endpoint, HF_HOME=str(self.home / "hf"), HF_HUB_DISABLE_XET="1",
+                   HF_HUB_DISABLE_TELEMETRY="1", PA_HOME=str(self.home / "pa"), PA_PACKS_PATH=str(self.packs),
+                   PYTHONPATH=str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", ""))
+        if os.environ.get("PA_CACHE_DIR"):
+            env["PA_CACHE_DIR"] = os.environ["PA_CACHE_DIR"]
+        token = self.hub.token if token is DEFAULT else token
+        if token:
+            env["HF_TOKEN"] = str(token)
+        return env
+
+    def run(self, *args: str, token: object = DEFAULT) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([sys.executable, "-m", "policyalign", *args], cwd=self.cwd, env=self.env(token),
+                                capture_output=True, text=True, timeout=300, check=False)
+        self.outputs += [result.stdout, result.stderr]
+        return result
+
+    def ok(self, *args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        result = self.run(*args, **kwargs)  # type: ignore[arg-type]
+        assert result.returncode == 0, f"pa {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+        return result
+
+    def fails(self, code: int, *args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        result = self.run(*args, **kwargs)  # type: ignore[arg-type]
+        assert result.returncode == code, f"pa {' '.join(args)}: exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+        assert "Traceback" not in result.stderr, result.stderr
+        return result
+
+
+@pytest.fixture
+def cli(hub_server, tmp_path: Path) -> Cli:  # type: ignore[no-untyped-def]
+    packs = tmp_path / "packs"
+    shutil.copytree(FIXTURE_PACKS, packs)
+    (tmp_path / "cwd").mkdir()
+    return Cli(hub_server, tmp_path / "home", packs, tmp_path / "cwd")
+
+
+def make_pack(dest_root: Path, name: str, version: str = "1.0.0", policy_note: str = "") -> Path:
+    """A copy of the root-pack fixture renamed to `name`@`version` (its own digest)."""
+    dest = dest_root / name
+    shutil.copytree(FIXTURE_PACKS / "root-pack", dest)
+    manifest = yaml.safe_load((dest / "pack.yaml").read_text())
+    manifest.update(name=name, version=version)
+    (dest / "pack.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    (dest / "CHANGELOG.md").write_text(f"# Changelog\n\n## {version}\n\n- test pack\n")
+    if policy_note:
+        with (dest / "policy.md").open("a") as handle:
+            handle.write(f"\n{policy_note}\n")
+    return dest
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def publish_raw_pack(hub_server, repo_id: str, name: str, files: dict[str, bytes], *,  # type: ignore[no-untyped-def]
+                     extra_tree: dict | None = None, version: str = "1.0.0") -> None:
+    """A dataset repo laid out like `pa pack push` output, built by hand (so it can be hostile)."""
+    staging = Path(hub_server.root.parent / f"raw-{uuid.uuid4().hex}" / name)
+    for rel, data in files.items():
+        (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+        (staging / rel).write_bytes(data)
+    digest = files_digest(staging, [staging / rel for rel in files])
+    hashes = {rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()}
+    metadata = {"tags": ["policyalign", "policyalign-pack", f"pack:{name}"],
+                "policyalign": {"pack": {"name": name, "version": version, "digest": digest, "files_digest": digest},
+                                "files": hashes}}
+    pack_tree: dict = {}
+    for rel, data in files.items():
+        node = pack_tree
+        *dirs, leaf = rel.split("/")
+        for part in dirs:
+            node = node.setdefault(part, {})
+        node[leaf] = data
+    pack_tree.update(extra_tree or {})
+    hub_server.store.create("dataset", repo_id, private=False)
+    hub_server.store.commit_tree("dataset", repo_id, {"README.md": card.dump_front_matter(metadata).encode(),
+                                                      "pack": pack_tree}, "hand-made pack")
+    hub_server.store.tag("dataset", repo_id, "main", f"v{version}", None)
+
+
+def pack_bytes(pack_dir: Path) -> dict[str, bytes]:
+    return {p.relative_to(pack_dir).as_posix(): p.read_bytes() for p in hub.pack_files(pack_dir)}
+
+
+def nothing_installed(cli: Cli, name: str) -> None:
+    packs_dir = cli.home / "pa" / "packs"
+    assert not (packs_dir / name).exists()
+    assert not packs_dir.exists() or not any(p.name.startswith(".pa-pull-") for p in packs_dir.iterdir())
+
+
+# --------------------------------------------------------------------------- adapters: push and pull
+
+
+def test_push_then_pull_round_trip(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "roundtrip"))
+    repo = "org/roundtrip-qwen"
+    pushed = cli.ok("push", str(run), "--repo-id", repo)
+    assert "tag roundtrip-v1.0.0" in pushed.stdout and f"/{repo}/tree/roundtrip-v1.0.0" in pushed.stdout
+
+    assert hub_server.tags(repo) == ["roundtrip-v1.0.0"]
+    readme = hub_server.read(repo, "README.md", "roundtrip-v1.0.0").decode()
+    assert (run / "README.md").read_text() == readme  # the published card is kept with the run
+    metadata, _ = card.parse_card(readme)
+    assert metadata["base_model"] == "Qwen/Qwen2.5-0.5B-Instruct" and metadata["library_name"] == "peft"
+    assert {"policyalign", "safety", "pack:roundtrip", "pack-version:1.0.0"} <= set(metadata["tags"])
+    assert metadata["model-index"][0]["results"][0]["metrics"][0]["value"] == 0.125
+    # the weights went through the git-LFS batch protocol and are stored as an LFS pointer
+    assert hub_server.read(repo, "adapter_model.safetensors").startswith(b"version https://git-lfs.github.com/spec/v1")
+    assert any(method == "POST" and path.endswith(".git/info/lfs/objects/batch") for method, path, _ in hub_server.requests)
+
+    dest = tmp_path / "pulled"
+    pulled = cli.ok("pull", f"{repo}@roundtrip-v1.0.0", "--to", str(dest))
+    for name in ("adapter_config.json", "adapter_model.safetensors", "policyalign.json", "loss.png",
+                 "eval/after/eval.json", "eval/before_after.png"):
+        source = run / "adapter" / name if (run / "adapter" / name).exists() else run / name
+        assert sha(dest / name) == sha(source), name
+    assert "matches the local pack roundtrip@1.0.0" in pulled.stdout
+    assert "PeftModel.from_pretrained" in pulled.stdout and pulled.stderr.count("warning") == 0
+
+    cached = cli.ok("pull", repo)  # no revision, no --to: main, into the Hugging Face cache
+    assert str(cli.home / "hf") in cached.stdout
+
+
+def test_pulled_adapter_loads_with_peft(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "loadable"))
+    base_path = json.loads((run / "adapter" / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base_path or not Path(base_path).is_dir():
+        pytest.skip("the test adapter's base model is not on disk")
+    cli.ok("push", str(run), "--repo-id", "org/loadable")
+    cli.ok("pull", "org/loadable@loadable-v1.0.0", "--to", str(tmp_path / "pulled"))
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), tmp_path / "pulled")
+    assert model.peft_config["default"].r == 4
+
+
+def test_push_refuses_an_existing_tag_and_revision_overrides(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "retag"))
+    cli.ok("push", str(run), "--repo-id", "org/retag")
+    again = cli.fails(1, "push", str(run), "--repo-id", "org/retag")
+    assert "already has a tag 'retag-v1.0.0'" in again.stderr and "--revision" in again.stderr
+    cli.ok("push", str(run), "--repo-id", "org/retag", "--revision", "retag-v1.0.0-rerun")
+    assert sorted(hub_server.tags("org/retag")) == ["retag-v1.0.0", "retag-v1.0.0-rerun"]
+    bad = cli.fails(2, "push", str(run), "--repo-id", "org/retag", "--revision", "../evil")
+    assert "invalid revision tag" in bad.stderr
+
+
+def test_push_removes_stale_eval_files(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    pack = make_pack(cli.packs, "stale")
+    cli.ok("push", str(make_run(tmp_path / "with-eval", pack)), "--repo-id", "org/stale")
+    cli.ok("push", str(make_run(tmp_path / "no-eval", pack, evals=False)), "--repo-id", "org/stale", "--revision", "second")
+    files = hub_server.store.files(hub_server.repo_path("org/stale"), "second")
+    assert not any(name.startswith("eval/") for name in files)
+    assert "No evaluation yet" in hub_server.read("org/stale", "README.md", "second").decode()
+
+
+def test_pull_detects_tampered_provenance(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "tamper"))
+    repo = "org/tamper"
+    cli.ok("push", str(run), "--repo-id", repo)
+    provenance = json.loads((run / "adapter" / "policyalign.json").read_text())
+    provenance["pack"]["digest"] = "0" * 64
+    hub_server.put_files(repo, {"policyalign.json": json.dumps(provenance).encode()}, "swap the pack digest")
+
+    dest = tmp_path / "pulled"
+    result = cli.fails(1, "pull", repo, "--to", str(dest))
+    assert "provenance check failed" in result.stderr
+    assert "pack digest: card says" in result.stderr and "policyalign.json does not match its sha256" in result.stderr
+    assert not dest.exists() and not any(p.name.startswith(".pulled.pa-pull-") for p in tmp_path.iterdir())
+    assert cli.fails(1, "pull", repo).stderr.count("provenance check failed") == 1  # HF-cache path checks too
+
+    # the tagged revision is untouched and still verifies
+    cli.ok("pull", f"{repo}@tamper-v1.0.0", "--to", str(dest))
+
+
+def test_pull_detects_swapped_weights(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "weights"))
+    cli.ok("push", str(run), "--repo-id", "org/weights")
+    weights = bytearray((run / "adapter" / "adapter_model.safetensors").read_bytes())
+    weights[-1] ^= 0xFF
+    hub_server.put_files("org/weights", {"adapter_model.safetensors": bytes(weights)}, "swap weights")
+    result = cli.fails(1, "pull", "org/weights", "--to", str(tmp_path / "pulled"))
+    assert "adapter_model.safetensors does not match its sha256" in result.stderr
+
+
+def test_pull_warns_when_the_local_pack_differs(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    pack = make_pack(cli.packs, "drifty")
+    cli.ok("push", str(make_run(tmp_path / "run", pack)), "--repo-id", "org/drifty")
+    with (pack / "policy.md").open("a") as handle:
+        handle.write("\nA local edit without a version bump.\n")
+    same_version = cli.ok("pull", "org/drifty", "--to", str(tmp_path / "a"))
+    assert "warning:" in same_version.stderr and "same version, different content" in same_version.stderr
+    shutil.rmtree(pack)
+    make_pack(cli.packs, "drifty", version="1.1.0")
+    newer = cli.ok("pull", "org/drifty", "--to", str(tmp_path / "b"))
+    assert "trained on drifty@1.0.0, but the local pack is at version 1.1.0" in newer.stderr
+    shutil.rmtree(cli.packs / "drifty")
+    absent = cli.ok("pull", "org/drifty", "--to", str(tmp_path / "c"))
+    assert "not installed locally" in absent.stdout
+
+
+def test_pull_refuses_to_overwrite_an_unrelated_directory(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "careful"))), "--repo-id", "org/careful")
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    result = cli.fails(1, "pull", "org/careful", "--to", str(precious))
+    assert "not a previously pulled adapter" in result.stderr and (precious / "notes.txt").read_text() == "keep me"
+    cli.ok("pull", "org/careful", "--to", str(tmp_path / "again"))
+    cli.ok("pull", "org/careful", "--to", str(tmp_path / "again"))  # re-pulling over a pulled adapter is fine
+
+
+def test_pull_errors_are_clear(cli: Cli) -> None:
+    assert "not found" in cli.fails(1, "pull", "org/does-not-exist").stderr
+    assert "invalid repository id" in cli.fails(2, "pull", "not-a-repo-id").stderr
+    assert "either ORG/NAME" in cli.fails(2, "pull").stderr
+
+
+# --------------------------------------------------------------------------- adapters: find by pack
+
+
+@pytest.mark.slow
+def test_pull_by_pack_picks_the_best_match(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    local = make_pack(cli.packs, "select")                                         # local: select@1.0.0
+    newer = make_pack(tmp_path / "v2", "select", version="2.0.0")
+    edited = make_pack(tmp_path / "edited", "select", policy_note="Same version, other text.")
+    runs = [("org/select-a", local, "Qwen/Qwen2.5-0.5B-Instruct", "Qwen2.5-0.5B", "select-v1.0.0"),
+            ("org/select-b", local, "Qwen/Qwen2.5-1.5B-Instruct", "Qwen2.5-1.5B", "select-v1.0.0"),
+            ("org/select-a", newer, "Qwen/Qwen2.5-0.5B-Instruct", "Qwen2.5-0.5B", "select-v2.0.0"),
+            ("org/select-d", edited, "Qwen/Qwen2.5-0.5B-Instruct", "Qwen2.5-0.5B", "select-v1.0.0")]
+    for i, (repo, pack, base_id, base_name, _) in enumerate(runs):
+        cli.ok("push", str(make_run(tmp_path / f"run{i}", pack, base_id=base_id, base_name=base_name)), "--repo-id", repo)
+
+    chosen = cli.ok("pull", "--pack", "select", "--model", "Qwen2.5-0.5B", "--to", str(tmp_path / "x"))
+    assert "best match: org/select-a@select-v1.0.0" in chosen.stdout  # exact digest beats org/select-d; not v2 on main
+    assert "matches the local pack select@1.0.0" in chosen.stdout
+    other_base = cli.ok("pull", "--pack", "select", "--model", "Qwen/Qwen2.5-1.5B-Instruct", "--to", str(tmp_path / "y"))
+    assert "best match: org/select-b@select-v1.0.0" in other_base.stdout
+
+    ambiguous = cli.fails(1, "pull", "--pack", "select")
+    assert "several base models; pass --model" in ambiguous.stderr and "org/select-b@select-v1.0.0" in ambiguous.stderr
+    missing = cli.fails(1, "pull", "--pack", "select", "--model", "Qwen2.5-7B")
+    assert "no published adapter matches pack select@1.0.0 on Qwen2.5-7B" in missing.stderr
+    assert "org/select-a@select-v2.0.0" in missing.stderr  # the candidates are listed
+    assert "nobody has published" in cli.fails(1, "pull", "--pack", "never-published").stderr
+
+
+def _candidate(repo: str, version: str, digest: str = "d", base: str = "Qwen/Qwen2.5-0.5B-Instruct",
+               revision: str = "", when: str = "2026-01-01") -> hub.Candidate:
+    return hub.Candidate(repo, revision or f"p-v{version}", "c" * 40, "p", version, digest, base, base, when)
+
+
+def test_choose_adapter_rules() -> None:
+    pool = [_candidate("o/a", "1.0.0"), _candidate("o/b", "1.2.0", when="2026-01-01"),
+            _candidate("o/c", "1.2.0", when="2026-02-01"), _candidate("o/d", "1.2.0", revision="main", when="2026-03-01")]
+    assert hub.choose_adapter(pool, "p").repo_id == "o/c"  # no local pack: newest version, tags before main, newest
+    assert hub.choose_adapter(pool, "p", local_version="1.0.0").repo_id == "o/a"
+    exact = [_candidate("o/x", "1.0.0", digest="other"), _candidate("o/y", "1.0.0", digest="mine", when="2000")]
+    assert hub.choose_adapter(exact, "p", local_version="1.0.0", local_digest="mine").repo_id == "o/y"
+    with pytest.raises(HubError, match="no published adapter matches"):
+        hub.choose_adapter(pool, "p", local_version="9.9.9")
+    assert "qwen/qwen2.5-7b-instruct" in hub.model_names("Qwen2.5-7B")
+
+
+# --------------------------------------------------------------------------- packs
+
+
+def test_pack_push_then_pull(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    source = make_pack(cli.packs, "shared")
+    pushed = cli.ok("pack", "push", str(source), "--repo-id", "org/shared-pack")
+    assert "tag v1.0.0" in pushed.stdout and "/datasets/org/shared-pack/tree/v1.0.0" in pushed.stdout
+    assert hub_server.tags("org/shared-pack", repo_type="dataset") == ["v1.0.0"]
+    metadata, _ = card.parse_card(hub_server.read("org/shared-pack", "README.md", repo_type="dataset").decode())
+    assert "pack:shared" in metadata["tags"]
+
+    pulled = cli.ok("pack", "pull", "org/shared-pack@1.0.0")
+    installed = cli.home / "pa" / "packs" / "shared"
+    assert f"into {installed}" in pulled.stdout
+    assert load_pack(installed).digest == load_pack(source).digest
+    cli.ok("pack", "pull", "org/shared-pack")  # again (main), replacing the installed copy
+    assert load_pack(installed).digest == load_pack(source).digest
+    assert "no version '9.9.9' is published" in cli.fails(1, "pack", "pull", "org/shared-pack@9.9.9").stderr
+
+
+def test_pack_with_parents_pulls_when_parents_are_local(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cli.ok("pack", "push", str(cli.packs / "child-pack"), "--repo-id", "org/child-pack")
+    cli.ok("pack", "pull", "org/child-pack@1.0.0", "--to", str(tmp_path / "installed"))
+    registry = Registry.default(extra=[cli.packs])
+    assert load_pack(tmp_path / "installed" / "child-pack", registry=registry).digest == \
+        load_pack(cli.packs / "child-pack", registry=registry).digest
+
+
+def test_invalid_pack_is_not_pushed(cli: Cli, hub_server) -> None:  # type: ignore[no-untyped-def]
+    broken = make_pack(cli.packs, "broken")
+    (broken / "CHANGELOG.md").write_text("# nothing here\n")
+    (broken / "pack.yaml").write_text((broken / "pack.yaml").read_text().replace("action: guide", "action: maybe"))
+    result = cli.fails(2, "pack", "push", str(broken), "--repo-id", "org/broken")
+    assert "2 problems found" in result.stderr and "no entry for version 1.0.0" in result.stderr
+    assert not hub_server.store.exists("dataset", "org/broken")
+
+
+def test_pack_pull_rejects_paths_outside_the_pack(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A hostile Hub lists `pack/../../../evil.txt`: nothing is downloaded, nothing installed."""
+    files = pack_bytes(make_pack(tmp_path / "src", "escape"))
+    publish_raw_pack(hub_server, "org/escape", "escape", files)
+    commit = hub_server.store.rev(hub_server.repo_path("org/escape", "dataset"), "v1.0.0")
+    listing = [{"type": "file", "oid": "0" * 40, "size": len(data), "path": f"pack/{rel}"} for rel, data in files.items()]
+    listing.append({"type": "file", "oid": "1" * 40, "size": 5, "path": "pack/../../../evil.txt"})
+    hub_server.forge(f"/api/datasets/org/escape/tree/{commit}/pack", listing)
+    result = cli.fails(2, "pack", "pull", "org/escape@1.0.0")
+    assert "unsafe path" in result.stderr and "pack/../../../evil.txt" in result.stderr
+    nothing_installed(cli, "escape")
+    assert not any(path.endswith("evil.txt") for _, path, _ in hub_server.requests)
+
+
+def test_pack_pull_of_a_repo_with_dotdot_entries_installs_nothing(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A git tree with '..' entries (which `git mktree` accepts) cannot even be listed: clean failure."""
+    files = pack_bytes(make_pack(tmp_path / "src", "dotdot"))
+    publish_raw_pack(hub_server, "org/dotdot", "dotdot", files, extra_tree={"..": {"..": {"evil.txt": b"pwned"}}})
+    result = cli.fails(1, "pack", "pull", "org/dotdot")
+    assert "org/dotdot: listing the pack's files" in result.stderr
+    nothing_installed(cli, "dotdot")
+    assert not list(cli.home.rglob("evil.txt"))
+
+
+def test_pack_pull_rejects_a_manifest_pointing_outside(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    files = pack_bytes(make_pack(tmp_path / "src", "sneaky"))
+    files["pack.yaml"] = files["pack.yaml"].replace(b"policy: policy.md", b"policy: ../../../../etc/hostname")
+    publish_raw_pack(hub_server, "org/sneaky", "sneaky", files)
+    result = cli.fails(2, "pack", "pull", "org/sneaky")
+    assert "problem" in result.stderr and "'..' is not allowed" in result.stderr
+    nothing_installed(cli, "sneaky")
+
+
+def test_pack_pull_rejects_oversized_files(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    files = pack_bytes(make_pack(tmp_path / "src", "bloated"))
+    files["notes.txt"] = b"x" * (3 * 1024 * 1024)
+    publish_raw_pack(hub_server, "org/bloated", "bloated", files)
+    result = cli.fails(2, "pack", "pull", "org/bloated@1.0.0")
+    assert "notes.txt" in result.stderr and "over the 2097152-byte limit" in result.stderr
+    nothing_installed(cli, "bloated")
+
+
+def test_pack_pull_rejects_tampered_files(cli: Cli, hub_server) -> None:  # type: ignore[no-untyped-def]
+    cli.ok("pack", "push", str(make_pack(cli.packs, "edited")), "--repo-id", "org/edited")
+    hub_server.put_files("org/edited", {"pack/policy.md": b"Anything goes.\n"}, repo_type="dataset")
+    result = cli.fails(1, "pack", "pull", "org/edited")
+    assert "pack/policy.md does not match its sha256" in result.stderr
+    nothing_installed(cli, "edited")
+
+
+class _Lying(http.server.BaseHTTPRequestHandler):
+    """Streams 64 KiB without a Content-Length, to check the cap holds while downloading."""
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.send_response(200)
+        self.end_headers()
+        for _ in range(64):
+            self.wfile.write(b"y" * 1024)
+
+    def log_message(self, *args: object) -> None:
+        return
+
+
+def test_download_cap_holds_while_streaming(tmp_path: Path) -> None:
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Lying)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(hub._TooLarge):
+            hub._download_capped(f"http://127.0.0.1:{server.server_address[1]}/f", tmp_path / "f", 4096, None)
+        assert (tmp_path / "f").stat().st_size <= 4096 + 65536
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_safe_paths() -> None:
+    for bad in ("../x", "a/../../x", "/etc/passwd", "a//b", "C:/x", "a\\..\\x", "./a", ""):
+        assert not hub._is_safe_relpath(bad), bad
+    assert hub._is_safe_relpath("eval/harmful.jsonl")
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+def test_missing_token_is_a_clear_error(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "notoken"))
+    result = cli.fails(1, "push", str(run), "--repo-id", "org/notoken", token=None)
+    assert "no Hugging Face token found" in result.stderr
+    assert "hf auth login" in result.stderr and "huggingface-cli login" in result.stderr and "HF_TOKEN" in result.stderr
+    assert not hub_server.store.exists("model", "org/notoken")
+    assert "no Hugging Face token" in cli.fails(1, "pack", "push", str(cli.packs / "notoken"), "--repo-id", "o/n", token=None).stderr
+
+
+def test_invalid_token_is_rejected_without_echoing_it(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    wrong = "hf_WRONGwrongWRONG0123456789"
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "badtoken"))
+    result = cli.fails(1, "push", str(run), "--repo-id", "org/badtoken", token=wrong)
+    assert "rejected the token (401 Unauthorized)" in result.stderr and "HF_TOKEN" in result.stderr
+    assert wrong not in result.stdout + result.stderr
+    assert not hub_server.store.exists("model", "org/badtoken")
+
+
+def test_token_never_leaks(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    token = hub_server.token
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "canary"))
+    cli.ok("push", str(run), "--repo-id", "org/canary")
+    cli.fails(1, "push", str(run), "--repo-id", "org/canary")                 # error path (tag exists)
+    cli.ok("pull", "org/canary", "--to", str(tmp_path / "pulled"))
+    hub_server.put_files("org/canary", {"policyalign.json": b"{}"})
+    cli.fails(1, "pull", "org/canary", "--to", str(tmp_path / "tampered"))   # error path (provenance)
+    cli.ok("pack", "push", str(cli.packs / "canary"), "--repo-id", "org/canary-pack")
+    cli.ok("pack", "pull", "org/canary-pack")
+    cli.fails(1, "pull", "org/nope")                                          # error path (not found)
+    assert not [out for out in cli.outputs if token in out]
+    written = [p for root in (tmp_path, cli.home) for p in root.rglob("*") if p.is_file()]
+    assert len(written) > 20 and (tmp_path / "run" / "README.md") in written
+    assert not [p for p in written if token.encode() in p.read_bytes()]
+    for repo in (hub_server.repo_path("org/canary"), hub_server.repo_path("org/canary-pack", "dataset")):
+        revisions = hub_server.store.git(repo, "rev-list", "--all").split()
+        contents = subprocess.run(["git", "-C", str(repo), "grep", "-I", "-c", token, *revisions], capture_output=True)
+        assert contents.returncode == 1 and not contents.stdout  # 1: no match in any file of any commit
+        assert token not in hub_server.store.git(repo, "log", "--all", "--format=%B")
+
+
+def test_scrub_removes_tokens() -> None:
+    text = "401 for url with Authorization: Bearer hf_abcdefghijk and token=hf_zyxwvut9876"
+    assert "hf_abc" not in hub.scrub(text, None) and "hf_zyx" not in hub.scrub(text, None)
+    assert hub.scrub("secret-token-value leaked", "secret-token-value") == "hf_*** leaked"
+
+
+# --------------------------------------------------------------------------- API used by `pa apply --push-to`
+
+
+def test_push_run_api(hub_server, make_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_ENDPOINT", hub_server.endpoint)
+    monkeypatch.setenv("HF_TOKEN", hub_server.token)
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
+    packs = tmp_path / "packs"
+    run = make_run(tmp_path / "run", make_pack(packs, "apiuse"))
+    url = hub.push_run(run, "org/apiuse", private=True, revision="apiuse-custom")
+    assert url == f"{hub_server.endpoint}/org/apiuse/tree/apiuse-custom"
+    assert hub_server.store.meta("model", "org/apiuse")["private"] is True
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    with pytest.raises(HubError, match="no Hugging Face token"):
+        hub.push_run(run, "org/apiuse")
+
+
+def _listen_addresses(port: int) -> set[str]:
+    """IPv4/IPv6 addresses with a listening socket on `port`, from /proc/net/tcp{,6}."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not Path(table).exists():
+            continue
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.rsplit(":", 1)
+            if state == "0A" and int(hex_port, 16) == port:
+                found.add(socket.inet_ntop(socket.AF_INET, bytes.fromhex(address)[::-1]) if len(address) == 8 else address)
+    return found
+
+
+def test_servers_listen_on_loopback_only(hub_server) -> None:  # type: ignore[no-untyped-def]
+    if not Path("/proc/net/tcp").exists():
+        pytest.skip("needs Linux /proc/net/tcp")
+    assert hub_server.endpoint.startswith("http://127.0.0.1:")
+    for port in (int(hub_server.endpoint.rsplit(":", 1)[1]), hub_server.olah_port):
+        assert _listen_addresses(port) == {"127.0.0.1"}
+
+
+# --------------------------------------------------------------------------- the real Hub (opt-in)
+
+
+@pytest.mark.online
+@pytest.mark.skipif(not (os.environ.get("HF_TOKEN") and os.environ.get("PA_ONLINE_TESTS") == "1"),
+                    reason="needs HF_TOKEN and PA_ONLINE_TESTS=1")
+def test_real_hub_round_trip(make_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    api = hub._api(os.environ["HF_TOKEN"])
+    repo = f"{api.whoami()['name']}/policyalign-test-{uuid.uuid4().hex[:8]}"
+    run = make_run(tmp_path / "run", make_pack(tmp_path / "packs", "online"))
+    try:
+        url = hub.push_run(run, repo, private=True)
+        assert url.endswith("/tree/online-v1.0.0")
+        result = hub.pull_adapter(f"{repo}@online-v1.0.0", to=tmp_path / "pulled")
+        assert result.pack["name"] == "online"
+    finally:
+        api.delete_repo(repo)
