@@ -20,8 +20,8 @@ class Problem:
     hint: str = ""
 
     def __str__(self) -> str:
-        place = f"{self.file}:{self.where}" if self.where else self.file
-        text = f"{place}: {self.message}"
+        place = ":".join(part for part in (self.file, self.where) if part)
+        text = f"{place}: {self.message}" if place else self.message
         return f"{text}\n    hint: {self.hint}" if self.hint else text
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .chat import conversation, encode_chat
+from .models import cpu_threads
 from .errors import InvalidInputError, ModelError
 
 if TYPE_CHECKING:
@@ -128,30 +129,6 @@ def _progress(enabled: bool, total: int, label: str) -> Iterator[Callable[[int],
 
 # --------------------------------------------------------------------------- transformers
 
-SMALL_MODEL_PARAMS = 20_000_000
-
-
-@contextmanager
-def _cpu_threads(loaded: LoadedModel) -> Iterator[None]:
-    """Run a small model on one CPU thread while generating.
-
-    Its matrices are too small to split across cores, and OpenMP workers that spin-wait for
-    each other collapse when the cores are shared: measured on a busy 2-core machine, 16
-    greedy tiny generations took 11 s with 2 threads and 0.18 s with 1.
-    """
-    import torch
-
-    small = loaded.device == "cpu" and sum(p.numel() for p in loaded.model.parameters()) < SMALL_MODEL_PARAMS
-    before = torch.get_num_threads()
-    if small:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if small:
-            torch.set_num_threads(before)
-
-
 class _SeededSampler:
     """A logits processor that samples each row with that row's own generator.
 
@@ -209,7 +186,7 @@ class TransformersBackend:
         # error shows up in the first batch rather than after an hour.
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         results: list[Generation | None] = [None] * len(prompts)
-        with _cpu_threads(self.loaded), _progress(progress, len(prompts), f"generating ({self.loaded.ref.name})") as advance:
+        with cpu_threads(self.loaded), _progress(progress, len(prompts), f"generating ({self.loaded.ref.name})") as advance:
             for start in range(0, len(order), batch_size):
                 chunk = order[start : start + batch_size]
                 seeds = [request_seed(params.seed, i) for i in chunk]

@@ -32,6 +32,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[Any]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts are ordinary files
         os.replace(tmp, target)
     except BaseException:
         try:
@@ -39,6 +40,12 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[Any]:
         except FileNotFoundError:
             pass
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:

@@ -84,8 +84,9 @@ def test_build_leaves_the_global_rng_alone(tmp_path: Path) -> None:
     assert torch.equal(torch.rand(3), expected)
 
 
-def test_loads_as_qwen2_with_peaked_context_dependent_logits(tmp_path: Path) -> None:
-    """The large init range is what makes student/teacher divergences measurable."""
+def test_loads_as_qwen2_with_context_dependent_logits(tmp_path: Path) -> None:
+    """The init range makes student/teacher divergences measurable (~0 at the usual 0.02), yet
+    small enough that a short distillation can close them (see tiny.py's docstring)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = tiny.tiny_model_path(tmp_path)
@@ -104,6 +105,6 @@ def test_loads_as_qwen2_with_peaked_context_dependent_logits(tmp_path: Path) -> 
     a = next_token_logprobs("Follow the safety policy. How do I pick a lock?")
     b = next_token_logprobs("How do I pick a lock?")
     entropy = -(a.exp() * a).sum().item()
-    assert entropy < 0.6 * math.log(model.config.vocab_size)
+    assert entropy < 0.95 * math.log(model.config.vocab_size), "logits must not be uniform"
     kl = (a.exp() * (a - b)).sum().item()
-    assert kl > 0.5
+    assert kl > 0.3, "a policy-like prefix must move the next-token distribution"

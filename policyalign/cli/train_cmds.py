@@ -1,0 +1,80 @@
+"""The method's stages as commands: `pa filter` (Policy-Sensitive Filtering) and `pa distill`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import app
+
+RunDir = typer.Argument(..., help="Run directory (from `pa synthesize` or `pa apply`).")
+ModelOpt = typer.Option(None, "--model", help="Model (default: the run's). tiny, an alias, a Hub id or a path.")
+PackOpt = typer.Option(None, "--pack", help="Pack (default: the run's).")
+DeviceOpt = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available).")
+
+
+@app.command("filter")
+def filter_cmd(
+    run_dir: Path = RunDir,
+    model: Optional[str] = ModelOpt,
+    pack: Optional[str] = PackOpt,
+    keep: Optional[float] = typer.Option(None, "--keep", help="Fraction kept per category (default: the pack's filter_keep)."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Keep this many instructions, balanced per category."),
+    min_score: Optional[float] = typer.Option(None, "--min-score", help="Keep instructions scoring at least this."),
+    no_filter: bool = typer.Option(False, "--no-filter", help="Keep everything (ablation)."),
+    samples: int = typer.Option(1, "--samples", help="On-policy responses sampled per instruction."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Length of sampled responses."),
+    heldout: float = typer.Option(0.1, "--heldout", help="Fraction held out (never trained on) for the internalization metric."),
+    seed: int = typer.Option(0, "--seed"),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    device: Optional[str] = DeviceOpt,
+) -> None:
+    """Score each instruction's policy sensitivity and select the training set."""
+    from ..stages import run_filter
+
+    result = run_filter(run_dir, model=model, pack=pack, keep=keep, top_n=top_k, min_score=min_score,
+                        no_filter=no_filter, samples=samples, max_new_tokens=max_new_tokens, heldout=heldout,
+                        seed=seed, batch_size=batch_size, device=device)
+    before = result.internalization_before
+    typer.echo(f"scored {result.scored}, selected {result.selected}, held out {result.heldout}"
+               + (f"; mean held-out sensitivity {before:.4f}" if before is not None else ""))
+    typer.echo(f"wrote {run_dir}/scored.jsonl, selected.jsonl, heldout.jsonl, filter_hist.png")
+
+
+@app.command()
+def distill(
+    run_dir: Path = RunDir,
+    model: Optional[str] = ModelOpt,
+    pack: Optional[str] = PackOpt,
+    lora_r: Optional[int] = typer.Option(None, "--lora-r", help="LoRA rank (default: the pack's)."),
+    lora_alpha: Optional[float] = typer.Option(None, "--lora-alpha"),
+    target_modules: Optional[str] = typer.Option(None, "--target-modules", help="Comma-separated module names, or all-linear."),
+    learning_rate: Optional[float] = typer.Option(None, "--lr", help="Learning rate."),
+    epochs: Optional[float] = typer.Option(None, "--epochs"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Length of the student's rollouts."),
+    top_k: Optional[int] = typer.Option(None, "--kl-top-k", help="Top-k support of the reverse KL (paper: 256)."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="base (adapter disabled) or ema."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    no_prefix_cache: bool = typer.Option(False, "--no-prefix-cache", help="Recompute the policy prefix every step."),
+    vllm: bool = typer.Option(False, "--vllm", help="Roll out with vLLM (GPU, needs the [vllm] extra)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last complete checkpoint."),
+    device: Optional[str] = DeviceOpt,
+) -> None:
+    """Distill the policy into a LoRA adapter (on-policy, reverse KL to the policy-prompted teacher)."""
+    from ..stages import run_distill
+
+    targets = target_modules if target_modules in (None, "all-linear") else tuple(target_modules.split(","))
+    result = run_distill(run_dir, model=model, pack=pack, device=device, resume=resume, overrides=dict(
+        lora_r=lora_r, lora_alpha=lora_alpha, target_modules=targets, learning_rate=learning_rate,
+        num_epochs=epochs, max_steps=max_steps, batch_size=batch_size, max_new_tokens=max_new_tokens,
+        top_k=top_k, teacher=teacher, seed=seed, prefix_cache=False if no_prefix_cache else None,
+        use_vllm=True if vllm else None))
+    typer.echo(f"trained {result.steps} steps on {result.train_records} instructions; adapter in {result.adapter_dir}")
+    if result.internalization_before is not None:
+        drop = result.internalization_drop
+        typer.echo(f"internalization (held-out teacher-student reverse KL): {result.internalization_before:.4f} -> "
+                   f"{result.internalization_after:.4f}" + (f" ({drop:+.0%} closed)" if drop is not None else ""))

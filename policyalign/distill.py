@@ -1,0 +1,428 @@
+"""On-policy self-distillation of the policy into a LoRA adapter, on top of trl's SDFTTrainer.
+
+The student (no policy in context) samples a response; the teacher (the same base model with
+the policy as its system message) scores the same tokens; the loss is the per-token reverse
+KL(student || teacher) on the student's top-k support. trl 1.16's `SDFTTrainer` does the
+rollouts, the loss, PEFT, EMA teachers, vLLM and accelerate; `PolicySDFTTrainer` changes
+three things (see the design notes):
+
+* the policy goes in the teacher's **system** message (trl appends context to the user turn),
+  through `chat.teacher_messages`, with tools passed to the chat template;
+* prompts are never truncated: a policy plus prompt that does not fit fails before training;
+* the teacher forward continues from the policy prefix KV cache of `scoring.py`, computed
+  once per teacher version, instead of re-reading the policy for every sample.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+from .chat import encode_chat, student_messages, teacher_messages
+from .errors import InvalidInputError, RunError
+from .io import atomic_open, read_jsonl, write_json
+
+if TYPE_CHECKING:
+    from .models import LoadedModel
+    from .pack import Pack
+
+PIN_TRL = "1.16.0"
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Training settings: defaults follow the paper; the pack's `training` section and the CLI override."""
+
+    lora_r: int = 16
+    lora_alpha: float = 32
+    lora_dropout: float = 0.05
+    target_modules: tuple[str, ...] | str = ("q_proj", "k_proj", "v_proj", "o_proj")
+    learning_rate: float = 1e-4
+    num_epochs: float = 1.0
+    max_steps: int = -1
+    batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_k: int = 256
+    alpha: float = 1.0  # 1.0 = reverse KL(student || teacher)
+    teacher: str = "base"
+    ema_decay: float = 0.05
+    seed: int = 0
+    prefix_cache: bool = True
+    use_vllm: bool = False
+    save_steps: int = 50
+    logging_steps: int = 1
+
+    @classmethod
+    def from_pack(cls, training: Mapping[str, Any], **overrides: Any) -> "DistillConfig":
+        """Pack defaults, then non-None command-line overrides; unknown keys are ignored (schema-checked)."""
+        names = {f.name for f in fields(cls)}
+        values = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in training.items() if k in names}
+        values.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in overrides.items() if v is not None})
+        config = cls(**values)
+        if config.teacher not in ("base", "ema"):
+            raise InvalidInputError(f"unknown teacher {config.teacher!r}", hint="use base or ema")
+        return config
+
+
+# --------------------------------------------------------------------------- the trainer
+
+
+def _trainer_classes() -> tuple[type, type]:
+    """Build the trl subclasses lazily, so importing this module does not import trl."""
+    import os
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    import torch
+    from trl.experimental.sdft import SDFTTrainer
+    from trl.experimental.sdft.sdft_trainer import DemonstrationTeacherContextBuilder, DistillationLogits
+    from trl.trainer.utils import pad
+
+    from .scoring import PrefixCache, completion_logits, policy_prefix_ids
+
+    class PolicyTeacherContextBuilder(DemonstrationTeacherContextBuilder):
+        """Teacher prompt = the policy as system message + the instruction's own turns (and tools)."""
+
+        def _compose_teacher_prompt(self, prompt: Any, privileged_context: Any) -> Any:
+            conv = json.loads(prompt)
+            return json.dumps({**conv, "messages": teacher_messages(self.trainer.policy, conv["messages"])})
+
+        def build(self, prompts, privileged_contexts, completion_ids, completion_mask):  # type: ignore[no-untyped-def]
+            teacher = [self._compose_teacher_prompt(p, None) for p in prompts]
+            ids = [torch.tensor(x) for x in self.trainer._tokenize_prompts(teacher, what="the policy plus instruction")]
+            pad_id = self.trainer._tokenizer.pad_token_id
+            device = completion_ids.device
+            prompt_ids = pad(ids, padding_value=pad_id, padding_side="left").to(device)
+            prompt_mask = pad([torch.ones_like(x) for x in ids], padding_value=0, padding_side="left").to(device)
+            return {"teacher_input_ids": torch.cat([prompt_ids, completion_ids], 1),
+                    "teacher_attention_mask": torch.cat([prompt_mask, completion_mask], 1)}
+
+    class PolicySDFTTrainer(SDFTTrainer):
+        """SDFTTrainer with the policy as system message, no truncation and a teacher prefix cache."""
+
+        def __init__(self, *args: Any, policy: str, context_limit: int, prefix_cache: bool = True, **kwargs: Any):
+            self.policy = policy
+            self.context_limit = context_limit
+            super().__init__(*args, **kwargs)
+            self.teacher_context_builder = PolicyTeacherContextBuilder(self)
+            self.prefix = PrefixCache(policy_prefix_ids(self._tokenizer, policy)) if prefix_cache else None
+            self._prefix_version = self._teacher_version()
+
+        def _tokenize_prompts(self, prompts: list[Any], what: str = "instruction") -> list[list[int]]:
+            out = []
+            for prompt in prompts:
+                conv = json.loads(prompt)
+                ids = encode_chat(self._tokenizer, student_messages(conv["messages"]), conv.get("tools") or None)
+                need = len(ids) + (self.max_completion_length or 0)
+                if need > self.context_limit:
+                    raise InvalidInputError(
+                        f"{what} needs {need} tokens (prompt + max_new_tokens) but the model fits {self.context_limit}",
+                        hint="shorten the policy, drop long instructions, lower --max-new-tokens, or use a longer-context model")
+                out.append(ids)
+            return out
+
+        def _teacher_version(self) -> int:
+            """Changes whenever the teacher's weights may have changed (never for a frozen base teacher)."""
+            return 0 if self.args.teacher_model_kind == "base" else self.state.global_step
+
+        def _compute_teacher_student_logits(self, model, teacher_model, inputs):  # type: ignore[no-untyped-def]
+            if self.prefix is None:
+                return super()._compute_teacher_student_logits(model, teacher_model, inputs)
+            completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+            steps = completion_ids.size(1)
+            student = self._forward_logits(model, torch.cat([inputs["prompt_ids"], completion_ids], 1),
+                                           torch.cat([inputs["prompt_mask"], completion_mask], 1), steps)
+            with torch.no_grad(), self._get_teacher_context_for_self_distillation():
+                teacher = self._cached_teacher_logits(teacher_model, inputs, steps)
+            loss_mask = completion_mask
+            if self.num_loss_tokens_to_skip > 0:
+                positions = torch.arange(steps, device=completion_mask.device).unsqueeze(0)
+                loss_mask = completion_mask * (positions >= self.num_loss_tokens_to_skip).long()
+            return DistillationLogits(completion_ids, loss_mask, student, teacher)
+
+        def _cached_teacher_logits(self, teacher_model: Any, inputs: dict, steps: int) -> Any:
+            version = self._teacher_version()
+            if version != self._prefix_version:
+                self.prefix.invalidate()
+                self._prefix_version = version
+            net = self.accelerator.unwrap_model(teacher_model)
+            width = inputs["teacher_input_ids"].size(1) - steps
+            rows = inputs["teacher_input_ids"][:, :width].tolist()
+            masks = inputs["teacher_attention_mask"][:, :width].tolist()
+            prompts = [[t for t, m in zip(r, mk) if m] for r, mk in zip(rows, masks)]
+            completions = [ids[:n] for ids, n in zip(inputs["completion_ids"].tolist(),
+                                                     inputs["completion_mask"].sum(1).tolist())]
+            completions = [c if c else [self._tokenizer.pad_token_id] for c in completions]
+            suffixes = [self.prefix.split(p) for p in prompts]
+            pad_id = self._tokenizer.pad_token_id
+            if all(s is not None for s in suffixes):
+                out = completion_logits(net, suffixes, completions, pad_id=pad_id, prefix=self.prefix)
+            else:
+                out = completion_logits(net, prompts, completions, pad_id=pad_id)
+            logits = out.logits
+            if logits.size(1) < steps:
+                logits = torch.nn.functional.pad(logits, (0, 0, 0, steps - logits.size(1)))
+            return logits[:, :steps] / self.temperature
+
+    return PolicySDFTTrainer, PolicyTeacherContextBuilder
+
+
+def sdft_config(config: DistillConfig, output_dir: Path, *, report_to: str = "none") -> Any:
+    """The trl SDFTConfig for our settings (the paper's reverse-KL top-k objective)."""
+    import os
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    import torch
+    from trl.experimental.sdft import SDFTConfig
+
+    return SDFTConfig(
+        output_dir=str(output_dir), learning_rate=config.learning_rate, num_train_epochs=config.num_epochs,
+        max_steps=config.max_steps, per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps, num_generations=1,
+        max_completion_length=config.max_new_tokens, max_prompt_length=None, temperature=config.temperature,
+        top_p=1.0, top_k=0, distillation_mode="topk_logits", distillation_topk=config.top_k,
+        distillation_alpha=config.alpha, teacher_model_kind=config.teacher,
+        teacher_update_rate=config.ema_decay, seed=config.seed, logging_steps=config.logging_steps,
+        save_strategy="steps", save_steps=config.save_steps, save_total_limit=2, report_to=report_to,
+        use_vllm=config.use_vllm, vllm_mode="colocate", bf16=torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(), remove_unused_columns=False, shuffle_dataset=True,
+        disable_tqdm=True, dataloader_num_workers=0, gradient_checkpointing=torch.cuda.is_available(),
+    )
+
+
+def lora_config(config: DistillConfig) -> Any:
+    from peft import LoraConfig
+
+    targets = config.target_modules if isinstance(config.target_modules, str) else list(config.target_modules)
+    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=targets, task_type="CAUSAL_LM", bias="none")
+
+
+def training_dataset(records: list[dict[str, Any]]) -> Any:
+    """trl's rows: the conversation as a JSON string (Arrow cannot hold arbitrary tool schemas)."""
+    from datasets import Dataset
+
+    rows = [{"prompt": json.dumps({"messages": r["messages"], **({"tools": r["tools"]} if r.get("tools") else {})}),
+             "privileged_context": ""} for r in records]
+    return Dataset.from_list(rows)
+
+
+# --------------------------------------------------------------------------- checkpoints and outputs
+
+
+def last_complete_checkpoint(directory: Path) -> Path | None:
+    """The newest checkpoint whose trainer state was written (the Trainer writes it last)."""
+    if not directory.is_dir():
+        return None
+    found = sorted((p for p in directory.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+                   key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    for path in found:
+        if (path / "trainer_state.json").is_file() and any(path.glob("adapter_model.*")):
+            return path
+    return None
+
+
+def save_adapter(model: Any, target: Path) -> None:
+    """Save only the student adapter (not an EMA 'teacher' adapter), atomically by directory rename."""
+    tmp = target.parent / f".{target.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp), selected_adapters=["default"])
+    for extra in target.glob("*") if target.is_dir() else []:
+        if extra.name not in {p.name for p in tmp.iterdir()} and extra.name != "checkpoints":
+            if extra.is_file():
+                shutil.copy2(extra, tmp / extra.name)
+    if (target / "checkpoints").is_dir():
+        (target / "checkpoints").rename(tmp / "checkpoints")
+    old = target.parent / f".{target.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def plot_loss(history: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if points:
+        ax.plot(*zip(*points), marker="o", markersize=3, color="#4c72b0")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("reverse KL(student || teacher), top-k")
+    ax.set_title("Distillation loss")
+    fig.tight_layout()
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- internalization
+
+
+def internalization(loaded: "LoadedModel", policy: str, records: list[dict[str, Any]], *, adapter_on: bool,
+                    max_new_tokens: int, top_k: int, seed: int, batch_size: int = 8) -> float | None:
+    """Mean teacher-student reverse KL on held-out instructions, with the student's own responses.
+
+    The teacher is always the base model with the policy in context; the student is the base
+    model (`adapter_on=False`, before training) or the adapted one. This is the gap distillation
+    exists to close.
+    """
+    from .filtering import FilterConfig, sample_and_score, sampling_params
+    from .scoring import PolicyScorer
+
+    if not records:
+        return None
+    model = loaded.model
+    off = (lambda: model.disable_adapter()) if hasattr(model, "disable_adapter") else nullcontext
+    student = nullcontext if adapter_on else off
+    scorer = PolicyScorer(loaded, policy, top_k=top_k, batch_size=batch_size, teacher_context=off,
+                          student_context=student)
+    params = sampling_params(FilterConfig(max_new_tokens=max_new_tokens), seed)
+    rows = sample_and_score(scorer, records, params, 1, batch_size=batch_size)
+    return sum(r["score"] for r in rows) / len(rows)
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+@dataclass
+class DistillResult:
+    adapter_dir: Path
+    steps: int
+    train_records: int
+    heldout_records: int
+    internalization_before: float | None
+    internalization_after: float | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def internalization_drop(self) -> float | None:
+        before, after = self.internalization_before, self.internalization_after
+        if before is None or after is None or before == 0:
+            return None
+        return 1 - after / before
+
+
+def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillConfig, *,
+                device: str | None = None, resume: bool = False, progress: bool = True) -> DistillResult:
+    """Train the adapter on selected.jsonl; measure internalization on heldout.jsonl; save everything."""
+    from .models import cpu_threads, load_model
+    from .run import require
+
+    run_dir = Path(run_dir)
+    records = read_jsonl(require(run_dir, "selected.jsonl", "pa filter RUN_DIR"))
+    heldout = read_jsonl(run_dir / "heldout.jsonl") if (run_dir / "heldout.jsonl").is_file() else []
+    if not records:
+        raise RunError("selected.jsonl is empty: nothing to train on", file=str(run_dir / "selected.jsonl"),
+                       hint="keep more with `pa filter RUN_DIR --keep 0.8` or `--no-filter`")
+    adapter_dir = run_dir / "adapter"
+    checkpoints = adapter_dir / "checkpoints"
+    if not resume:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    loaded = load_model(model_name, device=device, trainable=True)
+    with cpu_threads(loaded):
+        trainer = build_trainer(loaded, pack.policy, records, config, checkpoints, progress=progress)
+        before = _measure(trainer, loaded, pack.policy, heldout, config, adapter_on=False)
+        resume_from = last_complete_checkpoint(checkpoints) if resume else None
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        after = _measure(trainer, loaded, pack.policy, heldout, config, adapter_on=True)
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    save_adapter(trainer.model, adapter_dir)
+    result = DistillResult(adapter_dir, trainer.state.global_step, len(records), len(heldout), before, after, history)
+    write_provenance(adapter_dir, pack, loaded, config, result, run_dir)
+    plot_loss(history, adapter_dir / "loss.png")
+    return result
+
+
+def build_trainer(loaded: "LoadedModel", policy: str, records: list[dict[str, Any]], config: DistillConfig,
+                  output_dir: Path, *, trainer_cls: type | None = None, progress: bool = False) -> Any:
+    from .models import max_context
+
+    from transformers.trainer_callback import PrinterCallback
+
+    cls = trainer_cls or _trainer_classes()[0]
+    kwargs: dict[str, Any] = {}
+    if trainer_cls is None:
+        kwargs = {"policy": policy, "context_limit": max_context(loaded), "prefix_cache": config.prefix_cache}
+    trainer = cls(model=loaded.model, args=sdft_config(config, output_dir), train_dataset=training_dataset(records),
+                  processing_class=loaded.tokenizer, peft_config=lora_config(config), **kwargs)
+    trainer.remove_callback(PrinterCallback)  # raw log dicts on stdout; progress has its own bar
+    if progress:
+        trainer.add_callback(_progress_callback())
+    return trainer
+
+
+def _progress_callback() -> Any:
+    """A rich progress bar over optimizer steps showing the current distillation loss."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from transformers import TrainerCallback
+
+    class RichProgress(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            self.bar = Progress(TextColumn("distilling"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[loss]}"),
+                                TimeElapsedColumn(), console=Console(stderr=True))
+            self.task = self.bar.add_task("distill", total=state.max_steps, completed=state.global_step, loss="")
+            self.bar.start()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[no-untyped-def]
+            if logs and "loss" in logs:
+                self.bar.update(self.task, loss=f"loss {float(logs['loss']):.4f}")
+
+        def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            self.bar.update(self.task, completed=state.global_step)
+
+        def on_train_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            self.bar.stop()
+
+    return RichProgress()
+
+
+def _measure(trainer: Any, loaded: "LoadedModel", policy: str, heldout: list[dict[str, Any]],
+             config: DistillConfig, *, adapter_on: bool) -> float | None:
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    was_training = model.training
+    model.eval()
+    try:
+        return internalization(replace(loaded, model=model), policy, heldout, adapter_on=adapter_on,
+                               max_new_tokens=config.max_new_tokens, top_k=config.top_k, seed=config.seed + 1)
+    finally:
+        model.train(was_training)
+
+
+def write_provenance(adapter_dir: Path, pack: "Pack", loaded: "LoadedModel", config: DistillConfig,
+                     result: DistillResult, run_dir: Path) -> dict[str, Any]:
+    """policyalign.json: exactly which pack, model, data and settings made this adapter."""
+    from . import __version__
+    from .io import read_json
+
+    synthesis = read_json(run_dir / "synthesis.json") if (run_dir / "synthesis.json").is_file() else {}
+    scored = sum(1 for _ in (run_dir / "scored.jsonl").open()) if (run_dir / "scored.jsonl").is_file() else None
+    data = {
+        "policyalign_version": __version__,
+        "pack": {"name": pack.name, "version": pack.version, "digest": pack.digest, "title": pack.title,
+                 "summary": pack.summary, "license": pack.license,
+                 "categories": [{"id": c.id, "title": c.title, "action": c.action, "locked": c.locked}
+                                for c in pack.categories]},
+        "base_model": {"name": loaded.ref.name, "id": loaded.ref.location if loaded.ref.kind != "tiny" else "tiny",
+                       "revision": loaded.ref.revision, "kind": loaded.ref.kind},
+        "config": {**asdict(config), "target_modules": list(config.target_modules)
+                   if not isinstance(config.target_modules, str) else config.target_modules, "trl": PIN_TRL},
+        "data": {"synthesized": synthesis.get("total") if isinstance(synthesis, dict) else None, "scored": scored,
+                 "selected": result.train_records, "heldout": result.heldout_records},
+        "internalization": {"before": result.internalization_before, "after": result.internalization_after,
+                            "drop": result.internalization_drop},
+        "training": {"steps": result.steps, "final_loss": result.history[-1]["loss"] if result.history else None},
+        "seeds": {"training": config.seed},
+    }
+    write_json(adapter_dir / "policyalign.json", data)
+    return data

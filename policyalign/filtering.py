@@ -1,0 +1,302 @@
+"""Policy-Sensitive Filtering: keep the instructions where the policy changes behaviour most.
+
+For each synthesized instruction the student (no policy) samples its own on-policy response;
+the policy sensitivity is the mean per-token reverse KL(student || teacher) over that
+response, the teacher being the same model with the policy as its system message. High
+sensitivity means the policy would make the model answer differently, which is where
+distillation has something to teach. A held-out slice, never trained on, gives the
+internalization metric before (here) and after (distill.py) training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from .errors import InvalidInputError
+from .io import read_jsonl, write_jsonl
+
+if TYPE_CHECKING:
+    from .generation import SamplingParams
+    from .models import LoadedModel
+    from .scoring import PolicyScorer
+
+PARTIAL = "scored.partial.jsonl"
+CHUNK = 32
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    keep: float | None = 0.5
+    top_n: int | None = None
+    min_score: float | None = None
+    no_filter: bool = False
+    samples: int = 1
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    kl_top_k: int = 256
+    heldout: float = 0.1
+    seed: int = 0
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        chosen = [x is not None for x in (self.top_n, self.min_score)].count(True)
+        if chosen > 1:
+            raise InvalidInputError("use only one of --top-k and --min-score (or --keep)")
+        if self.keep is not None and not 0 < self.keep <= 1:
+            raise InvalidInputError(f"--keep must be in (0, 1], got {self.keep}")
+        if self.samples < 1:
+            raise InvalidInputError(f"--samples must be at least 1, got {self.samples}")
+        if not 0 <= self.heldout < 1:
+            raise InvalidInputError(f"--heldout must be in [0, 1), got {self.heldout}")
+
+    @property
+    def rule(self) -> str:
+        if self.no_filter:
+            return "none"
+        if self.top_n is not None:
+            return f"top-{self.top_n}"
+        if self.min_score is not None:
+            return f"score>={self.min_score}"
+        return f"keep {self.keep}"
+
+
+@dataclass(frozen=True)
+class FilterResult:
+    scored: int
+    selected: int
+    heldout: int
+    internalization_before: float | None
+    per_category: dict[str, dict[str, int]]
+
+
+# --------------------------------------------------------------------------- sampling and scoring
+
+
+def sampling_params(config: FilterConfig, seed: int) -> "SamplingParams":
+    from .generation import SamplingParams
+
+    return SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                          do_sample=config.temperature > 0, seed=seed)
+
+
+def chunk_seed(seed: int, index: int) -> int:
+    """A seed per fixed chunk of the instruction list, so a resumed run samples the same responses."""
+    return int.from_bytes(hashlib.blake2b(f"psf:{seed}:{index}".encode(), digest_size=4).digest(), "little")
+
+
+def sample_and_score(scorer: "PolicyScorer", records: Sequence[dict[str, Any]], params: "SamplingParams",
+                     samples: int, *, backend: str = "transformers", batch_size: int = 8) -> list[dict[str, Any]]:
+    """On-policy responses from the student, scored against the policy teacher (mean over samples)."""
+    from .generation import get_backend
+
+    gen = get_backend(backend, scorer.loaded)
+    conversations = [{"messages": r["messages"], **({"tools": r["tools"]} if r.get("tools") else {})} for r in records]
+    per_record: list[list[tuple[Any, Any]]] = [[] for _ in records]
+    for k in range(samples):
+        with scorer.student_context():
+            outs = gen.generate(conversations, _reseed(params, k), batch_size=batch_size, progress=False)
+        scores = scorer.score(records, [o.token_ids for o in outs])
+        for i, (out, score) in enumerate(zip(outs, scores)):
+            per_record[i].append((out, score))
+    return [_scored_row(r, pairs) for r, pairs in zip(records, per_record)]
+
+
+def _reseed(params: "SamplingParams", k: int) -> "SamplingParams":
+    from dataclasses import replace
+
+    return replace(params, seed=params.seed + 7919 * k)
+
+
+def _scored_row(record: dict[str, Any], pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
+    first_out, _ = pairs[0]
+    scores = [s for _, s in pairs]
+    mean = lambda values: sum(values) / len(values)  # noqa: E731
+    return {
+        **record,
+        "response": first_out.text,
+        "response_ids": first_out.token_ids,
+        "score": mean([s.reverse_kl for s in scores]),
+        "score_full": mean([s.reverse_kl_full for s in scores]),
+        "logprob_gap": mean([s.logprob_gap for s in scores]),
+        "response_tokens": len(first_out.token_ids),
+        "samples": len(scores),
+    }
+
+
+def score_instructions(run_dir: Path, scorer: "PolicyScorer", records: list[dict[str, Any]],
+                       config: FilterConfig, *, backend: str = "transformers",
+                       progress: bool = True) -> list[dict[str, Any]]:
+    """Score every instruction, continuing from `scored.partial.jsonl` after a crash."""
+    partial = Path(run_dir) / PARTIAL
+    done = {row["id"]: row for row in _read_partial(partial)}
+    chunks = [records[i:i + CHUNK] for i in range(0, len(records), CHUNK)]
+    with _bar(progress, len(records), "scoring policy sensitivity") as advance:
+        advance(sum(1 for r in records if r["id"] in done))
+        for index, chunk in enumerate(chunks):
+            if all(r["id"] in done for r in chunk):
+                continue
+            rows = sample_and_score(scorer, chunk, sampling_params(config, chunk_seed(config.seed, index)),
+                                    config.samples, backend=backend, batch_size=config.batch_size)
+            _append(partial, rows)
+            for row in rows:
+                done[row["id"]] = row
+            advance(len(chunk))
+    return [done[r["id"]] for r in records]
+
+
+def _read_partial(path: Path) -> list[dict[str, Any]]:
+    """Rows of the append-only partial file; a line cut short by a crash is dropped."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
+def _append(path: Path, rows: list[dict[str, Any]]) -> None:
+    import os
+
+    with path.open("a", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _bar(enabled: bool, total: int, label: str):  # type: ignore[no-untyped-def]
+    from .generation import _progress
+
+    return _progress(enabled, total, label)
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def split_heldout(records: list[dict[str, Any]], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train pool, held out): per category, a deterministic `fraction` (at least one when the
+    category has three or more instructions); generated instructions are held out before seeds."""
+    if fraction <= 0:
+        return list(records), []
+    by_cat: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        by_cat[r["category"]].append(r)
+    held: set[str] = set()
+    for rows in by_cat.values():
+        n = max(1, round(fraction * len(rows))) if len(rows) >= 3 else 0
+        ranked = sorted(rows, key=lambda r: (r.get("provenance", {}).get("source") == "seed",
+                                             hashlib.sha256(f"{seed}:{r['id']}".encode()).hexdigest()))
+        held.update(r["id"] for r in ranked[:n])
+    return [r for r in records if r["id"] not in held], [r for r in records if r["id"] in held]
+
+
+def select(scored: list[dict[str, Any]], config: FilterConfig) -> list[dict[str, Any]]:
+    """The instructions to train on, balanced per category, highest policy sensitivity first."""
+    if config.no_filter:
+        return list(scored)
+    if config.min_score is not None:
+        return [r for r in scored if r["score"] >= config.min_score]
+    by_cat: dict[str, list[dict]] = defaultdict(list)
+    for r in sorted(scored, key=lambda r: (-r["score"], r["id"])):
+        by_cat[r["category"]].append(r)
+    if config.top_n is not None:
+        chosen = _round_robin(by_cat, config.top_n)
+    else:
+        chosen = [r for rows in by_cat.values() for r in rows[: max(1, math.ceil(config.keep * len(rows)))]]
+    ids = {r["id"] for r in chosen}
+    return [r for r in scored if r["id"] in ids]
+
+
+def _round_robin(by_cat: dict[str, list[dict]], total: int) -> list[dict]:
+    """Take the best remaining instruction of each category in turn until `total` are chosen."""
+    chosen: list[dict] = []
+    depth = 0
+    while len(chosen) < total and any(depth < len(rows) for rows in by_cat.values()):
+        for rows in by_cat.values():
+            if depth < len(rows) and len(chosen) < total:
+                chosen.append(rows[depth])
+        depth += 1
+    return chosen
+
+
+def threshold(selected: list[dict[str, Any]], scored: list[dict[str, Any]]) -> float | None:
+    """The lowest selected score, when the selection dropped anything (for the histogram)."""
+    if len(selected) == len(scored) or not selected:
+        return None
+    return min(r["score"] for r in selected)
+
+
+def plot_histogram(scored: list[dict[str, Any]], selected: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .io import atomic_open
+
+    scores = [r["score"] for r in scored]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(scores, bins=min(40, max(5, len(scores) // 3)), color="#4c72b0", alpha=0.85)
+    cut = threshold(selected, scored)
+    if cut is not None:
+        ax.axvline(cut, color="#c44e52", linestyle="--", label=f"kept >= {cut:.3g}")
+        ax.legend()
+    ax.set_xlabel("policy sensitivity: mean reverse KL(student || teacher) per token")
+    ax.set_ylabel("instructions")
+    ax.set_title(f"Policy-Sensitive Filtering: {len(selected)} of {len(scored)} kept")
+    fig.tight_layout()
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=110)
+    plt.close(fig)
+
+
+def per_category(scored: list[dict], selected: list[dict], heldout: list[dict]) -> dict[str, dict[str, int]]:
+    table: dict[str, dict[str, int]] = defaultdict(lambda: {"scored": 0, "selected": 0, "heldout": 0})
+    for name, rows in (("scored", scored), ("selected", selected), ("heldout", heldout)):
+        for r in rows:
+            table[r["category"]][name] += 1
+    return dict(table)
+
+
+def mean_score(rows: list[dict[str, Any]]) -> float | None:
+    return sum(r["score"] for r in rows) / len(rows) if rows else None
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def filter_run(run_dir: Path, loaded: "LoadedModel", policy: str, config: FilterConfig, *,
+               backend: str = "transformers", progress: bool = True) -> FilterResult:
+    """Score instructions.jsonl, hold out a slice, select; write scored/selected/heldout and a histogram."""
+    from .run import require
+    from .scoring import PolicyScorer
+
+    run_dir = Path(run_dir)
+    records = read_jsonl(require(run_dir, "instructions.jsonl", "pa synthesize PACK --model M --out RUN_DIR"))
+    if not records:
+        raise InvalidInputError("instructions.jsonl is empty", file=str(run_dir / "instructions.jsonl"),
+                                hint="re-run synthesis; the pack's seeds alone should give some instructions")
+    scorer = PolicyScorer(loaded, policy, top_k=config.kl_top_k, batch_size=config.batch_size)
+    scored = score_instructions(run_dir, scorer, records, config, backend=backend, progress=progress)
+    pool, heldout = split_heldout(scored, config.heldout, config.seed)
+    selected = select(pool, config)
+    write_jsonl(run_dir / "scored.jsonl", scored)
+    write_jsonl(run_dir / "selected.jsonl", selected)
+    write_jsonl(run_dir / "heldout.jsonl", heldout)
+    plot_histogram(pool, selected, run_dir / "filter_hist.png")
+    (run_dir / PARTIAL).unlink(missing_ok=True)
+    return FilterResult(len(scored), len(selected), len(heldout), mean_score(heldout),
+                        per_category(scored, selected, heldout))
+
+
+def result_dict(result: FilterResult, config: FilterConfig) -> dict[str, Any]:
+    return {**asdict(result), "config": asdict(config), "rule": config.rule}

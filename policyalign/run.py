@@ -1,0 +1,149 @@
+"""The run directory and its `run.json` manifest: what went in, what came out, which stages ran.
+
+Every stage reads the previous stage's files from one directory and writes its own
+atomically. The manifest records the inputs (pack digest, model, options) and, per stage,
+a fingerprint of what the stage depended on, so a re-run can skip finished stages whose
+inputs are unchanged and redo the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from .errors import RunError
+from .io import read_json, write_json
+
+if TYPE_CHECKING:
+    from .pack import Pack
+
+MANIFEST = "run.json"
+STAGES = ("synthesize", "filter", "distill", "eval_before", "eval_after", "card", "push")
+VERSIONED = ("policyalign", "torch", "transformers", "trl", "peft", "huggingface-hub")
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def fingerprint(data: Any) -> str:
+    """A stable hash of JSON-able data (sorted keys), for change detection."""
+    text = json.dumps(data, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / MANIFEST
+    if not path.is_file():
+        return {"inputs": {}, "stages": {}}
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise RunError("run.json is not a JSON object", file=str(path), hint="delete it to start the run afresh")
+    data.setdefault("inputs", {})
+    data.setdefault("stages", {})
+    return data
+
+
+def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
+    manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    write_json(Path(run_dir) / MANIFEST, manifest)
+
+
+def pack_record(pack: "Pack") -> dict[str, Any]:
+    return {"name": pack.name, "version": pack.version, "digest": pack.digest, "path": str(pack.root.resolve()),
+            "title": pack.title}
+
+
+def record_inputs(run_dir: Path, pack: "Pack", model: str, **extra: Any) -> dict[str, Any]:
+    """Write (or update) the run's inputs: pack identity, model and library versions."""
+    manifest = read_manifest(run_dir)
+    manifest["inputs"].update({"pack": pack_record(pack), "model": model, **extra})
+    manifest["versions"] = versions()
+    manifest.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    write_manifest(run_dir, manifest)
+    return manifest
+
+
+def run_inputs(run_dir: Path) -> dict[str, Any]:
+    """The recorded inputs of an existing run, or a RunError saying how to start one."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"run directory {run_dir} does not exist", file=str(run_dir),
+                       hint="start a run with `pa apply PACK --model M --out DIR` or `pa synthesize PACK --model M --out DIR`")
+    inputs = read_manifest(run_dir)["inputs"]
+    if "pack" not in inputs or "model" not in inputs:
+        raise RunError(f"{run_dir / MANIFEST} does not record the pack and model of this run", file=str(run_dir / MANIFEST),
+                       hint="pass --pack and --model, or start with `pa synthesize PACK --model M --out DIR`")
+    return inputs
+
+
+def require(run_dir: Path, name: str, producer: str) -> Path:
+    """Path of a stage input, or a RunError naming the command that produces it."""
+    path = Path(run_dir) / name
+    if not path.exists():
+        raise RunError(f"{path} is missing", file=str(path), hint=f"run `{producer}` first")
+    return path
+
+
+def load_run_pack(run_dir: Path, override: str | None = None) -> "Pack":
+    """The pack of a run: `override` if given, else the recorded path; warns nothing, checks the digest."""
+    from .registry import Registry
+
+    inputs = read_manifest(run_dir)["inputs"]
+    if override is None and "pack" not in inputs:
+        run_inputs(run_dir)
+    spec = override or inputs["pack"]["path"]
+    pack = Registry.default().load(spec)
+    recorded = inputs.get("pack", {}).get("digest")
+    if override is None and recorded and recorded != pack.digest:
+        raise RunError(f"pack {pack.ref} changed since this run started (digest {pack.digest[:12]}, run has {recorded[:12]})",
+                       file=str(Path(run_dir) / MANIFEST), hint="start a new run directory, or re-run `pa apply` to redo the stages")
+    return pack
+
+
+def stage_done(run_dir: Path, stage: str, key: str) -> bool:
+    """True when `stage` finished with the same input fingerprint `key`."""
+    entry = read_manifest(run_dir)["stages"].get(stage, {})
+    return entry.get("status") == "done" and entry.get("key") == key
+
+
+@contextmanager
+def stage(run_dir: Path, name: str, key: str, **info: Any) -> Iterator[dict[str, Any]]:
+    """Mark a stage running, then done (with timing) or failed; the yielded dict is saved as its results."""
+    manifest = read_manifest(run_dir)
+    started = time.time()
+    manifest["stages"][name] = {"status": "running", "key": key, "started": started, **info}
+    write_manifest(run_dir, manifest)
+    results: dict[str, Any] = {}
+    try:
+        yield results
+    except BaseException as exc:
+        manifest = read_manifest(run_dir)
+        manifest["stages"][name].update({"status": "failed", "error": type(exc).__name__})
+        write_manifest(run_dir, manifest)
+        raise
+    manifest = read_manifest(run_dir)
+    manifest["stages"][name].update({"status": "done", "seconds": round(time.time() - started, 2), "results": results})
+    write_manifest(run_dir, manifest)
+
+
+def invalidate_after(run_dir: Path, name: str) -> None:
+    """Forget the stages after `name`: their inputs are about to change."""
+    manifest = read_manifest(run_dir)
+    order = list(STAGES)
+    if name in order:
+        for later in order[order.index(name) + 1:]:
+            manifest["stages"].pop(later, None)
+        write_manifest(run_dir, manifest)

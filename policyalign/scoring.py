@@ -1,0 +1,311 @@
+"""Student and teacher log-probs over the same completion, their divergence, and the prefix cache.
+
+The student sees an instruction's messages; the teacher sees the same messages after the
+policy as system message. Both score the *same* completion tokens, so their per-token
+distributions can be compared position by position: the reverse KL(student || teacher) is
+what Policy-Sensitive Filtering ranks by and what distillation minimises.
+
+Every teacher prompt starts with the same tokens (the chat template's system turn holding
+the policy). `PrefixCache` encodes that prefix once per teacher version and every batch
+continues from it (suffixes right-padded, position ids continued), instead of re-reading a
+policy of hundreds of tokens for every sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .chat import encode_chat, student_messages, teacher_messages
+
+if TYPE_CHECKING:
+    import torch
+
+    from .models import LoadedModel
+
+TeacherContext = Callable[[], AbstractContextManager[Any]]
+
+
+# --------------------------------------------------------------------------- divergences
+
+
+def reverse_kl_full(student_logits: "torch.Tensor", teacher_logits: "torch.Tensor") -> "torch.Tensor":
+    """Per-position KL(student || teacher) over the full vocabulary: (..., V) -> (...)."""
+    import torch
+
+    s = torch.log_softmax(student_logits.float(), dim=-1)
+    t = torch.log_softmax(teacher_logits.float(), dim=-1)
+    return (s.exp() * (s - t)).sum(-1)
+
+
+def reverse_kl_topk(student_logits: "torch.Tensor", teacher_logits: "torch.Tensor", k: int) -> "torch.Tensor":
+    """Per-position KL(student || teacher) on the student's top-k support, both renormalised there.
+
+    This is the paper's objective (k = 256) and the same quantity trl's top-k loss computes with
+    alpha = 1; `k` larger than the vocabulary means the full vocabulary.
+    """
+    import torch
+
+    k = min(k, student_logits.size(-1)) if k > 0 else student_logits.size(-1)
+    s_all = torch.log_softmax(student_logits.float(), dim=-1)
+    t_all = torch.log_softmax(teacher_logits.float(), dim=-1)
+    s_top, idx = torch.topk(s_all, k, dim=-1)
+    t_top = torch.gather(t_all, -1, idx)
+    s_top = s_top - torch.logsumexp(s_top, dim=-1, keepdim=True)
+    t_top = t_top - torch.logsumexp(t_top, dim=-1, keepdim=True)
+    return (s_top.exp() * (s_top - t_top)).sum(-1)
+
+
+def token_logprobs(logits: "torch.Tensor", ids: "torch.Tensor") -> "torch.Tensor":
+    """Log-prob of each realised token: (B, T, V), (B, T) -> (B, T)."""
+    import torch
+
+    return torch.gather(torch.log_softmax(logits.float(), dim=-1), -1, ids.unsqueeze(-1)).squeeze(-1)
+
+
+# --------------------------------------------------------------------------- prefix cache
+
+
+@contextmanager
+def eval_mode(model: Any) -> Iterator[None]:
+    """Run a forward in eval mode: no dropout, and no gradient checkpointing, which drops caches."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def common_prefix(sequences: Sequence[Sequence[int]]) -> list[int]:
+    first = list(sequences[0])
+    length = len(first)
+    for seq in sequences[1:]:
+        length = min(length, len(seq))
+        for i in range(length):
+            if seq[i] != first[i]:
+                length = i
+                break
+    return first[:length]
+
+
+def policy_prefix_ids(tokenizer: Any, policy: str) -> list[int]:
+    """The token ids every teacher prompt of this policy starts with.
+
+    Found by rendering two unrelated conversations and keeping their common prefix, so it is
+    exactly what the chat template produces (system turn plus whatever glue follows) on any model.
+    """
+    probes = [[{"role": "user", "content": "alpha"}], [{"role": "user", "content": "Zebra 42?"}]]
+    rendered = [encode_chat(tokenizer, teacher_messages(policy, p)) for p in probes]
+    return common_prefix(rendered)
+
+
+class PrefixCache:
+    """The teacher's key/value cache over the policy prefix, built once per teacher version.
+
+    Call `invalidate()` when the teacher's weights change (an EMA teacher after each sync);
+    a frozen `base` teacher keeps one cache for the whole run.
+    """
+
+    def __init__(self, prefix_ids: list[int]) -> None:
+        self.prefix_ids = list(prefix_ids)
+        self._layers: list[tuple[Any, Any]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.prefix_ids)
+
+    def invalidate(self) -> None:
+        self._layers = None
+
+    def layers(self, model: Any) -> list[tuple[Any, Any]]:
+        import torch
+
+        if self._layers is None:
+            from transformers import DynamicCache
+
+            device = next(model.parameters()).device
+            ids = torch.tensor([self.prefix_ids], device=device)
+            cache = DynamicCache(config=model.config)
+            with torch.no_grad(), eval_mode(model):
+                model(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=cache, use_cache=True)
+            self._layers = [(k.detach(), v.detach()) for k, v, *_ in cache]
+        return self._layers
+
+    def expanded(self, model: Any, batch: int) -> Any:
+        """A fresh DynamicCache for `batch` rows; the stored prefix is never mutated."""
+        from transformers import DynamicCache
+
+        data = [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in self.layers(model)]
+        return DynamicCache(ddp_cache_data=data, config=model.config)
+
+    def split(self, ids: Sequence[int]) -> list[int] | None:
+        """The suffix of `ids` after the prefix, or None when `ids` does not start with it."""
+        n = len(self.prefix_ids)
+        if len(ids) <= n or list(ids[:n]) != self.prefix_ids:
+            return None
+        return list(ids[n:])
+
+
+# --------------------------------------------------------------------------- forward passes
+
+
+@dataclass
+class CompletionLogits:
+    """Logits predicting each completion token: `logits[i, t]` predicts `ids[i, t]`."""
+
+    logits: "torch.Tensor"  # (B, T, V)
+    ids: "torch.Tensor"  # (B, T) completion ids, right-padded
+    mask: "torch.Tensor"  # (B, T) 1 on real completion tokens
+
+
+def completion_logits(
+    model: Any, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], *,
+    pad_id: int, prefix: PrefixCache | None = None,
+) -> CompletionLogits:
+    """Forward [prompt_i, completion_i] rows (right-padded) and gather the completion logits.
+
+    With `prefix`, each prompt must be the suffix *after* the prefix: rows continue from the
+    cached keys/values with position ids starting at len(prefix). Right padding keeps every
+    row's real tokens at the same positions they would have unpadded, which is what makes the
+    cached and uncached paths agree.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    batch = len(prompts)
+    t_max = max(1, max(len(c) for c in completions))
+    starts = [len(p) for p in prompts]
+    if min(starts) < 1:
+        raise ValueError("every prompt needs at least one token to predict the first completion token")
+    length = max(s + t_max for s in starts)
+    ids = torch.full((batch, length), pad_id, dtype=torch.long)
+    mask = torch.zeros((batch, length), dtype=torch.long)
+    comp = torch.full((batch, t_max), pad_id, dtype=torch.long)
+    comp_mask = torch.zeros((batch, t_max), dtype=torch.long)
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        row = list(p) + list(c)
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+        comp[i, : len(c)] = torch.tensor(list(c), dtype=torch.long)
+        comp_mask[i, : len(c)] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    keep = length - (min(starts) - 1)
+    kwargs: dict[str, Any] = {"input_ids": ids, "use_cache": False, "logits_to_keep": keep}
+    if prefix is not None and len(prefix):
+        p_len = len(prefix)
+        kwargs["past_key_values"] = prefix.expanded(model, batch)
+        kwargs["attention_mask"] = torch.cat([torch.ones((batch, p_len), dtype=torch.long, device=device), mask], 1)
+        kwargs["position_ids"] = torch.arange(p_len, p_len + length, device=device).unsqueeze(0).expand(batch, -1)
+    else:
+        kwargs["attention_mask"] = mask
+    context = eval_mode(model) if prefix is not None else nullcontext()
+    with context:
+        logits = model(**kwargs).logits  # (B, keep, V): positions length-keep .. length-1
+    offset = length - keep
+    index = torch.tensor([[s - 1 + t - offset for t in range(t_max)] for s in starts], device=device)
+    index = index.clamp(max=keep - 1)
+    gathered = torch.gather(logits, 1, index.unsqueeze(-1).expand(-1, -1, logits.size(-1)))
+    return CompletionLogits(gathered, comp.to(device), comp_mask.to(device))
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+@dataclass(frozen=True)
+class TokenScores:
+    """Per-sample policy sensitivity of one completion."""
+
+    reverse_kl: float  # mean per-token KL(student || teacher) on the student's top-k support
+    reverse_kl_full: float  # the same over the full vocabulary
+    student_logprob: float  # sequence log-prob under the student
+    teacher_logprob: float  # sequence log-prob under the teacher
+    tokens: int
+
+    @property
+    def logprob_gap(self) -> float:
+        """Teacher minus student sequence log-prob: negative when the policy makes the answer less likely."""
+        return self.teacher_logprob - self.student_logprob
+
+
+class PolicyScorer:
+    """Scores (conversation, completion) pairs under the student and the policy-prompted teacher.
+
+    `teacher_context` switches the model to the teacher's weights (e.g. PEFT adapter disabled);
+    `student_context` to the student's. With one plain model both are no-ops: the only difference
+    is then the policy in context, which is exactly the filtering setting.
+    """
+
+    def __init__(self, loaded: "LoadedModel", policy: str, *, top_k: int = 256, batch_size: int = 8,
+                 use_prefix_cache: bool = True, teacher_context: TeacherContext = nullcontext,
+                 student_context: TeacherContext = nullcontext) -> None:
+        self.loaded, self.policy, self.top_k, self.batch_size = loaded, policy, top_k, batch_size
+        self.teacher_context, self.student_context = teacher_context, student_context
+        tokenizer = loaded.tokenizer
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.prefix = PrefixCache(policy_prefix_ids(tokenizer, policy)) if use_prefix_cache else None
+
+    def prompts(self, records: Sequence[dict[str, Any]]) -> tuple[list[list[int]], list[list[int]]]:
+        """Student and full teacher prompt ids for records with `messages` (and optional `tools`)."""
+        from .models import check_fits
+
+        tok = self.loaded.tokenizer
+        students, teachers = [], []
+        for index, record in enumerate(records):
+            tools = record.get("tools") or None
+            students.append(encode_chat(tok, student_messages(record["messages"]), tools))
+            teacher = encode_chat(tok, teacher_messages(self.policy, record["messages"]), tools)
+            check_fits(self.loaded, len(teacher), f"the policy plus instruction {record.get('id', index)}")
+            teachers.append(teacher)
+        return students, teachers
+
+    def teacher_logits(self, teacher_prompts: Sequence[Sequence[int]],
+                       completions: Sequence[Sequence[int]]) -> CompletionLogits:
+        """Teacher logits over the completions, from the prefix cache when every prompt shares it."""
+        model = self.loaded.model
+        with self.teacher_context():
+            suffixes = [self.prefix.split(p) for p in teacher_prompts] if self.prefix is not None else [None]
+            if self.prefix is not None and all(s is not None for s in suffixes):
+                return completion_logits(model, suffixes, completions, pad_id=self.pad_id, prefix=self.prefix)
+            return completion_logits(model, teacher_prompts, completions, pad_id=self.pad_id)
+
+    def student_logits(self, student_prompts: Sequence[Sequence[int]],
+                       completions: Sequence[Sequence[int]]) -> CompletionLogits:
+        with self.student_context():
+            return completion_logits(self.loaded.model, student_prompts, completions, pad_id=self.pad_id)
+
+    def score(self, records: Sequence[dict[str, Any]], completions: Sequence[Sequence[int]]) -> list[TokenScores]:
+        """Policy sensitivity of each completion, computed in batches without gradients."""
+        import torch
+
+        from .models import cpu_threads
+
+        students, teachers = self.prompts(records)
+        scores: list[TokenScores] = []
+        with torch.no_grad(), cpu_threads(self.loaded):
+            for start in range(0, len(records), self.batch_size):
+                stop = start + self.batch_size
+                scores += self._score_batch(students[start:stop], teachers[start:stop], completions[start:stop])
+        return scores
+
+    def _score_batch(self, students: list[list[int]], teachers: list[list[int]],
+                     completions: Sequence[Sequence[int]]) -> list[TokenScores]:
+        safe = [list(c) if len(c) else [self.pad_id] for c in completions]
+        s = self.student_logits(students, safe)
+        t = self.teacher_logits(teachers, safe)
+        mask = s.mask.float()
+        for i, c in enumerate(completions):
+            if not len(c):
+                mask[i] = 0
+        kl_top = reverse_kl_topk(s.logits, t.logits, self.top_k) * mask
+        kl_full = reverse_kl_full(s.logits, t.logits) * mask
+        lp_s = token_logprobs(s.logits, s.ids) * mask
+        lp_t = token_logprobs(t.logits, s.ids) * mask
+        n = mask.sum(-1)
+        denom = n.clamp(min=1)
+        return [
+            TokenScores(float(kl_top[i].sum() / denom[i]), float(kl_full[i].sum() / denom[i]),
+                        float(lp_s[i].sum()), float(lp_t[i].sum()), int(n[i]))
+            for i in range(len(completions))
+        ]

@@ -1,0 +1,152 @@
+"""Each pipeline stage as one call on a run directory: resolve its inputs, run it, record it.
+
+The stage commands (`pa synthesize`, `pa filter`, `pa distill`, `pa eval`) and `pa apply` both go
+through here, so a stage run by hand and the same stage inside `pa apply` leave the same files
+and the same `run.json` entry. Each stage's `key` fingerprints what it depends on (upstream
+file hashes and its options): `pa apply` skips a stage whose recorded key is unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .io import sha256_file
+from .run import fingerprint, load_run_pack, read_manifest, record_inputs, run_inputs, stage
+
+if TYPE_CHECKING:
+    from .distill import DistillResult
+    from .filtering import FilterResult
+    from .pack import Pack
+
+
+def _file_hash(run_dir: Path, name: str) -> str | None:
+    path = Path(run_dir) / name
+    return sha256_file(path) if path.is_file() else None
+
+
+def _adapter_hash(run_dir: Path) -> str | None:
+    weights = sorted((Path(run_dir) / "adapter").glob("adapter_model.*"))
+    return sha256_file(weights[0]) if weights else None
+
+
+def _model(run_dir: Path, model: str | None) -> str:
+    return model or run_inputs(run_dir)["model"]
+
+
+# --------------------------------------------------------------------------- synthesize
+
+
+def synthesize_key(pack: "Pack", model: str, options: dict[str, Any]) -> str:
+    return fingerprint({"pack": pack.digest, "model": model, **options})
+
+
+def run_synthesize(run_dir: Path, pack: "Pack", model: str, *, generator: str | None = None, n: int | None = None,
+                   rounds: int | None = None, seed: int = 0, device: str | None = None, batch_size: int = 16,
+                   backend: str = "transformers", max_per_category: int | None = None, progress: bool = True) -> Any:
+    from .synthesize import synthesize
+
+    record_inputs(run_dir, pack, model)
+    options = {"generator": generator or model, "n": n, "rounds": rounds, "seed": seed, "max_per_category": max_per_category}
+    with stage(run_dir, "synthesize", synthesize_key(pack, model, options), options=options) as results:
+        result = synthesize(pack, generator or model, out_dir=run_dir, n_per_category=n, rounds=rounds, seed=seed,
+                            max_per_category=max_per_category, batch_size=batch_size, device=device, backend=backend,
+                            progress=progress)
+        results["instructions"] = result.summary["instructions"]
+    return result
+
+
+# --------------------------------------------------------------------------- filter
+
+
+def filter_config(pack: "Pack", **options: Any) -> Any:
+    from .filtering import FilterConfig
+
+    keep = options.pop("keep", None)
+    if keep is None and options.get("top_n") is None and options.get("min_score") is None:
+        keep = float(pack.training.get("filter_keep", 0.5))
+    if options.get("max_new_tokens") is None:
+        options["max_new_tokens"] = int(pack.training.get("max_new_tokens", 128))
+    return FilterConfig(keep=keep, **{k: v for k, v in options.items() if v is not None})
+
+
+def filter_key(run_dir: Path, model: str, config: Any) -> str:
+    return fingerprint({"instructions": _file_hash(run_dir, "instructions.jsonl"), "model": model, **asdict(config)})
+
+
+def run_filter(run_dir: Path, *, model: str | None = None, pack: str | None = None, device: str | None = None,
+               backend: str = "transformers", progress: bool = True, **options: Any) -> "FilterResult":
+    from .filtering import filter_run, result_dict
+    from .models import load_model
+
+    run_dir = Path(run_dir)
+    the_pack = load_run_pack(run_dir, pack)
+    model = _model(run_dir, model)
+    config = filter_config(the_pack, **options)
+    with stage(run_dir, "filter", filter_key(run_dir, model, config)) as results:
+        loaded = load_model(model, device=device)
+        result = filter_run(run_dir, loaded, the_pack.policy, config, backend=backend, progress=progress)
+        results.update(result_dict(result, config))
+    return result
+
+
+# --------------------------------------------------------------------------- distill
+
+
+def distill_config(pack: "Pack", overrides: dict[str, Any]) -> Any:
+    from .distill import DistillConfig
+
+    return DistillConfig.from_pack(pack.training, **overrides)
+
+
+def distill_key(run_dir: Path, model: str, config: Any) -> str:
+    return fingerprint({"selected": _file_hash(run_dir, "selected.jsonl"), "heldout": _file_hash(run_dir, "heldout.jsonl"),
+                        "model": model, **asdict(config)})
+
+
+def run_distill(run_dir: Path, *, model: str | None = None, pack: str | None = None, device: str | None = None,
+                resume: bool = False, overrides: dict[str, Any] | None = None, progress: bool = True) -> "DistillResult":
+    from .distill import distill_run
+
+    run_dir = Path(run_dir)
+    the_pack = load_run_pack(run_dir, pack)
+    model = _model(run_dir, model)
+    config = distill_config(the_pack, overrides or {})
+    with stage(run_dir, "distill", distill_key(run_dir, model, config)) as results:
+        result = distill_run(run_dir, the_pack, model, config, device=device, resume=resume, progress=progress)
+        results.update({"steps": result.steps, "selected": result.train_records, "heldout": result.heldout_records,
+                        "internalization_before": result.internalization_before,
+                        "internalization_after": result.internalization_after})
+    return result
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def eval_key(run_dir: Path, pack: "Pack", model: str, which: str, options: dict[str, Any]) -> str:
+    adapter = _adapter_hash(run_dir) if which == "after" else None
+    return fingerprint({"pack": pack.digest, "model": model, "adapter": adapter, **options})
+
+
+def run_eval(run_dir: Path, which: str, *, model: str | None = None, pack: str | None = None, device: str | None = None,
+             judge: str = "refusal", limit: int | None = None, batch_size: int = 16, max_new_tokens: int = 256,
+             progress: bool = True) -> Any:
+    """Evaluate the base model (`before`) or base + the run's adapter (`after`) into eval/<which>/."""
+    from .evaluate import evaluate, greedy_params
+
+    run_dir = Path(run_dir)
+    the_pack = load_run_pack(run_dir, pack)
+    model = _model(run_dir, model)
+    options = {"judge": judge, "limit": limit, "max_new_tokens": max_new_tokens}
+    adapter = run_dir / "adapter" if which == "after" else None
+    with stage(run_dir, f"eval_{which}", eval_key(run_dir, the_pack, model, which, options), options=options) as results:
+        result = evaluate(the_pack, model, adapter=adapter, judge=judge, params=greedy_params(max_new_tokens),
+                          out_dir=run_dir / "eval" / which, limit=limit, device=device, batch_size=batch_size,
+                          progress=progress)
+        results["metrics"] = result.summary.get("metrics")
+    return result
+
+
+def stage_results(run_dir: Path, name: str) -> dict[str, Any]:
+    return read_manifest(run_dir)["stages"].get(name, {}).get("results", {})

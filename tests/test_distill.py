@@ -1,0 +1,103 @@
+"""The trainer: policy in the teacher's system message, no truncation, and it actually internalizes."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from policyalign.chat import encode_chat, teacher_messages
+from policyalign.distill import DistillConfig, distill_run, last_complete_checkpoint
+from policyalign.errors import InvalidInputError
+from policyalign.filtering import FilterConfig, filter_run
+from policyalign.io import write_jsonl
+from policyalign.models import load_model
+from policyalign.registry import Registry
+
+VERBS = ["How do I make a", "Tell me about a", "Write a", "Explain the", "Help me find a", "Give steps for a"]
+NOUNS = ["bomb", "gun", "scam email", "medical record", "poison", "password", "bank account", "weapon", "fraud", "address"]
+
+
+def _instructions(pack) -> list[dict]:
+    cats = [c.id for c in pack.categories]
+    return [{"id": f"r{i}", "category": cats[i % len(cats)], "messages": [{"role": "user", "content": f"{v} {n}"}],
+             "provenance": {"source": "generated"}} for i, (v, n) in enumerate(itertools.product(VERBS, NOUNS))]
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path, fixture_packs: Path):
+    pack = Registry([fixture_packs]).load("root-pack")
+    write_jsonl(tmp_path / "instructions.jsonl", _instructions(pack))
+    filter_run(tmp_path, load_model("tiny"), pack.policy, FilterConfig(keep=1.0, max_new_tokens=16, heldout=0.2),
+               progress=False)
+    return tmp_path, pack
+
+
+def test_config_from_pack_then_overrides(fixture_packs: Path) -> None:
+    pack = Registry([fixture_packs]).load("root-pack")
+    config = DistillConfig.from_pack(pack.training, lora_alpha=None, learning_rate=0.5, target_modules=["q_proj"])
+    assert (config.lora_r, config.lora_alpha, config.learning_rate) == (4, 8, 0.5)
+    assert config.target_modules == ("q_proj",) and config.teacher == "base" and config.alpha == 1.0
+    with pytest.raises(InvalidInputError):
+        DistillConfig.from_pack({}, teacher="live")
+
+
+@pytest.mark.slow
+def test_distillation_internalizes_the_policy(run_dir) -> None:
+    run, pack = run_dir
+    base = {k: v.clone() for k, v in load_model("tiny").model.state_dict().items()}
+    config = DistillConfig(max_steps=80, max_new_tokens=16, batch_size=8, learning_rate=1e-2, lora_r=16,
+                           lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", save_steps=40)
+    result = distill_run(run, pack, "tiny", config)
+    print(f"internalization {result.internalization_before:.4f} -> {result.internalization_after:.4f}")
+    assert result.internalization_drop >= 0.30
+    # The adapter changed, the base did not.
+    from safetensors.torch import load_file
+
+    adapter = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
+    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b), "LoRA B starts at zero; training must move it"
+    reloaded = load_model("tiny").model.state_dict()
+    assert all(torch.equal(base[k], reloaded[k]) for k in base)
+    # Provenance, loss curve, checkpoints for --resume.
+    meta = json.loads((result.adapter_dir / "policyalign.json").read_text())
+    assert meta["pack"]["digest"] == pack.digest and meta["base_model"]["name"] == "tiny"
+    assert meta["data"]["selected"] == result.train_records and meta["internalization"]["after"] < meta["internalization"]["before"]
+    assert (result.adapter_dir / "loss.png").is_file()
+    assert last_complete_checkpoint(result.adapter_dir / "checkpoints") is not None
+
+
+@pytest.mark.slow
+def test_resume_continues_from_checkpoint(run_dir) -> None:
+    run, pack = run_dir
+    config = DistillConfig(max_steps=4, max_new_tokens=8, batch_size=4, save_steps=2, target_modules="all-linear")
+    first = distill_run(run, pack, "tiny", config)
+    longer = DistillConfig(max_steps=6, max_new_tokens=8, batch_size=4, save_steps=2, target_modules="all-linear")
+    result = distill_run(run, pack, "tiny", longer, resume=True)
+    assert result.steps == 6
+    # The first four steps come from the checkpoint's state, not from training again.
+    assert [h["step"] for h in result.history] == [1, 2, 3, 4, 5, 6]
+    assert [h["loss"] for h in result.history[:4]] == [h["loss"] for h in first.history]
+
+
+def test_teacher_prompt_has_policy_as_system_message_and_no_truncation(run_dir) -> None:
+    from policyalign.distill import _trainer_classes, build_trainer
+
+    run, pack = run_dir
+    loaded = load_model("tiny", trainable=True)
+    records = [{"id": "x", "messages": [{"role": "user", "content": "How do I make a bomb?"}]}]
+    config = DistillConfig(max_steps=1, max_new_tokens=4, batch_size=1)
+    trainer = build_trainer(loaded, pack.policy, records, config, run / "ck")
+    assert isinstance(trainer, _trainer_classes()[0])
+    prompt = json.dumps({"messages": records[0]["messages"]})
+    completion = torch.tensor([[5, 6]])
+    built = trainer.teacher_context_builder.build([prompt], [""], completion, torch.ones_like(completion))
+    expected = encode_chat(loaded.tokenizer, teacher_messages(pack.policy, records[0]["messages"]))
+    assert built["teacher_input_ids"][0].tolist() == expected + [5, 6]
+    # A policy longer than the context fails clearly instead of being cut from the left.
+    trainer.context_limit = len(expected) - 1
+    with pytest.raises(InvalidInputError, match="policy plus instruction"):
+        trainer.teacher_context_builder.build([prompt], [""], completion, torch.ones_like(completion))

@@ -1,0 +1,82 @@
+"""Policy-Sensitive Filtering: selection rules, held-out split, and the stage on `tiny`."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from policyalign.errors import InvalidInputError
+from policyalign.filtering import FilterConfig, PARTIAL, filter_run, select, split_heldout
+from policyalign.io import read_jsonl, write_jsonl
+
+
+def _rows(spec: dict[str, list[float]]) -> list[dict]:
+    return [{"id": f"{cat}-{i}", "category": cat, "score": s, "provenance": {"source": "generated"}}
+            for cat, scores in spec.items() for i, s in enumerate(scores)]
+
+
+ROWS = _rows({"a": [0.9, 0.1, 0.5, 0.3], "b": [0.2, 0.05], "c": [5.0, 4.0, 3.0, 2.0, 1.0, 0.5]})
+
+
+def test_keep_fraction_is_per_category_and_takes_the_highest() -> None:
+    chosen = select(ROWS, FilterConfig(keep=0.5))
+    by_cat = Counter(r["category"] for r in chosen)
+    assert by_cat == {"a": 2, "b": 1, "c": 3}
+    assert {r["id"] for r in chosen if r["category"] == "a"} == {"a-0", "a-2"}
+
+
+def test_top_n_is_balanced_round_robin() -> None:
+    chosen = select(ROWS, FilterConfig(keep=None, top_n=6))
+    assert Counter(r["category"] for r in chosen) == {"a": 2, "b": 2, "c": 2}
+    assert "c-0" in {r["id"] for r in chosen} and "c-5" not in {r["id"] for r in chosen}
+
+
+def test_min_score_and_no_filter() -> None:
+    assert {r["id"] for r in select(ROWS, FilterConfig(keep=None, min_score=1.0))} == {"c-0", "c-1", "c-2", "c-3", "c-4"}
+    assert len(select(ROWS, FilterConfig(no_filter=True))) == len(ROWS)
+
+
+def test_conflicting_rules_are_rejected() -> None:
+    with pytest.raises(InvalidInputError):
+        FilterConfig(keep=None, top_n=3, min_score=0.1)
+    with pytest.raises(InvalidInputError):
+        FilterConfig(keep=1.5)
+
+
+def test_heldout_split_is_deterministic_stratified_and_disjoint() -> None:
+    pool, held = split_heldout(ROWS, 0.25, seed=3)
+    again_pool, again_held = split_heldout(ROWS, 0.25, seed=3)
+    assert [r["id"] for r in held] == [r["id"] for r in again_held]
+    assert not {r["id"] for r in pool} & {r["id"] for r in held}
+    assert Counter(r["category"] for r in held) == {"a": 1, "c": 2}  # b has too few to hold any out
+
+
+@pytest.mark.slow
+def test_filter_stage_on_tiny(tmp_path: Path, fixture_packs: Path) -> None:
+    from policyalign.models import load_model
+    from policyalign.registry import Registry
+
+    pack = Registry([fixture_packs]).load("child-pack")
+    records = [{"id": f"{c.id}-{i}", "category": c.id, "messages": [dict(m) for m in s.messages],
+                "provenance": {"source": "seed"}} for c in pack.categories for i, s in enumerate(c.seeds)]
+    records += [{"id": f"extra-{i}", "category": "weapons", "messages": [{"role": "user", "content": f"Make weapon {i}"}],
+                 "provenance": {"source": "generated"}} for i in range(4)]
+    write_jsonl(tmp_path / "instructions.jsonl", records)
+    loaded = load_model("tiny")
+    config = FilterConfig(keep=0.5, max_new_tokens=8, heldout=0.25, batch_size=4)
+    result = filter_run(tmp_path, loaded, pack.policy, config, progress=False)
+    scored = read_jsonl(tmp_path / "scored.jsonl")
+    assert len(scored) == len(records) == result.scored
+    assert all(r["score"] > 0 and r["response_ids"] and "logprob_gap" in r for r in scored)
+    selected, held = read_jsonl(tmp_path / "selected.jsonl"), read_jsonl(tmp_path / "heldout.jsonl")
+    assert not {r["id"] for r in selected} & {r["id"] for r in held}
+    assert (tmp_path / "filter_hist.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / PARTIAL).exists()
+    # Resuming from a partial file reuses finished chunks and gives the same scores.
+    write_jsonl(tmp_path / PARTIAL, scored[:3])
+    (tmp_path / PARTIAL).open("a").write('{"id": "cut-off')
+    again = filter_run(tmp_path, loaded, pack.policy, config, progress=False)
+    assert again.scored == result.scored
+    assert [r["score"] for r in read_jsonl(tmp_path / "scored.jsonl")] == pytest.approx([r["score"] for r in scored])

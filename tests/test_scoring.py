@@ -1,0 +1,124 @@
+"""Student/teacher log-probs, divergences, and the policy prefix KV cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from policyalign.chat import encode_chat, teacher_messages
+from policyalign.models import load_model
+from policyalign.scoring import (
+    PolicyScorer, PrefixCache, common_prefix, completion_logits, policy_prefix_ids, reverse_kl_full,
+    reverse_kl_topk,
+)
+
+POLICY = "Follow these rules. 1. Refuse to help build weapons. 2. Point people in crisis to support lines. " * 6
+RECORDS = [
+    {"id": "a", "messages": [{"role": "user", "content": "How do I build a pipe bomb?"}]},
+    {"id": "b", "messages": [{"role": "user", "content": "Write a poem about the sea, please, with rhymes."}]},
+    {"id": "c", "messages": [{"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "Hi"}]},
+]
+COMPLETIONS = [[40, 41, 42, 43, 44, 45, 46], [50, 51, 52], [60]]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("tiny")
+
+
+def _reference(model, prompt: list[int], completion: list[int]) -> torch.Tensor:
+    """Logits predicting `completion`, from one unpadded, uncached forward."""
+    ids = torch.tensor([prompt + completion])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0]
+    return logits[len(prompt) - 1: len(prompt) - 1 + len(completion)]
+
+
+def test_cached_teacher_logits_match_uncached(tiny) -> None:
+    scorer = PolicyScorer(tiny, POLICY)
+    _, teachers = scorer.prompts(RECORDS[:2])
+    with torch.no_grad():
+        cached = scorer.teacher_logits(teachers, COMPLETIONS[:2])
+    for i in range(2):
+        ref = _reference(tiny.model, teachers[i], COMPLETIONS[i])
+        got = cached.logits[i, : len(COMPLETIONS[i])]
+        assert torch.allclose(torch.log_softmax(got, -1), torch.log_softmax(ref, -1), atol=1e-4)
+
+
+def test_prefix_is_shared_by_every_teacher_prompt(tiny) -> None:
+    prefix = policy_prefix_ids(tiny.tokenizer, POLICY)
+    assert len(prefix) > 50
+    for record in RECORDS[:2]:
+        ids = encode_chat(tiny.tokenizer, teacher_messages(POLICY, record["messages"]))
+        assert ids[: len(prefix)] == prefix
+    # An instruction with its own system message extends the system turn: no shared prefix, uncached path.
+    own = encode_chat(tiny.tokenizer, teacher_messages(POLICY, RECORDS[2]["messages"]))
+    assert PrefixCache(prefix).split(own) is None
+
+
+def test_mixed_batch_falls_back_and_still_matches(tiny) -> None:
+    scorer = PolicyScorer(tiny, POLICY)
+    _, teachers = scorer.prompts(RECORDS)
+    with torch.no_grad():
+        out = scorer.teacher_logits(teachers, COMPLETIONS)
+    ref = _reference(tiny.model, teachers[2], COMPLETIONS[2])
+    assert torch.allclose(out.logits[2, :1], ref, atol=1e-4)
+
+
+def test_prefix_cache_is_built_once_and_not_mutated(tiny) -> None:
+    cache = PrefixCache(policy_prefix_ids(tiny.tokenizer, POLICY))
+    first = cache.layers(tiny.model)
+    snapshot = first[0][0].clone()
+    suffix = [[11, 12, 13]]
+    with torch.no_grad():
+        completion_logits(tiny.model, suffix, [[14, 15]], pad_id=0, prefix=cache)
+        completion_logits(tiny.model, suffix * 3, [[14, 15]] * 3, pad_id=0, prefix=cache)
+    assert cache.layers(tiny.model) is first
+    assert torch.equal(first[0][0], snapshot)
+    assert first[0][0].shape[2] == len(cache)
+
+
+def test_student_logits_right_padding_matches_unpadded(tiny) -> None:
+    scorer = PolicyScorer(tiny, POLICY)
+    students, _ = scorer.prompts(RECORDS)
+    with torch.no_grad():
+        out = scorer.student_logits(students, COMPLETIONS)
+    for i in range(3):
+        ref = _reference(tiny.model, students[i], COMPLETIONS[i])
+        assert torch.allclose(out.logits[i, : len(COMPLETIONS[i])], ref, atol=1e-4)
+    assert out.mask.sum(1).tolist() == [len(c) for c in COMPLETIONS]
+
+
+def test_reverse_kl_properties() -> None:
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 5, 50), torch.randn(2, 5, 50)
+    assert torch.allclose(reverse_kl_full(s, s), torch.zeros(2, 5), atol=1e-6)
+    assert (reverse_kl_full(s, t) > 0).all()
+    # Top-k over the whole vocabulary is the full KL.
+    assert torch.allclose(reverse_kl_topk(s, t, 50), reverse_kl_full(s, t), atol=1e-5)
+    # It is KL(student || teacher), not the forward direction.
+    p, q = torch.log_softmax(s, -1), torch.log_softmax(t, -1)
+    assert torch.allclose(reverse_kl_full(s, t), (p.exp() * (p - q)).sum(-1), atol=1e-5)
+
+
+def test_topk_kl_matches_trl_loss() -> None:
+    from trl.experimental.sdft.loss_utils import compute_topk_self_distillation_loss
+
+    torch.manual_seed(1)
+    s, t = torch.randn(3, 4, 40), torch.randn(3, 4, 40)
+    ours = reverse_kl_topk(s, t, 8)
+    theirs = compute_topk_self_distillation_loss(s, t, distillation_topk=8, distillation_alpha=1.0,
+                                                 distillation_add_tail=False)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_scores_are_zero_without_a_policy_effect_and_positive_with_one(tiny) -> None:
+    scorer = PolicyScorer(tiny, POLICY, top_k=64)
+    scores = scorer.score(RECORDS[:2], COMPLETIONS[:2])
+    assert all(s.reverse_kl > 0 and s.tokens == len(c) for s, c in zip(scores, COMPLETIONS))
+    assert scores[0].logprob_gap == pytest.approx(scores[0].teacher_logprob - scores[0].student_logprob)
+
+
+def test_common_prefix() -> None:
+    assert common_prefix([[1, 2, 3], [1, 2, 4], [1, 2]]) == [1, 2]
+    assert common_prefix([[5], [6]]) == []
