@@ -188,7 +188,7 @@ def sdft_config(config: DistillConfig, output_dir: Path, *, report_to: str = "no
         top_p=1.0, top_k=0, distillation_mode="topk_logits", distillation_topk=config.top_k,
         distillation_alpha=config.alpha, teacher_model_kind=config.teacher,
         teacher_update_rate=config.ema_decay, seed=config.seed, logging_steps=config.logging_steps,
-        save_strategy="steps", save_steps=config.save_steps, save_total_limit=2, report_to=report_to,
+        save_strategy="steps", save_steps=config.save_steps, save_total_limit=1, report_to=report_to,
         use_vllm=config.use_vllm, vllm_mode="colocate", bf16=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(), remove_unused_columns=False, shuffle_dataset=True,
         disable_tqdm=True, dataloader_num_workers=0, gradient_checkpointing=torch.cuda.is_available(),
@@ -232,6 +232,7 @@ def save_adapter(model: Any, target: Path) -> None:
     tmp = target.parent / f".{target.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp), selected_adapters=["default"])
+    (tmp / "README.md").unlink(missing_ok=True)  # PEFT's placeholder card; ours is RUN_DIR/README.md
     for extra in target.glob("*") if target.is_dir() else []:
         if extra.name not in {p.name for p in tmp.iterdir()} and extra.name != "checkpoints":
             if extra.is_file():

@@ -242,6 +242,9 @@ def load_model(
     and config, for the vLLM backend, which loads the weights itself.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar per stage drowns the stage progress
 
     ref = name_or_ref if isinstance(name_or_ref, ModelRef) else resolve_model(name_or_ref)
     dev = _resolve_device(device)

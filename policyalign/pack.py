@@ -494,7 +494,8 @@ def _resolve_parents(col: _Collector, data: dict[str, Any], registry: "Registry 
     if registry is None:
         from .registry import Registry
 
-        registry = Registry.default(extra=[col.root.parent])
+        registry = Registry.default()
+    registry = registry.including(col.root.parent)  # sibling packs can always be parents
     parents: list[Pack] = []
     for index, spec in enumerate(specs):
         parent = _load_parent(col, registry, spec, f"/extends/{index}", stack)

@@ -69,6 +69,14 @@ class Registry:
                 unique.append(path)
         return cls(unique)
 
+    def including(self, directory: Path) -> "Registry":
+        """This registry, also searching `directory` last (a pack's siblings), sharing the load cache."""
+        if any(directory.resolve() == p.resolve() for p in self.paths):
+            return self
+        other = Registry([*self.paths, directory])
+        other._loaded = self._loaded
+        return other
+
     def discover(self) -> list[PackLocation]:
         """Every directory with a pack.yaml directly under a search path, first path winning ties."""
         found: dict[tuple[str, str], PackLocation] = {}

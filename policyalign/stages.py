@@ -44,15 +44,18 @@ def synthesize_key(pack: "Pack", model: str, options: dict[str, Any]) -> str:
 
 def run_synthesize(run_dir: Path, pack: "Pack", model: str, *, generator: str | None = None, n: int | None = None,
                    rounds: int | None = None, seed: int = 0, device: str | None = None, batch_size: int = 16,
-                   backend: str = "transformers", max_per_category: int | None = None, progress: bool = True) -> Any:
+                   backend: str = "transformers", max_per_category: int | None = None,
+                   max_new_tokens: int | None = None, progress: bool = True) -> Any:
     from .synthesize import synthesize
 
     record_inputs(run_dir, pack, model)
-    options = {"generator": generator or model, "n": n, "rounds": rounds, "seed": seed, "max_per_category": max_per_category}
+    options = {"generator": generator or model, "n": n, "rounds": rounds, "seed": seed,
+               "max_per_category": max_per_category, "max_new_tokens": max_new_tokens}
+    sampling = {"max_new_tokens": max_new_tokens} if max_new_tokens else None
     with stage(run_dir, "synthesize", synthesize_key(pack, model, options), options=options) as results:
         result = synthesize(pack, generator or model, out_dir=run_dir, n_per_category=n, rounds=rounds, seed=seed,
                             max_per_category=max_per_category, batch_size=batch_size, device=device, backend=backend,
-                            progress=progress)
+                            sampling=sampling, progress=progress)
         results["instructions"] = result.summary["instructions"]
     return result
 
@@ -77,14 +80,17 @@ def filter_key(run_dir: Path, model: str, config: Any) -> str:
 
 def run_filter(run_dir: Path, *, model: str | None = None, pack: str | None = None, device: str | None = None,
                backend: str = "transformers", progress: bool = True, **options: Any) -> "FilterResult":
-    from .filtering import filter_run, result_dict
+    from .filtering import PARTIAL, filter_run, result_dict
     from .models import load_model
 
     run_dir = Path(run_dir)
     the_pack = load_run_pack(run_dir, pack)
     model = _model(run_dir, model)
     config = filter_config(the_pack, **options)
-    with stage(run_dir, "filter", filter_key(run_dir, model, config)) as results:
+    key = filter_key(run_dir, model, config)
+    if read_manifest(run_dir)["stages"].get("filter", {}).get("key") != key:
+        (run_dir / PARTIAL).unlink(missing_ok=True)  # scores from other settings must not be reused
+    with stage(run_dir, "filter", key) as results:
         loaded = load_model(model, device=device)
         result = filter_run(run_dir, loaded, the_pack.policy, config, backend=backend, progress=progress)
         results.update(result_dict(result, config))

@@ -1,0 +1,335 @@
+"""`pa apply`: synthesize -> filter -> evaluate before -> distill -> evaluate after -> card (-> push).
+
+One run directory, resumable: each stage has a key (a fingerprint of its options and of the
+files it reads); a stage whose recorded key is unchanged and whose outputs exist is skipped, a
+changed option changes its key and so re-runs it, and its new outputs change the keys of the
+stages after it. Every file is written atomically, so a run killed at any moment re-runs to
+completion without losing finished work.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from .errors import InvalidInputError
+from .pack import Pack
+from .run import read_manifest, record_inputs, stage_done, write_manifest
+from .stages import (
+    distill_config, distill_key, eval_key, filter_config, filter_key, run_distill, run_eval, run_filter,
+    run_synthesize, synthesize_key,
+)
+
+# The built-in tiny model is for the offline demo and tests: these defaults make the whole
+# pipeline finish in about a minute on a 2-core CPU. Any option given explicitly wins.
+TINY_DEFAULTS: dict[str, Any] = {
+    "n": 4, "synth_max_new_tokens": 64, "max_new_tokens": 16, "heldout": 0.2, "keep": 0.8, "max_steps": 60, "learning_rate": 1e-2,
+    "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear", "batch_size": 8,
+    "eval_limit": 12, "eval_max_new_tokens": 24,
+}
+
+
+@dataclass
+class ApplyOptions:
+    """Everything `pa apply` can be told; `--config run.yaml` fills these, the command line wins."""
+
+    pack: str
+    model: str
+    out: Path | None = None
+    push_to: str | None = None
+    private: bool = False
+    device: str | None = None
+    seed: int = 0
+    # synthesis
+    generator: str | None = None
+    n: int | None = None
+    rounds: int | None = None
+    synth_max_new_tokens: int | None = None
+    backend: str = "transformers"
+    gen_batch_size: int = 16
+    # filtering
+    keep: float | None = None
+    top_n: int | None = None
+    min_score: float | None = None
+    no_filter: bool = False
+    samples: int = 1
+    heldout: float = 0.1
+    max_new_tokens: int | None = None
+    # distillation
+    lora_r: int | None = None
+    lora_alpha: float | None = None
+    lora_dropout: float | None = None
+    target_modules: Any = None
+    learning_rate: float | None = None
+    num_epochs: float | None = None
+    max_steps: int | None = None
+    batch_size: int | None = None
+    teacher: str | None = None
+    kl_top_k: int | None = None
+    # evaluation
+    judge: str = "refusal"
+    eval_limit: int | None = None
+    eval_max_new_tokens: int = 256
+    progress: bool = True
+    explicit: set[str] = field(default_factory=set, repr=False)
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Options from a YAML file, with the same names as the command-line options (dashes allowed)."""
+    if not path.is_file():
+        raise InvalidInputError("config file not found", file=str(path), hint="pass an existing YAML file to --config")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise InvalidInputError(f"invalid YAML: {exc}", file=str(path), hint="fix the YAML syntax") from None
+    if not isinstance(data, dict):
+        raise InvalidInputError("config must be a mapping of option: value", file=str(path))
+    names = {f.name for f in fields(ApplyOptions)} - {"explicit"}
+    options = {str(k).replace("-", "_"): v for k, v in data.items()}
+    from .pack import did_you_mean
+
+    for key in options:
+        if key not in names:
+            raise InvalidInputError(f"unknown option {key!r}", file=str(path), where=key,
+                                    hint=did_you_mean(key, sorted(names)) or f"known options: {', '.join(sorted(names))}")
+    return options
+
+
+def build_options(cli: dict[str, Any], config: Path | None) -> ApplyOptions:
+    """Config file first, then every option the user actually gave on the command line."""
+    merged = load_config_file(config) if config else {}
+    explicit = set(merged)
+    for key, value in cli.items():
+        if value is not None and value is not False:
+            merged[key] = value
+            explicit.add(key)
+    for key in ("pack", "model"):
+        if not merged.get(key):
+            raise InvalidInputError(f"missing {key}", hint=f"give {key.upper()} on the command line or `{key}:` in --config")
+    if "out" in merged and merged["out"] is not None:
+        merged["out"] = Path(merged["out"])
+    return ApplyOptions(**merged, explicit=explicit)
+
+
+def with_model_defaults(options: ApplyOptions) -> ApplyOptions:
+    """Apply the tiny demo defaults to every option the user left unset."""
+    if options.model.strip().lower() != "tiny":
+        return options
+    for key, value in TINY_DEFAULTS.items():
+        if key not in options.explicit:
+            setattr(options, key, value)
+    return options
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Delete half-written `.NAME.*.tmp` files a killed run left behind (never renamed into place)."""
+    for path in run_dir.rglob(".*.tmp"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+
+
+def default_run_dir(pack: Pack, model: str) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-")
+    return Path("runs") / f"{pack.name}-{pack.version}-{slug}"
+
+
+# --------------------------------------------------------------------------- orchestration
+
+
+@dataclass
+class StageReport:
+    name: str
+    status: str  # "ran" | "skipped"
+
+
+@dataclass
+class ApplyResult:
+    run_dir: Path
+    stages: list[StageReport]
+    summary: dict[str, Any]
+    url: str | None = None
+
+
+def _filter_options(o: ApplyOptions) -> dict[str, Any]:
+    return {"keep": o.keep, "top_n": o.top_n, "min_score": o.min_score, "no_filter": o.no_filter,
+            "samples": o.samples, "max_new_tokens": o.max_new_tokens, "heldout": o.heldout, "seed": o.seed}
+
+
+def _distill_overrides(o: ApplyOptions) -> dict[str, Any]:
+    return {"lora_r": o.lora_r, "lora_alpha": o.lora_alpha, "lora_dropout": o.lora_dropout,
+            "target_modules": o.target_modules, "learning_rate": o.learning_rate, "num_epochs": o.num_epochs,
+            "max_steps": o.max_steps, "batch_size": o.batch_size, "max_new_tokens": o.max_new_tokens,
+            "teacher": o.teacher, "top_k": o.kl_top_k, "seed": o.seed}
+
+
+def _eval_options(o: ApplyOptions) -> dict[str, Any]:
+    return {"judge": o.judge, "limit": o.eval_limit, "max_new_tokens": o.eval_max_new_tokens}
+
+
+def _outputs_exist(run_dir: Path, names: list[str]) -> bool:
+    return all((run_dir / name).exists() for name in names)
+
+
+def apply(options: ApplyOptions, pack: Pack, *, on_stage: Callable[[str, str], None] = lambda n, s: None) -> ApplyResult:
+    """Run (or resume) every stage for `pack` and `options.model` in one run directory."""
+    options = with_model_defaults(options)
+    run_dir = Path(options.out or default_run_dir(pack, options.model))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(run_dir)
+    record_inputs(run_dir, pack, options.model, options={k: v for k, v in asdict(options).items()
+                                                          if k not in ("explicit", "progress", "out")})
+    common = {"device": options.device, "progress": options.progress}
+    reports: list[StageReport] = []
+
+    def step(name: str, key: str, outputs: list[str], action: Callable[[], Any]) -> None:
+        if stage_done(run_dir, name, key) and _outputs_exist(run_dir, outputs):
+            reports.append(StageReport(name, "skipped"))
+            on_stage(name, "skipped")
+            return
+        on_stage(name, "running")
+        action()
+        reports.append(StageReport(name, "ran"))
+        on_stage(name, "done")
+
+    synth_opts = {"generator": options.generator or options.model, "n": options.n, "rounds": options.rounds,
+                  "seed": options.seed, "max_per_category": None, "max_new_tokens": options.synth_max_new_tokens}
+    step("synthesize", synthesize_key(pack, options.model, synth_opts), ["instructions.jsonl"],
+         lambda: run_synthesize(run_dir, pack, options.model, generator=options.generator, n=options.n,
+                                rounds=options.rounds, seed=options.seed, batch_size=options.gen_batch_size,
+                                max_new_tokens=options.synth_max_new_tokens,
+                                backend=options.backend, **common))
+    fconf = filter_config(pack, **_filter_options(options))
+    step("filter", filter_key(run_dir, options.model, fconf), ["selected.jsonl", "heldout.jsonl"],
+         lambda: run_filter(run_dir, model=options.model, pack=str(pack.root), backend=options.backend,
+                            **common, **_filter_options(options)))
+    eopts = _eval_options(options)
+    step("eval_before", eval_key(run_dir, pack, options.model, "before", eopts), ["eval/before/eval.json"],
+         lambda: run_eval(run_dir, "before", model=options.model, pack=str(pack.root), **eopts, **common))
+    dkey = distill_key(run_dir, options.model, distill_config(pack, _distill_overrides(options)))
+    # Continue an interrupted training only if it was training the same thing.
+    same = read_manifest(run_dir)["stages"].get("distill", {}).get("key") == dkey
+    step("distill", dkey, ["adapter/policyalign.json"],
+         lambda: run_distill(run_dir, model=options.model, pack=str(pack.root), resume=same,
+                             overrides=_distill_overrides(options), **common))
+    step("eval_after", eval_key(run_dir, pack, options.model, "after", eopts), ["eval/after/eval.json"],
+         lambda: run_eval(run_dir, "after", model=options.model, pack=str(pack.root), **eopts, **common))
+    repo_id = options.push_to or f"local/{run_dir.name}"
+    step("card", _card_key(run_dir, repo_id), ["README.md", "eval/before_after.png"],
+         lambda: write_card(run_dir, repo_id))
+    url = None
+    if options.push_to:
+        from .hub import push_run
+
+        on_stage("push", "running")
+        url = push_run(run_dir, options.push_to, private=options.private)
+        _record_push(run_dir, url)
+        reports.append(StageReport("push", "ran"))
+        on_stage("push", "done")
+    return ApplyResult(run_dir, reports, run_summary(run_dir), url)
+
+
+def _card_key(run_dir: Path, repo_id: str) -> str:
+    from .run import fingerprint
+    from .stages import _adapter_hash, _file_hash
+
+    return fingerprint({"repo": repo_id, "adapter": _adapter_hash(run_dir),
+                        "provenance": _file_hash(run_dir, "adapter/policyalign.json"),
+                        "before": _file_hash(run_dir, "eval/before/eval.json"),
+                        "after": _file_hash(run_dir, "eval/after/eval.json")})
+
+
+def write_card(run_dir: Path, repo_id: str) -> None:
+    """The before/after chart and the model card (README.md) the push would publish."""
+    from .card import load_run, render_model_card
+    from .evaluate import plot_before_after
+    from .io import write_text
+    from .run import stage
+
+    with stage(run_dir, "card", _card_key(run_dir, repo_id)):
+        plot_before_after(run_dir / "eval" / "before" / "eval.json", run_dir / "eval" / "after" / "eval.json",
+                          run_dir / "eval" / "before_after.png")
+        artifacts = load_run(run_dir)
+        write_text(run_dir / "README.md", render_model_card(artifacts, repo_id, artifacts.default_tag))
+
+
+def _record_push(run_dir: Path, url: str) -> None:
+    manifest = read_manifest(run_dir)
+    manifest["stages"]["push"] = {"status": "done", "url": url}
+    write_manifest(run_dir, manifest)
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+def _metric(summary: dict[str, Any] | None, name: str) -> float | None:
+    if not summary:
+        return None
+    return (summary.get("metrics") or {}).get("overall", {}).get(name)
+
+
+def run_summary(run_dir: Path) -> dict[str, Any]:
+    """Key numbers of a run, from its files: for the end-of-apply table and `pa runs`."""
+    from .io import read_json
+
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    stages = manifest.get("stages", {})
+
+    def load(rel: str) -> dict[str, Any] | None:
+        path = run_dir / rel
+        return read_json(path) if path.is_file() else None
+
+    before, after = load("eval/before/eval.json"), load("eval/after/eval.json")
+    filt = stages.get("filter", {}).get("results", {})
+    dist = stages.get("distill", {}).get("results", {})
+    synth = stages.get("synthesize", {}).get("results", {})
+    inputs = manifest.get("inputs", {})
+    return {
+        "run_dir": str(run_dir),
+        "pack": (inputs.get("pack") or {}).get("name", "?") + "@" + (inputs.get("pack") or {}).get("version", "?"),
+        "model": inputs.get("model"),
+        "status": _status(stages),
+        "instructions": synth.get("instructions"),
+        "selected": filt.get("selected"),
+        "heldout": filt.get("heldout"),
+        "internalization_before": dist.get("internalization_before"),
+        "internalization_after": dist.get("internalization_after"),
+        "violation_before": _metric(before, "violation_rate"),
+        "violation_after": _metric(after, "violation_rate"),
+        "over_refusal_before": _metric(before, "over_refusal_rate"),
+        "over_refusal_after": _metric(after, "over_refusal_rate"),
+        "adapter": str(run_dir / "adapter") if (run_dir / "adapter" / "policyalign.json").is_file() else None,
+        "card": str(run_dir / "README.md") if (run_dir / "README.md").is_file() else None,
+        "url": stages.get("push", {}).get("url"),
+    }
+
+
+PIPELINE = ("synthesize", "filter", "eval_before", "distill", "eval_after", "card")
+
+
+def _status(stages: dict[str, Any]) -> str:
+    failed = [n for n in PIPELINE if stages.get(n, {}).get("status") == "failed"]
+    if failed:
+        return f"failed at {failed[0]}"
+    running = [n for n in PIPELINE if stages.get(n, {}).get("status") == "running"]
+    if running:
+        return f"interrupted in {running[0]}"
+    done = [n for n in PIPELINE if stages.get(n, {}).get("status") == "done"]
+    if len(done) == len(PIPELINE):
+        return "complete"
+    return f"partial ({len(done)}/{len(PIPELINE)} stages)" if done else "empty"
+
+
+def find_runs(roots: list[Path]) -> list[Path]:
+    """Run directories (holding run.json) directly under, or equal to, each root."""
+    found: list[Path] = []
+    for root in roots:
+        if (root / "run.json").is_file():
+            found.append(root)
+        elif root.is_dir():
+            found += sorted(p for p in root.iterdir() if (p / "run.json").is_file())
+    return found

@@ -1,0 +1,119 @@
+"""`pa apply` (the end-to-end job) and `pa runs` (what runs exist and how they went)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from . import app
+from .common import PacksPath, console, print_json
+
+
+def _pct(value: Any) -> str:
+    return "–" if value is None else f"{100 * value:.1f}%"
+
+
+def _num(value: Any) -> str:
+    return "–" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _summary_table(summary: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table("", "before", "after", title=f"{summary['pack']} · {summary['model']}")
+    table.add_row("instructions (synthesized / selected / held out)",
+                  f"{_num(summary['instructions'])} / {_num(summary['selected'])} / {_num(summary['heldout'])}", "")
+    table.add_row("internalization gap (held-out reverse KL)", _num(summary["internalization_before"]),
+                  _num(summary["internalization_after"]))
+    table.add_row("violation rate (harmful sets)", _pct(summary["violation_before"]), _pct(summary["violation_after"]))
+    table.add_row("over-refusal rate (benign sets)", _pct(summary["over_refusal_before"]), _pct(summary["over_refusal_after"]))
+    console().print(table)
+    typer.echo(f"adapter: {summary['adapter']}\nmodel card: {summary['card']}")
+    if summary.get("url"):
+        typer.echo(f"published: {summary['url']}")
+
+
+@app.command()
+def apply(
+    pack: Optional[str] = typer.Argument(None, help="Pack name, name@range, or path (or `pack:` in --config)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="tiny, an alias (pa models), a Hub id or a directory."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/PACK-VERSION-MODEL)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML file of options; the command line wins."),
+    push_to: Optional[str] = typer.Option(None, "--push-to", help="Publish the adapter to this Hub repo at the end."),
+    private: bool = typer.Option(False, "--private", help="Create the Hub repo private."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: cuda if available)."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    generator: Optional[str] = typer.Option(None, "--generator", help="A stronger model to synthesize instructions."),
+    n: Optional[int] = typer.Option(None, "--n", help="Instructions requested per template and category."),
+    rounds: Optional[int] = typer.Option(None, "--rounds", help="Generator samples per template and category."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="Generation backend: transformers or vllm."),
+    keep: Optional[float] = typer.Option(None, "--keep", help="Fraction kept by Policy-Sensitive Filtering."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Keep this many instructions instead."),
+    min_score: Optional[float] = typer.Option(None, "--min-score", help="Keep instructions scoring at least this."),
+    no_filter: bool = typer.Option(False, "--no-filter", help="Train on every instruction (ablation)."),
+    heldout: Optional[float] = typer.Option(None, "--heldout", help="Fraction held out for the internalization metric."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Length of on-policy responses."),
+    lora_r: Optional[int] = typer.Option(None, "--lora-r"),
+    lora_alpha: Optional[float] = typer.Option(None, "--lora-alpha"),
+    learning_rate: Optional[float] = typer.Option(None, "--lr"),
+    epochs: Optional[float] = typer.Option(None, "--epochs"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="base or ema."),
+    judge: Optional[str] = typer.Option(None, "--judge", help="refusal | guard:MODEL | llm:MODEL"),
+    eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="At most N items per eval set."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    packs_path: Optional[list[Path]] = PacksPath,
+) -> None:
+    """Align a model to a pack: synthesize, filter, evaluate, distill, evaluate, write the card (and push).
+
+    Re-running the same command resumes: finished stages with unchanged inputs are skipped.
+    """
+    from ..apply import apply as run_apply
+    from ..apply import build_options
+    from .common import load
+
+    cli = {"pack": pack, "model": model, "out": out, "push_to": push_to, "private": private, "device": device,
+           "seed": seed, "generator": generator, "n": n, "rounds": rounds, "backend": backend, "keep": keep,
+           "top_n": top_k, "min_score": min_score, "no_filter": no_filter, "heldout": heldout,
+           "max_new_tokens": max_new_tokens, "lora_r": lora_r, "lora_alpha": lora_alpha,
+           "learning_rate": learning_rate, "num_epochs": epochs, "max_steps": max_steps, "batch_size": batch_size,
+           "teacher": teacher, "judge": judge, "eval_limit": eval_limit}
+    options = build_options(cli, config)
+    options.progress = not quiet
+    the_pack = load(options.pack, packs_path)
+
+    def on_stage(name: str, status: str) -> None:
+        if status != "done":
+            typer.echo(f"[{name}] {'skipped (finished, inputs unchanged)' if status == 'skipped' else 'running'}", err=True)
+
+    result = run_apply(options, the_pack, on_stage=on_stage)
+    _summary_table(result.summary)
+
+
+@app.command()
+def runs(
+    dirs: Optional[list[Path]] = typer.Argument(None, help="Run directories, or folders holding them (default: runs/)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List run directories with their status and key metrics."""
+    from rich.table import Table
+
+    from ..apply import find_runs, run_summary
+
+    summaries = [run_summary(d) for d in find_runs(list(dirs or [Path("runs")]))]
+    if as_json:
+        print_json(summaries)
+        return
+    if not summaries:
+        typer.echo("no runs found (start one with `pa apply PACK --model M`)")
+        return
+    table = Table("run", "pack", "model", "status", "selected", "internalization", "violation", "over-refusal")
+    for s in summaries:
+        table.add_row(s["run_dir"], s["pack"], str(s["model"]), s["status"], _num(s["selected"]),
+                      f"{_num(s['internalization_before'])} -> {_num(s['internalization_after'])}",
+                      f"{_pct(s['violation_before'])} -> {_pct(s['violation_after'])}",
+                      f"{_pct(s['over_refusal_before'])} -> {_pct(s['over_refusal_after'])}")
+    console().print(table)

@@ -1,0 +1,142 @@
+"""`pa apply`: the whole pipeline on tiny, resuming, options, and surviving kill -9 at any stage."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from policyalign.apply import ApplyOptions, apply, build_options, run_summary
+from policyalign.cli import app
+from policyalign.errors import InvalidInputError
+from policyalign.io import read_jsonl
+from policyalign.registry import Registry
+
+FAST = ["--n", "2", "--max-steps", "6", "--eval-limit", "4", "--batch-size", "4", "--max-new-tokens", "8"]
+ARTIFACTS = ["run.json", "instructions.jsonl", "synthesis.json", "scored.jsonl", "selected.jsonl", "heldout.jsonl",
+             "filter_hist.png", "adapter/adapter_model.safetensors", "adapter/policyalign.json", "adapter/loss.png",
+             "eval/before/eval.json", "eval/before/report.md", "eval/before/categories.png", "eval/after/eval.json",
+             "eval/after/responses.jsonl", "eval/before_after.png", "README.md"]
+
+
+def _options(packs: Path, out: Path, **extra) -> ApplyOptions:
+    base = dict(pack=str(packs / "child-pack"), model="tiny", out=out, n=2, max_steps=6, eval_limit=4, batch_size=4,
+                max_new_tokens=8, progress=False)
+    base.update(extra)
+    return ApplyOptions(**base, explicit=set(base))
+
+
+def _check_complete(run: Path) -> None:
+    for rel in ARTIFACTS:
+        assert (run / rel).is_file() and (run / rel).stat().st_size > 0, rel
+    for rel in ("instructions.jsonl", "scored.jsonl", "selected.jsonl", "heldout.jsonl", "eval/after/responses.jsonl"):
+        read_jsonl(run / rel)  # every line parses
+    manifest = json.loads((run / "run.json").read_text())
+    assert all(manifest["stages"][s]["status"] == "done"
+               for s in ("synthesize", "filter", "eval_before", "distill", "eval_after", "card"))
+    assert not list(run.rglob(".*.tmp")), "no half-written temporaries left"
+
+
+@pytest.mark.slow
+def test_apply_runs_every_stage_then_resumes_by_skipping(tmp_path: Path, fixture_packs: Path) -> None:
+    pack = Registry([fixture_packs]).load("child-pack")
+    run = tmp_path / "run"
+    first = apply(_options(fixture_packs, run), pack)
+    _check_complete(run)
+    assert [s.status for s in first.stages] == ["ran"] * 6
+    summary = run_summary(run)
+    assert summary["status"] == "complete" and summary["selected"] > 0
+    assert summary["internalization_before"] > 0 and summary["internalization_after"] is not None
+    card = (run / "README.md").read_text()
+    assert pack.digest in card and "child-pack" in card
+    manifest = json.loads((run / "run.json").read_text())
+    assert manifest["inputs"]["pack"]["digest"] == pack.digest
+    assert {"torch", "transformers", "trl", "peft", "policyalign"} <= set(manifest["versions"])
+    # Same command again: nothing re-runs.
+    again = apply(_options(fixture_packs, run), pack)
+    assert [s.status for s in again.stages] == ["skipped"] * 6
+    # A changed distillation option re-runs distill and what depends on it, not synthesis or filtering.
+    changed = apply(_options(fixture_packs, run, learning_rate=5e-3), pack)
+    status = {s.name: s.status for s in changed.stages}
+    assert status == {"synthesize": "skipped", "filter": "skipped", "eval_before": "skipped", "distill": "ran",
+                      "eval_after": "ran", "card": "ran"}
+
+
+def test_config_file_and_command_line_precedence(tmp_path: Path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("pack: general\nmodel: tiny\nmax-steps: 7\njudge: refusal\nkeep: 0.3\n")
+    options = build_options({"pack": None, "model": None, "keep": 0.9, "no_filter": False}, config)
+    assert (options.pack, options.model, options.max_steps, options.keep) == ("general", "tiny", 7, 0.9)
+    config.write_text("pack: general\nmodel: tiny\nmax_stepz: 7\n")
+    with pytest.raises(InvalidInputError, match="did you mean 'max_steps'"):
+        build_options({}, config)
+    with pytest.raises(InvalidInputError, match="missing model"):
+        build_options({"pack": "general"}, None)
+
+
+def test_tiny_defaults_never_override_explicit_options(tmp_path: Path) -> None:
+    from policyalign.apply import TINY_DEFAULTS, with_model_defaults
+
+    options = with_model_defaults(ApplyOptions(pack="general", model="tiny", max_steps=3, explicit={"max_steps"}))
+    assert options.max_steps == 3 and options.eval_limit == TINY_DEFAULTS["eval_limit"]
+    real = with_model_defaults(ApplyOptions(pack="general", model="Qwen2.5-7B"))
+    assert real.max_steps is None and real.eval_limit is None
+
+
+def _wait_for_stage(run: Path, name: str, proc: subprocess.Popen, timeout: float = 240) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            stages = json.loads((run / "run.json").read_text())["stages"]
+        except (OSError, ValueError, KeyError):
+            stages = {}
+        if stages.get(name, {}).get("status") == "running":
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.slow
+def test_killing_apply_at_any_stage_then_rerunning_completes(tmp_path: Path, fixture_packs: Path) -> None:
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "policyalign", "apply", str(fixture_packs / "child-pack"), "--model", "tiny",
+           "--out", str(run), "--quiet", *FAST, "--max-steps", "12"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    killed_in = []
+    for stage_name, delay in [("synthesize", 0.3), ("filter", 0.5), ("eval_before", 0.2), ("distill", 3.0),
+                              ("eval_after", 0.2)]:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if _wait_for_stage(run, stage_name, proc):
+            time.sleep(delay)
+            proc.send_signal(signal.SIGKILL)
+            killed_in.append(stage_name)
+        proc.wait(timeout=300)
+    assert len(killed_in) >= 3, f"the kills landed in too few stages: {killed_in}"
+    final = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert final.returncode == 0, final.stderr[-2000:]
+    _check_complete(run)
+
+
+def test_runs_lists_status_and_metrics(tmp_path: Path) -> None:
+    run = tmp_path / "runs" / "r1"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({
+        "inputs": {"pack": {"name": "general", "version": "1.0.0"}, "model": "tiny"},
+        "stages": {"synthesize": {"status": "done", "results": {"instructions": 10}},
+                   "filter": {"status": "running"}}}))
+    result = CliRunner().invoke(app, ["runs", str(tmp_path / "runs"), "--json"])
+    assert result.exit_code == 0, result.output
+    [row] = json.loads(result.output)
+    assert row["status"] == "interrupted in filter" and row["instructions"] == 10 and row["pack"] == "general@1.0.0"
+
+
+def test_apply_unknown_pack_is_a_clear_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["apply", "generel", "--model", "tiny", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "did you mean 'general'" in result.output
