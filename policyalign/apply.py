@@ -163,7 +163,8 @@ def _distill_overrides(o: ApplyOptions) -> dict[str, Any]:
     return {"lora_r": o.lora_r, "lora_alpha": o.lora_alpha, "lora_dropout": o.lora_dropout,
             "target_modules": o.target_modules, "learning_rate": o.learning_rate, "num_epochs": o.num_epochs,
             "max_steps": o.max_steps, "batch_size": o.batch_size, "max_new_tokens": o.max_new_tokens,
-            "teacher": o.teacher, "top_k": o.kl_top_k, "seed": o.seed}
+            "teacher": o.teacher, "top_k": o.kl_top_k, "seed": o.seed,
+            "use_vllm": True if o.backend == "vllm" else None}
 
 
 def _eval_options(o: ApplyOptions) -> dict[str, Any]:

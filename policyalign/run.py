@@ -84,7 +84,7 @@ def run_inputs(run_dir: Path) -> dict[str, Any]:
                        hint="start a run with `pa apply PACK --model M --out DIR` or `pa synthesize PACK --model M --out DIR`")
     inputs = read_manifest(run_dir)["inputs"]
     if "pack" not in inputs or "model" not in inputs:
-        raise RunError(f"{run_dir / MANIFEST} does not record the pack and model of this run", file=str(run_dir / MANIFEST),
+        raise RunError("this run does not record its pack and model", file=str(run_dir / MANIFEST),
                        hint="pass --pack and --model, or start with `pa synthesize PACK --model M --out DIR`")
     return inputs
 
