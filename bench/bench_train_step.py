@@ -1,0 +1,215 @@
+"""Benchmark: training step time of our PolicySDFTTrainer vs stock trl SDFTTrainer, same config.
+
+Both get the same model (same weights), the same instructions, the same LoRA (r, alpha,
+targets), max_new_tokens, batch size, seed and trl `SDFTConfig` (`distill.sdft_config`), and
+both use the base model (adapter disabled) as the teacher. The only differences are the ones
+`PolicySDFTTrainer` exists for: ours puts the policy in the system message and continues the
+teacher forward from the policy-prefix KV cache (`distill.build_trainer`); stock gets the policy
+through its `privileged_context` column with its default `teacher_prompt_template` (prompt,
+blank line, policy in the user turn), prompts as chat message lists, and re-reads the policy
+for every sample.
+
+After `--warmup` steps it times `--steps` optimizer steps of each (callback from step begin to
+step end, so rollout generation + student forward/backward + teacher forward + optimizer),
+and splits out the rollout (`_generate`) and the teacher forward (the block run under
+`_get_teacher_context_for_self_distillation`, which both trainers use for exactly that). It
+prints the mean step time of each and the ratio ours/stock (target <= 0.7x), and the same
+ratio without the rollout, which both trainers spend identically.
+
+Run `python bench/bench_train_step.py` (or `python bench/run.py train_step`); on a GPU
+`--shape qwen2.5-7b` uses a random-initialised Qwen2.5-7B-shaped model (bf16, gradient
+checkpointing on, as `sdft_config` sets on CUDA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_prefix_cache import POLICY, SHAPES, build_model, describe, records, sync  # noqa: E402
+
+from policyalign.distill import DistillConfig  # noqa: E402
+from policyalign.models import cpu_threads  # noqa: E402
+
+TARGET = 0.7
+
+
+def step_timer(device: str) -> Any:
+    """A callback timing each optimizer step (begin -> end) and skipping the end-of-run checkpoint."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.steps: list[float] = []
+            self._begin = 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            sync(device)
+            self._begin = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            sync(device)
+            self.steps.append(time.perf_counter() - self._begin)
+            control.should_save = False  # a benchmark writes no checkpoints
+            return control
+
+    return StepTimer()
+
+
+def instrument(trainer: Any, device: str) -> dict[str, list[float]]:
+    """Time the rollout (`_generate`) and the teacher forward of every step, on this trainer instance."""
+    record: dict[str, list[float]] = {"rollout": [], "teacher": [], "tokens": []}
+    generate = trainer._generate
+    teacher_context = trainer._get_teacher_context_for_self_distillation
+
+    def timed_generate(prompt_ids):  # type: ignore[no-untyped-def]
+        sync(device)
+        start = time.perf_counter()
+        out = generate(prompt_ids)
+        sync(device)
+        record["rollout"].append(time.perf_counter() - start)
+        record["tokens"].append(sum(len(c) for c in out[1]))
+        return out
+
+    @contextmanager
+    def timed_teacher():  # type: ignore[no-untyped-def]
+        with teacher_context():
+            sync(device)
+            start = time.perf_counter()
+            yield
+            sync(device)
+            record["teacher"].append(time.perf_counter() - start)
+
+    trainer._generate = timed_generate
+    trainer._get_teacher_context_for_self_distillation = timed_teacher
+    return record
+
+
+def ours(loaded: Any, recs: list[dict], config: DistillConfig, out: Path) -> Any:
+    from policyalign.distill import build_trainer
+
+    return build_trainer(loaded, POLICY, recs, config, out)
+
+
+def stock(loaded: Any, recs: list[dict], config: DistillConfig, out: Path) -> Any:
+    """trl's SDFTTrainer as its docs use it: chat-message prompts, the policy as privileged_context."""
+    import os
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    from datasets import Dataset
+    from transformers.trainer_callback import PrinterCallback
+    from trl.experimental.sdft import SDFTTrainer
+
+    from policyalign.distill import lora_config, sdft_config
+
+    data = Dataset.from_list([{"prompt": r["messages"], "privileged_context": POLICY} for r in recs])
+    trainer = SDFTTrainer(model=loaded.model, args=sdft_config(config, out), train_dataset=data,
+                          processing_class=loaded.tokenizer, peft_config=lora_config(config))
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def teacher_prompt_tokens(loaded: Any, recs: list[dict]) -> tuple[float, float]:
+    """Mean teacher prompt length: ours (policy as system message) and stock (policy appended to the user turn)."""
+    from policyalign.chat import encode_chat, teacher_messages
+
+    tok = loaded.tokenizer
+    mine = [len(encode_chat(tok, teacher_messages(POLICY, r["messages"]))) for r in recs]
+    theirs = [len(encode_chat(tok, [{"role": "user", "content": f"{r['messages'][-1]['content']}\n\n{POLICY}"}]))
+              for r in recs]
+    return statistics.mean(mine), statistics.mean(theirs)
+
+
+def run_trainer(kind: str, args: argparse.Namespace, config: DistillConfig, recs: list[dict]) -> dict[str, Any]:
+    """Build one trainer on a fresh copy of the model (same seed), train, return its timings."""
+    import torch
+
+    loaded = build_model(args.shape, device=args.device, dtype=args.dtype, trainable=True, seed=args.seed)
+    with tempfile.TemporaryDirectory(prefix=f"bench-{kind}-") as tmp, cpu_threads(loaded):
+        trainer = (ours if kind == "ours" else stock)(loaded, recs, config, Path(tmp))
+        timer = step_timer(loaded.device)
+        trainer.add_callback(timer)
+        record = instrument(trainer, loaded.device)
+        if loaded.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        trainer.train()
+        result = {"steps": timer.steps, **record, "where": describe(loaded), "device": loaded.device,
+                  "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if loaded.device.startswith("cuda") else None,
+                  "teacher_tokens": teacher_prompt_tokens(loaded, recs)}
+    del trainer, loaded
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return result
+
+
+def summarise(result: dict[str, Any], warmup: int) -> dict[str, float]:
+    steps = result["steps"][warmup:]
+    n = len(steps)
+    # Every step generates once (steps_per_generation = 1) and runs one teacher forward.
+    rollout = result["rollout"][warmup:warmup + n]
+    teacher = result["teacher"][warmup:warmup + n]
+    tokens = result["tokens"][warmup:warmup + n]
+    mean = statistics.mean
+    return {"step": mean(steps), "rollout": mean(rollout), "teacher": mean(teacher),
+            "rest": mean(steps) - mean(rollout) - mean(teacher), "tokens": mean(tokens),
+            "sd": statistics.stdev(steps) if n > 1 else 0.0, "n": n}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="tiny", choices=["tiny", *SHAPES])
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cpu for tiny, else cuda if available)")
+    parser.add_argument("--dtype", default=None)
+    parser.add_argument("--steps", type=int, default=5, help="timed optimizer steps per trainer")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--records", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds")
+    args = parser.parse_args()
+    if args.smoke:
+        args.steps, args.warmup, args.batch_size, args.max_new_tokens, args.records = 1, 1, 2, 4, 4
+    args.device = args.device or ("cpu" if args.shape == "tiny" else None)
+
+    config = DistillConfig(max_steps=args.warmup + args.steps, batch_size=args.batch_size,
+                           max_new_tokens=args.max_new_tokens, seed=args.seed, save_steps=10**9)
+    recs = records(max(args.records, args.batch_size))
+    results = {kind: run_trainer(kind, args, config, recs) for kind in ("ours", "stock")}
+    s = {kind: summarise(r, args.warmup) for kind, r in results.items()}
+    a, b = s["ours"], s["stock"]
+    t_ours, t_stock = results["ours"]["teacher_tokens"]
+    print(results["ours"]["where"])
+    print(f"batch {args.batch_size}, max_new_tokens {args.max_new_tokens}, LoRA r={config.lora_r} on "
+          f"{','.join(config.target_modules)}; teacher prompts: ours {t_ours:.0f} tokens (policy as system, "
+          f"prefix cached), stock {t_stock:.0f} (policy in user turn); mean of {a['n']} steps after {args.warmup} warm-up")
+    print(f"  {'':<22} {'ours':>10} {'stock':>10} {'ours/stock':>11}")
+    rows = [("step (s)", "step"), ("  rollout (s)", "rollout"), ("  teacher forward (s)", "teacher"),
+            ("  student + optim (s)", "rest")]
+    for label, key in rows:
+        ratio = a[key] / b[key] if b[key] > 0 else float("nan")
+        print(f"  {label:<22} {a[key]:10.3f} {b[key]:10.3f} {ratio:10.2f}x")
+    no_roll = (a["step"] - a["rollout"]) / (b["step"] - b["rollout"])
+    print(f"  {'step - rollout (s)':<22} {a['step'] - a['rollout']:10.3f} {b['step'] - b['rollout']:10.3f} {no_roll:10.2f}x")
+    print(f"  {'completion tokens/step':<22} {a['tokens']:10.0f} {b['tokens']:10.0f}")
+    print(f"  {'teacher share of step':<22} {a['teacher'] / a['step']:10.1%} {b['teacher'] / b['step']:10.1%}")
+    if results["ours"]["peak_gib"] is not None:
+        print(f"  {'peak GPU memory (GiB)':<22} {results['ours']['peak_gib']:10.2f} {results['stock']['peak_gib']:10.2f}")
+    print(f"  step time ours/stock: {a['step'] / b['step']:.2f}x (target <= {TARGET}x); "
+          f"without the rollout: {no_roll:.2f}x; step sd ours {a['sd']:.3f} s, stock {b['sd']:.3f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

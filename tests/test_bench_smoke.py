@@ -1,0 +1,39 @@
+"""The teacher/trainer benchmarks run end to end at tiny size (`--smoke`); no timing is asserted."""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _run(name: str, *args: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run bench/bench_NAME.py in this process (imports are already warm) and return its stdout."""
+    monkeypatch.setattr(sys, "argv", [str(BENCH / f"bench_{name}.py"), *args])
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(BENCH / f"bench_{name}.py"), run_name="__main__")
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name, expect", [
+    ("prefix_cache", "cached/uncached"),
+    ("train_step", "step time ours/stock"),
+    ("teacher_memory", "no second copy: True"),
+    ("gpu_step", "teacher forward share"),
+])
+def test_bench_runs_with_smoke(name: str, expect: str, capsys, monkeypatch) -> None:
+    out = _run(name, "--smoke", capsys=capsys, monkeypatch=monkeypatch)
+    assert expect in out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message printed without CUDA")
+def test_gpu_step_without_cuda_says_so(capsys, monkeypatch) -> None:
+    out = _run("gpu_step", capsys=capsys, monkeypatch=monkeypatch)
+    assert "needs a CUDA GPU" in out and "nothing measured" in out
