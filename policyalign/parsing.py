@@ -1,0 +1,411 @@
+"""Turn a generator's free-form output into candidate instructions, and say why the rest is junk.
+
+Generators do not follow format instructions reliably: a model asked for "a numbered list, no
+commentary" opens with "Sure! Here are 10 requests:", numbers items `1.`, `1)`, `(1)` or with
+bullets, wraps lines, bolds a label, quotes each item and signs off with "Let me know if...";
+asked for JSON it adds a ```json fence, a trailing comma, prose around it, or runs out of
+tokens halfway through the array. A safety-tuned generator may also refuse, and a tiny or
+broken one emits byte soup. Parsing here is tolerant about *shape* (salvage every complete
+item) and strict about *content* (`junk_reason`), so what reaches synthesis is a list of
+plausible user requests, and every dropped piece is counted under a reason.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+MIN_CHARS = 12
+MIN_WORDS = 3
+MAX_CHARS = 2000
+MAX_LITERAL_CHARS = 200_000  # bound for the ast.literal_eval fallback (single-quoted "JSON")
+ROLES = frozenset({"system", "user", "assistant", "tool"})
+
+# Drop reasons (also the keys of ParseResult.dropped and synthesis.json's drop counts).
+TOO_SHORT, TOO_LONG, REFUSAL, NOT_INSTRUCTION, GARBLED, BAD_SCENARIO, TRUNCATED = (
+    "too_short", "too_long", "refusal", "not_instruction", "garbled", "bad_scenario", "truncated")
+
+_MARKER = re.compile(
+    r"^(?P<indent>[ \t]*)(?:(?:\(?\d{1,3}[.):\]]|\(\d{1,3}\)|#\d{1,3}[.:)]?|[-*\u2022\u2023\u25e6\u2043+])"
+    r"|(?:[A-Za-z]{1,12}\s?\d{1,3}[.):]))[ \t]+(?P<body>\S.*)$")
+_FENCE = re.compile(r"```[ \t]*(?:json|JSON|javascript|js)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
+_HEADING = re.compile(r"^\s*(?:#{1,6}\s|={3,}|-{3,}|\*{3,}|_{3,})")
+_BOLD_LABEL = re.compile(
+    r"^(?:\*\*|__)[^*_\n]{1,80}(?:(?:\*\*|__)\s*[:\-\u2013\u2014]|[:\-\u2013\u2014]\s*(?:\*\*|__))\s*(?=\S)")
+_PLAIN_LABEL = re.compile(
+    r"^(?:request|instruction|prompt|query|question|example|user|scenario|item)\s*#?\d*\s*[:\-\u2013\u2014]\s*(?=\S)",
+    re.IGNORECASE)
+_EMPHASIS = re.compile(r"^(\*\*|__|\*|_)(.+)\1$", re.DOTALL)
+_QUOTES = {'"': '"', "'": "'", "\u201c": "\u201d", "\u2018": "\u2019", "\u00ab": "\u00bb", "`": "`"}
+
+_REFUSAL = re.compile(
+    r"^\W*(?:"
+    r"(?:i'?m|i am|we'?re|we are)\s+(?:so\s+|very\s+|really\s+)?sorry"
+    r"|sorry,?\s+(?:but\s+)?i"
+    r"|i\s+apologi[sz]e"
+    r"|as an ai\b"
+    r"|i\s+(?:can(?:no|')?t|could\s*n[o']?t|won'?t|will not|must not|shouldn'?t|should not|do not|don'?t)\s+"
+    r"(?:help|assist|provide|comply|create|generate|write|produce|fulfil|fulfill|do that|do this|support|"
+    r"engage|participate|continue|give|share|offer|make|list|come up)"
+    r"|i\s+(?:must|have to|need to)\s+(?:decline|refuse)"
+    r"|i'?m\s+(?:not able|unable|not comfortable|not going)\s+to"
+    r"|i am\s+(?:not able|unable|not comfortable|not going)\s+to"
+    r"|(?:unfortunately|regrettably),?\s+i"
+    r"|this (?:request|content) (?:violates|goes against|is against)"
+    r")", re.IGNORECASE)
+_REFUSAL_ANYWHERE = re.compile(
+    r"\b(?:against my (?:guidelines|policies|programming|principles)|i can(?:no|')?t (?:help|assist) with (?:that|this)"
+    r"|i(?:'m| am) not able to (?:help|assist|provide) (?:with )?(?:that|this))\b", re.IGNORECASE)
+_META = re.compile(
+    r"^\W*(?:"
+    r"(?:sure|certainly|of course|absolutely|okay|ok|alright|great)\b[!,.: ]"
+    r"|here (?:are|is|'s)\b"
+    r"|(?:below|the following) (?:are|is)\b"
+    r"|(?:these|those|the above) (?:requests|examples|instructions|prompts|are|were|would|should|could|cover)\b"
+    r"|(?:note|disclaimer|warning|remember|important)\s*:"
+    r"|(?:i hope|hope this|let me know|feel free|please note|keep in mind|i've|i have (?:written|created|generated|listed))\b"
+    r"|(?:\d+|ten|five|twenty)\s+(?:new\s+|more\s+|distinct\s+|different\s+)?(?:requests|examples|instructions|prompts)\b"
+    r")", re.IGNORECASE)
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]|<\|?/?[a-z_]+\|?>")
+
+
+@dataclass
+class ParseResult:
+    """Parsed conversations (`{"messages", "tools"?}`) and the count of dropped pieces per reason."""
+
+    items: list[dict[str, Any]] = field(default_factory=list)
+    dropped: Counter[str] = field(default_factory=Counter)
+    format_used: str = ""  # "list", "json", or "" when nothing parsed
+
+
+# --------------------------------------------------------------------------- cleaning one item
+
+
+def clean_item(text: str) -> str:
+    """Strip list decoration from one item: labels, emphasis, matching quotes, extra whitespace."""
+    text = text.strip()
+    for _ in range(3):  # decorations nest: **"Request 1: ..."**
+        before = text
+        text = _BOLD_LABEL.sub("", text)
+        text = _PLAIN_LABEL.sub("", text)
+        match = _EMPHASIS.match(text)
+        if match and "\n" not in match.group(2):
+            text = match.group(2).strip()
+        if len(text) >= 2 and _QUOTES.get(text[0]) == text[-1]:
+            text = text[1:-1].strip()
+        if text == before:
+            break
+    lines = [" ".join(line.split()) for line in text.splitlines()]
+    return "\n".join(line for line in lines if line).strip()
+
+
+def _strip_marker(text: str) -> str:
+    match = _MARKER.match(text)
+    return match.group("body") if match else text
+
+
+# --------------------------------------------------------------------------- junk
+
+
+def junk_reason(text: str, *, min_chars: int = MIN_CHARS, max_chars: int = MAX_CHARS,
+                min_words: int = MIN_WORDS) -> str | None:
+    """Why `text` is not a usable instruction (a drop reason), or None if it is one.
+
+    Order matters: garbled output is reported as such even when it is also long, and a refusal
+    is reported as a refusal even when it ends with a colon.
+    """
+    stripped = text.strip()
+    if _CONTROL.search(stripped):
+        return GARBLED
+    letters = sum(ch.isalpha() for ch in stripped)
+    visible = sum(not ch.isspace() for ch in stripped)
+    if visible and letters / visible < 0.6:
+        return GARBLED
+    if stripped.count("}") > stripped.count("{") or stripped.count("]") > stripped.count("["):
+        return GARBLED  # debris of JSON or template syntax; real requests open what they close
+    if len(stripped) < min_chars or len(re.findall(r"\w+", stripped)) < min_words:
+        return TOO_SHORT
+    if len(stripped) > max_chars:
+        return TOO_LONG
+    if _REFUSAL.match(stripped) or _REFUSAL_ANYWHERE.search(stripped):
+        return REFUSAL
+    if _is_meta(stripped):
+        return NOT_INSTRUCTION
+    return None
+
+
+def _is_meta(text: str) -> bool:
+    """Headings and talk about the list rather than a request: "Here are 10 requests:", "### Fraud"."""
+    first = text.splitlines()[0]
+    if _HEADING.match(first) or _META.match(first):
+        return True
+    # A lone label line ("Phishing emails:", "**Fraud**") introduces items; it is not one.
+    bare = first.strip().strip("*_").strip()
+    return "\n" not in text and (bare.endswith(":") or (first.strip().startswith(("**", "__")) and len(bare.split()) <= 6))
+
+
+# --------------------------------------------------------------------------- numbered / bulleted lists
+
+
+def split_list(text: str) -> list[str]:
+    """The items of a numbered or bulleted list, with multi-line items joined (newline-separated).
+
+    Text before the first marker (preamble), between items after a blank line, and after the
+    last item (epilogue) is not part of any item -- unless indented under the item, which is
+    how wrapped and multi-paragraph items look. Without any marker, every non-empty line is an
+    item (a generator that just writes one request per line).
+    """
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if not any(_MARKER.match(line) for line in lines):
+        return [clean_item(line) for line in lines if line.strip() and not _HEADING.match(line)]
+    items: list[list[str]] = []
+    current: list[str] | None = None
+    body_indent = 0
+    blank_before = False
+    for line in lines:
+        match = _MARKER.match(line)
+        if match:
+            current = [match.group("body")]
+            items.append(current)
+            body_indent = len(match.group("indent")) + 1
+            blank_before = False
+        elif not line.strip():
+            blank_before = True
+        elif current is not None and _continues(line, body_indent, blank_before):
+            current.append(("\n" if blank_before else " ") + line.strip())
+            blank_before = False
+        else:
+            current = None  # interstitial prose or epilogue ends the item
+    return [clean_item("".join(parts)) for parts in items]
+
+
+def _continues(line: str, body_indent: int, blank_before: bool) -> bool:
+    """A wrapped line continues the item; after a blank line, only an indented one does."""
+    indent = len(line) - len(line.lstrip(" \t"))
+    if _HEADING.match(line):
+        return False
+    if blank_before:
+        return indent >= max(2, body_indent)
+    return indent > 0 or not _META.match(line.strip())
+
+
+# --------------------------------------------------------------------------- JSON
+
+
+def _json_candidates(text: str) -> Iterator[str]:
+    """Fenced code blocks first (where models put JSON), then the whole output."""
+    for match in _FENCE.finditer(text):
+        yield match.group(1)
+    yield text
+
+
+def _decode_array_prefix(text: str, start: int) -> tuple[list[Any], bool]:
+    """Decode the JSON array at text[start] element by element.
+
+    Returns (complete elements, finished). Tolerates a trailing comma before `]`; an array cut
+    off by the token limit yields the elements that were complete.
+    """
+    decoder = json.JSONDecoder()
+    elements: list[Any] = []
+    pos = start + 1
+    while True:
+        pos = _skip_ws(text, pos)
+        if pos >= len(text):
+            return elements, False
+        if text[pos] == "]":
+            return elements, True
+        try:
+            value, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError:
+            return elements, False
+        elements.append(value)
+        pos = _skip_ws(text, pos)
+        if pos < len(text) and text[pos] == ",":
+            pos += 1
+        elif pos < len(text) and text[pos] == "]":
+            return elements, True
+        else:
+            return elements, False
+
+
+def _skip_ws(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\r\n":
+        pos += 1
+    return pos
+
+
+def _object_list(obj: dict[str, Any]) -> list[Any] | None:
+    """A top-level object: one scenario, or a wrapper like {"requests": [...]}."""
+    if "messages" in obj:
+        return [obj]
+    for value in obj.values():
+        if isinstance(value, list) and value and all(isinstance(v, str | dict) for v in value):
+            return value
+    return None
+
+
+def _first_json_list(text: str) -> list[Any] | None:
+    """The first JSON array (or scenario object) in `text` holding strings or objects."""
+    decoder = json.JSONDecoder()
+    for match in re.finditer(r"[\[{]", text):
+        start = match.start()
+        if text[start] == "{":
+            try:
+                obj, _ = decoder.raw_decode(text, start)
+            except json.JSONDecodeError:
+                continue
+            found = _object_list(obj) if isinstance(obj, dict) else None
+        else:
+            found, _ = _decode_array_prefix(text, start)
+        if found and any(isinstance(v, str | dict) for v in found):
+            return found
+    return None
+
+
+def _literal_list(text: str) -> list[Any] | None:
+    """Fallback for Python-style lists (single quotes): ast.literal_eval, bounded in size."""
+    start, end = text.find("["), text.rfind("]")
+    if start < 0 or end <= start or end - start > MAX_LITERAL_CHARS:
+        return None
+    try:
+        value = ast.literal_eval(text[start:end + 1])
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return None
+    return value if isinstance(value, list) else None
+
+
+def extract_json_list(text: str) -> list[Any] | None:
+    """The list of items in a generator's JSON answer, wherever it sits, or None."""
+    for candidate in _json_candidates(text):
+        found = _first_json_list(candidate) or _literal_list(candidate)
+        if found is not None:
+            return _flatten_conversation(found)
+    return None
+
+
+def _flatten_conversation(values: list[Any]) -> list[Any]:
+    """A bare list of chat messages is one conversation, not many instructions."""
+    if values and all(isinstance(v, dict) and "role" in v and "content" in v for v in values):
+        return [{"messages": values}]
+    return values
+
+
+# --------------------------------------------------------------------------- items -> conversations
+
+
+def _text_item(text: str) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": text}]}
+
+
+def scenario(value: dict[str, Any]) -> dict[str, Any] | None:
+    """Validate a {messages, tools} scenario from JSON; None if unusable.
+
+    Usable: a non-empty list of {role, content: str} messages ending with a user or tool turn
+    (the model under alignment answers next), and tools (if any) as function definitions. A
+    trailing assistant turn (some generators include the "bad answer") is dropped.
+    """
+    text = next((value[key] for key in ("prompt", "instruction", "request", "text", "content")
+                 if isinstance(value.get(key), str)), None)
+    if "messages" not in value:
+        return _text_item(text) if text is not None else None
+    messages = value.get("messages")
+    if not isinstance(messages, list):
+        return None
+    clean: list[dict[str, Any]] = []
+    for message in messages:
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            return None
+        if not isinstance(message.get("content", ""), str | type(None)):
+            return None
+        clean.append({k: v for k, v in message.items() if k in ("role", "content", "tool_calls", "name", "tool_call_id")})
+    while clean and clean[-1]["role"] == "assistant":
+        clean.pop()
+    if not clean or clean[-1]["role"] not in ("user", "tool"):
+        return None
+    tools = value.get("tools") or []
+    if not isinstance(tools, list) or not all(_is_tool(t) for t in tools):
+        return None
+    return {"messages": clean, **({"tools": tools} if tools else {})}
+
+
+def _is_tool(tool: Any) -> bool:
+    function = tool.get("function") if isinstance(tool, dict) else None
+    return isinstance(function, dict) and isinstance(function.get("name"), str) and bool(function["name"])
+
+
+def instruction_text(item: dict[str, Any]) -> str:
+    """The text that identifies an instruction: its user turns (tool results included), joined.
+
+    Used for junk checks, dedup and decontamination, so a scenario is compared on what the user
+    asks, not on its tool schemas.
+    """
+    parts = [str(m.get("content") or "") for m in item.get("messages", []) if m.get("role") in ("user", "tool")]
+    return "\n".join(p for p in parts if p.strip())
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def parse_output(text: str, fmt: str = "list", *, truncated: bool = False, min_chars: int = MIN_CHARS,
+                 max_chars: int = MAX_CHARS, min_words: int = MIN_WORDS) -> ParseResult:
+    """Parse one generator output into conversations, dropping junk (counted per reason).
+
+    `fmt` is what the template asked for ("list" or "json"); the other format is tried when the
+    asked one yields nothing, since models mix them up. `truncated` (the generation hit its
+    token limit) drops the last list item, which is likely cut mid-sentence.
+    """
+    if fmt not in ("list", "json"):
+        raise ValueError(f"unknown format {fmt!r}")
+    order = ("json", "list") if fmt == "json" else ("list", "json")
+    result = ParseResult()
+    for attempt in order:
+        raw = _raw_items(text, attempt, truncated, result.dropped)
+        if raw:
+            result.format_used = attempt
+            break
+    else:
+        return result
+    for value in raw:
+        item, reason = _accept(value, min_chars=min_chars, max_chars=max_chars, min_words=min_words)
+        if item is None:
+            result.dropped[reason or BAD_SCENARIO] += 1
+        else:
+            result.items.append(item)
+    return result
+
+
+def _raw_items(text: str, fmt: str, truncated: bool, dropped: Counter[str]) -> list[Any]:
+    if fmt == "json":
+        if "[" not in text and "{" not in text:
+            return []
+        return extract_json_list(text) or []
+    if text.lstrip().startswith(("[", "{", "```")):
+        return []  # JSON-looking output is not a one-request-per-line list
+    items = [item for item in split_list(text) if item]
+    if truncated and len(items) > 1:
+        items.pop()
+        dropped[TRUNCATED] += 1
+    return items
+
+
+def _accept(value: Any, **limits: int) -> tuple[dict[str, Any] | None, str | None]:
+    """One raw item (string or JSON object) -> (conversation, None) or (None, drop reason)."""
+    if isinstance(value, str):
+        text = clean_item(_strip_marker(value.strip()))
+        reason = junk_reason(text, **limits)
+        return (None, reason) if reason else (_text_item(text), None)
+    if not isinstance(value, dict):
+        return None, BAD_SCENARIO
+    item = scenario(value)
+    if item is None:
+        return None, BAD_SCENARIO
+    if "tools" not in item and len(item["messages"]) == 1:
+        text = clean_item(_strip_marker(str(item["messages"][0].get("content") or "")))
+        item = _text_item(text)
+    reason = junk_reason(instruction_text(item), **limits)
+    return (None, reason) if reason else (item, None)

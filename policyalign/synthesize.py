@@ -1,0 +1,512 @@
+"""Synthesis: a pack's templates -> generator -> parsed, deduplicated, decontaminated instructions.
+
+For every category and template, the template is rendered (sandboxed, `pack.template_variables`)
+and sampled `rounds` times from the generator. Outputs are parsed (`parsing.parse_output`), junk
+is dropped, exact and near duplicates are removed (`dedup`), anything close to an eval prompt of
+the pack is removed (decontamination: training on eval items would make the after-evaluation
+meaningless), categories are balanced, and the pack's own seed examples go in first, so a run
+never starts from nothing, even when the generator returns only junk (as `tiny` does).
+
+Raw generator outputs are cached under `OUT_DIR/generations/`, one file per request keyed by
+(generator, rendered prompt, sampling, seed, round): a re-run reuses them and generates only
+what changed (a new template, more rounds, another sampling setting), and does not even load
+the generator when nothing changed. Parsing and filtering always re-run: they are cheap, and
+improvements to them apply to cached outputs.
+
+Outputs: `instructions.jsonl` (the "Instruction" records of docs/ARCHITECTURE.md, ids derived
+from category + normalised text so they are stable across runs) and `synthesis.json` (counts
+per category and per drop reason).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .dedup import check_threshold, dedup, find_near_duplicates, normalize
+from .errors import InvalidInputError
+from .io import read_json, write_json, write_jsonl
+from .pack import Category, Pack, TemplateSpec, template_variables, thaw
+from .parsing import instruction_text, parse_output
+from .templates import TemplateFailure, compile_template, render_template
+
+if TYPE_CHECKING:
+    from .generation import Backend, SamplingParams
+
+INSTRUCTIONS_FILE = "instructions.jsonl"
+SUMMARY_FILE = "synthesis.json"
+GENERATIONS_DIR = "generations"
+CACHE_FORMAT = 1
+DEFAULT_COUNT = 20
+DEFAULT_SAMPLING = {"max_new_tokens": 512, "temperature": 1.0, "top_p": 0.95}
+DEDUP_THRESHOLD = 0.8
+# Looser than dedup on purpose: an instruction that shares half its 5-word phrases with an eval
+# prompt is too close to count the eval as unseen.
+DECONTAM_THRESHOLD = 0.5
+# An eval prompt of at least this many words found verbatim inside an instruction contaminates it.
+EMBED_MIN_WORDS = 5
+BALANCE_FACTOR = 2.0
+# Generate this many batches per backend call, then write their cache files: an interruption
+# loses at most one call's work.
+CALL_BATCHES = 8
+
+# Drop reasons added here (parsing adds its own: too_short, refusal, garbled, ...).
+DUPLICATE_EXACT, DUPLICATE_NEAR, CONTAMINATED, BALANCE = "duplicate_exact", "duplicate_near", "contaminated", "balance"
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class Request:
+    """One sampling of one rendered template for one category."""
+
+    category: str
+    template: str
+    fmt: str
+    round: int
+    prompt: str
+    key: str
+
+
+@dataclass
+class Candidate:
+    """A parsed instruction on its way to `instructions.jsonl`."""
+
+    category: str
+    conversation: dict[str, Any]
+    source: str                      # "seed" | "generated"
+    template: str | None
+    seed_ids: list[str]
+    text: str = ""
+
+    def __post_init__(self) -> None:
+        self.text = instruction_text(self.conversation)
+
+
+@dataclass
+class SynthesisResult:
+    """What a synthesis run produced, where, and what it threw away."""
+
+    instructions_path: Path
+    summary_path: Path
+    instructions: list[dict[str, Any]]
+    per_category: dict[str, int]
+    dropped: dict[str, int]
+    requests: int
+    generated: int                   # requests sampled in this run (the rest came from the cache)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cached(self) -> int:
+        return self.requests - self.generated
+
+
+def _positive(value: Any, name: str, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidInputError(f"{name} must be a positive integer, got {value!r}", where=where,
+                                hint=f"use a whole number >= 1 (e.g. {where} 10)")
+    return value
+
+
+def _sampling_settings(pack: Pack, sampling: SamplingParams | Mapping[str, Any] | None) -> dict[str, Any]:
+    """Pack defaults, overridden by the caller's settings; the run seed is kept separately."""
+    settings = dict(DEFAULT_SAMPLING)
+    settings.update(thaw(pack.synthesis.get("sampling", {})))
+    if sampling is not None:
+        override = asdict(sampling) if not isinstance(sampling, Mapping) else dict(sampling)
+        unknown = set(override) - {"max_new_tokens", "temperature", "top_p", "do_sample", "seed"}
+        if unknown:
+            raise InvalidInputError(f"unknown sampling setting(s): {', '.join(sorted(unknown))}", where="sampling",
+                                    hint="use max_new_tokens, temperature, top_p, do_sample")
+        override.pop("seed", None)
+        settings.update(override)
+    settings.setdefault("do_sample", True)
+    if settings["temperature"] == 0:
+        settings["do_sample"] = False
+    return {key: settings[key] for key in sorted(settings)}
+
+
+def _params(settings: Mapping[str, Any], seed: int) -> SamplingParams:
+    from .generation import SamplingParams
+
+    return SamplingParams(max_new_tokens=int(settings["max_new_tokens"]), temperature=float(settings["temperature"]),
+                          top_p=float(settings["top_p"]), do_sample=bool(settings["do_sample"]), seed=seed)
+
+
+# --------------------------------------------------------------------------- generator identity and loading
+
+
+class _Generator:
+    """The generator by name or as a ready backend; a named one is loaded only when needed."""
+
+    def __init__(self, backend_or_name: Backend | str, *, device: str | None, backend_name: str) -> None:
+        self._backend: Backend | None = None if isinstance(backend_or_name, str) else backend_or_name
+        self._name = backend_or_name if isinstance(backend_or_name, str) else None
+        self._device, self._backend_name = device, backend_name
+        self.id = self._identify()
+
+    def _identify(self) -> str:
+        """A string naming what produces the samples: it keys the generation cache."""
+        if self._backend is not None:
+            explicit = getattr(self._backend, "generator_id", None)
+            if isinstance(explicit, str) and explicit:
+                return explicit
+            loaded = getattr(self._backend, "loaded", None)
+            ref = getattr(loaded, "ref", None)
+            return _ref_id(ref) if ref is not None else str(getattr(self._backend, "name", type(self._backend).__name__))
+        from .models import resolve_model
+
+        return _ref_id(resolve_model(str(self._name)))
+
+    def backend(self) -> Backend:
+        if self._backend is None:
+            from .generation import get_backend
+            from .models import load_model
+
+            # vLLM loads its own copy of the weights: load only tokenizer and config for it.
+            weights = self._backend_name.strip().lower() != "vllm"
+            loaded = load_model(str(self._name), device=self._device, weights=weights)
+            self._backend = get_backend(self._backend_name, loaded)
+        return self._backend
+
+
+def _ref_id(ref: Any) -> str:
+    """`tiny` is regenerated from code: its content key, not its path, says which weights it is."""
+    if getattr(ref, "kind", None) == "tiny":
+        from .tiny import content_key
+
+        return f"tiny:{content_key()[:16]}"
+    return str(ref)
+
+
+# --------------------------------------------------------------------------- requests and the cache
+
+
+def _render(pack: Pack, template: TemplateSpec, category: Category, n: int) -> str:
+    try:
+        compiled = compile_template(template.source)
+        return render_template(compiled, template_variables(pack.name, pack.title, pack.summary, category, n))
+    except TemplateFailure as exc:
+        raise InvalidInputError(f"template failed for category {category.id!r}: {exc.message}",
+                                file=str(pack.root / template.file), where=f"line {exc.line}" if exc.line else "",
+                                hint=exc.hint or "run `pa validate` on the pack") from None
+
+
+def _key(generator: str, prompt: str, settings: Mapping[str, Any], seed: int, round_: int) -> str:
+    payload = {"format": CACHE_FORMAT, "generator": generator, "prompt": prompt, "sampling": dict(settings),
+               "seed": seed, "round": round_}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def _requests(pack: Pack, generator: str, n: int, rounds: int, settings: Mapping[str, Any], seed: int) -> list[Request]:
+    """Every (category, template, round) request, in pack order."""
+    if not pack.templates:
+        raise InvalidInputError(f"pack {pack.ref} has no synthesis templates", file=str(pack.root / "pack.yaml"),
+                                where="/synthesis/templates", hint="add at least one template")
+    requests = []
+    for category in pack.categories:
+        for template in pack.templates:
+            prompt = _render(pack, template, category, n)
+            for round_ in range(rounds):
+                requests.append(Request(category.id, template.id, template.format, round_, prompt,
+                                        _key(generator, prompt, settings, seed, round_)))
+    return requests
+
+
+def _cache_path(cache: Path, key: str) -> Path:
+    return cache / f"{key}.json"
+
+
+def _load_cached(cache: Path, key: str) -> dict[str, Any] | None:
+    """A cached generation, or None when absent or unreadable (then it is simply regenerated)."""
+    path = _cache_path(cache, key)
+    if not path.is_file():
+        return None
+    try:
+        entry = read_json(path)
+    except (InvalidInputError, OSError):
+        return None
+    ok = isinstance(entry, dict) and entry.get("key") == key and isinstance(entry.get("text"), str)
+    return entry if ok else None
+
+
+def _call_seed(seed: int, keys: Sequence[str]) -> int:
+    """The backend seed for one call, derived from the run seed and the requests in it.
+
+    Backends seed each request from (call seed, position in the call). Deriving the call seed
+    from the call's keys keeps a request that is regenerated alone (say, a new round) from
+    reusing the stream another request got in an earlier call, which would repeat its output.
+    """
+    digest = hashlib.sha256(f"{seed}:{','.join(keys)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def _generate_missing(missing: list[Request], generator: _Generator, settings: Mapping[str, Any], seed: int,
+                      cache: Path, batch_size: int, progress: bool) -> dict[str, dict[str, Any]]:
+    """Sample every missing request (sorted by key, so the calls are deterministic) and cache each."""
+    entries: dict[str, dict[str, Any]] = {}
+    ordered = sorted(missing, key=lambda r: r.key)
+    per_call = max(1, batch_size * CALL_BATCHES)
+    for start in range(0, len(ordered), per_call):
+        chunk = ordered[start:start + per_call]
+        call_seed = _call_seed(seed, [r.key for r in chunk])
+        conversations = [{"messages": [{"role": "user", "content": r.prompt}]} for r in chunk]
+        outputs = generator.backend().generate(conversations, _params(settings, call_seed),
+                                               batch_size=batch_size, progress=progress)
+        if len(outputs) != len(chunk):
+            raise RuntimeError(f"generator returned {len(outputs)} outputs for {len(chunk)} prompts")
+        for request, output in zip(chunk, outputs):
+            entry = {"key": request.key, "generator": generator.id, "category": request.category,
+                     "template": request.template, "round": request.round, "seed": seed, "call_seed": call_seed,
+                     "sampling": dict(settings), "prompt": request.prompt, "text": output.text,
+                     "finish_reason": output.finish_reason, "completion_tokens": len(output.token_ids)}
+            write_json(_cache_path(cache, request.key), entry)
+            entries[request.key] = entry
+    return entries
+
+
+# --------------------------------------------------------------------------- candidates
+
+
+def _seed_candidates(pack: Pack) -> list[Candidate]:
+    out = []
+    for category in pack.categories:
+        for seed in category.seeds:
+            conversation: dict[str, Any] = {"messages": [dict(thaw(m)) for m in seed.messages]}
+            if seed.tools:
+                conversation["tools"] = thaw(seed.tools)
+            out.append(Candidate(category.id, conversation, "seed", None, [seed.id]))
+    return out
+
+
+def _generated_candidates(pack: Pack, requests: list[Request], entries: Mapping[str, dict[str, Any]],
+                          dropped: Counter[str], dropped_by_category: dict[str, Counter[str]]) -> list[Candidate]:
+    """Parse every generation (in request order) into candidates, counting junk per reason."""
+    seed_ids = {c.id: [s.id for s in c.seeds] for c in pack.categories}
+    out = []
+    for request in requests:
+        entry = entries[request.key]
+        result = parse_output(entry["text"], request.fmt, truncated=entry.get("finish_reason") == "length")
+        dropped.update(result.dropped)
+        dropped_by_category[request.category].update(result.dropped)
+        for item in result.items:
+            out.append(Candidate(request.category, item, "generated", request.template, seed_ids[request.category]))
+    return out
+
+
+def _drop_duplicates(candidates: list[Candidate], threshold: float, dropped: Counter[str],
+                     dropped_by_category: dict[str, Counter[str]]) -> list[Candidate]:
+    """Keep the first of every exact/near-duplicate cluster: seeds come first, so they win."""
+    result = dedup([c.text for c in candidates], threshold)
+    for index, why in result.reason.items():
+        reason = DUPLICATE_EXACT if why == "exact" else DUPLICATE_NEAR
+        dropped[reason] += 1
+        dropped_by_category[candidates[index].category][reason] += 1
+    return [candidates[i] for i in result.kept]
+
+
+def _embedding_index(prompts: Sequence[str]) -> dict[str, list[str]]:
+    """Normalised eval prompts of >= EMBED_MIN_WORDS words, keyed by their first words."""
+    index: dict[str, list[str]] = {}
+    for prompt in prompts:
+        words = normalize(prompt).split()
+        if len(words) >= EMBED_MIN_WORDS:
+            index.setdefault(" ".join(words[:EMBED_MIN_WORDS]), []).append(" ".join(words))
+    return index
+
+
+def _embeds(text: str, index: Mapping[str, list[str]]) -> bool:
+    """Whether `text` contains a whole indexed eval prompt (word-aligned, after normalisation).
+
+    Jaccard misses a short eval prompt pasted into a long scenario; this catches it in one pass
+    over the text's word windows instead of a substring test per eval prompt.
+    """
+    words = normalize(text).split()
+    padded = f" {' '.join(words)} "
+    for start in range(len(words) - EMBED_MIN_WORDS + 1):
+        for prompt in index.get(" ".join(words[start:start + EMBED_MIN_WORDS]), ()):
+            if f" {prompt} " in padded:
+                return True
+    return False
+
+
+def _decontaminate(candidates: list[Candidate], eval_prompts: list[str], threshold: float, dropped: Counter[str],
+                   dropped_by_category: dict[str, Counter[str]]) -> list[Candidate]:
+    """Drop candidates near an eval prompt (shingle Jaccard >= threshold) or containing one verbatim."""
+    prompts = [p for p in eval_prompts if normalize(p)]
+    hit = {i for i, _, _ in find_near_duplicates([c.text for c in candidates], prompts, threshold)}
+    embedded = _embedding_index(prompts)
+    hit.update(i for i, c in enumerate(candidates) if i not in hit and _embeds(c.text, embedded))
+    for position in hit:
+        dropped[CONTAMINATED] += 1
+        dropped_by_category[candidates[position].category][CONTAMINATED] += 1
+    return [c for i, c in enumerate(candidates) if i not in hit]
+
+
+def _balance(candidates: list[Candidate], categories: Sequence[str], cap: int, seed: int, dropped: Counter[str],
+             dropped_by_category: dict[str, Counter[str]]) -> list[Candidate]:
+    """At most `cap` per category: seeds first, then a seeded random sample of generated ones.
+
+    Sampling (not truncation) keeps every template and round represented; the survivors keep
+    their original order.
+    """
+    keep: set[int] = set()
+    for category in categories:
+        indices = [i for i, c in enumerate(candidates) if c.category == category]
+        seeds = [i for i in indices if candidates[i].source == "seed"]
+        generated = [i for i in indices if candidates[i].source != "seed"]
+        room = max(0, cap - len(seeds))
+        rng = random.Random(f"{seed}:{category}")
+        chosen = generated if len(generated) <= room else rng.sample(generated, room)
+        keep.update(seeds)
+        keep.update(chosen)
+        lost = len(generated) - len(chosen)
+        if lost:
+            dropped[BALANCE] += lost
+            dropped_by_category[category][BALANCE] += lost
+    return [c for i, c in enumerate(candidates) if i in keep]
+
+
+def balance_cap(counts: Mapping[str, int], *, n_per_category: int, factor: float,
+                max_per_category: int | None) -> int:
+    """The per-category cap: `max_per_category`, else the smallest category's count times `factor`.
+
+    The factor-based cap never goes below `n_per_category`: one category the generator refuses
+    outright (common for the worst harms) must not shrink every other category to its seeds.
+    """
+    if max_per_category is not None:
+        return max_per_category
+    smallest = min(counts.values()) if counts else 0
+    return max(n_per_category, math.ceil(smallest * factor))
+
+
+# --------------------------------------------------------------------------- records and summary
+
+
+def instruction_id(category: str, text: str) -> str:
+    """Stable id: category plus a hash of category and normalised text (same text, same id, every run)."""
+    digest = hashlib.sha256(f"{category}\n{normalize(text)}".encode()).hexdigest()[:16]
+    return f"{category}/{digest}"
+
+
+def _record(candidate: Candidate, generator: str, settings: Mapping[str, Any], seed: int, pack: Pack) -> dict[str, Any]:
+    generated = candidate.source == "generated"
+    record: dict[str, Any] = {"id": instruction_id(candidate.category, candidate.text), "category": candidate.category,
+                              "messages": candidate.conversation["messages"]}
+    if candidate.conversation.get("tools"):
+        record["tools"] = candidate.conversation["tools"]
+    record["provenance"] = {
+        "source": candidate.source, "template": candidate.template, "seed_ids": candidate.seed_ids,
+        "generator": generator if generated else f"pack:{pack.ref}",
+        "sampling": {**settings, "seed": seed} if generated else {},
+    }
+    return record
+
+
+def _summary(pack: Pack, generator: str, settings: Mapping[str, Any], options: Mapping[str, Any],
+             requests: list[Request], generated: int, records: list[dict[str, Any]], seeds_before: Counter[str],
+             dropped: Counter[str], dropped_by_category: dict[str, Counter[str]]) -> dict[str, Any]:
+    per_category: dict[str, dict[str, Any]] = {}
+    for category in pack.categories:
+        rows = [r for r in records if r["category"] == category.id]
+        seeds = sum(r["provenance"]["source"] == "seed" for r in rows)
+        per_category[category.id] = {"total": len(rows), "seed": seeds, "generated": len(rows) - seeds,
+                                     "seeds_in_pack": seeds_before[category.id],
+                                     "dropped": dict(sorted(dropped_by_category[category.id].items()))}
+    return {
+        "pack": {"name": pack.name, "version": pack.version, "digest": pack.digest},
+        "generator": generator, "sampling": dict(settings), **options,
+        "requests": {"total": len(requests), "generated": generated, "cached": len(requests) - generated},
+        "instructions": len(records),
+        "per_category": per_category,
+        "dropped": dict(sorted(dropped.items())),
+    }
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def synthesize(
+    pack: Pack,
+    generator_backend_or_name: Backend | str,
+    *,
+    out_dir: str | Path,
+    n_per_category: int | None = None,
+    rounds: int | None = None,
+    sampling: SamplingParams | Mapping[str, Any] | None = None,
+    seed: int = 0,
+    max_per_category: int | None = None,
+    progress: bool = True,
+    batch_size: int = 16,
+    device: str | None = None,
+    backend: str = "transformers",
+    dedup_threshold: float = DEDUP_THRESHOLD,
+    decontam_threshold: float = DECONTAM_THRESHOLD,
+    balance_factor: float = BALANCE_FACTOR,
+) -> SynthesisResult:
+    """Synthesize `OUT_DIR/instructions.jsonl` (and `synthesis.json`) for `pack`.
+
+    `generator_backend_or_name` is a model name (loaded with `backend` on `device`, and only if
+    some generation is not cached) or a ready `generation` backend. `n_per_category` and
+    `rounds` default to the pack's `synthesis` settings; `sampling` overrides the pack's
+    sampling settings. Raises InvalidInputError when nothing at all survives (no seeds and no
+    usable generations).
+    """
+    n = _positive(n_per_category if n_per_category is not None else pack.synthesis.get("count_per_category", DEFAULT_COUNT),
+                  "n_per_category", "--n")
+    rounds = _positive(rounds if rounds is not None else pack.synthesis.get("rounds", 1), "rounds", "--rounds")
+    batch_size = _positive(batch_size, "batch_size", "--batch-size")
+    if max_per_category is not None:
+        _positive(max_per_category, "max_per_category", "--max-per-category")
+    check_threshold(dedup_threshold, "dedup_threshold")
+    check_threshold(decontam_threshold, "decontam_threshold")
+    if not balance_factor > 0:
+        raise InvalidInputError(f"balance_factor must be > 0, got {balance_factor!r}", where="balance_factor",
+                                hint="e.g. 2.0: no category gets more than twice the smallest")
+    out = Path(out_dir)
+    cache = out / GENERATIONS_DIR
+    settings = _sampling_settings(pack, sampling)
+    _params(settings, seed)  # validate now, not after loading the generator
+    generator = _Generator(generator_backend_or_name, device=device, backend_name=backend)
+
+    requests = _requests(pack, generator.id, n, rounds, settings, seed)
+    entries = {r.key: e for r in requests if (e := _load_cached(cache, r.key)) is not None}
+    missing = list({r.key: r for r in requests if r.key not in entries}.values())
+    entries.update(_generate_missing(missing, generator, settings, seed, cache, batch_size, progress))
+
+    dropped: Counter[str] = Counter()
+    by_category: dict[str, Counter[str]] = {c.id: Counter() for c in pack.categories}
+    seeds = _seed_candidates(pack)
+    candidates = seeds + _generated_candidates(pack, requests, entries, dropped, by_category)
+    candidates = _decontaminate(candidates, pack.eval_prompts(), decontam_threshold, dropped, by_category)
+    candidates = _drop_duplicates(candidates, dedup_threshold, dropped, by_category)
+    counts = Counter(c.category for c in candidates)
+    category_ids = [c.id for c in pack.categories]
+    cap = balance_cap({c: counts[c] for c in category_ids}, n_per_category=n, factor=balance_factor,
+                      max_per_category=max_per_category)
+    candidates = _balance(candidates, category_ids, cap, seed, dropped, by_category)
+    if not candidates:
+        raise InvalidInputError(
+            f"synthesis for {pack.ref} produced no instructions: the pack has no usable seeds and the generator "
+            f"{generator.id} produced nothing usable", file=str(pack.root / "pack.yaml"), where="/categories",
+            hint="add seed examples to the categories, or use a stronger --generator")
+
+    records = [_record(c, generator.id, settings, seed, pack) for c in candidates]
+    options = {"seed": seed, "n_per_category": n, "rounds": rounds, "dedup_threshold": dedup_threshold,
+               "decontam_threshold": decontam_threshold, "balance_cap": cap}
+    summary = _summary(pack, generator.id, settings, options, requests, len(missing), records,
+                       Counter(c.category for c in seeds), dropped, by_category)
+    instructions_path, summary_path = out / INSTRUCTIONS_FILE, out / SUMMARY_FILE
+    write_jsonl(instructions_path, records)
+    write_json(summary_path, summary)
+    per_category = {cid: summary["per_category"][cid]["total"] for cid in category_ids}
+    return SynthesisResult(instructions_path, summary_path, records, per_category, dict(sorted(dropped.items())),
+                           len(requests), len(missing), summary)
