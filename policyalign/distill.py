@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from functools import lru_cache
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -73,6 +74,7 @@ class DistillConfig:
 # --------------------------------------------------------------------------- the trainer
 
 
+@lru_cache(maxsize=1)
 def _trainer_classes() -> tuple[type, type]:
     """Build the trl subclasses lazily, so importing this module does not import trl."""
     import os

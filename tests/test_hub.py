@@ -544,3 +544,21 @@ def test_real_hub_round_trip(make_run, tmp_path: Path, monkeypatch: pytest.Monke
         assert result.pack["name"] == "online"
     finally:
         api.delete_repo(repo)
+
+
+# --------------------------------------------------------------------------- pa apply --push-to
+
+
+@pytest.mark.slow
+def test_apply_push_to_publishes_the_run_and_pull_verifies_it(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    pack = make_pack(cli.packs, "applied")
+    run = tmp_path / "run"
+    cli.ok("apply", str(pack), "--model", "tiny", "--out", str(run), "--quiet", "--n", "2", "--max-steps", "4",
+           "--eval-limit", "4", "--batch-size", "4", "--max-new-tokens", "8", "--push-to", "org/applied-tiny")
+    assert hub_server.tags("org/applied-tiny") == ["applied-v1.0.0"]
+    readme = hub_server.read("org/applied-tiny", "README.md", "applied-v1.0.0").decode()
+    metadata, _ = card.parse_card(readme)
+    assert metadata["policyalign"]["pack"]["name"] == "applied"
+    assert json.loads((run / "run.json").read_text())["stages"]["push"]["url"].endswith("/org/applied-tiny/tree/applied-v1.0.0")
+    pulled = cli.ok("pull", "org/applied-tiny", "--to", str(tmp_path / "pulled"))
+    assert "matches the local pack applied@1.0.0" in pulled.stdout

@@ -42,19 +42,8 @@ def sub_app(name: str, help: str) -> typer.Typer:
     return group
 
 
-def _register() -> None:
-    """Import the command modules so they attach to `app`; each is optional while being built."""
-    import importlib
-
-    for module in ("pack_cmds", "model_cmds", "synth_cmds", "train_cmds", "eval_cmds", "hub_cmds", "run_cmds"):
-        try:
-            importlib.import_module(f"{__name__}.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__name__}.{module}":
-                raise
-
-
-_register()
+# Importing a command module attaches its commands to `app` (heavy imports stay inside commands).
+from . import eval_cmds, hub_cmds, model_cmds, pack_cmds, run_cmds, synth_cmds, train_cmds  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -46,13 +46,12 @@ def synthesize_command(
 
     Re-running reuses cached generations in RUN_DIR/generations/ and only samples what changed.
     """
-    from ..synthesize import synthesize
+    from ..stages import run_synthesize
     from .common import load
 
-    loaded_pack = load(pack, packs_path)
-    result = synthesize(
-        loaded_pack, generator or model, out_dir=out, n_per_category=n, rounds=rounds, seed=seed,
+    result = run_synthesize(
+        out, load(pack, packs_path), model, generator=generator, n=n, rounds=rounds, seed=seed,
         max_per_category=max_per_category, batch_size=batch_size, device=device, backend=backend,
-        sampling={"max_new_tokens": max_new_tokens} if max_new_tokens is not None else None,
+        max_new_tokens=max_new_tokens,
     )
     _print_summary(result.summary, out)
