@@ -42,8 +42,10 @@ def sub_app(name: str, help: str) -> typer.Typer:
     return group
 
 
-# Importing a command module attaches its commands to `app` (heavy imports stay inside commands).
-from . import eval_cmds, hub_cmds, model_cmds, pack_cmds, run_cmds, synth_cmds, train_cmds  # noqa: E402,F401
+# Importing a command module attaches its commands to `app`, in this order in `pa --help`;
+# heavy imports stay inside the commands. isort: off
+from . import pack_cmds, run_cmds, synth_cmds, train_cmds, eval_cmds, hub_cmds, model_cmds  # noqa: E402,F401,I001
+# isort: on
 
 
 def main(argv: list[str] | None = None) -> None:
