@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import HubError, InvalidInputError, PolicyAlignError
-from .io import read_json, write_json, write_jsonl, write_text
+from .io import iter_jsonl, read_json, write_json, write_jsonl, write_text
 from .judges import JudgeItem, ToolCall, Verdict, get_judge, parse_tool_calls
 
 if TYPE_CHECKING:
@@ -852,16 +852,7 @@ def read_judge_file(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     p = Path(path)
     if not p.is_file():
         raise InvalidInputError(f"no such file: {p}", file=str(p), hint="pass a JSONL file of responses")
-    rows = []
-    with p.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise _bad_row(p, lineno, f"malformed JSON: {exc.msg}", "each line must be one complete JSON object") from None
-            rows.append(_judge_row(p, lineno, raw))
+    rows = [_judge_row(p, lineno, raw) for lineno, raw in iter_jsonl(p)]
     if not rows:
         raise InvalidInputError("the file has no rows", file=str(p), hint=_ROW_HINT)
     return rows

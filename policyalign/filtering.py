@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from .errors import InvalidInputError
 from .io import read_jsonl, write_jsonl
+from .progress import progress_bar
 
 if TYPE_CHECKING:
     from .generation import SamplingParams
@@ -136,7 +137,7 @@ def score_instructions(run_dir: Path, scorer: "PolicyScorer", records: list[dict
     partial = Path(run_dir) / PARTIAL
     done = {row["id"]: row for row in _read_partial(partial)}
     chunks = [records[i:i + CHUNK] for i in range(0, len(records), CHUNK)]
-    with _bar(progress, len(records), "scoring policy sensitivity") as advance:
+    with progress_bar(progress, len(records), "scoring policy sensitivity") as advance:
         advance(sum(1 for r in records if r["id"] in done))
         for index, chunk in enumerate(chunks):
             if all(r["id"] in done for r in chunk):
@@ -171,12 +172,6 @@ def _append(path: Path, rows: list[dict[str, Any]]) -> None:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def _bar(enabled: bool, total: int, label: str):  # type: ignore[no-untyped-def]
-    from .generation import _progress
-
-    return _progress(enabled, total, label)
 
 
 # --------------------------------------------------------------------------- selection

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .chat import conversation, encode_chat
 from .models import cpu_threads
+from .progress import progress_bar
 from .errors import InvalidInputError, ModelError
 
 if TYPE_CHECKING:
@@ -112,21 +113,6 @@ def _encode_all(loaded: LoadedModel, conversations: Sequence[dict[str, Any]], pa
     return prompts
 
 
-@contextmanager
-def _progress(enabled: bool, total: int, label: str) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar on stderr (nothing at all when disabled)."""
-    if not enabled:
-        yield lambda _n: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda n: bar.advance(task, n)
-
-
 # --------------------------------------------------------------------------- transformers
 
 class _SeededSampler:
@@ -186,7 +172,7 @@ class TransformersBackend:
         # error shows up in the first batch rather than after an hour.
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         results: list[Generation | None] = [None] * len(prompts)
-        with cpu_threads(self.loaded), _progress(progress, len(prompts), f"generating ({self.loaded.ref.name})") as advance:
+        with cpu_threads(self.loaded), progress_bar(progress, len(prompts), f"generating ({self.loaded.ref.name})") as advance:
             for start in range(0, len(order), batch_size):
                 chunk = order[start : start + batch_size]
                 seeds = [request_seed(params.seed, i) for i in chunk]

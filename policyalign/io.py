@@ -83,10 +83,9 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         ) from None
 
 
-def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Read a JSONL file; a malformed line is an error naming the file and line."""
+def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line; a malformed line is an error naming file and line."""
     p = Path(path)
-    rows: list[dict[str, Any]] = []
     with p.open(encoding="utf-8") as handle:
         for lineno, line in enumerate(handle, start=1):
             if not line.strip():
@@ -103,8 +102,12 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
                     "each JSONL line must be a JSON object", file=str(p), where=f"line {lineno}",
                     hint='wrap the value in an object, e.g. {"prompt": ...}',
                 )
-            rows.append(row)
-    return rows
+            yield lineno, row
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Every object of a JSONL file (see `iter_jsonl`)."""
+    return [row for _, row in iter_jsonl(path)]
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
