@@ -29,6 +29,7 @@ from .stages import (
 TINY_DEFAULTS: dict[str, Any] = {
     "n": 4, "synth_max_new_tokens": 64, "max_new_tokens": 16, "heldout": 0.2, "keep": 0.8, "max_steps": 60, "learning_rate": 1e-2,
     "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear", "batch_size": 8,
+    "gradient_accumulation_steps": 1,
     "eval_limit": 12, "eval_max_new_tokens": 24,
 }
 
@@ -68,6 +69,7 @@ class ApplyOptions:
     num_epochs: float | None = None
     max_steps: int | None = None
     batch_size: int | None = None
+    gradient_accumulation_steps: int | None = None
     teacher: str | None = None
     kl_top_k: int | None = None
     # evaluation
@@ -162,7 +164,8 @@ def _filter_options(o: ApplyOptions) -> dict[str, Any]:
 def _distill_overrides(o: ApplyOptions) -> dict[str, Any]:
     return {"lora_r": o.lora_r, "lora_alpha": o.lora_alpha, "lora_dropout": o.lora_dropout,
             "target_modules": o.target_modules, "learning_rate": o.learning_rate, "num_epochs": o.num_epochs,
-            "max_steps": o.max_steps, "batch_size": o.batch_size, "max_new_tokens": o.max_new_tokens,
+            "max_steps": o.max_steps, "batch_size": o.batch_size,
+            "gradient_accumulation_steps": o.gradient_accumulation_steps, "max_new_tokens": o.max_new_tokens,
             "teacher": o.teacher, "top_k": o.kl_top_k, "seed": o.seed,
             "use_vllm": True if o.backend == "vllm" else None}
 

@@ -327,6 +327,7 @@ def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillCon
     if not records:
         raise RunError("selected.jsonl is empty: nothing to train on", file=str(run_dir / "selected.jsonl"),
                        hint="keep more with `pa filter RUN_DIR --keep 0.8` or `--no-filter`")
+    config = fit_batch(config, len(records))
     adapter_dir = run_dir / "adapter"
     checkpoints = adapter_dir / "checkpoints"
     if not resume:
@@ -337,6 +338,9 @@ def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillCon
         before = _measure(trainer, loaded, pack.policy, heldout, config, adapter_on=False)
         resume_from = last_complete_checkpoint(checkpoints) if resume else None
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        if trainer.state.global_step == 0:
+            raise RunError("training ran no optimizer step", file=str(run_dir / "selected.jsonl"),
+                           hint="check --max-steps/--epochs, or select more instructions (--keep, --no-filter)")
         after = _measure(trainer, loaded, pack.policy, heldout, config, adapter_on=True)
     history = [h for h in trainer.state.log_history if "loss" in h]
     save_adapter(trainer.model, adapter_dir)
@@ -344,6 +348,22 @@ def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillCon
     write_provenance(adapter_dir, pack, loaded, config, result, run_dir)
     plot_loss(history, adapter_dir / "loss.png")
     return result
+
+
+def fit_batch(config: DistillConfig, records: int) -> DistillConfig:
+    """Shrink batch size and gradient accumulation to what `records` instructions can fill.
+
+    trl draws whole generation batches (batch_size x gradient_accumulation_steps) and drops a
+    partial one, so a small selection would otherwise train for zero steps without a word.
+    """
+    batch = min(config.batch_size, records)
+    accumulation = max(1, min(config.gradient_accumulation_steps, records // batch))
+    if (batch, accumulation) != (config.batch_size, config.gradient_accumulation_steps):
+        import sys
+
+        print(f"note: {records} instructions cannot fill batch {config.batch_size} x accumulation "
+              f"{config.gradient_accumulation_steps}; training with {batch} x {accumulation}", file=sys.stderr)
+    return replace(config, batch_size=batch, gradient_accumulation_steps=accumulation)
 
 
 def build_trainer(loaded: "LoadedModel", policy: str, records: list[dict[str, Any]], config: DistillConfig,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from policyalign.chat import encode_chat, teacher_messages
-from policyalign.distill import DistillConfig, distill_run, last_complete_checkpoint
+from policyalign.distill import DistillConfig, distill_run, fit_batch, last_complete_checkpoint
 from policyalign.errors import InvalidInputError
 from policyalign.filtering import FilterConfig, filter_run
 from policyalign.io import write_jsonl
@@ -101,3 +101,10 @@ def test_teacher_prompt_has_policy_as_system_message_and_no_truncation(run_dir) 
     trainer.context_limit = len(expected) - 1
     with pytest.raises(InvalidInputError, match="policy plus instruction"):
         trainer.teacher_context_builder.build([prompt], [""], completion, torch.ones_like(completion))
+
+
+def test_small_selection_shrinks_the_batch_instead_of_training_zero_steps() -> None:
+    config = DistillConfig(batch_size=4, gradient_accumulation_steps=4)
+    assert (fit_batch(config, 30).batch_size, fit_batch(config, 30).gradient_accumulation_steps) == (4, 4)
+    assert (fit_batch(config, 10).batch_size, fit_batch(config, 10).gradient_accumulation_steps) == (4, 2)
+    assert (fit_batch(config, 3).batch_size, fit_batch(config, 3).gradient_accumulation_steps) == (3, 1)

@@ -28,7 +28,7 @@ def tiny():
 
 def _reference(model, prompt: list[int], completion: list[int]) -> torch.Tensor:
     """Logits predicting `completion`, from one unpadded, uncached forward."""
-    ids = torch.tensor([prompt + completion])
+    ids = torch.tensor([prompt + completion], device=next(model.parameters()).device)
     with torch.no_grad():
         logits = model(input_ids=ids).logits[0]
     return logits[len(prompt) - 1: len(prompt) - 1 + len(completion)]

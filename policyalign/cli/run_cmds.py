@@ -61,6 +61,7 @@ def apply(
     epochs: Optional[float] = typer.Option(None, "--epochs"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Gradient accumulation steps."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="base or ema."),
     judge: Optional[str] = typer.Option(None, "--judge", help="refusal | guard:MODEL | llm:MODEL"),
     eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="At most N items per eval set."),
@@ -80,6 +81,7 @@ def apply(
            "top_n": top_k, "min_score": min_score, "no_filter": no_filter, "heldout": heldout,
            "max_new_tokens": max_new_tokens, "lora_r": lora_r, "lora_alpha": lora_alpha,
            "learning_rate": learning_rate, "num_epochs": epochs, "max_steps": max_steps, "batch_size": batch_size,
+           "gradient_accumulation_steps": grad_accum,
            "teacher": teacher, "judge": judge, "eval_limit": eval_limit}
     options = build_options(cli, config)
     options.progress = not quiet

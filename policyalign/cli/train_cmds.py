@@ -55,6 +55,7 @@ def distill(
     epochs: Optional[float] = typer.Option(None, "--epochs"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Gradient accumulation steps."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Length of the student's rollouts."),
     top_k: Optional[int] = typer.Option(None, "--kl-top-k", help="Top-k support of the reverse KL (paper: 256)."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="base (adapter disabled) or ema."),
@@ -70,7 +71,8 @@ def distill(
     targets = target_modules if target_modules in (None, "all-linear") else tuple(target_modules.split(","))
     result = run_distill(run_dir, model=model, pack=pack, device=device, resume=resume, overrides=dict(
         lora_r=lora_r, lora_alpha=lora_alpha, target_modules=targets, learning_rate=learning_rate,
-        num_epochs=epochs, max_steps=max_steps, batch_size=batch_size, max_new_tokens=max_new_tokens,
+        num_epochs=epochs, max_steps=max_steps, batch_size=batch_size, gradient_accumulation_steps=grad_accum,
+        max_new_tokens=max_new_tokens,
         top_k=top_k, teacher=teacher, seed=seed, prefix_cache=False if no_prefix_cache else None,
         use_vllm=True if vllm else None))
     typer.echo(f"trained {result.steps} steps on {result.train_records} instructions; adapter in {result.adapter_dir}")
