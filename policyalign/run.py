@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from .pack import Pack
 
 MANIFEST = "run.json"
-STAGES = ("synthesize", "filter", "distill", "eval_before", "eval_after", "card", "push")
 VERSIONED = ("policyalign", "torch", "transformers", "trl", "peft", "huggingface-hub")
 
 
@@ -137,13 +136,3 @@ def stage(run_dir: Path, name: str, key: str, **info: Any) -> Iterator[dict[str,
     manifest = read_manifest(run_dir)
     manifest["stages"][name].update({"status": "done", "seconds": round(time.time() - started, 2), "results": results})
     write_manifest(run_dir, manifest)
-
-
-def invalidate_after(run_dir: Path, name: str) -> None:
-    """Forget the stages after `name`: their inputs are about to change."""
-    manifest = read_manifest(run_dir)
-    order = list(STAGES)
-    if name in order:
-        for later in order[order.index(name) + 1:]:
-            manifest["stages"].pop(later, None)
-        write_manifest(run_dir, manifest)

@@ -152,7 +152,3 @@ def run_eval(run_dir: Path, which: str, *, model: str | None = None, pack: str |
                           progress=progress)
         results["metrics"] = result.summary.get("metrics")
     return result
-
-
-def stage_results(run_dir: Path, name: str) -> dict[str, Any]:
-    return read_manifest(run_dir)["stages"].get(name, {}).get("results", {})
