@@ -51,7 +51,7 @@ def run_synthesize(run_dir: Path, pack: "Pack", model: str, *, generator: str | 
     record_inputs(run_dir, pack, model)
     options = {"generator": generator or model, "n": n, "rounds": rounds, "seed": seed,
                "max_per_category": max_per_category, "max_new_tokens": max_new_tokens}
-    sampling = {"max_new_tokens": max_new_tokens} if max_new_tokens else None
+    sampling = {"max_new_tokens": max_new_tokens} if max_new_tokens is not None else None
     with stage(run_dir, "synthesize", synthesize_key(pack, model, options), options=options) as results:
         result = synthesize(pack, generator or model, out_dir=run_dir, n_per_category=n, rounds=rounds, seed=seed,
                             max_per_category=max_per_category, batch_size=batch_size, device=device, backend=backend,
