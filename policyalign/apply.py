@@ -21,7 +21,7 @@ from .pack import Pack
 from .run import read_manifest, record_inputs, stage_done, write_manifest
 from .stages import (
     distill_config, distill_key, eval_key, filter_config, filter_key, run_distill, run_eval, run_filter,
-    run_synthesize, synthesize_key,
+    run_synthesize, synthesize_key, synthesize_options,
 )
 
 # The built-in tiny model is for the offline demo and tests: these defaults make the whole
@@ -199,8 +199,8 @@ def apply(options: ApplyOptions, pack: Pack, *, on_stage: Callable[[str, str], N
         reports.append(StageReport(name, "ran"))
         on_stage(name, "done")
 
-    synth_opts = {"generator": options.generator or options.model, "n": options.n, "rounds": options.rounds,
-                  "seed": options.seed, "max_per_category": None, "max_new_tokens": options.synth_max_new_tokens}
+    synth_opts = synthesize_options(options.model, options.generator, options.n, options.rounds, options.seed,
+                                    None, options.synth_max_new_tokens)
     step("synthesize", synthesize_key(pack, options.model, synth_opts), ["instructions.jsonl"],
          lambda: run_synthesize(run_dir, pack, options.model, generator=options.generator, n=options.n,
                                 rounds=options.rounds, seed=options.seed, batch_size=options.gen_batch_size,

@@ -38,6 +38,13 @@ def _model(run_dir: Path, model: str | None) -> str:
 # --------------------------------------------------------------------------- synthesize
 
 
+def synthesize_options(model: str, generator: str | None, n: int | None, rounds: int | None, seed: int,
+                       max_per_category: int | None, max_new_tokens: int | None) -> dict[str, Any]:
+    """The options that change synthesis output (and so its key)."""
+    return {"generator": generator or model, "n": n, "rounds": rounds, "seed": seed,
+            "max_per_category": max_per_category, "max_new_tokens": max_new_tokens}
+
+
 def synthesize_key(pack: "Pack", model: str, options: dict[str, Any]) -> str:
     return fingerprint({"pack": pack.digest, "model": model, **options})
 
@@ -49,8 +56,7 @@ def run_synthesize(run_dir: Path, pack: "Pack", model: str, *, generator: str | 
     from .synthesize import synthesize
 
     record_inputs(run_dir, pack, model)
-    options = {"generator": generator or model, "n": n, "rounds": rounds, "seed": seed,
-               "max_per_category": max_per_category, "max_new_tokens": max_new_tokens}
+    options = synthesize_options(model, generator, n, rounds, seed, max_per_category, max_new_tokens)
     sampling = {"max_new_tokens": max_new_tokens} if max_new_tokens is not None else None
     with stage(run_dir, "synthesize", synthesize_key(pack, model, options), options=options) as results:
         result = synthesize(pack, generator or model, out_dir=run_dir, n_per_category=n, rounds=rounds, seed=seed,
