@@ -280,12 +280,12 @@ def internalization(loaded: "LoadedModel", policy: str, records: list[dict[str, 
     exists to close.
     """
     from .filtering import FilterConfig, sample_and_score, sampling_params
+    from .models import base_weights
     from .scoring import PolicyScorer
 
     if not records:
         return None
-    model = loaded.model
-    off = (lambda: model.disable_adapter()) if hasattr(model, "disable_adapter") else nullcontext
+    off = base_weights(loaded.model)
     student = nullcontext if adapter_on else off
     scorer = PolicyScorer(loaded, policy, top_k=top_k, batch_size=batch_size, teacher_context=off,
                           student_context=student)

@@ -31,14 +31,13 @@ Public benchmarks (`--benchmark xstest|strongreject`) load through `datasets` an
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
 import gc
 import json
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -238,29 +237,6 @@ def load_neutral_prompts(path: str | os.PathLike[str] | None = None) -> list[str
     return prompts  # type: ignore[return-value]
 
 
-def _completion_log_probs(model: Any, batch: Sequence[tuple[list[int], list[int]]], *, pad_id: int) -> list[Any]:
-    """Full next-token log-distributions at each completion position, one [T, V] tensor per
-    (prompt_ids, completion_ids) pair of one batch. Right padding keeps the positions of real
-    tokens intact; only completion positions are kept, in fp32."""
-    import torch
-
-    device = next(model.parameters()).device
-    full = [list(p) + list(c) for p, c in batch]
-    width = max(len(s) for s in full)
-    ids = torch.full((len(full), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(full), width), dtype=torch.long)
-    for row, seq in enumerate(full):
-        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[row, : len(seq)] = 1
-    with torch.no_grad():
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        out = []
-        for row, (prompt, completion) in enumerate(batch):
-            first = len(prompt) - 1  # logits at i predict token i + 1
-            out.append(torch.log_softmax(logits[row, first : first + len(completion)].float(), dim=-1))
-    return out
-
-
 def mean_kl(base_log_probs: Sequence[Any], adapted_log_probs: Sequence[Any]) -> tuple[float, int]:
     """Token-weighted mean of KL(base || adapted) = sum_v p_b (log p_b - log p_a); and the count."""
     total, tokens = 0.0, 0
@@ -271,6 +247,13 @@ def mean_kl(base_log_probs: Sequence[Any], adapted_log_probs: Sequence[Any]) -> 
         total += float(kl.sum())
         tokens += int(base.shape[0])
     return (total / tokens if tokens else 0.0), tokens
+
+
+def _row_log_probs(logits: Any, completions: Sequence[Sequence[int]]) -> list[Any]:
+    """One [T_i, V] fp32 log-distribution per row, cut to that row's completion length."""
+    import torch
+
+    return [torch.log_softmax(logits[row, : len(c)].float(), dim=-1) for row, c in enumerate(completions)]
 
 
 @dataclass(frozen=True)
@@ -286,25 +269,21 @@ class DriftResult:
         return dataclasses.asdict(self)
 
 
-def _base_switch(model: Any) -> Callable[[], Any]:
-    """How to see the base model: PEFT's `disable_adapter()` when the model carries an adapter,
-    else a no-op (the model *is* the base, and drift is exactly 0)."""
-    if hasattr(model, "peft_config") and hasattr(model, "disable_adapter"):
-        return model.disable_adapter
-    return contextlib.nullcontext
-
-
 def drift_of_loaded(loaded: Any, *, prompts: Sequence[str] | None = None, max_new_tokens: int = 32,
                     batch_size: int = 8) -> DriftResult:
     """Drift of a LoadedModel: greedy completions by the base (adapter off), then the full
     next-token distributions of base and adapted at every completion position. One copy of the
     weights serves both sides, so measuring drift costs no second model load."""
+    import torch
+
     from .generation import get_backend
+    from .models import base_weights
+    from .scoring import completion_logits
 
     prompts = list(prompts) if prompts is not None else load_neutral_prompts()
     model = loaded.model
     model.eval()
-    as_base = _base_switch(model)
+    as_base = base_weights(model)
     conversations = [{"messages": [{"role": "user", "content": p}]} for p in prompts]
     backend = get_backend("transformers", loaded)
     with as_base():
@@ -315,10 +294,12 @@ def drift_of_loaded(loaded: Any, *, prompts: Sequence[str] | None = None, max_ne
     total, tokens = 0.0, 0
     for start in range(0, len(sequences), batch_size):  # batch by batch: [T, V] tensors stay small
         batch = sequences[start : start + batch_size]
-        with as_base():
-            base_lp = _completion_log_probs(model, batch, pad_id=pad_id)
-        adapted_lp = _completion_log_probs(model, batch, pad_id=pad_id)
-        kl, count = mean_kl(base_lp, adapted_lp)
+        prompt_ids, completions = [p for p, _ in batch], [c for _, c in batch]
+        with torch.no_grad():
+            with as_base():
+                base = completion_logits(model, prompt_ids, completions, pad_id=pad_id)
+            adapted = completion_logits(model, prompt_ids, completions, pad_id=pad_id)
+        kl, count = mean_kl(_row_log_probs(base.logits, completions), _row_log_probs(adapted.logits, completions))
         total, tokens = total + kl * count, tokens + count
     return DriftResult(kl=total / tokens if tokens else 0.0, prompts=len(prompts), tokens=tokens,
                        max_new_tokens=max_new_tokens)

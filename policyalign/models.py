@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -362,3 +362,14 @@ def cpu_threads(loaded: LoadedModel) -> Iterator[None]:
     finally:
         if small:
             torch.set_num_threads(before)
+
+
+def base_weights(model: Any) -> Callable[[], Any]:
+    """A context-manager factory showing the base model: PEFT's `disable_adapter` when the model
+    carries an adapter, else a no-op (the model *is* the base). Drift, the internalization metric
+    and the trainer's `base` teacher all read the base through the same weights this way."""
+    from contextlib import nullcontext
+
+    if hasattr(model, "peft_config") and hasattr(model, "disable_adapter"):
+        return model.disable_adapter
+    return nullcontext
