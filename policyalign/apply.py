@@ -21,7 +21,7 @@ from .pack import Pack
 from .run import read_manifest, record_inputs, stage_done, write_manifest
 from .stages import (
     distill_config, distill_key, eval_key, filter_config, filter_key, run_distill, run_eval, run_filter,
-    run_synthesize, synthesize_key, synthesize_options,
+    card_key, run_card, run_synthesize, synthesize_key, synthesize_options,
 )
 
 # The built-in tiny model is for the offline demo and tests: these defaults make the whole
@@ -222,8 +222,8 @@ def apply(options: ApplyOptions, pack: Pack, *, on_stage: Callable[[str, str], N
     step("eval_after", eval_key(run_dir, pack, options.model, "after", eopts), ["eval/after/eval.json"],
          lambda: run_eval(run_dir, "after", model=options.model, pack=str(pack.root), **eopts, **common))
     repo_id = options.push_to or f"local/{run_dir.name}"
-    step("card", _card_key(run_dir, repo_id), ["README.md", "eval/before_after.png"],
-         lambda: write_card(run_dir, repo_id))
+    step("card", card_key(run_dir, repo_id), ["README.md", "eval/before_after.png"],
+         lambda: run_card(run_dir, repo_id))
     url = None
     if options.push_to:
         from .hub import push_run
@@ -234,30 +234,6 @@ def apply(options: ApplyOptions, pack: Pack, *, on_stage: Callable[[str, str], N
         reports.append(StageReport("push", "ran"))
         on_stage("push", "done")
     return ApplyResult(run_dir, reports, run_summary(run_dir), url)
-
-
-def _card_key(run_dir: Path, repo_id: str) -> str:
-    from .run import fingerprint
-    from .stages import _adapter_hash, _file_hash
-
-    return fingerprint({"repo": repo_id, "adapter": _adapter_hash(run_dir),
-                        "provenance": _file_hash(run_dir, "adapter/policyalign.json"),
-                        "before": _file_hash(run_dir, "eval/before/eval.json"),
-                        "after": _file_hash(run_dir, "eval/after/eval.json")})
-
-
-def write_card(run_dir: Path, repo_id: str) -> None:
-    """The before/after chart and the model card (README.md) the push would publish."""
-    from .card import load_run, render_model_card
-    from .evaluate import plot_before_after
-    from .io import write_text
-    from .run import stage
-
-    with stage(run_dir, "card", _card_key(run_dir, repo_id)):
-        plot_before_after(run_dir / "eval" / "before" / "eval.json", run_dir / "eval" / "after" / "eval.json",
-                          run_dir / "eval" / "before_after.png")
-        artifacts = load_run(run_dir)
-        write_text(run_dir / "README.md", render_model_card(artifacts, repo_id, artifacts.default_tag))
 
 
 def _record_push(run_dir: Path, url: str) -> None:

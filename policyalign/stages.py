@@ -158,3 +158,26 @@ def run_eval(run_dir: Path, which: str, *, model: str | None = None, pack: str |
                           progress=progress)
         results["metrics"] = result.summary.get("metrics")
     return result
+
+
+# --------------------------------------------------------------------------- card
+
+
+def card_key(run_dir: Path, repo_id: str) -> str:
+    return fingerprint({"repo": repo_id, "adapter": _adapter_hash(run_dir),
+                        "provenance": _file_hash(run_dir, "adapter/policyalign.json"),
+                        "before": _file_hash(run_dir, "eval/before/eval.json"),
+                        "after": _file_hash(run_dir, "eval/after/eval.json")})
+
+
+def run_card(run_dir: Path, repo_id: str) -> None:
+    """The before/after chart and the model card (README.md) the push would publish."""
+    from .card import load_run, render_model_card
+    from .evaluate import plot_before_after
+    from .io import write_text
+
+    with stage(run_dir, "card", card_key(run_dir, repo_id)):
+        plot_before_after(run_dir / "eval" / "before" / "eval.json", run_dir / "eval" / "after" / "eval.json",
+                          run_dir / "eval" / "before_after.png")
+        artifacts = load_run(run_dir)
+        write_text(run_dir / "README.md", render_model_card(artifacts, repo_id, artifacts.default_tag))
