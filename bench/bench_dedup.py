@@ -20,10 +20,12 @@ import math
 import random
 import resource
 import sys
-import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import best_of  # noqa: E402
 
 from policyalign.dedup import NearDupIndex, dedup, find_near_duplicates, lsh_params, text_similarity  # noqa: E402
 
@@ -99,22 +101,10 @@ def corpus(n: int, *, seed: int = 0, dup_share: float = 0.2) -> tuple[list[str],
     return texts, planted
 
 
-def timed(fn, repeats: int):  # type: ignore[no-untyped-def]
-    """(best wall s, CPU s of that run, result): the minimum is the least noisy on a shared machine."""
-    best = (float("inf"), 0.0, None)
-    for _ in range(repeats):
-        wall, cpu = time.perf_counter(), time.process_time()
-        result = fn()
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        if wall < best[0]:
-            best = (wall, cpu, result)
-    return best
-
-
 def measure(n: int, threshold: float, repeats: int) -> dict[str, float]:
     texts, planted = corpus(n)
-    pairs_s, pairs_cpu, pairs = timed(lambda: find_near_duplicates(texts, threshold=threshold), repeats)
-    dedup_s, dedup_cpu, result = timed(lambda: dedup(texts, threshold), repeats)
+    pairs_s, pairs_cpu, pairs = best_of(lambda: find_near_duplicates(texts, threshold=threshold), repeats)
+    dedup_s, dedup_cpu, result = best_of(lambda: dedup(texts, threshold), repeats)
     found = {(i, j) for i, j, _ in pairs}
     truly_near = [(a, b) for a, b in planted if text_similarity(texts[a], texts[b]) >= threshold]
     recall = sum((a, b) in found for a, b in truly_near) / max(1, len(truly_near))
@@ -173,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"peak RSS so far: {peak_mib:.0f} MiB")
     if args.stream_size:
         texts, _ = corpus(args.stream_size)
-        stream_s, _, kept = timed(lambda: stream(texts, args.threshold), 1)
-        batch_s, _, result = timed(lambda: dedup(texts, args.threshold), 1)
+        stream_s, _, kept = best_of(lambda: stream(texts, args.threshold), 1)
+        batch_s, _, result = best_of(lambda: dedup(texts, args.threshold), 1)
         same = "identical" if kept == result.kept else f"differs ({len(kept)} vs {len(result.kept)} kept)"
         print(f"{args.stream_size} texts, keep-first dedup: streaming datasketch index {stream_s:.2f} s vs "
               f"vectorised batch {batch_s:.2f} s = {stream_s / batch_s:.1f}x; kept sets {same}")

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import best_of  # noqa: E402
 
 from policyalign.generation import SamplingParams, get_backend  # noqa: E402
 from policyalign.models import load_model  # noqa: E402
@@ -27,16 +29,6 @@ def prompts(n: int) -> list[dict]:
     """`n` user prompts of varied length, cut from the tiny corpus (so padding is exercised)."""
     lines = [ln.strip() for ln in (DATA_DIR / "corpus.txt").read_text(encoding="utf-8").splitlines() if len(ln) > 30]
     return [{"messages": [{"role": "user", "content": " ".join(lines[i : i + 1 + i % 3])}]} for i in range(n)]
-
-
-def timed(fn, repeats: int):  # type: ignore[no-untyped-def]
-    """(best wall time, last result) over `repeats` runs: the minimum is the least noisy on a shared machine."""
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
 
 
 def main() -> int:
@@ -54,9 +46,9 @@ def main() -> int:
     params = SamplingParams(max_new_tokens=args.max_new_tokens, do_sample=False)
     backend.generate(convs[:2], params, batch_size=2, progress=False)  # warm-up
 
-    batched_s, batched = timed(
+    batched_s, _, batched = best_of(
         lambda: backend.generate(convs, params, batch_size=args.batch_size, progress=False), args.repeats)
-    single_s, single = timed(
+    single_s, _, single = best_of(
         lambda: [backend.generate([c], params, progress=False)[0] for c in convs], args.repeats)
 
     same = sum(b.token_ids == s.token_ids for b, s in zip(batched, single))

@@ -2,7 +2,7 @@
 
 bf16, LoRA r=16 on q,k,v,o (DistillConfig defaults), gradient checkpointing on (as
 `distill.sdft_config` sets on CUDA), batch 4, 128 completion tokens, the ~400-token policy of
-bench_prefix_cache.py as system message with the prefix cache on, teacher `base`. The weights
+common.py as system message with the prefix cache on, teacher `base`. The weights
 are random (compute cost does not depend on them), the tokenizer is tiny's; a random model
 rarely samples an end token, so nearly every rollout runs the full `--max-new-tokens`.
 
@@ -28,25 +28,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_prefix_cache import POLICY, SHAPES, build_model, describe, records  # noqa: E402
 from bench_train_step import instrument, step_timer  # noqa: E402
+from common import (  # noqa: E402
+    GIB, POLICY, add_model_options, add_step_options, build_model, describe, distill_config, last_loss, records)
 
-from policyalign.distill import DistillConfig  # noqa: E402
 from policyalign.models import cpu_threads  # noqa: E402
-
-GIB = 2**30
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", default="qwen2.5-7b", choices=["tiny", *SHAPES])
-    parser.add_argument("--steps", type=int, default=3, help="timed steps after the warm-up")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--max-new-tokens", type=int, default=128)
+    add_model_options(parser, shape="qwen2.5-7b", device=False,
+                      smoke_help="tiny model on any device, one step (code-path check)")
+    add_step_options(parser, steps=3, steps_help="timed steps after the warm-up", warmup=1)
     parser.add_argument("--lora-r", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--smoke", action="store_true", help="tiny model on any device, one step (code-path check)")
     args = parser.parse_args()
 
     import torch
@@ -60,9 +54,7 @@ def main() -> int:
         return 0
     device = "cuda" if cuda else "cpu"
 
-    config = DistillConfig(max_steps=args.warmup + args.steps, batch_size=args.batch_size,
-                           max_new_tokens=args.max_new_tokens, lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
-                           seed=args.seed, save_steps=10**9)
+    config = distill_config(args, lora_r=args.lora_r, lora_alpha=2 * args.lora_r)
     from policyalign.distill import build_trainer
 
     loaded = build_model(args.shape, device=device, trainable=True, seed=args.seed)
@@ -82,7 +74,7 @@ def main() -> int:
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         checkpointing = bool(trainer.args.gradient_checkpointing)
         prefix = len(trainer.prefix) if trainer.prefix is not None else 0
-        loss = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        loss = last_loss(trainer)
 
     print(where)
     print(f"batch {args.batch_size}, max_new_tokens {args.max_new_tokens}, LoRA r={config.lora_r} on "
@@ -101,7 +93,7 @@ def main() -> int:
     step, roll, teach, toks = (statistics.mean(col) for col in zip(*timed))
     print(f"  {'mean':<8} {step:8.3f} {roll:10.3f} {teach:10.3f} {step - roll - teach:8.3f} {toks:7.0f} "
           f"{toks / step:8.1f} {toks / roll:14.1f}")
-    print(f"  teacher forward share {teach / step:.1%}, rollout share {roll / step:.1%}; last loss {loss[-1] if loss else float('nan'):.4f}")
+    print(f"  teacher forward share {teach / step:.1%}, rollout share {roll / step:.1%}; last loss {loss:.4f}")
     if cuda:
         print(f"  GPU memory: weights {weights / GIB:.2f} GiB, after setup {setup / GIB:.2f} GiB, "
               f"peak over the steps {peak / GIB:.2f} GiB (torch.cuda.max_memory_allocated)")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import gc
 import itertools
 import sys
 import tempfile
@@ -32,13 +31,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_prefix_cache import POLICY, SHAPES, build_model, describe, records  # noqa: E402
 from bench_train_step import step_timer  # noqa: E402
+from common import (  # noqa: E402
+    GIB, MIB, POLICY, add_model_options, add_step_options, build_model, describe, distill_config, free_memory,
+    last_loss, model_device, records, uses_cuda)
 
 from policyalign.distill import DistillConfig  # noqa: E402
 from policyalign.models import cpu_threads  # noqa: E402
-
-GIB = 2**30
 
 
 def storages(*modules: Any) -> dict[tuple[str, int], int]:
@@ -88,10 +87,9 @@ LABELS = {
 def measure(variant: str, args: argparse.Namespace, config: DistillConfig, recs: list[dict]) -> dict[str, Any]:
     import torch
 
-    cuda = torch.cuda.is_available() and args.device != "cpu"
+    cuda = uses_cuda(args.device)
     if cuda:
-        gc.collect()
-        torch.cuda.empty_cache()
+        free_memory()
         torch.cuda.reset_peak_memory_stats()
     start_alloc = torch.cuda.memory_allocated() if cuda else 0
     loaded = build_model(args.shape, device=args.device, dtype=args.dtype, trainable=True, seed=args.seed)
@@ -105,7 +103,6 @@ def measure(variant: str, args: argparse.Namespace, config: DistillConfig, recs:
         timer = step_timer(loaded.device)
         trainer.add_callback(timer)
         trainer.train()
-        loss = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         result = {
             "where": describe(loaded),
             "same_object": trainer.teacher_model is trainer.model,
@@ -115,37 +112,28 @@ def measure(variant: str, args: argparse.Namespace, config: DistillConfig, recs:
             "teacher_only_bytes": sum(v for k, v in teacher.items() if k not in student),
             "start_alloc": start_alloc, "setup_alloc": setup_alloc,
             "peak": torch.cuda.max_memory_allocated() if cuda else None,
-            "step_s": sum(timer.steps) / max(1, len(timer.steps)), "loss": loss[-1] if loss else float("nan"),
+            "step_s": sum(timer.steps) / max(1, len(timer.steps)), "loss": last_loss(trainer),
         }
     del trainer, loaded
-    gc.collect()
-    if cuda:
-        torch.cuda.empty_cache()
+    free_memory()
     return result
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", default="tiny", choices=["tiny", *SHAPES])
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cpu for tiny, else cuda if available)")
-    parser.add_argument("--dtype", default=None)
-    parser.add_argument("--steps", type=int, default=1, help="training steps per variant")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds")
+    add_model_options(parser)
+    add_step_options(parser, steps=1, steps_help="training steps per variant")
     args = parser.parse_args()
     if args.smoke:
         args.shape, args.steps, args.batch_size, args.max_new_tokens = "tiny", 1, 2, 4
-    args.device = args.device or ("cpu" if args.shape == "tiny" else None)
+    args.device = model_device(args)
 
-    config = DistillConfig(max_steps=args.steps, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                           seed=args.seed, save_steps=10**9)
+    config = distill_config(args)
     recs = records(max(16, args.batch_size))
     variants = ["base", "copy"] + (["stock-full"] if args.shape == "tiny" else [])
     results = {v: measure(v, args, config, recs) for v in variants}
     base = results["base"]
-    unit, scale = ("GiB", GIB) if base["total_bytes"] > GIB else ("MiB", 2**20)
+    unit, scale = ("GiB", GIB) if base["total_bytes"] > GIB else ("MiB", MIB)
     print(base["where"])
     print(f"batch {args.batch_size}, max_new_tokens {args.max_new_tokens}, {args.steps} training step(s) each; "
           f"unique storages reachable from trainer.model + trainer.teacher_model ({unit})")
