@@ -3,8 +3,10 @@
 Both get the same model (same weights), the same instructions, the same LoRA (r, alpha,
 targets), max_new_tokens, batch size, seed and trl `SDFTConfig` (`distill.sdft_config`), and
 both use the base model (adapter disabled) as the teacher. The only differences are the ones
-`PolicySDFTTrainer` exists for: ours puts the policy in the system message and continues the
-teacher forward from the policy-prefix KV cache (`distill.build_trainer`); stock gets the policy
+`PolicySDFTTrainer` exists for: ours puts the policy in the system message, continues the
+teacher forward from the policy-prefix KV cache, and decodes its rollouts with the LoRA
+adapter merged, in eval mode, through `generation.decode` (`distill.build_trainer`); stock
+decodes with `model.generate` through the unmerged train-mode PEFT model, and gets the policy
 through its `privileged_context` column with its default `teacher_prompt_template` (prompt,
 blank line, policy in the user turn), prompts as chat message lists, and re-reads the policy
 for every sample.
@@ -13,8 +15,9 @@ After `--warmup` steps it times `--steps` optimizer steps of each (callback from
 step end, so rollout generation + student forward/backward + teacher forward + optimizer),
 and splits out the rollout (`_generate`) and the teacher forward (the block run under
 `_get_teacher_context_for_self_distillation`, which both trainers use for exactly that). It
-prints the mean step time of each and the ratio ours/stock (target <= 0.7x), and the same
-ratio without the rollout, which both trainers spend identically.
+prints the mean step time of each and the ratio ours/stock (target <= 0.7x), the same ratio
+without the rollout, and both per completion token: the two trainers sample from different
+random streams, so their completions (which stop at EOS) differ in length.
 
 Run `python bench/bench_train_step.py` (or `python bench/run.py train_step`); on a GPU
 `--shape qwen2.5-7b` uses a random-initialised Qwen2.5-7B-shaped model (bf16, gradient
@@ -171,7 +174,7 @@ def main() -> int:
     parser.add_argument("--shape", default="tiny", choices=["tiny", *SHAPES])
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cpu for tiny, else cuda if available)")
     parser.add_argument("--dtype", default=None)
-    parser.add_argument("--steps", type=int, default=5, help="timed optimizer steps per trainer")
+    parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps per trainer")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=128)
@@ -203,10 +206,15 @@ def main() -> int:
     no_roll = (a["step"] - a["rollout"]) / (b["step"] - b["rollout"])
     print(f"  {'step - rollout (s)':<22} {a['step'] - a['rollout']:10.3f} {b['step'] - b['rollout']:10.3f} {no_roll:10.2f}x")
     print(f"  {'completion tokens/step':<22} {a['tokens']:10.0f} {b['tokens']:10.0f}")
+    per_token = {k: (1000 * v["rollout"] / v["tokens"], 1000 * v["step"] / v["tokens"]) for k, v in s.items()}
+    for i, label in enumerate(("rollout ms/token", "step ms/token")):
+        mine, theirs = per_token["ours"][i], per_token["stock"][i]
+        print(f"  {label:<22} {mine:10.3f} {theirs:10.3f} {mine / theirs:10.2f}x")
     print(f"  {'teacher share of step':<22} {a['teacher'] / a['step']:10.1%} {b['teacher'] / b['step']:10.1%}")
     if results["ours"]["peak_gib"] is not None:
         print(f"  {'peak GPU memory (GiB)':<22} {results['ours']['peak_gib']:10.2f} {results['stock']['peak_gib']:10.2f}")
-    print(f"  step time ours/stock: {a['step'] / b['step']:.2f}x (target <= {TARGET}x); "
+    print(f"  step time ours/stock: {a['step'] / b['step']:.2f}x (target <= {TARGET}x), per completion token "
+          f"{per_token['ours'][1] / per_token['stock'][1]:.2f}x; "
           f"without the rollout: {no_roll:.2f}x; step sd ours {a['sd']:.3f} s, stock {b['sd']:.3f} s")
     return 0
 

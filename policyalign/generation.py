@@ -115,12 +115,12 @@ def _encode_all(loaded: LoadedModel, conversations: Sequence[dict[str, Any]], pa
 
 # --------------------------------------------------------------------------- transformers
 
-class _SeededSampler:
-    """A logits processor that samples each row with that row's own generator.
+class RowSampler:
+    """Draws each row's next token with that row's own random stream.
 
-    transformers samples a whole batch from the global RNG, so a request's sample would depend
-    on its batch neighbours. Here the sampler draws the token (temperature, top-p) per row and
-    returns logits that allow only that token, so generate() running greedily picks it.
+    A batch-wide draw from the global RNG would make a request's sample depend on its batch
+    neighbours; with one generator per request, a request draws once per step until it ends,
+    whatever else shares its batch.
     """
 
     def __init__(self, seeds: Sequence[int], temperature: float, top_p: float, device: Any) -> None:
@@ -130,17 +130,22 @@ class _SeededSampler:
         self.temperature = temperature
         self.top_p = top_p
 
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
+    def __call__(self, logits: Any, rows: Sequence[int]) -> Any:
+        """The next token of each of `rows` (indices into the batch), from `logits` of those rows.
+
+        Inverse-CDF sampling with one uniform draw per row: the same distribution as
+        `torch.multinomial`, at one small call per row instead of a multinomial per row.
+        """
         import torch
 
-        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        probs = torch.softmax(logits.float() / self.temperature, dim=-1)
         if self.top_p < 1.0:
             probs = _top_p_filter(probs, self.top_p)
-        choice = torch.stack([
-            torch.multinomial(probs[row], 1, generator=gen) for row, gen in enumerate(self.generators)
-        ])
-        forced = torch.full_like(scores, float("-inf"))
-        return forced.scatter_(1, choice, 0.0)
+        cdf = probs.cumsum(dim=-1)
+        uniform = torch.cat([torch.rand(1, generator=self.generators[row], device=logits.device) for row in rows])
+        # Strictly below the total, so the first cdf entry above the draw is a token with mass.
+        draw = torch.minimum(uniform * cdf[:, -1], torch.nextafter(cdf[:, -1], torch.zeros_like(cdf[:, -1])))
+        return torch.searchsorted(cdf, draw[:, None], right=True).squeeze(1)
 
 
 def _top_p_filter(probs: Any, top_p: float) -> Any:
@@ -153,8 +158,71 @@ def _top_p_filter(probs: Any, top_p: float) -> Any:
     return torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
 
 
+def decode(model: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, eos_ids: Sequence[int],
+           pad_id: int, sampler: RowSampler | None = None) -> list[list[int]]:
+    """Completions of left-padded `prompts`, each cut after its first EOS; greedy without a `sampler`.
+
+    A plain KV-cached loop instead of `model.generate`: for the small models and small batches
+    we train on, each decoding step is bound by per-call host overhead, and generate()'s
+    logits processors, stopping criteria and input preparation cost as much as the model's
+    own forward (measured on tiny, batch 4 x 128 tokens: 0.52 s with generate, 0.32 s here).
+    Rows that reached EOS stop drawing, so a row's samples do not depend on its neighbours.
+    Call it under `torch.inference_mode()` with the model in eval mode.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
+        mask[row, width - len(prompt):] = 1
+    positions = (mask.cumsum(1) - 1).clamp(min=0).to(device)
+    ids = ids.to(device)
+    # Room for every step's mask column up front: the loop passes growing views, never copies.
+    mask = torch.cat([mask, torch.ones((len(prompts), max_new_tokens), dtype=torch.long)], dim=1).to(device)
+    eos = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
+    cache = DynamicCache(config=model.config)
+    live = torch.ones(len(prompts), dtype=torch.bool, device=device)
+    steps: list[Any] = []
+    extra = {"logits_to_keep": 1} if _takes_logits_to_keep(model) else {}
+    for step in range(max_new_tokens):
+        logits = model(input_ids=ids, attention_mask=mask[:, :width + step], position_ids=positions,
+                       past_key_values=cache, use_cache=True, **extra).logits[:, -1]
+        token = _next_tokens(logits, live, sampler, pad_id)
+        steps.append(token)
+        live &= ~torch.isin(token, eos)
+        if not bool(live.any()):
+            break
+        ids, positions = token[:, None], positions[:, -1:] + 1
+    eos_set = set(eos_ids)
+    return [_cut_at_eos(row, eos_set)[0] for row in torch.stack(steps, dim=1).tolist()]
+
+
+def _next_tokens(logits: Any, live: Any, sampler: RowSampler | None, pad_id: int) -> Any:
+    """Argmax, or each live row's own draw; finished rows get padding."""
+    import torch
+
+    if sampler is None:
+        return torch.where(live, logits.argmax(dim=-1), pad_id)
+    rows = live.nonzero().flatten()
+    token = torch.full((logits.size(0),), pad_id, dtype=torch.long, device=logits.device)
+    token[rows] = sampler(logits[rows], rows.tolist())
+    return token
+
+
+def _takes_logits_to_keep(model: Any) -> bool:
+    """Whether the (base) model's forward accepts `logits_to_keep` (PEFT wrappers take **kwargs)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
 class TransformersBackend:
-    """`model.generate` over left-padded batches, longest prompts first."""
+    """`decode` over left-padded batches, longest prompts first."""
 
     name = "transformers"
 
@@ -184,40 +252,14 @@ class TransformersBackend:
     def _batch(self, prompts: list[list[int]], seeds: list[int], params: SamplingParams) -> list[Generation]:
         import torch
 
-        model, tokenizer = self.loaded.model, self.loaded.tokenizer
-        device = self.loaded.device
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
-        attention = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, ids in enumerate(prompts):
-            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-            attention[row, width - len(ids) :] = 1
-        eos = eos_token_ids(self.loaded)
-        processors = None
+        sampler = None
         if not params.greedy:
-            from transformers import LogitsProcessorList
-
-            processors = LogitsProcessorList([_SeededSampler(seeds, params.temperature, params.top_p, device)])
+            sampler = RowSampler(seeds, params.temperature, params.top_p, self.loaded.device)
+        eos = eos_token_ids(self.loaded)
         with torch.inference_mode():
-            output = model.generate(
-                input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                generation_config=self._config(params, eos), logits_processor=processors,
-            )
-        completions = output[:, width:].tolist()
+            completions = decode(self.loaded.model, prompts, max_new_tokens=params.max_new_tokens, eos_ids=eos,
+                                 pad_id=self.loaded.tokenizer.pad_token_id, sampler=sampler)
         return [self._result(ids, prompt, set(eos)) for ids, prompt in zip(completions, prompts)]
-
-    def _config(self, params: SamplingParams, eos: list[int]) -> Any:
-        """Argmax decoding with nothing else: our sampler does the sampling, and the model's
-        own generation defaults (repetition penalty, top-k, ...) must not leak in, or the
-        vLLM and transformers backends would sample different distributions."""
-        from transformers import GenerationConfig
-
-        return GenerationConfig(
-            max_new_tokens=params.max_new_tokens, do_sample=False, num_beams=1,
-            temperature=1.0, top_p=1.0, top_k=50, min_p=None, repetition_penalty=1.0,  # = global defaults: unused, unflagged
-            no_repeat_ngram_size=0, min_new_tokens=0, eos_token_id=eos,
-            pad_token_id=self.loaded.tokenizer.pad_token_id,
-        )
 
     def _result(self, ids: list[int], prompt: list[int], eos: set[int]) -> Generation:
         token_ids, reason = _cut_at_eos(ids, eos)

@@ -373,3 +373,62 @@ def base_weights(model: Any) -> Callable[[], Any]:
     if hasattr(model, "peft_config") and hasattr(model, "disable_adapter"):
         return model.disable_adapter
     return nullcontext
+
+
+MERGE_BUDGET = 0.25  # merged copies may add at most this fraction of the model's weight bytes
+
+
+@contextmanager
+def merged_adapter(model: Any) -> Iterator[bool]:
+    """Decode with the active LoRA adapter folded into its base layers; yields whether it did.
+
+    An unmerged LoRA linear runs three matmuls, a dropout and a scale where a merged one runs
+    one, and decoding small batches is bound by exactly that per-call overhead. So each LoRA
+    layer is replaced, for the duration, by its base linear holding W + BA. The merged weights
+    are new tensors swapped in and the originals swapped back: merging in place and subtracting
+    afterwards would not give bf16 base weights back bit for bit, and the base is also the
+    teacher. Nothing is merged when the copies would exceed `MERGE_BUDGET` of the weights
+    (e.g. LoRA on every linear of a large model), or for LoRA variants other than plain linear
+    LoRA (DoRA, embeddings, convolutions), whose merge is not W + BA.
+    """
+    import torch
+
+    found = _mergeable_lora_layers(model)
+    swapped: list[tuple[Any, str, Any, Any, Any]] = []
+    try:
+        with torch.no_grad():
+            for parent, name, layer in found:
+                base = layer.get_base_layer()
+                swapped.append((parent, name, layer, base, base.weight.data))
+                base.weight.data = base.weight.data + layer.get_delta_weight(model.active_adapter).to(base.weight.dtype)
+                setattr(parent, name, base)
+        yield bool(found)
+    finally:
+        for parent, name, layer, base, original in reversed(swapped):
+            setattr(parent, name, layer)
+            base.weight.data = original
+
+
+def _mergeable_lora_layers(model: Any) -> list[tuple[Any, str, Any]]:
+    """(parent, attribute, LoRA layer) for `merged_adapter`, or [] when merging is unsafe or too costly."""
+    try:
+        from peft.tuners.lora import Linear as LoraLinear
+        from peft.tuners.lora import LoraLayer
+    except ImportError:
+        return []
+    if not hasattr(model, "peft_config") or not isinstance(getattr(model, "active_adapter", None), str):
+        return []
+    active = model.active_adapter
+    found = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+             if isinstance(child, LoraLayer)]
+    plain = all(
+        isinstance(layer, LoraLinear) and not layer.merged and not layer.disable_adapters
+        and layer.active_adapters == [active] and not layer.use_dora.get(active, False)
+        and not getattr(layer, "lora_bias", {}).get(active, False)
+        for _, _, layer in found
+    )
+    if not found or not plain:
+        return []
+    extra = sum(layer.get_base_layer().weight.nbytes for _, _, layer in found)
+    total = sum(p.nbytes for p in model.parameters())
+    return found if extra <= MERGE_BUDGET * total else []

@@ -108,3 +108,41 @@ def test_small_selection_shrinks_the_batch_instead_of_training_zero_steps() -> N
     assert (fit_batch(config, 30).batch_size, fit_batch(config, 30).gradient_accumulation_steps) == (4, 4)
     assert (fit_batch(config, 10).batch_size, fit_batch(config, 10).gradient_accumulation_steps) == (4, 2)
     assert (fit_batch(config, 3).batch_size, fit_batch(config, 3).gradient_accumulation_steps) == (3, 1)
+
+
+def test_rollouts_sample_the_student_as_it_is_and_leave_it_as_it_was(run_dir) -> None:
+    """Merged-adapter eval-mode decoding changes the speed of rollouts, not what they sample."""
+    from policyalign.distill import build_trainer
+    from policyalign.generation import decode
+
+    run, pack = run_dir
+    records = _instructions(pack)[:4]
+    trainer = build_trainer(load_model("tiny", trainable=True), pack.policy, records,
+                            DistillConfig(max_steps=1, max_new_tokens=12, batch_size=4), run / "ck")
+    model = trainer.model
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.2)  # an adapter that matters
+    model.train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    prompts = trainer._tokenize_prompts([json.dumps({"messages": r["messages"]}) for r in records])
+    _, first = trainer._generate_transformers(prompts)
+    _, again = trainer._generate_transformers(prompts)
+    assert first == again, "seeded by (seed, step, rank, row)"
+    assert model.training and all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+    def draws(context) -> list[list[int]]:  # type: ignore[no-untyped-def]
+        model.eval()
+        with context(), torch.inference_mode():
+            out = decode(model, prompts, max_new_tokens=12, eos_ids=trainer.eos_token_ids,
+                         pad_id=trainer._tokenizer.pad_token_id, sampler=trainer._rollout_sampler(len(prompts)))
+        model.train()
+        return out
+
+    from contextlib import nullcontext
+
+    assert first == draws(nullcontext), "the unmerged student draws the same tokens"
+    assert first != draws(model.disable_adapter), "the adapter is in effect during rollouts"
+    trainer.state.global_step += 1
+    assert trainer._generate_transformers(prompts)[1] != first, "a new step draws new rollouts"

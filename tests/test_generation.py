@@ -10,7 +10,7 @@ import torch
 
 from policyalign.chat import encode_chat
 from policyalign.errors import InvalidInputError, ModelError
-from policyalign.generation import Generation, SamplingParams, get_backend, request_seed
+from policyalign.generation import Generation, RowSampler, SamplingParams, decode, eos_token_ids, get_backend, request_seed
 from policyalign.models import LoadedModel, load_model
 
 TOOLS = [{"type": "function", "function": {"name": "send_email", "description": "Send an email.",
@@ -44,6 +44,39 @@ def test_batched_greedy_equals_one_at_a_time(loaded: LoadedModel) -> None:
     assert _ids(batched) == _ids(single)
     assert [g.text for g in batched] == [g.text for g in single]
     assert len({tuple(ids) for ids in _ids(batched)}) > 1  # prompts matter: not one constant output
+
+
+def test_decode_matches_transformers_generate_greedily(loaded: LoadedModel) -> None:
+    """Our decoding loop (left padding, continued positions, KV cache) is the model's own greedy decoding."""
+    from transformers import GenerationConfig
+
+    tok = loaded.tokenizer
+    prompts = [encode_chat(tok, c["messages"], c.get("tools")) for c in CONVERSATIONS if "messages" in c]
+    eos = eos_token_ids(loaded)
+    with torch.inference_mode():
+        ours = decode(loaded.model, prompts, max_new_tokens=24, eos_ids=eos, pad_id=tok.pad_token_id)
+        width = max(map(len, prompts))
+        ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts])
+        mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(p) for p in prompts])[:, None]).long()
+        config = GenerationConfig(max_new_tokens=24, do_sample=False, eos_token_id=eos, pad_token_id=tok.pad_token_id)
+        theirs = loaded.model.generate(input_ids=ids, attention_mask=mask, generation_config=config)[:, width:]
+    eos_set = set(eos)
+    for mine, row in zip(ours, theirs.tolist()):
+        cut = next((i + 1 for i, t in enumerate(row) if t in eos_set), len(row))
+        assert mine == row[:cut]
+    assert sum(map(len, ours)) > 4 * len(ours)  # compared real continuations, not bare EOS
+
+
+def test_row_sampler_draws_the_softmax_distribution_and_never_a_zero_probability_token() -> None:
+    probs = torch.tensor([0.5, 0.3, 0.2, 0.0, 0.0])
+    logits = probs.log().expand(4, -1)
+    sampler = RowSampler([1, 2, 3, 4], temperature=1.0, top_p=1.0, device="cpu")
+    draws = torch.cat([sampler(logits, [0, 1, 2, 3]) for _ in range(3000)])
+    counts = torch.bincount(draws, minlength=5).float() / len(draws)
+    assert counts[3:].sum() == 0
+    assert torch.allclose(counts[:3], probs[:3], atol=0.02)
+    nucleus = RowSampler([1], temperature=1.0, top_p=0.6, device="cpu")
+    assert {int(nucleus(logits[:1], [0])) for _ in range(200)} == {0, 1}
 
 
 def test_generation_fields(loaded: LoadedModel) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -252,3 +253,49 @@ def test_pa_models_table_and_json() -> None:
 
 def test_resolve_error_type_is_invalid_input() -> None:
     assert issubclass(ResolveError, InvalidInputError)
+
+
+def _lora_model(targets: Any = ("q_proj", "k_proj", "v_proj", "o_proj"), **extra: Any) -> Any:
+    """tiny with a LoRA adapter whose B is non-zero, so merging it changes the outputs."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(load_model("tiny", trainable=True).model,
+                           LoraConfig(r=4, lora_alpha=8, target_modules=list(targets) if not isinstance(targets, str)
+                                      else targets, **extra))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.2)
+    return model.eval()
+
+
+def test_merged_adapter_decodes_the_same_model_and_restores_every_weight_bit_for_bit() -> None:
+    from policyalign.models import merged_adapter
+
+    model = _lora_model()
+    ids = torch.randint(10, 2000, (2, 24))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    modules = [(n, type(m)) for n, m in model.named_modules()]
+    with torch.no_grad():
+        unmerged = model(input_ids=ids).logits
+        with model.disable_adapter():
+            base = model(input_ids=ids).logits
+        with merged_adapter(model) as merged:
+            inside = model(input_ids=ids).logits
+            assert not any("lora" in n for n, _ in model.named_modules())
+    assert merged and (unmerged - base).abs().max() > 0.1
+    assert (inside - unmerged).abs().max() < 1e-4
+    assert [(n, type(m)) for n, m in model.named_modules()] == modules
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_merged_adapter_declines_costly_or_non_linear_merges() -> None:
+    from policyalign.models import merged_adapter
+
+    for model in (_lora_model("all-linear"), _lora_model(use_dora=True), load_model("tiny").model):
+        ids = torch.randint(10, 2000, (1, 8))
+        with torch.no_grad():
+            expected = model(input_ids=ids).logits
+            with merged_adapter(model) as merged:
+                assert not merged
+                assert torch.equal(model(input_ids=ids).logits, expected)
