@@ -341,6 +341,8 @@ class DistillResult:
     internalization_before: float | None
     internalization_after: float | None
     history: list[dict[str, Any]] = field(default_factory=list)
+    processes: int = 1
+    main: bool = True  # False on the other ranks of a multi-process run: they train, rank 0 writes
 
     @property
     def internalization_drop(self) -> float | None:
@@ -362,42 +364,83 @@ def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillCon
     if not records:
         raise RunError("selected.jsonl is empty: nothing to train on", file=str(run_dir / "selected.jsonl"),
                        hint="keep more with `pa filter RUN_DIR --keep 0.8` or `--no-filter`")
-    config = fit_batch(config, len(records))
+    rank, local_rank, processes = launch_rank()
+    main = rank == 0
+    if device is None and processes > 1:
+        import torch
+
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"  # not every rank on cuda:0
+    config = fit_batch(config, len(records), processes)
     adapter_dir = run_dir / "adapter"
     checkpoints = adapter_dir / "checkpoints"
-    if not resume:
+    if not resume and main:
         shutil.rmtree(checkpoints, ignore_errors=True)
     loaded = load_model(model_name, device=device, trainable=True)
     with cpu_threads(loaded):
-        trainer = build_trainer(loaded, pack.policy, records, config, checkpoints, progress=progress)
-        before = _measure(trainer, loaded, pack.policy, heldout, config, adapter_on=False)
+        trainer = build_trainer(loaded, pack.policy, records, config, checkpoints, progress=progress and main)
+        before = _measure(trainer, loaded, pack.policy, heldout, config, adapter_on=False) if main else None
         resume_from = last_complete_checkpoint(checkpoints) if resume else None
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         if trainer.state.global_step == 0:
             raise RunError("training ran no optimizer step", file=str(run_dir / "selected.jsonl"),
                            hint="check --max-steps/--epochs, or select more instructions (--keep, --no-filter)")
-        after = _measure(trainer, loaded, pack.policy, heldout, config, adapter_on=True)
+        after = _measure(trainer, loaded, pack.policy, heldout, config, adapter_on=True) if main else None
     history = [h for h in trainer.state.log_history if "loss" in h]
-    save_adapter(trainer.model, adapter_dir)
-    result = DistillResult(adapter_dir, trainer.state.global_step, len(records), len(heldout), before, after, history)
-    write_provenance(adapter_dir, pack, loaded, config, result, run_dir)
-    plot_loss(history, adapter_dir / "loss.png")
+    result = DistillResult(adapter_dir, trainer.state.global_step, len(records), len(heldout), before, after, history,
+                           processes=processes, main=main)
+    if main:
+        save_adapter(trainer.accelerator.unwrap_model(trainer.model), adapter_dir)
+        write_provenance(adapter_dir, pack, loaded, config, result, run_dir)
+        plot_loss(history, adapter_dir / "loss.png")
+    _leave_process_group(trainer)
     return result
 
 
-def fit_batch(config: DistillConfig, records: int) -> DistillConfig:
+def _leave_process_group(trainer: Any) -> None:
+    """Wait for rank 0 to finish writing, then shut the process group down on every rank.
+
+    A rank that exits while the group is alive aborts in the collective library's threads, and
+    the launcher then kills rank 0 mid-write (seen with gloo on CPU).
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        trainer.accelerator.wait_for_everyone()
+        dist.destroy_process_group()
+
+
+def launch_rank() -> tuple[int, int, int]:
+    """(rank, local rank, processes) under torchrun / `accelerate launch`; (0, 0, 1) in a plain process.
+
+    Read from the launcher's environment: the distributed state is created later, by the
+    Trainer, and creating it earlier ourselves would fix its backend before trl configures it.
+    """
+    import os
+
+    def number(*names: str, default: int) -> int:
+        return next((int(os.environ[n]) for n in names if os.environ.get(n, "").isdigit()), default)
+
+    return (number("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", default=0),
+            number("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", default=0),
+            number("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", default=1))
+
+
+def fit_batch(config: DistillConfig, records: int, processes: int = 1) -> DistillConfig:
     """Shrink batch size and gradient accumulation to what `records` instructions can fill.
 
-    trl draws whole generation batches (batch_size x gradient_accumulation_steps) and drops a
-    partial one, so a small selection would otherwise train for zero steps without a word.
+    trl draws whole generation batches (batch_size x processes x gradient_accumulation_steps)
+    and drops a partial one, so a small selection would otherwise train for zero steps without
+    a word.
     """
-    batch = min(config.batch_size, records)
-    accumulation = max(1, min(config.gradient_accumulation_steps, records // batch))
+    per_process = max(1, records // processes)
+    batch = min(config.batch_size, per_process)
+    accumulation = max(1, min(config.gradient_accumulation_steps, per_process // batch))
     if (batch, accumulation) != (config.batch_size, config.gradient_accumulation_steps):
         import sys
 
+        where = f" over {processes} processes" if processes > 1 else ""
         print(f"note: {records} instructions cannot fill batch {config.batch_size} x accumulation "
-              f"{config.gradient_accumulation_steps}; training with {batch} x {accumulation}", file=sys.stderr)
+              f"{config.gradient_accumulation_steps}{where}; training with {batch} x {accumulation}", file=sys.stderr)
     return replace(config, batch_size=batch, gradient_accumulation_steps=accumulation)
 
 
@@ -479,7 +522,8 @@ def write_provenance(adapter_dir: Path, pack: "Pack", loaded: "LoadedModel", con
                  "selected": result.train_records, "heldout": result.heldout_records},
         "internalization": {"before": result.internalization_before, "after": result.internalization_after,
                             "drop": result.internalization_drop},
-        "training": {"steps": result.steps, "final_loss": result.history[-1]["loss"] if result.history else None},
+        "training": {"steps": result.steps, "processes": result.processes,
+                     "final_loss": result.history[-1]["loss"] if result.history else None},
         "seeds": {"training": config.seed},
     }
     write_json(adapter_dir / "policyalign.json", data)

@@ -119,12 +119,14 @@ def distill_key(run_dir: Path, model: str, config: Any) -> str:
 
 def run_distill(run_dir: Path, *, model: str | None = None, pack: str | None = None, device: str | None = None,
                 resume: bool = False, overrides: dict[str, Any] | None = None, progress: bool = True) -> "DistillResult":
-    from .distill import distill_run
+    from .distill import distill_run, launch_rank
 
     run_dir = Path(run_dir)
     the_pack = load_run_pack(run_dir, pack)
     model = _model(run_dir, model)
     config = distill_config(the_pack, overrides or {})
+    if launch_rank()[0] != 0:  # another rank of a multi-process run: train; rank 0 keeps the books
+        return distill_run(run_dir, the_pack, model, config, device=device, resume=resume, progress=False)
     with stage(run_dir, "distill", distill_key(run_dir, model, config)) as results:
         result = distill_run(run_dir, the_pack, model, config, device=device, resume=resume, progress=progress)
         results.update({"steps": result.steps, "selected": result.train_records, "heldout": result.heldout_records,

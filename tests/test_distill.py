@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -108,6 +111,9 @@ def test_small_selection_shrinks_the_batch_instead_of_training_zero_steps() -> N
     assert (fit_batch(config, 30).batch_size, fit_batch(config, 30).gradient_accumulation_steps) == (4, 4)
     assert (fit_batch(config, 10).batch_size, fit_batch(config, 10).gradient_accumulation_steps) == (4, 2)
     assert (fit_batch(config, 3).batch_size, fit_batch(config, 3).gradient_accumulation_steps) == (3, 1)
+    # Each of N processes draws its own batches: 10 instructions over 2 processes fill 4 x 1 each.
+    assert (fit_batch(config, 10, 2).batch_size, fit_batch(config, 10, 2).gradient_accumulation_steps) == (4, 1)
+    assert fit_batch(config, 3, 2).batch_size == 1
 
 
 def test_rollouts_sample_the_student_as_it_is_and_leave_it_as_it_was(run_dir) -> None:
@@ -146,3 +152,35 @@ def test_rollouts_sample_the_student_as_it_is_and_leave_it_as_it_was(run_dir) ->
     assert first != draws(model.disable_adapter), "the adapter is in effect during rollouts"
     trainer.state.global_step += 1
     assert trainer._generate_transformers(prompts)[1] != first, "a new step draws new rollouts"
+
+
+def _torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Two real processes on the CPU (gloo), as `torchrun --nproc_per_node 2` would start them on GPUs."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_two_processes_train_different_instructions_into_one_synchronised_adapter(run_dir, tmp_path: Path) -> None:
+    run, _ = run_dir
+    probe = Path(__file__).with_name("ddp_probe.py")
+    done = _torchrun(str(probe), str(run), str(tmp_path), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["processes"] for r in ranks] == [2, 2] and [r["steps"] for r in ranks] == [2, 2]
+    assert ranks[0]["adapter"] == ranks[1]["adapter"], "gradients are all-reduced: one adapter"
+    first, second = ({tuple(p) for p in r["prompts"]} for r in ranks)
+    assert first and second and not first & second, "each rank rolls out its own shard of the instructions"
+
+
+@pytest.mark.slow
+def test_pa_distill_under_torchrun_reports_and_writes_once(run_dir) -> None:
+    run, pack = run_dir
+    done = _torchrun("-m", "policyalign", "distill", str(run), "--pack", str(pack.root), "--model", "tiny",
+                     "--max-steps", "2", "--batch-size", "2", "--max-new-tokens", "8", cwd=run)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("trained 2 steps") == 1
+    meta = json.loads((run / "adapter" / "policyalign.json").read_text())
+    assert meta["training"]["processes"] == 2 and meta["training"]["steps"] == 2
+    assert json.loads((run / "run.json").read_text())["stages"]["distill"]["status"] == "done"

@@ -75,6 +75,8 @@ def distill(
         max_new_tokens=max_new_tokens,
         top_k=top_k, teacher=teacher, seed=seed, prefix_cache=False if no_prefix_cache else None,
         use_vllm=True if vllm else None))
+    if not result.main:
+        return  # rank 0 of a multi-process run reports
     typer.echo(f"trained {result.steps} steps on {result.train_records} instructions; adapter in {result.adapter_dir}")
     if result.internalization_before is not None:
         drop = result.internalization_drop
