@@ -192,7 +192,7 @@ def completion_logits(
         comp_mask[i, : len(c)] = 1
     ids, mask = ids.to(device), mask.to(device)
     keep = length - (min(starts) - 1)
-    kwargs: dict[str, Any] = {"input_ids": ids, "use_cache": False, "logits_to_keep": keep}
+    kwargs: dict[str, Any] = {"input_ids": ids, "use_cache": False}
     if prefix is not None and len(prefix):
         p_len = len(prefix)
         kwargs["past_key_values"] = prefix.expanded(model, batch)
@@ -200,14 +200,44 @@ def completion_logits(
         kwargs["position_ids"] = torch.arange(p_len, p_len + length, device=device).unsqueeze(0).expand(batch, -1)
     else:
         kwargs["attention_mask"] = mask
+    rows = torch.arange(batch, device=device).unsqueeze(1)
+    head = _split_head(model)
     context = eval_mode(model) if prefix is not None else nullcontext()
     with context:
-        logits = model(**kwargs).logits  # (B, keep, V): positions length-keep .. length-1
-    offset = length - keep
-    index = torch.tensor([[s - 1 + t - offset for t in range(t_max)] for s in starts], device=device)
-    index = index.clamp(max=keep - 1)
-    gathered = logits[torch.arange(batch, device=device).unsqueeze(1), index]  # 2.3x faster than gather on CPU
+        if head is not None:  # the vocabulary projection only where a completion token is predicted
+            decoder, lm_head = head
+            hidden = decoder(**kwargs).last_hidden_state
+            index = torch.tensor([[s - 1 + t for t in range(t_max)] for s in starts], device=device)
+            gathered = lm_head(hidden[rows, index.clamp(max=length - 1)])
+        else:
+            logits = model(**kwargs, logits_to_keep=keep).logits  # (B, keep, V): positions length-keep ..
+            offset = length - keep
+            index = torch.tensor([[s - 1 + t - offset for t in range(t_max)] for s in starts], device=device)
+            gathered = logits[rows, index.clamp(max=keep - 1)]  # 2.3x faster than gather on CPU
     return CompletionLogits(gathered, comp.to(device), comp_mask.to(device))
+
+
+def _split_head(model: Any) -> tuple[Any, Any] | None:
+    """(decoder, lm_head) when the logits are exactly lm_head(decoder hidden states), else None.
+
+    Projecting only the completion positions onto the vocabulary, instead of every kept
+    position and then gathering, saves the (batch, positions, vocabulary) tensor: 0.7 GB in
+    fp32 for 8 rows of 147 positions with a 152k vocabulary. Models that scale or soft-cap
+    their logits after the projection (Gemma 2, Cohere, Granite, ...) take the full path.
+    """
+    import torch
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    if not hasattr(base, "get_decoder") or config is None:
+        return None
+    for name in ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale"):
+        if getattr(config, name, None) not in (None, 1, 1.0):
+            return None
+    decoder, lm_head = base.get_decoder(), base.get_output_embeddings()
+    if decoder is None or decoder is base or not isinstance(lm_head, torch.nn.Linear):
+        return None
+    return decoder, lm_head
 
 
 # --------------------------------------------------------------------------- scoring

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import pytest
 import torch
 
@@ -122,3 +124,28 @@ def test_scores_are_zero_without_a_policy_effect_and_positive_with_one(tiny) -> 
 def test_common_prefix() -> None:
     assert common_prefix([[1, 2, 3], [1, 2, 4], [1, 2]]) == [1, 2]
     assert common_prefix([[5], [6]]) == []
+
+
+def test_completion_logits_see_the_adapter_and_soft_capped_models_take_the_full_path() -> None:
+    """Only completion positions are projected onto the vocabulary, through the same weights the model uses."""
+    from peft import LoraConfig, get_peft_model
+
+    from policyalign.scoring import _split_head
+
+    model = get_peft_model(load_model("tiny", trainable=True).model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.2)
+    model.eval()
+    prompts = [[5, 6, 7, 8, 9], [11, 12]]
+    with torch.no_grad():
+        for context in (model.disable_adapter, nullcontext):
+            with context():
+                out = completion_logits(model, prompts, COMPLETIONS[:2], pad_id=0)
+                for i, prompt in enumerate(prompts):
+                    ref = _reference(model, prompt, COMPLETIONS[i])
+                    assert torch.allclose(out.logits[i, : len(COMPLETIONS[i])], ref, atol=1e-5)
+    assert _split_head(model) is not None
+    model.get_base_model().config.final_logit_softcapping = 30.0
+    assert _split_head(model) is None
