@@ -172,6 +172,8 @@ def decode(model: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
     import torch
     from transformers import DynamicCache
 
+    if not prompts or max_new_tokens < 1:
+        return [[] for _ in prompts]
     device = next(model.parameters()).device
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)

@@ -65,6 +65,7 @@ def test_decode_matches_transformers_generate_greedily(loaded: LoadedModel) -> N
         cut = next((i + 1 for i, t in enumerate(row) if t in eos_set), len(row))
         assert mine == row[:cut]
     assert sum(map(len, ours)) > 4 * len(ours)  # compared real continuations, not bare EOS
+    assert decode(loaded.model, prompts, max_new_tokens=0, eos_ids=eos, pad_id=0) == [[]] * len(prompts)
 
 
 def test_row_sampler_draws_the_softmax_distribution_and_never_a_zero_probability_token() -> None:
