@@ -165,7 +165,8 @@ def decode(model: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
     A plain KV-cached loop instead of `model.generate`: for the small models and small batches
     we train on, each decoding step is bound by per-call host overhead, and generate()'s
     logits processors, stopping criteria and input preparation cost as much as the model's
-    own forward (measured on tiny, batch 4 x 128 tokens: 0.52 s with generate, 0.32 s here).
+    own forward (tiny with a merged LoRA adapter, batch 4 x 128 tokens: 0.43 s with generate,
+    0.32 s here).
     Rows that reached EOS stop drawing, so a row's samples do not depend on its neighbours.
     Call it under `torch.inference_mode()` with the model in eval mode.
     """
