@@ -500,6 +500,17 @@ def _measure(trainer: Any, loaded: "LoadedModel", policy: str, heldout: list[dic
         model.train(was_training)
 
 
+def _filter_seed(run_dir: Path) -> int | None:
+    """The seed `pa filter` sampled with, as run.json recorded it (None for runs without one)."""
+    from .io import read_json
+
+    try:
+        seed = read_json(run_dir / "run.json")["stages"]["filter"]["results"]["config"]["seed"]
+    except (OSError, KeyError, TypeError, InvalidInputError):
+        return None
+    return seed if isinstance(seed, int) else None
+
+
 def write_provenance(adapter_dir: Path, pack: "Pack", loaded: "LoadedModel", config: DistillConfig,
                      result: DistillResult, run_dir: Path) -> dict[str, Any]:
     """policyalign.json: exactly which pack, model, data and settings made this adapter."""
@@ -524,7 +535,10 @@ def write_provenance(adapter_dir: Path, pack: "Pack", loaded: "LoadedModel", con
                             "drop": result.internalization_drop},
         "training": {"steps": result.steps, "processes": result.processes,
                      "final_loss": result.history[-1]["loss"] if result.history else None},
-        "seeds": {"training": config.seed},
+        "seeds": {k: v for k, v in {
+            "synthesis": synthesis.get("seed") if isinstance(synthesis, dict) else None,
+            "filtering": _filter_seed(run_dir), "training": config.seed,
+            "internalization_sampling": config.seed + 1}.items() if v is not None},
     }
     write_json(adapter_dir / "policyalign.json", data)
     return data

@@ -58,6 +58,10 @@ def test_apply_runs_every_stage_then_resumes_by_skipping(tmp_path: Path, fixture
     assert pack.digest in card and "child-pack" in card
     manifest = json.loads((run / "run.json").read_text())
     assert manifest["inputs"]["pack"]["digest"] == pack.digest
+    # Every seed that shaped the adapter is on record, and on the card.
+    seeds = json.loads((run / "adapter" / "policyalign.json").read_text())["seeds"]
+    assert set(seeds) == {"synthesis", "filtering", "training", "internalization_sampling"}
+    assert f"filtering={seeds['filtering']}" in card
     assert {"torch", "transformers", "trl", "peft", "policyalign"} <= set(manifest["versions"])
     # Same command again: nothing re-runs.
     again = apply(_options(fixture_packs, run), pack)
