@@ -136,12 +136,13 @@ def _trainer_classes() -> tuple[type, type]:
             Stock decodes with `model.generate` through the unmerged, train-mode PEFT model, and
             rollouts are most of a training step (83-94% measured). Each row samples from its own
             stream seeded by (seed, step, rank, row), so a resumed run draws what an uninterrupted
-            one would have. Sampling settings our loop does not implement, and FSDP (sharded
-            weights), go to stock's path.
+            one would have. Sampling settings our loop does not implement, and FSDP or DeepSpeed
+            (sharded weights), go to stock's path.
             """
             args = self.args
-            if self.is_fsdp_enabled or args.generation_kwargs or (args.top_k or 0) > 0 or args.min_p is not None \
-                    or args.repetition_penalty != 1.0:
+            sharded = self.is_fsdp_enabled or self.is_deepspeed_enabled
+            if sharded or args.generation_kwargs or args.cache_implementation or (args.top_k or 0) > 0 \
+                    or args.min_p is not None or args.repetition_penalty != 1.0:
                 return super()._generate_transformers(prompt_ids)
             from trl.models import unwrap_model_for_generation
 
@@ -229,6 +230,9 @@ def sdft_config(config: DistillConfig, output_dir: Path, *, report_to: str = "no
         use_vllm=config.use_vllm, vllm_mode="colocate", bf16=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(), remove_unused_columns=False, shuffle_dataset=True,
         disable_tqdm=True, dataloader_num_workers=0, gradient_checkpointing=torch.cuda.is_available(),
+        # With several processes, the others wait in a collective while rank 0 measures
+        # internalization before and after training: allow that longer than the 30-minute default.
+        ddp_timeout=4 * 3600,
     )
 
 
@@ -366,7 +370,7 @@ def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillCon
                        hint="keep more with `pa filter RUN_DIR --keep 0.8` or `--no-filter`")
     rank, local_rank, processes = launch_rank()
     main = rank == 0
-    if device is None and processes > 1:
+    if processes > 1 and device in (None, "cuda"):
         import torch
 
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"  # not every rank on cuda:0
@@ -378,6 +382,10 @@ def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillCon
     loaded = load_model(model_name, device=device, trainable=True)
     with cpu_threads(loaded):
         trainer = build_trainer(loaded, pack.policy, records, config, checkpoints, progress=progress and main)
+        if processes > 1 and (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
+            raise RunError("multi-process training supports data parallelism (DDP) only, not FSDP or DeepSpeed",
+                           hint="launch with `torchrun --nproc_per_node N` or `accelerate launch --multi_gpu` "
+                                "without an FSDP/DeepSpeed config: rank 0 alone measures and saves the adapter")
         before = _measure(trainer, loaded, pack.policy, heldout, config, adapter_on=False) if main else None
         resume_from = last_complete_checkpoint(checkpoints) if resume else None
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -538,7 +546,7 @@ def write_provenance(adapter_dir: Path, pack: "Pack", loaded: "LoadedModel", con
         "seeds": {k: v for k, v in {
             "synthesis": synthesis.get("seed") if isinstance(synthesis, dict) else None,
             "filtering": _filter_seed(run_dir), "training": config.seed,
-            "internalization_sampling": config.seed + 1}.items() if v is not None},
+            "internalization_sampling": config.seed + 1 if result.heldout_records else None}.items() if v is not None},
     }
     write_json(adapter_dir / "policyalign.json", data)
     return data

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -423,11 +424,16 @@ def _mergeable_lora_layers(model: Any) -> list[tuple[Any, str, Any]]:
              if isinstance(child, LoraLayer)]
     plain = all(
         isinstance(layer, LoraLinear) and not layer.merged and not layer.disable_adapters
-        and layer.active_adapters == [active] and not layer.use_dora.get(active, False)
+        and layer.active_adapters == [active] and active in layer.lora_A and not layer.use_dora.get(active, False)
         and not getattr(layer, "lora_bias", {}).get(active, False)
         for _, _, layer in found
     )
     if not found or not plain:
+        return []
+    # A weight held twice (a LoRA'd lm_head tied to the input embeddings) would merge into both
+    # places; an empty one is a sharded placeholder (DeepSpeed ZeRO-3) with nothing to merge into.
+    holders = Counter(p.data_ptr() for _, p in model.named_parameters(remove_duplicate=False))
+    if any(w.numel() == 0 or holders[w.data_ptr()] > 1 for w in (layer.get_base_layer().weight for _, _, layer in found)):
         return []
     extra = sum(layer.get_base_layer().weight.nbytes for _, _, layer in found)
     total = sum(p.nbytes for p in model.parameters())

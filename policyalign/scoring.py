@@ -13,6 +13,7 @@ policy of hundreds of tokens for every sample.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -217,13 +218,21 @@ def completion_logits(
     return CompletionLogits(gathered, comp.to(device), comp_mask.to(device))
 
 
+_HEAD_VERDICTS: "weakref.WeakKeyDictionary[Any, bool]" = weakref.WeakKeyDictionary()
+# Config fields with which a model changes its logits after the LM head (soft caps, scales, slices).
+_POST_HEAD_FIELDS = ("final_logit_softcapping", "logits_soft_cap", "logit_scale", "logits_scaling",
+                     "lm_head_multiplier", "output_multiplier", "unpadded_vocab_size")
+
+
 def _split_head(model: Any) -> tuple[Any, Any] | None:
     """(decoder, lm_head) when the logits are exactly lm_head(decoder hidden states), else None.
 
     Projecting only the completion positions onto the vocabulary, instead of every kept
     position and then gathering, saves the (batch, positions, vocabulary) tensor: 0.7 GB in
-    fp32 for 8 rows of 147 positions with a 152k vocabulary. Models that scale or soft-cap
-    their logits after the projection (Gemma 2, Cohere, Granite, ...) take the full path.
+    fp32 for 8 rows of 147 positions with a 152k vocabulary. Some models change their logits
+    after the head (Gemma 2/3n soft caps, Granite and Falcon-H1 scales, vocabulary slices), so
+    a model takes this path only if its config declares none of that and, checked once per
+    model on a short input, the split computation reproduces its own logits.
     """
     import torch
 
@@ -231,13 +240,33 @@ def _split_head(model: Any) -> tuple[Any, Any] | None:
     config = getattr(base, "config", None)
     if not hasattr(base, "get_decoder") or config is None:
         return None
-    for name in ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale"):
-        if getattr(config, name, None) not in (None, 1, 1.0):
-            return None
+    configs = [config, config.get_text_config()] if hasattr(config, "get_text_config") else [config]
+    if any(getattr(c, name, None) not in (None, 1, 1.0) for c in configs for name in _POST_HEAD_FIELDS):
+        return None
     decoder, lm_head = base.get_decoder(), base.get_output_embeddings()
     if decoder is None or decoder is base or not isinstance(lm_head, torch.nn.Linear):
         return None
-    return decoder, lm_head
+    if base not in _HEAD_VERDICTS:
+        _HEAD_VERDICTS[base] = _head_reproduces_logits(model, decoder, lm_head)
+    return (decoder, lm_head) if _HEAD_VERDICTS[base] else None
+
+
+def _head_reproduces_logits(model: Any, decoder: Any, lm_head: Any) -> bool:
+    """Whether lm_head(decoder(x)) equals the model's own logits (shape, dtype, values) on a short input."""
+    import torch
+
+    device = next(model.parameters()).device
+    ids = torch.arange(3, 11, device=device).unsqueeze(0)
+    try:
+        with torch.no_grad(), eval_mode(model):
+            full = model(input_ids=ids, use_cache=False).logits
+            split = lm_head(decoder(input_ids=ids, use_cache=False).last_hidden_state)
+    except Exception:  # noqa: BLE001 - any surprise means: use the model's own forward
+        return False
+    if full.shape != split.shape or full.dtype != split.dtype:
+        return False
+    tolerance = 1e-4 if full.dtype == torch.float32 else 2e-2
+    return bool((full.float() - split.float()).abs().max() <= tolerance * max(1.0, float(full.abs().max())))
 
 
 # --------------------------------------------------------------------------- scoring

@@ -68,6 +68,22 @@ def test_decode_matches_transformers_generate_greedily(loaded: LoadedModel) -> N
     assert decode(loaded.model, prompts, max_new_tokens=0, eos_ids=eos, pad_id=0) == [[]] * len(prompts)
 
 
+def test_decode_recomputes_for_a_model_that_keeps_no_key_value_cache() -> None:
+    """State-space models ignore `past_key_values`; decode must notice, not feed them one token blind."""
+    from transformers import GenerationConfig, MambaConfig, MambaForCausalLM
+
+    torch.manual_seed(0)
+    model = MambaForCausalLM(MambaConfig(vocab_size=300, hidden_size=32, num_hidden_layers=2, state_size=8,
+                                         pad_token_id=0, eos_token_id=1, initializer_range=1.0)).eval()
+    prompts = [[5, 6, 7, 8, 9], [11, 12, 13]]
+    config = GenerationConfig(max_new_tokens=10, do_sample=False, eos_token_id=1, pad_token_id=0)
+    with torch.inference_mode():
+        ours = decode(model, prompts, max_new_tokens=10, eos_ids=[1], pad_id=0)
+        theirs = [model.generate(input_ids=torch.tensor([p]), generation_config=config)[0, len(p):].tolist()
+                  for p in prompts]
+    assert ours == theirs and len(set(ours[0])) > 3
+
+
 def test_row_sampler_draws_the_softmax_distribution_and_never_a_zero_probability_token() -> None:
     probs = torch.tensor([0.5, 0.3, 0.2, 0.0, 0.0])
     logits = probs.log().expand(4, -1)
@@ -78,6 +94,11 @@ def test_row_sampler_draws_the_softmax_distribution_and_never_a_zero_probability
     assert torch.allclose(counts[:3], probs[:3], atol=0.02)
     nucleus = RowSampler([1], temperature=1.0, top_p=0.6, device="cpu")
     assert {int(nucleus(logits[:1], [0])) for _ in range(200)} == {0, 1}
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ModelError, match="NaN or infinite logits"):
+            sampler(torch.tensor([[0.0, bad, 1.0]]), [0])
+    with pytest.raises(ModelError):
+        sampler(torch.full((1, 3), float("-inf")), [0])
 
 
 def test_generation_fields(loaded: LoadedModel) -> None:

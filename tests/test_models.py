@@ -289,13 +289,19 @@ def test_merged_adapter_decodes_the_same_model_and_restores_every_weight_bit_for
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_merged_adapter_declines_costly_or_non_linear_merges() -> None:
+def test_merged_adapter_declines_costly_tied_or_non_linear_merges(monkeypatch: pytest.MonkeyPatch) -> None:
+    from policyalign import models
     from policyalign.models import merged_adapter
 
-    for model in (_lora_model("all-linear"), _lora_model(use_dora=True), load_model("tiny").model):
+    tied = _lora_model(["lm_head", "q_proj"])  # tiny ties lm_head to the input embeddings
+    monkeypatch.setattr(models, "MERGE_BUDGET", 1.0)  # so only the tie can decline it
+    for model in (tied, _lora_model(use_dora=True), load_model("tiny").model):
         ids = torch.randint(10, 2000, (1, 8))
         with torch.no_grad():
             expected = model(input_ids=ids).logits
             with merged_adapter(model) as merged:
                 assert not merged
                 assert torch.equal(model(input_ids=ids).logits, expected)
+    monkeypatch.setattr(models, "MERGE_BUDGET", 0.25)
+    with merged_adapter(_lora_model("all-linear")) as merged:
+        assert not merged, "LoRA on every linear of tiny would copy about half its weights"

@@ -149,3 +149,25 @@ def test_completion_logits_see_the_adapter_and_soft_capped_models_take_the_full_
     assert _split_head(model) is not None
     model.get_base_model().config.final_logit_softcapping = 30.0
     assert _split_head(model) is None
+
+
+def test_a_model_that_changes_its_logits_after_the_head_keeps_its_own_forward() -> None:
+    """No config field announces this scale: the one-time numeric check catches it."""
+    from transformers import Qwen2ForCausalLM
+
+    from policyalign.scoring import _split_head
+
+    class ScaledHead(Qwen2ForCausalLM):
+        def forward(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            out = super().forward(*args, **kwargs)
+            out.logits = out.logits * 2
+            return out
+
+    plain = load_model("tiny").model
+    scaled = ScaledHead(plain.config).eval()
+    scaled.load_state_dict(plain.state_dict())
+    assert _split_head(plain) is not None and _split_head(scaled) is None
+    prompts, comps = [[5, 6, 7, 8]], [[9, 10, 11]]
+    with torch.no_grad():
+        out = completion_logits(scaled, prompts, comps, pad_id=0)
+    assert torch.allclose(out.logits[0], _reference(scaled, prompts[0], comps[0]), atol=1e-5)
