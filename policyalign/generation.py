@@ -198,24 +198,21 @@ def decode(model: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
     steps: list[Any] = []
     extra = {"logits_to_keep": 1} if _takes_logits_to_keep(model) else {}
     recompute = False  # set when the model keeps no keys/values (e.g. state-space models)
-    everything, every_position = ids, positions
+    prompt_ids, prompt_positions = ids, positions
     for step in range(max_new_tokens):
-        if recompute:
-            ids, positions, past = everything, every_position, None
-        else:
-            past = cache
         out = model(input_ids=ids, attention_mask=mask[:, :width + step], position_ids=positions,
-                    past_key_values=past, use_cache=not recompute, **extra)
+                    past_key_values=None if recompute else cache, use_cache=not recompute, **extra)
         recompute = recompute or getattr(out, "past_key_values", None) is not cache
-        logits = out.logits[:, -1]
-        token = _next_tokens(logits, live, sampler, pad_id)
+        token = _next_tokens(out.logits[:, -1], live, sampler, pad_id)
         steps.append(token)
         live &= ~torch.isin(token, eos)
         if not bool(live.any()):
             break
-        ids, positions = token[:, None], every_position[:, -1:] + 1
-        everything = torch.cat([everything, ids], dim=1)
-        every_position = torch.cat([every_position, positions], dim=1)
+        ids, positions = token[:, None], prompt_positions[:, -1:] + len(steps)
+        if recompute:  # the whole sequence again, since nothing of it was kept
+            ids = torch.cat([prompt_ids, torch.stack(steps, dim=1)], dim=1)
+            positions = torch.cat([prompt_positions, prompt_positions[:, -1:] + torch.arange(
+                1, len(steps) + 1, device=device)], dim=1)
     eos_set = set(eos_ids)
     return [_cut_at_eos(row, eos_set)[0] for row in torch.stack(steps, dim=1).tolist()]
 
@@ -236,8 +233,9 @@ def _takes_logits_to_keep(model: Any) -> bool:
     """Whether the (base) model's forward accepts `logits_to_keep` (PEFT wrappers take **kwargs)."""
     import inspect
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+    from .models import unwrapped
+
+    return "logits_to_keep" in inspect.signature(unwrapped(model).forward).parameters
 
 
 class TransformersBackend:

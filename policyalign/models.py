@@ -376,6 +376,12 @@ def base_weights(model: Any) -> Callable[[], Any]:
     return nullcontext
 
 
+def unwrapped(model: Any) -> Any:
+    """The transformers model inside a PEFT wrapper (the model itself when there is none): its
+    own `forward` signature, config and submodules, which the wrapper hides behind **kwargs."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 MERGE_BUDGET = 0.25  # merged copies may add at most this fraction of the model's weight bytes
 
 
