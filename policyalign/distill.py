@@ -498,14 +498,12 @@ def _progress_callback() -> Any:
 
 def _measure(trainer: Any, loaded: "LoadedModel", policy: str, heldout: list[dict[str, Any]],
              config: DistillConfig, *, adapter_on: bool) -> float | None:
+    from .scoring import eval_mode
+
     model = trainer.accelerator.unwrap_model(trainer.model)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return internalization(replace(loaded, model=model), policy, heldout, adapter_on=adapter_on,
                                max_new_tokens=config.max_new_tokens, top_k=config.top_k, seed=config.seed + 1)
-    finally:
-        model.train(was_training)
 
 
 def _filter_seed(run_dir: Path) -> int | None:
