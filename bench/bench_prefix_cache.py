@@ -8,6 +8,13 @@ is printed separately). It prints the median wall time of each, the ratio cached
 (target <= 0.3x) and the largest absolute logit difference between the two over real
 completion tokens (fp32: must be ~1e-4 or less; bf16 differs by rounding).
 
+It also prints the multiply-adds each path does (`multiply_adds`) and their ratio: what the
+time ratio would be if a multiply-add cost the same on both paths. The cached path skips the
+prefix's tokens, but it still forwards every suffix token against every prefix key, and both
+paths project the same completion positions onto the vocabulary, so this ratio rises with the
+completion length. `--pack packs/general` measures with that pack's policy instead of the
+~400-token one.
+
 Run `python bench/bench_prefix_cache.py` (or `python bench/run.py prefix_cache`); on a GPU,
 `--shape qwen2.5-7b --device cuda` uses a random-initialised model with Qwen2.5-7B's
 architecture (compute cost does not depend on the weights) and the tiny tokenizer.
@@ -44,12 +51,28 @@ def completions(n: int, length: int, tokenizer: Any, seed: int = 0) -> list[list
     return [[rng.randint(10, hi) for _ in range(max(1, length - (i % 4)))] for i in range(n)]
 
 
+def multiply_adds(config: Any, rows: int, queries: int, keys: int, head_positions: int) -> float:
+    """Multiply-adds of one forward of `rows` rows of `queries` tokens, each attending `keys` keys.
+
+    Counted as the kernels run them: with right-padded rows the attention mask is explicit, so
+    SDPA computes every query-key pair (no causal skipping), on both paths alike. Norms,
+    rotary embeddings and biases are left out (a few percent, proportional to tokens).
+    """
+    d, layers = config.hidden_size, config.num_hidden_layers
+    head_dim = getattr(config, "head_dim", None) or d // config.num_attention_heads
+    q_dim, kv_dim = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
+    linear = layers * (d * (2 * q_dim + 2 * kv_dim) + 3 * d * config.intermediate_size)
+    attention = layers * 2 * q_dim * keys
+    return rows * queries * (linear + attention) + head_positions * d * config.vocab_size
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_options(parser)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--completion-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--pack", default=None, help="use this pack's policy instead of the ~400-token one")
     args = parser.parse_args()
     if args.smoke:
         args.batch_size, args.completion_tokens, args.repeats = 2, 8, 1
@@ -57,10 +80,12 @@ def main() -> int:
 
     import torch
 
+    from policyalign.pack import load_pack
     from policyalign.scoring import PolicyScorer, completion_logits
 
+    policy = load_pack(args.pack).policy if args.pack else POLICY
     loaded = build_model(args.shape, device=device, dtype=args.dtype)
-    scorer = PolicyScorer(loaded, POLICY, batch_size=args.batch_size)
+    scorer = PolicyScorer(loaded, policy, batch_size=args.batch_size)
     _, teachers = scorer.prompts(records(args.batch_size))
     comps = completions(args.batch_size, args.completion_tokens, loaded.tokenizer)
     model = loaded.model
@@ -91,6 +116,12 @@ def main() -> int:
     prompt_tokens = sum(len(t) for t in teachers)
     comp_tokens = sum(len(c) for c in comps)
     ratio = c_med / u_med
+    t_max = max(len(c) for c in comps)
+    full_len = max(len(t) for t in teachers) + t_max
+    suffix_len = full_len - prefix_len
+    config = loaded.model.config.get_text_config()
+    u_work = multiply_adds(config, args.batch_size, full_len, full_len, args.batch_size * t_max)
+    c_work = multiply_adds(config, args.batch_size, suffix_len, full_len, args.batch_size * t_max)
     print(where)
     print(f"batch {args.batch_size}: policy prefix {prefix_len} tokens, teacher prompts {prompt_tokens / args.batch_size:.0f} "
           f"tokens each, completions {comp_tokens} tokens; median of {len(u_times)} runs each")
@@ -99,6 +130,8 @@ def main() -> int:
     print(f"  {'cached (PolicyScorer.teacher_logits)':<34} {c_med * 1e3:8.1f}ms {min(c_times) * 1e3:8.1f}ms  "
           f"{prompt_tokens - prefix_len * args.batch_size + comp_tokens}")
     print(f"  prefix cache build (once per teacher version): {build_s * 1e3:.1f} ms")
+    print(f"  multiply-adds: uncached {u_work / 1e9:.2f} G, cached {c_work / 1e9:.2f} G, "
+          f"ratio {c_work / u_work:.2f} (the time ratio if every multiply-add cost the same)")
     print(f"  cached/uncached: {ratio:.2f}x (target <= {TARGET}x), speedup {1 / ratio:.1f}x")
     print(f"  max |logit diff| over completion tokens: {diff:.2e} (log-prob {lp_diff:.2e}), "
           f"{dtype_name(loaded.dtype)}")

@@ -37,3 +37,18 @@ def test_bench_runs_with_smoke(name: str, expect: str, capsys, monkeypatch) -> N
 def test_gpu_step_without_cuda_says_so(capsys, monkeypatch) -> None:
     out = _run("gpu_step", capsys=capsys, monkeypatch=monkeypatch)
     assert "needs a CUDA GPU" in out and "nothing measured" in out
+
+
+def _work_ratio(out: str) -> float:
+    line = next(line for line in out.splitlines() if "multiply-adds:" in line)
+    return float(line.split("ratio ")[1].split()[0])
+
+
+def test_prefix_cache_takes_a_pack_policy(capsys, monkeypatch) -> None:
+    """--pack swaps in a pack's policy: a longer prefix leaves the cached path a smaller share of the work."""
+    default = _run("prefix_cache", "--smoke", capsys=capsys, monkeypatch=monkeypatch)
+    general = _run("prefix_cache", "--smoke", "--pack", str(BENCH.parent / "packs" / "general"),
+                   capsys=capsys, monkeypatch=monkeypatch)
+    assert "policy prefix 394 tokens" in default
+    assert "policy prefix 394 tokens" not in general
+    assert 0 < _work_ratio(general) < _work_ratio(default) < 1
