@@ -154,18 +154,27 @@ def test_rollouts_sample_the_student_as_it_is_and_leave_it_as_it_was(run_dir) ->
     assert trainer._generate_transformers(prompts)[1] != first, "a new step draws new rollouts"
 
 
-def _torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """Two real processes on the CPU (gloo), as `torchrun --nproc_per_node 2` would start them on GPUs."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+# The two launchers the README shows, each starting two real processes on the CPU (gloo), as they
+# would start one per GPU. accelerate's flags are explicit so no user config file changes the run.
+LAUNCHERS = {
+    "torchrun": ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+    "accelerate": ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                   "--mixed_precision", "no", "--dynamo_backend", "no"],
+}
+
+
+def _launch(*args: str, cwd: Path, launcher: str = "torchrun") -> subprocess.CompletedProcess:
+    """Run `args` in two processes under `launcher`."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HOME": str(cwd / ".hf")}
+    return subprocess.run([sys.executable, *LAUNCHERS[launcher], *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow
 def test_two_processes_train_different_instructions_into_one_synchronised_adapter(run_dir, tmp_path: Path) -> None:
     run, _ = run_dir
     probe = Path(__file__).with_name("ddp_probe.py")
-    done = _torchrun(str(probe), str(run), str(tmp_path), cwd=tmp_path)
+    done = _launch(str(probe), str(run), str(tmp_path), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["processes"] for r in ranks] == [2, 2] and [r["steps"] for r in ranks] == [2, 2]
@@ -175,10 +184,11 @@ def test_two_processes_train_different_instructions_into_one_synchronised_adapte
 
 
 @pytest.mark.slow
-def test_pa_distill_under_torchrun_reports_and_writes_once(run_dir) -> None:
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_pa_distill_under_a_launcher_reports_and_writes_once(run_dir, launcher: str) -> None:
     run, pack = run_dir
-    done = _torchrun("-m", "policyalign", "distill", str(run), "--pack", str(pack.root), "--model", "tiny",
-                     "--max-steps", "2", "--batch-size", "2", "--max-new-tokens", "8", cwd=run)
+    done = _launch("-m", "policyalign", "distill", str(run), "--pack", str(pack.root), "--model", "tiny",
+                   "--max-steps", "2", "--batch-size", "2", "--max-new-tokens", "8", cwd=run, launcher=launcher)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("trained 2 steps") == 1
     meta = json.loads((run / "adapter" / "policyalign.json").read_text())
