@@ -63,12 +63,41 @@ class DistillConfig:
     def from_pack(cls, training: Mapping[str, Any], **overrides: Any) -> "DistillConfig":
         """Pack defaults, then non-None command-line overrides; unknown keys are ignored (schema-checked)."""
         names = {f.name for f in fields(cls)}
+        given = {k: v for k, v in overrides.items() if v is not None}
+        check_overrides(given)
         values = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in training.items() if k in names}
-        values.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in overrides.items() if v is not None})
+        values.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in given.items()})
         config = cls(**values)
         if config.teacher not in ("base", "ema"):
             raise InvalidInputError(f"unknown teacher {config.teacher!r}", hint="use base or ema")
         return config
+
+
+# Command-line flags whose name differs from the training setting they override.
+FLAGS = {"learning_rate": "--lr", "num_epochs": "--epochs", "gradient_accumulation_steps": "--grad-accum",
+         "top_k": "--kl-top-k"}
+
+
+def check_overrides(overrides: Mapping[str, Any]) -> None:
+    """Hold command-line overrides to the bounds the pack schema sets for the same settings.
+
+    A pack's `training` section is validated when the pack loads; without this a `--batch-size 0`
+    or `--temperature 0` would get past it and fail deep inside trl, peft or the sampler.
+    """
+    from jsonschema import Draft202012Validator
+
+    from .schema import schema_text
+
+    properties = json.loads(schema_text("pack.schema.json"))["properties"]["training"]["properties"]
+    for name, value in overrides.items():
+        if name not in properties:
+            continue
+        plain = list(value) if isinstance(value, tuple) else value
+        error = next(Draft202012Validator(properties[name]).iter_errors(plain), None)
+        if error is not None:
+            flag = FLAGS.get(name, "--" + name.replace("_", "-"))
+            raise InvalidInputError(f"{flag} {plain!r}: {error.message}",
+                                    hint=f"give {flag} a value the pack schema allows for training.{name}")
 
 
 # --------------------------------------------------------------------------- the trainer

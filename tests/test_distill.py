@@ -48,6 +48,17 @@ def test_config_from_pack_then_overrides(fixture_packs: Path) -> None:
         DistillConfig.from_pack({}, teacher="live")
 
 
+@pytest.mark.parametrize("override, flag", [
+    ({"batch_size": 0}, "--batch-size 0"), ({"lora_r": 0}, "--lora-r 0"), ({"temperature": 0.0}, "--temperature 0.0"),
+    ({"learning_rate": -1.0}, "--lr -1.0"), ({"top_k": -5}, "--kl-top-k -5"), ({"target_modules": ()}, "--target-modules []"),
+])
+def test_out_of_range_overrides_name_the_flag(override: dict, flag: str) -> None:
+    """A bad command-line value is refused up front, like the same value in a pack, not deep inside trl or peft."""
+    with pytest.raises(InvalidInputError) as info:
+        DistillConfig.from_pack({"batch_size": 4}, **override)
+    assert str(info.value).startswith(flag) and "pack schema" in info.value.problem.hint
+
+
 @pytest.mark.slow
 def test_distillation_internalizes_the_policy(run_dir) -> None:
     run, pack = run_dir

@@ -27,8 +27,8 @@ def filter_cmd(
     samples: int = typer.Option(1, "--samples", help="On-policy responses sampled per instruction."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Length of sampled responses."),
     heldout: float = typer.Option(0.1, "--heldout", help="Fraction held out (never trained on) for the internalization metric."),
-    seed: int = typer.Option(0, "--seed"),
-    batch_size: int = typer.Option(8, "--batch-size"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sampled responses and the held-out split."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Instructions sampled and scored together."),
     device: Optional[str] = DeviceOpt,
 ) -> None:
     """Score each instruction's policy sensitivity and select the training set."""
@@ -49,17 +49,18 @@ def distill(
     model: Optional[str] = ModelOpt,
     pack: Optional[str] = PackOpt,
     lora_r: Optional[int] = typer.Option(None, "--lora-r", help="LoRA rank (default: the pack's)."),
-    lora_alpha: Optional[float] = typer.Option(None, "--lora-alpha"),
+    lora_alpha: Optional[float] = typer.Option(None, "--lora-alpha", help="LoRA alpha (default: the pack's)."),
     target_modules: Optional[str] = typer.Option(None, "--target-modules", help="Comma-separated module names, or all-linear."),
     learning_rate: Optional[float] = typer.Option(None, "--lr", help="Learning rate."),
-    epochs: Optional[float] = typer.Option(None, "--epochs"),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the selected instructions."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Rollouts per device per step."),
     grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Gradient accumulation steps."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Length of the student's rollouts."),
     top_k: Optional[int] = typer.Option(None, "--kl-top-k", help="Top-k support of the reverse KL (paper: 256)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Rollout sampling temperature (paper: 1.0)."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="base (adapter disabled) or ema."),
-    seed: Optional[int] = typer.Option(None, "--seed"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the rollouts, data order and LoRA init."),
     no_prefix_cache: bool = typer.Option(False, "--no-prefix-cache", help="Recompute the policy prefix every step."),
     vllm: bool = typer.Option(False, "--vllm", help="Roll out with vLLM (GPU, needs the [vllm] extra)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last complete checkpoint."),
@@ -72,8 +73,7 @@ def distill(
     result = run_distill(run_dir, model=model, pack=pack, device=device, resume=resume, overrides=dict(
         lora_r=lora_r, lora_alpha=lora_alpha, target_modules=targets, learning_rate=learning_rate,
         num_epochs=epochs, max_steps=max_steps, batch_size=batch_size, gradient_accumulation_steps=grad_accum,
-        max_new_tokens=max_new_tokens,
-        top_k=top_k, teacher=teacher, seed=seed, prefix_cache=False if no_prefix_cache else None,
+        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, teacher=teacher, seed=seed, prefix_cache=False if no_prefix_cache else None,
         use_vllm=True if vllm else None))
     if not result.main:
         return  # rank 0 of a multi-process run reports
