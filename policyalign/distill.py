@@ -83,7 +83,7 @@ def _trainer_classes() -> tuple[type, type]:
     import torch
     from trl.experimental.sdft import SDFTTrainer
     from trl.experimental.sdft.sdft_trainer import DemonstrationTeacherContextBuilder, DistillationLogits
-    from trl.trainer.utils import pad
+    from trl.trainer.utils import RepeatSampler, pad
 
     from .generation import RowSampler, decode, request_seed
     from .models import merged_adapter
@@ -106,6 +106,22 @@ def _trainer_classes() -> tuple[type, type]:
             return {"teacher_input_ids": torch.cat([prompt_ids, completion_ids], 1),
                     "teacher_attention_mask": torch.cat([prompt_mask, completion_mask], 1)}
 
+    class EpochRepeatSampler(RepeatSampler):
+        """trl's RepeatSampler, whose shuffle depends on the epoch rather than on how many epochs this process ran.
+
+        Stock draws each epoch's order from one generator seeded once, and the Trainer resumes
+        by calling `set_epoch` (which stock lacks) instead of replaying the finished epochs: a
+        run resumed after its first epoch would repeat the first epoch's order. Replaying the
+        earlier epochs' draws here gives exactly the order an uninterrupted run sees.
+        """
+
+        def set_epoch(self, epoch: int) -> None:
+            if not self.shuffle or self.seed is None:
+                return
+            self.generator.manual_seed(self.seed)
+            for _ in range(epoch):
+                torch.randperm(self.num_samples, generator=self.generator)
+
     class PolicySDFTTrainer(SDFTTrainer):
         """SDFTTrainer with the policy as system message, no truncation and a teacher prefix cache."""
 
@@ -116,6 +132,11 @@ def _trainer_classes() -> tuple[type, type]:
             self.teacher_context_builder = PolicyTeacherContextBuilder(self)
             self.prefix = PrefixCache(policy_prefix_ids(self._tokenizer, policy)) if prefix_cache else None
             self._prefix_version = self._teacher_version()
+
+        def _get_train_sampler(self, dataset: Any = None) -> Any:
+            stock = super()._get_train_sampler(dataset)
+            stock.__class__ = EpochRepeatSampler  # same state, plus set_epoch
+            return stock
 
         def _tokenize_prompts(self, prompts: list[Any], what: str = "instruction") -> list[list[int]]:
             out = []

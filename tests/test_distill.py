@@ -86,6 +86,41 @@ def test_resume_continues_from_checkpoint(run_dir) -> None:
     assert [h["loss"] for h in result.history[:4]] == [h["loss"] for h in first.history]
 
 
+@pytest.mark.slow
+def test_resume_after_the_first_epoch_trains_what_an_uninterrupted_run_would(run_dir) -> None:
+    """The Trainer resumes by set_epoch, not by replaying epochs: the shuffle must follow the epoch."""
+    from transformers import TrainerCallback
+
+    from policyalign.distill import build_trainer
+
+    run, pack = run_dir
+    records = _instructions(pack)[:8]  # 2 steps per epoch
+    config = DistillConfig(max_steps=6, max_new_tokens=8, batch_size=4, save_steps=3, target_modules="all-linear",
+                           learning_rate=1e-2)
+
+    class StopAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            if state.global_step == 3:  # a kill in the second epoch, just after a checkpoint
+                control.should_save = control.should_training_stop = True
+
+    def train(out: Path, *callbacks, resume: bool = False) -> tuple[list[float], list[list[int]]]:  # type: ignore[no-untyped-def]
+        trainer = build_trainer(load_model("tiny", trainable=True), pack.policy, records, config, out)
+        prompts: list[list[int]] = []
+        stock = trainer._generate_transformers
+        trainer._generate_transformers = lambda ids: (prompts.extend(ids), stock(ids))[1]
+        for callback in callbacks:
+            trainer.add_callback(callback)
+        checkpoint = last_complete_checkpoint(out) if resume else None
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        return [h["loss"] for h in trainer.state.log_history if "loss" in h], prompts
+
+    losses, prompts = train(run / "whole")
+    train(run / "cut", StopAt())
+    resumed_losses, resumed_prompts = train(run / "cut", resume=True)
+    assert resumed_prompts == prompts[3 * 4:], "steps 4-6 roll out the same instructions"
+    assert resumed_losses == pytest.approx(losses, abs=1e-5)
+
+
 def test_teacher_prompt_has_policy_as_system_message_and_no_truncation(run_dir) -> None:
     from policyalign.distill import _trainer_classes, build_trainer
 
