@@ -121,6 +121,22 @@ def test_resume_after_the_first_epoch_trains_what_an_uninterrupted_run_would(run
     assert resumed_losses == pytest.approx(losses, abs=1e-5)
 
 
+@pytest.mark.slow
+def test_resume_refuses_a_checkpoint_of_other_settings_but_may_train_longer(run_dir) -> None:
+    from policyalign.errors import RunError
+    from policyalign.run import record_inputs
+    from policyalign.stages import run_distill
+
+    run, pack = run_dir
+    record_inputs(run, pack, "tiny")
+    options = {"max_steps": 2, "max_new_tokens": 8, "batch_size": 4, "save_steps": 1}
+    run_distill(run, overrides=options, progress=False)
+    with pytest.raises(RunError, match="checkpoint-2, trained with other") as caught:
+        run_distill(run, resume=True, overrides={**options, "lora_r": 2}, progress=False)
+    assert caught.value.problem.file == str(run / "run.json") and "--max-steps" in caught.value.problem.hint
+    assert run_distill(run, resume=True, overrides={**options, "max_steps": 3}, progress=False).steps == 3
+
+
 def test_teacher_prompt_has_policy_as_system_message_and_no_truncation(run_dir) -> None:
     from policyalign.distill import _trainer_classes, build_trainer
 
