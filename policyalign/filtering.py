@@ -51,6 +51,8 @@ class FilterConfig:
             raise InvalidInputError("use only one of --top-k and --min-score (or --keep)")
         if self.keep is not None and not 0 < self.keep <= 1:
             raise InvalidInputError(f"--keep must be in (0, 1], got {self.keep}")
+        if self.top_n is not None and self.top_n < 1:
+            raise InvalidInputError(f"--top-k must be at least 1, got {self.top_n}")
         if self.samples < 1:
             raise InvalidInputError(f"--samples must be at least 1, got {self.samples}")
         if not 0 <= self.heldout < 1:

@@ -12,7 +12,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import RunError
+from .errors import InvalidInputError, RunError
 from .io import sha256_file
 from .run import MANIFEST, fingerprint, load_run_pack, read_manifest, record_inputs, run_inputs, stage
 
@@ -70,9 +70,21 @@ def run_synthesize(run_dir: Path, pack: "Pack", model: str, *, generator: str | 
 # --------------------------------------------------------------------------- filter
 
 
+SELECTION_FLAGS = {"keep": "--keep", "top_n": "--top-k", "min_score": "--min-score", "no_filter": "--no-filter"}
+
+
+def check_one_selection_rule(options: dict[str, Any]) -> None:
+    """Each selection flag is a whole rule: given together, all but one would be dropped without a word."""
+    given = [flag for name, flag in SELECTION_FLAGS.items() if options.get(name) not in (None, False)]
+    if len(given) > 1:
+        raise InvalidInputError(f"{' and '.join(given)} are different selection rules; only one can apply",
+                                hint="keep one of --keep, --top-k, --min-score and --no-filter")
+
+
 def filter_config(pack: "Pack", **options: Any) -> Any:
     from .filtering import FilterConfig
 
+    check_one_selection_rule(options)
     keep = options.pop("keep", None)
     if keep is None and options.get("top_n") is None and options.get("min_score") is None:
         keep = float(pack.training.get("filter_keep", 0.5))

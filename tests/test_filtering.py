@@ -43,6 +43,20 @@ def test_conflicting_rules_are_rejected() -> None:
         FilterConfig(keep=None, top_n=3, min_score=0.1)
     with pytest.raises(InvalidInputError):
         FilterConfig(keep=1.5)
+    with pytest.raises(InvalidInputError, match="--top-k must be at least 1"):
+        FilterConfig(keep=None, top_n=0)
+
+
+@pytest.mark.parametrize("flags", [{"keep": 0.3, "top_n": 5}, {"no_filter": True, "top_n": 3},
+                                   {"min_score": 0.5, "no_filter": True}, {"keep": 0.3, "min_score": 0.1}])
+def test_two_selection_flags_are_rejected_not_one_silently_dropped(fixture_packs: Path, flags: dict) -> None:
+    from policyalign.registry import Registry
+    from policyalign.stages import filter_config
+
+    pack = Registry([fixture_packs]).load("root-pack")
+    with pytest.raises(InvalidInputError, match="different selection rules"):
+        filter_config(pack, **{"keep": None, "top_n": None, "min_score": None, "no_filter": False, **flags})
+    assert filter_config(pack, keep=None, top_n=5, min_score=None, no_filter=False).rule == "top-5"
 
 
 def test_heldout_split_is_deterministic_stratified_and_disjoint() -> None:
