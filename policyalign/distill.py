@@ -284,9 +284,17 @@ def last_complete_checkpoint(directory: Path) -> Path | None:
     found = sorted((p for p in directory.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
                    key=lambda p: int(p.name.split("-")[-1]), reverse=True)
     for path in found:
-        if (path / "trainer_state.json").is_file() and any(path.glob("adapter_model.*")):
+        if _state_written(path / "trainer_state.json") and any(path.glob("adapter_model.*")):
             return path
     return None
+
+
+def _state_written(path: Path) -> bool:
+    """The Trainer writes trainer_state.json in place, not atomically: a kill mid-write leaves it cut short."""
+    try:
+        return isinstance(json.loads(path.read_text(encoding="utf-8")), dict)
+    except (OSError, ValueError):
+        return False
 
 
 def save_adapter(model: Any, target: Path) -> None:

@@ -86,6 +86,16 @@ def test_resume_continues_from_checkpoint(run_dir) -> None:
     assert [h["loss"] for h in result.history[:4]] == [h["loss"] for h in first.history]
 
 
+def test_a_checkpoint_killed_while_writing_its_state_is_not_resumed_from(tmp_path: Path) -> None:
+    for step, state in ((2, '{"global_step": 2}'), (3, '{"global_st')):  # checkpoint-3 cut short mid-write
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "adapter_model.safetensors").write_bytes(b"weights")
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
+    (tmp_path / "checkpoint-2" / "trainer_state.json").write_text("")
+    assert last_complete_checkpoint(tmp_path) is None
+
+
 @pytest.mark.slow
 def test_resume_after_the_first_epoch_trains_what_an_uninterrupted_run_would(run_dir) -> None:
     """The Trainer resumes by set_epoch, not by replaying epochs: the shuffle must follow the epoch."""
