@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from .chat import encode_chat, student_messages, teacher_messages
 from .errors import InvalidInputError, RunError
-from .io import atomic_open, read_jsonl, write_json
+from .io import atomic_open, write_json
 
 if TYPE_CHECKING:
     from .models import LoadedModel
@@ -388,12 +388,13 @@ class DistillResult:
 def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillConfig, *,
                 device: str | None = None, resume: bool = False, progress: bool = True) -> DistillResult:
     """Train the adapter on selected.jsonl; measure internalization on heldout.jsonl; save everything."""
+    from .filtering import read_instructions
     from .models import cpu_threads, load_model
     from .run import require
 
     run_dir = Path(run_dir)
-    records = read_jsonl(require(run_dir, "selected.jsonl", "pa filter RUN_DIR"))
-    heldout = read_jsonl(run_dir / "heldout.jsonl") if (run_dir / "heldout.jsonl").is_file() else []
+    records = read_instructions(require(run_dir, "selected.jsonl", "pa filter RUN_DIR"))
+    heldout = read_instructions(run_dir / "heldout.jsonl") if (run_dir / "heldout.jsonl").is_file() else []
     if not records:
         raise RunError("selected.jsonl is empty: nothing to train on", file=str(run_dir / "selected.jsonl"),
                        hint="keep more with `pa filter RUN_DIR --keep 0.8` or `--no-filter`")

@@ -67,6 +67,18 @@ def test_heldout_split_is_deterministic_stratified_and_disjoint() -> None:
     assert Counter(r["category"] for r in held) == {"a": 1, "c": 2}  # b has too few to hold any out
 
 
+@pytest.mark.parametrize("bad, message", [({"category": None}, '"category" is missing'),
+                                          ({"messages": []}, '"messages" is missing'),
+                                          ({"id": "r0"}, "id 'r0' repeats line 1")])
+def test_a_malformed_instruction_is_named_by_line_before_any_scoring(tmp_path: Path, bad: dict, message: str) -> None:
+    rows = [{"id": f"r{i}", "category": "a", "messages": [{"role": "user", "content": "hi"}]} for i in range(3)]
+    rows[1] = {**rows[1], **bad}
+    write_jsonl(tmp_path / "instructions.jsonl", [{k: v for k, v in r.items() if v is not None} for r in rows])
+    with pytest.raises(InvalidInputError, match=message) as caught:
+        filter_run(tmp_path, None, "policy", FilterConfig(), progress=False)  # type: ignore[arg-type]
+    assert caught.value.problem.file == str(tmp_path / "instructions.jsonl") and caught.value.problem.where == "line 2"
+
+
 @pytest.mark.slow
 def test_filter_stage_on_tiny(tmp_path: Path, fixture_packs: Path) -> None:
     from policyalign.models import load_model
