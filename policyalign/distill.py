@@ -68,7 +68,16 @@ class DistillConfig:
         config = cls(**values)
         if config.teacher not in ("base", "ema"):
             raise InvalidInputError(f"unknown teacher {config.teacher!r}", hint="use base or ema")
+        for name in POSITIVE:
+            if getattr(config, name) < 1:
+                raise InvalidInputError(f"{name} must be at least 1, got {getattr(config, name)}",
+                                        hint=f"pass --{POSITIVE[name]} 1 or more (or fix training.{name} in the pack)")
         return config
+
+
+# Counts that must be positive (option names as `pa distill` spells them): a batch of 0 divided by zero.
+POSITIVE = {"batch_size": "batch-size", "gradient_accumulation_steps": "grad-accum", "max_new_tokens": "max-new-tokens",
+            "lora_r": "lora-r", "top_k": "kl-top-k"}
 
 
 # --------------------------------------------------------------------------- the trainer

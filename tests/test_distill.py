@@ -46,6 +46,11 @@ def test_config_from_pack_then_overrides(fixture_packs: Path) -> None:
     assert config.target_modules == ("q_proj",) and config.teacher == "base" and config.alpha == 1.0
     with pytest.raises(InvalidInputError):
         DistillConfig.from_pack({}, teacher="live")
+    with pytest.raises(InvalidInputError, match="batch_size must be at least 1") as caught:
+        DistillConfig.from_pack({}, batch_size=0)
+    assert "--batch-size" in caught.value.problem.hint
+    with pytest.raises(InvalidInputError, match="gradient_accumulation_steps must be at least 1"):
+        DistillConfig.from_pack({"gradient_accumulation_steps": 0})
 
 
 @pytest.mark.slow
