@@ -20,7 +20,7 @@ from .errors import InvalidInputError
 from .pack import Pack
 from .run import read_manifest, record_inputs, stage_done, write_manifest
 from .stages import (
-    distill_config, distill_key, eval_key, filter_config, filter_key, run_distill, run_eval, run_filter,
+    SELECTION_FLAGS, distill_config, distill_key, eval_key, filter_config, filter_key, run_distill, run_eval, run_filter,
     card_key, run_card, run_synthesize, synthesize_key, synthesize_options,
 )
 
@@ -118,11 +118,13 @@ def build_options(cli: dict[str, Any], config: Path | None) -> ApplyOptions:
 
 
 def with_model_defaults(options: ApplyOptions) -> ApplyOptions:
-    """Apply the tiny demo defaults to every option the user left unset."""
+    """Apply the tiny demo defaults to every option the user left unset (its --keep only if no rule was chosen)."""
     if options.model.strip().lower() != "tiny":
         return options
+    given = [name for name in SELECTION_FLAGS if name in options.explicit]
+    chosen_rule = any(getattr(options, name) not in (None, False) for name in given)
     for key, value in TINY_DEFAULTS.items():
-        if key not in options.explicit:
+        if key not in options.explicit and not (key == "keep" and chosen_rule):
             setattr(options, key, value)
     return options
 

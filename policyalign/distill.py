@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from .chat import encode_chat, student_messages, teacher_messages
 from .errors import InvalidInputError, RunError
-from .io import atomic_open, read_jsonl, write_json
+from .io import atomic_open, write_json
 
 if TYPE_CHECKING:
     from .models import LoadedModel
@@ -64,7 +64,8 @@ class DistillConfig:
         """Pack defaults, then non-None command-line overrides; unknown keys are ignored (schema-checked)."""
         names = {f.name for f in fields(cls)}
         given = {k: v for k, v in overrides.items() if v is not None}
-        check_overrides(given)
+        check_settings(training, from_command_line=False)
+        check_settings(given, from_command_line=True)
         values = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in training.items() if k in names}
         values.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in given.items()})
         config = cls(**values)
@@ -78,26 +79,31 @@ FLAGS = {"learning_rate": "--lr", "num_epochs": "--epochs", "gradient_accumulati
          "top_k": "--kl-top-k"}
 
 
-def check_overrides(overrides: Mapping[str, Any]) -> None:
-    """Hold command-line overrides to the bounds the pack schema sets for the same settings.
+def check_settings(settings: Mapping[str, Any], *, from_command_line: bool) -> None:
+    """Hold training settings to the bounds the pack schema sets, wherever they come from.
 
-    A pack's `training` section is validated when the pack loads; without this a `--batch-size 0`
-    or `--temperature 0` would get past it and fail deep inside trl, peft or the sampler.
+    Loading a pack validates its `training` section, but command-line overrides (and settings
+    built in code) would otherwise get past it: a `--batch-size 0` or `--temperature 0` then
+    fails deep inside trl, peft or the sampler instead of here, with the flag named.
     """
     from jsonschema import Draft202012Validator
 
     from .schema import schema_text
 
     properties = json.loads(schema_text("pack.schema.json"))["properties"]["training"]["properties"]
-    for name, value in overrides.items():
+    for name, value in settings.items():
         if name not in properties:
             continue
         plain = list(value) if isinstance(value, tuple) else value
         error = next(Draft202012Validator(properties[name]).iter_errors(plain), None)
-        if error is not None:
+        if error is None:
+            continue
+        if from_command_line:
             flag = FLAGS.get(name, "--" + name.replace("_", "-"))
             raise InvalidInputError(f"{flag} {plain!r}: {error.message}",
                                     hint=f"give {flag} a value the pack schema allows for training.{name}")
+        raise InvalidInputError(f"training.{name} {plain!r}: {error.message}",
+                                hint=f"fix training.{name} in the pack (see schemas/pack.schema.json)")
 
 
 # --------------------------------------------------------------------------- the trainer
@@ -112,7 +118,7 @@ def _trainer_classes() -> tuple[type, type]:
     import torch
     from trl.experimental.sdft import SDFTTrainer
     from trl.experimental.sdft.sdft_trainer import DemonstrationTeacherContextBuilder, DistillationLogits
-    from trl.trainer.utils import pad
+    from trl.trainer.utils import RepeatSampler, pad
 
     from .generation import RowSampler, decode, request_seed
     from .models import merged_adapter
@@ -135,6 +141,22 @@ def _trainer_classes() -> tuple[type, type]:
             return {"teacher_input_ids": torch.cat([prompt_ids, completion_ids], 1),
                     "teacher_attention_mask": torch.cat([prompt_mask, completion_mask], 1)}
 
+    class EpochRepeatSampler(RepeatSampler):
+        """trl's RepeatSampler, whose shuffle depends on the epoch rather than on how many epochs this process ran.
+
+        Stock draws each epoch's order from one generator seeded once, and the Trainer resumes
+        by calling `set_epoch` (which stock lacks) instead of replaying the finished epochs: a
+        run resumed after its first epoch would repeat the first epoch's order. Replaying the
+        earlier epochs' draws here gives exactly the order an uninterrupted run sees.
+        """
+
+        def set_epoch(self, epoch: int) -> None:
+            if not self.shuffle or self.seed is None:
+                return
+            self.generator.manual_seed(self.seed)
+            for _ in range(epoch):
+                torch.randperm(self.num_samples, generator=self.generator)
+
     class PolicySDFTTrainer(SDFTTrainer):
         """SDFTTrainer with the policy as system message, no truncation and a teacher prefix cache."""
 
@@ -145,6 +167,11 @@ def _trainer_classes() -> tuple[type, type]:
             self.teacher_context_builder = PolicyTeacherContextBuilder(self)
             self.prefix = PrefixCache(policy_prefix_ids(self._tokenizer, policy)) if prefix_cache else None
             self._prefix_version = self._teacher_version()
+
+        def _get_train_sampler(self, dataset: Any = None) -> Any:
+            stock = super()._get_train_sampler(dataset)
+            stock.__class__ = EpochRepeatSampler  # same state, plus set_epoch
+            return stock
 
         def _tokenize_prompts(self, prompts: list[Any], what: str = "instruction") -> list[list[int]]:
             out = []
@@ -292,9 +319,17 @@ def last_complete_checkpoint(directory: Path) -> Path | None:
     found = sorted((p for p in directory.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
                    key=lambda p: int(p.name.split("-")[-1]), reverse=True)
     for path in found:
-        if (path / "trainer_state.json").is_file() and any(path.glob("adapter_model.*")):
+        if _state_written(path / "trainer_state.json") and any(path.glob("adapter_model.*")):
             return path
     return None
+
+
+def _state_written(path: Path) -> bool:
+    """The Trainer writes trainer_state.json in place, not atomically: a kill mid-write leaves it cut short."""
+    try:
+        return isinstance(json.loads(path.read_text(encoding="utf-8")), dict)
+    except (OSError, ValueError):
+        return False
 
 
 def save_adapter(model: Any, target: Path) -> None:
@@ -388,12 +423,13 @@ class DistillResult:
 def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillConfig, *,
                 device: str | None = None, resume: bool = False, progress: bool = True) -> DistillResult:
     """Train the adapter on selected.jsonl; measure internalization on heldout.jsonl; save everything."""
+    from .filtering import read_instructions
     from .models import cpu_threads, load_model
     from .run import require
 
     run_dir = Path(run_dir)
-    records = read_jsonl(require(run_dir, "selected.jsonl", "pa filter RUN_DIR"))
-    heldout = read_jsonl(run_dir / "heldout.jsonl") if (run_dir / "heldout.jsonl").is_file() else []
+    records = read_instructions(require(run_dir, "selected.jsonl", "pa filter RUN_DIR"))
+    heldout = read_instructions(run_dir / "heldout.jsonl") if (run_dir / "heldout.jsonl").is_file() else []
     if not records:
         raise RunError("selected.jsonl is empty: nothing to train on", file=str(run_dir / "selected.jsonl"),
                        hint="keep more with `pa filter RUN_DIR --keep 0.8` or `--no-filter`")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .errors import InvalidInputError
-from .io import read_jsonl, write_jsonl
+from .io import iter_jsonl, write_jsonl
 from .progress import progress_bar
 
 if TYPE_CHECKING:
@@ -51,6 +51,8 @@ class FilterConfig:
             raise InvalidInputError("use only one of --top-k and --min-score (or --keep)")
         if self.keep is not None and not 0 < self.keep <= 1:
             raise InvalidInputError(f"--keep must be in (0, 1], got {self.keep}")
+        if self.top_n is not None and self.top_n < 1:
+            raise InvalidInputError(f"--top-k must be at least 1, got {self.top_n}")
         if self.samples < 1:
             raise InvalidInputError(f"--samples must be at least 1, got {self.samples}")
         if not 0 <= self.heldout < 1:
@@ -74,6 +76,38 @@ class FilterResult:
     heldout: int
     internalization_before: float | None
     per_category: dict[str, dict[str, int]]
+
+
+# --------------------------------------------------------------------------- reading instructions
+
+INSTRUCTION_HINT = ('each line needs "id" (unique), "category" and "messages" (chat turns), as `pa synthesize` writes; '
+                    "fix or delete the line")
+
+
+def read_instructions(path: Path) -> list[dict[str, Any]]:
+    """Instruction rows (instructions/selected/heldout.jsonl), checked up front: a hand-edited line
+    would otherwise fail as a bare KeyError after minutes of scoring, and a repeated id would
+    silently share one score (ids key the resumable partial file)."""
+    rows: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
+    for lineno, row in iter_jsonl(path):
+        problem = _instruction_problem(row, seen)
+        if problem:
+            raise InvalidInputError(problem, file=str(path), where=f"line {lineno}", hint=INSTRUCTION_HINT)
+        seen[row["id"]] = lineno
+        rows.append(row)
+    return rows
+
+
+def _instruction_problem(row: dict[str, Any], seen: dict[str, int]) -> str | None:
+    for key in ("id", "category"):
+        if not isinstance(row.get(key), str) or not row[key]:
+            return f'"{key}" is missing or not a non-empty string'
+    if not isinstance(row.get("messages"), list) or not row["messages"]:
+        return '"messages" is missing or not a non-empty list of chat turns'
+    if row["id"] in seen:
+        return f'id {row["id"]!r} repeats line {seen[row["id"]]}'
+    return None
 
 
 # --------------------------------------------------------------------------- sampling and scoring
@@ -276,7 +310,7 @@ def filter_run(run_dir: Path, loaded: "LoadedModel", policy: str, config: Filter
     from .scoring import PolicyScorer
 
     run_dir = Path(run_dir)
-    records = read_jsonl(require(run_dir, "instructions.jsonl", "pa synthesize PACK --model M --out RUN_DIR"))
+    records = read_instructions(require(run_dir, "instructions.jsonl", "pa synthesize PACK --model M --out RUN_DIR"))
     if not records:
         raise InvalidInputError("instructions.jsonl is empty", file=str(run_dir / "instructions.jsonl"),
                                 hint="re-run synthesis; the pack's seeds alone should give some instructions")

@@ -8,12 +8,13 @@ file hashes and its options): `pa apply` skips a stage whose recorded key is unc
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .errors import InvalidInputError, RunError
 from .io import sha256_file
-from .run import fingerprint, load_run_pack, read_manifest, record_inputs, run_inputs, stage
+from .run import MANIFEST, fingerprint, load_run_pack, read_manifest, record_inputs, run_inputs, stage
 
 if TYPE_CHECKING:
     from .distill import DistillResult
@@ -69,9 +70,21 @@ def run_synthesize(run_dir: Path, pack: "Pack", model: str, *, generator: str | 
 # --------------------------------------------------------------------------- filter
 
 
+SELECTION_FLAGS = {"keep": "--keep", "top_n": "--top-k", "min_score": "--min-score", "no_filter": "--no-filter"}
+
+
+def check_one_selection_rule(options: dict[str, Any]) -> None:
+    """Each selection flag is a whole rule: given together, all but one would be dropped without a word."""
+    given = [flag for name, flag in SELECTION_FLAGS.items() if options.get(name) not in (None, False)]
+    if len(given) > 1:
+        raise InvalidInputError(f"{' and '.join(given)} are different selection rules; only one can apply",
+                                hint="keep one of --keep, --top-k, --min-score and --no-filter")
+
+
 def filter_config(pack: "Pack", **options: Any) -> Any:
     from .filtering import FilterConfig
 
+    check_one_selection_rule(options)
     keep = options.pop("keep", None)
     if keep is None and options.get("top_n") is None and options.get("min_score") is None:
         keep = float(pack.training.get("filter_keep", 0.5))
@@ -117,6 +130,28 @@ def distill_key(run_dir: Path, model: str, config: Any) -> str:
                         "model": model, **asdict(config)})
 
 
+def resume_key(run_dir: Path, model: str, config: Any) -> str:
+    """`distill_key` without the training length: what a checkpoint must match to be continued."""
+    return distill_key(run_dir, model, replace(config, max_steps=-1, num_epochs=1.0))
+
+
+def check_resumable(run_dir: Path, key: str) -> None:
+    """Refuse to continue a checkpoint trained on other data, model or settings (only the length may change).
+
+    Otherwise the Trainer either fails deep inside with a tensor size mismatch (another LoRA
+    rank) or, worse, carries on silently with the checkpoint's optimizer and schedule.
+    """
+    from .distill import last_complete_checkpoint
+
+    recorded = read_manifest(run_dir)["stages"].get("distill", {}).get("resume_key")
+    checkpoint = last_complete_checkpoint(Path(run_dir) / "adapter" / "checkpoints")
+    if checkpoint is not None and recorded is not None and recorded != key:
+        raise RunError(f"--resume would continue {checkpoint.name}, trained with other data, model or options",
+                       file=str(Path(run_dir) / MANIFEST), where="stages.distill",
+                       hint="resume with the options of the interrupted run (only --max-steps and --epochs may "
+                            "change), or drop --resume to train afresh")
+
+
 def run_distill(run_dir: Path, *, model: str | None = None, pack: str | None = None, device: str | None = None,
                 resume: bool = False, overrides: dict[str, Any] | None = None, progress: bool = True) -> "DistillResult":
     from .distill import distill_run, launch_rank
@@ -125,9 +160,12 @@ def run_distill(run_dir: Path, *, model: str | None = None, pack: str | None = N
     the_pack = load_run_pack(run_dir, pack)
     model = _model(run_dir, model)
     config = distill_config(the_pack, overrides or {})
+    continuation = resume_key(run_dir, model, config)
+    if resume:
+        check_resumable(run_dir, continuation)
     if launch_rank()[0] != 0:  # another rank of a multi-process run: train; rank 0 keeps the books
         return distill_run(run_dir, the_pack, model, config, device=device, resume=resume, progress=False)
-    with stage(run_dir, "distill", distill_key(run_dir, model, config)) as results:
+    with stage(run_dir, "distill", distill_key(run_dir, model, config), resume_key=continuation) as results:
         result = distill_run(run_dir, the_pack, model, config, device=device, resume=resume, progress=progress)
         results.update({"steps": result.steps, "selected": result.train_records, "heldout": result.heldout_records,
                         "internalization_before": result.internalization_before,

@@ -92,6 +92,10 @@ def test_tiny_defaults_never_override_explicit_options(tmp_path: Path) -> None:
     assert options.max_steps == 3 and options.eval_limit == TINY_DEFAULTS["eval_limit"]
     real = with_model_defaults(ApplyOptions(pack="general", model="Qwen2.5-7B"))
     assert real.max_steps is None and real.eval_limit is None
+    # An explicit selection rule replaces the demo's --keep rather than clashing with it.
+    top = with_model_defaults(ApplyOptions(pack="general", model="tiny", top_n=5, explicit={"top_n"}))
+    assert top.keep is None and top.top_n == 5
+    assert with_model_defaults(ApplyOptions(pack="general", model="tiny", explicit={"no_filter"})).keep == TINY_DEFAULTS["keep"]
 
 
 def _wait_for_stage(run: Path, name: str, proc: subprocess.Popen, timeout: float = 240) -> bool:

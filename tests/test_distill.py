@@ -46,6 +46,8 @@ def test_config_from_pack_then_overrides(fixture_packs: Path) -> None:
     assert config.target_modules == ("q_proj",) and config.teacher == "base" and config.alpha == 1.0
     with pytest.raises(InvalidInputError):
         DistillConfig.from_pack({}, teacher="live")
+    with pytest.raises(InvalidInputError, match="training.gradient_accumulation_steps 0"):
+        DistillConfig.from_pack({"gradient_accumulation_steps": 0})
 
 
 @pytest.mark.parametrize("override, flag", [
@@ -95,6 +97,67 @@ def test_resume_continues_from_checkpoint(run_dir) -> None:
     # The first four steps come from the checkpoint's state, not from training again.
     assert [h["step"] for h in result.history] == [1, 2, 3, 4, 5, 6]
     assert [h["loss"] for h in result.history[:4]] == [h["loss"] for h in first.history]
+
+
+def test_a_checkpoint_killed_while_writing_its_state_is_not_resumed_from(tmp_path: Path) -> None:
+    for step, state in ((2, '{"global_step": 2}'), (3, '{"global_st')):  # checkpoint-3 cut short mid-write
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "adapter_model.safetensors").write_bytes(b"weights")
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
+    (tmp_path / "checkpoint-2" / "trainer_state.json").write_text("")
+    assert last_complete_checkpoint(tmp_path) is None
+
+
+@pytest.mark.slow
+def test_resume_after_the_first_epoch_trains_what_an_uninterrupted_run_would(run_dir) -> None:
+    """The Trainer resumes by set_epoch, not by replaying epochs: the shuffle must follow the epoch."""
+    from transformers import TrainerCallback
+
+    from policyalign.distill import build_trainer
+
+    run, pack = run_dir
+    records = _instructions(pack)[:8]  # 2 steps per epoch
+    config = DistillConfig(max_steps=6, max_new_tokens=8, batch_size=4, save_steps=3, target_modules="all-linear",
+                           learning_rate=1e-2)
+
+    class StopAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            if state.global_step == 3:  # a kill in the second epoch, just after a checkpoint
+                control.should_save = control.should_training_stop = True
+
+    def train(out: Path, *callbacks, resume: bool = False) -> tuple[list[float], list[list[int]]]:  # type: ignore[no-untyped-def]
+        trainer = build_trainer(load_model("tiny", trainable=True), pack.policy, records, config, out)
+        prompts: list[list[int]] = []
+        stock = trainer._generate_transformers
+        trainer._generate_transformers = lambda ids: (prompts.extend(ids), stock(ids))[1]
+        for callback in callbacks:
+            trainer.add_callback(callback)
+        checkpoint = last_complete_checkpoint(out) if resume else None
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        return [h["loss"] for h in trainer.state.log_history if "loss" in h], prompts
+
+    losses, prompts = train(run / "whole")
+    train(run / "cut", StopAt())
+    resumed_losses, resumed_prompts = train(run / "cut", resume=True)
+    assert resumed_prompts == prompts[3 * 4:], "steps 4-6 roll out the same instructions"
+    assert resumed_losses == pytest.approx(losses, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_checkpoint_of_other_settings_but_may_train_longer(run_dir) -> None:
+    from policyalign.errors import RunError
+    from policyalign.run import record_inputs
+    from policyalign.stages import run_distill
+
+    run, pack = run_dir
+    record_inputs(run, pack, "tiny")
+    options = {"max_steps": 2, "max_new_tokens": 8, "batch_size": 4, "save_steps": 1}
+    run_distill(run, overrides=options, progress=False)
+    with pytest.raises(RunError, match="checkpoint-2, trained with other") as caught:
+        run_distill(run, resume=True, overrides={**options, "lora_r": 2}, progress=False)
+    assert caught.value.problem.file == str(run / "run.json") and "--max-steps" in caught.value.problem.hint
+    assert run_distill(run, resume=True, overrides={**options, "max_steps": 3}, progress=False).steps == 3
 
 
 def test_teacher_prompt_has_policy_as_system_message_and_no_truncation(run_dir) -> None:

@@ -43,6 +43,20 @@ def test_conflicting_rules_are_rejected() -> None:
         FilterConfig(keep=None, top_n=3, min_score=0.1)
     with pytest.raises(InvalidInputError):
         FilterConfig(keep=1.5)
+    with pytest.raises(InvalidInputError, match="--top-k must be at least 1"):
+        FilterConfig(keep=None, top_n=0)
+
+
+@pytest.mark.parametrize("flags", [{"keep": 0.3, "top_n": 5}, {"no_filter": True, "top_n": 3},
+                                   {"min_score": 0.5, "no_filter": True}, {"keep": 0.3, "min_score": 0.1}])
+def test_two_selection_flags_are_rejected_not_one_silently_dropped(fixture_packs: Path, flags: dict) -> None:
+    from policyalign.registry import Registry
+    from policyalign.stages import filter_config
+
+    pack = Registry([fixture_packs]).load("root-pack")
+    with pytest.raises(InvalidInputError, match="different selection rules"):
+        filter_config(pack, **{"keep": None, "top_n": None, "min_score": None, "no_filter": False, **flags})
+    assert filter_config(pack, keep=None, top_n=5, min_score=None, no_filter=False).rule == "top-5"
 
 
 def test_heldout_split_is_deterministic_stratified_and_disjoint() -> None:
@@ -51,6 +65,18 @@ def test_heldout_split_is_deterministic_stratified_and_disjoint() -> None:
     assert [r["id"] for r in held] == [r["id"] for r in again_held]
     assert not {r["id"] for r in pool} & {r["id"] for r in held}
     assert Counter(r["category"] for r in held) == {"a": 1, "c": 2}  # b has too few to hold any out
+
+
+@pytest.mark.parametrize("bad, message", [({"category": None}, '"category" is missing'),
+                                          ({"messages": []}, '"messages" is missing'),
+                                          ({"id": "r0"}, "id 'r0' repeats line 1")])
+def test_a_malformed_instruction_is_named_by_line_before_any_scoring(tmp_path: Path, bad: dict, message: str) -> None:
+    rows = [{"id": f"r{i}", "category": "a", "messages": [{"role": "user", "content": "hi"}]} for i in range(3)]
+    rows[1] = {**rows[1], **bad}
+    write_jsonl(tmp_path / "instructions.jsonl", [{k: v for k, v in r.items() if v is not None} for r in rows])
+    with pytest.raises(InvalidInputError, match=message) as caught:
+        filter_run(tmp_path, None, "policy", FilterConfig(), progress=False)  # type: ignore[arg-type]
+    assert caught.value.problem.file == str(tmp_path / "instructions.jsonl") and caught.value.problem.where == "line 2"
 
 
 @pytest.mark.slow
