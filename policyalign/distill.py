@@ -332,6 +332,15 @@ def _state_written(path: Path) -> bool:
         return False
 
 
+def checkpoint_dir(run_dir: Path) -> Path:
+    """Where `--resume` finds its checkpoints: beside the adapter, not inside it.
+
+    The adapter directory is replaced by a rename when training ends; checkpoints inside it
+    would have to move across with it, and a kill between the moves would lose them.
+    """
+    return Path(run_dir) / "checkpoints"
+
+
 def save_adapter(model: Any, target: Path) -> None:
     """Save only the student adapter (not an EMA 'teacher' adapter), atomically by directory rename."""
     tmp = target.parent / f".{target.name}.tmp"
@@ -339,11 +348,8 @@ def save_adapter(model: Any, target: Path) -> None:
     model.save_pretrained(str(tmp), selected_adapters=["default"])
     (tmp / "README.md").unlink(missing_ok=True)  # PEFT's placeholder card; ours is RUN_DIR/README.md
     for extra in target.glob("*") if target.is_dir() else []:
-        if extra.name not in {p.name for p in tmp.iterdir()} and extra.name != "checkpoints":
-            if extra.is_file():
-                shutil.copy2(extra, tmp / extra.name)
-    if (target / "checkpoints").is_dir():
-        (target / "checkpoints").rename(tmp / "checkpoints")
+        if extra.name not in {p.name for p in tmp.iterdir()} and extra.is_file():
+            shutil.copy2(extra, tmp / extra.name)
     old = target.parent / f".{target.name}.old"
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
@@ -441,7 +447,7 @@ def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillCon
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"  # not every rank on cuda:0
     config = fit_batch(config, len(records), processes)
     adapter_dir = run_dir / "adapter"
-    checkpoints = adapter_dir / "checkpoints"
+    checkpoints = checkpoint_dir(run_dir)
     if not resume and main:
         shutil.rmtree(checkpoints, ignore_errors=True)
     loaded = load_model(model_name, device=device, trainable=True)

@@ -141,10 +141,10 @@ def check_resumable(run_dir: Path, key: str) -> None:
     Otherwise the Trainer either fails deep inside with a tensor size mismatch (another LoRA
     rank) or, worse, carries on silently with the checkpoint's optimizer and schedule.
     """
-    from .distill import last_complete_checkpoint
+    from .distill import checkpoint_dir, last_complete_checkpoint
 
     recorded = read_manifest(run_dir)["stages"].get("distill", {}).get("resume_key")
-    checkpoint = last_complete_checkpoint(Path(run_dir) / "adapter" / "checkpoints")
+    checkpoint = last_complete_checkpoint(checkpoint_dir(run_dir))
     if checkpoint is not None and recorded is not None and recorded != key:
         raise RunError(f"--resume would continue {checkpoint.name}, trained with other data, model or options",
                        file=str(Path(run_dir) / MANIFEST), where="stages.distill",

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from policyalign.chat import encode_chat, teacher_messages
-from policyalign.distill import DistillConfig, distill_run, fit_batch, last_complete_checkpoint
+from policyalign.distill import DistillConfig, checkpoint_dir, distill_run, fit_batch, last_complete_checkpoint
 from policyalign.errors import InvalidInputError
 from policyalign.filtering import FilterConfig, filter_run
 from policyalign.io import write_jsonl
@@ -83,7 +83,8 @@ def test_distillation_internalizes_the_policy(run_dir) -> None:
     assert meta["pack"]["digest"] == pack.digest and meta["base_model"]["name"] == "tiny"
     assert meta["data"]["selected"] == result.train_records and meta["internalization"]["after"] < meta["internalization"]["before"]
     assert (result.adapter_dir / "loss.png").is_file()
-    assert last_complete_checkpoint(result.adapter_dir / "checkpoints") is not None
+    assert last_complete_checkpoint(checkpoint_dir(run)) is not None
+    assert not (result.adapter_dir / "checkpoints").exists(), "the adapter directory holds only what is published"
 
 
 @pytest.mark.slow
