@@ -167,6 +167,23 @@ def _trainer_classes() -> tuple[type, type]:
             self.teacher_context_builder = PolicyTeacherContextBuilder(self)
             self.prefix = PrefixCache(policy_prefix_ids(self._tokenizer, policy)) if prefix_cache else None
             self._prefix_version = self._teacher_version()
+            self._restore_lora_dropout()
+
+        def _restore_lora_dropout(self) -> None:
+            """Give the student's LoRA dropout back the rate its config asks for.
+
+            trl's `disable_dropout` (on by default, as the method wants for the base model) zeroes
+            every dropout, the LoRA ones included, which made a pack's `lora_dropout` a silent no-op.
+            Rollouts and teacher forwards run in eval mode, so only the training forward uses it.
+            """
+            config = getattr(self.model, "peft_config", {}).get("default")
+            if config is None or not config.lora_dropout:
+                return
+            for module in self.model.modules():
+                layers = getattr(module, "lora_dropout", None)
+                if isinstance(layers, torch.nn.ModuleDict) and "default" in layers \
+                        and isinstance(layers["default"], torch.nn.Dropout):
+                    layers["default"].p = config.lora_dropout
 
         def _get_train_sampler(self, dataset: Any = None) -> Any:
             stock = super()._get_train_sampler(dataset)

@@ -191,6 +191,19 @@ def test_small_selection_shrinks_the_batch_instead_of_training_zero_steps() -> N
     assert fit_batch(config, 3, 2).batch_size == 1
 
 
+@pytest.mark.parametrize("rate", [0.1, 0.0])
+def test_lora_dropout_is_the_configured_rate_not_trls_zero(fixture_packs: Path, tmp_path: Path, rate: float) -> None:
+    """trl disables every dropout; the LoRA dropout a pack asks for must still apply to the student."""
+    from policyalign.distill import build_trainer
+
+    pack = Registry([fixture_packs]).load("root-pack")
+    trainer = build_trainer(load_model("tiny", trainable=True), pack.policy, _instructions(pack)[:4],
+                            DistillConfig(max_steps=1, lora_dropout=rate), tmp_path)
+    dropouts = [(name, m.p) for name, m in trainer.model.named_modules() if isinstance(m, torch.nn.Dropout)]
+    assert {p for name, p in dropouts if "lora_dropout" in name} == ({rate} if rate else set())
+    assert all(p == 0 for name, p in dropouts if "lora_dropout" not in name), "the base model's dropouts stay off"
+
+
 def test_rollouts_sample_the_student_as_it_is_and_leave_it_as_it_was(run_dir) -> None:
     """Merged-adapter eval-mode decoding changes the speed of rollouts, not what they sample."""
     from policyalign.distill import build_trainer
