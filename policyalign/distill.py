@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from .chat import encode_chat, student_messages, teacher_messages
 from .errors import InvalidInputError, RunError
-from .io import atomic_open, write_json
+from .io import atomic_open, make_ordinary, write_json
 
 if TYPE_CHECKING:
     from .models import LoadedModel
@@ -364,6 +364,8 @@ def save_adapter(model: Any, target: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp), selected_adapters=["default"])
     (tmp / "README.md").unlink(missing_ok=True)  # PEFT's placeholder card; ours is RUN_DIR/README.md
+    for written in tmp.iterdir():
+        make_ordinary(written)  # safetensors writes the weights owner-only
     for extra in target.glob("*") if target.is_dir() else []:
         if extra.name not in {p.name for p in tmp.iterdir()} and extra.is_file():
             shutil.copy2(extra, tmp / extra.name)

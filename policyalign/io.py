@@ -32,7 +32,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[Any]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts are ordinary files
+        make_ordinary(tmp)  # mkstemp makes 0600
         os.replace(tmp, target)
     except BaseException:
         try:
@@ -40,6 +40,15 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[Any]:
         except FileNotFoundError:
             pass
         raise
+
+
+def make_ordinary(path: str | os.PathLike[str]) -> None:
+    """Give a written artifact the permissions of an ordinary file (0666 less the umask).
+
+    Temporary files and some writers (mkstemp, safetensors) create files as 0600, which would
+    keep a run directory shared between users unreadable to all but its writer.
+    """
+    os.chmod(path, 0o666 & ~_umask())
 
 
 def _umask() -> int:

@@ -85,6 +85,9 @@ def test_distillation_internalizes_the_policy(run_dir) -> None:
     assert (result.adapter_dir / "loss.png").is_file()
     assert last_complete_checkpoint(checkpoint_dir(run)) is not None
     assert not (result.adapter_dir / "checkpoints").exists(), "the adapter directory holds only what is published"
+    mask = os.umask(0)
+    os.umask(mask)
+    assert {f.stat().st_mode & 0o777 for f in result.adapter_dir.iterdir()} == {0o666 & ~mask}, "ordinary files"
 
 
 @pytest.mark.slow
