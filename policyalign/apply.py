@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import yaml
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, RunError
 from .pack import Pack
 from .run import read_manifest, record_inputs, stage_done, write_manifest
 from .stages import (
@@ -180,6 +180,13 @@ def _outputs_exist(run_dir: Path, names: list[str]) -> bool:
     return all((run_dir / name).exists() for name in names)
 
 
+def _require_selection(run_dir: Path) -> None:
+    """Stop right after filtering when it kept nothing: distillation would refuse it anyway, after the evaluation."""
+    if read_manifest(run_dir)["stages"].get("filter", {}).get("results", {}).get("selected") == 0:
+        raise RunError("filtering selected no instructions: nothing to train on", file=str(run_dir / "selected.jsonl"),
+                       hint="loosen the selection (a higher --keep, a lower --min-score) or pass --no-filter")
+
+
 def apply(options: ApplyOptions, pack: Pack, *, on_stage: Callable[[str, str], None] = lambda n, s: None) -> ApplyResult:
     """Run (or resume) every stage for `pack` and `options.model` in one run directory."""
     options = with_model_defaults(options)
@@ -212,6 +219,7 @@ def apply(options: ApplyOptions, pack: Pack, *, on_stage: Callable[[str, str], N
     step("filter", filter_key(run_dir, options.model, fconf), ["selected.jsonl", "heldout.jsonl"],
          lambda: run_filter(run_dir, model=options.model, pack=str(pack.root), backend=options.backend,
                             **common, **_filter_options(options)))
+    _require_selection(run_dir)
     eopts = _eval_options(options)
     step("eval_before", eval_key(run_dir, pack, options.model, "before", eopts), ["eval/before/eval.json"],
          lambda: run_eval(run_dir, "before", model=options.model, pack=str(pack.root), **eopts, **common))

@@ -71,6 +71,9 @@ class DistillConfig:
         config = cls(**values)
         if config.teacher not in ("base", "ema"):
             raise InvalidInputError(f"unknown teacher {config.teacher!r}", hint="use base or ema")
+        if config.save_steps < 1:
+            raise InvalidInputError(f"--save-steps {config.save_steps}: must be at least 1",
+                                    hint="checkpoint every N >= 1 optimizer steps")
         return config
 
 

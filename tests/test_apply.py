@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from policyalign.apply import ApplyOptions, apply, build_options, run_summary
 from policyalign.cli import app
-from policyalign.errors import InvalidInputError
+from policyalign.errors import InvalidInputError, RunError
 from policyalign.io import read_jsonl
 from policyalign.registry import Registry
 
@@ -148,3 +148,14 @@ def test_runs_lists_status_and_metrics(tmp_path: Path) -> None:
 def test_apply_unknown_pack_is_a_clear_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["apply", "generel", "--model", "tiny", "--out", str(tmp_path / "r")])
     assert result.exit_code == 2 and "did you mean 'general'" in result.output
+
+
+def test_an_empty_selection_stops_apply_before_the_evaluation(tmp_path: Path, fixture_packs: Path) -> None:
+    """Filtering that keeps nothing ends the run there, not after an evaluation distillation cannot use."""
+    pack = Registry([fixture_packs]).load("child-pack")
+    run = tmp_path / "run"
+    with pytest.raises(RunError, match="selected no instructions") as caught:
+        apply(_options(fixture_packs, run, min_score=1e9), pack)
+    assert caught.value.problem.file == str(run / "selected.jsonl") and "--no-filter" in caught.value.problem.hint
+    assert json.loads((run / "run.json").read_text())["stages"]["filter"]["status"] == "done"
+    assert not (run / "eval").exists()

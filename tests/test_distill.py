@@ -61,6 +61,12 @@ def test_out_of_range_overrides_name_the_flag(override: dict, flag: str) -> None
     assert str(info.value).startswith(flag) and "pack schema" in info.value.problem.hint
 
 
+def test_save_steps_must_be_positive() -> None:
+    with pytest.raises(InvalidInputError, match="--save-steps 0"):
+        DistillConfig.from_pack({}, save_steps=0)
+    assert DistillConfig.from_pack({}, save_steps=7).save_steps == 7
+
+
 @pytest.mark.slow
 def test_distillation_internalizes_the_policy(run_dir) -> None:
     run, pack = run_dir
@@ -161,7 +167,8 @@ def test_resume_refuses_a_checkpoint_of_other_settings_but_may_train_longer(run_
     with pytest.raises(RunError, match="checkpoint-2, trained with other") as caught:
         run_distill(run, resume=True, overrides={**options, "lora_r": 2}, progress=False)
     assert caught.value.problem.file == str(run / "run.json") and "--max-steps" in caught.value.problem.hint
-    assert run_distill(run, resume=True, overrides={**options, "max_steps": 3}, progress=False).steps == 3
+    longer = {**options, "max_steps": 3, "save_steps": 5}  # how often it checkpoints is not what it trains
+    assert run_distill(run, resume=True, overrides=longer, progress=False).steps == 3
 
 
 def test_teacher_prompt_has_policy_as_system_message_and_no_truncation(run_dir) -> None:

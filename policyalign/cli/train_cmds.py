@@ -63,6 +63,7 @@ def distill(
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the rollouts, data order and LoRA init."),
     no_prefix_cache: bool = typer.Option(False, "--no-prefix-cache", help="Recompute the policy prefix every step."),
     vllm: bool = typer.Option(False, "--vllm", help="Roll out with vLLM (GPU, needs the [vllm] extra)."),
+    save_steps: Optional[int] = typer.Option(None, "--save-steps", help="Checkpoint every N optimizer steps, for --resume (default 50)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last complete checkpoint."),
     device: Optional[str] = DeviceOpt,
 ) -> None:
@@ -74,7 +75,7 @@ def distill(
         lora_r=lora_r, lora_alpha=lora_alpha, target_modules=targets, learning_rate=learning_rate,
         num_epochs=epochs, max_steps=max_steps, batch_size=batch_size, gradient_accumulation_steps=grad_accum,
         max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, teacher=teacher, seed=seed, prefix_cache=False if no_prefix_cache else None,
-        use_vllm=True if vllm else None))
+        use_vllm=True if vllm else None, save_steps=save_steps))
     if not result.main:
         return  # rank 0 of a multi-process run reports
     typer.echo(f"trained {result.steps} steps on {result.train_records} instructions; adapter in {result.adapter_dir}")
