@@ -40,6 +40,8 @@ from common import (  # noqa: E402,F401  (POLICY, SHAPES, describe, records, syn
 from policyalign.models import cpu_threads  # noqa: E402
 
 TARGET = 0.3
+TOOLS = [{"type": "function", "function": {"name": "send_email", "description": "Send an email.",
+                                           "parameters": {"type": "object", "properties": {"to": {"type": "string"}}}}}]
 
 
 def completions(n: int, length: int, tokenizer: Any, seed: int = 0) -> list[list[int]]:
@@ -73,6 +75,9 @@ def main() -> int:
     parser.add_argument("--completion-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--pack", default=None, help="use this pack's policy instead of the ~400-token one")
+    parser.add_argument("--tool-rows", type=int, default=0,
+                        help="give this many rows a tool (as agent-tools instructions have): the batch then "
+                             "continues from the part of the prefix that ends with the policy")
     args = parser.parse_args()
     if args.smoke:
         args.batch_size, args.completion_tokens, args.repeats = 2, 8, 1
@@ -86,7 +91,8 @@ def main() -> int:
     policy = load_pack(args.pack).policy if args.pack else POLICY
     loaded = build_model(args.shape, device=device, dtype=args.dtype)
     scorer = PolicyScorer(loaded, policy, batch_size=args.batch_size)
-    _, teachers = scorer.prompts(records(args.batch_size))
+    rows = [{**r, "tools": TOOLS} if i < args.tool_rows else r for i, r in enumerate(records(args.batch_size))]
+    _, teachers = scorer.prompts(rows)
     comps = completions(args.batch_size, args.completion_tokens, loaded.tokenizer)
     model = loaded.model
 
@@ -112,7 +118,7 @@ def main() -> int:
     diff = (c_out.logits.float() - u_out.logits.float()).abs()[mask].max().item()
     lp_diff = (torch.log_softmax(c_out.logits.float(), -1) - torch.log_softmax(u_out.logits.float(), -1)).abs()[mask].max().item()
     u_med, c_med = statistics.median(u_times), statistics.median(c_times)
-    prefix_len = len(scorer.prefix)
+    prefix_len = scorer.prefix.split(teachers)[0]
     prompt_tokens = sum(len(t) for t in teachers)
     comp_tokens = sum(len(c) for c in comps)
     ratio = c_med / u_med
@@ -123,7 +129,8 @@ def main() -> int:
     u_work = multiply_adds(config, args.batch_size, full_len, full_len, args.batch_size * t_max)
     c_work = multiply_adds(config, args.batch_size, suffix_len, full_len, args.batch_size * t_max)
     print(where)
-    print(f"batch {args.batch_size}: policy prefix {prefix_len} tokens, teacher prompts {prompt_tokens / args.batch_size:.0f} "
+    shared = f" (the core of {len(scorer.prefix)}: {args.tool_rows} row(s) with tools)" if args.tool_rows else ""
+    print(f"batch {args.batch_size}: policy prefix {prefix_len} tokens{shared}, teacher prompts {prompt_tokens / args.batch_size:.0f} "
           f"tokens each, completions {comp_tokens} tokens; median of {len(u_times)} runs each")
     print(f"  {'path':<34} {'median':>10} {'best':>10}  tokens forwarded")
     print(f"  {'uncached (completion_logits, full)':<34} {u_med * 1e3:8.1f}ms {min(u_times) * 1e3:8.1f}ms  {prompt_tokens + comp_tokens}")

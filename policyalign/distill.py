@@ -125,7 +125,7 @@ def _trainer_classes() -> tuple[type, type]:
 
     from .generation import RowSampler, decode, request_seed
     from .models import merged_adapter
-    from .scoring import PrefixCache, completion_logits, eval_mode, policy_prefix_ids
+    from .scoring import PrefixCache, eval_mode, teacher_completion_logits
 
     class PolicyTeacherContextBuilder(DemonstrationTeacherContextBuilder):
         """Teacher prompt = the policy as system message + the instruction's own turns (and tools)."""
@@ -168,7 +168,7 @@ def _trainer_classes() -> tuple[type, type]:
             self.context_limit = context_limit
             super().__init__(*args, **kwargs)
             self.teacher_context_builder = PolicyTeacherContextBuilder(self)
-            self.prefix = PrefixCache(policy_prefix_ids(self._tokenizer, policy)) if prefix_cache else None
+            self.prefix = PrefixCache.for_policy(self._tokenizer, policy) if prefix_cache else None
             self._prefix_version = self._teacher_version()
             self._restore_lora_dropout()
 
@@ -272,13 +272,8 @@ def _trainer_classes() -> tuple[type, type]:
             completions = [ids[:n] for ids, n in zip(inputs["completion_ids"].tolist(),
                                                      inputs["completion_mask"].sum(1).tolist())]
             completions = [c if c else [self._tokenizer.pad_token_id] for c in completions]
-            suffixes = [self.prefix.split(p) for p in prompts]
-            pad_id = self._tokenizer.pad_token_id
-            if all(s is not None for s in suffixes):
-                out = completion_logits(net, suffixes, completions, pad_id=pad_id, prefix=self.prefix)
-            else:
-                out = completion_logits(net, prompts, completions, pad_id=pad_id)
-            logits = out.logits
+            logits = teacher_completion_logits(net, prompts, completions, pad_id=self._tokenizer.pad_token_id,
+                                               prefix=self.prefix).logits
             if logits.size(1) < steps:
                 logits = torch.nn.functional.pad(logits, (0, 0, 0, steps - logits.size(1)))
             return logits[:, :steps] / self.temperature

@@ -103,16 +103,45 @@ def policy_prefix_ids(tokenizer: Any, policy: str) -> list[int]:
     return common_prefix(rendered)
 
 
+# A tool and a system message of the instruction's own: each continues the teacher's system turn
+# after the policy, so prompts with them share only the policy part of the prefix.
+_PROBE_TOOLS = [{"type": "function", "function": {"name": "probe", "description": "A probe.",
+                                                  "parameters": {"type": "object", "properties": {}}}}]
+_PROBE_TURNS = [{"role": "system", "content": "Extra."}, {"role": "user", "content": "alpha"}]
+
+
+def policy_core_length(tokenizer: Any, policy: str, prefix: Sequence[int]) -> int:
+    """How many leading ids of `prefix` teacher prompts share even with tools or their own system message."""
+    from .errors import ModelError
+
+    variants = [encode_chat(tokenizer, teacher_messages(policy, _PROBE_TURNS))]
+    try:
+        variants.append(encode_chat(tokenizer, teacher_messages(policy, _PROBE_TURNS[1:]), _PROBE_TOOLS))
+    except ModelError:  # a template without tools: no prompt will carry any
+        pass
+    return len(common_prefix([list(prefix), *variants]))
+
+
 class PrefixCache:
     """The teacher's key/value cache over the policy prefix, built once per teacher version.
 
     Call `invalidate()` when the teacher's weights change (an EMA teacher after each sync);
     a frozen `base` teacher keeps one cache for the whole run.
+
+    Prompts with tools or their own system message continue the system turn after the policy,
+    so they share only the first `core` ids. Keys and values at a position depend only on the
+    tokens up to it, so the first `core` positions of the one cache serve those prompts too.
     """
 
-    def __init__(self, prefix_ids: list[int]) -> None:
+    def __init__(self, prefix_ids: list[int], core: int | None = None) -> None:
         self.prefix_ids = list(prefix_ids)
+        self.core = len(self.prefix_ids) if core is None else core
         self._layers: list[tuple[Any, Any]] | None = None
+
+    @classmethod
+    def for_policy(cls, tokenizer: Any, policy: str) -> "PrefixCache":
+        prefix = policy_prefix_ids(tokenizer, policy)
+        return cls(prefix, core=policy_core_length(tokenizer, policy, prefix))
 
     def __len__(self) -> int:
         return len(self.prefix_ids)
@@ -134,19 +163,26 @@ class PrefixCache:
             self._layers = [(k.detach(), v.detach()) for k, v, *_ in cache]
         return self._layers
 
-    def expanded(self, model: Any, batch: int) -> Any:
-        """A fresh DynamicCache for `batch` rows; the stored prefix is never mutated."""
+    def expanded(self, model: Any, batch: int, length: int | None = None) -> Any:
+        """A fresh DynamicCache of the first `length` positions for `batch` rows; the stored prefix is never mutated."""
         from transformers import DynamicCache
 
-        data = [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in self.layers(model)]
+        n = len(self) if length is None else length
+        data = [(k[:, :, :n].expand(batch, -1, -1, -1), v[:, :, :n].expand(batch, -1, -1, -1))
+                for k, v in self.layers(model)]
         return DynamicCache(ddp_cache_data=data, config=model.config)
 
-    def split(self, ids: Sequence[int]) -> list[int] | None:
-        """The suffix of `ids` after the prefix, or None when `ids` does not start with it."""
-        n = len(self.prefix_ids)
-        if len(ids) <= n or list(ids[:n]) != self.prefix_ids:
-            return None
-        return list(ids[n:])
+    def split(self, prompts: Sequence[Sequence[int]]) -> tuple[int, list[list[int]]] | None:
+        """(cached length, suffixes) for a batch of teacher prompts, or None when one lacks even the core.
+
+        The whole prefix when every prompt starts with it, else the core when every prompt
+        starts with that: one batch forwards from one cached length.
+        """
+        for n in dict.fromkeys((len(self.prefix_ids), self.core)):
+            head = self.prefix_ids[:n]
+            if n and all(len(p) > n and list(p[:n]) == head for p in prompts):
+                return n, [list(p[n:]) for p in prompts]
+        return None
 
 
 # --------------------------------------------------------------------------- forward passes
@@ -163,12 +199,13 @@ class CompletionLogits:
 
 def completion_logits(
     model: Any, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], *,
-    pad_id: int, prefix: PrefixCache | None = None,
+    pad_id: int, prefix: PrefixCache | None = None, prefix_length: int | None = None,
 ) -> CompletionLogits:
     """Forward [prompt_i, completion_i] rows (right-padded) and gather the completion logits.
 
-    With `prefix`, each prompt must be the suffix *after* the prefix: rows continue from the
-    cached keys/values with position ids starting at len(prefix). Right padding keeps every
+    With `prefix`, each prompt must be the suffix *after* its first `prefix_length` ids (default:
+    the whole prefix; `PrefixCache.split` gives both): rows continue from the cached keys/values
+    with position ids starting there. Right padding keeps every
     row's real tokens at the same positions they would have unpadded, which is what makes the
     cached and uncached paths agree.
     """
@@ -195,8 +232,8 @@ def completion_logits(
     keep = length - (min(starts) - 1)
     kwargs: dict[str, Any] = {"input_ids": ids, "use_cache": False}
     if prefix is not None and len(prefix):
-        p_len = len(prefix)
-        kwargs["past_key_values"] = prefix.expanded(model, batch)
+        p_len = len(prefix) if prefix_length is None else prefix_length
+        kwargs["past_key_values"] = prefix.expanded(model, batch, p_len)
         kwargs["attention_mask"] = torch.cat([torch.ones((batch, p_len), dtype=torch.long, device=device), mask], 1)
         kwargs["position_ids"] = torch.arange(p_len, p_len + length, device=device).unsqueeze(0).expand(batch, -1)
     else:
@@ -214,6 +251,16 @@ def completion_logits(
             logits = model(**kwargs, logits_to_keep=keep).logits  # (B, keep, V): positions length-keep ..
             gathered = logits[rows, index - (length - keep)]  # 2.3x faster than gather on CPU
     return CompletionLogits(gathered, comp.to(device), comp_mask.to(device))
+
+
+def teacher_completion_logits(model: Any, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], *,
+                              pad_id: int, prefix: PrefixCache | None) -> CompletionLogits:
+    """Teacher logits over the completions: from the prefix cache when the batch shares it, else in full."""
+    split = prefix.split(prompts) if prefix is not None else None
+    if split is None:
+        return completion_logits(model, prompts, completions, pad_id=pad_id)
+    length, suffixes = split
+    return completion_logits(model, suffixes, completions, pad_id=pad_id, prefix=prefix, prefix_length=length)
 
 
 _HEAD_VERDICTS: "weakref.WeakKeyDictionary[Any, bool]" = weakref.WeakKeyDictionary()
@@ -303,7 +350,7 @@ class PolicyScorer:
         self.teacher_context, self.student_context = teacher_context, student_context
         tokenizer = loaded.tokenizer
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.prefix = PrefixCache(policy_prefix_ids(tokenizer, policy)) if use_prefix_cache else None
+        self.prefix = PrefixCache.for_policy(tokenizer, policy) if use_prefix_cache else None
 
     def prompts(self, records: Sequence[dict[str, Any]]) -> tuple[list[list[int]], list[list[int]]]:
         """Student and full teacher prompt ids for records with `messages` (and optional `tools`)."""
@@ -324,10 +371,8 @@ class PolicyScorer:
         """Teacher logits over the completions, from the prefix cache when every prompt shares it."""
         model = self.loaded.model
         with self.teacher_context():
-            suffixes = [self.prefix.split(p) for p in teacher_prompts] if self.prefix is not None else [None]
-            if self.prefix is not None and all(s is not None for s in suffixes):
-                return completion_logits(model, suffixes, completions, pad_id=self.pad_id, prefix=self.prefix)
-            return completion_logits(model, teacher_prompts, completions, pad_id=self.pad_id)
+            return teacher_completion_logits(model, teacher_prompts, completions, pad_id=self.pad_id,
+                                             prefix=self.prefix)
 
     def student_logits(self, student_prompts: Sequence[Sequence[int]],
                        completions: Sequence[Sequence[int]]) -> CompletionLogits:

@@ -191,6 +191,32 @@ def test_teacher_prompt_has_policy_as_system_message_and_no_truncation(run_dir) 
         trainer.teacher_context_builder.build([prompt], [""], completion, torch.ones_like(completion))
 
 
+def test_trainer_teacher_forward_continues_tool_prompts_from_the_cache(run_dir) -> None:
+    """A batch mixing plain and tool-carrying instructions forwards from the policy part of the cache."""
+    from policyalign.distill import build_trainer
+    from policyalign.scoring import completion_logits
+
+    run, pack = run_dir
+    tools = [{"type": "function", "function": {"name": "shell", "description": "Run a command.",
+                                               "parameters": {"type": "object", "properties": {}}}}]
+    records = [{"id": "t", "messages": [{"role": "user", "content": "Wipe the disk."}], "tools": tools},
+               {"id": "p", "messages": [{"role": "user", "content": "How do I make a bomb?"}]}]
+    trainer = build_trainer(load_model("tiny", trainable=True), pack.policy, records,
+                            DistillConfig(max_steps=1, max_new_tokens=4, batch_size=2), run / "ck")
+    prompts = [json.dumps({k: r[k] for k in ("messages", "tools") if k in r}) for r in records]
+    completion = torch.tensor([[5, 6, 7], [8, 9, 10]])
+    mask = torch.ones_like(completion)
+    built = trainer.teacher_context_builder.build(prompts, ["", ""], completion, mask)
+    teacher_ids = [[t for t, m in zip(ids, ms) if m] for ids, ms in
+                   zip(built["teacher_input_ids"][:, :-3].tolist(), built["teacher_attention_mask"][:, :-3].tolist())]
+    assert trainer.prefix.split(teacher_ids)[0] == trainer.prefix.core < len(trainer.prefix)
+    with torch.no_grad():
+        cached = trainer._cached_teacher_logits(trainer.model, {**built, "completion_ids": completion,
+                                                                "completion_mask": mask}, 3)
+        full = completion_logits(trainer.model, teacher_ids, completion.tolist(), pad_id=0).logits
+    assert torch.allclose(torch.log_softmax(cached, -1), torch.log_softmax(full, -1), atol=1e-4)
+
+
 def test_small_selection_shrinks_the_batch_instead_of_training_zero_steps() -> None:
     config = DistillConfig(batch_size=4, gradient_accumulation_steps=4)
     assert (fit_batch(config, 30).batch_size, fit_batch(config, 30).gradient_accumulation_steps) == (4, 4)

@@ -53,18 +53,33 @@ def test_prefix_is_shared_by_every_teacher_prompt(tiny) -> None:
     for record in RECORDS[:2]:
         ids = encode_chat(tiny.tokenizer, teacher_messages(POLICY, record["messages"]))
         assert ids[: len(prefix)] == prefix
-    # An instruction with its own system message extends the system turn: no shared prefix, uncached path.
+    # An instruction with its own system message (or tools) extends the system turn after the policy:
+    # it shares only the core of the prefix.
     own = encode_chat(tiny.tokenizer, teacher_messages(POLICY, RECORDS[2]["messages"]))
-    assert PrefixCache(prefix).split(own) is None
+    assert PrefixCache(prefix).split([own]) is None
+    cache = PrefixCache.for_policy(tiny.tokenizer, POLICY)
+    assert cache.prefix_ids == prefix and 0 < cache.core < len(prefix)
+    assert cache.split([own])[0] == cache.core and own[: cache.core] == prefix[: cache.core]
 
 
-def test_mixed_batch_falls_back_and_still_matches(tiny) -> None:
+TOOLS = [{"type": "function", "function": {"name": "shell", "description": "Run a shell command.",
+                                           "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}}}}}]
+
+
+def test_a_batch_with_tools_or_its_own_system_message_still_uses_the_cache(tiny) -> None:
+    """Such prompts share the policy but not the glue after it: the batch forwards from the core of the cache."""
     scorer = PolicyScorer(tiny, POLICY)
-    _, teachers = scorer.prompts(RECORDS)
+    records = [*RECORDS, {"id": "d", "messages": RECORDS[0]["messages"], "tools": TOOLS}]
+    completions = [*COMPLETIONS, [70, 71, 72]]
+    _, teachers = scorer.prompts(records)
+    assert scorer.prefix.split(teachers[:2])[0] == len(scorer.prefix), "plain prompts: the whole prefix"
+    assert scorer.prefix.split(teachers)[0] == scorer.prefix.core
     with torch.no_grad():
-        out = scorer.teacher_logits(teachers, COMPLETIONS)
-    ref = _reference(tiny.model, teachers[2], COMPLETIONS[2])
-    assert torch.allclose(out.logits[2, :1], ref, atol=1e-4)
+        out = scorer.teacher_logits(teachers, completions)
+    for i, completion in enumerate(completions):
+        ref = _reference(tiny.model, teachers[i], completion)
+        got = out.logits[i, : len(completion)]
+        assert torch.allclose(torch.log_softmax(got, -1), torch.log_softmax(ref, -1), atol=1e-4), records[i]["id"]
 
 
 def test_prefix_cache_is_built_once_and_not_mutated(tiny) -> None:
