@@ -219,7 +219,8 @@ def _trainer_classes() -> tuple[type, type]:
             sharded = self.is_fsdp_enabled or self.is_deepspeed_enabled
             if sharded or args.generation_kwargs or args.cache_implementation or (args.top_k or 0) > 0 \
                     or args.min_p is not None or args.repetition_penalty != 1.0:
-                return super()._generate_transformers(prompt_ids)
+                with eval_mode(self.model):  # trl samples in train mode, with the LoRA dropout we keep on
+                    return super()._generate_transformers(prompt_ids)
             from trl.models import unwrap_model_for_generation
 
             sampler = self._rollout_sampler(len(prompt_ids))

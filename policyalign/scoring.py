@@ -242,8 +242,7 @@ def completion_logits(
     # The position predicting each completion token (padding rows clamp to the last position).
     index = torch.tensor([[s - 1 + t for t in range(t_max)] for s in starts], device=device).clamp(max=length - 1)
     head = _split_head(model)
-    context = eval_mode(model) if prefix is not None else nullcontext()
-    with context:
+    with eval_mode(model):  # scoring and the teacher never see dropout (a LoRA or EMA adapter may have it)
         if head is not None:  # the vocabulary projection only where a completion token is predicted
             decoder, lm_head = head
             gathered = lm_head(decoder(**kwargs).last_hidden_state[rows, index])

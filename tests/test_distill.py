@@ -240,6 +240,24 @@ def test_lora_dropout_is_the_configured_rate_not_trls_zero(fixture_packs: Path, 
     assert all(p == 0 for name, p in dropouts if "lora_dropout" not in name), "the base model's dropouts stay off"
 
 
+def test_trls_own_rollout_path_samples_without_dropout(fixture_packs: Path, tmp_path: Path) -> None:
+    """Settings our decoding loop does not implement go to trl's generate, which samples in train mode."""
+    from policyalign.distill import build_trainer
+
+    pack = Registry([fixture_packs]).load("root-pack")
+    records = _instructions(pack)[:2]
+    trainer = build_trainer(load_model("tiny", trainable=True), pack.policy, records,
+                            DistillConfig(max_steps=1, max_new_tokens=3, batch_size=2, lora_dropout=0.5), tmp_path)
+    trainer.args.top_k = 5  # not implemented by our loop: trl's path
+    seen: list[bool] = []
+    dropout = next(m for n, m in trainer.model.named_modules() if n.endswith("lora_dropout.default"))
+    dropout.register_forward_pre_hook(lambda module, args: seen.append(module.training))
+    trainer.model.train()
+    trainer._generate_transformers(trainer._tokenize_prompts([json.dumps({"messages": r["messages"]}) for r in records]))
+    assert seen and not any(seen), "no dropout while sampling"
+    assert trainer.model.training
+
+
 def test_rollouts_sample_the_student_as_it_is_and_leave_it_as_it_was(run_dir) -> None:
     """Merged-adapter eval-mode decoding changes the speed of rollouts, not what they sample."""
     from policyalign.distill import build_trainer

@@ -186,3 +186,21 @@ def test_a_model_that_changes_its_logits_after_the_head_keeps_its_own_forward() 
     with torch.no_grad():
         out = completion_logits(scaled, prompts, comps, pad_id=0)
     assert torch.allclose(out.logits[0], _reference(scaled, prompts[0], comps[0]), atol=1e-5)
+
+
+def test_scoring_never_applies_dropout_and_leaves_the_mode_alone() -> None:
+    """A LoRA (or EMA) adapter with dropout, in train mode: scores and teacher logits are still deterministic."""
+    from peft import LoraConfig, get_peft_model
+
+    loaded = load_model("tiny")
+    model = get_peft_model(loaded.model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.5, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)
+    model.train()
+    prompts, completions = [[5, 6, 7, 8]], [[9, 10, 11]]
+    with torch.no_grad():
+        first = completion_logits(model, prompts, completions, pad_id=0).logits
+        again = completion_logits(model, prompts, completions, pad_id=0).logits
+    assert torch.equal(first, again) and model.training
