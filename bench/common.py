@@ -197,11 +197,15 @@ def last_loss(trainer: Any) -> float:
 
 def distill_config(args: argparse.Namespace, **overrides: Any) -> DistillConfig:
     """The DistillConfig of a trainer benchmark: warm-up + timed steps, the options' batch size,
-    max_new_tokens and seed, and no checkpoints (save_steps past the end of any run)."""
+    max_new_tokens and seed, and no checkpoints (save_steps past the end of any run).
+
+    No LoRA dropout: stock trl switches every dropout off, while ours applies the configured
+    rate, so only at 0 do both trainers run the same computation."""
     from policyalign.distill import DistillConfig
 
+    settings = {"lora_dropout": 0.0, **overrides}
     return DistillConfig(max_steps=getattr(args, "warmup", 0) + args.steps, batch_size=args.batch_size,
-                         max_new_tokens=args.max_new_tokens, seed=args.seed, save_steps=10**9, **overrides)
+                         max_new_tokens=args.max_new_tokens, seed=args.seed, save_steps=10**9, **settings)
 
 
 # --------------------------------------------------------------------------- command line
