@@ -21,7 +21,7 @@ from .pack import Pack
 from .run import read_manifest, record_inputs, stage_done, write_manifest
 from .stages import (
     SELECTION_FLAGS, distill_config, distill_key, eval_key, filter_config, filter_key, run_distill, run_eval, run_filter,
-    card_key, run_card, run_synthesize, synthesize_key, synthesize_options,
+    card_key, run_card, run_synthesize, selection_given, synthesize_key, synthesize_options,
 )
 
 # The built-in tiny model is for the offline demo and tests: these defaults make the whole
@@ -122,7 +122,7 @@ def with_model_defaults(options: ApplyOptions) -> ApplyOptions:
     if options.model.strip().lower() != "tiny":
         return options
     given = [name for name in SELECTION_FLAGS if name in options.explicit]
-    chosen_rule = any(getattr(options, name) not in (None, False) for name in given)
+    chosen_rule = any(selection_given(getattr(options, name)) for name in given)
     for key, value in TINY_DEFAULTS.items():
         if key not in options.explicit and not (key == "keep" and chosen_rule):
             setattr(options, key, value)

@@ -59,6 +59,18 @@ class DistillConfig:
     save_steps: int = 50
     logging_steps: int = 1
 
+    def __post_init__(self) -> None:
+        """Numbers take the type of their default: `lora_r: 4.0` (which the schema's "integer" admits) would
+        crash peft, and `--lora-alpha 8` (a float) must key the same run as a pack's `lora_alpha: 8`."""
+        for f in fields(self):
+            value, default = getattr(self, f.name), f.default
+            if isinstance(value, bool) or isinstance(default, bool):
+                continue
+            if isinstance(default, int) and isinstance(value, float) and value.is_integer():
+                object.__setattr__(self, f.name, int(value))
+            elif isinstance(default, float) and isinstance(value, int):
+                object.__setattr__(self, f.name, float(value))
+
     @classmethod
     def from_pack(cls, training: Mapping[str, Any], **overrides: Any) -> "DistillConfig":
         """Pack defaults, then non-None command-line overrides; unknown keys are ignored (schema-checked)."""
@@ -246,8 +258,8 @@ def _trainer_classes() -> tuple[type, type]:
             return 0 if self.args.teacher_model_kind == "base" else self.state.global_step
 
         def _compute_teacher_student_logits(self, model, teacher_model, inputs):  # type: ignore[no-untyped-def]
-            if self.prefix is None:
-                return super()._compute_teacher_student_logits(model, teacher_model, inputs)
+            # Without the prefix cache too: stock forwards the teacher in train mode, and an EMA
+            # teacher's adapter (added by trl after disable_dropout) has the configured LoRA dropout.
             completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
             steps = completion_ids.size(1)
             student = self._forward_logits(model, torch.cat([inputs["prompt_ids"], completion_ids], 1),
@@ -262,7 +274,7 @@ def _trainer_classes() -> tuple[type, type]:
 
         def _cached_teacher_logits(self, teacher_model: Any, inputs: dict, steps: int) -> Any:
             version = self._teacher_version()
-            if version != self._prefix_version:
+            if self.prefix is not None and version != self._prefix_version:
                 self.prefix.invalidate()
                 self._prefix_version = version
             net = self.accelerator.unwrap_model(teacher_model)
@@ -282,7 +294,19 @@ def _trainer_classes() -> tuple[type, type]:
     return PolicySDFTTrainer, PolicyTeacherContextBuilder
 
 
-def sdft_config(config: DistillConfig, output_dir: Path, *, report_to: str = "none") -> Any:
+def kl_support(top_k: int, vocab_size: int | None) -> int:
+    """trl's `distillation_topk` for our `top_k`: 0, or more than the vocabulary, means the whole vocabulary.
+
+    That is what `scoring.reverse_kl_topk` (filtering, internalization) does; trl instead takes
+    k literally, so 0 trains on a zero loss and k > vocabulary fails inside torch.topk.
+    """
+    if vocab_size is None:
+        return top_k
+    return min(top_k, vocab_size) if top_k > 0 else vocab_size
+
+
+def sdft_config(config: DistillConfig, output_dir: Path, *, report_to: str = "none",
+                vocab_size: int | None = None) -> Any:
     """The trl SDFTConfig for our settings (the paper's reverse-KL top-k objective)."""
     import os
 
@@ -295,7 +319,7 @@ def sdft_config(config: DistillConfig, output_dir: Path, *, report_to: str = "no
         max_steps=config.max_steps, per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps, num_generations=1,
         max_completion_length=config.max_new_tokens, max_prompt_length=None, temperature=config.temperature,
-        top_p=1.0, top_k=0, distillation_mode="topk_logits", distillation_topk=config.top_k,
+        top_p=1.0, top_k=0, distillation_mode="topk_logits", distillation_topk=kl_support(config.top_k, vocab_size),
         distillation_alpha=config.alpha, teacher_model_kind=config.teacher,
         teacher_update_rate=config.ema_decay, seed=config.seed, logging_steps=config.logging_steps,
         save_strategy="steps", save_steps=config.save_steps, save_total_limit=1, report_to=report_to,
@@ -551,8 +575,11 @@ def build_trainer(loaded: "LoadedModel", policy: str, records: list[dict[str, An
     kwargs: dict[str, Any] = {}
     if trainer_cls is None:
         kwargs = {"policy": policy, "context_limit": max_context(loaded), "prefix_cache": config.prefix_cache}
-    trainer = cls(model=loaded.model, args=sdft_config(config, output_dir), train_dataset=training_dataset(records),
-                  processing_class=loaded.tokenizer, peft_config=lora_config(config), **kwargs)
+    head = loaded.model.get_output_embeddings()
+    vocab = head.weight.shape[0] if head is not None else loaded.model.config.get_text_config().vocab_size
+    trainer = cls(model=loaded.model, args=sdft_config(config, output_dir, vocab_size=vocab),
+                  train_dataset=training_dataset(records), processing_class=loaded.tokenizer,
+                  peft_config=lora_config(config), **kwargs)
     trainer.remove_callback(PrinterCallback)  # raw log dicts on stdout; progress has its own bar
     if progress:
         trainer.add_callback(_progress_callback())

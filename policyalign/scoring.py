@@ -172,6 +172,11 @@ class PrefixCache:
                 for k, v in self.layers(model)]
         return DynamicCache(ddp_cache_data=data, config=model.config)
 
+    def holds_every_position(self, model: Any) -> bool:
+        """Whether every layer kept the whole prefix: a sliding-window layer keeps only its last window,
+        so its first `core` positions are not there to slice (the whole prefix still continues)."""
+        return all(k.shape[2] == len(self.prefix_ids) for k, _ in self.layers(model))
+
     def split(self, prompts: Sequence[Sequence[int]]) -> tuple[int, list[list[int]]] | None:
         """(cached length, suffixes) for a batch of teacher prompts, or None when one lacks even the core.
 
@@ -259,6 +264,8 @@ def teacher_completion_logits(model: Any, prompts: Sequence[Sequence[int]], comp
     if split is None:
         return completion_logits(model, prompts, completions, pad_id=pad_id)
     length, suffixes = split
+    if length < len(prefix) and not prefix.holds_every_position(model):
+        return completion_logits(model, prompts, completions, pad_id=pad_id)
     return completion_logits(model, suffixes, completions, pad_id=pad_id, prefix=prefix, prefix_length=length)
 
 

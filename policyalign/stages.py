@@ -73,9 +73,14 @@ def run_synthesize(run_dir: Path, pack: "Pack", model: str, *, generator: str | 
 SELECTION_FLAGS = {"keep": "--keep", "top_n": "--top-k", "min_score": "--min-score", "no_filter": "--no-filter"}
 
 
+def selection_given(value: Any) -> bool:
+    """Whether a selection flag was given: `--min-score 0` is (0.0 == False, so `not in (None, False)` says no)."""
+    return value is not None and value is not False
+
+
 def check_one_selection_rule(options: dict[str, Any]) -> None:
     """Each selection flag is a whole rule: given together, all but one would be dropped without a word."""
-    given = [flag for name, flag in SELECTION_FLAGS.items() if options.get(name) not in (None, False)]
+    given = [flag for name, flag in SELECTION_FLAGS.items() if selection_given(options.get(name))]
     if len(given) > 1:
         raise InvalidInputError(f"{' and '.join(given)} are different selection rules; only one can apply",
                                 hint="keep one of --keep, --top-k, --min-score and --no-filter")

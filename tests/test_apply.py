@@ -95,6 +95,8 @@ def test_tiny_defaults_never_override_explicit_options(tmp_path: Path) -> None:
     # An explicit selection rule replaces the demo's --keep rather than clashing with it.
     top = with_model_defaults(ApplyOptions(pack="general", model="tiny", top_n=5, explicit={"top_n"}))
     assert top.keep is None and top.top_n == 5
+    zero = with_model_defaults(ApplyOptions(pack="general", model="tiny", min_score=0.0, explicit={"min_score"}))
+    assert zero.keep is None and zero.min_score == 0.0, "--min-score 0 is a rule too"
     assert with_model_defaults(ApplyOptions(pack="general", model="tiny", explicit={"no_filter"})).keep == TINY_DEFAULTS["keep"]
 
 

@@ -61,6 +61,34 @@ def test_out_of_range_overrides_name_the_flag(override: dict, flag: str) -> None
     assert str(info.value).startswith(flag) and "pack schema" in info.value.problem.hint
 
 
+def test_numbers_take_the_type_of_their_setting(tmp_path: Path) -> None:
+    """A float flag restating a pack's integer keys the same run; an integral float for an integer setting is an int."""
+    from policyalign.stages import resume_key
+
+    pack_value = DistillConfig.from_pack({"lora_alpha": 8})
+    assert DistillConfig.from_pack({"lora_alpha": 8}, lora_alpha=8.0) == pack_value  # `--lora-alpha 8` is a float
+    assert resume_key(tmp_path, "tiny", DistillConfig.from_pack({"lora_alpha": 8}, lora_alpha=8.0)) == \
+        resume_key(tmp_path, "tiny", pack_value)
+    config = DistillConfig.from_pack({"lora_r": 4.0, "batch_size": 2.0}, max_steps=3.0, num_epochs=2)
+    assert [type(v) for v in (config.lora_r, config.batch_size, config.max_steps, config.num_epochs)] == [int, int, int, float]
+    assert DistillConfig(lora_alpha=16.5).lora_alpha == 16.5
+
+
+@pytest.mark.parametrize("top_k", [0, 10**6])
+def test_kl_top_k_0_or_past_the_vocabulary_trains_on_the_whole_vocabulary(fixture_packs: Path, tmp_path: Path,
+                                                                           top_k: int) -> None:
+    """As in filtering's scores: trl alone would train on a zero loss (k = 0) or fail in torch.topk (k > V)."""
+    from policyalign.distill import build_trainer
+
+    pack = Registry([fixture_packs]).load("root-pack")
+    loaded = load_model("tiny", trainable=True)
+    config = DistillConfig.from_pack(pack.training, top_k=top_k, max_steps=1, max_new_tokens=4, batch_size=2, save_steps=5)
+    trainer = build_trainer(loaded, pack.policy, _instructions(pack)[:2], config, tmp_path)
+    assert trainer.args.distillation_topk == loaded.model.config.vocab_size
+    trainer.train()
+    assert [h["loss"] for h in trainer.state.log_history if "loss" in h][0] > 0
+
+
 def test_save_steps_must_be_positive() -> None:
     with pytest.raises(InvalidInputError, match="--save-steps 0"):
         DistillConfig.from_pack({}, save_steps=0)
@@ -238,6 +266,31 @@ def test_lora_dropout_is_the_configured_rate_not_trls_zero(fixture_packs: Path, 
     dropouts = [(name, m.p) for name, m in trainer.model.named_modules() if isinstance(m, torch.nn.Dropout)]
     assert {p for name, p in dropouts if "lora_dropout" in name} == ({rate} if rate else set())
     assert all(p == 0 for name, p in dropouts if "lora_dropout" not in name), "the base model's dropouts stay off"
+
+
+@pytest.mark.parametrize("prefix_cache", [True, False])
+def test_an_ema_teacher_never_applies_its_adapters_dropout(fixture_packs: Path, tmp_path: Path, prefix_cache: bool) -> None:
+    """trl adds the EMA teacher's adapter with the student's LoRA config after disable_dropout: its dropout is live."""
+    from transformers import TrainerCallback
+
+    from policyalign.distill import build_trainer
+
+    pack = Registry([fixture_packs]).load("root-pack")
+    config = DistillConfig(max_steps=2, max_new_tokens=4, batch_size=2, lora_dropout=0.5, teacher="ema",
+                           prefix_cache=prefix_cache, save_steps=10)
+    trainer = build_trainer(load_model("tiny", trainable=True), pack.policy, _instructions(pack)[:2], config, tmp_path)
+    seen: list[bool] = []
+
+    class Watch(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            if state.global_step == 0:  # the teacher adapter exists from on_train_begin
+                for name, module in trainer.model.named_modules():
+                    if name.endswith("lora_dropout.teacher"):
+                        module.register_forward_pre_hook(lambda m, a: seen.append(m.training and m.p > 0))
+
+    trainer.add_callback(Watch())
+    trainer.train()
+    assert seen and not any(seen), "the teacher forward ran with dropout"
 
 
 def test_trls_own_rollout_path_samples_without_dropout(fixture_packs: Path, tmp_path: Path) -> None:

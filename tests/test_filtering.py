@@ -48,7 +48,8 @@ def test_conflicting_rules_are_rejected() -> None:
 
 
 @pytest.mark.parametrize("flags", [{"keep": 0.3, "top_n": 5}, {"no_filter": True, "top_n": 3},
-                                   {"min_score": 0.5, "no_filter": True}, {"keep": 0.3, "min_score": 0.1}])
+                                   {"min_score": 0.5, "no_filter": True}, {"keep": 0.3, "min_score": 0.1},
+                                   {"keep": 0.3, "min_score": 0.0}, {"min_score": 0.0, "no_filter": True}])
 def test_two_selection_flags_are_rejected_not_one_silently_dropped(fixture_packs: Path, flags: dict) -> None:
     from policyalign.registry import Registry
     from policyalign.stages import filter_config

@@ -82,6 +82,29 @@ def test_a_batch_with_tools_or_its_own_system_message_still_uses_the_cache(tiny)
         assert torch.allclose(torch.log_softmax(got, -1), torch.log_softmax(ref, -1), atol=1e-4), records[i]["id"]
 
 
+def test_a_sliding_window_model_is_not_served_from_the_core_of_its_cache(tiny) -> None:
+    """A sliding-window layer keeps only the prefix's last positions: their first `core` are other positions."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    from policyalign.scoring import teacher_completion_logits
+
+    config = copy.deepcopy(tiny.model.config)
+    config.use_sliding_window, config.sliding_window, config.max_window_layers = True, 16, 0
+    config.layer_types = ["sliding_attention"] * config.num_hidden_layers
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(tiny.model.state_dict())
+    model.eval()
+    cache = PrefixCache.for_policy(tiny.tokenizer, POLICY)
+    assert cache.core > config.sliding_window
+    own = encode_chat(tiny.tokenizer, teacher_messages(POLICY, RECORDS[2]["messages"]))
+    with torch.no_grad():
+        got = teacher_completion_logits(model, [own], [COMPLETIONS[0]], pad_id=0, prefix=cache).logits[0]
+    ref = _reference(model, own, COMPLETIONS[0])
+    assert torch.allclose(torch.log_softmax(got, -1), torch.log_softmax(ref, -1), atol=1e-4)
+
+
 def test_prefix_cache_is_built_once_and_not_mutated(tiny) -> None:
     cache = PrefixCache(policy_prefix_ids(tiny.tokenizer, POLICY))
     first = cache.layers(tiny.model)
