@@ -388,7 +388,8 @@ def save_adapter(model: Any, target: Path) -> None:
     model.save_pretrained(str(tmp), selected_adapters=["default"])
     (tmp / "README.md").unlink(missing_ok=True)  # PEFT's placeholder card; ours is RUN_DIR/README.md
     for written in tmp.iterdir():
-        make_ordinary(written)  # safetensors writes the weights owner-only
+        if written.is_file():
+            make_ordinary(written)  # safetensors writes the weights owner-only
     for extra in target.glob("*") if target.is_dir() else []:
         if extra.name not in {p.name for p in tmp.iterdir()} and extra.is_file():
             shutil.copy2(extra, tmp / extra.name)
@@ -490,6 +491,8 @@ def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillCon
     config = fit_batch(config, len(records), processes)
     adapter_dir = run_dir / "adapter"
     checkpoints = checkpoint_dir(run_dir)
+    if main and not checkpoints.exists() and (adapter_dir / "checkpoints").is_dir():
+        (adapter_dir / "checkpoints").rename(checkpoints)  # where runs before 0.1.0's release kept them
     if not resume and main:
         shutil.rmtree(checkpoints, ignore_errors=True)
     loaded = load_model(model_name, device=device, trainable=True)

@@ -136,8 +136,10 @@ def distill_key(run_dir: Path, model: str, config: Any) -> str:
 
 
 def resume_key(run_dir: Path, model: str, config: Any) -> str:
-    """`distill_key` without the training length or the bookkeeping: what a checkpoint must match to be continued."""
-    return distill_key(run_dir, model, replace(config, max_steps=-1, num_epochs=1.0, save_steps=1, logging_steps=1))
+    """`distill_key` without the training length, the bookkeeping or the speed switches (prefix cache,
+    vLLM): what a checkpoint must match to be continued."""
+    return distill_key(run_dir, model, replace(config, max_steps=-1, num_epochs=1.0, save_steps=1, logging_steps=1,
+                                               prefix_cache=True, use_vllm=False))
 
 
 def check_resumable(run_dir: Path, key: str) -> None:

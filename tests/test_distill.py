@@ -195,8 +195,18 @@ def test_resume_refuses_a_checkpoint_of_other_settings_but_may_train_longer(run_
     with pytest.raises(RunError, match="checkpoint-2, trained with other") as caught:
         run_distill(run, resume=True, overrides={**options, "lora_r": 2}, progress=False)
     assert caught.value.problem.file == str(run / "run.json") and "--max-steps" in caught.value.problem.hint
-    longer = {**options, "max_steps": 3, "save_steps": 5}  # how often it checkpoints is not what it trains
+    # How often it checkpoints, or whether the prefix cache is on, is not what it trains.
+    longer = {**options, "max_steps": 3, "save_steps": 5, "prefix_cache": False}
     assert run_distill(run, resume=True, overrides=longer, progress=False).steps == 3
+    # A run from before checkpoints moved out of adapter/ resumes from where it kept them.
+    state = last_complete_checkpoint(checkpoint_dir(run)) / "trainer_state.json"
+    marked = json.loads(state.read_text())
+    marked["log_history"].append({"step": 3, "marker": "old place"})
+    state.write_text(json.dumps(marked))
+    checkpoint_dir(run).rename(run / "adapter" / "checkpoints")
+    assert run_distill(run, resume=True, overrides={**options, "max_steps": 4}, progress=False).steps == 4
+    resumed = json.loads((last_complete_checkpoint(checkpoint_dir(run)) / "trainer_state.json").read_text())
+    assert {"step": 3, "marker": "old place"} in resumed["log_history"], "continued from the moved checkpoint"
 
 
 def test_teacher_prompt_has_policy_as_system_message_and_no_truncation(run_dir) -> None:
