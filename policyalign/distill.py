@@ -584,9 +584,26 @@ def build_trainer(loaded: "LoadedModel", policy: str, records: list[dict[str, An
                   train_dataset=training_dataset(records), processing_class=loaded.tokenizer,
                   peft_config=lora_config(config), **kwargs)
     trainer.remove_callback(PrinterCallback)  # raw log dicts on stdout; progress has its own bar
+    trainer.add_callback(_ordinary_checkpoints_callback())
     if progress:
         trainer.add_callback(_progress_callback())
     return trainer
+
+
+def _ordinary_checkpoints_callback() -> Any:
+    """Make each checkpoint's files ordinary files: safetensors writes its weights owner-only, and
+    whoever shares the run directory must be able to `--resume` from them."""
+    from transformers import TrainerCallback
+
+    class OrdinaryCheckpoints(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            if state.is_world_process_zero:
+                saved = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                for path in saved.rglob("*") if saved.is_dir() else []:
+                    if path.is_file():
+                        make_ordinary(path)
+
+    return OrdinaryCheckpoints()
 
 
 def _progress_callback() -> Any:

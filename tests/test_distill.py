@@ -122,6 +122,8 @@ def test_distillation_internalizes_the_policy(run_dir) -> None:
     mask = os.umask(0)
     os.umask(mask)
     assert {f.stat().st_mode & 0o777 for f in result.adapter_dir.iterdir()} == {0o666 & ~mask}, "ordinary files"
+    checkpoint_files = [f for f in checkpoint_dir(run).rglob("*") if f.is_file()]
+    assert checkpoint_files and {f.stat().st_mode & 0o777 for f in checkpoint_files} == {0o666 & ~mask}
 
 
 @pytest.mark.slow
