@@ -491,8 +491,6 @@ def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillCon
     config = fit_batch(config, len(records), processes)
     adapter_dir = run_dir / "adapter"
     checkpoints = checkpoint_dir(run_dir)
-    if main and not checkpoints.exists() and (adapter_dir / "checkpoints").is_dir():
-        (adapter_dir / "checkpoints").rename(checkpoints)  # where runs before 0.1.0's release kept them
     if not resume and main:
         shutil.rmtree(checkpoints, ignore_errors=True)
     loaded = load_model(model_name, device=device, trainable=True)
@@ -503,7 +501,7 @@ def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillCon
                            hint="launch with `torchrun --nproc_per_node N` or `accelerate launch --multi_gpu` "
                                 "without an FSDP/DeepSpeed config: rank 0 alone measures and saves the adapter")
         before = _measure(trainer, loaded, pack.policy, heldout, config, adapter_on=False) if main else None
-        resume_from = last_complete_checkpoint(checkpoints) if resume else None
+        resume_from = _resume_point(checkpoints, adapter_dir) if resume else None
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         if trainer.state.global_step == 0:
             raise RunError("training ran no optimizer step", file=str(run_dir / "selected.jsonl"),
@@ -518,6 +516,15 @@ def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillCon
         plot_loss(history, adapter_dir / "loss.png")
     _leave_process_group(trainer)
     return result
+
+
+def _resume_point(checkpoints: Path, adapter_dir: Path) -> Path | None:
+    """The newest complete checkpoint, also where runs before 0.1.0's release kept them (adapter/checkpoints).
+
+    Read in place rather than moved, so every rank of a multi-process run finds the same one;
+    new checkpoints go to `checkpoints`, and the old ones leave with the old adapter directory.
+    """
+    return last_complete_checkpoint(checkpoints) or last_complete_checkpoint(adapter_dir / "checkpoints")
 
 
 def _leave_process_group(trainer: Any) -> None:
