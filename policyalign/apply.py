@@ -21,7 +21,7 @@ from .pack import Pack
 from .run import read_manifest, record_inputs, stage_done, write_manifest
 from .stages import (
     SELECTION_FLAGS, distill_config, distill_key, eval_key, filter_config, filter_key, run_distill, run_eval, run_filter,
-    card_key, run_card, run_synthesize, selection_given, synthesize_key, synthesize_options,
+    card_key, resume_key, run_card, run_synthesize, selection_given, synthesize_key, synthesize_options,
 )
 
 # The built-in tiny model is for the offline demo and tests: these defaults make the whole
@@ -72,6 +72,8 @@ class ApplyOptions:
     gradient_accumulation_steps: int | None = None
     teacher: str | None = None
     kl_top_k: int | None = None
+    temperature: float | None = None
+    save_steps: int | None = None
     # evaluation
     judge: str = "refusal"
     eval_limit: int | None = None
@@ -168,7 +170,8 @@ def _distill_overrides(o: ApplyOptions) -> dict[str, Any]:
             "target_modules": o.target_modules, "learning_rate": o.learning_rate, "num_epochs": o.num_epochs,
             "max_steps": o.max_steps, "batch_size": o.batch_size,
             "gradient_accumulation_steps": o.gradient_accumulation_steps, "max_new_tokens": o.max_new_tokens,
-            "teacher": o.teacher, "top_k": o.kl_top_k, "seed": o.seed,
+            "teacher": o.teacher, "top_k": o.kl_top_k, "seed": o.seed, "temperature": o.temperature,
+            "save_steps": o.save_steps,
             "use_vllm": True if o.backend == "vllm" else None}
 
 
@@ -223,9 +226,12 @@ def apply(options: ApplyOptions, pack: Pack, *, on_stage: Callable[[str, str], N
     eopts = _eval_options(options)
     step("eval_before", eval_key(run_dir, pack, options.model, "before", eopts), ["eval/before/eval.json"],
          lambda: run_eval(run_dir, "before", model=options.model, pack=str(pack.root), **eopts, **common))
-    dkey = distill_key(run_dir, options.model, distill_config(pack, _distill_overrides(options)))
-    # Continue an interrupted training only if it was training the same thing.
-    same = read_manifest(run_dir)["stages"].get("distill", {}).get("key") == dkey
+    dconf = distill_config(pack, _distill_overrides(options))
+    dkey = distill_key(run_dir, options.model, dconf)
+    # Continue the last checkpoint whenever it was training the same thing (only the length, the
+    # checkpoint interval or a speed switch changed): a longer --max-steps trains on from there.
+    recorded = read_manifest(run_dir)["stages"].get("distill", {})
+    same = recorded.get("resume_key") == resume_key(run_dir, options.model, dconf) or recorded.get("key") == dkey
     step("distill", dkey, ["adapter/policyalign.json"],
          lambda: run_distill(run_dir, model=options.model, pack=str(pack.root), resume=same,
                              overrides=_distill_overrides(options), **common))

@@ -71,6 +71,15 @@ def test_apply_runs_every_stage_then_resumes_by_skipping(tmp_path: Path, fixture
     status = {s.name: s.status for s in changed.stages}
     assert status == {"synthesize": "skipped", "filter": "skipped", "eval_before": "skipped", "distill": "ran",
                       "eval_after": "ran", "card": "ran"}
+    # Only a longer training: distill trains on from its last checkpoint instead of starting over.
+    state = run / "checkpoints" / "checkpoint-6" / "trainer_state.json"
+    marked = json.loads(state.read_text())
+    marked["log_history"].append({"step": 6, "marker": "first run"})
+    state.write_text(json.dumps(marked))
+    longer = apply(_options(fixture_packs, run, learning_rate=5e-3, max_steps=8), pack)
+    assert {s.name: s.status for s in longer.stages}["distill"] == "ran"
+    resumed = json.loads((run / "checkpoints" / "checkpoint-8" / "trainer_state.json").read_text())
+    assert {"step": 6, "marker": "first run"} in resumed["log_history"]
 
 
 def test_config_file_and_command_line_precedence(tmp_path: Path) -> None:

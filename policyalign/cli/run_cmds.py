@@ -63,6 +63,8 @@ def apply(
     batch_size: Optional[int] = typer.Option(None, "--batch-size"),
     grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Gradient accumulation steps."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="base or ema."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Rollout sampling temperature (paper: 1.0)."),
+    save_steps: Optional[int] = typer.Option(None, "--save-steps", help="Checkpoint every N optimizer steps (default 50)."),
     judge: Optional[str] = typer.Option(None, "--judge", help="refusal | guard:MODEL | llm:MODEL"),
     eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="At most N items per eval set."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
@@ -82,7 +84,8 @@ def apply(
            "max_new_tokens": max_new_tokens, "lora_r": lora_r, "lora_alpha": lora_alpha,
            "learning_rate": learning_rate, "num_epochs": epochs, "max_steps": max_steps, "batch_size": batch_size,
            "gradient_accumulation_steps": grad_accum,
-           "teacher": teacher, "judge": judge, "eval_limit": eval_limit}
+           "teacher": teacher, "temperature": temperature, "save_steps": save_steps, "judge": judge,
+           "eval_limit": eval_limit}
     options = build_options(cli, config)
     options.progress = not quiet
     the_pack = load(options.pack, packs_path)
