@@ -18,7 +18,7 @@ import yaml
 
 from .errors import InvalidInputError, RunError
 from .pack import Pack
-from .run import read_manifest, record_inputs, stage_done, write_manifest
+from .run import read_manifest, record_inputs, stage_done, stage_results, write_manifest
 from .stages import (
     SELECTION_FLAGS, distill_config, distill_key, eval_key, filter_config, filter_key, run_distill, run_eval, run_filter,
     card_key, resume_key, run_card, run_synthesize, selection_given, synthesize_key, synthesize_options,
@@ -185,7 +185,7 @@ def _outputs_exist(run_dir: Path, names: list[str]) -> bool:
 
 def _require_selection(run_dir: Path) -> None:
     """Stop right after filtering when it kept nothing: distillation would refuse it anyway, after the evaluation."""
-    if read_manifest(run_dir)["stages"].get("filter", {}).get("results", {}).get("selected") == 0:
+    if stage_results(run_dir, "filter").get("selected") == 0:
         raise RunError("filtering selected no instructions: nothing to train on", file=str(run_dir / "selected.jsonl"),
                        hint="loosen the selection (a higher --keep, a lower --min-score) or pass --no-filter")
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from .chat import encode_chat, student_messages, teacher_messages
 from .errors import InvalidInputError, RunError
-from .io import atomic_open, make_ordinary, write_json
+from .io import atomic_open, make_files_ordinary, write_json
 
 if TYPE_CHECKING:
     from .models import LoadedModel
@@ -265,14 +265,14 @@ def _trainer_classes() -> tuple[type, type]:
             student = self._forward_logits(model, torch.cat([inputs["prompt_ids"], completion_ids], 1),
                                            torch.cat([inputs["prompt_mask"], completion_mask], 1), steps)
             with torch.no_grad(), self._get_teacher_context_for_self_distillation():
-                teacher = self._cached_teacher_logits(teacher_model, inputs, steps)
+                teacher = self._teacher_logits(teacher_model, inputs, steps)
             loss_mask = completion_mask
             if self.num_loss_tokens_to_skip > 0:
                 positions = torch.arange(steps, device=completion_mask.device).unsqueeze(0)
                 loss_mask = completion_mask * (positions >= self.num_loss_tokens_to_skip).long()
             return DistillationLogits(completion_ids, loss_mask, student, teacher)
 
-        def _cached_teacher_logits(self, teacher_model: Any, inputs: dict, steps: int) -> Any:
+        def _teacher_logits(self, teacher_model: Any, inputs: dict, steps: int) -> Any:
             version = self._teacher_version()
             if self.prefix is not None and version != self._prefix_version:
                 self.prefix.invalidate()
@@ -387,9 +387,7 @@ def save_adapter(model: Any, target: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp), selected_adapters=["default"])
     (tmp / "README.md").unlink(missing_ok=True)  # PEFT's placeholder card; ours is RUN_DIR/README.md
-    for written in tmp.iterdir():
-        if written.is_file():
-            make_ordinary(written)  # safetensors writes the weights owner-only
+    make_files_ordinary(tmp)  # safetensors writes the weights owner-only
     for extra in target.glob("*") if target.is_dir() else []:
         if extra.name not in {p.name for p in tmp.iterdir()} and extra.is_file():
             shutil.copy2(extra, tmp / extra.name)
@@ -605,10 +603,7 @@ def _ordinary_checkpoints_callback() -> Any:
     class OrdinaryCheckpoints(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
             if state.is_world_process_zero:
-                saved = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-                for path in saved.rglob("*") if saved.is_dir() else []:
-                    if path.is_file():
-                        make_ordinary(path)
+                make_files_ordinary(Path(args.output_dir) / f"checkpoint-{state.global_step}")
 
     return OrdinaryCheckpoints()
 
@@ -651,12 +646,10 @@ def _measure(trainer: Any, loaded: "LoadedModel", policy: str, heldout: list[dic
 
 def _filter_seed(run_dir: Path) -> int | None:
     """The seed `pa filter` sampled with, as run.json recorded it (None for runs without one)."""
-    from .io import read_json
+    from .run import stage_results
 
-    try:
-        seed = read_json(run_dir / "run.json")["stages"]["filter"]["results"]["config"]["seed"]
-    except (OSError, KeyError, TypeError, InvalidInputError):
-        return None
+    config = stage_results(run_dir, "filter").get("config")
+    seed = config.get("seed") if isinstance(config, dict) else None
     return seed if isinstance(seed, int) else None
 
 

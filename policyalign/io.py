@@ -51,6 +51,13 @@ def make_ordinary(path: str | os.PathLike[str]) -> None:
     os.chmod(path, 0o666 & ~_umask())
 
 
+def make_files_ordinary(directory: str | os.PathLike[str]) -> None:
+    """`make_ordinary` for every file below `directory` (a saved adapter or checkpoint)."""
+    for path in Path(directory).rglob("*"):
+        if path.is_file():
+            make_ordinary(path)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

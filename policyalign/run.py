@@ -112,6 +112,12 @@ def load_run_pack(run_dir: Path, override: str | None = None) -> "Pack":
     return pack
 
 
+def stage_results(run_dir: Path, name: str) -> dict[str, Any]:
+    """What stage `name` recorded as its results ({} when it has not finished)."""
+    results = read_manifest(run_dir)["stages"].get(name, {}).get("results")
+    return results if isinstance(results, dict) else {}
+
+
 def stage_done(run_dir: Path, stage: str, key: str) -> bool:
     """True when `stage` finished with the same input fingerprint `key`."""
     entry = read_manifest(run_dir)["stages"].get(stage, {})

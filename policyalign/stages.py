@@ -155,8 +155,8 @@ def check_resumable(run_dir: Path, key: str) -> None:
     if checkpoint is not None and recorded is not None and recorded != key:
         raise RunError(f"--resume would continue {checkpoint.name}, trained with other data, model or options",
                        file=str(Path(run_dir) / MANIFEST), where="stages.distill",
-                       hint="resume with the options of the interrupted run (only --max-steps and --epochs may "
-                            "change), or drop --resume to train afresh")
+                       hint="resume with the options of the interrupted run (only --max-steps, --epochs, "
+                            "--save-steps, --no-prefix-cache and --vllm may change), or drop --resume to train afresh")
 
 
 def run_distill(run_dir: Path, *, model: str | None = None, pack: str | None = None, device: str | None = None,

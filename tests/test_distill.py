@@ -251,7 +251,7 @@ def test_trainer_teacher_forward_continues_tool_prompts_from_the_cache(run_dir) 
                    zip(built["teacher_input_ids"][:, :-3].tolist(), built["teacher_attention_mask"][:, :-3].tolist())]
     assert trainer.prefix.split(teacher_ids)[0] == trainer.prefix.core < len(trainer.prefix)
     with torch.no_grad():
-        cached = trainer._cached_teacher_logits(trainer.model, {**built, "completion_ids": completion,
+        cached = trainer._teacher_logits(trainer.model, {**built, "completion_ids": completion,
                                                                 "completion_mask": mask}, 3)
         full = completion_logits(trainer.model, teacher_ids, completion.tolist(), pad_id=0).logits
     assert torch.allclose(torch.log_softmax(cached, -1), torch.log_softmax(full, -1), atol=1e-4)
