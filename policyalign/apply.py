@@ -200,6 +200,10 @@ def apply(options: ApplyOptions, pack: Pack, *, on_stage: Callable[[str, str], N
                                                           if k not in ("explicit", "progress", "out")})
     common = {"device": options.device, "progress": options.progress}
     reports: list[StageReport] = []
+    # Every stage's settings are checked before the first stage runs: a bad --save-steps should
+    # not surface after minutes of synthesis and filtering.
+    fconf = filter_config(pack, **_filter_options(options))
+    dconf = distill_config(pack, _distill_overrides(options))
 
     def step(name: str, key: str, outputs: list[str], action: Callable[[], Any]) -> None:
         if stage_done(run_dir, name, key) and _outputs_exist(run_dir, outputs):
@@ -218,7 +222,6 @@ def apply(options: ApplyOptions, pack: Pack, *, on_stage: Callable[[str, str], N
                                 rounds=options.rounds, seed=options.seed, batch_size=options.gen_batch_size,
                                 max_new_tokens=options.synth_max_new_tokens,
                                 backend=options.backend, **common))
-    fconf = filter_config(pack, **_filter_options(options))
     step("filter", filter_key(run_dir, options.model, fconf), ["selected.jsonl", "heldout.jsonl"],
          lambda: run_filter(run_dir, model=options.model, pack=str(pack.root), backend=options.backend,
                             **common, **_filter_options(options)))
@@ -226,7 +229,6 @@ def apply(options: ApplyOptions, pack: Pack, *, on_stage: Callable[[str, str], N
     eopts = _eval_options(options)
     step("eval_before", eval_key(run_dir, pack, options.model, "before", eopts), ["eval/before/eval.json"],
          lambda: run_eval(run_dir, "before", model=options.model, pack=str(pack.root), **eopts, **common))
-    dconf = distill_config(pack, _distill_overrides(options))
     dkey = distill_key(run_dir, options.model, dconf)
     # Continue the last checkpoint whenever it was training the same thing (only the length, the
     # checkpoint interval or a speed switch changed): a longer --max-steps trains on from there.

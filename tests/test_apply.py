@@ -170,3 +170,14 @@ def test_an_empty_selection_stops_apply_before_the_evaluation(tmp_path: Path, fi
     assert caught.value.problem.file == str(run / "selected.jsonl") and "--no-filter" in caught.value.problem.hint
     assert json.loads((run / "run.json").read_text())["stages"]["filter"]["status"] == "done"
     assert not (run / "eval").exists()
+
+
+@pytest.mark.parametrize("bad, message", [({"save_steps": 0}, "--save-steps 0"),
+                                          ({"keep": 0.3, "top_n": 5}, "different selection rules")])
+def test_bad_settings_of_a_later_stage_fail_before_the_first_stage_runs(tmp_path: Path, fixture_packs: Path,
+                                                                        bad: dict, message: str) -> None:
+    pack = Registry([fixture_packs]).load("child-pack")
+    run = tmp_path / "run"
+    with pytest.raises(InvalidInputError, match=message):
+        apply(_options(fixture_packs, run, **bad), pack)
+    assert not (run / "instructions.jsonl").exists(), "nothing was synthesized"
