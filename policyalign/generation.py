@@ -119,23 +119,31 @@ class RowSampler:
     """Draws each row's next token with that row's own random stream.
 
     A batch-wide draw from the global RNG would make a request's sample depend on its batch
-    neighbours; with one generator per request, a request draws once per step until it ends,
-    whatever else shares its batch.
+    neighbours; with one generator per request, a request's t-th token always uses its t-th
+    uniform draw, whatever else shares its batch. The draws are taken ahead, a chunk per row,
+    so a decoding step samples every row in a few batched ops: no per-row call and no wait
+    for the device (on a GPU, one small launch per row per token used to add up).
     """
+
+    CHUNK = 64  # uniforms drawn ahead per row at a time
 
     def __init__(self, seeds: Sequence[int], temperature: float, top_p: float, device: Any) -> None:
         import torch
 
         self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        self.device = device
         self.temperature = temperature
         self.top_p = top_p
+        self._uniforms: Any = None  # (rows, steps drawn so far), float64
+        self._nonfinite: Any = None  # a 0-d bool tensor: any non-finite logits seen so far
 
-    def __call__(self, logits: Any, rows: Sequence[int]) -> Any:
-        """The next token of each of `rows` (indices into the batch), from `logits` of those rows.
+    def __call__(self, logits: Any, step: int) -> Any:
+        """Every row's token at decoding step `step`, from `logits` (rows, vocabulary).
 
-        Inverse-CDF sampling with one uniform draw per row, at one small call per row instead
-        of a multinomial per row. The running sum is in float64: in float32, over a 150k
-        vocabulary, tokens of probability ~1e-8 fall below the sum's resolution.
+        Inverse-CDF sampling with the row's `step`-th uniform. The running sum is in float64:
+        in float32, over a 150k vocabulary, tokens of probability ~1e-8 fall below the sum's
+        resolution. Non-finite logits are recorded, not checked here (checking is a device
+        sync): `check()` raises for them.
         """
         import torch
 
@@ -143,14 +151,28 @@ class RowSampler:
         if self.top_p < 1.0:
             probs = _top_p_filter(probs, self.top_p)
         cdf = probs.double().cumsum(dim=-1)
-        if not bool(torch.isfinite(cdf[:, -1]).all() and (cdf[:, -1] > 0).all()):
+        total = cdf[:, -1]
+        bad = ~(torch.isfinite(total) & (total > 0)).all()
+        self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
+        # Strictly below the total, so the first cdf entry above the draw is a token with mass.
+        draw = torch.minimum(self._uniform(step) * total, torch.nextafter(total, torch.zeros_like(total)))
+        token = torch.searchsorted(cdf, draw[:, None], right=True).squeeze(1)
+        return token.clamp(max=logits.size(-1) - 1)  # NaN rows stay valid ids until check() raises
+
+    def _uniform(self, step: int) -> Any:
+        import torch
+
+        while self._uniforms is None or step >= self._uniforms.size(1):
+            chunk = torch.stack([torch.rand(self.CHUNK, generator=g, device=self.device, dtype=torch.float64)
+                                 for g in self.generators])
+            self._uniforms = chunk if self._uniforms is None else torch.cat([self._uniforms, chunk], dim=1)
+        return self._uniforms[:, step]
+
+    def check(self) -> None:
+        """Raise if any logits sampled so far were NaN or infinite."""
+        if self._nonfinite is not None and bool(self._nonfinite):
             raise ModelError("the model produced NaN or infinite logits while sampling",
                              hint="the model overflowed (float16 weights often do): load it in bfloat16 or float32")
-        uniform = torch.cat([torch.rand(1, generator=self.generators[row], device=logits.device, dtype=torch.float64)
-                             for row in rows])
-        # Strictly below the total, so the first cdf entry above the draw is a token with mass.
-        draw = torch.minimum(uniform * cdf[:, -1], torch.nextafter(cdf[:, -1], torch.zeros_like(cdf[:, -1])))
-        return torch.searchsorted(cdf, draw[:, None], right=True).squeeze(1)
 
 
 def _top_p_filter(probs: Any, top_p: float) -> Any:
@@ -203,7 +225,7 @@ def decode(model: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
         out = model(input_ids=ids, attention_mask=mask[:, :width + step], position_ids=positions,
                     past_key_values=None if recompute else cache, use_cache=not recompute, **extra)
         recompute = recompute or getattr(out, "past_key_values", None) is not cache
-        token = _next_tokens(out.logits[:, -1], live, sampler, pad_id)
+        token = _next_tokens(out.logits[:, -1], live, sampler, pad_id, step)
         steps.append(token)
         live &= ~torch.isin(token, eos)
         if not bool(live.any()):
@@ -213,20 +235,18 @@ def decode(model: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
             ids = torch.cat([prompt_ids, torch.stack(steps, dim=1)], dim=1)
             positions = torch.cat([prompt_positions, prompt_positions[:, -1:] + torch.arange(
                 1, len(steps) + 1, device=device)], dim=1)
+    if sampler is not None:
+        sampler.check()
     eos_set = set(eos_ids)
     return [_cut_at_eos(row, eos_set)[0] for row in torch.stack(steps, dim=1).tolist()]
 
 
-def _next_tokens(logits: Any, live: Any, sampler: RowSampler | None, pad_id: int) -> Any:
-    """Argmax, or each live row's own draw; finished rows get padding."""
+def _next_tokens(logits: Any, live: Any, sampler: RowSampler | None, pad_id: int, step: int) -> Any:
+    """Argmax, or each row's own draw; finished rows get padding (their draws are discarded)."""
     import torch
 
-    if sampler is None:
-        return torch.where(live, logits.argmax(dim=-1), pad_id)
-    rows = live.nonzero().flatten()
-    token = torch.full((logits.size(0),), pad_id, dtype=torch.long, device=logits.device)
-    token[rows] = sampler(logits[rows], rows.tolist())
-    return token
+    token = logits.argmax(dim=-1) if sampler is None else sampler(logits, step)
+    return torch.where(live, token, pad_id)
 
 
 def _takes_logits_to_keep(model: Any) -> bool:

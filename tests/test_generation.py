@@ -88,17 +88,35 @@ def test_row_sampler_draws_the_softmax_distribution_and_never_a_zero_probability
     probs = torch.tensor([0.5, 0.3, 0.2, 0.0, 0.0])
     logits = probs.log().expand(4, -1)
     sampler = RowSampler([1, 2, 3, 4], temperature=1.0, top_p=1.0, device="cpu")
-    draws = torch.cat([sampler(logits, [0, 1, 2, 3]) for _ in range(3000)])
+    draws = torch.cat([sampler(logits, step) for step in range(3000)])
     counts = torch.bincount(draws, minlength=5).float() / len(draws)
     assert counts[3:].sum() == 0
     assert torch.allclose(counts[:3], probs[:3], atol=0.02)
+    sampler.check()
     nucleus = RowSampler([1], temperature=1.0, top_p=0.6, device="cpu")
-    assert {int(nucleus(logits[:1], [0])) for _ in range(200)} == {0, 1}
-    for bad in (float("nan"), float("inf")):
+    assert {int(nucleus(logits[:1], step)) for step in range(200)} == {0, 1}
+    for bad in (torch.tensor([[0.0, float("nan"), 1.0]]), torch.tensor([[0.0, float("inf"), 1.0]]),
+                torch.full((1, 3), float("-inf"))):
+        broken = RowSampler([1], temperature=1.0, top_p=1.0, device="cpu")
+        assert 0 <= int(broken(bad, 0)) < 3  # still a valid id, so the next forward does not fail first
+        broken(logits[:1], 1)
         with pytest.raises(ModelError, match="NaN or infinite logits"):
-            sampler(torch.tensor([[0.0, bad, 1.0]]), [0])
-    with pytest.raises(ModelError):
-        sampler(torch.full((1, 3), float("-inf")), [0])
+            broken.check()
+
+
+def test_a_rows_draws_do_not_depend_on_its_batch_or_on_when_they_are_taken() -> None:
+    """Row r's t-th token uses its t-th uniform: alone or in a batch, drawn ahead in chunks or one by one."""
+    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(0))
+    steps = RowSampler.CHUNK + 6  # crosses a chunk boundary
+    batch = RowSampler([11, 12, 13], temperature=1.0, top_p=1.0, device="cpu")
+    together = torch.stack([batch(logits, t) for t in range(steps)], dim=1)
+    alone = RowSampler([12], temperature=1.0, top_p=1.0, device="cpu")
+    assert torch.equal(torch.stack([alone(logits[1:2], t) for t in range(steps)], dim=1)[0], together[1])
+    cdf = torch.softmax(logits[1].double(), -1).cumsum(-1)
+    generator = torch.Generator().manual_seed(12)
+    one_by_one = [int(torch.searchsorted(cdf, torch.rand(1, generator=generator, dtype=torch.float64) * cdf[-1],
+                                         right=True)) for _ in range(steps)]
+    assert together[1].tolist() == one_by_one
 
 
 def test_generation_fields(loaded: LoadedModel) -> None:
