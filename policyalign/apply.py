@@ -231,11 +231,12 @@ def apply(options: ApplyOptions, pack: Pack, *, on_stage: Callable[[str, str], N
          lambda: run_eval(run_dir, "before", model=options.model, pack=str(pack.root), **eopts, **common))
     dkey = distill_key(run_dir, options.model, dconf)
     # Continue the last checkpoint whenever it was training the same thing (only the length, the
-    # checkpoint interval or a speed switch changed): a longer --max-steps trains on from there.
+    # checkpoint interval or a speed switch changed): a longer --max-steps trains on from there, and
+    # a checkpoint already past a shorter one is set aside for a fresh run.
     recorded = read_manifest(run_dir)["stages"].get("distill", {})
     same = recorded.get("resume_key") == resume_key(run_dir, options.model, dconf) or recorded.get("key") == dkey
     step("distill", dkey, ["adapter/policyalign.json"],
-         lambda: run_distill(run_dir, model=options.model, pack=str(pack.root), resume=same,
+         lambda: run_distill(run_dir, model=options.model, pack=str(pack.root), resume=same, restart_if_past=True,
                              overrides=_distill_overrides(options), **common))
     step("eval_after", eval_key(run_dir, pack, options.model, "after", eopts), ["eval/after/eval.json"],
          lambda: run_eval(run_dir, "after", model=options.model, pack=str(pack.root), **eopts, **common))

@@ -200,6 +200,33 @@ def _trainer_classes() -> tuple[type, type]:
                         and isinstance(layers["default"], torch.nn.Dropout):
                     layers["default"].p = config.lora_dropout
 
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            self._restore_ema_teacher(Path(resume_from_checkpoint))
+
+        def _restore_ema_teacher(self, checkpoint: Path) -> None:
+            """Take an EMA run's two adapters back from its checkpoint.
+
+            The checkpoint keeps the student at its root and trl's `teacher` adapter in a
+            subfolder. Given a subfolder, the Trainer loads only that, so the student would go on
+            from its initial weights; and trl's EMA callback would add `teacher` a second time at
+            train begin (a ValueError) and restart its average from zero.
+            """
+            from peft import get_peft_model_state_dict, set_peft_model_state_dict
+            from peft.utils import load_peft_weights
+            from trl.experimental.sdft.teacher_sync import PEFTAdapterEMACallback
+
+            ema = next((c for c in self.callback_handler.callbacks if isinstance(c, PEFTAdapterEMACallback)), None)
+            net = self.accelerator.unwrap_model(self.model)
+            if ema is None or ema.teacher_adapter_name not in getattr(net, "peft_config", {}):
+                return
+            set_peft_model_state_dict(net, load_peft_weights(str(checkpoint), device=str(self.accelerator.device)),
+                                      adapter_name="default")
+            teacher = get_peft_model_state_dict(net, adapter_name=ema.teacher_adapter_name)
+            ema.teacher_adapter_config = net.peft_config[ema.teacher_adapter_name]
+            ema.shadow_weights = {k: v.detach().clone() for k, v in teacher.items()}
+            ema._initialized = True
+
         def _get_train_sampler(self, dataset: Any = None) -> Any:
             stock = super()._get_train_sampler(dataset)
             stock.__class__ = EpochRepeatSampler  # same state, plus set_epoch
@@ -468,8 +495,14 @@ class DistillResult:
 
 
 def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillConfig, *,
-                device: str | None = None, resume: bool = False, progress: bool = True) -> DistillResult:
-    """Train the adapter on selected.jsonl; measure internalization on heldout.jsonl; save everything."""
+                device: str | None = None, resume: bool = False, restart_if_past: bool = False,
+                progress: bool = True) -> DistillResult:
+    """Train the adapter on selected.jsonl; measure internalization on heldout.jsonl; save everything.
+
+    `resume` continues the last checkpoint. One that has already trained more steps than
+    `config` asks for is refused, or with `restart_if_past` (what `pa apply` wants) set aside
+    for a fresh run.
+    """
     from .filtering import read_instructions
     from .models import cpu_threads, load_model
     from .run import require
@@ -489,17 +522,18 @@ def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillCon
     config = fit_batch(config, len(records), processes)
     adapter_dir = run_dir / "adapter"
     checkpoints = checkpoint_dir(run_dir)
-    if not resume and main:
-        shutil.rmtree(checkpoints, ignore_errors=True)
     loaded = load_model(model_name, device=device, trainable=True)
     with cpu_threads(loaded):
+        # Built before any checkpoint is removed: a setting the trainer rejects loses nothing.
         trainer = build_trainer(loaded, pack.policy, records, config, checkpoints, progress=progress and main)
         if processes > 1 and (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
             raise RunError("multi-process training supports data parallelism (DDP) only, not FSDP or DeepSpeed",
                            hint="launch with `torchrun --nproc_per_node N` or `accelerate launch --multi_gpu` "
                                 "without an FSDP/DeepSpeed config: rank 0 alone measures and saves the adapter")
+        resume_from = _checkpoint_to_continue(trainer, run_dir, resume, restart_if_past)
+        if resume_from is None and main:
+            shutil.rmtree(checkpoints, ignore_errors=True)
         before = _measure(trainer, loaded, pack.policy, heldout, config, adapter_on=False) if main else None
-        resume_from = _resume_point(checkpoints, adapter_dir) if resume else None
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         if trainer.state.global_step == 0:
             raise RunError("training ran no optimizer step", file=str(run_dir / "selected.jsonl"),
@@ -516,13 +550,34 @@ def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillCon
     return result
 
 
-def _resume_point(checkpoints: Path, adapter_dir: Path) -> Path | None:
-    """The newest complete checkpoint, also where runs before 0.1.0's release kept them (adapter/checkpoints).
+def _checkpoint_to_continue(trainer: Any, run_dir: Path, resume: bool, restart_if_past: bool) -> Path | None:
+    """The checkpoint to train on from, or None to train afresh.
+
+    A checkpoint already past the steps these settings train would end training at once, and
+    the longer-trained adapter would be saved as the one these settings made.
+    """
+    checkpoint = resume_point(run_dir) if resume else None
+    if checkpoint is None:
+        return None
+    done = int(json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8")).get("global_step", 0))
+    planned = trainer.set_initial_training_values(trainer.args, trainer.get_train_dataloader())[-1]
+    if done <= planned:
+        return checkpoint
+    if restart_if_past:
+        return None
+    raise RunError(f"{checkpoint.name} has already trained {done} optimizer steps, more than the {planned} "
+                   "these settings train", file=str(checkpoint / "trainer_state.json"),
+                   hint=f"drop --resume to train {planned} steps afresh, or resume with a larger --max-steps or --epochs")
+
+
+def resume_point(run_dir: Path) -> Path | None:
+    """The run's newest complete checkpoint, also where runs before 0.1.0's release kept them (adapter/checkpoints).
 
     Read in place rather than moved, so every rank of a multi-process run finds the same one;
     new checkpoints go to `checkpoints`, and the old ones leave with the old adapter directory.
     """
-    return last_complete_checkpoint(checkpoints) or last_complete_checkpoint(adapter_dir / "checkpoints")
+    run_dir = Path(run_dir)
+    return last_complete_checkpoint(checkpoint_dir(run_dir)) or last_complete_checkpoint(run_dir / "adapter" / "checkpoints")
 
 
 def _leave_process_group(trainer: Any) -> None:
@@ -585,14 +640,32 @@ def build_trainer(loaded: "LoadedModel", policy: str, records: list[dict[str, An
         kwargs = {"policy": policy, "context_limit": max_context(loaded), "prefix_cache": config.prefix_cache}
     head = loaded.model.get_output_embeddings()
     vocab = head.weight.shape[0] if head is not None else loaded.model.config.get_text_config().vocab_size
-    trainer = cls(model=loaded.model, args=sdft_config(config, output_dir, vocab_size=vocab),
-                  train_dataset=training_dataset(records), processing_class=loaded.tokenizer,
-                  peft_config=lora_config(config), **kwargs)
+    from peft.utils.error import NoMatchingPeftModuleError
+
+    try:
+        trainer = cls(model=loaded.model, args=sdft_config(config, output_dir, vocab_size=vocab),
+                      train_dataset=training_dataset(records), processing_class=loaded.tokenizer,
+                      peft_config=lora_config(config), **kwargs)
+    except NoMatchingPeftModuleError:
+        given = config.target_modules if isinstance(config.target_modules, str) else list(config.target_modules)
+        raise InvalidInputError(f"--target-modules {given!r}: no such module in {loaded.ref.name}",
+                                where="training.target_modules",
+                                hint=f"adapt some of {', '.join(linear_module_names(loaded.model))} "
+                                     "(or all-linear), on the command line or in the pack") from None
     trainer.remove_callback(PrinterCallback)  # raw log dicts on stdout; progress has its own bar
     trainer.add_callback(_ordinary_checkpoints_callback())
     if progress:
         trainer.add_callback(_progress_callback())
     return trainer
+
+
+def linear_module_names(model: Any) -> list[str]:
+    """The names LoRA can target in `model`: its linear layers, the output head aside."""
+    import torch
+
+    head = model.get_output_embeddings()
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if isinstance(module, torch.nn.Linear) and module is not head})
 
 
 def _ordinary_checkpoints_callback() -> Any:

@@ -148,10 +148,10 @@ def check_resumable(run_dir: Path, key: str) -> None:
     Otherwise the Trainer either fails deep inside with a tensor size mismatch (another LoRA
     rank) or, worse, carries on silently with the checkpoint's optimizer and schedule.
     """
-    from .distill import checkpoint_dir, last_complete_checkpoint
+    from .distill import resume_point
 
     recorded = read_manifest(run_dir)["stages"].get("distill", {}).get("resume_key")
-    checkpoint = last_complete_checkpoint(checkpoint_dir(run_dir))
+    checkpoint = resume_point(run_dir)
     if checkpoint is not None and recorded is not None and recorded != key:
         raise RunError(f"--resume would continue {checkpoint.name}, trained with other data, model or options",
                        file=str(Path(run_dir) / MANIFEST), where="stages.distill",
@@ -160,7 +160,8 @@ def check_resumable(run_dir: Path, key: str) -> None:
 
 
 def run_distill(run_dir: Path, *, model: str | None = None, pack: str | None = None, device: str | None = None,
-                resume: bool = False, overrides: dict[str, Any] | None = None, progress: bool = True) -> "DistillResult":
+                resume: bool = False, restart_if_past: bool = False, overrides: dict[str, Any] | None = None,
+                progress: bool = True) -> "DistillResult":
     from .distill import distill_run, launch_rank
 
     run_dir = Path(run_dir)
@@ -171,9 +172,11 @@ def run_distill(run_dir: Path, *, model: str | None = None, pack: str | None = N
     if resume:
         check_resumable(run_dir, continuation)
     if launch_rank()[0] != 0:  # another rank of a multi-process run: train; rank 0 keeps the books
-        return distill_run(run_dir, the_pack, model, config, device=device, resume=resume, progress=False)
+        return distill_run(run_dir, the_pack, model, config, device=device, resume=resume,
+                           restart_if_past=restart_if_past, progress=False)
     with stage(run_dir, "distill", distill_key(run_dir, model, config), resume_key=continuation) as results:
-        result = distill_run(run_dir, the_pack, model, config, device=device, resume=resume, progress=progress)
+        result = distill_run(run_dir, the_pack, model, config, device=device, resume=resume,
+                             restart_if_past=restart_if_past, progress=progress)
         results.update({"steps": result.steps, "selected": result.train_records, "heldout": result.heldout_records,
                         "internalization_before": result.internalization_before,
                         "internalization_after": result.internalization_after})

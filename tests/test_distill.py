@@ -206,9 +206,79 @@ def test_resume_refuses_a_checkpoint_of_other_settings_but_may_train_longer(run_
     marked["log_history"].append({"step": 3, "marker": "old place"})
     state.write_text(json.dumps(marked))
     checkpoint_dir(run).rename(run / "adapter" / "checkpoints")
+    with pytest.raises(RunError, match="checkpoint-3, trained with other"):  # checked there too
+        run_distill(run, resume=True, overrides={**options, "max_steps": 4, "lora_r": 2}, progress=False)
     assert run_distill(run, resume=True, overrides={**options, "max_steps": 4}, progress=False).steps == 4
     resumed = json.loads((last_complete_checkpoint(checkpoint_dir(run)) / "trainer_state.json").read_text())
     assert {"step": 3, "marker": "old place"} in resumed["log_history"], "continued from the moved checkpoint"
+
+
+@pytest.mark.slow
+def test_a_checkpoint_past_the_requested_length_is_refused_or_set_aside(run_dir) -> None:
+    """Resuming checkpoint-3 for 2 steps would train nothing and save the 3-step adapter as the 2-step one."""
+    from policyalign.errors import RunError
+    from policyalign.run import record_inputs
+    from policyalign.stages import run_distill
+
+    run, pack = run_dir
+    record_inputs(run, pack, "tiny")
+    options = {"max_steps": 3, "max_new_tokens": 8, "batch_size": 4, "save_steps": 1}
+    run_distill(run, overrides=options, progress=False)
+    shorter = {**options, "max_steps": 2}
+    with pytest.raises(RunError, match="checkpoint-3 has already trained 3 optimizer steps, more than the 2") as caught:
+        run_distill(run, resume=True, overrides=shorter, progress=False)
+    assert "drop --resume" in caught.value.problem.hint
+    assert last_complete_checkpoint(checkpoint_dir(run)).name == "checkpoint-3", "a refusal loses nothing"
+    result = run_distill(run, resume=True, restart_if_past=True, overrides=shorter, progress=False)  # as pa apply does
+    assert result.steps == 2 and [h["step"] for h in result.history] == [1, 2]
+    assert json.loads((run / "adapter" / "policyalign.json").read_text())["training"]["steps"] == 2
+    assert last_complete_checkpoint(checkpoint_dir(run)).name == "checkpoint-2", "the longer run's checkpoints are gone"
+
+
+@pytest.mark.slow
+def test_an_ema_run_resumes_its_student_and_its_teacher(run_dir) -> None:
+    """The checkpoint keeps both adapters; the Trainer alone reloads only the teacher, and trl then fails to re-add it."""
+    from peft import get_peft_model_state_dict
+    from peft.utils import load_peft_weights
+    from trl.experimental.sdft.teacher_sync import PEFTAdapterEMACallback
+
+    from policyalign.distill import build_trainer
+    from policyalign.filtering import read_instructions
+    from policyalign.run import record_inputs
+    from policyalign.stages import run_distill
+
+    run, pack = run_dir
+    record_inputs(run, pack, "tiny")
+    options = {"max_steps": 2, "max_new_tokens": 8, "batch_size": 4, "save_steps": 1, "teacher": "ema",
+               "learning_rate": 1e-2}
+    run_distill(run, overrides=options, progress=False)
+    checkpoint = last_complete_checkpoint(checkpoint_dir(run))
+    trainer = build_trainer(load_model("tiny", trainable=True), pack.policy, read_instructions(run / "selected.jsonl"),
+                            DistillConfig.from_pack(pack.training, **options), checkpoint_dir(run))
+    trainer._load_from_checkpoint(str(checkpoint))
+    net = trainer.accelerator.unwrap_model(trainer.model)
+    for adapter, folder in (("default", checkpoint), ("teacher", checkpoint / "teacher")):
+        saved, loaded = load_peft_weights(str(folder)), get_peft_model_state_dict(net, adapter_name=adapter)
+        assert saved.keys() == loaded.keys() and all(torch.equal(saved[k], loaded[k]) for k in saved), adapter
+    [ema] = [c for c in trainer.callback_handler.callbacks if isinstance(c, PEFTAdapterEMACallback)]
+    assert all(torch.equal(ema.shadow_weights[k], v) for k, v in load_peft_weights(str(checkpoint / "teacher")).items())
+    assert any(v.abs().sum() > 0 for v in ema.shadow_weights.values()), "the average goes on, not from zero"
+    assert run_distill(run, resume=True, overrides={**options, "max_steps": 3}, progress=False).steps == 3
+
+
+def test_unknown_target_modules_are_named_before_any_checkpoint_is_removed(run_dir) -> None:
+    from policyalign.run import record_inputs
+    from policyalign.stages import run_distill
+
+    run, pack = run_dir
+    record_inputs(run, pack, "tiny")
+    kept = checkpoint_dir(run) / "checkpoint-5"
+    kept.mkdir(parents=True)
+    (kept / "trainer_state.json").write_text('{"global_step": 5}')
+    with pytest.raises(InvalidInputError, match="--target-modules \\['q_projj'\\]: no such module in tiny") as caught:
+        run_distill(run, overrides={"target_modules": ["q_projj"], "max_steps": 1}, progress=False)
+    assert "q_proj" in caught.value.problem.hint and "all-linear" in caught.value.problem.hint
+    assert kept.is_dir(), "a rejected setting must not cost the previous run's checkpoints"
 
 
 def test_teacher_prompt_has_policy_as_system_message_and_no_truncation(run_dir) -> None:
