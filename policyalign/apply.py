@@ -10,9 +10,10 @@ completion without losing finished work.
 from __future__ import annotations
 
 import re
+import types
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -100,7 +101,57 @@ def load_config_file(path: Path) -> dict[str, Any]:
         if key not in names:
             raise InvalidInputError(f"unknown option {key!r}", file=str(path), where=key,
                                     hint=did_you_mean(key, sorted(names)) or f"known options: {', '.join(sorted(names))}")
-    return options
+    return check_config_types(options, path)
+
+
+_TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", Path: "a string"}
+_EXAMPLES = {bool: "true", int: "1", float: "0.5", str: '"..."', Path: '"..."'}
+
+
+def check_config_types(options: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Each YAML value checked against its `ApplyOptions` field's type, every bad key named in one error.
+
+    YAML types values itself (`yes` is a bool, `"4"` a string), and nothing after this point checks
+    them: `seed: abc` would run synthesis and evaluation for minutes before distillation crashed. An
+    int is taken where a float is expected (and made a float); a bool is never taken as a number.
+    """
+    hints = get_type_hints(ApplyOptions)
+    checked: dict[str, Any] = {}
+    bad: list[tuple[str, str, str]] = []  # key, what is wrong, an example of a right value
+    for key, value in options.items():
+        hint = hints[key]
+        if hint is Any:  # target_modules: one name (e.g. all-linear) or a list of names
+            if value is None or isinstance(value, str) or (
+                    isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
+                checked[key] = value
+            else:
+                bad.append((key, f"expected a string or a list of strings, got {value!r}",
+                            f"{key}: [q_proj, v_proj]"))
+            continue
+        allowed = get_args(hint) if get_origin(hint) in (Union, types.UnionType) else (hint,)
+        kinds = [t for t in allowed if t is not type(None)]
+        if value is None and type(None) in allowed:
+            checked[key] = None
+        elif isinstance(value, bool) and bool in kinds:
+            checked[key] = value
+        elif isinstance(value, int) and not isinstance(value, bool) and int in kinds:
+            checked[key] = value
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and float in kinds:
+            checked[key] = float(value)
+        elif isinstance(value, str) and (str in kinds or Path in kinds):
+            checked[key] = value
+        else:
+            expected = " or ".join([_TYPE_NAMES[t] for t in kinds] + (["null"] if type(None) in allowed else []))
+            got = "null" if value is None else _TYPE_NAMES.get(type(value), type(value).__name__)
+            bad.append((key, f"expected {expected}, got {value!r} ({got})", f"{key}: {_EXAMPLES[kinds[0]]}"))
+    if bad:
+        message = "; ".join(f"{key}: {what}" for key, what, _ in bad)
+        if len(bad) > 1:
+            message = f"{len(bad)} options have the wrong type: {message}"
+        raise InvalidInputError(message, file=str(path), where=", ".join(key for key, _, _ in bad),
+                                hint="write e.g. " + ", ".join(f"`{ex}`" for _, _, ex in bad)
+                                     + " (numbers and true/false unquoted, text that looks like a number quoted)")
+    return checked
 
 
 def build_options(cli: dict[str, Any], config: Path | None) -> ApplyOptions:

@@ -94,6 +94,31 @@ def test_config_file_and_command_line_precedence(tmp_path: Path) -> None:
         build_options({"pack": "general"}, None)
 
 
+
+def test_config_values_of_the_wrong_type_fail_before_any_stage_runs(tmp_path: Path) -> None:
+    """`seed: abc` used to run synthesis and evaluation for minutes, then crash in distillation."""
+    config = tmp_path / "run.yaml"
+    config.write_text("pack: general\nmodel: tiny\nseed: abc\nn: '4'\nprivate: 'yes'\ntarget_modules: 5\nkeep: 0.5\n")
+    with pytest.raises(InvalidInputError, match="seed: expected an integer, got 'abc'") as caught:
+        build_options({}, config)
+    problem = caught.value.problem
+    assert problem.file == str(config) and problem.where == "seed, n, private, target_modules", "every bad key, keep is fine"
+    assert "`seed: 1`" in problem.hint
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["apply", "--config", str(config), "--out", str(run)])
+    assert result.exit_code == 2 and "seed: expected an integer" in result.output
+    assert not run.exists(), "no stage ran"
+    for bad in ("keep: true", "lora_r: 2.5", "model: null", "out: 5", "target_modules: [q_proj, 3]"):
+        config.write_text(f"pack: general\nmodel: tiny\n{bad}\n")
+        with pytest.raises(InvalidInputError, match=bad.split(":")[0]):
+            build_options({}, config)
+    # An int is a float where a float is expected; null only where the option allows it; names as a string or a list.
+    config.write_text("pack: general\nmodel: tiny\nkeep: 1\nlora_dropout: null\nout: runs/x\nprivate: yes\n"
+                      "target_modules: [q_proj, v_proj]\n")
+    options = build_options({}, config)
+    assert options.keep == 1.0 and isinstance(options.keep, float) and options.lora_dropout is None
+    assert options.out == Path("runs/x") and options.private is True and options.target_modules == ["q_proj", "v_proj"]
+
 def test_tiny_defaults_never_override_explicit_options(tmp_path: Path) -> None:
     from policyalign.apply import TINY_DEFAULTS, with_model_defaults
 
