@@ -273,24 +273,24 @@ def apply(options: ApplyOptions, pack: Pack, *, on_stage: Callable[[str, str], N
                                 rounds=options.rounds, seed=options.seed, batch_size=options.gen_batch_size,
                                 max_new_tokens=options.synth_max_new_tokens,
                                 backend=options.backend, **common))
-    step("filter", filter_key(run_dir, options.model, fconf), ["selected.jsonl", "heldout.jsonl"],
-         lambda: run_filter(run_dir, model=options.model, pack=str(pack.root), backend=options.backend,
+    step("filter", filter_key(run_dir, pack, options.model, fconf, options.backend), ["selected.jsonl", "heldout.jsonl"],
+         lambda: run_filter(run_dir, model=options.model, pack=pack, backend=options.backend,
                             **common, **_filter_options(options)))
     _require_selection(run_dir)
     eopts = _eval_options(options)
     step("eval_before", eval_key(run_dir, pack, options.model, "before", eopts), ["eval/before/eval.json"],
-         lambda: run_eval(run_dir, "before", model=options.model, pack=str(pack.root), **eopts, **common))
-    dkey = distill_key(run_dir, options.model, dconf)
+         lambda: run_eval(run_dir, "before", model=options.model, pack=pack, **eopts, **common))
+    dkey = distill_key(run_dir, pack, options.model, dconf)
     # Continue the last checkpoint whenever it was training the same thing (only the length, the
     # checkpoint interval or a speed switch changed): a longer --max-steps trains on from there, and
     # a checkpoint already past a shorter one is set aside for a fresh run.
     recorded = read_manifest(run_dir)["stages"].get("distill", {})
-    same = recorded.get("resume_key") == resume_key(run_dir, options.model, dconf) or recorded.get("key") == dkey
+    same = recorded.get("resume_key") == resume_key(run_dir, pack, options.model, dconf) or recorded.get("key") == dkey
     step("distill", dkey, ["adapter/policyalign.json"],
-         lambda: run_distill(run_dir, model=options.model, pack=str(pack.root), resume=same, restart_if_past=True,
+         lambda: run_distill(run_dir, model=options.model, pack=pack, resume=same, restart_if_past=True,
                              overrides=_distill_overrides(options), **common))
     step("eval_after", eval_key(run_dir, pack, options.model, "after", eopts), ["eval/after/eval.json"],
-         lambda: run_eval(run_dir, "after", model=options.model, pack=str(pack.root), **eopts, **common))
+         lambda: run_eval(run_dir, "after", model=options.model, pack=pack, **eopts, **common))
     repo_id = options.push_to or f"local/{run_dir.name}"
     step("card", card_key(run_dir, repo_id), ["README.md", "eval/before_after.png"],
          lambda: run_card(run_dir, repo_id))

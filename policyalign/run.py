@@ -96,19 +96,26 @@ def require(run_dir: Path, name: str, producer: str) -> Path:
     return path
 
 
-def load_run_pack(run_dir: Path, override: str | None = None) -> "Pack":
-    """The pack of a run: `override` if given, else the recorded path; warns nothing, checks the digest."""
+def load_run_pack(run_dir: Path, override: "str | Pack | None" = None,
+                  packs_path: list[Path] | None = None) -> "Pack":
+    """The pack of a run: `override` if given (a spec, or the Pack itself), else the recorded path, whose
+    digest must still be the run's. `packs_path` is searched first, as `pa apply --packs-path` did."""
+    from .pack import Pack
     from .registry import Registry
 
+    if isinstance(override, Pack):  # pa apply: the very pack it resolved, parents and all
+        return override
     inputs = read_manifest(run_dir)["inputs"]
     if override is None and "pack" not in inputs:
         run_inputs(run_dir)
     spec = override or inputs["pack"]["path"]
-    pack = Registry.default().load(spec)
+    pack = Registry.default(packs_path=packs_path).load(spec)
     recorded = inputs.get("pack", {}).get("digest")
     if override is None and recorded and recorded != pack.digest:
         raise RunError(f"pack {pack.ref} changed since this run started (digest {pack.digest[:12]}, run has {recorded[:12]})",
-                       file=str(Path(run_dir) / MANIFEST), hint="start a new run directory, or re-run `pa apply` to redo the stages")
+                       file=str(Path(run_dir) / MANIFEST),
+                       hint="give the --packs-path the run used, start a new run directory, or re-run `pa apply` "
+                            "to redo the stages")
     return pack
 
 

@@ -8,7 +8,8 @@ file hashes and its options): `pa apply` skips a stage whose recorded key is unc
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -98,20 +99,24 @@ def filter_config(pack: "Pack", **options: Any) -> Any:
     return FilterConfig(keep=keep, **{k: v for k, v in options.items() if v is not None})
 
 
-def filter_key(run_dir: Path, model: str, config: Any) -> str:
-    return fingerprint({"instructions": _file_hash(run_dir, "instructions.jsonl"), "model": model, **asdict(config)})
+def filter_key(run_dir: Path, pack: "Pack", model: str, config: Any, backend: str) -> str:
+    """The scores depend on the policy (the pack) and the sampler (the backend) as well as the instructions:
+    an edited policy leaves the synthesized instructions unchanged, and must still re-score them."""
+    return fingerprint({"instructions": _file_hash(run_dir, "instructions.jsonl"), "pack": pack.digest, "model": model,
+                        "backend": backend, **asdict(config)})
 
 
-def run_filter(run_dir: Path, *, model: str | None = None, pack: str | None = None, device: str | None = None,
-               backend: str = "transformers", progress: bool = True, **options: Any) -> "FilterResult":
+def run_filter(run_dir: Path, *, model: str | None = None, pack: "str | Pack | None" = None,
+               packs_path: list[Path] | None = None, device: str | None = None, backend: str = "transformers",
+               progress: bool = True, **options: Any) -> "FilterResult":
     from .filtering import PARTIAL, filter_run, result_dict
     from .models import load_model
 
     run_dir = Path(run_dir)
-    the_pack = load_run_pack(run_dir, pack)
+    the_pack = load_run_pack(run_dir, pack, packs_path)
     model = _model(run_dir, model)
     config = filter_config(the_pack, **options)
-    key = filter_key(run_dir, model, config)
+    key = filter_key(run_dir, the_pack, model, config, backend)
     if read_manifest(run_dir)["stages"].get("filter", {}).get("key") != key:
         (run_dir / PARTIAL).unlink(missing_ok=True)  # scores from other settings must not be reused
     with stage(run_dir, "filter", key) as results:
@@ -130,19 +135,45 @@ def distill_config(pack: "Pack", overrides: dict[str, Any]) -> Any:
     return DistillConfig.from_pack(pack.training, **overrides)
 
 
-def distill_key(run_dir: Path, model: str, config: Any) -> str:
-    return fingerprint({"selected": _file_hash(run_dir, "selected.jsonl"), "heldout": _file_hash(run_dir, "heldout.jsonl"),
-                        "model": model, **asdict(config)})
+# What may change between a checkpoint and the run that continues it: the length, the bookkeeping
+# and the speed switches. Everything else is what the checkpoint was trained on.
+RESUMABLE_CHANGES = ("max_steps", "num_epochs", "save_steps", "logging_steps", "prefix_cache", "use_vllm")
 
 
-def resume_key(run_dir: Path, model: str, config: Any) -> str:
-    """`distill_key` without the training length, the bookkeeping or the speed switches (prefix cache,
-    vLLM): what a checkpoint must match to be continued."""
-    return distill_key(run_dir, model, replace(config, max_steps=-1, num_epochs=1.0, save_steps=1, logging_steps=1,
-                                               prefix_cache=True, use_vllm=False))
+def _distill_inputs(run_dir: Path, pack: "Pack", model: str, config: Any) -> dict[str, Any]:
+    """The pack is the teacher's policy and what the adapter's provenance names: any change retrains."""
+    inputs = {"selected": _file_hash(run_dir, "selected.jsonl"), "heldout": _file_hash(run_dir, "heldout.jsonl"),
+              "pack": pack.digest, "model": model, **asdict(config)}
+    return json.loads(json.dumps(inputs, default=str))  # as run.json will hold it (tuples as lists)
 
 
-def check_resumable(run_dir: Path, key: str) -> None:
+def distill_key(run_dir: Path, pack: "Pack", model: str, config: Any) -> str:
+    return fingerprint(_distill_inputs(run_dir, pack, model, config))
+
+
+def resume_settings(run_dir: Path, pack: "Pack", model: str, config: Any) -> dict[str, Any]:
+    """What a checkpoint must have been trained with to be continued."""
+    return {k: v for k, v in _distill_inputs(run_dir, pack, model, config).items() if k not in RESUMABLE_CHANGES}
+
+
+def resume_key(run_dir: Path, pack: "Pack", model: str, config: Any) -> str:
+    return fingerprint(resume_settings(run_dir, pack, model, config))
+
+
+def _setting_changes(recorded: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+    """Each setting that differs from the checkpoint's, as the user would name it."""
+    from .distill import FLAGS
+
+    files = {"selected": "selected.jsonl", "heldout": "heldout.jsonl", "pack": "the pack", "model": "the model"}
+    changes = []
+    for name, value in settings.items():
+        if name in recorded and recorded[name] != value:
+            flag = FLAGS.get(name, "--" + name.replace("_", "-"))
+            changes.append(f"{files[name]} changed" if name in files else f"{flag} {recorded[name]!r} then, {value!r} now")
+    return changes
+
+
+def check_resumable(run_dir: Path, settings: dict[str, Any]) -> None:
     """Refuse to continue a checkpoint trained on other data, model or settings (only the length may change).
 
     Otherwise the Trainer either fails deep inside with a tensor size mismatch (another LoRA
@@ -150,31 +181,35 @@ def check_resumable(run_dir: Path, key: str) -> None:
     """
     from .distill import resume_point
 
-    recorded = read_manifest(run_dir)["stages"].get("distill", {}).get("resume_key")
+    entry = read_manifest(run_dir)["stages"].get("distill", {})
     checkpoint = resume_point(run_dir)
-    if checkpoint is not None and recorded is not None and recorded != key:
-        raise RunError(f"--resume would continue {checkpoint.name}, trained with other data, model or options",
-                       file=str(Path(run_dir) / MANIFEST), where="stages.distill",
-                       hint="resume with the options of the interrupted run (only --max-steps, --epochs, "
-                            "--save-steps, --no-prefix-cache and --vllm may change), or drop --resume to train afresh")
+    if checkpoint is None or entry.get("resume_key") in (None, fingerprint(settings)):
+        return
+    changes = _setting_changes(entry.get("settings") or {}, settings)
+    what = "settings: " + "; ".join(changes) if changes else "data, model or options"
+    raise RunError(f"--resume would continue {checkpoint.name}, trained with other {what}",
+                   file=str(Path(run_dir) / MANIFEST), where="stages.distill",
+                   hint="resume with the options of the interrupted run (only --max-steps, --epochs, "
+                        "--save-steps, --no-prefix-cache and --vllm may change), or drop --resume to train afresh")
 
 
-def run_distill(run_dir: Path, *, model: str | None = None, pack: str | None = None, device: str | None = None,
-                resume: bool = False, restart_if_past: bool = False, overrides: dict[str, Any] | None = None,
+def run_distill(run_dir: Path, *, model: str | None = None, pack: "str | Pack | None" = None,
+                packs_path: list[Path] | None = None, device: str | None = None, resume: bool = False, restart_if_past: bool = False, overrides: dict[str, Any] | None = None,
                 progress: bool = True) -> "DistillResult":
     from .distill import distill_run, launch_rank
 
     run_dir = Path(run_dir)
-    the_pack = load_run_pack(run_dir, pack)
+    the_pack = load_run_pack(run_dir, pack, packs_path)
     model = _model(run_dir, model)
     config = distill_config(the_pack, overrides or {})
-    continuation = resume_key(run_dir, model, config)
+    settings = resume_settings(run_dir, the_pack, model, config)
     if resume:
-        check_resumable(run_dir, continuation)
+        check_resumable(run_dir, settings)
     if launch_rank()[0] != 0:  # another rank of a multi-process run: train; rank 0 keeps the books
         return distill_run(run_dir, the_pack, model, config, device=device, resume=resume,
                            restart_if_past=restart_if_past, progress=False)
-    with stage(run_dir, "distill", distill_key(run_dir, model, config), resume_key=continuation) as results:
+    with stage(run_dir, "distill", distill_key(run_dir, the_pack, model, config), resume_key=fingerprint(settings),
+               settings=settings) as results:
         result = distill_run(run_dir, the_pack, model, config, device=device, resume=resume,
                              restart_if_past=restart_if_past, progress=progress)
         results.update({"steps": result.steps, "selected": result.train_records, "heldout": result.heldout_records,
@@ -191,7 +226,8 @@ def eval_key(run_dir: Path, pack: "Pack", model: str, which: str, options: dict[
     return fingerprint({"pack": pack.digest, "model": model, "adapter": adapter, **options})
 
 
-def run_eval(run_dir: Path, which: str, *, model: str | None = None, pack: str | None = None, device: str | None = None,
+def run_eval(run_dir: Path, which: str, *, model: str | None = None, pack: "str | Pack | None" = None,
+             device: str | None = None,
              judge: str = "refusal", limit: int | None = None, batch_size: int = 16, max_new_tokens: int = 256,
              progress: bool = True) -> Any:
     """Evaluate the base model (`before`) or base + the run's adapter (`after`) into eval/<which>/."""

@@ -80,6 +80,39 @@ def test_apply_runs_every_stage_then_resumes_by_skipping(tmp_path: Path, fixture
     assert {s.name: s.status for s in longer.stages}["distill"] == "ran"
     resumed = json.loads((run / "checkpoints" / "checkpoint-8" / "trainer_state.json").read_text())
     assert {"step": 6, "marker": "first run"} in resumed["log_history"]
+    # A shorter one trains afresh: checkpoint-8 must not be saved as the 4-step adapter.
+    shorter = apply(_options(fixture_packs, run, learning_rate=5e-3, max_steps=4), pack)
+    assert {s.name: s.status for s in shorter.stages}["distill"] == "ran"
+    provenance = json.loads((run / "adapter" / "policyalign.json").read_text())
+    assert provenance["training"]["steps"] == 4 and provenance["config"]["max_steps"] == 4
+
+
+@pytest.mark.slow
+def test_every_stage_uses_the_pack_apply_resolved_and_a_policy_edit_retrains(tmp_path: Path, fixture_packs: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stages used to reload the pack by path through the default search paths, so its parent
+    could resolve to another pack than the one `pa apply --packs-path` named; and a policy edit, which
+    leaves the synthesized instructions as they were, skipped filtering and training."""
+    import shutil
+
+    packs, shadow = tmp_path / "search", tmp_path / "shadow"
+    for name in ("root-pack", "child-pack"):
+        shutil.copytree(fixture_packs / name, packs / name)
+    shutil.copytree(fixture_packs / "root-pack", shadow / "root-pack")
+    with (shadow / "root-pack" / "policy.md").open("a") as f:
+        f.write("\n- A rule only the shadowing root-pack has.\n")
+    monkeypatch.setenv("PA_PACKS_PATH", str(shadow))  # searched before a pack's own siblings
+    run = tmp_path / "run"
+    pack = Registry([packs]).load("child-pack")
+    apply(_options(packs, run), pack)
+    trained_on = json.loads((run / "adapter" / "policyalign.json").read_text())["pack"]["digest"]
+    assert trained_on == pack.digest == json.loads((run / "run.json").read_text())["inputs"]["pack"]["digest"]
+    with (packs / "child-pack" / "policy.md").open("a") as f:
+        f.write("\n- A rule added after the first run.\n")
+    edited = Registry([packs]).load("child-pack")
+    status = {s.name: s.status for s in apply(_options(packs, run), edited).stages}
+    assert status["filter"] == status["distill"] == "ran"
+    assert json.loads((run / "adapter" / "policyalign.json").read_text())["pack"]["digest"] == edited.digest
 
 
 def test_config_file_and_command_line_precedence(tmp_path: Path) -> None:

@@ -61,14 +61,15 @@ def test_out_of_range_overrides_name_the_flag(override: dict, flag: str) -> None
     assert str(info.value).startswith(flag) and "pack schema" in info.value.problem.hint
 
 
-def test_numbers_take_the_type_of_their_setting(tmp_path: Path) -> None:
+def test_numbers_take_the_type_of_their_setting(tmp_path: Path, fixture_packs: Path) -> None:
     """A float flag restating a pack's integer keys the same run; an integral float for an integer setting is an int."""
     from policyalign.stages import resume_key
 
     pack_value = DistillConfig.from_pack({"lora_alpha": 8})
     assert DistillConfig.from_pack({"lora_alpha": 8}, lora_alpha=8.0) == pack_value  # `--lora-alpha 8` is a float
-    assert resume_key(tmp_path, "tiny", DistillConfig.from_pack({"lora_alpha": 8}, lora_alpha=8.0)) == \
-        resume_key(tmp_path, "tiny", pack_value)
+    pack = Registry([fixture_packs]).load("root-pack")
+    assert resume_key(tmp_path, pack, "tiny", DistillConfig.from_pack({"lora_alpha": 8}, lora_alpha=8.0)) == \
+        resume_key(tmp_path, pack, "tiny", pack_value)
     config = DistillConfig.from_pack({"lora_r": 4.0, "batch_size": 2.0}, max_steps=3.0, num_epochs=2)
     assert [type(v) for v in (config.lora_r, config.batch_size, config.max_steps, config.num_epochs)] == [int, int, int, float]
     assert DistillConfig(lora_alpha=16.5).lora_alpha == 16.5
@@ -194,7 +195,7 @@ def test_resume_refuses_a_checkpoint_of_other_settings_but_may_train_longer(run_
     record_inputs(run, pack, "tiny")
     options = {"max_steps": 2, "max_new_tokens": 8, "batch_size": 4, "save_steps": 1}
     run_distill(run, overrides=options, progress=False)
-    with pytest.raises(RunError, match="checkpoint-2, trained with other") as caught:
+    with pytest.raises(RunError, match="checkpoint-2, trained with other settings: --lora-r 4 then, 2 now\n") as caught:
         run_distill(run, resume=True, overrides={**options, "lora_r": 2}, progress=False)
     assert caught.value.problem.file == str(run / "run.json") and "--max-steps" in caught.value.problem.hint
     # How often it checkpoints, or whether the prefix cache is on, is not what it trains.

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from . import app
+from .common import PacksPath
 
 RunDir = typer.Argument(..., help="Run directory (from `pa synthesize` or `pa apply`).")
 ModelOpt = typer.Option(None, "--model", help="Model (default: the run's). tiny, an alias, a Hub id or a path.")
@@ -30,11 +31,12 @@ def filter_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the sampled responses and the held-out split."),
     batch_size: int = typer.Option(8, "--batch-size", help="Instructions sampled and scored together."),
     device: Optional[str] = DeviceOpt,
+    packs_path: Optional[list[Path]] = PacksPath,
 ) -> None:
     """Score each instruction's policy sensitivity and select the training set."""
     from ..stages import run_filter
 
-    result = run_filter(run_dir, model=model, pack=pack, keep=keep, top_n=top_k, min_score=min_score,
+    result = run_filter(run_dir, model=model, pack=pack, packs_path=packs_path, keep=keep, top_n=top_k, min_score=min_score,
                         no_filter=no_filter, samples=samples, max_new_tokens=max_new_tokens, heldout=heldout,
                         seed=seed, batch_size=batch_size, device=device)
     before = result.internalization_before
@@ -50,6 +52,7 @@ def distill(
     pack: Optional[str] = PackOpt,
     lora_r: Optional[int] = typer.Option(None, "--lora-r", help="LoRA rank (default: the pack's)."),
     lora_alpha: Optional[float] = typer.Option(None, "--lora-alpha", help="LoRA alpha (default: the pack's)."),
+    lora_dropout: Optional[float] = typer.Option(None, "--lora-dropout", help="LoRA dropout (default: the pack's)."),
     target_modules: Optional[str] = typer.Option(None, "--target-modules", help="Comma-separated module names, or all-linear."),
     learning_rate: Optional[float] = typer.Option(None, "--lr", help="Learning rate."),
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the selected instructions."),
@@ -66,16 +69,20 @@ def distill(
     save_steps: Optional[int] = typer.Option(None, "--save-steps", help="Checkpoint every N optimizer steps, for --resume (default 50)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last complete checkpoint."),
     device: Optional[str] = DeviceOpt,
+    packs_path: Optional[list[Path]] = PacksPath,
 ) -> None:
     """Distill the policy into a LoRA adapter (on-policy, reverse KL to the policy-prompted teacher)."""
     from ..stages import run_distill
 
     targets = target_modules if target_modules in (None, "all-linear") else tuple(target_modules.split(","))
-    result = run_distill(run_dir, model=model, pack=pack, device=device, resume=resume, overrides=dict(
-        lora_r=lora_r, lora_alpha=lora_alpha, target_modules=targets, learning_rate=learning_rate,
-        num_epochs=epochs, max_steps=max_steps, batch_size=batch_size, gradient_accumulation_steps=grad_accum,
-        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, teacher=teacher, seed=seed, prefix_cache=False if no_prefix_cache else None,
-        use_vllm=True if vllm else None, save_steps=save_steps))
+    result = run_distill(run_dir, model=model, pack=pack, packs_path=packs_path, device=device, resume=resume,
+                         overrides=dict(
+                             lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=targets,
+                             learning_rate=learning_rate, num_epochs=epochs, max_steps=max_steps, batch_size=batch_size,
+                             gradient_accumulation_steps=grad_accum, max_new_tokens=max_new_tokens,
+                             temperature=temperature, top_k=top_k, teacher=teacher, seed=seed,
+                             prefix_cache=False if no_prefix_cache else None, use_vllm=True if vllm else None,
+                             save_steps=save_steps))
     if not result.main:
         return  # rank 0 of a multi-process run reports
     typer.echo(f"trained {result.steps} steps on {result.train_records} instructions; adapter in {result.adapter_dir}")
