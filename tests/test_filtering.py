@@ -80,6 +80,36 @@ def test_a_malformed_instruction_is_named_by_line_before_any_scoring(tmp_path: P
     assert caught.value.problem.file == str(tmp_path / "instructions.jsonl") and caught.value.problem.where == "line 2"
 
 
+@pytest.mark.parametrize("torn", [b'{"id": "r2", "resp', '{"id": "r2", "response": "caf\u00e9'.encode()[:-1]],
+                         ids=["mid-line", "mid-character"])
+def test_a_torn_partial_line_is_skipped_and_later_resumes_keep_their_rows(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, torn: bytes) -> None:
+    """A kill mid-write leaves an unterminated line: resuming must not append onto it, and a
+    second resume must reuse everything the first one scored."""
+    from policyalign import filtering
+
+    scored: list[str] = []
+
+    def fake_sample_and_score(scorer: object, chunk: list[dict], *args: object, **kwargs: object) -> list[dict]:
+        scored.extend(r["id"] for r in chunk)
+        return [{**r, "response": "ok", "response_ids": [1], "score": 0.5, "score_full": 0.5, "logprob_gap": 0.1,
+                 "response_tokens": 1, "samples": 1} for r in chunk]
+
+    monkeypatch.setattr(filtering, "CHUNK", 2)
+    monkeypatch.setattr(filtering, "sample_and_score", fake_sample_and_score)
+    records = [{"id": f"r{i}", "category": "a", "messages": [{"role": "user", "content": "hi"}]} for i in range(6)]
+    config = FilterConfig(max_new_tokens=4)
+    first = filtering.score_instructions(tmp_path, None, records[:2], config, progress=False)  # type: ignore[arg-type]
+    with (tmp_path / PARTIAL).open("ab") as handle:
+        handle.write(torn)
+    scored.clear()
+    filtering.score_instructions(tmp_path, None, records, config, progress=False)  # type: ignore[arg-type]
+    assert scored == ["r2", "r3", "r4", "r5"]
+    scored.clear()
+    again = filtering.score_instructions(tmp_path, None, records, config, progress=False)  # type: ignore[arg-type]
+    assert scored == [] and [r["id"] for r in again] == [r["id"] for r in records] and again[:2] == first
+
+
 @pytest.mark.slow
 def test_filter_stage_on_tiny(tmp_path: Path, fixture_packs: Path) -> None:
     from policyalign.models import load_model
