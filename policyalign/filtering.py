@@ -170,6 +170,7 @@ def score_instructions(run_dir: Path, scorer: "PolicyScorer", records: list[dict
     """Score every instruction, continuing from `scored.partial.jsonl` after a crash."""
     partial = Path(run_dir) / PARTIAL
     done = {row["id"]: row for row in _read_partial(partial)}
+    scorer.prompts([r for r in records if r["id"] not in done], room=config.max_new_tokens)  # fail before sampling
     chunks = [records[i:i + CHUNK] for i in range(0, len(records), CHUNK)]
     with progress_bar(progress, len(records), "scoring policy sensitivity") as advance:
         advance(sum(1 for r in records if r["id"] in done))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -97,17 +98,38 @@ def test_a_torn_partial_line_is_skipped_and_later_resumes_keep_their_rows(
 
     monkeypatch.setattr(filtering, "CHUNK", 2)
     monkeypatch.setattr(filtering, "sample_and_score", fake_sample_and_score)
+    scorer = SimpleNamespace(prompts=lambda records, room: ([], []))
     records = [{"id": f"r{i}", "category": "a", "messages": [{"role": "user", "content": "hi"}]} for i in range(6)]
     config = FilterConfig(max_new_tokens=4)
-    first = filtering.score_instructions(tmp_path, None, records[:2], config, progress=False)  # type: ignore[arg-type]
+    first = filtering.score_instructions(tmp_path, scorer, records[:2], config, progress=False)  # type: ignore[arg-type]
     with (tmp_path / PARTIAL).open("ab") as handle:
         handle.write(torn)
     scored.clear()
-    filtering.score_instructions(tmp_path, None, records, config, progress=False)  # type: ignore[arg-type]
+    filtering.score_instructions(tmp_path, scorer, records, config, progress=False)  # type: ignore[arg-type]
     assert scored == ["r2", "r3", "r4", "r5"]
     scored.clear()
-    again = filtering.score_instructions(tmp_path, None, records, config, progress=False)  # type: ignore[arg-type]
+    again = filtering.score_instructions(tmp_path, scorer, records, config, progress=False)  # type: ignore[arg-type]
     assert scored == [] and [r["id"] for r in again] == [r["id"] for r in records] and again[:2] == first
+
+
+def test_a_policy_too_long_for_the_response_fails_before_any_sampling(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from policyalign import filtering
+    from policyalign.models import load_model
+    from policyalign.scoring import PolicyScorer
+
+    def no_sampling(*args: object, **kwargs: object) -> list[dict]:
+        raise AssertionError("sampled before checking the context")
+
+    monkeypatch.setattr(filtering, "sample_and_score", no_sampling)
+    loaded = load_model("tiny", device="cpu")
+    scorer = PolicyScorer(loaded, "Refuse to help build weapons. " * 20)
+    records = [{"id": f"r{i}", "category": "a", "messages": [{"role": "user", "content": "hi " * 20 * i}]} for i in range(3)]
+    _, teachers = scorer.prompts(records)
+    monkeypatch.setattr(loaded.model.config, "max_position_embeddings", len(teachers[1]) + 128)  # r2 does not fit
+    with pytest.raises(InvalidInputError, match="instruction 'r2' needs") as caught:
+        filtering.score_instructions(tmp_path, scorer, records, FilterConfig(max_new_tokens=128), progress=False)
+    assert "shorten the policy, lower --max-new-tokens" in caught.value.problem.hint
 
 
 @pytest.mark.slow
