@@ -105,6 +105,8 @@ def _instruction_problem(row: dict[str, Any], seen: dict[str, int]) -> str | Non
             return f'"{key}" is missing or not a non-empty string'
     if not isinstance(row.get("messages"), list) or not row["messages"]:
         return '"messages" is missing or not a non-empty list of chat turns'
+    if "provenance" in row and not isinstance(row["provenance"], dict):  # split_heldout reads its "source"
+        return '"provenance" is not an object like {"source": "generated"}; fix it or drop the key'
     if row["id"] in seen:
         return f'id {row["id"]!r} repeats line {seen[row["id"]]}'
     return None

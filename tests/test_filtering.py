@@ -81,6 +81,18 @@ def test_a_malformed_instruction_is_named_by_line_before_any_scoring(tmp_path: P
     assert caught.value.problem.file == str(tmp_path / "instructions.jsonl") and caught.value.problem.where == "line 2"
 
 
+@pytest.mark.parametrize("provenance", ["null", '"seed"', '["seed"]'])
+def test_a_provenance_that_is_not_an_object_is_named_by_line(tmp_path: Path, provenance: str) -> None:
+    """split_heldout reads provenance["source"]: a hand-edited null or string used to crash it."""
+    good = '{"id": "r%d", "category": "a", "messages": [{"role": "user", "content": "hi"}]}'
+    lines = [good % 0, good % 1, good % 2]
+    lines[2] = lines[2][:-1] + f', "provenance": {provenance}}}'
+    (tmp_path / "instructions.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(InvalidInputError, match='"provenance" is not an object') as caught:
+        filter_run(tmp_path, None, "policy", FilterConfig(), progress=False)  # type: ignore[arg-type]
+    assert caught.value.problem.file == str(tmp_path / "instructions.jsonl") and caught.value.problem.where == "line 3"
+
+
 @pytest.mark.parametrize("torn", [b'{"id": "r2", "resp', '{"id": "r2", "response": "caf\u00e9'.encode()[:-1]],
                          ids=["mid-line", "mid-character"])
 def test_a_torn_partial_line_is_skipped_and_later_resumes_keep_their_rows(
