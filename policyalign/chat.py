@@ -81,9 +81,25 @@ def _validated(messages: Any, where: str) -> list[Message]:
                 f"message {index} needs a role among {sorted(ROLES)}", where=where,
                 hint='each message looks like {"role": "user", "content": "..."}',
             )
-        if not isinstance(message.get("content", ""), (str, type(None))):
-            raise InvalidInputError(f"message {index}: 'content' must be a string", where=where)
+        problem = _content_problem(message)
+        if problem:
+            raise InvalidInputError(
+                f"message {index} ({message['role']}): {problem}", where=where,
+                hint='give it "content": "..." (text); only an assistant turn making tool_calls may leave it null',
+            )
     return _copy(messages)
+
+
+def _content_problem(message: Message) -> str | None:
+    """What is wrong with a turn's content, if anything. Chat templates concatenate content as a
+    string: only an assistant turn may carry none (it may make tool_calls instead); for any
+    other role a null or missing content would fail inside the template with a bare TypeError."""
+    content = message.get("content")
+    if content is None:
+        return None if message["role"] == "assistant" else "'content' is missing or null"
+    if not isinstance(content, str):
+        return f"'content' must be a string, got {type(content).__name__}"
+    return None
 
 
 def render_chat(

@@ -105,6 +105,8 @@ def _instruction_problem(row: dict[str, Any], seen: dict[str, int]) -> str | Non
             return f'"{key}" is missing or not a non-empty string'
     if not isinstance(row.get("messages"), list) or not row["messages"]:
         return '"messages" is missing or not a non-empty list of chat turns'
+    if "provenance" in row and not isinstance(row["provenance"], dict):  # split_heldout reads its "source"
+        return '"provenance" is not an object like {"source": "generated"}; fix it or drop the key'
     if row["id"] in seen:
         return f'id {row["id"]!r} repeats line {seen[row["id"]]}'
     return None
@@ -170,6 +172,7 @@ def score_instructions(run_dir: Path, scorer: "PolicyScorer", records: list[dict
     """Score every instruction, continuing from `scored.partial.jsonl` after a crash."""
     partial = Path(run_dir) / PARTIAL
     done = {row["id"]: row for row in _read_partial(partial)}
+    scorer.prompts([r for r in records if r["id"] not in done], room=config.max_new_tokens)  # fail before sampling
     chunks = [records[i:i + CHUNK] for i in range(0, len(records), CHUNK)]
     with progress_bar(progress, len(records), "scoring policy sensitivity") as advance:
         advance(sum(1 for r in records if r["id"] in done))
@@ -185,23 +188,38 @@ def score_instructions(run_dir: Path, scorer: "PolicyScorer", records: list[dict
     return [done[r["id"]] for r in records]
 
 
+SCORED_KEYS = ("id", "response", "response_ids", "score", "score_full", "logprob_gap", "response_tokens", "samples")
+
+
 def _read_partial(path: Path) -> list[dict[str, Any]]:
-    """Rows of the append-only partial file; a line cut short by a crash is dropped."""
+    """Rows of the append-only partial file. A line cut short by a kill is skipped, not read as
+    the end: later resumes append after it, and their rows must still count. (A kill may also
+    split a UTF-8 character, hence errors="replace": that line is skipped, not the file.)"""
     if not path.is_file():
         return []
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
-            break
+            continue
+        if isinstance(row, dict) and all(key in row for key in SCORED_KEYS):
+            rows.append(row)
     return rows
 
 
 def _append(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Append rows, first ending a line torn by a kill so the new rows do not join it."""
     import os
 
+    torn = False
+    if path.is_file() and path.stat().st_size:
+        with path.open("rb") as existing:
+            existing.seek(-1, os.SEEK_END)
+            torn = existing.read(1) != b"\n"
     with path.open("a", encoding="utf-8") as handle:
+        if torn:
+            handle.write("\n")
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
         handle.flush()

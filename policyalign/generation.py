@@ -137,13 +137,15 @@ class RowSampler:
         self._uniforms: Any = None  # (rows, steps drawn so far), float64
         self._nonfinite: Any = None  # a 0-d bool tensor: any non-finite logits seen so far
 
-    def __call__(self, logits: Any, step: int) -> Any:
+    def __call__(self, logits: Any, step: int, live: Any = None) -> Any:
         """Every row's token at decoding step `step`, from `logits` (rows, vocabulary).
 
         Inverse-CDF sampling with the row's `step`-th uniform. The running sum is in float64:
         in float32, over a 150k vocabulary, tokens of probability ~1e-8 fall below the sum's
         resolution. Non-finite logits are recorded, not checked here (checking is a device
-        sync): `check()` raises for them.
+        sync): `check()` raises for them. Only rows in `live` (a bool mask; default all) count:
+        a finished row's draw is discarded, and its forward on padding may overflow (fp16)
+        without harming the rows still decoding.
         """
         import torch
 
@@ -152,7 +154,8 @@ class RowSampler:
             probs = _top_p_filter(probs, self.top_p)
         cdf = probs.double().cumsum(dim=-1)
         total = cdf[:, -1]
-        bad = ~(torch.isfinite(total) & (total > 0)).all()
+        bad = ~(torch.isfinite(total) & (total > 0))
+        bad = (bad if live is None else bad & live).any()
         self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
         # Strictly below the total, so the first cdf entry above the draw is a token with mass.
         draw = torch.minimum(self._uniform(step) * total, torch.nextafter(total, torch.zeros_like(total)))
@@ -245,7 +248,7 @@ def _next_tokens(logits: Any, live: Any, sampler: RowSampler | None, pad_id: int
     """Argmax, or each row's own draw; finished rows get padding (their draws are discarded)."""
     import torch
 
-    token = logits.argmax(dim=-1) if sampler is None else sampler(logits, step)
+    token = logits.argmax(dim=-1) if sampler is None else sampler(logits, step, live)
     return torch.where(live, token, pad_id)
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .chat import encode_chat, student_messages, teacher_messages
+from .errors import InvalidInputError
 
 if TYPE_CHECKING:
     import torch
@@ -358,17 +359,27 @@ class PolicyScorer:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.prefix = PrefixCache.for_policy(tokenizer, policy) if use_prefix_cache else None
 
-    def prompts(self, records: Sequence[dict[str, Any]]) -> tuple[list[list[int]], list[list[int]]]:
-        """Student and full teacher prompt ids for records with `messages` (and optional `tools`)."""
-        from .models import check_fits
+    def prompts(self, records: Sequence[dict[str, Any]], *, room: int = 0) -> tuple[list[list[int]], list[list[int]]]:
+        """Student and full teacher prompt ids for records with `messages` (and optional `tools`).
+
+        Each teacher prompt must leave `room` tokens of context for the response it scores:
+        call with `room=max_new_tokens` before sampling, so a long policy fails up front rather
+        than after generation, or with positions past the context scored silently.
+        """
+        from .models import max_context
 
         tok = self.loaded.tokenizer
+        limit = max_context(self.loaded)
         students, teachers = [], []
         for index, record in enumerate(records):
             tools = record.get("tools") or None
             students.append(encode_chat(tok, student_messages(record["messages"]), tools))
             teacher = encode_chat(tok, teacher_messages(self.policy, record["messages"]), tools)
-            check_fits(self.loaded, len(teacher), f"the policy plus instruction {record.get('id', index)}")
+            if len(teacher) + room > limit:
+                raise InvalidInputError(
+                    f"the policy plus instruction {record.get('id', index)!r} needs {len(teacher) + room} tokens "
+                    f"({len(teacher)} of teacher prompt + {room} of response) but {self.loaded.ref} fits at most {limit}",
+                    hint="shorten the policy, lower --max-new-tokens, or use a longer-context model")
             teachers.append(teacher)
         return students, teachers
 

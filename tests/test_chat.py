@@ -155,6 +155,23 @@ def test_conversation_rejects_malformed_records(record: dict[str, Any]) -> None:
     assert f"id {record['id']}" in str(info.value)
 
 
+@pytest.mark.parametrize("role", ["system", "user", "tool"])
+@pytest.mark.parametrize("content", [None, "missing"])
+def test_only_an_assistant_turn_may_have_no_content(tokenizer: Any, role: str, content: str | None) -> None:
+    """A null content elsewhere used to pass validation and crash in the template with a bare TypeError."""
+    turn = {"role": role} if content == "missing" else {"role": role, "content": content}
+    messages = [{"role": "user", "content": "hi"}, turn] if role != "user" else [turn]
+    with pytest.raises(InvalidInputError, match=f"message {len(messages) - 1} \\({role}\\): 'content' is missing or null") as info:
+        conversation({"id": "z", "messages": messages})
+    assert info.value.problem.where == "id z" and "only an assistant turn" in info.value.problem.hint
+    call = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+    ok, _ = conversation({"messages": [{"role": "user", "content": "hi"},
+                                       {"role": "assistant", "content": None, "tool_calls": [call]}]})
+    assert "<tool_call>" in render_chat(tokenizer, ok, TOOLS)
+    with pytest.raises(InvalidInputError, match="'content' must be a string, got int"):
+        conversation({"messages": [{"role": "user", "content": 3}]})
+
+
 def test_missing_or_failing_chat_template_is_a_model_error(tokenizer: Any) -> None:
     with pytest.raises(ModelError, match="chat template"):
         render_chat(tokenizer, [{"role": "developer", "content": "hi"}])

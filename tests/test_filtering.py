@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -78,6 +79,69 @@ def test_a_malformed_instruction_is_named_by_line_before_any_scoring(tmp_path: P
     with pytest.raises(InvalidInputError, match=message) as caught:
         filter_run(tmp_path, None, "policy", FilterConfig(), progress=False)  # type: ignore[arg-type]
     assert caught.value.problem.file == str(tmp_path / "instructions.jsonl") and caught.value.problem.where == "line 2"
+
+
+@pytest.mark.parametrize("provenance", ["null", '"seed"', '["seed"]'])
+def test_a_provenance_that_is_not_an_object_is_named_by_line(tmp_path: Path, provenance: str) -> None:
+    """split_heldout reads provenance["source"]: a hand-edited null or string used to crash it."""
+    good = '{"id": "r%d", "category": "a", "messages": [{"role": "user", "content": "hi"}]}'
+    lines = [good % 0, good % 1, good % 2]
+    lines[2] = lines[2][:-1] + f', "provenance": {provenance}}}'
+    (tmp_path / "instructions.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(InvalidInputError, match='"provenance" is not an object') as caught:
+        filter_run(tmp_path, None, "policy", FilterConfig(), progress=False)  # type: ignore[arg-type]
+    assert caught.value.problem.file == str(tmp_path / "instructions.jsonl") and caught.value.problem.where == "line 3"
+
+
+@pytest.mark.parametrize("torn", [b'{"id": "r2", "resp', '{"id": "r2", "response": "caf\u00e9'.encode()[:-1]],
+                         ids=["mid-line", "mid-character"])
+def test_a_torn_partial_line_is_skipped_and_later_resumes_keep_their_rows(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, torn: bytes) -> None:
+    """A kill mid-write leaves an unterminated line: resuming must not append onto it, and a
+    second resume must reuse everything the first one scored."""
+    from policyalign import filtering
+
+    scored: list[str] = []
+
+    def fake_sample_and_score(scorer: object, chunk: list[dict], *args: object, **kwargs: object) -> list[dict]:
+        scored.extend(r["id"] for r in chunk)
+        return [{**r, "response": "ok", "response_ids": [1], "score": 0.5, "score_full": 0.5, "logprob_gap": 0.1,
+                 "response_tokens": 1, "samples": 1} for r in chunk]
+
+    monkeypatch.setattr(filtering, "CHUNK", 2)
+    monkeypatch.setattr(filtering, "sample_and_score", fake_sample_and_score)
+    scorer = SimpleNamespace(prompts=lambda records, room: ([], []))
+    records = [{"id": f"r{i}", "category": "a", "messages": [{"role": "user", "content": "hi"}]} for i in range(6)]
+    config = FilterConfig(max_new_tokens=4)
+    first = filtering.score_instructions(tmp_path, scorer, records[:2], config, progress=False)  # type: ignore[arg-type]
+    with (tmp_path / PARTIAL).open("ab") as handle:
+        handle.write(torn)
+    scored.clear()
+    filtering.score_instructions(tmp_path, scorer, records, config, progress=False)  # type: ignore[arg-type]
+    assert scored == ["r2", "r3", "r4", "r5"]
+    scored.clear()
+    again = filtering.score_instructions(tmp_path, scorer, records, config, progress=False)  # type: ignore[arg-type]
+    assert scored == [] and [r["id"] for r in again] == [r["id"] for r in records] and again[:2] == first
+
+
+def test_a_policy_too_long_for_the_response_fails_before_any_sampling(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from policyalign import filtering
+    from policyalign.models import load_model
+    from policyalign.scoring import PolicyScorer
+
+    def no_sampling(*args: object, **kwargs: object) -> list[dict]:
+        raise AssertionError("sampled before checking the context")
+
+    monkeypatch.setattr(filtering, "sample_and_score", no_sampling)
+    loaded = load_model("tiny", device="cpu")
+    scorer = PolicyScorer(loaded, "Refuse to help build weapons. " * 20)
+    records = [{"id": f"r{i}", "category": "a", "messages": [{"role": "user", "content": "hi " * 20 * i}]} for i in range(3)]
+    _, teachers = scorer.prompts(records)
+    monkeypatch.setattr(loaded.model.config, "max_position_embeddings", len(teachers[1]) + 128)  # r2 does not fit
+    with pytest.raises(InvalidInputError, match="instruction 'r2' needs") as caught:
+        filtering.score_instructions(tmp_path, scorer, records, FilterConfig(max_new_tokens=128), progress=False)
+    assert "shorten the policy, lower --max-new-tokens" in caught.value.problem.hint
 
 
 @pytest.mark.slow

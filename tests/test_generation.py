@@ -104,6 +104,23 @@ def test_row_sampler_draws_the_softmax_distribution_and_never_a_zero_probability
             broken.check()
 
 
+def test_non_finite_logits_of_a_finished_row_do_not_fail_the_batch() -> None:
+    """A finished row's draw is discarded; its forward on padding may overflow (fp16) harmlessly."""
+    from policyalign.generation import _next_tokens
+
+    logits = torch.tensor([[0.0, 1.0, 2.0], [float("nan")] * 3])
+    live = torch.tensor([True, False])
+    sampler = RowSampler([1, 2], temperature=1.0, top_p=1.0, device="cpu")
+    assert _next_tokens(logits, live, sampler, 0, 0)[1] == 0  # the finished row gets padding
+    sampler.check()
+    sampler(logits, 1, live)
+    sampler.check()
+    still_live = RowSampler([1, 2], temperature=1.0, top_p=1.0, device="cpu")
+    still_live(logits, 0, torch.tensor([True, True]))
+    with pytest.raises(ModelError, match="NaN or infinite logits"):
+        still_live.check()
+
+
 def test_a_rows_draws_do_not_depend_on_its_batch_or_on_when_they_are_taken() -> None:
     """Row r's t-th token uses its t-th uniform: alone or in a batch, drawn ahead in chunks or one by one."""
     logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(0))

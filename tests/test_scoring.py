@@ -47,6 +47,19 @@ def test_cached_teacher_logits_match_uncached(tiny) -> None:
         assert torch.allclose(torch.log_softmax(got, -1), torch.log_softmax(ref, -1), atol=1e-4)
 
 
+def test_a_teacher_prompt_must_leave_room_for_the_response(tiny, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Filtering scores the response after the policy-prompted teacher prompt: both must fit the context."""
+    from policyalign.errors import InvalidInputError
+
+    scorer = PolicyScorer(tiny, POLICY)
+    _, [teacher] = scorer.prompts(RECORDS[:1])
+    monkeypatch.setattr(tiny.model.config, "max_position_embeddings", len(teacher) + 10)
+    assert scorer.prompts(RECORDS[:1], room=10)[1] == [teacher]
+    with pytest.raises(InvalidInputError, match=f"instruction 'a' needs {len(teacher) + 11} tokens") as caught:
+        scorer.prompts(RECORDS[:1], room=11)
+    assert "lower --max-new-tokens" in caught.value.problem.hint
+
+
 def test_prefix_is_shared_by_every_teacher_prompt(tiny) -> None:
     prefix = policy_prefix_ids(tiny.tokenizer, POLICY)
     assert len(prefix) > 50
