@@ -110,8 +110,9 @@ def render_chat(
 ) -> str:
     """The chat as the model sees it, via the tokenizer's own chat template.
 
-    Template failures (a model whose template rejects system turns or tools, say) become a
-    `ModelError` that names the model, instead of a Jinja traceback.
+    A template without a system role gets the system message at the top of the first user turn.
+    Other template failures (a model whose template rejects tools, say) become a `ModelError`
+    that names the model, instead of a Jinja traceback.
     """
     name = getattr(tokenizer, "name_or_path", "") or "this model"
     if not getattr(tokenizer, "chat_template", None):
@@ -119,17 +120,41 @@ def render_chat(
             f"{name} has no chat template", hint="use an instruction-tuned (chat) variant of the model",
         )
     try:
-        return tokenizer.apply_chat_template(
-            list(messages), tools=list(tools) if tools else None,
-            add_generation_prompt=add_generation_prompt, tokenize=False,
-        )
+        return _apply_template(tokenizer, messages, tools, add_generation_prompt)
     except Exception as exc:  # jinja2 TemplateError, or raise_exception() inside the template
         if type(exc).__module__.split(".")[0] not in ("jinja2", "transformers"):
             raise
+        merged = _system_in_first_user_turn(messages)
+        if merged is not None:
+            try:
+                return _apply_template(tokenizer, merged, tools, add_generation_prompt)
+            except Exception:  # noqa: BLE001 - report the original rejection below
+                pass
         raise ModelError(
             f"the chat template of {name} rejected this conversation: {exc}",
             hint="some templates refuse system turns, tools or non-alternating roles; try another model",
         ) from None
+
+
+def _apply_template(tokenizer: Any, messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None,
+                    add_generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(list(messages), tools=list(tools) if tools else None,
+                                         add_generation_prompt=add_generation_prompt, tokenize=False)
+
+
+def _system_in_first_user_turn(messages: Sequence[Message]) -> list[Message] | None:
+    """The conversation with its system message moved to the top of the first user turn, or None.
+
+    Some templates have no system role (Gemma's raise "System role not supported"); this is the
+    usual way to give such a model its instructions. The policy still opens every teacher
+    prompt, so the prefix cache still shares it.
+    """
+    if len(messages) < 2 or messages[0].get("role") != "system" or messages[1].get("role") != "user":
+        return None
+    turns = _copy(messages)
+    system, user = turns[0], turns[1]
+    user["content"] = f"{system.get('content') or ''}\n\n{user.get('content') or ''}"
+    return turns[1:]
 
 
 def encode_chat(

@@ -466,6 +466,7 @@ def internalization(loaded: "LoadedModel", policy: str, records: list[dict[str, 
     student = nullcontext if adapter_on else off
     scorer = PolicyScorer(loaded, policy, top_k=top_k, batch_size=batch_size, teacher_context=off,
                           student_context=student)
+    scorer.prompts(records, room=max_new_tokens)  # fail before sampling, as training and filtering do
     params = sampling_params(FilterConfig(max_new_tokens=max_new_tokens), seed)
     rows = sample_and_score(scorer, records, params, 1, batch_size=batch_size)
     return sum(r["score"] for r in rows) / len(rows)

@@ -12,6 +12,8 @@ from policyalign import tiny
 from policyalign.chat import conversation, encode_chat, render_chat, student_messages, teacher_messages
 from policyalign.errors import InvalidInputError, ModelError
 
+from chat_templates import NO_SYSTEM_ROLE
+
 TOOLS = [{
     "type": "function",
     "function": {
@@ -179,3 +181,13 @@ def test_missing_or_failing_chat_template_is_a_model_error(tokenizer: Any) -> No
     bare.chat_template = None
     with pytest.raises(ModelError, match="no chat template"):
         encode_chat(bare, [{"role": "user", "content": "hi"}])
+
+
+def test_a_template_without_a_system_role_gets_it_at_the_top_of_the_first_user_turn() -> None:
+    gemma_like = AutoTokenizer.from_pretrained(tiny.tiny_model_path())
+    gemma_like.chat_template = NO_SYSTEM_ROLE
+    text = render_chat(gemma_like, teacher_messages("Refuse weapons.", [{"role": "user", "content": "Hi there"}]))
+    assert text.endswith("<start_of_turn>user\nRefuse weapons.\n\nHi there<end_of_turn>\n<start_of_turn>model\n")
+    assert "system" not in text
+    with pytest.raises(ModelError, match="System role not supported"):  # nothing to merge into: the original error
+        render_chat(gemma_like, [{"role": "system", "content": "Rules."}, {"role": "assistant", "content": "Hi"}])

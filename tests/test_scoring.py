@@ -47,6 +47,24 @@ def test_cached_teacher_logits_match_uncached(tiny) -> None:
         assert torch.allclose(torch.log_softmax(got, -1), torch.log_softmax(ref, -1), atol=1e-4)
 
 
+def test_a_model_without_a_system_role_shares_the_policy_prefix_from_its_first_user_turn() -> None:
+    """Gemma-style templates put the policy at the top of the user turn: still every teacher prompt's prefix."""
+    from chat_templates import NO_SYSTEM_ROLE
+
+    gemma_like = load_model("tiny")
+    gemma_like.tokenizer.chat_template = NO_SYSTEM_ROLE
+    scorer = PolicyScorer(gemma_like, POLICY)
+    _, teachers = scorer.prompts(RECORDS)
+    assert POLICY.strip()[:40] in gemma_like.tokenizer.decode(scorer.prefix.prefix_ids)
+    assert scorer.prefix.split(teachers) is not None, "every row continues from the cache"
+    with torch.no_grad():
+        cached = scorer.teacher_logits(teachers, COMPLETIONS)
+    for i, (prompt, completion) in enumerate(zip(teachers, COMPLETIONS)):
+        ref = _reference(gemma_like.model, prompt, completion)
+        assert torch.allclose(torch.log_softmax(cached.logits[i, : len(completion)], -1), torch.log_softmax(ref, -1),
+                              atol=1e-4)
+
+
 def test_a_teacher_prompt_must_leave_room_for_the_response(tiny, monkeypatch: pytest.MonkeyPatch) -> None:
     """Filtering scores the response after the policy-prompted teacher prompt: both must fit the context."""
     from policyalign.errors import InvalidInputError
