@@ -19,6 +19,9 @@ prints the mean step time of each and the ratio ours/stock (target <= 0.7x), the
 without the rollout, and both per completion token: the two trainers sample from different
 random streams, so their completions (which stop at EOS) differ in length.
 
+Each trainer runs `--repeats` times (default 3), alternating, and the medians are printed with
+each run's ratio: on a shared machine the ratio of one pair of runs moved between 0.59x and 0.73x.
+
 Run `python bench/bench_train_step.py` (or `python bench/run.py train_step`); on a GPU
 `--shape qwen2.5-7b` uses a random-initialised Qwen2.5-7B-shaped model (bf16, gradient
 checkpointing on, as `sdft_config` sets on CUDA).
@@ -169,6 +172,13 @@ def summarise(result: dict[str, Any], warmup: int) -> dict[str, float]:
             "sd": statistics.stdev(steps) if n > 1 else 0.0, "n": n}
 
 
+def median_summary(summaries: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over the repeated runs (by the run with the median step time for sd and n)."""
+    middle = sorted(summaries, key=lambda x: x["step"])[len(summaries) // 2]
+    return {**middle, **{key: statistics.median(x[key] for x in summaries)
+                         for key in ("step", "rollout", "teacher", "rest", "tokens")}, "runs": [x["step"] for x in summaries]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="tiny", choices=["tiny", *SHAPES])
@@ -180,23 +190,30 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--records", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each trainer, alternating; medians are printed")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds")
     args = parser.parse_args()
     if args.smoke:
-        args.steps, args.warmup, args.batch_size, args.max_new_tokens, args.records = 1, 1, 2, 4, 4
+        args.steps, args.warmup, args.batch_size, args.max_new_tokens, args.records, args.repeats = 1, 1, 2, 4, 4, 1
     args.device = args.device or ("cpu" if args.shape == "tiny" else None)
 
     config = DistillConfig(max_steps=args.warmup + args.steps, batch_size=args.batch_size,
                            max_new_tokens=args.max_new_tokens, seed=args.seed, save_steps=10**9)
     recs = records(max(args.records, args.batch_size))
-    results = {kind: run_trainer(kind, args, config, recs) for kind in ("ours", "stock")}
-    s = {kind: summarise(r, args.warmup) for kind, r in results.items()}
+    # Alternate the trainers, so a change in machine load between runs hits both alike.
+    runs = {"ours": [], "stock": []}
+    for _ in range(args.repeats):
+        for kind in runs:
+            runs[kind].append(run_trainer(kind, args, config, recs))
+    results = {kind: r[0] for kind, r in runs.items()}
+    s = {kind: median_summary([summarise(r, args.warmup) for r in rs]) for kind, rs in runs.items()}
     a, b = s["ours"], s["stock"]
     t_ours, t_stock = results["ours"]["teacher_tokens"]
     print(results["ours"]["where"])
     print(f"batch {args.batch_size}, max_new_tokens {args.max_new_tokens}, LoRA r={config.lora_r} on "
           f"{','.join(config.target_modules)}; teacher prompts: ours {t_ours:.0f} tokens (policy as system, "
-          f"prefix cached), stock {t_stock:.0f} (policy in user turn); mean of {a['n']} steps after {args.warmup} warm-up")
+          f"prefix cached), stock {t_stock:.0f} (policy in user turn); mean of {a['n']} steps after {args.warmup} warm-up, "
+          f"median of {args.repeats} alternating runs of each")
     print(f"  {'':<22} {'ours':>10} {'stock':>10} {'ours/stock':>11}")
     rows = [("step (s)", "step"), ("  rollout (s)", "rollout"), ("  teacher forward (s)", "teacher"),
             ("  student + optim (s)", "rest")]
@@ -216,6 +233,7 @@ def main() -> int:
     print(f"  step time ours/stock: {a['step'] / b['step']:.2f}x (target <= {TARGET}x), per completion token "
           f"{per_token['ours'][1] / per_token['stock'][1]:.2f}x; "
           f"without the rollout: {no_roll:.2f}x; step sd ours {a['sd']:.3f} s, stock {b['sd']:.3f} s")
+    print("  each run's ratio: " + ", ".join(f"{x / y:.2f}x" for x, y in zip(a["runs"], b["runs"])))
     return 0
 
 
