@@ -193,6 +193,12 @@ def check_resumable(run_dir: Path, settings: dict[str, Any]) -> None:
                         "--save-steps, --no-prefix-cache and --vllm may change), or drop --resume to train afresh")
 
 
+def recorded_distill_config(run_dir: Path) -> dict[str, Any]:
+    """The settings the run's last training used (as `pa distill` overrides), or {} before any."""
+    config = read_manifest(run_dir)["stages"].get("distill", {}).get("config")
+    return dict(config) if isinstance(config, dict) else {}
+
+
 def run_distill(run_dir: Path, *, model: str | None = None, pack: "str | Pack | None" = None,
                 packs_path: list[Path] | None = None, device: str | None = None, resume: bool = False, restart_if_past: bool = False, overrides: dict[str, Any] | None = None,
                 progress: bool = True) -> "DistillResult":
@@ -209,7 +215,7 @@ def run_distill(run_dir: Path, *, model: str | None = None, pack: "str | Pack | 
         return distill_run(run_dir, the_pack, model, config, device=device, resume=resume,
                            restart_if_past=restart_if_past, progress=False)
     with stage(run_dir, "distill", distill_key(run_dir, the_pack, model, config), resume_key=fingerprint(settings),
-               settings=settings) as results:
+               settings=settings, config=json.loads(json.dumps(asdict(config), default=str))) as results:
         result = distill_run(run_dir, the_pack, model, config, device=device, resume=resume,
                              restart_if_past=restart_if_past, progress=progress)
         results.update({"steps": result.steps, "selected": result.train_records, "heldout": result.heldout_records,

@@ -215,6 +215,28 @@ def test_resume_refuses_a_checkpoint_of_other_settings_but_may_train_longer(run_
 
 
 @pytest.mark.slow
+def test_pa_distill_resume_continues_with_the_settings_the_run_was_trained_with(run_dir) -> None:
+    """After a crash, `pa distill RUN --resume` alone continues; it used to need every flag of the first command again."""
+    from typer.testing import CliRunner
+
+    from policyalign.cli import app
+    from policyalign.run import record_inputs
+
+    run, pack = run_dir
+    record_inputs(run, pack, "tiny")
+    first = ["distill", str(run), "--max-steps", "2", "--save-steps", "1", "--max-new-tokens", "8", "--batch-size", "4",
+             "--lr", "0.005", "--lora-dropout", "0"]
+    assert CliRunner().invoke(app, first).exit_code == 0
+    result = CliRunner().invoke(app, ["distill", str(run), "--resume", "--max-steps", "3"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((run / "adapter" / "policyalign.json").read_text())["config"]
+    assert (config["learning_rate"], config["lora_dropout"], config["max_new_tokens"], config["max_steps"]) == \
+        (0.005, 0.0, 8, 3)
+    state = json.loads((last_complete_checkpoint(checkpoint_dir(run)) / "trainer_state.json").read_text())
+    assert state["global_step"] == 3 and [h["step"] for h in state["log_history"] if "loss" in h] == [1, 2, 3]
+
+
+@pytest.mark.slow
 def test_a_checkpoint_past_the_requested_length_is_refused_or_set_aside(run_dir) -> None:
     """Resuming checkpoint-3 for 2 steps would train nothing and save the 3-step adapter as the 2-step one."""
     from policyalign.errors import RunError

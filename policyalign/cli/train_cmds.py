@@ -67,22 +67,25 @@ def distill(
     no_prefix_cache: bool = typer.Option(False, "--no-prefix-cache", help="Recompute the policy prefix every step."),
     vllm: bool = typer.Option(False, "--vllm", help="Roll out with vLLM (GPU, needs the [vllm] extra)."),
     save_steps: Optional[int] = typer.Option(None, "--save-steps", help="Checkpoint every N optimizer steps, for --resume (default 50)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the last complete checkpoint."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last complete checkpoint, with the "
+                                "settings it was trained with (flags given now override them)."),
     device: Optional[str] = DeviceOpt,
     packs_path: Optional[list[Path]] = PacksPath,
 ) -> None:
     """Distill the policy into a LoRA adapter (on-policy, reverse KL to the policy-prompted teacher)."""
-    from ..stages import run_distill
+    from ..stages import recorded_distill_config, run_distill
 
     targets = target_modules if target_modules in (None, "all-linear") else tuple(target_modules.split(","))
+    given = {k: v for k, v in dict(
+        lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=targets,
+        learning_rate=learning_rate, num_epochs=epochs, max_steps=max_steps, batch_size=batch_size,
+        gradient_accumulation_steps=grad_accum, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+        teacher=teacher, seed=seed, prefix_cache=False if no_prefix_cache else None, use_vllm=True if vllm else None,
+        save_steps=save_steps).items() if v is not None}
+    # --resume continues the interrupted training as it was set up; flags given now still win.
+    overrides = {**recorded_distill_config(run_dir), **given} if resume else given
     result = run_distill(run_dir, model=model, pack=pack, packs_path=packs_path, device=device, resume=resume,
-                         overrides=dict(
-                             lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=targets,
-                             learning_rate=learning_rate, num_epochs=epochs, max_steps=max_steps, batch_size=batch_size,
-                             gradient_accumulation_steps=grad_accum, max_new_tokens=max_new_tokens,
-                             temperature=temperature, top_k=top_k, teacher=teacher, seed=seed,
-                             prefix_cache=False if no_prefix_cache else None, use_vllm=True if vllm else None,
-                             save_steps=save_steps))
+                         overrides=overrides)
     if not result.main:
         return  # rank 0 of a multi-process run reports
     typer.echo(f"trained {result.steps} steps on {result.train_records} instructions; adapter in {result.adapter_dir}")
