@@ -3,6 +3,16 @@
 Supported ranges: exact `1.2.3`, caret `^1`, `^1.2`, `^1.2.3`, tilde `~1.2`,
 comparators `>=1.0.0,<2` (comma = and), and `*`. Kept in-house because the
 caret/tilde forms are what pack authors write and packaging's specifiers lack them.
+
+Ordering follows SemVer 2.0 precedence: a prerelease sorts below its release, and
+prerelease identifiers are compared dot by dot, numeric ones as numbers and below
+alphanumeric ones (`1.0.0-rc.2 < 1.0.0-rc.10 < 1.0.0`).
+
+Prereleases and ranges follow npm: a prerelease version satisfies a range only if
+the range itself names a prerelease of the same MAJOR.MINOR.PATCH (e.g.
+`>=1.0.0-rc.1,<2` admits `1.0.0-rc.3` but not `1.1.0-rc.1`). So `^1` never picks
+`2.0.0-rc.1` (or `1.1.0-rc.1`), and `*` (or an empty range) admits no prerelease
+either; ask for one explicitly with its exact version or a comparator.
 """
 
 from __future__ import annotations
@@ -30,8 +40,16 @@ class Version:
         return cls(int(major), int(minor), int(patch), pre or "")
 
     def _key(self) -> tuple:
-        # A prerelease sorts before its release.
-        return (self.major, self.minor, self.patch, self.pre == "", self.pre)
+        # SemVer 2.0 precedence: a prerelease sorts before its release; its dot-separated
+        # identifiers compare left to right, numeric ones as numbers and below alphanumeric
+        # ones, and a shorter list of otherwise equal identifiers sorts first.
+        pre = tuple((0, int(ident), "") if ident.isdigit() else (1, 0, ident)
+                    for ident in self.pre.split(".")) if self.pre else ()
+        return (self.major, self.minor, self.patch, self.pre == "", pre)
+
+    @property
+    def release(self) -> tuple[int, int, int]:
+        return (self.major, self.minor, self.patch)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Version) and self._key() == other._key()
@@ -111,6 +129,8 @@ class VersionRange:
         return checks
 
     def __contains__(self, version: Version) -> bool:
+        if version.pre and not any(bound.pre and bound.release == version.release for _, bound in self._checks):
+            return False  # npm: prereleases only when the range names one of the same MAJOR.MINOR.PATCH
         ops = {
             ">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
             "<": lambda a, b: a < b, "==": lambda a, b: a == b,

@@ -28,3 +28,37 @@ def test_ordering_and_prerelease() -> None:
 def test_bad_range_raises_value_error() -> None:
     with pytest.raises(ValueError):
         VersionRange("^one")
+
+
+def test_prerelease_precedence_follows_semver() -> None:
+    chain = ["1.0.0-alpha", "1.0.0-alpha.1", "1.0.0-alpha.beta", "1.0.0-beta", "1.0.0-beta.2",
+             "1.0.0-beta.11", "1.0.0-rc.1", "1.0.0-rc.2", "1.0.0-rc.10", "1.0.0"]
+    versions = [Version.parse(v) for v in chain]
+    assert all(a < b for a, b in zip(versions, versions[1:]))
+    assert sorted(reversed(versions)) == versions
+    assert Version.parse("1.0.0-rc.10") > Version.parse("1.0.0-rc.2")
+    assert Version.parse("1.0.0-1") < Version.parse("1.0.0-a")  # numeric below alphanumeric
+    assert Version.parse("1.0.0-rc.1+build.5") == Version.parse("1.0.0-rc.1")
+
+
+@pytest.mark.parametrize("rng,version", [
+    ("^1", "2.0.0-rc.1"), ("^1", "1.1.0-rc.1"), ("~1.2", "1.2.5-beta"), (">=1.0,<2", "1.5.0-rc.1"),
+    ("<2", "2.0.0-rc.1"), ("*", "1.0.0-rc.1"), ("", "1.0.0-rc.1"),
+    (">=1.0.0-rc.1,<2", "1.1.0-rc.1"),  # names a prerelease, but of another MAJOR.MINOR.PATCH
+])
+def test_prerelease_outside_ranges_that_do_not_name_it(rng: str, version: str) -> None:
+    assert Version.parse(version) not in VersionRange(rng)
+
+
+@pytest.mark.parametrize("rng,version", [
+    ("1.0.0-rc.1", "1.0.0-rc.1"), (">=1.0.0-rc.1,<2", "1.0.0-rc.3"), (">=1.0.0-rc.1,<2", "1.0.0-rc.10"),
+    (">=1.0.0-rc.1,<2", "1.4.0"), ("<2.0.0-rc.5", "2.0.0-rc.2"),
+])
+def test_prerelease_inside_ranges_that_name_it(rng: str, version: str) -> None:
+    assert Version.parse(version) in VersionRange(rng)
+
+
+
+def test_caret_parent_range_picks_newest_release_not_next_major_prerelease() -> None:
+    candidates = [Version.parse(v) for v in ("1.2.0", "1.5.0", "1.6.0-rc.1", "2.0.0-rc.1")]
+    assert max(v for v in candidates if v in VersionRange("^1")) == Version.parse("1.5.0")
