@@ -67,3 +67,39 @@ def test_real_process_reports_without_traceback(fixture_packs: Path) -> None:
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert "invalid YAML" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _other_root_pack(base: Path, fixture_packs: Path, version: str) -> None:
+    """A different `root-pack` (newer, one category reworded) under `base`, as pulled or on PA_PACKS_PATH."""
+    import shutil
+
+    dest = base / "root-pack"
+    shutil.copytree(fixture_packs / "root-pack", dest)
+    manifest = (dest / "pack.yaml").read_text()
+    manifest = manifest.replace("version: 1.0.0", f"version: {version}").replace("Writing scam messages", "Drafting scam texts")
+    (dest / "pack.yaml").write_text(manifest)
+    (dest / "CHANGELOG.md").write_text(f"# Changelog\n\n## {version}\n\nReworded scams.\n\n" + (dest / "CHANGELOG.md").read_text())
+
+
+def test_index_and_validate_all_ignore_user_and_env_packs(fixture_packs: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("PA_HOME", str(tmp_path / "empty-home"))
+    monkeypatch.delenv("PA_PACKS_PATH", raising=False)
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["index", "--dir", str(fixture_packs)])
+    assert result.exit_code == 0, result.output
+    clean = (fixture_packs / "INDEX.json").read_text()
+
+    _other_root_pack(tmp_path / "home" / "packs", fixture_packs, "1.5.0")
+    _other_root_pack(tmp_path / "envpacks", fixture_packs, "1.7.0")
+    monkeypatch.setenv("PA_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PA_PACKS_PATH", str(tmp_path / "envpacks"))
+    # the polluted search path really does pick the other root-pack for `pa show`
+    shown = runner.invoke(app, ["show", "child-pack", "--packs-path", str(fixture_packs)])
+    clean_digest = {p["name"]: p["digest"] for p in json.loads(clean)["packs"]}["child-pack"]
+    assert shown.exit_code == 0 and clean_digest not in shown.output, shown.output
+
+    result = runner.invoke(app, ["validate", "--all", "--dir", str(fixture_packs)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["index", "--dir", str(fixture_packs)])
+    assert result.exit_code == 0, result.output
+    assert (fixture_packs / "INDEX.json").read_text() == clean

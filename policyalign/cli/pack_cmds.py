@@ -76,18 +76,22 @@ def show(
 @app.command()
 def validate(
     paths: Optional[list[Path]] = typer.Argument(None, help="Pack directories to validate."),
-    all_packs: bool = typer.Option(False, "--all", help="Validate every pack under --dir and check packs/INDEX.json."),
+    all_packs: bool = typer.Option(False, "--all", help="Validate every pack under --dir and check packs/INDEX.json "
+                                   "(parents resolve inside --dir only, not --packs-path, PA_PACKS_PATH or $PA_HOME)."),
     packs_dir: Path = typer.Option(Path("packs"), "--dir", help="The packs directory for --all."),
     packs_path: Optional[list[Path]] = PacksPath,
 ) -> None:
     """Validate packs, reporting every problem at once (exit code 2 when any is invalid)."""
     from ..errors import InvalidInputError
+    from ..registry import Registry
     from ..validation import validate_all, validate_paths
 
     if not paths and not all_packs:
         raise InvalidInputError("nothing to validate", hint="pass pack directories, or --all")
     reg = registry([*(packs_path or []), packs_dir])
-    report = validate_all(packs_dir, reg) if all_packs else validate_paths(list(paths or []), reg)
+    # --all checks the repository's packs against its INDEX.json, so their parents must resolve
+    # inside --dir only: a pack in $PA_HOME/packs or PA_PACKS_PATH must not change the digests.
+    report = validate_all(packs_dir, Registry([packs_dir])) if all_packs else validate_paths(list(paths or []), reg)
     if all_packs and paths:
         extra = validate_paths(list(paths), reg)
         report.packs += extra.packs
@@ -139,13 +143,15 @@ def render(
 def index(
     packs_dir: Path = typer.Option(Path("packs"), "--dir", help="The packs directory to index."),
 ) -> None:
-    """Write packs/INDEX.json (name, version, digest of every pack)."""
+    """Write packs/INDEX.json (name, version, digest of every pack); parents resolve inside --dir only."""
     from ..errors import PackError
     from ..pack_index import write_index
-    from ..registry import INDEX_FILE
+    from ..registry import INDEX_FILE, Registry
     from ..validation import validate_all
 
-    report = validate_all(packs_dir, registry([packs_dir]))
+    # Only the directory being indexed: packs in $PA_HOME/packs or PA_PACKS_PATH must not change
+    # which parent a pack composes with, or the digests written would depend on the machine.
+    report = validate_all(packs_dir, Registry([packs_dir]))
     if report.failures:
         raise PackError([p for problems in report.failures.values() for p in problems])
     data = write_index(packs_dir / INDEX_FILE, report.packs)
