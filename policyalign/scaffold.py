@@ -2,13 +2,78 @@
 
 from __future__ import annotations
 
+import json
 import re
+from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidInputError
 from .io import write_text
 
-_NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+if TYPE_CHECKING:
+    from .registry import Registry
+
+
+@lru_cache(maxsize=None)
+def _schema_properties() -> dict[str, Any]:
+    from .schema import schema_text
+
+    return json.loads(schema_text("pack.schema.json"))["properties"]
+
+
+def _check_name(name: str) -> None:
+    """The pack schema's rules for `name` (pattern and length), checked before anything is written."""
+    rule = _schema_properties()["name"]
+    low, high = rule.get("minLength", 1), rule.get("maxLength", 10**6)
+    if not re.match(rule["pattern"], name):
+        raise InvalidInputError(f"invalid pack name {name!r}", hint="use lowercase letters, digits and single hyphens, e.g. my-pack")
+    if not low <= len(name) <= high:
+        raise InvalidInputError(f"invalid pack name {name!r}: {len(name)} characters",
+                                hint=f"a pack name has {low} to {high} characters")
+
+
+def _default_range(version: str) -> str:
+    """A range that matches `version` and its compatible successors: ^M, or ^0.m before 1.0.0."""
+    from .semver import Version
+
+    ver = Version.parse(version)
+    series = f"{ver.major}" if ver.major > 0 else f"0.{ver.minor}"
+    if not ver.pre:
+        return f"^{series}"
+    # A prerelease only matches a range that names it (npm semantics), so spell the caret out.
+    upper = f"{ver.major + 1}" if ver.major > 0 else f"0.{ver.minor + 1}"
+    return f">={ver},<{upper}"
+
+
+def _parent_spec(name: str, extends: str, packs_dir: Path, registry: "Registry") -> str:
+    """Resolve `--extends` now (clear error, with did-you-mean, if there is no such parent) and
+    return it as `name@range`; a bare name gets the range of the newest version found."""
+    from .semver import Version, is_semver
+
+    pattern = _schema_properties()["extends"]["items"]["pattern"]
+    if not re.match(pattern, extends):
+        raise InvalidInputError(f"invalid --extends {extends!r}", hint="name a parent pack, e.g. general or general@^1")
+    if extends.partition("@")[0] == name:
+        raise InvalidInputError(f"pack {name!r} cannot extend itself", hint="name a different parent pack")
+    registry = registry.including(packs_dir)
+    if "@" in extends:
+        registry.resolve_path(extends)  # ResolveError: unknown pack (did you mean), bad range, no match
+        return extends
+
+    def newest(locs: list[Any]) -> Any:
+        versions = [loc for loc in locs if loc.name == extends and is_semver(loc.version)]
+        releases = [loc for loc in versions if not Version.parse(loc.version).pre]
+        return max(releases or versions, key=lambda loc: Version.parse(loc.version), default=None)
+
+    # Prefer the parent next to the new pack: `pa validate --all` / `pa index` resolve only there.
+    from .registry import Registry
+
+    parent = newest(Registry([packs_dir]).discover()) or newest(registry.discover())
+    if parent is None:
+        registry.resolve_path(extends)  # raises: unknown pack with did-you-mean, or no usable version
+        raise InvalidInputError(f"no version of {extends!r} to extend")
+    return f"{extends}@{_default_range(parent.version)}"
 
 
 def _manifest(name: str, extends: str | None) -> str:
@@ -75,15 +140,23 @@ HARMFUL = '{"id": "NAME-harmful-0001", "category": "example-violation", "prompt"
 BENIGN = '{"id": "NAME-benign-0001", "category": "example-violation", "prompt": "Replace me with a harmless look-alike the assistant should answer.", "expect": "comply"}\n'
 
 
-def new_pack(name: str, packs_dir: Path, extends: str | None = None) -> Path:
-    """Create packs_dir/name with every file a pack needs; refuses to overwrite."""
-    if not _NAME.match(name):
-        raise InvalidInputError(f"invalid pack name {name!r}", hint="use lowercase letters, digits and hyphens, e.g. my-pack")
+def new_pack(name: str, packs_dir: Path, extends: str | None = None, registry: "Registry | None" = None) -> Path:
+    """Create packs_dir/name with every file a pack needs; refuses to overwrite.
+
+    Everything is checked before any file is written: the name against the pack schema, and
+    the parent (resolved through `registry` plus `packs_dir`). A bare `--extends parent` gets
+    `parent@^<major>` of the newest version found (`^0.<minor>` for 0.x), preferring `packs_dir`.
+    """
+    _check_name(name)
     root = packs_dir / name
     if root.exists():
         raise InvalidInputError(f"{root} already exists", file=str(root), hint="choose another name or delete the directory")
-    if extends and "@" not in extends:
-        extends = f"{extends}@^1"
+    if extends:
+        if registry is None:
+            from .registry import Registry
+
+            registry = Registry.default()
+        extends = _parent_spec(name, extends, packs_dir, registry)
     files = {
         "pack.yaml": _manifest(name, extends),
         "policy.md": POLICY,

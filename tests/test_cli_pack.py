@@ -103,3 +103,57 @@ def test_index_and_validate_all_ignore_user_and_env_packs(fixture_packs: Path, t
     result = runner.invoke(app, ["index", "--dir", str(fixture_packs)])
     assert result.exit_code == 0, result.output
     assert (fixture_packs / "INDEX.json").read_text() == clean
+
+
+def test_new_rejects_names_the_pack_schema_rejects(tmp_path: Path) -> None:
+    packs = tmp_path / "packs"
+    for name in ("a", "x" * 65, "Bad_Name", "double--hyphen"):
+        result = runner.invoke(app, ["new", name, "--dir", str(packs)])
+        assert result.exit_code == 2 and "invalid pack name" in result.output, (name, result.output)
+    assert not packs.exists()
+    for name in ("ab", "x" * 64):  # the schema's bounds, inclusive
+        assert runner.invoke(app, ["new", name, "--dir", str(packs)]).exit_code == 0
+        result = runner.invoke(app, ["validate", str(packs / name)])
+        assert result.exit_code == 0, result.output
+
+
+def test_new_extending_a_fresh_0x_pack_validates(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("PA_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("PA_PACKS_PATH", raising=False)
+    packs = tmp_path / "packs"
+    assert runner.invoke(app, ["new", "base-pack", "--dir", str(packs)]).exit_code == 0
+    result = runner.invoke(app, ["new", "child", "--extends", "base-pack", "--dir", str(packs)])
+    assert result.exit_code == 0, result.output
+    assert 'extends: ["base-pack@^0.1"]' in (packs / "child" / "pack.yaml").read_text()
+    result = runner.invoke(app, ["validate", str(packs / "child")])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["index", "--dir", str(packs)])
+    assert result.exit_code == 0, result.output
+
+
+def test_new_extending_a_prerelease_parent_validates(fixture_packs: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("PA_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("PA_PACKS_PATH", raising=False)
+    root = fixture_packs / "root-pack"
+    (root / "pack.yaml").write_text((root / "pack.yaml").read_text().replace("version: 1.0.0", "version: 2.0.0-rc.1"))
+    (root / "CHANGELOG.md").write_text("# Changelog\n\n## 2.0.0-rc.1\n\n- Next.\n")
+    result = runner.invoke(app, ["new", "kid", "--extends", "root-pack", "--dir", str(fixture_packs)])
+    assert result.exit_code == 0, result.output
+    assert 'extends: ["root-pack@>=2.0.0-rc.1,<3"]' in (fixture_packs / "kid" / "pack.yaml").read_text()
+    result = runner.invoke(app, ["validate", str(fixture_packs / "kid")])
+    assert result.exit_code == 0, result.output
+
+
+def test_new_checks_the_parent_before_writing(fixture_packs: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("PA_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("PA_PACKS_PATH", raising=False)
+    cases = {
+        "root-pak": "did you mean 'root-pack'",
+        "root-pack@^2": "no version of 'root-pack' matches '^2'",
+        "../root-pack": "invalid --extends",
+        "kid": "cannot extend itself",
+    }
+    for parent, message in cases.items():
+        result = runner.invoke(app, ["new", "kid", "--extends", parent, "--dir", str(fixture_packs)])
+        assert result.exit_code == 2 and message in result.output, (parent, result.output)
+        assert not (fixture_packs / "kid").exists()

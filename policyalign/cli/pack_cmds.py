@@ -115,11 +115,12 @@ def new(
     name: str = typer.Argument(..., help="Name of the new pack (lowercase, hyphens)."),
     extends: Optional[str] = typer.Option(None, "--extends", help="Parent pack, e.g. general or general@^1."),
     packs_dir: Path = typer.Option(Path("packs"), "--dir", help="Where to create the pack."),
+    packs_path: Optional[list[Path]] = PacksPath,
 ) -> None:
     """Create a pack skeleton that validates as created."""
     from ..scaffold import new_pack
 
-    root = new_pack(name, packs_dir, extends)
+    root = new_pack(name, packs_dir, extends, registry=registry(packs_path) if extends else None)
     typer.echo(f"created {root}; next: edit {root}/policy.md and pack.yaml, then `pa validate {root}`")
 
 
