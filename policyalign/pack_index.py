@@ -41,13 +41,48 @@ def write_index(path: Path, packs: list["Pack"]) -> dict[str, Any]:
 
 
 def read_index(path: Path) -> dict[str, Any] | None:
+    """The parsed index, None when absent; an unreadable one comes back with `corrupt` set to why."""
     if not path.is_file():
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        return {"index_version": INDEX_VERSION, "packs": [], "corrupt": True}
-    return data if isinstance(data, dict) else {"packs": [], "corrupt": True}
+    except UnicodeDecodeError as exc:
+        return {"index_version": INDEX_VERSION, "packs": [], "corrupt": f"packs index is not UTF-8 text ({exc.reason} at byte {exc.start})"}
+    except json.JSONDecodeError as exc:
+        return {"index_version": INDEX_VERSION, "packs": [], "corrupt": f"packs index is not valid JSON ({exc.msg} at line {exc.lineno})"}
+    except RecursionError:
+        return {"index_version": INDEX_VERSION, "packs": [], "corrupt": "packs index is not valid JSON (nested too deeply)"}
+    return data if isinstance(data, dict) else {"packs": [], "corrupt": "packs index is not a JSON object"}
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {dict: "an object", list: "a list", str: "a string"}.get(type(value), type(value).__name__)
+
+
+def _shape_problems(rel: str, index: dict[str, Any]) -> list[Problem]:
+    """Where the index is not a list of entries with string name and version (all at once)."""
+    fix = "run `pa index` to rewrite it"
+    packs = index.get("packs")
+    if not isinstance(packs, list):
+        found = "missing" if "packs" not in index else f"{_json_kind(packs)}, not a list"
+        return [Problem(rel, "/packs", f"packs index is corrupt: `packs` is {found}", fix)]
+    problems: list[Problem] = []
+    for i, entry in enumerate(packs):
+        if not isinstance(entry, dict):
+            problems.append(Problem(rel, f"/packs/{i}", f"packs index is corrupt: entry is {_json_kind(entry)}, "
+                                                        "not an object", fix))
+            continue
+        for key in ("name", "version"):
+            if not isinstance(entry.get(key), str):
+                found = "missing" if key not in entry else f"{_json_kind(entry[key])}, not a string"
+                problems.append(Problem(rel, f"/packs/{i}/{key}", f"packs index is corrupt: `{key}` is {found}", fix))
+    return problems
 
 
 def index_problems(path: Path, packs: list["Pack"]) -> list[Problem]:
@@ -57,8 +92,11 @@ def index_problems(path: Path, packs: list["Pack"]) -> list[Problem]:
     if index is None:
         return [Problem(rel, "", "packs index is missing", "run `pa index` and commit packs/INDEX.json")]
     if index.get("corrupt"):
-        return [Problem(rel, "", "packs index is not valid JSON", "run `pa index` to rewrite it")]
-    recorded = {(e.get("name"), e.get("version")): e for e in index.get("packs", []) if isinstance(e, dict)}
+        return [Problem(rel, "", str(index["corrupt"]), "run `pa index` to rewrite it")]
+    shape = _shape_problems(rel, index)
+    if shape:
+        return shape
+    recorded = {(e["name"], e["version"]): e for e in index["packs"]}
     by_name = {e.get("name"): e for e in recorded.values()}
     problems: list[Problem] = []
     for pack in packs:

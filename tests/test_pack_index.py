@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from broken_packs import norm
@@ -62,3 +63,27 @@ def test_parent_change_makes_child_index_stale_without_bump(fixture_packs: Path)
     text = norm(_validate_all(fixture_packs).output)
     assert "composed digest of child-pack@1.0.0 changed (a parent pack changed)" in text
     assert "content of child-pack changed" not in text
+
+
+@pytest.mark.parametrize("content,where,message", [
+    (b'{"index_version": 1, "packs": [{"name": "root-\xff\xfe"}]}', "", "packs index is not UTF-8 text"),
+    (b'{"index_version": 1, "packs": 5}', "/packs", "packs index is corrupt: `packs` is a number, not a list"),
+    (b'{"index_version": 1}', "/packs", "packs index is corrupt: `packs` is missing"),
+    (b'{"index_version": 1, "packs": [7]}', "/packs/0", "packs index is corrupt: entry is a number, not an object"),
+    (b'{"index_version": 1, "packs": [{"name": ["x"], "version": "1.0.0"}]}', "/packs/0/name", "packs index is corrupt: `name` is a list, not a string"),
+    (b'{"index_version": 1, "packs": [{"name": "x", "version": {"a": 1}}]}', "/packs/0/version", "packs index is corrupt: `version` is an object, not a string"),
+    (b'{"index_version": 1, "packs": [{"name": "x"}]}', "/packs/0/version", "packs index is corrupt: `version` is missing"),
+    (b"[" * 100000, "", "packs index is not valid JSON"),
+    (b"[1, 2]", "", "packs index is not a JSON object"),
+], ids=["not-utf8", "packs-number", "packs-missing", "entry-number", "name-list", "version-object",
+        "version-missing", "deep-nesting", "top-level-list"])
+def test_corrupt_index_is_a_problem_not_a_traceback(fixture_packs: Path, content: bytes, where: str, message: str) -> None:
+    (fixture_packs / "INDEX.json").write_bytes(content)
+    result = _validate_all(fixture_packs)
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    text = norm(result.output)
+    assert f"INDEX.json{':' + where if where else ''}: {message}" in text, text
+    assert "run `pa index` to rewrite it" in text
+    assert runner.invoke(app, ["index", "--dir", str(fixture_packs)]).exit_code == 0
+    assert _validate_all(fixture_packs).exit_code == 0
