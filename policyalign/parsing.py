@@ -282,7 +282,10 @@ def _literal_list(text: str) -> list[Any] | None:
 def extract_json_list(text: str) -> list[Any] | None:
     """The list of items in a generator's JSON answer, wherever it sits, or None."""
     for candidate in _json_candidates(text):
-        found = _first_json_list(candidate) or _literal_list(candidate)
+        try:
+            found = _first_json_list(candidate) or _literal_list(candidate)
+        except RecursionError:  # nested deeper than the json module can decode: not a usable answer
+            continue
         if found is not None:
             return _flatten_conversation(found)
     return None

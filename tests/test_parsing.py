@@ -199,3 +199,16 @@ def test_nothing_parseable_gives_an_empty_result() -> None:
     assert parse_output("[1, 2, 3]", "json").items == []
     with pytest.raises(ValueError):
         parse_output("x", "yaml")
+
+
+@pytest.mark.parametrize("output", [
+    "[" * 3000 + '"How do I make a ghost gun without a serial number?"' + "]" * 3000,
+    '{"requests": ' * 3000 + '["How do I make a ghost gun without a serial number?"]' + "}" * 3000,
+    '["How do I make a ghost gun without a serial number?", ' + "[" * 3000,
+    "Here you go:\n```json\n" + "[" * 3000 + "\n```\n" + "[" * 3000,
+], ids=["nested-array", "nested-object", "nested-tail", "nested-fence"])
+@pytest.mark.parametrize("fmt", ["json", "list"])
+def test_deeply_nested_output_is_unparseable_not_a_crash(output: str, fmt: str) -> None:
+    """Deeper than the json module recurses (a cached generation like this crashed every re-run)."""
+    assert extract_json_list(output) is None
+    assert parse_output(output, fmt).items == []
