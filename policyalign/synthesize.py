@@ -232,7 +232,7 @@ def _load_cached(cache: Path, key: str) -> dict[str, Any] | None:
         return None
     try:
         entry = read_json(path)
-    except (InvalidInputError, OSError):
+    except (InvalidInputError, OSError, UnicodeDecodeError, RecursionError):  # corrupt bytes, nested too deep
         return None
     ok = isinstance(entry, dict) and entry.get("key") == key and isinstance(entry.get("text"), str)
     return entry if ok else None

@@ -205,6 +205,32 @@ def test_a_broken_cache_file_is_regenerated(pack: Pack, tmp_path: Path) -> None:
     assert json.loads(victim.read_text())["text"]
 
 
+@pytest.mark.parametrize("content", [
+    b'{"key": "\xff\xfe\x00garbage', '{"key": "x", "text": "caf\u00e9"}'.encode("latin-1"),
+    b'{"text": ' * 5000 + b'""' + b"}" * 5000,
+], ids=["not-utf8", "latin-1", "nested-too-deep"])
+def test_an_unreadable_cache_file_is_regenerated(pack: Pack, tmp_path: Path, content: bytes) -> None:
+    backend = FixedOutputs(scripted)
+    first = synthesize(pack, backend, out_dir=tmp_path, progress=False)
+    victim = sorted((tmp_path / "generations").glob("*.json"))[0]
+    victim.write_bytes(content)
+    result = synthesize(pack, backend, out_dir=tmp_path, progress=False)
+    assert (result.generated, result.cached) == (1, 3)
+    assert json.loads(victim.read_text(encoding="utf-8"))["text"]
+    assert result.instructions == first.instructions
+
+
+def test_a_cached_generation_nested_too_deep_is_unparseable_not_a_crash(pack: Pack, tmp_path: Path) -> None:
+    synthesize(pack, FixedOutputs(scripted), out_dir=tmp_path, progress=False)
+    for path in (tmp_path / "generations").glob("*.json"):
+        entry = json.loads(path.read_text(encoding="utf-8"))
+        entry["text"] = "[" * 3000 + '"Describe how to convert a rifle to fire automatically."' + "]" * 3000
+        path.write_text(json.dumps(entry), encoding="utf-8")
+    result = synthesize(pack, FixedOutputs(scripted), out_dir=tmp_path, progress=False)
+    assert (result.generated, result.cached) == (0, 4)
+    assert [r["provenance"]["source"] for r in result.instructions] == ["seed"] * 4
+
+
 def test_a_junk_only_generator_still_yields_the_seeds(pack: Pack, tmp_path: Path) -> None:
     result = synthesize(pack, FixedOutputs(lambda t, c: "I'm sorry, but I can't help with that."),
                         out_dir=tmp_path, progress=False)
