@@ -55,6 +55,9 @@ _TOKEN_LIKE = re.compile(r"(hf_[A-Za-z0-9_]{6,}|Bearer\s+\S+)")
 # version's results can never sit next to a newer adapter.
 MANAGED_FILES = {"README.md", *card.REQUIRED_ADAPTER_FILES, *card.OPTIONAL_ADAPTER_FILES}
 MANAGED_DIRS = ("eval/",)
+# Files a pulled adapter repository may hold without the card listing them (the card itself,
+# and the .gitattributes the Hub adds); any other unlisted file is a provenance problem.
+UNLISTED_OK = {"README.md", ".gitattributes"}
 
 
 @dataclass(frozen=True)
@@ -354,7 +357,24 @@ def _file_problems(path: Path, recorded: Mapping[str, Any]) -> list[str]:
             problems.append(f"{name} is listed in the card but missing")
         elif sha256_file(target) != digest:
             problems.append(f"{name} does not match its sha256 in the card")
+    problems += [f"{name} is in the repository but not listed in the card"
+                 for name in _downloaded_files(path) if name not in files and name not in UNLISTED_OK]
     return problems
+
+
+def _downloaded_files(path: Path) -> list[str]:
+    """Every file of a downloaded repository (POSIX paths; huggingface_hub's `.cache/` skipped).
+
+    A snapshot in the Hugging Face cache holds symlinks into its blob store, so links count as files.
+    """
+    found = []
+    for entry in sorted(path.rglob("*")):
+        rel = entry.relative_to(path).as_posix()
+        if rel == ".cache" or rel.startswith(".cache/"):
+            continue
+        if entry.is_symlink() or entry.is_file():
+            found.append(rel)
+    return found
 
 
 def pull_adapter(spec: str, *, to: str | Path | None = None, token: str | None = None,

@@ -236,6 +236,22 @@ def test_pull_detects_swapped_weights(cli: Cli, hub_server, make_run, tmp_path: 
     assert "adapter_model.safetensors does not match its sha256" in result.stderr
 
 
+def test_pull_refuses_files_the_card_does_not_list(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "extra"))), "--repo-id", "org/extra")
+    hub_server.put_files("org/extra", {"chat_template.jinja": b"{{ 'EVIL' }}", "adapter_model.bin": b"junk",
+                                       "eval/after/extra.json": b"{}"}, "add files the card does not list")
+    dest = tmp_path / "pulled"
+    result = cli.fails(1, "pull", "org/extra", "--to", str(dest))
+    assert "provenance check failed" in result.stderr
+    for name in ("chat_template.jinja", "adapter_model.bin", "eval/after/extra.json"):
+        assert f"{name} is in the repository but not listed in the card" in result.stderr, name
+    assert "README.md" not in result.stderr and ".gitattributes" not in result.stderr
+    assert not dest.exists() and not any(p.name.startswith(".pulled.pa-pull-") for p in tmp_path.iterdir())
+    assert "not listed in the card" in cli.fails(1, "pull", "org/extra").stderr  # HF-cache path checks too
+    cli.ok("pull", "org/extra@extra-v1.0.0", "--to", str(dest))  # the pushed revision still verifies
+    assert not (dest / "chat_template.jinja").exists() and not (dest / "adapter_model.bin").exists()
+
+
 def test_pull_warns_when_the_local_pack_differs(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     pack = make_pack(cli.packs, "drifty")
     cli.ok("push", str(make_run(tmp_path / "run", pack)), "--repo-id", "org/drifty")
