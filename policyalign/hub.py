@@ -296,8 +296,10 @@ def verify_adapter(path: Path, label: str) -> tuple[dict[str, Any], dict[str, An
     """Check a downloaded adapter against its card; returns (card metadata, policyalign.json).
 
     The card's `policyalign` block, `policyalign.json` and the files must agree on the pack
-    digest, name and version, the base model, and every file's sha256. Any disagreement means
-    the repo changed after `pa push` (or was never pushed by it): a HubError lists them all.
+    digest, name and version, the base model, and every file's sha256; the repository may hold no
+    file the card does not list. Any disagreement means the repo changed after `pa push` (or was
+    never pushed by it): a HubError lists them all. Like `pa push`, it then requires
+    `policyalign.json` to name the pack (name, version, digest) and the base model (id).
     """
     readme = path / "README.md"
     if not readme.is_file():
@@ -318,6 +320,13 @@ def verify_adapter(path: Path, label: str) -> tuple[dict[str, Any], dict[str, An
         raise HubError("provenance check failed:\n" + "\n".join(f"  - {p}" for p in problems), file=label,
                        hint="the card and the files disagree, so the repository was changed after `pa push`; "
                             "do not use this adapter, or ask its publisher to re-push")
+    try:  # the same fields `pa push` requires: pack name, version and digest, base model id
+        card._check_provenance(provenance, path / card.PROVENANCE_FILE)
+    except PolicyAlignError as exc:
+        raise HubError(f"provenance check failed: {exc.problem.message}", file=f"{label}:{card.PROVENANCE_FILE}",
+                       where=exc.problem.where,
+                       hint="`pa push` never publishes such an adapter, so its pack cannot be known; "
+                            "do not use it, or ask its publisher to re-push") from None
     return metadata, provenance
 
 

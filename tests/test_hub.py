@@ -252,6 +252,42 @@ def test_pull_refuses_files_the_card_does_not_list(cli: Cli, hub_server, make_ru
     assert not (dest / "chat_template.jinja").exists() and not (dest / "adapter_model.bin").exists()
 
 
+def _forge(hub_server, repo: str, provenance: bytes, edit_card, message: str) -> None:  # type: ignore[no-untyped-def]
+    """Replace policyalign.json and re-sign it in the card, so card and files agree (a forged push)."""
+    metadata, body = card.parse_card(hub_server.read(repo, "README.md").decode())
+    metadata["policyalign"]["files"]["policyalign.json"] = hashlib.sha256(provenance).hexdigest()
+    edit_card(metadata)
+    hub_server.put_files(repo, {"policyalign.json": provenance,
+                                "README.md": (card.dump_front_matter(metadata) + body).encode()}, message)
+
+
+def test_pull_requires_the_pack_and_base_model_in_policyalign_json(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "forged"))
+    repo = "org/forged"
+    cli.ok("push", str(run), "--repo-id", repo)
+    provenance = json.loads((run / "adapter" / "policyalign.json").read_text())
+    del provenance["pack"]["digest"]
+
+    def drop_digest(metadata: dict) -> None:
+        del metadata["policyalign"]["pack"]["digest"]
+
+    def drop_pack(metadata: dict) -> None:
+        metadata["policyalign"] = {"files": metadata["policyalign"]["files"]}
+        metadata.pop("base_model", None)
+
+    cases = [(json.dumps(provenance).encode(), drop_digest, "lacks pack.digest", "policyalign.json:/pack/digest"),
+             (b"{}", drop_pack, "lacks pack.name", "policyalign.json:/pack/name"),
+             (b"[1]", drop_pack, "must be a JSON object", "policyalign.json")]
+    for i, (content, edit, message, where) in enumerate(cases):
+        _forge(hub_server, repo, content, edit, f"forgery {i}")
+        dest = tmp_path / f"pulled{i}"
+        result = cli.fails(1, "pull", repo, "--to", str(dest))
+        assert "provenance check failed" in result.stderr and message in result.stderr, result.stderr
+        assert f"{repo}@main:{where}" in result.stderr
+        assert not dest.exists() and not any(".pa-pull-" in p.name for p in tmp_path.iterdir())
+        assert message in cli.fails(1, "pull", repo).stderr  # HF-cache path checks too
+
+
 def test_pull_warns_when_the_local_pack_differs(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     pack = make_pack(cli.packs, "drifty")
     cli.ok("push", str(make_run(tmp_path / "run", pack)), "--repo-id", "org/drifty")
