@@ -50,6 +50,7 @@ REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 TAG_RE = re.compile(r"^[A-Za-z0-9][\w.+-]{0,127}$")
 PACK_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TOKEN_LIKE = re.compile(r"(hf_[A-Za-z0-9_]{6,}|Bearer\s+\S+)")
 # Files a previous push may have left that this push must replace or remove, so an older
 # version's results can never sit next to a newer adapter.
@@ -515,14 +516,23 @@ def find_adapters(pack_name: str, *, token: str | None = None) -> list[Candidate
 def _candidate(api: Any, repo_id: str, revision: str, token: str | None) -> Candidate | None:
     with hub_call(f"reading the card at {revision}", token=token, repo=repo_id):
         info = api.model_info(repo_id, revision=revision)
-    data = info.card_data.to_dict() if info.card_data is not None else {}
-    recorded = data.get("policyalign")
-    if not isinstance(recorded, dict) or not isinstance(recorded.get("pack"), dict):
+    card_data = info.card_data
+    data = card_data.to_dict() if hasattr(card_data, "to_dict") else card_data
+    recorded = data.get("policyalign") if isinstance(data, dict) else None
+    pack = recorded.get("pack") if isinstance(recorded, dict) else None
+    base = recorded.get("base_model") if isinstance(recorded, dict) else None
+    if not isinstance(pack, dict) or not isinstance(base, dict):
+        return None  # not an adapter `pa push` published: skipped, so it cannot hide the ones that are
+    fields = [pack.get("name"), pack.get("version"), pack.get("digest"), base.get("id")]
+    base_name = base.get("name") or base.get("id")
+    if not all(_plain_text(value) for value in (*fields, base_name)):
         return None
-    pack, base = recorded["pack"], recorded.get("base_model") or {}
-    return Candidate(repo_id, revision, str(info.sha), str(pack.get("name")), str(pack.get("version")),
-                     str(pack.get("digest")), str(base.get("id")), str(base.get("name") or base.get("id")),
-                     str(info.last_modified or ""))
+    return Candidate(repo_id, revision, str(info.sha), *fields, base_name, str(info.last_modified or ""))
+
+
+def _plain_text(value: Any) -> bool:
+    """A non-empty string without control characters (it is printed when candidates are listed)."""
+    return isinstance(value, str) and bool(value) and not _CONTROL.search(value)
 
 
 def choose_adapter(candidates: list[Candidate], pack_name: str, *, model: str | None = None,

@@ -350,6 +350,29 @@ def test_pull_by_pack_picks_the_best_match(cli: Cli, hub_server, make_run, tmp_p
     assert "nobody has published" in cli.fails(1, "pull", "--pack", "never-published").stderr
 
 
+def test_malformed_candidates_do_not_hide_good_ones(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "findme"))), "--repo-id", "org/good-findme")
+    good_pack = {"name": "findme", "version": "1.0.0", "digest": "d" * 64}
+    good_base = {"id": "Qwen/Qwen2.5-0.5B-Instruct", "name": "Qwen2.5-0.5B"}
+    hostile = {"base-is-a-string": {"pack": {"name": "findme", "version": "1.0.0"}, "base_model": "Qwen/x"},
+               "pack-is-a-list": {"pack": ["findme"], "base_model": good_base},
+               "version-is-a-number": {"pack": {**good_pack, "version": 1}, "base_model": good_base},
+               "digest-is-a-dict": {"pack": {**good_pack, "digest": {"a": 1}}, "base_model": good_base},
+               "id-is-missing": {"pack": good_pack, "base_model": {"name": "Qwen2.5-0.5B"}},
+               "control-characters": {"pack": {**good_pack, "version": "1.0.0\x1b[2J"}, "base_model": good_base},
+               "block-is-a-string": "findme"}
+    for name, block in hostile.items():
+        meta = {"tags": ["policyalign", "pack:findme"], "policyalign": block}
+        hub_server.store.create("model", f"evil/{name}", private=False)
+        hub_server.store.commit_tree("model", f"evil/{name}", {"README.md": card.dump_front_matter(meta).encode()}, "junk")
+
+    result = cli.ok("pull", "--pack", "findme", "--to", str(tmp_path / "x"))
+    assert "best match: org/good-findme@findme-v1.0.0" in result.stdout
+    assert "matches the local pack findme@1.0.0" in result.stdout
+    missing = cli.fails(1, "pull", "--pack", "findme", "--model", "Qwen2.5-7B")  # the candidate list skips them too
+    assert "org/good-findme@findme-v1.0.0" in missing.stderr and "evil/" not in missing.stderr
+
+
 def _candidate(repo: str, version: str, digest: str = "d", base: str = "Qwen/Qwen2.5-0.5B-Instruct",
                revision: str = "", when: str = "2026-01-01") -> hub.Candidate:
     return hub.Candidate(repo, revision or f"p-v{version}", "c" * 40, "p", version, digest, base, base, when)
