@@ -50,11 +50,15 @@ REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 TAG_RE = re.compile(r"^[A-Za-z0-9][\w.+-]{0,127}$")
 PACK_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TOKEN_LIKE = re.compile(r"(hf_[A-Za-z0-9_]{6,}|Bearer\s+\S+)")
 # Files a previous push may have left that this push must replace or remove, so an older
 # version's results can never sit next to a newer adapter.
 MANAGED_FILES = {"README.md", *card.REQUIRED_ADAPTER_FILES, *card.OPTIONAL_ADAPTER_FILES}
 MANAGED_DIRS = ("eval/",)
+# Files a pulled adapter repository may hold without the card listing them (the card itself,
+# and the .gitattributes the Hub adds); any other unlisted file is a provenance problem.
+UNLISTED_OK = {"README.md", ".gitattributes"}
 
 
 @dataclass(frozen=True)
@@ -293,8 +297,10 @@ def verify_adapter(path: Path, label: str) -> tuple[dict[str, Any], dict[str, An
     """Check a downloaded adapter against its card; returns (card metadata, policyalign.json).
 
     The card's `policyalign` block, `policyalign.json` and the files must agree on the pack
-    digest, name and version, the base model, and every file's sha256. Any disagreement means
-    the repo changed after `pa push` (or was never pushed by it): a HubError lists them all.
+    digest, name and version, the base model, and every file's sha256; the repository may hold no
+    file the card does not list. Any disagreement means the repo changed after `pa push` (or was
+    never pushed by it): a HubError lists them all. Like `pa push`, it then requires
+    `policyalign.json` to name the pack (name, version, digest) and the base model (id).
     """
     readme = path / "README.md"
     if not readme.is_file():
@@ -315,6 +321,13 @@ def verify_adapter(path: Path, label: str) -> tuple[dict[str, Any], dict[str, An
         raise HubError("provenance check failed:\n" + "\n".join(f"  - {p}" for p in problems), file=label,
                        hint="the card and the files disagree, so the repository was changed after `pa push`; "
                             "do not use this adapter, or ask its publisher to re-push")
+    try:  # the same fields `pa push` requires: pack name, version and digest, base model id
+        card._check_provenance(provenance, path / card.PROVENANCE_FILE)
+    except PolicyAlignError as exc:
+        raise HubError(f"provenance check failed: {exc.problem.message}", file=f"{label}:{card.PROVENANCE_FILE}",
+                       where=exc.problem.where,
+                       hint="`pa push` never publishes such an adapter, so its pack cannot be known; "
+                            "do not use it, or ask its publisher to re-push") from None
     return metadata, provenance
 
 
@@ -354,7 +367,24 @@ def _file_problems(path: Path, recorded: Mapping[str, Any]) -> list[str]:
             problems.append(f"{name} is listed in the card but missing")
         elif sha256_file(target) != digest:
             problems.append(f"{name} does not match its sha256 in the card")
+    problems += [f"{name} is in the repository but not listed in the card"
+                 for name in _downloaded_files(path) if name not in files and name not in UNLISTED_OK]
     return problems
+
+
+def _downloaded_files(path: Path) -> list[str]:
+    """Every file of a downloaded repository (POSIX paths; huggingface_hub's `.cache/` skipped).
+
+    A snapshot in the Hugging Face cache holds symlinks into its blob store, so links count as files.
+    """
+    found = []
+    for entry in sorted(path.rglob("*")):
+        rel = entry.relative_to(path).as_posix()
+        if rel == ".cache" or rel.startswith(".cache/"):
+            continue
+        if entry.is_symlink() or entry.is_file():
+            found.append(rel)
+    return found
 
 
 def pull_adapter(spec: str, *, to: str | Path | None = None, token: str | None = None,
@@ -486,14 +516,23 @@ def find_adapters(pack_name: str, *, token: str | None = None) -> list[Candidate
 def _candidate(api: Any, repo_id: str, revision: str, token: str | None) -> Candidate | None:
     with hub_call(f"reading the card at {revision}", token=token, repo=repo_id):
         info = api.model_info(repo_id, revision=revision)
-    data = info.card_data.to_dict() if info.card_data is not None else {}
-    recorded = data.get("policyalign")
-    if not isinstance(recorded, dict) or not isinstance(recorded.get("pack"), dict):
+    card_data = info.card_data
+    data = card_data.to_dict() if hasattr(card_data, "to_dict") else card_data
+    recorded = data.get("policyalign") if isinstance(data, dict) else None
+    pack = recorded.get("pack") if isinstance(recorded, dict) else None
+    base = recorded.get("base_model") if isinstance(recorded, dict) else None
+    if not isinstance(pack, dict) or not isinstance(base, dict):
+        return None  # not an adapter `pa push` published: skipped, so it cannot hide the ones that are
+    fields = [pack.get("name"), pack.get("version"), pack.get("digest"), base.get("id")]
+    base_name = base.get("name") or base.get("id")
+    if not all(_plain_text(value) for value in (*fields, base_name)):
         return None
-    pack, base = recorded["pack"], recorded.get("base_model") or {}
-    return Candidate(repo_id, revision, str(info.sha), str(pack.get("name")), str(pack.get("version")),
-                     str(pack.get("digest")), str(base.get("id")), str(base.get("name") or base.get("id")),
-                     str(info.last_modified or ""))
+    return Candidate(repo_id, revision, str(info.sha), *fields, base_name, str(info.last_modified or ""))
+
+
+def _plain_text(value: Any) -> bool:
+    """A non-empty string without control characters (it is printed when candidates are listed)."""
+    return isinstance(value, str) and bool(value) and not _CONTROL.search(value)
 
 
 def choose_adapter(candidates: list[Candidate], pack_name: str, *, model: str | None = None,

@@ -236,6 +236,58 @@ def test_pull_detects_swapped_weights(cli: Cli, hub_server, make_run, tmp_path: 
     assert "adapter_model.safetensors does not match its sha256" in result.stderr
 
 
+def test_pull_refuses_files_the_card_does_not_list(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "extra"))), "--repo-id", "org/extra")
+    hub_server.put_files("org/extra", {"chat_template.jinja": b"{{ 'EVIL' }}", "adapter_model.bin": b"junk",
+                                       "eval/after/extra.json": b"{}"}, "add files the card does not list")
+    dest = tmp_path / "pulled"
+    result = cli.fails(1, "pull", "org/extra", "--to", str(dest))
+    assert "provenance check failed" in result.stderr
+    for name in ("chat_template.jinja", "adapter_model.bin", "eval/after/extra.json"):
+        assert f"{name} is in the repository but not listed in the card" in result.stderr, name
+    assert "README.md" not in result.stderr and ".gitattributes" not in result.stderr
+    assert not dest.exists() and not any(p.name.startswith(".pulled.pa-pull-") for p in tmp_path.iterdir())
+    assert "not listed in the card" in cli.fails(1, "pull", "org/extra").stderr  # HF-cache path checks too
+    cli.ok("pull", "org/extra@extra-v1.0.0", "--to", str(dest))  # the pushed revision still verifies
+    assert not (dest / "chat_template.jinja").exists() and not (dest / "adapter_model.bin").exists()
+
+
+def _forge(hub_server, repo: str, provenance: bytes, edit_card, message: str) -> None:  # type: ignore[no-untyped-def]
+    """Replace policyalign.json and re-sign it in the card, so card and files agree (a forged push)."""
+    metadata, body = card.parse_card(hub_server.read(repo, "README.md").decode())
+    metadata["policyalign"]["files"]["policyalign.json"] = hashlib.sha256(provenance).hexdigest()
+    edit_card(metadata)
+    hub_server.put_files(repo, {"policyalign.json": provenance,
+                                "README.md": (card.dump_front_matter(metadata) + body).encode()}, message)
+
+
+def test_pull_requires_the_pack_and_base_model_in_policyalign_json(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "forged"))
+    repo = "org/forged"
+    cli.ok("push", str(run), "--repo-id", repo)
+    provenance = json.loads((run / "adapter" / "policyalign.json").read_text())
+    del provenance["pack"]["digest"]
+
+    def drop_digest(metadata: dict) -> None:
+        del metadata["policyalign"]["pack"]["digest"]
+
+    def drop_pack(metadata: dict) -> None:
+        metadata["policyalign"] = {"files": metadata["policyalign"]["files"]}
+        metadata.pop("base_model", None)
+
+    cases = [(json.dumps(provenance).encode(), drop_digest, "lacks pack.digest", "policyalign.json:/pack/digest"),
+             (b"{}", drop_pack, "lacks pack.name", "policyalign.json:/pack/name"),
+             (b"[1]", drop_pack, "must be a JSON object", "policyalign.json")]
+    for i, (content, edit, message, where) in enumerate(cases):
+        _forge(hub_server, repo, content, edit, f"forgery {i}")
+        dest = tmp_path / f"pulled{i}"
+        result = cli.fails(1, "pull", repo, "--to", str(dest))
+        assert "provenance check failed" in result.stderr and message in result.stderr, result.stderr
+        assert f"{repo}@main:{where}" in result.stderr
+        assert not dest.exists() and not any(".pa-pull-" in p.name for p in tmp_path.iterdir())
+        assert message in cli.fails(1, "pull", repo).stderr  # HF-cache path checks too
+
+
 def test_pull_warns_when_the_local_pack_differs(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     pack = make_pack(cli.packs, "drifty")
     cli.ok("push", str(make_run(tmp_path / "run", pack)), "--repo-id", "org/drifty")
@@ -296,6 +348,29 @@ def test_pull_by_pack_picks_the_best_match(cli: Cli, hub_server, make_run, tmp_p
     assert "no published adapter matches pack select@1.0.0 on Qwen2.5-7B" in missing.stderr
     assert "org/select-a@select-v2.0.0" in missing.stderr  # the candidates are listed
     assert "nobody has published" in cli.fails(1, "pull", "--pack", "never-published").stderr
+
+
+def test_malformed_candidates_do_not_hide_good_ones(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "findme"))), "--repo-id", "org/good-findme")
+    good_pack = {"name": "findme", "version": "1.0.0", "digest": "d" * 64}
+    good_base = {"id": "Qwen/Qwen2.5-0.5B-Instruct", "name": "Qwen2.5-0.5B"}
+    hostile = {"base-is-a-string": {"pack": {"name": "findme", "version": "1.0.0"}, "base_model": "Qwen/x"},
+               "pack-is-a-list": {"pack": ["findme"], "base_model": good_base},
+               "version-is-a-number": {"pack": {**good_pack, "version": 1}, "base_model": good_base},
+               "digest-is-a-dict": {"pack": {**good_pack, "digest": {"a": 1}}, "base_model": good_base},
+               "id-is-missing": {"pack": good_pack, "base_model": {"name": "Qwen2.5-0.5B"}},
+               "control-characters": {"pack": {**good_pack, "version": "1.0.0\x1b[2J"}, "base_model": good_base},
+               "block-is-a-string": "findme"}
+    for name, block in hostile.items():
+        meta = {"tags": ["policyalign", "pack:findme"], "policyalign": block}
+        hub_server.store.create("model", f"evil/{name}", private=False)
+        hub_server.store.commit_tree("model", f"evil/{name}", {"README.md": card.dump_front_matter(meta).encode()}, "junk")
+
+    result = cli.ok("pull", "--pack", "findme", "--to", str(tmp_path / "x"))
+    assert "best match: org/good-findme@findme-v1.0.0" in result.stdout
+    assert "matches the local pack findme@1.0.0" in result.stdout
+    missing = cli.fails(1, "pull", "--pack", "findme", "--model", "Qwen2.5-7B")  # the candidate list skips them too
+    assert "org/good-findme@findme-v1.0.0" in missing.stderr and "evil/" not in missing.stderr
 
 
 def _candidate(repo: str, version: str, digest: str = "d", base: str = "Qwen/Qwen2.5-0.5B-Instruct",
