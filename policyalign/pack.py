@@ -205,6 +205,8 @@ class _Collector:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.problems: list[Problem] = []
+        # Relative POSIX paths of the files the digest covers (set by `_pack_files`).
+        self.digested: set[str] | None = None
 
     def rel(self, path: Path | str) -> str:
         path = Path(path)
@@ -276,6 +278,12 @@ def _read_bounded(col: _Collector, rel: str, limit: int, where: str) -> str | No
     if not target.is_file():
         col.add(MANIFEST, where, f"referenced file {rel!r} does not exist", "create the file or fix the path")
         return None
+    if col.digested is not None and target.relative_to(col.root).as_posix() not in col.digested:
+        # The digest pins the pack's content; a file it skips could change without changing the digest.
+        col.add(MANIFEST, where, f"referenced file {rel!r} is not covered by the pack digest "
+                "(files in hidden directories, in __pycache__ or under a symlinked directory are skipped)",
+                "move the file into an ordinary directory of the pack (no leading '.', no directory symlink)")
+        return None
     size = target.stat().st_size
     if size > limit:
         col.add(rel, "", f"file is {size} bytes, over the {limit}-byte limit", "split or shorten the file")
@@ -317,6 +325,7 @@ def _pack_files(col: _Collector) -> list[Path]:
         col.add(".", "", f"pack has {len(files)} files, over the limit of {MAX_PACK_FILES}", "remove unused files")
     if total > MAX_PACK_BYTES:
         col.add(".", "", f"pack is {total} bytes, over the limit of {MAX_PACK_BYTES}", "shrink the eval sets")
+    col.digested = {path.relative_to(col.root).as_posix() for path in files}
     return files
 
 

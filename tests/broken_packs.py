@@ -61,6 +61,19 @@ def _yaml_alias(root: Path) -> None:
     path.write_text(path.read_text() + "x-bomb: &a [1, 2]\nx-more: [*a, *a]\n")
 
 
+def _hidden_policy(root: Path) -> None:
+    """The policy moved into a hidden directory, which the digest skips."""
+    (root / ".hidden").mkdir()
+    (root / "policy.md").rename(root / ".hidden" / "policy.md")
+    _edit("pack.yaml", "policy: policy.md", "policy: .hidden/policy.md")(root)
+
+
+def _symlinked_template_dir(root: Path) -> None:
+    """templates/ is a symlink to a directory; the digest does not walk into directory symlinks."""
+    (root / "templates").rename(root / "real-templates")
+    os.symlink("real-templates", root / "templates")
+
+
 def _cycle(root: Path) -> None:
     parent = root.parent / "root-pack" / "pack.yaml"
     text = parent.read_text().replace("policy: policy.md\n", 'policy: policy.md\nextends: ["child-pack@^1"]\n', 1)
@@ -101,6 +114,10 @@ FAULTS = [
     Fault("changelog-entry", "root-pack", _edit("CHANGELOG.md", "## 1.0.0", "## 0.9.0"), ("CHANGELOG.md", "no entry for version 1.0.0")),
     Fault("name-mismatch", "root-pack", _edit("pack.yaml", "name: root-pack", "name: other-name"), ("pack.yaml", "/name", "does not match the directory name")),
     Fault("yaml-alias", "root-pack", _yaml_alias, ("pack.yaml", "aliases")),
+    Fault("hidden-referenced-file", "root-pack", _hidden_policy,
+          ("pack.yaml", "/policy", "'.hidden/policy.md' is not covered by the pack digest")),
+    Fault("symlinked-directory", "root-pack", _symlinked_template_dir,
+          ("pack.yaml", "/synthesis/templates/0/file", "'templates/plain.jinja' is not covered by the pack digest")),
     Fault("duplicate-category", "child-pack", _append("pack.yaml", ""), ()),  # replaced below
 ]
 
