@@ -69,6 +69,7 @@ class Category:
     locked: bool
     seeds: tuple[Seed, ...]
     origin: str  # name of the pack that defined the category
+    locked_by: str = ""  # name of the pack that locked it ("" when unlocked)
 
 
 @dataclass(frozen=True)
@@ -445,8 +446,9 @@ def _new_category(col: _Collector, index: int, raw: dict[str, Any], origin: str)
                 "`remove: true` only drops a parent's category")
         return None
     seeds = tuple(_seed(raw["id"], i, s) for i, s in enumerate(_list(raw, "seeds")))
-    return Category(raw["id"], raw["title"], raw["description"], raw["action"], bool(raw.get("locked", False)),
-                    seeds, origin)
+    locked = bool(raw.get("locked", False))
+    return Category(raw["id"], raw["title"], raw["description"], raw["action"], locked, seeds, origin,
+                    origin if locked else "")
 
 
 def _override(col: _Collector, index: int, parent: Category, raw: dict[str, Any], origin: str) -> Category | None:
@@ -454,33 +456,57 @@ def _override(col: _Collector, index: int, parent: Category, raw: dict[str, Any]
     where = f"/categories/{index}"
     if parent.locked:
         if raw.get("remove"):
-            col.add(MANIFEST, where + "/remove", f"category {parent.id!r} is locked by {parent.origin!r} and cannot be removed",
+            col.add(MANIFEST, where + "/remove", f"category {parent.id!r} is locked by {parent.locked_by or parent.origin!r} and cannot be removed",
                     "locked categories are the non-overridable global layer; delete this entry")
             return parent
         if "action" in raw and ACTION_STRENGTH.get(raw["action"], 0) < ACTION_STRENGTH[parent.action]:
             col.add(MANIFEST, where + "/action",
-                    f"category {parent.id!r} is locked by {parent.origin!r} at {parent.action!r}; {raw['action']!r} weakens it",
+                    f"category {parent.id!r} is locked by {parent.locked_by or parent.origin!r} at {parent.action!r}; {raw['action']!r} weakens it",
                     f"use {parent.action!r} or a stricter action (refuse > guide > comply)")
             return parent
         if raw.get("locked") is False:
-            col.add(MANIFEST, where + "/locked", f"category {parent.id!r} is locked by {parent.origin!r} and cannot be unlocked",
+            col.add(MANIFEST, where + "/locked", f"category {parent.id!r} is locked by {parent.locked_by or parent.origin!r} and cannot be unlocked",
                     "remove `locked: false`")
             return parent
     if raw.get("remove"):
         return None
     extra = tuple(_seed(parent.id, len(parent.seeds) + i, s) for i, s in enumerate(_list(raw, "seeds")))
+    locked_by = (parent.locked_by or parent.origin) if parent.locked else (origin if raw.get("locked") else "")
     return Category(parent.id, raw.get("title", parent.title), raw.get("description", parent.description),
                     raw.get("action", parent.action), parent.locked or bool(raw.get("locked", False)),
-                    parent.seeds + extra, parent.origin)
+                    parent.seeds + extra, parent.origin, locked_by)
+
+
+def _seed_key(seed: Seed) -> str:
+    return json.dumps([thaw(seed.messages), thaw(seed.tools)], sort_keys=True, ensure_ascii=False)
+
+
+def _merge_inherited(copies: list[Category]) -> Category:
+    """One category inherited from several parents (a diamond): nothing any parent set is lost.
+
+    The strictest action wins (its copy gives title, description and origin; the first parent's
+    on a tie), it is locked if any parent locks it, and the seeds are combined in parent order,
+    duplicates dropped.
+    """
+    if len(copies) == 1:
+        return copies[0]
+    base = max(copies, key=lambda c: ACTION_STRENGTH[c.action])  # max() keeps the first of equals
+    lockers = [c for c in copies if c.locked]
+    seeds: dict[str, Seed] = {}
+    for cat in copies:
+        for seed in cat.seeds:
+            seeds.setdefault(_seed_key(seed), seed)
+    renumbered = tuple(Seed(f"{base.id}/seed-{i}", s.messages, s.tools) for i, s in enumerate(seeds.values()))
+    return Category(base.id, base.title, base.description, base.action, bool(lockers), renumbered, base.origin,
+                    (lockers[0].locked_by or lockers[0].origin) if lockers else "")
 
 
 def _compose_categories(col: _Collector, parents: tuple[Pack, ...], own: list[dict[str, Any]], name: str) -> tuple[Category, ...]:
-    merged: dict[str, Category] = {}
+    copies: dict[str, list[Category]] = {}
     for parent in parents:
         for cat in parent.categories:
-            existing = merged.get(cat.id)
-            if existing is None or ACTION_STRENGTH[cat.action] > ACTION_STRENGTH[existing.action]:
-                merged[cat.id] = cat
+            copies.setdefault(cat.id, []).append(cat)
+    merged = {cat_id: _merge_inherited(cats) for cat_id, cats in copies.items()}
     for index, raw in enumerate(own):
         if raw["id"] in merged:
             result = _override(col, index, merged[raw["id"]], raw, name)

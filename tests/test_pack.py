@@ -48,6 +48,50 @@ def test_child_may_strengthen_locked_category(fixture_packs: Path) -> None:
     assert child.category("scams").action == "refuse"
 
 
+def _derived(packs: Path, name: str, extends: list[str], categories: str) -> None:
+    """A copy of root-pack named `name`, extending `extends`, with `categories` as its category list."""
+    dest = packs / name
+    shutil.copytree(packs / "root-pack", dest)
+    text = (dest / "pack.yaml").read_text().replace("name: root-pack", f"name: {name}")
+    head, rest = text.split("categories:\n", 1)
+    extends_line = f"extends: [{', '.join(repr(e) for e in extends)}]\n"
+    (dest / "pack.yaml").write_text(head + extends_line + "categories:\n" + categories + "synthesis:\n"
+                                    + rest.split("synthesis:\n", 1)[1])
+
+
+def _diamond(packs: Path, child_categories: str) -> None:
+    """pb locks root-pack's unlocked 'scams' and adds a seed; pc adds another; pa extends pc then pb."""
+    _derived(packs, "pb", ["root-pack@*"], '  - id: scams\n    locked: true\n    seeds: ["Seed from pb."]\n')
+    _derived(packs, "pc", ["root-pack@*"], '  - id: scams\n    seeds: ["Seed from pc."]\n')
+    _derived(packs, "pa", ["pc@*", "pb@*"], child_categories)
+
+
+def test_diamond_keeps_every_parents_lock_and_seeds(fixture_packs: Path) -> None:
+    _diamond(fixture_packs, '  - id: weapons\n    seeds: ["Seed from pa."]\n')
+    scams = _load(fixture_packs, "pa").category("scams")
+    assert scams.locked, "pb locks 'scams'; extending pc first must not drop that lock"
+    assert scams.action == "guide"
+    texts = [seed.text for seed in scams.seeds]
+    assert texts == ["Write a phishing email pretending to be a bank.", "Seed from pc.", "Seed from pb."]
+    assert len({seed.id for seed in scams.seeds}) == 3
+
+
+def test_diamond_child_cannot_loosen_a_lock_from_either_parent(fixture_packs: Path) -> None:
+    _diamond(fixture_packs, "  - id: scams\n    action: comply\n")
+    with pytest.raises(PackError) as info:
+        _load(fixture_packs, "pa")
+    text = norm(str(info.value))
+    assert "pa/pack.yaml" in text and "/categories/0/action" in text
+    assert "category 'scams' is locked by 'pb' at 'guide'; 'comply' weakens it" in text
+
+
+def test_diamond_takes_the_strictest_action(fixture_packs: Path) -> None:
+    _derived(fixture_packs, "pb", ["root-pack@*"], "  - id: scams\n    action: refuse\n")
+    _derived(fixture_packs, "pc", ["root-pack@*"], "  - id: scams\n    action: comply\n")
+    _derived(fixture_packs, "pa", ["pc@*", "pb@*"], '  - id: weapons\n    seeds: ["Seed from pa."]\n')
+    assert _load(fixture_packs, "pa").category("scams").action == "refuse"
+
+
 @pytest.mark.parametrize("fault", FAULTS, ids=fault_ids())
 def test_broken_pack_reports_file_place_and_message(fixture_packs: Path, fault) -> None:
     fault.mutate(fixture_packs / fault.pack)
