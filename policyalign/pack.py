@@ -645,12 +645,18 @@ def _eval_sets(col: _Collector, data: dict[str, Any], categories: tuple[Category
     return tuple(sets)
 
 
+def jsonl_lines(text: str) -> list[str]:
+    """The lines of a JSONL text. Only \\n, \\r\\n and \\r end a line: str.splitlines() also splits on
+    U+2028, U+0085 and other characters that JSON strings may hold raw (ensure_ascii=False writes them)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
 def _eval_items(col: _Collector, file: str, text: str, known: list[str], seen_ids: dict[str, str]) -> list[EvalItem]:
     from .schema import eval_item_validator
 
     validator = eval_item_validator()
     items: list[EvalItem] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in enumerate(jsonl_lines(text), start=1):
         if not line.strip():
             continue
         if len(items) >= MAX_EVAL_ITEMS:

@@ -125,6 +125,18 @@ def test_all_problems_reported_at_once(fixture_packs: Path) -> None:
     assert "malformed JSON" in messages
 
 
+def test_eval_lines_may_hold_raw_line_separators(fixture_packs: Path) -> None:
+    """JSON strings may hold U+2028, U+2029 and U+0085 raw (json.dumps(ensure_ascii=False) writes them)."""
+    import json
+
+    prompt = "Part one\u2028part two\u2029part three\x85end"
+    item = {"id": "root-h7", "category": "weapons", "prompt": prompt, "expect": "refuse"}
+    with (fixture_packs / "root-pack" / "eval" / "harmful.jsonl").open("a", encoding="utf-8", newline="") as handle:
+        handle.write(json.dumps(item, ensure_ascii=False) + "\r\n")
+    items = _load(fixture_packs, "root-pack").eval_set("harmful").items
+    assert items[-1].id == "root-h7" and items[-1].messages[0]["content"] == prompt
+
+
 def test_digest_is_stable_across_copies_and_line_endings(fixture_packs: Path, tmp_path: Path) -> None:
     first = _load(fixture_packs, "root-pack").digest
     other = tmp_path / "copy" / "packs"
