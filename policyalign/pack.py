@@ -40,6 +40,8 @@ MAX_OTHER_BYTES = 2 * 1024 * 1024
 MAX_PACK_BYTES = 32 * 1024 * 1024
 MAX_PACK_FILES = 2000
 MAX_EVAL_ITEMS = 20000
+# Deeper YAML/JSON would overflow the stack in the parsers, the schema check or later stages.
+MAX_NESTING = 100
 DIGEST_PREFIX = b"policyalign-pack-digest-v1\n"
 
 
@@ -224,8 +226,10 @@ class _Collector:
 # --------------------------------------------------------------------------- files and paths
 
 
-class _NoAliasLoader(yaml.SafeLoader):
-    """Safe YAML without anchors/aliases: aliases allow exponential 'billion laughs' blow-ups."""
+class ManifestLoader(yaml.SafeLoader):
+    """Safe YAML without anchors/aliases (they allow exponential 'billion laughs' blow-ups), and
+    with flow collections ([...], {...}) nested at most MAX_NESTING deep: PyYAML's scanner slows
+    down superlinearly with flow depth and its composer recurses once per level."""
 
     def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
         if self.check_event(yaml.AliasEvent):
@@ -233,6 +237,15 @@ class _NoAliasLoader(yaml.SafeLoader):
             raise yaml.constructor.ConstructorError(
                 None, None, "YAML aliases (*name) are not allowed in pack manifests", event.start_mark)
         return super().compose_node(parent, index)
+
+    def fetch_flow_collection_start(self, TokenClass):  # type: ignore[no-untyped-def]
+        if self.flow_level >= MAX_NESTING:
+            raise yaml.scanner.ScannerError(None, None, f"[ or {{ nested more than {MAX_NESTING} levels deep",
+                                            self.get_mark())
+        super().fetch_flow_collection_start(TokenClass)
+
+
+_NoAliasLoader = ManifestLoader
 
 
 def _line_index(node: yaml.Node | None, pointer: str = "") -> dict[str, int]:
@@ -250,6 +263,40 @@ def _line_index(node: yaml.Node | None, pointer: str = "") -> dict[str, int]:
         for index, value in enumerate(node.value):
             lines.update(_line_index(value, f"{pointer}/{index}"))
     return lines
+
+
+def _too_deep_node(node: yaml.Node | None) -> yaml.Node | None:
+    """The first YAML collection nested more than MAX_NESTING levels deep, if any (no recursion)."""
+    stack = [(node, 1)] if node is not None else []
+    while stack:
+        current, depth = stack.pop()
+        if isinstance(current, yaml.MappingNode):
+            children = [child for pair in current.value for child in pair]
+        elif isinstance(current, yaml.SequenceNode):
+            children = list(current.value)
+        else:
+            continue
+        if depth > MAX_NESTING:
+            return current
+        stack.extend((child, depth + 1) for child in reversed(children))
+    return None
+
+
+def too_deep(value: Any, limit: int = MAX_NESTING) -> bool:
+    """Whether parsed JSON nests lists/dicts more than `limit` levels deep (no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        current, depth = stack.pop()
+        if isinstance(current, dict):
+            children = list(current.values())
+        elif isinstance(current, list):
+            children = current
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def confined_path(root: Path, rel: str) -> Path | str:
@@ -364,8 +411,21 @@ def _load_manifest(col: _Collector) -> tuple[dict[str, Any] | None, dict[str, in
         return None, {}
     try:
         text = path.read_text(encoding="utf-8")
-        node = yaml.compose(text, Loader=_NoAliasLoader)
-        data = yaml.load(text, Loader=_NoAliasLoader)
+        loader = ManifestLoader(text)
+        try:
+            node = loader.get_single_node()
+            deep = _too_deep_node(node)
+            if deep is not None:
+                col.add(MANIFEST, f"line {deep.start_mark.line + 1}", f"YAML nested more than {MAX_NESTING} levels deep",
+                        "flatten this value: no manifest field needs deep nesting")
+                return None, {}
+            data = loader.construct_document(node) if node is not None else None
+        except RecursionError:
+            col.add(MANIFEST, f"line {loader.line + 1}", f"YAML nested more than {MAX_NESTING} levels deep",
+                    "flatten this value: no manifest field needs deep nesting")
+            return None, {}
+        finally:
+            loader.dispose()
     except UnicodeDecodeError:
         col.add(MANIFEST, "", "manifest is not valid UTF-8", "save pack.yaml as UTF-8")
         return None, {}
@@ -667,6 +727,14 @@ def _eval_items(col: _Collector, file: str, text: str, known: list[str], seen_id
         except json.JSONDecodeError as exc:
             col.add(file, f"line {lineno}", f"malformed JSON: {exc.msg} (column {exc.colno})",
                     "each line must be one complete JSON object")
+            continue
+        except RecursionError:
+            deep = True
+        else:
+            deep = too_deep(raw)
+        if deep:
+            col.add(file, f"line {lineno}", f"JSON nested more than {MAX_NESTING} levels deep",
+                    "flatten the item: eval items need no deep nesting")
             continue
         item = _eval_item(col, file, lineno, raw, validator, known, seen_ids)
         if item is not None:

@@ -43,9 +43,12 @@ class PackLocation:
 
 def _read_header(path: Path) -> PackLocation | None:
     """Name and version from a manifest, or None when it can't be read (validation reports why)."""
+    from .pack import ManifestLoader
+
     try:
-        data = yaml.safe_load((path / "pack.yaml").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        # The loader's own rules (no aliases, bounded nesting) keep one hostile manifest from stalling discovery.
+        data = yaml.load((path / "pack.yaml").read_text(encoding="utf-8"), Loader=ManifestLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
         return None
     if not isinstance(data, dict) or not isinstance(data.get("name"), str):
         return None
