@@ -406,8 +406,10 @@ def _load_manifest(col: _Collector) -> tuple[dict[str, Any] | None, dict[str, in
     if not path.is_file():
         col.add(MANIFEST, "", "pack.yaml is missing", "every pack needs a pack.yaml manifest (see `pa new`)")
         return None, {}
-    if path.stat().st_size > MAX_MANIFEST_BYTES:
-        col.add(MANIFEST, "", f"manifest is over {MAX_MANIFEST_BYTES} bytes", "move eval items to eval/*.jsonl")
+    size = path.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        col.add(MANIFEST, "", f"file is {size} bytes, over the {MAX_MANIFEST_BYTES}-byte limit for the manifest",
+                "move eval items to eval/*.jsonl and shorten long descriptions")
         return None, {}
     try:
         text = path.read_text(encoding="utf-8")
@@ -770,6 +772,11 @@ def _check_changelog(col: _Collector, version: str) -> None:
     path = col.root / CHANGELOG
     if not path.is_file():
         col.add(CHANGELOG, "", "CHANGELOG.md is missing", f"add CHANGELOG.md with a `## {version}` entry")
+        return
+    size = path.stat().st_size
+    if size > MAX_OTHER_BYTES:
+        col.add(CHANGELOG, "", f"file is {size} bytes, over the {MAX_OTHER_BYTES}-byte limit",
+                "shorten the changelog (move old entries elsewhere)")
         return
     text = path.read_text(encoding="utf-8", errors="replace")
     if not re.search(rf"^#+\s*\[?v?{re.escape(version)}\]?(\s|$)", text, re.MULTILINE):

@@ -74,6 +74,14 @@ def _symlinked_template_dir(root: Path) -> None:
     os.symlink("real-templates", root / "templates")
 
 
+def _sparse(rel: str, size: int) -> Callable[[Path], None]:
+    """Grow a file to `size` bytes without using disk (a sparse file)."""
+    def mutate(root: Path) -> None:
+        with (root / rel).open("r+b") as handle:
+            handle.truncate(size)
+    return mutate
+
+
 def _cycle(root: Path) -> None:
     parent = root.parent / "root-pack" / "pack.yaml"
     text = parent.read_text().replace("policy: policy.md\n", 'policy: policy.md\nextends: ["child-pack@^1"]\n', 1)
@@ -130,6 +138,10 @@ FAULTS = [
                                                       '"expect": "refuse", "note": "x", "tools": [{"type": "function", "function": {"name": "f", "parameters": '
                                                       + "[" * 600 + "]" * 600 + "}}]}\n"),
           ("eval/harmful.jsonl", "line 3", "JSON nested more than 100 levels deep")),
+    Fault("oversized-changelog", "root-pack", _sparse("CHANGELOG.md", 3 * 2**30),
+          ("CHANGELOG.md", "file is 3221225472 bytes, over the 2097152-byte limit")),
+    Fault("oversized-manifest", "root-pack", _sparse("pack.yaml", 3 * 2**30),
+          ("pack.yaml", "file is 3221225472 bytes, over the 524288-byte limit")),
     Fault("duplicate-category", "child-pack", _append("pack.yaml", ""), ()),  # replaced below
 ]
 

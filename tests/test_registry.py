@@ -65,3 +65,17 @@ def test_list_survives_a_manifest_too_deep_to_parse(fixture_packs: Path, monkeyp
     result = CliRunner().invoke(app, ["list", "--json", "--packs-path", str(fixture_packs)])
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output and "child-pack" in result.output
+
+
+def test_discovery_does_not_read_an_oversized_manifest(fixture_packs: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       tmp_path: Path) -> None:
+    manifest = fixture_packs / "root-pack" / "pack.yaml"
+    manifest.write_text(manifest.read_text() + "# " + "x" * 600_000 + "\n")  # valid YAML, over the 512 KiB limit
+    assert {loc.name for loc in Registry([fixture_packs]).discover()} == {"child-pack"}
+    with manifest.open("r+b") as handle:
+        handle.truncate(3 * 2**30)  # sparse: 3 GB, no disk used
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PA_HOME", str(tmp_path / "home"))
+    result = CliRunner().invoke(app, ["list", "--json", "--packs-path", str(fixture_packs)])
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output and "child-pack" in result.output
