@@ -794,6 +794,8 @@ def load_pack(path: str | Path, *, registry: "Registry | None" = None, _stack: t
     (default: the standard search path plus the pack's own parent directory).
     """
     root = Path(path)
+    if root.name in ("", ".."):  # `.` or `..`: the pack's name and its siblings need the real directory
+        root = root.resolve()
     col = _Collector(root)
     if not root.is_dir():
         col.add(root.resolve(), "", "pack directory does not exist", "pass the path of a directory holding pack.yaml")

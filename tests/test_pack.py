@@ -166,6 +166,18 @@ def test_pack_is_immutable(fixture_packs: Path) -> None:
         pack.training["lora_r"] = 99  # type: ignore[index]
 
 
+@pytest.mark.parametrize("pack, arg", [("root-pack", "."), ("child-pack", "."), ("child-pack", "../child-pack/templates/..")])
+def test_validate_relative_path_inside_the_pack(fixture_packs: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                pack: str, arg: str) -> None:
+    """`pa validate .` inside a pack directory: its name is the directory's, and sibling parents resolve."""
+    monkeypatch.chdir(fixture_packs / pack)
+    monkeypatch.setenv("PA_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("PA_PACKS_PATH", raising=False)
+    result = CliRunner().invoke(app, ["validate", arg])
+    assert result.exit_code == 0, result.output
+    assert f"ok       {pack}@1.0.0" in result.output
+
+
 def test_missing_directory_is_a_pack_error(tmp_path: Path) -> None:
     with pytest.raises(PackError, match="does not exist"):
         load_pack(tmp_path / "nope")
