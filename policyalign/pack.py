@@ -40,6 +40,8 @@ MAX_OTHER_BYTES = 2 * 1024 * 1024
 MAX_PACK_BYTES = 32 * 1024 * 1024
 MAX_PACK_FILES = 2000
 MAX_EVAL_ITEMS = 20000
+# Deeper YAML/JSON would overflow the stack in the parsers, the schema check or later stages.
+MAX_NESTING = 100
 DIGEST_PREFIX = b"policyalign-pack-digest-v1\n"
 
 
@@ -69,6 +71,7 @@ class Category:
     locked: bool
     seeds: tuple[Seed, ...]
     origin: str  # name of the pack that defined the category
+    locked_by: str = ""  # name of the pack that locked it ("" when unlocked)
 
 
 @dataclass(frozen=True)
@@ -205,6 +208,8 @@ class _Collector:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.problems: list[Problem] = []
+        # Relative POSIX paths of the files the digest covers (set by `_pack_files`).
+        self.digested: set[str] | None = None
 
     def rel(self, path: Path | str) -> str:
         path = Path(path)
@@ -221,8 +226,10 @@ class _Collector:
 # --------------------------------------------------------------------------- files and paths
 
 
-class _NoAliasLoader(yaml.SafeLoader):
-    """Safe YAML without anchors/aliases: aliases allow exponential 'billion laughs' blow-ups."""
+class ManifestLoader(yaml.SafeLoader):
+    """Safe YAML without anchors/aliases (they allow exponential 'billion laughs' blow-ups), and
+    with flow collections ([...], {...}) nested at most MAX_NESTING deep: PyYAML's scanner slows
+    down superlinearly with flow depth and its composer recurses once per level."""
 
     def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
         if self.check_event(yaml.AliasEvent):
@@ -230,6 +237,15 @@ class _NoAliasLoader(yaml.SafeLoader):
             raise yaml.constructor.ConstructorError(
                 None, None, "YAML aliases (*name) are not allowed in pack manifests", event.start_mark)
         return super().compose_node(parent, index)
+
+    def fetch_flow_collection_start(self, TokenClass):  # type: ignore[no-untyped-def]
+        if self.flow_level >= MAX_NESTING:
+            raise yaml.scanner.ScannerError(None, None, f"[ or {{ nested more than {MAX_NESTING} levels deep",
+                                            self.get_mark())
+        super().fetch_flow_collection_start(TokenClass)
+
+
+_NoAliasLoader = ManifestLoader
 
 
 def _line_index(node: yaml.Node | None, pointer: str = "") -> dict[str, int]:
@@ -247,6 +263,40 @@ def _line_index(node: yaml.Node | None, pointer: str = "") -> dict[str, int]:
         for index, value in enumerate(node.value):
             lines.update(_line_index(value, f"{pointer}/{index}"))
     return lines
+
+
+def _too_deep_node(node: yaml.Node | None) -> yaml.Node | None:
+    """The first YAML collection nested more than MAX_NESTING levels deep, if any (no recursion)."""
+    stack = [(node, 1)] if node is not None else []
+    while stack:
+        current, depth = stack.pop()
+        if isinstance(current, yaml.MappingNode):
+            children = [child for pair in current.value for child in pair]
+        elif isinstance(current, yaml.SequenceNode):
+            children = list(current.value)
+        else:
+            continue
+        if depth > MAX_NESTING:
+            return current
+        stack.extend((child, depth + 1) for child in reversed(children))
+    return None
+
+
+def too_deep(value: Any, limit: int = MAX_NESTING) -> bool:
+    """Whether parsed JSON nests lists/dicts more than `limit` levels deep (no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        current, depth = stack.pop()
+        if isinstance(current, dict):
+            children = list(current.values())
+        elif isinstance(current, list):
+            children = current
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def confined_path(root: Path, rel: str) -> Path | str:
@@ -275,6 +325,12 @@ def _read_bounded(col: _Collector, rel: str, limit: int, where: str) -> str | No
         return None
     if not target.is_file():
         col.add(MANIFEST, where, f"referenced file {rel!r} does not exist", "create the file or fix the path")
+        return None
+    if col.digested is not None and target.relative_to(col.root).as_posix() not in col.digested:
+        # The digest pins the pack's content; a file it skips could change without changing the digest.
+        col.add(MANIFEST, where, f"referenced file {rel!r} is not covered by the pack digest "
+                "(files in hidden directories, in __pycache__ or under a symlinked directory are skipped)",
+                "move the file into an ordinary directory of the pack (no leading '.', no directory symlink)")
         return None
     size = target.stat().st_size
     if size > limit:
@@ -317,6 +373,7 @@ def _pack_files(col: _Collector) -> list[Path]:
         col.add(".", "", f"pack has {len(files)} files, over the limit of {MAX_PACK_FILES}", "remove unused files")
     if total > MAX_PACK_BYTES:
         col.add(".", "", f"pack is {total} bytes, over the limit of {MAX_PACK_BYTES}", "shrink the eval sets")
+    col.digested = {path.relative_to(col.root).as_posix() for path in files}
     return files
 
 
@@ -349,13 +406,28 @@ def _load_manifest(col: _Collector) -> tuple[dict[str, Any] | None, dict[str, in
     if not path.is_file():
         col.add(MANIFEST, "", "pack.yaml is missing", "every pack needs a pack.yaml manifest (see `pa new`)")
         return None, {}
-    if path.stat().st_size > MAX_MANIFEST_BYTES:
-        col.add(MANIFEST, "", f"manifest is over {MAX_MANIFEST_BYTES} bytes", "move eval items to eval/*.jsonl")
+    size = path.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        col.add(MANIFEST, "", f"file is {size} bytes, over the {MAX_MANIFEST_BYTES}-byte limit for the manifest",
+                "move eval items to eval/*.jsonl and shorten long descriptions")
         return None, {}
     try:
         text = path.read_text(encoding="utf-8")
-        node = yaml.compose(text, Loader=_NoAliasLoader)
-        data = yaml.load(text, Loader=_NoAliasLoader)
+        loader = ManifestLoader(text)
+        try:
+            node = loader.get_single_node()
+            deep = _too_deep_node(node)
+            if deep is not None:
+                col.add(MANIFEST, f"line {deep.start_mark.line + 1}", f"YAML nested more than {MAX_NESTING} levels deep",
+                        "flatten this value: no manifest field needs deep nesting")
+                return None, {}
+            data = loader.construct_document(node) if node is not None else None
+        except RecursionError:
+            col.add(MANIFEST, f"line {loader.line + 1}", f"YAML nested more than {MAX_NESTING} levels deep",
+                    "flatten this value: no manifest field needs deep nesting")
+            return None, {}
+        finally:
+            loader.dispose()
     except UnicodeDecodeError:
         col.add(MANIFEST, "", "manifest is not valid UTF-8", "save pack.yaml as UTF-8")
         return None, {}
@@ -436,8 +508,9 @@ def _new_category(col: _Collector, index: int, raw: dict[str, Any], origin: str)
                 "`remove: true` only drops a parent's category")
         return None
     seeds = tuple(_seed(raw["id"], i, s) for i, s in enumerate(_list(raw, "seeds")))
-    return Category(raw["id"], raw["title"], raw["description"], raw["action"], bool(raw.get("locked", False)),
-                    seeds, origin)
+    locked = bool(raw.get("locked", False))
+    return Category(raw["id"], raw["title"], raw["description"], raw["action"], locked, seeds, origin,
+                    origin if locked else "")
 
 
 def _override(col: _Collector, index: int, parent: Category, raw: dict[str, Any], origin: str) -> Category | None:
@@ -445,33 +518,57 @@ def _override(col: _Collector, index: int, parent: Category, raw: dict[str, Any]
     where = f"/categories/{index}"
     if parent.locked:
         if raw.get("remove"):
-            col.add(MANIFEST, where + "/remove", f"category {parent.id!r} is locked by {parent.origin!r} and cannot be removed",
+            col.add(MANIFEST, where + "/remove", f"category {parent.id!r} is locked by {parent.locked_by or parent.origin!r} and cannot be removed",
                     "locked categories are the non-overridable global layer; delete this entry")
             return parent
         if "action" in raw and ACTION_STRENGTH.get(raw["action"], 0) < ACTION_STRENGTH[parent.action]:
             col.add(MANIFEST, where + "/action",
-                    f"category {parent.id!r} is locked by {parent.origin!r} at {parent.action!r}; {raw['action']!r} weakens it",
+                    f"category {parent.id!r} is locked by {parent.locked_by or parent.origin!r} at {parent.action!r}; {raw['action']!r} weakens it",
                     f"use {parent.action!r} or a stricter action (refuse > guide > comply)")
             return parent
         if raw.get("locked") is False:
-            col.add(MANIFEST, where + "/locked", f"category {parent.id!r} is locked by {parent.origin!r} and cannot be unlocked",
+            col.add(MANIFEST, where + "/locked", f"category {parent.id!r} is locked by {parent.locked_by or parent.origin!r} and cannot be unlocked",
                     "remove `locked: false`")
             return parent
     if raw.get("remove"):
         return None
     extra = tuple(_seed(parent.id, len(parent.seeds) + i, s) for i, s in enumerate(_list(raw, "seeds")))
+    locked_by = (parent.locked_by or parent.origin) if parent.locked else (origin if raw.get("locked") else "")
     return Category(parent.id, raw.get("title", parent.title), raw.get("description", parent.description),
                     raw.get("action", parent.action), parent.locked or bool(raw.get("locked", False)),
-                    parent.seeds + extra, parent.origin)
+                    parent.seeds + extra, parent.origin, locked_by)
+
+
+def _seed_key(seed: Seed) -> str:
+    return json.dumps([thaw(seed.messages), thaw(seed.tools)], sort_keys=True, ensure_ascii=False)
+
+
+def _merge_inherited(copies: list[Category]) -> Category:
+    """One category inherited from several parents (a diamond): nothing any parent set is lost.
+
+    The strictest action wins (its copy gives title, description and origin; the first parent's
+    on a tie), it is locked if any parent locks it, and the seeds are combined in parent order,
+    duplicates dropped.
+    """
+    if len(copies) == 1:
+        return copies[0]
+    base = max(copies, key=lambda c: ACTION_STRENGTH[c.action])  # max() keeps the first of equals
+    lockers = [c for c in copies if c.locked]
+    seeds: dict[str, Seed] = {}
+    for cat in copies:
+        for seed in cat.seeds:
+            seeds.setdefault(_seed_key(seed), seed)
+    renumbered = tuple(Seed(f"{base.id}/seed-{i}", s.messages, s.tools) for i, s in enumerate(seeds.values()))
+    return Category(base.id, base.title, base.description, base.action, bool(lockers), renumbered, base.origin,
+                    (lockers[0].locked_by or lockers[0].origin) if lockers else "")
 
 
 def _compose_categories(col: _Collector, parents: tuple[Pack, ...], own: list[dict[str, Any]], name: str) -> tuple[Category, ...]:
-    merged: dict[str, Category] = {}
+    copies: dict[str, list[Category]] = {}
     for parent in parents:
         for cat in parent.categories:
-            existing = merged.get(cat.id)
-            if existing is None or ACTION_STRENGTH[cat.action] > ACTION_STRENGTH[existing.action]:
-                merged[cat.id] = cat
+            copies.setdefault(cat.id, []).append(cat)
+    merged = {cat_id: _merge_inherited(cats) for cat_id, cats in copies.items()}
     for index, raw in enumerate(own):
         if raw["id"] in merged:
             result = _override(col, index, merged[raw["id"]], raw, name)
@@ -610,12 +707,18 @@ def _eval_sets(col: _Collector, data: dict[str, Any], categories: tuple[Category
     return tuple(sets)
 
 
+def jsonl_lines(text: str) -> list[str]:
+    """The lines of a JSONL text. Only \\n, \\r\\n and \\r end a line: str.splitlines() also splits on
+    U+2028, U+0085 and other characters that JSON strings may hold raw (ensure_ascii=False writes them)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
 def _eval_items(col: _Collector, file: str, text: str, known: list[str], seen_ids: dict[str, str]) -> list[EvalItem]:
     from .schema import eval_item_validator
 
     validator = eval_item_validator()
     items: list[EvalItem] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in enumerate(jsonl_lines(text), start=1):
         if not line.strip():
             continue
         if len(items) >= MAX_EVAL_ITEMS:
@@ -626,6 +729,14 @@ def _eval_items(col: _Collector, file: str, text: str, known: list[str], seen_id
         except json.JSONDecodeError as exc:
             col.add(file, f"line {lineno}", f"malformed JSON: {exc.msg} (column {exc.colno})",
                     "each line must be one complete JSON object")
+            continue
+        except RecursionError:
+            deep = True
+        else:
+            deep = too_deep(raw)
+        if deep:
+            col.add(file, f"line {lineno}", f"JSON nested more than {MAX_NESTING} levels deep",
+                    "flatten the item: eval items need no deep nesting")
             continue
         item = _eval_item(col, file, lineno, raw, validator, known, seen_ids)
         if item is not None:
@@ -662,6 +773,11 @@ def _check_changelog(col: _Collector, version: str) -> None:
     if not path.is_file():
         col.add(CHANGELOG, "", "CHANGELOG.md is missing", f"add CHANGELOG.md with a `## {version}` entry")
         return
+    size = path.stat().st_size
+    if size > MAX_OTHER_BYTES:
+        col.add(CHANGELOG, "", f"file is {size} bytes, over the {MAX_OTHER_BYTES}-byte limit",
+                "shorten the changelog (move old entries elsewhere)")
+        return
     text = path.read_text(encoding="utf-8", errors="replace")
     if not re.search(rf"^#+\s*\[?v?{re.escape(version)}\]?(\s|$)", text, re.MULTILINE):
         col.add(CHANGELOG, "", f"no entry for version {version}",
@@ -678,6 +794,8 @@ def load_pack(path: str | Path, *, registry: "Registry | None" = None, _stack: t
     (default: the standard search path plus the pack's own parent directory).
     """
     root = Path(path)
+    if root.name in ("", ".."):  # `.` or `..`: the pack's name and its siblings need the real directory
+        root = root.resolve()
     col = _Collector(root)
     if not root.is_dir():
         col.add(root.resolve(), "", "pack directory does not exist", "pass the path of a directory holding pack.yaml")

@@ -43,9 +43,16 @@ class PackLocation:
 
 def _read_header(path: Path) -> PackLocation | None:
     """Name and version from a manifest, or None when it can't be read (validation reports why)."""
+    from .pack import MAX_MANIFEST_BYTES, ManifestLoader
+
+    manifest = path / "pack.yaml"
     try:
-        data = yaml.safe_load((path / "pack.yaml").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        # The loader's own limits (size, no aliases, bounded nesting) keep one hostile manifest from
+        # stalling or crashing discovery.
+        if manifest.stat().st_size > MAX_MANIFEST_BYTES:
+            return None
+        data = yaml.load(manifest.read_text(encoding="utf-8"), Loader=ManifestLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
         return None
     if not isinstance(data, dict) or not isinstance(data.get("name"), str):
         return None

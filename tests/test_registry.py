@@ -6,7 +6,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from policyalign.cli import app
 from policyalign.errors import ResolveError
 from policyalign.registry import Registry
 
@@ -52,3 +54,28 @@ def test_env_packs_path(fixture_packs: Path, monkeypatch: pytest.MonkeyPatch, tm
 def test_path_without_manifest_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ResolveError, match="no pack.yaml"):
         Registry([]).resolve_path(str(tmp_path))
+
+
+def test_list_survives_a_manifest_too_deep_to_parse(fixture_packs: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PA_HOME", str(tmp_path / "home"))
+    (fixture_packs / "root-pack" / "pack.yaml").write_text("name: root-pack\nextra: " + "[" * 5000 + "\n")
+    assert {loc.name for loc in Registry([fixture_packs]).discover()} == {"child-pack"}
+    result = CliRunner().invoke(app, ["list", "--json", "--packs-path", str(fixture_packs)])
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output and "child-pack" in result.output
+
+
+def test_discovery_does_not_read_an_oversized_manifest(fixture_packs: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       tmp_path: Path) -> None:
+    manifest = fixture_packs / "root-pack" / "pack.yaml"
+    manifest.write_text(manifest.read_text() + "# " + "x" * 600_000 + "\n")  # valid YAML, over the 512 KiB limit
+    assert {loc.name for loc in Registry([fixture_packs]).discover()} == {"child-pack"}
+    with manifest.open("r+b") as handle:
+        handle.truncate(3 * 2**30)  # sparse: 3 GB, no disk used
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PA_HOME", str(tmp_path / "home"))
+    result = CliRunner().invoke(app, ["list", "--json", "--packs-path", str(fixture_packs)])
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output and "child-pack" in result.output
