@@ -135,6 +135,8 @@ class Registry:
             raise ResolveError(f"bad version range in {spec!r}: {exc}",
                                hint="use e.g. name@1.2.0, name@^1, name@~1.2 or name@>=1.0,<2") from None
         matching = [c for c in candidates if is_semver(c.version) and Version.parse(c.version) in rng]
+        if not matching and not wanted:  # a bare name: ranges skip prereleases, but one that is all there is still loads
+            matching = [c for c in candidates if is_semver(c.version)]
         if not matching:
             have = ", ".join(c.version for c in candidates)
             raise ResolveError(f"no version of {name!r} matches {wanted!r}", hint=f"available versions: {have}")

@@ -33,6 +33,18 @@ def test_resolve_name_version_range_and_path(fixture_packs: Path, tmp_path: Path
     assert reg.load(str(fixture_packs / "root-pack")).version == "1.0.0"
 
 
+def test_a_bare_name_prefers_releases_but_loads_a_pack_that_has_only_prereleases(fixture_packs: Path,
+                                                                                tmp_path: Path) -> None:
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    _with_second_version(fixture_packs, "2.0.0-rc.1", extra)
+    assert Registry([fixture_packs, extra]).load("root-pack").version == "1.0.0", "ranges skip prereleases"
+    alone = Registry([extra])
+    assert alone.load("root-pack").version == "2.0.0-rc.1"
+    with pytest.raises(ResolveError, match="no version of 'root-pack' matches '\\^2'"):
+        alone.resolve_path("root-pack@^2")
+
+
 def test_unknown_name_suggests(fixture_packs: Path) -> None:
     with pytest.raises(ResolveError) as info:
         Registry([fixture_packs]).resolve_path("child-pak")
