@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import HubError, InvalidInputError, PolicyAlignError
-from .io import iter_jsonl, read_json, write_json, write_jsonl, write_text
+from .io import iter_jsonl, read_json, sha256_file, write_json, write_jsonl, write_text
 from .judges import JudgeItem, ToolCall, Verdict, get_judge, parse_tool_calls
 
 if TYPE_CHECKING:
@@ -508,6 +508,21 @@ def _ref_dict(ref: Any) -> dict[str, Any] | None:
     return {"repr": repr(ref)}
 
 
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def adapter_sha256(adapter: str | os.PathLike[str] | None) -> str | None:
+    """sha256 of a local PEFT adapter's weights file (safetensors preferred), None when there is
+    none: eval.json records it so an after-eval can be tied to the exact weights it measured."""
+    if not adapter:
+        return None
+    for name in ADAPTER_WEIGHTS:
+        path = Path(adapter) / name
+        if path.is_file():
+            return sha256_file(path)
+    return None
+
+
 def _versions() -> dict[str, str]:
     from . import __version__
 
@@ -550,6 +565,7 @@ def evaluate(
     params = params or greedy_params()
     adapter_str = str(adapter) if adapter else None
     with_drift = bool(adapter_str) if drift is None else drift
+    adapter_hash = adapter_sha256(adapter_str)  # before loading: the weights this eval measures
     rows, drift_result, model_info = _generate(
         tasks, pack, model_name, adapter=adapter_str, policy_in_context=policy_in_context, params=params,
         device=device, batch_size=batch_size, progress=progress, with_drift=with_drift)
@@ -559,6 +575,7 @@ def evaluate(
         "model": model_name,
         "model_info": model_info,
         "adapter": adapter_str,
+        "adapter_sha256": adapter_hash,
         "policy_in_context": policy_in_context,
         "pack": {"name": pack.name, "version": pack.version, "digest": pack.digest},
         "judge": judge,

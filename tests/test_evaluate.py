@@ -18,6 +18,7 @@ from policyalign.errors import InvalidInputError, PolicyAlignError
 from policyalign.evaluate import (
     BENCHMARKS,
     EvalResult,
+    adapter_sha256,
     assert_not_eval_only,
     compare,
     compute_metrics,
@@ -35,6 +36,7 @@ from policyalign.evaluate import (
     summarize,
     write_eval,
 )
+from policyalign.io import sha256_file
 from policyalign.registry import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -317,6 +319,7 @@ def test_evaluate_end_to_end_on_tiny(tmp_path: Path) -> None:
     summary = json.loads(result.eval_json.read_text())
     assert summary["pack"] == {"name": pack.name, "version": pack.version, "digest": pack.digest}
     assert summary["model"] == "tiny" and summary["adapter"] is None and summary["drift"] is None
+    assert summary["adapter_sha256"] is None
     assert summary["judge"] == "refusal" and summary["sampling"]["do_sample"] is False
     assert summary["counts"]["items"] == 3 * len(pack.eval_sets)
     assert set(summary["metrics"]["sets"]) == {s.name for s in pack.eval_sets}
@@ -351,6 +354,14 @@ def test_evaluate_tool_items_with_policy_in_context(tmp_path: Path) -> None:
     overall = result.metrics["overall"]
     assert overall["tool_items"] == len(tool_items) and overall["forbidden_tool_call_rate"] is not None
     assert all("tools" in r and isinstance(r["forbidden_call"], bool) for r in result.rows)
+
+
+def test_adapter_sha256_hashes_the_weights_file(tmp_path: Path) -> None:
+    assert adapter_sha256(None) is None and adapter_sha256(tmp_path) is None  # no weights: nothing to tie to
+    (tmp_path / "adapter_model.bin").write_bytes(b"bin")
+    assert adapter_sha256(tmp_path) == sha256_file(tmp_path / "adapter_model.bin")
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"st")
+    assert adapter_sha256(tmp_path) == sha256_file(tmp_path / "adapter_model.safetensors")  # preferred
 
 
 def test_evaluate_rejects_bad_options_before_loading_a_model(tmp_path: Path) -> None:
@@ -406,4 +417,6 @@ def test_evaluate_with_adapter_records_drift(tmp_path: Path, adapters: dict[str,
     drift = result.summary["drift"]
     assert drift is not None and drift["kl"] > 0 and drift["prompts"] == len(load_neutral_prompts())
     assert result.summary["adapter"] == str(adapters["perturbed"])
+    # the weights' hash ties this after-eval to them (the card refuses it once they change)
+    assert result.summary["adapter_sha256"] == sha256_file(adapters["perturbed"] / "adapter_model.safetensors")
     assert "Drift" in result.report_md.read_text()
