@@ -580,7 +580,9 @@ def evaluate(
         "pack": {"name": pack.name, "version": pack.version, "digest": pack.digest},
         "judge": judge,
         "sampling": dataclasses.asdict(params),
-        "sets": [{"name": s.name, "kind": s.kind, "items": len(s.items)} for s in chosen],
+        # items: how many were evaluated (after --limit); items_in_set: how many the set holds
+        "sets": [{"name": s.name, "kind": s.kind, "items": sum(t.set_name == s.name for t in tasks),
+                  "items_in_set": len(s.items)} for s in chosen],
         "benchmarks": [b.meta for b in loaded_benchmarks],
         "limit": limit,
         "limit_rule": "round-robin over categories, per set" if limit else None,
@@ -749,14 +751,40 @@ def plot_before_after(before: Any, after: Any, path: str | os.PathLike[str]) -> 
     return _save(fig, plt, path)
 
 
+def _set_counts(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """Items evaluated per set (benchmarks included), from the metrics every eval.json has."""
+    sets = (summary.get("metrics") or {}).get("sets") or {}
+    return {str(name): (m or {}).get("n") for name, m in sets.items()}
+
+
+def _benchmark_ids(summary: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    return sorted((str(b.get("name")), str(b.get("dataset")), str(b.get("split")), str(b.get("revision")))
+                  for b in summary.get("benchmarks") or [] if isinstance(b, Mapping))
+
+
 def _comparable_notes(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     notes = []
-    for key, title in (("judge", "judge"), ("sampling", "sampling"), ("model", "model")):
+    for key, title in (("judge", "judge"), ("sampling", "sampling"), ("model", "model"),
+                       ("limit", "--limit"), ("policy_in_context", "policy in context")):
         if a.get(key) != b.get(key):
             notes.append(f"- {title} differs: `{json.dumps(a.get(key))}` vs `{json.dumps(b.get(key))}`")
-    if a.get("pack", {}).get("digest") != b.get("pack", {}).get("digest"):
-        notes.append(f"- pack differs: {a['pack'].get('name')}@{a['pack'].get('version')} vs "
-                     f"{b['pack'].get('name')}@{b['pack'].get('version')} (digests differ): items may not match")
+    pack_a, pack_b = a.get("pack") or {}, b.get("pack") or {}
+    if pack_a.get("digest") != pack_b.get("digest"):
+        notes.append(f"- pack differs: {pack_a.get('name')}@{pack_a.get('version')} vs "
+                     f"{pack_b.get('name')}@{pack_b.get('version')} (digests differ): items may not match")
+    bench_a, bench_b = _benchmark_ids(a), _benchmark_ids(b)
+    if bench_a != bench_b:
+        fmt = lambda ids: ", ".join(f"{n} ({d} {s}@{r})" for n, d, s, r in ids) or "none"  # noqa: E731
+        notes.append(f"- benchmarks differ: {fmt(bench_a)} vs {fmt(bench_b)}")
+    counts_a, counts_b = _set_counts(a), _set_counts(b)
+    only_a, only_b = sorted(set(counts_a) - set(counts_b)), sorted(set(counts_b) - set(counts_a))
+    if only_a or only_b:
+        notes.append(f"- eval sets differ: only in A: {', '.join(only_a) or 'none'}; "
+                     f"only in B: {', '.join(only_b) or 'none'}")
+    changed = [f"{name} {counts_a[name]} vs {counts_b[name]}" for name in sorted(set(counts_a) & set(counts_b))
+               if counts_a[name] != counts_b[name]]
+    if changed:
+        notes.append(f"- items evaluated per set differ: {', '.join(changed)}")
     return notes
 
 

@@ -150,6 +150,28 @@ def test_compare_prints_differences_per_metric_and_category(tmp_path: Path) -> N
     assert "judge differs" in compare(a, other_judge)
 
 
+def test_compare_flags_different_item_sets(tmp_path: Path) -> None:
+    """`--limit 2` vs `--limit 6` (or other sets, benchmarks, policy in context) is not like for like."""
+    two = [row("refuse", "refuse", set_name="harmful"), row("refuse", "comply", set_name="harmful")]
+    six = two * 3
+    a = write_eval(tmp_path / "a", {**_summary(two), "limit": 2}, two)
+    b = write_eval(tmp_path / "b", {**_summary(six), "limit": 6}, six)
+    text = compare(a, b)
+    assert "Not like for like" in text
+    assert '- --limit differs: `2` vs `6`' in text
+    assert "- items evaluated per set differ: harmful 2 vs 6" in text
+    same_limit = write_eval(tmp_path / "c", {**_summary(six), "limit": 2}, six)  # e.g. an older eval.json
+    assert "items evaluated per set differ: harmful 2 vs 6" in compare(a, same_limit)
+    other_sets = write_eval(tmp_path / "d", {**_summary(BEFORE), "limit": 2}, BEFORE)
+    assert "- eval sets differ: only in A: harmful; only in B: benign, s" in compare(a, other_sets)
+    teacher = write_eval(tmp_path / "e", {**_summary(two), "limit": 2, "policy_in_context": True}, two)
+    assert "- policy in context differs: `false` vs `true`" in compare(a, teacher)
+    bench = {"name": "xstest", "dataset": "x/xstest", "split": "test", "revision": "main", "license": "cc-by-4.0"}
+    with_bench = write_eval(tmp_path / "f", {**_summary(two), "limit": 2, "benchmarks": [bench]}, two)
+    assert "- benchmarks differ: none vs xstest (x/xstest test@main)" in compare(a, with_bench)
+    assert "Not like for like" not in compare(a, write_eval(tmp_path / "g", {**_summary(two), "limit": 2}, two))
+
+
 def test_compare_rejects_what_is_not_an_eval(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="no eval.json"):
         compare(tmp_path / "missing", tmp_path)
@@ -322,6 +344,9 @@ def test_evaluate_end_to_end_on_tiny(tmp_path: Path) -> None:
     assert summary["adapter_sha256"] is None
     assert summary["judge"] == "refusal" and summary["sampling"]["do_sample"] is False
     assert summary["counts"]["items"] == 3 * len(pack.eval_sets)
+    # per set: the count actually evaluated under --limit, and the set's full size apart
+    assert summary["sets"] == [{"name": s.name, "kind": s.kind, "items": 3, "items_in_set": len(s.items)}
+                               for s in pack.eval_sets]
     assert set(summary["metrics"]["sets"]) == {s.name for s in pack.eval_sets}
     rows = [json.loads(l) for l in result.responses_jsonl.read_text().splitlines()]
     assert len(rows) == summary["counts"]["items"]
