@@ -261,6 +261,23 @@ def test_pa_eval_compare_cli(tmp_path: Path) -> None:
     assert "violation_rate" in result.output and "-50.0 pp" in result.output
 
 
+def test_pa_eval_default_out_keeps_adapters_apart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from policyalign.cli.eval_cmds import _default_out
+
+    monkeypatch.chdir(tmp_path)
+    a = _default_out("general", "tiny", Path("runs/a/adapter"), False)
+    b = _default_out("general", "tiny", Path("runs/b/adapter"), False)
+    assert a != b  # two runs' adapters no longer share pa-eval/general/tiny-adapter
+    assert a.parent == Path("pa-eval/general") and a.name.startswith("tiny-a-")
+    assert b.name.startswith("tiny-b-")
+    assert _default_out("general", "tiny", tmp_path / "runs/a/adapter", False) == a  # same adapter, same dir
+    other = _default_out("general", "tiny", Path("elsewhere/a/adapter"), False)
+    assert other != a and other.name.startswith("tiny-a-")  # same name, other path
+    assert _default_out("general", "tiny", Path("my-lora"), True).name.startswith("tiny-my-lora-")
+    assert _default_out("general", "tiny", Path("my-lora"), True).name.endswith("-policy")
+    assert _default_out("general", "Org/M", None, False) == Path("pa-eval/general/Org--M")
+
+
 def test_pa_eval_needs_pack_and_model() -> None:
     result = CliRunner().invoke(app, ["eval", "general"])
     assert result.exit_code == 2 and "--model" in result.output
