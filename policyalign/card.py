@@ -97,9 +97,40 @@ def load_run(run_dir: str | Path) -> RunArtifacts:
                 files[f"eval/{stage}/{name}"] = path
         if (root / "eval" / stage / "eval.json").is_file():
             evals[stage] = read_json(root / "eval" / stage / "eval.json")
+            _check_eval_matches(stage, evals[stage], root / "eval" / stage / "eval.json", provenance, adapter)
     if (root / "eval" / "before_after.png").is_file():
         files["eval/before_after.png"] = root / "eval" / "before_after.png"
     return RunArtifacts(run_dir=root, provenance=provenance, evals=evals, files=files)
+
+
+def _check_eval_matches(stage: str, summary: Any, path: Path, provenance: Mapping[str, Any], adapter: Path) -> None:
+    """An eval published on the card must have measured this run: the pack digest must be the one
+    policyalign.json records and, for `after`, the adapter weights' sha256 the current file's. An
+    after-eval without a recorded hash (written before eval.json carried one) is refused too: it
+    cannot be tied to these weights."""
+    run_dir = adapter.parent
+    hint = (f"re-run the eval for this run: `pa apply PACK --model MODEL --out {run_dir}` (re-runs stale evals)"
+            + ("" if stage == "before" else
+               f", or `pa eval PACK --model MODEL --adapter {adapter} --out {path.parent}`"))
+    if not isinstance(summary, dict):
+        raise RunError(f"eval/{stage}/eval.json must be a JSON object", file=str(path), hint=hint)
+    pack = summary.get("pack")
+    digest = pack.get("digest") if isinstance(pack, dict) else None
+    if digest != provenance["pack"]["digest"]:
+        raise RunError(f"eval/{stage}/eval.json was measured on a different pack (digest {digest!r}) than the "
+                       f"adapter was trained on ({provenance['pack']['digest']!r} in {ADAPTER_DIR}/{PROVENANCE_FILE})",
+                       file=str(path), where="/pack/digest", hint=hint)
+    if stage != "after":
+        return
+    recorded = summary.get("adapter_sha256")
+    if not isinstance(recorded, str) or not recorded:
+        raise RunError(f"eval/{stage}/eval.json records no adapter_sha256, so it cannot be tied to this run's "
+                       "adapter weights", file=str(path), where="/adapter_sha256", hint=hint)
+    current = sha256_file(adapter / "adapter_model.safetensors")
+    if recorded != current:
+        raise RunError(f"eval/{stage}/eval.json measured other adapter weights (sha256 {recorded[:12]}…) than "
+                       f"{ADAPTER_DIR}/adapter_model.safetensors now holds ({current[:12]}…)",
+                       file=str(path), where="/adapter_sha256", hint=hint)
 
 
 def _check_provenance(data: Any, path: Path) -> None:

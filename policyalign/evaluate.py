@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import HubError, InvalidInputError, PolicyAlignError
-from .io import iter_jsonl, read_json, write_json, write_jsonl, write_text
+from .io import iter_jsonl, read_json, sha256_file, write_json, write_jsonl, write_text
 from .judges import JudgeItem, ToolCall, Verdict, get_judge, parse_tool_calls
 
 if TYPE_CHECKING:
@@ -508,6 +508,21 @@ def _ref_dict(ref: Any) -> dict[str, Any] | None:
     return {"repr": repr(ref)}
 
 
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def adapter_sha256(adapter: str | os.PathLike[str] | None) -> str | None:
+    """sha256 of a local PEFT adapter's weights file (safetensors preferred), None when there is
+    none: eval.json records it so an after-eval can be tied to the exact weights it measured."""
+    if not adapter:
+        return None
+    for name in ADAPTER_WEIGHTS:
+        path = Path(adapter) / name
+        if path.is_file():
+            return sha256_file(path)
+    return None
+
+
 def _versions() -> dict[str, str]:
     from . import __version__
 
@@ -550,6 +565,7 @@ def evaluate(
     params = params or greedy_params()
     adapter_str = str(adapter) if adapter else None
     with_drift = bool(adapter_str) if drift is None else drift
+    adapter_hash = adapter_sha256(adapter_str)  # before loading: the weights this eval measures
     rows, drift_result, model_info = _generate(
         tasks, pack, model_name, adapter=adapter_str, policy_in_context=policy_in_context, params=params,
         device=device, batch_size=batch_size, progress=progress, with_drift=with_drift)
@@ -559,11 +575,14 @@ def evaluate(
         "model": model_name,
         "model_info": model_info,
         "adapter": adapter_str,
+        "adapter_sha256": adapter_hash,
         "policy_in_context": policy_in_context,
         "pack": {"name": pack.name, "version": pack.version, "digest": pack.digest},
         "judge": judge,
         "sampling": dataclasses.asdict(params),
-        "sets": [{"name": s.name, "kind": s.kind, "items": len(s.items)} for s in chosen],
+        # items: how many were evaluated (after --limit); items_in_set: how many the set holds
+        "sets": [{"name": s.name, "kind": s.kind, "items": sum(t.set_name == s.name for t in tasks),
+                  "items_in_set": len(s.items)} for s in chosen],
         "benchmarks": [b.meta for b in loaded_benchmarks],
         "limit": limit,
         "limit_rule": "round-robin over categories, per set" if limit else None,
@@ -732,14 +751,40 @@ def plot_before_after(before: Any, after: Any, path: str | os.PathLike[str]) -> 
     return _save(fig, plt, path)
 
 
+def _set_counts(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """Items evaluated per set (benchmarks included), from the metrics every eval.json has."""
+    sets = (summary.get("metrics") or {}).get("sets") or {}
+    return {str(name): (m or {}).get("n") for name, m in sets.items()}
+
+
+def _benchmark_ids(summary: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    return sorted((str(b.get("name")), str(b.get("dataset")), str(b.get("split")), str(b.get("revision")))
+                  for b in summary.get("benchmarks") or [] if isinstance(b, Mapping))
+
+
 def _comparable_notes(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     notes = []
-    for key, title in (("judge", "judge"), ("sampling", "sampling"), ("model", "model")):
+    for key, title in (("judge", "judge"), ("sampling", "sampling"), ("model", "model"),
+                       ("limit", "--limit"), ("policy_in_context", "policy in context")):
         if a.get(key) != b.get(key):
             notes.append(f"- {title} differs: `{json.dumps(a.get(key))}` vs `{json.dumps(b.get(key))}`")
-    if a.get("pack", {}).get("digest") != b.get("pack", {}).get("digest"):
-        notes.append(f"- pack differs: {a['pack'].get('name')}@{a['pack'].get('version')} vs "
-                     f"{b['pack'].get('name')}@{b['pack'].get('version')} (digests differ): items may not match")
+    pack_a, pack_b = a.get("pack") or {}, b.get("pack") or {}
+    if pack_a.get("digest") != pack_b.get("digest"):
+        notes.append(f"- pack differs: {pack_a.get('name')}@{pack_a.get('version')} vs "
+                     f"{pack_b.get('name')}@{pack_b.get('version')} (digests differ): items may not match")
+    bench_a, bench_b = _benchmark_ids(a), _benchmark_ids(b)
+    if bench_a != bench_b:
+        fmt = lambda ids: ", ".join(f"{n} ({d} {s}@{r})" for n, d, s, r in ids) or "none"  # noqa: E731
+        notes.append(f"- benchmarks differ: {fmt(bench_a)} vs {fmt(bench_b)}")
+    counts_a, counts_b = _set_counts(a), _set_counts(b)
+    only_a, only_b = sorted(set(counts_a) - set(counts_b)), sorted(set(counts_b) - set(counts_a))
+    if only_a or only_b:
+        notes.append(f"- eval sets differ: only in A: {', '.join(only_a) or 'none'}; "
+                     f"only in B: {', '.join(only_b) or 'none'}")
+    changed = [f"{name} {counts_a[name]} vs {counts_b[name]}" for name in sorted(set(counts_a) & set(counts_b))
+               if counts_a[name] != counts_b[name]]
+    if changed:
+        notes.append(f"- items evaluated per set differ: {', '.join(changed)}")
     return notes
 
 

@@ -89,6 +89,7 @@ def make_run(peft_adapter: Path):  # type: ignore[no-untyped-def]
 
     def make(dest: Path, pack_dir: Path, *, base_id: str = "Qwen/Qwen2.5-0.5B-Instruct", base_name: str = "Qwen2.5-0.5B",
              evals: bool = True, pack_overrides: dict | None = None) -> Path:
+        from policyalign.io import sha256_file
         from policyalign.pack import load_pack
 
         pack = load_pack(pack_dir)
@@ -115,7 +116,10 @@ def make_run(peft_adapter: Path):  # type: ignore[no-untyped-def]
             for stage, rates in (("before", {"safety": 0.5, "over-refusal": 0.1}),
                                  ("after", {"safety": 0.125, "over-refusal": 0.05})):
                 (dest / "eval" / stage).mkdir(parents=True)
-                (dest / "eval" / stage / "eval.json").write_text(_json.dumps(_eval_json(pack, base_id, rates)))
+                summary = _eval_json(pack, base_id, rates)
+                if stage == "after":  # ties the after-eval to these weights, as evaluate() records it
+                    summary["adapter_sha256"] = sha256_file(adapter / "adapter_model.safetensors")
+                (dest / "eval" / stage / "eval.json").write_text(_json.dumps(summary))
                 (dest / "eval" / stage / "categories.png").write_bytes(_png())
             (dest / "eval" / "before_after.png").write_bytes(_png())
         return dest

@@ -10,6 +10,7 @@ from huggingface_hub import ModelCard
 
 from policyalign import card
 from policyalign.errors import RunError
+from policyalign.io import sha256_file
 from policyalign.pack import load_pack
 
 FIXTURE_PACKS = Path(__file__).parent / "fixtures" / "packs"
@@ -82,8 +83,12 @@ def test_card_without_eval_says_so(tmp_path: Path, make_run) -> None:  # type: i
 def test_evaluate_py_layout_is_read_too(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
     """evaluate.py writes `sets` as a list and the numbers under `metrics`; the card reads both."""
     run = make_run(tmp_path / "run", ROOT_PACK)
+    digest = load_pack(ROOT_PACK).digest
+    weights = sha256_file(run / "adapter" / "adapter_model.safetensors")
     for stage, rate in (("before", 0.75), ("after", 0.25)):
         summary = {"model": "m", "judge": "refusal", "sets": [{"name": "harmful", "kind": "safety", "items": 4}],
+                   "pack": {"name": "root-pack", "version": "1.0.0", "digest": digest},
+                   "adapter_sha256": weights if stage == "after" else None,
                    "metrics": {"overall": {}, "sets": {"harmful": {"kind": "safety", "n": 4, "violation_rate": rate}},
                                "categories": {"weapons": {"violation_rate": rate}}},
                    "drift": {"kl": 0.0123, "prompts": 8, "tokens": 256, "max_new_tokens": 32}}
@@ -144,6 +149,46 @@ def test_missing_or_incomplete_policyalign_json(tmp_path: Path, make_run) -> Non
     path.unlink()
     with pytest.raises(RunError, match="policyalign.json"):
         card.load_run(run)
+
+
+def test_after_eval_of_other_weights_is_refused(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
+    """`cp -r run1 run2; pa distill run2`: run2's adapter changed but eval/after/eval.json still holds
+    run1's numbers; the card must not publish them as this adapter's."""
+    run = make_run(tmp_path / "run", ROOT_PACK)
+    card.load_run(run)  # matching hash: fine
+    weights = run / "adapter" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes() + b" ")  # retrained: different weights
+    with pytest.raises(RunError) as excinfo:
+        card.load_run(run)
+    problem = excinfo.value.problem
+    assert problem.file == str(run / "eval" / "after" / "eval.json") and problem.where == "/adapter_sha256"
+    assert "other adapter weights" in str(excinfo.value)
+    assert "pa eval" in problem.hint and "pa apply" in problem.hint
+
+
+def test_after_eval_without_adapter_hash_is_refused(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
+    """eval.json from before the hash was recorded cannot be tied to the weights: refused, same hint."""
+    run = make_run(tmp_path / "run", ROOT_PACK)
+    path = run / "eval" / "after" / "eval.json"
+    summary = json.loads(path.read_text())
+    del summary["adapter_sha256"]
+    path.write_text(json.dumps(summary))
+    with pytest.raises(RunError) as excinfo:
+        card.load_run(run)
+    assert "no adapter_sha256" in str(excinfo.value) and "pa eval" in excinfo.value.problem.hint
+
+
+@pytest.mark.parametrize("stage", ["before", "after"])
+def test_eval_of_another_pack_is_refused(tmp_path: Path, make_run, stage: str) -> None:  # type: ignore[no-untyped-def]
+    run = make_run(tmp_path / "run", ROOT_PACK)
+    path = run / "eval" / stage / "eval.json"
+    summary = json.loads(path.read_text())
+    summary["pack"]["digest"] = "0" * 64
+    path.write_text(json.dumps(summary))
+    with pytest.raises(RunError) as excinfo:
+        card.load_run(run)
+    assert excinfo.value.problem.file == str(path) and excinfo.value.problem.where == "/pack/digest"
+    assert "pa apply" in excinfo.value.problem.hint
 
 
 def test_pack_card(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from policyalign.errors import InvalidInputError, PolicyAlignError
 from policyalign.evaluate import (
     BENCHMARKS,
     EvalResult,
+    adapter_sha256,
     assert_not_eval_only,
     compare,
     compute_metrics,
@@ -35,6 +36,7 @@ from policyalign.evaluate import (
     summarize,
     write_eval,
 )
+from policyalign.io import sha256_file
 from policyalign.registry import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,6 +150,28 @@ def test_compare_prints_differences_per_metric_and_category(tmp_path: Path) -> N
     assert "judge differs" in compare(a, other_judge)
 
 
+def test_compare_flags_different_item_sets(tmp_path: Path) -> None:
+    """`--limit 2` vs `--limit 6` (or other sets, benchmarks, policy in context) is not like for like."""
+    two = [row("refuse", "refuse", set_name="harmful"), row("refuse", "comply", set_name="harmful")]
+    six = two * 3
+    a = write_eval(tmp_path / "a", {**_summary(two), "limit": 2}, two)
+    b = write_eval(tmp_path / "b", {**_summary(six), "limit": 6}, six)
+    text = compare(a, b)
+    assert "Not like for like" in text
+    assert '- --limit differs: `2` vs `6`' in text
+    assert "- items evaluated per set differ: harmful 2 vs 6" in text
+    same_limit = write_eval(tmp_path / "c", {**_summary(six), "limit": 2}, six)  # e.g. an older eval.json
+    assert "items evaluated per set differ: harmful 2 vs 6" in compare(a, same_limit)
+    other_sets = write_eval(tmp_path / "d", {**_summary(BEFORE), "limit": 2}, BEFORE)
+    assert "- eval sets differ: only in A: harmful; only in B: benign, s" in compare(a, other_sets)
+    teacher = write_eval(tmp_path / "e", {**_summary(two), "limit": 2, "policy_in_context": True}, two)
+    assert "- policy in context differs: `false` vs `true`" in compare(a, teacher)
+    bench = {"name": "xstest", "dataset": "x/xstest", "split": "test", "revision": "main", "license": "cc-by-4.0"}
+    with_bench = write_eval(tmp_path / "f", {**_summary(two), "limit": 2, "benchmarks": [bench]}, two)
+    assert "- benchmarks differ: none vs xstest (x/xstest test@main)" in compare(a, with_bench)
+    assert "Not like for like" not in compare(a, write_eval(tmp_path / "g", {**_summary(two), "limit": 2}, two))
+
+
 def test_compare_rejects_what_is_not_an_eval(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="no eval.json"):
         compare(tmp_path / "missing", tmp_path)
@@ -237,6 +261,23 @@ def test_pa_eval_compare_cli(tmp_path: Path) -> None:
     assert "violation_rate" in result.output and "-50.0 pp" in result.output
 
 
+def test_pa_eval_default_out_keeps_adapters_apart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from policyalign.cli.eval_cmds import _default_out
+
+    monkeypatch.chdir(tmp_path)
+    a = _default_out("general", "tiny", Path("runs/a/adapter"), False)
+    b = _default_out("general", "tiny", Path("runs/b/adapter"), False)
+    assert a != b  # two runs' adapters no longer share pa-eval/general/tiny-adapter
+    assert a.parent == Path("pa-eval/general") and a.name.startswith("tiny-a-")
+    assert b.name.startswith("tiny-b-")
+    assert _default_out("general", "tiny", tmp_path / "runs/a/adapter", False) == a  # same adapter, same dir
+    other = _default_out("general", "tiny", Path("elsewhere/a/adapter"), False)
+    assert other != a and other.name.startswith("tiny-a-")  # same name, other path
+    assert _default_out("general", "tiny", Path("my-lora"), True).name.startswith("tiny-my-lora-")
+    assert _default_out("general", "tiny", Path("my-lora"), True).name.endswith("-policy")
+    assert _default_out("general", "Org/M", None, False) == Path("pa-eval/general/Org--M")
+
+
 def test_pa_eval_needs_pack_and_model() -> None:
     result = CliRunner().invoke(app, ["eval", "general"])
     assert result.exit_code == 2 and "--model" in result.output
@@ -317,8 +358,12 @@ def test_evaluate_end_to_end_on_tiny(tmp_path: Path) -> None:
     summary = json.loads(result.eval_json.read_text())
     assert summary["pack"] == {"name": pack.name, "version": pack.version, "digest": pack.digest}
     assert summary["model"] == "tiny" and summary["adapter"] is None and summary["drift"] is None
+    assert summary["adapter_sha256"] is None
     assert summary["judge"] == "refusal" and summary["sampling"]["do_sample"] is False
     assert summary["counts"]["items"] == 3 * len(pack.eval_sets)
+    # per set: the count actually evaluated under --limit, and the set's full size apart
+    assert summary["sets"] == [{"name": s.name, "kind": s.kind, "items": 3, "items_in_set": len(s.items)}
+                               for s in pack.eval_sets]
     assert set(summary["metrics"]["sets"]) == {s.name for s in pack.eval_sets}
     rows = [json.loads(l) for l in result.responses_jsonl.read_text().splitlines()]
     assert len(rows) == summary["counts"]["items"]
@@ -351,6 +396,14 @@ def test_evaluate_tool_items_with_policy_in_context(tmp_path: Path) -> None:
     overall = result.metrics["overall"]
     assert overall["tool_items"] == len(tool_items) and overall["forbidden_tool_call_rate"] is not None
     assert all("tools" in r and isinstance(r["forbidden_call"], bool) for r in result.rows)
+
+
+def test_adapter_sha256_hashes_the_weights_file(tmp_path: Path) -> None:
+    assert adapter_sha256(None) is None and adapter_sha256(tmp_path) is None  # no weights: nothing to tie to
+    (tmp_path / "adapter_model.bin").write_bytes(b"bin")
+    assert adapter_sha256(tmp_path) == sha256_file(tmp_path / "adapter_model.bin")
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"st")
+    assert adapter_sha256(tmp_path) == sha256_file(tmp_path / "adapter_model.safetensors")  # preferred
 
 
 def test_evaluate_rejects_bad_options_before_loading_a_model(tmp_path: Path) -> None:
@@ -406,4 +459,6 @@ def test_evaluate_with_adapter_records_drift(tmp_path: Path, adapters: dict[str,
     drift = result.summary["drift"]
     assert drift is not None and drift["kl"] > 0 and drift["prompts"] == len(load_neutral_prompts())
     assert result.summary["adapter"] == str(adapters["perturbed"])
+    # the weights' hash ties this after-eval to them (the card refuses it once they change)
+    assert result.summary["adapter_sha256"] == sha256_file(adapters["perturbed"] / "adapter_model.safetensors")
     assert "Drift" in result.report_md.read_text()

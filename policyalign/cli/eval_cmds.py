@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,10 +18,15 @@ def _split_sets(sets: Optional[str]) -> list[str] | None:
 
 
 def _default_out(pack_name: str, model: str, adapter: Optional[Path], policy_in_context: bool) -> Path:
-    """pa-eval/<pack>/<model>[-adapter|-policy]: distinct runs never overwrite each other."""
+    """pa-eval/<pack>/<model>[-<adapter name>-<hash>][-policy]: distinct adapters never overwrite
+    each other. The adapter name is its run directory's for a run's `adapter/` (runs/a/adapter ->
+    `a`), and the hash (of the resolved path) keeps two adapters of the same name apart."""
     slug = model.replace("/", "--").replace("@", "-")
     if adapter:
-        slug += f"-{adapter.name or 'adapter'}"
+        resolved = Path(adapter).resolve()
+        name = resolved.parent.name if resolved.name == "adapter" and resolved.parent.name else resolved.name
+        digest = hashlib.sha256(str(resolved).encode()).hexdigest()[:8]
+        slug += f"-{name or 'adapter'}-{digest}"
     if policy_in_context:
         slug += "-policy"
     return Path("pa-eval") / pack_name / slug
@@ -51,7 +57,7 @@ def eval_command(
                                            help="Put the policy in the system message (the teacher reference)."),
     sets: Optional[str] = typer.Option(None, "--sets", help="Comma-separated eval set names (default: all)."),
     judge: str = typer.Option("refusal", "--judge", help="refusal | guard:MODEL | llm:MODEL"),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default pa-eval/PACK/MODEL)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default pa-eval/PACK/MODEL[-ADAPTER-HASH])."),
     limit: Optional[int] = typer.Option(None, "--limit", help="At most N items per eval set."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or auto."),
     batch_size: int = typer.Option(16, "--batch-size", help="Generation batch size."),
