@@ -4,20 +4,59 @@ Packs are untrusted: templates run in Jinja's immutable sandbox (no attribute
 access to dunders, no mutation of the context), with StrictUndefined so a typo
 fails validation instead of rendering an empty string, no loader (a template
 cannot include files), a small `range` cap, and a bound on output size.
+
+The sandbox only stops a template from *reaching* things; it does nothing about
+a template that asks for a 10 GB string, a 100-million-digit integer or 10^9
+loop iterations. Those are bounded here, deterministically (the same template
+passes or fails on every machine), by three mechanisms:
+
+* **Size checks before building a value.** Every operation that can make a
+  value much bigger than its inputs is checked against `MAX_VALUE_CHARS`
+  *before* it runs: the binary operators `*` `+` `%` `**` (`call_binop`), `~`
+  concatenation, list/tuple/dict literals, and the growing filters (`center`,
+  `indent`, `format`, `join`, `replace`, `wordwrap`, `batch`, `slice`, `sum`).
+  Every filter input and result, and every output expression, is checked too, so
+  no filter ever works on more than `MAX_VALUE_CHARS` worth of data. Integers are
+  capped at `MAX_INT_BITS` (so `7**99999999` is refused, not computed). String
+  methods are limited to a read-only allow-list (`"x".ljust(10**9)`,
+  `"{:>999999999}".format(1)` are blocked like dunders).
+* **A work budget per render** (`MAX_WORK` steps): every loop iteration (the
+  `for` iterable is wrapped in a counting iterator by an AST rewrite, which also
+  covers `loop(...)` recursion), every call (macros, methods, globals), every
+  attribute/item lookup, binary operator and filter, and every 10 characters a filter processes or the
+  template emits (including output buffered by `{% set %}` blocks and macros) cost
+  steps. Counting is used rather than a wall-clock timeout because a timer cannot
+  interrupt a single long C-level operation, signals only work in the main
+  thread, and a timeout would make validation depend on machine speed; with the
+  size checks no single step is expensive, so a step count bounds the time.
+* **No dangerous globals:** `lipsum`, `cycler` and `joiner` are removed (no
+  shipped pack uses them); `range` is capped at `MAX_RANGE` items.
+
+Compile-time failures of any kind (Jinja's constant folding evaluates constant
+expressions while compiling) become TemplateFailure as well.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from contextvars import ContextVar
+from functools import wraps
+from typing import Any, Callable, Iterable, Iterator
 
-from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, UndefinedError
+from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, UndefinedError, nodes, pass_context
+from jinja2.runtime import LoopContext
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.visitor import NodeTransformer
 
 MAX_RANGE = 1000
 MAX_OUTPUT_CHARS = 200_000
+MAX_VALUE_CHARS = MAX_OUTPUT_CHARS  # the largest string/list/dict (counted deeply) a template may build
+MAX_INT_BITS = 10_000              # about 3000 decimal digits
+MAX_WORK = 250_000                 # steps per render (see the module docstring)
+CHARS_PER_STEP = 10
 
 __all__ = [
-    "TemplateFailure", "compile_template", "render_template", "template_env",
+    "TemplateFailure", "TemplateLimitExceeded", "compile_template", "render_template", "template_env",
     "SecurityError", "TemplateSyntaxError", "UndefinedError",
 ]
 
@@ -30,6 +69,323 @@ class TemplateFailure(Exception):
         self.message, self.line, self.hint = message, line, hint
 
 
+class TemplateLimitExceeded(SecurityError):
+    """A template asked for too much work or too large a value."""
+
+
+# --------------------------------------------------------------------------- the work budget
+
+
+class _Budget:
+    __slots__ = ("left",)
+
+    def __init__(self, steps: int) -> None:
+        self.left = steps
+
+
+_BUDGET: ContextVar[_Budget | None] = ContextVar("policyalign_template_budget", default=None)
+
+
+def _spend(steps: int) -> None:
+    budget = _BUDGET.get()
+    if budget is None:
+        return
+    budget.left -= steps
+    if budget.left < 0:
+        raise TemplateLimitExceeded(
+            f"template does too much work (more than {MAX_WORK} steps of loop iterations, calls, filters "
+            f"and output)")
+
+
+def _size(value: Any, limit: int = MAX_VALUE_CHARS) -> int:
+    """Deep size of a value (characters, items, digits/3); stops counting once past `limit`."""
+    total = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item)
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            total += len(item) + 1
+            if total <= limit:
+                stack.extend(item)
+        elif isinstance(item, dict):
+            total += len(item) + 1
+            if total <= limit:
+                stack.extend(item.keys())
+                stack.extend(item.values())
+        elif isinstance(item, int):
+            total += item.bit_length() // 3 + 1
+        else:
+            total += 1
+        if total > limit:
+            return total
+    return total
+
+
+def _limit(size: int, what: str = "a value") -> None:
+    if size > MAX_VALUE_CHARS:
+        raise TemplateLimitExceeded(f"template would build {what} of more than {MAX_VALUE_CHARS} characters")
+
+
+def _checked_size(value: Any) -> int:
+    size = _size(value)
+    _limit(size)
+    return size
+
+
+# --------------------------------------------------------------------------- operators
+
+
+_PRINTF_WIDTH = re.compile(r"%(?:\([^)]*\))?[#0\- +]*(\*|\d+)?(?:\.(\*|\d+))?")
+
+
+def _check_printf(fmt: Any) -> None:
+    if not isinstance(fmt, str):
+        return
+    for width, precision in _PRINTF_WIDTH.findall(fmt):
+        for number in (width, precision):
+            if number == "*" or (number and int(number) > MAX_VALUE_CHARS):
+                raise TemplateLimitExceeded(f"format width or precision {number!r} is not allowed in pack templates")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int)
+
+
+def _check_binop(operator: str, left: Any, right: Any) -> None:
+    if operator == "**":
+        if _is_int(left) and _is_int(right) and right > 0 and abs(left) > 1:
+            if right * abs(left).bit_length() > MAX_INT_BITS:
+                raise TemplateLimitExceeded(f"template would build a number of more than {MAX_INT_BITS} bits")
+    elif operator == "*":
+        if _is_int(left) and _is_int(right):
+            if left.bit_length() + right.bit_length() > MAX_INT_BITS:
+                raise TemplateLimitExceeded(f"template would build a number of more than {MAX_INT_BITS} bits")
+        elif _is_int(left) or _is_int(right):
+            count, seq = (left, right) if _is_int(left) else (right, left)
+            if isinstance(seq, (str, list, tuple)) and count > 0:
+                size = _size(seq)
+                _limit(size * count)
+                _spend(1 + size * count // CHARS_PER_STEP)
+    elif operator == "+":
+        if isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)):
+            size = _size(left) + _size(right)
+            _limit(size)
+            _spend(1 + size // CHARS_PER_STEP)
+    elif operator == "%":
+        if isinstance(left, str):
+            _check_printf(left)
+            size = len(left) + _size(right)
+            _limit(size)
+            _spend(1 + size // CHARS_PER_STEP)
+
+
+# --------------------------------------------------------------------------- filters
+
+
+def _int_arg(value: Any) -> int:
+    return value if isinstance(value, int) else 0
+
+
+def _check_center(value: Any, width: Any = 80) -> None:
+    _limit(_size(value) + _int_arg(width))
+
+
+def _check_indent(s: Any, width: Any = 4, first: bool = False, blank: bool = False) -> None:
+    size = _checked_size(s)
+    lines = s.count("\n") + 1 if isinstance(s, str) else size + 1
+    _limit(size + lines * (len(width) if isinstance(width, str) else _int_arg(width)))
+
+
+def _check_format(value: Any, *args: Any, **kwargs: Any) -> None:
+    _check_printf(value)
+    _limit(_size(value) + _size(list(args)) + _size(kwargs))
+
+
+def _check_join(value: Any, d: Any = "", attribute: Any = None) -> None:
+    items = value if isinstance(value, (str, list, tuple, dict, set, frozenset)) else ()
+    _limit(_size(items) + len(items) * _size(d))
+
+
+def _check_replace(s: Any, old: Any, new: Any, count: Any = None) -> None:
+    _checked_size(s)
+    text, old_s, new_s = str(s), str(old), str(new)
+    hits = text.count(old_s) if old_s else len(text) + 1
+    if isinstance(count, int) and count >= 0:
+        hits = min(hits, count)
+    _limit(len(text) + hits * max(0, len(new_s) - len(old_s)))
+
+
+def _check_wordwrap(s: Any, width: Any = 79, break_long_words: bool = True, wrapstring: Any = None,
+                    break_on_hyphens: bool = True) -> None:
+    size = _checked_size(s)
+    lines = min(size, 2 * size // max(1, _int_arg(width)) + 1)
+    _limit(size + lines * _size(wrapstring or "\n"))
+
+
+def _check_count_arg(value: Any, count: Any, fill_with: Any = None) -> None:
+    if _int_arg(count) > MAX_VALUE_CHARS:
+        raise TemplateLimitExceeded(f"a size argument of more than {MAX_VALUE_CHARS} is not allowed in pack templates")
+
+
+def _check_sum(iterable: Any, attribute: Any = None, start: Any = 0) -> None:
+    if not isinstance(start, (int, float)):
+        raise TemplateLimitExceeded("sum() may only add numbers in pack templates")
+
+
+_FILTER_CHECKS: dict[str, Callable[..., None]] = {
+    "center": _check_center, "indent": _check_indent, "format": _check_format, "join": _check_join,
+    "replace": _check_replace, "wordwrap": _check_wordwrap, "batch": _check_count_arg,
+    "slice": _check_count_arg, "sum": _check_sum,
+}
+
+
+def _guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a filter: charge its input size, run its size check, refuse oversized inputs/results."""
+    offset = 1 if getattr(func, "jinja_pass_arg", None) is not None else 0
+    check = _FILTER_CHECKS.get(name)
+
+    @wraps(func)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        args = list(args)
+        if name == "join" and len(args) > offset and not isinstance(args[offset], (str, list, tuple, dict)):
+            args[offset] = list(args[offset])  # a lazy iterable: materialise it so its size can be checked
+        size = _size(args[offset:]) + _size(kwargs)
+        _limit(size)
+        _spend(1 + size // CHARS_PER_STEP)
+        if check is not None:
+            check(*args[offset:], **kwargs)
+        result = func(*args, **kwargs)
+        _limit(_size(result))
+        return result
+
+    return guarded
+
+
+# --------------------------------------------------------------------------- hooks inserted by the AST rewrite
+
+
+@pass_context
+def _pa_iter(context: Any, iterable: Any) -> Iterator[Any]:
+    return _counted(iterable)
+
+
+def _counted(iterable: Iterable[Any]) -> Iterator[Any]:
+    for item in iterable:
+        _spend(1)
+        yield item
+
+
+@pass_context
+def _pa_concat(context: Any, parts: list[Any]) -> str:
+    size = sum(_checked_size(part) for part in parts)
+    _limit(size)
+    _spend(1 + size // CHARS_PER_STEP)
+    return "".join(map(str, parts))
+
+
+@pass_context
+def _pa_sized(context: Any, value: Any) -> Any:
+    size = _checked_size(value)
+    _spend(1 + size // CHARS_PER_STEP)
+    return value
+
+
+@pass_context
+def _pa_out(context: Any, value: Any) -> Any:
+    if not isinstance(value, str):
+        _checked_size(value)
+        value = str(value)
+    _limit(len(value), "an output of")
+    _spend(1 + len(value) // CHARS_PER_STEP)
+    return value
+
+
+_HOOKS = {"_pa_iter": _pa_iter, "_pa_concat": _pa_concat, "_pa_sized": _pa_sized, "_pa_out": _pa_out}
+
+
+def _hook(name: str, node: nodes.Expr) -> nodes.Filter:
+    return nodes.Filter(node, name, [], [], None, None, lineno=node.lineno)
+
+
+class _Meter(NodeTransformer):
+    """Rewrite a parsed template so loops, `~`, literals and output go through the hooks above."""
+
+    def visit_For(self, node: nodes.For) -> nodes.Node:
+        node = self.generic_visit(node)
+        node.iter = _hook("_pa_iter", node.iter)
+        return node
+
+    def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
+        node = self.generic_visit(node)
+        return _hook("_pa_concat", nodes.List(node.nodes, lineno=node.lineno))
+
+    def visit_List(self, node: nodes.List) -> nodes.Node:
+        return _hook("_pa_sized", self.generic_visit(node))
+
+    def visit_Dict(self, node: nodes.Dict) -> nodes.Node:
+        return _hook("_pa_sized", self.generic_visit(node))
+
+    def visit_Tuple(self, node: nodes.Tuple) -> nodes.Node:
+        node = self.generic_visit(node)
+        return _hook("_pa_sized", node) if node.ctx == "load" else node
+
+    def visit_Output(self, node: nodes.Output) -> nodes.Node:
+        node = self.generic_visit(node)
+        node.nodes = [_hook("_pa_out", child) for child in node.nodes]
+        return node
+
+
+# --------------------------------------------------------------------------- the environment
+
+
+_SAFE_STR_METHODS = frozenset({
+    "capitalize", "casefold", "count", "endswith", "find", "index", "isalnum", "isalpha", "isascii",
+    "isdecimal", "isdigit", "isidentifier", "islower", "isnumeric", "isprintable", "isspace", "istitle",
+    "isupper", "lower", "lstrip", "partition", "removeprefix", "removesuffix", "rfind", "rindex",
+    "rpartition", "rsplit", "rstrip", "split", "splitlines", "startswith", "strip", "swapcase", "title",
+    "upper",
+})
+
+
+class PackSandbox(ImmutableSandboxedEnvironment):
+    """The immutable sandbox plus size checks on operators, calls and string methods."""
+
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        _spend(1)
+        _check_binop(operator, left, right)
+        return super().call_binop(context, operator, left, right)
+
+    def wrap_str_format(self, value: Any) -> None:
+        """No `str.format`/`format_map` at all (a width like `{:>999999999}` builds a huge string)."""
+        return None
+
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        if isinstance(obj, str) and attr not in _SAFE_STR_METHODS:
+            return False
+        return super().is_safe_attribute(obj, attr, value)
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        _spend(1)
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        _spend(1)
+        return super().getitem(obj, argument)
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 (Jinja's signature)
+        size = _size(getattr(__obj, "__self__", None)) + _size(list(args)) + _size(kwargs)
+        _spend(1 + size // CHARS_PER_STEP)
+        if isinstance(__obj, LoopContext) and args:  # loop(...) in a recursive for loop: count its iterations too
+            args = (_counted(args[0]), *args[1:])
+        result = super().call(__context, __obj, *args, **kwargs)
+        _limit(_size(result))
+        return result
+
+
 def _bounded_range(*args: int) -> range:
     rng = range(*args)
     if len(rng) > MAX_RANGE:
@@ -37,12 +393,16 @@ def _bounded_range(*args: int) -> range:
     return rng
 
 
-def template_env() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
+def template_env() -> PackSandbox:
+    env = PackSandbox(
         undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True,
         trim_blocks=True, lstrip_blocks=True,
     )
     env.globals["range"] = _bounded_range
+    for name in ("lipsum", "cycler", "joiner"):
+        env.globals.pop(name, None)
+    env.filters = {name: _guard_filter(name, func) for name, func in env.filters.items()}
+    env.filters.update(_HOOKS)
     return env
 
 
@@ -51,11 +411,23 @@ _ENV = template_env()
 
 def compile_template(source: str) -> Any:
     """Compile template source; raises TemplateFailure with the line of a syntax error."""
+    token = _BUDGET.set(_Budget(MAX_WORK))  # constant folding runs filters and operators at compile time
     try:
-        return _ENV.from_string(source)
+        tree = _ENV.parse(source)
+        return _ENV.from_string(_Meter().visit(tree))
     except TemplateSyntaxError as exc:
         raise TemplateFailure(f"template syntax error: {exc.message}", exc.lineno,
                               "fix the Jinja syntax on that line") from None
+    except Exception as exc:  # noqa: BLE001 - untrusted input: any failure is the template's fault
+        raise TemplateFailure(f"template could not be compiled: {_describe(exc)}", None,
+                              "simplify the constant expressions in the template") from None
+    finally:
+        _BUDGET.reset(token)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def _error_line(exc: BaseException) -> int | None:
@@ -71,6 +443,7 @@ def _error_line(exc: BaseException) -> int | None:
 
 def render_template(template: Any, variables: dict[str, Any]) -> str:
     """Render a compiled template in the sandbox; every failure becomes TemplateFailure."""
+    token = _BUDGET.set(_Budget(MAX_WORK))
     try:
         chunks: list[str] = []
         size = 0
@@ -83,6 +456,9 @@ def render_template(template: Any, variables: dict[str, Any]) -> str:
         return "".join(chunks)
     except TemplateFailure:
         raise
+    except TemplateLimitExceeded as exc:
+        raise TemplateFailure(str(exc), _error_line(exc),
+                              "pack templates must stay small: loop over fewer items and build smaller values") from None
     except SecurityError as exc:
         raise TemplateFailure(f"unsafe template operation blocked by the sandbox: {exc}", _error_line(exc),
                               "templates may only use the variables pack, category, n and seeds") from None
@@ -92,3 +468,11 @@ def render_template(template: Any, variables: dict[str, Any]) -> str:
     except (TemplateError, TypeError, ValueError, ArithmeticError, LookupError, RecursionError) as exc:
         raise TemplateFailure(f"template failed to render: {exc}", _error_line(exc),
                               "check the expression on that line") from None
+    except MemoryError as exc:  # a backstop: the size checks should make this unreachable
+        raise TemplateFailure("template ran out of memory", _error_line(exc),
+                              "pack templates must stay small: build smaller values") from None
+    except Exception as exc:  # noqa: BLE001 - untrusted input: any failure is the template's fault
+        raise TemplateFailure(f"template failed to render: {_describe(exc)}", _error_line(exc),
+                              "check the expression on that line") from None
+    finally:
+        _BUDGET.reset(token)

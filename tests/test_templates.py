@@ -1,0 +1,90 @@
+"""Resource bombs in untrusted pack templates fail validation with a clear error naming the file.
+
+Each attack used to raise a traceback (MemoryError, ValueError) or hang; now it must be
+refused quickly by the size checks or the work budget in policyalign/templates.py. The work
+budget is lowered here so the budget cases stay fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from broken_packs import norm
+from policyalign import templates
+from policyalign.cli import app
+from policyalign.errors import PackError
+from policyalign.pack import load_pack
+from policyalign.registry import Registry
+
+FILE = "templates/plain.jinja"
+TOO_BIG = "template would build"
+TOO_MUCH_WORK = "template does too much work"
+LOOPS3 = "{% for a in range(1000) %}{% for b in range(1000) %}{% for c in range(1000) %}{% endfor %}{% endfor %}{% endfor %}\n"
+
+ATTACKS = [
+    ("string-repeat", '{{ "a" * 10000000000 }}\n', TOO_BIG),
+    ("list-repeat", "{{ seeds * 100000000 }}\n", TOO_BIG),
+    ("center-width", '{{ "x"|center(1000000000) }}\n', TOO_BIG),
+    ("indent-width", '{{ "x\ny"|indent(1000000000) }}\n', TOO_BIG),
+    ("replace-growth", '{% set b = "x" * 1000 %}{{ b|replace("x", b)|replace("x", b) }}\n', TOO_BIG),
+    ("join-growth", '{% set b = "x" * 100000 %}{{ [b, b, b, b, b, b, b, b]|join }}\n', TOO_BIG),
+    ("printf-width", '{{ "%0999999999d" % 1 }}\n', "format width"),
+    ("format-filter-width", '{{ "%0999999999d"|format(1) }}\n', "format width"),
+    ("str-method-width", '{{ "x".ljust(1000000000) }}\n', "'ljust' of 'str' object is unsafe"),
+    ("str-format-width", '{{ "{:>999999999}".format(1) }}\n', "'format' of 'str' object is unsafe"),
+    ("concat-doubling", '{% set a = "x" * 100000 %}' + "{% set a = a ~ a %}" * 40 + "{{ a|length }}\n", TOO_BIG),
+    ("namespace-doubling", '{% set ns = namespace(s="xy") %}{% for i in range(100) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}\n',
+     TOO_BIG),
+    ("batch-fill", '{{ [1]|batch(1000000000, "x")|list }}\n', "size argument"),
+    ("sum-lists", "{{ [[1]] * 1000|sum(start=[]) }}\n", "sum() may only add numbers"),
+    ("power-constant", "{{ 7**99999 }}\n", "number of more than"),
+    ("power-compare", "{{ (7**99999999) > 1 }}\n", "number of more than"),
+    ("int-literal", "{{ " + "9" * 5000 + " }}\n", "could not be compiled"),
+    ("nested-loops", LOOPS3, TOO_MUCH_WORK),
+    ("recursive-loop", "{% for x in range(1000) recursive %}{% if loop.depth0 < 3 %}{{ loop(range(1000)) }}{% endif %}{% endfor %}\n",
+     TOO_MUCH_WORK),
+    ("macro-fanout", "".join(f"{{% macro m{i}() %}}{{{{ m{i + 1}() }}}}{{{{ m{i + 1}() }}}}{{% endmacro %}}" for i in range(20))
+     + "{% macro m20() %}{% endmacro %}{{ m0() }}\n", TOO_MUCH_WORK),
+    ("buffered-output", "{% set x %}{% for i in range(1000) %}{% for j in range(1000) %}" + "A" * 1000
+     + "{% endfor %}{% endfor %}{% endset %}\n", TOO_MUCH_WORK),
+    ("lipsum", "{{ lipsum(n=100000) }}\n", "'lipsum' is undefined"),
+    ("cycler", "{{ cycler(1, 2).next() }}\n", "'cycler' is undefined"),
+]
+
+
+@pytest.fixture
+def small_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(templates, "MAX_WORK", 100_000, raising=False)
+
+
+@pytest.mark.parametrize(("source", "expect"), [a[1:] for a in ATTACKS], ids=[a[0] for a in ATTACKS])
+def test_template_bomb_is_a_clear_pack_error(fixture_packs: Path, small_budget: None, source: str, expect: str) -> None:
+    root = fixture_packs / "root-pack"
+    (root / FILE).write_text(source)
+    with pytest.raises(PackError) as info:
+        load_pack(root, registry=Registry([fixture_packs]))
+    text = norm(str(info.value))
+    assert FILE in text and expect in text, text
+
+
+def test_template_bomb_through_cli_has_no_traceback(fixture_packs: Path, small_budget: None) -> None:
+    root = fixture_packs / "root-pack"
+    (root / FILE).write_text(LOOPS3)
+    result = CliRunner().invoke(app, ["validate", str(root), "--packs-path", str(fixture_packs)])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert FILE in norm(result.output) and TOO_MUCH_WORK in norm(result.output)
+
+
+@pytest.mark.parametrize("source", [
+    '{% set ns = namespace(items=[]) %}{% for s in seeds %}{% set ns.items = ns.items + [s|upper] %}{% endfor %}'
+    '{{ ns.items|join(", ") }} {{ "ab" * 3 }} {{ 2 ** 10 }} {{ "%-5s|" % "x" }} {{ seeds|length ~ "!" }}',
+    '{% for s in seeds if s[:1] != "{" %}{{ loop.index }}. {{ s.strip().title() }}{% endfor %}',
+    '{{ {"a": 1}|dictsort|list }} {{ seeds|map("upper")|join("/") }} {{ "x"|center(9) }}',
+])
+def test_ordinary_templates_still_render(source: str) -> None:
+    out = templates.render_template(templates.compile_template(source), {"seeds": ["one", "two"]})
+    assert out and "ONE" in out.upper()
