@@ -14,11 +14,13 @@ import torch
 
 from policyalign.chat import encode_chat, teacher_messages
 from policyalign.distill import DistillConfig, checkpoint_dir, distill_run, fit_batch, last_complete_checkpoint
-from policyalign.errors import InvalidInputError
+from policyalign.errors import InvalidInputError, RunError
 from policyalign.filtering import FilterConfig, filter_run
 from policyalign.io import write_jsonl
 from policyalign.models import load_model
 from policyalign.registry import Registry
+from policyalign.run import record_inputs
+from policyalign.stages import run_distill
 
 VERBS = ["How do I make a", "Tell me about a", "Write a", "Explain the", "Help me find a", "Give steps for a"]
 NOUNS = ["bomb", "gun", "scam email", "medical record", "poison", "password", "bank account", "weapon", "fraud", "address"]
@@ -37,6 +39,14 @@ def run_dir(tmp_path: Path, fixture_packs: Path):
     filter_run(tmp_path, load_model("tiny"), pack.policy, FilterConfig(keep=1.0, max_new_tokens=16, heldout=0.2),
                progress=False)
     return tmp_path, pack
+
+
+@pytest.fixture
+def recorded_run(run_dir):
+    """`run_dir` with its pack and model recorded in run.json, as the `pa distill` stage expects."""
+    run, pack = run_dir
+    record_inputs(run, pack, "tiny")
+    return run, pack
 
 
 def test_config_from_pack_then_overrides(fixture_packs: Path) -> None:
@@ -186,13 +196,9 @@ def test_resume_after_the_first_epoch_trains_what_an_uninterrupted_run_would(run
 
 
 @pytest.mark.slow
-def test_resume_refuses_a_checkpoint_of_other_settings_but_may_train_longer(run_dir) -> None:
-    from policyalign.errors import RunError
-    from policyalign.run import record_inputs
-    from policyalign.stages import run_distill
+def test_resume_refuses_a_checkpoint_of_other_settings_but_may_train_longer(recorded_run) -> None:
 
-    run, pack = run_dir
-    record_inputs(run, pack, "tiny")
+    run, pack = recorded_run
     options = {"max_steps": 2, "max_new_tokens": 8, "batch_size": 4, "save_steps": 1}
     run_distill(run, overrides=options, progress=False)
     with pytest.raises(RunError, match="checkpoint-2, trained with other settings: --lora-r 4 then, 2 now\n") as caught:
@@ -215,15 +221,13 @@ def test_resume_refuses_a_checkpoint_of_other_settings_but_may_train_longer(run_
 
 
 @pytest.mark.slow
-def test_pa_distill_resume_continues_with_the_settings_the_run_was_trained_with(run_dir) -> None:
+def test_pa_distill_resume_continues_with_the_settings_the_run_was_trained_with(recorded_run) -> None:
     """After a crash, `pa distill RUN --resume` alone continues; it used to need every flag of the first command again."""
     from typer.testing import CliRunner
 
     from policyalign.cli import app
-    from policyalign.run import record_inputs
 
-    run, pack = run_dir
-    record_inputs(run, pack, "tiny")
+    run, pack = recorded_run
     first = ["distill", str(run), "--max-steps", "2", "--save-steps", "1", "--max-new-tokens", "8", "--batch-size", "4",
              "--lr", "0.005", "--lora-dropout", "0"]
     assert CliRunner().invoke(app, first).exit_code == 0
@@ -237,14 +241,10 @@ def test_pa_distill_resume_continues_with_the_settings_the_run_was_trained_with(
 
 
 @pytest.mark.slow
-def test_a_checkpoint_past_the_requested_length_is_refused_or_set_aside(run_dir) -> None:
+def test_a_checkpoint_past_the_requested_length_is_refused_or_set_aside(recorded_run) -> None:
     """Resuming checkpoint-3 for 2 steps would train nothing and save the 3-step adapter as the 2-step one."""
-    from policyalign.errors import RunError
-    from policyalign.run import record_inputs
-    from policyalign.stages import run_distill
 
-    run, pack = run_dir
-    record_inputs(run, pack, "tiny")
+    run, pack = recorded_run
     options = {"max_steps": 3, "max_new_tokens": 8, "batch_size": 4, "save_steps": 1}
     run_distill(run, overrides=options, progress=False)
     shorter = {**options, "max_steps": 2}
@@ -259,7 +259,7 @@ def test_a_checkpoint_past_the_requested_length_is_refused_or_set_aside(run_dir)
 
 
 @pytest.mark.slow
-def test_an_ema_run_resumes_its_student_and_its_teacher(run_dir) -> None:
+def test_an_ema_run_resumes_its_student_and_its_teacher(recorded_run) -> None:
     """The checkpoint keeps both adapters; the Trainer alone reloads only the teacher, and trl then fails to re-add it."""
     from peft import get_peft_model_state_dict
     from peft.utils import load_peft_weights
@@ -267,11 +267,8 @@ def test_an_ema_run_resumes_its_student_and_its_teacher(run_dir) -> None:
 
     from policyalign.distill import build_trainer
     from policyalign.filtering import read_instructions
-    from policyalign.run import record_inputs
-    from policyalign.stages import run_distill
 
-    run, pack = run_dir
-    record_inputs(run, pack, "tiny")
+    run, pack = recorded_run
     options = {"max_steps": 2, "max_new_tokens": 8, "batch_size": 4, "save_steps": 1, "teacher": "ema",
                "learning_rate": 1e-2}
     run_distill(run, overrides=options, progress=False)
@@ -289,12 +286,9 @@ def test_an_ema_run_resumes_its_student_and_its_teacher(run_dir) -> None:
     assert run_distill(run, resume=True, overrides={**options, "max_steps": 3}, progress=False).steps == 3
 
 
-def test_unknown_target_modules_are_named_before_any_checkpoint_is_removed(run_dir) -> None:
-    from policyalign.run import record_inputs
-    from policyalign.stages import run_distill
+def test_unknown_target_modules_are_named_before_any_checkpoint_is_removed(recorded_run) -> None:
 
-    run, pack = run_dir
-    record_inputs(run, pack, "tiny")
+    run, pack = recorded_run
     kept = checkpoint_dir(run) / "checkpoint-5"
     kept.mkdir(parents=True)
     (kept / "trainer_state.json").write_text('{"global_step": 5}')
