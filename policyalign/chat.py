@@ -81,7 +81,7 @@ def _validated(messages: Any, where: str) -> list[Message]:
                 f"message {index} needs a role among {sorted(ROLES)}", where=where,
                 hint='each message looks like {"role": "user", "content": "..."}',
             )
-        problem = _content_problem(message)
+        problem = content_problem(message)
         if problem:
             raise InvalidInputError(
                 f"message {index} ({message['role']}): {problem}", where=where,
@@ -90,7 +90,7 @@ def _validated(messages: Any, where: str) -> list[Message]:
     return _copy(messages)
 
 
-def _content_problem(message: Message) -> str | None:
+def content_problem(message: Message) -> str | None:
     """What is wrong with a turn's content, if anything. Chat templates concatenate content as a
     string: only an assistant turn may carry none (it may make tool_calls instead); for any
     other role a null or missing content would fail inside the template with a bare TypeError."""

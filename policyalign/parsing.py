@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from .chat import content_problem
+
 MIN_CHARS = 12
 MIN_WORDS = 3
 MAX_CHARS = 2000
@@ -319,13 +321,9 @@ def scenario(value: dict[str, Any]) -> dict[str, Any] | None:
     messages = value.get("messages")
     if not isinstance(messages, list):
         return None
-    clean: list[dict[str, Any]] = []
-    for message in messages:
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
-            return None
-        if not isinstance(message.get("content", ""), str | type(None)):
-            return None
-        clean.append({k: v for k, v in message.items() if k in ("role", "content", "tool_calls", "name", "tool_call_id")})
+    clean = [_turn(message) for message in messages]
+    if any(turn is None for turn in clean):
+        return None
     while clean and clean[-1]["role"] == "assistant":
         clean.pop()
     if not clean or clean[-1]["role"] not in ("user", "tool"):
@@ -334,6 +332,44 @@ def scenario(value: dict[str, Any]) -> dict[str, Any] | None:
     if not isinstance(tools, list) or not all(_is_tool(t) for t in tools):
         return None
     return {"messages": clean, **({"tools": tools} if tools else {})}
+
+
+def _turn(message: Any) -> dict[str, Any] | None:
+    """One generated chat turn as every chat template renders it, or None when it cannot be one.
+
+    Content follows `chat.content_problem` (only an assistant turn may lack it; it becomes "").
+    Tool calls belong to assistant turns and take the transformers shape
+    {"type": "function", "function": {"name", "arguments"}} (the flat {"name", "arguments"} some
+    generators write is wrapped). A turn that passed without these checks reached
+    instructions.jsonl and broke the chat template at the filter stage (a bare TypeError on Qwen).
+    """
+    if not isinstance(message, dict) or message.get("role") not in ROLES or content_problem(message):
+        return None
+    turn = {k: v for k, v in message.items() if k in ("role", "content", "name", "tool_call_id")}
+    if turn["role"] == "assistant" and turn.get("content") is None:
+        turn["content"] = ""
+    if message.get("tool_calls"):
+        calls = _tool_calls(message["tool_calls"]) if turn["role"] == "assistant" else None
+        if calls is None:
+            return None
+        turn["tool_calls"] = calls
+    return turn
+
+
+def _tool_calls(value: Any) -> list[dict[str, Any]] | None:
+    """Tool calls in the transformers shape, or None when `value` is not a list of named calls."""
+    if not isinstance(value, list):
+        return None
+    calls = []
+    for call in value:
+        if isinstance(call, dict) and "function" not in call and "name" in call:
+            call = {"type": "function", "function": call}
+        if not _is_tool(call) or not isinstance(call["function"].get("arguments", {}), dict | str):
+            return None
+        function = call["function"]
+        calls.append({**({"id": call["id"]} if isinstance(call.get("id"), str) else {}), "type": "function",
+                      "function": {"name": function["name"], "arguments": function.get("arguments", {})}})
+    return calls
 
 
 def _is_tool(tool: Any) -> bool:
