@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .chat import content_problem
+from .judges import strip_thinking
 
 MIN_CHARS = 12
 MIN_WORDS = 3
@@ -396,10 +397,13 @@ def parse_output(text: str, fmt: str = "list", *, truncated: bool = False, min_c
 
     `fmt` is what the template asked for ("list" or "json"); the other format is tried when the
     asked one yields nothing, since models mix them up. `truncated` (the generation hit its
-    token limit) drops the last list item, which is likely cut mid-sentence.
+    token limit) drops the last list item, which is likely cut mid-sentence. A reasoning model's
+    `<think>` block (Qwen3 writes one before its answer) is dropped first: its drafts and plans
+    are not requests, and an unfinished one holds no answer at all.
     """
     if fmt not in ("list", "json"):
         raise ValueError(f"unknown format {fmt!r}")
+    text = strip_thinking(text)
     order = ("json", "list") if fmt == "json" else ("list", "json")
     result = ParseResult()
     for attempt in order:
