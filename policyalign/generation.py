@@ -4,8 +4,9 @@ Synthesis, on-policy sampling and evaluation all turn many conversations into co
 they call `get_backend(name, loaded).generate(...)` and get `Generation`s back, whatever runs
 underneath. Two properties matter to them:
 
-* **Reproducibility independent of batching.** Every request gets its own seed derived from
-  `SamplingParams.seed` and its position in the input list, and its own random stream. The
+* **Reproducibility independent of batching.** Every request gets its own seed (derived from
+  `SamplingParams.seed` and its position in the input list, unless the caller passes `seeds`),
+  and its own random stream. The
   same inputs and seed give the same samples whatever `batch_size` is or how requests were
   grouped (up to float noise from padding), so cached generations can be reused and compared.
 * **Exact token ids.** `Generation.token_ids` are the completion ids up to and including the
@@ -68,7 +69,7 @@ class Backend(Protocol):
 
     def generate(
         self, conversations: Sequence[dict[str, Any]], params: SamplingParams, *,
-        batch_size: int = 16, progress: bool = True,
+        batch_size: int = 16, progress: bool = True, seeds: Sequence[int] | None = None,
     ) -> list[Generation]: ...
 
 
@@ -76,6 +77,19 @@ def request_seed(seed: int, index: int) -> int:
     """The seed of request `index`: well mixed, so neighbouring requests are uncorrelated."""
     digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def request_seeds(params: SamplingParams, count: int, seeds: Sequence[int] | None) -> list[int]:
+    """Each request's seed: the caller's `seeds` (one per request), else `request_seed(params.seed, index)`.
+
+    A caller whose requests have identities of their own (synthesis: a cache key per request)
+    passes seeds derived from them, so a request samples the same whichever call it lands in.
+    """
+    if seeds is None:
+        return [request_seed(params.seed, index) for index in range(count)]
+    if len(seeds) != count:
+        raise ValueError(f"{len(seeds)} seeds for {count} conversations")
+    return list(seeds)
 
 
 def eos_token_ids(loaded: LoadedModel) -> list[int]:
@@ -271,11 +285,12 @@ class TransformersBackend:
 
     def generate(
         self, conversations: Sequence[dict[str, Any]], params: SamplingParams, *,
-        batch_size: int = 16, progress: bool = True,
+        batch_size: int = 16, progress: bool = True, seeds: Sequence[int] | None = None,
     ) -> list[Generation]:
         if batch_size < 1:
             raise InvalidInputError(f"batch_size must be at least 1, got {batch_size}")
         prompts = _encode_all(self.loaded, conversations, params)
+        per_request = request_seeds(params, len(prompts), seeds)
         # Longest first: similar lengths share a batch (less padding), and an out-of-memory
         # error shows up in the first batch rather than after an hour.
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
@@ -283,8 +298,8 @@ class TransformersBackend:
         with cpu_threads(self.loaded), progress_bar(progress, len(prompts), f"generating ({self.loaded.ref.name})") as advance:
             for start in range(0, len(order), batch_size):
                 chunk = order[start : start + batch_size]
-                seeds = [request_seed(params.seed, i) for i in chunk]
-                for index, result in zip(chunk, self._batch([prompts[i] for i in chunk], seeds, params)):
+                batch = self._batch([prompts[i] for i in chunk], [per_request[i] for i in chunk], params)
+                for index, result in zip(chunk, batch):
                     results[index] = result
                 advance(len(chunk))
         return [r for r in results if r is not None]
@@ -345,19 +360,20 @@ class VLLMBackend:
 
     def generate(
         self, conversations: Sequence[dict[str, Any]], params: SamplingParams, *,
-        batch_size: int = 16, progress: bool = True,
+        batch_size: int = 16, progress: bool = True, seeds: Sequence[int] | None = None,
     ) -> list[Generation]:
         # vLLM schedules its own batches (continuous batching); batch_size does not apply.
         prompts = _encode_all(self.loaded, conversations, params)
+        per_request = request_seeds(params, len(prompts), seeds)
         eos = eos_token_ids(self.loaded)
         sampling = [
             self._vllm.SamplingParams(
                 n=1, max_tokens=params.max_new_tokens,
                 temperature=0.0 if params.greedy else params.temperature,
                 top_p=1.0 if params.greedy else params.top_p,
-                seed=request_seed(params.seed, index), stop_token_ids=eos, skip_special_tokens=True,
+                seed=seed, stop_token_ids=eos, skip_special_tokens=True,
             )
-            for index in range(len(prompts))
+            for seed in per_request
         ]
         outputs = self.llm.generate(
             [{"prompt_token_ids": ids} for ids in prompts], sampling,

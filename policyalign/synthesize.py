@@ -238,15 +238,14 @@ def _load_cached(cache: Path, key: str) -> dict[str, Any] | None:
     return entry if ok else None
 
 
-def _call_seed(seed: int, keys: Sequence[str]) -> int:
-    """The backend seed for one call, derived from the run seed and the requests in it.
+def _request_seed(key: str) -> int:
+    """A request's sampling seed, from its cache key alone (which covers the run seed and round).
 
-    Backends seed each request from (call seed, position in the call). Deriving the call seed
-    from the call's keys keeps a request that is regenerated alone (say, a new round) from
-    reusing the stream another request got in an earlier call, which would repeat its output.
+    Not from its call or its place in it: calls hold `batch_size * CALL_BATCHES` of the missing
+    requests, so `--batch-size`, or which requests an interrupted run left missing, changed every
+    sample of a run with the same seed. Different keys (another round, say) get different streams.
     """
-    digest = hashlib.sha256(f"{seed}:{','.join(keys)}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+    return int(key[:16], 16) & 0x7FFF_FFFF_FFFF_FFFF
 
 
 def _generate_missing(missing: list[Request], generator: _Generator, settings: Mapping[str, Any], seed: int,
@@ -257,15 +256,15 @@ def _generate_missing(missing: list[Request], generator: _Generator, settings: M
     per_call = max(1, batch_size * CALL_BATCHES)
     for start in range(0, len(ordered), per_call):
         chunk = ordered[start:start + per_call]
-        call_seed = _call_seed(seed, [r.key for r in chunk])
         conversations = [{"messages": [{"role": "user", "content": r.prompt}]} for r in chunk]
-        outputs = generator.backend().generate(conversations, _params(settings, call_seed),
-                                               batch_size=batch_size, progress=progress)
+        seeds = [_request_seed(r.key) for r in chunk]
+        outputs = generator.backend().generate(conversations, _params(settings, seed), batch_size=batch_size,
+                                               progress=progress, seeds=seeds)
         if len(outputs) != len(chunk):
             raise RuntimeError(f"generator returned {len(outputs)} outputs for {len(chunk)} prompts")
-        for request, output in zip(chunk, outputs):
+        for request, request_seed, output in zip(chunk, seeds, outputs):
             entry = {"key": request.key, "generator": generator.id, "category": request.category,
-                     "template": request.template, "round": request.round, "seed": seed, "call_seed": call_seed,
+                     "template": request.template, "round": request.round, "seed": seed, "request_seed": request_seed,
                      "sampling": dict(settings), "prompt": request.prompt, "text": output.text,
                      "finish_reason": output.finish_reason, "completion_tokens": len(output.token_ids)}
             write_json(_cache_path(cache, request.key), entry)

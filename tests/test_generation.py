@@ -185,6 +185,18 @@ def test_sampling_is_reproducible_and_independent_of_batching(loaded: LoadedMode
     assert _ids(greedy) != _ids(runs[0])
 
 
+def test_a_callers_seed_makes_a_request_sample_the_same_in_any_call(loaded: LoadedModel) -> None:
+    """Synthesis seeds each request from its cache key: where it lands in a call must not matter."""
+    backend = get_backend("transformers", loaded)
+    seeds = [request_seed(7, i) for i in range(len(CONVERSATIONS))]
+    together = backend.generate(CONVERSATIONS, SAMPLED, progress=False, seeds=seeds)
+    alone = backend.generate(CONVERSATIONS[4:], SAMPLED, progress=False, seeds=seeds[4:])
+    assert _ids(alone) == _ids(together)[4:]
+    assert _ids(together) == _ids(backend.generate(CONVERSATIONS, SamplingParams(max_new_tokens=12, seed=7), progress=False))
+    with pytest.raises(ValueError, match="1 seeds for 6 conversations"):
+        backend.generate(CONVERSATIONS, SAMPLED, progress=False, seeds=seeds[:1])
+
+
 def test_repeated_prompts_in_one_batch_get_different_samples(loaded: LoadedModel) -> None:
     same = [CONVERSATIONS[2]] * 4
     out = get_backend("transformers", loaded).generate(same, SAMPLED, progress=False)

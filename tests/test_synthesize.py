@@ -43,7 +43,7 @@ class FixedOutputs:
         self.params: list[SamplingParams] = []
 
     def generate(self, conversations: Sequence[dict[str, Any]], params: SamplingParams, *,
-                 batch_size: int = 16, progress: bool = True) -> list[Generation]:
+                 batch_size: int = 16, progress: bool = True, seeds: Sequence[int] | None = None) -> list[Generation]:
         self.calls += 1
         self.params.append(params)
         out = []
@@ -337,6 +337,18 @@ def test_tiny_end_to_end_through_the_cli(tmp_path: Path, monkeypatch: pytest.Mon
     assert "4 requests (0 generated, 4 cached)" in second.output
     assert [p.stat().st_mtime_ns for p in cache_files] == mtimes
     assert read_jsonl(out / "instructions.jsonl") == rows
+
+
+def test_generator_samples_do_not_depend_on_the_batch_size(tmp_path: Path) -> None:
+    """The real transformers backend on `tiny`: each request samples from a seed of its own cache key,
+    not from the call that `--batch-size` put it in (it changed every sample of a same-seed run)."""
+    def samples(batch_size: int) -> dict[str, str]:
+        out = tmp_path / f"batch-{batch_size}"
+        synthesize(load_pack(PACK_DIR), "tiny", out_dir=out, rounds=3, batch_size=batch_size, progress=False)
+        return {p.name: read_json(p)["text"] for p in (out / "generations").glob("*.json")}
+
+    one, four = samples(1), samples(4)
+    assert len(one) == 12 and one == four
 
 
 def test_cli_help() -> None:
