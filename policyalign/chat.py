@@ -110,30 +110,56 @@ def render_chat(
 ) -> str:
     """The chat as the model sees it, via the tokenizer's own chat template.
 
-    A template without a system role gets the system message at the top of the first user turn.
-    Other template failures (a model whose template rejects tools, say) become a `ModelError`
-    that names the model, instead of a Jinja traceback.
+    A template without a system role (Gemma's raise), or one that leaves the system message out
+    (Mistral v0.3's writes it only into a final user turn, so a conversation ending in a tool
+    result renders without it: the teacher would silently lose the policy), gets the system
+    message at the top of the first user turn. Other template failures (a model whose template
+    rejects tools, say) become a `ModelError` that names the model, instead of a Jinja traceback.
     """
-    name = getattr(tokenizer, "name_or_path", "") or "this model"
     if not getattr(tokenizer, "chat_template", None):
         raise ModelError(
-            f"{name} has no chat template", hint="use an instruction-tuned (chat) variant of the model",
+            f"{_model_name(tokenizer)} has no chat template", hint="use an instruction-tuned (chat) variant of the model",
         )
     try:
-        return _apply_template(tokenizer, messages, tools, add_generation_prompt)
+        text = _apply_template(tokenizer, messages, tools, add_generation_prompt)
     except Exception as exc:  # jinja2 TemplateError, or raise_exception() inside the template
         if type(exc).__module__.split(".")[0] not in ("jinja2", "transformers"):
             raise
-        merged = _system_in_first_user_turn(messages)
-        if merged is not None:
-            try:
-                return _apply_template(tokenizer, merged, tools, add_generation_prompt)
-            except Exception:  # noqa: BLE001 - report the original rejection below
-                pass
-        raise ModelError(
-            f"the chat template of {name} rejected this conversation: {exc}",
-            hint="some templates refuse system turns, tools or non-alternating roles; try another model",
-        ) from None
+        return _render_system_in_first_user_turn(tokenizer, messages, tools, add_generation_prompt,
+                                                 f"rejected this conversation: {exc}")
+    if _system_shown(messages, text):
+        return text
+    return _render_system_in_first_user_turn(tokenizer, messages, tools, add_generation_prompt,
+                                             "leaves out the system message of this conversation")
+
+
+def _model_name(tokenizer: Any) -> str:
+    return getattr(tokenizer, "name_or_path", "") or "this model"
+
+
+def _system_shown(messages: Sequence[Message], text: str) -> bool:
+    """Whether a leading system message's text made it into the rendered chat (trimmed, as some templates do)."""
+    if not messages or messages[0].get("role") != "system":
+        return True
+    return str(messages[0].get("content") or "").strip() in text
+
+
+def _render_system_in_first_user_turn(tokenizer: Any, messages: Sequence[Message],
+                                      tools: Sequence[dict[str, Any]] | None, add_generation_prompt: bool,
+                                      problem: str) -> str:
+    """The chat with its system message moved into the first user turn, or a `ModelError` naming `problem`."""
+    merged = _system_in_first_user_turn(messages)
+    if merged is not None:
+        try:
+            text = _apply_template(tokenizer, merged, tools, add_generation_prompt)
+            if _system_shown(messages, text):
+                return text
+        except Exception:  # noqa: BLE001 - report the original problem below
+            pass
+    raise ModelError(
+        f"the chat template of {_model_name(tokenizer)} {problem}",
+        hint="some templates refuse system turns, tools or non-alternating roles; try another model",
+    ) from None
 
 
 def _apply_template(tokenizer: Any, messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None,

@@ -12,7 +12,7 @@ from policyalign import tiny
 from policyalign.chat import conversation, encode_chat, render_chat, student_messages, teacher_messages
 from policyalign.errors import InvalidInputError, ModelError
 
-from chat_templates import NO_SYSTEM_ROLE
+from chat_templates import NO_SYSTEM_ROLE, SYSTEM_IN_LAST_USER_TURN
 
 TOOLS = [{
     "type": "function",
@@ -191,3 +191,18 @@ def test_a_template_without_a_system_role_gets_it_at_the_top_of_the_first_user_t
     assert "system" not in text
     with pytest.raises(ModelError, match="System role not supported"):  # nothing to merge into: the original error
         render_chat(gemma_like, [{"role": "system", "content": "Rules."}, {"role": "assistant", "content": "Hi"}])
+
+
+def test_a_template_that_leaves_the_system_turn_out_gets_it_at_the_top_of_the_first_user_turn() -> None:
+    """Mistral v0.3 writes the system message into a final user turn only: a teacher prompt ending in a
+    tool result rendered without the policy, silently, so teacher and student saw the same prompt."""
+    mistral_like = AutoTokenizer.from_pretrained(tiny.tiny_model_path())
+    mistral_like.chat_template = SYSTEM_IN_LAST_USER_TURN
+    call = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+    agent = [{"role": "user", "content": "Weather in Paris?"}, {"role": "assistant", "content": "", "tool_calls": [call]},
+             {"role": "tool", "content": '{"temp": 18}'}]
+    text = render_chat(mistral_like, teacher_messages("Refuse weapons.", agent), TOOLS)
+    assert text.startswith("[INST] Refuse weapons.\n\nWeather in Paris?[/INST][TOOL_CALLS] ")
+    assert text != render_chat(mistral_like, student_messages(agent), TOOLS)
+    kept = render_chat(mistral_like, teacher_messages("Refuse weapons.", agent[:1]))  # where the template keeps it
+    assert kept == "[INST] Refuse weapons.\n\nWeather in Paris?[/INST]"
