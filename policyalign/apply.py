@@ -101,7 +101,7 @@ def load_config_file(path: Path) -> dict[str, Any]:
         if key not in names:
             raise InvalidInputError(f"unknown option {key!r}", file=str(path), where=key,
                                     hint=did_you_mean(key, sorted(names)) or f"known options: {', '.join(sorted(names))}")
-    return check_config_types(options, path)
+    return check_config_ranges(check_config_types(options, path), path)
 
 
 _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", Path: "a string"}
@@ -152,6 +152,21 @@ def check_config_types(options: dict[str, Any], path: Path) -> dict[str, Any]:
                                 hint="write e.g. " + ", ".join(f"`{ex}`" for _, _, ex in bad)
                                      + " (numbers and true/false unquoted, text that looks like a number quoted)")
     return checked
+
+
+def check_config_ranges(options: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Training values in the file held to the pack schema's bounds, named as the file's keys: the same
+    check runs later on the merged options, but its error would name a command-line flag the user never typed."""
+    from .distill import setting_error
+
+    given = {_SETTING_NAMES.get(k, k): v for k, v in options.items() if k in _DISTILL_OPTIONS and v is not None}
+    bad = setting_error(given)
+    if bad is not None:
+        setting, value, message = bad
+        key = next(k for k in _DISTILL_OPTIONS if _SETTING_NAMES.get(k, k) == setting)
+        raise InvalidInputError(f"{key}: {value!r}: {message}", file=str(path), where=key,
+                                hint=f"give {key} a value the pack schema allows for training.{setting}")
+    return options
 
 
 def build_options(cli: dict[str, Any], config: Path | None) -> ApplyOptions:
@@ -216,14 +231,16 @@ def _filter_options(o: ApplyOptions) -> dict[str, Any]:
             "samples": o.samples, "max_new_tokens": o.max_new_tokens, "heldout": o.heldout, "seed": o.seed}
 
 
+# `pa apply` option -> the training setting it overrides, where the names differ.
+_SETTING_NAMES = {"kl_top_k": "top_k"}
+_DISTILL_OPTIONS = ("lora_r", "lora_alpha", "lora_dropout", "target_modules", "learning_rate", "num_epochs",
+                    "max_steps", "batch_size", "gradient_accumulation_steps", "max_new_tokens", "teacher",
+                    "kl_top_k", "seed", "temperature", "save_steps")
+
+
 def _distill_overrides(o: ApplyOptions) -> dict[str, Any]:
-    return {"lora_r": o.lora_r, "lora_alpha": o.lora_alpha, "lora_dropout": o.lora_dropout,
-            "target_modules": o.target_modules, "learning_rate": o.learning_rate, "num_epochs": o.num_epochs,
-            "max_steps": o.max_steps, "batch_size": o.batch_size,
-            "gradient_accumulation_steps": o.gradient_accumulation_steps, "max_new_tokens": o.max_new_tokens,
-            "teacher": o.teacher, "top_k": o.kl_top_k, "seed": o.seed, "temperature": o.temperature,
-            "save_steps": o.save_steps,
-            "use_vllm": True if o.backend == "vllm" else None}
+    overrides = {_SETTING_NAMES.get(name, name): getattr(o, name) for name in _DISTILL_OPTIONS}
+    return {**overrides, "use_vllm": True if o.backend == "vllm" else None}
 
 
 def _eval_options(o: ApplyOptions) -> dict[str, Any]:

@@ -101,6 +101,21 @@ def check_settings(settings: Mapping[str, Any], *, from_command_line: bool) -> N
     built in code) would otherwise get past it: a `--batch-size 0` or `--temperature 0` then
     fails deep inside trl, peft or the sampler instead of here, with the flag named.
     """
+    bad = setting_error(settings)
+    if bad is None:
+        return
+    name, plain, message = bad
+    if from_command_line:
+        flag = FLAGS.get(name, "--" + name.replace("_", "-"))
+        raise InvalidInputError(f"{flag} {plain!r}: {message}",
+                                hint=f"give {flag} a value the pack schema allows for training.{name}")
+    raise InvalidInputError(f"training.{name} {plain!r}: {message}",
+                            hint=f"fix training.{name} in the pack (see schemas/pack.schema.json)")
+
+
+def setting_error(settings: Mapping[str, Any]) -> tuple[str, Any, str] | None:
+    """(setting, value, what is wrong) for the first setting outside the pack schema's bounds; the
+    caller names it the way its user wrote it (a flag, a pack key, a config-file key)."""
     from jsonschema import Draft202012Validator
 
     from .schema import schema_text
@@ -111,14 +126,9 @@ def check_settings(settings: Mapping[str, Any], *, from_command_line: bool) -> N
             continue
         plain = list(value) if isinstance(value, tuple) else value
         error = next(Draft202012Validator(properties[name]).iter_errors(plain), None)
-        if error is None:
-            continue
-        if from_command_line:
-            flag = FLAGS.get(name, "--" + name.replace("_", "-"))
-            raise InvalidInputError(f"{flag} {plain!r}: {error.message}",
-                                    hint=f"give {flag} a value the pack schema allows for training.{name}")
-        raise InvalidInputError(f"training.{name} {plain!r}: {error.message}",
-                                hint=f"fix training.{name} in the pack (see schemas/pack.schema.json)")
+        if error is not None:
+            return name, plain, error.message
+    return None
 
 
 # --------------------------------------------------------------------------- the trainer

@@ -97,6 +97,11 @@ class Registry:
                         found.setdefault((loc.name, loc.version), loc)
         return sorted(found.values(), key=lambda l: (l.name, _version_key(l.version)))
 
+    def unreadable(self) -> list[Path]:
+        """Pack directories whose manifest gives no name (too large, too deep, not YAML): `pa list`
+        shows them as invalid instead of leaving a contributor's pack out without a word."""
+        return [d for d in self.pack_dirs() if _read_header(d) is None]
+
     def pack_dirs(self) -> list[Path]:
         """Every directory with a pack.yaml, readable or not (for `pa validate --all`)."""
         dirs: list[Path] = []

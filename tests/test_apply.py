@@ -152,6 +152,20 @@ def test_config_values_of_the_wrong_type_fail_before_any_stage_runs(tmp_path: Pa
     assert options.keep == 1.0 and isinstance(options.keep, float) and options.lora_dropout is None
     assert options.out == Path("runs/x") and options.private is True and options.target_modules == ["q_proj", "v_proj"]
 
+
+def test_config_values_out_of_range_are_named_as_the_files_keys(tmp_path: Path) -> None:
+    """`batch_size: 0` in run.yaml used to be reported as `--batch-size 0`, a flag the user never typed."""
+    config = tmp_path / "run.yaml"
+    config.write_text("pack: general\nmodel: tiny\nkl_top_k: -1\n")
+    with pytest.raises(InvalidInputError, match="kl_top_k: -1") as caught:
+        build_options({}, config)
+    problem = caught.value.problem
+    assert problem.file == str(config) and problem.where == "kl_top_k" and "--" not in str(caught.value)
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["apply", "--config", str(config), "--out", str(run)])
+    assert result.exit_code == 2 and "kl_top_k: -1" in result.output and str(config) in result.output
+    assert not run.exists(), "no stage ran"
+
 def test_tiny_defaults_never_override_explicit_options(tmp_path: Path) -> None:
     from policyalign.apply import TINY_DEFAULTS, with_model_defaults
 

@@ -157,3 +157,16 @@ def test_new_checks_the_parent_before_writing(fixture_packs: Path, tmp_path: Pat
         result = runner.invoke(app, ["new", "kid", "--extends", parent, "--dir", str(fixture_packs)])
         assert result.exit_code == 2 and message in result.output, (parent, result.output)
         assert not (fixture_packs / "kid").exists()
+
+
+def test_list_shows_a_pack_whose_manifest_cannot_be_read(fixture_packs: Path) -> None:
+    """An oversized manifest gives no name to list it by; it must still appear, as invalid, with the reason."""
+    from policyalign.pack import MAX_MANIFEST_BYTES
+
+    manifest = fixture_packs / "root-pack" / "pack.yaml"
+    manifest.write_text(manifest.read_text() + "#" * MAX_MANIFEST_BYTES)
+    rows = json.loads(runner.invoke(app, ["list", "--json", "--packs-path", str(fixture_packs)]).output)
+    row = next(r for r in rows if r["path"] == str(fixture_packs / "root-pack"))
+    assert row["valid"] is False and "limit" in row["problem"]
+    table = runner.invoke(app, ["list", "--packs-path", str(fixture_packs)])
+    assert table.exit_code == 0 and "root-pack" in table.output and "invalid" in table.output

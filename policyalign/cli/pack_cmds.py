@@ -32,10 +32,25 @@ def list_packs(
         rows.append({"name": pack.name, "version": pack.version, "title": pack.title, "path": str(loc.path),
                      "valid": True, "categories": len(pack.categories),
                      "eval": {s.name: len(s.items) for s in pack.eval_sets}, "digest": pack.digest})
+    rows += [_unreadable_row(path, reg) for path in reg.unreadable()]
     if as_json:
         print_json(rows)
         return
     _print_pack_table(rows)
+
+
+def _unreadable_row(path: Path, reg) -> dict:
+    """An invalid row for a pack whose manifest can't even be read for its name; `problem` says why."""
+    from ..errors import PackError
+    from ..pack import load_pack
+
+    row = {"name": path.name, "version": "", "path": str(path), "valid": False, "problems": 1,
+           "problem": "pack.yaml could not be read for its name and version"}
+    try:
+        load_pack(path, registry=reg)
+    except PackError as exc:
+        row.update(problems=len(exc.problems), problem=str(exc.problem))
+    return row
 
 
 def _print_pack_table(rows: list[dict]) -> None:
@@ -44,7 +59,8 @@ def _print_pack_table(rows: list[dict]) -> None:
     table = Table("name", "version", "title", "categories", "eval sets", "digest")
     for row in rows:
         if not row["valid"]:
-            table.add_row(row["name"], row["version"], f"[red]invalid ({row['problems']} problems)[/]", "", "", "")
+            why = f": {row['problem']}" if "problem" in row else ""
+            table.add_row(row["name"], row["version"], f"[red]invalid ({row['problems']} problems){why}[/]", "", "", "")
             continue
         sets = ", ".join(f"{k} {v}" for k, v in row["eval"].items())
         table.add_row(row["name"], row["version"], row["title"], str(row["categories"]), sets, row["digest"][:12])
