@@ -80,8 +80,9 @@ class FilterResult:
 
 # --------------------------------------------------------------------------- reading instructions
 
-INSTRUCTION_HINT = ('each line needs "id" (unique), "category" and "messages" (chat turns), as `pa synthesize` writes; '
-                    "fix or delete the line")
+INSTRUCTION_HINT = ('each line needs "id" (unique), "category" and "messages" (chat turns such as '
+                    '{"role": "user", "content": "..."}), and "tools" when given is a list of function definitions, '
+                    "as `pa synthesize` writes; fix or delete the line")
 
 
 def read_instructions(path: Path) -> list[dict[str, Any]]:
@@ -100,11 +101,17 @@ def read_instructions(path: Path) -> list[dict[str, Any]]:
 
 
 def _instruction_problem(row: dict[str, Any], seen: dict[str, int]) -> str | None:
+    from .chat import conversation
+
     for key in ("id", "category"):
         if not isinstance(row.get(key), str) or not row[key]:
             return f'"{key}" is missing or not a non-empty string'
     if not isinstance(row.get("messages"), list) or not row["messages"]:
         return '"messages" is missing or not a non-empty list of chat turns'
+    try:  # each turn and tool as chat templates need them: a bad one was a traceback from inside the template
+        conversation({"messages": row["messages"], "tools": row.get("tools")})
+    except InvalidInputError as exc:
+        return exc.problem.message
     if "provenance" in row and not isinstance(row["provenance"], dict):  # split_heldout reads its "source"
         return '"provenance" is not an object like {"source": "generated"}; fix it or drop the key'
     if row["id"] in seen:

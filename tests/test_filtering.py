@@ -71,7 +71,11 @@ def test_heldout_split_is_deterministic_stratified_and_disjoint() -> None:
 
 @pytest.mark.parametrize("bad, message", [({"category": None}, '"category" is missing'),
                                           ({"messages": []}, '"messages" is missing'),
-                                          ({"id": "r0"}, "id 'r0' repeats line 1")])
+                                          ({"id": "r0"}, "id 'r0' repeats line 1"),
+                                          ({"messages": ["hi"]}, "message 0 needs a role"),
+                                          ({"messages": [{"role": "user"}]}, r"message 0 \(user\): 'content' is missing"),
+                                          ({"tools": "search"}, "'tools' must be a list"),
+                                          ({"tools": ["search"]}, "'tools' must be a list")])
 def test_a_malformed_instruction_is_named_by_line_before_any_scoring(tmp_path: Path, bad: dict, message: str) -> None:
     rows = [{"id": f"r{i}", "category": "a", "messages": [{"role": "user", "content": "hi"}]} for i in range(3)]
     rows[1] = {**rows[1], **bad}
