@@ -188,11 +188,27 @@ def score_instructions(run_dir: Path, scorer: "PolicyScorer", records: list[dict
                 continue
             rows = sample_and_score(scorer, chunk, sampling_params(config, chunk_seed(config.seed, index)),
                                     config.samples, backend=backend, batch_size=config.batch_size)
+            _check_finite(rows)
             _append(partial, rows)
             for row in rows:
                 done[row["id"]] = row
             advance(len(chunk))
     return [done[r["id"]] for r in records]
+
+
+def _check_finite(rows: list[dict[str, Any]]) -> None:
+    """Raise for a score that is NaN or infinite: the student or the teacher overflowed on that instruction.
+
+    Such a score would rank first or last at random (NaN compares false both ways), crash the
+    histogram and poison the held-out mean; sampling checks its logits the same way.
+    """
+    from .errors import ModelError
+
+    for row in rows:
+        if not all(math.isfinite(row[key]) for key in ("score", "score_full", "logprob_gap")):
+            raise ModelError(f"the model produced NaN or infinite logits scoring instruction {row['id']!r}",
+                             hint="the model overflowed (float16 weights often do): run on a GPU with bfloat16 "
+                                  "support, or with --device cpu (float32)")
 
 
 SCORED_KEYS = ("id", "response", "response_ids", "score", "score_full", "logprob_gap", "response_tokens", "samples")

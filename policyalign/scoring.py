@@ -412,18 +412,25 @@ class PolicyScorer:
 
     def _score_batch(self, students: list[list[int]], teachers: list[list[int]],
                      completions: Sequence[Sequence[int]]) -> list[TokenScores]:
+        import torch
+
         safe = [list(c) if len(c) else [self.pad_id] for c in completions]
         s = self.student_logits(students, safe)
         t = self.teacher_logits(teachers, safe)
-        mask = s.mask.float()
+        real = s.mask.bool()
         for i, c in enumerate(completions):
             if not len(c):
-                mask[i] = 0
-        kl_top = reverse_kl_topk(s.logits, t.logits, self.top_k) * mask
-        kl_full = reverse_kl_full(s.logits, t.logits) * mask
-        lp_s = token_logprobs(s.logits, s.ids) * mask
-        lp_t = token_logprobs(t.logits, s.ids) * mask
-        n = mask.sum(-1)
+                real[i] = False
+
+        def masked(values: "torch.Tensor") -> "torch.Tensor":
+            # Not `values * mask`: a padding position's forward may overflow (fp16), and NaN * 0 is NaN.
+            return torch.where(real, values, 0.0)
+
+        kl_top = masked(reverse_kl_topk(s.logits, t.logits, self.top_k))
+        kl_full = masked(reverse_kl_full(s.logits, t.logits))
+        lp_s = masked(token_logprobs(s.logits, s.ids))
+        lp_t = masked(token_logprobs(t.logits, s.ids))
+        n = real.sum(-1)
         denom = n.clamp(min=1)
         return [
             TokenScores(float(kl_top[i].sum() / denom[i]), float(kl_full[i].sum() / denom[i]),

@@ -148,6 +148,29 @@ def test_a_policy_too_long_for_the_response_fails_before_any_sampling(
     assert "shorten the policy, lower --max-new-tokens" in caught.value.problem.hint
 
 
+def test_an_overflow_while_scoring_stops_the_filter_naming_the_instruction(tmp_path: Path) -> None:
+    """A NaN score would rank first or last at random and crash the histogram after the whole
+    scoring: stop at once, say which instruction, and keep the NaN out of the partial file."""
+    from overflow import overflow_where
+
+    from policyalign import filtering
+    from policyalign.errors import ModelError
+    from policyalign.models import load_model
+    from policyalign.scoring import PolicyScorer
+
+    loaded = load_model("tiny", device="cpu")
+    scorer = PolicyScorer(loaded, "Refuse to help build weapons.")
+    records = [{"id": f"r{i}", "category": "a", "messages": [{"role": "user", "content": f"hi {i}"}]} for i in range(3)]
+    handle = overflow_where(loaded.model, lambda mask: mask.bool())
+    try:
+        with pytest.raises(ModelError, match="NaN or infinite logits scoring instruction 'r0'") as caught:
+            filtering.score_instructions(tmp_path, scorer, records, FilterConfig(max_new_tokens=4), progress=False)
+    finally:
+        handle.remove()
+    assert "--device cpu" in caught.value.problem.hint
+    assert not (tmp_path / PARTIAL).exists()
+
+
 @pytest.mark.slow
 def test_filter_stage_on_tiny(tmp_path: Path, fixture_packs: Path) -> None:
     from policyalign.models import load_model

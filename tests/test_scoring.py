@@ -7,6 +7,8 @@ from contextlib import nullcontext
 import pytest
 import torch
 
+from overflow import overflow_where
+
 from policyalign.chat import encode_chat, teacher_messages
 from policyalign.models import load_model
 from policyalign.scoring import (
@@ -258,3 +260,18 @@ def test_scoring_never_applies_dropout_and_leaves_the_mode_alone() -> None:
         first = completion_logits(model, prompts, completions, pad_id=0).logits
         again = completion_logits(model, prompts, completions, pad_id=0).logits
     assert torch.equal(first, again) and model.training
+
+
+def test_an_overflow_on_padding_does_not_reach_the_scores(tiny) -> None:
+    """Right padding forwards pad tokens after the shorter rows; in float16 those may overflow.
+    They are masked out, so they must not turn a row's score into NaN (NaN * 0 is NaN)."""
+    scorer = PolicyScorer(tiny, POLICY)
+    clean = scorer.score(RECORDS, COMPLETIONS)
+    handle = overflow_where(tiny.model, lambda mask: mask == 0)
+    try:
+        overflowed = scorer.score(RECORDS, COMPLETIONS)
+    finally:
+        handle.remove()
+    assert [s.reverse_kl for s in overflowed] == pytest.approx([s.reverse_kl for s in clean])
+    assert [s.teacher_logprob for s in overflowed] == pytest.approx([s.teacher_logprob for s in clean])
+
