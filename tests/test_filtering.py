@@ -171,6 +171,49 @@ def test_an_overflow_while_scoring_stops_the_filter_naming_the_instruction(tmp_p
     assert not (tmp_path / PARTIAL).exists()
 
 
+def test_a_crashed_or_finished_filter_keeps_its_scores_when_only_the_selection_or_batch_size_changes(
+        tmp_path: Path, fixture_packs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out of memory at --batch-size 8, resumed at --batch-size 2 with another --keep: the chunks
+    already scored stay (the selection, the split and the batch size do not change a score); a
+    finished run re-selects without sampling; a setting that changes the scores re-scores all."""
+    from policyalign import filtering
+    from policyalign.registry import Registry
+    from policyalign.run import read_manifest, record_inputs
+    from policyalign.stages import run_filter
+
+    pack = Registry([fixture_packs]).load("root-pack")
+    record_inputs(tmp_path, pack, "tiny")
+    write_jsonl(tmp_path / "instructions.jsonl", [
+        {"id": f"r{i}", "category": pack.categories[i % 2].id, "messages": [{"role": "user", "content": f"Help {i}"}]}
+        for i in range(6)])
+    sampled: list[str] = []
+    real_sample_and_score = filtering.sample_and_score
+
+    def counting(scorer: object, chunk: list[dict], *args: object, **kwargs: object) -> list[dict]:
+        if crash and sampled:
+            raise MemoryError("CUDA out of memory")
+        sampled.extend(r["id"] for r in chunk)
+        return real_sample_and_score(scorer, chunk, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(filtering, "CHUNK", 2)
+    monkeypatch.setattr(filtering, "sample_and_score", counting)
+    options = dict(pack=pack, max_new_tokens=4, progress=False)
+    crash = True
+    with pytest.raises(MemoryError):
+        run_filter(tmp_path, keep=0.5, batch_size=8, **options)
+    crash, sampled[:] = False, []
+    run_filter(tmp_path, top_n=2, batch_size=2, heldout=0.0, **options)
+    assert sampled == ["r2", "r3", "r4", "r5"], "the chunk scored before the crash is kept"
+    first = read_jsonl(tmp_path / "scored.jsonl")
+    sampled.clear()
+    result = run_filter(tmp_path, min_score=0.0, **options)
+    assert sampled == [] and result.selected + result.heldout == 6
+    assert read_jsonl(tmp_path / "scored.jsonl") == first and not (tmp_path / PARTIAL).exists()
+    assert read_manifest(tmp_path)["stages"]["filter"]["results"]["rule"] == "score>=0.0"
+    run_filter(tmp_path, min_score=0.0, samples=2, **options)
+    assert sampled == [f"r{i}" for i in range(6)], "more samples per instruction change every score"
+
+
 @pytest.mark.slow
 def test_filter_stage_on_tiny(tmp_path: Path, fixture_packs: Path) -> None:
     from policyalign.models import load_model
