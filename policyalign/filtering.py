@@ -23,7 +23,7 @@ from .io import iter_jsonl, write_jsonl
 from .progress import progress_bar
 
 if TYPE_CHECKING:
-    from .generation import SamplingParams
+    from .generation import Backend, SamplingParams
     from .models import LoadedModel
     from .scoring import PolicyScorer
 
@@ -135,11 +135,16 @@ def chunk_seed(seed: int, index: int) -> int:
 
 
 def sample_and_score(scorer: "PolicyScorer", records: Sequence[dict[str, Any]], params: "SamplingParams",
-                     samples: int, *, backend: str = "transformers", batch_size: int = 8) -> list[dict[str, Any]]:
-    """On-policy responses from the student, scored against the policy teacher (mean over samples)."""
+                     samples: int, *, backend: "str | Backend" = "transformers",
+                     batch_size: int = 8) -> list[dict[str, Any]]:
+    """On-policy responses from the student, scored against the policy teacher (mean over samples).
+
+    `backend` is a backend name or one already made: a caller sampling chunk after chunk passes
+    one, since a vLLM engine takes minutes to start and keeps its GPU memory until the process ends.
+    """
     from .generation import get_backend
 
-    gen = get_backend(backend, scorer.loaded)
+    gen = get_backend(backend, scorer.loaded) if isinstance(backend, str) else backend
     conversations = [{"messages": r["messages"], **({"tools": r["tools"]} if r.get("tools") else {})} for r in records]
     per_record: list[list[tuple[Any, Any]]] = [[] for _ in records]
     for k in range(samples):
@@ -177,17 +182,21 @@ def score_instructions(run_dir: Path, scorer: "PolicyScorer", records: list[dict
                        config: FilterConfig, *, backend: str = "transformers",
                        progress: bool = True) -> list[dict[str, Any]]:
     """Score every instruction, continuing from `scored.partial.jsonl` after a crash."""
+    from .generation import get_backend
+
     partial = Path(run_dir) / PARTIAL
     done = {row["id"]: row for row in _read_partial(partial)}
     scorer.prompts([r for r in records if r["id"] not in done], room=config.max_new_tokens)  # fail before sampling
     chunks = [records[i:i + CHUNK] for i in range(0, len(records), CHUNK)]
+    gen: "Backend | None" = None  # one for every chunk, made only if one is left to sample
     with progress_bar(progress, len(records), "scoring policy sensitivity") as advance:
         advance(sum(1 for r in records if r["id"] in done))
         for index, chunk in enumerate(chunks):
             if all(r["id"] in done for r in chunk):
                 continue
+            gen = gen or get_backend(backend, scorer.loaded)
             rows = sample_and_score(scorer, chunk, sampling_params(config, chunk_seed(config.seed, index)),
-                                    config.samples, backend=backend, batch_size=config.batch_size)
+                                    config.samples, backend=gen, batch_size=config.batch_size)
             _check_finite(rows)
             _append(partial, rows)
             for row in rows:

@@ -114,7 +114,7 @@ def test_a_torn_partial_line_is_skipped_and_later_resumes_keep_their_rows(
 
     monkeypatch.setattr(filtering, "CHUNK", 2)
     monkeypatch.setattr(filtering, "sample_and_score", fake_sample_and_score)
-    scorer = SimpleNamespace(prompts=lambda records, room: ([], []))
+    scorer = SimpleNamespace(prompts=lambda records, room: ([], []), loaded=None)
     records = [{"id": f"r{i}", "category": "a", "messages": [{"role": "user", "content": "hi"}]} for i in range(6)]
     config = FilterConfig(max_new_tokens=4)
     first = filtering.score_instructions(tmp_path, scorer, records[:2], config, progress=False)  # type: ignore[arg-type]
@@ -212,6 +212,31 @@ def test_a_crashed_or_finished_filter_keeps_its_scores_when_only_the_selection_o
     assert read_manifest(tmp_path)["stages"]["filter"]["results"]["rule"] == "score>=0.0"
     run_filter(tmp_path, min_score=0.0, samples=2, **options)
     assert sampled == [f"r{i}" for i in range(6)], "more samples per instruction change every score"
+
+
+def test_one_generation_backend_samples_every_chunk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A vLLM engine takes minutes to start and keeps its GPU memory: a new one per chunk of 32
+    instructions would not fit beside the last one. (Nothing left to sample makes none.)"""
+    from policyalign import filtering, generation
+    from policyalign.models import load_model
+    from policyalign.scoring import PolicyScorer
+
+    made: list[str] = []
+    real_get_backend = generation.get_backend
+
+    def counting(name: str, loaded: object, **options: object) -> object:
+        made.append(name)
+        return real_get_backend(name, loaded, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(generation, "get_backend", counting)
+    monkeypatch.setattr(filtering, "CHUNK", 2)
+    scorer = PolicyScorer(load_model("tiny", device="cpu"), "Refuse to help build weapons.")
+    records = [{"id": f"r{i}", "category": "a", "messages": [{"role": "user", "content": f"hi {i}"}]} for i in range(5)]
+    config = FilterConfig(max_new_tokens=4)
+    rows = filtering.score_instructions(tmp_path, scorer, records, config, progress=False)
+    assert made == ["transformers"] and [r["id"] for r in rows] == [r["id"] for r in records]
+    filtering.score_instructions(tmp_path, scorer, records, config, progress=False)
+    assert made == ["transformers"]
 
 
 @pytest.mark.slow
