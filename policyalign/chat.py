@@ -66,8 +66,10 @@ def conversation(record: dict[str, Any]) -> tuple[list[Message], list[dict[str, 
     else:
         messages = _validated(record["messages"], where)
     tools = record.get("tools") or None
-    if tools is not None and not isinstance(tools, list):
-        raise InvalidInputError("'tools' must be a list of function definitions", where=where)
+    if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
+        # A name or a list of names fails inside transformers with a bare ValueError.
+        raise InvalidInputError("'tools' must be a list of function definitions", where=where,
+                                hint='each tool looks like {"type": "function", "function": {"name": ..., "parameters": {...}}}')
     return messages, tools
 
 

@@ -23,7 +23,7 @@ from .io import iter_jsonl, write_jsonl
 from .progress import progress_bar
 
 if TYPE_CHECKING:
-    from .generation import SamplingParams
+    from .generation import Backend, SamplingParams
     from .models import LoadedModel
     from .scoring import PolicyScorer
 
@@ -80,8 +80,9 @@ class FilterResult:
 
 # --------------------------------------------------------------------------- reading instructions
 
-INSTRUCTION_HINT = ('each line needs "id" (unique), "category" and "messages" (chat turns), as `pa synthesize` writes; '
-                    "fix or delete the line")
+INSTRUCTION_HINT = ('each line needs "id" (unique), "category" and "messages" (chat turns such as '
+                    '{"role": "user", "content": "..."}), and "tools" when given is a list of function definitions, '
+                    "as `pa synthesize` writes; fix or delete the line")
 
 
 def read_instructions(path: Path) -> list[dict[str, Any]]:
@@ -100,11 +101,17 @@ def read_instructions(path: Path) -> list[dict[str, Any]]:
 
 
 def _instruction_problem(row: dict[str, Any], seen: dict[str, int]) -> str | None:
+    from .chat import conversation
+
     for key in ("id", "category"):
         if not isinstance(row.get(key), str) or not row[key]:
             return f'"{key}" is missing or not a non-empty string'
     if not isinstance(row.get("messages"), list) or not row["messages"]:
         return '"messages" is missing or not a non-empty list of chat turns'
+    try:  # each turn and tool as chat templates need them: a bad one was a traceback from inside the template
+        conversation({"messages": row["messages"], "tools": row.get("tools")})
+    except InvalidInputError as exc:
+        return exc.problem.message
     if "provenance" in row and not isinstance(row["provenance"], dict):  # split_heldout reads its "source"
         return '"provenance" is not an object like {"source": "generated"}; fix it or drop the key'
     if row["id"] in seen:
@@ -128,11 +135,16 @@ def chunk_seed(seed: int, index: int) -> int:
 
 
 def sample_and_score(scorer: "PolicyScorer", records: Sequence[dict[str, Any]], params: "SamplingParams",
-                     samples: int, *, backend: str = "transformers", batch_size: int = 8) -> list[dict[str, Any]]:
-    """On-policy responses from the student, scored against the policy teacher (mean over samples)."""
+                     samples: int, *, backend: "str | Backend" = "transformers",
+                     batch_size: int = 8) -> list[dict[str, Any]]:
+    """On-policy responses from the student, scored against the policy teacher (mean over samples).
+
+    `backend` is a backend name or one already made: a caller sampling chunk after chunk passes
+    one, since a vLLM engine takes minutes to start and keeps its GPU memory until the process ends.
+    """
     from .generation import get_backend
 
-    gen = get_backend(backend, scorer.loaded)
+    gen = get_backend(backend, scorer.loaded) if isinstance(backend, str) else backend
     conversations = [{"messages": r["messages"], **({"tools": r["tools"]} if r.get("tools") else {})} for r in records]
     per_record: list[list[tuple[Any, Any]]] = [[] for _ in records]
     for k in range(samples):
@@ -170,22 +182,42 @@ def score_instructions(run_dir: Path, scorer: "PolicyScorer", records: list[dict
                        config: FilterConfig, *, backend: str = "transformers",
                        progress: bool = True) -> list[dict[str, Any]]:
     """Score every instruction, continuing from `scored.partial.jsonl` after a crash."""
+    from .generation import get_backend
+
     partial = Path(run_dir) / PARTIAL
     done = {row["id"]: row for row in _read_partial(partial)}
     scorer.prompts([r for r in records if r["id"] not in done], room=config.max_new_tokens)  # fail before sampling
     chunks = [records[i:i + CHUNK] for i in range(0, len(records), CHUNK)]
+    gen: "Backend | None" = None  # one for every chunk, made only if one is left to sample
     with progress_bar(progress, len(records), "scoring policy sensitivity") as advance:
         advance(sum(1 for r in records if r["id"] in done))
         for index, chunk in enumerate(chunks):
             if all(r["id"] in done for r in chunk):
                 continue
+            gen = gen or get_backend(backend, scorer.loaded)
             rows = sample_and_score(scorer, chunk, sampling_params(config, chunk_seed(config.seed, index)),
-                                    config.samples, backend=backend, batch_size=config.batch_size)
+                                    config.samples, backend=gen, batch_size=config.batch_size)
+            _check_finite(rows)
             _append(partial, rows)
             for row in rows:
                 done[row["id"]] = row
             advance(len(chunk))
     return [done[r["id"]] for r in records]
+
+
+def _check_finite(rows: list[dict[str, Any]]) -> None:
+    """Raise for a score that is NaN or infinite: the student or the teacher overflowed on that instruction.
+
+    Such a score would rank first or last at random (NaN compares false both ways), crash the
+    histogram and poison the held-out mean; sampling checks its logits the same way.
+    """
+    from .errors import ModelError
+
+    for row in rows:
+        if not all(math.isfinite(row[key]) for key in ("score", "score_full", "logprob_gap")):
+            raise ModelError(f"the model produced NaN or infinite logits scoring instruction {row['id']!r}",
+                             hint="the model overflowed (float16 weights often do): run on a GPU with bfloat16 "
+                                  "support, or with --device cpu (float32)")
 
 
 SCORED_KEYS = ("id", "response", "response_ids", "score", "score_full", "logprob_gap", "response_tokens", "samples")

@@ -33,13 +33,32 @@ TeacherContext = Callable[[], AbstractContextManager[Any]]
 # --------------------------------------------------------------------------- divergences
 
 
-def reverse_kl_full(student_logits: "torch.Tensor", teacher_logits: "torch.Tensor") -> "torch.Tensor":
-    """Per-position KL(student || teacher) over the full vocabulary: (..., V) -> (...)."""
+def _log_probs(logits: "torch.Tensor") -> "torch.Tensor":
     import torch
 
-    s = torch.log_softmax(student_logits.float(), dim=-1)
-    t = torch.log_softmax(teacher_logits.float(), dim=-1)
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def _kl(s: "torch.Tensor", t: "torch.Tensor") -> "torch.Tensor":
+    """KL(student || teacher) from log-probs over the last dimension."""
     return (s.exp() * (s - t)).sum(-1)
+
+
+def _kl_topk(s: "torch.Tensor", t: "torch.Tensor", k: int) -> "torch.Tensor":
+    """KL(student || teacher) from log-probs, on the student's top-k support, both renormalised there."""
+    import torch
+
+    k = min(k, s.size(-1)) if k > 0 else s.size(-1)
+    s_top, idx = torch.topk(s, k, dim=-1)
+    t_top = torch.gather(t, -1, idx)
+    s_top = s_top - torch.logsumexp(s_top, dim=-1, keepdim=True)
+    t_top = t_top - torch.logsumexp(t_top, dim=-1, keepdim=True)
+    return _kl(s_top, t_top)
+
+
+def reverse_kl_full(student_logits: "torch.Tensor", teacher_logits: "torch.Tensor") -> "torch.Tensor":
+    """Per-position KL(student || teacher) over the full vocabulary: (..., V) -> (...)."""
+    return _kl(_log_probs(student_logits), _log_probs(teacher_logits))
 
 
 def reverse_kl_topk(student_logits: "torch.Tensor", teacher_logits: "torch.Tensor", k: int) -> "torch.Tensor":
@@ -48,23 +67,41 @@ def reverse_kl_topk(student_logits: "torch.Tensor", teacher_logits: "torch.Tenso
     This is the paper's objective (k = 256) and the same quantity trl's top-k loss computes with
     alpha = 1; `k` larger than the vocabulary means the full vocabulary.
     """
-    import torch
-
-    k = min(k, student_logits.size(-1)) if k > 0 else student_logits.size(-1)
-    s_all = torch.log_softmax(student_logits.float(), dim=-1)
-    t_all = torch.log_softmax(teacher_logits.float(), dim=-1)
-    s_top, idx = torch.topk(s_all, k, dim=-1)
-    t_top = torch.gather(t_all, -1, idx)
-    s_top = s_top - torch.logsumexp(s_top, dim=-1, keepdim=True)
-    t_top = t_top - torch.logsumexp(t_top, dim=-1, keepdim=True)
-    return (s_top.exp() * (s_top - t_top)).sum(-1)
+    return _kl_topk(_log_probs(student_logits), _log_probs(teacher_logits), k)
 
 
 def token_logprobs(logits: "torch.Tensor", ids: "torch.Tensor") -> "torch.Tensor":
     """Log-prob of each realised token: (B, T, V), (B, T) -> (B, T)."""
+    return _log_probs(logits).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+
+
+# Logits per slice in `token_scores`: 64 MiB for each float32 temporary.
+SLICE_ELEMENTS = 1 << 24
+
+
+def token_scores(student_logits: "torch.Tensor", teacher_logits: "torch.Tensor", ids: "torch.Tensor",
+                 k: int) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+    """(top-k reverse KL, full reverse KL, student log-prob, teacher log-prob) of each position: (B, T).
+
+    Computed over slices of positions of at most SLICE_ELEMENTS logits. Every quantity needs
+    the float32 log-softmax of both sides; over a whole batch each is a (B, T, V) tensor (1.2 GB
+    for 8 responses of 256 tokens with a 152k vocabulary), and computing the four one after the
+    other kept about five of them alive at once, on top of the model. Each slice's log-softmaxes
+    are also computed once and shared by the four, instead of six times over.
+    """
     import torch
 
-    return torch.gather(torch.log_softmax(logits.float(), dim=-1), -1, ids.unsqueeze(-1)).squeeze(-1)
+    rows, positions, vocab = student_logits.shape
+    step = max(1, SLICE_ELEMENTS // max(1, rows * vocab))
+    parts = []
+    for start in range(0, positions, step):
+        s = _log_probs(student_logits[:, start:start + step])
+        t = _log_probs(teacher_logits[:, start:start + step])
+        index = ids[:, start:start + step].unsqueeze(-1)
+        parts.append((_kl_topk(s, t, k), _kl(s, t), s.gather(-1, index).squeeze(-1), t.gather(-1, index).squeeze(-1)))
+        del s, t
+    kl_top, kl_full, lp_s, lp_t = (torch.cat(columns, dim=1) for columns in zip(*parts))
+    return kl_top, kl_full, lp_s, lp_t
 
 
 # --------------------------------------------------------------------------- prefix cache
@@ -412,18 +449,22 @@ class PolicyScorer:
 
     def _score_batch(self, students: list[list[int]], teachers: list[list[int]],
                      completions: Sequence[Sequence[int]]) -> list[TokenScores]:
+        import torch
+
         safe = [list(c) if len(c) else [self.pad_id] for c in completions]
         s = self.student_logits(students, safe)
         t = self.teacher_logits(teachers, safe)
-        mask = s.mask.float()
+        real = s.mask.bool()
         for i, c in enumerate(completions):
             if not len(c):
-                mask[i] = 0
-        kl_top = reverse_kl_topk(s.logits, t.logits, self.top_k) * mask
-        kl_full = reverse_kl_full(s.logits, t.logits) * mask
-        lp_s = token_logprobs(s.logits, s.ids) * mask
-        lp_t = token_logprobs(t.logits, s.ids) * mask
-        n = mask.sum(-1)
+                real[i] = False
+
+        def masked(values: "torch.Tensor") -> "torch.Tensor":
+            # Not `values * mask`: a padding position's forward may overflow (fp16), and NaN * 0 is NaN.
+            return torch.where(real, values, 0.0)
+
+        kl_top, kl_full, lp_s, lp_t = (masked(x) for x in token_scores(s.logits, t.logits, s.ids, self.top_k))
+        n = real.sum(-1)
         denom = n.clamp(min=1)
         return [
             TokenScores(float(kl_top[i].sum() / denom[i]), float(kl_full[i].sum() / denom[i]),

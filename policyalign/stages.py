@@ -99,17 +99,49 @@ def filter_config(pack: "Pack", **options: Any) -> Any:
     return FilterConfig(keep=keep, **{k: v for k, v in options.items() if v is not None})
 
 
-def filter_key(run_dir: Path, pack: "Pack", model: str, config: Any, backend: str) -> str:
+def _filter_inputs(run_dir: Path, pack: "Pack", model: str, backend: str) -> dict[str, Any]:
     """The scores depend on the policy (the pack) and the sampler (the backend) as well as the instructions:
     an edited policy leaves the synthesized instructions unchanged, and must still re-score them."""
-    return fingerprint({"instructions": _file_hash(run_dir, "instructions.jsonl"), "pack": pack.digest, "model": model,
-                        "backend": backend, **asdict(config)})
+    return {"instructions": _file_hash(run_dir, "instructions.jsonl"), "pack": pack.digest, "model": model,
+            "backend": backend}
+
+
+def filter_key(run_dir: Path, pack: "Pack", model: str, config: Any, backend: str) -> str:
+    return fingerprint({**_filter_inputs(run_dir, pack, model, backend), **asdict(config)})
+
+
+# Filter settings the scores do not depend on: the selection and the held-out split come after
+# scoring, and every response is sampled from its own seed whatever the batch size.
+NOT_SCORED = ("keep", "top_n", "min_score", "no_filter", "heldout", "batch_size")
+
+
+def score_key(run_dir: Path, pack: "Pack", model: str, config: Any, backend: str) -> str:
+    """The filter key without the settings in NOT_SCORED: scores recorded under it can be reused."""
+    scoring = {k: v for k, v in asdict(config).items() if k not in NOT_SCORED}
+    return fingerprint({**_filter_inputs(run_dir, pack, model, backend), **scoring})
+
+
+def reuse_scores(run_dir: Path, key: str, scores: str) -> None:
+    """Keep what the last filter run scored when only the selection, the held-out split or the batch
+    size changed: its partial file after a crash (say, out of memory at --batch-size 16), or its
+    whole scored.jsonl after it finished. Scores from other settings are removed, never reused."""
+    import shutil
+
+    from .filtering import PARTIAL
+
+    previous = read_manifest(run_dir)["stages"].get("filter", {})
+    partial, scored = run_dir / PARTIAL, run_dir / "scored.jsonl"
+    # Runs recorded before score keys were: their partial file stays when nothing changed at all.
+    if previous.get("score_key") != scores and previous.get("key") != key:
+        partial.unlink(missing_ok=True)
+    elif previous.get("status") == "done" and scored.is_file() and not partial.exists():
+        shutil.copyfile(scored, partial)
 
 
 def run_filter(run_dir: Path, *, model: str | None = None, pack: "str | Pack | None" = None,
                packs_path: list[Path] | None = None, device: str | None = None, backend: str = "transformers",
                progress: bool = True, **options: Any) -> "FilterResult":
-    from .filtering import PARTIAL, filter_run, result_dict
+    from .filtering import filter_run, result_dict
     from .models import load_model
 
     run_dir = Path(run_dir)
@@ -117,9 +149,9 @@ def run_filter(run_dir: Path, *, model: str | None = None, pack: "str | Pack | N
     model = _model(run_dir, model)
     config = filter_config(the_pack, **options)
     key = filter_key(run_dir, the_pack, model, config, backend)
-    if read_manifest(run_dir)["stages"].get("filter", {}).get("key") != key:
-        (run_dir / PARTIAL).unlink(missing_ok=True)  # scores from other settings must not be reused
-    with stage(run_dir, "filter", key) as results:
+    scores = score_key(run_dir, the_pack, model, config, backend)
+    reuse_scores(run_dir, key, scores)
+    with stage(run_dir, "filter", key, score_key=scores) as results:
         loaded = load_model(model, device=device)
         result = filter_run(run_dir, loaded, the_pack.policy, config, backend=backend, progress=progress)
         results.update(result_dict(result, config))

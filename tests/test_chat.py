@@ -150,6 +150,7 @@ def test_conversation_normalises_prompt_and_messages() -> None:
     {"id": "d", "messages": [{"role": "robot", "content": "hi"}]},
     {"id": "e", "prompt": 3},
     {"id": "f", "messages": [{"role": "user", "content": "hi"}], "tools": {"name": "x"}},
+    {"id": "g", "messages": [{"role": "user", "content": "hi"}], "tools": ["search"]},
 ])
 def test_conversation_rejects_malformed_records(record: dict[str, Any]) -> None:
     with pytest.raises(InvalidInputError) as info:

@@ -71,7 +71,11 @@ def test_heldout_split_is_deterministic_stratified_and_disjoint() -> None:
 
 @pytest.mark.parametrize("bad, message", [({"category": None}, '"category" is missing'),
                                           ({"messages": []}, '"messages" is missing'),
-                                          ({"id": "r0"}, "id 'r0' repeats line 1")])
+                                          ({"id": "r0"}, "id 'r0' repeats line 1"),
+                                          ({"messages": ["hi"]}, "message 0 needs a role"),
+                                          ({"messages": [{"role": "user"}]}, r"message 0 \(user\): 'content' is missing"),
+                                          ({"tools": "search"}, "'tools' must be a list"),
+                                          ({"tools": ["search"]}, "'tools' must be a list")])
 def test_a_malformed_instruction_is_named_by_line_before_any_scoring(tmp_path: Path, bad: dict, message: str) -> None:
     rows = [{"id": f"r{i}", "category": "a", "messages": [{"role": "user", "content": "hi"}]} for i in range(3)]
     rows[1] = {**rows[1], **bad}
@@ -110,7 +114,7 @@ def test_a_torn_partial_line_is_skipped_and_later_resumes_keep_their_rows(
 
     monkeypatch.setattr(filtering, "CHUNK", 2)
     monkeypatch.setattr(filtering, "sample_and_score", fake_sample_and_score)
-    scorer = SimpleNamespace(prompts=lambda records, room: ([], []))
+    scorer = SimpleNamespace(prompts=lambda records, room: ([], []), loaded=None)
     records = [{"id": f"r{i}", "category": "a", "messages": [{"role": "user", "content": "hi"}]} for i in range(6)]
     config = FilterConfig(max_new_tokens=4)
     first = filtering.score_instructions(tmp_path, scorer, records[:2], config, progress=False)  # type: ignore[arg-type]
@@ -142,6 +146,97 @@ def test_a_policy_too_long_for_the_response_fails_before_any_sampling(
     with pytest.raises(InvalidInputError, match="instruction 'r2' needs") as caught:
         filtering.score_instructions(tmp_path, scorer, records, FilterConfig(max_new_tokens=128), progress=False)
     assert "shorten the policy, lower --max-new-tokens" in caught.value.problem.hint
+
+
+def test_an_overflow_while_scoring_stops_the_filter_naming_the_instruction(tmp_path: Path) -> None:
+    """A NaN score would rank first or last at random and crash the histogram after the whole
+    scoring: stop at once, say which instruction, and keep the NaN out of the partial file."""
+    from overflow import overflow_where
+
+    from policyalign import filtering
+    from policyalign.errors import ModelError
+    from policyalign.models import load_model
+    from policyalign.scoring import PolicyScorer
+
+    loaded = load_model("tiny", device="cpu")
+    scorer = PolicyScorer(loaded, "Refuse to help build weapons.")
+    records = [{"id": f"r{i}", "category": "a", "messages": [{"role": "user", "content": f"hi {i}"}]} for i in range(3)]
+    handle = overflow_where(loaded.model, lambda mask: mask.bool())
+    try:
+        with pytest.raises(ModelError, match="NaN or infinite logits scoring instruction 'r0'") as caught:
+            filtering.score_instructions(tmp_path, scorer, records, FilterConfig(max_new_tokens=4), progress=False)
+    finally:
+        handle.remove()
+    assert "--device cpu" in caught.value.problem.hint
+    assert not (tmp_path / PARTIAL).exists()
+
+
+def test_a_crashed_or_finished_filter_keeps_its_scores_when_only_the_selection_or_batch_size_changes(
+        tmp_path: Path, fixture_packs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out of memory at --batch-size 8, resumed at --batch-size 2 with another --keep: the chunks
+    already scored stay (the selection, the split and the batch size do not change a score); a
+    finished run re-selects without sampling; a setting that changes the scores re-scores all."""
+    from policyalign import filtering
+    from policyalign.registry import Registry
+    from policyalign.run import read_manifest, record_inputs
+    from policyalign.stages import run_filter
+
+    pack = Registry([fixture_packs]).load("root-pack")
+    record_inputs(tmp_path, pack, "tiny")
+    write_jsonl(tmp_path / "instructions.jsonl", [
+        {"id": f"r{i}", "category": pack.categories[i % 2].id, "messages": [{"role": "user", "content": f"Help {i}"}]}
+        for i in range(6)])
+    sampled: list[str] = []
+    real_sample_and_score = filtering.sample_and_score
+
+    def counting(scorer: object, chunk: list[dict], *args: object, **kwargs: object) -> list[dict]:
+        if crash and sampled:
+            raise MemoryError("CUDA out of memory")
+        sampled.extend(r["id"] for r in chunk)
+        return real_sample_and_score(scorer, chunk, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(filtering, "CHUNK", 2)
+    monkeypatch.setattr(filtering, "sample_and_score", counting)
+    options = dict(pack=pack, max_new_tokens=4, progress=False)
+    crash = True
+    with pytest.raises(MemoryError):
+        run_filter(tmp_path, keep=0.5, batch_size=8, **options)
+    crash, sampled[:] = False, []
+    run_filter(tmp_path, top_n=2, batch_size=2, heldout=0.0, **options)
+    assert sampled == ["r2", "r3", "r4", "r5"], "the chunk scored before the crash is kept"
+    first = read_jsonl(tmp_path / "scored.jsonl")
+    sampled.clear()
+    result = run_filter(tmp_path, min_score=0.0, **options)
+    assert sampled == [] and result.selected + result.heldout == 6
+    assert read_jsonl(tmp_path / "scored.jsonl") == first and not (tmp_path / PARTIAL).exists()
+    assert read_manifest(tmp_path)["stages"]["filter"]["results"]["rule"] == "score>=0.0"
+    run_filter(tmp_path, min_score=0.0, samples=2, **options)
+    assert sampled == [f"r{i}" for i in range(6)], "more samples per instruction change every score"
+
+
+def test_one_generation_backend_samples_every_chunk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A vLLM engine takes minutes to start and keeps its GPU memory: a new one per chunk of 32
+    instructions would not fit beside the last one. (Nothing left to sample makes none.)"""
+    from policyalign import filtering, generation
+    from policyalign.models import load_model
+    from policyalign.scoring import PolicyScorer
+
+    made: list[str] = []
+    real_get_backend = generation.get_backend
+
+    def counting(name: str, loaded: object, **options: object) -> object:
+        made.append(name)
+        return real_get_backend(name, loaded, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(generation, "get_backend", counting)
+    monkeypatch.setattr(filtering, "CHUNK", 2)
+    scorer = PolicyScorer(load_model("tiny", device="cpu"), "Refuse to help build weapons.")
+    records = [{"id": f"r{i}", "category": "a", "messages": [{"role": "user", "content": f"hi {i}"}]} for i in range(5)]
+    config = FilterConfig(max_new_tokens=4)
+    rows = filtering.score_instructions(tmp_path, scorer, records, config, progress=False)
+    assert made == ["transformers"] and [r["id"] for r in rows] == [r["id"] for r in records]
+    filtering.score_instructions(tmp_path, scorer, records, config, progress=False)
+    assert made == ["transformers"]
 
 
 @pytest.mark.slow

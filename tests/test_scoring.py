@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from contextlib import nullcontext
 
 import pytest
 import torch
+
+from overflow import overflow_where
 
 from policyalign.chat import encode_chat, teacher_messages
 from policyalign.models import load_model
@@ -258,3 +263,68 @@ def test_scoring_never_applies_dropout_and_leaves_the_mode_alone() -> None:
         first = completion_logits(model, prompts, completions, pad_id=0).logits
         again = completion_logits(model, prompts, completions, pad_id=0).logits
     assert torch.equal(first, again) and model.training
+
+
+def test_an_overflow_on_padding_does_not_reach_the_scores(tiny) -> None:
+    """Right padding forwards pad tokens after the shorter rows; in float16 those may overflow.
+    They are masked out, so they must not turn a row's score into NaN (NaN * 0 is NaN)."""
+    scorer = PolicyScorer(tiny, POLICY)
+    clean = scorer.score(RECORDS, COMPLETIONS)
+    handle = overflow_where(tiny.model, lambda mask: mask == 0)
+    try:
+        overflowed = scorer.score(RECORDS, COMPLETIONS)
+    finally:
+        handle.remove()
+    assert [s.reverse_kl for s in overflowed] == pytest.approx([s.reverse_kl for s in clean])
+    assert [s.teacher_logprob for s in overflowed] == pytest.approx([s.teacher_logprob for s in clean])
+
+
+
+def test_token_scores_in_slices_equal_the_whole_batch_divergences(monkeypatch: pytest.MonkeyPatch) -> None:
+    from policyalign import scoring
+
+    torch.manual_seed(0)
+    student, teacher = torch.randn(3, 37, 500) * 3, torch.randn(3, 37, 500) * 3
+    ids = torch.randint(0, 500, (3, 37))
+    monkeypatch.setattr(scoring, "SLICE_ELEMENTS", 3 * 500 * 4)  # 4 positions a slice, the last one short
+    got = scoring.token_scores(student, teacher, ids, 16)
+    want = (reverse_kl_topk(student, teacher, 16), reverse_kl_full(student, teacher),
+            scoring.token_logprobs(student, ids), scoring.token_logprobs(teacher, ids))
+    for a, b in zip(got, want):
+        assert a.shape == (3, 37) and torch.equal(a, b)
+
+
+MEMORY_PROBE = """
+import copy, dataclasses, resource, sys
+import torch
+from transformers import AutoModelForCausalLM
+from policyalign import scoring
+from policyalign.models import load_model
+
+scoring.SLICE_ELEMENTS = 1 << 20
+tiny = load_model("tiny")
+config = copy.deepcopy(tiny.model.config)
+config.vocab_size = 65536  # a real model's vocabulary, so the (rows, positions, vocabulary) tensors dominate
+model = AutoModelForCausalLM.from_config(config).eval()
+scorer = scoring.PolicyScorer(dataclasses.replace(tiny, model=model), "Refuse to help build weapons.")
+records = [{"id": str(i), "messages": [{"role": "user", "content": "hi"}]} for i in range(2)]
+completions = [list(range(3, 259))] * 2
+scorer.score(records[:1], [completions[0][:4]])  # the prefix cache and the head check, before the baseline
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+scorer.score(records, completions)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux")
+def test_scoring_long_responses_keeps_one_slice_of_float32_log_probs_alive() -> None:
+    """The student's and the teacher's logits are needed whole; the float32 log-softmaxes of both,
+    their exponent, difference and product are not: a batch of long responses with a large
+    vocabulary must not hold them all at once on top of the model (out of memory on a GPU)."""
+    # glibc serves large blocks from the heap once a few were freed, where freed ones stay resident:
+    # a fixed mmap threshold makes the peak resident size the peak of live tensors.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}
+    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    logits = 2 * 256 * 65536 * 4  # one side's float32 logits for the batch
+    assert int(out.stdout.split()[-1]) < 3 * logits
