@@ -331,7 +331,8 @@ class VLLMBackend:
     Prompts go in as token ids (not through `LLM.chat`) so both backends see exactly the same
     tokens; per-request `SamplingParams.seed` gives the same batch-independence as above.
     vLLM loads its own copy of the weights from `ref.location`: pass a `LoadedModel` from
-    `load_model(name, weights=False)` so the GPU is not also holding a transformers copy.
+    `load_model(name, weights=False)` so the GPU is not also holding a transformers copy. Where
+    one must stay (filtering scores with it), vLLM is given half of the memory still free.
     """
 
     name = "vllm"
@@ -348,6 +349,8 @@ class VLLMBackend:
         self._vllm = vllm
         ref = loaded.ref
         dtype = str(loaded.dtype).removeprefix("torch.")
+        if loaded.model is not None and str(loaded.device).startswith("cuda"):
+            llm_kwargs.setdefault("gpu_memory_utilization", _vllm_share_beside(loaded.device))
         self.llm = vllm.LLM(
             model=ref.location, revision=ref.revision, dtype=dtype,
             enable_lora=adapter is not None, **llm_kwargs,
@@ -390,6 +393,30 @@ class VLLMBackend:
                 finish_reason=reason,
             ))
         return results
+
+
+# Of the GPU memory still free beside a resident transformers copy, the share vLLM may take.
+VLLM_SHARE_OF_FREE = 0.5
+
+
+def vllm_memory_utilization(free_bytes: int, total_bytes: int) -> float:
+    """vLLM's `gpu_memory_utilization` (a fraction of the whole GPU) for half of what is free now.
+
+    vLLM's default (0.9 of the whole GPU) assumes it is alone: beside the transformers model that
+    `pa filter` keeps for scoring it refuses to start. Half of the free memory leaves the other half
+    for the scorer's activations, which run between vLLM's generations.
+    """
+    if total_bytes <= 0 or free_bytes <= 0:
+        raise ModelError("no free GPU memory for vLLM beside the loaded model",
+                         hint="use --backend transformers, or a GPU with room for a second copy of the weights")
+    return round(VLLM_SHARE_OF_FREE * free_bytes / total_bytes, 4)
+
+
+def _vllm_share_beside(device: str) -> float:
+    import torch
+
+    free, total = torch.cuda.mem_get_info(torch.device(device))
+    return vllm_memory_utilization(free, total)
 
 
 BACKENDS = ("transformers", "vllm")

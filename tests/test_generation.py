@@ -261,3 +261,15 @@ def test_cuda_sampling_is_batch_independent() -> None:
     a = backend.generate(CONVERSATIONS, SAMPLED, batch_size=2, progress=False)
     b = backend.generate(CONVERSATIONS, SAMPLED, batch_size=16, progress=False)
     assert _ids(a) == _ids(b)
+
+
+def test_vllm_beside_a_loaded_model_asks_for_half_the_free_memory() -> None:
+    """vLLM's default 0.9 of the GPU can't be had beside the scorer's weights: it would refuse to start."""
+    from policyalign.errors import ModelError
+    from policyalign.generation import vllm_memory_utilization
+
+    gib = 1 << 30
+    assert vllm_memory_utilization(64 * gib, 80 * gib) == 0.4  # a 7B in bf16 already holds ~16 GiB of 80
+    assert vllm_memory_utilization(80 * gib, 80 * gib) == 0.5
+    with pytest.raises(ModelError, match="no free GPU memory"):
+        vllm_memory_utilization(0, 80 * gib)
