@@ -53,8 +53,10 @@ class FilterConfig:
             raise InvalidInputError(f"--keep must be in (0, 1], got {self.keep}")
         if self.top_n is not None and self.top_n < 1:
             raise InvalidInputError(f"--top-k must be at least 1, got {self.top_n}")
-        if self.samples < 1:
-            raise InvalidInputError(f"--samples must be at least 1, got {self.samples}")
+        for flag, value in (("--samples", self.samples), ("--batch-size", self.batch_size),
+                            ("--max-new-tokens", self.max_new_tokens)):
+            if value < 1:  # here, before the model loads, not as a backend error after it
+                raise InvalidInputError(f"{flag} must be at least 1, got {value}")
         if not 0 <= self.heldout < 1:
             raise InvalidInputError(f"--heldout must be in [0, 1), got {self.heldout}")
 
