@@ -286,6 +286,21 @@ def test_an_ema_run_resumes_its_student_and_its_teacher(recorded_run) -> None:
     assert run_distill(run, resume=True, overrides={**options, "max_steps": 3}, progress=False).steps == 3
 
 
+def test_provenance_counts_the_synthesized_instructions(tmp_path: Path, fixture_packs: Path) -> None:
+    """policyalign.json (and the model card built from it) gives synthesis's count, as synthesis.json records it."""
+    from policyalign.distill import DistillResult, write_provenance
+    from policyalign.synthesize import synthesize
+
+    pack = Registry([fixture_packs]).load("root-pack")
+    made = synthesize(pack, "tiny", out_dir=tmp_path, n_per_category=1, sampling={"max_new_tokens": 8}, progress=False)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    result = DistillResult(adapter, steps=1, train_records=2, heldout_records=0, internalization_before=None,
+                           internalization_after=None)
+    data = write_provenance(adapter, pack, load_model("tiny"), DistillConfig(), result, tmp_path)["data"]
+    assert data["synthesized"] == made.summary["instructions"] > 0
+
+
 def test_unknown_target_modules_are_named_before_any_checkpoint_is_removed(recorded_run) -> None:
 
     run, pack = recorded_run
