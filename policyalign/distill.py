@@ -232,7 +232,8 @@ def _trainer_classes() -> tuple[type, type]:
             stock.__class__ = EpochRepeatSampler  # same state, plus set_epoch
             return stock
 
-        def _tokenize_prompts(self, prompts: list[Any], what: str = "instruction") -> list[list[int]]:
+        def _tokenize_prompts(self, prompts: list[Any], what: str = "instruction",
+                              file: Path | None = None) -> list[list[int]]:
             out = []
             for prompt in prompts:
                 conv = json.loads(prompt)
@@ -241,9 +242,25 @@ def _trainer_classes() -> tuple[type, type]:
                 if need > self.context_limit:
                     raise InvalidInputError(
                         f"{what} needs {need} tokens (prompt + max_new_tokens) but the model fits {self.context_limit}",
+                        file=str(file) if file else None,
                         hint="shorten the policy, drop long instructions, lower --max-new-tokens, or use a longer-context model")
                 out.append(ids)
             return out
+
+        def check_prompts_fit(self, records: list[dict[str, Any]], file: Path) -> None:
+            """Fail before training, naming the instruction, when a prompt leaves no room for its rollout.
+
+            Training tokenizes each batch only when it draws it, so an instruction too long for
+            the policy plus --max-new-tokens (filtering checked a shorter response, or none for
+            a hand-made selected.jsonl) would stop the run at whatever step reached it, without
+            saying which one.
+            """
+            for record in records:
+                prompt = training_prompt(record)
+                name = f"instruction {record['id']!r}"
+                self._tokenize_prompts([prompt], what=name, file=file)
+                self._tokenize_prompts([self.teacher_context_builder._compose_teacher_prompt(prompt, None)],
+                                       what=f"the policy plus {name}", file=file)
 
         def _generate_transformers(self, prompt_ids: list[list[int]]) -> tuple[list[list[int]], list[list[int]]]:
             """Rollouts from the student as it is, decoded fast: eval mode, adapter merged, `generation.decode`.
@@ -371,9 +388,12 @@ def training_dataset(records: list[dict[str, Any]]) -> Any:
     """trl's rows: the conversation as a JSON string (Arrow cannot hold arbitrary tool schemas)."""
     from datasets import Dataset
 
-    rows = [{"prompt": json.dumps({"messages": r["messages"], **({"tools": r["tools"]} if r.get("tools") else {})}),
-             "privileged_context": ""} for r in records]
-    return Dataset.from_list(rows)
+    return Dataset.from_list([{"prompt": training_prompt(r), "privileged_context": ""} for r in records])
+
+
+def training_prompt(record: dict[str, Any]) -> str:
+    """One instruction as the trainer's prompt column holds it: its conversation (and tools) as JSON."""
+    return json.dumps({"messages": record["messages"], **({"tools": record["tools"]} if record.get("tools") else {})})
 
 
 # --------------------------------------------------------------------------- checkpoints and outputs
@@ -527,6 +547,7 @@ def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillCon
     with cpu_threads(loaded):
         # Built before any checkpoint is removed: a setting the trainer rejects loses nothing.
         trainer = build_trainer(loaded, pack.policy, records, config, checkpoints, progress=progress and main)
+        trainer.check_prompts_fit(records, run_dir / "selected.jsonl")
         if processes > 1 and (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
             raise RunError("multi-process training supports data parallelism (DDP) only, not FSDP or DeepSpeed",
                            hint="launch with `torchrun --nproc_per_node N` or `accelerate launch --multi_gpu` "

@@ -301,6 +301,24 @@ def test_provenance_counts_the_synthesized_instructions(tmp_path: Path, fixture_
     assert data["synthesized"] == made.summary["instructions"] > 0
 
 
+def test_an_instruction_too_long_for_the_policy_is_named_before_training(tmp_path: Path, fixture_packs: Path) -> None:
+    """Training tokenizes a batch only when it draws it: a too-long instruction must stop the run before
+    the first step (not hours in), and the error must say which instruction of which file."""
+    pack = Registry([fixture_packs]).load("root-pack")
+    rows = _instructions(pack)[:6]
+    # 23 + 2n tokens alone, 55 more with root-pack's policy: the student prompt fits 8192 with 8 new tokens, the teacher's not.
+    rows.insert(5, {"id": "too-long", "category": rows[0]["category"], "messages": [{"role": "user", "content": "word " * 4070}]})
+    write_jsonl(tmp_path / "selected.jsonl", rows)
+    kept = checkpoint_dir(tmp_path) / "checkpoint-5"
+    kept.mkdir(parents=True)
+    (kept / "trainer_state.json").write_text('{"global_step": 5}')
+    config = DistillConfig(max_new_tokens=8, batch_size=1, save_steps=1, target_modules=("q_proj",))
+    with pytest.raises(InvalidInputError, match="the policy plus instruction 'too-long' needs 8226 tokens") as caught:
+        distill_run(tmp_path, pack, "tiny", config, progress=False)
+    assert caught.value.problem.file == str(tmp_path / "selected.jsonl")
+    assert [p.name for p in checkpoint_dir(tmp_path).iterdir()] == ["checkpoint-5"], "no step ran; nothing was removed"
+
+
 def test_unknown_target_modules_are_named_before_any_checkpoint_is_removed(recorded_run) -> None:
 
     run, pack = recorded_run
