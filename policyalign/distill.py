@@ -662,23 +662,32 @@ def build_trainer(loaded: "LoadedModel", policy: str, records: list[dict[str, An
         kwargs = {"policy": policy, "context_limit": max_context(loaded), "prefix_cache": config.prefix_cache}
     head = loaded.model.get_output_embeddings()
     vocab = head.weight.shape[0] if head is not None else loaded.model.config.get_text_config().vocab_size
-    from peft.utils.error import NoMatchingPeftModuleError
-
-    try:
-        trainer = cls(model=loaded.model, args=sdft_config(config, output_dir, vocab_size=vocab),
-                      train_dataset=training_dataset(records), processing_class=loaded.tokenizer,
-                      peft_config=lora_config(config), **kwargs)
-    except NoMatchingPeftModuleError:
-        given = config.target_modules if isinstance(config.target_modules, str) else list(config.target_modules)
-        raise InvalidInputError(f"--target-modules {given!r}: no such module in {loaded.ref.name}",
-                                where="training.target_modules",
-                                hint=f"adapt some of {', '.join(linear_module_names(loaded.model))} "
-                                     "(or all-linear), on the command line or in the pack") from None
+    check_target_modules(loaded, config.target_modules)
+    trainer = cls(model=loaded.model, args=sdft_config(config, output_dir, vocab_size=vocab),
+                  train_dataset=training_dataset(records), processing_class=loaded.tokenizer,
+                  peft_config=lora_config(config), **kwargs)
     trainer.remove_callback(PrinterCallback)  # raw log dicts on stdout; progress has its own bar
     trainer.add_callback(_ordinary_checkpoints_callback())
     if progress:
         trainer.add_callback(_progress_callback())
     return trainer
+
+
+def check_target_modules(loaded: "LoadedModel", targets: tuple[str, ...] | str) -> None:
+    """Every named LoRA target must be a module of the model, as peft matches it (the name, or a dotted suffix).
+
+    peft adapts whatever matches and drops the other names without a word, failing only when
+    none matches: `--target-modules q_proj,v_projj` trained q_proj alone.
+    """
+    if isinstance(targets, str):  # all-linear
+        return
+    names = [name for name, _ in loaded.model.named_modules()]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        raise InvalidInputError(f"--target-modules {missing!r}: no such module in {loaded.ref.name}",
+                                where="training.target_modules",
+                                hint=f"adapt some of {', '.join(linear_module_names(loaded.model))} "
+                                     "(or all-linear), on the command line or in the pack")
 
 
 def linear_module_names(model: Any) -> list[str]:

@@ -331,6 +331,27 @@ def test_unknown_target_modules_are_named_before_any_checkpoint_is_removed(recor
     assert kept.is_dir(), "a rejected setting must not cost the previous run's checkpoints"
 
 
+def test_every_target_module_must_exist_not_just_one(recorded_run) -> None:
+    """peft adapts the names that match and drops the others silently: one typo among good names is refused."""
+    run, _ = recorded_run
+    with pytest.raises(InvalidInputError, match="--target-modules \\['v_projj'\\]: no such module in tiny"):
+        run_distill(run, overrides={"target_modules": ["q_proj", "v_projj"], "max_steps": 1}, progress=False)
+
+
+def test_pa_distill_target_modules_may_have_spaces_after_the_commas(recorded_run) -> None:
+    """`--target-modules "q_proj, v_proj"` adapts both (it adapted q_proj alone)."""
+    from typer.testing import CliRunner
+
+    from policyalign.cli import app
+
+    run, _ = recorded_run
+    result = CliRunner().invoke(app, ["distill", str(run), "--target-modules", "q_proj, v_proj", "--max-steps", "1",
+                                      "--max-new-tokens", "4", "--batch-size", "2"])
+    assert result.exit_code == 0, result.output
+    adapter = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert sorted(adapter["target_modules"]) == ["q_proj", "v_proj"]
+
+
 def test_teacher_prompt_has_policy_as_system_message_and_no_truncation(run_dir) -> None:
     from policyalign.distill import _trainer_classes, build_trainer
 
