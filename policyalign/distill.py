@@ -757,6 +757,18 @@ def _filter_seed(run_dir: Path) -> int | None:
     return seed if isinstance(seed, int) else None
 
 
+def base_model_record(loaded: "LoadedModel") -> dict[str, Any]:
+    """The base model as policyalign.json names it, with the Hub commit its weights came from.
+
+    `revision` is what was asked for, usually nothing (the branch head at training time); the
+    commit pins the weights the adapter was trained on, after the repository moves on.
+    """
+    ref = loaded.ref
+    commit = getattr(loaded.model.config, "_commit_hash", None) if ref.kind == "hub" else None
+    return {"name": ref.name, "id": ref.location if ref.kind != "tiny" else "tiny", "revision": ref.revision,
+            "commit": commit if isinstance(commit, str) else None, "kind": ref.kind}
+
+
 def write_provenance(adapter_dir: Path, pack: "Pack", loaded: "LoadedModel", config: DistillConfig,
                      result: DistillResult, run_dir: Path) -> dict[str, Any]:
     """policyalign.json: exactly which pack, model, data and settings made this adapter."""
@@ -771,8 +783,7 @@ def write_provenance(adapter_dir: Path, pack: "Pack", loaded: "LoadedModel", con
                  "summary": pack.summary, "license": pack.license,
                  "categories": [{"id": c.id, "title": c.title, "action": c.action, "locked": c.locked}
                                 for c in pack.categories]},
-        "base_model": {"name": loaded.ref.name, "id": loaded.ref.location if loaded.ref.kind != "tiny" else "tiny",
-                       "revision": loaded.ref.revision, "kind": loaded.ref.kind},
+        "base_model": base_model_record(loaded),
         "config": {**asdict(config), "target_modules": list(config.target_modules)
                    if not isinstance(config.target_modules, str) else config.target_modules, "trl": PIN_TRL},
         "data": {"synthesized": synthesis.get("instructions") if isinstance(synthesis, dict) else None, "scored": scored,

@@ -301,6 +301,31 @@ def test_provenance_counts_the_synthesized_instructions(tmp_path: Path, fixture_
     assert data["synthesized"] == made.summary["instructions"] > 0
 
 
+def test_provenance_pins_the_hub_commit_of_the_base_model(tmp_path: Path, fixture_packs: Path) -> None:
+    """A Hub model asked for without a revision is recorded with the commit its weights came from."""
+    import shutil
+
+    from policyalign.tiny import tiny_model_path
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--acme--tiny"
+    shutil.copytree(tiny_model_path(), repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    pack_dir = fixture_packs / "root-pack"
+    code = ("import sys; from pathlib import Path; from policyalign.models import load_model; "
+            "from policyalign.distill import DistillConfig, DistillResult, write_provenance; "
+            "from policyalign.pack import load_pack; out = Path(sys.argv[1]); "
+            "write_provenance(out, load_pack(sys.argv[2]), load_model('acme/tiny'), DistillConfig(), "
+            "DistillResult(out, 1, 1, 0, None, None), out)")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(pack_dir)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads((tmp_path / "policyalign.json").read_text())["base_model"]
+    assert record == {"name": "acme/tiny", "id": "acme/tiny", "revision": None, "commit": commit, "kind": "hub"}
+
+
 def test_an_instruction_too_long_for_the_policy_is_named_before_training(tmp_path: Path, fixture_packs: Path) -> None:
     """Training tokenizes a batch only when it draws it: a too-long instruction must stop the run before
     the first step (not hours in), and the error must say which instruction of which file."""
