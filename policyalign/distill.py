@@ -419,6 +419,10 @@ def _state_written(path: Path) -> bool:
         return False
 
 
+# Beside the checkpoints: the stage settings they were trained with (see stages.checkpoint_record).
+CHECKPOINT_RECORD = "trained_with.json"
+
+
 def checkpoint_dir(run_dir: Path) -> Path:
     """Where `--resume` finds its checkpoints: beside the adapter, not inside it.
 
@@ -517,12 +521,13 @@ class DistillResult:
 
 def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillConfig, *,
                 device: str | None = None, resume: bool = False, restart_if_past: bool = False,
-                progress: bool = True) -> DistillResult:
+                progress: bool = True, record: Mapping[str, Any] | None = None) -> DistillResult:
     """Train the adapter on selected.jsonl; measure internalization on heldout.jsonl; save everything.
 
     `resume` continues the last checkpoint. One that has already trained more steps than
     `config` asks for is refused, or with `restart_if_past` (what `pa apply` wants) set aside
-    for a fresh run.
+    for a fresh run. `record` (what the checkpoints are trained with) is written beside them
+    once training starts, not before: a failure before then leaves the old checkpoints theirs.
     """
     from .filtering import read_instructions
     from .models import cpu_threads, load_model
@@ -555,6 +560,8 @@ def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillCon
         resume_from = _checkpoint_to_continue(trainer, run_dir, resume, restart_if_past)
         if resume_from is None and main:
             shutil.rmtree(checkpoints, ignore_errors=True)
+        if record is not None and main:
+            write_json(checkpoints / CHECKPOINT_RECORD, dict(record))
         before = _measure(trainer, loaded, pack.policy, heldout, config, adapter_on=False) if main else None
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         if trainer.state.global_step == 0:

@@ -240,6 +240,22 @@ def test_pa_distill_resume_continues_with_the_settings_the_run_was_trained_with(
     assert state["global_step"] == 3 and [h["step"] for h in state["log_history"] if "loss" in h] == [1, 2, 3]
 
 
+def test_a_run_that_failed_before_training_does_not_disown_the_checkpoints_it_kept(recorded_run) -> None:
+    """An attempt with other settings that fails before training keeps the checkpoints (nothing was trained);
+    it must not take their place as what they were trained with, or they could never be resumed."""
+    from policyalign.stages import recorded_distill_config
+
+    run, _ = recorded_run
+    options = {"max_steps": 2, "max_new_tokens": 8, "batch_size": 4, "save_steps": 1, "lora_r": 4}
+    run_distill(run, overrides=options, progress=False)
+    with pytest.raises(InvalidInputError, match="no such module"):
+        run_distill(run, overrides={**options, "lora_r": 8, "target_modules": ["q_prj"]}, progress=False)
+    assert recorded_distill_config(run)["lora_r"] == 4, "`pa distill --resume` continues with the checkpoint's settings"
+    assert run_distill(run, resume=True, overrides={**options, "max_steps": 3}, progress=False).steps == 3
+    with pytest.raises(RunError, match="--lora-r 4 then, 8 now"):
+        run_distill(run, resume=True, overrides={**options, "lora_r": 8, "max_steps": 4}, progress=False)
+
+
 @pytest.mark.slow
 def test_a_checkpoint_past_the_requested_length_is_refused_or_set_aside(recorded_run) -> None:
     """Resuming checkpoint-3 for 2 steps would train nothing and save the 3-step adapter as the 2-step one."""
