@@ -21,7 +21,7 @@ from functools import lru_cache
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .chat import encode_chat, student_messages, teacher_messages
 from .errors import InvalidInputError, RunError
@@ -432,16 +432,23 @@ def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def save_adapter(model: Any, target: Path) -> None:
-    """Save only the student adapter (not an EMA 'teacher' adapter), atomically by directory rename."""
+def save_adapter(model: Any, target: Path, finish: Callable[[Path], Any] = lambda staged: None) -> None:
+    """Save only the student adapter (not an EMA 'teacher' adapter), atomically by directory rename.
+
+    `finish` writes the files that describe these weights (policyalign.json, loss.png) into the
+    staged directory first: the adapter directory is replaced whole or not at all, never new
+    weights beside the previous training's provenance.
+    """
     tmp = target.parent / f".{target.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), selected_adapters=["default"])
-    (tmp / "README.md").unlink(missing_ok=True)  # PEFT's placeholder card; ours is RUN_DIR/README.md
+    try:
+        model.save_pretrained(str(tmp), selected_adapters=["default"])
+        (tmp / "README.md").unlink(missing_ok=True)  # PEFT's placeholder card; ours is RUN_DIR/README.md
+        finish(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     make_files_ordinary(tmp)  # safetensors writes the weights owner-only
-    for extra in target.glob("*") if target.is_dir() else []:
-        if extra.name not in {p.name for p in tmp.iterdir()} and extra.is_file():
-            shutil.copy2(extra, tmp / extra.name)
     old = target.parent / f".{target.name}.old"
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
@@ -572,9 +579,11 @@ def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillCon
     result = DistillResult(adapter_dir, trainer.state.global_step, len(records), len(heldout), before, after, history,
                            processes=processes, main=main)
     if main:
-        save_adapter(trainer.accelerator.unwrap_model(trainer.model), adapter_dir)
-        write_provenance(adapter_dir, pack, loaded, config, result, run_dir)
-        plot_loss(history, adapter_dir / "loss.png")
+        def describe(staged: Path) -> None:
+            write_provenance(staged, pack, loaded, config, result, run_dir)
+            plot_loss(history, staged / "loss.png")
+
+        save_adapter(trainer.accelerator.unwrap_model(trainer.model), adapter_dir, describe)
     _leave_process_group(trainer)
     return result
 

@@ -256,6 +256,21 @@ def test_a_run_that_failed_before_training_does_not_disown_the_checkpoints_it_ke
         run_distill(run, resume=True, overrides={**options, "lora_r": 8, "max_steps": 4}, progress=False)
 
 
+def test_the_adapter_is_replaced_whole_with_its_provenance_or_not_at_all(recorded_run) -> None:
+    """New weights went in by rename before policyalign.json and loss.png were written, and the old ones were
+    carried across: a failure in between left the new weights described by the previous training."""
+    run, _ = recorded_run
+    options = {"max_steps": 1, "max_new_tokens": 4, "batch_size": 2, "lora_r": 4}
+    run_distill(run, overrides=options, progress=False)
+    (run / "synthesis.json").write_text("{", encoding="utf-8")  # provenance cannot be written
+    with pytest.raises(InvalidInputError, match="invalid JSON"):
+        run_distill(run, overrides={**options, "lora_r": 8}, progress=False)
+    adapter = run / "adapter"
+    weights = json.loads((adapter / "adapter_config.json").read_text())["r"]
+    assert weights == json.loads((adapter / "policyalign.json").read_text())["config"]["lora_r"] == 4
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".adapter")) == []
+
+
 @pytest.mark.slow
 def test_a_checkpoint_past_the_requested_length_is_refused_or_set_aside(recorded_run) -> None:
     """Resuming checkpoint-3 for 2 steps would train nothing and save the 3-step adapter as the 2-step one."""
