@@ -22,7 +22,7 @@ from .pack import Pack
 from .run import read_manifest, record_inputs, stage_done, stage_results, write_manifest
 from .stages import (
     SELECTION_FLAGS, distill_config, distill_key, eval_key, filter_config, filter_key, run_distill, run_eval, run_filter,
-    card_key, resume_key, run_card, run_synthesize, selection_given, synthesize_key, synthesize_options,
+    card_key, checkpoint_record, resume_key, run_card, run_synthesize, selection_given, synthesize_key, synthesize_options,
 )
 
 # The built-in tiny model is for the offline demo and tests: these defaults make the whole
@@ -301,7 +301,7 @@ def apply(options: ApplyOptions, pack: Pack, *, on_stage: Callable[[str, str], N
     # Continue the last checkpoint whenever it was training the same thing (only the length, the
     # checkpoint interval or a speed switch changed): a longer --max-steps trains on from there, and
     # a checkpoint already past a shorter one is set aside for a fresh run.
-    recorded = read_manifest(run_dir)["stages"].get("distill", {})
+    recorded = checkpoint_record(run_dir)
     same = recorded.get("resume_key") == resume_key(run_dir, pack, options.model, dconf) or recorded.get("key") == dkey
     step("distill", dkey, ["adapter/policyalign.json"],
          lambda: run_distill(run_dir, model=options.model, pack=pack, resume=same, restart_if_past=True,

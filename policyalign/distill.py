@@ -21,7 +21,7 @@ from functools import lru_cache
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .chat import encode_chat, student_messages, teacher_messages
 from .errors import InvalidInputError, RunError
@@ -242,7 +242,8 @@ def _trainer_classes() -> tuple[type, type]:
             stock.__class__ = EpochRepeatSampler  # same state, plus set_epoch
             return stock
 
-        def _tokenize_prompts(self, prompts: list[Any], what: str = "instruction") -> list[list[int]]:
+        def _tokenize_prompts(self, prompts: list[Any], what: str = "instruction",
+                              file: Path | None = None) -> list[list[int]]:
             out = []
             for prompt in prompts:
                 conv = json.loads(prompt)
@@ -251,9 +252,25 @@ def _trainer_classes() -> tuple[type, type]:
                 if need > self.context_limit:
                     raise InvalidInputError(
                         f"{what} needs {need} tokens (prompt + max_new_tokens) but the model fits {self.context_limit}",
+                        file=str(file) if file else None,
                         hint="shorten the policy, drop long instructions, lower --max-new-tokens, or use a longer-context model")
                 out.append(ids)
             return out
+
+        def check_prompts_fit(self, records: list[dict[str, Any]], file: Path) -> None:
+            """Fail before training, naming the instruction, when a prompt leaves no room for its rollout.
+
+            Training tokenizes each batch only when it draws it, so an instruction too long for
+            the policy plus --max-new-tokens (filtering checked a shorter response, or none for
+            a hand-made selected.jsonl) would stop the run at whatever step reached it, without
+            saying which one.
+            """
+            for record in records:
+                prompt = training_prompt(record)
+                name = f"instruction {record['id']!r}"
+                self._tokenize_prompts([prompt], what=name, file=file)
+                self._tokenize_prompts([self.teacher_context_builder._compose_teacher_prompt(prompt, None)],
+                                       what=f"the policy plus {name}", file=file)
 
         def _generate_transformers(self, prompt_ids: list[list[int]]) -> tuple[list[list[int]], list[list[int]]]:
             """Rollouts from the student as it is, decoded fast: eval mode, adapter merged, `generation.decode`.
@@ -381,9 +398,12 @@ def training_dataset(records: list[dict[str, Any]]) -> Any:
     """trl's rows: the conversation as a JSON string (Arrow cannot hold arbitrary tool schemas)."""
     from datasets import Dataset
 
-    rows = [{"prompt": json.dumps({"messages": r["messages"], **({"tools": r["tools"]} if r.get("tools") else {})}),
-             "privileged_context": ""} for r in records]
-    return Dataset.from_list(rows)
+    return Dataset.from_list([{"prompt": training_prompt(r), "privileged_context": ""} for r in records])
+
+
+def training_prompt(record: dict[str, Any]) -> str:
+    """One instruction as the trainer's prompt column holds it: its conversation (and tools) as JSON."""
+    return json.dumps({"messages": record["messages"], **({"tools": record["tools"]} if record.get("tools") else {})})
 
 
 # --------------------------------------------------------------------------- checkpoints and outputs
@@ -409,6 +429,10 @@ def _state_written(path: Path) -> bool:
         return False
 
 
+# Beside the checkpoints: the stage settings they were trained with (see stages.checkpoint_record).
+CHECKPOINT_RECORD = "trained_with.json"
+
+
 def checkpoint_dir(run_dir: Path) -> Path:
     """Where `--resume` finds its checkpoints: beside the adapter, not inside it.
 
@@ -418,16 +442,23 @@ def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def save_adapter(model: Any, target: Path) -> None:
-    """Save only the student adapter (not an EMA 'teacher' adapter), atomically by directory rename."""
+def save_adapter(model: Any, target: Path, finish: Callable[[Path], Any] = lambda staged: None) -> None:
+    """Save only the student adapter (not an EMA 'teacher' adapter), atomically by directory rename.
+
+    `finish` writes the files that describe these weights (policyalign.json, loss.png) into the
+    staged directory first: the adapter directory is replaced whole or not at all, never new
+    weights beside the previous training's provenance.
+    """
     tmp = target.parent / f".{target.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), selected_adapters=["default"])
-    (tmp / "README.md").unlink(missing_ok=True)  # PEFT's placeholder card; ours is RUN_DIR/README.md
+    try:
+        model.save_pretrained(str(tmp), selected_adapters=["default"])
+        (tmp / "README.md").unlink(missing_ok=True)  # PEFT's placeholder card; ours is RUN_DIR/README.md
+        finish(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     make_files_ordinary(tmp)  # safetensors writes the weights owner-only
-    for extra in target.glob("*") if target.is_dir() else []:
-        if extra.name not in {p.name for p in tmp.iterdir()} and extra.is_file():
-            shutil.copy2(extra, tmp / extra.name)
     old = target.parent / f".{target.name}.old"
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
@@ -507,12 +538,13 @@ class DistillResult:
 
 def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillConfig, *,
                 device: str | None = None, resume: bool = False, restart_if_past: bool = False,
-                progress: bool = True) -> DistillResult:
+                progress: bool = True, record: Mapping[str, Any] | None = None) -> DistillResult:
     """Train the adapter on selected.jsonl; measure internalization on heldout.jsonl; save everything.
 
     `resume` continues the last checkpoint. One that has already trained more steps than
     `config` asks for is refused, or with `restart_if_past` (what `pa apply` wants) set aside
-    for a fresh run.
+    for a fresh run. `record` (what the checkpoints are trained with) is written beside them
+    once training starts, not before: a failure before then leaves the old checkpoints theirs.
     """
     from .filtering import read_instructions
     from .models import cpu_threads, load_model
@@ -537,6 +569,7 @@ def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillCon
     with cpu_threads(loaded):
         # Built before any checkpoint is removed: a setting the trainer rejects loses nothing.
         trainer = build_trainer(loaded, pack.policy, records, config, checkpoints, progress=progress and main)
+        trainer.check_prompts_fit(records, run_dir / "selected.jsonl")
         if processes > 1 and (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
             raise RunError("multi-process training supports data parallelism (DDP) only, not FSDP or DeepSpeed",
                            hint="launch with `torchrun --nproc_per_node N` or `accelerate launch --multi_gpu` "
@@ -544,6 +577,8 @@ def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillCon
         resume_from = _checkpoint_to_continue(trainer, run_dir, resume, restart_if_past)
         if resume_from is None and main:
             shutil.rmtree(checkpoints, ignore_errors=True)
+        if record is not None and main:
+            write_json(checkpoints / CHECKPOINT_RECORD, dict(record))
         before = _measure(trainer, loaded, pack.policy, heldout, config, adapter_on=False) if main else None
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         if trainer.state.global_step == 0:
@@ -554,9 +589,11 @@ def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillCon
     result = DistillResult(adapter_dir, trainer.state.global_step, len(records), len(heldout), before, after, history,
                            processes=processes, main=main)
     if main:
-        save_adapter(trainer.accelerator.unwrap_model(trainer.model), adapter_dir)
-        write_provenance(adapter_dir, pack, loaded, config, result, run_dir)
-        plot_loss(history, adapter_dir / "loss.png")
+        def describe(staged: Path) -> None:
+            write_provenance(staged, pack, loaded, config, result, run_dir)
+            plot_loss(history, staged / "loss.png")
+
+        save_adapter(trainer.accelerator.unwrap_model(trainer.model), adapter_dir, describe)
     _leave_process_group(trainer)
     return result
 
@@ -651,23 +688,32 @@ def build_trainer(loaded: "LoadedModel", policy: str, records: list[dict[str, An
         kwargs = {"policy": policy, "context_limit": max_context(loaded), "prefix_cache": config.prefix_cache}
     head = loaded.model.get_output_embeddings()
     vocab = head.weight.shape[0] if head is not None else loaded.model.config.get_text_config().vocab_size
-    from peft.utils.error import NoMatchingPeftModuleError
-
-    try:
-        trainer = cls(model=loaded.model, args=sdft_config(config, output_dir, vocab_size=vocab),
-                      train_dataset=training_dataset(records), processing_class=loaded.tokenizer,
-                      peft_config=lora_config(config), **kwargs)
-    except NoMatchingPeftModuleError:
-        given = config.target_modules if isinstance(config.target_modules, str) else list(config.target_modules)
-        raise InvalidInputError(f"--target-modules {given!r}: no such module in {loaded.ref.name}",
-                                where="training.target_modules",
-                                hint=f"adapt some of {', '.join(linear_module_names(loaded.model))} "
-                                     "(or all-linear), on the command line or in the pack") from None
+    check_target_modules(loaded, config.target_modules)
+    trainer = cls(model=loaded.model, args=sdft_config(config, output_dir, vocab_size=vocab),
+                  train_dataset=training_dataset(records), processing_class=loaded.tokenizer,
+                  peft_config=lora_config(config), **kwargs)
     trainer.remove_callback(PrinterCallback)  # raw log dicts on stdout; progress has its own bar
     trainer.add_callback(_ordinary_checkpoints_callback())
     if progress:
         trainer.add_callback(_progress_callback())
     return trainer
+
+
+def check_target_modules(loaded: "LoadedModel", targets: tuple[str, ...] | str) -> None:
+    """Every named LoRA target must be a module of the model, as peft matches it (the name, or a dotted suffix).
+
+    peft adapts whatever matches and drops the other names without a word, failing only when
+    none matches: `--target-modules q_proj,v_projj` trained q_proj alone.
+    """
+    if isinstance(targets, str):  # all-linear
+        return
+    names = [name for name, _ in loaded.model.named_modules()]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        raise InvalidInputError(f"--target-modules {missing!r}: no such module in {loaded.ref.name}",
+                                where="training.target_modules",
+                                hint=f"adapt some of {', '.join(linear_module_names(loaded.model))} "
+                                     "(or all-linear), on the command line or in the pack")
 
 
 def linear_module_names(model: Any) -> list[str]:
@@ -737,6 +783,18 @@ def _filter_seed(run_dir: Path) -> int | None:
     return seed if isinstance(seed, int) else None
 
 
+def base_model_record(loaded: "LoadedModel") -> dict[str, Any]:
+    """The base model as policyalign.json names it, with the Hub commit its weights came from.
+
+    `revision` is what was asked for, usually nothing (the branch head at training time); the
+    commit pins the weights the adapter was trained on, after the repository moves on.
+    """
+    ref = loaded.ref
+    commit = getattr(loaded.model.config, "_commit_hash", None) if ref.kind == "hub" else None
+    return {"name": ref.name, "id": ref.location if ref.kind != "tiny" else "tiny", "revision": ref.revision,
+            "commit": commit if isinstance(commit, str) else None, "kind": ref.kind}
+
+
 def write_provenance(adapter_dir: Path, pack: "Pack", loaded: "LoadedModel", config: DistillConfig,
                      result: DistillResult, run_dir: Path) -> dict[str, Any]:
     """policyalign.json: exactly which pack, model, data and settings made this adapter."""
@@ -751,11 +809,10 @@ def write_provenance(adapter_dir: Path, pack: "Pack", loaded: "LoadedModel", con
                  "summary": pack.summary, "license": pack.license,
                  "categories": [{"id": c.id, "title": c.title, "action": c.action, "locked": c.locked}
                                 for c in pack.categories]},
-        "base_model": {"name": loaded.ref.name, "id": loaded.ref.location if loaded.ref.kind != "tiny" else "tiny",
-                       "revision": loaded.ref.revision, "kind": loaded.ref.kind},
+        "base_model": base_model_record(loaded),
         "config": {**asdict(config), "target_modules": list(config.target_modules)
                    if not isinstance(config.target_modules, str) else config.target_modules, "trl": PIN_TRL},
-        "data": {"synthesized": synthesis.get("total") if isinstance(synthesis, dict) else None, "scored": scored,
+        "data": {"synthesized": synthesis.get("instructions") if isinstance(synthesis, dict) else None, "scored": scored,
                  "selected": result.train_records, "heldout": result.heldout_records},
         "internalization": {"before": result.internalization_before, "after": result.internalization_after,
                             "drop": result.internalization_drop},

@@ -264,20 +264,33 @@ def _append(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def split_heldout(records: list[dict[str, Any]], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """(train pool, held out): per category, a deterministic `fraction` (at least one when the
-    category has three or more instructions); generated instructions are held out before seeds."""
+    """(train pool, held out): per category, a deterministic `fraction` of the distinct instructions (at
+    least one when the category has three or more); generated instructions are held out before seeds.
+
+    Instructions are told apart by their normalised text, not their ids: a hand-made file can hold
+    the same request twice under two ids (or in two categories), and one copy trained on would
+    leak into the held-out internalization metric. Every copy of a held-out text is held out.
+    """
     if fraction <= 0:
         return list(records), []
-    by_cat: dict[str, list[dict]] = defaultdict(list)
+    from .dedup import normalize
+    from .parsing import instruction_text
+
+    # A row with no user text to compare is its own instruction.
+    text = {r["id"]: normalize(instruction_text(r)) or f"\0{r['id']}" for r in records}
+    by_cat: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
-        by_cat[r["category"]].append(r)
+        by_cat[r["category"]][text[r["id"]]].append(r)
+
+    def rank(r: dict[str, Any]) -> tuple[bool, str]:
+        return (r.get("provenance", {}).get("source") == "seed",
+                hashlib.sha256(f"{seed}:{r['id']}".encode()).hexdigest())
+
     held: set[str] = set()
-    for rows in by_cat.values():
-        n = max(1, round(fraction * len(rows))) if len(rows) >= 3 else 0
-        ranked = sorted(rows, key=lambda r: (r.get("provenance", {}).get("source") == "seed",
-                                             hashlib.sha256(f"{seed}:{r['id']}".encode()).hexdigest()))
-        held.update(r["id"] for r in ranked[:n])
-    return [r for r in records if r["id"] not in held], [r for r in records if r["id"] in held]
+    for copies in by_cat.values():
+        n = max(1, round(fraction * len(copies))) if len(copies) >= 3 else 0
+        held.update(sorted(copies, key=lambda t: min(map(rank, copies[t])))[:n])
+    return [r for r in records if text[r["id"]] not in held], [r for r in records if text[r["id"]] in held]
 
 
 def select(scored: list[dict[str, Any]], config: FilterConfig) -> list[dict[str, Any]]:

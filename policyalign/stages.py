@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidInputError, RunError
-from .io import sha256_file
+from .io import read_json, sha256_file
 from .run import MANIFEST, fingerprint, load_run_pack, read_manifest, record_inputs, run_inputs, stage
 
 if TYPE_CHECKING:
@@ -213,7 +213,7 @@ def check_resumable(run_dir: Path, settings: dict[str, Any]) -> None:
     """
     from .distill import resume_point
 
-    entry = read_manifest(run_dir)["stages"].get("distill", {})
+    entry = checkpoint_record(run_dir)
     checkpoint = resume_point(run_dir)
     if checkpoint is None or entry.get("resume_key") in (None, fingerprint(settings)):
         return
@@ -225,9 +225,25 @@ def check_resumable(run_dir: Path, settings: dict[str, Any]) -> None:
                         "--save-steps, --no-prefix-cache and --vllm may change), or drop --resume to train afresh")
 
 
+def checkpoint_record(run_dir: Path) -> dict[str, Any]:
+    """What the run's checkpoints were trained with: their `key`, `resume_key`, `settings` and `config`.
+
+    Training writes it beside them when it starts (`distill.CHECKPOINT_RECORD`). run.json's distill
+    entry is rewritten when the stage starts, so an attempt that failed before training (a bad
+    flag, a prompt too long) would claim the checkpoints it left alone, and they could never be
+    resumed; it is read only for runs whose checkpoints have no record.
+    """
+    from .distill import CHECKPOINT_RECORD, resume_point
+
+    checkpoint = resume_point(run_dir)
+    record = checkpoint.parent / CHECKPOINT_RECORD if checkpoint else None
+    data = read_json(record) if record and record.is_file() else None
+    return data if isinstance(data, dict) else read_manifest(run_dir)["stages"].get("distill", {})
+
+
 def recorded_distill_config(run_dir: Path) -> dict[str, Any]:
     """The settings the run's last training used (as `pa distill` overrides), or {} before any."""
-    config = read_manifest(run_dir)["stages"].get("distill", {}).get("config")
+    config = checkpoint_record(run_dir).get("config")
     return dict(config) if isinstance(config, dict) else {}
 
 
@@ -246,10 +262,12 @@ def run_distill(run_dir: Path, *, model: str | None = None, pack: "str | Pack | 
     if launch_rank()[0] != 0:  # another rank of a multi-process run: train; rank 0 keeps the books
         return distill_run(run_dir, the_pack, model, config, device=device, resume=resume,
                            restart_if_past=restart_if_past, progress=False)
-    with stage(run_dir, "distill", distill_key(run_dir, the_pack, model, config), resume_key=fingerprint(settings),
-               settings=settings, config=json.loads(json.dumps(asdict(config), default=str))) as results:
+    record = {"resume_key": fingerprint(settings), "settings": settings,
+              "config": json.loads(json.dumps(asdict(config), default=str))}
+    key = distill_key(run_dir, the_pack, model, config)
+    with stage(run_dir, "distill", key, **record) as results:
         result = distill_run(run_dir, the_pack, model, config, device=device, resume=resume,
-                             restart_if_past=restart_if_past, progress=progress)
+                             restart_if_past=restart_if_past, progress=progress, record={"key": key, **record})
         results.update({"steps": result.steps, "selected": result.train_records, "heldout": result.heldout_records,
                         "internalization_before": result.internalization_before,
                         "internalization_after": result.internalization_after})

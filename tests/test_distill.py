@@ -240,6 +240,37 @@ def test_pa_distill_resume_continues_with_the_settings_the_run_was_trained_with(
     assert state["global_step"] == 3 and [h["step"] for h in state["log_history"] if "loss" in h] == [1, 2, 3]
 
 
+def test_a_run_that_failed_before_training_does_not_disown_the_checkpoints_it_kept(recorded_run) -> None:
+    """An attempt with other settings that fails before training keeps the checkpoints (nothing was trained);
+    it must not take their place as what they were trained with, or they could never be resumed."""
+    from policyalign.stages import recorded_distill_config
+
+    run, _ = recorded_run
+    options = {"max_steps": 2, "max_new_tokens": 8, "batch_size": 4, "save_steps": 1, "lora_r": 4}
+    run_distill(run, overrides=options, progress=False)
+    with pytest.raises(InvalidInputError, match="no such module"):
+        run_distill(run, overrides={**options, "lora_r": 8, "target_modules": ["q_prj"]}, progress=False)
+    assert recorded_distill_config(run)["lora_r"] == 4, "`pa distill --resume` continues with the checkpoint's settings"
+    assert run_distill(run, resume=True, overrides={**options, "max_steps": 3}, progress=False).steps == 3
+    with pytest.raises(RunError, match="--lora-r 4 then, 8 now"):
+        run_distill(run, resume=True, overrides={**options, "lora_r": 8, "max_steps": 4}, progress=False)
+
+
+def test_the_adapter_is_replaced_whole_with_its_provenance_or_not_at_all(recorded_run) -> None:
+    """New weights went in by rename before policyalign.json and loss.png were written, and the old ones were
+    carried across: a failure in between left the new weights described by the previous training."""
+    run, _ = recorded_run
+    options = {"max_steps": 1, "max_new_tokens": 4, "batch_size": 2, "lora_r": 4}
+    run_distill(run, overrides=options, progress=False)
+    (run / "synthesis.json").write_text("{", encoding="utf-8")  # provenance cannot be written
+    with pytest.raises(InvalidInputError, match="invalid JSON"):
+        run_distill(run, overrides={**options, "lora_r": 8}, progress=False)
+    adapter = run / "adapter"
+    weights = json.loads((adapter / "adapter_config.json").read_text())["r"]
+    assert weights == json.loads((adapter / "policyalign.json").read_text())["config"]["lora_r"] == 4
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".adapter")) == []
+
+
 @pytest.mark.slow
 def test_a_checkpoint_past_the_requested_length_is_refused_or_set_aside(recorded_run) -> None:
     """Resuming checkpoint-3 for 2 steps would train nothing and save the 3-step adapter as the 2-step one."""
@@ -286,6 +317,64 @@ def test_an_ema_run_resumes_its_student_and_its_teacher(recorded_run) -> None:
     assert run_distill(run, resume=True, overrides={**options, "max_steps": 3}, progress=False).steps == 3
 
 
+def test_provenance_counts_the_synthesized_instructions(tmp_path: Path, fixture_packs: Path) -> None:
+    """policyalign.json (and the model card built from it) gives synthesis's count, as synthesis.json records it."""
+    from policyalign.distill import DistillResult, write_provenance
+    from policyalign.synthesize import synthesize
+
+    pack = Registry([fixture_packs]).load("root-pack")
+    made = synthesize(pack, "tiny", out_dir=tmp_path, n_per_category=1, sampling={"max_new_tokens": 8}, progress=False)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    result = DistillResult(adapter, steps=1, train_records=2, heldout_records=0, internalization_before=None,
+                           internalization_after=None)
+    data = write_provenance(adapter, pack, load_model("tiny"), DistillConfig(), result, tmp_path)["data"]
+    assert data["synthesized"] == made.summary["instructions"] > 0
+
+
+def test_provenance_pins_the_hub_commit_of_the_base_model(tmp_path: Path, fixture_packs: Path) -> None:
+    """A Hub model asked for without a revision is recorded with the commit its weights came from."""
+    import shutil
+
+    from policyalign.tiny import tiny_model_path
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--acme--tiny"
+    shutil.copytree(tiny_model_path(), repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    pack_dir = fixture_packs / "root-pack"
+    code = ("import sys; from pathlib import Path; from policyalign.models import load_model; "
+            "from policyalign.distill import DistillConfig, DistillResult, write_provenance; "
+            "from policyalign.pack import load_pack; out = Path(sys.argv[1]); "
+            "write_provenance(out, load_pack(sys.argv[2]), load_model('acme/tiny'), DistillConfig(), "
+            "DistillResult(out, 1, 1, 0, None, None), out)")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(pack_dir)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads((tmp_path / "policyalign.json").read_text())["base_model"]
+    assert record == {"name": "acme/tiny", "id": "acme/tiny", "revision": None, "commit": commit, "kind": "hub"}
+
+
+def test_an_instruction_too_long_for_the_policy_is_named_before_training(tmp_path: Path, fixture_packs: Path) -> None:
+    """Training tokenizes a batch only when it draws it: a too-long instruction must stop the run before
+    the first step (not hours in), and the error must say which instruction of which file."""
+    pack = Registry([fixture_packs]).load("root-pack")
+    rows = _instructions(pack)[:6]
+    # 23 + 2n tokens alone, 55 more with root-pack's policy: the student prompt fits 8192 with 8 new tokens, the teacher's not.
+    rows.insert(5, {"id": "too-long", "category": rows[0]["category"], "messages": [{"role": "user", "content": "word " * 4070}]})
+    write_jsonl(tmp_path / "selected.jsonl", rows)
+    kept = checkpoint_dir(tmp_path) / "checkpoint-5"
+    kept.mkdir(parents=True)
+    (kept / "trainer_state.json").write_text('{"global_step": 5}')
+    config = DistillConfig(max_new_tokens=8, batch_size=1, save_steps=1, target_modules=("q_proj",))
+    with pytest.raises(InvalidInputError, match="the policy plus instruction 'too-long' needs 8226 tokens") as caught:
+        distill_run(tmp_path, pack, "tiny", config, progress=False)
+    assert caught.value.problem.file == str(tmp_path / "selected.jsonl")
+    assert [p.name for p in checkpoint_dir(tmp_path).iterdir()] == ["checkpoint-5"], "no step ran; nothing was removed"
+
+
 def test_unknown_target_modules_are_named_before_any_checkpoint_is_removed(recorded_run) -> None:
 
     run, pack = recorded_run
@@ -296,6 +385,27 @@ def test_unknown_target_modules_are_named_before_any_checkpoint_is_removed(recor
         run_distill(run, overrides={"target_modules": ["q_projj"], "max_steps": 1}, progress=False)
     assert "q_proj" in caught.value.problem.hint and "all-linear" in caught.value.problem.hint
     assert kept.is_dir(), "a rejected setting must not cost the previous run's checkpoints"
+
+
+def test_every_target_module_must_exist_not_just_one(recorded_run) -> None:
+    """peft adapts the names that match and drops the others silently: one typo among good names is refused."""
+    run, _ = recorded_run
+    with pytest.raises(InvalidInputError, match="--target-modules \\['v_projj'\\]: no such module in tiny"):
+        run_distill(run, overrides={"target_modules": ["q_proj", "v_projj"], "max_steps": 1}, progress=False)
+
+
+def test_pa_distill_target_modules_may_have_spaces_after_the_commas(recorded_run) -> None:
+    """`--target-modules "q_proj, v_proj"` adapts both (it adapted q_proj alone)."""
+    from typer.testing import CliRunner
+
+    from policyalign.cli import app
+
+    run, _ = recorded_run
+    result = CliRunner().invoke(app, ["distill", str(run), "--target-modules", "q_proj, v_proj", "--max-steps", "1",
+                                      "--max-new-tokens", "4", "--batch-size", "2"])
+    assert result.exit_code == 0, result.output
+    adapter = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert sorted(adapter["target_modules"]) == ["q_proj", "v_proj"]
 
 
 def test_teacher_prompt_has_policy_as_system_message_and_no_truncation(run_dir) -> None:

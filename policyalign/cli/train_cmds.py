@@ -75,7 +75,8 @@ def distill(
     """Distill the policy into a LoRA adapter (on-policy, reverse KL to the policy-prompted teacher)."""
     from ..stages import recorded_distill_config, run_distill
 
-    targets = target_modules if target_modules in (None, "all-linear") else tuple(target_modules.split(","))
+    targets = target_modules if target_modules in (None, "all-linear") else \
+        tuple(name.strip() for name in target_modules.split(",") if name.strip())
     given = {k: v for k, v in dict(
         lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=targets,
         learning_rate=learning_rate, num_epochs=epochs, max_steps=max_steps, batch_size=batch_size,
