@@ -745,7 +745,7 @@ def write_provenance(adapter_dir: Path, pack: "Pack", loaded: "LoadedModel", con
                        "revision": loaded.ref.revision, "kind": loaded.ref.kind},
         "config": {**asdict(config), "target_modules": list(config.target_modules)
                    if not isinstance(config.target_modules, str) else config.target_modules, "trl": PIN_TRL},
-        "data": {"synthesized": synthesis.get("total") if isinstance(synthesis, dict) else None, "scored": scored,
+        "data": {"synthesized": synthesis.get("instructions") if isinstance(synthesis, dict) else None, "scored": scored,
                  "selected": result.train_records, "heldout": result.heldout_records},
         "internalization": {"before": result.internalization_before, "after": result.internalization_after,
                             "drop": result.internalization_drop},

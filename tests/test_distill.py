@@ -150,6 +150,20 @@ def test_resume_continues_from_checkpoint(run_dir) -> None:
     assert [h["loss"] for h in result.history[:4]] == [h["loss"] for h in first.history]
 
 
+def test_provenance_counts_the_instructions_synthesis_wrote(tmp_path: Path, fixture_packs: Path) -> None:
+    """policyalign.json read a `total` synthesis.json never had: every model card said `synthesized | null`."""
+    from policyalign.synthesize import synthesize
+
+    pack = Registry([fixture_packs]).load("root-pack")
+    synthesized = synthesize(pack, "tiny", out_dir=tmp_path, n_per_category=1, sampling={"max_new_tokens": 8},
+                             progress=False)
+    filter_run(tmp_path, load_model("tiny"), pack.policy, FilterConfig(keep=1.0, max_new_tokens=4, heldout=0.0),
+               progress=False)
+    distill_run(tmp_path, pack, "tiny", DistillConfig(max_steps=1, max_new_tokens=4, batch_size=2), progress=False)
+    meta = json.loads((tmp_path / "adapter" / "policyalign.json").read_text())
+    assert meta["data"]["synthesized"] == len(synthesized.instructions) > 0
+
+
 def test_a_checkpoint_killed_while_writing_its_state_is_not_resumed_from(tmp_path: Path) -> None:
     for step, state in ((2, '{"global_step": 2}'), (3, '{"global_st')):  # checkpoint-3 cut short mid-write
         (tmp_path / f"checkpoint-{step}").mkdir()
