@@ -22,7 +22,7 @@ from .pack import Pack
 from .run import read_manifest, record_inputs, stage_done, stage_results, write_manifest
 from .stages import (
     SELECTION_FLAGS, distill_config, distill_key, eval_key, filter_config, filter_key, run_distill, run_eval, run_filter,
-    card_key, resume_key, run_card, run_synthesize, selection_given, synthesize_key, synthesize_options,
+    card_key, push_key, resume_key, run_card, run_synthesize, selection_given, synthesize_key, synthesize_options,
 )
 
 # The built-in tiny model is for the offline demo and tests: these defaults make the whole
@@ -296,19 +296,20 @@ def apply(options: ApplyOptions, pack: Pack, *, on_stage: Callable[[str, str], N
          lambda: run_card(run_dir, repo_id))
     url = None
     if options.push_to:
-        from .hub import push_run
-
-        on_stage("push", "running")
-        url = push_run(run_dir, options.push_to, private=options.private)
-        _record_push(run_dir, url)
-        reports.append(StageReport("push", "ran"))
-        on_stage("push", "done")
+        pkey = push_key(run_dir, options.push_to)
+        step("push", pkey, ["README.md"], lambda: _push(run_dir, options.push_to, options.private, pkey))
+        url = read_manifest(run_dir)["stages"]["push"]["url"]
     return ApplyResult(run_dir, reports, run_summary(run_dir), url)
 
 
-def _record_push(run_dir: Path, url: str) -> None:
+def _push(run_dir: Path, repo_id: str, private: bool, key: str) -> None:
+    """Publish the run and record it with its key: a re-run skips a push of the same card, whose
+    tag the Hub already holds (pushing it again could only fail: `pa push` never moves a tag)."""
+    from .hub import push_run
+
+    url = push_run(run_dir, repo_id, private=private)
     manifest = read_manifest(run_dir)
-    manifest["stages"]["push"] = {"status": "done", "url": url}
+    manifest["stages"]["push"] = {"status": "done", "key": key, "url": url}
     write_manifest(run_dir, manifest)
 
 

@@ -239,3 +239,22 @@ def test_bad_settings_of_a_later_stage_fail_before_the_first_stage_runs(tmp_path
     with pytest.raises(InvalidInputError, match=message):
         apply(_options(fixture_packs, run, **bad), pack)
     assert not (run / "instructions.jsonl").exists(), "nothing was synthesized"
+
+
+@pytest.mark.slow
+def test_rerunning_apply_with_push_to_skips_the_push_it_already_made(tmp_path: Path, fixture_packs: Path, hub_server,  # type: ignore[no-untyped-def]
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A finished `pa apply --push-to` run again pushed again, and failed on the tag its first push made."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_ENDPOINT", hub_server.endpoint)
+    monkeypatch.setenv("HF_TOKEN", hub_server.token)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
+    pack = Registry([fixture_packs]).load("child-pack")
+    run = tmp_path / "run"
+    first = apply(_options(fixture_packs, run, push_to="org/apply-rerun"), pack)
+    assert first.stages[-1].name == "push" and first.stages[-1].status == "ran"
+    again = apply(_options(fixture_packs, run, push_to="org/apply-rerun"), pack)
+    assert [s.status for s in again.stages] == ["skipped"] * 7
+    assert again.url == first.url == run_summary(run)["url"]
+    assert hub_server.tags("org/apply-rerun") == [f"{pack.name}-v{pack.version}"]
