@@ -258,3 +258,13 @@ def test_rerunning_apply_with_push_to_skips_the_push_it_already_made(tmp_path: P
     assert [s.status for s in again.stages] == ["skipped"] * 7
     assert again.url == first.url == run_summary(run)["url"]
     assert hub_server.tags("org/apply-rerun") == [f"{pack.name}-v{pack.version}"]
+
+
+def test_progress_false_in_the_config_file_is_honoured(tmp_path: Path, fixture_packs: Path) -> None:
+    """The command set `progress = not --quiet` after reading --config, so `progress: false` drew bars anyway."""
+    config = tmp_path / "run.yaml"
+    config.write_text(f"pack: {fixture_packs / 'child-pack'}\nmodel: tiny\nprogress: false\n"
+                      "n: 2\nmax_new_tokens: 8\nmin_score: 1.0e+9\n")  # stops after filtering, the bars drawn by then
+    result = CliRunner().invoke(app, ["apply", "--config", str(config), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1 and "selected no instructions" in result.output
+    assert "[filter] running" in result.output and "━" not in result.output
