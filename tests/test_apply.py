@@ -152,6 +152,17 @@ def test_config_values_of_the_wrong_type_fail_before_any_stage_runs(tmp_path: Pa
     assert options.keep == 1.0 and isinstance(options.keep, float) and options.lora_dropout is None
     assert options.out == Path("runs/x") and options.private is True and options.target_modules == ["q_proj", "v_proj"]
 
+def test_config_numbers_in_scientific_notation_are_numbers(tmp_path: Path) -> None:
+    """YAML 1.1 (PyYAML) reads `1e-4` as a string: `learning_rate: 1e-4` was refused as "expected a number"."""
+    config = tmp_path / "run.yaml"
+    config.write_text("pack: general\nmodel: tiny\nlearning_rate: 1e-4\nmin_score: 2E+3\nkeep: .5e0\n")
+    options = build_options({}, config)
+    assert (options.learning_rate, options.min_score, options.keep) == (1e-4, 2000.0, 0.5)
+    config.write_text("pack: general\nmodel: tiny\nlearning_rate: '1e-4'\n")
+    with pytest.raises(InvalidInputError, match="learning_rate: expected a number or null, got '1e-4'"):
+        build_options({}, config)
+
+
 def test_tiny_defaults_never_override_explicit_options(tmp_path: Path) -> None:
     from policyalign.apply import TINY_DEFAULTS, with_model_defaults
 
