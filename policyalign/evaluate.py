@@ -763,7 +763,9 @@ def _benchmark_ids(summary: Mapping[str, Any]) -> list[tuple[Any, ...]]:
                   for b in summary.get("benchmarks") or [] if isinstance(b, Mapping))
 
 
-def _comparable_notes(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+def comparable_notes(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    """How two evaluations were not measured alike (judge, sampling, model, --limit, pack, sets, ...);
+    `pa eval --compare` prints them, and the model card refuses a before/after pair that has any."""
     notes = []
     for key, title in (("judge", "judge"), ("sampling", "sampling"), ("model", "model"),
                        ("limit", "--limit"), ("policy_in_context", "policy in context")):
@@ -803,7 +805,7 @@ def compare(a_eval_json: Any, b_eval_json: Any) -> str:
     label_a = a.get("adapter") or a.get("model")
     label_b = b.get("adapter") or b.get("model")
     lines = [f"A: {label_a} ({a.get('timestamp')})", f"B: {label_b} ({b.get('timestamp')})", ""]
-    notes = _comparable_notes(a, b)
+    notes = comparable_notes(a, b)
     if notes:
         lines += ["Not like for like:", *notes, ""]
     lines += ["| scope | metric | A | B | Δ (B−A) |", "|---|---|---|---|---|"]

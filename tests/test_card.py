@@ -178,6 +178,27 @@ def test_after_eval_without_adapter_hash_is_refused(tmp_path: Path, make_run) ->
     assert "no adapter_sha256" in str(excinfo.value) and "pa eval" in excinfo.value.problem.hint
 
 
+def test_before_and_after_measured_differently_are_refused(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
+    """An after-eval re-run with `pa eval`'s defaults beside apply's limited before-eval: the card
+    published a change between 12 items at 24 tokens and 80 items at 256 as the adapter's effect."""
+    run = make_run(tmp_path / "run", ROOT_PACK)
+    for stage, limit, tokens in (("before", 12, 24), ("after", None, 256)):
+        path = run / "eval" / stage / "eval.json"
+        summary = json.loads(path.read_text())
+        summary.update(limit=limit, sampling={"max_new_tokens": tokens, "do_sample": False})
+        path.write_text(json.dumps(summary))
+    with pytest.raises(RunError, match="not measured alike") as excinfo:
+        card.load_run(run)
+    problem = excinfo.value.problem
+    assert problem.file == str(run / "eval" / "after" / "eval.json")
+    assert "--limit differs: `12` vs `null`" in problem.message
+    assert (f"pa eval root-pack --model Qwen/Qwen2.5-0.5B-Instruct --adapter {run / 'adapter'} "
+            f"--out {run / 'eval' / 'after'} --judge refusal --limit 12 --max-new-tokens 24`") in problem.hint
+    summary["limit"], summary["sampling"]["max_new_tokens"] = 12, 24  # re-evaluated as the hint says
+    path.write_text(json.dumps(summary))
+    assert set(card.load_run(run).evals) == {"before", "after"}
+
+
 @pytest.mark.parametrize("stage", ["before", "after"])
 def test_eval_of_another_pack_is_refused(tmp_path: Path, make_run, stage: str) -> None:  # type: ignore[no-untyped-def]
     run = make_run(tmp_path / "run", ROOT_PACK)
