@@ -18,6 +18,7 @@ from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from .errors import InvalidInputError, RunError
+from .io import output_dir
 from .pack import Pack
 from .run import read_manifest, record_inputs, stage_done, stage_results, write_manifest
 from .stages import (
@@ -255,8 +256,7 @@ def _require_selection(run_dir: Path) -> None:
 def apply(options: ApplyOptions, pack: Pack, *, on_stage: Callable[[str, str], None] = lambda n, s: None) -> ApplyResult:
     """Run (or resume) every stage for `pack` and `options.model` in one run directory."""
     options = with_model_defaults(options)
-    run_dir = Path(options.out or default_run_dir(pack, options.model))
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = output_dir(options.out or default_run_dir(pack, options.model))
     remove_stale_temporaries(run_dir)
     record_inputs(run_dir, pack, options.model, options={k: v for k, v in asdict(options).items()
                                                           if k not in ("explicit", "progress", "out")})

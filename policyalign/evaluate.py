@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import HubError, InvalidInputError, PolicyAlignError
-from .io import iter_jsonl, read_json, sha256_file, write_json, write_jsonl, write_text
+from .io import iter_jsonl, output_dir, read_json, sha256_file, write_json, write_jsonl, write_text
 from .judges import JudgeItem, ToolCall, Verdict, get_judge, parse_tool_calls
 
 if TYPE_CHECKING:
@@ -560,6 +560,7 @@ def evaluate(
     Drift is measured by default when an adapter is given (`drift=False` skips it)."""
     pack = resolve_pack(pack)
     get_judge(judge)  # validate the spec before any model is loaded
+    output_dir(out_dir)
     chosen = select_sets(pack, sets)
     loaded_benchmarks = [load_benchmark(name, revision=benchmark_revision) for name in benchmarks]
     tasks = _tasks([*chosen, *(b.eval_set for b in loaded_benchmarks)], limit)
@@ -598,8 +599,7 @@ def evaluate(
 
 def write_eval(out_dir: str | os.PathLike[str], summary: dict[str, Any], rows: list[dict[str, Any]]) -> EvalResult:
     """Write the four artifacts atomically and return the result."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out_dir)
     result = EvalResult(out_dir=out, summary=summary, rows=rows)
     write_jsonl(result.responses_jsonl, rows)
     write_json(result.eval_json, summary)

@@ -279,3 +279,12 @@ def test_progress_false_in_the_config_file_is_honoured(tmp_path: Path, fixture_p
     result = CliRunner().invoke(app, ["apply", "--config", str(config), "--out", str(tmp_path / "run")])
     assert result.exit_code == 1 and "selected no instructions" in result.output
     assert "[filter] running" in result.output and "━" not in result.output
+
+
+def test_an_out_that_is_a_file_is_a_clear_error(tmp_path: Path, fixture_packs: Path) -> None:
+    taken = tmp_path / "run"
+    taken.write_text("not a directory")
+    pack = Registry([fixture_packs]).load("child-pack")
+    with pytest.raises(InvalidInputError, match="--out .* is not a directory") as caught:
+        apply(_options(fixture_packs, taken), pack)
+    assert caught.value.problem.file == str(taken)
