@@ -266,6 +266,10 @@ def apply(options: ApplyOptions, pack: Pack, *, on_stage: Callable[[str, str], N
     # not surface after minutes of synthesis and filtering.
     fconf = filter_config(pack, **_filter_options(options))
     dconf = distill_config(pack, _distill_overrides(options))
+    if options.push_to:
+        from .hub import check_push_target
+
+        check_push_target(options.push_to)
 
     def step(name: str, key: str, outputs: list[str], action: Callable[[], Any]) -> None:
         if stage_done(run_dir, name, key) and _outputs_exist(run_dir, outputs):

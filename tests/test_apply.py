@@ -288,3 +288,23 @@ def test_an_out_that_is_a_file_is_a_clear_error(tmp_path: Path, fixture_packs: P
     with pytest.raises(InvalidInputError, match="--out .* is not a directory") as caught:
         apply(_options(fixture_packs, taken), pack)
     assert caught.value.problem.file == str(taken)
+
+
+def test_push_to_without_a_token_or_with_a_bad_repo_id_fails_before_the_first_stage(
+        tmp_path: Path, fixture_packs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both surfaced only at the push, after every stage had run (hours on a real model)."""
+    import huggingface_hub.constants
+
+    from policyalign.errors import HubError
+
+    pack = Registry([fixture_packs]).load("child-pack")
+    run = tmp_path / "run"
+    monkeypatch.setenv("HF_TOKEN", "hf_notarealtokenbutpresent")
+    with pytest.raises(InvalidInputError, match="invalid repository id 'not a repo'"):
+        apply(_options(fixture_packs, run, push_to="not a repo"), pack)
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    with pytest.raises(HubError, match="no Hugging Face token") as caught:
+        apply(_options(fixture_packs, run, push_to="org/name"), pack)
+    assert "hf auth login" in caught.value.problem.hint
+    assert not (run / "instructions.jsonl").exists(), "nothing was synthesized"
