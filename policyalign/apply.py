@@ -18,6 +18,7 @@ from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from .errors import InvalidInputError, RunError
+from .evaluate import check_eval_options
 from .io import output_dir
 from .pack import Pack
 from .run import read_manifest, record_inputs, stage_done, stage_results, write_manifest
@@ -266,6 +267,7 @@ def apply(options: ApplyOptions, pack: Pack, *, on_stage: Callable[[str, str], N
     # not surface after minutes of synthesis and filtering.
     fconf = filter_config(pack, **_filter_options(options))
     dconf = distill_config(pack, _distill_overrides(options))
+    check_eval_options(options.judge, options.eval_limit, limit_flag="--eval-limit")
     if options.push_to:
         from .hub import check_push_target
 

@@ -172,10 +172,16 @@ class _Task:
     item: "EvalItem"
 
 
-def _tasks(sets: Sequence["EvalSet"], limit: int | None) -> list[_Task]:
+def check_eval_options(judge: str, limit: int | None, *, limit_flag: str = "--limit") -> None:
+    """The judge spec and the item limit, checked before any model loads; `pa apply` checks them
+    before its first stage, not after synthesis and filtering have run."""
+    get_judge(judge)
     if limit is not None and limit < 1:
-        raise InvalidInputError(f"--limit must be at least 1, got {limit}",
-                                hint="pass a positive number of items per set, or omit --limit")
+        raise InvalidInputError(f"{limit_flag} must be at least 1, got {limit}",
+                                hint=f"pass a positive number of items per set, or omit {limit_flag}")
+
+
+def _tasks(sets: Sequence["EvalSet"], limit: int | None) -> list[_Task]:
     tasks = []
     for eval_set in sets:
         items = _spread(list(eval_set.items), limit) if limit else list(eval_set.items)
@@ -559,7 +565,7 @@ def evaluate(
     policy as the system message (the teacher: the reference the adapter is distilled towards).
     Drift is measured by default when an adapter is given (`drift=False` skips it)."""
     pack = resolve_pack(pack)
-    get_judge(judge)  # validate the spec before any model is loaded
+    check_eval_options(judge, limit)
     output_dir(out_dir)
     chosen = select_sets(pack, sets)
     loaded_benchmarks = [load_benchmark(name, revision=benchmark_revision) for name in benchmarks]

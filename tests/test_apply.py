@@ -242,7 +242,9 @@ def test_an_empty_selection_stops_apply_before_the_evaluation(tmp_path: Path, fi
 
 
 @pytest.mark.parametrize("bad, message", [({"save_steps": 0}, "--save-steps 0"),
-                                          ({"keep": 0.3, "top_n": 5}, "different selection rules")])
+                                          ({"keep": 0.3, "top_n": 5}, "different selection rules"),
+                                          ({"judge": "gpt4"}, "unknown judge 'gpt4'"),
+                                          ({"eval_limit": 0}, "--eval-limit must be at least 1")])
 def test_bad_settings_of_a_later_stage_fail_before_the_first_stage_runs(tmp_path: Path, fixture_packs: Path,
                                                                         bad: dict, message: str) -> None:
     pack = Registry([fixture_packs]).load("child-pack")
