@@ -107,6 +107,22 @@ def test_tiny_base_has_no_hub_base_model(tmp_path: Path, make_run) -> None:  # t
     assert "PATH/TO/BASE/MODEL" in body
 
 
+def test_the_cards_peft_snippet_runs(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
+    """transformers 5 returns a BatchEncoding from apply_chat_template: the card's `generate(inputs)`
+    and `inputs.shape[1]` failed with AttributeError for everyone who copied them."""
+    import re
+
+    from policyalign.tiny import tiny_model_path
+
+    run = make_run(tmp_path / "run", ROOT_PACK, base_id="tiny", base_name="tiny")
+    [snippet] = re.findall(r"```python\n(.*?)```", _render(run), flags=re.S)
+    local = (snippet.replace('"PATH/TO/BASE/MODEL"', repr(str(tiny_model_path())))
+             .replace('"org/root-adapter", revision="root-pack-v1.0.0"', repr(str(run / "adapter")))
+             .replace("max_new_tokens=256", "max_new_tokens=4"))
+    assert local.count(str(run / "adapter")) == 1 and "PATH/TO" not in local
+    exec(compile(local, "model-card-snippet", "exec"), {})
+
+
 def test_values_from_packs_cannot_inject(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
     hostile = {
         "title": "Evil <script>alert(1)</script> [click](http://evil.example) ![x](http://evil.example/t.png)",
