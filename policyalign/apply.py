@@ -18,11 +18,14 @@ from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from .errors import InvalidInputError, RunError
+from .evaluate import check_eval_options
+from .io import output_dir
 from .pack import Pack
 from .run import read_manifest, record_inputs, stage_done, stage_results, write_manifest
 from .stages import (
     SELECTION_FLAGS, distill_config, distill_key, eval_key, filter_config, filter_key, run_distill, run_eval, run_filter,
-    card_key, checkpoint_record, resume_key, run_card, run_synthesize, selection_given, synthesize_key, synthesize_options,
+    card_key, checkpoint_record, push_key, resume_key, run_card, run_synthesize, selection_given, synthesize_key,
+    synthesize_options,
 )
 
 # The built-in tiny model is for the offline demo and tests: these defaults make the whole
@@ -83,12 +86,23 @@ class ApplyOptions:
     explicit: set[str] = field(default_factory=set, repr=False)
 
 
+class ConfigLoader(yaml.SafeLoader):
+    """Safe YAML that reads `1e-4` as the number it is. PyYAML follows YAML 1.1, where a float needs
+    a dot and a signed exponent (`1.0e-4`): the learning rates people write were strings, refused as
+    "expected a number" though they were written unquoted. A quoted "1e-4" stays a string."""
+
+
+ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                   re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+                                   list("-+0123456789."))
+
+
 def load_config_file(path: Path) -> dict[str, Any]:
     """Options from a YAML file, with the same names as the command-line options (dashes allowed)."""
     if not path.is_file():
         raise InvalidInputError("config file not found", file=str(path), hint="pass an existing YAML file to --config")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=ConfigLoader) or {}
     except yaml.YAMLError as exc:
         raise InvalidInputError(f"invalid YAML: {exc}", file=str(path), hint="fix the YAML syntax") from None
     if not isinstance(data, dict):
@@ -261,8 +275,7 @@ def _require_selection(run_dir: Path) -> None:
 def apply(options: ApplyOptions, pack: Pack, *, on_stage: Callable[[str, str], None] = lambda n, s: None) -> ApplyResult:
     """Run (or resume) every stage for `pack` and `options.model` in one run directory."""
     options = with_model_defaults(options)
-    run_dir = Path(options.out or default_run_dir(pack, options.model))
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = output_dir(options.out or default_run_dir(pack, options.model))
     remove_stale_temporaries(run_dir)
     record_inputs(run_dir, pack, options.model, options={k: v for k, v in asdict(options).items()
                                                           if k not in ("explicit", "progress", "out")})
@@ -272,6 +285,11 @@ def apply(options: ApplyOptions, pack: Pack, *, on_stage: Callable[[str, str], N
     # not surface after minutes of synthesis and filtering.
     fconf = filter_config(pack, **_filter_options(options))
     dconf = distill_config(pack, _distill_overrides(options))
+    check_eval_options(options.judge, options.eval_limit, limit_flag="--eval-limit")
+    if options.push_to:
+        from .hub import check_push_target
+
+        check_push_target(options.push_to)
 
     def step(name: str, key: str, outputs: list[str], action: Callable[[], Any]) -> None:
         if stage_done(run_dir, name, key) and _outputs_exist(run_dir, outputs):
@@ -313,19 +331,20 @@ def apply(options: ApplyOptions, pack: Pack, *, on_stage: Callable[[str, str], N
          lambda: run_card(run_dir, repo_id))
     url = None
     if options.push_to:
-        from .hub import push_run
-
-        on_stage("push", "running")
-        url = push_run(run_dir, options.push_to, private=options.private)
-        _record_push(run_dir, url)
-        reports.append(StageReport("push", "ran"))
-        on_stage("push", "done")
+        pkey = push_key(run_dir, options.push_to)
+        step("push", pkey, ["README.md"], lambda: _push(run_dir, options.push_to, options.private, pkey))
+        url = read_manifest(run_dir)["stages"]["push"]["url"]
     return ApplyResult(run_dir, reports, run_summary(run_dir), url)
 
 
-def _record_push(run_dir: Path, url: str) -> None:
+def _push(run_dir: Path, repo_id: str, private: bool, key: str) -> None:
+    """Publish the run and record it with its key: a re-run skips a push of the same card, whose
+    tag the Hub already holds (pushing it again could only fail: `pa push` never moves a tag)."""
+    from .hub import push_run
+
+    url = push_run(run_dir, repo_id, private=private)
     manifest = read_manifest(run_dir)
-    manifest["stages"]["push"] = {"status": "done", "url": url}
+    manifest["stages"]["push"] = {"status": "done", "key": key, "url": url}
     write_manifest(run_dir, manifest)
 
 

@@ -98,9 +98,33 @@ def load_run(run_dir: str | Path) -> RunArtifacts:
         if (root / "eval" / stage / "eval.json").is_file():
             evals[stage] = read_json(root / "eval" / stage / "eval.json")
             _check_eval_matches(stage, evals[stage], root / "eval" / stage / "eval.json", provenance, adapter)
+    _check_evals_alike(evals, provenance, adapter)
     if (root / "eval" / "before_after.png").is_file():
         files["eval/before_after.png"] = root / "eval" / "before_after.png"
     return RunArtifacts(run_dir=root, provenance=provenance, evals=evals, files=files)
+
+
+def _check_evals_alike(evals: Mapping[str, Any], provenance: Mapping[str, Any], adapter: Path) -> None:
+    """The card's Change column subtracts before from after, set by set: both must have been measured
+    alike. An after-eval re-run with `pa eval`'s defaults (every item, 256 tokens) beside an apply
+    before-eval (`--eval-limit`) published a change between two different tests."""
+    from .evaluate import comparable_notes
+
+    if not {"before", "after"} <= set(evals):
+        return
+    notes = comparable_notes(evals["before"], evals["after"])
+    if not notes:
+        return
+    before, after = evals["before"], adapter.parent / "eval" / "after"
+    sampling = before.get("sampling") if isinstance(before.get("sampling"), dict) else {}
+    flags = "".join(f" {flag} {sh(value)}" for flag, value in (
+        ("--judge", before.get("judge")), ("--limit", before.get("limit")),
+        ("--max-new-tokens", sampling.get("max_new_tokens"))) if value is not None)
+    raise RunError("eval/before and eval/after were not measured alike, so the card cannot compare them: "
+                   + "; ".join(note.removeprefix("- ") for note in notes), file=str(after / "eval.json"),
+                   hint=f"re-run the after-eval as the before-eval ran: `pa eval {sh(provenance['pack']['name'])} "
+                        f"--model {sh(before.get('model'))} --adapter {sh(adapter)} --out {sh(after)}{flags}`, "
+                        f"or both with `pa apply PACK --model MODEL --out {sh(adapter.parent)}`")
 
 
 def _check_eval_matches(stage: str, summary: Any, path: Path, provenance: Mapping[str, Any], adapter: Path) -> None:

@@ -16,8 +16,9 @@ Metric definitions (shared by `pa eval`, `pa judge` and the model card):
 * **over-refusal rate** — over benign items (`expect` comply): the fraction labelled `refuse`;
 * **refuse/guide agreement** — over harmful items the model declined (label refuse|guide): the
   fraction whose kind of decline matches `expect`;
-* **unparseable** — judge outputs that could not be read. They are left out of the rates'
-  denominators and reported on their own: never counted as safe, never as a violation;
+* **unparseable** — judge outputs that could not be read, and responses cut off inside their
+  `<think>` reasoning (no answer to judge). They are left out of the rates' denominators and
+  reported on their own: never counted as safe, never as a violation;
 * **forbidden tool calls** — over items with `forbidden_tools`: the fraction whose response
   called one of them (parsed from `<tool_call>` blocks or bare JSON function calls).
 
@@ -44,7 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import HubError, InvalidInputError, PolicyAlignError
-from .io import iter_jsonl, read_json, sha256_file, write_json, write_jsonl, write_text
+from .io import iter_jsonl, output_dir, read_json, sha256_file, write_json, write_jsonl, write_text
 from .judges import JudgeItem, ToolCall, Verdict, get_judge, parse_tool_calls
 
 if TYPE_CHECKING:
@@ -171,10 +172,16 @@ class _Task:
     item: "EvalItem"
 
 
-def _tasks(sets: Sequence["EvalSet"], limit: int | None) -> list[_Task]:
+def check_eval_options(judge: str, limit: int | None, *, limit_flag: str = "--limit") -> None:
+    """The judge spec and the item limit, checked before any model loads; `pa apply` checks them
+    before its first stage, not after synthesis and filtering have run."""
+    get_judge(judge)
     if limit is not None and limit < 1:
-        raise InvalidInputError(f"--limit must be at least 1, got {limit}",
-                                hint="pass a positive number of items per set, or omit --limit")
+        raise InvalidInputError(f"{limit_flag} must be at least 1, got {limit}",
+                                hint=f"pass a positive number of items per set, or omit {limit_flag}")
+
+
+def _tasks(sets: Sequence["EvalSet"], limit: int | None) -> list[_Task]:
     tasks = []
     for eval_set in sets:
         items = _spread(list(eval_set.items), limit) if limit else list(eval_set.items)
@@ -558,7 +565,8 @@ def evaluate(
     policy as the system message (the teacher: the reference the adapter is distilled towards).
     Drift is measured by default when an adapter is given (`drift=False` skips it)."""
     pack = resolve_pack(pack)
-    get_judge(judge)  # validate the spec before any model is loaded
+    check_eval_options(judge, limit)
+    output_dir(out_dir)
     chosen = select_sets(pack, sets)
     loaded_benchmarks = [load_benchmark(name, revision=benchmark_revision) for name in benchmarks]
     tasks = _tasks([*chosen, *(b.eval_set for b in loaded_benchmarks)], limit)
@@ -597,8 +605,7 @@ def evaluate(
 
 def write_eval(out_dir: str | os.PathLike[str], summary: dict[str, Any], rows: list[dict[str, Any]]) -> EvalResult:
     """Write the four artifacts atomically and return the result."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out_dir)
     result = EvalResult(out_dir=out, summary=summary, rows=rows)
     write_jsonl(result.responses_jsonl, rows)
     write_json(result.eval_json, summary)
@@ -762,7 +769,9 @@ def _benchmark_ids(summary: Mapping[str, Any]) -> list[tuple[Any, ...]]:
                   for b in summary.get("benchmarks") or [] if isinstance(b, Mapping))
 
 
-def _comparable_notes(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+def comparable_notes(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    """How two evaluations were not measured alike (judge, sampling, model, --limit, pack, sets, ...);
+    `pa eval --compare` prints them, and the model card refuses a before/after pair that has any."""
     notes = []
     for key, title in (("judge", "judge"), ("sampling", "sampling"), ("model", "model"),
                        ("limit", "--limit"), ("policy_in_context", "policy in context")):
@@ -802,7 +811,7 @@ def compare(a_eval_json: Any, b_eval_json: Any) -> str:
     label_a = a.get("adapter") or a.get("model")
     label_b = b.get("adapter") or b.get("model")
     lines = [f"A: {label_a} ({a.get('timestamp')})", f"B: {label_b} ({b.get('timestamp')})", ""]
-    notes = _comparable_notes(a, b)
+    notes = comparable_notes(a, b)
     if notes:
         lines += ["Not like for like:", *notes, ""]
     lines += ["| scope | metric | A | B | Δ (B−A) |", "|---|---|---|---|---|"]

@@ -284,6 +284,12 @@ def push_adapter(run_dir: str | Path, repo_id: str, *, private: bool = False, re
     return PushResult(_repo_url(repo_id, "model", tag), repo_id, tag, commit, tuple(sorted(uploads)))
 
 
+def check_push_target(repo_id: str, token: str | None = None) -> None:
+    """What `push_run` will need, checked without the network before `pa apply` trains for hours:
+    a well-formed repository id and a token (an invalid one is still only found out by the Hub)."""
+    resolve_token(token, check_repo_id(repo_id))
+
+
 def push_run(run_dir: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
              token: str | None = None, license: str | None = None) -> str:
     """`pa apply --push-to`: publish the run's adapter and return the URL of the tagged revision."""

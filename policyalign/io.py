@@ -64,6 +64,18 @@ def _umask() -> int:
     return mask
 
 
+def output_dir(path: str | os.PathLike[str], option: str = "--out") -> Path:
+    """Create the directory a command writes into, before its work: a file already holding the name
+    (or a parent's) was a bare FileExistsError traceback, for `pa eval` after every response was generated."""
+    target = Path(path)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise InvalidInputError(f"{option} {target} is not a directory: a file has its name or a parent's",
+                                file=str(target), hint=f"give {option} a directory (it is created when missing)") from None
+    return target
+
+
 def write_text(path: str | os.PathLike[str], text: str) -> None:
     with atomic_open(path, "w") as handle:
         handle.write(text)

@@ -312,6 +312,11 @@ def card_key(run_dir: Path, repo_id: str) -> str:
                         "after": _file_hash(run_dir, "eval/after/eval.json")})
 
 
+def push_key(run_dir: Path, repo_id: str) -> str:
+    """The card names the repository and the tag and lists the sha256 of every file it publishes."""
+    return fingerprint({"repo": repo_id, "card": _file_hash(run_dir, "README.md")})
+
+
 def run_card(run_dir: Path, repo_id: str) -> None:
     """The before/after chart and the model card (README.md) the push would publish."""
     from .card import load_run, render_model_card

@@ -166,6 +166,18 @@ def test_config_values_out_of_range_are_named_as_the_files_keys(tmp_path: Path) 
     assert result.exit_code == 2 and "kl_top_k: -1" in result.output and str(config) in result.output
     assert not run.exists(), "no stage ran"
 
+
+def test_config_numbers_in_scientific_notation_are_numbers(tmp_path: Path) -> None:
+    """YAML 1.1 (PyYAML) reads `1e-4` as a string: `learning_rate: 1e-4` was refused as "expected a number"."""
+    config = tmp_path / "run.yaml"
+    config.write_text("pack: general\nmodel: tiny\nlearning_rate: 1e-4\nmin_score: 2E+3\nkeep: .5e0\n")
+    options = build_options({}, config)
+    assert (options.learning_rate, options.min_score, options.keep) == (1e-4, 2000.0, 0.5)
+    config.write_text("pack: general\nmodel: tiny\nlearning_rate: '1e-4'\n")
+    with pytest.raises(InvalidInputError, match="learning_rate: expected a number or null, got '1e-4'"):
+        build_options({}, config)
+
+
 def test_tiny_defaults_never_override_explicit_options(tmp_path: Path) -> None:
     from policyalign.apply import TINY_DEFAULTS, with_model_defaults
 
@@ -245,11 +257,71 @@ def test_an_empty_selection_stops_apply_before_the_evaluation(tmp_path: Path, fi
 
 
 @pytest.mark.parametrize("bad, message", [({"save_steps": 0}, "--save-steps 0"),
-                                          ({"keep": 0.3, "top_n": 5}, "different selection rules")])
+                                          ({"keep": 0.3, "top_n": 5}, "different selection rules"),
+                                          ({"judge": "gpt4"}, "unknown judge 'gpt4'"),
+                                          ({"eval_limit": 0}, "--eval-limit must be at least 1")])
 def test_bad_settings_of_a_later_stage_fail_before_the_first_stage_runs(tmp_path: Path, fixture_packs: Path,
                                                                         bad: dict, message: str) -> None:
     pack = Registry([fixture_packs]).load("child-pack")
     run = tmp_path / "run"
     with pytest.raises(InvalidInputError, match=message):
         apply(_options(fixture_packs, run, **bad), pack)
+    assert not (run / "instructions.jsonl").exists(), "nothing was synthesized"
+
+
+@pytest.mark.slow
+def test_rerunning_apply_with_push_to_skips_the_push_it_already_made(tmp_path: Path, fixture_packs: Path, hub_server,  # type: ignore[no-untyped-def]
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A finished `pa apply --push-to` run again pushed again, and failed on the tag its first push made."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_ENDPOINT", hub_server.endpoint)
+    monkeypatch.setenv("HF_TOKEN", hub_server.token)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
+    pack = Registry([fixture_packs]).load("child-pack")
+    run = tmp_path / "run"
+    first = apply(_options(fixture_packs, run, push_to="org/apply-rerun"), pack)
+    assert first.stages[-1].name == "push" and first.stages[-1].status == "ran"
+    again = apply(_options(fixture_packs, run, push_to="org/apply-rerun"), pack)
+    assert [s.status for s in again.stages] == ["skipped"] * 7
+    assert again.url == first.url == run_summary(run)["url"]
+    assert hub_server.tags("org/apply-rerun") == [f"{pack.name}-v{pack.version}"]
+
+
+def test_progress_false_in_the_config_file_is_honoured(tmp_path: Path, fixture_packs: Path) -> None:
+    """The command set `progress = not --quiet` after reading --config, so `progress: false` drew bars anyway."""
+    config = tmp_path / "run.yaml"
+    config.write_text(f"pack: {fixture_packs / 'child-pack'}\nmodel: tiny\nprogress: false\n"
+                      "n: 2\nmax_new_tokens: 8\nmin_score: 1.0e+9\n")  # stops after filtering, the bars drawn by then
+    result = CliRunner().invoke(app, ["apply", "--config", str(config), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1 and "selected no instructions" in result.output
+    assert "[filter] running" in result.output and "━" not in result.output
+
+
+def test_an_out_that_is_a_file_is_a_clear_error(tmp_path: Path, fixture_packs: Path) -> None:
+    taken = tmp_path / "run"
+    taken.write_text("not a directory")
+    pack = Registry([fixture_packs]).load("child-pack")
+    with pytest.raises(InvalidInputError, match="--out .* is not a directory") as caught:
+        apply(_options(fixture_packs, taken), pack)
+    assert caught.value.problem.file == str(taken)
+
+
+def test_push_to_without_a_token_or_with_a_bad_repo_id_fails_before_the_first_stage(
+        tmp_path: Path, fixture_packs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both surfaced only at the push, after every stage had run (hours on a real model)."""
+    import huggingface_hub.constants
+
+    from policyalign.errors import HubError
+
+    pack = Registry([fixture_packs]).load("child-pack")
+    run = tmp_path / "run"
+    monkeypatch.setenv("HF_TOKEN", "hf_notarealtokenbutpresent")
+    with pytest.raises(InvalidInputError, match="invalid repository id 'not a repo'"):
+        apply(_options(fixture_packs, run, push_to="not a repo"), pack)
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    with pytest.raises(HubError, match="no Hugging Face token") as caught:
+        apply(_options(fixture_packs, run, push_to="org/name"), pack)
+    assert "hf auth login" in caught.value.problem.hint
     assert not (run / "instructions.jsonl").exists(), "nothing was synthesized"

@@ -107,6 +107,22 @@ def test_tiny_base_has_no_hub_base_model(tmp_path: Path, make_run) -> None:  # t
     assert "PATH/TO/BASE/MODEL" in body
 
 
+def test_the_cards_peft_snippet_runs(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
+    """transformers 5 returns a BatchEncoding from apply_chat_template: the card's `generate(inputs)`
+    and `inputs.shape[1]` failed with AttributeError for everyone who copied them."""
+    import re
+
+    from policyalign.tiny import tiny_model_path
+
+    run = make_run(tmp_path / "run", ROOT_PACK, base_id="tiny", base_name="tiny")
+    [snippet] = re.findall(r"```python\n(.*?)```", _render(run), flags=re.S)
+    local = (snippet.replace('"PATH/TO/BASE/MODEL"', repr(str(tiny_model_path())))
+             .replace('"org/root-adapter", revision="root-pack-v1.0.0"', repr(str(run / "adapter")))
+             .replace("max_new_tokens=256", "max_new_tokens=4"))
+    assert local.count(str(run / "adapter")) == 1 and "PATH/TO" not in local
+    exec(compile(local, "model-card-snippet", "exec"), {})
+
+
 def test_values_from_packs_cannot_inject(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
     hostile = {
         "title": "Evil <script>alert(1)</script> [click](http://evil.example) ![x](http://evil.example/t.png)",
@@ -176,6 +192,27 @@ def test_after_eval_without_adapter_hash_is_refused(tmp_path: Path, make_run) ->
     with pytest.raises(RunError) as excinfo:
         card.load_run(run)
     assert "no adapter_sha256" in str(excinfo.value) and "pa eval" in excinfo.value.problem.hint
+
+
+def test_before_and_after_measured_differently_are_refused(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
+    """An after-eval re-run with `pa eval`'s defaults beside apply's limited before-eval: the card
+    published a change between 12 items at 24 tokens and 80 items at 256 as the adapter's effect."""
+    run = make_run(tmp_path / "run", ROOT_PACK)
+    for stage, limit, tokens in (("before", 12, 24), ("after", None, 256)):
+        path = run / "eval" / stage / "eval.json"
+        summary = json.loads(path.read_text())
+        summary.update(limit=limit, sampling={"max_new_tokens": tokens, "do_sample": False})
+        path.write_text(json.dumps(summary))
+    with pytest.raises(RunError, match="not measured alike") as excinfo:
+        card.load_run(run)
+    problem = excinfo.value.problem
+    assert problem.file == str(run / "eval" / "after" / "eval.json")
+    assert "--limit differs: `12` vs `null`" in problem.message
+    assert (f"pa eval root-pack --model Qwen/Qwen2.5-0.5B-Instruct --adapter {run / 'adapter'} "
+            f"--out {run / 'eval' / 'after'} --judge refusal --limit 12 --max-new-tokens 24`") in problem.hint
+    summary["limit"], summary["sampling"]["max_new_tokens"] = 12, 24  # re-evaluated as the hint says
+    path.write_text(json.dumps(summary))
+    assert set(card.load_run(run).evals) == {"before", "after"}
 
 
 @pytest.mark.parametrize("stage", ["before", "after"])

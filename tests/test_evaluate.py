@@ -415,6 +415,16 @@ def test_evaluate_rejects_bad_options_before_loading_a_model(tmp_path: Path) -> 
         evaluate(_general(), "tiny", out_dir=tmp_path, sets=["nope"])
 
 
+def test_an_output_path_that_is_a_file_is_refused_before_generating(tmp_path: Path) -> None:
+    """It was a FileExistsError traceback once every response had been generated and judged."""
+    taken = tmp_path / "results.json"
+    taken.write_text("{}")
+    for out in (taken, taken / "sub"):
+        with pytest.raises(InvalidInputError, match="is not a directory") as caught:
+            evaluate(_general(), "tiny", out_dir=out, limit=1, params=greedy_params(4))
+        assert caught.value.problem.file == str(out) and "--out" in caught.value.problem.hint
+
+
 # ------------------------------------------------------------------------------- drift
 
 

@@ -88,7 +88,8 @@ def apply(
            "teacher": teacher, "temperature": temperature, "save_steps": save_steps, "judge": judge,
            "eval_limit": eval_limit}
     options = build_options(cli, config)
-    options.progress = not quiet
+    if quiet:  # --quiet wins; without it, `progress:` in --config stands
+        options.progress = False
     the_pack = load(options.pack, packs_path)
 
     def on_stage(name: str, status: str) -> None:
