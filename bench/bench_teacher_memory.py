@@ -79,7 +79,8 @@ def make_trainer(variant: str, loaded: Any, recs: list[dict], config: DistillCon
         from policyalign.distill import sdft_config
 
         data = Dataset.from_list([{"prompt": r["messages"], "privileged_context": POLICY} for r in recs])
-        trainer = SDFTTrainer(model=loaded.model, args=sdft_config(config, out), train_dataset=data,
+        args = sdft_config(config, out, device=loaded.device, dtype=loaded.dtype)
+        trainer = SDFTTrainer(model=loaded.model, args=args, train_dataset=data,
                               processing_class=loaded.tokenizer)  # no peft_config: full fine-tuning
         trainer.remove_callback(PrinterCallback)
         return trainer

@@ -119,7 +119,8 @@ def stock(loaded: Any, recs: list[dict], config: DistillConfig, out: Path) -> An
     from policyalign.distill import lora_config, sdft_config
 
     data = Dataset.from_list([{"prompt": r["messages"], "privileged_context": POLICY} for r in recs])
-    trainer = SDFTTrainer(model=loaded.model, args=sdft_config(config, out), train_dataset=data,
+    args = sdft_config(config, out, device=loaded.device, dtype=loaded.dtype)
+    trainer = SDFTTrainer(model=loaded.model, args=args, train_dataset=data,
                           processing_class=loaded.tokenizer, peft_config=lora_config(config))
     trainer.remove_callback(PrinterCallback)
     return trainer

@@ -18,6 +18,7 @@ from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from .errors import InvalidInputError, RunError
+from .distill import launch_rank, training_device
 from .evaluate import check_eval_options
 from .io import output_dir
 from .pack import Pack
@@ -286,6 +287,7 @@ def apply(options: ApplyOptions, pack: Pack, *, on_stage: Callable[[str, str], N
     fconf = filter_config(pack, **_filter_options(options))
     dconf = distill_config(pack, _distill_overrides(options))
     check_eval_options(options.judge, options.eval_limit, limit_flag="--eval-limit")
+    training_device(options.device, *launch_rank()[1:])
     if options.push_to:
         from .hub import check_push_target
 

@@ -359,16 +359,15 @@ def kl_support(top_k: int, vocab_size: int | None) -> int:
     return min(top_k, vocab_size) if top_k > 0 else vocab_size
 
 
-def sdft_config(config: DistillConfig, output_dir: Path, *, report_to: str = "none",
+def sdft_config(config: DistillConfig, output_dir: Path, *, device: str, dtype: Any, report_to: str = "none",
                 vocab_size: int | None = None) -> Any:
-    """The trl SDFTConfig for our settings (the paper's reverse-KL top-k objective)."""
+    """The trl SDFTConfig for our settings (the paper's reverse-KL top-k objective), on the model's device."""
     import os
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    import torch
     from trl.experimental.sdft import SDFTConfig
 
-    return SDFTConfig(
+    args = SDFTConfig(
         output_dir=str(output_dir), learning_rate=config.learning_rate, num_train_epochs=config.num_epochs,
         max_steps=config.max_steps, per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps, num_generations=1,
@@ -377,13 +376,52 @@ def sdft_config(config: DistillConfig, output_dir: Path, *, report_to: str = "no
         distillation_alpha=config.alpha, teacher_model_kind=config.teacher,
         teacher_update_rate=config.ema_decay, seed=config.seed, logging_steps=config.logging_steps,
         save_strategy="steps", save_steps=config.save_steps, save_total_limit=1, report_to=report_to,
-        use_vllm=config.use_vllm, vllm_mode="colocate", bf16=torch.cuda.is_available(),
-        use_cpu=not torch.cuda.is_available(), remove_unused_columns=False, shuffle_dataset=True,
-        disable_tqdm=True, dataloader_num_workers=0, gradient_checkpointing=torch.cuda.is_available(),
+        use_vllm=config.use_vllm, vllm_mode="colocate", **device_flags(device, dtype),
+        remove_unused_columns=False, shuffle_dataset=True, disable_tqdm=True, dataloader_num_workers=0,
         # With several processes, the others wait in a collective while rank 0 measures
         # internalization before and after training: allow that longer than the 30-minute default.
         ddp_timeout=4 * 3600,
     )
+    if args.n_gpu > 1:
+        # One process sees several GPUs: the Trainer would wrap the model in nn.DataParallel (and
+        # multiply the batch), which our teacher forward and rollouts do not go through. Several
+        # GPUs train through torchrun/accelerate (one process each); transformers forces the same
+        # for model-parallel models.
+        args._n_gpu = 1
+    return args
+
+
+def device_flags(device: str, dtype: Any) -> dict[str, Any]:
+    """The Trainer's device and precision settings from where and how the model was loaded.
+
+    Not from "is CUDA available": `--device cpu` on a GPU machine would have been moved to the
+    GPU, and bf16 autocast asked of a GPU without bf16 (where models load in fp16) fails.
+    """
+    import torch
+
+    on_gpu = str(device).startswith("cuda")
+    return {"use_cpu": not on_gpu, "bf16": on_gpu and dtype == torch.bfloat16,
+            "fp16": on_gpu and dtype == torch.float16, "gradient_checkpointing": on_gpu}
+
+
+def training_device(device: str | None, local_rank: int, processes: int) -> str:
+    """The device this process trains on: its own GPU under torchrun, else what `--device` names.
+
+    The Trainer trains a lone process on the first visible GPU whatever the model was loaded on,
+    so `--device cuda:1` is refused with the way to get it, rather than half the run on cuda:1.
+    """
+    from .models import resolve_device
+
+    if processes > 1 and device in (None, "cuda"):
+        import torch
+
+        return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"  # not every rank on cuda:0
+    resolved = resolve_device(device)
+    if processes == 1 and resolved.startswith("cuda:") and resolved != "cuda:0":
+        index = resolved.split(":")[1]
+        raise InvalidInputError(f"--device {device}: training runs on the first visible GPU",
+                                hint=f"run with CUDA_VISIBLE_DEVICES={index} and --device cuda (or no --device)")
+    return resolved
 
 
 def lora_config(config: DistillConfig) -> Any:
@@ -558,10 +596,7 @@ def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillCon
                        hint="keep more with `pa filter RUN_DIR --keep 0.8` or `--no-filter`")
     rank, local_rank, processes = launch_rank()
     main = rank == 0
-    if processes > 1 and device in (None, "cuda"):
-        import torch
-
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"  # not every rank on cuda:0
+    device = training_device(device, local_rank, processes)
     config = fit_batch(config, len(records), processes)
     adapter_dir = run_dir / "adapter"
     checkpoints = checkpoint_dir(run_dir)
@@ -689,7 +724,8 @@ def build_trainer(loaded: "LoadedModel", policy: str, records: list[dict[str, An
     head = loaded.model.get_output_embeddings()
     vocab = head.weight.shape[0] if head is not None else loaded.model.config.get_text_config().vocab_size
     check_target_modules(loaded, config.target_modules)
-    trainer = cls(model=loaded.model, args=sdft_config(config, output_dir, vocab_size=vocab),
+    trainer = cls(model=loaded.model, args=sdft_config(config, output_dir, device=loaded.device, dtype=loaded.dtype,
+                                                      vocab_size=vocab),
                   train_dataset=training_dataset(records), processing_class=loaded.tokenizer,
                   peft_config=lora_config(config), **kwargs)
     trainer.remove_callback(PrinterCallback)  # raw log dicts on stdout; progress has its own bar

@@ -152,7 +152,7 @@ def _did_you_mean(base: str) -> str:
 # --------------------------------------------------------------------------- loading
 
 
-def _resolve_device(device: str | None) -> str:
+def resolve_device(device: str | None) -> str:
     """None/"auto" picks CUDA when present, else CPU; an explicit CUDA without a GPU is an error."""
     import torch
 
@@ -248,7 +248,7 @@ def load_model(
     hf_logging.disable_progress_bar()  # a "Loading weights" bar per stage drowns the stage progress
 
     ref = name_or_ref if isinstance(name_or_ref, ModelRef) else resolve_model(name_or_ref)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     torch_dtype = _resolve_dtype(dtype, dev)
     kwargs = {"revision": ref.revision} if ref.revision else {}
     with _load_errors(ref):

@@ -598,3 +598,21 @@ def test_pa_distill_under_a_launcher_reports_and_writes_once(run_dir, launcher: 
     meta = json.loads((run / "adapter" / "policyalign.json").read_text())
     assert meta["training"]["processes"] == 2 and meta["training"]["steps"] == 2
     assert json.loads((run / "run.json").read_text())["stages"]["distill"]["status"] == "done"
+
+
+def test_the_trainer_runs_where_and_in_the_precision_the_model_was_loaded(tmp_path: Path) -> None:
+    """Not "is CUDA available": --device cpu on a GPU box was moved to the GPU, and an fp16 model
+    (GPUs without bf16) was given bf16 autocast, which such a GPU refuses."""
+    import torch
+
+    from policyalign.distill import device_flags, sdft_config
+
+    assert device_flags("cpu", torch.float32) == {"use_cpu": True, "bf16": False, "fp16": False,
+                                                  "gradient_checkpointing": False}
+    assert device_flags("cpu", torch.bfloat16)["bf16"] is False, "no autocast on the CPU"
+    assert device_flags("cuda:0", torch.bfloat16) == {"use_cpu": False, "bf16": True, "fp16": False,
+                                                      "gradient_checkpointing": True}
+    assert device_flags("cuda:0", torch.float16)["fp16"] is True and device_flags("cuda:0", torch.float16)["bf16"] is False
+    assert device_flags("cuda:0", torch.float32)["bf16"] is False
+    args = sdft_config(DistillConfig(), tmp_path, device="cpu", dtype=torch.float32)
+    assert args.use_cpu and args.device.type == "cpu" and args.n_gpu == 0

@@ -43,7 +43,8 @@ def apply(
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file of options; the command line wins."),
     push_to: Optional[str] = typer.Option(None, "--push-to", help="Publish the adapter to this Hub repo at the end."),
     private: bool = typer.Option(False, "--private", help="Create the Hub repo private."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: cuda if available)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: cuda if available). "
+                                         "Training runs on the first visible GPU: choose it with CUDA_VISIBLE_DEVICES."),
     seed: Optional[int] = typer.Option(None, "--seed"),
     generator: Optional[str] = typer.Option(None, "--generator", help="A stronger model to synthesize instructions."),
     n: Optional[int] = typer.Option(None, "--n", help="Instructions requested per template and category."),

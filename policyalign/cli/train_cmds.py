@@ -13,7 +13,8 @@ from .common import PacksPath
 RunDir = typer.Argument(..., help="Run directory (from `pa synthesize` or `pa apply`).")
 ModelOpt = typer.Option(None, "--model", help="Model (default: the run's). tiny, an alias, a Hub id or a path.")
 PackOpt = typer.Option(None, "--pack", help="Pack (default: the run's).")
-DeviceOpt = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available).")
+DeviceOpt = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: cuda if available). Training runs on the "
+                         "first visible GPU: choose it with CUDA_VISIBLE_DEVICES.")
 
 
 @app.command("filter")
