@@ -174,11 +174,11 @@ def check_config_ranges(options: dict[str, Any], path: Path) -> dict[str, Any]:
     check runs later on the merged options, but its error would name a command-line flag the user never typed."""
     from .distill import setting_error
 
-    given = {_SETTING_NAMES.get(k, k): v for k, v in options.items() if k in _DISTILL_OPTIONS and v is not None}
-    bad = setting_error(given)
+    keys = {_SETTING_NAMES.get(k, k): k for k, v in options.items() if k in _DISTILL_OPTIONS and v is not None}
+    bad = setting_error({setting: options[key] for setting, key in keys.items()})
     if bad is not None:
         setting, value, message = bad
-        key = next(k for k in _DISTILL_OPTIONS if _SETTING_NAMES.get(k, k) == setting)
+        key = keys[setting]
         raise InvalidInputError(f"{key}: {value!r}: {message}", file=str(path), where=key,
                                 hint=f"give {key} a value the pack schema allows for training.{setting}")
     return options

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from . import app
 from .common import PacksPath, console, load, print_json, registry
+
+if TYPE_CHECKING:
+    from ..registry import Registry
 
 
 @app.command("list")
@@ -39,7 +42,7 @@ def list_packs(
     _print_pack_table(rows)
 
 
-def _unreadable_row(path: Path, reg) -> dict:
+def _unreadable_row(path: Path, reg: "Registry") -> dict:
     """An invalid row for a pack whose manifest can't even be read for its name; `problem` says why."""
     from ..errors import PackError
     from ..pack import load_pack
