@@ -21,7 +21,7 @@ from .errors import InvalidInputError, RunError
 from .distill import launch_rank, training_device
 from .evaluate import check_eval_options
 from .io import output_dir
-from .pack import Pack
+from .pack import ManifestLoader, Pack
 from .run import read_manifest, record_inputs, stage_done, stage_results, write_manifest
 from .stages import (
     SELECTION_FLAGS, distill_config, distill_key, eval_key, filter_config, filter_key, run_distill, run_eval, run_filter,
@@ -87,23 +87,12 @@ class ApplyOptions:
     explicit: set[str] = field(default_factory=set, repr=False)
 
 
-class ConfigLoader(yaml.SafeLoader):
-    """Safe YAML that reads `1e-4` as the number it is. PyYAML follows YAML 1.1, where a float needs
-    a dot and a signed exponent (`1.0e-4`): the learning rates people write were strings, refused as
-    "expected a number" though they were written unquoted. A quoted "1e-4" stays a string."""
-
-
-ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float",
-                                   re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
-                                   list("-+0123456789."))
-
-
 def load_config_file(path: Path) -> dict[str, Any]:
     """Options from a YAML file, with the same names as the command-line options (dashes allowed)."""
     if not path.is_file():
         raise InvalidInputError("config file not found", file=str(path), hint="pass an existing YAML file to --config")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=ConfigLoader) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=ManifestLoader) or {}
     except yaml.YAMLError as exc:
         raise InvalidInputError(f"invalid YAML: {exc}", file=str(path), hint="fix the YAML syntax") from None
     if not isinstance(data, dict):

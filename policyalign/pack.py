@@ -227,15 +227,18 @@ class _Collector:
 
 
 class ManifestLoader(yaml.SafeLoader):
-    """Safe YAML without anchors/aliases (they allow exponential 'billion laughs' blow-ups), and
-    with flow collections ([...], {...}) nested at most MAX_NESTING deep: PyYAML's scanner slows
-    down superlinearly with flow depth and its composer recurses once per level."""
+    """Safe YAML for untrusted files (pack manifests, `pa apply --config`): no anchors/aliases (they
+    allow exponential 'billion laughs' blow-ups), flow collections ([...], {...}) nested at most
+    MAX_NESTING deep (PyYAML's scanner slows down superlinearly with flow depth and its composer
+    recurses once per level), and `1e-4` read as the number people mean. PyYAML follows YAML 1.1,
+    where a float needs a dot and a signed exponent (`1.0e-4`), so an unquoted learning rate was a
+    string, refused as "not of type 'number'". A quoted "1e-4" stays a string."""
 
     def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise yaml.constructor.ConstructorError(
-                None, None, "YAML aliases (*name) are not allowed in pack manifests", event.start_mark)
+                None, None, "YAML aliases (*name) are not allowed here: write the value out", event.start_mark)
         return super().compose_node(parent, index)
 
     def fetch_flow_collection_start(self, TokenClass):  # type: ignore[no-untyped-def]
@@ -245,7 +248,10 @@ class ManifestLoader(yaml.SafeLoader):
         super().fetch_flow_collection_start(TokenClass)
 
 
-_NoAliasLoader = ManifestLoader
+ManifestLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                     re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+                                     list("-+0123456789."))
+
 
 
 def _line_index(node: yaml.Node | None, pointer: str = "") -> dict[str, int]:

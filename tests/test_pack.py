@@ -38,6 +38,17 @@ def test_child_inherits_and_composes(fixture_packs: Path) -> None:
     assert child.parents[0].ref == "root-pack@1.0.0"
 
 
+def test_exponent_numbers_read_as_numbers(fixture_packs: Path) -> None:
+    """PyYAML (YAML 1.1) read an unquoted `1e-4` as a string: a pack's learning rate written the way
+    people write it was refused as "'1e-4' is not of type 'number'"."""
+    manifest = fixture_packs / "root-pack" / "pack.yaml"
+    manifest.write_text(manifest.read_text().replace("training:\n", "training:\n  learning_rate: 1e-4\n"))
+    assert _load(fixture_packs, "root-pack").training["learning_rate"] == 1e-4
+    manifest.write_text(manifest.read_text().replace("learning_rate: 1e-4", "learning_rate: '1e-4'"))
+    with pytest.raises(PackError, match="learning_rate.*'1e-4' is not of type 'number'"):
+        _load(fixture_packs, "root-pack")
+
+
 def test_child_may_strengthen_locked_category(fixture_packs: Path) -> None:
     path = fixture_packs / "root-pack" / "pack.yaml"
     path.write_text(path.read_text().replace("action: guide", "action: comply"))
