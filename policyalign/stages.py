@@ -222,7 +222,7 @@ def check_resumable(run_dir: Path, settings: dict[str, Any]) -> None:
     raise RunError(f"--resume would continue {checkpoint.name}, trained with other {what}",
                    file=str(Path(run_dir) / MANIFEST), where="stages.distill",
                    hint="resume with the options of the interrupted run (only --max-steps, --epochs, "
-                        "--save-steps, --no-prefix-cache and --vllm may change), or drop --resume to train afresh")
+                        "--save-steps, --[no-]prefix-cache and --[no-]vllm may change), or drop --resume to train afresh")
 
 
 def checkpoint_record(run_dir: Path) -> dict[str, Any]:

@@ -228,14 +228,19 @@ def test_pa_distill_resume_continues_with_the_settings_the_run_was_trained_with(
     from policyalign.cli import app
 
     run, pack = recorded_run
-    first = ["distill", str(run), "--max-steps", "2", "--save-steps", "1", "--max-new-tokens", "8", "--batch-size", "4",
-             "--lr", "0.005", "--lora-dropout", "0"]
-    assert CliRunner().invoke(app, first).exit_code == 0
-    result = CliRunner().invoke(app, ["distill", str(run), "--resume", "--max-steps", "3"])
+    first = ["distill", str(run), "--resume", "--max-steps", "2", "--save-steps", "1", "--max-new-tokens", "8",
+             "--batch-size", "4", "--lr", "0.005", "--lora-dropout", "0", "--no-prefix-cache"]
+    result = CliRunner().invoke(app, first)
     assert result.exit_code == 0, result.output
+    assert "--resume: no complete checkpoint" in result.output, "a --resume with nothing to resume says so"
+    # A switch recorded as off can be turned back on when resuming (it used to have only its --no- form).
+    result = CliRunner().invoke(app, ["distill", str(run), "--resume", "--max-steps", "3", "--prefix-cache"])
+    assert result.exit_code == 0, result.output
+    assert "no complete checkpoint" not in result.output
     config = json.loads((run / "adapter" / "policyalign.json").read_text())["config"]
     assert (config["learning_rate"], config["lora_dropout"], config["max_new_tokens"], config["max_steps"]) == \
         (0.005, 0.0, 8, 3)
+    assert config["prefix_cache"] is True
     state = json.loads((last_complete_checkpoint(checkpoint_dir(run)) / "trainer_state.json").read_text())
     assert state["global_step"] == 3 and [h["step"] for h in state["log_history"] if "loss" in h] == [1, 2, 3]
 

@@ -65,8 +65,11 @@ def distill(
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Rollout sampling temperature (paper: 1.0)."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="base (adapter disabled) or ema."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the rollouts, data order and LoRA init."),
-    no_prefix_cache: bool = typer.Option(False, "--no-prefix-cache", help="Recompute the policy prefix every step."),
-    vllm: bool = typer.Option(False, "--vllm", help="Roll out with vLLM (GPU, needs the [vllm] extra)."),
+    prefix_cache: Optional[bool] = typer.Option(None, "--prefix-cache/--no-prefix-cache",
+                                                help="Encode the policy prefix once and reuse it (default), or "
+                                                "recompute it every step."),
+    vllm: Optional[bool] = typer.Option(None, "--vllm/--no-vllm",
+                                        help="Roll out with vLLM (GPU, needs the [vllm] extra) or transformers (default)."),
     save_steps: Optional[int] = typer.Option(None, "--save-steps", help="Checkpoint every N optimizer steps, for --resume (default 50)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last complete checkpoint, with the "
                                 "settings it was trained with (flags given now override them)."),
@@ -74,6 +77,7 @@ def distill(
     packs_path: Optional[list[Path]] = PacksPath,
 ) -> None:
     """Distill the policy into a LoRA adapter (on-policy, reverse KL to the policy-prompted teacher)."""
+    from ..distill import checkpoint_dir, resume_point
     from ..stages import recorded_distill_config, run_distill
 
     targets = target_modules if target_modules in (None, "all-linear") else \
@@ -82,8 +86,10 @@ def distill(
         lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=targets,
         learning_rate=learning_rate, num_epochs=epochs, max_steps=max_steps, batch_size=batch_size,
         gradient_accumulation_steps=grad_accum, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-        teacher=teacher, seed=seed, prefix_cache=False if no_prefix_cache else None, use_vllm=True if vllm else None,
+        teacher=teacher, seed=seed, prefix_cache=prefix_cache, use_vllm=vllm,
         save_steps=save_steps).items() if v is not None}
+    if resume and resume_point(run_dir) is None:
+        typer.echo(f"--resume: no complete checkpoint in {checkpoint_dir(run_dir)}; training from the start", err=True)
     # --resume continues the interrupted training as it was set up; flags given now still win.
     overrides = {**recorded_distill_config(run_dir), **given} if resume else given
     result = run_distill(run_dir, model=model, pack=pack, packs_path=packs_path, device=device, resume=resume,
