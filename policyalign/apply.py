@@ -17,7 +17,7 @@ from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from .errors import InvalidInputError, RunError
+from .errors import InvalidInputError, PolicyAlignError, RunError
 from .distill import launch_rank, training_device
 from .evaluate import check_eval_options
 from .io import output_dir
@@ -385,6 +385,18 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
     }
 
 
+def listed_summary(run_dir: Path) -> dict[str, Any]:
+    """`run_summary`, or a row saying why not: one hand-edited run.json must not hide every other run."""
+    try:
+        return run_summary(run_dir)
+    except PolicyAlignError as exc:
+        return {key: None for key in _SUMMARY_KEYS} | {"run_dir": str(run_dir), "pack": "?", "status": "unreadable",
+                                                        "problem": str(exc)}
+
+
+_SUMMARY_KEYS = ("run_dir", "pack", "model", "status", "instructions", "selected", "heldout", "internalization_before",
+                 "internalization_after", "violation_before", "violation_after", "over_refusal_before",
+                 "over_refusal_after", "adapter", "card", "url")
 PIPELINE = ("synthesize", "filter", "eval_before", "distill", "eval_after", "card")
 
 
@@ -401,10 +413,16 @@ def _status(stages: dict[str, Any]) -> str:
     return f"partial ({len(done)}/{len(PIPELINE)} stages)" if done else "empty"
 
 
-def find_runs(roots: list[Path]) -> list[Path]:
-    """Run directories (holding run.json) directly under, or equal to, each root."""
+def find_runs(roots: list[Path], *, must_exist: bool = False) -> list[Path]:
+    """Run directories (holding run.json) directly under, or equal to, each root.
+
+    `must_exist` for roots the user named: a mistyped path must not read as "no runs yet".
+    """
     found: list[Path] = []
     for root in roots:
+        if must_exist and not root.is_dir():
+            raise InvalidInputError("no such directory", file=str(root),
+                                    hint="pass a run directory, or a folder holding run directories (e.g. runs/)")
         if (root / "run.json").is_file():
             found.append(root)
         elif root.is_dir():

@@ -240,6 +240,26 @@ def test_runs_lists_status_and_metrics(tmp_path: Path) -> None:
     assert row["status"] == "interrupted in filter" and row["instructions"] == 10 and row["pack"] == "general@1.0.0"
 
 
+def test_runs_lists_an_unreadable_run_beside_the_others(tmp_path: Path) -> None:
+    """One hand-edited run.json used to stop `pa runs` with an error, hiding every other run."""
+    for name, text in (("good", json.dumps({"inputs": {"model": "tiny"}, "stages": {}})), ("bad", "{")):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "run.json").write_text(text)
+    result = CliRunner().invoke(app, ["runs", str(tmp_path / "runs"), "--json"])
+    assert result.exit_code == 0, result.output
+    bad, good = json.loads(result.stdout)
+    assert good["status"] == "empty" and bad["status"] == "unreadable"
+    assert "run.json:line 1: invalid JSON" in bad["problem"] and set(bad) - {"problem"} == set(good)
+    table = CliRunner().invoke(app, ["runs", str(tmp_path / "runs")])
+    assert table.exit_code == 0 and "bad: unreadable:" in table.output
+
+
+def test_runs_refuses_a_directory_that_does_not_exist(tmp_path: Path) -> None:
+    """A mistyped path used to read as "no runs found"."""
+    result = CliRunner().invoke(app, ["runs", str(tmp_path / "rnus")])
+    assert result.exit_code != 0 and "rnus: no such directory" in result.output
+
+
 def test_apply_unknown_pack_is_a_clear_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["apply", "generel", "--model", "tiny", "--out", str(tmp_path / "r")])
     assert result.exit_code == 2 and "did you mean 'general'" in result.output

@@ -109,9 +109,9 @@ def runs(
     """List run directories with their status and key metrics."""
     from rich.table import Table
 
-    from ..apply import find_runs, run_summary
+    from ..apply import find_runs, listed_summary
 
-    summaries = [run_summary(d) for d in find_runs(list(dirs or [Path("runs")]))]
+    summaries = [listed_summary(d) for d in find_runs(list(dirs or [Path("runs")]), must_exist=bool(dirs))]
     if as_json:
         print_json(summaries)
         return
@@ -125,3 +125,6 @@ def runs(
                       f"{_pct(s['violation_before'])} -> {_pct(s['violation_after'])}",
                       f"{_pct(s['over_refusal_before'])} -> {_pct(s['over_refusal_after'])}")
     console().print(table)
+    for s in summaries:
+        if s.get("problem"):
+            typer.echo(f"{s['run_dir']}: unreadable: {s['problem']}", err=True)
