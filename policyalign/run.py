@@ -68,11 +68,25 @@ def pack_record(pack: "Pack") -> dict[str, Any]:
 def record_inputs(run_dir: Path, pack: "Pack", model: str, **extra: Any) -> dict[str, Any]:
     """Write (or update) the run's inputs: pack identity, model and library versions."""
     manifest = read_manifest(run_dir)
+    check_same_run(run_dir, manifest, pack.name, model)
     manifest["inputs"].update({"pack": pack_record(pack), "model": model, **extra})
     manifest["versions"] = versions()
     manifest.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     write_manifest(run_dir, manifest)
     return manifest
+
+
+def check_same_run(run_dir: Path, manifest: dict[str, Any], pack_name: str, model: str) -> None:
+    """Refuse to start another pack's or model's run in a directory holding one: its stages would re-run
+    and replace the finished instructions, adapter and card. Options, the pack's version or its
+    edits may change: that is re-running the same experiment, and resuming is keyed for it."""
+    recorded = manifest["inputs"]
+    old_pack, old_model = (recorded.get("pack") or {}).get("name"), recorded.get("model")
+    if not manifest["stages"] or (old_pack in (None, pack_name) and old_model in (None, model)):
+        return
+    raise RunError(f"{run_dir} holds a run of pack {old_pack!r} with model {old_model!r}, not {pack_name!r} with {model!r}",
+                   file=str(Path(run_dir) / MANIFEST),
+                   hint="choose another --out for this run (or delete that directory to reuse it)")
 
 
 def run_inputs(run_dir: Path) -> dict[str, Any]:

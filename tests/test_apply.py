@@ -260,6 +260,26 @@ def test_runs_refuses_a_directory_that_does_not_exist(tmp_path: Path) -> None:
     assert result.exit_code != 0 and "rnus: no such directory" in result.output
 
 
+def test_a_run_directory_keeps_its_pack_and_model(tmp_path: Path, fixture_packs: Path) -> None:
+    """`--out` naming another pack's or model's run used to re-run every stage there, replacing its adapter and card."""
+    from policyalign.errors import RunError
+    from policyalign.run import record_inputs, stage
+
+    registry = Registry([fixture_packs])
+    root, child = registry.load("root-pack"), registry.load("child-pack")
+    run = tmp_path / "run"
+    record_inputs(run, root, "tiny")
+    record_inputs(run, child, "tiny")  # nothing ran yet: the directory may still change its mind
+    with stage(run, "synthesize", "k"):
+        pass
+    record_inputs(run, child, "tiny", options={"keep": 0.5})  # the same run again, other options
+    for pack, model in ((root, "tiny"), (child, "other-model")):
+        with pytest.raises(RunError, match="holds a run of pack 'child-pack' with model 'tiny'") as info:
+            record_inputs(run, pack, model)
+        assert "choose another --out" in info.value.problem.hint
+    assert json.loads((run / "run.json").read_text())["inputs"]["pack"]["name"] == "child-pack"
+
+
 def test_apply_unknown_pack_is_a_clear_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["apply", "generel", "--model", "tiny", "--out", str(tmp_path / "r")])
     assert result.exit_code == 2 and "did you mean 'general'" in result.output
