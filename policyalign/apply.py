@@ -104,7 +104,7 @@ def load_config_file(path: Path) -> dict[str, Any]:
     for key in options:
         if key not in names:
             raise InvalidInputError(f"unknown option {key!r}", file=str(path), where=key,
-                                    hint=did_you_mean(key, sorted(names)) or f"known options: {', '.join(sorted(names))}")
+                                    hint=did_you_mean(key, sorted(names), "known options"))
     return check_config_ranges(check_config_types(options, path), path)
 
 

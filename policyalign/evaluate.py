@@ -157,7 +157,7 @@ def select_sets(pack: "Pack", names: Sequence[str] | None) -> list["EvalSet"]:
         if name not in available:
             from .pack import did_you_mean
 
-            hint = did_you_mean(name, list(available)) or f"this pack's eval sets: {', '.join(available) or 'none'}"
+            hint = did_you_mean(name, list(available), "this pack's eval sets")
             raise InvalidInputError(f"--sets: pack {pack.name!r} has no eval set {name!r}", hint=hint)
         chosen.append(available[name])
     return chosen

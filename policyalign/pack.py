@@ -166,9 +166,13 @@ class Pack:
         return list(seen.values())
 
 
-def did_you_mean(word: str, options: list[str] | tuple[str, ...]) -> str:
+def did_you_mean(word: str, options: list[str] | tuple[str, ...], known: str = "") -> str:
+    """The close match, else (with `known`, e.g. "known categories") every option: a hint that is
+    empty when the typo is far off leaves the user guessing what the names are."""
     close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f"did you mean {close[0]!r}?" if close else ""
+    if close:
+        return f"did you mean {close[0]!r}?"
+    return f"{known}: {', '.join(options) or 'none'}" if known else ""
 
 
 def _freeze(value: Any) -> Any:
@@ -767,7 +771,7 @@ def _eval_item(col: _Collector, file: str, lineno: int, raw: Any, validator: Any
     seen_ids.setdefault(raw["id"], f"{file} line {lineno}")
     if raw["category"] not in known:
         col.add(file, where + " /category", f"unknown category {raw['category']!r}",
-                did_you_mean(raw["category"], known) or f"known categories: {', '.join(known)}")
+                did_you_mean(raw["category"], known, "known categories"))
         return None
     messages = raw.get("messages") or [{"role": "user", "content": raw["prompt"]}]
     return EvalItem(raw["id"], raw["category"], _freeze(messages), _freeze(raw.get("tools", [])), raw["expect"],

@@ -24,10 +24,10 @@ def synthesis_prompts(pack: Pack, *, category: str | None = None, template: str 
     temps = [t for t in pack.templates if template in (None, t.id)]
     if category and not cats:
         raise InvalidInputError(f"pack {pack.name} has no category {category!r}",
-                                hint=did_you_mean(category, [c.id for c in pack.categories]))
+                                hint=did_you_mean(category, [c.id for c in pack.categories], "its categories"))
     if template and not temps:
         raise InvalidInputError(f"pack {pack.name} has no template {template!r}",
-                                hint=did_you_mean(template, [t.id for t in pack.templates]))
+                                hint=did_you_mean(template, [t.id for t in pack.templates], "its templates"))
     count = n or int(pack.synthesis.get("count_per_category", 20))
     prompts = []
     for spec in temps:

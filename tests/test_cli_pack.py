@@ -59,6 +59,11 @@ def test_render_shows_prompts_per_category(fixture_packs: Path) -> None:
 def test_render_unknown_category_suggests(fixture_packs: Path) -> None:
     result = runner.invoke(app, ["render", "child-pack", "--packs-path", str(fixture_packs), "--category", "record"])
     assert result.exit_code == 2 and "did you mean 'records'" in result.output
+    # A name far from every category used to get no hint at all.
+    result = runner.invoke(app, ["render", "child-pack", "--packs-path", str(fixture_packs), "--category", "zzz"])
+    assert result.exit_code == 2 and "its categories: weapons, scams, records" in result.output
+    result = runner.invoke(app, ["render", "child-pack", "--packs-path", str(fixture_packs), "--template", "zzz"])
+    assert result.exit_code == 2 and "its templates: " in result.output
 
 
 def test_real_process_reports_without_traceback(fixture_packs: Path) -> None:
