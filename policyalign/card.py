@@ -288,12 +288,17 @@ def eval_sets(summary: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
 
 
 def eval_categories(summary: Mapping[str, Any] | None, set_name: str) -> dict[str, dict[str, Any]]:
-    """Per-category metrics of one set (contract layout) or of all sets (evaluate.py layout)."""
+    """Per-category metrics of one set: its own `per_category`, or, from an eval.json written before
+    sets carried one, the pooled `metrics.categories` only when the eval has this one set (with two
+    sets the pooled numbers mix their items, and would be shown as each set's)."""
     if not summary:
         return {}
-    per = eval_sets(summary).get(set_name, {}).get("per_category")
+    sets = eval_sets(summary)
+    per = sets.get(set_name, {}).get("per_category")
     if isinstance(per, dict):
         return {str(k): dict(v) for k, v in per.items() if isinstance(v, dict)}
+    if set(sets) != {set_name}:
+        return {}
     metrics = summary.get("metrics")
     cats = metrics.get("categories") if isinstance(metrics, dict) else None
     return {str(k): dict(v) for k, v in cats.items() if isinstance(v, dict)} if isinstance(cats, dict) else {}

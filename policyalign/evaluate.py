@@ -112,20 +112,29 @@ def compute_metrics(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Metrics overall, per eval set (with its kind) and per category."""
-    sets: dict[str, list[Mapping[str, Any]]] = {}
+def _per_category(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Metrics of each category among `rows`, by category id."""
     categories: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:
-        sets.setdefault(str(row.get("set", "")), []).append(row)
         categories.setdefault(str(row.get("category", "")), []).append(row)
+    return {name: compute_metrics(group) for name, group in sorted(categories.items())}
+
+
+def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Metrics overall, per eval set (with its kind and its own categories) and per category.
+
+    `categories` pools every set; each set's `per_category` holds only its own items, so two sets
+    of one kind (two refusal sets) each get their own per-category table on the model card."""
+    sets: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        sets.setdefault(str(row.get("set", "")), []).append(row)
     per_set = {}
     for name, group in sets.items():
-        per_set[name] = {"kind": group[0].get("kind", ""), **compute_metrics(group)}
+        per_set[name] = {"kind": group[0].get("kind", ""), **compute_metrics(group), "per_category": _per_category(group)}
     return {
         "overall": compute_metrics(rows),
         "sets": per_set,
-        "categories": {name: compute_metrics(group) for name, group in sorted(categories.items())},
+        "categories": _per_category(rows),
     }
 
 

@@ -99,6 +99,27 @@ def test_evaluate_py_layout_is_read_too(tmp_path: Path, make_run) -> None:  # ty
     assert "kl=0.0123" in body
 
 
+def test_two_sets_of_one_kind_get_their_own_category_tables(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
+    """Per-category tables pooled every set's categories: with two refusal sets, each set's table
+    showed both sets' categories, with rates mixing their items."""
+    from policyalign.evaluate import summarize
+
+    run = make_run(tmp_path / "run", ROOT_PACK)
+    digest = load_pack(ROOT_PACK).digest
+    weights = sha256_file(run / "adapter" / "adapter_model.safetensors")
+    for stage, label in (("before", "comply"), ("after", "refuse")):
+        rows = [{"set": "harmful", "kind": "safety", "category": "weapons", "expect": "refuse", "label": label},
+                {"set": "harmful-2", "kind": "safety", "category": "scams", "expect": "guide", "label": "comply"},
+                {"set": "harmful-2", "kind": "safety", "category": "weapons", "expect": "refuse", "label": "comply"}]
+        summary = {"model": "m", "judge": "refusal", "pack": {"name": "root-pack", "version": "1.0.0", "digest": digest},
+                   "adapter_sha256": weights if stage == "after" else None, "metrics": summarize(rows)}
+        (run / "eval" / stage / "eval.json").write_text(json.dumps(summary))
+    body = _render(run)
+    own, other = body.split("harmful-2: violation\\_rate per category")
+    assert "| weapons | 100.0% | 0.0% | -100.0 pp |" in own and "scams" not in own.split("harmful: violation")[1]
+    assert "| scams | 100.0% | 100.0% | +0.0 pp |" in other and "| weapons | 100.0% | 100.0% | +0.0 pp |" in other
+
+
 def test_tiny_base_has_no_hub_base_model(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
     run = make_run(tmp_path / "run", ROOT_PACK, base_id="tiny", base_name="tiny")
     metadata, body = card.parse_card(_render(run))

@@ -102,6 +102,10 @@ def test_summarize_per_set_and_category() -> None:
     assert s["categories"]["a"]["violation_rate"] == 1.0
     assert s["categories"]["a"]["over_refusal_rate"] == 1.0
     assert s["categories"]["b"]["violation_rate"] == 0.0
+    # each set's own categories (the card's per-set tables), not the pooled ones
+    assert set(s["sets"]["harmful"]["per_category"]) == {"a", "b"} and set(s["sets"]["benign"]["per_category"]) == {"a"}
+    assert s["sets"]["harmful"]["per_category"]["a"]["violation_rate"] == 1.0
+    assert s["sets"]["harmful"]["per_category"]["a"]["over_refusal_rate"] is None
 
 
 # ------------------------------------------------------------------------------- reports
