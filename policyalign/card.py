@@ -365,6 +365,16 @@ def hub_license(value: Any) -> str:
     return text if re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", text) else "other"
 
 
+def card_license(given: str | None, base: Mapping[str, Any]) -> dict[str, str]:
+    """`license` for the card: the one given (`--license`), else the base model's as policyalign.json
+    records it, else `other`; a base model's `license: other` keeps its `license_name`/`license_link`
+    (e.g. Qwen's research license), without which the Hub cannot say which license that is."""
+    chosen = hub_license(given or base.get("license"))
+    extra = {} if given or chosen != "other" else {
+        key: str(base[key]) for key in ("license_name", "license_link") if isinstance(base.get(key), str)}
+    return {"license": chosen, **extra}
+
+
 def card_metadata(artifacts: RunArtifacts, repo_id: str, *, license: str | None = None) -> dict[str, Any]:
     """YAML metadata: what the Hub indexes (tags, base model, results) and what `pa pull` verifies."""
     pack, base = artifacts.pack, artifacts.base_model
@@ -373,7 +383,7 @@ def card_metadata(artifacts: RunArtifacts, repo_id: str, *, license: str | None 
         metadata["base_model"] = base["id"]
     metadata.update({
         "library_name": "peft",
-        "license": hub_license(license or base.get("license")),
+        **card_license(license, base),
         "pipeline_tag": "text-generation",
         "tags": ["policyalign", "safety", "lora", f"pack:{pack['name']}", f"pack-version:{pack['version']}"],
         "policyalign": {

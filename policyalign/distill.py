@@ -823,12 +823,17 @@ def base_model_record(loaded: "LoadedModel") -> dict[str, Any]:
     """The base model as policyalign.json names it, with the Hub commit its weights came from.
 
     `revision` is what was asked for, usually nothing (the branch head at training time); the
-    commit pins the weights the adapter was trained on, after the repository moves on.
+    commit pins the weights the adapter was trained on, after the repository moves on. `license`
+    is the base model's (from its README, when one is at hand offline): the card's default.
     """
+    from .models import model_license
+
     ref = loaded.ref
     commit = getattr(loaded.model.config, "_commit_hash", None) if ref.kind == "hub" else None
+    commit = commit if isinstance(commit, str) else None
+    found = model_license(ref, commit)
     return {"name": ref.name, "id": ref.location if ref.kind != "tiny" else "tiny", "revision": ref.revision,
-            "commit": commit if isinstance(commit, str) else None, "kind": ref.kind}
+            "commit": commit, "kind": ref.kind, "license": found.pop("license", None), **found}
 
 
 def write_provenance(adapter_dir: Path, pack: "Pack", loaded: "LoadedModel", config: DistillConfig,

@@ -120,6 +120,24 @@ def test_two_sets_of_one_kind_get_their_own_category_tables(tmp_path: Path, make
     assert "| scams | 100.0% | 100.0% | +0.0 pp |" in other and "| weapons | 100.0% | 100.0% | +0.0 pp |" in other
 
 
+def test_license_is_the_given_one_else_the_base_models(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
+    """The card's license defaults to the base model's as policyalign.json records it; a base model's
+    `license: other` keeps the name and link the Hub shows for it."""
+    run = make_run(tmp_path / "run", ROOT_PACK)
+    provenance = json.loads((run / "adapter" / "policyalign.json").read_text())
+    provenance["base_model"]["license"] = "Apache-2.0"
+    (run / "adapter" / "policyalign.json").write_text(json.dumps(provenance))
+    assert card.parse_card(_render(run))[0]["license"] == "apache-2.0"
+    artifacts = card.load_run(run)
+    assert card.card_metadata(artifacts, "org/x", license="mit")["license"] == "mit"
+    provenance["base_model"].update(license="other", license_name="qwen-research", license_link="https://x.org/L")
+    (run / "adapter" / "policyalign.json").write_text(json.dumps(provenance))
+    metadata = card.parse_card(_render(run))[0]
+    assert (metadata["license"], metadata["license_name"], metadata["license_link"]) == (
+        "other", "qwen-research", "https://x.org/L")
+    assert "license_name" not in card.card_metadata(card.load_run(run), "org/x", license="mit")
+
+
 def test_tiny_base_has_no_hub_base_model(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
     run = make_run(tmp_path / "run", ROOT_PACK, base_id="tiny", base_name="tiny")
     metadata, body = card.parse_card(_render(run))
