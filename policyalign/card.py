@@ -109,6 +109,7 @@ def _check_evals_alike(evals: Mapping[str, Any], provenance: Mapping[str, Any], 
     alike. An after-eval re-run with `pa eval`'s defaults (every item, 256 tokens) beside an apply
     before-eval (`--eval-limit`) published a change between two different tests."""
     from .evaluate import comparable_notes
+    from .run import read_manifest
 
     if not {"before", "after"} <= set(evals):
         return
@@ -117,13 +118,15 @@ def _check_evals_alike(evals: Mapping[str, Any], provenance: Mapping[str, Any], 
         return
     before, after = evals["before"], adapter.parent / "eval" / "after"
     sampling = before.get("sampling") if isinstance(before.get("sampling"), dict) else {}
+    # eval.json names a local model by its directory's name only; run.json (never published) has its path
+    model = read_manifest(adapter.parent)["inputs"].get("model") or before.get("model")
     flags = "".join(f" {flag} {sh(value)}" for flag, value in (
         ("--judge", before.get("judge")), ("--limit", before.get("limit")),
         ("--max-new-tokens", sampling.get("max_new_tokens"))) if value is not None)
     raise RunError("eval/before and eval/after were not measured alike, so the card cannot compare them: "
                    + "; ".join(note.removeprefix("- ") for note in notes), file=str(after / "eval.json"),
                    hint=f"re-run the after-eval as the before-eval ran: `pa eval {sh(provenance['pack']['name'])} "
-                        f"--model {sh(before.get('model'))} --adapter {sh(adapter)} --out {sh(after)}{flags}`, "
+                        f"--model {sh(model)} --adapter {sh(adapter)} --out {sh(after)}{flags}`, "
                         f"or both with `pa apply PACK --model MODEL --out {sh(adapter.parent)}`")
 
 

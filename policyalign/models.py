@@ -60,6 +60,17 @@ class ModelRef:
             return TINY
         return f"{self.location}@{self.revision}" if self.revision else self.location
 
+    def public(self) -> "ModelRef":
+        """The model as files that are published name it (policyalign.json, eval.json, the card,
+        adapter_config.json): a local directory by its own name, `tiny` as `tiny`. Its path (the
+        user's home directory, username included) means nothing on the Hub; a Hub id is kept."""
+        if self.kind == "local":
+            name = Path(self.location).name
+            return ModelRef(name=name, kind="local", location=name, revision=self.revision)
+        if self.kind == "tiny":
+            return ModelRef(name=TINY, kind="tiny", location=TINY, revision=self.revision)
+        return self
+
 
 @dataclass(frozen=True)
 class LoadedModel:
