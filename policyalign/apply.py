@@ -48,6 +48,7 @@ class ApplyOptions:
     out: Path | None = None
     push_to: str | None = None
     private: bool = False
+    license: str | None = None
     device: str | None = None
     seed: int = 0
     # synthesis
@@ -318,22 +319,23 @@ def apply(options: ApplyOptions, pack: Pack, *, on_stage: Callable[[str, str], N
     step("eval_after", eval_key(run_dir, pack, options.model, "after", eopts), ["eval/after/eval.json"],
          lambda: run_eval(run_dir, "after", model=options.model, pack=pack, **eopts, **common))
     repo_id = options.push_to or f"local/{run_dir.name}"
-    step("card", card_key(run_dir, repo_id), ["README.md", "eval/before_after.png"],
-         lambda: run_card(run_dir, repo_id))
+    step("card", card_key(run_dir, repo_id, options.license), ["README.md", "eval/before_after.png"],
+         lambda: run_card(run_dir, repo_id, options.license))
     url = None
     if options.push_to:
         pkey = push_key(run_dir, options.push_to)
-        step("push", pkey, ["README.md"], lambda: _push(run_dir, options.push_to, options.private, pkey))
+        step("push", pkey, ["README.md"],
+             lambda: _push(run_dir, options.push_to, options.private, pkey, options.license))
         url = read_manifest(run_dir)["stages"]["push"]["url"]
     return ApplyResult(run_dir, reports, run_summary(run_dir), url)
 
 
-def _push(run_dir: Path, repo_id: str, private: bool, key: str) -> None:
+def _push(run_dir: Path, repo_id: str, private: bool, key: str, license: str | None) -> None:
     """Publish the run and record it with its key: a re-run skips a push of the same card, whose
     tag the Hub already holds (pushing it again could only fail: `pa push` never moves a tag)."""
     from .hub import push_run
 
-    url = push_run(run_dir, repo_id, private=private)
+    url = push_run(run_dir, repo_id, private=private, license=license)
     manifest = read_manifest(run_dir)
     manifest["stages"]["push"] = {"status": "done", "key": key, "url": url}
     write_manifest(run_dir, manifest)

@@ -109,6 +109,7 @@ def _check_evals_alike(evals: Mapping[str, Any], provenance: Mapping[str, Any], 
     alike. An after-eval re-run with `pa eval`'s defaults (every item, 256 tokens) beside an apply
     before-eval (`--eval-limit`) published a change between two different tests."""
     from .evaluate import comparable_notes
+    from .run import read_manifest
 
     if not {"before", "after"} <= set(evals):
         return
@@ -117,13 +118,15 @@ def _check_evals_alike(evals: Mapping[str, Any], provenance: Mapping[str, Any], 
         return
     before, after = evals["before"], adapter.parent / "eval" / "after"
     sampling = before.get("sampling") if isinstance(before.get("sampling"), dict) else {}
+    # eval.json names a local model by its directory's name only; run.json (never published) has its path
+    model = read_manifest(adapter.parent)["inputs"].get("model") or before.get("model")
     flags = "".join(f" {flag} {sh(value)}" for flag, value in (
         ("--judge", before.get("judge")), ("--limit", before.get("limit")),
         ("--max-new-tokens", sampling.get("max_new_tokens"))) if value is not None)
     raise RunError("eval/before and eval/after were not measured alike, so the card cannot compare them: "
                    + "; ".join(note.removeprefix("- ") for note in notes), file=str(after / "eval.json"),
                    hint=f"re-run the after-eval as the before-eval ran: `pa eval {sh(provenance['pack']['name'])} "
-                        f"--model {sh(before.get('model'))} --adapter {sh(adapter)} --out {sh(after)}{flags}`, "
+                        f"--model {sh(model)} --adapter {sh(adapter)} --out {sh(after)}{flags}`, "
                         f"or both with `pa apply PACK --model MODEL --out {sh(adapter.parent)}`")
 
 
@@ -288,12 +291,17 @@ def eval_sets(summary: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
 
 
 def eval_categories(summary: Mapping[str, Any] | None, set_name: str) -> dict[str, dict[str, Any]]:
-    """Per-category metrics of one set (contract layout) or of all sets (evaluate.py layout)."""
+    """Per-category metrics of one set: its own `per_category`, or, from an eval.json written before
+    sets carried one, the pooled `metrics.categories` only when the eval has this one set (with two
+    sets the pooled numbers mix their items, and would be shown as each set's)."""
     if not summary:
         return {}
-    per = eval_sets(summary).get(set_name, {}).get("per_category")
+    sets = eval_sets(summary)
+    per = sets.get(set_name, {}).get("per_category")
     if isinstance(per, dict):
         return {str(k): dict(v) for k, v in per.items() if isinstance(v, dict)}
+    if set(sets) != {set_name}:
+        return {}
     metrics = summary.get("metrics")
     cats = metrics.get("categories") if isinstance(metrics, dict) else None
     return {str(k): dict(v) for k, v in cats.items() if isinstance(v, dict)} if isinstance(cats, dict) else {}
@@ -360,6 +368,16 @@ def hub_license(value: Any) -> str:
     return text if re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", text) else "other"
 
 
+def card_license(given: str | None, base: Mapping[str, Any]) -> dict[str, str]:
+    """`license` for the card: the one given (`--license`), else the base model's as policyalign.json
+    records it, else `other`; a base model's `license: other` keeps its `license_name`/`license_link`
+    (e.g. Qwen's research license), without which the Hub cannot say which license that is."""
+    chosen = hub_license(given or base.get("license"))
+    extra = {} if given or chosen != "other" else {
+        key: str(base[key]) for key in ("license_name", "license_link") if isinstance(base.get(key), str)}
+    return {"license": chosen, **extra}
+
+
 def card_metadata(artifacts: RunArtifacts, repo_id: str, *, license: str | None = None) -> dict[str, Any]:
     """YAML metadata: what the Hub indexes (tags, base model, results) and what `pa pull` verifies."""
     pack, base = artifacts.pack, artifacts.base_model
@@ -368,7 +386,7 @@ def card_metadata(artifacts: RunArtifacts, repo_id: str, *, license: str | None 
         metadata["base_model"] = base["id"]
     metadata.update({
         "library_name": "peft",
-        "license": hub_license(license or base.get("license")),
+        **card_license(license, base),
         "pipeline_tag": "text-generation",
         "tags": ["policyalign", "safety", "lora", f"pack:{pack['name']}", f"pack-version:{pack['version']}"],
         "policyalign": {

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .chat import encode_chat, student_messages, teacher_messages
 from .errors import InvalidInputError, RunError
-from .io import atomic_open, make_files_ordinary, write_json
+from .io import atomic_open, make_files_ordinary, read_json, write_json
 
 if TYPE_CHECKING:
     from .models import LoadedModel
@@ -625,7 +625,8 @@ def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillCon
                            processes=processes, main=main)
     if main:
         def describe(staged: Path) -> None:
-            write_provenance(staged, pack, loaded, config, result, run_dir)
+            provenance = write_provenance(staged, pack, loaded, config, result, run_dir)
+            name_base_model(staged, provenance["base_model"]["id"])
             plot_loss(history, staged / "loss.png")
 
         save_adapter(trainer.accelerator.unwrap_model(trainer.model), adapter_dir, describe)
@@ -823,19 +824,34 @@ def base_model_record(loaded: "LoadedModel") -> dict[str, Any]:
     """The base model as policyalign.json names it, with the Hub commit its weights came from.
 
     `revision` is what was asked for, usually nothing (the branch head at training time); the
-    commit pins the weights the adapter was trained on, after the repository moves on.
+    commit pins the weights the adapter was trained on, after the repository moves on. `license`
+    is the base model's (from its README, when one is at hand offline): the card's default.
     """
+    from .models import model_license
+
     ref = loaded.ref
     commit = getattr(loaded.model.config, "_commit_hash", None) if ref.kind == "hub" else None
-    return {"name": ref.name, "id": ref.location if ref.kind != "tiny" else "tiny", "revision": ref.revision,
-            "commit": commit if isinstance(commit, str) else None, "kind": ref.kind}
+    commit = commit if isinstance(commit, str) else None
+    found = model_license(ref, commit)
+    public = ref.public()  # published with the adapter: no local paths
+    return {"name": public.name, "id": public.location, "revision": ref.revision,
+            "commit": commit, "kind": ref.kind, "license": found.pop("license", None), **found}
+
+
+def name_base_model(adapter_dir: Path, base_id: str) -> None:
+    """adapter_config.json names the base model as policyalign.json does. PEFT writes the path the
+    base was loaded from: for `tiny` or a local directory an absolute local path, which would be
+    published with the adapter (the user's home directory) and means nothing on another machine."""
+    path = adapter_dir / "adapter_config.json"
+    config = read_json(path)
+    if isinstance(config, dict) and config.get("base_model_name_or_path") != base_id:
+        write_json(path, {**config, "base_model_name_or_path": base_id})
 
 
 def write_provenance(adapter_dir: Path, pack: "Pack", loaded: "LoadedModel", config: DistillConfig,
                      result: DistillResult, run_dir: Path) -> dict[str, Any]:
     """policyalign.json: exactly which pack, model, data and settings made this adapter."""
     from . import __version__
-    from .io import read_json
 
     synthesis = read_json(run_dir / "synthesis.json") if (run_dir / "synthesis.json").is_file() else {}
     scored = sum(1 for _ in (run_dir / "scored.jsonl").open()) if (run_dir / "scored.jsonl").is_file() else None

@@ -112,20 +112,29 @@ def compute_metrics(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Metrics overall, per eval set (with its kind) and per category."""
-    sets: dict[str, list[Mapping[str, Any]]] = {}
+def _per_category(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Metrics of each category among `rows`, by category id."""
     categories: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:
-        sets.setdefault(str(row.get("set", "")), []).append(row)
         categories.setdefault(str(row.get("category", "")), []).append(row)
+    return {name: compute_metrics(group) for name, group in sorted(categories.items())}
+
+
+def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Metrics overall, per eval set (with its kind and its own categories) and per category.
+
+    `categories` pools every set; each set's `per_category` holds only its own items, so two sets
+    of one kind (two refusal sets) each get their own per-category table on the model card."""
+    sets: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        sets.setdefault(str(row.get("set", "")), []).append(row)
     per_set = {}
     for name, group in sets.items():
-        per_set[name] = {"kind": group[0].get("kind", ""), **compute_metrics(group)}
+        per_set[name] = {"kind": group[0].get("kind", ""), **compute_metrics(group), "per_category": _per_category(group)}
     return {
         "overall": compute_metrics(rows),
         "sets": per_set,
-        "categories": {name: compute_metrics(group) for name, group in sorted(categories.items())},
+        "categories": _per_category(rows),
     }
 
 
@@ -500,7 +509,10 @@ def _generate(tasks: Sequence[_Task], pack: "Pack", model_name: str, *, adapter:
                      "forbidden_tools": list(item.forbidden_tools), "response": gen.text,
                      "finish_reason": gen.finish_reason, "response_tokens": len(gen.token_ids)})
     drift = drift_of_loaded(loaded, batch_size=batch_size) if with_drift else None
-    model_info = {"name": model_name, "resolved": _ref_dict(getattr(loaded, "ref", None)),
+    ref = getattr(loaded, "ref", None)
+    public = ref.public() if ref is not None else None  # eval.json is published with the adapter: no local paths
+    model_info = {"name": public.name if public is not None and public.kind == "local" else model_name,
+                  "resolved": _ref_dict(public),
                   "device": str(getattr(loaded, "device", "")), "dtype": str(getattr(loaded, "dtype", ""))}
     del loaded, gens
     gc.collect()
@@ -516,6 +528,18 @@ def _ref_dict(ref: Any) -> dict[str, Any] | None:
 
 
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def recorded_adapter(adapter: str | None, out_dir: str | os.PathLike[str]) -> str | None:
+    """The adapter as eval.json names it. An eval written to RUN_DIR/eval/NAME (the run's stages, or
+    `pa eval --out RUN_DIR/eval/after`) names an adapter inside RUN_DIR relative to it (`adapter`):
+    that eval.json is published with the adapter, and an absolute path would show the user's home
+    directory on the Hub. Any other adapter keeps the path it was given."""
+    out = Path(out_dir).resolve()
+    if not adapter or out.parent.name != "eval":
+        return adapter
+    run_dir, resolved = out.parent.parent, Path(adapter).resolve()
+    return resolved.relative_to(run_dir).as_posix() if resolved.is_relative_to(run_dir) else adapter
 
 
 def adapter_sha256(adapter: str | os.PathLike[str] | None) -> str | None:
@@ -580,9 +604,9 @@ def evaluate(
     rows = judge_rows(rows, judge, policy=pack.policy, device=device, batch_size=min(batch_size, 8))
     summary = {
         "schema": EVAL_SCHEMA,
-        "model": model_name,
+        "model": model_info["name"],
         "model_info": model_info,
-        "adapter": adapter_str,
+        "adapter": recorded_adapter(adapter_str, out_dir),
         "adapter_sha256": adapter_hash,
         "policy_in_context": policy_in_context,
         "pack": {"name": pack.name, "version": pack.version, "digest": pack.digest},

@@ -496,7 +496,7 @@ def model_names(model: str) -> set[str]:
     if base.lower() != "tiny":  # resolving tiny would build it; its recorded id is just "tiny"
         try:
             ref = resolve_model(base)
-            names |= {ref.name, ref.location}
+            names |= {ref.name, ref.location, ref.public().location}
         except PolicyAlignError:
             pass
     return {n.lower() for n in names}

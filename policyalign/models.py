@@ -60,6 +60,17 @@ class ModelRef:
             return TINY
         return f"{self.location}@{self.revision}" if self.revision else self.location
 
+    def public(self) -> "ModelRef":
+        """The model as files that are published name it (policyalign.json, eval.json, the card,
+        adapter_config.json): a local directory by its own name, `tiny` as `tiny`. Its path (the
+        user's home directory, username included) means nothing on the Hub; a Hub id is kept."""
+        if self.kind == "local":
+            name = Path(self.location).name
+            return ModelRef(name=name, kind="local", location=name, revision=self.revision)
+        if self.kind == "tiny":
+            return ModelRef(name=TINY, kind="tiny", location=TINY, revision=self.revision)
+        return self
+
 
 @dataclass(frozen=True)
 class LoadedModel:
@@ -147,6 +158,40 @@ def _did_you_mean(base: str) -> str:
         names = " or ".join(candidates[c] for c in close)
         return f"did you mean {names}? (`pa models` lists the aliases)"
     return _NAME_HINT
+
+
+# --------------------------------------------------------------------------- license
+
+LICENSE_KEYS = ("license", "license_name", "license_link")
+
+
+def model_readme(ref: ModelRef, commit: str | None = None) -> Path | None:
+    """The model's own card (README.md), found offline: in a local model directory, or in the
+    Hugging Face cache snapshot the weights came from (`commit`, else the asked-for revision).
+    `from_pretrained` does not fetch README.md, so a Hub model has one only when it was
+    downloaded whole (`hf download`); None when there is none to read."""
+    if ref.kind == "local":
+        path = Path(ref.location) / "README.md"
+        return path if path.is_file() else None
+    if ref.kind != "hub":
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(ref.location, "README.md", revision=commit or ref.revision)
+    return Path(found) if isinstance(found, str) else None
+
+
+def model_license(ref: ModelRef, commit: str | None = None) -> dict[str, str]:
+    """`license` (and `license_name`/`license_link`, which the Hub pairs with `license: other`) from
+    the YAML front matter of the model's README.md: the adapter's card states the base model's license."""
+    from .card import parse_card
+
+    readme = model_readme(ref, commit)
+    if readme is None:
+        return {}
+    metadata, _ = parse_card(readme.read_text(encoding="utf-8", errors="replace"))
+    return {key: value.strip() for key in LICENSE_KEYS
+            if isinstance(value := metadata.get(key), str) and value.strip()}
 
 
 # --------------------------------------------------------------------------- loading

@@ -309,15 +309,20 @@ def test_bad_settings_of_a_later_stage_fail_before_the_first_stage_runs(tmp_path
     assert not (run / "instructions.jsonl").exists(), "nothing was synthesized"
 
 
-@pytest.mark.slow
-def test_rerunning_apply_with_push_to_skips_the_push_it_already_made(tmp_path: Path, fixture_packs: Path, hub_server,  # type: ignore[no-untyped-def]
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """A finished `pa apply --push-to` run again pushed again, and failed on the tag its first push made."""
+def _use_loopback_hub(hub_server, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """Point huggingface_hub at the session's loopback Hub, with its token."""
     import huggingface_hub.constants
 
     monkeypatch.setenv("HF_ENDPOINT", hub_server.endpoint)
     monkeypatch.setenv("HF_TOKEN", hub_server.token)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
+
+
+@pytest.mark.slow
+def test_rerunning_apply_with_push_to_skips_the_push_it_already_made(tmp_path: Path, fixture_packs: Path, hub_server,  # type: ignore[no-untyped-def]
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A finished `pa apply --push-to` run again pushed again, and failed on the tag its first push made."""
+    _use_loopback_hub(hub_server, monkeypatch)
     pack = Registry([fixture_packs]).load("child-pack")
     run = tmp_path / "run"
     first = apply(_options(fixture_packs, run, push_to="org/apply-rerun"), pack)
@@ -326,6 +331,24 @@ def test_rerunning_apply_with_push_to_skips_the_push_it_already_made(tmp_path: P
     assert [s.status for s in again.stages] == ["skipped"] * 7
     assert again.url == first.url == run_summary(run)["url"]
     assert hub_server.tags("org/apply-rerun") == [f"{pack.name}-v{pack.version}"]
+
+
+@pytest.mark.slow
+def test_license_from_the_config_file_reaches_the_card_and_the_push(tmp_path: Path, fixture_packs: Path, hub_server,  # type: ignore[no-untyped-def]
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pa push` took --license but `pa apply --push-to` had no way to give one: its card said `other`."""
+    from policyalign.card import parse_card
+
+    _use_loopback_hub(hub_server, monkeypatch)
+    config = tmp_path / "run.yaml"
+    config.write_text("license: mit\nprogress: false\n")
+    assert build_options({"pack": "p", "model": "tiny", "license": "apache-2.0"}, config).license == "apache-2.0"
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["apply", str(fixture_packs / "child-pack"), "--model", "tiny", "--out", str(run),
+                                      "--config", str(config), "--push-to", "org/apply-license", *FAST])
+    assert result.exit_code == 0, result.output
+    assert parse_card((run / "README.md").read_text())[0]["license"] == "mit"
+    assert parse_card(hub_server.read("org/apply-license", "README.md").decode())[0]["license"] == "mit"
 
 
 def test_progress_false_in_the_config_file_is_honoured(tmp_path: Path, fixture_packs: Path) -> None:

@@ -99,6 +99,45 @@ def test_evaluate_py_layout_is_read_too(tmp_path: Path, make_run) -> None:  # ty
     assert "kl=0.0123" in body
 
 
+def test_two_sets_of_one_kind_get_their_own_category_tables(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
+    """Per-category tables pooled every set's categories: with two refusal sets, each set's table
+    showed both sets' categories, with rates mixing their items."""
+    from policyalign.evaluate import summarize
+
+    run = make_run(tmp_path / "run", ROOT_PACK)
+    digest = load_pack(ROOT_PACK).digest
+    weights = sha256_file(run / "adapter" / "adapter_model.safetensors")
+    for stage, label in (("before", "comply"), ("after", "refuse")):
+        rows = [{"set": "harmful", "kind": "safety", "category": "weapons", "expect": "refuse", "label": label},
+                {"set": "harmful-2", "kind": "safety", "category": "scams", "expect": "guide", "label": "comply"},
+                {"set": "harmful-2", "kind": "safety", "category": "weapons", "expect": "refuse", "label": "comply"}]
+        summary = {"model": "m", "judge": "refusal", "pack": {"name": "root-pack", "version": "1.0.0", "digest": digest},
+                   "adapter_sha256": weights if stage == "after" else None, "metrics": summarize(rows)}
+        (run / "eval" / stage / "eval.json").write_text(json.dumps(summary))
+    body = _render(run)
+    own, other = body.split("harmful-2: violation\\_rate per category")
+    assert "| weapons | 100.0% | 0.0% | -100.0 pp |" in own and "scams" not in own.split("harmful: violation")[1]
+    assert "| scams | 100.0% | 100.0% | +0.0 pp |" in other and "| weapons | 100.0% | 100.0% | +0.0 pp |" in other
+
+
+def test_license_is_the_given_one_else_the_base_models(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
+    """The card's license defaults to the base model's as policyalign.json records it; a base model's
+    `license: other` keeps the name and link the Hub shows for it."""
+    run = make_run(tmp_path / "run", ROOT_PACK)
+    provenance = json.loads((run / "adapter" / "policyalign.json").read_text())
+    provenance["base_model"]["license"] = "Apache-2.0"
+    (run / "adapter" / "policyalign.json").write_text(json.dumps(provenance))
+    assert card.parse_card(_render(run))[0]["license"] == "apache-2.0"
+    artifacts = card.load_run(run)
+    assert card.card_metadata(artifacts, "org/x", license="mit")["license"] == "mit"
+    provenance["base_model"].update(license="other", license_name="qwen-research", license_link="https://x.org/L")
+    (run / "adapter" / "policyalign.json").write_text(json.dumps(provenance))
+    metadata = card.parse_card(_render(run))[0]
+    assert (metadata["license"], metadata["license_name"], metadata["license_link"]) == (
+        "other", "qwen-research", "https://x.org/L")
+    assert "license_name" not in card.card_metadata(card.load_run(run), "org/x", license="mit")
+
+
 def test_tiny_base_has_no_hub_base_model(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
     run = make_run(tmp_path / "run", ROOT_PACK, base_id="tiny", base_name="tiny")
     metadata, body = card.parse_card(_render(run))

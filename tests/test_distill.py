@@ -348,6 +348,8 @@ def test_provenance_pins_the_hub_commit_of_the_base_model(tmp_path: Path, fixtur
     shutil.copytree(tiny_model_path(), repo / "snapshots" / commit)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
+    # a snapshot downloaded whole (`hf download`) holds the model's card, and its license
+    (repo / "snapshots" / commit / "README.md").write_text("---\nlicense: apache-2.0\n---\n# acme/tiny\n")
     pack_dir = fixture_packs / "root-pack"
     code = ("import sys; from pathlib import Path; from policyalign.models import load_model; "
             "from policyalign.distill import DistillConfig, DistillResult, write_provenance; "
@@ -359,7 +361,40 @@ def test_provenance_pins_the_hub_commit_of_the_base_model(tmp_path: Path, fixtur
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads((tmp_path / "policyalign.json").read_text())["base_model"]
-    assert record == {"name": "acme/tiny", "id": "acme/tiny", "revision": None, "commit": commit, "kind": "hub"}
+    assert record == {"name": "acme/tiny", "id": "acme/tiny", "revision": None, "commit": commit, "kind": "hub",
+                      "license": "apache-2.0"}
+
+
+def test_provenance_records_the_license_of_a_local_base_model(tmp_path: Path) -> None:
+    """`pa push --license` defaults to the base model's license, but none was recorded: every card said `other`."""
+    import shutil
+
+    from policyalign.distill import base_model_record
+    from policyalign.tiny import tiny_model_path
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_path(), model)
+    (model / "README.md").write_text("---\nlicense: apache-2.0\n---\n# My model\n")
+    assert base_model_record(load_model(str(model)))["license"] == "apache-2.0"
+    assert base_model_record(load_model("tiny"))["license"] is None
+
+
+def test_published_adapter_files_name_a_local_base_model_without_its_path(tmp_path: Path) -> None:
+    """policyalign.json and adapter_config.json (both pushed) held the base model's absolute local path."""
+    import shutil
+
+    from policyalign.distill import base_model_record, name_base_model
+    from policyalign.tiny import tiny_model_path
+
+    model = tmp_path / "my-base"
+    shutil.copytree(tiny_model_path(), model)
+    record = base_model_record(load_model(str(model)))
+    assert (record["name"], record["id"], record["kind"]) == ("my-base", "my-base", "local")
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(model), "r": 4}))
+    name_base_model(adapter, record["id"])
+    assert json.loads((adapter / "adapter_config.json").read_text()) == {"base_model_name_or_path": "my-base", "r": 4}
 
 
 def test_an_instruction_too_long_for_the_policy_is_named_before_training(tmp_path: Path, fixture_packs: Path) -> None:

@@ -102,6 +102,10 @@ def test_summarize_per_set_and_category() -> None:
     assert s["categories"]["a"]["violation_rate"] == 1.0
     assert s["categories"]["a"]["over_refusal_rate"] == 1.0
     assert s["categories"]["b"]["violation_rate"] == 0.0
+    # each set's own categories (the card's per-set tables), not the pooled ones
+    assert set(s["sets"]["harmful"]["per_category"]) == {"a", "b"} and set(s["sets"]["benign"]["per_category"]) == {"a"}
+    assert s["sets"]["harmful"]["per_category"]["a"]["violation_rate"] == 1.0
+    assert s["sets"]["harmful"]["per_category"]["a"]["over_refusal_rate"] is None
 
 
 # ------------------------------------------------------------------------------- reports
@@ -371,6 +375,36 @@ def test_evaluate_end_to_end_on_tiny(tmp_path: Path) -> None:
     assert all(r["label"] in ("refuse", "guide", "comply", "unparseable") for r in rows)
     assert result.report_md.read_text().startswith("# Evaluation: general@")
     assert result.chart_png.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_eval_json_of_a_run_holds_no_local_paths(tmp_path: Path, peft_adapter: Path) -> None:
+    """RUN_DIR/eval/after/eval.json is pushed with the adapter: it held the absolute paths of the
+    adapter and of a local base model (the user's home directory, on the Hub)."""
+    import shutil
+
+    from policyalign.tiny import tiny_model_path
+
+    model, run = tmp_path / "my-base", tmp_path / "run"
+    shutil.copytree(tiny_model_path(), model)
+    shutil.copytree(peft_adapter, run / "adapter")
+    result = evaluate(_general(), str(model), adapter=run / "adapter", out_dir=run / "eval" / "after", limit=1,
+                      params=greedy_params(4), drift=False)
+    text = result.eval_json.read_text()
+    assert str(tmp_path) not in text
+    summary = json.loads(text)
+    assert (summary["model"], summary["adapter"], summary["model_info"]["resolved"]["location"]) == (
+        "my-base", "adapter", "my-base")
+    assert summary["adapter_sha256"] == sha256_file(run / "adapter" / "adapter_model.safetensors")
+
+
+def test_an_adapter_outside_the_eval_run_keeps_its_path(tmp_path: Path) -> None:
+    from policyalign.evaluate import recorded_adapter
+
+    assert recorded_adapter(str(tmp_path / "run" / "adapter"), tmp_path / "run" / "eval" / "after") == "adapter"
+    elsewhere = str(tmp_path / "other" / "adapter")
+    assert recorded_adapter(elsewhere, tmp_path / "run" / "eval" / "after") == elsewhere
+    assert recorded_adapter(elsewhere, tmp_path / "pa-eval" / "general" / "tiny") == elsewhere
+    assert recorded_adapter(None, tmp_path) is None
 
 
 @pytest.mark.slow

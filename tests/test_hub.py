@@ -173,6 +173,33 @@ def test_push_then_pull_round_trip(cli: Cli, hub_server, make_run, tmp_path: Pat
     assert str(cli.home / "hf") in cached.stdout
 
 
+@pytest.mark.slow
+def test_published_files_hold_no_local_paths(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A run on a local base model published its absolute path (the user's home directory) in
+    policyalign.json, adapter_config.json, eval/*/eval.json and the card; pulling it still verifies."""
+    from policyalign.tiny import tiny_model_path
+
+    model = tmp_path / "home" / "alice" / "my-base"
+    shutil.copytree(tiny_model_path(), model)
+    config = tmp_path / "run.yaml"
+    config.write_text("n: 2\nsynth_max_new_tokens: 16\nmax_new_tokens: 8\nmax_steps: 2\nbatch_size: 4\n"
+                      "eval_limit: 2\neval_max_new_tokens: 8\nprogress: false\n")
+    run = tmp_path / "run"
+    cli.ok("apply", "root-pack", "--model", str(model), "--out", str(run), "--config", str(config),
+           "--push-to", "org/no-paths")
+    metadata, _ = card.parse_card(hub_server.read("org/no-paths", "README.md").decode())
+    published = ["README.md", *metadata["policyalign"]["files"]]
+    assert {"policyalign.json", "adapter_config.json", "eval/before/eval.json", "eval/after/eval.json"} <= set(published)
+    for name in published:
+        assert str(tmp_path).encode() not in hub_server.read("org/no-paths", name), name
+    assert metadata["policyalign"]["base_model"]["id"] == "my-base" and "base_model" not in metadata
+    pulled = cli.ok("pull", "org/no-paths@root-pack-v1.0.0", "--to", str(tmp_path / "pulled"))
+    assert "verified: pack root-pack@1.0.0" in pulled.stdout and "base model my-base" in pulled.stdout
+    again = cli.ok("apply", "root-pack", "--model", str(model), "--out", str(run), "--config", str(config),
+                   "--push-to", "org/no-paths")  # resumes: every stage, the push included, is skipped
+    assert again.stderr.count("skipped (finished, inputs unchanged)") == 7 and "running" not in again.stderr
+
+
 def test_pulled_adapter_loads_with_peft(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

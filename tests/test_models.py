@@ -15,7 +15,7 @@ from policyalign import tiny
 from policyalign.cli import app
 from policyalign.errors import InvalidInputError, ModelError, ResolveError
 from policyalign.models import (
-    MODEL_ALIASES, LoadedModel, ModelRef, check_fits, load_model, max_context, resolve_model,
+    MODEL_ALIASES, LoadedModel, ModelRef, check_fits, load_model, max_context, model_license, resolve_model,
 )
 
 
@@ -134,6 +134,32 @@ def test_load_local_directory_through_the_same_path(tmp_path: Path) -> None:
     ids = torch.tensor([[1, 2, 3]])
     with torch.no_grad():
         assert torch.equal(local.model(ids).logits, load_model("tiny", device="cpu").model(ids).logits)
+
+
+def test_public_ref_names_a_local_directory_by_its_name_only(tmp_path: Path) -> None:
+    """What published files call the base model: never the local path (it shows the user's home directory)."""
+    copy = tmp_path / "my-base"
+    shutil.copytree(tiny.tiny_model_path(), copy)
+    assert resolve_model(str(copy)).public() == ModelRef("my-base", "local", "my-base")
+    assert resolve_model("tiny").public() == ModelRef("tiny", "tiny", "tiny")
+    hub = resolve_model("Qwen2.5-7B@abc")
+    assert hub.public() == hub
+
+
+def test_model_license_is_read_from_the_models_readme(tmp_path: Path) -> None:
+    """Nothing recorded the base model's license, so every card said `license: other`."""
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny.tiny_model_path(), copy)
+    assert model_license(resolve_model(str(copy))) == {}  # no README.md: nothing to tell
+    (copy / "README.md").write_text("---\nlicense: apache-2.0\ntags: [chat]\n---\n# A model\n")
+    assert model_license(resolve_model(str(copy))) == {"license": "apache-2.0"}
+    (copy / "README.md").write_text("---\nlicense: other\nlicense_name: qwen-research\n"
+                                    "license_link: https://example.org/LICENSE\n---\n")
+    assert model_license(resolve_model(str(copy))) == {
+        "license": "other", "license_name": "qwen-research", "license_link": "https://example.org/LICENSE"}
+    (copy / "README.md").write_text("# no front matter\nlicense: mit\n")
+    assert model_license(resolve_model(str(copy))) == {}
+    assert model_license(resolve_model("tiny")) == {}
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

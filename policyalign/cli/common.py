@@ -11,6 +11,10 @@ import typer
 PacksPath = typer.Option(
     None, "--packs-path", help="Extra directory to search for packs (repeatable; also PA_PACKS_PATH).",
 )
+License = typer.Option(
+    None, "--license", help="License id for the model card, e.g. apache-2.0 (default: the base model's, "
+    "from its README.md when at hand offline, else 'other').",
+)
 
 
 def registry(packs_path: Optional[list[Path]] = None):  # type: ignore[no-untyped-def]

@@ -13,7 +13,7 @@ import typer
 
 from ..errors import InvalidInputError
 from . import app, sub_app
-from .common import PacksPath, registry
+from .common import License, PacksPath, registry
 
 
 def _pack_group() -> typer.Typer:
@@ -33,7 +33,7 @@ def push(
     repo_id: str = typer.Option(..., "--repo-id", help="Model repository to publish to, as ORG/NAME."),
     private: bool = typer.Option(False, "--private", help="Create the repository as private (if it is new)."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Tag for this version (default: PACK-vVERSION)."),
-    license: Optional[str] = typer.Option(None, "--license", help="License id for the card (default: the base model's, else 'other')."),
+    license: Optional[str] = License,
 ) -> None:
     """Publish a run's LoRA adapter with a model card recording the pack version and eval results."""
     from ..hub import push_adapter

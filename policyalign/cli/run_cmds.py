@@ -8,7 +8,7 @@ from typing import Any, Optional
 import typer
 
 from . import app
-from .common import PacksPath, console, print_json
+from .common import License, PacksPath, console, print_json
 
 
 def _pct(value: Any) -> str:
@@ -43,6 +43,7 @@ def apply(
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file of options; the command line wins."),
     push_to: Optional[str] = typer.Option(None, "--push-to", help="Publish the adapter to this Hub repo at the end."),
     private: bool = typer.Option(False, "--private", help="Create the Hub repo private."),
+    license: Optional[str] = License,
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: cuda if available). "
                                          "Training runs on the first visible GPU: choose it with CUDA_VISIBLE_DEVICES."),
     seed: Optional[int] = typer.Option(None, "--seed"),
@@ -80,7 +81,8 @@ def apply(
     from ..apply import build_options
     from .common import load
 
-    cli = {"pack": pack, "model": model, "out": out, "push_to": push_to, "private": private, "device": device,
+    cli = {"pack": pack, "model": model, "out": out, "push_to": push_to, "private": private, "license": license,
+           "device": device,
            "seed": seed, "generator": generator, "n": n, "rounds": rounds, "backend": backend, "keep": keep,
            "top_n": top_k, "min_score": min_score, "no_filter": no_filter, "heldout": heldout,
            "max_new_tokens": max_new_tokens, "lora_r": lora_r, "lora_alpha": lora_alpha,
