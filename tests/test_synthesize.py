@@ -40,6 +40,7 @@ class FixedOutputs:
         self.generator_id = generator_id
         self.calls = 0
         self.requests: list[tuple[str, str]] = []
+        self.thinking: list[Any] = []  # each request's enable_thinking
         self.params: list[SamplingParams] = []
 
     def generate(self, conversations: Sequence[dict[str, Any]], params: SamplingParams, *,
@@ -50,6 +51,7 @@ class FixedOutputs:
         for conversation in conversations:
             template, category = MARK.search(conversation["messages"][-1]["content"]).groups()  # type: ignore[union-attr]
             self.requests.append((template, category))
+            self.thinking.append(conversation.get("enable_thinking"))
             out.append(Generation(text=self.script(template, category), token_ids=[1, 2, 3], prompt_ids=[4],
                                   finish_reason="stop"))
         return out
@@ -193,6 +195,14 @@ def test_cache_reuses_generations_and_regenerates_only_what_changed(pack: Pack, 
     assert synthesize(pack, other, out_dir=tmp_path, progress=False).generated == 4
     assert synthesize(pack, other, out_dir=tmp_path, progress=False, seed=1).generated == 4
     assert synthesize(pack, other, out_dir=tmp_path, progress=False, n_per_category=5).generated == 4
+
+
+def test_the_generator_is_asked_not_to_think(pack: Pack, tmp_path: Path) -> None:
+    """A reasoning generator (Qwen3) spent the token budget in <think>, which parsing drops: most
+    requests gave nothing. Every request switches thinking off (templates without the switch ignore it)."""
+    backend = FixedOutputs(scripted)
+    synthesize(pack, backend, out_dir=tmp_path, progress=False)
+    assert backend.thinking and set(backend.thinking) == {False}
 
 
 def test_a_broken_cache_file_is_regenerated(pack: Pack, tmp_path: Path) -> None:
