@@ -380,3 +380,30 @@ def test_cli_reports_bad_input_without_traceback(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, [*base, "--max-new-tokens", "0"])
     assert result.exit_code == 2 and "max_new_tokens" in result.output
     assert not (tmp_path / "generations").exists()
+
+
+def _save_tiny(dest: Path, *, scale: float = 1.0) -> Path:
+    """`tiny` saved into `dest` like a fine-tune would be, its weights scaled by `scale`."""
+    import torch
+
+    from policyalign.models import load_model
+
+    loaded = load_model("tiny", device="cpu")
+    with torch.no_grad():
+        for parameter in loaded.model.parameters():
+            parameter.mul_(scale)
+    loaded.model.save_pretrained(dest)
+    loaded.tokenizer.save_pretrained(dest)
+    return dest
+
+
+def test_new_weights_saved_into_the_same_directory_are_not_served_old_generations(tmp_path: Path) -> None:
+    """The generation cache was keyed by the model's path: weights saved over it reused the samples of
+    the old ones. A local directory's key now covers its files (names, sizes, mtimes)."""
+    model = _save_tiny(tmp_path / "model")
+    out = tmp_path / "run"
+    first = synthesize(load_pack(PACK_DIR), str(model), out_dir=out, progress=False)
+    assert synthesize(load_pack(PACK_DIR), str(model), out_dir=out, progress=False).cached == first.requests
+    _save_tiny(model, scale=1.5)
+    again = synthesize(load_pack(PACK_DIR), str(model), out_dir=out, progress=False)
+    assert (again.generated, again.cached) == (first.requests, 0)
