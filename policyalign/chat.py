@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import InvalidInputError, ModelError
+from .errors import InvalidInputError, ModelError, Problem
 
 Message = dict[str, Any]
 ROLES = frozenset({"system", "user", "assistant", "tool"})
@@ -52,41 +52,50 @@ def conversation(record: dict[str, Any]) -> tuple[list[Message], list[dict[str, 
     Raises InvalidInputError naming the record's id when neither or both are present, or a
     message is malformed: records come from user-written files.
     """
-    where = f"id {record['id']}" if "id" in record else ""
+    file, where = record_place(record)
     has_prompt, has_messages = "prompt" in record, "messages" in record
     if has_prompt == has_messages:
         raise InvalidInputError(
-            "a record needs exactly one of 'prompt' or 'messages'", where=where,
+            "a record needs exactly one of 'prompt' or 'messages'", file=file, where=where,
             hint='use {"prompt": "..."} for a single user turn, or a "messages" list',
         )
     if has_prompt:
         if not isinstance(record["prompt"], str):
-            raise InvalidInputError("'prompt' must be a string", where=where)
+            raise InvalidInputError("'prompt' must be a string", file=file, where=where)
         messages: list[Message] = [{"role": "user", "content": record["prompt"]}]
     else:
-        messages = _validated(record["messages"], where)
+        messages = _validated(record["messages"], where, file)
     tools = record.get("tools") or None
     if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
         # A name or a list of names fails inside transformers with a bare ValueError.
-        raise InvalidInputError("'tools' must be a list of function definitions", where=where,
+        raise InvalidInputError("'tools' must be a list of function definitions", file=file, where=where,
                                 hint='each tool looks like {"type": "function", "function": {"name": ..., "parameters": {...}}}')
     return messages, tools
 
 
-def _validated(messages: Any, where: str) -> list[Message]:
+def record_place(record: dict[str, Any]) -> tuple[str, str]:
+    """(file, where) naming a record in errors: its optional `file` and its `id`, when it carries them.
+
+    A conversation record is `{"messages", "tools"?}`; callers add `id` (and `file`, the JSONL it
+    came from) so an error about one of many records says which one, not only what is wrong.
+    """
+    return str(record.get("file") or ""), f"id {record['id']}" if "id" in record else ""
+
+
+def _validated(messages: Any, where: str, file: str = "") -> list[Message]:
     """Check the transformers chat shape: a non-empty list of {role, content} dicts."""
     if not isinstance(messages, list) or not messages:
-        raise InvalidInputError("'messages' must be a non-empty list", where=where)
+        raise InvalidInputError("'messages' must be a non-empty list", file=file, where=where)
     for index, message in enumerate(messages):
         if not isinstance(message, dict) or message.get("role") not in ROLES:
             raise InvalidInputError(
-                f"message {index} needs a role among {sorted(ROLES)}", where=where,
+                f"message {index} needs a role among {sorted(ROLES)}", file=file, where=where,
                 hint='each message looks like {"role": "user", "content": "..."}',
             )
         problem = content_problem(message)
         if problem:
             raise InvalidInputError(
-                f"message {index} ({message['role']}): {problem}", where=where,
+                f"message {index} ({message['role']}): {problem}", file=file, where=where,
                 hint='give it "content": "..." (text); only an assistant turn making tool_calls may leave it null',
             )
     return _copy(messages)
@@ -109,30 +118,51 @@ def render_chat(
     messages: Sequence[Message],
     tools: Sequence[dict[str, Any]] | None = None,
     add_generation_prompt: bool = True,
+    *,
+    enable_thinking: bool | None = None,
+    file: str = "",
+    where: str = "",
 ) -> str:
     """The chat as the model sees it, via the tokenizer's own chat template.
 
     A template without a system role (Gemma's raise), or one that leaves the system message out
     (Mistral v0.3's writes it only into a final user turn, so a conversation ending in a tool
     result renders without it: the teacher would silently lose the policy), gets the system
-    message at the top of the first user turn. Other template failures (a model whose template
-    rejects tools, say) become a `ModelError` that names the model, instead of a Jinja traceback.
+    message at the top of the first user turn. Other template failures (Mistral v0.3's demand for
+    9-character tool-call ids, Gemma-2's refusal of tool turns) become a `ModelError` that names
+    the model and the record (`file`, `where`), instead of a Jinja traceback.
+
+    `enable_thinking` goes to the template when not None (Qwen3's switches its `<think>` block
+    off with False; templates without the switch ignore it). Leave it None for every prompt that
+    must show the model as it is used: student, teacher and evaluated prompts.
     """
     if not getattr(tokenizer, "chat_template", None):
         raise ModelError(
             f"{_model_name(tokenizer)} has no chat template", hint="use an instruction-tuned (chat) variant of the model",
         )
+    options = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
     try:
-        text = _apply_template(tokenizer, messages, tools, add_generation_prompt)
+        text = _apply_template(tokenizer, messages, tools, add_generation_prompt, options)
     except Exception as exc:  # jinja2 TemplateError, or raise_exception() inside the template
         if type(exc).__module__.split(".")[0] not in ("jinja2", "transformers"):
             raise
-        return _render_system_in_first_user_turn(tokenizer, messages, tools, add_generation_prompt,
-                                                 f"rejected this conversation: {exc}")
+        return _render_system_in_first_user_turn(tokenizer, messages, tools, add_generation_prompt, options,
+                                                 Problem(file, where, f"rejected this conversation: {exc}", _hint_for(exc)))
     if _system_shown(messages, text):
         return text
-    return _render_system_in_first_user_turn(tokenizer, messages, tools, add_generation_prompt,
-                                             "leaves out the system message of this conversation")
+    return _render_system_in_first_user_turn(tokenizer, messages, tools, add_generation_prompt, options,
+                                             Problem(file, where, "leaves out the system message of this conversation",
+                                                     _REJECTED_HINT))
+
+
+_REJECTED_HINT = "some templates refuse system turns, tools or non-alternating roles; try another model"
+_TOOL_CALL_ID_HINT = ('give each tool call an "id" of 9 letters or digits (e.g. "call00001") and the tool turn '
+                      'answering it the same "tool_call_id"; Mistral templates require both')
+
+
+def _hint_for(exc: Exception) -> str:
+    """The fix for a template's refusal: Mistral's tool-call id check is fixed in the record, not by another model."""
+    return _TOOL_CALL_ID_HINT if "length 9" in str(exc) else _REJECTED_HINT
 
 
 def _model_name(tokenizer: Any) -> str:
@@ -148,26 +178,25 @@ def _system_shown(messages: Sequence[Message], text: str) -> bool:
 
 def _render_system_in_first_user_turn(tokenizer: Any, messages: Sequence[Message],
                                       tools: Sequence[dict[str, Any]] | None, add_generation_prompt: bool,
-                                      problem: str) -> str:
-    """The chat with its system message moved into the first user turn, or a `ModelError` naming `problem`."""
+                                      options: dict[str, Any], failure: Problem) -> str:
+    """The chat with its system message moved into the first user turn, or `failure` (naming the
+    model, the problem and the record) when that does not render either."""
     merged = _system_in_first_user_turn(messages)
     if merged is not None:
         try:
-            text = _apply_template(tokenizer, merged, tools, add_generation_prompt)
+            text = _apply_template(tokenizer, merged, tools, add_generation_prompt, options)
             if _system_shown(messages, text):
                 return text
         except Exception:  # noqa: BLE001 - report the original problem below
             pass
-    raise ModelError(
-        f"the chat template of {_model_name(tokenizer)} {problem}",
-        hint="some templates refuse system turns, tools or non-alternating roles; try another model",
-    ) from None
+    raise ModelError(f"the chat template of {_model_name(tokenizer)} {failure.message}", file=failure.file,
+                     where=failure.where, hint=failure.hint) from None
 
 
 def _apply_template(tokenizer: Any, messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None,
-                    add_generation_prompt: bool) -> str:
+                    add_generation_prompt: bool, options: dict[str, Any]) -> str:
     return tokenizer.apply_chat_template(list(messages), tools=list(tools) if tools else None,
-                                         add_generation_prompt=add_generation_prompt, tokenize=False)
+                                         add_generation_prompt=add_generation_prompt, tokenize=False, **options)
 
 
 def _system_in_first_user_turn(messages: Sequence[Message]) -> list[Message] | None:
@@ -190,7 +219,12 @@ def encode_chat(
     messages: Sequence[Message],
     tools: Sequence[dict[str, Any]] | None = None,
     add_generation_prompt: bool = True,
+    *,
+    enable_thinking: bool | None = None,
+    file: str = "",
+    where: str = "",
 ) -> list[int]:
     """Token ids of `render_chat(...)`; no extra BOS, since templates write their own."""
-    text = render_chat(tokenizer, messages, tools, add_generation_prompt)
+    text = render_chat(tokenizer, messages, tools, add_generation_prompt, enable_thinking=enable_thinking,
+                       file=file, where=where)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -243,16 +243,17 @@ def _trainer_classes() -> tuple[type, type]:
             return stock
 
         def _tokenize_prompts(self, prompts: list[Any], what: str = "instruction",
-                              file: Path | None = None) -> list[list[int]]:
+                              file: Path | None = None, where: str = "") -> list[list[int]]:
             out = []
             for prompt in prompts:
                 conv = json.loads(prompt)
-                ids = encode_chat(self._tokenizer, student_messages(conv["messages"]), conv.get("tools") or None)
+                ids = encode_chat(self._tokenizer, student_messages(conv["messages"]), conv.get("tools") or None,
+                                  file=str(file) if file else "", where=where)
                 need = len(ids) + (self.max_completion_length or 0)
                 if need > self.context_limit:
                     raise InvalidInputError(
                         f"{what} needs {need} tokens (prompt + max_new_tokens) but the model fits {self.context_limit}",
-                        file=str(file) if file else None,
+                        file=str(file) if file else "", where=where,
                         hint="shorten the policy, drop long instructions, lower --max-new-tokens, or use a longer-context model")
                 out.append(ids)
             return out
@@ -267,10 +268,10 @@ def _trainer_classes() -> tuple[type, type]:
             """
             for record in records:
                 prompt = training_prompt(record)
-                name = f"instruction {record['id']!r}"
-                self._tokenize_prompts([prompt], what=name, file=file)
+                name, where = f"instruction {record['id']!r}", f"id {record['id']}"
+                self._tokenize_prompts([prompt], what=name, file=file, where=where)
                 self._tokenize_prompts([self.teacher_context_builder._compose_teacher_prompt(prompt, None)],
-                                       what=f"the policy plus {name}", file=file)
+                                       what=f"the policy plus {name}", file=file, where=where)
 
         def _generate_transformers(self, prompt_ids: list[list[int]]) -> tuple[list[list[int]], list[list[int]]]:
             """Rollouts from the student as it is, decoded fast: eval mode, adapter merged, `generation.decode`.

@@ -179,6 +179,7 @@ class _Task:
     set_name: str
     kind: str
     item: "EvalItem"
+    file: str = ""  # the set's file, relative to the pack (a benchmark's dataset id): errors name it
 
 
 def check_eval_options(judge: str, limit: int | None, *, limit_flag: str = "--limit") -> None:
@@ -194,7 +195,7 @@ def _tasks(sets: Sequence["EvalSet"], limit: int | None) -> list[_Task]:
     tasks = []
     for eval_set in sets:
         items = _spread(list(eval_set.items), limit) if limit else list(eval_set.items)
-        tasks += [_Task(eval_set.name, eval_set.kind, item) for item in items]
+        tasks += [_Task(eval_set.name, eval_set.kind, item, eval_set.file) for item in items]
     return tasks
 
 
@@ -223,7 +224,7 @@ def _conversation(item: "EvalItem", policy: str, policy_in_context: bool) -> dic
 
     messages = thaw(item.messages)
     shown = chat.teacher_messages(policy, messages) if policy_in_context else chat.student_messages(messages)
-    conversation: dict[str, Any] = {"messages": list(shown)}
+    conversation: dict[str, Any] = {"messages": list(shown), "id": item.id}
     if item.tools:
         conversation["tools"] = thaw(item.tools)
     return conversation
@@ -488,6 +489,12 @@ def judge_rows(rows: list[dict[str, Any]], judge_spec: str, *, policy: str = "",
     return judged
 
 
+def _task_file(pack: "Pack", task: _Task) -> str:
+    """Where a task's item lives, for errors: the pack's eval file, or the benchmark's dataset id."""
+    path = Path(pack.root) / task.file
+    return str(path) if task.file and path.is_file() else task.file
+
+
 def _generate(tasks: Sequence[_Task], pack: "Pack", model_name: str, *, adapter: str | None, policy_in_context: bool,
               params: "SamplingParams", device: str | None, batch_size: int, progress: bool,
               with_drift: bool) -> tuple[list[dict[str, Any]], DriftResult | None, dict[str, Any]]:
@@ -497,7 +504,8 @@ def _generate(tasks: Sequence[_Task], pack: "Pack", model_name: str, *, adapter:
     from .pack import thaw
 
     loaded = load_model(model_name, device=device, adapter=adapter)
-    conversations = [_conversation(t.item, pack.policy, policy_in_context) for t in tasks]
+    conversations = [{**_conversation(t.item, pack.policy, policy_in_context), "file": _task_file(pack, t)}
+                     for t in tasks]
     gens = get_backend("transformers", loaded).generate(conversations, params, batch_size=batch_size,
                                                         progress=progress) if tasks else []
     rows = []

@@ -188,7 +188,8 @@ def score_instructions(run_dir: Path, scorer: "PolicyScorer", records: list[dict
 
     partial = Path(run_dir) / PARTIAL
     done = {row["id"]: row for row in _read_partial(partial)}
-    scorer.prompts([r for r in records if r["id"] not in done], room=config.max_new_tokens)  # fail before sampling
+    scorer.prompts([r for r in records if r["id"] not in done], room=config.max_new_tokens,  # fail before sampling
+                   file=str(Path(run_dir) / "instructions.jsonl"))
     chunks = [records[i:i + CHUNK] for i in range(0, len(records), CHUNK)]
     gen: "Backend | None" = None  # one for every chunk, made only if one is left to sample
     with progress_bar(progress, len(records), "scoring policy sensitivity") as advance:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .chat import conversation, encode_chat
+from .chat import conversation, encode_chat, record_place
 from .models import cpu_threads
 from .progress import progress_bar
 from .errors import InvalidInputError, ModelError
@@ -114,13 +114,19 @@ def _cut_at_eos(ids: list[int], eos: set[int]) -> tuple[list[int], str]:
 
 
 def _encode_all(loaded: LoadedModel, conversations: Sequence[dict[str, Any]], params: SamplingParams) -> list[list[int]]:
-    """Render and tokenize every conversation; fail before generating if one cannot fit."""
+    """Render and tokenize every conversation; fail before generating if one cannot fit.
+
+    A record's optional `id` and `file` name it when its template rejects it; its optional
+    `enable_thinking` (False for judge and synthesis prompts) goes to the chat template.
+    """
     from .models import check_fits
 
     prompts = []
     for index, record in enumerate(conversations):
         messages, tools = conversation(record)
-        ids = encode_chat(loaded.tokenizer, messages, tools)
+        file, where = record_place(record)
+        ids = encode_chat(loaded.tokenizer, messages, tools, enable_thinking=record.get("enable_thinking"),
+                          file=file, where=where or f"conversation {index}")
         check_fits(loaded, len(ids) + params.max_new_tokens, f"conversation {index} (prompt + max_new_tokens)")
         prompts.append(ids)
     return prompts

@@ -521,13 +521,17 @@ class _ModelBackedJudge:
         self._backend: Any = None
 
     def _generate(self, conversations: list[dict[str, Any]]) -> list[str]:
+        """Greedy verdicts, with the judge's thinking switched off where its chat template has the
+        switch (Qwen3's `enable_thinking`): a verdict is a few tokens, and a thinking judge spends
+        `max_new_tokens` inside `<think>` and is cut off before it, so every verdict was unparseable."""
         from .generation import SamplingParams, get_backend
         from .models import load_model
 
         if self._backend is None:
             self._backend = get_backend("transformers", load_model(self.model, device=self.device))
         params = SamplingParams(max_new_tokens=self.max_new_tokens, temperature=1.0, top_p=1.0, do_sample=False)
-        gens = self._backend.generate(conversations, params, batch_size=self.batch_size, progress=False)
+        requests = [{**conversation, "enable_thinking": False} for conversation in conversations]
+        gens = self._backend.generate(requests, params, batch_size=self.batch_size, progress=False)
         return [gen.text for gen in gens]
 
 

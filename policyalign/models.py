@@ -10,6 +10,7 @@ in a `ResolveError`/`ModelError` with a fix, not a traceback.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -192,6 +193,31 @@ def model_license(ref: ModelRef, commit: str | None = None) -> dict[str, str]:
     metadata, _ = parse_card(readme.read_text(encoding="utf-8", errors="replace"))
     return {key: value.strip() for key in LICENSE_KEYS
             if isinstance(value := metadata.get(key), str) and value.strip()}
+
+
+# --------------------------------------------------------------------------- identity in cache keys
+
+
+def local_files_key(directory: str | Path) -> str:
+    """A cheap fingerprint of a local model directory: the name, size and mtime of each file in it.
+
+    A directory's path says nothing about the weights in it: a fine-tune saved over the same
+    directory left every cache and stage key unchanged, so `pa apply` skipped synthesis, filtering,
+    training and evaluation, and synthesis served generations of the old weights. Only `stat` is
+    read (symlinks, as in the Hub cache, are followed), so a 14B model costs nothing to key.
+    """
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(directory).iterdir() if p.is_file()):
+        info = path.stat()
+        digest.update(f"{path.name}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def weights_key(ref: ModelRef) -> str | None:
+    """What a cache key must add to the model's name so changed weights change it: the files'
+    fingerprint of a local directory; None for `tiny` (its content key names its weights) and
+    Hub ids (their revision does)."""
+    return local_files_key(ref.location) if ref.kind == "local" else None
 
 
 # --------------------------------------------------------------------------- loading

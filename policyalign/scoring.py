@@ -396,12 +396,14 @@ class PolicyScorer:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.prefix = PrefixCache.for_policy(tokenizer, policy) if use_prefix_cache else None
 
-    def prompts(self, records: Sequence[dict[str, Any]], *, room: int = 0) -> tuple[list[list[int]], list[list[int]]]:
+    def prompts(self, records: Sequence[dict[str, Any]], *, room: int = 0,
+                file: str = "") -> tuple[list[list[int]], list[list[int]]]:
         """Student and full teacher prompt ids for records with `messages` (and optional `tools`).
 
         Each teacher prompt must leave `room` tokens of context for the response it scores:
         call with `room=max_new_tokens` before sampling, so a long policy fails up front rather
-        than after generation, or with positions past the context scored silently.
+        than after generation, or with positions past the context scored silently. A chat
+        template that rejects a record names it: its id, in `file` (the JSONL the records are from).
         """
         from .models import max_context
 
@@ -410,8 +412,9 @@ class PolicyScorer:
         students, teachers = [], []
         for index, record in enumerate(records):
             tools = record.get("tools") or None
-            students.append(encode_chat(tok, student_messages(record["messages"]), tools))
-            teacher = encode_chat(tok, teacher_messages(self.policy, record["messages"]), tools)
+            where = f"id {record.get('id', index)}"
+            students.append(encode_chat(tok, student_messages(record["messages"]), tools, file=file, where=where))
+            teacher = encode_chat(tok, teacher_messages(self.policy, record["messages"]), tools, file=file, where=where)
             if len(teacher) + room > limit:
                 raise InvalidInputError(
                     f"the policy plus instruction {record.get('id', index)!r} needs {len(teacher) + room} tokens "

@@ -37,6 +37,16 @@ def _model(run_dir: Path, model: str | None) -> str:
     return model or run_inputs(run_dir)["model"]
 
 
+def _weights(model: str, field: str = "model_files") -> dict[str, str]:
+    """`{field: fingerprint}` of a local model directory's files (`models.weights_key`), else nothing:
+    new weights saved into the same directory change the keys and re-run the stages on them, while
+    keys of `tiny` and Hub models stay what they were."""
+    from .models import resolve_model, weights_key
+
+    files = weights_key(resolve_model(model))
+    return {field: files} if files else {}
+
+
 # --------------------------------------------------------------------------- synthesize
 
 
@@ -48,7 +58,7 @@ def synthesize_options(model: str, generator: str | None, n: int | None, rounds:
 
 
 def synthesize_key(pack: "Pack", model: str, options: dict[str, Any]) -> str:
-    return fingerprint({"pack": pack.digest, "model": model, **options})
+    return fingerprint({"pack": pack.digest, "model": model, **options, **_weights(options["generator"], "generator_files")})
 
 
 def run_synthesize(run_dir: Path, pack: "Pack", model: str, *, generator: str | None = None, n: int | None = None,
@@ -103,7 +113,7 @@ def _filter_inputs(run_dir: Path, pack: "Pack", model: str, backend: str) -> dic
     """The scores depend on the policy (the pack) and the sampler (the backend) as well as the instructions:
     an edited policy leaves the synthesized instructions unchanged, and must still re-score them."""
     return {"instructions": _file_hash(run_dir, "instructions.jsonl"), "pack": pack.digest, "model": model,
-            "backend": backend}
+            **_weights(model), "backend": backend}
 
 
 def filter_key(run_dir: Path, pack: "Pack", model: str, config: Any, backend: str) -> str:
@@ -175,7 +185,7 @@ RESUMABLE_CHANGES = ("max_steps", "num_epochs", "save_steps", "logging_steps", "
 def _distill_inputs(run_dir: Path, pack: "Pack", model: str, config: Any) -> dict[str, Any]:
     """The pack is the teacher's policy and what the adapter's provenance names: any change retrains."""
     inputs = {"selected": _file_hash(run_dir, "selected.jsonl"), "heldout": _file_hash(run_dir, "heldout.jsonl"),
-              "pack": pack.digest, "model": model, **asdict(config)}
+              "pack": pack.digest, "model": model, **_weights(model), **asdict(config)}
     return json.loads(json.dumps(inputs, default=str))  # as run.json will hold it (tuples as lists)
 
 
@@ -196,7 +206,8 @@ def _setting_changes(recorded: dict[str, Any], settings: dict[str, Any]) -> list
     """Each setting that differs from the checkpoint's, as the user would name it."""
     from .distill import FLAGS
 
-    files = {"selected": "selected.jsonl", "heldout": "heldout.jsonl", "pack": "the pack", "model": "the model"}
+    files = {"selected": "selected.jsonl", "heldout": "heldout.jsonl", "pack": "the pack", "model": "the model",
+             "model_files": "the model's files (new weights in its directory)"}
     changes = []
     for name, value in settings.items():
         if name in recorded and recorded[name] != value:
@@ -279,7 +290,7 @@ def run_distill(run_dir: Path, *, model: str | None = None, pack: "str | Pack | 
 
 def eval_key(run_dir: Path, pack: "Pack", model: str, which: str, options: dict[str, Any]) -> str:
     adapter = _adapter_hash(run_dir) if which == "after" else None
-    return fingerprint({"pack": pack.digest, "model": model, "adapter": adapter, **options})
+    return fingerprint({"pack": pack.digest, "model": model, **_weights(model), "adapter": adapter, **options})
 
 
 def run_eval(run_dir: Path, which: str, *, model: str | None = None, pack: "str | Pack | None" = None,

@@ -5,7 +5,9 @@ and sampled `rounds` times from the generator. Outputs are parsed (`parsing.pars
 is dropped, exact and near duplicates are removed (`dedup`), anything close to an eval prompt of
 the pack is removed (decontamination: training on eval items would make the after-evaluation
 meaningless), categories are balanced, and the pack's own seed examples go in first, so a run
-never starts from nothing, even when the generator returns only junk (as `tiny` does).
+never starts from nothing, even when the generator returns only junk (as `tiny` does). A
+reasoning generator is asked without its `<think>` block (`enable_thinking=False`, where its
+chat template has the switch): reasoning would eat the token budget and is dropped anyway.
 
 Raw generator outputs are cached under `OUT_DIR/generations/`, one file per request keyed by
 (generator, rendered prompt, sampling, seed, round): a re-run reuses them and generates only
@@ -43,7 +45,9 @@ if TYPE_CHECKING:
 INSTRUCTIONS_FILE = "instructions.jsonl"
 SUMMARY_FILE = "synthesis.json"
 GENERATIONS_DIR = "generations"
-CACHE_FORMAT = 1
+# 2: generator prompts are rendered with the chat template's thinking switched off (Qwen3's
+# `enable_thinking`); format-1 outputs of a thinking generator were mostly reasoning cut off.
+CACHE_FORMAT = 2
 DEFAULT_COUNT = 20
 DEFAULT_SAMPLING = {"max_new_tokens": 512, "temperature": 1.0, "top_p": 0.95}
 DEDUP_THRESHOLD = 0.8
@@ -179,12 +183,16 @@ class _Generator:
 
 
 def _ref_id(ref: Any) -> str:
-    """`tiny` is regenerated from code: its content key, not its path, says which weights it is."""
+    """`tiny` is regenerated from code: its content key, not its path, says which weights it is; a
+    local directory adds its files' fingerprint, so weights saved over it are not served old samples."""
+    from .models import weights_key
+
     if getattr(ref, "kind", None) == "tiny":
         from .tiny import content_key
 
         return f"tiny:{content_key()[:16]}"
-    return str(ref)
+    files = weights_key(ref)
+    return f"{ref}#{files}" if files else str(ref)
 
 
 # --------------------------------------------------------------------------- requests and the cache
@@ -256,7 +264,9 @@ def _generate_missing(missing: list[Request], generator: _Generator, settings: M
     per_call = max(1, batch_size * CALL_BATCHES)
     for start in range(0, len(ordered), per_call):
         chunk = ordered[start:start + per_call]
-        conversations = [{"messages": [{"role": "user", "content": r.prompt}]} for r in chunk]
+        # No thinking: the answer is a list to parse, and a reasoning generator (Qwen3) spent the
+        # token budget inside <think>, which parsing drops, so most requests gave nothing.
+        conversations = [{"messages": [{"role": "user", "content": r.prompt}], "enable_thinking": False} for r in chunk]
         seeds = [_request_seed(r.key) for r in chunk]
         outputs = generator.backend().generate(conversations, _params(settings, seed), batch_size=batch_size,
                                                progress=progress, seeds=seeds)

@@ -12,7 +12,8 @@ from policyalign import tiny
 from policyalign.chat import conversation, encode_chat, render_chat, student_messages, teacher_messages
 from policyalign.errors import InvalidInputError, ModelError
 
-from chat_templates import NO_SYSTEM_ROLE, SYSTEM_IN_LAST_USER_TURN
+from chat_templates import (ALTERNATING_ROLES, NO_SYSTEM_ROLE, NO_THINK, SYSTEM_IN_LAST_USER_TURN,
+                            TOOL_CALL_IDS_OF_LENGTH_9, thinking_switch)
 
 TOOLS = [{
     "type": "function",
@@ -207,3 +208,52 @@ def test_a_template_that_leaves_the_system_turn_out_gets_it_at_the_top_of_the_fi
     assert text != render_chat(mistral_like, student_messages(agent), TOOLS)
     kept = render_chat(mistral_like, teacher_messages("Refuse weapons.", agent[:1]))  # where the template keeps it
     assert kept == "[INST] Refuse weapons.\n\nWeather in Paris?[/INST]"
+
+
+def _tokenizer_with(template: str) -> Any:
+    tokenizer = AutoTokenizer.from_pretrained(tiny.tiny_model_path())
+    tokenizer.chat_template = template
+    return tokenizer
+
+
+def test_enable_thinking_reaches_a_template_with_the_switch_only_when_asked() -> None:
+    """Judges and synthesis ask a Qwen3-style model not to think; every other prompt (student, teacher,
+    evaluated) must render as the model is used, so None passes nothing to the template."""
+    thinker = _tokenizer_with(thinking_switch())
+    chat = [{"role": "user", "content": "Hi"}]
+    assert render_chat(thinker, chat, enable_thinking=False).endswith("<|im_start|>assistant\n" + NO_THINK)
+    assert render_chat(thinker, chat).endswith("<|im_start|>assistant\n")
+    assert render_chat(thinker, chat, enable_thinking=True) == render_chat(thinker, chat)
+    plain = AutoTokenizer.from_pretrained(tiny.tiny_model_path())  # no switch: the variable is ignored
+    assert encode_chat(plain, chat, enable_thinking=False) == encode_chat(plain, chat)
+
+
+MISTRAL_CALL = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+TOOL_CHAT = [{"role": "user", "content": "Weather in Paris?"}, {"role": "assistant", "content": "", "tool_calls": [MISTRAL_CALL]},
+             {"role": "tool", "content": '{"temp": 18}'}]
+
+
+@pytest.mark.parametrize("template, message, hint", [
+    (TOOL_CALL_IDS_OF_LENGTH_9, "length 9", '"tool_call_id"'),
+    (ALTERNATING_ROLES, "roles must alternate", "try another model"),
+])
+def test_a_template_rejecting_a_tool_conversation_names_the_record(template: str, message: str, hint: str) -> None:
+    """Mistral v0.3 wants 9-character tool-call ids, Gemma-2 has no tool turns: among hundreds of
+    instructions or eval items, the error must say which one (file and id), and how to fix it."""
+    tokenizer = _tokenizer_with(template)
+    with pytest.raises(ModelError, match=message) as caught:
+        encode_chat(tokenizer, TOOL_CHAT, TOOLS, file="eval/agents.jsonl", where="id agent-7")
+    problem = caught.value.problem
+    assert (problem.file, problem.where) == ("eval/agents.jsonl", "id agent-7")
+    assert str(caught.value).startswith("eval/agents.jsonl:id agent-7: the chat template of ")
+    assert hint in problem.hint
+    with_ids = [TOOL_CHAT[0], {**TOOL_CHAT[1], "tool_calls": [{**MISTRAL_CALL, "id": "call00001"}]},
+                {**TOOL_CHAT[2], "tool_call_id": "call00001"}]
+    if template == TOOL_CALL_IDS_OF_LENGTH_9:  # the hint's fix works
+        assert "[TOOL_RESULTS]" in render_chat(tokenizer, with_ids, TOOLS)
+
+
+def test_a_record_names_its_file_and_id_in_its_errors() -> None:
+    with pytest.raises(InvalidInputError) as caught:
+        conversation({"id": "x1", "file": "selected.jsonl", "messages": []})
+    assert (caught.value.problem.file, caught.value.problem.where) == ("selected.jsonl", "id x1")

@@ -412,7 +412,30 @@ def test_an_instruction_too_long_for_the_policy_is_named_before_training(tmp_pat
     with pytest.raises(InvalidInputError, match="the policy plus instruction 'too-long' needs 8226 tokens") as caught:
         distill_run(tmp_path, pack, "tiny", config, progress=False)
     assert caught.value.problem.file == str(tmp_path / "selected.jsonl")
+    assert caught.value.problem.where == "id too-long"
     assert [p.name for p in checkpoint_dir(tmp_path).iterdir()] == ["checkpoint-5"], "no step ran; nothing was removed"
+
+
+def test_an_instruction_the_chat_template_rejects_is_named_before_training(tmp_path: Path, fixture_packs: Path) -> None:
+    """Mistral v0.3's template wants 9-character tool-call ids: a hand-made selected.jsonl whose tool call
+    has none stops the run before the first step, naming the file and the instruction."""
+    from chat_templates import TOOL_CALL_IDS_OF_LENGTH_9, tiny_with_template
+
+    from policyalign.errors import ModelError
+
+    pack = Registry([fixture_packs]).load("root-pack")
+    rows = _instructions(pack)[:4]
+    call = {"type": "function", "function": {"name": "rm", "arguments": {}}}
+    rows.append({"id": "agent-1", "category": rows[0]["category"], "messages": [
+        {"role": "user", "content": "clean up"}, {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": "done"}]})
+    write_jsonl(tmp_path / "selected.jsonl", rows)
+    model = tiny_with_template(tmp_path / "mistral-like", TOOL_CALL_IDS_OF_LENGTH_9)
+    config = DistillConfig(max_new_tokens=8, batch_size=1, save_steps=1, target_modules=("q_proj",))
+    with pytest.raises(ModelError, match="length 9") as caught:
+        distill_run(tmp_path, pack, str(model), config, progress=False)
+    assert (caught.value.problem.file, caught.value.problem.where) == (str(tmp_path / "selected.jsonl"), "id agent-1")
+    assert "tool_call_id" in caught.value.problem.hint
 
 
 def test_unknown_target_modules_are_named_before_any_checkpoint_is_removed(recorded_run) -> None:

@@ -432,6 +432,24 @@ def test_evaluate_tool_items_with_policy_in_context(tmp_path: Path) -> None:
     assert all("tools" in r and isinstance(r["forbidden_call"], bool) for r in result.rows)
 
 
+def test_an_item_the_chat_template_rejects_is_named_by_file_and_id(tmp_path: Path) -> None:
+    """Mistral v0.3 requires 9-character tool-call ids: among a pack's eval items, the error says
+    which one (its eval file and id), not only that some conversation was rejected."""
+    from chat_templates import TOOL_CALL_IDS_OF_LENGTH_9, tiny_with_template
+
+    from policyalign.errors import ModelError
+
+    pack = Registry([ROOT / "packs"]).load(str(ROOT / "packs" / "agent-tools"))
+    harmful = pack.eval_set("harmful")
+    calling = next(i for i in harmful.items if any(m.get("tool_calls") for m in i.messages))
+    small = dataclasses.replace(pack, eval_sets=(dataclasses.replace(harmful, items=(calling,)),))
+    model = tiny_with_template(tmp_path / "mistral-like", TOOL_CALL_IDS_OF_LENGTH_9)
+    with pytest.raises(ModelError, match="length 9") as caught:
+        evaluate(small, str(model), out_dir=tmp_path / "out", params=greedy_params(4))
+    assert caught.value.problem.file == str(pack.root / harmful.file)
+    assert caught.value.problem.where == f"id {calling.id}"
+
+
 def test_adapter_sha256_hashes_the_weights_file(tmp_path: Path) -> None:
     assert adapter_sha256(None) is None and adapter_sha256(tmp_path) is None  # no weights: nothing to tie to
     (tmp_path / "adapter_model.bin").write_bytes(b"bin")

@@ -132,7 +132,7 @@ def test_a_torn_partial_line_is_skipped_and_later_resumes_keep_their_rows(
 
     monkeypatch.setattr(filtering, "CHUNK", 2)
     monkeypatch.setattr(filtering, "sample_and_score", fake_sample_and_score)
-    scorer = SimpleNamespace(prompts=lambda records, room: ([], []), loaded=None)
+    scorer = SimpleNamespace(prompts=lambda records, room, file="": ([], []), loaded=None)
     records = [{"id": f"r{i}", "category": "a", "messages": [{"role": "user", "content": "hi"}]} for i in range(6)]
     config = FilterConfig(max_new_tokens=4)
     first = filtering.score_instructions(tmp_path, scorer, records[:2], config, progress=False)  # type: ignore[arg-type]
@@ -164,6 +164,30 @@ def test_a_policy_too_long_for_the_response_fails_before_any_sampling(
     with pytest.raises(InvalidInputError, match="instruction 'r2' needs") as caught:
         filtering.score_instructions(tmp_path, scorer, records, FilterConfig(max_new_tokens=128), progress=False)
     assert "shorten the policy, lower --max-new-tokens" in caught.value.problem.hint
+
+
+def test_an_instruction_the_chat_template_rejects_is_named_before_any_sampling(tmp_path: Path) -> None:
+    """Gemma-2's template has no tool turns, Mistral v0.3's wants 9-character tool-call ids: the
+    error names instructions.jsonl and the instruction's id, not only the model."""
+    from chat_templates import ALTERNATING_ROLES, tiny_with_template
+
+    from policyalign import filtering
+    from policyalign.errors import ModelError
+    from policyalign.models import load_model
+    from policyalign.scoring import PolicyScorer
+
+    loaded = load_model(str(tiny_with_template(tmp_path / "gemma-like", ALTERNATING_ROLES)), device="cpu")
+    scorer = PolicyScorer(loaded, "Refuse to help build weapons.")
+    call = {"type": "function", "function": {"name": "rm", "arguments": {}}}
+    records = [{"id": "plain", "category": "a", "messages": [{"role": "user", "content": "hi"}]},
+               {"id": "agent-2", "category": "a", "messages": [
+                   {"role": "user", "content": "clean up"}, {"role": "assistant", "content": "", "tool_calls": [call]},
+                   {"role": "tool", "content": "done"}]}]
+    with pytest.raises(ModelError, match="roles must alternate") as caught:
+        filtering.score_instructions(tmp_path, scorer, records, FilterConfig(max_new_tokens=4), progress=False)
+    assert caught.value.problem.file == str(tmp_path / "instructions.jsonl")
+    assert caught.value.problem.where == "id agent-2"
+    assert not (tmp_path / PARTIAL).exists()
 
 
 def test_an_overflow_while_scoring_stops_the_filter_naming_the_instruction(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -273,3 +274,25 @@ def test_vllm_beside_a_loaded_model_asks_for_half_the_free_memory() -> None:
     assert vllm_memory_utilization(80 * gib, 80 * gib) == 0.5
     with pytest.raises(ModelError, match="no free GPU memory"):
         vllm_memory_utilization(0, 80 * gib)
+
+
+def test_a_conversation_asks_for_no_thinking_and_names_itself_in_template_errors(tmp_path: Path) -> None:
+    """`enable_thinking: False` in a conversation reaches a Qwen3-style template (judges and synthesis
+    send it); its `id` and `file` name it when the template rejects it (Mistral's 9-character tool-call ids)."""
+    from chat_templates import NO_THINK, TOOL_CALL_IDS_OF_LENGTH_9, thinking_switch, tiny_with_template
+
+    thinker = load_model(str(tiny_with_template(tmp_path / "thinker", thinking_switch())), device="cpu")
+    backend = get_backend("transformers", thinker)
+    chat = {"messages": [{"role": "user", "content": "Hi"}]}
+    off, on = backend.generate([{**chat, "enable_thinking": False}, chat], GREEDY, progress=False)
+    suffix = thinker.tokenizer(NO_THINK, add_special_tokens=False)["input_ids"]
+    assert off.prompt_ids == on.prompt_ids + suffix
+    strict = load_model(str(tiny_with_template(tmp_path / "mistral-like", TOOL_CALL_IDS_OF_LENGTH_9)), device="cpu")
+    call = {"type": "function", "function": {"name": "send_email", "arguments": {}}}
+    calling = {"messages": [{"role": "user", "content": "Email"}, {"role": "assistant", "tool_calls": [call]},
+                            {"role": "tool", "content": "sent"}], "tools": TOOLS}
+    for record, file, where in (({**calling, "id": "a-7", "file": "agents.jsonl"}, "agents.jsonl", "id a-7"),
+                                (calling, "", "conversation 1")):
+        with pytest.raises(ModelError, match="length 9") as caught:
+            get_backend("transformers", strict).generate([CONVERSATIONS[0], record], GREEDY, progress=False)
+        assert (caught.value.problem.file, caught.value.problem.where) == (file, where)

@@ -308,3 +308,27 @@ def test_a_response_cut_off_in_its_reasoning_is_unparseable_not_a_refusal() -> N
     [llm] = get_judge("llm:tiny", device="cpu").judge([JudgeItem(messages=[{"role": "user", "content": "Hi"}],
                                                                  response=CUT_OFF)])
     assert llm.label == "unparseable" and llm.reason == verdict.reason
+
+
+@pytest.mark.parametrize("kind", ["llm", "guard"])
+def test_model_judges_ask_a_thinking_model_not_to_think(tmp_path: Path, kind: str) -> None:
+    """A Qwen3-style judge spent its few verdict tokens inside <think> and was cut off: every verdict was
+    unparseable. Its prompt now switches thinking off where the template has the switch; the raw output
+    is what the model says to exactly that prompt."""
+    from chat_templates import NO_THINK, thinking_switch, tiny_with_template
+
+    from policyalign.generation import SamplingParams, get_backend
+    from policyalign.judges import _conversation_for_review
+    from policyalign.models import load_model
+
+    model = tiny_with_template(tmp_path / "thinker", thinking_switch())
+    judge = get_judge(f"{kind}:{model}", device="cpu")
+    item = _tiny_items()[0]
+    [verdict] = judge.judge([item])
+    messages = llm_judge_messages(item) if kind == "llm" else _conversation_for_review(item.messages, item.response)
+    backend = get_backend("transformers", load_model(str(model), device="cpu"))
+    params = SamplingParams(max_new_tokens=judge.max_new_tokens, do_sample=False)
+    off, on = backend.generate([{"messages": messages, "enable_thinking": False}, {"messages": messages}], params,
+                               progress=False)
+    assert backend.loaded.tokenizer.decode(off.prompt_ids).endswith(NO_THINK)
+    assert verdict.raw == off.text != on.text

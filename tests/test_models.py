@@ -16,7 +16,32 @@ from policyalign.cli import app
 from policyalign.errors import InvalidInputError, ModelError, ResolveError
 from policyalign.models import (
     MODEL_ALIASES, LoadedModel, ModelRef, check_fits, load_model, max_context, model_license, resolve_model,
+    weights_key,
 )
+
+
+# --------------------------------------------------------------------------- identity in cache keys
+
+
+def test_weights_key_follows_a_local_directorys_files_and_leaves_tiny_and_hub_ids_alone(tmp_path: Path) -> None:
+    """Keys built from a local model's path alone survived new weights saved into it; its key now
+    changes with any file's size or mtime, and costs a stat per file (no weights are read)."""
+    import os
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny.tiny_model_path(), model)
+    ref = resolve_model(str(model))
+    first = weights_key(ref)
+    assert first and weights_key(resolve_model(str(model))) == first, "stable while nothing changes"
+    weights = model / "model.safetensors"
+    info = weights.stat()
+    os.utime(weights, ns=(info.st_atime_ns, info.st_mtime_ns + 1_000_000_000))  # same bytes, saved again
+    second = weights_key(ref)
+    assert second != first
+    (model / "generation_config.json").write_text("{}")
+    assert weights_key(ref) != second
+    assert weights_key(resolve_model("tiny")) is None
+    assert weights_key(resolve_model("Qwen2.5-7B")) is None
 
 
 # --------------------------------------------------------------------------- resolve

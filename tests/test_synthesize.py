@@ -40,6 +40,7 @@ class FixedOutputs:
         self.generator_id = generator_id
         self.calls = 0
         self.requests: list[tuple[str, str]] = []
+        self.thinking: list[Any] = []  # each request's enable_thinking
         self.params: list[SamplingParams] = []
 
     def generate(self, conversations: Sequence[dict[str, Any]], params: SamplingParams, *,
@@ -50,6 +51,7 @@ class FixedOutputs:
         for conversation in conversations:
             template, category = MARK.search(conversation["messages"][-1]["content"]).groups()  # type: ignore[union-attr]
             self.requests.append((template, category))
+            self.thinking.append(conversation.get("enable_thinking"))
             out.append(Generation(text=self.script(template, category), token_ids=[1, 2, 3], prompt_ids=[4],
                                   finish_reason="stop"))
         return out
@@ -193,6 +195,14 @@ def test_cache_reuses_generations_and_regenerates_only_what_changed(pack: Pack, 
     assert synthesize(pack, other, out_dir=tmp_path, progress=False).generated == 4
     assert synthesize(pack, other, out_dir=tmp_path, progress=False, seed=1).generated == 4
     assert synthesize(pack, other, out_dir=tmp_path, progress=False, n_per_category=5).generated == 4
+
+
+def test_the_generator_is_asked_not_to_think(pack: Pack, tmp_path: Path) -> None:
+    """A reasoning generator (Qwen3) spent the token budget in <think>, which parsing drops: most
+    requests gave nothing. Every request switches thinking off (templates without the switch ignore it)."""
+    backend = FixedOutputs(scripted)
+    synthesize(pack, backend, out_dir=tmp_path, progress=False)
+    assert backend.thinking and set(backend.thinking) == {False}
 
 
 def test_a_broken_cache_file_is_regenerated(pack: Pack, tmp_path: Path) -> None:
@@ -370,3 +380,30 @@ def test_cli_reports_bad_input_without_traceback(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, [*base, "--max-new-tokens", "0"])
     assert result.exit_code == 2 and "max_new_tokens" in result.output
     assert not (tmp_path / "generations").exists()
+
+
+def _save_tiny(dest: Path, *, scale: float = 1.0) -> Path:
+    """`tiny` saved into `dest` like a fine-tune would be, its weights scaled by `scale`."""
+    import torch
+
+    from policyalign.models import load_model
+
+    loaded = load_model("tiny", device="cpu")
+    with torch.no_grad():
+        for parameter in loaded.model.parameters():
+            parameter.mul_(scale)
+    loaded.model.save_pretrained(dest)
+    loaded.tokenizer.save_pretrained(dest)
+    return dest
+
+
+def test_new_weights_saved_into_the_same_directory_are_not_served_old_generations(tmp_path: Path) -> None:
+    """The generation cache was keyed by the model's path: weights saved over it reused the samples of
+    the old ones. A local directory's key now covers its files (names, sizes, mtimes)."""
+    model = _save_tiny(tmp_path / "model")
+    out = tmp_path / "run"
+    first = synthesize(load_pack(PACK_DIR), str(model), out_dir=out, progress=False)
+    assert synthesize(load_pack(PACK_DIR), str(model), out_dir=out, progress=False).cached == first.requests
+    _save_tiny(model, scale=1.5)
+    again = synthesize(load_pack(PACK_DIR), str(model), out_dir=out, progress=False)
+    assert (again.generated, again.cached) == (first.requests, 0)

@@ -1,0 +1,44 @@
+"""Stage keys: what makes `pa apply` re-run a stage, and what keeps it skipping one."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from policyalign import tiny
+from policyalign.distill import DistillConfig
+from policyalign.filtering import FilterConfig
+from policyalign.registry import Registry
+from policyalign.run import fingerprint
+from policyalign.stages import distill_key, eval_key, filter_key, resume_key, synthesize_key, synthesize_options
+
+
+def _keys(run_dir: Path, pack: object, model: str) -> dict[str, str]:
+    options = synthesize_options(model, None, 2, 1, 0, None, None)
+    return {"synthesize": synthesize_key(pack, model, options),  # type: ignore[arg-type]
+            "filter": filter_key(run_dir, pack, model, FilterConfig(), "transformers"),  # type: ignore[arg-type]
+            "distill": distill_key(run_dir, pack, model, DistillConfig()),  # type: ignore[arg-type]
+            "resume": resume_key(run_dir, pack, model, DistillConfig()),  # type: ignore[arg-type]
+            "eval": eval_key(run_dir, pack, model, "before", {"judge": "refusal"})}  # type: ignore[arg-type]
+
+
+def test_new_weights_in_a_local_model_directory_change_every_stage_key(tmp_path: Path, fixture_packs: Path) -> None:
+    """Keys named a local model by its path: a fine-tune saved over the same directory left them all
+    unchanged, so `pa apply` skipped every stage and reported results of the old weights."""
+    pack = Registry([fixture_packs]).load("root-pack")
+    model = tmp_path / "model"
+    shutil.copytree(tiny.tiny_model_path(), model)
+    before = _keys(tmp_path, pack, str(model))
+    assert _keys(tmp_path, pack, str(model)) == before
+    (model / "model.safetensors").write_bytes((model / "model.safetensors").read_bytes() + b" ")
+    after = _keys(tmp_path, pack, str(model))
+    assert {stage for stage in before if before[stage] != after[stage]} == set(before)
+
+
+def test_tiny_and_hub_models_keep_the_keys_they_had(tmp_path: Path, fixture_packs: Path) -> None:
+    """Only local directories gain a fingerprint: runs of `tiny` and Hub models are not re-run on upgrade."""
+    pack = Registry([fixture_packs]).load("root-pack")
+    for model in ("tiny", "Qwen2.5-7B"):
+        options = {"judge": "refusal"}
+        assert eval_key(tmp_path, pack, model, "before", options) == fingerprint(
+            {"pack": pack.digest, "model": model, "adapter": None, **options})
