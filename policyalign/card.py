@@ -368,6 +368,16 @@ def hub_license(value: Any) -> str:
     return text if re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", text) else "other"
 
 
+def license_source(chosen: str, base: Mapping[str, Any]) -> str:
+    """Where the card's license came from: `base`, `publisher` (a `--license` other than the base
+    model's) or `unknown` (`other` because the base model's was not found). The card said "follows
+    its base model" in all three cases."""
+    recorded = base.get("license")
+    if recorded and hub_license(recorded) == chosen:
+        return "base"
+    return "unknown" if chosen == "other" and not recorded else "publisher"
+
+
 def card_license(given: str | None, base: Mapping[str, Any]) -> dict[str, str]:
     """`license` for the card: the one given (`--license`), else the base model's as policyalign.json
     records it, else `other`; a base model's `license: other` keeps its `license_name`/`license_link`
@@ -447,6 +457,8 @@ def card_context(artifacts: RunArtifacts, repo_id: str, revision: str, metadata:
         "base": base,
         "base_is_hub": is_hub_id(base["id"]),
         "license": metadata["license"],
+        "license_source": license_source(metadata["license"], base),
+        "base_license": hub_license(base.get("license")) if base.get("license") else None,
         "lora": _lora_summary(adapter_config),
         "settings": _flatten(prov.get("config") or {}) + _flatten(prov.get("training") or {}, "run"),
         "data": _flatten(prov.get("data") or {}),

@@ -128,6 +128,10 @@ def test_license_is_the_given_one_else_the_base_models(tmp_path: Path, make_run)
     provenance["base_model"]["license"] = "Apache-2.0"
     (run / "adapter" / "policyalign.json").write_text(json.dumps(provenance))
     assert card.parse_card(_render(run))[0]["license"] == "apache-2.0"
+    assert "license follows its base model (apache-2.0)" in _render(run)
+    # A publisher's --license is not the base model's: the card used to say it followed the base.
+    chosen = card.render_model_card(card.load_run(run), "org/x", "v1", license="mit")
+    assert "published under mit, chosen by its publisher (the base model's:\napache-2.0)" in chosen
     artifacts = card.load_run(run)
     assert card.card_metadata(artifacts, "org/x", license="mit")["license"] == "mit"
     provenance["base_model"].update(license="other", license_name="qwen-research", license_link="https://x.org/L")
