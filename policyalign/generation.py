@@ -125,9 +125,10 @@ def _encode_all(loaded: LoadedModel, conversations: Sequence[dict[str, Any]], pa
     for index, record in enumerate(conversations):
         messages, tools = conversation(record)
         file, where = record_place(record)
+        where = where or f"conversation {index}"
         ids = encode_chat(loaded.tokenizer, messages, tools, enable_thinking=record.get("enable_thinking"),
-                          file=file, where=where or f"conversation {index}")
-        check_fits(loaded, len(ids) + params.max_new_tokens, f"conversation {index} (prompt + max_new_tokens)")
+                          file=file, where=where)
+        check_fits(loaded, len(ids) + params.max_new_tokens, "prompt + max_new_tokens", file=file, where=where)
         prompts.append(ids)
     return prompts
 

@@ -400,12 +400,13 @@ def max_context(loaded: LoadedModel) -> int:
     return min(limits)
 
 
-def check_fits(loaded: LoadedModel, n_tokens: int, what: str) -> None:
-    """Raise a `ModelError` when `what` (e.g. "policy + prompt") needs more than the context."""
+def check_fits(loaded: LoadedModel, n_tokens: int, what: str, *, file: str = "", where: str = "") -> None:
+    """Raise a `ModelError` when `what` (e.g. "policy + prompt") needs more than the context;
+    `file`/`where` name the record, so one over-long item among thousands can be found and fixed."""
     limit = max_context(loaded)
     if n_tokens > limit:
         raise ModelError(
-            f"{what} needs {n_tokens} tokens but {loaded.ref} fits at most {limit}",
+            f"{what} needs {n_tokens} tokens but {loaded.ref} fits at most {limit}", file=file, where=where,
             hint="shorten the policy or the prompts, lower max_new_tokens, or use a model with a longer context",
         )
 

@@ -12,7 +12,7 @@ import torch
 from policyalign.chat import encode_chat
 from policyalign.errors import InvalidInputError, ModelError
 from policyalign.generation import Generation, RowSampler, SamplingParams, decode, eos_token_ids, get_backend, request_seed
-from policyalign.models import LoadedModel, load_model
+from policyalign.models import LoadedModel, load_model, max_context
 
 TOOLS = [{"type": "function", "function": {"name": "send_email", "description": "Send an email.",
                                             "parameters": {"type": "object", "properties": {}}}}]
@@ -219,10 +219,17 @@ def test_progress_bar_runs(loaded: LoadedModel, capsys: pytest.CaptureFixture[st
 
 
 def test_prompt_plus_max_new_tokens_must_fit_the_context(loaded: LoadedModel) -> None:
-    with pytest.raises(ModelError, match="conversation 0"):
-        get_backend("transformers", loaded).generate(
-            CONVERSATIONS[:1], SamplingParams(max_new_tokens=9000), progress=False,
-        )
+    """The error names the record (its file and id, else its index), not only the numbers: one
+    over-long item among thousands has to be findable."""
+    backend = get_backend("transformers", loaded)
+    long = {"messages": [{"role": "user", "content": "word " * 200}]}
+    params = SamplingParams(max_new_tokens=max_context(loaded) - 100)  # short prompts fit, the long one not
+    named = {**long, "id": "long-3", "file": "evals/long.jsonl"}
+    for records, file, where in (([long], "", "conversation 0"),
+                                 ([CONVERSATIONS[0], named], "evals/long.jsonl", "id long-3")):
+        with pytest.raises(ModelError, match="prompt \\+ max_new_tokens needs") as caught:
+            backend.generate(records, params, progress=False)
+        assert (caught.value.problem.file, caught.value.problem.where) == (file, where)
 
 
 @pytest.mark.parametrize("kwargs", [
