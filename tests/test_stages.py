@@ -35,6 +35,18 @@ def test_new_weights_in_a_local_model_directory_change_every_stage_key(tmp_path:
     assert {stage for stage in before if before[stage] != after[stage]} == set(before)
 
 
+def test_new_weights_in_a_local_judge_directory_change_the_eval_key(tmp_path: Path, fixture_packs: Path) -> None:
+    """A local `llm:`/`guard:` judge was keyed by its path: new judge weights there kept the old verdicts."""
+    pack = Registry([fixture_packs]).load("root-pack")
+    judge = tmp_path / "judge"
+    shutil.copytree(tiny.tiny_model_path(), judge)
+    keys = [eval_key(tmp_path, pack, "tiny", "before", {"judge": f"{kind}:{judge}"}) for kind in ("llm", "guard")]
+    assert keys == [eval_key(tmp_path, pack, "tiny", "before", {"judge": f"{kind}:{judge}"}) for kind in ("llm", "guard")]
+    (judge / "model.safetensors").write_bytes((judge / "model.safetensors").read_bytes() + b" ")
+    after = [eval_key(tmp_path, pack, "tiny", "before", {"judge": f"{kind}:{judge}"}) for kind in ("llm", "guard")]
+    assert after[0] != keys[0] and after[1] != keys[1]
+
+
 def test_tiny_and_hub_models_keep_the_keys_they_had(tmp_path: Path, fixture_packs: Path) -> None:
     """Only local directories gain a fingerprint: runs of `tiny` and Hub models are not re-run on upgrade."""
     pack = Registry([fixture_packs]).load("root-pack")
