@@ -29,6 +29,7 @@ from policyalign.evaluate import (
     load_neutral_prompts,
     measure_drift,
     mean_kl,
+    paired_change,
     plot_before_after,
     read_judge_file,
     render_report,
@@ -38,6 +39,7 @@ from policyalign.evaluate import (
 )
 from policyalign.io import sha256_file
 from policyalign.registry import Registry
+from policyalign.stats import wilson_interval
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -93,6 +95,34 @@ def test_empty_groups_have_no_rates() -> None:
     assert all(m[k] is None for k in ("violation_rate", "over_refusal_rate", "refuse_guide_agreement"))
 
 
+def test_each_outcome_rate_carries_its_95_percent_interval() -> None:
+    """The interval is over the rate's own denominator: 2 violations of 4 judged harmful items (the
+    unparseable one is not judged), 1 forbidden call of 2 tool items; no benign item, no interval."""
+    rows = [row("refuse", "comply"), row("refuse", "refuse"), row("guide", "comply"), row("guide", "guide"),
+            row("refuse", "unparseable"), row("refuse", "refuse", forbidden=("rm",)),
+            row("refuse", "refuse", forbidden=("rm",), called=True)]
+    ci = compute_metrics(rows)["ci95"]
+    assert ci["violation_rate"] == pytest.approx(list(wilson_interval(3, 6)))
+    assert ci["forbidden_tool_call_rate"] == pytest.approx(list(wilson_interval(1, 2)))
+    assert "over_refusal_rate" not in ci
+    low, high = ci["violation_rate"]
+    assert low < 0.5 < high
+
+
+def test_paired_change_counts_items_measured_in_both_and_tests_them() -> None:
+    """Six harmful items fixed and none broken is p = 2/64 (exact McNemar); an item unparseable in
+    either evaluation, or missing from one, is not paired."""
+    def item(i: int, label: str, set_name: str = "harmful") -> dict:
+        return {**row("refuse", label, set_name=set_name), "id": f"h{i}"}
+
+    before = [item(i, "comply") for i in range(8)] + [item(8, "refuse"), item(0, "comply", "other")]
+    after = [item(i, "refuse") for i in range(6)] + [item(6, "unparseable"), item(8, "refuse"), item(9, "comply")]
+    change = paired_change(before, after, "violation_rate")
+    assert change == {"items": 7, "worse": 0, "better": 6, "p": pytest.approx(2 / 64)}
+    assert paired_change(before, after, "over_refusal_rate") is None  # no benign item in either
+    assert paired_change(before, after, "refuse_guide_agreement") is None  # not a per-item outcome
+
+
 def test_summarize_per_set_and_category() -> None:
     rows = [row("refuse", "comply", category="a", set_name="harmful"), row("refuse", "refuse", category="b",
             set_name="harmful"), row("comply", "refuse", category="a", set_name="benign")]
@@ -119,10 +149,12 @@ def _summary(rows: list[dict], *, adapter: str | None = None, judge: str = "refu
             "timestamp": "2026-01-01T00:00:00+00:00"}
 
 
-BEFORE = [row("refuse", "comply", category="weapons"), row("refuse", "comply", category="weapons"),
-          row("comply", "comply", category="weapons", set_name="benign")]
-AFTER = [row("refuse", "refuse", category="weapons"), row("refuse", "comply", category="weapons"),
-         row("comply", "refuse", category="weapons", set_name="benign")]
+BEFORE = [{**r, "id": f"i{n}"} for n, r in enumerate([
+    row("refuse", "comply", category="weapons"), row("refuse", "comply", category="weapons"),
+    row("comply", "comply", category="weapons", set_name="benign")])]
+AFTER = [{**r, "id": f"i{n}"} for n, r in enumerate([
+    row("refuse", "refuse", category="weapons"), row("refuse", "comply", category="weapons"),
+    row("comply", "refuse", category="weapons", set_name="benign")])]
 
 
 def test_write_eval_writes_all_artifacts(tmp_path: Path) -> None:
@@ -145,13 +177,26 @@ def test_compare_prints_differences_per_metric_and_category(tmp_path: Path) -> N
     a = write_eval(tmp_path / "a", _summary(BEFORE), BEFORE)
     write_eval(tmp_path / "b", _summary(AFTER, adapter="adapter/"), AFTER)
     text = compare(a.eval_json, tmp_path / "b")  # a file or its directory
-    assert "| overall | violation_rate | 100.0% | 50.0% | -50.0 pp |" in text
-    assert "| category:weapons | over_refusal_rate | 0.0% | 100.0% | +100.0 pp |" in text
+    # rates with their 95% Wilson intervals; one item fixed, none broken: p = 1 (paired, exact)
+    assert "| overall | violation_rate | 100.0% [34.2–100.0] | 50.0% [9.5–90.5] | -50.0 pp | 1 |" in text
+    assert "| category:weapons | over_refusal_rate | 0.0% [0.0–79.3] | 100.0% [20.7–100.0] | +100.0 pp | 1 |" in text
     assert "| set:benign |" in text
     assert "drift_kl" in text
     assert "Not like for like" not in text
     other_judge = write_eval(tmp_path / "c", _summary(AFTER, judge="guard:x"), AFTER)
     assert "judge differs" in compare(a, other_judge)
+
+
+def test_compare_tests_the_change_on_paired_items_only_where_both_have_responses(tmp_path: Path) -> None:
+    """Six violations fixed and none introduced on the same items is p = 0.0312 (exact McNemar); with
+    only an eval.json on one side there is nothing to pair, and the column says so."""
+    before = [{**row("refuse", "comply"), "id": f"h{i}"} for i in range(6)]
+    after = [{**row("refuse", "refuse"), "id": f"h{i}"} for i in range(6)]
+    a = write_eval(tmp_path / "a", _summary(before), before)
+    b = write_eval(tmp_path / "b", _summary(after), after)
+    assert "| set:s | violation_rate | 100.0% [61.0–100.0] | 0.0% [0.0–39.0] | -100.0 pp | 0.0312 |" in compare(a, b)
+    b.responses_jsonl.unlink()
+    assert "| set:s | violation_rate | 100.0% [61.0–100.0] | 0.0% [0.0–39.0] | -100.0 pp | – |" in compare(a, b)
 
 
 def test_compare_flags_different_item_sets(tmp_path: Path) -> None:

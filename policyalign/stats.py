@@ -1,0 +1,54 @@
+"""How much a rate measured on a few dozen eval items can be trusted.
+
+A pack's eval set holds 48-80 items per kind, so a violation rate of 10% has a 95% interval
+about 15 points wide, and a drop from 20% to 10% may be noise. The model card is the evidence a
+user reads before trusting an adapter: it states each rate's interval and, for the change
+before -> after on the same items, the exact paired (McNemar) p-value.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+Z_95 = 1.959963984540054  # two-sided 95% normal quantile
+
+
+def wilson_interval(successes: int, total: int, z: float = Z_95) -> tuple[float, float] | None:
+    """The Wilson score interval of `successes / total`; None when nothing was measured.
+
+    Wilson, not the normal approximation: at 0 of 12 the latter claims [0, 0], while the true
+    rate could well be 20%."""
+    if total <= 0:
+        return None
+    if not 0 <= successes <= total:
+        raise ValueError(f"{successes} successes out of {total}")
+    p = successes / total
+    denominator = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denominator
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
+    low = 0.0 if successes == 0 else max(0.0, centre - half)  # exact ends: no float dust at 0 or n
+    return low, 1.0 if successes == total else min(1.0, centre + half)
+
+
+def mcnemar_p(worse: int, better: int) -> float:
+    """Exact two-sided McNemar p-value for paired outcomes on the same items.
+
+    `worse` items went from good to bad, `better` from bad to good; items that did not change
+    carry no evidence about the change. Under "no effect" each changed item is a fair coin."""
+    if worse < 0 or better < 0:
+        raise ValueError(f"negative counts: {worse}, {better}")
+    n = worse + better
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(worse, better) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def paired_changes(pairs: Iterable[tuple[bool, bool]]) -> tuple[int, int]:
+    """(worse, better) from (bad before, bad after) per item."""
+    worse = better = 0
+    for before, after in pairs:
+        worse += not before and after
+        better += before and not after
+    return worse, better

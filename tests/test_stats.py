@@ -1,0 +1,34 @@
+"""Intervals and paired tests the model card prints as evidence: checked against published values."""
+
+from __future__ import annotations
+
+import pytest
+from scipy.stats import binomtest
+
+from policyalign.stats import mcnemar_p, paired_changes, wilson_interval
+
+
+def test_wilson_interval_matches_newcombes_worked_example() -> None:
+    """Newcombe (1998), Statistics in Medicine 17:857, Table I: 81/263 -> 0.2553 to 0.3662."""
+    low, high = wilson_interval(81, 263)
+    assert (round(low, 4), round(high, 4)) == (0.2553, 0.3662)
+
+
+def test_wilson_interval_at_the_ends_is_not_degenerate() -> None:
+    """0 of 12 violations does not prove a 0% rate: the interval reaches about 24%."""
+    assert wilson_interval(0, 12) == (0.0, pytest.approx(0.2425, abs=1e-4))
+    assert wilson_interval(12, 12) == (pytest.approx(0.7575, abs=1e-4), 1.0)
+    assert wilson_interval(0, 0) is None
+    with pytest.raises(ValueError):
+        wilson_interval(5, 4)
+
+
+@pytest.mark.parametrize("worse,better", [(0, 6), (1, 9), (3, 3), (7, 2), (0, 0), (12, 30)])
+def test_mcnemar_exact_equals_a_two_sided_binomial_test_on_the_changed_items(worse: int, better: int) -> None:
+    expected = 1.0 if worse + better == 0 else binomtest(worse, worse + better, 0.5).pvalue
+    assert mcnemar_p(worse, better) == pytest.approx(expected, rel=1e-12)
+
+
+def test_paired_changes_count_only_items_that_changed() -> None:
+    pairs = [(True, False), (True, False), (False, True), (True, True), (False, False)]
+    assert paired_changes(pairs) == (1, 2)
