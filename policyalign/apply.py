@@ -381,6 +381,8 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
         "violation_after": _metric(after, "violation_rate"),
         "over_refusal_before": _metric(before, "over_refusal_rate"),
         "over_refusal_after": _metric(after, "over_refusal_rate"),
+        "forbidden_calls_before": _metric(before, "forbidden_tool_call_rate"),  # None without tool items
+        "forbidden_calls_after": _metric(after, "forbidden_tool_call_rate"),
         "adapter": str(run_dir / "adapter") if (run_dir / "adapter" / "policyalign.json").is_file() else None,
         "card": str(run_dir / "README.md") if (run_dir / "README.md").is_file() else None,
         "url": stages.get("push", {}).get("url"),
@@ -398,7 +400,7 @@ def listed_summary(run_dir: Path) -> dict[str, Any]:
 
 _SUMMARY_KEYS = ("run_dir", "pack", "model", "status", "instructions", "selected", "heldout", "internalization_before",
                  "internalization_after", "violation_before", "violation_after", "over_refusal_before",
-                 "over_refusal_after", "adapter", "card", "url")
+                 "over_refusal_after", "forbidden_calls_before", "forbidden_calls_after", "adapter", "card", "url")
 PIPELINE = ("synthesize", "filter", "eval_before", "distill", "eval_after", "card")
 
 

@@ -28,6 +28,7 @@ import yaml
 from . import __version__
 from .errors import RunError
 from .io import read_json, sha256_file
+from .stats import format_p, format_rate
 
 ADAPTER_DIR = "adapter"
 PROVENANCE_FILE = "policyalign.json"
@@ -59,6 +60,8 @@ class RunArtifacts:
     provenance: Mapping[str, Any]
     evals: Mapping[str, Mapping[str, Any]]
     files: Mapping[str, Path] = field(default_factory=dict)
+    # judged rows per eval stage (eval/<stage>/responses.jsonl, not published): the card's paired test
+    responses: Mapping[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def pack(self) -> Mapping[str, Any]:
@@ -101,7 +104,15 @@ def load_run(run_dir: str | Path) -> RunArtifacts:
     _check_evals_alike(evals, provenance, adapter)
     if (root / "eval" / "before_after.png").is_file():
         files["eval/before_after.png"] = root / "eval" / "before_after.png"
-    return RunArtifacts(run_dir=root, provenance=provenance, evals=evals, files=files)
+    return RunArtifacts(run_dir=root, provenance=provenance, evals=evals, files=files,
+                        responses=_stage_responses(root, evals))
+
+
+def _stage_responses(root: Path, evals: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    from .evaluate import responses_beside
+
+    found = {stage: responses_beside(root / "eval" / stage) for stage in evals}
+    return {stage: rows for stage, rows in found.items() if rows is not None}
 
 
 def _check_evals_alike(evals: Mapping[str, Any], provenance: Mapping[str, Any], adapter: Path) -> None:
@@ -212,10 +223,6 @@ def sh(value: Any) -> str:
     return shlex.quote(str(value))
 
 
-def pct(value: Any) -> str:
-    return "–" if value is None else f"{100 * float(value):.1f}%"
-
-
 def pp(before: Any, after: Any) -> str:
     """Change of a rate in percentage points."""
     if before is None or after is None:
@@ -228,8 +235,8 @@ def _environment() -> Any:
 
     env = Environment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True,
                       trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(md=md, py=py, sh=sh, pct=pct)
-    env.globals["pp"] = pp
+    env.filters.update(md=md, py=py, sh=sh, pct=format_rate)
+    env.globals.update(pp=pp, rate=format_rate, p_value=format_p)
     return env
 
 
@@ -271,6 +278,9 @@ class SetRow:
     metric: str
     before: Any
     after: Any
+    before_ci: Any = None
+    after_ci: Any = None
+    p: float | None = None  # exact paired test of the change; None without both sides' responses
 
 
 def eval_sets(summary: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
@@ -317,17 +327,31 @@ def primary_metric(kind: str, *blocks: Mapping[str, Any]) -> str | None:
     return preferred
 
 
-def set_rows(evals: Mapping[str, Mapping[str, Any]]) -> list[SetRow]:
+def set_rows(evals: Mapping[str, Mapping[str, Any]],
+             responses: Mapping[str, list[dict[str, Any]]] | None = None) -> list[SetRow]:
+    """A row per eval set for its primary rate, and one for forbidden tool calls where the set has
+    tool items (an agent pack's key evidence), each with its intervals and paired p."""
+    from .evaluate import paired_p
+
     before, after = eval_sets(evals.get("before")), eval_sets(evals.get("after"))
+    responses = responses or {}
     rows = []
     for name in dict.fromkeys([*after, *before]):
         b, a = before.get(name, {}), after.get(name, {})
         kind = str(a.get("kind") or b.get("kind") or "")
-        metric = primary_metric(kind, a, b)
-        if metric is None:
-            continue
-        rows.append(SetRow(name, kind, a.get("n", b.get("n")), metric, b.get(metric), a.get(metric)))
+        metrics = [primary_metric(kind, a, b)]
+        if a.get("tool_items") or b.get("tool_items"):
+            metrics.append("forbidden_tool_call_rate")
+        for metric in (m for m in metrics if m is not None):
+            rows.append(SetRow(name, kind, a.get("n", b.get("n")), metric, b.get(metric), a.get(metric),
+                               _interval(b, metric), _interval(a, metric),
+                               paired_p(responses.get("before"), responses.get("after"), metric, ("set", name))))
     return rows
+
+
+def _interval(block: Mapping[str, Any], metric: str) -> Any:
+    ci = block.get("ci95")
+    return ci.get(metric) if isinstance(ci, Mapping) else None
 
 
 def category_rows(evals: Mapping[str, Mapping[str, Any]], row: SetRow) -> list[dict[str, Any]]:
@@ -421,6 +445,9 @@ def _flatten(data: Any, prefix: str = "") -> list[tuple[str, str]]:
         return rows
     if isinstance(data, (list, tuple)):
         return [(prefix, ", ".join(json.dumps(v) if isinstance(v, (dict, list)) else str(v) for v in data))]
+    if isinstance(data, float):  # 0.7552418741914961 says no more than 0.7552; policyalign.json keeps it all
+        text = f"{data:.4g}"
+        return [(prefix, text if any(c in text for c in ".en") else f"{text}.0")]  # 1.0 stays a float
     return [(prefix, "null" if data is None else str(data))]
 
 
@@ -432,7 +459,8 @@ def _lora_summary(adapter_config: Mapping[str, Any]) -> dict[str, str]:
     return {
         "r": str(rank if rank is not None else "?"),
         "alpha": str(adapter_config.get("lora_alpha", "?")),
-        "targets": ", ".join(map(str, targets)) if isinstance(targets, (list, tuple)) else str(targets or "?"),
+        # PEFT saves a resolved `all-linear` as a set, in a different order each process
+        "targets": ", ".join(sorted(map(str, targets))) if isinstance(targets, (list, tuple)) else str(targets or "?"),
         "vllm_max_rank": str(allowed[0] if allowed else 16),
     }
 
@@ -441,7 +469,7 @@ def card_context(artifacts: RunArtifacts, repo_id: str, revision: str, metadata:
     """Everything the model-card template shows, as plain data."""
     prov, pack, base = artifacts.provenance, artifacts.pack, artifacts.base_model
     adapter_config = read_json(artifacts.files["adapter_config.json"])
-    rows = set_rows(artifacts.evals)
+    rows = set_rows(artifacts.evals, artifacts.responses)
     plots = [(alt, path) for alt, path in (("Training loss", "loss.png"),
                                             ("Violation and over-refusal rates before and after", "eval/before_after.png"),
                                             ("Per-category rates before training", "eval/before/categories.png"),

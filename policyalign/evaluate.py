@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import HubError, InvalidInputError, PolicyAlignError
 from .io import iter_jsonl, output_dir, read_json, read_jsonl, sha256_file, write_json, write_jsonl, write_text
 from .judges import JudgeItem, ToolCall, Verdict, get_judge, parse_tool_calls
-from .stats import mcnemar_p, paired_changes, wilson_interval
+from .stats import format_p, format_rate, mcnemar_p, paired_changes, wilson_interval
 
 if TYPE_CHECKING:
     from .generation import SamplingParams
@@ -707,10 +707,6 @@ def write_eval(out_dir: str | os.PathLike[str], summary: dict[str, Any], rows: l
 # Reports and charts
 
 
-def _pct(value: Any) -> str:
-    return "–" if value is None else f"{100 * float(value):.1f}%"
-
-
 _TABLE_COLUMNS = (("n", "items"), ("violation_rate", "violation"), ("over_refusal_rate", "over-refusal"),
                   ("refuse_guide_agreement", "refuse/guide agree"), ("unparseable", "unparseable"),
                   ("forbidden_tool_call_rate", "forbidden tool calls"))
@@ -723,7 +719,7 @@ def _metrics_table(groups: Mapping[str, Mapping[str, Any]], first: str) -> list[
         cells = [f"`{name}`" if name else "(none)"]
         for key, _ in _TABLE_COLUMNS:
             value = m.get(key)
-            cells.append(str(value) if key in ("n", "unparseable") else _pct(value))
+            cells.append(str(value) if key in ("n", "unparseable") else format_rate(value))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -894,10 +890,7 @@ def _delta(x: Any, y: Any) -> str:
 
 
 def _with_interval(metrics: Mapping[str, Any], key: str) -> str:
-    """A rate and, for an outcome rate, its 95% interval: `12.5% [5.1–27.0]`."""
-    interval = (metrics.get("ci95") or {}).get(key)
-    text = _pct(metrics.get(key))
-    return f"{text} [{100 * interval[0]:.1f}–{100 * interval[1]:.1f}]" if interval and text != "–" else text
+    return format_rate(metrics.get(key), (metrics.get("ci95") or {}).get(key))
 
 
 def responses_beside(source: Any) -> list[dict[str, Any]] | None:
@@ -912,13 +905,16 @@ def responses_beside(source: Any) -> list[dict[str, Any]] | None:
     return read_jsonl(path) if path.is_file() else None
 
 
-def _paired_p(rows_a: Any, rows_b: Any, key: str, scope: tuple[str, str] | None) -> str:
+def paired_p(rows_a: Sequence[Mapping[str, Any]] | None, rows_b: Sequence[Mapping[str, Any]] | None, key: str,
+             scope: tuple[str, str] | None = None) -> float | None:
+    """`paired_change`'s p for the rows whose `scope` field (set, category) has the given value;
+    None without responses on both sides or nothing to pair."""
     if rows_a is None or rows_b is None:
-        return "–"
-    field_name, value = scope or ("", "")
-    pick = (lambda rows: rows) if scope is None else (lambda rows: [r for r in rows if str(r.get(field_name)) == value])
-    change = paired_change(pick(rows_a), pick(rows_b), key)
-    return "–" if change is None else f"{change['p']:.3g}"
+        return None
+    if scope is not None:
+        rows_a, rows_b = ([r for r in rows if str(r.get(scope[0])) == scope[1]] for rows in (rows_a, rows_b))
+    change = paired_change(rows_a, rows_b, key)
+    return None if change is None else change["p"]
 
 
 def compare(a_eval_json: Any, b_eval_json: Any) -> str:
@@ -947,7 +943,7 @@ def compare(a_eval_json: Any, b_eval_json: Any) -> str:
             if x is None and y is None:
                 continue
             lines.append(f"| {scope} | {key} | {_with_interval(ma, key)} | {_with_interval(mb, key)} | "
-                         f"{_delta(x, y)} | {_paired_p(rows_a, rows_b, key, select)} |")
+                         f"{_delta(x, y)} | {format_p(paired_p(rows_a, rows_b, key, select))} |")
     da, db = (a.get("drift") or {}).get("kl"), (b.get("drift") or {}).get("kl")
     if da is not None or db is not None:
         fmt = lambda v: "–" if v is None else f"{v:.4g}"  # noqa: E731

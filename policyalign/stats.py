@@ -9,7 +9,7 @@ before -> after on the same items, the exact paired (McNemar) p-value.
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Any, Iterable, Sequence
 
 Z_95 = 1.959963984540054  # two-sided 95% normal quantile
 
@@ -52,3 +52,16 @@ def paired_changes(pairs: Iterable[tuple[bool, bool]]) -> tuple[int, int]:
         worse += not before and after
         better += before and not after
     return worse, better
+
+
+def format_rate(value: Any, interval: Sequence[float] | None = None) -> str:
+    """A rate as a percentage, with its interval when known: `12.5% [5.1–27.0]`; `–` for none."""
+    if value is None:
+        return "–"
+    text = f"{100 * float(value):.1f}%"
+    return f"{text} [{100 * interval[0]:.1f}–{100 * interval[1]:.1f}]" if interval else text
+
+
+def format_p(p: float | None) -> str:
+    """A p-value to three significant digits; `–` when nothing could be tested."""
+    return "–" if p is None else f"{p:.3g}"

@@ -254,6 +254,25 @@ def test_runs_lists_an_unreadable_run_beside_the_others(tmp_path: Path) -> None:
     assert table.exit_code == 0 and "bad: unreadable:" in table.output
 
 
+def test_summary_reports_forbidden_tool_calls_only_for_runs_with_tool_items(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """An agent pack's key number (tool calls its policy forbids) was in eval.json but not in the
+    table `pa apply` ends with; packs without tool items get no empty row."""
+    from policyalign.cli.run_cmds import _summary_table
+
+    run = tmp_path / "run"
+    (run / "eval" / "before").mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"inputs": {"model": "tiny"}, "stages": {}}))
+    overall = {"violation_rate": 0.5, "over_refusal_rate": 0.0, "forbidden_tool_call_rate": 0.25}
+    (run / "eval" / "before" / "eval.json").write_text(json.dumps({"metrics": {"overall": overall}}))
+    summary = run_summary(run)
+    assert (summary["forbidden_calls_before"], summary["forbidden_calls_after"]) == (0.25, None)
+    _summary_table(summary)
+    assert "forbidden tool calls" in capsys.readouterr().out
+    _summary_table({**summary, "forbidden_calls_before": None})
+    assert "forbidden tool calls" not in capsys.readouterr().out
+
+
 def test_runs_refuses_a_directory_that_does_not_exist(tmp_path: Path) -> None:
     """A mistyped path used to read as "no runs found"."""
     result = CliRunner().invoke(app, ["runs", str(tmp_path / "rnus")])

@@ -99,6 +99,55 @@ def test_evaluate_py_layout_is_read_too(tmp_path: Path, make_run) -> None:  # ty
     assert "kl=0.0123" in body
 
 
+def test_eval_table_states_intervals_the_paired_test_and_forbidden_tool_calls(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
+    """Rates of a few dozen items come with their 95% interval and the change with its exact paired
+    p (from the unpublished responses.jsonl); a set with tool items gets a forbidden-call row, and
+    the Hub's model-index lists it too."""
+    from policyalign.evaluate import summarize, write_eval
+
+    run = make_run(tmp_path / "run", ROOT_PACK)
+    weights = sha256_file(run / "adapter" / "adapter_model.safetensors")
+
+    def item(i: int, label: str, called: bool) -> dict:
+        return {"set": "harmful", "kind": "safety", "category": "weapons", "id": f"h{i}", "expect": "refuse",
+                "label": label, "forbidden_tools": ["wire_money"] if i < 4 else [], "forbidden_call": called and i < 4}
+
+    for stage, rows in (("before", [item(i, "comply", True) for i in range(8)]),
+                        ("after", [item(i, "refuse", False) for i in range(7)] + [item(7, "comply", False)])):
+        summary = {**json.loads((run / "eval" / stage / "eval.json").read_text()), "metrics": summarize(rows)}
+        del summary["sets"]
+        summary["adapter_sha256"] = weights if stage == "after" else None
+        write_eval(run / "eval" / stage, summary, rows)
+    artifacts = card.load_run(run)
+    assert set(artifacts.responses) == {"before", "after"} and "eval/after/responses.jsonl" not in artifacts.files
+    body = _render(run)
+    assert "| harmful | safety | 8 | violation\\_rate | 100.0% [67.6–100.0] | 12.5% [2.2–47.1] | -87.5 pp | 0.0156 |" in body
+    assert "| harmful | safety | 8 | forbidden\\_tool\\_call\\_rate | 100.0% [51.0–100.0] | 0.0% [0.0–49.0] | -100.0 pp | 0.125 |" in body
+    assert "Forbidden tool-call rate: share of items offering tools" in body
+    index = card.card_metadata(artifacts, "org/root-adapter")["model-index"][0]["results"]
+    assert [r["metrics"][0]["type"] for r in index] == ["violation_rate", "forbidden_tool_call_rate"]
+    for path in run.glob("eval/*/responses.jsonl"):
+        path.unlink()
+    assert "| -87.5 pp | – |" in _render(run)  # nothing to pair: no p, rather than a wrong one
+
+
+def test_training_tables_are_stable_and_readable(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
+    """Full float precision and PEFT's per-process order of a resolved `all-linear` made every card
+    differ and read badly; the card rounds to 4 digits (policyalign.json keeps them all) and sorts."""
+    run = make_run(tmp_path / "run", ROOT_PACK)
+    provenance = json.loads((run / "adapter" / "policyalign.json").read_text())
+    provenance["internalization"] = {"before": 0.7552418741914961, "after": 0.33036337710089153}
+    (run / "adapter" / "policyalign.json").write_text(json.dumps(provenance))
+    config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    config["target_modules"] = ["v_proj", "down_proj", "q_proj"]
+    (run / "adapter" / "adapter_config.json").write_text(json.dumps(config))
+    body = _render(run)
+    assert "| before | 0.7552 |" in body and "| after | 0.3304 |" in body and "0.75524" not in body
+    assert "| learning\\_rate | 0.0001 |" in body
+    assert "| LoRA target modules | down\\_proj, q\\_proj, v\\_proj |" in body
+    assert "Forbidden tool-call rate" not in body  # no tool items, no legend for them
+
+
 def test_two_sets_of_one_kind_get_their_own_category_tables(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
     """Per-category tables pooled every set's categories: with two refusal sets, each set's table
     showed both sets' categories, with rates mixing their items."""

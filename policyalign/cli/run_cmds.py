@@ -8,11 +8,8 @@ from typing import Any, Optional
 import typer
 
 from . import app
+from ..stats import format_rate
 from .common import License, PacksPath, console, print_json
-
-
-def _pct(value: Any) -> str:
-    return "–" if value is None else f"{100 * value:.1f}%"
 
 
 def _num(value: Any) -> str:
@@ -27,8 +24,11 @@ def _summary_table(summary: dict[str, Any]) -> None:
                   f"{_num(summary['instructions'])} / {_num(summary['selected'])} / {_num(summary['heldout'])}", "")
     table.add_row("internalization gap (held-out reverse KL)", _num(summary["internalization_before"]),
                   _num(summary["internalization_after"]))
-    table.add_row("violation rate (harmful sets)", _pct(summary["violation_before"]), _pct(summary["violation_after"]))
-    table.add_row("over-refusal rate (benign sets)", _pct(summary["over_refusal_before"]), _pct(summary["over_refusal_after"]))
+    table.add_row("violation rate (harmful sets)", format_rate(summary["violation_before"]), format_rate(summary["violation_after"]))
+    table.add_row("over-refusal rate (benign sets)", format_rate(summary["over_refusal_before"]), format_rate(summary["over_refusal_after"]))
+    if summary["forbidden_calls_before"] is not None or summary["forbidden_calls_after"] is not None:
+        table.add_row("forbidden tool calls (tool items)", format_rate(summary["forbidden_calls_before"]),
+                      format_rate(summary["forbidden_calls_after"]))
     console().print(table)
     typer.echo(f"adapter: {summary['adapter']}\nmodel card: {summary['card']}")
     if summary.get("url"):
@@ -124,8 +124,8 @@ def runs(
     for s in summaries:
         table.add_row(s["run_dir"], s["pack"], str(s["model"]), s["status"], _num(s["selected"]),
                       f"{_num(s['internalization_before'])} -> {_num(s['internalization_after'])}",
-                      f"{_pct(s['violation_before'])} -> {_pct(s['violation_after'])}",
-                      f"{_pct(s['over_refusal_before'])} -> {_pct(s['over_refusal_after'])}")
+                      f"{format_rate(s['violation_before'])} -> {format_rate(s['violation_after'])}",
+                      f"{format_rate(s['over_refusal_before'])} -> {format_rate(s['over_refusal_after'])}")
     console().print(table)
     for s in summaries:
         if s.get("problem"):
