@@ -162,7 +162,7 @@ def test_write_eval_writes_all_artifacts(tmp_path: Path) -> None:
     assert json.loads(result.eval_json.read_text())["metrics"]["overall"]["violation_rate"] == 1.0
     assert len(result.responses_jsonl.read_text().splitlines()) == 3
     report = result.report_md.read_text()
-    assert "| `weapons` | 3 | 100.0% | 0.0% |" in report
+    assert "| `weapons` | 3 | 100.0% [34.2–100.0] | 0.0% [0.0–79.3] |" in report  # rates with 95% intervals
     assert "## Per eval set" in report and "`d" in report
     assert result.chart_png.read_bytes().startswith(PNG_MAGIC)
     assert not list((tmp_path / "out").glob(".*.tmp"))  # atomic writes leave no temp files
