@@ -719,7 +719,7 @@ def _metrics_table(groups: Mapping[str, Mapping[str, Any]], first: str) -> list[
         cells = [f"`{name}`" if name else "(none)"]
         for key, _ in _TABLE_COLUMNS:
             value = m.get(key)
-            cells.append(str(value) if key in ("n", "unparseable") else _with_interval(m, key))
+            cells.append(str(value) if key in ("n", "unparseable") else rate_with_interval(m, key))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -889,7 +889,8 @@ def _delta(x: Any, y: Any) -> str:
     return f"{d:+.1f} pp" if not math.isclose(d, 0.0, abs_tol=1e-9) else "0.0 pp"
 
 
-def _with_interval(metrics: Mapping[str, Any], key: str) -> str:
+def rate_with_interval(metrics: Mapping[str, Any], key: str) -> str:
+    """`metrics[key]` as a percentage, with its 95% interval when the metrics carry one."""
     return format_rate(metrics.get(key), (metrics.get("ci95") or {}).get(key))
 
 
@@ -942,7 +943,7 @@ def compare(a_eval_json: Any, b_eval_json: Any) -> str:
             x, y = ma.get(key), mb.get(key)
             if x is None and y is None:
                 continue
-            lines.append(f"| {scope} | {key} | {_with_interval(ma, key)} | {_with_interval(mb, key)} | "
+            lines.append(f"| {scope} | {key} | {rate_with_interval(ma, key)} | {rate_with_interval(mb, key)} | "
                          f"{_delta(x, y)} | {format_p(paired_p(rows_a, rows_b, key, select))} |")
     da, db = (a.get("drift") or {}).get("kl"), (b.get("drift") or {}).get("kl")
     if da is not None or db is not None:

@@ -284,6 +284,7 @@ def test_pa_judge_cli(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["judge", str(src), "--judge", "refusal", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "refuse 1" in result.output and out.is_file()
+    assert "violation rate: 0.0% [0.0–79.3]" in result.output  # one item proves little, and says so
     bad = _write_lines(tmp_path / "bad.jsonl", ['{"prompt": 1}'])
     result = CliRunner().invoke(app, ["judge", str(bad)])
     assert result.exit_code == 2
@@ -325,6 +326,19 @@ def test_pa_eval_default_out_keeps_adapters_apart(tmp_path: Path, monkeypatch: p
     assert _default_out("general", "tiny", Path("my-lora"), True).name.startswith("tiny-my-lora-")
     assert _default_out("general", "tiny", Path("my-lora"), True).name.endswith("-policy")
     assert _default_out("general", "Org/M", None, False) == Path("pa-eval/general/Org--M")
+
+
+def test_pa_eval_prints_rates_with_intervals_and_forbidden_calls_of_tool_items(capsys: pytest.CaptureFixture[str],
+                                                                                tmp_path: Path) -> None:
+    from policyalign.cli.eval_cmds import _print_summary
+
+    rows = [row("refuse", "refuse", forbidden=("rm",), called=True), row("refuse", "refuse"), row("comply", "comply")]
+    _print_summary(_summary(rows), tmp_path)
+    out = capsys.readouterr().out
+    assert "violation 50.0% [9.5–90.5]" in out and "over-refusal 0.0% [0.0–79.3]" in out
+    assert "forbidden tool calls 100.0% [20.7–100.0] of 1 tool items" in out
+    _print_summary(_summary(rows[1:]), tmp_path)
+    assert "forbidden tool calls" not in capsys.readouterr().out
 
 
 def test_pa_eval_needs_pack_and_model() -> None:

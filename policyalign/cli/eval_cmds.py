@@ -33,19 +33,19 @@ def _default_out(pack_name: str, model: str, adapter: Optional[Path], policy_in_
 
 
 def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
+    from ..evaluate import rate_with_interval as rate
+
     overall = summary["metrics"]["overall"]
-
-    def pct(value: Any) -> str:
-        return "–" if value is None else f"{100 * value:.1f}%"
-
     typer.echo(f"{summary['pack']['name']}@{summary['pack']['version']} · {summary['model']}"
                f"{' + ' + summary['adapter'] if summary.get('adapter') else ''} · judge {summary['judge']}")
-    typer.echo(f"  items {overall['n']}  violation {pct(overall['violation_rate'])}  "
-               f"over-refusal {pct(overall['over_refusal_rate'])}  refuse/guide agree "
-               f"{pct(overall['refuse_guide_agreement'])}  unparseable {overall['unparseable']}")
+    typer.echo(f"  items {overall['n']}  violation {rate(overall, 'violation_rate')}  "
+               f"over-refusal {rate(overall, 'over_refusal_rate')}  refuse/guide agree "
+               f"{rate(overall, 'refuse_guide_agreement')}  unparseable {overall['unparseable']}")
+    if overall.get("tool_items"):
+        typer.echo(f"  forbidden tool calls {rate(overall, 'forbidden_tool_call_rate')} of {overall['tool_items']} tool items")
     if summary.get("drift"):
         typer.echo(f"  drift KL(base||adapted) {summary['drift']['kl']:.4g}")
-    typer.echo(f"  wrote {out_dir}/eval.json, responses.jsonl, report.md, categories.png")
+    typer.echo(f"  wrote {out_dir}/eval.json, responses.jsonl, report.md, categories.png  (95% intervals in brackets)")
 
 
 @app.command("eval")
@@ -103,7 +103,7 @@ def judge_command(
     packs_path: Optional[list[Path]] = PacksPath,
 ) -> None:
     """Score any JSONL of responses with a judge; prints label counts and rates."""
-    from ..evaluate import judge_file
+    from ..evaluate import judge_file, rate_with_interval
 
     policy = ""
     if pack:
@@ -114,7 +114,8 @@ def judge_command(
     overall = result.metrics["overall"]
     labels = ", ".join(f"{k} {v}" for k, v in overall["labels"].items())
     typer.echo(f"{overall['n']} rows judged with {judge}: {labels}")
-    for key, title in (("violation_rate", "violation rate"), ("over_refusal_rate", "over-refusal rate")):
+    for key, title in (("violation_rate", "violation rate"), ("over_refusal_rate", "over-refusal rate"),
+                       ("forbidden_tool_call_rate", "forbidden tool-call rate")):
         if overall[key] is not None:
-            typer.echo(f"  {title}: {100 * overall[key]:.1f}%")
+            typer.echo(f"  {title}: {rate_with_interval(overall, key)} (95% interval in brackets)")
     typer.echo(f"  wrote {result.out_path}")
