@@ -214,6 +214,11 @@ def _trainer_classes() -> tuple[type, type]:
             super()._load_from_checkpoint(resume_from_checkpoint, model)
             self._restore_ema_teacher(Path(resume_from_checkpoint))
 
+        def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+            super()._load_optimizer_and_scheduler(checkpoint)
+            if checkpoint is not None:
+                follow_schedule(self.optimizer, self.lr_scheduler)
+
         def _restore_ema_teacher(self, checkpoint: Path) -> None:
             """Take an EMA run's two adapters back from its checkpoint.
 
@@ -358,6 +363,25 @@ def kl_support(top_k: int, vocab_size: int | None) -> int:
     if vocab_size is None:
         return top_k
     return min(top_k, vocab_size) if top_k > 0 else vocab_size
+
+
+def follow_schedule(optimizer: Any, scheduler: Any) -> None:
+    """Set the learning rate a resumed run trains its next step with from this run's schedule.
+
+    A checkpoint stores the rate its own schedule set for the step after it. Continued with a
+    larger --max-steps, that is the old schedule's: after 2 of 2 steps of linear decay it is 0,
+    so resuming to 3 steps trained step 3 at rate 0 and changed nothing, and every longer
+    continuation lost its first step. The rest of the continuation already followed the new
+    schedule; now its first step does too. After a crash (same settings) the rate is the same.
+    """
+    scheduler = getattr(scheduler, "scheduler", scheduler)  # accelerate's wrapper, if any
+    lambdas = getattr(scheduler, "lr_lambdas", None)
+    if not lambdas or len(lambdas) != len(optimizer.param_groups):
+        return  # not a LambdaLR (all of transformers' named schedules are): leave it as loaded
+    rates = [base * rate(scheduler.last_epoch) for base, rate in zip(scheduler.base_lrs, lambdas)]
+    for group, lr in zip(optimizer.param_groups, rates):
+        group["lr"] = lr
+    scheduler._last_lr = rates
 
 
 def sdft_config(config: DistillConfig, output_dir: Path, *, device: str, dtype: Any, report_to: str = "none",

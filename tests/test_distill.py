@@ -148,6 +148,10 @@ def test_resume_continues_from_checkpoint(run_dir) -> None:
     # The first four steps come from the checkpoint's state, not from training again.
     assert [h["step"] for h in result.history] == [1, 2, 3, 4, 5, 6]
     assert [h["loss"] for h in result.history[:4]] == [h["loss"] for h in first.history]
+    # Steps 5 and 6 follow the 6-step linear schedule. Step 5 used to train at the rate the 4-step
+    # schedule left in the checkpoint, 0: resuming to 5 steps changed nothing.
+    rate = longer.learning_rate
+    assert [h["learning_rate"] for h in result.history[4:]] == pytest.approx([rate * 2 / 6, rate * 1 / 6])
 
 
 def test_a_checkpoint_killed_while_writing_its_state_is_not_resumed_from(tmp_path: Path) -> None:
