@@ -275,13 +275,26 @@ def push_adapter(run_dir: str | Path, repo_id: str, *, private: bool = False, re
     readme = card.render_model_card(artifacts, repo_id, tag, license=license)
     uploads: dict[str, Any] = {name: str(path) for name, path in artifacts.files.items()}
     uploads["README.md"] = readme.encode("utf-8")
-    stale = [p for p in _remote_files(api, repo_id, "model", token)
-             if (p in MANAGED_FILES or p.startswith(MANAGED_DIRS)) and p not in uploads]
+    remote = _remote_files(api, repo_id, "model", token)
+    _refuse_foreign_files(remote, repo_id)
+    stale = [p for p in remote if (p in MANAGED_FILES or p.startswith(MANAGED_DIRS)) and p not in uploads]
     pack, base = artifacts.pack, artifacts.base_model
     message = f"policyalign: {pack['name']}@{pack['version']} adapter for {base['id']}"
     commit = _commit_and_tag(api, repo_id, "model", uploads, stale, message, tag, token)
     write_text(Path(run_dir) / "README.md", readme)  # the card as published, kept with the run
     return PushResult(_repo_url(repo_id, "model", tag), repo_id, tag, commit, tuple(sorted(uploads)))
+
+
+def _refuse_foreign_files(remote: list[str], repo_id: str) -> None:
+    """Refuse, before uploading, a repository holding files `pa push` does not manage (someone's
+    config.json, notes, another tool's weights): the card cannot vouch for them, so `pa pull` would
+    reject the adapter as tampered with, and `pa push` will not delete files it did not write."""
+    foreign = [p for p in remote if p not in MANAGED_FILES and not p.startswith(MANAGED_DIRS) and p not in UNLISTED_OK]
+    if foreign:
+        raise HubError(f"the repository holds files `pa push` does not publish: {', '.join(sorted(foreign))}; "
+                       "`pa pull` refuses an adapter repository with files its card does not list", file=repo_id,
+                       hint=f"push to a new repository, or delete those files first "
+                            f"(`hf repos delete-files {repo_id} {' '.join(card.sh(p) for p in sorted(foreign))}`)")
 
 
 def check_push_target(repo_id: str, token: str | None = None) -> None:

@@ -234,6 +234,19 @@ def test_push_removes_stale_eval_files(cli: Cli, hub_server, make_run, tmp_path:
     assert "No evaluation yet" in hub_server.read("org/stale", "README.md", "second").decode()
 
 
+def test_push_refuses_a_repository_with_files_it_does_not_publish(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Pushing into a repo that already held someone's files published an adapter `pa pull` then
+    rejected as tampered ("NOTES.md is in the repository but not listed in the card")."""
+    hub_server.store.create("model", "org/occupied", False)
+    hub_server.put_files("org/occupied", {"NOTES.md": b"my notes", "config.json": b"{}"}, "someone's files")
+    before = hub_server.store.rev(hub_server.repo_path("org/occupied"), "refs/heads/main")
+    result = cli.fails(1, "push", str(make_run(tmp_path / "run", make_pack(cli.packs, "occupied"))), "--repo-id", "org/occupied")
+    assert "does not publish: NOTES.md, config.json" in result.stderr
+    assert "hf repos delete-files org/occupied NOTES.md config.json" in result.stderr
+    assert hub_server.store.rev(hub_server.repo_path("org/occupied"), "refs/heads/main") == before
+    assert hub_server.tags("org/occupied") == []
+
+
 def test_pull_detects_tampered_provenance(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     run = make_run(tmp_path / "run", make_pack(cli.packs, "tamper"))
     repo = "org/tamper"
