@@ -337,9 +337,7 @@ def verify_adapter(path: Path, label: str) -> tuple[dict[str, Any], dict[str, An
         raise HubError(f"{card.PROVENANCE_FILE} is not valid JSON", file=label) from None
     problems = _provenance_problems(metadata, recorded, provenance) + _file_problems(path, recorded)
     if problems:
-        raise HubError("provenance check failed:\n" + "\n".join(f"  - {p}" for p in problems), file=label,
-                       hint="the card and the files disagree, so the repository was changed after `pa push`; "
-                            "do not use this adapter, or ask its publisher to re-push")
+        raise _tampered(problems, label)
     try:  # the same fields `pa push` requires: pack name, version and digest, base model id
         card._check_provenance(provenance, path / card.PROVENANCE_FILE)
     except PolicyAlignError as exc:
@@ -347,7 +345,52 @@ def verify_adapter(path: Path, label: str) -> tuple[dict[str, Any], dict[str, An
                        where=exc.problem.where,
                        hint="`pa push` never publishes such an adapter, so its pack cannot be known; "
                             "do not use it, or ask its publisher to re-push") from None
+    problems = _result_problems(path, metadata, provenance)
+    if problems:
+        raise _tampered(problems, label)
     return metadata, provenance
+
+
+def _tampered(problems: list[str], label: str) -> HubError:
+    return HubError("provenance check failed:\n" + "\n".join(f"  - {p}" for p in problems), file=label,
+                    hint="the card and the files disagree, so the repository was changed after `pa push`; "
+                         "do not use this adapter, or ask its publisher to re-push")
+
+
+def _result_problems(path: Path, metadata: Mapping[str, Any], provenance: Mapping[str, Any]) -> list[str]:
+    """The card's `model-index` (the results the Hub displays) must be the numbers in the hashed
+    eval/*/eval.json files: the file hashes alone let an edited card claim a lower violation rate."""
+    evals: dict[str, Mapping[str, Any]] = {}
+    for stage in card.EVAL_STAGES:
+        source = path / "eval" / stage / "eval.json"
+        try:
+            summary = read_json(source) if source.is_file() else None
+        except PolicyAlignError:
+            return [f"eval/{stage}/eval.json is not valid JSON"]
+        if isinstance(summary, dict):
+            evals[stage] = summary
+    expected = _index_values(card.model_index("", card.RunArtifacts(path, provenance, evals)))
+    claimed = _index_values(metadata.get("model-index"))
+    problems = []
+    for split, metric in sorted(set(expected) | set(claimed)):
+        want, got = expected.get((split, metric)), claimed.get((split, metric))
+        if not (isinstance(want, (int, float)) and isinstance(got, (int, float)) and abs(want - got) <= 1e-6):
+            problems.append(f"model-index result {split} {metric}: the card says {got!r}, "
+                            f"eval/after/eval.json says {want!r}")
+    return problems
+
+
+def _index_values(index: Any) -> dict[tuple[str, str], Any]:
+    """`model-index` results as {(eval set, metric): value}, tolerating any shape a card may hold."""
+    values: dict[tuple[str, str], Any] = {}
+    for entry in index if isinstance(index, list) else []:
+        results = entry.get("results") if isinstance(entry, dict) else None
+        for result in results if isinstance(results, list) else []:
+            metrics = result.get("metrics") if isinstance(result, dict) else None
+            for metric in metrics if isinstance(metrics, list) else []:
+                if isinstance(metric, dict):
+                    values[(str(_get(result, "dataset", "split")), str(metric.get("type")))] = metric.get("value")
+    return values
 
 
 def _get(data: Any, *keys: str) -> Any:

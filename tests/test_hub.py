@@ -276,6 +276,20 @@ def test_pull_detects_swapped_weights(cli: Cli, hub_server, make_run, tmp_path: 
     assert "adapter_model.safetensors does not match its sha256" in result.stderr
 
 
+def test_pull_detects_results_edited_in_the_card(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """An edited model-index (the results the Hub displays) passed `pa pull` as verified: only the
+    file hashes were checked, and eval/after/eval.json still said 0.125."""
+    cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "boast"))), "--repo-id", "org/boast")
+    metadata, body = card.parse_card(hub_server.read("org/boast", "README.md").decode())
+    metadata["model-index"][0]["results"][0]["metrics"][0]["value"] = 0.01
+    hub_server.put_files("org/boast", {"README.md": (card.dump_front_matter(metadata) + body).encode()}, "better numbers")
+    result = cli.fails(1, "pull", "org/boast", "--to", str(tmp_path / "pulled"))
+    assert "provenance check failed" in result.stderr
+    assert "the card says 0.01, eval/after/eval.json says 0.125" in result.stderr
+    assert not (tmp_path / "pulled").exists()
+    cli.ok("pull", "org/boast@boast-v1.0.0", "--to", str(tmp_path / "pulled"))  # the pushed card still verifies
+
+
 def test_pull_refuses_files_the_card_does_not_list(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "extra"))), "--repo-id", "org/extra")
     hub_server.put_files("org/extra", {"chat_template.jinja": b"{{ 'EVIL' }}", "adapter_model.bin": b"junk",
