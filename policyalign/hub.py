@@ -156,23 +156,25 @@ def _client_errors() -> tuple[type[BaseException], ...]:
 
 
 @contextmanager
-def hub_call(action: str, *, token: str | None = None, repo: str = "") -> Iterator[None]:
-    """Turn any huggingface_hub/httpx failure inside the block into a token-free HubError."""
+def hub_call(action: str, *, token: str | None = None, repo: str = "", state: str = "") -> Iterator[None]:
+    """Turn any huggingface_hub/httpx failure inside the block into a token-free HubError;
+    `state` tells the user, when the Hub failed or could not be reached, what it now holds and what to do."""
     try:
         yield
     except PolicyAlignError:
         raise
     except _client_errors() as exc:
-        raise _hub_error(exc, action, token, repo) from None
+        raise _hub_error(exc, action, token, repo, state) from None
 
 
-def _hub_error(exc: BaseException, action: str, token: str | None, repo: str) -> HubError:
+def _hub_error(exc: BaseException, action: str, token: str | None, repo: str, state: str = "") -> HubError:
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
     status = getattr(getattr(exc, "response", None), "status_code", None)
     detail = _first_line(exc)
-    if exc.__cause__ is not None:  # e.g. "Error while uploading X" wraps the HTTP error that says why
-        detail = f"{detail} ({_first_line(exc.__cause__)})"
+    cause = _first_line(exc.__cause__) if exc.__cause__ is not None else detail
+    if cause != detail:  # e.g. "Error while uploading X" wraps the HTTP error that says why
+        detail = f"{detail} ({cause})"
     detail = scrub(detail, token)
     if status == 401 and not isinstance(exc, RepositoryNotFoundError):
         return HubError(f"{action}: the Hub rejected the token (401 Unauthorized)", file=repo, hint=LOGIN_HINT)
@@ -188,8 +190,8 @@ def _hub_error(exc: BaseException, action: str, token: str | None, repo: str) ->
 
     if isinstance(exc, (httpx.ConnectError, httpx.TimeoutException)):
         return HubError(f"{action}: could not reach the Hub at {endpoint()} ({detail})", file=repo,
-                        hint="check the network connection or HF_ENDPOINT")
-    return HubError(f"{action}: {detail}", file=repo)
+                        hint="; ".join(filter(None, ["check the network connection or HF_ENDPOINT", state])))
+    return HubError(f"{action}: {detail}", file=repo, hint=state)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -247,10 +249,14 @@ def _commit_and_tag(api: Any, repo_id: str, repo_type: str, uploads: Mapping[str
 
     operations: list[Any] = [CommitOperationDelete(path_in_repo=p) for p in stale]
     operations += [CommitOperationAdd(path_in_repo=name, path_or_fileobj=source) for name, source in uploads.items()]
-    with hub_call("uploading", token=token, repo=repo_id):
+    with hub_call("uploading", token=token, repo=repo_id,
+                  state=f"nothing is tagged {tag} yet; run the same command again (files the Hub already "
+                        "holds are not uploaded twice)"):
         info = api.create_commit(repo_id, operations, commit_message=message, repo_type=repo_type,
                                  revision=DEFAULT_BRANCH)
-    with hub_call(f"tagging the commit {tag}", token=token, repo=repo_id):
+    with hub_call(f"tagging the commit {tag}", token=token, repo=repo_id,
+                  state=f"the files are on the {DEFAULT_BRANCH} branch (commit {str(info.oid)[:12]}) but not "
+                        f"tagged {tag}; run the same command again to tag them (nothing is uploaded twice)"):
         api.create_tag(repo_id, tag=tag, revision=info.oid, repo_type=repo_type, tag_message=message)
     return str(info.oid)
 

@@ -234,6 +234,23 @@ def test_push_removes_stale_eval_files(cli: Cli, hub_server, make_run, tmp_path:
     assert "No evaluation yet" in hub_server.read("org/stale", "README.md", "second").decode()
 
 
+def test_a_failed_push_says_what_the_hub_holds_and_the_same_command_finishes_it(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A Hub error while committing or tagging printed the HTTP error twice and no hint, so a user
+    whose commit landed untagged could not tell whether to re-run, bump the version or use --revision."""
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "flaky"))
+    hub_server.fail("POST", r"/api/models/org/flaky/commit/.*")
+    failed = cli.fails(1, "push", str(run), "--repo-id", "org/flaky")
+    assert "nothing is tagged flaky-v1.0.0 yet; run the same command again" in failed.stderr
+    assert failed.stderr.count("500 Internal Server Error") == 1
+    hub_server.fail("POST", r"/api/models/org/flaky/tag/.*")
+    untagged = cli.fails(1, "push", str(run), "--repo-id", "org/flaky")
+    assert "the files are on the main branch (commit " in untagged.stderr
+    assert "not tagged flaky-v1.0.0; run the same command again to tag them" in untagged.stderr
+    assert hub_server.tags("org/flaky") == []
+    cli.ok("push", str(run), "--repo-id", "org/flaky")
+    assert hub_server.tags("org/flaky") == ["flaky-v1.0.0"]
+
+
 def test_push_refuses_a_repository_with_files_it_does_not_publish(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Pushing into a repo that already held someone's files published an adapter `pa pull` then
     rejected as tampered ("NOTES.md is in the repository but not listed in the card")."""
