@@ -71,6 +71,8 @@ def pull(
 
 
 def _print_pull(result) -> None:  # type: ignore[no-untyped-def]
+    from ..card import sh
+
     pack, base = result.pack, result.base_model
     typer.echo(f"pulled {result.repo_id}@{result.revision} (commit {result.commit[:12]}) to {result.path}")
     typer.echo(f"verified: pack {pack['name']}@{pack['version']} (digest {pack['digest'][:12]}…), base model {base['id']}")
@@ -81,7 +83,9 @@ def _print_pull(result) -> None:  # type: ignore[no-untyped-def]
                "  from peft import PeftModel\n"
                "  from transformers import AutoModelForCausalLM\n"
                f"  model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base_id!r}), {str(result.path)!r})")
-    typer.echo(f"or evaluate it: pa eval {pack['name']} --model {base['id']} --adapter {result.path}")
+    # name@version: a bare name would evaluate the newest local version, not the one it was trained on
+    typer.echo(f"or evaluate it: pa eval {sh(pack['name'] + '@' + pack['version'])} --model {sh(base['id'])} "
+               f"--adapter {sh(result.path)}")
 
 
 @pack_app.command("push")
