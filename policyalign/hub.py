@@ -235,11 +235,25 @@ def _prepare_repo(api: Any, repo_id: str, repo_type: str, tag: str, *, private: 
         api.whoami()
     with hub_call("creating the repository", token=token, repo=repo_id):
         api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+    if private:
+        _refuse_public(api, repo_id, repo_type, token)
     with hub_call("reading the repository's tags", token=token, repo=repo_id):
         refs = api.list_repo_refs(repo_id, repo_type=repo_type)
     if tag in {t.name for t in refs.tags}:
         raise HubError(f"the repository already has a tag {tag!r}", file=repo_id,
                        hint="bump the pack version, or pass --revision with a new tag name")
+
+
+def _refuse_public(api: Any, repo_id: str, repo_type: str, token: str) -> None:
+    """`--private` on a repository that already exists and is public: `create_repo` leaves it public,
+    so pushing would publish what the user asked to keep private."""
+    with hub_call("reading the repository's visibility", token=token, repo=repo_id):
+        private = api.repo_info(repo_id, repo_type=repo_type).private
+    if not private:
+        type_option = " --repo-type dataset" if repo_type == "dataset" else ""
+        raise HubError("--private was given, but the repository already exists and is public: nothing was uploaded",
+                       file=repo_id, hint=f"make it private first (`hf repos settings {repo_id}{type_option} --private`), "
+                                          "or push to a new repository")
 
 
 def _commit_and_tag(api: Any, repo_id: str, repo_type: str, uploads: Mapping[str, Any], stale: list[str],

@@ -465,7 +465,18 @@ class HubServer:
                         return handler(request, **match.groupdict())
                     except HubHTTPError as exc:
                         return self.error(exc)
-        return self.proxy(request)
+        return self.with_privacy(request, self.proxy(request))
+
+    def with_privacy(self, request: Request, response: Response) -> Response:
+        """Repo info (`model_info`, `dataset_info`) with the `private` flag the repo was created with
+        (olah, reading plain git mirrors, always answers false)."""
+        match = re.fullmatch(REPO + r"(?:/revision/[^/]+)?", request.path)
+        if request.method != "GET" or response.status != 200 or not match:
+            return response
+        info = json.loads(response.body)
+        repo_type, repo_id = REPO_TYPES[match["type"]], f"{match['org']}/{match['name']}"
+        info["private"] = bool(self.store.meta(repo_type, repo_id).get("private"))
+        return Response(200, json.dumps(info).encode(), {**response.headers, "Content-Length": str(len(json.dumps(info).encode()))})
 
     @staticmethod
     def error(exc: HubHTTPError) -> Response:

@@ -225,6 +225,21 @@ def test_push_refuses_an_existing_tag_and_revision_overrides(cli: Cli, hub_serve
     assert "invalid revision tag" in bad.stderr
 
 
+def test_push_private_refuses_an_existing_public_repository(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`--private` only applies when the repository is created: into an existing public one the
+    adapter was published publicly without a word."""
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "secretive"))
+    cli.ok("push", str(run), "--repo-id", "org/secretive")
+    main = hub_server.store.rev(hub_server.repo_path("org/secretive"), "refs/heads/main")
+    result = cli.fails(1, "push", str(run), "--repo-id", "org/secretive", "--private", "--revision", "second")
+    assert "--private was given, but the repository already exists and is public" in result.stderr
+    assert "hf repos settings org/secretive --private" in result.stderr
+    assert hub_server.tags("org/secretive") == ["secretive-v1.0.0"]
+    assert hub_server.store.rev(hub_server.repo_path("org/secretive"), "refs/heads/main") == main
+    cli.ok("push", str(run), "--repo-id", "org/secretive-private", "--private")  # a new repository is created private
+    assert hub_server.store.meta("model", "org/secretive-private")["private"] is True
+
+
 def test_push_removes_stale_eval_files(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     pack = make_pack(cli.packs, "stale")
     cli.ok("push", str(make_run(tmp_path / "with-eval", pack)), "--repo-id", "org/stale")

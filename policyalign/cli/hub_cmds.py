@@ -31,7 +31,7 @@ pack_app = _pack_group()
 def push(
     run_dir: Path = typer.Argument(..., help="Run directory holding adapter/ (and eval/, if evaluated)."),
     repo_id: str = typer.Option(..., "--repo-id", help="Model repository to publish to, as ORG/NAME."),
-    private: bool = typer.Option(False, "--private", help="Create the repository as private (if it is new)."),
+    private: bool = typer.Option(False, "--private", help="Create the repository as private; an existing public one is refused."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Tag for this version (default: PACK-vVERSION)."),
     license: Optional[str] = License,
 ) -> None:
@@ -92,7 +92,7 @@ def _print_pull(result) -> None:  # type: ignore[no-untyped-def]
 def pack_push(
     path: Path = typer.Argument(..., help="Pack directory (validated before anything is uploaded)."),
     repo_id: str = typer.Option(..., "--repo-id", help="Dataset repository to publish to, as ORG/NAME."),
-    private: bool = typer.Option(False, "--private", help="Create the repository as private (if it is new)."),
+    private: bool = typer.Option(False, "--private", help="Create the repository as private; an existing public one is refused."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Tag for this version (default: vVERSION)."),
     packs_path: Optional[list[Path]] = PacksPath,
 ) -> None:
