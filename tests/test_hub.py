@@ -734,3 +734,23 @@ def test_apply_push_to_publishes_the_run_and_pull_verifies_it(cli: Cli, hub_serv
     assert json.loads((run / "run.json").read_text())["stages"]["push"]["url"].endswith("/org/applied-tiny/tree/applied-v1.0.0")
     pulled = cli.ok("pull", "org/applied-tiny", "--to", str(tmp_path / "pulled"))
     assert "matches the local pack applied@1.0.0" in pulled.stdout
+
+
+@pytest.mark.slow
+def test_apply_publishes_a_retrained_run_under_a_new_revision(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Retraining a published run made `pa apply --push-to` fail on the taken tag with the hint
+    "pass --revision", an option `pa apply` did not have. With --license, the card stage re-ran on
+    every re-run (it recorded its key without the license)."""
+    pack, run = make_pack(cli.packs, "retrained"), tmp_path / "run"
+    args = ["apply", str(pack), "--model", "tiny", "--out", str(run), "--quiet", "--n", "2", "--eval-limit", "2",
+            "--batch-size", "4", "--max-new-tokens", "8", "--license", "apache-2.0", "--push-to", "org/retrained"]
+    assert "--revision only applies with --push-to" in cli.fails(2, *args[:-2], "--revision", "x").stderr
+    cli.ok(*args, "--max-steps", "2")
+    taken = cli.fails(1, *args, "--max-steps", "3")
+    assert "already has a tag 'retrained-v1.0.0'" in taken.stderr and "--revision" in taken.stderr
+    cli.ok(*args, "--max-steps", "3", "--revision", "retrained-v1.0.0-b")
+    assert sorted(hub_server.tags("org/retrained")) == ["retrained-v1.0.0", "retrained-v1.0.0-b"]
+    readme = hub_server.read("org/retrained", "README.md", "retrained-v1.0.0-b").decode()
+    assert readme == (run / "README.md").read_text() and "revision=\"retrained-v1.0.0-b\"" in readme
+    again = cli.ok(*args, "--max-steps", "3", "--revision", "retrained-v1.0.0-b")
+    assert "[card] skipped" in again.stderr and "[push] skipped" in again.stderr
