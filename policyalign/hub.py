@@ -309,12 +309,13 @@ def _refuse_foreign_files(remote: list[str], repo_id: str) -> None:
     """Refuse, before uploading, a repository holding files `pa push` does not manage (someone's
     config.json, notes, another tool's weights): the card cannot vouch for them, so `pa pull` would
     reject the adapter as tampered with, and `pa push` will not delete files it did not write."""
-    foreign = [p for p in remote if p not in MANAGED_FILES and not p.startswith(MANAGED_DIRS) and p not in UNLISTED_OK]
+    foreign = sorted(p for p in remote if p not in MANAGED_FILES and not p.startswith(MANAGED_DIRS) and p not in UNLISTED_OK)
     if foreign:
-        raise HubError(f"the repository holds files `pa push` does not publish: {', '.join(sorted(foreign))}; "
+        shown = ", ".join(foreign[:10]) + (f" (and {len(foreign) - 10} more)" if len(foreign) > 10 else "")
+        command = f"hf repos delete-files {repo_id} " + (" ".join(map(card.sh, foreign)) if len(foreign) <= 10 else "PATTERN...")
+        raise HubError(f"the repository holds files `pa push` does not publish: {shown}; "
                        "`pa pull` refuses an adapter repository with files its card does not list", file=repo_id,
-                       hint=f"push to a new repository, or delete those files first "
-                            f"(`hf repos delete-files {repo_id} {' '.join(card.sh(p) for p in sorted(foreign))}`)")
+                       hint=f"push to a new repository, or delete those files first (`{command}`)")
 
 
 def check_push_target(repo_id: str, token: str | None = None) -> None:

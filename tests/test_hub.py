@@ -277,6 +277,9 @@ def test_push_refuses_a_repository_with_files_it_does_not_publish(cli: Cli, hub_
     assert "hf repos delete-files org/occupied NOTES.md config.json" in result.stderr
     assert hub_server.store.rev(hub_server.repo_path("org/occupied"), "refs/heads/main") == before
     assert hub_server.tags("org/occupied") == []
+    hub_server.put_files("org/occupied", {f"checkpoint-{i}/optimizer.pt": b"x" for i in range(12)}, "a trainer's push")
+    many = cli.fails(1, "push", str(tmp_path / "run"), "--repo-id", "org/occupied")
+    assert "checkpoint-1/optimizer.pt, checkpoint-10/optimizer.pt" in many.stderr and "(and 4 more)" in many.stderr
 
 
 def test_pull_detects_tampered_provenance(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
