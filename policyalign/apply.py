@@ -49,6 +49,7 @@ class ApplyOptions:
     push_to: str | None = None
     private: bool = False
     license: str | None = None
+    revision: str | None = None
     device: str | None = None
     seed: int = 0
     # synthesis
@@ -278,10 +279,7 @@ def apply(options: ApplyOptions, pack: Pack, *, on_stage: Callable[[str, str], N
     dconf = distill_config(pack, _distill_overrides(options))
     check_eval_options(options.judge, options.eval_limit, limit_flag="--eval-limit")
     training_device(options.device, *launch_rank()[1:])
-    if options.push_to:
-        from .hub import check_push_target
-
-        check_push_target(options.push_to)
+    _check_push_options(options)
 
     def step(name: str, key: str, outputs: list[str], action: Callable[[], Any]) -> None:
         if stage_done(run_dir, name, key) and _outputs_exist(run_dir, outputs):
@@ -319,23 +317,37 @@ def apply(options: ApplyOptions, pack: Pack, *, on_stage: Callable[[str, str], N
     step("eval_after", eval_key(run_dir, pack, options.model, "after", eopts), ["eval/after/eval.json"],
          lambda: run_eval(run_dir, "after", model=options.model, pack=pack, **eopts, **common))
     repo_id = options.push_to or f"local/{run_dir.name}"
-    step("card", card_key(run_dir, repo_id, options.license), ["README.md", "eval/before_after.png"],
-         lambda: run_card(run_dir, repo_id, options.license))
+    step("card", card_key(run_dir, repo_id, options.license, options.revision), ["README.md", "eval/before_after.png"],
+         lambda: run_card(run_dir, repo_id, options.license, options.revision))
     url = None
     if options.push_to:
         pkey = push_key(run_dir, options.push_to)
         step("push", pkey, ["README.md"],
-             lambda: _push(run_dir, options.push_to, options.private, pkey, options.license))
+             lambda: _push(run_dir, options, pkey))
         url = read_manifest(run_dir)["stages"]["push"]["url"]
     return ApplyResult(run_dir, reports, run_summary(run_dir), url)
 
 
-def _push(run_dir: Path, repo_id: str, private: bool, key: str, license: str | None) -> None:
+def _check_push_options(options: ApplyOptions) -> None:
+    """What the push will need, checked before training: a repository id, a token and a valid tag."""
+    from .hub import check_push_target, check_tag
+
+    if options.revision and not options.push_to:
+        raise InvalidInputError("--revision only applies with --push-to", hint="add --push-to ORG/NAME, or drop --revision")
+    if options.push_to:
+        check_push_target(options.push_to)
+    if options.revision:
+        check_tag(options.revision)
+
+
+def _push(run_dir: Path, options: ApplyOptions, key: str) -> None:
     """Publish the run and record it with its key: a re-run skips a push of the same card, whose
-    tag the Hub already holds (pushing it again could only fail: `pa push` never moves a tag)."""
+    tag the Hub already holds (pushing it again could only fail: `pa push` never moves a tag;
+    a retrained run is published under a new `--revision`)."""
     from .hub import push_run
 
-    url = push_run(run_dir, repo_id, private=private, license=license)
+    url = push_run(run_dir, str(options.push_to), private=options.private, revision=options.revision,
+                   license=options.license)
     manifest = read_manifest(run_dir)
     manifest["stages"]["push"] = {"status": "done", "key": key, "url": url}
     write_manifest(run_dir, manifest)

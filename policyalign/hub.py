@@ -156,23 +156,25 @@ def _client_errors() -> tuple[type[BaseException], ...]:
 
 
 @contextmanager
-def hub_call(action: str, *, token: str | None = None, repo: str = "") -> Iterator[None]:
-    """Turn any huggingface_hub/httpx failure inside the block into a token-free HubError."""
+def hub_call(action: str, *, token: str | None = None, repo: str = "", state: str = "") -> Iterator[None]:
+    """Turn any huggingface_hub/httpx failure inside the block into a token-free HubError;
+    `state` tells the user, when the Hub failed or could not be reached, what it now holds and what to do."""
     try:
         yield
     except PolicyAlignError:
         raise
     except _client_errors() as exc:
-        raise _hub_error(exc, action, token, repo) from None
+        raise _hub_error(exc, action, token, repo, state) from None
 
 
-def _hub_error(exc: BaseException, action: str, token: str | None, repo: str) -> HubError:
+def _hub_error(exc: BaseException, action: str, token: str | None, repo: str, state: str = "") -> HubError:
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
     status = getattr(getattr(exc, "response", None), "status_code", None)
     detail = _first_line(exc)
-    if exc.__cause__ is not None:  # e.g. "Error while uploading X" wraps the HTTP error that says why
-        detail = f"{detail} ({_first_line(exc.__cause__)})"
+    cause = _first_line(exc.__cause__) if exc.__cause__ is not None else detail
+    if cause != detail:  # e.g. "Error while uploading X" wraps the HTTP error that says why
+        detail = f"{detail} ({cause})"
     detail = scrub(detail, token)
     if status == 401 and not isinstance(exc, RepositoryNotFoundError):
         return HubError(f"{action}: the Hub rejected the token (401 Unauthorized)", file=repo, hint=LOGIN_HINT)
@@ -188,8 +190,8 @@ def _hub_error(exc: BaseException, action: str, token: str | None, repo: str) ->
 
     if isinstance(exc, (httpx.ConnectError, httpx.TimeoutException)):
         return HubError(f"{action}: could not reach the Hub at {endpoint()} ({detail})", file=repo,
-                        hint="check the network connection or HF_ENDPOINT")
-    return HubError(f"{action}: {detail}", file=repo)
+                        hint="; ".join(filter(None, ["check the network connection or HF_ENDPOINT", state])))
+    return HubError(f"{action}: {detail}", file=repo, hint=state)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -233,11 +235,25 @@ def _prepare_repo(api: Any, repo_id: str, repo_type: str, tag: str, *, private: 
         api.whoami()
     with hub_call("creating the repository", token=token, repo=repo_id):
         api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+    if private:
+        _refuse_public(api, repo_id, repo_type, token)
     with hub_call("reading the repository's tags", token=token, repo=repo_id):
         refs = api.list_repo_refs(repo_id, repo_type=repo_type)
     if tag in {t.name for t in refs.tags}:
         raise HubError(f"the repository already has a tag {tag!r}", file=repo_id,
                        hint="bump the pack version, or pass --revision with a new tag name")
+
+
+def _refuse_public(api: Any, repo_id: str, repo_type: str, token: str) -> None:
+    """`--private` on a repository that already exists and is public: `create_repo` leaves it public,
+    so pushing would publish what the user asked to keep private."""
+    with hub_call("reading the repository's visibility", token=token, repo=repo_id):
+        private = api.repo_info(repo_id, repo_type=repo_type).private
+    if not private:
+        type_option = " --repo-type dataset" if repo_type == "dataset" else ""
+        raise HubError("--private was given, but the repository already exists and is public: nothing was uploaded",
+                       file=repo_id, hint=f"make it private first (`hf repos settings {repo_id}{type_option} --private`), "
+                                          "or push to a new repository")
 
 
 def _commit_and_tag(api: Any, repo_id: str, repo_type: str, uploads: Mapping[str, Any], stale: list[str],
@@ -247,10 +263,14 @@ def _commit_and_tag(api: Any, repo_id: str, repo_type: str, uploads: Mapping[str
 
     operations: list[Any] = [CommitOperationDelete(path_in_repo=p) for p in stale]
     operations += [CommitOperationAdd(path_in_repo=name, path_or_fileobj=source) for name, source in uploads.items()]
-    with hub_call("uploading", token=token, repo=repo_id):
+    with hub_call("uploading", token=token, repo=repo_id,
+                  state=f"nothing is tagged {tag} yet; run the same command again (files the Hub already "
+                        "holds are not uploaded twice)"):
         info = api.create_commit(repo_id, operations, commit_message=message, repo_type=repo_type,
                                  revision=DEFAULT_BRANCH)
-    with hub_call(f"tagging the commit {tag}", token=token, repo=repo_id):
+    with hub_call(f"tagging the commit {tag}", token=token, repo=repo_id,
+                  state=f"the files are on the {DEFAULT_BRANCH} branch (commit {str(info.oid)[:12]}) but not "
+                        f"tagged {tag}; run the same command again to tag them (nothing is uploaded twice)"):
         api.create_tag(repo_id, tag=tag, revision=info.oid, repo_type=repo_type, tag_message=message)
     return str(info.oid)
 
@@ -275,13 +295,27 @@ def push_adapter(run_dir: str | Path, repo_id: str, *, private: bool = False, re
     readme = card.render_model_card(artifacts, repo_id, tag, license=license)
     uploads: dict[str, Any] = {name: str(path) for name, path in artifacts.files.items()}
     uploads["README.md"] = readme.encode("utf-8")
-    stale = [p for p in _remote_files(api, repo_id, "model", token)
-             if (p in MANAGED_FILES or p.startswith(MANAGED_DIRS)) and p not in uploads]
+    remote = _remote_files(api, repo_id, "model", token)
+    _refuse_foreign_files(remote, repo_id)
+    stale = [p for p in remote if (p in MANAGED_FILES or p.startswith(MANAGED_DIRS)) and p not in uploads]
     pack, base = artifacts.pack, artifacts.base_model
     message = f"policyalign: {pack['name']}@{pack['version']} adapter for {base['id']}"
     commit = _commit_and_tag(api, repo_id, "model", uploads, stale, message, tag, token)
     write_text(Path(run_dir) / "README.md", readme)  # the card as published, kept with the run
     return PushResult(_repo_url(repo_id, "model", tag), repo_id, tag, commit, tuple(sorted(uploads)))
+
+
+def _refuse_foreign_files(remote: list[str], repo_id: str) -> None:
+    """Refuse, before uploading, a repository holding files `pa push` does not manage (someone's
+    config.json, notes, another tool's weights): the card cannot vouch for them, so `pa pull` would
+    reject the adapter as tampered with, and `pa push` will not delete files it did not write."""
+    foreign = sorted(p for p in remote if p not in MANAGED_FILES and not p.startswith(MANAGED_DIRS) and p not in UNLISTED_OK)
+    if foreign:
+        shown = ", ".join(foreign[:10]) + (f" (and {len(foreign) - 10} more)" if len(foreign) > 10 else "")
+        command = f"hf repos delete-files {repo_id} " + (" ".join(map(card.sh, foreign)) if len(foreign) <= 10 else "PATTERN...")
+        raise HubError(f"the repository holds files `pa push` does not publish: {shown}; "
+                       "`pa pull` refuses an adapter repository with files its card does not list", file=repo_id,
+                       hint=f"push to a new repository, or delete those files first (`{command}`)")
 
 
 def check_push_target(repo_id: str, token: str | None = None) -> None:
@@ -324,9 +358,7 @@ def verify_adapter(path: Path, label: str) -> tuple[dict[str, Any], dict[str, An
         raise HubError(f"{card.PROVENANCE_FILE} is not valid JSON", file=label) from None
     problems = _provenance_problems(metadata, recorded, provenance) + _file_problems(path, recorded)
     if problems:
-        raise HubError("provenance check failed:\n" + "\n".join(f"  - {p}" for p in problems), file=label,
-                       hint="the card and the files disagree, so the repository was changed after `pa push`; "
-                            "do not use this adapter, or ask its publisher to re-push")
+        raise _tampered(problems, label)
     try:  # the same fields `pa push` requires: pack name, version and digest, base model id
         card._check_provenance(provenance, path / card.PROVENANCE_FILE)
     except PolicyAlignError as exc:
@@ -334,7 +366,52 @@ def verify_adapter(path: Path, label: str) -> tuple[dict[str, Any], dict[str, An
                        where=exc.problem.where,
                        hint="`pa push` never publishes such an adapter, so its pack cannot be known; "
                             "do not use it, or ask its publisher to re-push") from None
+    problems = _result_problems(path, metadata, provenance)
+    if problems:
+        raise _tampered(problems, label)
     return metadata, provenance
+
+
+def _tampered(problems: list[str], label: str) -> HubError:
+    return HubError("provenance check failed:\n" + "\n".join(f"  - {p}" for p in problems), file=label,
+                    hint="the card and the files disagree, so the repository was changed after `pa push`; "
+                         "do not use this adapter, or ask its publisher to re-push")
+
+
+def _result_problems(path: Path, metadata: Mapping[str, Any], provenance: Mapping[str, Any]) -> list[str]:
+    """The card's `model-index` (the results the Hub displays) must be the numbers in the hashed
+    eval/*/eval.json files: the file hashes alone let an edited card claim a lower violation rate."""
+    evals: dict[str, Mapping[str, Any]] = {}
+    for stage in card.EVAL_STAGES:
+        source = path / "eval" / stage / "eval.json"
+        try:
+            summary = read_json(source) if source.is_file() else None
+        except PolicyAlignError:
+            return [f"eval/{stage}/eval.json is not valid JSON"]
+        if isinstance(summary, dict):
+            evals[stage] = summary
+    expected = _index_values(card.model_index("", card.RunArtifacts(path, provenance, evals)))
+    claimed = _index_values(metadata.get("model-index"))
+    problems = []
+    for split, metric in sorted(set(expected) | set(claimed)):
+        want, got = expected.get((split, metric)), claimed.get((split, metric))
+        if not (isinstance(want, (int, float)) and isinstance(got, (int, float)) and abs(want - got) <= 1e-6):
+            problems.append(f"model-index result {split} {metric}: the card says {got!r}, "
+                            f"eval/after/eval.json says {want!r}")
+    return problems
+
+
+def _index_values(index: Any) -> dict[tuple[str, str], Any]:
+    """`model-index` results as {(eval set, metric): value}, tolerating any shape a card may hold."""
+    values: dict[tuple[str, str], Any] = {}
+    for entry in index if isinstance(index, list) else []:
+        results = entry.get("results") if isinstance(entry, dict) else None
+        for result in results if isinstance(results, list) else []:
+            metrics = result.get("metrics") if isinstance(result, dict) else None
+            for metric in metrics if isinstance(metrics, list) else []:
+                if isinstance(metric, dict):
+                    values[(str(_get(result, "dataset", "split")), str(metric.get("type")))] = metric.get("value")
+    return values
 
 
 def _get(data: Any, *keys: str) -> Any:

@@ -324,13 +324,14 @@ def run_eval(run_dir: Path, which: str, *, model: str | None = None, pack: "str 
 # --------------------------------------------------------------------------- card
 
 
-def card_key(run_dir: Path, repo_id: str, license: str | None = None) -> str:
-    """A given license is keyed only when given, so runs carded before `--license` existed keep their key."""
+def card_key(run_dir: Path, repo_id: str, license: str | None = None, revision: str | None = None) -> str:
+    """A license or revision is keyed only when given, so runs carded before `--license` and
+    `--revision` existed keep their key."""
     return fingerprint({"repo": repo_id, "adapter": _adapter_hash(run_dir),
                         "provenance": _file_hash(run_dir, "adapter/policyalign.json"),
                         "before": _file_hash(run_dir, "eval/before/eval.json"),
                         "after": _file_hash(run_dir, "eval/after/eval.json"),
-                        **({"license": license} if license else {})})
+                        **({"license": license} if license else {}), **({"revision": revision} if revision else {})})
 
 
 def push_key(run_dir: Path, repo_id: str) -> str:
@@ -338,15 +339,16 @@ def push_key(run_dir: Path, repo_id: str) -> str:
     return fingerprint({"repo": repo_id, "card": _file_hash(run_dir, "README.md")})
 
 
-def run_card(run_dir: Path, repo_id: str, license: str | None = None) -> None:
-    """The before/after chart and the model card (README.md) the push would publish (with `license`,
-    as `pa push --license` would publish it)."""
+def run_card(run_dir: Path, repo_id: str, license: str | None = None, revision: str | None = None) -> None:
+    """The before/after chart and the model card (README.md) the push would publish (with `license`
+    and tag `revision`, as `pa push --license --revision` would publish it)."""
     from .card import load_run, render_model_card
     from .evaluate import plot_before_after
     from .io import write_text
 
-    with stage(run_dir, "card", card_key(run_dir, repo_id)):
+    with stage(run_dir, "card", card_key(run_dir, repo_id, license, revision)):
         plot_before_after(run_dir / "eval" / "before" / "eval.json", run_dir / "eval" / "after" / "eval.json",
                           run_dir / "eval" / "before_after.png")
         artifacts = load_run(run_dir)
-        write_text(run_dir / "README.md", render_model_card(artifacts, repo_id, artifacts.default_tag, license=license))
+        write_text(run_dir / "README.md", render_model_card(artifacts, repo_id, revision or artifacts.default_tag,
+                                                                license=license))

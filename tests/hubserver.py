@@ -338,6 +338,7 @@ class HubServer:
         self.store = GitStore(root)
         self.requests: list[tuple[str, str, int]] = []
         self.forged: dict[str, Response] = {}
+        self.outages: list[list[Any]] = []
         self._http: ThreadingHTTPServer | None = None
         self._olah: subprocess.Popen[bytes] | None = None
         self.olah_port = 0
@@ -438,6 +439,10 @@ class HubServer:
         """
         self.forged[path] = Response.json(data)
 
+    def fail(self, method: str, pattern: str, status: int = 500, times: int = 1) -> None:
+        """Answer the next `times` `method` requests whose path matches `pattern` with `status`: an outage."""
+        self.outages.append([method, re.compile(pattern), status, times])
+
     def put_files(self, repo_id: str, files: dict[str, bytes], message: str = "edit", repo_type: str = "model") -> str:
         """Commit files straight into a repo (as a tamperer with push access would)."""
         return self.store.commit(repo_type, repo_id, "main", files, [], message)
@@ -445,6 +450,11 @@ class HubServer:
     # -- dispatch
 
     def handle(self, request: Request) -> Response:
+        for outage in self.outages:
+            method, pattern, status, times = outage
+            if times > 0 and method == request.method and pattern.fullmatch(request.path):
+                outage[3] -= 1
+                return self.error(HubHTTPError(status, "Internal Error - We're working hard to fix this"))
         if request.method == "GET" and request.path in self.forged:
             return self.forged[request.path]
         for method, pattern, handler in self.routes:
@@ -455,7 +465,18 @@ class HubServer:
                         return handler(request, **match.groupdict())
                     except HubHTTPError as exc:
                         return self.error(exc)
-        return self.proxy(request)
+        return self.with_privacy(request, self.proxy(request))
+
+    def with_privacy(self, request: Request, response: Response) -> Response:
+        """Repo info (`model_info`, `dataset_info`) with the `private` flag the repo was created with
+        (olah, reading plain git mirrors, always answers false)."""
+        match = re.fullmatch(REPO + r"(?:/revision/[^/]+)?", request.path)
+        if request.method != "GET" or response.status != 200 or not match:
+            return response
+        info = json.loads(response.body)
+        repo_type, repo_id = REPO_TYPES[match["type"]], f"{match['org']}/{match['name']}"
+        info["private"] = bool(self.store.meta(repo_type, repo_id).get("private"))
+        return Response(200, json.dumps(info).encode(), {**response.headers, "Content-Length": str(len(json.dumps(info).encode()))})
 
     @staticmethod
     def error(exc: HubHTTPError) -> Response:

@@ -225,6 +225,21 @@ def test_push_refuses_an_existing_tag_and_revision_overrides(cli: Cli, hub_serve
     assert "invalid revision tag" in bad.stderr
 
 
+def test_push_private_refuses_an_existing_public_repository(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`--private` only applies when the repository is created: into an existing public one the
+    adapter was published publicly without a word."""
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "secretive"))
+    cli.ok("push", str(run), "--repo-id", "org/secretive")
+    main = hub_server.store.rev(hub_server.repo_path("org/secretive"), "refs/heads/main")
+    result = cli.fails(1, "push", str(run), "--repo-id", "org/secretive", "--private", "--revision", "second")
+    assert "--private was given, but the repository already exists and is public" in result.stderr
+    assert "hf repos settings org/secretive --private" in result.stderr
+    assert hub_server.tags("org/secretive") == ["secretive-v1.0.0"]
+    assert hub_server.store.rev(hub_server.repo_path("org/secretive"), "refs/heads/main") == main
+    cli.ok("push", str(run), "--repo-id", "org/secretive-private", "--private")  # a new repository is created private
+    assert hub_server.store.meta("model", "org/secretive-private")["private"] is True
+
+
 def test_push_removes_stale_eval_files(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     pack = make_pack(cli.packs, "stale")
     cli.ok("push", str(make_run(tmp_path / "with-eval", pack)), "--repo-id", "org/stale")
@@ -232,6 +247,39 @@ def test_push_removes_stale_eval_files(cli: Cli, hub_server, make_run, tmp_path:
     files = hub_server.store.files(hub_server.repo_path("org/stale"), "second")
     assert not any(name.startswith("eval/") for name in files)
     assert "No evaluation yet" in hub_server.read("org/stale", "README.md", "second").decode()
+
+
+def test_a_failed_push_says_what_the_hub_holds_and_the_same_command_finishes_it(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A Hub error while committing or tagging printed the HTTP error twice and no hint, so a user
+    whose commit landed untagged could not tell whether to re-run, bump the version or use --revision."""
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "flaky"))
+    hub_server.fail("POST", r"/api/models/org/flaky/commit/.*")
+    failed = cli.fails(1, "push", str(run), "--repo-id", "org/flaky")
+    assert "nothing is tagged flaky-v1.0.0 yet; run the same command again" in failed.stderr
+    assert failed.stderr.count("500 Internal Server Error") == 1
+    hub_server.fail("POST", r"/api/models/org/flaky/tag/.*")
+    untagged = cli.fails(1, "push", str(run), "--repo-id", "org/flaky")
+    assert "the files are on the main branch (commit " in untagged.stderr
+    assert "not tagged flaky-v1.0.0; run the same command again to tag them" in untagged.stderr
+    assert hub_server.tags("org/flaky") == []
+    cli.ok("push", str(run), "--repo-id", "org/flaky")
+    assert hub_server.tags("org/flaky") == ["flaky-v1.0.0"]
+
+
+def test_push_refuses_a_repository_with_files_it_does_not_publish(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Pushing into a repo that already held someone's files published an adapter `pa pull` then
+    rejected as tampered ("NOTES.md is in the repository but not listed in the card")."""
+    hub_server.store.create("model", "org/occupied", False)
+    hub_server.put_files("org/occupied", {"NOTES.md": b"my notes", "config.json": b"{}"}, "someone's files")
+    before = hub_server.store.rev(hub_server.repo_path("org/occupied"), "refs/heads/main")
+    result = cli.fails(1, "push", str(make_run(tmp_path / "run", make_pack(cli.packs, "occupied"))), "--repo-id", "org/occupied")
+    assert "does not publish: NOTES.md, config.json" in result.stderr
+    assert "hf repos delete-files org/occupied NOTES.md config.json" in result.stderr
+    assert hub_server.store.rev(hub_server.repo_path("org/occupied"), "refs/heads/main") == before
+    assert hub_server.tags("org/occupied") == []
+    hub_server.put_files("org/occupied", {f"checkpoint-{i}/optimizer.pt": b"x" for i in range(12)}, "a trainer's push")
+    many = cli.fails(1, "push", str(tmp_path / "run"), "--repo-id", "org/occupied")
+    assert "checkpoint-1/optimizer.pt, checkpoint-10/optimizer.pt" in many.stderr and "(and 4 more)" in many.stderr
 
 
 def test_pull_detects_tampered_provenance(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -261,6 +309,20 @@ def test_pull_detects_swapped_weights(cli: Cli, hub_server, make_run, tmp_path: 
     hub_server.put_files("org/weights", {"adapter_model.safetensors": bytes(weights)}, "swap weights")
     result = cli.fails(1, "pull", "org/weights", "--to", str(tmp_path / "pulled"))
     assert "adapter_model.safetensors does not match its sha256" in result.stderr
+
+
+def test_pull_detects_results_edited_in_the_card(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """An edited model-index (the results the Hub displays) passed `pa pull` as verified: only the
+    file hashes were checked, and eval/after/eval.json still said 0.125."""
+    cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "boast"))), "--repo-id", "org/boast")
+    metadata, body = card.parse_card(hub_server.read("org/boast", "README.md").decode())
+    metadata["model-index"][0]["results"][0]["metrics"][0]["value"] = 0.01
+    hub_server.put_files("org/boast", {"README.md": (card.dump_front_matter(metadata) + body).encode()}, "better numbers")
+    result = cli.fails(1, "pull", "org/boast", "--to", str(tmp_path / "pulled"))
+    assert "provenance check failed" in result.stderr
+    assert "the card says 0.01, eval/after/eval.json says 0.125" in result.stderr
+    assert not (tmp_path / "pulled").exists()
+    cli.ok("pull", "org/boast@boast-v1.0.0", "--to", str(tmp_path / "pulled"))  # the pushed card still verifies
 
 
 def test_pull_refuses_files_the_card_does_not_list(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -329,6 +391,17 @@ def test_pull_warns_when_the_local_pack_differs(cli: Cli, make_run, tmp_path: Pa
     shutil.rmtree(cli.packs / "drifty")
     absent = cli.ok("pull", "org/drifty", "--to", str(tmp_path / "c"))
     assert "not installed locally" in absent.stdout
+
+
+def test_pull_suggests_evaluating_the_pack_version_it_was_trained_on(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """With the trained-on version and a newer one installed, `pa pull` said it matched the local
+    pack and suggested `pa eval NAME ...`, which evaluates the newest version instead."""
+    cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "versioned"))), "--repo-id", "org/versioned")
+    make_pack(tmp_path / "newer", "versioned", version="1.1.0")
+    dest = tmp_path / "pulled dir"
+    pulled = cli.ok("pull", "org/versioned", "--to", str(dest), "--packs-path", str(tmp_path / "newer"))
+    assert "matches the local pack versioned@1.0.0" in pulled.stdout
+    assert f"pa eval versioned@1.0.0 --model Qwen/Qwen2.5-0.5B-Instruct --adapter '{dest}'" in pulled.stdout
 
 
 def test_pull_refuses_to_overwrite_an_unrelated_directory(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -664,3 +737,23 @@ def test_apply_push_to_publishes_the_run_and_pull_verifies_it(cli: Cli, hub_serv
     assert json.loads((run / "run.json").read_text())["stages"]["push"]["url"].endswith("/org/applied-tiny/tree/applied-v1.0.0")
     pulled = cli.ok("pull", "org/applied-tiny", "--to", str(tmp_path / "pulled"))
     assert "matches the local pack applied@1.0.0" in pulled.stdout
+
+
+@pytest.mark.slow
+def test_apply_publishes_a_retrained_run_under_a_new_revision(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Retraining a published run made `pa apply --push-to` fail on the taken tag with the hint
+    "pass --revision", an option `pa apply` did not have. With --license, the card stage re-ran on
+    every re-run (it recorded its key without the license)."""
+    pack, run = make_pack(cli.packs, "retrained"), tmp_path / "run"
+    args = ["apply", str(pack), "--model", "tiny", "--out", str(run), "--quiet", "--n", "2", "--eval-limit", "2",
+            "--batch-size", "4", "--max-new-tokens", "8", "--license", "apache-2.0", "--push-to", "org/retrained"]
+    assert "--revision only applies with --push-to" in cli.fails(2, *args[:-2], "--revision", "x").stderr
+    cli.ok(*args, "--max-steps", "2")
+    taken = cli.fails(1, *args, "--max-steps", "3")
+    assert "already has a tag 'retrained-v1.0.0'" in taken.stderr and "--revision" in taken.stderr
+    cli.ok(*args, "--max-steps", "3", "--revision", "retrained-v1.0.0-b")
+    assert sorted(hub_server.tags("org/retrained")) == ["retrained-v1.0.0", "retrained-v1.0.0-b"]
+    readme = hub_server.read("org/retrained", "README.md", "retrained-v1.0.0-b").decode()
+    assert readme == (run / "README.md").read_text() and "revision=\"retrained-v1.0.0-b\"" in readme
+    again = cli.ok(*args, "--max-steps", "3", "--revision", "retrained-v1.0.0-b")
+    assert "[card] skipped" in again.stderr and "[push] skipped" in again.stderr

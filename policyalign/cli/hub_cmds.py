@@ -31,7 +31,7 @@ pack_app = _pack_group()
 def push(
     run_dir: Path = typer.Argument(..., help="Run directory holding adapter/ (and eval/, if evaluated)."),
     repo_id: str = typer.Option(..., "--repo-id", help="Model repository to publish to, as ORG/NAME."),
-    private: bool = typer.Option(False, "--private", help="Create the repository as private (if it is new)."),
+    private: bool = typer.Option(False, "--private", help="Create the repository as private; an existing public one is refused."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Tag for this version (default: PACK-vVERSION)."),
     license: Optional[str] = License,
 ) -> None:
@@ -71,6 +71,8 @@ def pull(
 
 
 def _print_pull(result) -> None:  # type: ignore[no-untyped-def]
+    from ..card import sh
+
     pack, base = result.pack, result.base_model
     typer.echo(f"pulled {result.repo_id}@{result.revision} (commit {result.commit[:12]}) to {result.path}")
     typer.echo(f"verified: pack {pack['name']}@{pack['version']} (digest {pack['digest'][:12]}…), base model {base['id']}")
@@ -81,14 +83,16 @@ def _print_pull(result) -> None:  # type: ignore[no-untyped-def]
                "  from peft import PeftModel\n"
                "  from transformers import AutoModelForCausalLM\n"
                f"  model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base_id!r}), {str(result.path)!r})")
-    typer.echo(f"or evaluate it: pa eval {pack['name']} --model {base['id']} --adapter {result.path}")
+    # name@version: a bare name would evaluate the newest local version, not the one it was trained on
+    typer.echo(f"or evaluate it: pa eval {sh(pack['name'] + '@' + pack['version'])} --model {sh(base['id'])} "
+               f"--adapter {sh(result.path)}")
 
 
 @pack_app.command("push")
 def pack_push(
     path: Path = typer.Argument(..., help="Pack directory (validated before anything is uploaded)."),
     repo_id: str = typer.Option(..., "--repo-id", help="Dataset repository to publish to, as ORG/NAME."),
-    private: bool = typer.Option(False, "--private", help="Create the repository as private (if it is new)."),
+    private: bool = typer.Option(False, "--private", help="Create the repository as private; an existing public one is refused."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Tag for this version (default: vVERSION)."),
     packs_path: Optional[list[Path]] = PacksPath,
 ) -> None:

@@ -44,6 +44,8 @@ def apply(
     push_to: Optional[str] = typer.Option(None, "--push-to", help="Publish the adapter to this Hub repo at the end."),
     private: bool = typer.Option(False, "--private", help="Create the Hub repo private."),
     license: Optional[str] = License,
+    revision: Optional[str] = typer.Option(None, "--revision", help="With --push-to: tag for this version "
+                                           "(default: PACK-vVERSION; a retrained run needs a new one)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: cuda if available). "
                                          "Training runs on the first visible GPU: choose it with CUDA_VISIBLE_DEVICES."),
     seed: Optional[int] = typer.Option(None, "--seed"),
@@ -82,6 +84,7 @@ def apply(
     from .common import load
 
     cli = {"pack": pack, "model": model, "out": out, "push_to": push_to, "private": private, "license": license,
+           "revision": revision,
            "device": device,
            "seed": seed, "generator": generator, "n": n, "rounds": rounds, "backend": backend, "keep": keep,
            "top_n": top_k, "min_score": min_score, "no_filter": no_filter, "heldout": heldout,
