@@ -13,6 +13,7 @@ import difflib
 import hashlib
 import json
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -230,9 +231,37 @@ class _Collector:
 # --------------------------------------------------------------------------- files and paths
 
 
+def _mapping_duplicates(node: yaml.MappingNode) -> list[tuple[yaml.Node, yaml.Node]]:
+    """(first, repeat) key nodes of one mapping that repeat a scalar key (merge keys `<<` aside)."""
+    seen: dict[tuple[str, str], yaml.Node] = {}
+    repeats: list[tuple[yaml.Node, yaml.Node]] = []
+    for key, _ in node.value:
+        if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+            continue
+        first = seen.setdefault((key.tag, key.value), key)
+        if first is not key:
+            repeats.append((first, key))
+    return repeats
+
+
+def duplicate_keys(node: yaml.Node | None) -> list[tuple[yaml.Node, yaml.Node]]:
+    """Every repeated key in a composed YAML document (no recursion), in document order."""
+    repeats: list[tuple[yaml.Node, yaml.Node]] = []
+    stack = [node] if node is not None else []
+    while stack:
+        current = stack.pop()
+        if isinstance(current, yaml.MappingNode):
+            repeats += _mapping_duplicates(current)
+            stack.extend(child for pair in current.value for child in pair)
+        elif isinstance(current, yaml.SequenceNode):
+            stack.extend(current.value)
+    return sorted(repeats, key=lambda pair: (pair[1].start_mark.line, pair[1].start_mark.column))
+
+
 class ManifestLoader(yaml.SafeLoader):
-    """Safe YAML for untrusted files (pack manifests, `pa apply --config`): no anchors/aliases (they
-    allow exponential 'billion laughs' blow-ups), flow collections ([...], {...}) nested at most
+    """Safe YAML for untrusted files (pack manifests, `pa apply --config`): no repeated keys (YAML
+    keeps the last one silently: `action: refuse` then `action: comply` reads as comply), no
+    anchors/aliases (they allow exponential 'billion laughs' blow-ups), flow collections ([...], {...}) nested at most
     MAX_NESTING deep (PyYAML's scanner slows down superlinearly with flow depth and its composer
     recurses once per level), and `1e-4` read as the number people mean. PyYAML follows YAML 1.1,
     where a float needs a dot and a signed exponent (`1.0e-4`), so an unquoted learning rate was a
@@ -244,6 +273,15 @@ class ManifestLoader(yaml.SafeLoader):
             raise yaml.constructor.ConstructorError(
                 None, None, "YAML aliases (*name) are not allowed here: write the value out", event.start_mark)
         return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):  # type: ignore[no-untyped-def]
+        repeats = _mapping_duplicates(node) if isinstance(node, yaml.MappingNode) else []
+        if repeats:
+            first, repeat = repeats[0]
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {repeat.value!r} (first on line {first.start_mark.line + 1}): YAML "
+                "would keep only the last value", repeat.start_mark)
+        return super().construct_mapping(node, deep)
 
     def fetch_flow_collection_start(self, TokenClass):  # type: ignore[no-untyped-def]
         if self.flow_level >= MAX_NESTING:
@@ -431,6 +469,13 @@ def _load_manifest(col: _Collector) -> tuple[dict[str, Any] | None, dict[str, in
                 col.add(MANIFEST, f"line {deep.start_mark.line + 1}", f"YAML nested more than {MAX_NESTING} levels deep",
                         "flatten this value: no manifest field needs deep nesting")
                 return None, {}
+            repeats = duplicate_keys(node)
+            for first, repeat in repeats:
+                col.add(MANIFEST, f"line {repeat.start_mark.line + 1}",
+                        f"duplicate key {repeat.value!r} (first on line {first.start_mark.line + 1}); YAML would "
+                        "silently keep only the last value", "delete one of the two, or merge them into one")
+            if repeats:
+                return None, {}
             data = loader.construct_document(node) if node is not None else None
         except RecursionError:
             col.add(MANIFEST, f"line {loader.line + 1}", f"YAML nested more than {MAX_NESTING} levels deep",
@@ -478,7 +523,7 @@ def _schema_hint(error: Any) -> str:
     if error.validator == "additionalProperties":
         allowed = list(error.schema.get("properties", {}))
         extra = [k for k in error.instance if k not in allowed] if isinstance(error.instance, dict) else []
-        suggestions = [did_you_mean(k, allowed) for k in extra]
+        suggestions = [did_you_mean(str(k), allowed) for k in extra]  # YAML keys may be numbers or null
         hint = "; ".join(s for s in suggestions if s)
         return hint or f"allowed fields: {', '.join(allowed)}"
     if error.validator == "enum":
@@ -723,6 +768,22 @@ def jsonl_lines(text: str) -> list[str]:
     return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json.loads hook: a repeated key is an error (`"expect": "refuse", "expect": "comply"` is a typo, not data)."""
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
+
+
 def _eval_items(col: _Collector, file: str, text: str, known: list[str], seen_ids: dict[str, str]) -> list[EvalItem]:
     from .schema import eval_item_validator
 
@@ -735,13 +796,21 @@ def _eval_items(col: _Collector, file: str, text: str, known: list[str], seen_id
             col.add(file, f"line {lineno}", f"more than {MAX_EVAL_ITEMS} items", "split the eval set")
             break
         try:
-            raw = json.loads(line)
+            raw = json.loads(line, object_pairs_hook=_unique_keys)
+        except _DuplicateKey as exc:
+            col.add(file, f"line {lineno}", f"duplicate key {exc.key!r} in one JSON object; JSON would silently "
+                    "keep only the last value", "delete one of the two")
+            continue
         except json.JSONDecodeError as exc:
             col.add(file, f"line {lineno}", f"malformed JSON: {exc.msg} (column {exc.colno})",
                     "each line must be one complete JSON object")
             continue
         except RecursionError:
             deep = True
+        except ValueError:  # not a JSONDecodeError: an integer literal past Python's digit limit
+            col.add(file, f"line {lineno}", f"malformed JSON: an integer with more than {sys.get_int_max_str_digits()} "
+                    "digits", "eval items need no huge numbers: remove it or write it as a string")
+            continue
         else:
             deep = too_deep(raw)
         if deep:
