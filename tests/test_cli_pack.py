@@ -66,6 +66,21 @@ def test_render_unknown_category_suggests(fixture_packs: Path) -> None:
     assert result.exit_code == 2 and "its templates: " in result.output
 
 
+def test_render_with_an_n_the_template_cannot_take_is_a_clear_error(fixture_packs: Path) -> None:
+    """Validation renders with the pack's n; `--n` may still break a template: file, line and category, no traceback."""
+    template = fixture_packs / "root-pack" / "templates" / "plain.jinja"
+    template.write_text(template.read_text() + "{% for i in range(n) %}{{ i }} {% endfor %}\n")
+    args = ["render", "root-pack", "--packs-path", str(fixture_packs), "--category", "scams"]
+    assert runner.invoke(app, args).exit_code == 0
+    result = runner.invoke(app, [*args, "--n", "5000"])
+    assert result.exit_code == 2 and result.exception.__class__.__name__ == "SystemExit", result.output
+    text = " ".join(result.output.split())
+    assert "root-pack/templates/plain.jinja:line" in text and "category 'scams' with n=5000" in text
+    assert "range() of more than 1000 items" in text
+    for bad in ("0", "-3"):  # `--n 0` used to mean the default, `--n -3` asked for "-3 new requests"
+        assert runner.invoke(app, [*args, "--n", bad]).exit_code == 2
+
+
 def test_real_process_reports_without_traceback(fixture_packs: Path) -> None:
     (fixture_packs / "root-pack" / "pack.yaml").write_text("name: [unclosed\n")
     proc = subprocess.run([sys.executable, "-m", "policyalign", "validate", str(fixture_packs / "root-pack")],

@@ -148,7 +148,7 @@ def render(
     pack: str = typer.Argument(..., help="Pack name, name@range, or path."),
     category: Optional[str] = typer.Option(None, "--category", help="Only this category."),
     template: Optional[str] = typer.Option(None, "--template", help="Only this template id."),
-    n: Optional[int] = typer.Option(None, "--n", help="Instructions requested (default: the pack's count_per_category)."),
+    n: Optional[int] = typer.Option(None, "--n", min=1, help="Instructions requested (default: the pack's count_per_category)."),
     packs_path: Optional[list[Path]] = PacksPath,
 ) -> None:
     """Print the synthesis prompts exactly as a generator will see them."""
