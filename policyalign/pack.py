@@ -23,7 +23,7 @@ import yaml
 
 from .errors import PackError, Problem
 from .semver import is_semver
-from .templates import TemplateFailure, compile_template, render_template
+from .templates import LONE_SURROGATE, SURROGATE_HINT, SURROGATE_MESSAGE, TemplateFailure, compile_template, render_template
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -345,6 +345,28 @@ def too_deep(value: Any, limit: int = MAX_NESTING) -> bool:
             return True
         stack.extend((child, depth + 1) for child in children)
     return False
+
+
+def surrogate_pointers(value: Any) -> list[str]:
+    """JSON pointers of the strings (keys included) in parsed YAML/JSON that hold a lone surrogate.
+
+    `"\\ud800"` parses fine in YAML and JSON, but the string then fails wherever it is written out
+    (prompts, JSONL artifacts, a tokenizer), long after validation said the pack was fine."""
+    found: list[str] = []
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        current, pointer = stack.pop()
+        if isinstance(current, dict):
+            for key, child in current.items():
+                child_pointer = f"{pointer}/{LONE_SURROGATE.sub(lambda m: ascii(m.group())[1:-1], str(key))}"
+                if isinstance(key, str) and LONE_SURROGATE.search(key):
+                    found.append(child_pointer)
+                stack.append((child, child_pointer))
+        elif isinstance(current, list):
+            stack.extend((child, f"{pointer}/{i}") for i, child in enumerate(current))
+        elif isinstance(current, str) and LONE_SURROGATE.search(current):
+            found.append(pointer or "/")
+    return sorted(set(found))
 
 
 def confined_path(root: Path, rel: str) -> Path | str:
@@ -826,12 +848,14 @@ def _eval_items(col: _Collector, file: str, text: str, known: list[str], seen_id
 def _eval_item(col: _Collector, file: str, lineno: int, raw: Any, validator: Any, known: list[str],
                seen_ids: dict[str, str]) -> EvalItem | None:
     errors = list(validator.iter_errors(raw))
+    for pointer in surrogate_pointers(raw):
+        col.add(file, f"line {lineno} {pointer}", f"text {SURROGATE_MESSAGE}", SURROGATE_HINT)
     for error in errors:
         pointer = "/" + "/".join(str(p) for p in error.absolute_path)
         message = ("needs exactly one of 'prompt' or 'messages'" if error.validator == "oneOf"
                    else _schema_message(error))
         col.add(file, f"line {lineno} {pointer}", message, _schema_hint(error))
-    if errors:
+    if errors or surrogate_pointers(raw):
         return None
     where = f"line {lineno}"
     if raw["id"] in seen_ids:
@@ -897,6 +921,9 @@ def load_pack(path: str | Path, *, registry: "Registry | None" = None, _stack: t
 def _build(col: _Collector, data: dict[str, Any], lines: dict[str, int], registry: "Registry | None",
            stack: tuple[str, ...]) -> Pack | None:
     broken = _schema_problems(col, data, lines)
+    for pointer in surrogate_pointers(data):
+        col.add(MANIFEST, pointer + (f" (line {lines[pointer]})" if pointer in lines else ""), f"text {SURROGATE_MESSAGE}",
+                SURROGATE_HINT)
     name, version = data.get("name"), data.get("version")
     if isinstance(name, str) and name != col.root.name:
         col.add(MANIFEST, "/name", f"name {name!r} does not match the directory name {col.root.name!r}",

@@ -54,6 +54,10 @@ MAX_VALUE_CHARS = MAX_OUTPUT_CHARS  # the largest string/list/dict (counted deep
 MAX_INT_BITS = 10_000              # about 3000 decimal digits
 MAX_WORK = 250_000                 # steps per render (see the module docstring)
 CHARS_PER_STEP = 10
+# A lone UTF-16 surrogate ("\ud800" in a string literal) renders fine but cannot be encoded as UTF-8.
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+SURROGATE_MESSAGE = "holds a lone UTF-16 surrogate (a \\ud800-\\udfff escape), which cannot be written as UTF-8"
+SURROGATE_HINT = "write the character itself (files are UTF-8), or drop the escape"
 
 __all__ = [
     "TemplateFailure", "TemplateLimitExceeded", "compile_template", "render_template", "template_env",
@@ -453,7 +457,10 @@ def render_template(template: Any, variables: dict[str, Any]) -> str:
                 raise TemplateFailure(f"template output exceeds {MAX_OUTPUT_CHARS} characters",
                                       hint="make the template shorter or loop over fewer items")
             chunks.append(chunk)
-        return "".join(chunks)
+        text = "".join(chunks)
+        if LONE_SURROGATE.search(text):
+            raise TemplateFailure(f"template output {SURROGATE_MESSAGE}", hint=SURROGATE_HINT)
+        return text
     except TemplateFailure:
         raise
     except TemplateLimitExceeded as exc:

@@ -52,6 +52,7 @@ ATTACKS = [
      + "{% endfor %}{% endfor %}{% endset %}\n", TOO_MUCH_WORK),
     ("lipsum", "{{ lipsum(n=100000) }}\n", "'lipsum' is undefined"),
     ("cycler", "{{ cycler(1, 2).next() }}\n", "'cycler' is undefined"),
+    ("lone-surrogate", '{{ "\\ud800" }}\n', "template output holds a lone UTF-16 surrogate"),
 ]
 
 
