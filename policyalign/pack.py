@@ -407,7 +407,9 @@ def _read_bounded(col: _Collector, rel: str, limit: int, where: str) -> str | No
         col.add(rel, "", f"file is {size} bytes, over the {limit}-byte limit", "split or shorten the file")
         return None
     try:
-        return target.read_text(encoding="utf-8")
+        # utf-8-sig: a byte-order mark (Windows editors add one) would otherwise open the teacher's
+        # system message and every synthesis prompt, and make line 1 of an eval set malformed JSON.
+        return target.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         col.add(rel, f"byte {exc.start}", "file is not valid UTF-8", "save the file as UTF-8")
         return None

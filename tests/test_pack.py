@@ -158,6 +158,16 @@ def test_digest_is_stable_across_copies_and_line_endings(fixture_packs: Path, tm
     assert _load(other, "root-pack").digest == first
 
 
+def test_byte_order_marks_are_not_part_of_the_text(fixture_packs: Path) -> None:
+    """A BOM (Notepad) at the start of policy.md, a template or an eval set is an encoding mark, not text."""
+    root = fixture_packs / "root-pack"
+    for rel in ("policy.md", "templates/plain.jinja", "eval/harmful.jsonl", "pack.yaml", "CHANGELOG.md"):
+        (root / rel).write_bytes(b"\xef\xbb\xbf" + (root / rel).read_bytes())
+    pack = _load(fixture_packs, "root-pack")
+    assert "\ufeff" not in pack.policy and "\ufeff" not in pack.templates[0].source
+    assert len(pack.eval_set("harmful").items) == 2
+
+
 def test_digest_changes_with_content_and_with_parent(fixture_packs: Path) -> None:
     before_root = _load(fixture_packs, "root-pack")
     before_child = _load(fixture_packs, "child-pack")
