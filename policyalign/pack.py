@@ -677,7 +677,22 @@ def _resolve_parents(col: _Collector, data: dict[str, Any], registry: "Registry 
         parent = _load_parent(col, registry, spec, f"/extends/{index}", stack)
         if parent is not None:
             parents.append(parent)
+    _check_one_version_each(col, parents)
     return tuple(parents)
+
+
+def _check_one_version_each(col: _Collector, parents: list[Pack]) -> None:
+    """Two versions of one pack in the ancestry (`extends: [general@^2, medical@^1]` with medical on
+    general@^1) cannot compose: the policy keeps one of them under its name and drops the other's
+    text, while the categories of both are merged."""
+    seen: dict[str, tuple[str, str]] = {}
+    for parent in parents:
+        for pack in parent.ancestry():
+            via = parent.ref if pack is parent else f"{pack.ref} through {parent.ref}"
+            first = seen.setdefault(pack.name, (pack.version, via))
+            if first[0] != pack.version:
+                col.add(MANIFEST, "/extends", f"the parents need two versions of {pack.name!r}: {first[1]} and {via}",
+                        f"change the version ranges in `extends` so that every parent uses the same {pack.name} version")
 
 
 def _load_parent(col: _Collector, registry: "Registry", spec: str, where: str, stack: tuple[str, ...]) -> Pack | None:

@@ -96,6 +96,24 @@ def test_diamond_child_cannot_loosen_a_lock_from_either_parent(fixture_packs: Pa
     assert "category 'scams' is locked by 'pb' at 'guide'; 'comply' weakens it" in text
 
 
+def test_two_versions_of_one_ancestor_is_an_error(fixture_packs: Path, tmp_path: Path) -> None:
+    """root-pack@2 directly and child-pack (on root-pack@^1): the composed policy kept root-pack 2's text
+    only, under its name, while merging the categories of both versions."""
+    newer = tmp_path / "newer"
+    shutil.copytree(fixture_packs / "root-pack", newer / "root-pack")
+    for rel, old, new in (("pack.yaml", "version: 1.0.0", "version: 2.0.0"), ("CHANGELOG.md", "## 1.0.0", "## 2.0.0")):
+        path = newer / "root-pack" / rel
+        path.write_text(path.read_text().replace(old, new))
+    _derived(fixture_packs, "pa", ["root-pack@^2", "child-pack@^1"], "  - id: weapons\n")
+    with pytest.raises(PackError) as info:
+        load_pack(fixture_packs / "pa", registry=Registry([fixture_packs, newer]))
+    text = norm(str(info.value))
+    assert "pa/pack.yaml:/extends: the parents need two versions of 'root-pack': root-pack@2.0.0 and " \
+           "root-pack@1.0.0 through child-pack@1.0.0" in text
+    _derived(fixture_packs, "pb", ["root-pack@^1", "child-pack@^1"], "  - id: weapons\n")
+    assert load_pack(fixture_packs / "pb", registry=Registry([fixture_packs, newer])).policy.count("(root-pack@1.0.0)") == 1
+
+
 def test_diamond_takes_the_strictest_action(fixture_packs: Path) -> None:
     _derived(fixture_packs, "pb", ["root-pack@*"], "  - id: scams\n    action: refuse\n")
     _derived(fixture_packs, "pc", ["root-pack@*"], "  - id: scams\n    action: comply\n")
