@@ -704,7 +704,7 @@ def _load_parent(col: _Collector, registry: "Registry", spec: str, where: str, s
         col.add(MANIFEST, where, f"extends cycle: {cycle}", "a pack cannot (indirectly) extend itself")
         return None
     try:
-        path = registry.resolve_path(spec)
+        path = registry.resolve_name(spec)
     except ResolveError as exc:
         col.add(MANIFEST, where, f"parent {spec!r} not found: {exc.problem.message}", exc.problem.hint)
         return None
