@@ -796,6 +796,10 @@ def _eval_sets(col: _Collector, data: dict[str, Any], categories: tuple[Category
         text = _read_bounded(col, entry.get("file", ""), MAX_EVAL_BYTES, f"/eval/{index}/file")
         if text is None:
             continue
+        if not text.strip():  # an unsaved or truncated file: the set would measure nothing, silently
+            col.add(entry["file"], "", f"eval set {entry.get('name')!r} is empty",
+                    "add one eval item per line (schemas/eval-item.schema.json), or drop the set from `eval`")
+            continue
         items = _eval_items(col, entry["file"], text, known, seen_ids)
         sets.append(EvalSet(str(entry.get("name")), str(entry.get("kind")), entry["file"], tuple(items)))
     return tuple(sets)

@@ -160,6 +160,7 @@ FAULTS = [
           ("pack.yaml", "/categories/1/id (line 17)", "does not match", "lowercase letters, digits, '-' and '_'")),
     Fault("bad-extends-entry", "child-pack", _edit("pack.yaml", "root-pack@^1", "root-pack @^1"),
           ("pack.yaml", "/extends/0 (line 7)", "does not match", "name or name@range, without spaces")),
+    Fault("empty-eval-set", "root-pack", _write("eval/benign.jsonl", "\n\n"), ("eval/benign.jsonl", "eval set 'benign' is empty")),
     Fault("duplicate-category", "child-pack", _append("pack.yaml", ""), ()),  # replaced below
 ]
 
