@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -423,6 +424,10 @@ def _pack_files(col: _Collector) -> list[Path]:
     for path in sorted(col.root.rglob("*")):
         rel = path.relative_to(col.root)
         if any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
+            continue
+        if LONE_SURROGATE.search(str(rel)):  # os.fsdecode's surrogateescape: the name's bytes are not UTF-8
+            col.add(os.fsencode(rel).decode("utf-8", "backslashreplace"), "", "file name is not valid UTF-8",
+                    "rename the file (pack file names are UTF-8, as in git)")
             continue
         if path.is_symlink():
             try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -184,6 +185,17 @@ def test_byte_order_marks_are_not_part_of_the_text(fixture_packs: Path) -> None:
     pack = _load(fixture_packs, "root-pack")
     assert "\ufeff" not in pack.policy and "\ufeff" not in pack.templates[0].source
     assert len(pack.eval_set("harmful").items) == 2
+
+
+def test_a_file_name_that_is_not_utf8_is_a_problem_not_a_traceback(fixture_packs: Path) -> None:
+    """A Latin-1 name from an archive made the digest's path encoding raise UnicodeEncodeError."""
+    root = fixture_packs / "root-pack"
+    (Path(os.fsdecode(os.fsencode(root) + b"/notes-\xe9.txt"))).write_bytes(b"x")
+    with pytest.raises(PackError) as info:
+        _load(fixture_packs, "root-pack")
+    assert "root-pack/notes-\\xe9.txt: file name is not valid UTF-8" in str(info.value)
+    result = CliRunner().invoke(app, ["validate", str(root), "--packs-path", str(fixture_packs)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
 
 
 def test_digest_changes_with_content_and_with_parent(fixture_packs: Path) -> None:
