@@ -25,6 +25,15 @@ def test_index_then_validate_all_passes(fixture_packs: Path) -> None:
     assert "ok       root-pack@1.0.0" in result.output
 
 
+def test_a_packs_directory_that_does_not_exist_is_an_error(tmp_path: Path) -> None:
+    """`pa index --dir pack` (a typo) created pack/ and wrote an index of 0 packs there."""
+    for args in (["index"], ["validate", "--all"]):
+        result = runner.invoke(app, [*args, "--dir", str(tmp_path / "pack")])
+        assert result.exit_code == 2, result.output
+        assert "packs directory" in result.output and "does not exist" in result.output
+    assert not (tmp_path / "pack").exists()
+
+
 def test_missing_index_fails(fixture_packs: Path) -> None:
     result = _validate_all(fixture_packs)
     assert result.exit_code == 2
