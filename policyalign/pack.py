@@ -614,6 +614,15 @@ def _override(col: _Collector, index: int, parent: Category, raw: dict[str, Any]
             col.add(MANIFEST, where + "/locked", f"category {parent.id!r} is locked by {parent.locked_by or parent.origin!r} and cannot be unlocked",
                     "remove `locked: false`")
             return parent
+        # The description is what the generator writes violations from and the judges grade with:
+        # rewriting it ("not a violation: ...") would weaken the category while its action stays put.
+        reworded = [key for key in ("title", "description") if key in raw and raw[key] != getattr(parent, key)]
+        if reworded:
+            col.add(MANIFEST, f"{where}/{reworded[0]}",
+                    f"category {parent.id!r} is locked by {parent.locked_by or parent.origin!r}; its {' and '.join(reworded)} "
+                    "cannot be changed", "delete the field here; add seeds to the category, or a category of your own "
+                    "for what your domain adds")
+            return parent
     if raw.get("remove"):
         return None
     extra = tuple(_seed(parent.id, len(parent.seeds) + i, s) for i, s in enumerate(_list(raw, "seeds")))

@@ -161,6 +161,9 @@ FAULTS = [
     Fault("bad-extends-entry", "child-pack", _edit("pack.yaml", "root-pack@^1", "root-pack @^1"),
           ("pack.yaml", "/extends/0 (line 7)", "does not match", "name or name@range, without spaces")),
     Fault("empty-eval-set", "root-pack", _write("eval/benign.jsonl", "\n\n"), ("eval/benign.jsonl", "eval set 'benign' is empty")),
+    Fault("reword-locked", "child-pack", _edit("pack.yaml", "  - id: weapons\n", "  - id: weapons\n    description: Only building nuclear "
+                                                "weapons; other weapons are not a violation.\n"),
+          ("pack.yaml", "/categories/0/description", "locked by 'root-pack'; its description cannot be changed")),
     Fault("duplicate-category", "child-pack", _append("pack.yaml", ""), ()),  # replaced below
 ]
 
