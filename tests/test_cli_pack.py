@@ -49,6 +49,25 @@ def test_list_marks_invalid_packs(fixture_packs: Path) -> None:
     assert rows["root-pack"]["valid"] is False
 
 
+def test_show_and_list_print_pack_text_without_interpreting_markup(fixture_packs: Path, monkeypatch, tmp_path: Path) -> None:
+    """Titles and summaries are untrusted: "[/]" crashed `pa show`/`pa list` (rich MarkupError), and
+    "[link=...]" or colour tags were interpreted, hiding or dressing up text."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PA_HOME", str(tmp_path / "home"))
+    manifest = fixture_packs / "root-pack" / "pack.yaml"
+    text = manifest.read_text().replace("title: Fixture pack root-pack", 'title: "Root [/] [red]pack[/red]"')
+    text = text.replace("summary: A small pack", "summary: A [link=https://x.example]small[/link] pack")
+    manifest.write_text(text.replace("    title: Scams\n", '    title: "Scams [/]"\n'))
+    result = runner.invoke(app, ["show", "root-pack", "--packs-path", str(fixture_packs)])
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert "Root [/] [red]pack[/red]" in out and "A [link=https://x.example]small[/link] pack" in out
+    assert "Scams [/]" in out
+    result = runner.invoke(app, ["list", "--packs-path", str(fixture_packs)])
+    assert result.exit_code == 0, result.output
+    assert "[red]pack" in result.output
+
+
 def test_render_shows_prompts_per_category(fixture_packs: Path) -> None:
     result = runner.invoke(app, ["render", "child-pack", "--packs-path", str(fixture_packs), "--category", "records"])
     assert result.exit_code == 0, result.output
