@@ -24,7 +24,7 @@ import yaml
 
 from .errors import PackError, Problem
 from .semver import is_semver
-from .templates import LONE_SURROGATE, SURROGATE_HINT, SURROGATE_MESSAGE, TemplateFailure, compile_template, render_template
+from .templates import LONE_SURROGATE, TemplateFailure, compile_template, render_template, text_problem
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -348,26 +348,28 @@ def too_deep(value: Any, limit: int = MAX_NESTING) -> bool:
     return False
 
 
-def surrogate_pointers(value: Any) -> list[str]:
-    """JSON pointers of the strings (keys included) in parsed YAML/JSON that hold a lone surrogate.
+def text_problems(value: Any) -> list[tuple[str, str, str]]:
+    """(JSON pointer, message, hint) for every string (keys included) of parsed YAML/JSON holding a
+    character pack text must not hold (`text_problem`).
 
-    `"\\ud800"` parses fine in YAML and JSON, but the string then fails wherever it is written out
-    (prompts, JSONL artifacts, a tokenizer), long after validation said the pack was fine."""
-    found: list[str] = []
+    Escapes put them there: `"\\ud800"` or `"\\e[8m"` parse fine, and then the string breaks every
+    UTF-8 write (prompts, JSONL, a tokenizer) or drives the terminal of whoever runs `pa show`."""
+    found: list[tuple[str, str, str]] = []
     stack: list[tuple[Any, str]] = [(value, "")]
     while stack:
         current, pointer = stack.pop()
         if isinstance(current, dict):
             for key, child in current.items():
-                child_pointer = f"{pointer}/{LONE_SURROGATE.sub(lambda m: ascii(m.group())[1:-1], str(key))}"
-                if isinstance(key, str) and LONE_SURROGATE.search(key):
-                    found.append(child_pointer)
+                problem = text_problem(key) if isinstance(key, str) else None
+                child_pointer = f"{pointer}/{ascii(key)[1:-1] if problem else key}"
+                if problem:
+                    found.append((child_pointer, f"key {problem[1]}", problem[2]))
                 stack.append((child, child_pointer))
         elif isinstance(current, list):
             stack.extend((child, f"{pointer}/{i}") for i, child in enumerate(current))
-        elif isinstance(current, str) and LONE_SURROGATE.search(current):
-            found.append(pointer or "/")
-    return sorted(set(found))
+        elif isinstance(current, str) and (problem := text_problem(current)):
+            found.append((pointer or "/", f"text {problem[1]}", problem[2]))
+    return sorted(found)
 
 
 def confined_path(root: Path, rel: str) -> Path | str:
@@ -410,10 +412,15 @@ def _read_bounded(col: _Collector, rel: str, limit: int, where: str) -> str | No
     try:
         # utf-8-sig: a byte-order mark (Windows editors add one) would otherwise open the teacher's
         # system message and every synthesis prompt, and make line 1 of an eval set malformed JSON.
-        return target.read_text(encoding="utf-8-sig")
+        text = target.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         col.add(rel, f"byte {exc.start}", "file is not valid UTF-8", "save the file as UTF-8")
         return None
+    problem = text_problem(text)
+    if problem:
+        col.add(rel, f"line {text.count(chr(10), 0, problem[0]) + 1}", f"file {problem[1]}", problem[2])
+        return None
+    return text
 
 
 def _pack_files(col: _Collector) -> list[Path]:
@@ -792,6 +799,8 @@ def _check_template(col: _Collector, file: str, source: str, data: dict[str, Any
         try:
             render_template(template, variables)
         except TemplateFailure as exc:
+            if exc.message.startswith("template output holds") and text_problems(variables):
+                return False  # the pack text the template printed is at fault, reported on its own line
             where = (f"line {exc.line}, " if exc.line else "") + f"category {cat.id!r}"
             col.add(file, where, exc.message, exc.hint)
             return False
@@ -883,14 +892,15 @@ def _eval_items(col: _Collector, file: str, text: str, known: list[str], seen_id
 def _eval_item(col: _Collector, file: str, lineno: int, raw: Any, validator: Any, known: list[str],
                seen_ids: dict[str, str]) -> EvalItem | None:
     errors = list(validator.iter_errors(raw))
-    for pointer in surrogate_pointers(raw):
-        col.add(file, f"line {lineno} {pointer}", f"text {SURROGATE_MESSAGE}", SURROGATE_HINT)
+    bad_text = text_problems(raw)
+    for pointer, message, hint in bad_text:
+        col.add(file, f"line {lineno} {pointer}", message, hint)
     for error in errors:
         pointer = "/" + "/".join(str(p) for p in error.absolute_path)
         message = ("needs exactly one of 'prompt' or 'messages'" if error.validator == "oneOf"
                    else _schema_message(error))
         col.add(file, f"line {lineno} {pointer}", message, _schema_hint(error))
-    if errors or surrogate_pointers(raw):
+    if errors or bad_text:
         return None
     where = f"line {lineno}"
     if raw["id"] in seen_ids:
@@ -956,9 +966,8 @@ def load_pack(path: str | Path, *, registry: "Registry | None" = None, _stack: t
 def _build(col: _Collector, data: dict[str, Any], lines: dict[str, int], registry: "Registry | None",
            stack: tuple[str, ...]) -> Pack | None:
     broken = _schema_problems(col, data, lines)
-    for pointer in surrogate_pointers(data):
-        col.add(MANIFEST, pointer + (f" (line {lines[pointer]})" if pointer in lines else ""), f"text {SURROGATE_MESSAGE}",
-                SURROGATE_HINT)
+    for pointer, message, hint in text_problems(data):
+        col.add(MANIFEST, pointer + (f" (line {lines[pointer]})" if pointer in lines else ""), message, hint)
     name, version = data.get("name"), data.get("version")
     if isinstance(name, str) and name != col.root.name:
         col.add(MANIFEST, "/name", f"name {name!r} does not match the directory name {col.root.name!r}",

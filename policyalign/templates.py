@@ -56,8 +56,22 @@ MAX_WORK = 250_000                 # steps per render (see the module docstring)
 CHARS_PER_STEP = 10
 # A lone UTF-16 surrogate ("\ud800" in a string literal) renders fine but cannot be encoded as UTF-8.
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-SURROGATE_MESSAGE = "holds a lone UTF-16 surrogate (a \\ud800-\\udfff escape), which cannot be written as UTF-8"
-SURROGATE_HINT = "write the character itself (files are UTF-8), or drop the escape"
+# Control characters other than tab and line breaks (\n, \r, U+0085): terminal escapes (ESC, BEL, CSI)
+# that `pa show` and `pa render` would pass to the user's terminal, and junk in training data.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f]")
+
+
+def text_problem(text: str) -> tuple[int, str, str] | None:
+    """(offset, message, hint) for the first character pack text must not hold, or None."""
+    surrogate = LONE_SURROGATE.search(text)
+    if surrogate:
+        return (surrogate.start(), "holds a lone UTF-16 surrogate (a \\ud800-\\udfff escape), which cannot be "
+                "written as UTF-8", "write the character itself (files are UTF-8), or drop the escape")
+    control = _CONTROL.search(text)
+    if control:
+        return (control.start(), f"holds the control character U+{ord(control.group()):04X} (terminal escapes and "
+                "other control characters are not allowed in pack text)", "delete it (tabs and newlines are fine)")
+    return None
 
 __all__ = [
     "TemplateFailure", "TemplateLimitExceeded", "compile_template", "render_template", "template_env",
@@ -458,8 +472,9 @@ def render_template(template: Any, variables: dict[str, Any]) -> str:
                                       hint="make the template shorter or loop over fewer items")
             chunks.append(chunk)
         text = "".join(chunks)
-        if LONE_SURROGATE.search(text):
-            raise TemplateFailure(f"template output {SURROGATE_MESSAGE}", hint=SURROGATE_HINT)
+        problem = text_problem(text)
+        if problem:
+            raise TemplateFailure(f"template output {problem[1]}", hint=problem[2])
         return text
     except TemplateFailure:
         raise

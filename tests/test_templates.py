@@ -53,6 +53,7 @@ ATTACKS = [
     ("lipsum", "{{ lipsum(n=100000) }}\n", "'lipsum' is undefined"),
     ("cycler", "{{ cycler(1, 2).next() }}\n", "'cycler' is undefined"),
     ("lone-surrogate", '{{ "\\ud800" }}\n', "template output holds a lone UTF-16 surrogate"),
+    ("terminal-escape", 'line one\n{{ "\\x1b[2J" }}\n', "template output holds the control character U+001B"),
 ]
 
 
