@@ -24,7 +24,7 @@ import yaml
 
 from .errors import PackError, Problem
 from .semver import is_semver
-from .templates import LONE_SURROGATE, TemplateFailure, compile_template, render_template, text_problem
+from .templates import LONE_SURROGATE, TemplateFailure, WorkBudget, compile_template, render_template, text_problem
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -773,6 +773,7 @@ def _templates(col: _Collector, data: dict[str, Any], categories: tuple[Category
     entries = [t for t in _list(synthesis, "templates") if isinstance(t, dict)]
     seen: set[str] = set()
     n = synthesis.get("count_per_category", 20)
+    work = WorkBudget()  # one budget for every render below: bounds the time validation can take
     for index, entry in enumerate(entries):
         if entry.get("id") in seen:
             col.add(MANIFEST, f"/synthesis/templates/{index}/id", f"duplicate template id {entry.get('id')!r}",
@@ -781,14 +782,14 @@ def _templates(col: _Collector, data: dict[str, Any], categories: tuple[Category
         source = _read_bounded(col, entry.get("file", ""), MAX_TEMPLATE_BYTES, f"/synthesis/templates/{index}/file")
         if source is None:
             continue
-        if _check_template(col, entry["file"], source, data, categories, n if isinstance(n, int) else 20):
+        if _check_template(col, entry["file"], source, data, categories, n if isinstance(n, int) else 20, work):
             specs.append(TemplateSpec(entry.get("id", ""), entry["file"], entry.get("description", ""),
                                       entry.get("format", "list"), source))
     return tuple(specs)
 
 
 def _check_template(col: _Collector, file: str, source: str, data: dict[str, Any],
-                    categories: tuple[Category, ...], n: int) -> bool:
+                    categories: tuple[Category, ...], n: int, work: WorkBudget) -> bool:
     try:
         template = compile_template(source)
     except TemplateFailure as exc:
@@ -797,7 +798,7 @@ def _check_template(col: _Collector, file: str, source: str, data: dict[str, Any
     for cat in categories:
         variables = template_variables(str(data.get("name")), str(data.get("title")), str(data.get("summary")), cat, n)
         try:
-            render_template(template, variables)
+            render_template(template, variables, work)
         except TemplateFailure as exc:
             if exc.message.startswith("template output holds") and text_problems(variables):
                 return False  # the pack text the template printed is at fault, reported on its own line
