@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import Problem
 from .io import write_json
+from .semver import Version, is_semver
 
 if TYPE_CHECKING:
     from .pack import Pack
@@ -143,9 +144,35 @@ def _field_drift(entry: dict[str, Any], wanted: dict[str, Any], field: str) -> s
     return f"records {entry[field]!r}, the pack gives {wanted[field]!r}"
 
 
+def downgrades(path: Path, packs: list["Pack"]) -> list[Problem]:
+    """Packs whose version is below the one INDEX.json has: `pa index` refuses to record them."""
+    index = read_index(path)
+    if index is None or index.get("corrupt") or _shape_problems(str(path), index):
+        return []
+    newest: dict[str, str] = {}
+    for entry in index["packs"]:
+        if is_semver(entry["version"]) and not _went_down(newest.get(entry["name"], entry["version"]), entry["version"]):
+            newest[entry["name"]] = entry["version"]
+    return [_downgrade(p, newest[p.name]) for p in packs if p.name in newest and _went_down(newest[p.name], p.version)]
+
+
+def _downgrade(pack: "Pack", recorded: str) -> Problem:
+    return Problem(str(pack.root / "pack.yaml"), "/version",
+                   f"version went down: the index has {pack.name}@{recorded}, the pack is now {pack.version}",
+                   f"versions only go up: use a version above {recorded} (and its CHANGELOG.md entry), then run `pa index`")
+
+
+def _went_down(recorded: str, now: str) -> bool:
+    """Whether `now` sorts below the indexed version (packs pinned with `^` would stop matching, or
+    match an older line); a recorded version that is not semver cannot be compared."""
+    return is_semver(recorded) and is_semver(now) and Version.parse(now) < Version.parse(recorded)
+
+
 def _pack_vs_index(rel: str, pack: "Pack", entry: dict[str, Any] | None, same_name: dict[str, Any] | None) -> list[Problem]:
     where = f"/packs ({pack.ref})"
     if entry is None:
+        if same_name and _went_down(same_name["version"], pack.version):
+            return [_downgrade(pack, same_name["version"])]
         message = (f"index has {pack.name}@{same_name.get('version')}, the pack is now {pack.version}"
                    if same_name else f"{pack.ref} is not in the index")
         return [Problem(rel, where, message, "run `pa index` and commit packs/INDEX.json")]

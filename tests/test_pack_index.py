@@ -51,6 +51,24 @@ def test_content_change_without_version_bump_fails(fixture_packs: Path) -> None:
     assert "bump `version`" in text
 
 
+def test_a_version_that_goes_down_fails(fixture_packs: Path) -> None:
+    """1.0.0 -> 0.9.0 (a typo for 1.0.1, say) was only 'stale, run pa index', and pa index took it."""
+    runner.invoke(app, ["index", "--dir", str(fixture_packs)])
+    root = fixture_packs / "root-pack"
+    (root / "pack.yaml").write_text((root / "pack.yaml").read_text().replace("version: 1.0.0", "version: 0.9.0"))
+    (root / "CHANGELOG.md").write_text((root / "CHANGELOG.md").read_text() + "\n## 0.9.0\n\n- Oops.\n")
+    child = fixture_packs / "child-pack" / "pack.yaml"
+    child.write_text(child.read_text().replace("root-pack@^1", "root-pack@*"))
+    result = _validate_all(fixture_packs)
+    assert result.exit_code == 2
+    text = norm(result.output)
+    assert "root-pack/pack.yaml:/version: version went down: the index has root-pack@1.0.0, the pack is now 0.9.0" in text
+    assert "use a version above 1.0.0" in text
+    result = runner.invoke(app, ["index", "--dir", str(fixture_packs)])  # and pa index does not record it
+    assert result.exit_code == 2 and "version went down" in result.output
+    assert '"version": "1.0.0"' in (fixture_packs / "INDEX.json").read_text()
+
+
 def test_hand_edited_index_is_stale(fixture_packs: Path) -> None:
     """Only name, version and digests were compared: a hand-edited title, extends or category count,
     a duplicated entry or an unknown field passed `pa validate --all`, and the index is what is published."""
