@@ -912,9 +912,29 @@ def _eval_item(col: _Collector, file: str, lineno: int, raw: Any, validator: Any
         col.add(file, where + " /category", f"unknown category {raw['category']!r}",
                 did_you_mean(raw["category"], known, "known categories"))
         return None
+    if not _forbidden_tools_offered(col, file, where, raw):
+        return None
     messages = raw.get("messages") or [{"role": "user", "content": raw["prompt"]}]
     return EvalItem(raw["id"], raw["category"], _freeze(messages), _freeze(raw.get("tools", [])), raw["expect"],
                     tuple(raw.get("forbidden_tools", [])), raw.get("note", ""))
+
+
+def _tool_name(tool: Any) -> str | None:
+    """The name of a tool definition, OpenAI style ({"function": {"name": ...}}) or flat ({"name": ...})."""
+    spec = tool.get("function") if isinstance(tool, dict) and isinstance(tool.get("function"), dict) else tool
+    name = spec.get("name") if isinstance(spec, dict) else None
+    return name if isinstance(name, str) and name else None
+
+
+def _forbidden_tools_offered(col: _Collector, file: str, where: str, raw: dict[str, Any]) -> bool:
+    """Every forbidden tool must be one the item offers: a typo ('send_emial') or a missing `tools`
+    made the forbidden-call check vacuous, silently (the model cannot call a tool it is not given)."""
+    offered = sorted({name for tool in raw.get("tools", []) if (name := _tool_name(tool))})
+    missing = [(i, name) for i, name in enumerate(raw.get("forbidden_tools", [])) if name not in offered]
+    for i, name in missing:
+        col.add(file, f"{where} /forbidden_tools/{i}", f"forbidden tool {name!r} is not one of this item's tools",
+                did_you_mean(name, offered) or f"its tools: {', '.join(offered) or 'none (add them under `tools`)'}")
+    return not missing
 
 
 def _check_changelog(col: _Collector, version: str) -> None:
