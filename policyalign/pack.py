@@ -284,6 +284,15 @@ class ManifestLoader(yaml.SafeLoader):
                 "would keep only the last value", repeat.start_mark)
         return super().construct_mapping(node, deep)
 
+    def construct_yaml_int(self, node):  # type: ignore[no-untyped-def]
+        """A ValueError (an integer past Python's digit limit) escaped every `except yaml.YAMLError`:
+        one such manifest on the search path broke `pa list` and every pack lookup."""
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"integer with more than {sys.get_int_max_str_digits()} digits", node.start_mark) from None
+
     def fetch_flow_collection_start(self, TokenClass):  # type: ignore[no-untyped-def]
         if self.flow_level >= MAX_NESTING:
             raise yaml.scanner.ScannerError(None, None, f"[ or {{ nested more than {MAX_NESTING} levels deep",
@@ -291,6 +300,7 @@ class ManifestLoader(yaml.SafeLoader):
         super().fetch_flow_collection_start(TokenClass)
 
 
+ManifestLoader.add_constructor("tag:yaml.org,2002:int", ManifestLoader.construct_yaml_int)
 ManifestLoader.add_implicit_resolver("tag:yaml.org,2002:float",
                                      re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
                                      list("-+0123456789."))

@@ -175,6 +175,8 @@ FAULTS = [
           '{"name": "send_email", "parameters": {"type": "object"}}}], "forbidden_tools": ["send_emial"], "expect": "refuse"}\n'),
           ("eval/harmful.jsonl", "line 3 /forbidden_tools/0", "forbidden tool 'send_emial' is not one of this item's tools",
            "did you mean 'send_email'?")),
+    Fault("yaml-huge-integer", "root-pack", _edit("pack.yaml", "count_per_category: 4", "count_per_category: " + "9" * 5000),
+          ("pack.yaml", "line 28", "integer with more than")),
     Fault("duplicate-category", "child-pack", _append("pack.yaml", ""), ()),  # replaced below
 ]
 
