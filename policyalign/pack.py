@@ -284,14 +284,19 @@ class ManifestLoader(yaml.SafeLoader):
                 "would keep only the last value", repeat.start_mark)
         return super().construct_mapping(node, deep)
 
-    def construct_yaml_int(self, node):  # type: ignore[no-untyped-def]
-        """A ValueError (an integer past Python's digit limit) escaped every `except yaml.YAMLError`:
+    def construct_object(self, node, deep=False):  # type: ignore[no-untyped-def]
+        """A value its constructor cannot build (`2001-13-45`, an integer past Python's digit limit,
+        `!!bool maybe`) raised ValueError/KeyError/..., which escaped every `except yaml.YAMLError`:
         one such manifest on the search path broke `pa list` and every pack lookup."""
         try:
-            return super().construct_yaml_int(node)
-        except ValueError:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            kind = node.tag.rsplit(":", 1)[-1]
             raise yaml.constructor.ConstructorError(
-                None, None, f"integer with more than {sys.get_int_max_str_digits()} digits", node.start_mark) from None
+                None, None, f"cannot read this value as {kind!r}: {exc}; quote it to make it a string",
+                node.start_mark) from None
 
     def fetch_flow_collection_start(self, TokenClass):  # type: ignore[no-untyped-def]
         if self.flow_level >= MAX_NESTING:
@@ -300,7 +305,6 @@ class ManifestLoader(yaml.SafeLoader):
         super().fetch_flow_collection_start(TokenClass)
 
 
-ManifestLoader.add_constructor("tag:yaml.org,2002:int", ManifestLoader.construct_yaml_int)
 ManifestLoader.add_implicit_resolver("tag:yaml.org,2002:float",
                                      re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
                                      list("-+0123456789."))

@@ -176,7 +176,7 @@ FAULTS = [
           ("eval/harmful.jsonl", "line 3 /forbidden_tools/0", "forbidden tool 'send_emial' is not one of this item's tools",
            "did you mean 'send_email'?")),
     Fault("yaml-huge-integer", "root-pack", _edit("pack.yaml", "count_per_category: 4", "count_per_category: " + "9" * 5000),
-          ("pack.yaml", "line 28", "integer with more than")),
+          ("pack.yaml", "line 28", "cannot read this value as 'int'", "Exceeds the limit (4300 digits)")),
     Fault("duplicate-category", "child-pack", _append("pack.yaml", ""), ()),  # replaced below
 ]
 

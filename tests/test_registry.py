@@ -120,14 +120,16 @@ def test_an_extends_range_is_never_a_path(fixture_packs: Path, monkeypatch: pyte
         load_pack(fixture_packs / "child-pack", registry=Registry([fixture_packs]))
 
 
-def test_discovery_survives_an_integer_past_the_digit_limit(fixture_packs: Path, monkeypatch: pytest.MonkeyPatch,
-                                                             tmp_path: Path) -> None:
-    """int('9' * 5000) raises ValueError, not a YAMLError: one such manifest broke `pa list` and every lookup."""
+@pytest.mark.parametrize("value", ["9" * 5000, "2001-13-45", "!!bool maybe", "!!timestamp x"])
+def test_discovery_survives_a_value_yaml_cannot_build(fixture_packs: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       tmp_path: Path, value: str) -> None:
+    """int('9' * 5000), a 13th month or `!!bool maybe` raise ValueError/KeyError/..., not a YAMLError:
+    one such manifest broke `pa list` and every lookup."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PA_HOME", str(tmp_path / "home"))
     manifest = fixture_packs / "root-pack" / "pack.yaml"
-    manifest.write_text(manifest.read_text().replace("count_per_category: 4", "count_per_category: " + "9" * 5000))
+    manifest.write_text(manifest.read_text().replace("count_per_category: 4", "count_per_category: " + value))
     assert {loc.name for loc in Registry([fixture_packs]).discover()} == {"child-pack"}
     result = CliRunner().invoke(app, ["list", "--json", "--packs-path", str(fixture_packs)])
     assert result.exit_code == 0, result.output
-    assert "integer with more than" in result.output
+    assert "cannot read this value as" in result.output
