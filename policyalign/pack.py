@@ -362,12 +362,17 @@ def too_deep(value: Any, limit: int = MAX_NESTING) -> bool:
     return False
 
 
-def text_problems(value: Any) -> list[tuple[str, str, str]]:
-    """(JSON pointer, message, hint) for every string (keys included) of parsed YAML/JSON holding a
-    character pack text must not hold (`text_problem`).
+_PLAIN = (str, bool, int, float, type(None))
 
-    Escapes put them there: `"\\ud800"` or `"\\e[8m"` parse fine, and then the string breaks every
-    UTF-8 write (prompts, JSONL, a tokenizer) or drives the terminal of whoever runs `pa show`."""
+
+def text_problems(value: Any) -> list[tuple[str, str, str]]:
+    """(JSON pointer, message, hint) for every place in parsed YAML/JSON that is not plain JSON text data.
+
+    Escapes put characters there that pack text must not hold (`text_problem`): `"\\ud800"` or
+    `"\\e[8m"` parse fine, and then the string breaks every UTF-8 write (prompts, JSONL, a
+    tokenizer) or drives the terminal of whoever runs `pa show`. YAML also reads an unquoted
+    `2024-01-01` as a date, `!!set`/`!!binary` as a set or bytes and `1: x` with a number key, which
+    free-form parts (a seed's tools) accept and JSON then cannot write: a traceback in `pa render`."""
     found: list[tuple[str, str, str]] = []
     stack: list[tuple[Any, str]] = [(value, "")]
     while stack:
@@ -378,11 +383,17 @@ def text_problems(value: Any) -> list[tuple[str, str, str]]:
                 child_pointer = f"{pointer}/{ascii(key)[1:-1] if problem else key}"
                 if problem:
                     found.append((child_pointer, f"key {problem[1]}", problem[2]))
+                elif not isinstance(key, str) and pointer:  # top-level keys: the schema names unknown fields
+                    found.append((child_pointer, f"key {key!r} is read as {type(key).__name__}, not text",
+                                  f'quote it: "{key}"'))
                 stack.append((child, child_pointer))
         elif isinstance(current, list):
             stack.extend((child, f"{pointer}/{i}") for i, child in enumerate(current))
         elif isinstance(current, str) and (problem := text_problem(current)):
             found.append((pointer or "/", f"text {problem[1]}", problem[2]))
+        elif not isinstance(current, _PLAIN):
+            found.append((pointer or "/", f"{current!r:.60} is read as {type(current).__name__}, not plain data",
+                          f'quote it to make it text ("{current}"), or use a list or mapping'))
     return sorted(found)
 
 
@@ -814,8 +825,6 @@ def _check_template(col: _Collector, file: str, source: str, data: dict[str, Any
         try:
             render_template(template, variables, work)
         except TemplateFailure as exc:
-            if exc.message.startswith("template output holds") and text_problems(variables):
-                return False  # the pack text the template printed is at fault, reported on its own line
             where = (f"line {exc.line}, " if exc.line else "") + f"category {cat.id!r}"
             col.add(file, where, exc.message, exc.hint)
             return False
@@ -1003,6 +1012,7 @@ def _build(col: _Collector, data: dict[str, Any], lines: dict[str, int], registr
     broken = _schema_problems(col, data, lines)
     for pointer, message, hint in text_problems(data):
         col.add(MANIFEST, pointer + (f" (line {lines[pointer]})" if pointer in lines else ""), message, hint)
+        broken.add(pointer.split("/")[1])  # its section is not checked further (it would fail again, or crash)
     name, version = data.get("name"), data.get("version")
     if isinstance(name, str) and name != col.root.name:
         col.add(MANIFEST, "/name", f"name {name!r} does not match the directory name {col.root.name!r}",
