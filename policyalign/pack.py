@@ -12,7 +12,9 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -22,7 +24,7 @@ import yaml
 
 from .errors import PackError, Problem
 from .semver import is_semver
-from .templates import TemplateFailure, compile_template, render_template
+from .templates import LONE_SURROGATE, TemplateFailure, WorkBudget, compile_template, render_template, text_problem
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -230,9 +232,37 @@ class _Collector:
 # --------------------------------------------------------------------------- files and paths
 
 
+def _mapping_duplicates(node: yaml.MappingNode) -> list[tuple[yaml.Node, yaml.Node]]:
+    """(first, repeat) key nodes of one mapping that repeat a scalar key (merge keys `<<` aside)."""
+    seen: dict[tuple[str, str], yaml.Node] = {}
+    repeats: list[tuple[yaml.Node, yaml.Node]] = []
+    for key, _ in node.value:
+        if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+            continue
+        first = seen.setdefault((key.tag, key.value), key)
+        if first is not key:
+            repeats.append((first, key))
+    return repeats
+
+
+def duplicate_keys(node: yaml.Node | None) -> list[tuple[yaml.Node, yaml.Node]]:
+    """Every repeated key in a composed YAML document (no recursion), in document order."""
+    repeats: list[tuple[yaml.Node, yaml.Node]] = []
+    stack = [node] if node is not None else []
+    while stack:
+        current = stack.pop()
+        if isinstance(current, yaml.MappingNode):
+            repeats += _mapping_duplicates(current)
+            stack.extend(child for pair in current.value for child in pair)
+        elif isinstance(current, yaml.SequenceNode):
+            stack.extend(current.value)
+    return sorted(repeats, key=lambda pair: (pair[1].start_mark.line, pair[1].start_mark.column))
+
+
 class ManifestLoader(yaml.SafeLoader):
-    """Safe YAML for untrusted files (pack manifests, `pa apply --config`): no anchors/aliases (they
-    allow exponential 'billion laughs' blow-ups), flow collections ([...], {...}) nested at most
+    """Safe YAML for untrusted files (pack manifests, `pa apply --config`): no repeated keys (YAML
+    keeps the last one silently: `action: refuse` then `action: comply` reads as comply), no
+    anchors/aliases (they allow exponential 'billion laughs' blow-ups), flow collections ([...], {...}) nested at most
     MAX_NESTING deep (PyYAML's scanner slows down superlinearly with flow depth and its composer
     recurses once per level), and `1e-4` read as the number people mean. PyYAML follows YAML 1.1,
     where a float needs a dot and a signed exponent (`1.0e-4`), so an unquoted learning rate was a
@@ -244,6 +274,29 @@ class ManifestLoader(yaml.SafeLoader):
             raise yaml.constructor.ConstructorError(
                 None, None, "YAML aliases (*name) are not allowed here: write the value out", event.start_mark)
         return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):  # type: ignore[no-untyped-def]
+        repeats = _mapping_duplicates(node) if isinstance(node, yaml.MappingNode) else []
+        if repeats:
+            first, repeat = repeats[0]
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {repeat.value!r} (first on line {first.start_mark.line + 1}): YAML "
+                "would keep only the last value", repeat.start_mark)
+        return super().construct_mapping(node, deep)
+
+    def construct_object(self, node, deep=False):  # type: ignore[no-untyped-def]
+        """A value its constructor cannot build (`2001-13-45`, an integer past Python's digit limit,
+        `!!bool maybe`) raised ValueError/KeyError/..., which escaped every `except yaml.YAMLError`:
+        one such manifest on the search path broke `pa list` and every pack lookup."""
+        try:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            kind = node.tag.rsplit(":", 1)[-1]
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read this value as {kind!r}: {exc}; quote it to make it a string",
+                node.start_mark) from None
 
     def fetch_flow_collection_start(self, TokenClass):  # type: ignore[no-untyped-def]
         if self.flow_level >= MAX_NESTING:
@@ -309,6 +362,41 @@ def too_deep(value: Any, limit: int = MAX_NESTING) -> bool:
     return False
 
 
+_PLAIN = (str, bool, int, float, type(None))
+
+
+def text_problems(value: Any) -> list[tuple[str, str, str]]:
+    """(JSON pointer, message, hint) for every place in parsed YAML/JSON that is not plain JSON text data.
+
+    Escapes put characters there that pack text must not hold (`text_problem`): `"\\ud800"` or
+    `"\\e[8m"` parse fine, and then the string breaks every UTF-8 write (prompts, JSONL, a
+    tokenizer) or drives the terminal of whoever runs `pa show`. YAML also reads an unquoted
+    `2024-01-01` as a date, `!!set`/`!!binary` as a set or bytes and `1: x` with a number key, which
+    free-form parts (a seed's tools) accept and JSON then cannot write: a traceback in `pa render`."""
+    found: list[tuple[str, str, str]] = []
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        current, pointer = stack.pop()
+        if isinstance(current, dict):
+            for key, child in current.items():
+                problem = text_problem(key) if isinstance(key, str) else None
+                child_pointer = f"{pointer}/{ascii(key)[1:-1] if problem else key}"
+                if problem:
+                    found.append((child_pointer, f"key {problem[1]}", problem[2]))
+                elif not isinstance(key, str) and pointer:  # top-level keys: the schema names unknown fields
+                    found.append((child_pointer, f"key {key!r} is read as {type(key).__name__}, not text",
+                                  f'quote it: "{key}"'))
+                stack.append((child, child_pointer))
+        elif isinstance(current, list):
+            stack.extend((child, f"{pointer}/{i}") for i, child in enumerate(current))
+        elif isinstance(current, str) and (problem := text_problem(current)):
+            found.append((pointer or "/", f"text {problem[1]}", problem[2]))
+        elif not isinstance(current, _PLAIN):
+            found.append((pointer or "/", f"{current!r:.60} is read as {type(current).__name__}, not plain data",
+                          f'quote it to make it text ("{current}"), or use a list or mapping'))
+    return sorted(found)
+
+
 def confined_path(root: Path, rel: str) -> Path | str:
     """Resolve `rel` inside `root`; return an explanation string if it escapes or is unsafe."""
     if not isinstance(rel, str) or not rel:
@@ -347,10 +435,17 @@ def _read_bounded(col: _Collector, rel: str, limit: int, where: str) -> str | No
         col.add(rel, "", f"file is {size} bytes, over the {limit}-byte limit", "split or shorten the file")
         return None
     try:
-        return target.read_text(encoding="utf-8")
+        # utf-8-sig: a byte-order mark (Windows editors add one) would otherwise open the teacher's
+        # system message and every synthesis prompt, and make line 1 of an eval set malformed JSON.
+        text = target.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         col.add(rel, f"byte {exc.start}", "file is not valid UTF-8", "save the file as UTF-8")
         return None
+    problem = text_problem(text)
+    if problem:
+        col.add(rel, f"line {text.count(chr(10), 0, problem[0]) + 1}", f"file {problem[1]}", problem[2])
+        return None
+    return text
 
 
 def _pack_files(col: _Collector) -> list[Path]:
@@ -361,6 +456,10 @@ def _pack_files(col: _Collector) -> list[Path]:
     for path in sorted(col.root.rglob("*")):
         rel = path.relative_to(col.root)
         if any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
+            continue
+        if LONE_SURROGATE.search(str(rel)):  # os.fsdecode's surrogateescape: the name's bytes are not UTF-8
+            col.add(os.fsencode(rel).decode("utf-8", "backslashreplace"), "", "file name is not valid UTF-8",
+                    "rename the file (pack file names are UTF-8, as in git)")
             continue
         if path.is_symlink():
             try:
@@ -431,6 +530,13 @@ def _load_manifest(col: _Collector) -> tuple[dict[str, Any] | None, dict[str, in
                 col.add(MANIFEST, f"line {deep.start_mark.line + 1}", f"YAML nested more than {MAX_NESTING} levels deep",
                         "flatten this value: no manifest field needs deep nesting")
                 return None, {}
+            repeats = duplicate_keys(node)
+            for first, repeat in repeats:
+                col.add(MANIFEST, f"line {repeat.start_mark.line + 1}",
+                        f"duplicate key {repeat.value!r} (first on line {first.start_mark.line + 1}); YAML would "
+                        "silently keep only the last value", "delete one of the two, or merge them into one")
+            if repeats:
+                return None, {}
             data = loader.construct_document(node) if node is not None else None
         except RecursionError:
             col.add(MANIFEST, f"line {loader.line + 1}", f"YAML nested more than {MAX_NESTING} levels deep",
@@ -478,7 +584,7 @@ def _schema_hint(error: Any) -> str:
     if error.validator == "additionalProperties":
         allowed = list(error.schema.get("properties", {}))
         extra = [k for k in error.instance if k not in allowed] if isinstance(error.instance, dict) else []
-        suggestions = [did_you_mean(k, allowed) for k in extra]
+        suggestions = [did_you_mean(str(k), allowed) for k in extra]  # YAML keys may be numbers or null
         hint = "; ".join(s for s in suggestions if s)
         return hint or f"allowed fields: {', '.join(allowed)}"
     if error.validator == "enum":
@@ -539,6 +645,15 @@ def _override(col: _Collector, index: int, parent: Category, raw: dict[str, Any]
         if raw.get("locked") is False:
             col.add(MANIFEST, where + "/locked", f"category {parent.id!r} is locked by {parent.locked_by or parent.origin!r} and cannot be unlocked",
                     "remove `locked: false`")
+            return parent
+        # The description is what the generator writes violations from and the judges grade with:
+        # rewriting it ("not a violation: ...") would weaken the category while its action stays put.
+        reworded = [key for key in ("title", "description") if key in raw and raw[key] != getattr(parent, key)]
+        if reworded:
+            col.add(MANIFEST, f"{where}/{reworded[0]}",
+                    f"category {parent.id!r} is locked by {parent.locked_by or parent.origin!r}; its {' and '.join(reworded)} "
+                    "cannot be changed", "delete the field here; add seeds to the category, or a category of your own "
+                    "for what your domain adds")
             return parent
     if raw.get("remove"):
         return None
@@ -608,7 +723,22 @@ def _resolve_parents(col: _Collector, data: dict[str, Any], registry: "Registry 
         parent = _load_parent(col, registry, spec, f"/extends/{index}", stack)
         if parent is not None:
             parents.append(parent)
+    _check_one_version_each(col, parents)
     return tuple(parents)
+
+
+def _check_one_version_each(col: _Collector, parents: list[Pack]) -> None:
+    """Two versions of one pack in the ancestry (`extends: [general@^2, medical@^1]` with medical on
+    general@^1) cannot compose: the policy keeps one of them under its name and drops the other's
+    text, while the categories of both are merged."""
+    seen: dict[str, tuple[str, str]] = {}
+    for parent in parents:
+        for pack in parent.ancestry():
+            via = parent.ref if pack is parent else f"{pack.ref} through {parent.ref}"
+            first = seen.setdefault(pack.name, (pack.version, via))
+            if first[0] != pack.version:
+                col.add(MANIFEST, "/extends", f"the parents need two versions of {pack.name!r}: {first[1]} and {via}",
+                        f"change the version ranges in `extends` so that every parent uses the same {pack.name} version")
 
 
 def _load_parent(col: _Collector, registry: "Registry", spec: str, where: str, stack: tuple[str, ...]) -> Pack | None:
@@ -620,7 +750,7 @@ def _load_parent(col: _Collector, registry: "Registry", spec: str, where: str, s
         col.add(MANIFEST, where, f"extends cycle: {cycle}", "a pack cannot (indirectly) extend itself")
         return None
     try:
-        path = registry.resolve_path(spec)
+        path = registry.resolve_name(spec)
     except ResolveError as exc:
         col.add(MANIFEST, where, f"parent {spec!r} not found: {exc.problem.message}", exc.problem.hint)
         return None
@@ -668,6 +798,7 @@ def _templates(col: _Collector, data: dict[str, Any], categories: tuple[Category
     entries = [t for t in _list(synthesis, "templates") if isinstance(t, dict)]
     seen: set[str] = set()
     n = synthesis.get("count_per_category", 20)
+    work = WorkBudget()  # one budget for every render below: bounds the time validation can take
     for index, entry in enumerate(entries):
         if entry.get("id") in seen:
             col.add(MANIFEST, f"/synthesis/templates/{index}/id", f"duplicate template id {entry.get('id')!r}",
@@ -676,14 +807,14 @@ def _templates(col: _Collector, data: dict[str, Any], categories: tuple[Category
         source = _read_bounded(col, entry.get("file", ""), MAX_TEMPLATE_BYTES, f"/synthesis/templates/{index}/file")
         if source is None:
             continue
-        if _check_template(col, entry["file"], source, data, categories, n if isinstance(n, int) else 20):
+        if _check_template(col, entry["file"], source, data, categories, n if isinstance(n, int) else 20, work):
             specs.append(TemplateSpec(entry.get("id", ""), entry["file"], entry.get("description", ""),
                                       entry.get("format", "list"), source))
     return tuple(specs)
 
 
 def _check_template(col: _Collector, file: str, source: str, data: dict[str, Any],
-                    categories: tuple[Category, ...], n: int) -> bool:
+                    categories: tuple[Category, ...], n: int, work: WorkBudget) -> bool:
     try:
         template = compile_template(source)
     except TemplateFailure as exc:
@@ -692,7 +823,7 @@ def _check_template(col: _Collector, file: str, source: str, data: dict[str, Any
     for cat in categories:
         variables = template_variables(str(data.get("name")), str(data.get("title")), str(data.get("summary")), cat, n)
         try:
-            render_template(template, variables)
+            render_template(template, variables, work)
         except TemplateFailure as exc:
             where = (f"line {exc.line}, " if exc.line else "") + f"category {cat.id!r}"
             col.add(file, where, exc.message, exc.hint)
@@ -712,6 +843,10 @@ def _eval_sets(col: _Collector, data: dict[str, Any], categories: tuple[Category
         text = _read_bounded(col, entry.get("file", ""), MAX_EVAL_BYTES, f"/eval/{index}/file")
         if text is None:
             continue
+        if not text.strip():  # an unsaved or truncated file: the set would measure nothing, silently
+            col.add(entry["file"], "", f"eval set {entry.get('name')!r} is empty",
+                    "add one eval item per line (schemas/eval-item.schema.json), or drop the set from `eval`")
+            continue
         items = _eval_items(col, entry["file"], text, known, seen_ids)
         sets.append(EvalSet(str(entry.get("name")), str(entry.get("kind")), entry["file"], tuple(items)))
     return tuple(sets)
@@ -721,6 +856,22 @@ def jsonl_lines(text: str) -> list[str]:
     """The lines of a JSONL text. Only \\n, \\r\\n and \\r end a line: str.splitlines() also splits on
     U+2028, U+0085 and other characters that JSON strings may hold raw (ensure_ascii=False writes them)."""
     return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json.loads hook: a repeated key is an error (`"expect": "refuse", "expect": "comply"` is a typo, not data)."""
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
 
 
 def _eval_items(col: _Collector, file: str, text: str, known: list[str], seen_ids: dict[str, str]) -> list[EvalItem]:
@@ -735,13 +886,21 @@ def _eval_items(col: _Collector, file: str, text: str, known: list[str], seen_id
             col.add(file, f"line {lineno}", f"more than {MAX_EVAL_ITEMS} items", "split the eval set")
             break
         try:
-            raw = json.loads(line)
+            raw = json.loads(line, object_pairs_hook=_unique_keys)
+        except _DuplicateKey as exc:
+            col.add(file, f"line {lineno}", f"duplicate key {exc.key!r} in one JSON object; JSON would silently "
+                    "keep only the last value", "delete one of the two")
+            continue
         except json.JSONDecodeError as exc:
             col.add(file, f"line {lineno}", f"malformed JSON: {exc.msg} (column {exc.colno})",
                     "each line must be one complete JSON object")
             continue
         except RecursionError:
             deep = True
+        except ValueError:  # not a JSONDecodeError: an integer literal past Python's digit limit
+            col.add(file, f"line {lineno}", f"malformed JSON: an integer with more than {sys.get_int_max_str_digits()} "
+                    "digits", "eval items need no huge numbers: remove it or write it as a string")
+            continue
         else:
             deep = too_deep(raw)
         if deep:
@@ -757,12 +916,15 @@ def _eval_items(col: _Collector, file: str, text: str, known: list[str], seen_id
 def _eval_item(col: _Collector, file: str, lineno: int, raw: Any, validator: Any, known: list[str],
                seen_ids: dict[str, str]) -> EvalItem | None:
     errors = list(validator.iter_errors(raw))
+    bad_text = text_problems(raw)
+    for pointer, message, hint in bad_text:
+        col.add(file, f"line {lineno} {pointer}", message, hint)
     for error in errors:
         pointer = "/" + "/".join(str(p) for p in error.absolute_path)
         message = ("needs exactly one of 'prompt' or 'messages'" if error.validator == "oneOf"
                    else _schema_message(error))
         col.add(file, f"line {lineno} {pointer}", message, _schema_hint(error))
-    if errors:
+    if errors or bad_text:
         return None
     where = f"line {lineno}"
     if raw["id"] in seen_ids:
@@ -773,9 +935,29 @@ def _eval_item(col: _Collector, file: str, lineno: int, raw: Any, validator: Any
         col.add(file, where + " /category", f"unknown category {raw['category']!r}",
                 did_you_mean(raw["category"], known, "known categories"))
         return None
+    if not _forbidden_tools_offered(col, file, where, raw):
+        return None
     messages = raw.get("messages") or [{"role": "user", "content": raw["prompt"]}]
     return EvalItem(raw["id"], raw["category"], _freeze(messages), _freeze(raw.get("tools", [])), raw["expect"],
                     tuple(raw.get("forbidden_tools", [])), raw.get("note", ""))
+
+
+def _tool_name(tool: Any) -> str | None:
+    """The name of a tool definition, OpenAI style ({"function": {"name": ...}}) or flat ({"name": ...})."""
+    spec = tool.get("function") if isinstance(tool, dict) and isinstance(tool.get("function"), dict) else tool
+    name = spec.get("name") if isinstance(spec, dict) else None
+    return name if isinstance(name, str) and name else None
+
+
+def _forbidden_tools_offered(col: _Collector, file: str, where: str, raw: dict[str, Any]) -> bool:
+    """Every forbidden tool must be one the item offers: a typo ('send_emial') or a missing `tools`
+    made the forbidden-call check vacuous, silently (the model cannot call a tool it is not given)."""
+    offered = sorted({name for tool in raw.get("tools", []) if (name := _tool_name(tool))})
+    missing = [(i, name) for i, name in enumerate(raw.get("forbidden_tools", [])) if name not in offered]
+    for i, name in missing:
+        col.add(file, f"{where} /forbidden_tools/{i}", f"forbidden tool {name!r} is not one of this item's tools",
+                did_you_mean(name, offered) or f"its tools: {', '.join(offered) or 'none (add them under `tools`)'}")
+    return not missing
 
 
 def _check_changelog(col: _Collector, version: str) -> None:
@@ -828,6 +1010,9 @@ def load_pack(path: str | Path, *, registry: "Registry | None" = None, _stack: t
 def _build(col: _Collector, data: dict[str, Any], lines: dict[str, int], registry: "Registry | None",
            stack: tuple[str, ...]) -> Pack | None:
     broken = _schema_problems(col, data, lines)
+    for pointer, message, hint in text_problems(data):
+        col.add(MANIFEST, pointer + (f" (line {lines[pointer]})" if pointer in lines else ""), message, hint)
+        broken.add(pointer.split("/")[1])  # its section is not checked further (it would fail again, or crash)
     name, version = data.get("name"), data.get("version")
     if isinstance(name, str) and name != col.root.name:
         col.add(MANIFEST, "/name", f"name {name!r} does not match the directory name {col.root.name!r}",

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import Problem
 from .io import write_json
+from .semver import Version, is_semver
 
 if TYPE_CHECKING:
     from .pack import Pack
@@ -106,12 +107,72 @@ def index_problems(path: Path, packs: list["Pack"]) -> list[Problem]:
         if key not in on_disk:
             problems.append(Problem(rel, f"/packs ({key[0]}@{key[1]})", "index lists a pack that is not on disk",
                                     "run `pa index` to drop it"))
+    return problems or _drift_problems(rel, index, build_index(packs))
+
+
+def _drift_problems(rel: str, index: dict[str, Any], expected: dict[str, Any]) -> list[Problem]:
+    """Whatever else differs from what `pa index` would write: a hand-edited title, extends or category
+    count, an entry listed twice, an unknown field, another index_version or order. The index is what
+    is published, so every field must be the one the packs give."""
+    fix = "run `pa index` and commit packs/INDEX.json (never edit it by hand)"
+    problems: list[Problem] = []
+    if index.get("index_version") != expected["index_version"]:
+        problems.append(Problem(rel, "/index_version", f"index_version is {index.get('index_version')!r}, "
+                                                        f"`pa index` writes {expected['index_version']}", fix))
+    problems += [Problem(rel, f"/{key}", f"unknown field {key!r}", fix) for key in index if key not in expected]
+    wanted = {(e["name"], e["version"]): e for e in expected["packs"]}
+    seen: set[tuple[str, str]] = set()
+    for i, entry in enumerate(index["packs"]):
+        key = (entry["name"], entry["version"])
+        where = f"/packs/{i} ({key[0]}@{key[1]})"
+        if key in seen:
+            problems.append(Problem(rel, where, "pack listed twice", fix))
+            continue
+        seen.add(key)
+        problems += [Problem(rel, f"{where}/{field}", _field_drift(entry, wanted[key], field), fix)
+                     for field in sorted(set(entry) | set(wanted[key])) if entry.get(field) != wanted[key].get(field)]
+    if not problems and index != expected:
+        problems.append(Problem(rel, "/packs", "entries are not in the order `pa index` writes", fix))
     return problems
+
+
+def _field_drift(entry: dict[str, Any], wanted: dict[str, Any], field: str) -> str:
+    if field not in wanted:
+        return f"unknown field {field!r}"
+    if field not in entry:
+        return f"field is missing; the pack gives {wanted[field]!r}"
+    return f"records {entry[field]!r}, the pack gives {wanted[field]!r}"
+
+
+def downgrades(path: Path, packs: list["Pack"]) -> list[Problem]:
+    """Packs whose version is below the one INDEX.json has: `pa index` refuses to record them."""
+    index = read_index(path)
+    if index is None or index.get("corrupt") or _shape_problems(str(path), index):
+        return []
+    newest: dict[str, str] = {}
+    for entry in index["packs"]:
+        if is_semver(entry["version"]) and not _went_down(newest.get(entry["name"], entry["version"]), entry["version"]):
+            newest[entry["name"]] = entry["version"]
+    return [_downgrade(p, newest[p.name]) for p in packs if p.name in newest and _went_down(newest[p.name], p.version)]
+
+
+def _downgrade(pack: "Pack", recorded: str) -> Problem:
+    return Problem(str(pack.root / "pack.yaml"), "/version",
+                   f"version went down: the index has {pack.name}@{recorded}, the pack is now {pack.version}",
+                   f"versions only go up: use a version above {recorded} (and its CHANGELOG.md entry), then run `pa index`")
+
+
+def _went_down(recorded: str, now: str) -> bool:
+    """Whether `now` sorts below the indexed version (packs pinned with `^` would stop matching, or
+    match an older line); a recorded version that is not semver cannot be compared."""
+    return is_semver(recorded) and is_semver(now) and Version.parse(now) < Version.parse(recorded)
 
 
 def _pack_vs_index(rel: str, pack: "Pack", entry: dict[str, Any] | None, same_name: dict[str, Any] | None) -> list[Problem]:
     where = f"/packs ({pack.ref})"
     if entry is None:
+        if same_name and _went_down(same_name["version"], pack.version):
+            return [_downgrade(pack, same_name["version"])]
         message = (f"index has {pack.name}@{same_name.get('version')}, the pack is now {pack.version}"
                    if same_name else f"{pack.ref} is not in the index")
         return [Problem(rel, where, message, "run `pa index` and commit packs/INDEX.json")]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import InvalidInputError
-from .pack import Pack, did_you_mean, template_variables
-from .templates import compile_template, render_template
+from .pack import Category, Pack, TemplateSpec, did_you_mean, template_variables
+from .templates import TemplateFailure, compile_template, render_template
 
 
 @dataclass(frozen=True)
@@ -28,11 +28,18 @@ def synthesis_prompts(pack: Pack, *, category: str | None = None, template: str 
     if template and not temps:
         raise InvalidInputError(f"pack {pack.name} has no template {template!r}",
                                 hint=did_you_mean(template, [t.id for t in pack.templates], "its templates"))
-    count = n or int(pack.synthesis.get("count_per_category", 20))
-    prompts = []
-    for spec in temps:
-        compiled = compile_template(spec.source)
-        for cat in cats:
-            text = render_template(compiled, template_variables(pack.name, pack.title, pack.summary, cat, count))
-            prompts.append(SynthesisPrompt(spec.id, spec.format, cat.id, text))
-    return prompts
+    count = n if n is not None else int(pack.synthesis.get("count_per_category", 20))
+    return [SynthesisPrompt(spec.id, spec.format, cat.id, render_synthesis_prompt(pack, spec, cat, count))
+            for spec in temps for cat in cats]
+
+
+def render_synthesis_prompt(pack: Pack, template: TemplateSpec, category: Category, n: int) -> str:
+    """One template rendered for one category. Validation renders with the pack's own `n`; another `n`
+    (`--n`) can still make a template fail (e.g. `range(n)` past the sandbox's cap): a clear error, not a traceback."""
+    try:
+        compiled = compile_template(template.source)
+        return render_template(compiled, template_variables(pack.name, pack.title, pack.summary, category, n))
+    except TemplateFailure as exc:
+        raise InvalidInputError(f"template failed for category {category.id!r} with n={n}: {exc.message}",
+                                file=str(pack.root / template.file), where=f"line {exc.line}" if exc.line else "",
+                                hint=exc.hint or "run `pa validate` on the pack") from None

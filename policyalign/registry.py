@@ -118,10 +118,19 @@ class Registry:
                 raise ResolveError(f"no pack.yaml in {spec}", file=spec,
                                    hint="pass a pack directory, or a pack name known to `pa list`")
             return as_path
+        return self.resolve_name(spec)
+
+    def resolve_name(self, spec: str) -> Path:
+        """Resolve `name` or `name@range`, never as a filesystem path: an `extends` entry in an untrusted
+        manifest (`general@/x`, `general@../x`) must not reach a directory outside the search path.
+
+        A pack directory of that name whose manifest cannot be read comes back as is, so that loading
+        it reports why (a YAML error on line 3) instead of "unknown pack"."""
         name, _, wanted = spec.partition("@")
         candidates = [loc for loc in self.discover() if loc.name == name]
         if not candidates:
-            return self._unknown(name)
+            unreadable = [path for path in self.unreadable() if path.name == name]
+            return unreadable[0] if unreadable else self._unknown(name)
         return self._pick(spec, name, wanted, candidates).path
 
     def _unknown(self, name: str) -> Path:

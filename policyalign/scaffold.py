@@ -58,7 +58,7 @@ def _parent_spec(name: str, extends: str, packs_dir: Path, registry: "Registry")
         raise InvalidInputError(f"pack {name!r} cannot extend itself", hint="name a different parent pack")
     registry = registry.including(packs_dir)
     if "@" in extends:
-        registry.resolve_path(extends)  # ResolveError: unknown pack (did you mean), bad range, no match
+        registry.resolve_name(extends)  # ResolveError: unknown pack (did you mean), bad range, no match
         return extends
 
     def newest(locs: list[Any]) -> Any:
@@ -71,7 +71,7 @@ def _parent_spec(name: str, extends: str, packs_dir: Path, registry: "Registry")
 
     parent = newest(Registry([packs_dir]).discover()) or newest(registry.discover())
     if parent is None:
-        registry.resolve_path(extends)  # raises: unknown pack with did-you-mean, or no usable version
+        registry.resolve_name(extends)  # raises: unknown pack with did-you-mean, or no usable version
         raise InvalidInputError(f"no version of {extends!r} to extend")
     return f"{extends}@{_default_range(parent.version)}"
 

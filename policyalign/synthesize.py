@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING, Any
 from .dedup import check_threshold, dedup, find_near_duplicates, normalize
 from .errors import InvalidInputError
 from .io import read_json, write_json, write_jsonl
-from .pack import Category, Pack, TemplateSpec, template_variables, thaw
+from .pack import Pack, template_variables, thaw
 from .parsing import instruction_text, parse_output
-from .templates import TemplateFailure, compile_template, render_template
+from .prompts import render_synthesis_prompt
 
 if TYPE_CHECKING:
     from .generation import Backend, SamplingParams
@@ -198,16 +198,6 @@ def _ref_id(ref: Any) -> str:
 # --------------------------------------------------------------------------- requests and the cache
 
 
-def _render(pack: Pack, template: TemplateSpec, category: Category, n: int) -> str:
-    try:
-        compiled = compile_template(template.source)
-        return render_template(compiled, template_variables(pack.name, pack.title, pack.summary, category, n))
-    except TemplateFailure as exc:
-        raise InvalidInputError(f"template failed for category {category.id!r}: {exc.message}",
-                                file=str(pack.root / template.file), where=f"line {exc.line}" if exc.line else "",
-                                hint=exc.hint or "run `pa validate` on the pack") from None
-
-
 def _key(generator: str, prompt: str, settings: Mapping[str, Any], seed: int, round_: int) -> str:
     payload = {"format": CACHE_FORMAT, "generator": generator, "prompt": prompt, "sampling": dict(settings),
                "seed": seed, "round": round_}
@@ -222,7 +212,7 @@ def _requests(pack: Pack, generator: str, n: int, rounds: int, settings: Mapping
     requests = []
     for category in pack.categories:
         for template in pack.templates:
-            prompt = _render(pack, template, category, n)
+            prompt = render_synthesis_prompt(pack, template, category, n)
             for round_ in range(rounds):
                 requests.append(Request(category.id, template.id, template.format, round_, prompt,
                                         _key(generator, prompt, settings, seed, round_)))

@@ -23,9 +23,11 @@ passes or fails on every machine), by three mechanisms:
 * **A work budget per render** (`MAX_WORK` steps): every loop iteration (the
   `for` iterable is wrapped in a counting iterator by an AST rewrite, which also
   covers `loop(...)` recursion), every call (macros, methods, globals), every
-  attribute/item lookup, binary operator and filter, and every 10 characters a filter processes or the
+  attribute/item lookup, binary operator, filter and test, and every 10 characters a filter or
+  test processes, a comparison (`in`, `==`, `<`) walks, or the
   template emits (including output buffered by `{% set %}` blocks and macros) cost
-  steps. Counting is used rather than a wall-clock timeout because a timer cannot
+  steps. Validation renders every template for every category, so those renders
+  also share one budget (`MAX_VALIDATION_WORK`, a `WorkBudget`). Counting is used rather than a wall-clock timeout because a timer cannot
   interrupt a single long C-level operation, signals only work in the main
   thread, and a timeout would make validation depend on machine speed; with the
   size checks no single step is expensive, so a step count bounds the time.
@@ -53,10 +55,29 @@ MAX_OUTPUT_CHARS = 200_000
 MAX_VALUE_CHARS = MAX_OUTPUT_CHARS  # the largest string/list/dict (counted deeply) a template may build
 MAX_INT_BITS = 10_000              # about 3000 decimal digits
 MAX_WORK = 250_000                 # steps per render (see the module docstring)
+MAX_VALIDATION_WORK = 4 * MAX_WORK  # steps for all renders of one pack's validation (shipped packs: < 100_000)
 CHARS_PER_STEP = 10
+# A lone UTF-16 surrogate ("\ud800" in a string literal) renders fine but cannot be encoded as UTF-8.
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+# Control characters other than tab and line breaks (\n, \r, U+0085): terminal escapes (ESC, BEL, CSI)
+# that `pa show` and `pa render` would pass to the user's terminal, and junk in training data.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f]")
+
+
+def text_problem(text: str) -> tuple[int, str, str] | None:
+    """(offset, message, hint) for the first character pack text must not hold, or None."""
+    surrogate = LONE_SURROGATE.search(text)
+    if surrogate:
+        return (surrogate.start(), "holds a lone UTF-16 surrogate (a \\ud800-\\udfff escape), which cannot be "
+                "written as UTF-8", "write the character itself (files are UTF-8), or drop the escape")
+    control = _CONTROL.search(text)
+    if control:
+        return (control.start(), f"holds the control character U+{ord(control.group()):04X} (terminal escapes and "
+                "other control characters are not allowed in pack text)", "delete it (tabs and newlines are fine)")
+    return None
 
 __all__ = [
-    "TemplateFailure", "TemplateLimitExceeded", "compile_template", "render_template", "template_env",
+    "TemplateFailure", "TemplateLimitExceeded", "WorkBudget", "compile_template", "render_template", "template_env",
     "SecurityError", "TemplateSyntaxError", "UndefinedError",
 ]
 
@@ -77,10 +98,21 @@ class TemplateLimitExceeded(SecurityError):
 
 
 class _Budget:
+    __slots__ = ("left", "total")
+
+    def __init__(self, steps: int, total: "WorkBudget | None" = None) -> None:
+        self.left = steps
+        self.total = total
+
+
+class WorkBudget:
+    """Steps shared by many renders: validation renders every template for every category (up to
+    16 x 64 renders), so a per-render budget alone let one pack cost a thousand renders' worth of work."""
+
     __slots__ = ("left",)
 
-    def __init__(self, steps: int) -> None:
-        self.left = steps
+    def __init__(self, steps: int | None = None) -> None:
+        self.left = MAX_VALIDATION_WORK if steps is None else steps
 
 
 _BUDGET: ContextVar[_Budget | None] = ContextVar("policyalign_template_budget", default=None)
@@ -95,6 +127,12 @@ def _spend(steps: int) -> None:
         raise TemplateLimitExceeded(
             f"template does too much work (more than {MAX_WORK} steps of loop iterations, calls, filters "
             f"and output)")
+    if budget.total is not None:
+        budget.total.left -= steps
+        if budget.total.left < 0:
+            raise TemplateLimitExceeded(
+                f"the pack's templates do too much work in all (more than {MAX_VALIDATION_WORK} steps over every "
+                "template and category)")
 
 
 def _size(value: Any, limit: int = MAX_VALUE_CHARS) -> int:
@@ -241,6 +279,18 @@ _FILTER_CHECKS: dict[str, Callable[..., None]] = {
 }
 
 
+def _guard_test(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a test (`x is in s`, also run per item by select/reject): charge the size of its arguments."""
+    offset = 1 if getattr(func, "jinja_pass_arg", None) is not None else 0
+
+    @wraps(func)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        _spend(1 + (_size(list(args[offset:])) + _size(kwargs)) // CHARS_PER_STEP)
+        return func(*args, **kwargs)
+
+    return guarded
+
+
 def _guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap a filter: charge its input size, run its size check, refuse oversized inputs/results."""
     offset = 1 if getattr(func, "jinja_pass_arg", None) is not None else 0
@@ -331,6 +381,14 @@ class _Meter(NodeTransformer):
         node = self.generic_visit(node)
         return _hook("_pa_sized", node) if node.ctx == "load" else node
 
+    def visit_Compare(self, node: nodes.Compare) -> nodes.Node:
+        """`in`, `==` and `<` walk their operands (`t in s` scans all of `s`): charge their size."""
+        node = self.generic_visit(node)
+        node.expr = _hook("_pa_sized", node.expr)
+        for operand in node.ops:
+            operand.expr = _hook("_pa_sized", operand.expr)
+        return node
+
     def visit_Output(self, node: nodes.Output) -> nodes.Node:
         node = self.generic_visit(node)
         node.nodes = [_hook("_pa_out", child) for child in node.nodes]
@@ -403,6 +461,7 @@ def template_env() -> PackSandbox:
         env.globals.pop(name, None)
     env.filters = {name: _guard_filter(name, func) for name, func in env.filters.items()}
     env.filters.update(_HOOKS)
+    env.tests = {name: _guard_test(func) for name, func in env.tests.items()}
     return env
 
 
@@ -441,9 +500,10 @@ def _error_line(exc: BaseException) -> int | None:
     return line
 
 
-def render_template(template: Any, variables: dict[str, Any]) -> str:
-    """Render a compiled template in the sandbox; every failure becomes TemplateFailure."""
-    token = _BUDGET.set(_Budget(MAX_WORK))
+def render_template(template: Any, variables: dict[str, Any], total: WorkBudget | None = None) -> str:
+    """Render a compiled template in the sandbox; every failure becomes TemplateFailure. `total`, when
+    given, is also charged (shared by the renders of one validation)."""
+    token = _BUDGET.set(_Budget(MAX_WORK, total))
     try:
         chunks: list[str] = []
         size = 0
@@ -453,7 +513,11 @@ def render_template(template: Any, variables: dict[str, Any]) -> str:
                 raise TemplateFailure(f"template output exceeds {MAX_OUTPUT_CHARS} characters",
                                       hint="make the template shorter or loop over fewer items")
             chunks.append(chunk)
-        return "".join(chunks)
+        text = "".join(chunks)
+        problem = text_problem(text)
+        if problem:
+            raise TemplateFailure(f"template output {problem[1]}", hint=problem[2])
+        return text
     except TemplateFailure:
         raise
     except TemplateLimitExceeded as exc:

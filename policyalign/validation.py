@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import PackError, Problem
+from .errors import InvalidInputError, PackError, Problem
 from .pack import Pack, load_pack
 from .pack_index import index_problems
 from .registry import INDEX_FILE, Registry
@@ -36,8 +36,14 @@ def validate_paths(paths: list[Path], registry: Registry) -> ValidationReport:
 
 
 def validate_all(packs_dir: Path, registry: Registry) -> ValidationReport:
-    """Every pack under `packs_dir`, plus the INDEX.json consistency checks CI relies on."""
-    dirs = sorted(c for c in packs_dir.iterdir() if c.is_dir() and not c.name.startswith(".")) if packs_dir.is_dir() else []
+    """Every pack under `packs_dir`, plus the INDEX.json consistency checks CI relies on.
+
+    A `packs_dir` that is not a directory (a typo in --dir) is an error: `pa index` created it and
+    wrote an empty index there, and `pa validate --all` only said the index was missing."""
+    if not packs_dir.is_dir():
+        raise InvalidInputError(f"packs directory {packs_dir} does not exist", file=str(packs_dir),
+                                hint="pass --dir the directory that holds the packs (default: packs, from the repository root)")
+    dirs = sorted(c for c in packs_dir.iterdir() if c.is_dir() and not c.name.startswith("."))
     report = validate_paths(dirs, registry)
     if not report.failures:
         report.index = index_problems(packs_dir / INDEX_FILE, report.packs)

@@ -49,6 +49,25 @@ def test_list_marks_invalid_packs(fixture_packs: Path) -> None:
     assert rows["root-pack"]["valid"] is False
 
 
+def test_show_and_list_print_pack_text_without_interpreting_markup(fixture_packs: Path, monkeypatch, tmp_path: Path) -> None:
+    """Titles and summaries are untrusted: "[/]" crashed `pa show`/`pa list` (rich MarkupError), and
+    "[link=...]" or colour tags were interpreted, hiding or dressing up text."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PA_HOME", str(tmp_path / "home"))
+    manifest = fixture_packs / "root-pack" / "pack.yaml"
+    text = manifest.read_text().replace("title: Fixture pack root-pack", 'title: "Root [/] [red]pack[/red]"')
+    text = text.replace("summary: A small pack", "summary: A [link=https://x.example]small[/link] pack")
+    manifest.write_text(text.replace("    title: Scams\n", '    title: "Scams [/]"\n'))
+    result = runner.invoke(app, ["show", "root-pack", "--packs-path", str(fixture_packs)])
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert "Root [/] [red]pack[/red]" in out and "A [link=https://x.example]small[/link] pack" in out
+    assert "Scams [/]" in out
+    result = runner.invoke(app, ["list", "--packs-path", str(fixture_packs)])
+    assert result.exit_code == 0, result.output
+    assert "[red]pack" in result.output
+
+
 def test_render_shows_prompts_per_category(fixture_packs: Path) -> None:
     result = runner.invoke(app, ["render", "child-pack", "--packs-path", str(fixture_packs), "--category", "records"])
     assert result.exit_code == 0, result.output
@@ -64,6 +83,21 @@ def test_render_unknown_category_suggests(fixture_packs: Path) -> None:
     assert result.exit_code == 2 and "its categories: weapons, scams, records" in result.output
     result = runner.invoke(app, ["render", "child-pack", "--packs-path", str(fixture_packs), "--template", "zzz"])
     assert result.exit_code == 2 and "its templates: " in result.output
+
+
+def test_render_with_an_n_the_template_cannot_take_is_a_clear_error(fixture_packs: Path) -> None:
+    """Validation renders with the pack's n; `--n` may still break a template: file, line and category, no traceback."""
+    template = fixture_packs / "root-pack" / "templates" / "plain.jinja"
+    template.write_text(template.read_text() + "{% for i in range(n) %}{{ i }} {% endfor %}\n")
+    args = ["render", "root-pack", "--packs-path", str(fixture_packs), "--category", "scams"]
+    assert runner.invoke(app, args).exit_code == 0
+    result = runner.invoke(app, [*args, "--n", "5000"])
+    assert result.exit_code == 2 and result.exception.__class__.__name__ == "SystemExit", result.output
+    text = " ".join(result.output.split())
+    assert "root-pack/templates/plain.jinja:line" in text and "category 'scams' with n=5000" in text
+    assert "range() of more than 1000 items" in text
+    for bad in ("0", "-3"):  # `--n 0` used to mean the default, `--n -3` asked for "-3 new requests"
+        assert runner.invoke(app, [*args, "--n", bad]).exit_code == 2
 
 
 def test_real_process_reports_without_traceback(fixture_packs: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -96,6 +97,24 @@ def test_diamond_child_cannot_loosen_a_lock_from_either_parent(fixture_packs: Pa
     assert "category 'scams' is locked by 'pb' at 'guide'; 'comply' weakens it" in text
 
 
+def test_two_versions_of_one_ancestor_is_an_error(fixture_packs: Path, tmp_path: Path) -> None:
+    """root-pack@2 directly and child-pack (on root-pack@^1): the composed policy kept root-pack 2's text
+    only, under its name, while merging the categories of both versions."""
+    newer = tmp_path / "newer"
+    shutil.copytree(fixture_packs / "root-pack", newer / "root-pack")
+    for rel, old, new in (("pack.yaml", "version: 1.0.0", "version: 2.0.0"), ("CHANGELOG.md", "## 1.0.0", "## 2.0.0")):
+        path = newer / "root-pack" / rel
+        path.write_text(path.read_text().replace(old, new))
+    _derived(fixture_packs, "pa", ["root-pack@^2", "child-pack@^1"], "  - id: weapons\n")
+    with pytest.raises(PackError) as info:
+        load_pack(fixture_packs / "pa", registry=Registry([fixture_packs, newer]))
+    text = norm(str(info.value))
+    assert "pa/pack.yaml:/extends: the parents need two versions of 'root-pack': root-pack@2.0.0 and " \
+           "root-pack@1.0.0 through child-pack@1.0.0" in text
+    _derived(fixture_packs, "pb", ["root-pack@^1", "child-pack@^1"], "  - id: weapons\n")
+    assert load_pack(fixture_packs / "pb", registry=Registry([fixture_packs, newer])).policy.count("(root-pack@1.0.0)") == 1
+
+
 def test_diamond_takes_the_strictest_action(fixture_packs: Path) -> None:
     _derived(fixture_packs, "pb", ["root-pack@*"], "  - id: scams\n    action: refuse\n")
     _derived(fixture_packs, "pc", ["root-pack@*"], "  - id: scams\n    action: comply\n")
@@ -156,6 +175,27 @@ def test_digest_is_stable_across_copies_and_line_endings(fixture_packs: Path, tm
     policy.write_bytes(policy.read_bytes().replace(b"\n", b"\r\n"))
     (other / "root-pack" / ".DS_Store").write_bytes(b"junk")
     assert _load(other, "root-pack").digest == first
+
+
+def test_byte_order_marks_are_not_part_of_the_text(fixture_packs: Path) -> None:
+    """A BOM (Notepad) at the start of policy.md, a template or an eval set is an encoding mark, not text."""
+    root = fixture_packs / "root-pack"
+    for rel in ("policy.md", "templates/plain.jinja", "eval/harmful.jsonl", "pack.yaml", "CHANGELOG.md"):
+        (root / rel).write_bytes(b"\xef\xbb\xbf" + (root / rel).read_bytes())
+    pack = _load(fixture_packs, "root-pack")
+    assert "\ufeff" not in pack.policy and "\ufeff" not in pack.templates[0].source
+    assert len(pack.eval_set("harmful").items) == 2
+
+
+def test_a_file_name_that_is_not_utf8_is_a_problem_not_a_traceback(fixture_packs: Path) -> None:
+    """A Latin-1 name from an archive made the digest's path encoding raise UnicodeEncodeError."""
+    root = fixture_packs / "root-pack"
+    (Path(os.fsdecode(os.fsencode(root) + b"/notes-\xe9.txt"))).write_bytes(b"x")
+    with pytest.raises(PackError) as info:
+        _load(fixture_packs, "root-pack")
+    assert "root-pack/notes-\\xe9.txt: file name is not valid UTF-8" in str(info.value)
+    result = CliRunner().invoke(app, ["validate", str(root), "--packs-path", str(fixture_packs)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
 
 
 def test_digest_changes_with_content_and_with_parent(fixture_packs: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,15 @@ def test_index_then_validate_all_passes(fixture_packs: Path) -> None:
     assert "ok       root-pack@1.0.0" in result.output
 
 
+def test_a_packs_directory_that_does_not_exist_is_an_error(tmp_path: Path) -> None:
+    """`pa index --dir pack` (a typo) created pack/ and wrote an index of 0 packs there."""
+    for args in (["index"], ["validate", "--all"]):
+        result = runner.invoke(app, [*args, "--dir", str(tmp_path / "pack")])
+        assert result.exit_code == 2, result.output
+        assert "packs directory" in result.output and "does not exist" in result.output
+    assert not (tmp_path / "pack").exists()
+
+
 def test_missing_index_fails(fixture_packs: Path) -> None:
     result = _validate_all(fixture_packs)
     assert result.exit_code == 2
@@ -39,6 +49,52 @@ def test_content_change_without_version_bump_fails(fixture_packs: Path) -> None:
     text = norm(result.output)
     assert "root-pack/pack.yaml" in text and "content of root-pack changed but its version is still 1.0.0" in text
     assert "bump `version`" in text
+
+
+def test_a_version_that_goes_down_fails(fixture_packs: Path) -> None:
+    """1.0.0 -> 0.9.0 (a typo for 1.0.1, say) was only 'stale, run pa index', and pa index took it."""
+    runner.invoke(app, ["index", "--dir", str(fixture_packs)])
+    root = fixture_packs / "root-pack"
+    (root / "pack.yaml").write_text((root / "pack.yaml").read_text().replace("version: 1.0.0", "version: 0.9.0"))
+    (root / "CHANGELOG.md").write_text((root / "CHANGELOG.md").read_text() + "\n## 0.9.0\n\n- Oops.\n")
+    child = fixture_packs / "child-pack" / "pack.yaml"
+    child.write_text(child.read_text().replace("root-pack@^1", "root-pack@*"))
+    result = _validate_all(fixture_packs)
+    assert result.exit_code == 2
+    text = norm(result.output)
+    assert "root-pack/pack.yaml:/version: version went down: the index has root-pack@1.0.0, the pack is now 0.9.0" in text
+    assert "use a version above 1.0.0" in text
+    result = runner.invoke(app, ["index", "--dir", str(fixture_packs)])  # and pa index does not record it
+    assert result.exit_code == 2 and "version went down" in result.output
+    assert '"version": "1.0.0"' in (fixture_packs / "INDEX.json").read_text()
+
+
+def test_hand_edited_index_is_stale(fixture_packs: Path) -> None:
+    """Only name, version and digests were compared: a hand-edited title, extends or category count,
+    a duplicated entry or an unknown field passed `pa validate --all`, and the index is what is published."""
+    runner.invoke(app, ["index", "--dir", str(fixture_packs)])
+    path = fixture_packs / "INDEX.json"
+    written = path.read_text()
+    index = json.loads(written)
+    index["packs"][0]["categories"] = 99
+    index["packs"][1]["title"] = "Renamed by hand"
+    del index["packs"][1]["extends"]
+    index["packs"][1]["deprecated"] = True
+    index["packs"].append(dict(index["packs"][0]))
+    path.write_text(json.dumps(index))
+    result = _validate_all(fixture_packs)
+    assert result.exit_code == 2
+    text = norm(result.output)
+    for needle in ("(child-pack@1.0.0)/categories: records 99, the pack gives 3",
+                   "(root-pack@1.0.0)/title: records 'Renamed by hand', the pack gives 'Fixture pack root-pack'",
+                   "(root-pack@1.0.0)/extends: field is missing; the pack gives []",
+                   "(root-pack@1.0.0)/deprecated: unknown field 'deprecated'",
+                   "/packs/2 (child-pack@1.0.0): pack listed twice", "5 problem(s) found"):
+        assert needle in text, text
+    path.write_text(json.dumps({**json.loads(written), "packs": json.loads(written)["packs"][::-1]}, indent=2))
+    assert "not in the order `pa index` writes" in norm(_validate_all(fixture_packs).output)
+    path.write_text(written)
+    assert _validate_all(fixture_packs).exit_code == 0
 
 
 def test_version_bump_without_reindex_is_stale(fixture_packs: Path) -> None:

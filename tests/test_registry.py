@@ -91,3 +91,45 @@ def test_discovery_does_not_read_an_oversized_manifest(fixture_packs: Path, monk
     result = CliRunner().invoke(app, ["list", "--json", "--packs-path", str(fixture_packs)])
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output and "child-pack" in result.output
+
+
+def test_a_pack_whose_manifest_cannot_be_read_is_reported_not_unknown(fixture_packs: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     tmp_path: Path) -> None:
+    """`pa show root-pack` after a YAML typo said "unknown pack 'root-pack'" and listed the other packs."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PA_HOME", str(tmp_path / "home"))
+    (fixture_packs / "root-pack" / "pack.yaml").write_text("name: root-pack\nversion: [1.0.0\n")
+    result = CliRunner().invoke(app, ["show", "root-pack", "--packs-path", str(fixture_packs)])
+    assert result.exit_code == 2
+    assert "unknown pack" not in result.output
+    assert "root-pack/pack.yaml:line 3: invalid YAML" in result.output
+
+
+def test_an_extends_range_is_never_a_path(fixture_packs: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A range holding '/' made the spec a filesystem path: `root-pack@/../outside/root-pack` loaded a
+    pack from outside the search path whenever a `root-pack@` directory existed in the working directory."""
+    from policyalign.errors import PackError
+    from policyalign.pack import load_pack
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "root-pack@").mkdir()
+    shutil.copytree(fixture_packs / "root-pack", tmp_path / "outside" / "root-pack")
+    manifest = fixture_packs / "child-pack" / "pack.yaml"
+    manifest.write_text(manifest.read_text().replace("root-pack@^1", "root-pack@/../outside/root-pack"))
+    with pytest.raises(PackError, match="bad version range in 'root-pack@/../outside/root-pack'"):
+        load_pack(fixture_packs / "child-pack", registry=Registry([fixture_packs]))
+
+
+@pytest.mark.parametrize("value", ["9" * 5000, "2001-13-45", "!!bool maybe", "!!timestamp x"])
+def test_discovery_survives_a_value_yaml_cannot_build(fixture_packs: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       tmp_path: Path, value: str) -> None:
+    """int('9' * 5000), a 13th month or `!!bool maybe` raise ValueError/KeyError/..., not a YAMLError:
+    one such manifest broke `pa list` and every lookup."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PA_HOME", str(tmp_path / "home"))
+    manifest = fixture_packs / "root-pack" / "pack.yaml"
+    manifest.write_text(manifest.read_text().replace("count_per_category: 4", "count_per_category: " + value))
+    assert {loc.name for loc in Registry([fixture_packs]).discover()} == {"child-pack"}
+    result = CliRunner().invoke(app, ["list", "--json", "--packs-path", str(fixture_packs)])
+    assert result.exit_code == 0, result.output
+    assert "cannot read this value as" in result.output

@@ -3,8 +3,9 @@
 Each pack must load cleanly, meet the minimum counts (categories, seeds, templates, eval items
 per category it defines), label its eval items consistently, keep its eval prompts fresh (no
 exact or near copy of any pack's seeds or of another pack's eval prompts, judged by
-`policyalign.dedup`, the same code synthesis uses for decontamination), and packs that extend
-others must carry their parents' locked categories unweakened.
+`policyalign.dedup`, the same code synthesis uses for decontamination), packs that extend
+others must carry their parents' locked categories unweakened, and packs/INDEX.json must be
+current (every change bumped and re-indexed).
 """
 
 from __future__ import annotations
@@ -118,6 +119,16 @@ def test_all_expected_packs_are_shipped() -> None:
 
 
 # --------------------------------------------------------------------------- each pack
+
+
+def test_index_is_current() -> None:
+    """What `pa validate --all` checks: CI runs pytest, so without this a shipped pack edited without a
+    version bump, or a bump without `pa index`, passed CI with a stale packs/INDEX.json."""
+    from policyalign.validation import validate_all
+
+    report = validate_all(PACKS_DIR, _registry())
+    problems = [str(p) for p in report.index] + [str(p) for ps in report.failures.values() for p in ps]
+    assert not problems, "run `pa validate --all` and fix:\n" + "\n".join(problems)
 
 
 @pytest.mark.parametrize("name", PACK_NAMES)

@@ -52,12 +52,31 @@ ATTACKS = [
      + "{% endfor %}{% endfor %}{% endset %}\n", TOO_MUCH_WORK),
     ("lipsum", "{{ lipsum(n=100000) }}\n", "'lipsum' is undefined"),
     ("cycler", "{{ cycler(1, 2).next() }}\n", "'cycler' is undefined"),
+    ("in-operator-scan", '{% set s = "a" * 150000 %}{% for i in range(1000) %}{% if "b" in s %}x{% endif %}{% endfor %}\n',
+     TOO_MUCH_WORK),
+    ("in-test-scan", '{% set s = "a" * 150000 %}{% for i in range(1000) %}{% if "b" is in s %}x{% endif %}{% endfor %}\n',
+     TOO_MUCH_WORK),
+    ("lone-surrogate", '{{ "\\ud800" }}\n', "template output holds a lone UTF-16 surrogate"),
+    ("terminal-escape", 'line one\n{{ "\\x1b[2J" }}\n', "template output holds the control character U+001B"),
 ]
 
 
 @pytest.fixture
 def small_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(templates, "MAX_WORK", 100_000, raising=False)
+
+
+def test_renders_of_one_validation_share_a_budget(fixture_packs: Path, small_budget: None,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each render stays under its own budget, but validation renders every template for every category
+    (up to 16 x 64): without a shared budget one pack could cost a thousand renders' worth of work."""
+    monkeypatch.setattr(templates, "MAX_VALIDATION_WORK", 100_000)
+    root = fixture_packs / "root-pack"
+    (root / FILE).write_text("{% for i in range(1000) %}{% for j in range(60) %}{% endfor %}{% endfor %}{{ category.id }}\n")
+    with pytest.raises(PackError) as info:
+        load_pack(root, registry=Registry([fixture_packs]))
+    text = norm(str(info.value))
+    assert FILE in text and "category 'scams'" in text and "the pack's templates do too much work in all" in text, text
 
 
 @pytest.mark.parametrize(("source", "expect"), [a[1:] for a in ATTACKS], ids=[a[0] for a in ATTACKS])

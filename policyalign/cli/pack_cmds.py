@@ -57,16 +57,19 @@ def _unreadable_row(path: Path, reg: "Registry") -> dict:
 
 
 def _print_pack_table(rows: list[dict]) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table("name", "version", "title", "categories", "eval sets", "digest")
     for row in rows:
+        # Pack text is untrusted: escaped, so "[/]" or "[link=...]" in a title is shown, not interpreted.
+        name, version = escape(row["name"]), escape(row["version"])
         if not row["valid"]:
-            why = f": {row['problem']}" if "problem" in row else ""
-            table.add_row(row["name"], row["version"], f"[red]invalid ({row['problems']} problems){why}[/]", "", "", "")
+            why = escape(f": {row['problem']}") if "problem" in row else ""
+            table.add_row(name, version, f"[red]invalid ({row['problems']} problems){why}[/]", "", "", "")
             continue
-        sets = ", ".join(f"{k} {v}" for k, v in row["eval"].items())
-        table.add_row(row["name"], row["version"], row["title"], str(row["categories"]), sets, row["digest"][:12])
+        sets = escape(", ".join(f"{k} {v}" for k, v in row["eval"].items()))
+        table.add_row(name, version, escape(row["title"]), str(row["categories"]), sets, row["digest"][:12])
     console().print(table)
 
 
@@ -76,19 +79,22 @@ def show(
     packs_path: Optional[list[Path]] = PacksPath,
 ) -> None:
     """Show a pack: summary, composed policy, and categories with actions and lock state."""
+    from rich.markup import escape
     from rich.table import Table
 
     p = load(pack, packs_path)
     out = console()
-    out.print(f"[bold]{p.title}[/] ({p.ref})  digest {p.digest}")
-    out.print(p.summary)
+    # Pack text is untrusted: escaped, so "[/]" or "[link=...]" in a title is shown, not interpreted.
+    out.print(f"[bold]{escape(p.title)}[/] ({escape(p.ref)})  digest {p.digest}")
+    out.print(p.summary, markup=False)
     if p.extends:
-        out.print(f"extends: {', '.join(p.extends)}")
+        out.print(f"extends: {', '.join(p.extends)}", markup=False)
     out.rule("policy (the teacher's system message)")
     out.print(p.policy, markup=False)
     table = Table("category", "title", "action", "locked", "from", "seeds")
     for cat in p.categories:
-        table.add_row(cat.id, cat.title, cat.action, "locked" if cat.locked else "", cat.origin, str(len(cat.seeds)))
+        table.add_row(escape(cat.id), escape(cat.title), cat.action, "locked" if cat.locked else "", escape(cat.origin),
+                      str(len(cat.seeds)))
     out.print(table)
 
 
@@ -148,7 +154,7 @@ def render(
     pack: str = typer.Argument(..., help="Pack name, name@range, or path."),
     category: Optional[str] = typer.Option(None, "--category", help="Only this category."),
     template: Optional[str] = typer.Option(None, "--template", help="Only this template id."),
-    n: Optional[int] = typer.Option(None, "--n", help="Instructions requested (default: the pack's count_per_category)."),
+    n: Optional[int] = typer.Option(None, "--n", min=1, help="Instructions requested (default: the pack's count_per_category)."),
     packs_path: Optional[list[Path]] = PacksPath,
 ) -> None:
     """Print the synthesis prompts exactly as a generator will see them."""
@@ -165,7 +171,7 @@ def index(
 ) -> None:
     """Write packs/INDEX.json (name, version, digest of every pack); parents resolve inside --dir only."""
     from ..errors import PackError
-    from ..pack_index import write_index
+    from ..pack_index import downgrades, write_index
     from ..registry import INDEX_FILE, Registry
     from ..validation import validate_all
 
@@ -174,5 +180,8 @@ def index(
     report = validate_all(packs_dir, Registry([packs_dir]))
     if report.failures:
         raise PackError([p for problems in report.failures.values() for p in problems])
+    lowered = downgrades(packs_dir / INDEX_FILE, report.packs)
+    if lowered:
+        raise PackError(lowered)
     data = write_index(packs_dir / INDEX_FILE, report.packs)
     typer.echo(f"wrote {packs_dir / INDEX_FILE} ({len(data['packs'])} packs)")
