@@ -281,6 +281,11 @@ class SetRow:
     before_ci: Any = None
     after_ci: Any = None
     p: float | None = None  # exact paired test of the change; None without both sides' responses
+    of: Any = None  # items the set holds, when --limit evaluated fewer
+
+    @property
+    def items(self) -> str:
+        return f"{self.n} of {self.of}" if self.of not in (None, self.n) else str(self.n)
 
 
 def eval_sets(summary: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
@@ -334,7 +339,7 @@ def set_rows(evals: Mapping[str, Mapping[str, Any]],
     from .evaluate import paired_p
 
     before, after = eval_sets(evals.get("before")), eval_sets(evals.get("after"))
-    responses = responses or {}
+    responses, sizes = responses or {}, _set_sizes(evals.get("after"), evals.get("before"))
     rows = []
     for name in dict.fromkeys([*after, *before]):
         b, a = before.get(name, {}), after.get(name, {})
@@ -345,8 +350,20 @@ def set_rows(evals: Mapping[str, Mapping[str, Any]],
         for metric in (m for m in metrics if m is not None):
             rows.append(SetRow(name, kind, a.get("n", b.get("n")), metric, b.get(metric), a.get(metric),
                                _interval(b, metric), _interval(a, metric),
-                               paired_p(responses.get("before"), responses.get("after"), metric, ("set", name))))
+                               paired_p(responses.get("before"), responses.get("after"), metric, ("set", name)),
+                               sizes.get(name)))
     return rows
+
+
+def _set_sizes(*summaries: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Items each set holds (`items_in_set` in evaluate.py's `sets` list), so a limited eval's
+    12 items read as "12 of 80" and not as the whole set."""
+    sizes: dict[str, Any] = {}
+    for summary in summaries:
+        for entry in (summary or {}).get("sets") or []:
+            if isinstance(entry, Mapping) and entry.get("items_in_set") is not None:
+                sizes.setdefault(str(entry.get("name")), entry["items_in_set"])
+    return sizes
 
 
 def _interval(block: Mapping[str, Any], metric: str) -> Any:
@@ -496,6 +513,7 @@ def card_context(artifacts: RunArtifacts, repo_id: str, revision: str, metadata:
         "eval_stages": [s for s in EVAL_STAGES if s in artifacts.evals],
         "judge": after.get("judge") or (artifacts.evals.get("before") or {}).get("judge"),
         "set_rows": rows,
+        "limited": any(row.items != str(row.n) for row in rows),
         "category_tables": [(row, category_rows(artifacts.evals, row)) for row in rows],
         "drift": _flatten(after.get("drift")) if isinstance(after.get("drift"), Mapping) else [],
         "plots": plots,

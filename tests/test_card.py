@@ -95,6 +95,13 @@ def test_evaluate_py_layout_is_read_too(tmp_path: Path, make_run) -> None:  # ty
         (run / "eval" / stage / "eval.json").write_text(json.dumps(summary))
     body = _render(run)
     assert "| harmful | safety | 4 | violation\\_rate | 75.0% | 25.0% | -50.0 pp |" in body
+    assert "limited to N of" not in body
+    for stage in ("before", "after"):  # --limit 4 of a set of 10: the card says so
+        summary = json.loads((run / "eval" / stage / "eval.json").read_text())
+        summary["sets"][0]["items_in_set"] = 10
+        (run / "eval" / stage / "eval.json").write_text(json.dumps(summary))
+    body = _render(run)
+    assert "| harmful | safety | 4 of 10 | violation\\_rate |" in body and "limited to N of the set's M" in body
     assert "| weapons | 75.0% | 25.0% | -50.0 pp |" in body
     assert "kl=0.0123" in body
 
