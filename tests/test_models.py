@@ -302,6 +302,26 @@ def test_pa_models_table_and_json() -> None:
     assert all(r["cached"] in (True, False) for r in rows[1:])
 
 
+def test_pa_models_counts_a_model_cached_only_with_all_its_weights(tmp_path: Path) -> None:
+    """config.json alone (an interrupted download) was listed as cached, and loading then failed offline."""
+    from policyalign.cli.model_cmds import _in_hub_cache
+
+    repo = tmp_path / "models--Org--M"
+    snapshot = repo / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    assert not _in_hub_cache("Org/M", str(tmp_path))
+    (snapshot / "config.json").write_text("{}")
+    assert not _in_hub_cache("Org/M", str(tmp_path)), "config only"
+    shards = {"a.weight": "model-00001-of-00002.safetensors", "b.weight": "model-00002-of-00002.safetensors"}
+    (snapshot / "model.safetensors.index.json").write_text(json.dumps({"weight_map": shards}))
+    (snapshot / "model-00001-of-00002.safetensors").write_bytes(b"x")
+    assert not _in_hub_cache("Org/M", str(tmp_path)), "one shard of two"
+    (snapshot / "model-00002-of-00002.safetensors").write_bytes(b"x")
+    assert _in_hub_cache("Org/M", str(tmp_path))
+
+
 def test_resolve_error_type_is_invalid_input() -> None:
     assert issubclass(ResolveError, InvalidInputError)
 

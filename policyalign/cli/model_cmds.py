@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -45,9 +46,33 @@ def model_rows() -> list[dict[str, Any]]:
     return rows
 
 
-def _in_hub_cache(hub_id: str) -> bool:
-    """Whether the model's config.json is in the local Hugging Face cache (no network)."""
+_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+
+
+def _in_hub_cache(hub_id: str, cache_dir: str | None = None) -> bool:
+    """Whether the model can load from the local Hugging Face cache (no network): its config.json
+    and every weights file, all shards of a sharded checkpoint included.
+
+    config.json alone is what a `from_pretrained` interrupted mid-download (or an `AutoConfig`
+    call) leaves behind; the list said "yes" for it, and loading then failed offline."""
+    import json
+
     from huggingface_hub import try_to_load_from_cache
 
-    found = try_to_load_from_cache(hub_id, "config.json")
-    return isinstance(found, str)
+    def cached(name: str) -> str | None:
+        found = try_to_load_from_cache(hub_id, name, cache_dir=cache_dir)
+        return found if isinstance(found, str) else None
+
+    if cached("config.json") is None:
+        return False
+    for weights in _WEIGHTS:
+        if cached(weights):
+            return True
+        index = cached(f"{weights}.index.json")
+        if index:
+            try:
+                shards = set(json.loads(Path(index).read_text(encoding="utf-8"))["weight_map"].values())
+            except (OSError, ValueError, KeyError, AttributeError):
+                return False
+            return all(cached(shard) for shard in shards)
+    return False
