@@ -680,11 +680,13 @@ def pull_for_pack(pack_name: str, *, model: str | None = None, to: str | Path | 
 
 
 def pack_files(root: Path) -> list[Path]:
-    """The files a pack consists of, by the loader's rule (hidden entries and __pycache__ skipped)."""
+    """The files a pack consists of, by the loader's rule (`pack.not_pack_content`)."""
+    from .pack import not_pack_content
+
     files = []
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root)
-        if any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
+        if any(not_pack_content(part) for part in rel.parts):
             continue
         if path.is_file():
             files.append(path)

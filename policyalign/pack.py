@@ -427,8 +427,9 @@ def _read_bounded(col: _Collector, rel: str, limit: int, where: str) -> str | No
     if col.digested is not None and target.relative_to(col.root).as_posix() not in col.digested:
         # The digest pins the pack's content; a file it skips could change without changing the digest.
         col.add(MANIFEST, where, f"referenced file {rel!r} is not covered by the pack digest "
-                "(files in hidden directories, in __pycache__ or under a symlinked directory are skipped)",
-                "move the file into an ordinary directory of the pack (no leading '.', no directory symlink)")
+                "(hidden files and directories, __pycache__, editor backups ending in '~' or wrapped in '#', and "
+                "files under a symlinked directory are skipped)",
+                "give the file an ordinary name in an ordinary directory of the pack (no leading '.', no directory symlink)")
         return None
     size = target.stat().st_size
     if size > limit:
@@ -448,6 +449,14 @@ def _read_bounded(col: _Collector, rel: str, limit: int, where: str) -> str | No
     return text
 
 
+def not_pack_content(name: str) -> bool:
+    """Hidden entries, caches and editor backups (`pack.yaml~`, Emacs `#policy.md#`): left in a
+    working copy, they changed the digest, so a local `pa validate --all` called INDEX.json stale
+    while CI's clean clone agreed with it."""
+    return name.startswith(".") or name == "__pycache__" or name.endswith("~") or (
+        len(name) > 1 and name.startswith("#") and name.endswith("#"))
+
+
 def _pack_files(col: _Collector) -> list[Path]:
     """Every regular file of the pack (hidden entries skipped), checking links and bounds."""
     files: list[Path] = []
@@ -455,7 +464,7 @@ def _pack_files(col: _Collector) -> list[Path]:
     root = col.root.resolve()
     for path in sorted(col.root.rglob("*")):
         rel = path.relative_to(col.root)
-        if any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
+        if any(not_pack_content(part) for part in rel.parts):
             continue
         if LONE_SURROGATE.search(str(rel)):  # os.fsdecode's surrogateescape: the name's bytes are not UTF-8
             col.add(os.fsencode(rel).decode("utf-8", "backslashreplace"), "", "file name is not valid UTF-8",

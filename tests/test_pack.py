@@ -174,6 +174,8 @@ def test_digest_is_stable_across_copies_and_line_endings(fixture_packs: Path, tm
     policy = other / "root-pack" / "policy.md"
     policy.write_bytes(policy.read_bytes().replace(b"\n", b"\r\n"))
     (other / "root-pack" / ".DS_Store").write_bytes(b"junk")
+    (other / "root-pack" / "pack.yaml~").write_bytes(b"an editor's backup")
+    (other / "root-pack" / "#policy.md#").write_bytes(b"an Emacs autosave")
     assert _load(other, "root-pack").digest == first
 
 
