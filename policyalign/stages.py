@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidInputError, RunError
 from .io import read_json, sha256_file
-from .run import MANIFEST, fingerprint, load_run_pack, read_manifest, record_inputs, run_inputs, stage
+from .run import MANIFEST, fingerprint, load_run_pack, read_manifest, record_inputs, run_inputs, run_lock, stage
 
 if TYPE_CHECKING:
     from .distill import DistillResult
@@ -160,11 +160,12 @@ def run_filter(run_dir: Path, *, model: str | None = None, pack: "str | Pack | N
     config = filter_config(the_pack, **options)
     key = filter_key(run_dir, the_pack, model, config, backend)
     scores = score_key(run_dir, the_pack, model, config, backend)
-    reuse_scores(run_dir, key, scores)
-    with stage(run_dir, "filter", key, score_key=scores) as results:
-        loaded = load_model(model, device=device)
-        result = filter_run(run_dir, loaded, the_pack.policy, config, backend=backend, progress=progress)
-        results.update(result_dict(result, config))
+    with run_lock(run_dir):  # reuse_scores deletes partial scores of other settings: not another process's
+        reuse_scores(run_dir, key, scores)
+        with stage(run_dir, "filter", key, score_key=scores) as results:
+            loaded = load_model(model, device=device)
+            result = filter_run(run_dir, loaded, the_pack.policy, config, backend=backend, progress=progress)
+            results.update(result_dict(result, config))
     return result
 
 
