@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidInputError, RunError
-from .io import read_json, sha256_file
+from .io import output_dir, read_json, sha256_file
 from .run import MANIFEST, fingerprint, load_run_pack, read_manifest, record_inputs, run_inputs, run_lock, stage
 
 if TYPE_CHECKING:
@@ -67,14 +67,16 @@ def run_synthesize(run_dir: Path, pack: "Pack", model: str, *, generator: str | 
                    max_new_tokens: int | None = None, progress: bool = True) -> Any:
     from .synthesize import synthesize
 
-    record_inputs(run_dir, pack, model)
+    run_dir = output_dir(run_dir)
     options = synthesize_options(model, generator, n, rounds, seed, max_per_category, max_new_tokens)
     sampling = {"max_new_tokens": max_new_tokens} if max_new_tokens is not None else None
-    with stage(run_dir, "synthesize", synthesize_key(pack, model, options), options=options) as results:
-        result = synthesize(pack, generator or model, out_dir=run_dir, n_per_category=n, rounds=rounds, seed=seed,
-                            max_per_category=max_per_category, batch_size=batch_size, device=device, backend=backend,
-                            sampling=sampling, progress=progress)
-        results["instructions"] = result.summary["instructions"]
+    with run_lock(run_dir):  # from the first write to run.json
+        record_inputs(run_dir, pack, model)
+        with stage(run_dir, "synthesize", synthesize_key(pack, model, options), options=options) as results:
+            result = synthesize(pack, generator or model, out_dir=run_dir, n_per_category=n, rounds=rounds, seed=seed,
+                                max_per_category=max_per_category, batch_size=batch_size, device=device,
+                                backend=backend, sampling=sampling, progress=progress)
+            results["instructions"] = result.summary["instructions"]
     return result
 
 

@@ -390,49 +390,32 @@ def test_push_to_without_a_token_or_with_a_bad_repo_id_fails_before_the_first_st
     assert not (run / "instructions.jsonl").exists(), "nothing was synthesized"
 
 
-_HOLD = "import sys, time\nfrom policyalign.run import run_lock\nwith run_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)\n"
 
-
-def _hold_run(run: Path) -> subprocess.Popen:
-    """Another process holding `run` as a running `pa apply` does, until killed."""
-    proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(run)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
-    return proc
-
-
-def test_a_second_apply_on_a_run_directory_in_use_is_refused_and_touches_nothing(tmp_path: Path,
-                                                                                 fixture_packs: Path) -> None:
+def test_a_second_apply_on_a_run_directory_in_use_is_refused_and_touches_nothing(tmp_path: Path, fixture_packs: Path,
+                                                                                 hold_run) -> None:
     """Two `pa apply` on one --out both ran: the second deleted the first's half-written files
     (stale temporaries to it), removed its checkpoints and wrote run.json over its record."""
     run = tmp_path / "run"
     run.mkdir()
     in_flight = run / ".scored.jsonl.abc123.tmp"  # the other run's file being written
     in_flight.write_text("{}\n")
-    holder = _hold_run(run)
-    try:
+    with hold_run(run) as pid:
         result = CliRunner().invoke(app, ["apply", str(fixture_packs / "child-pack"), "--model", "tiny",
                                           "--out", str(run), "--quiet", *FAST])
-    finally:
-        holder.kill()
-        holder.wait()
     assert result.exit_code == 1, result.output
-    assert f"another pa process (pid {holder.pid}) is working in this run directory" in result.output
+    assert f"another pa process (pid {pid}) is working in this run directory" in result.output
     assert in_flight.is_file() and not (run / "run.json").exists()
 
 
-def test_runs_tells_a_running_run_from_an_interrupted_one(tmp_path: Path) -> None:
+def test_runs_tells_a_running_run_from_an_interrupted_one(tmp_path: Path, hold_run) -> None:
     """A run in progress was listed as "interrupted in filter", the status of one killed there."""
     run = tmp_path / "runs" / "r1"
     run.mkdir(parents=True)
     (run / "run.json").write_text(json.dumps({
         "inputs": {"pack": {"name": "general", "version": "1.0.0"}, "model": "tiny"},
         "stages": {"synthesize": {"status": "done"}, "filter": {"status": "running"}}}))
-    holder = _hold_run(run)
-    try:
+    with hold_run(run):
         running = CliRunner().invoke(app, ["runs", str(tmp_path / "runs"), "--json"])
-    finally:
-        holder.kill()
-        holder.wait()
     assert json.loads(running.output)[0]["status"] == "running filter"
     killed = CliRunner().invoke(app, ["runs", str(tmp_path / "runs"), "--json"])
     assert json.loads(killed.output)[0]["status"] == "interrupted in filter"

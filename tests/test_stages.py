@@ -42,3 +42,16 @@ def test_tiny_and_hub_models_keep_the_keys_they_had(tmp_path: Path, fixture_pack
         options = {"judge": "refusal"}
         assert eval_key(tmp_path, pack, model, "before", options) == fingerprint(
             {"pack": pack.digest, "model": model, "adapter": None, **options})
+
+
+def test_synthesize_into_a_run_directory_in_use_is_refused_before_touching_run_json(tmp_path: Path, fixture_packs: Path,
+                                                                                  hold_run) -> None:
+    """`pa synthesize --out RUN` wrote RUN's run.json (its inputs) before taking the run's lock."""
+    import pytest
+
+    from policyalign.errors import RunError
+    from policyalign.stages import run_synthesize
+
+    with hold_run(tmp_path), pytest.raises(RunError, match="another pa process"):
+        run_synthesize(tmp_path, Registry([fixture_packs]).load("root-pack"), "tiny", n=1)
+    assert not (tmp_path / "run.json").exists()
