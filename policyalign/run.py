@@ -8,6 +8,7 @@ inputs are unchanged and redo the rest.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -208,10 +209,15 @@ def run_active(run_dir: Path) -> bool:
 
 
 def _try_lock(fd: int, kind: int) -> bool:
+    """False when another process holds the lock. A filesystem without locks (some network and FUSE
+    mounts) runs unlocked rather than not at all."""
     try:
         fcntl.flock(fd, kind | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
+    except OSError as exc:
+        if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise
     return True
 
 
