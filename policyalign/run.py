@@ -180,7 +180,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
             owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
             raise RunError(f"another pa process (pid {owner}) is working in this run directory",
                            file=str(path), hint="wait for it to finish (`pa runs` lists it as running), "
-                                                "or give this command another --out")
+                                                "or work in another run directory (--out)")
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         _held[where] = 1
