@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 import json
-import resource
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
-LIMIT = 20_000  # bytes any one file of the child may grow to (`ulimit -f`): the disk is "full" past it
-
-
-def _limited() -> None:
-    """In the child: writes past LIMIT fail with EFBIG, as a full disk fails them with ENOSPC."""
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, LIMIT))
+from fulldisk import limited_writes
 
 
 def test_a_full_disk_is_an_error_naming_the_file_and_leaves_no_temporary(tmp_path: Path) -> None:
@@ -25,7 +17,7 @@ def test_a_full_disk_is_an_error_naming_the_file_and_leaves_no_temporary(tmp_pat
     responses.write_text("".join(json.dumps(row) + "\n" for _ in range(60)))
     out = tmp_path / "judged.jsonl"
     result = subprocess.run([sys.executable, "-m", "policyalign", "judge", str(responses), "--out", str(out)],
-                            capture_output=True, text=True, preexec_fn=_limited, timeout=120)
+                            capture_output=True, text=True, preexec_fn=limited_writes, timeout=120)
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith(f"error: {out}: File too large\n    hint: make room on that disk"), result.stderr
     assert "Traceback" not in result.stderr
