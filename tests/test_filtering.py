@@ -312,17 +312,9 @@ def test_filter_stage_on_tiny(tmp_path: Path, fixture_packs: Path) -> None:
 
 def test_a_full_disk_while_scoring_is_an_error_naming_the_partial_file(tmp_path: Path) -> None:
     """Appending scores to scored.partial.jsonl on a full disk was an OSError traceback naming no file."""
-    import subprocess
-    import sys
-
-    from fulldisk import limited_writes
+    from fulldisk import run_error
 
     partial = tmp_path / PARTIAL
-    code = ("import sys\nfrom pathlib import Path\nfrom policyalign.errors import RunError\n"
-            "from policyalign.filtering import _append\n"
-            "try:\n    _append(Path(sys.argv[1]), [{'id': str(i), 'response': 'x' * 500} for i in range(100)])\n"
-            "except RunError as exc:\n    print(exc)\n")
-    result = subprocess.run([sys.executable, "-c", code, str(partial)], capture_output=True, text=True,
-                            preexec_fn=limited_writes, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(f"{partial}: File too large\n    hint: make room on that disk"), result.stdout
+    printed = run_error("from policyalign.filtering import _append",
+                        "_append(Path(sys.argv[1]), [{'id': str(i), 'response': 'x' * 500} for i in range(100)])", partial)
+    assert printed.startswith(f"{partial}: File too large\n    hint: make room on that disk"), printed
