@@ -340,7 +340,7 @@ def run_card(run_dir: Path, repo_id: str, license: str | None = None) -> None:
     from .evaluate import plot_before_after
     from .io import write_text
 
-    with stage(run_dir, "card", card_key(run_dir, repo_id)):
+    with stage(run_dir, "card", card_key(run_dir, repo_id, license)):  # the key `pa apply` compares
         plot_before_after(run_dir / "eval" / "before" / "eval.json", run_dir / "eval" / "after" / "eval.json",
                           run_dir / "eval" / "before_after.png")
         artifacts = load_run(run_dir)
