@@ -174,15 +174,19 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         return
     path = where / LOCK_FILE
     with naming_disk_errors(path):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fd, writable = os.open(path, os.O_RDWR | os.O_CREAT, 0o666), True
+        except PermissionError:  # another user's lock file in a shared run directory: flock needs no write access
+            fd, writable = os.open(path, os.O_RDONLY), False
     try:
         if not _try_lock(fd, fcntl.LOCK_EX):
             owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
             raise RunError(f"another pa process (pid {owner}) is working in this run directory",
                            file=str(path), hint="wait for it to finish (`pa runs` lists it as running), "
                                                 "or work in another run directory (--out)")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        if writable:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
         _held[where] = 1
         try:
             yield

@@ -435,3 +435,18 @@ def test_ctrl_c_exits_130_with_a_message_and_records_the_stage_as_interrupted(tm
     assert "interrupted: finished stages" in err and "run the same command again" in err and "Traceback" not in err
     assert json.loads((run / "run.json").read_text())["stages"]["synthesize"]["status"] == "interrupted"
     assert run_summary(run)["status"] == "interrupted in synthesize"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write any file")
+def test_another_users_lock_file_still_locks_a_shared_run_directory(tmp_path: Path, hold_run) -> None:
+    """The lock file of a run directory shared between users is another user's, not writable here: flock
+    needs only read access, so the run neither fails nor goes unlocked."""
+    from policyalign.run import LOCK_FILE, run_active, run_lock
+
+    (tmp_path / LOCK_FILE).write_text("")
+    (tmp_path / LOCK_FILE).chmod(0o444)
+    with run_lock(tmp_path):
+        assert run_active(tmp_path)
+    with hold_run(tmp_path), pytest.raises(RunError, match=r"another pa process \(pid \?\)"):
+        with run_lock(tmp_path):
+            pass
