@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from .errors import RunError
-from .io import read_json, write_json
+from .io import naming_disk_errors, read_json, write_json
 
 if TYPE_CHECKING:
     from .pack import Pack
@@ -162,8 +162,6 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     files, removed its checkpoints and wrote run.json over its record, and could leave an adapter
     trained on one selection recorded under the other's key.
     """
-    from .io import naming_disk_errors
-
     where = Path(run_dir).resolve()
     if where in _held:
         _held[where] += 1
