@@ -22,7 +22,7 @@ from .distill import launch_rank, training_device
 from .evaluate import check_eval_options
 from .io import output_dir
 from .pack import ManifestLoader, Pack
-from .run import read_manifest, record_inputs, stage_done, stage_results, write_manifest
+from .run import read_manifest, record_inputs, run_active, run_lock, stage_done, stage_results, write_manifest
 from .stages import (
     SELECTION_FLAGS, distill_config, distill_key, eval_key, filter_config, filter_key, run_distill, run_eval, run_filter,
     card_key, checkpoint_record, push_key, resume_key, run_card, run_synthesize, selection_given, synthesize_key,
@@ -265,9 +265,15 @@ def _require_selection(run_dir: Path) -> None:
 
 
 def apply(options: ApplyOptions, pack: Pack, *, on_stage: Callable[[str, str], None] = lambda n, s: None) -> ApplyResult:
-    """Run (or resume) every stage for `pack` and `options.model` in one run directory."""
+    """Run (or resume) every stage for `pack` and `options.model` in one run directory, which it holds
+    (`run.run_lock`) from before it clears stale temporaries until the end."""
     options = with_model_defaults(options)
     run_dir = output_dir(options.out or default_run_dir(pack, options.model))
+    with run_lock(run_dir):
+        return _apply(options, pack, run_dir, on_stage)
+
+
+def _apply(options: ApplyOptions, pack: Pack, run_dir: Path, on_stage: Callable[[str, str], None]) -> ApplyResult:
     remove_stale_temporaries(run_dir)
     record_inputs(run_dir, pack, options.model, options={k: v for k, v in asdict(options).items()
                                                           if k not in ("explicit", "progress", "out")})
@@ -383,7 +389,7 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
         "run_dir": str(run_dir),
         "pack": (inputs.get("pack") or {}).get("name", "?") + "@" + (inputs.get("pack") or {}).get("version", "?"),
         "model": inputs.get("model"),
-        "status": _status(stages),
+        "status": _status(stages, run_active(run_dir)),
         "instructions": synth.get("instructions"),
         "selected": filt.get("selected"),
         "heldout": filt.get("heldout"),
@@ -416,13 +422,17 @@ _SUMMARY_KEYS = ("run_dir", "pack", "model", "status", "instructions", "selected
 PIPELINE = ("synthesize", "filter", "eval_before", "distill", "eval_after", "card")
 
 
-def _status(stages: dict[str, Any]) -> str:
+def _status(stages: dict[str, Any], active: bool = False) -> str:
+    """`active`: a process holds the run now, so a stage marked running is running, not interrupted."""
+    running = [n for n in PIPELINE if stages.get(n, {}).get("status") == "running"]
+    if running and active:
+        return f"running {running[0]}"
     failed = [n for n in PIPELINE if stages.get(n, {}).get("status") == "failed"]
     if failed:
         return f"failed at {failed[0]}"
-    running = [n for n in PIPELINE if stages.get(n, {}).get("status") == "running"]
-    if running:
-        return f"interrupted in {running[0]}"
+    stopped = [n for n in PIPELINE if stages.get(n, {}).get("status") in ("running", "interrupted")]
+    if stopped:
+        return f"interrupted in {stopped[0]}"
     done = [n for n in PIPELINE if stages.get(n, {}).get("status") == "done"]
     if len(done) == len(PIPELINE):
         return "complete"

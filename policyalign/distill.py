@@ -210,6 +210,14 @@ def _trainer_classes() -> tuple[type, type]:
                         and isinstance(layers["default"], torch.nn.Dropout):
                     layers["default"].p = config.lora_dropout
 
+        def _save_checkpoint(self, model: Any, trial: Any) -> None:
+            """A checkpoint the disk refuses is a RunError naming it: torch.save on a full disk raised a
+            bare `RuntimeError: [enforce fail at inline_container.cc] unexpected pos` from mid-training."""
+            try:
+                super()._save_checkpoint(model, trial)
+            except Exception as exc:  # torch, safetensors and tokenizers each raise their own on a full disk
+                raise save_error(exc, Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}") from exc
+
         def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
             super()._load_from_checkpoint(resume_from_checkpoint, model)
             self._restore_ema_teacher(Path(resume_from_checkpoint))
@@ -484,6 +492,17 @@ def last_complete_checkpoint(directory: Path) -> Path | None:
     return None
 
 
+def save_error(exc: Exception, folder: Path) -> RunError:
+    """What to do when writing a checkpoint or the adapter into `folder` failed, most likely on a full
+    disk: an incomplete checkpoint (its trainer_state.json is written last) is skipped by `--resume`,
+    and the adapter is written to a temporary directory, renamed into place only when whole."""
+    return RunError(f"writing {folder.name} failed ({type(exc).__name__}: {exc}); is the disk full?",
+                    file=str(folder),
+                    hint="make room on that disk (or checkpoint less often with a larger --save-steps), then run "
+                         "`pa apply` again, or `pa distill RUN_DIR --resume`: training continues from the last complete "
+                         "checkpoint")
+
+
 def _state_written(path: Path) -> bool:
     """The Trainer writes trainer_state.json in place, not atomically: a kill mid-write leaves it cut short."""
     try:
@@ -515,7 +534,10 @@ def save_adapter(model: Any, target: Path, finish: Callable[[Path], Any] = lambd
     tmp = target.parent / f".{target.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        model.save_pretrained(str(tmp), selected_adapters=["default"])
+        try:
+            model.save_pretrained(str(tmp), selected_adapters=["default"])
+        except Exception as exc:  # safetensors' own error on a full disk, not an OSError
+            raise save_error(exc, target) from exc
         (tmp / "README.md").unlink(missing_ok=True)  # PEFT's placeholder card; ours is RUN_DIR/README.md
         finish(tmp)
     except BaseException:

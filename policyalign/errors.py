@@ -7,6 +7,7 @@ Every error the user can cause (bad pack, bad option, missing model) is a
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 
 
@@ -71,3 +72,20 @@ class HubError(PolicyAlignError):
 
 class RunError(PolicyAlignError):
     """A run directory is missing, inconsistent, or a stage's inputs are absent."""
+
+
+# The disk refusing a write: the user's environment, not a bug, so a message and not a traceback.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def disk_error(exc: OSError, file: str | None = None) -> RunError | None:
+    """A RunError naming the file a full, read-only or forbidden disk refused, or None for other OSErrors.
+
+    Without it a full disk mid-run was a traceback from deep inside matplotlib or tempfile; the
+    finished stages are kept, so the hint says how to go on.
+    """
+    if exc.errno not in DISK_ERRNOS:
+        return None
+    return RunError(exc.strerror or str(exc), file=str(file or exc.filename or ""),
+                    hint="make room on that disk or make it writable (or give --out another directory), "
+                         "then run the same command again: finished stages are kept")

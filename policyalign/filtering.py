@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .errors import InvalidInputError
-from .io import iter_jsonl, write_jsonl
+from .io import iter_jsonl, naming_disk_errors, write_jsonl
 from .progress import progress_bar
 
 if TYPE_CHECKING:
@@ -252,7 +252,7 @@ def _append(path: Path, rows: list[dict[str, Any]]) -> None:
         with path.open("rb") as existing:
             existing.seek(-1, os.SEEK_END)
             torn = existing.read(1) != b"\n"
-    with path.open("a", encoding="utf-8") as handle:
+    with naming_disk_errors(path), path.open("a", encoding="utf-8") as handle:
         if torn:
             handle.write("\n")
         for row in rows:

@@ -15,15 +15,36 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, disk_error
 
 
 @contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[Any]:
-    """Open a temporary sibling of `path`; rename it over `path` only on success."""
+    """Open a temporary sibling of `path`; rename it over `path` only on success.
+
+    A full or read-only disk is a RunError naming `path` (see `errors.disk_error`).
+    """
     if mode not in ("w", "wb"):
         raise ValueError("atomic_open writes only ('w' or 'wb')")
     target = Path(path)
+    with naming_disk_errors(target), _replacing(target, mode) as handle:
+        yield handle
+
+
+@contextmanager
+def naming_disk_errors(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn a full, read-only or forbidden disk under the block into a RunError naming `path`."""
+    try:
+        yield
+    except OSError as exc:
+        error = disk_error(exc, str(path))
+        if error is None:
+            raise
+        raise error from None
+
+
+@contextmanager
+def _replacing(target: Path, mode: str) -> Iterator[Any]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
@@ -69,7 +90,8 @@ def output_dir(path: str | os.PathLike[str], option: str = "--out") -> Path:
     (or a parent's) was a bare FileExistsError traceback, for `pa eval` after every response was generated."""
     target = Path(path)
     try:
-        target.mkdir(parents=True, exist_ok=True)
+        with naming_disk_errors(target):
+            target.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise InvalidInputError(f"{option} {target} is not a directory: a file has its name or a parent's",
                                 file=str(target), hint=f"give {option} a directory (it is created when missing)") from None

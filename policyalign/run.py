@@ -8,8 +8,11 @@ inputs are unchanged and redo the rest.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
+import os
 import platform
 import time
 from contextlib import contextmanager
@@ -18,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from .errors import RunError
-from .io import read_json, write_json
+from .io import naming_disk_errors, read_json, write_json
 
 if TYPE_CHECKING:
     from .pack import Pack
@@ -145,21 +148,99 @@ def stage_done(run_dir: Path, stage: str, key: str) -> bool:
     return entry.get("status") == "done" and entry.get("key") == key
 
 
+# Held (flock) by the process working in a run directory; the kernel releases it when that process
+# ends, however it ends, so a killed run never leaves the directory locked.
+LOCK_FILE = ".pa.lock"
+_held: dict[Path, int] = {}  # run directory (resolved) -> how deeply this process holds it
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold `run_dir` for this process (re-entrant), or raise a RunError naming the process holding it.
+
+    Two `pa apply` (or stage commands) in one directory each deleted the other's half-written
+    files, removed its checkpoints and wrote run.json over its record, and could leave an adapter
+    trained on one selection recorded under the other's key.
+    """
+    where = Path(run_dir).resolve()
+    if where in _held:
+        _held[where] += 1
+        try:
+            yield
+        finally:
+            _held[where] -= 1
+        return
+    path = where / LOCK_FILE
+    with naming_disk_errors(path):
+        try:
+            fd, writable = os.open(path, os.O_RDWR | os.O_CREAT, 0o666), True
+        except PermissionError:  # another user's lock file in a shared run directory: flock needs no write access
+            fd, writable = os.open(path, os.O_RDONLY), False
+    try:
+        if not _try_lock(fd, fcntl.LOCK_EX):
+            owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            raise RunError(f"another pa process (pid {owner}) is working in this run directory",
+                           file=str(path), hint="wait for it to finish (`pa runs` lists it as running), "
+                                                "or work in another run directory (--out)")
+        if writable:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        _held[where] = 1
+        try:
+            yield
+        finally:
+            del _held[where]
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def run_active(run_dir: Path) -> bool:
+    """Whether a process (this one or another) holds `run_dir`'s lock now: its running stage is running,
+    not interrupted."""
+    where = Path(run_dir).resolve()
+    if where in _held:
+        return True
+    try:
+        fd = os.open(where / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        return not _try_lock(fd, fcntl.LOCK_SH)
+    finally:
+        os.close(fd)
+
+
+def _try_lock(fd: int, kind: int) -> bool:
+    """False when another process holds the lock. A filesystem without locks (some network and FUSE
+    mounts) runs unlocked rather than not at all."""
+    try:
+        fcntl.flock(fd, kind | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise
+    return True
+
+
 @contextmanager
 def stage(run_dir: Path, name: str, key: str, **info: Any) -> Iterator[dict[str, Any]]:
-    """Mark a stage running, then done (with timing) or failed; the yielded dict is saved as its results."""
-    manifest = read_manifest(run_dir)
-    started = time.time()
-    manifest["stages"][name] = {"status": "running", "key": key, "started": started, **info}
-    write_manifest(run_dir, manifest)
-    results: dict[str, Any] = {}
-    try:
-        yield results
-    except BaseException as exc:
+    """Mark a stage running, then done (with timing), failed or interrupted (Ctrl-C: nothing is wrong
+    with the run, `pa runs` must not call it failed); the yielded dict is saved as its results."""
+    with run_lock(run_dir):
         manifest = read_manifest(run_dir)
-        manifest["stages"][name].update({"status": "failed", "error": type(exc).__name__})
+        started = time.time()
+        manifest["stages"][name] = {"status": "running", "key": key, "started": started, **info}
         write_manifest(run_dir, manifest)
-        raise
-    manifest = read_manifest(run_dir)
-    manifest["stages"][name].update({"status": "done", "seconds": round(time.time() - started, 2), "results": results})
-    write_manifest(run_dir, manifest)
+        results: dict[str, Any] = {}
+        try:
+            yield results
+        except BaseException as exc:
+            manifest = read_manifest(run_dir)
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            manifest["stages"][name].update({"status": status, "error": type(exc).__name__})
+            write_manifest(run_dir, manifest)
+            raise
+        manifest = read_manifest(run_dir)
+        manifest["stages"][name].update({"status": "done", "seconds": round(time.time() - started, 2), "results": results})
+        write_manifest(run_dir, manifest)

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidInputError, RunError
-from .io import read_json, sha256_file
-from .run import MANIFEST, fingerprint, load_run_pack, read_manifest, record_inputs, run_inputs, stage
+from .io import output_dir, read_json, sha256_file
+from .run import MANIFEST, fingerprint, load_run_pack, read_manifest, record_inputs, run_inputs, run_lock, stage
 
 if TYPE_CHECKING:
     from .distill import DistillResult
@@ -67,14 +67,16 @@ def run_synthesize(run_dir: Path, pack: "Pack", model: str, *, generator: str | 
                    max_new_tokens: int | None = None, progress: bool = True) -> Any:
     from .synthesize import synthesize
 
-    record_inputs(run_dir, pack, model)
+    run_dir = output_dir(run_dir)
     options = synthesize_options(model, generator, n, rounds, seed, max_per_category, max_new_tokens)
     sampling = {"max_new_tokens": max_new_tokens} if max_new_tokens is not None else None
-    with stage(run_dir, "synthesize", synthesize_key(pack, model, options), options=options) as results:
-        result = synthesize(pack, generator or model, out_dir=run_dir, n_per_category=n, rounds=rounds, seed=seed,
-                            max_per_category=max_per_category, batch_size=batch_size, device=device, backend=backend,
-                            sampling=sampling, progress=progress)
-        results["instructions"] = result.summary["instructions"]
+    with run_lock(run_dir):  # from the first write to run.json
+        record_inputs(run_dir, pack, model)
+        with stage(run_dir, "synthesize", synthesize_key(pack, model, options), options=options) as results:
+            result = synthesize(pack, generator or model, out_dir=run_dir, n_per_category=n, rounds=rounds, seed=seed,
+                                max_per_category=max_per_category, batch_size=batch_size, device=device,
+                                backend=backend, sampling=sampling, progress=progress)
+            results["instructions"] = result.summary["instructions"]
     return result
 
 
@@ -160,11 +162,12 @@ def run_filter(run_dir: Path, *, model: str | None = None, pack: "str | Pack | N
     config = filter_config(the_pack, **options)
     key = filter_key(run_dir, the_pack, model, config, backend)
     scores = score_key(run_dir, the_pack, model, config, backend)
-    reuse_scores(run_dir, key, scores)
-    with stage(run_dir, "filter", key, score_key=scores) as results:
-        loaded = load_model(model, device=device)
-        result = filter_run(run_dir, loaded, the_pack.policy, config, backend=backend, progress=progress)
-        results.update(result_dict(result, config))
+    with run_lock(run_dir):  # reuse_scores deletes partial scores of other settings: not another process's
+        reuse_scores(run_dir, key, scores)
+        with stage(run_dir, "filter", key, score_key=scores) as results:
+            loaded = load_model(model, device=device)
+            result = filter_run(run_dir, loaded, the_pack.policy, config, backend=backend, progress=progress)
+            results.update(result_dict(result, config))
     return result
 
 
@@ -346,7 +349,7 @@ def run_card(run_dir: Path, repo_id: str, license: str | None = None, revision: 
     from .evaluate import plot_before_after
     from .io import write_text
 
-    with stage(run_dir, "card", card_key(run_dir, repo_id, license, revision)):
+    with stage(run_dir, "card", card_key(run_dir, repo_id, license, revision)):  # the key `pa apply` compares
         plot_before_after(run_dir / "eval" / "before" / "eval.json", run_dir / "eval" / "after" / "eval.json",
                           run_dir / "eval" / "before_after.png")
         artifacts = load_run(run_dir)

@@ -10,6 +10,29 @@ import pytest
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
+_HOLD = "import sys, time\nfrom policyalign.run import run_lock\nwith run_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)\n"
+
+
+@pytest.fixture
+def hold_run():  # type: ignore[no-untyped-def]
+    """`with hold_run(run_dir) as pid:` another process holds the run directory, as a running `pa apply` does."""
+    import subprocess
+    import sys
+    from contextlib import contextmanager
+
+    @contextmanager
+    def holding(run: Path):  # type: ignore[no-untyped-def]
+        proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(run)], stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+            yield proc.pid
+        finally:
+            proc.kill()
+            proc.wait()
+
+    return holding
+
+
 @pytest.fixture
 def fixture_packs(tmp_path: Path) -> Path:
     """A fresh, writable copy of tests/fixtures/packs (root-pack, child-pack)."""

@@ -407,3 +407,65 @@ def test_push_to_without_a_token_or_with_a_bad_repo_id_fails_before_the_first_st
         apply(_options(fixture_packs, run, push_to="org/name"), pack)
     assert "hf auth login" in caught.value.problem.hint
     assert not (run / "instructions.jsonl").exists(), "nothing was synthesized"
+
+
+
+def test_a_second_apply_on_a_run_directory_in_use_is_refused_and_touches_nothing(tmp_path: Path, fixture_packs: Path,
+                                                                                 hold_run) -> None:
+    """Two `pa apply` on one --out both ran: the second deleted the first's half-written files
+    (stale temporaries to it), removed its checkpoints and wrote run.json over its record."""
+    run = tmp_path / "run"
+    run.mkdir()
+    in_flight = run / ".scored.jsonl.abc123.tmp"  # the other run's file being written
+    in_flight.write_text("{}\n")
+    with hold_run(run) as pid:
+        result = CliRunner().invoke(app, ["apply", str(fixture_packs / "child-pack"), "--model", "tiny",
+                                          "--out", str(run), "--quiet", *FAST])
+    assert result.exit_code == 1, result.output
+    assert f"another pa process (pid {pid}) is working in this run directory" in result.output
+    assert in_flight.is_file() and not (run / "run.json").exists()
+
+
+def test_runs_tells_a_running_run_from_an_interrupted_one(tmp_path: Path, hold_run) -> None:
+    """A run in progress was listed as "interrupted in filter", the status of one killed there."""
+    run = tmp_path / "runs" / "r1"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({
+        "inputs": {"pack": {"name": "general", "version": "1.0.0"}, "model": "tiny"},
+        "stages": {"synthesize": {"status": "done"}, "filter": {"status": "running"}}}))
+    with hold_run(run):
+        running = CliRunner().invoke(app, ["runs", str(tmp_path / "runs"), "--json"])
+    assert json.loads(running.output)[0]["status"] == "running filter"
+    killed = CliRunner().invoke(app, ["runs", str(tmp_path / "runs"), "--json"])
+    assert json.loads(killed.output)[0]["status"] == "interrupted in filter"
+
+
+def test_ctrl_c_exits_130_with_a_message_and_records_the_stage_as_interrupted(tmp_path: Path,
+                                                                              fixture_packs: Path) -> None:
+    """Ctrl-C printed a blank line, and `pa runs` then called the run "failed at synthesize"."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "policyalign", "apply", str(fixture_packs / "child-pack"), "--model", "tiny",
+           "--out", str(run), "--quiet", *FAST]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert _wait_for_stage(run, "synthesize", proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted: finished stages" in err and "run the same command again" in err and "Traceback" not in err
+    assert json.loads((run / "run.json").read_text())["stages"]["synthesize"]["status"] == "interrupted"
+    assert run_summary(run)["status"] == "interrupted in synthesize"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write any file")
+def test_another_users_lock_file_still_locks_a_shared_run_directory(tmp_path: Path, hold_run) -> None:
+    """The lock file of a run directory shared between users is another user's, not writable here: flock
+    needs only read access, so the run neither fails nor goes unlocked."""
+    from policyalign.run import LOCK_FILE, run_active, run_lock
+
+    (tmp_path / LOCK_FILE).write_text("")
+    (tmp_path / LOCK_FILE).chmod(0o444)
+    with run_lock(tmp_path):
+        assert run_active(tmp_path)
+    with hold_run(tmp_path), pytest.raises(RunError, match=r"another pa process \(pid \?\)"):
+        with run_lock(tmp_path):
+            pass

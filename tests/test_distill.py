@@ -683,3 +683,36 @@ def test_the_trainer_runs_where_and_in_the_precision_the_model_was_loaded(tmp_pa
     assert device_flags("cuda:0", torch.float32)["bf16"] is False
     args = sdft_config(DistillConfig(), tmp_path, device="cpu", dtype=torch.float32)
     assert args.use_cpu and args.device.type == "cpu" and args.n_gpu == 0
+
+
+def test_a_checkpoint_the_full_disk_refuses_is_an_error_naming_it(recorded_run) -> None:
+    """torch.save on a full disk stopped training with `RuntimeError: [enforce fail at inline_container.cc:672]
+    . unexpected pos 152576 vs 152468` and a traceback, naming neither the checkpoint nor the disk."""
+    from fulldisk import run_python
+
+    from policyalign.distill import resume_point
+
+    run, _ = recorded_run
+    result = run_python("-m", "policyalign", "distill", str(run), "--max-steps", "1", "--save-steps", "1",
+                        "--max-new-tokens", "4", "--batch-size", "2")
+    assert result.returncode == 1, result.stderr
+    assert f"error: {run / 'checkpoints' / 'checkpoint-1'}: writing checkpoint-1 failed (" in result.stderr
+    assert "is the disk full?" in result.stderr and "Traceback" not in result.stderr
+    assert resume_point(run) is None, "the half-written checkpoint is not taken for a complete one"
+
+
+def test_an_adapter_the_full_disk_refuses_is_an_error_and_leaves_the_old_one(tmp_path: Path) -> None:
+    """The final adapter on a full disk was a SafetensorError traceback."""
+    from fulldisk import run_error
+
+    target = tmp_path / "adapter"
+    target.mkdir()
+    (target / "policyalign.json").write_text("{}")  # the previous training's adapter
+    printed = run_error("from peft import LoraConfig, get_peft_model\nfrom transformers import AutoModelForCausalLM\n"
+                        "from policyalign.tiny import tiny_model_path\nfrom policyalign.distill import save_adapter\n"
+                        "base = AutoModelForCausalLM.from_pretrained(tiny_model_path())\n"
+                        "model = get_peft_model(base, LoraConfig(r=64, target_modules='all-linear'))",
+                        "save_adapter(model, Path(sys.argv[1]))", target)
+    assert printed.startswith(f"{target}: writing adapter failed (SafetensorError: "), printed
+    assert "is the disk full?" in printed
+    assert (target / "policyalign.json").read_text() == "{}" and not (tmp_path / ".adapter.tmp").exists()

@@ -308,3 +308,13 @@ def test_filter_stage_on_tiny(tmp_path: Path, fixture_packs: Path) -> None:
     again = filter_run(tmp_path, loaded, pack.policy, config, progress=False)
     assert again.scored == result.scored
     assert [r["score"] for r in read_jsonl(tmp_path / "scored.jsonl")] == pytest.approx([r["score"] for r in scored])
+
+
+def test_a_full_disk_while_scoring_is_an_error_naming_the_partial_file(tmp_path: Path) -> None:
+    """Appending scores to scored.partial.jsonl on a full disk was an OSError traceback naming no file."""
+    from fulldisk import run_error
+
+    partial = tmp_path / PARTIAL
+    printed = run_error("from policyalign.filtering import _append",
+                        "_append(Path(sys.argv[1]), [{'id': str(i), 'response': 'x' * 500} for i in range(100)])", partial)
+    assert printed.startswith(f"{partial}: File too large\n    hint: make room on that disk"), printed

@@ -54,3 +54,34 @@ def test_tiny_and_hub_models_keep_the_keys_they_had(tmp_path: Path, fixture_pack
         options = {"judge": "refusal"}
         assert eval_key(tmp_path, pack, model, "before", options) == fingerprint(
             {"pack": pack.digest, "model": model, "adapter": None, **options})
+
+
+def test_synthesize_into_a_run_directory_in_use_is_refused_before_touching_run_json(tmp_path: Path, fixture_packs: Path,
+                                                                                  hold_run) -> None:
+    """`pa synthesize --out RUN` wrote RUN's run.json (its inputs) before taking the run's lock."""
+    import pytest
+
+    from policyalign.errors import RunError
+    from policyalign.stages import run_synthesize
+
+    with hold_run(tmp_path), pytest.raises(RunError, match="another pa process"):
+        run_synthesize(tmp_path, Registry([fixture_packs]).load("root-pack"), "tiny", n=1)
+    assert not (tmp_path / "run.json").exists()
+
+
+def test_a_card_written_with_a_license_is_skipped_when_nothing_changed(tmp_path: Path, fixture_packs: Path,
+                                                                       make_run) -> None:
+    """The card stage recorded its key without the license `pa apply` keys it with: every
+    `pa apply --license mit` re-wrote the card of a finished run."""
+    from policyalign.run import stage_done
+    from policyalign.stages import card_key, run_card
+
+    import json
+
+    run = make_run(tmp_path / "run", fixture_packs / "root-pack")
+    for which in ("before", "after"):  # the metrics block evaluate() writes, which the chart reads
+        path = run / "eval" / which / "eval.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "metrics": {"categories": {}, "sets": {}}}))
+    run_card(run, "local/run", license="mit")
+    assert stage_done(run, "card", card_key(run, "local/run", "mit"))
+    assert not stage_done(run, "card", card_key(run, "local/run", "apache-2.0"))

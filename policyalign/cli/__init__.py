@@ -12,11 +12,19 @@ import sys
 import typer
 from typer.core import TyperGroup
 
-from ..errors import PolicyAlignError
+from ..errors import PolicyAlignError, disk_error
+
+
+# Ctrl-C: the shell's code for SIGINT (128 + 2), as for any interrupted Unix command.
+INTERRUPTED = 130
 
 
 class PaGroup(TyperGroup):
-    """Turns every `PolicyAlignError` raised by a sub-command into a message and exit code."""
+    """Turns every `PolicyAlignError` raised by a sub-command into a message and exit code.
+
+    So does a disk that refuses a write outside `io.atomic_open` (a checkpoint, a cache entry),
+    and Ctrl-C, which says the work done so far is kept rather than printing a blank line.
+    """
 
     def invoke(self, ctx):  # type: ignore[no-untyped-def]
         try:
@@ -24,6 +32,16 @@ class PaGroup(TyperGroup):
         except PolicyAlignError as exc:
             typer.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except OSError as exc:
+            error = disk_error(exc)
+            if error is None:
+                raise
+            typer.echo(f"error: {error}", err=True)
+            ctx.exit(error.exit_code)
+        except KeyboardInterrupt:
+            typer.echo("\ninterrupted: finished stages, scores and checkpoints are kept; "
+                       "run the same command again to continue", err=True)
+            ctx.exit(INTERRUPTED)
 
 
 app = typer.Typer(
