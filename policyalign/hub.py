@@ -285,7 +285,20 @@ def _remote_files(api: Any, repo_id: str, repo_type: str, token: str) -> list[st
 
 def push_adapter(run_dir: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
                  token: str | None = None, license: str | None = None) -> PushResult:
-    """Publish a run's adapter with its model card; tag the commit `<pack>-v<version>` (or `revision`)."""
+    """Publish a run's adapter with its model card; tag the commit `<pack>-v<version>` (or `revision`).
+
+    Holds the run's lock: beside a `pa apply` retraining in the same directory, the adapter, its
+    evals and the card could be read from two different trainings and published as one."""
+    from contextlib import nullcontext
+
+    from .run import run_lock
+
+    with run_lock(Path(run_dir)) if Path(run_dir).is_dir() else nullcontext():
+        return _push_adapter(run_dir, repo_id, private=private, revision=revision, token=token, license=license)
+
+
+def _push_adapter(run_dir: str | Path, repo_id: str, *, private: bool, revision: str | None,
+                  token: str | None, license: str | None) -> PushResult:
     artifacts = card.load_run(run_dir)
     check_repo_id(repo_id)
     tag = check_tag(revision or artifacts.default_tag)

@@ -32,3 +32,12 @@ def test_help(path: tuple[str, ...]) -> None:
     result = CliRunner().invoke(app, [*path, "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage" in result.output
+
+
+def test_ctrl_c_promises_a_resume_only_where_one_exists() -> None:
+    """Ctrl-C in `pa pull` or `pa eval` said "finished stages, scores and checkpoints are kept"."""
+    from policyalign.cli import RESUMABLE, interrupted_message
+
+    assert "run the same command again to continue" in interrupted_message("apply")
+    assert all("checkpoints are kept" in interrupted_message(c) for c in RESUMABLE)
+    assert interrupted_message("pull") == interrupted_message("eval") == interrupted_message(None) == "interrupted"

@@ -225,6 +225,18 @@ def test_push_refuses_an_existing_tag_and_revision_overrides(cli: Cli, hub_serve
     assert "invalid revision tag" in bad.stderr
 
 
+def test_push_refuses_a_run_directory_in_use(cli: Cli, hub_server, make_run, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                        hold_run) -> None:
+    """Beside a `pa apply` retraining in the same directory, push could publish one training's adapter
+    with another's evals and card."""
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "busy"))
+    with hold_run(run) as pid:
+        result = cli.fails(1, "push", str(run), "--repo-id", "org/busy")
+    assert f"another pa process (pid {pid}) is working in this run directory" in result.stderr
+    assert not hub_server.repo_path("org/busy").exists(), "refused before anything reached the Hub"
+    cli.ok("push", str(run), "--repo-id", "org/busy")
+
+
 def test_push_private_refuses_an_existing_public_repository(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """`--private` only applies when the repository is created: into an existing public one the
     adapter was published publicly without a word."""

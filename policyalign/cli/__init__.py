@@ -39,9 +39,20 @@ class PaGroup(TyperGroup):
             typer.echo(f"error: {error}", err=True)
             ctx.exit(error.exit_code)
         except KeyboardInterrupt:
-            typer.echo("\ninterrupted: finished stages, scores and checkpoints are kept; "
-                       "run the same command again to continue", err=True)
+            typer.echo(f"\n{interrupted_message(ctx.invoked_subcommand)}", err=True)
             ctx.exit(INTERRUPTED)
+
+
+# Commands that keep their finished work in a run directory and go on from it when run again.
+RESUMABLE = ("apply", "synthesize", "filter", "distill")
+
+
+def interrupted_message(command: str | None) -> str:
+    """What Ctrl-C leaves: only the run stages keep work to continue from; `pa pull` or `pa eval`
+    stopped halfway have nothing to resume, and saying otherwise would be a promise not kept."""
+    if command in RESUMABLE:
+        return "interrupted: finished stages, scores and checkpoints are kept; run the same command again to continue"
+    return "interrupted"
 
 
 app = typer.Typer(
