@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InvalidInputError, PackError, Problem
-from .pack import Pack, load_pack
+from .pack import MANIFEST, Pack, load_pack
 from .pack_index import index_problems
 from .registry import INDEX_FILE, Registry
 
@@ -43,6 +43,10 @@ def validate_all(packs_dir: Path, registry: Registry) -> ValidationReport:
     if not packs_dir.is_dir():
         raise InvalidInputError(f"packs directory {packs_dir} does not exist", file=str(packs_dir),
                                 hint="pass --dir the directory that holds the packs (default: packs, from the repository root)")
+    if (packs_dir / MANIFEST).is_file():  # every subfolder (eval/, templates/) would be "missing pack.yaml"
+        raise InvalidInputError(f"{packs_dir} is a pack, not a directory of packs", file=str(packs_dir),
+                                hint=f"pass --dir its parent ({packs_dir.resolve().parent}), "
+                                     f"or validate this pack alone: `pa validate {packs_dir}`")
     dirs = sorted(c for c in packs_dir.iterdir() if c.is_dir() and not c.name.startswith("."))
     report = validate_paths(dirs, registry)
     if not report.failures:

@@ -34,6 +34,16 @@ def test_a_packs_directory_that_does_not_exist_is_an_error(tmp_path: Path) -> No
     assert not (tmp_path / "pack").exists()
 
 
+def test_a_pack_given_as_the_packs_directory_is_named_as_such(fixture_packs: Path) -> None:
+    """`pa validate --all --dir packs/general` reported each of its subfolders as a pack missing pack.yaml."""
+    for args in (["index"], ["validate", "--all"]):
+        result = runner.invoke(app, [*args, "--dir", str(fixture_packs / "root-pack")])
+        assert result.exit_code == 2, result.output
+        assert "root-pack is a pack, not a directory of packs" in result.output
+        assert f"pa validate {fixture_packs / 'root-pack'}" in result.output and "missing" not in result.output
+    assert not (fixture_packs / "root-pack" / "INDEX.json").exists()
+
+
 def test_missing_index_fails(fixture_packs: Path) -> None:
     result = _validate_all(fixture_packs)
     assert result.exit_code == 2
