@@ -112,7 +112,7 @@ def runs(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """List run directories with their status and key metrics."""
-    from rich.table import Table
+    from rich.table import Column, Table
 
     from ..apply import find_runs, listed_summary
 
@@ -123,7 +123,9 @@ def runs(
     if not summaries:
         typer.echo("no runs found (start one with `pa apply PACK --model M`)")
         return
-    table = Table("run", "pack", "model", "status", "selected", "internalization", "violation", "over-refusal")
+    # Wrapped, never cut: "runs/g…" in a narrow terminal (or 80 columns in a log) names no run.
+    table = Table(*(Column(name, overflow="fold") for name in ("run", "pack", "model", "status")),
+                  "selected", "internalization", "violation", "over-refusal")
     for s in summaries:
         table.add_row(s["run_dir"], s["pack"], str(s["model"]), s["status"], _num(s["selected"]),
                       f"{_num(s['internalization_before'])} -> {_num(s['internalization_after'])}",
