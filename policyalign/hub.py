@@ -878,14 +878,17 @@ def _download_pack(repo_id: str, commit: str, entries: list[tuple[str, int]], ha
                            hint="the repository was modified after `pa pack push`; do not install it")
 
 
-def pull_pack(spec: str, *, to: str | Path | None = None, token: str | None = None) -> PackPullResult:
+def pull_pack(spec: str, *, to: str | Path | None = None, token: str | None = None,
+              registry: "Registry | None" = None) -> PackPullResult:
     """`pa pack pull ORG/NAME[@VERSION]`: download, verify and validate a pack, then install it.
 
     Installs into `to/NAME` (default: `user_packs_dir()/NAME`) by renaming a fully checked
-    staging directory, so an invalid or tampered pack leaves nothing behind.
+    staging directory, so an invalid or tampered pack leaves nothing behind. Its parents resolve
+    through `registry` (default: the standard search path) and among the packs already in the
+    install directory: once installed, those are its siblings, which the loader always searches.
     """
     from .pack import files_digest, load_pack
-    from .registry import user_packs_dir
+    from .registry import Registry, user_packs_dir
 
     repo_id, wanted = split_spec(spec)
     api = _api(token)
@@ -907,7 +910,7 @@ def pull_pack(spec: str, *, to: str | Path | None = None, token: str | None = No
         if files_digest(stage, files) != recorded["pack"].get("files_digest"):
             raise HubError("the pack's files digest does not match its card", file=repo_id,
                            hint="the repository was modified after `pa pack push`; do not install it")
-        pack = load_pack(stage)
+        pack = load_pack(stage, registry=(registry or Registry.default()).including(parent))
         warnings = _pack_identity_problems(pack, recorded["pack"], repo_id)
         target = parent / name
         _swap_in(stage, target)

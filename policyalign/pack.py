@@ -759,7 +759,7 @@ def _load_parent(col: _Collector, registry: "Registry", spec: str, where: str, s
         col.add(MANIFEST, where, f"extends cycle: {cycle}", "a pack cannot (indirectly) extend itself")
         return None
     try:
-        path = registry.resolve_name(spec)
+        path = registry.resolve_name(spec, parent=True)
     except ResolveError as exc:
         col.add(MANIFEST, where, f"parent {spec!r} not found: {exc.problem.message}", exc.problem.hint)
         return None

@@ -530,6 +530,27 @@ def test_pack_with_parents_pulls_when_parents_are_local(cli: Cli, hub_server, tm
         load_pack(cli.packs / "child-pack", registry=registry).digest
 
 
+def test_pack_pull_finds_parents_where_it_installs_and_says_how_to_get_missing_ones(  # type: ignore[no-untyped-def]
+        cli: Cli, hub_server, tmp_path: Path) -> None:
+    """`pa pack pull --to DIR` refused a pack whose parent sat in DIR, where it would live once installed
+    (it looked beside its staging directory instead); `pa pack pull` took no --packs-path; and with the
+    parent nowhere, the hint was "known packs: child-pack": neither where it looked nor the fix."""
+    cli.ok("pack", "push", str(cli.packs / "child-pack"), "--repo-id", "org/child-elsewhere")
+    (tmp_path / "empty").mkdir()
+    bare = Cli(cli.hub, cli.home, tmp_path / "empty", cli.cwd)  # PA_PACKS_PATH holds no root-pack
+    missing = " ".join(bare.fails(2, "pack", "pull", "org/child-elsewhere").stderr.split())
+    assert "parent 'root-pack@^1' not found" in missing and f"searched {tmp_path / 'empty'}" in missing
+    assert "add the directory holding it with --packs-path or PA_PACKS_PATH, or install it with `pa pack pull" in missing
+    nothing_installed(bare, "child-pack")
+
+    shelf = tmp_path / "shelf"
+    shutil.copytree(cli.packs / "root-pack", shelf / "root-pack")
+    bare.ok("pack", "pull", "org/child-elsewhere", "--to", str(shelf))
+    assert load_pack(shelf / "child-pack").digest == load_pack(cli.packs / "child-pack").digest
+    bare.ok("pack", "pull", "org/child-elsewhere", "--packs-path", str(shelf))
+    assert (bare.home / "pa" / "packs" / "child-pack" / "pack.yaml").is_file()
+
+
 def test_invalid_pack_is_not_pushed(cli: Cli, hub_server) -> None:  # type: ignore[no-untyped-def]
     broken = make_pack(cli.packs, "broken")
     (broken / "CHANGELOG.md").write_text("# nothing here\n")

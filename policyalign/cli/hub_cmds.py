@@ -108,11 +108,12 @@ def pack_push(
 def pack_pull(
     spec: str = typer.Argument(..., metavar="ORG/NAME[@VERSION]", help="Pack repository and optional version (e.g. 1.2.0)."),
     to: Optional[Path] = typer.Option(None, "--to", help="Packs directory to install into (default: the user packs directory)."),
+    packs_path: Optional[list[Path]] = PacksPath,
 ) -> None:
     """Download a pack, verify and validate it, then install it (nothing is installed if any check fails)."""
     from ..hub import pull_pack
 
-    result = pull_pack(spec, to=to)
+    result = pull_pack(spec, to=to, registry=registry(packs_path))
     for warning in result.warnings:
         typer.echo(f"warning: {warning}", err=True)
     typer.echo(f"installed {result.name}@{result.version} (digest {result.digest[:12]}…) from "
