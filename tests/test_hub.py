@@ -173,6 +173,20 @@ def test_push_then_pull_round_trip(cli: Cli, hub_server, make_run, tmp_path: Pat
     assert str(cli.home / "hf") in cached.stdout
 
 
+def test_pull_suggests_an_eval_command_that_finds_the_pack(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """With the pack found through --packs-path, `pa pull` suggested `pa eval NAME@VERSION ...` without it:
+    run as printed, that command answered "unknown pack"."""
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "shelved"))
+    cli.ok("push", str(run), "--repo-id", "org/shelved-qwen")
+    (tmp_path / "empty").mkdir()
+    bare = Cli(cli.hub, cli.home, tmp_path / "empty", cli.cwd)  # PA_PACKS_PATH holds no `shelved`
+    pulled = bare.ok("pull", "org/shelved-qwen", "--to", str(tmp_path / "pulled"), "--packs-path", str(cli.packs))
+    assert f"matches the local pack shelved@1.0.0 ({cli.packs / 'shelved'})" in pulled.stdout
+    suggested = next(line for line in pulled.stdout.splitlines() if line.startswith("or evaluate it: pa eval "))
+    assert suggested.endswith(f"--packs-path {cli.packs}")
+    assert "shelved@1.0.0" in bare.ok("show", "shelved@1.0.0", "--packs-path", str(cli.packs)).stdout
+
+
 @pytest.mark.slow
 def test_published_files_hold_no_local_paths(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A run on a local base model published its absolute path (the user's home directory) in
