@@ -229,6 +229,16 @@ def _repo_url(repo_id: str, repo_type: str, revision: str) -> str:
 # --------------------------------------------------------------------------- publishing (shared)
 
 
+# What to do about a taken tag (a tag is never moved). One hint served both and misled each: it told
+# `pa push` of a retrained adapter to "bump the pack version", and `pa pack push` of changed files to
+# take another tag, which publishes two different packs as one version.
+TAKEN_TAG_HINTS = {
+    "model": "a tag is never moved: publish this run under a new tag with --revision (e.g. {tag}-r2)",
+    "dataset": "a tag is never moved: if the pack's files changed, bump `version` in pack.yaml (with its "
+               "CHANGELOG.md entry) and push again; if not, this version is already published",
+}
+
+
 def _prepare_repo(api: Any, repo_id: str, repo_type: str, tag: str, *, private: bool, token: str) -> None:
     """Authenticate, create the repo if needed, and refuse early if the tag is already taken."""
     with hub_call("checking the Hub token", token=token, repo=repo_id):
@@ -241,7 +251,7 @@ def _prepare_repo(api: Any, repo_id: str, repo_type: str, tag: str, *, private: 
         refs = api.list_repo_refs(repo_id, repo_type=repo_type)
     if tag in {t.name for t in refs.tags}:
         raise HubError(f"the repository already has a tag {tag!r}", file=repo_id,
-                       hint="bump the pack version, or pass --revision with a new tag name")
+                       hint=TAKEN_TAG_HINTS[repo_type].format(tag=tag))
 
 
 def _refuse_public(api: Any, repo_id: str, repo_type: str, token: str) -> None:

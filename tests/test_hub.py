@@ -565,6 +565,21 @@ def test_pack_pull_finds_parents_where_it_installs_and_says_how_to_get_missing_o
     assert (bare.home / "pa" / "packs" / "child-pack" / "pack.yaml").is_file()
 
 
+def test_a_taken_tag_gets_the_fix_for_what_is_pushed(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """One hint for both: `pa push` of a retrained adapter was told to "bump the pack version", and
+    `pa pack push` of changed files to take another tag (two different packs published as one version)."""
+    source = make_pack(cli.packs, "taken")
+    cli.ok("pack", "push", str(source), "--repo-id", "org/taken-pack")
+    (source / "policy.md").write_text((source / "policy.md").read_text() + "\nOne more rule.\n")
+    pack_again = " ".join(cli.fails(1, "pack", "push", str(source), "--repo-id", "org/taken-pack").stderr.split())
+    assert "bump `version` in pack.yaml (with its CHANGELOG.md entry)" in pack_again and "--revision" not in pack_again
+
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "retaken"))
+    cli.ok("push", str(run), "--repo-id", "org/retaken")
+    adapter_again = " ".join(cli.fails(1, "push", str(run), "--repo-id", "org/retaken").stderr.split())
+    assert "new tag with --revision (e.g. retaken-v1.0.0-r2)" in adapter_again and "pack version" not in adapter_again
+
+
 def test_invalid_pack_is_not_pushed(cli: Cli, hub_server) -> None:  # type: ignore[no-untyped-def]
     broken = make_pack(cli.packs, "broken")
     (broken / "CHANGELOG.md").write_text("# nothing here\n")
