@@ -511,7 +511,7 @@ def pull_adapter(spec: str, *, to: str | Path | None = None, token: str | None =
         metadata, provenance = verify_adapter(path, label)
     else:
         path, provenance = _pull_into(Path(to), repo_id, commit, label, token)
-    warnings, notes = compare_local_pack(provenance["pack"], registry)
+    warnings, notes = compare_local_pack(provenance["pack"], registry, token=token)
     return PullResult(repo_id, revision, str(commit), path, provenance["pack"], provenance["base_model"],
                       tuple(warnings), tuple(notes))
 
@@ -555,7 +555,8 @@ def _swap_in(source: Path, target: Path) -> None:
         shutil.rmtree(previous, ignore_errors=True)
 
 
-def compare_local_pack(pack: Mapping[str, Any], registry: "Registry | None" = None) -> tuple[list[str], list[str]]:
+def compare_local_pack(pack: Mapping[str, Any], registry: "Registry | None" = None, *,
+                       token: str | None = None) -> tuple[list[str], list[str]]:
     """Warnings when the local pack of that name differs (version or digest) from the adapter's."""
     from .pack import load_pack
     from .registry import Registry
@@ -564,7 +565,7 @@ def compare_local_pack(pack: Mapping[str, Any], registry: "Registry | None" = No
     name, version, digest = pack.get("name"), pack.get("version"), pack.get("digest")
     local = [loc for loc in registry.discover() if loc.name == name]
     if not local:
-        return [], [f"pack {name} is not installed locally; get it with `pa pack pull ORG/NAME@{version}`"]
+        return [], [_not_installed_note(str(name), str(version), token)]
     exact = [loc for loc in local if loc.version == version]
     if not exact:
         have = ", ".join(sorted(loc.version for loc in local))
@@ -577,6 +578,18 @@ def compare_local_pack(pack: Mapping[str, Any], registry: "Registry | None" = No
         return [f"the local pack {name}@{version} ({exact[0].path}) has digest {local_pack.digest[:12]}…, but the "
                 f"adapter was trained on {str(digest)[:12]}…: same version, different content"], []
     return [], [f"matches the local pack {name}@{version} ({exact[0].path})"]
+
+
+def _not_installed_note(name: str, version: str, token: str | None) -> str:
+    """How to get the pack: the `pa pack pull` command for the dataset repos that publish it (found
+    by the tags `pa pack push` sets), rather than "ORG/NAME", which left the user to guess where."""
+    try:
+        with hub_call("searching the Hub for the pack", token=token, repo=f"pack:{name}"):
+            repos = sorted(d.id for d in _api(token).list_datasets(filter=["policyalign-pack", f"pack:{name}"]))
+    except PolicyAlignError:
+        repos = []
+    where = " or ".join(f"`pa pack pull {repo}@{version}`" for repo in repos[:3]) or f"`pa pack pull ORG/NAME@{version}`"
+    return f"pack {name} is not installed locally; get it with {where}"
 
 
 # --------------------------------------------------------------------------- adapters: find by pack

@@ -187,6 +187,19 @@ def test_pull_suggests_an_eval_command_that_finds_the_pack(cli: Cli, hub_server,
     assert "shelved@1.0.0" in bare.ok("show", "shelved@1.0.0", "--packs-path", str(cli.packs)).stdout
 
 
+def test_pull_names_the_repo_that_publishes_a_missing_pack(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Without the pack locally, `pa pull` said "get it with `pa pack pull ORG/NAME@1.0.0`": which ORG/NAME?"""
+    source = make_pack(cli.packs, "elsewhere")
+    cli.ok("pack", "push", str(source), "--repo-id", "org/elsewhere-pack")
+    cli.ok("push", str(make_run(tmp_path / "run", source)), "--repo-id", "org/elsewhere-qwen")
+    (tmp_path / "empty").mkdir()
+    bare = Cli(cli.hub, cli.home, tmp_path / "empty", cli.cwd)  # PA_PACKS_PATH holds no `elsewhere`
+    pulled = bare.ok("pull", "org/elsewhere-qwen", "--to", str(tmp_path / "pulled"))
+    assert "pack elsewhere is not installed locally; get it with `pa pack pull org/elsewhere-pack@1.0.0`" in pulled.stdout
+    bare.ok("pack", "pull", "org/elsewhere-pack@1.0.0")  # the command as printed
+    assert "matches the local pack elsewhere@1.0.0" in bare.ok("pull", "org/elsewhere-qwen", "--to", str(tmp_path / "pulled")).stdout
+
+
 @pytest.mark.slow
 def test_published_files_hold_no_local_paths(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A run on a local base model published its absolute path (the user's home directory) in
