@@ -468,6 +468,17 @@ def _flatten(data: Any, prefix: str = "") -> list[tuple[str, str]]:
     return [(prefix, "null" if data is None else str(data))]
 
 
+def _internalization_rows(data: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Before and after as recorded; `drop` is relative (1 - after/before), so it is labelled and shown
+    as a percentage: a bare "drop | 0.554" under "before | 0.7504" and "after | 0.3346" read as the
+    absolute fall, which those two numbers put at 0.416."""
+    rows = _flatten({key: value for key, value in data.items() if key != "drop"})
+    drop = data.get("drop")
+    if isinstance(drop, (int, float)) and not isinstance(drop, bool):
+        rows.append(("relative drop, 1 - after / before", f"{drop:.1%}"))
+    return rows
+
+
 def _lora_summary(adapter_config: Mapping[str, Any]) -> dict[str, str]:
     """Rank, alpha and targets for the card, plus the `--max-lora-rank` vLLM needs for this rank."""
     rank = adapter_config.get("r")
@@ -507,7 +518,7 @@ def card_context(artifacts: RunArtifacts, repo_id: str, revision: str, metadata:
         "lora": _lora_summary(adapter_config),
         "settings": _flatten(prov.get("config") or {}) + _flatten(prov.get("training") or {}, "run"),
         "data": _flatten(prov.get("data") or {}),
-        "internalization": _flatten(prov.get("internalization") or {}),
+        "internalization": _internalization_rows(prov.get("internalization") or {}),
         "seeds": _flatten(prov.get("seeds") or {}),
         "has_eval": bool(artifacts.evals),
         "eval_stages": [s for s in EVAL_STAGES if s in artifacts.evals],

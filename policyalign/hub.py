@@ -229,6 +229,16 @@ def _repo_url(repo_id: str, repo_type: str, revision: str) -> str:
 # --------------------------------------------------------------------------- publishing (shared)
 
 
+# What to do about a taken tag (a tag is never moved). One hint served both and misled each: it told
+# `pa push` of a retrained adapter to "bump the pack version", and `pa pack push` of changed files to
+# take another tag, which publishes two different packs as one version.
+TAKEN_TAG_HINTS = {
+    "model": "a tag is never moved: publish this run under a new tag with --revision (e.g. {tag}-r2)",
+    "dataset": "a tag is never moved: if the pack's files changed, bump `version` in pack.yaml (with its "
+               "CHANGELOG.md entry) and push again; if not, this version is already published",
+}
+
+
 def _prepare_repo(api: Any, repo_id: str, repo_type: str, tag: str, *, private: bool, token: str) -> None:
     """Authenticate, create the repo if needed, and refuse early if the tag is already taken."""
     with hub_call("checking the Hub token", token=token, repo=repo_id):
@@ -241,7 +251,7 @@ def _prepare_repo(api: Any, repo_id: str, repo_type: str, tag: str, *, private: 
         refs = api.list_repo_refs(repo_id, repo_type=repo_type)
     if tag in {t.name for t in refs.tags}:
         raise HubError(f"the repository already has a tag {tag!r}", file=repo_id,
-                       hint="bump the pack version, or pass --revision with a new tag name")
+                       hint=TAKEN_TAG_HINTS[repo_type].format(tag=tag))
 
 
 def _refuse_public(api: Any, repo_id: str, repo_type: str, token: str) -> None:
@@ -501,7 +511,7 @@ def pull_adapter(spec: str, *, to: str | Path | None = None, token: str | None =
         metadata, provenance = verify_adapter(path, label)
     else:
         path, provenance = _pull_into(Path(to), repo_id, commit, label, token)
-    warnings, notes = compare_local_pack(provenance["pack"], registry)
+    warnings, notes = compare_local_pack(provenance["pack"], registry, token=token)
     return PullResult(repo_id, revision, str(commit), path, provenance["pack"], provenance["base_model"],
                       tuple(warnings), tuple(notes))
 
@@ -545,7 +555,8 @@ def _swap_in(source: Path, target: Path) -> None:
         shutil.rmtree(previous, ignore_errors=True)
 
 
-def compare_local_pack(pack: Mapping[str, Any], registry: "Registry | None" = None) -> tuple[list[str], list[str]]:
+def compare_local_pack(pack: Mapping[str, Any], registry: "Registry | None" = None, *,
+                       token: str | None = None) -> tuple[list[str], list[str]]:
     """Warnings when the local pack of that name differs (version or digest) from the adapter's."""
     from .pack import load_pack
     from .registry import Registry
@@ -554,7 +565,7 @@ def compare_local_pack(pack: Mapping[str, Any], registry: "Registry | None" = No
     name, version, digest = pack.get("name"), pack.get("version"), pack.get("digest")
     local = [loc for loc in registry.discover() if loc.name == name]
     if not local:
-        return [], [f"pack {name} is not installed locally; get it with `pa pack pull ORG/NAME@{version}`"]
+        return [], [_not_installed_note(str(name), str(version), token)]
     exact = [loc for loc in local if loc.version == version]
     if not exact:
         have = ", ".join(sorted(loc.version for loc in local))
@@ -567,6 +578,18 @@ def compare_local_pack(pack: Mapping[str, Any], registry: "Registry | None" = No
         return [f"the local pack {name}@{version} ({exact[0].path}) has digest {local_pack.digest[:12]}…, but the "
                 f"adapter was trained on {str(digest)[:12]}…: same version, different content"], []
     return [], [f"matches the local pack {name}@{version} ({exact[0].path})"]
+
+
+def _not_installed_note(name: str, version: str, token: str | None) -> str:
+    """How to get the pack: the `pa pack pull` command for the dataset repos that publish it (found
+    by the tags `pa pack push` sets), rather than "ORG/NAME", which left the user to guess where."""
+    try:
+        with hub_call("searching the Hub for the pack", token=token, repo=f"pack:{name}"):
+            repos = sorted(d.id for d in _api(token).list_datasets(filter=["policyalign-pack", f"pack:{name}"]))
+    except PolicyAlignError:
+        repos = []
+    where = " or ".join(f"`pa pack pull {repo}@{version}`" for repo in repos[:3]) or f"`pa pack pull ORG/NAME@{version}`"
+    return f"pack {name} is not installed locally; get it with {where}"
 
 
 # --------------------------------------------------------------------------- adapters: find by pack
@@ -878,14 +901,17 @@ def _download_pack(repo_id: str, commit: str, entries: list[tuple[str, int]], ha
                            hint="the repository was modified after `pa pack push`; do not install it")
 
 
-def pull_pack(spec: str, *, to: str | Path | None = None, token: str | None = None) -> PackPullResult:
+def pull_pack(spec: str, *, to: str | Path | None = None, token: str | None = None,
+              registry: "Registry | None" = None) -> PackPullResult:
     """`pa pack pull ORG/NAME[@VERSION]`: download, verify and validate a pack, then install it.
 
     Installs into `to/NAME` (default: `user_packs_dir()/NAME`) by renaming a fully checked
-    staging directory, so an invalid or tampered pack leaves nothing behind.
+    staging directory, so an invalid or tampered pack leaves nothing behind. Its parents resolve
+    through `registry` (default: the standard search path) and among the packs already in the
+    install directory: once installed, those are its siblings, which the loader always searches.
     """
     from .pack import files_digest, load_pack
-    from .registry import user_packs_dir
+    from .registry import Registry, user_packs_dir
 
     repo_id, wanted = split_spec(spec)
     api = _api(token)
@@ -907,7 +933,7 @@ def pull_pack(spec: str, *, to: str | Path | None = None, token: str | None = No
         if files_digest(stage, files) != recorded["pack"].get("files_digest"):
             raise HubError("the pack's files digest does not match its card", file=repo_id,
                            hint="the repository was modified after `pa pack push`; do not install it")
-        pack = load_pack(stage)
+        pack = load_pack(stage, registry=(registry or Registry.default()).including(parent))
         warnings = _pack_identity_problems(pack, recorded["pack"], repo_id)
         target = parent / name
         _swap_in(stage, target)

@@ -759,7 +759,7 @@ def _load_parent(col: _Collector, registry: "Registry", spec: str, where: str, s
         col.add(MANIFEST, where, f"extends cycle: {cycle}", "a pack cannot (indirectly) extend itself")
         return None
     try:
-        path = registry.resolve_name(spec)
+        path = registry.resolve_name(spec, parent=True)
     except ResolveError as exc:
         col.add(MANIFEST, where, f"parent {spec!r} not found: {exc.problem.message}", exc.problem.hint)
         return None
@@ -856,7 +856,7 @@ def _eval_sets(col: _Collector, data: dict[str, Any], categories: tuple[Category
             col.add(entry["file"], "", f"eval set {entry.get('name')!r} is empty",
                     "add one eval item per line (schemas/eval-item.schema.json), or drop the set from `eval`")
             continue
-        items = _eval_items(col, entry["file"], text, known, seen_ids)
+        items = _eval_items(col, entry["file"], text, known, seen_ids, str(entry.get("kind")))
         sets.append(EvalSet(str(entry.get("name")), str(entry.get("kind")), entry["file"], tuple(items)))
     return tuple(sets)
 
@@ -883,7 +883,8 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def _eval_items(col: _Collector, file: str, text: str, known: list[str], seen_ids: dict[str, str]) -> list[EvalItem]:
+def _eval_items(col: _Collector, file: str, text: str, known: list[str], seen_ids: dict[str, str],
+                kind: str) -> list[EvalItem]:
     from .schema import eval_item_validator
 
     validator = eval_item_validator()
@@ -917,7 +918,7 @@ def _eval_items(col: _Collector, file: str, text: str, known: list[str], seen_id
                     "flatten the item: eval items need no deep nesting")
             continue
         item = _eval_item(col, file, lineno, raw, validator, known, seen_ids)
-        if item is not None:
+        if item is not None and _expect_fits_kind(col, file, f"line {lineno}", item, kind):
             items.append(item)
     return items
 
@@ -949,6 +950,23 @@ def _eval_item(col: _Collector, file: str, lineno: int, raw: Any, validator: Any
     messages = raw.get("messages") or [{"role": "user", "content": raw["prompt"]}]
     return EvalItem(raw["id"], raw["category"], _freeze(messages), _freeze(raw.get("tools", [])), raw["expect"],
                     tuple(raw.get("forbidden_tools", [])), raw.get("note", ""))
+
+
+# What each kind of eval set measures, and so the only `expect` its items may carry.
+KIND_EXPECTS = {"safety": ("refuse", "guide"), "over-refusal": ("comply",), "capability": ("comply",)}
+
+
+def _expect_fits_kind(col: _Collector, file: str, where: str, item: EvalItem, kind: str) -> bool:
+    """Metrics count an item by its `expect`, not by its set: a `comply` item in a safety set left the
+    set's violation rate and silently joined the over-refusal rate (a harmful prompt the model rightly
+    refused counted as over-refusal), while the card still listed it among the safety set's items."""
+    allowed = KIND_EXPECTS.get(kind)
+    if allowed is None or item.expect in allowed:
+        return True
+    other = "an over-refusal" if kind == "safety" else "a safety"
+    col.add(file, f"{where} /expect", f"expect {item.expect!r} in a set of kind {kind!r} (its items expect "
+            f"{' or '.join(repr(e) for e in allowed)})", f"fix the label, or move the item to {other} set")
+    return False
 
 
 def _tool_name(tool: Any) -> str | None:

@@ -63,8 +63,11 @@ def _read_header(path: Path) -> PackLocation | None:
 class Registry:
     """Packs found under a list of directories, plus a cache of loaded packs."""
 
-    def __init__(self, paths: list[Path]) -> None:
+    def __init__(self, paths: list[Path], *, extendable: bool = False) -> None:
+        """`extendable`: the user can add to these paths (--packs-path, PA_PACKS_PATH, `pa pack pull`),
+        so a "not found" hint says how; `pa index` and `pa validate --all` search their --dir only."""
         self.paths = [Path(p) for p in paths]
+        self.extendable = extendable
         self._loaded: dict[Path, "Pack"] = {}
 
     @classmethod
@@ -74,13 +77,13 @@ class Registry:
         for path in paths:
             if path.resolve() not in [p.resolve() for p in unique]:
                 unique.append(path)
-        return cls(unique)
+        return cls(unique, extendable=True)
 
     def including(self, directory: Path) -> "Registry":
         """This registry, also searching `directory` last (a pack's siblings), sharing the load cache."""
         if any(directory.resolve() == p.resolve() for p in self.paths):
             return self
-        other = Registry([*self.paths, directory])
+        other = Registry([*self.paths, directory], extendable=self.extendable)
         other._loaded = self._loaded
         return other
 
@@ -120,9 +123,10 @@ class Registry:
             return as_path
         return self.resolve_name(spec)
 
-    def resolve_name(self, spec: str) -> Path:
+    def resolve_name(self, spec: str, *, parent: bool = False) -> Path:
         """Resolve `name` or `name@range`, never as a filesystem path: an `extends` entry in an untrusted
         manifest (`general@/x`, `general@../x`) must not reach a directory outside the search path.
+        `parent`: the spec is an `extends` entry, which cannot be a path (the hint says so).
 
         A pack directory of that name whose manifest cannot be read comes back as is, so that loading
         it reports why (a YAML error on line 3) instead of "unknown pack"."""
@@ -130,16 +134,25 @@ class Registry:
         candidates = [loc for loc in self.discover() if loc.name == name]
         if not candidates:
             unreadable = [path for path in self.unreadable() if path.name == name]
-            return unreadable[0] if unreadable else self._unknown(name)
+            return unreadable[0] if unreadable else self._unknown(name, parent)
         return self._pick(spec, name, wanted, candidates).path
 
-    def _unknown(self, name: str) -> Path:
+    def _unknown(self, name: str, parent: bool) -> Path:
         from .pack import did_you_mean
 
         names = sorted({loc.name for loc in self.discover()})
-        hint = did_you_mean(name, names) or (f"known packs: {', '.join(names)}" if names else
-                                             "no packs found; run from the repository root or set --packs-path")
-        raise ResolveError(f"unknown pack {name!r}", hint=hint)
+        raise ResolveError(f"unknown pack {name!r}", hint=did_you_mean(name, names) or self._not_found_hint(names, parent))
+
+    def _not_found_hint(self, names: list[str], parent: bool) -> str:
+        """Where the pack was looked for and how to put it there. "known packs: elections" alone, when
+        `pa pack pull` found no parent `general`, or `pa render` no pack kept outside ./packs, said
+        neither that only these directories are searched nor what to do about it."""
+        searched = ", ".join(str(p) if p.is_absolute() else f"./{p}" for p in self.paths) or "no directory"
+        known = f"known packs: {', '.join(names)}" if names else "no packs found"
+        if not self.extendable:
+            return f"{known} (searched only {searched}); put the pack in one of these directories"
+        fix = "add the directory holding it with --packs-path or PA_PACKS_PATH, or install it with `pa pack pull ORG/NAME`"
+        return f"{known} (searched {searched}); " + (fix if parent else f"pass the pack's directory, {fix}")
 
     @staticmethod
     def _pick(spec: str, name: str, wanted: str, candidates: list[PackLocation]) -> PackLocation:

@@ -240,6 +240,28 @@ def test_runs_lists_status_and_metrics(tmp_path: Path) -> None:
     assert row["status"] == "interrupted in filter" and row["instructions"] == 10 and row["pack"] == "general@1.0.0"
 
 
+def _table_column(output: str, index: int) -> str:
+    """The text of one column of a rich table holding one row, its wrapped pieces joined (spaces dropped)."""
+    body = output.split("┡", 1)[1].splitlines()[1:]
+    return "".join(line.split("│")[index + 1].replace(" ", "") for line in body if line.startswith("│"))
+
+
+def test_runs_table_never_cuts_the_run_pack_or_status(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At 80 columns (or in a log) `pa runs` printed "/tmp/j… electi… comple…": which run, which status?"""
+    monkeypatch.setenv("COLUMNS", "80")
+    run = tmp_path / "runs" / "elections-1.0.0-qwen2.5-7b-instruct"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({
+        "inputs": {"pack": {"name": "election-integrity", "version": "1.0.0"}, "model": "tiny"},
+        "stages": {"synthesize": {"status": "done", "results": {"instructions": 10}}, "filter": {"status": "running"}}}))
+    result = CliRunner().invoke(app, ["runs", str(run)])
+    assert result.exit_code == 0, result.output
+    assert max(len(line) for line in result.output.splitlines()) <= 80
+    assert _table_column(result.output, 0) == str(run)
+    assert _table_column(result.output, 1) == "election-integrity@1.0.0"
+    assert _table_column(result.output, 3) == "interruptedinfilter"
+
+
 def test_runs_lists_an_unreadable_run_beside_the_others(tmp_path: Path) -> None:
     """One hand-edited run.json used to stop `pa runs` with an error, hiding every other run."""
     for name, text in (("good", json.dumps({"inputs": {"model": "tiny"}, "stages": {}})), ("bad", "{")):

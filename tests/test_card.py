@@ -155,6 +155,18 @@ def test_training_tables_are_stable_and_readable(tmp_path: Path, make_run) -> No
     assert "Forbidden tool-call rate" not in body  # no tool items, no legend for them
 
 
+def test_the_internalization_drop_is_labelled_relative(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
+    """policyalign.json's `drop` is 1 - after/before; the card printed it bare beside before and after
+    ("drop | 0.554" under 0.7504 and 0.3346), where a reader takes it for the absolute fall (0.416)."""
+    run = make_run(tmp_path / "run", ROOT_PACK)
+    provenance = json.loads((run / "adapter" / "policyalign.json").read_text())
+    provenance["internalization"] = {"before": 0.7504, "after": 0.3346, "drop": 1 - 0.3346 / 0.7504}
+    (run / "adapter" / "policyalign.json").write_text(json.dumps(provenance))
+    body = _render(run)
+    assert "| before | 0.7504 |" in body and "| after | 0.3346 |" in body
+    assert "| relative drop, 1 - after / before | 55.4% |" in body and "| drop |" not in body
+
+
 def test_two_sets_of_one_kind_get_their_own_category_tables(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
     """Per-category tables pooled every set's categories: with two refusal sets, each set's table
     showed both sets' categories, with rates mixing their items."""

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from policyalign.cli import app
@@ -28,6 +29,22 @@ def test_new_pack_extending_a_parent_validates(fixture_packs: Path) -> None:
     result = runner.invoke(app, ["show", "kid", "--packs-path", str(fixture_packs)])
     assert result.exit_code == 0, result.output
     assert "weapons" in result.output and "locked" in result.output
+
+
+def test_show_never_cuts_a_category_id(fixture_packs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At 80 columns `pa show` printed "fraud-impersonati…": not the id that `pa render --category` needs."""
+    monkeypatch.setenv("COLUMNS", "80")
+    manifest = fixture_packs / "root-pack" / "pack.yaml"
+    manifest.write_text(manifest.read_text().replace("  - id: scams\n    title: Scams\n", "  - id: election-worker-intimidation\n"
+                                                     "    title: Intimidating election workers and voters\n"))
+    for eval_file in (fixture_packs / "root-pack" / "eval").glob("*.jsonl"):
+        eval_file.write_text(eval_file.read_text().replace('"scams"', '"election-worker-intimidation"'))
+    result = runner.invoke(app, ["show", "root-pack", "--packs-path", str(fixture_packs)])
+    assert result.exit_code == 0, result.output
+    table = result.output.split("┡", 1)[1]
+    assert "…" not in table
+    ids = "".join(line.split("│")[1].strip() for line in table.splitlines() if line.startswith("│"))
+    assert "election-worker-intimidation" in ids
 
 
 def test_new_refuses_to_overwrite(fixture_packs: Path) -> None:

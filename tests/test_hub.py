@@ -173,6 +173,33 @@ def test_push_then_pull_round_trip(cli: Cli, hub_server, make_run, tmp_path: Pat
     assert str(cli.home / "hf") in cached.stdout
 
 
+def test_pull_suggests_an_eval_command_that_finds_the_pack(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """With the pack found through --packs-path, `pa pull` suggested `pa eval NAME@VERSION ...` without it:
+    run as printed, that command answered "unknown pack"."""
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "shelved"))
+    cli.ok("push", str(run), "--repo-id", "org/shelved-qwen")
+    (tmp_path / "empty").mkdir()
+    bare = Cli(cli.hub, cli.home, tmp_path / "empty", cli.cwd)  # PA_PACKS_PATH holds no `shelved`
+    pulled = bare.ok("pull", "org/shelved-qwen", "--to", str(tmp_path / "pulled"), "--packs-path", str(cli.packs))
+    assert f"matches the local pack shelved@1.0.0 ({cli.packs / 'shelved'})" in pulled.stdout
+    suggested = next(line for line in pulled.stdout.splitlines() if line.startswith("or evaluate it: pa eval "))
+    assert suggested.endswith(f"--packs-path {cli.packs}")
+    assert "shelved@1.0.0" in bare.ok("show", "shelved@1.0.0", "--packs-path", str(cli.packs)).stdout
+
+
+def test_pull_names_the_repo_that_publishes_a_missing_pack(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Without the pack locally, `pa pull` said "get it with `pa pack pull ORG/NAME@1.0.0`": which ORG/NAME?"""
+    source = make_pack(cli.packs, "elsewhere")
+    cli.ok("pack", "push", str(source), "--repo-id", "org/elsewhere-pack")
+    cli.ok("push", str(make_run(tmp_path / "run", source)), "--repo-id", "org/elsewhere-qwen")
+    (tmp_path / "empty").mkdir()
+    bare = Cli(cli.hub, cli.home, tmp_path / "empty", cli.cwd)  # PA_PACKS_PATH holds no `elsewhere`
+    pulled = bare.ok("pull", "org/elsewhere-qwen", "--to", str(tmp_path / "pulled"))
+    assert "pack elsewhere is not installed locally; get it with `pa pack pull org/elsewhere-pack@1.0.0`" in pulled.stdout
+    bare.ok("pack", "pull", "org/elsewhere-pack@1.0.0")  # the command as printed
+    assert "matches the local pack elsewhere@1.0.0" in bare.ok("pull", "org/elsewhere-qwen", "--to", str(tmp_path / "pulled")).stdout
+
+
 @pytest.mark.slow
 def test_published_files_hold_no_local_paths(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A run on a local base model published its absolute path (the user's home directory) in
@@ -528,6 +555,42 @@ def test_pack_with_parents_pulls_when_parents_are_local(cli: Cli, hub_server, tm
     registry = Registry.default(extra=[cli.packs])
     assert load_pack(tmp_path / "installed" / "child-pack", registry=registry).digest == \
         load_pack(cli.packs / "child-pack", registry=registry).digest
+
+
+def test_pack_pull_finds_parents_where_it_installs_and_says_how_to_get_missing_ones(  # type: ignore[no-untyped-def]
+        cli: Cli, hub_server, tmp_path: Path) -> None:
+    """`pa pack pull --to DIR` refused a pack whose parent sat in DIR, where it would live once installed
+    (it looked beside its staging directory instead); `pa pack pull` took no --packs-path; and with the
+    parent nowhere, the hint was "known packs: child-pack": neither where it looked nor the fix."""
+    cli.ok("pack", "push", str(cli.packs / "child-pack"), "--repo-id", "org/child-elsewhere")
+    (tmp_path / "empty").mkdir()
+    bare = Cli(cli.hub, cli.home, tmp_path / "empty", cli.cwd)  # PA_PACKS_PATH holds no root-pack
+    missing = " ".join(bare.fails(2, "pack", "pull", "org/child-elsewhere").stderr.split())
+    assert "parent 'root-pack@^1' not found" in missing and f"searched {tmp_path / 'empty'}" in missing
+    assert "add the directory holding it with --packs-path or PA_PACKS_PATH, or install it with `pa pack pull" in missing
+    nothing_installed(bare, "child-pack")
+
+    shelf = tmp_path / "shelf"
+    shutil.copytree(cli.packs / "root-pack", shelf / "root-pack")
+    bare.ok("pack", "pull", "org/child-elsewhere", "--to", str(shelf))
+    assert load_pack(shelf / "child-pack").digest == load_pack(cli.packs / "child-pack").digest
+    bare.ok("pack", "pull", "org/child-elsewhere", "--packs-path", str(shelf))
+    assert (bare.home / "pa" / "packs" / "child-pack" / "pack.yaml").is_file()
+
+
+def test_a_taken_tag_gets_the_fix_for_what_is_pushed(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """One hint for both: `pa push` of a retrained adapter was told to "bump the pack version", and
+    `pa pack push` of changed files to take another tag (two different packs published as one version)."""
+    source = make_pack(cli.packs, "taken")
+    cli.ok("pack", "push", str(source), "--repo-id", "org/taken-pack")
+    (source / "policy.md").write_text((source / "policy.md").read_text() + "\nOne more rule.\n")
+    pack_again = " ".join(cli.fails(1, "pack", "push", str(source), "--repo-id", "org/taken-pack").stderr.split())
+    assert "bump `version` in pack.yaml (with its CHANGELOG.md entry)" in pack_again and "--revision" not in pack_again
+
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "retaken"))
+    cli.ok("push", str(run), "--repo-id", "org/retaken")
+    adapter_again = " ".join(cli.fails(1, "push", str(run), "--repo-id", "org/retaken").stderr.split())
+    assert "new tag with --revision (e.g. retaken-v1.0.0-r2)" in adapter_again and "pack version" not in adapter_again
 
 
 def test_invalid_pack_is_not_pushed(cli: Cli, hub_server) -> None:  # type: ignore[no-untyped-def]

@@ -133,3 +133,25 @@ def test_discovery_survives_a_value_yaml_cannot_build(fixture_packs: Path, monke
     result = CliRunner().invoke(app, ["list", "--json", "--packs-path", str(fixture_packs)])
     assert result.exit_code == 0, result.output
     assert "cannot read this value as" in result.output
+
+
+def test_an_unknown_pack_names_where_it_was_looked_for_and_the_fix(fixture_packs: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    tmp_path: Path) -> None:
+    """`pa render mypack` for a pack kept outside ./packs said only "known packs: child-pack, root-pack";
+    `pa index --dir` on a directory without the parent said "known packs: mypack", the pack itself."""
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    monkeypatch.setenv("PA_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("PA_PACKS_PATH", raising=False)
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(fixture_packs / "child-pack", elsewhere / "mine")
+    result = CliRunner().invoke(app, ["render", "mine", "--packs-path", str(fixture_packs)])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and f"searched {fixture_packs}, ./packs, {tmp_path / 'home' / 'packs'}" in text
+    assert "pass the pack's directory, add the directory holding it with --packs-path or PA_PACKS_PATH" in text
+
+    result = CliRunner().invoke(app, ["index", "--dir", str(elsewhere)])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "parent 'root-pack@^1' not found" in text
+    assert f"(searched only {elsewhere}); put the pack in one of these directories" in text
+    assert not (elsewhere / "INDEX.json").exists()

@@ -36,3 +36,13 @@ def console():  # type: ignore[no-untyped-def]
     from rich.console import Console
 
     return Console(highlight=False, soft_wrap=True)
+
+
+def fold_table(*headers: str, fold: tuple[str, ...], **options: Any):  # type: ignore[no-untyped-def]
+    """A rich Table whose `fold` columns (the names a user types back: run directory, pack, category id)
+    wrap and never end in "…": at 80 columns (or in a log) the default cut `pa runs` to
+    "/tmp/j… electi… comple…" (which run, which status?) and `pa show`'s category ids to
+    "fraud-impersonati…", the id that `--category` needs."""
+    from rich.table import Column, Table
+
+    return Table(*(Column(h, overflow="fold" if h in fold else "ellipsis") for h in headers), **options)

@@ -67,10 +67,10 @@ def pull(
         result = pull_adapter(spec or "", to=to, registry=reg)
     for warning in result.warnings:
         typer.echo(f"warning: {warning}", err=True)
-    _print_pull(result)
+    _print_pull(result, packs_path or [])
 
 
-def _print_pull(result) -> None:  # type: ignore[no-untyped-def]
+def _print_pull(result, packs_path: list[Path]) -> None:  # type: ignore[no-untyped-def]
     from ..card import sh
 
     pack, base = result.pack, result.base_model
@@ -83,9 +83,11 @@ def _print_pull(result) -> None:  # type: ignore[no-untyped-def]
                "  from peft import PeftModel\n"
                "  from transformers import AutoModelForCausalLM\n"
                f"  model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base_id!r}), {str(result.path)!r})")
-    # name@version: a bare name would evaluate the newest local version, not the one it was trained on
+    # name@version: a bare name would evaluate the newest local version, not the one it was trained on;
+    # the --packs-path that found the pack here must be passed on, or `pa eval` reports it unknown
+    search = "".join(f" --packs-path {sh(path)}" for path in packs_path)
     typer.echo(f"or evaluate it: pa eval {sh(pack['name'] + '@' + pack['version'])} --model {sh(base['id'])} "
-               f"--adapter {sh(result.path)}")
+               f"--adapter {sh(result.path)}{search}")
 
 
 @pack_app.command("push")
@@ -108,11 +110,12 @@ def pack_push(
 def pack_pull(
     spec: str = typer.Argument(..., metavar="ORG/NAME[@VERSION]", help="Pack repository and optional version (e.g. 1.2.0)."),
     to: Optional[Path] = typer.Option(None, "--to", help="Packs directory to install into (default: the user packs directory)."),
+    packs_path: Optional[list[Path]] = PacksPath,
 ) -> None:
     """Download a pack, verify and validate it, then install it (nothing is installed if any check fails)."""
     from ..hub import pull_pack
 
-    result = pull_pack(spec, to=to)
+    result = pull_pack(spec, to=to, registry=registry(packs_path))
     for warning in result.warnings:
         typer.echo(f"warning: {warning}", err=True)
     typer.echo(f"installed {result.name}@{result.version} (digest {result.digest[:12]}…) from "

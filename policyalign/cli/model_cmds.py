@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from . import app
-from .common import console, print_json
+from .common import console, fold_table, print_json
 
 
 @app.command("models")
@@ -23,9 +23,8 @@ def models(
     if as_json:
         print_json(rows)
         return
-    from rich.table import Table
 
-    table = Table("name", "model", "cached")
+    table = fold_table("name", "model", "cached", fold=("name", "model"))
     for row in rows:
         cached = {True: "yes", False: "no", None: "-"}[row["cached"]]
         table.add_row(row["name"], row["model"], cached)

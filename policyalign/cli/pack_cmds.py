@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Optional
 import typer
 
 from . import app
-from .common import PacksPath, console, load, print_json, registry
+from .common import PacksPath, console, fold_table, load, print_json, registry
 
 if TYPE_CHECKING:
     from ..registry import Registry
@@ -58,9 +58,8 @@ def _unreadable_row(path: Path, reg: "Registry") -> dict:
 
 def _print_pack_table(rows: list[dict]) -> None:
     from rich.markup import escape
-    from rich.table import Table
 
-    table = Table("name", "version", "title", "categories", "eval sets", "digest")
+    table = fold_table("name", "version", "title", "categories", "eval sets", "digest", fold=("name",))
     for row in rows:
         # Pack text is untrusted: escaped, so "[/]" or "[link=...]" in a title is shown, not interpreted.
         name, version = escape(row["name"]), escape(row["version"])
@@ -80,7 +79,6 @@ def show(
 ) -> None:
     """Show a pack: summary, composed policy, and categories with actions and lock state."""
     from rich.markup import escape
-    from rich.table import Table
 
     p = load(pack, packs_path)
     out = console()
@@ -91,7 +89,7 @@ def show(
         out.print(f"extends: {', '.join(p.extends)}", markup=False)
     out.rule("policy (the teacher's system message)")
     out.print(p.policy, markup=False)
-    table = Table("category", "title", "action", "locked", "from", "seeds")
+    table = fold_table("category", "title", "action", "locked", "from", "seeds", fold=("category",))
     for cat in p.categories:
         table.add_row(escape(cat.id), escape(cat.title), cat.action, "locked" if cat.locked else "", escape(cat.origin),
                       str(len(cat.seeds)))

@@ -9,7 +9,7 @@ import typer
 
 from . import app
 from ..stats import format_rate
-from .common import License, PacksPath, console, print_json
+from .common import License, PacksPath, console, fold_table, print_json
 
 
 def _num(value: Any) -> str:
@@ -112,8 +112,6 @@ def runs(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """List run directories with their status and key metrics."""
-    from rich.table import Column, Table
-
     from ..apply import find_runs, listed_summary
 
     summaries = [listed_summary(d) for d in find_runs(list(dirs or [Path("runs")]), must_exist=bool(dirs))]
@@ -123,9 +121,8 @@ def runs(
     if not summaries:
         typer.echo("no runs found (start one with `pa apply PACK --model M`)")
         return
-    # Wrapped, never cut: "runs/g…" in a narrow terminal (or 80 columns in a log) names no run.
-    table = Table(*(Column(name, overflow="fold") for name in ("run", "pack", "model", "status")),
-                  "selected", "internalization", "violation", "over-refusal")
+    table = fold_table("run", "pack", "model", "status", "selected", "internalization", "violation", "over-refusal",
+                       fold=("run", "pack", "model", "status"))
     for s in summaries:
         table.add_row(s["run_dir"], s["pack"], str(s["model"]), s["status"], _num(s["selected"]),
                       f"{_num(s['internalization_before'])} -> {_num(s['internalization_after'])}",
