@@ -41,3 +41,20 @@ def test_ctrl_c_promises_a_resume_only_where_one_exists() -> None:
     assert "run the same command again to continue" in interrupted_message("apply")
     assert all("checkpoints are kept" in interrupted_message(c) for c in RESUMABLE)
     assert interrupted_message("pull") == interrupted_message("eval") == interrupted_message(None) == "interrupted"
+
+
+def _help_texts(path: tuple[str, ...]) -> list[str]:
+    command = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]  # type: ignore[attr-defined]
+    return [command.help or ""] + [getattr(p, "help", None) or "" for p in command.params]
+
+
+@pytest.mark.parametrize("path", COMMANDS, ids=[" ".join(p) for p in COMMANDS])
+def test_help_text_survives_rich_markup(path: tuple[str, ...]) -> None:
+    """`--help` renders help through rich markup, which swallows an unescaped `[word]` or `[@word]`:
+    `pa distill --help` said "needs the  extra" for "needs the [vllm] extra". Escape as `\\[`."""
+    from rich.markup import render
+
+    for text in _help_texts(path):
+        assert render(text).plain == text.replace("\\[", "["), f"rich markup eats part of: {text!r}"

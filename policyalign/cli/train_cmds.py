@@ -69,7 +69,7 @@ def distill(
                                                 help="Encode the policy prefix once and reuse it (default), or "
                                                 "recompute it every step."),
     vllm: Optional[bool] = typer.Option(None, "--vllm/--no-vllm",
-                                        help="Roll out with vLLM (GPU, needs the [vllm] extra) or transformers (default)."),
+                                        help="Roll out with vLLM (GPU, needs the \\[vllm] extra) or transformers (default)."),
     save_steps: Optional[int] = typer.Option(None, "--save-steps", help="Checkpoint every N optimizer steps, for --resume (default 50)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last complete checkpoint, with the "
                                 "settings it was trained with (flags given now override them)."),
