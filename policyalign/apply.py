@@ -89,8 +89,16 @@ class ApplyOptions:
     explicit: set[str] = field(default_factory=set, repr=False)
 
 
+# Command-line flags whose `--config` key differs: a file saying `lr:` or `top_k:` is told the key to write
+# (`top_k` is not taken as --top-k: in a pack's `training:` the same word is the reverse KL's top-k).
+CONFIG_KEYS_OF_FLAGS = {"lr": "learning_rate", "epochs": "num_epochs", "grad_accum": "gradient_accumulation_steps",
+                        "top_k": "top_n (and --kl-top-k, the reverse KL's top-k, is kl_top_k)",
+                        "quiet": "progress: false"}
+
+
 def load_config_file(path: Path) -> dict[str, Any]:
-    """Options from a YAML file, with the same names as the command-line options (dashes allowed)."""
+    """Options from a YAML file, named as `ApplyOptions` fields (dashes allowed): mostly the long
+    command-line names, except the flags in CONFIG_KEYS_OF_FLAGS."""
     if not path.is_file():
         raise InvalidInputError("config file not found", file=str(path), hint="pass an existing YAML file to --config")
     try:
@@ -104,6 +112,9 @@ def load_config_file(path: Path) -> dict[str, Any]:
     from .pack import did_you_mean
 
     for key in options:
+        if key in CONFIG_KEYS_OF_FLAGS:
+            raise InvalidInputError(f"unknown option {key!r}", file=str(path), where=key,
+                                    hint=f"in a config file, --{key.replace('_', '-')} is {CONFIG_KEYS_OF_FLAGS[key]}")
         if key not in names:
             raise InvalidInputError(f"unknown option {key!r}", file=str(path), where=key,
                                     hint=did_you_mean(key, sorted(names), "known options"))
@@ -176,8 +187,13 @@ def check_config_ranges(options: dict[str, Any], path: Path) -> dict[str, Any]:
 
 
 def build_options(cli: dict[str, Any], config: Path | None) -> ApplyOptions:
-    """Config file first, then every option the user actually gave on the command line."""
+    """Config file first, then every option the user actually gave on the command line.
+
+    A selection flag (--keep, --top-k, --min-score, --no-filter) on the command line replaces the
+    file's selection rule whole: only one rule can apply, and the command line wins."""
     merged = load_config_file(config) if config else {}
+    if any(selection_given(cli.get(name)) for name in SELECTION_FLAGS):
+        merged = {k: v for k, v in merged.items() if k not in SELECTION_FLAGS}
     explicit = set(merged)
     for key, value in cli.items():
         if value is not None and value is not False:

@@ -40,7 +40,12 @@ def apply(
     pack: Optional[str] = typer.Argument(None, help="Pack name, name@range, or path (or `pack:` in --config)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="tiny, an alias (pa models), a Hub id or a directory."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/PACK-VERSION-MODEL)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML file of options; the command line wins."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML file of options, keyed by their long names "
+                                          "(max-steps: 100); --lr, --epochs, --grad-accum, --top-k and --quiet are "
+                                          "learning_rate, num_epochs, gradient_accumulation_steps, top_n and "
+                                          "progress: false; also target_modules, kl_top_k, samples, synth_max_new_tokens, gen_batch_size, "
+                                          "eval_max_new_tokens. The command line wins over the file, and both over "
+                                          "the pack's training: defaults."),
     push_to: Optional[str] = typer.Option(None, "--push-to", help="Publish the adapter to this Hub repo at the end."),
     private: bool = typer.Option(False, "--private", help="Create the Hub repo private."),
     license: Optional[str] = License,
