@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import click
+from typing import Any
+
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -10,11 +11,11 @@ from typer.testing import CliRunner
 from policyalign.cli import app
 
 
-def _command_paths(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+def _command_paths(group: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     paths = []
     for name, command in group.commands.items():
         paths.append((*prefix, name))
-        if isinstance(command, click.Group):
+        if hasattr(command, "commands"):  # a group: typer vendors click, so not a click.Group
             paths += _command_paths(command, (*prefix, name))
     return paths
 
@@ -58,3 +59,13 @@ def test_help_text_survives_rich_markup(path: tuple[str, ...]) -> None:
 
     for text in _help_texts(path):
         assert render(text).plain == text.replace("\\[", "["), f"rich markup eats part of: {text!r}"
+
+
+@pytest.mark.parametrize("path", COMMANDS, ids=[" ".join(p) for p in COMMANDS])
+def test_every_option_says_what_it_does(path: tuple[str, ...]) -> None:
+    """`pa apply --seed` was listed with no text at all: what it seeds and its default were nowhere."""
+    command = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]  # type: ignore[attr-defined]
+    bare = [p.name for p in command.params if p.param_type_name == "option" and not p.help]
+    assert not bare, f"pa {' '.join(path)}: options without help: {bare}"

@@ -54,17 +54,17 @@ def distill(
     lora_r: Optional[int] = typer.Option(None, "--lora-r", help="LoRA rank (default: the pack's)."),
     lora_alpha: Optional[float] = typer.Option(None, "--lora-alpha", help="LoRA alpha (default: the pack's)."),
     lora_dropout: Optional[float] = typer.Option(None, "--lora-dropout", help="LoRA dropout (default: the pack's)."),
-    target_modules: Optional[str] = typer.Option(None, "--target-modules", help="Comma-separated module names, or all-linear."),
-    learning_rate: Optional[float] = typer.Option(None, "--lr", help="Learning rate."),
-    epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the selected instructions."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Rollouts per device per step."),
-    grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Gradient accumulation steps."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Length of the student's rollouts."),
-    top_k: Optional[int] = typer.Option(None, "--kl-top-k", help="Top-k support of the reverse KL (paper: 256)."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="Rollout sampling temperature (paper: 1.0)."),
-    teacher: Optional[str] = typer.Option(None, "--teacher", help="base (adapter disabled) or ema."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the rollouts, data order and LoRA init."),
+    target_modules: Optional[str] = typer.Option(None, "--target-modules", help="Comma-separated module names, or all-linear (default: the pack's)."),
+    learning_rate: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default: the pack's)."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the selected instructions (default: the pack's)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps (default: the pack's, else --epochs)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Rollouts per device per step (default: the pack's)."),
+    grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Gradient accumulation steps (default: the pack's)."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Length of the student's rollouts (default: the pack's)."),
+    top_k: Optional[int] = typer.Option(None, "--kl-top-k", help="Top-k support of the reverse KL (default: the pack's; paper: 256)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Rollout sampling temperature (default: the pack's; paper: 1.0)."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="base (adapter disabled) or ema (default: the pack's)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the rollouts, data order and LoRA init (default 0)."),
     prefix_cache: Optional[bool] = typer.Option(None, "--prefix-cache/--no-prefix-cache",
                                                 help="Encode the policy prefix once and reuse it (default), or "
                                                 "recompute it every step."),
@@ -76,7 +76,10 @@ def distill(
     device: Optional[str] = DeviceOpt,
     packs_path: Optional[list[Path]] = PacksPath,
 ) -> None:
-    """Distill the policy into a LoRA adapter (on-policy, reverse KL to the policy-prompted teacher)."""
+    """Distill the policy into a LoRA adapter (on-policy, reverse KL to the policy-prompted teacher).
+
+    Settings left unset take the pack's `training:` values (with --resume, the checkpoint's).
+    """
     from ..distill import checkpoint_dir, resume_point
     from ..stages import recorded_distill_config, run_distill
 
