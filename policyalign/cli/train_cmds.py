@@ -11,8 +11,10 @@ from . import app
 from .common import PacksPath
 
 RunDir = typer.Argument(..., help="Run directory (from `pa synthesize` or `pa apply`).")
-ModelOpt = typer.Option(None, "--model", help="Model (default: the run's). tiny, an alias, a Hub id or a path.")
-PackOpt = typer.Option(None, "--pack", help="Pack (default: the run's).")
+ModelOpt = typer.Option(None, "--model", help="Model (default: the run's; a run with stages keeps its model). tiny, an "
+                        "alias, a Hub id or a path.")
+PackOpt = typer.Option(None, "--pack", help="Pack (default: the run's): another version or path of the run's pack, "
+                       "never another pack.")
 DeviceOpt = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: cuda if available). Training runs on the "
                          "first visible GPU: choose it with CUDA_VISIBLE_DEVICES.")
 
