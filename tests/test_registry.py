@@ -133,3 +133,15 @@ def test_discovery_survives_a_value_yaml_cannot_build(fixture_packs: Path, monke
     result = CliRunner().invoke(app, ["list", "--json", "--packs-path", str(fixture_packs)])
     assert result.exit_code == 0, result.output
     assert "cannot read this value as" in result.output
+
+
+def test_the_search_order_decides_only_between_copies_of_one_version(fixture_packs: Path, tmp_path: Path) -> None:
+    """The README's rule: the highest matching version anywhere on the path, the first directory for a tie."""
+    first, later = tmp_path / "first", tmp_path / "later"
+    first.mkdir()
+    later.mkdir()
+    shutil.copytree(fixture_packs / "root-pack", first / "root-pack")
+    _with_second_version(fixture_packs, "1.1.0", later)
+    assert Registry([first, later]).load("root-pack").version == "1.1.0"
+    assert Registry([first, fixture_packs]).resolve_path("root-pack") == first / "root-pack"
+    assert Registry([fixture_packs, first]).resolve_path("root-pack") == fixture_packs / "root-pack"
