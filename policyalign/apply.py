@@ -88,6 +88,13 @@ class ApplyOptions:
     progress: bool = True
     explicit: set[str] = field(default_factory=set, repr=False)
 
+    def __post_init__(self) -> None:
+        """One spelling of the backend (`--backend vLLM` is `vllm`, which `_distill_overrides` compares),
+        checked before the run directory exists."""
+        from .generation import backend_name
+
+        self.backend = backend_name(self.backend)
+
 
 # Command-line flags whose `--config` key differs: a file saying `lr:` or `top_k:` is told the key to write
 # (`top_k` is not taken as --top-k: in a pack's `training:` the same word is the reverse KL's top-k).

@@ -428,13 +428,21 @@ def _vllm_share_beside(device: str) -> float:
 BACKENDS = ("transformers", "vllm")
 
 
+def backend_name(name: str) -> str:
+    """`name` spelled as the code compares it (`vLLM` -> `vllm`), or an error naming the choices: `pa
+    apply --backend vLLM` used vLLM for synthesis and filtering but, as `"vLLM" != "vllm"`, not for
+    the trainer's rollouts."""
+    key = name.strip().lower()
+    if key not in BACKENDS:
+        raise InvalidInputError(f"unknown generation backend {name!r}", hint=f"use one of: {', '.join(BACKENDS)}")
+    return key
+
+
 def get_backend(name: str, loaded: LoadedModel, **options: Any) -> Backend:
     """The generation backend `name` for `loaded`; `options` go to the backend (vLLM: adapter, LLM kwargs)."""
-    key = name.strip().lower()
+    key = backend_name(name)
     if key == "transformers":
         if options:
             raise InvalidInputError(f"the transformers backend takes no options, got {sorted(options)}")
         return TransformersBackend(loaded)
-    if key == "vllm":
-        return VLLMBackend(loaded, **options)
-    raise InvalidInputError(f"unknown generation backend {name!r}", hint=f"use one of: {', '.join(BACKENDS)}")
+    return VLLMBackend(loaded, **options)

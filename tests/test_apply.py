@@ -167,6 +167,21 @@ def test_config_help_names_every_option_with_no_flag() -> None:
     assert not missing, f"--config help does not name {missing}"
 
 
+def test_the_backend_is_one_spelling_so_vllm_also_runs_the_rollouts(tmp_path: Path) -> None:
+    """`--backend vLLM` ran synthesis and filtering on vLLM (their backend lookup lowercases) but the
+    trainer's rollouts on transformers (`"vLLM" == "vllm"` is false); a misspelt backend failed only
+    when synthesis started, after the run directory was made."""
+    from policyalign.apply import _distill_overrides
+
+    options = build_options({"pack": "general", "model": "tiny", "backend": " vLLM"}, None)
+    assert options.backend == "vllm" and _distill_overrides(options)["use_vllm"] is True
+    with pytest.raises(InvalidInputError, match="unknown generation backend 'vlm'"):
+        build_options({"pack": "general", "model": "tiny", "backend": "vlm"}, None)
+    result = CliRunner().invoke(app, ["apply", "general", "--model", "tiny", "--backend", "vlm", "--out",
+                                      str(tmp_path / "run")])
+    assert result.exit_code == 2 and not (tmp_path / "run").exists()
+
+
 def test_config_values_of_the_wrong_type_fail_before_any_stage_runs(tmp_path: Path) -> None:
     """`seed: abc` used to run synthesis and evaluation for minutes, then crash in distillation."""
     config = tmp_path / "run.yaml"
