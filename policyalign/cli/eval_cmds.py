@@ -57,7 +57,8 @@ def eval_command(
                                            help="Put the policy in the system message (the teacher reference)."),
     sets: Optional[str] = typer.Option(None, "--sets", help="Comma-separated eval set names (default: all)."),
     judge: str = typer.Option("refusal", "--judge", help="refusal | guard:MODEL | llm:MODEL"),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default pa-eval/PACK/MODEL[-ADAPTER-HASH])."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default pa-eval/PACK/MODEL[-ADAPTER-HASH][-policy], "
+                                       "-policy with --policy-in-context)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="At most N items per eval set."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or auto."),
     batch_size: int = typer.Option(16, "--batch-size", help="Generation batch size."),
