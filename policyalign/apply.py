@@ -18,7 +18,7 @@ from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from .errors import InvalidInputError, PolicyAlignError, RunError
-from .distill import launch_rank, training_device
+from .distill import launch_rank, training_device, under_given
 from .evaluate import check_eval_options
 from .io import output_dir
 from .pack import ManifestLoader, Pack
@@ -220,8 +220,9 @@ def with_model_defaults(options: ApplyOptions) -> ApplyOptions:
         return options
     given = [name for name in SELECTION_FLAGS if name in options.explicit]
     chosen_rule = any(selection_given(getattr(options, name)) for name in given)
-    for key, value in TINY_DEFAULTS.items():
-        if key not in options.explicit and not (key == "keep" and chosen_rule):
+    explicit = {key: getattr(options, key) for key in options.explicit}
+    for key, value in under_given(TINY_DEFAULTS, explicit).items():
+        if not (key == "keep" and chosen_rule):
             setattr(options, key, value)
     return options
 

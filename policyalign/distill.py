@@ -80,6 +80,8 @@ class DistillConfig:
         check_settings(given, from_command_line=True)
         values = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in training.items() if k in names}
         values.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in given.items()})
+        if "num_epochs" in given and "max_steps" not in given:
+            values["max_steps"] = -1  # --epochs given alone sets the length: a pack's max_steps would cap it
         config = cls(**values)
         if config.teacher not in ("base", "ema"):
             raise InvalidInputError(f"unknown teacher {config.teacher!r}", hint="use base or ema")
@@ -87,6 +89,14 @@ class DistillConfig:
             raise InvalidInputError(f"--save-steps {config.save_steps}: must be at least 1",
                                     hint="checkpoint every N >= 1 optimizer steps")
         return config
+
+
+def under_given(base: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` settings (a checkpoint's, a model's demo defaults) with `given` ones over them, where
+    `num_epochs` given without `max_steps` also drops base's `max_steps`: trainers stop at max_steps
+    whatever the epochs, so `--resume --epochs 3` after a `--max-steps 20` run trained nothing."""
+    dropped = ("max_steps",) if "num_epochs" in given and "max_steps" not in given else ()
+    return {**{k: v for k, v in base.items() if k not in dropped}, **given}
 
 
 # Command-line flags whose name differs from the training setting they override.

@@ -182,6 +182,17 @@ def test_the_backend_is_one_spelling_so_vllm_also_runs_the_rollouts(tmp_path: Pa
     assert result.exit_code == 2 and not (tmp_path / "run").exists()
 
 
+def test_epochs_given_for_tiny_are_not_capped_by_its_demo_max_steps() -> None:
+    """`pa apply general --model tiny --epochs 2` trained tiny's 60 demo steps: its max_steps default
+    was set because --max-steps was not given, and max_steps wins over epochs in the trainer."""
+    from policyalign.apply import _distill_overrides, with_model_defaults
+
+    options = with_model_defaults(build_options({"pack": "general", "model": "tiny", "num_epochs": 2.0}, None))
+    assert options.max_steps is None and options.eval_limit == 12, "the other demo defaults still apply"
+    assert _distill_overrides(options)["num_epochs"] == 2.0
+    assert with_model_defaults(build_options({"pack": "general", "model": "tiny"}, None)).max_steps == 60
+
+
 def test_config_values_of_the_wrong_type_fail_before_any_stage_runs(tmp_path: Path) -> None:
     """`seed: abc` used to run synthesis and evaluation for minutes, then crash in distillation."""
     config = tmp_path / "run.yaml"

@@ -716,3 +716,18 @@ def test_an_adapter_the_full_disk_refuses_is_an_error_and_leaves_the_old_one(tmp
     assert printed.startswith(f"{target}: writing adapter failed (SafetensorError: "), printed
     assert "is the disk full?" in printed
     assert (target / "policyalign.json").read_text() == "{}" and not (tmp_path / ".adapter.tmp").exists()
+
+
+def test_epochs_given_alone_set_the_length_over_a_max_steps_default() -> None:
+    """A pack's `max_steps`, the checkpoint's (`pa distill --resume --epochs 3` after a --max-steps 4
+    run trained nothing more) or tiny's demo default stopped training whatever --epochs said."""
+    from policyalign.distill import under_given
+
+    assert DistillConfig.from_pack({"max_steps": 100}, num_epochs=2).max_steps == -1
+    assert DistillConfig.from_pack({"max_steps": 100}, num_epochs=2, max_steps=7).max_steps == 7
+    assert DistillConfig.from_pack({"max_steps": 100, "num_epochs": 2}).max_steps == 100, "the pack's own pair stands"
+    recorded = {"max_steps": 4, "num_epochs": 1.0, "lora_r": 8}
+    assert under_given(recorded, {"num_epochs": 3}) == {"num_epochs": 3, "lora_r": 8}
+    assert under_given(recorded, {"max_steps": 9}) == {**recorded, "max_steps": 9}
+    resumed = DistillConfig.from_pack({}, **under_given(recorded, {"num_epochs": 3}))
+    assert (resumed.max_steps, resumed.num_epochs, resumed.lora_r) == (-1, 3.0, 8)

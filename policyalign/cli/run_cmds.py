@@ -74,7 +74,8 @@ def apply(
     lora_alpha: Optional[float] = typer.Option(None, "--lora-alpha", help="LoRA alpha (default: the pack's)."),
     lora_dropout: Optional[float] = typer.Option(None, "--lora-dropout", help="LoRA dropout (default: the pack's)."),
     learning_rate: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default: the pack's)."),
-    epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the selected instructions (default: the pack's)."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the selected instructions (default: the pack's); "
+                                          "given without --max-steps, it sets the length."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps (default: the pack's, else --epochs)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Rollouts per device per step (default: the pack's)."),
     grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Gradient accumulation steps (default: the pack's)."),

@@ -58,7 +58,8 @@ def distill(
     lora_dropout: Optional[float] = typer.Option(None, "--lora-dropout", help="LoRA dropout (default: the pack's)."),
     target_modules: Optional[str] = typer.Option(None, "--target-modules", help="Comma-separated module names, or all-linear (default: the pack's)."),
     learning_rate: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default: the pack's)."),
-    epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the selected instructions (default: the pack's)."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the selected instructions (default: the pack's); "
+                                          "given without --max-steps, it sets the length."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps (default: the pack's, else --epochs)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Rollouts per device per step (default: the pack's)."),
     grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Gradient accumulation steps (default: the pack's)."),
@@ -82,7 +83,7 @@ def distill(
 
     Settings left unset take the pack's `training:` values (with --resume, the checkpoint's).
     """
-    from ..distill import checkpoint_dir, resume_point
+    from ..distill import checkpoint_dir, resume_point, under_given
     from ..stages import recorded_distill_config, run_distill
 
     targets = target_modules if target_modules in (None, "all-linear") else \
@@ -96,7 +97,7 @@ def distill(
     if resume and resume_point(run_dir) is None:
         typer.echo(f"--resume: no complete checkpoint in {checkpoint_dir(run_dir)}; training from the start", err=True)
     # --resume continues the interrupted training as it was set up; flags given now still win.
-    overrides = {**recorded_distill_config(run_dir), **given} if resume else given
+    overrides = under_given(recorded_distill_config(run_dir), given) if resume else given
     result = run_distill(run_dir, model=model, pack=pack, packs_path=packs_path, device=device, resume=resume,
                          overrides=overrides)
     if not result.main:
