@@ -731,3 +731,17 @@ def test_epochs_given_alone_set_the_length_over_a_max_steps_default() -> None:
     assert under_given(recorded, {"max_steps": 9}) == {**recorded, "max_steps": 9}
     resumed = DistillConfig.from_pack({}, **under_given(recorded, {"num_epochs": 3}))
     assert (resumed.max_steps, resumed.num_epochs, resumed.lora_r) == (-1, 3.0, 8)
+
+
+def test_resuming_a_checkpoint_that_trained_every_step_trains_no_more(recorded_run) -> None:
+    """A run stopped after its final checkpoint (while measuring or saving the adapter) came back one
+    step longer than its --max-steps: the Trainer, resumed at its last step, checks the limit only
+    after taking another one. Now the checkpoint's adapter is the result, as if never stopped."""
+    run, _ = recorded_run
+    options = {"max_steps": 2, "max_new_tokens": 8, "batch_size": 4, "save_steps": 2}
+    run_distill(run, overrides=options, progress=False)
+    trained = (run / "adapter" / "adapter_model.safetensors").read_bytes()
+    result = run_distill(run, resume=True, overrides=options, progress=False)
+    assert result.steps == 2 and [c.name for c in checkpoint_dir(run).glob("checkpoint-*")] == ["checkpoint-2"]
+    assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == trained
+    assert [h["step"] for h in result.history] == [1, 2]
