@@ -78,6 +78,7 @@ class ApplyOptions:
     batch_size: int | None = None
     gradient_accumulation_steps: int | None = None
     teacher: str | None = None
+    ema_decay: float | None = None
     kl_top_k: int | None = None
     temperature: float | None = None
     save_steps: int | None = None
@@ -265,7 +266,7 @@ def _filter_options(o: ApplyOptions) -> dict[str, Any]:
 _SETTING_NAMES = {"kl_top_k": "top_k"}
 _DISTILL_OPTIONS = ("lora_r", "lora_alpha", "lora_dropout", "target_modules", "learning_rate", "num_epochs",
                     "max_steps", "batch_size", "gradient_accumulation_steps", "max_new_tokens", "teacher",
-                    "kl_top_k", "seed", "temperature", "save_steps")
+                    "ema_decay", "kl_top_k", "seed", "temperature", "save_steps")
 
 
 def _distill_overrides(o: ApplyOptions) -> dict[str, Any]:

@@ -69,3 +69,22 @@ def test_every_option_says_what_it_does(path: tuple[str, ...]) -> None:
         command = command.commands[name]  # type: ignore[attr-defined]
     bare = [p.name for p in command.params if p.param_type_name == "option" and not p.help]
     assert not bare, f"pa {' '.join(path)}: options without help: {bare}"
+
+
+def test_every_pack_training_setting_can_be_overridden_on_the_command_line() -> None:
+    """The pack schema says each `training:` default can be overridden on the command line; `ema_decay`
+    could not (no flag on pa distill or pa apply, no `--config` key), short of editing the pack."""
+    import json
+
+    from policyalign.apply import _SETTING_NAMES, ApplyOptions
+    from policyalign.distill import FLAGS
+    from policyalign.schema import schema_text
+
+    settings = json.loads(schema_text("pack.schema.json"))["properties"]["training"]["properties"]
+    command = typer.main.get_command(app)
+    distill_flags = {o for p in command.commands["distill"].params for o in p.opts}  # type: ignore[attr-defined]
+    apply_keys = {_SETTING_NAMES.get(f, f) for f in ApplyOptions.__dataclass_fields__} | {"filter_keep"}  # --keep
+    for name in settings:
+        if name != "filter_keep":  # a filter setting: pa filter --keep
+            assert FLAGS.get(name, "--" + name.replace("_", "-")) in distill_flags, f"pa distill has no flag for {name}"
+        assert name in apply_keys, f"pa apply cannot set training.{name}"

@@ -80,6 +80,8 @@ def apply(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Rollouts per device per step (default: the pack's)."),
     grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Gradient accumulation steps (default: the pack's)."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="base or ema (default: the pack's)."),
+    ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help="With --teacher ema: the share of the student "
+                                              "mixed into the teacher each step (default: the pack's, else 0.05)."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Rollout sampling temperature (paper: 1.0)."),
     save_steps: Optional[int] = typer.Option(None, "--save-steps", help="Checkpoint every N optimizer steps (default 50)."),
     judge: Optional[str] = typer.Option(None, "--judge", help="refusal (default) | guard:MODEL | llm:MODEL"),
@@ -105,7 +107,7 @@ def apply(
            "max_new_tokens": max_new_tokens, "lora_r": lora_r, "lora_alpha": lora_alpha,
            "lora_dropout": lora_dropout, "learning_rate": learning_rate, "num_epochs": epochs, "max_steps": max_steps, "batch_size": batch_size,
            "gradient_accumulation_steps": grad_accum,
-           "teacher": teacher, "temperature": temperature, "save_steps": save_steps, "judge": judge,
+           "teacher": teacher, "ema_decay": ema_decay, "temperature": temperature, "save_steps": save_steps, "judge": judge,
            "eval_limit": eval_limit}
     options = build_options(cli, config)
     if quiet:  # --quiet wins; without it, `progress:` in --config stands

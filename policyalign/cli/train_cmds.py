@@ -67,6 +67,8 @@ def distill(
     top_k: Optional[int] = typer.Option(None, "--kl-top-k", help="Top-k support of the reverse KL (default: the pack's; paper: 256)."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Rollout sampling temperature (default: the pack's; paper: 1.0)."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="base (adapter disabled) or ema (default: the pack's)."),
+    ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help="With --teacher ema: the share of the student "
+                                              "mixed into the teacher each step (default: the pack's, else 0.05)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the rollouts, data order and LoRA init (default 0)."),
     prefix_cache: Optional[bool] = typer.Option(None, "--prefix-cache/--no-prefix-cache",
                                                 help="Encode the policy prefix once and reuse it (default), or "
@@ -92,7 +94,7 @@ def distill(
         lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=targets,
         learning_rate=learning_rate, num_epochs=epochs, max_steps=max_steps, batch_size=batch_size,
         gradient_accumulation_steps=grad_accum, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-        teacher=teacher, seed=seed, prefix_cache=prefix_cache, use_vllm=vllm,
+        teacher=teacher, ema_decay=ema_decay, seed=seed, prefix_cache=prefix_cache, use_vllm=vllm,
         save_steps=save_steps).items() if v is not None}
     if resume and resume_point(run_dir) is None:
         typer.echo(f"--resume: no complete checkpoint in {checkpoint_dir(run_dir)}; training from the start", err=True)
