@@ -76,6 +76,14 @@ def eval_command(
     if compare and compare[0] is not None:
         from ..evaluate import compare as compare_evals
 
+        ignored = [flag for flag, value in (("PACK", pack), ("--model", model), ("--adapter", adapter),
+                                            ("--policy-in-context", policy_in_context), ("--sets", sets),
+                                            ("--out", out), ("--limit", limit), ("--device", device),
+                                            ("--benchmark", benchmark), ("--no-drift", no_drift)) if value]
+        if ignored:  # they describe an evaluation to run, and --compare runs none
+            raise InvalidInputError(f"--compare reads two finished evaluations; {', '.join(ignored)} would be ignored",
+                                    hint="drop them, or run the evaluation first: pa eval PACK --model M ...")
+
         typer.echo(compare_evals(compare[0], compare[1]), nl=False)
         return
     if not pack or not model:
