@@ -363,8 +363,9 @@ def _check_push_options(options: ApplyOptions) -> None:
     """What the push will need, checked before training: a repository id, a token and a valid tag."""
     from .hub import check_push_target, check_tag
 
-    if options.revision and not options.push_to:
-        raise InvalidInputError("--revision only applies with --push-to", hint="add --push-to ORG/NAME, or drop --revision")
+    for flag, given in (("--revision", options.revision), ("--private", options.private)):
+        if given and not options.push_to:
+            raise InvalidInputError(f"{flag} only applies with --push-to", hint=f"add --push-to ORG/NAME, or drop {flag}")
     if options.push_to:
         check_push_target(options.push_to)
     if options.revision:

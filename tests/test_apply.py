@@ -193,6 +193,13 @@ def test_epochs_given_for_tiny_are_not_capped_by_its_demo_max_steps() -> None:
     assert with_model_defaults(build_options({"pack": "general", "model": "tiny"}, None)).max_steps == 60
 
 
+def test_private_without_push_to_is_refused_before_any_stage(tmp_path: Path) -> None:
+    """`pa apply ... --private` without --push-to trained and published nothing private, without a word."""
+    result = CliRunner().invoke(app, ["apply", "general", "--model", "tiny", "--private", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "--private only applies with --push-to" in result.output
+    assert not (tmp_path / "run" / "instructions.jsonl").exists()
+
+
 def test_config_values_of_the_wrong_type_fail_before_any_stage_runs(tmp_path: Path) -> None:
     """`seed: abc` used to run synthesis and evaluation for minutes, then crash in distillation."""
     config = tmp_path / "run.yaml"

@@ -47,7 +47,7 @@ def apply(
                                           "eval_max_new_tokens. The command line wins over the file, and both over "
                                           "the pack's training: defaults."),
     push_to: Optional[str] = typer.Option(None, "--push-to", help="Publish the adapter to this Hub repo at the end."),
-    private: bool = typer.Option(False, "--private", help="Create the Hub repo private."),
+    private: bool = typer.Option(False, "--private", help="With --push-to: create the Hub repo private."),
     license: Optional[str] = License,
     revision: Optional[str] = typer.Option(None, "--revision", help="With --push-to: tag for this version "
                                            "(default: PACK-vVERSION; a retrained run needs a new one)."),
