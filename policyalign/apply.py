@@ -18,7 +18,7 @@ from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from .errors import InvalidInputError, PolicyAlignError, RunError
-from .distill import launch_rank, training_device, under_given
+from .distill import check_vllm_rollouts, launch_rank, training_device, under_given
 from .evaluate import check_eval_options
 from .io import output_dir
 from .pack import ManifestLoader, Pack
@@ -309,7 +309,9 @@ def _apply(options: ApplyOptions, pack: Pack, run_dir: Path, on_stage: Callable[
     fconf = filter_config(pack, **_filter_options(options))
     dconf = distill_config(pack, _distill_overrides(options))
     check_eval_options(options.judge, options.eval_limit, limit_flag="--eval-limit")
-    training_device(options.device, *launch_rank()[1:])
+    device = training_device(options.device, *launch_rank()[1:])
+    if options.backend == "vllm":  # synthesis, filtering and the rollouts: refused now, not once a model has loaded
+        check_vllm_rollouts(device)
     _check_push_options(options)
 
     def step(name: str, key: str, outputs: list[str], action: Callable[[], Any]) -> None:

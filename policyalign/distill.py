@@ -483,6 +483,17 @@ def training_device(device: str | None, local_rank: int, processes: int) -> str:
     return resolved
 
 
+def check_vllm_rollouts(device: str) -> None:
+    """vLLM rollouts need a CUDA GPU and vLLM: said before the model loads, not as trl's traceback after."""
+    from .generation import require_vllm
+
+    if not device.startswith("cuda"):
+        raise InvalidInputError(f"vLLM rollouts (pa distill --vllm, pa apply --backend vllm) need a CUDA GPU; "
+                                f"this process trains on {device}",
+                                hint="use --no-vllm (pa apply: --backend transformers), or run on a machine with a CUDA GPU")
+    require_vllm()
+
+
 def lora_config(config: DistillConfig) -> Any:
     from peft import LoraConfig
 
@@ -670,6 +681,8 @@ def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillCon
     rank, local_rank, processes = launch_rank()
     main = rank == 0
     device = training_device(device, local_rank, processes)
+    if config.use_vllm:
+        check_vllm_rollouts(device)
     config = fit_batch(config, len(records), processes)
     adapter_dir = run_dir / "adapter"
     checkpoints = checkpoint_dir(run_dir)

@@ -344,13 +344,7 @@ class VLLMBackend:
     name = "vllm"
 
     def __init__(self, loaded: LoadedModel, *, adapter: str | Path | None = None, **llm_kwargs: Any) -> None:
-        try:
-            import vllm
-        except ImportError:
-            raise ModelError(
-                "the vllm backend needs vLLM, which is not installed",
-                hint="pip install 'policyalign[vllm]' on a machine with a CUDA GPU, or use --backend transformers",
-            ) from None
+        vllm = require_vllm()
         self.loaded = loaded
         self._vllm = vllm
         ref = loaded.ref
@@ -426,6 +420,20 @@ def _vllm_share_beside(device: str) -> float:
 
 
 BACKENDS = ("transformers", "vllm")
+
+
+def require_vllm() -> Any:
+    """The vllm module, or a ModelError saying how to get it (the trainer's rollouts otherwise end in
+    a bare ImportError traceback from inside trl, after the model has loaded)."""
+    try:
+        import vllm
+    except ImportError:
+        raise ModelError(
+            "vLLM is not installed (needed by --backend vllm and pa distill --vllm)",
+            hint="pip install 'policyalign[vllm]' on a machine with a CUDA GPU, or use --backend transformers "
+                 "(pa distill: --no-vllm)",
+        ) from None
+    return vllm
 
 
 def backend_name(name: str) -> str:

@@ -180,6 +180,10 @@ def test_the_backend_is_one_spelling_so_vllm_also_runs_the_rollouts(tmp_path: Pa
     result = CliRunner().invoke(app, ["apply", "general", "--model", "tiny", "--backend", "vlm", "--out",
                                       str(tmp_path / "run")])
     assert result.exit_code == 2 and not (tmp_path / "run").exists()
+    result = CliRunner().invoke(app, ["apply", "general", "--model", "tiny", "--backend", "vLLM", "--device", "cpu",
+                                      "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "need a CUDA GPU" in result.output, "refused before synthesis, not during it"
+    assert not (tmp_path / "run" / "instructions.jsonl").exists()
 
 
 def test_epochs_given_for_tiny_are_not_capped_by_its_demo_max_steps() -> None:

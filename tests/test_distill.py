@@ -745,3 +745,17 @@ def test_resuming_a_checkpoint_that_trained_every_step_trains_no_more(recorded_r
     assert result.steps == 2 and [c.name for c in checkpoint_dir(run).glob("checkpoint-*")] == ["checkpoint-2"]
     assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == trained
     assert [h["step"] for h in result.history] == [1, 2]
+
+
+def test_vllm_rollouts_without_a_gpu_are_refused_before_the_model_loads(recorded_run) -> None:
+    """`pa distill RUN --vllm` on a machine without a CUDA GPU (or without vLLM) ended in trl's bare
+    ImportError traceback, raised after the model had loaded."""
+    from typer.testing import CliRunner
+
+    from policyalign.cli import app
+
+    run, _ = recorded_run
+    result = CliRunner().invoke(app, ["distill", str(run), "--vllm", "--max-steps", "1", "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert "vLLM rollouts (pa distill --vllm, pa apply --backend vllm) need a CUDA GPU" in result.output
+    assert "--no-vllm" in result.output
