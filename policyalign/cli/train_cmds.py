@@ -29,11 +29,11 @@ def filter_cmd(
     min_score: Optional[float] = typer.Option(None, "--min-score", help="Keep instructions scoring at least this."),
     no_filter: bool = typer.Option(False, "--no-filter", help="Keep everything (ablation)."),
     samples: int = typer.Option(1, "--samples", help="On-policy responses sampled per instruction."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Length of sampled responses."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Length of sampled responses (default: the pack's training max_new_tokens)."),
     heldout: float = typer.Option(0.1, "--heldout", help="Fraction held out (never trained on) for the internalization metric."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sampled responses and the held-out split."),
     batch_size: int = typer.Option(8, "--batch-size", help="Instructions sampled and scored together."),
-    device: Optional[str] = DeviceOpt,
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: cuda if available)."),
     packs_path: Optional[list[Path]] = PacksPath,
 ) -> None:
     """Score each instruction's policy sensitivity and select the training set."""
