@@ -18,7 +18,7 @@ from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from .errors import InvalidInputError, PolicyAlignError, RunError
-from .distill import launch_rank, training_device
+from .distill import check_vllm_rollouts, launch_rank, training_device, under_given
 from .evaluate import check_eval_options
 from .io import output_dir
 from .pack import ManifestLoader, Pack
@@ -78,6 +78,7 @@ class ApplyOptions:
     batch_size: int | None = None
     gradient_accumulation_steps: int | None = None
     teacher: str | None = None
+    ema_decay: float | None = None
     kl_top_k: int | None = None
     temperature: float | None = None
     save_steps: int | None = None
@@ -88,9 +89,24 @@ class ApplyOptions:
     progress: bool = True
     explicit: set[str] = field(default_factory=set, repr=False)
 
+    def __post_init__(self) -> None:
+        """One spelling of the backend (`--backend vLLM` is `vllm`, which `_distill_overrides` compares),
+        checked before the run directory exists."""
+        from .generation import backend_name
+
+        self.backend = backend_name(self.backend)
+
+
+# Command-line flags whose `--config` key differs: a file saying `lr:` or `top_k:` is told the key to write
+# (`top_k` is not taken as --top-k: in a pack's `training:` the same word is the reverse KL's top-k).
+CONFIG_KEYS_OF_FLAGS = {"lr": "learning_rate", "epochs": "num_epochs", "grad_accum": "gradient_accumulation_steps",
+                        "top_k": "top_n (and --kl-top-k, the reverse KL's top-k, is kl_top_k)",
+                        "quiet": "progress: false"}
+
 
 def load_config_file(path: Path) -> dict[str, Any]:
-    """Options from a YAML file, with the same names as the command-line options (dashes allowed)."""
+    """Options from a YAML file, named as `ApplyOptions` fields (dashes allowed): mostly the long
+    command-line names, except the flags in CONFIG_KEYS_OF_FLAGS."""
     if not path.is_file():
         raise InvalidInputError("config file not found", file=str(path), hint="pass an existing YAML file to --config")
     try:
@@ -104,6 +120,9 @@ def load_config_file(path: Path) -> dict[str, Any]:
     from .pack import did_you_mean
 
     for key in options:
+        if key in CONFIG_KEYS_OF_FLAGS:
+            raise InvalidInputError(f"unknown option {key!r}", file=str(path), where=key,
+                                    hint=f"in a config file, --{key.replace('_', '-')} is {CONFIG_KEYS_OF_FLAGS[key]}")
         if key not in names:
             raise InvalidInputError(f"unknown option {key!r}", file=str(path), where=key,
                                     hint=did_you_mean(key, sorted(names), "known options"))
@@ -176,8 +195,13 @@ def check_config_ranges(options: dict[str, Any], path: Path) -> dict[str, Any]:
 
 
 def build_options(cli: dict[str, Any], config: Path | None) -> ApplyOptions:
-    """Config file first, then every option the user actually gave on the command line."""
+    """Config file first, then every option the user actually gave on the command line.
+
+    A selection flag (--keep, --top-k, --min-score, --no-filter) on the command line replaces the
+    file's selection rule whole: only one rule can apply, and the command line wins."""
     merged = load_config_file(config) if config else {}
+    if any(selection_given(cli.get(name)) for name in SELECTION_FLAGS):
+        merged = {k: v for k, v in merged.items() if k not in SELECTION_FLAGS}
     explicit = set(merged)
     for key, value in cli.items():
         if value is not None and value is not False:
@@ -197,8 +221,9 @@ def with_model_defaults(options: ApplyOptions) -> ApplyOptions:
         return options
     given = [name for name in SELECTION_FLAGS if name in options.explicit]
     chosen_rule = any(selection_given(getattr(options, name)) for name in given)
-    for key, value in TINY_DEFAULTS.items():
-        if key not in options.explicit and not (key == "keep" and chosen_rule):
+    explicit = {key: getattr(options, key) for key in options.explicit}
+    for key, value in under_given(TINY_DEFAULTS, explicit).items():
+        if not (key == "keep" and chosen_rule):
             setattr(options, key, value)
     return options
 
@@ -241,7 +266,7 @@ def _filter_options(o: ApplyOptions) -> dict[str, Any]:
 _SETTING_NAMES = {"kl_top_k": "top_k"}
 _DISTILL_OPTIONS = ("lora_r", "lora_alpha", "lora_dropout", "target_modules", "learning_rate", "num_epochs",
                     "max_steps", "batch_size", "gradient_accumulation_steps", "max_new_tokens", "teacher",
-                    "kl_top_k", "seed", "temperature", "save_steps")
+                    "ema_decay", "kl_top_k", "seed", "temperature", "save_steps")
 
 
 def _distill_overrides(o: ApplyOptions) -> dict[str, Any]:
@@ -284,7 +309,9 @@ def _apply(options: ApplyOptions, pack: Pack, run_dir: Path, on_stage: Callable[
     fconf = filter_config(pack, **_filter_options(options))
     dconf = distill_config(pack, _distill_overrides(options))
     check_eval_options(options.judge, options.eval_limit, limit_flag="--eval-limit")
-    training_device(options.device, *launch_rank()[1:])
+    device = training_device(options.device, *launch_rank()[1:])
+    if options.backend == "vllm":  # synthesis, filtering and the rollouts: refused now, not once a model has loaded
+        check_vllm_rollouts(device)
     _check_push_options(options)
 
     def step(name: str, key: str, outputs: list[str], action: Callable[[], Any]) -> None:
@@ -338,8 +365,9 @@ def _check_push_options(options: ApplyOptions) -> None:
     """What the push will need, checked before training: a repository id, a token and a valid tag."""
     from .hub import check_push_target, check_tag
 
-    if options.revision and not options.push_to:
-        raise InvalidInputError("--revision only applies with --push-to", hint="add --push-to ORG/NAME, or drop --revision")
+    for flag, given in (("--revision", options.revision), ("--private", options.private)):
+        if given and not options.push_to:
+            raise InvalidInputError(f"{flag} only applies with --push-to", hint=f"add --push-to ORG/NAME, or drop {flag}")
     if options.push_to:
         check_push_target(options.push_to)
     if options.revision:

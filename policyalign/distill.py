@@ -80,6 +80,8 @@ class DistillConfig:
         check_settings(given, from_command_line=True)
         values = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in training.items() if k in names}
         values.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in given.items()})
+        if "num_epochs" in given and "max_steps" not in given:
+            values["max_steps"] = -1  # --epochs given alone sets the length: a pack's max_steps would cap it
         config = cls(**values)
         if config.teacher not in ("base", "ema"):
             raise InvalidInputError(f"unknown teacher {config.teacher!r}", hint="use base or ema")
@@ -87,6 +89,14 @@ class DistillConfig:
             raise InvalidInputError(f"--save-steps {config.save_steps}: must be at least 1",
                                     hint="checkpoint every N >= 1 optimizer steps")
         return config
+
+
+def under_given(base: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` settings (a checkpoint's, a model's demo defaults) with `given` ones over them, where
+    `num_epochs` given without `max_steps` also drops base's `max_steps`: trainers stop at max_steps
+    whatever the epochs, so `--resume --epochs 3` after a `--max-steps 20` run trained nothing."""
+    dropped = ("max_steps",) if "num_epochs" in given and "max_steps" not in given else ()
+    return {**{k: v for k, v in base.items() if k not in dropped}, **given}
 
 
 # Command-line flags whose name differs from the training setting they override.
@@ -221,6 +231,22 @@ def _trainer_classes() -> tuple[type, type]:
         def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
             super()._load_from_checkpoint(resume_from_checkpoint, model)
             self._restore_ema_teacher(Path(resume_from_checkpoint))
+
+        def restore_finished(self, checkpoint: Path) -> None:
+            """Take the weights and state of a checkpoint that has trained every planned step, instead
+            of training on from it: resumed at its last step, the Trainer runs one step past
+            max_steps (it checks the limit after a step), so a run stopped after its final
+            checkpoint (while measuring or saving) came back one step longer than its settings."""
+            from peft import set_peft_model_state_dict
+            from peft.utils import load_peft_weights
+            from transformers import TrainerState
+
+            # The student is at the checkpoint's root (an EMA run's teacher, in a subfolder, is not needed
+            # any more): loaded directly, as the Trainer given a subfolder would load only that.
+            set_peft_model_state_dict(self.accelerator.unwrap_model(self.model),
+                                      load_peft_weights(str(checkpoint), device=str(self.accelerator.device)),
+                                      adapter_name="default")
+            self.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
 
         def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
             super()._load_optimizer_and_scheduler(checkpoint)
@@ -457,6 +483,17 @@ def training_device(device: str | None, local_rank: int, processes: int) -> str:
     return resolved
 
 
+def check_vllm_rollouts(device: str) -> None:
+    """vLLM rollouts need a CUDA GPU and vLLM: said before the model loads, not as trl's traceback after."""
+    from .generation import require_vllm
+
+    if not device.startswith("cuda"):
+        raise InvalidInputError(f"vLLM rollouts (pa distill --vllm, pa apply --backend vllm) need a CUDA GPU; "
+                                f"this process trains on {device}",
+                                hint="use --no-vllm (pa apply: --backend transformers), or run on a machine with a CUDA GPU")
+    require_vllm()
+
+
 def lora_config(config: DistillConfig) -> Any:
     from peft import LoraConfig
 
@@ -644,6 +681,8 @@ def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillCon
     rank, local_rank, processes = launch_rank()
     main = rank == 0
     device = training_device(device, local_rank, processes)
+    if config.use_vllm:
+        check_vllm_rollouts(device)
     config = fit_batch(config, len(records), processes)
     adapter_dir = run_dir / "adapter"
     checkpoints = checkpoint_dir(run_dir)
@@ -656,13 +695,16 @@ def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillCon
             raise RunError("multi-process training supports data parallelism (DDP) only, not FSDP or DeepSpeed",
                            hint="launch with `torchrun --nproc_per_node N` or `accelerate launch --multi_gpu` "
                                 "without an FSDP/DeepSpeed config: rank 0 alone measures and saves the adapter")
-        resume_from = _checkpoint_to_continue(trainer, run_dir, resume, restart_if_past)
+        resume_from, finished = _checkpoint_to_continue(trainer, run_dir, resume, restart_if_past)
         if resume_from is None and main:
             shutil.rmtree(checkpoints, ignore_errors=True)
         if record is not None and main:
             write_json(checkpoints / CHECKPOINT_RECORD, dict(record))
         before = _measure(trainer, loaded, pack.policy, heldout, config, adapter_on=False) if main else None
-        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        if finished and resume_from is not None:
+            trainer.restore_finished(resume_from)
+        else:
+            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         if trainer.state.global_step == 0:
             raise RunError("training ran no optimizer step", file=str(run_dir / "selected.jsonl"),
                            hint="check --max-steps/--epochs, or select more instructions (--keep, --no-filter)")
@@ -681,21 +723,22 @@ def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillCon
     return result
 
 
-def _checkpoint_to_continue(trainer: Any, run_dir: Path, resume: bool, restart_if_past: bool) -> Path | None:
-    """The checkpoint to train on from, or None to train afresh.
+def _checkpoint_to_continue(trainer: Any, run_dir: Path, resume: bool,
+                            restart_if_past: bool) -> tuple[Path | None, bool]:
+    """The checkpoint to train on from (None: train afresh), and whether it has trained every planned step.
 
     A checkpoint already past the steps these settings train would end training at once, and
     the longer-trained adapter would be saved as the one these settings made.
     """
     checkpoint = resume_point(run_dir) if resume else None
     if checkpoint is None:
-        return None
+        return None, False
     done = int(json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8")).get("global_step", 0))
     planned = trainer.set_initial_training_values(trainer.args, trainer.get_train_dataloader())[-1]
     if done <= planned:
-        return checkpoint
+        return checkpoint, done == planned
     if restart_if_past:
-        return None
+        return None, False
     raise RunError(f"{checkpoint.name} has already trained {done} optimizer steps, more than the {planned} "
                    "these settings train", file=str(checkpoint / "trainer_state.json"),
                    hint=f"drop --resume to train {planned} steps afresh, or resume with a larger --max-steps or --epochs")

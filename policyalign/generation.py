@@ -344,13 +344,7 @@ class VLLMBackend:
     name = "vllm"
 
     def __init__(self, loaded: LoadedModel, *, adapter: str | Path | None = None, **llm_kwargs: Any) -> None:
-        try:
-            import vllm
-        except ImportError:
-            raise ModelError(
-                "the vllm backend needs vLLM, which is not installed",
-                hint="pip install 'policyalign[vllm]' on a machine with a CUDA GPU, or use --backend transformers",
-            ) from None
+        vllm = require_vllm()
         self.loaded = loaded
         self._vllm = vllm
         ref = loaded.ref
@@ -428,13 +422,35 @@ def _vllm_share_beside(device: str) -> float:
 BACKENDS = ("transformers", "vllm")
 
 
+def require_vllm() -> Any:
+    """The vllm module, or a ModelError saying how to get it (the trainer's rollouts otherwise end in
+    a bare ImportError traceback from inside trl, after the model has loaded)."""
+    try:
+        import vllm
+    except ImportError:
+        raise ModelError(
+            "vLLM is not installed (needed by --backend vllm and pa distill --vllm)",
+            hint="pip install 'policyalign[vllm]' on a machine with a CUDA GPU, or use --backend transformers "
+                 "(pa distill: --no-vllm)",
+        ) from None
+    return vllm
+
+
+def backend_name(name: str) -> str:
+    """`name` spelled as the code compares it (`vLLM` -> `vllm`), or an error naming the choices: `pa
+    apply --backend vLLM` used vLLM for synthesis and filtering but, as `"vLLM" != "vllm"`, not for
+    the trainer's rollouts."""
+    key = name.strip().lower()
+    if key not in BACKENDS:
+        raise InvalidInputError(f"unknown generation backend {name!r}", hint=f"use one of: {', '.join(BACKENDS)}")
+    return key
+
+
 def get_backend(name: str, loaded: LoadedModel, **options: Any) -> Backend:
     """The generation backend `name` for `loaded`; `options` go to the backend (vLLM: adapter, LLM kwargs)."""
-    key = name.strip().lower()
+    key = backend_name(name)
     if key == "transformers":
         if options:
             raise InvalidInputError(f"the transformers backend takes no options, got {sorted(options)}")
         return TransformersBackend(loaded)
-    if key == "vllm":
-        return VLLMBackend(loaded, **options)
-    raise InvalidInputError(f"unknown generation backend {name!r}", hint=f"use one of: {', '.join(BACKENDS)}")
+    return VLLMBackend(loaded, **options)

@@ -79,7 +79,8 @@ def record_inputs(run_dir: Path, pack: "Pack", model: str, **extra: Any) -> dict
     return manifest
 
 
-def check_same_run(run_dir: Path, manifest: dict[str, Any], pack_name: str, model: str) -> None:
+def check_same_run(run_dir: Path, manifest: dict[str, Any], pack_name: str, model: str, *,
+                   hint: str = "choose another --out for this run (or delete that directory to reuse it)") -> None:
     """Refuse to start another pack's or model's run in a directory holding one: its stages would re-run
     and replace the finished instructions, adapter and card. Options, the pack's version or its
     edits may change: that is re-running the same experiment, and resuming is keyed for it."""
@@ -88,8 +89,7 @@ def check_same_run(run_dir: Path, manifest: dict[str, Any], pack_name: str, mode
     if not manifest["stages"] or (old_pack in (None, pack_name) and old_model in (None, model)):
         return
     raise RunError(f"{run_dir} holds a run of pack {old_pack!r} with model {old_model!r}, not {pack_name!r} with {model!r}",
-                   file=str(Path(run_dir) / MANIFEST),
-                   hint="choose another --out for this run (or delete that directory to reuse it)")
+                   file=str(Path(run_dir) / MANIFEST), hint=hint)
 
 
 def run_inputs(run_dir: Path) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidInputError, RunError
 from .io import output_dir, read_json, sha256_file
-from .run import MANIFEST, fingerprint, load_run_pack, read_manifest, record_inputs, run_inputs, run_lock, stage
+from .run import MANIFEST, check_same_run, fingerprint, load_run_pack, read_manifest, record_inputs, run_inputs, run_lock, stage
 
 if TYPE_CHECKING:
     from .distill import DistillResult
@@ -35,6 +35,18 @@ def _adapter_hash(run_dir: Path) -> str | None:
 
 def _model(run_dir: Path, model: str | None) -> str:
     return model or run_inputs(run_dir)["model"]
+
+
+def _pack_and_model(run_dir: Path, pack: "str | Pack | None", model: str | None,
+                    packs_path: list[Path] | None = None) -> "tuple[Pack, str]":
+    """The run's pack and model, or those given with --pack / --model, which may name another version
+    or copy of the run's pack but not another pack or model: a stage run with those would score or
+    train on the recorded run's files and leave a run.json naming what it did not use."""
+    the_pack, model = load_run_pack(run_dir, pack, packs_path), _model(run_dir, model)
+    check_same_run(run_dir, read_manifest(run_dir), the_pack.name, model,
+                   hint="drop --pack and --model to use the run's, or start another run directory "
+                        "(pa synthesize PACK --model M --out DIR)")
+    return the_pack, model
 
 
 def _weights(model: str, field: str = "model_files") -> dict[str, str]:
@@ -157,8 +169,7 @@ def run_filter(run_dir: Path, *, model: str | None = None, pack: "str | Pack | N
     from .models import load_model
 
     run_dir = Path(run_dir)
-    the_pack = load_run_pack(run_dir, pack, packs_path)
-    model = _model(run_dir, model)
+    the_pack, model = _pack_and_model(run_dir, pack, model, packs_path)
     config = filter_config(the_pack, **options)
     key = filter_key(run_dir, the_pack, model, config, backend)
     scores = score_key(run_dir, the_pack, model, config, backend)
@@ -267,8 +278,7 @@ def run_distill(run_dir: Path, *, model: str | None = None, pack: "str | Pack | 
     from .distill import distill_run, launch_rank
 
     run_dir = Path(run_dir)
-    the_pack = load_run_pack(run_dir, pack, packs_path)
-    model = _model(run_dir, model)
+    the_pack, model = _pack_and_model(run_dir, pack, model, packs_path)
     config = distill_config(the_pack, overrides or {})
     settings = resume_settings(run_dir, the_pack, model, config)
     if resume:
@@ -312,8 +322,7 @@ def run_eval(run_dir: Path, which: str, *, model: str | None = None, pack: "str 
     from .evaluate import evaluate, greedy_params
 
     run_dir = Path(run_dir)
-    the_pack = load_run_pack(run_dir, pack)
-    model = _model(run_dir, model)
+    the_pack, model = _pack_and_model(run_dir, pack, model)
     options = {"judge": judge, "limit": limit, "max_new_tokens": max_new_tokens}
     adapter = run_dir / "adapter" if which == "after" else None
     with stage(run_dir, f"eval_{which}", eval_key(run_dir, the_pack, model, which, options), options=options) as results:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,81 @@ def test_config_file_and_command_line_precedence(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="missing model"):
         build_options({"pack": "general"}, None)
 
+
+
+def test_a_selection_flag_on_the_command_line_replaces_the_files_rule(tmp_path: Path) -> None:
+    """`keep: 0.3` in --config plus --no-filter was refused as two selection rules: the command line wins."""
+    config = tmp_path / "run.yaml"
+    config.write_text("pack: general\nmodel: tiny\nkeep: 0.3\n")
+    options = build_options({"no_filter": True}, config)
+    assert options.no_filter and options.keep is None and "keep" not in options.explicit
+    options = build_options({"top_n": 5, "no_filter": False}, config)
+    assert (options.top_n, options.keep) == (5, None)
+    assert build_options({"no_filter": False}, config).keep == 0.3, "no flag given: the file's rule stands"
+
+
+@pytest.mark.parametrize(("key", "right"), [("lr", "learning_rate"), ("epochs", "num_epochs"),
+                                            ("grad-accum", "gradient_accumulation_steps"), ("top_k", "top_n"),
+                                            ("quiet", "progress: false")])
+def test_a_flag_name_in_the_config_file_is_told_its_key(tmp_path: Path, key: str, right: str) -> None:
+    """`lr: 1e-4` got "unknown option 'lr'" and a list of 39 names; `top_k` got "did you mean 'top_n'",
+    though a pack's `training.top_k` is the reverse KL's top-k (kl_top_k here)."""
+    config = tmp_path / "run.yaml"
+    config.write_text(f"pack: general\nmodel: tiny\n{key}: 1\n")
+    with pytest.raises(InvalidInputError) as caught:
+        build_options({}, config)
+    assert f"is {right}" in caught.value.problem.hint and caught.value.problem.file == str(config)
+    if key == "top_k":
+        assert "kl_top_k" in caught.value.problem.hint
+
+
+def test_config_help_names_every_option_with_no_flag() -> None:
+    """`pa apply --help` is where a user learns the --config keys that have no command-line flag."""
+    import typer
+
+    command = typer.main.get_command(app).commands["apply"]  # type: ignore[attr-defined]
+    config_help = next(p.help for p in command.params if p.name == "config")
+    flags = {p.name for p in command.params}
+    renamed = {"top_n", "learning_rate", "num_epochs", "gradient_accumulation_steps", "progress", "explicit"}
+    missing = [f.name for f in fields(ApplyOptions) if f.name not in flags | renamed and f.name not in config_help]
+    assert not missing, f"--config help does not name {missing}"
+
+
+def test_the_backend_is_one_spelling_so_vllm_also_runs_the_rollouts(tmp_path: Path) -> None:
+    """`--backend vLLM` ran synthesis and filtering on vLLM (their backend lookup lowercases) but the
+    trainer's rollouts on transformers (`"vLLM" == "vllm"` is false); a misspelt backend failed only
+    when synthesis started, after the run directory was made."""
+    from policyalign.apply import _distill_overrides
+
+    options = build_options({"pack": "general", "model": "tiny", "backend": " vLLM"}, None)
+    assert options.backend == "vllm" and _distill_overrides(options)["use_vllm"] is True
+    with pytest.raises(InvalidInputError, match="unknown generation backend 'vlm'"):
+        build_options({"pack": "general", "model": "tiny", "backend": "vlm"}, None)
+    result = CliRunner().invoke(app, ["apply", "general", "--model", "tiny", "--backend", "vlm", "--out",
+                                      str(tmp_path / "run")])
+    assert result.exit_code == 2 and not (tmp_path / "run").exists()
+    result = CliRunner().invoke(app, ["apply", "general", "--model", "tiny", "--backend", "vLLM", "--device", "cpu",
+                                      "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "need a CUDA GPU" in result.output, "refused before synthesis, not during it"
+    assert not (tmp_path / "run" / "instructions.jsonl").exists()
+
+
+def test_epochs_given_for_tiny_are_not_capped_by_its_demo_max_steps() -> None:
+    """`pa apply general --model tiny --epochs 2` trained tiny's 60 demo steps: its max_steps default
+    was set because --max-steps was not given, and max_steps wins over epochs in the trainer."""
+    from policyalign.apply import _distill_overrides, with_model_defaults
+
+    options = with_model_defaults(build_options({"pack": "general", "model": "tiny", "num_epochs": 2.0}, None))
+    assert options.max_steps is None and options.eval_limit == 12, "the other demo defaults still apply"
+    assert _distill_overrides(options)["num_epochs"] == 2.0
+    assert with_model_defaults(build_options({"pack": "general", "model": "tiny"}, None)).max_steps == 60
+
+
+def test_private_without_push_to_is_refused_before_any_stage(tmp_path: Path) -> None:
+    """`pa apply ... --private` without --push-to trained and published nothing private, without a word."""
+    result = CliRunner().invoke(app, ["apply", "general", "--model", "tiny", "--private", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "--private only applies with --push-to" in result.output
+    assert not (tmp_path / "run" / "instructions.jsonl").exists()
 
 
 def test_config_values_of_the_wrong_type_fail_before_any_stage_runs(tmp_path: Path) -> None:

@@ -716,3 +716,46 @@ def test_an_adapter_the_full_disk_refuses_is_an_error_and_leaves_the_old_one(tmp
     assert printed.startswith(f"{target}: writing adapter failed (SafetensorError: "), printed
     assert "is the disk full?" in printed
     assert (target / "policyalign.json").read_text() == "{}" and not (tmp_path / ".adapter.tmp").exists()
+
+
+def test_epochs_given_alone_set_the_length_over_a_max_steps_default() -> None:
+    """A pack's `max_steps`, the checkpoint's (`pa distill --resume --epochs 3` after a --max-steps 4
+    run trained nothing more) or tiny's demo default stopped training whatever --epochs said."""
+    from policyalign.distill import under_given
+
+    assert DistillConfig.from_pack({"max_steps": 100}, num_epochs=2).max_steps == -1
+    assert DistillConfig.from_pack({"max_steps": 100}, num_epochs=2, max_steps=7).max_steps == 7
+    assert DistillConfig.from_pack({"max_steps": 100, "num_epochs": 2}).max_steps == 100, "the pack's own pair stands"
+    recorded = {"max_steps": 4, "num_epochs": 1.0, "lora_r": 8}
+    assert under_given(recorded, {"num_epochs": 3}) == {"num_epochs": 3, "lora_r": 8}
+    assert under_given(recorded, {"max_steps": 9}) == {**recorded, "max_steps": 9}
+    resumed = DistillConfig.from_pack({}, **under_given(recorded, {"num_epochs": 3}))
+    assert (resumed.max_steps, resumed.num_epochs, resumed.lora_r) == (-1, 3.0, 8)
+
+
+def test_resuming_a_checkpoint_that_trained_every_step_trains_no_more(recorded_run) -> None:
+    """A run stopped after its final checkpoint (while measuring or saving the adapter) came back one
+    step longer than its --max-steps: the Trainer, resumed at its last step, checks the limit only
+    after taking another one. Now the checkpoint's adapter is the result, as if never stopped."""
+    run, _ = recorded_run
+    options = {"max_steps": 2, "max_new_tokens": 8, "batch_size": 4, "save_steps": 2}
+    run_distill(run, overrides=options, progress=False)
+    trained = (run / "adapter" / "adapter_model.safetensors").read_bytes()
+    result = run_distill(run, resume=True, overrides=options, progress=False)
+    assert result.steps == 2 and [c.name for c in checkpoint_dir(run).glob("checkpoint-*")] == ["checkpoint-2"]
+    assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == trained
+    assert [h["step"] for h in result.history] == [1, 2]
+
+
+def test_vllm_rollouts_without_a_gpu_are_refused_before_the_model_loads(recorded_run) -> None:
+    """`pa distill RUN --vllm` on a machine without a CUDA GPU (or without vLLM) ended in trl's bare
+    ImportError traceback, raised after the model had loaded."""
+    from typer.testing import CliRunner
+
+    from policyalign.cli import app
+
+    run, _ = recorded_run
+    result = CliRunner().invoke(app, ["distill", str(run), "--vllm", "--max-steps", "1", "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert "vLLM rollouts (pa distill --vllm, pa apply --backend vllm) need a CUDA GPU" in result.output
+    assert "--no-vllm" in result.output

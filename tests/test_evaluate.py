@@ -583,3 +583,16 @@ def test_evaluate_with_adapter_records_drift(tmp_path: Path, adapters: dict[str,
     # the weights' hash ties this after-eval to them (the card refuses it once they change)
     assert result.summary["adapter_sha256"] == sha256_file(adapters["perturbed"] / "adapter_model.safetensors")
     assert "Drift" in result.report_md.read_text()
+
+
+def test_compare_refuses_evaluation_options_it_would_ignore(tmp_path: Path) -> None:
+    """`pa eval general --model tiny --limit 8 --compare A B` printed the comparison of A and B and
+    dropped the rest without a word: the user meant an evaluation, or a comparison."""
+    from typer.testing import CliRunner
+
+    from policyalign.cli import app
+
+    result = CliRunner().invoke(app, ["eval", "general", "--model", "tiny", "--limit", "8", "--compare",
+                                      str(tmp_path / "a"), str(tmp_path / "b")])
+    assert result.exit_code == 2
+    assert "PACK, --model, --limit would be ignored" in result.output

@@ -155,3 +155,15 @@ def test_an_unknown_pack_names_where_it_was_looked_for_and_the_fix(fixture_packs
     assert result.exit_code == 2 and "parent 'root-pack@^1' not found" in text
     assert f"(searched only {elsewhere}); put the pack in one of these directories" in text
     assert not (elsewhere / "INDEX.json").exists()
+
+
+def test_the_search_order_decides_only_between_copies_of_one_version(fixture_packs: Path, tmp_path: Path) -> None:
+    """The README's rule: the highest matching version anywhere on the path, the first directory for a tie."""
+    first, later = tmp_path / "first", tmp_path / "later"
+    first.mkdir()
+    later.mkdir()
+    shutil.copytree(fixture_packs / "root-pack", first / "root-pack")
+    _with_second_version(fixture_packs, "1.1.0", later)
+    assert Registry([first, later]).load("root-pack").version == "1.1.0"
+    assert Registry([first, fixture_packs]).resolve_path("root-pack") == first / "root-pack"
+    assert Registry([fixture_packs, first]).resolve_path("root-pack") == fixture_packs / "root-pack"

@@ -85,3 +85,31 @@ def test_a_card_written_with_a_license_is_skipped_when_nothing_changed(tmp_path:
     run_card(run, "local/run", license="mit")
     assert stage_done(run, "card", card_key(run, "local/run", "mit"))
     assert not stage_done(run, "card", card_key(run, "local/run", "apache-2.0"))
+
+
+def test_a_stage_command_refuses_another_pack_or_model_than_the_runs(tmp_path: Path, fixture_packs: Path) -> None:
+    """`pa filter RUN --pack other` scored the run's instructions against another policy (and `pa distill
+    RUN --model other` trained another model) while run.json still named the run's: the README says a
+    run directory belongs to one pack and one model. Another copy of the run's own pack is still taken."""
+    import pytest
+
+    from policyalign.errors import RunError
+    from policyalign.run import read_manifest, record_inputs, write_manifest
+    from policyalign.stages import run_distill, run_filter
+
+    pack = Registry([fixture_packs]).load("root-pack")
+    record_inputs(tmp_path, pack, "tiny")
+    manifest = read_manifest(tmp_path)
+    manifest["stages"]["synthesize"] = {"status": "done", "key": "k"}
+    write_manifest(tmp_path, manifest)
+    before = (tmp_path / "run.json").read_text()
+    with pytest.raises(RunError, match="not 'child-pack' with 'tiny'") as caught:
+        run_filter(tmp_path, pack=str(fixture_packs / "child-pack"), progress=False)
+    assert "drop --pack and --model" in caught.value.problem.hint
+    with pytest.raises(RunError, match="not 'root-pack' with 'other-model'"):
+        run_distill(tmp_path, model="other-model", progress=False)
+    assert (tmp_path / "run.json").read_text() == before, "refused before the stage is marked running"
+    copy = tmp_path / "elsewhere" / "root-pack"
+    shutil.copytree(fixture_packs / "root-pack", copy)
+    with pytest.raises(RunError, match="instructions.jsonl"):  # past the check: the stage's own input is missing
+        run_filter(tmp_path, pack=str(copy), progress=False)

@@ -57,7 +57,8 @@ def eval_command(
                                            help="Put the policy in the system message (the teacher reference)."),
     sets: Optional[str] = typer.Option(None, "--sets", help="Comma-separated eval set names (default: all)."),
     judge: str = typer.Option("refusal", "--judge", help="refusal | guard:MODEL | llm:MODEL"),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default pa-eval/PACK/MODEL[-ADAPTER-HASH])."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default pa-eval/PACK/MODEL[-ADAPTER-HASH][-policy], "
+                                       "-policy with --policy-in-context)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="At most N items per eval set."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or auto."),
     batch_size: int = typer.Option(16, "--batch-size", help="Generation batch size."),
@@ -74,6 +75,14 @@ def eval_command(
 
     if compare and compare[0] is not None:
         from ..evaluate import compare as compare_evals
+
+        ignored = [flag for flag, value in (("PACK", pack), ("--model", model), ("--adapter", adapter),
+                                            ("--policy-in-context", policy_in_context), ("--sets", sets),
+                                            ("--out", out), ("--limit", limit), ("--device", device),
+                                            ("--benchmark", benchmark), ("--no-drift", no_drift)) if value]
+        if ignored:  # they describe an evaluation to run, and --compare runs none
+            raise InvalidInputError(f"--compare reads two finished evaluations; {', '.join(ignored)} would be ignored",
+                                    hint="drop them, or run the evaluation first: pa eval PACK --model M ...")
 
         typer.echo(compare_evals(compare[0], compare[1]), nl=False)
         return

@@ -17,7 +17,7 @@ def models(
 ) -> None:
     """List the model aliases (and the built-in `tiny`), with whether each is in the local Hub cache.
 
-    Any Hub id (org/name[@revision]) or local model directory works too.
+    Any Hub id (org/name\\[@revision]) or local model directory works too.
     """
     rows = model_rows()
     if as_json:

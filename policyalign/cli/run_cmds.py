@@ -40,44 +40,60 @@ def apply(
     pack: Optional[str] = typer.Argument(None, help="Pack name, name@range, or path (or `pack:` in --config)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="tiny, an alias (pa models), a Hub id or a directory."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/PACK-VERSION-MODEL)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML file of options; the command line wins."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML file of options, keyed by their long names "
+                                          "(max-steps: 100); --lr, --epochs, --grad-accum, --top-k and --quiet are "
+                                          "learning_rate, num_epochs, gradient_accumulation_steps, top_n and "
+                                          "progress: false; also target_modules, kl_top_k, samples, synth_max_new_tokens, gen_batch_size, "
+                                          "eval_max_new_tokens. The command line wins over the file, and both over "
+                                          "the pack's training: defaults."),
     push_to: Optional[str] = typer.Option(None, "--push-to", help="Publish the adapter to this Hub repo at the end."),
-    private: bool = typer.Option(False, "--private", help="Create the Hub repo private."),
+    private: bool = typer.Option(False, "--private", help="With --push-to: create the Hub repo private."),
     license: Optional[str] = License,
     revision: Optional[str] = typer.Option(None, "--revision", help="With --push-to: tag for this version "
                                            "(default: PACK-vVERSION; a retrained run needs a new one)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: cuda if available). "
                                          "Training runs on the first visible GPU: choose it with CUDA_VISIBLE_DEVICES."),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    generator: Optional[str] = typer.Option(None, "--generator", help="A stronger model to synthesize instructions."),
-    n: Optional[int] = typer.Option(None, "--n", help="Instructions requested per template and category."),
-    rounds: Optional[int] = typer.Option(None, "--rounds", help="Generator samples per template and category."),
-    backend: Optional[str] = typer.Option(None, "--backend", help="Generation backend: transformers or vllm."),
-    keep: Optional[float] = typer.Option(None, "--keep", help="Fraction kept by Policy-Sensitive Filtering."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of synthesis, the filter's samples and held-out "
+                                       "split, and training (default 0)."),
+    generator: Optional[str] = typer.Option(None, "--generator", help="A stronger model to synthesize instructions (default: --model)."),
+    n: Optional[int] = typer.Option(None, "--n", help="Instructions requested per template and category "
+                                 "(default: the pack's count_per_category)."),
+    rounds: Optional[int] = typer.Option(None, "--rounds", help="Generator samples per template and category (default: the pack's)."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="Generation backend: transformers (default) or vllm (also "
+                                         "the trainer's rollouts)."),
+    keep: Optional[float] = typer.Option(None, "--keep", help="Fraction kept by Policy-Sensitive Filtering (default: the "
+                                       "pack's filter_keep)."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Keep this many instructions instead."),
     min_score: Optional[float] = typer.Option(None, "--min-score", help="Keep instructions scoring at least this."),
     no_filter: bool = typer.Option(False, "--no-filter", help="Train on every instruction (ablation)."),
-    heldout: Optional[float] = typer.Option(None, "--heldout", help="Fraction held out for the internalization metric."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Length of on-policy responses."),
+    heldout: Optional[float] = typer.Option(None, "--heldout", help="Fraction held out for the internalization metric "
+                                           "(default 0.1)."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Length of on-policy responses, in filtering and "
+                                                "training (default: the pack's)."),
     lora_r: Optional[int] = typer.Option(None, "--lora-r", help="LoRA rank (default: the pack's)."),
     lora_alpha: Optional[float] = typer.Option(None, "--lora-alpha", help="LoRA alpha (default: the pack's)."),
     lora_dropout: Optional[float] = typer.Option(None, "--lora-dropout", help="LoRA dropout (default: the pack's)."),
     learning_rate: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default: the pack's)."),
-    epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the selected instructions."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Rollouts per device per step."),
-    grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Gradient accumulation steps."),
-    teacher: Optional[str] = typer.Option(None, "--teacher", help="base or ema."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the selected instructions (default: the pack's); "
+                                          "given without --max-steps, it sets the length."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps (default: the pack's, else --epochs)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Rollouts per device per step (default: the pack's)."),
+    grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Gradient accumulation steps (default: the pack's)."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="base or ema (default: the pack's)."),
+    ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help="With --teacher ema: the share of the student "
+                                              "mixed into the teacher each step (default: the pack's, else 0.05)."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Rollout sampling temperature (paper: 1.0)."),
     save_steps: Optional[int] = typer.Option(None, "--save-steps", help="Checkpoint every N optimizer steps (default 50)."),
-    judge: Optional[str] = typer.Option(None, "--judge", help="refusal | guard:MODEL | llm:MODEL"),
-    eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="At most N items per eval set."),
+    judge: Optional[str] = typer.Option(None, "--judge", help="refusal (default) | guard:MODEL | llm:MODEL"),
+    eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="At most N items per eval set (default: all)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     packs_path: Optional[list[Path]] = PacksPath,
 ) -> None:
     """Align a model to a pack: synthesize, filter, evaluate, distill, evaluate, write the card (and push).
 
     Re-running the same command resumes: finished stages with unchanged inputs are skipped.
+    Options left unset take the pack's `training:` and `synthesis:` values; with --model tiny, demo
+    defaults (few steps, a short eval) are used instead.
     """
     from ..apply import apply as run_apply
     from ..apply import build_options
@@ -91,7 +107,7 @@ def apply(
            "max_new_tokens": max_new_tokens, "lora_r": lora_r, "lora_alpha": lora_alpha,
            "lora_dropout": lora_dropout, "learning_rate": learning_rate, "num_epochs": epochs, "max_steps": max_steps, "batch_size": batch_size,
            "gradient_accumulation_steps": grad_accum,
-           "teacher": teacher, "temperature": temperature, "save_steps": save_steps, "judge": judge,
+           "teacher": teacher, "ema_decay": ema_decay, "temperature": temperature, "save_steps": save_steps, "judge": judge,
            "eval_limit": eval_limit}
     options = build_options(cli, config)
     if quiet:  # --quiet wins; without it, `progress:` in --config stands

@@ -11,8 +11,10 @@ from . import app
 from .common import PacksPath
 
 RunDir = typer.Argument(..., help="Run directory (from `pa synthesize` or `pa apply`).")
-ModelOpt = typer.Option(None, "--model", help="Model (default: the run's). tiny, an alias, a Hub id or a path.")
-PackOpt = typer.Option(None, "--pack", help="Pack (default: the run's).")
+ModelOpt = typer.Option(None, "--model", help="Model (default: the run's; a run with stages keeps its model). tiny, an "
+                        "alias, a Hub id or a path.")
+PackOpt = typer.Option(None, "--pack", help="Pack (default: the run's): another version or path of the run's pack, "
+                       "never another pack.")
 DeviceOpt = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: cuda if available). Training runs on the "
                          "first visible GPU: choose it with CUDA_VISIBLE_DEVICES.")
 
@@ -27,11 +29,11 @@ def filter_cmd(
     min_score: Optional[float] = typer.Option(None, "--min-score", help="Keep instructions scoring at least this."),
     no_filter: bool = typer.Option(False, "--no-filter", help="Keep everything (ablation)."),
     samples: int = typer.Option(1, "--samples", help="On-policy responses sampled per instruction."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Length of sampled responses."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Length of sampled responses (default: the pack's training max_new_tokens)."),
     heldout: float = typer.Option(0.1, "--heldout", help="Fraction held out (never trained on) for the internalization metric."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sampled responses and the held-out split."),
     batch_size: int = typer.Option(8, "--batch-size", help="Instructions sampled and scored together."),
-    device: Optional[str] = DeviceOpt,
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: cuda if available)."),
     packs_path: Optional[list[Path]] = PacksPath,
 ) -> None:
     """Score each instruction's policy sensitivity and select the training set."""
@@ -54,30 +56,36 @@ def distill(
     lora_r: Optional[int] = typer.Option(None, "--lora-r", help="LoRA rank (default: the pack's)."),
     lora_alpha: Optional[float] = typer.Option(None, "--lora-alpha", help="LoRA alpha (default: the pack's)."),
     lora_dropout: Optional[float] = typer.Option(None, "--lora-dropout", help="LoRA dropout (default: the pack's)."),
-    target_modules: Optional[str] = typer.Option(None, "--target-modules", help="Comma-separated module names, or all-linear."),
-    learning_rate: Optional[float] = typer.Option(None, "--lr", help="Learning rate."),
-    epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the selected instructions."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Rollouts per device per step."),
-    grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Gradient accumulation steps."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Length of the student's rollouts."),
-    top_k: Optional[int] = typer.Option(None, "--kl-top-k", help="Top-k support of the reverse KL (paper: 256)."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="Rollout sampling temperature (paper: 1.0)."),
-    teacher: Optional[str] = typer.Option(None, "--teacher", help="base (adapter disabled) or ema."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the rollouts, data order and LoRA init."),
+    target_modules: Optional[str] = typer.Option(None, "--target-modules", help="Comma-separated module names, or all-linear (default: the pack's)."),
+    learning_rate: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default: the pack's)."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the selected instructions (default: the pack's); "
+                                          "given without --max-steps, it sets the length."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps (default: the pack's, else --epochs)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Rollouts per device per step (default: the pack's)."),
+    grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Gradient accumulation steps (default: the pack's)."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Length of the student's rollouts (default: the pack's)."),
+    top_k: Optional[int] = typer.Option(None, "--kl-top-k", help="Top-k support of the reverse KL (default: the pack's; paper: 256)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Rollout sampling temperature (default: the pack's; paper: 1.0)."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="base (adapter disabled) or ema (default: the pack's)."),
+    ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help="With --teacher ema: the share of the student "
+                                              "mixed into the teacher each step (default: the pack's, else 0.05)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the rollouts, data order and LoRA init (default 0)."),
     prefix_cache: Optional[bool] = typer.Option(None, "--prefix-cache/--no-prefix-cache",
                                                 help="Encode the policy prefix once and reuse it (default), or "
                                                 "recompute it every step."),
     vllm: Optional[bool] = typer.Option(None, "--vllm/--no-vllm",
-                                        help="Roll out with vLLM (GPU, needs the [vllm] extra) or transformers (default)."),
+                                        help="Roll out with vLLM (GPU, needs the \\[vllm] extra) or transformers (default)."),
     save_steps: Optional[int] = typer.Option(None, "--save-steps", help="Checkpoint every N optimizer steps, for --resume (default 50)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last complete checkpoint, with the "
                                 "settings it was trained with (flags given now override them)."),
     device: Optional[str] = DeviceOpt,
     packs_path: Optional[list[Path]] = PacksPath,
 ) -> None:
-    """Distill the policy into a LoRA adapter (on-policy, reverse KL to the policy-prompted teacher)."""
-    from ..distill import checkpoint_dir, resume_point
+    """Distill the policy into a LoRA adapter (on-policy, reverse KL to the policy-prompted teacher).
+
+    Settings left unset take the pack's `training:` values (with --resume, the checkpoint's).
+    """
+    from ..distill import checkpoint_dir, resume_point, under_given
     from ..stages import recorded_distill_config, run_distill
 
     targets = target_modules if target_modules in (None, "all-linear") else \
@@ -86,12 +94,12 @@ def distill(
         lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=targets,
         learning_rate=learning_rate, num_epochs=epochs, max_steps=max_steps, batch_size=batch_size,
         gradient_accumulation_steps=grad_accum, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-        teacher=teacher, seed=seed, prefix_cache=prefix_cache, use_vllm=vllm,
+        teacher=teacher, ema_decay=ema_decay, seed=seed, prefix_cache=prefix_cache, use_vllm=vllm,
         save_steps=save_steps).items() if v is not None}
     if resume and resume_point(run_dir) is None:
         typer.echo(f"--resume: no complete checkpoint in {checkpoint_dir(run_dir)}; training from the start", err=True)
     # --resume continues the interrupted training as it was set up; flags given now still win.
-    overrides = {**recorded_distill_config(run_dir), **given} if resume else given
+    overrides = under_given(recorded_distill_config(run_dir), given) if resume else given
     result = run_distill(run_dir, model=model, pack=pack, packs_path=packs_path, device=device, resume=resume,
                          overrides=overrides)
     if not result.main:
