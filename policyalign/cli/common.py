@@ -17,6 +17,20 @@ License = typer.Option(
 )
 
 
+# Training options `pa apply` and `pa distill` share (the pack's `training:` values are their defaults).
+LoraR = typer.Option(None, "--lora-r", help="LoRA rank (default: the pack's).")
+LoraAlpha = typer.Option(None, "--lora-alpha", help="LoRA alpha (default: the pack's).")
+LoraDropout = typer.Option(None, "--lora-dropout", help="LoRA dropout (default: the pack's).")
+LearningRate = typer.Option(None, "--lr", help="Learning rate (default: the pack's).")
+Epochs = typer.Option(None, "--epochs", help="Passes over the selected instructions (default: the pack's); "
+                      "given without --max-steps, it sets the length.")
+MaxSteps = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps (default: the pack's, else --epochs).")
+BatchSize = typer.Option(None, "--batch-size", help="Rollouts per device per step (default: the pack's).")
+GradAccum = typer.Option(None, "--grad-accum", help="Gradient accumulation steps (default: the pack's).")
+EmaDecay = typer.Option(None, "--ema-decay", help="With --teacher ema: the share of the student "
+                        "mixed into the teacher each step (default: the pack's, else 0.05).")
+
+
 def registry(packs_path: Optional[list[Path]] = None):  # type: ignore[no-untyped-def]
     from ..registry import Registry
 

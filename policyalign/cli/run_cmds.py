@@ -9,7 +9,8 @@ import typer
 
 from . import app
 from ..stats import format_rate
-from .common import License, PacksPath, console, fold_table, print_json
+from .common import (BatchSize, EmaDecay, Epochs, GradAccum, LearningRate, License, LoraAlpha, LoraDropout, LoraR, MaxSteps,
+                     PacksPath, console, fold_table, print_json)
 
 
 def _num(value: Any) -> str:
@@ -70,18 +71,16 @@ def apply(
                                            "(default 0.1)."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Length of on-policy responses, in filtering and "
                                                 "training (default: the pack's)."),
-    lora_r: Optional[int] = typer.Option(None, "--lora-r", help="LoRA rank (default: the pack's)."),
-    lora_alpha: Optional[float] = typer.Option(None, "--lora-alpha", help="LoRA alpha (default: the pack's)."),
-    lora_dropout: Optional[float] = typer.Option(None, "--lora-dropout", help="LoRA dropout (default: the pack's)."),
-    learning_rate: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default: the pack's)."),
-    epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the selected instructions (default: the pack's); "
-                                          "given without --max-steps, it sets the length."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps (default: the pack's, else --epochs)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Rollouts per device per step (default: the pack's)."),
-    grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Gradient accumulation steps (default: the pack's)."),
+    lora_r: Optional[int] = LoraR,
+    lora_alpha: Optional[float] = LoraAlpha,
+    lora_dropout: Optional[float] = LoraDropout,
+    learning_rate: Optional[float] = LearningRate,
+    epochs: Optional[float] = Epochs,
+    max_steps: Optional[int] = MaxSteps,
+    batch_size: Optional[int] = BatchSize,
+    grad_accum: Optional[int] = GradAccum,
     teacher: Optional[str] = typer.Option(None, "--teacher", help="base or ema (default: the pack's)."),
-    ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help="With --teacher ema: the share of the student "
-                                              "mixed into the teacher each step (default: the pack's, else 0.05)."),
+    ema_decay: Optional[float] = EmaDecay,
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Rollout sampling temperature (paper: 1.0)."),
     save_steps: Optional[int] = typer.Option(None, "--save-steps", help="Checkpoint every N optimizer steps (default 50)."),
     judge: Optional[str] = typer.Option(None, "--judge", help="refusal (default) | guard:MODEL | llm:MODEL"),

@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 
 from . import app
-from .common import PacksPath
+from .common import (BatchSize, EmaDecay, Epochs, GradAccum, LearningRate, LoraAlpha, LoraDropout, LoraR, MaxSteps,
+                     PacksPath)
 
 RunDir = typer.Argument(..., help="Run directory (from `pa synthesize` or `pa apply`).")
 ModelOpt = typer.Option(None, "--model", help="Model (default: the run's; a run with stages keeps its model). tiny, an "
@@ -53,22 +54,20 @@ def distill(
     run_dir: Path = RunDir,
     model: Optional[str] = ModelOpt,
     pack: Optional[str] = PackOpt,
-    lora_r: Optional[int] = typer.Option(None, "--lora-r", help="LoRA rank (default: the pack's)."),
-    lora_alpha: Optional[float] = typer.Option(None, "--lora-alpha", help="LoRA alpha (default: the pack's)."),
-    lora_dropout: Optional[float] = typer.Option(None, "--lora-dropout", help="LoRA dropout (default: the pack's)."),
+    lora_r: Optional[int] = LoraR,
+    lora_alpha: Optional[float] = LoraAlpha,
+    lora_dropout: Optional[float] = LoraDropout,
     target_modules: Optional[str] = typer.Option(None, "--target-modules", help="Comma-separated module names, or all-linear (default: the pack's)."),
-    learning_rate: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default: the pack's)."),
-    epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the selected instructions (default: the pack's); "
-                                          "given without --max-steps, it sets the length."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps (default: the pack's, else --epochs)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Rollouts per device per step (default: the pack's)."),
-    grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Gradient accumulation steps (default: the pack's)."),
+    learning_rate: Optional[float] = LearningRate,
+    epochs: Optional[float] = Epochs,
+    max_steps: Optional[int] = MaxSteps,
+    batch_size: Optional[int] = BatchSize,
+    grad_accum: Optional[int] = GradAccum,
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Length of the student's rollouts (default: the pack's)."),
     top_k: Optional[int] = typer.Option(None, "--kl-top-k", help="Top-k support of the reverse KL (default: the pack's; paper: 256)."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Rollout sampling temperature (default: the pack's; paper: 1.0)."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="base (adapter disabled) or ema (default: the pack's)."),
-    ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help="With --teacher ema: the share of the student "
-                                              "mixed into the teacher each step (default: the pack's, else 0.05)."),
+    ema_decay: Optional[float] = EmaDecay,
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the rollouts, data order and LoRA init (default 0)."),
     prefix_cache: Optional[bool] = typer.Option(None, "--prefix-cache/--no-prefix-cache",
                                                 help="Encode the policy prefix once and reuse it (default), or "
