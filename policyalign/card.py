@@ -379,6 +379,18 @@ def category_rows(evals: Mapping[str, Mapping[str, Any]], row: SetRow) -> list[d
             for c in names if before.get(c, {}).get(row.metric) is not None or after.get(c, {}).get(row.metric) is not None]
 
 
+def unmeasured_categories(pack: Mapping[str, Any], evals: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The policy's categories no evaluated item belongs to: a child pack trains on its parents'
+    categories too, but runs only its own eval sets, and `--eval-limit` may skip a category; the
+    card says what its numbers do not cover rather than letting the tables imply it all."""
+    measured = {str(c) for summary in evals.values() for name in eval_sets(summary)
+                for c in eval_categories(summary, name)}
+    if not measured:
+        return []
+    ids = [str(c.get("id")) for c in pack.get("categories") or [] if isinstance(c, Mapping)]
+    return [c for c in ids if c not in measured]
+
+
 def model_index(name: str, artifacts: RunArtifacts) -> list[dict[str, Any]]:
     """The Hub's `model-index` block: the adapter's (after) result on each of the pack's eval sets."""
     pack = artifacts.pack
@@ -524,6 +536,7 @@ def card_context(artifacts: RunArtifacts, repo_id: str, revision: str, metadata:
         "eval_stages": [s for s in EVAL_STAGES if s in artifacts.evals],
         "judge": after.get("judge") or (artifacts.evals.get("before") or {}).get("judge"),
         "set_rows": rows,
+        "unmeasured": unmeasured_categories(pack, artifacts.evals),
         "limited": any(row.items != str(row.n) for row in rows),
         "category_tables": [(row, category_rows(artifacts.evals, row)) for row in rows],
         "drift": _flatten(after.get("drift")) if isinstance(after.get("drift"), Mapping) else [],

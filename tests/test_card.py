@@ -167,6 +167,18 @@ def test_the_internalization_drop_is_labelled_relative(tmp_path: Path, make_run)
     assert "| relative drop, 1 - after / before | 55.4% |" in body and "| drop |" not in body
 
 
+def test_the_card_names_the_categories_no_evaluated_item_belongs_to(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
+    """A child pack trains on its parents' categories but runs only its own eval sets: the tables
+    implied the adapter was measured on the whole policy."""
+    run = make_run(tmp_path / "run", ROOT_PACK)
+    provenance = json.loads((run / "adapter" / "policyalign.json").read_text())
+    provenance["pack"]["categories"] += [{"id": "from-parent", "title": "Inherited", "action": "refuse", "locked": True}]
+    (run / "adapter" / "policyalign.json").write_text(json.dumps(provenance))
+    assert card.unmeasured_categories(provenance["pack"], card.load_run(run).evals) == ["from-parent"]
+    body = " ".join(_render(run).split())
+    assert "Not measured: no evaluated item belongs to 1 of the policy's categories (from-parent)" in body
+
+
 def test_two_sets_of_one_kind_get_their_own_category_tables(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
     """Per-category tables pooled every set's categories: with two refusal sets, each set's table
     showed both sets' categories, with rates mixing their items."""
