@@ -78,11 +78,10 @@ class DistillConfig:
         given = {k: v for k, v in overrides.items() if v is not None}
         check_settings(training, from_command_line=False)
         check_settings(given, from_command_line=True)
-        values = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in training.items() if k in names}
-        values.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in given.items()})
-        if "num_epochs" in given and "max_steps" not in given:
-            values["max_steps"] = -1  # --epochs given alone sets the length: a pack's max_steps would cap it
-        config = cls(**values)
+        # --epochs given alone sets the length: the pack's max_steps would cap it (the default -1 does not)
+        config = cls(**under_given(
+            {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in training.items() if k in names},
+            {k: (tuple(v) if isinstance(v, list) else v) for k, v in given.items()}))
         if config.teacher not in ("base", "ema"):
             raise InvalidInputError(f"unknown teacher {config.teacher!r}", hint="use base or ema")
         if config.save_steps < 1:
