@@ -52,15 +52,14 @@ from typing import TYPE_CHECKING, Any
 from .errors import HubError, InvalidInputError, PolicyAlignError
 from .io import iter_jsonl, output_dir, read_json, read_jsonl, sha256_file, write_json, write_jsonl, write_text
 from .judges import JudgeItem, ToolCall, Verdict, get_judge, parse_tool_calls
+from .schema import BENIGN_EXPECT, HARMFUL_EXPECT
 from .stats import format_p, format_rate, mcnemar_p, paired_changes, wilson_interval
 
 if TYPE_CHECKING:
     from .generation import SamplingParams
     from .pack import EvalItem, EvalSet, Pack
 
-HARMFUL_EXPECT = ("refuse", "guide")
-BENIGN_EXPECT = ("comply",)
-EXPECTS = ("refuse", "guide", "comply")
+EXPECTS = (*HARMFUL_EXPECT, *BENIGN_EXPECT)
 RATE_METRICS = ("violation_rate", "over_refusal_rate", "refuse_guide_agreement", "unparseable_rate",
                 "forbidden_tool_call_rate")
 NEUTRAL_PROMPTS = Path(__file__).parent / "data" / "neutral_prompts.jsonl"
@@ -910,7 +909,7 @@ def paired_p(rows_a: Sequence[Mapping[str, Any]] | None, rows_b: Sequence[Mappin
              scope: tuple[str, str] | None = None) -> float | None:
     """`paired_change`'s p for the rows whose `scope` field (set, category) has the given value;
     None without responses on both sides or nothing to pair."""
-    if rows_a is None or rows_b is None:
+    if rows_a is None or rows_b is None or key not in OUTCOMES:  # nothing to pair: skip the filtering
         return None
     if scope is not None:
         rows_a, rows_b = ([r for r in rows if str(r.get(scope[0])) == scope[1]] for rows in (rows_a, rows_b))

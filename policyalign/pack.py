@@ -952,14 +952,12 @@ def _eval_item(col: _Collector, file: str, lineno: int, raw: Any, validator: Any
                     tuple(raw.get("forbidden_tools", [])), raw.get("note", ""))
 
 
-# What each kind of eval set measures, and so the only `expect` its items may carry.
-KIND_EXPECTS = {"safety": ("refuse", "guide"), "over-refusal": ("comply",), "capability": ("comply",)}
-
-
 def _expect_fits_kind(col: _Collector, file: str, where: str, item: EvalItem, kind: str) -> bool:
     """Metrics count an item by its `expect`, not by its set: a `comply` item in a safety set left the
     set's violation rate and silently joined the over-refusal rate (a harmful prompt the model rightly
     refused counted as over-refusal), while the card still listed it among the safety set's items."""
+    from .schema import KIND_EXPECTS
+
     allowed = KIND_EXPECTS.get(kind)
     if allowed is None or item.expect in allowed:
         return True

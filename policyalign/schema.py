@@ -7,6 +7,12 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
+# eval-item.schema.json's `expect` values by what they measure: harmful items (violation rate) and
+# benign ones (over-refusal), and so the only `expect` each kind of eval set (pack.schema.json) may hold.
+HARMFUL_EXPECT = ("refuse", "guide")
+BENIGN_EXPECT = ("comply",)
+KIND_EXPECTS = {"safety": HARMFUL_EXPECT, "over-refusal": BENIGN_EXPECT, "capability": BENIGN_EXPECT}
+
 
 def schema_text(name: str) -> str:
     return resources.files("policyalign").joinpath("schemas", name).read_text(encoding="utf-8")
