@@ -284,8 +284,12 @@ class SetRow:
     of: Any = None  # items the set holds, when --limit evaluated fewer
 
     @property
+    def limited(self) -> bool:
+        return self.of not in (None, self.n)
+
+    @property
     def items(self) -> str:
-        return f"{self.n} of {self.of}" if self.of not in (None, self.n) else str(self.n)
+        return f"{self.n} of {self.of}" if self.limited else str(self.n)
 
 
 def eval_sets(summary: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
@@ -537,7 +541,7 @@ def card_context(artifacts: RunArtifacts, repo_id: str, revision: str, metadata:
         "judge": after.get("judge") or (artifacts.evals.get("before") or {}).get("judge"),
         "set_rows": rows,
         "unmeasured": unmeasured_categories(pack, artifacts.evals),
-        "limited": any(row.items != str(row.n) for row in rows),
+        "limited": any(row.limited for row in rows),
         "category_tables": [(row, category_rows(artifacts.evals, row)) for row in rows],
         "drift": _flatten(after.get("drift")) if isinstance(after.get("drift"), Mapping) else [],
         "plots": plots,
