@@ -62,6 +62,21 @@ def test_help_text_survives_rich_markup(path: tuple[str, ...]) -> None:
 
 
 @pytest.mark.parametrize("path", COMMANDS, ids=[" ".join(p) for p in COMMANDS])
+def test_help_paragraphs_wrap_to_the_terminal(path: tuple[str, ...]) -> None:
+    """Rich help keeps a docstring's line breaks after its first paragraph, so `pa apply --help`
+    broke "with --model tiny, demo" / "defaults (...)" mid-sentence on every terminal width. Help
+    text after the first paragraph is therefore written as one line per paragraph, which rich then wraps."""
+    from policyalign.cli import reflow_help
+
+    command = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]  # type: ignore[attr-defined]
+    for paragraph in (command.help or "").split("\n\n")[1:]:
+        assert "\n" not in paragraph.strip(), f"pa {' '.join(path)}: a line break inside {paragraph!r}"
+    assert reflow_help("One.\n\nTwo words\n    wrapped here.\n\n\bkept\nas is") == "One.\n\nTwo words wrapped here.\n\n\bkept\nas is"
+
+
+@pytest.mark.parametrize("path", COMMANDS, ids=[" ".join(p) for p in COMMANDS])
 def test_every_option_says_what_it_does(path: tuple[str, ...]) -> None:
     """`pa apply --seed` was listed with no text at all: what it seeds and its default were nowhere."""
     command = typer.main.get_command(app)

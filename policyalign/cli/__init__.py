@@ -26,6 +26,11 @@ class PaGroup(TyperGroup):
     and Ctrl-C, which says the work done so far is kept rather than printing a blank line.
     """
 
+    def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        for command in self.commands.values():
+            command.help = reflow_help(command.help)
+
     def invoke(self, ctx):  # type: ignore[no-untyped-def]
         try:
             return super().invoke(ctx)
@@ -41,6 +46,19 @@ class PaGroup(TyperGroup):
         except KeyboardInterrupt:
             typer.echo(f"\n{interrupted_message(ctx.invoked_subcommand)}", err=True)
             ctx.exit(INTERRUPTED)
+
+
+def reflow_help(text: str | None) -> str | None:
+    """Each paragraph of a command's help on one line, for rich to wrap to the terminal.
+
+    Typer's rich help keeps a docstring's line breaks after the first paragraph, so a docstring
+    wrapped at 100 columns broke sentences mid-line at every width. A paragraph starting with
+    click's `\\b` marker keeps its lines, as click promises."""
+    if not text:
+        return text
+    paragraphs = text.split("\n\n")
+    return "\n\n".join(p if p.startswith("\b") else " ".join(line.strip() for line in p.splitlines())
+                       for p in paragraphs)
 
 
 # Commands that keep their finished work in a run directory and go on from it when run again.

@@ -91,8 +91,9 @@ def apply(
     """Align a model to a pack: synthesize, filter, evaluate, distill, evaluate, write the card (and push).
 
     Re-running the same command resumes: finished stages with unchanged inputs are skipped.
-    Options left unset take the pack's `training:` and `synthesis:` values; with --model tiny, demo
-    defaults (few steps, a short eval) are used instead.
+
+    Options left unset take the pack's `training:` and `synthesis:` values; with --model tiny,
+    demo defaults (few steps, a short eval) are used instead.
     """
     from ..apply import apply as run_apply
     from ..apply import build_options

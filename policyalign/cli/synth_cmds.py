@@ -41,8 +41,10 @@ def synthesize_command(
     backend: str = typer.Option("transformers", "--backend", help="Generation backend: transformers or vllm."),
     packs_path: Optional[list[Path]] = PacksPath,
 ) -> None:
-    """Generate policy-violating instructions from a pack's templates: parsed, deduplicated,
-    decontaminated against the pack's eval sets, balanced, with the pack's seeds included.
+    """Generate policy-violating instructions from a pack's templates.
+
+    Each is parsed, deduplicated, checked against the pack's eval sets (decontaminated) and
+    balanced over categories; the pack's seeds are included.
 
     Re-running reuses cached generations in RUN_DIR/generations/ and only samples what changed.
     """
