@@ -110,7 +110,7 @@ class EvalItem:
 class EvalSet:
     name: str
     kind: str
-    file: str  # relative to the pack; an inherited set's is the ancestor's file, absolute
+    file: str  # relative to the pack (an inherited set: the file under its ancestor's root)
     items: tuple[EvalItem, ...]
     origin: str = ""  # the ancestor pack an inherited set comes from ("" for the pack's own sets)
     # (why, how many) of the ancestor's items left out: their expectation no longer holds in this pack
