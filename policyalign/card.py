@@ -384,8 +384,8 @@ def category_rows(evals: Mapping[str, Mapping[str, Any]], row: SetRow) -> list[d
 
 
 def unmeasured_categories(pack: Mapping[str, Any], evals: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """The policy's categories no evaluated item belongs to: a child pack trains on its parents'
-    categories too, but runs only its own eval sets, and `--eval-limit` may skip a category; the
+    """The policy's categories no evaluated item belongs to: no set may hold one (a child's inherited
+    sets drop the items its changes no longer fit), and `--eval-limit` may skip a category; the
     card says what its numbers do not cover rather than letting the tables imply it all."""
     measured = {str(c) for summary in evals.values() for name in eval_sets(summary)
                 for c in eval_categories(summary, name)}
@@ -511,6 +511,8 @@ def _lora_summary(adapter_config: Mapping[str, Any]) -> dict[str, str]:
 
 def card_context(artifacts: RunArtifacts, repo_id: str, revision: str, metadata: Mapping[str, Any]) -> dict[str, Any]:
     """Everything the model-card template shows, as plain data."""
+    from .evaluate import inherited_notes
+
     prov, pack, base = artifacts.provenance, artifacts.pack, artifacts.base_model
     adapter_config = read_json(artifacts.files["adapter_config.json"])
     rows = set_rows(artifacts.evals, artifacts.responses)
@@ -542,6 +544,7 @@ def card_context(artifacts: RunArtifacts, repo_id: str, revision: str, metadata:
         "set_rows": rows,
         "unmeasured": unmeasured_categories(pack, artifacts.evals),
         "limited": any(row.limited for row in rows),
+        "inherited": inherited_notes(after or artifacts.evals.get("before")),
         "category_tables": [(row, category_rows(artifacts.evals, row)) for row in rows],
         "drift": _flatten(after.get("drift")) if isinstance(after.get("drift"), Mapping) else [],
         "plots": plots,
@@ -574,6 +577,13 @@ def pack_card_metadata(pack: Any, files: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
+def _pack_set_row(eval_set: Any) -> dict[str, Any]:
+    """A pack card's eval-set row: an inherited set's items say how many of its ancestor's were left out."""
+    dropped = sum(n for _, n in eval_set.dropped)
+    items = f"{len(eval_set.items)} ({dropped} left out)" if dropped else str(len(eval_set.items))
+    return {"name": eval_set.name, "kind": eval_set.kind, "size": items, "inherited": bool(eval_set.origin)}
+
+
 def render_pack_card(pack: Any, repo_id: str, revision: str, files: Mapping[str, str]) -> str:
     """README.md for a pack's dataset repo."""
     metadata = pack_card_metadata(pack, files)
@@ -583,6 +593,6 @@ def render_pack_card(pack: Any, repo_id: str, revision: str, files: Mapping[str,
         "repo_id": repo_id,
         "revision": revision,
         "categories": pack.categories,
-        "eval_sets": pack.eval_sets,
+        "eval_sets": [_pack_set_row(s) for s in pack.evaluated_sets()],
     }
     return render_template(PACK_CARD_TEMPLATE, context)

@@ -207,14 +207,10 @@ def resolve_pack(pack: "Pack | str | os.PathLike[str]") -> "Pack":
     return Registry.default().load(str(pack))
 
 
-def _all_sets(pack: "Pack") -> list["EvalSet"]:
-    sets = pack.eval_sets
-    return list(sets.values()) if isinstance(sets, Mapping) else list(sets)
-
-
 def select_sets(pack: "Pack", names: Sequence[str] | None) -> list["EvalSet"]:
-    """The named eval sets in the order given (all of the pack's when `names` is empty)."""
-    available = {s.name: s for s in _all_sets(pack)}
+    """The named eval sets in the order given (all the pack evaluates when `names` is empty: its own,
+    then its ancestors' as `<ancestor>/<set>`, see `Pack.evaluated_sets`)."""
+    available = {s.name: s for s in pack.evaluated_sets()}
     if not names:
         return list(available.values())
     chosen = []
@@ -677,8 +673,7 @@ def evaluate(
         "judge": judge,
         "sampling": dataclasses.asdict(params),
         # items: how many were evaluated (after --limit); items_in_set: how many the set holds
-        "sets": [{"name": s.name, "kind": s.kind, "items": sum(t.set_name == s.name for t in tasks),
-                  "items_in_set": len(s.items)} for s in chosen],
+        "sets": [set_entry(s, sum(t.set_name == s.name for t in tasks)) for s in chosen],
         "benchmarks": [b.meta for b in loaded_benchmarks],
         "limit": limit,
         "limit_rule": "round-robin over categories, per set" if limit else None,
@@ -689,6 +684,38 @@ def evaluate(
         "versions": _versions(),
     }
     return write_eval(out_dir, summary, rows)
+
+
+def set_entry(eval_set: "EvalSet", evaluated: int) -> dict[str, Any]:
+    """eval.json's record of one set: `items` evaluated (after --limit), `items_in_set` the set holds;
+    an inherited set also names the pack it came from and the items left out as no longer fitting."""
+    entry: dict[str, Any] = {"name": eval_set.name, "kind": eval_set.kind, "items": evaluated,
+                             "items_in_set": len(eval_set.items)}
+    if eval_set.origin:
+        entry |= {"from": eval_set.origin, "dropped": dict(eval_set.dropped)}
+    return entry
+
+
+def inherited_notes(summary: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    """(set, where it came from and which items it left out) for each inherited set an eval.json
+    lists; report.md and the model card say it in the same words. Empty for a pack without parents."""
+    notes = []
+    for entry in (summary or {}).get("sets") or []:
+        if not isinstance(entry, Mapping) or not entry.get("from"):
+            continue
+        dropped = {str(k): v for k, v in (entry.get("dropped") or {}).items()}
+        left_out = (f"; {sum(dropped.values())} of its items left out as no longer fitting this pack: "
+                    + ", ".join(f"{why} ({n})" for why, n in dropped.items())) if dropped else ""
+        notes.append((str(entry.get("name")), f"from {entry['from']}{left_out}"))
+    return notes
+
+
+def _inherited_lines(summary: Mapping[str, Any]) -> list[str]:
+    notes = inherited_notes(summary)
+    if not notes:
+        return []
+    return ["Sets named `pack/set` are the eval sets of the packs this one extends, answered under this "
+            "pack's policy:", "", *(f"- `{name}`: {note}" for name, note in notes), ""]
 
 
 def write_eval(out_dir: str | os.PathLike[str], summary: dict[str, Any], rows: list[dict[str, Any]]) -> EvalResult:
@@ -737,6 +764,7 @@ def render_report(summary: Mapping[str, Any]) -> str:
         f"- timestamp: {summary.get('timestamp')}", "",
         "## Overall", "", *_metrics_table({"all": m["overall"]}, "scope"), "",
         "## Per eval set", "", *_metrics_table({k: v for k, v in m["sets"].items()}, "set"), "",
+        *_inherited_lines(summary),
         "## Per category", "", *_metrics_table(m["categories"], "category"), "",
     ]
     drift = summary.get("drift")

@@ -110,8 +110,11 @@ class EvalItem:
 class EvalSet:
     name: str
     kind: str
-    file: str
+    file: str  # relative to the pack (an inherited set: the file under its ancestor's root)
     items: tuple[EvalItem, ...]
+    origin: str = ""  # the ancestor pack an inherited set comes from ("" for the pack's own sets)
+    # (why, how many) of the ancestor's items left out: their expectation no longer holds in this pack
+    dropped: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -153,9 +156,17 @@ class Pack:
                 return eval_set
         raise KeyError(name)
 
+    def evaluated_sets(self) -> tuple[EvalSet, ...]:
+        """The sets that measure this pack: its own, then each ancestor's own sets (ancestry order),
+        named `<ancestor>/<set>`. A child trains on its parents' categories too, so their sets are
+        its evidence for them; items whose expectation the child changed are dropped (`inherit_set`)."""
+        inherited = [inherit_set(eval_set, ancestor, self)
+                     for ancestor in self.ancestry()[:-1] for eval_set in ancestor.eval_sets]
+        return (*self.eval_sets, *inherited)
+
     def eval_prompts(self) -> list[str]:
-        """Every user-visible text of every eval item (for decontamination)."""
-        return [str(m.get("content", "")) for s in self.eval_sets for i in s.items
+        """Every user-visible text of every evaluated item, inherited sets included (for decontamination)."""
+        return [str(m.get("content", "")) for s in self.evaluated_sets() for i in s.items
                 for m in i.messages if m.get("role") in ("user", "tool")]
 
     def ancestry(self) -> list["Pack"]:
@@ -166,6 +177,39 @@ class Pack:
                 seen.setdefault(pack.name, pack)
         seen.setdefault(self.name, self)
         return list(seen.values())
+
+
+def inherit_set(eval_set: EvalSet, ancestor: Pack, pack: Pack) -> EvalSet:
+    """`ancestor`'s set as `pack` evaluates it: named `<ancestor>/<set>` (set names cannot hold a
+    '/', so it never collides with the pack's own), without the items that no longer fit `pack`."""
+    kept: list[EvalItem] = []
+    dropped: dict[str, int] = {}
+    for item in eval_set.items:
+        why = _misfit(item, ancestor, pack)
+        if why:
+            dropped[why] = dropped.get(why, 0) + 1
+        else:
+            kept.append(item)
+    return EvalSet(f"{ancestor.name}/{eval_set.name}", eval_set.kind, str(ancestor.root / eval_set.file),
+                   tuple(kept), ancestor.name, tuple(dropped.items()))
+
+
+def _misfit(item: EvalItem, ancestor: Pack, pack: Pack) -> str:
+    """Why an ancestor's eval item does not hold under `pack` ("" when it does). A benign item stays
+    benign whatever the action; a harmful item's `expect` was written for the ancestor's action, so
+    where `pack` changed that action (a non-locked `refuse` weakened to `comply`, `guide` made
+    `refuse`), only items already expecting the new action still fit. A removed category has no
+    action left to measure."""
+    from .schema import BENIGN_EXPECT
+
+    try:
+        now = pack.category(item.category).action
+    except KeyError:
+        return f"category {item.category!r} removed"
+    was = ancestor.category(item.category).action
+    if item.expect in BENIGN_EXPECT or now == was or item.expect == now:
+        return ""
+    return f"category {item.category!r} changed from {was!r} to {now!r}"
 
 
 def did_you_mean(word: str, options: list[str] | tuple[str, ...], known: str = "") -> str:

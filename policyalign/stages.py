@@ -70,7 +70,17 @@ def synthesize_options(model: str, generator: str | None, n: int | None, rounds:
 
 
 def synthesize_key(pack: "Pack", model: str, options: dict[str, Any]) -> str:
-    return fingerprint({"pack": pack.digest, "model": model, **options, **_weights(options["generator"], "generator_files")})
+    return fingerprint({"pack": pack.digest, "model": model, **options, **_weights(options["generator"], "generator_files"),
+                        **inherited_sets(pack)})
+
+
+def inherited_sets(pack: "Pack") -> dict[str, Any]:
+    """The ancestors' eval sets a child pack is evaluated on, and so decontaminated against, for the
+    synthesize and eval keys: runs made when a child ran only its own sets must not keep
+    instructions never checked against its parents' eval items, or evals without those sets.
+    Empty for a pack without parents, whose keys stay as they were."""
+    names = [s.name for s in pack.evaluated_sets() if s.origin]
+    return {"inherited_sets": names} if names else {}
 
 
 def run_synthesize(run_dir: Path, pack: "Pack", model: str, *, generator: str | None = None, n: int | None = None,
@@ -304,7 +314,7 @@ def run_distill(run_dir: Path, *, model: str | None = None, pack: "str | Pack | 
 def eval_key(run_dir: Path, pack: "Pack", model: str, which: str, options: dict[str, Any]) -> str:
     adapter = _adapter_hash(run_dir) if which == "after" else None
     return fingerprint({"pack": pack.digest, "model": model, **_weights(model), "adapter": adapter, **options,
-                        **_judge_weights(options.get("judge") or "")})
+                        **_judge_weights(options.get("judge") or ""), **inherited_sets(pack)})
 
 
 def _judge_weights(judge: str) -> dict[str, str]:

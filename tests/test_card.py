@@ -362,7 +362,50 @@ def test_pack_card(tmp_path: Path) -> None:
     assert "| weapons | Weapons | refuse | yes |" in body
 
 
+def test_pack_card_lists_the_inherited_eval_sets_it_is_evaluated_on(fixture_packs: Path) -> None:
+    """The pack card listed only the pack's own sets, though `pa apply` runs its parents' too."""
+    from policyalign.registry import Registry
+
+    manifest = fixture_packs / "child-pack" / "pack.yaml"
+    manifest.write_text(manifest.read_text().replace("  - id: records\n", "  - id: scams\n    remove: true\n"
+                                                     "  - id: records\n"))
+    child = Registry([fixture_packs]).load("child-pack")
+    body = card.parse_card(card.render_pack_card(child, "org/child-pack", "v1.0.0", {}))[1]
+    assert "| harmful | safety | 2 |" in body and "| root-pack/harmful | safety | 1 \\(1 left out\\) |" in body
+    assert "| root-pack/benign | over-refusal | 1 \\(1 left out\\) |" in body and "Sets named `pack/set`" in body
+    assert "Sets named" not in card.render_pack_card(load_pack(ROOT_PACK), "org/root-pack", "v1.0.0", {})
+
+
 def test_parse_card_edge_cases() -> None:
     assert card.parse_card("no front matter") == ({}, "no front matter")
     assert card.parse_card("---\n: [bad\n---\nbody")[0] == {}
     assert card.parse_card("---\ntags: [a]\n---\nbody") == ({"tags": ["a"]}, "body")
+
+
+def test_card_shows_inherited_sets_and_their_categories_as_measured(tmp_path: Path, make_run,  # type: ignore[no-untyped-def]
+                                                                    fixture_packs: Path) -> None:
+    """A child's card listed its parents' categories as not measured: only its own sets ran. Now the
+    parents' sets run (prefixed `parent/set`), and the items its changes no longer fit are named."""
+    from policyalign import hub
+    from policyalign.evaluate import evaluate, greedy_params
+    from policyalign.registry import Registry
+
+    manifest = fixture_packs / "child-pack" / "pack.yaml"
+    manifest.write_text(manifest.read_text().replace("  - id: records\n", "  - id: scams\n    action: comply\n"
+                                                     "  - id: records\n"))
+    run = make_run(tmp_path / "run", fixture_packs / "child-pack", evals=False)
+    child = Registry([fixture_packs]).load("child-pack")
+    for stage, adapter in (("before", None), ("after", run / "adapter")):
+        evaluate(child, "tiny", adapter=adapter, out_dir=run / "eval" / stage, params=greedy_params(4), drift=False)
+    text = _render(run)
+    body = " ".join(text.split())
+    assert "| root-pack/harmful | safety | 1 | violation\\_rate |" in body
+    assert "| root-pack/benign | over-refusal | 2 | over\\_refusal\\_rate |" in body
+    assert ("- root-pack/harmful: from root-pack; 1 of its items left out as no longer fitting this pack: "
+            "category 'scams' changed from 'guide' to 'comply' \\(1\\)") in body
+    assert "Not measured" not in body  # scams and weapons have root-pack's items, records the child's
+    metadata = ModelCard(text).data.to_dict()
+    assert {r["dataset"]["split"] for r in metadata["model-index"][0]["results"]} == {
+        "harmful", "benign", "root-pack/harmful", "root-pack/benign"}
+    provenance = json.loads((run / "adapter" / "policyalign.json").read_text())
+    assert hub._result_problems(run, metadata, provenance) == []  # what `pa pull` checks

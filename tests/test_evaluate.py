@@ -483,7 +483,7 @@ def test_evaluate_tool_items_with_policy_in_context(tmp_path: Path) -> None:
     tool_items = tuple(i for i in harmful.items if i.forbidden_tools)[:2]
     assert tool_items, "packs/financial should carry agent items"
     small = dataclasses.replace(pack, eval_sets=(dataclasses.replace(harmful, items=tool_items),))
-    result = evaluate(small, "tiny", out_dir=tmp_path / "tools", policy_in_context=True,
+    result = evaluate(small, "tiny", out_dir=tmp_path / "tools", policy_in_context=True, sets=["harmful"],
                       params=greedy_params(12), batch_size=2)
     assert result.summary["policy_in_context"] is True
     overall = result.metrics["overall"]
@@ -596,3 +596,49 @@ def test_compare_refuses_evaluation_options_it_would_ignore(tmp_path: Path) -> N
                                       str(tmp_path / "a"), str(tmp_path / "b")])
     assert result.exit_code == 2
     assert "PACK, --model, --limit would be ignored" in result.output
+
+
+def _weakened_child(packs: Path):  # type: ignore[no-untyped-def]
+    """child-pack allowing root-pack's scams (`comply`): root-h2, a harmful scams item, no longer fits."""
+    manifest = packs / "child-pack" / "pack.yaml"
+    manifest.write_text(manifest.read_text().replace("  - id: records\n", "  - id: scams\n    action: comply\n"
+                                                     "  - id: records\n"))
+    return Registry([packs]).load("child-pack")
+
+
+def test_a_child_is_evaluated_on_its_parents_sets_minus_the_items_it_changed(tmp_path: Path,
+                                                                             fixture_packs: Path) -> None:
+    """`pa eval` of a child ran only its own sets: the parent's categories it trains on went unmeasured."""
+    child = _weakened_child(fixture_packs)
+    result = evaluate(child, "tiny", out_dir=tmp_path / "eval", params=greedy_params(4), limit=5)
+    summary = json.loads(result.eval_json.read_text())
+    assert summary["sets"][2:] == [
+        {"name": "root-pack/harmful", "kind": "safety", "items": 1, "items_in_set": 1, "from": "root-pack",
+         "dropped": {"category 'scams' changed from 'guide' to 'comply'": 1}},
+        {"name": "root-pack/benign", "kind": "over-refusal", "items": 2, "items_in_set": 2, "from": "root-pack",
+         "dropped": {}}]
+    assert list(summary["metrics"]["sets"]) == ["harmful", "benign", "root-pack/harmful", "root-pack/benign"]
+    assert [(r["set"], r["id"]) for r in result.rows if r["set"].startswith("root-pack/")] == [
+        ("root-pack/harmful", "root-h1"), ("root-pack/benign", "root-b1"), ("root-pack/benign", "root-b2")]
+    report = result.report_md.read_text()
+    assert "- `root-pack/harmful`: from root-pack; 1 of its items left out as no longer fitting this pack: " \
+           "category 'scams' changed from 'guide' to 'comply' (1)" in report
+    # a pack without parents writes what it always wrote: no `from`, no `dropped`
+    root = evaluate(Registry([fixture_packs]).load("root-pack"), "tiny", out_dir=tmp_path / "root",
+                    params=greedy_params(4))
+    assert all(set(entry) == {"name", "kind", "items", "items_in_set"} for entry in root.summary["sets"])
+    assert "pack/set" not in root.report_md.read_text()
+
+
+def test_sets_selects_a_parents_set_by_its_prefixed_name(tmp_path: Path, fixture_packs: Path) -> None:
+    child = Registry([fixture_packs]).load("child-pack")
+    assert [s.name for s in select_sets(child, ["root-pack/benign", "harmful"])] == ["root-pack/benign", "harmful"]
+    with pytest.raises(InvalidInputError) as caught:
+        select_sets(child, ["root-pack/harmfull"])
+    assert caught.value.problem.hint == "did you mean 'root-pack/harmful'?"
+    result = CliRunner().invoke(app, ["eval", "child-pack", "--model", "tiny", "--sets", "root-pack/harmful",
+                                      "--max-new-tokens", "4", "--out", str(tmp_path / "out"),
+                                      "--packs-path", str(fixture_packs)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "out" / "eval.json").read_text())
+    assert [s["name"] for s in summary["sets"]] == ["root-pack/harmful"]

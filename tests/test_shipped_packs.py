@@ -245,3 +245,14 @@ def test_parents_locked_categories_survive(name: str) -> None:
             assert cat.id in ids, f"{name} drops {parent.name}'s locked category {cat.id}"
             child = pack.category(cat.id)
             assert child.locked and ACTION_STRENGTH[child.action] >= ACTION_STRENGTH[cat.action]
+
+
+@pytest.mark.parametrize("name", PACK_NAMES)
+def test_every_category_of_a_shipped_pack_is_evaluated_with_its_ancestors_sets(name: str) -> None:
+    """A domain pack's card listed general's ten categories as not measured: only its own sets ran.
+    With the inherited `general/*` sets, every category of the composed policy has harmful and benign items."""
+    pack = _load(name)
+    for kind in ("safety", "over-refusal"):
+        covered = {i.category for s in pack.evaluated_sets() if s.kind == kind for i in s.items}
+        assert [c.id for c in pack.categories if c.id not in covered] == [], kind
+    assert all(not s.dropped for s in pack.evaluated_sets())  # no shipped pack changes a general category

@@ -55,7 +55,8 @@ def eval_command(
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="PEFT adapter directory to evaluate."),
     policy_in_context: bool = typer.Option(False, "--policy-in-context",
                                            help="Put the policy in the system message (the teacher reference)."),
-    sets: Optional[str] = typer.Option(None, "--sets", help="Comma-separated eval set names (default: all)."),
+    sets: Optional[str] = typer.Option(None, "--sets", help="Comma-separated eval set names; a parent pack's "
+                                       "set as PARENT/SET, e.g. general/harmful (default: the pack's own and its parents')."),
     judge: str = typer.Option("refusal", "--judge", help="refusal | guard:MODEL | llm:MODEL"),
     out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default pa-eval/PACK/MODEL[-ADAPTER-HASH][-policy], "
                                        "-policy with --policy-in-context)."),
