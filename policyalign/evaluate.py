@@ -41,7 +41,6 @@ import dataclasses
 import difflib
 import gc
 import json
-import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,7 +52,7 @@ from .errors import HubError, InvalidInputError, PolicyAlignError
 from .io import iter_jsonl, output_dir, read_json, read_jsonl, sha256_file, write_json, write_jsonl, write_text
 from .judges import JudgeItem, ToolCall, Verdict, get_judge, parse_tool_calls
 from .schema import BENIGN_EXPECT, HARMFUL_EXPECT
-from .stats import format_p, format_rate, mcnemar_p, paired_changes, wilson_interval
+from .stats import format_change, format_p, format_rate, mcnemar_p, paired_changes, wilson_interval
 
 if TYPE_CHECKING:
     from .generation import SamplingParams
@@ -881,13 +880,6 @@ def comparable_notes(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     return notes
 
 
-def _delta(x: Any, y: Any) -> str:
-    if x is None or y is None:
-        return "–"
-    d = 100 * (float(y) - float(x))
-    return f"{d:+.1f} pp" if not math.isclose(d, 0.0, abs_tol=1e-9) else "0.0 pp"
-
-
 def rate_with_interval(metrics: Mapping[str, Any], key: str) -> str:
     """`metrics[key]` as a percentage, with its 95% interval when the metrics carry one."""
     return format_rate(metrics.get(key), (metrics.get("ci95") or {}).get(key))
@@ -943,7 +935,7 @@ def compare(a_eval_json: Any, b_eval_json: Any) -> str:
             if x is None and y is None:
                 continue
             lines.append(f"| {scope} | {key} | {rate_with_interval(ma, key)} | {rate_with_interval(mb, key)} | "
-                         f"{_delta(x, y)} | {format_p(paired_p(rows_a, rows_b, key, select))} |")
+                         f"{format_change(x, y)} | {format_p(paired_p(rows_a, rows_b, key, select))} |")
     da, db = (a.get("drift") or {}).get("kl"), (b.get("drift") or {}).get("kl")
     if da is not None or db is not None:
         fmt = lambda v: "–" if v is None else f"{v:.4g}"  # noqa: E731
