@@ -41,6 +41,8 @@ from policyalign.io import sha256_file
 from policyalign.registry import Registry
 from policyalign.stats import wilson_interval
 
+from batches import Batches
+
 ROOT = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -596,3 +598,117 @@ def test_compare_refuses_evaluation_options_it_would_ignore(tmp_path: Path) -> N
                                       str(tmp_path / "a"), str(tmp_path / "b")])
     assert result.exit_code == 2
     assert "PACK, --model, --limit would be ignored" in result.output
+
+
+# ------------------------------------------------------------------------------- resuming an evaluation
+
+
+def _journal_lines(out: Path) -> list[str]:
+    from policyalign.evaluate import JOURNAL
+
+    return (out / JOURNAL).read_text().splitlines()
+
+
+def test_an_interrupted_evaluation_answers_only_the_missing_items_when_run_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C after two batches of 3 lost every answer: the next run started from the first item. The
+    journal keeps them; the resumed run answers the other 6 (a line torn by the kill is skipped) and
+    its rows equal an uninterrupted run's (greedy decoding on tiny is deterministic)."""
+    from policyalign.evaluate import JOURNAL
+
+    pack, out = _general(), tmp_path / "resumed"
+    whole = evaluate(pack, "tiny", out_dir=tmp_path / "whole", limit=6, params=greedy_params(8), batch_size=3)
+    spy = Batches(monkeypatch, stop_at=3)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(pack, "tiny", out_dir=out, limit=6, params=greedy_params(8), batch_size=3)
+    assert len(_journal_lines(out)) == 1 + 6 and not (out / "eval.json").exists()  # the header, two batches
+    with (out / JOURNAL).open("a") as journal:
+        journal.write('{"set": "harmful", "id": "x", "shown": "ab')  # the kill tore the line it was writing
+    spy.resume()
+    resumed = evaluate(pack, "tiny", out_dir=out, limit=6, params=greedy_params(8), batch_size=3)
+    assert spy.items == 12 - 6
+    assert resumed.rows == whole.rows
+    assert resumed.responses_jsonl.read_text() == whole.responses_jsonl.read_text()
+    assert not (out / JOURNAL).exists()  # everything it held is in responses.jsonl
+
+
+def test_a_journal_made_under_other_settings_is_discarded_with_a_notice(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Answers of at most 8 tokens must not be mixed into an evaluation of 12-token answers."""
+    from policyalign.evaluate import JOURNAL
+
+    pack, out = _general(), tmp_path / "eval"
+    spy = Batches(monkeypatch, stop_at=2)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(pack, "tiny", out_dir=out, limit=2, params=greedy_params(8), batch_size=2)
+    assert len(_journal_lines(out)) == 1 + 2
+    spy.resume()
+    result = evaluate(pack, "tiny", out_dir=out, limit=2, params=greedy_params(12), batch_size=2)
+    assert spy.items == 4  # every item answered again
+    assert (f"discarding {out / JOURNAL}: its responses were made with another sampling; answering every item again"
+            in capsys.readouterr().err)
+    fresh = evaluate(pack, "tiny", out_dir=tmp_path / "fresh", limit=2, params=greedy_params(12), batch_size=2)
+    assert result.rows == fresh.rows
+
+
+def test_journaled_verdicts_are_not_judged_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An `llm:` judge on a real model is slow too: a run stopped while judging keeps the chunks of
+    verdicts it finished, and the resumed run neither answers nor judges those items again."""
+    from policyalign.evaluate import JUDGE_CHUNK
+    from policyalign.judges import RefusalJudge
+
+    pack, out = _general(), tmp_path / "eval"
+    judged: list[int] = []
+    original = RefusalJudge.judge
+
+    def judge(self, items):  # type: ignore[no-untyped-def]
+        if len(judged) == 1 and stop:
+            raise KeyboardInterrupt
+        judged.append(len(items))
+        return original(self, items)
+
+    monkeypatch.setattr(RefusalJudge, "judge", judge)
+    stop = True
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(pack, "tiny", out_dir=out, limit=20, params=greedy_params(4), batch_size=8)
+    assert judged == [JUDGE_CHUNK]
+    stop, judged[:] = False, []
+    spy = Batches(monkeypatch)
+    result = evaluate(pack, "tiny", out_dir=out, limit=20, params=greedy_params(4), batch_size=8)
+    assert spy.items == 0 and judged == [40 - JUDGE_CHUNK]
+    assert len(result.rows) == 40 and all(r["label"] in ("refuse", "guide", "comply", "unparseable") for r in result.rows)
+
+
+@pytest.mark.slow
+def test_pa_eval_killed_mid_generation_resumes_from_its_journal(tmp_path: Path) -> None:
+    """A real kill -9 of `pa eval`: the rerun reports what it reused and ends with the same files."""
+    import signal
+    import time
+
+    from policyalign.evaluate import JOURNAL
+
+    def command(out: Path) -> list[str]:
+        return [sys.executable, "-m", "policyalign", "eval", "general", "--model", "tiny", "--batch-size", "1",
+                "--max-new-tokens", "16", "--out", str(out)]
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(command(out), env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < deadline:
+            if (out / JOURNAL).is_file() and len((out / JOURNAL).read_text().splitlines()) > 4:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "pa eval finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    reused = len((out / JOURNAL).read_text().splitlines()) - 1
+    resumed = subprocess.run(command(out), env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming: {reused} of 160 responses from {out / JOURNAL}" in resumed.stderr
+    whole = subprocess.run(command(tmp_path / "whole"), env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr
+    assert (out / "responses.jsonl").read_text() == (tmp_path / "whole" / "responses.jsonl").read_text()
+    assert not (out / JOURNAL).exists()
