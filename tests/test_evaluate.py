@@ -330,6 +330,35 @@ def test_pa_eval_default_out_keeps_adapters_apart(tmp_path: Path, monkeypatch: p
     assert _default_out("general", "Org/M", None, False) == Path("pa-eval/general/Org--M")
 
 
+def test_pa_eval_default_out_names_the_options_that_change_what_is_measured(tmp_path: Path) -> None:
+    """`pa eval general --model tiny --limit 8` and then the same without --limit both wrote
+    pa-eval/general/tiny: the second run's results silently replaced the first's."""
+    from policyalign.cli.eval_cmds import _default_out
+
+    plain = _default_out("general", "tiny", None, False)
+    assert plain == Path("pa-eval/general/tiny")  # the defaults keep the folder they had
+    assert _default_out("general", "tiny", None, False, judge="refusal", max_new_tokens=256) == plain
+    assert _default_out("general", "tiny", None, False, limit=8) == Path("pa-eval/general/tiny-limit8")
+    assert _default_out("general", "tiny", None, True, sets=["harmful", "benign"], judge="llm:Org/J",
+                        max_new_tokens=64, benchmarks=["XSTest"]).name == (
+        "tiny-policy-sets-benign+harmful-judge-llm-Org--J-tokens64-bench-xstest")
+    assert _default_out("general", "tiny", None, False, sets=["benign", "harmful"]) == _default_out(
+        "general", "tiny", None, False, sets=["harmful", "benign"])  # the same sets, the same evaluation
+    assert _default_out("general", "tiny", None, False, no_drift=True) == plain  # no drift without an adapter
+    assert _default_out("general", "tiny", Path("my-lora"), False, no_drift=True).name.endswith("-nodrift")
+
+
+def test_two_pa_evals_with_other_options_keep_both_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for options in (["--limit", "1"], ["--limit", "1", "--sets", "benign"]):
+        result = CliRunner().invoke(app, ["eval", "general", "--model", "tiny", "--max-new-tokens", "4",
+                                          "--packs-path", str(ROOT / "packs"), *options])
+        assert result.exit_code == 0, result.output
+    first = json.loads((tmp_path / "pa-eval/general/tiny-limit1-tokens4/eval.json").read_text())
+    second = json.loads((tmp_path / "pa-eval/general/tiny-sets-benign-limit1-tokens4/eval.json").read_text())
+    assert [s["name"] for s in first["sets"]] == ["harmful", "benign"] and [s["name"] for s in second["sets"]] == ["benign"]
+
+
 def test_pa_eval_prints_rates_with_intervals_and_forbidden_calls_of_tool_items(capsys: pytest.CaptureFixture[str],
                                                                                 tmp_path: Path) -> None:
     from policyalign.cli.eval_cmds import _print_summary
