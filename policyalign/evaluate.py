@@ -635,15 +635,17 @@ JUDGE_CHUNK = 32  # rows judged (and journaled) at a time
 
 def journal_settings(loaded: Any, adapter: str | None, adapter_hash: str | None, policy_in_context: bool,
                      params: "SamplingParams", pack: "Pack") -> dict[str, Any]:
-    """What every response depends on besides its item: the model (its files, for a local
-    directory; its revision, for a Hub id), the adapter's weights, the policy, the sampling and
-    the numerics (device type and dtype: bf16 on a GPU answers otherwise than fp32 on a CPU)."""
+    """What every response depends on besides its item: the model (where it loads from: tiny's
+    cache directory names its weights; the files of a local directory; the revision and the cache
+    snapshot's commit of a Hub id), the adapter's weights, the policy, the sampling and the
+    numerics (device type and dtype: bf16 on a GPU answers otherwise than fp32 on a CPU)."""
     import torch
 
     from .models import weights_key
 
     ref = loaded.ref
-    return {"model": str(ref), "model_files": weights_key(ref),
+    commit = getattr(loaded.config, "_commit_hash", None) if ref.kind == "hub" else None
+    return {"model": ref.location, "revision": ref.revision, "commit": commit, "model_files": weights_key(ref),
             "adapter": adapter_hash or adapter, "policy_in_context": policy_in_context,
             "sampling": dataclasses.asdict(params), "pack": pack.digest,
             "device": torch.device(str(loaded.device)).type, "dtype": str(loaded.dtype)}

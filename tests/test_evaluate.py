@@ -708,6 +708,20 @@ def test_journaled_verdicts_are_not_judged_again(tmp_path: Path, monkeypatch: py
     assert len(result.rows) == 40 and all(r["label"] in ("refuse", "guide", "comply", "unparseable") for r in result.rows)
 
 
+def test_journal_settings_name_the_weights_not_only_the_model_name(tmp_path: Path) -> None:
+    """`tiny` names the model, not its weights: the journal keys its cache directory (named by the
+    weights' content key), so answers of an older tiny are not served for a newer one."""
+    from policyalign.evaluate import journal_settings
+    from policyalign.models import load_model
+    from policyalign.tiny import tiny_model_path
+
+    loaded, pack = load_model("tiny", device="cpu"), _general()
+    settings = journal_settings(loaded, None, None, False, greedy_params(8), pack)
+    assert settings["model"] == str(tiny_model_path()) and settings["pack"] == pack.digest
+    assert (settings["device"], settings["dtype"]) == ("cpu", "torch.float32")
+    assert journal_settings(loaded, "a", "f00", True, greedy_params(8), pack)["adapter"] == "f00"
+
+
 @pytest.mark.slow
 def test_pa_eval_killed_mid_generation_resumes_from_its_journal(tmp_path: Path) -> None:
     """A real kill -9 of `pa eval`: the rerun reports what it reused and ends with the same files."""
