@@ -820,45 +820,48 @@ def evaluate(
     pack = resolve_pack(pack)
     check_eval_options(judge, limit)
     output_dir(out_dir)
-    chosen = select_sets(pack, sets)
-    loaded_benchmarks = [load_benchmark(name, revision=benchmark_revision) for name in benchmarks]
-    tasks = _tasks([*chosen, *(b.eval_set for b in loaded_benchmarks)], limit)
-    params = params or greedy_params()
-    adapter_str = str(adapter) if adapter else None
-    with_drift = bool(adapter_str) if drift is None else drift
-    adapter_hash = adapter_sha256(adapter_str)  # before loading: the weights this eval measures
-    generated = _generate(
-        tasks, pack, model_name, adapter=adapter_str, adapter_hash=adapter_hash, policy_in_context=policy_in_context,
-        params=params, device=device, batch_size=batch_size, progress=progress, with_drift=with_drift,
-        out_dir=Path(out_dir))
-    model_info, drift_result = generated.model_info, generated.drift
-    rows = _judge_journaled(generated.rows, judge, generated.journal, policy=pack.policy, device=device,
-                            batch_size=min(batch_size, 8))
-    summary = {
-        "schema": EVAL_SCHEMA,
-        "model": model_info["name"],
-        "model_info": model_info,
-        "adapter": recorded_adapter(adapter_str, out_dir),
-        "adapter_sha256": adapter_hash,
-        "policy_in_context": policy_in_context,
-        "pack": {"name": pack.name, "version": pack.version, "digest": pack.digest},
-        "judge": judge,
-        "sampling": dataclasses.asdict(params),
-        # items: how many were evaluated (after --limit); items_in_set: how many the set holds
-        "sets": [{"name": s.name, "kind": s.kind, "items": sum(t.set_name == s.name for t in tasks),
-                  "items_in_set": len(s.items)} for s in chosen],
-        "benchmarks": [b.meta for b in loaded_benchmarks],
-        "limit": limit,
-        "limit_rule": "round-robin over categories, per set" if limit else None,
-        "counts": compute_metrics(rows)["labels"] | {"items": len(rows)},
-        "metrics": summarize(rows),
-        "drift": drift_result.to_dict() if drift_result else None,
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "versions": _versions(),
-    }
-    result = write_eval(out_dir, summary, rows)
-    generated.journal.path.unlink(missing_ok=True)  # everything it held is in responses.jsonl now
-    return result
+    from .run import run_lock
+
+    with run_lock(Path(out_dir)):  # one process per eval folder: another's answers must not enter this one's journal
+        chosen = select_sets(pack, sets)
+        loaded_benchmarks = [load_benchmark(name, revision=benchmark_revision) for name in benchmarks]
+        tasks = _tasks([*chosen, *(b.eval_set for b in loaded_benchmarks)], limit)
+        params = params or greedy_params()
+        adapter_str = str(adapter) if adapter else None
+        with_drift = bool(adapter_str) if drift is None else drift
+        adapter_hash = adapter_sha256(adapter_str)  # before loading: the weights this eval measures
+        generated = _generate(
+            tasks, pack, model_name, adapter=adapter_str, adapter_hash=adapter_hash, policy_in_context=policy_in_context,
+            params=params, device=device, batch_size=batch_size, progress=progress, with_drift=with_drift,
+            out_dir=Path(out_dir))
+        model_info, drift_result = generated.model_info, generated.drift
+        rows = _judge_journaled(generated.rows, judge, generated.journal, policy=pack.policy, device=device,
+                                batch_size=min(batch_size, 8))
+        summary = {
+            "schema": EVAL_SCHEMA,
+            "model": model_info["name"],
+            "model_info": model_info,
+            "adapter": recorded_adapter(adapter_str, out_dir),
+            "adapter_sha256": adapter_hash,
+            "policy_in_context": policy_in_context,
+            "pack": {"name": pack.name, "version": pack.version, "digest": pack.digest},
+            "judge": judge,
+            "sampling": dataclasses.asdict(params),
+            # items: how many were evaluated (after --limit); items_in_set: how many the set holds
+            "sets": [{"name": s.name, "kind": s.kind, "items": sum(t.set_name == s.name for t in tasks),
+                      "items_in_set": len(s.items)} for s in chosen],
+            "benchmarks": [b.meta for b in loaded_benchmarks],
+            "limit": limit,
+            "limit_rule": "round-robin over categories, per set" if limit else None,
+            "counts": compute_metrics(rows)["labels"] | {"items": len(rows)},
+            "metrics": summarize(rows),
+            "drift": drift_result.to_dict() if drift_result else None,
+            "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "versions": _versions(),
+        }
+        result = write_eval(out_dir, summary, rows)
+        generated.journal.path.unlink(missing_ok=True)  # everything it held is in responses.jsonl now
+        return result
 
 
 def write_eval(out_dir: str | os.PathLike[str], summary: dict[str, Any], rows: list[dict[str, Any]]) -> EvalResult:

@@ -722,6 +722,19 @@ def test_journal_settings_name_the_weights_not_only_the_model_name(tmp_path: Pat
     assert journal_settings(loaded, "a", "f00", True, greedy_params(8), pack)["adapter"] == "f00"
 
 
+def test_a_second_evaluation_into_the_same_folder_is_refused_while_the_first_runs(tmp_path: Path, hold_run) -> None:  # type: ignore[no-untyped-def]
+    """Two `pa eval` writing one folder shared its journal: answers made under one's settings
+    landed in the other's, and a resume after a crash served them as its own."""
+    from policyalign.errors import RunError
+
+    out = tmp_path / "eval"
+    out.mkdir()
+    with hold_run(out) as pid:
+        with pytest.raises(RunError, match=f"pid {pid}"):
+            evaluate(_general(), "tiny", out_dir=out, limit=1, params=greedy_params(4))
+    assert not (out / "responses.partial.jsonl").exists()
+
+
 @pytest.mark.slow
 def test_pa_eval_killed_mid_generation_resumes_from_its_journal(tmp_path: Path) -> None:
     """A real kill -9 of `pa eval`: the rerun reports what it reused and ends with the same files."""
