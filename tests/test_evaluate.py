@@ -37,7 +37,7 @@ from policyalign.evaluate import (
     summarize,
     write_eval,
 )
-from policyalign.io import sha256_file
+from policyalign.io import read_journal, sha256_file
 from policyalign.registry import Registry
 from policyalign.stats import wilson_interval
 
@@ -760,7 +760,7 @@ def test_pa_eval_killed_mid_generation_resumes_from_its_journal(tmp_path: Path) 
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
-    reused = len((out / JOURNAL).read_text().splitlines()) - 1
+    reused = len(read_journal(out / JOURNAL)) - 1  # the header; a line the kill tore is not reused
     resumed = subprocess.run(command(out), env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming: {reused} of 160 responses from {out / JOURNAL}" in resumed.stderr

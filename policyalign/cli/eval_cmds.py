@@ -96,7 +96,9 @@ def eval_command(
                                                        help="Compare two eval.json files (or their directories)."),
     packs_path: Optional[list[Path]] = PacksPath,
 ) -> None:
-    """Evaluate a model (optionally with an adapter) on a pack's eval sets, or compare two evals."""
+    """Evaluate a model (optionally with an adapter) on a pack's eval sets, or compare two evals.
+
+    Stopped part way (Ctrl-C, a crash), it answers only the missing items when run again (OUT/responses.partial.jsonl)."""
     from ..errors import InvalidInputError
 
     if compare and compare[0] is not None:
