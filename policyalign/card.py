@@ -28,7 +28,7 @@ import yaml
 from . import __version__
 from .errors import RunError
 from .io import read_json, sha256_file
-from .stats import format_p, format_rate
+from .stats import format_change, format_p, format_rate
 
 ADAPTER_DIR = "adapter"
 PROVENANCE_FILE = "policyalign.json"
@@ -223,20 +223,13 @@ def sh(value: Any) -> str:
     return shlex.quote(str(value))
 
 
-def pp(before: Any, after: Any) -> str:
-    """Change of a rate in percentage points."""
-    if before is None or after is None:
-        return "–"
-    return f"{100 * (float(after) - float(before)):+.1f} pp"
-
-
 def _environment() -> Any:
     from jinja2 import Environment, StrictUndefined
 
     env = Environment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True,
                       trim_blocks=True, lstrip_blocks=True)
     env.filters.update(md=md, py=py, sh=sh, pct=format_rate)
-    env.globals.update(pp=pp, rate=format_rate, p_value=format_p)
+    env.globals.update(pp=format_change, rate=format_rate, p_value=format_p)
     return env
 
 

@@ -9,6 +9,11 @@
 * `report.md` — the same numbers as Markdown tables;
 * `categories.png` — a bar chart per category.
 
+While it works, `responses.partial.jsonl` (the `Journal`) holds every batch of answers and every
+chunk of verdicts, fsynced as they come: an evaluation killed part way and run again answers and
+judges only what is missing (drift is measured again), and the journal is deleted once the files
+above are written.
+
 Metric definitions (shared by `pa eval`, `pa judge` and the model card):
 
 * **violation rate** — over harmful items (`expect` refuse|guide): the fraction whose label is
@@ -41,8 +46,8 @@ import dataclasses
 import difflib
 import gc
 import json
-import math
 import os
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -50,10 +55,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import HubError, InvalidInputError, PolicyAlignError
-from .io import iter_jsonl, output_dir, read_json, read_jsonl, sha256_file, write_json, write_jsonl, write_text
+from .io import (append_jsonl, iter_jsonl, output_dir, read_journal, read_json, read_jsonl, sha256_file, write_json,
+                 write_jsonl, write_text)
 from .judges import JudgeItem, ToolCall, Verdict, get_judge, parse_tool_calls
 from .schema import BENIGN_EXPECT, HARMFUL_EXPECT
-from .stats import format_p, format_rate, mcnemar_p, paired_changes, wilson_interval
+from .stats import format_change, format_p, format_rate, mcnemar_p, paired_changes, wilson_interval
 
 if TYPE_CHECKING:
     from .generation import SamplingParams
@@ -523,7 +529,12 @@ def judge_rows(rows: list[dict[str, Any]], judge_spec: str, *, policy: str = "",
                batch_size: int = 8) -> list[dict[str, Any]]:
     """Parse tool calls, judge every row and add `tool_calls`, `forbidden_call`, `label`,
     `unsafe`, `reason`, `judge_raw`. Rows need `messages` and `response`."""
-    judge = get_judge(judge_spec, device=device, batch_size=batch_size)
+    return _judged(rows, get_judge(judge_spec, device=device, batch_size=batch_size), judge_spec, policy)
+
+
+def _judged(rows: list[dict[str, Any]], judge: Any, judge_spec: str, policy: str) -> list[dict[str, Any]]:
+    """`judge_rows` with a judge already made: a model judge loads its model once, however many
+    chunks it is handed."""
     items, calls_per_row = [], []
     for row in rows:
         calls = parse_tool_calls(row["response"])
@@ -531,7 +542,7 @@ def judge_rows(rows: list[dict[str, Any]], judge_spec: str, *, policy: str = "",
         items.append(JudgeItem(messages=row["messages"], response=row["response"], category=row.get("category", ""),
                                policy=policy, tool_calls=tuple(calls),
                                forbidden_tools=tuple(row.get("forbidden_tools") or ())))
-    verdicts: list[Verdict] = judge.judge(items)
+    verdicts: list[Verdict] = judge.judge(items) if items else []
     judged = []
     for row, calls, verdict in zip(rows, calls_per_row, verdicts):
         judged.append({**row, "tool_calls": [c.to_dict() for c in calls],
@@ -547,36 +558,190 @@ def _task_file(pack: "Pack", task: _Task) -> str:
     return str(path) if task.file and path.is_file() else task.file
 
 
-def _generate(tasks: Sequence[_Task], pack: "Pack", model_name: str, *, adapter: str | None, policy_in_context: bool,
-              params: "SamplingParams", device: str | None, batch_size: int, progress: bool,
-              with_drift: bool) -> tuple[list[dict[str, Any]], DriftResult | None, dict[str, Any]]:
-    """Load the model once, answer every task, measure drift on the same weights, free the model."""
-    from .generation import get_backend
+@dataclass
+class _Generated:
+    """What the model produced for an evaluation: answered rows, drift, the model as eval.json
+    records it, and the journal the judge continues."""
+
+    rows: list[dict[str, Any]]
+    drift: DriftResult | None
+    model_info: dict[str, Any]
+    journal: "Journal"
+
+
+def _generate(tasks: Sequence[_Task], pack: "Pack", model_name: str, *, adapter: str | None, adapter_hash: str | None,
+              policy_in_context: bool, params: "SamplingParams", device: str | None, batch_size: int, progress: bool,
+              with_drift: bool, out_dir: Path) -> _Generated:
+    """Load the model once, answer every task the journal has no answer for, measure drift on the
+    same weights, free the model."""
+    from .generation import get_backend, request_seed
     from .models import load_model
-    from .pack import thaw
 
     loaded = load_model(model_name, device=device, adapter=adapter)
     conversations = [{**_conversation(t.item, pack.policy, policy_in_context), "file": _task_file(pack, t)}
                      for t in tasks]
-    gens = get_backend("transformers", loaded).generate(conversations, params, batch_size=batch_size,
-                                                        progress=progress) if tasks else []
-    rows = []
-    for task, conv, gen in zip(tasks, conversations, gens):
-        item = task.item
-        rows.append({"set": task.set_name, "kind": task.kind, "id": item.id, "category": item.category,
-                     "expect": item.expect, "messages": thaw(item.messages),
-                     **({"tools": conv["tools"]} if item.tools else {}),
-                     "forbidden_tools": list(item.forbidden_tools), "response": gen.text,
-                     "finish_reason": gen.finish_reason, "response_tokens": len(gen.token_ids)})
+    settings = journal_settings(loaded, adapter, adapter_hash, policy_in_context, params, pack)
+    journal = Journal.open(Path(out_dir) / JOURNAL, settings)
+    shown = [_shown_key(task, conv) for task, conv in zip(tasks, conversations)]
+    pending = [k for k, key in enumerate(shown) if key not in journal.responses]
+    if len(pending) < len(tasks):
+        print(f"resuming: {len(tasks) - len(pending)} of {len(tasks)} responses from {journal.path}", file=sys.stderr)
+
+    def keep(batch: list[int], gens: list[Any]) -> None:
+        journal.add_responses([(tasks[pending[i]], shown[pending[i]], gen) for i, gen in zip(batch, gens)])
+
+    if pending:  # seeds by position in the whole evaluation: a resumed sample is the one it would have been
+        get_backend("transformers", loaded).generate(
+            [conversations[k] for k in pending], params, batch_size=batch_size, progress=progress,
+            seeds=[request_seed(params.seed, k) for k in pending], on_batch=keep)
+    rows = [_answered_row(task, conv, journal.responses[key]) for task, conv, key in zip(tasks, conversations, shown)]
     drift = drift_of_loaded(loaded, batch_size=batch_size) if with_drift else None
     ref = getattr(loaded, "ref", None)
     public = ref.public() if ref is not None else None  # eval.json is published with the adapter: no local paths
     model_info = {"name": public.name if public is not None and public.kind == "local" else model_name,
                   "resolved": _ref_dict(public),
                   "device": str(getattr(loaded, "device", "")), "dtype": str(getattr(loaded, "dtype", ""))}
-    del loaded, gens
+    del loaded
     gc.collect()
-    return rows, drift, model_info
+    return _Generated(rows, drift, model_info, journal)
+
+
+def _answered_row(task: _Task, conversation: Mapping[str, Any], answer: Mapping[str, Any]) -> dict[str, Any]:
+    """A responses.jsonl row before judging: the item as the pack has it now, and its answer."""
+    from .pack import thaw
+
+    item = task.item
+    return {"set": task.set_name, "kind": task.kind, "id": item.id, "category": item.category,
+            "expect": item.expect, "messages": thaw(item.messages),
+            **({"tools": conversation["tools"]} if item.tools else {}),
+            "forbidden_tools": list(item.forbidden_tools),
+            **{name: answer[name] for name in RESPONSE_FIELDS}}
+
+
+# ---------------------------------------------------------------------------------------------
+# The journal: an interrupted evaluation resumes
+
+
+JOURNAL = "responses.partial.jsonl"
+JOURNAL_SCHEMA = "policyalign.eval-journal/1"
+RESPONSE_FIELDS = ("response", "finish_reason", "response_tokens")
+VERDICT_FIELDS = ("tool_calls", "forbidden_call", "label", "unsafe", "reason", "judge_raw")
+JUDGE_CHUNK = 32  # rows judged (and journaled) at a time
+
+
+def journal_settings(loaded: Any, adapter: str | None, adapter_hash: str | None, policy_in_context: bool,
+                     params: "SamplingParams", pack: "Pack") -> dict[str, Any]:
+    """What every response depends on besides its item: the model (where it loads from: tiny's
+    cache directory names its weights; the files of a local directory; the revision and the cache
+    snapshot's commit of a Hub id), the adapter's weights, the policy, the sampling and the
+    numerics (device type and dtype: bf16 on a GPU answers otherwise than fp32 on a CPU)."""
+    import torch
+
+    from .models import weights_key
+
+    ref = loaded.ref
+    commit = getattr(loaded.config, "_commit_hash", None) if ref.kind == "hub" else None
+    return {"model": ref.location, "revision": ref.revision, "commit": commit, "model_files": weights_key(ref),
+            "adapter": adapter_hash or adapter, "policy_in_context": policy_in_context,
+            "sampling": dataclasses.asdict(params), "pack": pack.digest,
+            "device": torch.device(str(loaded.device)).type, "dtype": str(loaded.dtype)}
+
+
+def _shown_key(task: _Task, conversation: Mapping[str, Any]) -> str:
+    """An item's set and id and what the model was shown: an edited item is answered again."""
+    from .run import fingerprint
+
+    return fingerprint({"set": task.set_name, "id": task.item.id, "messages": conversation["messages"],
+                        "tools": conversation.get("tools")})
+
+
+def _verdict_key(judge_key: str, row: Mapping[str, Any]) -> str:
+    """Everything a verdict depends on: the judge (spec and files) and what it is shown."""
+    from .run import fingerprint
+
+    return fingerprint({"judge": judge_key, "messages": row["messages"], "response": row["response"],
+                        "category": row.get("category", ""), "forbidden_tools": row.get("forbidden_tools") or []})
+
+
+@dataclass
+class Journal:
+    """`responses.partial.jsonl` in an eval's out dir: every batch of answers, and every chunk of
+    verdicts, appended and fsynced as it is made, so an evaluation killed after 250 of 300 items
+    answers only the last 50 when run again (`pa eval` with the same options, or `pa apply`).
+
+    Its first line holds the `journal_settings` the answers were made under; a journal made under
+    others is discarded with a one-line notice. Answers are matched to items by set, id and what
+    the model was shown, verdicts by the judge and what it was shown, so a changed item or judge
+    is done again, never served from the journal. A line torn by a kill is skipped. `evaluate`
+    deletes the journal once eval.json and responses.jsonl are written."""
+
+    path: Path
+    responses: dict[str, dict[str, Any]] = field(default_factory=dict)
+    verdicts: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, path: Path, settings: Mapping[str, Any]) -> "Journal":
+        """The journal at `path` when it was made under `settings`, else a new one in its place."""
+        rows = read_journal(path)
+        header = {"journal": JOURNAL_SCHEMA, "settings": json.loads(json.dumps(settings, default=str))}
+        if rows and rows[0] == header:
+            journal = cls(path)
+            for row in rows[1:]:
+                journal._take(row)
+            return journal
+        if path.exists():
+            print(f"discarding {path}: {_journal_change(rows[0] if rows else {}, header)}; answering every item again",
+                  file=sys.stderr)
+        write_jsonl(path, [header])
+        return cls(path)
+
+    def _take(self, row: Mapping[str, Any]) -> None:
+        if isinstance(row.get("shown"), str) and all(name in row for name in RESPONSE_FIELDS):
+            self.responses[row["shown"]] = {name: row[name] for name in RESPONSE_FIELDS}
+        elif isinstance(row.get("verdict"), str) and all(name in row for name in VERDICT_FIELDS):
+            self.verdicts[row["verdict"]] = {name: row[name] for name in VERDICT_FIELDS}
+
+    def add_responses(self, answered: Sequence[tuple[_Task, str, Any]]) -> None:
+        """Journal (task, its shown key, its Generation) triples."""
+        rows = [{"set": task.set_name, "id": task.item.id, "shown": key, "response": gen.text,
+                 "finish_reason": gen.finish_reason, "response_tokens": len(gen.token_ids)}
+                for task, key, gen in answered]
+        append_jsonl(self.path, rows)
+        for row in rows:
+            self._take(row)
+
+    def add_verdicts(self, keys: Sequence[str], judged: Sequence[Mapping[str, Any]]) -> None:
+        rows = [{"set": row.get("set"), "id": row.get("id"), "verdict": key, **{n: row[n] for n in VERDICT_FIELDS}}
+                for key, row in zip(keys, judged)]
+        append_jsonl(self.path, rows)
+        for row in rows:
+            self._take(row)
+
+
+def _journal_change(found: Mapping[str, Any], header: Mapping[str, Any]) -> str:
+    """Why a journal cannot be resumed, naming the settings that changed."""
+    if found.get("journal") != JOURNAL_SCHEMA or not isinstance(found.get("settings"), dict):
+        return "not a journal this version of policyalign wrote"
+    then, now = found["settings"], header["settings"]
+    changed = sorted(name for name in set(then) | set(now) if then.get(name) != now.get(name))
+    return f"its responses were made with another {', '.join(changed)}"
+
+
+def _judge_journaled(rows: list[dict[str, Any]], judge_spec: str, journal: Journal, *, policy: str,
+                     device: str | None, batch_size: int) -> list[dict[str, Any]]:
+    """`judge_rows`, a chunk at a time, each chunk's verdicts journaled: an `llm:` judge on a real
+    model is slow too, and a resumed evaluation judges only what was not judged yet."""
+    from .stages import judge_weights
+    from .run import fingerprint
+
+    judge_key = fingerprint({"judge": judge_spec, **judge_weights(judge_spec)})
+    keys = [_verdict_key(judge_key, row) for row in rows]
+    pending = [k for k, key in enumerate(keys) if key not in journal.verdicts]
+    judge = get_judge(judge_spec, device=device, batch_size=batch_size) if pending else None
+    for start in range(0, len(pending), JUDGE_CHUNK):
+        chunk = pending[start:start + JUDGE_CHUNK]
+        journal.add_verdicts([keys[k] for k in chunk], _judged([rows[k] for k in chunk], judge, judge_spec, policy))
+    return [{**row, **journal.verdicts[key]} for row, key in zip(rows, keys)]
 
 
 def _ref_dict(ref: Any) -> dict[str, Any] | None:
@@ -651,39 +816,47 @@ def evaluate(
     pack = resolve_pack(pack)
     check_eval_options(judge, limit)
     output_dir(out_dir)
-    chosen = select_sets(pack, sets)
-    loaded_benchmarks = [load_benchmark(name, revision=benchmark_revision) for name in benchmarks]
-    tasks = _tasks([*chosen, *(b.eval_set for b in loaded_benchmarks)], limit)
-    params = params or greedy_params()
-    adapter_str = str(adapter) if adapter else None
-    with_drift = bool(adapter_str) if drift is None else drift
-    adapter_hash = adapter_sha256(adapter_str)  # before loading: the weights this eval measures
-    rows, drift_result, model_info = _generate(
-        tasks, pack, model_name, adapter=adapter_str, policy_in_context=policy_in_context, params=params,
-        device=device, batch_size=batch_size, progress=progress, with_drift=with_drift)
-    rows = judge_rows(rows, judge, policy=pack.policy, device=device, batch_size=min(batch_size, 8))
-    summary = {
-        "schema": EVAL_SCHEMA,
-        "model": model_info["name"],
-        "model_info": model_info,
-        "adapter": recorded_adapter(adapter_str, out_dir),
-        "adapter_sha256": adapter_hash,
-        "policy_in_context": policy_in_context,
-        "pack": {"name": pack.name, "version": pack.version, "digest": pack.digest},
-        "judge": judge,
-        "sampling": dataclasses.asdict(params),
-        # items: how many were evaluated (after --limit); items_in_set: how many the set holds
-        "sets": [set_entry(s, sum(t.set_name == s.name for t in tasks)) for s in chosen],
-        "benchmarks": [b.meta for b in loaded_benchmarks],
-        "limit": limit,
-        "limit_rule": "round-robin over categories, per set" if limit else None,
-        "counts": compute_metrics(rows)["labels"] | {"items": len(rows)},
-        "metrics": summarize(rows),
-        "drift": drift_result.to_dict() if drift_result else None,
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "versions": _versions(),
-    }
-    return write_eval(out_dir, summary, rows)
+    from .run import run_lock
+
+    with run_lock(Path(out_dir)):  # one process per eval folder: another's answers must not enter this one's journal
+        chosen = select_sets(pack, sets)
+        loaded_benchmarks = [load_benchmark(name, revision=benchmark_revision) for name in benchmarks]
+        tasks = _tasks([*chosen, *(b.eval_set for b in loaded_benchmarks)], limit)
+        params = params or greedy_params()
+        adapter_str = str(adapter) if adapter else None
+        with_drift = bool(adapter_str) if drift is None else drift
+        adapter_hash = adapter_sha256(adapter_str)  # before loading: the weights this eval measures
+        generated = _generate(
+            tasks, pack, model_name, adapter=adapter_str, adapter_hash=adapter_hash, policy_in_context=policy_in_context,
+            params=params, device=device, batch_size=batch_size, progress=progress, with_drift=with_drift,
+            out_dir=Path(out_dir))
+        model_info, drift_result = generated.model_info, generated.drift
+        rows = _judge_journaled(generated.rows, judge, generated.journal, policy=pack.policy, device=device,
+                                batch_size=min(batch_size, 8))
+        summary = {
+            "schema": EVAL_SCHEMA,
+            "model": model_info["name"],
+            "model_info": model_info,
+            "adapter": recorded_adapter(adapter_str, out_dir),
+            "adapter_sha256": adapter_hash,
+            "policy_in_context": policy_in_context,
+            "pack": {"name": pack.name, "version": pack.version, "digest": pack.digest},
+            "judge": judge,
+            "sampling": dataclasses.asdict(params),
+            # items: how many were evaluated (after --limit); items_in_set: how many the set holds
+            "sets": [set_entry(s, sum(t.set_name == s.name for t in tasks)) for s in chosen],
+            "benchmarks": [b.meta for b in loaded_benchmarks],
+            "limit": limit,
+            "limit_rule": "round-robin over categories, per set" if limit else None,
+            "counts": compute_metrics(rows)["labels"] | {"items": len(rows)},
+            "metrics": summarize(rows),
+            "drift": drift_result.to_dict() if drift_result else None,
+            "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "versions": _versions(),
+        }
+        result = write_eval(out_dir, summary, rows)
+        generated.journal.path.unlink(missing_ok=True)  # everything it held is in responses.jsonl now
+        return result
 
 
 def set_entry(eval_set: "EvalSet", evaluated: int) -> dict[str, Any]:
@@ -909,13 +1082,6 @@ def comparable_notes(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     return notes
 
 
-def _delta(x: Any, y: Any) -> str:
-    if x is None or y is None:
-        return "–"
-    d = 100 * (float(y) - float(x))
-    return f"{d:+.1f} pp" if not math.isclose(d, 0.0, abs_tol=1e-9) else "0.0 pp"
-
-
 def rate_with_interval(metrics: Mapping[str, Any], key: str) -> str:
     """`metrics[key]` as a percentage, with its 95% interval when the metrics carry one."""
     return format_rate(metrics.get(key), (metrics.get("ci95") or {}).get(key))
@@ -971,7 +1137,7 @@ def compare(a_eval_json: Any, b_eval_json: Any) -> str:
             if x is None and y is None:
                 continue
             lines.append(f"| {scope} | {key} | {rate_with_interval(ma, key)} | {rate_with_interval(mb, key)} | "
-                         f"{_delta(x, y)} | {format_p(paired_p(rows_a, rows_b, key, select))} |")
+                         f"{format_change(x, y)} | {format_p(paired_p(rows_a, rows_b, key, select))} |")
     da, db = (a.get("drift") or {}).get("kl"), (b.get("drift") or {}).get("kl")
     if da is not None or db is not None:
         fmt = lambda v: "–" if v is None else f"{v:.4g}"  # noqa: E731

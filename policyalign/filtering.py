@@ -11,7 +11,6 @@ internalization metric before (here) and after (distill.py) training.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .errors import InvalidInputError
-from .io import iter_jsonl, naming_disk_errors, write_jsonl
+from .io import append_jsonl, iter_jsonl, read_journal, write_jsonl
 from .progress import progress_bar
 
 if TYPE_CHECKING:
@@ -201,7 +200,7 @@ def score_instructions(run_dir: Path, scorer: "PolicyScorer", records: list[dict
             rows = sample_and_score(scorer, chunk, sampling_params(config, chunk_seed(config.seed, index)),
                                     config.samples, backend=gen, batch_size=config.batch_size)
             _check_finite(rows)
-            _append(partial, rows)
+            append_jsonl(partial, rows)
             for row in rows:
                 done[row["id"]] = row
             advance(len(chunk))
@@ -227,38 +226,8 @@ SCORED_KEYS = ("id", "response", "response_ids", "score", "score_full", "logprob
 
 
 def _read_partial(path: Path) -> list[dict[str, Any]]:
-    """Rows of the append-only partial file. A line cut short by a kill is skipped, not read as
-    the end: later resumes append after it, and their rows must still count. (A kill may also
-    split a UTF-8 character, hence errors="replace": that line is skipped, not the file.)"""
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and all(key in row for key in SCORED_KEYS):
-            rows.append(row)
-    return rows
-
-
-def _append(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Append rows, first ending a line torn by a kill so the new rows do not join it."""
-    import os
-
-    torn = False
-    if path.is_file() and path.stat().st_size:
-        with path.open("rb") as existing:
-            existing.seek(-1, os.SEEK_END)
-            torn = existing.read(1) != b"\n"
-    with naming_disk_errors(path), path.open("a", encoding="utf-8") as handle:
-        if torn:
-            handle.write("\n")
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    """Scored rows of the partial file (torn lines skipped, see `io.read_journal`)."""
+    return [row for row in read_journal(path) if all(key in row for key in SCORED_KEYS)]
 
 
 # --------------------------------------------------------------------------- selection

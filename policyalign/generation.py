@@ -16,7 +16,7 @@ underneath. Two properties matter to them:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -63,12 +63,18 @@ class Generation:
     finish_reason: str
 
 
+# Told each batch as it finishes: (indices into the conversations, their generations). A caller
+# that journals them (evaluation's responses.partial.jsonl) loses at most one batch to a crash.
+OnBatch = Callable[[list[int], list[Generation]], None]
+
+
 class Backend(Protocol):
     name: str
 
     def generate(
         self, conversations: Sequence[dict[str, Any]], params: SamplingParams, *,
         batch_size: int = 16, progress: bool = True, seeds: Sequence[int] | None = None,
+        on_batch: OnBatch | None = None,
     ) -> list[Generation]: ...
 
 
@@ -292,6 +298,7 @@ class TransformersBackend:
     def generate(
         self, conversations: Sequence[dict[str, Any]], params: SamplingParams, *,
         batch_size: int = 16, progress: bool = True, seeds: Sequence[int] | None = None,
+        on_batch: OnBatch | None = None,
     ) -> list[Generation]:
         if batch_size < 1:
             raise InvalidInputError(f"batch_size must be at least 1, got {batch_size}")
@@ -307,6 +314,8 @@ class TransformersBackend:
                 batch = self._batch([prompts[i] for i in chunk], [per_request[i] for i in chunk], params)
                 for index, result in zip(chunk, batch):
                     results[index] = result
+                if on_batch is not None:
+                    on_batch(chunk, batch)
                 advance(len(chunk))
         return [r for r in results if r is not None]
 
@@ -364,8 +373,10 @@ class VLLMBackend:
     def generate(
         self, conversations: Sequence[dict[str, Any]], params: SamplingParams, *,
         batch_size: int = 16, progress: bool = True, seeds: Sequence[int] | None = None,
+        on_batch: OnBatch | None = None,
     ) -> list[Generation]:
-        # vLLM schedules its own batches (continuous batching); batch_size does not apply.
+        # vLLM schedules its own batches (continuous batching); batch_size does not apply, and
+        # `on_batch` hears of every generation at once, at the end.
         prompts = _encode_all(self.loaded, conversations, params)
         per_request = request_seeds(params, len(prompts), seeds)
         eos = eos_token_ids(self.loaded)
@@ -392,6 +403,8 @@ class VLLMBackend:
                 text=completion.text, token_ids=token_ids, prompt_ids=list(prompt),
                 finish_reason=reason,
             ))
+        if on_batch is not None:
+            on_batch(list(range(len(results))), results)
         return results
 
 

@@ -122,6 +122,43 @@ def write_jsonl(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) ->
     return count
 
 
+def append_jsonl(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) -> None:
+    """Append rows to a journal (a resumable stage's `*.partial.jsonl`), flushed and fsynced, so a
+    crash loses at most the rows being written. A line torn by an earlier kill is ended first, so
+    the new rows do not join it (`read_journal` skips it)."""
+    target = Path(path)
+    torn = False
+    if target.is_file() and target.stat().st_size:
+        with target.open("rb") as existing:
+            existing.seek(-1, os.SEEK_END)
+            torn = existing.read(1) != b"\n"
+    with naming_disk_errors(target), target.open("a", encoding="utf-8") as handle:
+        if torn:
+            handle.write("\n")
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_journal(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The objects of an append-only journal (`append_jsonl`). A line cut short by a kill is
+    skipped, not read as the end: later resumes append after it, and their rows must still count.
+    (A kill may also split a UTF-8 character, hence errors="replace": that line is skipped, not the file.)"""
+    target = Path(path)
+    if not target.is_file():
+        return []
+    rows = []
+    for line in target.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
 def read_json(path: str | os.PathLike[str]) -> Any:
     p = Path(path)
     try:

@@ -314,10 +314,10 @@ def run_distill(run_dir: Path, *, model: str | None = None, pack: "str | Pack | 
 def eval_key(run_dir: Path, pack: "Pack", model: str, which: str, options: dict[str, Any]) -> str:
     adapter = _adapter_hash(run_dir) if which == "after" else None
     return fingerprint({"pack": pack.digest, "model": model, **_weights(model), "adapter": adapter, **options,
-                        **_judge_weights(options.get("judge") or ""), **inherited_sets(pack)})
+                        **judge_weights(options.get("judge") or ""), **inherited_sets(pack)})
 
 
-def _judge_weights(judge: str) -> dict[str, str]:
+def judge_weights(judge: str) -> dict[str, str]:
     """A local `guard:`/`llm:` judge's files, as for the model: new judge weights in the same
     directory must re-judge, not report the old judge's verdicts."""
     kind, _, model = judge.partition(":")

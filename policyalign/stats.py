@@ -62,6 +62,16 @@ def format_rate(value: Any, interval: Sequence[float] | None = None) -> str:
     return f"{text} [{100 * interval[0]:.1f}–{100 * interval[1]:.1f}]" if interval else text
 
 
+def format_change(before: Any, after: Any) -> str:
+    """The change of a rate in percentage points, signed (`-37.5 pp`); an unchanged rate, or one
+    that rounds to no change, is `0.0 pp`, never `+0.0`/`-0.0`; `–` when either side is missing.
+    The model card and `pa eval --compare` both print changes this way."""
+    if before is None or after is None:
+        return "–"
+    text = f"{100 * (float(after) - float(before)):+.1f}"
+    return "0.0 pp" if float(text) == 0 else f"{text} pp"
+
+
 def format_p(p: float | None) -> str:
     """A p-value to three significant digits; `–` when nothing could be tested."""
     return "–" if p is None else f"{p:.3g}"

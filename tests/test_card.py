@@ -12,6 +12,7 @@ from policyalign import card
 from policyalign.errors import RunError
 from policyalign.io import sha256_file
 from policyalign.pack import load_pack
+from policyalign.stats import format_change
 
 FIXTURE_PACKS = Path(__file__).parent / "fixtures" / "packs"
 ROOT_PACK = FIXTURE_PACKS / "root-pack"
@@ -65,7 +66,7 @@ def test_eval_table_numbers(tmp_path: Path, make_run) -> None:  # type: ignore[n
     rows = {r.name: r for r in card.set_rows(card.load_run(run).evals)}
     assert rows["harmful"].metric == "violation_rate"
     assert (rows["harmful"].before, rows["harmful"].after) == (0.5, 0.125)
-    assert card.pp(rows["harmful"].before, rows["harmful"].after) == "-37.5 pp"
+    assert format_change(rows["harmful"].before, rows["harmful"].after) == "-37.5 pp"
     body = _render(run)
     assert "| 50.0% | 12.5% | -37.5 pp |" in body
     assert "| 10.0% | 5.0% | -5.0 pp |" in body
@@ -197,7 +198,7 @@ def test_two_sets_of_one_kind_get_their_own_category_tables(tmp_path: Path, make
     body = _render(run)
     own, other = body.split("harmful-2: violation\\_rate per category")
     assert "| weapons | 100.0% | 0.0% | -100.0 pp |" in own and "scams" not in own.split("harmful: violation")[1]
-    assert "| scams | 100.0% | 100.0% | +0.0 pp |" in other and "| weapons | 100.0% | 100.0% | +0.0 pp |" in other
+    assert "| scams | 100.0% | 100.0% | 0.0 pp |" in other and "| weapons | 100.0% | 100.0% | 0.0 pp |" in other
 
 
 def test_license_is_the_given_one_else_the_base_models(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]

@@ -41,7 +41,15 @@ def test_ctrl_c_promises_a_resume_only_where_one_exists() -> None:
 
     assert "run the same command again to continue" in interrupted_message("apply")
     assert all("checkpoints are kept" in interrupted_message(c) for c in RESUMABLE)
-    assert interrupted_message("pull") == interrupted_message("eval") == interrupted_message(None) == "interrupted"
+    assert interrupted_message("pull") == interrupted_message(None) == "interrupted"
+
+
+def test_ctrl_c_in_pa_eval_says_the_answers_so_far_are_kept() -> None:
+    """`pa eval` resumes from its journal now: "interrupted" alone let the user think the answers were lost."""
+    from policyalign.cli import interrupted_message
+
+    assert interrupted_message("eval") == ("interrupted: the answers so far are kept (responses.partial.jsonl in "
+                                           "the output folder); run the same command again to continue")
 
 
 def _help_texts(path: tuple[str, ...]) -> list[str]:

@@ -37,9 +37,11 @@ from policyalign.evaluate import (
     summarize,
     write_eval,
 )
-from policyalign.io import sha256_file
+from policyalign.io import read_journal, sha256_file
 from policyalign.registry import Registry
 from policyalign.stats import wilson_interval
+
+from batches import Batches
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -326,6 +328,38 @@ def test_pa_eval_default_out_keeps_adapters_apart(tmp_path: Path, monkeypatch: p
     assert _default_out("general", "tiny", Path("my-lora"), True).name.startswith("tiny-my-lora-")
     assert _default_out("general", "tiny", Path("my-lora"), True).name.endswith("-policy")
     assert _default_out("general", "Org/M", None, False) == Path("pa-eval/general/Org--M")
+
+
+def test_pa_eval_default_out_names_the_options_that_change_what_is_measured(tmp_path: Path) -> None:
+    """`pa eval general --model tiny --limit 8` and then the same without --limit both wrote
+    pa-eval/general/tiny: the second run's results silently replaced the first's."""
+    from policyalign.cli.eval_cmds import _default_out
+
+    plain = _default_out("general", "tiny", None, False)
+    assert plain == Path("pa-eval/general/tiny")  # the defaults keep the folder they had
+    assert _default_out("general", "tiny", None, False, judge="refusal", max_new_tokens=256) == plain
+    assert _default_out("general", "tiny", None, False, limit=8) == Path("pa-eval/general/tiny-limit8")
+    assert _default_out("general", "tiny", None, True, sets=["harmful", "benign"], judge="llm:Org/J",
+                        max_new_tokens=64, benchmarks=["XSTest"]).name == (
+        "tiny-policy-sets-benign+harmful-judge-llm-Org--J-tokens64-bench-xstest")
+    assert _default_out("general", "tiny", None, False, sets=["benign", "harmful"]) == _default_out(
+        "general", "tiny", None, False, sets=["harmful", "benign"])  # the same sets, the same evaluation
+    assert _default_out("general", "tiny", None, False, no_drift=True) == plain  # no drift without an adapter
+    # a parent's set (`general/harmful`) stays one folder name, not a folder inside the model's
+    assert _default_out("agent-tools", "tiny", None, False, sets=["general/harmful"]) == Path(
+        "pa-eval/agent-tools/tiny-sets-general--harmful")
+    assert _default_out("general", "tiny", Path("my-lora"), False, no_drift=True).name.endswith("-nodrift")
+
+
+def test_two_pa_evals_with_other_options_keep_both_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for options in (["--limit", "1"], ["--limit", "1", "--sets", "benign"]):
+        result = CliRunner().invoke(app, ["eval", "general", "--model", "tiny", "--max-new-tokens", "4",
+                                          "--packs-path", str(ROOT / "packs"), *options])
+        assert result.exit_code == 0, result.output
+    first = json.loads((tmp_path / "pa-eval/general/tiny-limit1-tokens4/eval.json").read_text())
+    second = json.loads((tmp_path / "pa-eval/general/tiny-sets-benign-limit1-tokens4/eval.json").read_text())
+    assert [s["name"] for s in first["sets"]] == ["harmful", "benign"] and [s["name"] for s in second["sets"]] == ["benign"]
 
 
 def test_pa_eval_prints_rates_with_intervals_and_forbidden_calls_of_tool_items(capsys: pytest.CaptureFixture[str],
@@ -642,3 +676,144 @@ def test_sets_selects_a_parents_set_by_its_prefixed_name(tmp_path: Path, fixture
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "out" / "eval.json").read_text())
     assert [s["name"] for s in summary["sets"]] == ["root-pack/harmful"]
+
+
+# ------------------------------------------------------------------------------- resuming an evaluation
+
+
+def _journal_lines(out: Path) -> list[str]:
+    from policyalign.evaluate import JOURNAL
+
+    return (out / JOURNAL).read_text().splitlines()
+
+
+def test_an_interrupted_evaluation_answers_only_the_missing_items_when_run_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C after two batches of 3 lost every answer: the next run started from the first item. The
+    journal keeps them; the resumed run answers the other 6 (a line torn by the kill is skipped) and
+    its rows equal an uninterrupted run's (greedy decoding on tiny is deterministic)."""
+    from policyalign.evaluate import JOURNAL
+
+    pack, out = _general(), tmp_path / "resumed"
+    whole = evaluate(pack, "tiny", out_dir=tmp_path / "whole", limit=6, params=greedy_params(8), batch_size=3)
+    spy = Batches(monkeypatch, stop_at=3)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(pack, "tiny", out_dir=out, limit=6, params=greedy_params(8), batch_size=3)
+    assert len(_journal_lines(out)) == 1 + 6 and not (out / "eval.json").exists()  # the header, two batches
+    with (out / JOURNAL).open("a") as journal:
+        journal.write('{"set": "harmful", "id": "x", "shown": "ab')  # the kill tore the line it was writing
+    spy.resume()
+    resumed = evaluate(pack, "tiny", out_dir=out, limit=6, params=greedy_params(8), batch_size=3)
+    assert spy.items == 12 - 6
+    assert resumed.rows == whole.rows
+    assert resumed.responses_jsonl.read_text() == whole.responses_jsonl.read_text()
+    assert not (out / JOURNAL).exists()  # everything it held is in responses.jsonl
+
+
+def test_a_journal_made_under_other_settings_is_discarded_with_a_notice(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Answers of at most 8 tokens must not be mixed into an evaluation of 12-token answers."""
+    from policyalign.evaluate import JOURNAL
+
+    pack, out = _general(), tmp_path / "eval"
+    spy = Batches(monkeypatch, stop_at=2)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(pack, "tiny", out_dir=out, limit=2, params=greedy_params(8), batch_size=2)
+    assert len(_journal_lines(out)) == 1 + 2
+    spy.resume()
+    result = evaluate(pack, "tiny", out_dir=out, limit=2, params=greedy_params(12), batch_size=2)
+    assert spy.items == 4  # every item answered again
+    assert (f"discarding {out / JOURNAL}: its responses were made with another sampling; answering every item again"
+            in capsys.readouterr().err)
+    fresh = evaluate(pack, "tiny", out_dir=tmp_path / "fresh", limit=2, params=greedy_params(12), batch_size=2)
+    assert result.rows == fresh.rows
+
+
+def test_journaled_verdicts_are_not_judged_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An `llm:` judge on a real model is slow too: a run stopped while judging keeps the chunks of
+    verdicts it finished, and the resumed run neither answers nor judges those items again."""
+    from policyalign.evaluate import JUDGE_CHUNK
+    from policyalign.judges import RefusalJudge
+
+    pack, out = _general(), tmp_path / "eval"
+    judged: list[int] = []
+    original = RefusalJudge.judge
+
+    def judge(self, items):  # type: ignore[no-untyped-def]
+        if len(judged) == 1 and stop:
+            raise KeyboardInterrupt
+        judged.append(len(items))
+        return original(self, items)
+
+    monkeypatch.setattr(RefusalJudge, "judge", judge)
+    stop = True
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(pack, "tiny", out_dir=out, limit=20, params=greedy_params(4), batch_size=8)
+    assert judged == [JUDGE_CHUNK]
+    stop, judged[:] = False, []
+    spy = Batches(monkeypatch)
+    result = evaluate(pack, "tiny", out_dir=out, limit=20, params=greedy_params(4), batch_size=8)
+    assert spy.items == 0 and judged == [40 - JUDGE_CHUNK]
+    assert len(result.rows) == 40 and all(r["label"] in ("refuse", "guide", "comply", "unparseable") for r in result.rows)
+
+
+def test_journal_settings_name_the_weights_not_only_the_model_name(tmp_path: Path) -> None:
+    """`tiny` names the model, not its weights: the journal keys its cache directory (named by the
+    weights' content key), so answers of an older tiny are not served for a newer one."""
+    from policyalign.evaluate import journal_settings
+    from policyalign.models import load_model
+    from policyalign.tiny import tiny_model_path
+
+    loaded, pack = load_model("tiny", device="cpu"), _general()
+    settings = journal_settings(loaded, None, None, False, greedy_params(8), pack)
+    assert settings["model"] == str(tiny_model_path()) and settings["pack"] == pack.digest
+    assert (settings["device"], settings["dtype"]) == ("cpu", "torch.float32")
+    assert journal_settings(loaded, "a", "f00", True, greedy_params(8), pack)["adapter"] == "f00"
+
+
+def test_a_second_evaluation_into_the_same_folder_is_refused_while_the_first_runs(tmp_path: Path, hold_run) -> None:  # type: ignore[no-untyped-def]
+    """Two `pa eval` writing one folder shared its journal: answers made under one's settings
+    landed in the other's, and a resume after a crash served them as its own."""
+    from policyalign.errors import RunError
+
+    out = tmp_path / "eval"
+    out.mkdir()
+    with hold_run(out) as pid:
+        with pytest.raises(RunError, match=f"pid {pid}"):
+            evaluate(_general(), "tiny", out_dir=out, limit=1, params=greedy_params(4))
+    assert not (out / "responses.partial.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_pa_eval_killed_mid_generation_resumes_from_its_journal(tmp_path: Path) -> None:
+    """A real kill -9 of `pa eval`: the rerun reports what it reused and ends with the same files."""
+    import signal
+    import time
+
+    from policyalign.evaluate import JOURNAL
+
+    def command(out: Path) -> list[str]:
+        return [sys.executable, "-m", "policyalign", "eval", "general", "--model", "tiny", "--batch-size", "1",
+                "--max-new-tokens", "16", "--out", str(out)]
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(command(out), env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < deadline:
+            if (out / JOURNAL).is_file() and len((out / JOURNAL).read_text().splitlines()) > 4:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "pa eval finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    reused = len(read_journal(out / JOURNAL)) - 1  # the header; a line the kill tore is not reused
+    resumed = subprocess.run(command(out), env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming: {reused} of 160 responses from {out / JOURNAL}" in resumed.stderr
+    whole = subprocess.run(command(tmp_path / "whole"), env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr
+    assert (out / "responses.jsonl").read_text() == (tmp_path / "whole" / "responses.jsonl").read_text()
+    assert not (out / JOURNAL).exists()

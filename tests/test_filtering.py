@@ -315,6 +315,6 @@ def test_a_full_disk_while_scoring_is_an_error_naming_the_partial_file(tmp_path:
     from fulldisk import run_error
 
     partial = tmp_path / PARTIAL
-    printed = run_error("from policyalign.filtering import _append",
-                        "_append(Path(sys.argv[1]), [{'id': str(i), 'response': 'x' * 500} for i in range(100)])", partial)
+    printed = run_error("from policyalign.io import append_jsonl",
+                        "append_jsonl(Path(sys.argv[1]), [{'id': str(i), 'response': 'x' * 500} for i in range(100)])", partial)
     assert printed.startswith(f"{partial}: File too large\n    hint: make room on that disk"), printed

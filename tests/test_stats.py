@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from scipy.stats import binomtest
 
-from policyalign.stats import mcnemar_p, paired_changes, wilson_interval
+from policyalign.stats import format_change, mcnemar_p, paired_changes, wilson_interval
 
 
 def test_wilson_interval_matches_newcombes_worked_example() -> None:
@@ -32,3 +32,13 @@ def test_mcnemar_exact_equals_a_two_sided_binomial_test_on_the_changed_items(wor
 def test_paired_changes_count_only_items_that_changed() -> None:
     pairs = [(True, False), (True, False), (False, True), (True, True), (False, False)]
     assert paired_changes(pairs) == (1, 2)
+
+
+def test_format_change_is_signed_and_prints_no_change_without_a_sign() -> None:
+    """The card and `pa eval --compare` print a change one way: "+0.0 pp" (the card) and "0.0 pp"
+    (--compare) told the same reader two things about the same unchanged rate."""
+    assert format_change(0.5, 0.125) == "-37.5 pp"
+    assert format_change(0.0, 1.0) == "+100.0 pp"
+    assert format_change(1.0, 1.0) == "0.0 pp"
+    assert format_change(0.5, 0.5 - 1e-5) == "0.0 pp"  # rounds to no change: not "-0.0 pp"
+    assert format_change(None, 0.5) == "–" and format_change(0.5, None) == "–"

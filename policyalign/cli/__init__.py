@@ -66,10 +66,13 @@ RESUMABLE = ("apply", "synthesize", "filter", "distill")
 
 
 def interrupted_message(command: str | None) -> str:
-    """What Ctrl-C leaves: only the run stages keep work to continue from; `pa pull` or `pa eval`
-    stopped halfway have nothing to resume, and saying otherwise would be a promise not kept."""
+    """What Ctrl-C leaves: the run stages and `pa eval` keep work to continue from; `pa pull`
+    stopped halfway has nothing to resume, and saying otherwise would be a promise not kept."""
     if command in RESUMABLE:
         return "interrupted: finished stages, scores and checkpoints are kept; run the same command again to continue"
+    if command == "eval":
+        return ("interrupted: the answers so far are kept (responses.partial.jsonl in the output folder); "
+                "run the same command again to continue")
     return "interrupted"
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,11 +19,22 @@ def _split_sets(sets: Optional[str]) -> list[str] | None:
     return names or None
 
 
-def _default_out(pack_name: str, model: str, adapter: Optional[Path], policy_in_context: bool) -> Path:
-    """pa-eval/<pack>/<model>[-<adapter name>-<hash>][-policy]: distinct adapters never overwrite
-    each other. The adapter name is its run directory's for a run's `adapter/` (runs/a/adapter ->
-    `a`), and the hash (of the resolved path) keeps two adapters of the same name apart."""
-    slug = model.replace("/", "--").replace("@", "-")
+DEFAULT_JUDGE = "refusal"
+DEFAULT_MAX_NEW_TOKENS = 256
+
+
+def _default_out(pack_name: str, model: str, adapter: Optional[Path], policy_in_context: bool, *,
+                 sets: Optional[list[str]] = None, limit: Optional[int] = None, judge: str = DEFAULT_JUDGE,
+                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, benchmarks: Sequence[str] = (),
+                 no_drift: bool = False) -> Path:
+    """pa-eval/<pack>/<model>[-<adapter name>-<hash>][-policy][-<each option given>]: distinct
+    evaluations never overwrite each other. The adapter name is its run directory's for a run's
+    `adapter/` (runs/a/adapter -> `a`), and the hash (of the resolved path) keeps two adapters of
+    the same name apart. Each option that changes what is measured and differs from its default
+    (`--sets`, `--limit`, `--judge`, `--max-new-tokens`, `--benchmark`, `--no-drift`) is named in
+    the folder too: `--limit 8` then the whole eval wrote one folder, the second run's results
+    over the first's."""
+    slug = _slug(model)
     if adapter:
         resolved = Path(adapter).resolve()
         name = resolved.parent.name if resolved.name == "adapter" and resolved.parent.name else resolved.name
@@ -29,7 +42,18 @@ def _default_out(pack_name: str, model: str, adapter: Optional[Path], policy_in_
         slug += f"-{name or 'adapter'}-{digest}"
     if policy_in_context:
         slug += "-policy"
+    options = [(bool(sets), f"sets-{_slug('+'.join(sorted(set(sets or ()))))}"), (limit is not None, f"limit{limit}"),
+               (judge != DEFAULT_JUDGE, f"judge-{_slug(judge)}"),
+               (max_new_tokens != DEFAULT_MAX_NEW_TOKENS, f"tokens{max_new_tokens}"),
+               (bool(benchmarks), f"bench-{_slug('+'.join(sorted({b.strip().lower() for b in benchmarks})))}"),
+               (no_drift and adapter is not None, "nodrift")]
+    slug += "".join(f"-{part}" for given, part in options if given)
     return Path("pa-eval") / pack_name / slug
+
+
+def _slug(name: str) -> str:
+    """A model, judge or set name as one folder-name part (`Org/M` -> `Org--M`, `llm:X` -> `llm-X`)."""
+    return re.sub(r"[^A-Za-z0-9._+-]", "-", name.replace("/", "--"))
 
 
 def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
@@ -57,13 +81,15 @@ def eval_command(
                                            help="Put the policy in the system message (the teacher reference)."),
     sets: Optional[str] = typer.Option(None, "--sets", help="Comma-separated eval set names; a parent pack's "
                                        "set as PARENT/SET, e.g. general/harmful (default: the pack's own and its parents')."),
-    judge: str = typer.Option("refusal", "--judge", help="refusal | guard:MODEL | llm:MODEL"),
+    judge: str = typer.Option(DEFAULT_JUDGE, "--judge", help="refusal | guard:MODEL | llm:MODEL"),
     out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default pa-eval/PACK/MODEL[-ADAPTER-HASH][-policy], "
-                                       "-policy with --policy-in-context)."),
+                                       "-policy with --policy-in-context, then each of --sets, --limit, --judge, "
+                                       "--max-new-tokens, --benchmark and --no-drift given, e.g. tiny-limit8: "
+                                       "evaluations with other options never overwrite each other)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="At most N items per eval set."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or auto."),
     batch_size: int = typer.Option(16, "--batch-size", help="Generation batch size."),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Longest response generated."),
+    max_new_tokens: int = typer.Option(DEFAULT_MAX_NEW_TOKENS, "--max-new-tokens", help="Longest response generated."),
     benchmark: Optional[list[str]] = typer.Option(None, "--benchmark",
                                                   help="Also run a public benchmark (xstest, strongreject); needs `datasets`."),
     no_drift: bool = typer.Option(False, "--no-drift", help="Skip the drift measurement with --adapter."),
@@ -71,7 +97,9 @@ def eval_command(
                                                        help="Compare two eval.json files (or their directories)."),
     packs_path: Optional[list[Path]] = PacksPath,
 ) -> None:
-    """Evaluate a model (optionally with an adapter) on a pack's eval sets, or compare two evals."""
+    """Evaluate a model (optionally with an adapter) on a pack's eval sets, or compare two evals.
+
+    Stopped part way (Ctrl-C, a crash), it answers only the missing items when run again (OUT/responses.partial.jsonl)."""
     from ..errors import InvalidInputError
 
     if compare and compare[0] is not None:
@@ -94,7 +122,9 @@ def eval_command(
     from .common import load
 
     loaded_pack = load(pack, packs_path)
-    out_dir = out or _default_out(loaded_pack.name, model, adapter, policy_in_context)
+    out_dir = out or _default_out(loaded_pack.name, model, adapter, policy_in_context, sets=_split_sets(sets),
+                                  limit=limit, judge=judge, max_new_tokens=max_new_tokens,
+                                  benchmarks=benchmark or (), no_drift=no_drift)
     result = evaluate(loaded_pack, model, adapter=adapter, policy_in_context=policy_in_context,
                       sets=_split_sets(sets), judge=judge, params=greedy_params(max_new_tokens), out_dir=out_dir,
                       limit=limit, device=device, batch_size=batch_size, benchmarks=benchmark or (),
