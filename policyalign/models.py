@@ -213,11 +213,38 @@ def local_files_key(directory: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+def hub_commit(ref: ModelRef) -> str | None:
+    """The commit a Hub model loads from, read offline from the Hugging Face cache (`refs/<revision>`
+    names the snapshot a branch or tag resolved to when it was last downloaded); the revision
+    itself when it is a commit; None for other models, or a Hub model not downloaded yet.
+
+    The name says nothing about the weights: `org/name` is whatever `main` was when the cache was
+    filled, and a new commit on the Hub must not be served the old commit's stages."""
+    if ref.kind != "hub":
+        return None
+    if ref.revision and _COMMIT.match(ref.revision):
+        return ref.revision
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(ref.location, "config.json", revision=ref.revision)
+    return Path(found).parent.name if isinstance(found, str) else None
+
+
 def weights_key(ref: ModelRef) -> str | None:
     """What a cache key must add to the model's name so changed weights change it: the files'
-    fingerprint of a local directory; None for `tiny` (its content key names its weights) and
-    Hub ids (their revision does)."""
-    return local_files_key(ref.location) if ref.kind == "local" else None
+    fingerprint of a local directory, the commit of a Hub model (`hub_commit`); None for `tiny`
+    (its content key names its weights) and a Hub model not downloaded yet."""
+    return local_files_key(ref.location) if ref.kind == "local" else hub_commit(ref)
+
+
+def keyed_name(ref: ModelRef, name: str) -> str:
+    """The model's name in a cache key (`name`, as the user gave it): a Hub model whose commit is
+    known by its repository alone, as the commit beside it says which weights, so an alias,
+    `org/name`, `org/name@main` and `org/name@<commit>` loading the same commit key the same."""
+    return ref.location if ref.kind == "hub" and hub_commit(ref) else name
 
 
 # --------------------------------------------------------------------------- loading

@@ -41,7 +41,26 @@ def test_weights_key_follows_a_local_directorys_files_and_leaves_tiny_and_hub_id
     (model / "generation_config.json").write_text("{}")
     assert weights_key(ref) != second
     assert weights_key(resolve_model("tiny")) is None
-    assert weights_key(resolve_model("Qwen2.5-7B")) is None
+
+
+C1, C2 = "1" * 40, "2" * 40
+
+
+def test_a_hub_model_is_keyed_by_the_commit_the_cache_resolves_it_to(hf_cache: Any) -> None:
+    """`org/name` was keyed by its name: a new commit on `main` kept every stage of the old weights.
+    The cache's `refs/<revision>` says, offline, which snapshot the model loads from."""
+    from policyalign.models import hub_commit, keyed_name
+
+    assert weights_key(resolve_model("acme/tiny")) is None, "not downloaded yet: nothing to name"
+    hf_cache("acme/tiny", C1)
+    hf_cache("acme/tiny", C2, ref="v2")
+    assert [weights_key(resolve_model(name)) for name in ("acme/tiny", "acme/tiny@main", "acme/tiny@v2")] == [C1, C1, C2]
+    assert hub_commit(resolve_model(f"acme/tiny@{C2}")) == C2
+    assert weights_key(resolve_model("acme/tiny@v9")) is None, "a tag never downloaded"
+    hf_cache("acme/tiny", C2)  # main moved on, and the new commit was downloaded
+    assert weights_key(resolve_model("acme/tiny")) == C2
+    assert {keyed_name(resolve_model(n), n) for n in ("acme/tiny", "acme/tiny@main", f"acme/tiny@{C1}")} == {"acme/tiny"}
+    assert keyed_name(resolve_model("acme/tiny@v9"), "acme/tiny@v9") == "acme/tiny@v9"
 
 
 # --------------------------------------------------------------------------- resolve
