@@ -228,6 +228,7 @@ def test_tiny_base_has_no_hub_base_model(tmp_path: Path, make_run) -> None:  # t
     assert "base_model" not in metadata
     assert metadata["policyalign"]["base_model"]["id"] == "tiny"
     assert "PATH/TO/BASE/MODEL" in body
+    assert "AutoPeftModelForCausalLM would look for" in body, "the adapter names its base, not where it lives"
 
 
 def test_the_cards_peft_snippet_runs(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
