@@ -373,6 +373,15 @@ def load_model(
 
 def _prepare_tokenizer(tokenizer: Any, model: Any, ref: ModelRef) -> None:
     """Left padding, a pad token, and a chat template: what every stage assumes."""
+    if len(tokenizer) < 2:
+        # transformers builds an empty tokenizer from a directory without tokenizer files (a fine-tune
+        # saved with `model.save_pretrained` alone): every text would encode to nothing.
+        raise ModelError(
+            f"{ref} has no tokenizer files (tokenizer.json, tokenizer_config.json, ...)",
+            file=ref.location if ref.kind == "local" else "",
+            hint="save the tokenizer of the model it was fine-tuned from beside the weights "
+            "(`AutoTokenizer.from_pretrained(BASE).save_pretrained(DIR)`)",
+        )
     if not getattr(tokenizer, "chat_template", None):
         raise ModelError(
             f"{ref} has no chat template",

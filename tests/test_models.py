@@ -244,6 +244,18 @@ def test_uncached_alias_offline_names_the_hub_id(monkeypatch: pytest.MonkeyPatch
     assert "Qwen/Qwen2.5-0.5B-Instruct" in str(info.value)
 
 
+def test_model_without_tokenizer_files_says_so(tmp_path: Path) -> None:
+    """A fine-tune saved with `model.save_pretrained` alone loads an empty tokenizer (transformers builds
+    one from nothing); the error said "no chat template, use the instruction-tuned variant"."""
+    copy = tmp_path / "fine-tuned"
+    copy.mkdir()
+    for name in ("config.json", "generation_config.json", "model.safetensors"):
+        shutil.copy(tiny.tiny_model_path() / name, copy / name)
+    with pytest.raises(ModelError, match="has no tokenizer files") as info:
+        load_model(str(copy))
+    assert info.value.problem.file == str(copy.resolve()) and "save_pretrained" in info.value.problem.hint
+
+
 def test_model_without_chat_template_is_a_model_error(tmp_path: Path) -> None:
     copy = tmp_path / "base-model"
     shutil.copytree(tiny.tiny_model_path(), copy)
