@@ -916,11 +916,10 @@ def base_model_record(loaded: "LoadedModel") -> dict[str, Any]:
     commit pins the weights the adapter was trained on, after the repository moves on. `license`
     is the base model's (from its README, when one is at hand offline): the card's default.
     """
-    from .models import model_license
+    from .models import loaded_commit, model_license
 
     ref = loaded.ref
-    commit = getattr(loaded.model.config, "_commit_hash", None) if ref.kind == "hub" else None
-    commit = commit if isinstance(commit, str) else None
+    commit = loaded_commit(loaded)
     found = model_license(ref, commit)
     public = ref.public()  # published with the adapter: no local paths
     return {"name": public.name, "id": public.location, "revision": ref.revision,

@@ -556,7 +556,7 @@ def _generate(tasks: Sequence[_Task], pack: "Pack", model_name: str, *, adapter:
               with_drift: bool) -> tuple[list[dict[str, Any]], DriftResult | None, dict[str, Any]]:
     """Load the model once, answer every task, measure drift on the same weights, free the model."""
     from .generation import get_backend
-    from .models import load_model
+    from .models import load_model, loaded_commit
     from .pack import thaw
 
     loaded = load_model(model_name, device=device, adapter=adapter)
@@ -575,8 +575,9 @@ def _generate(tasks: Sequence[_Task], pack: "Pack", model_name: str, *, adapter:
     drift = drift_of_loaded(loaded, batch_size=batch_size) if with_drift else None
     ref = getattr(loaded, "ref", None)
     public = ref.public() if ref is not None else None  # eval.json is published with the adapter: no local paths
+    commit = loaded_commit(loaded) if ref is not None else None  # the weights measured, past a moved `main`
     model_info = {"name": public.name if public is not None and public.kind == "local" else model_name,
-                  "resolved": _ref_dict(public),
+                  "resolved": _ref_dict(public), **({"commit": commit} if commit else {}),
                   "device": str(getattr(loaded, "device", "")), "dtype": str(getattr(loaded, "dtype", ""))}
     del loaded, gens
     gc.collect()
@@ -853,14 +854,29 @@ def _benchmark_ids(summary: Mapping[str, Any]) -> list[tuple[Any, ...]]:
                   for b in summary.get("benchmarks") or [] if isinstance(b, Mapping))
 
 
+def _measured_models(a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[Any, Any]:
+    """The models two evals measured, to compare: Hub models by repository and the commit their weights
+    came from (an alias, `org/name` and `org/name@<commit>` loading one commit are one model, two
+    commits of `org/name` are two), else, and when either eval recorded no commit, by the name given."""
+    def pinned(summary: Mapping[str, Any]) -> str | None:
+        info = summary.get("model_info") if isinstance(summary.get("model_info"), Mapping) else {}
+        resolved = info.get("resolved") if isinstance(info.get("resolved"), Mapping) else {}
+        commit, location = info.get("commit"), resolved.get("location")
+        return f"{location}@{commit}" if isinstance(commit, str) and isinstance(location, str) else None
+
+    both = pinned(a), pinned(b)
+    return both if None not in both else (a.get("model"), b.get("model"))
+
+
 def comparable_notes(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     """How two evaluations were not measured alike (judge, sampling, model, --limit, pack, sets, ...);
     `pa eval --compare` prints them, and the model card refuses a before/after pair that has any."""
     notes = []
     for key, title in (("judge", "judge"), ("sampling", "sampling"), ("model", "model"),
                        ("limit", "--limit"), ("policy_in_context", "policy in context")):
-        if a.get(key) != b.get(key):
-            notes.append(f"- {title} differs: `{json.dumps(a.get(key))}` vs `{json.dumps(b.get(key))}`")
+        value_a, value_b = _measured_models(a, b) if key == "model" else (a.get(key), b.get(key))
+        if value_a != value_b:
+            notes.append(f"- {title} differs: `{json.dumps(value_a)}` vs `{json.dumps(value_b)}`")
     pack_a, pack_b = a.get("pack") or {}, b.get("pack") or {}
     if pack_a.get("digest") != pack_b.get("digest"):
         notes.append(f"- pack differs: {pack_a.get('name')}@{pack_a.get('version')} vs "

@@ -240,6 +240,14 @@ def weights_key(ref: ModelRef) -> str | None:
     return local_files_key(ref.location) if ref.kind == "local" else hub_commit(ref)
 
 
+def loaded_commit(loaded: LoadedModel) -> str | None:
+    """The Hub commit a loaded model's files came from (transformers records it on the config); None
+    for other models. Asked without a revision, that is whatever `main` was when it was downloaded."""
+    config = loaded.config if loaded.config is not None else getattr(loaded.model, "config", None)
+    commit = getattr(config, "_commit_hash", None) if loaded.ref.kind == "hub" else None
+    return commit if isinstance(commit, str) else None
+
+
 def keyed_name(ref: ModelRef, name: str) -> str:
     """The model's name in a cache key (`name`, as the user gave it): a Hub model whose commit is
     known by its repository alone, as the commit beside it says which weights, so an alias,
