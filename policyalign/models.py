@@ -109,7 +109,7 @@ def resolve_model(name: str) -> ModelRef:
     path = Path(text).expanduser()
     if path.exists():
         return _local_ref(text, path)
-    if _looks_like_path(text):
+    if _looks_like_path(text.partition("@")[0]):  # a revision may hold slashes: org/name@refs/pr/1
         raise ResolveError(
             f"model directory not found: {path}", file=str(path),
             hint="check the path, or use an alias (`pa models`) or a Hub id like Qwen/Qwen2.5-7B-Instruct",

@@ -93,6 +93,15 @@ def test_hub_ids_with_and_without_revision() -> None:
         resolve_model("org/model-x@")
 
 
+def test_a_hub_revision_may_hold_slashes() -> None:
+    """A pull request's revision (`refs/pr/N`) made the name look like a path: "model directory not found"."""
+    ref = resolve_model("Qwen/Qwen2.5-7B-Instruct@refs/pr/12")
+    assert (ref.kind, ref.location, ref.revision) == ("hub", "Qwen/Qwen2.5-7B-Instruct", "refs/pr/12")
+    assert resolve_model("Qwen2.5-7B@refs/pr/3").revision == "refs/pr/3"
+    with pytest.raises(ResolveError, match="model directory not found"):
+        resolve_model("./models/mine@v1")
+
+
 def test_local_directory_needs_config_json(tmp_path: Path) -> None:
     good = tmp_path / "model"
     shutil.copytree(tiny.tiny_model_path(), good)
