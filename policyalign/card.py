@@ -452,7 +452,7 @@ def card_metadata(artifacts: RunArtifacts, repo_id: str, *, license: str | None 
         "policyalign": {
             "version": str(artifacts.provenance.get("policyalign_version", __version__)),
             "pack": {"name": pack["name"], "version": pack["version"], "digest": pack["digest"]},
-            "base_model": {k: base.get(k) for k in ("name", "id", "revision")},
+            "base_model": {k: base.get(k) for k in ("name", "id", "revision", "commit") if k != "commit" or base.get(k)},
             "files": file_hashes(artifacts.files),
         },
     })

@@ -714,7 +714,7 @@ def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillCon
     if main:
         def describe(staged: Path) -> None:
             provenance = write_provenance(staged, pack, loaded, config, result, run_dir)
-            name_base_model(staged, provenance["base_model"]["id"])
+            name_base_model(staged, provenance["base_model"])
             plot_loss(history, staged / "loss.png")
 
         save_adapter(trainer.accelerator.unwrap_model(trainer.model), adapter_dir, describe)
@@ -916,25 +916,29 @@ def base_model_record(loaded: "LoadedModel") -> dict[str, Any]:
     commit pins the weights the adapter was trained on, after the repository moves on. `license`
     is the base model's (from its README, when one is at hand offline): the card's default.
     """
-    from .models import model_license
+    from .models import loaded_commit, model_license
 
     ref = loaded.ref
-    commit = getattr(loaded.model.config, "_commit_hash", None) if ref.kind == "hub" else None
-    commit = commit if isinstance(commit, str) else None
+    commit = loaded_commit(loaded)
     found = model_license(ref, commit)
     public = ref.public()  # published with the adapter: no local paths
     return {"name": public.name, "id": public.location, "revision": ref.revision,
             "commit": commit, "kind": ref.kind, "license": found.pop("license", None), **found}
 
 
-def name_base_model(adapter_dir: Path, base_id: str) -> None:
-    """adapter_config.json names the base model as policyalign.json does. PEFT writes the path the
-    base was loaded from: for `tiny` or a local directory an absolute local path, which would be
-    published with the adapter (the user's home directory) and means nothing on another machine."""
+def name_base_model(adapter_dir: Path, base: Mapping[str, Any]) -> None:
+    """adapter_config.json names the base model as policyalign.json (`base`) does. PEFT writes the path
+    the base was loaded from: for `tiny` or a local directory an absolute local path, which would be
+    published with the adapter (the user's home directory) and means nothing on another machine.
+    A Hub base gets its commit as `revision` (PEFT leaves it null): `AutoPeftModelForCausalLM`
+    loads the base at that revision, and otherwise loaded whatever `main` is now."""
     path = adapter_dir / "adapter_config.json"
     config = read_json(path)
-    if isinstance(config, dict) and config.get("base_model_name_or_path") != base_id:
-        write_json(path, {**config, "base_model_name_or_path": base_id})
+    named = {"base_model_name_or_path": base["id"]}
+    if base.get("kind") == "hub" and (base.get("commit") or base.get("revision")):
+        named["revision"] = base.get("commit") or base.get("revision")
+    if isinstance(config, dict) and any(config.get(key) != value for key, value in named.items()):
+        write_json(path, {**config, **named})
 
 
 def write_provenance(adapter_dir: Path, pack: "Pack", loaded: "LoadedModel", config: DistillConfig,

@@ -575,7 +575,7 @@ def _generate(tasks: Sequence[_Task], pack: "Pack", model_name: str, *, adapter:
     """Load the model once, answer every task the journal has no answer for, measure drift on the
     same weights, free the model."""
     from .generation import get_backend, request_seed
-    from .models import load_model
+    from .models import load_model, loaded_commit
 
     loaded = load_model(model_name, device=device, adapter=adapter)
     conversations = [{**_conversation(t.item, pack.policy, policy_in_context), "file": _task_file(pack, t)}
@@ -598,8 +598,9 @@ def _generate(tasks: Sequence[_Task], pack: "Pack", model_name: str, *, adapter:
     drift = drift_of_loaded(loaded, batch_size=batch_size) if with_drift else None
     ref = getattr(loaded, "ref", None)
     public = ref.public() if ref is not None else None  # eval.json is published with the adapter: no local paths
+    commit = loaded_commit(loaded) if ref is not None else None  # the weights measured, past a moved `main`
     model_info = {"name": public.name if public is not None and public.kind == "local" else model_name,
-                  "resolved": _ref_dict(public),
+                  "resolved": _ref_dict(public), **({"commit": commit} if commit else {}),
                   "device": str(getattr(loaded, "device", "")), "dtype": str(getattr(loaded, "dtype", ""))}
     del loaded
     gc.collect()
@@ -637,11 +638,10 @@ def journal_settings(loaded: Any, adapter: str | None, adapter_hash: str | None,
     numerics (device type and dtype: bf16 on a GPU answers otherwise than fp32 on a CPU)."""
     import torch
 
-    from .models import weights_key
+    from .models import loaded_commit, weights_key
 
     ref = loaded.ref
-    commit = getattr(loaded.config, "_commit_hash", None) if ref.kind == "hub" else None
-    return {"model": ref.location, "revision": ref.revision, "commit": commit, "model_files": weights_key(ref),
+    return {"model": ref.location, "revision": ref.revision, "commit": loaded_commit(loaded), "model_files": weights_key(ref),
             "adapter": adapter_hash or adapter, "policy_in_context": policy_in_context,
             "sampling": dataclasses.asdict(params), "pack": pack.digest,
             "device": torch.device(str(loaded.device)).type, "dtype": str(loaded.dtype)}
@@ -1054,14 +1054,29 @@ def _benchmark_ids(summary: Mapping[str, Any]) -> list[tuple[Any, ...]]:
                   for b in summary.get("benchmarks") or [] if isinstance(b, Mapping))
 
 
+def _measured_models(a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[Any, Any]:
+    """The models two evals measured, to compare: Hub models by repository and the commit their weights
+    came from (an alias, `org/name` and `org/name@<commit>` loading one commit are one model, two
+    commits of `org/name` are two), else, and when either eval recorded no commit, by the name given."""
+    def pinned(summary: Mapping[str, Any]) -> str | None:
+        info = summary.get("model_info") if isinstance(summary.get("model_info"), Mapping) else {}
+        resolved = info.get("resolved") if isinstance(info.get("resolved"), Mapping) else {}
+        commit, location = info.get("commit"), resolved.get("location")
+        return f"{location}@{commit}" if isinstance(commit, str) and isinstance(location, str) else None
+
+    both = pinned(a), pinned(b)
+    return both if None not in both else (a.get("model"), b.get("model"))
+
+
 def comparable_notes(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     """How two evaluations were not measured alike (judge, sampling, model, --limit, pack, sets, ...);
     `pa eval --compare` prints them, and the model card refuses a before/after pair that has any."""
     notes = []
     for key, title in (("judge", "judge"), ("sampling", "sampling"), ("model", "model"),
                        ("limit", "--limit"), ("policy_in_context", "policy in context")):
-        if a.get(key) != b.get(key):
-            notes.append(f"- {title} differs: `{json.dumps(a.get(key))}` vs `{json.dumps(b.get(key))}`")
+        value_a, value_b = _measured_models(a, b) if key == "model" else (a.get(key), b.get(key))
+        if value_a != value_b:
+            notes.append(f"- {title} differs: `{json.dumps(value_a)}` vs `{json.dumps(value_b)}`")
     pack_a, pack_b = a.get("pack") or {}, b.get("pack") or {}
     if pack_a.get("digest") != pack_b.get("digest"):
         notes.append(f"- pack differs: {pack_a.get('name')}@{pack_a.get('version')} vs "

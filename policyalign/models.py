@@ -109,7 +109,7 @@ def resolve_model(name: str) -> ModelRef:
     path = Path(text).expanduser()
     if path.exists():
         return _local_ref(text, path)
-    if _looks_like_path(text):
+    if _looks_like_path(text.partition("@")[0]):  # a revision may hold slashes: org/name@refs/pr/1
         raise ResolveError(
             f"model directory not found: {path}", file=str(path),
             hint="check the path, or use an alias (`pa models`) or a Hub id like Qwen/Qwen2.5-7B-Instruct",
@@ -213,11 +213,46 @@ def local_files_key(directory: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+def hub_commit(ref: ModelRef) -> str | None:
+    """The commit a Hub model loads from, read offline from the Hugging Face cache (`refs/<revision>`
+    names the snapshot a branch or tag resolved to when it was last downloaded); the revision
+    itself when it is a commit; None for other models, or a Hub model not downloaded yet.
+
+    The name says nothing about the weights: `org/name` is whatever `main` was when the cache was
+    filled, and a new commit on the Hub must not be served the old commit's stages."""
+    if ref.kind != "hub":
+        return None
+    if ref.revision and _COMMIT.match(ref.revision):
+        return ref.revision
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(ref.location, "config.json", revision=ref.revision)
+    return Path(found).parent.name if isinstance(found, str) else None
+
+
 def weights_key(ref: ModelRef) -> str | None:
     """What a cache key must add to the model's name so changed weights change it: the files'
-    fingerprint of a local directory; None for `tiny` (its content key names its weights) and
-    Hub ids (their revision does)."""
-    return local_files_key(ref.location) if ref.kind == "local" else None
+    fingerprint of a local directory, the commit of a Hub model (`hub_commit`); None for `tiny`
+    (its content key names its weights) and a Hub model not downloaded yet."""
+    return local_files_key(ref.location) if ref.kind == "local" else hub_commit(ref)
+
+
+def loaded_commit(loaded: LoadedModel) -> str | None:
+    """The Hub commit a loaded model's files came from (transformers records it on the config); None
+    for other models. Asked without a revision, that is whatever `main` was when it was downloaded."""
+    config = loaded.config if loaded.config is not None else getattr(loaded.model, "config", None)
+    commit = getattr(config, "_commit_hash", None) if loaded.ref.kind == "hub" else None
+    return commit if isinstance(commit, str) else None
+
+
+def keyed_name(ref: ModelRef, name: str) -> str:
+    """The model's name in a cache key (`name`, as the user gave it): a Hub model whose commit is
+    known by its repository alone, as the commit beside it says which weights, so an alias,
+    `org/name`, `org/name@main` and `org/name@<commit>` loading the same commit key the same."""
+    return ref.location if ref.kind == "hub" and hub_commit(ref) else name
 
 
 # --------------------------------------------------------------------------- loading
@@ -346,6 +381,15 @@ def load_model(
 
 def _prepare_tokenizer(tokenizer: Any, model: Any, ref: ModelRef) -> None:
     """Left padding, a pad token, and a chat template: what every stage assumes."""
+    if len(tokenizer) < 2:
+        # transformers builds an empty tokenizer from a directory without tokenizer files (a fine-tune
+        # saved with `model.save_pretrained` alone): every text would encode to nothing.
+        raise ModelError(
+            f"{ref} has no tokenizer files (tokenizer.json, tokenizer_config.json, ...)",
+            file=ref.location if ref.kind == "local" else "",
+            hint="save the tokenizer of the model it was fine-tuned from beside the weights "
+            "(`AutoTokenizer.from_pretrained(BASE).save_pretrained(DIR)`)",
+        )
     if not getattr(tokenizer, "chat_template", None):
         raise ModelError(
             f"{ref} has no chat template",

@@ -18,9 +18,9 @@ import time
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from .errors import RunError
+from .errors import PolicyAlignError, RunError
 from .io import naming_disk_errors, read_json, write_json
 
 if TYPE_CHECKING:
@@ -86,10 +86,27 @@ def check_same_run(run_dir: Path, manifest: dict[str, Any], pack_name: str, mode
     edits may change: that is re-running the same experiment, and resuming is keyed for it."""
     recorded = manifest["inputs"]
     old_pack, old_model = (recorded.get("pack") or {}).get("name"), recorded.get("model")
-    if not manifest["stages"] or (old_pack in (None, pack_name) and old_model in (None, model)):
+    if not manifest["stages"] or (old_pack in (None, pack_name) and (old_model is None or same_model(old_model, model))):
         return
     raise RunError(f"{run_dir} holds a run of pack {old_pack!r} with model {old_model!r}, not {pack_name!r} with {model!r}",
                    file=str(Path(run_dir) / MANIFEST), hint=hint)
+
+
+def same_model(recorded: str, given: str) -> bool:
+    """One model, however named: a Hub repository by an alias or at another revision (`org/name@<commit>`
+    pinning the commit the run's `org/name` loaded) is the same experiment re-run, as another version
+    of the pack is; the stage keys, which hold the commit, say what must run again."""
+    from .models import TINY, resolve_model
+
+    if recorded == given:
+        return True
+    if TINY in (recorded.strip().lower(), given.strip().lower()):  # not built just to be told apart
+        return recorded.strip().lower() == given.strip().lower()
+    try:
+        old, new = resolve_model(recorded), resolve_model(given)
+    except PolicyAlignError:
+        return False
+    return old.kind == new.kind == "hub" and old.location == new.location
 
 
 def run_inputs(run_dir: Path) -> dict[str, Any]:
@@ -224,13 +241,18 @@ def _try_lock(fd: int, kind: int) -> bool:
 
 
 @contextmanager
-def stage(run_dir: Path, name: str, key: str, **info: Any) -> Iterator[dict[str, Any]]:
+def stage(run_dir: Path, name: str, key: str | Callable[[], str], **info: Any) -> Iterator[dict[str, Any]]:
     """Mark a stage running, then done (with timing), failed or interrupted (Ctrl-C: nothing is wrong
-    with the run, `pa runs` must not call it failed); the yielded dict is saved as its results."""
+    with the run, `pa runs` must not call it failed); the yielded dict is saved as its results.
+
+    A `key` function is called again when the stage is done, and that key recorded: what the stage
+    loaded is only then known (a Hub model it downloaded keys by the commit it downloaded, which the
+    cache could not name before), and the next run compares its key with that one."""
+    current = key if callable(key) else lambda: key
     with run_lock(run_dir):
         manifest = read_manifest(run_dir)
         started = time.time()
-        manifest["stages"][name] = {"status": "running", "key": key, "started": started, **info}
+        manifest["stages"][name] = {"status": "running", "key": current(), "started": started, **info}
         write_manifest(run_dir, manifest)
         results: dict[str, Any] = {}
         try:
@@ -242,5 +264,5 @@ def stage(run_dir: Path, name: str, key: str, **info: Any) -> Iterator[dict[str,
             write_manifest(run_dir, manifest)
             raise
         manifest = read_manifest(run_dir)
-        manifest["stages"][name].update({"status": "done", "seconds": round(time.time() - started, 2), "results": results})
+        manifest["stages"][name].update({"status": "done", "key": current(), "seconds": round(time.time() - started, 2), "results": results})
         write_manifest(run_dir, manifest)

@@ -49,14 +49,16 @@ def _pack_and_model(run_dir: Path, pack: "str | Pack | None", model: str | None,
     return the_pack, model
 
 
-def _weights(model: str, field: str = "model_files") -> dict[str, str]:
-    """`{field: fingerprint}` of a local model directory's files (`models.weights_key`), else nothing:
-    new weights saved into the same directory change the keys and re-run the stages on them, while
-    keys of `tiny` and Hub models stay what they were."""
-    from .models import resolve_model, weights_key
+def _model_key(model: str, field: str | None = "model", files: str | None = "model_files") -> dict[str, str]:
+    """A model as stage keys hold it: `{field: name}` (`models.keyed_name`) and `{files: ...}`
+    (`models.weights_key`), the fingerprint of a local directory's files or the commit a Hub model
+    loads from: new weights saved into the same directory, or a new commit on the Hub, change the
+    keys and re-run the stages on them, while keys of `tiny` stay what they were."""
+    from .models import keyed_name, resolve_model, weights_key
 
-    files = weights_key(resolve_model(model))
-    return {field: files} if files else {}
+    ref = resolve_model(model)
+    weights = weights_key(ref) if files else None
+    return {**({field: keyed_name(ref, model)} if field else {}), **({files: weights} if weights else {})}
 
 
 # --------------------------------------------------------------------------- synthesize
@@ -70,8 +72,8 @@ def synthesize_options(model: str, generator: str | None, n: int | None, rounds:
 
 
 def synthesize_key(pack: "Pack", model: str, options: dict[str, Any]) -> str:
-    return fingerprint({"pack": pack.digest, "model": model, **options, **_weights(options["generator"], "generator_files"),
-                        **inherited_sets(pack)})
+    return fingerprint({"pack": pack.digest, **options, **_model_key(model, files=None),
+                        **_model_key(options["generator"], "generator", "generator_files"), **inherited_sets(pack)})
 
 
 def inherited_sets(pack: "Pack") -> dict[str, Any]:
@@ -94,7 +96,7 @@ def run_synthesize(run_dir: Path, pack: "Pack", model: str, *, generator: str | 
     sampling = {"max_new_tokens": max_new_tokens} if max_new_tokens is not None else None
     with run_lock(run_dir):  # from the first write to run.json
         record_inputs(run_dir, pack, model)
-        with stage(run_dir, "synthesize", synthesize_key(pack, model, options), options=options) as results:
+        with stage(run_dir, "synthesize", lambda: synthesize_key(pack, model, options), options=options) as results:
             result = synthesize(pack, generator or model, out_dir=run_dir, n_per_category=n, rounds=rounds, seed=seed,
                                 max_per_category=max_per_category, batch_size=batch_size, device=device,
                                 backend=backend, sampling=sampling, progress=progress)
@@ -136,8 +138,8 @@ def filter_config(pack: "Pack", **options: Any) -> Any:
 def _filter_inputs(run_dir: Path, pack: "Pack", model: str, backend: str) -> dict[str, Any]:
     """The scores depend on the policy (the pack) and the sampler (the backend) as well as the instructions:
     an edited policy leaves the synthesized instructions unchanged, and must still re-score them."""
-    return {"instructions": _file_hash(run_dir, "instructions.jsonl"), "pack": pack.digest, "model": model,
-            **_weights(model), "backend": backend}
+    return {"instructions": _file_hash(run_dir, "instructions.jsonl"), "pack": pack.digest, **_model_key(model),
+            "backend": backend}
 
 
 def filter_key(run_dir: Path, pack: "Pack", model: str, config: Any, backend: str) -> str:
@@ -185,7 +187,8 @@ def run_filter(run_dir: Path, *, model: str | None = None, pack: "str | Pack | N
     scores = score_key(run_dir, the_pack, model, config, backend)
     with run_lock(run_dir):  # reuse_scores deletes partial scores of other settings: not another process's
         reuse_scores(run_dir, key, scores)
-        with stage(run_dir, "filter", key, score_key=scores) as results:
+        with stage(run_dir, "filter", lambda: filter_key(run_dir, the_pack, model, config, backend),
+                   score_key=scores) as results:
             loaded = load_model(model, device=device)
             result = filter_run(run_dir, loaded, the_pack.policy, config, backend=backend, progress=progress)
             results.update(result_dict(result, config))
@@ -209,7 +212,7 @@ RESUMABLE_CHANGES = ("max_steps", "num_epochs", "save_steps", "logging_steps", "
 def _distill_inputs(run_dir: Path, pack: "Pack", model: str, config: Any) -> dict[str, Any]:
     """The pack is the teacher's policy and what the adapter's provenance names: any change retrains."""
     inputs = {"selected": _file_hash(run_dir, "selected.jsonl"), "heldout": _file_hash(run_dir, "heldout.jsonl"),
-              "pack": pack.digest, "model": model, **_weights(model), **asdict(config)}
+              "pack": pack.digest, **_model_key(model), **asdict(config)}
     return json.loads(json.dumps(inputs, default=str))  # as run.json will hold it (tuples as lists)
 
 
@@ -231,7 +234,7 @@ def _setting_changes(recorded: dict[str, Any], settings: dict[str, Any]) -> list
     from .distill import FLAGS
 
     files = {"selected": "selected.jsonl", "heldout": "heldout.jsonl", "pack": "the pack", "model": "the model",
-             "model_files": "the model's files (new weights in its directory)"}
+             "model_files": "the model's weights (new files in its directory, or a new commit on the Hub)"}
     changes = []
     for name, value in settings.items():
         if name in recorded and recorded[name] != value:
@@ -299,7 +302,7 @@ def run_distill(run_dir: Path, *, model: str | None = None, pack: "str | Pack | 
     record = {"resume_key": fingerprint(settings), "settings": settings,
               "config": json.loads(json.dumps(asdict(config), default=str))}
     key = distill_key(run_dir, the_pack, model, config)
-    with stage(run_dir, "distill", key, **record) as results:
+    with stage(run_dir, "distill", lambda: distill_key(run_dir, the_pack, model, config), **record) as results:
         result = distill_run(run_dir, the_pack, model, config, device=device, resume=resume,
                              restart_if_past=restart_if_past, progress=progress, record={"key": key, **record})
         results.update({"steps": result.steps, "selected": result.train_records, "heldout": result.heldout_records,
@@ -313,7 +316,7 @@ def run_distill(run_dir: Path, *, model: str | None = None, pack: "str | Pack | 
 
 def eval_key(run_dir: Path, pack: "Pack", model: str, which: str, options: dict[str, Any]) -> str:
     adapter = _adapter_hash(run_dir) if which == "after" else None
-    return fingerprint({"pack": pack.digest, "model": model, **_weights(model), "adapter": adapter, **options,
+    return fingerprint({"pack": pack.digest, **_model_key(model), "adapter": adapter, **options,
                         **judge_weights(options.get("judge") or ""), **inherited_sets(pack)})
 
 
@@ -321,7 +324,7 @@ def judge_weights(judge: str) -> dict[str, str]:
     """A local `guard:`/`llm:` judge's files, as for the model: new judge weights in the same
     directory must re-judge, not report the old judge's verdicts."""
     kind, _, model = judge.partition(":")
-    return _weights(model.strip(), "judge_files") if kind in ("guard", "llm") and model.strip() else {}
+    return _model_key(model.strip(), None, "judge_files") if kind in ("guard", "llm") and model.strip() else {}
 
 
 def run_eval(run_dir: Path, which: str, *, model: str | None = None, pack: "str | Pack | None" = None,
@@ -335,7 +338,8 @@ def run_eval(run_dir: Path, which: str, *, model: str | None = None, pack: "str 
     the_pack, model = _pack_and_model(run_dir, pack, model)
     options = {"judge": judge, "limit": limit, "max_new_tokens": max_new_tokens}
     adapter = run_dir / "adapter" if which == "after" else None
-    with stage(run_dir, f"eval_{which}", eval_key(run_dir, the_pack, model, which, options), options=options) as results:
+    with stage(run_dir, f"eval_{which}", lambda: eval_key(run_dir, the_pack, model, which, options),
+               options=options) as results:
         result = evaluate(the_pack, model, adapter=adapter, judge=judge, params=greedy_params(max_new_tokens),
                           out_dir=run_dir / "eval" / which, limit=limit, device=device, batch_size=batch_size,
                           progress=progress)

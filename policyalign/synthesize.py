@@ -184,15 +184,16 @@ class _Generator:
 
 def _ref_id(ref: Any) -> str:
     """`tiny` is regenerated from code: its content key, not its path, says which weights it is; a
-    local directory adds its files' fingerprint, so weights saved over it are not served old samples."""
-    from .models import weights_key
+    local directory adds its files' fingerprint, a Hub model its commit, so weights saved over it
+    or a new commit are not served old samples."""
+    from .models import keyed_name, weights_key
 
     if getattr(ref, "kind", None) == "tiny":
         from .tiny import content_key
 
         return f"tiny:{content_key()[:16]}"
     files = weights_key(ref)
-    return f"{ref}#{files}" if files else str(ref)
+    return f"{keyed_name(ref, str(ref))}#{files}" if files else str(ref)
 
 
 # --------------------------------------------------------------------------- requests and the cache

@@ -148,3 +148,28 @@ def make_run(peft_adapter: Path):  # type: ignore[no-untyped-def]
         return dest
 
     return make
+
+
+@pytest.fixture
+def hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """`hf_cache(repo_id, commit, ref="main")`: the built-in tiny model as the snapshot `commit` of
+    `repo_id` in an empty Hugging Face cache (this process's `HF_HUB_CACHE`), with `refs/<ref>`
+    naming it, as `from_pretrained` leaves a download; returns the cache directory."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+
+    def snapshot(repo_id: str, commit: str, ref: str | None = "main") -> Path:
+        from policyalign.tiny import tiny_model_path
+
+        repo = cache / ("models--" + repo_id.replace("/", "--"))
+        if not (repo / "snapshots" / commit).is_dir():
+            shutil.copytree(tiny_model_path(), repo / "snapshots" / commit)
+        if ref is not None:
+            (repo / "refs").mkdir(exist_ok=True)
+            (repo / "refs" / ref).write_text(commit)
+        return cache
+
+    return snapshot

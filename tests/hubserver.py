@@ -465,7 +465,16 @@ class HubServer:
                         return handler(request, **match.groupdict())
                     except HubHTTPError as exc:
                         return self.error(exc)
-        return self.with_privacy(request, self.proxy(request))
+        return self.with_privacy(request, self.missing_entry(request, self.proxy(request)))
+
+    def missing_entry(self, request: Request, response: Response) -> Response:
+        """olah answers 401 for a file or folder a model repository lacks; the Hub answers 404
+        EntryNotFound, which transformers expects of the files a model may not have (vocab.json,
+        additional_chat_templates/) when it downloads one."""
+        match = re.fullmatch(r"/(?:api/models/)?(?P<org>[^/]+)/(?P<name>[^/]+)/(?:resolve|tree)/.+", request.path)
+        if response.status != 401 or not match or not self.store.exists("model", f"{match['org']}/{match['name']}"):
+            return response
+        return self.error(HubHTTPError(404, "Entry not found", "EntryNotFound"))
 
     def with_privacy(self, request: Request, response: Response) -> Response:
         """Repo info (`model_info`, `dataset_info`) with the `private` flag the repo was created with

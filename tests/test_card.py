@@ -56,7 +56,7 @@ def test_card_body_has_pack_training_eval_and_usage(tmp_path: Path, make_run) ->
     assert "learning\\_rate" in body and "filter.keep" in body  # training and filtering settings
     assert "![Training loss](loss.png)" in body and "(eval/before_after.png)" in body
     assert 'PeftModel.from_pretrained(base, "org/root-adapter", revision="root-pack-v1.0.0")' in body
-    assert "vllm serve Qwen/Qwen2.5-0.5B-Instruct --enable-lora --max-lora-rank 8" in body
+    assert "vllm serve Qwen/Qwen2.5-0.5B-Instruct --revision 0123456789abcdef --enable-lora --max-lora-rank 8" in body
     assert "--lora-modules root-pack=./root-pack-adapter" in body
     assert "pa pull org/root-adapter@root-pack-v1.0.0" in body
 
@@ -229,6 +229,7 @@ def test_tiny_base_has_no_hub_base_model(tmp_path: Path, make_run) -> None:  # t
     assert "base_model" not in metadata
     assert metadata["policyalign"]["base_model"]["id"] == "tiny"
     assert "PATH/TO/BASE/MODEL" in body
+    assert "AutoPeftModelForCausalLM would look for" in body, "the adapter names its base, not where it lives"
 
 
 def test_the_cards_peft_snippet_runs(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
@@ -244,6 +245,33 @@ def test_the_cards_peft_snippet_runs(tmp_path: Path, make_run) -> None:  # type:
              .replace('"org/root-adapter", revision="root-pack-v1.0.0"', repr(str(run / "adapter")))
              .replace("max_new_tokens=256", "max_new_tokens=4"))
     assert local.count(str(run / "adapter")) == 1 and "PATH/TO" not in local
+    exec(compile(local, "model-card-snippet", "exec"), {})
+
+
+def test_the_card_pins_the_hub_commit_the_base_model_was_trained_on(tmp_path: Path, make_run, hf_cache,  # type: ignore[no-untyped-def]
+                                                                    monkeypatch) -> None:
+    """policyalign.json recorded the commit of a Hub base asked for without a revision, but the card
+    did not: its snippet loaded whatever `main` is now, not the weights the adapter was trained on."""
+    import re
+
+    from huggingface_hub import constants
+
+    trained, moved = "1" * 40, "2" * 40
+    hf_cache("acme/tiny", trained)
+    cache = hf_cache("acme/tiny", moved)  # main moved on since
+    (cache / "models--acme--tiny" / "snapshots" / moved / "config.json").write_text("not the trained-on weights")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    run = make_run(tmp_path / "run", ROOT_PACK, base_id="acme/tiny", base_name="acme/tiny")
+    provenance = json.loads((run / "adapter" / "policyalign.json").read_text())
+    provenance["base_model"].update(revision=None, commit=trained)
+    (run / "adapter" / "policyalign.json").write_text(json.dumps(provenance))
+    metadata, body = card.parse_card(_render(run))
+    assert metadata["policyalign"]["base_model"]["commit"] == trained
+    assert f"| Base model commit | {trained} |" in body
+    assert f"vllm serve acme/tiny --revision {trained} --enable-lora" in body
+    [snippet] = re.findall(r"```python\n(.*?)```", body, flags=re.S)
+    local = (snippet.replace('"org/root-adapter", revision="root-pack-v1.0.0"', repr(str(run / "adapter")))
+             .replace("max_new_tokens=256", "max_new_tokens=4"))
     exec(compile(local, "model-card-snippet", "exec"), {})
 
 

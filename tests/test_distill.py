@@ -397,8 +397,33 @@ def test_published_adapter_files_name_a_local_base_model_without_its_path(tmp_pa
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(model), "r": 4}))
-    name_base_model(adapter, record["id"])
+    name_base_model(adapter, record)
     assert json.loads((adapter / "adapter_config.json").read_text()) == {"base_model_name_or_path": "my-base", "r": 4}
+
+
+def test_auto_peft_loads_a_hub_base_at_the_commit_the_adapter_was_trained_on(tmp_path: Path, peft_adapter: Path,
+                                                                            hf_cache, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """adapter_config.json's `revision` (the base model's, for `AutoPeftModelForCausalLM`) was null: the
+    adapter of a Hub base asked for without a revision loaded on whatever `main` is now."""
+    import shutil
+
+    from huggingface_hub import constants
+    from peft import AutoPeftModelForCausalLM
+
+    from policyalign.distill import name_base_model
+
+    trained, moved = "1" * 40, "2" * 40
+    hf_cache("acme/tiny", trained)
+    cache = hf_cache("acme/tiny", moved)  # main moved on since
+    (cache / "models--acme--tiny" / "snapshots" / moved / "config.json").write_text("not the trained-on weights")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    adapter = tmp_path / "adapter"
+    shutil.copytree(peft_adapter, adapter)
+    name_base_model(adapter, {"name": "acme/tiny", "id": "acme/tiny", "revision": None, "commit": trained, "kind": "hub"})
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert (config["base_model_name_or_path"], config["revision"]) == ("acme/tiny", trained)
+    model = AutoPeftModelForCausalLM.from_pretrained(str(adapter))
+    assert model.get_base_model().config._commit_hash == trained
 
 
 def test_an_instruction_too_long_for_the_policy_is_named_before_training(tmp_path: Path, fixture_packs: Path) -> None:

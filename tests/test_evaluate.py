@@ -448,6 +448,27 @@ def test_mean_kl_is_zero_for_identical_and_positive_otherwise() -> None:
 # ------------------------------------------------------------------------------- end to end on tiny
 
 
+def test_evals_of_a_hub_model_compare_by_the_commit_they_measured(tmp_path: Path, hf_cache, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """eval.json named a Hub model only as given: `org/name` and `org/name@<commit>` of one commit were
+    "not measured alike" (the card refused the run), and two commits of `org/name` were taken as one."""
+    from huggingface_hub import constants
+
+    from policyalign.evaluate import comparable_notes
+
+    trained, moved = "1" * 40, "2" * 40
+    hf_cache("acme/tiny", trained)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    pack = _general()
+    plain, pinned = (evaluate(pack, name, out_dir=tmp_path / str(i), limit=1, params=greedy_params(4)).summary
+                     for i, name in enumerate(("acme/tiny", f"acme/tiny@{trained}")))
+    assert plain["model"] == "acme/tiny" and plain["model_info"]["commit"] == trained
+    assert not [note for note in comparable_notes(plain, pinned) if "model differs" in note]
+    newer = {**plain, "model_info": {**plain["model_info"], "commit": moved}}
+    assert [note for note in comparable_notes(plain, newer) if "model differs" in note]
+    older = {**plain, "model_info": {k: v for k, v in plain["model_info"].items() if k != "commit"}}
+    assert [note for note in comparable_notes(older, pinned) if "model differs" in note], "no commit: names compared"
+
+
 def test_evaluate_end_to_end_on_tiny(tmp_path: Path) -> None:
     pack = _general()
     result = evaluate(pack, "tiny", out_dir=tmp_path / "eval", limit=3, params=greedy_params(8), batch_size=8)

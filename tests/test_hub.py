@@ -434,13 +434,15 @@ def test_pull_warns_when_the_local_pack_differs(cli: Cli, make_run, tmp_path: Pa
 
 def test_pull_suggests_evaluating_the_pack_version_it_was_trained_on(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """With the trained-on version and a newer one installed, `pa pull` said it matched the local
-    pack and suggested `pa eval NAME ...`, which evaluates the newest version instead."""
+    pack and suggested `pa eval NAME ...`, which evaluates the newest version instead. Its commands
+    also loaded the base model at `main`, not at the revision the adapter was trained on."""
     cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "versioned"))), "--repo-id", "org/versioned")
     make_pack(tmp_path / "newer", "versioned", version="1.1.0")
     dest = tmp_path / "pulled dir"
     pulled = cli.ok("pull", "org/versioned", "--to", str(dest), "--packs-path", str(tmp_path / "newer"))
     assert "matches the local pack versioned@1.0.0" in pulled.stdout
-    assert f"pa eval versioned@1.0.0 --model Qwen/Qwen2.5-0.5B-Instruct --adapter '{dest}'" in pulled.stdout
+    assert f"pa eval versioned@1.0.0 --model Qwen/Qwen2.5-0.5B-Instruct@0123456789abcdef --adapter '{dest}'" in pulled.stdout
+    assert "from_pretrained('Qwen/Qwen2.5-0.5B-Instruct', revision='0123456789abcdef')" in pulled.stdout
 
 
 def test_pull_refuses_to_overwrite_an_unrelated_directory(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

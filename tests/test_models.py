@@ -41,7 +41,26 @@ def test_weights_key_follows_a_local_directorys_files_and_leaves_tiny_and_hub_id
     (model / "generation_config.json").write_text("{}")
     assert weights_key(ref) != second
     assert weights_key(resolve_model("tiny")) is None
-    assert weights_key(resolve_model("Qwen2.5-7B")) is None
+
+
+C1, C2 = "1" * 40, "2" * 40
+
+
+def test_a_hub_model_is_keyed_by_the_commit_the_cache_resolves_it_to(hf_cache: Any) -> None:
+    """`org/name` was keyed by its name: a new commit on `main` kept every stage of the old weights.
+    The cache's `refs/<revision>` says, offline, which snapshot the model loads from."""
+    from policyalign.models import hub_commit, keyed_name
+
+    assert weights_key(resolve_model("acme/tiny")) is None, "not downloaded yet: nothing to name"
+    hf_cache("acme/tiny", C1)
+    hf_cache("acme/tiny", C2, ref="v2")
+    assert [weights_key(resolve_model(name)) for name in ("acme/tiny", "acme/tiny@main", "acme/tiny@v2")] == [C1, C1, C2]
+    assert hub_commit(resolve_model(f"acme/tiny@{C2}")) == C2
+    assert weights_key(resolve_model("acme/tiny@v9")) is None, "a tag never downloaded"
+    hf_cache("acme/tiny", C2)  # main moved on, and the new commit was downloaded
+    assert weights_key(resolve_model("acme/tiny")) == C2
+    assert {keyed_name(resolve_model(n), n) for n in ("acme/tiny", "acme/tiny@main", f"acme/tiny@{C1}")} == {"acme/tiny"}
+    assert keyed_name(resolve_model("acme/tiny@v9"), "acme/tiny@v9") == "acme/tiny@v9"
 
 
 # --------------------------------------------------------------------------- resolve
@@ -72,6 +91,15 @@ def test_hub_ids_with_and_without_revision() -> None:
     assert resolve_model("Qwen2.5-3B@abc123").revision == "abc123"
     with pytest.raises(ResolveError, match="empty revision"):
         resolve_model("org/model-x@")
+
+
+def test_a_hub_revision_may_hold_slashes() -> None:
+    """A pull request's revision (`refs/pr/N`) made the name look like a path: "model directory not found"."""
+    ref = resolve_model("Qwen/Qwen2.5-7B-Instruct@refs/pr/12")
+    assert (ref.kind, ref.location, ref.revision) == ("hub", "Qwen/Qwen2.5-7B-Instruct", "refs/pr/12")
+    assert resolve_model("Qwen2.5-7B@refs/pr/3").revision == "refs/pr/3"
+    with pytest.raises(ResolveError, match="model directory not found"):
+        resolve_model("./models/mine@v1")
 
 
 def test_local_directory_needs_config_json(tmp_path: Path) -> None:
@@ -223,6 +251,18 @@ def test_uncached_alias_offline_names_the_hub_id(monkeypatch: pytest.MonkeyPatch
         load_model("Qwen2.5-0.5B")
     assert info.value.exit_code == 1
     assert "Qwen/Qwen2.5-0.5B-Instruct" in str(info.value)
+
+
+def test_model_without_tokenizer_files_says_so(tmp_path: Path) -> None:
+    """A fine-tune saved with `model.save_pretrained` alone loads an empty tokenizer (transformers builds
+    one from nothing); the error said "no chat template, use the instruction-tuned variant"."""
+    copy = tmp_path / "fine-tuned"
+    copy.mkdir()
+    for name in ("config.json", "generation_config.json", "model.safetensors"):
+        shutil.copy(tiny.tiny_model_path() / name, copy / name)
+    with pytest.raises(ModelError, match="has no tokenizer files") as info:
+        load_model(str(copy))
+    assert info.value.problem.file == str(copy.resolve()) and "save_pretrained" in info.value.problem.hint
 
 
 def test_model_without_chat_template_is_a_model_error(tmp_path: Path) -> None:

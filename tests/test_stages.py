@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -47,13 +48,97 @@ def test_new_weights_in_a_local_judge_directory_change_the_eval_key(tmp_path: Pa
     assert after[0] != keys[0] and after[1] != keys[1]
 
 
-def test_tiny_and_hub_models_keep_the_keys_they_had(tmp_path: Path, fixture_packs: Path) -> None:
-    """Only local directories gain a fingerprint: runs of `tiny` and Hub models are not re-run on upgrade."""
+def test_tiny_and_hub_models_keep_the_keys_they_had(tmp_path: Path, fixture_packs: Path, hf_cache) -> None:
+    """Local directories gain a fingerprint and downloaded Hub models their commit: runs of `tiny`
+    (and of Hub models not in the cache) are not re-run on upgrade."""
     pack = Registry([fixture_packs]).load("root-pack")
     for model in ("tiny", "Qwen2.5-7B"):
         options = {"judge": "refusal"}
         assert eval_key(tmp_path, pack, model, "before", options) == fingerprint(
             {"pack": pack.digest, "model": model, "adapter": None, **options})
+
+
+C1, C2 = "1" * 40, "2" * 40
+
+
+def test_a_new_commit_of_a_hub_model_changes_every_stage_key(tmp_path: Path, fixture_packs: Path, hf_cache) -> None:
+    """`pa apply --model org/name` keyed its stages by the name: once `main` moved to new weights (and
+    they were downloaded), a re-run skipped every stage and reported the old commit's results."""
+    pack = Registry([fixture_packs]).load("root-pack")
+    hf_cache("acme/tiny", C1)
+    before = _keys(tmp_path, pack, "acme/tiny")
+    assert _keys(tmp_path, pack, "acme/tiny") == before, "an unchanged ref reuses every stage"
+    assert _keys(tmp_path, pack, f"acme/tiny@{C1}") == before, "pinning the commit the run loaded changes nothing"
+    assert _keys(tmp_path, pack, "acme/tiny@main") == before
+    hf_cache("acme/tiny", C2)
+    after = _keys(tmp_path, pack, "acme/tiny")
+    assert {stage for stage in before if before[stage] != after[stage]} == set(before)
+    assert _keys(tmp_path, pack, f"acme/tiny@{C1}") == before, "the old commit, pinned, still names the old stages"
+    judged = [eval_key(tmp_path, pack, "tiny", "before", {"judge": "llm:acme/tiny"}) for _ in range(2)]
+    hf_cache("acme/tiny", C1)
+    assert eval_key(tmp_path, pack, "tiny", "before", {"judge": "llm:acme/tiny"}) != judged[0] == judged[1]
+
+
+def test_a_stage_records_the_key_of_what_it_loaded(tmp_path: Path) -> None:
+    """A Hub model downloaded by the stage itself has no commit in the cache when the stage starts:
+    the key recorded then named no weights, and the next `pa apply` (the commit now cached) re-ran
+    every stage. A key function is asked again when the stage is done, and that key recorded."""
+    from policyalign.run import read_manifest, stage, stage_done
+
+    keys = iter(["before the download", "after the download"])
+    with stage(tmp_path, "synthesize", lambda: next(keys)):
+        assert read_manifest(tmp_path)["stages"]["synthesize"]["key"] == "before the download"
+    assert stage_done(tmp_path, "synthesize", "after the download")
+
+
+def test_a_stage_that_downloads_a_hub_model_records_the_key_of_its_commit(tmp_path: Path, fixture_packs: Path,
+                                                                          hub_server, monkeypatch) -> None:
+    """`pa apply --model org/name` on a fresh cache: the first stage downloads the model, so its key,
+    computed before, named no commit, and every later `pa apply` (the commit now in the cache) re-ran it."""
+    import os
+    import subprocess
+    import sys
+
+    from huggingface_hub import constants
+
+    hub_server.store.create("model", "acme/fresh", False)
+    files = {p.name: p.read_bytes() for p in tiny.tiny_model_path().iterdir() if p.is_file()}
+    commit = hub_server.put_files("acme/fresh", files, "weights")
+    home = tmp_path / "hf"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE"))}
+    env.update(HF_ENDPOINT=hub_server.endpoint, HF_HOME=str(home), HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1",
+               OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent.parent))
+    run = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "policyalign", "synthesize", str(fixture_packs / "root-pack"),
+                           "--model", "acme/fresh", "--out", str(run), "--n", "1", "--max-new-tokens", "8"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    pack = Registry([fixture_packs]).load("root-pack")
+    assert (home / "hub" / "models--acme--fresh" / "refs" / "main").read_text() == commit
+    key = synthesize_key(pack, "acme/fresh", synthesize_options("acme/fresh", None, 1, None, 0, None, 8))
+    assert json.loads((run / "run.json").read_text())["stages"]["synthesize"]["key"] == key
+
+
+def test_a_run_of_a_hub_model_goes_on_under_another_revision_of_it(tmp_path: Path, fixture_packs: Path, hf_cache) -> None:
+    """`--model org/name@<commit>` pins the commit a run of `org/name` loaded, and is the same model
+    (as another version of the pack is the same pack); another repository is still refused."""
+    import pytest
+
+    from policyalign.errors import RunError
+    from policyalign.run import read_manifest, record_inputs, write_manifest
+
+    pack = Registry([fixture_packs]).load("root-pack")
+    hf_cache("acme/tiny", C1)
+    record_inputs(tmp_path, pack, "acme/tiny")
+    manifest = read_manifest(tmp_path)
+    manifest["stages"]["synthesize"] = {"status": "done", "key": "k"}
+    write_manifest(tmp_path, manifest)
+    record_inputs(tmp_path, pack, f"acme/tiny@{C1}")
+    assert read_manifest(tmp_path)["inputs"]["model"] == f"acme/tiny@{C1}"
+    for other in ("acme/other", "tiny"):
+        with pytest.raises(RunError, match="holds a run of pack 'root-pack'"):
+            record_inputs(tmp_path, pack, other)
 
 
 def test_synthesize_into_a_run_directory_in_use_is_refused_before_touching_run_json(tmp_path: Path, fixture_packs: Path,

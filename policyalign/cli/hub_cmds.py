@@ -78,15 +78,20 @@ def _print_pull(result, packs_path: list[Path]) -> None:  # type: ignore[no-unty
     typer.echo(f"verified: pack {pack['name']}@{pack['version']} (digest {pack['digest'][:12]}…), base model {base['id']}")
     for note in result.notes:
         typer.echo(note)
-    base_id = base["id"] if "/" in str(base["id"]) else "PATH/TO/BASE/MODEL"
+    hub = "/" in str(base["id"])
+    base_id = base["id"] if hub else "PATH/TO/BASE/MODEL"
+    # the base's weights the adapter was trained on: `main` may have moved on since
+    pin = (base.get("commit") or base.get("revision")) if hub else None
     typer.echo("\nload it with PEFT:\n"
                "  from peft import PeftModel\n"
                "  from transformers import AutoModelForCausalLM\n"
-               f"  model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base_id!r}), {str(result.path)!r})")
+               f"  model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base_id!r}"
+               f"{f', revision={pin!r}' if pin else ''}), {str(result.path)!r})")
     # name@version: a bare name would evaluate the newest local version, not the one it was trained on;
     # the --packs-path that found the pack here must be passed on, or `pa eval` reports it unknown
     search = "".join(f" --packs-path {sh(path)}" for path in packs_path)
-    typer.echo(f"or evaluate it: pa eval {sh(pack['name'] + '@' + pack['version'])} --model {sh(base['id'])} "
+    model = f"{base['id']}@{pin}" if pin else base["id"]
+    typer.echo(f"or evaluate it: pa eval {sh(pack['name'] + '@' + pack['version'])} --model {sh(model)} "
                f"--adapter {sh(result.path)}{search}")
 
 
