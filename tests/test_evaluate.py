@@ -815,7 +815,7 @@ def test_pa_eval_killed_mid_generation_resumes_from_its_journal(tmp_path: Path) 
 
     def command(out: Path) -> list[str]:
         return [sys.executable, "-m", "policyalign", "eval", "general", "--model", "tiny", "--batch-size", "1",
-                "--max-new-tokens", "16", "--out", str(out)]
+                "--max-new-tokens", "16", "--limit", "30", "--out", str(out)]
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     out = tmp_path / "killed"
@@ -833,7 +833,7 @@ def test_pa_eval_killed_mid_generation_resumes_from_its_journal(tmp_path: Path) 
     reused = len(read_journal(out / JOURNAL)) - 1  # the header; a line the kill tore is not reused
     resumed = subprocess.run(command(out), env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming: {reused} of 160 responses from {out / JOURNAL}" in resumed.stderr
+    assert f"resuming: {reused} of 60 responses from {out / JOURNAL}" in resumed.stderr
     whole = subprocess.run(command(tmp_path / "whole"), env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert whole.returncode == 0, whole.stderr
     assert (out / "responses.jsonl").read_text() == (tmp_path / "whole" / "responses.jsonl").read_text()
