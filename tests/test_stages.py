@@ -92,30 +92,13 @@ def test_a_stage_records_the_key_of_what_it_loaded(tmp_path: Path) -> None:
 
 
 def test_a_stage_that_downloads_a_hub_model_records_the_key_of_its_commit(tmp_path: Path, fixture_packs: Path,
-                                                                          hub_server, monkeypatch) -> None:
+                                                                          synthesize_from_hub) -> None:
     """`pa apply --model org/name` on a fresh cache: the first stage downloads the model, so its key,
     computed before, named no commit, and every later `pa apply` (the commit now in the cache) re-ran it."""
-    import os
-    import subprocess
-    import sys
-
-    from huggingface_hub import constants
-
-    hub_server.store.create("model", "acme/fresh", False)
-    files = {p.name: p.read_bytes() for p in tiny.tiny_model_path().iterdir() if p.is_file()}
-    commit = hub_server.put_files("acme/fresh", files, "weights")
-    home = tmp_path / "hf"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE"))}
-    env.update(HF_ENDPOINT=hub_server.endpoint, HF_HOME=str(home), HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1",
-               OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent.parent))
     run = tmp_path / "run"
-    done = subprocess.run([sys.executable, "-m", "policyalign", "synthesize", str(fixture_packs / "root-pack"),
-                           "--model", "acme/fresh", "--out", str(run), "--n", "1", "--max-new-tokens", "8"],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    commit = synthesize_from_hub("acme/fresh", fixture_packs / "root-pack", run)
     pack = Registry([fixture_packs]).load("root-pack")
-    assert (home / "hub" / "models--acme--fresh" / "refs" / "main").read_text() == commit
+    assert (tmp_path / "hf" / "hub" / "models--acme--fresh" / "refs" / "main").read_text() == commit
     key = synthesize_key(pack, "acme/fresh", synthesize_options("acme/fresh", None, 1, None, 0, None, 8))
     assert json.loads((run / "run.json").read_text())["stages"]["synthesize"]["key"] == key
 
