@@ -240,6 +240,16 @@ def _try_lock(fd: int, kind: int) -> bool:
     return True
 
 
+def rekey_stage(run_dir: Path, name: str, **keys: str) -> None:
+    """Record a running stage's keys again once it has loaded its model. A Hub model the stage
+    downloaded has a commit only from then on: keys recorded before it never match the next run's,
+    which then throws away what this stage keeps for a resume (a filter's partial scores) if it is
+    interrupted, and scores again from the start."""
+    manifest = read_manifest(run_dir)
+    manifest["stages"][name].update(keys)
+    write_manifest(run_dir, manifest)
+
+
 @contextmanager
 def stage(run_dir: Path, name: str, key: str | Callable[[], str], **info: Any) -> Iterator[dict[str, Any]]:
     """Mark a stage running, then done (with timing), failed or interrupted (Ctrl-C: nothing is wrong
