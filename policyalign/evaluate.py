@@ -816,9 +816,9 @@ def evaluate(
     pack = resolve_pack(pack)
     check_eval_options(judge, limit)
     output_dir(out_dir)
-    from .run import run_lock
+    from .run import EVAL_DIR_BUSY, run_lock
 
-    with run_lock(Path(out_dir)):  # one process per eval folder: another's answers must not enter this one's journal
+    with run_lock(Path(out_dir), EVAL_DIR_BUSY):  # one process per eval folder: another's answers must not enter this one's journal
         chosen = select_sets(pack, sets)
         loaded_benchmarks = [load_benchmark(name, revision=benchmark_revision) for name in benchmarks]
         tasks = _tasks([*chosen, *(b.eval_set for b in loaded_benchmarks)], limit)

@@ -171,13 +171,20 @@ LOCK_FILE = ".pa.lock"
 _held: dict[Path, int] = {}  # run directory (resolved) -> how deeply this process holds it
 
 
+RUN_DIR_BUSY = ("run directory", "wait for it to finish (`pa runs` lists it as running), "
+                                  "or work in another run directory (--out)")
+EVAL_DIR_BUSY = ("evaluation folder", "wait for the evaluation writing it to finish (a `pa eval`, or a "
+                                      "`pa apply` eval stage), or evaluate into another folder (--out)")
+
+
 @contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
+def run_lock(run_dir: Path, busy: tuple[str, str] = RUN_DIR_BUSY) -> Iterator[None]:
     """Hold `run_dir` for this process (re-entrant), or raise a RunError naming the process holding it.
 
     Two `pa apply` (or stage commands) in one directory each deleted the other's half-written
     files, removed its checkpoints and wrote run.json over its record, and could leave an adapter
-    trained on one selection recorded under the other's key.
+    trained on one selection recorded under the other's key. `busy` is (what the directory is, how
+    to get past it) for that error: an evaluation folder is no run `pa runs` lists.
     """
     where = Path(run_dir).resolve()
     if where in _held:
@@ -196,9 +203,8 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     try:
         if not _try_lock(fd, fcntl.LOCK_EX):
             owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-            raise RunError(f"another pa process (pid {owner}) is working in this run directory",
-                           file=str(path), hint="wait for it to finish (`pa runs` lists it as running), "
-                                                "or work in another run directory (--out)")
+            raise RunError(f"another pa process (pid {owner}) is working in this {busy[0]}", file=str(path),
+                           hint=busy[1])
         if writable:
             os.ftruncate(fd, 0)
             os.pwrite(fd, str(os.getpid()).encode(), 0)
@@ -238,6 +244,16 @@ def _try_lock(fd: int, kind: int) -> bool:
         if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
             raise
     return True
+
+
+def rekey_stage(run_dir: Path, name: str, **keys: str) -> None:
+    """Record a running stage's keys again once it has loaded its model. A Hub model the stage
+    downloaded has a commit only from then on: keys recorded before it never match the next run's,
+    which then throws away what this stage keeps for a resume (a filter's partial scores) if it is
+    interrupted, and scores again from the start."""
+    manifest = read_manifest(run_dir)
+    manifest["stages"][name].update(keys)
+    write_manifest(run_dir, manifest)
 
 
 @contextmanager

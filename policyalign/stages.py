@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidInputError, RunError
 from .io import output_dir, read_json, sha256_file
-from .run import MANIFEST, check_same_run, fingerprint, load_run_pack, read_manifest, record_inputs, run_inputs, run_lock, stage
+from .run import (MANIFEST, check_same_run, fingerprint, load_run_pack, read_manifest, record_inputs, rekey_stage,
+                  run_inputs, run_lock, stage)
 
 if TYPE_CHECKING:
     from .distill import DistillResult
@@ -190,6 +191,8 @@ def run_filter(run_dir: Path, *, model: str | None = None, pack: "str | Pack | N
         with stage(run_dir, "filter", lambda: filter_key(run_dir, the_pack, model, config, backend),
                    score_key=scores) as results:
             loaded = load_model(model, device=device)
+            rekey_stage(run_dir, "filter", key=filter_key(run_dir, the_pack, model, config, backend),
+                        score_key=score_key(run_dir, the_pack, model, config, backend))
             result = filter_run(run_dir, loaded, the_pack.policy, config, backend=backend, progress=progress)
             results.update(result_dict(result, config))
     return result

@@ -166,9 +166,15 @@ class _Generator:
             loaded = getattr(self._backend, "loaded", None)
             ref = getattr(loaded, "ref", None)
             return _ref_id(ref) if ref is not None else str(getattr(self._backend, "name", type(self._backend).__name__))
-        from .models import resolve_model
+        from .models import resolve_model, weights_key
 
-        return _ref_id(resolve_model(str(self._name)))
+        ref = resolve_model(str(self._name))
+        if ref.kind == "hub" and weights_key(ref) is None:
+            # Not downloaded yet, so its commit is unknown: download it first. Keyed by its name alone,
+            # the cache would hold generations the next run (commit known) cannot find, and would serve
+            # them to whichever commit a later download of that name brings.
+            self.backend()
+        return _ref_id(ref)
 
     def backend(self) -> Backend:
         if self._backend is None:

@@ -14,6 +14,39 @@ _HOLD = "import sys, time\nfrom policyalign.run import run_lock\nwith run_lock(s
 
 
 @pytest.fixture
+def pa_on_hub(hub_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """`pa_on_hub(repo_id, *args) -> commit`: the built-in tiny model published as `repo_id` on the
+    loopback Hub (once), then `pa *args` in a subprocess on a Hugging Face cache that starts empty
+    (tmp_path/hf/hub), which a stage fills by downloading; this process then reads that cache."""
+    import os
+    import subprocess
+    import sys
+
+    from huggingface_hub import constants
+
+    from policyalign import tiny
+
+    published: dict[str, str] = {}
+    home = tmp_path / "hf"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+
+    def run(repo_id: str, *args: str | Path) -> str:
+        if repo_id not in published:
+            hub_server.store.create("model", repo_id, False)
+            files = {p.name: p.read_bytes() for p in tiny.tiny_model_path().iterdir() if p.is_file()}
+            published[repo_id] = str(hub_server.put_files(repo_id, files, "weights"))
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE"))}
+        env.update(HF_ENDPOINT=hub_server.endpoint, HF_HOME=str(home), HF_HUB_DISABLE_XET="1",
+                   HF_HUB_DISABLE_TELEMETRY="1", OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent.parent))
+        done = subprocess.run([sys.executable, "-m", "policyalign", *map(str, args)], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return published[repo_id]
+
+    return run
+
+
+@pytest.fixture
 def hold_run():  # type: ignore[no-untyped-def]
     """`with hold_run(run_dir) as pid:` another process holds the run directory, as a running `pa apply` does."""
     import subprocess

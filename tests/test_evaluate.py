@@ -800,9 +800,12 @@ def test_a_second_evaluation_into_the_same_folder_is_refused_while_the_first_run
     out = tmp_path / "eval"
     out.mkdir()
     with hold_run(out) as pid:
-        with pytest.raises(RunError, match=f"pid {pid}"):
+        with pytest.raises(RunError, match=f"pid {pid}") as refused:
             evaluate(_general(), "tiny", out_dir=out, limit=1, params=greedy_params(4))
     assert not (out / "responses.partial.jsonl").exists()
+    # an evaluation folder, not a run directory: `pa runs` does not list it, so the hint must not send the user there
+    problem = refused.value.problem
+    assert "evaluation folder" in problem.message and "pa runs" not in problem.hint and "--out" in problem.hint
 
 
 @pytest.mark.slow

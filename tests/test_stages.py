@@ -11,7 +11,8 @@ from policyalign.distill import DistillConfig
 from policyalign.filtering import FilterConfig
 from policyalign.registry import Registry
 from policyalign.run import fingerprint
-from policyalign.stages import distill_key, eval_key, filter_key, resume_key, synthesize_key, synthesize_options
+from policyalign.stages import (distill_key, eval_key, filter_config, filter_key, resume_key, score_key, synthesize_key,
+                                synthesize_options)
 
 
 def _keys(run_dir: Path, pack: object, model: str) -> dict[str, str]:
@@ -92,32 +93,33 @@ def test_a_stage_records_the_key_of_what_it_loaded(tmp_path: Path) -> None:
 
 
 def test_a_stage_that_downloads_a_hub_model_records_the_key_of_its_commit(tmp_path: Path, fixture_packs: Path,
-                                                                          hub_server, monkeypatch) -> None:
+                                                                          pa_on_hub) -> None:
     """`pa apply --model org/name` on a fresh cache: the first stage downloads the model, so its key,
     computed before, named no commit, and every later `pa apply` (the commit now in the cache) re-ran it."""
-    import os
-    import subprocess
-    import sys
-
-    from huggingface_hub import constants
-
-    hub_server.store.create("model", "acme/fresh", False)
-    files = {p.name: p.read_bytes() for p in tiny.tiny_model_path().iterdir() if p.is_file()}
-    commit = hub_server.put_files("acme/fresh", files, "weights")
-    home = tmp_path / "hf"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE"))}
-    env.update(HF_ENDPOINT=hub_server.endpoint, HF_HOME=str(home), HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1",
-               OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent.parent))
     run = tmp_path / "run"
-    done = subprocess.run([sys.executable, "-m", "policyalign", "synthesize", str(fixture_packs / "root-pack"),
-                           "--model", "acme/fresh", "--out", str(run), "--n", "1", "--max-new-tokens", "8"],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    commit = pa_on_hub("acme/fresh", "synthesize", fixture_packs / "root-pack", "--model", "acme/fresh", "--out", run,
+                       "--n", "1", "--max-new-tokens", "8")
     pack = Registry([fixture_packs]).load("root-pack")
-    assert (home / "hub" / "models--acme--fresh" / "refs" / "main").read_text() == commit
+    assert (tmp_path / "hf" / "hub" / "models--acme--fresh" / "refs" / "main").read_text() == commit
     key = synthesize_key(pack, "acme/fresh", synthesize_options("acme/fresh", None, 1, None, 0, None, 8))
     assert json.loads((run / "run.json").read_text())["stages"]["synthesize"]["key"] == key
+
+
+def test_a_filter_stage_that_downloads_a_hub_model_records_the_score_key_of_its_commit(
+        tmp_path: Path, fixture_packs: Path, pa_on_hub) -> None:
+    """`pa apply --generator X --model org/name` on a fresh cache: filtering downloads the model, so
+    its score key, recorded before, named no commit, and a run interrupted while scoring threw its
+    partial scores away when run again (the commit then known, the keys differed) and scored anew."""
+    run = tmp_path / "run"
+    pa_on_hub("acme/fresh-scorer", "synthesize", fixture_packs / "root-pack", "--model", "acme/fresh-scorer",
+              "--generator", "tiny", "--out", run, "--n", "1", "--max-new-tokens", "8")
+    assert not (tmp_path / "hf" / "hub" / "models--acme--fresh-scorer").exists()  # filtering downloads it
+    pa_on_hub("acme/fresh-scorer", "filter", run, "--max-new-tokens", "8")
+    pack = Registry([fixture_packs]).load("root-pack")
+    config = filter_config(pack, keep=None, top_n=None, min_score=None, no_filter=False, samples=1, max_new_tokens=8,
+                           heldout=0.1, seed=0, batch_size=8)
+    recorded = json.loads((run / "run.json").read_text())["stages"]["filter"]
+    assert recorded["score_key"] == score_key(run, pack, "acme/fresh-scorer", config, "transformers")
 
 
 def test_a_run_of_a_hub_model_goes_on_under_another_revision_of_it(tmp_path: Path, fixture_packs: Path, hf_cache) -> None:

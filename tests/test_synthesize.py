@@ -407,3 +407,19 @@ def test_new_weights_saved_into_the_same_directory_are_not_served_old_generation
     _save_tiny(model, scale=1.5)
     again = synthesize(load_pack(PACK_DIR), str(model), out_dir=out, progress=False)
     assert (again.generated, again.cached) == (first.requests, 0)
+
+
+def test_a_hub_generator_downloaded_by_synthesis_keys_its_cache_by_its_commit(tmp_path: Path, fixture_packs: Path,
+                                                                             pa_on_hub) -> None:
+    """`pa synthesize --model org/name` on a fresh cache: the generation cache was keyed before the
+    download, by the name alone, so the next run (the commit now known) generated everything again,
+    and a run after another commit's download would have been served this commit's generations."""
+    from policyalign.synthesize import _Generator
+
+    run = tmp_path / "run"
+    commit = pa_on_hub("acme/fresh-generator", "synthesize", fixture_packs / "root-pack", "--model",
+                       "acme/fresh-generator", "--out", run, "--n", "1", "--max-new-tokens", "8")
+    now = _Generator("acme/fresh-generator", device="cpu", backend_name="transformers").id
+    assert commit in now  # read from the cache the run filled
+    cached = {read_json(path)["generator"] for path in (run / "generations").glob("*.json")}
+    assert cached == {now}
