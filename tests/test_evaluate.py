@@ -357,8 +357,9 @@ def test_two_pa_evals_with_other_options_keep_both_results(tmp_path: Path, monke
         result = CliRunner().invoke(app, ["eval", "general", "--model", "tiny", "--max-new-tokens", "4",
                                           "--packs-path", str(ROOT / "packs"), *options])
         assert result.exit_code == 0, result.output
-    first = json.loads((tmp_path / "pa-eval/general/tiny-limit1-tokens4/eval.json").read_text())
-    second = json.loads((tmp_path / "pa-eval/general/tiny-sets-benign-limit1-tokens4/eval.json").read_text())
+    version = Registry([ROOT / "packs"]).load("general").version  # the folder names the pack version, as runs/ do
+    first = json.loads((tmp_path / f"pa-eval/general-{version}/tiny-limit1-tokens4/eval.json").read_text())
+    second = json.loads((tmp_path / f"pa-eval/general-{version}/tiny-sets-benign-limit1-tokens4/eval.json").read_text())
     assert [s["name"] for s in first["sets"]] == ["harmful", "benign"] and [s["name"] for s in second["sets"]] == ["benign"]
 
 

@@ -23,12 +23,13 @@ DEFAULT_JUDGE = "refusal"
 DEFAULT_MAX_NEW_TOKENS = 256
 
 
-def _default_out(pack_name: str, model: str, adapter: Optional[Path], policy_in_context: bool, *,
+def _default_out(pack_folder: str, model: str, adapter: Optional[Path], policy_in_context: bool, *,
                  sets: Optional[list[str]] = None, limit: Optional[int] = None, judge: str = DEFAULT_JUDGE,
                  max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, benchmarks: Sequence[str] = (),
                  no_drift: bool = False) -> Path:
-    """pa-eval/<pack>/<model>[-<adapter name>-<hash>][-policy][-<each option given>]: distinct
-    evaluations never overwrite each other. The adapter name is its run directory's for a run's
+    """pa-eval/<pack>-<version>/<model>[-<adapter name>-<hash>][-policy][-<each option given>]:
+    distinct evaluations never overwrite each other (`pack` is NAME-VERSION, as in runs/: an eval of
+    general@1.1.0 wrote over general@1.0.0's). The adapter name is its run directory's for a run's
     `adapter/` (runs/a/adapter -> `a`), and the hash (of the resolved path) keeps two adapters of
     the same name apart. Each option that changes what is measured and differs from its default
     (`--sets`, `--limit`, `--judge`, `--max-new-tokens`, `--benchmark`, `--no-drift`) is named in
@@ -48,7 +49,7 @@ def _default_out(pack_name: str, model: str, adapter: Optional[Path], policy_in_
                (bool(benchmarks), f"bench-{_slug('+'.join(sorted({b.strip().lower() for b in benchmarks})))}"),
                (no_drift and adapter is not None, "nodrift")]
     slug += "".join(f"-{part}" for given, part in options if given)
-    return Path("pa-eval") / pack_name / slug
+    return Path("pa-eval") / pack_folder / slug
 
 
 def _slug(name: str) -> str:
@@ -82,7 +83,7 @@ def eval_command(
     sets: Optional[str] = typer.Option(None, "--sets", help="Comma-separated eval set names; a parent pack's "
                                        "set as PARENT/SET, e.g. general/harmful (default: the pack's own and its parents')."),
     judge: str = typer.Option(DEFAULT_JUDGE, "--judge", help="refusal | guard:MODEL | llm:MODEL"),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default pa-eval/PACK/MODEL[-ADAPTER-HASH][-policy], "
+    out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default pa-eval/PACK-VERSION/MODEL[-ADAPTER-HASH][-policy], "
                                        "-policy with --policy-in-context, then each of --sets, --limit, --judge, "
                                        "--max-new-tokens, --benchmark and --no-drift given, e.g. tiny-limit8: "
                                        "evaluations with other options never overwrite each other)."),
@@ -122,7 +123,7 @@ def eval_command(
     from .common import load
 
     loaded_pack = load(pack, packs_path)
-    out_dir = out or _default_out(loaded_pack.name, model, adapter, policy_in_context, sets=_split_sets(sets),
+    out_dir = out or _default_out(f"{loaded_pack.name}-{loaded_pack.version}", model, adapter, policy_in_context, sets=_split_sets(sets),
                                   limit=limit, judge=judge, max_new_tokens=max_new_tokens,
                                   benchmarks=benchmark or (), no_drift=no_drift)
     result = evaluate(loaded_pack, model, adapter=adapter, policy_in_context=policy_in_context,
