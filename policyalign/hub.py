@@ -107,10 +107,18 @@ class Candidate:
     base_id: str
     base_name: str
     last_modified: str = ""
+    base_commit: str = ""  # the base's commit (or revision) the card says it was trained on; "" when unrecorded
 
     def describe(self) -> str:
+        at = f"@{self.base_commit[:12]}" if self.base_commit else ""
         return (f"{self.repo_id}@{self.revision}  pack {self.pack_name}@{self.pack_version} "
-                f"(digest {self.pack_digest[:12]})  base {self.base_id}")
+                f"(digest {self.pack_digest[:12]})  base {self.base_id}{at}")
+
+    def trained_at(self, revision: str) -> bool:
+        """Whether the base was trained at `revision` (a commit, a prefix of one, or the revision recorded)."""
+        wanted = revision.lower()
+        commit = self.base_commit.lower()
+        return bool(commit) and (commit == wanted or (len(wanted) >= 7 and commit.startswith(wanted)))
 
 
 # --------------------------------------------------------------------------- client plumbing
@@ -646,7 +654,9 @@ def _candidate(api: Any, repo_id: str, revision: str, token: str | None) -> Cand
     base_name = base.get("name") or base.get("id")
     if not all(_plain_text(value) for value in (*fields, base_name)):
         return None
-    return Candidate(repo_id, revision, str(info.sha), *fields, base_name, str(info.last_modified or ""))
+    base_commit = base.get("commit") or base.get("revision")
+    return Candidate(repo_id, revision, str(info.sha), *fields, base_name, str(info.last_modified or ""),
+                     base_commit if _plain_text(base_commit) else "")
 
 
 def _plain_text(value: Any) -> bool:
@@ -663,8 +673,11 @@ def choose_adapter(candidates: list[Candidate], pack_name: str, *, model: str | 
     """
     pool = candidates
     if model is not None:
-        wanted = model_names(model)
-        pool = [c for c in pool if c.base_id.lower() in wanted or c.base_name.lower() in wanted]
+        wanted, _, pinned = model.partition("@")
+        names = model_names(wanted)
+        pool = [c for c in pool if c.base_id.lower() in names or c.base_name.lower() in names]
+        if pinned:  # MODEL@REV: an adapter trained on other weights of that model does not fit them
+            pool = [c for c in pool if c.trained_at(pinned)]
     what = f"pack {pack_name}" + (f"@{local_version}" if local_version else "") + (f" on {model}" if model else "")
     if local_version is not None:
         pool = [c for c in pool if c.pack_version == local_version]
