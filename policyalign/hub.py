@@ -584,8 +584,18 @@ def compare_local_pack(pack: Mapping[str, Any], registry: "Registry | None" = No
         return [f"the local pack {name}@{version} at {exact[0].path} is invalid: {exc.problem.message}"], []
     if local_pack.digest != digest:
         return [f"the local pack {name}@{version} ({exact[0].path}) has digest {local_pack.digest[:12]}…, but the "
-                f"adapter was trained on {str(digest)[:12]}…: same version, different content"], []
+                f"adapter was trained on {str(digest)[:12]}…: same version, different content{_ancestry(local_pack)}"], []
     return [], [f"matches the local pack {name}@{version} ({exact[0].path})"]
+
+
+def _ancestry(pack: "Pack") -> str:
+    """Where a child pack's content may differ: its digest composes its parents', so an edited
+    parent changes it while the child's own files are untouched."""
+    ancestors = pack.ancestry()[:-1]
+    if not ancestors:
+        return ""
+    listed = ", ".join(f"{ancestor.ref} ({ancestor.root})" for ancestor in ancestors)
+    return f" (in its own files or in a pack it extends: {listed})"
 
 
 def _not_installed_note(name: str, version: str, token: str | None) -> str:

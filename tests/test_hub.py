@@ -532,6 +532,20 @@ def test_choose_adapter_rules() -> None:
     assert "qwen/qwen2.5-7b-instruct" in hub.model_names("Qwen2.5-7B")
 
 
+def test_local_pack_differing_only_in_a_parent_names_the_parent(tmp_path: Path) -> None:
+    """A child's digest composes its parents': an edited parent makes `pa pull` warn about the
+    child, whose own files are untouched, so the warning must point at the parent too."""
+    shipped = Registry([REPO_ROOT / "packs"])
+    trained = load_pack(REPO_ROOT / "packs" / "medical", registry=shipped)
+    shutil.copytree(REPO_ROOT / "packs", tmp_path / "packs")
+    harmful = tmp_path / "packs" / "general" / "eval" / "harmful.jsonl"
+    harmful.write_text(harmful.read_text().replace("subway", "train station", 1))
+    record = {"name": "medical", "version": "1.0.0", "digest": trained.digest}
+    warnings, _ = hub.compare_local_pack(record, Registry([tmp_path / "packs"]))
+    assert len(warnings) == 1 and "same version, different content" in warnings[0]
+    assert f"in a pack it extends: general@1.0.0 ({tmp_path / 'packs' / 'general'})" in warnings[0]
+
+
 def test_choose_adapter_honours_a_pinned_base_commit() -> None:
     """`--model M@COMMIT` picks the adapter trained on that commit of M, not a newer one trained on
     other weights after `main` moved (which the pin was given to avoid)."""
