@@ -107,10 +107,18 @@ class Candidate:
     base_id: str
     base_name: str
     last_modified: str = ""
+    base_commit: str = ""  # the base's commit (or revision) the card says it was trained on; "" when unrecorded
 
     def describe(self) -> str:
+        at = f"@{self.base_commit[:12]}" if self.base_commit else ""
         return (f"{self.repo_id}@{self.revision}  pack {self.pack_name}@{self.pack_version} "
-                f"(digest {self.pack_digest[:12]})  base {self.base_id}")
+                f"(digest {self.pack_digest[:12]})  base {self.base_id}{at}")
+
+    def trained_at(self, revision: str) -> bool:
+        """Whether the base was trained at `revision` (a commit, a prefix of one, or the revision recorded)."""
+        wanted = revision.lower()
+        commit = self.base_commit.lower()
+        return bool(commit) and (commit == wanted or (len(wanted) >= 7 and commit.startswith(wanted)))
 
 
 # --------------------------------------------------------------------------- client plumbing
@@ -576,8 +584,18 @@ def compare_local_pack(pack: Mapping[str, Any], registry: "Registry | None" = No
         return [f"the local pack {name}@{version} at {exact[0].path} is invalid: {exc.problem.message}"], []
     if local_pack.digest != digest:
         return [f"the local pack {name}@{version} ({exact[0].path}) has digest {local_pack.digest[:12]}…, but the "
-                f"adapter was trained on {str(digest)[:12]}…: same version, different content"], []
+                f"adapter was trained on {str(digest)[:12]}…: same version, different content{_ancestry(local_pack)}"], []
     return [], [f"matches the local pack {name}@{version} ({exact[0].path})"]
+
+
+def _ancestry(pack: "Pack") -> str:
+    """Where a child pack's content may differ: its digest composes its parents', so an edited
+    parent changes it while the child's own files are untouched."""
+    ancestors = pack.ancestry()[:-1]
+    if not ancestors:
+        return ""
+    listed = ", ".join(f"{ancestor.ref} ({ancestor.root})" for ancestor in ancestors)
+    return f" (in its own files or in a pack it extends: {listed})"
 
 
 def _not_installed_note(name: str, version: str, token: str | None) -> str:
@@ -646,7 +664,9 @@ def _candidate(api: Any, repo_id: str, revision: str, token: str | None) -> Cand
     base_name = base.get("name") or base.get("id")
     if not all(_plain_text(value) for value in (*fields, base_name)):
         return None
-    return Candidate(repo_id, revision, str(info.sha), *fields, base_name, str(info.last_modified or ""))
+    base_commit = base.get("commit") or base.get("revision")
+    return Candidate(repo_id, revision, str(info.sha), *fields, base_name, str(info.last_modified or ""),
+                     base_commit if _plain_text(base_commit) else "")
 
 
 def _plain_text(value: Any) -> bool:
@@ -663,8 +683,11 @@ def choose_adapter(candidates: list[Candidate], pack_name: str, *, model: str | 
     """
     pool = candidates
     if model is not None:
-        wanted = model_names(model)
-        pool = [c for c in pool if c.base_id.lower() in wanted or c.base_name.lower() in wanted]
+        wanted, _, pinned = model.partition("@")
+        names = model_names(wanted)
+        pool = [c for c in pool if c.base_id.lower() in names or c.base_name.lower() in names]
+        if pinned:  # MODEL@REV: an adapter trained on other weights of that model does not fit them
+            pool = [c for c in pool if c.trained_at(pinned)]
     what = f"pack {pack_name}" + (f"@{local_version}" if local_version else "") + (f" on {model}" if model else "")
     if local_version is not None:
         pool = [c for c in pool if c.pack_version == local_version]

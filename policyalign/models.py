@@ -370,6 +370,7 @@ def load_model(
         model = model.to(dev)
     _prepare_tokenizer(tokenizer, model, ref)
     if adapter is not None:
+        _check_adapter_base(Path(adapter), ref, getattr(model.config, "_commit_hash", None))
         model = _attach_adapter(model, Path(adapter), trainable)
     if trainable:
         model.train()
@@ -403,6 +404,25 @@ def _prepare_tokenizer(tokenizer: Any, model: Any, ref: ModelRef) -> None:
     gen = getattr(model, "generation_config", None)
     if gen is not None and gen.pad_token_id is None:
         gen.pad_token_id = tokenizer.pad_token_id
+
+
+def _check_adapter_base(adapter: Path, ref: ModelRef, commit: str | None) -> None:
+    """An adapter whose adapter_config.json pins its Hub base at a commit (`distill.name_base_model`)
+    is refused on another commit of that base: after `main` moved, `--model org/name` loads the new
+    weights, and the adapter's results on them were reported as the adapter's, without a word."""
+    from .io import read_json
+
+    path = adapter / "adapter_config.json"
+    config = read_json(path) if ref.kind == "hub" and path.is_file() else None
+    if not isinstance(config, dict) or not isinstance(commit, str):
+        return
+    trained_on, base = config.get("revision"), str(config.get("base_model_name_or_path") or "")
+    if isinstance(trained_on, str) and _COMMIT.match(trained_on) and base.lower() == ref.location.lower() \
+            and trained_on != commit:
+        raise ModelError(
+            f"adapter {adapter} was trained on {base} at commit {trained_on}, but {ref} loads commit {commit}",
+            file=str(path), hint=f"load the base it was trained on: --model {base}@{trained_on} "
+                                 f"(`hf download {base} --revision {trained_on}` if it is not in the cache)")
 
 
 def _attach_adapter(model: Any, adapter: Path, trainable: bool) -> Any:

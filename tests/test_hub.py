@@ -9,6 +9,7 @@ test server implements (it has no Xet storage).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.server
 import json
@@ -529,6 +530,35 @@ def test_choose_adapter_rules() -> None:
     with pytest.raises(HubError, match="no published adapter matches"):
         hub.choose_adapter(pool, "p", local_version="9.9.9")
     assert "qwen/qwen2.5-7b-instruct" in hub.model_names("Qwen2.5-7B")
+
+
+def test_local_pack_differing_only_in_a_parent_names_the_parent(tmp_path: Path) -> None:
+    """A child's digest composes its parents': an edited parent makes `pa pull` warn about the
+    child, whose own files are untouched, so the warning must point at the parent too."""
+    shipped = Registry([REPO_ROOT / "packs"])
+    trained = load_pack(REPO_ROOT / "packs" / "medical", registry=shipped)
+    shutil.copytree(REPO_ROOT / "packs", tmp_path / "packs")
+    harmful = tmp_path / "packs" / "general" / "eval" / "harmful.jsonl"
+    harmful.write_text(harmful.read_text().replace("subway", "train station", 1))
+    record = {"name": "medical", "version": "1.0.0", "digest": trained.digest}
+    warnings, _ = hub.compare_local_pack(record, Registry([tmp_path / "packs"]))
+    assert len(warnings) == 1 and "same version, different content" in warnings[0]
+    assert f"in a pack it extends: general@1.0.0 ({tmp_path / 'packs' / 'general'})" in warnings[0]
+
+
+def test_choose_adapter_honours_a_pinned_base_commit() -> None:
+    """`--model M@COMMIT` picks the adapter trained on that commit of M, not a newer one trained on
+    other weights after `main` moved (which the pin was given to avoid)."""
+    old, new = "a" * 40, "b" * 40
+    pool = [dataclasses.replace(_candidate("o/old", "1.0.0", when="2026-01-01"), base_commit=old),
+            dataclasses.replace(_candidate("o/new", "1.0.0", when="2026-02-01"), base_commit=new)]
+    base = "Qwen/Qwen2.5-0.5B-Instruct"
+    assert hub.choose_adapter(pool, "p", model=base).repo_id == "o/new"
+    assert hub.choose_adapter(pool, "p", model=f"{base}@{old}").repo_id == "o/old"
+    assert hub.choose_adapter(pool, "p", model=f"{base}@{old[:12]}").repo_id == "o/old"
+    with pytest.raises(HubError, match="no published adapter matches") as caught:
+        hub.choose_adapter(pool, "p", model=f"{base}@{'c' * 40}")
+    assert f"base {base}@{old[:12]}" in str(caught.value.problem.hint)  # the candidates show what they were trained on
 
 
 # --------------------------------------------------------------------------- packs

@@ -283,6 +283,28 @@ def test_broken_local_checkpoint_is_a_model_error(tmp_path: Path) -> None:
         load_model(str(copy))
 
 
+def test_an_adapter_pinned_to_a_hub_commit_is_refused_on_another(tmp_path: Path, hf_cache: Any,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """adapter_config.json pins a Hub base at the commit it was trained on; after `main` moved,
+    `pa eval --model org/name --adapter A` measured the adapter on weights it was never trained on."""
+    import huggingface_hub.constants
+    from peft import LoraConfig, get_peft_model
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+    hf_cache("acme/tiny", C1)
+    base = load_model(f"acme/tiny@{C1}", device="cpu", trainable=True).model
+    get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(tmp_path / "adapter")
+    config_path = tmp_path / "adapter" / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "base_model_name_or_path": "acme/tiny", "revision": C1}))
+    hf_cache("acme/tiny", C2)  # main moved on, and the new commit was downloaded
+    with pytest.raises(ModelError, match=f"trained on acme/tiny at commit {C1}, but acme/tiny loads commit {C2}") as caught:
+        load_model("acme/tiny", device="cpu", adapter=tmp_path / "adapter")
+    assert f"--model acme/tiny@{C1}" in caught.value.problem.hint
+    assert load_model(f"acme/tiny@{C1}", device="cpu", adapter=tmp_path / "adapter").model is not None
+
+
 def test_peft_adapter_is_applied(tmp_path: Path, loaded: LoadedModel) -> None:
     from peft import LoraConfig, PeftModel, get_peft_model
 

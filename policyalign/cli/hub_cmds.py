@@ -47,7 +47,7 @@ def push(
 def pull(
     spec: Optional[str] = typer.Argument(None, metavar="ORG/NAME[@REV]", help="Adapter repository and optional revision."),
     pack: Optional[str] = typer.Option(None, "--pack", help="Find a published adapter for this pack instead."),
-    model: Optional[str] = typer.Option(None, "--model", help="With --pack: the base model the adapter must be for."),
+    model: Optional[str] = typer.Option(None, "--model", help="With --pack: the base model the adapter must be for; MODEL@COMMIT only an adapter trained on that commit of it."),
     to: Optional[Path] = typer.Option(None, "--to", help="Directory to place the adapter in (default: the Hugging Face cache)."),
     packs_path: Optional[list[Path]] = PacksPath,
 ) -> None:
