@@ -40,6 +40,7 @@ def test_ctrl_c_promises_a_resume_only_where_one_exists() -> None:
     from policyalign.cli import RESUMABLE, interrupted_message
 
     assert "run the same command again to continue" in interrupted_message("apply")
+    assert "eval answers" in interrupted_message("apply") and "eval answers" not in interrupted_message("distill")
     assert all("checkpoints are kept" in interrupted_message(c) for c in RESUMABLE)
     assert interrupted_message("pull") == interrupted_message(None) == "interrupted"
 

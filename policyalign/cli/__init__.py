@@ -69,7 +69,8 @@ def interrupted_message(command: str | None) -> str:
     """What Ctrl-C leaves: the run stages and `pa eval` keep work to continue from; `pa pull`
     stopped halfway has nothing to resume, and saying otherwise would be a promise not kept."""
     if command in RESUMABLE:
-        return "interrupted: finished stages, scores and checkpoints are kept; run the same command again to continue"
+        kept = "scores, eval answers" if command == "apply" else "scores"  # apply's eval stages journal their answers
+        return f"interrupted: finished stages, {kept} and checkpoints are kept; run the same command again to continue"
     if command == "eval":
         return ("interrupted: the answers so far are kept (responses.partial.jsonl in the output folder); "
                 "run the same command again to continue")
