@@ -47,8 +47,10 @@ import difflib
 import gc
 import json
 import os
+import shutil
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -815,11 +817,11 @@ def evaluate(
     Drift is measured by default when an adapter is given (`drift=False` skips it)."""
     pack = resolve_pack(pack)
     check_eval_options(judge, limit)
-    output_dir(out_dir)
+    chosen = select_sets(pack, sets)  # before the folder exists: a misspelt set leaves nothing behind
     from .run import EVAL_DIR_BUSY, run_lock
 
-    with run_lock(Path(out_dir), EVAL_DIR_BUSY):  # one process per eval folder: another's answers must not enter this one's journal
-        chosen = select_sets(pack, sets)
+    with _removed_if_left_empty(Path(out_dir)), run_lock(Path(out_dir), EVAL_DIR_BUSY):
+        # one process per eval folder: another's answers must not enter this one's journal
         loaded_benchmarks = [load_benchmark(name, revision=benchmark_revision) for name in benchmarks]
         tasks = _tasks([*chosen, *(b.eval_set for b in loaded_benchmarks)], limit)
         params = params or greedy_params()
@@ -889,6 +891,23 @@ def _inherited_lines(summary: Mapping[str, Any]) -> list[str]:
         return []
     return ["Sets named `pack/set` are the eval sets of the packs this one extends, answered under this "
             "pack's policy:", "", *(f"- `{name}`: {note}" for name, note in notes), ""]
+
+
+@contextmanager
+def _removed_if_left_empty(out_dir: Path) -> Iterator[None]:
+    """Create `out_dir`, and remove it again if this evaluation fails before writing anything but its
+    lock (a model not in the cache, a benchmark not found): `pa eval` left such folders behind, and a
+    later `pa eval --compare pa-eval/*/...` glob picked them up as evaluations."""
+    from .run import LOCK_FILE
+
+    existed = out_dir.exists()
+    output_dir(out_dir)
+    try:
+        yield
+    except BaseException:
+        if not existed and {p.name for p in out_dir.iterdir()} <= {LOCK_FILE}:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
 
 
 def write_eval(out_dir: str | os.PathLike[str], summary: dict[str, Any], rows: list[dict[str, Any]]) -> EvalResult:

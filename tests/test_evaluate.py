@@ -842,3 +842,21 @@ def test_pa_eval_killed_mid_generation_resumes_from_its_journal(tmp_path: Path) 
     assert whole.returncode == 0, whole.stderr
     assert (out / "responses.jsonl").read_text() == (tmp_path / "whole" / "responses.jsonl").read_text()
     assert not (out / JOURNAL).exists()
+
+
+def test_an_evaluation_refused_before_its_first_answer_leaves_no_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pa eval` of a model not in the cache, or of a misspelt set, left its output folder behind
+    holding only `.pa.lock`, which a later `pa eval --compare pa-eval/*/...` glob took for an evaluation."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    out = tmp_path / "pa-eval" / "general" / "acme--absent"
+    with pytest.raises(PolicyAlignError):
+        evaluate(_general(), "acme/absent-model", out_dir=out, limit=1, params=greedy_params(4))
+    assert not out.exists()
+    with pytest.raises(InvalidInputError):
+        evaluate(_general(), "tiny", out_dir=out, sets=["harmfull"], params=greedy_params(4))
+    assert not out.exists()
+    out.mkdir(parents=True)  # a folder the user made (or an earlier evaluation's) stays
+    with pytest.raises(PolicyAlignError):
+        evaluate(_general(), "acme/absent-model", out_dir=out, limit=1, params=greedy_params(4))
+    assert out.is_dir()
