@@ -273,12 +273,14 @@ def stage(run_dir: Path, name: str, key: str | Callable[[], str], **info: Any) -
         results: dict[str, Any] = {}
         try:
             yield results
+            # Inside the try: a done record the disk had no room for (or a key function that raised)
+            # is a failed stage, not one left "running", which `pa runs` reads as interrupted.
+            manifest = read_manifest(run_dir)
+            manifest["stages"][name].update({"status": "done", "key": current(), "seconds": round(time.time() - started, 2), "results": results})
+            write_manifest(run_dir, manifest)
         except BaseException as exc:
             manifest = read_manifest(run_dir)
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             manifest["stages"][name].update({"status": status, "error": type(exc).__name__})
             write_manifest(run_dir, manifest)
             raise
-        manifest = read_manifest(run_dir)
-        manifest["stages"][name].update({"status": "done", "key": current(), "seconds": round(time.time() - started, 2), "results": results})
-        write_manifest(run_dir, manifest)

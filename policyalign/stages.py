@@ -143,19 +143,25 @@ def _filter_inputs(run_dir: Path, pack: "Pack", model: str, backend: str) -> dic
             "backend": backend}
 
 
-def filter_key(run_dir: Path, pack: "Pack", model: str, config: Any, backend: str) -> str:
-    return fingerprint({**_filter_inputs(run_dir, pack, model, backend), **asdict(config)})
-
-
 # Filter settings the scores do not depend on: the selection and the held-out split come after
 # scoring, and every response is sampled from its own seed whatever the batch size.
 NOT_SCORED = ("keep", "top_n", "min_score", "no_filter", "heldout", "batch_size")
 
 
+def filter_keys(run_dir: Path, pack: "Pack", model: str, config: Any, backend: str) -> dict[str, str]:
+    """The filter stage's `key` and its `score_key` (the key without the settings in NOT_SCORED, under
+    which scores can be reused), from one hash of its inputs: instructions.jsonl may be large."""
+    inputs, settings = _filter_inputs(run_dir, pack, model, backend), asdict(config)
+    scoring = {k: v for k, v in settings.items() if k not in NOT_SCORED}
+    return {"key": fingerprint({**inputs, **settings}), "score_key": fingerprint({**inputs, **scoring})}
+
+
+def filter_key(run_dir: Path, pack: "Pack", model: str, config: Any, backend: str) -> str:
+    return filter_keys(run_dir, pack, model, config, backend)["key"]
+
+
 def score_key(run_dir: Path, pack: "Pack", model: str, config: Any, backend: str) -> str:
-    """The filter key without the settings in NOT_SCORED: scores recorded under it can be reused."""
-    scoring = {k: v for k, v in asdict(config).items() if k not in NOT_SCORED}
-    return fingerprint({**_filter_inputs(run_dir, pack, model, backend), **scoring})
+    return filter_keys(run_dir, pack, model, config, backend)["score_key"]
 
 
 def reuse_scores(run_dir: Path, key: str, scores: str) -> None:
@@ -184,15 +190,14 @@ def run_filter(run_dir: Path, *, model: str | None = None, pack: "str | Pack | N
     run_dir = Path(run_dir)
     the_pack, model = _pack_and_model(run_dir, pack, model, packs_path)
     config = filter_config(the_pack, **options)
-    key = filter_key(run_dir, the_pack, model, config, backend)
-    scores = score_key(run_dir, the_pack, model, config, backend)
+    keys = filter_keys(run_dir, the_pack, model, config, backend)
     with run_lock(run_dir):  # reuse_scores deletes partial scores of other settings: not another process's
-        reuse_scores(run_dir, key, scores)
-        with stage(run_dir, "filter", lambda: filter_key(run_dir, the_pack, model, config, backend),
-                   score_key=scores) as results:
+        reuse_scores(run_dir, keys["key"], keys["score_key"])
+        # The stage records `keys["key"]` when done: the key of the model as loaded, as rekeyed below.
+        with stage(run_dir, "filter", lambda: keys["key"], score_key=keys["score_key"]) as results:
             loaded = load_model(model, device=device)
-            rekey_stage(run_dir, "filter", key=filter_key(run_dir, the_pack, model, config, backend),
-                        score_key=score_key(run_dir, the_pack, model, config, backend))
+            keys.update(filter_keys(run_dir, the_pack, model, config, backend))  # a Hub model's commit, once downloaded
+            rekey_stage(run_dir, "filter", **keys)
             result = filter_run(run_dir, loaded, the_pack.policy, config, backend=backend, progress=progress)
             results.update(result_dict(result, config))
     return result

@@ -1,0 +1,239 @@
+"""run.py on its own: stage records and keys, skipping finished stages, the run lock, and what a crash,
+a full disk or a second process leaves of run.json. The stages here are small functions; the
+component under test, the bookkeeping around them, is the real one."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from policyalign.errors import PolicyAlignError, RunError
+from policyalign.run import (LOCK_FILE, MANIFEST, fingerprint, load_run_pack, read_manifest, record_inputs, rekey_stage,
+                             run_active, run_inputs, run_lock, same_model, stage, stage_done, stage_results,
+                             write_manifest)
+
+ROOT = Path(__file__).parent.parent
+
+
+def _run_stage(run_dir: Path, key: str, work: Callable[[dict[str, Any]], None] = lambda results: None) -> bool:
+    """A stage as `pa apply` runs one: skipped (False) when it finished under `key`, else run and recorded."""
+    if stage_done(run_dir, "fake", key):
+        return False
+    with stage(run_dir, "fake", key) as results:
+        work(results)
+    return True
+
+
+def _child(code: str, *args: str | Path, **kwargs: Any) -> "subprocess.CompletedProcess[str]":
+    """`python -c code args` in another process, importing this checkout's policyalign."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, env=env,
+                          timeout=120, **kwargs)
+
+
+def _entry(run_dir: Path) -> dict[str, Any]:
+    return read_manifest(run_dir)["stages"]["fake"]
+
+
+# --------------------------------------------------------------------------- skipping and re-running
+
+
+def test_a_finished_stage_is_skipped_while_its_key_is_unchanged_and_runs_again_when_it_changes(tmp_path: Path) -> None:
+    ran = [_run_stage(tmp_path, key, lambda results: results.update(n=1)) for key in ("k1", "k1", "k2", "k2", "k1")]
+    assert ran == [True, False, True, False, True]
+    entry = _entry(tmp_path)
+    assert entry["status"] == "done" and entry["key"] == "k1" and entry["seconds"] >= 0
+    assert stage_results(tmp_path, "fake") == {"n": 1}
+
+
+@pytest.mark.parametrize(("error", "status"), [(ValueError, "failed"), (KeyboardInterrupt, "interrupted")])
+def test_a_stage_that_raises_is_not_done_under_any_key_and_runs_again(tmp_path: Path, error: type[BaseException],
+                                                                      status: str) -> None:
+    """The re-run of a finished stage under a new key starts by replacing its record: when it fails, the
+    old key must not still read as done (its outputs may be half rewritten)."""
+    def crash(results: dict[str, Any]) -> None:
+        results["half"] = True
+        raise error("midway")
+
+    _run_stage(tmp_path, "old")
+    with pytest.raises(error):
+        _run_stage(tmp_path, "new", crash)
+    entry = _entry(tmp_path)
+    assert (entry["status"], entry["error"], entry["key"]) == (status, error.__name__, "new")
+    assert not stage_done(tmp_path, "fake", "new") and not stage_done(tmp_path, "fake", "old")
+    assert stage_results(tmp_path, "fake") == {}, "a failed stage's partial results are not its results"
+    assert _run_stage(tmp_path, "new") and stage_done(tmp_path, "fake", "new")
+
+
+def test_a_process_killed_inside_a_stage_leaves_it_running_unlocked_and_the_next_run_redoes_it(tmp_path: Path) -> None:
+    killed = _child("import os, signal, sys\nfrom policyalign.run import stage\n"
+                    "with stage(sys.argv[1], 'fake', 'k'):\n    os.kill(os.getpid(), signal.SIGKILL)\n", tmp_path)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert _entry(tmp_path)["status"] == "running" and not stage_done(tmp_path, "fake", "k")
+    assert not run_active(tmp_path), "the kernel released the dead process's lock"
+    assert _run_stage(tmp_path, "k") and stage_done(tmp_path, "fake", "k")
+
+
+def test_a_record_cut_short_by_a_full_disk_leaves_run_json_whole_and_the_stage_failed(tmp_path: Path) -> None:
+    """The done record is the last write of a stage and the largest (its results): a disk filling up
+    while it was written must leave the previous run.json, every other stage's record in it intact,
+    and no temporary beside it, not a half-written file that a resume cannot read. The stage failed:
+    it was left "running", which `pa runs` reads as interrupted (Ctrl-C), with no error recorded."""
+    from fulldisk import LIMIT, run_python
+
+    _run_stage(tmp_path, "k")
+    manifest = read_manifest(tmp_path)
+    manifest["stages"]["earlier"] = {"status": "done", "key": "e"}
+    write_manifest(tmp_path, manifest)
+    code = ("import sys\nfrom policyalign.errors import RunError\nfrom policyalign.run import stage\n"
+            "try:\n    with stage(sys.argv[1], 'fake', 'k2') as results:\n        results['log'] = 'x' * int(sys.argv[2])\n"
+            "except RunError as exc:\n    print(exc)\n")
+    full = run_python("-c", code, str(tmp_path), str(2 * LIMIT))
+    assert full.returncode == 0 and MANIFEST in full.stdout, full.stderr
+    assert stage_done(tmp_path, "earlier", "e") and not stage_done(tmp_path, "fake", "k2")
+    assert (_entry(tmp_path)["status"], _entry(tmp_path)["error"]) == ("failed", "RunError")
+    assert not stage_done(tmp_path, "fake", "k"), "the re-run under k2 had started"
+    assert not list(tmp_path.glob(".*.tmp"))
+    assert _run_stage(tmp_path, "k2") and stage_done(tmp_path, "fake", "k2")
+
+
+def test_a_torn_run_json_is_an_error_naming_it_never_a_finished_stage(tmp_path: Path) -> None:
+    _run_stage(tmp_path, "k")
+    path = tmp_path / MANIFEST
+    text = path.read_text()
+    path.write_text(text[:text.index('"done"') + 3])
+    with pytest.raises(PolicyAlignError) as caught:
+        stage_done(tmp_path, "fake", "k")
+    assert caught.value.problem.file == str(path)
+
+
+def test_a_run_json_that_is_no_object_is_refused_with_the_fix(tmp_path: Path) -> None:
+    (tmp_path / MANIFEST).write_text("[]\n")
+    with pytest.raises(RunError, match="run.json is not a JSON object") as caught:
+        stage_done(tmp_path, "fake", "k")
+    assert "delete it" in caught.value.problem.hint
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def test_a_key_function_is_asked_when_the_stage_starts_and_again_only_when_it_is_done(tmp_path: Path) -> None:
+    """Only a finished stage is recorded under what it loaded; a failed one keeps the key it started
+    with (no key is asked of work that was never done)."""
+    asked: list[str] = []
+
+    def key() -> str:
+        asked.append(f"k{len(asked)}")
+        return asked[-1]
+
+    with pytest.raises(ValueError), stage(tmp_path, "fake", key):
+        raise ValueError("midway")
+    assert asked == ["k0"] and _entry(tmp_path)["key"] == "k0"
+    with stage(tmp_path, "fake", key):
+        assert _entry(tmp_path)["key"] == "k1"
+    assert asked == ["k0", "k1", "k2"] and stage_done(tmp_path, "fake", "k2")
+
+
+def test_rekeying_a_running_stage_keeps_its_new_keys_whether_it_finishes_or_is_interrupted(tmp_path: Path) -> None:
+    """What the filter stage relies on to resume its partial scores: keys recorded again once the model
+    is loaded are the ones an interrupted run leaves, and a finished one keeps beside its key."""
+    keys = {"key": "before load", "score_key": "scores before load"}
+    for outcome in ("interrupted", "done"):
+        keys.update(key="before load", score_key="scores before load")
+        try:
+            with stage(tmp_path, "fake", lambda: keys["key"], score_key=keys["score_key"]):
+                assert (_entry(tmp_path)["key"], _entry(tmp_path)["score_key"]) == ("before load", "scores before load")
+                keys.update(key="after load", score_key="scores after load")
+                rekey_stage(tmp_path, "fake", **keys)
+                if outcome == "interrupted":
+                    raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            pass
+        entry = _entry(tmp_path)
+        assert (entry["status"], entry["key"], entry["score_key"]) == (outcome, "after load", "scores after load")
+
+
+def test_a_fingerprint_ignores_the_order_of_keys_and_sees_every_value() -> None:
+    assert fingerprint({"a": 1, "b": [1, 2]}) == fingerprint({"b": [1, 2], "a": 1})
+    assert fingerprint({"a": 1, "b": [1, 2]}) != fingerprint({"a": 1, "b": [2, 1]})
+    assert fingerprint({"path": Path("x")}) == fingerprint({"path": "x"})
+
+
+@pytest.mark.parametrize(("recorded", "given", "same"), [
+    ("tiny", " TINY ", True),
+    ("tiny", "acme/tiny", False),
+    ("Qwen2.5-7B", "Qwen/Qwen2.5-7B-Instruct", True),  # an alias and its repository
+    ("acme/model", "acme/model@" + "1" * 40, True),  # the commit a run of acme/model loaded, pinned
+    ("acme/model@main", "acme/model@v2", True),
+    ("acme/model", "acme/other", False),
+    ("acme/model", "not a model!", False),  # unresolvable: told apart, not an error
+])
+def test_same_model_is_one_model_however_named(recorded: str, given: str, same: bool) -> None:
+    assert same_model(recorded, given) is same and same_model(given, recorded) is same
+
+
+# --------------------------------------------------------------------------- the run lock
+
+
+def test_a_second_process_is_refused_the_run_directory_until_the_first_is_gone(tmp_path: Path, hold_run) -> None:  # type: ignore[no-untyped-def]
+    with hold_run(tmp_path) as pid:
+        assert run_active(tmp_path)
+        with pytest.raises(RunError, match=rf"another pa process \(pid {pid}\) is working in this run directory") as caught:
+            with stage(tmp_path, "fake", "k"):
+                pass
+        assert caught.value.problem.file == str(tmp_path.resolve() / LOCK_FILE)
+        assert "pa runs" in caught.value.problem.hint
+        assert not (tmp_path / MANIFEST).exists(), "refused before its first write"
+    assert not run_active(tmp_path)
+    assert _run_stage(tmp_path, "k")
+
+
+def test_the_lock_is_reentrant_and_held_until_the_outermost_holder_lets_go(tmp_path: Path) -> None:
+    """A stage inside `pa apply` takes the lock `pa apply` holds: leaving the stage must not hand the
+    directory to another process while `pa apply` goes on in it."""
+    attempt = ("import sys\nfrom policyalign.errors import RunError\nfrom policyalign.run import run_lock\n"
+               "try:\n    with run_lock(sys.argv[1]):\n        print('held')\nexcept RunError as exc:\n    print(exc)\n")
+    (tmp_path / "sub").mkdir()
+    with run_lock(tmp_path):
+        with run_lock(tmp_path / "sub" / ".."):  # the same directory, however spelt
+            assert run_active(tmp_path)
+        refused = _child(attempt, tmp_path)
+        assert f"another pa process (pid {os.getpid()})" in refused.stdout, refused.stdout + refused.stderr
+    assert not run_active(tmp_path)
+    assert _child(attempt, tmp_path).stdout.strip() == "held"
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def test_run_inputs_name_the_command_that_starts_a_run(tmp_path: Path) -> None:
+    with pytest.raises(RunError, match="does not exist") as missing:
+        run_inputs(tmp_path / "nowhere")
+    assert "pa apply PACK" in missing.value.problem.hint
+    _run_stage(tmp_path, "k")
+    with pytest.raises(RunError, match="does not record its pack and model") as unrecorded:
+        run_inputs(tmp_path)
+    assert "--pack and --model" in unrecorded.value.problem.hint
+
+
+def test_a_run_refuses_its_pack_once_edited_but_takes_a_pack_it_is_given(tmp_path: Path, fixture_packs: Path) -> None:
+    """Stage commands load the pack from the path run.json records: edited since, it would score or train
+    on another policy than the run's other stages and record it under the run's digest."""
+    from policyalign.registry import Registry
+
+    pack = Registry([fixture_packs]).load("root-pack")
+    run = tmp_path / "run"
+    record_inputs(run, pack, "tiny")
+    assert load_run_pack(run).digest == pack.digest
+    policy = fixture_packs / "root-pack" / "policy.md"
+    policy.write_text(policy.read_text() + "\nOne more rule.\n")
+    with pytest.raises(RunError, match="changed since this run started") as caught:
+        load_run_pack(run)
+    assert caught.value.problem.file == str(run / MANIFEST)
+    assert load_run_pack(run, str(fixture_packs / "root-pack")).digest != pack.digest
