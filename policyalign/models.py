@@ -280,7 +280,11 @@ def resolve_device(device: str | None) -> str:
 
 
 def _resolve_dtype(dtype: Any, device: str) -> Any:
-    """bf16 on CUDA (fp16 where bf16 is unsupported), fp32 on CPU, unless the caller says."""
+    """bf16 on CUDA (fp16 where bf16 is not native), fp32 on CPU, unless the caller says.
+
+    Native only: `is_bf16_supported()` also counts the emulated bf16 of pre-Ampere GPUs (T4, V100),
+    which runs without tensor cores and which vLLM refuses.
+    """
     import torch
 
     if isinstance(dtype, torch.dtype):
@@ -288,7 +292,7 @@ def _resolve_dtype(dtype: Any, device: str) -> Any:
     wanted = (dtype or "auto").strip().lower()
     if wanted == "auto":
         if device.startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
         return torch.float32
     if wanted not in _DTYPES:
         raise ModelError(f"unknown dtype {dtype!r}", hint='use "bf16", "fp16", "fp32" or "auto"')
