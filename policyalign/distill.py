@@ -353,10 +353,14 @@ def _trainer_classes() -> tuple[type, type]:
         def _compute_teacher_student_logits(self, model, teacher_model, inputs):  # type: ignore[no-untyped-def]
             # Without the prefix cache too: stock forwards the teacher in train mode, and an EMA
             # teacher's adapter (added by trl after disable_dropout) has the configured LoRA dropout.
+            # Both in float32, as scoring.py computes the same divergence: trl computes the loss in the
+            # logits' dtype, and bf16 log-probs (3 significant digits; a bf16 model on a GPU, whose
+            # teacher forward autocast does not convert) turned the KL of a student close to its
+            # teacher into noise, negative on some tokens, just where training converges.
             completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
             steps = completion_ids.size(1)
             student = self._forward_logits(model, torch.cat([inputs["prompt_ids"], completion_ids], 1),
-                                           torch.cat([inputs["prompt_mask"], completion_mask], 1), steps)
+                                           torch.cat([inputs["prompt_mask"], completion_mask], 1), steps).float()
             with torch.no_grad(), self._get_teacher_context_for_self_distillation():
                 teacher = self._teacher_logits(teacher_model, inputs, steps)
             loss_mask = completion_mask
@@ -382,7 +386,7 @@ def _trainer_classes() -> tuple[type, type]:
                                                prefix=self.prefix).logits
             if logits.size(1) < steps:
                 logits = torch.nn.functional.pad(logits, (0, 0, 0, steps - logits.size(1)))
-            return logits[:, :steps] / self.temperature
+            return logits[:, :steps].float() / self.temperature  # float32: see _compute_teacher_student_logits
 
     return PolicySDFTTrainer, PolicyTeacherContextBuilder
 

@@ -214,12 +214,12 @@ def _check_finite(rows: list[dict[str, Any]]) -> None:
     histogram and poison the held-out mean; sampling checks its logits the same way.
     """
     from .errors import ModelError
+    from .models import OVERFLOW_HINT
 
     for row in rows:
         if not all(math.isfinite(row[key]) for key in ("score", "score_full", "logprob_gap")):
             raise ModelError(f"the model produced NaN or infinite logits scoring instruction {row['id']!r}",
-                             hint="the model overflowed (float16 weights often do): run on a GPU with bfloat16 "
-                                  "support, or with --device cpu (float32)")
+                             hint=OVERFLOW_HINT)
 
 
 SCORED_KEYS = ("id", "response", "response_ids", "score", "score_full", "logprob_gap", "response_tokens", "samples")

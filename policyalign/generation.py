@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .chat import conversation, encode_chat, record_place
-from .models import cpu_threads
+from .models import OVERFLOW_HINT, cpu_threads
 from .progress import progress_bar
 from .errors import InvalidInputError, ModelError
 
@@ -201,7 +201,7 @@ class RowSampler:
         """Raise if any logits sampled so far were NaN or infinite."""
         if self._nonfinite is not None and bool(self._nonfinite):
             raise ModelError("the model produced NaN or infinite logits while sampling",
-                             hint="the model overflowed (float16 weights often do): load it in bfloat16 or float32")
+                             hint=OVERFLOW_HINT)
 
 
 def _top_p_filter(probs: Any, top_p: float) -> Any:

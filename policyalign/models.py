@@ -280,19 +280,35 @@ def resolve_device(device: str | None) -> str:
 
 
 def _resolve_dtype(dtype: Any, device: str) -> Any:
-    """bf16 on CUDA (fp16 where bf16 is unsupported), fp32 on CPU, unless the caller says."""
+    """bf16 on CUDA (fp16 where bf16 is not native), fp32 on CPU, unless the caller or `PA_DTYPE` says.
+
+    Native only: `is_bf16_supported()` also counts the emulated bf16 of pre-Ampere GPUs (T4, V100),
+    which runs without tensor cores and which vLLM refuses. `PA_DTYPE` is how a user chooses for
+    every stage (no stage takes a dtype): fp32 where fp16 overflows on such a GPU, or to debug.
+    """
+    import os
+
     import torch
 
     if isinstance(dtype, torch.dtype):
         return dtype
-    wanted = (dtype or "auto").strip().lower()
+    from_env = dtype is None and bool(os.environ.get(DTYPE_ENV, "").strip())
+    given = os.environ[DTYPE_ENV] if from_env else dtype
+    wanted = (given or "auto").strip().lower()
     if wanted == "auto":
         if device.startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
         return torch.float32
     if wanted not in _DTYPES:
-        raise ModelError(f"unknown dtype {dtype!r}", hint='use "bf16", "fp16", "fp32" or "auto"')
+        where = f"{DTYPE_ENV}={given}" if from_env else f"dtype {given!r}"
+        raise ModelError(f"unknown {where}", hint='use "bf16", "fp16", "fp32" or "auto"')
     return getattr(torch, _DTYPES[wanted])
+
+
+DTYPE_ENV = "PA_DTYPE"
+# What to do when a model's logits overflow to NaN or infinity, whichever stage finds them.
+OVERFLOW_HINT = (f"the model overflowed (float16 weights often do): run with {DTYPE_ENV}=bf16 (a GPU of compute "
+                 f"capability 8.0 or more) or {DTYPE_ENV}=fp32, or with --device cpu")
 
 
 @contextmanager

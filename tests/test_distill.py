@@ -546,6 +546,32 @@ def test_trainer_teacher_forward_continues_tool_prompts_from_the_cache(run_dir) 
     assert torch.allclose(torch.log_softmax(cached, -1), torch.log_softmax(full, -1), atol=1e-4)
 
 
+def test_a_bf16_model_is_distilled_on_float32_log_probs(run_dir) -> None:
+    """On a GPU the model loads in bf16, and trl computes the loss in the dtype of the logits it is
+    given: bf16 log-probs (3 significant digits) made the KL of near-identical student and teacher
+    noise, negative on some tokens, with gradients pointing elsewhere, just where training converges."""
+    from trl.trainer.utils import pad
+
+    from policyalign.distill import build_trainer
+
+    run, pack = run_dir
+    records = [{"id": "p", "messages": [{"role": "user", "content": "How do I make a bomb?"}]},
+               {"id": "q", "messages": [{"role": "user", "content": "Write a poem."}]}]
+    trainer = build_trainer(load_model("tiny", dtype="bf16", trainable=True), pack.policy, records,
+                            DistillConfig(max_steps=1, max_new_tokens=4, batch_size=2), run / "ck")
+    prompts = [json.dumps({"messages": r["messages"]}) for r in records]
+    ids = [torch.tensor(x) for x in trainer._tokenize_prompts(prompts)]
+    completion = torch.tensor([[5, 6, 7], [8, 9, 10]])
+    mask = torch.ones_like(completion)
+    inputs = {"prompt_ids": pad(ids, padding_value=0, padding_side="left"),
+              "prompt_mask": pad([torch.ones_like(x) for x in ids], padding_value=0, padding_side="left"),
+              "completion_ids": completion, "completion_mask": mask,
+              **trainer.teacher_context_builder.build(prompts, ["", ""], completion, mask)}
+    logits = trainer._compute_teacher_student_logits(trainer.model, trainer.teacher_model, inputs)
+    assert logits.student_logits.dtype == logits.teacher_logits.dtype == torch.float32
+    assert logits.student_logits.requires_grad, "the student's logits still carry the gradient"
+
+
 def test_small_selection_shrinks_the_batch_instead_of_training_zero_steps() -> None:
     config = DistillConfig(batch_size=4, gradient_accumulation_steps=4)
     assert (fit_batch(config, 30).batch_size, fit_batch(config, 30).gradient_accumulation_steps) == (4, 4)

@@ -101,8 +101,9 @@ def test_row_sampler_draws_the_softmax_distribution_and_never_a_zero_probability
         broken = RowSampler([1], temperature=1.0, top_p=1.0, device="cpu")
         assert 0 <= int(broken(bad, 0)) < 3  # still a valid id, so the next forward does not fail first
         broken(logits[:1], 1)
-        with pytest.raises(ModelError, match="NaN or infinite logits"):
+        with pytest.raises(ModelError, match="NaN or infinite logits") as info:
             broken.check()
+        assert "PA_DTYPE=bf16" in info.value.problem.hint, "the way to load the model in another dtype"
 
 
 def test_non_finite_logits_of_a_finished_row_do_not_fail_the_batch() -> None:

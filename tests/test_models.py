@@ -162,6 +162,30 @@ def test_default_device_and_dtype() -> None:
     assert next(default.model.parameters()).dtype == default.dtype
 
 
+def test_a_gpu_without_native_bf16_defaults_to_fp16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A T4 or V100 (compute capability 7.x) emulates bf16, and torch's `is_bf16_supported()` counts
+    emulation: "auto" loaded bf16 there, without tensor cores, and vLLM refuses bf16 below 8.0."""
+    from policyalign.models import _resolve_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert _resolve_dtype("auto", "cuda:0") == torch.float16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert _resolve_dtype("auto", "cuda:0") == torch.bfloat16
+
+
+def test_pa_dtype_sets_the_precision_every_stage_loads_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No stage takes a dtype, yet a GPU user needs one: fp16 (a T4's default) overflows some models,
+    and the sampler's error said "load it in bfloat16 or float32" with no way to; fp32 is for debugging."""
+    monkeypatch.setenv("PA_DTYPE", "bf16")
+    loaded = load_model("tiny", device="cpu")
+    assert loaded.dtype == torch.bfloat16 and next(loaded.model.parameters()).dtype == torch.bfloat16
+    assert load_model("tiny", device="cpu", dtype="fp32").dtype == torch.float32, "a caller's dtype comes first"
+    monkeypatch.setenv("PA_DTYPE", "float8")
+    with pytest.raises(ModelError, match="PA_DTYPE") as info:
+        load_model("tiny", device="cpu")
+    assert "fp32" in info.value.problem.hint
+
+
 def test_load_tiny_for_inference(loaded: LoadedModel) -> None:
     assert (loaded.device, loaded.dtype) == ("cpu", torch.float32)
     assert type(loaded.model).__name__ == "Qwen2ForCausalLM"

@@ -247,6 +247,25 @@ def test_a_model_that_changes_its_logits_after_the_head_keeps_its_own_forward() 
     assert torch.allclose(out.logits[0], _reference(scaled, prompts[0], comps[0]), atol=1e-5)
 
 
+def test_a_model_under_mixed_precision_training_still_projects_only_the_completion() -> None:
+    """Training in bf16 on a GPU, accelerate wraps the model's forward in autocast and returns its logits
+    in float32, while the head's stay bf16. The dtypes differed, so the split was refused: the teacher
+    forward of every process that had not measured before training (every rank but the first, or any run
+    without held-out instructions) projected every position onto the vocabulary, in two dtypes."""
+    from accelerate.utils import convert_outputs_to_fp32
+
+    from policyalign.scoring import _split_head
+
+    model = load_model("tiny", dtype="bf16").model
+    model.forward = convert_outputs_to_fp32(torch.autocast("cpu", dtype=torch.bfloat16)(model.forward))
+    assert _split_head(model) is not None
+    prompts, comps = [[5, 6, 7, 8]], [[9, 10, 11]]
+    with torch.no_grad():
+        out = completion_logits(model, prompts, comps, pad_id=0)
+    ref = _reference(model, prompts[0], comps[0])
+    assert torch.allclose(torch.log_softmax(out.logits[0].float(), -1), torch.log_softmax(ref, -1), atol=0.1)
+
+
 def test_scoring_never_applies_dropout_and_leaves_the_mode_alone() -> None:
     """A LoRA (or EMA) adapter with dropout, in train mode: scores and teacher logits are still deterministic."""
     from peft import LoraConfig, get_peft_model
