@@ -143,7 +143,10 @@ def judge_command(
     batch_size: int = typer.Option(8, "--batch-size", help="Judge batch size (model judges)."),
     packs_path: Optional[list[Path]] = PacksPath,
 ) -> None:
-    """Score any JSONL of responses with a judge; prints label counts and rates."""
+    """Score any JSONL of responses with a judge; prints label counts and rates.
+
+    Stopped part way (Ctrl-C, a crash), it judges only the rows not judged yet when run again with the same
+    judge and --pack (verdicts are kept in OUT.partial.jsonl beside the output, e.g. FILE.judged.partial.jsonl)."""
     from ..evaluate import judge_file, rate_with_interval
 
     policy = ""
