@@ -738,10 +738,9 @@ def _judge_journaled(rows: list[dict[str, Any]], judge_spec: str, journal: Journ
     """`judge_rows`, a chunk at a time, each chunk's verdicts journaled: an `llm:` judge on a real
     model is slow too, and a resumed evaluation (or `pa judge`) judges only what was not judged yet.
     A verdict is reused for the same judge (spec and weights), policy shown and row (`_verdict_key`)."""
-    from .stages import judge_weights
     from .run import fingerprint
 
-    judge_key = fingerprint({"judge": judge_spec, **judge_weights(judge_spec), "policy": policy})
+    judge_key = fingerprint({"judge": judge_spec, **_judge_weights_fetched(judge_spec), "policy": policy})
     keys = [_verdict_key(judge_key, row) for row in rows]
     pending = [k for k, key in enumerate(keys) if key not in journal.verdicts]
     if len(pending) < len(rows):
@@ -751,6 +750,20 @@ def _judge_journaled(rows: list[dict[str, Any]], judge_spec: str, journal: Journ
         chunk = pending[start:start + JUDGE_CHUNK]
         journal.add_verdicts([keys[k] for k in chunk], _judged([rows[k] for k in chunk], judge, judge_spec, policy))
     return [{**row, **journal.verdicts[key]} for row, key in zip(rows, keys)]
+
+
+def _judge_weights_fetched(judge_spec: str) -> dict[str, str]:
+    """`stages.judge_weights`, a Hub judge's config fetched first when the cache has none: until it is
+    downloaded a Hub judge has no commit to key by, so the run that downloaded it journaled its
+    verdicts under no commit, and its resume, keyed by the commit, judged every row again."""
+    from .models import hub_commit, load_model, resolve_model
+    from .stages import judge_weights
+
+    model = getattr(get_judge(judge_spec), "model", None)
+    ref = resolve_model(model) if model else None
+    if ref is not None and ref.kind == "hub" and hub_commit(ref) is None:
+        load_model(ref, weights=False)  # tokenizer and config only: the snapshot names the commit
+    return judge_weights(judge_spec)
 
 
 def _ref_dict(ref: Any) -> dict[str, Any] | None:
@@ -1284,9 +1297,8 @@ def judge_settings(judge: str, policy: str, device: str | None) -> dict[str, Any
     policy it is shown and, for a model judge, the device type (bf16 on a GPU judges otherwise
     than fp32 on a CPU). A journal made under other settings is discarded."""
     from .run import fingerprint
-    from .stages import judge_weights
 
-    settings: dict[str, Any] = {"judge": judge, **judge_weights(judge), "policy": fingerprint(policy)}
+    settings: dict[str, Any] = {"judge": judge, **_judge_weights_fetched(judge), "policy": fingerprint(policy)}
     if judge != "refusal":
         import torch
 

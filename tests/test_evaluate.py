@@ -423,6 +423,27 @@ def test_a_pa_judge_refused_before_its_first_verdict_leaves_no_journal(
     assert not (tmp_path / "pairs.judged.partial.jsonl").exists()
 
 
+@pytest.mark.slow
+def test_pa_judge_resumes_the_verdicts_of_a_hub_judge_it_downloaded(tmp_path: Path, hub_server) -> None:  # type: ignore[no-untyped-def]
+    """A Hub judge not in the cache has no commit to key its verdicts by until it is downloaded: the
+    run that downloaded it journaled them under none, and its resume, keyed by the commit, threw
+    every one away ("its verdicts were made with another judge_files")."""
+    from policyalign.tiny import tiny_model_path
+
+    hub_server.store.create("model", "org/judge-model", False)
+    hub_server.put_files("org/judge-model", {p.name: p.read_bytes() for p in tiny_model_path().iterdir()}, "tiny")
+    env = {**_pa_env(), "HF_ENDPOINT": hub_server.endpoint, "HF_HUB_DISABLE_XET": "1",
+           "HF_HUB_CACHE": str(tmp_path / "hf-cache"), "HF_HUB_OFFLINE": "0"}
+    src, journal = _pairs(tmp_path / "pairs.jsonl", 40), tmp_path / "pairs.judged.partial.jsonl"
+    command = [sys.executable, "-m", "policyalign", "judge", str(src), "--judge", "llm:org/judge-model",
+               "--batch-size", "1"]
+    reused = _killed_once_journaled(command, journal, 1, env)
+    resumed = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "discarding" not in resumed.stderr
+    assert f"resuming: {reused} of 40 verdicts" in resumed.stderr
+
+
 @pytest.mark.parametrize("out, message", [
     ("pairs.jsonl", "--out is the input file"),
     ("./pairs.jsonl", "--out is the input file"),
