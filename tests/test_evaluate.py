@@ -423,6 +423,17 @@ def test_a_pa_judge_refused_before_its_first_verdict_leaves_no_journal(
     assert not (tmp_path / "pairs.judged.partial.jsonl").exists()
 
 
+@pytest.mark.parametrize("command", [["judge", "pairs.jsonl", "--judge", "llm:tiny"], ["eval", "general", "--model", "tiny"]])
+def test_a_batch_size_below_one_is_refused_before_any_model_loads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]) -> None:
+    """`--batch-size 0` was refused by the generator, after the file was read and the model loaded."""
+    monkeypatch.chdir(tmp_path)
+    _pairs(tmp_path / "pairs.jsonl", 1)
+    result = CliRunner().invoke(app, [*command, "--batch-size", "0"])
+    assert result.exit_code == 2 and "--batch-size" in result.output, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs.jsonl"]
+
+
 @pytest.mark.slow
 def test_pa_judge_resumes_the_verdicts_of_a_hub_judge_it_downloaded(tmp_path: Path, hub_server) -> None:  # type: ignore[no-untyped-def]
     """A Hub judge not in the cache has no commit to key its verdicts by until it is downloaded: the

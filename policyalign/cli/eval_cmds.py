@@ -89,7 +89,7 @@ def eval_command(
                                        "evaluations with other options never overwrite each other)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="At most N items per eval set."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or auto."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Generation batch size."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Generation batch size."),
     max_new_tokens: int = typer.Option(DEFAULT_MAX_NEW_TOKENS, "--max-new-tokens", help="Longest response generated."),
     benchmark: Optional[list[str]] = typer.Option(None, "--benchmark",
                                                   help="Also run a public benchmark (xstest, strongreject); needs `datasets`."),
@@ -140,7 +140,7 @@ def judge_command(
     out: Optional[Path] = typer.Option(None, "--out", help="Where to write judged rows (default FILE.judged.jsonl)."),
     pack: Optional[str] = typer.Option(None, "--pack", help="Pack whose policy the llm: judge is shown."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or auto (model judges)."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Judge batch size (model judges)."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Judge batch size (model judges)."),
     packs_path: Optional[list[Path]] = PacksPath,
 ) -> None:
     """Score any JSONL of responses with a judge; prints label counts and rates.
