@@ -243,9 +243,11 @@ class _Task:
 
 
 def check_eval_options(judge: str, limit: int | None, *, limit_flag: str = "--limit") -> None:
-    """The judge spec and the item limit, checked before any model loads; `pa apply` checks them
-    before its first stage, not after synthesis and filtering have run."""
-    get_judge(judge)
+    """The judge (its spec, and its model: a directory that is not there, a Hub judge neither in the
+    cache nor downloadable) and the item limit, checked before any model loads; `pa apply` checks
+    them before its first stage, not after synthesis and filtering have run. A model judge was
+    loaded only after every answer had been generated, and refused then."""
+    _judge_weights_fetched(judge)
     if limit is not None and limit < 1:
         raise InvalidInputError(f"{limit_flag} must be at least 1, got {limit}",
                                 hint=f"pass a positive number of items per set, or omit {limit_flag}")

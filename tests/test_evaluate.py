@@ -1015,6 +1015,21 @@ def test_pa_eval_killed_mid_generation_resumes_from_its_journal(tmp_path: Path) 
     assert not (out / JOURNAL).exists()
 
 
+def test_a_judge_model_that_cannot_load_is_refused_before_any_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pa eval --judge llm:ORG/NAME` offline, the judge not in the cache: every answer was generated
+    (hours on a real model, and in `pa apply` after synthesis and training) before the judge was loaded."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    spy = Batches(monkeypatch)
+    with pytest.raises(PolicyAlignError, match="acme/absent-judge is not in the local Hugging Face cache"):
+        evaluate(_general(), "tiny", judge="llm:acme/absent-judge", out_dir=tmp_path / "eval", limit=1,
+                 params=greedy_params(4))
+    with pytest.raises(PolicyAlignError, match="no-such-judge"):
+        evaluate(_general(), "tiny", judge=f"guard:{tmp_path / 'no-such-judge'}", out_dir=tmp_path / "eval", limit=1,
+                 params=greedy_params(4))
+    assert spy.items == 0 and not (tmp_path / "eval").exists()
+
+
 def test_an_evaluation_refused_before_its_first_answer_leaves_no_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`pa eval` of a model not in the cache, or of a misspelt set, left its output folder behind
     holding only `.pa.lock`, which a later `pa eval --compare pa-eval/*/...` glob took for an evaluation."""
