@@ -75,8 +75,8 @@ def interrupted_message(command: str | None) -> str:
         return ("interrupted: the answers so far are kept (responses.partial.jsonl in the output folder); "
                 "run the same command again to continue")
     if command == "judge":
-        return ("interrupted: the verdicts so far are kept (OUT.partial.jsonl beside the output file, "
-                "e.g. FILE.judged.partial.jsonl); run the same command again to continue")
+        return ("interrupted: the verdicts so far are kept beside the output (X.partial.jsonl for --out X.jsonl, "
+                "FILE.judged.partial.jsonl by default); run the same command again to continue")
     return "interrupted"
 
 

@@ -137,7 +137,7 @@ def eval_command(
 def judge_command(
     file: Path = typer.Argument(..., help="JSONL of {prompt|messages, response[, category, expect]} rows."),
     judge: str = typer.Option("refusal", "--judge", help="refusal | guard:MODEL | llm:MODEL"),
-    out: Optional[Path] = typer.Option(None, "--out", help="Where to write judged rows (default FILE.judged.jsonl)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where to write judged rows, never FILE itself (default FILE.judged.jsonl)."),
     pack: Optional[str] = typer.Option(None, "--pack", help="Pack whose policy the llm: judge is shown."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or auto (model judges)."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Judge batch size (model judges)."),
@@ -146,7 +146,8 @@ def judge_command(
     """Score any JSONL of responses with a judge; prints label counts and rates.
 
     Stopped part way (Ctrl-C, a crash), it judges only the rows not judged yet when run again with the same
-    judge and --pack (verdicts are kept in OUT.partial.jsonl beside the output, e.g. FILE.judged.partial.jsonl)."""
+    judge and --pack (verdicts are kept beside the output: X.partial.jsonl for --out X.jsonl, FILE.judged.partial.jsonl
+    by default)."""
     from ..evaluate import judge_file, rate_with_interval
 
     policy = ""
