@@ -480,6 +480,17 @@ def test_pa_judge_refuses_an_out_that_would_overwrite_its_input_or_is_no_file(
     assert judged == [] and src.read_bytes() == original and (tmp_path / judge_input).read_bytes() == original
 
 
+@pytest.mark.parametrize("judge", ["refusal", "guard:tiny"])
+def test_pa_judge_refuses_a_pack_its_judge_would_ignore(tmp_path: Path, judge: str) -> None:
+    """`pa judge FILE --pack medical` judged with the refusal detector, which reads no policy: the
+    verdicts looked policy-aware and were not."""
+    src = _pairs(tmp_path / "pairs.jsonl", 1)
+    result = CliRunner().invoke(app, ["judge", str(src), "--judge", judge, "--pack", "general"])
+    assert result.exit_code == 2, result.output
+    assert "--pack is shown to an llm: judge only" in result.output and "--judge llm:MODEL --pack" in result.output
+    assert not (tmp_path / "pairs.judged.jsonl").exists()
+
+
 # ------------------------------------------------------------------------------- CLI
 
 

@@ -151,6 +151,11 @@ def judge_command(
     from ..evaluate import judge_file, rate_with_interval
 
     policy = ""
+    if pack and not judge.strip().startswith("llm:"):  # the refusal and guard judges read no policy
+        from ..errors import InvalidInputError
+
+        raise InvalidInputError(f"--pack is shown to an llm: judge only; --judge {judge} reads no policy, so it would be "
+                                "ignored", hint="drop --pack, or judge with --judge llm:MODEL --pack PACK")
     if pack:
         from .common import load
 
