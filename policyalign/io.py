@@ -170,6 +170,10 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         ) from None
 
 
+# A JSON array of rows (pandas' to_json(orient="records"), a pretty-printed export) is not JSON Lines.
+JSON_ARRAY_HINT = "this is a JSON array, not JSON Lines: write one object per line, e.g. jq -c '.[]' FILE > FILE.jsonl"
+
+
 def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line; a malformed line is an error naming file and line.
     So is a line that is not UTF-8 (a file saved as Latin-1 or UTF-16 was a UnicodeDecodeError
@@ -183,14 +187,16 @@ def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, An
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
+                array = lineno == 1 and line.lstrip().startswith("[")  # a pretty-printed JSON array
                 raise InvalidInputError(
                     f"malformed JSON line: {exc.msg}", file=str(p), where=f"line {lineno}",
-                    hint="each line must be one complete JSON object",
+                    hint=JSON_ARRAY_HINT if array else "each line must be one complete JSON object",
                 ) from None
             if not isinstance(row, dict):
+                array = isinstance(row, list) and bool(row) and all(isinstance(item, dict) for item in row)
                 raise InvalidInputError(
                     "each JSONL line must be a JSON object", file=str(p), where=f"line {lineno}",
-                    hint='wrap the value in an object, e.g. {"prompt": ...}',
+                    hint=JSON_ARRAY_HINT if array else 'wrap the value in an object, e.g. {"prompt": ...}',
                 )
             yield lineno, row
 

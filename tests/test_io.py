@@ -40,3 +40,15 @@ def test_a_utf8_byte_order_mark_is_read_past(tmp_path: Path) -> None:
     path = tmp_path / "pairs.jsonl"
     path.write_bytes(b'\xef\xbb\xbf{"prompt": "caf\xc3\xa9", "response": "ok"}\r\n{"prompt": "b", "response": "ok"}\r\n')
     assert read_jsonl(path) == [{"prompt": "café", "response": "ok"}, {"prompt": "b", "response": "ok"}]
+
+
+@pytest.mark.parametrize("text", ['[{"prompt": "a", "response": "b"}, {"prompt": "c", "response": "d"}]\n',
+                                  '[\n  {\n    "prompt": "a",\n    "response": "b"\n  }\n]\n'])
+def test_a_json_array_of_rows_is_told_apart_from_json_lines(tmp_path: Path, text: str) -> None:
+    """pandas' `to_json(orient="records")` writes one JSON array: the hint said to wrap the value in an
+    object, which would not make the file readable."""
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(text)
+    with pytest.raises(InvalidInputError) as info:
+        read_jsonl(path)
+    assert "line 1" in str(info.value) and "this is a JSON array, not JSON Lines" in info.value.problem.hint
