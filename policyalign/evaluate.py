@@ -1253,7 +1253,8 @@ def read_judge_file(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Read and validate a JSONL of response pairs; a bad line is an error naming file and line."""
     p = Path(path)
     if not p.is_file():
-        raise InvalidInputError(f"no such file: {p}", file=str(p), hint="pass a JSONL file of responses")
+        raise InvalidInputError("a directory, not a file" if p.is_dir() else f"no such file: {p}", file=str(p),
+                                hint="pass a JSONL file of responses (e.g. an evaluation's responses.jsonl)")
     rows = [_judge_row(p, lineno, raw) for lineno, raw in iter_jsonl(p)]
     if not rows:
         raise InvalidInputError("the file has no rows", file=str(p), hint=_ROW_HINT)

@@ -279,6 +279,15 @@ def test_judge_file_bad_lines_name_file_and_line(tmp_path: Path, line: str, mess
     assert message in text and "bad.jsonl" in text and "line 2" in text
 
 
+def test_judge_file_names_a_directory_given_as_its_file(tmp_path: Path) -> None:
+    """`pa judge pa-eval/general-1.0.0/tiny` said "no such file" of a folder that is there."""
+    with pytest.raises(InvalidInputError, match="a directory, not a file") as info:
+        read_judge_file(tmp_path)
+    assert "responses.jsonl" in info.value.problem.hint
+    with pytest.raises(InvalidInputError, match="no such file"):
+        read_judge_file(tmp_path / "absent.jsonl")
+
+
 def test_pa_judge_cli(tmp_path: Path) -> None:
     src = _write_lines(tmp_path / "pairs.jsonl", [json.dumps({"prompt": "q", "response": "I won't do that.",
                                                                "expect": "refuse"})])
