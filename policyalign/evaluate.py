@@ -243,9 +243,11 @@ class _Task:
 
 
 def check_eval_options(judge: str, limit: int | None, *, limit_flag: str = "--limit") -> None:
-    """The judge spec and the item limit, checked before any model loads; `pa apply` checks them
-    before its first stage, not after synthesis and filtering have run."""
-    get_judge(judge)
+    """The judge (its spec, and its model: a directory that is not there, a Hub judge neither in the
+    cache nor downloadable) and the item limit, checked before any model loads; `pa apply` checks
+    them before its first stage, not after synthesis and filtering have run. A model judge was
+    loaded only after every answer had been generated, and refused then."""
+    _judge_weights_fetched(judge)
     if limit is not None and limit < 1:
         raise InvalidInputError(f"{limit_flag} must be at least 1, got {limit}",
                                 hint=f"pass a positive number of items per set, or omit {limit_flag}")
@@ -658,7 +660,8 @@ def _shown_key(task: _Task, conversation: Mapping[str, Any]) -> str:
 
 
 def _verdict_key(judge_key: str, row: Mapping[str, Any]) -> str:
-    """Everything a verdict depends on: the judge (spec and files) and what it is shown."""
+    """Everything a verdict depends on: the judge (`judge_key`: spec, files and the policy it is
+    shown) and the row it is shown."""
     from .run import fingerprint
 
     return fingerprint({"judge": judge_key, "messages": row["messages"], "response": row["response"],
@@ -675,15 +678,18 @@ class Journal:
     others is discarded with a one-line notice. Answers are matched to items by set, id and what
     the model was shown, verdicts by the judge and what it was shown, so a changed item or judge
     is done again, never served from the journal. A line torn by a kill is skipped. `evaluate`
-    deletes the journal once eval.json and responses.jsonl are written."""
+    deletes the journal once eval.json and responses.jsonl are written. `pa judge` (`judge_file`)
+    keeps its verdicts in one too, beside its output."""
 
     path: Path
     responses: dict[str, dict[str, Any]] = field(default_factory=dict)
     verdicts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, path: Path, settings: Mapping[str, Any]) -> "Journal":
-        """The journal at `path` when it was made under `settings`, else a new one in its place."""
+    def open(cls, path: Path, settings: Mapping[str, Any], *, made: str = "responses",
+             redo: str = "answering every item again") -> "Journal":
+        """The journal at `path` when it was made under `settings`, else a new one in its place;
+        the notice says what its `made` (responses, verdicts) depended on that changed, and `redo`."""
         rows = read_journal(path)
         header = {"journal": JOURNAL_SCHEMA, "settings": json.loads(json.dumps(settings, default=str))}
         if rows and rows[0] == header:
@@ -692,7 +698,7 @@ class Journal:
                 journal._take(row)
             return journal
         if path.exists():
-            print(f"discarding {path}: {_journal_change(rows[0] if rows else {}, header)}; answering every item again",
+            print(f"discarding {path}: {_journal_change(rows[0] if rows else {}, header, made)}; {redo}",
                   file=sys.stderr)
         write_jsonl(path, [header])
         return cls(path)
@@ -720,30 +726,46 @@ class Journal:
             self._take(row)
 
 
-def _journal_change(found: Mapping[str, Any], header: Mapping[str, Any]) -> str:
+def _journal_change(found: Mapping[str, Any], header: Mapping[str, Any], made: str = "responses") -> str:
     """Why a journal cannot be resumed, naming the settings that changed."""
     if found.get("journal") != JOURNAL_SCHEMA or not isinstance(found.get("settings"), dict):
         return "not a journal this version of policyalign wrote"
     then, now = found["settings"], header["settings"]
     changed = sorted(name for name in set(then) | set(now) if then.get(name) != now.get(name))
-    return f"its responses were made with another {', '.join(changed)}"
+    return f"its {made} were made with another {', '.join(changed)}"
 
 
 def _judge_journaled(rows: list[dict[str, Any]], judge_spec: str, journal: Journal, *, policy: str,
                      device: str | None, batch_size: int) -> list[dict[str, Any]]:
     """`judge_rows`, a chunk at a time, each chunk's verdicts journaled: an `llm:` judge on a real
-    model is slow too, and a resumed evaluation judges only what was not judged yet."""
-    from .stages import judge_weights
+    model is slow too, and a resumed evaluation (or `pa judge`) judges only what was not judged yet.
+    A verdict is reused for the same judge (spec and weights), policy shown and row (`_verdict_key`)."""
     from .run import fingerprint
 
-    judge_key = fingerprint({"judge": judge_spec, **judge_weights(judge_spec)})
+    judge_key = fingerprint({"judge": judge_spec, **_judge_weights_fetched(judge_spec), "policy": policy})
     keys = [_verdict_key(judge_key, row) for row in rows]
     pending = [k for k, key in enumerate(keys) if key not in journal.verdicts]
+    if len(pending) < len(rows):
+        print(f"resuming: {len(rows) - len(pending)} of {len(rows)} verdicts from {journal.path}", file=sys.stderr)
     judge = get_judge(judge_spec, device=device, batch_size=batch_size) if pending else None
     for start in range(0, len(pending), JUDGE_CHUNK):
         chunk = pending[start:start + JUDGE_CHUNK]
         journal.add_verdicts([keys[k] for k in chunk], _judged([rows[k] for k in chunk], judge, judge_spec, policy))
     return [{**row, **journal.verdicts[key]} for row, key in zip(rows, keys)]
+
+
+def _judge_weights_fetched(judge_spec: str) -> dict[str, str]:
+    """`stages.judge_weights`, a Hub judge's config fetched first when the cache has none: until it is
+    downloaded a Hub judge has no commit to key by, so the run that downloaded it journaled its
+    verdicts under no commit, and its resume, keyed by the commit, judged every row again."""
+    from .models import hub_commit, load_model, resolve_model
+    from .stages import judge_weights
+
+    model = getattr(get_judge(judge_spec), "model", None)
+    ref = resolve_model(model) if model else None
+    if ref is not None and ref.kind == "hub" and hub_commit(ref) is None:
+        load_model(ref, weights=False)  # tokenizer and config only: the snapshot names the commit
+    return judge_weights(judge_spec)
 
 
 def _ref_dict(ref: Any) -> dict[str, Any] | None:
@@ -1231,7 +1253,8 @@ def read_judge_file(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Read and validate a JSONL of response pairs; a bad line is an error naming file and line."""
     p = Path(path)
     if not p.is_file():
-        raise InvalidInputError(f"no such file: {p}", file=str(p), hint="pass a JSONL file of responses")
+        raise InvalidInputError("a directory, not a file" if p.is_dir() else f"no such file: {p}", file=str(p),
+                                hint="pass a JSONL file of responses (e.g. an evaluation's responses.jsonl)")
     rows = [_judge_row(p, lineno, raw) for lineno, raw in iter_jsonl(p)]
     if not rows:
         raise InvalidInputError("the file has no rows", file=str(p), hint=_ROW_HINT)
@@ -1247,14 +1270,67 @@ class JudgeFileResult:
     metrics: dict[str, Any]
 
 
+def judge_journal_path(out: Path) -> Path:
+    """Where `pa judge` journals its verdicts: beside its output, `judged.jsonl` -> `judged.partial.jsonl`."""
+    return out.with_suffix(".partial.jsonl")
+
+
+def _checked_judge_out(source: Path, out: Path) -> Path:
+    """`pa judge`'s output file, checked before any verdict (a model judge takes hours, and its
+    output was refused only at the end): never the input (it was replaced by the judged rows), not
+    a directory, in a folder that can be made. Returns the journal's path."""
+    journal = judge_journal_path(out)
+    for path, what in ((out, "--out is the input file"), (journal, f"--out {out} keeps its journal here")):
+        if path.resolve() == source.resolve():
+            raise InvalidInputError(f"{what}: judging would overwrite the input", file=str(source),
+                                    hint="give --out another file name (the default is FILE.judged.jsonl)")
+    if out.is_dir():
+        raise InvalidInputError("--out is a directory", file=str(out),
+                                hint=f"give --out a file name, e.g. {out / (source.stem + '.judged.jsonl')}")
+    try:
+        output_dir(out.parent)
+    except InvalidInputError:
+        raise InvalidInputError("--out: its folder cannot be made, a file has its name or a parent's",
+                                file=str(out), hint="give --out a file in a folder (created when missing)") from None
+    return journal
+
+
+def judge_settings(judge: str, policy: str, device: str | None) -> dict[str, Any]:
+    """What every verdict of `pa judge` depends on besides its row: the judge and its weights, the
+    policy it is shown and, for a model judge, the device type (bf16 on a GPU judges otherwise
+    than fp32 on a CPU). A journal made under other settings is discarded."""
+    from .run import fingerprint
+
+    settings: dict[str, Any] = {"judge": judge, **_judge_weights_fetched(judge), "policy": fingerprint(policy)}
+    if judge != "refusal":
+        import torch
+
+        from .models import resolve_device
+
+        settings["device"] = torch.device(resolve_device(device)).type
+    return settings
+
+
 def judge_file(path: str | os.PathLike[str], judge: str = "refusal", *, out: str | os.PathLike[str] | None = None,
                policy: str = "", device: str | None = None, batch_size: int = 8) -> JudgeFileResult:
     """Judge any JSONL of {prompt|messages, response[, category, expect]} rows; write the rows
-    with verdicts to `out` (default: FILE.judged.jsonl) and return metrics."""
+    with verdicts to `out` (default: FILE.judged.jsonl) and return metrics.
+
+    Verdicts are journaled as they come (`judge_journal_path`, the `Journal` `pa eval` keeps): a run
+    killed part way and started again judges only the rows not judged yet, and the journal is
+    deleted once `out` is written."""
     p = Path(path)
     rows = read_judge_file(p)
     get_judge(judge)
-    judged = judge_rows(rows, judge, policy=policy, device=device, batch_size=batch_size)
     out_path = Path(out) if out else p.with_name(f"{p.stem}.judged.jsonl")
+    journal = Journal.open(_checked_judge_out(p, out_path), judge_settings(judge, policy, device), made="verdicts",
+                           redo="judging every row again")
+    try:
+        judged = _judge_journaled(rows, judge, journal, policy=policy, device=device, batch_size=batch_size)
+    except BaseException:
+        if not journal.verdicts:  # only its header (a judge model that failed to load): nothing to resume
+            journal.path.unlink(missing_ok=True)
+        raise
     write_jsonl(out_path, judged)
+    journal.path.unlink(missing_ok=True)  # everything it held is in the output now
     return JudgeFileResult(out_path=out_path, rows=judged, metrics=summarize(judged))

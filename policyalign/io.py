@@ -170,26 +170,45 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         ) from None
 
 
+# A JSON array of rows (pandas' to_json(orient="records"), a pretty-printed export) is not JSON Lines.
+JSON_ARRAY_HINT = "this is a JSON array, not JSON Lines: write one object per line, e.g. jq -c '.[]' FILE > FILE.jsonl"
+
+
 def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line; a malformed line is an error naming file and line."""
+    """(line number, object) for each non-blank line; a malformed line is an error naming file and line.
+    So is a line that is not UTF-8 (a file saved as Latin-1 or UTF-16 was a UnicodeDecodeError
+    traceback); a UTF-8 byte-order mark, as Windows editors write, is skipped."""
     p = Path(path)
-    with p.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
+    with p.open("rb") as handle:
+        for lineno, data in enumerate(handle, start=1):
+            line = _utf8_line(p, lineno, data)
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
+                array = lineno == 1 and line.lstrip().startswith("[")  # a pretty-printed JSON array
                 raise InvalidInputError(
                     f"malformed JSON line: {exc.msg}", file=str(p), where=f"line {lineno}",
-                    hint="each line must be one complete JSON object",
+                    hint=JSON_ARRAY_HINT if array else "each line must be one complete JSON object",
                 ) from None
             if not isinstance(row, dict):
+                array = isinstance(row, list) and bool(row) and all(isinstance(item, dict) for item in row)
                 raise InvalidInputError(
                     "each JSONL line must be a JSON object", file=str(p), where=f"line {lineno}",
-                    hint='wrap the value in an object, e.g. {"prompt": ...}',
+                    hint=JSON_ARRAY_HINT if array else 'wrap the value in an object, e.g. {"prompt": ...}',
                 )
             yield lineno, row
+
+
+def _utf8_line(path: Path, lineno: int, data: bytes) -> str:
+    try:
+        return data.decode("utf-8-sig" if lineno == 1 else "utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(
+            f"not UTF-8 text: byte {data[exc.start]:#04x} at byte {exc.start + 1} of the line", file=str(path),
+            where=f"line {lineno}", hint="save the file as UTF-8 (JSON Lines files are UTF-8)",
+        ) from None
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

@@ -53,6 +53,15 @@ def test_ctrl_c_in_pa_eval_says_the_answers_so_far_are_kept() -> None:
                                            "the output folder); run the same command again to continue")
 
 
+def test_ctrl_c_in_pa_judge_says_the_verdicts_so_far_are_kept() -> None:
+    """`pa judge` journals its verdicts now: "interrupted" alone let the user think hours of judging were lost."""
+    from policyalign.cli import interrupted_message
+
+    message = interrupted_message("judge")
+    assert "verdicts so far are kept" in message and "FILE.judged.partial.jsonl" in message
+    assert "run the same command again to continue" in message
+
+
 def _help_texts(path: tuple[str, ...]) -> list[str]:
     command = typer.main.get_command(app)
     for name in path:

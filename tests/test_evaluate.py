@@ -279,6 +279,15 @@ def test_judge_file_bad_lines_name_file_and_line(tmp_path: Path, line: str, mess
     assert message in text and "bad.jsonl" in text and "line 2" in text
 
 
+def test_judge_file_names_a_directory_given_as_its_file(tmp_path: Path) -> None:
+    """`pa judge pa-eval/general-1.0.0/tiny` said "no such file" of a folder that is there."""
+    with pytest.raises(InvalidInputError, match="a directory, not a file") as info:
+        read_judge_file(tmp_path)
+    assert "responses.jsonl" in info.value.problem.hint
+    with pytest.raises(InvalidInputError, match="no such file"):
+        read_judge_file(tmp_path / "absent.jsonl")
+
+
 def test_pa_judge_cli(tmp_path: Path) -> None:
     src = _write_lines(tmp_path / "pairs.jsonl", [json.dumps({"prompt": "q", "response": "I won't do that.",
                                                                "expect": "refuse"})])
@@ -293,6 +302,202 @@ def test_pa_judge_cli(tmp_path: Path) -> None:
     assert "bad.jsonl:line 1" in result.output
     result = CliRunner().invoke(app, ["judge", str(src), "--judge", "nonsense"])
     assert result.exit_code == 2 and "guard:MODEL" in result.output
+
+
+def _pa_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def _killed_once_journaled(command: list[str], journal: Path, lines: int, env: dict[str, str] | None = None) -> int:
+    """Run a `pa` command and kill -9 it once its journal holds more than `lines` lines; the rows
+    the journal kept past its header (a line the kill tore is not one)."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(command, env=env or _pa_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < deadline:
+            if journal.is_file() and len(journal.read_text().splitlines()) > lines:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, f"{' '.join(command[3:5])} finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    return len(read_journal(journal)) - 1
+
+
+def _pairs(path: Path, n: int) -> Path:
+    """`n` distinct (prompt, response) rows, half declines, a third expected refusals."""
+    return _write_lines(path, [json.dumps({"prompt": f"Question {i}: how do I do thing {i}?",
+                                           "response": "I can't help with that." if i % 2 else f"Here is answer {i}.",
+                                           "expect": "refuse" if i % 3 == 0 else "comply", "category": f"c{i % 4}"})
+                               for i in range(n)])
+
+
+def _judged_counts(monkeypatch: pytest.MonkeyPatch, stop_after: int | None = None) -> list[int]:
+    """The real refusal judge, counting the rows of each call; Ctrl-C after `stop_after` calls."""
+    from policyalign.judges import RefusalJudge
+
+    judged: list[int] = []
+    original = RefusalJudge.judge
+
+    def judge(self, items):  # type: ignore[no-untyped-def]
+        if stop_after is not None and len(judged) == stop_after:
+            raise KeyboardInterrupt
+        judged.append(len(items))
+        return original(self, items)
+
+    monkeypatch.setattr(RefusalJudge, "judge", judge)
+    return judged
+
+
+def test_an_interrupted_pa_judge_judges_only_the_rows_not_judged_yet(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`pa judge` kept no verdict: an `llm:` judge on a real model stopped after hours started from the
+    first row. Its verdicts are journaled now; the resumed run judges the rest and writes what an
+    uninterrupted run writes."""
+    from policyalign.evaluate import JUDGE_CHUNK
+
+    src = _pairs(tmp_path / "pairs.jsonl", JUDGE_CHUNK + 8)
+    whole = judge_file(src, out=tmp_path / "whole.jsonl")
+    judged = _judged_counts(monkeypatch, stop_after=1)
+    with pytest.raises(KeyboardInterrupt):
+        judge_file(src)
+    assert judged == [JUDGE_CHUNK] and not (tmp_path / "pairs.judged.jsonl").exists()
+    assert len(read_journal(tmp_path / "pairs.judged.partial.jsonl")) == 1 + JUDGE_CHUNK  # the header, one chunk
+    judged[:] = []
+    monkeypatch.undo()
+    judged = _judged_counts(monkeypatch)
+    resumed = judge_file(src)
+    assert judged == [8]
+    assert f"resuming: {JUDGE_CHUNK} of {JUDGE_CHUNK + 8} verdicts" in capsys.readouterr().err
+    assert resumed.out_path.read_bytes() == whole.out_path.read_bytes()
+    assert not (tmp_path / "pairs.judged.partial.jsonl").exists()  # everything it held is in the output
+
+
+def test_pa_judge_discards_verdicts_made_under_another_policy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """An `llm:` judge shown another pack's policy judges otherwise: its verdicts must not be reused."""
+    from policyalign.evaluate import JUDGE_CHUNK
+
+    src = _pairs(tmp_path / "pairs.jsonl", JUDGE_CHUNK + 1)
+    judged = _judged_counts(monkeypatch, stop_after=1)
+    with pytest.raises(KeyboardInterrupt):
+        judge_file(src, policy="Never discuss locks.")
+    monkeypatch.undo()
+    judged = _judged_counts(monkeypatch)
+    judge_file(src, policy="Never discuss knives.")
+    assert judged == [JUDGE_CHUNK, 1]  # every row judged again
+    journal = tmp_path / "pairs.judged.partial.jsonl"
+    assert (f"discarding {journal}: its verdicts were made with another policy; judging every row again"
+            in capsys.readouterr().err)
+
+
+@pytest.mark.slow
+def test_pa_judge_killed_mid_judging_resumes_from_its_journal(tmp_path: Path) -> None:
+    """A real kill -9 of `pa judge --judge llm:tiny`: the rerun judges only the rows the journal lacks
+    and writes the bytes an uninterrupted run writes."""
+    src = _pairs(tmp_path / "pairs.jsonl", 40)
+    journal = tmp_path / "killed.partial.jsonl"
+
+    def command(out: Path) -> list[str]:
+        return [sys.executable, "-m", "policyalign", "judge", str(src), "--judge", "llm:tiny", "--batch-size", "1",
+                "--out", str(out)]
+
+    env = _pa_env()
+    reused = _killed_once_journaled(command(tmp_path / "killed.jsonl"), journal, 1)
+    assert 0 < reused < 40
+    resumed = subprocess.run(command(tmp_path / "killed.jsonl"), env=env, cwd=ROOT, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming: {reused} of 40 verdicts from {journal}" in resumed.stderr
+    whole = subprocess.run(command(tmp_path / "whole.jsonl"), env=env, cwd=ROOT, capture_output=True, text=True,
+                           timeout=600)
+    assert whole.returncode == 0, whole.stderr
+    assert (tmp_path / "killed.jsonl").read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
+    assert not journal.exists()
+
+
+def test_a_pa_judge_refused_before_its_first_verdict_leaves_no_journal(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A judge model not in the cache is refused once the journal is open: its header alone, with no
+    verdict to resume, was left beside the input."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    src = _pairs(tmp_path / "pairs.jsonl", 2)
+    with pytest.raises(PolicyAlignError):
+        judge_file(src, "llm:acme/absent-model")
+    assert not (tmp_path / "pairs.judged.partial.jsonl").exists()
+
+
+@pytest.mark.parametrize("command", [["judge", "pairs.jsonl", "--judge", "llm:tiny"], ["eval", "general", "--model", "tiny"]])
+def test_a_batch_size_below_one_is_refused_before_any_model_loads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]) -> None:
+    """`--batch-size 0` was refused by the generator, after the file was read and the model loaded."""
+    monkeypatch.chdir(tmp_path)
+    _pairs(tmp_path / "pairs.jsonl", 1)
+    result = CliRunner().invoke(app, [*command, "--batch-size", "0"])
+    assert result.exit_code == 2 and "--batch-size" in result.output, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs.jsonl"]
+
+
+@pytest.mark.slow
+def test_pa_judge_resumes_the_verdicts_of_a_hub_judge_it_downloaded(tmp_path: Path, hub_server) -> None:  # type: ignore[no-untyped-def]
+    """A Hub judge not in the cache has no commit to key its verdicts by until it is downloaded: the
+    run that downloaded it journaled them under none, and its resume, keyed by the commit, threw
+    every one away ("its verdicts were made with another judge_files")."""
+    from policyalign.tiny import tiny_model_path
+
+    hub_server.store.create("model", "org/judge-model", False)
+    hub_server.put_files("org/judge-model", {p.name: p.read_bytes() for p in tiny_model_path().iterdir()}, "tiny")
+    env = {**_pa_env(), "HF_ENDPOINT": hub_server.endpoint, "HF_HUB_DISABLE_XET": "1",
+           "HF_HUB_CACHE": str(tmp_path / "hf-cache"), "HF_HUB_OFFLINE": "0"}
+    src, journal = _pairs(tmp_path / "pairs.jsonl", 40), tmp_path / "pairs.judged.partial.jsonl"
+    command = [sys.executable, "-m", "policyalign", "judge", str(src), "--judge", "llm:org/judge-model",
+               "--batch-size", "1"]
+    reused = _killed_once_journaled(command, journal, 1, env)
+    resumed = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "discarding" not in resumed.stderr
+    assert f"resuming: {reused} of 40 verdicts" in resumed.stderr
+
+
+@pytest.mark.parametrize("out, message", [
+    ("pairs.jsonl", "--out is the input file"),
+    ("./pairs.jsonl", "--out is the input file"),
+    ("results.jsonl", "--out results.jsonl keeps its journal here"),
+    ("folder", "--out is a directory"),
+    ("pairs.jsonl/judged.jsonl", "its folder cannot be made"),
+])
+def test_pa_judge_refuses_an_out_that_would_overwrite_its_input_or_is_no_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, out: str, message: str) -> None:
+    """`--out` equal to the input replaced the responses with the judged rows, and an --out that is a
+    directory (or under a file) was a traceback once every row was judged: both are refused first."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "folder").mkdir()
+    src = _pairs(tmp_path / "pairs.jsonl", 2)
+    original = src.read_bytes()
+    judge_input = "results.partial.jsonl" if out == "results.jsonl" else "pairs.jsonl"
+    if judge_input != "pairs.jsonl":
+        (tmp_path / judge_input).write_bytes(original)
+    judged = _judged_counts(monkeypatch)
+    result = CliRunner().invoke(app, ["judge", judge_input, "--out", out])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "hint: give --out" in result.output and "Traceback" not in result.output
+    assert judged == [] and src.read_bytes() == original and (tmp_path / judge_input).read_bytes() == original
+
+
+@pytest.mark.parametrize("judge", ["refusal", "guard:tiny"])
+def test_pa_judge_refuses_a_pack_its_judge_would_ignore(tmp_path: Path, judge: str) -> None:
+    """`pa judge FILE --pack medical` judged with the refusal detector, which reads no policy: the
+    verdicts looked policy-aware and were not."""
+    src = _pairs(tmp_path / "pairs.jsonl", 1)
+    result = CliRunner().invoke(app, ["judge", str(src), "--judge", judge, "--pack", "general"])
+    assert result.exit_code == 2, result.output
+    assert "--pack is shown to an llm: judge only" in result.output and "--judge llm:MODEL --pack" in result.output
+    assert not (tmp_path / "pairs.judged.jsonl").exists()
 
 
 # ------------------------------------------------------------------------------- CLI
@@ -812,29 +1017,15 @@ def test_a_second_evaluation_into_the_same_folder_is_refused_while_the_first_run
 @pytest.mark.slow
 def test_pa_eval_killed_mid_generation_resumes_from_its_journal(tmp_path: Path) -> None:
     """A real kill -9 of `pa eval`: the rerun reports what it reused and ends with the same files."""
-    import signal
-    import time
-
     from policyalign.evaluate import JOURNAL
 
     def command(out: Path) -> list[str]:
         return [sys.executable, "-m", "policyalign", "eval", "general", "--model", "tiny", "--batch-size", "1",
                 "--max-new-tokens", "16", "--limit", "30", "--out", str(out)]
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = _pa_env()
     out = tmp_path / "killed"
-    proc = subprocess.Popen(command(out), env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 300
-        while proc.poll() is None and time.monotonic() < deadline:
-            if (out / JOURNAL).is_file() and len((out / JOURNAL).read_text().splitlines()) > 4:
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, "pa eval finished before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
-    reused = len(read_journal(out / JOURNAL)) - 1  # the header; a line the kill tore is not reused
+    reused = _killed_once_journaled(command(out), out / JOURNAL, 4)
     resumed = subprocess.run(command(out), env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming: {reused} of 60 responses from {out / JOURNAL}" in resumed.stderr
@@ -842,6 +1033,21 @@ def test_pa_eval_killed_mid_generation_resumes_from_its_journal(tmp_path: Path) 
     assert whole.returncode == 0, whole.stderr
     assert (out / "responses.jsonl").read_text() == (tmp_path / "whole" / "responses.jsonl").read_text()
     assert not (out / JOURNAL).exists()
+
+
+def test_a_judge_model_that_cannot_load_is_refused_before_any_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pa eval --judge llm:ORG/NAME` offline, the judge not in the cache: every answer was generated
+    (hours on a real model, and in `pa apply` after synthesis and training) before the judge was loaded."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    spy = Batches(monkeypatch)
+    with pytest.raises(PolicyAlignError, match="acme/absent-judge is not in the local Hugging Face cache"):
+        evaluate(_general(), "tiny", judge="llm:acme/absent-judge", out_dir=tmp_path / "eval", limit=1,
+                 params=greedy_params(4))
+    with pytest.raises(PolicyAlignError, match="no-such-judge"):
+        evaluate(_general(), "tiny", judge=f"guard:{tmp_path / 'no-such-judge'}", out_dir=tmp_path / "eval", limit=1,
+                 params=greedy_params(4))
+    assert spy.items == 0 and not (tmp_path / "eval").exists()
 
 
 def test_an_evaluation_refused_before_its_first_answer_leaves_no_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

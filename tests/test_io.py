@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from fulldisk import run_python
+from policyalign.errors import InvalidInputError
+from policyalign.io import read_jsonl
 
 
 def test_a_full_disk_is_an_error_naming_the_file_and_leaves_no_temporary(tmp_path: Path) -> None:
@@ -19,3 +23,32 @@ def test_a_full_disk_is_an_error_naming_the_file_and_leaves_no_temporary(tmp_pat
     assert result.stderr.startswith(f"error: {out}: File too large\n    hint: make room on that disk"), result.stderr
     assert "Traceback" not in result.stderr
     assert not out.exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_jsonl_line_that_is_not_utf8_is_an_error_naming_file_and_line(tmp_path: Path) -> None:
+    """A file saved as Latin-1 (`café` as 0xe9) was a UnicodeDecodeError traceback from `pa judge`."""
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(b'{"prompt": "tea", "response": "ok"}\n{"prompt": "caf\xe9", "response": "ok"}\n')
+    with pytest.raises(InvalidInputError) as info:
+        read_jsonl(path)
+    assert str(info.value).startswith(f"{path}:line 2: not UTF-8 text: byte 0xe9")
+    assert "save the file as UTF-8" in str(info.value)
+
+
+def test_a_utf8_byte_order_mark_is_read_past(tmp_path: Path) -> None:
+    """Windows editors start UTF-8 files with a byte-order mark; the first row was "malformed JSON"."""
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"prompt": "caf\xc3\xa9", "response": "ok"}\r\n{"prompt": "b", "response": "ok"}\r\n')
+    assert read_jsonl(path) == [{"prompt": "café", "response": "ok"}, {"prompt": "b", "response": "ok"}]
+
+
+@pytest.mark.parametrize("text", ['[{"prompt": "a", "response": "b"}, {"prompt": "c", "response": "d"}]\n',
+                                  '[\n  {\n    "prompt": "a",\n    "response": "b"\n  }\n]\n'])
+def test_a_json_array_of_rows_is_told_apart_from_json_lines(tmp_path: Path, text: str) -> None:
+    """pandas' `to_json(orient="records")` writes one JSON array: the hint said to wrap the value in an
+    object, which would not make the file readable."""
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(text)
+    with pytest.raises(InvalidInputError) as info:
+        read_jsonl(path)
+    assert "line 1" in str(info.value) and "this is a JSON array, not JSON Lines" in info.value.problem.hint

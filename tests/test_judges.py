@@ -222,10 +222,21 @@ def test_parse_llm_verdict(output: str, label: str) -> None:
     assert verdict.raw == output
 
 
-@pytest.mark.parametrize("garbage", ["", "hmm", '{"label": "maybe"}', "It could be refuse or comply.",
+@pytest.mark.parametrize("garbage", ["", "hmm", '{"label": "maybe"}', '{"label": "not', '{"reason": "cut before the label', "It could be refuse or comply.",
                                      "}}{{ not json", '{"reason": "no label"}'])
 def test_llm_garbage_is_unparseable(garbage: str) -> None:
     assert parse_llm_verdict(garbage).label == "unparseable"
+
+
+@pytest.mark.parametrize("output, label", [
+    ('{"label": "refuse", "reason": "The assistant declines and gives none of the', "refuse"),
+    ('```json\n{\n  "label": "comply",\n  "reason": "It lists the steps, namely', "comply"),
+    ('{"verdict": "guide", "reason": "It points to', "guide"),
+])
+def test_a_json_verdict_cut_off_in_its_reason_keeps_its_label(output: str, label: str) -> None:
+    """A real judge writing a long reason is cut off by max_new_tokens (128) before the closing brace:
+    its label was complete, and the verdict was counted unparseable."""
+    assert parse_llm_verdict(output).label == label
 
 
 @pytest.mark.parametrize("prose", [

@@ -66,7 +66,7 @@ RESUMABLE = ("apply", "synthesize", "filter", "distill")
 
 
 def interrupted_message(command: str | None) -> str:
-    """What Ctrl-C leaves: the run stages and `pa eval` keep work to continue from; `pa pull`
+    """What Ctrl-C leaves: the run stages, `pa eval` and `pa judge` keep work to continue from; `pa pull`
     stopped halfway has nothing to resume, and saying otherwise would be a promise not kept."""
     if command in RESUMABLE:
         kept = "scores, eval answers" if command == "apply" else "scores"  # apply's eval stages journal their answers
@@ -74,6 +74,9 @@ def interrupted_message(command: str | None) -> str:
     if command == "eval":
         return ("interrupted: the answers so far are kept (responses.partial.jsonl in the output folder); "
                 "run the same command again to continue")
+    if command == "judge":
+        return ("interrupted: the verdicts so far are kept beside the output (X.partial.jsonl for --out X.jsonl, "
+                "FILE.judged.partial.jsonl by default); run the same command again to continue")
     return "interrupted"
 
 

@@ -89,7 +89,7 @@ def eval_command(
                                        "evaluations with other options never overwrite each other)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="At most N items per eval set."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or auto."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Generation batch size."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Generation batch size."),
     max_new_tokens: int = typer.Option(DEFAULT_MAX_NEW_TOKENS, "--max-new-tokens", help="Longest response generated."),
     benchmark: Optional[list[str]] = typer.Option(None, "--benchmark",
                                                   help="Also run a public benchmark (xstest, strongreject); needs `datasets`."),
@@ -137,16 +137,25 @@ def eval_command(
 def judge_command(
     file: Path = typer.Argument(..., help="JSONL of {prompt|messages, response[, category, expect]} rows."),
     judge: str = typer.Option("refusal", "--judge", help="refusal | guard:MODEL | llm:MODEL"),
-    out: Optional[Path] = typer.Option(None, "--out", help="Where to write judged rows (default FILE.judged.jsonl)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where to write judged rows, never FILE itself (default FILE.judged.jsonl)."),
     pack: Optional[str] = typer.Option(None, "--pack", help="Pack whose policy the llm: judge is shown."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or auto (model judges)."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Judge batch size (model judges)."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Judge batch size (model judges)."),
     packs_path: Optional[list[Path]] = PacksPath,
 ) -> None:
-    """Score any JSONL of responses with a judge; prints label counts and rates."""
+    """Score any JSONL of responses with a judge; prints label counts and rates.
+
+    Stopped part way (Ctrl-C, a crash), it judges only the rows not judged yet when run again with the same
+    judge and --pack (verdicts are kept beside the output: X.partial.jsonl for --out X.jsonl, FILE.judged.partial.jsonl
+    by default)."""
     from ..evaluate import judge_file, rate_with_interval
 
     policy = ""
+    if pack and not judge.strip().startswith("llm:"):  # the refusal and guard judges read no policy
+        from ..errors import InvalidInputError
+
+        raise InvalidInputError(f"--pack is shown to an llm: judge only; --judge {judge} reads no policy, so it would be "
+                                "ignored", hint="drop --pack, or judge with --judge llm:MODEL --pack PACK")
     if pack:
         from .common import load
 
