@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import ModelError, ResolveError
+from .errors import ModelError, PolicyAlignError, ResolveError
 
 # Short names for the chat models the method was tried on; values are Hub ids.
 MODEL_ALIASES: dict[str, str] = {
@@ -251,8 +251,22 @@ def loaded_commit(loaded: LoadedModel) -> str | None:
 def keyed_name(ref: ModelRef, name: str) -> str:
     """The model's name in a cache key (`name`, as the user gave it): a Hub model whose commit is
     known by its repository alone, as the commit beside it says which weights, so an alias,
-    `org/name`, `org/name@main` and `org/name@<commit>` loading the same commit key the same."""
-    return ref.location if ref.kind == "hub" and hub_commit(ref) else name
+    `org/name`, `org/name@main` and `org/name@<commit>` loading the same commit key the same; a
+    local directory by its absolute path, so `./m` and `/abs/m` key the same, and `./m` typed in
+    another directory does not."""
+    if ref.kind == "local" or (ref.kind == "hub" and hub_commit(ref)):
+        return ref.location
+    return name
+
+
+def recorded_name(model: str) -> str:
+    """The model as run.json records it, for the run's later commands to load: a local directory by
+    its absolute path, since `pa filter RUN_DIR` run from another directory resolved `./m` there."""
+    try:
+        ref = resolve_model(model)
+    except PolicyAlignError:  # the stage that loads it says what is wrong, with its hint
+        return model
+    return ref.location if ref.kind == "local" else model
 
 
 # --------------------------------------------------------------------------- loading

@@ -70,9 +70,11 @@ def pack_record(pack: "Pack") -> dict[str, Any]:
 
 def record_inputs(run_dir: Path, pack: "Pack", model: str, **extra: Any) -> dict[str, Any]:
     """Write (or update) the run's inputs: pack identity, model and library versions."""
+    from .models import recorded_name
+
     manifest = read_manifest(run_dir)
     check_same_run(run_dir, manifest, pack.name, model)
-    manifest["inputs"].update({"pack": pack_record(pack), "model": model, **extra})
+    manifest["inputs"].update({"pack": pack_record(pack), "model": recorded_name(model), **extra})
     manifest["versions"] = versions()
     manifest.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     write_manifest(run_dir, manifest)
@@ -106,7 +108,7 @@ def same_model(recorded: str, given: str) -> bool:
         old, new = resolve_model(recorded), resolve_model(given)
     except PolicyAlignError:
         return False
-    return old.kind == new.kind == "hub" and old.location == new.location
+    return old.kind == new.kind and old.kind in ("hub", "local") and old.location == new.location
 
 
 def run_inputs(run_dir: Path) -> dict[str, Any]:

@@ -464,3 +464,14 @@ def test_merged_adapter_declines_costly_tied_or_non_linear_merges(monkeypatch: p
     monkeypatch.setattr(models, "MERGE_BUDGET", 0.25)
     with merged_adapter(_lora_model("all-linear")) as merged:
         assert not merged, "LoRA on every linear of tiny would copy about half its weights"
+
+
+def test_a_local_directory_keys_by_its_path_however_typed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stage keys held the name as typed: `./m` and `/abs/m` re-ran every stage of one run."""
+    from policyalign.models import keyed_name, resolve_model
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    names = ["./m", "m/", str(tmp_path / "m")]
+    assert {keyed_name(resolve_model(name), name) for name in names} == {str(tmp_path / "m")}

@@ -237,3 +237,26 @@ def test_a_run_refuses_its_pack_once_edited_but_takes_a_pack_it_is_given(tmp_pat
         load_run_pack(run)
     assert caught.value.problem.file == str(run / MANIFEST)
     assert load_run_pack(run, str(fixture_packs / "root-pack")).digest != pack.digest
+
+
+def test_a_local_model_is_recorded_by_its_path_so_the_run_works_from_any_directory(
+        tmp_path: Path, fixture_packs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pa synthesize PACK --model ./m` recorded `./m`: `pa filter RUN` run from elsewhere then said
+    "model directory not found: m", and the same directory typed as `/abs/m` was refused as another model."""
+    from policyalign.registry import Registry
+
+    model = tmp_path / "work" / "m"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    (tmp_path / "elsewhere").mkdir()
+    pack, run = Registry([fixture_packs]).load("root-pack"), tmp_path / "run"
+    monkeypatch.chdir(tmp_path / "work")
+    record_inputs(run, pack, "./m")
+    assert _run_stage(run, "k")  # a run with a finished stage refuses another model
+    assert run_inputs(run)["model"] == str(model)
+    record_inputs(run, pack, str(model))  # the same directory, typed another way: the same run
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert same_model(run_inputs(run)["model"], "../work/m")
+    assert not same_model(run_inputs(run)["model"], "./m")  # here, ./m is no model at all
+    with pytest.raises(RunError, match="holds a run of pack"):
+        record_inputs(run, pack, "tiny")
