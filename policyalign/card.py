@@ -36,6 +36,8 @@ REQUIRED_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", PR
 # Optional adapter-side files worth publishing (tokenizer files let vLLM/PEFT users skip the base's).
 OPTIONAL_ADAPTER_FILES = ("loss.png", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                           "chat_template.jinja", "added_tokens.json", "vocab.json", "merges.txt")
+# What policyalign.json and the card record of each pack a child pack extends.
+PARENT_FIELDS = ("name", "version", "digest")
 EVAL_STAGES = ("before", "after")
 EVAL_FILES = ("eval.json", "categories.png")
 PRIMARY_METRICS = {"safety": "violation_rate", "over-refusal": "over_refusal_rate"}
@@ -187,6 +189,29 @@ def _check_provenance(data: Any, path: Path) -> None:
         if _UNSAFE_ID.search(data[section][key]):
             raise RunError(f"{section}.{key} contains control characters or backticks", file=str(path),
                            where=f"/{section}/{key}", hint="names and ids must be plain text")
+    _check_parents(data["pack"].get("parents", []), path)
+
+
+def _check_parents(parents: Any, path: Path) -> None:
+    """`pack.parents` (a child pack's: every pack it extends), when present: a list of
+    {name, version, digest}, each plain text."""
+    hint = "re-run the distill stage; it records every pack the pack extends"
+    if not isinstance(parents, list):
+        raise RunError("policyalign.json's pack.parents must be a list", file=str(path), where="/pack/parents", hint=hint)
+    for index, parent in enumerate(parents):
+        for key in PARENT_FIELDS:
+            value = parent.get(key) if isinstance(parent, dict) else None
+            if not isinstance(value, str) or not value or _UNSAFE_ID.search(value):
+                raise RunError(f"policyalign.json's pack.parents[{index}] lacks a plain-text {key}", file=str(path),
+                               where=f"/pack/parents/{index}/{key}", hint=hint)
+
+
+def parents_of(pack: Mapping[str, Any]) -> list[dict[str, str]]:
+    """A provenance or card `pack` block's parents as {name, version, digest} ([] when none are recorded)."""
+    parents = pack.get("parents") if isinstance(pack, Mapping) else None
+    if not isinstance(parents, list):
+        return []
+    return [{key: parent.get(key) for key in PARENT_FIELDS} for parent in parents if isinstance(parent, Mapping)]
 
 
 def file_hashes(files: Mapping[str, Path]) -> dict[str, str]:
@@ -441,6 +466,8 @@ def card_license(given: str | None, base: Mapping[str, Any]) -> dict[str, str]:
 def card_metadata(artifacts: RunArtifacts, repo_id: str, *, license: str | None = None) -> dict[str, Any]:
     """YAML metadata: what the Hub indexes (tags, base model, results) and what `pa pull` verifies."""
     pack, base = artifacts.pack, artifacts.base_model
+    # a child pack's parents; a pack without any gets no key, so its card stays as it was
+    parents = {"parents": parents_of(pack)} if parents_of(pack) else {}
     metadata: dict[str, Any] = {}
     if is_hub_id(base["id"]):
         metadata["base_model"] = base["id"]
@@ -451,7 +478,7 @@ def card_metadata(artifacts: RunArtifacts, repo_id: str, *, license: str | None 
         "tags": ["policyalign", "safety", "lora", f"pack:{pack['name']}", f"pack-version:{pack['version']}"],
         "policyalign": {
             "version": str(artifacts.provenance.get("policyalign_version", __version__)),
-            "pack": {"name": pack["name"], "version": pack["version"], "digest": pack["digest"]},
+            "pack": {"name": pack["name"], "version": pack["version"], "digest": pack["digest"], **parents},
             "base_model": {k: base.get(k) for k in ("name", "id", "revision", "commit") if k != "commit" or base.get(k)},
             "files": file_hashes(artifacts.files),
         },
@@ -520,6 +547,7 @@ def card_context(artifacts: RunArtifacts, repo_id: str, revision: str, metadata:
         "repo_id": repo_id,
         "revision": revision,
         "pack": pack,
+        "parents": parents_of(pack),
         "categories": [c for c in pack.get("categories") or [] if isinstance(c, Mapping)],
         "base": base,
         "base_is_hub": is_hub_id(base["id"]),

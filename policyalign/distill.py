@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .chat import encode_chat, student_messages, teacher_messages
 from .errors import InvalidInputError, RunError
-from .io import atomic_open, make_files_ordinary, read_json, write_json
+from .io import atomic_open, make_files_ordinary, read_json, write_json, write_text
 
 if TYPE_CHECKING:
     from .models import LoadedModel
@@ -579,6 +579,7 @@ def save_adapter(model: Any, target: Path, finish: Callable[[Path], Any] = lambd
         except Exception as exc:  # safetensors' own error on a full disk, not an OSError
             raise save_error(exc, target) from exc
         (tmp / "README.md").unlink(missing_ok=True)  # PEFT's placeholder card; ours is RUN_DIR/README.md
+        stable_adapter_config(tmp)
         finish(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -590,6 +591,28 @@ def save_adapter(model: Any, target: Path, finish: Callable[[Path], Any] = lambd
         target.rename(old)
     tmp.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+# adapter_config.json fields PEFT holds as sets and writes as lists in the set's order, which
+# follows the process's string hashing (PYTHONHASHSEED): the same training wrote other bytes.
+SET_VALUED_CONFIG = ("target_modules", "exclude_modules")
+
+
+def stable_adapter_config(adapter_dir: Path) -> None:
+    """Sort adapter_config.json's set-valued lists, so two identical trainings write the same bytes
+    (and sha256, which the card publishes). PEFT reads them back into sets: the order means nothing
+    to it. Written as PEFT writes the file (sorted keys, two-space indent)."""
+    path = Path(adapter_dir) / "adapter_config.json"
+    config = read_json(path)
+    if not isinstance(config, dict):
+        return
+    changed = False
+    for key in SET_VALUED_CONFIG:
+        value = config.get(key)
+        if isinstance(value, list) and all(isinstance(v, str) for v in value) and value != sorted(value):
+            config[key], changed = sorted(value), True
+    if changed:
+        write_text(path, json.dumps(config, indent=2, sort_keys=True))
 
 
 def plot_loss(history: list[dict[str, Any]], path: Path) -> None:
@@ -949,12 +972,16 @@ def write_provenance(adapter_dir: Path, pack: "Pack", loaded: "LoadedModel", con
                      result: DistillResult, run_dir: Path) -> dict[str, Any]:
     """policyalign.json: exactly which pack, model, data and settings made this adapter."""
     from . import __version__
+    from .pack import parent_records
 
     synthesis = read_json(run_dir / "synthesis.json") if (run_dir / "synthesis.json").is_file() else {}
     scored = sum(1 for _ in (run_dir / "scored.jsonl").open()) if (run_dir / "scored.jsonl").is_file() else None
+    # each pack it extends, with its version and digest; a pack without parents records none, so
+    # its policyalign.json is what it was before parents were recorded
+    parents = {"parents": parent_records(pack)} if pack.parents else {}
     data = {
         "policyalign_version": __version__,
-        "pack": {"name": pack.name, "version": pack.version, "digest": pack.digest, "title": pack.title,
+        "pack": {"name": pack.name, "version": pack.version, "digest": pack.digest, **parents, "title": pack.title,
                  "summary": pack.summary, "license": pack.license,
                  "categories": [{"id": c.id, "title": c.title, "action": c.action, "locked": c.locked}
                                 for c in pack.categories]},

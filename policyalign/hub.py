@@ -7,7 +7,9 @@ an adapter can know exactly which policy it was trained on:
   model card whose metadata pins the pack (name, version, digest), the base model and the
   sha256 of every file, then tags the commit with the pack version (`medical-v1.0.0`).
 * `pull_adapter` downloads a revision and refuses it (HubError) unless card metadata,
-  `policyalign.json` and file hashes agree; it then compares the pack with the local one.
+  `policyalign.json` and file hashes agree (each fact the card states: pack name, version, digest,
+  a child pack's parents, base model id, name, revision and commit); it then compares the pack,
+  and each pack it extends, with the local one.
 * `pull_for_pack` finds published adapters by tag (`pack:medical`) and picks the best match
   for the local pack version and the requested base model, or lists the candidates.
 * `push_pack` / `pull_pack` publish a pack as a dataset repo tagged `v<version>` and install
@@ -108,11 +110,13 @@ class Candidate:
     base_name: str
     last_modified: str = ""
     base_commit: str = ""  # the base's commit (or revision) the card says it was trained on; "" when unrecorded
+    parents: tuple[str, ...] = ()  # NAME@VERSION of each pack the card says the pack extends
 
     def describe(self) -> str:
         at = f"@{self.base_commit[:12]}" if self.base_commit else ""
+        extends = f" extends {', '.join(self.parents)}" if self.parents else ""
         return (f"{self.repo_id}@{self.revision}  pack {self.pack_name}@{self.pack_version} "
-                f"(digest {self.pack_digest[:12]})  base {self.base_id}{at}")
+                f"(digest {self.pack_digest[:12]}){extends}  base {self.base_id}{at}")
 
     def trained_at(self, revision: str) -> bool:
         """Whether the base was trained at `revision` (a commit, a prefix of one, or the revision recorded)."""
@@ -368,7 +372,8 @@ def verify_adapter(path: Path, label: str) -> tuple[dict[str, Any], dict[str, An
     """Check a downloaded adapter against its card; returns (card metadata, policyalign.json).
 
     The card's `policyalign` block, `policyalign.json` and the files must agree on the pack
-    digest, name and version, the base model, and every file's sha256; the repository may hold no
+    digest, name, version and parents (`CARD_FACTS`), the base model (id, name, revision, commit),
+    and every file's sha256; the repository may hold no
     file the card does not list. Any disagreement means the repo changed after `pa push` (or was
     never pushed by it): a HubError lists them all. Like `pa push`, it then requires
     `policyalign.json` to name the pack (name, version, digest) and the base model (id).
@@ -388,6 +393,7 @@ def verify_adapter(path: Path, label: str) -> tuple[dict[str, Any], dict[str, An
     except PolicyAlignError:
         raise HubError(f"{card.PROVENANCE_FILE} is not valid JSON", file=label) from None
     problems = _provenance_problems(metadata, recorded, provenance) + _file_problems(path, recorded)
+    problems += _base_revision_problems(path, provenance)
     if problems:
         raise _tampered(problems, label)
     try:  # the same fields `pa push` requires: pack name, version and digest, base model id
@@ -404,9 +410,12 @@ def verify_adapter(path: Path, label: str) -> tuple[dict[str, Any], dict[str, An
 
 
 def _tampered(problems: list[str], label: str) -> HubError:
+    repo_id = label.partition("@")[0]
     return HubError("provenance check failed:\n" + "\n".join(f"  - {p}" for p in problems), file=label,
-                    hint="the card and the files disagree, so the repository was changed after `pa push`; "
-                         "do not use this adapter, or ask its publisher to re-push")
+                    hint="`pa push` writes the card and the files together, so they disagree only if the repository "
+                         "was changed after it (a card edited on the Hub, a file replaced): do not use this revision. "
+                         f"Pull one that verifies (a tag `pa push` set: `hf repos tag list {repo_id}`), or ask its "
+                         f"publisher to re-publish the run: `pa push RUN_DIR --repo-id {repo_id} --revision NEW-TAG`")
 
 
 def _result_problems(path: Path, metadata: Mapping[str, Any], provenance: Mapping[str, Any]) -> list[str]:
@@ -451,22 +460,76 @@ def _get(data: Any, *keys: str) -> Any:
     return data
 
 
+# The facts a card's `policyalign` block records that policyalign.json must record alike: (block, key,
+# whether the card must record it). Optional ones were added to cards later (the base's commit) or
+# only exist for some adapters (a child pack's parents); a card that omits one claims nothing.
+CARD_FACTS = (("pack", "name", True), ("pack", "version", True), ("pack", "digest", True), ("pack", "parents", False),
+              ("base_model", "id", True), ("base_model", "name", False), ("base_model", "revision", False),
+              ("base_model", "commit", False))
+
+
 def _provenance_problems(metadata: Mapping[str, Any], recorded: Mapping[str, Any], provenance: Any) -> list[str]:
+    """Each fact the card's metadata states that policyalign.json states otherwise, naming the field in
+    both files and both values: `pa pull --pack` chooses by the card's facts, and the Hub shows them."""
     problems = []
-    for key in ("name", "version", "digest"):
-        card_value, file_value = _get(recorded, "pack", key), _get(provenance, "pack", key)
+    for block, key, required in CARD_FACTS:
+        section = _get(recorded, block)
+        if not required and not (isinstance(section, Mapping) and key in section):
+            continue
+        if key == "parents":
+            problems += _parent_problems(card.parents_of(section), card.parents_of(_get(provenance, block) or {}))
+            continue
+        card_value, file_value = _fact(_get(recorded, block, key)), _fact(_get(provenance, block, key))
         if card_value != file_value:
-            problems.append(f"pack {key}: card says {card_value!r}, policyalign.json says {file_value!r}")
-    base_file, base_card = _get(provenance, "base_model", "id"), _get(recorded, "base_model", "id")
-    if base_card != base_file:
-        problems.append(f"base model: card says {base_card!r}, policyalign.json says {base_file!r}")
+            problems.append(_disagree(f"{block}.{key}", card_value, file_value))
+    base_file = _get(provenance, "base_model", "id")
     if metadata.get("base_model") is not None and metadata.get("base_model") != base_file:
-        problems.append(f"base_model: card metadata says {metadata.get('base_model')!r}, policyalign.json says {base_file!r}")
+        problems.append(f"base model id: README.md's `base_model` (the Hub's) says {metadata.get('base_model')!r}, "
+                        f"{card.PROVENANCE_FILE} `base_model.id` says {base_file!r}")
     tags = metadata.get("tags") or []
     name, version = _get(provenance, "pack", "name"), _get(provenance, "pack", "version")
     for tag in ([f"pack:{name}", f"pack-version:{version}"] if name and version else []):
         if tag not in tags:
-            problems.append(f"card tags lack {tag!r}")
+            problems.append(f"README.md's `tags` lack {tag!r} ({card.PROVENANCE_FILE} says pack {name}@{version})")
+    return problems
+
+
+def _base_revision_problems(path: Path, provenance: Any) -> list[str]:
+    """adapter_config.json's `revision` is the base commit `AutoPeftModelForCausalLM` loads (written from
+    policyalign.json's `base_model.commit`): when both are recorded they must be one."""
+    try:
+        config = read_json(path / "adapter_config.json") if (path / "adapter_config.json").is_file() else None
+    except PolicyAlignError:
+        return ["adapter_config.json is not valid JSON"]
+    pinned = config.get("revision") if isinstance(config, dict) else None
+    commit = _get(provenance, "base_model", "commit")
+    if isinstance(pinned, str) and pinned and isinstance(commit, str) and commit and pinned != commit:
+        return [f"base model commit: adapter_config.json `revision` says {pinned!r}, "
+                f"{card.PROVENANCE_FILE} `base_model.commit` says {commit!r}"]
+    return []
+
+
+def _fact(value: Any) -> Any:
+    """A recorded value, with "" and null alike (the card leaves out a base commit policyalign.json records as null)."""
+    return None if value in (None, "") else value
+
+
+def _disagree(field: str, card_value: Any, file_value: Any) -> str:
+    label = field.replace("_", " ").replace(".", " ")
+    return (f"{label}: README.md `policyalign.{field}` says {card_value!r}, "
+            f"{card.PROVENANCE_FILE} `{field}` says {file_value!r}")
+
+
+def _parent_problems(in_card: list[dict[str, Any]], in_file: list[dict[str, Any]]) -> list[str]:
+    """A child pack's parents as the card records them against policyalign.json's, field by field."""
+    problems = []
+    for index in range(max(len(in_card), len(in_file))):
+        card_parent = in_card[index] if index < len(in_card) else {}
+        file_parent = in_file[index] if index < len(in_file) else {}
+        for key in card.PARENT_FIELDS:
+            if _fact(card_parent.get(key)) != _fact(file_parent.get(key)):
+                problems.append(_disagree(f"pack.parents[{index}].{key}", _fact(card_parent.get(key)),
+                                          _fact(file_parent.get(key))))
     return problems
 
 
@@ -583,9 +646,36 @@ def compare_local_pack(pack: Mapping[str, Any], registry: "Registry | None" = No
     except PolicyAlignError as exc:
         return [f"the local pack {name}@{version} at {exact[0].path} is invalid: {exc.problem.message}"], []
     if local_pack.digest != digest:
+        recorded = card.parents_of(pack)
+        where = _parents_differ(recorded, local_pack) if recorded else _ancestry(local_pack)
         return [f"the local pack {name}@{version} ({exact[0].path}) has digest {local_pack.digest[:12]}…, but the "
-                f"adapter was trained on {str(digest)[:12]}…: same version, different content{_ancestry(local_pack)}"], []
-    return [], [f"matches the local pack {name}@{version} ({exact[0].path})"]
+                f"adapter was trained on {str(digest)[:12]}…: same version, different content{where}"], []
+    ancestors = local_pack.ancestry()[:-1]  # the digests match, so these are the very parents it was trained with
+    extends = f", which extends {_refs(ancestors)}" if ancestors else ""
+    return [], [f"matches the local pack {name}@{version} ({exact[0].path}){extends}"]
+
+
+def _refs(packs: "list[Pack]") -> str:
+    return ", ".join(f"{p.ref} (digest {p.digest[:12]}…)" for p in packs)
+
+
+def _parents_differ(recorded: list[dict[str, Any]], local: "Pack") -> str:
+    """Which of the packs a child extends differ between the adapter's training (policyalign.json's
+    parents) and the local pack; when none does, the child's own files changed."""
+    have = {p.name: p for p in local.ancestry()[:-1]}
+    differ = []
+    for parent in recorded:
+        mine = have.get(str(parent.get("name")))
+        trained = f"{parent.get('name')}@{parent.get('version')} (digest {str(parent.get('digest'))[:12]}…)"
+        if mine is None:
+            differ.append(f"it was trained with {trained} inside, which the local pack does not extend")
+        elif (mine.version, mine.digest) != (parent.get("version"), parent.get("digest")):
+            differ.append(f"it was trained with {trained} inside, the local pack extends {mine.ref} "
+                          f"(digest {mine.digest[:12]}…, {mine.root})")
+    extra = [p.ref for name, p in have.items() if name not in {str(r.get("name")) for r in recorded}]
+    if extra:
+        differ.append(f"the local pack also extends {', '.join(extra)}, which it was not trained with")
+    return f" ({'; '.join(differ)})" if differ else " (in its own files: the packs it extends are the ones it was trained with)"
 
 
 def _ancestry(pack: "Pack") -> str:
@@ -665,8 +755,10 @@ def _candidate(api: Any, repo_id: str, revision: str, token: str | None) -> Cand
     if not all(_plain_text(value) for value in (*fields, base_name)):
         return None
     base_commit = base.get("commit") or base.get("revision")
+    parents = tuple(f"{p['name']}@{p['version']}" for p in card.parents_of(pack)
+                    if _plain_text(p["name"]) and _plain_text(p["version"]))
     return Candidate(repo_id, revision, str(info.sha), *fields, base_name, str(info.last_modified or ""),
-                     base_commit if _plain_text(base_commit) else "")
+                     base_commit if _plain_text(base_commit) else "", parents)
 
 
 def _plain_text(value: Any) -> bool:

@@ -553,6 +553,13 @@ def files_digest(root: Path, files: list[Path]) -> str:
     return digest.hexdigest()
 
 
+def parent_records(pack: Pack) -> list[dict[str, str]]:
+    """Every pack `pack` extends, directly or not (ancestry order, parents first), as provenance
+    records it: name, version and digest. Empty for a pack without parents. The child's digest
+    composes these already; the records say, readably, which version of each was inside."""
+    return [{"name": p.name, "version": p.version, "digest": p.digest} for p in pack.ancestry()[:-1]]
+
+
 def compose_digest(own: str, parents: tuple[Pack, ...]) -> str:
     digest = hashlib.sha256(DIGEST_PREFIX + own.encode())
     for parent in parents:

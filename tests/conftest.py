@@ -146,13 +146,14 @@ def make_run(peft_adapter: Path):  # type: ignore[no-untyped-def]
     def make(dest: Path, pack_dir: Path, *, base_id: str = "Qwen/Qwen2.5-0.5B-Instruct", base_name: str = "Qwen2.5-0.5B",
              evals: bool = True, pack_overrides: dict | None = None) -> Path:
         from policyalign.io import sha256_file
-        from policyalign.pack import load_pack
+        from policyalign.pack import load_pack, parent_records
 
         pack = load_pack(pack_dir)
         adapter = dest / "adapter"
         shutil.copytree(peft_adapter, adapter)
         (adapter / "loss.png").write_bytes(_png())
-        pack_block = {"name": pack.name, "version": pack.version, "digest": pack.digest, "title": pack.title,
+        parents = {"parents": parent_records(pack)} if pack.parents else {}  # as distill.write_provenance records them
+        pack_block = {"name": pack.name, "version": pack.version, "digest": pack.digest, **parents, "title": pack.title,
                       "summary": pack.summary,
                       "categories": [{"id": c.id, "title": c.title, "action": c.action, "locked": c.locked}
                                      for c in pack.categories],

@@ -63,6 +63,13 @@ def test_apply_runs_every_stage_then_resumes_by_skipping(tmp_path: Path, fixture
     seeds = json.loads((run / "adapter" / "policyalign.json").read_text())["seeds"]
     assert set(seeds) == {"synthesis", "filtering", "training", "internalization_sampling"}
     assert f"filtering={seeds['filtering']}" in card
+    # The parent the child was trained with is on record, and on the card; PEFT's set of targets is sorted.
+    root = Registry([fixture_packs]).load("root-pack")
+    parents = json.loads((run / "adapter" / "policyalign.json").read_text())["pack"]["parents"]
+    assert parents == [{"name": "root-pack", "version": root.version, "digest": root.digest}]
+    assert f"| Extends | root-pack {root.version} (digest {root.digest}) |" in card
+    targets = json.loads((run / "adapter" / "adapter_config.json").read_text())["target_modules"]
+    assert targets == sorted(targets)
     assert {"torch", "transformers", "trl", "peft", "policyalign"} <= set(manifest["versions"])
     # Same command again: nothing re-runs.
     again = apply(_options(fixture_packs, run), pack)

@@ -341,6 +341,59 @@ def test_provenance_counts_the_synthesized_instructions(tmp_path: Path, fixture_
     assert data["synthesized"] == made.summary["instructions"] > 0
 
 
+def test_provenance_records_the_parents_of_a_child_pack_and_nothing_for_a_root_pack(tmp_path: Path,
+                                                                                    fixture_packs: Path) -> None:
+    """A child pack is trained on its parents' policy too; policyalign.json named the child alone."""
+    from policyalign.distill import DistillResult, write_provenance
+
+    registry = Registry([fixture_packs])
+    child, root = registry.load("child-pack"), registry.load("root-pack")
+    loaded = load_model("tiny")
+    packs = {}
+    for pack in (child, root):
+        adapter = tmp_path / pack.name
+        adapter.mkdir()
+        result = DistillResult(adapter, 1, 1, 0, None, None)
+        packs[pack.name] = write_provenance(adapter, pack, loaded, DistillConfig(), result, tmp_path)["pack"]
+    assert packs["child-pack"]["parents"] == [{"name": "root-pack", "version": "1.0.0", "digest": root.digest}]
+    # a pack without parents records none: its policyalign.json is byte for byte what it was before
+    assert list(packs["root-pack"]) == ["name", "version", "digest", "title", "summary", "license", "categories"]
+
+
+@pytest.mark.slow
+def test_adapter_config_is_the_same_bytes_whatever_the_process(tmp_path: Path) -> None:
+    """PEFT keeps target_modules as a set and wrote it in the order of the process's string hashing:
+    two identical trainings gave adapter_config.json (published, hashed in the card) other bytes."""
+    code = ("import sys; from pathlib import Path; from peft import LoraConfig, get_peft_model; "
+            "from transformers import AutoModelForCausalLM; from policyalign.tiny import tiny_model_path; "
+            "from policyalign.distill import save_adapter; given = sys.argv[2]; "
+            "targets = given if given == 'all-linear' else given.split(','); "
+            "model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_path()), "
+            "LoraConfig(r=4, target_modules=targets)); save_adapter(model, Path(sys.argv[1]))")
+    targets = {"listed": "q_proj,k_proj,v_proj,o_proj", "all-linear": "all-linear"}
+    for kind, given in targets.items():
+        written = set()
+        for seed in ("1", "2"):  # seeds under which PEFT wrote both lists in other orders
+            out = tmp_path / kind / seed
+            env = {**os.environ, "PYTHONHASHSEED": seed, "OMP_NUM_THREADS": "1"}
+            done = subprocess.run([sys.executable, "-c", code, str(out), given], env=env, capture_output=True,
+                                  text=True, timeout=300)
+            assert done.returncode == 0, done.stderr[-2000:]
+            written.add((out / "adapter_config.json").read_bytes())
+        assert len(written) == 1, f"{kind}: {len(written)} different adapter_config.json files"
+        modules = json.loads(written.pop())["target_modules"]
+        assert modules == sorted(modules) and len(modules) >= 4, modules
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from policyalign.tiny import tiny_model_path
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_path()), str(tmp_path / "listed" / "1"))
+    assert model.peft_config["default"].target_modules == {"q_proj", "k_proj", "v_proj", "o_proj"}
+    assert sum("lora_A" in name for name, _ in model.named_parameters()) == 4 * model.config.num_hidden_layers
+
+
 def test_provenance_pins_the_hub_commit_of_the_base_model(tmp_path: Path, fixture_packs: Path) -> None:
     """A Hub model asked for without a revision is recorded with the commit its weights came from."""
     import shutil

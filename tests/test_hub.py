@@ -156,6 +156,9 @@ def test_push_then_pull_round_trip(cli: Cli, hub_server, make_run, tmp_path: Pat
     metadata, _ = card.parse_card(readme)
     assert metadata["base_model"] == "Qwen/Qwen2.5-0.5B-Instruct" and metadata["library_name"] == "peft"
     assert {"policyalign", "safety", "pack:roundtrip", "pack-version:1.0.0"} <= set(metadata["tags"])
+    # a pack without parents: nothing about parents, in the card or policyalign.json (their bytes are as before)
+    assert "parents" not in metadata["policyalign"]["pack"] and "| Extends |" not in readme
+    assert "parents" not in json.loads((run / "adapter" / "policyalign.json").read_text())["pack"]
     assert metadata["model-index"][0]["results"][0]["metrics"][0]["value"] == 0.125
     # the weights went through the git-LFS batch protocol and are stored as an LFS pointer
     assert hub_server.read(repo, "adapter_model.safetensors").startswith(b"version https://git-lfs.github.com/spec/v1")
@@ -333,7 +336,9 @@ def test_pull_detects_tampered_provenance(cli: Cli, hub_server, make_run, tmp_pa
     dest = tmp_path / "pulled"
     result = cli.fails(1, "pull", repo, "--to", str(dest))
     assert "provenance check failed" in result.stderr
-    assert "pack digest: card says" in result.stderr and "policyalign.json does not match its sha256" in result.stderr
+    assert "pack digest: README.md `policyalign.pack.digest` says" in result.stderr
+    assert f"policyalign.json `pack.digest` says '{'0' * 64}'" in result.stderr
+    assert "policyalign.json does not match its sha256" in result.stderr
     assert not dest.exists() and not any(p.name.startswith(".pulled.pa-pull-") for p in tmp_path.iterdir())
     assert cli.fails(1, "pull", repo).stderr.count("provenance check failed") == 1  # HF-cache path checks too
 
@@ -415,6 +420,134 @@ def test_pull_requires_the_pack_and_base_model_in_policyalign_json(cli: Cli, hub
         assert f"{repo}@main:{where}" in result.stderr
         assert not dest.exists() and not any(".pa-pull-" in p.name for p in tmp_path.iterdir())
         assert message in cli.fails(1, "pull", repo).stderr  # HF-cache path checks too
+
+
+def _edit_card(hub_server, repo: str, edit, message: str) -> None:  # type: ignore[no-untyped-def]
+    """Edit the card's metadata on the Hub, as its web editor would; the files stay as pushed."""
+    metadata, body = card.parse_card(hub_server.read(repo, "README.md").decode())
+    edit(metadata)
+    hub_server.put_files(repo, {"README.md": (card.dump_front_matter(metadata) + body).encode()}, message)
+
+
+def test_pull_refuses_a_card_whose_facts_policyalign_json_does_not_record(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The card's base model commit (what `pa pull --pack --model M@COMMIT` chooses by, and what the Hub
+    shows) was never compared with policyalign.json's: a card edited on the Hub to another commit, or
+    a policyalign.json replaced and re-hashed in the card, was pulled as verified."""
+    trained, other = "a" * 40, "b" * 40
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "facts"))
+    provenance = json.loads((run / "adapter" / "policyalign.json").read_text())
+    provenance["base_model"]["commit"] = trained
+    (run / "adapter" / "policyalign.json").write_text(json.dumps(provenance, indent=2))
+    repo = "org/facts"
+    cli.ok("push", str(run), "--repo-id", repo)
+    pushed, _ = card.parse_card(hub_server.read(repo, "README.md").decode())
+    assert pushed["policyalign"]["base_model"]["commit"] == trained
+
+    def commit(metadata: dict) -> None:
+        metadata["policyalign"]["base_model"]["commit"] = other
+
+    def revision(metadata: dict) -> None:
+        metadata["policyalign"]["base_model"]["revision"] = "v2"
+
+    def name(metadata: dict) -> None:
+        metadata["policyalign"]["base_model"]["name"] = "Qwen2.5-72B"
+
+    def version(metadata: dict) -> None:  # tags and all, so only policyalign.json tells
+        metadata["policyalign"]["pack"]["version"] = "1.1.0"
+        metadata["tags"] = [t.replace("pack-version:1.0.0", "pack-version:1.1.0") for t in metadata["tags"]]
+
+    cases = [(commit, f"base model commit: README.md `policyalign.base_model.commit` says '{other}', "
+                      f"policyalign.json `base_model.commit` says '{trained}'"),
+             (revision, "base model revision: README.md `policyalign.base_model.revision` says 'v2', "
+                        "policyalign.json `base_model.revision` says '0123456789abcdef'"),
+             (name, "base model name: README.md `policyalign.base_model.name` says 'Qwen2.5-72B', "
+                    "policyalign.json `base_model.name` says 'Qwen2.5-0.5B'"),
+             (version, "pack version: README.md `policyalign.pack.version` says '1.1.0', "
+                       "policyalign.json `pack.version` says '1.0.0'")]
+    for i, (edit, message) in enumerate(cases):
+        _edit_card(hub_server, repo, edit, f"edit {i}")
+        dest = tmp_path / f"pulled{i}"
+        result = cli.fails(1, "pull", repo, "--to", str(dest))
+        text = " ".join(result.stderr.split())
+        assert "provenance check failed" in text and message in text, result.stderr
+        assert f"ask its publisher to re-publish the run: `pa push RUN_DIR --repo-id {repo} --revision NEW-TAG`" in text
+        assert f"hf repos tag list {repo}" in text
+        assert not dest.exists() and not any(".pa-pull-" in p.name for p in tmp_path.iterdir())
+        assert message in " ".join(cli.fails(1, "pull", repo).stderr.split())  # HF-cache path checks too
+        hub_server.put_files(repo, {"README.md": hub_server.read(repo, "README.md", "facts-v1.0.0")}, f"undo {i}")
+    cli.ok("pull", repo, "--to", str(tmp_path / "undone"))  # the card as pushed verifies again
+
+    # policyalign.json replaced by one naming other weights, its sha256 re-signed in the card
+    provenance["base_model"]["commit"] = other
+    _forge(hub_server, repo, json.dumps(provenance).encode(), lambda metadata: None, "other weights")
+    result = cli.fails(1, "pull", repo, "--to", str(tmp_path / "forged"))
+    assert (f"base model commit: README.md `policyalign.base_model.commit` says '{trained}', "
+            f"policyalign.json `base_model.commit` says '{other}'") in " ".join(result.stderr.split())
+    cli.ok("pull", f"{repo}@facts-v1.0.0", "--to", str(tmp_path / "tagged"))  # the tag still verifies
+
+    # adapter_config.json pinning other base weights for AutoPeftModelForCausalLM, re-signed in the card
+    config = json.loads(hub_server.read(repo, "adapter_config.json", "facts-v1.0.0"))
+    config["revision"] = other
+    forged = json.dumps(config).encode()
+    metadata, body = card.parse_card(hub_server.read(repo, "README.md", "facts-v1.0.0").decode())
+    metadata["policyalign"]["files"]["adapter_config.json"] = hashlib.sha256(forged).hexdigest()
+    hub_server.put_files(repo, {"adapter_config.json": forged, "README.md": (card.dump_front_matter(metadata) + body).encode(),
+                                "policyalign.json": hub_server.read(repo, "policyalign.json", "facts-v1.0.0")}, "pin other")
+    result = cli.fails(1, "pull", repo, "--to", str(tmp_path / "pinned"))
+    assert (f"base model commit: adapter_config.json `revision` says '{other}', policyalign.json `base_model.commit` "
+            f"says '{trained}'") in " ".join(result.stderr.split())
+
+
+def test_a_card_without_a_base_commit_claims_none(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Facts a card leaves out (cards written before the base commit was recorded) are not disagreements."""
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "older"))
+    provenance = json.loads((run / "adapter" / "policyalign.json").read_text())
+    provenance["base_model"]["commit"] = "a" * 40
+    (run / "adapter" / "policyalign.json").write_text(json.dumps(provenance, indent=2))
+    cli.ok("push", str(run), "--repo-id", "org/older")
+    _edit_card(hub_server, "org/older", lambda m: m["policyalign"]["base_model"].pop("commit"), "as an older card")
+    cli.ok("pull", "org/older", "--to", str(tmp_path / "pulled"))
+
+
+def test_an_adapter_of_a_child_pack_records_and_reports_its_parents(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A child pack trains on its parents' policy too, but policyalign.json and the card named only the
+    child: which version of the parent was inside could not be told from the adapter."""
+    registry = Registry([cli.packs])
+    child, root = registry.load("child-pack"), registry.load("root-pack")
+    run = make_run(tmp_path / "run", cli.packs / "child-pack")
+    parents = [{"name": "root-pack", "version": "1.0.0", "digest": root.digest}]
+    assert json.loads((run / "adapter" / "policyalign.json").read_text())["pack"]["parents"] == parents
+    cli.ok("push", str(run), "--repo-id", "org/child-qwen")
+    readme = hub_server.read("org/child-qwen", "README.md").decode()
+    metadata, body = card.parse_card(readme)
+    assert metadata["policyalign"]["pack"] == {"name": "child-pack", "version": "1.0.0", "digest": child.digest,
+                                               "parents": parents}
+    assert f"| Extends | root-pack 1.0.0 (digest {root.digest}) |" in body
+
+    verified = f"verified: pack child-pack@1.0.0 (digest {child.digest[:12]}…), extends root-pack@1.0.0 (digest {root.digest[:12]}…)"
+    pulled = cli.ok("pull", "org/child-qwen", "--to", str(tmp_path / "pulled"))
+    assert verified in pulled.stdout
+    assert f"which extends root-pack@1.0.0 (digest {root.digest[:12]}…)" in pulled.stdout
+    chosen = cli.ok("pull", "--pack", "child-pack", "--to", str(tmp_path / "chosen"))
+    assert "best match: org/child-qwen@child-pack-v1.0.0  pack child-pack@1.0.0" in chosen.stdout
+    assert "extends root-pack@1.0.0  base Qwen/Qwen2.5-0.5B-Instruct" in chosen.stdout and verified in chosen.stdout
+
+    def parent_version(metadata: dict) -> None:
+        metadata["policyalign"]["pack"]["parents"][0]["version"] = "1.9.0"
+
+    _edit_card(hub_server, "org/child-qwen", parent_version, "claim a newer parent")
+    refused = " ".join(cli.fails(1, "pull", "org/child-qwen", "--to", str(tmp_path / "edited")).stderr.split())
+    assert ("pack parents[0] version: README.md `policyalign.pack.parents[0].version` says '1.9.0', "
+            "policyalign.json `pack.parents[0].version` says '1.0.0'") in refused
+
+    # the local parent moved on (same child version): the warning names the parent it was trained with
+    shutil.rmtree(cli.packs / "root-pack")
+    newer = load_pack(make_pack(cli.packs, "root-pack", version="1.1.0"))
+    drifted = cli.ok("pull", "org/child-qwen@child-pack-v1.0.0", "--to", str(tmp_path / "drifted"))
+    warning = " ".join(drifted.stderr.split())
+    assert (f"it was trained with root-pack@1.0.0 (digest {root.digest[:12]}…) inside, the local pack extends "
+            f"root-pack@1.1.0 (digest {newer.digest[:12]}…, {cli.packs / 'root-pack'})") in warning
+    assert verified in drifted.stdout  # what was inside is still told, from the adapter's own record
 
 
 def test_pull_warns_when_the_local_pack_differs(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -544,6 +677,36 @@ def test_local_pack_differing_only_in_a_parent_names_the_parent(tmp_path: Path) 
     warnings, _ = hub.compare_local_pack(record, Registry([tmp_path / "packs"]))
     assert len(warnings) == 1 and "same version, different content" in warnings[0]
     assert f"in a pack it extends: general@1.0.0 ({tmp_path / 'packs' / 'general'})" in warnings[0]
+
+
+def test_local_pack_differing_in_a_recorded_parent_names_the_versions_trained_with(tmp_path: Path) -> None:
+    """With the parents policyalign.json records, `pa pull` names the parent that differs and what was
+    inside (a bare "in a pack it extends" left the user to compare digests), or clears them all."""
+    from policyalign.pack import parent_records
+
+    shipped = Registry([REPO_ROOT / "packs"])
+    trained = load_pack(REPO_ROOT / "packs" / "agent-tools", registry=shipped)
+    general = load_pack(REPO_ROOT / "packs" / "general", registry=shipped)
+    record = {"name": "agent-tools", "version": "1.0.0", "digest": trained.digest, "parents": parent_records(trained)}
+    assert record["parents"] == [{"name": "general", "version": "1.0.0", "digest": general.digest}]
+    _, notes = hub.compare_local_pack(record, shipped)
+    assert notes == [f"matches the local pack agent-tools@1.0.0 ({REPO_ROOT / 'packs' / 'agent-tools'}), "
+                     f"which extends general@1.0.0 (digest {general.digest[:12]}…)"]
+
+    shutil.copytree(REPO_ROOT / "packs", tmp_path / "packs")
+    harmful = tmp_path / "packs" / "general" / "eval" / "harmful.jsonl"
+    harmful.write_text(harmful.read_text().replace("subway", "train station", 1))
+    edited = load_pack(tmp_path / "packs" / "general")
+    warnings, _ = hub.compare_local_pack(record, Registry([tmp_path / "packs"]))
+    assert len(warnings) == 1 and (f"it was trained with general@1.0.0 (digest {general.digest[:12]}…) inside, the "
+                                   f"local pack extends general@1.0.0 (digest {edited.digest[:12]}…, "
+                                   f"{tmp_path / 'packs' / 'general'})") in warnings[0]
+
+    harmful.write_text((REPO_ROOT / "packs" / "general" / "eval" / "harmful.jsonl").read_text())
+    with (tmp_path / "packs" / "agent-tools" / "policy.md").open("a") as handle:
+        handle.write("\nA local edit without a version bump.\n")
+    warnings, _ = hub.compare_local_pack(record, Registry([tmp_path / "packs"]))
+    assert "(in its own files: the packs it extends are the ones it was trained with)" in warnings[0]
 
 
 def test_choose_adapter_honours_a_pinned_base_commit() -> None:

@@ -71,11 +71,13 @@ def pull(
 
 
 def _print_pull(result, packs_path: list[Path]) -> None:  # type: ignore[no-untyped-def]
-    from ..card import sh
+    from ..card import parents_of, sh
 
     pack, base = result.pack, result.base_model
     typer.echo(f"pulled {result.repo_id}@{result.revision} (commit {result.commit[:12]}) to {result.path}")
-    typer.echo(f"verified: pack {pack['name']}@{pack['version']} (digest {pack['digest'][:12]}…), base model {base['id']}")
+    parents = "".join(f", extends {p['name']}@{p['version']} (digest {str(p['digest'])[:12]}…)" for p in parents_of(pack))
+    typer.echo(f"verified: pack {pack['name']}@{pack['version']} (digest {pack['digest'][:12]}…){parents}, "
+               f"base model {base['id']}")
     for note in result.notes:
         typer.echo(note)
     hub = "/" in str(base["id"])
