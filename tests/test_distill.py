@@ -366,20 +366,17 @@ def test_adapter_config_is_the_same_bytes_whatever_the_process(tmp_path: Path) -
     two identical trainings gave adapter_config.json (published, hashed in the card) other bytes."""
     code = ("import sys; from pathlib import Path; from peft import LoraConfig, get_peft_model; "
             "from transformers import AutoModelForCausalLM; from policyalign.tiny import tiny_model_path; "
-            "from policyalign.distill import save_adapter; given = sys.argv[2]; "
-            "targets = given if given == 'all-linear' else given.split(','); "
-            "model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_path()), "
-            "LoraConfig(r=4, target_modules=targets)); save_adapter(model, Path(sys.argv[1]))")
-    targets = {"listed": "q_proj,k_proj,v_proj,o_proj", "all-linear": "all-linear"}
-    for kind, given in targets.items():
-        written = set()
-        for seed in ("1", "2"):  # seeds under which PEFT wrote both lists in other orders
-            out = tmp_path / kind / seed
-            env = {**os.environ, "PYTHONHASHSEED": seed, "OMP_NUM_THREADS": "1"}
-            done = subprocess.run([sys.executable, "-c", code, str(out), given], env=env, capture_output=True,
-                                  text=True, timeout=300)
-            assert done.returncode == 0, done.stderr[-2000:]
-            written.add((out / "adapter_config.json").read_bytes())
+            "from policyalign.distill import save_adapter\n"
+            "for kind, targets in (('listed', ['q_proj', 'k_proj', 'v_proj', 'o_proj']), ('all-linear', 'all-linear')):\n"
+            "    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_path()), "
+            "LoraConfig(r=4, target_modules=targets)); save_adapter(model, Path(sys.argv[1]) / kind)")
+    for seed in ("1", "2"):  # seeds under which PEFT wrote both lists in other orders
+        env = {**os.environ, "PYTHONHASHSEED": seed, "OMP_NUM_THREADS": "1"}
+        done = subprocess.run([sys.executable, "-c", code, str(tmp_path / seed)], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    for kind in ("listed", "all-linear"):
+        written = {(tmp_path / seed / kind / "adapter_config.json").read_bytes() for seed in ("1", "2")}
         assert len(written) == 1, f"{kind}: {len(written)} different adapter_config.json files"
         modules = json.loads(written.pop())["target_modules"]
         assert modules == sorted(modules) and len(modules) >= 4, modules
@@ -389,7 +386,7 @@ def test_adapter_config_is_the_same_bytes_whatever_the_process(tmp_path: Path) -
 
     from policyalign.tiny import tiny_model_path
 
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_path()), str(tmp_path / "listed" / "1"))
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_path()), str(tmp_path / "1" / "listed"))
     assert model.peft_config["default"].target_modules == {"q_proj", "k_proj", "v_proj", "o_proj"}
     assert sum("lora_A" in name for name, _ in model.named_parameters()) == 4 * model.config.num_hidden_layers
 
