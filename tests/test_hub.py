@@ -528,7 +528,8 @@ def test_an_adapter_of_a_child_pack_records_and_reports_its_parents(cli: Cli, hu
     pulled = cli.ok("pull", "org/child-qwen", "--to", str(tmp_path / "pulled"))
     assert verified in pulled.stdout
     assert f"which extends root-pack@1.0.0 (digest {root.digest[:12]}…)" in pulled.stdout
-    chosen = cli.ok("pull", "--pack", "child-pack", "--to", str(tmp_path / "chosen"))
+    # --model: other tests publish child-pack adapters of tiny on the same loopback Hub
+    chosen = cli.ok("pull", "--pack", "child-pack", "--model", "Qwen/Qwen2.5-0.5B-Instruct", "--to", str(tmp_path / "chosen"))
     assert "best match: org/child-qwen@child-pack-v1.0.0  pack child-pack@1.0.0" in chosen.stdout
     assert "extends root-pack@1.0.0  base Qwen/Qwen2.5-0.5B-Instruct" in chosen.stdout and verified in chosen.stdout
 
