@@ -41,6 +41,7 @@ from .semver import Version, is_semver
 if TYPE_CHECKING:
     from .pack import Pack
     from .registry import Registry
+    from .semver import VersionRange
 
 DEFAULT_BRANCH = "main"
 PACK_DIR = "pack"
@@ -675,20 +676,24 @@ def _plain_text(value: Any) -> bool:
 
 
 def choose_adapter(candidates: list[Candidate], pack_name: str, *, model: str | None = None,
-                   local_version: str | None = None, local_digest: str | None = None) -> Candidate:
+                   local_version: str | None = None, local_digest: str | None = None,
+                   versions: "VersionRange | None" = None) -> Candidate:
     """The best candidate: same base model, then the local pack's exact digest, then its exact version.
 
-    Without a local pack the newest pack version wins. Anything ambiguous or missing is a
-    HubError that lists the candidates, so the user can pull one explicitly.
+    Without a local pack the newest pack version (in `versions`, when given) wins. Anything
+    ambiguous or missing is a HubError that lists the candidates, so the user can pull one explicitly.
     """
     pool = candidates
+    if versions is not None:
+        pool = [c for c in pool if is_semver(c.pack_version) and Version.parse(c.pack_version) in versions]
     if model is not None:
         wanted, _, pinned = model.partition("@")
         names = model_names(wanted)
         pool = [c for c in pool if c.base_id.lower() in names or c.base_name.lower() in names]
         if pinned:  # MODEL@REV: an adapter trained on other weights of that model does not fit them
             pool = [c for c in pool if c.trained_at(pinned)]
-    what = f"pack {pack_name}" + (f"@{local_version}" if local_version else "") + (f" on {model}" if model else "")
+    asked = f"@{local_version}" if local_version else (f"@{versions.text}" if versions is not None else "")
+    what = f"pack {pack_name}{asked}" + (f" on {model}" if model else "")
     if local_version is not None:
         pool = [c for c in pool if c.pack_version == local_version]
         exact = [c for c in pool if local_digest and c.pack_digest == local_digest]
@@ -713,23 +718,27 @@ def _candidates_hint(candidates: list[Candidate], pack_name: str) -> str:
     return f"candidates (pull one with `pa pull ORG/NAME@REV`):\n{lines}"
 
 
-def pull_for_pack(pack_name: str, *, model: str | None = None, to: str | Path | None = None,
+def pull_for_pack(pack_spec: str, *, model: str | None = None, to: str | Path | None = None,
                   token: str | None = None, registry: "Registry | None" = None) -> tuple[PullResult, Candidate]:
-    """`pa pull --pack NAME [--model M]`: choose the best published adapter and pull it."""
+    """`pa pull --pack NAME[@RANGE] [--model M]`: choose the best published adapter and pull it.
+
+    A range (`medical@1.0.0`, `medical@^1`) is named as everywhere else a pack is: only adapters
+    trained on a version in it are candidates, and the local pack it resolves to is preferred."""
     from .pack import load_pack
-    from .registry import Registry
+    from .registry import Registry, version_range
 
     registry = registry or Registry.default()
+    pack_name, _, wanted = pack_spec.partition("@")
+    versions = version_range(pack_spec) if wanted else None
     local_version = local_digest = None
-    local = [loc for loc in registry.discover() if loc.name == pack_name]
-    if local:
-        best = max(local, key=lambda loc: Version.parse(loc.version) if is_semver(loc.version) else Version.parse("0.0.0"))
+    best = registry.best_match(pack_spec)
+    if best is not None:
         local_version = best.version
         try:
             local_digest = load_pack(best.path, registry=registry).digest
         except PolicyAlignError:
             local_digest = None
-    chosen = choose_adapter(find_adapters(pack_name, token=token), pack_name, model=model,
+    chosen = choose_adapter(find_adapters(pack_name, token=token), pack_name, model=model, versions=versions,
                             local_version=local_version, local_digest=local_digest)
     result = pull_adapter(f"{chosen.repo_id}@{chosen.revision}", to=to, token=token, registry=registry)
     return result, chosen

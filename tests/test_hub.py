@@ -492,6 +492,25 @@ def test_pull_by_pack_picks_the_best_match(cli: Cli, hub_server, make_run, tmp_p
     assert "nobody has published" in cli.fails(1, "pull", "--pack", "never-published").stderr
 
 
+def test_pull_by_pack_takes_a_version_range(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`--pack NAME@VERSION` / `NAME@^1`, as a pack is named everywhere else: the whole spec was searched
+    as the tag `pack:ranged@1.0.0`, so no adapter was ever found ("nobody has published")."""
+    old = make_pack(tmp_path / "old", "ranged")
+    new = make_pack(cli.packs, "ranged", version="1.1.0")
+    for pack in (old, new):
+        cli.ok("push", str(make_run(tmp_path / f"run-{pack.parent.name}", pack)), "--repo-id", "org/ranged")
+    search = ("--packs-path", str(tmp_path / "old"))
+
+    pinned = cli.ok("pull", "--pack", "ranged@1.0.0", *search, "--to", str(tmp_path / "a"))
+    assert "best match: org/ranged@ranged-v1.0.0" in pinned.stdout
+    assert "matches the local pack ranged@1.0.0" in pinned.stdout
+    ranged = cli.ok("pull", "--pack", "ranged@^1", *search, "--to", str(tmp_path / "b"))
+    assert "best match: org/ranged@ranged-v1.1.0" in ranged.stdout
+    missing = cli.fails(1, "pull", "--pack", "ranged@^2", "--to", str(tmp_path / "c"))
+    assert "no published adapter matches pack ranged@^2" in missing.stderr and "org/ranged@ranged-v1.0.0" in missing.stderr
+    assert "bad version range in 'ranged@^x'" in cli.fails(2, "pull", "--pack", "ranged@^x").stderr
+
+
 def test_malformed_candidates_do_not_hide_good_ones(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "findme"))), "--repo-id", "org/good-findme")
     good_pack = {"name": "findme", "version": "1.0.0", "digest": "d" * 64}
