@@ -1145,6 +1145,17 @@ def paired_p(rows_a: Sequence[Mapping[str, Any]] | None, rows_b: Sequence[Mappin
     return None if change is None else change["p"]
 
 
+def _compare_label(source: Any, summary: Mapping[str, Any]) -> str:
+    """One side of a comparison: where it was read, then the model, adapter and pack it measured. A run's
+    eval.json names its adapter `adapter` (relative to the run), so the after-evals of two runs (mypol@1.0.0
+    and mypol@1.1.0) read "A: adapter", "B: adapter", told apart only by their timestamps."""
+    pack = summary.get("pack") if isinstance(summary.get("pack"), Mapping) else {}
+    where = f"{source}: " if isinstance(source, (str, os.PathLike)) else ""
+    adapter = f" + {summary['adapter']}" if summary.get("adapter") else ""
+    of_pack = f", pack {pack.get('name')}@{pack.get('version')}" if pack.get("name") else ""
+    return f"{where}{summary.get('model')}{adapter}{of_pack} ({summary.get('timestamp')})"
+
+
 def compare(a_eval_json: Any, b_eval_json: Any) -> str:
     """A Markdown table of every rate, overall, per set and per category, A vs B with the change
     in percentage points; notes first when the two runs are not like for like. Outcome rates show
@@ -1152,9 +1163,7 @@ def compare(a_eval_json: Any, b_eval_json: Any) -> str:
     the change on the items both measured: a 10-point drop on 48 items can be noise."""
     a, b = load_summary(a_eval_json), load_summary(b_eval_json)
     rows_a, rows_b = responses_beside(a_eval_json), responses_beside(b_eval_json)
-    label_a = a.get("adapter") or a.get("model")
-    label_b = b.get("adapter") or b.get("model")
-    lines = [f"A: {label_a} ({a.get('timestamp')})", f"B: {label_b} ({b.get('timestamp')})", ""]
+    lines = [f"A: {_compare_label(a_eval_json, a)}", f"B: {_compare_label(b_eval_json, b)}", ""]
     notes = comparable_notes(a, b)
     if notes:
         lines += ["Not like for like:", *notes, ""]
