@@ -248,8 +248,10 @@ TAKEN_TAG_HINTS = {
 }
 
 
-def _prepare_repo(api: Any, repo_id: str, repo_type: str, tag: str, *, private: bool, token: str) -> None:
-    """Authenticate, create the repo if needed, and refuse early if the tag is already taken."""
+def _prepare_repo(api: Any, repo_id: str, repo_type: str, tag: str, *, private: bool, token: str,
+                  pack: Mapping[str, Any] | None = None) -> None:
+    """Authenticate, create the repo if needed, and refuse early if the tag is already taken (`pack`: the
+    pack an adapter push was trained on, to tell a changed pack from a retrained run at that tag)."""
     with hub_call("checking the Hub token", token=token, repo=repo_id):
         api.whoami()
     with hub_call("creating the repository", token=token, repo=repo_id):
@@ -259,8 +261,25 @@ def _prepare_repo(api: Any, repo_id: str, repo_type: str, tag: str, *, private: 
     with hub_call("reading the repository's tags", token=token, repo=repo_id):
         refs = api.list_repo_refs(repo_id, repo_type=repo_type)
     if tag in {t.name for t in refs.tags}:
+        changed = _changed_pack_hint(api, repo_id, tag, pack, token) if pack else None
         raise HubError(f"the repository already has a tag {tag!r}", file=repo_id,
-                       hint=TAKEN_TAG_HINTS[repo_type].format(tag=tag))
+                       hint=changed or TAKEN_TAG_HINTS[repo_type].format(tag=tag))
+
+
+def _changed_pack_hint(api: Any, repo_id: str, tag: str, pack: Mapping[str, Any], token: str) -> str | None:
+    """The fix when the adapter at `tag` was trained on the same pack version with other content: the
+    pack was edited without a version bump, and another tag would publish two policies as one version."""
+    try:
+        published = _candidate(api, repo_id, tag, token)
+    except PolicyAlignError:
+        return None
+    if published is None or (published.pack_name, published.pack_version) != (pack.get("name"), pack.get("version")) \
+            or published.pack_digest == pack.get("digest"):
+        return None
+    return (f"the adapter at {tag} was trained on {published.pack_name}@{published.pack_version} with digest "
+            f"{published.pack_digest[:12]}, this run's pack has digest {str(pack.get('digest'))[:12]}: the pack "
+            "changed without a version bump. Bump `version` in pack.yaml (with its CHANGELOG.md entry) and re-run "
+            f"`pa apply`, so that one version names one policy (--revision {tag}-r2 would publish it as the same version)")
 
 
 def _refuse_public(api: Any, repo_id: str, repo_type: str, token: str) -> None:
@@ -323,7 +342,7 @@ def _push_adapter(run_dir: str | Path, repo_id: str, *, private: bool, revision:
     tag = check_tag(revision or artifacts.default_tag)
     token = resolve_token(token, repo_id)
     api = _api(token)
-    _prepare_repo(api, repo_id, "model", tag, private=private, token=token)
+    _prepare_repo(api, repo_id, "model", tag, private=private, token=token, pack=artifacts.pack)
     readme = card.render_model_card(artifacts, repo_id, tag, license=license)
     uploads: dict[str, Any] = {name: str(path) for name, path in artifacts.files.items()}
     uploads["README.md"] = readme.encode("utf-8")

@@ -253,6 +253,17 @@ def test_push_refuses_an_existing_tag_and_revision_overrides(cli: Cli, hub_serve
     assert "invalid revision tag" in bad.stderr
 
 
+def test_push_of_a_pack_changed_without_a_version_bump_is_told_to_bump_it(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The taken tag holds retag@1.0.0 with another digest: "publish under --revision X-r2" put two
+    policies on the Hub as one version; the fix is a version bump."""
+    cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "bumpme"))), "--repo-id", "org/bumpme")
+    edited = make_run(tmp_path / "edited", make_pack(tmp_path / "edited-pack", "bumpme", policy_note="One more rule."))
+    taken = cli.fails(1, "push", str(edited), "--repo-id", "org/bumpme")
+    assert "already has a tag 'bumpme-v1.0.0'" in taken.stderr
+    assert "was trained on bumpme@1.0.0 with digest" in taken.stderr and "changed without a version bump" in taken.stderr
+    assert "Bump `version` in pack.yaml" in taken.stderr
+
+
 def test_push_refuses_a_run_directory_in_use(cli: Cli, hub_server, make_run, tmp_path: Path,  # type: ignore[no-untyped-def]
                                                         hold_run) -> None:
     """Beside a `pa apply` retraining in the same directory, push could publish one training's adapter
