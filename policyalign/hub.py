@@ -93,6 +93,7 @@ class PackPullResult:
     revision: str
     commit: str
     warnings: tuple[str, ...] = ()
+    replaced: str = ""  # name@version of the other version the install directory held, now gone
 
 
 @dataclass(frozen=True)
@@ -987,10 +988,21 @@ def pull_pack(spec: str, *, to: str | Path | None = None, token: str | None = No
         pack = load_pack(stage, registry=(registry or Registry.default()).including(parent))
         warnings = _pack_identity_problems(pack, recorded["pack"], repo_id)
         target = parent / name
+        replaced = _other_version(target, pack.version)
         _swap_in(stage, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return PackPullResult(pack.name, pack.version, pack.digest, target, repo_id, revision, str(commit), tuple(warnings))
+    return PackPullResult(pack.name, pack.version, pack.digest, target, repo_id, revision, str(commit), tuple(warnings),
+                          replaced)
+
+
+def _other_version(installed: Path, version: str) -> str:
+    """name@version of the pack installed at `installed` when it is another version than `version` ("" if
+    none): the directory holds one version per name, so pulling 1.0.0 removes an installed 1.1.0."""
+    from .registry import Registry
+
+    found = [loc for loc in Registry([installed.parent]).discover() if loc.path == installed and loc.version != version]
+    return f"{found[0].name}@{found[0].version}" if found else ""
 
 
 def _pack_identity_problems(pack: "Pack", recorded: Mapping[str, Any], repo_id: str) -> list[str]:

@@ -611,6 +611,17 @@ def test_pack_push_then_pull(cli: Cli, hub_server, tmp_path: Path) -> None:  # t
     assert "no version '9.9.9' is published" in cli.fails(1, "pack", "pull", "org/shared-pack@9.9.9").stderr
 
 
+def test_pack_pull_of_another_version_says_which_one_it_replaced(cli: Cli, tmp_path: Path) -> None:
+    """The install directory holds one version per pack: pulling 1.0.0 over an installed 1.1.0 removed
+    it without a word (a child pinned to ^1.1 then stops resolving)."""
+    for version in ("1.0.0", "1.1.0"):
+        cli.ok("pack", "push", str(make_pack(tmp_path / version, "versioned", version=version)), "--repo-id", "org/versioned")
+    assert "replaced" not in cli.ok("pack", "pull", "org/versioned@1.1.0").stderr
+    older = cli.ok("pack", "pull", "org/versioned@1.0.0")
+    assert "installed versioned@1.0.0" in older.stdout and "replaced versioned@1.1.0" in older.stderr
+    assert "replaced" not in cli.ok("pack", "pull", "org/versioned@1.0.0").stderr  # the same version again
+
+
 def test_pack_with_parents_pulls_when_parents_are_local(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cli.ok("pack", "push", str(cli.packs / "child-pack"), "--repo-id", "org/child-pack")
     cli.ok("pack", "pull", "org/child-pack@1.0.0", "--to", str(tmp_path / "installed"))

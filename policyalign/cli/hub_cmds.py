@@ -125,3 +125,6 @@ def pack_pull(
         typer.echo(f"warning: {warning}", err=True)
     typer.echo(f"installed {result.name}@{result.version} (digest {result.digest[:12]}…) from "
                f"{result.repo_id}@{result.revision} into {result.path}")
+    if result.replaced:
+        typer.echo(f"replaced {result.replaced}, which was installed there (one version per pack in {result.path.parent}; "
+                   f"`pa pack pull` it again to go back, or install it elsewhere with --to)", err=True)
