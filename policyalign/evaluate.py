@@ -769,6 +769,27 @@ def recorded_adapter(adapter: str | None, out_dir: str | os.PathLike[str]) -> st
     return resolved.relative_to(run_dir).as_posix() if resolved.is_relative_to(run_dir) else adapter
 
 
+def trained_elsewhere(adapter: str | os.PathLike[str] | None, pack: "Pack") -> str | None:
+    """Which other pack (version, content) the adapter's policyalign.json says it was trained on, or None.
+
+    Measuring an adapter trained on mypol@1.1.0 against mypol@1.0.0's sets and policy is allowed (how does
+    the new adapter do on the old rules?) but was silent: the report reads as that of a mypol@1.0.0 adapter."""
+    path = Path(adapter) / "policyalign.json" if adapter else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        trained = json.loads(path.read_text(encoding="utf-8")).get("pack")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(trained, dict) or trained.get("digest") in (None, pack.digest):
+        return None
+    ref = f"{trained.get('name')}@{trained.get('version')}"
+    fix = ("the pack changed since, without a version bump" if ref == pack.ref
+           else f"`pa eval {ref}` measures it on the policy it learned")
+    return (f"the adapter was trained on {ref} (digest {str(trained.get('digest'))[:12]}), this evaluates it on "
+            f"{pack.ref} (digest {pack.digest[:12]}): {fix}")
+
+
 def adapter_sha256(adapter: str | os.PathLike[str] | None) -> str | None:
     """sha256 of a local PEFT adapter's weights file (safetensors preferred), None when there is
     none: eval.json records it so an after-eval can be tied to the exact weights it measured."""

@@ -871,3 +871,26 @@ def test_an_evaluation_refused_before_its_first_answer_leaves_no_folder(tmp_path
     with pytest.raises(PolicyAlignError):
         evaluate(_general(), "acme/absent-model", out_dir=out, limit=1, params=greedy_params(4))
     assert out.is_dir()
+
+
+def test_an_adapter_trained_on_another_version_of_the_pack_is_named(tmp_path: Path, fixture_packs: Path) -> None:
+    """`pa eval root-pack@1.0.0 --adapter` of an adapter trained on root-pack@1.1.0 measured it against
+    the old rules without a word; its report reads as that of an adapter of the pack it names."""
+    from policyalign.evaluate import trained_elsewhere
+    from policyalign.registry import Registry
+
+    pack = Registry([fixture_packs]).load("root-pack")
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    assert trained_elsewhere(adapter, pack) is None and trained_elsewhere(None, pack) is None  # nothing recorded
+    for version, digest, expected in (("1.0.0", pack.digest, None),
+                                      ("1.1.0", "f" * 64, "`pa eval root-pack@1.1.0` measures it on the policy it learned"),
+                                      ("1.0.0", "f" * 64, "the pack changed since, without a version bump")):
+        (adapter / "policyalign.json").write_text(json.dumps({"pack": {"name": "root-pack", "version": version,
+                                                                        "digest": digest}}))
+        note = trained_elsewhere(adapter, pack)
+        if expected is None:
+            assert note is None  # the very pack it was trained on
+            continue
+        assert note is not None and expected in note
+        assert f"trained on root-pack@{version} (digest ffffffffffff), this evaluates it on root-pack@1.0.0" in note
