@@ -22,7 +22,8 @@ from .distill import check_vllm_rollouts, launch_rank, training_device, under_gi
 from .evaluate import check_eval_options
 from .io import output_dir
 from .pack import ManifestLoader, Pack
-from .run import read_manifest, record_inputs, run_active, run_lock, stage_done, stage_results, write_manifest
+from .run import (read_manifest, record_inputs, run_active, run_lock, stage_done, stage_results, unbumped_change,
+                  write_manifest)
 from .stages import (
     SELECTION_FLAGS, distill_config, distill_key, eval_key, filter_config, filter_key, run_distill, run_eval, run_filter,
     card_key, checkpoint_record, push_key, resume_key, run_card, run_synthesize, selection_given, synthesize_key,
@@ -289,19 +290,25 @@ def _require_selection(run_dir: Path) -> None:
                        hint="loosen the selection (a higher --keep, a lower --min-score) or pass --no-filter")
 
 
-def apply(options: ApplyOptions, pack: Pack, *, on_stage: Callable[[str, str], None] = lambda n, s: None) -> ApplyResult:
+def apply(options: ApplyOptions, pack: Pack, *, on_stage: Callable[[str, str], None] = lambda n, s: None,
+          on_note: Callable[[str], None] = lambda text: None) -> ApplyResult:
     """Run (or resume) every stage for `pack` and `options.model` in one run directory, which it holds
-    (`run.run_lock`) from before it clears stale temporaries until the end."""
+    (`run.run_lock`) from before it clears stale temporaries until the end. `on_note` hears, before any
+    stage runs, that finished work is about to be replaced (`run.unbumped_change`)."""
     options = with_model_defaults(options)
     run_dir = output_dir(options.out or default_run_dir(pack, options.model))
     with run_lock(run_dir):
-        return _apply(options, pack, run_dir, on_stage)
+        return _apply(options, pack, run_dir, on_stage, on_note)
 
 
-def _apply(options: ApplyOptions, pack: Pack, run_dir: Path, on_stage: Callable[[str, str], None]) -> ApplyResult:
+def _apply(options: ApplyOptions, pack: Pack, run_dir: Path, on_stage: Callable[[str, str], None],
+           on_note: Callable[[str], None]) -> ApplyResult:
     remove_stale_temporaries(run_dir)
+    note = unbumped_change(read_manifest(run_dir), pack)
     record_inputs(run_dir, pack, options.model, options={k: v for k, v in asdict(options).items()
                                                           if k not in ("explicit", "progress", "out")})
+    if note:
+        on_note(note)
     common = {"device": options.device, "progress": options.progress}
     reports: list[StageReport] = []
     # Every stage's settings are checked before the first stage runs: a bad --save-steps should

@@ -791,6 +791,27 @@ def recorded_adapter(adapter: str | None, out_dir: str | os.PathLike[str]) -> st
     return resolved.relative_to(run_dir).as_posix() if resolved.is_relative_to(run_dir) else adapter
 
 
+def trained_elsewhere(adapter: str | os.PathLike[str] | None, pack: "Pack") -> str | None:
+    """Which other pack (version, content) the adapter's policyalign.json says it was trained on, or None.
+
+    Measuring an adapter trained on mypol@1.1.0 against mypol@1.0.0's sets and policy is allowed (how does
+    the new adapter do on the old rules?) but was silent: the report reads as that of a mypol@1.0.0 adapter."""
+    path = Path(adapter) / "policyalign.json" if adapter else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        trained = json.loads(path.read_text(encoding="utf-8")).get("pack")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(trained, dict) or trained.get("digest") in (None, pack.digest):
+        return None
+    ref = f"{trained.get('name')}@{trained.get('version')}"
+    fix = ("the pack changed since, without a version bump" if ref == pack.ref
+           else f"`pa eval {ref}` measures it on the policy it learned")
+    return (f"the adapter was trained on {ref} (digest {str(trained.get('digest'))[:12]}), this evaluates it on "
+            f"{pack.ref} (digest {pack.digest[:12]}): {fix}")
+
+
 def adapter_sha256(adapter: str | os.PathLike[str] | None) -> str | None:
     """sha256 of a local PEFT adapter's weights file (safetensors preferred), None when there is
     none: eval.json records it so an after-eval can be tied to the exact weights it measured."""
@@ -1167,6 +1188,17 @@ def paired_p(rows_a: Sequence[Mapping[str, Any]] | None, rows_b: Sequence[Mappin
     return None if change is None else change["p"]
 
 
+def _compare_label(source: Any, summary: Mapping[str, Any]) -> str:
+    """One side of a comparison: where it was read, then the model, adapter and pack it measured. A run's
+    eval.json names its adapter `adapter` (relative to the run), so the after-evals of two runs (mypol@1.0.0
+    and mypol@1.1.0) read "A: adapter", "B: adapter", told apart only by their timestamps."""
+    pack = summary.get("pack") if isinstance(summary.get("pack"), Mapping) else {}
+    where = f"{source}: " if isinstance(source, (str, os.PathLike)) else ""
+    adapter = f" + {summary['adapter']}" if summary.get("adapter") else ""
+    of_pack = f", pack {pack.get('name')}@{pack.get('version')}" if pack.get("name") else ""
+    return f"{where}{summary.get('model')}{adapter}{of_pack} ({summary.get('timestamp')})"
+
+
 def compare(a_eval_json: Any, b_eval_json: Any) -> str:
     """A Markdown table of every rate, overall, per set and per category, A vs B with the change
     in percentage points; notes first when the two runs are not like for like. Outcome rates show
@@ -1174,9 +1206,7 @@ def compare(a_eval_json: Any, b_eval_json: Any) -> str:
     the change on the items both measured: a 10-point drop on 48 items can be noise."""
     a, b = load_summary(a_eval_json), load_summary(b_eval_json)
     rows_a, rows_b = responses_beside(a_eval_json), responses_beside(b_eval_json)
-    label_a = a.get("adapter") or a.get("model")
-    label_b = b.get("adapter") or b.get("model")
-    lines = [f"A: {label_a} ({a.get('timestamp')})", f"B: {label_b} ({b.get('timestamp')})", ""]
+    lines = [f"A: {_compare_label(a_eval_json, a)}", f"B: {_compare_label(b_eval_json, b)}", ""]
     notes = comparable_notes(a, b)
     if notes:
         lines += ["Not like for like:", *notes, ""]

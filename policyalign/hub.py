@@ -43,6 +43,7 @@ from .semver import Version, is_semver
 if TYPE_CHECKING:
     from .pack import Pack
     from .registry import Registry
+    from .semver import VersionRange
 
 DEFAULT_BRANCH = "main"
 PACK_DIR = "pack"
@@ -94,6 +95,7 @@ class PackPullResult:
     revision: str
     commit: str
     warnings: tuple[str, ...] = ()
+    replaced: str = ""  # name@version of the other version the install directory held, now gone
 
 
 @dataclass(frozen=True)
@@ -251,8 +253,10 @@ TAKEN_TAG_HINTS = {
 }
 
 
-def _prepare_repo(api: Any, repo_id: str, repo_type: str, tag: str, *, private: bool, token: str) -> None:
-    """Authenticate, create the repo if needed, and refuse early if the tag is already taken."""
+def _prepare_repo(api: Any, repo_id: str, repo_type: str, tag: str, *, private: bool, token: str,
+                  pack: Mapping[str, Any] | None = None) -> None:
+    """Authenticate, create the repo if needed, and refuse early if the tag is already taken (`pack`: the
+    pack an adapter push was trained on, to tell a changed pack from a retrained run at that tag)."""
     with hub_call("checking the Hub token", token=token, repo=repo_id):
         api.whoami()
     with hub_call("creating the repository", token=token, repo=repo_id):
@@ -262,8 +266,25 @@ def _prepare_repo(api: Any, repo_id: str, repo_type: str, tag: str, *, private: 
     with hub_call("reading the repository's tags", token=token, repo=repo_id):
         refs = api.list_repo_refs(repo_id, repo_type=repo_type)
     if tag in {t.name for t in refs.tags}:
+        changed = _changed_pack_hint(api, repo_id, tag, pack, token) if pack else None
         raise HubError(f"the repository already has a tag {tag!r}", file=repo_id,
-                       hint=TAKEN_TAG_HINTS[repo_type].format(tag=tag))
+                       hint=changed or TAKEN_TAG_HINTS[repo_type].format(tag=tag))
+
+
+def _changed_pack_hint(api: Any, repo_id: str, tag: str, pack: Mapping[str, Any], token: str) -> str | None:
+    """The fix when the adapter at `tag` was trained on the same pack version with other content: the
+    pack was edited without a version bump, and another tag would publish two policies as one version."""
+    try:
+        published = _candidate(api, repo_id, tag, token)
+    except PolicyAlignError:
+        return None
+    if published is None or (published.pack_name, published.pack_version) != (pack.get("name"), pack.get("version")) \
+            or published.pack_digest == pack.get("digest"):
+        return None
+    return (f"the adapter at {tag} was trained on {published.pack_name}@{published.pack_version} with digest "
+            f"{published.pack_digest[:12]}, this run's pack has digest {str(pack.get('digest'))[:12]}: the pack "
+            "changed without a version bump. Bump `version` in pack.yaml (with its CHANGELOG.md entry) and re-run "
+            f"`pa apply`, so that one version names one policy (--revision {tag}-r2 would publish it as the same version)")
 
 
 def _refuse_public(api: Any, repo_id: str, repo_type: str, token: str) -> None:
@@ -326,7 +347,7 @@ def _push_adapter(run_dir: str | Path, repo_id: str, *, private: bool, revision:
     tag = check_tag(revision or artifacts.default_tag)
     token = resolve_token(token, repo_id)
     api = _api(token)
-    _prepare_repo(api, repo_id, "model", tag, private=private, token=token)
+    _prepare_repo(api, repo_id, "model", tag, private=private, token=token, pack=artifacts.pack)
     readme = card.render_model_card(artifacts, repo_id, tag, license=license)
     uploads: dict[str, Any] = {name: str(path) for name, path in artifacts.files.items()}
     uploads["README.md"] = readme.encode("utf-8")
@@ -767,20 +788,24 @@ def _plain_text(value: Any) -> bool:
 
 
 def choose_adapter(candidates: list[Candidate], pack_name: str, *, model: str | None = None,
-                   local_version: str | None = None, local_digest: str | None = None) -> Candidate:
+                   local_version: str | None = None, local_digest: str | None = None,
+                   versions: "VersionRange | None" = None) -> Candidate:
     """The best candidate: same base model, then the local pack's exact digest, then its exact version.
 
-    Without a local pack the newest pack version wins. Anything ambiguous or missing is a
-    HubError that lists the candidates, so the user can pull one explicitly.
+    Without a local pack the newest pack version (in `versions`, when given) wins. Anything
+    ambiguous or missing is a HubError that lists the candidates, so the user can pull one explicitly.
     """
     pool = candidates
+    if versions is not None:
+        pool = [c for c in pool if is_semver(c.pack_version) and Version.parse(c.pack_version) in versions]
     if model is not None:
         wanted, _, pinned = model.partition("@")
         names = model_names(wanted)
         pool = [c for c in pool if c.base_id.lower() in names or c.base_name.lower() in names]
         if pinned:  # MODEL@REV: an adapter trained on other weights of that model does not fit them
             pool = [c for c in pool if c.trained_at(pinned)]
-    what = f"pack {pack_name}" + (f"@{local_version}" if local_version else "") + (f" on {model}" if model else "")
+    asked = f"@{local_version}" if local_version else (f"@{versions.text}" if versions is not None else "")
+    what = f"pack {pack_name}{asked}" + (f" on {model}" if model else "")
     if local_version is not None:
         pool = [c for c in pool if c.pack_version == local_version]
         exact = [c for c in pool if local_digest and c.pack_digest == local_digest]
@@ -805,23 +830,27 @@ def _candidates_hint(candidates: list[Candidate], pack_name: str) -> str:
     return f"candidates (pull one with `pa pull ORG/NAME@REV`):\n{lines}"
 
 
-def pull_for_pack(pack_name: str, *, model: str | None = None, to: str | Path | None = None,
+def pull_for_pack(pack_spec: str, *, model: str | None = None, to: str | Path | None = None,
                   token: str | None = None, registry: "Registry | None" = None) -> tuple[PullResult, Candidate]:
-    """`pa pull --pack NAME [--model M]`: choose the best published adapter and pull it."""
+    """`pa pull --pack NAME[@RANGE] [--model M]`: choose the best published adapter and pull it.
+
+    A range (`medical@1.0.0`, `medical@^1`) is named as everywhere else a pack is: only adapters
+    trained on a version in it are candidates, and the local pack it resolves to is preferred."""
     from .pack import load_pack
-    from .registry import Registry
+    from .registry import Registry, version_range
 
     registry = registry or Registry.default()
+    pack_name, _, wanted = pack_spec.partition("@")
+    versions = version_range(pack_spec) if wanted else None
     local_version = local_digest = None
-    local = [loc for loc in registry.discover() if loc.name == pack_name]
-    if local:
-        best = max(local, key=lambda loc: Version.parse(loc.version) if is_semver(loc.version) else Version.parse("0.0.0"))
+    best = registry.best_match(pack_spec)
+    if best is not None:
         local_version = best.version
         try:
             local_digest = load_pack(best.path, registry=registry).digest
         except PolicyAlignError:
             local_digest = None
-    chosen = choose_adapter(find_adapters(pack_name, token=token), pack_name, model=model,
+    chosen = choose_adapter(find_adapters(pack_name, token=token), pack_name, model=model, versions=versions,
                             local_version=local_version, local_digest=local_digest)
     result = pull_adapter(f"{chosen.repo_id}@{chosen.revision}", to=to, token=token, registry=registry)
     return result, chosen
@@ -1051,10 +1080,21 @@ def pull_pack(spec: str, *, to: str | Path | None = None, token: str | None = No
         pack = load_pack(stage, registry=(registry or Registry.default()).including(parent))
         warnings = _pack_identity_problems(pack, recorded["pack"], repo_id)
         target = parent / name
+        replaced = _other_version(target, pack.version)
         _swap_in(stage, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return PackPullResult(pack.name, pack.version, pack.digest, target, repo_id, revision, str(commit), tuple(warnings))
+    return PackPullResult(pack.name, pack.version, pack.digest, target, repo_id, revision, str(commit), tuple(warnings),
+                          replaced)
+
+
+def _other_version(installed: Path, version: str) -> str:
+    """name@version of the pack installed at `installed` when it is another version than `version` ("" if
+    none): the directory holds one version per name, so pulling 1.0.0 removes an installed 1.1.0."""
+    from .registry import Registry
+
+    found = [loc for loc in Registry([installed.parent]).discover() if loc.path == installed and loc.version != version]
+    return f"{found[0].name}@{found[0].version}" if found else ""
 
 
 def _pack_identity_problems(pack: "Pack", recorded: Mapping[str, Any], repo_id: str) -> list[str]:

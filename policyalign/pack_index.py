@@ -2,8 +2,9 @@
 
 The index records each pack's version, its own files' digest and its composed
 digest. `pa validate --all` compares the tree with it: changed files under an
-unchanged version mean a forgotten version bump; any other difference means the
-index is stale and `pa index` must be re-run.
+unchanged version mean a forgotten version bump (which `pa index` refuses to record,
+as it refuses a version that went down); any other difference means the index is
+stale and `pa index` must be re-run.
 """
 
 from __future__ import annotations
@@ -144,11 +145,27 @@ def _field_drift(entry: dict[str, Any], wanted: dict[str, Any], field: str) -> s
     return f"records {entry[field]!r}, the pack gives {wanted[field]!r}"
 
 
-def downgrades(path: Path, packs: list["Pack"]) -> list[Problem]:
-    """Packs whose version is below the one INDEX.json has: `pa index` refuses to record them."""
+def unrecordable(path: Path, packs: list["Pack"]) -> list[Problem]:
+    """What `pa index` refuses to record: a version below the one INDEX.json has, and files changed under a
+    version it already records (rewriting that entry would make `pa validate --all` pass on the very
+    change it exists to catch, and publish two contents as one version)."""
     index = read_index(path)
     if index is None or index.get("corrupt") or _shape_problems(str(path), index):
         return []
+    recorded = {(e["name"], e["version"]): e for e in index["packs"]}
+    changed = [_unbumped(p) for p in packs if (p.name, p.version) in recorded
+               and recorded[(p.name, p.version)].get("files_digest") not in (None, p.files_digest)]
+    return _downgrades(index, packs) + changed
+
+
+def _unbumped(pack: "Pack") -> Problem:
+    return Problem(str(pack.root / "pack.yaml"), "/version",
+                   f"content of {pack.name} changed but its version is still {pack.version}",
+                   "bump `version` in pack.yaml, add a CHANGELOG.md entry, then run `pa index`")
+
+
+def _downgrades(index: dict[str, Any], packs: list["Pack"]) -> list[Problem]:
+    """Packs whose version is below the one the (readable) index has."""
     newest: dict[str, str] = {}
     for entry in index["packs"]:
         if is_semver(entry["version"]) and not _went_down(newest.get(entry["name"], entry["version"]), entry["version"]):
@@ -177,9 +194,7 @@ def _pack_vs_index(rel: str, pack: "Pack", entry: dict[str, Any] | None, same_na
                    if same_name else f"{pack.ref} is not in the index")
         return [Problem(rel, where, message, "run `pa index` and commit packs/INDEX.json")]
     if entry.get("files_digest") != pack.files_digest:
-        return [Problem(str(pack.root / "pack.yaml"), "/version",
-                        f"content of {pack.name} changed but its version is still {pack.version}",
-                        "bump `version` in pack.yaml, add a CHANGELOG.md entry, then run `pa index`")]
+        return [_unbumped(pack)]
     if entry.get("digest") != pack.digest:
         return [Problem(rel, where, f"composed digest of {pack.ref} changed (a parent pack changed)",
                         "run `pa index` and commit packs/INDEX.json")]

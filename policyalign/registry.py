@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from .errors import ResolveError
-from .semver import Version, is_semver, parse_range
+from .semver import Version, VersionRange, is_semver, parse_range
 
 if TYPE_CHECKING:
     from .pack import Pack
@@ -154,13 +154,20 @@ class Registry:
         fix = "add the directory holding it with --packs-path or PA_PACKS_PATH, or install it with `pa pack pull ORG/NAME`"
         return f"{known} (searched {searched}); " + (fix if parent else f"pass the pack's directory, {fix}")
 
+    def best_match(self, spec: str) -> PackLocation | None:
+        """The local pack `name[@range]` resolves to (as `resolve_name` picks it), None when none matches;
+        a bad range is still a ResolveError."""
+        name, _, wanted = spec.partition("@")
+        version_range(spec)
+        candidates = [loc for loc in self.discover() if loc.name == name]
+        try:
+            return self._pick(spec, name, wanted, candidates)
+        except ResolveError:
+            return None
+
     @staticmethod
     def _pick(spec: str, name: str, wanted: str, candidates: list[PackLocation]) -> PackLocation:
-        try:
-            rng = parse_range(wanted or "*")
-        except ValueError as exc:
-            raise ResolveError(f"bad version range in {spec!r}: {exc}",
-                               hint="use e.g. name@1.2.0, name@^1, name@~1.2 or name@>=1.0,<2") from None
+        rng = version_range(spec)
         matching = [c for c in candidates if is_semver(c.version) and Version.parse(c.version) in rng]
         if not matching and not wanted:  # a bare name: ranges skip prereleases, but one that is all there is still loads
             matching = [c for c in candidates if is_semver(c.version)]
@@ -179,6 +186,15 @@ class Registry:
 
     def remember(self, root: Path, pack: "Pack") -> None:
         self._loaded[root.resolve()] = pack
+
+
+def version_range(spec: str) -> VersionRange:
+    """The versions `name@range` accepts (any, for a bare name), or a ResolveError naming the spec."""
+    try:
+        return parse_range(spec.partition("@")[2] or "*")
+    except ValueError as exc:
+        raise ResolveError(f"bad version range in {spec!r}: {exc}",
+                           hint="use e.g. name@1.2.0, name@^1, name@~1.2 or name@>=1.0,<2") from None
 
 
 def _version_key(version: str) -> tuple:

@@ -64,8 +64,45 @@ def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
 
 
 def pack_record(pack: "Pack") -> dict[str, Any]:
+    """The pack a run used; `ancestors` holds the version each pack it extends resolved to (`general@^1`
+    resolves to whatever is installed), so a later change of parent can be named."""
     return {"name": pack.name, "version": pack.version, "digest": pack.digest, "path": str(pack.root.resolve()),
-            "title": pack.title}
+            "title": pack.title, "ancestors": {a.name: {"version": a.version, "digest": a.digest}
+                                               for a in pack.ancestry()[:-1]}}
+
+
+def unbumped_change(manifest: dict[str, Any], pack: "Pack") -> str | None:
+    """Why a run with finished stages is about to be redone under the very same pack version, or None.
+
+    The run directory is named after the version (runs/NAME-VERSION-MODEL), so a pack edited without
+    a version bump (or whose `general@^1` now resolves to another general) retrains in place: the
+    adapter and card of the content the run was made from are replaced, and both carry one version."""
+    recorded = manifest["inputs"].get("pack") or {}
+    if not manifest["stages"] or (recorded.get("name"), recorded.get("version")) != (pack.name, pack.version):
+        return None
+    if recorded.get("digest") in (None, pack.digest):
+        return None
+    then = recorded.get("ancestors")
+    moved = _changed_ancestors(then, pack) if isinstance(then, dict) else []
+    where = (f"a pack it extends changed: {', '.join(moved)}" if moved
+             else "its files changed" if isinstance(then, dict) else "its files or a pack it extends changed")
+    return (f"{pack.ref} is not the {pack.ref} this run was made from (digest {str(recorded['digest'])[:12]} -> "
+            f"{pack.digest[:12]}: {where}); its stages re-run and replace this run's adapter and card under the "
+            "same version. To keep both, bump `version` in pack.yaml (with a CHANGELOG.md entry) or pass --out")
+
+
+def _changed_ancestors(recorded: dict[str, Any], pack: "Pack") -> list[str]:
+    """`general 1.0.0 -> 1.1.0` for each ancestor whose version or content differs from the recorded one."""
+    changed = []
+    for ancestor in pack.ancestry()[:-1]:
+        then = recorded.get(ancestor.name)
+        then = then if isinstance(then, dict) else {}
+        if then.get("digest") == ancestor.digest:
+            continue
+        was = then.get("version", "absent")
+        changed.append(f"{ancestor.name} {was} -> {ancestor.version}" +
+                       (" (same version, other content)" if was == ancestor.version else ""))
+    return changed
 
 
 def record_inputs(run_dir: Path, pack: "Pack", model: str, **extra: Any) -> dict[str, Any]:

@@ -112,14 +112,19 @@ def test_every_stage_uses_the_pack_apply_resolved_and_a_policy_edit_retrains(tmp
     monkeypatch.setenv("PA_PACKS_PATH", str(shadow))  # searched before a pack's own siblings
     run = tmp_path / "run"
     pack = Registry([packs]).load("child-pack")
-    apply(_options(packs, run), pack)
+    notes: list[str] = []
+    apply(_options(packs, run), pack, on_note=notes.append)
+    assert notes == []
     trained_on = json.loads((run / "adapter" / "policyalign.json").read_text())["pack"]["digest"]
     assert trained_on == pack.digest == json.loads((run / "run.json").read_text())["inputs"]["pack"]["digest"]
     with (packs / "child-pack" / "policy.md").open("a") as f:
         f.write("\n- A rule added after the first run.\n")
     edited = Registry([packs]).load("child-pack")
-    status = {s.name: s.status for s in apply(_options(packs, run), edited).stages}
+    status = {s.name: s.status for s in apply(_options(packs, run), edited, on_note=notes.append).stages}
     assert status["filter"] == status["distill"] == "ran"
+    # ... and says so before it replaces the adapter of the content it was made from under one version
+    assert len(notes) == 1 and "child-pack@1.0.0 is not the child-pack@1.0.0 this run was made from" in notes[0]
+    assert "its files changed" in notes[0] and "bump `version`" in notes[0]
     assert json.loads((run / "adapter" / "policyalign.json").read_text())["pack"]["digest"] == edited.digest
 
 

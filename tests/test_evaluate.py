@@ -201,6 +201,17 @@ def test_compare_tests_the_change_on_paired_items_only_where_both_have_responses
     assert "| set:s | violation_rate | 100.0% [61.0–100.0] | 0.0% [0.0–39.0] | -100.0 pp | – |" in compare(a, b)
 
 
+def test_compare_names_each_side_by_where_it_was_read_and_the_pack_it_measured(tmp_path: Path) -> None:
+    """Two runs' after-evals both record their adapter as `adapter` (relative to their run): the header
+    read "A: adapter", "B: adapter", so which side was mypol@1.0.0 and which 1.1.0 was left to guess."""
+    old = write_eval(tmp_path / "p-1.0.0" / "eval" / "after", _summary(BEFORE, adapter="adapter"), BEFORE)
+    newer = {**_summary(AFTER, adapter="adapter"), "pack": {"name": "p", "version": "1.1.0", "digest": "e" * 64}}
+    new = write_eval(tmp_path / "p-1.1.0" / "eval" / "after", newer, AFTER)
+    lines = compare(old.eval_json, new.out_dir).splitlines()
+    assert lines[0] == f"A: {old.eval_json}: tiny + adapter, pack p@1.0.0 (2026-01-01T00:00:00+00:00)"
+    assert lines[1] == f"B: {new.out_dir}: tiny + adapter, pack p@1.1.0 (2026-01-01T00:00:00+00:00)"
+
+
 def test_compare_flags_different_item_sets(tmp_path: Path) -> None:
     """`--limit 2` vs `--limit 6` (or other sets, benchmarks, policy in context) is not like for like."""
     two = [row("refuse", "refuse", set_name="harmful"), row("refuse", "comply", set_name="harmful")]
@@ -1066,3 +1077,26 @@ def test_an_evaluation_refused_before_its_first_answer_leaves_no_folder(tmp_path
     with pytest.raises(PolicyAlignError):
         evaluate(_general(), "acme/absent-model", out_dir=out, limit=1, params=greedy_params(4))
     assert out.is_dir()
+
+
+def test_an_adapter_trained_on_another_version_of_the_pack_is_named(tmp_path: Path, fixture_packs: Path) -> None:
+    """`pa eval root-pack@1.0.0 --adapter` of an adapter trained on root-pack@1.1.0 measured it against
+    the old rules without a word; its report reads as that of an adapter of the pack it names."""
+    from policyalign.evaluate import trained_elsewhere
+    from policyalign.registry import Registry
+
+    pack = Registry([fixture_packs]).load("root-pack")
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    assert trained_elsewhere(adapter, pack) is None and trained_elsewhere(None, pack) is None  # nothing recorded
+    for version, digest, expected in (("1.0.0", pack.digest, None),
+                                      ("1.1.0", "f" * 64, "`pa eval root-pack@1.1.0` measures it on the policy it learned"),
+                                      ("1.0.0", "f" * 64, "the pack changed since, without a version bump")):
+        (adapter / "policyalign.json").write_text(json.dumps({"pack": {"name": "root-pack", "version": version,
+                                                                        "digest": digest}}))
+        note = trained_elsewhere(adapter, pack)
+        if expected is None:
+            assert note is None  # the very pack it was trained on
+            continue
+        assert note is not None and expected in note
+        assert f"trained on root-pack@{version} (digest ffffffffffff), this evaluates it on root-pack@1.0.0" in note

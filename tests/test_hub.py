@@ -256,6 +256,17 @@ def test_push_refuses_an_existing_tag_and_revision_overrides(cli: Cli, hub_serve
     assert "invalid revision tag" in bad.stderr
 
 
+def test_push_of_a_pack_changed_without_a_version_bump_is_told_to_bump_it(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The taken tag holds retag@1.0.0 with another digest: "publish under --revision X-r2" put two
+    policies on the Hub as one version; the fix is a version bump."""
+    cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "bumpme"))), "--repo-id", "org/bumpme")
+    edited = make_run(tmp_path / "edited", make_pack(tmp_path / "edited-pack", "bumpme", policy_note="One more rule."))
+    taken = cli.fails(1, "push", str(edited), "--repo-id", "org/bumpme")
+    assert "already has a tag 'bumpme-v1.0.0'" in taken.stderr
+    assert "was trained on bumpme@1.0.0 with digest" in taken.stderr and "changed without a version bump" in taken.stderr
+    assert "Bump `version` in pack.yaml" in taken.stderr
+
+
 def test_push_refuses_a_run_directory_in_use(cli: Cli, hub_server, make_run, tmp_path: Path,  # type: ignore[no-untyped-def]
                                                         hold_run) -> None:
     """Beside a `pa apply` retraining in the same directory, push could publish one training's adapter
@@ -626,6 +637,25 @@ def test_pull_by_pack_picks_the_best_match(cli: Cli, hub_server, make_run, tmp_p
     assert "nobody has published" in cli.fails(1, "pull", "--pack", "never-published").stderr
 
 
+def test_pull_by_pack_takes_a_version_range(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`--pack NAME@VERSION` / `NAME@^1`, as a pack is named everywhere else: the whole spec was searched
+    as the tag `pack:ranged@1.0.0`, so no adapter was ever found ("nobody has published")."""
+    old = make_pack(tmp_path / "old", "ranged")
+    new = make_pack(cli.packs, "ranged", version="1.1.0")
+    for pack in (old, new):
+        cli.ok("push", str(make_run(tmp_path / f"run-{pack.parent.name}", pack)), "--repo-id", "org/ranged")
+    search = ("--packs-path", str(tmp_path / "old"))
+
+    pinned = cli.ok("pull", "--pack", "ranged@1.0.0", *search, "--to", str(tmp_path / "a"))
+    assert "best match: org/ranged@ranged-v1.0.0" in pinned.stdout
+    assert "matches the local pack ranged@1.0.0" in pinned.stdout
+    ranged = cli.ok("pull", "--pack", "ranged@^1", *search, "--to", str(tmp_path / "b"))
+    assert "best match: org/ranged@ranged-v1.1.0" in ranged.stdout
+    missing = cli.fails(1, "pull", "--pack", "ranged@^2", "--to", str(tmp_path / "c"))
+    assert "no published adapter matches pack ranged@^2" in missing.stderr and "org/ranged@ranged-v1.0.0" in missing.stderr
+    assert "bad version range in 'ranged@^x'" in cli.fails(2, "pull", "--pack", "ranged@^x").stderr
+
+
 def test_malformed_candidates_do_not_hide_good_ones(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "findme"))), "--repo-id", "org/good-findme")
     good_pack = {"name": "findme", "version": "1.0.0", "digest": "d" * 64}
@@ -743,6 +773,17 @@ def test_pack_push_then_pull(cli: Cli, hub_server, tmp_path: Path) -> None:  # t
     cli.ok("pack", "pull", "org/shared-pack")  # again (main), replacing the installed copy
     assert load_pack(installed).digest == load_pack(source).digest
     assert "no version '9.9.9' is published" in cli.fails(1, "pack", "pull", "org/shared-pack@9.9.9").stderr
+
+
+def test_pack_pull_of_another_version_says_which_one_it_replaced(cli: Cli, tmp_path: Path) -> None:
+    """The install directory holds one version per pack: pulling 1.0.0 over an installed 1.1.0 removed
+    it without a word (a child pinned to ^1.1 then stops resolving)."""
+    for version in ("1.0.0", "1.1.0"):
+        cli.ok("pack", "push", str(make_pack(tmp_path / version, "versioned", version=version)), "--repo-id", "org/versioned")
+    assert "replaced" not in cli.ok("pack", "pull", "org/versioned@1.1.0").stderr
+    older = cli.ok("pack", "pull", "org/versioned@1.0.0")
+    assert "installed versioned@1.0.0" in older.stdout and "replaced versioned@1.1.0" in older.stderr
+    assert "replaced" not in cli.ok("pack", "pull", "org/versioned@1.0.0").stderr  # the same version again
 
 
 def test_pack_with_parents_pulls_when_parents_are_local(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

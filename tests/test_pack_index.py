@@ -59,6 +59,11 @@ def test_content_change_without_version_bump_fails(fixture_packs: Path) -> None:
     text = norm(result.output)
     assert "root-pack/pack.yaml" in text and "content of root-pack changed but its version is still 1.0.0" in text
     assert "bump `version`" in text
+    # pa index rewrote the entry with the new digest, after which validate --all passed on the very change
+    written = (fixture_packs / "INDEX.json").read_text()
+    refused = runner.invoke(app, ["index", "--dir", str(fixture_packs)])
+    assert refused.exit_code == 2 and "content of root-pack changed but its version is still 1.0.0" in norm(refused.output)
+    assert (fixture_packs / "INDEX.json").read_text() == written and _validate_all(fixture_packs).exit_code == 2
 
 
 def test_a_version_that_goes_down_fails(fixture_packs: Path) -> None:

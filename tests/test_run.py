@@ -16,7 +16,7 @@ import pytest
 from policyalign.errors import PolicyAlignError, RunError
 from policyalign.run import (LOCK_FILE, MANIFEST, fingerprint, load_run_pack, read_manifest, record_inputs, rekey_stage,
                              run_active, run_inputs, run_lock, same_model, stage, stage_done, stage_results,
-                             write_manifest)
+                             unbumped_change, write_manifest)
 
 ROOT = Path(__file__).parent.parent
 
@@ -260,3 +260,38 @@ def test_a_local_model_is_recorded_by_its_path_so_the_run_works_from_any_directo
     assert not same_model(run_inputs(run)["model"], "./m")  # here, ./m is no model at all
     with pytest.raises(RunError, match="holds a run of pack"):
         record_inputs(run, pack, "tiny")
+
+
+def test_a_finished_run_of_a_pack_changed_under_the_same_version_is_named_before_it_is_replaced(
+        tmp_path: Path, fixture_packs: Path) -> None:
+    """The run directory is named after the version: a pack edited without a bump, or a child whose
+    `root-pack@^1` now resolves to another root-pack, retrained in place without a word, replacing the
+    adapter and card of the content the run was made from (and already published under that version)."""
+    from policyalign.registry import Registry
+
+    child = Registry([fixture_packs]).load("child-pack")
+    run = tmp_path / "run"
+    record_inputs(run, child, "tiny")
+    assert unbumped_change(read_manifest(run), child) is None  # nothing finished yet: nothing to lose
+    _run_stage(run, "k")
+    assert unbumped_change(read_manifest(run), child) is None  # the same content
+
+    _bump(fixture_packs / "root-pack", "1.1.0")
+    note = unbumped_change(read_manifest(run), Registry([fixture_packs]).load("child-pack"))
+    assert note is not None and "child-pack@1.0.0 is not the child-pack@1.0.0 this run was made from" in note
+    assert "a pack it extends changed: root-pack 1.0.0 -> 1.1.0" in note and "bump `version`" in note
+
+    policy = fixture_packs / "child-pack" / "policy.md"
+    record_inputs(run, Registry([fixture_packs]).load("child-pack"), "tiny")
+    policy.write_text(policy.read_text() + "\nOne more rule.\n")
+    note = unbumped_change(read_manifest(run), Registry([fixture_packs]).load("child-pack"))
+    assert note is not None and "its files changed" in note
+    _bump(fixture_packs / "child-pack", "1.0.1")
+    assert unbumped_change(read_manifest(run), Registry([fixture_packs]).load("child-pack")) is None  # bumped
+
+
+def _bump(pack_dir: Path, version: str) -> None:
+    """Release the pack as `version` (from 1.0.0), with the CHANGELOG.md entry validation asks for."""
+    manifest, changelog = pack_dir / "pack.yaml", pack_dir / "CHANGELOG.md"
+    manifest.write_text(manifest.read_text().replace("version: 1.0.0", f"version: {version}"))
+    changelog.write_text(changelog.read_text().replace("## 1.0.0", f"## {version}\n\n- Bumped.\n\n## 1.0.0"))

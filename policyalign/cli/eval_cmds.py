@@ -119,10 +119,13 @@ def eval_command(
     if not pack or not model:
         raise InvalidInputError("`pa eval` needs a PACK and --model (or --compare A B)",
                                 hint="e.g. pa eval general --model tiny, or pa eval --compare before/ after/")
-    from ..evaluate import evaluate, greedy_params
+    from ..evaluate import evaluate, greedy_params, trained_elsewhere
     from .common import load
 
     loaded_pack = load(pack, packs_path)
+    elsewhere = trained_elsewhere(adapter, loaded_pack)
+    if elsewhere:
+        typer.echo(f"note: {elsewhere}", err=True)
     out_dir = out or _default_out(f"{loaded_pack.name}-{loaded_pack.version}", model, adapter, policy_in_context, sets=_split_sets(sets),
                                   limit=limit, judge=judge, max_new_tokens=max_new_tokens,
                                   benchmarks=benchmark or (), no_drift=no_drift)

@@ -46,7 +46,7 @@ def push(
 @app.command("pull")
 def pull(
     spec: Optional[str] = typer.Argument(None, metavar="ORG/NAME[@REV]", help="Adapter repository and optional revision."),
-    pack: Optional[str] = typer.Option(None, "--pack", help="Find a published adapter for this pack instead."),
+    pack: Optional[str] = typer.Option(None, "--pack", help="Find a published adapter for this pack instead: NAME, or NAME@RANGE (medical@1.0.0, medical@^1) for one trained on a version in it."),
     model: Optional[str] = typer.Option(None, "--model", help="With --pack: the base model the adapter must be for; MODEL@COMMIT only an adapter trained on that commit of it."),
     to: Optional[Path] = typer.Option(None, "--to", help="Directory to place the adapter in (default: the Hugging Face cache)."),
     packs_path: Optional[list[Path]] = PacksPath,
@@ -127,3 +127,6 @@ def pack_pull(
         typer.echo(f"warning: {warning}", err=True)
     typer.echo(f"installed {result.name}@{result.version} (digest {result.digest[:12]}…) from "
                f"{result.repo_id}@{result.revision} into {result.path}")
+    if result.replaced:
+        typer.echo(f"replaced {result.replaced}, which was installed there (one version per pack in {result.path.parent}; "
+                   f"`pa pack pull` it again to go back, or install it elsewhere with --to)", err=True)

@@ -169,7 +169,7 @@ def index(
 ) -> None:
     """Write packs/INDEX.json (name, version, digest of every pack); parents resolve inside --dir only."""
     from ..errors import PackError
-    from ..pack_index import downgrades, write_index
+    from ..pack_index import unrecordable, write_index
     from ..registry import INDEX_FILE, Registry
     from ..validation import validate_all
 
@@ -178,8 +178,8 @@ def index(
     report = validate_all(packs_dir, Registry([packs_dir]))
     if report.failures:
         raise PackError([p for problems in report.failures.values() for p in problems])
-    lowered = downgrades(packs_dir / INDEX_FILE, report.packs)
-    if lowered:
-        raise PackError(lowered)
+    refused = unrecordable(packs_dir / INDEX_FILE, report.packs)
+    if refused:
+        raise PackError(refused)
     data = write_index(packs_dir / INDEX_FILE, report.packs)
     typer.echo(f"wrote {packs_dir / INDEX_FILE} ({len(data['packs'])} packs)")

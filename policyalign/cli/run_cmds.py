@@ -118,7 +118,7 @@ def apply(
         if status != "done":
             typer.echo(f"[{name}] {'skipped (finished, inputs unchanged)' if status == 'skipped' else 'running'}", err=True)
 
-    result = run_apply(options, the_pack, on_stage=on_stage)
+    result = run_apply(options, the_pack, on_stage=on_stage, on_note=lambda text: typer.echo(f"note: {text}", err=True))
     _summary_table(result.summary)
 
 
