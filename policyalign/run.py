@@ -66,9 +66,10 @@ def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
 def pack_record(pack: "Pack") -> dict[str, Any]:
     """The pack a run used; `ancestors` holds the version each pack it extends resolved to (`general@^1`
     resolves to whatever is installed), so a later change of parent can be named."""
+    from .pack import parent_records
+
     return {"name": pack.name, "version": pack.version, "digest": pack.digest, "path": str(pack.root.resolve()),
-            "title": pack.title, "ancestors": {a.name: {"version": a.version, "digest": a.digest}
-                                               for a in pack.ancestry()[:-1]}}
+            "title": pack.title, "ancestors": {p.pop("name"): p for p in parent_records(pack)}}
 
 
 def unbumped_change(manifest: dict[str, Any], pack: "Pack") -> str | None:
