@@ -1327,17 +1327,19 @@ def _checked_judge_out(source: Path, out: Path) -> Path:
 
 def judge_settings(judge: str, policy: str, device: str | None) -> dict[str, Any]:
     """What every verdict of `pa judge` depends on besides its row: the judge and its weights, the
-    policy it is shown and, for a model judge, the device type (bf16 on a GPU judges otherwise
-    than fp32 on a CPU). A journal made under other settings is discarded."""
+    policy it is shown and, for a model judge, the device type and precision (bf16 on a GPU judges
+    otherwise than fp32 on a CPU, or than `PA_DTYPE=fp32` on that GPU). A journal made under other
+    settings is discarded."""
     from .run import fingerprint
 
     settings: dict[str, Any] = {"judge": judge, **_judge_weights_fetched(judge), "policy": fingerprint(policy)}
     if judge != "refusal":
         import torch
 
-        from .models import resolve_device
+        from .models import resolve_device, resolve_dtype
 
-        settings["device"] = torch.device(resolve_device(device)).type
+        where = resolve_device(device)
+        settings.update(device=torch.device(where).type, dtype=str(resolve_dtype(None, where)))
     return settings
 
 

@@ -293,7 +293,7 @@ def resolve_device(device: str | None) -> str:
     return str(parsed)
 
 
-def _resolve_dtype(dtype: Any, device: str) -> Any:
+def resolve_dtype(dtype: Any, device: str) -> Any:
     """bf16 on CUDA (fp16 where bf16 is not native), fp32 on CPU, unless the caller or `PA_DTYPE` says.
 
     Native only: `is_bf16_supported()` also counts the emulated bf16 of pre-Ampere GPUs (T4, V100),
@@ -385,7 +385,7 @@ def load_model(
 
     ref = name_or_ref if isinstance(name_or_ref, ModelRef) else resolve_model(name_or_ref)
     dev = resolve_device(device)
-    torch_dtype = _resolve_dtype(dtype, dev)
+    torch_dtype = resolve_dtype(dtype, dev)
     kwargs = {"revision": ref.revision} if ref.revision else {}
     with _load_errors(ref):
         tokenizer = AutoTokenizer.from_pretrained(ref.location, **kwargs)

@@ -406,6 +406,18 @@ def test_pa_judge_discards_verdicts_made_under_another_policy(
             in capsys.readouterr().err)
 
 
+def test_a_model_judges_journal_is_keyed_on_its_precision(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Verdicts a judge gave in fp16 were reused after `PA_DTYPE=fp32` (set to get past an fp16
+    overflow), as `pa eval`'s journal, which records the dtype, does not."""
+    from policyalign.evaluate import judge_settings
+
+    monkeypatch.delenv("PA_DTYPE", raising=False)
+    default = judge_settings("llm:tiny", "policy", "cpu")
+    monkeypatch.setenv("PA_DTYPE", "bf16")
+    assert default["dtype"] == "torch.float32" and judge_settings("llm:tiny", "policy", "cpu")["dtype"] == "torch.bfloat16"
+    assert "dtype" not in judge_settings("refusal", "policy", "cpu")  # no model: nothing to round
+
+
 @pytest.mark.slow
 def test_pa_judge_killed_mid_judging_resumes_from_its_journal(tmp_path: Path) -> None:
     """A real kill -9 of `pa judge --judge llm:tiny`: the rerun judges only the rows the journal lacks

@@ -165,12 +165,12 @@ def test_default_device_and_dtype() -> None:
 def test_a_gpu_without_native_bf16_defaults_to_fp16(monkeypatch: pytest.MonkeyPatch) -> None:
     """A T4 or V100 (compute capability 7.x) emulates bf16, and torch's `is_bf16_supported()` counts
     emulation: "auto" loaded bf16 there, without tensor cores, and vLLM refuses bf16 below 8.0."""
-    from policyalign.models import _resolve_dtype
+    from policyalign.models import resolve_dtype
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
-    assert _resolve_dtype("auto", "cuda:0") == torch.float16
+    assert resolve_dtype("auto", "cuda:0") == torch.float16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
-    assert _resolve_dtype("auto", "cuda:0") == torch.bfloat16
+    assert resolve_dtype("auto", "cuda:0") == torch.bfloat16
 
 
 def test_pa_dtype_sets_the_precision_every_stage_loads_in(monkeypatch: pytest.MonkeyPatch) -> None:
