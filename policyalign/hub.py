@@ -969,7 +969,8 @@ def _resolve_pack_revision(api: Any, repo_id: str, wanted: str | None, token: st
     in_range = _highest_tag_in_range(tags, wanted) if wanted and not is_semver(wanted) else None
     if in_range:
         return in_range, tags[in_range]
-    versions = ", ".join(sorted(t[1:] if t.startswith("v") else t for t in tags)) or "none"
+    names = (t[1:] if t.startswith("v") else t for t in tags)  # versions in version order: 1.2.0 before 1.10.0
+    versions = ", ".join(sorted(names, key=lambda n: (0, Version.parse(n), "") if is_semver(n) else (1, None, n))) or "none"
     what = f"matches {wanted!r}" if in_range is not None else f"{wanted!r} is published"
     raise HubError(f"no version {what}", file=repo_id, hint=f"published versions: {versions}")
 
