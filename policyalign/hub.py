@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from . import card
 from .errors import HubError, InvalidInputError, PackError, PolicyAlignError, Problem
 from .io import read_json, sha256_file, write_text
-from .semver import Version, is_semver
+from .semver import Version, is_semver, parse_range
 
 if TYPE_CHECKING:
     from .pack import Pack
@@ -952,7 +952,8 @@ def _fetch_capped(repo_id: str, filename: str, commit: str, cap: int, token: str
 
 
 def _resolve_pack_revision(api: Any, repo_id: str, wanted: str | None, token: str | None) -> tuple[str, str]:
-    """`1.2.0` -> tag v1.2.0 (or a tag/branch named as given, or a commit); returns (revision, commit)."""
+    """`1.2.0` -> tag v1.2.0 (or a tag/branch named as given, or a commit), a range (`^1`, `~1.2`,
+    `>=1.0,<2`) -> the highest version tagged `v<version>` in it; returns (revision, commit)."""
     with hub_call("reading the repository's tags", token=token, repo=repo_id):
         refs = api.list_repo_refs(repo_id, repo_type="dataset")
     tags = {t.name: t.target_commit for t in refs.tags}
@@ -965,8 +966,25 @@ def _resolve_pack_revision(api: Any, repo_id: str, wanted: str | None, token: st
             return option, branches[option]
     if wanted and COMMIT_RE.match(wanted):
         return wanted, wanted
-    versions = ", ".join(sorted(t[1:] if t.startswith("v") else t for t in tags)) or "none"
-    raise HubError(f"no version {wanted!r} is published", file=repo_id, hint=f"published versions: {versions}")
+    in_range = _highest_tag_in_range(tags, wanted) if wanted and not is_semver(wanted) else None
+    if in_range:
+        return in_range, tags[in_range]
+    names = (t[1:] if t.startswith("v") else t for t in tags)  # versions in version order: 1.2.0 before 1.10.0
+    versions = ", ".join(sorted(names, key=lambda n: (0, Version.parse(n), "") if is_semver(n) else (1, None, n))) or "none"
+    what = f"matches {wanted!r}" if in_range is not None else f"{wanted!r} is published"
+    raise HubError(f"no version {what}", file=repo_id, hint=f"published versions: {versions}")
+
+
+def _highest_tag_in_range(tags: Mapping[str, str], wanted: str) -> str | None:
+    """The `v<version>` tag of the highest published version in the range `wanted` (as a pack's
+    `name@range` picks everywhere else); "" when none is in it, None when `wanted` is not a range."""
+    try:
+        versions = parse_range(wanted)
+    except ValueError:
+        return None
+    published = {Version.parse(tag[1:]): tag for tag in tags if tag.startswith("v") and is_semver(tag[1:])}
+    matching = [version for version in published if version in versions]
+    return published[max(matching)] if matching else ""
 
 
 def _read_pack_card(repo_id: str, commit: str, workdir: Path, token: str | None) -> dict[str, Any]:

@@ -786,6 +786,20 @@ def test_pack_pull_of_another_version_says_which_one_it_replaced(cli: Cli, tmp_p
     assert "replaced" not in cli.ok("pack", "pull", "org/versioned@1.0.0").stderr  # the same version again
 
 
+def test_pack_pull_of_a_range_installs_the_highest_published_version_in_it(cli: Cli, tmp_path: Path) -> None:
+    """Every other pack argument takes `name@^1`; `pa pack pull ORG/NAME@^1` answered "no version '^1' is
+    published" and listed the very versions the range holds."""
+    for version in ("1.0.0", "1.1.0", "2.0.0", "10.0.0"):
+        cli.ok("pack", "push", str(make_pack(tmp_path / version, "ranged", version=version)), "--repo-id", "org/ranged")
+    pulled = cli.ok("pack", "pull", "org/ranged@^1")
+    assert "installed ranged@1.1.0" in pulled.stdout and "org/ranged@v1.1.0" in pulled.stdout
+    assert "installed ranged@1.0.0" in cli.ok("pack", "pull", "org/ranged@>=1.0,<1.1").stdout
+    assert "installed ranged@1.1.0" in cli.ok("pack", "pull", "org/ranged@~1.1").stdout
+    assert "installed ranged@10.0.0" in cli.ok("pack", "pull", "org/ranged").stdout  # none: the last pushed
+    failed = cli.fails(1, "pack", "pull", "org/ranged@^3").stderr
+    assert "no version matches '^3'" in failed and "1.0.0, 1.1.0, 2.0.0, 10.0.0" in failed  # in version order
+
+
 def test_pack_with_parents_pulls_when_parents_are_local(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cli.ok("pack", "push", str(cli.packs / "child-pack"), "--repo-id", "org/child-pack")
     cli.ok("pack", "pull", "org/child-pack@1.0.0", "--to", str(tmp_path / "installed"))

@@ -115,7 +115,9 @@ def pack_push(
 
 @pack_app.command("pull")
 def pack_pull(
-    spec: str = typer.Argument(..., metavar="ORG/NAME[@VERSION]", help="Pack repository and optional version (e.g. 1.2.0)."),
+    spec: str = typer.Argument(..., metavar="ORG/NAME[@VERSION]",
+                               help="Pack repository and optional version or range (1.2.0, ^1, ~1.2, '>=1.0,<2': the "
+                                    "highest published version in it); without one, the last pushed version."),
     to: Optional[Path] = typer.Option(None, "--to", help="Packs directory to install into (default: the user packs directory)."),
     packs_path: Optional[list[Path]] = PacksPath,
 ) -> None:
