@@ -106,6 +106,10 @@ def eval_command(
     if compare and compare[0] is not None:
         from ..evaluate import compare as compare_evals
 
+        if str(compare[1]) == "--compare":  # `--compare A --compare B`: B landed in PACK
+            raise InvalidInputError("--compare takes both evaluations at once",
+                                    hint=f"pa eval --compare {compare[0]} {pack or 'B'}")
+
         ignored = [flag for flag, value in (("PACK", pack), ("--model", model), ("--adapter", adapter),
                                             ("--policy-in-context", policy_in_context), ("--sets", sets),
                                             ("--out", out), ("--limit", limit), ("--device", device),
