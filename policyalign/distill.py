@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .chat import encode_chat, student_messages, teacher_messages
 from .errors import InvalidInputError, RunError
-from .io import atomic_open, make_files_ordinary, read_json, write_json, write_text
+from .io import atomic_open, make_files_ordinary, read_json, write_json
 
 if TYPE_CHECKING:
     from .models import LoadedModel
@@ -601,7 +601,7 @@ SET_VALUED_CONFIG = ("target_modules", "exclude_modules")
 def stable_adapter_config(adapter_dir: Path) -> None:
     """Sort adapter_config.json's set-valued lists, so two identical trainings write the same bytes
     (and sha256, which the card publishes). PEFT reads them back into sets: the order means nothing
-    to it. Written as PEFT writes the file (sorted keys, two-space indent)."""
+    to it."""
     path = Path(adapter_dir) / "adapter_config.json"
     config = read_json(path)
     if not isinstance(config, dict):
@@ -612,7 +612,7 @@ def stable_adapter_config(adapter_dir: Path) -> None:
         if isinstance(value, list) and all(isinstance(v, str) for v in value) and value != sorted(value):
             config[key], changed = sorted(value), True
     if changed:
-        write_text(path, json.dumps(config, indent=2, sort_keys=True))
+        write_json(path, config)
 
 
 def plot_loss(history: list[dict[str, Any]], path: Path) -> None:

@@ -796,12 +796,14 @@ def trained_elsewhere(adapter: str | os.PathLike[str] | None, pack: "Pack") -> s
 
     Measuring an adapter trained on mypol@1.1.0 against mypol@1.0.0's sets and policy is allowed (how does
     the new adapter do on the old rules?) but was silent: the report reads as that of a mypol@1.0.0 adapter."""
-    path = Path(adapter) / "policyalign.json" if adapter else None
+    from .card import PROVENANCE_FILE
+
+    path = Path(adapter) / PROVENANCE_FILE if adapter else None
     if path is None or not path.is_file():
         return None
     try:
-        trained = json.loads(path.read_text(encoding="utf-8")).get("pack")
-    except (OSError, ValueError, AttributeError):
+        trained = read_json(path).get("pack")
+    except (OSError, PolicyAlignError, AttributeError):  # unreadable: loading the adapter says why
         return None
     if not isinstance(trained, dict) or trained.get("digest") in (None, pack.digest):
         return None

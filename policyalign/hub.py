@@ -969,8 +969,9 @@ def _resolve_pack_revision(api: Any, repo_id: str, wanted: str | None, token: st
     in_range = _highest_tag_in_range(tags, wanted) if wanted and not is_semver(wanted) else None
     if in_range:
         return in_range, tags[in_range]
-    names = (t[1:] if t.startswith("v") else t for t in tags)  # versions in version order: 1.2.0 before 1.10.0
-    versions = ", ".join(sorted(names, key=lambda n: (0, Version.parse(n), "") if is_semver(n) else (1, None, n))) or "none"
+    from .registry import version_key
+
+    versions = ", ".join(sorted((t[1:] if t.startswith("v") else t for t in tags), key=version_key)) or "none"
     what = f"matches {wanted!r}" if in_range is not None else f"{wanted!r} is published"
     raise HubError(f"no version {what}", file=repo_id, hint=f"published versions: {versions}")
 
@@ -1109,10 +1110,10 @@ def pull_pack(spec: str, *, to: str | Path | None = None, token: str | None = No
 def _other_version(installed: Path, version: str) -> str:
     """name@version of the pack installed at `installed` when it is another version than `version` ("" if
     none): the directory holds one version per name, so pulling 1.0.0 removes an installed 1.1.0."""
-    from .registry import Registry
+    from .registry import read_header
 
-    found = [loc for loc in Registry([installed.parent]).discover() if loc.path == installed and loc.version != version]
-    return f"{found[0].name}@{found[0].version}" if found else ""
+    found = read_header(installed)
+    return f"{found.name}@{found.version}" if found is not None and found.version != version else ""
 
 
 def _pack_identity_problems(pack: "Pack", recorded: Mapping[str, Any], repo_id: str) -> list[str]:

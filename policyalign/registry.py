@@ -41,7 +41,7 @@ class PackLocation:
     path: Path
 
 
-def _read_header(path: Path) -> PackLocation | None:
+def read_header(path: Path) -> PackLocation | None:
     """Name and version from a manifest, or None when it can't be read (validation reports why)."""
     from .pack import MAX_MANIFEST_BYTES, ManifestLoader
 
@@ -95,15 +95,15 @@ class Registry:
                 continue
             for child in sorted(base.iterdir()):
                 if child.is_dir() and (child / "pack.yaml").is_file():
-                    loc = _read_header(child)
+                    loc = read_header(child)
                     if loc is not None:
                         found.setdefault((loc.name, loc.version), loc)
-        return sorted(found.values(), key=lambda l: (l.name, _version_key(l.version)))
+        return sorted(found.values(), key=lambda l: (l.name, version_key(l.version)))
 
     def unreadable(self) -> list[Path]:
         """Pack directories whose manifest gives no name (too large, too deep, not YAML): `pa list`
         shows them as invalid instead of leaving a contributor's pack out without a word."""
-        return [d for d in self.pack_dirs() if _read_header(d) is None]
+        return [d for d in self.pack_dirs() if read_header(d) is None]
 
     def pack_dirs(self) -> list[Path]:
         """Every directory with a pack.yaml, readable or not (for `pa validate --all`)."""
@@ -197,5 +197,6 @@ def version_range(spec: str) -> VersionRange:
                            hint="use e.g. name@1.2.0, name@^1, name@~1.2 or name@>=1.0,<2") from None
 
 
-def _version_key(version: str) -> tuple:
+def version_key(version: str) -> tuple:
+    """Versions in version order (1.2.0 before 1.10.0), anything not semver first."""
     return (0, Version.parse(version)) if is_semver(version) else (-1, version)

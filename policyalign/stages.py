@@ -160,10 +160,6 @@ def filter_key(run_dir: Path, pack: "Pack", model: str, config: Any, backend: st
     return filter_keys(run_dir, pack, model, config, backend)["key"]
 
 
-def score_key(run_dir: Path, pack: "Pack", model: str, config: Any, backend: str) -> str:
-    return filter_keys(run_dir, pack, model, config, backend)["score_key"]
-
-
 def reuse_scores(run_dir: Path, key: str, scores: str) -> None:
     """Keep what the last filter run scored when only the selection, the held-out split or the batch
     size changed: its partial file after a crash (say, out of memory at --batch-size 16), or its

@@ -11,7 +11,7 @@ from policyalign.distill import DistillConfig
 from policyalign.filtering import FilterConfig
 from policyalign.registry import Registry
 from policyalign.run import fingerprint
-from policyalign.stages import (distill_key, eval_key, filter_config, filter_key, resume_key, score_key, synthesize_key,
+from policyalign.stages import (distill_key, eval_key, filter_config, filter_key, filter_keys, resume_key, synthesize_key,
                                 synthesize_options)
 
 
@@ -119,7 +119,7 @@ def test_a_filter_stage_that_downloads_a_hub_model_records_the_score_key_of_its_
     config = filter_config(pack, keep=None, top_n=None, min_score=None, no_filter=False, samples=1, max_new_tokens=8,
                            heldout=0.1, seed=0, batch_size=8)
     recorded = json.loads((run / "run.json").read_text())["stages"]["filter"]
-    assert recorded["score_key"] == score_key(run, pack, "acme/fresh-scorer", config, "transformers")
+    assert recorded["score_key"] == filter_keys(run, pack, "acme/fresh-scorer", config, "transformers")["score_key"]
 
 
 def test_a_run_of_a_hub_model_goes_on_under_another_revision_of_it(tmp_path: Path, fixture_packs: Path, hf_cache) -> None:
