@@ -1046,10 +1046,21 @@ def _check_changelog(col: _Collector, version: str) -> None:
         col.add(CHANGELOG, "", f"file is {size} bytes, over the {MAX_OTHER_BYTES}-byte limit",
                 "shorten the changelog (move old entries elsewhere)")
         return
-    text = path.read_text(encoding="utf-8", errors="replace")
-    if not re.search(rf"^#+\s*\[?v?{re.escape(version)}\]?(\s|$)", text, re.MULTILINE):
+    if changelog_entry(path.read_text(encoding="utf-8", errors="replace"), version) is None:
         col.add(CHANGELOG, "", f"no entry for version {version}",
                 f"add a heading `## {version}` describing what changed")
+
+
+def changelog_entry(text: str, version: str) -> str | None:
+    """The CHANGELOG entry for `version` (its heading up to the next heading), or None without one.
+
+    Headings are matched loosely (`## 1.2.0`, `## [1.2.0] - date`, `# v1.2.0`): changelog styles differ."""
+    heading = re.search(rf"^#+\s*\[?v?{re.escape(version)}\]?(\s|$)", text, re.MULTILINE)
+    if heading is None:
+        return None
+    body = text.find("\n", heading.start()) + 1 or len(text)
+    following = re.search(r"^#", text[body:], re.MULTILINE)
+    return text[heading.start():body + following.start() if following else len(text)]
 
 
 # --------------------------------------------------------------------------- entry point

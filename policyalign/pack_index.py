@@ -161,7 +161,8 @@ def unrecordable(path: Path, packs: list["Pack"]) -> list[Problem]:
 def _unbumped(pack: "Pack") -> Problem:
     return Problem(str(pack.root / "pack.yaml"), "/version",
                    f"content of {pack.name} changed but its version is still {pack.version}",
-                   "bump `version` in pack.yaml, add a CHANGELOG.md entry, then run `pa index`")
+                   f"`pa bump {pack.root} patch|minor|major --note 'what changed'` (the version in pack.yaml and "
+                   "its CHANGELOG.md entry), then `pa index`")
 
 
 def _downgrades(index: dict[str, Any], packs: list["Pack"]) -> list[Problem]:

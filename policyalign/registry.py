@@ -39,6 +39,7 @@ class PackLocation:
     name: str
     version: str
     path: Path
+    extends: tuple[str, ...] = ()  # as written: resolving them is the pack loader's job
 
 
 def read_header(path: Path) -> PackLocation | None:
@@ -56,8 +57,9 @@ def read_header(path: Path) -> PackLocation | None:
         return None
     if not isinstance(data, dict) or not isinstance(data.get("name"), str):
         return None
-    version = data.get("version")
-    return PackLocation(data["name"], version if isinstance(version, str) else "", path)
+    version, extends = data.get("version"), data.get("extends")
+    specs = tuple(s for s in extends if isinstance(s, str)) if isinstance(extends, list) else ()
+    return PackLocation(data["name"], version if isinstance(version, str) else "", path, specs)
 
 
 class Registry:

@@ -89,7 +89,7 @@ def unbumped_change(manifest: dict[str, Any], pack: "Pack") -> str | None:
              else "its files changed" if isinstance(then, dict) else "its files or a pack it extends changed")
     return (f"{pack.ref} is not the {pack.ref} this run was made from (digest {str(recorded['digest'])[:12]} -> "
             f"{pack.digest[:12]}: {where}); its stages re-run and replace this run's adapter and card under the "
-            "same version. To keep both, bump `version` in pack.yaml (with a CHANGELOG.md entry) or pass --out")
+            "same version. To keep both, bump the pack's version (`pa bump PACK_DIR patch --note ...`) or pass --out")
 
 
 def _changed_ancestors(recorded: dict[str, Any], pack: "Pack") -> list[str]:

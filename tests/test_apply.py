@@ -124,7 +124,7 @@ def test_every_stage_uses_the_pack_apply_resolved_and_a_policy_edit_retrains(tmp
     assert status["filter"] == status["distill"] == "ran"
     # ... and says so before it replaces the adapter of the content it was made from under one version
     assert len(notes) == 1 and "child-pack@1.0.0 is not the child-pack@1.0.0 this run was made from" in notes[0]
-    assert "its files changed" in notes[0] and "bump `version`" in notes[0]
+    assert "its files changed" in notes[0] and "`pa bump PACK_DIR patch" in notes[0]
     assert json.loads((run / "adapter" / "policyalign.json").read_text())["pack"]["digest"] == edited.digest
 
 

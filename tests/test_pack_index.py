@@ -58,7 +58,7 @@ def test_content_change_without_version_bump_fails(fixture_packs: Path) -> None:
     assert result.exit_code == 2
     text = norm(result.output)
     assert "root-pack/pack.yaml" in text and "content of root-pack changed but its version is still 1.0.0" in text
-    assert "bump `version`" in text
+    assert "`pa bump " in text and "root-pack patch|minor|major" in text
     # pa index rewrote the entry with the new digest, after which validate --all passed on the very change
     written = (fixture_packs / "INDEX.json").read_text()
     refused = runner.invoke(app, ["index", "--dir", str(fixture_packs)])

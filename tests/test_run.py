@@ -279,7 +279,7 @@ def test_a_finished_run_of_a_pack_changed_under_the_same_version_is_named_before
     _bump(fixture_packs / "root-pack", "1.1.0")
     note = unbumped_change(read_manifest(run), Registry([fixture_packs]).load("child-pack"))
     assert note is not None and "child-pack@1.0.0 is not the child-pack@1.0.0 this run was made from" in note
-    assert "a pack it extends changed: root-pack 1.0.0 -> 1.1.0" in note and "bump `version`" in note
+    assert "a pack it extends changed: root-pack 1.0.0 -> 1.1.0" in note and "`pa bump PACK_DIR patch" in note
 
     policy = fixture_packs / "child-pack" / "policy.md"
     record_inputs(run, Registry([fixture_packs]).load("child-pack"), "tiny")

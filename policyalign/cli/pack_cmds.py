@@ -1,4 +1,4 @@
-"""Registry commands: list, show, validate, new, render, index."""
+"""Registry commands: list, show, validate, new, bump, render, index."""
 
 from __future__ import annotations
 
@@ -145,6 +145,26 @@ def new(
 
     root = new_pack(name, packs_dir, extends, registry=registry(packs_path) if extends else None)
     typer.echo(f"created {root}; next: edit {root}/policy.md and pack.yaml, then `pa validate {root}`")
+
+
+@app.command()
+def bump(
+    pack_dir: Path = typer.Argument(..., help="The pack's directory (with pack.yaml)."),
+    part: Optional[str] = typer.Argument(None, help="major, minor or patch (see packs/README.md for which)."),
+    to: Optional[str] = typer.Option(None, "--to", help="An explicit new version instead of PART, e.g. 2.0.0-rc.1."),
+    note: Optional[list[str]] = typer.Option(None, "--note", "-m", help="A CHANGELOG line for the new version (repeatable)."),
+) -> None:
+    """Bump a pack's version and add its CHANGELOG entry, as `pa index` asks after a change."""
+    from ..bump import bump_pack
+    from ..registry import INDEX_FILE
+
+    result = bump_pack(pack_dir, part, to=to, notes=note or [])
+    added = "; CHANGELOG.md entry added" if result.changelog_added else "; CHANGELOG.md already had its entry"
+    typer.echo(f"{pack_dir}: {result.old} -> {result.new}{added}")
+    for line in result.stranded:
+        typer.echo(f"note: {line}", err=True)
+    index = "" if not (pack_dir.parent / INDEX_FILE).is_file() else f", then `pa index --dir {pack_dir.parent}`"
+    typer.echo(f"next: `pa validate {pack_dir}`{index}")
 
 
 @app.command()

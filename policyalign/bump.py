@@ -1,0 +1,159 @@
+"""Bumping a pack's version: the edit `pa index` and `pa validate --all` ask for after a pack changes.
+
+By hand it is three steps, each easy to get wrong: the `version` in pack.yaml, a matching
+`## X.Y.Z` entry in CHANGELOG.md (the validator requires one per version), and the packs
+beside it whose `extends` range the new version leaves (after a major bump they keep
+composing with nothing). pack.yaml is edited in place, so its comments, quoting and layout
+stay the author's; the CHANGELOG is written first, so a bump cut short can simply be re-run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+
+from .errors import InvalidInputError
+from .io import write_text
+from .pack import CHANGELOG, MANIFEST, MAX_MANIFEST_BYTES, MAX_OTHER_BYTES, ManifestLoader, changelog_entry
+from .semver import Version, is_semver
+
+PARTS = ("major", "minor", "patch")
+
+
+@dataclass(frozen=True)
+class BumpResult:
+    root: Path
+    old: str
+    new: str
+    changelog_added: bool
+    stranded: tuple[str, ...]  # packs beside it whose `extends` range admits the old version but not the new
+
+
+def next_version(current: Version, part: str) -> Version:
+    """The next `part` version, as npm counts: a prerelease bumps to its own release when that is the
+    same step (1.1.0-rc.2 minor -> 1.1.0), since the release is what the prerelease was heading for."""
+    major, minor, patch = current.release
+    pre = bool(current.pre)
+    if part == "major":
+        return Version(major if pre and minor == patch == 0 else major + 1, 0, 0)
+    if part == "minor":
+        return Version(major, minor if pre and patch == 0 else minor + 1, 0)
+    if part == "patch":
+        return Version(major, minor, patch if pre else patch + 1)
+    raise InvalidInputError(f"unknown version part {part!r}", hint="use major, minor or patch (or --to VERSION)")
+
+
+def bump_pack(root: Path, part: str | None = None, *, to: str | None = None,
+              notes: Sequence[str] = ()) -> BumpResult:
+    """Set the pack at `root` to the next `part` version (or `to`), with a CHANGELOG entry of `notes`."""
+    root = Path(root)
+    manifest = root / MANIFEST
+    text = _read(manifest, MAX_MANIFEST_BYTES, "pa bump takes a pack directory (the one with pack.yaml)")
+    name, node = _version_node(manifest, text)
+    old = Version.parse(node.value)
+    new = _target(old, part, to)
+    changelog = root / CHANGELOG
+    log = _read(changelog, MAX_OTHER_BYTES, "") if changelog.exists() else "# Changelog\n"
+    added = _changelog_needs_entry(changelog, log, str(new), notes)
+    if added:
+        write_text(changelog, _with_entry(log, str(new), notes))
+    quote = node.style if node.style in ("'", '"') else ""
+    write_text(manifest, text[:node.start_mark.index] + f"{quote}{new}{quote}" + text[node.end_mark.index:])
+    return BumpResult(root, str(old), str(new), added, tuple(_stranded(root, name, old, new)))
+
+
+def _read(path: Path, limit: int, hint: str) -> str:
+    if not path.is_file():
+        raise InvalidInputError("not found (or not a file)", file=str(path), hint=hint or f"create {path.name}")
+    if path.stat().st_size > limit:
+        raise InvalidInputError(f"file is over the {limit}-byte limit", file=str(path),
+                                hint="`pa validate` on the pack says what to shorten")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"not UTF-8 text (byte {exc.start})", file=str(path),
+                                hint="save the file as UTF-8") from None
+
+
+def _version_node(manifest: Path, text: str) -> tuple[str, yaml.ScalarNode]:
+    """The pack's name and the YAML node of its `version`, whose marks say exactly which characters to replace."""
+    try:
+        data = yaml.load(text, Loader=ManifestLoader)
+        root = yaml.compose(text, Loader=ManifestLoader)
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise InvalidInputError(f"cannot read the manifest: {exc}", file=str(manifest),
+                                hint="fix the YAML (`pa validate` on the pack shows every problem)") from None
+    node = None
+    if isinstance(root, yaml.MappingNode):
+        node = next((value for key, value in root.value if getattr(key, "value", None) == "version"), None)
+    version = data.get("version") if isinstance(data, dict) else None
+    if not isinstance(node, yaml.ScalarNode) or not isinstance(version, str) or not is_semver(version):
+        raise InvalidInputError(f"`version` is {version!r}, not a semantic version", file=str(manifest),
+                                where="/version", hint="set `version: 1.0.0` (MAJOR.MINOR.PATCH) and bump from there")
+    return str(data.get("name", "")), node
+
+
+def _target(old: Version, part: str | None, to: str | None) -> Version:
+    if (part is None) == (to is None):
+        raise InvalidInputError("give either a part to bump (major, minor or patch) or --to VERSION",
+                                hint="e.g. `pa bump packs/NAME minor --note 'what changed'`")
+    if to is None:
+        return next_version(old, str(part))
+    if not is_semver(to):
+        raise InvalidInputError(f"--to {to!r} is not a semantic version", hint="e.g. --to 1.2.0 or --to 2.0.0-rc.1")
+    new = Version.parse(to)
+    if new <= old:
+        raise InvalidInputError(f"--to {new} is not above the current version {old}",
+                                hint="a new version must sort above every released one")
+    return new
+
+
+def _changelog_needs_entry(path: Path, text: str, version: str, notes: Sequence[str]) -> bool:
+    """Whether to add an entry: not when one is there, unless it lacks the notes asked for."""
+    entry = changelog_entry(text, version)
+    if entry is None:
+        if not any(n.strip() for n in notes):
+            raise InvalidInputError(f"CHANGELOG.md has no entry for {version}", file=str(path),
+                                    hint="say what changed with --note TEXT (repeatable), or write the "
+                                         f"`## {version}` entry first")
+        return True
+    if all(n.strip() in entry for n in notes):
+        return False  # written already (by hand, or by a bump cut short before pack.yaml)
+    raise InvalidInputError(f"CHANGELOG.md already has an entry for {version} without these notes", file=str(path),
+                            hint="add them to that entry by hand, or run again without --note")
+
+
+def _with_entry(text: str, version: str, notes: Sequence[str]) -> str:
+    """`text` with a `## version` entry above the newest one (after the title), notes as bullets."""
+    bullets = "".join("- " + n.strip().replace("\n", "\n  ") + "\n" for n in notes if n.strip())
+    entry = f"## {version}\n\n{bullets}\n"
+    lines = text.splitlines(keepends=True)
+    first = next((i for i, line in enumerate(lines) if line.startswith("##")), None)
+    if first is None:
+        return text.rstrip("\n") + "\n\n" + entry
+    return "".join(lines[:first]) + entry + "".join(lines[first:])
+
+
+def _stranded(root: Path, name: str, old: Version, new: Version) -> list[str]:
+    """Packs in `root`'s directory whose `extends` picked `old` of this pack and would not pick `new`."""
+    from .registry import Registry, version_range
+
+    found = []
+    for location in Registry([root.parent]).discover():
+        if location.path.resolve() == root.resolve():
+            continue
+        for spec in location.extends:
+            if spec.partition("@")[0] != name:
+                continue
+            try:
+                accepted = version_range(spec)
+            except InvalidInputError:
+                continue  # validation reports a bad range
+            if old in accepted and new not in accepted:
+                found.append(f"{location.path} extends {spec}, which does not include {new}: change it to "
+                             f"{name}@^{new.major}{'' if new.major else f'.{new.minor}'} if it keeps up, "
+                             f"and bump {location.name} too")
+    return found

@@ -1,0 +1,122 @@
+"""`pa bump`: a pack's version and CHANGELOG move together, and nothing else in its files changes."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from policyalign.bump import bump_pack, next_version
+from policyalign.cli import app
+from policyalign.errors import InvalidInputError
+from policyalign.pack import load_pack
+from policyalign.registry import Registry
+from policyalign.semver import Version
+
+ROOT = Path(__file__).resolve().parent.parent
+runner = CliRunner()
+
+
+@pytest.fixture
+def packs(tmp_path: Path) -> Path:
+    """A writable copy of the shipped packs, index included."""
+    dest = tmp_path / "packs"
+    shutil.copytree(ROOT / "packs", dest)
+    return dest
+
+
+@pytest.mark.parametrize(("current", "part", "expected"), [
+    ("1.0.0", "patch", "1.0.1"), ("1.0.0", "minor", "1.1.0"), ("1.2.3", "major", "2.0.0"),
+    ("1.1.0-rc.2", "minor", "1.1.0"), ("1.1.1-rc.1", "minor", "1.2.0"), ("2.0.0-rc.1", "major", "2.0.0"),
+    ("2.1.0-rc.1", "major", "3.0.0"), ("1.0.1-beta", "patch", "1.0.1"), ("0.1.0", "minor", "0.2.0"),
+])
+def test_next_version_releases_a_prerelease_heading_there(current: str, part: str, expected: str) -> None:
+    assert str(next_version(Version.parse(current), part)) == expected
+
+
+def test_edit_bump_index_validate_is_the_whole_release(packs: Path) -> None:
+    """The journey `pa index` asks for: after an edit it refuses, after `pa bump` it records the change."""
+    (packs / "medical" / "policy.md").open("a").write("\n- Never give a dose without a weight.\n")
+    refused = runner.invoke(app, ["index", "--dir", str(packs)])
+    assert refused.exit_code == 2 and "still 1.0.0" in refused.output
+    manifest_before = (packs / "medical" / "pack.yaml").read_text()
+
+    result = runner.invoke(app, ["bump", str(packs / "medical"), "minor", "-m", "Dosing needs a weight."])
+    assert result.exit_code == 0, result.output
+    assert "1.0.0 -> 1.1.0" in result.output and f"pa index --dir {packs}" in result.output
+    manifest = (packs / "medical" / "pack.yaml").read_text()
+    assert manifest == manifest_before.replace("version: 1.0.0\n", "version: 1.1.0\n", 1)
+    log = (packs / "medical" / "CHANGELOG.md").read_text()
+    assert log.index("## 1.1.0\n\n- Dosing needs a weight.\n") < log.index("## 1.0.0")
+    assert runner.invoke(app, ["index", "--dir", str(packs)]).exit_code == 0
+    checked = runner.invoke(app, ["validate", "--all", "--packs-path", str(packs)])
+    assert checked.exit_code == 0, checked.output
+    assert load_pack(packs / "medical", registry=Registry([packs])).version == "1.1.0"
+
+
+def test_a_major_bump_names_the_packs_it_leaves_behind(packs: Path) -> None:
+    result = bump_pack(packs / "general", "major", notes=["Rule 3 now forbids X."])
+    assert result.new == "2.0.0"
+    assert sorted(Path(line.split(" ")[0]).name for line in result.stranded) == [
+        "agent-tools", "financial", "legal", "medical"]
+    assert all("general@^2" in line for line in result.stranded)
+    assert bump_pack(packs / "legal", "minor", notes=["x"]).stranded == ()
+
+
+def test_quoting_comments_and_layout_are_kept(packs: Path) -> None:
+    manifest = packs / "legal" / "pack.yaml"
+    text = manifest.read_text().replace("version: 1.0.0\n", "version: '1.0.0'   # bump with pa bump\n", 1)
+    manifest.write_text(text)
+    bump_pack(packs / "legal", "patch", notes=["Typo."])
+    assert manifest.read_text() == text.replace("'1.0.0'", "'1.0.1'", 1)
+
+
+def test_nothing_is_written_without_a_changelog_entry(packs: Path) -> None:
+    before = {p: p.read_bytes() for p in (packs / "legal").rglob("*") if p.is_file()}
+    with pytest.raises(InvalidInputError) as caught:
+        bump_pack(packs / "legal", "minor")
+    assert caught.value.problem.file.endswith("legal/CHANGELOG.md") and "--note" in caught.value.problem.hint
+    assert {p: p.read_bytes() for p in (packs / "legal").rglob("*") if p.is_file()} == before
+
+
+def test_an_entry_written_first_is_used_and_a_cut_short_bump_reruns(packs: Path) -> None:
+    log = packs / "legal" / "CHANGELOG.md"
+    log.write_text(log.read_text().replace("## 1.0.0", "## 1.1.0\n\n- Written by hand.\n\n## 1.0.0", 1))
+    first = bump_pack(packs / "legal", "minor")
+    assert (first.new, first.changelog_added) == ("1.1.0", False)
+    # A bump that wrote its CHANGELOG entry and stopped before pack.yaml: the same command again finishes it.
+    bump_pack(packs / "financial", "patch", notes=["Seed wording."])
+    manifest = packs / "financial" / "pack.yaml"
+    manifest.write_text(manifest.read_text().replace("version: 1.0.1", "version: 1.0.0", 1))
+    again = bump_pack(packs / "financial", "patch", notes=["Seed wording."])
+    assert (again.new, again.changelog_added) == ("1.0.1", False)
+    assert (packs / "financial" / "CHANGELOG.md").read_text().count("## 1.0.1") == 1
+    with pytest.raises(InvalidInputError, match="already has an entry for 1.0.2"):
+        log = packs / "financial" / "CHANGELOG.md"
+        log.write_text(log.read_text().replace("## 1.0.1", "## 1.0.2\n\n- Other.\n\n## 1.0.1", 1))
+        bump_pack(packs / "financial", "patch", notes=["Not this one."])
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["minor", "--to", "1.2.0"], "either a part"),
+    ([], "either a part"),
+    (["--to", "0.9.0"], "not above the current version 1.0.0"),
+    (["--to", "1.2"], "not a semantic version"),
+    (["minr", "-m", "x"], "unknown version part 'minr'"),
+])
+def test_bad_requests_are_refused_before_any_write(packs: Path, args: list[str], message: str) -> None:
+    result = runner.invoke(app, ["bump", str(packs / "legal"), *args])
+    assert result.exit_code == 2 and message in result.output
+    assert "version: 1.0.0\n" in (packs / "legal" / "pack.yaml").read_text()
+
+
+def test_a_manifest_without_a_semantic_version_names_the_field(packs: Path) -> None:
+    manifest = packs / "legal" / "pack.yaml"
+    manifest.write_text(manifest.read_text().replace("version: 1.0.0", "version: 1.0", 1))
+    with pytest.raises(InvalidInputError) as caught:
+        bump_pack(packs / "legal", "patch", notes=["x"])
+    assert (caught.value.problem.where, caught.value.problem.file) == ("/version", str(manifest))
+    result = runner.invoke(app, ["bump", str(packs / "nowhere"), "patch"])
+    assert result.exit_code == 2 and "nowhere/pack.yaml" in result.output and "Traceback" not in result.output
