@@ -336,6 +336,16 @@ def _load_errors(ref: ModelRef) -> Iterator[None]:
         raise _model_error(ref, exc) from None
 
 
+def _offline_advice(lowered_error: str) -> str:
+    """A machine without internet found that out only after huggingface_hub's retries: about 50 s
+    before `pa eval` of an uncached model said so. Offline mode skips them."""
+    from huggingface_hub import constants
+
+    if "couldn't connect" not in lowered_error or constants.HF_HUB_OFFLINE:
+        return ""
+    return "; without internet, set HF_HUB_OFFLINE=1 to fail at once instead of retrying the Hub for about a minute"
+
+
 def _model_error(ref: ModelRef, exc: Exception) -> ModelError:
     text = str(exc).strip()
     detail = text.splitlines()[0] if text else type(exc).__name__
@@ -352,7 +362,7 @@ def _model_error(ref: ModelRef, exc: Exception) -> ModelError:
                 f"on a machine with internet access run `hf download {ref.location}"
                 + (f" --revision {ref.revision}" if ref.revision else "")
                 + "` (`huggingface-cli download ...` with huggingface_hub < 1.0) and copy the cache"
-                " (HF_HOME) here, or pass a local directory that holds config.json"
+                " (HF_HOME) here, or pass a local directory that holds config.json" + _offline_advice(lowered)
             ),
         )
     return ModelError(

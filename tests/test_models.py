@@ -266,6 +266,23 @@ def test_uncached_hub_model_offline_is_a_model_error_with_a_fix(monkeypatch: pyt
     assert "huggingface-cli download" in hint and "local directory" in hint
 
 
+def test_a_hub_out_of_reach_suggests_offline_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a machine without internet `pa eval` of an uncached model spent ~50 s in huggingface_hub's
+    retries before failing, and nothing said how to skip them."""
+    import huggingface_hub.constants
+
+    from policyalign.models import _model_error, resolve_model
+
+    # transformers' words when every retry to the Hub failed (seen on this offline machine)
+    failure = OSError("We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them "
+                      "in the cached files.\nCheck your internet connection or see how to run the library in offline mode")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    hint = _model_error(resolve_model("acme/absent-model"), failure).problem.hint
+    assert "set HF_HUB_OFFLINE=1 to fail at once" in hint
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # already offline: nothing to add
+    assert "HF_HUB_OFFLINE" not in _model_error(resolve_model("acme/absent-model"), failure).problem.hint
+
+
 def test_uncached_alias_offline_names_the_hub_id(monkeypatch: pytest.MonkeyPatch) -> None:
     """An alias fails like its Hub id; the CLI prints ModelError and exits 1 (no traceback)."""
     import huggingface_hub.constants
