@@ -370,7 +370,8 @@ def _apply(options: ApplyOptions, pack: Pack, run_dir: Path, on_stage: Callable[
 
 def _check_push_options(options: ApplyOptions) -> None:
     """What the push will need, checked before training: a repository id, a token and a valid tag."""
-    from .hub import check_push_target, check_tag
+    from .adapter_push import check_push_target
+    from .hub import check_tag
 
     for flag, given in (("--revision", options.revision), ("--private", options.private)):
         if given and not options.push_to:
@@ -385,7 +386,7 @@ def _push(run_dir: Path, options: ApplyOptions, key: str) -> None:
     """Publish the run and record it with its key: a re-run skips a push of the same card, whose
     tag the Hub already holds (pushing it again could only fail: `pa push` never moves a tag;
     a retrained run is published under a new `--revision`)."""
-    from .hub import push_run
+    from .adapter_push import push_run
 
     url = push_run(run_dir, str(options.push_to), private=options.private, revision=options.revision,
                    license=options.license)

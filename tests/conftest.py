@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from hubcli import FIXTURE_PACKS, Cli
+
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
@@ -91,6 +93,14 @@ def hub_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unt
         yield hub
     finally:
         hub.stop()
+
+
+@pytest.fixture
+def cli(hub_server, tmp_path: Path) -> Cli:  # type: ignore[no-untyped-def]
+    packs = tmp_path / "packs"
+    shutil.copytree(FIXTURE_PACKS, packs)
+    (tmp_path / "cwd").mkdir()
+    return Cli(hub_server, tmp_path / "home", packs, tmp_path / "cwd")
 
 
 @pytest.fixture(scope="session")

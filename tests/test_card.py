@@ -415,7 +415,7 @@ def test_card_shows_inherited_sets_and_their_categories_as_measured(tmp_path: Pa
                                                                     fixture_packs: Path) -> None:
     """A child's card listed its parents' categories as not measured: only its own sets ran. Now the
     parents' sets run (prefixed `parent/set`), and the items its changes no longer fit are named."""
-    from policyalign import hub
+    from policyalign import adapter_pull
     from policyalign.evaluate import evaluate, greedy_params
     from policyalign.registry import Registry
 
@@ -437,4 +437,4 @@ def test_card_shows_inherited_sets_and_their_categories_as_measured(tmp_path: Pa
     assert {r["dataset"]["split"] for r in metadata["model-index"][0]["results"]} == {
         "harmful", "benign", "root-pack/harmful", "root-pack/benign"}
     provenance = json.loads((run / "adapter" / "policyalign.json").read_text())
-    assert hub._result_problems(run, metadata, provenance) == []  # what `pa pull` checks
+    assert adapter_pull._result_problems(run, metadata, provenance) == []  # what `pa pull` checks

@@ -1,7 +1,8 @@
 """`pa push`, `pa pull`, `pa pack push`, `pa pack pull`: the Hub side of policyalign.
 
-Each command parses options, calls one function in `policyalign.hub`, and prints the result;
-provenance checks, token handling and error messages live there.
+Each command parses options, calls one function (`policyalign.adapter_push`, `adapter_pull`,
+`adapter_search`, `pack_hub`), and prints the result; provenance checks, token handling
+(`policyalign.hub`) and error messages live there.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def push(
     license: Optional[str] = License,
 ) -> None:
     """Publish a run's LoRA adapter with a model card recording the pack version and eval results."""
-    from ..hub import push_adapter
+    from ..adapter_push import push_adapter
 
     result = push_adapter(run_dir, repo_id, private=private, revision=revision, license=license)
     typer.echo(f"pushed {result.repo_id} at tag {result.revision} (commit {result.commit[:12]}, {len(result.files)} files)")
@@ -52,7 +53,8 @@ def pull(
     packs_path: Optional[list[Path]] = PacksPath,
 ) -> None:
     """Download a published adapter, verify its provenance, and compare it with the local pack."""
-    from ..hub import pull_adapter, pull_for_pack
+    from ..adapter_pull import pull_adapter
+    from ..adapter_search import pull_for_pack
 
     if (spec is None) == (pack is None):
         raise InvalidInputError("give either ORG/NAME[@REV] or --pack NAME", hint="e.g. `pa pull org/medical-qwen` or "
@@ -106,7 +108,7 @@ def pack_push(
     packs_path: Optional[list[Path]] = PacksPath,
 ) -> None:
     """Publish a policy pack as a dataset repository tagged with its version."""
-    from ..hub import push_pack
+    from ..pack_hub import push_pack
 
     result = push_pack(path, repo_id, private=private, revision=revision, registry=registry(packs_path))
     typer.echo(f"pushed pack to {result.repo_id} at tag {result.revision} (commit {result.commit[:12]})")
@@ -122,7 +124,7 @@ def pack_pull(
     packs_path: Optional[list[Path]] = PacksPath,
 ) -> None:
     """Download a pack, verify and validate it, then install it (nothing is installed if any check fails)."""
-    from ..hub import pull_pack
+    from ..pack_hub import pull_pack
 
     result = pull_pack(spec, to=to, registry=registry(packs_path))
     for warning in result.warnings:

@@ -1,0 +1,355 @@
+"""Pull a published adapter, verifying its provenance before anything uses it.
+
+`pull_adapter` downloads a revision and refuses it (HubError) unless card metadata,
+`policyalign.json` and file hashes agree (`verify_adapter`: each fact the card states: pack
+name, version, digest, a child pack's parents, base model id, name, revision and commit); it
+then compares the pack, and each pack it extends, with the local one (`compare_local_pack`).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+from . import card
+from .errors import HubError, PolicyAlignError
+from .hub import DEFAULT_BRANCH, endpoint, hub_api, hub_call, is_safe_relpath, split_spec, swap_in
+from .io import read_json, sha256_file
+
+if TYPE_CHECKING:
+    from .pack import Pack
+    from .registry import Registry
+
+# Files a pulled adapter repository may hold without the card listing them (the card itself,
+# and the .gitattributes the Hub adds); any other unlisted file is a provenance problem.
+UNLISTED_OK = {"README.md", ".gitattributes"}
+
+
+@dataclass(frozen=True)
+class PullResult:
+    repo_id: str
+    revision: str
+    commit: str
+    path: Path
+    pack: Mapping[str, Any]
+    base_model: Mapping[str, Any]
+    warnings: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+def verify_adapter(path: Path, label: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Check a downloaded adapter against its card; returns (card metadata, policyalign.json).
+
+    The card's `policyalign` block, `policyalign.json` and the files must agree on the pack
+    digest, name, version and parents (`CARD_FACTS`), the base model (id, name, revision, commit),
+    and every file's sha256; the repository may hold no
+    file the card does not list. Any disagreement means the repo changed after `pa push` (or was
+    never pushed by it): a HubError lists them all. Like `pa push`, it then requires
+    `policyalign.json` to name the pack (name, version, digest) and the base model (id).
+    """
+    readme = path / "README.md"
+    if not readme.is_file():
+        raise HubError("no model card (README.md)", file=label, hint="only adapters published with `pa push` can be verified")
+    metadata, _ = card.parse_card(readme.read_text(encoding="utf-8", errors="replace"))
+    recorded = metadata.get("policyalign")
+    if not isinstance(recorded, dict):
+        raise HubError("not a policyalign adapter: its card has no `policyalign` metadata", file=label,
+                       hint="only adapters published with `pa push` can be verified")
+    if not (path / card.PROVENANCE_FILE).is_file():
+        raise HubError(f"no {card.PROVENANCE_FILE}", file=label, hint="the repository is incomplete; ask its publisher to re-push")
+    try:
+        provenance = read_json(path / card.PROVENANCE_FILE)
+    except PolicyAlignError:
+        raise HubError(f"{card.PROVENANCE_FILE} is not valid JSON", file=label) from None
+    problems = _provenance_problems(metadata, recorded, provenance) + _file_problems(path, recorded)
+    problems += _base_revision_problems(path, provenance)
+    if problems:
+        raise _tampered(problems, label)
+    try:  # the same fields `pa push` requires: pack name, version and digest, base model id
+        card._check_provenance(provenance, path / card.PROVENANCE_FILE)
+    except PolicyAlignError as exc:
+        raise HubError(f"provenance check failed: {exc.problem.message}", file=f"{label}:{card.PROVENANCE_FILE}",
+                       where=exc.problem.where,
+                       hint="`pa push` never publishes such an adapter, so its pack cannot be known; "
+                            "do not use it, or ask its publisher to re-push") from None
+    problems = _result_problems(path, metadata, provenance)
+    if problems:
+        raise _tampered(problems, label)
+    return metadata, provenance
+
+
+def _tampered(problems: list[str], label: str) -> HubError:
+    repo_id = label.partition("@")[0]
+    return HubError("provenance check failed:\n" + "\n".join(f"  - {p}" for p in problems), file=label,
+                    hint="`pa push` writes the card and the files together, so they disagree only if the repository "
+                         "was changed after it (a card edited on the Hub, a file replaced): do not use this revision. "
+                         f"Pull one that verifies (a tag `pa push` set: `hf repos tag list {repo_id}`), or ask its "
+                         f"publisher to re-publish the run: `pa push RUN_DIR --repo-id {repo_id} --revision NEW-TAG`")
+
+
+def _result_problems(path: Path, metadata: Mapping[str, Any], provenance: Mapping[str, Any]) -> list[str]:
+    """The card's `model-index` (the results the Hub displays) must be the numbers in the hashed
+    eval/*/eval.json files: the file hashes alone let an edited card claim a lower violation rate."""
+    evals: dict[str, Mapping[str, Any]] = {}
+    for stage in card.EVAL_STAGES:
+        source = path / "eval" / stage / "eval.json"
+        try:
+            summary = read_json(source) if source.is_file() else None
+        except PolicyAlignError:
+            return [f"eval/{stage}/eval.json is not valid JSON"]
+        if isinstance(summary, dict):
+            evals[stage] = summary
+    expected = _index_values(card.model_index("", card.RunArtifacts(path, provenance, evals)))
+    claimed = _index_values(metadata.get("model-index"))
+    problems = []
+    for split, metric in sorted(set(expected) | set(claimed)):
+        want, got = expected.get((split, metric)), claimed.get((split, metric))
+        if not (isinstance(want, (int, float)) and isinstance(got, (int, float)) and abs(want - got) <= 1e-6):
+            problems.append(f"model-index result {split} {metric}: the card says {got!r}, "
+                            f"eval/after/eval.json says {want!r}")
+    return problems
+
+
+def _index_values(index: Any) -> dict[tuple[str, str], Any]:
+    """`model-index` results as {(eval set, metric): value}, tolerating any shape a card may hold."""
+    values: dict[tuple[str, str], Any] = {}
+    for entry in index if isinstance(index, list) else []:
+        results = entry.get("results") if isinstance(entry, dict) else None
+        for result in results if isinstance(results, list) else []:
+            metrics = result.get("metrics") if isinstance(result, dict) else None
+            for metric in metrics if isinstance(metrics, list) else []:
+                if isinstance(metric, dict):
+                    values[(str(_get(result, "dataset", "split")), str(metric.get("type")))] = metric.get("value")
+    return values
+
+
+def _get(data: Any, *keys: str) -> Any:
+    for key in keys:
+        data = data.get(key) if isinstance(data, Mapping) else None
+    return data
+
+
+# The facts a card's `policyalign` block records that policyalign.json must record alike: (block, key,
+# whether the card must record it). Optional ones were added to cards later (the base's commit) or
+# only exist for some adapters (a child pack's parents); a card that omits one claims nothing.
+CARD_FACTS = (("pack", "name", True), ("pack", "version", True), ("pack", "digest", True), ("pack", "parents", False),
+              ("base_model", "id", True), ("base_model", "name", False), ("base_model", "revision", False),
+              ("base_model", "commit", False))
+
+
+def _provenance_problems(metadata: Mapping[str, Any], recorded: Mapping[str, Any], provenance: Any) -> list[str]:
+    """Each fact the card's metadata states that policyalign.json states otherwise, naming the field in
+    both files and both values: `pa pull --pack` chooses by the card's facts, and the Hub shows them."""
+    problems = []
+    for block, key, required in CARD_FACTS:
+        section = _get(recorded, block)
+        if not required and not (isinstance(section, Mapping) and key in section):
+            continue
+        if key == "parents":
+            problems += _parent_problems(card.parents_of(section), card.parents_of(_get(provenance, block) or {}))
+            continue
+        card_value, file_value = _fact(_get(recorded, block, key)), _fact(_get(provenance, block, key))
+        if card_value != file_value:
+            problems.append(_disagree(f"{block}.{key}", card_value, file_value))
+    base_file = _get(provenance, "base_model", "id")
+    if metadata.get("base_model") is not None and metadata.get("base_model") != base_file:
+        problems.append(f"base model id: README.md's `base_model` (the Hub's) says {metadata.get('base_model')!r}, "
+                        f"{card.PROVENANCE_FILE} `base_model.id` says {base_file!r}")
+    tags = metadata.get("tags") or []
+    name, version = _get(provenance, "pack", "name"), _get(provenance, "pack", "version")
+    for tag in ([f"pack:{name}", f"pack-version:{version}"] if name and version else []):
+        if tag not in tags:
+            problems.append(f"README.md's `tags` lack {tag!r} ({card.PROVENANCE_FILE} says pack {name}@{version})")
+    return problems
+
+
+def _base_revision_problems(path: Path, provenance: Any) -> list[str]:
+    """adapter_config.json's `revision` is the base commit `AutoPeftModelForCausalLM` loads (written from
+    policyalign.json's `base_model.commit`): when both are recorded they must be one."""
+    try:
+        config = read_json(path / "adapter_config.json") if (path / "adapter_config.json").is_file() else None
+    except PolicyAlignError:
+        return ["adapter_config.json is not valid JSON"]
+    pinned = config.get("revision") if isinstance(config, dict) else None
+    commit = _get(provenance, "base_model", "commit")
+    if isinstance(pinned, str) and pinned and isinstance(commit, str) and commit and pinned != commit:
+        return [f"base model commit: adapter_config.json `revision` says {pinned!r}, "
+                f"{card.PROVENANCE_FILE} `base_model.commit` says {commit!r}"]
+    return []
+
+
+def _fact(value: Any) -> Any:
+    """A recorded value, with "" and null alike (the card leaves out a base commit policyalign.json records as null)."""
+    return None if value in (None, "") else value
+
+
+def _disagree(field: str, card_value: Any, file_value: Any) -> str:
+    label = field.replace("_", " ").replace(".", " ")
+    return (f"{label}: README.md `policyalign.{field}` says {card_value!r}, "
+            f"{card.PROVENANCE_FILE} `{field}` says {file_value!r}")
+
+
+def _parent_problems(in_card: list[dict[str, Any]], in_file: list[dict[str, Any]]) -> list[str]:
+    """A child pack's parents as the card records them against policyalign.json's, field by field."""
+    problems = []
+    for index in range(max(len(in_card), len(in_file))):
+        card_parent = in_card[index] if index < len(in_card) else {}
+        file_parent = in_file[index] if index < len(in_file) else {}
+        for key in card.PARENT_FIELDS:
+            if _fact(card_parent.get(key)) != _fact(file_parent.get(key)):
+                problems.append(_disagree(f"pack.parents[{index}].{key}", _fact(card_parent.get(key)),
+                                          _fact(file_parent.get(key))))
+    return problems
+
+
+def _file_problems(path: Path, recorded: Mapping[str, Any]) -> list[str]:
+    files = recorded.get("files")
+    if not isinstance(files, dict) or not files:
+        return ["the card lists no file hashes"]
+    problems = [f"the card does not list {name}" for name in card.REQUIRED_ADAPTER_FILES if name not in files]
+    for name, digest in files.items():
+        target = path / str(name)
+        if not is_safe_relpath(str(name)) or not target.is_file():
+            problems.append(f"{name} is listed in the card but missing")
+        elif sha256_file(target) != digest:
+            problems.append(f"{name} does not match its sha256 in the card")
+    problems += [f"{name} is in the repository but not listed in the card"
+                 for name in _downloaded_files(path) if name not in files and name not in UNLISTED_OK]
+    return problems
+
+
+def _downloaded_files(path: Path) -> list[str]:
+    """Every file of a downloaded repository (POSIX paths; huggingface_hub's `.cache/` skipped).
+
+    A snapshot in the Hugging Face cache holds symlinks into its blob store, so links count as files.
+    """
+    found = []
+    for entry in sorted(path.rglob("*")):
+        rel = entry.relative_to(path).as_posix()
+        if rel == ".cache" or rel.startswith(".cache/"):
+            continue
+        if entry.is_symlink() or entry.is_file():
+            found.append(rel)
+    return found
+
+
+def pull_adapter(spec: str, *, to: str | Path | None = None, token: str | None = None,
+                 registry: "Registry | None" = None) -> PullResult:
+    """Download `ORG/NAME[@REV]`, verify its provenance, compare with the local pack.
+
+    Without `to` the files stay in the Hugging Face cache (where `PeftModel.from_pretrained`
+    looks too); with `to` they are downloaded beside it, verified, and only then moved there.
+    """
+    repo_id, revision = split_spec(spec)
+    revision = revision or DEFAULT_BRANCH
+    api = hub_api(token)
+    with hub_call(f"looking up revision {revision}", token=token, repo=repo_id):
+        commit = api.model_info(repo_id, revision=revision).sha
+    label = f"{repo_id}@{revision}"
+    if to is None:
+        path = _snapshot(repo_id, commit, None, token)
+        metadata, provenance = verify_adapter(path, label)
+    else:
+        path, provenance = _pull_into(Path(to), repo_id, commit, label, token)
+    warnings, notes = compare_local_pack(provenance["pack"], registry, token=token)
+    return PullResult(repo_id, revision, str(commit), path, provenance["pack"], provenance["base_model"],
+                      tuple(warnings), tuple(notes))
+
+
+def _snapshot(repo_id: str, commit: str, local_dir: Path | None, token: str | None) -> Path:
+    from huggingface_hub import snapshot_download
+
+    with hub_call("downloading", token=token, repo=repo_id):
+        return Path(snapshot_download(repo_id, revision=commit, local_dir=local_dir, token=token, endpoint=endpoint()))
+
+
+def _pull_into(target: Path, repo_id: str, commit: str, label: str, token: str | None) -> tuple[Path, dict[str, Any]]:
+    """Download into a hidden sibling of `target`, verify, then swap it in (nothing left on failure)."""
+    if target.exists() and not (target.is_dir() and (not any(target.iterdir()) or (target / card.PROVENANCE_FILE).is_file())):
+        raise HubError("exists and is not a previously pulled adapter", file=str(target),
+                       hint="choose an empty or new directory for --to")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.pa-pull-", dir=target.parent))
+    try:
+        downloaded = _snapshot(repo_id, commit, staging / "adapter", token)
+        _, provenance = verify_adapter(downloaded, label)
+        swap_in(downloaded, target)
+        return target, provenance
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+def compare_local_pack(pack: Mapping[str, Any], registry: "Registry | None" = None, *,
+                       token: str | None = None) -> tuple[list[str], list[str]]:
+    """Warnings when the local pack of that name differs (version or digest) from the adapter's."""
+    from .pack import load_pack
+    from .registry import Registry
+
+    registry = registry or Registry.default()
+    name, version, digest = pack.get("name"), pack.get("version"), pack.get("digest")
+    local = [loc for loc in registry.discover() if loc.name == name]
+    if not local:
+        return [], [_not_installed_note(str(name), str(version), token)]
+    exact = [loc for loc in local if loc.version == version]
+    if not exact:
+        have = ", ".join(sorted(loc.version for loc in local))
+        return [f"the adapter was trained on {name}@{version}, but the local pack is at version {have}"], []
+    try:
+        local_pack = load_pack(exact[0].path, registry=registry)
+    except PolicyAlignError as exc:
+        return [f"the local pack {name}@{version} at {exact[0].path} is invalid: {exc.problem.message}"], []
+    if local_pack.digest != digest:
+        recorded = card.parents_of(pack)
+        where = _parents_differ(recorded, local_pack) if recorded else _ancestry(local_pack)
+        return [f"the local pack {name}@{version} ({exact[0].path}) has digest {local_pack.digest[:12]}…, but the "
+                f"adapter was trained on {str(digest)[:12]}…: same version, different content{where}"], []
+    ancestors = local_pack.ancestry()[:-1]  # the digests match, so these are the very parents it was trained with
+    extends = f", which extends {_refs(ancestors)}" if ancestors else ""
+    return [], [f"matches the local pack {name}@{version} ({exact[0].path}){extends}"]
+
+
+def _refs(packs: "list[Pack]") -> str:
+    return ", ".join(f"{p.ref} (digest {p.digest[:12]}…)" for p in packs)
+
+
+def _parents_differ(recorded: list[dict[str, Any]], local: "Pack") -> str:
+    """Which of the packs a child extends differ between the adapter's training (policyalign.json's
+    parents) and the local pack; when none does, the child's own files changed."""
+    have = {p.name: p for p in local.ancestry()[:-1]}
+    differ = []
+    for parent in recorded:
+        mine = have.get(str(parent.get("name")))
+        trained = f"{parent.get('name')}@{parent.get('version')} (digest {str(parent.get('digest'))[:12]}…)"
+        if mine is None:
+            differ.append(f"it was trained with {trained} inside, which the local pack does not extend")
+        elif (mine.version, mine.digest) != (parent.get("version"), parent.get("digest")):
+            differ.append(f"it was trained with {trained} inside, the local pack extends {mine.ref} "
+                          f"(digest {mine.digest[:12]}…, {mine.root})")
+    extra = [p.ref for name, p in have.items() if name not in {str(r.get("name")) for r in recorded}]
+    if extra:
+        differ.append(f"the local pack also extends {', '.join(extra)}, which it was not trained with")
+    return f" ({'; '.join(differ)})" if differ else " (in its own files: the packs it extends are the ones it was trained with)"
+
+
+def _ancestry(pack: "Pack") -> str:
+    """Where a child pack's content may differ: its digest composes its parents', so an edited
+    parent changes it while the child's own files are untouched."""
+    ancestors = pack.ancestry()[:-1]
+    if not ancestors:
+        return ""
+    listed = ", ".join(f"{ancestor.ref} ({ancestor.root})" for ancestor in ancestors)
+    return f" (in its own files or in a pack it extends: {listed})"
+
+
+def _not_installed_note(name: str, version: str, token: str | None) -> str:
+    """How to get the pack: the `pa pack pull` command for the dataset repos that publish it (found
+    by the tags `pa pack push` sets), rather than "ORG/NAME", which left the user to guess where."""
+    try:
+        with hub_call("searching the Hub for the pack", token=token, repo=f"pack:{name}"):
+            repos = sorted(d.id for d in hub_api(token).list_datasets(filter=["policyalign-pack", f"pack:{name}"]))
+    except PolicyAlignError:
+        repos = []
+    where = " or ".join(f"`pa pack pull {repo}@{version}`" for repo in repos[:3]) or f"`pa pack pull ORG/NAME@{version}`"
+    return f"pack {name} is not installed locally; get it with {where}"

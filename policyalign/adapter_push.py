@@ -1,0 +1,85 @@
+"""Publish a run's adapter on the Hub with a model card that pins what it was trained on.
+
+The point of publishing through policyalign rather than `upload_folder` is that whoever pulls
+an adapter can know exactly which policy it was trained on: `push_adapter` uploads a run's
+adapter, `policyalign.json`, eval results and plots with a model card whose metadata pins the
+pack (name, version, digest), the base model and the sha256 of every file, then tags the commit
+with the pack version (`medical-v1.0.0`). `push_run` is the same for `pa apply --push-to`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from . import card
+from .adapter_pull import UNLISTED_OK
+from .errors import HubError
+from .hub import (PushResult, check_repo_id, check_tag, commit_and_tag, hub_api, prepare_repo, remote_files, repo_url,
+                  resolve_token)
+from .io import write_text
+
+# Files a previous push may have left that this push must replace or remove, so an older
+# version's results can never sit next to a newer adapter.
+MANAGED_FILES = {"README.md", *card.REQUIRED_ADAPTER_FILES, *card.OPTIONAL_ADAPTER_FILES}
+MANAGED_DIRS = ("eval/",)
+
+
+def push_adapter(run_dir: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
+                 token: str | None = None, license: str | None = None) -> PushResult:
+    """Publish a run's adapter with its model card; tag the commit `<pack>-v<version>` (or `revision`).
+
+    Holds the run's lock: beside a `pa apply` retraining in the same directory, the adapter, its
+    evals and the card could be read from two different trainings and published as one."""
+    from contextlib import nullcontext
+
+    from .run import run_lock
+
+    with run_lock(Path(run_dir)) if Path(run_dir).is_dir() else nullcontext():
+        return _push_adapter(run_dir, repo_id, private=private, revision=revision, token=token, license=license)
+
+
+def _push_adapter(run_dir: str | Path, repo_id: str, *, private: bool, revision: str | None,
+                  token: str | None, license: str | None) -> PushResult:
+    artifacts = card.load_run(run_dir)
+    check_repo_id(repo_id)
+    tag = check_tag(revision or artifacts.default_tag)
+    token = resolve_token(token, repo_id)
+    api = hub_api(token)
+    prepare_repo(api, repo_id, "model", tag, private=private, token=token, pack=artifacts.pack)
+    readme = card.render_model_card(artifacts, repo_id, tag, license=license)
+    uploads: dict[str, Any] = {name: str(path) for name, path in artifacts.files.items()}
+    uploads["README.md"] = readme.encode("utf-8")
+    remote = remote_files(api, repo_id, "model", token)
+    _refuse_foreign_files(remote, repo_id)
+    stale = [p for p in remote if (p in MANAGED_FILES or p.startswith(MANAGED_DIRS)) and p not in uploads]
+    pack, base = artifacts.pack, artifacts.base_model
+    message = f"policyalign: {pack['name']}@{pack['version']} adapter for {base['id']}"
+    commit = commit_and_tag(api, repo_id, "model", uploads, stale, message, tag, token)
+    write_text(Path(run_dir) / "README.md", readme)  # the card as published, kept with the run
+    return PushResult(repo_url(repo_id, "model", tag), repo_id, tag, commit, tuple(sorted(uploads)))
+
+
+def _refuse_foreign_files(remote: list[str], repo_id: str) -> None:
+    """Refuse, before uploading, a repository holding files `pa push` does not manage (someone's
+    config.json, notes, another tool's weights): the card cannot vouch for them, so `pa pull` would
+    reject the adapter as tampered with, and `pa push` will not delete files it did not write."""
+    foreign = sorted(p for p in remote if p not in MANAGED_FILES and not p.startswith(MANAGED_DIRS) and p not in UNLISTED_OK)
+    if foreign:
+        shown = ", ".join(foreign[:10]) + (f" (and {len(foreign) - 10} more)" if len(foreign) > 10 else "")
+        command = f"hf repos delete-files {repo_id} " + (" ".join(map(card.sh, foreign)) if len(foreign) <= 10 else "PATTERN...")
+        raise HubError(f"the repository holds files `pa push` does not publish: {shown}; "
+                       "`pa pull` refuses an adapter repository with files its card does not list", file=repo_id,
+                       hint=f"push to a new repository, or delete those files first (`{command}`)")
+
+
+def check_push_target(repo_id: str, token: str | None = None) -> None:
+    """What `push_run` will need, checked without the network before `pa apply` trains for hours:
+    a well-formed repository id and a token (an invalid one is still only found out by the Hub)."""
+    resolve_token(token, check_repo_id(repo_id))
+
+
+def push_run(run_dir: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
+             token: str | None = None, license: str | None = None) -> str:
+    """`pa apply --push-to`: publish the run's adapter and return the URL of the tagged revision."""
+    return push_adapter(run_dir, repo_id, private=private, revision=revision, token=token, license=license).url

@@ -1,0 +1,185 @@
+"""Find the published adapters trained on a pack, and choose and pull the one that fits.
+
+`pull_for_pack` finds published adapters by tag (`pack:medical`) and picks the best match
+for the local pack version and the requested base model, or lists the candidates.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import card
+from .adapter_pull import PullResult, pull_adapter
+from .errors import HubError, PolicyAlignError
+from .hub import DEFAULT_BRANCH, hub_api, hub_call
+from .semver import Version, is_semver
+
+if TYPE_CHECKING:
+    from .registry import Registry
+    from .semver import VersionRange
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One published adapter revision, as its card describes it."""
+
+    repo_id: str
+    revision: str
+    commit: str
+    pack_name: str
+    pack_version: str
+    pack_digest: str
+    base_id: str
+    base_name: str
+    last_modified: str = ""
+    base_commit: str = ""  # the base's commit (or revision) the card says it was trained on; "" when unrecorded
+    parents: tuple[str, ...] = ()  # NAME@VERSION of each pack the card says the pack extends
+
+    def describe(self) -> str:
+        at = f"@{self.base_commit[:12]}" if self.base_commit else ""
+        extends = f" extends {', '.join(self.parents)}" if self.parents else ""
+        return (f"{self.repo_id}@{self.revision}  pack {self.pack_name}@{self.pack_version} "
+                f"(digest {self.pack_digest[:12]}){extends}  base {self.base_id}{at}")
+
+    def trained_at(self, revision: str) -> bool:
+        """Whether the base was trained at `revision` (a commit, a prefix of one, or the revision recorded)."""
+        wanted = revision.lower()
+        commit = self.base_commit.lower()
+        return bool(commit) and (commit == wanted or (len(wanted) >= 7 and commit.startswith(wanted)))
+
+
+def model_names(model: str) -> set[str]:
+    """Every name a base model may be recorded under: as typed, its alias target, its resolved location."""
+    base = model.partition("@")[0]
+    names = {base}
+    try:
+        from .models import MODEL_ALIASES, resolve_model
+    except ImportError:
+        return {n.lower() for n in names}
+    for alias, target in MODEL_ALIASES.items():
+        if alias.lower() == base.lower():
+            names |= {alias, target}
+    if base.lower() != "tiny":  # resolving tiny would build it; its recorded id is just "tiny"
+        try:
+            ref = resolve_model(base)
+            names |= {ref.name, ref.location, ref.public().location}
+        except PolicyAlignError:
+            pass
+    return {n.lower() for n in names}
+
+
+def find_adapters(pack_name: str, *, token: str | None = None) -> list[Candidate]:
+    """Every published revision (tags and main) of every adapter repo tagged `pack:<pack_name>`."""
+    api = hub_api(token)
+    with hub_call("searching the Hub", token=token, repo=f"pack:{pack_name}"):
+        repos = [m.id for m in api.list_models(filter=["policyalign", f"pack:{pack_name}"])]
+    found: dict[tuple[str, str], Candidate] = {}
+    for repo_id in repos:
+        with hub_call("reading the repository's tags", token=token, repo=repo_id):
+            refs = api.list_repo_refs(repo_id)
+        revisions = [t.name for t in refs.tags] + [DEFAULT_BRANCH]
+        for revision in revisions:
+            candidate = read_candidate(api, repo_id, revision, token)
+            if candidate is not None and candidate.pack_name == pack_name:
+                found.setdefault((repo_id, candidate.commit), candidate)
+    return list(found.values())
+
+
+def read_candidate(api: Any, repo_id: str, revision: str, token: str | None) -> Candidate | None:
+    with hub_call(f"reading the card at {revision}", token=token, repo=repo_id):
+        info = api.model_info(repo_id, revision=revision)
+    card_data = info.card_data
+    data = card_data.to_dict() if hasattr(card_data, "to_dict") else card_data
+    recorded = data.get("policyalign") if isinstance(data, dict) else None
+    pack = recorded.get("pack") if isinstance(recorded, dict) else None
+    base = recorded.get("base_model") if isinstance(recorded, dict) else None
+    if not isinstance(pack, dict) or not isinstance(base, dict):
+        return None  # not an adapter `pa push` published: skipped, so it cannot hide the ones that are
+    fields = [pack.get("name"), pack.get("version"), pack.get("digest"), base.get("id")]
+    base_name = base.get("name") or base.get("id")
+    if not all(_plain_text(value) for value in (*fields, base_name)):
+        return None
+    base_commit = base.get("commit") or base.get("revision")
+    parents = tuple(f"{p['name']}@{p['version']}" for p in card.parents_of(pack)
+                    if _plain_text(p["name"]) and _plain_text(p["version"]))
+    return Candidate(repo_id, revision, str(info.sha), *fields, base_name, str(info.last_modified or ""),
+                     base_commit if _plain_text(base_commit) else "", parents)
+
+
+def _plain_text(value: Any) -> bool:
+    """A non-empty string without control characters (it is printed when candidates are listed)."""
+    return isinstance(value, str) and bool(value) and not _CONTROL.search(value)
+
+
+def choose_adapter(candidates: list[Candidate], pack_name: str, *, model: str | None = None,
+                   local_version: str | None = None, local_digest: str | None = None,
+                   versions: "VersionRange | None" = None) -> Candidate:
+    """The best candidate: same base model, then the local pack's exact digest, then its exact version.
+
+    Without a local pack the newest pack version (in `versions`, when given) wins. Anything
+    ambiguous or missing is a HubError that lists the candidates, so the user can pull one explicitly.
+    """
+    pool = candidates
+    if versions is not None:
+        pool = [c for c in pool if is_semver(c.pack_version) and Version.parse(c.pack_version) in versions]
+    if model is not None:
+        wanted, _, pinned = model.partition("@")
+        names = model_names(wanted)
+        pool = [c for c in pool if c.base_id.lower() in names or c.base_name.lower() in names]
+        if pinned:  # MODEL@REV: an adapter trained on other weights of that model does not fit them
+            pool = [c for c in pool if c.trained_at(pinned)]
+    asked = f"@{local_version}" if local_version else (f"@{versions.text}" if versions is not None else "")
+    what = f"pack {pack_name}{asked}" + (f" on {model}" if model else "")
+    if local_version is not None:
+        pool = [c for c in pool if c.pack_version == local_version]
+        exact = [c for c in pool if local_digest and c.pack_digest == local_digest]
+        pool = exact or pool
+    elif pool:
+        newest = max((Version.parse(c.pack_version) for c in pool if is_semver(c.pack_version)), default=None)
+        pool = [c for c in pool if newest is None or (is_semver(c.pack_version) and Version.parse(c.pack_version) == newest)]
+    if not pool:
+        raise HubError(f"no published adapter matches {what}", file=f"pack:{pack_name}",
+                       hint=_candidates_hint(candidates, pack_name))
+    if model is None and len({c.base_id for c in pool}) > 1:
+        raise HubError(f"adapters for {what} exist for several base models; pass --model", file=f"pack:{pack_name}",
+                       hint=_candidates_hint(pool, pack_name))
+    tagged = [c for c in pool if c.revision != DEFAULT_BRANCH] or pool
+    return max(tagged, key=lambda c: c.last_modified)
+
+
+def _candidates_hint(candidates: list[Candidate], pack_name: str) -> str:
+    if not candidates:
+        return f"nobody has published an adapter tagged pack:{pack_name} yet"
+    lines = "\n".join(f"      {c.describe()}" for c in sorted(candidates, key=lambda c: (c.repo_id, c.revision)))
+    return f"candidates (pull one with `pa pull ORG/NAME@REV`):\n{lines}"
+
+
+def pull_for_pack(pack_spec: str, *, model: str | None = None, to: str | Path | None = None,
+                  token: str | None = None, registry: "Registry | None" = None) -> tuple[PullResult, Candidate]:
+    """`pa pull --pack NAME[@RANGE] [--model M]`: choose the best published adapter and pull it.
+
+    A range (`medical@1.0.0`, `medical@^1`) is named as everywhere else a pack is: only adapters
+    trained on a version in it are candidates, and the local pack it resolves to is preferred."""
+    from .pack import load_pack
+    from .registry import Registry, version_range
+
+    registry = registry or Registry.default()
+    pack_name, _, wanted = pack_spec.partition("@")
+    versions = version_range(pack_spec) if wanted else None
+    local_version = local_digest = None
+    best = registry.best_match(pack_spec)
+    if best is not None:
+        local_version = best.version
+        try:
+            local_digest = load_pack(best.path, registry=registry).digest
+        except PolicyAlignError:
+            local_digest = None
+    chosen = choose_adapter(find_adapters(pack_name, token=token), pack_name, model=model, versions=versions,
+                            local_version=local_version, local_digest=local_digest)
+    result = pull_adapter(f"{chosen.repo_id}@{chosen.revision}", to=to, token=token, registry=registry)
+    return result, chosen

@@ -1,0 +1,308 @@
+"""Publish policy packs on the Hub and install them from it.
+
+`push_pack` / `pull_pack` publish a pack as a dataset repo tagged `v<version>` and install
+one: a downloaded pack is untrusted, so it is fetched with size caps, confined to its
+directory, hash-checked, validated by every loader check, and only then moved into place.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+from . import card
+from .errors import HubError, PackError, Problem
+from .hub import (DEFAULT_BRANCH, PushResult, check_repo_id, check_tag, commit_and_tag, endpoint, hub_api, hub_call,
+                  is_safe_relpath, prepare_repo, remote_files, repo_url, resolve_token, split_spec, swap_in)
+from .io import sha256_file
+from .semver import Version, is_semver, parse_range
+
+if TYPE_CHECKING:
+    from .pack import Pack
+    from .registry import Registry
+
+PACK_DIR = "pack"
+MAX_CARD_BYTES = 1024 * 1024
+PACK_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
+@dataclass(frozen=True)
+class PackPullResult:
+    name: str
+    version: str
+    digest: str
+    path: Path
+    repo_id: str
+    revision: str
+    commit: str
+    warnings: tuple[str, ...] = ()
+    replaced: str = ""  # name@version of the other version the install directory held, now gone
+
+
+# --------------------------------------------------------------------------- packs: push
+
+
+def pack_files(root: Path) -> list[Path]:
+    """The files a pack consists of, by the loader's rule (`pack.not_pack_content`)."""
+    from .pack import not_pack_content
+
+    files = []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if any(not_pack_content(part) for part in rel.parts):
+            continue
+        if path.is_file():
+            files.append(path)
+    return files
+
+
+def push_pack(path: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
+              token: str | None = None, registry: "Registry | None" = None) -> PushResult:
+    """Validate a pack, publish it as a dataset repo (files under pack/), tag it `v<version>`."""
+    from .pack import files_digest, load_pack
+
+    pack = load_pack(Path(path), registry=registry)
+    check_repo_id(repo_id)
+    tag = check_tag(revision or f"v{pack.version}")
+    files = pack_files(pack.root)
+    if files_digest(pack.root, files) != pack.files_digest:
+        raise HubError(f"pack {pack.ref} changed while it was being published", file=str(pack.root),
+                       hint="run the command again")
+    hashes = {p.relative_to(pack.root).as_posix(): sha256_file(p) for p in files}
+    token = resolve_token(token, repo_id)
+    api = hub_api(token)
+    prepare_repo(api, repo_id, "dataset", tag, private=private, token=token)
+    uploads: dict[str, Any] = {f"{PACK_DIR}/{rel}": str(pack.root / rel) for rel in hashes}
+    uploads["README.md"] = card.render_pack_card(pack, repo_id, tag, hashes).encode("utf-8")
+    stale = [p for p in remote_files(api, repo_id, "dataset", token)
+             if (p.startswith(f"{PACK_DIR}/") or p == "README.md") and p not in uploads]
+    message = f"policyalign pack {pack.ref} (digest {pack.digest[:12]})"
+    commit = commit_and_tag(api, repo_id, "dataset", uploads, stale, message, tag, token)
+    return PushResult(repo_url(repo_id, "dataset", tag), repo_id, tag, commit, tuple(sorted(uploads)))
+
+
+# --------------------------------------------------------------------------- packs: pull
+
+
+def file_cap(rel: str) -> int:
+    """The most bytes one pack file may have (the loader's limit for its kind)."""
+    from .pack import MANIFEST, MAX_EVAL_BYTES, MAX_MANIFEST_BYTES, MAX_OTHER_BYTES
+
+    if rel == MANIFEST:
+        return MAX_MANIFEST_BYTES
+    return MAX_EVAL_BYTES if rel.endswith(".jsonl") else MAX_OTHER_BYTES
+
+
+class _TooLarge(Exception):
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
+
+
+def _download_capped(url: str, dest: Path, cap: int, token: str | None) -> int:
+    """Stream one file to `dest`, aborting as soon as it exceeds `cap` bytes (whatever the server claims)."""
+    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+    headers = build_hf_headers(token=token)
+    with get_session().stream("GET", url, headers=headers, follow_redirects=True, timeout=60) as response:
+        hf_raise_for_status(response)
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > cap:
+            raise _TooLarge(int(declared))
+        total = 0
+        with open(dest, "xb") as out:  # "x": never follow or overwrite something already there
+            for chunk in response.iter_bytes(1 << 16):
+                total += len(chunk)
+                if total > cap:
+                    raise _TooLarge(total)
+                out.write(chunk)
+    return total
+
+
+def _fetch_capped(repo_id: str, filename: str, commit: str, cap: int, token: str | None, dest: Path) -> int:
+    from huggingface_hub import hf_hub_url
+
+    url = hf_hub_url(repo_id, filename, repo_type="dataset", revision=commit, endpoint=endpoint())
+    with hub_call(f"downloading {filename}", token=token, repo=repo_id):
+        return _download_capped(url, dest, cap, token)
+
+
+def _resolve_pack_revision(api: Any, repo_id: str, wanted: str | None, token: str | None) -> tuple[str, str]:
+    """`1.2.0` -> tag v1.2.0 (or a tag/branch named as given, or a commit), a range (`^1`, `~1.2`,
+    `>=1.0,<2`) -> the highest version tagged `v<version>` in it; returns (revision, commit)."""
+    with hub_call("reading the repository's tags", token=token, repo=repo_id):
+        refs = api.list_repo_refs(repo_id, repo_type="dataset")
+    tags = {t.name: t.target_commit for t in refs.tags}
+    branches = {b.name: b.target_commit for b in refs.branches}
+    options = ([f"v{wanted}"] if wanted and is_semver(wanted) else []) + [wanted or DEFAULT_BRANCH]
+    for option in options:
+        if option in tags:
+            return option, tags[option]
+        if option in branches:
+            return option, branches[option]
+    if wanted and COMMIT_RE.match(wanted):
+        return wanted, wanted
+    in_range = _highest_tag_in_range(tags, wanted) if wanted and not is_semver(wanted) else None
+    if in_range:
+        return in_range, tags[in_range]
+    from .registry import version_key
+
+    versions = ", ".join(sorted((t[1:] if t.startswith("v") else t for t in tags), key=version_key)) or "none"
+    what = f"matches {wanted!r}" if in_range is not None else f"{wanted!r} is published"
+    raise HubError(f"no version {what}", file=repo_id, hint=f"published versions: {versions}")
+
+
+def _highest_tag_in_range(tags: Mapping[str, str], wanted: str) -> str | None:
+    """The `v<version>` tag of the highest published version in the range `wanted` (as a pack's
+    `name@range` picks everywhere else); "" when none is in it, None when `wanted` is not a range."""
+    try:
+        versions = parse_range(wanted)
+    except ValueError:
+        return None
+    published = {Version.parse(tag[1:]): tag for tag in tags if tag.startswith("v") and is_semver(tag[1:])}
+    matching = [version for version in published if version in versions]
+    return published[max(matching)] if matching else ""
+
+
+def _read_pack_card(repo_id: str, commit: str, workdir: Path, token: str | None) -> dict[str, Any]:
+    """The `policyalign` block of a pack repo's card (downloaded with a size cap)."""
+    dest = workdir / "README.md"
+    try:
+        _fetch_capped(repo_id, "README.md", commit, MAX_CARD_BYTES, token, dest)
+    except _TooLarge:
+        raise HubError(f"README.md is over {MAX_CARD_BYTES} bytes", file=repo_id, hint="this is not a policyalign pack repo") from None
+    metadata, _ = card.parse_card(dest.read_text(encoding="utf-8", errors="replace"))
+    recorded = metadata.get("policyalign")
+    pack = recorded.get("pack") if isinstance(recorded, dict) else None
+    if not isinstance(pack, dict) or not isinstance(recorded.get("files"), dict):
+        raise HubError("not a policyalign pack repo (its card has no `policyalign` metadata)", file=repo_id,
+                       hint="publish packs with `pa pack push`")
+    if not isinstance(pack.get("name"), str) or not PACK_NAME_RE.match(pack["name"]):
+        raise HubError(f"the card names an invalid pack {pack.get('name')!r}", file=repo_id)
+    return recorded
+
+
+def _listing_problems(repo_id: str, entries: list[tuple[str, int]], expected: Mapping[str, Any]) -> list[Problem]:
+    """Everything wrong with a pack's file listing, before a byte is downloaded."""
+    from .pack import MAX_PACK_BYTES, MAX_PACK_FILES
+
+    problems = []
+    for rel, size in entries:
+        where = f"{repo_id}:{PACK_DIR}/{rel}"
+        if not is_safe_relpath(rel):
+            problems.append(Problem(where, "", "unsafe path (absolute, '..' or empty parts)",
+                                    "a pack's files must stay inside the pack directory"))
+        elif size > file_cap(rel):
+            problems.append(Problem(where, "", f"file is {size} bytes, over the {file_cap(rel)}-byte limit",
+                                    "packs are bounded in size; this one cannot be installed"))
+        elif rel not in expected:
+            problems.append(Problem(where, "", "file is not listed in the pack's card", "the repository was modified after `pa pack push`"))
+    listed = {rel for rel, _ in entries}
+    problems += [Problem(f"{repo_id}:{PACK_DIR}/{rel}", "", "listed in the card but missing from the repository",
+                         "the repository is incomplete") for rel in expected if rel not in listed]
+    total = sum(size for _, size in entries)
+    if len(entries) > MAX_PACK_FILES:
+        problems.append(Problem(repo_id, "", f"{len(entries)} files, over the limit of {MAX_PACK_FILES}", "not installable"))
+    if total > MAX_PACK_BYTES:
+        problems.append(Problem(repo_id, "", f"{total} bytes in all, over the limit of {MAX_PACK_BYTES}", "not installable"))
+    return problems
+
+
+def _list_pack_files(api: Any, repo_id: str, commit: str, token: str | None) -> list[tuple[str, int]]:
+    from huggingface_hub.hf_api import RepoFile
+
+    with hub_call("listing the pack's files", token=token, repo=repo_id):
+        tree = list(api.list_repo_tree(repo_id, path_in_repo=PACK_DIR, recursive=True, revision=commit, repo_type="dataset"))
+    prefix = f"{PACK_DIR}/"
+    return [(entry.path[len(prefix):] if entry.path.startswith(prefix) else entry.path, int(entry.size or 0))
+            for entry in tree if isinstance(entry, RepoFile)]
+
+
+def _download_pack(repo_id: str, commit: str, entries: list[tuple[str, int]], hashes: Mapping[str, Any],
+                   stage: Path, token: str | None) -> None:
+    """Fetch every listed file into `stage` with per-file and total caps, checking each sha256."""
+    from .pack import MAX_PACK_BYTES
+
+    budget = MAX_PACK_BYTES
+    for rel, _ in entries:
+        dest = stage.joinpath(*rel.split("/"))
+        if not dest.resolve().is_relative_to(stage.resolve()):
+            raise PackError([Problem(f"{repo_id}:{PACK_DIR}/{rel}", "", "path leads outside the pack", "not installable")])
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        cap = min(file_cap(rel), budget)
+        try:
+            budget -= _fetch_capped(repo_id, f"{PACK_DIR}/{rel}", commit, cap, token, dest)
+        except _TooLarge as exc:
+            raise PackError([Problem(f"{repo_id}:{PACK_DIR}/{rel}", "", f"download exceeded {cap} bytes ({exc.size}+)",
+                                     "the server sent more than the pack's size limits allow")]) from None
+        if sha256_file(dest) != hashes.get(rel):
+            raise HubError(f"{PACK_DIR}/{rel} does not match its sha256 in the card", file=repo_id,
+                           hint="the repository was modified after `pa pack push`; do not install it")
+
+
+def pull_pack(spec: str, *, to: str | Path | None = None, token: str | None = None,
+              registry: "Registry | None" = None) -> PackPullResult:
+    """`pa pack pull ORG/NAME[@VERSION]`: download, verify and validate a pack, then install it.
+
+    Installs into `to/NAME` (default: `user_packs_dir()/NAME`) by renaming a fully checked
+    staging directory, so an invalid or tampered pack leaves nothing behind. Its parents resolve
+    through `registry` (default: the standard search path) and among the packs already in the
+    install directory: once installed, those are its siblings, which the loader always searches.
+    """
+    from .pack import files_digest, load_pack
+    from .registry import Registry, user_packs_dir
+
+    repo_id, wanted = split_spec(spec)
+    api = hub_api(token)
+    revision, commit = _resolve_pack_revision(api, repo_id, wanted, token)
+    parent = Path(to) if to is not None else user_packs_dir()
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".pa-pull-", dir=parent))
+    try:
+        recorded = _read_pack_card(repo_id, commit, staging, token)
+        name, hashes = recorded["pack"]["name"], recorded["files"]
+        entries = _list_pack_files(api, repo_id, commit, token)
+        problems = _listing_problems(repo_id, entries, hashes)
+        if problems:
+            raise PackError(problems)
+        stage = staging / name
+        stage.mkdir()
+        _download_pack(repo_id, commit, entries, hashes, stage, token)
+        files = [stage.joinpath(*rel.split("/")) for rel, _ in entries]
+        if files_digest(stage, files) != recorded["pack"].get("files_digest"):
+            raise HubError("the pack's files digest does not match its card", file=repo_id,
+                           hint="the repository was modified after `pa pack push`; do not install it")
+        pack = load_pack(stage, registry=(registry or Registry.default()).including(parent))
+        warnings = _pack_identity_problems(pack, recorded["pack"], repo_id)
+        target = parent / name
+        replaced = _other_version(target, pack.version)
+        swap_in(stage, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return PackPullResult(pack.name, pack.version, pack.digest, target, repo_id, revision, str(commit), tuple(warnings),
+                          replaced)
+
+
+def _other_version(installed: Path, version: str) -> str:
+    """name@version of the pack installed at `installed` when it is another version than `version` ("" if
+    none): the directory holds one version per name, so pulling 1.0.0 removes an installed 1.1.0."""
+    from .registry import read_header
+
+    found = read_header(installed)
+    return f"{found.name}@{found.version}" if found is not None and found.version != version else ""
+
+
+def _pack_identity_problems(pack: "Pack", recorded: Mapping[str, Any], repo_id: str) -> list[str]:
+    """Name/version must match the card (error); a different composed digest is only a warning."""
+    if pack.name != recorded.get("name") or pack.version != recorded.get("version"):
+        raise HubError(f"the card says {recorded.get('name')}@{recorded.get('version')}, "
+                       f"the files say {pack.ref}", file=repo_id, hint="the repository was modified after `pa pack push`")
+    if pack.digest != recorded.get("digest"):
+        return [f"{pack.ref} composes to digest {pack.digest[:12]}… here but {str(recorded.get('digest'))[:12]}… "
+                f"where it was published: its parents ({', '.join(pack.extends)}) differ locally"]
+    return []

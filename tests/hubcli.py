@@ -1,0 +1,81 @@
+"""`pa` run as a user runs it, against the loopback Hub: shared by the Hub tests (test_hub.py,
+test_adapter_push.py, test_adapter_pull.py, test_adapter_search.py, test_pack_hub.py).
+
+The Hub is olah (read API, from git repositories) behind tests/hubserver.py (write and listing
+API on the same repositories), started once per session by the `hub_server` fixture. CLI tests
+run `python -m policyalign` in a subprocess with HF_ENDPOINT pointing there, exactly as a user
+would; HF_HUB_DISABLE_XET=1 makes the client use the classic git-LFS upload protocol, which the
+test server implements (it has no Xet storage). The `cli` fixture (tests/conftest.py) gives each
+test a `Cli` with its own copy of the fixture packs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FIXTURE_PACKS = Path(__file__).parent / "fixtures" / "packs"
+DEFAULT = object()
+
+
+@dataclass
+class Cli:
+    """Runs `pa` in a subprocess against the loopback Hub, recording every output for leak checks."""
+
+    hub: object
+    home: Path
+    packs: Path
+    cwd: Path
+    outputs: list[str] = field(default_factory=list)
+
+    def env(self, token: object = DEFAULT) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE", "PA_"))}
+        env.update(HF_ENDPOINT=self.hub.endpoint, HF_HOME=str(self.home / "hf"), HF_HUB_DISABLE_XET="1",
+                   HF_HUB_DISABLE_TELEMETRY="1", PA_HOME=str(self.home / "pa"), PA_PACKS_PATH=str(self.packs),
+                   PYTHONPATH=str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", ""))
+        if os.environ.get("PA_CACHE_DIR"):
+            env["PA_CACHE_DIR"] = os.environ["PA_CACHE_DIR"]
+        token = self.hub.token if token is DEFAULT else token
+        if token:
+            env["HF_TOKEN"] = str(token)
+        return env
+
+    def run(self, *args: str, token: object = DEFAULT) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([sys.executable, "-m", "policyalign", *args], cwd=self.cwd, env=self.env(token),
+                                capture_output=True, text=True, timeout=300, check=False)
+        self.outputs += [result.stdout, result.stderr]
+        return result
+
+    def ok(self, *args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        result = self.run(*args, **kwargs)  # type: ignore[arg-type]
+        assert result.returncode == 0, f"pa {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+        return result
+
+    def fails(self, code: int, *args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        result = self.run(*args, **kwargs)  # type: ignore[arg-type]
+        assert result.returncode == code, f"pa {' '.join(args)}: exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+        assert "Traceback" not in result.stderr, result.stderr
+        return result
+
+
+
+def make_pack(dest_root: Path, name: str, version: str = "1.0.0", policy_note: str = "") -> Path:
+    """A copy of the root-pack fixture renamed to `name`@`version` (its own digest)."""
+    dest = dest_root / name
+    shutil.copytree(FIXTURE_PACKS / "root-pack", dest)
+    manifest = yaml.safe_load((dest / "pack.yaml").read_text())
+    manifest.update(name=name, version=version)
+    (dest / "pack.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    (dest / "CHANGELOG.md").write_text(f"# Changelog\n\n## {version}\n\n- test pack\n")
+    if policy_note:
+        with (dest / "policy.md").open("a") as handle:
+            handle.write(f"\n{policy_note}\n")
+    return dest
+

@@ -1,0 +1,399 @@
+"""Pulling an adapter and verifying its provenance (policyalign/adapter_pull.py): `pa pull ORG/NAME`,
+tampered cards and files, the comparison with the local pack; against the loopback Hub
+(tests/hubserver.py, run through tests/hubcli.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from hubcli import REPO_ROOT, Cli, make_pack
+from policyalign import adapter_pull, card
+from policyalign.pack import load_pack
+from policyalign.registry import Registry
+
+
+def test_pull_suggests_an_eval_command_that_finds_the_pack(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """With the pack found through --packs-path, `pa pull` suggested `pa eval NAME@VERSION ...` without it:
+    run as printed, that command answered "unknown pack"."""
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "shelved"))
+    cli.ok("push", str(run), "--repo-id", "org/shelved-qwen")
+    (tmp_path / "empty").mkdir()
+    bare = Cli(cli.hub, cli.home, tmp_path / "empty", cli.cwd)  # PA_PACKS_PATH holds no `shelved`
+    pulled = bare.ok("pull", "org/shelved-qwen", "--to", str(tmp_path / "pulled"), "--packs-path", str(cli.packs))
+    assert f"matches the local pack shelved@1.0.0 ({cli.packs / 'shelved'})" in pulled.stdout
+    suggested = next(line for line in pulled.stdout.splitlines() if line.startswith("or evaluate it: pa eval "))
+    assert suggested.endswith(f"--packs-path {cli.packs}")
+    assert "shelved@1.0.0" in bare.ok("show", "shelved@1.0.0", "--packs-path", str(cli.packs)).stdout
+
+
+
+def test_pull_names_the_repo_that_publishes_a_missing_pack(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Without the pack locally, `pa pull` said "get it with `pa pack pull ORG/NAME@1.0.0`": which ORG/NAME?"""
+    source = make_pack(cli.packs, "elsewhere")
+    cli.ok("pack", "push", str(source), "--repo-id", "org/elsewhere-pack")
+    cli.ok("push", str(make_run(tmp_path / "run", source)), "--repo-id", "org/elsewhere-qwen")
+    (tmp_path / "empty").mkdir()
+    bare = Cli(cli.hub, cli.home, tmp_path / "empty", cli.cwd)  # PA_PACKS_PATH holds no `elsewhere`
+    pulled = bare.ok("pull", "org/elsewhere-qwen", "--to", str(tmp_path / "pulled"))
+    assert "pack elsewhere is not installed locally; get it with `pa pack pull org/elsewhere-pack@1.0.0`" in pulled.stdout
+    bare.ok("pack", "pull", "org/elsewhere-pack@1.0.0")  # the command as printed
+    assert "matches the local pack elsewhere@1.0.0" in bare.ok("pull", "org/elsewhere-qwen", "--to", str(tmp_path / "pulled")).stdout
+
+
+
+def test_pulled_adapter_loads_with_peft(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "loadable"))
+    base_path = json.loads((run / "adapter" / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base_path or not Path(base_path).is_dir():
+        pytest.skip("the test adapter's base model is not on disk")
+    cli.ok("push", str(run), "--repo-id", "org/loadable")
+    cli.ok("pull", "org/loadable@loadable-v1.0.0", "--to", str(tmp_path / "pulled"))
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), tmp_path / "pulled")
+    assert model.peft_config["default"].r == 4
+
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def test_pull_detects_tampered_provenance(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "tamper"))
+    repo = "org/tamper"
+    cli.ok("push", str(run), "--repo-id", repo)
+    provenance = json.loads((run / "adapter" / "policyalign.json").read_text())
+    provenance["pack"]["digest"] = "0" * 64
+    hub_server.put_files(repo, {"policyalign.json": json.dumps(provenance).encode()}, "swap the pack digest")
+
+    dest = tmp_path / "pulled"
+    result = cli.fails(1, "pull", repo, "--to", str(dest))
+    assert "provenance check failed" in result.stderr
+    assert "pack digest: README.md `policyalign.pack.digest` says" in result.stderr
+    assert f"policyalign.json `pack.digest` says '{'0' * 64}'" in result.stderr
+    assert "policyalign.json does not match its sha256" in result.stderr
+    assert not dest.exists() and not any(p.name.startswith(".pulled.pa-pull-") for p in tmp_path.iterdir())
+    assert cli.fails(1, "pull", repo).stderr.count("provenance check failed") == 1  # HF-cache path checks too
+
+    # the tagged revision is untouched and still verifies
+    cli.ok("pull", f"{repo}@tamper-v1.0.0", "--to", str(dest))
+
+
+
+def test_pull_detects_swapped_weights(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "weights"))
+    cli.ok("push", str(run), "--repo-id", "org/weights")
+    weights = bytearray((run / "adapter" / "adapter_model.safetensors").read_bytes())
+    weights[-1] ^= 0xFF
+    hub_server.put_files("org/weights", {"adapter_model.safetensors": bytes(weights)}, "swap weights")
+    result = cli.fails(1, "pull", "org/weights", "--to", str(tmp_path / "pulled"))
+    assert "adapter_model.safetensors does not match its sha256" in result.stderr
+
+
+
+def test_pull_detects_results_edited_in_the_card(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """An edited model-index (the results the Hub displays) passed `pa pull` as verified: only the
+    file hashes were checked, and eval/after/eval.json still said 0.125."""
+    cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "boast"))), "--repo-id", "org/boast")
+    metadata, body = card.parse_card(hub_server.read("org/boast", "README.md").decode())
+    metadata["model-index"][0]["results"][0]["metrics"][0]["value"] = 0.01
+    hub_server.put_files("org/boast", {"README.md": (card.dump_front_matter(metadata) + body).encode()}, "better numbers")
+    result = cli.fails(1, "pull", "org/boast", "--to", str(tmp_path / "pulled"))
+    assert "provenance check failed" in result.stderr
+    assert "the card says 0.01, eval/after/eval.json says 0.125" in result.stderr
+    assert not (tmp_path / "pulled").exists()
+    cli.ok("pull", "org/boast@boast-v1.0.0", "--to", str(tmp_path / "pulled"))  # the pushed card still verifies
+
+
+
+def test_pull_refuses_files_the_card_does_not_list(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "extra"))), "--repo-id", "org/extra")
+    hub_server.put_files("org/extra", {"chat_template.jinja": b"{{ 'EVIL' }}", "adapter_model.bin": b"junk",
+                                       "eval/after/extra.json": b"{}"}, "add files the card does not list")
+    dest = tmp_path / "pulled"
+    result = cli.fails(1, "pull", "org/extra", "--to", str(dest))
+    assert "provenance check failed" in result.stderr
+    for name in ("chat_template.jinja", "adapter_model.bin", "eval/after/extra.json"):
+        assert f"{name} is in the repository but not listed in the card" in result.stderr, name
+    assert "README.md" not in result.stderr and ".gitattributes" not in result.stderr
+    assert not dest.exists() and not any(p.name.startswith(".pulled.pa-pull-") for p in tmp_path.iterdir())
+    assert "not listed in the card" in cli.fails(1, "pull", "org/extra").stderr  # HF-cache path checks too
+    cli.ok("pull", "org/extra@extra-v1.0.0", "--to", str(dest))  # the pushed revision still verifies
+    assert not (dest / "chat_template.jinja").exists() and not (dest / "adapter_model.bin").exists()
+
+
+
+def _forge(hub_server, repo: str, provenance: bytes, edit_card, message: str) -> None:  # type: ignore[no-untyped-def]
+    """Replace policyalign.json and re-sign it in the card, so card and files agree (a forged push)."""
+    metadata, body = card.parse_card(hub_server.read(repo, "README.md").decode())
+    metadata["policyalign"]["files"]["policyalign.json"] = hashlib.sha256(provenance).hexdigest()
+    edit_card(metadata)
+    hub_server.put_files(repo, {"policyalign.json": provenance,
+                                "README.md": (card.dump_front_matter(metadata) + body).encode()}, message)
+
+
+
+def test_pull_requires_the_pack_and_base_model_in_policyalign_json(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "forged"))
+    repo = "org/forged"
+    cli.ok("push", str(run), "--repo-id", repo)
+    provenance = json.loads((run / "adapter" / "policyalign.json").read_text())
+    del provenance["pack"]["digest"]
+
+    def drop_digest(metadata: dict) -> None:
+        del metadata["policyalign"]["pack"]["digest"]
+
+    def drop_pack(metadata: dict) -> None:
+        metadata["policyalign"] = {"files": metadata["policyalign"]["files"]}
+        metadata.pop("base_model", None)
+
+    cases = [(json.dumps(provenance).encode(), drop_digest, "lacks pack.digest", "policyalign.json:/pack/digest"),
+             (b"{}", drop_pack, "lacks pack.name", "policyalign.json:/pack/name"),
+             (b"[1]", drop_pack, "must be a JSON object", "policyalign.json")]
+    for i, (content, edit, message, where) in enumerate(cases):
+        _forge(hub_server, repo, content, edit, f"forgery {i}")
+        dest = tmp_path / f"pulled{i}"
+        result = cli.fails(1, "pull", repo, "--to", str(dest))
+        assert "provenance check failed" in result.stderr and message in result.stderr, result.stderr
+        assert f"{repo}@main:{where}" in result.stderr
+        assert not dest.exists() and not any(".pa-pull-" in p.name for p in tmp_path.iterdir())
+        assert message in cli.fails(1, "pull", repo).stderr  # HF-cache path checks too
+
+
+
+def _edit_card(hub_server, repo: str, edit, message: str) -> None:  # type: ignore[no-untyped-def]
+    """Edit the card's metadata on the Hub, as its web editor would; the files stay as pushed."""
+    metadata, body = card.parse_card(hub_server.read(repo, "README.md").decode())
+    edit(metadata)
+    hub_server.put_files(repo, {"README.md": (card.dump_front_matter(metadata) + body).encode()}, message)
+
+
+
+def test_pull_refuses_a_card_whose_facts_policyalign_json_does_not_record(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The card's base model commit (what `pa pull --pack --model M@COMMIT` chooses by, and what the Hub
+    shows) was never compared with policyalign.json's: a card edited on the Hub to another commit, or
+    a policyalign.json replaced and re-hashed in the card, was pulled as verified."""
+    trained, other = "a" * 40, "b" * 40
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "facts"))
+    provenance = json.loads((run / "adapter" / "policyalign.json").read_text())
+    provenance["base_model"]["commit"] = trained
+    (run / "adapter" / "policyalign.json").write_text(json.dumps(provenance, indent=2))
+    repo = "org/facts"
+    cli.ok("push", str(run), "--repo-id", repo)
+    pushed, _ = card.parse_card(hub_server.read(repo, "README.md").decode())
+    assert pushed["policyalign"]["base_model"]["commit"] == trained
+
+    def commit(metadata: dict) -> None:
+        metadata["policyalign"]["base_model"]["commit"] = other
+
+    def revision(metadata: dict) -> None:
+        metadata["policyalign"]["base_model"]["revision"] = "v2"
+
+    def name(metadata: dict) -> None:
+        metadata["policyalign"]["base_model"]["name"] = "Qwen2.5-72B"
+
+    def version(metadata: dict) -> None:  # tags and all, so only policyalign.json tells
+        metadata["policyalign"]["pack"]["version"] = "1.1.0"
+        metadata["tags"] = [t.replace("pack-version:1.0.0", "pack-version:1.1.0") for t in metadata["tags"]]
+
+    cases = [(commit, f"base model commit: README.md `policyalign.base_model.commit` says '{other}', "
+                      f"policyalign.json `base_model.commit` says '{trained}'"),
+             (revision, "base model revision: README.md `policyalign.base_model.revision` says 'v2', "
+                        "policyalign.json `base_model.revision` says '0123456789abcdef'"),
+             (name, "base model name: README.md `policyalign.base_model.name` says 'Qwen2.5-72B', "
+                    "policyalign.json `base_model.name` says 'Qwen2.5-0.5B'"),
+             (version, "pack version: README.md `policyalign.pack.version` says '1.1.0', "
+                       "policyalign.json `pack.version` says '1.0.0'")]
+    for i, (edit, message) in enumerate(cases):
+        _edit_card(hub_server, repo, edit, f"edit {i}")
+        dest = tmp_path / f"pulled{i}"
+        result = cli.fails(1, "pull", repo, "--to", str(dest))
+        text = " ".join(result.stderr.split())
+        assert "provenance check failed" in text and message in text, result.stderr
+        assert f"ask its publisher to re-publish the run: `pa push RUN_DIR --repo-id {repo} --revision NEW-TAG`" in text
+        assert f"hf repos tag list {repo}" in text
+        assert not dest.exists() and not any(".pa-pull-" in p.name for p in tmp_path.iterdir())
+        assert message in " ".join(cli.fails(1, "pull", repo).stderr.split())  # HF-cache path checks too
+        hub_server.put_files(repo, {"README.md": hub_server.read(repo, "README.md", "facts-v1.0.0")}, f"undo {i}")
+    cli.ok("pull", repo, "--to", str(tmp_path / "undone"))  # the card as pushed verifies again
+
+    # policyalign.json replaced by one naming other weights, its sha256 re-signed in the card
+    provenance["base_model"]["commit"] = other
+    _forge(hub_server, repo, json.dumps(provenance).encode(), lambda metadata: None, "other weights")
+    result = cli.fails(1, "pull", repo, "--to", str(tmp_path / "forged"))
+    assert (f"base model commit: README.md `policyalign.base_model.commit` says '{trained}', "
+            f"policyalign.json `base_model.commit` says '{other}'") in " ".join(result.stderr.split())
+    cli.ok("pull", f"{repo}@facts-v1.0.0", "--to", str(tmp_path / "tagged"))  # the tag still verifies
+
+    # adapter_config.json pinning other base weights for AutoPeftModelForCausalLM, re-signed in the card
+    config = json.loads(hub_server.read(repo, "adapter_config.json", "facts-v1.0.0"))
+    config["revision"] = other
+    forged = json.dumps(config).encode()
+    metadata, body = card.parse_card(hub_server.read(repo, "README.md", "facts-v1.0.0").decode())
+    metadata["policyalign"]["files"]["adapter_config.json"] = hashlib.sha256(forged).hexdigest()
+    hub_server.put_files(repo, {"adapter_config.json": forged, "README.md": (card.dump_front_matter(metadata) + body).encode(),
+                                "policyalign.json": hub_server.read(repo, "policyalign.json", "facts-v1.0.0")}, "pin other")
+    result = cli.fails(1, "pull", repo, "--to", str(tmp_path / "pinned"))
+    assert (f"base model commit: adapter_config.json `revision` says '{other}', policyalign.json `base_model.commit` "
+            f"says '{trained}'") in " ".join(result.stderr.split())
+
+
+
+def test_a_card_without_a_base_commit_claims_none(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Facts a card leaves out (cards written before the base commit was recorded) are not disagreements."""
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "older"))
+    provenance = json.loads((run / "adapter" / "policyalign.json").read_text())
+    provenance["base_model"]["commit"] = "a" * 40
+    (run / "adapter" / "policyalign.json").write_text(json.dumps(provenance, indent=2))
+    cli.ok("push", str(run), "--repo-id", "org/older")
+    _edit_card(hub_server, "org/older", lambda m: m["policyalign"]["base_model"].pop("commit"), "as an older card")
+    cli.ok("pull", "org/older", "--to", str(tmp_path / "pulled"))
+
+
+
+def test_an_adapter_of_a_child_pack_records_and_reports_its_parents(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A child pack trains on its parents' policy too, but policyalign.json and the card named only the
+    child: which version of the parent was inside could not be told from the adapter."""
+    registry = Registry([cli.packs])
+    child, root = registry.load("child-pack"), registry.load("root-pack")
+    run = make_run(tmp_path / "run", cli.packs / "child-pack")
+    parents = [{"name": "root-pack", "version": "1.0.0", "digest": root.digest}]
+    assert json.loads((run / "adapter" / "policyalign.json").read_text())["pack"]["parents"] == parents
+    cli.ok("push", str(run), "--repo-id", "org/child-qwen")
+    readme = hub_server.read("org/child-qwen", "README.md").decode()
+    metadata, body = card.parse_card(readme)
+    assert metadata["policyalign"]["pack"] == {"name": "child-pack", "version": "1.0.0", "digest": child.digest,
+                                               "parents": parents}
+    assert f"| Extends | root-pack 1.0.0 (digest {root.digest}) |" in body
+
+    verified = f"verified: pack child-pack@1.0.0 (digest {child.digest[:12]}…), extends root-pack@1.0.0 (digest {root.digest[:12]}…)"
+    pulled = cli.ok("pull", "org/child-qwen", "--to", str(tmp_path / "pulled"))
+    assert verified in pulled.stdout
+    assert f"which extends root-pack@1.0.0 (digest {root.digest[:12]}…)" in pulled.stdout
+    # --model: other tests publish child-pack adapters of tiny on the same loopback Hub
+    chosen = cli.ok("pull", "--pack", "child-pack", "--model", "Qwen/Qwen2.5-0.5B-Instruct", "--to", str(tmp_path / "chosen"))
+    assert "best match: org/child-qwen@child-pack-v1.0.0  pack child-pack@1.0.0" in chosen.stdout
+    assert "extends root-pack@1.0.0  base Qwen/Qwen2.5-0.5B-Instruct" in chosen.stdout and verified in chosen.stdout
+
+    def parent_version(metadata: dict) -> None:
+        metadata["policyalign"]["pack"]["parents"][0]["version"] = "1.9.0"
+
+    _edit_card(hub_server, "org/child-qwen", parent_version, "claim a newer parent")
+    refused = " ".join(cli.fails(1, "pull", "org/child-qwen", "--to", str(tmp_path / "edited")).stderr.split())
+    assert ("pack parents[0] version: README.md `policyalign.pack.parents[0].version` says '1.9.0', "
+            "policyalign.json `pack.parents[0].version` says '1.0.0'") in refused
+
+    # the local parent moved on (same child version): the warning names the parent it was trained with
+    shutil.rmtree(cli.packs / "root-pack")
+    newer = load_pack(make_pack(cli.packs, "root-pack", version="1.1.0"))
+    drifted = cli.ok("pull", "org/child-qwen@child-pack-v1.0.0", "--to", str(tmp_path / "drifted"))
+    warning = " ".join(drifted.stderr.split())
+    assert (f"it was trained with root-pack@1.0.0 (digest {root.digest[:12]}…) inside, the local pack extends "
+            f"root-pack@1.1.0 (digest {newer.digest[:12]}…, {cli.packs / 'root-pack'})") in warning
+    assert verified in drifted.stdout  # what was inside is still told, from the adapter's own record
+
+
+
+# --------------------------------------------------------------------------- the local pack, the target directory, errors
+
+
+def test_pull_warns_when_the_local_pack_differs(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    pack = make_pack(cli.packs, "drifty")
+    cli.ok("push", str(make_run(tmp_path / "run", pack)), "--repo-id", "org/drifty")
+    with (pack / "policy.md").open("a") as handle:
+        handle.write("\nA local edit without a version bump.\n")
+    same_version = cli.ok("pull", "org/drifty", "--to", str(tmp_path / "a"))
+    assert "warning:" in same_version.stderr and "same version, different content" in same_version.stderr
+    shutil.rmtree(pack)
+    make_pack(cli.packs, "drifty", version="1.1.0")
+    newer = cli.ok("pull", "org/drifty", "--to", str(tmp_path / "b"))
+    assert "trained on drifty@1.0.0, but the local pack is at version 1.1.0" in newer.stderr
+    shutil.rmtree(cli.packs / "drifty")
+    absent = cli.ok("pull", "org/drifty", "--to", str(tmp_path / "c"))
+    assert "not installed locally" in absent.stdout
+
+
+
+def test_pull_suggests_evaluating_the_pack_version_it_was_trained_on(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """With the trained-on version and a newer one installed, `pa pull` said it matched the local
+    pack and suggested `pa eval NAME ...`, which evaluates the newest version instead. Its commands
+    also loaded the base model at `main`, not at the revision the adapter was trained on."""
+    cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "versioned"))), "--repo-id", "org/versioned")
+    make_pack(tmp_path / "newer", "versioned", version="1.1.0")
+    dest = tmp_path / "pulled dir"
+    pulled = cli.ok("pull", "org/versioned", "--to", str(dest), "--packs-path", str(tmp_path / "newer"))
+    assert "matches the local pack versioned@1.0.0" in pulled.stdout
+    assert f"pa eval versioned@1.0.0 --model Qwen/Qwen2.5-0.5B-Instruct@0123456789abcdef --adapter '{dest}'" in pulled.stdout
+    assert "from_pretrained('Qwen/Qwen2.5-0.5B-Instruct', revision='0123456789abcdef')" in pulled.stdout
+
+
+
+def test_pull_refuses_to_overwrite_an_unrelated_directory(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "careful"))), "--repo-id", "org/careful")
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    result = cli.fails(1, "pull", "org/careful", "--to", str(precious))
+    assert "not a previously pulled adapter" in result.stderr and (precious / "notes.txt").read_text() == "keep me"
+    cli.ok("pull", "org/careful", "--to", str(tmp_path / "again"))
+    cli.ok("pull", "org/careful", "--to", str(tmp_path / "again"))  # re-pulling over a pulled adapter is fine
+
+
+
+def test_pull_errors_are_clear(cli: Cli) -> None:
+    assert "not found" in cli.fails(1, "pull", "org/does-not-exist").stderr
+    assert "invalid repository id" in cli.fails(2, "pull", "not-a-repo-id").stderr
+    assert "either ORG/NAME" in cli.fails(2, "pull").stderr
+
+
+
+def test_local_pack_differing_only_in_a_parent_names_the_parent(tmp_path: Path) -> None:
+    """A child's digest composes its parents': an edited parent makes `pa pull` warn about the
+    child, whose own files are untouched, so the warning must point at the parent too."""
+    shipped = Registry([REPO_ROOT / "packs"])
+    trained = load_pack(REPO_ROOT / "packs" / "medical", registry=shipped)
+    shutil.copytree(REPO_ROOT / "packs", tmp_path / "packs")
+    harmful = tmp_path / "packs" / "general" / "eval" / "harmful.jsonl"
+    harmful.write_text(harmful.read_text().replace("subway", "train station", 1))
+    record = {"name": "medical", "version": "1.0.0", "digest": trained.digest}
+    warnings, _ = adapter_pull.compare_local_pack(record, Registry([tmp_path / "packs"]))
+    assert len(warnings) == 1 and "same version, different content" in warnings[0]
+    assert f"in a pack it extends: general@1.0.0 ({tmp_path / 'packs' / 'general'})" in warnings[0]
+
+
+
+def test_local_pack_differing_in_a_recorded_parent_names_the_versions_trained_with(tmp_path: Path) -> None:
+    """With the parents policyalign.json records, `pa pull` names the parent that differs and what was
+    inside (a bare "in a pack it extends" left the user to compare digests), or clears them all."""
+    from policyalign.pack import parent_records
+
+    shipped = Registry([REPO_ROOT / "packs"])
+    trained = load_pack(REPO_ROOT / "packs" / "agent-tools", registry=shipped)
+    general = load_pack(REPO_ROOT / "packs" / "general", registry=shipped)
+    record = {"name": "agent-tools", "version": "1.0.0", "digest": trained.digest, "parents": parent_records(trained)}
+    assert record["parents"] == [{"name": "general", "version": "1.0.0", "digest": general.digest}]
+    _, notes = adapter_pull.compare_local_pack(record, shipped)
+    assert notes == [f"matches the local pack agent-tools@1.0.0 ({REPO_ROOT / 'packs' / 'agent-tools'}), "
+                     f"which extends general@1.0.0 (digest {general.digest[:12]}…)"]
+
+    shutil.copytree(REPO_ROOT / "packs", tmp_path / "packs")
+    harmful = tmp_path / "packs" / "general" / "eval" / "harmful.jsonl"
+    harmful.write_text(harmful.read_text().replace("subway", "train station", 1))
+    edited = load_pack(tmp_path / "packs" / "general")
+    warnings, _ = adapter_pull.compare_local_pack(record, Registry([tmp_path / "packs"]))
+    assert len(warnings) == 1 and (f"it was trained with general@1.0.0 (digest {general.digest[:12]}…) inside, the "
+                                   f"local pack extends general@1.0.0 (digest {edited.digest[:12]}…, "
+                                   f"{tmp_path / 'packs' / 'general'})") in warnings[0]
+
+    harmful.write_text((REPO_ROOT / "packs" / "general" / "eval" / "harmful.jsonl").read_text())
+    with (tmp_path / "packs" / "agent-tools" / "policy.md").open("a") as handle:
+        handle.write("\nA local edit without a version bump.\n")
+    warnings, _ = adapter_pull.compare_local_pack(record, Registry([tmp_path / "packs"]))
+    assert "(in its own files: the packs it extends are the ones it was trained with)" in warnings[0]

@@ -1,0 +1,207 @@
+"""Publishing a run's adapter (policyalign/adapter_push.py): `pa push`, `push_run`, `pa apply --push-to`;
+against the loopback Hub (tests/hubserver.py, run through tests/hubcli.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+
+from hubcli import Cli, make_pack
+from policyalign import adapter_pull, adapter_push, card, hub
+from policyalign.errors import HubError
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+
+def test_push_then_pull_round_trip(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "roundtrip"))
+    repo = "org/roundtrip-qwen"
+    pushed = cli.ok("push", str(run), "--repo-id", repo)
+    assert "tag roundtrip-v1.0.0" in pushed.stdout and f"/{repo}/tree/roundtrip-v1.0.0" in pushed.stdout
+
+    assert hub_server.tags(repo) == ["roundtrip-v1.0.0"]
+    readme = hub_server.read(repo, "README.md", "roundtrip-v1.0.0").decode()
+    assert (run / "README.md").read_text() == readme  # the published card is kept with the run
+    metadata, _ = card.parse_card(readme)
+    assert metadata["base_model"] == "Qwen/Qwen2.5-0.5B-Instruct" and metadata["library_name"] == "peft"
+    assert {"policyalign", "safety", "pack:roundtrip", "pack-version:1.0.0"} <= set(metadata["tags"])
+    # a pack without parents: nothing about parents, in the card or policyalign.json (their bytes are as before)
+    assert "parents" not in metadata["policyalign"]["pack"] and "| Extends |" not in readme
+    assert "parents" not in json.loads((run / "adapter" / "policyalign.json").read_text())["pack"]
+    assert metadata["model-index"][0]["results"][0]["metrics"][0]["value"] == 0.125
+    # the weights went through the git-LFS batch protocol and are stored as an LFS pointer
+    assert hub_server.read(repo, "adapter_model.safetensors").startswith(b"version https://git-lfs.github.com/spec/v1")
+    assert any(method == "POST" and path.endswith(".git/info/lfs/objects/batch") for method, path, _ in hub_server.requests)
+
+    dest = tmp_path / "pulled"
+    pulled = cli.ok("pull", f"{repo}@roundtrip-v1.0.0", "--to", str(dest))
+    for name in ("adapter_config.json", "adapter_model.safetensors", "policyalign.json", "loss.png",
+                 "eval/after/eval.json", "eval/before_after.png"):
+        source = run / "adapter" / name if (run / "adapter" / name).exists() else run / name
+        assert sha(dest / name) == sha(source), name
+    assert "matches the local pack roundtrip@1.0.0" in pulled.stdout
+    assert "PeftModel.from_pretrained" in pulled.stdout and pulled.stderr.count("warning") == 0
+
+    cached = cli.ok("pull", repo)  # no revision, no --to: main, into the Hugging Face cache
+    assert str(cli.home / "hf") in cached.stdout
+
+
+
+@pytest.mark.slow
+def test_published_files_hold_no_local_paths(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A run on a local base model published its absolute path (the user's home directory) in
+    policyalign.json, adapter_config.json, eval/*/eval.json and the card; pulling it still verifies."""
+    from policyalign.tiny import tiny_model_path
+
+    model = tmp_path / "home" / "alice" / "my-base"
+    shutil.copytree(tiny_model_path(), model)
+    config = tmp_path / "run.yaml"
+    config.write_text("n: 2\nsynth_max_new_tokens: 16\nmax_new_tokens: 8\nmax_steps: 2\nbatch_size: 4\n"
+                      "eval_limit: 2\neval_max_new_tokens: 8\nprogress: false\n")
+    run = tmp_path / "run"
+    cli.ok("apply", "root-pack", "--model", str(model), "--out", str(run), "--config", str(config),
+           "--push-to", "org/no-paths")
+    metadata, _ = card.parse_card(hub_server.read("org/no-paths", "README.md").decode())
+    published = ["README.md", *metadata["policyalign"]["files"]]
+    assert {"policyalign.json", "adapter_config.json", "eval/before/eval.json", "eval/after/eval.json"} <= set(published)
+    for name in published:
+        assert str(tmp_path).encode() not in hub_server.read("org/no-paths", name), name
+    assert metadata["policyalign"]["base_model"]["id"] == "my-base" and "base_model" not in metadata
+    pulled = cli.ok("pull", "org/no-paths@root-pack-v1.0.0", "--to", str(tmp_path / "pulled"))
+    assert "verified: pack root-pack@1.0.0" in pulled.stdout and "base model my-base" in pulled.stdout
+    again = cli.ok("apply", "root-pack", "--model", str(model), "--out", str(run), "--config", str(config),
+                   "--push-to", "org/no-paths")  # resumes: every stage, the push included, is skipped
+    assert again.stderr.count("skipped (finished, inputs unchanged)") == 7 and "running" not in again.stderr
+
+
+
+def test_push_refuses_a_run_directory_in_use(cli: Cli, hub_server, make_run, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                        hold_run) -> None:
+    """Beside a `pa apply` retraining in the same directory, push could publish one training's adapter
+    with another's evals and card."""
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "busy"))
+    with hold_run(run) as pid:
+        result = cli.fails(1, "push", str(run), "--repo-id", "org/busy")
+    assert f"another pa process (pid {pid}) is working in this run directory" in result.stderr
+    assert not hub_server.repo_path("org/busy").exists(), "refused before anything reached the Hub"
+    cli.ok("push", str(run), "--repo-id", "org/busy")
+
+
+
+def test_push_removes_stale_eval_files(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    pack = make_pack(cli.packs, "stale")
+    cli.ok("push", str(make_run(tmp_path / "with-eval", pack)), "--repo-id", "org/stale")
+    cli.ok("push", str(make_run(tmp_path / "no-eval", pack, evals=False)), "--repo-id", "org/stale", "--revision", "second")
+    files = hub_server.store.files(hub_server.repo_path("org/stale"), "second")
+    assert not any(name.startswith("eval/") for name in files)
+    assert "No evaluation yet" in hub_server.read("org/stale", "README.md", "second").decode()
+
+
+
+def test_push_refuses_a_repository_with_files_it_does_not_publish(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Pushing into a repo that already held someone's files published an adapter `pa pull` then
+    rejected as tampered ("NOTES.md is in the repository but not listed in the card")."""
+    hub_server.store.create("model", "org/occupied", False)
+    hub_server.put_files("org/occupied", {"NOTES.md": b"my notes", "config.json": b"{}"}, "someone's files")
+    before = hub_server.store.rev(hub_server.repo_path("org/occupied"), "refs/heads/main")
+    result = cli.fails(1, "push", str(make_run(tmp_path / "run", make_pack(cli.packs, "occupied"))), "--repo-id", "org/occupied")
+    assert "does not publish: NOTES.md, config.json" in result.stderr
+    assert "hf repos delete-files org/occupied NOTES.md config.json" in result.stderr
+    assert hub_server.store.rev(hub_server.repo_path("org/occupied"), "refs/heads/main") == before
+    assert hub_server.tags("org/occupied") == []
+    hub_server.put_files("org/occupied", {f"checkpoint-{i}/optimizer.pt": b"x" for i in range(12)}, "a trainer's push")
+    many = cli.fails(1, "push", str(tmp_path / "run"), "--repo-id", "org/occupied")
+    assert "checkpoint-1/optimizer.pt, checkpoint-10/optimizer.pt" in many.stderr and "(and 4 more)" in many.stderr
+
+
+
+# --------------------------------------------------------------------------- API used by `pa apply --push-to`
+
+
+def test_push_run_api(hub_server, make_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_ENDPOINT", hub_server.endpoint)
+    monkeypatch.setenv("HF_TOKEN", hub_server.token)
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
+    packs = tmp_path / "packs"
+    run = make_run(tmp_path / "run", make_pack(packs, "apiuse"))
+    url = adapter_push.push_run(run, "org/apiuse", private=True, revision="apiuse-custom")
+    assert url == f"{hub_server.endpoint}/org/apiuse/tree/apiuse-custom"
+    assert hub_server.store.meta("model", "org/apiuse")["private"] is True
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    with pytest.raises(HubError, match="no Hugging Face token"):
+        adapter_push.push_run(run, "org/apiuse")
+
+
+
+# --------------------------------------------------------------------------- the real Hub (opt-in)
+
+
+@pytest.mark.online
+@pytest.mark.skipif(not (os.environ.get("HF_TOKEN") and os.environ.get("PA_ONLINE_TESTS") == "1"),
+                    reason="needs HF_TOKEN and PA_ONLINE_TESTS=1")
+def test_real_hub_round_trip(make_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    api = hub.hub_api(os.environ["HF_TOKEN"])
+    repo = f"{api.whoami()['name']}/policyalign-test-{uuid.uuid4().hex[:8]}"
+    run = make_run(tmp_path / "run", make_pack(tmp_path / "packs", "online"))
+    try:
+        url = adapter_push.push_run(run, repo, private=True)
+        assert url.endswith("/tree/online-v1.0.0")
+        result = adapter_pull.pull_adapter(f"{repo}@online-v1.0.0", to=tmp_path / "pulled")
+        assert result.pack["name"] == "online"
+    finally:
+        api.delete_repo(repo)
+
+
+
+# --------------------------------------------------------------------------- pa apply --push-to
+
+
+@pytest.mark.slow
+def test_apply_push_to_publishes_the_run_and_pull_verifies_it(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    pack = make_pack(cli.packs, "applied")
+    run = tmp_path / "run"
+    cli.ok("apply", str(pack), "--model", "tiny", "--out", str(run), "--quiet", "--n", "2", "--max-steps", "4",
+           "--eval-limit", "4", "--batch-size", "4", "--max-new-tokens", "8", "--push-to", "org/applied-tiny")
+    assert hub_server.tags("org/applied-tiny") == ["applied-v1.0.0"]
+    readme = hub_server.read("org/applied-tiny", "README.md", "applied-v1.0.0").decode()
+    metadata, _ = card.parse_card(readme)
+    assert metadata["policyalign"]["pack"]["name"] == "applied"
+    assert json.loads((run / "run.json").read_text())["stages"]["push"]["url"].endswith("/org/applied-tiny/tree/applied-v1.0.0")
+    pulled = cli.ok("pull", "org/applied-tiny", "--to", str(tmp_path / "pulled"))
+    assert "matches the local pack applied@1.0.0" in pulled.stdout
+
+
+
+@pytest.mark.slow
+def test_apply_publishes_a_retrained_run_under_a_new_revision(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Retraining a published run made `pa apply --push-to` fail on the taken tag with the hint
+    "pass --revision", an option `pa apply` did not have. With --license, the card stage re-ran on
+    every re-run (it recorded its key without the license)."""
+    pack, run = make_pack(cli.packs, "retrained"), tmp_path / "run"
+    args = ["apply", str(pack), "--model", "tiny", "--out", str(run), "--quiet", "--n", "2", "--eval-limit", "2",
+            "--batch-size", "4", "--max-new-tokens", "8", "--license", "apache-2.0", "--push-to", "org/retrained"]
+    assert "--revision only applies with --push-to" in cli.fails(2, *args[:-2], "--revision", "x").stderr
+    cli.ok(*args, "--max-steps", "2")
+    taken = cli.fails(1, *args, "--max-steps", "3")
+    assert "already has a tag 'retrained-v1.0.0'" in taken.stderr and "--revision" in taken.stderr
+    cli.ok(*args, "--max-steps", "3", "--revision", "retrained-v1.0.0-b")
+    assert sorted(hub_server.tags("org/retrained")) == ["retrained-v1.0.0", "retrained-v1.0.0-b"]
+    readme = hub_server.read("org/retrained", "README.md", "retrained-v1.0.0-b").decode()
+    assert readme == (run / "README.md").read_text() and "revision=\"retrained-v1.0.0-b\"" in readme
+    again = cli.ok(*args, "--max-steps", "3", "--revision", "retrained-v1.0.0-b")
+    assert "[card] skipped" in again.stderr and "[push] skipped" in again.stderr

@@ -1,0 +1,119 @@
+"""Finding adapters by pack (policyalign/adapter_search.py): `pa pull --pack`, `choose_adapter`;
+against the loopback Hub (tests/hubserver.py, run through tests/hubcli.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from hubcli import Cli, make_pack
+from policyalign import adapter_search, card
+from policyalign.errors import HubError
+
+
+@pytest.mark.slow
+def test_pull_by_pack_picks_the_best_match(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    local = make_pack(cli.packs, "select")                                         # local: select@1.0.0
+    newer = make_pack(tmp_path / "v2", "select", version="2.0.0")
+    edited = make_pack(tmp_path / "edited", "select", policy_note="Same version, other text.")
+    runs = [("org/select-a", local, "Qwen/Qwen2.5-0.5B-Instruct", "Qwen2.5-0.5B", "select-v1.0.0"),
+            ("org/select-b", local, "Qwen/Qwen2.5-1.5B-Instruct", "Qwen2.5-1.5B", "select-v1.0.0"),
+            ("org/select-a", newer, "Qwen/Qwen2.5-0.5B-Instruct", "Qwen2.5-0.5B", "select-v2.0.0"),
+            ("org/select-d", edited, "Qwen/Qwen2.5-0.5B-Instruct", "Qwen2.5-0.5B", "select-v1.0.0")]
+    for i, (repo, pack, base_id, base_name, _) in enumerate(runs):
+        cli.ok("push", str(make_run(tmp_path / f"run{i}", pack, base_id=base_id, base_name=base_name)), "--repo-id", repo)
+
+    chosen = cli.ok("pull", "--pack", "select", "--model", "Qwen2.5-0.5B", "--to", str(tmp_path / "x"))
+    assert "best match: org/select-a@select-v1.0.0" in chosen.stdout  # exact digest beats org/select-d; not v2 on main
+    assert "matches the local pack select@1.0.0" in chosen.stdout
+    other_base = cli.ok("pull", "--pack", "select", "--model", "Qwen/Qwen2.5-1.5B-Instruct", "--to", str(tmp_path / "y"))
+    assert "best match: org/select-b@select-v1.0.0" in other_base.stdout
+
+    ambiguous = cli.fails(1, "pull", "--pack", "select")
+    assert "several base models; pass --model" in ambiguous.stderr and "org/select-b@select-v1.0.0" in ambiguous.stderr
+    missing = cli.fails(1, "pull", "--pack", "select", "--model", "Qwen2.5-7B")
+    assert "no published adapter matches pack select@1.0.0 on Qwen2.5-7B" in missing.stderr
+    assert "org/select-a@select-v2.0.0" in missing.stderr  # the candidates are listed
+    assert "nobody has published" in cli.fails(1, "pull", "--pack", "never-published").stderr
+
+
+
+def test_pull_by_pack_takes_a_version_range(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`--pack NAME@VERSION` / `NAME@^1`, as a pack is named everywhere else: the whole spec was searched
+    as the tag `pack:ranged@1.0.0`, so no adapter was ever found ("nobody has published")."""
+    old = make_pack(tmp_path / "old", "ranged")
+    new = make_pack(cli.packs, "ranged", version="1.1.0")
+    for pack in (old, new):
+        cli.ok("push", str(make_run(tmp_path / f"run-{pack.parent.name}", pack)), "--repo-id", "org/ranged")
+    search = ("--packs-path", str(tmp_path / "old"))
+
+    pinned = cli.ok("pull", "--pack", "ranged@1.0.0", *search, "--to", str(tmp_path / "a"))
+    assert "best match: org/ranged@ranged-v1.0.0" in pinned.stdout
+    assert "matches the local pack ranged@1.0.0" in pinned.stdout
+    ranged = cli.ok("pull", "--pack", "ranged@^1", *search, "--to", str(tmp_path / "b"))
+    assert "best match: org/ranged@ranged-v1.1.0" in ranged.stdout
+    missing = cli.fails(1, "pull", "--pack", "ranged@^2", "--to", str(tmp_path / "c"))
+    assert "no published adapter matches pack ranged@^2" in missing.stderr and "org/ranged@ranged-v1.0.0" in missing.stderr
+    assert "bad version range in 'ranged@^x'" in cli.fails(2, "pull", "--pack", "ranged@^x").stderr
+
+
+
+def test_malformed_candidates_do_not_hide_good_ones(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "findme"))), "--repo-id", "org/good-findme")
+    good_pack = {"name": "findme", "version": "1.0.0", "digest": "d" * 64}
+    good_base = {"id": "Qwen/Qwen2.5-0.5B-Instruct", "name": "Qwen2.5-0.5B"}
+    hostile = {"base-is-a-string": {"pack": {"name": "findme", "version": "1.0.0"}, "base_model": "Qwen/x"},
+               "pack-is-a-list": {"pack": ["findme"], "base_model": good_base},
+               "version-is-a-number": {"pack": {**good_pack, "version": 1}, "base_model": good_base},
+               "digest-is-a-dict": {"pack": {**good_pack, "digest": {"a": 1}}, "base_model": good_base},
+               "id-is-missing": {"pack": good_pack, "base_model": {"name": "Qwen2.5-0.5B"}},
+               "control-characters": {"pack": {**good_pack, "version": "1.0.0\x1b[2J"}, "base_model": good_base},
+               "block-is-a-string": "findme"}
+    for name, block in hostile.items():
+        meta = {"tags": ["policyalign", "pack:findme"], "policyalign": block}
+        hub_server.store.create("model", f"evil/{name}", private=False)
+        hub_server.store.commit_tree("model", f"evil/{name}", {"README.md": card.dump_front_matter(meta).encode()}, "junk")
+
+    result = cli.ok("pull", "--pack", "findme", "--to", str(tmp_path / "x"))
+    assert "best match: org/good-findme@findme-v1.0.0" in result.stdout
+    assert "matches the local pack findme@1.0.0" in result.stdout
+    missing = cli.fails(1, "pull", "--pack", "findme", "--model", "Qwen2.5-7B")  # the candidate list skips them too
+    assert "org/good-findme@findme-v1.0.0" in missing.stderr and "evil/" not in missing.stderr
+
+
+
+def _candidate(repo: str, version: str, digest: str = "d", base: str = "Qwen/Qwen2.5-0.5B-Instruct",
+               revision: str = "", when: str = "2026-01-01") -> adapter_search.Candidate:
+    return adapter_search.Candidate(repo, revision or f"p-v{version}", "c" * 40, "p", version, digest, base, base, when)
+
+
+
+def test_choose_adapter_rules() -> None:
+    pool = [_candidate("o/a", "1.0.0"), _candidate("o/b", "1.2.0", when="2026-01-01"),
+            _candidate("o/c", "1.2.0", when="2026-02-01"), _candidate("o/d", "1.2.0", revision="main", when="2026-03-01")]
+    assert adapter_search.choose_adapter(pool, "p").repo_id == "o/c"  # no local pack: newest version, tags before main, newest
+    assert adapter_search.choose_adapter(pool, "p", local_version="1.0.0").repo_id == "o/a"
+    exact = [_candidate("o/x", "1.0.0", digest="other"), _candidate("o/y", "1.0.0", digest="mine", when="2000")]
+    assert adapter_search.choose_adapter(exact, "p", local_version="1.0.0", local_digest="mine").repo_id == "o/y"
+    with pytest.raises(HubError, match="no published adapter matches"):
+        adapter_search.choose_adapter(pool, "p", local_version="9.9.9")
+    assert "qwen/qwen2.5-7b-instruct" in adapter_search.model_names("Qwen2.5-7B")
+
+
+
+def test_choose_adapter_honours_a_pinned_base_commit() -> None:
+    """`--model M@COMMIT` picks the adapter trained on that commit of M, not a newer one trained on
+    other weights after `main` moved (which the pin was given to avoid)."""
+    old, new = "a" * 40, "b" * 40
+    pool = [dataclasses.replace(_candidate("o/old", "1.0.0", when="2026-01-01"), base_commit=old),
+            dataclasses.replace(_candidate("o/new", "1.0.0", when="2026-02-01"), base_commit=new)]
+    base = "Qwen/Qwen2.5-0.5B-Instruct"
+    assert adapter_search.choose_adapter(pool, "p", model=base).repo_id == "o/new"
+    assert adapter_search.choose_adapter(pool, "p", model=f"{base}@{old}").repo_id == "o/old"
+    assert adapter_search.choose_adapter(pool, "p", model=f"{base}@{old[:12]}").repo_id == "o/old"
+    with pytest.raises(HubError, match="no published adapter matches") as caught:
+        adapter_search.choose_adapter(pool, "p", model=f"{base}@{'c' * 40}")
+    assert f"base {base}@{old[:12]}" in str(caught.value.problem.hint)  # the candidates show what they were trained on

@@ -1,0 +1,236 @@
+"""Publishing and installing packs (policyalign/pack_hub.py): `pa pack push`, `pa pack pull`, and a
+hostile repository's paths, sizes and hashes; against the loopback Hub (tests/hubserver.py, run
+through tests/hubcli.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import shutil
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+from hubcli import Cli, make_pack
+from policyalign import card, pack_hub
+from policyalign.pack import files_digest, load_pack
+from policyalign.registry import Registry
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def publish_raw_pack(hub_server, repo_id: str, name: str, files: dict[str, bytes], *,  # type: ignore[no-untyped-def]
+                     extra_tree: dict | None = None, version: str = "1.0.0") -> None:
+    """A dataset repo laid out like `pa pack push` output, built by hand (so it can be hostile)."""
+    staging = Path(hub_server.root.parent / f"raw-{uuid.uuid4().hex}" / name)
+    for rel, data in files.items():
+        (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+        (staging / rel).write_bytes(data)
+    digest = files_digest(staging, [staging / rel for rel in files])
+    hashes = {rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()}
+    metadata = {"tags": ["policyalign", "policyalign-pack", f"pack:{name}"],
+                "policyalign": {"pack": {"name": name, "version": version, "digest": digest, "files_digest": digest},
+                                "files": hashes}}
+    pack_tree: dict = {}
+    for rel, data in files.items():
+        node = pack_tree
+        *dirs, leaf = rel.split("/")
+        for part in dirs:
+            node = node.setdefault(part, {})
+        node[leaf] = data
+    pack_tree.update(extra_tree or {})
+    hub_server.store.create("dataset", repo_id, private=False)
+    hub_server.store.commit_tree("dataset", repo_id, {"README.md": card.dump_front_matter(metadata).encode(),
+                                                      "pack": pack_tree}, "hand-made pack")
+    hub_server.store.tag("dataset", repo_id, "main", f"v{version}", None)
+
+
+
+def pack_bytes(pack_dir: Path) -> dict[str, bytes]:
+    return {p.relative_to(pack_dir).as_posix(): p.read_bytes() for p in pack_hub.pack_files(pack_dir)}
+
+
+
+def nothing_installed(cli: Cli, name: str) -> None:
+    packs_dir = cli.home / "pa" / "packs"
+    assert not (packs_dir / name).exists()
+    assert not packs_dir.exists() or not any(p.name.startswith(".pa-pull-") for p in packs_dir.iterdir())
+
+
+
+# --------------------------------------------------------------------------- push and pull
+
+
+def test_pack_push_then_pull(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    source = make_pack(cli.packs, "shared")
+    pushed = cli.ok("pack", "push", str(source), "--repo-id", "org/shared-pack")
+    assert "tag v1.0.0" in pushed.stdout and "/datasets/org/shared-pack/tree/v1.0.0" in pushed.stdout
+    assert hub_server.tags("org/shared-pack", repo_type="dataset") == ["v1.0.0"]
+    metadata, _ = card.parse_card(hub_server.read("org/shared-pack", "README.md", repo_type="dataset").decode())
+    assert "pack:shared" in metadata["tags"]
+
+    pulled = cli.ok("pack", "pull", "org/shared-pack@1.0.0")
+    installed = cli.home / "pa" / "packs" / "shared"
+    assert f"into {installed}" in pulled.stdout
+    assert load_pack(installed).digest == load_pack(source).digest
+    cli.ok("pack", "pull", "org/shared-pack")  # again (main), replacing the installed copy
+    assert load_pack(installed).digest == load_pack(source).digest
+    assert "no version '9.9.9' is published" in cli.fails(1, "pack", "pull", "org/shared-pack@9.9.9").stderr
+
+
+
+def test_pack_pull_of_another_version_says_which_one_it_replaced(cli: Cli, tmp_path: Path) -> None:
+    """The install directory holds one version per pack: pulling 1.0.0 over an installed 1.1.0 removed
+    it without a word (a child pinned to ^1.1 then stops resolving)."""
+    for version in ("1.0.0", "1.1.0"):
+        cli.ok("pack", "push", str(make_pack(tmp_path / version, "versioned", version=version)), "--repo-id", "org/versioned")
+    assert "replaced" not in cli.ok("pack", "pull", "org/versioned@1.1.0").stderr
+    older = cli.ok("pack", "pull", "org/versioned@1.0.0")
+    assert "installed versioned@1.0.0" in older.stdout and "replaced versioned@1.1.0" in older.stderr
+    assert "replaced" not in cli.ok("pack", "pull", "org/versioned@1.0.0").stderr  # the same version again
+
+
+
+def test_pack_pull_of_a_range_installs_the_highest_published_version_in_it(cli: Cli, tmp_path: Path) -> None:
+    """Every other pack argument takes `name@^1`; `pa pack pull ORG/NAME@^1` answered "no version '^1' is
+    published" and listed the very versions the range holds."""
+    for version in ("1.0.0", "1.1.0", "2.0.0", "10.0.0"):
+        cli.ok("pack", "push", str(make_pack(tmp_path / version, "ranged", version=version)), "--repo-id", "org/ranged")
+    pulled = cli.ok("pack", "pull", "org/ranged@^1")
+    assert "installed ranged@1.1.0" in pulled.stdout and "org/ranged@v1.1.0" in pulled.stdout
+    assert "installed ranged@1.0.0" in cli.ok("pack", "pull", "org/ranged@>=1.0,<1.1").stdout
+    assert "installed ranged@1.1.0" in cli.ok("pack", "pull", "org/ranged@~1.1").stdout
+    assert "installed ranged@10.0.0" in cli.ok("pack", "pull", "org/ranged").stdout  # none: the last pushed
+    failed = cli.fails(1, "pack", "pull", "org/ranged@^3").stderr
+    assert "no version matches '^3'" in failed and "1.0.0, 1.1.0, 2.0.0, 10.0.0" in failed  # in version order
+
+
+
+def test_pack_with_parents_pulls_when_parents_are_local(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cli.ok("pack", "push", str(cli.packs / "child-pack"), "--repo-id", "org/child-pack")
+    cli.ok("pack", "pull", "org/child-pack@1.0.0", "--to", str(tmp_path / "installed"))
+    registry = Registry.default(extra=[cli.packs])
+    assert load_pack(tmp_path / "installed" / "child-pack", registry=registry).digest == \
+        load_pack(cli.packs / "child-pack", registry=registry).digest
+
+
+
+def test_pack_pull_finds_parents_where_it_installs_and_says_how_to_get_missing_ones(  # type: ignore[no-untyped-def]
+        cli: Cli, hub_server, tmp_path: Path) -> None:
+    """`pa pack pull --to DIR` refused a pack whose parent sat in DIR, where it would live once installed
+    (it looked beside its staging directory instead); `pa pack pull` took no --packs-path; and with the
+    parent nowhere, the hint was "known packs: child-pack": neither where it looked nor the fix."""
+    cli.ok("pack", "push", str(cli.packs / "child-pack"), "--repo-id", "org/child-elsewhere")
+    (tmp_path / "empty").mkdir()
+    bare = Cli(cli.hub, cli.home, tmp_path / "empty", cli.cwd)  # PA_PACKS_PATH holds no root-pack
+    missing = " ".join(bare.fails(2, "pack", "pull", "org/child-elsewhere").stderr.split())
+    assert "parent 'root-pack@^1' not found" in missing and f"searched {tmp_path / 'empty'}" in missing
+    assert "add the directory holding it with --packs-path or PA_PACKS_PATH, or install it with `pa pack pull" in missing
+    nothing_installed(bare, "child-pack")
+
+    shelf = tmp_path / "shelf"
+    shutil.copytree(cli.packs / "root-pack", shelf / "root-pack")
+    bare.ok("pack", "pull", "org/child-elsewhere", "--to", str(shelf))
+    assert load_pack(shelf / "child-pack").digest == load_pack(cli.packs / "child-pack").digest
+    bare.ok("pack", "pull", "org/child-elsewhere", "--packs-path", str(shelf))
+    assert (bare.home / "pa" / "packs" / "child-pack" / "pack.yaml").is_file()
+
+
+
+def test_invalid_pack_is_not_pushed(cli: Cli, hub_server) -> None:  # type: ignore[no-untyped-def]
+    broken = make_pack(cli.packs, "broken")
+    (broken / "CHANGELOG.md").write_text("# nothing here\n")
+    (broken / "pack.yaml").write_text((broken / "pack.yaml").read_text().replace("action: guide", "action: maybe"))
+    result = cli.fails(2, "pack", "push", str(broken), "--repo-id", "org/broken")
+    assert "2 problems found" in result.stderr and "no entry for version 1.0.0" in result.stderr
+    assert not hub_server.store.exists("dataset", "org/broken")
+
+
+
+# --------------------------------------------------------------------------- an untrusted repository
+
+
+def test_pack_pull_rejects_paths_outside_the_pack(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A hostile Hub lists `pack/../../../evil.txt`: nothing is downloaded, nothing installed."""
+    files = pack_bytes(make_pack(tmp_path / "src", "escape"))
+    publish_raw_pack(hub_server, "org/escape", "escape", files)
+    commit = hub_server.store.rev(hub_server.repo_path("org/escape", "dataset"), "v1.0.0")
+    listing = [{"type": "file", "oid": "0" * 40, "size": len(data), "path": f"pack/{rel}"} for rel, data in files.items()]
+    listing.append({"type": "file", "oid": "1" * 40, "size": 5, "path": "pack/../../../evil.txt"})
+    hub_server.forge(f"/api/datasets/org/escape/tree/{commit}/pack", listing)
+    result = cli.fails(2, "pack", "pull", "org/escape@1.0.0")
+    assert "unsafe path" in result.stderr and "pack/../../../evil.txt" in result.stderr
+    nothing_installed(cli, "escape")
+    assert not any(path.endswith("evil.txt") for _, path, _ in hub_server.requests)
+
+
+
+def test_pack_pull_of_a_repo_with_dotdot_entries_installs_nothing(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A git tree with '..' entries (which `git mktree` accepts) cannot even be listed: clean failure."""
+    files = pack_bytes(make_pack(tmp_path / "src", "dotdot"))
+    publish_raw_pack(hub_server, "org/dotdot", "dotdot", files, extra_tree={"..": {"..": {"evil.txt": b"pwned"}}})
+    result = cli.fails(1, "pack", "pull", "org/dotdot")
+    assert "org/dotdot: listing the pack's files" in result.stderr
+    nothing_installed(cli, "dotdot")
+    assert not list(cli.home.rglob("evil.txt"))
+
+
+
+def test_pack_pull_rejects_a_manifest_pointing_outside(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    files = pack_bytes(make_pack(tmp_path / "src", "sneaky"))
+    files["pack.yaml"] = files["pack.yaml"].replace(b"policy: policy.md", b"policy: ../../../../etc/hostname")
+    publish_raw_pack(hub_server, "org/sneaky", "sneaky", files)
+    result = cli.fails(2, "pack", "pull", "org/sneaky")
+    assert "problem" in result.stderr and "'..' is not allowed" in result.stderr
+    nothing_installed(cli, "sneaky")
+
+
+
+def test_pack_pull_rejects_oversized_files(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    files = pack_bytes(make_pack(tmp_path / "src", "bloated"))
+    files["notes.txt"] = b"x" * (3 * 1024 * 1024)
+    publish_raw_pack(hub_server, "org/bloated", "bloated", files)
+    result = cli.fails(2, "pack", "pull", "org/bloated@1.0.0")
+    assert "notes.txt" in result.stderr and "over the 2097152-byte limit" in result.stderr
+    nothing_installed(cli, "bloated")
+
+
+
+def test_pack_pull_rejects_tampered_files(cli: Cli, hub_server) -> None:  # type: ignore[no-untyped-def]
+    cli.ok("pack", "push", str(make_pack(cli.packs, "edited")), "--repo-id", "org/edited")
+    hub_server.put_files("org/edited", {"pack/policy.md": b"Anything goes.\n"}, repo_type="dataset")
+    result = cli.fails(1, "pack", "pull", "org/edited")
+    assert "pack/policy.md does not match its sha256" in result.stderr
+    nothing_installed(cli, "edited")
+
+
+
+class _Lying(http.server.BaseHTTPRequestHandler):
+    """Streams 64 KiB without a Content-Length, to check the cap holds while downloading."""
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.send_response(200)
+        self.end_headers()
+        for _ in range(64):
+            self.wfile.write(b"y" * 1024)
+
+    def log_message(self, *args: object) -> None:
+        return
+
+
+
+def test_download_cap_holds_while_streaming(tmp_path: Path) -> None:
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Lying)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(pack_hub._TooLarge):
+            pack_hub._download_capped(f"http://127.0.0.1:{server.server_address[1]}/f", tmp_path / "f", 4096, None)
+        assert (tmp_path / "f").stat().st_size <= 4096 + 65536
+    finally:
+        server.shutdown()
+        server.server_close()
