@@ -10,11 +10,12 @@ with the pack version (`medical-v1.0.0`). `push_run` is the same for `pa apply -
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from . import card
 from .adapter_pull import UNLISTED_OK
-from .errors import HubError
+from .adapter_search import read_candidate
+from .errors import HubError, PolicyAlignError
 from .hub import (PushResult, check_repo_id, check_tag, commit_and_tag, hub_api, prepare_repo, remote_files, repo_url,
                   resolve_token)
 from .io import write_text
@@ -46,14 +47,16 @@ def _push_adapter(run_dir: str | Path, repo_id: str, *, private: bool, revision:
     tag = check_tag(revision or artifacts.default_tag)
     token = resolve_token(token, repo_id)
     api = hub_api(token)
-    prepare_repo(api, repo_id, "model", tag, private=private, token=token, pack=artifacts.pack)
+    pack = artifacts.pack
+    prepare_repo(api, repo_id, "model", tag, private=private, token=token,
+                 explain_taken=lambda: _changed_pack_hint(api, repo_id, tag, pack, token) if pack else None)
     readme = card.render_model_card(artifacts, repo_id, tag, license=license)
     uploads: dict[str, Any] = {name: str(path) for name, path in artifacts.files.items()}
     uploads["README.md"] = readme.encode("utf-8")
     remote = remote_files(api, repo_id, "model", token)
     _refuse_foreign_files(remote, repo_id)
     stale = [p for p in remote if (p in MANAGED_FILES or p.startswith(MANAGED_DIRS)) and p not in uploads]
-    pack, base = artifacts.pack, artifacts.base_model
+    base = artifacts.base_model
     message = f"policyalign: {pack['name']}@{pack['version']} adapter for {base['id']}"
     commit = commit_and_tag(api, repo_id, "model", uploads, stale, message, tag, token)
     write_text(Path(run_dir) / "README.md", readme)  # the card as published, kept with the run
@@ -83,3 +86,19 @@ def push_run(run_dir: str | Path, repo_id: str, *, private: bool = False, revisi
              token: str | None = None, license: str | None = None) -> str:
     """`pa apply --push-to`: publish the run's adapter and return the URL of the tagged revision."""
     return push_adapter(run_dir, repo_id, private=private, revision=revision, token=token, license=license).url
+
+
+def _changed_pack_hint(api: Any, repo_id: str, tag: str, pack: Mapping[str, Any], token: str) -> str | None:
+    """The fix when the adapter at `tag` was trained on the same pack version with other content: the
+    pack was edited without a version bump, and another tag would publish two policies as one version."""
+    try:
+        published = read_candidate(api, repo_id, tag, token)
+    except PolicyAlignError:
+        return None
+    if published is None or (published.pack_name, published.pack_version) != (pack.get("name"), pack.get("version")) \
+            or published.pack_digest == pack.get("digest"):
+        return None
+    return (f"the adapter at {tag} was trained on {published.pack_name}@{published.pack_version} with digest "
+            f"{published.pack_digest[:12]}, this run's pack has digest {str(pack.get('digest'))[:12]}: the pack "
+            "changed without a version bump. Bump its version (`pa bump PACK_DIR patch --note ...`) and re-run "
+            f"`pa apply`, so that one version names one policy (--revision {tag}-r2 would publish it as the same version)")

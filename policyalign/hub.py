@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from .errors import HubError, InvalidInputError, PolicyAlignError
 
@@ -162,15 +162,16 @@ def repo_url(repo_id: str, repo_type: str, revision: str) -> str:
 # take another tag, which publishes two different packs as one version.
 TAKEN_TAG_HINTS = {
     "model": "a tag is never moved: publish this run under a new tag with --revision (e.g. {tag}-r2)",
-    "dataset": "a tag is never moved: if the pack's files changed, bump `version` in pack.yaml (with its "
-               "CHANGELOG.md entry) and push again; if not, this version is already published",
+    "dataset": "a tag is never moved: if the pack's files changed, bump its version (`pa bump PACK_DIR patch "
+               "--note ...`: pack.yaml and its CHANGELOG.md entry) and push again; if not, this version is "
+               "already published",
 }
 
 
 def prepare_repo(api: Any, repo_id: str, repo_type: str, tag: str, *, private: bool, token: str,
-                  pack: Mapping[str, Any] | None = None) -> None:
-    """Authenticate, create the repo if needed, and refuse early if the tag is already taken (`pack`: the
-    pack an adapter push was trained on, to tell a changed pack from a retrained run at that tag)."""
+                  explain_taken: Callable[[], str | None] | None = None) -> None:
+    """Authenticate, create the repo if needed, and refuse early if the tag is already taken
+    (`explain_taken`: a sharper fix than TAKEN_TAG_HINTS for what is at the tag, when it finds one)."""
     with hub_call("checking the Hub token", token=token, repo=repo_id):
         api.whoami()
     with hub_call("creating the repository", token=token, repo=repo_id):
@@ -180,27 +181,8 @@ def prepare_repo(api: Any, repo_id: str, repo_type: str, tag: str, *, private: b
     with hub_call("reading the repository's tags", token=token, repo=repo_id):
         refs = api.list_repo_refs(repo_id, repo_type=repo_type)
     if tag in {t.name for t in refs.tags}:
-        changed = _changed_pack_hint(api, repo_id, tag, pack, token) if pack else None
         raise HubError(f"the repository already has a tag {tag!r}", file=repo_id,
-                       hint=changed or TAKEN_TAG_HINTS[repo_type].format(tag=tag))
-
-
-def _changed_pack_hint(api: Any, repo_id: str, tag: str, pack: Mapping[str, Any], token: str) -> str | None:
-    """The fix when the adapter at `tag` was trained on the same pack version with other content: the
-    pack was edited without a version bump, and another tag would publish two policies as one version."""
-    from .adapter_search import read_candidate
-
-    try:
-        published = read_candidate(api, repo_id, tag, token)
-    except PolicyAlignError:
-        return None
-    if published is None or (published.pack_name, published.pack_version) != (pack.get("name"), pack.get("version")) \
-            or published.pack_digest == pack.get("digest"):
-        return None
-    return (f"the adapter at {tag} was trained on {published.pack_name}@{published.pack_version} with digest "
-            f"{published.pack_digest[:12]}, this run's pack has digest {str(pack.get('digest'))[:12]}: the pack "
-            "changed without a version bump. Bump `version` in pack.yaml (with its CHANGELOG.md entry) and re-run "
-            f"`pa apply`, so that one version names one policy (--revision {tag}-r2 would publish it as the same version)")
+                       hint=(explain_taken and explain_taken()) or TAKEN_TAG_HINTS[repo_type].format(tag=tag))
 
 
 def _refuse_public(api: Any, repo_id: str, repo_type: str, token: str) -> None:

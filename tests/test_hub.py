@@ -38,7 +38,7 @@ def test_push_of_a_pack_changed_without_a_version_bump_is_told_to_bump_it(cli: C
     taken = cli.fails(1, "push", str(edited), "--repo-id", "org/bumpme")
     assert "already has a tag 'bumpme-v1.0.0'" in taken.stderr
     assert "was trained on bumpme@1.0.0 with digest" in taken.stderr and "changed without a version bump" in taken.stderr
-    assert "Bump `version` in pack.yaml" in taken.stderr
+    assert "Bump its version (`pa bump PACK_DIR patch" in " ".join(taken.stderr.split())
 
 
 
@@ -49,7 +49,8 @@ def test_a_taken_tag_gets_the_fix_for_what_is_pushed(cli: Cli, hub_server, make_
     cli.ok("pack", "push", str(source), "--repo-id", "org/taken-pack")
     (source / "policy.md").write_text((source / "policy.md").read_text() + "\nOne more rule.\n")
     pack_again = " ".join(cli.fails(1, "pack", "push", str(source), "--repo-id", "org/taken-pack").stderr.split())
-    assert "bump `version` in pack.yaml (with its CHANGELOG.md entry)" in pack_again and "--revision" not in pack_again
+    assert "bump its version (`pa bump PACK_DIR patch --note ...`: pack.yaml and its CHANGELOG.md entry)" in pack_again
+    assert "--revision" not in pack_again
 
     run = make_run(tmp_path / "run", make_pack(cli.packs, "retaken"))
     cli.ok("push", str(run), "--repo-id", "org/retaken")
