@@ -111,7 +111,7 @@ def load_run(run_dir: str | Path) -> RunArtifacts:
 
 
 def _stage_responses(root: Path, evals: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    from .evaluate import responses_beside
+    from .eval_report import responses_beside
 
     found = {stage: responses_beside(root / "eval" / stage) for stage in evals}
     return {stage: rows for stage, rows in found.items() if rows is not None}
@@ -121,7 +121,7 @@ def _check_evals_alike(evals: Mapping[str, Any], provenance: Mapping[str, Any], 
     """The card's Change column subtracts before from after, set by set: both must have been measured
     alike. An after-eval re-run with `pa eval`'s defaults (every item, 256 tokens) beside an apply
     before-eval (`--eval-limit`) published a change between two different tests."""
-    from .evaluate import comparable_notes
+    from .eval_report import comparable_notes
     from .run import read_manifest
 
     if not {"before", "after"} <= set(evals):
@@ -358,7 +358,7 @@ def set_rows(evals: Mapping[str, Mapping[str, Any]],
              responses: Mapping[str, list[dict[str, Any]]] | None = None) -> list[SetRow]:
     """A row per eval set for its primary rate, and one for forbidden tool calls where the set has
     tool items (an agent pack's key evidence), each with its intervals and paired p."""
-    from .evaluate import paired_p
+    from .metrics import paired_p
 
     before, after = eval_sets(evals.get("before")), eval_sets(evals.get("after"))
     responses, sizes = responses or {}, _set_sizes(evals.get("after"), evals.get("before"))
@@ -531,7 +531,7 @@ def _lora_summary(adapter_config: Mapping[str, Any]) -> dict[str, str]:
 
 def card_context(artifacts: RunArtifacts, repo_id: str, revision: str, metadata: Mapping[str, Any]) -> dict[str, Any]:
     """Everything the model-card template shows, as plain data."""
-    from .evaluate import inherited_notes
+    from .eval_report import inherited_notes
 
     prov, pack, base = artifacts.provenance, artifacts.pack, artifacts.base_model
     adapter_config = read_json(artifacts.files["adapter_config.json"])

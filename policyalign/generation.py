@@ -97,6 +97,11 @@ def request_seeds(params: SamplingParams, count: int, seeds: Sequence[int] | Non
     return list(seeds)
 
 
+def greedy_params(max_new_tokens: int = 256) -> SamplingParams:
+    """The default evaluation sampling: greedy, so reruns give the same responses."""
+    return SamplingParams(max_new_tokens=max_new_tokens, temperature=1.0, top_p=1.0, do_sample=False, seed=0)
+
+
 def eos_token_ids(loaded: LoadedModel) -> list[int]:
     """Every id that ends a turn: the generation config's EOS list plus the tokenizer's EOS."""
     ids: list[int] = []

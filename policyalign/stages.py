@@ -336,7 +336,8 @@ def run_eval(run_dir: Path, which: str, *, model: str | None = None, pack: "str 
              judge: str = "refusal", limit: int | None = None, batch_size: int = 16, max_new_tokens: int = 256,
              progress: bool = True) -> Any:
     """Evaluate the base model (`before`) or base + the run's adapter (`after`) into eval/<which>/."""
-    from .evaluate import evaluate, greedy_params
+    from .evaluate import evaluate
+    from .generation import greedy_params
 
     run_dir = Path(run_dir)
     the_pack, model = _pack_and_model(run_dir, pack, model)
@@ -373,7 +374,7 @@ def run_card(run_dir: Path, repo_id: str, license: str | None = None, revision: 
     """The before/after chart and the model card (README.md) the push would publish (with `license`
     and tag `revision`, as `pa push --license --revision` would publish it)."""
     from .card import load_run, render_model_card
-    from .evaluate import plot_before_after
+    from .eval_report import plot_before_after
     from .io import write_text
 
     with stage(run_dir, "card", card_key(run_dir, repo_id, license, revision)):  # the key `pa apply` compares

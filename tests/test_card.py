@@ -111,7 +111,8 @@ def test_eval_table_states_intervals_the_paired_test_and_forbidden_tool_calls(tm
     """Rates of a few dozen items come with their 95% interval and the change with its exact paired
     p (from the unpublished responses.jsonl); a set with tool items gets a forbidden-call row, and
     the Hub's model-index lists it too."""
-    from policyalign.evaluate import summarize, write_eval
+    from policyalign.eval_report import write_eval
+    from policyalign.metrics import summarize
 
     run = make_run(tmp_path / "run", ROOT_PACK)
     weights = sha256_file(run / "adapter" / "adapter_model.safetensors")
@@ -183,7 +184,7 @@ def test_the_card_names_the_categories_no_evaluated_item_belongs_to(tmp_path: Pa
 def test_two_sets_of_one_kind_get_their_own_category_tables(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
     """Per-category tables pooled every set's categories: with two refusal sets, each set's table
     showed both sets' categories, with rates mixing their items."""
-    from policyalign.evaluate import summarize
+    from policyalign.metrics import summarize
 
     run = make_run(tmp_path / "run", ROOT_PACK)
     digest = load_pack(ROOT_PACK).digest
@@ -416,7 +417,8 @@ def test_card_shows_inherited_sets_and_their_categories_as_measured(tmp_path: Pa
     """A child's card listed its parents' categories as not measured: only its own sets ran. Now the
     parents' sets run (prefixed `parent/set`), and the items its changes no longer fit are named."""
     from policyalign import adapter_pull
-    from policyalign.evaluate import evaluate, greedy_params
+    from policyalign.evaluate import evaluate
+    from policyalign.generation import greedy_params
     from policyalign.registry import Registry
 
     manifest = fixture_packs / "child-pack" / "pack.yaml"

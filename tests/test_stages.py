@@ -224,7 +224,7 @@ def test_an_interrupted_eval_stage_continues_from_its_journal(tmp_path: Path, fi
     again; now it answers only those the interrupted attempt had not, and the stage ends done."""
     import pytest
 
-    from policyalign.evaluate import JOURNAL
+    from policyalign.eval_journal import JOURNAL
     from policyalign.run import read_manifest, record_inputs
     from policyalign.stages import run_eval
 

@@ -58,7 +58,7 @@ def _slug(name: str) -> str:
 
 
 def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
-    from ..evaluate import rate_with_interval as rate
+    from ..eval_report import rate_with_interval as rate
 
     overall = summary["metrics"]["overall"]
     typer.echo(f"{summary['pack']['name']}@{summary['pack']['version']} · {summary['model']}"
@@ -104,7 +104,7 @@ def eval_command(
     from ..errors import InvalidInputError
 
     if compare and compare[0] is not None:
-        from ..evaluate import compare as compare_evals
+        from ..eval_report import compare as compare_evals
 
         if str(compare[1]) == "--compare":  # `--compare A --compare B`: B landed in PACK
             raise InvalidInputError("--compare takes both evaluations at once",
@@ -123,7 +123,8 @@ def eval_command(
     if not pack or not model:
         raise InvalidInputError("`pa eval` needs a PACK and --model (or --compare A B)",
                                 hint="e.g. pa eval general --model tiny, or pa eval --compare before/ after/")
-    from ..evaluate import evaluate, greedy_params, trained_elsewhere
+    from ..evaluate import evaluate, trained_elsewhere
+    from ..generation import greedy_params
     from .common import load
 
     loaded_pack = load(pack, packs_path)
@@ -155,7 +156,8 @@ def judge_command(
     Stopped part way (Ctrl-C, a crash), it judges only the rows not judged yet when run again with the same
     judge and --pack (verdicts are kept beside the output: X.partial.jsonl for --out X.jsonl, FILE.judged.partial.jsonl
     by default)."""
-    from ..evaluate import judge_file, rate_with_interval
+    from ..eval_report import rate_with_interval
+    from ..judge_file import judge_file
 
     policy = ""
     if pack and not judge.strip().startswith("llm:"):  # the refusal and guard judges read no policy

@@ -1,0 +1,113 @@
+"""Public benchmarks (`pa eval --benchmark xstest|strongreject`) as eval sets, and the guard that
+keeps them out of training data.
+
+They load through `datasets`, with the dataset id, revision and licence eval.json and the card
+record, and are **eval-only**: `assert_not_eval_only` keeps them out of synthesis seeds, since
+training on (or generating from) a test set would make its numbers meaningless.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import HubError, InvalidInputError, PolicyAlignError
+
+if TYPE_CHECKING:
+    from .pack import EvalItem, EvalSet
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    """A public benchmark: where it lives, its licence, and how a row becomes an eval item."""
+
+    name: str
+    dataset: str
+    split: str
+    license: str
+    kind: str
+    url: str
+
+
+BENCHMARKS: dict[str, BenchmarkSpec] = {
+    "xstest": BenchmarkSpec("xstest", "walledai/XSTest", "train", "CC-BY-4.0", "over-refusal",
+                            "https://arxiv.org/abs/2308.01263"),
+    "strongreject": BenchmarkSpec("strongreject", "walledai/StrongREJECT", "train", "MIT", "safety",
+                                  "https://arxiv.org/abs/2402.10260"),
+}
+# Lower-case fragments that identify an eval-only benchmark in a source name, id or path.
+_EVAL_ONLY_MARKERS = ("xstest", "strongreject", "strong_reject", "strong-reject")
+
+
+def assert_not_eval_only(source: str | os.PathLike[str]) -> None:
+    """Refuse a public eval benchmark as a synthesis seed source: training on (or generating from)
+    the test set would make its numbers meaningless. `source` is a name, dataset id or path."""
+    text = str(source).lower()
+    for marker in _EVAL_ONLY_MARKERS:
+        if marker in text:
+            raise InvalidInputError(
+                f"{str(source)!r} is an eval-only benchmark and cannot seed synthesis",
+                hint="use the pack's own seed examples; benchmarks are for `pa eval --benchmark` only",
+            )
+
+
+def _benchmark_item(spec: BenchmarkSpec, index: int, row: Mapping[str, Any]) -> "EvalItem":
+    from .pack import EvalItem
+
+    prompt = str(row.get("prompt") or row.get("forbidden_prompt") or "")
+    if spec.name == "xstest":
+        expect = "refuse" if str(row.get("label", "")).lower() == "unsafe" else "comply"
+        category = str(row.get("type") or "xstest")
+    else:
+        expect, category = "refuse", str(row.get("category") or "strongreject")
+    return EvalItem(id=f"{spec.name}-{index:04d}", category=category,
+                    messages=({"role": "user", "content": prompt},), tools=(), expect=expect, forbidden_tools=())
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A loaded benchmark as an eval set, plus where it came from (for eval.json and the card)."""
+
+    eval_set: "EvalSet"
+    meta: dict[str, Any]
+
+
+def load_benchmark(name: str, *, revision: str = "main") -> Benchmark:
+    """Load a public benchmark through `datasets`, recording dataset id, revision and licence.
+    Clear errors when `datasets` is missing or the Hub cannot be reached (no silent skipping)."""
+    key = name.strip().lower()
+    if key not in BENCHMARKS:
+        close = difflib.get_close_matches(key, list(BENCHMARKS), n=1)
+        raise InvalidInputError(f"--benchmark: unknown benchmark {name!r}",
+                                hint=f"did you mean {close[0]!r}?" if close else f"known: {', '.join(BENCHMARKS)}")
+    spec = BENCHMARKS[key]
+    try:
+        import datasets
+    except ImportError:
+        raise PolicyAlignError("--benchmark needs the 'datasets' package",
+                               hint="pip install 'policyalign[datasets]'") from None
+    try:
+        data = datasets.load_dataset(spec.dataset, split=spec.split, revision=revision)
+    except Exception as exc:  # datasets raises many types for network/auth/missing-repo problems
+        raise HubError(f"could not load benchmark {spec.dataset!r} (revision {revision!r}): {exc}",
+                       hint="check network access to the Hugging Face Hub, or pre-populate the datasets cache "
+                            "and set HF_DATASETS_OFFLINE=1") from None
+    from .pack import EvalSet
+
+    items = tuple(_benchmark_item(spec, i, row) for i, row in enumerate(data, start=1))
+    meta = {"name": spec.name, "dataset": spec.dataset, "split": spec.split, "revision": revision,
+            "resolved_revision": _resolved_revision(spec.dataset, revision), "license": spec.license,
+            "url": spec.url, "items": len(items)}
+    return Benchmark(EvalSet(name=f"bench:{spec.name}", kind=spec.kind, file=spec.dataset, items=items), meta)
+
+
+def _resolved_revision(dataset: str, revision: str) -> str | None:
+    """The commit sha behind `revision`, when the Hub answers (None offline: recorded as unknown)."""
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().dataset_info(dataset, revision=revision).sha
+    except Exception:
+        return None

@@ -1,0 +1,331 @@
+"""An evaluation's results as files and for people: the files `evaluate` writes (`EvalResult`,
+`write_eval`), report.md and the charts, an eval.json read back, and two evaluations compared
+(`pa eval --compare`; the model card's before/after reads the same notes and tests).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import InvalidInputError
+from .io import output_dir, read_json, read_jsonl, write_json, write_jsonl, write_text
+from .metrics import RATE_METRICS, paired_p
+from .stats import format_change, format_p, format_rate
+
+@dataclass
+class EvalResult:
+    """What `evaluate` produced: the eval.json content, the judged rows and the files written."""
+
+    out_dir: Path
+    summary: dict[str, Any]
+    rows: list[dict[str, Any]] = field(repr=False, default_factory=list)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.summary["metrics"]
+
+    @property
+    def eval_json(self) -> Path:
+        return self.out_dir / "eval.json"
+
+    @property
+    def responses_jsonl(self) -> Path:
+        return self.out_dir / "responses.jsonl"
+
+    @property
+    def report_md(self) -> Path:
+        return self.out_dir / "report.md"
+
+    @property
+    def chart_png(self) -> Path:
+        return self.out_dir / "categories.png"
+
+
+def write_eval(out_dir: str | os.PathLike[str], summary: dict[str, Any], rows: list[dict[str, Any]]) -> EvalResult:
+    """Write the four artifacts atomically and return the result."""
+    out = output_dir(out_dir)
+    result = EvalResult(out_dir=out, summary=summary, rows=rows)
+    write_jsonl(result.responses_jsonl, rows)
+    write_json(result.eval_json, summary)
+    write_text(result.report_md, render_report(summary))
+    plot_categories(summary, result.chart_png)
+    return result
+
+
+_TABLE_COLUMNS = (("n", "items"), ("violation_rate", "violation"), ("over_refusal_rate", "over-refusal"),
+                  ("refuse_guide_agreement", "refuse/guide agree"), ("unparseable", "unparseable"),
+                  ("forbidden_tool_call_rate", "forbidden tool calls"))
+
+
+def _metrics_table(groups: Mapping[str, Mapping[str, Any]], first: str) -> list[str]:
+    head = [first, *(title for _, title in _TABLE_COLUMNS)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, m in groups.items():
+        cells = [f"`{name}`" if name else "(none)"]
+        for key, _ in _TABLE_COLUMNS:
+            value = m.get(key)
+            cells.append(str(value) if key in ("n", "unparseable") else rate_with_interval(m, key))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_report(summary: Mapping[str, Any]) -> str:
+    """eval.json as Markdown: provenance, then overall / per-set / per-category tables."""
+    pack = summary.get("pack", {})
+    m = summary["metrics"]
+    lines = [
+        f"# Evaluation: {pack.get('name')}@{pack.get('version')} on `{summary.get('model')}`", "",
+        f"- adapter: `{summary.get('adapter') or 'none (base model)'}`",
+        f"- policy in context: {'yes (teacher reference)' if summary.get('policy_in_context') else 'no'}",
+        f"- pack digest: `{pack.get('digest')}`",
+        f"- judge: `{summary.get('judge')}`",
+        f"- sampling: `{json.dumps(summary.get('sampling'), sort_keys=True)}`",
+        f"- timestamp: {summary.get('timestamp')}", "",
+        "## Overall", "", *_metrics_table({"all": m["overall"]}, "scope"), "",
+        "## Per eval set", "", *_metrics_table({k: v for k, v in m["sets"].items()}, "set"), "",
+        *_inherited_lines(summary),
+        "## Per category", "", *_metrics_table(m["categories"], "category"), "",
+    ]
+    drift = summary.get("drift")
+    if drift:
+        lines += ["## Drift", "", f"Mean KL(base ‖ adapted) over {drift['tokens']} completion tokens of "
+                  f"{drift['prompts']} neutral prompts: **{drift['kl']:.4g}** nats/token.", ""]
+    for bench in summary.get("benchmarks") or []:
+        lines += [f"Benchmark `{bench['name']}`: {bench['dataset']} ({bench['split']}), revision "
+                  f"`{bench.get('resolved_revision') or bench['revision']}`, licence {bench['license']}.", ""]
+    lines += ["Violation: a harmful item answered with `comply`, judged unsafe, or with a forbidden tool call. "
+              "Over-refusal: a benign item labelled `refuse`. Unparseable judge outputs are excluded from the "
+              "rates and counted on their own. In brackets, a rate's 95% Wilson interval.", ""]
+    return "\n".join(lines)
+
+
+def inherited_notes(summary: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    """(set, where it came from and which items it left out) for each inherited set an eval.json
+    lists; report.md and the model card say it in the same words. Empty for a pack without parents."""
+    notes = []
+    for entry in (summary or {}).get("sets") or []:
+        if not isinstance(entry, Mapping) or not entry.get("from"):
+            continue
+        dropped = {str(k): v for k, v in (entry.get("dropped") or {}).items()}
+        left_out = (f"; {sum(dropped.values())} of its items left out as no longer fitting this pack: "
+                    + ", ".join(f"{why} ({n})" for why, n in dropped.items())) if dropped else ""
+        notes.append((str(entry.get("name")), f"from {entry['from']}{left_out}"))
+    return notes
+
+
+def _inherited_lines(summary: Mapping[str, Any]) -> list[str]:
+    notes = inherited_notes(summary)
+    if not notes:
+        return []
+    return ["Sets named `pack/set` are the eval sets of the packs this one extends, answered under this "
+            "pack's policy:", "", *(f"- `{name}`: {note}" for name, note in notes), ""]
+
+
+def _pyplot() -> Any:
+    """matplotlib with the file-only Agg backend, imported only when a chart is drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_categories(summary: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Bar chart per category: violation, over-refusal and unparseable rates."""
+    plt = _pyplot()
+    cats = summary["metrics"]["categories"]
+    names = list(cats) or ["(none)"]
+    series = (("violation_rate", "violation"), ("over_refusal_rate", "over-refusal"), ("unparseable_rate", "unparseable"))
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(names) + 2), 4.2))
+    for k, (key, title) in enumerate(series):
+        _bars(ax, [i + (k - 1) * width for i in range(len(names))], [cats.get(n, {}).get(key) for n in names],
+              width, title)
+    _finish_axes(ax, names, f"{summary.get('model')} — judge {summary.get('judge')}")
+    return _save(fig, plt, path)
+
+
+def _bars(ax: Any, xs: Sequence[float], values: Sequence[float | None], width: float, label: str) -> None:
+    """Bars labelled with their value, and "n/a" where a rate has no items: a 0% bar and a
+    missing one look alike otherwise."""
+    heights = [float(v) if v is not None else 0.0 for v in values]
+    ax.bar(xs, heights, width, label=label)
+    for x, value, height in zip(xs, values, heights):
+        text = "n/a" if value is None else f"{100 * float(value):.0f}%"
+        ax.text(x, height + 0.01, text, ha="center", va="bottom", fontsize=6, rotation=90)
+
+
+def _finish_axes(ax: Any, names: Sequence[str], title: str) -> None:
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.35)
+    ax.set_ylabel("rate")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper center", ncol=3, frameon=False)
+
+
+def _save(fig: Any, plt: Any, path: str | os.PathLike[str]) -> Path:
+    import io as _io
+
+    from .io import write_bytes
+
+    fig.tight_layout()
+    buffer = _io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    write_bytes(path, buffer.getvalue())
+    return Path(path)
+
+
+def load_summary(source: "EvalResult | Mapping[str, Any] | str | os.PathLike[str]") -> dict[str, Any]:
+    """An eval.json's content from an EvalResult, a dict, an eval.json path or its directory."""
+    if isinstance(source, EvalResult):
+        return source.summary
+    if isinstance(source, Mapping):
+        return dict(source)
+    path = Path(source)
+    if path.is_dir():
+        path = path / "eval.json"
+    if not path.is_file():
+        raise InvalidInputError(f"no eval.json at {path}", file=str(path),
+                                hint="pass an eval output directory or its eval.json (written by `pa eval`)")
+    data = read_json(path)
+    if not isinstance(data, dict) or "metrics" not in data:
+        raise InvalidInputError("not an eval.json written by `pa eval` (no \"metrics\")", file=str(path),
+                                hint="pass the eval.json from an eval output directory")
+    return data
+
+
+def plot_before_after(before: Any, after: Any, path: str | os.PathLike[str]) -> Path:
+    """Violation and over-refusal per category, before vs after: the chart the model card embeds."""
+    plt = _pyplot()
+    a, b = load_summary(before), load_summary(after)
+    names = sorted(set(a["metrics"]["categories"]) | set(b["metrics"]["categories"]))
+    fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 1.6 * len(names) + 3), 4.2), sharey=True)
+    for ax, (key, title) in zip(axes, (("violation_rate", "violation rate"), ("over_refusal_rate", "over-refusal rate"))):
+        for k, (label, data) in enumerate((("before", a), ("after", b))):
+            values = [data["metrics"]["categories"].get(n, {}).get(key) for n in names]
+            _bars(ax, [i + (k - 0.5) * 0.4 for i in range(len(names))], values, 0.4, label)
+        _finish_axes(ax, names or ["(none)"], title)
+    return _save(fig, plt, path)
+
+
+def _set_counts(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """Items evaluated per set (benchmarks included), from the metrics every eval.json has."""
+    sets = (summary.get("metrics") or {}).get("sets") or {}
+    return {str(name): (m or {}).get("n") for name, m in sets.items()}
+
+
+def _benchmark_ids(summary: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    return sorted((str(b.get("name")), str(b.get("dataset")), str(b.get("split")), str(b.get("revision")))
+                  for b in summary.get("benchmarks") or [] if isinstance(b, Mapping))
+
+
+def _measured_models(a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[Any, Any]:
+    """The models two evals measured, to compare: Hub models by repository and the commit their weights
+    came from (an alias, `org/name` and `org/name@<commit>` loading one commit are one model, two
+    commits of `org/name` are two), else, and when either eval recorded no commit, by the name given."""
+    def pinned(summary: Mapping[str, Any]) -> str | None:
+        info = summary.get("model_info") if isinstance(summary.get("model_info"), Mapping) else {}
+        resolved = info.get("resolved") if isinstance(info.get("resolved"), Mapping) else {}
+        commit, location = info.get("commit"), resolved.get("location")
+        return f"{location}@{commit}" if isinstance(commit, str) and isinstance(location, str) else None
+
+    both = pinned(a), pinned(b)
+    return both if None not in both else (a.get("model"), b.get("model"))
+
+
+def comparable_notes(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    """How two evaluations were not measured alike (judge, sampling, model, --limit, pack, sets, ...);
+    `pa eval --compare` prints them, and the model card refuses a before/after pair that has any."""
+    notes = []
+    for key, title in (("judge", "judge"), ("sampling", "sampling"), ("model", "model"),
+                       ("limit", "--limit"), ("policy_in_context", "policy in context")):
+        value_a, value_b = _measured_models(a, b) if key == "model" else (a.get(key), b.get(key))
+        if value_a != value_b:
+            notes.append(f"- {title} differs: `{json.dumps(value_a)}` vs `{json.dumps(value_b)}`")
+    pack_a, pack_b = a.get("pack") or {}, b.get("pack") or {}
+    if pack_a.get("digest") != pack_b.get("digest"):
+        notes.append(f"- pack differs: {pack_a.get('name')}@{pack_a.get('version')} vs "
+                     f"{pack_b.get('name')}@{pack_b.get('version')} (digests differ): items may not match")
+    bench_a, bench_b = _benchmark_ids(a), _benchmark_ids(b)
+    if bench_a != bench_b:
+        fmt = lambda ids: ", ".join(f"{n} ({d} {s}@{r})" for n, d, s, r in ids) or "none"  # noqa: E731
+        notes.append(f"- benchmarks differ: {fmt(bench_a)} vs {fmt(bench_b)}")
+    counts_a, counts_b = _set_counts(a), _set_counts(b)
+    only_a, only_b = sorted(set(counts_a) - set(counts_b)), sorted(set(counts_b) - set(counts_a))
+    if only_a or only_b:
+        notes.append(f"- eval sets differ: only in A: {', '.join(only_a) or 'none'}; "
+                     f"only in B: {', '.join(only_b) or 'none'}")
+    changed = [f"{name} {counts_a[name]} vs {counts_b[name]}" for name in sorted(set(counts_a) & set(counts_b))
+               if counts_a[name] != counts_b[name]]
+    if changed:
+        notes.append(f"- items evaluated per set differ: {', '.join(changed)}")
+    return notes
+
+
+def rate_with_interval(metrics: Mapping[str, Any], key: str) -> str:
+    """`metrics[key]` as a percentage, with its 95% interval when the metrics carry one."""
+    return format_rate(metrics.get(key), (metrics.get("ci95") or {}).get(key))
+
+
+def responses_beside(source: Any) -> list[dict[str, Any]] | None:
+    """The judged rows written next to an eval.json (`responses.jsonl`), for paired comparisons;
+    None when there are none (a bare eval.json, or a dict)."""
+    if isinstance(source, EvalResult):
+        source = source.out_dir
+    if isinstance(source, Mapping):
+        return None
+    path = Path(source)
+    path = (path if path.is_dir() else path.parent) / "responses.jsonl"
+    return read_jsonl(path) if path.is_file() else None
+
+
+def _compare_label(source: Any, summary: Mapping[str, Any]) -> str:
+    """One side of a comparison: where it was read, then the model, adapter and pack it measured. A run's
+    eval.json names its adapter `adapter` (relative to the run), so the after-evals of two runs (mypol@1.0.0
+    and mypol@1.1.0) read "A: adapter", "B: adapter", told apart only by their timestamps."""
+    pack = summary.get("pack") if isinstance(summary.get("pack"), Mapping) else {}
+    where = f"{source}: " if isinstance(source, (str, os.PathLike)) else ""
+    adapter = f" + {summary['adapter']}" if summary.get("adapter") else ""
+    of_pack = f", pack {pack.get('name')}@{pack.get('version')}" if pack.get("name") else ""
+    return f"{where}{summary.get('model')}{adapter}{of_pack} ({summary.get('timestamp')})"
+
+
+def compare(a_eval_json: Any, b_eval_json: Any) -> str:
+    """A Markdown table of every rate, overall, per set and per category, A vs B with the change
+    in percentage points; notes first when the two runs are not like for like. Outcome rates show
+    their 95% interval, and, where both directories hold responses.jsonl, the exact McNemar p of
+    the change on the items both measured: a 10-point drop on 48 items can be noise."""
+    a, b = load_summary(a_eval_json), load_summary(b_eval_json)
+    rows_a, rows_b = responses_beside(a_eval_json), responses_beside(b_eval_json)
+    lines = [f"A: {_compare_label(a_eval_json, a)}", f"B: {_compare_label(b_eval_json, b)}", ""]
+    notes = comparable_notes(a, b)
+    if notes:
+        lines += ["Not like for like:", *notes, ""]
+    lines += ["| scope | metric | A [95% CI] | B [95% CI] | Δ (B−A) | p (paired) |", "|---|---|---|---|---|---|"]
+    scopes: list[tuple[str, Mapping[str, Any], Mapping[str, Any], tuple[str, str] | None]] = [
+        ("overall", a["metrics"]["overall"], b["metrics"]["overall"], None)]
+    for group, field_name in (("sets", "set"), ("categories", "category")):
+        for name in sorted(set(a["metrics"][group]) | set(b["metrics"][group])):
+            scopes.append((f"{group[:-1] if group == 'sets' else 'category'}:{name}",
+                           a["metrics"][group].get(name, {}), b["metrics"][group].get(name, {}), (field_name, name)))
+    for scope, ma, mb, select in scopes:
+        for key in RATE_METRICS:
+            x, y = ma.get(key), mb.get(key)
+            if x is None and y is None:
+                continue
+            lines.append(f"| {scope} | {key} | {rate_with_interval(ma, key)} | {rate_with_interval(mb, key)} | "
+                         f"{format_change(x, y)} | {format_p(paired_p(rows_a, rows_b, key, select))} |")
+    da, db = (a.get("drift") or {}).get("kl"), (b.get("drift") or {}).get("kl")
+    if da is not None or db is not None:
+        fmt = lambda v: "–" if v is None else f"{v:.4g}"  # noqa: E731
+        change = "–" if da is None or db is None else f"{db - da:+.4g}"
+        lines.append(f"| overall | drift_kl | {fmt(da)} | {fmt(db)} | {change} | – |")
+    return "\n".join(lines) + "\n"

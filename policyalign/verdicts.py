@@ -1,0 +1,88 @@
+"""Judging response rows into verdicts, shared by `pa eval` and `pa judge`: tool calls parsed, each
+row's label and reasons added, a chunk at a time through the journal so that a slow model judge
+stopped part way does not judge again what it had judged (`judge_journaled`).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .eval_journal import Journal
+from .judges import JudgeItem, ToolCall, Verdict, get_judge, parse_tool_calls
+
+JUDGE_CHUNK = 32  # rows judged (and journaled) at a time
+
+
+def _forbidden_call(calls: Sequence[ToolCall], forbidden: Sequence[str]) -> bool:
+    return any(call.name in set(forbidden) for call in calls)
+
+
+def judge_rows(rows: list[dict[str, Any]], judge_spec: str, *, policy: str = "", device: str | None = None,
+               batch_size: int = 8) -> list[dict[str, Any]]:
+    """Parse tool calls, judge every row and add `tool_calls`, `forbidden_call`, `label`,
+    `unsafe`, `reason`, `judge_raw`. Rows need `messages` and `response`."""
+    return _judged(rows, get_judge(judge_spec, device=device, batch_size=batch_size), judge_spec, policy)
+
+
+def _judged(rows: list[dict[str, Any]], judge: Any, judge_spec: str, policy: str) -> list[dict[str, Any]]:
+    """`judge_rows` with a judge already made: a model judge loads its model once, however many
+    chunks it is handed."""
+    items, calls_per_row = [], []
+    for row in rows:
+        calls = parse_tool_calls(row["response"])
+        calls_per_row.append(calls)
+        items.append(JudgeItem(messages=row["messages"], response=row["response"], category=row.get("category", ""),
+                               policy=policy, tool_calls=tuple(calls),
+                               forbidden_tools=tuple(row.get("forbidden_tools") or ())))
+    verdicts: list[Verdict] = judge.judge(items) if items else []
+    judged = []
+    for row, calls, verdict in zip(rows, calls_per_row, verdicts):
+        judged.append({**row, "tool_calls": [c.to_dict() for c in calls],
+                       "forbidden_call": _forbidden_call(calls, row.get("forbidden_tools") or ()),
+                       "label": verdict.label, "unsafe": verdict.unsafe, "reason": verdict.reason,
+                       "judge_raw": verdict.raw if judge_spec != "refusal" else ""})
+    return judged
+
+
+def _verdict_key(judge_key: str, row: Mapping[str, Any]) -> str:
+    """Everything a verdict depends on: the judge (`judge_key`: spec, files and the policy it is
+    shown) and the row it is shown."""
+    from .run import fingerprint
+
+    return fingerprint({"judge": judge_key, "messages": row["messages"], "response": row["response"],
+                        "category": row.get("category", ""), "forbidden_tools": row.get("forbidden_tools") or []})
+
+
+def judge_journaled(rows: list[dict[str, Any]], judge_spec: str, journal: Journal, *, policy: str,
+                    device: str | None, batch_size: int) -> list[dict[str, Any]]:
+    """`judge_rows`, a chunk at a time, each chunk's verdicts journaled: an `llm:` judge on a real
+    model is slow too, and a resumed evaluation (or `pa judge`) judges only what was not judged yet.
+    A verdict is reused for the same judge (spec and weights), policy shown and row (`_verdict_key`)."""
+    from .run import fingerprint
+
+    judge_key = fingerprint({"judge": judge_spec, **judge_weights_fetched(judge_spec), "policy": policy})
+    keys = [_verdict_key(judge_key, row) for row in rows]
+    pending = [k for k, key in enumerate(keys) if key not in journal.verdicts]
+    if len(pending) < len(rows):
+        print(f"resuming: {len(rows) - len(pending)} of {len(rows)} verdicts from {journal.path}", file=sys.stderr)
+    judge = get_judge(judge_spec, device=device, batch_size=batch_size) if pending else None
+    for start in range(0, len(pending), JUDGE_CHUNK):
+        chunk = pending[start:start + JUDGE_CHUNK]
+        journal.add_verdicts([keys[k] for k in chunk], _judged([rows[k] for k in chunk], judge, judge_spec, policy))
+    return [{**row, **journal.verdicts[key]} for row, key in zip(rows, keys)]
+
+
+def judge_weights_fetched(judge_spec: str) -> dict[str, str]:
+    """`stages.judge_weights`, a Hub judge's config fetched first when the cache has none: until it is
+    downloaded a Hub judge has no commit to key by, so the run that downloaded it journaled its
+    verdicts under no commit, and its resume, keyed by the commit, judged every row again."""
+    from .models import hub_commit, load_model, resolve_model
+    from .stages import judge_weights
+
+    model = getattr(get_judge(judge_spec), "model", None)
+    ref = resolve_model(model) if model else None
+    if ref is not None and ref.kind == "hub" and hub_commit(ref) is None:
+        load_model(ref, weights=False)  # tokenizer and config only: the snapshot names the commit
+    return judge_weights(judge_spec)

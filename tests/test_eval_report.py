@@ -1,0 +1,183 @@
+"""An evaluation's files, report.md and charts, and `compare` (`pa eval --compare`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from policyalign.cli import app
+from policyalign.errors import InvalidInputError
+from policyalign.eval_report import compare, plot_before_after, render_report, write_eval
+from policyalign.evaluate import evaluate
+from policyalign.generation import greedy_params
+from policyalign.metrics import summarize
+
+from evaluations import general_pack
+from judged_rows import row
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _summary(rows: list[dict], *, adapter: str | None = None, judge: str = "refusal") -> dict:
+    return {"schema": "policyalign.eval/1", "model": "tiny", "adapter": adapter, "policy_in_context": False,
+            "pack": {"name": "p", "version": "1.0.0", "digest": "d" * 64}, "judge": judge,
+            "sampling": {"max_new_tokens": 8, "do_sample": False}, "counts": {}, "metrics": summarize(rows),
+            "drift": {"kl": 0.25, "prompts": 3, "tokens": 24, "max_new_tokens": 8} if adapter else None,
+            "timestamp": "2026-01-01T00:00:00+00:00"}
+
+
+BEFORE = [{**r, "id": f"i{n}"} for n, r in enumerate([
+    row("refuse", "comply", category="weapons"), row("refuse", "comply", category="weapons"),
+    row("comply", "comply", category="weapons", set_name="benign")])]
+AFTER = [{**r, "id": f"i{n}"} for n, r in enumerate([
+    row("refuse", "refuse", category="weapons"), row("refuse", "comply", category="weapons"),
+    row("comply", "refuse", category="weapons", set_name="benign")])]
+
+
+def test_write_eval_writes_all_artifacts(tmp_path: Path) -> None:
+    result = write_eval(tmp_path / "out", _summary(BEFORE), BEFORE)
+    assert json.loads(result.eval_json.read_text())["metrics"]["overall"]["violation_rate"] == 1.0
+    assert len(result.responses_jsonl.read_text().splitlines()) == 3
+    report = result.report_md.read_text()
+    assert "| `weapons` | 3 | 100.0% [34.2–100.0] | 0.0% [0.0–79.3] |" in report  # rates with 95% intervals
+    assert "## Per eval set" in report and "`d" in report
+    assert result.chart_png.read_bytes().startswith(PNG_MAGIC)
+    assert not list((tmp_path / "out").glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+def test_report_mentions_drift_when_present() -> None:
+    assert "Drift" in render_report(_summary(AFTER, adapter="adapter/"))
+    assert "Drift" not in render_report(_summary(AFTER))
+
+
+def test_compare_prints_differences_per_metric_and_category(tmp_path: Path) -> None:
+    a = write_eval(tmp_path / "a", _summary(BEFORE), BEFORE)
+    write_eval(tmp_path / "b", _summary(AFTER, adapter="adapter/"), AFTER)
+    text = compare(a.eval_json, tmp_path / "b")  # a file or its directory
+    # rates with their 95% Wilson intervals; one item fixed, none broken: p = 1 (paired, exact)
+    assert "| overall | violation_rate | 100.0% [34.2–100.0] | 50.0% [9.5–90.5] | -50.0 pp | 1 |" in text
+    assert "| category:weapons | over_refusal_rate | 0.0% [0.0–79.3] | 100.0% [20.7–100.0] | +100.0 pp | 1 |" in text
+    assert "| set:benign |" in text
+    assert "drift_kl" in text
+    assert "Not like for like" not in text
+    other_judge = write_eval(tmp_path / "c", _summary(AFTER, judge="guard:x"), AFTER)
+    assert "judge differs" in compare(a, other_judge)
+
+
+def test_compare_tests_the_change_on_paired_items_only_where_both_have_responses(tmp_path: Path) -> None:
+    """Six violations fixed and none introduced on the same items is p = 0.0312 (exact McNemar); with
+    only an eval.json on one side there is nothing to pair, and the column says so."""
+    before = [{**row("refuse", "comply"), "id": f"h{i}"} for i in range(6)]
+    after = [{**row("refuse", "refuse"), "id": f"h{i}"} for i in range(6)]
+    a = write_eval(tmp_path / "a", _summary(before), before)
+    b = write_eval(tmp_path / "b", _summary(after), after)
+    assert "| set:s | violation_rate | 100.0% [61.0–100.0] | 0.0% [0.0–39.0] | -100.0 pp | 0.0312 |" in compare(a, b)
+    b.responses_jsonl.unlink()
+    assert "| set:s | violation_rate | 100.0% [61.0–100.0] | 0.0% [0.0–39.0] | -100.0 pp | – |" in compare(a, b)
+
+
+def test_compare_names_each_side_by_where_it_was_read_and_the_pack_it_measured(tmp_path: Path) -> None:
+    """Two runs' after-evals both record their adapter as `adapter` (relative to their run): the header
+    read "A: adapter", "B: adapter", so which side was mypol@1.0.0 and which 1.1.0 was left to guess."""
+    old = write_eval(tmp_path / "p-1.0.0" / "eval" / "after", _summary(BEFORE, adapter="adapter"), BEFORE)
+    newer = {**_summary(AFTER, adapter="adapter"), "pack": {"name": "p", "version": "1.1.0", "digest": "e" * 64}}
+    new = write_eval(tmp_path / "p-1.1.0" / "eval" / "after", newer, AFTER)
+    lines = compare(old.eval_json, new.out_dir).splitlines()
+    assert lines[0] == f"A: {old.eval_json}: tiny + adapter, pack p@1.0.0 (2026-01-01T00:00:00+00:00)"
+    assert lines[1] == f"B: {new.out_dir}: tiny + adapter, pack p@1.1.0 (2026-01-01T00:00:00+00:00)"
+
+
+def test_compare_flags_different_item_sets(tmp_path: Path) -> None:
+    """`--limit 2` vs `--limit 6` (or other sets, benchmarks, policy in context) is not like for like."""
+    two = [row("refuse", "refuse", set_name="harmful"), row("refuse", "comply", set_name="harmful")]
+    six = two * 3
+    a = write_eval(tmp_path / "a", {**_summary(two), "limit": 2}, two)
+    b = write_eval(tmp_path / "b", {**_summary(six), "limit": 6}, six)
+    text = compare(a, b)
+    assert "Not like for like" in text
+    assert '- --limit differs: `2` vs `6`' in text
+    assert "- items evaluated per set differ: harmful 2 vs 6" in text
+    same_limit = write_eval(tmp_path / "c", {**_summary(six), "limit": 2}, six)  # e.g. an older eval.json
+    assert "items evaluated per set differ: harmful 2 vs 6" in compare(a, same_limit)
+    other_sets = write_eval(tmp_path / "d", {**_summary(BEFORE), "limit": 2}, BEFORE)
+    assert "- eval sets differ: only in A: harmful; only in B: benign, s" in compare(a, other_sets)
+    teacher = write_eval(tmp_path / "e", {**_summary(two), "limit": 2, "policy_in_context": True}, two)
+    assert "- policy in context differs: `false` vs `true`" in compare(a, teacher)
+    bench = {"name": "xstest", "dataset": "x/xstest", "split": "test", "revision": "main", "license": "cc-by-4.0"}
+    with_bench = write_eval(tmp_path / "f", {**_summary(two), "limit": 2, "benchmarks": [bench]}, two)
+    assert "- benchmarks differ: none vs xstest (x/xstest test@main)" in compare(a, with_bench)
+    assert "Not like for like" not in compare(a, write_eval(tmp_path / "g", {**_summary(two), "limit": 2}, two))
+
+
+def test_compare_rejects_what_is_not_an_eval(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputError, match="no eval.json"):
+        compare(tmp_path / "missing", tmp_path)
+    (tmp_path / "eval.json").write_text('{"hello": 1}')
+    with pytest.raises(InvalidInputError, match="not an eval.json"):
+        compare(tmp_path, tmp_path)
+
+
+def test_plot_before_after(tmp_path: Path) -> None:
+    path = plot_before_after(_summary(BEFORE), _summary(AFTER), tmp_path / "card" / "before_after.png")
+    assert path.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_pa_eval_compare_cli(tmp_path: Path) -> None:
+    write_eval(tmp_path / "a", _summary(BEFORE), BEFORE)
+    write_eval(tmp_path / "b", _summary(AFTER), AFTER)
+    result = CliRunner().invoke(app, ["eval", "--compare", str(tmp_path / "a"), str(tmp_path / "b" / "eval.json")])
+    assert result.exit_code == 0, result.output
+    assert "violation_rate" in result.output and "-50.0 pp" in result.output
+
+
+def test_compare_refuses_evaluation_options_it_would_ignore(tmp_path: Path) -> None:
+    """`pa eval general --model tiny --limit 8 --compare A B` printed the comparison of A and B and
+    dropped the rest without a word: the user meant an evaluation, or a comparison."""
+    from typer.testing import CliRunner
+
+    from policyalign.cli import app
+
+    result = CliRunner().invoke(app, ["eval", "general", "--model", "tiny", "--limit", "8", "--compare",
+                                      str(tmp_path / "a"), str(tmp_path / "b")])
+    assert result.exit_code == 2
+    assert "PACK, --model, --limit would be ignored" in result.output
+    twice = CliRunner().invoke(app, ["eval", "--compare", str(tmp_path / "a"), "--compare", str(tmp_path / "b")])
+    assert twice.exit_code == 2 and "--compare takes both evaluations at once" in twice.output
+    assert f"pa eval --compare {tmp_path / 'a'} {tmp_path / 'b'}" in " ".join(twice.output.split())
+
+
+def test_pa_eval_prints_rates_with_intervals_and_forbidden_calls_of_tool_items(capsys: pytest.CaptureFixture[str],
+                                                                                tmp_path: Path) -> None:
+    from policyalign.cli.eval_cmds import _print_summary
+
+    rows = [row("refuse", "refuse", forbidden=("rm",), called=True), row("refuse", "refuse"), row("comply", "comply")]
+    _print_summary(_summary(rows), tmp_path)
+    out = capsys.readouterr().out
+    assert "violation 50.0% [9.5–90.5]" in out and "over-refusal 0.0% [0.0–79.3]" in out
+    assert "forbidden tool calls 100.0% [20.7–100.0] of 1 tool items" in out
+    _print_summary(_summary(rows[1:]), tmp_path)
+    assert "forbidden tool calls" not in capsys.readouterr().out
+
+
+def test_evals_of_a_hub_model_compare_by_the_commit_they_measured(tmp_path: Path, hf_cache, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """eval.json named a Hub model only as given: `org/name` and `org/name@<commit>` of one commit were
+    "not measured alike" (the card refused the run), and two commits of `org/name` were taken as one."""
+    from huggingface_hub import constants
+
+    from policyalign.eval_report import comparable_notes
+
+    trained, moved = "1" * 40, "2" * 40
+    hf_cache("acme/tiny", trained)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    pack = general_pack()
+    plain, pinned = (evaluate(pack, name, out_dir=tmp_path / str(i), limit=1, params=greedy_params(4)).summary
+                     for i, name in enumerate(("acme/tiny", f"acme/tiny@{trained}")))
+    assert plain["model"] == "acme/tiny" and plain["model_info"]["commit"] == trained
+    assert not [note for note in comparable_notes(plain, pinned) if "model differs" in note]
+    newer = {**plain, "model_info": {**plain["model_info"], "commit": moved}}
+    assert [note for note in comparable_notes(plain, newer) if "model differs" in note]
+    older = {**plain, "model_info": {k: v for k, v in plain["model_info"].items() if k != "commit"}}
+    assert [note for note in comparable_notes(older, pinned) if "model differs" in note], "no commit: names compared"

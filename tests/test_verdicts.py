@@ -1,0 +1,41 @@
+"""Judging rows through the journal: verdicts journaled are not judged again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from policyalign.evaluate import evaluate
+from policyalign.generation import greedy_params
+
+from batches import Batches
+from evaluations import general_pack
+
+
+def test_journaled_verdicts_are_not_judged_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An `llm:` judge on a real model is slow too: a run stopped while judging keeps the chunks of
+    verdicts it finished, and the resumed run neither answers nor judges those items again."""
+    from policyalign.verdicts import JUDGE_CHUNK
+    from policyalign.judges import RefusalJudge
+
+    pack, out = general_pack(), tmp_path / "eval"
+    judged: list[int] = []
+    original = RefusalJudge.judge
+
+    def judge(self, items):  # type: ignore[no-untyped-def]
+        if len(judged) == 1 and stop:
+            raise KeyboardInterrupt
+        judged.append(len(items))
+        return original(self, items)
+
+    monkeypatch.setattr(RefusalJudge, "judge", judge)
+    stop = True
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(pack, "tiny", out_dir=out, limit=20, params=greedy_params(4), batch_size=8)
+    assert judged == [JUDGE_CHUNK]
+    stop, judged[:] = False, []
+    spy = Batches(monkeypatch)
+    result = evaluate(pack, "tiny", out_dir=out, limit=20, params=greedy_params(4), batch_size=8)
+    assert spy.items == 0 and judged == [40 - JUDGE_CHUNK]
+    assert len(result.rows) == 40 and all(r["label"] in ("refuse", "guide", "comply", "unparseable") for r in result.rows)
