@@ -195,6 +195,19 @@ def make_run(peft_adapter: Path):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
+def offline_hub(hf_cache, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """This process (and any it starts) offline, with an empty Hugging Face cache; returns `hf_cache`.
+
+    huggingface_hub reads HF_HUB_OFFLINE once, at import: setting the variable in a test left the
+    process online, and each "model not in the cache" test spent ~45 s in retries to an unreachable Hub."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return hf_cache
+
+
+@pytest.fixture
 def hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     """`hf_cache(repo_id, commit, ref="main")`: the built-in tiny model as the snapshot `commit` of
     `repo_id` in an empty Hugging Face cache (this process's `HF_HUB_CACHE`), with `refs/<ref>`

@@ -250,18 +250,15 @@ def test_the_cards_peft_snippet_runs(tmp_path: Path, make_run) -> None:  # type:
 
 
 def test_the_card_pins_the_hub_commit_the_base_model_was_trained_on(tmp_path: Path, make_run, hf_cache,  # type: ignore[no-untyped-def]
-                                                                    monkeypatch) -> None:
+                                                                    offline_hub) -> None:
     """policyalign.json recorded the commit of a Hub base asked for without a revision, but the card
     did not: its snippet loaded whatever `main` is now, not the weights the adapter was trained on."""
     import re
-
-    from huggingface_hub import constants
 
     trained, moved = "1" * 40, "2" * 40
     hf_cache("acme/tiny", trained)
     cache = hf_cache("acme/tiny", moved)  # main moved on since
     (cache / "models--acme--tiny" / "snapshots" / moved / "config.json").write_text("not the trained-on weights")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     run = make_run(tmp_path / "run", ROOT_PACK, base_id="acme/tiny", base_name="acme/tiny")
     provenance = json.loads((run / "adapter" / "policyalign.json").read_text())
     provenance["base_model"].update(revision=None, commit=trained)

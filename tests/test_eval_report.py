@@ -162,16 +162,13 @@ def test_pa_eval_prints_rates_with_intervals_and_forbidden_calls_of_tool_items(c
     assert "forbidden tool calls" not in capsys.readouterr().out
 
 
-def test_evals_of_a_hub_model_compare_by_the_commit_they_measured(tmp_path: Path, hf_cache, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_evals_of_a_hub_model_compare_by_the_commit_they_measured(tmp_path: Path, hf_cache, offline_hub) -> None:  # type: ignore[no-untyped-def]
     """eval.json named a Hub model only as given: `org/name` and `org/name@<commit>` of one commit were
     "not measured alike" (the card refused the run), and two commits of `org/name` were taken as one."""
-    from huggingface_hub import constants
-
     from policyalign.eval_report import comparable_notes
 
     trained, moved = "1" * 40, "2" * 40
     hf_cache("acme/tiny", trained)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     pack = general_pack()
     plain, pinned = (evaluate(pack, name, out_dir=tmp_path / str(i), limit=1, params=greedy_params(4)).summary
                      for i, name in enumerate(("acme/tiny", f"acme/tiny@{trained}")))

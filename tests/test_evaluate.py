@@ -286,11 +286,10 @@ def test_a_second_evaluation_into_the_same_folder_is_refused_while_the_first_run
     assert "evaluation folder" in problem.message and "pa runs" not in problem.hint and "--out" in problem.hint
 
 
-def test_a_judge_model_that_cannot_load_is_refused_before_any_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_judge_model_that_cannot_load_is_refused_before_any_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     offline_hub: object) -> None:
     """`pa eval --judge llm:ORG/NAME` offline, the judge not in the cache: every answer was generated
     (hours on a real model, and in `pa apply` after synthesis and training) before the judge was loaded."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     spy = Batches(monkeypatch)
     with pytest.raises(PolicyAlignError, match="acme/absent-judge is not in the local Hugging Face cache"):
         evaluate(general_pack(), "tiny", judge="llm:acme/absent-judge", out_dir=tmp_path / "eval", limit=1,
@@ -301,11 +300,9 @@ def test_a_judge_model_that_cannot_load_is_refused_before_any_answer(tmp_path: P
     assert spy.items == 0 and not (tmp_path / "eval").exists()
 
 
-def test_an_evaluation_refused_before_its_first_answer_leaves_no_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_evaluation_refused_before_its_first_answer_leaves_no_folder(tmp_path: Path, offline_hub: object) -> None:
     """`pa eval` of a model not in the cache, or of a misspelt set, left its output folder behind
     holding only `.pa.lock`, which a later `pa eval --compare pa-eval/*/...` glob took for an evaluation."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     out = tmp_path / "pa-eval" / "general" / "acme--absent"
     with pytest.raises(PolicyAlignError):
         evaluate(general_pack(), "acme/absent-model", out_dir=out, limit=1, params=greedy_params(4))

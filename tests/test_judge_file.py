@@ -187,12 +187,9 @@ def test_pa_judge_killed_mid_judging_resumes_from_its_journal(tmp_path: Path) ->
     assert not journal.exists()
 
 
-def test_a_pa_judge_refused_before_its_first_verdict_leaves_no_journal(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_pa_judge_refused_before_its_first_verdict_leaves_no_journal(tmp_path: Path, offline_hub: object) -> None:
     """A judge model not in the cache is refused once the journal is open: its header alone, with no
     verdict to resume, was left beside the input."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     src = _pairs(tmp_path / "pairs.jsonl", 2)
     with pytest.raises(PolicyAlignError):
         judge_file(src, "llm:acme/absent-model")

@@ -254,10 +254,7 @@ def test_cuda_without_gpu_is_a_model_error() -> None:
         load_model("tiny", device="cuda:1")
 
 
-def test_uncached_hub_model_offline_is_a_model_error_with_a_fix(monkeypatch: pytest.MonkeyPatch) -> None:
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+def test_uncached_hub_model_offline_is_a_model_error_with_a_fix(offline_hub: object) -> None:
     with pytest.raises(ModelError) as info:
         load_model("policyalign-tests/not-downloaded-model@main")
     assert "not in the local Hugging Face cache" in str(info.value)
@@ -283,11 +280,8 @@ def test_a_hub_out_of_reach_suggests_offline_mode(monkeypatch: pytest.MonkeyPatc
     assert "HF_HUB_OFFLINE" not in _model_error(resolve_model("acme/absent-model"), failure).problem.hint
 
 
-def test_uncached_alias_offline_names_the_hub_id(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_uncached_alias_offline_names_the_hub_id(offline_hub: object) -> None:
     """An alias fails like its Hub id; the CLI prints ModelError and exits 1 (no traceback)."""
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ModelError) as info:
         load_model("Qwen2.5-0.5B")
     assert info.value.exit_code == 1
@@ -325,13 +319,10 @@ def test_broken_local_checkpoint_is_a_model_error(tmp_path: Path) -> None:
 
 
 def test_an_adapter_pinned_to_a_hub_commit_is_refused_on_another(tmp_path: Path, hf_cache: Any,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                  offline_hub: object) -> None:
     """adapter_config.json pins a Hub base at the commit it was trained on; after `main` moved,
     `pa eval --model org/name --adapter A` measured the adapter on weights it was never trained on."""
-    import huggingface_hub.constants
     from peft import LoraConfig, get_peft_model
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
     hf_cache("acme/tiny", C1)
     base = load_model(f"acme/tiny@{C1}", device="cpu", trainable=True).model
