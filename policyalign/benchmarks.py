@@ -1,15 +1,14 @@
-"""Public benchmarks (`pa eval --benchmark xstest|strongreject`) as eval sets, and the guard that
-keeps them out of training data.
+"""Public benchmarks (`pa eval --benchmark xstest|strongreject`) as eval sets.
 
 They load through `datasets`, with the dataset id, revision and licence eval.json and the card
-record, and are **eval-only**: `assert_not_eval_only` keeps them out of synthesis seeds, since
-training on (or generating from) a test set would make its numbers meaningless.
+record, and are **eval-only**: only `pa eval --benchmark` loads them (synthesis seeds come from
+the pack alone), since training on (or generating from) a test set would make its numbers
+meaningless.
 """
 
 from __future__ import annotations
 
 import difflib
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -37,22 +36,6 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
     "strongreject": BenchmarkSpec("strongreject", "walledai/StrongREJECT", "train", "MIT", "safety",
                                   "https://arxiv.org/abs/2402.10260"),
 }
-# Lower-case fragments that identify an eval-only benchmark in a source name, id or path.
-_EVAL_ONLY_MARKERS = ("xstest", "strongreject", "strong_reject", "strong-reject")
-
-
-def assert_not_eval_only(source: str | os.PathLike[str]) -> None:
-    """Refuse a public eval benchmark as a synthesis seed source: training on (or generating from)
-    the test set would make its numbers meaningless. `source` is a name, dataset id or path."""
-    text = str(source).lower()
-    for marker in _EVAL_ONLY_MARKERS:
-        if marker in text:
-            raise InvalidInputError(
-                f"{str(source)!r} is an eval-only benchmark and cannot seed synthesis",
-                hint="use the pack's own seed examples; benchmarks are for `pa eval --benchmark` only",
-            )
-
-
 def _benchmark_item(spec: BenchmarkSpec, index: int, row: Mapping[str, Any]) -> "EvalItem":
     from .pack import EvalItem
 
