@@ -55,12 +55,10 @@ class Candidate:
 
 def model_names(model: str) -> set[str]:
     """Every name a base model may be recorded under: as typed, its alias target, its resolved location."""
+    from .models import MODEL_ALIASES, resolve_model
+
     base = model.partition("@")[0]
     names = {base}
-    try:
-        from .models import MODEL_ALIASES, resolve_model
-    except ImportError:
-        return {n.lower() for n in names}
     for alias, target in MODEL_ALIASES.items():
         if alias.lower() == base.lower():
             names |= {alias, target}
