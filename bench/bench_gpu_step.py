@@ -1,7 +1,7 @@
 """Benchmark (GPU): PolicySDFTTrainer training steps on a random-initialised Qwen2.5-7B-shaped model.
 
 bf16, LoRA r=16 on q,k,v,o (DistillConfig defaults), gradient checkpointing on (as
-`distill.sdft_config` sets on CUDA), batch 4, 128 completion tokens, the ~400-token policy of
+`trainer.sdft_config` sets on CUDA), batch 4, 128 completion tokens, the ~400-token policy of
 common.py as system message with the prefix cache on, teacher `base`. The weights
 are random (compute cost does not depend on them), the tokenizer is tiny's; a random model
 rarely samples an end token, so nearly every rollout runs the full `--max-new-tokens`.
@@ -55,7 +55,7 @@ def main() -> int:
     device = "cuda" if cuda else "cpu"
 
     config = distill_config(args, lora_r=args.lora_r, lora_alpha=2 * args.lora_r)
-    from policyalign.distill import build_trainer
+    from policyalign.trainer import build_trainer
 
     loaded = build_model(args.shape, device=device, trainable=True, seed=args.seed)
     weights = torch.cuda.memory_allocated() if cuda else 0

@@ -1,6 +1,6 @@
 """Benchmark: memory held by the teacher `base` (adapter disabled, no copy) vs an EMA teacher and a separate copy.
 
-`base` is what `distill.build_trainer` does with `teacher="base"`: the teacher is the student
+`base` is what `trainer.build_trainer` does with `teacher="base"`: the teacher is the student
 PEFT model with its adapter disabled, so `trainer.teacher_model is trainer.model` and no
 weight is held twice. It is compared with:
 
@@ -47,7 +47,7 @@ from common import (  # noqa: E402
     GIB, MIB, POLICY, add_model_options, add_step_options, build_model, describe, distill_config, free_memory,
     last_loss, model_device, records, timed, uses_cuda)
 
-from policyalign.distill import DistillConfig  # noqa: E402
+from policyalign.distill_settings import DistillConfig  # noqa: E402
 from policyalign.models import cpu_threads  # noqa: E402
 
 
@@ -66,7 +66,7 @@ def nbytes(tensors: Any) -> int:
 
 
 def make_trainer(variant: str, loaded: Any, recs: list[dict], config: DistillConfig, out: Path) -> Any:
-    from policyalign.distill import build_trainer
+    from policyalign.trainer import build_trainer
 
     if variant == "stock-full":
         import os
@@ -76,7 +76,7 @@ def make_trainer(variant: str, loaded: Any, recs: list[dict], config: DistillCon
         from transformers.trainer_callback import PrinterCallback
         from trl.experimental.sdft import SDFTTrainer
 
-        from policyalign.distill import sdft_config
+        from policyalign.trainer import sdft_config
 
         data = Dataset.from_list([{"prompt": r["messages"], "privileged_context": POLICY} for r in recs])
         args = sdft_config(config, out, device=loaded.device, dtype=loaded.dtype)

@@ -1,11 +1,11 @@
 """Benchmark: training step time of our PolicySDFTTrainer vs stock trl SDFTTrainer, same config.
 
 Both get the same model (same weights), the same instructions, the same LoRA (r, alpha,
-targets), max_new_tokens, batch size, seed and trl `SDFTConfig` (`distill.sdft_config`), and
+targets), max_new_tokens, batch size, seed and trl `SDFTConfig` (`trainer.sdft_config`), and
 both use the base model (adapter disabled) as the teacher. The only differences are the ones
 `PolicySDFTTrainer` exists for: ours puts the policy in the system message, continues the
 teacher forward from the policy-prefix KV cache, and decodes its rollouts with the LoRA
-adapter merged, in eval mode, through `generation.decode` (`distill.build_trainer`); stock
+adapter merged, in eval mode, through `generation.decode` (`trainer.build_trainer`); stock
 decodes with `model.generate` through the unmerged train-mode PEFT model, and gets the policy
 through its `privileged_context` column with its default `teacher_prompt_template` (prompt,
 blank line, policy in the user turn), prompts as chat message lists, and re-reads the policy
@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_prefix_cache import POLICY, SHAPES, build_model, describe, records, sync  # noqa: E402
 
-from policyalign.distill import DistillConfig  # noqa: E402
+from policyalign.distill_settings import DistillConfig  # noqa: E402
 from policyalign.models import cpu_threads  # noqa: E402
 
 TARGET = 0.7
@@ -102,7 +102,7 @@ def instrument(trainer: Any, device: str) -> dict[str, list[float]]:
 
 
 def ours(loaded: Any, recs: list[dict], config: DistillConfig, out: Path) -> Any:
-    from policyalign.distill import build_trainer
+    from policyalign.trainer import build_trainer
 
     return build_trainer(loaded, POLICY, recs, config, out)
 
@@ -116,7 +116,7 @@ def stock(loaded: Any, recs: list[dict], config: DistillConfig, out: Path) -> An
     from transformers.trainer_callback import PrinterCallback
     from trl.experimental.sdft import SDFTTrainer
 
-    from policyalign.distill import lora_config, sdft_config
+    from policyalign.trainer import lora_config, sdft_config
 
     data = Dataset.from_list([{"prompt": r["messages"], "privileged_context": POLICY} for r in recs])
     args = sdft_config(config, out, device=loaded.device, dtype=loaded.dtype)

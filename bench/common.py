@@ -20,7 +20,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 if TYPE_CHECKING:
-    from policyalign.distill import DistillConfig
+    from policyalign.distill_settings import DistillConfig
     from policyalign.models import LoadedModel
 
 T = TypeVar("T")
@@ -201,7 +201,7 @@ def distill_config(args: argparse.Namespace, **overrides: Any) -> DistillConfig:
 
     No LoRA dropout: stock trl switches every dropout off, while ours applies the configured
     rate, so only at 0 do both trainers run the same computation."""
-    from policyalign.distill import DistillConfig
+    from policyalign.distill_settings import DistillConfig
 
     settings = {"lora_dropout": 0.0, **overrides}
     return DistillConfig(max_steps=getattr(args, "warmup", 0) + args.steps, batch_size=args.batch_size,

@@ -18,9 +18,10 @@ from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from .errors import InvalidInputError, PolicyAlignError, RunError
-from .distill import check_vllm_rollouts, launch_rank, training_device, under_given
+from .distill_settings import under_given
 from .evaluate import check_eval_options
 from .io import output_dir
+from .launch import check_vllm_rollouts, launch_rank, training_device
 from .pack import ManifestLoader, Pack
 from .run import (read_manifest, record_inputs, run_active, run_lock, stage_done, stage_results, unbumped_change,
                   write_manifest)
@@ -183,7 +184,7 @@ def check_config_types(options: dict[str, Any], path: Path) -> dict[str, Any]:
 def check_config_ranges(options: dict[str, Any], path: Path) -> dict[str, Any]:
     """Training values in the file held to the pack schema's bounds, named as the file's keys: the same
     check runs later on the merged options, but its error would name a command-line flag the user never typed."""
-    from .distill import setting_error
+    from .distill_settings import setting_error
 
     keys = {_SETTING_NAMES.get(k, k): k for k, v in options.items() if k in _DISTILL_OPTIONS and v is not None}
     bad = setting_error({setting: options[key] for setting, key in keys.items()})

@@ -447,7 +447,7 @@ def _prepare_tokenizer(tokenizer: Any, model: Any, ref: ModelRef) -> None:
 
 
 def _check_adapter_base(adapter: Path, ref: ModelRef, commit: str | None) -> None:
-    """An adapter whose adapter_config.json pins its Hub base at a commit (`distill.name_base_model`)
+    """An adapter whose adapter_config.json pins its Hub base at a commit (`provenance.name_base_model`)
     is refused on another commit of that base: after `main` moved, `--model org/name` loads the new
     weights, and the adapter's results on them were reported as the adapter's, without a word."""
     from .io import read_json

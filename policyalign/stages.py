@@ -203,7 +203,7 @@ def run_filter(run_dir: Path, *, model: str | None = None, pack: "str | Pack | N
 
 
 def distill_config(pack: "Pack", overrides: dict[str, Any]) -> Any:
-    from .distill import DistillConfig
+    from .distill_settings import DistillConfig
 
     return DistillConfig.from_pack(pack.training, **overrides)
 
@@ -235,7 +235,7 @@ def resume_key(run_dir: Path, pack: "Pack", model: str, config: Any) -> str:
 
 def _setting_changes(recorded: dict[str, Any], settings: dict[str, Any]) -> list[str]:
     """Each setting that differs from the checkpoint's, as the user would name it."""
-    from .distill import FLAGS
+    from .distill_settings import FLAGS
 
     files = {"selected": "selected.jsonl", "heldout": "heldout.jsonl", "pack": "the pack", "model": "the model",
              "model_files": "the model's weights (new files in its directory, or a new commit on the Hub)"}
@@ -253,7 +253,7 @@ def check_resumable(run_dir: Path, settings: dict[str, Any]) -> None:
     Otherwise the Trainer either fails deep inside with a tensor size mismatch (another LoRA
     rank) or, worse, carries on silently with the checkpoint's optimizer and schedule.
     """
-    from .distill import resume_point
+    from .checkpoints import resume_point
 
     entry = checkpoint_record(run_dir)
     checkpoint = resume_point(run_dir)
@@ -270,12 +270,12 @@ def check_resumable(run_dir: Path, settings: dict[str, Any]) -> None:
 def checkpoint_record(run_dir: Path) -> dict[str, Any]:
     """What the run's checkpoints were trained with: their `key`, `resume_key`, `settings` and `config`.
 
-    Training writes it beside them when it starts (`distill.CHECKPOINT_RECORD`). run.json's distill
+    Training writes it beside them when it starts (`checkpoints.CHECKPOINT_RECORD`). run.json's distill
     entry is rewritten when the stage starts, so an attempt that failed before training (a bad
     flag, a prompt too long) would claim the checkpoints it left alone, and they could never be
     resumed; it is read only for runs whose checkpoints have no record.
     """
-    from .distill import CHECKPOINT_RECORD, resume_point
+    from .checkpoints import CHECKPOINT_RECORD, resume_point
 
     checkpoint = resume_point(run_dir)
     record = checkpoint.parent / CHECKPOINT_RECORD if checkpoint else None
@@ -292,7 +292,8 @@ def recorded_distill_config(run_dir: Path) -> dict[str, Any]:
 def run_distill(run_dir: Path, *, model: str | None = None, pack: "str | Pack | None" = None,
                 packs_path: list[Path] | None = None, device: str | None = None, resume: bool = False, restart_if_past: bool = False, overrides: dict[str, Any] | None = None,
                 progress: bool = True) -> "DistillResult":
-    from .distill import distill_run, launch_rank
+    from .distill import distill_run
+    from .launch import launch_rank
 
     run_dir = Path(run_dir)
     the_pack, model = _pack_and_model(run_dir, pack, model, packs_path)

@@ -76,6 +76,35 @@ def fixture_packs(tmp_path: Path) -> Path:
     return dest
 
 
+# --------------------------------------------------------------------------- distillation runs
+# The distill, trainer, launch, checkpoint and adapter tests train on a filtered run of root-pack.
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path, fixture_packs: Path):
+    from distill_runs import pack_instructions
+    from policyalign.filtering import FilterConfig, filter_run
+    from policyalign.io import write_jsonl
+    from policyalign.models import load_model
+    from policyalign.registry import Registry
+
+    pack = Registry([fixture_packs]).load("root-pack")
+    write_jsonl(tmp_path / "instructions.jsonl", pack_instructions(pack))
+    filter_run(tmp_path, load_model("tiny"), pack.policy, FilterConfig(keep=1.0, max_new_tokens=16, heldout=0.2),
+               progress=False)
+    return tmp_path, pack
+
+
+@pytest.fixture
+def recorded_run(run_dir):
+    """`run_dir` with its pack and model recorded in run.json, as the `pa distill` stage expects."""
+    from policyalign.run import record_inputs
+
+    run, pack = run_dir
+    record_inputs(run, pack, "tiny")
+    return run, pack
+
+
 # --------------------------------------------------------------------------- Hub tests (issue 7)
 # A loopback Hub (olah + tests/hubserver.py) for the whole session, a real PEFT adapter built
 # once, and a factory for run directories with a fabricated-but-consistent policyalign.json.
@@ -162,7 +191,7 @@ def make_run(peft_adapter: Path):  # type: ignore[no-untyped-def]
         adapter = dest / "adapter"
         shutil.copytree(peft_adapter, adapter)
         (adapter / "loss.png").write_bytes(_png())
-        parents = {"parents": parent_records(pack)} if pack.parents else {}  # as distill.write_provenance records them
+        parents = {"parents": parent_records(pack)} if pack.parents else {}  # as provenance.write_provenance records them
         pack_block = {"name": pack.name, "version": pack.version, "digest": pack.digest, **parents, "title": pack.title,
                       "summary": pack.summary,
                       "categories": [{"id": c.id, "title": c.title, "action": c.action, "locked": c.locked}

@@ -1,4 +1,4 @@
-"""Run under `torch.distributed.run` by test_distill: one report line per rank, to check that the
+"""Run under `torch.distributed.run` by test_launch: one report line per rank, to check that the
 ranks trained on different instructions and ended with the same adapter (DDP synchronised)."""
 
 from __future__ import annotations
@@ -10,9 +10,11 @@ from pathlib import Path
 
 import torch.distributed
 
-from policyalign.distill import DistillConfig, build_trainer, launch_rank
+from policyalign.distill_settings import DistillConfig
 from policyalign.io import read_jsonl
+from policyalign.launch import launch_rank
 from policyalign.models import cpu_threads, load_model
+from policyalign.trainer import build_trainer
 
 
 def main(run_dir: Path, out_dir: Path) -> None:

@@ -110,7 +110,7 @@ def test_every_pack_training_setting_can_be_overridden_on_the_command_line() -> 
     import json
 
     from policyalign.apply import _SETTING_NAMES, ApplyOptions
-    from policyalign.distill import FLAGS
+    from policyalign.distill_settings import FLAGS
     from policyalign.schema import schema_text
 
     settings = json.loads(schema_text("pack.schema.json"))["properties"]["training"]["properties"]

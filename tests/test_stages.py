@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from policyalign import tiny
-from policyalign.distill import DistillConfig
+from policyalign.distill_settings import DistillConfig
 from policyalign.filtering import FilterConfig
 from policyalign.registry import Registry
 from policyalign.run import fingerprint

@@ -84,7 +84,8 @@ def distill(
 
     Settings left unset take the pack's `training:` values (with --resume, the checkpoint's).
     """
-    from ..distill import checkpoint_dir, resume_point, under_given
+    from ..checkpoints import checkpoint_dir, resume_point
+    from ..distill_settings import under_given
     from ..stages import recorded_distill_config, run_distill
 
     targets = target_modules if target_modules in (None, "all-linear") else \

@@ -1,0 +1,82 @@
+"""The adapter directory a training writes: the student's weights saved whole by directory rename,
+with an adapter_config.json that is the same bytes for the same training, and the loss plot.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from .checkpoints import save_error
+from .io import atomic_open, make_files_ordinary, read_json, write_json
+
+
+def save_adapter(model: Any, target: Path, finish: Callable[[Path], Any] = lambda staged: None) -> None:
+    """Save only the student adapter (not an EMA 'teacher' adapter), atomically by directory rename.
+
+    `finish` writes the files that describe these weights (policyalign.json, loss.png) into the
+    staged directory first: the adapter directory is replaced whole or not at all, never new
+    weights beside the previous training's provenance.
+    """
+    tmp = target.parent / f".{target.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        try:
+            model.save_pretrained(str(tmp), selected_adapters=["default"])
+        except Exception as exc:  # safetensors' own error on a full disk, not an OSError
+            raise save_error(exc, target) from exc
+        (tmp / "README.md").unlink(missing_ok=True)  # PEFT's placeholder card; ours is RUN_DIR/README.md
+        stable_adapter_config(tmp)
+        finish(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    make_files_ordinary(tmp)  # safetensors writes the weights owner-only
+    old = target.parent / f".{target.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# adapter_config.json fields PEFT holds as sets and writes as lists in the set's order, which
+# follows the process's string hashing (PYTHONHASHSEED): the same training wrote other bytes.
+SET_VALUED_CONFIG = ("target_modules", "exclude_modules")
+
+
+def stable_adapter_config(adapter_dir: Path) -> None:
+    """Sort adapter_config.json's set-valued lists, so two identical trainings write the same bytes
+    (and sha256, which the card publishes). PEFT reads them back into sets: the order means nothing
+    to it."""
+    path = Path(adapter_dir) / "adapter_config.json"
+    config = read_json(path)
+    if not isinstance(config, dict):
+        return
+    changed = False
+    for key in SET_VALUED_CONFIG:
+        value = config.get(key)
+        if isinstance(value, list) and all(isinstance(v, str) for v in value) and value != sorted(value):
+            config[key], changed = sorted(value), True
+    if changed:
+        write_json(path, config)
+
+
+def plot_loss(history: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if points:
+        ax.plot(*zip(*points), marker="o", markersize=3, color="#4c72b0")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("reverse KL(student || teacher), top-k")
+    ax.set_title("Distillation loss")
+    fig.tight_layout()
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=110)
+    plt.close(fig)

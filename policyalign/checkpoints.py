@@ -1,0 +1,65 @@
+"""Training checkpoints: where a run keeps them, which one is complete enough to `--resume` from,
+the record of the settings they were trained with, and the error a checkpoint (or adapter) the
+disk refuses becomes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import RunError
+
+
+def last_complete_checkpoint(directory: Path) -> Path | None:
+    """The newest checkpoint whose trainer state was written (the Trainer writes it last)."""
+    if not directory.is_dir():
+        return None
+    found = sorted((p for p in directory.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+                   key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    for path in found:
+        if _state_written(path / "trainer_state.json") and any(path.glob("adapter_model.*")):
+            return path
+    return None
+
+
+def save_error(exc: Exception, folder: Path) -> RunError:
+    """What to do when writing a checkpoint or the adapter into `folder` failed, most likely on a full
+    disk: an incomplete checkpoint (its trainer_state.json is written last) is skipped by `--resume`,
+    and the adapter is written to a temporary directory, renamed into place only when whole."""
+    return RunError(f"writing {folder.name} failed ({type(exc).__name__}: {exc}); is the disk full?",
+                    file=str(folder),
+                    hint="make room on that disk (or checkpoint less often with a larger --save-steps), then run "
+                         "`pa apply` again, or `pa distill RUN_DIR --resume`: training continues from the last complete "
+                         "checkpoint")
+
+
+def _state_written(path: Path) -> bool:
+    """The Trainer writes trainer_state.json in place, not atomically: a kill mid-write leaves it cut short."""
+    try:
+        return isinstance(json.loads(path.read_text(encoding="utf-8")), dict)
+    except (OSError, ValueError):
+        return False
+
+
+# Beside the checkpoints: the stage settings they were trained with (see stages.checkpoint_record).
+CHECKPOINT_RECORD = "trained_with.json"
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    """Where `--resume` finds its checkpoints: beside the adapter, not inside it.
+
+    The adapter directory is replaced by a rename when training ends; checkpoints inside it
+    would have to move across with it, and a kill between the moves would lose them.
+    """
+    return Path(run_dir) / "checkpoints"
+
+
+def resume_point(run_dir: Path) -> Path | None:
+    """The run's newest complete checkpoint, also where runs before 0.1.0's release kept them (adapter/checkpoints).
+
+    Read in place rather than moved, so every rank of a multi-process run finds the same one;
+    new checkpoints go to `checkpoints`, and the old ones leave with the old adapter directory.
+    """
+    run_dir = Path(run_dir)
+    return last_complete_checkpoint(checkpoint_dir(run_dir)) or last_complete_checkpoint(run_dir / "adapter" / "checkpoints")

@@ -1,0 +1,118 @@
+"""The distillation settings and their bounds: `DistillConfig`, built from a pack's `training`
+section with command-line overrides over it, each setting held to the pack schema's limits
+wherever it comes from (pack, flag, config file), so a bad value is named before training.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+from .errors import InvalidInputError
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Training settings: defaults follow the paper; the pack's `training` section and the CLI override."""
+
+    lora_r: int = 16
+    lora_alpha: float = 32
+    lora_dropout: float = 0.05
+    target_modules: tuple[str, ...] | str = ("q_proj", "k_proj", "v_proj", "o_proj")
+    learning_rate: float = 1e-4
+    num_epochs: float = 1.0
+    max_steps: int = -1
+    batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_k: int = 256
+    alpha: float = 1.0  # 1.0 = reverse KL(student || teacher)
+    teacher: str = "base"
+    ema_decay: float = 0.05
+    seed: int = 0
+    prefix_cache: bool = True
+    use_vllm: bool = False
+    save_steps: int = 50
+    logging_steps: int = 1
+
+    def __post_init__(self) -> None:
+        """Numbers take the type of their default: `lora_r: 4.0` (which the schema's "integer" admits) would
+        crash peft, and `--lora-alpha 8` (a float) must key the same run as a pack's `lora_alpha: 8`."""
+        for f in fields(self):
+            value, default = getattr(self, f.name), f.default
+            if isinstance(value, bool) or isinstance(default, bool):
+                continue
+            if isinstance(default, int) and isinstance(value, float) and value.is_integer():
+                object.__setattr__(self, f.name, int(value))
+            elif isinstance(default, float) and isinstance(value, int):
+                object.__setattr__(self, f.name, float(value))
+
+    @classmethod
+    def from_pack(cls, training: Mapping[str, Any], **overrides: Any) -> "DistillConfig":
+        """Pack defaults, then non-None command-line overrides; unknown keys are ignored (schema-checked)."""
+        names = {f.name for f in fields(cls)}
+        given = {k: v for k, v in overrides.items() if v is not None}
+        check_settings(training, from_command_line=False)
+        check_settings(given, from_command_line=True)
+        # --epochs given alone sets the length: the pack's max_steps would cap it (the default -1 does not)
+        config = cls(**under_given(
+            {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in training.items() if k in names},
+            {k: (tuple(v) if isinstance(v, list) else v) for k, v in given.items()}))
+        if config.teacher not in ("base", "ema"):
+            raise InvalidInputError(f"unknown teacher {config.teacher!r}", hint="use base or ema")
+        if config.save_steps < 1:
+            raise InvalidInputError(f"--save-steps {config.save_steps}: must be at least 1",
+                                    hint="checkpoint every N >= 1 optimizer steps")
+        return config
+
+
+def under_given(base: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` settings (a checkpoint's, a model's demo defaults) with `given` ones over them, where
+    `num_epochs` given without `max_steps` also drops base's `max_steps`: trainers stop at max_steps
+    whatever the epochs, so `--resume --epochs 3` after a `--max-steps 20` run trained nothing."""
+    dropped = ("max_steps",) if "num_epochs" in given and "max_steps" not in given else ()
+    return {**{k: v for k, v in base.items() if k not in dropped}, **given}
+
+
+# Command-line flags whose name differs from the training setting they override.
+FLAGS = {"learning_rate": "--lr", "num_epochs": "--epochs", "gradient_accumulation_steps": "--grad-accum",
+         "top_k": "--kl-top-k"}
+
+
+def check_settings(settings: Mapping[str, Any], *, from_command_line: bool) -> None:
+    """Hold training settings to the bounds the pack schema sets, wherever they come from.
+
+    Loading a pack validates its `training` section, but command-line overrides (and settings
+    built in code) would otherwise get past it: a `--batch-size 0` or `--temperature 0` then
+    fails deep inside trl, peft or the sampler instead of here, with the flag named.
+    """
+    bad = setting_error(settings)
+    if bad is None:
+        return
+    name, plain, message = bad
+    if from_command_line:
+        flag = FLAGS.get(name, "--" + name.replace("_", "-"))
+        raise InvalidInputError(f"{flag} {plain!r}: {message}",
+                                hint=f"give {flag} a value the pack schema allows for training.{name}")
+    raise InvalidInputError(f"training.{name} {plain!r}: {message}",
+                            hint=f"fix training.{name} in the pack (see schemas/pack.schema.json)")
+
+
+def setting_error(settings: Mapping[str, Any]) -> tuple[str, Any, str] | None:
+    """(setting, value, what is wrong) for the first setting outside the pack schema's bounds; the
+    caller names it the way its user wrote it (a flag, a pack key, a config-file key)."""
+    from jsonschema import Draft202012Validator
+
+    from .schema import schema_text
+
+    properties = json.loads(schema_text("pack.schema.json"))["properties"]["training"]["properties"]
+    for name, value in settings.items():
+        if name not in properties:
+            continue
+        plain = list(value) if isinstance(value, tuple) else value
+        error = next(Draft202012Validator(properties[name]).iter_errors(plain), None)
+        if error is not None:
+            return name, plain, error.message
+    return None

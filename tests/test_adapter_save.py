@@ -1,0 +1,77 @@
+"""The adapter directory: replaced whole or not at all, and the same bytes for the same training."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from policyalign.errors import InvalidInputError
+from policyalign.stages import run_distill
+
+
+def test_the_adapter_is_replaced_whole_with_its_provenance_or_not_at_all(recorded_run) -> None:
+    """New weights went in by rename before policyalign.json and loss.png were written, and the old ones were
+    carried across: a failure in between left the new weights described by the previous training."""
+    run, _ = recorded_run
+    options = {"max_steps": 1, "max_new_tokens": 4, "batch_size": 2, "lora_r": 4}
+    run_distill(run, overrides=options, progress=False)
+    (run / "synthesis.json").write_text("{", encoding="utf-8")  # provenance cannot be written
+    with pytest.raises(InvalidInputError, match="invalid JSON"):
+        run_distill(run, overrides={**options, "lora_r": 8}, progress=False)
+    adapter = run / "adapter"
+    weights = json.loads((adapter / "adapter_config.json").read_text())["r"]
+    assert weights == json.loads((adapter / "policyalign.json").read_text())["config"]["lora_r"] == 4
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".adapter")) == []
+
+
+@pytest.mark.slow
+def test_adapter_config_is_the_same_bytes_whatever_the_process(tmp_path: Path) -> None:
+    """PEFT keeps target_modules as a set and wrote it in the order of the process's string hashing:
+    two identical trainings gave adapter_config.json (published, hashed in the card) other bytes."""
+    code = ("import sys; from pathlib import Path; from peft import LoraConfig, get_peft_model; "
+            "from transformers import AutoModelForCausalLM; from policyalign.tiny import tiny_model_path; "
+            "from policyalign.adapter_save import save_adapter\n"
+            "for kind, targets in (('listed', ['q_proj', 'k_proj', 'v_proj', 'o_proj']), ('all-linear', 'all-linear')):\n"
+            "    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_path()), "
+            "LoraConfig(r=4, target_modules=targets)); save_adapter(model, Path(sys.argv[1]) / kind)")
+    for seed in ("1", "2"):  # seeds under which PEFT wrote both lists in other orders
+        env = {**os.environ, "PYTHONHASHSEED": seed, "OMP_NUM_THREADS": "1"}
+        done = subprocess.run([sys.executable, "-c", code, str(tmp_path / seed)], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    for kind in ("listed", "all-linear"):
+        written = {(tmp_path / seed / kind / "adapter_config.json").read_bytes() for seed in ("1", "2")}
+        assert len(written) == 1, f"{kind}: {len(written)} different adapter_config.json files"
+        modules = json.loads(written.pop())["target_modules"]
+        assert modules == sorted(modules) and len(modules) >= 4, modules
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from policyalign.tiny import tiny_model_path
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_path()), str(tmp_path / "1" / "listed"))
+    assert model.peft_config["default"].target_modules == {"q_proj", "k_proj", "v_proj", "o_proj"}
+    assert sum("lora_A" in name for name, _ in model.named_parameters()) == 4 * model.config.num_hidden_layers
+
+
+def test_an_adapter_the_full_disk_refuses_is_an_error_and_leaves_the_old_one(tmp_path: Path) -> None:
+    """The final adapter on a full disk was a SafetensorError traceback."""
+    from fulldisk import run_error
+
+    target = tmp_path / "adapter"
+    target.mkdir()
+    (target / "policyalign.json").write_text("{}")  # the previous training's adapter
+    printed = run_error("from peft import LoraConfig, get_peft_model\nfrom transformers import AutoModelForCausalLM\n"
+                        "from policyalign.tiny import tiny_model_path\nfrom policyalign.adapter_save import save_adapter\n"
+                        "base = AutoModelForCausalLM.from_pretrained(tiny_model_path())\n"
+                        "model = get_peft_model(base, LoraConfig(r=64, target_modules='all-linear'))",
+                        "save_adapter(model, Path(sys.argv[1]))", target)
+    assert printed.startswith(f"{target}: writing adapter failed (SafetensorError: "), printed
+    assert "is the disk full?" in printed
+    assert (target / "policyalign.json").read_text() == "{}" and not (tmp_path / ".adapter.tmp").exists()

@@ -1,0 +1,33 @@
+"""Checkpoints: only a complete one is resumed from, and one the disk refuses is an error naming it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from policyalign.checkpoints import last_complete_checkpoint
+
+
+def test_a_checkpoint_killed_while_writing_its_state_is_not_resumed_from(tmp_path: Path) -> None:
+    for step, state in ((2, '{"global_step": 2}'), (3, '{"global_st')):  # checkpoint-3 cut short mid-write
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "adapter_model.safetensors").write_bytes(b"weights")
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
+    (tmp_path / "checkpoint-2" / "trainer_state.json").write_text("")
+    assert last_complete_checkpoint(tmp_path) is None
+
+
+def test_a_checkpoint_the_full_disk_refuses_is_an_error_naming_it(recorded_run) -> None:
+    """torch.save on a full disk stopped training with `RuntimeError: [enforce fail at inline_container.cc:672]
+    . unexpected pos 152576 vs 152468` and a traceback, naming neither the checkpoint nor the disk."""
+    from fulldisk import run_python
+
+    from policyalign.checkpoints import resume_point
+
+    run, _ = recorded_run
+    result = run_python("-m", "policyalign", "distill", str(run), "--max-steps", "1", "--save-steps", "1",
+                        "--max-new-tokens", "4", "--batch-size", "2")
+    assert result.returncode == 1, result.stderr
+    assert f"error: {run / 'checkpoints' / 'checkpoint-1'}: writing checkpoint-1 failed (" in result.stderr
+    assert "is the disk full?" in result.stderr and "Traceback" not in result.stderr
+    assert resume_point(run) is None, "the half-written checkpoint is not taken for a complete one"

@@ -1,0 +1,80 @@
+"""Multi-process launch: batches each process can fill, real torchrun/accelerate runs, devices refused up front."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from policyalign.distill_settings import DistillConfig
+from policyalign.launch import fit_batch
+
+
+def test_small_selection_shrinks_the_batch_instead_of_training_zero_steps() -> None:
+    config = DistillConfig(batch_size=4, gradient_accumulation_steps=4)
+    assert (fit_batch(config, 30).batch_size, fit_batch(config, 30).gradient_accumulation_steps) == (4, 4)
+    assert (fit_batch(config, 10).batch_size, fit_batch(config, 10).gradient_accumulation_steps) == (4, 2)
+    assert (fit_batch(config, 3).batch_size, fit_batch(config, 3).gradient_accumulation_steps) == (3, 1)
+    # Each of N processes draws its own batches: 10 instructions over 2 processes fill 4 x 1 each.
+    assert (fit_batch(config, 10, 2).batch_size, fit_batch(config, 10, 2).gradient_accumulation_steps) == (4, 1)
+    assert fit_batch(config, 3, 2).batch_size == 1
+
+
+# The two launchers the README shows, each starting two real processes on the CPU (gloo), as they
+# would start one per GPU. accelerate's flags are explicit so no user config file changes the run.
+LAUNCHERS = {
+    "torchrun": ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+    "accelerate": ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                   "--mixed_precision", "no", "--dynamo_backend", "no"],
+}
+
+
+def _launch(*args: str, cwd: Path, launcher: str = "torchrun") -> subprocess.CompletedProcess:
+    """Run `args` in two processes under `launcher`."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HOME": str(cwd / ".hf")}
+    return subprocess.run([sys.executable, *LAUNCHERS[launcher], *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_two_processes_train_different_instructions_into_one_synchronised_adapter(run_dir, tmp_path: Path) -> None:
+    run, _ = run_dir
+    probe = Path(__file__).with_name("ddp_probe.py")
+    done = _launch(str(probe), str(run), str(tmp_path), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["processes"] for r in ranks] == [2, 2] and [r["steps"] for r in ranks] == [2, 2]
+    assert ranks[0]["adapter"] == ranks[1]["adapter"], "gradients are all-reduced: one adapter"
+    first, second = ({tuple(p) for p in r["prompts"]} for r in ranks)
+    assert first and second and not first & second, "each rank rolls out its own shard of the instructions"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_pa_distill_under_a_launcher_reports_and_writes_once(run_dir, launcher: str) -> None:
+    run, pack = run_dir
+    done = _launch("-m", "policyalign", "distill", str(run), "--pack", str(pack.root), "--model", "tiny",
+                   "--max-steps", "2", "--batch-size", "2", "--max-new-tokens", "8", cwd=run, launcher=launcher)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("trained 2 steps") == 1
+    meta = json.loads((run / "adapter" / "policyalign.json").read_text())
+    assert meta["training"]["processes"] == 2 and meta["training"]["steps"] == 2
+    assert json.loads((run / "run.json").read_text())["stages"]["distill"]["status"] == "done"
+
+
+def test_vllm_rollouts_without_a_gpu_are_refused_before_the_model_loads(recorded_run) -> None:
+    """`pa distill RUN --vllm` on a machine without a CUDA GPU (or without vLLM) ended in trl's bare
+    ImportError traceback, raised after the model had loaded."""
+    from typer.testing import CliRunner
+
+    from policyalign.cli import app
+
+    run, _ = recorded_run
+    result = CliRunner().invoke(app, ["distill", str(run), "--vllm", "--max-steps", "1", "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert "vLLM rollouts (pa distill --vllm, pa apply --backend vllm) need a CUDA GPU" in result.output
+    assert "--no-vllm" in result.output
