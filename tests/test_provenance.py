@@ -111,12 +111,11 @@ def test_published_adapter_files_name_a_local_base_model_without_its_path(tmp_pa
 
 
 def test_auto_peft_loads_a_hub_base_at_the_commit_the_adapter_was_trained_on(tmp_path: Path, peft_adapter: Path,
-                                                                            hf_cache, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+                                                                            hf_cache, offline_hub) -> None:  # type: ignore[no-untyped-def]
     """adapter_config.json's `revision` (the base model's, for `AutoPeftModelForCausalLM`) was null: the
     adapter of a Hub base asked for without a revision loaded on whatever `main` is now."""
     import shutil
 
-    from huggingface_hub import constants
     from peft import AutoPeftModelForCausalLM
 
     from policyalign.provenance import name_base_model
@@ -125,7 +124,6 @@ def test_auto_peft_loads_a_hub_base_at_the_commit_the_adapter_was_trained_on(tmp
     hf_cache("acme/tiny", trained)
     cache = hf_cache("acme/tiny", moved)  # main moved on since
     (cache / "models--acme--tiny" / "snapshots" / moved / "config.json").write_text("not the trained-on weights")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     adapter = tmp_path / "adapter"
     shutil.copytree(peft_adapter, adapter)
     name_base_model(adapter, {"name": "acme/tiny", "id": "acme/tiny", "revision": None, "commit": trained, "kind": "hub"})
