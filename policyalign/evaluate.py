@@ -276,18 +276,6 @@ def adapter_sha256(adapter: str | os.PathLike[str] | None) -> str | None:
     return None
 
 
-def _versions() -> dict[str, str]:
-    from . import __version__
-
-    versions = {"policyalign": __version__}
-    for module in ("torch", "transformers", "peft"):
-        try:
-            versions[module] = __import__(module).__version__
-        except Exception:
-            versions[module] = "unavailable"
-    return versions
-
-
 def evaluate(
     pack: "Pack | str | os.PathLike[str]",
     model_name: str,
@@ -314,7 +302,7 @@ def evaluate(
     check_eval_options(judge, limit)
     chosen = select_sets(pack, sets)  # before the folder exists: a misspelt set leaves nothing behind
     from .generation import greedy_params
-    from .run import EVAL_DIR_BUSY, run_lock
+    from .run import EVAL_DIR_BUSY, run_lock, versions
 
     with _removed_if_left_empty(Path(out_dir)), run_lock(Path(out_dir), EVAL_DIR_BUSY):
         # one process per eval folder: another's answers must not enter this one's journal
@@ -350,7 +338,7 @@ def evaluate(
             "metrics": summarize(rows),
             "drift": drift_result.to_dict() if drift_result else None,
             "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "versions": _versions(),
+            "versions": versions(),
         }
         result = write_eval(out_dir, summary, rows)
         generated.journal.path.unlink(missing_ok=True)  # everything it held is in responses.jsonl now

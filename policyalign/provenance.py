@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from .io import read_json, write_json
-from .trainer import PIN_TRL
 
 if TYPE_CHECKING:
     from .distill import DistillResult
@@ -65,6 +64,7 @@ def write_provenance(adapter_dir: Path, pack: "Pack", loaded: "LoadedModel", con
     """policyalign.json: exactly which pack, model, data and settings made this adapter."""
     from . import __version__
     from .pack import parent_records
+    from .run import versions
 
     synthesis = read_json(run_dir / "synthesis.json") if (run_dir / "synthesis.json").is_file() else {}
     scored = sum(1 for _ in (run_dir / "scored.jsonl").open()) if (run_dir / "scored.jsonl").is_file() else None
@@ -79,7 +79,7 @@ def write_provenance(adapter_dir: Path, pack: "Pack", loaded: "LoadedModel", con
                                 for c in pack.categories]},
         "base_model": base_model_record(loaded),
         "config": {**asdict(config), "target_modules": list(config.target_modules)
-                   if not isinstance(config.target_modules, str) else config.target_modules, "trl": PIN_TRL},
+                   if not isinstance(config.target_modules, str) else config.target_modules, "trl": versions()["trl"]},
         "data": {"synthesized": synthesis.get("instructions") if isinstance(synthesis, dict) else None, "scored": scored,
                  "selected": result.train_records, "heldout": result.heldout_records},
         "internalization": {"before": result.internalization_before, "after": result.internalization_after,

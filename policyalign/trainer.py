@@ -33,9 +33,6 @@ if TYPE_CHECKING:
     from .models import LoadedModel
 
 
-PIN_TRL = "1.16.0"
-
-
 @lru_cache(maxsize=1)
 def _trainer_classes() -> tuple[type, type]:
     """Build the trl subclasses lazily, so importing this module does not import trl."""
