@@ -64,6 +64,7 @@ def stable_adapter_config(adapter_dir: Path) -> None:
 
 
 def plot_loss(history: list[dict[str, Any]], path: Path) -> None:
+    """loss.png beside the adapter: the card shows whether training converged, not just that it ran."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class DistillResult:
+    """What a training produced, for the CLI's summary and policyalign.json (only rank 0 measures)."""
+
     adapter_dir: Path
     steps: int
     train_records: int

@@ -357,6 +357,8 @@ def device_flags(device: str, dtype: Any) -> dict[str, Any]:
 
 
 def lora_config(config: DistillConfig) -> Any:
+    """The student's LoRA: no bias terms, so the base weights stay untouched and the adapter is the
+    whole difference (the `base` teacher is the same model with the adapter disabled)."""
     from peft import LoraConfig
 
     targets = config.target_modules if isinstance(config.target_modules, str) else list(config.target_modules)
@@ -378,6 +380,9 @@ def training_prompt(record: dict[str, Any]) -> str:
 
 def build_trainer(loaded: "LoadedModel", policy: str, records: list[dict[str, Any]], config: DistillConfig,
                   output_dir: Path, *, trainer_cls: type | None = None, progress: bool = False) -> Any:
+    """Our trainer on `loaded` (or `trainer_cls`, stock trl for the benchmark, given the same model,
+    data and settings), with the target modules checked before trl wraps the model in PEFT, where a
+    misspelt module would surface as an error far from the option that named it."""
     from .models import max_context
 
     from transformers.trainer_callback import PrinterCallback
