@@ -65,7 +65,8 @@ from .stats import format_change, format_p, format_rate, mcnemar_p, paired_chang
 
 if TYPE_CHECKING:
     from .generation import SamplingParams
-    from .pack import EvalItem, EvalSet, Pack
+    from .pack import Pack
+    from .pack_eval import EvalItem, EvalSet
 
 EXPECTS = (*HARMFUL_EXPECT, *BENIGN_EXPECT)
 RATE_METRICS = ("violation_rate", "over_refusal_rate", "refuse_guide_agreement", "unparseable_rate",
@@ -224,7 +225,7 @@ def select_sets(pack: "Pack", names: Sequence[str] | None) -> list["EvalSet"]:
     chosen = []
     for name in names:
         if name not in available:
-            from .pack import did_you_mean
+            from .errors import did_you_mean
 
             hint = did_you_mean(name, list(available), "this pack's eval sets")
             raise InvalidInputError(f"--sets: pack {pack.name!r} has no eval set {name!r}", hint=hint)
@@ -282,7 +283,7 @@ def _spread(items: list["EvalItem"], limit: int) -> list["EvalItem"]:
 def _conversation(item: "EvalItem", policy: str, policy_in_context: bool) -> dict[str, Any]:
     """What the model is shown: the item as is (student) or with the policy as system (teacher)."""
     from . import chat
-    from .pack import thaw
+    from .frozen import thaw
 
     messages = thaw(item.messages)
     shown = chat.teacher_messages(policy, messages) if policy_in_context else chat.student_messages(messages)
@@ -433,7 +434,7 @@ def assert_not_eval_only(source: str | os.PathLike[str]) -> None:
 
 
 def _benchmark_item(spec: BenchmarkSpec, index: int, row: Mapping[str, Any]) -> "EvalItem":
-    from .pack import EvalItem
+    from .pack_eval import EvalItem
 
     prompt = str(row.get("prompt") or row.get("forbidden_prompt") or "")
     if spec.name == "xstest":
@@ -473,7 +474,7 @@ def load_benchmark(name: str, *, revision: str = "main") -> Benchmark:
         raise HubError(f"could not load benchmark {spec.dataset!r} (revision {revision!r}): {exc}",
                        hint="check network access to the Hugging Face Hub, or pre-populate the datasets cache "
                             "and set HF_DATASETS_OFFLINE=1") from None
-    from .pack import EvalSet
+    from .pack_eval import EvalSet
 
     items = tuple(_benchmark_item(spec, i, row) for i, row in enumerate(data, start=1))
     meta = {"name": spec.name, "dataset": spec.dataset, "split": spec.split, "revision": revision,
@@ -613,7 +614,7 @@ def _generate(tasks: Sequence[_Task], pack: "Pack", model_name: str, *, adapter:
 
 def _answered_row(task: _Task, conversation: Mapping[str, Any], answer: Mapping[str, Any]) -> dict[str, Any]:
     """A responses.jsonl row before judging: the item as the pack has it now, and its answer."""
-    from .pack import thaw
+    from .frozen import thaw
 
     item = task.item
     return {"set": task.set_name, "kind": task.kind, "id": item.id, "category": item.category,
