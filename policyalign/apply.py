@@ -22,7 +22,7 @@ from .distill_settings import under_given
 from .evaluate import check_eval_options
 from .io import output_dir
 from .launch import check_vllm_rollouts, launch_rank, training_device
-from .pack import ManifestLoader, Pack
+from .pack import Pack
 from .run import (read_manifest, record_inputs, run_active, run_lock, stage_done, stage_results, unbumped_change,
                   write_manifest)
 from .stages import (
@@ -30,6 +30,7 @@ from .stages import (
     card_key, checkpoint_record, push_key, resume_key, run_card, run_synthesize, selection_given, synthesize_key,
     synthesize_options,
 )
+from .untrusted_data import ManifestLoader
 
 # The built-in tiny model is for the offline demo and tests: these defaults make the whole
 # pipeline finish in about a minute on a 2-core CPU. Any option given explicitly wins.
@@ -119,7 +120,7 @@ def load_config_file(path: Path) -> dict[str, Any]:
         raise InvalidInputError("config must be a mapping of option: value", file=str(path))
     names = {f.name for f in fields(ApplyOptions)} - {"explicit"}
     options = {str(k).replace("-", "_"): v for k, v in data.items()}
-    from .pack import did_you_mean
+    from .errors import did_you_mean
 
     for key in options:
         if key in CONFIG_KEYS_OF_FLAGS:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import HubError, InvalidInputError, PolicyAlignError
 
 if TYPE_CHECKING:
-    from .pack import EvalItem, EvalSet
+    from .pack_eval import EvalItem, EvalSet
 
 @dataclass(frozen=True)
 class BenchmarkSpec:
@@ -37,7 +37,7 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
                                   "https://arxiv.org/abs/2402.10260"),
 }
 def _benchmark_item(spec: BenchmarkSpec, index: int, row: Mapping[str, Any]) -> "EvalItem":
-    from .pack import EvalItem
+    from .pack_eval import EvalItem
 
     prompt = str(row.get("prompt") or row.get("forbidden_prompt") or "")
     if spec.name == "xstest":
@@ -77,7 +77,7 @@ def load_benchmark(name: str, *, revision: str = "main") -> Benchmark:
         raise HubError(f"could not load benchmark {spec.dataset!r} (revision {revision!r}): {exc}",
                        hint="check network access to the Hugging Face Hub, or pre-populate the datasets cache "
                             "and set HF_DATASETS_OFFLINE=1") from None
-    from .pack import EvalSet
+    from .pack_eval import EvalSet
 
     items = tuple(_benchmark_item(spec, i, row) for i, row in enumerate(data, start=1))
     meta = {"name": spec.name, "dataset": spec.dataset, "split": spec.split, "revision": revision,

@@ -17,8 +17,10 @@ import yaml
 
 from .errors import InvalidInputError
 from .io import write_text
-from .pack import CHANGELOG, MANIFEST, MAX_MANIFEST_BYTES, MAX_OTHER_BYTES, ManifestLoader, changelog_entry
+from .pack import changelog_entry
+from .pack_input import CHANGELOG, MANIFEST, MAX_MANIFEST_BYTES, MAX_OTHER_BYTES
 from .semver import Version, is_semver
+from .untrusted_data import ManifestLoader
 
 PARTS = ("major", "minor", "patch")
 

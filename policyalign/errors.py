@@ -7,6 +7,7 @@ Every error the user can cause (bad pack, bad option, missing model) is a
 
 from __future__ import annotations
 
+import difflib
 import errno
 from dataclasses import dataclass
 
@@ -89,3 +90,12 @@ def disk_error(exc: OSError, file: str | None = None) -> RunError | None:
     return RunError(exc.strerror or str(exc), file=str(file or exc.filename or ""),
                     hint="make room on that disk or make it writable (or give --out another directory), "
                          "then run the same command again: finished stages are kept")
+
+
+def did_you_mean(word: str, options: list[str] | tuple[str, ...], known: str = "") -> str:
+    """The close match, else (with `known`, e.g. "known categories") every option: a hint that is
+    empty when the typo is far off leaves the user guessing what the names are."""
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    if close:
+        return f"did you mean {close[0]!r}?"
+    return f"{known}: {', '.join(options) or 'none'}" if known else ""

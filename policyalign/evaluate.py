@@ -44,7 +44,8 @@ from .verdicts import judge_journaled, judge_weights_fetched
 
 if TYPE_CHECKING:
     from .generation import SamplingParams
-    from .pack import EvalItem, EvalSet, Pack
+    from .pack import Pack
+    from .pack_eval import EvalItem, EvalSet
 
 EVAL_SCHEMA = "policyalign.eval/1"
 
@@ -71,7 +72,7 @@ def select_sets(pack: "Pack", names: Sequence[str] | None) -> list["EvalSet"]:
     chosen = []
     for name in names:
         if name not in available:
-            from .pack import did_you_mean
+            from .errors import did_you_mean
 
             hint = did_you_mean(name, list(available), "this pack's eval sets")
             raise InvalidInputError(f"--sets: pack {pack.name!r} has no eval set {name!r}", hint=hint)
@@ -129,7 +130,7 @@ def _spread(items: list["EvalItem"], limit: int) -> list["EvalItem"]:
 def _conversation(item: "EvalItem", policy: str, policy_in_context: bool) -> dict[str, Any]:
     """What the model is shown: the item as is (student) or with the policy as system (teacher)."""
     from . import chat
-    from .pack import thaw
+    from .frozen import thaw
 
     messages = thaw(item.messages)
     shown = chat.teacher_messages(policy, messages) if policy_in_context else chat.student_messages(messages)
@@ -200,7 +201,7 @@ def _generate(tasks: Sequence[EvalTask], pack: "Pack", model_name: str, *, adapt
 
 def _answered_row(task: EvalTask, conversation: Mapping[str, Any], answer: Mapping[str, Any]) -> dict[str, Any]:
     """A responses.jsonl row before judging: the item as the pack has it now, and its answer."""
-    from .pack import thaw
+    from .frozen import thaw
 
     item = task.item
     return {"set": task.set_name, "kind": task.kind, "id": item.id, "category": item.category,

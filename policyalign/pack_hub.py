@@ -48,8 +48,8 @@ class PackPullResult:
 
 
 def pack_files(root: Path) -> list[Path]:
-    """The files a pack consists of, by the loader's rule (`pack.not_pack_content`)."""
-    from .pack import not_pack_content
+    """The files a pack consists of, by the loader's rule (`pack_input.not_pack_content`)."""
+    from .pack_input import not_pack_content
 
     files = []
     for path in sorted(root.rglob("*")):
@@ -91,7 +91,7 @@ def push_pack(path: str | Path, repo_id: str, *, private: bool = False, revision
 
 def file_cap(rel: str) -> int:
     """The most bytes one pack file may have (the loader's limit for its kind)."""
-    from .pack import MANIFEST, MAX_EVAL_BYTES, MAX_MANIFEST_BYTES, MAX_OTHER_BYTES
+    from .pack_input import MANIFEST, MAX_EVAL_BYTES, MAX_MANIFEST_BYTES, MAX_OTHER_BYTES
 
     if rel == MANIFEST:
         return MAX_MANIFEST_BYTES
@@ -189,7 +189,7 @@ def _read_pack_card(repo_id: str, commit: str, workdir: Path, token: str | None)
 
 def _listing_problems(repo_id: str, entries: list[tuple[str, int]], expected: Mapping[str, Any]) -> list[Problem]:
     """Everything wrong with a pack's file listing, before a byte is downloaded."""
-    from .pack import MAX_PACK_BYTES, MAX_PACK_FILES
+    from .pack_input import MAX_PACK_BYTES, MAX_PACK_FILES
 
     problems = []
     for rel, size in entries:
@@ -226,7 +226,7 @@ def _list_pack_files(api: Any, repo_id: str, commit: str, token: str | None) -> 
 def _download_pack(repo_id: str, commit: str, entries: list[tuple[str, int]], hashes: Mapping[str, Any],
                    stage: Path, token: str | None) -> None:
     """Fetch every listed file into `stage` with per-file and total caps, checking each sha256."""
-    from .pack import MAX_PACK_BYTES
+    from .pack_input import MAX_PACK_BYTES
 
     budget = MAX_PACK_BYTES
     for rel, _ in entries:

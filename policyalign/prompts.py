@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import InvalidInputError
-from .pack import Category, Pack, TemplateSpec, did_you_mean, template_variables
+from .errors import did_you_mean
+from .pack import Category, Pack, TemplateSpec, template_variables
 from .templates import TemplateFailure, compile_template, render_template
 
 

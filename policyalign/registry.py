@@ -44,7 +44,8 @@ class PackLocation:
 
 def read_header(path: Path) -> PackLocation | None:
     """Name and version from a manifest, or None when it can't be read (validation reports why)."""
-    from .pack import MAX_MANIFEST_BYTES, ManifestLoader
+    from .pack_input import MAX_MANIFEST_BYTES
+    from .untrusted_data import ManifestLoader
 
     manifest = path / "pack.yaml"
     try:
@@ -140,7 +141,7 @@ class Registry:
         return self._pick(spec, name, wanted, candidates).path
 
     def _unknown(self, name: str, parent: bool) -> Path:
-        from .pack import did_you_mean
+        from .errors import did_you_mean
 
         names = sorted({loc.name for loc in self.discover()})
         raise ResolveError(f"unknown pack {name!r}", hint=did_you_mean(name, names) or self._not_found_hint(names, parent))

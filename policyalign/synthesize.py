@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any
 from .dedup import check_threshold, dedup, find_near_duplicates, normalize
 from .errors import InvalidInputError
 from .io import read_json, write_json, write_jsonl
-from .pack import Pack, thaw
+from .frozen import thaw
+from .pack import Pack
 from .parsing import instruction_text, parse_output
 from .prompts import render_synthesis_prompt
 

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InvalidInputError, PackError, Problem
-from .pack import MANIFEST, Pack, load_pack
+from .pack import Pack, load_pack
+from .pack_input import MANIFEST
 from .pack_index import index_problems
 from .registry import INDEX_FILE, Registry
 

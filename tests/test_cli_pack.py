@@ -217,7 +217,7 @@ def test_new_checks_the_parent_before_writing(fixture_packs: Path, tmp_path: Pat
 
 def test_list_shows_a_pack_whose_manifest_cannot_be_read(fixture_packs: Path) -> None:
     """An oversized manifest gives no name to list it by; it must still appear, as invalid, with the reason."""
-    from policyalign.pack import MAX_MANIFEST_BYTES
+    from policyalign.pack_input import MAX_MANIFEST_BYTES
 
     manifest = fixture_packs / "root-pack" / "pack.yaml"
     manifest.write_text(manifest.read_text() + "#" * MAX_MANIFEST_BYTES)

@@ -1,0 +1,212 @@
+"""A pack's eval sets: items parsed and validated from JSONL, and sets inherited from ancestors.
+
+An eval set is untrusted JSONL whose labels decide the metrics, so every line is checked
+(duplicate keys, nesting, schema, ids, categories, forbidden tools offered, `expect` against the
+set's kind) and reported with its line. A child pack is also measured on its ancestors' sets,
+minus the items whose expectation it changed (`inherit_set`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping
+
+from .errors import did_you_mean
+from .frozen import freeze, thaw
+from .pack_input import MAX_EVAL_ITEMS, Collector
+from .schema import schema_hint, schema_message
+from .untrusted_data import MAX_NESTING, text_problems, too_deep
+
+if TYPE_CHECKING:
+    from .pack import Pack
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    id: str
+    category: str
+    messages: tuple[Mapping[str, Any], ...]
+    tools: tuple[Mapping[str, Any], ...]
+    expect: str
+    forbidden_tools: tuple[str, ...]
+    note: str = ""
+
+    def as_record(self) -> dict[str, Any]:
+        """A plain dict (conversation plus labels) for JSONL artifacts."""
+        record: dict[str, Any] = {"id": self.id, "category": self.category,
+                                  "messages": thaw(self.messages), "expect": self.expect}
+        if self.tools:
+            record["tools"] = thaw(self.tools)
+        if self.forbidden_tools:
+            record["forbidden_tools"] = list(self.forbidden_tools)
+        return record
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    name: str
+    kind: str
+    file: str  # relative to the pack (an inherited set: the file under its ancestor's root)
+    items: tuple[EvalItem, ...]
+    origin: str = ""  # the ancestor pack an inherited set comes from ("" for the pack's own sets)
+    # (why, how many) of the ancestor's items left out: their expectation no longer holds in this pack
+    dropped: tuple[tuple[str, int], ...] = ()
+
+
+def inherit_set(eval_set: EvalSet, ancestor: Pack, pack: Pack) -> EvalSet:
+    """`ancestor`'s set as `pack` evaluates it: named `<ancestor>/<set>` (set names cannot hold a
+    '/', so it never collides with the pack's own), without the items that no longer fit `pack`."""
+    kept: list[EvalItem] = []
+    dropped: dict[str, int] = {}
+    for item in eval_set.items:
+        why = _misfit(item, ancestor, pack)
+        if why:
+            dropped[why] = dropped.get(why, 0) + 1
+        else:
+            kept.append(item)
+    return EvalSet(f"{ancestor.name}/{eval_set.name}", eval_set.kind, str(ancestor.root / eval_set.file),
+                   tuple(kept), ancestor.name, tuple(dropped.items()))
+
+
+def _misfit(item: EvalItem, ancestor: Pack, pack: Pack) -> str:
+    """Why an ancestor's eval item does not hold under `pack` ("" when it does). A benign item stays
+    benign whatever the action; a harmful item's `expect` was written for the ancestor's action, so
+    where `pack` changed that action (a non-locked `refuse` weakened to `comply`, `guide` made
+    `refuse`), only items already expecting the new action still fit. A removed category has no
+    action left to measure."""
+    from .schema import BENIGN_EXPECT
+
+    try:
+        now = pack.category(item.category).action
+    except KeyError:
+        return f"category {item.category!r} removed"
+    was = ancestor.category(item.category).action
+    if item.expect in BENIGN_EXPECT or now == was or item.expect == now:
+        return ""
+    return f"category {item.category!r} changed from {was!r} to {now!r}"
+
+
+def jsonl_lines(text: str) -> list[str]:
+    """The lines of a JSONL text. Only \\n, \\r\\n and \\r end a line: str.splitlines() also splits on
+    U+2028, U+0085 and other characters that JSON strings may hold raw (ensure_ascii=False writes them)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json.loads hook: a repeated key is an error (`"expect": "refuse", "expect": "comply"` is a typo, not data)."""
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
+
+
+def eval_items(col: Collector, file: str, text: str, known: list[str], seen_ids: dict[str, str],
+                kind: str) -> list[EvalItem]:
+    from .schema import eval_item_validator
+
+    validator = eval_item_validator()
+    items: list[EvalItem] = []
+    for lineno, line in enumerate(jsonl_lines(text), start=1):
+        if not line.strip():
+            continue
+        if len(items) >= MAX_EVAL_ITEMS:
+            col.add(file, f"line {lineno}", f"more than {MAX_EVAL_ITEMS} items", "split the eval set")
+            break
+        try:
+            raw = json.loads(line, object_pairs_hook=_unique_keys)
+        except _DuplicateKey as exc:
+            col.add(file, f"line {lineno}", f"duplicate key {exc.key!r} in one JSON object; JSON would silently "
+                    "keep only the last value", "delete one of the two")
+            continue
+        except json.JSONDecodeError as exc:
+            col.add(file, f"line {lineno}", f"malformed JSON: {exc.msg} (column {exc.colno})",
+                    "each line must be one complete JSON object")
+            continue
+        except RecursionError:
+            deep = True
+        except ValueError:  # not a JSONDecodeError: an integer literal past Python's digit limit
+            col.add(file, f"line {lineno}", f"malformed JSON: an integer with more than {sys.get_int_max_str_digits()} "
+                    "digits", "eval items need no huge numbers: remove it or write it as a string")
+            continue
+        else:
+            deep = too_deep(raw)
+        if deep:
+            col.add(file, f"line {lineno}", f"JSON nested more than {MAX_NESTING} levels deep",
+                    "flatten the item: eval items need no deep nesting")
+            continue
+        item = _eval_item(col, file, lineno, raw, validator, known, seen_ids)
+        if item is not None and _expect_fits_kind(col, file, f"line {lineno}", item, kind):
+            items.append(item)
+    return items
+
+
+def _eval_item(col: Collector, file: str, lineno: int, raw: Any, validator: Any, known: list[str],
+               seen_ids: dict[str, str]) -> EvalItem | None:
+    errors = list(validator.iter_errors(raw))
+    bad_text = text_problems(raw)
+    for pointer, message, hint in bad_text:
+        col.add(file, f"line {lineno} {pointer}", message, hint)
+    for error in errors:
+        pointer = "/" + "/".join(str(p) for p in error.absolute_path)
+        message = ("needs exactly one of 'prompt' or 'messages'" if error.validator == "oneOf"
+                   else schema_message(error))
+        col.add(file, f"line {lineno} {pointer}", message, schema_hint(error))
+    if errors or bad_text:
+        return None
+    where = f"line {lineno}"
+    if raw["id"] in seen_ids:
+        col.add(file, where + " /id", f"duplicate eval item id {raw['id']!r} (first in {seen_ids[raw['id']]})",
+                "eval item ids must be unique across the pack")
+    seen_ids.setdefault(raw["id"], f"{file} line {lineno}")
+    if raw["category"] not in known:
+        col.add(file, where + " /category", f"unknown category {raw['category']!r}",
+                did_you_mean(raw["category"], known, "known categories"))
+        return None
+    if not _forbidden_tools_offered(col, file, where, raw):
+        return None
+    messages = raw.get("messages") or [{"role": "user", "content": raw["prompt"]}]
+    return EvalItem(raw["id"], raw["category"], freeze(messages), freeze(raw.get("tools", [])), raw["expect"],
+                    tuple(raw.get("forbidden_tools", [])), raw.get("note", ""))
+
+
+def _expect_fits_kind(col: Collector, file: str, where: str, item: EvalItem, kind: str) -> bool:
+    """Metrics count an item by its `expect`, not by its set: a `comply` item in a safety set left the
+    set's violation rate and silently joined the over-refusal rate (a harmful prompt the model rightly
+    refused counted as over-refusal), while the card still listed it among the safety set's items."""
+    from .schema import KIND_EXPECTS
+
+    allowed = KIND_EXPECTS.get(kind)
+    if allowed is None or item.expect in allowed:
+        return True
+    other = "an over-refusal" if kind == "safety" else "a safety"
+    col.add(file, f"{where} /expect", f"expect {item.expect!r} in a set of kind {kind!r} (its items expect "
+            f"{' or '.join(repr(e) for e in allowed)})", f"fix the label, or move the item to {other} set")
+    return False
+
+
+def _tool_name(tool: Any) -> str | None:
+    """The name of a tool definition, OpenAI style ({"function": {"name": ...}}) or flat ({"name": ...})."""
+    spec = tool.get("function") if isinstance(tool, dict) and isinstance(tool.get("function"), dict) else tool
+    name = spec.get("name") if isinstance(spec, dict) else None
+    return name if isinstance(name, str) and name else None
+
+
+def _forbidden_tools_offered(col: Collector, file: str, where: str, raw: dict[str, Any]) -> bool:
+    """Every forbidden tool must be one the item offers: a typo ('send_emial') or a missing `tools`
+    made the forbidden-call check vacuous, silently (the model cannot call a tool it is not given)."""
+    offered = sorted({name for tool in raw.get("tools", []) if (name := _tool_name(tool))})
+    missing = [(i, name) for i, name in enumerate(raw.get("forbidden_tools", [])) if name not in offered]
+    for i, name in missing:
+        col.add(file, f"{where} /forbidden_tools/{i}", f"forbidden tool {name!r} is not one of this item's tools",
+                did_you_mean(name, offered) or f"its tools: {', '.join(offered) or 'none (add them under `tools`)'}")
+    return not missing

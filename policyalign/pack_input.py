@@ -1,0 +1,148 @@
+"""A pack's files as untrusted input: their names, size bounds, confined paths and bounded reads.
+
+Every file of a pack directory is read into memory and may come from anyone, so each read here
+is confined to the pack, bounded in size and checked as UTF-8 text before the loader sees it.
+The `Collector` gathers the problems found on the way (here, in the eval items and in the loader)
+so validation reports all of them at once. `pa pack push/pull` use the same file rule and bounds.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from .errors import Problem
+from .templates import LONE_SURROGATE, text_problem
+
+MANIFEST = "pack.yaml"
+CHANGELOG = "CHANGELOG.md"
+
+# Size bounds: packs are untrusted, and every file is read into memory.
+MAX_MANIFEST_BYTES = 512 * 1024
+MAX_POLICY_BYTES = 128 * 1024
+MAX_TEMPLATE_BYTES = 64 * 1024
+MAX_EVAL_BYTES = 8 * 1024 * 1024
+MAX_OTHER_BYTES = 2 * 1024 * 1024
+MAX_PACK_BYTES = 32 * 1024 * 1024
+MAX_PACK_FILES = 2000
+MAX_EVAL_ITEMS = 20000
+
+
+class Collector:
+    """Accumulates problems for one pack so validation reports all of them at once."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.problems: list[Problem] = []
+        # Relative POSIX paths of the files the digest covers (set by `collect_files`).
+        self.digested: set[str] | None = None
+
+    def rel(self, path: Path | str) -> str:
+        path = Path(path)
+        try:
+            return str(path.relative_to(self.root.parent))
+        except ValueError:
+            return str(path)
+
+    def add(self, file: Path | str, where: str, message: str, hint: str = "") -> None:
+        name = self.rel(self.root / file) if not Path(file).is_absolute() else self.rel(file)
+        self.problems.append(Problem(file=name, where=where, message=message, hint=hint))
+
+
+def confined_path(root: Path, rel: str) -> Path | str:
+    """Resolve `rel` inside `root`; return an explanation string if it escapes or is unsafe."""
+    if not isinstance(rel, str) or not rel:
+        return "path must be a non-empty string"
+    if rel.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", rel):
+        return "absolute paths are not allowed"
+    if ".." in Path(rel).parts:
+        return "'..' is not allowed: paths must stay inside the pack"
+    target = root / rel
+    try:
+        resolved = target.resolve()
+    except (OSError, RuntimeError):
+        return "path cannot be resolved (symlink loop?)"
+    if not resolved.is_relative_to(root.resolve()):
+        return "path leads outside the pack (through a symlink)"
+    return target
+
+
+def read_bounded(col: Collector, rel: str, limit: int, where: str) -> str | None:
+    """Read a referenced pack file as UTF-8, reporting escape, absence, size and encoding problems."""
+    target = confined_path(col.root, rel)
+    if isinstance(target, str):
+        col.add(MANIFEST, where, f"{rel!r}: {target}", "use a relative path to a file inside the pack directory")
+        return None
+    if not target.is_file():
+        col.add(MANIFEST, where, f"referenced file {rel!r} does not exist", "create the file or fix the path")
+        return None
+    if col.digested is not None and target.relative_to(col.root).as_posix() not in col.digested:
+        # The digest pins the pack's content; a file it skips could change without changing the digest.
+        col.add(MANIFEST, where, f"referenced file {rel!r} is not covered by the pack digest "
+                "(hidden files and directories, __pycache__, editor backups ending in '~' or wrapped in '#', and "
+                "files under a symlinked directory are skipped)",
+                "give the file an ordinary name in an ordinary directory of the pack (no leading '.', no directory symlink)")
+        return None
+    size = target.stat().st_size
+    if size > limit:
+        col.add(rel, "", f"file is {size} bytes, over the {limit}-byte limit", "split or shorten the file")
+        return None
+    try:
+        # utf-8-sig: a byte-order mark (Windows editors add one) would otherwise open the teacher's
+        # system message and every synthesis prompt, and make line 1 of an eval set malformed JSON.
+        text = target.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        col.add(rel, f"byte {exc.start}", "file is not valid UTF-8", "save the file as UTF-8")
+        return None
+    problem = text_problem(text)
+    if problem:
+        col.add(rel, f"line {text.count(chr(10), 0, problem[0]) + 1}", f"file {problem[1]}", problem[2])
+        return None
+    return text
+
+
+def not_pack_content(name: str) -> bool:
+    """Hidden entries, caches and editor backups (`pack.yaml~`, Emacs `#policy.md#`): left in a
+    working copy, they changed the digest, so a local `pa validate --all` called INDEX.json stale
+    while CI's clean clone agreed with it."""
+    return name.startswith(".") or name == "__pycache__" or name.endswith("~") or (
+        len(name) > 1 and name.startswith("#") and name.endswith("#"))
+
+
+def collect_files(col: Collector) -> list[Path]:
+    """Every regular file of the pack (hidden entries skipped), checking links and bounds."""
+    files: list[Path] = []
+    total = 0
+    root = col.root.resolve()
+    for path in sorted(col.root.rglob("*")):
+        rel = path.relative_to(col.root)
+        if any(not_pack_content(part) for part in rel.parts):
+            continue
+        if LONE_SURROGATE.search(str(rel)):  # os.fsdecode's surrogateescape: the name's bytes are not UTF-8
+            col.add(os.fsencode(rel).decode("utf-8", "backslashreplace"), "", "file name is not valid UTF-8",
+                    "rename the file (pack file names are UTF-8, as in git)")
+            continue
+        if path.is_symlink():
+            try:
+                target = path.resolve()
+            except (OSError, RuntimeError):
+                col.add(str(rel), "", "symlink cannot be resolved", "remove the symlink")
+                continue
+            if not target.is_relative_to(root):
+                col.add(str(rel), "", f"symlink points outside the pack ({target})",
+                        "replace the symlink with a copy of the file inside the pack")
+                continue
+        if path.is_dir():
+            continue
+        if not path.is_file():
+            col.add(str(rel), "", "not a regular file", "packs may contain only regular files and directories")
+            continue
+        total += path.stat().st_size
+        files.append(path)
+    if len(files) > MAX_PACK_FILES:
+        col.add(".", "", f"pack has {len(files)} files, over the limit of {MAX_PACK_FILES}", "remove unused files")
+    if total > MAX_PACK_BYTES:
+        col.add(".", "", f"pack is {total} bytes, over the limit of {MAX_PACK_BYTES}", "shrink the eval sets")
+    col.digested = {path.relative_to(col.root).as_posix() for path in files}
+    return files

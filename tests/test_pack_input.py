@@ -1,0 +1,39 @@
+"""pack_input: reading a pack's files (encoding marks, file names)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from policyalign.cli import app
+from policyalign.errors import PackError
+from policyalign.pack import load_pack
+from policyalign.registry import Registry
+
+
+def _load(packs: Path, name: str):
+    return load_pack(packs / name, registry=Registry([packs]))
+
+
+def test_byte_order_marks_are_not_part_of_the_text(fixture_packs: Path) -> None:
+    """A BOM (Notepad) at the start of policy.md, a template or an eval set is an encoding mark, not text."""
+    root = fixture_packs / "root-pack"
+    for rel in ("policy.md", "templates/plain.jinja", "eval/harmful.jsonl", "pack.yaml", "CHANGELOG.md"):
+        (root / rel).write_bytes(b"\xef\xbb\xbf" + (root / rel).read_bytes())
+    pack = _load(fixture_packs, "root-pack")
+    assert "\ufeff" not in pack.policy and "\ufeff" not in pack.templates[0].source
+    assert len(pack.eval_set("harmful").items) == 2
+
+
+def test_a_file_name_that_is_not_utf8_is_a_problem_not_a_traceback(fixture_packs: Path) -> None:
+    """A Latin-1 name from an archive made the digest's path encoding raise UnicodeEncodeError."""
+    root = fixture_packs / "root-pack"
+    (Path(os.fsdecode(os.fsencode(root) + b"/notes-\xe9.txt"))).write_bytes(b"x")
+    with pytest.raises(PackError) as info:
+        _load(fixture_packs, "root-pack")
+    assert "root-pack/notes-\\xe9.txt: file name is not valid UTF-8" in str(info.value)
+    result = CliRunner().invoke(app, ["validate", str(root), "--packs-path", str(fixture_packs)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
