@@ -93,11 +93,11 @@ def build_model(shape: str, *, device: str | None = None, dtype: Any = None, tra
         return load_model("tiny", device=device, dtype=dtype, trainable=trainable)
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    from policyalign.models import resolve_device, _resolve_dtype
+    from policyalign.models import resolve_device, resolve_dtype
 
     tok = load_model("tiny", device="cpu").tokenizer
     dev = resolve_device(device)
-    dt = _resolve_dtype(dtype, dev)
+    dt = resolve_dtype(dtype, dev)
     im_end, eot = tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")
     config = Qwen2Config(**SHAPES[shape], max_position_embeddings=32768, rms_norm_eps=1e-6,
                          rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},

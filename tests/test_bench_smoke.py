@@ -33,6 +33,13 @@ def test_bench_runs_with_smoke(name: str, expect: str, capsys, monkeypatch) -> N
     assert expect in out
 
 
+@pytest.mark.parametrize("name, expect", [("prefix_cache", "cached/uncached"), ("teacher_memory", "no second copy: True")])
+def test_bench_runs_on_a_random_init_shape(name: str, expect: str, capsys, monkeypatch) -> None:
+    """The GPU rows come from `--shape qwen2.5-7b`; that path (random-init Qwen2 config) had stopped
+    importing after a rename, unseen because every smoke run took tiny. `mini` is the same path on CPU."""
+    assert expect in _run(name, "--smoke", "--shape", "mini", capsys=capsys, monkeypatch=monkeypatch)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message printed without CUDA")
 def test_gpu_step_without_cuda_says_so(capsys, monkeypatch) -> None:
     out = _run("gpu_step", capsys=capsys, monkeypatch=monkeypatch)
