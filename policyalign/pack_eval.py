@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from .errors import did_you_mean
 from .frozen import freeze, thaw
 from .pack_input import MAX_EVAL_ITEMS, Collector
-from .schema import schema_hint, schema_message
+from .schema import BENIGN_EXPECT, KIND_EXPECTS, eval_item_validator, schema_hint, schema_message
 from .untrusted_data import MAX_NESTING, text_problems, too_deep
 
 if TYPE_CHECKING:
@@ -76,8 +76,6 @@ def _misfit(item: EvalItem, ancestor: Pack, pack: Pack) -> str:
     where `pack` changed that action (a non-locked `refuse` weakened to `comply`, `guide` made
     `refuse`), only items already expecting the new action still fit. A removed category has no
     action left to measure."""
-    from .schema import BENIGN_EXPECT
-
     try:
         now = pack.category(item.category).action
     except KeyError:
@@ -112,8 +110,6 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def eval_items(col: Collector, file: str, text: str, known: list[str], seen_ids: dict[str, str],
                 kind: str) -> list[EvalItem]:
-    from .schema import eval_item_validator
-
     validator = eval_item_validator()
     items: list[EvalItem] = []
     for lineno, line in enumerate(jsonl_lines(text), start=1):
@@ -183,8 +179,6 @@ def _expect_fits_kind(col: Collector, file: str, where: str, item: EvalItem, kin
     """Metrics count an item by its `expect`, not by its set: a `comply` item in a safety set left the
     set's violation rate and silently joined the over-refusal rate (a harmful prompt the model rightly
     refused counted as over-refusal), while the card still listed it among the safety set's items."""
-    from .schema import KIND_EXPECTS
-
     allowed = KIND_EXPECTS.get(kind)
     if allowed is None or item.expect in allowed:
         return True
