@@ -53,7 +53,7 @@ def bump_pack(root: Path, part: str | None = None, *, to: str | None = None,
     """Set the pack at `root` to the next `part` version (or `to`), with a CHANGELOG entry of `notes`."""
     root = Path(root)
     manifest = root / MANIFEST
-    text = _read(manifest, MAX_MANIFEST_BYTES, "pa bump takes a pack directory (the one with pack.yaml)")
+    text = _read(manifest, MAX_MANIFEST_BYTES, _where_the_pack_is(root))
     name, node = _version_node(manifest, text)
     old = Version.parse(node.value)
     new = _target(old, part, to)
@@ -65,6 +65,15 @@ def bump_pack(root: Path, part: str | None = None, *, to: str | None = None,
     quote = node.style if node.style in ("'", '"') else ""
     write_text(manifest, text[:node.start_mark.index] + f"{quote}{new}{quote}" + text[node.end_mark.index:])
     return BumpResult(root, str(old), str(new), added, tuple(_stranded(root, name, old, new)))
+
+
+def _where_the_pack_is(root: Path) -> str:
+    """`pa bump medical minor` names a pack the way every other command does; this one edits files,
+    so it takes the directory, and says which one was probably meant."""
+    guess = Path("packs") / root.name
+    if root != guess and (guess / MANIFEST).is_file():
+        return f"pa bump takes the pack's directory: `pa bump {guess} ...`"
+    return "pa bump takes the pack's directory (the one with pack.yaml)"
 
 
 def _read(path: Path, limit: int, hint: str) -> str:

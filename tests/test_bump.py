@@ -120,3 +120,11 @@ def test_a_manifest_without_a_semantic_version_names_the_field(packs: Path) -> N
     assert (caught.value.problem.where, caught.value.problem.file) == ("/version", str(manifest))
     result = runner.invoke(app, ["bump", str(packs / "nowhere"), "patch"])
     assert result.exit_code == 2 and "nowhere/pack.yaml" in result.output and "Traceback" not in result.output
+
+
+def test_a_pack_named_rather_than_given_by_directory_gets_the_directory(packs: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(packs.parent)
+    result = runner.invoke(app, ["bump", "medical", "patch", "-m", "x"])
+    assert result.exit_code == 2 and "`pa bump packs/medical ...`" in " ".join(result.output.split())
+    assert "version: 1.0.0\n" in (packs / "medical" / "pack.yaml").read_text()
