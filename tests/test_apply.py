@@ -556,7 +556,10 @@ def test_ctrl_c_exits_130_with_a_message_and_records_the_stage_as_interrupted(tm
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "policyalign", "apply", str(fixture_packs / "child-pack"), "--model", "tiny",
            "--out", str(run), "--quiet", *FAST]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C as in a terminal: a suite started in the background of a shell without job control
+    # (`... &` in a script) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert _wait_for_stage(run, "synthesize", proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
