@@ -91,12 +91,15 @@ def _read(path: Path, limit: int, hint: str) -> str:
 
 def _version_node(manifest: Path, text: str) -> tuple[str, yaml.ScalarNode]:
     """The pack's name and the YAML node of its `version`, whose marks say exactly which characters to replace."""
+    loader = ManifestLoader(text)  # one parse gives both the node and its value (what yaml.load does)
     try:
-        data = yaml.load(text, Loader=ManifestLoader)
-        root = yaml.compose(text, Loader=ManifestLoader)
+        root = loader.get_single_node()
+        data = loader.construct_document(root) if root is not None else None
     except (yaml.YAMLError, RecursionError) as exc:
         raise InvalidInputError(f"cannot read the manifest: {exc}", file=str(manifest),
                                 hint="fix the YAML (`pa validate` on the pack shows every problem)") from None
+    finally:
+        loader.dispose()
     node = None
     if isinstance(root, yaml.MappingNode):
         node = next((value for key, value in root.value if getattr(key, "value", None) == "version"), None)
@@ -151,6 +154,7 @@ def _with_entry(text: str, version: str, notes: Sequence[str]) -> str:
 def _stranded(root: Path, name: str, old: Version, new: Version) -> list[str]:
     """Packs in `root`'s directory whose `extends` picked `old` of this pack and would not pick `new`."""
     from .registry import Registry, version_range
+    from .scaffold import default_range
 
     found = []
     for location in Registry([root.parent]).discover():
@@ -165,6 +169,5 @@ def _stranded(root: Path, name: str, old: Version, new: Version) -> list[str]:
                 continue  # validation reports a bad range
             if old in accepted and new not in accepted:
                 found.append(f"{location.path} extends {spec}, which does not include {new}: change it to "
-                             f"{name}@^{new.major}{'' if new.major else f'.{new.minor}'} if it keeps up, "
-                             f"and bump {location.name} too")
+                             f"{name}@{default_range(str(new))} if it keeps up, and bump {location.name} too")
     return found

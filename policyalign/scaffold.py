@@ -33,7 +33,7 @@ def _check_name(name: str) -> None:
                                 hint=f"a pack name has {low} to {high} characters")
 
 
-def _default_range(version: str) -> str:
+def default_range(version: str) -> str:
     """A range that matches `version` and its compatible successors: ^M, or ^0.m before 1.0.0."""
     from .semver import Version
 
@@ -73,7 +73,7 @@ def _parent_spec(name: str, extends: str, packs_dir: Path, registry: "Registry")
     if parent is None:
         registry.resolve_name(extends)  # raises: unknown pack with did-you-mean, or no usable version
         raise InvalidInputError(f"no version of {extends!r} to extend")
-    return f"{extends}@{_default_range(parent.version)}"
+    return f"{extends}@{default_range(parent.version)}"
 
 
 def _manifest(name: str, extends: str | None) -> str:

@@ -65,6 +65,12 @@ def test_a_major_bump_names_the_packs_it_leaves_behind(packs: Path) -> None:
     assert bump_pack(packs / "legal", "minor", notes=["x"]).stranded == ()
 
 
+def test_a_prerelease_bump_suggests_a_range_that_admits_it(packs: Path) -> None:
+    """`^2` admits no prerelease of 2.0.0 (npm semantics): the suggestion is the range `pa new` writes."""
+    result = bump_pack(packs / "general", to="2.0.0-rc.1", notes=["Release candidate."])
+    assert len(result.stranded) == 4 and all("general@>=2.0.0-rc.1,<3 " in line for line in result.stranded)
+
+
 def test_quoting_comments_and_layout_are_kept(packs: Path) -> None:
     manifest = packs / "legal" / "pack.yaml"
     text = manifest.read_text().replace("version: 1.0.0\n", "version: '1.0.0'   # bump with pa bump\n", 1)
