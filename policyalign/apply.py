@@ -30,6 +30,7 @@ from .stages import (
     card_key, checkpoint_record, push_key, resume_key, run_card, run_synthesize, selection_given, synthesize_key,
     synthesize_options,
 )
+from .tracking import report_targets
 from .untrusted_data import ManifestLoader
 
 # The built-in tiny model is for the offline demo and tests: these defaults make the whole
@@ -90,6 +91,7 @@ class ApplyOptions:
     eval_limit: int | None = None
     eval_max_new_tokens: int = 256
     progress: bool = True
+    report_to: Any = None  # integrations the training logs go to (`tracking.report_targets`)
     explicit: set[str] = field(default_factory=set, repr=False)
 
     def __post_init__(self) -> None:
@@ -98,6 +100,7 @@ class ApplyOptions:
         from .generation import backend_name
 
         self.backend = backend_name(self.backend)
+        self.report_to = list(report_targets(self.report_to))
 
 
 # Command-line flags whose `--config` key differs: a file saying `lr:` or `top_k:` is told the key to write
@@ -129,7 +132,9 @@ def load_config_file(path: Path) -> dict[str, Any]:
         if key not in names:
             raise InvalidInputError(f"unknown option {key!r}", file=str(path), where=key,
                                     hint=did_you_mean(key, sorted(names), "known options"))
-    return check_config_ranges(check_config_types(options, path), path)
+    checked = check_config_ranges(check_config_types(options, path), path)
+    report_targets(checked.get("report_to"), flag="report_to:", file=str(path))
+    return checked
 
 
 _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", Path: "a string"}
@@ -355,7 +360,7 @@ def _apply(options: ApplyOptions, pack: Pack, run_dir: Path, on_stage: Callable[
     same = recorded.get("resume_key") == resume_key(run_dir, pack, options.model, dconf) or recorded.get("key") == dkey
     step("distill", dkey, ["adapter/policyalign.json"],
          lambda: run_distill(run_dir, model=options.model, pack=pack, resume=same, restart_if_past=True,
-                             overrides=_distill_overrides(options), **common))
+                             overrides=_distill_overrides(options), report_to=tuple(options.report_to), **common))
     step("eval_after", eval_key(run_dir, pack, options.model, "after", eopts), ["eval/after/eval.json"],
          lambda: run_eval(run_dir, "after", model=options.model, pack=pack, **eopts, **common))
     repo_id = options.push_to or f"local/{run_dir.name}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
@@ -20,6 +21,7 @@ from .internalization import internalization
 from .io import write_json
 from .launch import check_vllm_rollouts, fit_batch, launch_rank, training_device
 from .provenance import name_base_model, write_provenance
+from .tracking import attach_reports
 from .trainer import build_trainer
 
 if TYPE_CHECKING:
@@ -52,13 +54,15 @@ class DistillResult:
 
 def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillConfig, *,
                 device: str | None = None, resume: bool = False, restart_if_past: bool = False,
-                progress: bool = True, record: Mapping[str, Any] | None = None) -> DistillResult:
+                progress: bool = True, record: Mapping[str, Any] | None = None,
+                report_to: tuple[str, ...] = ()) -> DistillResult:
     """Train the adapter on selected.jsonl; measure internalization on heldout.jsonl; save everything.
 
     `resume` continues the last checkpoint. One that has already trained more steps than
     `config` asks for is refused, or with `restart_if_past` (what `pa apply` wants) set aside
     for a fresh run. `record` (what the checkpoints are trained with) is written beside them
     once training starts, not before: a failure before then leaves the old checkpoints theirs.
+    `report_to` sends the training logs live to those integrations (`tracking`).
     """
     from .filtering import read_instructions
     from .models import cpu_threads, load_model
@@ -81,7 +85,10 @@ def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillCon
     loaded = load_model(model_name, device=device, trainable=True)
     with cpu_threads(loaded):
         # Built before any checkpoint is removed: a setting the trainer rejects loses nothing.
-        trainer = build_trainer(loaded, pack.policy, records, config, checkpoints, progress=progress and main)
+        trainer = build_trainer(loaded, pack.policy, records, config, checkpoints, progress=progress and main,
+                                report_to=report_to)
+        for line in attach_reports(trainer, run_dir) if main else []:
+            print(f"training logs: {line}", file=sys.stderr)
         trainer.check_prompts_fit(records, run_dir / "selected.jsonl")
         if processes > 1 and (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
             raise RunError("multi-process training supports data parallelism (DDP) only, not FSDP or DeepSpeed",

@@ -291,7 +291,7 @@ def recorded_distill_config(run_dir: Path) -> dict[str, Any]:
 
 def run_distill(run_dir: Path, *, model: str | None = None, pack: "str | Pack | None" = None,
                 packs_path: list[Path] | None = None, device: str | None = None, resume: bool = False, restart_if_past: bool = False, overrides: dict[str, Any] | None = None,
-                progress: bool = True) -> "DistillResult":
+                progress: bool = True, report_to: tuple[str, ...] = ()) -> "DistillResult":
     from .distill import distill_run
     from .launch import launch_rank
 
@@ -303,13 +303,14 @@ def run_distill(run_dir: Path, *, model: str | None = None, pack: "str | Pack | 
         check_resumable(run_dir, settings)
     if launch_rank()[0] != 0:  # another rank of a multi-process run: train; rank 0 keeps the books
         return distill_run(run_dir, the_pack, model, config, device=device, resume=resume,
-                           restart_if_past=restart_if_past, progress=False)
+                           restart_if_past=restart_if_past, progress=False, report_to=report_to)
     record = {"resume_key": fingerprint(settings), "settings": settings,
               "config": json.loads(json.dumps(asdict(config), default=str))}
     key = distill_key(run_dir, the_pack, model, config)
     with stage(run_dir, "distill", lambda: distill_key(run_dir, the_pack, model, config), **record) as results:
         result = distill_run(run_dir, the_pack, model, config, device=device, resume=resume,
-                             restart_if_past=restart_if_past, progress=progress, record={"key": key, **record})
+                             restart_if_past=restart_if_past, progress=progress, record={"key": key, **record},
+                             report_to=report_to)
         results.update({"steps": result.steps, "selected": result.train_records, "heldout": result.heldout_records,
                         "internalization_before": result.internalization_before,
                         "internalization_after": result.internalization_after})

@@ -311,7 +311,7 @@ def follow_schedule(optimizer: Any, scheduler: Any) -> None:
     scheduler._last_lr = rates
 
 
-def sdft_config(config: DistillConfig, output_dir: Path, *, device: str, dtype: Any, report_to: str = "none",
+def sdft_config(config: DistillConfig, output_dir: Path, *, device: str, dtype: Any, report_to: str | list[str] = "none",
                 vocab_size: int | None = None) -> Any:
     """The trl SDFTConfig for our settings (the paper's reverse-KL top-k objective), on the model's device."""
     import os
@@ -379,10 +379,12 @@ def training_prompt(record: dict[str, Any]) -> str:
 
 
 def build_trainer(loaded: "LoadedModel", policy: str, records: list[dict[str, Any]], config: DistillConfig,
-                  output_dir: Path, *, trainer_cls: type | None = None, progress: bool = False) -> Any:
+                  output_dir: Path, *, trainer_cls: type | None = None, progress: bool = False,
+                  report_to: tuple[str, ...] = ()) -> Any:
     """Our trainer on `loaded` (or `trainer_cls`, stock trl for the benchmark, given the same model,
     data and settings), with the target modules checked before trl wraps the model in PEFT, where a
-    misspelt module would surface as an error far from the option that named it."""
+    misspelt module would surface as an error far from the option that named it. `report_to` names
+    the reporting integrations (`tracking.report_targets`), none by default."""
     from .models import max_context
 
     from transformers.trainer_callback import PrinterCallback
@@ -394,8 +396,9 @@ def build_trainer(loaded: "LoadedModel", policy: str, records: list[dict[str, An
     head = loaded.model.get_output_embeddings()
     vocab = head.weight.shape[0] if head is not None else loaded.model.config.get_text_config().vocab_size
     check_target_modules(loaded, config.target_modules)
-    trainer = cls(model=loaded.model, args=sdft_config(config, output_dir, device=loaded.device, dtype=loaded.dtype,
-                                                      vocab_size=vocab),
+    args = sdft_config(config, output_dir, device=loaded.device, dtype=loaded.dtype,
+                       report_to=list(report_to) or "none", vocab_size=vocab)
+    trainer = cls(model=loaded.model, args=args,
                   train_dataset=training_dataset(records), processing_class=loaded.tokenizer,
                   peft_config=lora_config(config), **kwargs)
     trainer.remove_callback(PrinterCallback)  # raw log dicts on stdout; progress has its own bar

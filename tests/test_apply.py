@@ -19,6 +19,7 @@ from policyalign.cli import app
 from policyalign.errors import InvalidInputError, RunError
 from policyalign.io import read_jsonl
 from policyalign.registry import Registry
+from tracked import tensorboard_scalars
 
 FAST = ["--n", "2", "--max-steps", "6", "--eval-limit", "4", "--batch-size", "4", "--max-new-tokens", "8"]
 ARTIFACTS = ["run.json", "instructions.jsonl", "synthesis.json", "scored.jsonl", "selected.jsonl", "heldout.jsonl",
@@ -71,14 +72,16 @@ def test_apply_runs_every_stage_then_resumes_by_skipping(tmp_path: Path, fixture
     targets = json.loads((run / "adapter" / "adapter_config.json").read_text())["target_modules"]
     assert targets == sorted(targets)
     assert {"torch", "transformers", "trl", "peft", "policyalign"} <= set(manifest["versions"])
-    # Same command again: nothing re-runs.
-    again = apply(_options(fixture_packs, run), pack)
+    # Same command again: nothing re-runs, nor for live reporting, which changes no result.
+    again = apply(_options(fixture_packs, run, report_to="tensorboard"), pack)
     assert [s.status for s in again.stages] == ["skipped"] * 6
+    assert not (run / "tensorboard").exists()
     # A changed distillation option re-runs distill and what depends on it, not synthesis or filtering.
-    changed = apply(_options(fixture_packs, run, learning_rate=5e-3), pack)
+    changed = apply(_options(fixture_packs, run, learning_rate=5e-3, report_to=["tensorboard"]), pack)
     status = {s.name: s.status for s in changed.stages}
     assert status == {"synthesize": "skipped", "filter": "skipped", "eval_before": "skipped", "distill": "ran",
                       "eval_after": "ran", "card": "ran"}
+    assert sorted(tensorboard_scalars(run / "tensorboard")["train/loss"]) == list(range(1, 7)), "every step, live"
     # Only a longer training: distill trains on from its last checkpoint instead of starting over.
     state = run / "checkpoints" / "checkpoint-6" / "trainer_state.json"
     marked = json.loads(state.read_text())

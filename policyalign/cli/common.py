@@ -29,6 +29,9 @@ BatchSize = typer.Option(None, "--batch-size", help="Rollouts per device per ste
 GradAccum = typer.Option(None, "--grad-accum", help="Gradient accumulation steps (default: the pack's).")
 EmaDecay = typer.Option(None, "--ema-decay", help="With --teacher ema: the share of the student "
                         "mixed into the teacher each step (default: the pack's, else 0.05).")
+ReportTo = typer.Option(None, "--report-to", help="Send training logs live to tensorboard (into RUN_DIR/tensorboard), "
+                        "wandb, mlflow, trackio, ... (repeatable or comma-separated; the package must be installed). "
+                        "Default: none.")
 
 
 def registry(packs_path: Optional[list[Path]] = None):  # type: ignore[no-untyped-def]

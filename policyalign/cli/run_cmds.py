@@ -10,7 +10,7 @@ import typer
 from . import app
 from ..stats import format_rate
 from .common import (BatchSize, EmaDecay, Epochs, GradAccum, LearningRate, License, LoraAlpha, LoraDropout, LoraR, MaxSteps,
-                     PacksPath, console, fold_table, print_json)
+                     PacksPath, ReportTo, console, fold_table, print_json)
 
 
 def _num(value: Any) -> str:
@@ -86,6 +86,7 @@ def apply(
     judge: Optional[str] = typer.Option(None, "--judge", help="refusal (default) | guard:MODEL | llm:MODEL"),
     eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="At most N items per eval set (default: all)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    report_to: Optional[list[str]] = ReportTo,
     packs_path: Optional[list[Path]] = PacksPath,
 ) -> None:
     """Align a model to a pack: synthesize, filter, evaluate, distill, evaluate, write the card (and push).
@@ -108,7 +109,7 @@ def apply(
            "lora_dropout": lora_dropout, "learning_rate": learning_rate, "num_epochs": epochs, "max_steps": max_steps, "batch_size": batch_size,
            "gradient_accumulation_steps": grad_accum,
            "teacher": teacher, "ema_decay": ema_decay, "temperature": temperature, "save_steps": save_steps, "judge": judge,
-           "eval_limit": eval_limit}
+           "eval_limit": eval_limit, "report_to": report_to or None}
     options = build_options(cli, config)
     if quiet:  # --quiet wins; without it, `progress:` in --config stands
         options.progress = False

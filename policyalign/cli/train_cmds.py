@@ -9,7 +9,7 @@ import typer
 
 from . import app
 from .common import (BatchSize, EmaDecay, Epochs, GradAccum, LearningRate, LoraAlpha, LoraDropout, LoraR, MaxSteps,
-                     PacksPath)
+                     PacksPath, ReportTo)
 
 RunDir = typer.Argument(..., help="Run directory (from `pa synthesize` or `pa apply`).")
 ModelOpt = typer.Option(None, "--model", help="Model (default: the run's; a run with stages keeps its model). tiny, an "
@@ -78,6 +78,7 @@ def distill(
     resume: bool = typer.Option(False, "--resume", help="Continue from the last complete checkpoint, with the "
                                 "settings it was trained with (flags given now override them)."),
     device: Optional[str] = DeviceOpt,
+    report_to: Optional[list[str]] = ReportTo,
     packs_path: Optional[list[Path]] = PacksPath,
 ) -> None:
     """Distill the policy into a LoRA adapter (on-policy, reverse KL to the policy-prompted teacher).
@@ -87,6 +88,7 @@ def distill(
     from ..checkpoints import checkpoint_dir, resume_point
     from ..distill_settings import under_given
     from ..stages import recorded_distill_config, run_distill
+    from ..tracking import report_targets
 
     targets = target_modules if target_modules in (None, "all-linear") else \
         tuple(name.strip() for name in target_modules.split(",") if name.strip())
@@ -96,12 +98,13 @@ def distill(
         gradient_accumulation_steps=grad_accum, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
         teacher=teacher, ema_decay=ema_decay, seed=seed, prefix_cache=prefix_cache, use_vllm=vllm,
         save_steps=save_steps).items() if v is not None}
+    reports = report_targets(report_to)
     if resume and resume_point(run_dir) is None:
         typer.echo(f"--resume: no complete checkpoint in {checkpoint_dir(run_dir)}; training from the start", err=True)
     # --resume continues the interrupted training as it was set up; flags given now still win.
     overrides = under_given(recorded_distill_config(run_dir), given) if resume else given
     result = run_distill(run_dir, model=model, pack=pack, packs_path=packs_path, device=device, resume=resume,
-                         overrides=overrides)
+                         overrides=overrides, report_to=reports)
     if not result.main:
         return  # rank 0 of a multi-process run reports
     typer.echo(f"trained {result.steps} steps on {result.train_records} instructions; adapter in {result.adapter_dir}")
