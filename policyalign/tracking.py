@@ -23,12 +23,12 @@ def report_targets(names: Iterable[str] | str | None, *, flag: str = "--report-t
     """The integrations `names` asks for (comma-separated or repeated; `none` for none), each known
     to transformers and installed: a missing wandb would otherwise fail when training starts, after
     synthesis, filtering and the first evaluation have run."""
-    from transformers.integrations import integration_utils as integrations
-
     given = [names] if isinstance(names, str) else list(names or [])
     wanted = [part.strip().lower() for name in given for part in str(name).split(",") if part.strip()]
     if not wanted or wanted == ["none"]:
-        return ()
+        return ()  # before importing transformers (seconds), which a bad pack name should not wait for
+    from transformers.integrations import integration_utils as integrations
+
     known = sorted(integrations.INTEGRATION_TO_CALLBACK)
     installed = set(integrations.get_available_reporting_integrations())
     if integrations.is_flytekit_available():

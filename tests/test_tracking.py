@@ -73,3 +73,15 @@ def test_distill_reports_every_step_into_the_run_and_a_resume_carries_on(recorde
     logged = tensorboard_scalars(run / "tensorboard")
     assert sorted(logged["train/loss"]) == [1, 2, 3] and sorted(logged["train/learning_rate"]) == [1, 2, 3]
     assert not (run / "checkpoints" / "runs").exists(), "nothing under the checkpoints, which a fresh training deletes"
+
+
+def test_a_bad_pack_is_reported_without_loading_torch(tmp_path: Path) -> None:
+    """Checking --report-to imported transformers (seconds) even when none was asked for: `pa apply` with a
+    misspelt pack took 12 s to say so instead of under one."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom policyalign.cli import main\nsys.argv = ['pa', 'apply', 'no-such-pack', '--model', 'tiny']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\nprint('loaded torch' if 'torch' in sys.modules else 'no torch')")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert "no-such-pack" in done.stderr and done.stdout.strip() == "no torch", done.stdout + done.stderr
