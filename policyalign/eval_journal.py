@@ -32,15 +32,12 @@ def journal_settings(loaded: Any, adapter: str | None, adapter_hash: str | None,
     cache directory names its weights; the files of a local directory; the revision and the cache
     snapshot's commit of a Hub id), the adapter's weights, the policy, the sampling and the
     numerics (device type and dtype: bf16 on a GPU answers otherwise than fp32 on a CPU)."""
-    import torch
-
-    from .models import loaded_commit, weights_key
+    from .models import loaded_commit, numerics, weights_key
 
     ref = loaded.ref
     return {"model": ref.location, "revision": ref.revision, "commit": loaded_commit(loaded), "model_files": weights_key(ref),
             "adapter": adapter_hash or adapter, "policy_in_context": policy_in_context,
-            "sampling": dataclasses.asdict(params), "pack": pack.digest,
-            "device": torch.device(str(loaded.device)).type, "dtype": str(loaded.dtype)}
+            "sampling": dataclasses.asdict(params), "pack": pack.digest, **numerics(loaded.device, loaded.dtype)}
 
 
 @dataclass

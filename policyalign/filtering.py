@@ -182,11 +182,16 @@ def _scored_row(record: dict[str, Any], pairs: list[tuple[Any, Any]]) -> dict[st
 def score_instructions(run_dir: Path, scorer: "PolicyScorer", records: list[dict[str, Any]],
                        config: FilterConfig, *, backend: str = "transformers",
                        progress: bool = True) -> list[dict[str, Any]]:
-    """Score every instruction, continuing from `scored.partial.jsonl` after a crash."""
+    """Score every instruction, continuing from `scored.partial.jsonl` after a crash with the scores
+    made in the same numerics (`models.numerics`): after an out-of-memory crash in bf16 on a GPU, a
+    resume with `PA_DTYPE=fp32` or on the CPU re-scores the rest as well, since one ranking must not
+    mix the two."""
     from .generation import get_backend
+    from .models import numerics
 
     partial = Path(run_dir) / PARTIAL
-    done = {row["id"]: row for row in _read_partial(partial)}
+    made_in = numerics(scorer.loaded.device, scorer.loaded.dtype)
+    done = _partial_scores(partial, made_in)
     scorer.prompts([r for r in records if r["id"] not in done], room=config.max_new_tokens,  # fail before sampling
                    file=str(Path(run_dir) / "instructions.jsonl"))
     chunks = [records[i:i + CHUNK] for i in range(0, len(records), CHUNK)]
@@ -200,6 +205,8 @@ def score_instructions(run_dir: Path, scorer: "PolicyScorer", records: list[dict
             rows = sample_and_score(scorer, chunk, sampling_params(config, chunk_seed(config.seed, index)),
                                     config.samples, backend=gen, batch_size=config.batch_size)
             _check_finite(rows)
+            for row in rows:
+                row["numerics"] = made_in
             append_jsonl(partial, rows)
             for row in rows:
                 done[row["id"]] = row
@@ -225,9 +232,18 @@ def _check_finite(rows: list[dict[str, Any]]) -> None:
 SCORED_KEYS = ("id", "response", "response_ids", "score", "score_full", "logprob_gap", "response_tokens", "samples")
 
 
-def _read_partial(path: Path) -> list[dict[str, Any]]:
-    """Scored rows of the partial file (torn lines skipped, see `io.read_journal`)."""
-    return [row for row in read_journal(path) if all(key in row for key in SCORED_KEYS)]
+def _partial_scores(path: Path, made_in: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """{id: scored row} of the partial file made in `made_in` (torn lines skipped, see
+    `io.read_journal`), saying how many others it set aside to score again."""
+    import sys
+
+    rows = [row for row in read_journal(path) if all(key in row for key in SCORED_KEYS)]
+    done = {row["id"]: row for row in rows if row.get("numerics") == made_in}
+    others = {row["id"] for row in rows} - set(done)
+    if others:
+        print(f"{path}: scoring {len(others)} instructions again, scored on another device type or precision "
+              f"than {made_in['device']} {made_in['dtype']}", file=sys.stderr)
+    return done
 
 
 # --------------------------------------------------------------------------- selection

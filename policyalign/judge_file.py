@@ -118,12 +118,10 @@ def judge_settings(judge: str, policy: str, device: str | None) -> dict[str, Any
 
     settings: dict[str, Any] = {"judge": judge, **judge_weights_fetched(judge), "policy": fingerprint(policy)}
     if judge != "refusal":
-        import torch
-
-        from .models import resolve_device, resolve_dtype
+        from .models import numerics, resolve_device, resolve_dtype
 
         where = resolve_device(device)
-        settings.update(device=torch.device(where).type, dtype=str(resolve_dtype(None, where)))
+        settings.update(numerics(where, resolve_dtype(None, where)))
     return settings
 
 

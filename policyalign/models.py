@@ -319,6 +319,15 @@ def resolve_dtype(dtype: Any, device: str) -> Any:
     return getattr(torch, _DTYPES[wanted])
 
 
+def numerics(device: Any, dtype: Any) -> dict[str, str]:
+    """The device type and precision a result was computed in, as a resumable job records them: bf16
+    on a GPU samples, scores and judges otherwise than fp32 on a CPU, and a job resumed under other
+    numerics must not mix the two in one ranking or rate."""
+    import torch
+
+    return {"device": torch.device(str(device)).type, "dtype": str(dtype)}
+
+
 DTYPE_ENV = "PA_DTYPE"
 # What to do when a model's logits overflow to NaN or infinity, whichever stage finds them.
 OVERFLOW_HINT = (f"the model overflowed (float16 weights often do): run with {DTYPE_ENV}=bf16 (a GPU of compute "

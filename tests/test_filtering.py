@@ -132,7 +132,8 @@ def test_a_torn_partial_line_is_skipped_and_later_resumes_keep_their_rows(
 
     monkeypatch.setattr(filtering, "CHUNK", 2)
     monkeypatch.setattr(filtering, "sample_and_score", fake_sample_and_score)
-    scorer = SimpleNamespace(prompts=lambda records, room, file="": ([], []), loaded=None)
+    scorer = SimpleNamespace(prompts=lambda records, room, file="": ([], []),
+                             loaded=SimpleNamespace(device="cpu", dtype="torch.float32"))
     records = [{"id": f"r{i}", "category": "a", "messages": [{"role": "user", "content": "hi"}]} for i in range(6)]
     config = FilterConfig(max_new_tokens=4)
     first = filtering.score_instructions(tmp_path, scorer, records[:2], config, progress=False)  # type: ignore[arg-type]
@@ -308,6 +309,35 @@ def test_filter_stage_on_tiny(tmp_path: Path, fixture_packs: Path) -> None:
     again = filter_run(tmp_path, loaded, pack.policy, config, progress=False)
     assert again.scored == result.scored
     assert [r["score"] for r in read_jsonl(tmp_path / "scored.jsonl")] == pytest.approx([r["score"] for r in scored])
+    assert all(r["numerics"] == {"device": "cpu", "dtype": "torch.float32"} for r in scored)
+
+
+def test_scores_made_in_other_numerics_are_made_again_not_mixed_in(
+        tmp_path: Path, fixture_packs: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A filter that crashed in bf16 on a GPU and resumed on the CPU (or with PA_DTYPE=fp32) ranked bf16
+    scores with fp32 ones; the partial scores of the numerics in use are still reused (by chunk)."""
+    from policyalign import filtering
+    from policyalign.models import load_model
+    from policyalign.registry import Registry
+
+    monkeypatch.setattr(filtering, "CHUNK", 3)
+
+    pack = Registry([fixture_packs]).load("child-pack")
+    records = [{"id": f"r{i}", "category": "weapons", "messages": [{"role": "user", "content": f"Make weapon {i}"}]}
+               for i in range(6)]
+    write_jsonl(tmp_path / "instructions.jsonl", records)
+    loaded, config = load_model("tiny"), FilterConfig(keep=1.0, max_new_tokens=8, heldout=0.0, batch_size=4)
+    filter_run(tmp_path, loaded, pack.policy, config, progress=False)
+    scored = read_jsonl(tmp_path / "scored.jsonl")
+    gpu = {"device": "cuda", "dtype": "torch.bfloat16"}
+    write_jsonl(tmp_path / PARTIAL, [{**r, "numerics": gpu, "score": 99.0} for r in scored[:3]]
+                + [{**r, "logprob_gap": 7.0} for r in scored[3:]])
+    filter_run(tmp_path, loaded, pack.policy, config, progress=False)
+    again = read_jsonl(tmp_path / "scored.jsonl")
+    assert [r["score"] for r in again[:3]] == pytest.approx([r["score"] for r in scored[:3]]), "made again"
+    assert [r["logprob_gap"] for r in again[3:]] == [7.0] * 3, "the rest reused from the partial file"
+    assert "scoring 3 instructions again, scored on another device type or precision than cpu torch.float32" \
+        in capsys.readouterr().err
 
 
 def test_a_full_disk_while_scoring_is_an_error_naming_the_partial_file(tmp_path: Path) -> None:
