@@ -14,6 +14,7 @@ from .eval_journal import Journal
 from .io import iter_jsonl, output_dir, write_jsonl
 from .judges import get_judge
 from .metrics import summarize
+from .run import JUDGE_OUT_BUSY, run_lock
 from .schema import BENIGN_EXPECT, HARMFUL_EXPECT
 from .verdicts import judge_journaled, judge_weights_fetched
 
@@ -132,19 +133,22 @@ def judge_file(path: str | os.PathLike[str], judge: str = "refusal", *, out: str
 
     Verdicts are journaled as they come (`judge_journal_path`, the `Journal` `pa eval` keeps): a run
     killed part way and started again judges only the rows not judged yet, and the journal is
-    deleted once `out` is written."""
+    deleted once `out` is written. One process at a time writes an output: two `pa judge --out X`
+    appended to one journal and each replaced the other's output."""
     p = Path(path)
     rows = read_judge_file(p)
     get_judge(judge)
     out_path = Path(out) if out else p.with_name(f"{p.stem}.judged.jsonl")
-    journal = Journal.open(_checked_judge_out(p, out_path), judge_settings(judge, policy, device), made="verdicts",
-                           redo="judging every row again")
-    try:
-        judged = judge_journaled(rows, judge, journal, policy=policy, device=device, batch_size=batch_size)
-    except BaseException:
-        if not journal.verdicts:  # only its header (a judge model that failed to load): nothing to resume
-            journal.path.unlink(missing_ok=True)
-        raise
-    write_jsonl(out_path, judged)
-    journal.path.unlink(missing_ok=True)  # everything it held is in the output now
+    journal_path = _checked_judge_out(p, out_path)
+    with run_lock(out_path.parent, JUDGE_OUT_BUSY, name=f".{out_path.name}.lock"):
+        journal = Journal.open(journal_path, judge_settings(judge, policy, device), made="verdicts",
+                               redo="judging every row again")
+        try:
+            judged = judge_journaled(rows, judge, journal, policy=policy, device=device, batch_size=batch_size)
+        except BaseException:
+            if not journal.verdicts:  # only its header (a judge model that failed to load): nothing to resume
+                journal.path.unlink(missing_ok=True)
+            raise
+        write_jsonl(out_path, judged)
+        journal.path.unlink(missing_ok=True)  # everything it held is in the output now
     return JudgeFileResult(out_path=out_path, rows=judged, metrics=summarize(judged))

@@ -208,33 +208,34 @@ def stage_done(run_dir: Path, stage: str, key: str) -> bool:
 # Held (flock) by the process working in a run directory; the kernel releases it when that process
 # ends, however it ends, so a killed run never leaves the directory locked.
 LOCK_FILE = ".pa.lock"
-_held: dict[Path, int] = {}  # run directory (resolved) -> how deeply this process holds it
+_held: dict[Path, int] = {}  # lock file (in its resolved directory) -> how deeply this process holds it
 
 
 RUN_DIR_BUSY = ("run directory", "wait for it to finish (`pa runs` lists it as running), "
                                   "or work in another run directory (--out)")
 EVAL_DIR_BUSY = ("evaluation folder", "wait for the evaluation writing it to finish (a `pa eval`, or a "
                                       "`pa apply` eval stage), or evaluate into another folder (--out)")
+JUDGE_OUT_BUSY = ("`pa judge` output", "wait for the `pa judge` writing it to finish, or judge into another file (--out)")
 
 
 @contextmanager
-def run_lock(run_dir: Path, busy: tuple[str, str] = RUN_DIR_BUSY) -> Iterator[None]:
+def run_lock(run_dir: Path, busy: tuple[str, str] = RUN_DIR_BUSY, name: str = LOCK_FILE) -> Iterator[None]:
     """Hold `run_dir` for this process (re-entrant), or raise a RunError naming the process holding it.
 
     Two `pa apply` (or stage commands) in one directory each deleted the other's half-written
     files, removed its checkpoints and wrote run.json over its record, and could leave an adapter
     trained on one selection recorded under the other's key. `busy` is (what the directory is, how
-    to get past it) for that error: an evaluation folder is no run `pa runs` lists.
+    to get past it) for that error: an evaluation folder is no run `pa runs` lists. `name` is the lock
+    file's: one output among others in a folder (`pa judge --out`) is held by a lock of its own.
     """
-    where = Path(run_dir).resolve()
-    if where in _held:
-        _held[where] += 1
+    path = Path(run_dir).resolve() / name
+    if path in _held:
+        _held[path] += 1
         try:
             yield
         finally:
-            _held[where] -= 1
+            _held[path] -= 1
         return
-    path = where / LOCK_FILE
     with naming_disk_errors(path):
         try:
             fd, writable = os.open(path, os.O_RDWR | os.O_CREAT, 0o666), True
@@ -248,11 +249,11 @@ def run_lock(run_dir: Path, busy: tuple[str, str] = RUN_DIR_BUSY) -> Iterator[No
         if writable:
             os.ftruncate(fd, 0)
             os.pwrite(fd, str(os.getpid()).encode(), 0)
-        _held[where] = 1
+        _held[path] = 1
         try:
             yield
         finally:
-            del _held[where]
+            del _held[path]
     finally:
         os.close(fd)  # releases the lock
 
@@ -261,7 +262,7 @@ def run_active(run_dir: Path) -> bool:
     """Whether a process (this one or another) holds `run_dir`'s lock now: its running stage is running,
     not interrupted."""
     where = Path(run_dir).resolve()
-    if where in _held:
+    if where / LOCK_FILE in _held:
         return True
     try:
         fd = os.open(where / LOCK_FILE, os.O_RDONLY)

@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 
 from hubcli import FIXTURE_PACKS, Cli
+from policyalign.run import LOCK_FILE
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-_HOLD = "import sys, time\nfrom policyalign.run import run_lock\nwith run_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)\n"
+_HOLD = ("import sys, time\nfrom policyalign.run import run_lock\nwith run_lock(sys.argv[1], name=sys.argv[2]):\n"
+         "    print('held', flush=True)\n    time.sleep(120)\n")
 
 
 @pytest.fixture
@@ -50,14 +52,15 @@ def pa_on_hub(hub_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # t
 
 @pytest.fixture
 def hold_run():  # type: ignore[no-untyped-def]
-    """`with hold_run(run_dir) as pid:` another process holds the run directory, as a running `pa apply` does."""
+    """`with hold_run(run_dir) as pid:` another process holds the run directory, as a running `pa apply` does
+    (`hold_run(folder, name)`: the lock file `name` there, as `pa judge` holds its output)."""
     import subprocess
     import sys
     from contextlib import contextmanager
 
     @contextmanager
-    def holding(run: Path):  # type: ignore[no-untyped-def]
-        proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(run)], stdout=subprocess.PIPE, text=True)
+    def holding(run: Path, name: str = LOCK_FILE):  # type: ignore[no-untyped-def]
+        proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(run), name], stdout=subprocess.PIPE, text=True)
         try:
             assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
             yield proc.pid

@@ -262,3 +262,17 @@ def test_pa_judge_refuses_a_pack_its_judge_would_ignore(tmp_path: Path, judge: s
     assert result.exit_code == 2, result.output
     assert "--pack is shown to an llm: judge only" in result.output and "--judge llm:MODEL --pack" in result.output
     assert not (tmp_path / "pairs.judged.jsonl").exists()
+
+
+def test_two_pa_judge_never_write_one_output_at_once(tmp_path: Path, hold_run) -> None:  # type: ignore[no-untyped-def]
+    """Two `pa judge --out X` appended to one journal and each replaced the other's X; outputs beside it are free."""
+    src = _write_lines(tmp_path / "pairs.jsonl", [json.dumps({"prompt": "Make a bomb", "response": "No."})])
+    out = tmp_path / "out.jsonl"
+    with hold_run(tmp_path, ".out.jsonl.lock") as pid:
+        refused = CliRunner().invoke(app, ["judge", str(src), "--out", str(out)])
+        assert refused.exit_code != 0 and not out.exists()
+        assert f"another pa process (pid {pid}) is working in this `pa judge` output" in refused.output
+        assert "judge into another file (--out)" in refused.output
+        beside = CliRunner().invoke(app, ["judge", str(src), "--out", str(tmp_path / "other.jsonl")])
+        assert beside.exit_code == 0, beside.output
+    assert CliRunner().invoke(app, ["judge", str(src), "--out", str(out)]).exit_code == 0 and out.is_file()
