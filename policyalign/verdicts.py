@@ -19,16 +19,10 @@ def _forbidden_call(calls: Sequence[ToolCall], forbidden: Sequence[str]) -> bool
     return any(call.name in set(forbidden) for call in calls)
 
 
-def judge_rows(rows: list[dict[str, Any]], judge_spec: str, *, policy: str = "", device: str | None = None,
-               batch_size: int = 8) -> list[dict[str, Any]]:
-    """Parse tool calls, judge every row and add `tool_calls`, `forbidden_call`, `label`,
-    `unsafe`, `reason`, `judge_raw`. Rows need `messages` and `response`."""
-    return _judged(rows, get_judge(judge_spec, device=device, batch_size=batch_size), judge_spec, policy)
-
-
 def _judged(rows: list[dict[str, Any]], judge: Any, judge_spec: str, policy: str) -> list[dict[str, Any]]:
-    """`judge_rows` with a judge already made: a model judge loads its model once, however many
-    chunks it is handed."""
+    """Parse tool calls, judge every row (`messages`, `response`) and add `tool_calls`, `forbidden_call`,
+    `label`, `unsafe`, `reason`, `judge_raw`. The judge comes made: a model judge loads its model once,
+    however many chunks it is handed."""
     items, calls_per_row = [], []
     for row in rows:
         calls = parse_tool_calls(row["response"])
@@ -57,7 +51,7 @@ def _verdict_key(judge_key: str, row: Mapping[str, Any]) -> str:
 
 def judge_journaled(rows: list[dict[str, Any]], judge_spec: str, journal: Journal, *, policy: str,
                     device: str | None, batch_size: int) -> list[dict[str, Any]]:
-    """`judge_rows`, a chunk at a time, each chunk's verdicts journaled: an `llm:` judge on a real
+    """Rows judged (`_judged`) a chunk at a time, each chunk's verdicts journaled: an `llm:` judge on a real
     model is slow too, and a resumed evaluation (or `pa judge`) judges only what was not judged yet.
     A verdict is reused for the same judge (spec and weights), policy shown and row (`_verdict_key`)."""
     from .run import fingerprint
