@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from . import card
 from .errors import HubError, PolicyAlignError
 from .hub import DEFAULT_BRANCH, endpoint, hub_api, hub_call, is_safe_relpath, split_spec, swap_in
-from .io import read_json, sha256_file
+from .io import output_dir, read_json, sha256_file
 
 if TYPE_CHECKING:
     from .pack import Pack
@@ -271,7 +271,7 @@ def _pull_into(target: Path, repo_id: str, commit: str, label: str, token: str |
     if target.exists() and not (target.is_dir() and (not any(target.iterdir()) or (target / card.PROVENANCE_FILE).is_file())):
         raise HubError("exists and is not a previously pulled adapter", file=str(target),
                        hint="choose an empty or new directory for --to")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    output_dir(target.parent, "--to")  # a file in the way is an error naming it, not a FileExistsError traceback
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.pa-pull-", dir=target.parent))
     try:
         downloaded = _snapshot(repo_id, commit, staging / "adapter", token)

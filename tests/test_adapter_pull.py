@@ -347,6 +347,16 @@ def test_pull_refuses_to_overwrite_an_unrelated_directory(cli: Cli, make_run, tm
 
 
 
+def test_pull_into_a_path_under_a_file_is_a_clear_error(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`--to FILE/sub` (a file where a parent directory must be) was a FileExistsError traceback."""
+    cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "underfile"))), "--repo-id", "org/underfile")
+    (tmp_path / "afile").write_text("not a directory")
+    result = cli.fails(2, "pull", "org/underfile", "--to", str(tmp_path / "afile" / "sub"))
+    assert "is not a directory: a file has its name or a parent's" in result.stderr
+    assert (tmp_path / "afile").read_text() == "not a directory"
+
+
+
 def test_pull_errors_are_clear(cli: Cli) -> None:
     assert "not found" in cli.fails(1, "pull", "org/does-not-exist").stderr
     assert "invalid repository id" in cli.fails(2, "pull", "not-a-repo-id").stderr
