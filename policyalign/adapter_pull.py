@@ -268,7 +268,7 @@ def _snapshot(repo_id: str, commit: str, local_dir: Path | None, token: str | No
 
 def _pull_into(target: Path, repo_id: str, commit: str, label: str, token: str | None) -> tuple[Path, dict[str, Any]]:
     """Download into a hidden sibling of `target`, verify, then swap it in (nothing left on failure)."""
-    if target.exists() and not (target.is_dir() and (not any(target.iterdir()) or (target / card.PROVENANCE_FILE).is_file())):
+    if target.exists() and not (target.is_dir() and (not any(target.iterdir()) or _is_pulled_adapter(target))):
         raise HubError("exists and is not a previously pulled adapter", file=str(target),
                        hint="choose an empty or new directory for --to")
     output_dir(target.parent, "--to")  # a file in the way is an error naming it, not a FileExistsError traceback
@@ -280,6 +280,17 @@ def _pull_into(target: Path, repo_id: str, commit: str, label: str, token: str |
         return target, provenance
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+def _is_pulled_adapter(path: Path) -> bool:
+    """A directory an earlier `pa pull --to` wrote: policyalign.json beside a card with `policyalign`
+    metadata. A run's own adapter/ holds policyalign.json too (and, saved by PEFT, its placeholder
+    README.md), so `--to RUN/adapter` replaced the adapter the user trained with a downloaded one."""
+    readme = path / "README.md"
+    if not ((path / card.PROVENANCE_FILE).is_file() and readme.is_file()):
+        return False
+    metadata, _ = card.parse_card(readme.read_text(encoding="utf-8", errors="replace"))
+    return isinstance(metadata.get("policyalign"), dict)
+
 
 def compare_local_pack(pack: Mapping[str, Any], registry: "Registry | None" = None, *,
                        token: str | None = None) -> tuple[list[str], list[str]]:

@@ -347,6 +347,18 @@ def test_pull_refuses_to_overwrite_an_unrelated_directory(cli: Cli, make_run, tm
 
 
 
+def test_pull_refuses_to_replace_a_runs_own_adapter(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A run's adapter/ holds policyalign.json, which was taken for "a previously pulled adapter":
+    `pa pull ORG/NAME --to RUN/adapter` replaced the weights the user trained with the downloaded ones."""
+    cli.ok("push", str(make_run(tmp_path / "published", make_pack(cli.packs, "mine"))), "--repo-id", "org/mine")
+    trained = make_run(tmp_path / "run", make_pack(tmp_path / "other", "mine", policy_note="Trained here.")) / "adapter"
+    before = {p.name: p.read_bytes() for p in trained.iterdir()}
+    result = cli.fails(1, "pull", "org/mine", "--to", str(trained))
+    assert "exists and is not a previously pulled adapter" in result.stderr
+    assert {p.name: p.read_bytes() for p in trained.iterdir()} == before
+
+
+
 def test_pull_into_a_path_under_a_file_is_a_clear_error(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """`--to FILE/sub` (a file where a parent directory must be) was a FileExistsError traceback."""
     cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "underfile"))), "--repo-id", "org/underfile")
