@@ -44,6 +44,7 @@ def _push_adapter(run_dir: str | Path, repo_id: str, *, private: bool, revision:
                   token: str | None, license: str | None) -> PushResult:
     artifacts = card.load_run(run_dir)
     check_repo_id(repo_id)
+    card.check_license(license)
     tag = check_tag(revision or artifacts.default_tag)
     token = resolve_token(token, repo_id)
     api = hub_api(token)

@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import yaml
 
 from . import __version__
-from .errors import RunError
+from .errors import InvalidInputError, RunError
 from .io import read_json, sha256_file
 from .stats import format_change, format_p, format_rate
 
@@ -441,6 +441,15 @@ def hub_license(value: Any) -> str:
     """A license id the Hub accepts (lowercase, e.g. `cc-by-4.0`); anything else becomes `other`."""
     text = str(value or "").strip().lower()
     return text if re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", text) else "other"
+
+
+def check_license(given: str | None) -> None:
+    """A `--license` the Hub cannot take is refused: `hub_license` turned it into `other`, and the
+    card then said the base model's license "was not found" instead of the one the publisher gave."""
+    if given is not None and hub_license(given) == "other" and str(given).strip().lower() != "other":
+        raise InvalidInputError(f"invalid license id {given!r} (--license)",
+                                hint="use the Hub's license id (letters, digits, '.', '+' or '-'), e.g. apache-2.0, "
+                                     "mit, cc-by-4.0, or `other`")
 
 
 def license_source(chosen: str, base: Mapping[str, Any]) -> str:
