@@ -27,6 +27,11 @@ def test_push_refuses_an_existing_tag_and_revision_overrides(cli: Cli, hub_serve
     assert sorted(hub_server.tags("org/retag")) == ["retag-v1.0.0", "retag-v1.0.0-rerun"]
     bad = cli.fails(2, "push", str(run), "--repo-id", "org/retag", "--revision", "../evil")
     assert "invalid revision tag" in bad.stderr
+    # a tag `main` shadowed the branch: `pa pull org/retag` kept resolving to it after later pushes
+    for branch_or_commit in ("main", "0123456789abcdef0123456789abcdef01234567"):
+        shadow = cli.fails(2, "push", str(run), "--repo-id", "org/retag", "--revision", branch_or_commit)
+        assert "names the main branch or a commit" in shadow.stderr
+    assert sorted(hub_server.tags("org/retag")) == ["retag-v1.0.0", "retag-v1.0.0-rerun"]
 
 
 
