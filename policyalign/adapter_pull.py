@@ -53,7 +53,7 @@ def verify_adapter(path: Path, label: str) -> tuple[dict[str, Any], dict[str, An
     readme = path / "README.md"
     if not readme.is_file():
         raise HubError("no model card (README.md)", file=label, hint="only adapters published with `pa push` can be verified")
-    metadata, _ = card.parse_card(readme.read_text(encoding="utf-8", errors="replace"))
+    metadata, body = card.parse_card(readme.read_text(encoding="utf-8", errors="replace"))
     recorded = metadata.get("policyalign")
     if not isinstance(recorded, dict):
         raise HubError("not a policyalign adapter: its card has no `policyalign` metadata", file=label,
@@ -65,6 +65,7 @@ def verify_adapter(path: Path, label: str) -> tuple[dict[str, Any], dict[str, An
     except PolicyAlignError:
         raise HubError(f"{card.PROVENANCE_FILE} is not valid JSON", file=label) from None
     problems = _provenance_problems(metadata, recorded, provenance) + _file_problems(path, recorded)
+    problems += _body_problems(body, recorded)
     problems += _base_revision_problems(path, provenance)
     if problems:
         raise _tampered(problems, label)
@@ -164,6 +165,16 @@ def _provenance_problems(metadata: Mapping[str, Any], recorded: Mapping[str, Any
         if tag not in tags:
             problems.append(f"README.md's `tags` lack {tag!r} ({card.PROVENANCE_FILE} says pack {name}@{version})")
     return problems
+
+
+def _body_problems(body: str, recorded: Mapping[str, Any]) -> list[str]:
+    """The card's text must be what `pa push` wrote (`body_sha256`): it states the pack digest and the
+    rates too, and an edit there passed as verified. A card without the hash (pushed before it was
+    recorded) claims nothing."""
+    if "body_sha256" not in recorded or recorded["body_sha256"] == card.body_sha256(body):
+        return []
+    return ["README.md's text below its metadata does not match its sha256 in the card (`policyalign.body_sha256`): "
+            "it was edited after `pa push`"]
 
 
 def _base_revision_problems(path: Path, provenance: Any) -> list[str]:

@@ -15,6 +15,7 @@ their `categories.png` and `RUN_DIR/eval/before_after.png` are optional.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shlex
@@ -584,9 +585,20 @@ def card_context(artifacts: RunArtifacts, repo_id: str, revision: str, metadata:
 
 
 def render_model_card(artifacts: RunArtifacts, repo_id: str, revision: str, *, license: str | None = None) -> str:
-    """README.md for an adapter repo: YAML metadata, then the human-readable card."""
+    """README.md for an adapter repo: YAML metadata, then the human-readable card.
+
+    The metadata records the sha256 of the text below it (`body_sha256`), which `pa pull` checks:
+    the prose repeats the pack digest and the rates, and the Hub shows it, so an edit there (a
+    digest or a violation rate changed on the Hub) must not pass as verified."""
     metadata = card_metadata(artifacts, repo_id, license=license)
-    return render_template(MODEL_CARD_TEMPLATE, card_context(artifacts, repo_id, revision, metadata))
+    context = card_context(artifacts, repo_id, revision, metadata)
+    metadata["policyalign"]["body_sha256"] = body_sha256(parse_card(render_template(MODEL_CARD_TEMPLATE, context))[1])
+    return render_template(MODEL_CARD_TEMPLATE, {**context, "front_matter": dump_front_matter(metadata)})
+
+
+def body_sha256(body: str) -> str:
+    """sha256 of a card's text below its metadata (as `parse_card` splits it)."""
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 
 # --------------------------------------------------------------------------- pack card

@@ -113,6 +113,26 @@ def test_pull_detects_results_edited_in_the_card(cli: Cli, hub_server, make_run,
 
 
 
+def test_pull_detects_the_cards_text_edited(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The card's text repeats the pack digest and the rates (and says "`pa pull` checks the digest
+    above"), but only its metadata was checked: a digest or a rate edited in the text passed as verified."""
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "prose"))
+    cli.ok("push", str(run), "--repo-id", "org/prose")
+    digest = json.loads((run / "adapter" / "policyalign.json").read_text())["pack"]["digest"]
+    metadata, body = card.parse_card(hub_server.read("org/prose", "README.md").decode())
+    assert f"| Digest (sha256) | {digest} |" in body
+    edited = card.dump_front_matter(metadata) + body.replace(digest, "0" * 64)
+    hub_server.put_files("org/prose", {"README.md": edited.encode()}, "another digest in the text")
+    result = cli.fails(1, "pull", "org/prose", "--to", str(tmp_path / "pulled"))
+    assert "README.md's text below its metadata does not match its sha256" in result.stderr
+    assert not (tmp_path / "pulled").exists()
+    cli.ok("pull", "org/prose@prose-v1.0.0", "--to", str(tmp_path / "pulled"))  # the pushed card still verifies
+    del metadata["policyalign"]["body_sha256"]  # a card pushed before the text was hashed claims nothing about it
+    hub_server.put_files("org/prose", {"README.md": (card.dump_front_matter(metadata) + body).encode()}, "older card")
+    cli.ok("pull", "org/prose", "--to", str(tmp_path / "pulled"))
+
+
+
 def test_pull_refuses_files_the_card_does_not_list(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "extra"))), "--repo-id", "org/extra")
     hub_server.put_files("org/extra", {"chat_template.jinja": b"{{ 'EVIL' }}", "adapter_model.bin": b"junk",
