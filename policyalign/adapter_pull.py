@@ -54,10 +54,7 @@ def verify_adapter(path: Path, label: str) -> tuple[dict[str, Any], dict[str, An
     if not readme.is_file():
         raise HubError("no model card (README.md)", file=label, hint="only adapters published with `pa push` can be verified")
     metadata, body = card.parse_card(readme.read_text(encoding="utf-8", errors="replace"))
-    recorded = metadata.get("policyalign")
-    if not isinstance(recorded, dict):
-        raise HubError("not a policyalign adapter: its card has no `policyalign` metadata", file=label,
-                       hint="only adapters published with `pa push` can be verified")
+    recorded = _policyalign_block(metadata, label)
     if not (path / card.PROVENANCE_FILE).is_file():
         raise HubError(f"no {card.PROVENANCE_FILE}", file=label, hint="the repository is incomplete; ask its publisher to re-push")
     try:
@@ -80,6 +77,15 @@ def verify_adapter(path: Path, label: str) -> tuple[dict[str, Any], dict[str, An
     if problems:
         raise _tampered(problems, label)
     return metadata, provenance
+
+
+def _policyalign_block(metadata: Mapping[str, Any], label: str) -> dict[str, Any]:
+    """The card's `policyalign` metadata; a card without it is not an adapter `pa push` published."""
+    recorded = metadata.get("policyalign")
+    if not isinstance(recorded, dict):
+        raise HubError("not a policyalign adapter: its card has no `policyalign` metadata", file=label,
+                       hint="only adapters published with `pa push` can be verified")
+    return recorded
 
 
 def _tampered(problems: list[str], label: str) -> HubError:
@@ -258,8 +264,11 @@ def pull_adapter(spec: str, *, to: str | Path | None = None, token: str | None =
     revision = revision or DEFAULT_BRANCH
     api = hub_api(token)
     with hub_call(f"looking up revision {revision}", token=token, repo=repo_id):
-        commit = api.model_info(repo_id, revision=revision).sha
-    label = f"{repo_id}@{revision}"
+        info = api.model_info(repo_id, revision=revision)
+    commit, label = info.sha, f"{repo_id}@{revision}"
+    # refused before the download: `pa pull` of a base model (not an adapter) fetched all its weights first
+    card_data = info.card_data.to_dict() if hasattr(info.card_data, "to_dict") else info.card_data
+    _policyalign_block(card_data if isinstance(card_data, dict) else {}, label)
     if to is None:
         path = _snapshot(repo_id, commit, None, token)
         metadata, provenance = verify_adapter(path, label)

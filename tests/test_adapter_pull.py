@@ -389,6 +389,20 @@ def test_pull_into_a_path_under_a_file_is_a_clear_error(cli: Cli, make_run, tmp_
 
 
 
+def test_pull_of_a_repo_that_is_not_an_adapter_downloads_nothing(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`pa pull` of a base model (an easy slip: the id it was trained on) fetched every weight file into
+    the Hugging Face cache, gigabytes for a real model, before refusing it as "not a policyalign adapter"."""
+    hub_server.store.create("model", "someone/base-model", private=False)
+    hub_server.put_files("someone/base-model", {"README.md": b"---\nlibrary_name: transformers\n---\n# A model\n",
+                                                "model.safetensors": b"\0" * 4096}, "a base model")
+    for target in ((), ("--to", str(tmp_path / "pulled"))):
+        result = cli.fails(1, "pull", "someone/base-model", *target)
+        assert "not a policyalign adapter: its card has no `policyalign` metadata" in result.stderr
+    assert not [p for p in (cli.home / "hf").rglob("*") if p.name == "model.safetensors"]
+    assert not (tmp_path / "pulled").exists() and not list(tmp_path.glob(".pulled.pa-pull-*"))
+
+
+
 def test_pull_errors_are_clear(cli: Cli) -> None:
     assert "not found" in cli.fails(1, "pull", "org/does-not-exist").stderr
     assert "invalid repository id" in cli.fails(2, "pull", "not-a-repo-id").stderr
