@@ -59,6 +59,11 @@ def test_a_taken_tag_gets_the_fix_for_what_is_pushed(cli: Cli, hub_server, make_
 
     run = make_run(tmp_path / "run", make_pack(cli.packs, "retaken"))
     cli.ok("push", str(run), "--repo-id", "org/retaken")
+    # the same run again: it is published already (it was told to publish a duplicate under -r2)
+    same = " ".join(cli.fails(1, "push", str(run), "--repo-id", "org/retaken").stderr.split())
+    assert "is this run's (its card lists the same files): it is already published, nothing to push" in same
+    assert "-r2" not in same
+    (run / "adapter" / "loss.png").write_bytes(b"another training's loss curve")  # retrained: other files
     adapter_again = " ".join(cli.fails(1, "push", str(run), "--repo-id", "org/retaken").stderr.split())
     assert "new tag with --revision (e.g. retaken-v1.0.0-r2)" in adapter_again and "pack version" not in adapter_again
 
