@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from . import card
 from .errors import HubError, PolicyAlignError
 from .hub import DEFAULT_BRANCH, endpoint, hub_api, hub_call, is_safe_relpath, split_spec, swap_in
-from .io import read_json, sha256_file
+from .io import output_dir, read_json, sha256_file
 
 if TYPE_CHECKING:
     from .pack import Pack
@@ -53,11 +53,8 @@ def verify_adapter(path: Path, label: str) -> tuple[dict[str, Any], dict[str, An
     readme = path / "README.md"
     if not readme.is_file():
         raise HubError("no model card (README.md)", file=label, hint="only adapters published with `pa push` can be verified")
-    metadata, _ = card.parse_card(readme.read_text(encoding="utf-8", errors="replace"))
-    recorded = metadata.get("policyalign")
-    if not isinstance(recorded, dict):
-        raise HubError("not a policyalign adapter: its card has no `policyalign` metadata", file=label,
-                       hint="only adapters published with `pa push` can be verified")
+    metadata, body = card.parse_card(readme.read_text(encoding="utf-8", errors="replace"))
+    recorded = _policyalign_block(metadata, label)
     if not (path / card.PROVENANCE_FILE).is_file():
         raise HubError(f"no {card.PROVENANCE_FILE}", file=label, hint="the repository is incomplete; ask its publisher to re-push")
     try:
@@ -65,6 +62,7 @@ def verify_adapter(path: Path, label: str) -> tuple[dict[str, Any], dict[str, An
     except PolicyAlignError:
         raise HubError(f"{card.PROVENANCE_FILE} is not valid JSON", file=label) from None
     problems = _provenance_problems(metadata, recorded, provenance) + _file_problems(path, recorded)
+    problems += _body_problems(body, recorded)
     problems += _base_revision_problems(path, provenance)
     if problems:
         raise _tampered(problems, label)
@@ -79,6 +77,15 @@ def verify_adapter(path: Path, label: str) -> tuple[dict[str, Any], dict[str, An
     if problems:
         raise _tampered(problems, label)
     return metadata, provenance
+
+
+def _policyalign_block(metadata: Mapping[str, Any], label: str) -> dict[str, Any]:
+    """The card's `policyalign` metadata; a card without it is not an adapter `pa push` published."""
+    recorded = metadata.get("policyalign")
+    if not isinstance(recorded, dict):
+        raise HubError("not a policyalign adapter: its card has no `policyalign` metadata", file=label,
+                       hint="only adapters published with `pa push` can be verified")
+    return recorded
 
 
 def _tampered(problems: list[str], label: str) -> HubError:
@@ -166,6 +173,16 @@ def _provenance_problems(metadata: Mapping[str, Any], recorded: Mapping[str, Any
     return problems
 
 
+def _body_problems(body: str, recorded: Mapping[str, Any]) -> list[str]:
+    """The card's text must be what `pa push` wrote (`body_sha256`): it states the pack digest and the
+    rates too, and an edit there passed as verified. A card without the hash (pushed before it was
+    recorded) claims nothing."""
+    if "body_sha256" not in recorded or recorded["body_sha256"] == card.body_sha256(body):
+        return []
+    return ["README.md's text below its metadata does not match its sha256 in the card (`policyalign.body_sha256`): "
+            "it was edited after `pa push`"]
+
+
 def _base_revision_problems(path: Path, provenance: Any) -> list[str]:
     """adapter_config.json's `revision` is the base commit `AutoPeftModelForCausalLM` loads (written from
     policyalign.json's `base_model.commit`): when both are recorded they must be one."""
@@ -247,8 +264,11 @@ def pull_adapter(spec: str, *, to: str | Path | None = None, token: str | None =
     revision = revision or DEFAULT_BRANCH
     api = hub_api(token)
     with hub_call(f"looking up revision {revision}", token=token, repo=repo_id):
-        commit = api.model_info(repo_id, revision=revision).sha
-    label = f"{repo_id}@{revision}"
+        info = api.model_info(repo_id, revision=revision)
+    commit, label = info.sha, f"{repo_id}@{revision}"
+    # refused before the download: `pa pull` of a base model (not an adapter) fetched all its weights first
+    card_data = info.card_data.to_dict() if hasattr(info.card_data, "to_dict") else info.card_data
+    _policyalign_block(card_data if isinstance(card_data, dict) else {}, label)
     if to is None:
         path = _snapshot(repo_id, commit, None, token)
         metadata, provenance = verify_adapter(path, label)
@@ -268,10 +288,10 @@ def _snapshot(repo_id: str, commit: str, local_dir: Path | None, token: str | No
 
 def _pull_into(target: Path, repo_id: str, commit: str, label: str, token: str | None) -> tuple[Path, dict[str, Any]]:
     """Download into a hidden sibling of `target`, verify, then swap it in (nothing left on failure)."""
-    if target.exists() and not (target.is_dir() and (not any(target.iterdir()) or (target / card.PROVENANCE_FILE).is_file())):
+    if target.exists() and not (target.is_dir() and (not any(target.iterdir()) or _is_pulled_adapter(target))):
         raise HubError("exists and is not a previously pulled adapter", file=str(target),
                        hint="choose an empty or new directory for --to")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    output_dir(target.parent, "--to")  # a file in the way is an error naming it, not a FileExistsError traceback
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.pa-pull-", dir=target.parent))
     try:
         downloaded = _snapshot(repo_id, commit, staging / "adapter", token)
@@ -280,6 +300,17 @@ def _pull_into(target: Path, repo_id: str, commit: str, label: str, token: str |
         return target, provenance
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+def _is_pulled_adapter(path: Path) -> bool:
+    """A directory an earlier `pa pull --to` wrote: policyalign.json beside a card with `policyalign`
+    metadata. A run's own adapter/ holds policyalign.json too (and, saved by PEFT, its placeholder
+    README.md), so `--to RUN/adapter` replaced the adapter the user trained with a downloaded one."""
+    readme = path / "README.md"
+    if not ((path / card.PROVENANCE_FILE).is_file() and readme.is_file()):
+        return False
+    metadata, _ = card.parse_card(readme.read_text(encoding="utf-8", errors="replace"))
+    return isinstance(metadata.get("policyalign"), dict)
+
 
 def compare_local_pack(pack: Mapping[str, Any], registry: "Registry | None" = None, *,
                        token: str | None = None) -> tuple[list[str], list[str]]:

@@ -16,8 +16,8 @@ from . import card
 from .adapter_pull import UNLISTED_OK
 from .adapter_search import read_candidate
 from .errors import HubError, PolicyAlignError
-from .hub import (PushResult, check_repo_id, check_tag, commit_and_tag, hub_api, prepare_repo, remote_files, repo_url,
-                  resolve_token)
+from .hub import (PushResult, check_repo_id, check_tag, commit_and_tag, hub_api, hub_call, prepare_repo, remote_files,
+                  repo_url, resolve_token)
 from .io import write_text
 
 # Files a previous push may have left that this push must replace or remove, so an older
@@ -44,12 +44,14 @@ def _push_adapter(run_dir: str | Path, repo_id: str, *, private: bool, revision:
                   token: str | None, license: str | None) -> PushResult:
     artifacts = card.load_run(run_dir)
     check_repo_id(repo_id)
+    card.check_license(license)
     tag = check_tag(revision or artifacts.default_tag)
     token = resolve_token(token, repo_id)
     api = hub_api(token)
     pack = artifacts.pack
     prepare_repo(api, repo_id, "model", tag, private=private, token=token,
-                 explain_taken=lambda: _changed_pack_hint(api, repo_id, tag, pack, token) if pack else None)
+                 explain_taken=lambda: _published_hint(api, repo_id, tag, artifacts, token)
+                 or (_changed_pack_hint(api, repo_id, tag, pack, token) if pack else None))
     readme = card.render_model_card(artifacts, repo_id, tag, license=license)
     uploads: dict[str, Any] = {name: str(path) for name, path in artifacts.files.items()}
     uploads["README.md"] = readme.encode("utf-8")
@@ -86,6 +88,22 @@ def push_run(run_dir: str | Path, repo_id: str, *, private: bool = False, revisi
              token: str | None = None, license: str | None = None) -> str:
     """`pa apply --push-to`: publish the run's adapter and return the URL of the tagged revision."""
     return push_adapter(run_dir, repo_id, private=private, revision=revision, token=token, license=license).url
+
+
+def _published_hint(api: Any, repo_id: str, tag: str, artifacts: card.RunArtifacts, token: str) -> str | None:
+    """The fix when the tag already holds this very run (its card lists the same files, hash for hash):
+    a second `pa push` of one run was told to publish it again under another tag, a duplicate."""
+    try:
+        with hub_call(f"reading the card at {tag}", token=token, repo=repo_id):
+            card_data = api.model_info(repo_id, revision=tag).card_data
+    except PolicyAlignError:
+        return None
+    data = card_data.to_dict() if hasattr(card_data, "to_dict") else card_data
+    recorded = data.get("policyalign") if isinstance(data, dict) else None
+    if not isinstance(recorded, dict) or recorded.get("files") != card.file_hashes(artifacts.files):
+        return None
+    return (f"the adapter at {tag} is this run's (its card lists the same files): it is already published, "
+            f"nothing to push; pull it with `pa pull {repo_id}@{tag}` (to tag it again as well: --revision NEW-TAG)")
 
 
 def _changed_pack_hint(api: Any, repo_id: str, tag: str, pack: Mapping[str, Any], token: str) -> str | None:

@@ -378,6 +378,7 @@ def _apply(options: ApplyOptions, pack: Pack, run_dir: Path, on_stage: Callable[
 def _check_push_options(options: ApplyOptions) -> None:
     """What the push will need, checked before training: a repository id, a token and a valid tag."""
     from .adapter_push import check_push_target
+    from .card import check_license
     from .hub import check_tag
 
     for flag, given in (("--revision", options.revision), ("--private", options.private)):
@@ -387,6 +388,7 @@ def _check_push_options(options: ApplyOptions) -> None:
         check_push_target(options.push_to)
     if options.revision:
         check_tag(options.revision)
+    check_license(options.license)  # the card stage writes it with or without --push-to
 
 
 def _push(run_dir: Path, options: ApplyOptions, key: str) -> None:

@@ -15,6 +15,7 @@ their `categories.png` and `RUN_DIR/eval/before_after.png` are optional.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shlex
@@ -26,7 +27,7 @@ from typing import Any, Mapping
 import yaml
 
 from . import __version__
-from .errors import RunError
+from .errors import InvalidInputError, RunError
 from .io import read_json, sha256_file
 from .stats import format_change, format_p, format_rate
 
@@ -443,6 +444,15 @@ def hub_license(value: Any) -> str:
     return text if re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", text) else "other"
 
 
+def check_license(given: str | None) -> None:
+    """A `--license` the Hub cannot take is refused: `hub_license` turned it into `other`, and the
+    card then said the base model's license "was not found" instead of the one the publisher gave."""
+    if given is not None and hub_license(given) == "other" and str(given).strip().lower() != "other":
+        raise InvalidInputError(f"invalid license id {given!r} (--license)",
+                                hint="use the Hub's license id (letters, digits, '.', '+' or '-'), e.g. apache-2.0, "
+                                     "mit, cc-by-4.0, or `other`")
+
+
 def license_source(chosen: str, base: Mapping[str, Any]) -> str:
     """Where the card's license came from: `base`, `publisher` (a `--license` other than the base
     model's) or `unknown` (`other` because the base model's was not found). The card said "follows
@@ -575,9 +585,20 @@ def card_context(artifacts: RunArtifacts, repo_id: str, revision: str, metadata:
 
 
 def render_model_card(artifacts: RunArtifacts, repo_id: str, revision: str, *, license: str | None = None) -> str:
-    """README.md for an adapter repo: YAML metadata, then the human-readable card."""
+    """README.md for an adapter repo: YAML metadata, then the human-readable card.
+
+    The metadata records the sha256 of the text below it (`body_sha256`), which `pa pull` checks:
+    the prose repeats the pack digest and the rates, and the Hub shows it, so an edit there (a
+    digest or a violation rate changed on the Hub) must not pass as verified."""
     metadata = card_metadata(artifacts, repo_id, license=license)
-    return render_template(MODEL_CARD_TEMPLATE, card_context(artifacts, repo_id, revision, metadata))
+    context = card_context(artifacts, repo_id, revision, metadata)
+    metadata["policyalign"]["body_sha256"] = body_sha256(parse_card(render_template(MODEL_CARD_TEMPLATE, context))[1])
+    return render_template(MODEL_CARD_TEMPLATE, {**context, "front_matter": dump_front_matter(metadata)})
+
+
+def body_sha256(body: str) -> str:
+    """sha256 of a card's text below its metadata (as `parse_card` splits it)."""
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 
 # --------------------------------------------------------------------------- pack card

@@ -138,6 +138,12 @@ def check_tag(tag: str) -> str:
     if not TAG_RE.match(tag) or ".." in tag or tag.endswith((".lock", ".")):
         raise InvalidInputError(f"invalid revision tag {tag!r} (--revision)",
                                 hint="use letters, digits, '.', '_', '-' or '+', e.g. medical-v1.0.0")
+    if tag == DEFAULT_BRANCH or re.fullmatch(r"[0-9a-fA-F]{40}", tag):
+        # a tag `main` shadows the branch: `ORG/NAME` (and @main) resolved to the tagged commit for
+        # good, never to what later pushes committed; a 40-hex tag reads as a commit id
+        raise InvalidInputError(f"invalid revision tag {tag!r} (--revision): it names the {DEFAULT_BRANCH} branch "
+                                "or a commit, not a version", hint="--revision is the tag this version gets "
+                                "(every push commits to main), e.g. medical-v1.0.0-r2")
     return tag
 
 

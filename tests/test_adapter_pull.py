@@ -113,6 +113,26 @@ def test_pull_detects_results_edited_in_the_card(cli: Cli, hub_server, make_run,
 
 
 
+def test_pull_detects_the_cards_text_edited(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The card's text repeats the pack digest and the rates (and says "`pa pull` checks the digest
+    above"), but only its metadata was checked: a digest or a rate edited in the text passed as verified."""
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "prose"))
+    cli.ok("push", str(run), "--repo-id", "org/prose")
+    digest = json.loads((run / "adapter" / "policyalign.json").read_text())["pack"]["digest"]
+    metadata, body = card.parse_card(hub_server.read("org/prose", "README.md").decode())
+    assert f"| Digest (sha256) | {digest} |" in body
+    edited = card.dump_front_matter(metadata) + body.replace(digest, "0" * 64)
+    hub_server.put_files("org/prose", {"README.md": edited.encode()}, "another digest in the text")
+    result = cli.fails(1, "pull", "org/prose", "--to", str(tmp_path / "pulled"))
+    assert "README.md's text below its metadata does not match its sha256" in result.stderr
+    assert not (tmp_path / "pulled").exists()
+    cli.ok("pull", "org/prose@prose-v1.0.0", "--to", str(tmp_path / "pulled"))  # the pushed card still verifies
+    del metadata["policyalign"]["body_sha256"]  # a card pushed before the text was hashed claims nothing about it
+    hub_server.put_files("org/prose", {"README.md": (card.dump_front_matter(metadata) + body).encode()}, "older card")
+    cli.ok("pull", "org/prose", "--to", str(tmp_path / "pulled"))
+
+
+
 def test_pull_refuses_files_the_card_does_not_list(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "extra"))), "--repo-id", "org/extra")
     hub_server.put_files("org/extra", {"chat_template.jinja": b"{{ 'EVIL' }}", "adapter_model.bin": b"junk",
@@ -344,6 +364,42 @@ def test_pull_refuses_to_overwrite_an_unrelated_directory(cli: Cli, make_run, tm
     assert "not a previously pulled adapter" in result.stderr and (precious / "notes.txt").read_text() == "keep me"
     cli.ok("pull", "org/careful", "--to", str(tmp_path / "again"))
     cli.ok("pull", "org/careful", "--to", str(tmp_path / "again"))  # re-pulling over a pulled adapter is fine
+
+
+
+def test_pull_refuses_to_replace_a_runs_own_adapter(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A run's adapter/ holds policyalign.json, which was taken for "a previously pulled adapter":
+    `pa pull ORG/NAME --to RUN/adapter` replaced the weights the user trained with the downloaded ones."""
+    cli.ok("push", str(make_run(tmp_path / "published", make_pack(cli.packs, "mine"))), "--repo-id", "org/mine")
+    trained = make_run(tmp_path / "run", make_pack(tmp_path / "other", "mine", policy_note="Trained here.")) / "adapter"
+    before = {p.name: p.read_bytes() for p in trained.iterdir()}
+    result = cli.fails(1, "pull", "org/mine", "--to", str(trained))
+    assert "exists and is not a previously pulled adapter" in result.stderr
+    assert {p.name: p.read_bytes() for p in trained.iterdir()} == before
+
+
+
+def test_pull_into_a_path_under_a_file_is_a_clear_error(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`--to FILE/sub` (a file where a parent directory must be) was a FileExistsError traceback."""
+    cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "underfile"))), "--repo-id", "org/underfile")
+    (tmp_path / "afile").write_text("not a directory")
+    result = cli.fails(2, "pull", "org/underfile", "--to", str(tmp_path / "afile" / "sub"))
+    assert "is not a directory: a file has its name or a parent's" in result.stderr
+    assert (tmp_path / "afile").read_text() == "not a directory"
+
+
+
+def test_pull_of_a_repo_that_is_not_an_adapter_downloads_nothing(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`pa pull` of a base model (an easy slip: the id it was trained on) fetched every weight file into
+    the Hugging Face cache, gigabytes for a real model, before refusing it as "not a policyalign adapter"."""
+    hub_server.store.create("model", "someone/base-model", private=False)
+    hub_server.put_files("someone/base-model", {"README.md": b"---\nlibrary_name: transformers\n---\n# A model\n",
+                                                "model.safetensors": b"\0" * 4096}, "a base model")
+    for target in ((), ("--to", str(tmp_path / "pulled"))):
+        result = cli.fails(1, "pull", "someone/base-model", *target)
+        assert "not a policyalign adapter: its card has no `policyalign` metadata" in result.stderr
+    assert not [p for p in (cli.home / "hf").rglob("*") if p.name == "model.safetensors"]
+    assert not (tmp_path / "pulled").exists() and not list(tmp_path.glob(".pulled.pa-pull-*"))
 
 
 

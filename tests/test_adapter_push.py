@@ -128,6 +128,22 @@ def test_push_refuses_a_repository_with_files_it_does_not_publish(cli: Cli, hub_
 # --------------------------------------------------------------------------- API used by `pa apply --push-to`
 
 
+def test_push_refuses_a_license_that_is_not_an_id(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`--license "Apache 2.0"` was published as `license: other`, and the card said the base model's
+    license "was not found": the license the publisher gave was dropped without a word."""
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "licensed"))
+    refused = cli.fails(2, "push", str(run), "--repo-id", "org/licensed", "--license", "Apache 2.0")
+    assert "invalid license id 'Apache 2.0' (--license)" in refused.stderr and "apache-2.0" in refused.stderr
+    assert not hub_server.store.exists("model", "org/licensed")  # refused before the repository was created
+    before_training = cli.fails(2, "apply", "licensed", "--model", "tiny", "--out", str(tmp_path / "new"),
+                                "--push-to", "org/licensed", "--license", "Apache 2.0")
+    assert "invalid license id 'Apache 2.0' (--license)" in before_training.stderr
+    assert not (tmp_path / "new" / "instructions.jsonl").exists()
+    cli.ok("push", str(run), "--repo-id", "org/licensed", "--license", "Apache-2.0")
+    assert card.parse_card((run / "README.md").read_text())[0]["license"] == "apache-2.0"
+
+
+
 def test_push_run_api(hub_server, make_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     import huggingface_hub.constants
 

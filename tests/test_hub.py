@@ -27,6 +27,11 @@ def test_push_refuses_an_existing_tag_and_revision_overrides(cli: Cli, hub_serve
     assert sorted(hub_server.tags("org/retag")) == ["retag-v1.0.0", "retag-v1.0.0-rerun"]
     bad = cli.fails(2, "push", str(run), "--repo-id", "org/retag", "--revision", "../evil")
     assert "invalid revision tag" in bad.stderr
+    # a tag `main` shadowed the branch: `pa pull org/retag` kept resolving to it after later pushes
+    for branch_or_commit in ("main", "0123456789abcdef0123456789abcdef01234567"):
+        shadow = cli.fails(2, "push", str(run), "--repo-id", "org/retag", "--revision", branch_or_commit)
+        assert "names the main branch or a commit" in shadow.stderr
+    assert sorted(hub_server.tags("org/retag")) == ["retag-v1.0.0", "retag-v1.0.0-rerun"]
 
 
 
@@ -54,6 +59,11 @@ def test_a_taken_tag_gets_the_fix_for_what_is_pushed(cli: Cli, hub_server, make_
 
     run = make_run(tmp_path / "run", make_pack(cli.packs, "retaken"))
     cli.ok("push", str(run), "--repo-id", "org/retaken")
+    # the same run again: it is published already (it was told to publish a duplicate under -r2)
+    same = " ".join(cli.fails(1, "push", str(run), "--repo-id", "org/retaken").stderr.split())
+    assert "is this run's (its card lists the same files): it is already published, nothing to push" in same
+    assert "-r2" not in same
+    (run / "adapter" / "loss.png").write_bytes(b"another training's loss curve")  # retrained: other files
     adapter_again = " ".join(cli.fails(1, "push", str(run), "--repo-id", "org/retaken").stderr.split())
     assert "new tag with --revision (e.g. retaken-v1.0.0-r2)" in adapter_again and "pack version" not in adapter_again
 
