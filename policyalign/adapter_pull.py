@@ -288,9 +288,7 @@ def _snapshot(repo_id: str, commit: str, local_dir: Path | None, token: str | No
 
 def _pull_into(target: Path, repo_id: str, commit: str, label: str, token: str | None) -> tuple[Path, dict[str, Any]]:
     """Download into a hidden sibling of `target`, verify, then swap it in (nothing left on failure)."""
-    if target.exists() and not (target.is_dir() and (not any(target.iterdir()) or _is_pulled_adapter(target))):
-        raise HubError("exists and is not a previously pulled adapter", file=str(target),
-                       hint="choose an empty or new directory for --to")
+    _check_replaceable(target)
     output_dir(target.parent, "--to")  # a file in the way is an error naming it, not a FileExistsError traceback
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.pa-pull-", dir=target.parent))
     try:
@@ -301,15 +299,35 @@ def _pull_into(target: Path, repo_id: str, commit: str, label: str, token: str |
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
-def _is_pulled_adapter(path: Path) -> bool:
-    """A directory an earlier `pa pull --to` wrote: policyalign.json beside a card with `policyalign`
-    metadata. A run's own adapter/ holds policyalign.json too (and, saved by PEFT, its placeholder
-    README.md), so `--to RUN/adapter` replaced the adapter the user trained with a downloaded one."""
+
+def _check_replaceable(target: Path) -> None:
+    """Raise unless a pull may replace `target` whole: new, empty, or an earlier pull's adapter as it was
+    pulled. A pull into an earlier one deleted the notes a user had added there and their edits."""
+    if not target.exists() or (target.is_dir() and not any(target.iterdir())):
+        return
+    pulled = _pulled_files(target)
+    if pulled is None:
+        raise HubError("exists and is not a previously pulled adapter", file=str(target),
+                       hint="choose an empty or new directory for --to")
+    changed = [name for name in _downloaded_files(target) if name not in UNLISTED_OK
+               and (name not in pulled or sha256_file(target / name) != pulled[name])]
+    if changed:
+        shown = ", ".join(changed[:10]) + (f" and {len(changed) - 10} more" if len(changed) > 10 else "")
+        raise HubError(f"holds files added or changed since it was pulled: {shown}", file=str(target),
+                       hint="a pull replaces the whole directory: move those files out first, or pull into another --to")
+
+
+def _pulled_files(path: Path) -> dict[str, str] | None:
+    """{file: sha256} of the adapter an earlier `pa pull --to` wrote at `path` (policyalign.json beside
+    a card with `policyalign` metadata), else None. A run's own adapter/ holds policyalign.json too
+    (and, saved by PEFT, a placeholder README.md), so `--to RUN/adapter` replaced the adapter the
+    user trained with a downloaded one."""
     readme = path / "README.md"
-    if not ((path / card.PROVENANCE_FILE).is_file() and readme.is_file()):
-        return False
-    metadata, _ = card.parse_card(readme.read_text(encoding="utf-8", errors="replace"))
-    return isinstance(metadata.get("policyalign"), dict)
+    if not (path.is_dir() and (path / card.PROVENANCE_FILE).is_file() and readme.is_file()):
+        return None
+    recorded = card.parse_card(readme.read_text(encoding="utf-8", errors="replace"))[0].get("policyalign")
+    files = recorded.get("files") if isinstance(recorded, dict) else None
+    return {str(k): str(v) for k, v in files.items()} if isinstance(files, dict) else None
 
 
 def compare_local_pack(pack: Mapping[str, Any], registry: "Registry | None" = None, *,

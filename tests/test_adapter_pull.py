@@ -32,7 +32,6 @@ def test_pull_suggests_an_eval_command_that_finds_the_pack(cli: Cli, hub_server,
     assert "shelved@1.0.0" in bare.ok("show", "shelved@1.0.0", "--packs-path", str(cli.packs)).stdout
 
 
-
 def test_pull_names_the_repo_that_publishes_a_missing_pack(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Without the pack locally, `pa pull` said "get it with `pa pack pull ORG/NAME@1.0.0`": which ORG/NAME?"""
     source = make_pack(cli.packs, "elsewhere")
@@ -44,7 +43,6 @@ def test_pull_names_the_repo_that_publishes_a_missing_pack(cli: Cli, hub_server,
     assert "pack elsewhere is not installed locally; get it with `pa pack pull org/elsewhere-pack@1.0.0`" in pulled.stdout
     bare.ok("pack", "pull", "org/elsewhere-pack@1.0.0")  # the command as printed
     assert "matches the local pack elsewhere@1.0.0" in bare.ok("pull", "org/elsewhere-qwen", "--to", str(tmp_path / "pulled")).stdout
-
 
 
 def test_pulled_adapter_loads_with_peft(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -86,7 +84,6 @@ def test_pull_detects_tampered_provenance(cli: Cli, hub_server, make_run, tmp_pa
     cli.ok("pull", f"{repo}@tamper-v1.0.0", "--to", str(dest))
 
 
-
 def test_pull_detects_swapped_weights(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     run = make_run(tmp_path / "run", make_pack(cli.packs, "weights"))
     cli.ok("push", str(run), "--repo-id", "org/weights")
@@ -95,7 +92,6 @@ def test_pull_detects_swapped_weights(cli: Cli, hub_server, make_run, tmp_path: 
     hub_server.put_files("org/weights", {"adapter_model.safetensors": bytes(weights)}, "swap weights")
     result = cli.fails(1, "pull", "org/weights", "--to", str(tmp_path / "pulled"))
     assert "adapter_model.safetensors does not match its sha256" in result.stderr
-
 
 
 def test_pull_detects_results_edited_in_the_card(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -110,7 +106,6 @@ def test_pull_detects_results_edited_in_the_card(cli: Cli, hub_server, make_run,
     assert "the card says 0.01, eval/after/eval.json says 0.125" in result.stderr
     assert not (tmp_path / "pulled").exists()
     cli.ok("pull", "org/boast@boast-v1.0.0", "--to", str(tmp_path / "pulled"))  # the pushed card still verifies
-
 
 
 def test_pull_detects_the_cards_text_edited(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -130,7 +125,6 @@ def test_pull_detects_the_cards_text_edited(cli: Cli, hub_server, make_run, tmp_
     del metadata["policyalign"]["body_sha256"]  # a card pushed before the text was hashed claims nothing about it
     hub_server.put_files("org/prose", {"README.md": (card.dump_front_matter(metadata) + body).encode()}, "older card")
     cli.ok("pull", "org/prose", "--to", str(tmp_path / "pulled"))
-
 
 
 def test_pull_refuses_files_the_card_does_not_list(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -157,7 +151,6 @@ def _forge(hub_server, repo: str, provenance: bytes, edit_card, message: str) ->
     edit_card(metadata)
     hub_server.put_files(repo, {"policyalign.json": provenance,
                                 "README.md": (card.dump_front_matter(metadata) + body).encode()}, message)
-
 
 
 def test_pull_requires_the_pack_and_base_model_in_policyalign_json(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -193,7 +186,6 @@ def _edit_card(hub_server, repo: str, edit, message: str) -> None:  # type: igno
     metadata, body = card.parse_card(hub_server.read(repo, "README.md").decode())
     edit(metadata)
     hub_server.put_files(repo, {"README.md": (card.dump_front_matter(metadata) + body).encode()}, message)
-
 
 
 def test_pull_refuses_a_card_whose_facts_policyalign_json_does_not_record(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -265,7 +257,6 @@ def test_pull_refuses_a_card_whose_facts_policyalign_json_does_not_record(cli: C
             f"says '{trained}'") in " ".join(result.stderr.split())
 
 
-
 def test_a_card_without_a_base_commit_claims_none(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Facts a card leaves out (cards written before the base commit was recorded) are not disagreements."""
     run = make_run(tmp_path / "run", make_pack(cli.packs, "older"))
@@ -275,7 +266,6 @@ def test_a_card_without_a_base_commit_claims_none(cli: Cli, hub_server, make_run
     cli.ok("push", str(run), "--repo-id", "org/older")
     _edit_card(hub_server, "org/older", lambda m: m["policyalign"]["base_model"].pop("commit"), "as an older card")
     cli.ok("pull", "org/older", "--to", str(tmp_path / "pulled"))
-
 
 
 def test_an_adapter_of_a_child_pack_records_and_reports_its_parents(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -340,7 +330,6 @@ def test_pull_warns_when_the_local_pack_differs(cli: Cli, make_run, tmp_path: Pa
     assert "not installed locally" in absent.stdout
 
 
-
 def test_pull_suggests_evaluating_the_pack_version_it_was_trained_on(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """With the trained-on version and a newer one installed, `pa pull` said it matched the local
     pack and suggested `pa eval NAME ...`, which evaluates the newest version instead. Its commands
@@ -354,7 +343,6 @@ def test_pull_suggests_evaluating_the_pack_version_it_was_trained_on(cli: Cli, m
     assert "from_pretrained('Qwen/Qwen2.5-0.5B-Instruct', revision='0123456789abcdef')" in pulled.stdout
 
 
-
 def test_pull_refuses_to_overwrite_an_unrelated_directory(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "careful"))), "--repo-id", "org/careful")
     precious = tmp_path / "precious"
@@ -364,7 +352,6 @@ def test_pull_refuses_to_overwrite_an_unrelated_directory(cli: Cli, make_run, tm
     assert "not a previously pulled adapter" in result.stderr and (precious / "notes.txt").read_text() == "keep me"
     cli.ok("pull", "org/careful", "--to", str(tmp_path / "again"))
     cli.ok("pull", "org/careful", "--to", str(tmp_path / "again"))  # re-pulling over a pulled adapter is fine
-
 
 
 def test_pull_refuses_to_replace_a_runs_own_adapter(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -378,6 +365,23 @@ def test_pull_refuses_to_replace_a_runs_own_adapter(cli: Cli, make_run, tmp_path
     assert {p.name: p.read_bytes() for p in trained.iterdir()} == before
 
 
+def test_pull_again_into_a_pulled_adapter_keeps_what_the_user_added_or_changed(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A pull replaces its --to whole: pulled again into an earlier pull, it deleted the notes a user
+    had put there and undid their edits without a word."""
+    cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "repull"))), "--repo-id", "org/repull")
+    dest = tmp_path / "pulled"
+    cli.ok("pull", "org/repull", "--to", str(dest))
+    cli.ok("pull", "org/repull", "--to", str(dest))  # as pulled: replaced
+    (dest / "notes.txt").write_text("mine")
+    result = cli.fails(1, "pull", "org/repull", "--to", str(dest))
+    assert "holds files added or changed since it was pulled: notes.txt" in result.stderr
+    assert (dest / "notes.txt").read_text() == "mine"
+    (dest / "notes.txt").unlink()
+    config = json.loads((dest / "adapter_config.json").read_text())
+    (dest / "adapter_config.json").write_text(json.dumps({**config, "r": 64}))
+    assert "since it was pulled: adapter_config.json" in cli.fails(1, "pull", "org/repull", "--to", str(dest)).stderr
+    assert json.loads((dest / "adapter_config.json").read_text())["r"] == 64
+
 
 def test_pull_into_a_path_under_a_file_is_a_clear_error(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """`--to FILE/sub` (a file where a parent directory must be) was a FileExistsError traceback."""
@@ -386,7 +390,6 @@ def test_pull_into_a_path_under_a_file_is_a_clear_error(cli: Cli, make_run, tmp_
     result = cli.fails(2, "pull", "org/underfile", "--to", str(tmp_path / "afile" / "sub"))
     assert "is not a directory: a file has its name or a parent's" in result.stderr
     assert (tmp_path / "afile").read_text() == "not a directory"
-
 
 
 def test_pull_of_a_repo_that_is_not_an_adapter_downloads_nothing(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -402,12 +405,10 @@ def test_pull_of_a_repo_that_is_not_an_adapter_downloads_nothing(cli: Cli, hub_s
     assert not (tmp_path / "pulled").exists() and not list(tmp_path.glob(".pulled.pa-pull-*"))
 
 
-
 def test_pull_errors_are_clear(cli: Cli) -> None:
     assert "not found" in cli.fails(1, "pull", "org/does-not-exist").stderr
     assert "invalid repository id" in cli.fails(2, "pull", "not-a-repo-id").stderr
     assert "either ORG/NAME" in cli.fails(2, "pull").stderr
-
 
 
 def test_local_pack_differing_only_in_a_parent_names_the_parent(tmp_path: Path) -> None:
@@ -422,7 +423,6 @@ def test_local_pack_differing_only_in_a_parent_names_the_parent(tmp_path: Path) 
     warnings, _ = adapter_pull.compare_local_pack(record, Registry([tmp_path / "packs"]))
     assert len(warnings) == 1 and "same version, different content" in warnings[0]
     assert f"in a pack it extends: general@1.0.0 ({tmp_path / 'packs' / 'general'})" in warnings[0]
-
 
 
 def test_local_pack_differing_in_a_recorded_parent_names_the_versions_trained_with(tmp_path: Path) -> None:
