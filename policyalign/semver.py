@@ -20,8 +20,10 @@ from __future__ import annotations
 import re
 from functools import total_ordering
 
-_SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?$")
-_PARTIAL = re.compile(r"^(0|[1-9]\d*)(?:\.(0|[1-9]\d*))?(?:\.(0|[1-9]\d*))?$")
+# \Z, not $: `$` also matches before a trailing newline, and "1.0.0\n" (or " 1.0.0", when the text was
+# stripped first) passed as a pack's version, then named it `hh@ 1.0.0` and went into tags and the index.
+_SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?\Z")
+_PARTIAL = re.compile(r"^(0|[1-9]\d*)(?:\.(0|[1-9]\d*))?(?:\.(0|[1-9]\d*))?\Z")
 
 
 @total_ordering
@@ -33,7 +35,7 @@ class Version:
 
     @classmethod
     def parse(cls, text: str) -> "Version":
-        match = _SEMVER.match(text.strip())
+        match = _SEMVER.match(text)
         if not match:
             raise ValueError(f"not a semantic version (MAJOR.MINOR.PATCH): {text!r}")
         major, minor, patch, pre = match.groups()
@@ -67,7 +69,8 @@ class Version:
 
 
 def is_semver(text: str) -> bool:
-    return bool(_SEMVER.match(text.strip())) if isinstance(text, str) else False
+    """Whether `text` is exactly a version: no surrounding whitespace (it would become part of the pack's name@version)."""
+    return bool(_SEMVER.match(text)) if isinstance(text, str) else False
 
 
 def _partial(text: str) -> tuple[int, ...]:

@@ -94,6 +94,7 @@ FAULTS = [
           ("pack.yaml", "/synthesis/count_per_category", "not of type 'integer'")),
     Fault("unknown-field-typo", "root-pack", _edit("pack.yaml", "summary:", "sumary: x\nsummary:"), ("pack.yaml", "unknown field", "did you mean 'summary'")),
     Fault("bad-semver", "root-pack", _edit("pack.yaml", "version: 1.0.0", "version: '1.0'"), ("pack.yaml", "/version", "not a semantic version")),
+    Fault("semver-trailing-newline", "root-pack", _edit("pack.yaml", "version: 1.0.0", 'version: "1.0.0\\n"'), ("pack.yaml", "/version", "not a semantic version")),
     Fault("path-traversal", "root-pack", _edit("pack.yaml", "policy: policy.md", "policy: ../../../etc/passwd"), ("pack.yaml", "/policy", "'..' is not allowed")),
     Fault("absolute-path", "root-pack", _edit("pack.yaml", "file: eval/benign.jsonl", "file: /etc/passwd"), ("pack.yaml", "/eval/1/file", "absolute paths are not allowed")),
     Fault("symlink-escape", "root-pack", _symlink_out, ("templates/plain.jinja", "outside the pack")),

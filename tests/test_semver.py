@@ -62,3 +62,12 @@ def test_prerelease_inside_ranges_that_name_it(rng: str, version: str) -> None:
 def test_caret_parent_range_picks_newest_release_not_next_major_prerelease() -> None:
     candidates = [Version.parse(v) for v in ("1.2.0", "1.5.0", "1.6.0-rc.1", "2.0.0-rc.1")]
     assert max(v for v in candidates if v in VersionRange("^1")) == Version.parse("1.5.0")
+
+
+@pytest.mark.parametrize("text", ["1.0.0\n", " 1.0.0", "1.0.0 ", "1.0.0-rc.1\n"])
+def test_a_version_with_surrounding_whitespace_is_not_semver(text: str) -> None:
+    # `$` matched before a trailing newline and the text was stripped: `version: " 0.1.0"` validated
+    # and the pack became `name@ 0.1.0` in `pa validate`, INDEX.json and its Hub tag.
+    assert not is_semver(text)
+    with pytest.raises(ValueError):
+        Version.parse(text)
