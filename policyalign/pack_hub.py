@@ -280,12 +280,26 @@ def pull_pack(spec: str, *, to: str | Path | None = None, token: str | None = No
         pack = load_pack(stage, registry=(registry or Registry.default()).including(parent))
         warnings = _pack_identity_problems(pack, recorded["pack"], repo_id)
         target = parent / name
+        _check_replaceable(target, name)
         replaced = _other_version(target, pack.version)
         swap_in(stage, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return PackPullResult(pack.name, pack.version, pack.digest, target, repo_id, revision, str(commit), tuple(warnings),
                           replaced)
+
+
+def _check_replaceable(target: Path, name: str) -> None:
+    """Refuse to install over `target` unless it holds a pack named `name`: the install replaces the
+    directory and deletes what it held, and `--to DIR` may name a folder whose DIR/NAME is someone's work."""
+    from .registry import read_header
+
+    if not target.exists() and not target.is_symlink():
+        return
+    found = read_header(target) if target.is_dir() else None
+    if found is None or found.name != name:
+        raise HubError(f"already exists and is not an installed pack {name!r}; installing would delete it",
+                       file=str(target), hint="move it away, or install into another packs directory with --to")
 
 
 def _other_version(installed: Path, version: str) -> str:

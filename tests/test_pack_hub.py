@@ -95,6 +95,26 @@ def test_pack_pull_of_another_version_says_which_one_it_replaced(cli: Cli, tmp_p
 
 
 
+def test_pack_pull_does_not_delete_a_directory_that_is_not_that_pack(cli: Cli, tmp_path: Path) -> None:
+    """`--to DIR` whose DIR/NAME was not a pack (someone's work, or another pack) was replaced and deleted
+    without a word; the install replaces only an installed copy of the same pack."""
+    cli.ok("pack", "push", str(make_pack(tmp_path / "src", "shared")), "--repo-id", "org/shared")
+    dest = tmp_path / "dest"
+    (dest / "shared").mkdir(parents=True)
+    (dest / "shared" / "thesis.txt").write_text("months of work\n")
+    refused = cli.fails(1, "pack", "pull", "org/shared", "--to", str(dest))
+    assert "is not an installed pack 'shared'" in refused.stderr
+    assert (dest / "shared" / "thesis.txt").read_text() == "months of work\n"
+    other = make_pack(tmp_path / "other", "another")
+    shutil.copytree(other, dest / "shared", dirs_exist_ok=True)  # a pack of another name in that directory
+    cli.fails(1, "pack", "pull", "org/shared", "--to", str(dest))
+    shutil.rmtree(dest / "shared")
+    cli.ok("pack", "pull", "org/shared", "--to", str(dest))
+    cli.ok("pack", "pull", "org/shared", "--to", str(dest))  # its own installed copy is replaced
+    assert load_pack(dest / "shared").name == "shared"
+
+
+
 def test_pack_pull_of_a_range_installs_the_highest_published_version_in_it(cli: Cli, tmp_path: Path) -> None:
     """Every other pack argument takes `name@^1`; `pa pack pull ORG/NAME@^1` answered "no version '^1' is
     published" and listed the very versions the range holds."""
