@@ -94,6 +94,8 @@ FAULTS = [
           ("pack.yaml", "/synthesis/count_per_category", "not of type 'integer'")),
     Fault("unknown-field-typo", "root-pack", _edit("pack.yaml", "summary:", "sumary: x\nsummary:"), ("pack.yaml", "unknown field", "did you mean 'summary'")),
     Fault("bad-semver", "root-pack", _edit("pack.yaml", "version: 1.0.0", "version: '1.0'"), ("pack.yaml", "/version", "not a semantic version")),
+    Fault("category-id-trailing-newline", "root-pack", _edit("pack.yaml", "  - id: weapons", '  - id: "weapons\\n"'), ("pack.yaml", "/categories/0/id", "does not match")),
+    Fault("eval-id-trailing-newline", "root-pack", _edit("eval/harmful.jsonl", '"id": "root-h1"', '"id": "root-h1\\n"'), ("harmful.jsonl", "line 1", "does not match")),
     Fault("semver-trailing-newline", "root-pack", _edit("pack.yaml", "version: 1.0.0", 'version: "1.0.0\\n"'), ("pack.yaml", "/version", "not a semantic version")),
     Fault("path-traversal", "root-pack", _edit("pack.yaml", "policy: policy.md", "policy: ../../../etc/passwd"), ("pack.yaml", "/policy", "'..' is not allowed")),
     Fault("absolute-path", "root-pack", _edit("pack.yaml", "file: eval/benign.jsonl", "file: /etc/passwd"), ("pack.yaml", "/eval/1/file", "absolute paths are not allowed")),
