@@ -189,7 +189,7 @@ def _read_pack_card(repo_id: str, commit: str, workdir: Path, token: str | None)
 
 def _listing_problems(repo_id: str, entries: list[tuple[str, int]], expected: Mapping[str, Any]) -> list[Problem]:
     """Everything wrong with a pack's file listing, before a byte is downloaded."""
-    from .pack_input import MAX_PACK_BYTES, MAX_PACK_FILES
+    from .pack_input import MAX_PACK_BYTES, MAX_PACK_FILES, not_pack_content
 
     problems = []
     for rel, size in entries:
@@ -197,6 +197,11 @@ def _listing_problems(repo_id: str, entries: list[tuple[str, int]], expected: Ma
         if not is_safe_relpath(rel):
             problems.append(Problem(where, "", "unsafe path (absolute, '..' or empty parts)",
                                     "a pack's files must stay inside the pack directory"))
+        elif any(not_pack_content(part) for part in rel.split("/")):
+            # `pa pack push` never uploads one and the loader skips it: installed, it would sit in the
+            # pack outside its digest (and pass for a parent's difference in the digest warning).
+            problems.append(Problem(where, "", "not pack content (a hidden file or directory, a cache or an editor backup)",
+                                    "`pa pack push` does not publish such files; the repository was made by other means"))
         elif size > file_cap(rel):
             problems.append(Problem(where, "", f"file is {size} bytes, over the {file_cap(rel)}-byte limit",
                                     "packs are bounded in size; this one cannot be installed"))

@@ -210,6 +210,22 @@ def test_pack_pull_rejects_a_manifest_pointing_outside(cli: Cli, hub_server, tmp
 
 
 
+def test_pack_pull_installs_no_file_the_pack_does_not_consist_of(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Hidden files, caches and backups are not pack content (`pa pack push` never uploads one, the loader
+    skips them), yet a hand-made repo listing them in its card installed them, outside the pack's digest,
+    with a warning that blamed the (absent) parents for the digest they changed."""
+    files = pack_bytes(make_pack(tmp_path / "src", "hidden"))
+    files[".github/run.sh"] = b"echo hi\n"
+    files["templates/plain.jinja~"] = b"a backup\n"
+    publish_raw_pack(hub_server, "org/hidden", "hidden", files)
+    result = cli.fails(2, "pack", "pull", "org/hidden")
+    assert "pack/.github/run.sh: not pack content" in result.stderr
+    assert "pack/templates/plain.jinja~: not pack content" in result.stderr
+    nothing_installed(cli, "hidden")
+    assert not list(cli.home.rglob("run.sh"))
+
+
+
 def test_pack_pull_rejects_oversized_files(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     files = pack_bytes(make_pack(tmp_path / "src", "bloated"))
     files["notes.txt"] = b"x" * (3 * 1024 * 1024)
