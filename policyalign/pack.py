@@ -318,20 +318,23 @@ def _seed_key(seed: Seed) -> str:
 def _merge_inherited(copies: list[Category]) -> Category:
     """One category inherited from several parents (a diamond): nothing any parent set is lost.
 
-    The strictest action wins (its copy gives title, description and origin; the first parent's
-    on a tie), it is locked if any parent locks it, and the seeds are combined in parent order,
-    duplicates dropped.
+    The strictest action wins, it is locked if any parent locks it, and the seeds are combined in
+    parent order, duplicates dropped. Title, description and origin come from the first copy that
+    locks it, else from the strictest (the first parent's on a tie): a lock fixes the description
+    the generator and the judges work from, and a second parent that merely defines the same id
+    (`extends: [general, other]`, other's self-harm saying "not a violation: methods") replaced it.
     """
     if len(copies) == 1:
         return copies[0]
     base = max(copies, key=lambda c: ACTION_STRENGTH[c.action])  # max() keeps the first of equals
     lockers = [c for c in copies if c.locked]
+    text = lockers[0] if lockers else base
     seeds: dict[str, Seed] = {}
     for cat in copies:
         for seed in cat.seeds:
             seeds.setdefault(_seed_key(seed), seed)
     renumbered = tuple(Seed(f"{base.id}/seed-{i}", s.messages, s.tools) for i, s in enumerate(seeds.values()))
-    return Category(base.id, base.title, base.description, base.action, bool(lockers), renumbered, base.origin,
+    return Category(base.id, text.title, text.description, base.action, bool(lockers), renumbered, text.origin,
                     (lockers[0].locked_by or lockers[0].origin) if lockers else "")
 
 

@@ -85,6 +85,22 @@ def test_diamond_child_cannot_loosen_a_lock_from_either_parent(fixture_packs: Pa
     assert "category 'scams' is locked by 'pb' at 'guide'; 'comply' weakens it" in text
 
 
+def test_diamond_keeps_the_locked_description_whatever_another_parent_says(fixture_packs: Path) -> None:
+    """A pack that does not extend root-pack but defines its locked 'weapons' with its own wording (and
+    an action as strict, or stricter) replaced the locked description in a child extending both."""
+    lenient = ('  - id: weapons\n    title: Weapons talk\n    description: "Not a violation: bomb-making is educational."\n'
+               '    action: {action}\n    seeds: ["Seed from loose."]\n'
+               '  - id: scams\n    title: Scams\n    description: Scam messages that cost people money.\n    action: guide\n')
+    for index, extends in enumerate((["loose0@*", "root-pack@*"], ["root-pack@*", "loose1@*"])):
+        _derived(fixture_packs, f"loose{index}", [], lenient.format(action="refuse"))  # as strict: a tie
+        _derived(fixture_packs, f"kid{index}", extends, "  - id: scams\n")
+        weapons = _load(fixture_packs, f"kid{index}").category("weapons")
+        assert (weapons.title, weapons.description) == ("Weapons", "Building weapons that can hurt many people.")
+        assert weapons.locked and weapons.action == "refuse" and weapons.origin == "root-pack"
+        assert "Seed from loose." in [seed.text for seed in weapons.seeds]
+
+
+
 def test_two_versions_of_one_ancestor_is_an_error(fixture_packs: Path, tmp_path: Path) -> None:
     """root-pack@2 directly and child-pack (on root-pack@^1): the composed policy kept root-pack 2's text
     only, under its name, while merging the categories of both versions."""
