@@ -19,6 +19,7 @@ from .errors import HubError, PackError, Problem
 from .hub import (DEFAULT_BRANCH, PushResult, check_repo_id, check_tag, commit_and_tag, endpoint, hub_api, hub_call,
                   is_safe_relpath, prepare_repo, remote_files, repo_url, resolve_token, split_spec, swap_in)
 from .io import sha256_file
+from .pack_input import file_cap
 from .semver import Version, is_semver, parse_range
 
 if TYPE_CHECKING:
@@ -87,15 +88,6 @@ def push_pack(path: str | Path, repo_id: str, *, private: bool = False, revision
 
 
 # --------------------------------------------------------------------------- packs: pull
-
-
-def file_cap(rel: str) -> int:
-    """The most bytes one pack file may have (the loader's limit for its kind)."""
-    from .pack_input import MANIFEST, MAX_EVAL_BYTES, MAX_MANIFEST_BYTES, MAX_OTHER_BYTES
-
-    if rel == MANIFEST:
-        return MAX_MANIFEST_BYTES
-    return MAX_EVAL_BYTES if rel.endswith(".jsonl") else MAX_OTHER_BYTES
 
 
 class _TooLarge(Exception):

@@ -29,6 +29,14 @@ MAX_PACK_FILES = 2000
 MAX_EVAL_ITEMS = 20000
 
 
+def file_cap(rel: str) -> int:
+    """The most bytes one pack file may have, by its kind (the relative POSIX path): what `pa pack pull`
+    downloads at most, and what `collect_files` holds every file to, referenced or not."""
+    if rel == MANIFEST:
+        return MAX_MANIFEST_BYTES
+    return MAX_EVAL_BYTES if rel.endswith(".jsonl") else MAX_OTHER_BYTES
+
+
 class Collector:
     """Accumulates problems for one pack so validation reports all of them at once."""
 
@@ -47,6 +55,8 @@ class Collector:
 
     def add(self, file: Path | str, where: str, message: str, hint: str = "") -> None:
         name = self.rel(self.root / file) if not Path(file).is_absolute() else self.rel(file)
+        if any((p.file, p.where, p.message) == (name, where, message) for p in self.problems):
+            return  # found twice (an oversized eval set: by `collect_files` and by its reader): said once
         self.problems.append(Problem(file=name, where=where, message=message, hint=hint))
 
 
@@ -138,7 +148,11 @@ def collect_files(col: Collector) -> list[Path]:
         if not path.is_file():
             col.add(str(rel), "", "not a regular file", "packs may contain only regular files and directories")
             continue
-        total += path.stat().st_size
+        size = path.stat().st_size
+        if size > file_cap(rel.as_posix()):  # unreferenced files too: `pa pack pull` refuses the pack for any
+            col.add(str(rel), "", f"file is {size} bytes, over the {file_cap(rel.as_posix())}-byte limit",
+                    "split or shorten the file, or remove it from the pack")
+        total += size
         files.append(path)
     if len(files) > MAX_PACK_FILES:
         col.add(".", "", f"pack has {len(files)} files, over the limit of {MAX_PACK_FILES}", "remove unused files")
