@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from .errors import Problem
+from .hub import is_safe_relpath
 from .templates import LONE_SURROGATE, text_problem
 
 MANIFEST = "pack.yaml"
@@ -132,6 +133,10 @@ def collect_files(col: Collector) -> list[Path]:
         if LONE_SURROGATE.search(str(rel)):  # os.fsdecode's surrogateescape: the name's bytes are not UTF-8
             col.add(os.fsencode(rel).decode("utf-8", "backslashreplace"), "", "file name is not valid UTF-8",
                     "rename the file (pack file names are UTF-8, as in git)")
+            continue
+        if not is_safe_relpath(rel.as_posix()):  # `a\b.txt`, `c:notes.txt`: pushed, then refused by every pull
+            col.add(str(rel), "", "file name has a backslash or starts with a drive letter (`c:`), which "
+                    "`pa pack pull` refuses as unsafe on Windows", "rename the file")
             continue
         if path.is_symlink():
             try:

@@ -52,3 +52,13 @@ def test_every_file_is_held_to_the_size_pa_pack_pull_accepts(fixture_packs: Path
     messages = [str(p) for p in info.value.problems]
     assert [m for m in messages if m.startswith("root-pack/notes.txt: file is")] != []
     assert len([m for m in messages if m.startswith("root-pack/eval/harmful.jsonl: file is")]) == 1
+
+
+@pytest.mark.parametrize("name", ["a\\b.txt", "c:notes.txt"])
+def test_a_file_name_pa_pack_pull_refuses_is_a_problem(fixture_packs: Path, name: str) -> None:
+    """A backslash or a drive letter in a file name validated and was pushed; every pull then refused it."""
+    root = fixture_packs / "root-pack"
+    (root / name).write_text("notes\n")
+    with pytest.raises(PackError) as info:
+        _load(fixture_packs, "root-pack")
+    assert f"root-pack/{name}: file name has a backslash or starts with a drive letter" in str(info.value)
