@@ -481,8 +481,10 @@ def _check_template(col: Collector, file: str, source: str, data: dict[str, Any]
     return True
 
 
-def _eval_sets(col: Collector, data: dict[str, Any], categories: tuple[Category, ...]) -> tuple[EvalSet, ...]:
-    known = [c.id for c in categories]
+def _eval_sets(col: Collector, data: dict[str, Any], categories: tuple[Category, ...] | None) -> tuple[EvalSet, ...]:
+    """The pack's eval sets; `categories` None when they could not be composed (a schema problem in
+    `categories`): every item is checked all the same, except whether its category exists."""
+    known = None if categories is None else [c.id for c in categories]
     seen_ids: dict[str, str] = {}
     sets: list[EvalSet] = []
     names: set[str] = set()
@@ -579,10 +581,11 @@ def _build(col: Collector, data: dict[str, Any], lines: dict[str, int], registry
         _check_changelog(col, version)
     # Deeper checks assume their section passed the schema; a broken section is reported once, above.
     parents = _resolve_parents(col, data, registry, (*stack, str(name))) if "extends" not in broken else ()
-    categories = () if broken & {"categories", ""} else _compose_categories(
-        col, parents, _own_categories(col, data, str(name)), str(name))
+    composed = not broken & {"categories", ""}
+    categories = _compose_categories(col, parents, _own_categories(col, data, str(name)), str(name)) if composed else ()
     templates = _templates(col, data, categories) if not broken & {"synthesis", "name", "title", "summary"} else ()
-    eval_sets = _eval_sets(col, data, categories) if categories and "eval" not in broken else ()
+    # A typo in one category's action must not hide every eval item's problems until the next round.
+    eval_sets = _eval_sets(col, data, categories if composed else None) if "eval" not in broken else ()
     if col.problems or policy is None:
         return None
     own_digest = files_digest(col.root, files)

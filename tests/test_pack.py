@@ -159,6 +159,21 @@ def test_all_problems_reported_at_once(fixture_packs: Path) -> None:
     assert "malformed JSON" in messages
 
 
+def test_a_broken_category_does_not_hide_the_eval_sets_problems(fixture_packs: Path) -> None:
+    """A typo in one category's action left every eval set unchecked: its malformed lines and wrong labels
+    came to light only in the next round, against the README's "every problem at once"."""
+    root = fixture_packs / "root-pack"
+    (root / "pack.yaml").write_text((root / "pack.yaml").read_text().replace("action: guide", "action: gude"))
+    with (root / "eval" / "harmful.jsonl").open("a") as handle:
+        handle.write("not json\n" '{"id": "root-h9", "category": "scams", "prompt": "Hello there.", "expect": "comply"}\n')
+    with pytest.raises(PackError) as info:
+        _load(fixture_packs, "root-pack")
+    messages = [str(p) for p in info.value.problems]
+    assert any("/categories/1/action" in m for m in messages)
+    assert any("harmful.jsonl:line 3: malformed JSON" in m for m in messages)
+    assert any("harmful.jsonl:line 4 /expect: expect 'comply' in a set of kind 'safety'" in m for m in messages)
+
+
 def test_digest_is_stable_across_copies_and_line_endings(fixture_packs: Path, tmp_path: Path) -> None:
     first = _load(fixture_packs, "root-pack").digest
     other = tmp_path / "copy" / "packs"
