@@ -445,7 +445,8 @@ def template_variables(pack_name: str, title: str, summary: str, category: Categ
 def _templates(col: Collector, data: dict[str, Any], categories: tuple[Category, ...]) -> tuple[TemplateSpec, ...]:
     specs: list[TemplateSpec] = []
     synthesis = _dict(data, "synthesis")
-    entries = [t for t in _list(synthesis, "templates") if isinstance(t, dict)]
+    # An entry without a file name is the schema check's to report (once).
+    entries = [t for t in _list(synthesis, "templates") if isinstance(t, dict) and isinstance(t.get("file"), str) and t["file"]]
     seen: set[str] = set()
     n = synthesis.get("count_per_category", 20)
     work = WorkBudget()  # one budget for every render below: bounds the time validation can take
@@ -583,7 +584,10 @@ def _build(col: Collector, data: dict[str, Any], lines: dict[str, int], registry
     parents = _resolve_parents(col, data, registry, (*stack, str(name))) if "extends" not in broken else ()
     composed = not broken & {"categories", ""}
     categories = _compose_categories(col, parents, _own_categories(col, data, str(name)), str(name)) if composed else ()
-    templates = _templates(col, data, categories) if not broken & {"synthesis", "name", "title", "summary"} else ()
+    # With `synthesis` (or a variable's section) broken the templates are still read and compiled, so a
+    # typo in `format` does not hide their syntax errors; they are rendered only when all of it is sound.
+    renderable = not broken & {"synthesis", "name", "title", "summary"}
+    templates = _templates(col, data, categories if renderable else ())
     # A typo in one category's action must not hide every eval item's problems until the next round.
     eval_sets = _eval_sets(col, data, categories if composed else None) if "eval" not in broken else ()
     if col.problems or policy is None:

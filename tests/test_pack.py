@@ -174,6 +174,18 @@ def test_a_broken_category_does_not_hide_the_eval_sets_problems(fixture_packs: P
     assert any("harmful.jsonl:line 4 /expect: expect 'comply' in a set of kind 'safety'" in m for m in messages)
 
 
+def test_a_broken_synthesis_section_does_not_hide_template_syntax_errors(fixture_packs: Path) -> None:
+    """`format: yaml` (a typo) left every template unread: its syntax error came to light only in the next round."""
+    root = fixture_packs / "root-pack"
+    (root / "pack.yaml").write_text((root / "pack.yaml").read_text().replace("      format: list\n", "      format: yaml\n"))
+    (root / "templates" / "plain.jinja").write_text("{% for x in seeds %}\n")
+    with pytest.raises(PackError) as info:
+        _load(fixture_packs, "root-pack")
+    messages = [str(p) for p in info.value.problems]
+    assert any("/synthesis/templates/0/format" in m for m in messages)
+    assert any(m.startswith("root-pack/templates/plain.jinja") for m in messages), messages
+
+
 def test_digest_is_stable_across_copies_and_line_endings(fixture_packs: Path, tmp_path: Path) -> None:
     first = _load(fixture_packs, "root-pack").digest
     other = tmp_path / "copy" / "packs"
