@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from . import card
-from .errors import HubError, PackError, Problem
+from .errors import HubError, InvalidInputError, PackError, Problem
 from .hub import (DEFAULT_BRANCH, PushResult, check_repo_id, check_tag, commit_and_tag, endpoint, hub_api, hub_call,
                   is_safe_relpath, prepare_repo, remote_files, repo_url, resolve_token, split_spec, swap_in)
 from .io import sha256_file
@@ -258,8 +258,12 @@ def pull_pack(spec: str, *, to: str | Path | None = None, token: str | None = No
     api = hub_api(token)
     revision, commit = _resolve_pack_revision(api, repo_id, wanted, token)
     parent = Path(to) if to is not None else user_packs_dir()
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".pa-pull-", dir=parent))
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".pa-pull-", dir=parent))
+    except OSError as exc:  # `--to` naming a file, or a directory that cannot be made or written: not a traceback
+        raise InvalidInputError(f"cannot install packs here: {exc.strerror or exc}", file=str(parent),
+                                hint="give --to a directory you can write to (it is created if missing)") from None
     try:
         recorded = _read_pack_card(repo_id, commit, staging, token)
         name, hashes = recorded["pack"]["name"], recorded["files"]

@@ -115,6 +115,16 @@ def test_pack_pull_does_not_delete_a_directory_that_is_not_that_pack(cli: Cli, t
 
 
 
+def test_pack_pull_to_a_file_is_an_error_not_a_traceback(cli: Cli, tmp_path: Path) -> None:
+    cli.ok("pack", "push", str(make_pack(tmp_path / "src", "placed")), "--repo-id", "org/placed")
+    (tmp_path / "afile").write_text("not a directory\n")
+    for to in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        result = cli.fails(2, "pack", "pull", "org/placed", "--to", str(to))
+        assert f"{to}: cannot install packs here" in result.stderr
+    assert (tmp_path / "afile").read_text() == "not a directory\n"
+
+
+
 def test_pack_pull_of_a_range_installs_the_highest_published_version_in_it(cli: Cli, tmp_path: Path) -> None:
     """Every other pack argument takes `name@^1`; `pa pack pull ORG/NAME@^1` answered "no version '^1' is
     published" and listed the very versions the range holds."""
