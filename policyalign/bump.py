@@ -63,7 +63,11 @@ def bump_pack(root: Path, part: str | None = None, *, to: str | None = None,
     if added:
         write_text(changelog, _with_entry(log, str(new), notes))
     quote = node.style if node.style in ("'", '"') else ""
-    write_text(manifest, text[:node.start_mark.index] + f"{quote}{new}{quote}" + text[node.end_mark.index:])
+    written = text[node.start_mark.index:node.end_mark.index]
+    # A block scalar (`version: >-` and the version on the next line) ends after its line break:
+    # keep it, or the next key joins the version's line (`version: 1.0.1foo: ...`).
+    tail = written[len(written.rstrip()):]
+    write_text(manifest, text[:node.start_mark.index] + f"{quote}{new}{quote}{tail}" + text[node.end_mark.index:])
     return BumpResult(root, str(old), str(new), added, tuple(_stranded(root, name, old, new)))
 
 

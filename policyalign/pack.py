@@ -318,20 +318,23 @@ def _seed_key(seed: Seed) -> str:
 def _merge_inherited(copies: list[Category]) -> Category:
     """One category inherited from several parents (a diamond): nothing any parent set is lost.
 
-    The strictest action wins (its copy gives title, description and origin; the first parent's
-    on a tie), it is locked if any parent locks it, and the seeds are combined in parent order,
-    duplicates dropped.
+    The strictest action wins, it is locked if any parent locks it, and the seeds are combined in
+    parent order, duplicates dropped. Title, description and origin come from the first copy that
+    locks it, else from the strictest (the first parent's on a tie): a lock fixes the description
+    the generator and the judges work from, and a second parent that merely defines the same id
+    (`extends: [general, other]`, other's self-harm saying "not a violation: methods") replaced it.
     """
     if len(copies) == 1:
         return copies[0]
     base = max(copies, key=lambda c: ACTION_STRENGTH[c.action])  # max() keeps the first of equals
     lockers = [c for c in copies if c.locked]
+    text = lockers[0] if lockers else base
     seeds: dict[str, Seed] = {}
     for cat in copies:
         for seed in cat.seeds:
             seeds.setdefault(_seed_key(seed), seed)
     renumbered = tuple(Seed(f"{base.id}/seed-{i}", s.messages, s.tools) for i, s in enumerate(seeds.values()))
-    return Category(base.id, base.title, base.description, base.action, bool(lockers), renumbered, base.origin,
+    return Category(base.id, text.title, text.description, base.action, bool(lockers), renumbered, text.origin,
                     (lockers[0].locked_by or lockers[0].origin) if lockers else "")
 
 
@@ -442,7 +445,8 @@ def template_variables(pack_name: str, title: str, summary: str, category: Categ
 def _templates(col: Collector, data: dict[str, Any], categories: tuple[Category, ...]) -> tuple[TemplateSpec, ...]:
     specs: list[TemplateSpec] = []
     synthesis = _dict(data, "synthesis")
-    entries = [t for t in _list(synthesis, "templates") if isinstance(t, dict)]
+    # An entry without a file name is the schema check's to report (once).
+    entries = [t for t in _list(synthesis, "templates") if isinstance(t, dict) and isinstance(t.get("file"), str) and t["file"]]
     seen: set[str] = set()
     n = synthesis.get("count_per_category", 20)
     work = WorkBudget()  # one budget for every render below: bounds the time validation can take
@@ -478,8 +482,10 @@ def _check_template(col: Collector, file: str, source: str, data: dict[str, Any]
     return True
 
 
-def _eval_sets(col: Collector, data: dict[str, Any], categories: tuple[Category, ...]) -> tuple[EvalSet, ...]:
-    known = [c.id for c in categories]
+def _eval_sets(col: Collector, data: dict[str, Any], categories: tuple[Category, ...] | None) -> tuple[EvalSet, ...]:
+    """The pack's eval sets; `categories` None when they could not be composed (a schema problem in
+    `categories`): every item is checked all the same, except whether its category exists."""
+    known = None if categories is None else [c.id for c in categories]
     seen_ids: dict[str, str] = {}
     sets: list[EvalSet] = []
     names: set[str] = set()
@@ -576,10 +582,14 @@ def _build(col: Collector, data: dict[str, Any], lines: dict[str, int], registry
         _check_changelog(col, version)
     # Deeper checks assume their section passed the schema; a broken section is reported once, above.
     parents = _resolve_parents(col, data, registry, (*stack, str(name))) if "extends" not in broken else ()
-    categories = () if broken & {"categories", ""} else _compose_categories(
-        col, parents, _own_categories(col, data, str(name)), str(name))
-    templates = _templates(col, data, categories) if not broken & {"synthesis", "name", "title", "summary"} else ()
-    eval_sets = _eval_sets(col, data, categories) if categories and "eval" not in broken else ()
+    composed = not broken & {"categories", ""}
+    categories = _compose_categories(col, parents, _own_categories(col, data, str(name)), str(name)) if composed else ()
+    # With `synthesis` (or a variable's section) broken the templates are still read and compiled, so a
+    # typo in `format` does not hide their syntax errors; they are rendered only when all of it is sound.
+    renderable = not broken & {"synthesis", "name", "title", "summary"}
+    templates = _templates(col, data, categories if renderable else ())
+    # A typo in one category's action must not hide every eval item's problems until the next round.
+    eval_sets = _eval_sets(col, data, categories if composed else None) if "eval" not in broken else ()
     if col.problems or policy is None:
         return None
     own_digest = files_digest(col.root, files)

@@ -108,8 +108,9 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def eval_items(col: Collector, file: str, text: str, known: list[str], seen_ids: dict[str, str],
+def eval_items(col: Collector, file: str, text: str, known: list[str] | None, seen_ids: dict[str, str],
                 kind: str) -> list[EvalItem]:
+    """The items of one eval set, every problem collected; `known` None skips the category check."""
     validator = eval_item_validator()
     items: list[EvalItem] = []
     for lineno, line in enumerate(jsonl_lines(text), start=1):
@@ -146,7 +147,7 @@ def eval_items(col: Collector, file: str, text: str, known: list[str], seen_ids:
     return items
 
 
-def _eval_item(col: Collector, file: str, lineno: int, raw: Any, validator: Any, known: list[str],
+def _eval_item(col: Collector, file: str, lineno: int, raw: Any, validator: Any, known: list[str] | None,
                seen_ids: dict[str, str]) -> EvalItem | None:
     errors = list(validator.iter_errors(raw))
     bad_text = text_problems(raw)
@@ -164,7 +165,7 @@ def _eval_item(col: Collector, file: str, lineno: int, raw: Any, validator: Any,
         col.add(file, where + " /id", f"duplicate eval item id {raw['id']!r} (first in {seen_ids[raw['id']]})",
                 "eval item ids must be unique across the pack")
     seen_ids.setdefault(raw["id"], f"{file} line {lineno}")
-    if raw["category"] not in known:
+    if known is not None and raw["category"] not in known:
         col.add(file, where + " /category", f"unknown category {raw['category']!r}",
                 did_you_mean(raw["category"], known, "known categories"))
         return None

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from . import card
-from .errors import HubError, PackError, Problem
+from .errors import HubError, InvalidInputError, PackError, Problem
 from .hub import (DEFAULT_BRANCH, PushResult, check_repo_id, check_tag, commit_and_tag, endpoint, hub_api, hub_call,
                   is_safe_relpath, prepare_repo, remote_files, repo_url, resolve_token, split_spec, swap_in)
 from .io import sha256_file
+from .pack_input import file_cap
 from .semver import Version, is_semver, parse_range
 
 if TYPE_CHECKING:
@@ -87,15 +88,6 @@ def push_pack(path: str | Path, repo_id: str, *, private: bool = False, revision
 
 
 # --------------------------------------------------------------------------- packs: pull
-
-
-def file_cap(rel: str) -> int:
-    """The most bytes one pack file may have (the loader's limit for its kind)."""
-    from .pack_input import MANIFEST, MAX_EVAL_BYTES, MAX_MANIFEST_BYTES, MAX_OTHER_BYTES
-
-    if rel == MANIFEST:
-        return MAX_MANIFEST_BYTES
-    return MAX_EVAL_BYTES if rel.endswith(".jsonl") else MAX_OTHER_BYTES
 
 
 class _TooLarge(Exception):
@@ -189,7 +181,7 @@ def _read_pack_card(repo_id: str, commit: str, workdir: Path, token: str | None)
 
 def _listing_problems(repo_id: str, entries: list[tuple[str, int]], expected: Mapping[str, Any]) -> list[Problem]:
     """Everything wrong with a pack's file listing, before a byte is downloaded."""
-    from .pack_input import MAX_PACK_BYTES, MAX_PACK_FILES
+    from .pack_input import MAX_PACK_BYTES, MAX_PACK_FILES, not_pack_content
 
     problems = []
     for rel, size in entries:
@@ -197,6 +189,11 @@ def _listing_problems(repo_id: str, entries: list[tuple[str, int]], expected: Ma
         if not is_safe_relpath(rel):
             problems.append(Problem(where, "", "unsafe path (absolute, '..' or empty parts)",
                                     "a pack's files must stay inside the pack directory"))
+        elif any(not_pack_content(part) for part in rel.split("/")):
+            # `pa pack push` never uploads one and the loader skips it: installed, it would sit in the
+            # pack outside its digest (and pass for a parent's difference in the digest warning).
+            problems.append(Problem(where, "", "not pack content (a hidden file or directory, a cache or an editor backup)",
+                                    "`pa pack push` does not publish such files; the repository was made by other means"))
         elif size > file_cap(rel):
             problems.append(Problem(where, "", f"file is {size} bytes, over the {file_cap(rel)}-byte limit",
                                     "packs are bounded in size; this one cannot be installed"))
@@ -261,8 +258,12 @@ def pull_pack(spec: str, *, to: str | Path | None = None, token: str | None = No
     api = hub_api(token)
     revision, commit = _resolve_pack_revision(api, repo_id, wanted, token)
     parent = Path(to) if to is not None else user_packs_dir()
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".pa-pull-", dir=parent))
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".pa-pull-", dir=parent))
+    except OSError as exc:  # `--to` naming a file, or a directory that cannot be made or written: not a traceback
+        raise InvalidInputError(f"cannot install packs here: {exc.strerror or exc}", file=str(parent),
+                                hint="give --to a directory you can write to (it is created if missing)") from None
     try:
         recorded = _read_pack_card(repo_id, commit, staging, token)
         name, hashes = recorded["pack"]["name"], recorded["files"]
@@ -280,12 +281,26 @@ def pull_pack(spec: str, *, to: str | Path | None = None, token: str | None = No
         pack = load_pack(stage, registry=(registry or Registry.default()).including(parent))
         warnings = _pack_identity_problems(pack, recorded["pack"], repo_id)
         target = parent / name
+        _check_replaceable(target, name)
         replaced = _other_version(target, pack.version)
         swap_in(stage, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return PackPullResult(pack.name, pack.version, pack.digest, target, repo_id, revision, str(commit), tuple(warnings),
                           replaced)
+
+
+def _check_replaceable(target: Path, name: str) -> None:
+    """Refuse to install over `target` unless it holds a pack named `name`: the install replaces the
+    directory and deletes what it held, and `--to DIR` may name a folder whose DIR/NAME is someone's work."""
+    from .registry import read_header
+
+    if not target.exists() and not target.is_symlink():
+        return
+    found = read_header(target) if target.is_dir() else None
+    if found is None or found.name != name:
+        raise HubError(f"already exists and is not an installed pack {name!r}; installing would delete it",
+                       file=str(target), hint="move it away, or install into another packs directory with --to")
 
 
 def _other_version(installed: Path, version: str) -> str:

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from .errors import Problem
+from .hub import is_safe_relpath
 from .templates import LONE_SURROGATE, text_problem
 
 MANIFEST = "pack.yaml"
@@ -27,6 +28,14 @@ MAX_OTHER_BYTES = 2 * 1024 * 1024
 MAX_PACK_BYTES = 32 * 1024 * 1024
 MAX_PACK_FILES = 2000
 MAX_EVAL_ITEMS = 20000
+
+
+def file_cap(rel: str) -> int:
+    """The most bytes one pack file may have, by its kind (the relative POSIX path): what `pa pack pull`
+    downloads at most, and what `collect_files` holds every file to, referenced or not."""
+    if rel == MANIFEST:
+        return MAX_MANIFEST_BYTES
+    return MAX_EVAL_BYTES if rel.endswith(".jsonl") else MAX_OTHER_BYTES
 
 
 class Collector:
@@ -47,6 +56,8 @@ class Collector:
 
     def add(self, file: Path | str, where: str, message: str, hint: str = "") -> None:
         name = self.rel(self.root / file) if not Path(file).is_absolute() else self.rel(file)
+        if any((p.file, p.where, p.message) == (name, where, message) for p in self.problems):
+            return  # found twice (an oversized eval set: by `collect_files` and by its reader): said once
         self.problems.append(Problem(file=name, where=where, message=message, hint=hint))
 
 
@@ -123,6 +134,10 @@ def collect_files(col: Collector) -> list[Path]:
             col.add(os.fsencode(rel).decode("utf-8", "backslashreplace"), "", "file name is not valid UTF-8",
                     "rename the file (pack file names are UTF-8, as in git)")
             continue
+        if not is_safe_relpath(rel.as_posix()):  # `a\b.txt`, `c:notes.txt`: pushed, then refused by every pull
+            col.add(str(rel), "", "file name has a backslash or starts with a drive letter (`c:`), which "
+                    "`pa pack pull` refuses as unsafe on Windows", "rename the file")
+            continue
         if path.is_symlink():
             try:
                 target = path.resolve()
@@ -138,7 +153,11 @@ def collect_files(col: Collector) -> list[Path]:
         if not path.is_file():
             col.add(str(rel), "", "not a regular file", "packs may contain only regular files and directories")
             continue
-        total += path.stat().st_size
+        size = path.stat().st_size
+        if size > file_cap(rel.as_posix()):  # unreferenced files too: `pa pack pull` refuses the pack for any
+            col.add(str(rel), "", f"file is {size} bytes, over the {file_cap(rel.as_posix())}-byte limit",
+                    "split or shorten the file, or remove it from the pack")
+        total += size
         files.append(path)
     if len(files) > MAX_PACK_FILES:
         col.add(".", "", f"pack has {len(files)} files, over the limit of {MAX_PACK_FILES}", "remove unused files")

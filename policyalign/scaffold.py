@@ -165,6 +165,10 @@ def new_pack(name: str, packs_dir: Path, extends: str | None = None, registry: "
         "eval/benign.jsonl": BENIGN.replace("NAME", name),
         "CHANGELOG.md": "# Changelog\n\n## 0.1.0\n\n- First draft.\n",
     }
-    for rel, text in files.items():
-        write_text(root / rel, text)
+    try:
+        for rel, text in files.items():
+            write_text(root / rel, text)
+    except OSError as exc:  # ./packs is a file, or read-only: a message, not a traceback
+        raise InvalidInputError(f"cannot create the pack here: {exc.strerror or exc}", file=str(exc.filename or root),
+                                hint="run from a directory whose packs/ you can write to") from None
     return root

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -20,13 +21,27 @@ def schema_text(name: str) -> str:
     return resources.files("policyalign").joinpath("schemas", name).read_text(encoding="utf-8")
 
 
+def _ecma_pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Any:
+    """`pattern` as JSON Schema defines it (ECMA-262): a final `$` is the end of the text. Python's `$`
+    also matches before a trailing newline, so `id: "self-harm\\n"` passed `^[a-z0-9][a-z0-9_-]*$` and
+    became a second category shown as `self-harm`."""
+    from jsonschema import ValidationError
+
+    if not validator.is_type(instance, "string"):
+        return
+    anchored = pattern[:-1] + r"\Z" if pattern.endswith("$") and not pattern.endswith("\\$") else pattern
+    if not re.search(anchored, instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
 @lru_cache(maxsize=None)
 def _validator(name: str) -> Any:
     from jsonschema import Draft202012Validator
+    from jsonschema.validators import extend
 
     schema = json.loads(schema_text(name))
     Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema)
+    return extend(Draft202012Validator, {"pattern": _ecma_pattern})(schema)
 
 
 def manifest_validator() -> Any:

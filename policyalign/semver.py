@@ -1,7 +1,8 @@
 """Semantic versions and the range syntax used by `extends` and `name@range`.
 
 Supported ranges: exact `1.2.3`, caret `^1`, `^1.2`, `^1.2.3`, tilde `~1.2`,
-comparators `>=1.0.0,<2` (comma = and), and `*`. Kept in-house because the
+comparators `>=1.0.0,<2` (comma = and; a comparator on a series takes all of it, as in npm:
+`<=1` admits 1.5.0, `>1` starts at 2.0.0), and `*`. Kept in-house because the
 caret/tilde forms are what pack authors write and packaging's specifiers lack them.
 
 Ordering follows SemVer 2.0 precedence: a prerelease sorts below its release, and
@@ -20,8 +21,10 @@ from __future__ import annotations
 import re
 from functools import total_ordering
 
-_SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?$")
-_PARTIAL = re.compile(r"^(0|[1-9]\d*)(?:\.(0|[1-9]\d*))?(?:\.(0|[1-9]\d*))?$")
+# \Z, not $: `$` also matches before a trailing newline, and "1.0.0\n" (or " 1.0.0", when the text was
+# stripped first) passed as a pack's version, then named it `hh@ 1.0.0` and went into tags and the index.
+_SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?\Z")
+_PARTIAL = re.compile(r"^(0|[1-9]\d*)(?:\.(0|[1-9]\d*))?(?:\.(0|[1-9]\d*))?\Z")
 
 
 @total_ordering
@@ -33,7 +36,7 @@ class Version:
 
     @classmethod
     def parse(cls, text: str) -> "Version":
-        match = _SEMVER.match(text.strip())
+        match = _SEMVER.match(text)
         if not match:
             raise ValueError(f"not a semantic version (MAJOR.MINOR.PATCH): {text!r}")
         major, minor, patch, pre = match.groups()
@@ -67,7 +70,8 @@ class Version:
 
 
 def is_semver(text: str) -> bool:
-    return bool(_SEMVER.match(text.strip())) if isinstance(text, str) else False
+    """Whether `text` is exactly a version: no surrounding whitespace (it would become part of the pack's name@version)."""
+    return bool(_SEMVER.match(text)) if isinstance(text, str) else False
 
 
 def _partial(text: str) -> tuple[int, ...]:
@@ -98,6 +102,17 @@ def _tilde(parts: tuple[int, ...]) -> tuple[Version, Version]:
     return low, Version(parts[0], parts[1] + 1, 0)
 
 
+def _comparator(op: str, text: str) -> list[tuple[str, Version]]:
+    """`op` against a full version, or against a whole series (`1`, `1.2`) as npm reads it: `<=1` and
+    `=1` take every 1.x, `>1` starts at 2.0.0 (padding to 1.0.0 made `<=1` refuse 1.5.0 while `1` took it)."""
+    if is_semver(text):
+        return [(op, Version.parse(text))]
+    parts = _partial(text)
+    low, high = _tilde(parts) if len(parts) > 1 else _caret(parts)
+    return {">=": [(">=", low)], "<": [("<", low)], ">": [(">=", high)], "<=": [("<", high)],
+            "==": [(">=", low), ("<", high)]}[op]
+
+
 class VersionRange:
     """A set of versions, tested with `in`."""
 
@@ -119,13 +134,11 @@ class VersionRange:
                 checks += [(">=", low), ("<", high)]
             elif match := re.match(r"^(>=|<=|>|<|==|=)\s*(.+)$", part):
                 op, ver = match.groups()
-                checks.append(("==" if op == "=" else op, _pad(_partial(ver)) if not is_semver(ver) else Version.parse(ver)))
+                checks += _comparator("==" if op == "=" else op, ver)
             elif is_semver(part):
                 checks.append(("==", Version.parse(part)))
             else:
-                parts = _partial(part)  # `1` or `1.2` means that series, like npm
-                low, high = _tilde(parts) if len(parts) > 1 else _caret(parts)
-                checks += [(">=", low), ("<", high)]
+                checks += _comparator("==", part)  # `1` or `1.2` means that series, like npm
         return checks
 
     def __contains__(self, version: Version) -> bool:

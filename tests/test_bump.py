@@ -134,3 +134,13 @@ def test_a_pack_named_rather_than_given_by_directory_gets_the_directory(packs: P
     result = runner.invoke(app, ["bump", "medical", "patch", "-m", "x"])
     assert result.exit_code == 2 and "`pa bump packs/medical ...`" in " ".join(result.output.split())
     assert "version: 1.0.0\n" in (packs / "medical" / "pack.yaml").read_text()
+
+
+def test_a_version_written_as_a_block_scalar_keeps_its_line_break(packs: Path) -> None:
+    """`version: >-` with the version on the next line: the bump ate the line break and the next key
+    joined the version (`version: 1.0.1title: ...`), a corrupt manifest."""
+    manifest = packs / "general" / "pack.yaml"
+    manifest.write_text(manifest.read_text().replace("version: 1.0.0\n", "version: >-\n  1.0.0\n"))
+    bump_pack(packs / "general", "patch", notes=["Reworded."])
+    assert "version: 1.0.1\ntitle: " in manifest.read_text()
+    assert load_pack(packs / "general", registry=Registry([packs])).version == "1.0.1"

@@ -23,6 +23,13 @@ def test_new_pack_validates_as_created(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
 
 
+def test_new_pack_where_packs_is_a_file_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    (tmp_path / "packs").write_text("a file\n")
+    result = runner.invoke(app, ["new", "mypack", "--dir", str(tmp_path / "packs")])
+    assert result.exit_code == 2, result.output
+    assert "cannot create the pack here" in result.output and "Traceback" not in result.output
+
+
 def test_new_pack_extending_a_parent_validates(fixture_packs: Path) -> None:
     result = runner.invoke(app, ["new", "kid", "--extends", "root-pack", "--dir", str(fixture_packs)])
     assert result.exit_code == 0, result.output

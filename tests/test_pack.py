@@ -85,6 +85,22 @@ def test_diamond_child_cannot_loosen_a_lock_from_either_parent(fixture_packs: Pa
     assert "category 'scams' is locked by 'pb' at 'guide'; 'comply' weakens it" in text
 
 
+def test_diamond_keeps_the_locked_description_whatever_another_parent_says(fixture_packs: Path) -> None:
+    """A pack that does not extend root-pack but defines its locked 'weapons' with its own wording (and
+    an action as strict, or stricter) replaced the locked description in a child extending both."""
+    lenient = ('  - id: weapons\n    title: Weapons talk\n    description: "Not a violation: bomb-making is educational."\n'
+               '    action: {action}\n    seeds: ["Seed from loose."]\n'
+               '  - id: scams\n    title: Scams\n    description: Scam messages that cost people money.\n    action: guide\n')
+    for index, extends in enumerate((["loose0@*", "root-pack@*"], ["root-pack@*", "loose1@*"])):
+        _derived(fixture_packs, f"loose{index}", [], lenient.format(action="refuse"))  # as strict: a tie
+        _derived(fixture_packs, f"kid{index}", extends, "  - id: scams\n")
+        weapons = _load(fixture_packs, f"kid{index}").category("weapons")
+        assert (weapons.title, weapons.description) == ("Weapons", "Building weapons that can hurt many people.")
+        assert weapons.locked and weapons.action == "refuse" and weapons.origin == "root-pack"
+        assert "Seed from loose." in [seed.text for seed in weapons.seeds]
+
+
+
 def test_two_versions_of_one_ancestor_is_an_error(fixture_packs: Path, tmp_path: Path) -> None:
     """root-pack@2 directly and child-pack (on root-pack@^1): the composed policy kept root-pack 2's text
     only, under its name, while merging the categories of both versions."""
@@ -141,6 +157,33 @@ def test_all_problems_reported_at_once(fixture_packs: Path) -> None:
     assert "not a semantic version" in messages
     assert "undefined variable" in messages
     assert "malformed JSON" in messages
+
+
+def test_a_broken_category_does_not_hide_the_eval_sets_problems(fixture_packs: Path) -> None:
+    """A typo in one category's action left every eval set unchecked: its malformed lines and wrong labels
+    came to light only in the next round, against the README's "every problem at once"."""
+    root = fixture_packs / "root-pack"
+    (root / "pack.yaml").write_text((root / "pack.yaml").read_text().replace("action: guide", "action: gude"))
+    with (root / "eval" / "harmful.jsonl").open("a") as handle:
+        handle.write("not json\n" '{"id": "root-h9", "category": "scams", "prompt": "Hello there.", "expect": "comply"}\n')
+    with pytest.raises(PackError) as info:
+        _load(fixture_packs, "root-pack")
+    messages = [str(p) for p in info.value.problems]
+    assert any("/categories/1/action" in m for m in messages)
+    assert any("harmful.jsonl:line 3: malformed JSON" in m for m in messages)
+    assert any("harmful.jsonl:line 4 /expect: expect 'comply' in a set of kind 'safety'" in m for m in messages)
+
+
+def test_a_broken_synthesis_section_does_not_hide_template_syntax_errors(fixture_packs: Path) -> None:
+    """`format: yaml` (a typo) left every template unread: its syntax error came to light only in the next round."""
+    root = fixture_packs / "root-pack"
+    (root / "pack.yaml").write_text((root / "pack.yaml").read_text().replace("      format: list\n", "      format: yaml\n"))
+    (root / "templates" / "plain.jinja").write_text("{% for x in seeds %}\n")
+    with pytest.raises(PackError) as info:
+        _load(fixture_packs, "root-pack")
+    messages = [str(p) for p in info.value.problems]
+    assert any("/synthesis/templates/0/format" in m for m in messages)
+    assert any(m.startswith("root-pack/templates/plain.jinja") for m in messages), messages
 
 
 def test_digest_is_stable_across_copies_and_line_endings(fixture_packs: Path, tmp_path: Path) -> None:

@@ -95,6 +95,36 @@ def test_pack_pull_of_another_version_says_which_one_it_replaced(cli: Cli, tmp_p
 
 
 
+def test_pack_pull_does_not_delete_a_directory_that_is_not_that_pack(cli: Cli, tmp_path: Path) -> None:
+    """`--to DIR` whose DIR/NAME was not a pack (someone's work, or another pack) was replaced and deleted
+    without a word; the install replaces only an installed copy of the same pack."""
+    cli.ok("pack", "push", str(make_pack(tmp_path / "src", "shared")), "--repo-id", "org/shared")
+    dest = tmp_path / "dest"
+    (dest / "shared").mkdir(parents=True)
+    (dest / "shared" / "thesis.txt").write_text("months of work\n")
+    refused = cli.fails(1, "pack", "pull", "org/shared", "--to", str(dest))
+    assert "is not an installed pack 'shared'" in refused.stderr
+    assert (dest / "shared" / "thesis.txt").read_text() == "months of work\n"
+    other = make_pack(tmp_path / "other", "another")
+    shutil.copytree(other, dest / "shared", dirs_exist_ok=True)  # a pack of another name in that directory
+    cli.fails(1, "pack", "pull", "org/shared", "--to", str(dest))
+    shutil.rmtree(dest / "shared")
+    cli.ok("pack", "pull", "org/shared", "--to", str(dest))
+    cli.ok("pack", "pull", "org/shared", "--to", str(dest))  # its own installed copy is replaced
+    assert load_pack(dest / "shared").name == "shared"
+
+
+
+def test_pack_pull_to_a_file_is_an_error_not_a_traceback(cli: Cli, tmp_path: Path) -> None:
+    cli.ok("pack", "push", str(make_pack(tmp_path / "src", "placed")), "--repo-id", "org/placed")
+    (tmp_path / "afile").write_text("not a directory\n")
+    for to in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        result = cli.fails(2, "pack", "pull", "org/placed", "--to", str(to))
+        assert f"{to}: cannot install packs here" in result.stderr
+    assert (tmp_path / "afile").read_text() == "not a directory\n"
+
+
+
 def test_pack_pull_of_a_range_installs_the_highest_published_version_in_it(cli: Cli, tmp_path: Path) -> None:
     """Every other pack argument takes `name@^1`; `pa pack pull ORG/NAME@^1` answered "no version '^1' is
     published" and listed the very versions the range holds."""
@@ -187,6 +217,22 @@ def test_pack_pull_rejects_a_manifest_pointing_outside(cli: Cli, hub_server, tmp
     result = cli.fails(2, "pack", "pull", "org/sneaky")
     assert "problem" in result.stderr and "'..' is not allowed" in result.stderr
     nothing_installed(cli, "sneaky")
+
+
+
+def test_pack_pull_installs_no_file_the_pack_does_not_consist_of(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Hidden files, caches and backups are not pack content (`pa pack push` never uploads one, the loader
+    skips them), yet a hand-made repo listing them in its card installed them, outside the pack's digest,
+    with a warning that blamed the (absent) parents for the digest they changed."""
+    files = pack_bytes(make_pack(tmp_path / "src", "hidden"))
+    files[".github/run.sh"] = b"echo hi\n"
+    files["templates/plain.jinja~"] = b"a backup\n"
+    publish_raw_pack(hub_server, "org/hidden", "hidden", files)
+    result = cli.fails(2, "pack", "pull", "org/hidden")
+    assert "pack/.github/run.sh: not pack content" in result.stderr
+    assert "pack/templates/plain.jinja~: not pack content" in result.stderr
+    nothing_installed(cli, "hidden")
+    assert not list(cli.home.rglob("run.sh"))
 
 
 

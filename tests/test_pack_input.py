@@ -37,3 +37,28 @@ def test_a_file_name_that_is_not_utf8_is_a_problem_not_a_traceback(fixture_packs
     assert "root-pack/notes-\\xe9.txt: file name is not valid UTF-8" in str(info.value)
     result = CliRunner().invoke(app, ["validate", str(root), "--packs-path", str(fixture_packs)])
     assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_every_file_is_held_to_the_size_pa_pack_pull_accepts(fixture_packs: Path) -> None:
+    """An unreferenced 3 MB notes.txt validated and was pushed, and then no one could pull the pack
+    (pull caps every file by its kind); an oversized eval set is reported once, not by both checks."""
+    from policyalign.pack_input import MAX_EVAL_BYTES, MAX_OTHER_BYTES
+
+    root = fixture_packs / "root-pack"
+    (root / "notes.txt").write_bytes(b"x" * (MAX_OTHER_BYTES + 1))
+    (root / "eval" / "harmful.jsonl").write_bytes(b"x" * (MAX_EVAL_BYTES + 1))
+    with pytest.raises(PackError) as info:
+        _load(fixture_packs, "root-pack")
+    messages = [str(p) for p in info.value.problems]
+    assert [m for m in messages if m.startswith("root-pack/notes.txt: file is")] != []
+    assert len([m for m in messages if m.startswith("root-pack/eval/harmful.jsonl: file is")]) == 1
+
+
+@pytest.mark.parametrize("name", ["a\\b.txt", "c:notes.txt"])
+def test_a_file_name_pa_pack_pull_refuses_is_a_problem(fixture_packs: Path, name: str) -> None:
+    """A backslash or a drive letter in a file name validated and was pushed; every pull then refused it."""
+    root = fixture_packs / "root-pack"
+    (root / name).write_text("notes\n")
+    with pytest.raises(PackError) as info:
+        _load(fixture_packs, "root-pack")
+    assert f"root-pack/{name}: file name has a backslash or starts with a drive letter" in str(info.value)

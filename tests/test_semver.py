@@ -62,3 +62,27 @@ def test_prerelease_inside_ranges_that_name_it(rng: str, version: str) -> None:
 def test_caret_parent_range_picks_newest_release_not_next_major_prerelease() -> None:
     candidates = [Version.parse(v) for v in ("1.2.0", "1.5.0", "1.6.0-rc.1", "2.0.0-rc.1")]
     assert max(v for v in candidates if v in VersionRange("^1")) == Version.parse("1.5.0")
+
+
+@pytest.mark.parametrize("text", ["1.0.0\n", " 1.0.0", "1.0.0 ", "1.0.0-rc.1\n"])
+def test_a_version_with_surrounding_whitespace_is_not_semver(text: str) -> None:
+    # `$` matched before a trailing newline and the text was stripped: `version: " 0.1.0"` validated
+    # and the pack became `name@ 0.1.0` in `pa validate`, INDEX.json and its Hub tag.
+    assert not is_semver(text)
+    with pytest.raises(ValueError):
+        Version.parse(text)
+
+
+@pytest.mark.parametrize("rng,inside,outside", [
+    ("<=1", ["1.0.0", "1.5.0", "0.3.0"], ["2.0.0"]),
+    (">1", ["2.0.0", "3.1.0"], ["1.0.0", "1.5.0"]),
+    ("=1.2", ["1.2.0", "1.2.5"], ["1.3.0", "1.1.9"]),
+    ("<=1.2", ["1.2.5"], ["1.3.0"]),
+    (">1.2", ["1.3.0"], ["1.2.1"]),
+    ("<1.2", ["1.1.9"], ["1.2.0"]),
+])
+def test_a_comparator_on_a_series_takes_the_whole_series(rng: str, inside: list[str], outside: list[str]) -> None:
+    # `1.2` meant the 1.2 series but `=1.2` only 1.2.0, and `<=1` refused 1.5.0 (each was padded to .0), as npm does not.
+    r = VersionRange(rng)
+    assert [v for v in inside if Version.parse(v) not in r] == []
+    assert [v for v in outside if Version.parse(v) in r] == []
