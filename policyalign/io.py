@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -53,7 +54,7 @@ def _replacing(target: Path, mode: str) -> Iterator[Any]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        make_ordinary(tmp)  # mkstemp makes 0600
+        _keep_mode(target, tmp)
         os.replace(tmp, target)
     except BaseException:
         try:
@@ -61,6 +62,15 @@ def _replacing(target: Path, mode: str) -> Iterator[Any]:
         except FileNotFoundError:
             pass
         raise
+
+
+def _keep_mode(target: Path, tmp: str) -> None:
+    """The replacement gets the permissions of the file it replaces, else an ordinary file's (mkstemp
+    makes 0600): `pa bump` rewrote a group-writable pack.yaml (0664) as 0644."""
+    try:
+        os.chmod(tmp, stat.S_IMODE(os.stat(target).st_mode))
+    except FileNotFoundError:
+        make_ordinary(tmp)
 
 
 def make_ordinary(path: str | os.PathLike[str]) -> None:

@@ -52,3 +52,25 @@ def test_a_json_array_of_rows_is_told_apart_from_json_lines(tmp_path: Path, text
     with pytest.raises(InvalidInputError) as info:
         read_jsonl(path)
     assert "line 1" in str(info.value) and "this is a JSON array, not JSON Lines" in info.value.problem.hint
+
+
+def test_a_file_rewritten_in_place_keeps_its_permissions(tmp_path: Path) -> None:
+    """Atomic writes go through a 0600 temporary: `pa bump` turned a group-writable pack.yaml (0664) into 0644,
+    and an owner-only file would have become world-readable."""
+    import os
+    import stat
+
+    from policyalign.io import write_text
+
+    for mode in (0o664, 0o600, 0o755):
+        path = tmp_path / f"file-{mode:o}"
+        path.write_text("old")
+        os.chmod(path, mode)
+        write_text(path, "new")
+        assert path.read_text() == "new" and stat.S_IMODE(path.stat().st_mode) == mode
+    umask = os.umask(0o022)
+    try:
+        write_text(tmp_path / "fresh", "new")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "fresh").stat().st_mode) == 0o644, "a new file is an ordinary one"
