@@ -7,9 +7,10 @@ for the local pack version and the requested base model, or lists the candidates
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from . import card
 from .adapter_pull import PullResult, pull_adapter
@@ -78,14 +79,28 @@ def find_adapters(pack_name: str, *, token: str | None = None) -> list[Candidate
         repos = [m.id for m in api.list_models(filter=["policyalign", f"pack:{pack_name}"])]
     found: dict[tuple[str, str], Candidate] = {}
     for repo_id in repos:
-        with hub_call("reading the repository's tags", token=token, repo=repo_id):
-            refs = api.list_repo_refs(repo_id)
-        revisions = [t.name for t in refs.tags] + [DEFAULT_BRANCH]
-        for revision in revisions:
-            candidate = read_candidate(api, repo_id, revision, token)
+        refs = _unless_unreadable(repo_id, lambda: _refs(api, repo_id, token))
+        for revision in [t.name for t in refs.tags] + [DEFAULT_BRANCH] if refs is not None else []:
+            candidate = _unless_unreadable(f"{repo_id}@{revision}", lambda: read_candidate(api, repo_id, revision, token))
             if candidate is not None and candidate.pack_name == pack_name:
                 found.setdefault((repo_id, candidate.commit), candidate)
     return list(found.values())
+
+
+def _refs(api: Any, repo_id: str, token: str | None) -> Any:
+    with hub_call("reading the repository's tags", token=token, repo=repo_id):
+        return api.list_repo_refs(repo_id)
+
+
+def _unless_unreadable(where: str, read: Callable[[], Any]) -> Any:
+    """`read()`, or None with a warning naming `where` when the Hub cannot answer it: one repository
+    deleted during the search, or one revision the Hub fails on, stopped the whole `pa pull --pack`
+    with an error about a candidate the user never asked for. The search itself failing still stops it."""
+    try:
+        return read()
+    except HubError as exc:
+        print(f"warning: skipped {where}: {exc.problem.message}", file=sys.stderr)
+        return None
 
 
 def read_candidate(api: Any, repo_id: str, revision: str, token: str | None) -> Candidate | None:

@@ -84,6 +84,20 @@ def test_malformed_candidates_do_not_hide_good_ones(cli: Cli, hub_server, make_r
     assert "org/good-findme@findme-v1.0.0" in missing.stderr and "evil/" not in missing.stderr
 
 
+def test_a_candidate_the_hub_cannot_read_is_skipped_with_a_warning(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A repository deleted during the search (its card then answers 404) stopped `pa pull --pack` with an
+    error about a candidate the user never asked for, though a good one was published."""
+    pack = make_pack(cli.packs, "flaky")
+    cli.ok("push", str(make_run(tmp_path / "run", pack)), "--repo-id", "org/good-flaky")
+    cli.ok("push", str(make_run(tmp_path / "run2", pack)), "--repo-id", "org/gone-flaky")
+    hub_server.fail("GET", r"/api/models/org/gone-flaky/revision/.*", status=404, times=100)
+    result = cli.ok("pull", "--pack", "flaky", "--to", str(tmp_path / "x"))
+    assert "best match: org/good-flaky@flaky-v1.0.0" in result.stdout
+    assert "warning: skipped org/gone-flaky@flaky-v1.0.0: reading the card at flaky-v1.0.0" in result.stderr
+    hub_server.fail("GET", r"/api/models/org/gone-flaky/refs", status=404, times=100)
+    assert "warning: skipped org/gone-flaky: reading the repository's tags" in \
+        cli.ok("pull", "--pack", "flaky", "--to", str(tmp_path / "y")).stderr
+
 
 def _candidate(repo: str, version: str, digest: str = "d", base: str = "Qwen/Qwen2.5-0.5B-Instruct",
                revision: str = "", when: str = "2026-01-01") -> adapter_search.Candidate:
