@@ -228,10 +228,11 @@ def _load_manifest(col: Collector) -> tuple[dict[str, Any] | None, dict[str, int
 
 def _schema_problems(col: Collector, data: dict[str, Any], lines: dict[str, int]) -> set[str]:
     """Report schema violations; return the top-level sections that have any."""
-    from .schema import manifest_validator
+    from .schema import manifest_validator, specific
 
     broken: set[str] = set()
-    for error in sorted(manifest_validator().iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path]):
+    errors = [specific(error) for error in manifest_validator().iter_errors(data)]
+    for error in sorted(errors, key=lambda e: [str(p) for p in e.absolute_path]):
         path = [str(p) for p in error.absolute_path]
         pointer = "/" + "/".join(path)
         where = pointer + (f" (line {lines[pointer]})" if pointer in lines else "")

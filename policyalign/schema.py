@@ -52,11 +52,23 @@ def eval_item_validator() -> Any:
     return _validator("eval-item.schema.json")
 
 
+def specific(error: Any) -> Any:
+    """For a value that fits no branch of a `oneOf`, the error inside the branch it took the shape of:
+    a seed conversation with no user turn was "is not valid under any of the given schemas", its
+    whole text repeated, where the object branch knew it lacked a user turn in /messages."""
+    if error.validator != "oneOf" or not error.context:
+        return error
+    inside = [e for e in error.context if len(e.absolute_path) > len(error.absolute_path)]
+    return specific(inside[0]) if inside else error
+
+
 def schema_message(error: Any) -> str:
     if error.validator == "additionalProperties":
         return error.message.replace("Additional properties are not allowed", "unknown field(s)")
     if error.validator == "required":
         return f"missing required field {error.message.split(' ')[0]}"
+    if error.validator == "contains":  # the only `contains`: a conversation's user turn
+        return "no user turn: the model would be asked to answer no request"
     return error.message
 
 
@@ -69,5 +81,7 @@ def schema_hint(error: Any) -> str:
         return hint or f"allowed fields: {', '.join(allowed)}"
     if error.validator == "enum":
         return f"use one of: {', '.join(map(str, error.validator_value))}"
+    if error.validator == "contains":
+        return 'add the request as {"role": "user", "content": "..."}'
     description = error.schema.get("description") if isinstance(error.schema, dict) else None
     return description or ""
