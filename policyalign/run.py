@@ -55,7 +55,25 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
         raise RunError("run.json is not a JSON object", file=str(path), hint="delete it to start the run afresh")
     data.setdefault("inputs", {})
     data.setdefault("stages", {})
+    _check_manifest_shape(data, path)
     return data
+
+
+def _check_manifest_shape(data: dict[str, Any], path: Path) -> None:
+    """The objects every reader of run.json indexes into: a hand-edited `"stages": "x"` (or a stage, its
+    results or the pack record, that is no object) was an AttributeError traceback from `pa apply`, and
+    from `pa runs`, which then listed no run at all."""
+    places = [("/inputs", data["inputs"]), ("/stages", data["stages"])]
+    if isinstance(data["inputs"], dict) and "pack" in data["inputs"]:
+        places.append(("/inputs/pack", data["inputs"]["pack"]))
+    if isinstance(data["stages"], dict):
+        places += [(f"/stages/{name}", entry) for name, entry in data["stages"].items()]
+        places += [(f"/stages/{name}/results", entry["results"]) for name, entry in data["stages"].items()
+                   if isinstance(entry, dict) and "results" in entry]
+    for where, value in places:
+        if not isinstance(value, dict):
+            raise RunError(f"run.json's {where.lstrip('/')} is not a JSON object", file=str(path), where=where,
+                           hint="restore it, or delete run.json to start the run afresh")
 
 
 def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:

@@ -120,6 +120,24 @@ def test_a_run_json_that_is_no_object_is_refused_with_the_fix(tmp_path: Path) ->
     assert "delete it" in caught.value.problem.hint
 
 
+@pytest.mark.parametrize("edit, where", [
+    (lambda m: m.update(stages="oops"), "/stages"),
+    (lambda m: m["stages"].update(fake="done"), "/stages/fake"),
+    (lambda m: m["stages"]["fake"].update(results=[1]), "/stages/fake/results"),
+    (lambda m: m.update(inputs={"pack": "general"}), "/inputs/pack"),
+])
+def test_a_run_json_whose_parts_are_no_objects_is_refused_naming_the_part(tmp_path: Path, edit: Callable[[dict], Any],
+                                                                           where: str) -> None:
+    """A hand-edited part was an AttributeError traceback, from `pa runs` too."""
+    _run_stage(tmp_path, "k")
+    manifest = read_manifest(tmp_path)
+    edit(manifest)
+    write_manifest(tmp_path, manifest)
+    with pytest.raises(RunError, match="is not a JSON object") as caught:
+        stage_done(tmp_path, "fake", "k")
+    assert (caught.value.problem.file, caught.value.problem.where) == (str(tmp_path / MANIFEST), where)
+
+
 # --------------------------------------------------------------------------- keys
 
 
