@@ -105,7 +105,7 @@ def setting_error(settings: Mapping[str, Any]) -> tuple[str, Any, str] | None:
     caller names it the way its user wrote it (a flag, a pack key, a config-file key)."""
     from jsonschema import Draft202012Validator
 
-    from .schema import schema_text
+    from .schema import schema_message, schema_text
 
     properties = json.loads(schema_text("pack.schema.json"))["properties"]["training"]["properties"]
     for name, value in settings.items():
@@ -114,5 +114,5 @@ def setting_error(settings: Mapping[str, Any]) -> tuple[str, Any, str] | None:
         plain = list(value) if isinstance(value, tuple) else value
         error = next(Draft202012Validator(properties[name]).iter_errors(plain), None)
         if error is not None:
-            return name, plain, error.message
+            return name, plain, schema_message(error)
     return None

@@ -42,6 +42,9 @@ def schema_message(error: Any) -> str:
         return error.message.replace("Additional properties are not allowed", "unknown field(s)")
     if error.validator == "required":
         return f"missing required field {error.message.split(' ')[0]}"
+    if error.validator == "not":  # jsonschema's "0 should not be valid under {'const': 0}" says nothing useful
+        description = error.schema.get("description") if isinstance(error.schema, dict) else None
+        return f"{error.instance!r} is not allowed" + (f": {description}" if description else "")
     return error.message
 
 
@@ -54,5 +57,7 @@ def schema_hint(error: Any) -> str:
         return hint or f"allowed fields: {', '.join(allowed)}"
     if error.validator == "enum":
         return f"use one of: {', '.join(map(str, error.validator_value))}"
+    if error.validator == "not":  # schema_message gives the description already
+        return ""
     description = error.schema.get("description") if isinstance(error.schema, dict) else None
     return description or ""
