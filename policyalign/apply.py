@@ -187,6 +187,10 @@ def check_config_ranges(options: dict[str, Any], path: Path) -> dict[str, Any]:
     check runs later on the merged options, but its error would name a command-line flag the user never typed."""
     from .distill_settings import setting_error
 
+    for key in _CONFIG_ONLY_COUNTS:
+        if options.get(key) is not None and options[key] < 1:
+            raise InvalidInputError(f"{key}: {options[key]!r}: must be at least 1", file=str(path), where=key,
+                                    hint=f"give {key} a positive number, or leave it out for the default")
     keys = {_SETTING_NAMES.get(k, k): k for k, v in options.items() if k in _DISTILL_OPTIONS and v is not None}
     bad = setting_error({setting: options[key] for setting, key in keys.items()})
     if bad is not None:
@@ -195,6 +199,11 @@ def check_config_ranges(options: dict[str, Any], path: Path) -> dict[str, Any]:
         raise InvalidInputError(f"{key}: {value!r}: {message}", file=str(path), where=key,
                                 hint=f"give {key} a value the pack schema allows for training.{setting}")
     return options
+
+
+# Options only a config file sets (no flag, no stage check before their stage loads its model): a 0 was
+# refused by the generator, `eval_max_new_tokens: 0` after synthesis and filtering had run, as "max_new_tokens".
+_CONFIG_ONLY_COUNTS = ("synth_max_new_tokens", "gen_batch_size", "eval_max_new_tokens")
 
 
 def build_options(cli: dict[str, Any], config: Path | None) -> ApplyOptions:

@@ -255,6 +255,16 @@ def test_config_values_out_of_range_are_named_as_the_files_keys(tmp_path: Path) 
     assert not run.exists(), "no stage ran"
 
 
+@pytest.mark.parametrize("key", ["eval_max_new_tokens", "synth_max_new_tokens", "gen_batch_size"])
+def test_config_only_counts_below_one_are_named_before_any_stage(tmp_path: Path, key: str) -> None:
+    """`eval_max_new_tokens: 0` failed at the first evaluation, after synthesis and filtering, as "max_new_tokens"."""
+    config = tmp_path / "run.yaml"
+    config.write_text(f"pack: general\nmodel: tiny\n{key}: 0\n")
+    with pytest.raises(InvalidInputError, match=f"{key}: 0: must be at least 1") as caught:
+        build_options({}, config)
+    assert (caught.value.problem.file, caught.value.problem.where) == (str(config), key)
+
+
 def test_config_numbers_in_scientific_notation_are_numbers(tmp_path: Path) -> None:
     """YAML 1.1 (PyYAML) reads `1e-4` as a string: `learning_rate: 1e-4` was refused as "expected a number"."""
     config = tmp_path / "run.yaml"
