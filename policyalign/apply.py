@@ -23,8 +23,8 @@ from .evaluate import check_eval_options
 from .io import output_dir
 from .launch import check_vllm_rollouts, launch_rank, training_device
 from .pack import Pack
-from .run import (read_manifest, record_inputs, run_active, run_lock, stage_done, stage_results, unbumped_change,
-                  write_manifest)
+from .run import (check_run_directory, read_manifest, record_inputs, run_active, run_lock, stage_done, stage_results,
+                  unbumped_change, write_manifest)
 from .stages import (
     SELECTION_FLAGS, distill_config, distill_key, eval_key, filter_config, filter_key, run_distill, run_eval, run_filter,
     card_key, checkpoint_record, push_key, resume_key, run_card, run_synthesize, selection_given, synthesize_key,
@@ -309,6 +309,7 @@ def apply(options: ApplyOptions, pack: Pack, *, on_stage: Callable[[str, str], N
     options = with_model_defaults(options)
     run_dir = output_dir(options.out or default_run_dir(pack, options.model))
     with run_lock(run_dir):
+        check_run_directory(run_dir)
         return _apply(options, pack, run_dir, on_stage, on_note)
 
 

@@ -137,6 +137,22 @@ def record_inputs(run_dir: Path, pack: "Pack", model: str, **extra: Any) -> dict
     return manifest
 
 
+def check_run_directory(run_dir: Path) -> None:
+    """Refuse to start a run in a directory that holds files but no run: its stages write README.md,
+    eval/, adapter/ and more over whatever has those names. `--out ""` (an unset variable) is the current
+    directory, and a run there replaced a project's README.md with the model card. Hidden files (the
+    run's own lock, a killed write's temporary, a .gitkeep) do not count."""
+    run_dir = Path(run_dir)
+    if (run_dir / MANIFEST).is_file() or not run_dir.is_dir():
+        return
+    others = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("."))
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise RunError(f"not a run directory (no {MANIFEST}) and holds other files ({shown}), which the run's "
+                       "files would be written among and over", file=str(run_dir),
+                       hint="give --out a new or empty directory, or the directory of an existing run")
+
+
 def check_same_run(run_dir: Path, manifest: dict[str, Any], pack_name: str, model: str, *,
                    hint: str = "choose another --out for this run (or delete that directory to reuse it)") -> None:
     """Refuse to start another pack's or model's run in a directory holding one: its stages would re-run

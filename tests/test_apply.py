@@ -209,6 +209,18 @@ def test_epochs_given_for_tiny_are_not_capped_by_its_demo_max_steps() -> None:
     assert with_model_defaults(build_options({"pack": "general", "model": "tiny"}, None)).max_steps == 60
 
 
+def test_an_empty_out_is_refused_rather_than_running_over_the_current_directorys_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--out ""` (an unset shell variable) is the current directory: the run wrote its model card over
+    the README.md there, and its instructions, adapter and eval files among the project's."""
+    pack = str(Path(__file__).parent.parent / "packs" / "general")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "README.md").write_text("a project\n")
+    result = CliRunner().invoke(app, ["apply", pack, "--model", "tiny", "--out", ""])
+    assert result.exit_code == 1 and "not a run directory" in result.output
+    assert (tmp_path / "README.md").read_text() == "a project\n" and not (tmp_path / "run.json").exists()
+
+
 def test_private_without_push_to_is_refused_before_any_stage(tmp_path: Path) -> None:
     """`pa apply ... --private` without --push-to trained and published nothing private, without a word."""
     result = CliRunner().invoke(app, ["apply", "general", "--model", "tiny", "--private", "--out", str(tmp_path / "run")])

@@ -183,6 +183,22 @@ def test_a_fingerprint_ignores_the_order_of_keys_and_sees_every_value() -> None:
     assert fingerprint({"path": Path("x")}) == fingerprint({"path": "x"})
 
 
+def test_a_run_starts_only_in_a_new_or_empty_directory_or_a_run(tmp_path: Path) -> None:
+    """`pa apply --out ""` ran in the current directory and wrote its model card over the README.md there."""
+    from policyalign.run import check_run_directory
+
+    check_run_directory(tmp_path / "new")  # not there yet: created
+    (tmp_path / ".pa.lock").touch()
+    (tmp_path / ".run.json.x.tmp").touch()
+    check_run_directory(tmp_path)  # only hidden files: a run's own lock and a killed write's temporary
+    (tmp_path / "README.md").write_text("a project")
+    with pytest.raises(RunError, match=r"no run.json\) and holds other files \(README.md\)") as caught:
+        check_run_directory(tmp_path)
+    assert caught.value.problem.file == str(tmp_path)
+    _run_stage(tmp_path, "k")  # a run directory: its own files are expected
+    check_run_directory(tmp_path)
+
+
 @pytest.mark.parametrize(("recorded", "given", "same"), [
     ("tiny", " TINY ", True),
     ("tiny", "acme/tiny", False),
