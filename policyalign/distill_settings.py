@@ -12,6 +12,11 @@ from typing import Any, Mapping
 from .errors import InvalidInputError
 
 
+# The largest training seed: numpy's legacy seeding (called by transformers' set_seed) takes 0..2**32-1, and
+# `--seed -1` crashed with its ValueError traceback after synthesis, filtering and the first evaluation.
+MAX_SEED = 2**32 - 1
+
+
 @dataclass(frozen=True)
 class DistillConfig:
     """Training settings: defaults follow the paper; the pack's `training` section and the CLI override."""
@@ -62,6 +67,9 @@ class DistillConfig:
             {k: (tuple(v) if isinstance(v, list) else v) for k, v in given.items()}))
         if config.teacher not in ("base", "ema"):
             raise InvalidInputError(f"unknown teacher {config.teacher!r}", hint="use base or ema")
+        if not 0 <= config.seed <= MAX_SEED:  # transformers' set_seed seeds numpy, which takes no other
+            raise InvalidInputError(f"--seed {config.seed}: must be between 0 and {MAX_SEED}",
+                                    hint="training seeds numpy's generator, which takes a 32-bit unsigned seed")
         if config.save_steps < 1:
             raise InvalidInputError(f"--save-steps {config.save_steps}: must be at least 1",
                                     hint="checkpoint every N >= 1 optimizer steps")

@@ -55,6 +55,14 @@ def test_max_steps_is_at_least_one_or_minus_one_for_epochs_wherever_it_is_set() 
     assert [DistillConfig.from_pack({}, max_steps=n).max_steps for n in (-1, 1)] == [-1, 1]
 
 
+def test_the_seed_is_one_numpy_can_take() -> None:
+    """`--seed -1` (or 2**32) was a numpy ValueError traceback from the trainer's set_seed."""
+    for seed in (-1, 2**32):
+        with pytest.raises(InvalidInputError, match=f"--seed {seed}: must be between 0 and {2**32 - 1}"):
+            DistillConfig.from_pack({}, seed=seed)
+    assert DistillConfig.from_pack({}, seed=2**32 - 1).seed == 2**32 - 1
+
+
 def test_save_steps_must_be_positive() -> None:
     with pytest.raises(InvalidInputError, match="--save-steps 0"):
         DistillConfig.from_pack({}, save_steps=0)
