@@ -6,6 +6,7 @@ wherever it comes from (pack, flag, config file), so a bad value is named before
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
@@ -120,6 +121,8 @@ def setting_error(settings: Mapping[str, Any]) -> tuple[str, Any, str] | None:
         if name not in properties:
             continue
         plain = list(value) if isinstance(value, tuple) else value
+        if isinstance(plain, float) and not math.isfinite(plain):  # NaN passes every bound: no comparison is true
+            return name, plain, "must be a finite number"
         error = next(Draft202012Validator(properties[name]).iter_errors(plain), None)
         if error is not None:
             return name, plain, schema_message(error)
