@@ -137,15 +137,25 @@ def record_inputs(run_dir: Path, pack: "Pack", model: str, **extra: Any) -> dict
     return manifest
 
 
+# What a run writes into its directory (docs/ARCHITECTURE.md, "Run directory").
+RUN_FILES = frozenset({MANIFEST, "instructions.jsonl", "synthesis.json", "generations", "scored.jsonl",
+                       "scored.partial.jsonl", "selected.jsonl", "heldout.jsonl", "filter_hist.png", "adapter",
+                       "checkpoints", "eval", "README.md"})
+
+
 def check_run_directory(run_dir: Path) -> None:
     """Refuse to start a run in a directory that holds files but no run: its stages write README.md,
     eval/, adapter/ and more over whatever has those names. `--out ""` (an unset variable) is the current
     directory, and a run there replaced a project's README.md with the model card. Hidden files (the
-    run's own lock, a killed write's temporary, a .gitkeep) do not count."""
+    run's own lock, a killed write's temporary, a .gitkeep) do not count, nor a run's own files with its
+    run.json deleted to start it afresh (a README.md alone is no run's)."""
     run_dir = Path(run_dir)
     if (run_dir / MANIFEST).is_file() or not run_dir.is_dir():
         return
-    others = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("."))
+    names = {p.name for p in run_dir.iterdir() if not p.name.startswith(".")}
+    if names <= RUN_FILES and names - {"README.md"}:
+        return
+    others = sorted(names - RUN_FILES) or sorted(names)
     if others:
         shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
         raise RunError(f"not a run directory (no {MANIFEST}) and holds other files ({shown}), which the run's "

@@ -197,6 +197,11 @@ def test_a_run_starts_only_in_a_new_or_empty_directory_or_a_run(tmp_path: Path) 
     assert caught.value.problem.file == str(tmp_path)
     _run_stage(tmp_path, "k")  # a run directory: its own files are expected
     check_run_directory(tmp_path)
+    (tmp_path / "README.md").unlink()
+    (tmp_path / MANIFEST).unlink()  # as read_manifest's hint says, to start the run afresh
+    (tmp_path / "instructions.jsonl").touch()
+    (tmp_path / "eval").mkdir()
+    check_run_directory(tmp_path)
 
 
 @pytest.mark.parametrize(("recorded", "given", "same"), [
