@@ -291,7 +291,8 @@ def _eval_options(o: ApplyOptions) -> dict[str, Any]:
 
 
 def _outputs_exist(run_dir: Path, names: list[str]) -> bool:
-    return all((run_dir / name).exists() for name in names)
+    """Each of `names` (a path, or a glob such as the adapter's weights, `adapter_model.*`) is there."""
+    return all(any(run_dir.glob(name)) for name in names)
 
 
 def _require_selection(run_dir: Path) -> None:
@@ -363,7 +364,9 @@ def _apply(options: ApplyOptions, pack: Pack, run_dir: Path, on_stage: Callable[
     # a checkpoint already past a shorter one is set aside for a fresh run.
     recorded = checkpoint_record(run_dir)
     same = recorded.get("resume_key") == resume_key(run_dir, pack, options.model, dconf) or recorded.get("key") == dkey
-    step("distill", dkey, ["adapter/policyalign.json"],
+    # The weights too: with policyalign.json alone, a run whose weights were deleted skipped distill, then failed
+    # to load the adapter in eval_after ("Repo id must be in the form ...") instead of restoring it.
+    step("distill", dkey, ["adapter/policyalign.json", "adapter/adapter_config.json", "adapter/adapter_model.*"],
          lambda: run_distill(run_dir, model=options.model, pack=pack, resume=same, restart_if_past=True,
                              overrides=_distill_overrides(options), **common))
     step("eval_after", eval_key(run_dir, pack, options.model, "after", eopts), ["eval/after/eval.json"],

@@ -74,6 +74,13 @@ def test_apply_runs_every_stage_then_resumes_by_skipping(tmp_path: Path, fixture
     # Same command again: nothing re-runs.
     again = apply(_options(fixture_packs, run), pack)
     assert [s.status for s in again.stages] == ["skipped"] * 6
+    # The adapter's weights deleted by hand: distill restores them from its last checkpoint, not skipped
+    # as finished (eval_after then failed to load the adapter).
+    weights = (run / "adapter" / "adapter_model.safetensors").read_bytes()
+    (run / "adapter" / "adapter_model.safetensors").unlink()
+    restored = apply(_options(fixture_packs, run), pack)
+    assert [s.name for s in restored.stages if s.status == "ran"] == ["distill"]
+    assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == weights
     # A changed distillation option re-runs distill and what depends on it, not synthesis or filtering.
     changed = apply(_options(fixture_packs, run, learning_rate=5e-3), pack)
     status = {s.name: s.status for s in changed.stages}
