@@ -371,7 +371,9 @@ def _apply(options: ApplyOptions, pack: Pack, run_dir: Path, on_stage: Callable[
                              overrides=_distill_overrides(options), **common))
     step("eval_after", eval_key(run_dir, pack, options.model, "after", eopts), ["eval/after/eval.json"],
          lambda: run_eval(run_dir, "after", model=options.model, pack=pack, **eopts, **common))
-    repo_id = options.push_to or f"local/{run_dir.name}"
+    # The directory's own name however --out spelled it: `--out .` named the card's repository "local/",
+    # re-rendering a finished run's card with usage lines that cannot work.
+    repo_id = options.push_to or f"local/{run_dir.resolve().name}"
     step("card", card_key(run_dir, repo_id, options.license, options.revision), ["README.md", "eval/before_after.png"],
          lambda: run_card(run_dir, repo_id, options.license, options.revision))
     url = None

@@ -46,7 +46,8 @@ def _check_complete(run: Path) -> None:
 
 
 @pytest.mark.slow
-def test_apply_runs_every_stage_then_resumes_by_skipping(tmp_path: Path, fixture_packs: Path) -> None:
+def test_apply_runs_every_stage_then_resumes_by_skipping(tmp_path: Path, fixture_packs: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     pack = Registry([fixture_packs]).load("child-pack")
     run = tmp_path / "run"
     first = apply(_options(fixture_packs, run), pack)
@@ -74,6 +75,9 @@ def test_apply_runs_every_stage_then_resumes_by_skipping(tmp_path: Path, fixture
     # Same command again: nothing re-runs.
     again = apply(_options(fixture_packs, run), pack)
     assert [s.status for s in again.stages] == ["skipped"] * 6
+    with monkeypatch.context() as inside:  # the run named `.`: its card named the repository "local/"
+        inside.chdir(run)
+        assert [s.status for s in apply(_options(fixture_packs, Path(".")), pack).stages] == ["skipped"] * 6
     # The adapter's weights deleted by hand: distill restores them from its last checkpoint, not skipped
     # as finished (eval_after then failed to load the adapter).
     weights = (run / "adapter" / "adapter_model.safetensors").read_bytes()
