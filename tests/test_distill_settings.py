@@ -25,10 +25,10 @@ def test_config_from_pack_then_overrides(fixture_packs: Path) -> None:
 @pytest.mark.parametrize("override, flag", [
     ({"batch_size": 0}, "--batch-size 0"), ({"lora_r": 0}, "--lora-r 0"), ({"temperature": 0.0}, "--temperature 0.0"),
     ({"learning_rate": -1.0}, "--lr -1.0"), ({"top_k": -5}, "--kl-top-k -5"), ({"target_modules": ()}, "--target-modules []"),
-    ({"max_steps": 0}, "--max-steps 0"),
+    ({"max_steps": 0}, "--max-steps 0"),  # trained one step at learning rate 0: an untrained adapter as "trained 1 steps"
     # NaN passed every bound (no comparison with it is true): a torch ValueError traceback, or an "overflow"
     ({"learning_rate": float("nan")}, "--lr nan"), ({"temperature": float("nan")}, "--temperature nan"),
-    ({"lora_alpha": float("inf")}, "--lora-alpha inf"),  # trained one step at learning rate 0: an untrained adapter as "trained 1 steps"
+    ({"lora_alpha": float("inf")}, "--lora-alpha inf"),
 ])
 def test_out_of_range_overrides_name_the_flag(override: dict, flag: str) -> None:
     """A bad command-line value is refused up front, like the same value in a pack, not deep inside trl or peft."""
