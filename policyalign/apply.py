@@ -23,8 +23,8 @@ from .evaluate import check_eval_options
 from .io import output_dir
 from .launch import check_vllm_rollouts, launch_rank, training_device
 from .pack import Pack
-from .run import (read_manifest, record_inputs, run_active, run_lock, stage_done, stage_results, unbumped_change,
-                  write_manifest)
+from .run import (check_run_directory, read_manifest, record_inputs, run_active, run_lock, stage_done, stage_results,
+                  unbumped_change, write_manifest)
 from .stages import (
     SELECTION_FLAGS, distill_config, distill_key, eval_key, filter_config, filter_key, run_distill, run_eval, run_filter,
     card_key, checkpoint_record, push_key, resume_key, run_card, run_synthesize, selection_given, synthesize_key,
@@ -192,6 +192,10 @@ def check_config_ranges(options: dict[str, Any], path: Path) -> dict[str, Any]:
     check runs later on the merged options, but its error would name a command-line flag the user never typed."""
     from .distill_settings import setting_error
 
+    for key in _CONFIG_ONLY_COUNTS:
+        if options.get(key) is not None and options[key] < 1:
+            raise InvalidInputError(f"{key}: {options[key]!r}: must be at least 1", file=str(path), where=key,
+                                    hint=f"give {key} a positive number, or leave it out for the default")
     keys = {_SETTING_NAMES.get(k, k): k for k, v in options.items() if k in _DISTILL_OPTIONS and v is not None}
     bad = setting_error({setting: options[key] for setting, key in keys.items()})
     if bad is not None:
@@ -200,6 +204,11 @@ def check_config_ranges(options: dict[str, Any], path: Path) -> dict[str, Any]:
         raise InvalidInputError(f"{key}: {value!r}: {message}", file=str(path), where=key,
                                 hint=f"give {key} a value the pack schema allows for training.{setting}")
     return options
+
+
+# Options only a config file sets (no flag, no stage check before their stage loads its model): a 0 was
+# refused by the generator, `eval_max_new_tokens: 0` after synthesis and filtering had run, as "max_new_tokens".
+_CONFIG_ONLY_COUNTS = ("synth_max_new_tokens", "gen_batch_size", "eval_max_new_tokens")
 
 
 def build_options(cli: dict[str, Any], config: Path | None) -> ApplyOptions:
@@ -287,7 +296,8 @@ def _eval_options(o: ApplyOptions) -> dict[str, Any]:
 
 
 def _outputs_exist(run_dir: Path, names: list[str]) -> bool:
-    return all((run_dir / name).exists() for name in names)
+    """Each of `names` (a path, or a glob such as the adapter's weights, `adapter_model.*`) is there."""
+    return all(any(run_dir.glob(name)) for name in names)
 
 
 def _require_selection(run_dir: Path) -> None:
@@ -305,6 +315,7 @@ def apply(options: ApplyOptions, pack: Pack, *, on_stage: Callable[[str, str], N
     options = with_model_defaults(options)
     run_dir = output_dir(options.out or default_run_dir(pack, options.model))
     with run_lock(run_dir):
+        check_run_directory(run_dir)
         return _apply(options, pack, run_dir, on_stage, on_note)
 
 
@@ -358,12 +369,16 @@ def _apply(options: ApplyOptions, pack: Pack, run_dir: Path, on_stage: Callable[
     # a checkpoint already past a shorter one is set aside for a fresh run.
     recorded = checkpoint_record(run_dir)
     same = recorded.get("resume_key") == resume_key(run_dir, pack, options.model, dconf) or recorded.get("key") == dkey
-    step("distill", dkey, ["adapter/policyalign.json"],
+    # The weights too: with policyalign.json alone, a run whose weights were deleted skipped distill, then failed
+    # to load the adapter in eval_after ("Repo id must be in the form ...") instead of restoring it.
+    step("distill", dkey, ["adapter/policyalign.json", "adapter/adapter_config.json", "adapter/adapter_model.*"],
          lambda: run_distill(run_dir, model=options.model, pack=pack, resume=same, restart_if_past=True,
                              overrides=_distill_overrides(options), report_to=tuple(options.report_to), **common))
     step("eval_after", eval_key(run_dir, pack, options.model, "after", eopts), ["eval/after/eval.json"],
          lambda: run_eval(run_dir, "after", model=options.model, pack=pack, **eopts, **common))
-    repo_id = options.push_to or f"local/{run_dir.name}"
+    # The directory's own name however --out spelled it: `--out .` named the card's repository "local/",
+    # re-rendering a finished run's card with usage lines that cannot work.
+    repo_id = options.push_to or f"local/{run_dir.resolve().name}"
     step("card", card_key(run_dir, repo_id, options.license, options.revision), ["README.md", "eval/before_after.png"],
          lambda: run_card(run_dir, repo_id, options.license, options.revision))
     url = None

@@ -6,10 +6,16 @@ wherever it comes from (pack, flag, config file), so a bad value is named before
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from .errors import InvalidInputError
+
+
+# The largest training seed: numpy's legacy seeding (called by transformers' set_seed) takes 0..2**32-1, and
+# `--seed -1` crashed with its ValueError traceback after synthesis, filtering and the first evaluation.
+MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,9 @@ class DistillConfig:
             {k: (tuple(v) if isinstance(v, list) else v) for k, v in given.items()}))
         if config.teacher not in ("base", "ema"):
             raise InvalidInputError(f"unknown teacher {config.teacher!r}", hint="use base or ema")
+        if not 0 <= config.seed <= MAX_SEED:  # transformers' set_seed seeds numpy, which takes no other
+            raise InvalidInputError(f"--seed {config.seed}: must be between 0 and {MAX_SEED}",
+                                    hint="training seeds numpy's generator, which takes a 32-bit unsigned seed")
         if config.save_steps < 1:
             raise InvalidInputError(f"--save-steps {config.save_steps}: must be at least 1",
                                     hint="checkpoint every N >= 1 optimizer steps")
@@ -105,14 +114,16 @@ def setting_error(settings: Mapping[str, Any]) -> tuple[str, Any, str] | None:
     caller names it the way its user wrote it (a flag, a pack key, a config-file key)."""
     from jsonschema import Draft202012Validator
 
-    from .schema import schema_text
+    from .schema import schema_message, schema_text
 
     properties = json.loads(schema_text("pack.schema.json"))["properties"]["training"]["properties"]
     for name, value in settings.items():
         if name not in properties:
             continue
         plain = list(value) if isinstance(value, tuple) else value
+        if isinstance(plain, float) and not math.isfinite(plain):  # NaN passes every bound: no comparison is true
+            return name, plain, "must be a finite number"
         error = next(Draft202012Validator(properties[name]).iter_errors(plain), None)
         if error is not None:
-            return name, plain, error.message
+            return name, plain, schema_message(error)
     return None

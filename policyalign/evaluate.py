@@ -64,13 +64,14 @@ def resolve_pack(pack: "Pack | str | os.PathLike[str]") -> "Pack":
 
 
 def select_sets(pack: "Pack", names: Sequence[str] | None) -> list["EvalSet"]:
-    """The named eval sets in the order given (all the pack evaluates when `names` is empty: its own,
-    then its ancestors' as `<ancestor>/<set>`, see `Pack.evaluated_sets`)."""
+    """The named eval sets in the order given, each once (all the pack evaluates when `names` is empty: its
+    own, then its ancestors' as `<ancestor>/<set>`, see `Pack.evaluated_sets`). `--sets harmful,harmful`
+    answered and counted every item twice: twice the n, an interval too narrow, `items` doubled."""
     available = {s.name: s for s in pack.evaluated_sets()}
     if not names:
         return list(available.values())
     chosen = []
-    for name in names:
+    for name in dict.fromkeys(names):
         if name not in available:
             from .errors import did_you_mean
 

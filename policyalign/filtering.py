@@ -50,6 +50,8 @@ class FilterConfig:
             raise InvalidInputError("use only one of --top-k and --min-score (or --keep)")
         if self.keep is not None and not 0 < self.keep <= 1:
             raise InvalidInputError(f"--keep must be in (0, 1], got {self.keep}")
+        if self.min_score is not None and math.isnan(self.min_score):  # no score is >= NaN: an empty selection
+            raise InvalidInputError("--min-score must be a number, got nan", hint="e.g. --min-score 0.5")
         if self.top_n is not None and self.top_n < 1:
             raise InvalidInputError(f"--top-k must be at least 1, got {self.top_n}")
         for flag, value in (("--samples", self.samples), ("--batch-size", self.batch_size),

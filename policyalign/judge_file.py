@@ -93,15 +93,16 @@ def judge_journal_path(out: Path) -> Path:
 def _checked_judge_out(source: Path, out: Path) -> Path:
     """`pa judge`'s output file, checked before any verdict (a model judge takes hours, and its
     output was refused only at the end): never the input (it was replaced by the judged rows), not
-    a directory, in a folder that can be made. Returns the journal's path."""
+    a directory, in a folder that can be made. Returns the journal's path. The directory is refused first:
+    `--out ""` (the current directory, `.`) has no name to put the journal's suffix on (a ValueError)."""
+    if out.is_dir():
+        raise InvalidInputError("--out is a directory", file=str(out),
+                                hint=f"give --out a file name, e.g. {out / (source.stem + '.judged.jsonl')}")
     journal = judge_journal_path(out)
     for path, what in ((out, "--out is the input file"), (journal, f"--out {out} keeps its journal here")):
         if path.resolve() == source.resolve():
             raise InvalidInputError(f"{what}: judging would overwrite the input", file=str(source),
                                     hint="give --out another file name (the default is FILE.judged.jsonl)")
-    if out.is_dir():
-        raise InvalidInputError("--out is a directory", file=str(out),
-                                hint=f"give --out a file name, e.g. {out / (source.stem + '.judged.jsonl')}")
     try:
         output_dir(out.parent)
     except InvalidInputError:

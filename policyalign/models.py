@@ -481,6 +481,12 @@ def _attach_adapter(model: Any, adapter: Path, trainable: bool) -> Any:
             f"no adapter_config.json in adapter directory {adapter}", file=str(adapter),
             hint="pass the directory a distill run wrote (RUN_DIR/adapter) or one saved with PEFT",
         )
+    if not any(adapter.glob("adapter_model.*")):  # PEFT would look for them on the Hub: "Repo id must be ..."
+        raise ModelError(
+            f"no adapter weights (adapter_model.safetensors) in adapter directory {adapter}", file=str(adapter),
+            hint="the directory holds an adapter's config but not its weights: train it again (`pa apply`, "
+                 "or `pa distill RUN_DIR --resume` for a run's adapter) or copy the whole directory",
+        )
     from peft import PeftModel
 
     try:

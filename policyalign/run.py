@@ -55,7 +55,25 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
         raise RunError("run.json is not a JSON object", file=str(path), hint="delete it to start the run afresh")
     data.setdefault("inputs", {})
     data.setdefault("stages", {})
+    _check_manifest_shape(data, path)
     return data
+
+
+def _check_manifest_shape(data: dict[str, Any], path: Path) -> None:
+    """The objects every reader of run.json indexes into: a hand-edited `"stages": "x"` (or a stage, its
+    results or the pack record, that is no object) was an AttributeError traceback from `pa apply`, and
+    from `pa runs`, which then listed no run at all."""
+    places = [("/inputs", data["inputs"]), ("/stages", data["stages"])]
+    if isinstance(data["inputs"], dict) and "pack" in data["inputs"]:
+        places.append(("/inputs/pack", data["inputs"]["pack"]))
+    if isinstance(data["stages"], dict):
+        places += [(f"/stages/{name}", entry) for name, entry in data["stages"].items()]
+        places += [(f"/stages/{name}/results", entry["results"]) for name, entry in data["stages"].items()
+                   if isinstance(entry, dict) and "results" in entry]
+    for where, value in places:
+        if not isinstance(value, dict):
+            raise RunError(f"run.json's {where.lstrip('/')} is not a JSON object", file=str(path), where=where,
+                           hint="restore it, or delete run.json to start the run afresh")
 
 
 def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
@@ -117,6 +135,32 @@ def record_inputs(run_dir: Path, pack: "Pack", model: str, **extra: Any) -> dict
     manifest.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     write_manifest(run_dir, manifest)
     return manifest
+
+
+# What a run writes into its directory (docs/ARCHITECTURE.md, "Run directory").
+RUN_FILES = frozenset({MANIFEST, "instructions.jsonl", "synthesis.json", "generations", "scored.jsonl",
+                       "scored.partial.jsonl", "selected.jsonl", "heldout.jsonl", "filter_hist.png", "adapter",
+                       "checkpoints", "eval", "README.md"})
+
+
+def check_run_directory(run_dir: Path) -> None:
+    """Refuse to start a run in a directory that holds files but no run: its stages write README.md,
+    eval/, adapter/ and more over whatever has those names. `--out ""` (an unset variable) is the current
+    directory, and a run there replaced a project's README.md with the model card. Hidden files (the
+    run's own lock, a killed write's temporary, a .gitkeep) do not count, nor a run's own files with its
+    run.json deleted to start it afresh (a README.md alone is no run's)."""
+    run_dir = Path(run_dir)
+    if (run_dir / MANIFEST).is_file() or not run_dir.is_dir():
+        return
+    names = {p.name for p in run_dir.iterdir() if not p.name.startswith(".")}
+    if names <= RUN_FILES and names - {"README.md"}:
+        return
+    others = sorted(names - RUN_FILES) or sorted(names)
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise RunError(f"not a run directory (no {MANIFEST}) and holds other files ({shown}), which the run's "
+                       "files would be written among and over", file=str(run_dir),
+                       hint="give --out a new or empty directory, or the directory of an existing run")
 
 
 def check_same_run(run_dir: Path, manifest: dict[str, Any], pack_name: str, model: str, *,

@@ -69,6 +69,9 @@ def schema_message(error: Any) -> str:
         return f"missing required field {error.message.split(' ')[0]}"
     if error.validator == "contains":  # the only `contains`: a conversation's user turn
         return "no user turn: the model would be asked to answer no request"
+    if error.validator == "not":  # jsonschema's "0 should not be valid under {'const': 0}" says nothing useful
+        description = error.schema.get("description") if isinstance(error.schema, dict) else None
+        return f"{error.instance!r} is not allowed" + (f": {description}" if description else "")
     return error.message
 
 
@@ -83,5 +86,7 @@ def schema_hint(error: Any) -> str:
         return f"use one of: {', '.join(map(str, error.validator_value))}"
     if error.validator == "contains":
         return 'add the request as {"role": "user", "content": "..."}'
+    if error.validator == "not":  # schema_message gives the description already
+        return ""
     description = error.schema.get("description") if isinstance(error.schema, dict) else None
     return description or ""

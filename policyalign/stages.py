@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidInputError, RunError
 from .io import output_dir, read_json, sha256_file
-from .run import (MANIFEST, check_same_run, fingerprint, load_run_pack, read_manifest, record_inputs, rekey_stage,
-                  run_inputs, run_lock, stage)
+from .run import (MANIFEST, check_run_directory, check_same_run, fingerprint, load_run_pack, read_manifest,
+                  record_inputs, rekey_stage, run_inputs, run_lock, stage)
 
 if TYPE_CHECKING:
     from .distill import DistillResult
@@ -96,6 +96,7 @@ def run_synthesize(run_dir: Path, pack: "Pack", model: str, *, generator: str | 
     options = synthesize_options(model, generator, n, rounds, seed, max_per_category, max_new_tokens)
     sampling = {"max_new_tokens": max_new_tokens} if max_new_tokens is not None else None
     with run_lock(run_dir):  # from the first write to run.json
+        check_run_directory(run_dir)
         record_inputs(run_dir, pack, model)
         with stage(run_dir, "synthesize", lambda: synthesize_key(pack, model, options), options=options) as results:
             result = synthesize(pack, generator or model, out_dir=run_dir, n_per_category=n, rounds=rounds, seed=seed,

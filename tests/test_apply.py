@@ -47,7 +47,8 @@ def _check_complete(run: Path) -> None:
 
 
 @pytest.mark.slow
-def test_apply_runs_every_stage_then_resumes_by_skipping(tmp_path: Path, fixture_packs: Path) -> None:
+def test_apply_runs_every_stage_then_resumes_by_skipping(tmp_path: Path, fixture_packs: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     pack = Registry([fixture_packs]).load("child-pack")
     run = tmp_path / "run"
     first = apply(_options(fixture_packs, run), pack)
@@ -76,6 +77,16 @@ def test_apply_runs_every_stage_then_resumes_by_skipping(tmp_path: Path, fixture
     again = apply(_options(fixture_packs, run, report_to="tensorboard"), pack)
     assert [s.status for s in again.stages] == ["skipped"] * 6
     assert not (run / "tensorboard").exists()
+    with monkeypatch.context() as inside:  # the run named `.`: its card named the repository "local/"
+        inside.chdir(run)
+        assert [s.status for s in apply(_options(fixture_packs, Path(".")), pack).stages] == ["skipped"] * 6
+    # The adapter's weights deleted by hand: distill restores them from its last checkpoint, not skipped
+    # as finished (eval_after then failed to load the adapter).
+    weights = (run / "adapter" / "adapter_model.safetensors").read_bytes()
+    (run / "adapter" / "adapter_model.safetensors").unlink()
+    restored = apply(_options(fixture_packs, run), pack)
+    assert [s.name for s in restored.stages if s.status == "ran"] == ["distill"]
+    assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == weights
     # A changed distillation option re-runs distill and what depends on it, not synthesis or filtering.
     changed = apply(_options(fixture_packs, run, learning_rate=5e-3, report_to=["tensorboard"]), pack)
     status = {s.name: s.status for s in changed.stages}
@@ -212,6 +223,18 @@ def test_epochs_given_for_tiny_are_not_capped_by_its_demo_max_steps() -> None:
     assert with_model_defaults(build_options({"pack": "general", "model": "tiny"}, None)).max_steps == 60
 
 
+def test_an_empty_out_is_refused_rather_than_running_over_the_current_directorys_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--out ""` (an unset shell variable) is the current directory: the run wrote its model card over
+    the README.md there, and its instructions, adapter and eval files among the project's."""
+    pack = str(Path(__file__).parent.parent / "packs" / "general")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "README.md").write_text("a project\n")
+    result = CliRunner().invoke(app, ["apply", pack, "--model", "tiny", "--out", ""])
+    assert result.exit_code == 1 and "not a run directory" in result.output
+    assert (tmp_path / "README.md").read_text() == "a project\n" and not (tmp_path / "run.json").exists()
+
+
 def test_private_without_push_to_is_refused_before_any_stage(tmp_path: Path) -> None:
     """`pa apply ... --private` without --push-to trained and published nothing private, without a word."""
     result = CliRunner().invoke(app, ["apply", "general", "--model", "tiny", "--private", "--out", str(tmp_path / "run")])
@@ -256,6 +279,16 @@ def test_config_values_out_of_range_are_named_as_the_files_keys(tmp_path: Path) 
     result = CliRunner().invoke(app, ["apply", "--config", str(config), "--out", str(run)])
     assert result.exit_code == 2 and "kl_top_k: -1" in result.output and str(config) in result.output
     assert not run.exists(), "no stage ran"
+
+
+@pytest.mark.parametrize("key", ["eval_max_new_tokens", "synth_max_new_tokens", "gen_batch_size"])
+def test_config_only_counts_below_one_are_named_before_any_stage(tmp_path: Path, key: str) -> None:
+    """`eval_max_new_tokens: 0` failed at the first evaluation, after synthesis and filtering, as "max_new_tokens"."""
+    config = tmp_path / "run.yaml"
+    config.write_text(f"pack: general\nmodel: tiny\n{key}: 0\n")
+    with pytest.raises(InvalidInputError, match=f"{key}: 0: must be at least 1") as caught:
+        build_options({}, config)
+    assert (caught.value.problem.file, caught.value.problem.where) == (str(config), key)
 
 
 def test_config_numbers_in_scientific_notation_are_numbers(tmp_path: Path) -> None:

@@ -25,6 +25,10 @@ def test_config_from_pack_then_overrides(fixture_packs: Path) -> None:
 @pytest.mark.parametrize("override, flag", [
     ({"batch_size": 0}, "--batch-size 0"), ({"lora_r": 0}, "--lora-r 0"), ({"temperature": 0.0}, "--temperature 0.0"),
     ({"learning_rate": -1.0}, "--lr -1.0"), ({"top_k": -5}, "--kl-top-k -5"), ({"target_modules": ()}, "--target-modules []"),
+    ({"max_steps": 0}, "--max-steps 0"),  # trained one step at learning rate 0: an untrained adapter as "trained 1 steps"
+    # NaN passed every bound (no comparison with it is true): a torch ValueError traceback, or an "overflow"
+    ({"learning_rate": float("nan")}, "--lr nan"), ({"temperature": float("nan")}, "--temperature nan"),
+    ({"lora_alpha": float("inf")}, "--lora-alpha inf"),
 ])
 def test_out_of_range_overrides_name_the_flag(override: dict, flag: str) -> None:
     """A bad command-line value is refused up front, like the same value in a pack, not deep inside trl or peft."""
@@ -45,6 +49,21 @@ def test_numbers_take_the_type_of_their_setting(tmp_path: Path, fixture_packs: P
     config = DistillConfig.from_pack({"lora_r": 4.0, "batch_size": 2.0}, max_steps=3.0, num_epochs=2)
     assert [type(v) for v in (config.lora_r, config.batch_size, config.max_steps, config.num_epochs)] == [int, int, int, float]
     assert DistillConfig(lora_alpha=16.5).lora_alpha == 16.5
+
+
+def test_max_steps_is_at_least_one_or_minus_one_for_epochs_wherever_it_is_set() -> None:
+    """max_steps 0 passed the schema (minimum -1) and trained one step at learning rate 0."""
+    with pytest.raises(InvalidInputError, match="training.max_steps 0: 0 is not allowed.*-1 to train num_epochs"):
+        DistillConfig.from_pack({"max_steps": 0})
+    assert [DistillConfig.from_pack({}, max_steps=n).max_steps for n in (-1, 1)] == [-1, 1]
+
+
+def test_the_seed_is_one_numpy_can_take() -> None:
+    """`--seed -1` (or 2**32) was a numpy ValueError traceback from the trainer's set_seed."""
+    for seed in (-1, 2**32):
+        with pytest.raises(InvalidInputError, match=f"--seed {seed}: must be between 0 and {2**32 - 1}"):
+            DistillConfig.from_pack({}, seed=seed)
+    assert DistillConfig.from_pack({}, seed=2**32 - 1).seed == 2**32 - 1
 
 
 def test_save_steps_must_be_positive() -> None:

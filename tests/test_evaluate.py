@@ -94,6 +94,7 @@ def test_pa_eval_needs_pack_and_model() -> None:
 def test_select_sets_and_did_you_mean() -> None:
     pack = general_pack()
     assert [s.name for s in select_sets(pack, ["benign"])] == ["benign"]
+    assert [s.name for s in select_sets(pack, ["benign", "harmful", "benign"])] == ["benign", "harmful"]  # each once
     assert len(select_sets(pack, None)) == len(pack.eval_sets)
     with pytest.raises(InvalidInputError, match="harmful"):
         select_sets(pack, ["harmfull"])

@@ -233,6 +233,7 @@ def test_pa_judge_resumes_the_verdicts_of_a_hub_judge_it_downloaded(tmp_path: Pa
     ("./pairs.jsonl", "--out is the input file"),
     ("results.jsonl", "--out results.jsonl keeps its journal here"),
     ("folder", "--out is a directory"),
+    ("", "--out is a directory"),  # the current directory: a ValueError traceback ("has an empty name")
     ("pairs.jsonl/judged.jsonl", "its folder cannot be made"),
 ])
 def test_pa_judge_refuses_an_out_that_would_overwrite_its_input_or_is_no_file(

@@ -353,6 +353,9 @@ def test_peft_adapter_is_applied(tmp_path: Path, loaded: LoadedModel) -> None:
     assert any(p.requires_grad for n, p in trainable.named_parameters() if "lora_" in n)
     with pytest.raises(ModelError, match="no adapter_config.json"):
         load_model("tiny", device="cpu", adapter=tmp_path)
+    (tmp_path / "adapter" / "adapter_model.safetensors").unlink()  # was PEFT's "Repo id must be in the form ..."
+    with pytest.raises(ModelError, match="no adapter weights"):
+        load_model("tiny", device="cpu", adapter=tmp_path / "adapter")
 
 
 def test_weights_false_loads_tokenizer_and_config_only() -> None:

@@ -120,6 +120,24 @@ def test_a_run_json_that_is_no_object_is_refused_with_the_fix(tmp_path: Path) ->
     assert "delete it" in caught.value.problem.hint
 
 
+@pytest.mark.parametrize("edit, where", [
+    (lambda m: m.update(stages="oops"), "/stages"),
+    (lambda m: m["stages"].update(fake="done"), "/stages/fake"),
+    (lambda m: m["stages"]["fake"].update(results=[1]), "/stages/fake/results"),
+    (lambda m: m.update(inputs={"pack": "general"}), "/inputs/pack"),
+])
+def test_a_run_json_whose_parts_are_no_objects_is_refused_naming_the_part(tmp_path: Path, edit: Callable[[dict], Any],
+                                                                           where: str) -> None:
+    """A hand-edited part was an AttributeError traceback, from `pa runs` too."""
+    _run_stage(tmp_path, "k")
+    manifest = read_manifest(tmp_path)
+    edit(manifest)
+    write_manifest(tmp_path, manifest)
+    with pytest.raises(RunError, match="is not a JSON object") as caught:
+        stage_done(tmp_path, "fake", "k")
+    assert (caught.value.problem.file, caught.value.problem.where) == (str(tmp_path / MANIFEST), where)
+
+
 # --------------------------------------------------------------------------- keys
 
 
@@ -163,6 +181,27 @@ def test_a_fingerprint_ignores_the_order_of_keys_and_sees_every_value() -> None:
     assert fingerprint({"a": 1, "b": [1, 2]}) == fingerprint({"b": [1, 2], "a": 1})
     assert fingerprint({"a": 1, "b": [1, 2]}) != fingerprint({"a": 1, "b": [2, 1]})
     assert fingerprint({"path": Path("x")}) == fingerprint({"path": "x"})
+
+
+def test_a_run_starts_only_in_a_new_or_empty_directory_or_a_run(tmp_path: Path) -> None:
+    """`pa apply --out ""` ran in the current directory and wrote its model card over the README.md there."""
+    from policyalign.run import check_run_directory
+
+    check_run_directory(tmp_path / "new")  # not there yet: created
+    (tmp_path / ".pa.lock").touch()
+    (tmp_path / ".run.json.x.tmp").touch()
+    check_run_directory(tmp_path)  # only hidden files: a run's own lock and a killed write's temporary
+    (tmp_path / "README.md").write_text("a project")
+    with pytest.raises(RunError, match=r"no run.json\) and holds other files \(README.md\)") as caught:
+        check_run_directory(tmp_path)
+    assert caught.value.problem.file == str(tmp_path)
+    _run_stage(tmp_path, "k")  # a run directory: its own files are expected
+    check_run_directory(tmp_path)
+    (tmp_path / "README.md").unlink()
+    (tmp_path / MANIFEST).unlink()  # as read_manifest's hint says, to start the run afresh
+    (tmp_path / "instructions.jsonl").touch()
+    (tmp_path / "eval").mkdir()
+    check_run_directory(tmp_path)
 
 
 @pytest.mark.parametrize(("recorded", "given", "same"), [
