@@ -140,7 +140,7 @@ def record_inputs(run_dir: Path, pack: "Pack", model: str, **extra: Any) -> dict
 # What a run writes into its directory (docs/ARCHITECTURE.md, "Run directory").
 RUN_FILES = frozenset({MANIFEST, "instructions.jsonl", "synthesis.json", "generations", "scored.jsonl",
                        "scored.partial.jsonl", "selected.jsonl", "heldout.jsonl", "filter_hist.png", "adapter",
-                       "checkpoints", "eval", "README.md"})
+                       "checkpoints", "tensorboard", "eval", "README.md"})
 
 
 def check_run_directory(run_dir: Path) -> None:
