@@ -182,18 +182,21 @@ def _scored_row(record: dict[str, Any], pairs: list[tuple[Any, Any]]) -> dict[st
 
 
 def score_instructions(run_dir: Path, scorer: "PolicyScorer", records: list[dict[str, Any]],
-                       config: FilterConfig, *, backend: str = "transformers",
-                       progress: bool = True) -> list[dict[str, Any]]:
-    """Score every instruction, continuing from `scored.partial.jsonl` after a crash with the scores
-    made in the same numerics (`models.numerics`): after an out-of-memory crash in bf16 on a GPU, a
-    resume with `PA_DTYPE=fp32` or on the CPU re-scores the rest as well, since one ranking must not
-    mix the two."""
+                       config: FilterConfig, *, backend: str = "transformers", progress: bool = True,
+                       scores_key: str = "") -> list[dict[str, Any]]:
+    """Score every instruction, reusing the scores made under the same `scores_key` (the filter stage's
+    score key: instructions, pack, model, backend and sampling settings) in the same numerics
+    (`models.numerics`): scored.partial.jsonl's after a crash, scored.jsonl's when only the selection
+    changes. Each row records what it was made under, so nothing else is mixed in (after an
+    out-of-memory crash in bf16 on a GPU, a resume with `PA_DTYPE=fp32` re-scores the rest too), and
+    an attempt with other settings that failed leaves the finished scores reusable (the run's record
+    of them used to be replaced by the failed attempt's, and going back re-scored everything)."""
     from .generation import get_backend
     from .models import numerics
 
     partial = Path(run_dir) / PARTIAL
-    made_in = numerics(scorer.loaded.device, scorer.loaded.dtype)
-    done = _partial_scores(partial, made_in)
+    made_under = {"scores": scores_key, **numerics(scorer.loaded.device, scorer.loaded.dtype)}
+    done = _reusable_scores(Path(run_dir), records, made_under)
     scorer.prompts([r for r in records if r["id"] not in done], room=config.max_new_tokens,  # fail before sampling
                    file=str(Path(run_dir) / "instructions.jsonl"))
     chunks = [records[i:i + CHUNK] for i in range(0, len(records), CHUNK)]
@@ -208,7 +211,7 @@ def score_instructions(run_dir: Path, scorer: "PolicyScorer", records: list[dict
                                     config.samples, backend=gen, batch_size=config.batch_size)
             _check_finite(rows)
             for row in rows:
-                row["numerics"] = made_in
+                row["made_under"] = made_under
             append_jsonl(partial, rows)
             for row in rows:
                 done[row["id"]] = row
@@ -234,17 +237,20 @@ def _check_finite(rows: list[dict[str, Any]]) -> None:
 SCORED_KEYS = ("id", "response", "response_ids", "score", "score_full", "logprob_gap", "response_tokens", "samples")
 
 
-def _partial_scores(path: Path, made_in: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """{id: scored row} of the partial file made in `made_in` (torn lines skipped, see
-    `io.read_journal`), saying how many others it set aside to score again."""
+def _reusable_scores(run_dir: Path, records: list[dict[str, Any]],
+                     made_under: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """{id: scored row} of scored.jsonl and then scored.partial.jsonl (torn lines skipped, see
+    `io.read_journal`) made under `made_under`, saying how many instructions they held scores of
+    made otherwise, which are scored again."""
     import sys
 
-    rows = [row for row in read_journal(path) if all(key in row for key in SCORED_KEYS)]
-    done = {row["id"]: row for row in rows if row.get("numerics") == made_in}
-    others = {row["id"] for row in rows} - set(done)
-    if others:
-        print(f"{path}: scoring {len(others)} instructions again, scored on another device type or precision "
-              f"than {made_in['device']} {made_in['dtype']}", file=sys.stderr)
+    rows = [row for name in ("scored.jsonl", PARTIAL) for row in read_journal(run_dir / name)
+            if all(key in row for key in SCORED_KEYS)]
+    done = {row["id"]: row for row in rows if row.get("made_under") == made_under}
+    again = ({row["id"] for row in rows} - set(done)) & {r["id"] for r in records}
+    if again:
+        print(f"{run_dir}: scoring {len(again)} instructions again, scored with other settings or inputs, or on "
+              f"another device type or precision than {made_under['device']} {made_under['dtype']}", file=sys.stderr)
     return done
 
 
@@ -357,8 +363,9 @@ def mean_score(rows: list[dict[str, Any]]) -> float | None:
 
 
 def filter_run(run_dir: Path, loaded: "LoadedModel", policy: str, config: FilterConfig, *,
-               backend: str = "transformers", progress: bool = True) -> FilterResult:
-    """Score instructions.jsonl, hold out a slice, select; write scored/selected/heldout and a histogram."""
+               backend: str = "transformers", progress: bool = True, scores_key: str = "") -> FilterResult:
+    """Score instructions.jsonl, hold out a slice, select; write scored/selected/heldout and a histogram.
+    `scores_key` names what the scores depend on (`score_instructions`)."""
     from .run import require
     from .scoring import PolicyScorer
 
@@ -368,7 +375,8 @@ def filter_run(run_dir: Path, loaded: "LoadedModel", policy: str, config: Filter
         raise InvalidInputError("instructions.jsonl is empty", file=str(run_dir / "instructions.jsonl"),
                                 hint="re-run synthesis; the pack's seeds alone should give some instructions")
     scorer = PolicyScorer(loaded, policy, top_k=config.kl_top_k, batch_size=config.batch_size)
-    scored = score_instructions(run_dir, scorer, records, config, backend=backend, progress=progress)
+    scored = score_instructions(run_dir, scorer, records, config, backend=backend, progress=progress,
+                                scores_key=scores_key)
     pool, heldout = split_heldout(scored, config.heldout, config.seed)
     selected = select(pool, config)
     write_jsonl(run_dir / "scored.jsonl", scored)

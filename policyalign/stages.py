@@ -161,23 +161,6 @@ def filter_key(run_dir: Path, pack: "Pack", model: str, config: Any, backend: st
     return filter_keys(run_dir, pack, model, config, backend)["key"]
 
 
-def reuse_scores(run_dir: Path, key: str, scores: str) -> None:
-    """Keep what the last filter run scored when only the selection, the held-out split or the batch
-    size changed: its partial file after a crash (say, out of memory at --batch-size 16), or its
-    whole scored.jsonl after it finished. Scores from other settings are removed, never reused."""
-    import shutil
-
-    from .filtering import PARTIAL
-
-    previous = read_manifest(run_dir)["stages"].get("filter", {})
-    partial, scored = run_dir / PARTIAL, run_dir / "scored.jsonl"
-    # Runs recorded before score keys were: their partial file stays when nothing changed at all.
-    if previous.get("score_key") != scores and previous.get("key") != key:
-        partial.unlink(missing_ok=True)
-    elif previous.get("status") == "done" and scored.is_file() and not partial.exists():
-        shutil.copyfile(scored, partial)
-
-
 def run_filter(run_dir: Path, *, model: str | None = None, pack: "str | Pack | None" = None,
                packs_path: list[Path] | None = None, device: str | None = None, backend: str = "transformers",
                progress: bool = True, **options: Any) -> "FilterResult":
@@ -188,15 +171,15 @@ def run_filter(run_dir: Path, *, model: str | None = None, pack: "str | Pack | N
     the_pack, model = _pack_and_model(run_dir, pack, model, packs_path)
     config = filter_config(the_pack, **options)
     keys = filter_keys(run_dir, the_pack, model, config, backend)
-    with run_lock(run_dir):  # reuse_scores deletes partial scores of other settings: not another process's
-        reuse_scores(run_dir, keys["key"], keys["score_key"])
-        # The stage records `keys["key"]` when done: the key of the model as loaded, as rekeyed below.
-        with stage(run_dir, "filter", lambda: keys["key"], score_key=keys["score_key"]) as results:
-            loaded = load_model(model, device=device)
-            keys.update(filter_keys(run_dir, the_pack, model, config, backend))  # a Hub model's commit, once downloaded
-            rekey_stage(run_dir, "filter", **keys)
-            result = filter_run(run_dir, loaded, the_pack.policy, config, backend=backend, progress=progress)
-            results.update(result_dict(result, config))
+    # The stage records `keys["key"]` when done: the key of the model as loaded, as rekeyed below.
+    with stage(run_dir, "filter", lambda: keys["key"], score_key=keys["score_key"]) as results:
+        loaded = load_model(model, device=device)
+        keys.update(filter_keys(run_dir, the_pack, model, config, backend))  # a Hub model's commit, once downloaded
+        rekey_stage(run_dir, "filter", **keys)
+        # Scores are reused by what each was made under (`filtering.score_instructions`), whatever the run records.
+        result = filter_run(run_dir, loaded, the_pack.policy, config, backend=backend, progress=progress,
+                            scores_key=keys["score_key"])
+        results.update(result_dict(result, config))
     return result
 
 

@@ -257,6 +257,15 @@ def test_a_crashed_or_finished_filter_keeps_its_scores_when_only_the_selection_o
     assert read_manifest(tmp_path)["stages"]["filter"]["results"]["rule"] == "score>=0.0"
     run_filter(tmp_path, min_score=0.0, samples=2, **options)
     assert sampled == [f"r{i}" for i in range(6)], "more samples per instruction change every score"
+    # An attempt with other scoring settings that fails leaves the finished scores theirs: going back
+    # re-selects without sampling (the failed attempt's record used to make them unreusable).
+    two_samples = read_jsonl(tmp_path / "scored.jsonl")
+    crash, sampled[:] = True, ["a sample"]
+    with pytest.raises(MemoryError):
+        run_filter(tmp_path, min_score=0.0, samples=3, **options)
+    crash, sampled[:] = False, []
+    run_filter(tmp_path, top_n=3, samples=2, **options)
+    assert sampled == [] and read_jsonl(tmp_path / "scored.jsonl") == two_samples
 
 
 def test_one_generation_backend_samples_every_chunk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -311,7 +320,7 @@ def test_filter_stage_on_tiny(tmp_path: Path, fixture_packs: Path) -> None:
     again = filter_run(tmp_path, loaded, pack.policy, config, progress=False)
     assert again.scored == result.scored
     assert [r["score"] for r in read_jsonl(tmp_path / "scored.jsonl")] == pytest.approx([r["score"] for r in scored])
-    assert all(r["numerics"] == {"device": "cpu", "dtype": "torch.float32"} for r in scored)
+    assert all(r["made_under"] == {"scores": "", "device": "cpu", "dtype": "torch.float32"} for r in scored)
 
 
 def test_scores_made_in_other_numerics_are_made_again_not_mixed_in(
@@ -331,15 +340,16 @@ def test_scores_made_in_other_numerics_are_made_again_not_mixed_in(
     loaded, config = load_model("tiny"), FilterConfig(keep=1.0, max_new_tokens=8, heldout=0.0, batch_size=4)
     filter_run(tmp_path, loaded, pack.policy, config, progress=False)
     scored = read_jsonl(tmp_path / "scored.jsonl")
-    gpu = {"device": "cuda", "dtype": "torch.bfloat16"}
-    write_jsonl(tmp_path / PARTIAL, [{**r, "numerics": gpu, "score": 99.0} for r in scored[:3]]
+    gpu = {"scores": "", "device": "cuda", "dtype": "torch.bfloat16"}
+    (tmp_path / "scored.jsonl").unlink()  # stopped part way: only the partial file is there
+    write_jsonl(tmp_path / PARTIAL, [{**r, "made_under": gpu, "score": 99.0} for r in scored[:3]]
                 + [{**r, "logprob_gap": 7.0} for r in scored[3:]])
     filter_run(tmp_path, loaded, pack.policy, config, progress=False)
     again = read_jsonl(tmp_path / "scored.jsonl")
     assert [r["score"] for r in again[:3]] == pytest.approx([r["score"] for r in scored[:3]]), "made again"
     assert [r["logprob_gap"] for r in again[3:]] == [7.0] * 3, "the rest reused from the partial file"
-    assert "scoring 3 instructions again, scored on another device type or precision than cpu torch.float32" \
-        in capsys.readouterr().err
+    assert "scoring 3 instructions again, scored with other settings or inputs, or on another device type or " \
+        "precision than cpu torch.float32" in capsys.readouterr().err
 
 
 def test_a_full_disk_while_scoring_is_an_error_naming_the_partial_file(tmp_path: Path) -> None:
