@@ -192,7 +192,8 @@ def check_config_ranges(options: dict[str, Any], path: Path) -> dict[str, Any]:
     check runs later on the merged options, but its error would name a command-line flag the user never typed."""
     from .distill_settings import setting_error
 
-    for key in _CONFIG_ONLY_COUNTS:
+    _check_filter_options(options, path)
+    for key in _FILE_COUNTS:
         if options.get(key) is not None and options[key] < 1:
             raise InvalidInputError(f"{key}: {options[key]!r}: must be at least 1", file=str(path), where=key,
                                     hint=f"give {key} a positive number, or leave it out for the default")
@@ -206,9 +207,30 @@ def check_config_ranges(options: dict[str, Any], path: Path) -> dict[str, Any]:
     return options
 
 
-# Options only a config file sets (no flag, no stage check before their stage loads its model): a 0 was
-# refused by the generator, `eval_max_new_tokens: 0` after synthesis and filtering had run, as "max_new_tokens".
-_CONFIG_ONLY_COUNTS = ("synth_max_new_tokens", "gen_batch_size", "eval_max_new_tokens")
+# Counts a config file may hold below 1, named as its keys: those only a file sets had no check before their
+# stage loaded its model (`eval_max_new_tokens: 0` failed after synthesis and filtering, as "max_new_tokens"),
+# and the others' checks name the flag (`eval_limit: 0` said "--eval-limit must be at least 1", naming no file).
+_FILE_COUNTS = ("synth_max_new_tokens", "gen_batch_size", "eval_max_new_tokens", "eval_limit", "n", "rounds")
+# The filter settings a file may hold, by the flag FilterConfig's errors name.
+_FILE_KEYS_OF_FILTER_FLAGS = {"--keep": "keep", "--top-k": "top_n", "--min-score": "min_score", "--samples": "samples",
+                              "--max-new-tokens": "max_new_tokens", "--heldout": "heldout"}
+
+
+def _check_filter_options(options: dict[str, Any], path: Path) -> None:
+    """The file's filter settings held to FilterConfig's bounds, its error worded with the file's keys:
+    `keep: 1.5` said "--keep must be in (0, 1]", naming neither the file nor the key."""
+    from .filtering import FilterConfig
+
+    given = {key: options[key] for key in _FILE_KEYS_OF_FILTER_FLAGS.values() if options.get(key) is not None}
+    try:
+        FilterConfig(**given)
+    except InvalidInputError as exc:
+        message, named = exc.problem.message, []
+        for flag, key in _FILE_KEYS_OF_FILTER_FLAGS.items():
+            if flag in message:
+                message, named = message.replace(flag, key), named + [key] * (key in given)
+        raise InvalidInputError(message, file=str(path), where=", ".join(named),
+                                hint=f"fix {' and '.join(named) or 'the filter settings'} in the file") from None
 
 
 def build_options(cli: dict[str, Any], config: Path | None) -> ApplyOptions:
@@ -313,14 +335,29 @@ def apply(options: ApplyOptions, pack: Pack, *, on_stage: Callable[[str, str], N
     (`run.run_lock`) from before it clears stale temporaries until the end. `on_note` hears, before any
     stage runs, that finished work is about to be replaced (`run.unbumped_change`)."""
     options = with_model_defaults(options)
+    settings = _checked_settings(options, pack)
     run_dir = output_dir(options.out or default_run_dir(pack, options.model))
     with run_lock(run_dir):
         check_run_directory(run_dir)
-        return _apply(options, pack, run_dir, on_stage, on_note)
+        return _apply(options, pack, run_dir, settings, on_stage, on_note)
 
 
-def _apply(options: ApplyOptions, pack: Pack, run_dir: Path, on_stage: Callable[[str, str], None],
-           on_note: Callable[[str], None]) -> ApplyResult:
+def _checked_settings(options: ApplyOptions, pack: Pack) -> tuple[Any, Any]:
+    """Every stage's settings (the filter's and distillation's configs, returned), checked before the run
+    directory is made or any stage runs: a bad --save-steps should not surface after minutes of
+    synthesis and filtering, nor a bad --keep leave behind an empty run that `pa runs` lists."""
+    fconf = filter_config(pack, **_filter_options(options))
+    dconf = distill_config(pack, _distill_overrides(options))
+    check_eval_options(options.judge, options.eval_limit, limit_flag="--eval-limit")
+    device = training_device(options.device, *launch_rank()[1:])
+    if options.backend == "vllm":  # synthesis, filtering and the rollouts: refused now, not once a model has loaded
+        check_vllm_rollouts(device)
+    _check_push_options(options)
+    return fconf, dconf
+
+
+def _apply(options: ApplyOptions, pack: Pack, run_dir: Path, settings: tuple[Any, Any],
+           on_stage: Callable[[str, str], None], on_note: Callable[[str], None]) -> ApplyResult:
     remove_stale_temporaries(run_dir)
     note = unbumped_change(read_manifest(run_dir), pack)
     record_inputs(run_dir, pack, options.model, options={k: v for k, v in asdict(options).items()
@@ -329,15 +366,7 @@ def _apply(options: ApplyOptions, pack: Pack, run_dir: Path, on_stage: Callable[
         on_note(note)
     common = {"device": options.device, "progress": options.progress}
     reports: list[StageReport] = []
-    # Every stage's settings are checked before the first stage runs: a bad --save-steps should
-    # not surface after minutes of synthesis and filtering.
-    fconf = filter_config(pack, **_filter_options(options))
-    dconf = distill_config(pack, _distill_overrides(options))
-    check_eval_options(options.judge, options.eval_limit, limit_flag="--eval-limit")
-    device = training_device(options.device, *launch_rank()[1:])
-    if options.backend == "vllm":  # synthesis, filtering and the rollouts: refused now, not once a model has loaded
-        check_vllm_rollouts(device)
-    _check_push_options(options)
+    fconf, dconf = settings
 
     def step(name: str, key: str, outputs: list[str], action: Callable[[], Any]) -> None:
         if stage_done(run_dir, name, key) and _outputs_exist(run_dir, outputs):

@@ -281,14 +281,42 @@ def test_config_values_out_of_range_are_named_as_the_files_keys(tmp_path: Path) 
     assert not run.exists(), "no stage ran"
 
 
-@pytest.mark.parametrize("key", ["eval_max_new_tokens", "synth_max_new_tokens", "gen_batch_size"])
-def test_config_only_counts_below_one_are_named_before_any_stage(tmp_path: Path, key: str) -> None:
-    """`eval_max_new_tokens: 0` failed at the first evaluation, after synthesis and filtering, as "max_new_tokens"."""
+@pytest.mark.parametrize("key", ["eval_max_new_tokens", "synth_max_new_tokens", "gen_batch_size", "eval_limit", "n",
+                                 "rounds"])
+def test_config_counts_below_one_are_named_before_any_stage(tmp_path: Path, key: str) -> None:
+    """`eval_max_new_tokens: 0` failed at the first evaluation, after synthesis and filtering, as "max_new_tokens";
+    `eval_limit: 0` was "--eval-limit must be at least 1", naming neither the file nor its key."""
     config = tmp_path / "run.yaml"
     config.write_text(f"pack: general\nmodel: tiny\n{key}: 0\n")
     with pytest.raises(InvalidInputError, match=f"{key}: 0: must be at least 1") as caught:
         build_options({}, config)
     assert (caught.value.problem.file, caught.value.problem.where) == (str(config), key)
+
+
+@pytest.mark.parametrize("text, message, where", [
+    ("keep: 1.5", "keep must be in (0, 1], got 1.5", "keep"),
+    ("top_n: 0", "top_n must be at least 1, got 0", "top_n"),
+    ("heldout: 1", "heldout must be in [0, 1), got 1.0", "heldout"),
+    ("top_n: 3\nmin_score: 0.2", "use only one of top_n and min_score (or keep)", "top_n, min_score"),
+])
+def test_config_filter_settings_out_of_bounds_are_named_as_the_files_keys(tmp_path: Path, text: str, message: str,
+                                                                         where: str) -> None:
+    """`keep: 1.5` in run.yaml said "--keep must be in (0, 1]", naming neither the file nor the key."""
+    config = tmp_path / "run.yaml"
+    config.write_text(f"pack: general\nmodel: tiny\n{text}\n")
+    with pytest.raises(InvalidInputError) as caught:
+        build_options({}, config)
+    problem = caught.value.problem
+    assert (problem.message, problem.file, problem.where) == (message, str(config), where)
+
+
+def test_a_refused_option_leaves_no_run_directory_behind(tmp_path: Path, fixture_packs: Path) -> None:
+    """`pa apply --keep 1.5` made the run directory and its run.json before refusing: `pa runs` then listed an empty run."""
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["apply", str(fixture_packs / "child-pack"), "--model", "tiny", "--out", str(run),
+                                      "--keep", "1.5", "--packs-path", str(fixture_packs)])
+    assert result.exit_code == 2 and "--keep must be in (0, 1], got 1.5" in result.output
+    assert not run.exists()
 
 
 def test_config_numbers_in_scientific_notation_are_numbers(tmp_path: Path) -> None:
