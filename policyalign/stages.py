@@ -239,14 +239,14 @@ def check_resumable(run_dir: Path, settings: dict[str, Any]) -> None:
     """
     from .checkpoints import resume_point
 
-    entry = checkpoint_record(run_dir)
+    entry, source, where = _checkpoint_record(run_dir)
     checkpoint = resume_point(run_dir)
     if checkpoint is None or entry.get("resume_key") in (None, fingerprint(settings)):
         return
     changes = _setting_changes(entry.get("settings") or {}, settings)
     what = "settings: " + "; ".join(changes) if changes else "data, model or options"
-    raise RunError(f"--resume would continue {checkpoint.name}, trained with other {what}",
-                   file=str(Path(run_dir) / MANIFEST), where="stages.distill",
+    raise RunError(f"--resume would continue {checkpoint.name}, trained with other {what}", file=str(source),
+                   where=where,
                    hint="resume with the options of the interrupted run (only --max-steps, --epochs, "
                         "--save-steps, --[no-]prefix-cache and --[no-]vllm may change), or drop --resume to train afresh")
 
@@ -259,12 +259,19 @@ def checkpoint_record(run_dir: Path) -> dict[str, Any]:
     flag, a prompt too long) would claim the checkpoints it left alone, and they could never be
     resumed; it is read only for runs whose checkpoints have no record.
     """
+    return _checkpoint_record(run_dir)[0]
+
+
+def _checkpoint_record(run_dir: Path) -> tuple[dict[str, Any], Path, str]:
+    """`checkpoint_record`, the file it was read from and the place in it (for errors naming it)."""
     from .checkpoints import CHECKPOINT_RECORD, resume_point
 
     checkpoint = resume_point(run_dir)
     record = checkpoint.parent / CHECKPOINT_RECORD if checkpoint else None
     data = read_json(record) if record and record.is_file() else None
-    return data if isinstance(data, dict) else read_manifest(run_dir)["stages"].get("distill", {})
+    if isinstance(data, dict) and record is not None:
+        return data, record, ""
+    return read_manifest(run_dir)["stages"].get("distill", {}), Path(run_dir) / MANIFEST, "stages.distill"
 
 
 def recorded_distill_config(run_dir: Path) -> dict[str, Any]:

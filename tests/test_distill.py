@@ -72,7 +72,9 @@ def test_resume_refuses_a_checkpoint_of_other_settings_but_may_train_longer(reco
     run_distill(run, overrides=options, progress=False)
     with pytest.raises(RunError, match="checkpoint-2, trained with other settings: --lora-r 4 then, 2 now\n") as caught:
         run_distill(run, resume=True, overrides={**options, "lora_r": 2}, progress=False)
-    assert caught.value.problem.file == str(run / "run.json") and "--max-steps" in caught.value.problem.hint
+    # The record the settings were read from: the checkpoints' own, not run.json (which named them wrongly).
+    assert caught.value.problem.file == str(checkpoint_dir(run) / "trained_with.json")
+    assert "--max-steps" in caught.value.problem.hint
     # How often it checkpoints, or whether the prefix cache is on, is not what it trains.
     longer = {**options, "max_steps": 3, "save_steps": 5, "prefix_cache": False}
     assert run_distill(run, resume=True, overrides=longer, progress=False).steps == 3
