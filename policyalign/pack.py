@@ -181,7 +181,10 @@ def compose_digest(own: str, parents: tuple[Pack, ...]) -> str:
 def _load_manifest(col: Collector) -> tuple[dict[str, Any] | None, dict[str, int]]:
     path = col.root / MANIFEST
     if not path.is_file():
-        col.add(MANIFEST, "", "pack.yaml is missing", "every pack needs a pack.yaml manifest (see `pa new`)")
+        if path.exists() or path.is_symlink():  # a directory, FIFO or device (or a link to one, or to nothing)
+            col.add(MANIFEST, "", "pack.yaml is not a regular file", "make pack.yaml a plain YAML file in the pack")
+        else:
+            col.add(MANIFEST, "", "pack.yaml is missing", "every pack needs a pack.yaml manifest (see `pa new`)")
         return None, {}
     size = path.stat().st_size
     if size > MAX_MANIFEST_BYTES:

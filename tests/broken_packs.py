@@ -52,6 +52,11 @@ def _symlink_out(root: Path) -> None:
     os.symlink(outside, target)
 
 
+def _manifest_fifo(root: Path) -> None:
+    (root / "pack.yaml").unlink()
+    os.mkfifo(root / "pack.yaml")  # reading it would block: it is refused, not read
+
+
 def _oversized(root: Path) -> None:
     (root / "policy.md").write_text("Be safe. " * 20000)
 
@@ -106,6 +111,7 @@ FAULTS = [
     Fault("path-traversal", "root-pack", _edit("pack.yaml", "policy: policy.md", "policy: ../../../etc/passwd"), ("pack.yaml", "/policy", "'..' is not allowed")),
     Fault("absolute-path", "root-pack", _edit("pack.yaml", "file: eval/benign.jsonl", "file: /etc/passwd"), ("pack.yaml", "/eval/1/file", "absolute paths are not allowed")),
     Fault("symlink-escape", "root-pack", _symlink_out, ("templates/plain.jinja", "outside the pack")),
+    Fault("manifest-not-a-file", "root-pack", _manifest_fifo, ("pack.yaml", "pack.yaml is not a regular file")),
     Fault("oversized-file", "root-pack", _oversized, ("policy.md", "over the", "limit")),
     Fault("malformed-jsonl", "root-pack", _append("eval/harmful.jsonl", '{"id": "root-h3", "category": "weapons",\n'), ("eval/harmful.jsonl", "line 3", "malformed JSON")),
     Fault("duplicate-eval-id", "root-pack", _append("eval/benign.jsonl", '{"id": "root-h1", "category": "scams", "prompt": "What is a scam?", "expect": "comply"}\n'),
