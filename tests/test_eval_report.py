@@ -144,6 +144,11 @@ def test_compare_refuses_evaluation_options_it_would_ignore(tmp_path: Path) -> N
                                       str(tmp_path / "a"), str(tmp_path / "b")])
     assert result.exit_code == 2
     assert "PACK, --model, --limit would be ignored" in result.output
+    # --judge neither re-judges A and B nor is compared: the verdicts are those their evals made
+    rejudge = CliRunner().invoke(app, ["eval", "--compare", str(tmp_path / "a"), str(tmp_path / "b"),
+                                       "--judge", "llm:tiny", "--max-new-tokens", "8"])
+    assert rejudge.exit_code == 2
+    assert "--judge, --max-new-tokens would be ignored" in " ".join(rejudge.output.split())
     twice = CliRunner().invoke(app, ["eval", "--compare", str(tmp_path / "a"), "--compare", str(tmp_path / "b")])
     assert twice.exit_code == 2 and "--compare takes both evaluations at once" in twice.output
     assert f"pa eval --compare {tmp_path / 'a'} {tmp_path / 'b'}" in " ".join(twice.output.split())
