@@ -414,6 +414,15 @@ def unmeasured_categories(pack: Mapping[str, Any], evals: Mapping[str, Mapping[s
     return [c for c in ids if c not in measured]
 
 
+def unparseable_counts(evals: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, str, Any, Any]]:
+    """(stage, set, unparseable, items) wherever a judge's verdicts could not be read. They are left
+    out of the rates, so the table's "Items" overstates what a rate measured: a card whose judge
+    could read 4 of 62 verdicts showed "62" beside a violation rate of 4 items, and nowhere said so."""
+    return [(stage, name, block.get("unparseable"), block.get("n")) for stage in EVAL_STAGES
+            for name, block in eval_sets(evals.get(stage)).items()
+            if isinstance(block.get("unparseable"), int) and block["unparseable"] > 0]
+
+
 def model_index(name: str, artifacts: RunArtifacts) -> list[dict[str, Any]]:
     """The Hub's `model-index` block: the adapter's (after) result on each of the pack's eval sets."""
     pack = artifacts.pack
@@ -575,6 +584,7 @@ def card_context(artifacts: RunArtifacts, repo_id: str, revision: str, metadata:
         "set_rows": rows,
         "unmeasured": unmeasured_categories(pack, artifacts.evals),
         "limited": any(row.limited for row in rows),
+        "unparseable": unparseable_counts(artifacts.evals),
         "inherited": inherited_notes(after or artifacts.evals.get("before")),
         "category_tables": [(row, category_rows(artifacts.evals, row)) for row in rows],
         "drift": _flatten(after.get("drift")) if isinstance(after.get("drift"), Mapping) else [],
