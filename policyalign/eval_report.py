@@ -85,6 +85,7 @@ def render_report(summary: Mapping[str, Any]) -> str:
         f"- pack digest: `{pack.get('digest')}`",
         f"- judge: `{summary.get('judge')}`",
         f"- sampling: `{json.dumps(summary.get('sampling'), sort_keys=True)}`",
+        *_limit_lines(summary),
         f"- timestamp: {summary.get('timestamp')}", "",
         "## Overall", "", *_metrics_table({"all": m["overall"]}, "scope"), "",
         "## Per eval set", "", *_metrics_table({k: v for k, v in m["sets"].items()}, "set"), "",
@@ -102,6 +103,17 @@ def render_report(summary: Mapping[str, Any]) -> str:
               "Over-refusal: a benign item labelled `refuse`. Unparseable judge outputs are excluded from the "
               "rates and counted on their own. In brackets, a rate's 95% Wilson interval.", ""]
     return "\n".join(lines)
+
+
+def _limit_lines(summary: Mapping[str, Any]) -> list[str]:
+    """The `--limit` an evaluation ran under, with each set's items as "N of M" (as the model card
+    writes them): report.md's tables gave a limited set's 4 items as if they were the whole set."""
+    if summary.get("limit") is None:
+        return []
+    sizes = ", ".join(f"`{e.get('name')}` {e.get('items')} of {e.get('items_in_set')}"
+                      for e in summary.get("sets") or [] if isinstance(e, Mapping) and e.get("items_in_set") is not None)
+    return [f"- limit: at most {summary['limit']} items per set, {summary.get('limit_rule') or 'per set'}"
+            + (f"; items evaluated: {sizes}" if sizes else "")]
 
 
 def inherited_notes(summary: Mapping[str, Any] | None) -> list[tuple[str, str]]:

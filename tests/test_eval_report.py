@@ -48,6 +48,15 @@ def test_write_eval_writes_all_artifacts(tmp_path: Path) -> None:
     assert not list((tmp_path / "out").glob(".*.tmp"))  # atomic writes leave no temp files
 
 
+def test_report_says_an_evaluation_was_limited() -> None:
+    """`pa eval --limit 4` wrote report.md tables whose 4 items read as the whole 62-item set."""
+    limited = {**_summary(BEFORE), "limit": 4, "limit_rule": "round-robin over categories, per set",
+               "sets": [{"name": "harmful", "kind": "safety", "items": 4, "items_in_set": 62}]}
+    assert ("- limit: at most 4 items per set, round-robin over categories, per set; items evaluated: "
+            "`harmful` 4 of 62") in render_report(limited)
+    assert "- limit:" not in render_report(_summary(BEFORE))
+
+
 def test_report_mentions_drift_when_present() -> None:
     assert "Drift" in render_report(_summary(AFTER, adapter="adapter/"))
     assert "Drift" not in render_report(_summary(AFTER))
