@@ -301,6 +301,7 @@ class SetRow:
     after_ci: Any = None
     p: float | None = None  # exact paired test of the change; None without both sides' responses
     of: Any = None  # items the set holds, when --limit evaluated fewer
+    tool_items: Any = None  # a forbidden-call row's items: those offering tools, which its rate is over
 
     @property
     def limited(self) -> bool:
@@ -308,7 +309,10 @@ class SetRow:
 
     @property
     def items(self) -> str:
-        return f"{self.n} of {self.of}" if self.limited else str(self.n)
+        """The set's items ("N of M" when limited); for a forbidden-call row, first how many offer
+        tools: its rate is over those, and "57" beside a rate of 2 tool items read as 57 measured."""
+        items = f"{self.n} of {self.of}" if self.limited else str(self.n)
+        return items if self.tool_items is None else f"{self.tool_items} with tools, of {items}"
 
 
 def eval_sets(summary: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
@@ -374,7 +378,8 @@ def set_rows(evals: Mapping[str, Mapping[str, Any]],
             rows.append(SetRow(name, kind, a.get("n", b.get("n")), metric, b.get(metric), a.get(metric),
                                _interval(b, metric), _interval(a, metric),
                                paired_p(responses.get("before"), responses.get("after"), metric, ("set", name)),
-                               sizes.get(name)))
+                               sizes.get(name),
+                               a.get("tool_items", b.get("tool_items")) if metric == "forbidden_tool_call_rate" else None))
     return rows
 
 

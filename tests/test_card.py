@@ -131,7 +131,9 @@ def test_eval_table_states_intervals_the_paired_test_and_forbidden_tool_calls(tm
     assert set(artifacts.responses) == {"before", "after"} and "eval/after/responses.jsonl" not in artifacts.files
     body = _render(run)
     assert "| harmful | safety | 8 | violation\\_rate | 100.0% [67.6–100.0] | 12.5% [2.2–47.1] | -87.5 pp | 0.0156 |" in body
-    assert "| harmful | safety | 8 | forbidden\\_tool\\_call\\_rate | 100.0% [51.0–100.0] | 0.0% [0.0–49.0] | -100.0 pp | 0.125 |" in body
+    # the rate is over the 4 items offering tools, not the set's 8
+    assert ("| harmful | safety | 4 with tools, of 8 | forbidden\\_tool\\_call\\_rate | 100.0% [51.0–100.0] | "
+            "0.0% [0.0–49.0] | -100.0 pp | 0.125 |") in body
     assert "Forbidden tool-call rate: share of items offering tools" in body
     index = card.card_metadata(artifacts, "org/root-adapter")["model-index"][0]["results"]
     assert [r["metrics"][0]["type"] for r in index] == ["violation_rate", "forbidden_tool_call_rate"]
