@@ -262,6 +262,9 @@ def comparable_notes(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
         value_a, value_b = _measured_models(a, b) if key == "model" else (a.get(key), b.get(key))
         if value_a != value_b:
             notes.append(f"- {title} differs: `{json.dumps(value_a)}` vs `{json.dumps(value_b)}`")
+    if "judge_weights" in a and "judge_weights" in b and a["judge_weights"] != b["judge_weights"]:
+        notes.append(f"- judge weights differ: `{json.dumps(a['judge_weights'])}` vs `{json.dumps(b['judge_weights'])}` "
+                     f"(the same judge `{a.get('judge')}` loaded other files)")
     pack_a, pack_b = a.get("pack") or {}, b.get("pack") or {}
     if pack_a.get("digest") != pack_b.get("digest"):
         notes.append(f"- pack differs: {pack_a.get('name')}@{pack_a.get('version')} vs "

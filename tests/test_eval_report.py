@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from policyalign.eval_report import compare, plot_before_after, render_report, w
 from policyalign.evaluate import evaluate
 from policyalign.generation import greedy_params
 from policyalign.metrics import summarize
+from policyalign.models import load_model
 
 from evaluations import general_pack
 from judged_rows import row
@@ -119,6 +122,22 @@ def test_compare_flags_different_item_sets(tmp_path: Path) -> None:
     with_bench = write_eval(tmp_path / "f", {**_summary(two), "limit": 2, "benchmarks": [bench]}, two)
     assert "- benchmarks differ: none vs xstest (x/xstest test@main)" in compare(a, with_bench)
     assert "Not like for like" not in compare(a, write_eval(tmp_path / "g", {**_summary(two), "limit": 2}, two))
+
+
+def test_compare_flags_a_model_judge_whose_weights_changed(tmp_path: Path) -> None:
+    """Two evals judged by `llm:./judge` before and after its weights were replaced compared as like for like."""
+    judge = tmp_path / "judge"
+    shutil.copytree(load_model("tiny", weights=False).ref.location, judge)
+    pack, spec = general_pack(), f"llm:{judge}"
+    first = evaluate(pack, "tiny", out_dir=tmp_path / "a", limit=1, judge=spec, params=greedy_params(2))
+    weights = judge / "model.safetensors"  # saved anew: the directory's files key changes with their mtime
+    os.utime(weights, (weights.stat().st_atime, weights.stat().st_mtime + 60))
+    second = evaluate(pack, "tiny", out_dir=tmp_path / "b", limit=1, judge=spec, params=greedy_params(2))
+    assert "- judge weights differ: " in compare(first, second)
+    again = evaluate(pack, "tiny", out_dir=tmp_path / "c", limit=1, judge=spec, params=greedy_params(2))
+    assert "Not like for like" not in compare(second, again)
+    older = {k: v for k, v in second.summary.items() if k != "judge_weights"}  # an eval.json that records none
+    assert "judge weights" not in compare(first.summary, older)
 
 
 def test_compare_rejects_what_is_not_an_eval(tmp_path: Path) -> None:
