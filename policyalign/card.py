@@ -301,6 +301,7 @@ class SetRow:
     after_ci: Any = None
     p: float | None = None  # exact paired test of the change; None without both sides' responses
     of: Any = None  # items the set holds, when --limit evaluated fewer
+    tool_items: Any = None  # a forbidden-call row's items: those offering tools, which its rate is over
 
     @property
     def limited(self) -> bool:
@@ -308,7 +309,10 @@ class SetRow:
 
     @property
     def items(self) -> str:
-        return f"{self.n} of {self.of}" if self.limited else str(self.n)
+        """The set's items ("N of M" when limited); for a forbidden-call row, first how many offer
+        tools: its rate is over those, and "57" beside a rate of 2 tool items read as 57 measured."""
+        items = f"{self.n} of {self.of}" if self.limited else str(self.n)
+        return items if self.tool_items is None else f"{self.tool_items} with tools, of {items}"
 
 
 def eval_sets(summary: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
@@ -374,7 +378,8 @@ def set_rows(evals: Mapping[str, Mapping[str, Any]],
             rows.append(SetRow(name, kind, a.get("n", b.get("n")), metric, b.get(metric), a.get(metric),
                                _interval(b, metric), _interval(a, metric),
                                paired_p(responses.get("before"), responses.get("after"), metric, ("set", name)),
-                               sizes.get(name)))
+                               sizes.get(name),
+                               a.get("tool_items", b.get("tool_items")) if metric == "forbidden_tool_call_rate" else None))
     return rows
 
 
@@ -412,6 +417,15 @@ def unmeasured_categories(pack: Mapping[str, Any], evals: Mapping[str, Mapping[s
         return []
     ids = [str(c.get("id")) for c in pack.get("categories") or [] if isinstance(c, Mapping)]
     return [c for c in ids if c not in measured]
+
+
+def unparseable_counts(evals: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, str, Any, Any]]:
+    """(stage, set, unparseable, items) wherever a judge's verdicts could not be read. They are left
+    out of the rates, so the table's "Items" overstates what a rate measured: a card whose judge
+    could read 4 of 62 verdicts showed "62" beside a violation rate of 4 items, and nowhere said so."""
+    return [(stage, name, block.get("unparseable"), block.get("n")) for stage in EVAL_STAGES
+            for name, block in eval_sets(evals.get(stage)).items()
+            if isinstance(block.get("unparseable"), int) and block["unparseable"] > 0]
 
 
 def model_index(name: str, artifacts: RunArtifacts) -> list[dict[str, Any]]:
@@ -575,6 +589,7 @@ def card_context(artifacts: RunArtifacts, repo_id: str, revision: str, metadata:
         "set_rows": rows,
         "unmeasured": unmeasured_categories(pack, artifacts.evals),
         "limited": any(row.limited for row in rows),
+        "unparseable": unparseable_counts(artifacts.evals),
         "inherited": inherited_notes(after or artifacts.evals.get("before")),
         "category_tables": [(row, category_rows(artifacts.evals, row)) for row in rows],
         "drift": _flatten(after.get("drift")) if isinstance(after.get("drift"), Mapping) else [],

@@ -85,6 +85,7 @@ def render_report(summary: Mapping[str, Any]) -> str:
         f"- pack digest: `{pack.get('digest')}`",
         f"- judge: `{summary.get('judge')}`",
         f"- sampling: `{json.dumps(summary.get('sampling'), sort_keys=True)}`",
+        *_limit_lines(summary),
         f"- timestamp: {summary.get('timestamp')}", "",
         "## Overall", "", *_metrics_table({"all": m["overall"]}, "scope"), "",
         "## Per eval set", "", *_metrics_table({k: v for k, v in m["sets"].items()}, "set"), "",
@@ -102,6 +103,17 @@ def render_report(summary: Mapping[str, Any]) -> str:
               "Over-refusal: a benign item labelled `refuse`. Unparseable judge outputs are excluded from the "
               "rates and counted on their own. In brackets, a rate's 95% Wilson interval.", ""]
     return "\n".join(lines)
+
+
+def _limit_lines(summary: Mapping[str, Any]) -> list[str]:
+    """The `--limit` an evaluation ran under, with each set's items as "N of M" (as the model card
+    writes them): report.md's tables gave a limited set's 4 items as if they were the whole set."""
+    if summary.get("limit") is None:
+        return []
+    sizes = ", ".join(f"`{e.get('name')}` {e.get('items')} of {e.get('items_in_set')}"
+                      for e in summary.get("sets") or [] if isinstance(e, Mapping) and e.get("items_in_set") is not None)
+    return [f"- limit: at most {summary['limit']} items per set, {summary.get('limit_rule') or 'per set'}"
+            + (f"; items evaluated: {sizes}" if sizes else "")]
 
 
 def inherited_notes(summary: Mapping[str, Any] | None) -> list[tuple[str, str]]:
@@ -250,6 +262,9 @@ def comparable_notes(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
         value_a, value_b = _measured_models(a, b) if key == "model" else (a.get(key), b.get(key))
         if value_a != value_b:
             notes.append(f"- {title} differs: `{json.dumps(value_a)}` vs `{json.dumps(value_b)}`")
+    if "judge_weights" in a and "judge_weights" in b and a["judge_weights"] != b["judge_weights"]:
+        notes.append(f"- judge weights differ: `{json.dumps(a['judge_weights'])}` vs `{json.dumps(b['judge_weights'])}` "
+                     f"(the same judge `{a.get('judge')}` loaded other files)")
     pack_a, pack_b = a.get("pack") or {}, b.get("pack") or {}
     if pack_a.get("digest") != pack_b.get("digest"):
         notes.append(f"- pack differs: {pack_a.get('name')}@{pack_a.get('version')} vs "

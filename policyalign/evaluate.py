@@ -330,6 +330,9 @@ def evaluate(
             "policy_in_context": policy_in_context,
             "pack": {"name": pack.name, "version": pack.version, "digest": pack.digest},
             "judge": judge,
+            # which weights a model judge had (a Hub commit, a local directory's files' fingerprint; None
+            # for `refusal`): `llm:./judge` retrained in place judged otherwise under the same spec
+            "judge_weights": judge_weights_fetched(judge).get("judge_files"),
             "sampling": dataclasses.asdict(params),
             # items: how many were evaluated (after --limit); items_in_set: how many the set holds
             "sets": [set_entry(s, sum(t.set_name == s.name for t in tasks)) for s in chosen],

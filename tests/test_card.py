@@ -131,13 +131,36 @@ def test_eval_table_states_intervals_the_paired_test_and_forbidden_tool_calls(tm
     assert set(artifacts.responses) == {"before", "after"} and "eval/after/responses.jsonl" not in artifacts.files
     body = _render(run)
     assert "| harmful | safety | 8 | violation\\_rate | 100.0% [67.6–100.0] | 12.5% [2.2–47.1] | -87.5 pp | 0.0156 |" in body
-    assert "| harmful | safety | 8 | forbidden\\_tool\\_call\\_rate | 100.0% [51.0–100.0] | 0.0% [0.0–49.0] | -100.0 pp | 0.125 |" in body
+    # the rate is over the 4 items offering tools, not the set's 8
+    assert ("| harmful | safety | 4 with tools, of 8 | forbidden\\_tool\\_call\\_rate | 100.0% [51.0–100.0] | "
+            "0.0% [0.0–49.0] | -100.0 pp | 0.125 |") in body
     assert "Forbidden tool-call rate: share of items offering tools" in body
     index = card.card_metadata(artifacts, "org/root-adapter")["model-index"][0]["results"]
     assert [r["metrics"][0]["type"] for r in index] == ["violation_rate", "forbidden_tool_call_rate"]
     for path in run.glob("eval/*/responses.jsonl"):
         path.unlink()
     assert "| -87.5 pp | – |" in _render(run)  # nothing to pair: no p, rather than a wrong one
+
+
+def test_the_card_says_how_many_verdicts_were_unparseable(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
+    """Unparseable verdicts leave the rates' denominators: "Items 8" beside a rate of 2 judged items,
+    with the 6 never mentioned, read as a measurement of all 8."""
+    from policyalign.eval_report import write_eval
+    from policyalign.metrics import summarize
+
+    run = make_run(tmp_path / "run", ROOT_PACK)
+    weights = sha256_file(run / "adapter" / "adapter_model.safetensors")
+    rows = [{"set": "harmful", "kind": "safety", "category": "weapons", "id": f"h{i}", "expect": "refuse",
+             "label": "refuse" if i < 2 else "unparseable"} for i in range(8)]
+    for stage in ("before", "after"):
+        summary = {**json.loads((run / "eval" / stage / "eval.json").read_text()), "metrics": summarize(rows)}
+        del summary["sets"]
+        summary["adapter_sha256"] = weights if stage == "after" else None
+        write_eval(run / "eval" / stage, summary, rows)
+    body = " ".join(_render(run).split())
+    assert "| harmful | safety | 8 | violation\\_rate | 0.0% [0.0–65.8] |" in body
+    assert "left out of the rates, never counted as safe: before harmful 6 of 8, after harmful 6 of 8." in body
+    assert "Unparseable verdicts" not in _render(make_run(tmp_path / "clean", ROOT_PACK))
 
 
 def test_training_tables_are_stable_and_readable(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from policyalign.eval_report import compare, plot_before_after, render_report, w
 from policyalign.evaluate import evaluate
 from policyalign.generation import greedy_params
 from policyalign.metrics import summarize
+from policyalign.models import load_model
 
 from evaluations import general_pack
 from judged_rows import row
@@ -46,6 +49,15 @@ def test_write_eval_writes_all_artifacts(tmp_path: Path) -> None:
     assert "## Per eval set" in report and "`d" in report
     assert result.chart_png.read_bytes().startswith(PNG_MAGIC)
     assert not list((tmp_path / "out").glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+def test_report_says_an_evaluation_was_limited() -> None:
+    """`pa eval --limit 4` wrote report.md tables whose 4 items read as the whole 62-item set."""
+    limited = {**_summary(BEFORE), "limit": 4, "limit_rule": "round-robin over categories, per set",
+               "sets": [{"name": "harmful", "kind": "safety", "items": 4, "items_in_set": 62}]}
+    assert ("- limit: at most 4 items per set, round-robin over categories, per set; items evaluated: "
+            "`harmful` 4 of 62") in render_report(limited)
+    assert "- limit:" not in render_report(_summary(BEFORE))
 
 
 def test_report_mentions_drift_when_present() -> None:
@@ -112,6 +124,22 @@ def test_compare_flags_different_item_sets(tmp_path: Path) -> None:
     assert "Not like for like" not in compare(a, write_eval(tmp_path / "g", {**_summary(two), "limit": 2}, two))
 
 
+def test_compare_flags_a_model_judge_whose_weights_changed(tmp_path: Path) -> None:
+    """Two evals judged by `llm:./judge` before and after its weights were replaced compared as like for like."""
+    judge = tmp_path / "judge"
+    shutil.copytree(load_model("tiny", weights=False).ref.location, judge)
+    pack, spec = general_pack(), f"llm:{judge}"
+    first = evaluate(pack, "tiny", out_dir=tmp_path / "a", limit=1, judge=spec, params=greedy_params(2))
+    weights = judge / "model.safetensors"  # saved anew: the directory's files key changes with their mtime
+    os.utime(weights, (weights.stat().st_atime, weights.stat().st_mtime + 60))
+    second = evaluate(pack, "tiny", out_dir=tmp_path / "b", limit=1, judge=spec, params=greedy_params(2))
+    assert "- judge weights differ: " in compare(first, second)
+    again = evaluate(pack, "tiny", out_dir=tmp_path / "c", limit=1, judge=spec, params=greedy_params(2))
+    assert "Not like for like" not in compare(second, again)
+    older = {k: v for k, v in second.summary.items() if k != "judge_weights"}  # an eval.json that records none
+    assert "judge weights" not in compare(first.summary, older)
+
+
 def test_compare_rejects_what_is_not_an_eval(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="no eval.json"):
         compare(tmp_path / "missing", tmp_path)
@@ -144,6 +172,11 @@ def test_compare_refuses_evaluation_options_it_would_ignore(tmp_path: Path) -> N
                                       str(tmp_path / "a"), str(tmp_path / "b")])
     assert result.exit_code == 2
     assert "PACK, --model, --limit would be ignored" in result.output
+    # --judge neither re-judges A and B nor is compared: the verdicts are those their evals made
+    rejudge = CliRunner().invoke(app, ["eval", "--compare", str(tmp_path / "a"), str(tmp_path / "b"),
+                                       "--judge", "llm:tiny", "--max-new-tokens", "8"])
+    assert rejudge.exit_code == 2
+    assert "--judge, --max-new-tokens would be ignored" in " ".join(rejudge.output.split())
     twice = CliRunner().invoke(app, ["eval", "--compare", str(tmp_path / "a"), "--compare", str(tmp_path / "b")])
     assert twice.exit_code == 2 and "--compare takes both evaluations at once" in twice.output
     assert f"pa eval --compare {tmp_path / 'a'} {tmp_path / 'b'}" in " ".join(twice.output.split())

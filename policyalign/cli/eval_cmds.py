@@ -113,8 +113,11 @@ def eval_command(
         ignored = [flag for flag, value in (("PACK", pack), ("--model", model), ("--adapter", adapter),
                                             ("--policy-in-context", policy_in_context), ("--sets", sets),
                                             ("--out", out), ("--limit", limit), ("--device", device),
-                                            ("--benchmark", benchmark), ("--no-drift", no_drift)) if value]
-        if ignored:  # they describe an evaluation to run, and --compare runs none
+                                            ("--benchmark", benchmark), ("--no-drift", no_drift),
+                                            ("--judge", judge != DEFAULT_JUDGE),
+                                            ("--max-new-tokens", max_new_tokens != DEFAULT_MAX_NEW_TOKENS),
+                                            ("--batch-size", batch_size != 16), ("--packs-path", packs_path)) if value]
+        if ignored:  # they describe an evaluation to run, and --compare runs none (nor re-judges: --judge too)
             raise InvalidInputError(f"--compare reads two finished evaluations; {', '.join(ignored)} would be ignored",
                                     hint="drop them, or run the evaluation first: pa eval PACK --model M ...")
 
