@@ -38,6 +38,7 @@ _MARKER = re.compile(
     r"|(?:[A-Za-z]{1,12}\s?\d{1,3}[.):]))[ \t]+(?P<body>\S.*)$")
 _FENCE = re.compile(r"```[ \t]*(?:json|JSON|javascript|js)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _HEADING = re.compile(r"^\s*(?:#{1,6}\s|={3,}|-{3,}|\*{3,}|_{3,})")
+_FENCE_LINE = re.compile(r"^\s*```")
 _BOLD_LABEL = re.compile(
     r"^(?:\*\*|__)[^*_\n]{1,80}(?:(?:\*\*|__)\s*[:\-\u2013\u2014]|[:\-\u2013\u2014]\s*(?:\*\*|__))\s*(?=\S)")
 _PLAIN_LABEL = re.compile(
@@ -165,14 +166,17 @@ def split_list(text: str) -> list[str]:
     """
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     if not any(_MARKER.match(line) for line in lines):
-        return [clean_item(line) for line in lines if line.strip() and not _HEADING.match(line)]
+        return [clean_item(line) for line in lines
+                if line.strip() and not _HEADING.match(line) and not _FENCE_LINE.match(line)]
     items: list[list[str]] = []
     current: list[str] | None = None
     body_indent = 0
     blank_before = False
     for line in lines:
         match = _MARKER.match(line)
-        if match:
+        if _FENCE_LINE.match(line):
+            current = None  # a code fence around the list is not part of its last item
+        elif match:
             current = [match.group("body")]
             items.append(current)
             body_indent = len(match.group("indent")) + 1
@@ -289,7 +293,7 @@ def extract_json_list(text: str) -> list[Any] | None:
             found = _first_json_list(candidate) or _literal_list(candidate)
         except RecursionError:  # nested deeper than the json module can decode: not a usable answer
             continue
-        if found is not None:
+        if found:  # an empty list (a "[]" fence) holds nothing: a later fence may
             return _flatten_conversation(found)
     return None
 
@@ -427,13 +431,27 @@ def _raw_items(text: str, fmt: str, truncated: bool, dropped: Counter[str]) -> l
         if "[" not in text and "{" not in text:
             return []
         return extract_json_list(text) or []
-    if text.lstrip().startswith(("[", "{", "```")):
-        return []  # JSON-looking output is not a one-request-per-line list
+    if _holds_json(text):
+        return []  # JSON output is not a one-request-per-line list
     items = [item for item in split_list(text) if item]
     if truncated and len(items) > 1:
         items.pop()
         dropped[TRUNCATED] += 1
     return items
+
+
+def _holds_json(text: str) -> bool:
+    """Whether output is JSON rather than a list of requests.
+
+    Output opening with `[`, `{` or a fence is JSON unless it has list markers and no JSON list
+    (a fenced numbered list, or one under a "[Requests]" label, was parsed as neither and lost
+    without a count). Prose then a JSON array, with no markers, is JSON too: read line by line,
+    it kept `"request",` (quotes and comma) as an instruction.
+    """
+    opens_json = text.lstrip().startswith(("[", "{", "```"))
+    if any(_MARKER.match(line) for line in text.splitlines()):
+        return opens_json and bool(extract_json_list(text))
+    return text.lstrip().startswith(("[", "{")) or bool(extract_json_list(text))
 
 
 def _accept(value: Any, **limits: int) -> tuple[dict[str, Any] | None, str | None]:
