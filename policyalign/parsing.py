@@ -67,12 +67,15 @@ _REFUSAL_ANYWHERE = re.compile(
     r"|i(?:'m| am) not able to (?:help|assist|provide) (?:with )?(?:that|this))\b", re.IGNORECASE)
 _META = re.compile(
     r"^\W*(?:"
-    r"(?:sure|certainly|of course|absolutely|okay|ok|alright|great)\b[!,.: ]"
+    r"(?:sure(?: thing)?|certainly|of course|absolutely|okay|ok|alright|great)\b[!,.:]?\s*"
+    r"(?:$|here\b|below\b|the following\b|these\b|this is\b|i(?:'ll| will| can|'ve| have)\b)"
     r"|here (?:are|is|'s)\b"
     r"|(?:below|the following) (?:are|is)\b"
     r"|(?:these|those|the above) (?:requests|examples|instructions|prompts|are|were|would|should|could|cover)\b"
     r"|(?:note|disclaimer|warning|remember|important)\s*:"
-    r"|(?:i hope|hope this|let me know|feel free|please note|keep in mind|i've|i have (?:written|created|generated|listed))\b"
+    r"|(?:i hope (?:this|these|that helps)|hope this|let me know (?:if|whether)|feel free|please note|keep in mind)\b"
+    r"|i(?:'ve| have) (?:written|created|generated|listed|provided|included|come up with)"
+    r" (?:\d+|ten|five|twenty|these|the|some|a few|several|a list|more)\b"
     r"|(?:\d+|ten|five|twenty)\s+(?:new\s+|more\s+|distinct\s+|different\s+)?(?:requests|examples|instructions|prompts)\b"
     r")", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]|<\|?/?[a-z_]+\|?>")
