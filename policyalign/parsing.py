@@ -433,7 +433,12 @@ def _raw_items(text: str, fmt: str, truncated: bool, dropped: Counter[str]) -> l
     if fmt == "json":
         if "[" not in text and "{" not in text:
             return []
-        return extract_json_list(text) or []
+        items = extract_json_list(text) or []
+        if truncated and items:
+            # The element the token limit cut off never decoded; count it, as a list's cut last item is
+            # (it went uncounted, so a JSON template's synthesis.json never showed truncation).
+            dropped[TRUNCATED] += 1
+        return items
     if _holds_json(text):
         return []  # JSON output is not a one-request-per-line list
     items = [item for item in split_list(text) if item]
