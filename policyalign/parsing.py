@@ -249,14 +249,37 @@ def _skip_ws(text: str, pos: int) -> int:
     return pos
 
 
-def _object_list(obj: dict[str, Any]) -> list[Any] | None:
-    """A top-level object: one scenario, or a wrapper like {"requests": [...]}."""
-    if "messages" in obj:
-        return [obj]
-    for value in obj.values():
-        if isinstance(value, list) and value and all(isinstance(v, str | dict) for v in value):
-            return value
-    return None
+_TEXT_KEYS = ("prompt", "instruction", "request", "text", "content")
+
+
+def _object_list(text: str, start: int, obj: dict[str, Any]) -> list[Any] | None:
+    """A top-level object at text[start]: a wrapper like {"requests": [...]}, or the first of a run of
+    scenarios ({"messages": ...} or {"prompt": ...}) one after another, as JSON Lines or a list missing
+    its brackets (only the first was kept, and the rest lost without a count)."""
+    if "messages" not in obj:
+        for value in obj.values():
+            if isinstance(value, list) and value and all(isinstance(v, str | dict) for v in value):
+                return value
+        if not any(isinstance(obj.get(key), str) for key in _TEXT_KEYS):
+            return None
+    return _object_run(text, start)
+
+
+def _object_run(text: str, start: int) -> list[Any]:
+    """The complete objects from text[start] on, separated by whitespace or commas."""
+    decoder = json.JSONDecoder()
+    objects: list[Any] = []
+    pos = start
+    while pos < len(text) and text[pos] == "{":
+        try:
+            value, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError:
+            break
+        objects.append(value)
+        pos = _skip_ws(text, pos)
+        if pos < len(text) and text[pos] == ",":
+            pos = _skip_ws(text, pos + 1)
+    return objects
 
 
 def _first_json_list(text: str) -> list[Any] | None:
@@ -269,7 +292,7 @@ def _first_json_list(text: str) -> list[Any] | None:
                 obj, _ = decoder.raw_decode(text, start)
             except json.JSONDecodeError:
                 continue
-            found = _object_list(obj) if isinstance(obj, dict) else None
+            found = _object_list(text, start, obj) if isinstance(obj, dict) else None
         else:
             found, _ = _decode_array_prefix(text, start)
         if found and any(isinstance(v, str | dict) for v in found):
@@ -322,8 +345,7 @@ def scenario(value: dict[str, Any]) -> dict[str, Any] | None:
     (the model under alignment answers next), and tools (if any) as function definitions. A
     trailing assistant turn (some generators include the "bad answer") is dropped.
     """
-    text = next((value[key] for key in ("prompt", "instruction", "request", "text", "content")
-                 if isinstance(value.get(key), str)), None)
+    text = next((value[key] for key in _TEXT_KEYS if isinstance(value.get(key), str)), None)
     if "messages" not in value:
         return _text_item(text) if text is not None else None
     messages = value.get("messages")
