@@ -34,7 +34,8 @@ TOO_SHORT, TOO_LONG, REFUSAL, NOT_INSTRUCTION, GARBLED, BAD_SCENARIO, TRUNCATED 
     "too_short", "too_long", "refusal", "not_instruction", "garbled", "bad_scenario", "truncated")
 
 _MARKER = re.compile(
-    r"^(?P<indent>[ \t]*)(?:(?:\(?\d{1,3}[.):\]]|\(\d{1,3}\)|#\d{1,3}[.:)]?|[-*\u2022\u2023\u25e6\u2043+])"
+    r"^(?P<indent>[ \t]*)(?:(?:\(?\d{1,3}[.):\]]|\(\d{1,3}\)|#\d{1,3}[.:)]?|(?P<b>\*\*|__)\d{1,3}[.):](?P=b)"
+    r"|[-*\u2022\u2023\u25e6\u2043+])"
     r"|(?:[A-Za-z]{1,12}\s?\d{1,3}[.):]))[ \t]+(?P<body>\S.*)$")
 _FENCE = re.compile(r"```[ \t]*(?:json|JSON|javascript|js)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _HEADING = re.compile(r"^\s*(?:#{1,6}\s|={3,}|-{3,}|\*{3,}|_{3,})")
