@@ -258,9 +258,9 @@ def _object_list(text: str, start: int, obj: dict[str, Any]) -> list[Any] | None
     scenarios ({"messages": ...} or {"prompt": ...}) one after another, as JSON Lines or a list missing
     its brackets (only the first was kept, and the rest lost without a count)."""
     if "messages" not in obj:
-        for value in obj.values():
-            if isinstance(value, list) and value and all(isinstance(v, str | dict) for v in value):
-                return value
+        lists = [v for v in obj.values() if isinstance(v, list) and v and all(isinstance(x, str | dict) for x in v)]
+        if lists:  # the largest: {"tags": ["fraud"], "requests": [...]} lost the requests to the tags
+            return max(lists, key=lambda v: len(json.dumps(v, ensure_ascii=False)))
         if not any(isinstance(obj.get(key), str) for key in _TEXT_KEYS):
             return None
     return _object_run(text, start)
