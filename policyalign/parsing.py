@@ -481,8 +481,15 @@ def _holds_json(text: str) -> bool:
     """
     opens_json = text.lstrip().startswith(("[", "{", "```"))
     if any(_MARKER.match(line) for line in text.splitlines()):
-        return opens_json and bool(extract_json_list(text))
-    return text.lstrip().startswith(("[", "{")) or bool(extract_json_list(text))
+        return opens_json and _holds_requests(extract_json_list(text))
+    return text.lstrip().startswith(("[", "{")) or _holds_requests(extract_json_list(text))
+
+
+def _holds_requests(values: list[Any] | None) -> bool:
+    """Whether a JSON list found in the output can be the answer, not a snippet inside a request
+    (`... loop over ["admin", "root"] ...`): it holds an object or a string of a few words."""
+    return any(isinstance(v, dict) or (isinstance(v, str) and len(re.findall(r"\w+", v)) >= MIN_WORDS)
+               for v in values or ())
 
 
 def _accept(value: Any, **limits: int) -> tuple[dict[str, Any] | None, str | None]:
