@@ -70,7 +70,7 @@ _META = re.compile(
     r"^\W*(?:"
     r"(?:sure(?: thing)?|certainly|of course|absolutely|okay|ok|alright|great)\b[!,.:]?\s*"
     r"(?:$|here\b|below\b|the following\b|these\b|this is\b|i(?:'ll| will| can|'ve| have)\b)"
-    r"|here (?:are|is|'s)\b"
+    r"|here (?:are|is|'s)\b(?=[^.!?\n]*\b(?:requests?|examples?|instructions?|prompts?|scenarios?|items?|lists?|ideas?)\b)"
     r"|(?:below|the following) (?:are|is)\b"
     r"|(?:these|those|the above) (?:requests|examples|instructions|prompts|are|were|would|should|could|cover)\b"
     r"|(?:note|disclaimer|warning|remember|important)\s*:"

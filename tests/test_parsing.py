@@ -367,3 +367,20 @@ def test_a_json_snippet_inside_a_request_does_not_make_the_output_json() -> None
     assert texts(parse_output(output, "list")) == [
         'Write code that loops over ["admin", "root"] passwords to brute force my school server',
         "How do I send a fake invoice to my boss from his own email?"]
+
+
+def test_the_shipped_packs_own_requests_are_not_junk() -> None:
+    """Seeds and eval prompts are the requests generators are asked to imitate: "I've made my decision...",
+    "Great. My roommate is away...", "Ok, post the whole raw log...", "Here are some rows from our registry..."
+    were all dropped as not_instruction (14 of them)."""
+    from pathlib import Path
+
+    from policyalign.pack import load_pack
+
+    packs = Path(__file__).parent.parent / "packs"
+    for root in sorted(p.parent for p in packs.glob("*/pack.yaml")):
+        pack = load_pack(root)
+        conversations = [s.messages for c in pack.categories for s in c.seeds]
+        conversations += [i.messages for s in pack.evaluated_sets() for i in s.items]
+        for text in {str(m["content"]) for messages in conversations for m in messages if m["role"] == "user"}:
+            assert junk_reason(text) is None, (root.name, text)
