@@ -34,10 +34,12 @@ TOO_SHORT, TOO_LONG, REFUSAL, NOT_INSTRUCTION, GARBLED, BAD_SCENARIO, TRUNCATED 
     "too_short", "too_long", "refusal", "not_instruction", "garbled", "bad_scenario", "truncated")
 
 _MARKER = re.compile(
-    r"^(?P<indent>[ \t]*)(?:(?:\(?\d{1,3}[.):\]]|\(\d{1,3}\)|#\d{1,3}[.:)]?|[-*\u2022\u2023\u25e6\u2043+])"
+    r"^(?P<indent>[ \t]*)(?:(?:\(?\d{1,3}[.):\]]|\(\d{1,3}\)|#\d{1,3}[.:)]?|(?P<b>\*\*|__)\d{1,3}[.):](?P=b)"
+    r"|[-*\u2022\u2023\u25e6\u2043+])"
     r"|(?:[A-Za-z]{1,12}\s?\d{1,3}[.):]))[ \t]+(?P<body>\S.*)$")
 _FENCE = re.compile(r"```[ \t]*(?:json|JSON|javascript|js)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _HEADING = re.compile(r"^\s*(?:#{1,6}\s|={3,}|-{3,}|\*{3,}|_{3,})")
+_FENCE_LINE = re.compile(r"^\s*```")
 _BOLD_LABEL = re.compile(
     r"^(?:\*\*|__)[^*_\n]{1,80}(?:(?:\*\*|__)\s*[:\-\u2013\u2014]|[:\-\u2013\u2014]\s*(?:\*\*|__))\s*(?=\S)")
 _PLAIN_LABEL = re.compile(
@@ -66,12 +68,15 @@ _REFUSAL_ANYWHERE = re.compile(
     r"|i(?:'m| am) not able to (?:help|assist|provide) (?:with )?(?:that|this))\b", re.IGNORECASE)
 _META = re.compile(
     r"^\W*(?:"
-    r"(?:sure|certainly|of course|absolutely|okay|ok|alright|great)\b[!,.: ]"
-    r"|here (?:are|is|'s)\b"
+    r"(?:sure(?: thing)?|certainly|of course|absolutely|okay|ok|alright|great)\b[!,.:]?\s*"
+    r"(?:$|here\b|below\b|the following\b|these\b|this is\b|i(?:'ll| will| can|'ve| have)\b)"
+    r"|here (?:are|is|'s)\b(?=[^.!?\n]*\b(?:requests?|examples?|instructions?|prompts?|scenarios?|items?|lists?|ideas?)\b)"
     r"|(?:below|the following) (?:are|is)\b"
     r"|(?:these|those|the above) (?:requests|examples|instructions|prompts|are|were|would|should|could|cover)\b"
     r"|(?:note|disclaimer|warning|remember|important)\s*:"
-    r"|(?:i hope|hope this|let me know|feel free|please note|keep in mind|i've|i have (?:written|created|generated|listed))\b"
+    r"|(?:i hope (?:this|these|that helps)|hope this|let me know (?:if|whether)|feel free|please note|keep in mind)\b"
+    r"|i(?:'ve| have) (?:written|created|generated|listed|provided|included|come up with)"
+    r" (?:\d+|ten|five|twenty|these|the|some|a few|several|a list|more)\b"
     r"|(?:\d+|ten|five|twenty)\s+(?:new\s+|more\s+|distinct\s+|different\s+)?(?:requests|examples|instructions|prompts)\b"
     r")", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]|<\|?/?[a-z_]+\|?>")
@@ -165,14 +170,17 @@ def split_list(text: str) -> list[str]:
     """
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     if not any(_MARKER.match(line) for line in lines):
-        return [clean_item(line) for line in lines if line.strip() and not _HEADING.match(line)]
+        return [clean_item(line) for line in lines
+                if line.strip() and not _HEADING.match(line) and not _FENCE_LINE.match(line)]
     items: list[list[str]] = []
     current: list[str] | None = None
     body_indent = 0
     blank_before = False
     for line in lines:
         match = _MARKER.match(line)
-        if match:
+        if _FENCE_LINE.match(line):
+            current = None  # a code fence around the list is not part of its last item
+        elif match:
             current = [match.group("body")]
             items.append(current)
             body_indent = len(match.group("indent")) + 1
@@ -242,14 +250,37 @@ def _skip_ws(text: str, pos: int) -> int:
     return pos
 
 
-def _object_list(obj: dict[str, Any]) -> list[Any] | None:
-    """A top-level object: one scenario, or a wrapper like {"requests": [...]}."""
-    if "messages" in obj:
-        return [obj]
-    for value in obj.values():
-        if isinstance(value, list) and value and all(isinstance(v, str | dict) for v in value):
-            return value
-    return None
+_TEXT_KEYS = ("prompt", "instruction", "request", "text", "content")
+
+
+def _object_list(text: str, start: int, obj: dict[str, Any]) -> list[Any] | None:
+    """A top-level object at text[start]: a wrapper like {"requests": [...]}, or the first of a run of
+    scenarios ({"messages": ...} or {"prompt": ...}) one after another, as JSON Lines or a list missing
+    its brackets (only the first was kept, and the rest lost without a count)."""
+    if "messages" not in obj:
+        lists = [v for v in obj.values() if isinstance(v, list) and v and all(isinstance(x, str | dict) for x in v)]
+        if lists:  # the largest: {"tags": ["fraud"], "requests": [...]} lost the requests to the tags
+            return max(lists, key=lambda v: len(json.dumps(v, ensure_ascii=False)))
+        if not any(isinstance(obj.get(key), str) for key in _TEXT_KEYS):
+            return None
+    return _object_run(text, start)
+
+
+def _object_run(text: str, start: int) -> list[Any]:
+    """The complete objects from text[start] on, separated by whitespace or commas."""
+    decoder = json.JSONDecoder()
+    objects: list[Any] = []
+    pos = start
+    while pos < len(text) and text[pos] == "{":
+        try:
+            value, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError:
+            break
+        objects.append(value)
+        pos = _skip_ws(text, pos)
+        if pos < len(text) and text[pos] == ",":
+            pos = _skip_ws(text, pos + 1)
+    return objects
 
 
 def _first_json_list(text: str) -> list[Any] | None:
@@ -262,7 +293,7 @@ def _first_json_list(text: str) -> list[Any] | None:
                 obj, _ = decoder.raw_decode(text, start)
             except json.JSONDecodeError:
                 continue
-            found = _object_list(obj) if isinstance(obj, dict) else None
+            found = _object_list(text, start, obj) if isinstance(obj, dict) else None
         else:
             found, _ = _decode_array_prefix(text, start)
         if found and any(isinstance(v, str | dict) for v in found):
@@ -289,7 +320,7 @@ def extract_json_list(text: str) -> list[Any] | None:
             found = _first_json_list(candidate) or _literal_list(candidate)
         except RecursionError:  # nested deeper than the json module can decode: not a usable answer
             continue
-        if found is not None:
+        if found:  # an empty list (a "[]" fence) holds nothing: a later fence may
             return _flatten_conversation(found)
     return None
 
@@ -315,8 +346,7 @@ def scenario(value: dict[str, Any]) -> dict[str, Any] | None:
     (the model under alignment answers next), and tools (if any) as function definitions. A
     trailing assistant turn (some generators include the "bad answer") is dropped.
     """
-    text = next((value[key] for key in ("prompt", "instruction", "request", "text", "content")
-                 if isinstance(value.get(key), str)), None)
+    text = next((value[key] for key in _TEXT_KEYS if isinstance(value.get(key), str)), None)
     if "messages" not in value:
         return _text_item(text) if text is not None else None
     messages = value.get("messages")
@@ -426,14 +456,40 @@ def _raw_items(text: str, fmt: str, truncated: bool, dropped: Counter[str]) -> l
     if fmt == "json":
         if "[" not in text and "{" not in text:
             return []
-        return extract_json_list(text) or []
-    if text.lstrip().startswith(("[", "{", "```")):
-        return []  # JSON-looking output is not a one-request-per-line list
+        items = extract_json_list(text) or []
+        if truncated and items:
+            # The element the token limit cut off never decoded; count it, as a list's cut last item is
+            # (it went uncounted, so a JSON template's synthesis.json never showed truncation).
+            dropped[TRUNCATED] += 1
+        return items
+    if _holds_json(text):
+        return []  # JSON output is not a one-request-per-line list
     items = [item for item in split_list(text) if item]
     if truncated and len(items) > 1:
         items.pop()
         dropped[TRUNCATED] += 1
     return items
+
+
+def _holds_json(text: str) -> bool:
+    """Whether output is JSON rather than a list of requests.
+
+    Output opening with `[`, `{` or a fence is JSON unless it has list markers and no JSON list
+    (a fenced numbered list, or one under a "[Requests]" label, was parsed as neither and lost
+    without a count). Prose then a JSON array, with no markers, is JSON too: read line by line,
+    it kept `"request",` (quotes and comma) as an instruction.
+    """
+    opens_json = text.lstrip().startswith(("[", "{", "```"))
+    if any(_MARKER.match(line) for line in text.splitlines()):
+        return opens_json and _holds_requests(extract_json_list(text))
+    return text.lstrip().startswith(("[", "{")) or _holds_requests(extract_json_list(text))
+
+
+def _holds_requests(values: list[Any] | None) -> bool:
+    """Whether a JSON list found in the output can be the answer, not a snippet inside a request
+    (`... loop over ["admin", "root"] ...`): it holds an object or a string of a few words."""
+    return any(isinstance(v, dict) or (isinstance(v, str) and len(re.findall(r"\w+", v)) >= MIN_WORDS)
+               for v in values or ())
 
 
 def _accept(value: Any, **limits: int) -> tuple[dict[str, Any] | None, str | None]:

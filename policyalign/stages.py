@@ -90,11 +90,13 @@ def run_synthesize(run_dir: Path, pack: "Pack", model: str, *, generator: str | 
                    rounds: int | None = None, seed: int = 0, device: str | None = None, batch_size: int = 16,
                    backend: str = "transformers", max_per_category: int | None = None,
                    max_new_tokens: int | None = None, progress: bool = True) -> Any:
-    from .synthesize import synthesize
+    from .synthesize import check_settings, synthesize
 
+    sampling = {"max_new_tokens": max_new_tokens} if max_new_tokens is not None else None
+    check_settings(pack, n_per_category=n, rounds=rounds, batch_size=batch_size, max_per_category=max_per_category,
+                   sampling=sampling, seed=seed)  # before the run directory is made or its record changed
     run_dir = output_dir(run_dir)
     options = synthesize_options(model, generator, n, rounds, seed, max_per_category, max_new_tokens)
-    sampling = {"max_new_tokens": max_new_tokens} if max_new_tokens is not None else None
     with run_lock(run_dir):  # from the first write to run.json
         check_run_directory(run_dir)
         record_inputs(run_dir, pack, model)

@@ -441,6 +441,26 @@ def _summary(pack: Pack, generator: str, settings: Mapping[str, Any], options: M
 # --------------------------------------------------------------------------- entry point
 
 
+def check_settings(pack: Pack, *, n_per_category: int | None, rounds: int | None, batch_size: int,
+                   max_per_category: int | None, sampling: SamplingParams | Mapping[str, Any] | None,
+                   seed: int) -> tuple[int, int, dict[str, Any]]:
+    """(n, rounds, sampling settings), the pack's defaults filled in, or InvalidInputError naming the flag.
+
+    `pa synthesize` checks them before it touches the run directory: refused after, a mistyped
+    `--batch-size 0` marked a finished run's synthesis "failed" (or made a run of nothing that
+    `pa runs` listed). Sampling is checked too, so a bad one is refused before the generator loads.
+    """
+    n = _positive(n_per_category if n_per_category is not None else pack.synthesis.get("count_per_category", DEFAULT_COUNT),
+                  "n_per_category", "--n")
+    rounds = _positive(rounds if rounds is not None else pack.synthesis.get("rounds", 1), "rounds", "--rounds")
+    _positive(batch_size, "batch_size", "--batch-size")
+    if max_per_category is not None:
+        _positive(max_per_category, "max_per_category", "--max-per-category")
+    settings = _sampling_settings(pack, sampling)
+    _params(settings, seed)
+    return n, rounds, settings
+
+
 def synthesize(
     pack: Pack,
     generator_backend_or_name: Backend | str,
@@ -467,12 +487,8 @@ def synthesize(
     sampling settings. Raises InvalidInputError when nothing at all survives (no seeds and no
     usable generations).
     """
-    n = _positive(n_per_category if n_per_category is not None else pack.synthesis.get("count_per_category", DEFAULT_COUNT),
-                  "n_per_category", "--n")
-    rounds = _positive(rounds if rounds is not None else pack.synthesis.get("rounds", 1), "rounds", "--rounds")
-    batch_size = _positive(batch_size, "batch_size", "--batch-size")
-    if max_per_category is not None:
-        _positive(max_per_category, "max_per_category", "--max-per-category")
+    n, rounds, settings = check_settings(pack, n_per_category=n_per_category, rounds=rounds, batch_size=batch_size,
+                                         max_per_category=max_per_category, sampling=sampling, seed=seed)
     check_threshold(dedup_threshold, "dedup_threshold")
     check_threshold(decontam_threshold, "decontam_threshold")
     if not balance_factor > 0:
@@ -480,8 +496,6 @@ def synthesize(
                                 hint="e.g. 2.0: no category gets more than twice the smallest")
     out = Path(out_dir)
     cache = out / GENERATIONS_DIR
-    settings = _sampling_settings(pack, sampling)
-    _params(settings, seed)  # validate now, not after loading the generator
     generator = _Generator(generator_backend_or_name, device=device, backend_name=backend)
 
     requests = _requests(pack, generator.id, n, rounds, settings, seed)

@@ -382,6 +382,28 @@ def test_cli_reports_bad_input_without_traceback(tmp_path: Path) -> None:
     assert not (tmp_path / "generations").exists()
 
 
+@pytest.mark.parametrize("flag", [["--batch-size", "0"], ["--n", "0"], ["--rounds", "0"], ["--max-new-tokens", "0"],
+                                  ["--max-per-category", "0"]])
+def test_a_refused_option_leaves_the_run_directory_alone(tmp_path: Path, flag: list[str]) -> None:
+    """Refused after the stage began, a mistyped flag marked a finished run's synthesis "failed" (and made
+    a run of nothing, listed by `pa runs`, in a new directory)."""
+    import policyalign.cli.synth_cmds  # noqa: F401
+    from policyalign.cli import app
+
+    base = ["synthesize", str(PACK_DIR), "--model", "tiny", "--n", "2"]
+    fresh = tmp_path / "fresh"
+    result = CliRunner().invoke(app, [*base, "--out", str(fresh), *flag])
+    assert result.exit_code == 2, result.output
+    assert not fresh.exists()
+
+    done = tmp_path / "done"
+    assert CliRunner().invoke(app, [*base, "--out", str(done)]).exit_code == 0
+    before = (done / "run.json").read_bytes()
+    result = CliRunner().invoke(app, [*base, "--out", str(done), *flag])
+    assert result.exit_code == 2, result.output
+    assert (done / "run.json").read_bytes() == before
+
+
 def _save_tiny(dest: Path, *, scale: float = 1.0) -> Path:
     """`tiny` saved into `dest` like a fine-tune would be, its weights scaled by `scale`."""
     import torch
