@@ -467,7 +467,15 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
 
     def load(rel: str) -> dict[str, Any] | None:
         path = run_dir / rel
-        return read_json(path) if path.is_file() else None
+        if not path.is_file():
+            return None
+        data = read_json(path)
+        metrics = data.get("metrics") if isinstance(data, dict) else None
+        if not isinstance(metrics, dict) or not isinstance(metrics.get("overall", {}), dict):
+            # A hand-edited eval.json (`[1]`, `"metrics": 5`) was an AttributeError traceback from `pa runs`.
+            raise RunError("not an eval.json written by `pa eval` (no \"metrics\" object)", file=str(path),
+                           hint=f"delete {path.parent} and run `pa apply` again to re-run that evaluation")
+        return data
 
     before, after = load("eval/before/eval.json"), load("eval/after/eval.json")
     filt = stages.get("filter", {}).get("results", {})
@@ -476,7 +484,7 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
     inputs = manifest.get("inputs", {})
     return {
         "run_dir": str(run_dir),
-        "pack": (inputs.get("pack") or {}).get("name", "?") + "@" + (inputs.get("pack") or {}).get("version", "?"),
+        "pack": f"{(inputs.get('pack') or {}).get('name', '?')}@{(inputs.get('pack') or {}).get('version', '?')}",
         "model": inputs.get("model"),
         "status": _status(stages, run_active(run_dir)),
         "instructions": synth.get("instructions"),

@@ -428,6 +428,21 @@ def test_runs_lists_an_unreadable_run_beside_the_others(tmp_path: Path) -> None:
     assert table.exit_code == 0 and "bad: unreadable:" in table.output
 
 
+def test_runs_lists_a_run_with_a_hand_edited_eval_json_as_unreadable(tmp_path: Path) -> None:
+    """An eval.json that is no object (`[1]`), or whose metrics are none, was an AttributeError traceback
+    from `pa runs`, which then listed no run at all."""
+    for name, text in (("list", "[1]"), ("number", '{"metrics": 5}')):
+        run = tmp_path / "runs" / name
+        (run / "eval" / "before").mkdir(parents=True)
+        (run / "run.json").write_text(json.dumps({"inputs": {"model": "tiny"}, "stages": {}}))
+        (run / "eval" / "before" / "eval.json").write_text(text)
+    result = CliRunner().invoke(app, ["runs", str(tmp_path / "runs"), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [row["status"] for row in rows] == ["unreadable", "unreadable"]
+    assert all("eval.json: not an eval.json written by `pa eval`" in row["problem"] for row in rows)
+
+
 def test_summary_reports_forbidden_tool_calls_only_for_runs_with_tool_items(tmp_path: Path,
                                                                           capsys: pytest.CaptureFixture[str]) -> None:
     """An agent pack's key number (tool calls its policy forbids) was in eval.json but not in the
