@@ -119,6 +119,9 @@ def load_config_file(path: Path) -> dict[str, Any]:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=ManifestLoader) or {}
     except yaml.YAMLError as exc:
         raise InvalidInputError(f"invalid YAML: {exc}", file=str(path), hint="fix the YAML syntax") from None
+    except UnicodeDecodeError as exc:  # a file saved as UTF-16 or Latin-1 was a traceback
+        raise InvalidInputError(f"not UTF-8 text (byte {exc.start})", file=str(path),
+                                hint="save the file as UTF-8") from None
     if not isinstance(data, dict):
         raise InvalidInputError("config must be a mapping of option: value", file=str(path))
     names = {f.name for f in fields(ApplyOptions)} - {"explicit"}

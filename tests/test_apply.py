@@ -181,6 +181,15 @@ def test_a_flag_name_in_the_config_file_is_told_its_key(tmp_path: Path, key: str
         assert "kl_top_k" in caught.value.problem.hint
 
 
+def test_a_config_file_that_is_not_utf8_is_an_error_naming_it(tmp_path: Path) -> None:
+    """A run.yaml saved as UTF-16 (as Windows editors may) was a UnicodeDecodeError traceback from `pa apply`."""
+    config = tmp_path / "run.yaml"
+    config.write_text("pack: general\nmodel: tiny\n", encoding="utf-16")
+    with pytest.raises(InvalidInputError) as caught:
+        build_options({}, config)
+    assert caught.value.problem.file == str(config) and "not UTF-8 text" in str(caught.value)
+
+
 def test_config_help_names_every_option_with_no_flag() -> None:
     """`pa apply --help` is where a user learns the --config keys that have no command-line flag."""
     import typer
