@@ -547,8 +547,10 @@ def find_runs(roots: list[Path], *, must_exist: bool = False) -> list[Path]:
     found: list[Path] = []
     for root in roots:
         if must_exist and not root.is_dir():
-            raise InvalidInputError("no such directory", file=str(root),
-                                    hint="pass a run directory, or a folder holding run directories (e.g. runs/)")
+            # A file (`pa runs runs/demo/run.json`) was told "no such directory", though it is right there.
+            raise InvalidInputError("not a directory" if root.exists() else "no such directory", file=str(root),
+                                    hint=f"pass its directory, {root.parent}" if root.name == "run.json" else
+                                    "pass a run directory, or a folder holding run directories (e.g. runs/)")
         if (root / "run.json").is_file():
             found.append(root)
         elif root.is_dir():

@@ -477,6 +477,16 @@ def test_runs_refuses_a_directory_that_does_not_exist(tmp_path: Path) -> None:
     assert result.exit_code != 0 and "rnus: no such directory" in result.output
 
 
+def test_runs_given_a_file_says_it_is_not_a_directory(tmp_path: Path) -> None:
+    """`pa runs runs/demo/run.json` was told "no such directory" about a file that exists."""
+    run = tmp_path / "runs" / "demo"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"inputs": {"model": "tiny"}, "stages": {}}))
+    result = CliRunner().invoke(app, ["runs", str(run / "run.json")])
+    assert result.exit_code == 2 and "run.json: not a directory" in result.output
+    assert f"pass its directory, {run}" in result.output
+
+
 def test_a_run_directory_keeps_its_pack_and_model(tmp_path: Path, fixture_packs: Path) -> None:
     """`--out` naming another pack's or model's run used to re-run every stage there, replacing its adapter and card."""
     from policyalign.errors import RunError
