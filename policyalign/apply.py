@@ -119,6 +119,9 @@ def load_config_file(path: Path) -> dict[str, Any]:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=ManifestLoader) or {}
     except yaml.YAMLError as exc:
         raise InvalidInputError(f"invalid YAML: {exc}", file=str(path), hint="fix the YAML syntax") from None
+    except UnicodeDecodeError as exc:  # a file saved as UTF-16 or Latin-1 was a traceback
+        raise InvalidInputError(f"not UTF-8 text (byte {exc.start})", file=str(path),
+                                hint="save the file as UTF-8") from None
     if not isinstance(data, dict):
         raise InvalidInputError("config must be a mapping of option: value", file=str(path))
     names = {f.name for f in fields(ApplyOptions)} - {"explicit"}
@@ -467,7 +470,15 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
 
     def load(rel: str) -> dict[str, Any] | None:
         path = run_dir / rel
-        return read_json(path) if path.is_file() else None
+        if not path.is_file():
+            return None
+        data = read_json(path)
+        metrics = data.get("metrics") if isinstance(data, dict) else None
+        if not isinstance(metrics, dict) or not isinstance(metrics.get("overall", {}), dict):
+            # A hand-edited eval.json (`[1]`, `"metrics": 5`) was an AttributeError traceback from `pa runs`.
+            raise RunError("not an eval.json written by `pa eval` (no \"metrics\" object)", file=str(path),
+                           hint=f"delete {path.parent} and run `pa apply` again to re-run that evaluation")
+        return data
 
     before, after = load("eval/before/eval.json"), load("eval/after/eval.json")
     filt = stages.get("filter", {}).get("results", {})
@@ -476,7 +487,7 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
     inputs = manifest.get("inputs", {})
     return {
         "run_dir": str(run_dir),
-        "pack": (inputs.get("pack") or {}).get("name", "?") + "@" + (inputs.get("pack") or {}).get("version", "?"),
+        "pack": f"{(inputs.get('pack') or {}).get('name', '?')}@{(inputs.get('pack') or {}).get('version', '?')}",
         "model": inputs.get("model"),
         "status": _status(stages, run_active(run_dir)),
         "instructions": synth.get("instructions"),
@@ -536,8 +547,10 @@ def find_runs(roots: list[Path], *, must_exist: bool = False) -> list[Path]:
     found: list[Path] = []
     for root in roots:
         if must_exist and not root.is_dir():
-            raise InvalidInputError("no such directory", file=str(root),
-                                    hint="pass a run directory, or a folder holding run directories (e.g. runs/)")
+            # A file (`pa runs runs/demo/run.json`) was told "no such directory", though it is right there.
+            raise InvalidInputError("not a directory" if root.exists() else "no such directory", file=str(root),
+                                    hint=f"pass its directory, {root.parent}" if root.name == "run.json" else
+                                    "pass a run directory, or a folder holding run directories (e.g. runs/)")
         if (root / "run.json").is_file():
             found.append(root)
         elif root.is_dir():

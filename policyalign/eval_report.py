@@ -195,6 +195,10 @@ def _save(fig: Any, plt: Any, path: str | os.PathLike[str]) -> Path:
     return Path(path)
 
 
+# The parts of eval.json's "metrics" that comparing and plotting index into.
+METRIC_GROUPS = ("overall", "sets", "categories")
+
+
 def load_summary(source: "EvalResult | Mapping[str, Any] | str | os.PathLike[str]") -> dict[str, Any]:
     """An eval.json's content from an EvalResult, a dict, an eval.json path or its directory."""
     if isinstance(source, EvalResult):
@@ -208,8 +212,12 @@ def load_summary(source: "EvalResult | Mapping[str, Any] | str | os.PathLike[str
         raise InvalidInputError(f"no eval.json at {path}", file=str(path),
                                 hint="pass an eval output directory or its eval.json (written by `pa eval`)")
     data = read_json(path)
-    if not isinstance(data, dict) or "metrics" not in data:
-        raise InvalidInputError("not an eval.json written by `pa eval` (no \"metrics\")", file=str(path),
+    metrics = data.get("metrics") if isinstance(data, dict) else None
+    # `"metrics": 5` or metrics without "overall" passed a check for the key alone, then was an
+    # AttributeError or KeyError traceback from `pa eval --compare`.
+    if not isinstance(metrics, dict) or not all(isinstance(metrics.get(k), dict) for k in METRIC_GROUPS):
+        raise InvalidInputError("not an eval.json written by `pa eval` (no \"metrics\" with overall, sets and "
+                                "categories)", file=str(path),
                                 hint="pass the eval.json from an eval output directory")
     return data
 

@@ -170,9 +170,16 @@ def read_journal(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
+    """A JSON file's value. Bytes that are not UTF-8 (a run.json or eval.json saved as UTF-16 or Latin-1) are
+    an error naming the file: they were a UnicodeDecodeError traceback from `pa runs`."""
     p = Path(path)
     try:
         return json.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(
+            f"not UTF-8 text: byte {exc.object[exc.start]:#04x} at byte {exc.start + 1}", file=str(p),
+            hint="save the file as UTF-8 (JSON files are UTF-8)",
+        ) from None
     except json.JSONDecodeError as exc:
         raise InvalidInputError(
             f"invalid JSON: {exc.msg}", file=str(p), where=f"line {exc.lineno}",

@@ -488,9 +488,15 @@ def _attach_adapter(model: Any, adapter: Path, trainable: bool) -> Any:
                  "or `pa distill RUN_DIR --resume` for a run's adapter) or copy the whole directory",
         )
     from peft import PeftModel
+    from safetensors import SafetensorError
 
     try:
         return PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
+    except SafetensorError as exc:  # a truncated or damaged weights file was a traceback
+        raise ModelError(
+            f"could not load adapter {adapter}: its weights file is damaged or incomplete ({exc})", file=str(adapter),
+            hint="copy or download the adapter directory again, or train it again",
+        ) from None
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise ModelError(
             f"could not load adapter {adapter}: {exc}", file=str(adapter),

@@ -549,7 +549,11 @@ def load_pack(path: str | Path, *, registry: "Registry | None" = None, _stack: t
         root = root.resolve()
     col = Collector(root)
     if not root.is_dir():
-        col.add(root.resolve(), "", "pack directory does not exist", "pass the path of a directory holding pack.yaml")
+        if root.is_file():  # `pa validate packs/x/pack.yaml` was told the pack directory does not exist
+            col.add(root.resolve(), "", "a file, not a pack directory", f"pass the directory holding pack.yaml"
+                    f"{', ' + str(root.parent) if root.name == MANIFEST else ''}")
+        else:
+            col.add(root.resolve(), "", "pack directory does not exist", "pass the path of a directory holding pack.yaml")
         raise PackError(col.problems)
     if registry is not None:
         cached = registry.cached(root)

@@ -144,6 +144,9 @@ class Registry:
         """Resolve a pack spec to its directory; an existing directory path is taken as is."""
         as_path = Path(spec)
         if as_path.is_dir() or os.sep in spec or spec.startswith("."):
+            if as_path.is_file() and as_path.name == "pack.yaml":  # was "no pack.yaml in x/pack.yaml"
+                raise ResolveError(f"{spec} is the manifest, not its pack directory", file=spec,
+                                   hint=f"pass the pack's directory, {as_path.parent}")
             if not (as_path / "pack.yaml").is_file():
                 raise ResolveError(f"no pack.yaml in {spec}", file=spec,
                                    hint="pass a pack directory, or a pack name known to `pa list`")

@@ -170,5 +170,5 @@ def new_pack(name: str, packs_dir: Path, extends: str | None = None, registry: "
             write_text(root / rel, text)
     except OSError as exc:  # ./packs is a file, or read-only: a message, not a traceback
         raise InvalidInputError(f"cannot create the pack here: {exc.strerror or exc}", file=str(exc.filename or root),
-                                hint="run from a directory whose packs/ you can write to") from None
+                                hint=f"{packs_dir} cannot hold it: pass --dir a directory you can write to") from None
     return root

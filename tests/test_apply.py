@@ -181,6 +181,15 @@ def test_a_flag_name_in_the_config_file_is_told_its_key(tmp_path: Path, key: str
         assert "kl_top_k" in caught.value.problem.hint
 
 
+def test_a_config_file_that_is_not_utf8_is_an_error_naming_it(tmp_path: Path) -> None:
+    """A run.yaml saved as UTF-16 (as Windows editors may) was a UnicodeDecodeError traceback from `pa apply`."""
+    config = tmp_path / "run.yaml"
+    config.write_text("pack: general\nmodel: tiny\n", encoding="utf-16")
+    with pytest.raises(InvalidInputError) as caught:
+        build_options({}, config)
+    assert caught.value.problem.file == str(config) and "not UTF-8 text" in str(caught.value)
+
+
 def test_config_help_names_every_option_with_no_flag() -> None:
     """`pa apply --help` is where a user learns the --config keys that have no command-line flag."""
     import typer
@@ -428,6 +437,21 @@ def test_runs_lists_an_unreadable_run_beside_the_others(tmp_path: Path) -> None:
     assert table.exit_code == 0 and "bad: unreadable:" in table.output
 
 
+def test_runs_lists_a_run_with_a_hand_edited_eval_json_as_unreadable(tmp_path: Path) -> None:
+    """An eval.json that is no object (`[1]`), or whose metrics are none, was an AttributeError traceback
+    from `pa runs`, which then listed no run at all."""
+    for name, text in (("list", "[1]"), ("number", '{"metrics": 5}')):
+        run = tmp_path / "runs" / name
+        (run / "eval" / "before").mkdir(parents=True)
+        (run / "run.json").write_text(json.dumps({"inputs": {"model": "tiny"}, "stages": {}}))
+        (run / "eval" / "before" / "eval.json").write_text(text)
+    result = CliRunner().invoke(app, ["runs", str(tmp_path / "runs"), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [row["status"] for row in rows] == ["unreadable", "unreadable"]
+    assert all("eval.json: not an eval.json written by `pa eval`" in row["problem"] for row in rows)
+
+
 def test_summary_reports_forbidden_tool_calls_only_for_runs_with_tool_items(tmp_path: Path,
                                                                           capsys: pytest.CaptureFixture[str]) -> None:
     """An agent pack's key number (tool calls its policy forbids) was in eval.json but not in the
@@ -451,6 +475,16 @@ def test_runs_refuses_a_directory_that_does_not_exist(tmp_path: Path) -> None:
     """A mistyped path used to read as "no runs found"."""
     result = CliRunner().invoke(app, ["runs", str(tmp_path / "rnus")])
     assert result.exit_code != 0 and "rnus: no such directory" in result.output
+
+
+def test_runs_given_a_file_says_it_is_not_a_directory(tmp_path: Path) -> None:
+    """`pa runs runs/demo/run.json` was told "no such directory" about a file that exists."""
+    run = tmp_path / "runs" / "demo"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"inputs": {"model": "tiny"}, "stages": {}}))
+    result = CliRunner().invoke(app, ["runs", str(run / "run.json")])
+    assert result.exit_code == 2 and "run.json: not a directory" in result.output
+    assert f"pass its directory, {run}" in result.output
 
 
 def test_a_run_directory_keeps_its_pack_and_model(tmp_path: Path, fixture_packs: Path) -> None:

@@ -28,6 +28,8 @@ def test_new_pack_where_packs_is_a_file_is_an_error_not_a_traceback(tmp_path: Pa
     result = runner.invoke(app, ["new", "mypack", "--dir", str(tmp_path / "packs")])
     assert result.exit_code == 2, result.output
     assert "cannot create the pack here" in result.output and "Traceback" not in result.output
+    # `--dir` named the place: "run from a directory whose packs/ you can write to" did not apply
+    assert "pass --dir a directory you can write to" in result.output
 
 
 def test_new_pack_extending_a_parent_validates(fixture_packs: Path) -> None:

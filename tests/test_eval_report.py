@@ -148,6 +148,15 @@ def test_compare_rejects_what_is_not_an_eval(tmp_path: Path) -> None:
         compare(tmp_path, tmp_path)
 
 
+@pytest.mark.parametrize("metrics", ["5", "{}", '{"overall": {}, "sets": [], "categories": {}}'])
+def test_compare_rejects_an_eval_json_whose_metrics_are_not_an_evals(tmp_path: Path, metrics: str) -> None:
+    """A hand-edited eval.json with a "metrics" key of another shape was an AttributeError or KeyError
+    traceback from `pa eval --compare`."""
+    (tmp_path / "eval.json").write_text(f'{{"metrics": {metrics}}}')
+    with pytest.raises(InvalidInputError, match="not an eval.json"):
+        compare(tmp_path, tmp_path)
+
+
 def test_plot_before_after(tmp_path: Path) -> None:
     path = plot_before_after(_summary(BEFORE), _summary(AFTER), tmp_path / "card" / "before_after.png")
     assert path.read_bytes().startswith(PNG_MAGIC)

@@ -9,7 +9,7 @@ import pytest
 
 from fulldisk import run_python
 from policyalign.errors import InvalidInputError
-from policyalign.io import read_jsonl
+from policyalign.io import read_json, read_jsonl
 
 
 def test_a_full_disk_is_an_error_naming_the_file_and_leaves_no_temporary(tmp_path: Path) -> None:
@@ -40,6 +40,15 @@ def test_a_utf8_byte_order_mark_is_read_past(tmp_path: Path) -> None:
     path = tmp_path / "pairs.jsonl"
     path.write_bytes(b'\xef\xbb\xbf{"prompt": "caf\xc3\xa9", "response": "ok"}\r\n{"prompt": "b", "response": "ok"}\r\n')
     assert read_jsonl(path) == [{"prompt": "café", "response": "ok"}, {"prompt": "b", "response": "ok"}]
+
+
+def test_a_json_file_that_is_not_utf8_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    """A run.json saved as UTF-16 was a UnicodeDecodeError traceback from `pa runs`."""
+    path = tmp_path / "run.json"
+    path.write_text('{"inputs": {}, "stages": {}}', encoding="utf-16")
+    with pytest.raises(InvalidInputError) as info:
+        read_json(path)
+    assert str(info.value).startswith(f"{path}: not UTF-8 text: byte 0xff at byte 1")
 
 
 @pytest.mark.parametrize("text", ['[{"prompt": "a", "response": "b"}, {"prompt": "c", "response": "d"}]\n',

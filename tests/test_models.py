@@ -353,7 +353,11 @@ def test_peft_adapter_is_applied(tmp_path: Path, loaded: LoadedModel) -> None:
     assert any(p.requires_grad for n, p in trainable.named_parameters() if "lora_" in n)
     with pytest.raises(ModelError, match="no adapter_config.json"):
         load_model("tiny", device="cpu", adapter=tmp_path)
-    (tmp_path / "adapter" / "adapter_model.safetensors").unlink()  # was PEFT's "Repo id must be in the form ..."
+    weights = tmp_path / "adapter" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:4])  # a truncated copy was a SafetensorError traceback
+    with pytest.raises(ModelError, match="damaged or incomplete"):
+        load_model("tiny", device="cpu", adapter=tmp_path / "adapter")
+    weights.unlink()  # was PEFT's "Repo id must be in the form ..."
     with pytest.raises(ModelError, match="no adapter weights"):
         load_model("tiny", device="cpu", adapter=tmp_path / "adapter")
 

@@ -33,6 +33,19 @@ def test_resolve_name_version_range_and_path(fixture_packs: Path, tmp_path: Path
     assert reg.load(str(fixture_packs / "root-pack")).version == "1.0.0"
 
 
+def test_a_packs_manifest_given_as_the_pack_names_its_directory(fixture_packs: Path) -> None:
+    """`pa show packs/x/pack.yaml` said "no pack.yaml in packs/x/pack.yaml", and `pa validate` of it
+    "pack directory does not exist", though both the manifest and its directory are there."""
+    manifest = fixture_packs / "root-pack" / "pack.yaml"
+    with pytest.raises(ResolveError) as caught:
+        Registry([fixture_packs]).resolve_path(str(manifest))
+    assert "is the manifest, not its pack directory" in str(caught.value)
+    assert caught.value.problem.hint == f"pass the pack's directory, {manifest.parent}"
+    result = CliRunner().invoke(app, ["validate", str(manifest)])
+    assert result.exit_code == 2 and "a file, not a pack directory" in result.output
+    assert f"pass the directory holding pack.yaml, {manifest.parent}" in result.output
+
+
 def test_a_bare_name_prefers_releases_but_loads_a_pack_that_has_only_prereleases(fixture_packs: Path,
                                                                                 tmp_path: Path) -> None:
     extra = tmp_path / "extra"
