@@ -168,7 +168,7 @@ def test_a_card_written_with_a_license_is_skipped_when_nothing_changed(tmp_path:
     run = make_run(tmp_path / "run", fixture_packs / "root-pack")
     for which in ("before", "after"):  # the metrics block evaluate() writes, which the chart reads
         path = run / "eval" / which / "eval.json"
-        path.write_text(json.dumps({**json.loads(path.read_text()), "metrics": {"categories": {}, "sets": {}}}))
+        path.write_text(json.dumps({**json.loads(path.read_text()), "metrics": {"overall": {}, "categories": {}, "sets": {}}}))
     run_card(run, "local/run", license="mit")
     assert stage_done(run, "card", card_key(run, "local/run", "mit"))
     assert not stage_done(run, "card", card_key(run, "local/run", "apache-2.0"))
