@@ -267,8 +267,7 @@ def pull_adapter(spec: str, *, to: str | Path | None = None, token: str | None =
         info = api.model_info(repo_id, revision=revision)
     commit, label = info.sha, f"{repo_id}@{revision}"
     # refused before the download: `pa pull` of a base model (not an adapter) fetched all its weights first
-    card_data = info.card_data.to_dict() if hasattr(info.card_data, "to_dict") else info.card_data
-    _policyalign_block(card_data if isinstance(card_data, dict) else {}, label)
+    _policyalign_block(card.hub_card_metadata(info.card_data), label)
     if to is None:
         path = _snapshot(repo_id, commit, None, token)
         metadata, provenance = verify_adapter(path, label)

@@ -98,8 +98,7 @@ def _published_hint(api: Any, repo_id: str, tag: str, artifacts: card.RunArtifac
             card_data = api.model_info(repo_id, revision=tag).card_data
     except PolicyAlignError:
         return None
-    data = card_data.to_dict() if hasattr(card_data, "to_dict") else card_data
-    recorded = data.get("policyalign") if isinstance(data, dict) else None
+    recorded = card.hub_card_metadata(card_data).get("policyalign")
     if not isinstance(recorded, dict) or recorded.get("files") != card.file_hashes(artifacts.files):
         return None
     return (f"the adapter at {tag} is this run's (its card lists the same files): it is already published, "

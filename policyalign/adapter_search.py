@@ -106,9 +106,7 @@ def _unless_unreadable(where: str, read: Callable[[], Any]) -> Any:
 def read_candidate(api: Any, repo_id: str, revision: str, token: str | None) -> Candidate | None:
     with hub_call(f"reading the card at {revision}", token=token, repo=repo_id):
         info = api.model_info(repo_id, revision=revision)
-    card_data = info.card_data
-    data = card_data.to_dict() if hasattr(card_data, "to_dict") else card_data
-    recorded = data.get("policyalign") if isinstance(data, dict) else None
+    recorded = card.hub_card_metadata(info.card_data).get("policyalign")
     pack = recorded.get("pack") if isinstance(recorded, dict) else None
     base = recorded.get("base_model") if isinstance(recorded, dict) else None
     if not isinstance(pack, dict) or not isinstance(base, dict):

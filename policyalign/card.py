@@ -274,6 +274,12 @@ def dump_front_matter(metadata: Mapping[str, Any]) -> str:
     return f"---\n{body}---\n"
 
 
+def hub_card_metadata(card_data: Any) -> dict[str, Any]:
+    """A card's metadata as the Hub's `model_info` returns it (a CardData, a dict or None), as a dict."""
+    data = card_data.to_dict() if hasattr(card_data, "to_dict") else card_data
+    return data if isinstance(data, dict) else {}
+
+
 def parse_card(text: str) -> tuple[dict[str, Any], str]:
     """Split a README into (metadata, body); a card without a valid YAML block has no metadata."""
     match = re.match(r"^---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|$)", text, flags=re.S)
