@@ -112,9 +112,7 @@ def check_settings(settings: Mapping[str, Any], *, from_command_line: bool) -> N
 def setting_error(settings: Mapping[str, Any]) -> tuple[str, Any, str] | None:
     """(setting, value, what is wrong) for the first setting outside the pack schema's bounds; the
     caller names it the way its user wrote it (a flag, a pack key, a config-file key)."""
-    from jsonschema import Draft202012Validator
-
-    from .schema import schema_message, schema_text
+    from .schema import schema_message, schema_text, validator_class
 
     properties = json.loads(schema_text("pack.schema.json"))["properties"]["training"]["properties"]
     for name, value in settings.items():
@@ -123,7 +121,7 @@ def setting_error(settings: Mapping[str, Any]) -> tuple[str, Any, str] | None:
         plain = list(value) if isinstance(value, tuple) else value
         if isinstance(plain, float) and not math.isfinite(plain):  # NaN passes every bound: no comparison is true
             return name, plain, "must be a finite number"
-        error = next(Draft202012Validator(properties[name]).iter_errors(plain), None)
+        error = next(validator_class()(properties[name]).iter_errors(plain), None)
         if error is not None:
             return name, plain, schema_message(error)
     return None

@@ -34,14 +34,21 @@ def _ecma_pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> A
         yield ValidationError(f"{instance!r} does not match {pattern!r}")
 
 
-@lru_cache(maxsize=None)
-def _validator(name: str) -> Any:
+@lru_cache(maxsize=1)
+def validator_class() -> Any:
+    """Draft 2020-12 with `pattern` read as JSON Schema means it (`_ecma_pattern`): every check against
+    the shipped schemas, whole or one property of them, goes through it."""
     from jsonschema import Draft202012Validator
     from jsonschema.validators import extend
 
+    return extend(Draft202012Validator, {"pattern": _ecma_pattern})
+
+
+@lru_cache(maxsize=None)
+def _validator(name: str) -> Any:
     schema = json.loads(schema_text(name))
-    Draft202012Validator.check_schema(schema)
-    return extend(Draft202012Validator, {"pattern": _ecma_pattern})(schema)
+    validator_class().check_schema(schema)
+    return validator_class()(schema)
 
 
 def manifest_validator() -> Any:
