@@ -132,10 +132,13 @@ def _check_evals_alike(evals: Mapping[str, Any], provenance: Mapping[str, Any], 
         return
     before, after = evals["before"], adapter.parent / "eval" / "after"
     sampling = before.get("sampling") if isinstance(before.get("sampling"), dict) else {}
-    # eval.json names a local model by its directory's name only; run.json (never published) has its path
-    model = read_manifest(adapter.parent)["inputs"].get("model") or before.get("model")
+    # eval.json names a local model or judge by its directory's name only; run.json (never published) has its path
+    manifest = read_manifest(adapter.parent)
+    model = manifest["inputs"].get("model") or before.get("model")
+    ran_before = manifest["stages"].get("eval_before") or {}
+    judge = (ran_before.get("options") or {}).get("judge") or before.get("judge")
     flags = "".join(f" {flag} {sh(value)}" for flag, value in (
-        ("--judge", before.get("judge")), ("--limit", before.get("limit")),
+        ("--judge", judge), ("--limit", before.get("limit")),
         ("--max-new-tokens", sampling.get("max_new_tokens"))) if value is not None)
     raise RunError("eval/before and eval/after were not measured alike, so the card cannot compare them: "
                    + "; ".join(note.removeprefix("- ") for note in notes), file=str(after / "eval.json"),

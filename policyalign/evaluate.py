@@ -38,6 +38,7 @@ from .drift import DriftResult, drift_of_loaded
 from .errors import InvalidInputError, PolicyAlignError
 from .eval_journal import JOURNAL, RESPONSE_FIELDS, Journal, journal_settings
 from .eval_report import EvalResult, write_eval
+from .judges import public_judge
 from .io import output_dir, read_json, sha256_file
 from .metrics import compute_metrics, summarize
 from .verdicts import judge_journaled, judge_weights_fetched
@@ -329,7 +330,7 @@ def evaluate(
             "adapter_sha256": adapter_hash,
             "policy_in_context": policy_in_context,
             "pack": {"name": pack.name, "version": pack.version, "digest": pack.digest},
-            "judge": judge,
+            "judge": public_judge(judge),  # published with the adapter: no local paths
             # which weights a model judge had (a Hub commit, a local directory's files' fingerprint; None
             # for `refusal`): `llm:./judge` retrained in place judged otherwise under the same spec
             "judge_weights": judge_weights_fetched(judge).get("judge_files"),

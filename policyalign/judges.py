@@ -688,3 +688,16 @@ def get_judge(spec: str, *, device: str | None = None, batch_size: int = 8) -> J
         f"--judge: unknown judge {spec!r}",
         hint="use 'refusal', 'guard:MODEL' (e.g. guard:Qwen/Qwen3Guard-Gen-0.6B) or 'llm:MODEL'",
     )
+
+
+def public_judge(spec: str) -> str:
+    """The judge as published files name it (eval.json, the card): a local judge model by its
+    directory's name, as `ModelRef.public` names a local base model. `llm:/home/alice/judge` put the
+    user's home directory, username included, on the Hub; `judge_weights` still tells judges apart."""
+    from .models import resolve_model
+
+    model = getattr(get_judge(spec), "model", None)
+    if not model:
+        return spec
+    ref = resolve_model(model)
+    return f"{spec.partition(':')[0]}:{ref.public()}" if ref.kind == "local" else spec

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,10 @@ from hubcli import FIXTURE_PACKS, Cli
 from policyalign.run import LOCK_FILE
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+# Every `pa` or `python -c` a test starts imports this checkout, not whichever policyalign pip
+# installed last (a second clone or worktree tested its subprocesses against the other's code).
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(FIXTURES.parents[1]), os.environ.get("PYTHONPATH")]))
 
 
 _HOLD = ("import sys, time\nfrom policyalign.run import run_lock\nwith run_lock(sys.argv[1], name=sys.argv[2]):\n"
@@ -117,14 +122,22 @@ HUB_TOKEN = "hf_paLEAKCANARY7q3ZtW9xK2vR5mN8"
 
 @pytest.fixture(scope="session")
 def hub_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    """olah (read API) behind tests/hubserver.py (write + listing API), both on 127.0.0.1."""
+    """olah (read API) behind tests/hubserver.py (write + listing API), both on 127.0.0.1.
+
+    Online while it runs even where HF_HUB_OFFLINE=1 is exported (as `pa` advises on a machine
+    without internet): huggingface_hub refused every call to the loopback Hub, failing the Hub tests."""
+    from huggingface_hub import constants
+
     from hubserver import start_hub
 
     hub = start_hub(tmp_path_factory.mktemp("hub"), HUB_TOKEN)
-    try:
-        yield hub
-    finally:
-        hub.stop()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(constants, "HF_HUB_OFFLINE", False)
+        patch.delenv("HF_HUB_OFFLINE", raising=False)
+        try:
+            yield hub
+        finally:
+            hub.stop()
 
 
 @pytest.fixture

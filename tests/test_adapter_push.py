@@ -63,11 +63,12 @@ def test_published_files_hold_no_local_paths(cli: Cli, hub_server, tmp_path: Pat
     policyalign.json, adapter_config.json, eval/*/eval.json and the card; pulling it still verifies."""
     from policyalign.tiny import tiny_model_path
 
-    model = tmp_path / "home" / "alice" / "my-base"
+    model, judge = tmp_path / "home" / "alice" / "my-base", tmp_path / "home" / "alice" / "my-judge"
     shutil.copytree(tiny_model_path(), model)
+    shutil.copytree(tiny_model_path(), judge)
     config = tmp_path / "run.yaml"
     config.write_text("n: 2\nsynth_max_new_tokens: 16\nmax_new_tokens: 8\nmax_steps: 2\nbatch_size: 4\n"
-                      "eval_limit: 2\neval_max_new_tokens: 8\nprogress: false\n")
+                      f"eval_limit: 2\neval_max_new_tokens: 8\nprogress: false\njudge: llm:{judge}\n")
     run = tmp_path / "run"
     cli.ok("apply", "root-pack", "--model", str(model), "--out", str(run), "--config", str(config),
            "--push-to", "org/no-paths")
@@ -77,6 +78,7 @@ def test_published_files_hold_no_local_paths(cli: Cli, hub_server, tmp_path: Pat
     for name in published:
         assert str(tmp_path).encode() not in hub_server.read("org/no-paths", name), name
     assert metadata["policyalign"]["base_model"]["id"] == "my-base" and "base_model" not in metadata
+    assert json.loads(hub_server.read("org/no-paths", "eval/after/eval.json"))["judge"] == "llm:my-judge"
     pulled = cli.ok("pull", "org/no-paths@root-pack-v1.0.0", "--to", str(tmp_path / "pulled"))
     assert "verified: pack root-pack@1.0.0" in pulled.stdout and "base model my-base" in pulled.stdout
     again = cli.ok("apply", "root-pack", "--model", str(model), "--out", str(run), "--config", str(config),

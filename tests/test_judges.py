@@ -4,6 +4,7 @@ tool-call parsing, and the model-backed judges run for real on `tiny`."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from policyalign.judges import (
     parse_guard_output,
     parse_llm_verdict,
     parse_tool_calls,
+    public_judge,
     text_without_tool_calls,
 )
 
@@ -348,3 +350,15 @@ def test_model_judges_ask_a_thinking_model_not_to_think(tmp_path: Path, kind: st
                                progress=False)
     assert backend.loaded.tokenizer.decode(off.prompt_ids).endswith(NO_THINK)
     assert verdict.raw == off.text != on.text
+
+
+def test_a_local_judge_is_published_by_its_directorys_name(tmp_path: Path) -> None:
+    """eval.json and the card are published: `llm:/home/alice/judge` put the user's home directory there."""
+    from policyalign.tiny import tiny_model_path
+
+    local = tmp_path / "home" / "alice" / "my-judge"
+    shutil.copytree(tiny_model_path(), local)
+    assert public_judge(f"llm:{local}") == "llm:my-judge"
+    assert public_judge(f"guard:{local}/") == "guard:my-judge"
+    for spec in ("refusal", "llm:tiny", "guard:Qwen/Qwen3Guard-Gen-0.6B"):
+        assert public_judge(spec) == spec
