@@ -56,9 +56,13 @@ _CHUNK_SHINGLES = 1 << 16
 _CHUNK_TEXTS = 1 << 16
 _PAIR_CHUNK = 1 << 17
 
-# Deleted outright: apostrophes, and invisible format characters (zero-width spaces/joiners,
-# soft hyphen, bidi marks, BOM), so they cannot split a word and hide a copy.
-_DELETED = re.compile(r"['\u2018\u2019\u02bc\u0060\u00b4\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
+# Deleted outright: apostrophes, and every invisible character (Unicode's Default_Ignorable_Code_Point
+# set: zero-width spaces/joiners, soft hyphen, bidi marks and isolates, BOM, variation selectors,
+# the combining grapheme joiner, Hangul fillers, tag characters), so none can split a word and hide
+# a copy. A partial list let U+2066 (a bidi isolate) or U+FE0F inside "bomb" make it two words.
+_DELETED = re.compile("['\u2018\u2019\u02bc\u0060\u00b4\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f"
+                      "\u200b-\u200f\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
+                      "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]")
 _NON_WORD = re.compile(r"[\W_]+")
 # ASCII fast path (bytes.translate): apostrophe and backtick deleted, other non-alphanumerics a space.
 _ASCII_TABLE = bytes(c if chr(c).isalnum() else 32 for c in range(128)) + bytes(range(128, 256))
