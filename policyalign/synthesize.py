@@ -55,6 +55,11 @@ DEDUP_THRESHOLD = 0.8
 # Looser than dedup on purpose: an instruction that shares half its 5-word phrases with an eval
 # prompt is too close to count the eval as unseen.
 DECONTAM_THRESHOLD = 0.5
+# Decontamination compares word 3-grams, not dedup's 5-grams: one word changed in a 15-word eval prompt
+# leaves 6 of its 11 5-grams (Jaccard 0.375, kept: so were 213 of 579 such copies of the shipped packs'
+# eval items) but 10 of its 13 3-grams (0.625). No seed of a shipped pack, nor any of its eval prompts
+# against another, comes near 0.5 in 3-grams either.
+DECONTAM_K = 3
 # An eval prompt of at least this many words found verbatim inside an instruction contaminates it, and
 # so does an instruction of at least this many words found verbatim inside an eval prompt. Shorter
 # texts only count as exact copies: "Help me" or "How do I" inside an instruction is no copy of anything
@@ -375,10 +380,10 @@ def _embedded_in(text: str, windows: Mapping[str, set[str]]) -> bool:
 
 def _decontaminate(candidates: list[Candidate], eval_prompts: list[str], threshold: float, dropped: Counter[str],
                    dropped_by_category: dict[str, Counter[str]]) -> list[Candidate]:
-    """Drop candidates near an eval prompt (shingle Jaccard >= threshold), containing one verbatim, or
+    """Drop candidates near an eval prompt (3-gram Jaccard >= threshold), containing one verbatim, or
     contained verbatim in one (both at least EMBED_MIN_WORDS words)."""
     prompts = [p for p in eval_prompts if normalize(p)]
-    hit = {i for i, _, _ in find_near_duplicates([c.text for c in candidates], prompts, threshold)}
+    hit = {i for i, _, _ in find_near_duplicates([c.text for c in candidates], prompts, threshold, k=DECONTAM_K)}
     embedded, windows = _embedding_index(prompts), _window_index(prompts)
     hit.update(i for i, c in enumerate(candidates)
                if i not in hit and (_embeds(c.text, embedded) or _embedded_in(c.text, windows)))
