@@ -56,10 +56,23 @@ _CHUNK_SHINGLES = 1 << 16
 _CHUNK_TEXTS = 1 << 16
 _PAIR_CHUNK = 1 << 17
 
-# Deleted outright: apostrophes, and invisible format characters (zero-width spaces/joiners,
-# soft hyphen, bidi marks, BOM), so they cannot split a word and hide a copy.
-_DELETED = re.compile(r"['\u2018\u2019\u02bc\u0060\u00b4\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
+# Deleted outright: apostrophes, and every invisible character (Unicode's Default_Ignorable_Code_Point
+# set: zero-width spaces/joiners, soft hyphen, bidi marks and isolates, BOM, variation selectors,
+# the combining grapheme joiner, Hangul fillers, tag characters), so none can split a word and hide
+# a copy. A partial list let U+2066 (a bidi isolate) or U+FE0F inside "bomb" make it two words.
+_DELETED = re.compile("['\u2018\u2019\u02bc\u0060\u00b4\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f"
+                      "\u200b-\u200f\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
+                      "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]")
 _NON_WORD = re.compile(r"[\W_]+")
+# Cyrillic and Greek letters that look like a Latin letter (after casefold, so capitals too: "В" -> "в" -> "b"),
+# mapped to it: "cаt" with a Cyrillic "а" is "cat" to a reader, and must be to decontamination. No two
+# letters of one script map to the same Latin letter, so text wholly in Cyrillic or Greek compares as before.
+_CONFUSABLES = str.maketrans({
+    "а": "a", "в": "b", "е": "e", "і": "i", "ј": "j", "к": "k", "м": "m", "о": "o", "р": "p", "с": "c",
+    "т": "t", "у": "y", "х": "x", "ѕ": "s", "ԁ": "d", "һ": "h", "ӏ": "l", "ԛ": "q", "ԝ": "w",
+    "α": "a", "β": "b", "ε": "e", "η": "n", "ι": "i", "κ": "k", "μ": "m", "ν": "v", "ο": "o", "ρ": "p",
+    "τ": "t", "υ": "u", "χ": "x", "ζ": "z",
+})
 # ASCII fast path (bytes.translate): apostrophe and backtick deleted, other non-alphanumerics a space.
 _ASCII_TABLE = bytes(c if chr(c).isalnum() else 32 for c in range(128)) + bytes(range(128, 256))
 _MULT = np.uint64(0x100000001B3)          # FNV-1a 64-bit prime: folds word hashes into a shingle hash
@@ -75,18 +88,18 @@ def normalize(text: str) -> str:
     Apostrophes are deleted (so "don't" == "dont"); every other run of punctuation, symbols,
     control characters or whitespace becomes one space (so "step-by-step" == "step by step").
     NFKC folds full-width and compatibility forms; casefold handles "ß"/"ss" and other
-    non-ASCII case pairs. ASCII text takes an equivalent fast path (a test checks it).
+    non-ASCII case pairs; Cyrillic and Greek look-alikes of Latin letters become those letters
+    and invisible characters are deleted, so neither disguises a copy. ASCII text takes an
+    equivalent fast path (a test checks it).
     """
     if text.isascii():
         return b" ".join(text.encode().lower().translate(_ASCII_TABLE, b"'`").split()).decode()
-    text = unicodedata.normalize("NFKC", text).casefold()
-    text = _DELETED.sub("", text)
-    return _NON_WORD.sub(" ", text).strip()
+    return _normalize_slow(text)
 
 
 def _normalize_slow(text: str) -> str:
     """The general path alone (what the ASCII fast path must agree with)."""
-    text = _DELETED.sub("", unicodedata.normalize("NFKC", text).casefold())
+    text = _DELETED.sub("", unicodedata.normalize("NFKC", text).casefold().translate(_CONFUSABLES))
     return _NON_WORD.sub(" ", text).strip()
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import InvalidInputError, RunError
 from .io import output_dir, read_json, sha256_file
 from .run import (MANIFEST, check_run_directory, check_same_run, fingerprint, load_run_pack, read_manifest,
-                  record_inputs, rekey_stage, run_inputs, run_lock, stage)
+                  record_inputs, rekey_stage, run_active, run_inputs, run_lock, stage)
 
 if TYPE_CHECKING:
     from .distill import DistillResult
@@ -48,6 +48,29 @@ def _pack_and_model(run_dir: Path, pack: "str | Pack | None", model: str | None,
                    hint="drop --pack and --model to use the run's, or start another run directory "
                         "(pa synthesize PACK --model M --out DIR)")
     return the_pack, model
+
+
+def _check_upstream(run_dir: Path, upstream: str, made_from: dict[str, Any], files: str, command: str) -> None:
+    """Refuse to work on `files` unless the run's `upstream` stage finished, from what is there now.
+
+    run.json records the run's pack as a stage command (or `pa apply`) starts, so the pack-changed
+    check (`run.load_run_pack`) holds only while every stage finishes: after an eval item was added
+    and the re-synthesis failed, `pa filter` scored instructions never decontaminated against it;
+    after a re-synthesis without a re-filter, `pa distill` trained on the old selection. Each entry in
+    `made_from` (what the upstream stage recorded it was made from) must match; an entry of a run made
+    before they were recorded is not checked. A stage running in another process is left to the lock.
+    """
+    entry = read_manifest(run_dir)["stages"].get(upstream)
+    if not isinstance(entry, dict) or run_active(run_dir):
+        return
+    where, hint = str(Path(run_dir) / MANIFEST), f"re-run {command} on this run directory first, or `pa apply`"
+    if entry.get("status") != "done":
+        raise RunError(f"this run's last {upstream} stage did not finish (it is recorded as {entry.get('status')}), "
+                       f"so {files} is an earlier attempt's", file=where, hint=hint)
+    stale = [name for name, value in made_from.items() if name in entry and entry[name] != value]
+    if stale:
+        raise RunError(f"{files} was made by {upstream} from another {' and '.join(stale)} than this run's now",
+                       file=where, hint=hint)
 
 
 def _model_key(model: str, field: str | None = "model", files: str | None = "model_files") -> dict[str, str]:
@@ -100,7 +123,8 @@ def run_synthesize(run_dir: Path, pack: "Pack", model: str, *, generator: str | 
     with run_lock(run_dir):  # from the first write to run.json
         check_run_directory(run_dir)
         record_inputs(run_dir, pack, model)
-        with stage(run_dir, "synthesize", lambda: synthesize_key(pack, model, options), options=options) as results:
+        with stage(run_dir, "synthesize", lambda: synthesize_key(pack, model, options), options=options,
+                   pack=pack.digest) as results:
             result = synthesize(pack, generator or model, out_dir=run_dir, n_per_category=n, rounds=rounds, seed=seed,
                                 max_per_category=max_per_category, batch_size=batch_size, device=device,
                                 backend=backend, sampling=sampling, progress=progress)
@@ -171,10 +195,14 @@ def run_filter(run_dir: Path, *, model: str | None = None, pack: "str | Pack | N
 
     run_dir = Path(run_dir)
     the_pack, model = _pack_and_model(run_dir, pack, model, packs_path)
+    # --pack may name another version of the run's pack on purpose; the run's own must be the one synthesized for.
+    _check_upstream(run_dir, "synthesize", {} if isinstance(pack, str) else {"pack": the_pack.digest},
+                    "instructions.jsonl", "`pa synthesize`")
     config = filter_config(the_pack, **options)
     keys = filter_keys(run_dir, the_pack, model, config, backend)
     # The stage records `keys["key"]` when done: the key of the model as loaded, as rekeyed below.
-    with stage(run_dir, "filter", lambda: keys["key"], score_key=keys["score_key"]) as results:
+    with stage(run_dir, "filter", lambda: keys["key"], score_key=keys["score_key"],
+               instructions=_file_hash(run_dir, "instructions.jsonl")) as results:
         loaded = load_model(model, device=device)
         keys.update(filter_keys(run_dir, the_pack, model, config, backend))  # a Hub model's commit, once downloaded
         rekey_stage(run_dir, "filter", **keys)
@@ -290,6 +318,8 @@ def run_distill(run_dir: Path, *, model: str | None = None, pack: "str | Pack | 
 
     run_dir = Path(run_dir)
     the_pack, model = _pack_and_model(run_dir, pack, model, packs_path)
+    _check_upstream(run_dir, "filter", {"instructions": _file_hash(run_dir, "instructions.jsonl")},
+                    "selected.jsonl", "`pa filter`")
     config = distill_config(the_pack, overrides or {})
     settings = resume_settings(run_dir, the_pack, model, config)
     if resume:

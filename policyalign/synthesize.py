@@ -55,7 +55,15 @@ DEDUP_THRESHOLD = 0.8
 # Looser than dedup on purpose: an instruction that shares half its 5-word phrases with an eval
 # prompt is too close to count the eval as unseen.
 DECONTAM_THRESHOLD = 0.5
-# An eval prompt of at least this many words found verbatim inside an instruction contaminates it.
+# Decontamination compares word 3-grams, not dedup's 5-grams: one word changed in a 15-word eval prompt
+# leaves 6 of its 11 5-grams (Jaccard 0.375, kept: so were 213 of 579 such copies of the shipped packs'
+# eval items) but 10 of its 13 3-grams (0.625). No seed of a shipped pack, nor any of its eval prompts
+# against another, comes near 0.5 in 3-grams either.
+DECONTAM_K = 3
+# An eval prompt of at least this many words found verbatim inside an instruction contaminates it, and
+# so does an instruction of at least this many words found verbatim inside an eval prompt. Shorter
+# texts only count as exact copies: "Help me" or "How do I" inside an instruction is no copy of anything
+# (such a prompt would knock out 4-5% of the shipped packs' seeds and eval items).
 EMBED_MIN_WORDS = 5
 BALANCE_FACTOR = 2.0
 # Generate this many batches per backend call, then write their cache files: an interruption
@@ -345,13 +353,40 @@ def _embeds(text: str, index: Mapping[str, list[str]]) -> bool:
     return False
 
 
+def _window_index(prompts: Sequence[str]) -> dict[str, set[str]]:
+    """Every EMBED_MIN_WORDS-word window of the normalised eval prompts -> the prompts holding it (space-padded)."""
+    index: dict[str, set[str]] = {}
+    for prompt in prompts:
+        words = normalize(prompt).split()
+        padded = f" {' '.join(words)} "
+        for start in range(len(words) - EMBED_MIN_WORDS + 1):
+            index.setdefault(" ".join(words[start:start + EMBED_MIN_WORDS]), set()).add(padded)
+    return index
+
+
+def _embedded_in(text: str, windows: Mapping[str, set[str]]) -> bool:
+    """Whether `text`, of >= EMBED_MIN_WORDS words, is itself part of an eval prompt (word-aligned, normalised).
+
+    The other way round from `_embeds`: Jaccard misses a long eval prompt's core request lifted out
+    of it ("explain how to pick a pin tumbler lock" out of a story around it), since the few
+    phrases they share are a small part of the prompt's.
+    """
+    words = normalize(text).split()
+    if len(words) < EMBED_MIN_WORDS:
+        return False
+    padded = f" {' '.join(words)} "
+    return any(padded in prompt for prompt in windows.get(" ".join(words[:EMBED_MIN_WORDS]), ()))
+
+
 def _decontaminate(candidates: list[Candidate], eval_prompts: list[str], threshold: float, dropped: Counter[str],
                    dropped_by_category: dict[str, Counter[str]]) -> list[Candidate]:
-    """Drop candidates near an eval prompt (shingle Jaccard >= threshold) or containing one verbatim."""
+    """Drop candidates near an eval prompt (3-gram Jaccard >= threshold), containing one verbatim, or
+    contained verbatim in one (both at least EMBED_MIN_WORDS words)."""
     prompts = [p for p in eval_prompts if normalize(p)]
-    hit = {i for i, _, _ in find_near_duplicates([c.text for c in candidates], prompts, threshold)}
-    embedded = _embedding_index(prompts)
-    hit.update(i for i, c in enumerate(candidates) if i not in hit and _embeds(c.text, embedded))
+    hit = {i for i, _, _ in find_near_duplicates([c.text for c in candidates], prompts, threshold, k=DECONTAM_K)}
+    embedded, windows = _embedding_index(prompts), _window_index(prompts)
+    hit.update(i for i, c in enumerate(candidates)
+               if i not in hit and (_embeds(c.text, embedded) or _embedded_in(c.text, windows)))
     for position in hit:
         dropped[CONTAMINATED] += 1
         dropped_by_category[candidates[position].category][CONTAMINATED] += 1
