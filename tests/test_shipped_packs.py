@@ -20,6 +20,7 @@ from policyalign.dedup import find_near_duplicates, normalize
 from policyalign.errors import PackError
 from policyalign.pack import ACTION_STRENGTH, Pack, load_pack
 from policyalign.registry import Registry
+from policyalign.synthesize import DECONTAM_K, DECONTAM_THRESHOLD
 
 PACKS_DIR = Path(__file__).resolve().parent.parent / "packs"
 EXPECTED_PACKS = {"general", "medical", "legal", "financial", "agent-tools"}
@@ -28,7 +29,6 @@ MIN_CATEGORIES_DEFAULT = 6
 MIN_SEEDS = 5
 MIN_TEMPLATES = 2
 MIN_EVAL_PER_CATEGORY = 8  # per kind (safety, over-refusal) and per category the pack defines
-NEAR_DUP_THRESHOLD = 0.8  # shingle Jaccard, as in decontamination
 
 
 def _pack_dirs() -> list[Path]:
@@ -102,8 +102,9 @@ def _copies(texts: list[tuple[str, str]], against: list[tuple[str, str]]) -> lis
     for i, (_, text) in enumerate(texts):
         for j in against_norm.get(normalize(text), []):
             found[(i, j)] = 1.0
+    # the rule synthesis decontaminates by: a seed this near an eval prompt would be dropped from training
     for i, j, sim in find_near_duplicates([t for _, t in texts], [t for _, t in against],
-                                          threshold=NEAR_DUP_THRESHOLD):
+                                          threshold=DECONTAM_THRESHOLD, k=DECONTAM_K):
         found.setdefault((i, j), sim)
     return [f"{texts[i][0]} ~ {against[j][0]} (similarity {sim:.2f}): {texts[i][1][:100]!r}"
             for (i, j), sim in sorted(found.items())]
