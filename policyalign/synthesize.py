@@ -36,7 +36,7 @@ from .dedup import check_threshold, dedup, find_near_duplicates, normalize
 from .errors import InvalidInputError
 from .io import read_json, write_json, write_jsonl
 from .frozen import thaw
-from .pack import Pack
+from .pack import Pack, Seed
 from .parsing import instruction_text, parse_output
 from .prompts import render_synthesis_prompt
 
@@ -378,15 +378,36 @@ def _embedded_in(text: str, windows: Mapping[str, set[str]]) -> bool:
     return any(padded in prompt for prompt in windows.get(" ".join(words[:EMBED_MIN_WORDS]), ()))
 
 
+def contaminated_positions(texts: Sequence[str], eval_prompts: Sequence[str],
+                           threshold: float = DECONTAM_THRESHOLD) -> set[int]:
+    """Positions of the `texts` that decontamination drops: near an eval prompt (3-gram Jaccard >=
+    threshold), containing one verbatim, or contained verbatim in one (both at least EMBED_MIN_WORDS words)."""
+    prompts = [p for p in eval_prompts if normalize(p)]
+    hit = {i for i, _, _ in find_near_duplicates(list(texts), prompts, threshold, k=DECONTAM_K)}
+    embedded, windows = _embedding_index(prompts), _window_index(prompts)
+    hit.update(i for i, text in enumerate(texts)
+               if i not in hit and (_embeds(text, embedded) or _embedded_in(text, windows)))
+    return hit
+
+
+def seed_copies(pack: Pack) -> list[tuple[Seed, str, str]]:
+    """Each seed that synthesis would drop as `contaminated`, with the eval item it copies
+    (`<set>/<item id>`) and that item's text: a pack author's seed silently missing from every run's training."""
+    labelled = [(f"{s.name}/{i.id}", str(m.get("content", ""))) for s in pack.evaluated_sets() for i in s.items
+                for m in i.messages if m.get("role") in ("user", "tool")]
+    seeds, texts = [seed for c in pack.categories for seed in c.seeds], [c.text for c in _seed_candidates(pack)]
+    copies = []
+    for i in sorted(contaminated_positions(texts, [text for _, text in labelled])):
+        label, text = next(((label, text) for label, text in labelled if contaminated_positions([texts[i]], [text])),
+                           ("?", ""))
+        copies.append((seeds[i], label, text))
+    return copies
+
+
 def _decontaminate(candidates: list[Candidate], eval_prompts: list[str], threshold: float, dropped: Counter[str],
                    dropped_by_category: dict[str, Counter[str]]) -> list[Candidate]:
-    """Drop candidates near an eval prompt (3-gram Jaccard >= threshold), containing one verbatim, or
-    contained verbatim in one (both at least EMBED_MIN_WORDS words)."""
-    prompts = [p for p in eval_prompts if normalize(p)]
-    hit = {i for i, _, _ in find_near_duplicates([c.text for c in candidates], prompts, threshold, k=DECONTAM_K)}
-    embedded, windows = _embedding_index(prompts), _window_index(prompts)
-    hit.update(i for i, c in enumerate(candidates)
-               if i not in hit and (_embeds(c.text, embedded) or _embedded_in(c.text, windows)))
+    """Drop the candidates `contaminated_positions` names, counting them."""
+    hit = contaminated_positions([c.text for c in candidates], eval_prompts, threshold)
     for position in hit:
         dropped[CONTAMINATED] += 1
         dropped_by_category[candidates[position].category][CONTAMINATED] += 1

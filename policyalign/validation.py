@@ -30,10 +30,28 @@ def validate_paths(paths: list[Path], registry: Registry) -> ValidationReport:
     report = ValidationReport()
     for path in paths:
         try:
-            report.packs.append(load_pack(path, registry=registry))
+            pack = load_pack(path, registry=registry)
         except PackError as exc:
             report.failures[str(path)] = exc.problems
+            continue
+        report.packs.append(pack)
+        if copies := seed_copy_problems(pack):
+            report.failures[str(pack.root)] = copies
     return report
+
+
+def seed_copy_problems(pack: Pack) -> list[Problem]:
+    """A seed that copies an eval item loads fine, then synthesis drops it from every run's training as
+    `contaminated`: the author learns of it from a count in synthesis.json, if at all. One a parent
+    already has is that parent's problem, reported when it is validated."""
+    from .synthesize import seed_copies
+
+    inherited = {(seed.text, text) for ancestor in pack.ancestry()[:-1] for seed, _, text in seed_copies(ancestor)}
+    return [Problem(str(pack.root / MANIFEST), f"seed {seed.id}",
+                    f"{seed.text[:80]!r} copies eval item {label} ({text[:80]!r}), so synthesis drops it from training "
+                    "as contaminated", hint="rewrite the seed or the eval item so that neither repeats or closely "
+                    "paraphrases the other (packs/README.md, 'Know what decontamination catches')")
+            for seed, label, text in seed_copies(pack) if (seed.text, text) not in inherited]
 
 
 def validate_all(packs_dir: Path, registry: Registry) -> ValidationReport:
