@@ -205,3 +205,17 @@ def test_each_manifest_is_parsed_once_per_version_of_the_file(fixture_packs: Pat
     manifest.write_text(manifest.read_text().replace("version: 1.0.0", "version: 1.1.0"))
     assert {(loc.name, loc.version) for loc in Registry([fixture_packs]).discover()} == \
         {("child-pack", "1.0.0"), ("root-pack", "1.1.0")}
+
+
+def test_a_packs_path_that_is_not_a_directory_is_refused(fixture_packs: Path, tmp_path: Path) -> None:
+    """`pa list --packs-path /typo` listed the other packs without a word, as `pa show` took another copy:
+    a missing or file --packs-path is refused naming it, as `--dir` of `pa validate --all` is."""
+    (tmp_path / "a-file").write_text("x\n")
+    for bad, why in ((tmp_path / "no-such-dir", "does not exist"), (tmp_path / "a-file", "is a file, not a directory")):
+        for args in (["list"], ["show", "root-pack"], ["render", "root-pack"], ["validate", str(fixture_packs / "root-pack")]):
+            result = CliRunner().invoke(app, [*args, "--packs-path", str(fixture_packs), "--packs-path", str(bad)])
+            assert result.exit_code == 2, (args, result.output)
+            assert f"{bad}: this --packs-path {why}" in result.output and "Traceback" not in result.output
+    with pytest.raises(ResolveError, match="this --packs-path does not exist"):
+        Registry.default(packs_path=[tmp_path / "no-such-dir"])
+    assert CliRunner().invoke(app, ["list", "--packs-path", str(fixture_packs)]).exit_code == 0
