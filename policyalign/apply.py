@@ -454,6 +454,10 @@ def _push(run_dir: Path, options: ApplyOptions, key: str) -> None:
 # --------------------------------------------------------------------------- summaries
 
 
+# The eval.json rates a run's summary shows.
+SUMMARY_RATES = ("violation_rate", "over_refusal_rate", "forbidden_tool_call_rate")
+
+
 def _metric(summary: dict[str, Any] | None, name: str) -> float | None:
     if not summary:
         return None
@@ -478,6 +482,13 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
             # A hand-edited eval.json (`[1]`, `"metrics": 5`) was an AttributeError traceback from `pa runs`.
             raise RunError("not an eval.json written by `pa eval` (no \"metrics\" object)", file=str(path),
                            hint=f"delete {path.parent} and run `pa apply` again to re-run that evaluation")
+        overall = metrics.get("overall", {})
+        for name in SUMMARY_RATES:  # a hand-edited "0.5abc" was a ValueError traceback from `pa runs`' table
+            value = overall.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise RunError(f"{value!r} is not a rate (a number from 0 to 1, or null)", file=str(path),
+                               where=f"metrics.overall.{name}",
+                               hint=f"fix the value, or delete {path.parent} and run `pa apply` again to re-run that evaluation")
         return data
 
     before, after = load("eval/before/eval.json"), load("eval/after/eval.json")
