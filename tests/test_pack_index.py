@@ -32,6 +32,10 @@ def test_a_packs_directory_that_does_not_exist_is_an_error(tmp_path: Path) -> No
         assert result.exit_code == 2, result.output
         assert "packs directory" in result.output and "does not exist" in result.output
     assert not (tmp_path / "pack").exists()
+    (tmp_path / "notes.txt").write_text("x\n")  # a file was said not to exist
+    for args in (["index"], ["validate", "--all"]):
+        result = runner.invoke(app, [*args, "--dir", str(tmp_path / "notes.txt")])
+        assert result.exit_code == 2 and "notes.txt is a file, not a directory" in result.output, result.output
 
 
 def test_a_pack_given_as_the_packs_directory_is_named_as_such(fixture_packs: Path) -> None:
