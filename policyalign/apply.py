@@ -113,8 +113,9 @@ CONFIG_KEYS_OF_FLAGS = {"lr": "learning_rate", "epochs": "num_epochs", "grad_acc
 def load_config_file(path: Path) -> dict[str, Any]:
     """Options from a YAML file, named as `ApplyOptions` fields (dashes allowed): mostly the long
     command-line names, except the flags in CONFIG_KEYS_OF_FLAGS."""
-    if not path.is_file():
-        raise InvalidInputError("config file not found", file=str(path), hint="pass an existing YAML file to --config")
+    if not path.is_file():  # a directory was "config file not found", though it is right there
+        what = "a directory, not a config file" if path.is_dir() else "config file not found"
+        raise InvalidInputError(what, file=str(path), hint="pass an existing YAML file to --config")
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=ManifestLoader) or {}
     except yaml.YAMLError as exc:

@@ -190,6 +190,15 @@ def test_a_config_file_that_is_not_utf8_is_an_error_naming_it(tmp_path: Path) ->
     assert caught.value.problem.file == str(config) and "not UTF-8 text" in str(caught.value)
 
 
+def test_a_config_that_is_a_directory_is_called_one(tmp_path: Path) -> None:
+    """`--config DIR` was "config file not found", though DIR is right there."""
+    with pytest.raises(InvalidInputError, match="a directory, not a config file") as caught:
+        build_options({}, tmp_path)
+    assert caught.value.problem.file == str(tmp_path)
+    with pytest.raises(InvalidInputError, match="config file not found"):
+        build_options({}, tmp_path / "run.yaml")
+
+
 def test_config_help_names_every_option_with_no_flag() -> None:
     """`pa apply --help` is where a user learns the --config keys that have no command-line flag."""
     import typer
