@@ -210,6 +210,11 @@ class Registry:
 
     @staticmethod
     def _pick(spec: str, name: str, wanted: str, candidates: list[PackLocation]) -> PackLocation:
+        # Build metadata takes no part in precedence, so `name@1.0.0+b` matches 1.0.0+a too; the copy whose
+        # version is the one asked for wins (it took whichever came first in the search path).
+        exact = [c for c in candidates if is_semver(wanted) and c.version == wanted]
+        if exact:
+            return exact[0]
         rng = version_range(spec)
         matching = [c for c in candidates if is_semver(c.version) and Version.parse(c.version) in rng]
         if not matching and not wanted:  # a bare name: ranges skip prereleases, but one that is all there is still loads
