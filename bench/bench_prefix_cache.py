@@ -68,6 +68,18 @@ def multiply_adds(config: Any, rows: int, queries: int, keys: int, head_position
     return rows * queries * (linear + attention) + head_positions * d * config.vocab_size
 
 
+def pack_policy(parser: argparse.ArgumentParser, path: str) -> str:
+    """The policy of the pack at `path`, or an argparse usage error (exit 2) saying what is wrong with it:
+    a missing or invalid --pack ended in a PackError traceback, after the model had been built."""
+    from policyalign.errors import PolicyAlignError
+    from policyalign.pack import load_pack
+
+    try:
+        return load_pack(path).policy
+    except PolicyAlignError as exc:
+        parser.error(f"--pack {path}: {exc}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_options(parser)
@@ -79,16 +91,15 @@ def main() -> int:
                         help="give this many rows a tool (as agent-tools instructions have): the batch then "
                              "continues from the part of the prefix that ends with the policy")
     args = parser.parse_args()
+    policy = pack_policy(parser, args.pack) if args.pack else POLICY
     if args.smoke:
         args.batch_size, args.completion_tokens, args.repeats = 2, 8, 1
     device = model_device(args)
 
     import torch
 
-    from policyalign.pack import load_pack
     from policyalign.scoring import PolicyScorer, completion_logits
 
-    policy = load_pack(args.pack).policy if args.pack else POLICY
     loaded = build_model(args.shape, device=device, dtype=args.dtype)
     scorer = PolicyScorer(loaded, policy, batch_size=args.batch_size)
     rows = [{**r, "tools": TOOLS} if i < args.tool_rows else r for i, r in enumerate(records(args.batch_size))]

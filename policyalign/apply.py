@@ -113,8 +113,9 @@ CONFIG_KEYS_OF_FLAGS = {"lr": "learning_rate", "epochs": "num_epochs", "grad_acc
 def load_config_file(path: Path) -> dict[str, Any]:
     """Options from a YAML file, named as `ApplyOptions` fields (dashes allowed): mostly the long
     command-line names, except the flags in CONFIG_KEYS_OF_FLAGS."""
-    if not path.is_file():
-        raise InvalidInputError("config file not found", file=str(path), hint="pass an existing YAML file to --config")
+    if not path.is_file():  # a directory was "config file not found", though it is right there
+        what = "a directory, not a config file" if path.is_dir() else "config file not found"
+        raise InvalidInputError(what, file=str(path), hint="pass an existing YAML file to --config")
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=ManifestLoader) or {}
     except yaml.YAMLError as exc:
@@ -454,6 +455,10 @@ def _push(run_dir: Path, options: ApplyOptions, key: str) -> None:
 # --------------------------------------------------------------------------- summaries
 
 
+# The eval.json rates a run's summary shows.
+SUMMARY_RATES = ("violation_rate", "over_refusal_rate", "forbidden_tool_call_rate")
+
+
 def _metric(summary: dict[str, Any] | None, name: str) -> float | None:
     if not summary:
         return None
@@ -478,6 +483,13 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
             # A hand-edited eval.json (`[1]`, `"metrics": 5`) was an AttributeError traceback from `pa runs`.
             raise RunError("not an eval.json written by `pa eval` (no \"metrics\" object)", file=str(path),
                            hint=f"delete {path.parent} and run `pa apply` again to re-run that evaluation")
+        overall = metrics.get("overall", {})
+        for name in SUMMARY_RATES:  # a hand-edited "0.5abc" was a ValueError traceback from `pa runs`' table
+            value = overall.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise RunError(f"{value!r} is not a rate (a number from 0 to 1, or null)", file=str(path),
+                               where=f"metrics.overall.{name}",
+                               hint=f"fix the value, or delete {path.parent} and run `pa apply` again to re-run that evaluation")
         return data
 
     before, after = load("eval/before/eval.json"), load("eval/after/eval.json")

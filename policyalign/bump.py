@@ -124,8 +124,10 @@ def _target(old: Version, part: str | None, to: str | None) -> Version:
         raise InvalidInputError(f"--to {to!r} is not a semantic version", hint="e.g. --to 1.2.0 or --to 2.0.0-rc.1")
     new = Version.parse(to)
     if new <= old:
+        same = " (build metadata, after `+`, takes no part in the order: it does not make a new version)" \
+            if new == old and new.build != old.build else ""
         raise InvalidInputError(f"--to {new} is not above the current version {old}",
-                                hint="a new version must sort above every released one")
+                                hint=f"a new version must sort above every released one{same}")
     return new
 
 

@@ -219,7 +219,37 @@ def load_summary(source: "EvalResult | Mapping[str, Any] | str | os.PathLike[str
         raise InvalidInputError("not an eval.json written by `pa eval` (no \"metrics\" with overall, sets and "
                                 "categories)", file=str(path),
                                 hint="pass the eval.json from an eval output directory")
+    bad = _bad_rate(metrics)
+    if bad:  # a hand-edited "0.5abc" was a ValueError traceback from `pa eval --compare`
+        raise InvalidInputError(f"{bad[1]!r} is not what `pa eval` writes there (a rate is a number from 0 to 1, "
+                                "or null; its ci95 a [low, high] pair)", file=str(path), where=bad[0],
+                                hint="fix the value, or pass an eval.json as `pa eval` wrote it")
     return data
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _bad_rate(metrics: Mapping[str, Any]) -> tuple[str, Any] | None:
+    """(where, value) of the first rate or interval in `metrics` that comparing cannot format, else None:
+    every scope (overall, each set, each category) an object, its rates numbers or null, and its ci95
+    intervals pairs of numbers."""
+    scopes = [("/metrics/overall", metrics["overall"])] + [
+        (f"/metrics/{group}/{name}", scope) for group in ("sets", "categories") for name, scope in metrics[group].items()]
+    for where, scope in scopes:
+        if not isinstance(scope, Mapping):
+            return where, scope
+        intervals = scope.get("ci95") or {}
+        if not isinstance(intervals, Mapping):
+            return f"{where}/ci95", intervals
+        for key in RATE_METRICS:
+            value, interval = scope.get(key), intervals.get(key)
+            if value is not None and not _is_number(value):
+                return f"{where}/{key}", value
+            if interval and not (isinstance(interval, Sequence) and len(interval) == 2 and all(map(_is_number, interval))):
+                return f"{where}/ci95/{key}", interval
+    return None
 
 
 def plot_before_after(before: Any, after: Any, path: str | os.PathLike[str]) -> Path:

@@ -304,6 +304,7 @@ def evaluate(
     pack = resolve_pack(pack)
     check_eval_options(judge, limit)
     chosen = select_sets(pack, sets)  # before the folder exists: a misspelt set leaves nothing behind
+    check_eval_out(Path(out_dir))
     from .generation import greedy_params
     from .run import EVAL_DIR_BUSY, run_lock, versions
 
@@ -359,6 +360,24 @@ def set_entry(eval_set: "EvalSet", evaluated: int) -> dict[str, Any]:
     if eval_set.origin:
         entry |= {"from": eval_set.origin, "dropped": dict(eval_set.dropped)}
     return entry
+
+
+# What an evaluation writes beside its eval.json.
+EVAL_FILES = ("responses.jsonl", "report.md", "categories.png")
+
+
+def check_eval_out(out_dir: Path) -> None:
+    """Refuse an output folder holding a file an evaluation writes but no evaluation (no eval.json, no
+    journal of one stopped part way): `--out ""` (an unset shell variable) or `--out .` wrote report.md
+    and responses.jsonl over the current directory's own, after minutes of generating. An earlier
+    evaluation's folder is written over, as running the same `pa eval` again does."""
+    if not out_dir.is_dir() or (out_dir / "eval.json").is_file() or (out_dir / JOURNAL).is_file():
+        return
+    taken = [name for name in EVAL_FILES if (out_dir / name).exists()]
+    if taken:
+        raise InvalidInputError(f"--out {out_dir} holds {', '.join(taken)} but no evaluation (no eval.json): "
+                                "this one would write over them", file=str(out_dir),
+                                hint="give --out a new or empty directory, or the folder of an earlier evaluation")
 
 
 @contextmanager

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from . import card
 from .errors import HubError, InvalidInputError, PackError, Problem
-from .hub import (DEFAULT_BRANCH, PushResult, check_repo_id, check_tag, commit_and_tag, endpoint, hub_api, hub_call,
-                  is_safe_relpath, prepare_repo, remote_files, repo_url, resolve_token, split_spec, swap_in)
+from .hub import (DEFAULT_BRANCH, TAKEN_TAG_HINTS, PushResult, check_repo_id, check_tag, commit_and_tag, endpoint,
+                  hub_api, hub_call, is_safe_relpath, prepare_repo, remote_files, repo_url, resolve_token, split_spec,
+                  swap_in)
 from .io import sha256_file
 from .pack_input import file_cap
 from .semver import Version, is_semver, parse_range
@@ -78,6 +79,8 @@ def push_pack(path: str | Path, repo_id: str, *, private: bool = False, revision
     token = resolve_token(token, repo_id)
     api = hub_api(token)
     prepare_repo(api, repo_id, "dataset", tag, private=private, token=token)
+    if revision is None:
+        _refuse_same_version(api, repo_id, pack.version, token)
     uploads: dict[str, Any] = {f"{PACK_DIR}/{rel}": str(pack.root / rel) for rel in hashes}
     uploads["README.md"] = card.render_pack_card(pack, repo_id, tag, hashes).encode("utf-8")
     stale = [p for p in remote_files(api, repo_id, "dataset", token)
@@ -85,6 +88,18 @@ def push_pack(path: str | Path, repo_id: str, *, private: bool = False, revision
     message = f"policyalign pack {pack.ref} (digest {pack.digest[:12]})"
     commit = commit_and_tag(api, repo_id, "dataset", uploads, stale, message, tag, token)
     return PushResult(repo_url(repo_id, "dataset", tag), repo_id, tag, commit, tuple(sorted(uploads)))
+
+
+def _refuse_same_version(api: Any, repo_id: str, version: str, token: str) -> None:
+    """A HubError when the repository has `version` under another tag text: 1.0.0+b after v1.0.0+a.
+    Build metadata takes no part in SemVer precedence, so the two are one version published twice with
+    two contents, and `pa pack pull ORG/NAME@^1` picked one of them by the order the Hub listed its tags."""
+    with hub_call("reading the repository's tags", token=token, repo=repo_id):
+        tags = [t.name for t in api.list_repo_refs(repo_id, repo_type="dataset").tags]
+    same = [t for t in tags if t.startswith("v") and is_semver(t[1:]) and Version.parse(t[1:]) == Version.parse(version)]
+    if same:
+        raise HubError(f"version {version} is already published as tag {same[0]!r}: build metadata (after `+`) "
+                       "does not make a new version", file=repo_id, hint=TAKEN_TAG_HINTS["dataset"].format(tag=same[0]))
 
 
 # --------------------------------------------------------------------------- packs: pull

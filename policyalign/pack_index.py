@@ -102,10 +102,14 @@ def index_problems(path: Path, packs: list["Pack"]) -> list[Problem]:
     by_name = {e.get("name"): e for e in recorded.values()}
     problems: list[Problem] = []
     for pack in packs:
-        problems += _pack_vs_index(rel, pack, recorded.get((pack.name, pack.version)), by_name.get(pack.name))
+        problems += _pack_vs_index(rel, pack, recorded_entry(index, pack), by_name.get(pack.name))
     on_disk = {(p.name, p.version) for p in packs}
+    # 1.0.0+a changed and renamed 1.0.0+b: the unbumped-content problem names it; "run `pa index` to drop
+    # 1.0.0+a" would send the user to a command that refuses
+    renamed = {(p.name, e["version"]) for p in packs if (e := recorded_entry(index, p)) is not None
+               and e.get("files_digest") != p.files_digest}
     for key in recorded:
-        if key not in on_disk:
+        if key not in on_disk | renamed:
             problems.append(Problem(rel, f"/packs ({key[0]}@{key[1]})", "index lists a pack that is not on disk",
                                     "run `pa index` to drop it"))
     return problems or _drift_problems(rel, index, build_index(packs))
@@ -152,15 +156,30 @@ def unrecordable(path: Path, packs: list["Pack"]) -> list[Problem]:
     index = read_index(path)
     if index is None or index.get("corrupt") or _shape_problems(str(path), index):
         return []
-    recorded = {(e["name"], e["version"]): e for e in index["packs"]}
-    changed = [_unbumped(p) for p in packs if (p.name, p.version) in recorded
-               and recorded[(p.name, p.version)].get("files_digest") not in (None, p.files_digest)]
+    entries = [(p, recorded_entry(index, p)) for p in packs]
+    changed = [_unbumped(p, e) for p, e in entries if e is not None and e.get("files_digest") not in (None, p.files_digest)]
     return _downgrades(index, packs) + changed
 
 
-def _unbumped(pack: "Pack") -> Problem:
+def recorded_entry(index: dict[str, Any], pack: "Pack") -> dict[str, Any] | None:
+    """The index entry of `pack`'s version: the same version string, or one equal in SemVer precedence.
+    Build metadata takes no part in it, so 1.0.0+b is the version 1.0.0+a is: looked up by the string,
+    a pack changed under 1.0.0+a and renamed 1.0.0+b passed as a new version, in `pa index` and
+    `pa validate --all` alike."""
+    same_name = [e for e in index["packs"] if e["name"] == pack.name]
+    exact = next((e for e in same_name if e["version"] == pack.version), None)
+    if exact is not None or not is_semver(pack.version):
+        return exact
+    version = Version.parse(pack.version)
+    return next((e for e in same_name if is_semver(e["version"]) and Version.parse(e["version"]) == version), None)
+
+
+def _unbumped(pack: "Pack", entry: dict[str, Any] | None = None) -> Problem:
+    recorded = (entry or {}).get("version", pack.version)
+    still = (f"is still {pack.version}" if recorded == pack.version else
+             f"{pack.version} is the version the index has as {recorded} (build metadata, after `+`, does not make a new version)")
     return Problem(str(pack.root / "pack.yaml"), "/version",
-                   f"content of {pack.name} changed but its version is still {pack.version}",
+                   f"content of {pack.name} changed but its version {still}",
                    f"`pa bump {pack.root} patch|minor|major --note 'what changed'` (the version in pack.yaml and "
                    "its CHANGELOG.md entry), then `pa index`")
 
@@ -195,7 +214,7 @@ def _pack_vs_index(rel: str, pack: "Pack", entry: dict[str, Any] | None, same_na
                    if same_name else f"{pack.ref} is not in the index")
         return [Problem(rel, where, message, "run `pa index` and commit packs/INDEX.json")]
     if entry.get("files_digest") != pack.files_digest:
-        return [_unbumped(pack)]
+        return [_unbumped(pack, entry)]
     if entry.get("digest") != pack.digest:
         return [Problem(rel, where, f"composed digest of {pack.ref} changed (a parent pack changed)",
                         "run `pa index` and commit packs/INDEX.json")]

@@ -20,13 +20,14 @@ class SynthesisPrompt:
 
 def synthesis_prompts(pack: Pack, *, category: str | None = None, template: str | None = None,
                       n: int | None = None) -> list[SynthesisPrompt]:
-    """One prompt per (template, category), in pack order; filters by id when given."""
+    """One prompt per (template, category), in pack order; filters by id when given (an empty id too:
+    `--category ""` matches nothing and is an error, not an empty, successful listing)."""
     cats = [c for c in pack.categories if category in (None, c.id)]
     temps = [t for t in pack.templates if template in (None, t.id)]
-    if category and not cats:
+    if category is not None and not cats:
         raise InvalidInputError(f"pack {pack.name} has no category {category!r}",
                                 hint=did_you_mean(category, [c.id for c in pack.categories], "its categories"))
-    if template and not temps:
+    if template is not None and not temps:
         raise InvalidInputError(f"pack {pack.name} has no template {template!r}",
                                 hint=did_you_mean(template, [t.id for t in pack.templates], "its templates"))
     count = n if n is not None else int(pack.synthesis.get("count_per_category", 20))

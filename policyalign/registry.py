@@ -34,6 +34,17 @@ def env_packs_paths() -> list[Path]:
     return [Path(p) for p in raw.split(os.pathsep) if p]
 
 
+def check_packs_path(packs_path: list[Path]) -> None:
+    """A ResolveError for a --packs-path that is not a directory. Discovery skips such a path, so a typo
+    in it was silently ignored (`pa list` listed the other packs, `pa show` took another copy); `--dir`
+    of `pa validate --all` and `pa index` is refused the same way."""
+    for path in packs_path:
+        if not Path(path).is_dir():
+            what = "is a file, not a directory" if Path(path).exists() else "does not exist"
+            raise ResolveError(f"this --packs-path {what}", file=str(path),
+                               hint="pass --packs-path a directory holding pack directories (each with a pack.yaml)")
+
+
 @dataclass(frozen=True)
 class PackLocation:
     name: str
@@ -99,6 +110,8 @@ class Registry:
 
     @classmethod
     def default(cls, packs_path: list[Path] | None = None, extra: list[Path] | None = None) -> "Registry":
+        """`packs_path` is the user's --packs-path: each must be a directory (see `check_packs_path`)."""
+        check_packs_path(packs_path or [])
         paths = [*(packs_path or []), *env_packs_paths(), Path("packs"), user_packs_dir(), *(extra or [])]
         unique: list[Path] = []
         for path in paths:
@@ -197,6 +210,11 @@ class Registry:
 
     @staticmethod
     def _pick(spec: str, name: str, wanted: str, candidates: list[PackLocation]) -> PackLocation:
+        # Build metadata takes no part in precedence, so `name@1.0.0+b` matches 1.0.0+a too; the copy whose
+        # version is the one asked for wins (it took whichever came first in the search path).
+        exact = [c for c in candidates if is_semver(wanted) and c.version == wanted]
+        if exact:
+            return exact[0]
         rng = version_range(spec)
         matching = [c for c in candidates if is_semver(c.version) and Version.parse(c.version) in rng]
         if not matching and not wanted:  # a bare name: ranges skip prereleases, but one that is all there is still loads

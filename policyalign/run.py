@@ -196,9 +196,16 @@ def same_model(recorded: str, given: str) -> bool:
 def run_inputs(run_dir: Path) -> dict[str, Any]:
     """The recorded inputs of an existing run, or a RunError saying how to start one."""
     run_dir = Path(run_dir)
+    start = "start a run with `pa apply PACK --model M --out DIR` or `pa synthesize PACK --model M --out DIR`"
     if not run_dir.is_dir():
-        raise RunError(f"run directory {run_dir} does not exist", file=str(run_dir),
-                       hint="start a run with `pa apply PACK --model M --out DIR` or `pa synthesize PACK --model M --out DIR`")
+        # A file (`pa filter runs/x/run.json`) was told "run directory ... does not exist", though it is right there.
+        what = f"{run_dir} is a file, not a run directory" if run_dir.exists() else f"run directory {run_dir} does not exist"
+        hint = f"pass its directory, {run_dir.parent}" if run_dir.name == MANIFEST else start
+        raise RunError(what, file=str(run_dir), hint=hint)
+    if not (run_dir / MANIFEST).is_file():
+        # was "DIR/run.json: this run does not record its pack and model", naming a file that is not there
+        raise RunError(f"{run_dir} is not a run directory (no {MANIFEST})", file=str(run_dir),
+                       hint=f"pass the directory `pa apply` or `pa synthesize` wrote, or {start}")
     inputs = read_manifest(run_dir)["inputs"]
     if "pack" not in inputs or "model" not in inputs:
         raise RunError("this run does not record its pack and model", file=str(run_dir / MANIFEST),

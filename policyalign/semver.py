@@ -23,24 +23,27 @@ from functools import total_ordering
 
 # \Z, not $: `$` also matches before a trailing newline, and "1.0.0\n" (or " 1.0.0", when the text was
 # stripped first) passed as a pack's version, then named it `hh@ 1.0.0` and went into tags and the index.
-_SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?\Z")
+_SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?(?:\+([0-9A-Za-z.-]+))?\Z")
 _PARTIAL = re.compile(r"^(0|[1-9]\d*)(?:\.(0|[1-9]\d*))?(?:\.(0|[1-9]\d*))?\Z")
 
 
 @total_ordering
 class Version:
-    """A parsed MAJOR.MINOR.PATCH[-prerelease] version (build metadata ignored)."""
+    """A parsed MAJOR.MINOR.PATCH[-prerelease][+build] version. Build metadata is kept for display
+    (`str`) but, as SemVer 2.0 says, takes no part in precedence: `1.0.0+a == 1.0.0+b`, one version.
+    (Dropping it from `str` made `pa bump --to 1.1.0+b5` write 1.1.0, and refuse `--to 1.0.0+b` from
+    1.0.0+a as "1.0.0 is not above the current version 1.0.0".)"""
 
-    def __init__(self, major: int, minor: int, patch: int, pre: str = "") -> None:
-        self.major, self.minor, self.patch, self.pre = major, minor, patch, pre
+    def __init__(self, major: int, minor: int, patch: int, pre: str = "", build: str = "") -> None:
+        self.major, self.minor, self.patch, self.pre, self.build = major, minor, patch, pre, build
 
     @classmethod
     def parse(cls, text: str) -> "Version":
         match = _SEMVER.match(text)
         if not match:
             raise ValueError(f"not a semantic version (MAJOR.MINOR.PATCH): {text!r}")
-        major, minor, patch, pre = match.groups()
-        return cls(int(major), int(minor), int(patch), pre or "")
+        major, minor, patch, pre, build = match.groups()
+        return cls(int(major), int(minor), int(patch), pre or "", build or "")
 
     def _key(self) -> tuple:
         # SemVer 2.0 precedence: a prerelease sorts before its release; its dot-separated
@@ -64,7 +67,8 @@ class Version:
         return hash(self._key())
 
     def __str__(self) -> str:
-        return f"{self.major}.{self.minor}.{self.patch}" + (f"-{self.pre}" if self.pre else "")
+        return (f"{self.major}.{self.minor}.{self.patch}" + (f"-{self.pre}" if self.pre else "")
+                + (f"+{self.build}" if self.build else ""))
 
     __repr__ = __str__
 

@@ -59,8 +59,9 @@ def validate_all(packs_dir: Path, registry: Registry) -> ValidationReport:
 
     A `packs_dir` that is not a directory (a typo in --dir) is an error: `pa index` created it and
     wrote an empty index there, and `pa validate --all` only said the index was missing."""
-    if not packs_dir.is_dir():
-        raise InvalidInputError(f"packs directory {packs_dir} does not exist", file=str(packs_dir),
+    if not packs_dir.is_dir():  # a file was "packs directory X does not exist", though it is right there
+        what = "is a file, not a directory" if packs_dir.exists() else "does not exist"
+        raise InvalidInputError(f"packs directory {packs_dir} {what}", file=str(packs_dir),
                                 hint="pass --dir the directory that holds the packs (default: packs, from the repository root)")
     if (packs_dir / MANIFEST).is_file():  # every subfolder (eval/, templates/) would be "missing pack.yaml"
         raise InvalidInputError(f"{packs_dir} is a pack, not a directory of packs", file=str(packs_dir),

@@ -190,6 +190,15 @@ def test_a_config_file_that_is_not_utf8_is_an_error_naming_it(tmp_path: Path) ->
     assert caught.value.problem.file == str(config) and "not UTF-8 text" in str(caught.value)
 
 
+def test_a_config_that_is_a_directory_is_called_one(tmp_path: Path) -> None:
+    """`--config DIR` was "config file not found", though DIR is right there."""
+    with pytest.raises(InvalidInputError, match="a directory, not a config file") as caught:
+        build_options({}, tmp_path)
+    assert caught.value.problem.file == str(tmp_path)
+    with pytest.raises(InvalidInputError, match="config file not found"):
+        build_options({}, tmp_path / "run.yaml")
+
+
 def test_config_help_names_every_option_with_no_flag() -> None:
     """`pa apply --help` is where a user learns the --config keys that have no command-line flag."""
     import typer
@@ -450,6 +459,21 @@ def test_runs_lists_a_run_with_a_hand_edited_eval_json_as_unreadable(tmp_path: P
     rows = json.loads(result.stdout)
     assert [row["status"] for row in rows] == ["unreadable", "unreadable"]
     assert all("eval.json: not an eval.json written by `pa eval`" in row["problem"] for row in rows)
+
+
+def test_runs_lists_a_run_whose_eval_json_holds_a_rate_that_is_no_number_as_unreadable(tmp_path: Path) -> None:
+    """A hand-edited rate ("0.5abc") was a ValueError traceback from `pa runs`' table, listing no run at all."""
+    for name, rate in (("text", '"0.5abc"'), ("good", "0.25")):
+        run = tmp_path / "runs" / name
+        (run / "eval" / "before").mkdir(parents=True)
+        (run / "run.json").write_text(json.dumps({"inputs": {"model": "tiny"}, "stages": {}}))
+        (run / "eval" / "before" / "eval.json").write_text('{"metrics": {"overall": {"violation_rate": %s}}}' % rate)
+    table = CliRunner().invoke(app, ["runs", str(tmp_path / "runs")])
+    assert table.exit_code == 0, table.output
+    assert "text: unreadable:" in table.output and "25.0%" in table.output
+    good, text = json.loads(CliRunner().invoke(app, ["runs", str(tmp_path / "runs"), "--json"]).stdout)
+    assert good["violation_before"] == 0.25 and text["status"] == "unreadable"
+    assert "eval.json:metrics.overall.violation_rate: '0.5abc' is not a rate" in text["problem"]
 
 
 def test_summary_reports_forbidden_tool_calls_only_for_runs_with_tool_items(tmp_path: Path,

@@ -59,3 +59,14 @@ def test_prefix_cache_takes_a_pack_policy(capsys, monkeypatch) -> None:
     assert "policy prefix 394 tokens" in default
     assert "policy prefix 394 tokens" not in general
     assert 0 < _work_ratio(general) < _work_ratio(default) < 1
+
+
+def test_prefix_cache_with_a_bad_pack_is_a_usage_error(tmp_path: Path, capsys, monkeypatch) -> None:
+    """`--pack /no/such/pack` (or a directory without pack.yaml) ended in a PackError traceback."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for bad in (tmp_path / "no-such-pack", tmp_path):
+        monkeypatch.setattr(sys, "argv", [str(BENCH / "bench_prefix_cache.py"), "--smoke", "--pack", str(bad)])
+        with pytest.raises(SystemExit) as exit_info:
+            runpy.run_path(str(BENCH / "bench_prefix_cache.py"), run_name="__main__")
+        assert exit_info.value.code == 2
+        assert f"error: --pack {bad}: 1 problem found" in capsys.readouterr().err

@@ -118,6 +118,21 @@ def test_bad_requests_are_refused_before_any_write(packs: Path, args: list[str],
     assert "version: 1.0.0\n" in (packs / "legal" / "pack.yaml").read_text()
 
 
+def test_build_metadata_is_written_as_given_and_is_no_new_version(packs: Path) -> None:
+    """`--to 1.0.0+b` from 1.0.0+a was refused as "--to 1.0.0 is not above the current version 1.0.0",
+    and `--to 1.1.0+b5` wrote 1.1.0: the build metadata asked for was dropped."""
+    manifest = packs / "legal" / "pack.yaml"
+    manifest.write_text(manifest.read_text().replace("version: 1.0.0\n", "version: 1.0.0+a\n"))
+    refused = runner.invoke(app, ["bump", str(packs / "legal"), "--to", "1.0.0+b", "-m", "x"])
+    assert refused.exit_code == 2
+    assert "--to 1.0.0+b is not above the current version 1.0.0+a" in refused.output
+    assert "build metadata" in refused.output and "version: 1.0.0+a\n" in manifest.read_text()
+    result = bump_pack(packs / "legal", None, to="1.1.0+b5", notes=["Built."])
+    assert (result.old, result.new) == ("1.0.0+a", "1.1.0+b5")
+    assert "version: 1.1.0+b5\n" in manifest.read_text()
+    assert "## 1.1.0+b5" in (packs / "legal" / "CHANGELOG.md").read_text()
+
+
 def test_a_manifest_without_a_semantic_version_names_the_field(packs: Path) -> None:
     manifest = packs / "legal" / "pack.yaml"
     manifest.write_text(manifest.read_text().replace("version: 1.0.0", "version: 1.0", 1))

@@ -62,6 +62,60 @@ def test_ctrl_c_in_pa_judge_says_the_verdicts_so_far_are_kept() -> None:
     assert "run the same command again to continue" in message
 
 
+# Run like the `pa` console script (`from policyalign.cli import main; main()`), sending itself a real SIGINT
+# at one moment before a command runs: while a module loads (a meta path hook), or inside an eval of text
+# while typer builds the command (where CPython then also marked the caught Ctrl-C unhandled).
+_CTRL_C_EARLY = """
+import os, signal, sys
+where = sys.argv[1]
+class CtrlC:
+    def find_spec(self, name, path=None, target=None):
+        if name == where:
+            os.kill(os.getpid(), signal.SIGINT)
+            sum(range(10**6))
+sys.meta_path.insert(0, CtrlC())
+if where == "build":
+    import typer.main
+    build = typer.main.get_command
+    def interrupted_build(app):
+        eval("__import__('os').kill(__import__('os').getpid(), 2) or [i for i in range(10**6)]")
+        return build(app)
+    typer.main.get_command = interrupted_build
+if where == "parse":
+    from typer.core import TyperGroup
+    parse = TyperGroup.parse_args
+    def interrupted_parse(self, ctx, args):
+        os.kill(os.getpid(), signal.SIGINT)
+        sum(range(10**6))
+        return parse(self, ctx, args)
+    TyperGroup.parse_args = interrupted_parse
+if where == "command":  # inside `pa list`, where PaGroup.invoke always caught it, then died by SIGINT all the same
+    from policyalign.registry import Registry
+    def interrupted_discover(self):
+        eval("__import__('os').kill(__import__('os').getpid(), 2) or [i for i in range(10**6)]")
+    Registry.discover = interrupted_discover
+sys.argv = ["pa", "list"]
+from policyalign.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize("where", ["typer", "policyalign.cli.model_cmds", "build", "parse", "command"])
+def test_ctrl_c_before_the_command_runs_exits_130_without_a_traceback(where: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Ctrl-C in the first ~0.3 s of any `pa` (its modules loading, typer building the command line) was a
+    KeyboardInterrupt traceback and a death by SIGINT (-2), or a silent 130, by the moment it landed."""
+    import signal
+    import subprocess
+    import sys
+
+    # `-m`, as `python -m policyalign` runs (and torchrun): there CPython's mark turned exit 130 into SIGINT
+    (tmp_path / "ctrl_c_early.py").write_text(_CTRL_C_EARLY)
+    proc = subprocess.run([sys.executable, "-m", "ctrl_c_early", where], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert proc.returncode == 130, (proc.returncode, proc.stderr[-2000:])
+    assert proc.stderr.strip() == "interrupted" and proc.stdout == ""
+
+
 def _help_texts(path: tuple[str, ...]) -> list[str]:
     command = typer.main.get_command(app)
     for name in path:

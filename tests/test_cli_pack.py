@@ -111,6 +111,14 @@ def test_render_unknown_category_suggests(fixture_packs: Path) -> None:
     assert result.exit_code == 2 and "its templates: " in result.output
 
 
+def test_render_empty_category_or_template_is_an_error(fixture_packs: Path) -> None:
+    """`--category ""` printed nothing and exited 0: an empty id matched no category and was taken for "all"."""
+    for option, listed in (("--category", "its categories: weapons, scams, records"), ("--template", "its templates: ")):
+        result = runner.invoke(app, ["render", "child-pack", "--packs-path", str(fixture_packs), option, ""])
+        assert result.exit_code == 2, result.output
+        assert listed in result.output
+
+
 def test_render_with_an_n_the_template_cannot_take_is_a_clear_error(fixture_packs: Path) -> None:
     """Validation renders with the pack's n; `--n` may still break a template: file, line and category, no traceback."""
     template = fixture_packs / "root-pack" / "templates" / "plain.jinja"

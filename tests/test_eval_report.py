@@ -157,6 +157,25 @@ def test_compare_rejects_an_eval_json_whose_metrics_are_not_an_evals(tmp_path: P
         compare(tmp_path, tmp_path)
 
 
+@pytest.mark.parametrize("metrics, where", [
+    ('{"overall": {"violation_rate": "0.5abc"}, "sets": {}, "categories": {}}', "/metrics/overall/violation_rate"),
+    ('{"overall": {"violation_rate": 0.5, "ci95": {"violation_rate": "ab"}}, "sets": {}, "categories": {}}',
+     "/metrics/overall/ci95/violation_rate"),
+    ('{"overall": {}, "sets": {"harmful": 5}, "categories": {}}', "/metrics/sets/harmful"),
+    ('{"overall": {}, "sets": {}, "categories": {"fraud": {"over_refusal_rate": true}}}',
+     "/metrics/categories/fraud/over_refusal_rate"),
+])
+def test_pa_eval_compare_names_a_hand_edited_rate_it_cannot_read(tmp_path: Path, metrics: str, where: str) -> None:
+    """A rate that is no number ("0.5abc"), an interval that is no pair, or a set that is no object was a
+    ValueError, TypeError or AttributeError traceback from `pa eval --compare` (and `true` read as 100%)."""
+    write_eval(tmp_path / "b", _summary(AFTER), AFTER)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "eval.json").write_text(f'{{"metrics": {metrics}}}')
+    result = CliRunner().invoke(app, ["eval", "--compare", str(tmp_path / "a"), str(tmp_path / "b")])
+    assert result.exit_code == 2 and result.exception.__class__ is SystemExit, result.output
+    assert f"a/eval.json:{where}: " in result.output and "is not what `pa eval` writes there" in result.output
+
+
 def test_plot_before_after(tmp_path: Path) -> None:
     path = plot_before_after(_summary(BEFORE), _summary(AFTER), tmp_path / "card" / "before_after.png")
     assert path.read_bytes().startswith(PNG_MAGIC)

@@ -271,6 +271,22 @@ def test_an_output_path_that_is_a_file_is_refused_before_generating(tmp_path: Pa
         assert caught.value.problem.file == str(out) and "--out" in caught.value.problem.hint
 
 
+def test_a_folder_holding_an_evaluations_file_names_but_no_evaluation_is_refused(tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pa eval ... --out ""` (an unset shell variable) wrote report.md and responses.jsonl over the current
+    directory's own; an earlier evaluation's folder is still written over, as a re-run does."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "report.md").write_text("my notes\n")
+    result = CliRunner().invoke(app, ["eval", str(ROOT / "packs" / "general"), "--model", "tiny", "--limit", "1",
+                                      "--max-new-tokens", "4", "--out", ""])
+    assert result.exit_code == 2, result.output
+    assert "holds report.md but no evaluation (no eval.json)" in result.output
+    assert (tmp_path / "report.md").read_text() == "my notes\n" and not (tmp_path / "eval.json").exists()
+    earlier = evaluate(general_pack(), "tiny", out_dir=tmp_path / "ev", limit=1, params=greedy_params(4))
+    again = evaluate(general_pack(), "tiny", out_dir=tmp_path / "ev", limit=1, params=greedy_params(4))
+    assert again.eval_json == earlier.eval_json and again.report_md.is_file()
+
+
 def test_a_second_evaluation_into_the_same_folder_is_refused_while_the_first_runs(tmp_path: Path, hold_run) -> None:  # type: ignore[no-untyped-def]
     """Two `pa eval` writing one folder shared its journal: answers made under one's settings
     landed in the other's, and a resume after a crash served them as its own."""

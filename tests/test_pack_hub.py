@@ -280,3 +280,14 @@ def test_download_cap_holds_while_streaming(tmp_path: Path) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_version_differing_only_in_build_metadata_is_not_pushed_again(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """1.0.0+b after v1.0.0+a went up as a second tag of one version (SemVer precedence ignores build
+    metadata), and `pa pack pull ORG/NAME@^1` then took either, by the order the Hub listed the tags."""
+    cli.ok("pack", "push", str(make_pack(tmp_path / "a", "built", version="1.0.0+a")), "--repo-id", "org/built")
+    source = make_pack(tmp_path / "b", "built", version="1.0.0+b", policy_note="2. Another rule.")
+    refused = cli.fails(1, "pack", "push", str(source), "--repo-id", "org/built")
+    assert "version 1.0.0+b is already published as tag 'v1.0.0+a'" in refused.stderr and "bump its version" in refused.stderr
+    assert hub_server.tags("org/built", repo_type="dataset") == ["v1.0.0+a"]
+    assert "installed built@1.0.0+a" in cli.ok("pack", "pull", "org/built@^1").stdout

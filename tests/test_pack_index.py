@@ -32,6 +32,10 @@ def test_a_packs_directory_that_does_not_exist_is_an_error(tmp_path: Path) -> No
         assert result.exit_code == 2, result.output
         assert "packs directory" in result.output and "does not exist" in result.output
     assert not (tmp_path / "pack").exists()
+    (tmp_path / "notes.txt").write_text("x\n")  # a file was said not to exist
+    for args in (["index"], ["validate", "--all"]):
+        result = runner.invoke(app, [*args, "--dir", str(tmp_path / "notes.txt")])
+        assert result.exit_code == 2 and "notes.txt is a file, not a directory" in result.output, result.output
 
 
 def test_a_pack_given_as_the_packs_directory_is_named_as_such(fixture_packs: Path) -> None:
@@ -64,6 +68,26 @@ def test_content_change_without_version_bump_fails(fixture_packs: Path) -> None:
     refused = runner.invoke(app, ["index", "--dir", str(fixture_packs)])
     assert refused.exit_code == 2 and "content of root-pack changed but its version is still 1.0.0" in norm(refused.output)
     assert (fixture_packs / "INDEX.json").read_text() == written and _validate_all(fixture_packs).exit_code == 2
+
+
+def test_a_content_change_that_only_changes_build_metadata_is_no_version_bump(fixture_packs: Path) -> None:
+    """1.0.0+a changed and renamed 1.0.0+b is the same version by SemVer precedence: it passed as a new
+    one (the index was looked up by the version's text), so `pa index` recorded it and validate passed."""
+    root = fixture_packs / "root-pack"
+    (root / "pack.yaml").write_text((root / "pack.yaml").read_text().replace("version: 1.0.0", "version: 1.0.0+a"))
+    (root / "CHANGELOG.md").write_text((root / "CHANGELOG.md").read_text().replace("## 1.0.0", "## 1.0.0+a"))
+    assert runner.invoke(app, ["index", "--dir", str(fixture_packs)]).exit_code == 0
+    (root / "pack.yaml").write_text((root / "pack.yaml").read_text().replace("version: 1.0.0+a", "version: 1.0.0+b"))
+    (root / "CHANGELOG.md").write_text((root / "CHANGELOG.md").read_text().replace("## 1.0.0+a", "## 1.0.0+b"))
+    (root / "policy.md").write_text((root / "policy.md").read_text() + "2. Another rule.\n")
+    said = "content of root-pack changed but its version 1.0.0+b is the version the index has as 1.0.0+a"
+    result = _validate_all(fixture_packs)
+    assert result.exit_code == 2 and said in norm(result.output)
+    assert "index lists a pack that is not on disk" not in result.output  # `pa index` would refuse to drop it
+    written = (fixture_packs / "INDEX.json").read_text()
+    refused = runner.invoke(app, ["index", "--dir", str(fixture_packs)])
+    assert refused.exit_code == 2 and said in norm(refused.output)
+    assert (fixture_packs / "INDEX.json").read_text() == written
 
 
 def test_a_version_that_goes_down_fails(fixture_packs: Path) -> None:

@@ -205,3 +205,29 @@ def test_each_manifest_is_parsed_once_per_version_of_the_file(fixture_packs: Pat
     manifest.write_text(manifest.read_text().replace("version: 1.0.0", "version: 1.1.0"))
     assert {(loc.name, loc.version) for loc in Registry([fixture_packs]).discover()} == \
         {("child-pack", "1.0.0"), ("root-pack", "1.1.0")}
+
+
+def test_a_packs_path_that_is_not_a_directory_is_refused(fixture_packs: Path, tmp_path: Path) -> None:
+    """`pa list --packs-path /typo` listed the other packs without a word, as `pa show` took another copy:
+    a missing or file --packs-path is refused naming it, as `--dir` of `pa validate --all` is."""
+    (tmp_path / "a-file").write_text("x\n")
+    for bad, why in ((tmp_path / "no-such-dir", "does not exist"), (tmp_path / "a-file", "is a file, not a directory")):
+        for args in (["list"], ["show", "root-pack"], ["render", "root-pack"], ["validate", str(fixture_packs / "root-pack")]):
+            result = CliRunner().invoke(app, [*args, "--packs-path", str(fixture_packs), "--packs-path", str(bad)])
+            assert result.exit_code == 2, (args, result.output)
+            assert f"{bad}: this --packs-path {why}" in result.output and "Traceback" not in result.output
+    with pytest.raises(ResolveError, match="this --packs-path does not exist"):
+        Registry.default(packs_path=[tmp_path / "no-such-dir"])
+    assert CliRunner().invoke(app, ["list", "--packs-path", str(fixture_packs)]).exit_code == 0
+
+
+def test_a_version_named_with_build_metadata_picks_that_copy(fixture_packs: Path, tmp_path: Path) -> None:
+    """1.0.0+a and 1.0.0+b are equal in precedence, so `root-pack@1.0.0+b` matched both and took whichever
+    came first in the search path: the copy named by its very version wins; a bare 1.0.0 takes either."""
+    for build in ("a", "b"):
+        _with_second_version(fixture_packs, f"1.0.0+{build}", tmp_path / build)
+    for order in ((tmp_path / "a", tmp_path / "b"), (tmp_path / "b", tmp_path / "a")):
+        reg = Registry(list(order))
+        assert reg.load("root-pack@1.0.0+b").version == "1.0.0+b"
+        assert reg.load("root-pack@1.0.0+a").version == "1.0.0+a"
+        assert reg.load("root-pack@1.0.0").version == f"1.0.0+{order[0].name}"  # the search order decides

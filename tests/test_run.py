@@ -255,6 +255,13 @@ def test_run_inputs_name_the_command_that_starts_a_run(tmp_path: Path) -> None:
     with pytest.raises(RunError, match="does not exist") as missing:
         run_inputs(tmp_path / "nowhere")
     assert "pa apply PACK" in missing.value.problem.hint
+    # a file, and a directory without run.json, were "does not exist" and "DIR/run.json: this run does not record..."
+    (tmp_path / "notes.txt").write_text("x\n")
+    with pytest.raises(RunError, match="notes.txt is a file, not a run directory"):
+        run_inputs(tmp_path / "notes.txt")
+    with pytest.raises(RunError, match="is not a run directory \\(no run.json\\)") as not_a_run:
+        run_inputs(tmp_path)
+    assert not_a_run.value.problem.file == str(tmp_path) and "pa apply PACK" in not_a_run.value.problem.hint
     _run_stage(tmp_path, "k")
     with pytest.raises(RunError, match="does not record its pack and model") as unrecorded:
         run_inputs(tmp_path)

@@ -41,6 +41,15 @@ def test_prerelease_precedence_follows_semver() -> None:
     assert Version.parse("1.0.0-rc.1+build.5") == Version.parse("1.0.0-rc.1")
 
 
+def test_build_metadata_is_shown_but_takes_no_part_in_precedence() -> None:
+    """str() dropped it: `pa bump --to 1.1.0+b5` wrote 1.1.0, and refused `--to 1.0.0+b` from 1.0.0+a
+    as "1.0.0 is not above the current version 1.0.0"."""
+    a, b = Version.parse("1.0.0+a"), Version.parse("1.0.0-rc.1+exp.sha.5114f85")
+    assert (str(a), str(b)) == ("1.0.0+a", "1.0.0-rc.1+exp.sha.5114f85")
+    assert a == Version.parse("1.0.0+b") == Version.parse("1.0.0") and hash(a) == hash(Version.parse("1.0.0"))
+    assert b < a and not a < Version.parse("1.0.0+z")
+
+
 @pytest.mark.parametrize("rng,version", [
     ("^1", "2.0.0-rc.1"), ("^1", "1.1.0-rc.1"), ("~1.2", "1.2.5-beta"), (">=1.0,<2", "1.5.0-rc.1"),
     ("<2", "2.0.0-rc.1"), ("*", "1.0.0-rc.1"), ("", "1.0.0-rc.1"),

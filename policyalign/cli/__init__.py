@@ -2,21 +2,45 @@
 
 Each area registers its commands from its own module (`pack_cmds`, `model_cmds`,
 ...). Known errors become a message on stderr and an exit code, never a
-traceback: that handling lives once, in `PaGroup.invoke`.
+traceback: that handling lives once, in `PaGroup.invoke` (and, for Ctrl-C before a
+command runs, in `exit_interrupted`).
 """
 
 from __future__ import annotations
 
 import sys
-
-import typer
-from typer.core import TyperGroup
-
-from ..errors import PolicyAlignError, disk_error
-
+from typing import NoReturn
 
 # Ctrl-C: the shell's code for SIGINT (128 + 2), as for any interrupted Unix command.
 INTERRUPTED = 130
+
+
+def exit_interrupted() -> NoReturn:
+    """Ctrl-C before `PaGroup.invoke` runs a command: while the command line's modules load (the first
+    ~0.3 s of every `pa`), or typer builds and parses it. That was a KeyboardInterrupt traceback, killed
+    by SIGINT (-2 to a parent process), or a silent exit 130, by the moment; now it is what Ctrl-C
+    does in a command, without a traceback."""
+    sys.stderr.write("\ninterrupted\n")
+    forget_interrupt()
+    raise SystemExit(INTERRUPTED)
+
+
+def forget_interrupt() -> None:
+    """Let a Ctrl-C that was handled exit 130. CPython marks a KeyboardInterrupt that escapes an eval or
+    exec of source text (typer evaluating annotations, a dataclass's generated `__init__`) as unhandled,
+    even once caught, and under `python -m` (`python -m policyalign`, torchrun) kills the process with
+    SIGINT when it exits: -2 to a parent process, by where the Ctrl-C landed. Each eval of text clears
+    that mark before it runs."""
+    eval("None")
+
+
+try:
+    import typer
+    from typer.core import TyperGroup
+
+    from ..errors import PolicyAlignError, disk_error
+except KeyboardInterrupt:
+    exit_interrupted()
 
 
 class PaGroup(TyperGroup):
@@ -30,6 +54,13 @@ class PaGroup(TyperGroup):
         super().__init__(*args, **kwargs)
         for command in self.commands.values():
             command.help = reflow_help(command.help)
+
+    def make_context(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        """Parsing the command line: typer turns Ctrl-C here into a silent exit 130."""
+        try:
+            return super().make_context(*args, **kwargs)
+        except KeyboardInterrupt:
+            exit_interrupted()
 
     def invoke(self, ctx):  # type: ignore[no-untyped-def]
         try:
@@ -45,6 +76,7 @@ class PaGroup(TyperGroup):
             ctx.exit(error.exit_code)
         except KeyboardInterrupt:
             typer.echo(f"\n{interrupted_message(ctx.invoked_subcommand)}", err=True)
+            forget_interrupt()
             ctx.exit(INTERRUPTED)
 
 
@@ -98,9 +130,15 @@ def sub_app(name: str, help: str) -> typer.Typer:
 
 # Importing a command module attaches its commands to `app`, in this order in `pa --help`;
 # heavy imports stay inside the commands. isort: off
-from . import pack_cmds, run_cmds, synth_cmds, train_cmds, eval_cmds, hub_cmds, model_cmds  # noqa: E402,F401,I001
+try:
+    from . import pack_cmds, run_cmds, synth_cmds, train_cmds, eval_cmds, hub_cmds, model_cmds  # noqa: E402,F401,I001
+except KeyboardInterrupt:
+    exit_interrupted()
 # isort: on
 
 
 def main(argv: list[str] | None = None) -> None:
-    app(args=argv if argv is not None else sys.argv[1:], prog_name="pa")
+    try:
+        app(args=argv if argv is not None else sys.argv[1:], prog_name="pa")
+    except KeyboardInterrupt:  # while typer builds the click command from `app`
+        exit_interrupted()

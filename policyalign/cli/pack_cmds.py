@@ -111,7 +111,7 @@ def validate(
 
     if not paths and not all_packs:
         raise InvalidInputError("nothing to validate", hint="pass pack directories, or --all")
-    reg = registry([*(packs_path or []), packs_dir])
+    reg = registry([*(packs_path or []), *([packs_dir] if packs_dir.is_dir() else [])])  # --dir is checked by --all
     # --all checks the repository's packs against its INDEX.json, so their parents must resolve
     # inside --dir only: a pack in $PA_HOME/packs or PA_PACKS_PATH must not change the digests.
     report = validate_all(packs_dir, Registry([packs_dir])) if all_packs else validate_paths(list(paths or []), reg)
