@@ -255,10 +255,13 @@ def trained_elsewhere(adapter: str | os.PathLike[str] | None, pack: "Pack") -> s
     if path is None or not path.is_file():
         return None
     try:
-        trained = read_json(path).get("pack")
-    except (OSError, PolicyAlignError, AttributeError):  # unreadable: loading the adapter says why
-        return None
-    if not isinstance(trained, dict) or trained.get("digest") in (None, pack.digest):
+        recorded = read_json(path)
+    except (OSError, PolicyAlignError) as error:  # the adapter loads without it: nothing else would say so
+        return f"{path} cannot be read ({error}), so which pack the adapter was trained on is unknown"
+    trained = recorded.get("pack") if isinstance(recorded, dict) else None
+    if not isinstance(trained, dict):
+        return f"{path} records no pack, so which pack the adapter was trained on is unknown"
+    if trained.get("digest") in (None, pack.digest):
         return None
     ref = f"{trained.get('name')}@{trained.get('version')}"
     fix = ("the pack changed since, without a version bump" if ref == pack.ref

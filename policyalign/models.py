@@ -477,8 +477,10 @@ def _check_adapter_base(adapter: Path, ref: ModelRef, commit: str | None) -> Non
 def _attach_adapter(model: Any, adapter: Path, trainable: bool) -> Any:
     """Wrap the base model with a local PEFT adapter (trainable when training continues)."""
     if not (adapter / "adapter_config.json").is_file():
+        problem = f"{adapter} is a file, not an adapter directory" if adapter.is_file() else \
+            f"no adapter_config.json in adapter directory {adapter}"
         raise ModelError(
-            f"no adapter_config.json in adapter directory {adapter}", file=str(adapter),
+            problem, file=str(adapter),
             hint="pass the directory a distill run wrote (RUN_DIR/adapter) or one saved with PEFT",
         )
     if not any(adapter.glob("adapter_model.*")):  # PEFT would look for them on the Hub: "Repo id must be ..."

@@ -354,3 +354,7 @@ def test_an_adapter_trained_on_another_version_of_the_pack_is_named(tmp_path: Pa
             continue
         assert note is not None and expected in note
         assert f"trained on root-pack@{version} (digest ffffffffffff), this evaluates it on root-pack@1.0.0" in note
+    for broken, says in (("", "cannot be read"), ("[]", "records no pack")):  # it was skipped without a word
+        (adapter / "policyalign.json").write_text(broken)
+        note = trained_elsewhere(adapter, pack)
+        assert note is not None and f"{adapter / 'policyalign.json'} {says}" in note and "unknown" in note
