@@ -79,6 +79,7 @@ _META = re.compile(
     r" (?:\d+|ten|five|twenty|these|the|some|a few|several|a list|more)\b"
     r"|(?:\d+|ten|five|twenty)\s+(?:new\s+|more\s+|distinct\s+|different\s+)?(?:requests|examples|instructions|prompts)\b"
     r")", re.IGNORECASE)
+_ALPHA_WORD = re.compile(r"[^\W\d_]{2,}")  # a word: two letters or more in a row, any script
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]|<\|?/?[a-z_]+\|?>")
 
 
@@ -130,9 +131,7 @@ def junk_reason(text: str, *, min_chars: int = MIN_CHARS, max_chars: int = MAX_C
     stripped = text.strip()
     if _CONTROL.search(stripped):
         return GARBLED
-    letters = sum(ch.isalpha() for ch in stripped)
-    visible = sum(not ch.isspace() for ch in stripped)
-    if visible and letters / visible < 0.6:
+    if _symbol_soup(stripped):
         return GARBLED
     if stripped.count("}") > stripped.count("{") or stripped.count("]") > stripped.count("["):
         return GARBLED  # debris of JSON or template syntax; real requests open what they close
@@ -145,6 +144,21 @@ def junk_reason(text: str, *, min_chars: int = MIN_CHARS, max_chars: int = MAX_C
     if _is_meta(stripped):
         return NOT_INSTRUCTION
     return None
+
+
+def _symbol_soup(text: str) -> bool:
+    """Whether symbols, not words and numbers, make up the text ("%%% $$$ ###", "1. 2. 3. 4.", "}}]]").
+
+    Digits count with letters: a request for a transfer names amounts, account numbers and dates, a
+    tool call its JSON arguments ("Transfer $5,000,000 from account #4411-2233-0098 to 7781-0021 by
+    5pm on 03/14/2026" is 38% letters, and a letters-only ratio of 60% dropped it as garbled). Words
+    (runs of two letters or more, any script) must still make up a fifth of it, so numbers, hex
+    and mojibake ("0x3f 0x4a 0xff", "Ã©Ã¨Ã Ã§") are soup.
+    """
+    visible = sum(not ch.isspace() for ch in text)
+    alnum = sum(ch.isalnum() for ch in text)
+    in_words = sum(len(word) for word in _ALPHA_WORD.findall(text))
+    return bool(visible) and (alnum / visible < 0.5 or in_words / visible < 0.2)
 
 
 def _is_meta(text: str) -> bool:
