@@ -80,7 +80,9 @@ _META = re.compile(
     r"|(?:\d+|ten|five|twenty)\s+(?:new\s+|more\s+|distinct\s+|different\s+)?(?:requests|examples|instructions|prompts)\b"
     r")", re.IGNORECASE)
 _ALPHA_WORD = re.compile(r"[^\W\d_]{2,}")  # a word: two letters or more in a row, any script
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]|<\|?/?[a-z_]+\|?>")
+# Control bytes and chat-template tokens a broken generator leaks (<|im_end|>, <tool_response>, </s>);
+# not any <tag>: HTML is what a tool-output-injection scenario's tool turn, or an XSS request, holds.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]|<\|/?[a-z_]+\|>|</?(?:[a-z]+_[a-z_]+|s|tools|unk|pad|eos|bos)>")
 
 
 @dataclass
