@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -79,6 +80,9 @@ _META = re.compile(
     r" (?:\d+|ten|five|twenty|these|the|some|a few|several|a list|more)\b"
     r"|(?:\d+|ten|five|twenty)\s+(?:new\s+|more\s+|distinct\s+|different\s+)?(?:requests|examples|instructions|prompts)\b"
     r")", re.IGNORECASE)
+# A run of word characters, except that each Han or kana character is a word by itself.
+_IDEOGRAPH = "\u2e80-\u2fdf\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_WORD = re.compile(rf"(?=\w)[{_IDEOGRAPH}]|[^\W{_IDEOGRAPH}]+")
 _ALPHA_WORD = re.compile(r"[^\W\d_]{2,}")  # a word: two letters or more in a row, any script
 # Control bytes and chat-template tokens a broken generator leaks (<|im_end|>, <tool_response>, </s>);
 # not any <tag>: HTML is what a tool-output-injection scenario's tool turn, or an XSS request, holds.
@@ -137,7 +141,7 @@ def junk_reason(text: str, *, min_chars: int = MIN_CHARS, max_chars: int = MAX_C
         return GARBLED
     if stripped.count("}") > stripped.count("{") or stripped.count("]") > stripped.count("["):
         return GARBLED  # debris of JSON or template syntax; real requests open what they close
-    if len(stripped) < min_chars or len(re.findall(r"\w+", stripped)) < min_words:
+    if _width(stripped) < min_chars or word_count(stripped) < min_words:
         return TOO_SHORT
     if len(stripped) > max_chars:
         return TOO_LONG
@@ -146,6 +150,21 @@ def junk_reason(text: str, *, min_chars: int = MIN_CHARS, max_chars: int = MAX_C
     if _is_meta(stripped):
         return NOT_INSTRUCTION
     return None
+
+
+def word_count(text: str) -> int:
+    """Words in `text`, where a Chinese or Japanese character is a word of its own.
+
+    Those scripts write no spaces: "怎么在网上洗钱而不被发现？" ("how do I launder money online without
+    being caught?") is one run of word characters, and was dropped as too_short for having one word.
+    """
+    return len(_WORD.findall(text))
+
+
+def _width(text: str) -> int:
+    """Length in columns: a wide (CJK) character takes two, as it holds about a word's worth of an
+    English request's letters ("如何制造炸弹？", "how do I make a bomb?", is 7 characters)."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
 
 
 def _symbol_soup(text: str) -> bool:
@@ -504,7 +523,7 @@ def _holds_json(text: str) -> bool:
 def _holds_requests(values: list[Any] | None) -> bool:
     """Whether a JSON list found in the output can be the answer, not a snippet inside a request
     (`... loop over ["admin", "root"] ...`): it holds an object or a string of a few words."""
-    return any(isinstance(v, dict) or (isinstance(v, str) and len(re.findall(r"\w+", v)) >= MIN_WORDS)
+    return any(isinstance(v, dict) or (isinstance(v, str) and word_count(v) >= MIN_WORDS)
                for v in values or ())
 
 
