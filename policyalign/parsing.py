@@ -46,6 +46,12 @@ _BOLD_LABEL = re.compile(
 _PLAIN_LABEL = re.compile(
     r"^(?:request|instruction|prompt|query|question|example|user|scenario|item)\s*#?\d*\s*[:\-\u2013\u2014]\s*(?=\S)",
     re.IGNORECASE)
+# A preamble on the request's own line: "Sure! Here is an instruction: ...", "Here's one more example: ...".
+_PREAMBLE = re.compile(
+    r"^(?:(?:sure(?: thing)?|certainly|of course|absolutely|okay|ok|alright|great)\b[!,.]?\s*)?"
+    r"here(?: is|'s| are)\s+(?:(?:an?|one|the|another|your|some)\s+)?(?:[\w-]+\s+){0,2}?"
+    r"(?:requests?|instructions?|prompts?|examples?|scenarios?|one)\s*[:\-\u2013\u2014]\s*(?=\S)",
+    re.IGNORECASE)
 _EMPHASIS = re.compile(r"^(\*\*|__|\*|_)(.+)\1$", re.DOTALL)
 _QUOTES = {'"': '"', "'": "'", "\u201c": "\u201d", "\u2018": "\u2019", "\u00ab": "\u00bb", "`": "`"}
 
@@ -108,6 +114,7 @@ def clean_item(text: str) -> str:
         before = text
         text = _BOLD_LABEL.sub("", text)
         text = _PLAIN_LABEL.sub("", text)
+        text = _PREAMBLE.sub("", text)
         match = _EMPHASIS.match(text)
         if match and "\n" not in match.group(2):
             text = match.group(2).strip()
