@@ -207,8 +207,10 @@ def split_list(text: str) -> list[str]:
 
     Text before the first marker (preamble), between items after a blank line, and after the
     last item (epilogue) is not part of any item -- unless indented under the item, which is
-    how wrapped and multi-paragraph items look. Without any marker, every non-empty line is an
-    item (a generator that just writes one request per line).
+    how wrapped and multi-paragraph items look. A code fence opened inside an item ("1. Run this
+    script:" then a ```bash block) is part of it, line by line; one opened outside any item is a
+    fence around the list. Without any marker, every non-empty line is an item (a generator that
+    just writes one request per line).
     """
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     if not any(_MARKER.match(line) for line in lines):
@@ -218,10 +220,19 @@ def split_list(text: str) -> list[str]:
     current: list[str] | None = None
     body_indent = 0
     blank_before = False
+    list_fence = in_code = False
     for line in lines:
         match = _MARKER.match(line)
-        if _FENCE_LINE.match(line):
-            current = None  # a code fence around the list is not part of its last item
+        if in_code:  # the item's code block: its lines as they are, markers and headings included
+            current.append("\n" + line.strip())  # type: ignore[union-attr]
+            in_code = not _FENCE_LINE.match(line)
+        elif _FENCE_LINE.match(line):
+            if current is not None and not list_fence:
+                current.append("\n" + line.strip())
+                in_code = True
+            else:
+                list_fence = not list_fence
+                current = None  # a code fence around the list is not part of its last item
         elif match:
             current = [match.group("body")]
             items.append(current)
