@@ -212,10 +212,17 @@ def split_list(text: str) -> list[str]:
     fence around the list. Without any marker, every non-empty line is an item (a generator that
     just writes one request per line).
     """
+    return _split_list(text)[0]
+
+
+def _split_list(text: str) -> tuple[list[str], bool]:
+    """`split_list`, and whether the last item runs to the end of the text (no epilogue, heading or
+    closing fence after it): only then can the token limit have cut it off."""
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     if not any(_MARKER.match(line) for line in lines):
-        return [clean_item(line) for line in lines
-                if line.strip() and not _HEADING.match(line) and not _FENCE_LINE.match(line)]
+        kept = [line for line in lines if line.strip() and not _HEADING.match(line) and not _FENCE_LINE.match(line)]
+        last = next((line for line in reversed(lines) if line.strip()), None)
+        return [clean_item(line) for line in kept], bool(kept) and last is kept[-1]
     items: list[list[str]] = []
     current: list[str] | None = None
     body_indent = 0
@@ -245,7 +252,7 @@ def split_list(text: str) -> list[str]:
             blank_before = False
         else:
             current = None  # interstitial prose or epilogue ends the item
-    return [clean_item("".join(parts)) for parts in items]
+    return [clean_item("".join(parts)) for parts in items], current is not None
 
 
 def _continues(line: str, body_indent: int, blank_before: bool) -> bool:
@@ -306,21 +313,23 @@ def _skip_ws(text: str, pos: int) -> int:
 _TEXT_KEYS = ("prompt", "instruction", "request", "text", "content")
 
 
-def _object_list(text: str, start: int, obj: dict[str, Any]) -> list[Any] | None:
+def _object_list(text: str, start: int, obj: dict[str, Any]) -> tuple[list[Any], bool] | None:
     """A top-level object at text[start]: a wrapper like {"requests": [...]}, or the first of a run of
     scenarios ({"messages": ...} or {"prompt": ...}) one after another, as JSON Lines or a list missing
-    its brackets (only the first was kept, and the rest lost without a count)."""
+    its brackets (only the first was kept, and the rest lost without a count). With whether it was
+    finished, as `_decode_array_prefix` says."""
     if "messages" not in obj:
         lists = [v for v in obj.values() if isinstance(v, list) and v and all(isinstance(x, str | dict) for x in v)]
         if lists:  # the largest: {"tags": ["fraud"], "requests": [...]} lost the requests to the tags
-            return max(lists, key=lambda v: len(json.dumps(v, ensure_ascii=False)))
+            return max(lists, key=lambda v: len(json.dumps(v, ensure_ascii=False))), True
         if not any(isinstance(obj.get(key), str) for key in _TEXT_KEYS):
             return None
     return _object_run(text, start)
 
 
-def _object_run(text: str, start: int) -> list[Any]:
-    """The complete objects from text[start] on, separated by whitespace or commas."""
+def _object_run(text: str, start: int) -> tuple[list[Any], bool]:
+    """The complete objects from text[start] on, separated by whitespace or commas, and whether the run
+    ended before the text did (no object was cut off)."""
     decoder = json.JSONDecoder()
     objects: list[Any] = []
     pos = start
@@ -328,16 +337,17 @@ def _object_run(text: str, start: int) -> list[Any]:
         try:
             value, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError:
-            break
+            return objects, False
         objects.append(value)
         pos = _skip_ws(text, pos)
         if pos < len(text) and text[pos] == ",":
             pos = _skip_ws(text, pos + 1)
-    return objects
+    return objects, pos < len(text)
 
 
-def _first_json_list(text: str) -> list[Any] | None:
-    """The first JSON array (or scenario object) in `text` holding strings or objects."""
+def _first_json_list(text: str) -> tuple[list[Any], bool] | None:
+    """The first JSON array (or scenario object) in `text` holding strings or objects, and whether it
+    was finished."""
     decoder = json.JSONDecoder()
     for match in re.finditer(r"[\[{]", text):
         start = match.start()
@@ -348,8 +358,8 @@ def _first_json_list(text: str) -> list[Any] | None:
                 continue
             found = _object_list(text, start, obj) if isinstance(obj, dict) else None
         else:
-            found, _ = _decode_array_prefix(text, start)
-        if found and any(isinstance(v, str | dict) for v in found):
+            found = _decode_array_prefix(text, start)
+        if found and any(isinstance(v, str | dict) for v in found[0]):
             return found
     return None
 
@@ -368,14 +378,21 @@ def _literal_list(text: str) -> list[Any] | None:
 
 def extract_json_list(text: str) -> list[Any] | None:
     """The list of items in a generator's JSON answer, wherever it sits, or None."""
+    return _extract_json(text)[0]
+
+
+def _extract_json(text: str) -> tuple[list[Any] | None, bool]:
+    """`extract_json_list`, and whether the list was finished (an element was not cut off)."""
     for candidate in _json_candidates(text):
         try:
-            found = _first_json_list(candidate) or _literal_list(candidate)
+            found = _first_json_list(candidate)
+            if found is None and (literal := _literal_list(candidate)):
+                found = literal, True
         except RecursionError:  # nested deeper than the json module can decode: not a usable answer
             continue
-        if found:  # an empty list (a "[]" fence) holds nothing: a later fence may
-            return _flatten_conversation(found)
-    return None
+        if found and found[0]:  # an empty list (a "[]" fence) holds nothing: a later fence may
+            return _flatten_conversation(found[0]), found[1]
+    return None, False
 
 
 def _flatten_conversation(values: list[Any]) -> list[Any]:
@@ -509,16 +526,18 @@ def _raw_items(text: str, fmt: str, truncated: bool, dropped: Counter[str]) -> l
     if fmt == "json":
         if "[" not in text and "{" not in text:
             return []
-        items = extract_json_list(text) or []
-        if truncated and items:
+        items, finished = _extract_json(text)
+        items = items or []
+        if truncated and items and not finished:
             # The element the token limit cut off never decoded; count it, as a list's cut last item is
             # (it went uncounted, so a JSON template's synthesis.json never showed truncation).
             dropped[TRUNCATED] += 1
         return items
     if _holds_json(text):
         return []  # JSON output is not a one-request-per-line list
-    items = [item for item in split_list(text) if item]
-    if truncated and len(items) > 1:
+    split, last_open = _split_list(text)
+    items = [item for item in split if item]
+    if truncated and len(items) > 1 and last_open:
         items.pop()
         dropped[TRUNCATED] += 1
     return items
