@@ -89,6 +89,7 @@ _META = re.compile(
 # A run of word characters, except that each Han or kana character is a word by itself.
 _IDEOGRAPH = "\u2e80-\u2fdf\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _WORD = re.compile(rf"(?=\w)[{_IDEOGRAPH}]|[^\W{_IDEOGRAPH}]+")
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
 _ALPHA_WORD = re.compile(r"[^\W\d_]{2,}")  # a word: two letters or more in a row, any script
 # Control bytes and chat-template tokens a broken generator leaks (<|im_end|>, <tool_response>, </s>);
 # not any <tag>: HTML is what a tool-output-injection scenario's tool turn, or an XSS request, holds.
@@ -114,7 +115,8 @@ def clean_item(text: str) -> str:
         before = text
         text = _BOLD_LABEL.sub("", text)
         text = _PLAIN_LABEL.sub("", text)
-        text = _PREAMBLE.sub("", text)
+        preamble = _PREAMBLE.match(_straight(text))
+        text = text[preamble.end():] if preamble else text
         match = _EMPHASIS.match(text)
         if match and "\n" not in match.group(2):
             text = match.group(2).strip()
@@ -152,9 +154,10 @@ def junk_reason(text: str, *, min_chars: int = MIN_CHARS, max_chars: int = MAX_C
         return TOO_SHORT
     if len(stripped) > max_chars:
         return TOO_LONG
-    if _REFUSAL.match(stripped) or _REFUSAL_ANYWHERE.search(stripped):
+    plain = _straight(stripped)
+    if _REFUSAL.match(plain) or _REFUSAL_ANYWHERE.search(plain):
         return REFUSAL
-    if _is_meta(stripped):
+    if _is_meta(plain):
         return NOT_INSTRUCTION
     return None
 
@@ -187,6 +190,13 @@ def _symbol_soup(text: str) -> bool:
     alnum = sum(ch.isalnum() for ch in text)
     in_words = sum(len(word) for word in _ALPHA_WORD.findall(text))
     return bool(visible) and (alnum / visible < 0.5 or in_words / visible < 0.2)
+
+
+def _straight(text: str) -> str:
+    """`text` with typographic apostrophes as ASCII ones, for the refusal and preamble patterns: many
+    generators write "I\u2019m sorry, but I can\u2019t help", which those patterns (written with ')
+    let through as an instruction. Same length, so a match's offsets hold in the original."""
+    return text.translate(_APOSTROPHES)
 
 
 def _is_meta(text: str) -> bool:
@@ -262,7 +272,7 @@ def _continues(line: str, body_indent: int, blank_before: bool) -> bool:
         return False
     if blank_before:
         return indent >= max(2, body_indent)
-    return indent > 0 or not _META.match(line.strip())
+    return indent > 0 or not _META.match(_straight(line.strip()))
 
 
 # --------------------------------------------------------------------------- JSON
