@@ -55,19 +55,21 @@ _PREAMBLE = re.compile(
 _EMPHASIS = re.compile(r"^(\*\*|__|\*|_)(.+)\1$", re.DOTALL)
 _QUOTES = {'"': '"', "'": "'", "\u201c": "\u201d", "\u2018": "\u2019", "\u00ab": "\u00bb", "`": "`"}
 
+# An apology opens a refusal only when it declines in the same sentence: users open requests with one too
+# ("I'm sorry to bother you, but how do I...", "Sorry, I forgot to mention: the account is ...").
+_DECLINES = (r"(?=[^.!?\n]{0,120}?\b(?:can(?:no|')?t|could\s*n[o']?t|won'?t|will not|must not|unable|not able"
+             r"|not (?:comfortable|going to|allowed|permitted|appropriate)|inappropriate|decline|refuse|as an ai"
+             r"|(?:do not|don'?t) (?:feel|have the|create|generate|provide|produce|write))\b)")
 _REFUSAL = re.compile(
     r"^\W*(?:"
-    r"(?:i'?m|i am|we'?re|we are)\s+(?:so\s+|very\s+|really\s+)?sorry"
-    r"|sorry,?\s+(?:but\s+)?i"
-    r"|i\s+apologi[sz]e"
-    r"|as an ai\b"
+    r"(?:(?:i'?m|i am|we'?re|we are)\s+(?:so\s+|very\s+|really\s+)?sorry|sorry|i\s+apologi[sz]e"
+    r"|(?:unfortunately|regrettably)|as an ai\b)" + _DECLINES +
     r"|i\s+(?:can(?:no|')?t|could\s*n[o']?t|won'?t|will not|must not|shouldn'?t|should not|do not|don'?t)\s+"
     r"(?:help|assist|provide|comply|create|generate|write|produce|fulfil|fulfill|do that|do this|support|"
     r"engage|participate|continue|give|share|offer|make|list|come up)"
     r"|i\s+(?:must|have to|need to)\s+(?:decline|refuse)"
     r"|i'?m\s+(?:not able|unable|not comfortable|not going)\s+to"
     r"|i am\s+(?:not able|unable|not comfortable|not going)\s+to"
-    r"|(?:unfortunately|regrettably),?\s+i"
     r"|this (?:request|content) (?:violates|goes against|is against)"
     r")", re.IGNORECASE)
 _REFUSAL_ANYWHERE = re.compile(
