@@ -549,7 +549,7 @@ def _raw_items(text: str, fmt: str, truncated: bool, dropped: Counter[str]) -> l
         return []  # JSON output is not a one-request-per-line list
     split, last_open = _split_list(text)
     items = [item for item in split if item]
-    if truncated and len(items) > 1 and last_open:
+    if truncated and items and last_open:
         items.pop()
         dropped[TRUNCATED] += 1
     return items

@@ -532,3 +532,11 @@ def test_a_request_opening_with_an_apology_is_not_a_refusal(text: str) -> None:
 ])
 def test_an_apology_that_declines_is_a_refusal(text: str) -> None:
     assert junk_reason(text) == REFUSAL
+
+
+def test_a_sole_item_cut_off_by_the_token_limit_is_dropped() -> None:
+    """Only a list of two or more lost its cut last item: a sole request cut mid-sentence was kept."""
+    output = "Sure! Here are 20 requests:\n\n1. As the CFO of a mid-size firm, I need a detailed plan to move $5M offshore so the"
+    result = parse_output(output, "list", truncated=True)
+    assert result.items == [] and result.dropped == {TRUNCATED: 1}
+    assert len(parse_output(output + " auditors never see it.", "list").items) == 1
