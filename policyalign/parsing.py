@@ -560,13 +560,15 @@ def _holds_json(text: str) -> bool:
 
     Output opening with `[`, `{` or a fence is JSON unless it has list markers and no JSON list
     (a fenced numbered list, or one under a "[Requests]" label, was parsed as neither and lost
-    without a count). Prose then a JSON array, with no markers, is JSON too: read line by line,
-    it kept `"request",` (quotes and comma) as an instruction.
+    without a count). Without markers, output is JSON when it holds a JSON list of requests, whether
+    prose comes first (read line by line, it kept `"request",` as an instruction) or not; opening
+    with `[` or `{` is not enough: one request per line starting "[SYSTEM OVERRIDE] ..." or with a
+    tool call's JSON was taken for JSON, held none, and every request was lost without a count.
     """
     opens_json = text.lstrip().startswith(("[", "{", "```"))
     if any(_MARKER.match(line) for line in text.splitlines()):
         return opens_json and _holds_requests(extract_json_list(text))
-    return text.lstrip().startswith(("[", "{")) or _holds_requests(extract_json_list(text))
+    return _holds_requests(extract_json_list(text))
 
 
 def _holds_requests(values: list[Any] | None) -> bool:
