@@ -336,6 +336,10 @@ def _object_list(text: str, start: int, obj: dict[str, Any]) -> tuple[list[Any],
             return max(lists, key=lambda v: len(json.dumps(v, ensure_ascii=False))), True
         if not any(isinstance(obj.get(key), str) for key in _TEXT_KEYS):
             return None
+        if text[text.rfind("\n", 0, start) + 1:start].strip():
+            # Prose before it on its line: a tool call's arguments inside a request ('Call post_message with
+            # {"channel": ..., "text": ...}'), which made the whole answer that one "request".
+            return None
     return _object_run(text, start)
 
 
