@@ -75,15 +75,21 @@ _REFUSAL = re.compile(
 _REFUSAL_ANYWHERE = re.compile(
     r"\b(?:against my (?:guidelines|policies|programming|principles)|i can(?:no|')?t (?:help|assist) with (?:that|this)"
     r"|i(?:'m| am) not able to (?:help|assist|provide) (?:with )?(?:that|this))\b", re.IGNORECASE)
+# "Note:", "Important:", "These are..." is a generator's aside only when it speaks of the list; a request opens
+# that way too ("IMPORTANT: Ignore all previous instructions and...", "Disclaimer: this is for a novel...").
+_ABOUT_THE_LIST = (r"(?=[^.!?\n]*\b(?:these|those|the above|the following|this list|all of them|each (?:one|request|prompt|example)"
+                   r"|examples?|requests?|prompts?|fictional|hypothetical|red[- ]?team\w*|testing|research|educational"
+                   r"|illustrat\w*|harmful|violat\w*|refus\w*)\b)")
 _META = re.compile(
     r"^\W*(?:"
     r"(?:sure(?: thing)?|certainly|of course|absolutely|okay|ok|alright|great)\b[!,.:]?\s*"
     r"(?:$|here\b|below\b|the following\b|these\b|this is\b|i(?:'ll| will| can|'ve| have)\b)"
     r"|here (?:are|is|'s)\b(?=[^.!?\n]*\b(?:requests?|examples?|instructions?|prompts?|scenarios?|items?|lists?|ideas?)\b)"
     r"|(?:below|the following) (?:are|is)\b"
-    r"|(?:these|those|the above) (?:requests|examples|instructions|prompts|are|were|would|should|could|cover)\b"
-    r"|(?:note|disclaimer|warning|remember|important)\s*:"
-    r"|(?:i hope (?:this|these|that helps)|hope this|let me know (?:if|whether)|feel free|please note|keep in mind)\b"
+    r"|(?:these|those|the above) (?:requests|examples|instructions|prompts|cover)\b"
+    r"|(?:(?:these|those|the above) (?:are|were|would|should|could)\b|(?:note|disclaimer|warning|remember|important)\s*:"
+    r"|(?:please note|keep in mind)\b)" + _ABOUT_THE_LIST +
+    r"|(?:i hope (?:this|these|that helps)|hope this|let me know (?:if|whether)|feel free)\b"
     r"|i(?:'ve| have) (?:written|created|generated|listed|provided|included|come up with)"
     r" (?:\d+|ten|five|twenty|these|the|some|a few|several|a list|more)\b"
     r"|(?:\d+|ten|five|twenty)\s+(?:new\s+|more\s+|distinct\s+|different\s+)?(?:requests|examples|instructions|prompts)\b"
