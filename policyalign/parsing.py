@@ -212,9 +212,10 @@ def _is_meta(text: str) -> bool:
     first = text.splitlines()[0]
     if _HEADING.match(first) or _META.match(first):
         return True
-    # A lone label line ("Phishing emails:", "**Fraud**") introduces items; it is not one.
+    # A lone label line ("Phishing emails:", "**Fraud**", "以下是一些请求：" with a full-width colon)
+    # introduces items; it is not one.
     bare = first.strip().strip("*_").strip()
-    return "\n" not in text and (bare.endswith(":") or (first.strip().startswith(("**", "__")) and len(bare.split()) <= 6))
+    return "\n" not in text and (bare.endswith((":", "\uff1a")) or (first.strip().startswith(("**", "__")) and len(bare.split()) <= 6))
 
 
 # --------------------------------------------------------------------------- numbered / bulleted lists
