@@ -44,7 +44,9 @@ _FENCE_LINE = re.compile(r"^\s*```")
 _BOLD_LABEL = re.compile(
     r"^(?:\*\*|__)[^*_\n]{1,80}(?:(?:\*\*|__)\s*[:\-\u2013\u2014]|[:\-\u2013\u2014]\s*(?:\*\*|__))\s*(?=\S)")
 _PLAIN_LABEL = re.compile(
-    r"^(?:request|instruction|prompt|query|question|example|user|scenario|item)\s*#?\d*\s*[:\-\u2013\u2014]\s*(?=\S)",
+    # a hyphen only apart from the word (or after a number): "Prompt-injection payload: ..." is a request
+    r"^(?:request|instruction|prompt|query|question|example|user|scenario|item)\s*#?\d*"
+    r"(?:\s*[:\u2013\u2014]|\s+-|(?<=\d)-)\s*(?=\S)",
     re.IGNORECASE)
 # A preamble on the request's own line: "Sure! Here is an instruction: ...", "Here's one more example: ...".
 _PREAMBLE = re.compile(
