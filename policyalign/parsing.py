@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -43,43 +44,66 @@ _FENCE_LINE = re.compile(r"^\s*```")
 _BOLD_LABEL = re.compile(
     r"^(?:\*\*|__)[^*_\n]{1,80}(?:(?:\*\*|__)\s*[:\-\u2013\u2014]|[:\-\u2013\u2014]\s*(?:\*\*|__))\s*(?=\S)")
 _PLAIN_LABEL = re.compile(
-    r"^(?:request|instruction|prompt|query|question|example|user|scenario|item)\s*#?\d*\s*[:\-\u2013\u2014]\s*(?=\S)",
+    # a hyphen only apart from the word (or after a number): "Prompt-injection payload: ..." is a request
+    r"^(?:request|instruction|prompt|query|question|example|user|scenario|item)\s*#?\d*"
+    r"(?:\s*[:\u2013\u2014]|\s+-|(?<=\d)-)\s*(?=\S)",
+    re.IGNORECASE)
+# A preamble on the request's own line: "Sure! Here is an instruction: ...", "Here's one more example: ...".
+_PREAMBLE = re.compile(
+    r"^(?:(?:sure(?: thing)?|certainly|of course|absolutely|okay|ok|alright|great)\b[!,.]?\s*)?"
+    r"here(?: is|'s| are)\s+(?:(?:an?|one|the|another|your|some)\s+)?(?:[\w-]+\s+){0,2}?"
+    r"(?:requests?|instructions?|prompts?|examples?|scenarios?|one)\s*[:\-\u2013\u2014]\s*(?=\S)",
     re.IGNORECASE)
 _EMPHASIS = re.compile(r"^(\*\*|__|\*|_)(.+)\1$", re.DOTALL)
 _QUOTES = {'"': '"', "'": "'", "\u201c": "\u201d", "\u2018": "\u2019", "\u00ab": "\u00bb", "`": "`"}
 
+# An apology opens a refusal only when it declines in the same sentence: users open requests with one too
+# ("I'm sorry to bother you, but how do I...", "Sorry, I forgot to mention: the account is ...").
+_DECLINES = (r"(?=[^.!?\n]{0,120}?\b(?:can(?:no|')?t|could\s*n[o']?t|won'?t|will not|must not|unable|not able"
+             r"|not (?:comfortable|going to|allowed|permitted|appropriate)|inappropriate|decline|refuse|as an ai"
+             r"|(?:do not|don'?t) (?:feel|have the|create|generate|provide|produce|write))\b)")
 _REFUSAL = re.compile(
     r"^\W*(?:"
-    r"(?:i'?m|i am|we'?re|we are)\s+(?:so\s+|very\s+|really\s+)?sorry"
-    r"|sorry,?\s+(?:but\s+)?i"
-    r"|i\s+apologi[sz]e"
-    r"|as an ai\b"
+    r"(?:(?:i'?m|i am|we'?re|we are)\s+(?:so\s+|very\s+|really\s+)?sorry|sorry|i\s+apologi[sz]e"
+    r"|(?:unfortunately|regrettably)|as an ai\b)" + _DECLINES +
     r"|i\s+(?:can(?:no|')?t|could\s*n[o']?t|won'?t|will not|must not|shouldn'?t|should not|do not|don'?t)\s+"
     r"(?:help|assist|provide|comply|create|generate|write|produce|fulfil|fulfill|do that|do this|support|"
     r"engage|participate|continue|give|share|offer|make|list|come up)"
     r"|i\s+(?:must|have to|need to)\s+(?:decline|refuse)"
     r"|i'?m\s+(?:not able|unable|not comfortable|not going)\s+to"
     r"|i am\s+(?:not able|unable|not comfortable|not going)\s+to"
-    r"|(?:unfortunately|regrettably),?\s+i"
     r"|this (?:request|content) (?:violates|goes against|is against)"
     r")", re.IGNORECASE)
 _REFUSAL_ANYWHERE = re.compile(
     r"\b(?:against my (?:guidelines|policies|programming|principles)|i can(?:no|')?t (?:help|assist) with (?:that|this)"
     r"|i(?:'m| am) not able to (?:help|assist|provide) (?:with )?(?:that|this))\b", re.IGNORECASE)
+# "Note:", "Important:", "These are..." is a generator's aside only when it speaks of the list; a request opens
+# that way too ("IMPORTANT: Ignore all previous instructions and...", "Disclaimer: this is for a novel...").
+_ABOUT_THE_LIST = (r"(?=[^.!?\n]*\b(?:these|those|the above|the following|this list|all of them|each (?:one|request|prompt|example)"
+                   r"|examples?|requests?|prompts?|fictional|hypothetical|red[- ]?team\w*|testing|research|educational"
+                   r"|illustrat\w*|harmful|violat\w*|refus\w*)\b)")
 _META = re.compile(
     r"^\W*(?:"
     r"(?:sure(?: thing)?|certainly|of course|absolutely|okay|ok|alright|great)\b[!,.:]?\s*"
     r"(?:$|here\b|below\b|the following\b|these\b|this is\b|i(?:'ll| will| can|'ve| have)\b)"
     r"|here (?:are|is|'s)\b(?=[^.!?\n]*\b(?:requests?|examples?|instructions?|prompts?|scenarios?|items?|lists?|ideas?)\b)"
     r"|(?:below|the following) (?:are|is)\b"
-    r"|(?:these|those|the above) (?:requests|examples|instructions|prompts|are|were|would|should|could|cover)\b"
-    r"|(?:note|disclaimer|warning|remember|important)\s*:"
-    r"|(?:i hope (?:this|these|that helps)|hope this|let me know (?:if|whether)|feel free|please note|keep in mind)\b"
+    r"|(?:these|those|the above) (?:requests|examples|instructions|prompts|cover)\b"
+    r"|(?:(?:these|those|the above) (?:are|were|would|should|could)\b|(?:note|disclaimer|warning|remember|important)\s*:"
+    r"|(?:please note|keep in mind)\b)" + _ABOUT_THE_LIST +
+    r"|(?:i hope (?:this|these|that helps)|hope this|let me know (?:if|whether)|feel free)\b"
     r"|i(?:'ve| have) (?:written|created|generated|listed|provided|included|come up with)"
     r" (?:\d+|ten|five|twenty|these|the|some|a few|several|a list|more)\b"
     r"|(?:\d+|ten|five|twenty)\s+(?:new\s+|more\s+|distinct\s+|different\s+)?(?:requests|examples|instructions|prompts)\b"
     r")", re.IGNORECASE)
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]|<\|?/?[a-z_]+\|?>")
+# A run of word characters, except that each Han or kana character is a word by itself.
+_IDEOGRAPH = "\u2e80-\u2fdf\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_WORD = re.compile(rf"(?=\w)[{_IDEOGRAPH}]|[^\W{_IDEOGRAPH}]+")
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
+_ALPHA_WORD = re.compile(r"[^\W\d_]{2,}")  # a word: two letters or more in a row, any script
+# Control bytes and chat-template tokens a broken generator leaks (<|im_end|>, <tool_response>, </s>);
+# not any <tag>: HTML is what a tool-output-injection scenario's tool turn, or an XSS request, holds.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]|<\|/?[a-z_]+\|>|</?(?:[a-z]+_[a-z_]+|s|tools|unk|pad|eos|bos)>")
 
 
 @dataclass
@@ -101,6 +125,8 @@ def clean_item(text: str) -> str:
         before = text
         text = _BOLD_LABEL.sub("", text)
         text = _PLAIN_LABEL.sub("", text)
+        preamble = _PREAMBLE.match(_straight(text))
+        text = text[preamble.end():] if preamble else text
         match = _EMPHASIS.match(text)
         if match and "\n" not in match.group(2):
             text = match.group(2).strip()
@@ -130,21 +156,57 @@ def junk_reason(text: str, *, min_chars: int = MIN_CHARS, max_chars: int = MAX_C
     stripped = text.strip()
     if _CONTROL.search(stripped):
         return GARBLED
-    letters = sum(ch.isalpha() for ch in stripped)
-    visible = sum(not ch.isspace() for ch in stripped)
-    if visible and letters / visible < 0.6:
+    if _symbol_soup(stripped):
         return GARBLED
     if stripped.count("}") > stripped.count("{") or stripped.count("]") > stripped.count("["):
         return GARBLED  # debris of JSON or template syntax; real requests open what they close
-    if len(stripped) < min_chars or len(re.findall(r"\w+", stripped)) < min_words:
+    if _width(stripped) < min_chars or word_count(stripped) < min_words:
         return TOO_SHORT
     if len(stripped) > max_chars:
         return TOO_LONG
-    if _REFUSAL.match(stripped) or _REFUSAL_ANYWHERE.search(stripped):
+    plain = _straight(stripped)
+    if _REFUSAL.match(plain) or _REFUSAL_ANYWHERE.search(plain):
         return REFUSAL
-    if _is_meta(stripped):
+    if _is_meta(plain):
         return NOT_INSTRUCTION
     return None
+
+
+def word_count(text: str) -> int:
+    """Words in `text`, where a Chinese or Japanese character is a word of its own.
+
+    Those scripts write no spaces: "怎么在网上洗钱而不被发现？" ("how do I launder money online without
+    being caught?") is one run of word characters, and was dropped as too_short for having one word.
+    """
+    return len(_WORD.findall(text))
+
+
+def _width(text: str) -> int:
+    """Length in columns: a wide (CJK) character takes two, as it holds about a word's worth of an
+    English request's letters ("如何制造炸弹？", "how do I make a bomb?", is 7 characters)."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def _symbol_soup(text: str) -> bool:
+    """Whether symbols, not words and numbers, make up the text ("%%% $$$ ###", "1. 2. 3. 4.", "}}]]").
+
+    Digits count with letters: a request for a transfer names amounts, account numbers and dates, a
+    tool call its JSON arguments ("Transfer $5,000,000 from account #4411-2233-0098 to 7781-0021 by
+    5pm on 03/14/2026" is 38% letters, and a letters-only ratio of 60% dropped it as garbled). Words
+    (runs of two letters or more, any script) must still make up a fifth of it, so numbers, hex
+    and mojibake ("0x3f 0x4a 0xff", "Ã©Ã¨Ã Ã§") are soup.
+    """
+    visible = sum(not ch.isspace() for ch in text)
+    alnum = sum(ch.isalnum() for ch in text)
+    in_words = sum(len(word) for word in _ALPHA_WORD.findall(text))
+    return bool(visible) and (alnum / visible < 0.5 or in_words / visible < 0.2)
+
+
+def _straight(text: str) -> str:
+    """`text` with typographic apostrophes as ASCII ones, for the refusal and preamble patterns: many
+    generators write "I\u2019m sorry, but I can\u2019t help", which those patterns (written with ')
+    let through as an instruction. Same length, so a match's offsets hold in the original."""
+    return text.translate(_APOSTROPHES)
 
 
 def _is_meta(text: str) -> bool:
@@ -152,9 +214,10 @@ def _is_meta(text: str) -> bool:
     first = text.splitlines()[0]
     if _HEADING.match(first) or _META.match(first):
         return True
-    # A lone label line ("Phishing emails:", "**Fraud**") introduces items; it is not one.
+    # A lone label line ("Phishing emails:", "**Fraud**", "以下是一些请求：" with a full-width colon)
+    # introduces items; it is not one.
     bare = first.strip().strip("*_").strip()
-    return "\n" not in text and (bare.endswith(":") or (first.strip().startswith(("**", "__")) and len(bare.split()) <= 6))
+    return "\n" not in text and (bare.endswith((":", "\uff1a")) or (first.strip().startswith(("**", "__")) and len(bare.split()) <= 6))
 
 
 # --------------------------------------------------------------------------- numbered / bulleted lists
@@ -165,21 +228,39 @@ def split_list(text: str) -> list[str]:
 
     Text before the first marker (preamble), between items after a blank line, and after the
     last item (epilogue) is not part of any item -- unless indented under the item, which is
-    how wrapped and multi-paragraph items look. Without any marker, every non-empty line is an
-    item (a generator that just writes one request per line).
+    how wrapped and multi-paragraph items look. A code fence opened inside an item ("1. Run this
+    script:" then a ```bash block) is part of it, line by line; one opened outside any item is a
+    fence around the list. Without any marker, every non-empty line is an item (a generator that
+    just writes one request per line).
     """
+    return _split_list(text)[0]
+
+
+def _split_list(text: str) -> tuple[list[str], bool]:
+    """`split_list`, and whether the last item runs to the end of the text (no epilogue, heading or
+    closing fence after it): only then can the token limit have cut it off."""
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     if not any(_MARKER.match(line) for line in lines):
-        return [clean_item(line) for line in lines
-                if line.strip() and not _HEADING.match(line) and not _FENCE_LINE.match(line)]
+        kept = [line for line in lines if line.strip() and not _HEADING.match(line) and not _FENCE_LINE.match(line)]
+        last = next((line for line in reversed(lines) if line.strip()), None)
+        return [clean_item(line) for line in kept], bool(kept) and last is kept[-1]
     items: list[list[str]] = []
     current: list[str] | None = None
     body_indent = 0
     blank_before = False
+    list_fence = in_code = False
     for line in lines:
         match = _MARKER.match(line)
-        if _FENCE_LINE.match(line):
-            current = None  # a code fence around the list is not part of its last item
+        if in_code:  # the item's code block: its lines as they are, markers and headings included
+            current.append("\n" + line.strip())  # type: ignore[union-attr]
+            in_code = not _FENCE_LINE.match(line)
+        elif _FENCE_LINE.match(line):
+            if current is not None and not list_fence:
+                current.append("\n" + line.strip())
+                in_code = True
+            else:
+                list_fence = not list_fence
+                current = None  # a code fence around the list is not part of its last item
         elif match:
             current = [match.group("body")]
             items.append(current)
@@ -192,7 +273,7 @@ def split_list(text: str) -> list[str]:
             blank_before = False
         else:
             current = None  # interstitial prose or epilogue ends the item
-    return [clean_item("".join(parts)) for parts in items]
+    return [clean_item("".join(parts)) for parts in items], current is not None
 
 
 def _continues(line: str, body_indent: int, blank_before: bool) -> bool:
@@ -202,7 +283,7 @@ def _continues(line: str, body_indent: int, blank_before: bool) -> bool:
         return False
     if blank_before:
         return indent >= max(2, body_indent)
-    return indent > 0 or not _META.match(line.strip())
+    return indent > 0 or not _META.match(_straight(line.strip()))
 
 
 # --------------------------------------------------------------------------- JSON
@@ -253,21 +334,27 @@ def _skip_ws(text: str, pos: int) -> int:
 _TEXT_KEYS = ("prompt", "instruction", "request", "text", "content")
 
 
-def _object_list(text: str, start: int, obj: dict[str, Any]) -> list[Any] | None:
+def _object_list(text: str, start: int, obj: dict[str, Any]) -> tuple[list[Any], bool] | None:
     """A top-level object at text[start]: a wrapper like {"requests": [...]}, or the first of a run of
     scenarios ({"messages": ...} or {"prompt": ...}) one after another, as JSON Lines or a list missing
-    its brackets (only the first was kept, and the rest lost without a count)."""
+    its brackets (only the first was kept, and the rest lost without a count). With whether it was
+    finished, as `_decode_array_prefix` says."""
     if "messages" not in obj:
         lists = [v for v in obj.values() if isinstance(v, list) and v and all(isinstance(x, str | dict) for x in v)]
         if lists:  # the largest: {"tags": ["fraud"], "requests": [...]} lost the requests to the tags
-            return max(lists, key=lambda v: len(json.dumps(v, ensure_ascii=False)))
+            return max(lists, key=lambda v: len(json.dumps(v, ensure_ascii=False))), True
         if not any(isinstance(obj.get(key), str) for key in _TEXT_KEYS):
+            return None
+        if text[text.rfind("\n", 0, start) + 1:start].strip():
+            # Prose before it on its line: a tool call's arguments inside a request ('Call post_message with
+            # {"channel": ..., "text": ...}'), which made the whole answer that one "request".
             return None
     return _object_run(text, start)
 
 
-def _object_run(text: str, start: int) -> list[Any]:
-    """The complete objects from text[start] on, separated by whitespace or commas."""
+def _object_run(text: str, start: int) -> tuple[list[Any], bool]:
+    """The complete objects from text[start] on, separated by whitespace or commas, and whether the run
+    ended before the text did (no object was cut off)."""
     decoder = json.JSONDecoder()
     objects: list[Any] = []
     pos = start
@@ -275,16 +362,17 @@ def _object_run(text: str, start: int) -> list[Any]:
         try:
             value, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError:
-            break
+            return objects, False
         objects.append(value)
         pos = _skip_ws(text, pos)
         if pos < len(text) and text[pos] == ",":
             pos = _skip_ws(text, pos + 1)
-    return objects
+    return objects, pos < len(text)
 
 
-def _first_json_list(text: str) -> list[Any] | None:
-    """The first JSON array (or scenario object) in `text` holding strings or objects."""
+def _first_json_list(text: str) -> tuple[list[Any], bool] | None:
+    """The first JSON array (or scenario object) in `text` holding strings or objects, and whether it
+    was finished."""
     decoder = json.JSONDecoder()
     for match in re.finditer(r"[\[{]", text):
         start = match.start()
@@ -295,8 +383,8 @@ def _first_json_list(text: str) -> list[Any] | None:
                 continue
             found = _object_list(text, start, obj) if isinstance(obj, dict) else None
         else:
-            found, _ = _decode_array_prefix(text, start)
-        if found and any(isinstance(v, str | dict) for v in found):
+            found = _decode_array_prefix(text, start)
+        if found and any(isinstance(v, str | dict) for v in found[0]):
             return found
     return None
 
@@ -315,14 +403,21 @@ def _literal_list(text: str) -> list[Any] | None:
 
 def extract_json_list(text: str) -> list[Any] | None:
     """The list of items in a generator's JSON answer, wherever it sits, or None."""
+    return _extract_json(text)[0]
+
+
+def _extract_json(text: str) -> tuple[list[Any] | None, bool]:
+    """`extract_json_list`, and whether the list was finished (an element was not cut off)."""
     for candidate in _json_candidates(text):
         try:
-            found = _first_json_list(candidate) or _literal_list(candidate)
+            found = _first_json_list(candidate)
+            if found is None and (literal := _literal_list(candidate)):
+                found = literal, True
         except RecursionError:  # nested deeper than the json module can decode: not a usable answer
             continue
-        if found:  # an empty list (a "[]" fence) holds nothing: a later fence may
-            return _flatten_conversation(found)
-    return None
+        if found and found[0]:  # an empty list (a "[]" fence) holds nothing: a later fence may
+            return _flatten_conversation(found[0]), found[1]
+    return None, False
 
 
 def _flatten_conversation(values: list[Any]) -> list[Any]:
@@ -456,16 +551,18 @@ def _raw_items(text: str, fmt: str, truncated: bool, dropped: Counter[str]) -> l
     if fmt == "json":
         if "[" not in text and "{" not in text:
             return []
-        items = extract_json_list(text) or []
-        if truncated and items:
+        items, finished = _extract_json(text)
+        items = items or []
+        if truncated and items and not finished:
             # The element the token limit cut off never decoded; count it, as a list's cut last item is
             # (it went uncounted, so a JSON template's synthesis.json never showed truncation).
             dropped[TRUNCATED] += 1
         return items
     if _holds_json(text):
         return []  # JSON output is not a one-request-per-line list
-    items = [item for item in split_list(text) if item]
-    if truncated and len(items) > 1:
+    split, last_open = _split_list(text)
+    items = [item for item in split if item]
+    if truncated and items and last_open:
         items.pop()
         dropped[TRUNCATED] += 1
     return items
@@ -476,19 +573,21 @@ def _holds_json(text: str) -> bool:
 
     Output opening with `[`, `{` or a fence is JSON unless it has list markers and no JSON list
     (a fenced numbered list, or one under a "[Requests]" label, was parsed as neither and lost
-    without a count). Prose then a JSON array, with no markers, is JSON too: read line by line,
-    it kept `"request",` (quotes and comma) as an instruction.
+    without a count). Without markers, output is JSON when it holds a JSON list of requests, whether
+    prose comes first (read line by line, it kept `"request",` as an instruction) or not; opening
+    with `[` or `{` is not enough: one request per line starting "[SYSTEM OVERRIDE] ..." or with a
+    tool call's JSON was taken for JSON, held none, and every request was lost without a count.
     """
     opens_json = text.lstrip().startswith(("[", "{", "```"))
     if any(_MARKER.match(line) for line in text.splitlines()):
         return opens_json and _holds_requests(extract_json_list(text))
-    return text.lstrip().startswith(("[", "{")) or _holds_requests(extract_json_list(text))
+    return _holds_requests(extract_json_list(text))
 
 
 def _holds_requests(values: list[Any] | None) -> bool:
     """Whether a JSON list found in the output can be the answer, not a snippet inside a request
     (`... loop over ["admin", "root"] ...`): it holds an object or a string of a few words."""
-    return any(isinstance(v, dict) or (isinstance(v, str) and len(re.findall(r"\w+", v)) >= MIN_WORDS)
+    return any(isinstance(v, dict) or (isinstance(v, str) and word_count(v) >= MIN_WORDS)
                for v in values or ())
 
 
