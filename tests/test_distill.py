@@ -65,11 +65,12 @@ def test_resume_continues_from_checkpoint(run_dir) -> None:
 
 
 @pytest.mark.slow
-def test_resume_refuses_a_checkpoint_of_other_settings_but_may_train_longer(recorded_run) -> None:
+def test_resume_refuses_a_checkpoint_of_other_settings_but_may_train_longer(recorded_run, capsys) -> None:
 
     run, pack = recorded_run
     options = {"max_steps": 2, "max_new_tokens": 8, "batch_size": 4, "save_steps": 1}
-    run_distill(run, overrides=options, progress=False)
+    run_distill(run, resume=True, overrides=options, progress=False)  # nothing to resume yet: it says so
+    assert f"resume: no checkpoint in {checkpoint_dir(run)}; training from the start" in capsys.readouterr().err
     with pytest.raises(RunError, match="checkpoint-2, trained with other settings: --lora-r 4 then, 2 now\n") as caught:
         run_distill(run, resume=True, overrides={**options, "lora_r": 2}, progress=False)
     # The record the settings were read from: the checkpoints' own, not run.json (which named them wrongly).
