@@ -58,7 +58,8 @@ def bump_pack(root: Path, part: str | None = None, *, to: str | None = None,
     old = Version.parse(node.value)
     new = _target(old, part, to)
     changelog = root / CHANGELOG
-    log = _read(changelog, MAX_OTHER_BYTES, "") if changelog.exists() else "# Changelog\n"
+    log = _read(changelog, MAX_OTHER_BYTES, "") if changelog.exists() else ""
+    log = log if log.strip() else "# Changelog\n"  # an empty file got its entry under two blank lines, untitled
     added = _changelog_needs_entry(changelog, log, str(new), notes)
     if added:
         write_text(changelog, _with_entry(log, str(new), notes))

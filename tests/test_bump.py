@@ -159,3 +159,12 @@ def test_a_version_written_as_a_block_scalar_keeps_its_line_break(packs: Path) -
     bump_pack(packs / "general", "patch", notes=["Reworded."])
     assert "version: 1.0.1\ntitle: " in manifest.read_text()
     assert load_pack(packs / "general", registry=Registry([packs])).version == "1.0.1"
+
+
+@pytest.mark.parametrize("existing", ["", "\n\n"])
+def test_an_empty_changelog_gets_its_title_and_the_entry(packs: Path, existing: str) -> None:
+    """An empty CHANGELOG.md got the entry under two blank lines and no title."""
+    log = packs / "legal" / "CHANGELOG.md"
+    log.write_text(existing)
+    bump_pack(packs / "legal", "patch", notes=["First recorded change."])
+    assert log.read_text() == "# Changelog\n\n## 1.0.1\n\n- First recorded change.\n\n"
