@@ -35,7 +35,9 @@ def synthesize_command(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or auto."),
     batch_size: int = typer.Option(16, "--batch-size", help="Generation batch size."),
     max_per_category: Optional[int] = typer.Option(None, "--max-per-category",
-                                                   help="Cap per category (default: twice the smallest category, at least --n)."),
+                                                   help="Cap per category (default: twice the smallest category, "
+                                                   "at least --n); the pack's seeds count first and are always "
+                                                   "kept, even past it."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens",
                                                  help="Longest generator output (default: the pack's sampling setting)."),
     backend: str = typer.Option("transformers", "--backend", help="Generation backend: transformers or vllm."),
