@@ -299,9 +299,17 @@ def select(scored: list[dict[str, Any]], config: FilterConfig) -> list[dict[str,
     if config.top_n is not None:
         chosen = _round_robin(by_cat, config.top_n)
     else:
-        chosen = [r for rows in by_cat.values() for r in rows[: max(1, math.ceil(config.keep * len(rows)))]]
+        chosen = [r for rows in by_cat.values() for r in rows[: kept_count(config.keep, len(rows))]]
     ids = {r["id"] for r in chosen}
     return [r for r in scored if r["id"] in ids]
+
+
+def kept_count(keep: float, rows: int) -> int:
+    """How many of a category's `rows` `--keep` keeps: the fraction rounded up, at least one.
+
+    Rounded up after a tolerance: 0.28 * 25 is 7.000000000000001 in floating point, and a plain
+    ceil kept 8 of 25 (32%) where 7 is 28%."""
+    return max(1, math.ceil(keep * rows - 1e-9))
 
 
 def _round_robin(by_cat: dict[str, list[dict]], total: int) -> list[dict]:

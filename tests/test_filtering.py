@@ -360,3 +360,11 @@ def test_a_full_disk_while_scoring_is_an_error_naming_the_partial_file(tmp_path:
     printed = run_error("from policyalign.io import append_jsonl",
                         "append_jsonl(Path(sys.argv[1]), [{'id': str(i), 'response': 'x' * 500} for i in range(100)])", partial)
     assert printed.startswith(f"{partial}: File too large\n    hint: make room on that disk"), printed
+
+
+@pytest.mark.parametrize(("keep", "rows", "kept"), [(0.28, 25, 7), (0.55, 100, 55), (0.07, 100, 7), (0.5, 5, 3),
+                                                   (0.01, 3, 1), (1.0, 4, 4)])
+def test_keep_fraction_is_not_rounded_up_past_an_exact_count(keep: float, rows: int, kept: int) -> None:
+    """0.28 * 25 is 7.000000000000001 in floating point: a plain ceil kept 8 of 25 instructions for --keep 0.28."""
+    chosen = select(_rows({"a": [float(i) for i in range(rows)]}), FilterConfig(keep=keep))
+    assert len(chosen) == kept
