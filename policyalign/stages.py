@@ -160,6 +160,8 @@ def filter_config(pack: "Pack", **options: Any) -> Any:
         keep = float(pack.training.get("filter_keep", 0.5))
     if options.get("max_new_tokens") is None:
         options["max_new_tokens"] = int(pack.training.get("max_new_tokens", 128))
+    if options.get("kl_top_k") is None:  # the reverse KL distillation minimises is the one filtering ranks by
+        options["kl_top_k"] = int(pack.training.get("top_k", 256))
     return FilterConfig(keep=keep, **{k: v for k, v in options.items() if v is not None})
 
 

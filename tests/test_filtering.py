@@ -368,3 +368,19 @@ def test_keep_fraction_is_not_rounded_up_past_an_exact_count(keep: float, rows: 
     """0.28 * 25 is 7.000000000000001 in floating point: a plain ceil kept 8 of 25 instructions for --keep 0.28."""
     chosen = select(_rows({"a": [float(i) for i in range(rows)]}), FilterConfig(keep=keep))
     assert len(chosen) == kept
+
+
+def test_filtering_ranks_by_the_reverse_kl_top_k_the_pack_and_apply_train_with(fixture_packs: Path) -> None:
+    """A pack's `training: top_k` (the reverse KL's top-k) was left to distillation: the filter always
+    ranked by the top-256 KL, another quantity than the one distillation minimises."""
+    from policyalign.apply import ApplyOptions, _filter_options
+    from policyalign.registry import Registry
+    from policyalign.stages import filter_config
+
+    yaml = fixture_packs / "root-pack" / "pack.yaml"
+    yaml.write_text(yaml.read_text() + "  top_k: 4\n")
+    pack = Registry([fixture_packs]).load("root-pack")
+    assert filter_config(pack).kl_top_k == 4
+    assert filter_config(pack, kl_top_k=0).kl_top_k == 0, "given explicitly, 0 (the whole vocabulary) is kept"
+    assert filter_config(pack, **_filter_options(ApplyOptions(pack="root-pack", model="tiny", kl_top_k=16))).kl_top_k == 16
+    assert filter_config(Registry([fixture_packs]).load("child-pack")).kl_top_k == 256
