@@ -347,3 +347,27 @@ def test_scoring_long_responses_keeps_one_slice_of_float32_log_probs_alive() -> 
     assert out.returncode == 0, out.stderr[-2000:]
     logits = 2 * 256 * 65536 * 4  # one side's float32 logits for the batch
     assert int(out.stdout.split()[-1]) < 3 * logits
+
+
+@pytest.mark.parametrize("batch_size", [1, 8])
+def test_scores_match_a_plain_uncached_reference(tiny, batch_size: int) -> None:
+    """Each score against plain torch on one unpadded, uncached forward per row: a batch mixing prompt and
+    completion lengths (length 1 included), its own system message and tools (the core of the cache),
+    and a single row; the top-k distributions are the student's top k renormalised, for both sides."""
+    records = [*RECORDS, {"id": "d", "messages": RECORDS[0]["messages"], "tools": TOOLS}]
+    completions = [[40, 41, 42, 43, 44, 45, 46], [50], [60, 61], [70, 71, 72, 73]]
+    scorer = PolicyScorer(tiny, POLICY, top_k=5, batch_size=batch_size)
+    students, teachers = scorer.prompts(records)
+    assert scorer.prefix.split(teachers)[0] == scorer.prefix.core
+    for got, student, teacher, completion in zip(scorer.score(records, completions), students, teachers, completions):
+        s = torch.log_softmax(_reference(tiny.model, student, completion).float(), -1)
+        t = torch.log_softmax(_reference(tiny.model, teacher, completion).float(), -1)
+        p_s, top = s.exp().topk(5, -1)
+        p_s, p_t = p_s / p_s.sum(-1, keepdim=True), t.exp().gather(-1, top)
+        p_t = p_t / p_t.sum(-1, keepdim=True)
+        realised = torch.tensor(completion).unsqueeze(-1)
+        assert got.tokens == len(completion)
+        assert got.reverse_kl == pytest.approx(float((p_s * (p_s / p_t).log()).sum(-1).mean()), abs=1e-4)
+        assert got.reverse_kl_full == pytest.approx(float((s.exp() * (s - t)).sum(-1).mean()), abs=1e-4)
+        assert got.student_logprob == pytest.approx(float(s.gather(-1, realised).sum()), abs=1e-4)
+        assert got.teacher_logprob == pytest.approx(float(t.gather(-1, realised).sum()), abs=1e-4)
