@@ -448,7 +448,8 @@ def balance_cap(counts: Mapping[str, int], *, n_per_category: int, factor: float
     if max_per_category is not None:
         return max_per_category
     smallest = min(counts.values()) if counts else 0
-    return max(n_per_category, math.ceil(smallest * factor))
+    # after a tolerance, as filtering.kept_count: 50 * 1.1 is 55.00000000000001, and a plain ceil capped at 56
+    return max(n_per_category, math.ceil(smallest * factor - 1e-9))
 
 
 # --------------------------------------------------------------------------- records and summary

@@ -24,7 +24,7 @@ from policyalign.errors import InvalidInputError
 from policyalign.generation import Generation, SamplingParams
 from policyalign.io import read_json, read_jsonl
 from policyalign.pack import Pack, load_pack
-from policyalign.synthesize import instruction_id, synthesize
+from policyalign.synthesize import balance_cap, instruction_id, synthesize
 
 PACK_DIR = Path(__file__).parent / "fixtures" / "synth-packs" / "synth-mini"
 MARK = re.compile(r"\[template (\S+)\] \[category (\S+)\]")
@@ -287,6 +287,12 @@ def _distinct_requests(count: int, seed: int) -> str:
              ("ana", "eto", "ilu", "ora", "uma", "ebi", "ixo", "ade")]
     lines = [f"{i + 1}. Tell me how to " + " ".join(rng.choice(vocab) for _ in range(12)) for i in range(count)]
     return "\n".join(lines)
+
+
+@pytest.mark.parametrize(("smallest", "factor", "cap"), [(50, 1.1, 55), (25, 2.2, 55), (7, 1.5, 11), (3, 2.0, 6)])
+def test_the_balance_cap_is_not_rounded_up_past_an_exact_product(smallest: int, factor: float, cap: int) -> None:
+    """50 x 1.1 is 55.00000000000001 in floating point: a plain ceil let every category keep 56."""
+    assert balance_cap({"a": smallest, "b": 100}, n_per_category=1, factor=factor, max_per_category=None) == cap
 
 
 def test_balancing_caps_categories(pack: Pack, tmp_path: Path) -> None:
