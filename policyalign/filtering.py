@@ -209,7 +209,7 @@ def score_instructions(run_dir: Path, scorer: "PolicyScorer", records: list[dict
             gen = gen or get_backend(backend, scorer.loaded)
             rows = sample_and_score(scorer, chunk, sampling_params(config, chunk_seed(config.seed, index)),
                                     config.samples, backend=gen, batch_size=config.batch_size)
-            _check_finite(rows)
+            check_finite(rows)
             for row in rows:
                 row["made_under"] = made_under
             append_jsonl(partial, rows)
@@ -219,7 +219,7 @@ def score_instructions(run_dir: Path, scorer: "PolicyScorer", records: list[dict
     return [done[r["id"]] for r in records]
 
 
-def _check_finite(rows: list[dict[str, Any]]) -> None:
+def check_finite(rows: list[dict[str, Any]]) -> None:
     """Raise for a score that is NaN or infinite: the student or the teacher overflowed on that instruction.
 
     Such a score would rank first or last at random (NaN compares false both ways), crash the

@@ -20,7 +20,7 @@ def internalization(loaded: "LoadedModel", policy: str, records: list[dict[str, 
     model (`adapter_on=False`, before training) or the adapted one. This is the gap distillation
     exists to close.
     """
-    from .filtering import FilterConfig, sample_and_score, sampling_params
+    from .filtering import FilterConfig, check_finite, sample_and_score, sampling_params
     from .models import base_weights
     from .scoring import PolicyScorer
 
@@ -33,4 +33,5 @@ def internalization(loaded: "LoadedModel", policy: str, records: list[dict[str, 
     scorer.prompts(records, room=max_new_tokens)  # fail before sampling, as training and filtering do
     params = sampling_params(FilterConfig(max_new_tokens=max_new_tokens), seed)
     rows = sample_and_score(scorer, records, params, 1, batch_size=batch_size)
+    check_finite(rows)  # a NaN mean went into policyalign.json (as non-standard JSON) and the card
     return sum(r["score"] for r in rows) / len(rows)
