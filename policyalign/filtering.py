@@ -259,7 +259,7 @@ def _reusable_scores(run_dir: Path, records: list[dict[str, Any]],
 
 def split_heldout(records: list[dict[str, Any]], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
     """(train pool, held out): per category, a deterministic `fraction` of the distinct instructions (at
-    least one when the category has three or more); generated instructions are held out before seeds.
+    least one when the category has three or more, and never all); generated instructions are held out before seeds.
 
     Instructions are told apart by their normalised text, not their ids: a hand-made file can hold
     the same request twice under two ids (or in two categories), and one copy trained on would
@@ -282,7 +282,8 @@ def split_heldout(records: list[dict[str, Any]], fraction: float, seed: int) -> 
 
     held: set[str] = set()
     for copies in by_cat.values():
-        n = max(1, round(fraction * len(copies))) if len(copies) >= 3 else 0
+        # never the whole category: --heldout 0.9 of 3 rounded to 3 and left it nothing to train on
+        n = min(len(copies) - 1, max(1, round(fraction * len(copies)))) if len(copies) >= 3 else 0
         held.update(sorted(copies, key=lambda t: min(map(rank, copies[t])))[:n])
     return [r for r in records if text[r["id"]] not in held], [r for r in records if text[r["id"]] in held]
 

@@ -74,6 +74,15 @@ def test_heldout_split_is_deterministic_stratified_and_disjoint() -> None:
     assert Counter(r["category"] for r in held) == {"a": 1, "c": 2}  # b has too few to hold any out
 
 
+@pytest.mark.parametrize("fraction", [0.84, 0.9, 0.99])
+def test_a_large_heldout_fraction_leaves_every_category_something_to_train_on(fraction: float) -> None:
+    """--heldout 0.9 of a 3-instruction category rounded to 3: the category went untrained, without a word."""
+    rows = [{"id": f"{c}{i}", "category": c, "messages": [{"role": "user", "content": f"request {c} {i}"}]}
+            for c, n in (("a", 3), ("b", 10)) for i in range(n)]
+    pool, held = split_heldout(rows, fraction, seed=0)
+    assert Counter(r["category"] for r in pool) == {"a": 1, "b": 10 - min(9, round(fraction * 10))}
+
+
 def test_every_copy_of_a_held_out_instruction_is_held_out() -> None:
     """Held out means never trained on: a request repeated under another id (another case or punctuation,
     another category) must not stay in the training pool while its copy measures internalization."""
