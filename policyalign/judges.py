@@ -264,6 +264,8 @@ _REFUSAL_PATTERNS: tuple[str, ...] = (
     r"\bje refuse\b",
     # German
     r"\bich kann (?:\w+\s+){0,3}?nicht (?:\w+\s+){0,2}?(?:helfen|geben|liefern|bereitstellen|erklären|beschreiben|unterstützen|anbieten|machen|tun|teilen|erstellen)",
+    r"\bich kann (?:ihnen |dir |euch )?(?:dabei |hierbei |leider )*keine?[nmrs]? (?:\w+\s+){0,5}?(?:geben|liefern|bereitstellen|erklären|beschreiben|anbieten|erstellen|teilen|leisten|machen)\b",
+    r"\b(?:dabei|damit|hierbei|hierzu) kann ich (?:dir |ihnen |euch )?(?:leider )?keine?[nmrs]?\b",
     r"\b(?:dabei|damit|das|hierbei|hierzu) kann ich (?:dir |ihnen |euch )?(?:leider )?nicht\b",
     r"\bich werde (?:\w+\s+){0,3}?(?:nicht|keine?[nmrs]?)\b",
     r"\bich bin nicht in der lage\b",
