@@ -231,8 +231,8 @@ _EN_VERB = (
 )
 # "I can't ..." phrases that are not declines ("I can't stress enough", "I can't wait").
 _EN_IDIOMS = (
-    r"(?:stress|emphasi[sz]e|overstate|believe|wait|imagine|guarantee|promise|remember|recall|"
-    r"say (?:for sure|exactly)|tell (?:you )?(?:for sure|exactly)|tell (?:you )?how (?:much|many)(?: times)? "
+    r"(?:stress|emphasi[sz]e|overstate|believe|wait|imagine|guarantee|promise|remember|recall|lie(?! to| for| about| on)|bore you|"
+    r"speak for|say (?:for sure|exactly)|tell (?:you )?(?:for sure|exactly)|tell (?:you )?how (?:much|many)(?: times)? "
     r"(?:i|i've|we|we've)\b|tell (?:you )?how (?:happy|glad|grateful|excited|sorry)|see|think of|get enough|help but|"
     r"thank you enough|"
     r"recommend (?:\w+\s+){1,3}?enough|be (?:sure|certain)|verify|predict|know)\b"
