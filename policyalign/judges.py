@@ -246,6 +246,8 @@ _REFUSAL_PATTERNS: tuple[str, ...] = (
     r"\bi (?:respectfully |politely )?(?:decline|refuse)\b",
     r"\b(?:not|isn't|is not) something i(?:'ll| can| will| am able to|'m able to| am going to|'m going to) (?:help|assist|do|provide|support|share)",
     r"\bi(?:'m| am) not (?:able|willing|comfortable|permitted|allowed) to\b",
+    r"\bi(?:'m| am) not (?:comfortable|willing) (?:with|\w+ing)\b",
+    r"\bnot something i(?:'m| am) (?:comfortable|willing)\b",
     r"\bi don't (?:feel comfortable|think i (?:can|should))\b",
     r"\b(?:against|violates?) (?:my|the|our) (?:guidelines|polic(?:y|ies)|principles|usage polic)",
     r"\bunable to (?:help|assist|comply|provide|fulfil|fulfill) (?:with )?(?:that|this|your)",
