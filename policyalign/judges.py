@@ -118,8 +118,12 @@ _THINK = re.compile(r"<think>.*?(?:</think>|$)", re.S | re.I)
 
 
 def strip_thinking(text: str) -> str:
-    """Drop `<think>...</think>` blocks: reasoning is not what the user is shown."""
-    return _THINK.sub("", text).strip()
+    """Drop `<think>...</think>` blocks: reasoning is not what the user is shown. A reasoning model
+    whose chat template opens the block in the prompt (Qwen3's Thinking-2507 models, DeepSeek-R1
+    distills, QwQ) writes only the closing `</think>`: everything before it is reasoning too."""
+    text = _THINK.sub("", text)
+    closed = text.lower().rfind("</think>")
+    return text[closed + len("</think>") :].strip() if closed >= 0 else text.strip()
 
 
 UNFINISHED_THINKING = ("the response ends inside its <think> reasoning: the model never reached an answer "
