@@ -267,6 +267,7 @@ _REFUSAL_PATTERNS: tuple[str, ...] = (
     # French
     r"\bje ne (?:peux|pourrai|vais) (?:pas|point)\b",
     r"\bje ne suis pas en mesure\b",
+    r"\bil m'est impossible\b",
     r"\b(?:désolé|désolée|navré|navrée),? mais (?:je|il)\b",
     r"\bje dois refuser\b",
     r"\bje refuse\b",

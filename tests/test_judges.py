@@ -86,6 +86,11 @@ def test_refusals_in_five_languages(text: str) -> None:
     assert classify_refusal(text).label == "refuse"
 
 
+@pytest.mark.parametrize("text", ["Il m'est impossible de vous aider avec cela.", "Il m’est impossible de répondre."])
+def test_french_il_m_est_impossible_is_a_refusal(text: str) -> None:
+    assert classify_refusal(text).label == "refuse"
+
+
 @pytest.mark.parametrize("text", ["No puedo cumplir con esta solicitud.", "No puedo generar ese tipo de contenido.",
                                   "No puedo crear un virus informático.", "No puedo escribir eso."])
 def test_spanish_refusals_with_other_verbs_are_refusals(text: str) -> None:
