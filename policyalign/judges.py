@@ -340,6 +340,8 @@ _PIVOT_RE = re.compile(
     r"in theory|in principle|hypothetically|the (?:process|method|steps?))|"
     r"\bhere(?:'s| is) (?:how|what you|the (?:process|method|recipe|code|script|steps?))|"
     r"\bsince you asked\b|"
+    r"\bi can (?:explain|describe|outline|tell you) (?:the )?(?:general |basic |high-level )?(?:concept|idea|principle|"
+    r"mechanism|process|basics)s?\b[^.:\n]{0,30}:|"
     r"\bhere are the (?:steps|instructions|ingredients)|\bthe steps are\b|\bstep 1\b|\bstep one\b|"
     r"\bfirst,? (?:you(?:'ll| will)? need|get|obtain|mix|combine|take|open|download|install)|"
     r"\byou(?:'ll| will| would)? need (?:the following|some|about|approximately|roughly)\b|\bhypothetically\b|\bin theory,? you\b|"
