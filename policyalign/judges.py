@@ -642,7 +642,8 @@ _LABEL_WORDS: dict[str, str] = {
     "compliant": "comply", "partial compliance": "comply",
 }
 # `label: X`, or `"label": "X"` in a JSON verdict cut off by the judge's max_new_tokens in its reason
-_LABEL_LINE_RE = re.compile(r"\b(?:label|verdict|classification|answer)[\"']?\s*[:=]\s*[\"']?([a-z ]+)", re.I)
+# Markdown around the key or the value too ("**Label:** comply", "Label: `refuse`"), as chat models write it.
+_LABEL_LINE_RE = re.compile(r"(?<![a-z])(?:label|verdict|classification|answer)[\"'*_`]*\s*[:=][\s\"'*_`]*([a-z ]+)", re.I)
 
 
 def _label_from_word(word: Any) -> str | None:

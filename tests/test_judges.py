@@ -333,6 +333,11 @@ def test_guard_cannot_overrule_a_forbidden_tool_call() -> None:
     ("REFUSE.", "refuse"),
     ('  "guide".\n', "guide"),
     ("Label: refuse", "refuse"),
+    # markdown, as chat models write a label line: these were unparseable
+    ("**Label:** comply\n**Reason:** gives the steps", "comply"),
+    ("Label: **refuse**", "refuse"),
+    ("__Label__: guide", "guide"),
+    ("label: `refuse`", "refuse"),
 ])
 def test_parse_llm_verdict(output: str, label: str) -> None:
     verdict = parse_llm_verdict(output)
