@@ -540,7 +540,10 @@ def _flatten(data: Any, prefix: str = "") -> list[tuple[str, str]]:
 def _internalization_rows(data: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Before and after as recorded; `drop` is relative (1 - after/before), so it is labelled and shown
     as a percentage: a bare "drop | 0.554" under "before | 0.7504" and "after | 0.3346" read as the
-    absolute fall, which those two numbers put at 0.416."""
+    absolute fall, which those two numbers put at 0.416. Neither measured (internalization is None
+    only without held-out instructions) says so: "before | null", "after | null" read as a failed measurement."""
+    if "before" in data and data.get("before") is None and data.get("after") is None:
+        return [("before, after", "not measured: no instructions were held out")]
     rows = _flatten({key: value for key, value in data.items() if key != "drop"})
     drop = data.get("drop")
     if isinstance(drop, (int, float)) and not isinstance(drop, bool):

@@ -313,7 +313,10 @@ def evaluate(
 
     with _removed_if_left_empty(Path(out_dir)), run_lock(Path(out_dir), EVAL_DIR_BUSY):
         # one process per eval folder: another's answers must not enter this one's journal
-        loaded_benchmarks = [load_benchmark(name, revision=benchmark_revision) for name in benchmarks]
+        # each once, however spelt (`xstest`, `XSTest`): a benchmark named twice was answered and counted
+        # twice (twice the n, an interval too narrow, each paired item counted twice), as `--sets` once was
+        loaded_benchmarks = [load_benchmark(name, revision=benchmark_revision)
+                             for name in dict.fromkeys(name.strip().lower() for name in benchmarks)]
         tasks = _tasks([*chosen, *(b.eval_set for b in loaded_benchmarks)], limit)
         params = params or greedy_params()
         adapter_str = str(adapter) if adapter else None

@@ -192,6 +192,18 @@ def test_the_internalization_drop_is_labelled_relative(tmp_path: Path, make_run)
     assert "| relative drop, 1 - after / before | 55.4% |" in body and "| drop |" not in body
 
 
+def test_internalization_without_held_out_instructions_says_so(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
+    """`--heldout 0` (or too few instructions to hold one out) measures nothing: policyalign.json
+    records before/after as null, and the card printed "before | null", "after | null"."""
+    run = make_run(tmp_path / "run", ROOT_PACK)
+    provenance = json.loads((run / "adapter" / "policyalign.json").read_text())
+    provenance["internalization"] = {"before": None, "after": None, "drop": None}
+    (run / "adapter" / "policyalign.json").write_text(json.dumps(provenance))
+    body = _render(run)
+    assert "| before, after | not measured: no instructions were held out |" in body
+    assert "| before | null |" not in body and "| after | null |" not in body
+
+
 def test_the_card_names_the_categories_no_evaluated_item_belongs_to(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
     """A child pack trains on its parents' categories but runs only its own eval sets: the tables
     implied the adapter was measured on the whole policy."""
