@@ -273,7 +273,8 @@ def recorded_name(model: str) -> str:
 
 
 def resolve_device(device: str | None) -> str:
-    """None/"auto" picks CUDA when present, else CPU; an explicit CUDA without a GPU is an error."""
+    """None/"auto" picks CUDA when present, else CPU; an explicit CUDA (or other accelerator) without
+    one is an error."""
     import torch
 
     wanted = (device or "auto").strip().lower()
@@ -290,7 +291,20 @@ def resolve_device(device: str | None) -> str:
         if index >= torch.cuda.device_count():
             raise ModelError(f"device {device!r} does not exist ({torch.cuda.device_count()} GPU(s) visible)")
         return f"cuda:{index}"
+    if parsed.type != "cpu" and not _device_type_available(parsed.type):
+        # `mps` without Apple's GPU (or `meta`, `xpu`, ...) went on to from_pretrained, whose error
+        # was reported as a broken checkpoint; `meta` loaded weightless and generated garbage.
+        raise ModelError(f"device {device!r} requested but no {parsed.type} device is available",
+                         hint='use "cpu", "cuda", "cuda:N" or "auto"')
     return str(parsed)
+
+
+def _device_type_available(kind: str) -> bool:
+    """Whether this PyTorch can run on devices of type `kind` here (`torch.mps.is_available()`, ...)."""
+    import torch
+
+    module = getattr(torch, kind, None)
+    return callable(getattr(module, "is_available", None)) and bool(module.is_available())
 
 
 def resolve_dtype(dtype: Any, device: str) -> Any:

@@ -248,6 +248,13 @@ def test_bad_device_or_dtype_is_a_model_error(kwargs: dict[str, str], message: s
         load_model("tiny", **kwargs)
 
 
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="needs a machine without Apple's GPU")
+@pytest.mark.parametrize("device", ["mps", "meta"])
+def test_an_accelerator_not_present_is_a_model_error_not_a_broken_checkpoint(device: str) -> None:
+    with pytest.raises(ModelError, match=f"no {device} device is available"):
+        load_model("tiny", device=device)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_gpu_is_a_model_error() -> None:
     with pytest.raises(ModelError, match="no CUDA GPU"):
