@@ -445,11 +445,13 @@ def load_model(
 
 def _prepare_tokenizer(tokenizer: Any, model: Any, ref: ModelRef) -> None:
     """Left padding, a pad token, and a chat template: what every stage assumes."""
-    if len(tokenizer) < 2:
+    if not tokenizer("a", add_special_tokens=False)["input_ids"]:
         # transformers builds an empty tokenizer from a directory without tokenizer files (a fine-tune
-        # saved with `model.save_pretrained` alone): every text would encode to nothing.
+        # saved with `model.save_pretrained` alone), or one of only the added tokens that
+        # tokenizer_config.json lists when the vocabulary (tokenizer.json) was left behind: every
+        # text would encode to nothing, and every stage would run on bare chat-template markup.
         raise ModelError(
-            f"{ref} has no tokenizer files (tokenizer.json, tokenizer_config.json, ...)",
+            f"{ref} has no tokenizer files, or none holding its vocabulary (tokenizer.json, tokenizer_config.json, ...)",
             file=ref.location if ref.kind == "local" else "",
             hint="save the tokenizer of the model it was fine-tuned from beside the weights "
             "(`AutoTokenizer.from_pretrained(BASE).save_pretrained(DIR)`)",

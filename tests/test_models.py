@@ -307,6 +307,16 @@ def test_model_without_tokenizer_files_says_so(tmp_path: Path) -> None:
     assert info.value.problem.file == str(copy.resolve()) and "save_pretrained" in info.value.problem.hint
 
 
+def test_model_whose_tokenizer_json_was_left_behind_says_so(tmp_path: Path) -> None:
+    """tokenizer_config.json without tokenizer.json loads a tokenizer of only its added tokens: len()
+    of 7 passed the check for an empty one, and every text encoded to nothing."""
+    copy = tmp_path / "copied"
+    shutil.copytree(tiny.tiny_model_path(), copy)
+    (copy / "tokenizer.json").unlink()
+    with pytest.raises(ModelError, match="has no tokenizer files, or none holding its vocabulary"):
+        load_model(str(copy))
+
+
 def test_model_without_chat_template_is_a_model_error(tmp_path: Path) -> None:
     copy = tmp_path / "base-model"
     shutil.copytree(tiny.tiny_model_path(), copy)
