@@ -333,6 +333,13 @@ def resolve_dtype(dtype: Any, device: str) -> Any:
     return getattr(torch, _DTYPES[wanted])
 
 
+def check_device_and_dtype(device: str | None) -> None:
+    """Refuse a bad `--device` or `PA_DTYPE` before a stage begins. Found only when the stage loaded
+    its model, either marked the stage failed in run.json (a finished run's too, whose next stage
+    then refused its files) or left a run of nothing in a new directory."""
+    resolve_dtype(None, resolve_device(device))
+
+
 def numerics(device: Any, dtype: Any) -> dict[str, str]:
     """The device type and precision a result was computed in, as a resumable job records them: bf16
     on a GPU samples, scores and judges otherwise than fp32 on a CPU, and a job resumed under other
