@@ -143,12 +143,21 @@ def render_chat(
         )
     options = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
     text = _render(tokenizer, messages, tools, add_generation_prompt, options, file, where)
-    if tools and text == _render(tokenizer, messages, None, add_generation_prompt, options, file, where):
+    if tools and _tools_left_out(tokenizer, messages, text, add_generation_prompt, options):
         # Gemma-2's template ignores `tools`: the model answered without ever seeing them, and an eval
         # item's forbidden tools, which it could not call, counted as refused calls.
         raise ModelError(f"the chat template of {_model_name(tokenizer)} leaves out the tools of this conversation",
                          file=file, where=where, hint=_TOOLS_LEFT_OUT_HINT)
     return text
+
+
+def _tools_left_out(tokenizer: Any, messages: Sequence[Message], text: str, add_generation_prompt: bool,
+                    options: dict[str, Any]) -> bool:
+    """Whether the chat renders the same without its tools (`text` is it with them): the template ignored them."""
+    try:
+        return text == _render(tokenizer, messages, None, add_generation_prompt, options, "", "")
+    except ModelError:  # a template that needs the tools it was given did not ignore them
+        return False
 
 
 def _render(tokenizer: Any, messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None,

@@ -264,6 +264,9 @@ def test_a_template_that_drops_the_tools_is_a_model_error_naming_the_record() ->
     assert (caught.value.problem.file, caught.value.problem.where) == ("eval/agents.jsonl", "id agent-7")
     assert render_chat(gemma_like, chat) == render_chat(gemma_like, chat, [])  # no tools: nothing to leave out
     assert "get_weather" in render_chat(_tokenizer_with(TOOL_CALL_IDS_OF_LENGTH_9), chat, TOOLS)
+    needs_tools = _tokenizer_with("{% if not tools %}{{ raise_exception('no tools') }}{% endif %}"
+                                  "{{ tools | tojson }}{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    assert "get_weather" in render_chat(needs_tools, chat, TOOLS), "a template that needs its tools keeps them"
 
 
 def test_a_record_names_its_file_and_id_in_its_errors() -> None:
