@@ -130,7 +130,8 @@ def render_chat(
     result renders without it: the teacher would silently lose the policy), gets the system
     message at the top of the first user turn. Other template failures (Mistral v0.3's demand for
     9-character tool-call ids, Gemma-2's refusal of tool turns) become a `ModelError` that names
-    the model and the record (`file`, `where`), instead of a Jinja traceback.
+    the model and the record (`file`, `where`), instead of a Jinja traceback, as does a template
+    that drops the conversation's `tools` without a word (Gemma-2's).
 
     `enable_thinking` goes to the template when not None (Qwen3's switches its `<think>` block
     off with False; templates without the switch ignore it). Leave it None for every prompt that
@@ -141,6 +142,27 @@ def render_chat(
             f"{_model_name(tokenizer)} has no chat template", hint="use an instruction-tuned (chat) variant of the model",
         )
     options = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
+    text = _render(tokenizer, messages, tools, add_generation_prompt, options, file, where)
+    if tools and _tools_left_out(tokenizer, messages, text, add_generation_prompt, options):
+        # Gemma-2's template ignores `tools`: the model answered without ever seeing them, and an eval
+        # item's forbidden tools, which it could not call, counted as refused calls.
+        raise ModelError(f"the chat template of {_model_name(tokenizer)} leaves out the tools of this conversation",
+                         file=file, where=where, hint=_TOOLS_LEFT_OUT_HINT)
+    return text
+
+
+def _tools_left_out(tokenizer: Any, messages: Sequence[Message], text: str, add_generation_prompt: bool,
+                    options: dict[str, Any]) -> bool:
+    """Whether the chat renders the same without its tools (`text` is it with them): the template ignored them."""
+    try:
+        return text == _render(tokenizer, messages, None, add_generation_prompt, options, "", "")
+    except ModelError:  # a template that needs the tools it was given did not ignore them
+        return False
+
+
+def _render(tokenizer: Any, messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None,
+            add_generation_prompt: bool, options: dict[str, Any], file: str, where: str) -> str:
+    """`render_chat` before its check that the tools were shown."""
     try:
         text = _apply_template(tokenizer, messages, tools, add_generation_prompt, options)
     except Exception as exc:  # jinja2 TemplateError, or raise_exception() inside the template
@@ -156,6 +178,8 @@ def render_chat(
 
 
 _REJECTED_HINT = "some templates refuse system turns, tools or non-alternating roles; try another model"
+_TOOLS_LEFT_OUT_HINT = ("use a model whose chat template renders tools (Qwen2.5, Llama 3.1 or Mistral v0.3 do, Gemma-2 "
+                        "does not), or leave out the records that carry tools")
 _TOOL_CALL_ID_HINT = ('give each tool call an "id" of 9 letters or digits (e.g. "call00001") and the tool turn '
                       'answering it the same "tool_call_id"; Mistral templates require both')
 

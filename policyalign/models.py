@@ -273,7 +273,8 @@ def recorded_name(model: str) -> str:
 
 
 def resolve_device(device: str | None) -> str:
-    """None/"auto" picks CUDA when present, else CPU; an explicit CUDA without a GPU is an error."""
+    """None/"auto" picks CUDA when present, else CPU; an explicit CUDA (or other accelerator) without
+    one is an error."""
     import torch
 
     wanted = (device or "auto").strip().lower()
@@ -290,7 +291,20 @@ def resolve_device(device: str | None) -> str:
         if index >= torch.cuda.device_count():
             raise ModelError(f"device {device!r} does not exist ({torch.cuda.device_count()} GPU(s) visible)")
         return f"cuda:{index}"
+    if parsed.type != "cpu" and not _device_type_available(parsed.type):
+        # `mps` without Apple's GPU (or `meta`, `xpu`, ...) went on to from_pretrained, whose error
+        # was reported as a broken checkpoint; `meta` loaded weightless and generated garbage.
+        raise ModelError(f"device {device!r} requested but no {parsed.type} device is available",
+                         hint='use "cpu", "cuda", "cuda:N" or "auto"')
     return str(parsed)
+
+
+def _device_type_available(kind: str) -> bool:
+    """Whether this PyTorch can run on devices of type `kind` here (`torch.mps.is_available()`, ...)."""
+    import torch
+
+    module = getattr(torch, kind, None)
+    return callable(getattr(module, "is_available", None)) and bool(module.is_available())
 
 
 def resolve_dtype(dtype: Any, device: str) -> Any:
@@ -317,6 +331,13 @@ def resolve_dtype(dtype: Any, device: str) -> Any:
         where = f"{DTYPE_ENV}={given}" if from_env else f"dtype {given!r}"
         raise ModelError(f"unknown {where}", hint='use "bf16", "fp16", "fp32" or "auto"')
     return getattr(torch, _DTYPES[wanted])
+
+
+def check_device_and_dtype(device: str | None) -> None:
+    """Refuse a bad `--device` or `PA_DTYPE` before a stage begins. Found only when the stage loaded
+    its model, either marked the stage failed in run.json (a finished run's too, whose next stage
+    then refused its files) or left a run of nothing in a new directory."""
+    resolve_dtype(None, resolve_device(device))
 
 
 def numerics(device: Any, dtype: Any) -> dict[str, str]:
@@ -431,11 +452,13 @@ def load_model(
 
 def _prepare_tokenizer(tokenizer: Any, model: Any, ref: ModelRef) -> None:
     """Left padding, a pad token, and a chat template: what every stage assumes."""
-    if len(tokenizer) < 2:
+    if not tokenizer("a", add_special_tokens=False)["input_ids"]:
         # transformers builds an empty tokenizer from a directory without tokenizer files (a fine-tune
-        # saved with `model.save_pretrained` alone): every text would encode to nothing.
+        # saved with `model.save_pretrained` alone), or one of only the added tokens that
+        # tokenizer_config.json lists when the vocabulary (tokenizer.json) was left behind: every
+        # text would encode to nothing, and every stage would run on bare chat-template markup.
         raise ModelError(
-            f"{ref} has no tokenizer files (tokenizer.json, tokenizer_config.json, ...)",
+            f"{ref} has no tokenizer files, or none holding its vocabulary (tokenizer.json, tokenizer_config.json, ...)",
             file=ref.location if ref.kind == "local" else "",
             hint="save the tokenizer of the model it was fine-tuned from beside the weights "
             "(`AutoTokenizer.from_pretrained(BASE).save_pretrained(DIR)`)",

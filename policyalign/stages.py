@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidInputError, RunError
 from .io import output_dir, read_json, sha256_file
+from .models import check_device_and_dtype
 from .run import (MANIFEST, check_run_directory, check_same_run, fingerprint, load_run_pack, read_manifest,
                   record_inputs, rekey_stage, run_active, run_inputs, run_lock, stage)
 
@@ -118,6 +119,7 @@ def run_synthesize(run_dir: Path, pack: "Pack", model: str, *, generator: str | 
     sampling = {"max_new_tokens": max_new_tokens} if max_new_tokens is not None else None
     check_settings(pack, n_per_category=n, rounds=rounds, batch_size=batch_size, max_per_category=max_per_category,
                    sampling=sampling, seed=seed)  # before the run directory is made or its record changed
+    check_device_and_dtype(device)
     run_dir = output_dir(run_dir)
     options = synthesize_options(model, generator, n, rounds, seed, max_per_category, max_new_tokens)
     with run_lock(run_dir):  # from the first write to run.json
@@ -201,6 +203,7 @@ def run_filter(run_dir: Path, *, model: str | None = None, pack: "str | Pack | N
     _check_upstream(run_dir, "synthesize", {} if isinstance(pack, str) else {"pack": the_pack.digest},
                     "instructions.jsonl", "`pa synthesize`")
     config = filter_config(the_pack, **options)
+    check_device_and_dtype(device)
     keys = filter_keys(run_dir, the_pack, model, config, backend)
     # The stage records `keys["key"]` when done: the key of the model as loaded, as rekeyed below.
     with stage(run_dir, "filter", lambda: keys["key"], score_key=keys["score_key"],
@@ -323,6 +326,7 @@ def run_distill(run_dir: Path, *, model: str | None = None, pack: "str | Pack | 
     _check_upstream(run_dir, "filter", {"instructions": _file_hash(run_dir, "instructions.jsonl")},
                     "selected.jsonl", "`pa filter`")
     config = distill_config(the_pack, overrides or {})
+    check_device_and_dtype(device)
     settings = resume_settings(run_dir, the_pack, model, config)
     if resume:
         check_resumable(run_dir, settings)
@@ -370,6 +374,7 @@ def run_eval(run_dir: Path, which: str, *, model: str | None = None, pack: "str 
     the_pack, model = _pack_and_model(run_dir, pack, model)
     options = {"judge": judge, "limit": limit, "max_new_tokens": max_new_tokens}
     adapter = run_dir / "adapter" if which == "after" else None
+    check_device_and_dtype(device)
     with stage(run_dir, f"eval_{which}", lambda: eval_key(run_dir, the_pack, model, which, options),
                options=options) as results:
         result = evaluate(the_pack, model, adapter=adapter, judge=judge, params=greedy_params(max_new_tokens),

@@ -272,7 +272,10 @@ def _generate_missing(missing: list[Request], generator: _Generator, settings: M
         chunk = ordered[start:start + per_call]
         # No thinking: the answer is a list to parse, and a reasoning generator (Qwen3) spent the
         # token budget inside <think>, which parsing drops, so most requests gave nothing.
-        conversations = [{"messages": [{"role": "user", "content": r.prompt}], "enable_thinking": False} for r in chunk]
+        # Each named by its template and category: a prompt too long for the generator's context was
+        # "conversation 0", its place in a call sorted by cache key, which says nothing of which one.
+        conversations = [{"messages": [{"role": "user", "content": r.prompt}], "enable_thinking": False,
+                          "id": f"{r.template}/{r.category}"} for r in chunk]
         seeds = [_request_seed(r.key) for r in chunk]
         outputs = generator.backend().generate(conversations, _params(settings, seed), batch_size=batch_size,
                                                progress=progress, seeds=seeds)

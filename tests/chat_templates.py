@@ -10,10 +10,12 @@ NO_SYSTEM_ROLE = ("{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ rai
                   "{{ m['content'] | trim }}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
 
 # Mistral v0.3's template writes the system message into the *last* user turn only: a conversation
-# that ends with a tool result renders without it, and without an error.
+# that ends with a tool result renders without it, and without an error. Its tools it does render.
 SYSTEM_IN_LAST_USER_TURN = (
     "{% if messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}{% set turns = messages[1:] %}"
-    "{% else %}{% set turns = messages %}{% endif %}{% for m in turns %}{% if m['role'] == 'user' %}[INST] "
+    "{% else %}{% set turns = messages %}{% endif %}"
+    "{% if tools %}[AVAILABLE_TOOLS] {{ tools | tojson }}[/AVAILABLE_TOOLS]{% endif %}"
+    "{% for m in turns %}{% if m['role'] == 'user' %}[INST] "
     "{% if loop.last and system is defined %}{{ system }}\n\n{% endif %}{{ m['content'] }}[/INST]"
     "{% elif m['role'] == 'tool' %}[TOOL_RESULTS] {{ m['content'] }}[/TOOL_RESULTS]"
     "{% elif m['tool_calls'] %}[TOOL_CALLS] {{ m['tool_calls'] | tojson }}</s>{% else %} {{ m['content'] }}</s>{% endif %}"
@@ -21,6 +23,7 @@ SYSTEM_IN_LAST_USER_TURN = (
 
 # Mistral v0.3's template requires a 9-character id on every tool call and the tool turn answering it.
 TOOL_CALL_IDS_OF_LENGTH_9 = (
+    "{% if tools %}[AVAILABLE_TOOLS] {{ tools | tojson }}[/AVAILABLE_TOOLS]{% endif %}"
     "{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }}[/INST]"
     "{% elif m['role'] == 'system' %}{{ m['content'] }}\n\n"
     "{% elif m['role'] == 'tool' %}{% if m.tool_call_id is not defined or m.tool_call_id | length != 9 %}"

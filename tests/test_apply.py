@@ -285,6 +285,15 @@ def test_config_values_of_the_wrong_type_fail_before_any_stage_runs(tmp_path: Pa
     assert options.out == Path("runs/x") and options.private is True and options.target_modules == ["q_proj", "v_proj"]
 
 
+def test_a_bad_pa_dtype_fails_before_any_stage_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found once synthesis loaded its model, `PA_DTYPE=int8 pa apply` left a run whose synthesis failed."""
+    monkeypatch.setenv("PA_DTYPE", "int8")
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["apply", "general", "--model", "tiny", "--out", str(run)])
+    assert result.exit_code == 1 and "PA_DTYPE=int8" in result.output
+    assert not run.exists(), "no stage ran"
+
+
 def test_config_values_out_of_range_are_named_as_the_files_keys(tmp_path: Path) -> None:
     """`batch_size: 0` in run.yaml used to be reported as `--batch-size 0`, a flag the user never typed."""
     config = tmp_path / "run.yaml"

@@ -204,7 +204,8 @@ def test_a_template_that_leaves_the_system_turn_out_gets_it_at_the_top_of_the_fi
     agent = [{"role": "user", "content": "Weather in Paris?"}, {"role": "assistant", "content": "", "tool_calls": [call]},
              {"role": "tool", "content": '{"temp": 18}'}]
     text = render_chat(mistral_like, teacher_messages("Refuse weapons.", agent), TOOLS)
-    assert text.startswith("[INST] Refuse weapons.\n\nWeather in Paris?[/INST][TOOL_CALLS] ")
+    assert text.startswith("[AVAILABLE_TOOLS] ")
+    assert "[/AVAILABLE_TOOLS][INST] Refuse weapons.\n\nWeather in Paris?[/INST][TOOL_CALLS] " in text
     assert text != render_chat(mistral_like, student_messages(agent), TOOLS)
     kept = render_chat(mistral_like, teacher_messages("Refuse weapons.", agent[:1]))  # where the template keeps it
     assert kept == "[INST] Refuse weapons.\n\nWeather in Paris?[/INST]"
@@ -251,6 +252,21 @@ def test_a_template_rejecting_a_tool_conversation_names_the_record(template: str
                 {**TOOL_CHAT[2], "tool_call_id": "call00001"}]
     if template == TOOL_CALL_IDS_OF_LENGTH_9:  # the hint's fix works
         assert "[TOOL_RESULTS]" in render_chat(tokenizer, with_ids, TOOLS)
+
+
+def test_a_template_that_drops_the_tools_is_a_model_error_naming_the_record() -> None:
+    """Gemma-2's template ignores `tools`: an eval item's model never saw the tools it must not call, and
+    its forbidden tool call rate read 0% as if measured. A template that renders them is untouched."""
+    gemma_like = _tokenizer_with(ALTERNATING_ROLES)
+    chat = [{"role": "user", "content": "Weather in Paris?"}]
+    with pytest.raises(ModelError, match="leaves out the tools of this conversation") as caught:
+        render_chat(gemma_like, chat, TOOLS, file="eval/agents.jsonl", where="id agent-7")
+    assert (caught.value.problem.file, caught.value.problem.where) == ("eval/agents.jsonl", "id agent-7")
+    assert render_chat(gemma_like, chat) == render_chat(gemma_like, chat, [])  # no tools: nothing to leave out
+    assert "get_weather" in render_chat(_tokenizer_with(TOOL_CALL_IDS_OF_LENGTH_9), chat, TOOLS)
+    needs_tools = _tokenizer_with("{% if not tools %}{{ raise_exception('no tools') }}{% endif %}"
+                                  "{{ tools | tojson }}{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    assert "get_weather" in render_chat(needs_tools, chat, TOOLS), "a template that needs its tools keeps them"
 
 
 def test_a_record_names_its_file_and_id_in_its_errors() -> None:

@@ -248,6 +248,13 @@ def test_bad_device_or_dtype_is_a_model_error(kwargs: dict[str, str], message: s
         load_model("tiny", **kwargs)
 
 
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="needs a machine without Apple's GPU")
+@pytest.mark.parametrize("device", ["mps", "meta"])
+def test_an_accelerator_not_present_is_a_model_error_not_a_broken_checkpoint(device: str) -> None:
+    with pytest.raises(ModelError, match=f"no {device} device is available"):
+        load_model("tiny", device=device)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_gpu_is_a_model_error() -> None:
     with pytest.raises(ModelError, match="no CUDA GPU"):
@@ -298,6 +305,16 @@ def test_model_without_tokenizer_files_says_so(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="has no tokenizer files") as info:
         load_model(str(copy))
     assert info.value.problem.file == str(copy.resolve()) and "save_pretrained" in info.value.problem.hint
+
+
+def test_model_whose_tokenizer_json_was_left_behind_says_so(tmp_path: Path) -> None:
+    """tokenizer_config.json without tokenizer.json loads a tokenizer of only its added tokens: len()
+    of 7 passed the check for an empty one, and every text encoded to nothing."""
+    copy = tmp_path / "copied"
+    shutil.copytree(tiny.tiny_model_path(), copy)
+    (copy / "tokenizer.json").unlink()
+    with pytest.raises(ModelError, match="has no tokenizer files, or none holding its vocabulary"):
+        load_model(str(copy))
 
 
 def test_model_without_chat_template_is_a_model_error(tmp_path: Path) -> None:

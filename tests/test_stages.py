@@ -292,3 +292,36 @@ def test_distill_refuses_a_selection_scored_from_other_instructions(tmp_path: Pa
     with pytest.raises(RunError, match="selected.jsonl was made by filter from another instructions") as caught:
         run_distill(run, progress=False)
     assert "`pa filter`" in caught.value.problem.hint
+
+
+def test_a_bad_device_or_pa_dtype_is_refused_before_a_stage_begins(tmp_path: Path, fixture_packs: Path,
+                                                                    monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Found only once the stage loaded its model, `pa filter RUN --device gpu` marked a finished filter
+    stage failed (`pa distill` then refused the selection: "did not finish"), and `PA_DTYPE=int8
+    pa synthesize` left a run of nothing in a new directory."""
+    import pytest
+
+    from policyalign.errors import ModelError
+    from policyalign.run import read_manifest, record_inputs, write_manifest
+    from policyalign.stages import run_distill, run_eval, run_filter, run_synthesize
+
+    pack = Registry([fixture_packs]).load("root-pack")
+    fresh = tmp_path / "fresh"
+    monkeypatch.setenv("PA_DTYPE", "int8")
+    with pytest.raises(ModelError, match="PA_DTYPE=int8"):
+        run_synthesize(fresh, pack, "tiny", n=1, progress=False)
+    assert not fresh.exists()
+    monkeypatch.delenv("PA_DTYPE")
+    run = tmp_path / "run"
+    run.mkdir()
+    record_inputs(run, pack, "tiny")
+    manifest = read_manifest(run)
+    manifest["stages"].update({name: {"status": "done", "key": "k"} for name in ("synthesize", "filter")})
+    write_manifest(run, manifest)
+    before = (run / "run.json").read_text()
+    for stage_command in (lambda: run_filter(run, device="gpu", progress=False),
+                          lambda: run_distill(run, device="gpu", progress=False),
+                          lambda: run_eval(run, "before", device="gpu", progress=False)):
+        with pytest.raises(ModelError, match="unknown device 'gpu'"):
+            stage_command()
+    assert (run / "run.json").read_text() == before

@@ -399,6 +399,16 @@ def test_generator_samples_do_not_depend_on_the_batch_size(tmp_path: Path) -> No
     assert len(one) == 12 and one == four
 
 
+def test_a_prompt_too_long_for_the_generator_names_its_template_and_category(tmp_path: Path) -> None:
+    """Synthesis asked the generator for unnamed conversations: the error said "conversation 0"."""
+    from policyalign.errors import ModelError
+
+    pack = load_pack(PACK_DIR)
+    with pytest.raises(ModelError, match="fits at most") as caught:
+        synthesize(pack, "tiny", out_dir=tmp_path, sampling={"max_new_tokens": 9000}, progress=False)
+    assert caught.value.problem.where in {f"id {t.id}/{c.id}" for t in pack.templates for c in pack.categories}
+
+
 def test_cli_help() -> None:
     import policyalign.cli.synth_cmds  # noqa: F401
     from policyalign.cli import app
