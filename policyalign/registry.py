@@ -81,6 +81,7 @@ def _located(header: PackLocation | None, path: Path) -> PackLocation | None:
 
 def _parse_header(manifest: Path, size: int) -> PackLocation | None:
     from .pack_input import MAX_MANIFEST_BYTES
+    from .templates import text_problem
     from .untrusted_data import ManifestLoader
 
     try:
@@ -91,9 +92,11 @@ def _parse_header(manifest: Path, size: int) -> PackLocation | None:
         data = yaml.load(manifest.read_text(encoding="utf-8"), Loader=ManifestLoader)
     except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
         return None
-    if not isinstance(data, dict) or not isinstance(data.get("name"), str):
-        return None
+    if not isinstance(data, dict) or not isinstance(data.get("name"), str) or text_problem(data["name"]):
+        return None  # a name with a terminal escape would reach `pa list` and "known packs:" hints as is
     version, extends = data.get("version"), data.get("extends")
+    if isinstance(version, str) and text_problem(version):
+        version = ""
     specs = tuple(s for s in extends if isinstance(s, str)) if isinstance(extends, list) else ()
     return PackLocation(data["name"], version if isinstance(version, str) else "", manifest.parent, specs)
 
