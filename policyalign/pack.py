@@ -23,7 +23,7 @@ from .errors import PackError
 from .frozen import freeze, thaw
 from .pack_eval import EvalSet, eval_items, inherit_set
 from .pack_input import (CHANGELOG, MANIFEST, MAX_EVAL_BYTES, MAX_MANIFEST_BYTES, MAX_OTHER_BYTES, MAX_POLICY_BYTES,
-                         MAX_TEMPLATE_BYTES, Collector, collect_files, read_bounded)
+                         MAX_TEMPLATE_BYTES, Collector, collect_files, confined_path, read_bounded)
 from .schema import schema_hint, schema_message
 from .semver import is_semver
 from .templates import TemplateFailure, WorkBudget, compile_template, render_template
@@ -185,6 +185,10 @@ def _load_manifest(col: Collector) -> tuple[dict[str, Any] | None, dict[str, int
             col.add(MANIFEST, "", "pack.yaml is not a regular file", "make pack.yaml a plain YAML file in the pack")
         else:
             col.add(MANIFEST, "", "pack.yaml is missing", "every pack needs a pack.yaml manifest (see `pa new`)")
+        return None, {}
+    confined = confined_path(col.root, MANIFEST)
+    if isinstance(confined, str):  # read first, it was parsed (a /proc file past the size bound) and its values echoed
+        col.add(MANIFEST, "", confined, "replace the symlink with a copy of the file inside the pack")
         return None, {}
     size = path.stat().st_size
     if size > MAX_MANIFEST_BYTES:

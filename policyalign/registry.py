@@ -67,6 +67,8 @@ def read_header(path: Path) -> PackLocation | None:
     except OSError:
         return None
     identity, resolved = (info.st_ino, info.st_size, info.st_mtime_ns), manifest.resolve()
+    if not resolved.is_relative_to(path.resolve()):  # a symlink out of the pack: loading it says so
+        return None
     if resolved in _headers and _headers[resolved][0] == identity:
         return _located(_headers[resolved][1], path)
     header = _parse_header(manifest, info.st_size)
