@@ -124,6 +124,8 @@ FAULTS = [
     Fault("manifest-symlink-escape", "root-pack", _manifest_symlink_out, ("pack.yaml", "leads outside the pack")),
     Fault("yaml-nan", "root-pack", _edit("pack.yaml", "  count_per_category: 4\n", "  count_per_category: 4\n  sampling:\n    top_p: .nan\n"),
           ("pack.yaml", "/synthesis/sampling/top_p (line 30)", "nan is not a finite number")),
+    Fault("version-too-long", "root-pack", _edit("pack.yaml", "version: 1.0.0", "version: 1.0.0-" + "a" * 300),
+          ("pack.yaml", "/version (line 2)", "is too long")),
     Fault("manifest-not-a-file", "root-pack", _manifest_fifo, ("pack.yaml", "pack.yaml is not a regular file")),
     Fault("oversized-file", "root-pack", _oversized, ("policy.md", "over the", "limit")),
     Fault("malformed-jsonl", "root-pack", _append("eval/harmful.jsonl", '{"id": "root-h3", "category": "weapons",\n'), ("eval/harmful.jsonl", "line 3", "malformed JSON")),
