@@ -194,15 +194,24 @@ def _read_pack_card(repo_id: str, commit: str, workdir: Path, token: str | None)
     return recorded
 
 
+def _shown(rel: str) -> str:
+    """A remote file name as an error may print it: escaped when it holds control characters, which a
+    hostile Hub would otherwise send to the terminal of whoever pulls (`\x1b]0;...` retitles it)."""
+    from .templates import text_problem
+
+    return ascii(rel)[1:-1] if text_problem(rel) else rel
+
+
 def _listing_problems(repo_id: str, entries: list[tuple[str, int]], expected: Mapping[str, Any]) -> list[Problem]:
     """Everything wrong with a pack's file listing, before a byte is downloaded."""
     from .pack_input import MAX_PACK_BYTES, MAX_PACK_FILES, not_pack_content
+    from .templates import text_problem
 
     problems = []
     for rel, size in entries:
-        where = f"{repo_id}:{PACK_DIR}/{rel}"
-        if not is_safe_relpath(rel):
-            problems.append(Problem(where, "", "unsafe path (absolute, '..' or empty parts)",
+        where = f"{repo_id}:{PACK_DIR}/{_shown(rel)}"
+        if not is_safe_relpath(rel) or text_problem(rel):
+            problems.append(Problem(where, "", "unsafe path (absolute, '..', empty parts or control characters)",
                                     "a pack's files must stay inside the pack directory"))
         elif any(not_pack_content(part) for part in rel.split("/")):
             # `pa pack push` never uploads one and the loader skips it: installed, it would sit in the
@@ -215,7 +224,7 @@ def _listing_problems(repo_id: str, entries: list[tuple[str, int]], expected: Ma
         elif rel not in expected:
             problems.append(Problem(where, "", "file is not listed in the pack's card", "the repository was modified after `pa pack push`"))
     listed = {rel for rel, _ in entries}
-    problems += [Problem(f"{repo_id}:{PACK_DIR}/{rel}", "", "listed in the card but missing from the repository",
+    problems += [Problem(f"{repo_id}:{PACK_DIR}/{_shown(rel)}", "", "listed in the card but missing from the repository",
                          "the repository is incomplete") for rel in expected if rel not in listed]
     total = sum(size for _, size in entries)
     if len(entries) > MAX_PACK_FILES:

@@ -150,6 +150,10 @@ def collect_files(col: Collector) -> list[Path]:
             col.add(os.fsencode(rel).decode("utf-8", "backslashreplace"), "", "file name is not valid UTF-8",
                     "rename the file (pack file names are UTF-8, as in git)")
             continue
+        if text_problem(str(rel)):  # an escape sequence in a name went to the terminal of whoever validated it
+            col.add(ascii(str(rel))[1:-1], "", "file name holds a control character (a terminal escape?)",
+                    "rename the file")
+            continue
         if not is_safe_relpath(rel.as_posix()):  # `a\b.txt`, `c:notes.txt`: pushed, then refused by every pull
             col.add(str(rel), "", "file name has a backslash or starts with a drive letter (`c:`), which "
                     "`pa pack pull` refuses as unsafe on Windows", "rename the file")

@@ -199,6 +199,22 @@ def test_pack_pull_rejects_paths_outside_the_pack(cli: Cli, hub_server, tmp_path
 
 
 
+def test_pack_pull_prints_a_listed_file_name_with_terminal_escapes_escaped(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A hostile Hub listing `pack/\x1b]0;pwned\x07.txt`: the error printed the name raw, so the escape
+    sequence reached the terminal of whoever pulled."""
+    files = pack_bytes(make_pack(tmp_path / "src", "escapes"))
+    publish_raw_pack(hub_server, "org/escapes", "escapes", files)
+    commit = hub_server.store.rev(hub_server.repo_path("org/escapes", "dataset"), "v1.0.0")
+    listing = [{"type": "file", "oid": "0" * 40, "size": len(data), "path": f"pack/{rel}"} for rel, data in files.items()]
+    listing.append({"type": "file", "oid": "1" * 40, "size": 5, "path": "pack/\x1b]0;pwned\x07.txt"})
+    hub_server.forge(f"/api/datasets/org/escapes/tree/{commit}/pack", listing)
+    result = cli.fails(2, "pack", "pull", "org/escapes@1.0.0")
+    assert "\x1b" not in result.stderr and "\x07" not in result.stderr
+    assert "org/escapes:pack/\\x1b]0;pwned\\x07.txt: unsafe path" in result.stderr
+    nothing_installed(cli, "escapes")
+
+
+
 def test_pack_pull_of_a_repo_with_dotdot_entries_installs_nothing(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A git tree with '..' entries (which `git mktree` accepts) cannot even be listed: clean failure."""
     files = pack_bytes(make_pack(tmp_path / "src", "dotdot"))
