@@ -31,6 +31,7 @@ PACK_DIR = "pack"
 MAX_CARD_BYTES = 1024 * 1024
 PACK_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,7 @@ def _resolve_pack_revision(api: Any, repo_id: str, wanted: str | None, token: st
         return in_range, tags[in_range]
     from .registry import version_key
 
-    versions = ", ".join(sorted((t[1:] if t.startswith("v") else t for t in tags), key=version_key)) or "none"
+    versions = ", ".join(_shown(v) for v in sorted((t[1:] if t.startswith("v") else t for t in tags), key=version_key)) or "none"
     what = f"matches {wanted!r}" if in_range is not None else f"{wanted!r} is published"
     raise HubError(f"no version {what}", file=repo_id, hint=f"published versions: {versions}")
 
@@ -191,6 +192,11 @@ def _read_pack_card(repo_id: str, commit: str, workdir: Path, token: str | None)
                        hint="publish packs with `pa pack push`")
     if not isinstance(pack.get("name"), str) or not PACK_NAME_RE.match(pack["name"]):
         raise HubError(f"the card names an invalid pack {pack.get('name')!r}", file=repo_id)
+    # Both are printed (a mismatch error, a digest warning): a hostile card's escape sequences must not be.
+    if not isinstance(pack.get("version"), str) or not is_semver(pack["version"]):
+        raise HubError(f"the card names an invalid version {pack.get('version')!r}", file=repo_id)
+    if not isinstance(pack.get("digest"), str) or not DIGEST_RE.match(pack["digest"]):
+        raise HubError(f"the card names an invalid digest {pack.get('digest')!r}", file=repo_id)
     return recorded
 
 
