@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .registry import Registry
 
 ACTION_STRENGTH = {"comply": 0, "guide": 1, "refuse": 2}
+MAX_EXTENDS_DEPTH = 32  # packs in one line of `extends` (shipped packs: 2)
 DIGEST_PREFIX = b"policyalign-pack-digest-v1\n"
 
 
@@ -407,6 +408,10 @@ def _load_parent(col: Collector, registry: "Registry", spec: str, where: str, st
         cycle = " -> ".join([*stack, name])
         col.add(MANIFEST, where, f"extends cycle: {cycle}", "a pack cannot (indirectly) extend itself")
         return None
+    if len(stack) >= MAX_EXTENDS_DEPTH:  # each level recurses: a chain of 300 packs crashed every command with RecursionError
+        col.add(MANIFEST, where, f"extends chain more than {MAX_EXTENDS_DEPTH} packs deep: {stack[0]} -> ... -> {stack[-1]} -> {name}",
+                "extend a pack nearer the root (general), not a long chain of packs")
+        return None
     try:
         path = registry.resolve_name(spec, parent=True)
     except ResolveError as exc:
@@ -415,7 +420,7 @@ def _load_parent(col: Collector, registry: "Registry", spec: str, where: str, st
     try:
         return load_pack(path, registry=registry, _stack=stack)
     except PackError as exc:
-        cycle = [p for p in exc.problems if "extends cycle" in p.message]
+        cycle = [p for p in exc.problems if p.message.startswith(("extends cycle", "extends chain"))]
         if cycle:
             col.problems.extend(cycle)
         else:

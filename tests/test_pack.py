@@ -232,3 +232,21 @@ def test_validate_relative_path_inside_the_pack(fixture_packs: Path, monkeypatch
 def test_missing_directory_is_a_pack_error(tmp_path: Path) -> None:
     with pytest.raises(PackError, match="does not exist"):
         load_pack(tmp_path / "nope")
+
+
+def test_a_chain_of_extends_is_bounded(fixture_packs: Path) -> None:
+    """Each pack in a line of `extends` loads its parent recursively, so a few hundred packs chained on the
+    search path (a contributed directory of them) crashed `pa validate`, `pa list` and every load with a
+    RecursionError traceback. The chain is bounded, and the pack where it gets too deep is named."""
+    from policyalign.pack import MAX_EXTENDS_DEPTH
+
+    previous = "root-pack"
+    for i in range(MAX_EXTENDS_DEPTH + 1):
+        _derived(fixture_packs, f"chain{i}", [f"{previous}@*"], '  - id: scams\n    seeds: ["One more seed."]\n')
+        previous = f"chain{i}"
+    assert _load(fixture_packs, f"chain{MAX_EXTENDS_DEPTH - 2}").category("weapons").locked
+    with pytest.raises(PackError) as caught:
+        _load(fixture_packs, previous)
+    problem = caught.value.problems[0]
+    assert problem.file == "chain1/pack.yaml" and problem.where == "/extends/0"
+    assert problem.message == f"extends chain more than {MAX_EXTENDS_DEPTH} packs deep: {previous} -> ... -> chain1 -> chain0"
