@@ -250,3 +250,27 @@ def test_a_chain_of_extends_is_bounded(fixture_packs: Path) -> None:
     problem = caught.value.problems[0]
     assert problem.file == "chain1/pack.yaml" and problem.where == "/extends/0"
     assert problem.message == f"extends chain more than {MAX_EXTENDS_DEPTH} packs deep: {previous} -> ... -> chain1 -> chain0"
+
+
+def test_a_ladder_of_parents_is_walked_once_per_pack(fixture_packs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each level of two packs extending both packs below it: `ancestry` asked every parent for its
+    whole ancestry, walking all 2^N paths, so 18 levels took 12 s to load and 30 practically forever."""
+    from policyalign.pack import Pack
+
+    below = ["root-pack@*"]
+    for level in range(12):
+        for side in "ab":
+            _derived(fixture_packs, f"l{level}{side}", below, '  - id: scams\n    seeds: ["One more seed."]\n')
+        below = [f"l{level}a@*", f"l{level}b@*"]
+    calls = 0
+    real = Pack.ancestry
+
+    def counted(self: Pack) -> list[Pack]:
+        nonlocal calls
+        calls += 1
+        return real(self)
+
+    monkeypatch.setattr(Pack, "ancestry", counted)
+    pack = _load(fixture_packs, "l11a")
+    assert [p.name for p in pack.ancestry()][:3] == ["root-pack", "l0a", "l0b"] and len(pack.ancestry()) == 24
+    assert calls < 1000, f"{calls} walks for 24 packs"
