@@ -577,12 +577,17 @@ def load_pack(path: str | Path, *, registry: "Registry | None" = None, _stack: t
         cached = registry.cached(root)
         if cached is not None:
             return cached
+        failed = registry.failure(root)
+        if failed is not None:
+            raise PackError(failed.problems)  # a fresh error: re-raising one object grows its traceback
     data, lines = _load_manifest(col)
-    if data is None:
-        raise PackError(col.problems)
-    pack = _build(col, data, lines, registry, _stack)
+    pack = _build(col, data, lines, registry, _stack) if data is not None else None
     if col.problems or pack is None:
-        raise PackError(col.problems)
+        error = PackError(col.problems)
+        # A chain too deep is too deep only below the pack it was loaded from: loaded directly, it may be fine.
+        if registry is not None and not any(p.message.startswith("extends chain") for p in col.problems):
+            registry.remember_failure(root, error)
+        raise error
     if registry is not None:
         registry.remember(root, pack)
     return pack

@@ -18,6 +18,7 @@ from .errors import ResolveError
 from .semver import Version, VersionRange, is_semver, parse_range
 
 if TYPE_CHECKING:
+    from .errors import PackError
     from .pack import Pack
 
 INDEX_FILE = "INDEX.json"
@@ -112,6 +113,9 @@ class Registry:
         self.paths = [Path(p) for p in paths]
         self.extendable = extendable
         self._loaded: dict[Path, "Pack"] = {}
+        # Packs that failed to load, with why: a pack reached by many paths (a parent of many packs) is
+        # loaded once, valid or not; retrying an invalid one on every path cost 2^N loads in a ladder of N levels.
+        self._failed: dict[Path, "PackError"] = {}
 
     @classmethod
     def default(cls, packs_path: list[Path] | None = None, extra: list[Path] | None = None) -> "Registry":
@@ -130,6 +134,7 @@ class Registry:
             return self
         other = Registry([*self.paths, directory], extendable=self.extendable)
         other._loaded = self._loaded
+        other._failed = self._failed
         return other
 
     def discover(self) -> list[PackLocation]:
@@ -239,6 +244,12 @@ class Registry:
 
     def remember(self, root: Path, pack: "Pack") -> None:
         self._loaded[root.resolve()] = pack
+
+    def failure(self, root: Path) -> "PackError | None":
+        return self._failed.get(root.resolve())
+
+    def remember_failure(self, root: Path, error: "PackError") -> None:
+        self._failed[root.resolve()] = error
 
 
 def version_range(spec: str) -> VersionRange:

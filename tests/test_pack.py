@@ -274,3 +274,29 @@ def test_a_ladder_of_parents_is_walked_once_per_pack(fixture_packs: Path, monkey
     pack = _load(fixture_packs, "l11a")
     assert [p.name for p in pack.ancestry()][:3] == ["root-pack", "l0a", "l0b"] and len(pack.ancestry()) == 24
     assert calls < 1000, f"{calls} walks for 24 packs"
+
+
+def test_an_invalid_pack_reached_by_many_paths_is_loaded_once(fixture_packs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only valid packs were remembered, so an invalid one was loaded again on every path to it: in a
+    ladder of N levels of two packs extending both below an invalid root, 2^N loads (hung `pa list`)."""
+    import policyalign.pack as pack_module
+
+    (fixture_packs / "root-pack" / "policy.md").write_text("")
+    below = ["root-pack@*"]
+    for level in range(10):
+        for side in "ab":
+            _derived(fixture_packs, f"l{level}{side}", below, '  - id: scams\n    seeds: ["One more seed."]\n')
+        below = [f"l{level}a@*", f"l{level}b@*"]
+    loads = 0
+    real = pack_module._load_manifest
+
+    def counted(col):  # type: ignore[no-untyped-def]
+        nonlocal loads
+        loads += 1
+        return real(col)
+
+    monkeypatch.setattr(pack_module, "_load_manifest", counted)
+    with pytest.raises(PackError) as caught:
+        _load(fixture_packs, "l9a")
+    assert "parent 'l8a@*' is invalid" in str(caught.value)
+    assert loads == 20, f"{loads} loads of the 20 packs below l9a"
