@@ -18,7 +18,7 @@ import yaml
 from .errors import InvalidInputError
 from .io import write_text
 from .pack import changelog_entry
-from .pack_input import CHANGELOG, MANIFEST, MAX_MANIFEST_BYTES, MAX_OTHER_BYTES
+from .pack_input import CHANGELOG, MANIFEST, MAX_MANIFEST_BYTES, MAX_OTHER_BYTES, confined_path
 from .semver import Version, is_semver
 from .untrusted_data import ManifestLoader
 
@@ -84,6 +84,9 @@ def _where_the_pack_is(root: Path) -> str:
 def _read(path: Path, limit: int, hint: str) -> str:
     if not path.is_file():
         raise InvalidInputError("not found (or not a file)", file=str(path), hint=hint or f"create {path.name}")
+    outside = confined_path(path.parent, path.name)
+    if isinstance(outside, str):  # bump wrote what it read back as a plain file: an outside file, copied into the pack
+        raise InvalidInputError(outside, file=str(path), hint="replace the symlink with a copy of the file inside the pack")
     if path.stat().st_size > limit:
         raise InvalidInputError(f"file is over the {limit}-byte limit", file=str(path),
                                 hint="`pa validate` on the pack says what to shorten")

@@ -23,7 +23,7 @@ from .errors import PackError
 from .frozen import freeze, thaw
 from .pack_eval import EvalSet, eval_items, inherit_set
 from .pack_input import (CHANGELOG, MANIFEST, MAX_EVAL_BYTES, MAX_MANIFEST_BYTES, MAX_OTHER_BYTES, MAX_POLICY_BYTES,
-                         MAX_TEMPLATE_BYTES, Collector, collect_files, read_bounded)
+                         MAX_TEMPLATE_BYTES, Collector, collect_files, confined_path, read_bounded)
 from .schema import schema_hint, schema_message
 from .semver import is_semver
 from .templates import TemplateFailure, WorkBudget, compile_template, render_template
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .registry import Registry
 
 ACTION_STRENGTH = {"comply": 0, "guide": 1, "refuse": 2}
+MAX_EXTENDS_DEPTH = 32  # packs in one line of `extends` (shipped packs: 2)
 DIGEST_PREFIX = b"policyalign-pack-digest-v1\n"
 
 
@@ -127,12 +128,21 @@ class Pack:
                 for m in i.messages if m.get("role") in ("user", "tool")]
 
     def ancestry(self) -> list["Pack"]:
-        """Parents first (depth-first, each once), then this pack."""
+        """Parents first (depth-first, each once), then this pack.
+
+        A pack reached twice is walked once: asking each parent for its whole ancestry walked every
+        path, 2^N of them in a ladder of N levels of two packs each extending both below (18 levels: 12 s)."""
         seen: dict[str, Pack] = {}
-        for parent in self.parents:
-            for pack in parent.ancestry():
-                seen.setdefault(pack.name, pack)
-        seen.setdefault(self.name, self)
+        walked: set[int] = set()
+
+        def walk(pack: Pack) -> None:  # recursion as deep as the extends chain (bounded by MAX_EXTENDS_DEPTH)
+            walked.add(id(pack))
+            for parent in pack.parents:
+                if id(parent) not in walked:
+                    walk(parent)
+            seen.setdefault(pack.name, pack)
+
+        walk(self)
         return list(seen.values())
 
 
@@ -185,6 +195,10 @@ def _load_manifest(col: Collector) -> tuple[dict[str, Any] | None, dict[str, int
             col.add(MANIFEST, "", "pack.yaml is not a regular file", "make pack.yaml a plain YAML file in the pack")
         else:
             col.add(MANIFEST, "", "pack.yaml is missing", "every pack needs a pack.yaml manifest (see `pa new`)")
+        return None, {}
+    confined = confined_path(col.root, MANIFEST)
+    if isinstance(confined, str):  # read first, it was parsed (a /proc file past the size bound) and its values echoed
+        col.add(MANIFEST, "", confined, "replace the symlink with a copy of the file inside the pack")
         return None, {}
     size = path.stat().st_size
     if size > MAX_MANIFEST_BYTES:
@@ -403,6 +417,10 @@ def _load_parent(col: Collector, registry: "Registry", spec: str, where: str, st
         cycle = " -> ".join([*stack, name])
         col.add(MANIFEST, where, f"extends cycle: {cycle}", "a pack cannot (indirectly) extend itself")
         return None
+    if len(stack) >= MAX_EXTENDS_DEPTH:  # each level recurses: a chain of 300 packs crashed every command with RecursionError
+        col.add(MANIFEST, where, f"extends chain more than {MAX_EXTENDS_DEPTH} packs deep: {stack[0]} -> ... -> {stack[-1]} -> {name}",
+                "extend a pack nearer the root (general), not a long chain of packs")
+        return None
     try:
         path = registry.resolve_name(spec, parent=True)
     except ResolveError as exc:
@@ -411,7 +429,7 @@ def _load_parent(col: Collector, registry: "Registry", spec: str, where: str, st
     try:
         return load_pack(path, registry=registry, _stack=stack)
     except PackError as exc:
-        cycle = [p for p in exc.problems if "extends cycle" in p.message]
+        cycle = [p for p in exc.problems if p.message.startswith(("extends cycle", "extends chain"))]
         if cycle:
             col.problems.extend(cycle)
         else:
@@ -559,12 +577,17 @@ def load_pack(path: str | Path, *, registry: "Registry | None" = None, _stack: t
         cached = registry.cached(root)
         if cached is not None:
             return cached
+        failed = registry.failure(root)
+        if failed is not None:
+            raise PackError(failed.problems)  # a fresh error: re-raising one object grows its traceback
     data, lines = _load_manifest(col)
-    if data is None:
-        raise PackError(col.problems)
-    pack = _build(col, data, lines, registry, _stack)
+    pack = _build(col, data, lines, registry, _stack) if data is not None else None
     if col.problems or pack is None:
-        raise PackError(col.problems)
+        error = PackError(col.problems)
+        # A chain too deep is too deep only below the pack it was loaded from: loaded directly, it may be fine.
+        if registry is not None and not any(p.message.startswith("extends chain") for p in col.problems):
+            registry.remember_failure(root, error)
+        raise error
     if registry is not None:
         registry.remember(root, pack)
     return pack

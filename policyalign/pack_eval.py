@@ -114,6 +114,8 @@ def eval_items(col: Collector, file: str, text: str, known: list[str] | None, se
     validator = eval_item_validator()
     items: list[EvalItem] = []
     for lineno, line in enumerate(jsonl_lines(text), start=1):
+        if col.overflowed:  # nothing more would be reported: do not parse millions of junk lines
+            break
         if not line.strip():
             continue
         if len(items) >= MAX_EVAL_ITEMS:

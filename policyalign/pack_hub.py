@@ -31,6 +31,7 @@ PACK_DIR = "pack"
 MAX_CARD_BYTES = 1024 * 1024
 PACK_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,7 @@ def _resolve_pack_revision(api: Any, repo_id: str, wanted: str | None, token: st
         return in_range, tags[in_range]
     from .registry import version_key
 
-    versions = ", ".join(sorted((t[1:] if t.startswith("v") else t for t in tags), key=version_key)) or "none"
+    versions = ", ".join(_shown(v) for v in sorted((t[1:] if t.startswith("v") else t for t in tags), key=version_key)) or "none"
     what = f"matches {wanted!r}" if in_range is not None else f"{wanted!r} is published"
     raise HubError(f"no version {what}", file=repo_id, hint=f"published versions: {versions}")
 
@@ -191,18 +192,32 @@ def _read_pack_card(repo_id: str, commit: str, workdir: Path, token: str | None)
                        hint="publish packs with `pa pack push`")
     if not isinstance(pack.get("name"), str) or not PACK_NAME_RE.match(pack["name"]):
         raise HubError(f"the card names an invalid pack {pack.get('name')!r}", file=repo_id)
+    # Both are printed (a mismatch error, a digest warning): a hostile card's escape sequences must not be.
+    if not isinstance(pack.get("version"), str) or not is_semver(pack["version"]):
+        raise HubError(f"the card names an invalid version {pack.get('version')!r}", file=repo_id)
+    if not isinstance(pack.get("digest"), str) or not DIGEST_RE.match(pack["digest"]):
+        raise HubError(f"the card names an invalid digest {pack.get('digest')!r}", file=repo_id)
     return recorded
+
+
+def _shown(rel: str) -> str:
+    """A remote file name as an error may print it: escaped when it holds control characters, which a
+    hostile Hub would otherwise send to the terminal of whoever pulls (`\x1b]0;...` retitles it)."""
+    from .templates import text_problem
+
+    return ascii(rel)[1:-1] if text_problem(rel) else rel
 
 
 def _listing_problems(repo_id: str, entries: list[tuple[str, int]], expected: Mapping[str, Any]) -> list[Problem]:
     """Everything wrong with a pack's file listing, before a byte is downloaded."""
     from .pack_input import MAX_PACK_BYTES, MAX_PACK_FILES, not_pack_content
+    from .templates import text_problem
 
     problems = []
     for rel, size in entries:
-        where = f"{repo_id}:{PACK_DIR}/{rel}"
-        if not is_safe_relpath(rel):
-            problems.append(Problem(where, "", "unsafe path (absolute, '..' or empty parts)",
+        where = f"{repo_id}:{PACK_DIR}/{_shown(rel)}"
+        if not is_safe_relpath(rel) or text_problem(rel):
+            problems.append(Problem(where, "", "unsafe path (absolute, '..', empty parts or control characters)",
                                     "a pack's files must stay inside the pack directory"))
         elif any(not_pack_content(part) for part in rel.split("/")):
             # `pa pack push` never uploads one and the loader skips it: installed, it would sit in the
@@ -215,7 +230,7 @@ def _listing_problems(repo_id: str, entries: list[tuple[str, int]], expected: Ma
         elif rel not in expected:
             problems.append(Problem(where, "", "file is not listed in the pack's card", "the repository was modified after `pa pack push`"))
     listed = {rel for rel, _ in entries}
-    problems += [Problem(f"{repo_id}:{PACK_DIR}/{rel}", "", "listed in the card but missing from the repository",
+    problems += [Problem(f"{repo_id}:{PACK_DIR}/{_shown(rel)}", "", "listed in the card but missing from the repository",
                          "the repository is incomplete") for rel in expected if rel not in listed]
     total = sum(size for _, size in entries)
     if len(entries) > MAX_PACK_FILES:

@@ -28,6 +28,7 @@ MAX_OTHER_BYTES = 2 * 1024 * 1024
 MAX_PACK_BYTES = 32 * 1024 * 1024
 MAX_PACK_FILES = 2000
 MAX_EVAL_ITEMS = 20000
+MAX_PROBLEMS = 1000  # problems kept for one pack: an 8 MB eval set of junk lines is millions of them
 
 
 def file_cap(rel: str) -> int:
@@ -44,6 +45,8 @@ class Collector:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.problems: list[Problem] = []
+        self._seen: set[tuple[str, str, str]] = set()  # (file, where, message) of every problem kept
+        self.overflowed = False  # more than MAX_PROBLEMS: the rest are dropped (readers may stop early)
         # Relative POSIX paths of the files the digest covers (set by `collect_files`).
         self.digested: set[str] | None = None
 
@@ -55,9 +58,22 @@ class Collector:
             return str(path)
 
     def add(self, file: Path | str, where: str, message: str, hint: str = "") -> None:
+        """Keep a problem, once (an oversized eval set is found by `collect_files` and by its reader).
+
+        Looked up in a set, and no more than MAX_PROBLEMS kept: scanning the list made a 20,000-line
+        eval set of junk take two minutes to report, and an 8 MB one (4 million lines) practically forever."""
+        if self.overflowed:
+            return
         name = self.rel(self.root / file) if not Path(file).is_absolute() else self.rel(file)
-        if any((p.file, p.where, p.message) == (name, where, message) for p in self.problems):
-            return  # found twice (an oversized eval set: by `collect_files` and by its reader): said once
+        key = (name, where, message)
+        if key in self._seen:
+            return
+        if len(self._seen) >= MAX_PROBLEMS:
+            self.overflowed = True
+            self.problems.append(Problem(file=self.rel(self.root), where="", message=f"more than {MAX_PROBLEMS} "
+                                         "problems: the rest are not listed", hint="fix these and validate again"))
+            return
+        self._seen.add(key)
         self.problems.append(Problem(file=name, where=where, message=message, hint=hint))
 
 
@@ -133,6 +149,10 @@ def collect_files(col: Collector) -> list[Path]:
         if LONE_SURROGATE.search(str(rel)):  # os.fsdecode's surrogateescape: the name's bytes are not UTF-8
             col.add(os.fsencode(rel).decode("utf-8", "backslashreplace"), "", "file name is not valid UTF-8",
                     "rename the file (pack file names are UTF-8, as in git)")
+            continue
+        if text_problem(str(rel)):  # an escape sequence in a name went to the terminal of whoever validated it
+            col.add(ascii(str(rel))[1:-1], "", "file name holds a control character (a terminal escape?)",
+                    "rename the file")
             continue
         if not is_safe_relpath(rel.as_posix()):  # `a\b.txt`, `c:notes.txt`: pushed, then refused by every pull
             col.add(str(rel), "", "file name has a backslash or starts with a drive letter (`c:`), which "

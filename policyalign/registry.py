@@ -18,6 +18,7 @@ from .errors import ResolveError
 from .semver import Version, VersionRange, is_semver, parse_range
 
 if TYPE_CHECKING:
+    from .errors import PackError
     from .pack import Pack
 
 INDEX_FILE = "INDEX.json"
@@ -67,6 +68,8 @@ def read_header(path: Path) -> PackLocation | None:
     except OSError:
         return None
     identity, resolved = (info.st_ino, info.st_size, info.st_mtime_ns), manifest.resolve()
+    if not resolved.is_relative_to(path.resolve()):  # a symlink out of the pack: loading it says so
+        return None
     if resolved in _headers and _headers[resolved][0] == identity:
         return _located(_headers[resolved][1], path)
     header = _parse_header(manifest, info.st_size)
@@ -81,6 +84,7 @@ def _located(header: PackLocation | None, path: Path) -> PackLocation | None:
 
 def _parse_header(manifest: Path, size: int) -> PackLocation | None:
     from .pack_input import MAX_MANIFEST_BYTES
+    from .templates import text_problem
     from .untrusted_data import ManifestLoader
 
     try:
@@ -91,9 +95,11 @@ def _parse_header(manifest: Path, size: int) -> PackLocation | None:
         data = yaml.load(manifest.read_text(encoding="utf-8"), Loader=ManifestLoader)
     except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
         return None
-    if not isinstance(data, dict) or not isinstance(data.get("name"), str):
-        return None
+    if not isinstance(data, dict) or not isinstance(data.get("name"), str) or text_problem(data["name"]):
+        return None  # a name with a terminal escape would reach `pa list` and "known packs:" hints as is
     version, extends = data.get("version"), data.get("extends")
+    if isinstance(version, str) and text_problem(version):
+        version = ""
     specs = tuple(s for s in extends if isinstance(s, str)) if isinstance(extends, list) else ()
     return PackLocation(data["name"], version if isinstance(version, str) else "", manifest.parent, specs)
 
@@ -107,6 +113,9 @@ class Registry:
         self.paths = [Path(p) for p in paths]
         self.extendable = extendable
         self._loaded: dict[Path, "Pack"] = {}
+        # Packs that failed to load, with why: a pack reached by many paths (a parent of many packs) is
+        # loaded once, valid or not; retrying an invalid one on every path cost 2^N loads in a ladder of N levels.
+        self._failed: dict[Path, "PackError"] = {}
 
     @classmethod
     def default(cls, packs_path: list[Path] | None = None, extra: list[Path] | None = None) -> "Registry":
@@ -125,6 +134,7 @@ class Registry:
             return self
         other = Registry([*self.paths, directory], extendable=self.extendable)
         other._loaded = self._loaded
+        other._failed = self._failed
         return other
 
     def discover(self) -> list[PackLocation]:
@@ -234,6 +244,12 @@ class Registry:
 
     def remember(self, root: Path, pack: "Pack") -> None:
         self._loaded[root.resolve()] = pack
+
+    def failure(self, root: Path) -> "PackError | None":
+        return self._failed.get(root.resolve())
+
+    def remember_failure(self, root: Path, error: "PackError") -> None:
+        self._failed[root.resolve()] = error
 
 
 def version_range(spec: str) -> VersionRange:

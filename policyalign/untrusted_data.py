@@ -8,6 +8,7 @@ deep enough to overflow a parser, and values that are not plain text data are re
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -177,6 +178,10 @@ def text_problems(value: Any) -> list[tuple[str, str, str]]:
             stack.extend((child, f"{pointer}/{i}") for i, child in enumerate(current))
         elif isinstance(current, str) and (problem := text_problem(current)):
             found.append((pointer or "/", f"text {problem[1]}", problem[2]))
+        elif isinstance(current, float) and not math.isfinite(current):
+            # `.nan` (YAML) or `NaN` (Python's JSON) passes every schema bound, since no comparison with
+            # it is true: `pa validate` accepted a sampling `top_p: .nan` that `pa apply` failed on.
+            found.append((pointer or "/", f"{current} is not a finite number", "write a finite number"))
         elif not isinstance(current, _PLAIN):
             found.append((pointer or "/", f"{current!r:.60} is read as {type(current).__name__}, not plain data",
                           f'quote it to make it text ("{current}"), or use a list or mapping'))

@@ -52,6 +52,16 @@ def _symlink_out(root: Path) -> None:
     os.symlink(outside, target)
 
 
+def _manifest_symlink_out(root: Path) -> None:
+    """pack.yaml links to a file outside the pack (a secret, or /proc/kallsyms past the size bound): it
+    was parsed before any confinement check, its values echoed in schema errors, and a non-mapping
+    there said only "manifest must be a YAML mapping"."""
+    outside = root.parent.parent / "outside-manifest.yaml"
+    outside.write_text("hf_not_a_manifest_secret\n")
+    (root / "pack.yaml").unlink()
+    os.symlink(outside, root / "pack.yaml")
+
+
 def _manifest_fifo(root: Path) -> None:
     (root / "pack.yaml").unlink()
     os.mkfifo(root / "pack.yaml")  # reading it would block: it is refused, not read
@@ -111,6 +121,11 @@ FAULTS = [
     Fault("path-traversal", "root-pack", _edit("pack.yaml", "policy: policy.md", "policy: ../../../etc/passwd"), ("pack.yaml", "/policy", "'..' is not allowed")),
     Fault("absolute-path", "root-pack", _edit("pack.yaml", "file: eval/benign.jsonl", "file: /etc/passwd"), ("pack.yaml", "/eval/1/file", "absolute paths are not allowed")),
     Fault("symlink-escape", "root-pack", _symlink_out, ("templates/plain.jinja", "outside the pack")),
+    Fault("manifest-symlink-escape", "root-pack", _manifest_symlink_out, ("pack.yaml", "leads outside the pack")),
+    Fault("yaml-nan", "root-pack", _edit("pack.yaml", "  count_per_category: 4\n", "  count_per_category: 4\n  sampling:\n    top_p: .nan\n"),
+          ("pack.yaml", "/synthesis/sampling/top_p (line 30)", "nan is not a finite number")),
+    Fault("version-too-long", "root-pack", _edit("pack.yaml", "version: 1.0.0", "version: 1.0.0-" + "a" * 300),
+          ("pack.yaml", "/version (line 2)", "is too long")),
     Fault("manifest-not-a-file", "root-pack", _manifest_fifo, ("pack.yaml", "pack.yaml is not a regular file")),
     Fault("oversized-file", "root-pack", _oversized, ("policy.md", "over the", "limit")),
     Fault("malformed-jsonl", "root-pack", _append("eval/harmful.jsonl", '{"id": "root-h3", "category": "weapons",\n'), ("eval/harmful.jsonl", "line 3", "malformed JSON")),

@@ -168,3 +168,18 @@ def test_an_empty_changelog_gets_its_title_and_the_entry(packs: Path, existing: 
     log.write_text(existing)
     bump_pack(packs / "legal", "patch", notes=["First recorded change."])
     assert log.read_text() == "# Changelog\n\n## 1.0.1\n\n- First recorded change.\n\n"
+
+
+@pytest.mark.parametrize("name", ["CHANGELOG.md", "pack.yaml"])
+def test_a_file_linked_from_outside_the_pack_is_not_copied_into_it(packs: Path, name: str) -> None:
+    """A contributed pack's CHANGELOG.md (or pack.yaml) symlinked to a file outside it: `pa bump` read
+    that file and wrote it back, plus the new entry, as an ordinary file of the pack, so the outside
+    file's content passed `pa validate` and went out with the next commit or `pa pack push`."""
+    root = packs / "general"
+    outside = packs.parent / "secret.txt"
+    outside.write_text((root / name).read_text() + "\n# TOP SECRET\n")
+    (root / name).unlink()
+    (root / name).symlink_to(outside)
+    with pytest.raises(InvalidInputError, match="leads outside the pack"):
+        bump_pack(root, "patch", notes=["Fix."])
+    assert (root / name).is_symlink() and "1.0.0" in outside.read_text()

@@ -243,3 +243,15 @@ def test_list_shows_a_pack_whose_manifest_cannot_be_read(fixture_packs: Path) ->
     assert row["valid"] is False and "limit" in row["problem"]
     table = runner.invoke(app, ["list", "--packs-path", str(fixture_packs)])
     assert table.exit_code == 0 and "root-pack" in table.output and "invalid" in table.output
+
+
+def test_list_escapes_a_pack_directory_name_holding_a_terminal_escape(fixture_packs: Path) -> None:
+    """A pack whose manifest cannot be read is listed by its directory's name, printed raw: a directory
+    named `x\\x1b]0;...\\x07` sent the escape sequence to the terminal of whoever ran `pa list`."""
+    evil = fixture_packs / "evil\x1b]0;pwned\x07"
+    evil.mkdir()
+    (evil / "pack.yaml").write_text("name: [\n")
+    result = runner.invoke(app, ["list", "--packs-path", str(fixture_packs)])
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output and "\x07" not in result.output
+    assert "evil\\x1b]0;" in result.output

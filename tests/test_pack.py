@@ -232,3 +232,71 @@ def test_validate_relative_path_inside_the_pack(fixture_packs: Path, monkeypatch
 def test_missing_directory_is_a_pack_error(tmp_path: Path) -> None:
     with pytest.raises(PackError, match="does not exist"):
         load_pack(tmp_path / "nope")
+
+
+def test_a_chain_of_extends_is_bounded(fixture_packs: Path) -> None:
+    """Each pack in a line of `extends` loads its parent recursively, so a few hundred packs chained on the
+    search path (a contributed directory of them) crashed `pa validate`, `pa list` and every load with a
+    RecursionError traceback. The chain is bounded, and the pack where it gets too deep is named."""
+    from policyalign.pack import MAX_EXTENDS_DEPTH
+
+    previous = "root-pack"
+    for i in range(MAX_EXTENDS_DEPTH + 1):
+        _derived(fixture_packs, f"chain{i}", [f"{previous}@*"], '  - id: scams\n    seeds: ["One more seed."]\n')
+        previous = f"chain{i}"
+    assert _load(fixture_packs, f"chain{MAX_EXTENDS_DEPTH - 2}").category("weapons").locked
+    with pytest.raises(PackError) as caught:
+        _load(fixture_packs, previous)
+    problem = caught.value.problems[0]
+    assert problem.file == "chain1/pack.yaml" and problem.where == "/extends/0"
+    assert problem.message == f"extends chain more than {MAX_EXTENDS_DEPTH} packs deep: {previous} -> ... -> chain1 -> chain0"
+
+
+def test_a_ladder_of_parents_is_walked_once_per_pack(fixture_packs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each level of two packs extending both packs below it: `ancestry` asked every parent for its
+    whole ancestry, walking all 2^N paths, so 18 levels took 12 s to load and 30 practically forever."""
+    from policyalign.pack import Pack
+
+    below = ["root-pack@*"]
+    for level in range(12):
+        for side in "ab":
+            _derived(fixture_packs, f"l{level}{side}", below, '  - id: scams\n    seeds: ["One more seed."]\n')
+        below = [f"l{level}a@*", f"l{level}b@*"]
+    calls = 0
+    real = Pack.ancestry
+
+    def counted(self: Pack) -> list[Pack]:
+        nonlocal calls
+        calls += 1
+        return real(self)
+
+    monkeypatch.setattr(Pack, "ancestry", counted)
+    pack = _load(fixture_packs, "l11a")
+    assert [p.name for p in pack.ancestry()][:3] == ["root-pack", "l0a", "l0b"] and len(pack.ancestry()) == 24
+    assert calls < 1000, f"{calls} walks for 24 packs"
+
+
+def test_an_invalid_pack_reached_by_many_paths_is_loaded_once(fixture_packs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only valid packs were remembered, so an invalid one was loaded again on every path to it: in a
+    ladder of N levels of two packs extending both below an invalid root, 2^N loads (hung `pa list`)."""
+    import policyalign.pack as pack_module
+
+    (fixture_packs / "root-pack" / "policy.md").write_text("")
+    below = ["root-pack@*"]
+    for level in range(10):
+        for side in "ab":
+            _derived(fixture_packs, f"l{level}{side}", below, '  - id: scams\n    seeds: ["One more seed."]\n')
+        below = [f"l{level}a@*", f"l{level}b@*"]
+    loads = 0
+    real = pack_module._load_manifest
+
+    def counted(col):  # type: ignore[no-untyped-def]
+        nonlocal loads
+        loads += 1
+        return real(col)
+
+    monkeypatch.setattr(pack_module, "_load_manifest", counted)
+    with pytest.raises(PackError) as caught:
+        _load(fixture_packs, "l9a")
+    assert "parent 'l8a@*' is invalid" in str(caught.value)
+    assert loads == 20, f"{loads} loads of the 20 packs below l9a"

@@ -199,6 +199,48 @@ def test_pack_pull_rejects_paths_outside_the_pack(cli: Cli, hub_server, tmp_path
 
 
 
+def test_pack_pull_prints_a_listed_file_name_with_terminal_escapes_escaped(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A hostile Hub listing `pack/\x1b]0;pwned\x07.txt`: the error printed the name raw, so the escape
+    sequence reached the terminal of whoever pulled."""
+    files = pack_bytes(make_pack(tmp_path / "src", "escapes"))
+    publish_raw_pack(hub_server, "org/escapes", "escapes", files)
+    commit = hub_server.store.rev(hub_server.repo_path("org/escapes", "dataset"), "v1.0.0")
+    listing = [{"type": "file", "oid": "0" * 40, "size": len(data), "path": f"pack/{rel}"} for rel, data in files.items()]
+    listing.append({"type": "file", "oid": "1" * 40, "size": 5, "path": "pack/\x1b]0;pwned\x07.txt"})
+    hub_server.forge(f"/api/datasets/org/escapes/tree/{commit}/pack", listing)
+    result = cli.fails(2, "pack", "pull", "org/escapes@1.0.0")
+    assert "\x1b" not in result.stderr and "\x07" not in result.stderr
+    assert "org/escapes:pack/\\x1b]0;pwned\\x07.txt: unsafe path" in result.stderr
+    nothing_installed(cli, "escapes")
+
+
+
+def test_pack_pull_prints_no_terminal_escape_from_the_card_or_the_tags(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The card's version and digest, and the repository's tag names, were printed raw in pull's errors and
+    warnings ("the card says NAME@VERSION", "published versions: ..."): a hostile repository's escape
+    sequences reached the terminal of whoever pulled."""
+    files = pack_bytes(make_pack(tmp_path / "src", "cardesc"))
+    publish_raw_pack(hub_server, "org/cardesc", "cardesc", files)
+    repo = hub_server.repo_path("org/cardesc", "dataset")
+    metadata, body = card.parse_card(hub_server.store.read(repo, "main", "README.md").decode())
+    recorded = dict(metadata["policyalign"]["pack"])
+    for key in ("version", "digest"):
+        metadata["policyalign"]["pack"] = {**recorded, key: "1.0.0\x1b]0;pwned\x07"}
+        hub_server.put_files("org/cardesc", {"README.md": (card.dump_front_matter(metadata) + body).encode()},
+                             repo_type="dataset")
+        result = cli.fails(1, "pack", "pull", "org/cardesc")
+        assert "\x1b" not in result.stderr and f"the card names an invalid {key}" in result.stderr, result.stderr
+    commit = hub_server.store.rev(repo, "main")
+    hub_server.forge("/api/datasets/org/cardesc/refs", {"branches": [{"name": "main", "ref": "refs/heads/main",
+                                                                      "targetCommit": commit}],
+                                                        "tags": [{"name": "v9.9.9\x1b]0;pwned\x07", "ref": "refs/tags/x",
+                                                                  "targetCommit": commit}], "converts": []})
+    result = cli.fails(1, "pack", "pull", "org/cardesc@2.0.0")
+    assert "\x1b" not in result.stderr and "published versions: 9.9.9\\x1b]0;pwned\\x07" in result.stderr, result.stderr
+    nothing_installed(cli, "cardesc")
+
+
+
 def test_pack_pull_of_a_repo_with_dotdot_entries_installs_nothing(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A git tree with '..' entries (which `git mktree` accepts) cannot even be listed: clean failure."""
     files = pack_bytes(make_pack(tmp_path / "src", "dotdot"))

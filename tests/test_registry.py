@@ -231,3 +231,19 @@ def test_a_version_named_with_build_metadata_picks_that_copy(fixture_packs: Path
         assert reg.load("root-pack@1.0.0+b").version == "1.0.0+b"
         assert reg.load("root-pack@1.0.0+a").version == "1.0.0+a"
         assert reg.load("root-pack@1.0.0").version == f"1.0.0+{order[0].name}"  # the search order decides
+
+
+def test_a_manifest_name_or_version_with_terminal_escapes_never_reaches_the_terminal(
+        fixture_packs: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Discovery read a manifest's name and version without the loader's text check, so a hostile pack's
+    `name: "x\\e]0;title\\e\\\\"` went to the terminal as is: in `pa list`'s invalid row and in every
+    "known packs:" hint of a name that was not found."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PA_HOME", str(tmp_path / "home"))
+    evil = fixture_packs / "evil"
+    evil.mkdir()
+    (evil / "pack.yaml").write_text('name: "evil\\e[2J\\e]0;pwned\\e\\\\"\nversion: "1.0.0\\e[31m"\n')
+    for args in (["list"], ["show", "nosuchpack"], ["list", "--json"]):
+        result = CliRunner().invoke(app, [*args, "--packs-path", str(fixture_packs)])
+        assert "\x1b" not in result.output, args
+    assert "evil" in CliRunner().invoke(app, ["list", "--packs-path", str(fixture_packs)]).output

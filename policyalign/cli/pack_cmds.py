@@ -56,15 +56,23 @@ def _unreadable_row(path: Path, reg: "Registry") -> dict:
     return row
 
 
+def _printable(text: str) -> str:
+    """`text` with control characters escaped: an unreadable pack's row shows its directory's name, and a
+    directory named `x\x1b]0;...` sent the escape sequence to the terminal."""
+    from ..templates import text_problem
+
+    return ascii(text)[1:-1] if text_problem(text) else text
+
+
 def _print_pack_table(rows: list[dict]) -> None:
     from rich.markup import escape
 
     table = fold_table("name", "version", "title", "categories", "eval sets", "digest", fold=("name",))
     for row in rows:
         # Pack text is untrusted: escaped, so "[/]" or "[link=...]" in a title is shown, not interpreted.
-        name, version = escape(row["name"]), escape(row["version"])
+        name, version = escape(_printable(row["name"])), escape(_printable(row["version"]))
         if not row["valid"]:
-            why = escape(f": {row['problem']}") if "problem" in row else ""
+            why = escape(_printable(f": {row['problem']}")) if "problem" in row else ""
             table.add_row(name, version, f"[red]invalid ({row['problems']} problems){why}[/]", "", "", "")
             continue
         sets = escape(", ".join(f"{k} {v}" for k, v in row["eval"].items()))
