@@ -85,6 +85,13 @@ class JudgeItem:
     policy: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
     forbidden_tools: tuple[str, ...] = ()
+    # The row's id, for errors about it (a judge prompt too long for the judge's context named
+    # "conversation N", its place in the judge's batch); also an addition with a default.
+    id: str = ""
+
+    def conversation(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
+        """A generation request of `messages` for this item, named by its id where it has one."""
+        return {"messages": messages, **({"id": self.id} if self.id else {})}
 
 
 @dataclass(frozen=True)
@@ -599,7 +606,7 @@ class GuardJudge(_ModelBackedJudge):
     def judge(self, items: list[JudgeItem]) -> list[Verdict]:
         if not items:
             return []
-        convs = [{"messages": _conversation_for_review(i.messages, i.response)} for i in items]
+        convs = [i.conversation(_conversation_for_review(i.messages, i.response)) for i in items]
         outputs = self._generate(convs)
         return [
             guard_verdict(out, item.response, tool_calls=item.tool_calls, forbidden_tools=item.forbidden_tools)
@@ -715,7 +722,7 @@ class LLMJudge(_ModelBackedJudge):
     def judge(self, items: list[JudgeItem]) -> list[Verdict]:
         if not items:
             return []
-        outputs = self._generate([{"messages": llm_judge_messages(item)} for item in items])
+        outputs = self._generate([item.conversation(llm_judge_messages(item)) for item in items])
         verdicts = []
         for out, item in zip(outputs, items):
             forced = classify_refusal(item.response, tool_calls=item.tool_calls, forbidden_tools=item.forbidden_tools)

@@ -19,6 +19,12 @@ def _forbidden_call(calls: Sequence[ToolCall], forbidden: Sequence[str]) -> bool
     return any(call.name in set(forbidden) for call in calls)
 
 
+def _row_id(row: Mapping[str, Any]) -> str:
+    """How errors name a row: `set/id` for an eval answer, its id (or nothing) for a `pa judge` line."""
+    ident = str(row.get("id") or "")
+    return f"{row['set']}/{ident}" if ident and row.get("set") else ident
+
+
 def _judged(rows: list[dict[str, Any]], judge: Any, judge_spec: str, policy: str) -> list[dict[str, Any]]:
     """Parse tool calls, judge every row (`messages`, `response`) and add `tool_calls`, `forbidden_call`,
     `label`, `unsafe`, `reason`, `judge_raw`. The judge comes made: a model judge loads its model once,
@@ -29,7 +35,7 @@ def _judged(rows: list[dict[str, Any]], judge: Any, judge_spec: str, policy: str
         calls_per_row.append(calls)
         items.append(JudgeItem(messages=row["messages"], response=row["response"], category=row.get("category", ""),
                                policy=policy, tool_calls=tuple(calls),
-                               forbidden_tools=tuple(row.get("forbidden_tools") or ())))
+                               forbidden_tools=tuple(row.get("forbidden_tools") or ()), id=_row_id(row)))
     verdicts: list[Verdict] = judge.judge(items) if items else []
     judged = []
     for row, calls, verdict in zip(rows, calls_per_row, verdicts):
