@@ -291,7 +291,9 @@ def resolve_device(device: str | None) -> str:
         if index >= torch.cuda.device_count():
             raise ModelError(f"device {device!r} does not exist ({torch.cuda.device_count()} GPU(s) visible)")
         return f"cuda:{index}"
-    if parsed.type != "cpu" and not _device_type_available(parsed.type):
+    if parsed.type == "cpu":  # one CPU whatever the index: "cpu:0" skipped every `== "cpu"` (one thread for small models)
+        return "cpu"
+    if not _device_type_available(parsed.type):
         # `mps` without Apple's GPU (or `meta`, `xpu`, ...) went on to from_pretrained, whose error
         # was reported as a broken checkpoint; `meta` loaded weightless and generated garbage.
         raise ModelError(f"device {device!r} requested but no {parsed.type} device is available",

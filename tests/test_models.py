@@ -255,6 +255,17 @@ def test_an_accelerator_not_present_is_a_model_error_not_a_broken_checkpoint(dev
         load_model("tiny", device=device)
 
 
+@pytest.mark.parametrize("device", ["cpu:0", " CPU ", "cpu"])
+def test_any_spelling_of_the_cpu_is_the_cpu(device: str) -> None:
+    """`--device cpu:0` loaded onto "cpu:0", which every `== "cpu"` check (one thread for a small model) missed."""
+    from policyalign.models import cpu_threads
+
+    loaded = load_model("tiny", device=device)
+    assert loaded.device == "cpu"
+    with cpu_threads(loaded):
+        assert torch.get_num_threads() == 1
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_gpu_is_a_model_error() -> None:
     with pytest.raises(ModelError, match="no CUDA GPU"):
