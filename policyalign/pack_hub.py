@@ -311,6 +311,7 @@ def pull_pack(spec: str, *, to: str | Path | None = None, token: str | None = No
         pack = load_pack(stage, registry=(registry or Registry.default()).including(parent))
         warnings = _pack_identity_problems(pack, recorded["pack"], repo_id)
         target = parent / name
+        warnings += _shadowed(pack, repo_id, (registry or Registry.default()).including(parent), target)
         _check_replaceable(target, name)
         replaced = _other_version(target, pack.version)
         swap_in(stage, target)
@@ -318,6 +319,29 @@ def pull_pack(spec: str, *, to: str | Path | None = None, token: str | None = No
         shutil.rmtree(staging, ignore_errors=True)
     return PackPullResult(pack.name, pack.version, pack.digest, target, repo_id, revision, str(commit), tuple(warnings),
                           replaced)
+
+
+def _shadowed(pack: "Pack", repo_id: str, registry: "Registry", target: Path) -> list[str]:
+    """Lower versions of the pulled pack's name elsewhere on the search path: the highest version wins
+    wherever the name (or a range admitting both) is used, so any repository publishing a pack named
+    `general` at 1.99.0 takes over from the shipped general@1.0.0, for the packs extending it too."""
+    from .semver import Version
+
+    pulled = Version.parse(pack.version)
+    lower = sorted({f"{found.name}@{found.version} in {found.path.parent}" for found in registry.discover()
+                    if found.name == pack.name and found.path.resolve() != target.resolve()
+                    and _below(found.version, pulled)})
+    return [f"{pack.ref} from {repo_id} now takes precedence over {', '.join(lower)}, wherever `{pack.name}` "
+            f"(or a version range admitting {pack.version}) names it, packs that extend it included"] if lower else []
+
+
+def _below(version: str, than: "Version") -> bool:
+    from .semver import Version
+
+    try:
+        return Version.parse(version) < than
+    except ValueError:
+        return False
 
 
 def _check_replaceable(target: Path, name: str) -> None:

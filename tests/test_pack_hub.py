@@ -95,6 +95,18 @@ def test_pack_pull_of_another_version_says_which_one_it_replaced(cli: Cli, tmp_p
 
 
 
+def test_pack_pull_says_which_local_copies_the_pulled_version_takes_over_from(cli: Cli, tmp_path: Path) -> None:
+    """Any repository may publish a pack named like a shipped one at a higher version; installed, it
+    silently became what the name (and every child's `extends` range) resolved to."""
+    make_pack(cli.packs, "shadowed", version="1.0.0")
+    for version in ("1.99.0", "0.9.0"):
+        cli.ok("pack", "push", str(make_pack(tmp_path / version, "shadowed", version=version)), "--repo-id", "org/evil")
+    higher = cli.ok("pack", "pull", "org/evil@1.99.0")
+    assert (f"warning: shadowed@1.99.0 from org/evil now takes precedence over shadowed@1.0.0 in {cli.packs}, "
+            "wherever `shadowed` (or a version range admitting 1.99.0) names it") in higher.stderr
+    assert "precedence" not in cli.ok("pack", "pull", "org/evil@0.9.0").stderr  # the local 1.0.0 still wins
+
+
 def test_pack_pull_does_not_delete_a_directory_that_is_not_that_pack(cli: Cli, tmp_path: Path) -> None:
     """`--to DIR` whose DIR/NAME was not a pack (someone's work, or another pack) was replaced and deleted
     without a word; the install replaces only an installed copy of the same pack."""
