@@ -90,6 +90,20 @@ def push_run(run_dir: str | Path, repo_id: str, *, private: bool = False, revisi
     return push_adapter(run_dir, repo_id, private=private, revision=revision, token=token, license=license).url
 
 
+def published_url(run_dir: str | Path, repo_id: str, *, revision: str | None = None, token: str | None = None,
+                  license: str | None = None) -> str | None:
+    """The URL of the tag this run would be pushed under when the Hub already holds this very run there
+    (its card lists the same files, hash for hash), else None: a `pa apply` killed after its push made
+    the tag, but before run.json recorded it, finishes on the re-run instead of failing on the tag."""
+    artifacts = card.load_run(run_dir)
+    tag = check_tag(revision or artifacts.default_tag)
+    token = resolve_token(token, repo_id)
+    if _published_hint(hub_api(token), repo_id, tag, artifacts, token) is None:
+        return None
+    write_text(Path(run_dir) / "README.md", card.render_model_card(artifacts, repo_id, tag, license=license))
+    return repo_url(repo_id, "model", tag)
+
+
 def _published_hint(api: Any, repo_id: str, tag: str, artifacts: card.RunArtifacts, token: str) -> str | None:
     """The fix when the tag already holds this very run (its card lists the same files, hash for hash):
     a second `pa push` of one run was told to publish it again under another tag, a duplicate."""

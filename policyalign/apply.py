@@ -17,7 +17,7 @@ from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from .errors import InvalidInputError, PolicyAlignError, RunError
+from .errors import HubError, InvalidInputError, PolicyAlignError, RunError
 from .distill_settings import under_given
 from .evaluate import check_eval_options
 from .io import output_dir
@@ -446,10 +446,15 @@ def _push(run_dir: Path, options: ApplyOptions, key: str) -> None:
     """Publish the run and record it with its key: a re-run skips a push of the same card, whose
     tag the Hub already holds (pushing it again could only fail: `pa push` never moves a tag;
     a retrained run is published under a new `--revision`)."""
-    from .adapter_push import push_run
+    from .adapter_push import published_url, push_run
 
-    url = push_run(run_dir, str(options.push_to), private=options.private, revision=options.revision,
-                   license=options.license)
+    try:
+        url = push_run(run_dir, str(options.push_to), private=options.private, revision=options.revision,
+                       license=options.license)
+    except HubError:
+        url = published_url(run_dir, str(options.push_to), revision=options.revision, license=options.license)
+        if url is None:
+            raise
     manifest = read_manifest(run_dir)
     manifest["stages"]["push"] = {"status": "done", "key": key, "url": url}
     write_manifest(run_dir, manifest)

@@ -253,10 +253,11 @@ def keyed_name(ref: ModelRef, name: str) -> str:
     known by its repository alone, as the commit beside it says which weights, so an alias,
     `org/name`, `org/name@main` and `org/name@<commit>` loading the same commit key the same; a
     local directory by its absolute path, so `./m` and `/abs/m` key the same, and `./m` typed in
-    another directory does not."""
+    another directory does not; `tiny` by its one name, however it was typed (`Tiny`, ` tiny `
+    resolve to it, and re-ran every stage of a finished run)."""
     if ref.kind == "local" or (ref.kind == "hub" and hub_commit(ref)):
         return ref.location
-    return name
+    return ref.name if ref.kind == "tiny" else name
 
 
 def recorded_name(model: str) -> str:

@@ -594,6 +594,27 @@ def test_rerunning_apply_with_push_to_skips_the_push_it_already_made(tmp_path: P
 
 
 @pytest.mark.slow
+def test_apply_killed_after_its_push_tagged_the_revision_finishes_on_the_rerun(tmp_path: Path, fixture_packs: Path,
+                                                                               hub_server,  # type: ignore[no-untyped-def]
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed once the Hub held the tag but before run.json recorded the push, a re-run pushed again and
+    failed on that tag ("already published, nothing to push"): the job could never finish."""
+    from policyalign.run import read_manifest, write_manifest
+
+    _use_loopback_hub(hub_server, monkeypatch)
+    pack = Registry([fixture_packs]).load("child-pack")
+    run = tmp_path / "run"
+    first = apply(_options(fixture_packs, run, push_to="org/apply-killed"), pack)
+    manifest = read_manifest(run)
+    del manifest["stages"]["push"]  # what a kill between the tag and the record leaves
+    write_manifest(run, manifest)
+    again = apply(_options(fixture_packs, run, push_to="org/apply-killed"), pack)
+    assert again.url == first.url == run_summary(run)["url"]
+    assert read_manifest(run)["stages"]["push"]["status"] == "done"
+    assert hub_server.tags("org/apply-killed") == [f"{pack.name}-v{pack.version}"]
+
+
+@pytest.mark.slow
 def test_license_from_the_config_file_reaches_the_card_and_the_push(tmp_path: Path, fixture_packs: Path, hub_server,  # type: ignore[no-untyped-def]
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """`pa push` took --license but `pa apply --push-to` had no way to give one: its card said `other`."""

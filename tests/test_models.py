@@ -520,3 +520,16 @@ def test_a_local_directory_keys_by_its_path_however_typed(tmp_path: Path, monkey
     monkeypatch.chdir(tmp_path)
     names = ["./m", "m/", str(tmp_path / "m")]
     assert {keyed_name(resolve_model(name), name) for name in names} == {str(tmp_path / "m")}
+
+
+def test_tiny_keys_by_one_name_however_typed() -> None:
+    """`--model Tiny` is the built-in tiny (its demo defaults too), yet keyed as typed it re-ran every stage
+    of a run made with `--model tiny`."""
+    from policyalign.models import keyed_name, resolve_model
+    from policyalign.stages import synthesize_key, synthesize_options
+    from policyalign.pack import load_pack
+
+    names = ["tiny", "Tiny", " TINY "]
+    assert {keyed_name(resolve_model(name), name) for name in names} == {"tiny"}
+    pack = load_pack(Path(__file__).resolve().parents[1] / "packs" / "general")
+    assert len({synthesize_key(pack, name, synthesize_options(name, None, 2, None, 0, None, 16)) for name in names}) == 1
