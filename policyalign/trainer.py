@@ -419,8 +419,9 @@ def check_target_modules(loaded: "LoadedModel", targets: tuple[str, ...] | str) 
     names = [name for name, _ in loaded.model.named_modules()]
     missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
     if missing:
-        raise InvalidInputError(f"--target-modules {missing!r}: no such module in {loaded.ref.name}",
-                                where="training.target_modules",
+        # Not named as a flag: the names may be the pack's (or a resumed checkpoint's), given on no command line.
+        raise InvalidInputError(f"LoRA target modules {missing!r}: no such module in {loaded.ref.name}",
+                                where="--target-modules, else the pack's training.target_modules",
                                 hint=f"adapt some of {', '.join(linear_module_names(loaded.model))} "
                                      "(or all-linear), on the command line or in the pack")
 

@@ -157,7 +157,7 @@ def test_unknown_target_modules_are_named_before_any_checkpoint_is_removed(recor
     kept = checkpoint_dir(run) / "checkpoint-5"
     kept.mkdir(parents=True)
     (kept / "trainer_state.json").write_text('{"global_step": 5}')
-    with pytest.raises(InvalidInputError, match="--target-modules \\['q_projj'\\]: no such module in tiny") as caught:
+    with pytest.raises(InvalidInputError, match="LoRA target modules \\['q_projj'\\]: no such module in tiny") as caught:
         run_distill(run, overrides={"target_modules": ["q_projj"], "max_steps": 1}, progress=False)
     assert "q_proj" in caught.value.problem.hint and "all-linear" in caught.value.problem.hint
     assert kept.is_dir(), "a rejected setting must not cost the previous run's checkpoints"

@@ -142,8 +142,21 @@ def test_an_instruction_the_chat_template_rejects_is_named_before_training(tmp_p
 def test_every_target_module_must_exist_not_just_one(recorded_run) -> None:
     """peft adapts the names that match and drops the others silently: one typo among good names is refused."""
     run, _ = recorded_run
-    with pytest.raises(InvalidInputError, match="--target-modules \\['v_projj'\\]: no such module in tiny"):
+    with pytest.raises(InvalidInputError, match="LoRA target modules \\['v_projj'\\]: no such module in tiny"):
         run_distill(run, overrides={"target_modules": ["q_proj", "v_projj"], "max_steps": 1}, progress=False)
+
+
+def test_a_packs_unknown_target_module_is_not_blamed_on_a_flag(run_dir, fixture_packs: Path) -> None:
+    """Named in the pack's training section, the bad module was reported as `--target-modules [...]`, a flag
+    the user never gave: the error must point at both places it can come from."""
+    run, _ = run_dir
+    manifest = fixture_packs / "root-pack" / "pack.yaml"
+    manifest.write_text(manifest.read_text().replace("  lora_r: 4\n", "  lora_r: 4\n  target_modules: [q_proj, qq_proj]\n"))
+    pack = Registry([fixture_packs]).load("root-pack")
+    config = DistillConfig.from_pack(pack.training, max_steps=1, max_new_tokens=8)
+    with pytest.raises(InvalidInputError, match="LoRA target modules \\['qq_proj'\\]: no such module in tiny") as caught:
+        distill_run(run, pack, "tiny", config, progress=False)
+    assert "training.target_modules" in caught.value.problem.where and "--target-modules [" not in str(caught.value)
 
 
 def test_teacher_prompt_has_policy_as_system_message_and_no_truncation(run_dir) -> None:
