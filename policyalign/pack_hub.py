@@ -308,10 +308,11 @@ def pull_pack(spec: str, *, to: str | Path | None = None, token: str | None = No
         if files_digest(stage, files) != recorded["pack"].get("files_digest"):
             raise HubError("the pack's files digest does not match its card", file=repo_id,
                            hint="the repository was modified after `pa pack push`; do not install it")
-        pack = load_pack(stage, registry=(registry or Registry.default()).including(parent))
+        search = (registry or Registry.default()).including(parent)
+        pack = load_pack(stage, registry=search)
         warnings = _pack_identity_problems(pack, recorded["pack"], repo_id)
         target = parent / name
-        warnings += _shadowed(pack, repo_id, (registry or Registry.default()).including(parent), target)
+        warnings += _shadowed(pack, repo_id, search, target)
         _check_replaceable(target, name)
         replaced = _other_version(target, pack.version)
         swap_in(stage, target)
@@ -325,23 +326,12 @@ def _shadowed(pack: "Pack", repo_id: str, registry: "Registry", target: Path) ->
     """Lower versions of the pulled pack's name elsewhere on the search path: the highest version wins
     wherever the name (or a range admitting both) is used, so any repository publishing a pack named
     `general` at 1.99.0 takes over from the shipped general@1.0.0, for the packs extending it too."""
-    from .semver import Version
-
     pulled = Version.parse(pack.version)
     lower = sorted({f"{found.name}@{found.version} in {found.path.parent}" for found in registry.discover()
                     if found.name == pack.name and found.path.resolve() != target.resolve()
-                    and _below(found.version, pulled)})
+                    and is_semver(found.version) and Version.parse(found.version) < pulled})
     return [f"{pack.ref} from {repo_id} now takes precedence over {', '.join(lower)}, wherever `{pack.name}` "
             f"(or a version range admitting {pack.version}) names it, packs that extend it included"] if lower else []
-
-
-def _below(version: str, than: "Version") -> bool:
-    from .semver import Version
-
-    try:
-        return Version.parse(version) < than
-    except ValueError:
-        return False
 
 
 def _check_replaceable(target: Path, name: str) -> None:
