@@ -377,9 +377,18 @@ _CODE_RE = re.compile(r"```|^\s*(?:import |from \S+ import |def |function |#incl
 _OPENING_CHARS = 240
 
 
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
+
+
+def straight_apostrophes(text: str) -> str:
+    """`text` with typographic apostrophes as ASCII ones, for patterns written with ': many models
+    write "I\u2019m sorry, but I can\u2019t help". Same length, so a match's offsets hold in the original."""
+    return text.translate(_APOSTROPHES)
+
+
 def _normalise(text: str) -> str:
     """Lower-case, typographic apostrophes and quotes to ASCII, markdown emphasis removed."""
-    text = text.replace("\u2019", "'").replace("\u2018", "'").replace("\u02bc", "'")
+    text = straight_apostrophes(text)
     text = re.sub(r"[*_`~]{1,3}(?=\S)|(?<=\S)[*_`~]{1,3}", "", text)
     return text.lower()
 

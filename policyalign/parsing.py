@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .chat import content_problem
-from .judges import strip_thinking
+from .judges import straight_apostrophes, strip_thinking
 
 MIN_CHARS = 12
 MIN_WORDS = 3
@@ -99,7 +99,6 @@ _META = re.compile(
 # A run of word characters, except that each Han or kana character is a word by itself.
 _IDEOGRAPH = "\u2e80-\u2fdf\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _WORD = re.compile(rf"(?=\w)[{_IDEOGRAPH}]|[^\W{_IDEOGRAPH}]+")
-_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
 _ALPHA_WORD = re.compile(r"[^\W\d_]{2,}")  # a word: two letters or more in a row, any script
 # Control bytes and chat-template tokens a broken generator leaks (<|im_end|>, <tool_response>, </s>);
 # not any <tag>: HTML is what a tool-output-injection scenario's tool turn, or an XSS request, holds.
@@ -125,7 +124,7 @@ def clean_item(text: str) -> str:
         before = text
         text = _BOLD_LABEL.sub("", text)
         text = _PLAIN_LABEL.sub("", text)
-        preamble = _PREAMBLE.match(_straight(text))
+        preamble = _PREAMBLE.match(straight_apostrophes(text))
         text = text[preamble.end():] if preamble else text
         match = _EMPHASIS.match(text)
         if match and "\n" not in match.group(2):
@@ -164,7 +163,7 @@ def junk_reason(text: str, *, min_chars: int = MIN_CHARS, max_chars: int = MAX_C
         return TOO_SHORT
     if len(stripped) > max_chars:
         return TOO_LONG
-    plain = _straight(stripped)
+    plain = straight_apostrophes(stripped)
     if _REFUSAL.match(plain) or _REFUSAL_ANYWHERE.search(plain):
         return REFUSAL
     if _is_meta(plain):
@@ -200,13 +199,6 @@ def _symbol_soup(text: str) -> bool:
     alnum = sum(ch.isalnum() for ch in text)
     in_words = sum(len(word) for word in _ALPHA_WORD.findall(text))
     return bool(visible) and (alnum / visible < 0.5 or in_words / visible < 0.2)
-
-
-def _straight(text: str) -> str:
-    """`text` with typographic apostrophes as ASCII ones, for the refusal and preamble patterns: many
-    generators write "I\u2019m sorry, but I can\u2019t help", which those patterns (written with ')
-    let through as an instruction. Same length, so a match's offsets hold in the original."""
-    return text.translate(_APOSTROPHES)
 
 
 def _is_meta(text: str) -> bool:
@@ -283,7 +275,7 @@ def _continues(line: str, body_indent: int, blank_before: bool) -> bool:
         return False
     if blank_before:
         return indent >= max(2, body_indent)
-    return indent > 0 or not _META.match(_straight(line.strip()))
+    return indent > 0 or not _META.match(straight_apostrophes(line.strip()))
 
 
 # --------------------------------------------------------------------------- JSON
