@@ -31,6 +31,7 @@ from .stages import (
     card_key, checkpoint_record, push_key, resume_key, run_card, run_synthesize, selection_given, synthesize_key,
     synthesize_options,
 )
+from .stats import is_number
 from .tracking import report_targets
 from .untrusted_data import ManifestLoader
 
@@ -494,7 +495,7 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
         overall = metrics.get("overall", {})
         for name in SUMMARY_RATES:  # a hand-edited "0.5abc" was a ValueError traceback from `pa runs`' table
             value = overall.get(name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            if value is not None and not is_number(value):
                 raise RunError(f"{value!r} is not a rate (a number from 0 to 1, or null)", file=str(path),
                                where=f"metrics.overall.{name}",
                                hint=f"fix the value, or delete {path.parent} and run `pa apply` again to re-run that evaluation")

@@ -29,7 +29,7 @@ import yaml
 from . import __version__
 from .errors import InvalidInputError, RunError
 from .io import read_json, sha256_file
-from .stats import format_change, format_p, format_rate
+from .stats import format_change, format_p, format_rate, is_number
 
 ADAPTER_DIR = "adapter"
 PROVENANCE_FILE = "policyalign.json"
@@ -546,7 +546,7 @@ def _internalization_rows(data: Mapping[str, Any]) -> list[tuple[str, str]]:
         return [("before, after", "not measured: no instructions were held out")]
     rows = _flatten({key: value for key, value in data.items() if key != "drop"})
     drop = data.get("drop")
-    if isinstance(drop, (int, float)) and not isinstance(drop, bool):
+    if is_number(drop):
         rows.append(("relative drop, 1 - after / before", f"{drop:.1%}"))
     return rows
 

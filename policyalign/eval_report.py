@@ -15,7 +15,7 @@ from typing import Any
 from .errors import InvalidInputError
 from .io import output_dir, read_json, read_jsonl, write_json, write_jsonl, write_text
 from .metrics import RATE_METRICS, paired_p
-from .stats import format_change, format_p, format_rate
+from .stats import format_change, format_p, format_rate, is_number
 
 @dataclass
 class EvalResult:
@@ -227,10 +227,6 @@ def load_summary(source: "EvalResult | Mapping[str, Any] | str | os.PathLike[str
     return data
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _bad_rate(metrics: Mapping[str, Any]) -> tuple[str, Any] | None:
     """(where, value) of the first rate or interval in `metrics` that comparing cannot format, else None:
     every scope (overall, each set, each category) an object, its rates numbers or null, and its ci95
@@ -245,9 +241,9 @@ def _bad_rate(metrics: Mapping[str, Any]) -> tuple[str, Any] | None:
             return f"{where}/ci95", intervals
         for key in RATE_METRICS:
             value, interval = scope.get(key), intervals.get(key)
-            if value is not None and not _is_number(value):
+            if value is not None and not is_number(value):
                 return f"{where}/{key}", value
-            if interval and not (isinstance(interval, Sequence) and len(interval) == 2 and all(map(_is_number, interval))):
+            if interval and not (isinstance(interval, Sequence) and len(interval) == 2 and all(map(is_number, interval))):
                 return f"{where}/ci95/{key}", interval
     return None
 

@@ -14,6 +14,11 @@ from typing import Any, Iterable, Sequence
 Z_95 = 1.959963984540054  # two-sided 95% normal quantile
 
 
+def is_number(value: Any) -> bool:
+    """A JSON number: Python's bool is an int, so a hand-edited `true` would pass a plain isinstance check."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def wilson_interval(successes: int, total: int, z: float = Z_95) -> tuple[float, float] | None:
     """The Wilson score interval of `successes / total`; None when nothing was measured.
 
