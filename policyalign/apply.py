@@ -22,7 +22,7 @@ from .distill_settings import under_given
 from .evaluate import check_eval_options
 from .io import output_dir
 from .launch import check_vllm_rollouts, launch_rank, training_device
-from .models import resolve_dtype
+from .models import check_device_and_dtype
 from .pack import Pack
 from .run import (check_run_directory, read_manifest, record_inputs, run_active, run_lock, stage_done, stage_results,
                   unbumped_change, write_manifest)
@@ -357,7 +357,7 @@ def _checked_settings(options: ApplyOptions, pack: Pack) -> tuple[Any, Any]:
     dconf = distill_config(pack, _distill_overrides(options))
     check_eval_options(options.judge, options.eval_limit, limit_flag="--eval-limit")
     device = training_device(options.device, *launch_rank()[1:])
-    resolve_dtype(None, device)  # PA_DTYPE, which else fails once synthesis loads its model
+    check_device_and_dtype(device)  # and PA_DTYPE, which else fails once synthesis loads its model
     if options.backend == "vllm":  # synthesis, filtering and the rollouts: refused now, not once a model has loaded
         check_vllm_rollouts(device)
     _check_push_options(options)
