@@ -26,6 +26,7 @@ from .models import check_device_and_dtype
 from .pack import Pack
 from .run import (check_run_directory, read_manifest, record_inputs, run_active, run_lock, stage_done, stage_results,
                   unbumped_change, write_manifest)
+from .scaffold import draft_leftovers
 from .stages import (
     SELECTION_FLAGS, distill_config, distill_key, eval_key, filter_config, filter_key, run_distill, run_eval, run_filter,
     card_key, checkpoint_record, push_key, resume_key, run_card, run_synthesize, selection_given, synthesize_key,
@@ -340,9 +341,13 @@ def apply(options: ApplyOptions, pack: Pack, *, on_stage: Callable[[str, str], N
           on_note: Callable[[str], None] = lambda text: None) -> ApplyResult:
     """Run (or resume) every stage for `pack` and `options.model` in one run directory, which it holds
     (`run.run_lock`) from before it clears stale temporaries until the end. `on_note` hears, before any
-    stage runs, that finished work is about to be replaced (`run.unbumped_change`)."""
+    stage runs, that finished work is about to be replaced (`run.unbumped_change`), and that the pack
+    is still a `pa new` draft."""
     options = with_model_defaults(options)
     settings = _checked_settings(options, pack)
+    if leftovers := draft_leftovers(pack):
+        on_note(f"{pack.ref} still holds {len(leftovers)} piece(s) of stand-in text from `pa new` (`pa validate "
+                f"{pack.root}` lists them): this run trains and evaluates on them")
     run_dir = output_dir(options.out or default_run_dir(pack, options.model))
     with run_lock(run_dir):
         check_run_directory(run_dir)

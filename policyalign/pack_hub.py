@@ -21,6 +21,7 @@ from .hub import (DEFAULT_BRANCH, TAKEN_TAG_HINTS, PushResult, check_repo_id, ch
                   swap_in)
 from .io import sha256_file
 from .pack_input import file_cap
+from .scaffold import draft_leftovers
 from .semver import Version, is_semver, parse_range
 
 if TYPE_CHECKING:
@@ -70,6 +71,10 @@ def push_pack(path: str | Path, repo_id: str, *, private: bool = False, revision
     from .pack import files_digest, load_pack
 
     pack = load_pack(Path(path), registry=registry)
+    if leftovers := draft_leftovers(pack):
+        raise InvalidInputError(f"pack {pack.ref} is still a `pa new` draft: {len(leftovers)} piece(s) of stand-in "
+                                f"text left, first {leftovers[0]}",
+                                hint=f"replace them (`pa validate {pack.root}` lists every one), then push")
     check_repo_id(repo_id)
     tag = check_tag(revision or f"v{pack.version}")
     files = pack_files(pack.root)

@@ -10,6 +10,7 @@ from .pack import Pack, load_pack
 from .pack_input import MANIFEST
 from .pack_index import index_problems
 from .registry import INDEX_FILE, Registry
+from .scaffold import draft_leftovers
 
 
 @dataclass
@@ -17,6 +18,7 @@ class ValidationReport:
     packs: list[Pack] = field(default_factory=list)
     failures: dict[str, list[Problem]] = field(default_factory=dict)
     index: list[Problem] = field(default_factory=list)
+    drafts: dict[str, list[Problem]] = field(default_factory=dict)  # valid, but `pa new` stand-in text is left
 
     @property
     def ok(self) -> bool:
@@ -37,6 +39,8 @@ def validate_paths(paths: list[Path], registry: Registry) -> ValidationReport:
         report.packs.append(pack)
         if copies := seed_copy_problems(pack):
             report.failures[str(pack.root)] = copies
+        if leftovers := draft_leftovers(pack):
+            report.drafts[str(pack.root)] = leftovers
     return report
 
 

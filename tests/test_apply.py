@@ -688,6 +688,20 @@ def test_a_second_apply_on_a_run_directory_in_use_is_refused_and_touches_nothing
     assert in_flight.is_file() and not (run / "run.json").exists()
 
 
+def test_apply_on_a_pack_still_holding_new_stand_in_text_says_so_before_any_stage(tmp_path: Path, hold_run) -> None:
+    """`pa apply` on an unedited `pa new` skeleton trained on "Example rule" and measured on
+    "Replace me" without a word."""
+    assert CliRunner().invoke(app, ["new", "draft", "--dir", str(tmp_path / "packs")]).exit_code == 0
+    run = tmp_path / "run"
+    run.mkdir()
+    with hold_run(run):  # refused once the run is to start: the note comes before
+        result = CliRunner().invoke(app, ["apply", str(tmp_path / "packs" / "draft"), "--model", "tiny", "--out", str(run),
+                                          "--quiet", *FAST])
+    assert result.exit_code == 1, result.output
+    assert ("note: draft@0.1.0 still holds 6 piece(s) of stand-in text from `pa new` "
+            f"(`pa validate {tmp_path / 'packs' / 'draft'}` lists them)") in result.output
+
+
 def test_runs_tells_a_running_run_from_an_interrupted_one(tmp_path: Path, hold_run) -> None:
     """A run in progress was listed as "interrupted in filter", the status of one killed there."""
     run = tmp_path / "runs" / "r1"

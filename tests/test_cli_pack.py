@@ -23,6 +23,38 @@ def test_new_pack_validates_as_created(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
 
 
+def test_validate_lists_the_stand_in_text_a_new_pack_still_holds(tmp_path: Path) -> None:
+    """A skeleton validates, but nothing said that its policy still read "Example rule" and its eval
+    items "Replace me": a contributor could publish or train on one without noticing."""
+    packs = tmp_path / "packs"
+    assert runner.invoke(app, ["new", "mypack", "--dir", str(packs)]).exit_code == 0
+    root = packs / "mypack"
+    result = runner.invoke(app, ["validate", str(root)])
+    assert result.exit_code == 0, result.output
+    assert f"draft    {root}: 6 piece(s) of `pa new` stand-in text left" in result.output
+    for place in (f"{root / 'pack.yaml'}:summary", f"{root / 'policy.md'}: ", f"{root / 'pack.yaml'}:category example-violation",
+                  f"{root / 'eval' / 'harmful.jsonl'}:item mypack-harmful-0001", f"{root / 'eval' / 'benign.jsonl'}:item"):
+        assert place in result.output, place
+    manifest = root / "pack.yaml"
+    manifest.write_text(manifest.read_text().replace("TODO: one or two sentences on what this policy covers and who it is for.",
+                                                     "Rules for an HR assistant.").replace("example-violation", "pay-data")
+                        .replace("Describe what counts as a violation in this category; the generator and judges read this.",
+                                 "Requests to reveal a colleague's pay."))
+    for eval_file in (root / "eval").glob("*.jsonl"):
+        eval_file.write_text(eval_file.read_text().replace("example-violation", "pay-data"))
+    result = runner.invoke(app, ["validate", str(root)])
+    assert result.exit_code == 0 and "4 piece(s)" in result.output, result.output
+    assert ":summary" not in result.output and "example category" not in result.output
+    assert "5 of the skeleton's seeds" in result.output
+
+
+def test_validate_finds_no_stand_in_text_in_the_shipped_packs() -> None:
+    packs = Path(__file__).parents[1] / "packs"
+    result = runner.invoke(app, ["validate", "--all", "--dir", str(packs)])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("ok       ") >= 5 and "draft" not in result.output
+
+
 def test_new_pack_where_packs_is_a_file_is_an_error_not_a_traceback(tmp_path: Path) -> None:
     (tmp_path / "packs").write_text("a file\n")
     result = runner.invoke(app, ["new", "mypack", "--dir", str(tmp_path / "packs")])

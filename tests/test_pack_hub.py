@@ -83,6 +83,16 @@ def test_pack_push_then_pull(cli: Cli, hub_server, tmp_path: Path) -> None:  # t
 
 
 
+def test_pack_push_refuses_a_pack_still_holding_new_stand_in_text(cli: Cli, hub_server) -> None:  # type: ignore[no-untyped-def]
+    """A `pa new` skeleton validates, and it was published as is: a registry pack whose policy reads
+    "Example rule" and whose eval set is "Replace me"."""
+    cli.ok("new", "draft-pack", "--dir", str(cli.packs))
+    refused = cli.fails(2, "pack", "push", str(cli.packs / "draft-pack"), "--repo-id", "org/draft-pack")
+    assert "pack draft-pack@0.1.0 is still a `pa new` draft: 6 piece(s) of stand-in text left" in refused.stderr
+    assert f"pa validate {cli.packs / 'draft-pack'}" in refused.stderr
+    assert not hub_server.store.exists("dataset", "org/draft-pack")
+
+
 def test_pack_pull_of_another_version_says_which_one_it_replaced(cli: Cli, tmp_path: Path) -> None:
     """The install directory holds one version per pack: pulling 1.0.0 over an installed 1.1.0 removed
     it without a word (a child pinned to ^1.1 then stops resolving)."""

@@ -130,6 +130,12 @@ def validate(
     for pack in report.packs:
         if str(pack.root) not in report.failures:
             typer.echo(f"ok       {pack.ref:<28} {pack.root}  digest {pack.digest[:12]}")
+    for path, leftovers in report.drafts.items():
+        if path not in report.failures:
+            typer.echo(f"draft    {path}: {len(leftovers)} piece(s) of `pa new` stand-in text left "
+                       "(valid, but `pa pack push` refuses it until they are replaced)", err=True)
+            for problem in leftovers:
+                typer.echo(f"  {problem}", err=True)
     for path, problems in report.failures.items():
         typer.echo(f"INVALID  {path}: {len(problems)} problem(s)", err=True)
         for problem in problems:
