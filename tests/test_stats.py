@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from scipy.stats import binomtest
 
-from policyalign.stats import format_change, mcnemar_p, paired_changes, wilson_interval
+from policyalign.stats import format_change, format_p, mcnemar_p, paired_changes, wilson_interval
 
 
 def test_wilson_interval_matches_newcombes_worked_example() -> None:
@@ -27,6 +27,19 @@ def test_wilson_interval_at_the_ends_is_not_degenerate() -> None:
 def test_mcnemar_exact_equals_a_two_sided_binomial_test_on_the_changed_items(worse: int, better: int) -> None:
     expected = 1.0 if worse + better == 0 else binomtest(worse, worse + better, 0.5).pvalue
     assert mcnemar_p(worse, better) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("worse,better", [(400, 600), (9500, 10500), (49000, 51000), (500000, 500400)])
+def test_mcnemar_on_tens_of_thousands_of_changed_items_matches_the_binomial_test(worse: int, better: int) -> None:
+    """Summing exact binomial coefficients took 37 s at 20,000 changed items (`pa eval --compare` of
+    two large evals) and minutes beyond."""
+    assert mcnemar_p(worse, better) == pytest.approx(binomtest(worse, worse + better, 0.5).pvalue, rel=1e-8)
+
+
+def test_a_p_value_below_the_smallest_double_prints_as_a_bound_not_zero() -> None:
+    assert mcnemar_p(0, 1100) == 0.0 == binomtest(0, 1100, 0.5).pvalue
+    assert format_p(mcnemar_p(0, 1100)) == "< 1e-300"
+    assert format_p(mcnemar_p(0, 990)) == "1.91e-298" and format_p(0.0123456) == "0.0123" and format_p(None) == "–"
 
 
 def test_paired_changes_count_only_items_that_changed() -> None:
