@@ -16,6 +16,11 @@ FIXTURES = Path(__file__).parent / "fixtures"
 # Every `pa` or `python -c` a test starts imports this checkout, not whichever policyalign pip
 # installed last (a second clone or worktree tested its subprocesses against the other's code).
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(FIXTURES.parents[1]), os.environ.get("PYTHONPATH")]))
+# One OpenMP thread, in this process (torch is imported after this) and every one a test starts, as
+# `models.cpu_threads` gives the CLI's stages on `tiny`: tests that drive the trainer or a model
+# directly ran with one thread per core, whose spin-waiting workers made a trainer test 2-6x slower
+# on a machine whose cores something else was using.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 _HOLD = ("import sys, time\nfrom policyalign.run import run_lock\nwith run_lock(sys.argv[1], name=sys.argv[2]):\n"

@@ -262,8 +262,14 @@ def test_any_spelling_of_the_cpu_is_the_cpu(device: str) -> None:
 
     loaded = load_model("tiny", device=device)
     assert loaded.device == "cpu"
-    with cpu_threads(loaded):
-        assert torch.get_num_threads() == 1
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the tests run with one thread (conftest), which would hide a missed check
+    try:
+        with cpu_threads(loaded):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
