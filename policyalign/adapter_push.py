@@ -16,8 +16,8 @@ from . import card
 from .adapter_pull import UNLISTED_OK
 from .adapter_search import read_candidate
 from .errors import HubError, PolicyAlignError
-from .hub import (PushResult, check_repo_id, check_tag, commit_and_tag, hub_api, hub_call, prepare_repo, remote_files,
-                  repo_url, resolve_token)
+from .hub import (PushResult, check_repo_id, check_tag, commit_and_tag, endpoint, hub_api, hub_call, prepare_repo,
+                  remote_files, repo_url, resolve_token)
 from .io import write_text
 
 # Files a previous push may have left that this push must replace or remove, so an older
@@ -49,10 +49,10 @@ def _push_adapter(run_dir: str | Path, repo_id: str, *, private: bool, revision:
     token = resolve_token(token, repo_id)
     api = hub_api(token)
     pack = artifacts.pack
-    prepare_repo(api, repo_id, "model", tag, private=private, token=token,
-                 explain_taken=lambda: _published_hint(api, repo_id, tag, artifacts, token)
-                 or (_changed_pack_hint(api, repo_id, tag, pack, token) if pack else None))
     readme = card.render_model_card(artifacts, repo_id, tag, license=license)
+    prepare_repo(api, repo_id, "model", tag, private=private, token=token,
+                 explain_taken=lambda: _published_hint(api, repo_id, tag, artifacts, token, readme)
+                 or (_changed_pack_hint(api, repo_id, tag, pack, token) if pack else None))
     uploads: dict[str, Any] = {name: str(path) for name, path in artifacts.files.items()}
     uploads["README.md"] = readme.encode("utf-8")
     remote = remote_files(api, repo_id, "model", token)
@@ -93,20 +93,24 @@ def push_run(run_dir: str | Path, repo_id: str, *, private: bool = False, revisi
 def published_url(run_dir: str | Path, repo_id: str, *, revision: str | None = None, token: str | None = None,
                   license: str | None = None) -> str | None:
     """The URL of the tag this run would be pushed under when the Hub already holds this very run there
-    (its card lists the same files, hash for hash), else None: a `pa apply` killed after its push made
-    the tag, but before run.json recorded it, finishes on the re-run instead of failing on the tag."""
+    (the same card, listing the same files hash for hash), else None: a `pa apply` killed after its push
+    made the tag, but before run.json recorded it, finishes on the re-run instead of failing on the tag.
+    The same files under another card (a re-run with another --license) are not it: that card is not
+    published, and recording the push as done reported it published."""
     artifacts = card.load_run(run_dir)
     tag = check_tag(revision or artifacts.default_tag)
     token = resolve_token(token, repo_id)
-    if _published_hint(hub_api(token), repo_id, tag, artifacts, token) is None:
+    readme = card.render_model_card(artifacts, repo_id, tag, license=license)
+    if _published_at(hub_api(token), repo_id, tag, artifacts, token, readme) != "card":
         return None
-    write_text(Path(run_dir) / "README.md", card.render_model_card(artifacts, repo_id, tag, license=license))
+    write_text(Path(run_dir) / "README.md", readme)
     return repo_url(repo_id, "model", tag)
 
 
-def _published_hint(api: Any, repo_id: str, tag: str, artifacts: card.RunArtifacts, token: str) -> str | None:
-    """The fix when the tag already holds this very run (its card lists the same files, hash for hash):
-    a second `pa push` of one run was told to publish it again under another tag, a duplicate."""
+def _published_at(api: Any, repo_id: str, tag: str, artifacts: card.RunArtifacts, token: str,
+                  readme: str) -> str | None:
+    """What the tag holds of this run: "card" (this very card, so these very files), "files" (this run's
+    files, hash for hash, under another card: another license), or None (something else, or unreadable)."""
     try:
         with hub_call(f"reading the card at {tag}", token=token, repo=repo_id):
             card_data = api.model_info(repo_id, revision=tag).card_data
@@ -114,6 +118,28 @@ def _published_hint(api: Any, repo_id: str, tag: str, artifacts: card.RunArtifac
         return None
     recorded = card.hub_card_metadata(card_data).get("policyalign")
     if not isinstance(recorded, dict) or recorded.get("files") != card.file_hashes(artifacts.files):
+        return None
+    from huggingface_hub import hf_hub_download
+
+    try:
+        with hub_call(f"downloading the card at {tag}", token=token, repo=repo_id):
+            published = Path(hf_hub_download(repo_id, "README.md", revision=tag, token=token, endpoint=endpoint()))
+        return "card" if published.read_bytes() == readme.encode("utf-8") else "files"
+    except (OSError, PolicyAlignError):
+        return "files"
+
+
+def _published_hint(api: Any, repo_id: str, tag: str, artifacts: card.RunArtifacts, token: str,
+                    readme: str) -> str | None:
+    """The fix when the tag already holds this very run (its card lists the same files, hash for hash):
+    a second `pa push` of one run was told to publish it again under another tag, a duplicate. Under
+    another card (pushed with another --license), "nothing to push" was false: this card is not published."""
+    held = _published_at(api, repo_id, tag, artifacts, token, readme)
+    if held == "files":
+        return (f"the adapter at {tag} is this run's (its card lists the same files), but published with another "
+                f"card than this push writes (another --license?): a tag is never moved; publish this card under "
+                f"a new tag with --revision (e.g. {tag}-r2), or keep the published one")
+    if held is None:
         return None
     return (f"the adapter at {tag} is this run's (its card lists the same files): it is already published, "
             f"nothing to push; pull it with `pa pull {repo_id}@{tag}` (to tag it again as well: --revision NEW-TAG)")

@@ -138,6 +138,8 @@ def choose_adapter(candidates: list[Candidate], pack_name: str, *, model: str | 
     pool = candidates
     if versions is not None:
         pool = [c for c in pool if is_semver(c.pack_version) and Version.parse(c.pack_version) in versions]
+        # `name@1.0.0+a`: that build, not 1.0.0+b, which the range admits (one precedence)
+        pool = [c for c in pool if c.pack_version == versions.text] or pool
     if model is not None:
         wanted, _, pinned = model.partition("@")
         names = model_names(wanted)
@@ -159,8 +161,20 @@ def choose_adapter(candidates: list[Candidate], pack_name: str, *, model: str | 
     if model is None and len({c.base_id for c in pool}) > 1:
         raise HubError(f"adapters for {what} exist for several base models; pass --model", file=f"pack:{pack_name}",
                        hint=_candidates_hint(pool, pack_name))
+    _refuse_builds_of_one_version(pool, what, pack_name)
     tagged = [c for c in pool if c.revision != DEFAULT_BRANCH] or pool
     return max(tagged, key=lambda c: c.last_modified)
+
+
+def _refuse_builds_of_one_version(pool: list[Candidate], what: str, pack_name: str) -> None:
+    """A HubError when the best candidates were trained on versions that differ only in build metadata
+    (1.0.0+a, 1.0.0+b): SemVer gives them one precedence, so neither is the newest, and the most recently
+    modified one was pulled, a choice the user could neither see nor predict between two policies."""
+    builds = sorted({c.pack_version for c in pool})
+    if len(builds) > 1:
+        raise HubError(f"adapters for {what} were trained on {', '.join(builds)}, one version by SemVer "
+                       "precedence (build metadata after '+' does not order versions), so none is the newest",
+                       file=f"pack:{pack_name}", hint=_candidates_hint(pool, pack_name))
 
 
 def _candidates_hint(candidates: list[Candidate], pack_name: str) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import json
 import os
 import shutil
 import sys
@@ -353,9 +354,26 @@ def evaluate(
             "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "versions": versions(),
         }
+        summary["timestamp"] = earlier_timestamp(Path(out_dir) / "eval.json", summary) or summary["timestamp"]
         result = write_eval(out_dir, summary, rows)
         generated.journal.path.unlink(missing_ok=True)  # everything it held is in responses.jsonl now
         return result
+
+
+def earlier_timestamp(path: Path, summary: Mapping[str, Any]) -> str | None:
+    """The timestamp of the eval.json at `path` when it records this very evaluation (all else equal),
+    else None. An evaluation run again with the same results rewrote eval.json with only a new time:
+    the model card lists its sha256, so the card changed too, and `pa push` (or `pa apply --push-to`)
+    of a run already published refused on its tag and advised publishing the same results again
+    under another one."""
+    try:
+        earlier = read_json(path) if path.is_file() else None
+    except (OSError, PolicyAlignError):  # unreadable: written over, as before
+        return None
+    if not isinstance(earlier, dict) or not isinstance(earlier.get("timestamp"), str):
+        return None
+    same = json.loads(json.dumps({**summary, "timestamp": earlier["timestamp"]}))
+    return earlier["timestamp"] if same == earlier else None
 
 
 def set_entry(eval_set: "EvalSet", evaluated: int) -> dict[str, Any]:

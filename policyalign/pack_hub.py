@@ -160,7 +160,7 @@ def _resolve_pack_revision(api: Any, repo_id: str, wanted: str | None, token: st
             return option, branches[option]
     if wanted and COMMIT_RE.match(wanted):
         return wanted, wanted
-    in_range = _highest_tag_in_range(tags, wanted) if wanted and not is_semver(wanted) else None
+    in_range = _highest_tag_in_range(repo_id, tags, wanted) if wanted and not is_semver(wanted) else None
     if in_range:
         return in_range, tags[in_range]
     from .registry import version_key
@@ -170,16 +170,26 @@ def _resolve_pack_revision(api: Any, repo_id: str, wanted: str | None, token: st
     raise HubError(f"no version {what}", file=repo_id, hint=f"published versions: {versions}")
 
 
-def _highest_tag_in_range(tags: Mapping[str, str], wanted: str) -> str | None:
+def _highest_tag_in_range(repo_id: str, tags: Mapping[str, str], wanted: str) -> str | None:
     """The `v<version>` tag of the highest published version in the range `wanted` (as a pack's
-    `name@range` picks everywhere else); "" when none is in it, None when `wanted` is not a range."""
+    `name@range` picks everywhere else); "" when none is in it, None when `wanted` is not a range.
+    Two builds of that version (v1.0.0+a, v1.0.0+b, tagged before `pa pack push` refused the second)
+    are a HubError naming both: one kept over the other by the order the Hub listed the tags."""
     try:
         versions = parse_range(wanted)
     except ValueError:
         return None
-    published = {Version.parse(tag[1:]): tag for tag in tags if tag.startswith("v") and is_semver(tag[1:])}
-    matching = [version for version in published if version in versions]
-    return published[max(matching)] if matching else ""
+    matching = [tag for tag in tags if tag.startswith("v") and is_semver(tag[1:]) and Version.parse(tag[1:]) in versions]
+    if not matching:
+        return ""
+    highest = max(Version.parse(tag[1:]) for tag in matching)
+    builds = sorted(tag for tag in matching if Version.parse(tag[1:]) == highest)
+    if len(builds) > 1:
+        raise HubError(f"the highest version in {wanted!r}, {Version(*highest.release, highest.pre)}, is published as "
+                       f"{len(builds)} builds ({', '.join(map(_shown, builds))}), and build metadata (after `+`) "
+                       "does not order versions",
+                       file=repo_id, hint=f"name the one to install, e.g. `pa pack pull {repo_id}@{_shown(builds[0][1:])}`")
+    return builds[0]
 
 
 def _read_pack_card(repo_id: str, commit: str, workdir: Path, token: str | None) -> dict[str, Any]:

@@ -165,6 +165,32 @@ def test_push_run_api(hub_server, make_run, tmp_path: Path, monkeypatch: pytest.
 
 
 
+def test_a_tag_holding_this_runs_files_under_another_card_is_not_taken_for_this_push(  # type: ignore[no-untyped-def]
+        hub_server, make_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pa apply --push-to` run again with --license mit after publishing without one: the push failed on
+    the tag, `published_url` found the same files there and recorded the push as done, reporting the
+    run published while the Hub's card still said `license: other`; `pa push --license mit` said
+    "already published, nothing to push"."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_ENDPOINT", hub_server.endpoint)
+    monkeypatch.setenv("HF_TOKEN", hub_server.token)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    run, repo = make_run(tmp_path / "run", make_pack(tmp_path / "packs", "relicensed")), "org/relicensed"
+    url = adapter_push.push_run(run, repo)
+    assert adapter_push.published_url(run, repo) == url  # the very card: a push killed before it was recorded
+    assert adapter_push.published_url(run, repo, license="mit") is None
+    with pytest.raises(HubError) as caught:
+        adapter_push.push_adapter(run, repo, license="mit")
+    hint = str(caught.value.problem.hint)
+    assert "published with another card" in hint and "--revision" in hint and "nothing to push" not in hint
+    with pytest.raises(HubError, match="already has a tag") as caught:
+        adapter_push.push_adapter(run, repo)
+    assert "already published, nothing to push" in str(caught.value.problem.hint)
+    assert card.parse_card(hub_server.read(repo, "README.md").decode())[0]["license"] == "other"
+
+
 # --------------------------------------------------------------------------- the real Hub (opt-in)
 
 

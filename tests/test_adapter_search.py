@@ -118,6 +118,21 @@ def test_choose_adapter_rules() -> None:
 
 
 
+def test_choose_adapter_does_not_guess_between_builds_of_one_version() -> None:
+    """1.0.0+a and 1.0.0+b have one SemVer precedence: `pa pull --pack p` pulled whichever was modified
+    last, and `--pack p@1.0.0+a` pulled 1.0.0+b when that one was newer."""
+    from policyalign.semver import VersionRange
+
+    pool = [_candidate("o/r", "1.0.0+a", digest="a", when="2026-01-01"),
+            _candidate("o/r", "1.0.0+b", digest="b", when="2026-02-01"), _candidate("o/old", "0.9.0")]
+    for versions in (None, VersionRange("^1"), VersionRange("1.0.0")):
+        with pytest.raises(HubError, match=r"trained on 1\.0\.0\+a, 1\.0\.0\+b, one version by SemVer precedence") as caught:
+            adapter_search.choose_adapter(pool, "p", versions=versions)
+        assert "o/r@p-v1.0.0+a" in str(caught.value.problem.hint) and "pa pull ORG/NAME@REV" in str(caught.value.problem.hint)
+    assert adapter_search.choose_adapter(pool, "p", versions=VersionRange("1.0.0+a")).revision == "p-v1.0.0+a"
+    assert adapter_search.choose_adapter(pool, "p", local_version="1.0.0+a").revision == "p-v1.0.0+a"
+
+
 def test_choose_adapter_honours_a_pinned_base_commit() -> None:
     """`--model M@COMMIT` picks the adapter trained on that commit of M, not a newer one trained on
     other weights after `main` moved (which the pin was given to avoid)."""

@@ -375,3 +375,40 @@ def test_an_adapter_trained_on_another_version_of_the_pack_is_named(tmp_path: Pa
         (adapter / "policyalign.json").write_text(broken)
         note = trained_elsewhere(adapter, pack)
         assert note is not None and f"{adapter / 'policyalign.json'} {says}" in note and "unknown" in note
+
+
+@pytest.mark.slow
+def test_an_evaluation_run_again_with_the_same_results_leaves_a_published_run_published(
+        tmp_path: Path, fixture_packs: Path, hub_server, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """Re-running a published run's evaluation, with the same results, rewrote eval.json with a new
+    timestamp only: the card (which lists its sha256) changed, and `pa apply --push-to` and `pa push`
+    refused on the run's own tag, advising to publish the same results again under another one."""
+    import huggingface_hub.constants
+
+    from policyalign.adapter_push import push_adapter
+    from policyalign.apply import ApplyOptions, apply
+    from policyalign.run import read_manifest
+
+    monkeypatch.setenv("HF_ENDPOINT", hub_server.endpoint)
+    monkeypatch.setenv("HF_TOKEN", hub_server.token)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
+    pack, run, repo = Registry([fixture_packs]).load("root-pack"), tmp_path / "run", "org/re-evaluated"
+    settings = dict(pack=str(fixture_packs / "root-pack"), model="tiny", out=run, n=2, max_steps=2, eval_limit=2,
+                    batch_size=4, max_new_tokens=8, progress=False, push_to=repo)
+    options = lambda: ApplyOptions(**settings, explicit=set(settings))  # noqa: E731
+    apply(dataclasses.replace(options(), push_to=None), pack)
+    after = run / "eval" / "after" / "eval.json"
+    summary = json.loads(after.read_text())  # an eval from long ago: a new one could not share its second
+    after.write_text(json.dumps({**summary, "timestamp": "2020-01-01T00:00:00+00:00"}, indent=2) + "\n")
+    first = apply(options(), pack)
+    published = after.read_bytes()
+
+    ran = read_manifest(run)["stages"]["eval_after"]["options"]
+    evaluate(pack, "tiny", adapter=run / "adapter", judge=ran["judge"], limit=ran["limit"],
+             params=greedy_params(ran["max_new_tokens"]), out_dir=after.parent)
+    assert after.read_bytes() == published, "the same results: the eval.json that was published"
+    again = apply(options(), pack)
+    assert [s.status for s in again.stages][-1] == "skipped" and again.url == first.url
+    with pytest.raises(PolicyAlignError, match="already published, nothing to push"):
+        push_adapter(run, repo)
+    assert hub_server.tags(repo) == [f"{pack.name}-v{pack.version}"]

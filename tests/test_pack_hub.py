@@ -162,6 +162,26 @@ def test_pack_pull_of_a_range_installs_the_highest_published_version_in_it(cli: 
 
 
 
+def test_pack_pull_of_a_range_does_not_guess_between_two_builds_of_its_highest_version(cli: Cli, hub_server,  # type: ignore[no-untyped-def]
+                                                                                       tmp_path: Path) -> None:
+    """A repository tagged v1.0.0+a and v1.0.0+b (before `pa pack push` refused the second): one SemVer
+    precedence, and `pa pack pull ORG/NAME@^1` installed whichever tag the Hub listed last."""
+    cli.ok("pack", "push", str(make_pack(tmp_path / "b", "builds", version="1.0.0+b")), "--repo-id", "org/builds-b")
+    cli.ok("pack", "push", str(make_pack(tmp_path / "a", "builds", version="1.0.0+a")), "--repo-id", "org/builds")
+    b_repo = hub_server.repo_path("org/builds-b", "dataset")
+    files = {path: hub_server.read("org/builds-b", path, repo_type="dataset")
+             for path in hub_server.store.files(b_repo, "main")}
+    hub_server.put_files("org/builds", files, "1.0.0+b, as an older policyalign pushed it", repo_type="dataset")
+    hub_server.store.tag("dataset", "org/builds", "main", "v1.0.0+b", None)
+    assert sorted(hub_server.tags("org/builds", "dataset")) == ["v1.0.0+a", "v1.0.0+b"]
+
+    for spec in ("org/builds@^1", "org/builds@>=1.0.0"):
+        failed = cli.fails(1, "pack", "pull", spec, "--to", str(tmp_path / "x")).stderr
+        assert "1.0.0, is published as 2 builds (v1.0.0+a, v1.0.0+b)" in failed, failed
+        assert "pa pack pull org/builds@1.0.0+a" in failed
+    assert "installed builds@1.0.0+b" in cli.ok("pack", "pull", "org/builds@1.0.0+b", "--to", str(tmp_path / "y")).stdout
+
+
 def test_pack_with_parents_pulls_when_parents_are_local(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cli.ok("pack", "push", str(cli.packs / "child-pack"), "--repo-id", "org/child-pack")
     cli.ok("pack", "pull", "org/child-pack@1.0.0", "--to", str(tmp_path / "installed"))
