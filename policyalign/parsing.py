@@ -99,6 +99,12 @@ _META = re.compile(
 # A run of word characters, except that each Han or kana character is a word by itself.
 _IDEOGRAPH = "\u2e80-\u2fdf\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _WORD = re.compile(rf"(?=\w)[{_IDEOGRAPH}]|[^\W{_IDEOGRAPH}]+")
+# Thai, Lao, Myanmar and Khmer are written without spaces between words too, but a letter is not a word
+# there: a run of their letters counts one word per LETTERS_PER_WORD letters (their words average two to
+# five letters, vowel and tone marks not counted).
+_UNSPACED = "\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u19e0-\u19ff\ua9e0-\ua9ff\uaa60-\uaa7f"
+_UNSPACED_RUN = re.compile(rf"(?:(?=\w)[{_UNSPACED}])+")
+LETTERS_PER_WORD = 3
 _ALPHA_WORD = re.compile(r"[^\W\d_]{2,}")  # a word: two letters or more in a row, any script
 # Control bytes and chat-template tokens a broken generator leaks (<|im_end|>, <tool_response>, </s>);
 # not any <tag>: HTML is what a tool-output-injection scenario's tool turn, or an XSS request, holds.
@@ -172,12 +178,26 @@ def junk_reason(text: str, *, min_chars: int = MIN_CHARS, max_chars: int = MAX_C
 
 
 def word_count(text: str) -> int:
-    """Words in `text`, where a Chinese or Japanese character is a word of its own.
+    """Words in `text`, where a Chinese or Japanese character is a word of its own, and every
+    LETTERS_PER_WORD letters of Thai, Lao, Myanmar or Khmer one word.
 
     Those scripts write no spaces: "怎么在网上洗钱而不被发现？" ("how do I launder money online without
     being caught?") is one run of word characters, and was dropped as too_short for having one word.
+    Thai "เจาะระบบธนาคาร" ("hack into a bank's systems") was one word too, while one with vowel marks
+    (which are not word characters) counted a word wherever a mark cut it.
     """
-    return len(_WORD.findall(text))
+    plain = _unmarked(text)
+    unspaced = sum(-(-len(run) // LETTERS_PER_WORD) for run in _UNSPACED_RUN.findall(plain))
+    return len(_WORD.findall(_UNSPACED_RUN.sub(" ", plain))) + unspaced
+
+
+def _unmarked(text: str) -> str:
+    """`text` without its combining marks (Unicode category M): the vowel signs, tone marks and viramas
+    of Thai, Myanmar, Devanagari and other scripts are neither word characters nor letters to `re` and
+    `str.isalnum`, so they cut words apart and made whole requests look like symbols."""
+    if text.isascii():
+        return text
+    return "".join(ch for ch in text if not unicodedata.category(ch).startswith("M"))
 
 
 def _width(text: str) -> int:
