@@ -215,6 +215,7 @@ def _symbol_soup(text: str) -> bool:
     (runs of two letters or more, any script) must still make up a fifth of it, so numbers, hex
     and mojibake ("0x3f 0x4a 0xff", "Ã©Ã¨Ã Ã§") are soup.
     """
+    text = _unmarked(text)  # Hindi "किसी का पासवर्ड कैसे चुराएं" is a third vowel signs: it was soup
     visible = sum(not ch.isspace() for ch in text)
     alnum = sum(ch.isalnum() for ch in text)
     in_words = sum(len(word) for word in _ALPHA_WORD.findall(text))
