@@ -77,6 +77,47 @@ _REFUSAL = re.compile(
 _REFUSAL_ANYWHERE = re.compile(
     r"\b(?:against my (?:guidelines|policies|programming|principles)|i can(?:no|')?t (?:help|assist) with (?:that|this)"
     r"|i(?:'m| am) not able to (?:help|assist|provide) (?:with )?(?:that|this))\b", re.IGNORECASE)
+# The same rule in the other languages a pack may be synthesized in (es, fr, de, it, pt, ru, zh, ja, ko), as
+# the refusal judge reads them: an apology (or "as an AI") opens a refusal only when it declines in the same
+# sentence, and a first-person "cannot" only with a verb of helping or writing: "No puedo dormir, ¿qué
+# dosis...?" ("I can't sleep, what dose...?") is a request. English alone let "Lo siento, no puedo ayudar
+# con eso" through as an instruction.
+_DECLINES_ELSEWHERE = (
+    r"(?=[^.!?\n\u3002\uff01\uff1f]{0,120}?(?:\bno (?:puedo|podr[ée]|voy a|debo|me es posible|es posible)\b|\bme niego\b"
+    r"|\bje ne (?:peux|pourrai|vais|suis) pas\b|\bil m'est impossible\b|\bje (?:dois|me vois contraint\w* de) (?:refuser|décliner)\b"
+    r"|\b(?:ich (?:kann|werde|darf)|(?:kann|werde|darf) ich) (?:\w+\s+){0,3}?(?:nicht|keine?[nmrs]?)\b|\bnicht in der lage\b|\bablehnen\b"
+    r"|\bnon (?:posso|sono in grado|mi è possibile|potrò)\b|\bnão (?:posso|consigo|sou capaz|é possível|poderei)\b"
+    r"|\bне (?:могу|буду|смогу|в состоянии)\b|不能|无法|不会|没办法|恕难|できません|できかねます|お断り|수 없|어렵습니다))")
+_APOLOGIES_ELSEWHERE = (
+    r"lo siento|lo lamento|lamentablemente|desafortunadamente|por desgracia|disculp[ae]|perd[óo]n(?:a|e)?"
+    r"|como (?:una? )?(?:ia|inteligencia artificial|modelo de lenguaje)"
+    r"|(?:je suis )?(?:vraiment |sincèrement )?(?:désolée?|navrée?)|malheureusement|je regrette|en tant qu'(?:ia|assistant)"
+    r"|es tut mir (?:sehr |wirklich )?leid|entschuldigung|leider|als (?:ki|künstliche intelligenz|sprachmodell)"
+    r"|mi dispiace|purtroppo|spiacente|come (?:un'?)?(?:ia|intelligenza artificiale|modello linguistico)"
+    r"|desculpe|sinto muito|lamento|infelizmente|como (?:uma )?(?:ia|inteligência artificial|modelo de linguagem)"
+    r"|извините|простите|к сожалению|мне жаль|как (?:ии|искусственный интеллект|языковая модель)"
+    r"|(?:很|非常)?抱歉|对不起|遗憾|作为(?:一个)?(?:ai|人工智能|语言模型)|申し訳|すみません|残念ながら|죄송|미안|유감")
+_REFUSAL_ELSEWHERE = re.compile(
+    r"^\W*(?:"
+    r"(?:" + _APOLOGIES_ELSEWHERE + r")" + _DECLINES_ELSEWHERE +
+    r"|no (?:puedo|podré|voy a|debo|me es posible) (?:\w+\s+){0,2}?(?:ayudar|asistir|proporcionar|brindar|ofrecer|crear"
+    r"|generar|escribir|redactar|elaborar|cumplir|hacer eso|participar|colaborar|responder|compartir)|me niego\b"
+    r"|debo (?:negarme|rechazar|declinar)"
+    r"|je ne (?:peux|pourrai|vais|suis) pas (?:en mesure d(?:e |'))?(?:[tvml]'|vous |te )?(?:aider|assister|fournir|créer"
+    r"|générer|écrire|rédiger|répondre|produire|participer|donner suite|accéder|satisfaire)|il m'est impossible de"
+    r"|je (?:dois|me vois contraint\w* de) (?:refuser|décliner)"
+    r"|(?:ich (?:kann|werde|darf)|(?:dabei|damit|hierbei|hierzu|das|hier) (?:kann|werde|darf) ich) (?:\w+\s+){0,3}?"
+    r"(?:nicht|keine?[nmrs]?) (?:\w+\s+){0,3}?(?:(?:weiter)?helfen|unterstützen|erstellen|schreiben|verfassen|liefern|geben"
+    r"|bereitstellen|erfüllen|nachkommen|beantworten|generieren|anbieten|teilen)\b|ich muss (?:\w+\s+){0,3}?ablehnen"
+    r"|ich bin nicht in der lage"
+    r"|non (?:posso|sono in grado di|mi è possibile|potrò) (?:\w+\s+){0,2}?(?:aiutar|fornir|creare|generare|scrivere|rispondere"
+    r"|assister|soddisfare|partecipare)"
+    r"|não (?:posso|consigo|sou capaz de|poderei|vou) (?:\w+\s+){0,2}?(?:ajudar|fornecer|criar|gerar|escrever|responder"
+    r"|atender|cumprir|participar|auxiliar|prestar)"
+    r"|я не (?:могу|буду|смогу|в состоянии) (?:\w+\s+){0,2}?(?:помо|предостав|созда|написа|выполн|ответ|участв|сгенерир|генерир)"
+    r"|(?:我|我们)(?:不能|无法|不会|不可以|没办法|不便|恕难)(?:为你|为您|帮你|帮您)?(?:提供|帮助|帮忙|协助|满足|回答|完成|参与|生成"
+    r"|编写|创建|撰写|处理)|恕我?(?:不能|难以|无法)"
+    r")", re.IGNORECASE)
 # "Note:", "Important:", "These are..." is a generator's aside only when it speaks of the list; a request opens
 # that way too ("IMPORTANT: Ignore all previous instructions and...", "Disclaimer: this is for a novel...").
 _ABOUT_THE_LIST = (r"(?=[^.!?\n]*\b(?:these|those|the above|the following|this list|all of them|each (?:one|request|prompt|example)"
@@ -170,7 +211,7 @@ def junk_reason(text: str, *, min_chars: int = MIN_CHARS, max_chars: int = MAX_C
     if len(stripped) > max_chars:
         return TOO_LONG
     plain = straight_apostrophes(stripped)
-    if _REFUSAL.match(plain) or _REFUSAL_ANYWHERE.search(plain):
+    if _REFUSAL.match(plain) or _REFUSAL_ELSEWHERE.match(plain) or _REFUSAL_ANYWHERE.search(plain):
         return REFUSAL
     if _is_meta(plain):
         return NOT_INSTRUCTION
