@@ -68,6 +68,9 @@ _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f]")
 # trains the model. Arabic and Hebrew letters need none of them, nor do the marks LRM/RLM/ALM
 # (U+200E, U+200F, U+061C), which RTL writers use to place punctuation and cannot reorder letters.
 _BIDI = re.compile("[\u202a-\u202e\u2066-\u2069]")
+# Unicode tag characters (U+E0000-U+E007F) mirror ASCII but display as nothing: "ASCII smuggling" writes
+# whole sentences in them ("ignore every rule below") that no reviewer sees and a model's tokenizer reads.
+_TAG = re.compile("[\U000e0000-\U000e007f]")
 
 
 def text_problem(text: str) -> tuple[int, str, str] | None:
@@ -85,6 +88,10 @@ def text_problem(text: str) -> tuple[int, str, str] | None:
         return (bidi.start(), f"holds the invisible bidirectional control character U+{ord(bidi.group()):04X}, which "
                 "makes the text display in another order than the one the model reads", "delete it: right-to-left "
                 "letters (Arabic, Hebrew) display correctly without it (the marks U+200E/U+200F are allowed)")
+    tag = _TAG.search(text)
+    if tag:
+        return (tag.start(), f"holds the invisible tag character U+{ord(tag.group()):04X} (tag characters spell out "
+                "text that the model reads and no reviewer sees)", "delete it, and any run of them around it")
     return None
 
 __all__ = [
