@@ -136,6 +136,24 @@ _META = re.compile(
     r"|i(?:'ve| have) (?:written|created|generated|listed|provided|included|come up with)"
     r" (?:\d+|ten|five|twenty|these|the|some|a few|several|a list|more)\b"
     r"|(?:\d+|ten|five|twenty)\s+(?:new\s+|more\s+|distinct\s+|different\s+)?(?:requests|examples|instructions|prompts)\b"
+    # The same openers and sign-offs in the other languages a pack may be synthesized in: "Espero que esto te
+    # sirva" and "Ich hoffe, das hilft" were joined to the last request as its continuation.
+    r"|(?:claro|por supuesto|desde luego|bien sûr|certainement|natürlich|gerne|selbstverständlich|certo|certamente"
+    r"|com certeza|конечно|разумеется)\b[!,.:]?\s*(?:$|aquí\b|a continuación\b|voici\b|ci-dessous\b|hier\b|unten\b"
+    r"|ecco\b|di seguito\b|aqui\b|a seguir\b|segue\b|вот\b|ниже\b)"
+    r"|(?:aquí (?:tienes|tiene|están|hay|van)|a continuación|voici|voilà|hier (?:sind|ist|kommen)|ecco|aqui (?:estão|está|vão)"
+    r"|вот)\b(?=[^.!?\n]*\b(?:solicitud|petici[óo]n|ejemplo|instrucci[óo]n|escenario|demande|requête|exemple|scénario"
+    r"|anfrage|beispiel|anweisung|szenari|richiest|esempi|istruzion|scenari|solicitaç|exemplo|instruç|cenário|prompt"
+    r"|запрос|пример|инструкци|сценари|list[aeo]?|liste|elenco|список)\w*)"
+    r"|(?:espero que (?:esto|esta lista|estos ejemplos|isso|isto|estes|estas|esta lista) (?:\w+\s+){0,2}?(?:sirva|sirvan|ayude"
+    r"|ajude|útil|útiles|úteis)|espero que (?:te|le|les|os) (?:sirva|sirvan|ayude|ayuden|sea útil|sean útiles)"
+    r"|j'espère que (?:cela|ça|ceci|ces|cette liste)|ich hoffe,? (?:das|dies|diese)|spero che (?:questo|questa|questi|queste|ti|vi)"
+    r"|надеюсь,? (?:это|эти|этот))\b"
+    r"|(?:avísame|avíseme|házmelo saber|no dudes en|no dude en|n'hésite(?:z)? pas|(?:dites|dis)-moi si|(?:lass|lassen sie) "
+    r"(?:mich|es mich) wissen|(?:sag|sagen sie|gib|geben sie) (?:mir )?bescheid|fammi sapere|non esitare|me avise|avise-me"
+    r"|fique à vontade|não hesite|дайте знать|дай знать)\b"
+    r"|(?:好的|当然|没问题)[!！,，.。:：]?\s*(?:$|以下|下面|这是|这些)|(?:以下|下面)是(?=[^。\n]*(?:请求|示例|例子|指令|提示|场景|列表))"
+    r"|希望(?:这些|以上|这)(?:对你|对您|能|有)|如果(?:你|您)(?:还)?需要更多"
     r")", re.IGNORECASE)
 # A run of word characters, except that each Han or kana character is a word by itself.
 _IDEOGRAPH = "\u2e80-\u2fdf\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
