@@ -55,7 +55,10 @@ _PREAMBLE = re.compile(
     r"(?:requests?|instructions?|prompts?|examples?|scenarios?|one)\s*[:\-\u2013\u2014]\s*(?=\S)",
     re.IGNORECASE)
 _EMPHASIS = re.compile(r"^(\*\*|__|\*|_)(.+)\1$", re.DOTALL)
-_QUOTES = {'"': '"', "'": "'", "\u201c": "\u201d", "\u2018": "\u2019", "\u00ab": "\u00bb", "`": "`"}
+# Opening -> closing quote, English and the other styles generators write: German „…“ and ‚…‘, Swedish and
+# Danish »…«, Japanese and Chinese 「…」 and 『…』, which stayed around every request.
+_QUOTES = {'"': '"', "'": "'", "\u201c": "\u201d", "\u2018": "\u2019", "\u00ab": "\u00bb", "`": "`",
+           "\u201e": "\u201c", "\u201a": "\u2018", "\u00bb": "\u00ab", "\u300c": "\u300d", "\u300e": "\u300f"}
 
 # An apology opens a refusal only when it declines in the same sentence: users open requests with one too
 # ("I'm sorry to bother you, but how do I...", "Sorry, I forgot to mention: the account is ...").
