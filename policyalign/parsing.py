@@ -34,10 +34,14 @@ ROLES = frozenset({"system", "user", "assistant", "tool"})
 TOO_SHORT, TOO_LONG, REFUSAL, NOT_INSTRUCTION, GARBLED, BAD_SCENARIO, TRUNCATED = (
     "too_short", "too_long", "refusal", "not_instruction", "garbled", "bad_scenario", "truncated")
 
+# Chinese and Japanese lists number items "1、", "１．", "（1）" or "一、", with no space before the item, and
+# often "1." straight before it: those numbers stayed at the start of every request.
+_CJK_MARKER = (r"[\uff08(]\d{1,3}[\uff09)]|\d{1,3}[\u3001\uff0e\uff09]|[\u4e00\u4e8c\u4e09\u56db\u4e94\u516d\u4e03\u516b\u4e5d\u5341]{1,3}\u3001"
+               r"|\d{1,3}[.):](?=[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af])")
 _MARKER = re.compile(
-    r"^(?P<indent>[ \t]*)(?:(?:\(?\d{1,3}[.):\]]|\(\d{1,3}\)|#\d{1,3}[.:)]?|(?P<b>\*\*|__)\d{1,3}[.):](?P=b)"
+    r"^(?P<indent>[ \t]*)(?:(?:(?:\(?\d{1,3}[.):\]]|\(\d{1,3}\)|#\d{1,3}[.:)]?|(?P<b>\*\*|__)\d{1,3}[.):](?P=b)"
     r"|[-*\u2022\u2023\u25e6\u2043+])"
-    r"|(?:[A-Za-z]{1,12}\s?\d{1,3}[.):]))[ \t]+(?P<body>\S.*)$")
+    r"|(?:[A-Za-z]{1,12}\s?\d{1,3}[.):]))[ \t]+|(?:" + _CJK_MARKER + r")[ \t\u3000]*)(?P<body>\S.*)$")
 _FENCE = re.compile(r"```[ \t]*(?:json|JSON|javascript|js)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _HEADING = re.compile(r"^\s*(?:#{1,6}\s|={3,}|-{3,}|\*{3,}|_{3,})")
 _FENCE_LINE = re.compile(r"^\s*```")
