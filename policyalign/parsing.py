@@ -56,7 +56,14 @@ _PLAIN_LABEL = re.compile(
 _PREAMBLE = re.compile(
     r"^(?:(?:sure(?: thing)?|certainly|of course|absolutely|okay|ok|alright|great)\b[!,.]?\s*)?"
     r"here(?: is|'s| are)\s+(?:(?:an?|one|the|another|your|some)\s+)?(?:[\w-]+\s+){0,2}?"
-    r"(?:requests?|instructions?|prompts?|examples?|scenarios?|one)\s*[:\-\u2013\u2014]\s*(?=\S)",
+    r"(?:requests?|instructions?|prompts?|examples?|scenarios?|one)\s*[:\-\u2013\u2014]\s*(?=\S)"
+    # The same in the languages whose openers `_META` knows: "Claro, aquí tienes una solicitud: ...".
+    r"|^(?:(?:claro|por supuesto|bien sûr|certainement|natürlich|gerne|certo|com certeza|конечно)\b\W*)?"
+    r"(?:aquí (?:tienes|tiene|está|están|va|hay)|voici|voilà|hier (?:ist|sind|kommt)|ecco|aqui (?:está|estão|vai)|вот)\s+"
+    r"(?:[\w'-]+\s+){0,3}?(?:solicitud|petici[óo]n|ejemplo|instrucci[óo]n|escenario|demande|requête|exemple|scénario"
+    r"|anfrage|beispiel|anweisung|szenario|richiest|esempi|istruzion|solicitaç|exemplo|instruç|cenário|prompt|запрос"
+    r"|пример)\w*\s*[:\-\u2013\u2014]\s*(?=\S)"
+    r"|^(?:(?:好的|当然)\W*)?(?:以下|下面|这)是[^:\uff1a\n]{0,6}?(?:请求|示例|例子|指令|提示|场景)\s*[:\uff1a]\s*(?=\S)",
     re.IGNORECASE)
 _EMPHASIS = re.compile(r"^(\*\*|__|\*|_)(.+)\1$", re.DOTALL)
 # Opening -> closing quote, English and the other styles generators write: German „…“ and ‚…‘, Swedish and
