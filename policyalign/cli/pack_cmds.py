@@ -131,7 +131,7 @@ def validate(
         if str(pack.root) not in report.failures:
             typer.echo(f"ok       {pack.ref:<28} {pack.root}  digest {pack.digest[:12]}")
     for path, problems in report.failures.items():
-        typer.echo(f"INVALID  {path}: {len(problems)} problem(s)", err=True)
+        typer.echo(f"INVALID  {_printable(path)}: {len(problems)} problem(s)", err=True)
         for problem in problems:
             typer.echo(f"  {problem}", err=True)
     for problem in report.index:
