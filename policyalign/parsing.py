@@ -41,7 +41,8 @@ _CJK_MARKER = (r"[\uff08(]\d{1,3}[\uff09)]|\d{1,3}[\u3001\uff0e\uff09]|[\u4e00\u
 _MARKER = re.compile(
     r"^(?P<indent>[ \t]*)(?:(?:(?:\(?\d{1,3}[.):\]]|\(\d{1,3}\)|#\d{1,3}[.:)]?|(?P<b>\*\*|__)\d{1,3}[.):](?P=b)"
     r"|[-*\u2022\u2023\u25e6\u2043+])"
-    r"|(?:[A-Za-z]{1,12}\s?\d{1,3}[.):]))[ \t]+|(?:" + _CJK_MARKER + r")[ \t\u3000]*)(?P<body>\S.*)$")
+    # "Request 3:", and in any script and French spacing: "Petición 3:", "Demande 3 :", "Запрос 3:"
+    r"|(?:[^\W\d_]{1,12}\s?\d{1,3}[ \t]?[.):]))[ \t]+|(?:" + _CJK_MARKER + r")[ \t\u3000]*)(?P<body>\S.*)$")
 _FENCE = re.compile(r"```[ \t]*(?:json|JSON|javascript|js)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _HEADING = re.compile(r"^\s*(?:#{1,6}\s|={3,}|-{3,}|\*{3,}|_{3,})")
 _FENCE_LINE = re.compile(r"^\s*```")
