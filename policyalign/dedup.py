@@ -64,6 +64,10 @@ _DELETED = re.compile("['\u2018\u2019\u02bc\u0060\u00b4\u00ad\u034f\u061c\u115f\
                       "\u200b-\u200f\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
                       "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]")
 _NON_WORD = re.compile(r"[\W_]+")
+# Han and kana: each character is a word (as parsing's word count has it). Chinese and Japanese write no
+# spaces, so a whole sentence was one "word": one shingle, and a copy of an eval prompt with one character
+# changed, or inside a longer request, was no copy at all (only exact copies were caught).
+_IDEOGRAPH = re.compile("[\u2e80-\u2fdf\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 # Cyrillic and Greek letters that look like a Latin letter (after casefold, so capitals too: "В" -> "в" -> "b"),
 # mapped to it: "cаt" with a Cyrillic "а" is "cat" to a reader, and must be to decontamination. No two
 # letters of one script map to the same Latin letter, so text wholly in Cyrillic or Greek compares as before.
@@ -88,7 +92,7 @@ def normalize(text: str) -> str:
     Apostrophes are deleted (so "don't" == "dont"); every other run of punctuation, symbols,
     control characters or whitespace becomes one space (so "step-by-step" == "step by step").
     NFKC folds full-width and compatibility forms; casefold handles "ß"/"ss" and other
-    non-ASCII case pairs; Cyrillic and Greek look-alikes of Latin letters become those letters
+    non-ASCII case pairs; each Chinese or Japanese character is a word of its own; Cyrillic and Greek look-alikes of Latin letters become those letters
     and invisible characters are deleted, so neither disguises a copy. ASCII text takes an
     equivalent fast path (a test checks it).
     """
@@ -100,7 +104,7 @@ def normalize(text: str) -> str:
 def _normalize_slow(text: str) -> str:
     """The general path alone (what the ASCII fast path must agree with)."""
     text = _DELETED.sub("", unicodedata.normalize("NFKC", text).casefold().translate(_CONFUSABLES))
-    return _NON_WORD.sub(" ", text).strip()
+    return _NON_WORD.sub(" ", _IDEOGRAPH.sub(r" \g<0> ", text)).strip()
 
 
 def shingles(text: str, k: int = DEFAULT_K) -> set[str]:

@@ -57,6 +57,12 @@ class Collector:
         except ValueError:
             return str(path)
 
+    def shown(self, path: Path | str) -> str:
+        """`rel(path)` as a problem prints it: escaped when it holds control characters, since a pack's
+        directory named `x\x1b]0;...` went as is to the terminal of whoever ran `pa validate --all`."""
+        name = self.rel(path)
+        return ascii(name)[1:-1] if text_problem(name) else name
+
     def add(self, file: Path | str, where: str, message: str, hint: str = "") -> None:
         """Keep a problem, once (an oversized eval set is found by `collect_files` and by its reader).
 
@@ -64,13 +70,13 @@ class Collector:
         eval set of junk take two minutes to report, and an 8 MB one (4 million lines) practically forever."""
         if self.overflowed:
             return
-        name = self.rel(self.root / file) if not Path(file).is_absolute() else self.rel(file)
+        name = self.shown(self.root / file) if not Path(file).is_absolute() else self.shown(file)
         key = (name, where, message)
         if key in self._seen:
             return
         if len(self._seen) >= MAX_PROBLEMS:
             self.overflowed = True
-            self.problems.append(Problem(file=self.rel(self.root), where="", message=f"more than {MAX_PROBLEMS} "
+            self.problems.append(Problem(file=self.shown(self.root), where="", message=f"more than {MAX_PROBLEMS} "
                                          "problems: the rest are not listed", hint="fix these and validate again"))
             return
         self._seen.add(key)

@@ -34,10 +34,15 @@ ROLES = frozenset({"system", "user", "assistant", "tool"})
 TOO_SHORT, TOO_LONG, REFUSAL, NOT_INSTRUCTION, GARBLED, BAD_SCENARIO, TRUNCATED = (
     "too_short", "too_long", "refusal", "not_instruction", "garbled", "bad_scenario", "truncated")
 
+# Chinese and Japanese lists number items "1、", "１．", "（1）" or "一、", with no space before the item, and
+# often "1." straight before it: those numbers stayed at the start of every request.
+_CJK_MARKER = (r"[\uff08(]\d{1,3}[\uff09)]|\d{1,3}[\u3001\uff0e\uff09]|[\u4e00\u4e8c\u4e09\u56db\u4e94\u516d\u4e03\u516b\u4e5d\u5341]{1,3}\u3001"
+               r"|\d{1,3}[.):](?=[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af])")
 _MARKER = re.compile(
-    r"^(?P<indent>[ \t]*)(?:(?:\(?\d{1,3}[.):\]]|\(\d{1,3}\)|#\d{1,3}[.:)]?|(?P<b>\*\*|__)\d{1,3}[.):](?P=b)"
+    r"^(?P<indent>[ \t]*)(?:(?:(?:\(?\d{1,3}[.):\]]|\(\d{1,3}\)|#\d{1,3}[.:)]?|(?P<b>\*\*|__)\d{1,3}[.):](?P=b)"
     r"|[-*\u2022\u2023\u25e6\u2043+])"
-    r"|(?:[A-Za-z]{1,12}\s?\d{1,3}[.):]))[ \t]+(?P<body>\S.*)$")
+    # "Request 3:", and in any script and French spacing: "Petición 3:", "Demande 3 :", "Запрос 3:"
+    r"|(?:[^\W\d_]{1,12}\s?\d{1,3}[ \t]?[.):]))[ \t]+|(?:" + _CJK_MARKER + r")[ \t\u3000]*)(?P<body>\S.*)$")
 _FENCE = re.compile(r"```[ \t]*(?:json|JSON|javascript|js)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _HEADING = re.compile(r"^\s*(?:#{1,6}\s|={3,}|-{3,}|\*{3,}|_{3,})")
 _FENCE_LINE = re.compile(r"^\s*```")
@@ -52,10 +57,20 @@ _PLAIN_LABEL = re.compile(
 _PREAMBLE = re.compile(
     r"^(?:(?:sure(?: thing)?|certainly|of course|absolutely|okay|ok|alright|great)\b[!,.]?\s*)?"
     r"here(?: is|'s| are)\s+(?:(?:an?|one|the|another|your|some)\s+)?(?:[\w-]+\s+){0,2}?"
-    r"(?:requests?|instructions?|prompts?|examples?|scenarios?|one)\s*[:\-\u2013\u2014]\s*(?=\S)",
+    r"(?:requests?|instructions?|prompts?|examples?|scenarios?|one)\s*[:\-\u2013\u2014]\s*(?=\S)"
+    # The same in the languages whose openers `_META` knows: "Claro, aquí tienes una solicitud: ...".
+    r"|^(?:(?:claro|por supuesto|bien sûr|certainement|natürlich|gerne|certo|com certeza|конечно)\b\W*)?"
+    r"(?:aquí (?:tienes|tiene|está|están|va|hay)|voici|voilà|hier (?:ist|sind|kommt)|ecco|aqui (?:está|estão|vai)|вот)\s+"
+    r"(?:[\w'-]+\s+){0,3}?(?:solicitud|petici[óo]n|ejemplo|instrucci[óo]n|escenario|demande|requête|exemple|scénario"
+    r"|anfrage|beispiel|anweisung|szenario|richiest|esempi|istruzion|solicitaç|exemplo|instruç|cenário|prompt|запрос"
+    r"|пример)\w*\s*[:\-\u2013\u2014]\s*(?=\S)"
+    r"|^(?:(?:好的|当然)\W*)?(?:以下|下面|这)是[^:\uff1a\n]{0,6}?(?:请求|示例|例子|指令|提示|场景)\s*[:\uff1a]\s*(?=\S)",
     re.IGNORECASE)
 _EMPHASIS = re.compile(r"^(\*\*|__|\*|_)(.+)\1$", re.DOTALL)
-_QUOTES = {'"': '"', "'": "'", "\u201c": "\u201d", "\u2018": "\u2019", "\u00ab": "\u00bb", "`": "`"}
+# Opening -> closing quote, English and the other styles generators write: German „…“ and ‚…‘, Swedish and
+# Danish »…«, Japanese and Chinese 「…」 and 『…』, which stayed around every request.
+_QUOTES = {'"': '"', "'": "'", "\u201c": "\u201d", "\u2018": "\u2019", "\u00ab": "\u00bb", "`": "`",
+           "\u201e": "\u201c", "\u201a": "\u2018", "\u00bb": "\u00ab", "\u300c": "\u300d", "\u300e": "\u300f"}
 
 # An apology opens a refusal only when it declines in the same sentence: users open requests with one too
 # ("I'm sorry to bother you, but how do I...", "Sorry, I forgot to mention: the account is ...").
@@ -77,6 +92,47 @@ _REFUSAL = re.compile(
 _REFUSAL_ANYWHERE = re.compile(
     r"\b(?:against my (?:guidelines|policies|programming|principles)|i can(?:no|')?t (?:help|assist) with (?:that|this)"
     r"|i(?:'m| am) not able to (?:help|assist|provide) (?:with )?(?:that|this))\b", re.IGNORECASE)
+# The same rule in the other languages a pack may be synthesized in (es, fr, de, it, pt, ru, zh, ja, ko), as
+# the refusal judge reads them: an apology (or "as an AI") opens a refusal only when it declines in the same
+# sentence, and a first-person "cannot" only with a verb of helping or writing: "No puedo dormir, ¿qué
+# dosis...?" ("I can't sleep, what dose...?") is a request. English alone let "Lo siento, no puedo ayudar
+# con eso" through as an instruction.
+_DECLINES_ELSEWHERE = (
+    r"(?=[^.!?\n\u3002\uff01\uff1f]{0,120}?(?:\bno (?:puedo|podr[ée]|voy a|debo|me es posible|es posible)\b|\bme niego\b"
+    r"|\bje ne (?:peux|pourrai|vais|suis) pas\b|\bil m'est impossible\b|\bje (?:dois|me vois contraint\w* de) (?:refuser|décliner)\b"
+    r"|\b(?:ich (?:kann|werde|darf)|(?:kann|werde|darf) ich) (?:\w+\s+){0,3}?(?:nicht|keine?[nmrs]?)\b|\bnicht in der lage\b|\bablehnen\b"
+    r"|\bnon (?:posso|sono in grado|mi è possibile|potrò)\b|\bnão (?:posso|consigo|sou capaz|é possível|poderei)\b"
+    r"|\bне (?:могу|буду|смогу|в состоянии)\b|不能|无法|不会|没办法|恕难|できません|できかねます|お断り|수 없|어렵습니다))")
+_APOLOGIES_ELSEWHERE = (
+    r"lo siento|lo lamento|lamentablemente|desafortunadamente|por desgracia|disculp[ae]|perd[óo]n(?:a|e)?"
+    r"|como (?:una? )?(?:ia|inteligencia artificial|modelo de lenguaje)"
+    r"|(?:je suis )?(?:vraiment |sincèrement )?(?:désolée?|navrée?)|malheureusement|je regrette|en tant qu'(?:ia|assistant)"
+    r"|es tut mir (?:sehr |wirklich )?leid|entschuldigung|leider|als (?:ki|künstliche intelligenz|sprachmodell)"
+    r"|mi dispiace|purtroppo|spiacente|come (?:un'?)?(?:ia|intelligenza artificiale|modello linguistico)"
+    r"|desculpe|sinto muito|lamento|infelizmente|como (?:uma )?(?:ia|inteligência artificial|modelo de linguagem)"
+    r"|извините|простите|к сожалению|мне жаль|как (?:ии|искусственный интеллект|языковая модель)"
+    r"|(?:很|非常)?抱歉|对不起|遗憾|作为(?:一个)?(?:ai|人工智能|语言模型)|申し訳|すみません|残念ながら|죄송|미안|유감")
+_REFUSAL_ELSEWHERE = re.compile(
+    r"^\W*(?:"
+    r"(?:" + _APOLOGIES_ELSEWHERE + r")" + _DECLINES_ELSEWHERE +
+    r"|no (?:puedo|podré|voy a|debo|me es posible) (?:\w+\s+){0,2}?(?:ayudar|asistir|proporcionar|brindar|ofrecer|crear"
+    r"|generar|escribir|redactar|elaborar|cumplir|hacer eso|participar|colaborar|responder|compartir)|me niego\b"
+    r"|debo (?:negarme|rechazar|declinar)"
+    r"|je ne (?:peux|pourrai|vais|suis) pas (?:en mesure d(?:e |'))?(?:[tvml]'|vous |te )?(?:aider|assister|fournir|créer"
+    r"|générer|écrire|rédiger|répondre|produire|participer|donner suite|accéder|satisfaire)|il m'est impossible de"
+    r"|je (?:dois|me vois contraint\w* de) (?:refuser|décliner)"
+    r"|(?:ich (?:kann|werde|darf)|(?:dabei|damit|hierbei|hierzu|das|hier) (?:kann|werde|darf) ich) (?:\w+\s+){0,3}?"
+    r"(?:nicht|keine?[nmrs]?) (?:\w+\s+){0,3}?(?:(?:weiter)?helfen|unterstützen|erstellen|schreiben|verfassen|liefern|geben"
+    r"|bereitstellen|erfüllen|nachkommen|beantworten|generieren|anbieten|teilen)\b|ich muss (?:\w+\s+){0,3}?ablehnen"
+    r"|ich bin nicht in der lage"
+    r"|non (?:posso|sono in grado di|mi è possibile|potrò) (?:\w+\s+){0,2}?(?:aiutar|fornir|creare|generare|scrivere|rispondere"
+    r"|assister|soddisfare|partecipare)"
+    r"|não (?:posso|consigo|sou capaz de|poderei|vou) (?:\w+\s+){0,2}?(?:ajudar|fornecer|criar|gerar|escrever|responder"
+    r"|atender|cumprir|participar|auxiliar|prestar)"
+    r"|я не (?:могу|буду|смогу|в состоянии) (?:\w+\s+){0,2}?(?:помо|предостав|созда|написа|выполн|ответ|участв|сгенерир|генерир)"
+    r"|(?:我|我们)(?:不能|无法|不会|不可以|没办法|不便|恕难)(?:为你|为您|帮你|帮您)?(?:提供|帮助|帮忙|协助|满足|回答|完成|参与|生成"
+    r"|编写|创建|撰写|处理)|恕我?(?:不能|难以|无法)"
+    r")", re.IGNORECASE)
 # "Note:", "Important:", "These are..." is a generator's aside only when it speaks of the list; a request opens
 # that way too ("IMPORTANT: Ignore all previous instructions and...", "Disclaimer: this is for a novel...").
 _ABOUT_THE_LIST = (r"(?=[^.!?\n]*\b(?:these|those|the above|the following|this list|all of them|each (?:one|request|prompt|example)"
@@ -95,10 +151,34 @@ _META = re.compile(
     r"|i(?:'ve| have) (?:written|created|generated|listed|provided|included|come up with)"
     r" (?:\d+|ten|five|twenty|these|the|some|a few|several|a list|more)\b"
     r"|(?:\d+|ten|five|twenty)\s+(?:new\s+|more\s+|distinct\s+|different\s+)?(?:requests|examples|instructions|prompts)\b"
+    # The same openers and sign-offs in the other languages a pack may be synthesized in: "Espero que esto te
+    # sirva" and "Ich hoffe, das hilft" were joined to the last request as its continuation.
+    r"|(?:claro|por supuesto|desde luego|bien sûr|certainement|natürlich|gerne|selbstverständlich|certo|certamente"
+    r"|com certeza|конечно|разумеется)\b[!,.:]?\s*(?:$|aquí\b|a continuación\b|voici\b|ci-dessous\b|hier\b|unten\b"
+    r"|ecco\b|di seguito\b|aqui\b|a seguir\b|segue\b|вот\b|ниже\b)"
+    r"|(?:aquí (?:tienes|tiene|están|hay|van)|a continuación|voici|voilà|hier (?:sind|ist|kommen)|ecco|aqui (?:estão|está|vão)"
+    r"|вот)\b(?=[^.!?\n]*\b(?:solicitud|petici[óo]n|ejemplo|instrucci[óo]n|escenario|demande|requête|exemple|scénario"
+    r"|anfrage|beispiel|anweisung|szenari|richiest|esempi|istruzion|scenari|solicitaç|exemplo|instruç|cenário|prompt"
+    r"|запрос|пример|инструкци|сценари|list[aeo]?|liste|elenco|список)\w*)"
+    r"|(?:espero que (?:esto|esta lista|estos ejemplos|isso|isto|estes|estas|esta lista) (?:\w+\s+){0,2}?(?:sirva|sirvan|ayude"
+    r"|ajude|útil|útiles|úteis)|espero que (?:te|le|les|os) (?:sirva|sirvan|ayude|ayuden|sea útil|sean útiles)"
+    r"|j'espère que (?:cela|ça|ceci|ces|cette liste)|ich hoffe,? (?:das|dies|diese)|spero che (?:questo|questa|questi|queste|ti|vi)"
+    r"|надеюсь,? (?:это|эти|этот))\b"
+    r"|(?:avísame|avíseme|házmelo saber|no dudes en|no dude en|n'hésite(?:z)? pas|(?:dites|dis)-moi si|(?:lass|lassen sie) "
+    r"(?:mich|es mich) wissen|(?:sag|sagen sie|gib|geben sie) (?:mir )?bescheid|fammi sapere|non esitare|me avise|avise-me"
+    r"|fique à vontade|não hesite|дайте знать|дай знать)\b"
+    r"|(?:好的|当然|没问题)[!！,，.。:：]?\s*(?:$|以下|下面|这是|这些)|(?:以下|下面)是(?=[^。\n]*(?:请求|示例|例子|指令|提示|场景|列表))"
+    r"|希望(?:这些|以上|这)(?:对你|对您|能|有)|如果(?:你|您)(?:还)?需要更多"
     r")", re.IGNORECASE)
 # A run of word characters, except that each Han or kana character is a word by itself.
 _IDEOGRAPH = "\u2e80-\u2fdf\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _WORD = re.compile(rf"(?=\w)[{_IDEOGRAPH}]|[^\W{_IDEOGRAPH}]+")
+# Thai, Lao, Myanmar and Khmer are written without spaces between words too, but a letter is not a word
+# there: a run of their letters counts one word per LETTERS_PER_WORD letters (their words average two to
+# five letters, vowel and tone marks not counted).
+_UNSPACED = "\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u19e0-\u19ff\ua9e0-\ua9ff\uaa60-\uaa7f"
+_UNSPACED_RUN = re.compile(rf"(?:(?=\w)[{_UNSPACED}])+")
+LETTERS_PER_WORD = 3
 _ALPHA_WORD = re.compile(r"[^\W\d_]{2,}")  # a word: two letters or more in a row, any script
 # Control bytes and chat-template tokens a broken generator leaks (<|im_end|>, <tool_response>, </s>);
 # not any <tag>: HTML is what a tool-output-injection scenario's tool turn, or an XSS request, holds.
@@ -164,7 +244,7 @@ def junk_reason(text: str, *, min_chars: int = MIN_CHARS, max_chars: int = MAX_C
     if len(stripped) > max_chars:
         return TOO_LONG
     plain = straight_apostrophes(stripped)
-    if _REFUSAL.match(plain) or _REFUSAL_ANYWHERE.search(plain):
+    if _REFUSAL.match(plain) or _REFUSAL_ELSEWHERE.match(plain) or _REFUSAL_ANYWHERE.search(plain):
         return REFUSAL
     if _is_meta(plain):
         return NOT_INSTRUCTION
@@ -172,12 +252,26 @@ def junk_reason(text: str, *, min_chars: int = MIN_CHARS, max_chars: int = MAX_C
 
 
 def word_count(text: str) -> int:
-    """Words in `text`, where a Chinese or Japanese character is a word of its own.
+    """Words in `text`, where a Chinese or Japanese character is a word of its own, and every
+    LETTERS_PER_WORD letters of Thai, Lao, Myanmar or Khmer one word.
 
     Those scripts write no spaces: "怎么在网上洗钱而不被发现？" ("how do I launder money online without
     being caught?") is one run of word characters, and was dropped as too_short for having one word.
+    Thai "เจาะระบบธนาคาร" ("hack into a bank's systems") was one word too, while one with vowel marks
+    (which are not word characters) counted a word wherever a mark cut it.
     """
-    return len(_WORD.findall(text))
+    plain = _unmarked(text)
+    unspaced = sum(-(-len(run) // LETTERS_PER_WORD) for run in _UNSPACED_RUN.findall(plain))
+    return len(_WORD.findall(_UNSPACED_RUN.sub(" ", plain))) + unspaced
+
+
+def _unmarked(text: str) -> str:
+    """`text` without its combining marks (Unicode category M): the vowel signs, tone marks and viramas
+    of Thai, Myanmar, Devanagari and other scripts are neither word characters nor letters to `re` and
+    `str.isalnum`, so they cut words apart and made whole requests look like symbols."""
+    if text.isascii():
+        return text
+    return "".join(ch for ch in text if not unicodedata.category(ch).startswith("M"))
 
 
 def _width(text: str) -> int:
@@ -195,6 +289,7 @@ def _symbol_soup(text: str) -> bool:
     (runs of two letters or more, any script) must still make up a fifth of it, so numbers, hex
     and mojibake ("0x3f 0x4a 0xff", "Ã©Ã¨Ã Ã§") are soup.
     """
+    text = _unmarked(text)  # Hindi "किसी का पासवर्ड कैसे चुराएं" is a third vowel signs: it was soup
     visible = sum(not ch.isspace() for ch in text)
     alnum = sum(ch.isalnum() for ch in text)
     in_words = sum(len(word) for word in _ALPHA_WORD.findall(text))

@@ -26,6 +26,7 @@ import hashlib
 import json
 import math
 import random
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -65,6 +66,9 @@ DECONTAM_K = 3
 # texts only count as exact copies: "Help me" or "How do I" inside an instruction is no copy of anything
 # (such a prompt would knock out 4-5% of the shipped packs' seeds and eval items).
 EMBED_MIN_WORDS = 5
+# A hyphen between two letters or digits: "ex-plo-sive" is three words to `normalize` (as "step-by-step" is
+# "step by step"), so a copy of an eval prompt with a word split by hyphens shared too few phrases with it.
+_INNER_HYPHEN = re.compile(r"(?<=\w)[-\u2010\u2011\ufe63\uff0d]+(?=\w)")
 BALANCE_FACTOR = 2.0
 # Generate this many batches per backend call, then write their cache files: an interruption
 # loses at most one call's work.
@@ -384,7 +388,21 @@ def _embedded_in(text: str, windows: Mapping[str, set[str]]) -> bool:
 def contaminated_positions(texts: Sequence[str], eval_prompts: Sequence[str],
                            threshold: float = DECONTAM_THRESHOLD) -> set[int]:
     """Positions of the `texts` that decontamination drops: near an eval prompt (3-gram Jaccard >=
-    threshold), containing one verbatim, or contained verbatim in one (both at least EMBED_MIN_WORDS words)."""
+    threshold), containing one verbatim, or contained verbatim in one (both at least EMBED_MIN_WORDS words).
+
+    A text with a hyphen inside a word is compared a second time with its hyphens (and the eval
+    prompts') deleted, so "ex-plo-sive" is "explosive"; it still counts as "ex plo sive" too."""
+    hit = _contaminated(texts, eval_prompts, threshold)
+    hyphenated = [i for i, text in enumerate(texts) if i not in hit and _INNER_HYPHEN.search(text)]
+    if hyphenated:
+        joined = _contaminated([_INNER_HYPHEN.sub("", texts[i]) for i in hyphenated],
+                               [_INNER_HYPHEN.sub("", prompt) for prompt in eval_prompts], threshold)
+        hit.update(hyphenated[j] for j in joined)
+    return hit
+
+
+def _contaminated(texts: Sequence[str], eval_prompts: Sequence[str], threshold: float) -> set[int]:
+    """`contaminated_positions` on the texts as `normalize` reads them."""
     prompts = [p for p in eval_prompts if normalize(p)]
     hit = {i for i, _, _ in find_near_duplicates(list(texts), prompts, threshold, k=DECONTAM_K)}
     embedded, windows = _embedding_index(prompts), _window_index(prompts)

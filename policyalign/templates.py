@@ -62,6 +62,15 @@ LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 # Control characters other than tab and line breaks (\n, \r, U+0085): terminal escapes (ESC, BEL, CSI)
 # that `pa show` and `pa render` would pass to the user's terminal, and junk in training data.
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f]")
+# Bidirectional embeddings, overrides and isolates (LRE, RLE, PDF, LRO, RLO, LRI, RLI, FSI, PDI):
+# invisible, they make text display in another order than the one the model reads ("Trojan
+# Source"), so a reviewer could approve a policy or description that says the opposite of what
+# trains the model. Arabic and Hebrew letters need none of them, nor do the marks LRM/RLM/ALM
+# (U+200E, U+200F, U+061C), which RTL writers use to place punctuation and cannot reorder letters.
+_BIDI = re.compile("[\u202a-\u202e\u2066-\u2069]")
+# Unicode tag characters (U+E0000-U+E007F) mirror ASCII but display as nothing: "ASCII smuggling" writes
+# whole sentences in them ("ignore every rule below") that no reviewer sees and a model's tokenizer reads.
+_TAG = re.compile("[\U000e0000-\U000e007f]")
 
 
 def text_problem(text: str) -> tuple[int, str, str] | None:
@@ -74,6 +83,15 @@ def text_problem(text: str) -> tuple[int, str, str] | None:
     if control:
         return (control.start(), f"holds the control character U+{ord(control.group()):04X} (terminal escapes and "
                 "other control characters are not allowed in pack text)", "delete it (tabs and newlines are fine)")
+    bidi = _BIDI.search(text)
+    if bidi:
+        return (bidi.start(), f"holds the invisible bidirectional control character U+{ord(bidi.group()):04X}, which "
+                "makes the text display in another order than the one the model reads", "delete it: right-to-left "
+                "letters (Arabic, Hebrew) display correctly without it (the marks U+200E/U+200F are allowed)")
+    tag = _TAG.search(text)
+    if tag:
+        return (tag.start(), f"holds the invisible tag character U+{ord(tag.group()):04X} (tag characters spell out "
+                "text that the model reads and no reviewer sees)", "delete it, and any run of them around it")
     return None
 
 __all__ = [

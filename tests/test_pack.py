@@ -186,6 +186,21 @@ def test_a_broken_synthesis_section_does_not_hide_template_syntax_errors(fixture
     assert any(m.startswith("root-pack/templates/plain.jinja") for m in messages), messages
 
 
+def test_right_to_left_text_and_its_marks_are_pack_text(fixture_packs: Path) -> None:
+    """Bidi overrides and isolates are refused (broken_packs: "Trojan Source"); Arabic and Hebrew, and the
+    marks RTL writers use for punctuation (U+200F, U+061C), are text like any other."""
+    root = fixture_packs / "root-pack"
+    manifest = root / "pack.yaml"
+    manifest.write_text(manifest.read_text(encoding="utf-8").replace(
+        "title: Scams\n", 'title: "Scams \u05d4\u05d5\u05e0\u05d0\u05d4 (\u0627\u062d\u062a\u064a\u0627\u0644)\u200f."\n'),
+        encoding="utf-8")
+    with (root / "policy.md").open("a", encoding="utf-8") as handle:
+        handle.write("2. \u0644\u0627 \u062a\u0633\u0627\u0639\u062f \u0641\u064a \u0627\u0644\u0627\u062d\u062a\u064a\u0627\u0644\u061c.\n")
+    pack = _load(fixture_packs, "root-pack")
+    assert pack.category("scams").title.endswith("\u200f.")
+    assert "\u061c" in pack.policy
+
+
 def test_digest_is_stable_across_copies_and_line_endings(fixture_packs: Path, tmp_path: Path) -> None:
     first = _load(fixture_packs, "root-pack").digest
     other = tmp_path / "copy" / "packs"

@@ -79,6 +79,16 @@ def test_an_eval_set_of_junk_lines_reports_a_bounded_number_of_problems(fixture_
     assert problems[-1].message == f"more than {MAX_PROBLEMS} problems: the rest are not listed"
 
 
+def test_a_pack_directory_named_with_a_terminal_escape_is_printed_escaped(fixture_packs: Path) -> None:
+    """`pa validate --all` over a directory holding `x\x1b]0;...\x07` (a contributed pack's folder) printed
+    its name raw, in the INVALID line and in every problem's file: the escape went to the terminal."""
+    (fixture_packs / "x\x1b]0;pwned\x07").mkdir()
+    result = CliRunner().invoke(app, ["validate", "--all", "--dir", str(fixture_packs)])
+    assert result.exit_code == 2
+    assert "\x1b" not in result.output and "\x07" not in result.output
+    assert "x\\x1b]0;pwned\\x07/pack.yaml: pack.yaml is missing" in result.output
+
+
 def test_a_file_name_with_a_terminal_escape_is_a_problem_printed_escaped(fixture_packs: Path) -> None:
     """A pack file named `\\x1b]0;...\\x07notes.txt` loaded (and was pushed), and any problem with it printed
     the name raw: the escape sequence went to the terminal of whoever ran `pa validate`."""

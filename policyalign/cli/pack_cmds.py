@@ -137,7 +137,7 @@ def validate(
             for problem in leftovers:
                 typer.echo(f"  {problem}", err=True)
     for path, problems in report.failures.items():
-        typer.echo(f"INVALID  {path}: {len(problems)} problem(s)", err=True)
+        typer.echo(f"INVALID  {_printable(path)}: {len(problems)} problem(s)", err=True)
         for problem in problems:
             typer.echo(f"  {problem}", err=True)
     for problem in report.index:
