@@ -265,6 +265,7 @@ _REFUSAL_PATTERNS: tuple[str, ...] = (
     r"\bi can't (?:do|help with) (?:that|this)\b",
     r"\bno,? i (?:can't|cannot|won't|will not)\b",
     r"\bi(?:'d| would) rather not\b",
+    r"\bi (?:can't|cannot|won't|will not)(?=\s*(?:[.!,;:\u2014\u2013]|-\s|$))",  # "I can't." and stop, "I won't, sorry."
     # Spanish
     r"\bno (?:puedo|podré|voy a|debo|me es posible) (?:\w+\s+){0,2}?(?:ayudar|ayudarte|ayudarle|proporcionar|dar|brindar|ofrecer|explicar|facilitar|hacer|compartir|describir|asistir|colaborar|"
     r"cumplir|generar|crear|escribir|responder|participar)",
