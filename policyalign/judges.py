@@ -88,13 +88,17 @@ class JudgeItem:
     policy: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
     forbidden_tools: tuple[str, ...] = ()
-    # The row's id, for errors about it (a judge prompt too long for the judge's context named
-    # "conversation N", its place in the judge's batch); also an addition with a default.
+    # The row's id, and the file and line it was read from (`pa judge`), for errors about it (a judge
+    # prompt too long for the judge's context named "conversation N", its place in the judge's batch);
+    # also additions with defaults.
     id: str = ""
+    file: str = ""
+    line: int = 0
 
     def conversation(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
-        """A generation request of `messages` for this item, named by its id where it has one."""
-        return {"messages": messages, **({"id": self.id} if self.id else {})}
+        """A generation request of `messages` for this item, named by its file, line and id where it has them."""
+        place = {"id": self.id, "file": self.file, "line": self.line}
+        return {"messages": messages, **{key: value for key, value in place.items() if value}}
 
 
 @dataclass(frozen=True)
