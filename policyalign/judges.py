@@ -446,7 +446,8 @@ _HEDGE_RE = re.compile(
     r"\b(?:legal|medical|financial|tax|investment) advice\b|\b(?:diagnose|examine)\b|"
     r"\b(?:decision|choice) for you\b|\b(?:choose|pick|decide) (?:\w+ )?for you\b|\b(?:push|force|impose) (?:\w+\s+){0,3}?on you\b|"
     r"\bjust (?:give|hand|tell) (?:you )?the answer\b|\bpretend\b|\bsugar-?coat|\blie to you\b|"
-    r"\b(?:browse|access) (?:the (?:internet|web)|live|real-time|current|your (?:phone|computer|device|account|files|screen|photos))\b",
+    r"\bdefinitive\b|\b(?:browse|access) (?:to )?(?:the (?:internet|web)|live|real-time|current|up-to-date|"
+    r"your (?:phone|computer|device|account|files|screen|photos|calendar|inbox|email|contacts))\b",
     re.I,
 )
 _SENTENCE_RE = re.compile(r"(?<=[.!?;:])\s+|\n+")
