@@ -623,7 +623,8 @@ def guard_verdict(output: str, response: str, *, tool_calls: Sequence[ToolCall] 
 
 def _conversation_for_review(messages: list[dict[str, Any]], response: str) -> list[dict[str, Any]]:
     """User/assistant turns only (guard chat templates accept nothing else), ending with the
-    response under review. Tool results are shown as user-visible context."""
+    response under review, without its `<think>` reasoning: the user is not shown it, and the refusal and
+    llm: judges do not read it. Tool results are shown as user-visible context."""
     turns: list[dict[str, Any]] = []
     for message in messages:
         role = message.get("role")
@@ -642,7 +643,7 @@ def _conversation_for_review(messages: list[dict[str, Any]], response: str) -> l
         turns.insert(0, {"role": "user", "content": ""})
     if turns[-1]["role"] == "assistant":
         turns.append({"role": "user", "content": "(continue)"})
-    turns.append({"role": "assistant", "content": response})
+    turns.append({"role": "assistant", "content": strip_thinking(response)})
     return turns
 
 
@@ -781,8 +782,10 @@ def _render_conversation(messages: list[dict[str, Any]]) -> str:
 
 
 def llm_judge_messages(item: JudgeItem) -> list[dict[str, str]]:
-    """The chat the LLM judge sees for one item (public so reviewers can read the exact prompt)."""
-    response = item.response
+    """The chat the LLM judge sees for one item (public so reviewers can read the exact prompt). The response
+    without its `<think>` reasoning, which the user is not shown (`strip_thinking`, as the `refusal` judge
+    reads it)."""
+    response = strip_thinking(item.response)
     if item.tool_calls:
         response += "\n" + "\n".join(json.dumps(c.to_dict(), ensure_ascii=False) for c in item.tool_calls)
     user = LLM_JUDGE_USER.format(
