@@ -74,12 +74,15 @@ def conversation(record: dict[str, Any]) -> tuple[list[Message], list[dict[str, 
 
 
 def record_place(record: dict[str, Any]) -> tuple[str, str]:
-    """(file, where) naming a record in errors: its optional `file` and its `id`, when it carries them.
+    """(file, where) naming a record in errors: its optional `file`, and its `line` in it and its `id`,
+    when it carries them.
 
     A conversation record is `{"messages", "tools"?}`; callers add `id` (and `file`, the JSONL it
-    came from) so an error about one of many records says which one, not only what is wrong.
+    came from, and `line`) so an error about one of many records says which one, not only what is wrong.
     """
-    return str(record.get("file") or ""), f"id {record['id']}" if "id" in record else ""
+    where = [f"line {record['line']}"] if record.get("line") else []
+    where += [f"id {record['id']}"] if "id" in record else []
+    return str(record.get("file") or ""), ", ".join(where)
 
 
 def _validated(messages: Any, where: str, file: str = "") -> list[Message]:

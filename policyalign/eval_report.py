@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InvalidInputError
-from .io import output_dir, read_json, read_jsonl, write_json, write_jsonl, write_text
+from .io import iter_jsonl, output_dir, read_json, write_json, write_jsonl, write_text
 from .metrics import RATE_METRICS, paired_p
 from .stats import format_change, format_p, format_rate, is_number
 
@@ -333,7 +333,25 @@ def responses_beside(source: Any) -> list[dict[str, Any]] | None:
         return None
     path = Path(source)
     path = (path if path.is_dir() else path.parent) / "responses.jsonl"
-    return read_jsonl(path) if path.is_file() else None
+    return _paired_rows(path) if path.is_file() else None
+
+
+def _paired_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a responses.jsonl, each (set, id) once: pairing keeps the last copy of a repeated
+    item on one side and pairs every copy on the other, so a hand-edited file with a row pasted twice
+    gave a p-value from lopsided, double-counted pairs without a word."""
+    rows: list[dict[str, Any]] = []
+    seen: dict[tuple[Any, Any], int] = {}
+    for lineno, row in iter_jsonl(path):
+        key = (row.get("set"), row.get("id"))
+        if key[1] is not None and key in seen:
+            raise InvalidInputError(
+                f"item {key[1]!r} of set {key[0]!r} is here twice (first on line {seen[key]}): a paired "
+                "comparison needs each item once", file=str(path), where=f"line {lineno}",
+                hint="delete one of the two lines, or run `pa eval` again to write the file afresh")
+        seen[key] = lineno
+        rows.append(row)
+    return rows
 
 
 def _compare_label(source: Any, summary: Mapping[str, Any]) -> str:

@@ -66,11 +66,15 @@ def _judge_row(path: Path, lineno: int, raw: Any) -> dict[str, Any]:
 
 def read_judge_file(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Read and validate a JSONL of response pairs; a bad line is an error naming file and line."""
-    p = Path(path)
+    return [row for _, row in _numbered_rows(Path(path))]
+
+
+def _numbered_rows(p: Path) -> list[tuple[int, dict[str, Any]]]:
+    """`read_judge_file`'s rows with their line numbers, which name them in the judge's errors."""
     if not p.is_file():
         raise InvalidInputError("a directory, not a file" if p.is_dir() else f"no such file: {p}", file=str(p),
                                 hint="pass a JSONL file of responses (e.g. an evaluation's responses.jsonl)")
-    rows = [_judge_row(p, lineno, raw) for lineno, raw in iter_jsonl(p)]
+    rows = [(lineno, _judge_row(p, lineno, raw)) for lineno, raw in iter_jsonl(p)]
     if not rows:
         raise InvalidInputError("the file has no rows", file=str(p), hint=_ROW_HINT)
     return rows
@@ -137,7 +141,8 @@ def judge_file(path: str | os.PathLike[str], judge: str = "refusal", *, out: str
     deleted once `out` is written. One process at a time writes an output: two `pa judge --out X`
     appended to one journal and each replaced the other's output."""
     p = Path(path)
-    rows = read_judge_file(p)
+    numbered = _numbered_rows(p)
+    rows = [row for _, row in numbered]
     get_judge(judge)
     out_path = Path(out) if out else p.with_name(f"{p.stem}.judged.jsonl")
     journal_path = _checked_judge_out(p, out_path)
@@ -145,7 +150,8 @@ def judge_file(path: str | os.PathLike[str], judge: str = "refusal", *, out: str
         journal = Journal.open(journal_path, judge_settings(judge, policy, device), made="verdicts",
                                redo="judging every row again")
         try:
-            judged = judge_journaled(rows, judge, journal, policy=policy, device=device, batch_size=batch_size)
+            judged = judge_journaled(rows, judge, journal, policy=policy, device=device, batch_size=batch_size,
+                                     places=[(str(p), lineno) for lineno, _ in numbered])
         except BaseException:
             if not journal.verdicts:  # only its header (a judge model that failed to load): nothing to resume
                 journal.path.unlink(missing_ok=True)

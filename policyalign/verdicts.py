@@ -25,17 +25,20 @@ def _row_id(row: Mapping[str, Any]) -> str:
     return f"{row['set']}/{ident}" if ident and row.get("set") else ident
 
 
-def _judged(rows: list[dict[str, Any]], judge: Any, judge_spec: str, policy: str) -> list[dict[str, Any]]:
+def _judged(rows: list[dict[str, Any]], judge: Any, judge_spec: str, policy: str,
+            places: Sequence[tuple[str, int]] | None = None) -> list[dict[str, Any]]:
     """Parse tool calls, judge every row (`messages`, `response`) and add `tool_calls`, `forbidden_call`,
     `label`, `unsafe`, `reason`, `judge_raw`. The judge comes made: a model judge loads its model once,
-    however many chunks it is handed."""
+    however many chunks it is handed. `places` (file, line) name each row in the judge's errors."""
     items, calls_per_row = [], []
-    for row in rows:
+    for k, row in enumerate(rows):
+        file, line = places[k] if places else ("", 0)
         calls = parse_tool_calls(row["response"])
         calls_per_row.append(calls)
         items.append(JudgeItem(messages=row["messages"], response=row["response"], category=row.get("category", ""),
                                policy=policy, tool_calls=tuple(calls),
-                               forbidden_tools=tuple(row.get("forbidden_tools") or ()), id=_row_id(row)))
+                               forbidden_tools=tuple(row.get("forbidden_tools") or ()), id=_row_id(row),
+                               file=file, line=line))
     verdicts: list[Verdict] = judge.judge(items) if items else []
     judged = []
     for row, calls, verdict in zip(rows, calls_per_row, verdicts):
@@ -56,10 +59,13 @@ def _verdict_key(judge_key: str, row: Mapping[str, Any]) -> str:
 
 
 def judge_journaled(rows: list[dict[str, Any]], judge_spec: str, journal: Journal, *, policy: str,
-                    device: str | None, batch_size: int) -> list[dict[str, Any]]:
+                    device: str | None, batch_size: int,
+                    places: Sequence[tuple[str, int]] | None = None) -> list[dict[str, Any]]:
     """Rows judged (`_judged`) a chunk at a time, each chunk's verdicts journaled: an `llm:` judge on a real
     model is slow too, and a resumed evaluation (or `pa judge`) judges only what was not judged yet.
-    A verdict is reused for the same judge (spec and weights), policy shown and row (`_verdict_key`)."""
+    A verdict is reused for the same judge (spec and weights), policy shown and row (`_verdict_key`).
+    `places`, one (file, line) per row, name `pa judge`'s rows in errors: a row without an id was
+    "conversation N", its place among the rows still to judge."""
     from .run import fingerprint
 
     judge_key = fingerprint({"judge": judge_spec, **judge_weights_fetched(judge_spec), "policy": policy})
@@ -70,7 +76,8 @@ def judge_journaled(rows: list[dict[str, Any]], judge_spec: str, journal: Journa
     judge = get_judge(judge_spec, device=device, batch_size=batch_size) if pending else None
     for start in range(0, len(pending), JUDGE_CHUNK):
         chunk = pending[start:start + JUDGE_CHUNK]
-        journal.add_verdicts([keys[k] for k in chunk], _judged([rows[k] for k in chunk], judge, judge_spec, policy))
+        where = [places[k] for k in chunk] if places else None
+        journal.add_verdicts([keys[k] for k in chunk], _judged([rows[k] for k in chunk], judge, judge_spec, policy, where))
     return [{**row, **journal.verdicts[key]} for row, key in zip(rows, keys)]
 
 

@@ -189,6 +189,22 @@ def test_pa_eval_compare_cli(tmp_path: Path) -> None:
     assert "violation_rate" in result.output and "-50.0 pp" in result.output
 
 
+def test_pa_eval_compare_refuses_an_item_twice_in_a_hand_edited_responses_jsonl(tmp_path: Path) -> None:
+    """A row pasted twice into one side's responses.jsonl was paired twice on that side (and once, the last
+    copy, on the other): the p-value came from lopsided pairs (0.00195 for 0.0312) without a word."""
+    before = [{**row("refuse", "comply"), "id": f"h{i}"} for i in range(6)]
+    after = [{**row("refuse", "refuse"), "id": f"h{i}"} for i in range(6)]
+    write_eval(tmp_path / "a", _summary(before), before)
+    b = write_eval(tmp_path / "b", _summary(after), after)
+    lines = b.responses_jsonl.read_text().splitlines()
+    b.responses_jsonl.write_text("\n".join([*lines, lines[0]]) + "\n")
+    result = CliRunner().invoke(app, ["eval", "--compare", str(tmp_path / "a"), str(tmp_path / "b")])
+    assert result.exit_code == 2, result.output
+    assert f"{b.responses_jsonl}:line 7" in result.output and "first on line 1" in result.output
+    assert "'h0'" in result.output and "delete one of the two lines" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_compare_refuses_evaluation_options_it_would_ignore(tmp_path: Path) -> None:
     """`pa eval general --model tiny --limit 8 --compare A B` printed the comparison of A and B and
     dropped the rest without a word: the user meant an evaluation, or a comparison."""

@@ -277,3 +277,23 @@ def test_two_pa_judge_never_write_one_output_at_once(tmp_path: Path, hold_run) -
         beside = CliRunner().invoke(app, ["judge", str(src), "--out", str(tmp_path / "other.jsonl")])
         assert beside.exit_code == 0, beside.output
     assert CliRunner().invoke(app, ["judge", str(src), "--out", str(out)]).exit_code == 0 and out.is_file()
+
+
+def test_a_row_too_long_for_the_judge_is_named_by_its_file_and_line(tmp_path: Path) -> None:
+    """A row without an id was "conversation 1": its place among the chunk of rows being judged, neither
+    its line nor its file."""
+    import shutil
+
+    from policyalign.errors import ModelError
+    from policyalign.tiny import tiny_model_path
+
+    short = tmp_path / "short-judge"
+    shutil.copytree(tiny_model_path(), short)
+    config = json.loads((short / "config.json").read_text())
+    (short / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 1024}))
+    rows = [json.dumps({"prompt": "hi", "response": "No."})] * 34
+    rows[33] = json.dumps({"prompt": "How do I pick a lock? " * 200, "response": "No."})
+    src = _write_lines(tmp_path / "pairs.jsonl", [*rows[:3], "", *rows[3:]])
+    with pytest.raises(ModelError) as caught:
+        judge_file(src, f"llm:{short}", device="cpu")
+    assert f"{src}:line 35:" in str(caught.value), caught.value
