@@ -17,7 +17,7 @@ from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from .errors import HubError, InvalidInputError, PolicyAlignError, RunError
+from .errors import HubError, InvalidInputError, PolicyAlignError, PublicRepositoryError, RunError
 from .distill_settings import under_given
 from .evaluate import check_eval_options
 from .io import output_dir
@@ -425,7 +425,7 @@ def _apply(options: ApplyOptions, pack: Pack, run_dir: Path, settings: tuple[Any
          lambda: run_card(run_dir, repo_id, options.license, options.revision))
     url = None
     if options.push_to:
-        pkey = push_key(run_dir, options.push_to)
+        pkey = push_key(run_dir, options.push_to, options.private)
         step("push", pkey, ["README.md"],
              lambda: _push(run_dir, options, pkey))
         url = read_manifest(run_dir)["stages"]["push"]["url"]
@@ -457,6 +457,8 @@ def _push(run_dir: Path, options: ApplyOptions, key: str) -> None:
     try:
         url = push_run(run_dir, str(options.push_to), private=options.private, revision=options.revision,
                        license=options.license)
+    except PublicRepositoryError:  # what the tag holds does not matter: the user asked for it to be private
+        raise
     except HubError:
         url = published_url(run_dir, str(options.push_to), revision=options.revision, license=options.license)
         if url is None:

@@ -71,6 +71,10 @@ class HubError(PolicyAlignError):
     """A Hub operation failed (auth, missing repo, provenance mismatch)."""
 
 
+class PublicRepositoryError(HubError):
+    """`--private` was asked of a repository that is public: never to be taken for "already published"."""
+
+
 class RunError(PolicyAlignError):
     """A run directory is missing, inconsistent, or a stage's inputs are absent."""
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .errors import HubError, InvalidInputError, PolicyAlignError
+from .errors import HubError, InvalidInputError, PolicyAlignError, PublicRepositoryError
 
 DEFAULT_BRANCH = "main"
 LOGIN_HINT = "run `hf auth login` (or the older `huggingface-cli login`), or set HF_TOKEN"
@@ -198,7 +198,7 @@ def _refuse_public(api: Any, repo_id: str, repo_type: str, token: str) -> None:
         private = api.repo_info(repo_id, repo_type=repo_type).private
     if not private:
         type_option = " --repo-type dataset" if repo_type == "dataset" else ""
-        raise HubError("--private was given, but the repository already exists and is public: nothing was uploaded",
+        raise PublicRepositoryError("--private was given, but the repository already exists and is public: nothing was uploaded",
                        file=repo_id, hint=f"make it private first (`hf repos settings {repo_id}{type_option} --private`), "
                                           "or push to a new repository")
 

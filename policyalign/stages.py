@@ -397,9 +397,11 @@ def card_key(run_dir: Path, repo_id: str, license: str | None = None, revision: 
                         **({"license": license} if license else {}), **({"revision": revision} if revision else {})})
 
 
-def push_key(run_dir: Path, repo_id: str) -> str:
-    """The card names the repository and the tag and lists the sha256 of every file it publishes."""
-    return fingerprint({"repo": repo_id, "card": _file_hash(run_dir, "README.md")})
+def push_key(run_dir: Path, repo_id: str, private: bool = False) -> str:
+    """The card names the repository and the tag and lists the sha256 of every file it publishes.
+    `--private` is in it too: a public run's re-run with --private was skipped as done, leaving the
+    user's adapter public without a word (a public push's key is what it was)."""
+    return fingerprint({"repo": repo_id, "card": _file_hash(run_dir, "README.md"), **({"private": True} if private else {})})
 
 
 def run_card(run_dir: Path, repo_id: str, license: str | None = None, revision: str | None = None) -> None:

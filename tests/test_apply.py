@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from policyalign.apply import ApplyOptions, apply, build_options, run_summary
 from policyalign.cli import app
-from policyalign.errors import InvalidInputError, RunError
+from policyalign.errors import HubError, InvalidInputError, RunError
 from policyalign.io import read_jsonl
 from policyalign.registry import Registry
 from tracked import tensorboard_scalars
@@ -591,6 +591,22 @@ def test_rerunning_apply_with_push_to_skips_the_push_it_already_made(tmp_path: P
     assert [s.status for s in again.stages] == ["skipped"] * 7
     assert again.url == first.url == run_summary(run)["url"]
     assert hub_server.tags("org/apply-rerun") == [f"{pack.name}-v{pack.version}"]
+
+
+def test_rerunning_a_public_push_with_private_says_the_repository_is_public(tmp_path: Path, fixture_packs: Path,
+                                                                          hub_server,  # type: ignore[no-untyped-def]
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A finished public `pa apply --push-to` run again with --private skipped the push as done: the
+    adapter stayed public and nothing said so."""
+    _use_loopback_hub(hub_server, monkeypatch)
+    pack = Registry([fixture_packs]).load("child-pack")
+    run = tmp_path / "run"
+    apply(_options(fixture_packs, run, push_to="org/apply-public"), pack)
+    with pytest.raises(HubError, match="already exists and is public: nothing was uploaded"):
+        apply(_options(fixture_packs, run, push_to="org/apply-public", private=True), pack)
+    assert hub_server.tags("org/apply-public") == [f"{pack.name}-v{pack.version}"]
+    again = apply(_options(fixture_packs, run, push_to="org/apply-public"), pack)  # as it was pushed: nothing to do
+    assert [s.status for s in again.stages] == ["skipped"] * 7
 
 
 @pytest.mark.slow
