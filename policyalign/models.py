@@ -430,6 +430,7 @@ def load_model(
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     kwargs = {"revision": ref.revision} if ref.revision else {}
+    _check_local_config(ref)
     with _load_errors(ref):
         tokenizer = AutoTokenizer.from_pretrained(ref.location, **kwargs)
         if not weights:
@@ -451,6 +452,29 @@ def load_model(
         model.eval()
         model.requires_grad_(False)
     return LoadedModel(model=model, tokenizer=tokenizer, ref=ref, device=dev, dtype=torch_dtype, config=model.config)
+
+
+def _check_local_config(ref: ModelRef) -> None:
+    """A local directory's config.json must hold a JSON object: transformers indexes whatever it parsed,
+    so an array or a string (`[...]`, `"..."`) was a TypeError traceback from every stage that loads it.
+    Malformed JSON is left to transformers, whose error `_load_errors` already words."""
+    import json
+
+    path = Path(ref.location) / "config.json"
+    if ref.kind != "local" or not path.is_file():
+        return
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return
+    if not isinstance(config, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(config), "a number")
+        raise ModelError(
+            f"config.json holds {kind}, not the JSON object of a model's settings",
+            file=str(path),
+            hint="save the model's config again (`AutoConfig.from_pretrained(BASE).save_pretrained(DIR)`), "
+                 "or copy config.json from the model it was made from",
+        )
 
 
 def _prepare_tokenizer(tokenizer: Any, model: Any, ref: ModelRef) -> None:

@@ -533,3 +533,15 @@ def test_tiny_keys_by_one_name_however_typed() -> None:
     assert {keyed_name(resolve_model(name), name) for name in names} == {"tiny"}
     pack = load_pack(Path(__file__).resolve().parents[1] / "packs" / "general")
     assert len({synthesize_key(pack, name, synthesize_options(name, None, 2, None, 0, None, 16)) for name in names}) == 1
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", '"config"', "null"])
+def test_a_config_json_that_is_not_an_object_is_a_model_error(tmp_path: Path, text: str) -> None:
+    """transformers indexes config.json's value as a dict: an array or a string was a TypeError traceback."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny.tiny_model_path(), model)
+    (model / "config.json").write_text(text)
+    with pytest.raises(ModelError, match="config.json holds .*not the JSON object") as info:
+        load_model(str(model), device="cpu")
+    assert info.value.problem.file == str(model / "config.json")
+    assert "save_pretrained" in info.value.problem.hint
