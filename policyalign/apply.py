@@ -242,15 +242,14 @@ def build_options(cli: dict[str, Any], config: Path | None) -> ApplyOptions:
     """Config file first, then every option the user actually gave on the command line.
 
     A selection flag (--keep, --top-k, --min-score, --no-filter) on the command line replaces the
-    file's selection rule whole: only one rule can apply, and the command line wins."""
-    merged = load_config_file(config) if config else {}
+    file's selection rule whole: only one rule can apply, and the command line wins. So does --epochs
+    given without --max-steps over the file's `max_steps` (`under_given`): the trainer stops at max_steps
+    whatever the epochs, so `--epochs 3` trained the file's few steps without a word."""
+    from_file = load_config_file(config) if config else {}
     if any(selection_given(cli.get(name)) for name in SELECTION_FLAGS):
-        merged = {k: v for k, v in merged.items() if k not in SELECTION_FLAGS}
+        from_file = {k: v for k, v in from_file.items() if k not in SELECTION_FLAGS}
+    merged = under_given(from_file, {key: value for key, value in cli.items() if value is not None and value is not False})
     explicit = set(merged)
-    for key, value in cli.items():
-        if value is not None and value is not False:
-            merged[key] = value
-            explicit.add(key)
     for key in ("pack", "model"):
         if not merged.get(key):
             raise InvalidInputError(f"missing {key}", hint=f"give {key.upper()} on the command line or `{key}:` in --config")

@@ -241,6 +241,23 @@ def test_epochs_given_for_tiny_are_not_capped_by_its_demo_max_steps() -> None:
     assert with_model_defaults(build_options({"pack": "general", "model": "tiny"}, None)).max_steps == 60
 
 
+def test_epochs_on_the_command_line_win_over_the_config_files_max_steps(tmp_path: Path) -> None:
+    """`max_steps: 2` in --config plus `--epochs 1` trained 2 steps: the file's max_steps stopped the trainer
+    whatever the epochs, though the command line wins over the file."""
+    from policyalign.apply import _distill_overrides, with_model_defaults
+    from policyalign.stages import distill_config
+
+    config = tmp_path / "run.yaml"
+    config.write_text("pack: general\nmodel: tiny\nmax_steps: 2\n")
+    pack = Registry.default().load("general")
+    options = with_model_defaults(build_options({"num_epochs": 1.0}, config))
+    settings = distill_config(pack, _distill_overrides(options))
+    assert (settings.num_epochs, settings.max_steps) == (1.0, -1) and "max_steps" not in options.explicit
+    options = with_model_defaults(build_options({"num_epochs": 1.0, "max_steps": 3}, config))
+    assert distill_config(pack, _distill_overrides(options)).max_steps == 3, "both given: max_steps still caps"
+    assert with_model_defaults(build_options({}, config)).max_steps == 2, "no flag: the file's length stands"
+
+
 def test_an_empty_out_is_refused_rather_than_running_over_the_current_directorys_files(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`--out ""` (an unset shell variable) is the current directory: the run wrote its model card over
