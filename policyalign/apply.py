@@ -245,7 +245,9 @@ def build_options(cli: dict[str, Any], config: Path | None) -> ApplyOptions:
     file's selection rule whole: only one rule can apply, and the command line wins. So does --epochs
     given without --max-steps over the file's `max_steps` (`under_given`): the trainer stops at max_steps
     whatever the epochs, so `--epochs 3` trained the file's few steps without a word."""
-    from_file = load_config_file(config) if config else {}
+    # `key: null` (or `key:` left blank) is the key left out: kept, it counted as given, and tiny's demo
+    # defaults were skipped for it (`n: null` synthesized the pack's full count, `max_steps: null` trained for epochs).
+    from_file = {key: value for key, value in (load_config_file(config) if config else {}).items() if value is not None}
     if any(selection_given(cli.get(name)) for name in SELECTION_FLAGS):
         from_file = {k: v for k, v in from_file.items() if k not in SELECTION_FLAGS}
     merged = under_given(from_file, {key: value for key, value in cli.items() if value is not None and value is not False})

@@ -258,6 +258,23 @@ def test_epochs_on_the_command_line_win_over_the_config_files_max_steps(tmp_path
     assert with_model_defaults(build_options({}, config)).max_steps == 2, "no flag: the file's length stands"
 
 
+def test_null_in_the_config_file_is_the_key_left_out(tmp_path: Path) -> None:
+    """`n: null` or a blank `max_steps:` counted as given: tiny's demo defaults were skipped for them, so the
+    demo synthesized the pack's full count and trained for whole epochs. Null is unset where the option may
+    be unset; where it may not (seed, model), it stays an error naming the file and the key."""
+    from policyalign.apply import with_model_defaults
+
+    config = tmp_path / "run.yaml"
+    config.write_text("pack: general\nmodel: tiny\nn: null\nmax_steps:\nnum_epochs: null\nkeep: null\n")
+    options = with_model_defaults(build_options({}, config))
+    assert (options.n, options.max_steps, options.keep) == (4, 60, 0.8) and not options.explicit & {"n", "max_steps"}
+    assert build_options({"max_steps": 5}, config).max_steps == 5
+    config.write_text("pack: general\nmodel: tiny\nseed: null\n")
+    with pytest.raises(InvalidInputError, match="seed: expected an integer, got None") as caught:
+        build_options({}, config)
+    assert (caught.value.problem.file, caught.value.problem.where) == (str(config), "seed")
+
+
 def test_an_empty_out_is_refused_rather_than_running_over_the_current_directorys_files(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`--out ""` (an unset shell variable) is the current directory: the run wrote its model card over
