@@ -387,7 +387,7 @@ def _apply(options: ApplyOptions, pack: Pack, run_dir: Path, settings: tuple[Any
         on_stage(name, "done")
 
     synth_opts = synthesize_options(options.model, options.generator, options.n, options.rounds, options.seed,
-                                    None, options.synth_max_new_tokens)
+                                    None, options.synth_max_new_tokens, options.backend)
     step("synthesize", synthesize_key(pack, options.model, synth_opts), ["instructions.jsonl"],
          lambda: run_synthesize(run_dir, pack, options.model, generator=options.generator, n=options.n,
                                 rounds=options.rounds, seed=options.seed, batch_size=options.gen_batch_size,

@@ -90,10 +90,17 @@ def _model_key(model: str, field: str | None = "model", files: str | None = "mod
 
 
 def synthesize_options(model: str, generator: str | None, n: int | None, rounds: int | None, seed: int,
-                       max_per_category: int | None, max_new_tokens: int | None) -> dict[str, Any]:
-    """The options that change synthesis output (and so its key)."""
+                       max_per_category: int | None, max_new_tokens: int | None,
+                       backend: str = "transformers") -> dict[str, Any]:
+    """The options that change synthesis output (and so its key). The backend samples its own way (vLLM's
+    sampler draws other tokens from the same seed), so `--backend vllm` after a transformers run re-synthesizes
+    rather than keeping the other backend's instructions; keyed only when not the default, so runs made
+    before keep their key."""
+    from .generation import backend_name
+
     return {"generator": generator or model, "n": n, "rounds": rounds, "seed": seed,
-            "max_per_category": max_per_category, "max_new_tokens": max_new_tokens}
+            "max_per_category": max_per_category, "max_new_tokens": max_new_tokens,
+            **({"backend": backend_name(backend)} if backend_name(backend) != "transformers" else {})}
 
 
 def synthesize_key(pack: "Pack", model: str, options: dict[str, Any]) -> str:
@@ -121,7 +128,7 @@ def run_synthesize(run_dir: Path, pack: "Pack", model: str, *, generator: str | 
                    sampling=sampling, seed=seed)  # before the run directory is made or its record changed
     check_device_and_dtype(device)
     run_dir = output_dir(run_dir)
-    options = synthesize_options(model, generator, n, rounds, seed, max_per_category, max_new_tokens)
+    options = synthesize_options(model, generator, n, rounds, seed, max_per_category, max_new_tokens, backend)
     with run_lock(run_dir):  # from the first write to run.json
         check_run_directory(run_dir)
         record_inputs(run_dir, pack, model)
