@@ -248,16 +248,21 @@ def loaded_commit(loaded: LoadedModel) -> str | None:
     return commit if isinstance(commit, str) else None
 
 
-def keyed_name(ref: ModelRef, name: str) -> str:
-    """The model's name in a cache key (`name`, as the user gave it): a Hub model whose commit is
+def keyed_name(ref: ModelRef) -> str:
+    """The model's name in a cache key, not as the user typed it: a Hub model whose commit is
     known by its repository alone, as the commit beside it says which weights, so an alias,
-    `org/name`, `org/name@main` and `org/name@<commit>` loading the same commit key the same; a
-    local directory by its absolute path, so `./m` and `/abs/m` key the same, and `./m` typed in
-    another directory does not; `tiny` by its one name, however it was typed (`Tiny`, ` tiny `
-    resolve to it, and re-ran every stage of a finished run)."""
+    `org/name`, `org/name@main` and `org/name@<commit>` loading the same commit key the same; one not
+    downloaded yet by its name and revision as resolved, an alias in its one spelling (aliases resolve
+    whatever their case: keyed as typed, `Qwen2.5-7B` and `qwen2.5-7b` re-ran each other's stages) and
+    an `org/name` as typed, so runs keyed before keep their keys; a local directory by its
+    absolute path, so `./m` and `/abs/m` key the same, and `./m` typed in another directory does not;
+    `tiny` by its one name, however it was typed (`Tiny`, ` tiny ` resolve to it, and re-ran every
+    stage of a finished run)."""
     if ref.kind == "local" or (ref.kind == "hub" and hub_commit(ref)):
         return ref.location
-    return ref.name if ref.kind == "tiny" else name
+    if ref.kind == "hub" and ref.revision:
+        return f"{ref.name}@{ref.revision}"
+    return ref.name
 
 
 def recorded_name(model: str) -> str:

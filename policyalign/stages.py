@@ -83,7 +83,7 @@ def _model_key(model: str, field: str | None = "model", files: str | None = "mod
 
     ref = resolve_model(model)
     weights = weights_key(ref) if files else None
-    return {**({field: keyed_name(ref, model)} if field else {}), **({files: weights} if weights else {})}
+    return {**({field: keyed_name(ref)} if field else {}), **({files: weights} if weights else {})}
 
 
 # --------------------------------------------------------------------------- synthesize

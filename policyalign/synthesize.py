@@ -220,7 +220,7 @@ def _ref_id(ref: Any) -> str:
 
         return f"tiny:{content_key()[:16]}"
     files = weights_key(ref)
-    return f"{keyed_name(ref, str(ref))}#{files}" if files else str(ref)
+    return f"{keyed_name(ref)}#{files}" if files else str(ref)
 
 
 # --------------------------------------------------------------------------- requests and the cache
