@@ -128,6 +128,8 @@ def load_config_file(path: Path) -> dict[str, Any]:
         raise InvalidInputError("config must be a mapping of option: value", file=str(path))
     names = {f.name for f in fields(ApplyOptions)} - {"explicit"}
     options = {str(k).replace("-", "_"): v for k, v in data.items()}
+    if len(options) < len(data):
+        _refuse_two_spellings(data, path)
     from .errors import did_you_mean
 
     for key in options:
@@ -140,6 +142,17 @@ def load_config_file(path: Path) -> dict[str, Any]:
     checked = check_config_ranges(check_config_types(options, path), path)
     report_targets(checked.get("report_to"), flag="report_to:", file=str(path))
     return checked
+
+
+def _refuse_two_spellings(data: dict[Any, Any], path: Path) -> None:
+    """`max_steps: 5` and `max-steps: 7` are one option: two keys to YAML, so its duplicate-key check let
+    them through, and the last was kept without a word."""
+    spellings: dict[str, list[str]] = {}
+    for key in data:
+        spellings.setdefault(str(key).replace("-", "_"), []).append(str(key))
+    twice = next(keys for keys in spellings.values() if len(keys) > 1)
+    raise InvalidInputError(f"{' and '.join(repr(k) for k in twice)} are the same option, given twice",
+                            file=str(path), where=twice[-1], hint=f"keep one of {', '.join(twice)}")
 
 
 _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", Path: "a string"}

@@ -275,6 +275,15 @@ def test_null_in_the_config_file_is_the_key_left_out(tmp_path: Path) -> None:
     assert (caught.value.problem.file, caught.value.problem.where) == (str(config), "seed")
 
 
+def test_one_option_spelt_with_dash_and_underscore_in_the_config_file_is_refused(tmp_path: Path) -> None:
+    """`max_steps: 5` and `max-steps: 7` passed the duplicate-key check (two YAML keys), and the last silently won."""
+    config = tmp_path / "run.yaml"
+    config.write_text("pack: general\nmodel: tiny\nmax_steps: 5\nmax-steps: 7\n")
+    with pytest.raises(InvalidInputError, match="'max_steps' and 'max-steps' are the same option") as caught:
+        build_options({}, config)
+    assert (caught.value.problem.file, caught.value.problem.where) == (str(config), "max-steps")
+
+
 def test_an_empty_out_is_refused_rather_than_running_over_the_current_directorys_files(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`--out ""` (an unset shell variable) is the current directory: the run wrote its model card over
