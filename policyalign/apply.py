@@ -294,7 +294,11 @@ def remove_stale_temporaries(run_dir: Path) -> None:
 
 
 def default_run_dir(pack: Pack, model: str) -> Path:
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-")
+    """runs/PACK-VERSION-MODEL, the model in its one spelling (`models.spelled_name`): named as typed,
+    `--model Tiny` (or `qwen2.5-7b`) started a new run, re-running every stage of the `--model tiny` one."""
+    from .models import resolve_model, spelled_name
+
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", spelled_name(resolve_model(model))).strip("-")
     return Path("runs") / f"{pack.name}-{pack.version}-{slug}"
 
 

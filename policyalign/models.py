@@ -260,9 +260,13 @@ def keyed_name(ref: ModelRef) -> str:
     stage of a finished run)."""
     if ref.kind == "local" or (ref.kind == "hub" and hub_commit(ref)):
         return ref.location
-    if ref.kind == "hub" and ref.revision:
-        return f"{ref.name}@{ref.revision}"
-    return ref.name
+    return spelled_name(ref)
+
+
+def spelled_name(ref: ModelRef) -> str:
+    """The model as typed, but in one spelling where resolving ignores case: `tiny`, an alias as `pa
+    models` lists it (with the revision asked for); an `org/name[@revision]` or a directory as given."""
+    return f"{ref.name}@{ref.revision}" if ref.kind == "hub" and ref.revision else ref.name
 
 
 def recorded_name(model: str) -> str:

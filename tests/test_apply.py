@@ -284,6 +284,21 @@ def test_one_option_spelt_with_dash_and_underscore_in_the_config_file_is_refused
     assert (caught.value.problem.file, caught.value.problem.where) == (str(config), "max-steps")
 
 
+def test_the_default_run_directory_names_the_model_in_one_spelling(tmp_path: Path) -> None:
+    """`--model Tiny` (or `qwen2.5-7b`) resolves to the model `--model tiny` ran, yet its default run directory
+    was named as typed: a new run that re-ran every stage instead of resuming the finished one."""
+    from policyalign.apply import default_run_dir
+
+    pack = Registry.default().load("general")
+    assert {default_run_dir(pack, name) for name in ("tiny", "Tiny", " TINY ")} == {Path("runs/general-1.0.0-tiny")}
+    assert {default_run_dir(pack, name) for name in ("Qwen2.5-7B", "qwen2.5-7b")} == {Path("runs/general-1.0.0-Qwen2.5-7B")}
+    assert default_run_dir(pack, "qwen2.5-7b@v1") == Path("runs/general-1.0.0-Qwen2.5-7B-v1")
+    assert default_run_dir(pack, "Qwen/Qwen2.5-7B-Instruct") == Path("runs/general-1.0.0-Qwen-Qwen2.5-7B-Instruct")
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    assert default_run_dir(pack, str(tmp_path / "m")).name.endswith(str(tmp_path / "m").replace("/", "-").strip("-"))
+
+
 def test_an_empty_out_is_refused_rather_than_running_over_the_current_directorys_files(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`--out ""` (an unset shell variable) is the current directory: the run wrote its model card over
