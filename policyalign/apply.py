@@ -18,7 +18,7 @@ from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from .errors import HubError, InvalidInputError, PolicyAlignError, RunError
-from .distill_settings import under_given
+from .distill_settings import MAX_SEED, under_given
 from .evaluate import check_eval_options
 from .io import output_dir
 from .launch import check_vllm_rollouts, launch_rank, training_device
@@ -215,6 +215,9 @@ def check_config_ranges(options: dict[str, Any], path: Path) -> dict[str, Any]:
         if options.get(key) is not None and options[key] < 1:
             raise InvalidInputError(f"{key}: {options[key]!r}: must be at least 1", file=str(path), where=key,
                                     hint=f"give {key} a positive number, or leave it out for the default")
+    if options.get("seed") is not None and not 0 <= options["seed"] <= MAX_SEED:  # not in the pack schema's training
+        raise InvalidInputError(f"seed: {options['seed']!r}: must be between 0 and {MAX_SEED}", file=str(path),
+                                where="seed", hint="training seeds numpy's generator, which takes a 32-bit unsigned seed")
     keys = {_SETTING_NAMES.get(k, k): k for k, v in options.items() if k in _DISTILL_OPTIONS and v is not None}
     bad = setting_error({setting: options[key] for setting, key in keys.items()})
     if bad is not None:
@@ -228,7 +231,7 @@ def check_config_ranges(options: dict[str, Any], path: Path) -> dict[str, Any]:
 # Counts a config file may hold below 1, named as its keys: those only a file sets had no check before their
 # stage loaded its model (`eval_max_new_tokens: 0` failed after synthesis and filtering, as "max_new_tokens"),
 # and the others' checks name the flag (`eval_limit: 0` said "--eval-limit must be at least 1", naming no file).
-_FILE_COUNTS = ("synth_max_new_tokens", "gen_batch_size", "eval_max_new_tokens", "eval_limit", "n", "rounds")
+_FILE_COUNTS = ("synth_max_new_tokens", "gen_batch_size", "eval_max_new_tokens", "eval_limit", "n", "rounds", "save_steps")
 # The filter settings a file may hold, by the flag FilterConfig's errors name.
 _FILE_KEYS_OF_FILTER_FLAGS = {"--keep": "keep", "--top-k": "top_n", "--min-score": "min_score", "--samples": "samples",
                               "--max-new-tokens": "max_new_tokens", "--heldout": "heldout"}

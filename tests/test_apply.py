@@ -367,7 +367,7 @@ def test_config_values_out_of_range_are_named_as_the_files_keys(tmp_path: Path) 
 
 
 @pytest.mark.parametrize("key", ["eval_max_new_tokens", "synth_max_new_tokens", "gen_batch_size", "eval_limit", "n",
-                                 "rounds"])
+                                 "rounds", "save_steps"])
 def test_config_counts_below_one_are_named_before_any_stage(tmp_path: Path, key: str) -> None:
     """`eval_max_new_tokens: 0` failed at the first evaluation, after synthesis and filtering, as "max_new_tokens";
     `eval_limit: 0` was "--eval-limit must be at least 1", naming neither the file nor its key."""
@@ -376,6 +376,17 @@ def test_config_counts_below_one_are_named_before_any_stage(tmp_path: Path, key:
     with pytest.raises(InvalidInputError, match=f"{key}: 0: must be at least 1") as caught:
         build_options({}, config)
     assert (caught.value.problem.file, caught.value.problem.where) == (str(config), key)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_a_config_seed_out_of_range_is_named_as_the_files_key(tmp_path: Path, seed: int) -> None:
+    """`seed: -1` (and `save_steps: 0`, above) in run.yaml were "--seed -1: must be between ...", a flag the user
+    never typed, in a message naming no file: neither is in the pack schema's training section, which the file is held to."""
+    config = tmp_path / "run.yaml"
+    config.write_text(f"pack: general\nmodel: tiny\nseed: {seed}\n")
+    with pytest.raises(InvalidInputError, match=f"seed: {seed}: must be between 0 and 4294967295") as caught:
+        build_options({}, config)
+    assert (caught.value.problem.file, caught.value.problem.where) == (str(config), "seed")
 
 
 @pytest.mark.parametrize("text, message, where", [
