@@ -211,6 +211,7 @@ def check_config_ranges(options: dict[str, Any], path: Path) -> dict[str, Any]:
     from .distill_settings import setting_error
 
     _check_filter_options(options, path)
+    _check_named_choices(options, path)
     for key in _FILE_COUNTS:
         if options.get(key) is not None and options[key] < 1:
             raise InvalidInputError(f"{key}: {options[key]!r}: must be at least 1", file=str(path), where=key,
@@ -226,6 +227,26 @@ def check_config_ranges(options: dict[str, Any], path: Path) -> dict[str, Any]:
         raise InvalidInputError(f"{key}: {value!r}: {message}", file=str(path), where=key,
                                 hint=f"give {key} a value the pack schema allows for training.{setting}")
     return options
+
+
+def _check_named_choices(options: dict[str, Any], path: Path) -> None:
+    """The file's backend, judge and device checked as the command line's are, the error naming the file and
+    key: `backend: foo` was "unknown generation backend 'foo'" and `judge: bogus` "--judge: unknown judge",
+    naming neither."""
+    from .generation import backend_name
+    from .judges import get_judge
+    from .models import resolve_device
+
+    # The judge's spec only: its model is looked for (a Hub judge fetched) once, before the first stage.
+    checks: dict[str, Callable[[Any], Any]] = {"backend": backend_name, "judge": get_judge, "device": resolve_device}
+    for key, check in checks.items():
+        if options.get(key) is None:
+            continue
+        try:
+            check(options[key])
+        except PolicyAlignError as exc:
+            message = exc.problem.message.removeprefix(f"--{key}: ")
+            raise InvalidInputError(f"{key}: {message}", file=str(path), where=key, hint=exc.problem.hint) from None
 
 
 # Counts a config file may hold below 1, named as its keys: those only a file sets had no check before their

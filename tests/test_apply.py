@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from policyalign.apply import ApplyOptions, apply, build_options, run_summary
 from policyalign.cli import app
-from policyalign.errors import InvalidInputError, RunError
+from policyalign.errors import InvalidInputError, PolicyAlignError, RunError
 from policyalign.io import read_jsonl
 from policyalign.registry import Registry
 from tracked import tensorboard_scalars
@@ -375,6 +375,22 @@ def test_config_counts_below_one_are_named_before_any_stage(tmp_path: Path, key:
     config.write_text(f"pack: general\nmodel: tiny\n{key}: 0\n")
     with pytest.raises(InvalidInputError, match=f"{key}: 0: must be at least 1") as caught:
         build_options({}, config)
+    assert (caught.value.problem.file, caught.value.problem.where) == (str(config), key)
+
+
+@pytest.mark.parametrize("text, message", [("backend: foo", "backend: unknown generation backend 'foo'"),
+                                           ("judge: bogus", "judge: unknown judge 'bogus'"),
+                                           ("device: gpu", "device: unknown device 'gpu'")])
+def test_a_config_backend_judge_or_device_that_is_unknown_is_named_as_the_files_key(tmp_path: Path, text: str,
+                                                                                   message: str) -> None:
+    """`backend: foo`, `judge: bogus` and `device: gpu` in run.yaml were refused naming no file (the judge as
+    "--judge", a flag the user never typed)."""
+    config = tmp_path / "run.yaml"
+    config.write_text(f"pack: general\nmodel: tiny\n{text}\n")
+    with pytest.raises(PolicyAlignError) as caught:
+        build_options({}, config)
+    key = text.split(":")[0]
+    assert caught.value.problem.message == message
     assert (caught.value.problem.file, caught.value.problem.where) == (str(config), key)
 
 
