@@ -346,7 +346,7 @@ class ApplyResult:
 def _filter_options(o: ApplyOptions) -> dict[str, Any]:
     return {"keep": o.keep, "top_n": o.top_n, "min_score": o.min_score, "no_filter": o.no_filter,
             "samples": o.samples, "max_new_tokens": o.max_new_tokens, "heldout": o.heldout, "seed": o.seed,
-            "kl_top_k": o.kl_top_k}
+            "kl_top_k": o.kl_top_k, "temperature": o.temperature}
 
 
 # `pa apply` option -> the training setting it overrides, where the names differ.

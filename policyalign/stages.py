@@ -171,6 +171,8 @@ def filter_config(pack: "Pack", **options: Any) -> Any:
         options["max_new_tokens"] = int(pack.training.get("max_new_tokens", 128))
     if options.get("kl_top_k") is None:  # the reverse KL distillation minimises is the one filtering ranks by
         options["kl_top_k"] = int(pack.training.get("top_k", 256))
+    if options.get("temperature") is None:  # ... over responses sampled as distillation's rollouts are
+        options["temperature"] = float(pack.training.get("temperature", 1.0))
     return FilterConfig(keep=keep, **{k: v for k, v in options.items() if v is not None})
 
 
