@@ -9,6 +9,7 @@ completion without losing finished work.
 
 from __future__ import annotations
 
+import os
 import re
 import types
 from dataclasses import asdict, dataclass, field, fields
@@ -292,8 +293,11 @@ def build_options(cli: dict[str, Any], config: Path | None) -> ApplyOptions:
     for key in ("pack", "model"):
         if not merged.get(key):
             raise InvalidInputError(f"missing {key}", hint=f"give {key.upper()} on the command line or `{key}:` in --config")
+    # No shell expands `~` in a config file: `out: ~/runs/demo` made a directory named `~` in the current one,
+    # while the Trainer (which expands it) put the checkpoints in the home directory, where a resume never looked.
     if "out" in merged and merged["out"] is not None:
-        merged["out"] = Path(merged["out"])
+        merged["out"] = Path(merged["out"]).expanduser()
+    merged["pack"] = os.path.expanduser(merged["pack"])  # as a model directory's `~` is (`models.resolve_model`)
     return ApplyOptions(**merged, explicit=explicit)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -297,6 +298,17 @@ def test_the_default_run_directory_names_the_model_in_one_spelling(tmp_path: Pat
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text("{}")
     assert default_run_dir(pack, str(tmp_path / "m")).name.endswith(str(tmp_path / "m").replace("/", "-").strip("-"))
+
+
+def test_a_home_directory_in_the_config_file_is_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`out: ~/runs/demo` in run.yaml (no shell to expand it) ran into a directory named `~` under the current one,
+    while the Trainer, which expands it, wrote the checkpoints under the home directory: a resume found none."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    shutil.copytree(Path(__file__).parent.parent / "packs" / "general", tmp_path / "home" / "packs" / "general")
+    config = tmp_path / "run.yaml"
+    config.write_text("pack: ~/packs/general\nmodel: tiny\nout: ~/runs/demo\n")
+    options = build_options({}, config)
+    assert (options.out, options.pack) == (tmp_path / "home" / "runs" / "demo", str(tmp_path / "home" / "packs" / "general"))
 
 
 def test_an_empty_out_is_refused_rather_than_running_over_the_current_directorys_files(
