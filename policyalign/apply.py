@@ -140,6 +140,10 @@ def load_config_file(path: Path) -> dict[str, Any]:
         if key not in names:
             raise InvalidInputError(f"unknown option {key!r}", file=str(path), where=key,
                                     hint=did_you_mean(key, sorted(names), "known options"))
+    # `key: null` (or `key:` left blank) is the key left out, its default, for every option but the two a run
+    # needs: kept, it counted as given and tiny's demo defaults were skipped for it (`n: null` synthesized the
+    # pack's full count, `max_steps: null` trained for epochs), or it was a type error (`seed: null`).
+    options = {key: value for key, value in options.items() if value is not None or key in ("pack", "model")}
     checked = check_config_ranges(check_config_types(options, path), path)
     report_targets(checked.get("report_to"), flag="report_to:", file=str(path))
     return checked
@@ -283,9 +287,7 @@ def build_options(cli: dict[str, Any], config: Path | None) -> ApplyOptions:
     file's selection rule whole: only one rule can apply, and the command line wins. So does --epochs
     given without --max-steps over the file's `max_steps` (`under_given`): the trainer stops at max_steps
     whatever the epochs, so `--epochs 3` trained the file's few steps without a word."""
-    # `key: null` (or `key:` left blank) is the key left out: kept, it counted as given, and tiny's demo
-    # defaults were skipped for it (`n: null` synthesized the pack's full count, `max_steps: null` trained for epochs).
-    from_file = {key: value for key, value in (load_config_file(config) if config else {}).items() if value is not None}
+    from_file = load_config_file(config) if config else {}
     if any(selection_given(cli.get(name)) for name in SELECTION_FLAGS):
         from_file = {k: v for k, v in from_file.items() if k not in SELECTION_FLAGS}
     merged = under_given(from_file, {key: value for key, value in cli.items() if value is not None and value is not False})

@@ -261,8 +261,8 @@ def test_epochs_on_the_command_line_win_over_the_config_files_max_steps(tmp_path
 
 def test_null_in_the_config_file_is_the_key_left_out(tmp_path: Path) -> None:
     """`n: null` or a blank `max_steps:` counted as given: tiny's demo defaults were skipped for them, so the
-    demo synthesized the pack's full count and trained for whole epochs. Null is unset where the option may
-    be unset; where it may not (seed, model), it stays an error naming the file and the key."""
+    demo synthesized the pack's full count and trained for whole epochs; `seed: null` was a type error. Null is
+    the default for every option but the model and the pack, which have none: there it names the file and key."""
     from policyalign.apply import with_model_defaults
 
     config = tmp_path / "run.yaml"
@@ -270,10 +270,13 @@ def test_null_in_the_config_file_is_the_key_left_out(tmp_path: Path) -> None:
     options = with_model_defaults(build_options({}, config))
     assert (options.n, options.max_steps, options.keep) == (4, 60, 0.8) and not options.explicit & {"n", "max_steps"}
     assert build_options({"max_steps": 5}, config).max_steps == 5
-    config.write_text("pack: general\nmodel: tiny\nseed: null\n")
-    with pytest.raises(InvalidInputError, match="seed: expected an integer, got None") as caught:
+    config.write_text("pack: general\nmodel: tiny\nseed: null\nheldout:\njudge: null\n")
+    options = with_model_defaults(build_options({}, config))
+    assert (options.seed, options.heldout, options.judge) == (0, 0.2, "refusal")
+    config.write_text("pack: general\nmodel: null\n")
+    with pytest.raises(InvalidInputError, match="model: expected a string, got None") as caught:
         build_options({}, config)
-    assert (caught.value.problem.file, caught.value.problem.where) == (str(config), "seed")
+    assert (caught.value.problem.file, caught.value.problem.where) == (str(config), "model")
 
 
 def test_one_option_spelt_with_dash_and_underscore_in_the_config_file_is_refused(tmp_path: Path) -> None:
