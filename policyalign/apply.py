@@ -29,8 +29,8 @@ from .run import (check_run_directory, read_manifest, record_inputs, run_active,
                   unbumped_change, write_manifest)
 from .stages import (
     SELECTION_FLAGS, distill_config, distill_key, eval_key, filter_config, filter_key, run_distill, run_eval, run_filter,
-    card_key, checkpoint_record, push_key, resume_key, run_card, run_synthesize, selection_given, synthesize_key,
-    synthesize_options,
+    card_key, check_one_selection_rule, checkpoint_record, push_key, resume_key, run_card, run_synthesize,
+    selection_given, synthesize_key, synthesize_options,
 )
 from .tracking import report_targets
 from .untrusted_data import ManifestLoader
@@ -260,16 +260,18 @@ def _check_named_choices(options: dict[str, Any], path: Path) -> None:
 _FILE_COUNTS = ("synth_max_new_tokens", "gen_batch_size", "eval_max_new_tokens", "eval_limit", "n", "rounds", "save_steps")
 # The filter settings a file may hold, by the flag FilterConfig's errors name.
 _FILE_KEYS_OF_FILTER_FLAGS = {"--keep": "keep", "--top-k": "top_n", "--min-score": "min_score", "--samples": "samples",
-                              "--max-new-tokens": "max_new_tokens", "--heldout": "heldout"}
+                              "--max-new-tokens": "max_new_tokens", "--heldout": "heldout", "--no-filter": "no_filter"}
 
 
 def _check_filter_options(options: dict[str, Any], path: Path) -> None:
     """The file's filter settings held to FilterConfig's bounds, its error worded with the file's keys:
-    `keep: 1.5` said "--keep must be in (0, 1]", naming neither the file nor the key."""
+    `keep: 1.5` said "--keep must be in (0, 1]", and `keep: 0.3` with `top_n: 5` "--keep and --top-k are different
+    selection rules", naming neither the file nor the keys."""
     from .filtering import FilterConfig
 
     given = {key: options[key] for key in _FILE_KEYS_OF_FILTER_FLAGS.values() if options.get(key) is not None}
     try:
+        check_one_selection_rule(given)
         FilterConfig(**given)
     except InvalidInputError as exc:
         message, named = exc.problem.message, []

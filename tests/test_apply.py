@@ -424,11 +424,16 @@ def test_a_config_seed_out_of_range_is_named_as_the_files_key(tmp_path: Path, se
     ("keep: 1.5", "keep must be in (0, 1], got 1.5", "keep"),
     ("top_n: 0", "top_n must be at least 1, got 0", "top_n"),
     ("heldout: 1", "heldout must be in [0, 1), got 1.0", "heldout"),
-    ("top_n: 3\nmin_score: 0.2", "use only one of top_n and min_score (or keep)", "top_n, min_score"),
+    ("top_n: 3\nmin_score: 0.2", "top_n and min_score are different selection rules; only one can apply",
+     "top_n, min_score"),
+    ("keep: 0.3\ntop_n: 5", "keep and top_n are different selection rules; only one can apply", "keep, top_n"),
+    ("keep: 0.3\nno_filter: true", "keep and no_filter are different selection rules; only one can apply",
+     "keep, no_filter"),
 ])
 def test_config_filter_settings_out_of_bounds_are_named_as_the_files_keys(tmp_path: Path, text: str, message: str,
                                                                          where: str) -> None:
-    """`keep: 1.5` in run.yaml said "--keep must be in (0, 1]", naming neither the file nor the key."""
+    """`keep: 1.5` in run.yaml said "--keep must be in (0, 1]", naming neither the file nor the key; `keep: 0.3`
+    with `top_n: 5` (or no_filter: true) "--keep and --top-k are different selection rules", flags never typed."""
     config = tmp_path / "run.yaml"
     config.write_text(f"pack: general\nmodel: tiny\n{text}\n")
     with pytest.raises(InvalidInputError) as caught:
@@ -449,9 +454,9 @@ def test_a_refused_option_leaves_no_run_directory_behind(tmp_path: Path, fixture
 def test_config_numbers_in_scientific_notation_are_numbers(tmp_path: Path) -> None:
     """YAML 1.1 (PyYAML) reads `1e-4` as a string: `learning_rate: 1e-4` was refused as "expected a number"."""
     config = tmp_path / "run.yaml"
-    config.write_text("pack: general\nmodel: tiny\nlearning_rate: 1e-4\nmin_score: 2E+3\nkeep: .5e0\n")
+    config.write_text("pack: general\nmodel: tiny\nlearning_rate: 1e-4\nmin_score: 2E+3\nheldout: .5e0\n")
     options = build_options({}, config)
-    assert (options.learning_rate, options.min_score, options.keep) == (1e-4, 2000.0, 0.5)
+    assert (options.learning_rate, options.min_score, options.heldout) == (1e-4, 2000.0, 0.5)
     config.write_text("pack: general\nmodel: tiny\nlearning_rate: '1e-4'\n")
     with pytest.raises(InvalidInputError, match="learning_rate: expected a number or null, got '1e-4'"):
         build_options({}, config)
