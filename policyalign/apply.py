@@ -297,12 +297,23 @@ def build_options(cli: dict[str, Any], config: Path | None) -> ApplyOptions:
     for key in ("pack", "model"):
         if not merged.get(key):
             raise InvalidInputError(f"missing {key}", hint=f"give {key.upper()} on the command line or `{key}:` in --config")
+    _check_push_keys(from_file, merged, config)
     # No shell expands `~` in a config file: `out: ~/runs/demo` made a directory named `~` in the current one,
     # while the Trainer (which expands it) put the checkpoints in the home directory, where a resume never looked.
     if "out" in merged and merged["out"] is not None:
         merged["out"] = Path(merged["out"]).expanduser()
     merged["pack"] = os.path.expanduser(merged["pack"])  # as a model directory's `~` is (`models.resolve_model`)
     return ApplyOptions(**merged, explicit=explicit)
+
+
+def _check_push_keys(from_file: dict[str, Any], merged: dict[str, Any], config: Path | None) -> None:
+    """The file's `private:` or `revision:` without a repository to push to, named as the file's keys: the
+    check on the merged options said "--private only applies with --push-to ... or drop --private", a flag
+    the user never typed and cannot drop."""
+    for key in ("private", "revision"):
+        if from_file.get(key) and not merged.get("push_to"):
+            raise InvalidInputError(f"{key} only applies with push_to", file=str(config), where=key,
+                                    hint=f"add `push_to: ORG/NAME` to the file (or --push-to), or drop `{key}:`")
 
 
 def with_model_defaults(options: ApplyOptions) -> ApplyOptions:

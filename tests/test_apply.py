@@ -314,6 +314,19 @@ def test_a_home_directory_in_the_config_file_is_expanded(tmp_path: Path, monkeyp
     assert (options.out, options.pack) == (tmp_path / "home" / "runs" / "demo", str(tmp_path / "home" / "packs" / "general"))
 
 
+@pytest.mark.parametrize("text", ["private: true", "revision: v2"])
+def test_push_settings_in_the_config_file_without_push_to_are_named_as_its_keys(tmp_path: Path, text: str) -> None:
+    """`private: true` in run.yaml without push_to said "--private only applies with --push-to ... or drop --private",
+    a flag the user never typed, naming no file."""
+    key = text.split(":")[0]
+    config = tmp_path / "run.yaml"
+    config.write_text(f"pack: general\nmodel: tiny\n{text}\n")
+    with pytest.raises(InvalidInputError, match=f"{key} only applies with push_to") as caught:
+        build_options({}, config)
+    assert (caught.value.problem.file, caught.value.problem.where) == (str(config), key)
+    assert build_options({"push_to": "acme/adapter"}, config).push_to == "acme/adapter", "--push-to supplies it"
+
+
 def test_an_empty_out_is_refused_rather_than_running_over_the_current_directorys_files(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`--out ""` (an unset shell variable) is the current directory: the run wrote its model card over
@@ -351,7 +364,7 @@ def test_config_values_of_the_wrong_type_fail_before_any_stage_runs(tmp_path: Pa
         with pytest.raises(InvalidInputError, match=bad.split(":")[0]):
             build_options({}, config)
     # An int is a float where a float is expected; null only where the option allows it; names as a string or a list.
-    config.write_text("pack: general\nmodel: tiny\nkeep: 1\nlora_dropout: null\nout: runs/x\nprivate: yes\n"
+    config.write_text("pack: general\nmodel: tiny\nkeep: 1\nlora_dropout: null\nout: runs/x\nprivate: yes\npush_to: acme/x\n"
                       "target_modules: [q_proj, v_proj]\n")
     options = build_options({}, config)
     assert options.keep == 1.0 and isinstance(options.keep, float) and options.lora_dropout is None
