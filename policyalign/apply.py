@@ -9,6 +9,7 @@ completion without losing finished work.
 
 from __future__ import annotations
 
+import os
 import re
 import types
 from dataclasses import asdict, dataclass, field, fields
@@ -18,7 +19,7 @@ from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from .errors import HubError, InvalidInputError, PolicyAlignError, PublicRepositoryError, RunError
-from .distill_settings import under_given
+from .distill_settings import MAX_SEED, under_given
 from .evaluate import check_eval_options
 from .io import output_dir
 from .launch import check_vllm_rollouts, launch_rank, training_device
@@ -29,8 +30,8 @@ from .run import (check_run_directory, read_manifest, record_inputs, run_active,
 from .scaffold import draft_leftovers
 from .stages import (
     SELECTION_FLAGS, distill_config, distill_key, eval_key, filter_config, filter_key, run_distill, run_eval, run_filter,
-    card_key, checkpoint_record, push_key, resume_key, run_card, run_synthesize, selection_given, synthesize_key,
-    synthesize_options,
+    card_key, check_one_selection_rule, checkpoint_record, push_key, resume_key, run_card, run_synthesize,
+    selection_given, synthesize_key, synthesize_options,
 )
 from .stats import is_number
 from .tracking import report_targets
@@ -130,6 +131,8 @@ def load_config_file(path: Path) -> dict[str, Any]:
         raise InvalidInputError("config must be a mapping of option: value", file=str(path))
     names = {f.name for f in fields(ApplyOptions)} - {"explicit"}
     options = {str(k).replace("-", "_"): v for k, v in data.items()}
+    if len(options) < len(data):
+        _refuse_two_spellings(data, path)
     from .errors import did_you_mean
 
     for key in options:
@@ -139,9 +142,24 @@ def load_config_file(path: Path) -> dict[str, Any]:
         if key not in names:
             raise InvalidInputError(f"unknown option {key!r}", file=str(path), where=key,
                                     hint=did_you_mean(key, sorted(names), "known options"))
+    # `key: null` (or `key:` left blank) is the key left out, its default, for every option but the two a run
+    # needs: kept, it counted as given and tiny's demo defaults were skipped for it (`n: null` synthesized the
+    # pack's full count, `max_steps: null` trained for epochs), or it was a type error (`seed: null`).
+    options = {key: value for key, value in options.items() if value is not None or key in ("pack", "model")}
     checked = check_config_ranges(check_config_types(options, path), path)
     report_targets(checked.get("report_to"), flag="report_to:", file=str(path))
     return checked
+
+
+def _refuse_two_spellings(data: dict[Any, Any], path: Path) -> None:
+    """`max_steps: 5` and `max-steps: 7` are one option: two keys to YAML, so its duplicate-key check let
+    them through, and the last was kept without a word."""
+    spellings: dict[str, list[str]] = {}
+    for key in data:
+        spellings.setdefault(str(key).replace("-", "_"), []).append(str(key))
+    twice = next(keys for keys in spellings.values() if len(keys) > 1)
+    raise InvalidInputError(f"{' and '.join(repr(k) for k in twice)} are the same option, given twice",
+                            file=str(path), where=twice[-1], hint=f"keep one of {', '.join(twice)}")
 
 
 _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", Path: "a string"}
@@ -200,10 +218,14 @@ def check_config_ranges(options: dict[str, Any], path: Path) -> dict[str, Any]:
     from .distill_settings import setting_error
 
     _check_filter_options(options, path)
+    _check_named_choices(options, path)
     for key in _FILE_COUNTS:
         if options.get(key) is not None and options[key] < 1:
             raise InvalidInputError(f"{key}: {options[key]!r}: must be at least 1", file=str(path), where=key,
                                     hint=f"give {key} a positive number, or leave it out for the default")
+    if options.get("seed") is not None and not 0 <= options["seed"] <= MAX_SEED:  # not in the pack schema's training
+        raise InvalidInputError(f"seed: {options['seed']!r}: must be between 0 and {MAX_SEED}", file=str(path),
+                                where="seed", hint="training seeds numpy's generator, which takes a 32-bit unsigned seed")
     keys = {_SETTING_NAMES.get(k, k): k for k, v in options.items() if k in _DISTILL_OPTIONS and v is not None}
     bad = setting_error({setting: options[key] for setting, key in keys.items()})
     if bad is not None:
@@ -214,22 +236,44 @@ def check_config_ranges(options: dict[str, Any], path: Path) -> dict[str, Any]:
     return options
 
 
+def _check_named_choices(options: dict[str, Any], path: Path) -> None:
+    """The file's backend, judge and device checked as the command line's are, the error naming the file and
+    key: `backend: foo` was "unknown generation backend 'foo'" and `judge: bogus` "--judge: unknown judge",
+    naming neither."""
+    from .generation import backend_name
+    from .judges import get_judge
+    from .models import resolve_device
+
+    # The judge's spec only: its model is looked for (a Hub judge fetched) once, before the first stage.
+    checks: dict[str, Callable[[Any], Any]] = {"backend": backend_name, "judge": get_judge, "device": resolve_device}
+    for key, check in checks.items():
+        if options.get(key) is None:
+            continue
+        try:
+            check(options[key])
+        except PolicyAlignError as exc:
+            message = exc.problem.message.removeprefix(f"--{key}: ")
+            raise InvalidInputError(f"{key}: {message}", file=str(path), where=key, hint=exc.problem.hint) from None
+
+
 # Counts a config file may hold below 1, named as its keys: those only a file sets had no check before their
 # stage loaded its model (`eval_max_new_tokens: 0` failed after synthesis and filtering, as "max_new_tokens"),
 # and the others' checks name the flag (`eval_limit: 0` said "--eval-limit must be at least 1", naming no file).
-_FILE_COUNTS = ("synth_max_new_tokens", "gen_batch_size", "eval_max_new_tokens", "eval_limit", "n", "rounds")
+_FILE_COUNTS = ("synth_max_new_tokens", "gen_batch_size", "eval_max_new_tokens", "eval_limit", "n", "rounds", "save_steps")
 # The filter settings a file may hold, by the flag FilterConfig's errors name.
 _FILE_KEYS_OF_FILTER_FLAGS = {"--keep": "keep", "--top-k": "top_n", "--min-score": "min_score", "--samples": "samples",
-                              "--max-new-tokens": "max_new_tokens", "--heldout": "heldout"}
+                              "--max-new-tokens": "max_new_tokens", "--heldout": "heldout", "--no-filter": "no_filter"}
 
 
 def _check_filter_options(options: dict[str, Any], path: Path) -> None:
     """The file's filter settings held to FilterConfig's bounds, its error worded with the file's keys:
-    `keep: 1.5` said "--keep must be in (0, 1]", naming neither the file nor the key."""
+    `keep: 1.5` said "--keep must be in (0, 1]", and `keep: 0.3` with `top_n: 5` "--keep and --top-k are different
+    selection rules", naming neither the file nor the keys."""
     from .filtering import FilterConfig
 
     given = {key: options[key] for key in _FILE_KEYS_OF_FILTER_FLAGS.values() if options.get(key) is not None}
     try:
+        check_one_selection_rule(given)
         FilterConfig(**given)
     except InvalidInputError as exc:
         message, named = exc.problem.message, []
@@ -244,21 +288,34 @@ def build_options(cli: dict[str, Any], config: Path | None) -> ApplyOptions:
     """Config file first, then every option the user actually gave on the command line.
 
     A selection flag (--keep, --top-k, --min-score, --no-filter) on the command line replaces the
-    file's selection rule whole: only one rule can apply, and the command line wins."""
-    merged = load_config_file(config) if config else {}
+    file's selection rule whole: only one rule can apply, and the command line wins. So does --epochs
+    given without --max-steps over the file's `max_steps` (`under_given`): the trainer stops at max_steps
+    whatever the epochs, so `--epochs 3` trained the file's few steps without a word."""
+    from_file = load_config_file(config) if config else {}
     if any(selection_given(cli.get(name)) for name in SELECTION_FLAGS):
-        merged = {k: v for k, v in merged.items() if k not in SELECTION_FLAGS}
+        from_file = {k: v for k, v in from_file.items() if k not in SELECTION_FLAGS}
+    merged = under_given(from_file, {key: value for key, value in cli.items() if value is not None and value is not False})
     explicit = set(merged)
-    for key, value in cli.items():
-        if value is not None and value is not False:
-            merged[key] = value
-            explicit.add(key)
     for key in ("pack", "model"):
         if not merged.get(key):
             raise InvalidInputError(f"missing {key}", hint=f"give {key.upper()} on the command line or `{key}:` in --config")
+    _check_push_keys(from_file, merged, config)
+    # No shell expands `~` in a config file: `out: ~/runs/demo` made a directory named `~` in the current one,
+    # while the Trainer (which expands it) put the checkpoints in the home directory, where a resume never looked.
     if "out" in merged and merged["out"] is not None:
-        merged["out"] = Path(merged["out"])
+        merged["out"] = Path(merged["out"]).expanduser()
+    merged["pack"] = os.path.expanduser(merged["pack"])  # as a model directory's `~` is (`models.resolve_model`)
     return ApplyOptions(**merged, explicit=explicit)
+
+
+def _check_push_keys(from_file: dict[str, Any], merged: dict[str, Any], config: Path | None) -> None:
+    """The file's `private:` or `revision:` without a repository to push to, named as the file's keys: the
+    check on the merged options said "--private only applies with --push-to ... or drop --private", a flag
+    the user never typed and cannot drop."""
+    for key in ("private", "revision"):
+        if from_file.get(key) and not merged.get("push_to"):
+            raise InvalidInputError(f"{key} only applies with push_to", file=str(config), where=key,
+                                    hint=f"add `push_to: ORG/NAME` to the file (or --push-to), or drop `{key}:`")
 
 
 def with_model_defaults(options: ApplyOptions) -> ApplyOptions:
@@ -282,7 +339,11 @@ def remove_stale_temporaries(run_dir: Path) -> None:
 
 
 def default_run_dir(pack: Pack, model: str) -> Path:
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-")
+    """runs/PACK-VERSION-MODEL, the model in its one spelling (`models.spelled_name`): named as typed,
+    `--model Tiny` (or `qwen2.5-7b`) started a new run, re-running every stage of the `--model tiny` one."""
+    from .models import resolve_model, spelled_name
+
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", spelled_name(resolve_model(model))).strip("-")
     return Path("runs") / f"{pack.name}-{pack.version}-{slug}"
 
 
@@ -306,7 +367,7 @@ class ApplyResult:
 def _filter_options(o: ApplyOptions) -> dict[str, Any]:
     return {"keep": o.keep, "top_n": o.top_n, "min_score": o.min_score, "no_filter": o.no_filter,
             "samples": o.samples, "max_new_tokens": o.max_new_tokens, "heldout": o.heldout, "seed": o.seed,
-            "kl_top_k": o.kl_top_k}
+            "kl_top_k": o.kl_top_k, "temperature": o.temperature}
 
 
 # `pa apply` option -> the training setting it overrides, where the names differ.
@@ -392,7 +453,7 @@ def _apply(options: ApplyOptions, pack: Pack, run_dir: Path, settings: tuple[Any
         on_stage(name, "done")
 
     synth_opts = synthesize_options(options.model, options.generator, options.n, options.rounds, options.seed,
-                                    None, options.synth_max_new_tokens)
+                                    None, options.synth_max_new_tokens, options.backend)
     step("synthesize", synthesize_key(pack, options.model, synth_opts), ["instructions.jsonl"],
          lambda: run_synthesize(run_dir, pack, options.model, generator=options.generator, n=options.n,
                                 rounds=options.rounds, seed=options.seed, batch_size=options.gen_batch_size,

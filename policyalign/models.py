@@ -248,16 +248,25 @@ def loaded_commit(loaded: LoadedModel) -> str | None:
     return commit if isinstance(commit, str) else None
 
 
-def keyed_name(ref: ModelRef, name: str) -> str:
-    """The model's name in a cache key (`name`, as the user gave it): a Hub model whose commit is
+def keyed_name(ref: ModelRef) -> str:
+    """The model's name in a cache key, not as the user typed it: a Hub model whose commit is
     known by its repository alone, as the commit beside it says which weights, so an alias,
-    `org/name`, `org/name@main` and `org/name@<commit>` loading the same commit key the same; a
-    local directory by its absolute path, so `./m` and `/abs/m` key the same, and `./m` typed in
-    another directory does not; `tiny` by its one name, however it was typed (`Tiny`, ` tiny `
-    resolve to it, and re-ran every stage of a finished run)."""
+    `org/name`, `org/name@main` and `org/name@<commit>` loading the same commit key the same; one not
+    downloaded yet by its name and revision as resolved, an alias in its one spelling (aliases resolve
+    whatever their case: keyed as typed, `Qwen2.5-7B` and `qwen2.5-7b` re-ran each other's stages) and
+    an `org/name` as typed, so runs keyed before keep their keys; a local directory by its
+    absolute path, so `./m` and `/abs/m` key the same, and `./m` typed in another directory does not;
+    `tiny` by its one name, however it was typed (`Tiny`, ` tiny ` resolve to it, and re-ran every
+    stage of a finished run)."""
     if ref.kind == "local" or (ref.kind == "hub" and hub_commit(ref)):
         return ref.location
-    return ref.name if ref.kind == "tiny" else name
+    return spelled_name(ref)
+
+
+def spelled_name(ref: ModelRef) -> str:
+    """The model as typed, but in one spelling where resolving ignores case: `tiny`, an alias as `pa
+    models` lists it (with the revision asked for); an `org/name[@revision]` or a directory as given."""
+    return f"{ref.name}@{ref.revision}" if ref.kind == "hub" and ref.revision else ref.name
 
 
 def recorded_name(model: str) -> str:
@@ -430,6 +439,7 @@ def load_model(
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     kwargs = {"revision": ref.revision} if ref.revision else {}
+    _check_local_config(ref)
     with _load_errors(ref):
         tokenizer = AutoTokenizer.from_pretrained(ref.location, **kwargs)
         if not weights:
@@ -451,6 +461,29 @@ def load_model(
         model.eval()
         model.requires_grad_(False)
     return LoadedModel(model=model, tokenizer=tokenizer, ref=ref, device=dev, dtype=torch_dtype, config=model.config)
+
+
+def _check_local_config(ref: ModelRef) -> None:
+    """A local directory's config.json must hold a JSON object: transformers indexes whatever it parsed,
+    so an array or a string (`[...]`, `"..."`) was a TypeError traceback from every stage that loads it.
+    Malformed JSON is left to transformers, whose error `_load_errors` already words."""
+    import json
+
+    path = Path(ref.location) / "config.json"
+    if ref.kind != "local" or not path.is_file():
+        return
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return
+    if not isinstance(config, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(config), "a number")
+        raise ModelError(
+            f"config.json holds {kind}, not the JSON object of a model's settings",
+            file=str(path),
+            hint="save the model's config again (`AutoConfig.from_pretrained(BASE).save_pretrained(DIR)`), "
+                 "or copy config.json from the model it was made from",
+        )
 
 
 def _prepare_tokenizer(tokenizer: Any, model: Any, ref: ModelRef) -> None:

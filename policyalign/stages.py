@@ -83,17 +83,24 @@ def _model_key(model: str, field: str | None = "model", files: str | None = "mod
 
     ref = resolve_model(model)
     weights = weights_key(ref) if files else None
-    return {**({field: keyed_name(ref, model)} if field else {}), **({files: weights} if weights else {})}
+    return {**({field: keyed_name(ref)} if field else {}), **({files: weights} if weights else {})}
 
 
 # --------------------------------------------------------------------------- synthesize
 
 
 def synthesize_options(model: str, generator: str | None, n: int | None, rounds: int | None, seed: int,
-                       max_per_category: int | None, max_new_tokens: int | None) -> dict[str, Any]:
-    """The options that change synthesis output (and so its key)."""
+                       max_per_category: int | None, max_new_tokens: int | None,
+                       backend: str = "transformers") -> dict[str, Any]:
+    """The options that change synthesis output (and so its key). The backend samples its own way (vLLM's
+    sampler draws other tokens from the same seed), so `--backend vllm` after a transformers run re-synthesizes
+    rather than keeping the other backend's instructions; keyed only when not the default, so runs made
+    before keep their key."""
+    from .generation import backend_name
+
     return {"generator": generator or model, "n": n, "rounds": rounds, "seed": seed,
-            "max_per_category": max_per_category, "max_new_tokens": max_new_tokens}
+            "max_per_category": max_per_category, "max_new_tokens": max_new_tokens,
+            **({"backend": backend_name(backend)} if backend_name(backend) != "transformers" else {})}
 
 
 def synthesize_key(pack: "Pack", model: str, options: dict[str, Any]) -> str:
@@ -121,7 +128,7 @@ def run_synthesize(run_dir: Path, pack: "Pack", model: str, *, generator: str | 
                    sampling=sampling, seed=seed)  # before the run directory is made or its record changed
     check_device_and_dtype(device)
     run_dir = output_dir(run_dir)
-    options = synthesize_options(model, generator, n, rounds, seed, max_per_category, max_new_tokens)
+    options = synthesize_options(model, generator, n, rounds, seed, max_per_category, max_new_tokens, backend)
     with run_lock(run_dir):  # from the first write to run.json
         check_run_directory(run_dir)
         record_inputs(run_dir, pack, model)
@@ -164,6 +171,8 @@ def filter_config(pack: "Pack", **options: Any) -> Any:
         options["max_new_tokens"] = int(pack.training.get("max_new_tokens", 128))
     if options.get("kl_top_k") is None:  # the reverse KL distillation minimises is the one filtering ranks by
         options["kl_top_k"] = int(pack.training.get("top_k", 256))
+    if options.get("temperature") is None:  # ... over responses sampled as distillation's rollouts are
+        options["temperature"] = float(pack.training.get("temperature", 1.0))
     return FilterConfig(keep=keep, **{k: v for k, v in options.items() if v is not None})
 
 

@@ -171,14 +171,17 @@ class _Generator:
         self.id = self._identify()
 
     def _identify(self) -> str:
-        """A string naming what produces the samples: it keys the generation cache."""
+        """A string naming what produces the samples: it keys the generation cache. A backend other than
+        transformers samples other tokens from the same seed, so it is named too: the cache served a
+        `--backend vllm` re-synthesis the transformers samples."""
         if self._backend is not None:
             explicit = getattr(self._backend, "generator_id", None)
             if isinstance(explicit, str) and explicit:
                 return explicit
             loaded = getattr(self._backend, "loaded", None)
             ref = getattr(loaded, "ref", None)
-            return _ref_id(ref) if ref is not None else str(getattr(self._backend, "name", type(self._backend).__name__))
+            name = str(getattr(self._backend, "name", type(self._backend).__name__))
+            return _with_backend(_ref_id(ref), name) if ref is not None else name
         from .models import resolve_model, weights_key
 
         ref = resolve_model(str(self._name))
@@ -187,7 +190,7 @@ class _Generator:
             # the cache would hold generations the next run (commit known) cannot find, and would serve
             # them to whichever commit a later download of that name brings.
             self.backend()
-        return _ref_id(ref)
+        return _with_backend(_ref_id(ref), self._backend_name)
 
     def backend(self) -> Backend:
         if self._backend is None:
@@ -201,6 +204,15 @@ class _Generator:
         return self._backend
 
 
+def _with_backend(generator_id: str, backend: str) -> str:
+    """The generator's id, with the backend beside it unless that is transformers (whose ids stay as they
+    were, so caches made before keep serving)."""
+    from .generation import BACKENDS
+
+    key = backend.strip().lower()
+    return generator_id if key == "transformers" or key not in BACKENDS else f"{generator_id}|{key}"
+
+
 def _ref_id(ref: Any) -> str:
     """`tiny` is regenerated from code: its content key, not its path, says which weights it is; a
     local directory adds its files' fingerprint, a Hub model its commit, so weights saved over it
@@ -212,7 +224,7 @@ def _ref_id(ref: Any) -> str:
 
         return f"tiny:{content_key()[:16]}"
     files = weights_key(ref)
-    return f"{keyed_name(ref, str(ref))}#{files}" if files else str(ref)
+    return f"{keyed_name(ref)}#{files}" if files else str(ref)
 
 
 # --------------------------------------------------------------------------- requests and the cache

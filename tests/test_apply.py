@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from typer.testing import CliRunner
 
 from policyalign.apply import ApplyOptions, apply, build_options, run_summary
 from policyalign.cli import app
-from policyalign.errors import HubError, InvalidInputError, RunError
+from policyalign.errors import HubError, InvalidInputError, PolicyAlignError, RunError
 from policyalign.io import read_jsonl
 from policyalign.registry import Registry
 from tracked import tensorboard_scalars
@@ -241,6 +242,91 @@ def test_epochs_given_for_tiny_are_not_capped_by_its_demo_max_steps() -> None:
     assert with_model_defaults(build_options({"pack": "general", "model": "tiny"}, None)).max_steps == 60
 
 
+def test_epochs_on_the_command_line_win_over_the_config_files_max_steps(tmp_path: Path) -> None:
+    """`max_steps: 2` in --config plus `--epochs 1` trained 2 steps: the file's max_steps stopped the trainer
+    whatever the epochs, though the command line wins over the file."""
+    from policyalign.apply import _distill_overrides, with_model_defaults
+    from policyalign.stages import distill_config
+
+    config = tmp_path / "run.yaml"
+    config.write_text("pack: general\nmodel: tiny\nmax_steps: 2\n")
+    pack = Registry.default().load("general")
+    options = with_model_defaults(build_options({"num_epochs": 1.0}, config))
+    settings = distill_config(pack, _distill_overrides(options))
+    assert (settings.num_epochs, settings.max_steps) == (1.0, -1) and "max_steps" not in options.explicit
+    options = with_model_defaults(build_options({"num_epochs": 1.0, "max_steps": 3}, config))
+    assert distill_config(pack, _distill_overrides(options)).max_steps == 3, "both given: max_steps still caps"
+    assert with_model_defaults(build_options({}, config)).max_steps == 2, "no flag: the file's length stands"
+
+
+def test_null_in_the_config_file_is_the_key_left_out(tmp_path: Path) -> None:
+    """`n: null` or a blank `max_steps:` counted as given: tiny's demo defaults were skipped for them, so the
+    demo synthesized the pack's full count and trained for whole epochs; `seed: null` was a type error. Null is
+    the default for every option but the model and the pack, which have none: there it names the file and key."""
+    from policyalign.apply import with_model_defaults
+
+    config = tmp_path / "run.yaml"
+    config.write_text("pack: general\nmodel: tiny\nn: null\nmax_steps:\nnum_epochs: null\nkeep: null\n")
+    options = with_model_defaults(build_options({}, config))
+    assert (options.n, options.max_steps, options.keep) == (4, 60, 0.8) and not options.explicit & {"n", "max_steps"}
+    assert build_options({"max_steps": 5}, config).max_steps == 5
+    config.write_text("pack: general\nmodel: tiny\nseed: null\nheldout:\njudge: null\n")
+    options = with_model_defaults(build_options({}, config))
+    assert (options.seed, options.heldout, options.judge) == (0, 0.2, "refusal")
+    config.write_text("pack: general\nmodel: null\n")
+    with pytest.raises(InvalidInputError, match="model: expected a string, got None") as caught:
+        build_options({}, config)
+    assert (caught.value.problem.file, caught.value.problem.where) == (str(config), "model")
+
+
+def test_one_option_spelt_with_dash_and_underscore_in_the_config_file_is_refused(tmp_path: Path) -> None:
+    """`max_steps: 5` and `max-steps: 7` passed the duplicate-key check (two YAML keys), and the last silently won."""
+    config = tmp_path / "run.yaml"
+    config.write_text("pack: general\nmodel: tiny\nmax_steps: 5\nmax-steps: 7\n")
+    with pytest.raises(InvalidInputError, match="'max_steps' and 'max-steps' are the same option") as caught:
+        build_options({}, config)
+    assert (caught.value.problem.file, caught.value.problem.where) == (str(config), "max-steps")
+
+
+def test_the_default_run_directory_names_the_model_in_one_spelling(tmp_path: Path) -> None:
+    """`--model Tiny` (or `qwen2.5-7b`) resolves to the model `--model tiny` ran, yet its default run directory
+    was named as typed: a new run that re-ran every stage instead of resuming the finished one."""
+    from policyalign.apply import default_run_dir
+
+    pack = Registry.default().load("general")
+    assert {default_run_dir(pack, name) for name in ("tiny", "Tiny", " TINY ")} == {Path("runs/general-1.0.0-tiny")}
+    assert {default_run_dir(pack, name) for name in ("Qwen2.5-7B", "qwen2.5-7b")} == {Path("runs/general-1.0.0-Qwen2.5-7B")}
+    assert default_run_dir(pack, "qwen2.5-7b@v1") == Path("runs/general-1.0.0-Qwen2.5-7B-v1")
+    assert default_run_dir(pack, "Qwen/Qwen2.5-7B-Instruct") == Path("runs/general-1.0.0-Qwen-Qwen2.5-7B-Instruct")
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    assert default_run_dir(pack, str(tmp_path / "m")).name.endswith(str(tmp_path / "m").replace("/", "-").strip("-"))
+
+
+def test_a_home_directory_in_the_config_file_is_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`out: ~/runs/demo` in run.yaml (no shell to expand it) ran into a directory named `~` under the current one,
+    while the Trainer, which expands it, wrote the checkpoints under the home directory: a resume found none."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    shutil.copytree(Path(__file__).parent.parent / "packs" / "general", tmp_path / "home" / "packs" / "general")
+    config = tmp_path / "run.yaml"
+    config.write_text("pack: ~/packs/general\nmodel: tiny\nout: ~/runs/demo\n")
+    options = build_options({}, config)
+    assert (options.out, options.pack) == (tmp_path / "home" / "runs" / "demo", str(tmp_path / "home" / "packs" / "general"))
+
+
+@pytest.mark.parametrize("text", ["private: true", "revision: v2"])
+def test_push_settings_in_the_config_file_without_push_to_are_named_as_its_keys(tmp_path: Path, text: str) -> None:
+    """`private: true` in run.yaml without push_to said "--private only applies with --push-to ... or drop --private",
+    a flag the user never typed, naming no file."""
+    key = text.split(":")[0]
+    config = tmp_path / "run.yaml"
+    config.write_text(f"pack: general\nmodel: tiny\n{text}\n")
+    with pytest.raises(InvalidInputError, match=f"{key} only applies with push_to") as caught:
+        build_options({}, config)
+    assert (caught.value.problem.file, caught.value.problem.where) == (str(config), key)
+    assert build_options({"push_to": "acme/adapter"}, config).push_to == "acme/adapter", "--push-to supplies it"
+
+
 def test_an_empty_out_is_refused_rather_than_running_over_the_current_directorys_files(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`--out ""` (an unset shell variable) is the current directory: the run wrote its model card over
@@ -278,7 +364,7 @@ def test_config_values_of_the_wrong_type_fail_before_any_stage_runs(tmp_path: Pa
         with pytest.raises(InvalidInputError, match=bad.split(":")[0]):
             build_options({}, config)
     # An int is a float where a float is expected; null only where the option allows it; names as a string or a list.
-    config.write_text("pack: general\nmodel: tiny\nkeep: 1\nlora_dropout: null\nout: runs/x\nprivate: yes\n"
+    config.write_text("pack: general\nmodel: tiny\nkeep: 1\nlora_dropout: null\nout: runs/x\nprivate: yes\npush_to: acme/x\n"
                       "target_modules: [q_proj, v_proj]\n")
     options = build_options({}, config)
     assert options.keep == 1.0 and isinstance(options.keep, float) and options.lora_dropout is None
@@ -309,7 +395,7 @@ def test_config_values_out_of_range_are_named_as_the_files_keys(tmp_path: Path) 
 
 
 @pytest.mark.parametrize("key", ["eval_max_new_tokens", "synth_max_new_tokens", "gen_batch_size", "eval_limit", "n",
-                                 "rounds"])
+                                 "rounds", "save_steps"])
 def test_config_counts_below_one_are_named_before_any_stage(tmp_path: Path, key: str) -> None:
     """`eval_max_new_tokens: 0` failed at the first evaluation, after synthesis and filtering, as "max_new_tokens";
     `eval_limit: 0` was "--eval-limit must be at least 1", naming neither the file nor its key."""
@@ -320,15 +406,47 @@ def test_config_counts_below_one_are_named_before_any_stage(tmp_path: Path, key:
     assert (caught.value.problem.file, caught.value.problem.where) == (str(config), key)
 
 
+@pytest.mark.parametrize("text, message", [("backend: foo", "backend: unknown generation backend 'foo'"),
+                                           ("judge: bogus", "judge: unknown judge 'bogus'"),
+                                           ("device: gpu", "device: unknown device 'gpu'")])
+def test_a_config_backend_judge_or_device_that_is_unknown_is_named_as_the_files_key(tmp_path: Path, text: str,
+                                                                                   message: str) -> None:
+    """`backend: foo`, `judge: bogus` and `device: gpu` in run.yaml were refused naming no file (the judge as
+    "--judge", a flag the user never typed)."""
+    config = tmp_path / "run.yaml"
+    config.write_text(f"pack: general\nmodel: tiny\n{text}\n")
+    with pytest.raises(PolicyAlignError) as caught:
+        build_options({}, config)
+    key = text.split(":")[0]
+    assert caught.value.problem.message == message
+    assert (caught.value.problem.file, caught.value.problem.where) == (str(config), key)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_a_config_seed_out_of_range_is_named_as_the_files_key(tmp_path: Path, seed: int) -> None:
+    """`seed: -1` (and `save_steps: 0`, above) in run.yaml were "--seed -1: must be between ...", a flag the user
+    never typed, in a message naming no file: neither is in the pack schema's training section, which the file is held to."""
+    config = tmp_path / "run.yaml"
+    config.write_text(f"pack: general\nmodel: tiny\nseed: {seed}\n")
+    with pytest.raises(InvalidInputError, match=f"seed: {seed}: must be between 0 and 4294967295") as caught:
+        build_options({}, config)
+    assert (caught.value.problem.file, caught.value.problem.where) == (str(config), "seed")
+
+
 @pytest.mark.parametrize("text, message, where", [
     ("keep: 1.5", "keep must be in (0, 1], got 1.5", "keep"),
     ("top_n: 0", "top_n must be at least 1, got 0", "top_n"),
     ("heldout: 1", "heldout must be in [0, 1), got 1.0", "heldout"),
-    ("top_n: 3\nmin_score: 0.2", "use only one of top_n and min_score (or keep)", "top_n, min_score"),
+    ("top_n: 3\nmin_score: 0.2", "top_n and min_score are different selection rules; only one can apply",
+     "top_n, min_score"),
+    ("keep: 0.3\ntop_n: 5", "keep and top_n are different selection rules; only one can apply", "keep, top_n"),
+    ("keep: 0.3\nno_filter: true", "keep and no_filter are different selection rules; only one can apply",
+     "keep, no_filter"),
 ])
 def test_config_filter_settings_out_of_bounds_are_named_as_the_files_keys(tmp_path: Path, text: str, message: str,
                                                                          where: str) -> None:
-    """`keep: 1.5` in run.yaml said "--keep must be in (0, 1]", naming neither the file nor the key."""
+    """`keep: 1.5` in run.yaml said "--keep must be in (0, 1]", naming neither the file nor the key; `keep: 0.3`
+    with `top_n: 5` (or no_filter: true) "--keep and --top-k are different selection rules", flags never typed."""
     config = tmp_path / "run.yaml"
     config.write_text(f"pack: general\nmodel: tiny\n{text}\n")
     with pytest.raises(InvalidInputError) as caught:
@@ -349,9 +467,9 @@ def test_a_refused_option_leaves_no_run_directory_behind(tmp_path: Path, fixture
 def test_config_numbers_in_scientific_notation_are_numbers(tmp_path: Path) -> None:
     """YAML 1.1 (PyYAML) reads `1e-4` as a string: `learning_rate: 1e-4` was refused as "expected a number"."""
     config = tmp_path / "run.yaml"
-    config.write_text("pack: general\nmodel: tiny\nlearning_rate: 1e-4\nmin_score: 2E+3\nkeep: .5e0\n")
+    config.write_text("pack: general\nmodel: tiny\nlearning_rate: 1e-4\nmin_score: 2E+3\nheldout: .5e0\n")
     options = build_options({}, config)
-    assert (options.learning_rate, options.min_score, options.keep) == (1e-4, 2000.0, 0.5)
+    assert (options.learning_rate, options.min_score, options.heldout) == (1e-4, 2000.0, 0.5)
     config.write_text("pack: general\nmodel: tiny\nlearning_rate: '1e-4'\n")
     with pytest.raises(InvalidInputError, match="learning_rate: expected a number or null, got '1e-4'"):
         build_options({}, config)

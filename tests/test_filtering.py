@@ -393,3 +393,18 @@ def test_filtering_ranks_by_the_reverse_kl_top_k_the_pack_and_apply_train_with(f
     assert filter_config(pack, kl_top_k=0).kl_top_k == 0, "given explicitly, 0 (the whole vocabulary) is kept"
     assert filter_config(pack, **_filter_options(ApplyOptions(pack="root-pack", model="tiny", kl_top_k=16))).kl_top_k == 16
     assert filter_config(Registry([fixture_packs]).load("child-pack")).kl_top_k == 256
+
+
+def test_filtering_samples_at_the_temperature_the_pack_and_apply_train_with(fixture_packs: Path) -> None:
+    """A pack's `training: temperature` (and pa apply's --temperature) reached only distillation's rollouts: the
+    filter always sampled its on-policy responses at 1.0, ranking responses training never samples."""
+    from policyalign.apply import ApplyOptions, _filter_options
+    from policyalign.registry import Registry
+    from policyalign.stages import filter_config
+
+    yaml = fixture_packs / "root-pack" / "pack.yaml"
+    yaml.write_text(yaml.read_text() + "  temperature: 0.7\n")
+    pack = Registry([fixture_packs]).load("root-pack")
+    assert filter_config(pack).temperature == 0.7
+    assert filter_config(pack, **_filter_options(ApplyOptions(pack="root-pack", model="tiny", temperature=0.5))).temperature == 0.5
+    assert filter_config(Registry([fixture_packs]).load("child-pack")).temperature == 1.0

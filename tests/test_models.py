@@ -59,8 +59,8 @@ def test_a_hub_model_is_keyed_by_the_commit_the_cache_resolves_it_to(hf_cache: A
     assert weights_key(resolve_model("acme/tiny@v9")) is None, "a tag never downloaded"
     hf_cache("acme/tiny", C2)  # main moved on, and the new commit was downloaded
     assert weights_key(resolve_model("acme/tiny")) == C2
-    assert {keyed_name(resolve_model(n), n) for n in ("acme/tiny", "acme/tiny@main", f"acme/tiny@{C1}")} == {"acme/tiny"}
-    assert keyed_name(resolve_model("acme/tiny@v9"), "acme/tiny@v9") == "acme/tiny@v9"
+    assert {keyed_name(resolve_model(n)) for n in ("acme/tiny", "acme/tiny@main", f"acme/tiny@{C1}")} == {"acme/tiny"}
+    assert keyed_name(resolve_model("acme/tiny@v9")) == "acme/tiny@v9"
 
 
 # --------------------------------------------------------------------------- resolve
@@ -525,7 +525,7 @@ def test_a_local_directory_keys_by_its_path_however_typed(tmp_path: Path, monkey
     (tmp_path / "m" / "config.json").write_text("{}")
     monkeypatch.chdir(tmp_path)
     names = ["./m", "m/", str(tmp_path / "m")]
-    assert {keyed_name(resolve_model(name), name) for name in names} == {str(tmp_path / "m")}
+    assert {keyed_name(resolve_model(name)) for name in names} == {str(tmp_path / "m")}
 
 
 def test_tiny_keys_by_one_name_however_typed() -> None:
@@ -536,6 +536,34 @@ def test_tiny_keys_by_one_name_however_typed() -> None:
     from policyalign.pack import load_pack
 
     names = ["tiny", "Tiny", " TINY "]
-    assert {keyed_name(resolve_model(name), name) for name in names} == {"tiny"}
+    assert {keyed_name(resolve_model(name)) for name in names} == {"tiny"}
     pack = load_pack(Path(__file__).resolve().parents[1] / "packs" / "general")
     assert len({synthesize_key(pack, name, synthesize_options(name, None, 2, None, 0, None, 16)) for name in names}) == 1
+
+
+def test_an_alias_not_downloaded_keys_by_its_one_spelling(fixture_packs: Path, hf_cache: Any) -> None:
+    """Aliases resolve whatever their case, yet one not downloaded yet was keyed as typed: `Qwen2.5-7B` and
+    `qwen2.5-7b` re-ran each other's stages."""
+    from policyalign.models import keyed_name
+    from policyalign.registry import Registry
+    from policyalign.stages import eval_key, synthesize_key, synthesize_options
+
+    names = ["Qwen2.5-7B", "qwen2.5-7b", " QWEN2.5-7B "]
+    assert weights_key(resolve_model(names[0])) is None, "not downloaded"
+    assert {keyed_name(resolve_model(name)) for name in names} == {"Qwen2.5-7B"}
+    assert keyed_name(resolve_model("qwen2.5-7b@v1")) == "Qwen2.5-7B@v1", "the revision still counts"
+    pack = Registry([fixture_packs]).load("root-pack")
+    assert len({synthesize_key(pack, name, synthesize_options(name, "tiny", 2, None, 0, None, 16)) for name in names}) == 1
+    assert len({eval_key(Path("run"), pack, name, "before", {"judge": "refusal"}) for name in names}) == 1
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", '"config"', "null"])
+def test_a_config_json_that_is_not_an_object_is_a_model_error(tmp_path: Path, text: str) -> None:
+    """transformers indexes config.json's value as a dict: an array or a string was a TypeError traceback."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny.tiny_model_path(), model)
+    (model / "config.json").write_text(text)
+    with pytest.raises(ModelError, match="config.json holds .*not the JSON object") as info:
+        load_model(str(model), device="cpu")
+    assert info.value.problem.file == str(model / "config.json")
+    assert "save_pretrained" in info.value.problem.hint

@@ -325,3 +325,19 @@ def test_a_bad_device_or_pa_dtype_is_refused_before_a_stage_begins(tmp_path: Pat
         with pytest.raises(ModelError, match="unknown device 'gpu'"):
             stage_command()
     assert (run / "run.json").read_text() == before
+
+
+def test_another_backend_re_synthesizes_and_is_not_served_the_cached_samples(fixture_packs: Path) -> None:
+    """vLLM's sampler draws other tokens than transformers' from the same seed, yet the synthesize key and the
+    generation cache left the backend out: `--backend vllm` after a transformers run kept its instructions.
+    The default backend is not keyed, so runs and caches made before keep theirs."""
+    from policyalign.synthesize import _Generator
+
+    pack = Registry([fixture_packs]).load("root-pack")
+    default = synthesize_options("tiny", None, 2, 1, 0, None, None)
+    vllm = synthesize_options("tiny", None, 2, 1, 0, None, None, " vLLM")
+    assert synthesize_options("tiny", None, 2, 1, 0, None, None, "transformers") == default and "backend" not in default
+    assert synthesize_key(pack, "tiny", vllm) != synthesize_key(pack, "tiny", default)  # type: ignore[arg-type]
+    ids = {name: _Generator("tiny", device="cpu", backend_name=name).id for name in ("transformers", "vllm")}
+    assert ids["transformers"].startswith("tiny:") and "|" not in ids["transformers"]
+    assert ids["vllm"] == ids["transformers"] + "|vllm"
