@@ -138,7 +138,8 @@ class Registry:
         return other
 
     def discover(self) -> list[PackLocation]:
-        """Every directory with a pack.yaml directly under a search path, first path winning ties."""
+        """Every directory with a pack.yaml directly under a search path, first path winning ties; a
+        manifest naming another pack than its directory is left to `unreadable` (it cannot load)."""
         found: dict[tuple[str, str], PackLocation] = {}
         for base in self.paths:
             if not base.is_dir():
@@ -146,14 +147,17 @@ class Registry:
             for child in sorted(base.iterdir()):
                 if child.is_dir() and (child / "pack.yaml").is_file():
                     loc = read_header(child)
-                    if loc is not None:
+                    if loc is not None and loc.name == child.name:
                         found.setdefault((loc.name, loc.version), loc)
         return sorted(found.values(), key=lambda l: (l.name, version_key(l.version)))
 
     def unreadable(self) -> list[Path]:
-        """Pack directories whose manifest gives no name (too large, too deep, not YAML): `pa list`
-        shows them as invalid instead of leaving a contributor's pack out without a word."""
-        return [d for d in self.pack_dirs() if read_header(d) is None]
+        """Pack directories whose manifest gives no name (too large, too deep, not YAML) or another
+        directory's name: `pa list` shows them as invalid instead of leaving a contributor's pack out
+        without a word. A copy of packs/general in packs/cyber, not yet renamed, can never load as
+        `general` (the name must be the directory's), yet it was found as general@1.0.0 before the real
+        one and made `pa show general` and every child of general invalid."""
+        return [d for d in self.pack_dirs() if (loc := read_header(d)) is None or loc.name != d.name]
 
     def pack_dirs(self) -> list[Path]:
         """Every directory with a pack.yaml, readable or not (for `pa validate --all`)."""

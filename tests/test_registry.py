@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -247,3 +248,22 @@ def test_a_manifest_name_or_version_with_terminal_escapes_never_reaches_the_term
         result = CliRunner().invoke(app, [*args, "--packs-path", str(fixture_packs)])
         assert "\x1b" not in result.output, args
     assert "evil" in CliRunner().invoke(app, ["list", "--packs-path", str(fixture_packs)]).output
+
+
+def test_a_copied_pack_not_yet_renamed_does_not_shadow_the_original(fixture_packs: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    tmp_path: Path) -> None:
+    """`cp -r packs/root-pack packs/a-copy`, the manifest still saying `name: root-pack`: the copy came first
+    in discovery as root-pack@1.0.0, so `pa show root-pack`, every child of root-pack and `pa list`'s row
+    for it were invalid ("name 'root-pack' does not match the directory name 'a-copy'"), though the real
+    root-pack was untouched. The copy can never load as root-pack; it is listed as the invalid pack it is."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PA_HOME", str(tmp_path / "home"))
+    shutil.copytree(fixture_packs / "root-pack", fixture_packs / "a-copy")
+    reg = Registry([fixture_packs])
+    assert reg.load("root-pack").root == fixture_packs / "root-pack"
+    assert reg.load("child-pack").parents[0].root == fixture_packs / "root-pack"
+    result = CliRunner().invoke(app, ["list", "--json", "--packs-path", str(fixture_packs)])
+    rows = {row["path"]: row for row in json.loads(result.output)}
+    assert rows[str(fixture_packs / "root-pack")]["valid"] and rows[str(fixture_packs / "child-pack")]["valid"]
+    assert not rows[str(fixture_packs / "a-copy")]["valid"]
+    assert "does not match the directory name 'a-copy'" in rows[str(fixture_packs / "a-copy")]["problem"]
