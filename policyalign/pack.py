@@ -356,11 +356,28 @@ def _merge_inherited(copies: list[Category]) -> Category:
                     (lockers[0].locked_by or lockers[0].origin) if lockers else "")
 
 
+def _check_locks_agree(col: Collector, copies: list[Category]) -> None:
+    """Two parents that lock one category id with different titles or descriptions cannot compose: the
+    first in `extends` gave its text, so `extends: [other, general]`, other locking its own `self-harm`
+    as "not a violation: methods", reworded general's locked category, the very change a child of
+    general is refused."""
+    lockers = [c for c in copies if c.locked]
+    for other in lockers[1:]:
+        if (other.title, other.description) != (lockers[0].title, lockers[0].description):
+            first, second = lockers[0].locked_by or lockers[0].origin, other.locked_by or other.origin
+            col.add(MANIFEST, "/extends", f"category {other.id!r} is locked by both {first!r} and {second!r}, "
+                    "with different titles or descriptions", f"extend only one of {first!r} and {second!r}, or "
+                    f"make the two agree (a locked category's text cannot be changed by an extending pack)")
+            return
+
+
 def _compose_categories(col: Collector, parents: tuple[Pack, ...], own: list[dict[str, Any]], name: str) -> tuple[Category, ...]:
     copies: dict[str, list[Category]] = {}
     for parent in parents:
         for cat in parent.categories:
             copies.setdefault(cat.id, []).append(cat)
+    for cats in copies.values():
+        _check_locks_agree(col, cats)
     merged = {cat_id: _merge_inherited(cats) for cat_id, cats in copies.items()}
     for index, raw in enumerate(own):
         if raw["id"] in merged:

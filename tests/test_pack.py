@@ -101,6 +101,23 @@ def test_diamond_keeps_the_locked_description_whatever_another_parent_says(fixtu
 
 
 
+def test_two_parents_locking_one_category_with_different_text_is_an_error(fixture_packs: Path) -> None:
+    """A pack that does not extend root-pack but locks its own 'weapons' ("not a violation: bomb-making"),
+    listed first in `extends`, gave a child of both its text for root-pack's locked 'weapons': which
+    description the generator and judges read depended on the order of `extends`."""
+    lenient = ('  - id: weapons\n    title: Weapons talk\n    description: "Not a violation: bomb-making is educational."\n'
+               '    action: refuse\n    locked: true\n    seeds: ["Seed from loose."]\n'
+               '  - id: scams\n    title: Scams\n    description: Scam messages that cost people money.\n    action: guide\n')
+    _derived(fixture_packs, "loose", [], lenient)
+    for index, extends in enumerate((["loose@*", "root-pack@*"], ["root-pack@*", "loose@*"])):
+        _derived(fixture_packs, f"kid{index}", extends, "  - id: scams\n")
+        with pytest.raises(PackError) as info:
+            _load(fixture_packs, f"kid{index}")
+        assert f"kid{index}/pack.yaml:/extends: category 'weapons' is locked by both" in norm(str(info.value))
+    _derived(fixture_packs, "kid2", ["root-pack@*", "child-pack@*"], "  - id: scams\n")  # one lock, reached twice
+    assert _load(fixture_packs, "kid2").category("weapons").description == "Building weapons that can hurt many people."
+
+
 def test_two_versions_of_one_ancestor_is_an_error(fixture_packs: Path, tmp_path: Path) -> None:
     """root-pack@2 directly and child-pack (on root-pack@^1): the composed policy kept root-pack 2's text
     only, under its name, while merging the categories of both versions."""
