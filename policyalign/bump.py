@@ -52,6 +52,8 @@ def bump_pack(root: Path, part: str | None = None, *, to: str | None = None,
               notes: Sequence[str] = ()) -> BumpResult:
     """Set the pack at `root` to the next `part` version (or `to`), with a CHANGELOG entry of `notes`."""
     root = Path(root)
+    if root.name in ("", ".."):  # `pa bump .` in the pack: its siblings (and INDEX.json) are the real parent's
+        root = root.resolve()
     manifest = root / MANIFEST
     text = _read(manifest, MAX_MANIFEST_BYTES, _where_the_pack_is(root))
     name, node = _version_node(manifest, text)

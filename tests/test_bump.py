@@ -65,6 +65,17 @@ def test_a_major_bump_names_the_packs_it_leaves_behind(packs: Path) -> None:
     assert bump_pack(packs / "legal", "minor", notes=["x"]).stranded == ()
 
 
+def test_a_bump_run_inside_the_pack_still_names_its_siblings(packs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pa bump . major` from packs/general looked for general's children in `Path('.').parent`, the pack
+    itself: the four packs a major bump strands went unnamed, and the `pa index` step went unsaid."""
+    monkeypatch.chdir(packs / "general")
+    result = runner.invoke(app, ["bump", ".", "major", "-m", "Rule 3 now forbids X."])
+    assert result.exit_code == 0, result.output
+    assert "1.0.0 -> 2.0.0" in result.output and f"pa index --dir {packs.resolve()}" in result.output
+    assert sorted(line.split(" ")[1] for line in result.output.splitlines() if line.startswith("note: ")) == [
+        str(packs.resolve() / name) for name in ("agent-tools", "financial", "legal", "medical")]
+
+
 def test_a_prerelease_bump_suggests_a_range_that_admits_it(packs: Path) -> None:
     """`^2` admits no prerelease of 2.0.0 (npm semantics): the suggestion is the range `pa new` writes."""
     result = bump_pack(packs / "general", to="2.0.0-rc.1", notes=["Release candidate."])

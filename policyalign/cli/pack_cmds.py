@@ -177,7 +177,7 @@ def bump(
     typer.echo(f"{pack_dir}: {result.old} -> {result.new}{added}")
     for line in result.stranded:
         typer.echo(f"note: {line}", err=True)
-    index = "" if not (pack_dir.parent / INDEX_FILE).is_file() else f", then `pa index --dir {pack_dir.parent}`"
+    index = "" if not (result.root.parent / INDEX_FILE).is_file() else f", then `pa index --dir {result.root.parent}`"
     typer.echo(f"next: `pa validate {pack_dir}`{index}")
 
 
