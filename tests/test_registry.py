@@ -267,3 +267,17 @@ def test_a_copied_pack_not_yet_renamed_does_not_shadow_the_original(fixture_pack
     assert rows[str(fixture_packs / "root-pack")]["valid"] and rows[str(fixture_packs / "child-pack")]["valid"]
     assert not rows[str(fixture_packs / "a-copy")]["valid"]
     assert "does not match the directory name 'a-copy'" in rows[str(fixture_packs / "a-copy")]["problem"]
+
+
+def test_a_pack_whose_version_is_not_semantic_is_reported_by_field(fixture_packs: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   tmp_path: Path) -> None:
+    """`version: "1.0"` made `pa show root-pack` say "no version of 'root-pack' matches ''" (and, for an
+    unquoted 1.0, "available versions: " with nothing after it), naming neither the file nor the field."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PA_HOME", str(tmp_path / "home"))
+    manifest = fixture_packs / "root-pack" / "pack.yaml"
+    manifest.write_text(manifest.read_text().replace("version: 1.0.0", 'version: "1.0"'))
+    result = CliRunner().invoke(app, ["show", "root-pack", "--packs-path", str(fixture_packs)])
+    assert result.exit_code == 2
+    assert "no version of" not in result.output
+    assert "root-pack/pack.yaml:/version: '1.0' is not a semantic version" in result.output
