@@ -191,7 +191,9 @@ class Registry:
         name, _, wanted = spec.partition("@")
         candidates = [loc for loc in self.discover() if loc.name == name]
         if not candidates:
-            unreadable = [path for path in self.unreadable() if path.name == name]
+            # ... or whose manifest names it from another directory (moved): loading says to rename one
+            unreadable = [path for path in self.unreadable()
+                          if path.name == name or getattr(read_header(path), "name", None) == name]
             return unreadable[0] if unreadable else self._unknown(name, parent)
         if not wanted and not any(is_semver(c.version) for c in candidates):
             # `version: 1.0` (or none): "no version of 'x' matches ''" named neither the file nor the field

@@ -267,6 +267,9 @@ def test_a_copied_pack_not_yet_renamed_does_not_shadow_the_original(fixture_pack
     assert rows[str(fixture_packs / "root-pack")]["valid"] and rows[str(fixture_packs / "child-pack")]["valid"]
     assert not rows[str(fixture_packs / "a-copy")]["valid"]
     assert "does not match the directory name 'a-copy'" in rows[str(fixture_packs / "a-copy")]["problem"]
+    shutil.rmtree(fixture_packs / "root-pack")  # only the copy left (a pack moved): loading it says to rename one
+    shown = CliRunner().invoke(app, ["show", "root-pack", "--packs-path", str(fixture_packs)])
+    assert shown.exit_code == 2 and "name 'root-pack' does not match the directory name 'a-copy'" in shown.output
 
 
 def test_a_pack_whose_version_is_not_semantic_is_reported_by_field(fixture_packs: Path, monkeypatch: pytest.MonkeyPatch,
