@@ -73,7 +73,11 @@ def _parent_spec(name: str, extends: str, packs_dir: Path, registry: "Registry")
 
     parent = newest(Registry([packs_dir]).discover()) or newest(registry.discover())
     if parent is None:
-        registry.resolve_name(extends)  # raises: unknown pack with did-you-mean, or no usable version
+        from .pack import load_pack
+
+        # Raises: unknown pack with did-you-mean; else loading the copy found says why it has no usable
+        # version (`version: "1.0"`, a manifest naming it from another directory).
+        load_pack(registry.resolve_name(extends), registry=registry)
         raise InvalidInputError(f"no version of {extends!r} to extend")
     return f"{extends}@{default_range(parent.version)}"
 

@@ -287,3 +287,18 @@ def test_list_escapes_a_pack_directory_name_holding_a_terminal_escape(fixture_pa
     assert result.exit_code == 0, result.output
     assert "\x1b" not in result.output and "\x07" not in result.output
     assert "evil\\x1b]0;" in result.output
+
+
+def test_new_names_the_field_when_the_parent_has_no_semantic_version(fixture_packs: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     tmp_path: Path) -> None:
+    """`pa new kid --extends root-pack` with root-pack at `version: "1.0"` said "no version of 'root-pack'
+    matches ''" (and, once the name resolved to that directory, "no version of 'root-pack' to extend"),
+    naming neither the file nor the field to fix."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PA_HOME", str(tmp_path / "home"))
+    manifest = fixture_packs / "root-pack" / "pack.yaml"
+    manifest.write_text(manifest.read_text().replace("version: 1.0.0", 'version: "1.0"'))
+    result = runner.invoke(app, ["new", "kid", "--extends", "root-pack", "--dir", str(fixture_packs)])
+    assert result.exit_code == 2
+    assert "root-pack/pack.yaml:/version: '1.0' is not a semantic version" in result.output
+    assert not (fixture_packs / "kid").exists()
