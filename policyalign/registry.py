@@ -112,10 +112,10 @@ class Registry:
         so a "not found" hint says how; `pa index` and `pa validate --all` search their --dir only."""
         self.paths = [Path(p) for p in paths]
         self.extendable = extendable
-        self._loaded: dict[Path, "Pack"] = {}
+        self._loaded: dict[tuple[Path, tuple[Path, ...]], "Pack"] = {}
         # Packs that failed to load, with why: a pack reached by many paths (a parent of many packs) is
         # loaded once, valid or not; retrying an invalid one on every path cost 2^N loads in a ladder of N levels.
-        self._failed: dict[Path, "PackError"] = {}
+        self._failed: dict[tuple[Path, tuple[Path, ...]], "PackError"] = {}
 
     @classmethod
     def default(cls, packs_path: list[Path] | None = None, extra: list[Path] | None = None) -> "Registry":
@@ -249,17 +249,24 @@ class Registry:
 
         return load_pack(self.resolve_path(spec), registry=self)
 
+    def _key(self, root: Path) -> tuple[Path, tuple[Path, ...]]:
+        """A loaded pack is the pack at `root` as these paths resolve its parents. Keyed by `root` alone, the
+        cache (shared with `including`) answered for a pack loaded through another child's siblings: `pa
+        validate packs/medical work/kid` and `pa validate work/kid packs/medical` composed medical with
+        different general versions (work/ holding general 1.1.0), each digest depending on the order."""
+        return root.resolve(), tuple(p.resolve() for p in self.paths)
+
     def cached(self, root: Path) -> "Pack | None":
-        return self._loaded.get(root.resolve())
+        return self._loaded.get(self._key(root))
 
     def remember(self, root: Path, pack: "Pack") -> None:
-        self._loaded[root.resolve()] = pack
+        self._loaded[self._key(root)] = pack
 
     def failure(self, root: Path) -> "PackError | None":
-        return self._failed.get(root.resolve())
+        return self._failed.get(self._key(root))
 
     def remember_failure(self, root: Path, error: "PackError") -> None:
-        self._failed[root.resolve()] = error
+        self._failed[self._key(root)] = error
 
 
 def version_range(spec: str) -> VersionRange:

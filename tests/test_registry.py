@@ -284,3 +284,26 @@ def test_a_pack_whose_version_is_not_semantic_is_reported_by_field(fixture_packs
     assert result.exit_code == 2
     assert "no version of" not in result.output
     assert "root-pack/pack.yaml:/version: '1.0' is not a semantic version" in result.output
+
+
+def test_what_a_pack_composes_with_does_not_depend_on_what_was_loaded_first(fixture_packs: Path,
+                                                                            tmp_path: Path) -> None:
+    """work/kid extends child-pack (on root-pack@^1), beside a root-pack 1.4.0 in work/. The load cache,
+    keyed by directory only and shared with the registry that also searches kid's siblings, answered
+    with whichever child-pack was loaded first: `pa validate packs/child-pack work/kid` and the same
+    packs in the other order gave both packs different digests."""
+    work = tmp_path / "work"
+    work.mkdir()
+    _with_second_version(fixture_packs, "1.4.0", work)
+    shutil.copytree(fixture_packs / "child-pack", work / "kid")
+    manifest = work / "kid" / "pack.yaml"
+    manifest.write_text(manifest.read_text().replace("name: child-pack", "name: kid").replace(
+        "root-pack@^1", "child-pack@^1"))
+    digests = []
+    for order in (("child-pack", "kid"), ("kid", "child-pack")):
+        reg = Registry([fixture_packs])
+        loaded = {name: reg.load(str((work if name == "kid" else fixture_packs) / name)) for name in order}
+        digests.append((loaded["child-pack"].digest, loaded["kid"].digest))
+    assert digests[0] == digests[1]
+    alone = Registry([fixture_packs]).load(str(fixture_packs / "child-pack"))
+    assert digests[0][0] == alone.digest and alone.parents[0].version == "1.0.0"
