@@ -192,8 +192,14 @@ def _json_values(text: str) -> list[Any]:
     return values
 
 
-def _calls_in(value: Any) -> list[ToolCall]:
+def _calls_in(value: Any, *, tagged: bool = False) -> list[ToolCall]:
+    """The calls in a decoded JSON value. Inside a `<tool_call>` block (`tagged`) an object naming a
+    function without `arguments` is a call of it with none: a model calling a tool that takes no
+    parameters may write just `{"name": "wipe_disk"}`, and that forbidden call went uncounted."""
     items = value if isinstance(value, list) else [value]
+    if tagged:
+        items = [{**item, "arguments": {}} if isinstance(item, dict) and isinstance(item.get("name"), str)
+                 and "arguments" not in item and "parameters" not in item else item for item in items]
     return [call for call in (_as_tool_call(item) for item in items) if call is not None]
 
 
@@ -208,7 +214,7 @@ def parse_tool_calls(text: str) -> list[ToolCall]:
         calls: list[ToolCall] = []
         for block in tagged:
             for value in _json_values(block):
-                calls.extend(_calls_in(value))
+                calls.extend(_calls_in(value, tagged=True))
         return calls
     calls = []
     for value in _json_values(text):

@@ -302,6 +302,12 @@ def test_parse_bare_json_tool_calls() -> None:
     assert parse_tool_calls(openai) == [ToolCall("g", {"k": 2})]
 
 
+def test_a_tagged_call_without_arguments_is_a_call() -> None:
+    # a tool taking no parameters, called as {"name": ...} in a <tool_call> block: the forbidden call went uncounted
+    assert parse_tool_calls('<tool_call>\n{"name": "wipe_disk"}\n</tool_call>') == [ToolCall("wipe_disk", {})]
+    assert parse_tool_calls('{"name": "Ada"}') == []  # bare JSON without arguments stays data
+
+
 def test_json_that_is_not_a_call_is_ignored() -> None:
     assert parse_tool_calls('Here is the data: {"name": "Ada", "age": 36}') == []
     assert parse_tool_calls("No tools here [1] {not json}") == []
