@@ -67,7 +67,8 @@ _NON_WORD = re.compile(r"[\W_]+")
 # Han and kana: each character is a word (as parsing's word count has it). Chinese and Japanese write no
 # spaces, so a whole sentence was one "word": one shingle, and a copy of an eval prompt with one character
 # changed, or inside a longer request, was no copy at all (only exact copies were caught).
-_IDEOGRAPH = re.compile("[\u2e80-\u2fdf\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+IDEOGRAPHS = "\u2e80-\u2fdf\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # a regex class's contents; parsing counts words by it too
+_IDEOGRAPH = re.compile(f"[{IDEOGRAPHS}]")
 # Cyrillic and Greek letters that look like a Latin letter (after casefold, so capitals too: "В" -> "в" -> "b"),
 # mapped to it: "cаt" with a Cyrillic "а" is "cat" to a reader, and must be to decontamination. No two
 # letters of one script map to the same Latin letter, so text wholly in Cyrillic or Greek compares as before.

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .chat import content_problem
+from .dedup import IDEOGRAPHS
 from .judges import straight_apostrophes, strip_thinking
 
 MIN_CHARS = 12
@@ -171,8 +172,7 @@ _META = re.compile(
     r"|希望(?:这些|以上|这)(?:对你|对您|能|有)|如果(?:你|您)(?:还)?需要更多"
     r")", re.IGNORECASE)
 # A run of word characters, except that each Han or kana character is a word by itself.
-_IDEOGRAPH = "\u2e80-\u2fdf\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_WORD = re.compile(rf"(?=\w)[{_IDEOGRAPH}]|[^\W{_IDEOGRAPH}]+")
+_WORD = re.compile(rf"(?=\w)[{IDEOGRAPHS}]|[^\W{IDEOGRAPHS}]+")
 # Thai, Lao, Myanmar and Khmer are written without spaces between words too, but a letter is not a word
 # there: a run of their letters counts one word per LETTERS_PER_WORD letters (their words average two to
 # five letters, vowel and tone marks not counted).
