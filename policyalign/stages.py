@@ -98,9 +98,10 @@ def synthesize_options(model: str, generator: str | None, n: int | None, rounds:
     before keep their key."""
     from .generation import backend_name
 
+    key = backend_name(backend)
     return {"generator": generator or model, "n": n, "rounds": rounds, "seed": seed,
             "max_per_category": max_per_category, "max_new_tokens": max_new_tokens,
-            **({"backend": backend_name(backend)} if backend_name(backend) != "transformers" else {})}
+            **({"backend": key} if key != "transformers" else {})}
 
 
 def synthesize_key(pack: "Pack", model: str, options: dict[str, Any]) -> str:
