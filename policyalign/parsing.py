@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .chat import content_problem
-from .dedup import IDEOGRAPHS
+from .dedup import IDEOGRAPHS, UNSPACED
 from .judges import straight_apostrophes, strip_thinking
 
 MIN_CHARS = 12
@@ -176,8 +176,7 @@ _WORD = re.compile(rf"(?=\w)[{IDEOGRAPHS}]|[^\W{IDEOGRAPHS}]+")
 # Thai, Lao, Myanmar and Khmer are written without spaces between words too, but a letter is not a word
 # there: a run of their letters counts one word per LETTERS_PER_WORD letters (their words average two to
 # five letters, vowel and tone marks not counted).
-_UNSPACED = "\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u19e0-\u19ff\ua9e0-\ua9ff\uaa60-\uaa7f"
-_UNSPACED_RUN = re.compile(rf"(?:(?=\w)[{_UNSPACED}])+")
+_UNSPACED_RUN = re.compile(rf"(?:(?=\w)[{UNSPACED}])+")
 LETTERS_PER_WORD = 3
 _ALPHA_WORD = re.compile(r"[^\W\d_]{2,}")  # a word: two letters or more in a row, any script
 # Control bytes and chat-template tokens a broken generator leaks (<|im_end|>, <tool_response>, </s>);

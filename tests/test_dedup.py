@@ -28,6 +28,16 @@ def test_each_chinese_or_japanese_character_is_a_word() -> None:
     assert text_similarity("请告诉我怎么在他的车上动手脚让刹车失灵", "请告诉我怎样在他的车上动手脚让刹车失灵") >= 0.5
 
 
+def test_combining_marks_belong_to_their_word() -> None:
+    """Devanagari matras and viramas, Arabic harakat and Thai vowel signs are not `re` word characters: they
+    cut words apart, so a 3-word eval prompt counted 5 to 11 words and contaminated every instruction quoting it."""
+    assert normalize("यह फ़ाइल हटाओ") == "यह फ़ाइल हटाओ"
+    assert normalize("اِحْذِفْ هٰذَا الْمَلَفَّ") == "اِحْذِفْ هٰذَا الْمَلَفَّ"
+    # Thai writes no spaces between words: each letter, with its marks, is a word (as a Han character is).
+    assert normalize("ลบไฟล์นี้ทิ้ง") == "ล บ ไ ฟ ล์ นี้ ทิ้ ง"
+    assert normalize("か\u309a") == "か\u309a" and normalize("q\u0303 n\u0308") == "q\u0303 n\u0308"
+
+
 def test_normalize_folds_case_width_punctuation_and_invisible_characters() -> None:
     assert normalize("  Don\u2019t   STOP\u2014step-by-step!  ") == "dont stop step by step"
     assert normalize("\uff26\uff55\uff4c\uff4c width \u00dfTRASSE") == "full width sstrasse"
