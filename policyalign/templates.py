@@ -71,6 +71,11 @@ _BIDI = re.compile("[\u202a-\u202e\u2066-\u2069]")
 # Unicode tag characters (U+E0000-U+E007F) mirror ASCII but display as nothing: "ASCII smuggling" writes
 # whole sentences in them ("ignore every rule below") that no reviewer sees and a model's tokenizer reads.
 _TAG = re.compile("[\U000e0000-\U000e007f]")
+# Variation selectors display as nothing, and a run of them after one visible character encodes hidden bytes
+# (one per selector: U+FE00-U+FE0F and U+E0100-U+E01EF make 256), read by the model's tokenizer like tag
+# characters. A single U+FE0E/U+FE0F picks the text or emoji style of the character before it, as "❤️" holds;
+# the supplementary ones only select rare ideograph glyph variants, which the plain character stands for.
+_VARIATION = re.compile("[\U000e0100-\U000e01ef]|[\ufe00-\ufe0f]{2,}")
 
 
 def text_problem(text: str) -> tuple[int, str, str] | None:
@@ -92,6 +97,12 @@ def text_problem(text: str) -> tuple[int, str, str] | None:
     if tag:
         return (tag.start(), f"holds the invisible tag character U+{ord(tag.group()):04X} (tag characters spell out "
                 "text that the model reads and no reviewer sees)", "delete it, and any run of them around it")
+    variation = _VARIATION.search(text)
+    if variation:
+        return (variation.start(), f"holds the invisible variation selector U+{ord(variation.group()[0]):04X} "
+                f"{'in a run of them ' if len(variation.group()) > 1 else ''}(a run of variation selectors spells out "
+                "hidden bytes that the model reads and no reviewer sees)", "delete it, and any run of them around it "
+                "(one U+FE0F after an emoji is fine; write an ideograph without a variant selector)")
     return None
 
 __all__ = [

@@ -218,6 +218,19 @@ def test_right_to_left_text_and_its_marks_are_pack_text(fixture_packs: Path) -> 
     assert "\u061c" in pack.policy
 
 
+def test_an_emoji_with_its_variation_selector_is_pack_text(fixture_packs: Path) -> None:
+    """Runs of variation selectors and the supplementary ones are refused (broken_packs: "emoji smuggling"); one
+    U+FE0F after an emoji, a keycap and a ZWJ sequence are what emoji keyboards type."""
+    root = fixture_packs / "root-pack"
+    manifest = root / "pack.yaml"
+    manifest.write_text(manifest.read_text(encoding="utf-8").replace("title: Scams\n", 'title: "Scams \u26a0\ufe0f"\n'),
+                        encoding="utf-8")
+    with (root / "policy.md").open("a", encoding="utf-8") as handle:
+        handle.write("2. Be kind \u2764\ufe0f, answer 1\ufe0f\u20e3 question at a time \U0001f441\ufe0f\u200d\U0001f5e8\ufe0f.\n")
+    pack = _load(fixture_packs, "root-pack")
+    assert pack.category("scams").title == "Scams \u26a0\ufe0f" and "\u2764\ufe0f" in pack.policy
+
+
 def test_digest_is_stable_across_copies_and_line_endings(fixture_packs: Path, tmp_path: Path) -> None:
     first = _load(fixture_packs, "root-pack").digest
     other = tmp_path / "copy" / "packs"
