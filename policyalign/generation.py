@@ -454,12 +454,18 @@ def require_vllm() -> Any:
     return vllm
 
 
-def backend_name(name: str) -> str:
-    """`name` spelled as the code compares it (`vLLM` -> `vllm`), or an error naming the choices: `pa
-    apply --backend vLLM` used vLLM for synthesis and filtering but, as `"vLLM" != "vllm"`, not for
-    the trainer's rollouts."""
+def known_backend(name: str) -> str | None:
+    """`name` spelled as the code compares it (`vLLM` -> `vllm`), or None when it names no backend here
+    (a ready backend of another kind, which synthesis keys by its own name)."""
     key = name.strip().lower()
-    if key not in BACKENDS:
+    return key if key in BACKENDS else None
+
+
+def backend_name(name: str) -> str:
+    """`known_backend(name)`, or an error naming the choices: `pa apply --backend vLLM` used vLLM for
+    synthesis and filtering but, as `"vLLM" != "vllm"`, not for the trainer's rollouts."""
+    key = known_backend(name)
+    if key is None:
         raise InvalidInputError(f"unknown generation backend {name!r}", hint=f"use one of: {', '.join(BACKENDS)}")
     return key
 

@@ -194,11 +194,11 @@ class _Generator:
 
     def backend(self) -> Backend:
         if self._backend is None:
-            from .generation import get_backend
+            from .generation import get_backend, known_backend
             from .models import load_model
 
             # vLLM loads its own copy of the weights: load only tokenizer and config for it.
-            weights = self._backend_name.strip().lower() != "vllm"
+            weights = known_backend(self._backend_name) != "vllm"
             loaded = load_model(str(self._name), device=self._device, weights=weights)
             self._backend = get_backend(self._backend_name, loaded)
         return self._backend
@@ -207,10 +207,10 @@ class _Generator:
 def _with_backend(generator_id: str, backend: str) -> str:
     """The generator's id, with the backend beside it unless that is transformers (whose ids stay as they
     were, so caches made before keep serving)."""
-    from .generation import BACKENDS
+    from .generation import known_backend
 
-    key = backend.strip().lower()
-    return generator_id if key == "transformers" or key not in BACKENDS else f"{generator_id}|{key}"
+    key = known_backend(backend)
+    return generator_id if key in (None, "transformers") else f"{generator_id}|{key}"
 
 
 def _ref_id(ref: Any) -> str:
