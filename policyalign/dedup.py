@@ -113,14 +113,20 @@ def _normalize_slow(text: str) -> str:
 
 
 @lru_cache(maxsize=1)
+def combining_marks() -> str:
+    """Unicode's combining marks (category M) as a regex class's contents, as IDEOGRAPHS is: word characters
+    that `re`'s \\w leaves out. Built on first use, from planes 0 and 1 (the higher planes hold ideographs,
+    and variation selectors that _DELETED removes first)."""
+    return "".join(f"\\U{first:08x}-\\U{last:08x}" for first, last in _ranges(
+        c for c in range(0x20000) if unicodedata.category(chr(c)).startswith("M")))
+
+
+@lru_cache(maxsize=1)
 def _word_patterns() -> tuple[re.Pattern[str], re.Pattern[str]]:
     """(a letter that is a word by itself, a run of non-word characters), both with combining marks as word
-    characters. `re`'s \\w leaves out Unicode's marks (category M), so Devanagari matras and viramas, Arabic
-    harakat and Thai vowel signs cut words apart: a 3-word Hindi or Arabic eval prompt was 5 to 11 "words",
-    and contaminated every instruction quoting it. Built on first use, from planes 0 and 1 (the higher
-    planes hold ideographs, and variation selectors that _DELETED removes first)."""
-    marks = "".join(f"\\U{first:08x}-\\U{last:08x}" for first, last in _ranges(
-        c for c in range(0x20000) if unicodedata.category(chr(c)).startswith("M")))
+    characters. Devanagari matras and viramas, Arabic harakat and Thai vowel signs cut words apart: a 3-word
+    Hindi or Arabic eval prompt was 5 to 11 "words", and contaminated every instruction quoting it."""
+    marks = combining_marks()
     return (re.compile(f"[{IDEOGRAPHS}{UNSPACED}][{marks}]*"), re.compile(f"(?:[^\\w{marks}]|_)+"))
 
 

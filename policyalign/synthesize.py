@@ -30,10 +30,11 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .dedup import check_threshold, dedup, find_near_duplicates, normalize
+from .dedup import check_threshold, combining_marks, dedup, find_near_duplicates, normalize
 from .errors import InvalidInputError
 from .io import read_json, write_json, write_jsonl
 from .frozen import thaw
@@ -68,7 +69,7 @@ DECONTAM_K = 3
 EMBED_MIN_WORDS = 5
 # A hyphen between two letters or digits: "ex-plo-sive" is three words to `normalize` (as "step-by-step" is
 # "step by step"), so a copy of an eval prompt with a word split by hyphens shared too few phrases with it.
-_INNER_HYPHEN = re.compile(r"(?<=\w)[-\u2010\u2011\ufe63\uff0d]+(?=\w)")
+_HYPHENS = "[-\u2010\u2011\ufe63\uff0d]+"
 BALANCE_FACTOR = 2.0
 # Generate this many batches per backend call, then write their cache files: an interruption
 # loses at most one call's work.
@@ -405,12 +406,21 @@ def contaminated_positions(texts: Sequence[str], eval_prompts: Sequence[str],
     A text with a hyphen inside a word is compared a second time with its hyphens (and the eval
     prompts') deleted, so "ex-plo-sive" is "explosive"; it still counts as "ex plo sive" too."""
     hit = _contaminated(texts, eval_prompts, threshold)
-    hyphenated = [i for i, text in enumerate(texts) if i not in hit and _INNER_HYPHEN.search(text)]
+    inner_hyphen = _inner_hyphen()
+    hyphenated = [i for i, text in enumerate(texts) if i not in hit and inner_hyphen.search(text)]
     if hyphenated:
-        joined = _contaminated([_INNER_HYPHEN.sub("", texts[i]) for i in hyphenated],
-                               [_INNER_HYPHEN.sub("", prompt) for prompt in eval_prompts], threshold)
+        joined = _contaminated([inner_hyphen.sub("", texts[i]) for i in hyphenated],
+                               [inner_hyphen.sub("", prompt) for prompt in eval_prompts], threshold)
         hit.update(hyphenated[j] for j in joined)
     return hit
+
+
+@lru_cache(maxsize=1)
+def _inner_hyphen() -> re.Pattern[str]:
+    """Hyphens between two word characters, combining marks included: after a Devanagari vowel sign
+    ("वि-स्फो-टक", "explosive") a hyphen was not inside a word, and the split copy was never rejoined."""
+    word = f"[\\w{combining_marks()}]"
+    return re.compile(f"(?<={word}){_HYPHENS}(?={word})")
 
 
 def _contaminated(texts: Sequence[str], eval_prompts: Sequence[str], threshold: float) -> set[int]:
