@@ -62,11 +62,13 @@ def eval_item_validator() -> Any:
 def specific(error: Any) -> Any:
     """For a value that fits no branch of a `oneOf`, the error inside the branch it took the shape of:
     a seed conversation with no user turn was "is not valid under any of the given schemas", its
-    whole text repeated, where the object branch knew it lacked a user turn in /messages."""
+    whole text repeated, where the object branch knew it lacked a user turn in /messages. Else the
+    error of the branch of its type: a 5-character seed got that message too, not "is too short"."""
     if error.validator != "oneOf" or not error.context:
         return error
     inside = [e for e in error.context if len(e.absolute_path) > len(error.absolute_path)]
-    return specific(inside[0]) if inside else error
+    typed = [e for e in error.context if e.validator != "type"]
+    return specific((inside or typed)[0]) if inside or typed else error
 
 
 def schema_message(error: Any) -> str:
