@@ -21,7 +21,7 @@ import yaml
 
 from .errors import PackError
 from .frozen import freeze, thaw
-from .pack_eval import EvalSet, eval_items, inherit_set
+from .pack_eval import EvalSet, asks_nothing, eval_items, inherit_set
 from .pack_input import (CHANGELOG, MANIFEST, MAX_EVAL_BYTES, MAX_MANIFEST_BYTES, MAX_OTHER_BYTES, MAX_POLICY_BYTES,
                          MAX_TEMPLATE_BYTES, Collector, collect_files, confined_path, read_bounded)
 from .schema import schema_hint, schema_message
@@ -329,6 +329,14 @@ def _override(col: Collector, index: int, parent: Category, raw: dict[str, Any],
                     parent.seeds + extra, parent.origin, locked_by)
 
 
+def _check_seeds_ask(col: Collector, index: int, raw: dict[str, Any]) -> None:
+    """Report every seed of a category entry whose text is blank (`asks_nothing`)."""
+    for i, value in enumerate(_list(raw, "seeds")):
+        if asks_nothing(_seed(raw["id"], i, value).messages):
+            col.add(MANIFEST, f"/categories/{index}/seeds/{i}", "seed asks nothing: its text is blank",
+                    "write the request, or delete the seed")
+
+
 def _seed_key(seed: Seed) -> str:
     return json.dumps([thaw(seed.messages), thaw(seed.tools)], sort_keys=True, ensure_ascii=False)
 
@@ -380,6 +388,7 @@ def _compose_categories(col: Collector, parents: tuple[Pack, ...], own: list[dic
         _check_locks_agree(col, cats)
     merged = {cat_id: _merge_inherited(cats) for cat_id, cats in copies.items()}
     for index, raw in enumerate(own):
+        _check_seeds_ask(col, index, raw)
         if raw["id"] in merged:
             result = _override(col, index, merged[raw["id"]], raw, name)
             if result is None:

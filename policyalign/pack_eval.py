@@ -174,8 +174,19 @@ def _eval_item(col: Collector, file: str, lineno: int, raw: Any, validator: Any,
     if not _forbidden_tools_offered(col, file, where, raw):
         return None
     messages = raw.get("messages") or [{"role": "user", "content": raw["prompt"]}]
+    if asks_nothing(messages):
+        col.add(file, where + (" /prompt" if "prompt" in raw else " /messages"), "the item asks nothing: its text is "
+                "blank", "write the request, or delete the item")
+        return None
     return EvalItem(raw["id"], raw["category"], freeze(messages), freeze(raw.get("tools", [])), raw["expect"],
                     tuple(raw.get("forbidden_tools", [])), raw.get("note", ""))
+
+
+def asks_nothing(messages: Any) -> bool:
+    """Whether no user or tool turn of a conversation holds text. Whitespace passes every length bound of
+    the schemas: a seed of eight spaces, or an eval prompt of one, validated, and trained or was scored as
+    a request."""
+    return not any(str(m.get("content") or "").strip() for m in messages if m.get("role") in ("user", "tool"))
 
 
 def _expect_fits_kind(col: Collector, file: str, where: str, item: EvalItem, kind: str) -> bool:
