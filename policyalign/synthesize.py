@@ -39,7 +39,7 @@ from .errors import InvalidInputError
 from .io import read_json, write_json, write_jsonl
 from .frozen import thaw
 from .pack import Pack, Seed
-from .parsing import instruction_text, parse_output
+from .parsing import instruction_text, parse_output, word_count
 from .prompts import render_synthesis_prompt
 
 if TYPE_CHECKING:
@@ -353,9 +353,16 @@ def _embedding_index(prompts: Sequence[str]) -> dict[str, list[str]]:
     index: dict[str, list[str]] = {}
     for prompt in prompts:
         words = normalize(prompt).split()
-        if len(words) >= EMBED_MIN_WORDS:
+        if _long_enough(prompt, words):
             index.setdefault(" ".join(words[:EMBED_MIN_WORDS]), []).append(" ".join(words))
     return index
+
+
+def _long_enough(text: str, words: Sequence[str]) -> bool:
+    """Whether `text` (split by `normalize` into `words`) has EMBED_MIN_WORDS words to a reader too: each Thai,
+    Lao, Myanmar or Khmer letter is a word to `normalize`, but three are one to `word_count`, so a 3-word Thai
+    eval prompt ("ลบไฟล์นี้ทิ้ง", "delete this file") contaminated every long instruction quoting it."""
+    return len(words) >= EMBED_MIN_WORDS and word_count(text) >= EMBED_MIN_WORDS
 
 
 def _embeds(text: str, index: Mapping[str, list[str]]) -> bool:
@@ -392,7 +399,7 @@ def _embedded_in(text: str, windows: Mapping[str, set[str]]) -> bool:
     phrases they share are a small part of the prompt's.
     """
     words = normalize(text).split()
-    if len(words) < EMBED_MIN_WORDS:
+    if not _long_enough(text, words):
         return False
     padded = f" {' '.join(words)} "
     return any(padded in prompt for prompt in windows.get(" ".join(words[:EMBED_MIN_WORDS]), ()))
