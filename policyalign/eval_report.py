@@ -211,7 +211,7 @@ def load_summary(source: "EvalResult | Mapping[str, Any] | str | os.PathLike[str
     if not path.is_file():
         raise InvalidInputError(f"no eval.json at {path}", file=str(path),
                                 hint="pass an eval output directory or its eval.json (written by `pa eval`)")
-    data = read_json(path)
+    data = _eval_json_data(path)
     metrics = data.get("metrics") if isinstance(data, dict) else None
     # `"metrics": 5` or metrics without "overall" passed a check for the key alone, then was an
     # AttributeError or KeyError traceback from `pa eval --compare`.
@@ -225,6 +225,22 @@ def load_summary(source: "EvalResult | Mapping[str, Any] | str | os.PathLike[str
                                 "or null; its ci95 a [low, high] pair)", file=str(path), where=bad[0],
                                 hint="fix the value, or pass an eval.json as `pa eval` wrote it")
     return data
+
+
+def _eval_json_data(path: Path) -> Any:
+    """The JSON value of a file given as an eval.json. A file that is not JSON at all (responses.jsonl,
+    report.md, categories.png passed by mistake) is not an eval.json: read_json's "invalid JSON ... fix the
+    JSON syntax at that line" sent the user to repair a file that was never meant to be one."""
+    try:
+        return read_json(path)
+    except InvalidInputError as exc:
+        beside = path.parent / "eval.json"
+        hint = (f"pass {beside} (the eval.json beside it) or its directory {path.parent}"
+                if beside.is_file() and beside.resolve() != path.resolve() else
+                "pass the eval.json that `pa eval` wrote into its output directory (--out), or that directory")
+        raise InvalidInputError(
+            f"not an eval.json written by `pa eval`: {path.name} is not a JSON document ({exc.problem.message})",
+            file=str(path), where=exc.problem.where, hint=hint) from None
 
 
 def _bad_rate(metrics: Mapping[str, Any]) -> tuple[str, Any] | None:

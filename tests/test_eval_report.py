@@ -148,6 +148,19 @@ def test_compare_rejects_what_is_not_an_eval(tmp_path: Path) -> None:
         compare(tmp_path, tmp_path)
 
 
+def test_pa_eval_compare_says_a_file_that_is_not_json_is_not_an_eval_json(tmp_path: Path) -> None:
+    """responses.jsonl (or report.md) passed for an eval.json was "invalid JSON ... fix the JSON syntax at that
+    line": an instruction to repair a file that is fine, instead of naming the file to pass."""
+    b = write_eval(tmp_path / "b", _summary(AFTER), AFTER)
+    (tmp_path / "notes.txt").write_text("hello\n")
+    for wrong, beside in ((b.responses_jsonl, b.eval_json), (b.report_md, b.eval_json), (tmp_path / "notes.txt", None)):
+        result = CliRunner().invoke(app, ["eval", "--compare", str(wrong), str(b.eval_json)])
+        assert result.exit_code == 2 and result.exception.__class__ is SystemExit, result.output
+        assert f"not an eval.json written by `pa eval`: {wrong.name} is not a JSON document" in result.output
+        assert "fix the JSON syntax" not in result.output
+        assert (f"pass {beside} (the eval.json beside it)" if beside else "output directory (--out)") in result.output
+
+
 @pytest.mark.parametrize("metrics", ["5", "{}", '{"overall": {}, "sets": [], "categories": {}}'])
 def test_compare_rejects_an_eval_json_whose_metrics_are_not_an_evals(tmp_path: Path, metrics: str) -> None:
     """A hand-edited eval.json with a "metrics" key of another shape was an AttributeError or KeyError
