@@ -844,11 +844,25 @@ def get_judge(spec: str, *, device: str | None = None, batch_size: int = 8) -> J
 def public_judge(spec: str) -> str:
     """The judge as published files name it (eval.json, the card): a local judge model by its
     directory's name, as `ModelRef.public` names a local base model. `llm:/home/alice/judge` put the
-    user's home directory, username included, on the Hub; `judge_weights` still tells judges apart."""
-    from .models import resolve_model
+    user's home directory, username included, on the Hub; `judge_weights` still tells judges apart.
+    Any other model in its one spelling (`models.spelled_name`): `llm:qwen2.5-7b` and `llm:Qwen2.5-7B`
+    load one judge, and two evals naming it so were compared as judged differently."""
+    from .models import resolve_model, spelled_name
 
-    model = getattr(get_judge(spec), "model", None)
+    judge = get_judge(spec)
+    model = getattr(judge, "model", None)
     if not model:
-        return spec
+        return judge.spec
     ref = resolve_model(model)
-    return f"{spec.partition(':')[0]}:{ref.public()}" if ref.kind == "local" else spec
+    return f"{judge.spec.partition(':')[0]}:{ref.public() if ref.kind == 'local' else spelled_name(ref)}"
+
+
+def keyed_judge(spec: str) -> str:
+    """The judge as cache keys hold it (the eval stage's key, a verdict's key, `pa judge`'s journal): its
+    model by `models.keyed_name`, as the model under evaluation is keyed, not as typed. `llm:qwen2.5-7b`
+    and `llm:Qwen2.5-7B` load one judge, yet each re-judged every verdict the other had made."""
+    from .models import keyed_name, resolve_model
+
+    judge = get_judge(spec)
+    model = getattr(judge, "model", None)
+    return f"{judge.spec.partition(':')[0]}:{keyed_name(resolve_model(model))}" if model else judge.spec

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidInputError, RunError
 from .io import output_dir, read_json, sha256_file
+from .judges import keyed_judge
 from .models import check_device_and_dtype
 from .run import (MANIFEST, check_run_directory, check_same_run, fingerprint, load_run_pack, read_manifest,
                   record_inputs, rekey_stage, run_active, run_inputs, run_lock, stage)
@@ -361,8 +362,10 @@ def run_distill(run_dir: Path, *, model: str | None = None, pack: "str | Pack | 
 
 def eval_key(run_dir: Path, pack: "Pack", model: str, which: str, options: dict[str, Any]) -> str:
     adapter = _adapter_hash(run_dir) if which == "after" else None
+    judge = options.get("judge") or ""
     return fingerprint({"pack": pack.digest, **_model_key(model), "adapter": adapter, **options,
-                        **judge_weights(options.get("judge") or ""), **inherited_sets(pack)})
+                        **({"judge": keyed_judge(judge)} if judge else {}), **judge_weights(judge),
+                        **inherited_sets(pack)})
 
 
 def judge_weights(judge: str) -> dict[str, str]:

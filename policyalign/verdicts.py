@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .eval_journal import Journal
-from .judges import JudgeItem, ToolCall, Verdict, get_judge, parse_tool_calls
+from .judges import JudgeItem, ToolCall, Verdict, get_judge, keyed_judge, parse_tool_calls
 
 JUDGE_CHUNK = 32  # rows judged (and journaled) at a time
 
@@ -68,7 +68,7 @@ def judge_journaled(rows: list[dict[str, Any]], judge_spec: str, journal: Journa
     "conversation N", its place among the rows still to judge."""
     from .run import fingerprint
 
-    judge_key = fingerprint({"judge": judge_spec, **judge_weights_fetched(judge_spec), "policy": policy})
+    judge_key = fingerprint({"judge": keyed_judge(judge_spec), **judge_weights_fetched(judge_spec), "policy": policy})
     keys = [_verdict_key(judge_key, row) for row in rows]
     pending = [k for k, key in enumerate(keys) if key not in journal.verdicts]
     if len(pending) < len(rows):

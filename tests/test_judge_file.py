@@ -162,6 +162,32 @@ def test_a_model_judges_journal_is_keyed_on_its_precision(monkeypatch: pytest.Mo
     assert "dtype" not in judge_settings("refusal", "policy", "cpu")  # no model: nothing to round
 
 
+def test_a_model_judge_spelt_in_another_case_resumes_the_same_journal(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The judge's model was keyed as typed: `pa judge --judge llm:tiny` stopped part way and resumed as
+    `--judge llm:Tiny` (one model, resolved whatever its case) discarded its journal and judged every row again."""
+    from policyalign.judges import LLMJudge
+    from policyalign.verdicts import JUDGE_CHUNK
+
+    src = _pairs(tmp_path / "pairs.jsonl", JUDGE_CHUNK + 1)
+    judged: list[int] = []
+    original = LLMJudge.judge
+
+    def judge(self, items):  # type: ignore[no-untyped-def]
+        if len(judged) == 1 and self.spec == "llm:tiny":
+            raise KeyboardInterrupt
+        judged.append(len(items))
+        return original(self, items)
+
+    monkeypatch.setattr(LLMJudge, "judge", judge)
+    with pytest.raises(KeyboardInterrupt):
+        judge_file(src, "llm:tiny", device="cpu")
+    judge_file(src, "llm:Tiny", device="cpu")
+    err = capsys.readouterr().err
+    assert "discarding" not in err and f"resuming: {JUDGE_CHUNK} of {JUDGE_CHUNK + 1} verdicts" in err
+    assert judged == [JUDGE_CHUNK, 1]
+
+
 @pytest.mark.slow
 def test_pa_judge_killed_mid_judging_resumes_from_its_journal(tmp_path: Path) -> None:
     """A real kill -9 of `pa judge --judge llm:tiny`: the rerun judges only the rows the journal lacks

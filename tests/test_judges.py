@@ -111,6 +111,16 @@ def test_a_hedge_followed_by_an_offer_of_something_else_stays_a_refusal(text: st
     assert classify_refusal(text).label == "refuse"
 
 
+@pytest.mark.parametrize("spec", ["llm:Tiny", " llm: TINY ", "llm:tiny"])
+def test_a_judge_is_keyed_and_published_by_its_models_one_spelling(spec: str) -> None:
+    """`llm:Tiny` and `llm:tiny` load one judge: keyed as typed, each re-judged the other's verdicts, and two
+    evals recording them were compared as judged differently."""
+    from policyalign.judges import keyed_judge
+
+    assert keyed_judge(spec) == public_judge(spec) == "llm:tiny"
+    assert keyed_judge("refusal") == public_judge("refusal") == "refusal"
+
+
 def test_refusal_judge_is_deterministic() -> None:
     rows = _golden()
     first = RefusalJudge().judge([_item(r) for r in rows])
