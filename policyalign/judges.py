@@ -51,6 +51,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from .errors import InvalidInputError
@@ -601,6 +602,26 @@ def classify_refusal(
     return Verdict("comply", None, raw, "no refusal or redirection found")
 
 
+def _rules_fingerprint() -> str:
+    """A fingerprint of the refusal detector's rules: the source of this module from tool-call parsing to
+    `RefusalJudge` (its patterns and the code applying them). The rules change with the code while
+    policyalign's version stays put, so eval.json's `versions` could not tell two of them apart: two evals
+    judged by different rules were compared as like for like, and an eval re-run after the rules changed
+    kept the old verdicts. Without the source (a byte-compiled install), the patterns' text."""
+    import hashlib
+
+    try:
+        source = Path(__file__).read_text(encoding="utf-8")
+        text = source[source.index(_RULES_START):source.index(_RULES_END)]
+    except (OSError, ValueError):
+        text = "\n".join(value.pattern for value in globals().values() if isinstance(value, re.Pattern))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+_RULES_START = "# Tool calls in response text"
+_RULES_END = "# Guard classifiers"
+
+
 class RefusalJudge:
     """The offline pattern judge (`refusal`)."""
 
@@ -611,6 +632,15 @@ class RefusalJudge:
             classify_refusal(item.response, tool_calls=item.tool_calls, forbidden_tools=item.forbidden_tools)
             for item in items
         ]
+
+
+REFUSAL_RULES = _rules_fingerprint()
+
+
+def judge_rules(spec: str) -> str | None:
+    """The refusal detector's rules (`REFUSAL_RULES`) for a judge whose verdicts they decide: `refusal`, and
+    `guard:` (its refuse/guide split, and its label when the guard reports no refusal field); None for `llm:`."""
+    return REFUSAL_RULES if get_judge(spec).spec.partition(":")[0] in ("refusal", "guard") else None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -370,9 +370,15 @@ def eval_key(run_dir: Path, pack: "Pack", model: str, which: str, options: dict[
 
 def judge_weights(judge: str) -> dict[str, str]:
     """A local `guard:`/`llm:` judge's files, as for the model: new judge weights in the same
-    directory must re-judge, not report the old judge's verdicts."""
-    kind, _, model = judge.partition(":")
-    return _model_key(model.strip(), None, "judge_files") if kind in ("guard", "llm") and model.strip() else {}
+    directory must re-judge, not report the old judge's verdicts. And the refusal detector's rules
+    (`judges.judge_rules`) for the judges whose verdicts they decide: rules changed in a new policyalign
+    must re-judge too, not keep the verdicts of the old."""
+    from .judges import judge_rules
+
+    kind, _, model = judge.strip().partition(":")
+    rules = judge_rules(judge) if judge.strip() else None
+    files = _model_key(model.strip(), None, "judge_files") if kind.strip() in ("guard", "llm") and model.strip() else {}
+    return {**files, **({"judge_rules": rules} if rules else {})}
 
 
 def run_eval(run_dir: Path, which: str, *, model: str | None = None, pack: "str | Pack | None" = None,

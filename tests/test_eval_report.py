@@ -140,6 +140,23 @@ def test_compare_flags_a_model_judge_whose_weights_changed(tmp_path: Path) -> No
     assert "judge weights" not in compare(first.summary, older)
 
 
+def test_compare_flags_evals_judged_by_other_refusal_rules(tmp_path: Path) -> None:
+    """eval.json named policyalign's version (0.1.0) only, while the refusal judge's rules change with the code:
+    two evals judged by different rules were compared as like for like."""
+    from policyalign import judges
+
+    first = evaluate(general_pack(), "tiny", out_dir=tmp_path / "a", limit=1, params=greedy_params(2))
+    assert first.summary["judge_rules"] == judges.REFUSAL_RULES
+    newer = {**first.summary, "judge_rules": "0123456789abcdef"}
+    assert (f"- judge rules differ: `{judges.REFUSAL_RULES}` vs `0123456789abcdef` (the same judge `refusal`"
+            in compare(first, newer))
+    older = {k: v for k, v in first.summary.items() if k != "judge_rules"}  # written before they were recorded
+    assert f"- judge rules differ: not recorded vs `{judges.REFUSAL_RULES}`" in compare(older, first)
+    assert "Not like for like" not in compare(first, first.summary)
+    llm = {**older, "judge": "llm:tiny"}  # rules decide no llm: verdict; the judge note says the rest
+    assert "judge rules" not in compare(llm, {**llm, "timestamp": "later"})
+
+
 def test_compare_rejects_what_is_not_an_eval(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="no eval.json"):
         compare(tmp_path / "missing", tmp_path)

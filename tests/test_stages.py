@@ -64,9 +64,23 @@ def test_tiny_and_hub_models_keep_the_keys_they_had(tmp_path: Path, fixture_pack
     (and of Hub models not in the cache) are not re-run on upgrade."""
     pack = Registry([fixture_packs]).load("root-pack")
     for model in ("tiny", "Qwen2.5-7B"):
-        options = {"judge": "refusal"}
+        options = {"judge": "llm:tiny"}
         assert eval_key(tmp_path, pack, model, "before", options) == fingerprint(
             {"pack": pack.digest, "model": model, "adapter": None, **options})
+
+
+def test_the_refusal_detectors_rules_are_in_the_eval_key(tmp_path: Path, fixture_packs: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The rules change with the code while policyalign's version stays 0.1.0: a run evaluated again after the
+    rules changed skipped its eval stages and kept the old rules' verdicts. The `refusal` and `guard:` judges'
+    verdicts come from them; an `llm:` judge's do not."""
+    from policyalign import judges
+
+    pack = Registry([fixture_packs]).load("root-pack")
+    specs = ("refusal", "guard:tiny", "llm:tiny")
+    before = [eval_key(tmp_path, pack, "tiny", "before", {"judge": spec}) for spec in specs]
+    monkeypatch.setattr(judges, "REFUSAL_RULES", "0123456789abcdef")
+    after = [eval_key(tmp_path, pack, "tiny", "before", {"judge": spec}) for spec in specs]
+    assert [a != b for a, b in zip(before, after)] == [True, True, False]
 
 
 C1, C2 = "1" * 40, "2" * 40
