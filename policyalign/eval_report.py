@@ -209,8 +209,7 @@ def load_summary(source: "EvalResult | Mapping[str, Any] | str | os.PathLike[str
     if path.is_dir():
         path = path / "eval.json"
     if not path.is_file():
-        raise InvalidInputError(f"no eval.json at {path}", file=str(path),
-                                hint="pass an eval output directory or its eval.json (written by `pa eval`)")
+        raise InvalidInputError(f"no eval.json at {path}", file=str(path), hint=_no_eval_hint(path))
     data = _eval_json_data(path)
     metrics = data.get("metrics") if isinstance(data, dict) else None
     # `"metrics": 5` or metrics without "overall" passed a check for the key alone, then was an
@@ -225,6 +224,16 @@ def load_summary(source: "EvalResult | Mapping[str, Any] | str | os.PathLike[str
                                 "or null; its ci95 a [low, high] pair)", file=str(path), where=bad[0],
                                 hint="fix the value, or pass an eval.json as `pa eval` wrote it")
     return data
+
+
+def _no_eval_hint(path: Path) -> str:
+    """What to pass instead of a folder without an eval.json: a run directory's evaluations are in
+    eval/before and eval/after, and `pa eval --compare runs/demo ...` was told only to pass "an eval output
+    directory", which a run directory looks like."""
+    evals = [path.parent / "eval" / which for which in ("before", "after") if (path.parent / "eval" / which / "eval.json").is_file()]
+    if evals:
+        return f"this looks like a run directory: pass its evaluation, {' or '.join(map(str, evals))}"
+    return "pass an eval output directory or its eval.json (written by `pa eval`)"
 
 
 def _eval_json_data(path: Path) -> Any:

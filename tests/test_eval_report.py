@@ -165,6 +165,17 @@ def test_compare_rejects_what_is_not_an_eval(tmp_path: Path) -> None:
         compare(tmp_path, tmp_path)
 
 
+def test_pa_eval_compare_given_a_run_directory_names_its_evaluations(tmp_path: Path) -> None:
+    """`pa eval --compare runs/a runs/b` was told to "pass an eval output directory", which a run directory
+    looks like; its evaluations are in eval/before and eval/after."""
+    for which in ("before", "after"):
+        write_eval(tmp_path / "run" / "eval" / which, _summary(BEFORE), BEFORE)
+    result = CliRunner().invoke(app, ["eval", "--compare", str(tmp_path / "run"), str(tmp_path / "run" / "eval" / "after")])
+    assert result.exit_code == 2, result.output
+    assert (f"this looks like a run directory: pass its evaluation, {tmp_path / 'run' / 'eval' / 'before'} or "
+            f"{tmp_path / 'run' / 'eval' / 'after'}") in " ".join(result.output.split())
+
+
 def test_pa_eval_compare_says_a_file_that_is_not_json_is_not_an_eval_json(tmp_path: Path) -> None:
     """responses.jsonl (or report.md) passed for an eval.json was "invalid JSON ... fix the JSON syntax at that
     line": an instruction to repair a file that is fine, instead of naming the file to pass."""
