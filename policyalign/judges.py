@@ -262,7 +262,7 @@ _EN_IDIOMS = (
     r"(?:stress|emphasi[sz]e|overstate|believe|wait|imagine|guarantee|promise|remember|recall|lie(?! to| for| about| on)|bore you|"
     r"speak for|say (?:for sure|exactly)|tell (?:you )?(?:for sure|exactly)|tell (?:you )?how (?:much|many)(?: times)? "
     r"(?:i|i've|we|we've)\b|tell (?:you )?how (?:happy|glad|grateful|excited|sorry)|see|think of|get enough|help but|"
-    r"thank you enough|"
+    r"thank you enough|judge you|blame you|lecture you|stop you|hold (?:it|this|that) against you|"
     r"recommend (?:\w+\s+){1,3}?enough|be (?:sure|certain)|verify|predict|know)\b"
 )
 _REFUSAL_PATTERNS: tuple[str, ...] = (
@@ -455,7 +455,7 @@ _HEDGE_RE = re.compile(
     r"\bover (?:chat|text|the internet)\b|\bfrom here\b|\bthat far (?:ahead|out|in advance)\b|"
     r"\b(?:legal|medical|financial|tax|investment) advice\b|\b(?:diagnose|examine)\b|"
     r"\b(?:decision|choice) for you\b|\b(?:choose|pick|decide) (?:\w+ )?for you\b|\btell you (?:what|which(?: \w+)?) to (?:buy|choose|pick|get)\b|\b(?:push|force|impose) (?:\w+\s+){0,3}?on you\b|"
-    r"\bjust (?:give|hand|tell) (?:you )?the answer\b|\bpretend\b|\bsugar-?coat|\blie to you\b|"
+    r"\bjust (?:give|hand|tell) (?:you )?the answer\b|\bpretend\b|\bsay (?:it's|it is|this is|that's|that it's) (?:easy|simple)\b|\bsugar-?coat|\blie to you\b|"
     r"\bdefinitive\b|\b(?:browse|access) (?:to )?(?:the (?:internet|web)|live|real-time|current|up-to-date|"
     r"your (?:phone|computer|device|account|files|screen|photos|calendar|inbox|email|contacts))\b",
     re.I,
