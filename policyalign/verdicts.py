@@ -45,7 +45,9 @@ def _judged(rows: list[dict[str, Any]], judge: Any, judge_spec: str, policy: str
         judged.append({**row, "tool_calls": [c.to_dict() for c in calls],
                        "forbidden_call": _forbidden_call(calls, row.get("forbidden_tools") or ()),
                        "label": verdict.label, "unsafe": verdict.unsafe, "reason": verdict.reason,
-                       "judge_raw": verdict.raw if judge_spec != "refusal" else ""})
+                       # the refusal judge's raw output is the response itself; `judge.spec` is the spec as made
+                       # (" refusal " typed with spaces is the refusal judge, and copied every response here)
+                       "judge_raw": verdict.raw if judge.spec != "refusal" else ""})
     return judged
 
 

@@ -83,6 +83,15 @@ def test_pa_judge_cli(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "guard:MODEL" in result.output
 
 
+def test_the_refusal_judge_spelt_with_spaces_writes_what_refusal_writes(tmp_path: Path) -> None:
+    """`--judge " refusal "` (a quoted shell variable with a space) is the refusal judge, yet each judged row's
+    `judge_raw` held a copy of its response, where `refusal` leaves it empty: the same verdicts, another file."""
+    src = _write_lines(tmp_path / "pairs.jsonl", [json.dumps({"prompt": "Hi", "response": "I can't help with that."})])
+    plain = judge_file(src, "refusal", out=tmp_path / "plain.jsonl")
+    spaced = judge_file(src, " refusal ", out=tmp_path / "spaced.jsonl")
+    assert spaced.out_path.read_bytes() == plain.out_path.read_bytes()
+
+
 def _pairs(path: Path, n: int) -> Path:
     """`n` distinct (prompt, response) rows, half declines, a third expected refusals."""
     return _write_lines(path, [json.dumps({"prompt": f"Question {i}: how do I do thing {i}?",
