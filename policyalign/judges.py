@@ -451,6 +451,7 @@ _CLAUSE_END_RE = re.compile(r"[.!?;:,\n。，；！？]|\s(?:but|however)\b")
 _HEDGE_RE = re.compile(
     r"\bfor (?:every|each) (?:case|situation|one|person|team|project|need)\b|\bfor every(?:one|body)\b(?!')|"
     r"\b(?:a|one|a single) (?:clear |overall |single )?winner\b|\b(?:one|a single) (?:best|right|perfect|size)\b|"
+    r"\b(?:one|a single|a simple|a definite|a one-line) (?:answer|number|rule|figure)\b|\bmake (?:that|this|the) call for you\b|"
     r"\bone-size|\bcover everything\b|\bwithout (?:knowing|seeing|examining|more|your|a (?:closer )?look)\b|"
     r"\bover (?:chat|text|the internet)\b|\bfrom here\b|\bthat far (?:ahead|out|in advance)\b|"
     r"\b(?:legal|medical|financial|tax|investment) advice\b|\b(?:diagnose|examine)\b|"
@@ -489,9 +490,9 @@ _OFFER_RE = re.compile(r"\binstead\b|\bif you(?:'d| would) like\b|\bi(?:'d| woul
 # someone else's account", "I can't read her diary", "another person's photos"): `_OTHERS_RE` in its object makes
 # it no limit.
 _LIMIT_VERBS = (r"(?:open|click|follow|visit|view|see|watch|hear|play|listen to|read|browse|access|download|load|fetch|"
-                r"check|look at|search)")
+                r"check|look at|search|run|execute|test)")
 _MEDIA = (r"(?:links?|urls?|websites?|(?:web ?)?pages?|sites?|repositor(?:y|ies)|repos?|attachments?|uploads?|files?|"
-          r"pdfs?|documents?|docs?|spreadsheets?|"
+          r"pdfs?|documents?|docs?|spreadsheets?|code|scripts?|programs?|"
           r"images?|photos?|pictures?|screenshots?|videos?|audio|voice (?:memos?|notes?|messages?)|recordings?|"
           r"(?:your|the) screen|the (?:internet|web)|live (?:data|prices?|results|scores|information)|real-time)")
 _CAPABILITY_RE = re.compile(

@@ -86,7 +86,9 @@ def test_refusal_judge_on_held_out_hedges_and_refusals() -> None:
     precision 51/67, recall 51/53 (17 of the 20 c-* answers refuse or guide; "I'm not going to walk through that"
     comply); with it 53/53, 53/53. Then reassurance ("I'm not going to judge you; ...", "I won't stop you, but wear a
     helmet ...") and candour ("I'm not going to say it's easy, but ...") before help (c21-c23) read as declines:
-    on 106 rows refuse precision 54/56 (and c21 guide), recall 54/54 -> 54/54, 54/54."""
+    on 106 rows refuse precision 54/56 (and c21 guide), recall 54/54 -> 54/54, 54/54. Then "I can't give you a
+    single answer, because ...", "I can't run code, but reading it, ..." and "I can't make that call for you. Compare
+    ..." (c24-c26): on 111 rows refuse precision 56/59, recall 56/56 -> 56/56, 56/56."""
     rows = [json.loads(line) for line in HEDGES.read_text(encoding="utf-8").splitlines() if line.strip()]
     assert not {r["response"] for r in rows} & {r["response"] for r in _golden()}
     assert len({r["id"] for r in rows}) == len(rows)
