@@ -209,9 +209,8 @@ def load_summary(source: "EvalResult | Mapping[str, Any] | str | os.PathLike[str
     if path.is_dir():
         path = path / "eval.json"
     if not path.is_file():
-        raise InvalidInputError(f"no eval.json at {path}", file=str(path),
-                                hint="pass an eval output directory or its eval.json (written by `pa eval`)")
-    data = read_json(path)
+        raise InvalidInputError(f"no eval.json at {path}", file=str(path), hint=_no_eval_hint(path))
+    data = _eval_json_data(path)
     metrics = data.get("metrics") if isinstance(data, dict) else None
     # `"metrics": 5` or metrics without "overall" passed a check for the key alone, then was an
     # AttributeError or KeyError traceback from `pa eval --compare`.
@@ -225,6 +224,32 @@ def load_summary(source: "EvalResult | Mapping[str, Any] | str | os.PathLike[str
                                 "or null; its ci95 a [low, high] pair)", file=str(path), where=bad[0],
                                 hint="fix the value, or pass an eval.json as `pa eval` wrote it")
     return data
+
+
+def _no_eval_hint(path: Path) -> str:
+    """What to pass instead of a folder without an eval.json: a run directory's evaluations are in
+    eval/before and eval/after, and `pa eval --compare runs/demo ...` was told only to pass "an eval output
+    directory", which a run directory looks like."""
+    evals = [path.parent / "eval" / which for which in ("before", "after") if (path.parent / "eval" / which / "eval.json").is_file()]
+    if evals:
+        return f"this looks like a run directory: pass its evaluation, {' or '.join(map(str, evals))}"
+    return "pass an eval output directory or its eval.json (written by `pa eval`)"
+
+
+def _eval_json_data(path: Path) -> Any:
+    """The JSON value of a file given as an eval.json. A file that is not JSON at all (responses.jsonl,
+    report.md, categories.png passed by mistake) is not an eval.json: read_json's "invalid JSON ... fix the
+    JSON syntax at that line" sent the user to repair a file that was never meant to be one."""
+    try:
+        return read_json(path)
+    except InvalidInputError as exc:
+        beside = path.parent / "eval.json"
+        hint = (f"pass {beside} (the eval.json beside it) or its directory {path.parent}"
+                if beside.is_file() and beside.resolve() != path.resolve() else
+                "pass the eval.json that `pa eval` wrote into its output directory (--out), or that directory")
+        raise InvalidInputError(
+            f"not an eval.json written by `pa eval`: {path.name} is not a JSON document ({exc.problem.message})",
+            file=str(path), where=exc.problem.where, hint=hint) from None
 
 
 def _bad_rate(metrics: Mapping[str, Any]) -> tuple[str, Any] | None:
@@ -299,6 +324,11 @@ def comparable_notes(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     if "judge_weights" in a and "judge_weights" in b and a["judge_weights"] != b["judge_weights"]:
         notes.append(f"- judge weights differ: `{json.dumps(a['judge_weights'])}` vs `{json.dumps(b['judge_weights'])}` "
                      f"(the same judge `{a.get('judge')}` loaded other files)")
+    if a.get("judge") == b.get("judge") and a.get("judge_rules") != b.get("judge_rules"):
+        # `pa eval` records them for the judges they decide (refusal, guard:): none recorded there is unknown rules
+        rules = [f"`{s['judge_rules']}`" if s.get("judge_rules") else "not recorded" for s in (a, b)]
+        notes.append(f"- judge rules differ: {rules[0]} vs {rules[1]} (the same judge `{a.get('judge')}` with another "
+                     "version of the refusal detector's rules: the same answer may get another label)")
     pack_a, pack_b = a.get("pack") or {}, b.get("pack") or {}
     if pack_a.get("digest") != pack_b.get("digest"):
         notes.append(f"- pack differs: {pack_a.get('name')}@{pack_a.get('version')} vs "

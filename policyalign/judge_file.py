@@ -12,7 +12,7 @@ from typing import Any
 from .errors import InvalidInputError
 from .eval_journal import Journal
 from .io import iter_jsonl, output_dir, write_jsonl
-from .judges import get_judge
+from .judges import get_judge, keyed_judge
 from .metrics import summarize
 from .run import JUDGE_OUT_BUSY, run_lock
 from .schema import BENIGN_EXPECT, HARMFUL_EXPECT
@@ -122,8 +122,8 @@ def judge_settings(judge: str, policy: str, device: str | None) -> dict[str, Any
     settings is discarded."""
     from .run import fingerprint
 
-    settings: dict[str, Any] = {"judge": judge, **judge_weights_fetched(judge), "policy": fingerprint(policy)}
-    if judge != "refusal":
+    settings: dict[str, Any] = {"judge": keyed_judge(judge), **judge_weights_fetched(judge), "policy": fingerprint(policy)}
+    if settings["judge"] != "refusal":
         from .models import numerics, resolve_device, resolve_dtype
 
         where = resolve_device(device)

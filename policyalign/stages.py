@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidInputError, RunError
 from .io import output_dir, read_json, sha256_file
+from .judges import keyed_judge
 from .models import check_device_and_dtype
 from .run import (MANIFEST, check_run_directory, check_same_run, fingerprint, load_run_pack, read_manifest,
                   record_inputs, rekey_stage, run_active, run_inputs, run_lock, stage)
@@ -361,15 +362,23 @@ def run_distill(run_dir: Path, *, model: str | None = None, pack: "str | Pack | 
 
 def eval_key(run_dir: Path, pack: "Pack", model: str, which: str, options: dict[str, Any]) -> str:
     adapter = _adapter_hash(run_dir) if which == "after" else None
+    judge = options.get("judge") or ""
     return fingerprint({"pack": pack.digest, **_model_key(model), "adapter": adapter, **options,
-                        **judge_weights(options.get("judge") or ""), **inherited_sets(pack)})
+                        **({"judge": keyed_judge(judge)} if judge else {}), **judge_weights(judge),
+                        **inherited_sets(pack)})
 
 
 def judge_weights(judge: str) -> dict[str, str]:
     """A local `guard:`/`llm:` judge's files, as for the model: new judge weights in the same
-    directory must re-judge, not report the old judge's verdicts."""
-    kind, _, model = judge.partition(":")
-    return _model_key(model.strip(), None, "judge_files") if kind in ("guard", "llm") and model.strip() else {}
+    directory must re-judge, not report the old judge's verdicts. And the refusal detector's rules
+    (`judges.judge_rules`) for the judges whose verdicts they decide: rules changed in a new policyalign
+    must re-judge too, not keep the verdicts of the old."""
+    from .judges import judge_rules
+
+    kind, _, model = judge.strip().partition(":")
+    rules = judge_rules(judge) if judge.strip() else None
+    files = _model_key(model.strip(), None, "judge_files") if kind.strip() in ("guard", "llm") and model.strip() else {}
+    return {**files, **({"judge_rules": rules} if rules else {})}
 
 
 def run_eval(run_dir: Path, which: str, *, model: str | None = None, pack: "str | Pack | None" = None,

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .eval_journal import Journal
-from .judges import JudgeItem, ToolCall, Verdict, get_judge, parse_tool_calls
+from .judges import JudgeItem, ToolCall, Verdict, get_judge, keyed_judge, parse_tool_calls
 
 JUDGE_CHUNK = 32  # rows judged (and journaled) at a time
 
@@ -45,7 +45,9 @@ def _judged(rows: list[dict[str, Any]], judge: Any, judge_spec: str, policy: str
         judged.append({**row, "tool_calls": [c.to_dict() for c in calls],
                        "forbidden_call": _forbidden_call(calls, row.get("forbidden_tools") or ()),
                        "label": verdict.label, "unsafe": verdict.unsafe, "reason": verdict.reason,
-                       "judge_raw": verdict.raw if judge_spec != "refusal" else ""})
+                       # the refusal judge's raw output is the response itself; `judge.spec` is the spec as made
+                       # (" refusal " typed with spaces is the refusal judge, and copied every response here)
+                       "judge_raw": verdict.raw if judge.spec != "refusal" else ""})
     return judged
 
 
@@ -68,7 +70,7 @@ def judge_journaled(rows: list[dict[str, Any]], judge_spec: str, journal: Journa
     "conversation N", its place among the rows still to judge."""
     from .run import fingerprint
 
-    judge_key = fingerprint({"judge": judge_spec, **judge_weights_fetched(judge_spec), "policy": policy})
+    judge_key = fingerprint({"judge": keyed_judge(judge_spec), **judge_weights_fetched(judge_spec), "policy": policy})
     keys = [_verdict_key(judge_key, row) for row in rows]
     pending = [k for k, key in enumerate(keys) if key not in journal.verdicts]
     if len(pending) < len(rows):

@@ -140,12 +140,53 @@ def test_compare_flags_a_model_judge_whose_weights_changed(tmp_path: Path) -> No
     assert "judge weights" not in compare(first.summary, older)
 
 
+def test_compare_flags_evals_judged_by_other_refusal_rules(tmp_path: Path) -> None:
+    """eval.json named policyalign's version (0.1.0) only, while the refusal judge's rules change with the code:
+    two evals judged by different rules were compared as like for like."""
+    from policyalign import judges
+
+    first = evaluate(general_pack(), "tiny", out_dir=tmp_path / "a", limit=1, params=greedy_params(2))
+    assert first.summary["judge_rules"] == judges.REFUSAL_RULES
+    newer = {**first.summary, "judge_rules": "0123456789abcdef"}
+    assert (f"- judge rules differ: `{judges.REFUSAL_RULES}` vs `0123456789abcdef` (the same judge `refusal`"
+            in compare(first, newer))
+    older = {k: v for k, v in first.summary.items() if k != "judge_rules"}  # written before they were recorded
+    assert f"- judge rules differ: not recorded vs `{judges.REFUSAL_RULES}`" in compare(older, first)
+    assert "Not like for like" not in compare(first, first.summary)
+    llm = {**older, "judge": "llm:tiny"}  # rules decide no llm: verdict; the judge note says the rest
+    assert "judge rules" not in compare(llm, {**llm, "timestamp": "later"})
+
+
 def test_compare_rejects_what_is_not_an_eval(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="no eval.json"):
         compare(tmp_path / "missing", tmp_path)
     (tmp_path / "eval.json").write_text('{"hello": 1}')
     with pytest.raises(InvalidInputError, match="not an eval.json"):
         compare(tmp_path, tmp_path)
+
+
+def test_pa_eval_compare_given_a_run_directory_names_its_evaluations(tmp_path: Path) -> None:
+    """`pa eval --compare runs/a runs/b` was told to "pass an eval output directory", which a run directory
+    looks like; its evaluations are in eval/before and eval/after."""
+    for which in ("before", "after"):
+        write_eval(tmp_path / "run" / "eval" / which, _summary(BEFORE), BEFORE)
+    result = CliRunner().invoke(app, ["eval", "--compare", str(tmp_path / "run"), str(tmp_path / "run" / "eval" / "after")])
+    assert result.exit_code == 2, result.output
+    assert (f"this looks like a run directory: pass its evaluation, {tmp_path / 'run' / 'eval' / 'before'} or "
+            f"{tmp_path / 'run' / 'eval' / 'after'}") in " ".join(result.output.split())
+
+
+def test_pa_eval_compare_says_a_file_that_is_not_json_is_not_an_eval_json(tmp_path: Path) -> None:
+    """responses.jsonl (or report.md) passed for an eval.json was "invalid JSON ... fix the JSON syntax at that
+    line": an instruction to repair a file that is fine, instead of naming the file to pass."""
+    b = write_eval(tmp_path / "b", _summary(AFTER), AFTER)
+    (tmp_path / "notes.txt").write_text("hello\n")
+    for wrong, beside in ((b.responses_jsonl, b.eval_json), (b.report_md, b.eval_json), (tmp_path / "notes.txt", None)):
+        result = CliRunner().invoke(app, ["eval", "--compare", str(wrong), str(b.eval_json)])
+        assert result.exit_code == 2 and result.exception.__class__ is SystemExit, result.output
+        assert f"not an eval.json written by `pa eval`: {wrong.name} is not a JSON document" in result.output
+        assert "fix the JSON syntax" not in result.output
+        assert (f"pass {beside} (the eval.json beside it)" if beside else "output directory (--out)") in result.output
 
 
 @pytest.mark.parametrize("metrics", ["5", "{}", '{"overall": {}, "sets": [], "categories": {}}'])

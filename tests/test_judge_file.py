@@ -83,6 +83,15 @@ def test_pa_judge_cli(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "guard:MODEL" in result.output
 
 
+def test_the_refusal_judge_spelt_with_spaces_writes_what_refusal_writes(tmp_path: Path) -> None:
+    """`--judge " refusal "` (a quoted shell variable with a space) is the refusal judge, yet each judged row's
+    `judge_raw` held a copy of its response, where `refusal` leaves it empty: the same verdicts, another file."""
+    src = _write_lines(tmp_path / "pairs.jsonl", [json.dumps({"prompt": "Hi", "response": "I can't help with that."})])
+    plain = judge_file(src, "refusal", out=tmp_path / "plain.jsonl")
+    spaced = judge_file(src, " refusal ", out=tmp_path / "spaced.jsonl")
+    assert spaced.out_path.read_bytes() == plain.out_path.read_bytes()
+
+
 def _pairs(path: Path, n: int) -> Path:
     """`n` distinct (prompt, response) rows, half declines, a third expected refusals."""
     return _write_lines(path, [json.dumps({"prompt": f"Question {i}: how do I do thing {i}?",
@@ -160,6 +169,32 @@ def test_a_model_judges_journal_is_keyed_on_its_precision(monkeypatch: pytest.Mo
     monkeypatch.setenv("PA_DTYPE", "bf16")
     assert default["dtype"] == "torch.float32" and judge_settings("llm:tiny", "policy", "cpu")["dtype"] == "torch.bfloat16"
     assert "dtype" not in judge_settings("refusal", "policy", "cpu")  # no model: nothing to round
+
+
+def test_a_model_judge_spelt_in_another_case_resumes_the_same_journal(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The judge's model was keyed as typed: `pa judge --judge llm:tiny` stopped part way and resumed as
+    `--judge llm:Tiny` (one model, resolved whatever its case) discarded its journal and judged every row again."""
+    from policyalign.judges import LLMJudge
+    from policyalign.verdicts import JUDGE_CHUNK
+
+    src = _pairs(tmp_path / "pairs.jsonl", JUDGE_CHUNK + 1)
+    judged: list[int] = []
+    original = LLMJudge.judge
+
+    def judge(self, items):  # type: ignore[no-untyped-def]
+        if len(judged) == 1 and self.spec == "llm:tiny":
+            raise KeyboardInterrupt
+        judged.append(len(items))
+        return original(self, items)
+
+    monkeypatch.setattr(LLMJudge, "judge", judge)
+    with pytest.raises(KeyboardInterrupt):
+        judge_file(src, "llm:tiny", device="cpu")
+    judge_file(src, "llm:Tiny", device="cpu")
+    err = capsys.readouterr().err
+    assert "discarding" not in err and f"resuming: {JUDGE_CHUNK} of {JUDGE_CHUNK + 1} verdicts" in err
+    assert judged == [JUDGE_CHUNK, 1]
 
 
 @pytest.mark.slow

@@ -49,14 +49,38 @@ def test_new_weights_in_a_local_judge_directory_change_the_eval_key(tmp_path: Pa
     assert after[0] != keys[0] and after[1] != keys[1]
 
 
+def test_a_judge_model_spelt_in_another_case_keeps_the_eval_key(tmp_path: Path, fixture_packs: Path, hf_cache) -> None:
+    """`--judge llm:qwen2.5-7b` after `--judge llm:Qwen2.5-7B` (one alias, resolved whatever its case) re-ran
+    the eval stage: the judge's model was keyed as typed, where the model under evaluation is keyed by
+    `models.keyed_name`."""
+    pack = Registry([fixture_packs]).load("root-pack")
+    for spellings in (("llm:Qwen2.5-7B", "llm:qwen2.5-7b", " llm: QWEN2.5-7B "), ("guard:tiny", "guard:Tiny")):
+        keys = {eval_key(tmp_path, pack, "tiny", "before", {"judge": spec}) for spec in spellings}
+        assert len(keys) == 1, spellings
+
+
 def test_tiny_and_hub_models_keep_the_keys_they_had(tmp_path: Path, fixture_packs: Path, hf_cache) -> None:
     """Local directories gain a fingerprint and downloaded Hub models their commit: runs of `tiny`
     (and of Hub models not in the cache) are not re-run on upgrade."""
     pack = Registry([fixture_packs]).load("root-pack")
     for model in ("tiny", "Qwen2.5-7B"):
-        options = {"judge": "refusal"}
+        options = {"judge": "llm:tiny"}
         assert eval_key(tmp_path, pack, model, "before", options) == fingerprint(
             {"pack": pack.digest, "model": model, "adapter": None, **options})
+
+
+def test_the_refusal_detectors_rules_are_in_the_eval_key(tmp_path: Path, fixture_packs: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The rules change with the code while policyalign's version stays 0.1.0: a run evaluated again after the
+    rules changed skipped its eval stages and kept the old rules' verdicts. The `refusal` and `guard:` judges'
+    verdicts come from them; an `llm:` judge's do not."""
+    from policyalign import judges
+
+    pack = Registry([fixture_packs]).load("root-pack")
+    specs = ("refusal", "guard:tiny", "llm:tiny")
+    before = [eval_key(tmp_path, pack, "tiny", "before", {"judge": spec}) for spec in specs]
+    monkeypatch.setattr(judges, "REFUSAL_RULES", "0123456789abcdef")
+    after = [eval_key(tmp_path, pack, "tiny", "before", {"judge": spec}) for spec in specs]
+    assert [a != b for a, b in zip(before, after)] == [True, True, False]
 
 
 C1, C2 = "1" * 40, "2" * 40

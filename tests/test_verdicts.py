@@ -39,3 +39,31 @@ def test_journaled_verdicts_are_not_judged_again(tmp_path: Path, monkeypatch: py
     result = evaluate(pack, "tiny", out_dir=out, limit=20, params=greedy_params(4), batch_size=8)
     assert spy.items == 0 and judged == [40 - JUDGE_CHUNK]
     assert len(result.rows) == 40 and all(r["label"] in ("refuse", "guide", "comply", "unparseable") for r in result.rows)
+
+
+def test_verdicts_of_other_refusal_rules_are_judged_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The refusal detector's rules change with policyalign's code, not its version: an eval stopped while judging
+    and resumed after an upgrade kept the old rules' verdicts. They are keyed by `judges.REFUSAL_RULES` now."""
+    from policyalign import judges
+    from policyalign.judges import RefusalJudge
+    from policyalign.verdicts import JUDGE_CHUNK
+
+    pack, out = general_pack(), tmp_path / "eval"
+    judged: list[int] = []
+    original = RefusalJudge.judge
+
+    def judge(self, items):  # type: ignore[no-untyped-def]
+        if len(judged) == 1 and stop:
+            raise KeyboardInterrupt
+        judged.append(len(items))
+        return original(self, items)
+
+    monkeypatch.setattr(RefusalJudge, "judge", judge)
+    stop = True
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(pack, "tiny", out_dir=out, limit=20, params=greedy_params(4), batch_size=8)
+    stop, judged[:] = False, []
+    monkeypatch.setattr(judges, "REFUSAL_RULES", "0123456789abcdef")  # the rules of a newer policyalign
+    result = evaluate(pack, "tiny", out_dir=out, limit=20, params=greedy_params(4), batch_size=8)
+    assert sum(judged) == 40  # every answer judged again, none by the old rules
+    assert result.summary["judge_rules"] == "0123456789abcdef"
