@@ -174,6 +174,10 @@ def filter_config(pack: "Pack", **options: Any) -> Any:
         options["kl_top_k"] = int(pack.training.get("top_k", 256))
     if options.get("temperature") is None:  # ... over responses sampled as distillation's rollouts are
         options["temperature"] = float(pack.training.get("temperature", 1.0))
+    else:  # held to the bounds `pa distill --temperature` is, named as that flag: the rollouts it stands for
+        from .distill_settings import check_settings
+
+        check_settings({"temperature": options["temperature"]}, from_command_line=True)
     return FilterConfig(keep=keep, **{k: v for k, v in options.items() if v is not None})
 
 

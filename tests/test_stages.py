@@ -341,3 +341,27 @@ def test_another_backend_re_synthesizes_and_is_not_served_the_cached_samples(fix
     ids = {name: _Generator("tiny", device="cpu", backend_name=name).id for name in ("transformers", "vllm")}
     assert ids["transformers"].startswith("tiny:") and "|" not in ids["transformers"]
     assert ids["vllm"] == ids["transformers"] + "|vllm"
+
+
+def test_pa_filter_takes_the_temperature_distillation_samples_at(tmp_path: Path, fixture_packs: Path) -> None:
+    """`pa apply` and `pa distill` took --temperature, `pa filter` did not: a run stepped through by hand scored
+    its instructions on responses sampled at the pack's temperature, then trained on rollouts at another. It
+    takes the same flag now, held to the same bounds, and a changed temperature re-scores."""
+    from typer.testing import CliRunner
+
+    from policyalign.cli import app
+    from policyalign.run import read_manifest
+    from policyalign.stages import run_synthesize
+
+    run = tmp_path / "run"
+    run_synthesize(run, Registry([fixture_packs]).load("root-pack"), "tiny", n=1, progress=False)
+    base = ["filter", str(run), "--packs-path", str(fixture_packs), "--max-new-tokens", "4"]
+    assert CliRunner().invoke(app, base).exit_code == 0
+    first = read_manifest(run)["stages"]["filter"]
+    result = CliRunner().invoke(app, [*base, "--temperature", "0.5"])
+    assert result.exit_code == 0, result.output
+    second = read_manifest(run)["stages"]["filter"]
+    assert second["results"]["config"]["temperature"] == 0.5 and second["score_key"] != first["score_key"]
+    result = CliRunner().invoke(app, [*base, "--temperature", "0"])
+    assert result.exit_code == 2 and "--temperature 0.0" in result.output
+    assert read_manifest(run)["stages"]["filter"] == second, "refused before the stage began"

@@ -10,7 +10,7 @@ import typer
 from . import app
 from ..stats import format_rate
 from .common import (BatchSize, EmaDecay, Epochs, GradAccum, LearningRate, License, LoraAlpha, LoraDropout, LoraR, MaxSteps,
-                     PacksPath, ReportTo, console, fold_table, print_json)
+                     PacksPath, ReportTo, Temperature, console, fold_table, print_json)
 
 
 def _num(value: Any) -> str:
@@ -81,7 +81,7 @@ def apply(
     grad_accum: Optional[int] = GradAccum,
     teacher: Optional[str] = typer.Option(None, "--teacher", help="base or ema (default: the pack's)."),
     ema_decay: Optional[float] = EmaDecay,
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="Rollout sampling temperature (paper: 1.0)."),
+    temperature: Optional[float] = Temperature,
     save_steps: Optional[int] = typer.Option(None, "--save-steps", help="Checkpoint every N optimizer steps (default 50)."),
     judge: Optional[str] = typer.Option(None, "--judge", help="refusal (default) | guard:MODEL | llm:MODEL"),
     eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="At most N items per eval set (default: all)."),
