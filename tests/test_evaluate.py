@@ -412,3 +412,13 @@ def test_an_evaluation_run_again_with_the_same_results_leaves_a_published_run_pu
     with pytest.raises(PolicyAlignError, match="already published, nothing to push"):
         push_adapter(run, repo)
     assert hub_server.tags(repo) == [f"{pack.name}-v{pack.version}"]
+
+
+def test_pa_eval_names_the_flag_of_a_zero_max_new_tokens(tmp_path: Path) -> None:
+    """`pa eval --max-new-tokens 0` said "max_new_tokens must be at least 1", naming no flag."""
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(app, ["eval", "general", "--model", "tiny", "--out", str(out), "--max-new-tokens", "0",
+                                      "--packs-path", str(ROOT / "packs")])
+    assert result.exit_code == 2 and "--max-new-tokens" in result.output, result.output
+    assert not out.exists()
+
