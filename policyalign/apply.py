@@ -148,7 +148,32 @@ def load_config_file(path: Path) -> dict[str, Any]:
     options = {key: value for key, value in options.items() if value is not None or key in ("pack", "model")}
     checked = check_config_ranges(check_config_types(options, path), path)
     report_targets(checked.get("report_to"), flag="report_to:", file=str(path))
-    return checked
+    return from_config_dir(checked, path.parent)
+
+
+def from_config_dir(options: dict[str, Any], base: Path) -> dict[str, Any]:
+    """The file's relative paths (`out`, a `pack` directory, a `model`, `generator` or `guard:`/`llm:` judge
+    directory) taken from the file's directory `base`, as a file that names its neighbours means them:
+    read from the current directory, `pa apply --config runs/med.yaml` run from elsewhere trained another
+    pack (or none) and wrote the run elsewhere. Names (a pack, `tiny`, an alias, a Hub id) are kept;
+    command-line flags are still read from the current directory."""
+    from .models import model_from
+
+    resolved = dict(options)
+    if isinstance(resolved.get("out"), str):
+        resolved["out"] = str(base / Path(resolved["out"]).expanduser())
+    pack = resolved.get("pack")
+    if isinstance(pack, str) and pack.strip():
+        spec = os.path.expanduser(pack)  # the registry's reading of a path (`Registry.resolve_path`), from `base`
+        if not os.path.isabs(spec) and (os.sep in spec or spec.startswith(".") or (base / spec).is_dir()):
+            resolved["pack"] = str(base / spec)
+    for key in ("model", "generator"):
+        if isinstance(resolved.get(key), str):
+            resolved[key] = model_from(resolved[key], base)
+    kind, colon, judge = str(resolved.get("judge") or "").partition(":")
+    if colon and kind.strip() in ("guard", "llm") and judge.strip():
+        resolved["judge"] = f"{kind}:{model_from(judge.strip(), base)}"
+    return resolved
 
 
 def _refuse_two_spellings(data: dict[Any, Any], path: Path) -> None:

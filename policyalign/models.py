@@ -140,6 +140,22 @@ def _local_ref(text: str, path: Path) -> ModelRef:
     return ModelRef(name=text, kind="local", location=str(path.resolve()))
 
 
+def model_from(text: str, base: Path) -> str:
+    """`text` as `resolve_model` would read it from the directory `base` instead of the current one: a
+    relative model directory (one that exists under `base`, or a name that looks like a path) joined to
+    `base`; `tiny`, an alias, a Hub id and an absolute or `~` path as they are. `pa apply --config` reads
+    a file's paths from the file's directory."""
+    stripped = text.strip()
+    if not stripped or stripped.lower() == TINY:
+        return text
+    path = Path(stripped).expanduser()
+    if path.is_absolute():
+        return text
+    if (base / path).exists() or _looks_like_path(stripped.partition("@")[0]):
+        return str(base / path)
+    return text
+
+
 def _looks_like_path(text: str) -> bool:
     """Names a user meant as a filesystem path rather than an alias or `org/name`."""
     return (

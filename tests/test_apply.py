@@ -314,6 +314,29 @@ def test_a_home_directory_in_the_config_file_is_expanded(tmp_path: Path, monkeyp
     assert (options.out, options.pack) == (tmp_path / "home" / "runs" / "demo", str(tmp_path / "home" / "packs" / "general"))
 
 
+def test_relative_paths_in_the_config_file_are_read_from_its_directory(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pa apply --config runs/med.yaml` run from another directory read the file's `pack: ./medical` and
+    `out: med` from the current directory: another pack (or none) was trained, the run written elsewhere. The
+    file's relative paths are read from its directory; names, and the command line's paths, are not."""
+    runs = tmp_path / "project" / "runs"
+    shutil.copytree(Path(__file__).parent.parent / "packs" / "general", runs / "general-copy")
+    for name in ("model", "judge"):
+        (runs / name).mkdir()
+    config = runs / "med.yaml"
+    config.write_text("pack: ./general-copy\nmodel: model\ngenerator: ./gen\nout: med\njudge: llm:judge\n")
+    monkeypatch.chdir(tmp_path)
+    options = build_options({}, Path("project/runs/med.yaml"))
+    assert (options.pack, options.model, options.generator, options.out, options.judge) == (
+        "project/runs/general-copy", "project/runs/model", "project/runs/gen", Path("project/runs/med"),
+        "llm:project/runs/judge")
+    assert build_options({"out": Path("here"), "model": "./m"}, Path("project/runs/med.yaml")).out == Path("here")
+    assert build_options({"model": "./m"}, Path("project/runs/med.yaml")).model == "./m", "the command line's, from cwd"
+    config.write_text("pack: general\nmodel: Qwen2.5-7B\ngenerator: tiny\njudge: refusal\n")
+    options = build_options({}, config)
+    assert (options.pack, options.model, options.generator, options.judge) == ("general", "Qwen2.5-7B", "tiny", "refusal")
+
+
 @pytest.mark.parametrize("text", ["private: true", "revision: v2"])
 def test_push_settings_in_the_config_file_without_push_to_are_named_as_its_keys(tmp_path: Path, text: str) -> None:
     """`private: true` in run.yaml without push_to said "--private only applies with --push-to ... or drop --private",
@@ -368,7 +391,7 @@ def test_config_values_of_the_wrong_type_fail_before_any_stage_runs(tmp_path: Pa
                       "target_modules: [q_proj, v_proj]\n")
     options = build_options({}, config)
     assert options.keep == 1.0 and isinstance(options.keep, float) and options.lora_dropout is None
-    assert options.out == Path("runs/x") and options.private is True and options.target_modules == ["q_proj", "v_proj"]
+    assert options.out == tmp_path / "runs/x" and options.private is True and options.target_modules == ["q_proj", "v_proj"]
 
 
 def test_a_bad_pa_dtype_fails_before_any_stage_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -45,7 +45,9 @@ def apply(
                                           "(max-steps: 100); --lr, --epochs, --grad-accum, --top-k and --quiet are "
                                           "learning_rate, num_epochs, gradient_accumulation_steps, top_n and "
                                           "progress: false; also target_modules, kl_top_k, samples, synth_max_new_tokens, gen_batch_size, "
-                                          "eval_max_new_tokens. The command line wins over the file, and both over "
+                                          "eval_max_new_tokens. Relative paths in the file (out, a pack, model, generator "
+                                          "or judge directory) are read from the file's directory, those on the command "
+                                          "line from the current one. The command line wins over the file, and both over "
                                           "the pack's training: defaults."),
     push_to: Optional[str] = typer.Option(None, "--push-to", help="Publish the adapter to this Hub repo at the end."),
     private: bool = typer.Option(False, "--private", help="With --push-to: create the Hub repo private."),
