@@ -37,6 +37,16 @@ def test_new_weights_in_a_local_model_directory_change_every_stage_key(tmp_path:
     assert {stage for stage in before if before[stage] != after[stage]} == set(before)
 
 
+def test_a_local_model_directory_moved_elsewhere_keeps_every_stage_key(tmp_path: Path, fixture_packs: Path) -> None:
+    """Keys named a local model by its absolute path: the directory moved (or copied) elsewhere re-ran every stage."""
+    pack = Registry([fixture_packs]).load("root-pack")
+    model = tmp_path / "model"
+    shutil.copytree(tiny.tiny_model_path(), model)
+    before = _keys(tmp_path, pack, str(model))
+    model.rename(tmp_path / "moved")
+    assert _keys(tmp_path, pack, str(tmp_path / "moved")) == before
+
+
 def test_new_weights_in_a_local_judge_directory_change_the_eval_key(tmp_path: Path, fixture_packs: Path) -> None:
     """A local `llm:`/`guard:` judge was keyed by its path: new judge weights there kept the old verdicts."""
     pack = Registry([fixture_packs]).load("root-pack")
