@@ -36,7 +36,17 @@ def _adapter_hash(run_dir: Path) -> str | None:
 
 
 def _model(run_dir: Path, model: str | None) -> str:
-    return model or run_inputs(run_dir)["model"]
+    """--model, else the run's. run.json names a local directory by its absolute path: once the directory
+    moved, a stage command without --model said "model directory not found" and told the user to check the
+    path or use a Hub id, not that `--model NEW_PATH` goes on with the run (`run.same_model`)."""
+    if model:
+        return model
+    recorded = run_inputs(run_dir)["model"]
+    if Path(recorded).is_absolute() and not Path(recorded).exists():
+        raise RunError(f"this run's model directory {recorded} is not there", file=str(Path(run_dir) / MANIFEST),
+                       where="inputs.model", hint="if it moved, pass --model NEW_PATH: the directory with the same "
+                                                  "files is the run's model, and its finished stages are kept")
+    return recorded
 
 
 def _pack_and_model(run_dir: Path, pack: "str | Pack | None", model: str | None,

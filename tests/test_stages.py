@@ -375,3 +375,27 @@ def test_pa_filter_takes_the_temperature_distillation_samples_at(tmp_path: Path,
     result = CliRunner().invoke(app, [*base, "--temperature", "0"])
     assert result.exit_code == 2 and "--temperature 0.0" in result.output
     assert read_manifest(run)["stages"]["filter"] == second, "refused before the stage began"
+
+
+def test_a_stage_command_says_to_name_a_moved_model_directory(tmp_path: Path, fixture_packs: Path) -> None:
+    """run.json names a local model by its absolute path: once it moved, `pa filter RUN` said "model directory
+    not found" with a hint to use an alias or a Hub id, not that --model NEW_PATH goes on with the run."""
+    import pytest
+
+    from policyalign.errors import RunError
+    from policyalign.run import read_manifest, record_inputs, write_manifest
+    from policyalign.stages import run_filter
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny.tiny_model_path(), model)
+    run = tmp_path / "run"
+    record_inputs(run, Registry([fixture_packs]).load("root-pack"), str(model))
+    manifest = read_manifest(run)
+    manifest["stages"]["synthesize"] = {"status": "done", "key": "k"}
+    write_manifest(run, manifest)
+    model.rename(tmp_path / "moved")
+    with pytest.raises(RunError, match="model directory .* is not there") as caught:
+        run_filter(run, packs_path=[fixture_packs], progress=False)
+    assert "--model NEW_PATH" in caught.value.problem.hint
+    with pytest.raises(RunError, match="instructions.jsonl"):  # past the model: the stage's own input is missing
+        run_filter(run, model=str(tmp_path / "moved"), packs_path=[fixture_packs], progress=False)
