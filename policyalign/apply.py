@@ -157,7 +157,7 @@ def from_config_dir(options: dict[str, Any], base: Path) -> dict[str, Any]:
     read from the current directory, `pa apply --config runs/med.yaml` run from elsewhere trained another
     pack (or none) and wrote the run elsewhere. Names (a pack, `tiny`, an alias, a Hub id) are kept;
     command-line flags are still read from the current directory."""
-    from .models import model_from
+    from .models import model_from, path_text
 
     resolved = dict(options)
     if isinstance(resolved.get("out"), str):
@@ -166,7 +166,7 @@ def from_config_dir(options: dict[str, Any], base: Path) -> dict[str, Any]:
     if isinstance(pack, str) and pack.strip():
         spec = os.path.expanduser(pack)  # the registry's reading of a path (`Registry.resolve_path`), from `base`
         if not os.path.isabs(spec) and (os.sep in spec or spec.startswith(".") or (base / spec).is_dir()):
-            resolved["pack"] = str(base / spec)
+            resolved["pack"] = path_text(base / spec)
     for key in ("model", "generator"):
         if isinstance(resolved.get(key), str):
             resolved[key] = model_from(resolved[key], base)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -152,8 +153,14 @@ def model_from(text: str, base: Path) -> str:
     if path.is_absolute():
         return text
     if (base / path).exists() or _looks_like_path(stripped.partition("@")[0]):
-        return str(base / path)
+        return path_text(base / path)
     return text
+
+
+def path_text(path: Path) -> str:
+    """A relative path as text that still reads as one: `./runs/m`, not `runs/m` (an `org/name` Hub id
+    to `resolve_model`, a pack name to the registry when it is not there)."""
+    return str(path) if path.is_absolute() else os.path.join(".", str(path))
 
 
 def _looks_like_path(text: str) -> bool:

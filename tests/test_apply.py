@@ -328,8 +328,8 @@ def test_relative_paths_in_the_config_file_are_read_from_its_directory(tmp_path:
     monkeypatch.chdir(tmp_path)
     options = build_options({}, Path("project/runs/med.yaml"))
     assert (options.pack, options.model, options.generator, options.out, options.judge) == (
-        "project/runs/general-copy", "project/runs/model", "project/runs/gen", Path("project/runs/med"),
-        "llm:project/runs/judge")
+        "./project/runs/general-copy", "./project/runs/model", "./project/runs/gen", Path("project/runs/med"),
+        "llm:./project/runs/judge")
     assert build_options({"out": Path("here"), "model": "./m"}, Path("project/runs/med.yaml")).out == Path("here")
     assert build_options({"model": "./m"}, Path("project/runs/med.yaml")).model == "./m", "the command line's, from cwd"
     config.write_text("pack: general\nmodel: Qwen2.5-7B\ngenerator: tiny\njudge: refusal\n")
