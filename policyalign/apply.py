@@ -30,7 +30,7 @@ from .run import (check_run_directory, read_manifest, record_inputs, run_active,
 from .scaffold import draft_leftovers
 from .stages import (
     SELECTION_FLAGS, distill_config, distill_key, eval_key, filter_config, filter_key, run_distill, run_eval, run_filter,
-    card_key, check_one_selection_rule, checkpoint_record, push_key, resume_key, run_card, run_synthesize,
+    card_key, check_models, check_one_selection_rule, checkpoint_record, push_key, resume_key, run_card, run_synthesize,
     selection_given, synthesize_key, synthesize_options,
 )
 from .stats import is_number
@@ -444,6 +444,7 @@ def _checked_settings(options: ApplyOptions, pack: Pack) -> tuple[Any, Any]:
     """Every stage's settings (the filter's and distillation's configs, returned), checked before the run
     directory is made or any stage runs: a bad --save-steps should not surface after minutes of
     synthesis and filtering, nor a bad --keep leave behind an empty run that `pa runs` lists."""
+    check_models(options.model, options.generator)
     fconf = filter_config(pack, **_filter_options(options))
     dconf = distill_config(pack, _distill_overrides(options))
     check_eval_options(options.judge, options.eval_limit, limit_flag="--eval-limit")

@@ -99,6 +99,16 @@ def _model_key(model: str, field: str | None = "model", files: str | None = "mod
 # --------------------------------------------------------------------------- synthesize
 
 
+def check_models(*names: str | None) -> None:
+    """Each model named (the model, the generator) resolves, before the run directory is made: a mistyped
+    `--model ./mdoel` left a run directory holding only run.json, which `pa runs` listed as an empty run."""
+    from .models import resolve_model
+
+    for name in names:
+        if name is not None:
+            resolve_model(name)
+
+
 def synthesize_options(model: str, generator: str | None, n: int | None, rounds: int | None, seed: int,
                        max_per_category: int | None, max_new_tokens: int | None,
                        backend: str = "transformers") -> dict[str, Any]:
@@ -138,6 +148,7 @@ def run_synthesize(run_dir: Path, pack: "Pack", model: str, *, generator: str | 
     check_settings(pack, n_per_category=n, rounds=rounds, batch_size=batch_size, max_per_category=max_per_category,
                    sampling=sampling, seed=seed)  # before the run directory is made or its record changed
     check_device_and_dtype(device)
+    check_models(model, generator)
     run_dir = output_dir(run_dir)
     options = synthesize_options(model, generator, n, rounds, seed, max_per_category, max_new_tokens, backend)
     with run_lock(run_dir):  # from the first write to run.json

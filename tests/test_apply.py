@@ -362,6 +362,14 @@ def test_an_empty_out_is_refused_rather_than_running_over_the_current_directorys
     assert (tmp_path / "README.md").read_text() == "a project\n" and not (tmp_path / "run.json").exists()
 
 
+def test_a_model_that_does_not_resolve_leaves_no_run_directory(tmp_path: Path) -> None:
+    """`pa apply general --model ./mdoel` made the run directory, and run.json in it, before the model was
+    resolved: `pa runs` listed the empty run left behind."""
+    result = CliRunner().invoke(app, ["apply", "general", "--model", str(tmp_path / "mdoel"), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "model directory not found" in result.output
+    assert not (tmp_path / "run").exists()
+
+
 def test_private_without_push_to_is_refused_before_any_stage(tmp_path: Path) -> None:
     """`pa apply ... --private` without --push-to trained and published nothing private, without a word."""
     result = CliRunner().invoke(app, ["apply", "general", "--model", "tiny", "--private", "--out", str(tmp_path / "run")])
