@@ -444,7 +444,13 @@ def _checked_settings(options: ApplyOptions, pack: Pack) -> tuple[Any, Any]:
     """Every stage's settings (the filter's and distillation's configs, returned), checked before the run
     directory is made or any stage runs: a bad --save-steps should not surface after minutes of
     synthesis and filtering, nor a bad --keep leave behind an empty run that `pa runs` lists."""
+    from .synthesize import check_settings as check_synthesis_settings
+
     check_models(options.model, options.generator)
+    check_synthesis_settings(pack, n_per_category=options.n, rounds=options.rounds, batch_size=options.gen_batch_size,
+                             max_per_category=None, seed=options.seed,
+                             sampling=None if options.synth_max_new_tokens is None else
+                             {"max_new_tokens": options.synth_max_new_tokens})
     fconf = filter_config(pack, **_filter_options(options))
     dconf = distill_config(pack, _distill_overrides(options))
     check_eval_options(options.judge, options.eval_limit, limit_flag="--eval-limit")

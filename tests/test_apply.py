@@ -370,6 +370,15 @@ def test_a_model_that_does_not_resolve_leaves_no_run_directory(tmp_path: Path) -
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("flag", ["--n", "--rounds"])
+def test_a_synthesis_count_below_one_leaves_no_run_directory(tmp_path: Path, flag: str) -> None:
+    """`pa apply general --model tiny --n 0` was refused only by the synthesize stage, after the run directory
+    and its run.json were made: `pa runs` listed the empty run left behind."""
+    result = CliRunner().invoke(app, ["apply", "general", "--model", "tiny", flag, "0", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and flag in result.output
+    assert not (tmp_path / "run").exists()
+
+
 def test_private_without_push_to_is_refused_before_any_stage(tmp_path: Path) -> None:
     """`pa apply ... --private` without --push-to trained and published nothing private, without a word."""
     result = CliRunner().invoke(app, ["apply", "general", "--model", "tiny", "--private", "--out", str(tmp_path / "run")])
