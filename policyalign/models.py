@@ -261,7 +261,7 @@ def _file_sha256(path: Path) -> str:
         known[key] = sha256_file(path)
         try:
             write_json(store, known)
-        except OSError:  # a read-only cache: computed again next time, never a failure
+        except (OSError, PolicyAlignError):  # a read-only cache (io's RunError): computed again next time, never a failure
             pass
     _sha256_by_stat[key] = known[key]
     return known[key]

@@ -51,6 +51,20 @@ def test_weights_key_follows_a_local_directorys_files_and_leaves_tiny_and_hub_id
     assert weights_key(resolve_model("tiny")) is None
 
 
+def test_a_local_directory_is_keyed_where_the_cache_cannot_be_written(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each file's sha256 is remembered in PA_CACHE_DIR; a cache the disk refuses (here /sys, which nobody may
+    write into) failed every stage key of a local model with "Operation not permitted", naming the cache."""
+    if not Path("/sys").is_dir():
+        pytest.skip("needs /sys")
+    model = tmp_path / "model"
+    shutil.copytree(tiny.tiny_model_path(), model)
+    expected = weights_key(resolve_model(str(model)))
+    shutil.copytree(model, tmp_path / "fresh", copy_function=shutil.copyfile)  # new inodes: not remembered
+    monkeypatch.setenv("PA_CACHE_DIR", "/sys/policyalign-test-cache")
+    assert weights_key(resolve_model(str(tmp_path / "fresh"))) == expected
+
+
 C1, C2 = "1" * 40, "2" * 40
 
 
