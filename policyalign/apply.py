@@ -30,7 +30,7 @@ from .run import (check_run_directory, read_manifest, record_inputs, run_active,
 from .scaffold import draft_leftovers
 from .stages import (
     SELECTION_FLAGS, distill_config, distill_key, eval_key, filter_config, filter_key, run_distill, run_eval, run_filter,
-    card_key, check_one_selection_rule, checkpoint_record, push_key, resume_key, run_card, run_synthesize,
+    card_key, check_models, check_one_selection_rule, checkpoint_record, push_key, resume_key, run_card, run_synthesize,
     selection_given, synthesize_key, synthesize_options,
 )
 from .stats import is_number
@@ -148,7 +148,32 @@ def load_config_file(path: Path) -> dict[str, Any]:
     options = {key: value for key, value in options.items() if value is not None or key in ("pack", "model")}
     checked = check_config_ranges(check_config_types(options, path), path)
     report_targets(checked.get("report_to"), flag="report_to:", file=str(path))
-    return checked
+    return from_config_dir(checked, path.parent)
+
+
+def from_config_dir(options: dict[str, Any], base: Path) -> dict[str, Any]:
+    """The file's relative paths (`out`, a `pack` directory, a `model`, `generator` or `guard:`/`llm:` judge
+    directory) taken from the file's directory `base`, as a file that names its neighbours means them:
+    read from the current directory, `pa apply --config runs/med.yaml` run from elsewhere trained another
+    pack (or none) and wrote the run elsewhere. Names (a pack, `tiny`, an alias, a Hub id) are kept;
+    command-line flags are still read from the current directory."""
+    from .models import model_from, path_text
+
+    resolved = dict(options)
+    if isinstance(resolved.get("out"), str):
+        resolved["out"] = str(base / Path(resolved["out"]).expanduser())
+    pack = resolved.get("pack")
+    if isinstance(pack, str) and pack.strip():
+        spec = os.path.expanduser(pack)  # the registry's reading of a path (`Registry.resolve_path`), from `base`
+        if not os.path.isabs(spec) and (os.sep in spec or spec.startswith(".") or (base / spec).is_dir()):
+            resolved["pack"] = path_text(base / spec)
+    for key in ("model", "generator"):
+        if isinstance(resolved.get(key), str):
+            resolved[key] = model_from(resolved[key], base)
+    kind, colon, judge = str(resolved.get("judge") or "").partition(":")
+    if colon and kind.strip() in ("guard", "llm") and judge.strip():
+        resolved["judge"] = f"{kind}:{model_from(judge.strip(), base)}"
+    return resolved
 
 
 def _refuse_two_spellings(data: dict[Any, Any], path: Path) -> None:
@@ -419,6 +444,13 @@ def _checked_settings(options: ApplyOptions, pack: Pack) -> tuple[Any, Any]:
     """Every stage's settings (the filter's and distillation's configs, returned), checked before the run
     directory is made or any stage runs: a bad --save-steps should not surface after minutes of
     synthesis and filtering, nor a bad --keep leave behind an empty run that `pa runs` lists."""
+    from .synthesize import check_settings as check_synthesis_settings
+
+    check_models(options.model, options.generator)
+    check_synthesis_settings(pack, n_per_category=options.n, rounds=options.rounds, batch_size=options.gen_batch_size,
+                             max_per_category=None, seed=options.seed,
+                             sampling=None if options.synth_max_new_tokens is None else
+                             {"max_new_tokens": options.synth_max_new_tokens})
     fconf = filter_config(pack, **_filter_options(options))
     dconf = distill_config(pack, _distill_overrides(options))
     check_eval_options(options.judge, options.eval_limit, limit_flag="--eval-limit")

@@ -82,7 +82,7 @@ def load_benchmark(name: str, *, revision: str = "main") -> Benchmark:
     items = tuple(_benchmark_item(spec, i, row) for i, row in enumerate(data, start=1))
     meta = {"name": spec.name, "dataset": spec.dataset, "split": spec.split, "revision": revision,
             "resolved_revision": _resolved_revision(spec.dataset, revision), "license": spec.license,
-            "url": spec.url, "items": len(items)}
+            "url": spec.url, "items_in_set": len(items)}  # `evaluate` adds the `items` it evaluated (after --limit)
     return Benchmark(EvalSet(name=f"bench:{spec.name}", kind=spec.kind, file=spec.dataset, items=items), meta)
 
 

@@ -29,13 +29,13 @@ VERDICT_FIELDS = ("tool_calls", "forbidden_call", "label", "unsafe", "reason", "
 def journal_settings(loaded: Any, adapter: str | None, adapter_hash: str | None, policy_in_context: bool,
                      params: "SamplingParams", pack: "Pack") -> dict[str, Any]:
     """What every response depends on besides its item: the model (where it loads from: tiny's
-    cache directory names its weights; the files of a local directory; the revision and the cache
+    cache directory names its weights; the files of a local directory, wherever it is; the revision and the cache
     snapshot's commit of a Hub id), the adapter's weights, the policy, the sampling and the
     numerics (device type and dtype: bf16 on a GPU answers otherwise than fp32 on a CPU)."""
-    from .models import loaded_commit, numerics, weights_key
+    from .models import keyed_name, loaded_commit, numerics, weights_key
 
-    ref = loaded.ref
-    return {"model": ref.location, "revision": ref.revision, "commit": loaded_commit(loaded), "model_files": weights_key(ref),
+    ref = loaded.ref  # a local directory by its files alone: moved elsewhere, its answers are still its own
+    return {"model": keyed_name(ref) if ref.kind == "local" else ref.location, "revision": ref.revision, "commit": loaded_commit(loaded), "model_files": weights_key(ref),
             "adapter": adapter_hash or adapter, "policy_in_context": policy_in_context,
             "sampling": dataclasses.asdict(params), "pack": pack.digest, **numerics(loaded.device, loaded.dtype)}
 

@@ -107,11 +107,14 @@ def render_report(summary: Mapping[str, Any]) -> str:
 
 def _limit_lines(summary: Mapping[str, Any]) -> list[str]:
     """The `--limit` an evaluation ran under, with each set's items as "N of M" (as the model card
-    writes them): report.md's tables gave a limited set's 4 items as if they were the whole set."""
+    writes them): report.md's tables gave a limited set's 4 items as if they were the whole set.
+    A benchmark is limited as a set is, and named as its table rows name it (`bench:xstest`)."""
     if summary.get("limit") is None:
         return []
+    benchmarks = [{**b, "name": f"bench:{b.get('name')}"} for b in summary.get("benchmarks") or [] if isinstance(b, Mapping)]
     sizes = ", ".join(f"`{e.get('name')}` {e.get('items')} of {e.get('items_in_set')}"
-                      for e in summary.get("sets") or [] if isinstance(e, Mapping) and e.get("items_in_set") is not None)
+                      for e in [*(summary.get("sets") or []), *benchmarks]
+                      if isinstance(e, Mapping) and e.get("items_in_set") is not None)
     return [f"- limit: at most {summary['limit']} items per set, {summary.get('limit_rule') or 'per set'}"
             + (f"; items evaluated: {sizes}" if sizes else "")]
 

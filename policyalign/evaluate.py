@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .benchmarks import load_benchmark
+from .benchmarks import Benchmark, load_benchmark
 from .drift import DriftResult, drift_of_loaded
 from .errors import InvalidInputError, PolicyAlignError
 from .eval_journal import JOURNAL, RESPONSE_FIELDS, Journal, journal_settings
@@ -348,7 +348,8 @@ def evaluate(
             "sampling": dataclasses.asdict(params),
             # items: how many were evaluated (after --limit); items_in_set: how many the set holds
             "sets": [set_entry(s, sum(t.set_name == s.name for t in tasks)) for s in chosen],
-            "benchmarks": [b.meta for b in loaded_benchmarks],
+            "benchmarks": [benchmark_entry(b, sum(t.set_name == b.eval_set.name for t in tasks))
+                           for b in loaded_benchmarks],
             "limit": limit,
             "limit_rule": "round-robin over categories, per set" if limit else None,
             "counts": compute_metrics(rows)["labels"] | {"items": len(rows)},
@@ -387,6 +388,14 @@ def set_entry(eval_set: "EvalSet", evaluated: int) -> dict[str, Any]:
     if eval_set.origin:
         entry |= {"from": eval_set.origin, "dropped": dict(eval_set.dropped)}
     return entry
+
+
+def benchmark_entry(benchmark: Benchmark, evaluated: int) -> dict[str, Any]:
+    """eval.json's record of one benchmark, its counts as a set's (`set_entry`): `items` evaluated (after
+    --limit), `items_in_set` the dataset holds. Its `items` was the dataset's size, so `--limit 2` on
+    xstest's 450 prompts recorded 450, and report.md's limit line, listing the pack's sets only, never
+    said that 2 of them were answered."""
+    return {**benchmark.meta, "items": evaluated}
 
 
 # What an evaluation writes beside its eval.json.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -140,6 +141,28 @@ def _local_ref(text: str, path: Path) -> ModelRef:
     return ModelRef(name=text, kind="local", location=str(path.resolve()))
 
 
+def model_from(text: str, base: Path) -> str:
+    """`text` as `resolve_model` would read it from the directory `base` instead of the current one: a
+    relative model directory (one that exists under `base`, or a name that looks like a path) joined to
+    `base`; `tiny`, an alias, a Hub id and an absolute or `~` path as they are. `pa apply --config` reads
+    a file's paths from the file's directory."""
+    stripped = text.strip()
+    if not stripped or stripped.lower() == TINY:
+        return text
+    path = Path(stripped).expanduser()
+    if path.is_absolute():
+        return text
+    if (base / path).exists() or _looks_like_path(stripped.partition("@")[0]):
+        return path_text(base / path)
+    return text
+
+
+def path_text(path: Path) -> str:
+    """A relative path as text that still reads as one: `./runs/m`, not `runs/m` (an `org/name` Hub id
+    to `resolve_model`, a pack name to the registry when it is not there)."""
+    return str(path) if path.is_absolute() else os.path.join(".", str(path))
+
+
 def _looks_like_path(text: str) -> bool:
     """Names a user meant as a filesystem path rather than an alias or `org/name`."""
     return (
@@ -199,18 +222,49 @@ def model_license(ref: ModelRef, commit: str | None = None) -> dict[str, str]:
 
 
 def local_files_key(directory: str | Path) -> str:
-    """A cheap fingerprint of a local model directory: the name, size and mtime of each file in it.
+    """The identity of a local model directory's weights: the name and sha256 of each file in it, never its path.
 
-    A directory's path says nothing about the weights in it: a fine-tune saved over the same
-    directory left every cache and stage key unchanged, so `pa apply` skipped synthesis, filtering,
-    training and evaluation, and synthesis served generations of the old weights. Only `stat` is
-    read (symlinks, as in the Hub cache, are followed), so a 14B model costs nothing to key.
+    A directory's path says nothing about the weights in it: a fine-tune saved over the same directory
+    left every cache and stage key unchanged, so `pa apply` skipped synthesis, filtering, training and
+    evaluation, and synthesis served generations of the old weights. Nor does the path name them: keyed
+    by it, the same directory moved (or copied) elsewhere was another model, and its run's every stage
+    was refused or re-run. A file's sha256 is read once per file as stored (`_file_sha256`), so keying
+    a 14B model again, or after a move, costs a stat per file.
     """
     digest = hashlib.sha256()
     for path in sorted(p for p in Path(directory).iterdir() if p.is_file()):
-        info = path.stat()
-        digest.update(f"{path.name}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+        digest.update(f"{path.name}\0{_file_sha256(path)}\n".encode())
     return digest.hexdigest()[:16]
+
+
+# Each file's sha256 by what identifies its bytes as stored (device, inode, size, mtime), in memory and in
+# PA_CACHE_DIR/file-sha256.json: a rename keeps all four, and new bytes written change the mtime.
+_SHA256_CACHE = "file-sha256.json"
+_sha256_by_stat: dict[str, str] = {}
+
+
+def _file_sha256(path: Path) -> str:
+    from .io import read_json, sha256_file, write_json
+    from .tiny import cache_dir
+
+    info = path.stat()  # symlinks (as in the Hub cache) followed: the bytes they name
+    key = f"{info.st_dev}:{info.st_ino}:{info.st_size}:{info.st_mtime_ns}"
+    if key in _sha256_by_stat:
+        return _sha256_by_stat[key]
+    store = cache_dir() / _SHA256_CACHE
+    try:
+        known = read_json(store) if store.is_file() else {}
+    except (OSError, PolicyAlignError, ValueError):  # unreadable or torn: computed again
+        known = {}
+    known = known if isinstance(known, dict) else {}
+    if not isinstance(known.get(key), str):
+        known[key] = sha256_file(path)
+        try:
+            write_json(store, known)
+        except (OSError, PolicyAlignError):  # a read-only cache (io's RunError): computed again next time, never a failure
+            pass
+    _sha256_by_stat[key] = known[key]
+    return known[key]
 
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -248,17 +302,22 @@ def loaded_commit(loaded: LoadedModel) -> str | None:
     return commit if isinstance(commit, str) else None
 
 
+LOCAL = "local directory"
+
+
 def keyed_name(ref: ModelRef) -> str:
     """The model's name in a cache key, not as the user typed it: a Hub model whose commit is
     known by its repository alone, as the commit beside it says which weights, so an alias,
     `org/name`, `org/name@main` and `org/name@<commit>` loading the same commit key the same; one not
     downloaded yet by its name and revision as resolved, an alias in its one spelling (aliases resolve
     whatever their case: keyed as typed, `Qwen2.5-7B` and `qwen2.5-7b` re-ran each other's stages) and
-    an `org/name` as typed, so runs keyed before keep their keys; a local directory by its
-    absolute path, so `./m` and `/abs/m` key the same, and `./m` typed in another directory does not;
-    `tiny` by its one name, however it was typed (`Tiny`, ` tiny ` resolve to it, and re-ran every
-    stage of a finished run)."""
-    if ref.kind == "local" or (ref.kind == "hub" and hub_commit(ref)):
+    an `org/name` as typed, so runs keyed before keep their keys; a local directory as one (LOCAL), its
+    files' content (`weights_key`) beside it saying which weights, so `./m`, `/abs/m` and the directory
+    moved elsewhere key the same; `tiny` by its one name, however it was typed (`Tiny`, ` tiny ` resolve
+    to it, and re-ran every stage of a finished run)."""
+    if ref.kind == "local":
+        return LOCAL
+    if ref.kind == "hub" and hub_commit(ref):
         return ref.location
     return spelled_name(ref)
 
@@ -277,6 +336,17 @@ def recorded_name(model: str) -> str:
     except PolicyAlignError:  # the stage that loads it says what is wrong, with its hint
         return model
     return ref.location if ref.kind == "local" else model
+
+
+def recorded_weights(model: str) -> dict[str, str]:
+    """`{"model_files": weights_key}` of a local model directory, as run.json records it beside the
+    directory's path: after the directory moves, the path names nothing, and its files tell the run's
+    model typed at its new place (`run.same_model`) from another. Empty for other models."""
+    try:
+        ref = resolve_model(model)
+    except PolicyAlignError:
+        return {}
+    return {"model_files": local_files_key(ref.location)} if ref.kind == "local" else {}
 
 
 # --------------------------------------------------------------------------- loading

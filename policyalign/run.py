@@ -126,11 +126,12 @@ def _changed_ancestors(recorded: dict[str, Any], pack: "Pack") -> list[str]:
 
 def record_inputs(run_dir: Path, pack: "Pack", model: str, **extra: Any) -> dict[str, Any]:
     """Write (or update) the run's inputs: pack identity, model and library versions."""
-    from .models import recorded_name
+    from .models import recorded_name, recorded_weights
 
     manifest = read_manifest(run_dir)
     check_same_run(run_dir, manifest, pack.name, model)
-    manifest["inputs"].update({"pack": pack_record(pack), "model": recorded_name(model), **extra})
+    manifest["inputs"].pop("model_files", None)
+    manifest["inputs"].update({"pack": pack_record(pack), "model": recorded_name(model), **recorded_weights(model), **extra})
     manifest["versions"] = versions()
     manifest.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     write_manifest(run_dir, manifest)
@@ -170,24 +171,33 @@ def check_same_run(run_dir: Path, manifest: dict[str, Any], pack_name: str, mode
     edits may change: that is re-running the same experiment, and resuming is keyed for it."""
     recorded = manifest["inputs"]
     old_pack, old_model = (recorded.get("pack") or {}).get("name"), recorded.get("model")
-    if not manifest["stages"] or (old_pack in (None, pack_name) and (old_model is None or same_model(old_model, model))):
+    if not manifest["stages"] or (old_pack in (None, pack_name) and (
+            old_model is None or same_model(old_model, model, recorded.get("model_files")))):
         return
     raise RunError(f"{run_dir} holds a run of pack {old_pack!r} with model {old_model!r}, not {pack_name!r} with {model!r}",
                    file=str(Path(run_dir) / MANIFEST), hint=hint)
 
 
-def same_model(recorded: str, given: str) -> bool:
+def same_model(recorded: str, given: str, recorded_files: str | None = None) -> bool:
     """One model, however named: a Hub repository by an alias or at another revision (`org/name@<commit>`
     pinning the commit the run's `org/name` loaded) is the same experiment re-run, as another version
-    of the pack is; the stage keys, which hold the commit, say what must run again."""
-    from .models import TINY, resolve_model
+    of the pack is; the stage keys, which hold the commit, say what must run again. A local directory
+    is one by its path, or, moved elsewhere, by its files (`recorded_files`, run.json's `model_files`:
+    `models.local_files_key` of the run's directory)."""
+    from .models import TINY, local_files_key, resolve_model
 
     if recorded == given:
         return True
     if TINY in (recorded.strip().lower(), given.strip().lower()):  # not built just to be told apart
         return recorded.strip().lower() == given.strip().lower()
     try:
-        old, new = resolve_model(recorded), resolve_model(given)
+        new = resolve_model(given)
+    except PolicyAlignError:
+        return False
+    if recorded_files and new.kind == "local" and local_files_key(new.location) == recorded_files:
+        return True
+    try:
+        old = resolve_model(recorded)
     except PolicyAlignError:
         return False
     return old.kind == new.kind and old.kind in ("hub", "local") and old.location == new.location

@@ -37,7 +37,17 @@ def _adapter_hash(run_dir: Path) -> str | None:
 
 
 def _model(run_dir: Path, model: str | None) -> str:
-    return model or run_inputs(run_dir)["model"]
+    """--model, else the run's. run.json names a local directory by its absolute path: once the directory
+    moved, a stage command without --model said "model directory not found" and told the user to check the
+    path or use a Hub id, not that `--model NEW_PATH` goes on with the run (`run.same_model`)."""
+    if model:
+        return model
+    recorded = run_inputs(run_dir)["model"]
+    if Path(recorded).is_absolute() and not Path(recorded).exists():
+        raise RunError(f"this run's model directory {recorded} is not there", file=str(Path(run_dir) / MANIFEST),
+                       where="inputs.model", hint="if it moved, pass --model NEW_PATH: the directory with the same "
+                                                  "files is the run's model, and its finished stages are kept")
+    return recorded
 
 
 def _pack_and_model(run_dir: Path, pack: "str | Pack | None", model: str | None,
@@ -90,6 +100,16 @@ def _model_key(model: str, field: str | None = "model", files: str | None = "mod
 # --------------------------------------------------------------------------- synthesize
 
 
+def check_models(*names: str | None) -> None:
+    """Each model named (the model, the generator) resolves, before the run directory is made: a mistyped
+    `--model ./mdoel` left a run directory holding only run.json, which `pa runs` listed as an empty run."""
+    from .models import resolve_model
+
+    for name in names:
+        if name is not None:
+            resolve_model(name)
+
+
 def synthesize_options(model: str, generator: str | None, n: int | None, rounds: int | None, seed: int,
                        max_per_category: int | None, max_new_tokens: int | None,
                        backend: str = "transformers") -> dict[str, Any]:
@@ -129,6 +149,7 @@ def run_synthesize(run_dir: Path, pack: "Pack", model: str, *, generator: str | 
     check_settings(pack, n_per_category=n, rounds=rounds, batch_size=batch_size, max_per_category=max_per_category,
                    sampling=sampling, seed=seed)  # before the run directory is made or its record changed
     check_device_and_dtype(device)
+    check_models(model, generator)
     run_dir = output_dir(run_dir)
     options = synthesize_options(model, generator, n, rounds, seed, max_per_category, max_new_tokens, backend)
     with run_lock(run_dir):  # from the first write to run.json
@@ -175,6 +196,10 @@ def filter_config(pack: "Pack", **options: Any) -> Any:
         options["kl_top_k"] = int(pack.training.get("top_k", 256))
     if options.get("temperature") is None:  # ... over responses sampled as distillation's rollouts are
         options["temperature"] = float(pack.training.get("temperature", 1.0))
+    else:  # held to the bounds `pa distill --temperature` is, named as that flag: the rollouts it stands for
+        from .distill_settings import check_settings
+
+        check_settings({"temperature": options["temperature"]}, from_command_line=True)
     return FilterConfig(keep=keep, **{k: v for k, v in options.items() if v is not None})
 
 

@@ -563,6 +563,8 @@ def check_settings(pack: Pack, *, n_per_category: int | None, rounds: int | None
     _positive(batch_size, "batch_size", "--batch-size")
     if max_per_category is not None:
         _positive(max_per_category, "max_per_category", "--max-per-category")
+    if isinstance(sampling, Mapping) and sampling.get("max_new_tokens") is not None:  # `pa synthesize --max-new-tokens`:
+        _positive(sampling["max_new_tokens"], "max_new_tokens", "--max-new-tokens")  # SamplingParams names no flag
     settings = _sampling_settings(pack, sampling)
     _params(settings, seed)
     return n, rounds, settings

@@ -314,6 +314,29 @@ def test_a_home_directory_in_the_config_file_is_expanded(tmp_path: Path, monkeyp
     assert (options.out, options.pack) == (tmp_path / "home" / "runs" / "demo", str(tmp_path / "home" / "packs" / "general"))
 
 
+def test_relative_paths_in_the_config_file_are_read_from_its_directory(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pa apply --config runs/med.yaml` run from another directory read the file's `pack: ./medical` and
+    `out: med` from the current directory: another pack (or none) was trained, the run written elsewhere. The
+    file's relative paths are read from its directory; names, and the command line's paths, are not."""
+    runs = tmp_path / "project" / "runs"
+    shutil.copytree(Path(__file__).parent.parent / "packs" / "general", runs / "general-copy")
+    for name in ("model", "judge"):
+        (runs / name).mkdir()
+    config = runs / "med.yaml"
+    config.write_text("pack: ./general-copy\nmodel: model\ngenerator: ./gen\nout: med\njudge: llm:judge\n")
+    monkeypatch.chdir(tmp_path)
+    options = build_options({}, Path("project/runs/med.yaml"))
+    assert (options.pack, options.model, options.generator, options.out, options.judge) == (
+        "./project/runs/general-copy", "./project/runs/model", "./project/runs/gen", Path("project/runs/med"),
+        "llm:./project/runs/judge")
+    assert build_options({"out": Path("here"), "model": "./m"}, Path("project/runs/med.yaml")).out == Path("here")
+    assert build_options({"model": "./m"}, Path("project/runs/med.yaml")).model == "./m", "the command line's, from cwd"
+    config.write_text("pack: general\nmodel: Qwen2.5-7B\ngenerator: tiny\njudge: refusal\n")
+    options = build_options({}, config)
+    assert (options.pack, options.model, options.generator, options.judge) == ("general", "Qwen2.5-7B", "tiny", "refusal")
+
+
 @pytest.mark.parametrize("text", ["private: true", "revision: v2"])
 def test_push_settings_in_the_config_file_without_push_to_are_named_as_its_keys(tmp_path: Path, text: str) -> None:
     """`private: true` in run.yaml without push_to said "--private only applies with --push-to ... or drop --private",
@@ -337,6 +360,23 @@ def test_an_empty_out_is_refused_rather_than_running_over_the_current_directorys
     result = CliRunner().invoke(app, ["apply", pack, "--model", "tiny", "--out", ""])
     assert result.exit_code == 1 and "not a run directory" in result.output
     assert (tmp_path / "README.md").read_text() == "a project\n" and not (tmp_path / "run.json").exists()
+
+
+def test_a_model_that_does_not_resolve_leaves_no_run_directory(tmp_path: Path) -> None:
+    """`pa apply general --model ./mdoel` made the run directory, and run.json in it, before the model was
+    resolved: `pa runs` listed the empty run left behind."""
+    result = CliRunner().invoke(app, ["apply", "general", "--model", str(tmp_path / "mdoel"), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "model directory not found" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flag", ["--n", "--rounds"])
+def test_a_synthesis_count_below_one_leaves_no_run_directory(tmp_path: Path, flag: str) -> None:
+    """`pa apply general --model tiny --n 0` was refused only by the synthesize stage, after the run directory
+    and its run.json were made: `pa runs` listed the empty run left behind."""
+    result = CliRunner().invoke(app, ["apply", "general", "--model", "tiny", flag, "0", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and flag in result.output
+    assert not (tmp_path / "run").exists()
 
 
 def test_private_without_push_to_is_refused_before_any_stage(tmp_path: Path) -> None:
@@ -368,7 +408,7 @@ def test_config_values_of_the_wrong_type_fail_before_any_stage_runs(tmp_path: Pa
                       "target_modules: [q_proj, v_proj]\n")
     options = build_options({}, config)
     assert options.keep == 1.0 and isinstance(options.keep, float) and options.lora_dropout is None
-    assert options.out == Path("runs/x") and options.private is True and options.target_modules == ["q_proj", "v_proj"]
+    assert options.out == tmp_path / "runs/x" and options.private is True and options.target_modules == ["q_proj", "v_proj"]
 
 
 def test_a_bad_pa_dtype_fails_before_any_stage_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -130,8 +129,9 @@ def test_compare_flags_a_model_judge_whose_weights_changed(tmp_path: Path) -> No
     shutil.copytree(load_model("tiny", weights=False).ref.location, judge)
     pack, spec = general_pack(), f"llm:{judge}"
     first = evaluate(pack, "tiny", out_dir=tmp_path / "a", limit=1, judge=spec, params=greedy_params(2))
-    weights = judge / "model.safetensors"  # saved anew: the directory's files key changes with their mtime
-    os.utime(weights, (weights.stat().st_atime, weights.stat().st_mtime + 60))
+    weights = judge / "model.safetensors"  # saved anew: the directory's files key changes with their content
+    data = weights.read_bytes()
+    weights.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # one weight's last bit
     second = evaluate(pack, "tiny", out_dir=tmp_path / "b", limit=1, judge=spec, params=greedy_params(2))
     assert "- judge weights differ: " in compare(first, second)
     again = evaluate(pack, "tiny", out_dir=tmp_path / "c", limit=1, judge=spec, params=greedy_params(2))

@@ -25,7 +25,8 @@ from policyalign.models import (
 
 def test_weights_key_follows_a_local_directorys_files_and_leaves_tiny_and_hub_ids_alone(tmp_path: Path) -> None:
     """Keys built from a local model's path alone survived new weights saved into it; its key now
-    changes with any file's size or mtime, and costs a stat per file (no weights are read)."""
+    changes with any file's content, and not with its path: the directory moved or copied elsewhere
+    is the same model, where keyed by its path it re-ran (or was refused) every stage of its run."""
     import os
 
     model = tmp_path / "model"
@@ -36,11 +37,32 @@ def test_weights_key_follows_a_local_directorys_files_and_leaves_tiny_and_hub_id
     weights = model / "model.safetensors"
     info = weights.stat()
     os.utime(weights, ns=(info.st_atime_ns, info.st_mtime_ns + 1_000_000_000))  # same bytes, saved again
-    second = weights_key(ref)
+    assert weights_key(ref) == first
+    model.rename(tmp_path / "moved")
+    assert weights_key(resolve_model(str(tmp_path / "moved"))) == first
+    shutil.copytree(tmp_path / "moved", tmp_path / "copy", copy_function=shutil.copyfile)  # new inodes and mtimes
+    assert weights_key(resolve_model(str(tmp_path / "copy"))) == first
+    moved = tmp_path / "moved" / "model.safetensors"
+    moved.write_bytes(moved.read_bytes()[:-1] + bytes([moved.read_bytes()[-1] ^ 1]))  # new weights, same size
+    second = weights_key(resolve_model(str(tmp_path / "moved")))
     assert second != first
-    (model / "generation_config.json").write_text("{}")
-    assert weights_key(ref) != second
+    (tmp_path / "moved" / "generation_config.json").write_text("{}")
+    assert weights_key(resolve_model(str(tmp_path / "moved"))) != second
     assert weights_key(resolve_model("tiny")) is None
+
+
+def test_a_local_directory_is_keyed_where_the_cache_cannot_be_written(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each file's sha256 is remembered in PA_CACHE_DIR; a cache the disk refuses (here /sys, which nobody may
+    write into) failed every stage key of a local model with "Operation not permitted", naming the cache."""
+    if not Path("/sys").is_dir():
+        pytest.skip("needs /sys")
+    model = tmp_path / "model"
+    shutil.copytree(tiny.tiny_model_path(), model)
+    expected = weights_key(resolve_model(str(model)))
+    shutil.copytree(model, tmp_path / "fresh", copy_function=shutil.copyfile)  # new inodes: not remembered
+    monkeypatch.setenv("PA_CACHE_DIR", "/sys/policyalign-test-cache")
+    assert weights_key(resolve_model(str(tmp_path / "fresh"))) == expected
 
 
 C1, C2 = "1" * 40, "2" * 40
@@ -517,15 +539,17 @@ def test_merged_adapter_declines_costly_tied_or_non_linear_merges(monkeypatch: p
         assert not merged, "LoRA on every linear of tiny would copy about half its weights"
 
 
-def test_a_local_directory_keys_by_its_path_however_typed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Stage keys held the name as typed: `./m` and `/abs/m` re-ran every stage of one run."""
-    from policyalign.models import keyed_name, resolve_model
+def test_a_local_directory_keys_alike_however_typed_and_wherever_it_is(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stage keys held the name as typed: `./m` and `/abs/m` re-ran every stage of one run; then the
+    absolute path: the directory moved elsewhere re-ran them too. Its files (`weights_key`) tell it apart."""
+    from policyalign.models import LOCAL, keyed_name, resolve_model
 
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text("{}")
     monkeypatch.chdir(tmp_path)
     names = ["./m", "m/", str(tmp_path / "m")]
-    assert {keyed_name(resolve_model(name)) for name in names} == {str(tmp_path / "m")}
+    assert {keyed_name(resolve_model(name)) for name in names} == {LOCAL}
 
 
 def test_tiny_keys_by_one_name_however_typed() -> None:

@@ -341,3 +341,27 @@ def _bump(pack_dir: Path, version: str) -> None:
     manifest, changelog = pack_dir / "pack.yaml", pack_dir / "CHANGELOG.md"
     manifest.write_text(manifest.read_text().replace("version: 1.0.0", f"version: {version}"))
     changelog.write_text(changelog.read_text().replace("## 1.0.0", f"## {version}\n\n- Bumped.\n\n## 1.0.0"))
+
+
+def test_a_runs_model_directory_moved_elsewhere_is_still_its_model(tmp_path: Path, fixture_packs: Path) -> None:
+    """run.json named a local model by its absolute path: after `mv models/m models/m2`, `pa apply --model
+    models/m2 --out RUN` (and every stage command) was refused as another model's run. Its files, recorded
+    beside the path, say it is the run's; another directory's files say it is not."""
+    import shutil
+
+    from policyalign import tiny
+    from policyalign.registry import Registry
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny.tiny_model_path(), model)
+    pack, run = Registry([fixture_packs]).load("root-pack"), tmp_path / "run"
+    record_inputs(run, pack, str(model))
+    assert _run_stage(run, "k")
+    model.rename(tmp_path / "m2")
+    record_inputs(run, pack, str(tmp_path / "m2"))
+    assert run_inputs(run)["model"] == str(tmp_path / "m2"), "the stage commands load it from its new place"
+    other = tmp_path / "other"
+    shutil.copytree(tmp_path / "m2", other)
+    (other / "generation_config.json").write_text("{}")
+    with pytest.raises(RunError, match="holds a run of pack"):
+        record_inputs(run, pack, str(other))

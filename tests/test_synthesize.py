@@ -563,3 +563,14 @@ def test_a_hub_generator_downloaded_by_synthesis_keys_its_cache_by_its_commit(tm
     assert commit in now  # read from the cache the run filled
     cached = {read_json(path)["generator"] for path in (run / "generations").glob("*.json")}
     assert cached == {now}
+
+
+def test_pa_synthesize_names_the_flag_of_a_zero_max_new_tokens(tmp_path: Path) -> None:
+    """`pa synthesize --max-new-tokens 0` said "max_new_tokens must be at least 1", naming no flag."""
+    from policyalign.cli import app
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["synthesize", str(PACK_DIR), "--model", "tiny", "--out", str(out),
+                                      "--max-new-tokens", "0"])
+    assert result.exit_code == 2 and "--max-new-tokens" in result.output, result.output
+    assert not out.exists(), "refused before the run directory is made"

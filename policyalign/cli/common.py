@@ -27,6 +27,10 @@ Epochs = typer.Option(None, "--epochs", help="Passes over the selected instructi
 MaxSteps = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps (default: the pack's, else --epochs).")
 BatchSize = typer.Option(None, "--batch-size", help="Rollouts per device per step (default: the pack's).")
 GradAccum = typer.Option(None, "--grad-accum", help="Gradient accumulation steps (default: the pack's).")
+# Sampling of the student's on-policy responses: `pa filter` scores them, `pa distill` trains on them, and the
+# two must agree (`stages.filter_config`), so the three commands share one flag.
+Temperature = typer.Option(None, "--temperature", help="Sampling temperature of the student's on-policy responses: "
+                           "the filter's samples and the trainer's rollouts (default: the pack's; paper: 1.0).")
 EmaDecay = typer.Option(None, "--ema-decay", help="With --teacher ema: the share of the student "
                         "mixed into the teacher each step (default: the pack's, else 0.05).")
 ReportTo = typer.Option(None, "--report-to", help="Send training logs live to tensorboard (into RUN_DIR/tensorboard), "

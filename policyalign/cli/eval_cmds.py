@@ -90,7 +90,7 @@ def eval_command(
     limit: Optional[int] = typer.Option(None, "--limit", help="At most N items per eval set."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or auto."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Generation batch size."),
-    max_new_tokens: int = typer.Option(DEFAULT_MAX_NEW_TOKENS, "--max-new-tokens", help="Longest response generated."),
+    max_new_tokens: int = typer.Option(DEFAULT_MAX_NEW_TOKENS, "--max-new-tokens", min=1, help="Longest response generated."),
     benchmark: Optional[list[str]] = typer.Option(None, "--benchmark",
                                                   help="Also run a public benchmark (xstest, strongreject); needs `datasets`."),
     no_drift: bool = typer.Option(False, "--no-drift", help="Skip the drift measurement with --adapter."),

@@ -10,7 +10,7 @@ import typer
 from . import app
 from ..stats import format_rate
 from .common import (BatchSize, EmaDecay, Epochs, GradAccum, LearningRate, License, LoraAlpha, LoraDropout, LoraR, MaxSteps,
-                     PacksPath, ReportTo, console, fold_table, print_json)
+                     PacksPath, ReportTo, Temperature, console, fold_table, print_json)
 
 
 def _num(value: Any) -> str:
@@ -45,7 +45,9 @@ def apply(
                                           "(max-steps: 100); --lr, --epochs, --grad-accum, --top-k and --quiet are "
                                           "learning_rate, num_epochs, gradient_accumulation_steps, top_n and "
                                           "progress: false; also target_modules, kl_top_k, samples, synth_max_new_tokens, gen_batch_size, "
-                                          "eval_max_new_tokens. The command line wins over the file, and both over "
+                                          "eval_max_new_tokens. Relative paths in the file (out, a pack, model, generator "
+                                          "or judge directory) are read from the file's directory, those on the command "
+                                          "line from the current one. The command line wins over the file, and both over "
                                           "the pack's training: defaults."),
     push_to: Optional[str] = typer.Option(None, "--push-to", help="Publish the adapter to this Hub repo at the end."),
     private: bool = typer.Option(False, "--private", help="With --push-to: create the Hub repo private."),
@@ -81,7 +83,7 @@ def apply(
     grad_accum: Optional[int] = GradAccum,
     teacher: Optional[str] = typer.Option(None, "--teacher", help="base or ema (default: the pack's)."),
     ema_decay: Optional[float] = EmaDecay,
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="Rollout sampling temperature (paper: 1.0)."),
+    temperature: Optional[float] = Temperature,
     save_steps: Optional[int] = typer.Option(None, "--save-steps", help="Checkpoint every N optimizer steps (default 50)."),
     judge: Optional[str] = typer.Option(None, "--judge", help="refusal (default) | guard:MODEL | llm:MODEL"),
     eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="At most N items per eval set (default: all)."),

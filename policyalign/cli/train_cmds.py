@@ -9,7 +9,7 @@ import typer
 
 from . import app
 from .common import (BatchSize, EmaDecay, Epochs, GradAccum, LearningRate, LoraAlpha, LoraDropout, LoraR, MaxSteps,
-                     PacksPath, ReportTo)
+                     PacksPath, ReportTo, Temperature)
 
 RunDir = typer.Argument(..., help="Run directory (from `pa synthesize` or `pa apply`).")
 ModelOpt = typer.Option(None, "--model", help="Model (default: the run's; a run with stages keeps its model). tiny, an "
@@ -31,6 +31,7 @@ def filter_cmd(
     no_filter: bool = typer.Option(False, "--no-filter", help="Keep everything (ablation)."),
     samples: int = typer.Option(1, "--samples", help="On-policy responses sampled per instruction."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Length of sampled responses (default: the pack's training max_new_tokens)."),
+    temperature: Optional[float] = Temperature,
     heldout: float = typer.Option(0.1, "--heldout", help="Fraction held out (never trained on) for the internalization metric."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sampled responses and the held-out split."),
     batch_size: int = typer.Option(8, "--batch-size", help="Instructions sampled and scored together."),
@@ -41,7 +42,7 @@ def filter_cmd(
     from ..stages import run_filter
 
     result = run_filter(run_dir, model=model, pack=pack, packs_path=packs_path, keep=keep, top_n=top_k, min_score=min_score,
-                        no_filter=no_filter, samples=samples, max_new_tokens=max_new_tokens, heldout=heldout,
+                        no_filter=no_filter, samples=samples, max_new_tokens=max_new_tokens, temperature=temperature, heldout=heldout,
                         seed=seed, batch_size=batch_size, device=device)
     before = result.internalization_before
     typer.echo(f"scored {result.scored}, selected {result.selected}, held out {result.heldout}"
@@ -65,7 +66,7 @@ def distill(
     grad_accum: Optional[int] = GradAccum,
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Length of the student's rollouts (default: the pack's)."),
     top_k: Optional[int] = typer.Option(None, "--kl-top-k", help="Top-k support of the reverse KL (default: the pack's; paper: 256)."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="Rollout sampling temperature (default: the pack's; paper: 1.0)."),
+    temperature: Optional[float] = Temperature,
     teacher: Optional[str] = typer.Option(None, "--teacher", help="base (adapter disabled) or ema (default: the pack's)."),
     ema_decay: Optional[float] = EmaDecay,
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the rollouts, data order and LoRA init (default 0)."),
