@@ -146,8 +146,9 @@ def _fetch_capped(repo_id: str, filename: str, commit: str, cap: int, token: str
 
 
 def _resolve_pack_revision(api: Any, repo_id: str, wanted: str | None, token: str | None) -> tuple[str, str]:
-    """`1.2.0` -> tag v1.2.0 (or a tag/branch named as given, or a commit), a range (`^1`, `~1.2`,
-    `>=1.0,<2`) -> the highest version tagged `v<version>` in it; returns (revision, commit)."""
+    """`1.2.0` -> tag v1.2.0 (or a tag/branch named as given, or a commit, or the one build v1.2.0+b of
+    it), a range (`^1`, `~1.2`, `>=1.0,<2`) -> the highest version tagged `v<version>` in it; returns
+    (revision, commit)."""
     with hub_call("reading the repository's tags", token=token, repo=repo_id):
         refs = api.list_repo_refs(repo_id, repo_type="dataset")
     tags = {t.name: t.target_commit for t in refs.tags}
@@ -160,13 +161,14 @@ def _resolve_pack_revision(api: Any, repo_id: str, wanted: str | None, token: st
             return option, branches[option]
     if wanted and COMMIT_RE.match(wanted):
         return wanted, wanted
-    in_range = _highest_tag_in_range(repo_id, tags, wanted) if wanted and not is_semver(wanted) else None
+    # `1.0.0` with only v1.0.0+b5 tagged: that build is 1.0.0 (as the registry and `pa pull --pack` take it)
+    in_range = _highest_tag_in_range(repo_id, tags, wanted) if wanted else None
     if in_range:
         return in_range, tags[in_range]
     from .registry import version_key
 
     versions = ", ".join(_shown(v) for v in sorted((t[1:] if t.startswith("v") else t for t in tags), key=version_key)) or "none"
-    what = f"matches {wanted!r}" if in_range is not None else f"{wanted!r} is published"
+    what = f"matches {wanted!r}" if in_range is not None and not is_semver(wanted) else f"{wanted!r} is published"
     raise HubError(f"no version {what}", file=repo_id, hint=f"published versions: {versions}")
 
 

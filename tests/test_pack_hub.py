@@ -182,6 +182,27 @@ def test_pack_pull_of_a_range_does_not_guess_between_two_builds_of_its_highest_v
     assert "installed builds@1.0.0+b" in cli.ok("pack", "pull", "org/builds@1.0.0+b", "--to", str(tmp_path / "y")).stdout
 
 
+def test_pack_pull_of_a_version_takes_its_one_build_and_refuses_to_guess_between_several(  # type: ignore[no-untyped-def]
+        cli: Cli, hub_server, tmp_path: Path) -> None:
+    """`pa pack pull ORG/NAME@1.0.0` with only v1.0.0+b5 published said "no version '1.0.0' is published",
+    though 1.0.0+b5 is 1.0.0 by SemVer precedence and `pa pull --pack NAME@1.0.0` and the local registry
+    both take it; with two builds it must refuse as a range does, naming both."""
+    cli.ok("pack", "push", str(make_pack(tmp_path / "b5", "built", version="1.0.0+b5")), "--repo-id", "org/onebuild")
+    pulled = cli.ok("pack", "pull", "org/onebuild@1.0.0", "--to", str(tmp_path / "x")).stdout
+    assert "installed built@1.0.0+b5" in pulled and "org/onebuild@v1.0.0+b5" in pulled
+    cli.ok("pack", "push", str(make_pack(tmp_path / "b6", "built", version="1.0.0+b6")), "--repo-id", "org/onebuild-b6")
+    b6_repo = hub_server.repo_path("org/onebuild-b6", "dataset")
+    files = {path: hub_server.read("org/onebuild-b6", path, repo_type="dataset")
+             for path in hub_server.store.files(b6_repo, "main")}
+    hub_server.put_files("org/onebuild", files, "1.0.0+b6, as an older policyalign pushed it", repo_type="dataset")
+    hub_server.store.tag("dataset", "org/onebuild", "main", "v1.0.0+b6", None)
+    failed = cli.fails(1, "pack", "pull", "org/onebuild@1.0.0", "--to", str(tmp_path / "y")).stderr
+    assert "is published as 2 builds (v1.0.0+b5, v1.0.0+b6)" in failed, failed
+    assert "pa pack pull org/onebuild@1.0.0+b5" in failed
+    nothing = tmp_path / "y" / "built"
+    assert not nothing.exists()
+
+
 def test_pack_with_parents_pulls_when_parents_are_local(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cli.ok("pack", "push", str(cli.packs / "child-pack"), "--repo-id", "org/child-pack")
     cli.ok("pack", "pull", "org/child-pack@1.0.0", "--to", str(tmp_path / "installed"))
