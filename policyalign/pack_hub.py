@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Mapping
 from . import card
 from .errors import HubError, InvalidInputError, PackError, Problem
 from .hub import (DEFAULT_BRANCH, TAKEN_TAG_HINTS, PushResult, check_repo_id, check_tag, commit_and_tag, endpoint,
-                  hub_api, hub_call, is_safe_relpath, prepare_repo, remote_files, repo_url, resolve_token, split_spec,
-                  swap_in)
+                  hub_api, hub_call, is_safe_relpath, prepare_repo, refuse_several_builds, remote_files, repo_url,
+                  resolve_token, split_spec, swap_in)
 from .io import sha256_file
 from .pack_input import file_cap
 from .scaffold import draft_leftovers
@@ -186,11 +186,9 @@ def _highest_tag_in_range(repo_id: str, tags: Mapping[str, str], wanted: str) ->
         return ""
     highest = max(Version.parse(tag[1:]) for tag in matching)
     builds = sorted(tag for tag in matching if Version.parse(tag[1:]) == highest)
-    if len(builds) > 1:
-        raise HubError(f"the highest version in {wanted!r}, {Version(*highest.release, highest.pre)}, is published as "
-                       f"{len(builds)} builds ({', '.join(map(_shown, builds))}), and build metadata (after `+`) "
-                       "does not order versions",
-                       file=repo_id, hint=f"name the one to install, e.g. `pa pack pull {repo_id}@{_shown(builds[0][1:])}`")
+    refuse_several_builds([_shown(tag) for tag in builds],
+                          f"the highest version in {wanted!r}, {Version(*highest.release, highest.pre)}, is published as",
+                          file=repo_id, hint=f"name the one to install, e.g. `pa pack pull {repo_id}@{_shown(builds[0][1:])}`")
     return builds[0]
 
 

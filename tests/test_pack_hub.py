@@ -177,7 +177,7 @@ def test_pack_pull_of_a_range_does_not_guess_between_two_builds_of_its_highest_v
 
     for spec in ("org/builds@^1", "org/builds@>=1.0.0"):
         failed = cli.fails(1, "pack", "pull", spec, "--to", str(tmp_path / "x")).stderr
-        assert "1.0.0, is published as 2 builds (v1.0.0+a, v1.0.0+b)" in failed, failed
+        assert "1.0.0, is published as 2 builds (v1.0.0+a, v1.0.0+b), one version by SemVer precedence" in failed, failed
         assert "pa pack pull org/builds@1.0.0+a" in failed
     assert "installed builds@1.0.0+b" in cli.ok("pack", "pull", "org/builds@1.0.0+b", "--to", str(tmp_path / "y")).stdout
 
