@@ -77,6 +77,11 @@ def push_pack(path: str | Path, repo_id: str, *, private: bool = False, revision
                                 hint=f"replace them (`pa validate {pack.root}` lists every one), then push")
     check_repo_id(repo_id)
     tag = check_tag(revision or f"v{pack.version}")
+    versioned = tag.startswith("v") and is_semver(tag[1:])  # what `pa pack pull ORG/NAME@RANGE` reads as a version
+    if versioned and tag[1:] != pack.version:
+        raise InvalidInputError(f"--revision {tag!r} names version {tag[1:]}, but the pack is {pack.ref}",
+                                hint=f"`pa pack pull` takes a v<version> tag for that version: leave --revision out "
+                                     f"(tag v{pack.version}) or bump the pack's version")
     files = pack_files(pack.root)
     if files_digest(pack.root, files) != pack.files_digest:
         raise HubError(f"pack {pack.ref} changed while it was being published", file=str(pack.root),
@@ -85,7 +90,7 @@ def push_pack(path: str | Path, repo_id: str, *, private: bool = False, revision
     token = resolve_token(token, repo_id)
     api = hub_api(token)
     prepare_repo(api, repo_id, "dataset", tag, private=private, token=token)
-    if revision is None:
+    if versioned:  # `--revision v1.0.0+b` after v1.0.0+a is the second build the default tag is refused for
         _refuse_same_version(api, repo_id, pack.version, token)
     uploads: dict[str, Any] = {f"{PACK_DIR}/{rel}": str(pack.root / rel) for rel in hashes}
     uploads["README.md"] = card.render_pack_card(pack, repo_id, tag, hashes).encode("utf-8")

@@ -396,3 +396,18 @@ def test_a_version_differing_only_in_build_metadata_is_not_pushed_again(cli: Cli
     assert "version 1.0.0+b is already published as tag 'v1.0.0+a'" in refused.stderr and "bump its version" in refused.stderr
     assert hub_server.tags("org/built", repo_type="dataset") == ["v1.0.0+a"]
     assert "installed built@1.0.0+a" in cli.ok("pack", "pull", "org/built@^1").stdout
+
+
+def test_a_revision_tag_cannot_publish_another_version_or_a_second_build(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The check refusing 1.0.0+b after v1.0.0+a ran only without --revision: `--revision v1.0.0+b` published
+    the second build all the same (`pa pack pull ORG/NAME@^1` then refused the repository), and
+    `--revision v2.0.0` tagged a 1.0.0 pack as 2.0.0, which `pa pack pull ORG/NAME@^2` installed."""
+    cli.ok("pack", "push", str(make_pack(tmp_path / "a", "retagged", version="1.0.0+a")), "--repo-id", "org/retagged")
+    second = make_pack(tmp_path / "b", "retagged", version="1.0.0+b", policy_note="2. Another rule.")
+    refused = cli.fails(1, "pack", "push", str(second), "--repo-id", "org/retagged", "--revision", "v1.0.0+b").stderr
+    assert "version 1.0.0+b is already published as tag 'v1.0.0+a'" in refused, refused
+    lying = cli.fails(2, "pack", "push", str(second), "--repo-id", "org/retagged", "--revision", "v2.0.0").stderr
+    assert "--revision 'v2.0.0' names version 2.0.0, but the pack is retagged@1.0.0+b" in lying, lying
+    assert hub_server.tags("org/retagged", repo_type="dataset") == ["v1.0.0+a"]
+    cli.ok("pack", "push", str(second), "--repo-id", "org/retagged", "--revision", "retagged-build-b")  # not a version tag
+    assert "installed retagged@1.0.0+a" in cli.ok("pack", "pull", "org/retagged@^1", "--to", str(tmp_path / "x")).stdout
