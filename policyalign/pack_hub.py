@@ -350,8 +350,23 @@ def _shadowed(pack: "Pack", repo_id: str, registry: "Registry", target: Path) ->
     lower = sorted({f"{found.name}@{found.version} in {found.path.parent}" for found in registry.discover()
                     if found.name == pack.name and found.path.resolve() != target.resolve()
                     and is_semver(found.version) and Version.parse(found.version) < pulled})
-    return [f"{pack.ref} from {repo_id} now takes precedence over {', '.join(lower)}, wherever `{pack.name}` "
-            f"(or a version range admitting {pack.version}) names it, packs that extend it included"] if lower else []
+    warnings = [f"{pack.ref} from {repo_id} now takes precedence over {', '.join(lower)}, wherever `{pack.name}` "
+                f"(or a version range admitting {pack.version}) names it, packs that extend it included"] if lower else []
+    return warnings + _hidden_by_same_version(pack, repo_id, registry, target)
+
+
+def _hidden_by_same_version(pack: "Pack", repo_id: str, registry: "Registry", target: Path) -> list[str]:
+    """Another copy of the pulled version, with other files, earlier on the search path (./packs holds
+    general@1.0.0, a fork's general@1.0.0 is pulled): discovery keeps the first copy of a version, so the
+    installed one was never used, by `general`, `general@1.0.0` or a child's range, and nothing said so."""
+    from .pack import files_digest
+
+    others = [found.path for found in registry.discover() if (found.name, found.version) == (pack.name, pack.version)
+              and found.path.resolve() != target.resolve()]
+    differing = [str(path) for path in others if files_digest(path, pack_files(path)) != pack.files_digest]
+    return [f"{pack.ref} from {repo_id} is installed in {target}, but {differing[0]} holds another {pack.ref} earlier "
+            f"on the search path, which `{pack.name}` and `{pack.ref}` still resolve to; the pulled copy is used only "
+            f"by its path"] if differing else []
 
 
 def _check_replaceable(target: Path, name: str) -> None:

@@ -117,6 +117,17 @@ def test_pack_pull_says_which_local_copies_the_pulled_version_takes_over_from(cl
     assert "precedence" not in cli.ok("pack", "pull", "org/evil@0.9.0").stderr  # the local 1.0.0 still wins
 
 
+def test_pack_pull_says_when_a_local_copy_of_the_same_version_hides_the_pulled_one(cli: Cli, tmp_path: Path) -> None:
+    """./packs/forked@1.0.0 and a published forked@1.0.0 with other files: discovery keeps the first copy of
+    a version, so the pulled one was installed, reported, and never used by name, without a word."""
+    make_pack(cli.packs, "forked", version="1.0.0")
+    cli.ok("pack", "push", str(make_pack(tmp_path / "fork", "forked", policy_note="2. A fork's rule.")), "--repo-id", "org/fork")
+    pulled = cli.ok("pack", "pull", "org/fork")
+    assert f"but {cli.packs / 'forked'} holds another forked@1.0.0 earlier on the search path" in pulled.stderr, pulled.stderr
+    cli.ok("pack", "push", str(make_pack(tmp_path / "same", "forked")), "--repo-id", "org/same")
+    assert "holds another" not in cli.ok("pack", "pull", "org/same").stderr  # the same files: nothing is hidden
+
+
 def test_pack_pull_does_not_delete_a_directory_that_is_not_that_pack(cli: Cli, tmp_path: Path) -> None:
     """`--to DIR` whose DIR/NAME was not a pack (someone's work, or another pack) was replaced and deleted
     without a word; the install replaces only an installed copy of the same pack."""
