@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from . import card
 from .adapter_pull import PullResult, pull_adapter
 from .errors import HubError, PolicyAlignError
-from .hub import DEFAULT_BRANCH, hub_api, hub_call
+from .hub import DEFAULT_BRANCH, hub_api, hub_call, refuse_several_builds
 from .semver import Version, is_semver
 
 if TYPE_CHECKING:
@@ -161,20 +161,11 @@ def choose_adapter(candidates: list[Candidate], pack_name: str, *, model: str | 
     if model is None and len({c.base_id for c in pool}) > 1:
         raise HubError(f"adapters for {what} exist for several base models; pass --model", file=f"pack:{pack_name}",
                        hint=_candidates_hint(pool, pack_name))
-    _refuse_builds_of_one_version(pool, what, pack_name)
+    # one precedence: the most recently modified was pulled, a choice between two policies the user could not see
+    refuse_several_builds(sorted({c.pack_version for c in pool}), f"adapters for {what} were trained on",
+                          file=f"pack:{pack_name}", hint=_candidates_hint(pool, pack_name))
     tagged = [c for c in pool if c.revision != DEFAULT_BRANCH] or pool
     return max(tagged, key=lambda c: c.last_modified)
-
-
-def _refuse_builds_of_one_version(pool: list[Candidate], what: str, pack_name: str) -> None:
-    """A HubError when the best candidates were trained on versions that differ only in build metadata
-    (1.0.0+a, 1.0.0+b): SemVer gives them one precedence, so neither is the newest, and the most recently
-    modified one was pulled, a choice the user could neither see nor predict between two policies."""
-    builds = sorted({c.pack_version for c in pool})
-    if len(builds) > 1:
-        raise HubError(f"adapters for {what} were trained on {', '.join(builds)}, one version by SemVer "
-                       "precedence (build metadata after '+' does not order versions), so none is the newest",
-                       file=f"pack:{pack_name}", hint=_candidates_hint(pool, pack_name))
 
 
 def _candidates_hint(candidates: list[Candidate], pack_name: str) -> str:

@@ -155,6 +155,17 @@ def split_spec(spec: str) -> tuple[str, str | None]:
     return check_repo_id(repo_id), revision or None
 
 
+def refuse_several_builds(builds: list[str], lead: str, *, file: str, hint: str) -> None:
+    """A HubError when `builds` (versions or their tags) holds more than one: versions differing only in
+    build metadata (1.0.0+a, 1.0.0+b) share one SemVer precedence, so neither is the newest, and taking
+    one would be a choice by listing order or modification time the user can neither see nor predict.
+    `lead` is the sentence up to the count ("adapters for pack p were trained on"); one wording serves
+    `pa pack pull` and `pa pull --pack`."""
+    if len(builds) > 1:
+        raise HubError(f"{lead} {len(builds)} builds ({', '.join(sorted(builds))}), one version by SemVer precedence "
+                       "(build metadata after '+' does not order versions), so none is the newest", file=file, hint=hint)
+
+
 def repo_url(repo_id: str, repo_type: str, revision: str) -> str:
     prefix = "datasets/" if repo_type == "dataset" else ""
     return f"{endpoint()}/{prefix}{repo_id}/tree/{revision}"

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Mapping
 from . import card
 from .errors import HubError, InvalidInputError, PackError, Problem
 from .hub import (DEFAULT_BRANCH, TAKEN_TAG_HINTS, PushResult, check_repo_id, check_tag, commit_and_tag, endpoint,
-                  hub_api, hub_call, is_safe_relpath, prepare_repo, remote_files, repo_url, resolve_token, split_spec,
-                  swap_in)
+                  hub_api, hub_call, is_safe_relpath, prepare_repo, refuse_several_builds, remote_files, repo_url,
+                  resolve_token, split_spec, swap_in)
 from .io import sha256_file
 from .pack_input import file_cap
 from .scaffold import draft_leftovers
@@ -77,6 +77,11 @@ def push_pack(path: str | Path, repo_id: str, *, private: bool = False, revision
                                 hint=f"replace them (`pa validate {pack.root}` lists every one), then push")
     check_repo_id(repo_id)
     tag = check_tag(revision or f"v{pack.version}")
+    versioned = tag.startswith("v") and is_semver(tag[1:])  # what `pa pack pull ORG/NAME@RANGE` reads as a version
+    if versioned and tag[1:] != pack.version:
+        raise InvalidInputError(f"--revision {tag!r} names version {tag[1:]}, but the pack is {pack.ref}",
+                                hint=f"`pa pack pull` takes a v<version> tag for that version: leave --revision out "
+                                     f"(tag v{pack.version}) or bump the pack's version")
     files = pack_files(pack.root)
     if files_digest(pack.root, files) != pack.files_digest:
         raise HubError(f"pack {pack.ref} changed while it was being published", file=str(pack.root),
@@ -85,7 +90,7 @@ def push_pack(path: str | Path, repo_id: str, *, private: bool = False, revision
     token = resolve_token(token, repo_id)
     api = hub_api(token)
     prepare_repo(api, repo_id, "dataset", tag, private=private, token=token)
-    if revision is None:
+    if versioned:  # `--revision v1.0.0+b` after v1.0.0+a is the second build the default tag is refused for
         _refuse_same_version(api, repo_id, pack.version, token)
     uploads: dict[str, Any] = {f"{PACK_DIR}/{rel}": str(pack.root / rel) for rel in hashes}
     uploads["README.md"] = card.render_pack_card(pack, repo_id, tag, hashes).encode("utf-8")
@@ -146,8 +151,9 @@ def _fetch_capped(repo_id: str, filename: str, commit: str, cap: int, token: str
 
 
 def _resolve_pack_revision(api: Any, repo_id: str, wanted: str | None, token: str | None) -> tuple[str, str]:
-    """`1.2.0` -> tag v1.2.0 (or a tag/branch named as given, or a commit), a range (`^1`, `~1.2`,
-    `>=1.0,<2`) -> the highest version tagged `v<version>` in it; returns (revision, commit)."""
+    """`1.2.0` -> tag v1.2.0 (or a tag/branch named as given, or a commit, or the one build v1.2.0+b of
+    it), a range (`^1`, `~1.2`, `>=1.0,<2`) -> the highest version tagged `v<version>` in it; returns
+    (revision, commit)."""
     with hub_call("reading the repository's tags", token=token, repo=repo_id):
         refs = api.list_repo_refs(repo_id, repo_type="dataset")
     tags = {t.name: t.target_commit for t in refs.tags}
@@ -160,13 +166,14 @@ def _resolve_pack_revision(api: Any, repo_id: str, wanted: str | None, token: st
             return option, branches[option]
     if wanted and COMMIT_RE.match(wanted):
         return wanted, wanted
-    in_range = _highest_tag_in_range(repo_id, tags, wanted) if wanted and not is_semver(wanted) else None
+    # `1.0.0` with only v1.0.0+b5 tagged: that build is 1.0.0 (as the registry and `pa pull --pack` take it)
+    in_range = _highest_tag_in_range(repo_id, tags, wanted) if wanted else None
     if in_range:
         return in_range, tags[in_range]
     from .registry import version_key
 
     versions = ", ".join(_shown(v) for v in sorted((t[1:] if t.startswith("v") else t for t in tags), key=version_key)) or "none"
-    what = f"matches {wanted!r}" if in_range is not None else f"{wanted!r} is published"
+    what = f"matches {wanted!r}" if in_range is not None and not is_semver(wanted) else f"{wanted!r} is published"
     raise HubError(f"no version {what}", file=repo_id, hint=f"published versions: {versions}")
 
 
@@ -184,11 +191,9 @@ def _highest_tag_in_range(repo_id: str, tags: Mapping[str, str], wanted: str) ->
         return ""
     highest = max(Version.parse(tag[1:]) for tag in matching)
     builds = sorted(tag for tag in matching if Version.parse(tag[1:]) == highest)
-    if len(builds) > 1:
-        raise HubError(f"the highest version in {wanted!r}, {Version(*highest.release, highest.pre)}, is published as "
-                       f"{len(builds)} builds ({', '.join(map(_shown, builds))}), and build metadata (after `+`) "
-                       "does not order versions",
-                       file=repo_id, hint=f"name the one to install, e.g. `pa pack pull {repo_id}@{_shown(builds[0][1:])}`")
+    refuse_several_builds([_shown(tag) for tag in builds],
+                          f"the highest version in {wanted!r}, {Version(*highest.release, highest.pre)}, is published as",
+                          file=repo_id, hint=f"name the one to install, e.g. `pa pack pull {repo_id}@{_shown(builds[0][1:])}`")
     return builds[0]
 
 
@@ -345,8 +350,23 @@ def _shadowed(pack: "Pack", repo_id: str, registry: "Registry", target: Path) ->
     lower = sorted({f"{found.name}@{found.version} in {found.path.parent}" for found in registry.discover()
                     if found.name == pack.name and found.path.resolve() != target.resolve()
                     and is_semver(found.version) and Version.parse(found.version) < pulled})
-    return [f"{pack.ref} from {repo_id} now takes precedence over {', '.join(lower)}, wherever `{pack.name}` "
-            f"(or a version range admitting {pack.version}) names it, packs that extend it included"] if lower else []
+    warnings = [f"{pack.ref} from {repo_id} now takes precedence over {', '.join(lower)}, wherever `{pack.name}` "
+                f"(or a version range admitting {pack.version}) names it, packs that extend it included"] if lower else []
+    return warnings + _hidden_by_same_version(pack, repo_id, registry, target)
+
+
+def _hidden_by_same_version(pack: "Pack", repo_id: str, registry: "Registry", target: Path) -> list[str]:
+    """Another copy of the pulled version, with other files, earlier on the search path (./packs holds
+    general@1.0.0, a fork's general@1.0.0 is pulled): discovery keeps the first copy of a version, so the
+    installed one was never used, by `general`, `general@1.0.0` or a child's range, and nothing said so."""
+    from .pack import files_digest
+
+    others = [found.path for found in registry.discover() if (found.name, found.version) == (pack.name, pack.version)
+              and found.path.resolve() != target.resolve()]
+    differing = [str(path) for path in others if files_digest(path, pack_files(path)) != pack.files_digest]
+    return [f"{pack.ref} from {repo_id} is installed in {target}, but {differing[0]} holds another {pack.ref} earlier "
+            f"on the search path, which `{pack.name}` and `{pack.ref}` still resolve to; the pulled copy is used only "
+            f"by its path"] if differing else []
 
 
 def _check_replaceable(target: Path, name: str) -> None:

@@ -190,3 +190,16 @@ def test_servers_listen_on_loopback_only(hub_server) -> None:  # type: ignore[no
     assert hub_server.endpoint.startswith("http://127.0.0.1:")
     for port in (int(hub_server.endpoint.rsplit(":", 1)[1]), hub_server.olah_port):
         assert _listen_addresses(port) == {"127.0.0.1"}
+
+
+def test_several_builds_of_one_version_are_refused_in_one_wording() -> None:
+    """`pa pack pull` and `pa pull --pack` each spelled their own refusal of two builds of one version
+    (1.0.0+a, 1.0.0+b); one helper says it for both, naming every build, and lets a single one through."""
+    from policyalign.errors import HubError
+
+    hub.refuse_several_builds(["1.0.0+a"], "adapters for pack p were trained on", file="pack:p", hint="h")
+    with pytest.raises(HubError) as caught:
+        hub.refuse_several_builds(["v1.0.0+b", "v1.0.0+a"], "org/p publishes", file="org/p", hint="name one")
+    assert caught.value.problem.message == ("org/p publishes 2 builds (v1.0.0+a, v1.0.0+b), one version by SemVer "
+                                            "precedence (build metadata after '+' does not order versions), so none is the newest")
+    assert caught.value.problem.file == "org/p" and caught.value.problem.hint == "name one"

@@ -117,6 +117,17 @@ def test_pack_pull_says_which_local_copies_the_pulled_version_takes_over_from(cl
     assert "precedence" not in cli.ok("pack", "pull", "org/evil@0.9.0").stderr  # the local 1.0.0 still wins
 
 
+def test_pack_pull_says_when_a_local_copy_of_the_same_version_hides_the_pulled_one(cli: Cli, tmp_path: Path) -> None:
+    """./packs/forked@1.0.0 and a published forked@1.0.0 with other files: discovery keeps the first copy of
+    a version, so the pulled one was installed, reported, and never used by name, without a word."""
+    make_pack(cli.packs, "forked", version="1.0.0")
+    cli.ok("pack", "push", str(make_pack(tmp_path / "fork", "forked", policy_note="2. A fork's rule.")), "--repo-id", "org/fork")
+    pulled = cli.ok("pack", "pull", "org/fork")
+    assert f"but {cli.packs / 'forked'} holds another forked@1.0.0 earlier on the search path" in pulled.stderr, pulled.stderr
+    cli.ok("pack", "push", str(make_pack(tmp_path / "same", "forked")), "--repo-id", "org/same")
+    assert "holds another" not in cli.ok("pack", "pull", "org/same").stderr  # the same files: nothing is hidden
+
+
 def test_pack_pull_does_not_delete_a_directory_that_is_not_that_pack(cli: Cli, tmp_path: Path) -> None:
     """`--to DIR` whose DIR/NAME was not a pack (someone's work, or another pack) was replaced and deleted
     without a word; the install replaces only an installed copy of the same pack."""
@@ -177,9 +188,30 @@ def test_pack_pull_of_a_range_does_not_guess_between_two_builds_of_its_highest_v
 
     for spec in ("org/builds@^1", "org/builds@>=1.0.0"):
         failed = cli.fails(1, "pack", "pull", spec, "--to", str(tmp_path / "x")).stderr
-        assert "1.0.0, is published as 2 builds (v1.0.0+a, v1.0.0+b)" in failed, failed
+        assert "1.0.0, is published as 2 builds (v1.0.0+a, v1.0.0+b), one version by SemVer precedence" in failed, failed
         assert "pa pack pull org/builds@1.0.0+a" in failed
     assert "installed builds@1.0.0+b" in cli.ok("pack", "pull", "org/builds@1.0.0+b", "--to", str(tmp_path / "y")).stdout
+
+
+def test_pack_pull_of_a_version_takes_its_one_build_and_refuses_to_guess_between_several(  # type: ignore[no-untyped-def]
+        cli: Cli, hub_server, tmp_path: Path) -> None:
+    """`pa pack pull ORG/NAME@1.0.0` with only v1.0.0+b5 published said "no version '1.0.0' is published",
+    though 1.0.0+b5 is 1.0.0 by SemVer precedence and `pa pull --pack NAME@1.0.0` and the local registry
+    both take it; with two builds it must refuse as a range does, naming both."""
+    cli.ok("pack", "push", str(make_pack(tmp_path / "b5", "built", version="1.0.0+b5")), "--repo-id", "org/onebuild")
+    pulled = cli.ok("pack", "pull", "org/onebuild@1.0.0", "--to", str(tmp_path / "x")).stdout
+    assert "installed built@1.0.0+b5" in pulled and "org/onebuild@v1.0.0+b5" in pulled
+    cli.ok("pack", "push", str(make_pack(tmp_path / "b6", "built", version="1.0.0+b6")), "--repo-id", "org/onebuild-b6")
+    b6_repo = hub_server.repo_path("org/onebuild-b6", "dataset")
+    files = {path: hub_server.read("org/onebuild-b6", path, repo_type="dataset")
+             for path in hub_server.store.files(b6_repo, "main")}
+    hub_server.put_files("org/onebuild", files, "1.0.0+b6, as an older policyalign pushed it", repo_type="dataset")
+    hub_server.store.tag("dataset", "org/onebuild", "main", "v1.0.0+b6", None)
+    failed = cli.fails(1, "pack", "pull", "org/onebuild@1.0.0", "--to", str(tmp_path / "y")).stderr
+    assert "is published as 2 builds (v1.0.0+b5, v1.0.0+b6)" in failed, failed
+    assert "pa pack pull org/onebuild@1.0.0+b5" in failed
+    nothing = tmp_path / "y" / "built"
+    assert not nothing.exists()
 
 
 def test_pack_with_parents_pulls_when_parents_are_local(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -375,3 +407,18 @@ def test_a_version_differing_only_in_build_metadata_is_not_pushed_again(cli: Cli
     assert "version 1.0.0+b is already published as tag 'v1.0.0+a'" in refused.stderr and "bump its version" in refused.stderr
     assert hub_server.tags("org/built", repo_type="dataset") == ["v1.0.0+a"]
     assert "installed built@1.0.0+a" in cli.ok("pack", "pull", "org/built@^1").stdout
+
+
+def test_a_revision_tag_cannot_publish_another_version_or_a_second_build(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The check refusing 1.0.0+b after v1.0.0+a ran only without --revision: `--revision v1.0.0+b` published
+    the second build all the same (`pa pack pull ORG/NAME@^1` then refused the repository), and
+    `--revision v2.0.0` tagged a 1.0.0 pack as 2.0.0, which `pa pack pull ORG/NAME@^2` installed."""
+    cli.ok("pack", "push", str(make_pack(tmp_path / "a", "retagged", version="1.0.0+a")), "--repo-id", "org/retagged")
+    second = make_pack(tmp_path / "b", "retagged", version="1.0.0+b", policy_note="2. Another rule.")
+    refused = cli.fails(1, "pack", "push", str(second), "--repo-id", "org/retagged", "--revision", "v1.0.0+b").stderr
+    assert "version 1.0.0+b is already published as tag 'v1.0.0+a'" in refused, refused
+    lying = cli.fails(2, "pack", "push", str(second), "--repo-id", "org/retagged", "--revision", "v2.0.0").stderr
+    assert "--revision 'v2.0.0' names version 2.0.0, but the pack is retagged@1.0.0+b" in lying, lying
+    assert hub_server.tags("org/retagged", repo_type="dataset") == ["v1.0.0+a"]
+    cli.ok("pack", "push", str(second), "--repo-id", "org/retagged", "--revision", "retagged-build-b")  # not a version tag
+    assert "installed retagged@1.0.0+a" in cli.ok("pack", "pull", "org/retagged@^1", "--to", str(tmp_path / "x")).stdout

@@ -148,16 +148,28 @@ def test_version_bump_without_reindex_is_stale(fixture_packs: Path) -> None:
     assert _validate_all(fixture_packs).exit_code == 0
 
 
-def test_parent_change_makes_child_index_stale_without_bump(fixture_packs: Path) -> None:
+def test_a_parent_change_asks_for_a_child_version_bump_naming_the_parent(fixture_packs: Path) -> None:
+    """root-pack bumped to 1.0.1 changed what child-pack@1.0.0 composes to, and `pa validate --all` said only
+    "composed digest changed (a parent pack changed)", run `pa index`: which rewrote child-pack@1.0.0 with
+    another digest, one version published as two contents. The child's pack.yaml is named, with the parent
+    that moved and the bump; `pa index` refuses as it does for the child's own files."""
     runner.invoke(app, ["index", "--dir", str(fixture_packs)])
     parent = fixture_packs / "root-pack"
     (parent / "policy.md").write_text((parent / "policy.md").read_text() + "2. More.\n")
     manifest = parent / "pack.yaml"
     manifest.write_text(manifest.read_text().replace("version: 1.0.0", "version: 1.0.1"))
     (parent / "CHANGELOG.md").write_text("# Changelog\n\n## 1.0.1\n\n- Rule.\n")
+    child = fixture_packs / "child-pack"
     text = norm(_validate_all(fixture_packs).output)
-    assert "composed digest of child-pack@1.0.0 changed (a parent pack changed)" in text
-    assert "content of child-pack changed" not in text
+    assert (f"{child / 'pack.yaml'}:/version: composed content of child-pack changed but its version is still 1.0.0: "
+            "a pack it extends changed: root-pack@1.0.1 (the index has root-pack@1.0.0)") in text, text
+    assert f"pa bump {child} patch --note 'rebuilt on root-pack@1.0.1'" in text
+    refused = runner.invoke(app, ["index", "--dir", str(fixture_packs)])
+    assert refused.exit_code == 2 and "composed content of child-pack changed" in norm(refused.output)
+    (child / "pack.yaml").write_text((child / "pack.yaml").read_text().replace("version: 1.0.0", "version: 1.0.1"))
+    (child / "CHANGELOG.md").write_text("# Changelog\n\n## 1.0.1\n\n- Rebuilt on root-pack 1.0.1.\n")
+    assert runner.invoke(app, ["index", "--dir", str(fixture_packs)]).exit_code == 0
+    assert _validate_all(fixture_packs).exit_code == 0
 
 
 @pytest.mark.parametrize("content,where,message", [
