@@ -639,7 +639,9 @@ def _build(col: Collector, data: dict[str, Any], lines: dict[str, int], registry
         _check_changelog(col, version)
     # Deeper checks assume their section passed the schema; a broken section is reported once, above.
     parents = _resolve_parents(col, data, registry, (*stack, str(name))) if "extends" not in broken else ()
-    composed = not broken & {"categories", ""}
+    # Without every parent, an override of a parent's category reads as a new category "missing title,
+    # description" and a parent's category in an eval item as unknown: wrong fixes for an `extends` problem.
+    composed = not broken & {"categories", ""} and len(parents) == len(_list(data, "extends"))
     categories = _compose_categories(col, parents, _own_categories(col, data, str(name)), str(name)) if composed else ()
     # With `synthesis` (or a variable's section) broken the templates are still read and compiled, so a
     # typo in `format` does not hide their syntax errors; they are rendered only when all of it is sound.

@@ -209,7 +209,11 @@ class Registry:
         from .errors import did_you_mean
 
         names = sorted({loc.name for loc in self.discover()})
-        raise ResolveError(f"unknown pack {name!r}", hint=did_you_mean(name, names) or self._not_found_hint(names, parent))
+        # A pack that itself extends `name` cannot load without it: `pa pack pull` of privacy-hr, its parent
+        # privacy missing, was told "did you mean 'privacy-hr'?" instead of how to install the parent.
+        close = [loc.name for loc in self.discover() if not any(s.partition("@")[0] == name for s in loc.extends)]
+        raise ResolveError(f"unknown pack {name!r}",
+                           hint=did_you_mean(name, sorted(set(close))) or self._not_found_hint(names, parent))
 
     def _not_found_hint(self, names: list[str], parent: bool) -> str:
         """Where the pack was looked for and how to put it there. "known packs: elections" alone, when

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InvalidInputError, PackError, Problem
-from .pack import Pack, load_pack
+from .pack import Pack, Seed, _seed, load_pack
 from .pack_input import MANIFEST
 from .pack_index import index_problems
 from .registry import INDEX_FILE, Registry
@@ -51,11 +51,33 @@ def seed_copy_problems(pack: Pack) -> list[Problem]:
     from .synthesize import seed_copies
 
     inherited = {(seed.text, text) for ancestor in pack.ancestry()[:-1] for seed, _, text in seed_copies(ancestor)}
-    return [Problem(str(pack.root / MANIFEST), f"seed {seed.id}",
-                    f"{seed.text[:80]!r} copies eval item {label} ({text[:80]!r}), so synthesis drops it from training "
-                    "as contaminated", hint="rewrite the seed or the eval item so that neither repeats or closely "
-                    "paraphrases the other (packs/README.md, 'Know what decontamination catches')")
+    return [_seed_copy_problem(pack, seed, label, text)
             for seed, label, text in seed_copies(pack) if (seed.text, text) not in inherited]
+
+
+def _seed_copy_problem(pack: Pack, seed: Seed, label: str, text: str) -> Problem:
+    """Named where the fix belongs: a parent's seed copied by one of this pack's eval items is that item's
+    to change (pack.yaml was named, which does not hold the seed, and "rewrite the seed" meant the parent)."""
+    message = (f"{seed.text[:80]!r} copies eval item {label} ({text[:80]!r}), so synthesis drops it from training "
+               "as contaminated")
+    why = "so that neither repeats or closely paraphrases the other (packs/README.md, 'Know what decontamination catches')"
+    owner = _seed_owner(pack, seed)
+    own_set = next((s for s in pack.eval_sets if not s.origin and label.startswith(f"{s.name}/")), None)
+    if owner is not pack and own_set is not None:
+        return Problem(str(pack.root / own_set.file), f"item {label[len(own_set.name) + 1:]}",
+                       f"{message} (the seed is {owner.ref}'s, category {seed.id.split('/')[0]})",
+                       hint=f"rewrite this eval item {why}")
+    return Problem(str(pack.root / MANIFEST), f"seed {seed.id}", message, hint=f"rewrite the seed or the eval item {why}")
+
+
+def _seed_owner(pack: Pack, seed: Seed) -> Pack:
+    """The pack in `pack`'s ancestry whose own manifest lists `seed` (the nearest, `pack` itself first)."""
+    category = seed.id.split("/")[0]
+    for candidate in reversed(pack.ancestry()):
+        own = next((c for c in candidate.manifest.get("categories", ()) if c.get("id") == category), None)
+        if own is not None and any(_seed(category, 0, raw).text == seed.text for raw in own.get("seeds", ())):
+            return candidate
+    return pack
 
 
 def validate_all(packs_dir: Path, registry: Registry) -> ValidationReport:

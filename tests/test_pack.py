@@ -191,6 +191,18 @@ def test_a_broken_category_does_not_hide_the_eval_sets_problems(fixture_packs: P
     assert any("harmful.jsonl:line 4 /expect: expect 'comply' in a set of kind 'safety'" in m for m in messages)
 
 
+def test_a_parent_not_found_is_the_only_problem_its_categories_raise(fixture_packs: Path) -> None:
+    """After a parent's bump left a child's `extends` range (the README's `pa bump` walk-through), the child's
+    override of a parent category was also reported as a new category "missing title, description" and its
+    eval item on that category as of an unknown category: fixes that would break the child once the range is right."""
+    manifest = fixture_packs / "child-pack" / "pack.yaml"
+    manifest.write_text(manifest.read_text().replace("root-pack@^1", "root-pack@^2"))
+    with pytest.raises(PackError) as info:
+        _load(fixture_packs, "child-pack")
+    messages = [str(p) for p in info.value.problems]
+    assert len(messages) == 1 and "/extends/0: parent 'root-pack@^2' not found" in messages[0], messages
+
+
 def test_a_broken_synthesis_section_does_not_hide_template_syntax_errors(fixture_packs: Path) -> None:
     """`format: yaml` (a typo) left every template unread: its syntax error came to light only in the next round."""
     root = fixture_packs / "root-pack"

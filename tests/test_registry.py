@@ -10,7 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from policyalign.cli import app
-from policyalign.errors import ResolveError
+from policyalign.errors import PackError, ResolveError
+from policyalign.pack import load_pack
 from policyalign.registry import Registry
 
 
@@ -63,6 +64,20 @@ def test_unknown_name_suggests(fixture_packs: Path) -> None:
     with pytest.raises(ResolveError) as info:
         Registry([fixture_packs]).resolve_path("child-pak")
     assert "did you mean 'child-pack'" in str(info.value)
+
+
+def test_a_missing_parent_is_not_suggested_its_own_child(fixture_packs: Path, tmp_path: Path) -> None:
+    """A child whose parent is not installed (`pa pack pull` of a child first) was told "did you mean
+    'child-pack'?" for its parent `child`: the pack itself, so the hint saying how to install a parent was lost."""
+    alone = tmp_path / "alone"
+    shutil.copytree(fixture_packs / "child-pack", alone / "child-pack")
+    manifest = alone / "child-pack" / "pack.yaml"
+    manifest.write_text(manifest.read_text().replace("root-pack@^1", "child@^1"))
+    with pytest.raises(PackError) as info:
+        load_pack(alone / "child-pack", registry=Registry([alone]))
+    message = str(info.value.problems[0])
+    assert "unknown pack 'child'" in message and "did you mean" not in message
+    assert "known packs: child-pack" in message  # where it looked and what to do instead
 
 
 def test_no_matching_version_lists_available(fixture_packs: Path) -> None:
