@@ -603,19 +603,19 @@ def classify_refusal(
     return Verdict("comply", None, raw, "no refusal or redirection found")
 
 
-def _rules_fingerprint() -> str:
-    """A fingerprint of the refusal detector's rules: the source of this module from tool-call parsing to
-    `RefusalJudge` (its patterns and the code applying them). The rules change with the code while
-    policyalign's version stays put, so eval.json's `versions` could not tell two of them apart: two evals
-    judged by different rules were compared as like for like, and an eval re-run after the rules changed
-    kept the old verdicts. Without the source (a byte-compiled install), the patterns' text."""
+def _rules_fingerprint(start: str, end: str, fallback: str) -> str:
+    """A fingerprint of a judge's rules: the source of this module from the section `start` to `end` (for the
+    refusal detector, tool-call parsing to `RefusalJudge`: its patterns and the code applying them). The rules
+    change with the code while policyalign's version stays put, so eval.json's `versions` could not tell two of
+    them apart: two evals judged by different rules were compared as like for like, and an eval re-run after the
+    rules changed kept the old verdicts. Without the source (a byte-compiled install), `fallback`."""
     import hashlib
 
     try:
         source = Path(__file__).read_text(encoding="utf-8")
-        text = source[source.index(_RULES_START):source.index(_RULES_END)]
+        text = source[source.index(start):source.index(end)]
     except (OSError, ValueError):
-        text = "\n".join(value.pattern for value in globals().values() if isinstance(value, re.Pattern))
+        text = fallback
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
@@ -635,13 +635,21 @@ class RefusalJudge:
         ]
 
 
-REFUSAL_RULES = _rules_fingerprint()
+REFUSAL_RULES = _rules_fingerprint(_RULES_START, _RULES_END, "\n".join(
+    value.pattern for value in globals().values() if isinstance(value, re.Pattern)))
 
 
 def judge_rules(spec: str) -> str | None:
-    """The refusal detector's rules (`REFUSAL_RULES`) for a judge whose verdicts they decide: `refusal`, and
-    `guard:` (its refuse/guide split, and its label when the guard reports no refusal field); None for `llm:`."""
-    return REFUSAL_RULES if get_judge(spec).spec.partition(":")[0] in ("refusal", "guard") else None
+    """The rules a judge's verdicts come from: the refusal detector's (`REFUSAL_RULES`) for `refusal` and
+    `guard:` (its refuse/guide split, and its label when the guard reports no refusal field); for `llm:` its
+    prompt and the parsing of its answer (`LLM_JUDGE_RULES`) with the refusal detector's, which parse the tool
+    calls it is shown and label a forbidden call or a cut-off answer without it. An `llm:` judge's prompt had no
+    part in any key: a new policyalign asking another question kept the verdicts the old question got."""
+    if get_judge(spec).spec.partition(":")[0] != "llm":
+        return REFUSAL_RULES
+    from .run import fingerprint
+
+    return fingerprint({"refusal": REFUSAL_RULES, "llm": LLM_JUDGE_RULES})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -911,6 +919,12 @@ class LLMJudge(_ModelBackedJudge):
             else:
                 verdicts.append(parse_llm_verdict(out))
         return verdicts
+
+
+_LLM_RULES_START = "# Policy-aware LLM judge"
+_LLM_RULES_END = "# Factory"
+LLM_JUDGE_RULES = _rules_fingerprint(_LLM_RULES_START, _LLM_RULES_END, "\n".join(
+    (LLM_JUDGE_SYSTEM, LLM_JUDGE_USER, _LABEL_LINE_RE.pattern, _LABEL_CHOICE_RE.pattern, json.dumps(_LABEL_WORDS))))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -682,3 +682,18 @@ def test_a_judge_prompt_too_long_for_the_judge_names_the_row(tmp_path: Path) -> 
         with pytest.raises(ModelError) as caught:
             judge.judge([item])
         assert "id harmful/h1" in str(caught.value.problem), caught.value.problem
+
+
+def test_the_llm_judges_prompt_is_in_its_rules() -> None:
+    """An `llm:` judge's prompt (what it is asked) and the parsing of its answer were in no key: verdicts stored
+    under one prompt were reused after a new policyalign asked another question. `LLM_JUDGE_RULES` fingerprints
+    this module's source from the prompt to `LLMJudge`, and `judge_rules` puts it in an `llm:` judge's keys."""
+    from policyalign import judges
+    from policyalign.stages import judge_weights
+
+    source = Path(judges.__file__).read_text(encoding="utf-8")
+    section = source[source.index(judges._LLM_RULES_START):source.index(judges._LLM_RULES_END)]
+    for part in (judges.LLM_JUDGE_SYSTEM, judges.LLM_JUDGE_USER, "def parse_llm_verdict", "class LLMJudge"):
+        assert part in section
+    assert judge_weights("llm:tiny").get("judge_rules") not in (None, judges.REFUSAL_RULES)
+    assert judge_weights("refusal")["judge_rules"] == judges.REFUSAL_RULES
