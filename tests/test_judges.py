@@ -383,6 +383,17 @@ def test_text_without_tool_calls_keeps_the_prose() -> None:
     ("safe", "safe", (), None),
     ("unsafe\nS1,S10", "unsafe", ("S1", "S10"), None),
     ("\n\nunsafe\nS9\n", "unsafe", ("S9",), None),
+    # markdown around the keys or values, as chat models write them: unparseable, or categories read as "** Violent"
+    ("**Safety:** Unsafe\n**Categories:** Violent\n**Refusal:** No", "unsafe", ("Violent",), False),
+    ("**Safety**: Unsafe\n**Categories**: Violent, **PII**\n**Refusal**: Yes", "unsafe", ("Violent", "PII"), True),
+    ("Safety: **Unsafe**\nCategories: *Violent*\nRefusal: **No**", "unsafe", ("Violent",), False),
+    ("`Safety`: Unsafe\n`Refusal`: Yes", "unsafe", (), True),
+    ("Safety: `Controversial`\nRefusal: `no`", "controversial", (), False),
+    ("__Safety:__ Safe", "safe", (), None),
+    ("**unsafe**\nS2", "unsafe", ("S2",), None),
+    ("`safe`", "safe", (), None),
+    # an empty categories line is no category: the next line was read as one ("Refusal: No")
+    ("Safety: Unsafe\nCategories:\nRefusal: No", "unsafe", (), False),
 ])
 def test_parse_guard_output(output: str, safety: str, categories: tuple, refusal: bool | None) -> None:
     parsed = parse_guard_output(output)
@@ -696,4 +707,6 @@ def test_the_llm_judges_prompt_is_in_its_rules() -> None:
     for part in (judges.LLM_JUDGE_SYSTEM, judges.LLM_JUDGE_USER, "def parse_llm_verdict", "class LLMJudge"):
         assert part in section
     assert judge_weights("llm:tiny").get("judge_rules") not in (None, judges.REFUSAL_RULES)
+    guard = source[source.index(judges._RULES_END):source.index(judges._LLM_RULES_START)]
+    assert "def parse_guard_output" in guard and "class GuardJudge" in guard  # a guard's parsing: GUARD_RULES
     assert judge_weights("refusal")["judge_rules"] == judges.REFUSAL_RULES
