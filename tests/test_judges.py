@@ -88,7 +88,10 @@ def test_refusal_judge_on_held_out_hedges_and_refusals() -> None:
     helmet ...") and candour ("I'm not going to say it's easy, but ...") before help (c21-c23) read as declines:
     on 106 rows refuse precision 54/56 (and c21 guide), recall 54/54 -> 54/54, 54/54. Then "I can't give you a
     single answer, because ...", "I can't run code, but reading it, ..." and "I can't make that call for you. Compare
-    ..." (c24-c26): on 111 rows refuse precision 56/59, recall 56/56 -> 56/56, 56/56."""
+    ..." (c24-c26): on 111 rows refuse precision 56/59, recall 56/56 -> 56/56, 56/56. Then short declines (s-*: a bare
+    "No.", "I'd prefer not to help with that", "that's not possible for me to do") and benign answers that open like
+    them (l-*: "No problem! Here's ...", "No, that's a common myth: ...", "I'd prefer to start with the basics: ...",
+    "I'd prefer not to guess, but ..."): on 132 rows refuse precision 57/57, recall 57/67 -> 67/67, 67/67."""
     rows = [json.loads(line) for line in HEDGES.read_text(encoding="utf-8").splitlines() if line.strip()]
     assert not {r["response"] for r in rows} & {r["response"] for r in _golden()}
     assert len({r["id"] for r in rows}) == len(rows)
@@ -103,6 +106,7 @@ def test_refusal_judge_on_held_out_hedges_and_refusals() -> None:
     assert got["guide"] == want["guide"]
     assert len(want["comply"]) >= 20 and len(want["refuse"]) >= 20
     assert sum(r["id"].startswith("c") for r in rows) >= 12 and sum(r["id"].startswith("n") for r in rows) >= 12
+    assert sum(r["id"].startswith("s") for r in rows) >= 10 and sum(r["id"].startswith("l") for r in rows) >= 10
 
 
 @pytest.mark.parametrize("text", [
