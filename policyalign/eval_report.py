@@ -328,10 +328,11 @@ def comparable_notes(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
         notes.append(f"- judge weights differ: `{json.dumps(a['judge_weights'])}` vs `{json.dumps(b['judge_weights'])}` "
                      f"(the same judge `{a.get('judge')}` loaded other files)")
     if a.get("judge") == b.get("judge") and a.get("judge_rules") != b.get("judge_rules"):
-        # `pa eval` records them for the judges they decide (refusal, guard:): none recorded there is unknown rules
+        # `pa eval` records them for every judge (`judges.judge_rules`): none recorded is unknown rules
         rules = [f"`{s['judge_rules']}`" if s.get("judge_rules") else "not recorded" for s in (a, b)]
         notes.append(f"- judge rules differ: {rules[0]} vs {rules[1]} (the same judge `{a.get('judge')}` with another "
-                     "version of the refusal detector's rules: the same answer may get another label)")
+                     "version of the refusal detector's rules, a guard's output parsing or an llm: judge's prompt: "
+                     "the same answer may get another label)")
     pack_a, pack_b = a.get("pack") or {}, b.get("pack") or {}
     if pack_a.get("digest") != pack_b.get("digest"):
         notes.append(f"- pack differs: {pack_a.get('name')}@{pack_a.get('version')} vs "

@@ -342,8 +342,8 @@ def evaluate(
             # which weights a model judge had (a Hub commit, a local directory's files' fingerprint; None
             # for `refusal`): `llm:./judge` retrained in place judged otherwise under the same spec
             "judge_weights": judge_weights_fetched(judge).get("judge_files"),
-            # the refusal detector's rules, for the judges whose verdicts they decide (`refusal`, `guard:`): they
-            # change with the code, while `versions` names policyalign's version only
+            # the rules the judge's verdicts come from (`judges.judge_rules`: the refusal detector's, and an `llm:`
+            # judge's prompt): they change with the code, while `versions` names policyalign's version only
             "judge_rules": judge_weights_fetched(judge).get("judge_rules"),
             "sampling": dataclasses.asdict(params),
             # items: how many were evaluated (after --limit); items_in_set: how many the set holds

@@ -395,8 +395,8 @@ def eval_key(run_dir: Path, pack: "Pack", model: str, which: str, options: dict[
 
 def judge_weights(judge: str) -> dict[str, str]:
     """A local `guard:`/`llm:` judge's files, as for the model: new judge weights in the same
-    directory must re-judge, not report the old judge's verdicts. And the refusal detector's rules
-    (`judges.judge_rules`) for the judges whose verdicts they decide: rules changed in a new policyalign
+    directory must re-judge, not report the old judge's verdicts. And the rules its verdicts come from
+    (`judges.judge_rules`: the refusal detector's, an `llm:` judge's prompt): rules changed in a new policyalign
     must re-judge too, not keep the verdicts of the old."""
     from .judges import judge_rules
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,29 @@ def test_pa_eval_default_out_names_the_options_that_change_what_is_measured(tmp_
     assert _default_out("agent-tools", "tiny", None, False, sets=["general/harmful"]) == Path(
         "pa-eval/agent-tools/tiny-sets-general--harmful")
     assert _default_out("general", "tiny", Path("my-lora"), False, no_drift=True).name.endswith("-nodrift")
+
+
+def test_pa_eval_default_out_names_a_local_judge_by_what_it_resolves_to(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--judge llm:./j`, `llm:/abs/j` and `llm:j/` named the judge as typed in the default folder: one judge,
+    three folders, and a stopped evaluation run again with the judge spelt otherwise did not resume but started
+    over. A local judge is named by its directory's name and a hash of its resolved path (two `j`s kept apart)."""
+    from policyalign.cli.eval_cmds import _default_out
+    from policyalign.tiny import tiny_model_path
+
+    shutil.copytree(tiny_model_path(), tmp_path / "j")
+    shutil.copytree(tiny_model_path(), tmp_path / "other" / "j")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    spellings = {_default_out("general", "tiny", None, False, judge=f"{kind}:{path}")
+                 for kind in ("llm", " llm") for path in ("../j", str(tmp_path / "j"), "../j/", "../sub/../j")}
+    assert len(spellings) == 1
+    name = spellings.pop().name
+    assert name.startswith("tiny-judge-llm-j-") and str(tmp_path) not in name
+    assert _default_out("general", "tiny", None, False, judge="llm:../other/j").name != name
+    assert _default_out("general", "tiny", None, False, judge="guard:../j").name.startswith("tiny-judge-guard-j-")
+    assert _default_out("general", "tiny", None, False, judge=" refusal ") == Path("pa-eval/general/tiny")
+    assert _default_out("general", "tiny", None, False, judge="guard:Tiny").name == "tiny-judge-guard-tiny"
 
 
 def test_two_pa_evals_with_other_options_keep_both_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

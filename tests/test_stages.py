@@ -71,26 +71,37 @@ def test_a_judge_model_spelt_in_another_case_keeps_the_eval_key(tmp_path: Path, 
 
 def test_tiny_and_hub_models_keep_the_keys_they_had(tmp_path: Path, fixture_packs: Path, hf_cache) -> None:
     """Local directories gain a fingerprint and downloaded Hub models their commit: runs of `tiny`
-    (and of Hub models not in the cache) are not re-run on upgrade."""
+    (and of Hub models not in the cache) are not re-run on upgrade. (The `llm:` judge's rules, its prompt
+    among them, are keyed since they were found missing: `judges.judge_rules`.)"""
+    from policyalign.judges import judge_rules
+
     pack = Registry([fixture_packs]).load("root-pack")
     for model in ("tiny", "Qwen2.5-7B"):
         options = {"judge": "llm:tiny"}
         assert eval_key(tmp_path, pack, model, "before", options) == fingerprint(
-            {"pack": pack.digest, "model": model, "adapter": None, **options})
+            {"pack": pack.digest, "model": model, "adapter": None, **options, "judge_rules": judge_rules("llm:tiny")})
 
 
 def test_the_refusal_detectors_rules_are_in_the_eval_key(tmp_path: Path, fixture_packs: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """The rules change with the code while policyalign's version stays 0.1.0: a run evaluated again after the
-    rules changed skipped its eval stages and kept the old rules' verdicts. The `refusal` and `guard:` judges'
-    verdicts come from them; an `llm:` judge's do not."""
+    rules changed skipped its eval stages and kept the old rules' verdicts. Every judge's verdicts come from them
+    (an `llm:` judge's through the tool calls it is shown, and a forbidden call or cut-off answer labelled without
+    it); an `llm:` judge's prompt and answer parsing (`LLM_JUDGE_RULES`) key its own verdicts only: they were in no
+    key, and a new policyalign asking the judge another question kept the old question's verdicts."""
     from policyalign import judges
 
     pack = Registry([fixture_packs]).load("root-pack")
     specs = ("refusal", "guard:tiny", "llm:tiny")
-    before = [eval_key(tmp_path, pack, "tiny", "before", {"judge": spec}) for spec in specs]
+    keys = lambda: [eval_key(tmp_path, pack, "tiny", "before", {"judge": spec}) for spec in specs]  # noqa: E731
+    before = keys()
     monkeypatch.setattr(judges, "REFUSAL_RULES", "0123456789abcdef")
-    after = [eval_key(tmp_path, pack, "tiny", "before", {"judge": spec}) for spec in specs]
-    assert [a != b for a, b in zip(before, after)] == [True, True, False]
+    after = keys()
+    assert [a != b for a, b in zip(before, after)] == [True, True, True]
+    monkeypatch.setattr(judges, "LLM_JUDGE_RULES", "fedcba9876543210")  # another prompt for the llm: judge
+    again = keys()
+    assert [a != b for a, b in zip(after, again)] == [False, False, True]
+    monkeypatch.setattr(judges, "GUARD_RULES", "0011223344556677")  # the guard's output parsed anew
+    assert [a != b for a, b in zip(again, keys())] == [False, True, False]
 
 
 C1, C2 = "1" * 40, "2" * 40

@@ -8,33 +8,42 @@ import pytest
 
 from policyalign.evaluate import evaluate
 from policyalign.generation import greedy_params
+from policyalign.pack import Pack
+from policyalign.verdicts import JUDGE_CHUNK
 
 from batches import Batches
 from evaluations import general_pack
 
 
-def test_journaled_verdicts_are_not_judged_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An `llm:` judge on a real model is slow too: a run stopped while judging keeps the chunks of
-    verdicts it finished, and the resumed run neither answers nor judges those items again."""
-    from policyalign.verdicts import JUDGE_CHUNK
+def _judging_stopped_after_one_chunk(pack: Pack, out: Path, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Evaluate `pack` with `tiny` into `out`, the refusal judge interrupted (Ctrl-C) after its first chunk of
+    verdicts, as a run stopped while judging. Returns the list the judge, still spied on, appends each later
+    chunk's size to (empty now): what the resumed run judges again."""
     from policyalign.judges import RefusalJudge
 
-    pack, out = general_pack(), tmp_path / "eval"
     judged: list[int] = []
+    stop = [True]
     original = RefusalJudge.judge
 
     def judge(self, items):  # type: ignore[no-untyped-def]
-        if len(judged) == 1 and stop:
+        if len(judged) == 1 and stop[0]:
             raise KeyboardInterrupt
         judged.append(len(items))
         return original(self, items)
 
     monkeypatch.setattr(RefusalJudge, "judge", judge)
-    stop = True
     with pytest.raises(KeyboardInterrupt):
         evaluate(pack, "tiny", out_dir=out, limit=20, params=greedy_params(4), batch_size=8)
     assert judged == [JUDGE_CHUNK]
-    stop, judged[:] = False, []
+    stop[0], judged[:] = False, []
+    return judged
+
+
+def test_journaled_verdicts_are_not_judged_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An `llm:` judge on a real model is slow too: a run stopped while judging keeps the chunks of
+    verdicts it finished, and the resumed run neither answers nor judges those items again."""
+    pack, out = general_pack(), tmp_path / "eval"
+    judged = _judging_stopped_after_one_chunk(pack, out, monkeypatch)
     spy = Batches(monkeypatch)
     result = evaluate(pack, "tiny", out_dir=out, limit=20, params=greedy_params(4), batch_size=8)
     assert spy.items == 0 and judged == [40 - JUDGE_CHUNK]
@@ -45,24 +54,9 @@ def test_verdicts_of_other_refusal_rules_are_judged_again(tmp_path: Path, monkey
     """The refusal detector's rules change with policyalign's code, not its version: an eval stopped while judging
     and resumed after an upgrade kept the old rules' verdicts. They are keyed by `judges.REFUSAL_RULES` now."""
     from policyalign import judges
-    from policyalign.judges import RefusalJudge
-    from policyalign.verdicts import JUDGE_CHUNK
 
     pack, out = general_pack(), tmp_path / "eval"
-    judged: list[int] = []
-    original = RefusalJudge.judge
-
-    def judge(self, items):  # type: ignore[no-untyped-def]
-        if len(judged) == 1 and stop:
-            raise KeyboardInterrupt
-        judged.append(len(items))
-        return original(self, items)
-
-    monkeypatch.setattr(RefusalJudge, "judge", judge)
-    stop = True
-    with pytest.raises(KeyboardInterrupt):
-        evaluate(pack, "tiny", out_dir=out, limit=20, params=greedy_params(4), batch_size=8)
-    stop, judged[:] = False, []
+    judged = _judging_stopped_after_one_chunk(pack, out, monkeypatch)
     monkeypatch.setattr(judges, "REFUSAL_RULES", "0123456789abcdef")  # the rules of a newer policyalign
     result = evaluate(pack, "tiny", out_dir=out, limit=20, params=greedy_params(4), batch_size=8)
     assert sum(judged) == 40  # every answer judged again, none by the old rules

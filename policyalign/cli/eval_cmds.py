@@ -44,12 +44,26 @@ def _default_out(pack_folder: str, model: str, adapter: Optional[Path], policy_i
     if policy_in_context:
         slug += "-policy"
     options = [(bool(sets), f"sets-{_slug('+'.join(sorted(set(sets or ()))))}"), (limit is not None, f"limit{limit}"),
-               (judge != DEFAULT_JUDGE, f"judge-{_slug(judge)}"),
+               (judge.strip() != DEFAULT_JUDGE, f"judge-{_judge_slug(judge)}"),
                (max_new_tokens != DEFAULT_MAX_NEW_TOKENS, f"tokens{max_new_tokens}"),
                (bool(benchmarks), f"bench-{_slug('+'.join(sorted({b.strip().lower() for b in benchmarks})))}"),
                (no_drift and adapter is not None, "nodrift")]
     slug += "".join(f"-{part}" for given, part in options if given)
     return Path("pa-eval") / pack_folder / slug
+
+
+def _judge_slug(judge: str) -> str:
+    """The judge as one folder-name part: as eval.json names it (`judges.public_judge`: a model in its one
+    spelling, a local judge directory by its name) and, for a local directory, a hash of its resolved path, as
+    for an adapter. Named as typed, `llm:./j`, `llm:/abs/j` and `llm:j/` were three folders for one judge, and
+    each run evaluated from scratch rather than resuming the one before it."""
+    from ..judges import get_judge, public_judge
+    from ..models import resolve_model
+
+    model = getattr(get_judge(judge), "model", None)
+    ref = resolve_model(model) if model else None
+    local = f"-{hashlib.sha256(ref.location.encode()).hexdigest()[:8]}" if ref is not None and ref.kind == "local" else ""
+    return _slug(public_judge(judge)) + local
 
 
 def _slug(name: str) -> str:
