@@ -463,3 +463,23 @@ def test_a_limited_benchmark_is_counted_as_evaluated(tmp_path: Path, monkeypatch
     assert (bench["items"], bench["items_in_set"]) == (1, 3) == (result.metrics["sets"]["bench:xstest"]["n"], len(rows))
     report = (tmp_path / "bench" / "report.md").read_text()
     assert "items evaluated: `benign` 1 of 80, `bench:xstest` 1 of 3" in report
+
+
+def test_pa_eval_default_out_names_a_local_model_by_what_it_resolves_to(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--model ./m`, `/abs/m` and `m/` named the model as typed in the default folder: one model, three
+    folders, and a stopped evaluation run again with the model spelt otherwise started over. A local model is
+    named by its directory's name and a hash of its resolved path; a Hub model in its one spelling."""
+    from policyalign.cli.eval_cmds import _default_out
+    from policyalign.tiny import tiny_model_path
+
+    shutil.copytree(tiny_model_path(), tmp_path / "m")
+    shutil.copytree(tiny_model_path(), tmp_path / "other" / "m")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    spellings = {_default_out("general", path, None, False) for path in ("../m", str(tmp_path / "m"), "../m/")}
+    assert len(spellings) == 1
+    name = spellings.pop().name
+    assert name.startswith("m-") and str(tmp_path) not in name
+    assert _default_out("general", "../other/m", None, False).name != name
+    assert _default_out("general", "qwen2.5-7b", None, False) == _default_out("general", "Qwen2.5-7B", None, False)

@@ -35,7 +35,7 @@ def _default_out(pack_folder: str, model: str, adapter: Optional[Path], policy_i
     (`--sets`, `--limit`, `--judge`, `--max-new-tokens`, `--benchmark`, `--no-drift`) is named in
     the folder too: `--limit 8` then the whole eval wrote one folder, the second run's results
     over the first's."""
-    slug = _slug(model)
+    slug = _model_slug(model)
     if adapter:
         resolved = Path(adapter).resolve()
         name = resolved.parent.name if resolved.name == "adapter" and resolved.parent.name else resolved.name
@@ -52,18 +52,27 @@ def _default_out(pack_folder: str, model: str, adapter: Optional[Path], policy_i
     return Path("pa-eval") / pack_folder / slug
 
 
-def _judge_slug(judge: str) -> str:
-    """The judge as one folder-name part: as eval.json names it (`judges.public_judge`: a model in its one
-    spelling, a local judge directory by its name) and, for a local directory, a hash of its resolved path, as
-    for an adapter. Named as typed, `llm:./j`, `llm:/abs/j` and `llm:j/` were three folders for one judge, and
-    each run evaluated from scratch rather than resuming the one before it."""
-    from ..judges import get_judge, public_judge
-    from ..models import resolve_model
+def _model_slug(model: str) -> str:
+    """The model as one folder-name part: in its one spelling (`models.spelled_name`), a local directory by its
+    name plus a hash of its resolved path, as for an adapter. Named as typed, `--model ./m`, `/abs/m` and `m/`
+    (or `qwen2.5-7b` and `Qwen2.5-7B`) were several folders for one model, and a stopped evaluation run again
+    with the model spelt otherwise did not resume but started over."""
+    from ..models import resolve_model, spelled_name
 
-    model = getattr(get_judge(judge), "model", None)
-    ref = resolve_model(model) if model else None
-    local = f"-{hashlib.sha256(ref.location.encode()).hexdigest()[:8]}" if ref is not None and ref.kind == "local" else ""
-    return _slug(public_judge(judge)) + local
+    ref = resolve_model(model)
+    if ref.kind != "local":
+        return _slug(spelled_name(ref))
+    return f"{_slug(Path(ref.location).name)}-{hashlib.sha256(ref.location.encode()).hexdigest()[:8]}"
+
+
+def _judge_slug(judge: str) -> str:
+    """The judge as one folder-name part: its kind and its model as `_model_slug` names a model. Named as
+    typed, `llm:./j`, `llm:/abs/j` and `llm:j/` were three folders for one judge."""
+    from ..judges import get_judge
+
+    parsed = get_judge(judge)
+    model = getattr(parsed, "model", None)
+    return f"{parsed.spec.partition(':')[0]}-{_model_slug(model)}" if model else _slug(parsed.spec)
 
 
 def _slug(name: str) -> str:
