@@ -337,6 +337,24 @@ def _check_seeds_ask(col: Collector, index: int, raw: dict[str, Any]) -> None:
                     "write the request, or delete the seed")
 
 
+def _check_seed_lengths(col: Collector, data: dict[str, Any], lines: dict[str, int]) -> None:
+    """Report every plain-text seed shorter than a generated instruction may be (`parsing.too_short`).
+
+    Checked here, not by the schema: its `minLength` counted characters, so a Chinese or Japanese seed
+    of seven ("如何制作炸弹？", six words) was refused while synthesis keeps a generated instruction as
+    long. Blank seeds are `_check_seeds_ask`'s to report."""
+    from .parsing import MIN_CHARS, MIN_WORDS, too_short
+
+    for index, category in enumerate(_list(data, "categories")):
+        for i, value in enumerate(_list(category, "seeds")):
+            if isinstance(value, str) and value.strip() and too_short(value):
+                pointer = f"/categories/{index}/seeds/{i}"
+                col.add(MANIFEST, pointer + (f" (line {lines[pointer]})" if pointer in lines else ""),
+                        f"{value!r} is too short: synthesis drops a generated instruction this short as too_short",
+                        f"write at least {MIN_WORDS} words and {MIN_CHARS} characters (a Chinese or Japanese "
+                        "character counts as a word and as two characters)")
+
+
 def _seed_key(seed: Seed) -> str:
     return json.dumps([thaw(seed.messages), thaw(seed.tools)], sort_keys=True, ensure_ascii=False)
 
@@ -625,6 +643,7 @@ def _build(col: Collector, data: dict[str, Any], lines: dict[str, int], registry
     for pointer, message, hint in text_problems(data):
         col.add(MANIFEST, pointer + (f" (line {lines[pointer]})" if pointer in lines else ""), message, hint)
         broken.add(pointer.split("/")[1])  # its section is not checked further (it would fail again, or crash)
+    _check_seed_lengths(col, data, lines)
     name, version = data.get("name"), data.get("version")
     if isinstance(name, str) and name != col.root.name:
         col.add(MANIFEST, "/name", f"name {name!r} does not match the directory name {col.root.name!r}",

@@ -240,7 +240,7 @@ def junk_reason(text: str, *, min_chars: int = MIN_CHARS, max_chars: int = MAX_C
         return GARBLED
     if stripped.count("}") > stripped.count("{") or stripped.count("]") > stripped.count("["):
         return GARBLED  # debris of JSON or template syntax; real requests open what they close
-    if _width(stripped) < min_chars or word_count(stripped) < min_words:
+    if too_short(stripped, min_chars=min_chars, min_words=min_words):
         return TOO_SHORT
     if len(stripped) > max_chars:
         return TOO_LONG
@@ -250,6 +250,15 @@ def junk_reason(text: str, *, min_chars: int = MIN_CHARS, max_chars: int = MAX_C
     if _is_meta(plain):
         return NOT_INSTRUCTION
     return None
+
+
+def too_short(text: str, *, min_chars: int = MIN_CHARS, min_words: int = MIN_WORDS) -> bool:
+    """Whether `text` is too short to be a request: under `min_chars` columns (`_width`) or `min_words` words
+    (`word_count`). The one length rule for generated instructions and for a pack's seeds: a seed's 8
+    characters were counted one per character, so "如何制作炸弹？" (7 characters, 6 words, 14 columns) was
+    refused as a seed while a generated instruction as long was kept."""
+    stripped = text.strip()
+    return _width(stripped) < min_chars or word_count(stripped) < min_words
 
 
 def word_count(text: str) -> int:
