@@ -150,7 +150,11 @@ _META = re.compile(
     r"|(?:these|those|the above) (?:requests|examples|instructions|prompts|cover)\b"
     r"|(?:(?:these|those|the above) (?:are|were|would|should|could)\b|(?:note|disclaimer|warning|remember|important)\s*:"
     r"|(?:please note|keep in mind)\b)" + _ABOUT_THE_LIST +
-    r"|(?:i hope (?:this|these|that helps)|hope this|let me know (?:if|whether)|feel free)\b"
+    r"|(?:i hope (?:this|these|that helps)|hope (?:this|these)|let me know (?:if|whether)|feel free)\b"
+    # "Would you like more?", "If you need more examples, just ask": offers of more, as zh "如果你需要更多" is.
+    r"|(?:(?:would|do) you (?:like|want|need)|if you(?:'d| would)? (?:like|want|need)) (?:me to \w+ )?"
+    r"(?:more|additional|further|any more|some more|a few more)(?=\s*(?:[?!.,]|$)|\s+(?:\w+\s+)?(?:examples?|requests?|prompts?"
+    r"|instructions?|scenarios?|ideas?|ones?)\b)"
     r"|i(?:'ve| have) (?:written|created|generated|listed|provided|included|come up with)"
     r" (?:\d+|ten|five|twenty|these|the|some|a few|several|a list|more)\b"
     r"|(?:\d+|ten|five|twenty)\s+(?:new\s+|more\s+|distinct\s+|different\s+)?(?:requests|examples|instructions|prompts)\b"
@@ -172,6 +176,15 @@ _META = re.compile(
     r"|fique à vontade|não hesite|дайте знать|дай знать)\b"
     r"|(?:好的|当然|没问题)[!！,，.。:：]?\s*(?:$|以下|下面|这是|这些)|(?:以下|下面)是(?=[^。\n]*(?:请求|示例|例子|指令|提示|场景|列表))"
     r"|希望(?:这些|以上|这)(?:对你|对您|能|有)|如果(?:你|您)(?:还)?需要更多"
+    # Arabic and Hindi sign-offs ("آمل أن يساعد هذا", "आशा है इससे मदद मिलेगी": "I hope this helps"; "هل تريد
+    # المزيد؟": "do you want more?") were joined to the last request as its continuation, as English ones were
+    # not. "I hope" only with "this" or "these" after it, "let me know" only with "if you want more":
+    # "أتمنى أن تساعدني في ..." ("I hope you help me ...") and "मुझे बताएं कि ..." ("tell me how ...") are requests.
+    r"|(?:آمل|أتمنى|نأمل|أرجو) أن (?:\S+ )?(?:هذا|هذه|ذلك|هذي)|هل (?:تريد|تحتاج|ترغب|تود)(?:ون)? (?:\S+ ){0,2}?المزيد(?=\s*(?:[؟?!.،]|$)| من (?:ال)?(?:أمثلة|طلبات|أفكار|تعليمات|سيناريوهات))"
+    r"|(?:أخبرني|أعلمني|اعلمني|دعني أعرف) (?:إذا|إن|لو) (?:كنت|كنتم) (?:تريد|تحتاج|ترغب)|لا (?:تتردد|تترددي|تترددوا) في"
+    r"|(?:मुझे )?(?:आशा|उम्मीद) है(?: कि)? (?:इससे|इनसे|यह|ये|इन)(?=\s)|बेझिझक"
+    r"|(?:(?:(?:मुझे )?बताएं|बताइए|बताइये) )?(?:(?:अगर|यदि) आपको|क्या आप(?:को)?) (?:और|अधिक) (?!आप|मैं|हम|मुझ|तुम)"
+    r"(?=[^।?!\n]*(?:चाहिए|चाहते|चाहेंगे|चाहेंगी|ज़रूरत|जरूरत))"
     r")", re.IGNORECASE)
 # A run of word characters, except that each Han or kana character is a word by itself.
 _WORD = re.compile(rf"(?=\w)[{IDEOGRAPHS}]|[^\W{IDEOGRAPHS}]+")
