@@ -41,11 +41,19 @@ _CJK_MARKER = (r"[\uff08(]\d{1,3}[\uff09)]|\d{1,3}[\u3001\uff0e\uff09]|[\u4e00\u
                r"|\d{1,3}[.):](?=[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af])")
 # "1-" numbers Arabic, Persian and Turkish lists ("١- ..."): unread, the numbers stayed in every request and a
 # wrapped line became a request of its own.
+# Circled and parenthesised numbers ("①", "⑴", "⒈", "❶"): they stayed at the start of every request.
+_CIRCLED = r"[\u2460-\u249b\u2776-\u2793]"
 _MARKER = re.compile(
     r"^(?P<indent>[ \t]*)(?:(?:(?:\(?\d{1,3}[.):\]]|\d{1,3}-|\(\d{1,3}\)|#\d{1,3}[.:)]?|(?P<b>\*\*|__)\d{1,3}[.):](?P=b)"
     r"|[-*\u2022\u2023\u25e6\u2043+])"
     # "Request 3:", and in any script and French spacing: "Petición 3:", "Demande 3 :", "Запрос 3:"
-    r"|(?:[^\W\d_]{1,12}\s?\d{1,3}[ \t]?[.):]))[ \t]+|(?:" + _CJK_MARKER + r")[ \t\u3000]*)(?P<body>\S.*)$")
+    r"|(?:[^\W\d_]{1,12}\s?\d{1,3}[ \t]?[.):]))[ \t]+|(?:" + _CJK_MARKER + "|" + _CIRCLED + r")[ \t\u3000]*)(?P<body>\S.*)$")
+# Lettered and Roman-numbered items ("a)", "b.", "(c)", "ii."), read as markers only in a list numbered with them
+# from its start (`_lettered`): one letter and a period also open "E. coli ...", "B. anthracis ..." or
+# "A. Smith ...", and stripped there they would cut a request's first word.
+_LETTER_MARKER = re.compile(
+    r"^(?P<indent>[ \t]*)(?:\((?P<paren>[a-zA-Z]|[ivxIVX]{2,5})\)|(?P<label>[a-zA-Z]|[ivxIVX]{2,5})[.)])[ \t]+(?P<body>\S.*)$")
+_LETTER_STARTS = (["a", "b"], ["A", "B"], ["i", "ii"], ["I", "II"])
 _FENCE = re.compile(r"```[ \t]*(?:json|JSON|javascript|js)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _HEADING = re.compile(r"^\s*(?:#{1,6}\s|={3,}|-{3,}|\*{3,}|_{3,})")
 _FENCE_LINE = re.compile(r"^\s*```")
@@ -346,11 +354,32 @@ def split_list(text: str) -> list[str]:
     return _split_list(text)[0]
 
 
+def _markers(lines: list[str]) -> list[re.Match[str] | None]:
+    """Each line's list marker match (`_MARKER`, or `_LETTER_MARKER` in a lettered list), or None."""
+    found = [_MARKER.match(line) for line in lines]
+    if not _lettered(lines, found):
+        return found
+    return [match or _LETTER_MARKER.match(line) for line, match in zip(lines, found)]
+
+
+def _lettered(lines: list[str], found: list[re.Match[str] | None]) -> bool:
+    """Whether the lines not numbered otherwise count with letters or Roman numerals from the start, the first
+    two of them a) and b), A. and B., or (i) and (ii): "a) How do I ..." kept its "a)" while "1) How do I ..."
+    lost its "1)". Lines "E. coli ...", "B. anthracis ...", "A. Smith ..." do not count so."""
+    labels = []
+    for line, match in zip(lines, found):
+        letter = None if match else _LETTER_MARKER.match(line)
+        if letter:
+            labels.append(letter.group("paren") or letter.group("label"))
+    return labels[:2] in _LETTER_STARTS
+
+
 def _split_list(text: str) -> tuple[list[str], bool]:
     """`split_list`, and whether the last item runs to the end of the text (no epilogue, heading or
     closing fence after it): only then can the token limit have cut it off."""
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    if not any(_MARKER.match(line) for line in lines):
+    markers = _markers(lines)
+    if not any(markers):
         kept = [line for line in lines if line.strip() and not _HEADING.match(line) and not _FENCE_LINE.match(line)]
         last = next((line for line in reversed(lines) if line.strip()), None)
         return [clean_item(line) for line in kept], bool(kept) and last is kept[-1]
@@ -359,8 +388,7 @@ def _split_list(text: str) -> tuple[list[str], bool]:
     body_indent = 0
     blank_before = False
     list_fence = in_code = False
-    for line in lines:
-        match = _MARKER.match(line)
+    for line, match in zip(lines, markers):
         if in_code:  # the item's code block: its lines as they are, markers and headings included
             current.append("\n" + line.strip())  # type: ignore[union-attr]
             in_code = not _FENCE_LINE.match(line)
@@ -689,7 +717,7 @@ def _holds_json(text: str) -> bool:
     tool call's JSON was taken for JSON, held none, and every request was lost without a count.
     """
     opens_json = text.lstrip().startswith(("[", "{", "```"))
-    if any(_MARKER.match(line) for line in text.splitlines()):
+    if any(_markers(text.splitlines())):
         return opens_json and _holds_requests(extract_json_list(text))
     return _holds_requests(extract_json_list(text))
 
