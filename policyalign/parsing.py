@@ -39,15 +39,18 @@ TOO_SHORT, TOO_LONG, REFUSAL, NOT_INSTRUCTION, GARBLED, BAD_SCENARIO, TRUNCATED 
 # often "1." straight before it: those numbers stayed at the start of every request.
 _CJK_MARKER = (r"[\uff08(]\d{1,3}[\uff09)]|\d{1,3}[\u3001\uff0e\uff09]|[\u4e00\u4e8c\u4e09\u56db\u4e94\u516d\u4e03\u516b\u4e5d\u5341]{1,3}\u3001"
                r"|\d{1,3}[.):](?=[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af])")
-# "1-" numbers Arabic, Persian and Turkish lists ("١- ..."): unread, the numbers stayed in every request and a
-# wrapped line became a request of its own.
 # Circled and parenthesised numbers ("①", "⑴", "⒈", "❶"): they stayed at the start of every request.
 _CIRCLED = r"[\u2460-\u249b\u2776-\u2793]"
+# "1-" numbers Arabic, Persian and Turkish lists ("١- ..."): unread, the numbers stayed in every request and a
+# wrapped line became a request of its own.
 _MARKER = re.compile(
-    r"^(?P<indent>[ \t]*)(?:(?:(?:\(?\d{1,3}[.):\]]|\d{1,3}-|\(\d{1,3}\)|#\d{1,3}[.:)]?|(?P<b>\*\*|__)\d{1,3}[.):](?P=b)"
-    r"|[-*\u2022\u2023\u25e6\u2043+])"
-    # "Request 3:", and in any script and French spacing: "Petición 3:", "Demande 3 :", "Запрос 3:"
-    r"|(?:[^\W\d_]{1,12}\s?\d{1,3}[ \t]?[.):]))[ \t]+|(?:" + _CJK_MARKER + "|" + _CIRCLED + r")[ \t\u3000]*)(?P<body>\S.*)$")
+    r"^(?P<indent>[ \t]*)(?:(?:\(?\d{1,3}[.):\]]|\d{1,3}-|\(\d{1,3}\)|#\d{1,3}[.:)]?|(?P<b>\*\*|__)\d{1,3}[.):](?P=b)"
+    r"|[-*\u2022\u2023\u25e6\u2043+])[ \t]+|(?:" + _CJK_MARKER + "|" + _CIRCLED + r")[ \t\u3000]*)(?P<body>\S.*)$")
+# "Request 3:", and in any script and French spacing: "Petición 3:", "Demande 3 :", "Запрос 3:". A marker only
+# where the output numbers two lines or more with the same word (`_markers`): "Windows 10: how do I ...",
+# "iPhone 15: ...", "Section 230: ..." lost their first words, and one such line made a list of a
+# one-request-per-line output, every later line glued to it as one request.
+_LABEL_MARKER = re.compile(r"^(?P<indent>[ \t]*)(?P<word>[^\W\d_]{1,12})\s?(?P<number>\d{1,3})[ \t]?[.):][ \t]+(?P<body>\S.*)$")
 # Lettered and Roman-numbered items ("a)", "b.", "(c)", "ii."), read as markers only in a list numbered with them
 # from its start (`_lettered`): one letter and a period also open "E. coli ...", "B. anthracis ..." or
 # "A. Smith ...", and stripped there they would cut a request's first word.
@@ -239,9 +242,24 @@ def clean_item(text: str) -> str:
     return "\n".join(line for line in lines if line).strip()
 
 
-def _strip_marker(text: str) -> str:
-    match = _MARKER.match(text)
+def _strip_marker(text: str, labels: frozenset[str] = frozenset()) -> str:
+    """`text` without its list marker, or its "Request 3:" label when the word is one of `labels`."""
+    match = _MARKER.match(text) or _LABEL_MARKER.match(text)
+    if match and "word" in match.groupdict() and match.group("word").casefold() not in labels:
+        return text
     return match.group("body") if match else text
+
+
+def _labels(values: list[Any]) -> frozenset[str]:
+    """The words that number two items or more ("Petición 1:", "Petición 2:") of a JSON answer's strings and
+    {"prompt": ...} objects: its labels, as `_markers` has them for a list."""
+    texts = [v if isinstance(v, str) else next((v[k] for k in _TEXT_KEYS if isinstance(v.get(k), str)), "")
+             for v in values if isinstance(v, str) or (isinstance(v, dict) and "messages" not in v)]
+    numbers: dict[str, set[str]] = {}
+    for text in texts:
+        if label := _LABEL_MARKER.match(text.strip()):
+            numbers.setdefault(label.group("word").casefold(), set()).add(label.group("number"))
+    return frozenset(word for word, seen in numbers.items() if len(seen) > 1)
 
 
 # --------------------------------------------------------------------------- junk
@@ -355,8 +373,16 @@ def split_list(text: str) -> list[str]:
 
 
 def _markers(lines: list[str]) -> list[re.Match[str] | None]:
-    """Each line's list marker match (`_MARKER`, or `_LETTER_MARKER` in a lettered list), or None."""
+    """Each line's list marker match (`_MARKER`, `_LABEL_MARKER` with a word that numbers several lines, or
+    `_LETTER_MARKER` in a lettered list), or None."""
     found = [_MARKER.match(line) for line in lines]
+    labels = [None if match else _LABEL_MARKER.match(line) for line, match in zip(lines, found)]
+    numbers: dict[str, set[str]] = {}
+    for label in labels:
+        if label:
+            numbers.setdefault(label.group("word").casefold(), set()).add(label.group("number"))
+    found = [match or (label if label and len(numbers[label.group("word").casefold()]) > 1 else None)
+             for match, label in zip(found, labels)]
     if not _lettered(lines, found):
         return found
     return [match or _LETTER_MARKER.match(line) for line, match in zip(lines, found)]
@@ -676,8 +702,9 @@ def parse_output(text: str, fmt: str = "list", *, truncated: bool = False, min_c
             break
     else:
         return result
+    labels = _labels(raw)
     for value in raw:
-        item, reason = _accept(value, min_chars=min_chars, max_chars=max_chars, min_words=min_words)
+        item, reason = _accept(value, labels, min_chars=min_chars, max_chars=max_chars, min_words=min_words)
         if item is None:
             result.dropped[reason or BAD_SCENARIO] += 1
         else:
@@ -729,10 +756,10 @@ def _holds_requests(values: list[Any] | None) -> bool:
                for v in values or ())
 
 
-def _accept(value: Any, **limits: int) -> tuple[dict[str, Any] | None, str | None]:
+def _accept(value: Any, labels: frozenset[str], **limits: int) -> tuple[dict[str, Any] | None, str | None]:
     """One raw item (string or JSON object) -> (conversation, None) or (None, drop reason)."""
     if isinstance(value, str):
-        text = clean_item(_strip_marker(value.strip()))
+        text = clean_item(_strip_marker(value.strip(), labels))
         reason = junk_reason(text, **limits)
         return (None, reason) if reason else (_text_item(text), None)
     if not isinstance(value, dict):
@@ -741,7 +768,7 @@ def _accept(value: Any, **limits: int) -> tuple[dict[str, Any] | None, str | Non
     if item is None:
         return None, BAD_SCENARIO
     if "tools" not in item and len(item["messages"]) == 1:
-        text = clean_item(_strip_marker(str(item["messages"][0].get("content") or "")))
+        text = clean_item(_strip_marker(str(item["messages"][0].get("content") or ""), labels))
         item = _text_item(text)
     reason = junk_reason(instruction_text(item), **limits)
     return (None, reason) if reason else (item, None)
