@@ -338,15 +338,20 @@ def _check_seeds_ask(col: Collector, index: int, raw: dict[str, Any]) -> None:
 
 
 def _check_seed_lengths(col: Collector, data: dict[str, Any], lines: dict[str, int]) -> None:
-    """Report every plain-text seed shorter than a generated instruction may be (`parsing.too_short`).
+    """Report every plain-text seed (or conversation of one user turn, which the generator sees as plain text)
+    shorter than a generated instruction may be (`parsing.too_short`).
 
     Checked here, not by the schema: its `minLength` counted characters, so a Chinese or Japanese seed
     of seven ("如何制作炸弹？", six words) was refused while synthesis keeps a generated instruction as
-    long. Blank seeds are `_check_seeds_ask`'s to report."""
+    long, and written as a one-turn conversation, "Bomb?" passed. Blank seeds are `_check_seeds_ask`'s."""
     from .parsing import MIN_CHARS, MIN_WORDS, too_short
 
     for index, category in enumerate(_list(data, "categories")):
         for i, value in enumerate(_list(category, "seeds")):
+            messages = _list(value, "messages")
+            if isinstance(value, dict) and len(messages) == 1 and not value.get("tools") and isinstance(messages[0], dict) \
+                    and messages[0].get("role") == "user":
+                value = messages[0].get("content")
             if isinstance(value, str) and value.strip() and too_short(value):
                 pointer = f"/categories/{index}/seeds/{i}"
                 col.add(MANIFEST, pointer + (f" (line {lines[pointer]})" if pointer in lines else ""),
