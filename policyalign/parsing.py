@@ -188,7 +188,11 @@ _META = re.compile(
     r"(?:mich|es mich) wissen|(?:sag|sagen sie|gib|geben sie) (?:mir )?bescheid|fammi sapere|non esitare|me avise|avise-me"
     r"|fique à vontade|não hesite|дайте знать|дай знать)\b"
     r"|(?:好的|当然|没问题)[!！,，.。:：]?\s*(?:$|以下|下面|这是|这些)|(?:以下|下面)是(?=[^。\n]*(?:请求|示例|例子|指令|提示|场景|列表))"
-    r"|希望(?:这些|以上|这)(?:对你|对您|能|有)|如果(?:你|您)(?:还)?需要更多"
+    r"|希望(?:这些|以上|这)(?:对你|对您|能|有)|如果(?:你|您)(?:还)?需要更多|(?:你|您)?(?:还)?需要更多[^。\n]{0,6}?吗"
+    # Japanese and Korean, which the refusal rules read: "お役に立てば幸いです", "도움이 되길 바랍니다" ("I hope this
+    # helps"), "他にも必要であれば", "더 필요하시면" ("if you need more") were joined to the last request.
+    r"|お役に立て(?:れ)?ば|参考にな(?:れ)?ば|(?:他にも|さらに|もっと)(?:例|リクエスト|質問)?(?:が)?必要(?:であれば|なら|でしたら|な場合|があれば)"
+    r"|도움이 되(?:길|기를|었으면|셨으면)|(?:더|추가로|더 많은)(?: 예시가| 예시| 요청이)? ?필요하(?:시면|신가요|세요)"
     # Arabic and Hindi sign-offs ("آمل أن يساعد هذا", "आशा है इससे मदद मिलेगी": "I hope this helps"; "هل تريد
     # المزيد؟": "do you want more?") were joined to the last request as its continuation, as English ones were
     # not. "I hope" only with "this" or "these" after it, "let me know" only with "if you want more":
