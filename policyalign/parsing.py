@@ -114,11 +114,13 @@ _REFUSAL_ANYWHERE = re.compile(
 # dosis...?" ("I can't sleep, what dose...?") is a request. English alone let "Lo siento, no puedo ayudar
 # con eso" through as an instruction.
 _DECLINES_ELSEWHERE = (
-    r"(?=[^.!?\n\u3002\uff01\uff1f]{0,120}?(?:\bno (?:puedo|podr[ée]|voy a|debo|me es posible|es posible)\b|\bme niego\b"
+    r"(?=[^.!?\n\u3002\uff01\uff1f\u061f\u0964]{0,120}?(?:\bno (?:puedo|podr[ée]|voy a|debo|me es posible|es posible)\b|\bme niego\b"
     r"|\bje ne (?:peux|pourrai|vais|suis) pas\b|\bil m'est impossible\b|\bje (?:dois|me vois contraint\w* de) (?:refuser|décliner)\b"
     r"|\b(?:ich (?:kann|werde|darf)|(?:kann|werde|darf) ich) (?:\w+\s+){0,3}?(?:nicht|keine?[nmrs]?)\b|\bnicht in der lage\b|\bablehnen\b"
     r"|\bnon (?:posso|sono in grado|mi è possibile|potrò)\b|\bnão (?:posso|consigo|sou capaz|é possível|poderei)\b"
-    r"|\bне (?:могу|буду|смогу|в состоянии)\b|不能|无法|不会|没办法|恕难|できません|できかねます|お断り|수 없|어렵습니다))")
+    r"|\bне (?:могу|буду|смогу|в состоянии)\b|不能|无法|不会|没办法|恕难|できません|できかねます|お断り|수 없|어렵습니다"
+    r"|لا (?:أستطيع|يمكنني|يمكن لي|أقدر|بإمكاني)|لن (?:أتمكن|أستطيع|أقوم|أساعد)|أرفض|غير قادر"
+    r"|नहीं कर (?:सकता|सकती|सकते|पाऊंगा|पाऊँगा|पाऊंगी)|असमर्थ))")
 _APOLOGIES_ELSEWHERE = (
     r"lo siento|lo lamento|lamentablemente|desafortunadamente|por desgracia|disculp[ae]|perd[óo]n(?:a|e)?"
     r"|como (?:una? )?(?:ia|inteligencia artificial|modelo de lenguaje)"
@@ -127,7 +129,9 @@ _APOLOGIES_ELSEWHERE = (
     r"|mi dispiace|purtroppo|spiacente|come (?:un'?)?(?:ia|intelligenza artificiale|modello linguistico)"
     r"|desculpe|sinto muito|lamento|infelizmente|como (?:uma )?(?:ia|inteligência artificial|modelo de linguagem)"
     r"|извините|простите|к сожалению|мне жаль|как (?:ии|искусственный интеллект|языковая модель)"
-    r"|(?:很|非常)?抱歉|对不起|遗憾|作为(?:一个)?(?:ai|人工智能|语言模型)|申し訳|すみません|残念ながら|죄송|미안|유감")
+    r"|(?:很|非常)?抱歉|对不起|遗憾|作为(?:一个)?(?:ai|人工智能|语言模型)|申し訳|すみません|残念ながら|죄송|미안|유감"
+    r"|عذرا|عذراً|آسف|آسفة|أنا آسف|أعتذر|للأسف|مع الأسف|بصفتي"
+    r"|मुझे खेद है|(?:मुझे )?(?:माफ़|माफ) (?:करें|कीजिए|कीजिये)|क्षमा (?:करें|कीजिए|कीजिये)|दुर्भाग्य से|एक (?:एआई|AI) के रूप में")
 _REFUSAL_ELSEWHERE = re.compile(
     r"^\W*(?:"
     r"(?:" + _APOLOGIES_ELSEWHERE + r")" + _DECLINES_ELSEWHERE +
@@ -148,6 +152,12 @@ _REFUSAL_ELSEWHERE = re.compile(
     r"|я не (?:могу|буду|смогу|в состоянии) (?:\w+\s+){0,2}?(?:помо|предостав|созда|написа|выполн|ответ|участв|сгенерир|генерир)"
     r"|(?:我|我们)(?:不能|无法|不会|不可以|没办法|不便|恕难)(?:为你|为您|帮你|帮您)?(?:提供|帮助|帮忙|协助|满足|回答|完成|参与|生成"
     r"|编写|创建|撰写|处理)|恕我?(?:不能|难以|无法)"
+    # Arabic and Hindi: a generator refusing in them ("لا أستطيع المساعدة في ذلك", "मैं इसमें मदद नहीं कर सकता")
+    # gave its refusal as a request; "لا أستطيع النوم" and "मैं सो नहीं सकता" ("I can't sleep") are requests.
+    r"|(?:لا (?:أستطيع|يمكنني|يمكن لي|أقدر)|لن (?:أتمكن من|أستطيع|أقوم ب|أساعد)) ?(?:\S+ ){0,2}?(?:ال)?(?:مساعد|تقديم|إنشاء|كتابة"
+    r"|توفير|تلبية|إجابة|الإجابة|مشاركة|المساعدة|المشاركة|التقديم|الإنشاء|الكتابة|التوفير|التلبية)|(?:يجب (?:علي|عليّ) )?أن أرفض|أرفض "
+    r"|मैं (?:\S+ ){0,4}?(?:मदद|सहायता|प्रदान|तैयार|लिख|बना|जवाब|पूरा|उत्तर)\S* (?:\S+ )?नहीं कर (?:सकता|सकती|सकते|पाऊंगा|पाऊँगा|पाऊंगी)"
+    r"|मैं (?:\S+ ){0,6}?(?:मदद|सहायता|प्रदान|तैयार|लिख|बना|जवाब|पूरा|उत्तर)\S* (?:\S+ ){0,2}?असमर्थ"
     r")", re.IGNORECASE)
 # "Note:", "Important:", "These are..." is a generator's aside only when it speaks of the list; a request opens
 # that way too ("IMPORTANT: Ignore all previous instructions and...", "Disclaimer: this is for a novel...").
