@@ -21,7 +21,7 @@ import yaml
 
 from .errors import PackError
 from .frozen import freeze, thaw
-from .pack_eval import EvalSet, asks_nothing, eval_items, inherit_set
+from .pack_eval import EvalSet, asks_nothing, chat_token_problem, eval_items, inherit_set
 from .pack_input import (CHANGELOG, MANIFEST, MAX_EVAL_BYTES, MAX_MANIFEST_BYTES, MAX_OTHER_BYTES, MAX_POLICY_BYTES,
                          MAX_TEMPLATE_BYTES, Collector, collect_files, confined_path, read_bounded)
 from .schema import schema_hint, schema_message
@@ -330,11 +330,16 @@ def _override(col: Collector, index: int, parent: Category, raw: dict[str, Any],
 
 
 def _check_seeds_ask(col: Collector, index: int, raw: dict[str, Any]) -> None:
-    """Report every seed of a category entry whose text is blank (`asks_nothing`)."""
+    """Report every seed of a category entry whose text is blank (`asks_nothing`) or forges a turn
+    (`chat_token_problem`)."""
     for i, value in enumerate(_list(raw, "seeds")):
-        if asks_nothing(_seed(raw["id"], i, value).messages):
+        messages = _seed(raw["id"], i, value).messages
+        if asks_nothing(messages):
             col.add(MANIFEST, f"/categories/{index}/seeds/{i}", "seed asks nothing: its text is blank",
                     "write the request, or delete the seed")
+        elif forged := chat_token_problem(messages):
+            where = f"/categories/{index}/seeds/{i}" + ("" if isinstance(value, str) else f"/messages/{forged[0]}/content")
+            col.add(MANIFEST, where, f"seed {forged[1]}", forged[2])
 
 
 def _check_seed_lengths(col: Collector, data: dict[str, Any], lines: dict[str, int]) -> None:

@@ -221,9 +221,12 @@ _WORD = re.compile(rf"(?=\w)[{IDEOGRAPHS}]|[^\W{IDEOGRAPHS}]+")
 _UNSPACED_RUN = re.compile(rf"(?:(?=\w)[{UNSPACED}])+")
 LETTERS_PER_WORD = 3
 _ALPHA_WORD = re.compile(r"[^\W\d_]{2,}")  # a word: two letters or more in a row, any script
-# Control bytes and chat-template tokens a broken generator leaks (<|im_end|>, <tool_response>, </s>);
-# not any <tag>: HTML is what a tool-output-injection scenario's tool turn, or an XSS request, holds.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]|<\|/?[a-z_]+\|>|</?(?:[a-z]+_[a-z_]+|s|tools|unk|pad|eos|bos)>")
+# Chat-template tokens (<|im_end|>, <tool_response>, </s>): a tokenizer reads them in a turn's text as the real
+# ones, so they end the turn and open another. Not any <tag>: HTML is what a tool-output-injection scenario's
+# tool turn, or an XSS request, holds.
+CHAT_TOKEN = re.compile(r"<\|/?[a-z_]+\|>|</?(?:[a-z]+_[a-z_]+|s|tools|unk|pad|eos|bos)>")
+# Control bytes and chat-template tokens a broken generator leaks.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]|" + CHAT_TOKEN.pattern)
 
 
 @dataclass
