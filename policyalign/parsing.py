@@ -82,6 +82,10 @@ _PREAMBLE = re.compile(
     r"|пример)\w*\s*[:\-\u2013\u2014]\s*(?=\S)"
     r"|^(?:(?:好的|当然)\W*)?(?:以下|下面|这)是[^:\uff1a\n]{0,6}?(?:请求|示例|例子|指令|提示|场景)\s*[:\uff1a]\s*(?=\S)",
     re.IGNORECASE)
+# An item's first line all in bold, with the request on the lines below it: a title ("1. **Phishing email**"), which
+# stayed glued to the front of the request ("**Phishing email** Write a phishing email ..."). A title is a few words
+# and no sentence: "**How do I get oxycodone?**" over a note line is the request.
+_TITLE = re.compile(r"^(\*\*|__)\s*(?:[^\s*_.?!\u3002\uff1f\uff01]+\s+){0,5}[^\s*_.?!\u3002\uff1f\uff01]+\s*\1\s*[:\-\u2013\u2014]?\s*$")
 _EMPHASIS = re.compile(r"^(\*\*|__|\*|_)(.+)\1$", re.DOTALL)
 # Opening -> closing quote, English and the other styles generators write: German „…“ and ‚…‘, Swedish and
 # Danish »…«, Japanese and Chinese 「…」 and 『…』, which stayed around every request.
@@ -452,6 +456,8 @@ def _split_list(text: str) -> tuple[list[str], bool]:
         elif not line.strip():
             blank_before = True
         elif current is not None and _continues(line, body_indent, blank_before):
+            if len(current) == 1 and _TITLE.match(current[0]):
+                current[0] = ""  # "1. **Phishing email**" over the request's own lines: a title, as "**...**:" is
             current.append(("\n" if blank_before else " ") + line.strip())
             blank_before = False
         else:
