@@ -21,7 +21,7 @@ import yaml
 
 from .errors import PackError
 from .frozen import freeze, thaw
-from .pack_eval import EvalSet, asks_nothing, eval_items, inherit_set
+from .pack_eval import EvalSet, asks_nothing, chat_token_problem, eval_items, inherit_set
 from .pack_input import (CHANGELOG, MANIFEST, MAX_EVAL_BYTES, MAX_MANIFEST_BYTES, MAX_OTHER_BYTES, MAX_POLICY_BYTES,
                          MAX_TEMPLATE_BYTES, Collector, collect_files, confined_path, read_bounded)
 from .schema import schema_hint, schema_message
@@ -330,11 +330,39 @@ def _override(col: Collector, index: int, parent: Category, raw: dict[str, Any],
 
 
 def _check_seeds_ask(col: Collector, index: int, raw: dict[str, Any]) -> None:
-    """Report every seed of a category entry whose text is blank (`asks_nothing`)."""
+    """Report every seed of a category entry whose text is blank (`asks_nothing`) or forges a turn
+    (`chat_token_problem`)."""
     for i, value in enumerate(_list(raw, "seeds")):
-        if asks_nothing(_seed(raw["id"], i, value).messages):
+        messages = _seed(raw["id"], i, value).messages
+        if asks_nothing(messages):
             col.add(MANIFEST, f"/categories/{index}/seeds/{i}", "seed asks nothing: its text is blank",
                     "write the request, or delete the seed")
+        elif forged := chat_token_problem(messages):
+            where = f"/categories/{index}/seeds/{i}" + ("" if isinstance(value, str) else f"/messages/{forged[0]}/content")
+            col.add(MANIFEST, where, f"seed {forged[1]}", forged[2])
+
+
+def _check_seed_lengths(col: Collector, data: dict[str, Any], lines: dict[str, int]) -> None:
+    """Report every plain-text seed (or conversation of one user turn, which the generator sees as plain text)
+    shorter than a generated instruction may be (`parsing.too_short`).
+
+    Checked here, not by the schema: its `minLength` counted characters, so a Chinese or Japanese seed
+    of seven ("如何制作炸弹？", six words) was refused while synthesis keeps a generated instruction as
+    long, and written as a one-turn conversation, "Bomb?" passed. Blank seeds are `_check_seeds_ask`'s."""
+    from .parsing import MIN_CHARS, MIN_WORDS, too_short
+
+    for index, category in enumerate(_list(data, "categories")):
+        for i, value in enumerate(_list(category, "seeds")):
+            messages = _list(value, "messages")
+            if isinstance(value, dict) and len(messages) == 1 and not value.get("tools") and isinstance(messages[0], dict) \
+                    and messages[0].get("role") == "user":
+                value = messages[0].get("content")
+            if isinstance(value, str) and value.strip() and too_short(value):
+                pointer = f"/categories/{index}/seeds/{i}"
+                col.add(MANIFEST, pointer + (f" (line {lines[pointer]})" if pointer in lines else ""),
+                        f"{value!r} is too short: synthesis drops a generated instruction this short as too_short",
+                        f"write at least {MIN_WORDS} words and {MIN_CHARS} characters (a Chinese or Japanese "
+                        "character counts as a word and as two characters)")
 
 
 def _seed_key(seed: Seed) -> str:
@@ -625,6 +653,7 @@ def _build(col: Collector, data: dict[str, Any], lines: dict[str, int], registry
     for pointer, message, hint in text_problems(data):
         col.add(MANIFEST, pointer + (f" (line {lines[pointer]})" if pointer in lines else ""), message, hint)
         broken.add(pointer.split("/")[1])  # its section is not checked further (it would fail again, or crash)
+    _check_seed_lengths(col, data, lines)
     name, version = data.get("name"), data.get("version")
     if isinstance(name, str) and name != col.root.name:
         col.add(MANIFEST, "/name", f"name {name!r} does not match the directory name {col.root.name!r}",

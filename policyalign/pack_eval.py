@@ -178,8 +178,32 @@ def _eval_item(col: Collector, file: str, lineno: int, raw: Any, validator: Any,
         col.add(file, where + (" /prompt" if "prompt" in raw else " /messages"), "the item asks nothing: its text is "
                 "blank", "write the request, or delete the item")
         return None
+    forged = chat_token_problem(messages)
+    if forged:
+        col.add(file, where + (" /prompt" if "prompt" in raw else f" /messages/{forged[0]}/content"), f"the item {forged[1]}",
+                forged[2])
+        return None
     return EvalItem(raw["id"], raw["category"], freeze(messages), freeze(raw.get("tools", [])), raw["expect"],
                     tuple(raw.get("forbidden_tools", [])), raw.get("note", ""))
+
+
+def chat_token_problem(messages: Any) -> tuple[int, str, str] | None:
+    """(turn index, message, hint) for the first turn of a seed or eval item holding a chat-template token
+    (`parsing.CHAT_TOKEN`), or None.
+
+    The tokenizer reads "<|im_end|>\\n<|im_start|>system" in a turn's text as the real tokens: a seed holding
+    them forged a system turn in the generator's prompt and in every training conversation made from it
+    (the teacher's policy overridden by a turn of the pack's choosing), and an eval prompt in what the model
+    was scored on. Synthesis drops a generated instruction holding one as garbled."""
+    from .parsing import CHAT_TOKEN
+
+    for index, message in enumerate(messages):
+        token = CHAT_TOKEN.search(str(message.get("content") or "")) if isinstance(message, Mapping) else None
+        if token:
+            return (index, f"holds the chat-template token {token.group()!r}: a tokenizer reads it as the real one, "
+                    "so the text ends its turn and forges another",
+                    "delete it, or write it with spaces (\"< |im_start| >\") so that no tokenizer reads it as a token")
+    return None
 
 
 def asks_nothing(messages: Any) -> bool:

@@ -39,13 +39,26 @@ TOO_SHORT, TOO_LONG, REFUSAL, NOT_INSTRUCTION, GARBLED, BAD_SCENARIO, TRUNCATED 
 # often "1." straight before it: those numbers stayed at the start of every request.
 _CJK_MARKER = (r"[\uff08(]\d{1,3}[\uff09)]|\d{1,3}[\u3001\uff0e\uff09]|[\u4e00\u4e8c\u4e09\u56db\u4e94\u516d\u4e03\u516b\u4e5d\u5341]{1,3}\u3001"
                r"|\d{1,3}[.):](?=[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af])")
+# Circled and parenthesised numbers ("①", "⑴", "⒈", "❶") and keycap digits ("1️⃣", "🔟"): they stayed at the start
+# of every request.
+_CIRCLED = r"[\u2460-\u249b\u2776-\u2793]|\d\ufe0f?\u20e3|\U0001f51f"
 # "1-" numbers Arabic, Persian and Turkish lists ("١- ..."): unread, the numbers stayed in every request and a
 # wrapped line became a request of its own.
 _MARKER = re.compile(
-    r"^(?P<indent>[ \t]*)(?:(?:(?:\(?\d{1,3}[.):\]]|\d{1,3}-|\(\d{1,3}\)|#\d{1,3}[.:)]?|(?P<b>\*\*|__)\d{1,3}[.):](?P=b)"
-    r"|[-*\u2022\u2023\u25e6\u2043+])"
-    # "Request 3:", and in any script and French spacing: "Petición 3:", "Demande 3 :", "Запрос 3:"
-    r"|(?:[^\W\d_]{1,12}\s?\d{1,3}[ \t]?[.):]))[ \t]+|(?:" + _CJK_MARKER + r")[ \t\u3000]*)(?P<body>\S.*)$")
+    # "[1]" numbers items too, and an en or em dash or a middle dot bullets them (French, Russian, Spanish typography)
+    r"^(?P<indent>[ \t]*)(?:(?:\(?\d{1,3}[.):\]]|\d{1,3}-|\(\d{1,3}\)|\[\d{1,3}\]|#\d{1,3}[.:)]?|(?P<b>\*\*|__)\d{1,3}[.):](?P=b)"
+    r"|[-*\u2022\u2023\u25e6\u2043+\u2013\u2014\u00b7])[ \t]+|(?:" + _CJK_MARKER + "|" + _CIRCLED + r")[ \t\u3000]*)(?P<body>\S.*)$")
+# "Request 3:", and in any script and French spacing: "Petición 3:", "Demande 3 :", "Запрос 3:". A marker only
+# where the output numbers two lines or more with the same word (`_markers`): "Windows 10: how do I ...",
+# "iPhone 15: ...", "Section 230: ..." lost their first words, and one such line made a list of a
+# one-request-per-line output, every later line glued to it as one request.
+_LABEL_MARKER = re.compile(r"^(?P<indent>[ \t]*)(?P<word>[^\W\d_]{1,12})\s?(?P<number>\d{1,3})[ \t]?[.):][ \t]+(?P<body>\S.*)$")
+# Lettered and Roman-numbered items ("a)", "b.", "(c)", "ii."), read as markers only in a list numbered with them
+# from its start (`_lettered`): one letter and a period also open "E. coli ...", "B. anthracis ..." or
+# "A. Smith ...", and stripped there they would cut a request's first word.
+_LETTER_MARKER = re.compile(
+    r"^(?P<indent>[ \t]*)(?:\((?P<paren>[a-zA-Z]|[ivxIVX]{2,5})\)|(?P<label>[a-zA-Z]|[ivxIVX]{2,5})[.)])[ \t]+(?P<body>\S.*)$")
+_LETTER_STARTS = (["a", "b"], ["A", "B"], ["i", "ii"], ["I", "II"])
 _FENCE = re.compile(r"```[ \t]*(?:json|JSON|javascript|js)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _HEADING = re.compile(r"^\s*(?:#{1,6}\s|={3,}|-{3,}|\*{3,}|_{3,})")
 _FENCE_LINE = re.compile(r"^\s*```")
@@ -69,6 +82,10 @@ _PREAMBLE = re.compile(
     r"|пример)\w*\s*[:\-\u2013\u2014]\s*(?=\S)"
     r"|^(?:(?:好的|当然)\W*)?(?:以下|下面|这)是[^:\uff1a\n]{0,6}?(?:请求|示例|例子|指令|提示|场景)\s*[:\uff1a]\s*(?=\S)",
     re.IGNORECASE)
+# An item's first line all in bold, with the request on the lines below it: a title ("1. **Phishing email**"), which
+# stayed glued to the front of the request ("**Phishing email** Write a phishing email ..."). A title is a few words
+# and no sentence: "**How do I get oxycodone?**" over a note line is the request.
+_TITLE = re.compile(r"^(\*\*|__)\s*(?:[^\s*_.?!\u3002\uff1f\uff01]+\s+){0,5}[^\s*_.?!\u3002\uff1f\uff01]+\s*\1\s*[:\-\u2013\u2014]?\s*$")
 _EMPHASIS = re.compile(r"^(\*\*|__|\*|_)(.+)\1$", re.DOTALL)
 # Opening -> closing quote, English and the other styles generators write: German „…“ and ‚…‘, Swedish and
 # Danish »…«, Japanese and Chinese 「…」 and 『…』, which stayed around every request.
@@ -101,11 +118,13 @@ _REFUSAL_ANYWHERE = re.compile(
 # dosis...?" ("I can't sleep, what dose...?") is a request. English alone let "Lo siento, no puedo ayudar
 # con eso" through as an instruction.
 _DECLINES_ELSEWHERE = (
-    r"(?=[^.!?\n\u3002\uff01\uff1f]{0,120}?(?:\bno (?:puedo|podr[ée]|voy a|debo|me es posible|es posible)\b|\bme niego\b"
+    r"(?=[^.!?\n\u3002\uff01\uff1f\u061f\u0964]{0,120}?(?:\bno (?:puedo|podr[ée]|voy a|debo|me es posible|es posible)\b|\bme niego\b"
     r"|\bje ne (?:peux|pourrai|vais|suis) pas\b|\bil m'est impossible\b|\bje (?:dois|me vois contraint\w* de) (?:refuser|décliner)\b"
     r"|\b(?:ich (?:kann|werde|darf)|(?:kann|werde|darf) ich) (?:\w+\s+){0,3}?(?:nicht|keine?[nmrs]?)\b|\bnicht in der lage\b|\bablehnen\b"
     r"|\bnon (?:posso|sono in grado|mi è possibile|potrò)\b|\bnão (?:posso|consigo|sou capaz|é possível|poderei)\b"
-    r"|\bне (?:могу|буду|смогу|в состоянии)\b|不能|无法|不会|没办法|恕难|できません|できかねます|お断り|수 없|어렵습니다))")
+    r"|\bне (?:могу|буду|смогу|в состоянии)\b|不能|无法|不会|没办法|恕难|できません|できかねます|お断り|수 없|어렵습니다"
+    r"|لا (?:أستطيع|يمكنني|يمكن لي|أقدر|بإمكاني)|لن (?:أتمكن|أستطيع|أقوم|أساعد)|أرفض|غير قادر"
+    r"|नहीं कर (?:सकता|सकती|सकते|पाऊंगा|पाऊँगा|पाऊंगी)|असमर्थ))")
 _APOLOGIES_ELSEWHERE = (
     r"lo siento|lo lamento|lamentablemente|desafortunadamente|por desgracia|disculp[ae]|perd[óo]n(?:a|e)?"
     r"|como (?:una? )?(?:ia|inteligencia artificial|modelo de lenguaje)"
@@ -114,7 +133,9 @@ _APOLOGIES_ELSEWHERE = (
     r"|mi dispiace|purtroppo|spiacente|come (?:un'?)?(?:ia|intelligenza artificiale|modello linguistico)"
     r"|desculpe|sinto muito|lamento|infelizmente|como (?:uma )?(?:ia|inteligência artificial|modelo de linguagem)"
     r"|извините|простите|к сожалению|мне жаль|как (?:ии|искусственный интеллект|языковая модель)"
-    r"|(?:很|非常)?抱歉|对不起|遗憾|作为(?:一个)?(?:ai|人工智能|语言模型)|申し訳|すみません|残念ながら|죄송|미안|유감")
+    r"|(?:很|非常)?抱歉|对不起|遗憾|作为(?:一个)?(?:ai|人工智能|语言模型)|申し訳|すみません|残念ながら|죄송|미안|유감"
+    r"|عذرا|عذراً|آسف|آسفة|أنا آسف|أعتذر|للأسف|مع الأسف|بصفتي"
+    r"|मुझे खेद है|(?:मुझे )?(?:माफ़|माफ) (?:करें|कीजिए|कीजिये)|क्षमा (?:करें|कीजिए|कीजिये)|दुर्भाग्य से|एक (?:एआई|AI) के रूप में")
 _REFUSAL_ELSEWHERE = re.compile(
     r"^\W*(?:"
     r"(?:" + _APOLOGIES_ELSEWHERE + r")" + _DECLINES_ELSEWHERE +
@@ -135,6 +156,12 @@ _REFUSAL_ELSEWHERE = re.compile(
     r"|я не (?:могу|буду|смогу|в состоянии) (?:\w+\s+){0,2}?(?:помо|предостав|созда|написа|выполн|ответ|участв|сгенерир|генерир)"
     r"|(?:我|我们)(?:不能|无法|不会|不可以|没办法|不便|恕难)(?:为你|为您|帮你|帮您)?(?:提供|帮助|帮忙|协助|满足|回答|完成|参与|生成"
     r"|编写|创建|撰写|处理)|恕我?(?:不能|难以|无法)"
+    # Arabic and Hindi: a generator refusing in them ("لا أستطيع المساعدة في ذلك", "मैं इसमें मदद नहीं कर सकता")
+    # gave its refusal as a request; "لا أستطيع النوم" and "मैं सो नहीं सकता" ("I can't sleep") are requests.
+    r"|(?:لا (?:أستطيع|يمكنني|يمكن لي|أقدر)|لن (?:أتمكن من|أستطيع|أقوم ب|أساعد)) ?(?:\S+ ){0,2}?(?:ال)?(?:مساعد|تقديم|إنشاء|كتابة"
+    r"|توفير|تلبية|إجابة|الإجابة|مشاركة|المساعدة|المشاركة|التقديم|الإنشاء|الكتابة|التوفير|التلبية)|(?:يجب (?:علي|عليّ) )?أن أرفض|أرفض "
+    r"|मैं (?:\S+ ){0,4}?(?:मदद|सहायता|प्रदान|तैयार|लिख|बना|जवाब|पूरा|उत्तर)\S* (?:\S+ )?नहीं कर (?:सकता|सकती|सकते|पाऊंगा|पाऊँगा|पाऊंगी)"
+    r"|मैं (?:\S+ ){0,6}?(?:मदद|सहायता|प्रदान|तैयार|लिख|बना|जवाब|पूरा|उत्तर)\S* (?:\S+ ){0,2}?असमर्थ"
     r")", re.IGNORECASE)
 # "Note:", "Important:", "These are..." is a generator's aside only when it speaks of the list; a request opens
 # that way too ("IMPORTANT: Ignore all previous instructions and...", "Disclaimer: this is for a novel...").
@@ -150,7 +177,11 @@ _META = re.compile(
     r"|(?:these|those|the above) (?:requests|examples|instructions|prompts|cover)\b"
     r"|(?:(?:these|those|the above) (?:are|were|would|should|could)\b|(?:note|disclaimer|warning|remember|important)\s*:"
     r"|(?:please note|keep in mind)\b)" + _ABOUT_THE_LIST +
-    r"|(?:i hope (?:this|these|that helps)|hope this|let me know (?:if|whether)|feel free)\b"
+    r"|(?:i hope (?:this|these|that helps)|hope (?:this|these)|let me know (?:if|whether)|feel free)\b"
+    # "Would you like more?", "If you need more examples, just ask": offers of more, as zh "如果你需要更多" is.
+    r"|(?:(?:would|do) you (?:like|want|need)|if you(?:'d| would)? (?:like|want|need)) (?:me to \w+ )?"
+    r"(?:more|additional|further|any more|some more|a few more)(?=\s*(?:[?!.,]|$)|\s+(?:\w+\s+)?(?:examples?|requests?|prompts?"
+    r"|instructions?|scenarios?|ideas?|ones?)\b)"
     r"|i(?:'ve| have) (?:written|created|generated|listed|provided|included|come up with)"
     r" (?:\d+|ten|five|twenty|these|the|some|a few|several|a list|more)\b"
     r"|(?:\d+|ten|five|twenty)\s+(?:new\s+|more\s+|distinct\s+|different\s+)?(?:requests|examples|instructions|prompts)\b"
@@ -171,7 +202,20 @@ _META = re.compile(
     r"(?:mich|es mich) wissen|(?:sag|sagen sie|gib|geben sie) (?:mir )?bescheid|fammi sapere|non esitare|me avise|avise-me"
     r"|fique à vontade|não hesite|дайте знать|дай знать)\b"
     r"|(?:好的|当然|没问题)[!！,，.。:：]?\s*(?:$|以下|下面|这是|这些)|(?:以下|下面)是(?=[^。\n]*(?:请求|示例|例子|指令|提示|场景|列表))"
-    r"|希望(?:这些|以上|这)(?:对你|对您|能|有)|如果(?:你|您)(?:还)?需要更多"
+    r"|希望(?:这些|以上|这)(?:对你|对您|能|有)|如果(?:你|您)(?:还)?需要更多|(?:你|您)?(?:还)?需要更多[^。\n]{0,6}?吗"
+    # Japanese and Korean, which the refusal rules read: "お役に立てば幸いです", "도움이 되길 바랍니다" ("I hope this
+    # helps"), "他にも必要であれば", "더 필요하시면" ("if you need more") were joined to the last request.
+    r"|お役に立て(?:れ)?ば|参考にな(?:れ)?ば|(?:他にも|さらに|もっと)(?:例|リクエスト|質問)?(?:が)?必要(?:であれば|なら|でしたら|な場合|があれば)"
+    r"|도움이 되(?:길|기를|었으면|셨으면)|(?:더|추가로|더 많은)(?: 예시가| 예시| 요청이)? ?필요하(?:시면|신가요|세요)"
+    # Arabic and Hindi sign-offs ("آمل أن يساعد هذا", "आशा है इससे मदद मिलेगी": "I hope this helps"; "هل تريد
+    # المزيد؟": "do you want more?") were joined to the last request as its continuation, as English ones were
+    # not. "I hope" only with "this" or "these" after it, "let me know" only with "if you want more":
+    # "أتمنى أن تساعدني في ..." ("I hope you help me ...") and "मुझे बताएं कि ..." ("tell me how ...") are requests.
+    r"|(?:آمل|أتمنى|نأمل|أرجو) أن (?:\S+ )?(?:هذا|هذه|ذلك|هذي)|هل (?:تريد|تحتاج|ترغب|تود)(?:ون)? (?:\S+ ){0,2}?المزيد(?=\s*(?:[؟?!.،]|$)| من (?:ال)?(?:أمثلة|طلبات|أفكار|تعليمات|سيناريوهات))"
+    r"|(?:أخبرني|أعلمني|اعلمني|دعني أعرف) (?:إذا|إن|لو) (?:كنت|كنتم) (?:تريد|تحتاج|ترغب)|لا (?:تتردد|تترددي|تترددوا) في"
+    r"|(?:मुझे )?(?:आशा|उम्मीद) है(?: कि)? (?:इससे|इनसे|यह|ये|इन)(?=\s)|बेझिझक"
+    r"|(?:(?:(?:मुझे )?बताएं|बताइए|बताइये) )?(?:(?:अगर|यदि) आपको|क्या आप(?:को)?) (?:और|अधिक) (?!आप|मैं|हम|मुझ|तुम)"
+    r"(?=[^।?!\n]*(?:चाहिए|चाहते|चाहेंगे|चाहेंगी|ज़रूरत|जरूरत))"
     r")", re.IGNORECASE)
 # A run of word characters, except that each Han or kana character is a word by itself.
 _WORD = re.compile(rf"(?=\w)[{IDEOGRAPHS}]|[^\W{IDEOGRAPHS}]+")
@@ -181,9 +225,12 @@ _WORD = re.compile(rf"(?=\w)[{IDEOGRAPHS}]|[^\W{IDEOGRAPHS}]+")
 _UNSPACED_RUN = re.compile(rf"(?:(?=\w)[{UNSPACED}])+")
 LETTERS_PER_WORD = 3
 _ALPHA_WORD = re.compile(r"[^\W\d_]{2,}")  # a word: two letters or more in a row, any script
-# Control bytes and chat-template tokens a broken generator leaks (<|im_end|>, <tool_response>, </s>);
-# not any <tag>: HTML is what a tool-output-injection scenario's tool turn, or an XSS request, holds.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]|<\|/?[a-z_]+\|>|</?(?:[a-z]+_[a-z_]+|s|tools|unk|pad|eos|bos)>")
+# Chat-template tokens (<|im_end|>, <tool_response>, </s>): a tokenizer reads them in a turn's text as the real
+# ones, so they end the turn and open another. Not any <tag>: HTML is what a tool-output-injection scenario's
+# tool turn, or an XSS request, holds.
+CHAT_TOKEN = re.compile(r"<\|/?[a-z_]+\|>|</?(?:[a-z]+_[a-z_]+|s|tools|unk|pad|eos|bos)>")
+# Control bytes and chat-template tokens a broken generator leaks.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]|" + CHAT_TOKEN.pattern)
 
 
 @dataclass
@@ -218,9 +265,24 @@ def clean_item(text: str) -> str:
     return "\n".join(line for line in lines if line).strip()
 
 
-def _strip_marker(text: str) -> str:
-    match = _MARKER.match(text)
+def _strip_marker(text: str, labels: frozenset[str] = frozenset()) -> str:
+    """`text` without its list marker, or its "Request 3:" label when the word is one of `labels`."""
+    match = _MARKER.match(text) or _LABEL_MARKER.match(text)
+    if match and "word" in match.groupdict() and match.group("word").casefold() not in labels:
+        return text
     return match.group("body") if match else text
+
+
+def _labels(values: list[Any]) -> frozenset[str]:
+    """The words that number two items or more ("Petición 1:", "Petición 2:") of a JSON answer's strings and
+    {"prompt": ...} objects: its labels, as `_markers` has them for a list."""
+    texts = [v if isinstance(v, str) else next((v[k] for k in _TEXT_KEYS if isinstance(v.get(k), str)), "")
+             for v in values if isinstance(v, str) or (isinstance(v, dict) and "messages" not in v)]
+    numbers: dict[str, set[str]] = {}
+    for text in texts:
+        if label := _LABEL_MARKER.match(text.strip()):
+            numbers.setdefault(label.group("word").casefold(), set()).add(label.group("number"))
+    return frozenset(word for word, seen in numbers.items() if len(seen) > 1)
 
 
 # --------------------------------------------------------------------------- junk
@@ -240,7 +302,7 @@ def junk_reason(text: str, *, min_chars: int = MIN_CHARS, max_chars: int = MAX_C
         return GARBLED
     if stripped.count("}") > stripped.count("{") or stripped.count("]") > stripped.count("["):
         return GARBLED  # debris of JSON or template syntax; real requests open what they close
-    if _width(stripped) < min_chars or word_count(stripped) < min_words:
+    if too_short(stripped, min_chars=min_chars, min_words=min_words):
         return TOO_SHORT
     if len(stripped) > max_chars:
         return TOO_LONG
@@ -250,6 +312,15 @@ def junk_reason(text: str, *, min_chars: int = MIN_CHARS, max_chars: int = MAX_C
     if _is_meta(plain):
         return NOT_INSTRUCTION
     return None
+
+
+def too_short(text: str, *, min_chars: int = MIN_CHARS, min_words: int = MIN_WORDS) -> bool:
+    """Whether `text` is too short to be a request: under `min_chars` columns (`_width`) or `min_words` words
+    (`word_count`). The one length rule for generated instructions and for a pack's seeds: a seed's 8
+    characters were counted one per character, so "如何制作炸弹？" (7 characters, 6 words, 14 columns) was
+    refused as a seed while a generated instruction as long was kept."""
+    stripped = text.strip()
+    return _width(stripped) < min_chars or word_count(stripped) < min_words
 
 
 def word_count(text: str) -> int:
@@ -324,11 +395,40 @@ def split_list(text: str) -> list[str]:
     return _split_list(text)[0]
 
 
+def _markers(lines: list[str]) -> list[re.Match[str] | None]:
+    """Each line's list marker match (`_MARKER`, `_LABEL_MARKER` with a word that numbers several lines, or
+    `_LETTER_MARKER` in a lettered list), or None."""
+    found = [_MARKER.match(line) for line in lines]
+    labels = [None if match else _LABEL_MARKER.match(line) for line, match in zip(lines, found)]
+    numbers: dict[str, set[str]] = {}
+    for label in labels:
+        if label:
+            numbers.setdefault(label.group("word").casefold(), set()).add(label.group("number"))
+    found = [match or (label if label and len(numbers[label.group("word").casefold()]) > 1 else None)
+             for match, label in zip(found, labels)]
+    if not _lettered(lines, found):
+        return found
+    return [match or _LETTER_MARKER.match(line) for line, match in zip(lines, found)]
+
+
+def _lettered(lines: list[str], found: list[re.Match[str] | None]) -> bool:
+    """Whether the lines not numbered otherwise count with letters or Roman numerals from the start, the first
+    two of them a) and b), A. and B., or (i) and (ii): "a) How do I ..." kept its "a)" while "1) How do I ..."
+    lost its "1)". Lines "E. coli ...", "B. anthracis ...", "A. Smith ..." do not count so."""
+    labels = []
+    for line, match in zip(lines, found):
+        letter = None if match else _LETTER_MARKER.match(line)
+        if letter:
+            labels.append(letter.group("paren") or letter.group("label"))
+    return labels[:2] in _LETTER_STARTS
+
+
 def _split_list(text: str) -> tuple[list[str], bool]:
     """`split_list`, and whether the last item runs to the end of the text (no epilogue, heading or
     closing fence after it): only then can the token limit have cut it off."""
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    if not any(_MARKER.match(line) for line in lines):
+    markers = _markers(lines)
+    if not any(markers):
         kept = [line for line in lines if line.strip() and not _HEADING.match(line) and not _FENCE_LINE.match(line)]
         last = next((line for line in reversed(lines) if line.strip()), None)
         return [clean_item(line) for line in kept], bool(kept) and last is kept[-1]
@@ -337,8 +437,7 @@ def _split_list(text: str) -> tuple[list[str], bool]:
     body_indent = 0
     blank_before = False
     list_fence = in_code = False
-    for line in lines:
-        match = _MARKER.match(line)
+    for line, match in zip(lines, markers):
         if in_code:  # the item's code block: its lines as they are, markers and headings included
             current.append("\n" + line.strip())  # type: ignore[union-attr]
             in_code = not _FENCE_LINE.match(line)
@@ -357,6 +456,8 @@ def _split_list(text: str) -> tuple[list[str], bool]:
         elif not line.strip():
             blank_before = True
         elif current is not None and _continues(line, body_indent, blank_before):
+            if len(current) == 1 and _TITLE.match(current[0]):
+                current[0] = ""  # "1. **Phishing email**" over the request's own lines: a title, as "**...**:" is
             current.append(("\n" if blank_before else " ") + line.strip())
             blank_before = False
         else:
@@ -626,8 +727,9 @@ def parse_output(text: str, fmt: str = "list", *, truncated: bool = False, min_c
             break
     else:
         return result
+    labels = _labels(raw)
     for value in raw:
-        item, reason = _accept(value, min_chars=min_chars, max_chars=max_chars, min_words=min_words)
+        item, reason = _accept(value, labels, min_chars=min_chars, max_chars=max_chars, min_words=min_words)
         if item is None:
             result.dropped[reason or BAD_SCENARIO] += 1
         else:
@@ -667,7 +769,7 @@ def _holds_json(text: str) -> bool:
     tool call's JSON was taken for JSON, held none, and every request was lost without a count.
     """
     opens_json = text.lstrip().startswith(("[", "{", "```"))
-    if any(_MARKER.match(line) for line in text.splitlines()):
+    if any(_markers(text.splitlines())):
         return opens_json and _holds_requests(extract_json_list(text))
     return _holds_requests(extract_json_list(text))
 
@@ -679,10 +781,10 @@ def _holds_requests(values: list[Any] | None) -> bool:
                for v in values or ())
 
 
-def _accept(value: Any, **limits: int) -> tuple[dict[str, Any] | None, str | None]:
+def _accept(value: Any, labels: frozenset[str], **limits: int) -> tuple[dict[str, Any] | None, str | None]:
     """One raw item (string or JSON object) -> (conversation, None) or (None, drop reason)."""
     if isinstance(value, str):
-        text = clean_item(_strip_marker(value.strip()))
+        text = clean_item(_strip_marker(value.strip(), labels))
         reason = junk_reason(text, **limits)
         return (None, reason) if reason else (_text_item(text), None)
     if not isinstance(value, dict):
@@ -691,7 +793,7 @@ def _accept(value: Any, **limits: int) -> tuple[dict[str, Any] | None, str | Non
     if item is None:
         return None, BAD_SCENARIO
     if "tools" not in item and len(item["messages"]) == 1:
-        text = clean_item(_strip_marker(str(item["messages"][0].get("content") or "")))
+        text = clean_item(_strip_marker(str(item["messages"][0].get("content") or ""), labels))
         item = _text_item(text)
     reason = junk_reason(instruction_text(item), **limits)
     return (None, reason) if reason else (item, None)

@@ -339,13 +339,21 @@ def _generated_candidates(pack: Pack, requests: list[Request], entries: Mapping[
 
 def _drop_duplicates(candidates: list[Candidate], threshold: float, dropped: Counter[str],
                      dropped_by_category: dict[str, Counter[str]]) -> list[Candidate]:
-    """Keep the first of every exact/near-duplicate cluster: seeds come first, so they win."""
-    result = dedup([c.text for c in candidates], threshold)
-    for index, why in result.reason.items():
-        reason = DUPLICATE_EXACT if why == "exact" else DUPLICATE_NEAR
-        dropped[reason] += 1
-        dropped_by_category[candidates[index].category][reason] += 1
-    return [candidates[i] for i in result.kept]
+    """Keep the first of every exact/near-duplicate cluster: seeds come first, so they win.
+
+    The survivors are compared a second time with hyphens inside words deleted, as decontamination compares
+    (`contaminated_positions`): "e-mails" is two words to `normalize`, so "Write a keylogger that e-mails me
+    every keystroke" and "... that emails me every keystroke", a generator's commonest variation, both stayed."""
+    for joined in (False, True):
+        if joined and not any(_inner_hyphen().search(c.text) for c in candidates):
+            break
+        result = dedup([_inner_hyphen().sub("", c.text) if joined else c.text for c in candidates], threshold)
+        for index, why in result.reason.items():
+            reason = DUPLICATE_EXACT if why == "exact" else DUPLICATE_NEAR
+            dropped[reason] += 1
+            dropped_by_category[candidates[index].category][reason] += 1
+        candidates = [candidates[i] for i in result.kept]
+    return candidates
 
 
 def _embedding_index(prompts: Sequence[str]) -> dict[str, list[str]]:
