@@ -403,7 +403,7 @@ def _compose_categories(col: Collector, parents: tuple[Pack, ...], own: list[dic
 
 
 def _resolve_parents(col: Collector, data: dict[str, Any], registry: "Registry | None",
-                     stack: tuple[str, ...]) -> tuple[Pack, ...]:
+                     stack: tuple[str, ...], siblings: Path) -> tuple[Pack, ...]:
     specs = [s for s in _list(data, "extends") if isinstance(s, str)]
     if not specs:
         return ()
@@ -411,7 +411,7 @@ def _resolve_parents(col: Collector, data: dict[str, Any], registry: "Registry |
         from .registry import Registry
 
         registry = Registry.default()
-    registry = registry.including(col.root.parent)  # sibling packs can always be parents
+    registry = registry.including(siblings)  # sibling packs can always be parents
     parents: list[Pack] = []
     for index, spec in enumerate(specs):
         parent = _load_parent(col, registry, spec, f"/extends/{index}", stack)
@@ -582,11 +582,15 @@ def changelog_entry(text: str, version: str) -> str | None:
 # --------------------------------------------------------------------------- entry point
 
 
-def load_pack(path: str | Path, *, registry: "Registry | None" = None, _stack: tuple[str, ...] = ()) -> Pack:
+def load_pack(path: str | Path, *, registry: "Registry | None" = None, siblings: Path | None = None,
+              _stack: tuple[str, ...] = ()) -> Pack:
     """Load and validate the pack at `path`, composing its parents through `registry`.
 
     Raises PackError with every problem found. Parents are resolved with `registry`
-    (default: the standard search path plus the pack's own parent directory).
+    (default: the standard search path) plus `siblings`, the directory whose packs can always be
+    parents: the pack's own parent directory unless given. `pa pack pull` gives the directory it
+    installs into, where the pack will live: its staging directory, searched instead, was listed in
+    "parent not found" hints as a place the user should look, and the staged pack as a known pack.
     """
     root = Path(path)
     if root.name in ("", ".."):  # `.` or `..`: the pack's name and its siblings need the real directory
@@ -607,7 +611,7 @@ def load_pack(path: str | Path, *, registry: "Registry | None" = None, _stack: t
         if failed is not None:
             raise PackError(failed.problems)  # a fresh error: re-raising one object grows its traceback
     data, lines = _load_manifest(col)
-    pack = _build(col, data, lines, registry, _stack) if data is not None else None
+    pack = _build(col, data, lines, registry, _stack, siblings or root.parent) if data is not None else None
     if col.problems or pack is None:
         error = PackError(col.problems)
         # A chain too deep is too deep only below the pack it was loaded from: loaded directly, it may be fine.
@@ -620,7 +624,7 @@ def load_pack(path: str | Path, *, registry: "Registry | None" = None, _stack: t
 
 
 def _build(col: Collector, data: dict[str, Any], lines: dict[str, int], registry: "Registry | None",
-           stack: tuple[str, ...]) -> Pack | None:
+           stack: tuple[str, ...], siblings: Path) -> Pack | None:
     broken = _schema_problems(col, data, lines)
     for pointer, message, hint in text_problems(data):
         col.add(MANIFEST, pointer + (f" (line {lines[pointer]})" if pointer in lines else ""), message, hint)
@@ -638,7 +642,7 @@ def _build(col: Collector, data: dict[str, Any], lines: dict[str, int], registry
     if isinstance(version, str) and is_semver(version):
         _check_changelog(col, version)
     # Deeper checks assume their section passed the schema; a broken section is reported once, above.
-    parents = _resolve_parents(col, data, registry, (*stack, str(name))) if "extends" not in broken else ()
+    parents = _resolve_parents(col, data, registry, (*stack, str(name)), siblings) if "extends" not in broken else ()
     # Without every parent, an override of a parent's category reads as a new category "missing title,
     # description" and a parent's category in an eval item as unknown: wrong fixes for an `extends` problem.
     composed = not broken & {"categories", ""} and len(parents) == len(_list(data, "extends"))
