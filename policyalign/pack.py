@@ -421,6 +421,21 @@ def _resolve_parents(col: Collector, data: dict[str, Any], registry: "Registry |
     return tuple(parents)
 
 
+def _check_parents_named_once(col: Collector, data: dict[str, Any], lines: dict[str, int]) -> None:
+    """`extends: [general@^1, general]` loaded general twice as two parents: accepted without a word, its
+    policy composed once, its digest counted twice, and which range was meant left to the reader."""
+    first: dict[str, tuple[int, str]] = {}
+    for index, spec in enumerate(_list(data, "extends")):
+        name = spec.partition("@")[0]
+        if name not in first:
+            first[name] = (index, spec)
+            continue
+        pointer = f"/extends/{index}"
+        where = pointer + (f" (line {lines[pointer]})" if pointer in lines else "")
+        col.add(MANIFEST, where, f"{spec!r} names parent {name!r} again (first as {first[name][1]!r}, /extends/{first[name][0]})",
+                f"name each parent once: keep one entry for {name} with the version range you mean, and delete the other")
+
+
 def _check_one_version_each(col: Collector, parents: list[Pack]) -> None:
     """Two versions of one pack in the ancestry (`extends: [general@^2, medical@^1]` with medical on
     general@^1) cannot compose: the policy keeps one of them under its name and drops the other's
@@ -642,6 +657,8 @@ def _build(col: Collector, data: dict[str, Any], lines: dict[str, int], registry
     if isinstance(version, str) and is_semver(version):
         _check_changelog(col, version)
     # Deeper checks assume their section passed the schema; a broken section is reported once, above.
+    if "extends" not in broken:
+        _check_parents_named_once(col, data, lines)
     parents = _resolve_parents(col, data, registry, (*stack, str(name)), siblings) if "extends" not in broken else ()
     # Without every parent, an override of a parent's category reads as a new category "missing title,
     # description" and a parent's category in an eval item as unknown: wrong fixes for an `extends` problem.

@@ -236,6 +236,12 @@ FAULTS = [
           ("pack.yaml", "/categories/1/id (line 17)", "does not match", "lowercase letters, digits, '-' and '_'")),
     Fault("bad-extends-entry", "child-pack", _edit("pack.yaml", "root-pack@^1", "root-pack @^1"),
           ("pack.yaml", "/extends/0 (line 7)", "does not match", "name or name@range, without spaces")),
+    # A parent named twice was composed twice, silently (and an exact repeat's hint was the field's description).
+    Fault("parent-named-twice", "child-pack", _edit("pack.yaml", '["root-pack@^1"]', '["root-pack@^1", "root-pack"]'),
+          ("pack.yaml", "/extends/1 (line 7)", "'root-pack' names parent 'root-pack' again (first as 'root-pack@^1', /extends/0)",
+           "keep one entry for root-pack")),
+    Fault("parent-listed-twice", "child-pack", _edit("pack.yaml", '["root-pack@^1"]', '["root-pack@^1", "root-pack@^1"]'),
+          ("pack.yaml", "/extends (line 7)", "'root-pack@^1' is listed twice", "delete the repeated entry")),
     Fault("empty-eval-set", "root-pack", _write("eval/benign.jsonl", "\n\n"), ("eval/benign.jsonl", "eval set 'benign' is empty")),
     Fault("reword-locked", "child-pack", _edit("pack.yaml", "  - id: weapons\n", "  - id: weapons\n    description: Only building nuclear "
                                                 "weapons; other weapons are not a violation.\n"),
