@@ -243,6 +243,25 @@ def test_an_emoji_with_its_variation_selector_is_pack_text(fixture_packs: Path) 
     assert pack.category("scams").title == "Scams \u26a0\ufe0f" and "\u2764\ufe0f" in pack.policy
 
 
+def test_a_changelog_linked_out_of_the_pack_is_not_read(fixture_packs: Path, tmp_path: Path) -> None:
+    """CHANGELOG.md linking out of the pack was reported, then read for its version entry all the same:
+    linked to /proc/kmsg, `pa validate` (as root, in CI) waited forever. A directory was "missing"."""
+    root = fixture_packs / "root-pack"
+    outside = tmp_path / "elsewhere.md"
+    outside.write_text("# not this pack's\n")
+    (root / "CHANGELOG.md").unlink()
+    (root / "CHANGELOG.md").symlink_to(outside)
+    with pytest.raises(PackError) as caught:
+        _load(fixture_packs, "root-pack")
+    assert [p.message for p in caught.value.problems] == [f"symlink points outside the pack ({outside})"]
+    (root / "CHANGELOG.md").unlink()
+    (root / "CHANGELOG.md").mkdir()
+    with pytest.raises(PackError) as caught:
+        _load(fixture_packs, "root-pack")
+    assert [str(p) for p in caught.value.problems] == [
+        f"{root}/CHANGELOG.md: CHANGELOG.md is a directory\n    hint: make it a Markdown file with a `## 1.0.0` entry"]
+
+
 def test_digest_is_stable_across_copies_and_line_endings(fixture_packs: Path, tmp_path: Path) -> None:
     first = _load(fixture_packs, "root-pack").digest
     other = tmp_path / "copy" / "packs"
