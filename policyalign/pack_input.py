@@ -145,7 +145,13 @@ def collect_files(col: Collector) -> list[Path]:
     files: list[Path] = []
     total = 0
     root = col.root.resolve()
-    for path in sorted(col.root.rglob("*")):
+    try:
+        paths = sorted(col.root.rglob("*"))
+    except OSError as exc:  # nested directories past the system's path length: a traceback from pathlib
+        col.add(".", "", f"the pack's files cannot be listed: {exc.strerror or exc}",
+                "flatten the pack's directories and shorten their names")
+        return []  # `digested` stays None: the referenced files are still read and checked
+    for path in paths:
         rel = path.relative_to(col.root)
         if any(not_pack_content(part) for part in rel.parts):
             continue

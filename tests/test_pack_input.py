@@ -118,3 +118,19 @@ def test_problems_name_each_file_as_the_pack_was_given(fixture_packs: Path, monk
     for place in ("packs/root-pack/pack.yaml:/categories/1/action", "packs/root-pack/templates/plain.jinja:line 1",
                   "packs/root-pack/eval/harmful.jsonl:line 3", "packs/child-pack/pack.yaml:/extends/0"):
         assert f" {place}" in output, place
+
+
+def test_directories_nested_past_the_path_length_limit_are_a_problem_not_a_traceback(
+        fixture_packs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Listing a pack with nested directories longer than PATH_MAX together (a contributed or generated
+    tree) raised OSError "File name too long" out of pathlib: `pa validate` printed a traceback."""
+    root = fixture_packs / "root-pack"
+    monkeypatch.chdir(root)
+    for _ in range(24):  # 24 x 201 characters: past Linux's 4096, each step short enough to make
+        os.mkdir("d" * 200)
+        os.chdir("d" * 200)
+    monkeypatch.chdir(fixture_packs)
+    with pytest.raises(PackError) as caught:
+        _load(fixture_packs, "root-pack")
+    assert [str(p) for p in caught.value.problems] == [f"{root}: the pack's files cannot be listed: File name too long\n"
+                                                       "    hint: flatten the pack's directories and shorten their names"]
