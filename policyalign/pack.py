@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import yaml
 
-from .errors import PackError
+from .errors import PackError, did_you_mean
 from .frozen import freeze, thaw
 from .pack_eval import EvalSet, asks_nothing, eval_items, inherit_set
 from .pack_input import (CHANGELOG, MANIFEST, MAX_EVAL_BYTES, MAX_MANIFEST_BYTES, MAX_OTHER_BYTES, MAX_POLICY_BYTES,
@@ -278,15 +278,20 @@ def _own_categories(col: Collector, data: dict[str, Any], name: str) -> list[dic
     return cats
 
 
-def _new_category(col: Collector, index: int, raw: dict[str, Any], origin: str) -> Category | None:
+def _new_category(col: Collector, index: int, raw: dict[str, Any], origin: str, inherited: list[str]) -> Category | None:
+    """A category of this pack's own. `inherited` (the parents' category ids) names the one a typo missed:
+    `{id: scam, remove: true}` meant to drop the parent's `scams` was told to add a title, description and
+    action, and once it had them, that nothing was inherited to remove."""
+    close = did_you_mean(raw["id"], inherited)
+    typo = [f"{close} (a parent's category)"] if close else []
+    if raw.get("remove"):
+        col.add(MANIFEST, f"/categories/{index}/remove", f"category {raw['id']!r} is not inherited, nothing to remove",
+                "; ".join([*typo, "`remove: true` only drops a parent's category"]))
+        return None
     missing = [k for k in ("title", "description", "action") if k not in raw]
     if missing:
         col.add(MANIFEST, f"/categories/{index}", f"new category {raw['id']!r} is missing {', '.join(missing)}",
-                "a category not inherited from a parent needs title, description and action")
-        return None
-    if raw.get("remove"):
-        col.add(MANIFEST, f"/categories/{index}/remove", f"category {raw['id']!r} is not inherited, nothing to remove",
-                "`remove: true` only drops a parent's category")
+                "; ".join([*typo, "a category not inherited from a parent needs title, description and action"]))
         return None
     seeds = tuple(_seed(raw["id"], i, s) for i, s in enumerate(_list(raw, "seeds")))
     locked = bool(raw.get("locked", False))
@@ -396,7 +401,7 @@ def _compose_categories(col: Collector, parents: tuple[Pack, ...], own: list[dic
             else:
                 merged[raw["id"]] = result
         else:
-            new = _new_category(col, index, raw, name)
+            new = _new_category(col, index, raw, name, list(copies))
             if new is not None:
                 merged[new.id] = new
     return tuple(merged.values())

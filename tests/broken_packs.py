@@ -242,6 +242,13 @@ FAULTS = [
            "keep one entry for root-pack")),
     Fault("parent-listed-twice", "child-pack", _edit("pack.yaml", '["root-pack@^1"]', '["root-pack@^1", "root-pack@^1"]'),
           ("pack.yaml", "/extends (line 7)", "'root-pack@^1' is listed twice", "delete the repeated entry")),
+    # Removing (or overriding) a parent's category under a mistyped id said to add title, description and action.
+    Fault("remove-mistyped-parent-category", "child-pack", _edit("pack.yaml", "  - id: records\n", "  - id: scam\n    remove: true\n  - id: records\n"),
+          ("pack.yaml", "/categories/1/remove", "category 'scam' is not inherited, nothing to remove",
+           "did you mean 'scams'? (a parent's category)")),
+    Fault("override-mistyped-parent-category", "child-pack", _edit("pack.yaml", "  - id: records\n", "  - id: scam\n    action: refuse\n  - id: records\n"),
+          ("pack.yaml", "/categories/1:", "new category 'scam' is missing title, description",
+           "did you mean 'scams'? (a parent's category)")),
     Fault("empty-eval-set", "root-pack", _write("eval/benign.jsonl", "\n\n"), ("eval/benign.jsonl", "eval set 'benign' is empty")),
     Fault("reword-locked", "child-pack", _edit("pack.yaml", "  - id: weapons\n", "  - id: weapons\n    description: Only building nuclear "
                                                 "weapons; other weapons are not a violation.\n"),
