@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import yaml
 
-from .errors import PackError
+from .errors import PackError, did_you_mean
 from .frozen import freeze, thaw
 from .pack_eval import EvalSet, asks_nothing, chat_token_problem, eval_items, inherit_set
 from .pack_input import (CHANGELOG, MANIFEST, MAX_EVAL_BYTES, MAX_MANIFEST_BYTES, MAX_OTHER_BYTES, MAX_POLICY_BYTES,
@@ -278,15 +278,20 @@ def _own_categories(col: Collector, data: dict[str, Any], name: str) -> list[dic
     return cats
 
 
-def _new_category(col: Collector, index: int, raw: dict[str, Any], origin: str) -> Category | None:
+def _new_category(col: Collector, index: int, raw: dict[str, Any], origin: str, inherited: list[str]) -> Category | None:
+    """A category of this pack's own. `inherited` (the parents' category ids) names the one a typo missed:
+    `{id: scam, remove: true}` meant to drop the parent's `scams` was told to add a title, description and
+    action, and once it had them, that nothing was inherited to remove."""
+    close = did_you_mean(raw["id"], inherited)
+    typo = [f"{close} (a parent's category)"] if close else []
+    if raw.get("remove"):
+        col.add(MANIFEST, f"/categories/{index}/remove", f"category {raw['id']!r} is not inherited, nothing to remove",
+                "; ".join([*typo, "`remove: true` only drops a parent's category"]))
+        return None
     missing = [k for k in ("title", "description", "action") if k not in raw]
     if missing:
         col.add(MANIFEST, f"/categories/{index}", f"new category {raw['id']!r} is missing {', '.join(missing)}",
-                "a category not inherited from a parent needs title, description and action")
-        return None
-    if raw.get("remove"):
-        col.add(MANIFEST, f"/categories/{index}/remove", f"category {raw['id']!r} is not inherited, nothing to remove",
-                "`remove: true` only drops a parent's category")
+                "; ".join([*typo, "a category not inherited from a parent needs title, description and action"]))
         return None
     seeds = tuple(_seed(raw["id"], i, s) for i, s in enumerate(_list(raw, "seeds")))
     locked = bool(raw.get("locked", False))
@@ -424,14 +429,14 @@ def _compose_categories(col: Collector, parents: tuple[Pack, ...], own: list[dic
             else:
                 merged[raw["id"]] = result
         else:
-            new = _new_category(col, index, raw, name)
+            new = _new_category(col, index, raw, name, list(copies))
             if new is not None:
                 merged[new.id] = new
     return tuple(merged.values())
 
 
 def _resolve_parents(col: Collector, data: dict[str, Any], registry: "Registry | None",
-                     stack: tuple[str, ...]) -> tuple[Pack, ...]:
+                     stack: tuple[str, ...], siblings: Path) -> tuple[Pack, ...]:
     specs = [s for s in _list(data, "extends") if isinstance(s, str)]
     if not specs:
         return ()
@@ -439,7 +444,7 @@ def _resolve_parents(col: Collector, data: dict[str, Any], registry: "Registry |
         from .registry import Registry
 
         registry = Registry.default()
-    registry = registry.including(col.root.parent)  # sibling packs can always be parents
+    registry = registry.including(siblings)  # sibling packs can always be parents
     parents: list[Pack] = []
     for index, spec in enumerate(specs):
         parent = _load_parent(col, registry, spec, f"/extends/{index}", stack)
@@ -447,6 +452,21 @@ def _resolve_parents(col: Collector, data: dict[str, Any], registry: "Registry |
             parents.append(parent)
     _check_one_version_each(col, parents)
     return tuple(parents)
+
+
+def _check_parents_named_once(col: Collector, data: dict[str, Any], lines: dict[str, int]) -> None:
+    """`extends: [general@^1, general]` loaded general twice as two parents: accepted without a word, its
+    policy composed once, its digest counted twice, and which range was meant left to the reader."""
+    first: dict[str, tuple[int, str]] = {}
+    for index, spec in enumerate(_list(data, "extends")):
+        name = spec.partition("@")[0]
+        if name not in first:
+            first[name] = (index, spec)
+            continue
+        pointer = f"/extends/{index}"
+        where = pointer + (f" (line {lines[pointer]})" if pointer in lines else "")
+        col.add(MANIFEST, where, f"{spec!r} names parent {name!r} again (first as {first[name][1]!r}, /extends/{first[name][0]})",
+                f"name each parent once: keep one entry for {name} with the version range you mean, and delete the other")
 
 
 def _check_one_version_each(col: Collector, parents: list[Pack]) -> None:
@@ -582,8 +602,15 @@ def _eval_sets(col: Collector, data: dict[str, Any], categories: tuple[Category,
 
 def _check_changelog(col: Collector, version: str) -> None:
     path = col.root / CHANGELOG
+    if isinstance(confined_path(col.root, CHANGELOG), str):
+        # A symlink out of the pack (or one that cannot be resolved), reported by `collect_files`: it was read
+        # all the same, and one to /proc/kmsg made `pa validate` wait forever.
+        return
     if not path.is_file():
-        col.add(CHANGELOG, "", "CHANGELOG.md is missing", f"add CHANGELOG.md with a `## {version}` entry")
+        if path.is_dir():  # "missing" sent the user looking for a file that is right there
+            col.add(CHANGELOG, "", "CHANGELOG.md is a directory", f"make it a Markdown file with a `## {version}` entry")
+        elif not path.exists():  # a FIFO or a device is named by `collect_files`
+            col.add(CHANGELOG, "", "CHANGELOG.md is missing", f"add CHANGELOG.md with a `## {version}` entry")
         return
     size = path.stat().st_size
     if size > MAX_OTHER_BYTES:
@@ -610,11 +637,15 @@ def changelog_entry(text: str, version: str) -> str | None:
 # --------------------------------------------------------------------------- entry point
 
 
-def load_pack(path: str | Path, *, registry: "Registry | None" = None, _stack: tuple[str, ...] = ()) -> Pack:
+def load_pack(path: str | Path, *, registry: "Registry | None" = None, siblings: Path | None = None,
+              _stack: tuple[str, ...] = ()) -> Pack:
     """Load and validate the pack at `path`, composing its parents through `registry`.
 
     Raises PackError with every problem found. Parents are resolved with `registry`
-    (default: the standard search path plus the pack's own parent directory).
+    (default: the standard search path) plus `siblings`, the directory whose packs can always be
+    parents: the pack's own parent directory unless given. `pa pack pull` gives the directory it
+    installs into, where the pack will live: its staging directory, searched instead, was listed in
+    "parent not found" hints as a place the user should look, and the staged pack as a known pack.
     """
     root = Path(path)
     if root.name in ("", ".."):  # `.` or `..`: the pack's name and its siblings need the real directory
@@ -635,7 +666,7 @@ def load_pack(path: str | Path, *, registry: "Registry | None" = None, _stack: t
         if failed is not None:
             raise PackError(failed.problems)  # a fresh error: re-raising one object grows its traceback
     data, lines = _load_manifest(col)
-    pack = _build(col, data, lines, registry, _stack) if data is not None else None
+    pack = _build(col, data, lines, registry, _stack, siblings or root.parent) if data is not None else None
     if col.problems or pack is None:
         error = PackError(col.problems)
         # A chain too deep is too deep only below the pack it was loaded from: loaded directly, it may be fine.
@@ -648,7 +679,7 @@ def load_pack(path: str | Path, *, registry: "Registry | None" = None, _stack: t
 
 
 def _build(col: Collector, data: dict[str, Any], lines: dict[str, int], registry: "Registry | None",
-           stack: tuple[str, ...]) -> Pack | None:
+           stack: tuple[str, ...], siblings: Path) -> Pack | None:
     broken = _schema_problems(col, data, lines)
     for pointer, message, hint in text_problems(data):
         col.add(MANIFEST, pointer + (f" (line {lines[pointer]})" if pointer in lines else ""), message, hint)
@@ -667,7 +698,9 @@ def _build(col: Collector, data: dict[str, Any], lines: dict[str, int], registry
     if isinstance(version, str) and is_semver(version):
         _check_changelog(col, version)
     # Deeper checks assume their section passed the schema; a broken section is reported once, above.
-    parents = _resolve_parents(col, data, registry, (*stack, str(name))) if "extends" not in broken else ()
+    if "extends" not in broken:
+        _check_parents_named_once(col, data, lines)
+    parents = _resolve_parents(col, data, registry, (*stack, str(name)), siblings) if "extends" not in broken else ()
     # Without every parent, an override of a parent's category reads as a new category "missing title,
     # description" and a parent's category in an eval item as unknown: wrong fixes for an `extends` problem.
     composed = not broken & {"categories", ""} and len(parents) == len(_list(data, "extends"))

@@ -329,7 +329,10 @@ def pull_pack(spec: str, *, to: str | Path | None = None, token: str | None = No
             raise HubError("the pack's files digest does not match its card", file=repo_id,
                            hint="the repository was modified after `pa pack push`; do not install it")
         search = (registry or Registry.default()).including(parent)
-        pack = load_pack(stage, registry=search)
+        try:
+            pack = load_pack(stage, registry=search, siblings=parent)
+        except PackError as exc:
+            raise PackError([_as_published(problem, stage, repo_id) for problem in exc.problems]) from None
         warnings = _pack_identity_problems(pack, recorded["pack"], repo_id)
         target = parent / name
         warnings += _shadowed(pack, repo_id, search, target)
@@ -340,6 +343,16 @@ def pull_pack(spec: str, *, to: str | Path | None = None, token: str | None = No
         shutil.rmtree(staging, ignore_errors=True)
     return PackPullResult(pack.name, pack.version, pack.digest, target, repo_id, revision, str(commit), tuple(warnings),
                           replaced)
+
+
+def _as_published(problem: Problem, stage: Path, repo_id: str) -> Problem:
+    """A problem in a file of the pulled pack, named as the repository holds it (`org/name:pack/pack.yaml`,
+    as the listing checks name files): its staging directory is deleted before the error is printed."""
+    prefix = f"{stage}/"
+    if problem.file != str(stage) and not problem.file.startswith(prefix):
+        return problem  # a local parent's, named where it is
+    rel = problem.file[len(prefix):]
+    return Problem(f"{repo_id}:{PACK_DIR}/{rel}" if rel else repo_id, problem.where, problem.message, problem.hint)
 
 
 def _shadowed(pack: "Pack", repo_id: str, registry: "Registry", target: Path) -> list[str]:

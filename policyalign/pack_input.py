@@ -50,17 +50,14 @@ class Collector:
         # Relative POSIX paths of the files the digest covers (set by `collect_files`).
         self.digested: set[str] | None = None
 
-    def rel(self, path: Path | str) -> str:
-        path = Path(path)
-        try:
-            return str(path.relative_to(self.root.parent))
-        except ValueError:
-            return str(path)
-
     def shown(self, path: Path | str) -> str:
-        """`rel(path)` as a problem prints it: escaped when it holds control characters, since a pack's
-        directory named `x\x1b]0;...` went as is to the terminal of whoever ran `pa validate --all`."""
-        name = self.rel(path)
+        """`path` as a problem prints it: as the pack's directory was given (`packs/foo/pack.yaml`, from where
+        the user typed it), so the user can open it. Shown relative to the pack's parent directory, it was
+        `foo/pack.yaml`, a file `pa validate packs/foo` or `pa validate --all` run from the repository root
+        has not got, and one that did not say which of two `foo`s on the search path was meant. Escaped
+        when it holds control characters: a pack's directory named `x\x1b]0;...` went as is to the terminal
+        of whoever ran `pa validate --all`."""
+        name = str(path)
         return ascii(name)[1:-1] if text_problem(name) else name
 
     def add(self, file: Path | str, where: str, message: str, hint: str = "") -> None:
@@ -70,7 +67,7 @@ class Collector:
         eval set of junk take two minutes to report, and an 8 MB one (4 million lines) practically forever."""
         if self.overflowed:
             return
-        name = self.shown(self.root / file) if not Path(file).is_absolute() else self.shown(file)
+        name = self.shown(self.root / file)  # an absolute `file` stays as it is
         key = (name, where, message)
         if key in self._seen:
             return
@@ -148,7 +145,13 @@ def collect_files(col: Collector) -> list[Path]:
     files: list[Path] = []
     total = 0
     root = col.root.resolve()
-    for path in sorted(col.root.rglob("*")):
+    try:
+        paths = sorted(col.root.rglob("*"))
+    except OSError as exc:  # nested directories past the system's path length: a traceback from pathlib
+        col.add(".", "", f"the pack's files cannot be listed: {exc.strerror or exc}",
+                "flatten the pack's directories and shorten their names")
+        return []  # `digested` stays None: the referenced files are still read and checked
+    for path in paths:
         rel = path.relative_to(col.root)
         if any(not_pack_content(part) for part in rel.parts):
             continue

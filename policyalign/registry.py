@@ -190,8 +190,8 @@ class Registry:
         manifest (`general@/x`, `general@../x`) must not reach a directory outside the search path.
         `parent`: the spec is an `extends` entry, which cannot be a path (the hint says so).
 
-        A pack directory of that name whose manifest cannot be read, or a bare name whose every copy has
-        no semantic version, comes back as is, so that loading it reports why (a YAML error on line 3,
+        A pack directory of that name whose manifest cannot be read, or a copy without a semantic version
+        when no other copy matches, comes back as is, so that loading it reports why (a YAML error on line 3,
         `version: 1.0`) instead of "unknown pack" or "no version matches"."""
         name, _, wanted = spec.partition("@")
         candidates = [loc for loc in self.discover() if loc.name == name]
@@ -200,9 +200,11 @@ class Registry:
             unreadable = [path for path in self.unreadable()
                           if path.name == name or getattr(read_header(path), "name", None) == name]
             return unreadable[0] if unreadable else self._unknown(name, parent)
-        if not wanted and not any(is_semver(c.version) for c in candidates):
-            # `version: 1.0` (or none): "no version of 'x' matches ''" named neither the file nor the field
-            return candidates[0].path
+        unversioned = [c for c in candidates if not is_semver(c.version)]
+        if unversioned and self.best_match(spec) is None:
+            # `version: 1.0` (or none): "no version of 'x' matches ''" named neither the file nor the field, and a
+            # child's `x@^1` was told "available versions: 1.0" (in ^1, to the eye) or "available versions: "
+            return unversioned[0].path
         return self._pick(spec, name, wanted, candidates).path
 
     def _unknown(self, name: str, parent: bool) -> Path:

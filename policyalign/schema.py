@@ -76,6 +76,10 @@ def schema_message(error: Any) -> str:
         return error.message.replace("Additional properties are not allowed", "unknown field(s)")
     if error.validator == "required":
         return f"missing required field {error.message.split(' ')[0]}"
+    if error.validator == "uniqueItems":  # "['a', 'a'] has non-unique elements", the list's description as its hint
+        items = [json.dumps(item, sort_keys=True) for item in error.instance]
+        repeat = next(item for index, item in enumerate(error.instance) if items.index(items[index]) != index)
+        return f"{repeat!r} is listed twice"
     if error.validator == "contains":  # the only `contains`: a conversation's user turn
         return "no user turn: the model would be asked to answer no request"
     if error.validator == "not":  # jsonschema's "0 should not be valid under {'const': 0}" says nothing useful
@@ -93,6 +97,8 @@ def schema_hint(error: Any) -> str:
         return hint or f"allowed fields: {', '.join(allowed)}"
     if error.validator == "enum":
         return f"use one of: {', '.join(map(str, error.validator_value))}"
+    if error.validator == "uniqueItems":
+        return "delete the repeated entry"
     if error.validator == "contains":
         return 'add the request as {"role": "user", "content": "..."}'
     if error.validator == "not":  # schema_message gives the description already

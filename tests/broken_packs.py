@@ -245,6 +245,19 @@ FAULTS = [
           ("pack.yaml", "/categories/1/id (line 17)", "does not match", "lowercase letters, digits, '-' and '_'")),
     Fault("bad-extends-entry", "child-pack", _edit("pack.yaml", "root-pack@^1", "root-pack @^1"),
           ("pack.yaml", "/extends/0 (line 7)", "does not match", "name or name@range, without spaces")),
+    # A parent named twice was composed twice, silently (and an exact repeat's hint was the field's description).
+    Fault("parent-named-twice", "child-pack", _edit("pack.yaml", '["root-pack@^1"]', '["root-pack@^1", "root-pack"]'),
+          ("pack.yaml", "/extends/1 (line 7)", "'root-pack' names parent 'root-pack' again (first as 'root-pack@^1', /extends/0)",
+           "keep one entry for root-pack")),
+    Fault("parent-listed-twice", "child-pack", _edit("pack.yaml", '["root-pack@^1"]', '["root-pack@^1", "root-pack@^1"]'),
+          ("pack.yaml", "/extends (line 7)", "'root-pack@^1' is listed twice", "delete the repeated entry")),
+    # Removing (or overriding) a parent's category under a mistyped id said to add title, description and action.
+    Fault("remove-mistyped-parent-category", "child-pack", _edit("pack.yaml", "  - id: records\n", "  - id: scam\n    remove: true\n  - id: records\n"),
+          ("pack.yaml", "/categories/1/remove", "category 'scam' is not inherited, nothing to remove",
+           "did you mean 'scams'? (a parent's category)")),
+    Fault("override-mistyped-parent-category", "child-pack", _edit("pack.yaml", "  - id: records\n", "  - id: scam\n    action: refuse\n  - id: records\n"),
+          ("pack.yaml", "/categories/1:", "new category 'scam' is missing title, description",
+           "did you mean 'scams'? (a parent's category)")),
     Fault("empty-eval-set", "root-pack", _write("eval/benign.jsonl", "\n\n"), ("eval/benign.jsonl", "eval set 'benign' is empty")),
     Fault("reword-locked", "child-pack", _edit("pack.yaml", "  - id: weapons\n", "  - id: weapons\n    description: Only building nuclear "
                                                 "weapons; other weapons are not a violation.\n"),

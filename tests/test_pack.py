@@ -212,7 +212,7 @@ def test_a_broken_synthesis_section_does_not_hide_template_syntax_errors(fixture
         _load(fixture_packs, "root-pack")
     messages = [str(p) for p in info.value.problems]
     assert any("/synthesis/templates/0/format" in m for m in messages)
-    assert any(m.startswith("root-pack/templates/plain.jinja") for m in messages), messages
+    assert any(m.startswith(f"{root}/templates/plain.jinja") for m in messages), messages
 
 
 def test_right_to_left_text_and_its_marks_are_pack_text(fixture_packs: Path) -> None:
@@ -241,6 +241,25 @@ def test_an_emoji_with_its_variation_selector_is_pack_text(fixture_packs: Path) 
         handle.write("2. Be kind \u2764\ufe0f, answer 1\ufe0f\u20e3 question at a time \U0001f441\ufe0f\u200d\U0001f5e8\ufe0f.\n")
     pack = _load(fixture_packs, "root-pack")
     assert pack.category("scams").title == "Scams \u26a0\ufe0f" and "\u2764\ufe0f" in pack.policy
+
+
+def test_a_changelog_linked_out_of_the_pack_is_not_read(fixture_packs: Path, tmp_path: Path) -> None:
+    """CHANGELOG.md linking out of the pack was reported, then read for its version entry all the same:
+    linked to /proc/kmsg, `pa validate` (as root, in CI) waited forever. A directory was "missing"."""
+    root = fixture_packs / "root-pack"
+    outside = tmp_path / "elsewhere.md"
+    outside.write_text("# not this pack's\n")
+    (root / "CHANGELOG.md").unlink()
+    (root / "CHANGELOG.md").symlink_to(outside)
+    with pytest.raises(PackError) as caught:
+        _load(fixture_packs, "root-pack")
+    assert [p.message for p in caught.value.problems] == [f"symlink points outside the pack ({outside})"]
+    (root / "CHANGELOG.md").unlink()
+    (root / "CHANGELOG.md").mkdir()
+    with pytest.raises(PackError) as caught:
+        _load(fixture_packs, "root-pack")
+    assert [str(p) for p in caught.value.problems] == [
+        f"{root}/CHANGELOG.md: CHANGELOG.md is a directory\n    hint: make it a Markdown file with a `## 1.0.0` entry"]
 
 
 def test_digest_is_stable_across_copies_and_line_endings(fixture_packs: Path, tmp_path: Path) -> None:
@@ -305,7 +324,7 @@ def test_a_chain_of_extends_is_bounded(fixture_packs: Path) -> None:
     with pytest.raises(PackError) as caught:
         _load(fixture_packs, previous)
     problem = caught.value.problems[0]
-    assert problem.file == "chain1/pack.yaml" and problem.where == "/extends/0"
+    assert problem.file == str(fixture_packs / "chain1" / "pack.yaml") and problem.where == "/extends/0"
     assert problem.message == f"extends chain more than {MAX_EXTENDS_DEPTH} packs deep: {previous} -> ... -> chain1 -> chain0"
 
 

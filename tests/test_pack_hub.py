@@ -245,6 +245,27 @@ def test_pack_pull_finds_parents_where_it_installs_and_says_how_to_get_missing_o
 
 
 
+def test_pack_pull_names_no_staging_directory_in_its_problems(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A pulled pack is checked in a staging directory, deleted before the error is printed: "searched" listed
+    it (`.../packs/.pa-pull-x7f3`) as a place the missing parent was looked for, "known packs" the pulled pack
+    itself, and each problem named a file in it (or `child-pack/pack.yaml`, which is nowhere)."""
+    cli.ok("pack", "push", str(cli.packs / "child-pack"), "--repo-id", "org/child-orphan")
+    (tmp_path / "empty").mkdir()
+    bare = Cli(cli.hub, cli.home, tmp_path / "empty", cli.cwd)
+    missing = " ".join(bare.fails(2, "pack", "pull", "org/child-orphan").stderr.split())
+    assert ".pa-pull-" not in missing and "known packs: child-pack" not in missing, missing
+    assert "org/child-orphan:pack/pack.yaml:/extends/0: parent 'root-pack@^1' not found" in missing
+    assert f"searched {tmp_path / 'empty'}, ./packs, {bare.home / 'pa' / 'packs'});" in missing
+
+    files = pack_bytes(make_pack(tmp_path / "src", "unsure"))
+    files["pack.yaml"] = files["pack.yaml"].replace(b"action: guide", b"action: maybe")
+    publish_raw_pack(hub_server, "org/unsure", "unsure", files)
+    invalid = " ".join(cli.fails(2, "pack", "pull", "org/unsure").stderr.split())
+    assert "org/unsure:pack/pack.yaml:/categories/1/action (line 19): 'maybe' is not one of" in invalid, invalid
+    nothing_installed(cli, "unsure")
+
+
+
 def test_invalid_pack_is_not_pushed(cli: Cli, hub_server) -> None:  # type: ignore[no-untyped-def]
     broken = make_pack(cli.packs, "broken")
     (broken / "CHANGELOG.md").write_text("# nothing here\n")

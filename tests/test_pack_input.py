@@ -50,8 +50,8 @@ def test_every_file_is_held_to_the_size_pa_pack_pull_accepts(fixture_packs: Path
     with pytest.raises(PackError) as info:
         _load(fixture_packs, "root-pack")
     messages = [str(p) for p in info.value.problems]
-    assert [m for m in messages if m.startswith("root-pack/notes.txt: file is")] != []
-    assert len([m for m in messages if m.startswith("root-pack/eval/harmful.jsonl: file is")]) == 1
+    assert [m for m in messages if m.startswith(f"{root}/notes.txt: file is")] != []
+    assert len([m for m in messages if m.startswith(f"{root}/eval/harmful.jsonl: file is")]) == 1
 
 
 @pytest.mark.parametrize("name", ["a\\b.txt", "c:notes.txt"])
@@ -97,3 +97,40 @@ def test_a_file_name_with_a_terminal_escape_is_a_problem_printed_escaped(fixture
         _load(fixture_packs, "root-pack")
     assert "\x1b" not in str(caught.value) and "\x07" not in str(caught.value)
     assert "root-pack/\\x1b]0;pwned\\x07notes.txt: file name holds a control character" in str(caught.value)
+
+
+def test_problems_name_each_file_as_the_pack_was_given(fixture_packs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pa validate packs/root-pack` from the repository root printed `root-pack/pack.yaml:...` (relative to
+    the pack's parent directory): a path that does not exist from where the user stands, and one that does
+    not tell two packs of one name in different directories apart. Every kind of problem (schema, template,
+    eval file, extends) names the file as the user can open it."""
+    root, child = fixture_packs / "root-pack", fixture_packs / "child-pack"
+    text = (root / "pack.yaml").read_text().replace("action: guide", "action: maybe")
+    (root / "pack.yaml").write_text(text)
+    (root / "templates" / "plain.jinja").write_text("{{ n }\n")
+    with (root / "eval" / "harmful.jsonl").open("a") as handle:
+        handle.write("{bad\n")
+    (child / "pack.yaml").write_text((child / "pack.yaml").read_text().replace("root-pack@^1", "nowhere@^1"))
+    monkeypatch.chdir(fixture_packs.parent)
+    result = CliRunner().invoke(app, ["validate", "packs/root-pack", "packs/child-pack", "--packs-path", "packs"])
+    assert result.exit_code == 2
+    output = " ".join(result.output.split())
+    for place in ("packs/root-pack/pack.yaml:/categories/1/action", "packs/root-pack/templates/plain.jinja:line 1",
+                  "packs/root-pack/eval/harmful.jsonl:line 3", "packs/child-pack/pack.yaml:/extends/0"):
+        assert f" {place}" in output, place
+
+
+def test_directories_nested_past_the_path_length_limit_are_a_problem_not_a_traceback(
+        fixture_packs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Listing a pack with nested directories longer than PATH_MAX together (a contributed or generated
+    tree) raised OSError "File name too long" out of pathlib: `pa validate` printed a traceback."""
+    root = fixture_packs / "root-pack"
+    monkeypatch.chdir(root)
+    for _ in range(24):  # 24 x 201 characters: past Linux's 4096, each step short enough to make
+        os.mkdir("d" * 200)
+        os.chdir("d" * 200)
+    monkeypatch.chdir(fixture_packs)
+    with pytest.raises(PackError) as caught:
+        _load(fixture_packs, "root-pack")
+    assert [str(p) for p in caught.value.problems] == [f"{root}: the pack's files cannot be listed: File name too long\n"
+                                                       "    hint: flatten the pack's directories and shorten their names"]

@@ -301,6 +301,22 @@ def test_a_pack_whose_version_is_not_semantic_is_reported_by_field(fixture_packs
     assert "root-pack/pack.yaml:/version: '1.0' is not a semantic version" in result.output
 
 
+def test_a_range_that_only_a_pack_without_a_semantic_version_could_match_loads_it_to_say_why(
+        fixture_packs: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """child-pack's `root-pack@^1`, with root-pack at `version: "1.0"`, was "no version of 'root-pack' matches
+    '^1'" with the hint "available versions: 1.0" (in ^1, to the eye), or "available versions: " with no
+    version at all: the parent's version field, the thing to fix, went unnamed."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PA_HOME", str(tmp_path / "home"))
+    manifest = fixture_packs / "root-pack" / "pack.yaml"
+    manifest.write_text(manifest.read_text().replace("version: 1.0.0", 'version: "1.0"'))
+    child = CliRunner().invoke(app, ["validate", str(fixture_packs / "child-pack"), "--packs-path", str(fixture_packs)])
+    assert child.exit_code == 2 and "available versions" not in child.output
+    assert "parent 'root-pack@^1' is invalid" in child.output and f"pa validate {fixture_packs / 'root-pack'}" in child.output
+    shown = CliRunner().invoke(app, ["show", "root-pack@^1", "--packs-path", str(fixture_packs)])
+    assert shown.exit_code == 2 and "root-pack/pack.yaml:/version: '1.0' is not a semantic version" in shown.output
+
+
 def test_what_a_pack_composes_with_does_not_depend_on_what_was_loaded_first(fixture_packs: Path,
                                                                             tmp_path: Path) -> None:
     """work/kid extends child-pack (on root-pack@^1), beside a root-pack 1.4.0 in work/. The load cache,
