@@ -339,11 +339,12 @@ def compare_local_pack(pack: Mapping[str, Any], registry: "Registry | None" = No
     name, version, digest = pack.get("name"), pack.get("version"), pack.get("digest")
     local = [loc for loc in registry.discover() if loc.name == name]
     if not local:
-        return [], [_not_installed_note(str(name), str(version), token)]
+        return [], [f"pack {name} is not installed locally; get it with {_pack_pull_commands(str(name), str(version), token)}"]
     exact = [loc for loc in local if loc.version == version]
     if not exact:
         have = ", ".join(sorted(loc.version for loc in local))
-        return [f"the adapter was trained on {name}@{version}, but the local pack is at version {have}"], []
+        return [f"the adapter was trained on {name}@{version}, but the local pack is at version {have}; get "
+                f"{name}@{version} with {_pack_pull_commands(str(name), str(version), token)}"], []
     try:
         local_pack = load_pack(exact[0].path, registry=registry)
     except PolicyAlignError as exc:
@@ -391,13 +392,14 @@ def _ancestry(pack: "Pack") -> str:
     return f" (in its own files or in a pack it extends: {listed})"
 
 
-def _not_installed_note(name: str, version: str, token: str | None) -> str:
-    """How to get the pack: the `pa pack pull` command for the dataset repos that publish it (found
-    by the tags `pa pack push` sets), rather than "ORG/NAME", which left the user to guess where."""
+def _pack_pull_commands(name: str, version: str, token: str | None) -> str:
+    """How to get the pack version an adapter was trained on: the `pa pack pull` command for the dataset
+    repos that publish it (found by the tags `pa pack push` sets), rather than "ORG/NAME", which left the
+    user to guess where. Needed as much when only another version is installed: that warning named no
+    fix, and the `pa eval NAME@VERSION` printed after it fails until the version is installed."""
     try:
         with hub_call("searching the Hub for the pack", token=token, repo=f"pack:{name}"):
             repos = sorted(d.id for d in hub_api(token).list_datasets(filter=["policyalign-pack", f"pack:{name}"]))
     except PolicyAlignError:
         repos = []
-    where = " or ".join(f"`pa pack pull {repo}@{version}`" for repo in repos[:3]) or f"`pa pack pull ORG/NAME@{version}`"
-    return f"pack {name} is not installed locally; get it with {where}"
+    return " or ".join(f"`pa pack pull {repo}@{version}`" for repo in repos[:3]) or f"`pa pack pull ORG/NAME@{version}`"

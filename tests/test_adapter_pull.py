@@ -45,6 +45,21 @@ def test_pull_names_the_repo_that_publishes_a_missing_pack(cli: Cli, hub_server,
     assert "matches the local pack elsewhere@1.0.0" in bare.ok("pull", "org/elsewhere-qwen", "--to", str(tmp_path / "pulled")).stdout
 
 
+def test_pull_names_how_to_get_the_pack_version_it_was_trained_on(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """With another version of the pack installed, `pa pull` warned that the versions differ and named no
+    fix (only a pack not installed at all got the `pa pack pull` command), while the `pa eval NAME@VERSION`
+    it printed next failed with "no version matches" until that version was installed."""
+    published = make_pack(tmp_path / "published", "stepped", version="1.1.0")
+    cli.ok("pack", "push", str(published), "--repo-id", "org/stepped-pack")
+    cli.ok("push", str(make_run(tmp_path / "run", published)), "--repo-id", "org/stepped-qwen")
+    make_pack(cli.packs, "stepped")  # only 1.0.0 is installed
+    pulled = cli.ok("pull", "org/stepped-qwen", "--to", str(tmp_path / "pulled"))
+    assert ("trained on stepped@1.1.0, but the local pack is at version 1.0.0; get stepped@1.1.0 with "
+            "`pa pack pull org/stepped-pack@1.1.0`") in pulled.stderr
+    cli.ok("pack", "pull", "org/stepped-pack@1.1.0")  # the command as printed
+    assert "matches the local pack stepped@1.1.0" in cli.ok("pull", "org/stepped-qwen", "--to", str(tmp_path / "pulled")).stdout
+
+
 def test_pulled_adapter_loads_with_peft(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
