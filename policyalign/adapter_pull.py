@@ -8,8 +8,8 @@ then compares the pack, and each pack it extends, with the local one (`compare_l
 
 from __future__ import annotations
 
+import glob
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 # Files a pulled adapter repository may hold without the card listing them (the card itself,
 # and the .gitattributes the Hub adds); any other unlisted file is a provenance problem.
 UNLISTED_OK = {"README.md", ".gitattributes"}
+# What a second `pa pull` into the same --to is told (run.run_lock's `busy`).
+PULL_BUSY = ("`pa pull --to` target", "wait for the other `pa pull` into it to finish, or pull into another --to")
 
 
 @dataclass(frozen=True)
@@ -286,17 +288,37 @@ def _snapshot(repo_id: str, commit: str, local_dir: Path | None, token: str | No
 
 
 def _pull_into(target: Path, repo_id: str, commit: str, label: str, token: str | None) -> tuple[Path, dict[str, Any]]:
-    """Download into a hidden sibling of `target`, verify, then swap it in (nothing left on failure)."""
+    """Download into a hidden sibling of `target`, verify, then swap it in (nothing left on failure).
+
+    Holds a lock beside `target`: two pulls into one --to share its staging directory, and one's
+    cleanup deleted the files the other was verifying, a provenance failure for an untouched adapter."""
+    from .run import run_lock
+
     _check_replaceable(target)
     output_dir(target.parent, "--to")  # a file in the way is an error naming it, not a FileExistsError traceback
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.pa-pull-", dir=target.parent))
-    try:
-        downloaded = _snapshot(repo_id, commit, staging / "adapter", token)
-        _, provenance = verify_adapter(downloaded, label)
-        swap_in(downloaded, target)
-        return target, provenance
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with run_lock(target.parent, PULL_BUSY, name=f".{target.name}.pa-pull.lock"):
+        staging = _staging_dir(target, commit)
+        try:
+            downloaded = _snapshot(repo_id, commit, staging / "adapter", token)
+            _, provenance = verify_adapter(downloaded, label)
+            swap_in(downloaded, target)
+            return target, provenance
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _staging_dir(target: Path, commit: str) -> Path:
+    """The hidden sibling of `target` a pull of `commit` downloads into, named by the commit so that a
+    pull killed part way (no `finally` runs) is resumed by the next pull of that commit, which finds the
+    files already downloaded there, instead of leaving a hidden partial download beside `target` for
+    good: each killed pull used to leave its own randomly named one, and the re-run fetched it all again.
+    Those a killed pull of another commit (or one of those) left are removed."""
+    staging = target.parent / f".{target.name}.pa-pull-{commit}"
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.pa-pull-*"):
+        if stale != staging and stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+    staging.mkdir(exist_ok=True)
+    return staging
 
 
 def _check_replaceable(target: Path) -> None:

@@ -398,6 +398,34 @@ def test_pull_again_into_a_pulled_adapter_keeps_what_the_user_added_or_changed(c
     assert json.loads((dest / "adapter_config.json").read_text())["r"] == 64
 
 
+def test_a_pull_killed_part_way_is_resumed_and_leaves_nothing_beside_the_target(cli: Cli, hub_server, make_run,  # type: ignore[no-untyped-def]
+                                                                                tmp_path: Path) -> None:
+    """A `pa pull --to` killed mid-download (no `finally` runs) left its randomly named hidden staging
+    directory beside --to for good, one more per killed attempt, and the re-run downloaded everything again.
+    The staging directory is one per target and commit, so a second pull into the same --to is refused
+    while the first works rather than deleting the files it is verifying."""
+    from huggingface_hub import snapshot_download
+
+    cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "killed"))), "--repo-id", "org/killed")
+    commit = hub_server.store.rev(hub_server.repo_path("org/killed"), "main")
+    older = tmp_path / ".pulled.pa-pull-x1y2z3"  # what a killed pull of an earlier version left
+    (older / "adapter").mkdir(parents=True)
+    (older / "adapter" / "adapter_model.safetensors").write_bytes(b"partial")
+    partial = tmp_path / f".pulled.pa-pull-{commit}" / "adapter"  # a killed pull of this commit: the weights were in
+    snapshot_download("org/killed", revision=commit, local_dir=partial, allow_patterns=["adapter_model.safetensors"],
+                      endpoint=hub_server.endpoint, cache_dir=tmp_path / "hf")
+    from policyalign.run import run_lock
+
+    with run_lock(tmp_path, adapter_pull.PULL_BUSY, name=".pulled.pa-pull.lock"):  # another pull into it, still working
+        busy = cli.fails(1, "pull", "org/killed", "--to", str(tmp_path / "pulled"))
+    assert "is working in this `pa pull --to` target" in busy.stderr and partial.is_dir()  # its staging left alone
+    hub_server.requests.clear()
+    cli.ok("pull", "org/killed", "--to", str(tmp_path / "pulled"))
+    assert (tmp_path / "pulled" / "adapter_model.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".pulled") and p.is_dir()) == []
+    assert not [path for method, path, _ in hub_server.requests if path.endswith("/adapter_model.safetensors")]
+
+
 def test_pull_into_a_path_under_a_file_is_a_clear_error(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """`--to FILE/sub` (a file where a parent directory must be) was a FileExistsError traceback."""
     cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "underfile"))), "--repo-id", "org/underfile")
