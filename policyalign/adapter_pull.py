@@ -268,6 +268,7 @@ def pull_adapter(spec: str, *, to: str | Path | None = None, token: str | None =
     with hub_call(f"looking up revision {revision}", token=token, repo=repo_id):
         info = api.model_info(repo_id, revision=revision)
     commit, label = info.sha, f"{repo_id}@{revision}"
+    _refuse_removed_card(info, label)
     # refused before the download: `pa pull` of a base model (not an adapter) fetched all its weights first
     _policyalign_block(card.hub_card_metadata(info.card_data), label)
     if to is None:
@@ -278,6 +279,15 @@ def pull_adapter(spec: str, *, to: str | Path | None = None, token: str | None =
     warnings, notes = compare_local_pack(provenance["pack"], registry, token=token)
     return PullResult(repo_id, revision, str(commit), path, provenance["pack"], provenance["base_model"],
                       tuple(warnings), tuple(notes))
+
+
+def _refuse_removed_card(info: Any, label: str) -> None:
+    """A revision holding policyalign.json but no README.md is an adapter `pa push` published whose card
+    was deleted after it: refused as tampered with, naming the missing card. It was refused as "not a
+    policyalign adapter", with the hint that only adapters `pa push` published can be verified."""
+    files = {str(getattr(sibling, "rfilename", "")) for sibling in getattr(info, "siblings", None) or []}
+    if card.PROVENANCE_FILE in files and "README.md" not in files:
+        raise _tampered([f"README.md, the model card `pa push` publishes with {card.PROVENANCE_FILE}, is missing"], label)
 
 
 def _snapshot(repo_id: str, commit: str, local_dir: Path | None, token: str | None) -> Path:

@@ -448,6 +448,18 @@ def test_pull_of_a_repo_that_is_not_an_adapter_downloads_nothing(cli: Cli, hub_s
     assert not (tmp_path / "pulled").exists() and not list(tmp_path.glob(".pulled.pa-pull-*"))
 
 
+def test_pull_of_an_adapter_whose_card_was_removed_says_so(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """With its README.md deleted on the Hub, a `pa push`ed adapter (policyalign.json and all) was refused as
+    "not a policyalign adapter", hinting that only adapters `pa push` published can be verified: it was one."""
+    cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "uncarded"))), "--repo-id", "org/uncarded")
+    hub_server.store.commit("model", "org/uncarded", "main", {}, ["README.md"], "remove the card")
+    result = cli.fails(1, "pull", "org/uncarded", "--to", str(tmp_path / "pulled"))
+    assert "README.md, the model card `pa push` publishes with policyalign.json, is missing" in result.stderr
+    assert "not a policyalign adapter" not in result.stderr
+    assert "hf repos tag list org/uncarded" in result.stderr and not (tmp_path / "pulled").exists()
+    cli.ok("pull", "org/uncarded@uncarded-v1.0.0", "--to", str(tmp_path / "pulled"))  # the tag still verifies
+
+
 def test_pull_errors_are_clear(cli: Cli) -> None:
     assert "not found" in cli.fails(1, "pull", "org/does-not-exist").stderr
     assert "invalid repository id" in cli.fails(2, "pull", "not-a-repo-id").stderr
