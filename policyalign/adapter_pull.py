@@ -8,8 +8,8 @@ then compares the pack, and each pack it extends, with the local one (`compare_l
 
 from __future__ import annotations
 
+import glob
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 # Files a pulled adapter repository may hold without the card listing them (the card itself,
 # and the .gitattributes the Hub adds); any other unlisted file is a provenance problem.
 UNLISTED_OK = {"README.md", ".gitattributes"}
+# What a second `pa pull` into the same --to is told (run.run_lock's `busy`).
+PULL_BUSY = ("`pa pull --to` target", "wait for the other `pa pull` into it to finish, or pull into another --to")
 
 
 @dataclass(frozen=True)
@@ -266,6 +268,7 @@ def pull_adapter(spec: str, *, to: str | Path | None = None, token: str | None =
     with hub_call(f"looking up revision {revision}", token=token, repo=repo_id):
         info = api.model_info(repo_id, revision=revision)
     commit, label = info.sha, f"{repo_id}@{revision}"
+    _refuse_removed_card(info, label)
     # refused before the download: `pa pull` of a base model (not an adapter) fetched all its weights first
     _policyalign_block(card.hub_card_metadata(info.card_data), label)
     if to is None:
@@ -278,6 +281,15 @@ def pull_adapter(spec: str, *, to: str | Path | None = None, token: str | None =
                       tuple(warnings), tuple(notes))
 
 
+def _refuse_removed_card(info: Any, label: str) -> None:
+    """A revision holding policyalign.json but no README.md is an adapter `pa push` published whose card
+    was deleted after it: refused as tampered with, naming the missing card. It was refused as "not a
+    policyalign adapter", with the hint that only adapters `pa push` published can be verified."""
+    files = {str(getattr(sibling, "rfilename", "")) for sibling in getattr(info, "siblings", None) or []}
+    if card.PROVENANCE_FILE in files and "README.md" not in files:
+        raise _tampered([f"README.md, the model card `pa push` publishes with {card.PROVENANCE_FILE}, is missing"], label)
+
+
 def _snapshot(repo_id: str, commit: str, local_dir: Path | None, token: str | None) -> Path:
     from huggingface_hub import snapshot_download
 
@@ -286,17 +298,37 @@ def _snapshot(repo_id: str, commit: str, local_dir: Path | None, token: str | No
 
 
 def _pull_into(target: Path, repo_id: str, commit: str, label: str, token: str | None) -> tuple[Path, dict[str, Any]]:
-    """Download into a hidden sibling of `target`, verify, then swap it in (nothing left on failure)."""
+    """Download into a hidden sibling of `target`, verify, then swap it in (nothing left on failure).
+
+    Holds a lock beside `target`: two pulls into one --to share its staging directory, and one's
+    cleanup deleted the files the other was verifying, a provenance failure for an untouched adapter."""
+    from .run import run_lock
+
     _check_replaceable(target)
     output_dir(target.parent, "--to")  # a file in the way is an error naming it, not a FileExistsError traceback
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.pa-pull-", dir=target.parent))
-    try:
-        downloaded = _snapshot(repo_id, commit, staging / "adapter", token)
-        _, provenance = verify_adapter(downloaded, label)
-        swap_in(downloaded, target)
-        return target, provenance
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with run_lock(target.parent, PULL_BUSY, name=f".{target.name}.pa-pull.lock"):
+        staging = _staging_dir(target, commit)
+        try:
+            downloaded = _snapshot(repo_id, commit, staging / "adapter", token)
+            _, provenance = verify_adapter(downloaded, label)
+            swap_in(downloaded, target)
+            return target, provenance
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _staging_dir(target: Path, commit: str) -> Path:
+    """The hidden sibling of `target` a pull of `commit` downloads into, named by the commit so that a
+    pull killed part way (no `finally` runs) is resumed by the next pull of that commit, which finds the
+    files already downloaded there, instead of leaving a hidden partial download beside `target` for
+    good: each killed pull used to leave its own randomly named one, and the re-run fetched it all again.
+    Those a killed pull of another commit (or one of those) left are removed."""
+    staging = target.parent / f".{target.name}.pa-pull-{commit}"
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.pa-pull-*"):
+        if stale != staging and stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+    staging.mkdir(exist_ok=True)
+    return staging
 
 
 def _check_replaceable(target: Path) -> None:
@@ -339,11 +371,12 @@ def compare_local_pack(pack: Mapping[str, Any], registry: "Registry | None" = No
     name, version, digest = pack.get("name"), pack.get("version"), pack.get("digest")
     local = [loc for loc in registry.discover() if loc.name == name]
     if not local:
-        return [], [_not_installed_note(str(name), str(version), token)]
+        return [], [f"pack {name} is not installed locally; get it with {_pack_pull_commands(str(name), str(version), token)}"]
     exact = [loc for loc in local if loc.version == version]
     if not exact:
         have = ", ".join(sorted(loc.version for loc in local))
-        return [f"the adapter was trained on {name}@{version}, but the local pack is at version {have}"], []
+        return [f"the adapter was trained on {name}@{version}, but the local pack is at version {have}; get "
+                f"{name}@{version} with {_pack_pull_commands(str(name), str(version), token)}"], []
     try:
         local_pack = load_pack(exact[0].path, registry=registry)
     except PolicyAlignError as exc:
@@ -391,13 +424,14 @@ def _ancestry(pack: "Pack") -> str:
     return f" (in its own files or in a pack it extends: {listed})"
 
 
-def _not_installed_note(name: str, version: str, token: str | None) -> str:
-    """How to get the pack: the `pa pack pull` command for the dataset repos that publish it (found
-    by the tags `pa pack push` sets), rather than "ORG/NAME", which left the user to guess where."""
+def _pack_pull_commands(name: str, version: str, token: str | None) -> str:
+    """How to get the pack version an adapter was trained on: the `pa pack pull` command for the dataset
+    repos that publish it (found by the tags `pa pack push` sets), rather than "ORG/NAME", which left the
+    user to guess where. Needed as much when only another version is installed: that warning named no
+    fix, and the `pa eval NAME@VERSION` printed after it fails until the version is installed."""
     try:
         with hub_call("searching the Hub for the pack", token=token, repo=f"pack:{name}"):
             repos = sorted(d.id for d in hub_api(token).list_datasets(filter=["policyalign-pack", f"pack:{name}"]))
     except PolicyAlignError:
         repos = []
-    where = " or ".join(f"`pa pack pull {repo}@{version}`" for repo in repos[:3]) or f"`pa pack pull ORG/NAME@{version}`"
-    return f"pack {name} is not installed locally; get it with {where}"
+    return " or ".join(f"`pa pack pull {repo}@{version}`" for repo in repos[:3]) or f"`pa pack pull ORG/NAME@{version}`"

@@ -104,11 +104,13 @@ def _hub_error(exc: BaseException, action: str, token: str | None, repo: str, st
     if cause != detail:  # e.g. "Error while uploading X" wraps the HTTP error that says why
         detail = f"{detail} ({cause})"
     detail = scrub(detail, token)
+    # a token refused after the commit landed (expired, revoked, not allowed to tag): what main now holds, too
     if status == 401 and not isinstance(exc, RepositoryNotFoundError):
-        return HubError(f"{action}: the Hub rejected the token (401 Unauthorized)", file=repo, hint=LOGIN_HINT)
+        return HubError(f"{action}: the Hub rejected the token (401 Unauthorized)", file=repo,
+                        hint="; ".join(filter(None, [LOGIN_HINT, state])))
     if status == 403:
         return HubError(f"{action}: the token may not write to this repository (403 Forbidden)", file=repo,
-                        hint="use a token with write access to that user or organization")
+                        hint="; ".join(filter(None, ["use a token with write access to that user or organization", state])))
     if isinstance(exc, RevisionNotFoundError):
         return HubError(f"{action}: revision not found", file=repo, hint="check the tag or branch name after '@'")
     if isinstance(exc, RepositoryNotFoundError):

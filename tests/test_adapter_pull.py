@@ -45,6 +45,21 @@ def test_pull_names_the_repo_that_publishes_a_missing_pack(cli: Cli, hub_server,
     assert "matches the local pack elsewhere@1.0.0" in bare.ok("pull", "org/elsewhere-qwen", "--to", str(tmp_path / "pulled")).stdout
 
 
+def test_pull_names_how_to_get_the_pack_version_it_was_trained_on(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """With another version of the pack installed, `pa pull` warned that the versions differ and named no
+    fix (only a pack not installed at all got the `pa pack pull` command), while the `pa eval NAME@VERSION`
+    it printed next failed with "no version matches" until that version was installed."""
+    published = make_pack(tmp_path / "published", "stepped", version="1.1.0")
+    cli.ok("pack", "push", str(published), "--repo-id", "org/stepped-pack")
+    cli.ok("push", str(make_run(tmp_path / "run", published)), "--repo-id", "org/stepped-qwen")
+    make_pack(cli.packs, "stepped")  # only 1.0.0 is installed
+    pulled = cli.ok("pull", "org/stepped-qwen", "--to", str(tmp_path / "pulled"))
+    assert ("trained on stepped@1.1.0, but the local pack is at version 1.0.0; get stepped@1.1.0 with "
+            "`pa pack pull org/stepped-pack@1.1.0`") in pulled.stderr
+    cli.ok("pack", "pull", "org/stepped-pack@1.1.0")  # the command as printed
+    assert "matches the local pack stepped@1.1.0" in cli.ok("pull", "org/stepped-qwen", "--to", str(tmp_path / "pulled")).stdout
+
+
 def test_pulled_adapter_loads_with_peft(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -383,6 +398,34 @@ def test_pull_again_into_a_pulled_adapter_keeps_what_the_user_added_or_changed(c
     assert json.loads((dest / "adapter_config.json").read_text())["r"] == 64
 
 
+def test_a_pull_killed_part_way_is_resumed_and_leaves_nothing_beside_the_target(cli: Cli, hub_server, make_run,  # type: ignore[no-untyped-def]
+                                                                                tmp_path: Path) -> None:
+    """A `pa pull --to` killed mid-download (no `finally` runs) left its randomly named hidden staging
+    directory beside --to for good, one more per killed attempt, and the re-run downloaded everything again.
+    The staging directory is one per target and commit, so a second pull into the same --to is refused
+    while the first works rather than deleting the files it is verifying."""
+    from huggingface_hub import snapshot_download
+
+    cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "killed"))), "--repo-id", "org/killed")
+    commit = hub_server.store.rev(hub_server.repo_path("org/killed"), "main")
+    older = tmp_path / ".pulled.pa-pull-x1y2z3"  # what a killed pull of an earlier version left
+    (older / "adapter").mkdir(parents=True)
+    (older / "adapter" / "adapter_model.safetensors").write_bytes(b"partial")
+    partial = tmp_path / f".pulled.pa-pull-{commit}" / "adapter"  # a killed pull of this commit: the weights were in
+    snapshot_download("org/killed", revision=commit, local_dir=partial, allow_patterns=["adapter_model.safetensors"],
+                      endpoint=hub_server.endpoint, cache_dir=tmp_path / "hf")
+    from policyalign.run import run_lock
+
+    with run_lock(tmp_path, adapter_pull.PULL_BUSY, name=".pulled.pa-pull.lock"):  # another pull into it, still working
+        busy = cli.fails(1, "pull", "org/killed", "--to", str(tmp_path / "pulled"))
+    assert "is working in this `pa pull --to` target" in busy.stderr and partial.is_dir()  # its staging left alone
+    hub_server.requests.clear()
+    cli.ok("pull", "org/killed", "--to", str(tmp_path / "pulled"))
+    assert (tmp_path / "pulled" / "adapter_model.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".pulled") and p.is_dir()) == []
+    assert not [path for method, path, _ in hub_server.requests if path.endswith("/adapter_model.safetensors")]
+
+
 def test_pull_into_a_path_under_a_file_is_a_clear_error(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """`--to FILE/sub` (a file where a parent directory must be) was a FileExistsError traceback."""
     cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "underfile"))), "--repo-id", "org/underfile")
@@ -403,6 +446,18 @@ def test_pull_of_a_repo_that_is_not_an_adapter_downloads_nothing(cli: Cli, hub_s
         assert "not a policyalign adapter: its card has no `policyalign` metadata" in result.stderr
     assert not [p for p in (cli.home / "hf").rglob("*") if p.name == "model.safetensors"]
     assert not (tmp_path / "pulled").exists() and not list(tmp_path.glob(".pulled.pa-pull-*"))
+
+
+def test_pull_of_an_adapter_whose_card_was_removed_says_so(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """With its README.md deleted on the Hub, a `pa push`ed adapter (policyalign.json and all) was refused as
+    "not a policyalign adapter", hinting that only adapters `pa push` published can be verified: it was one."""
+    cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "uncarded"))), "--repo-id", "org/uncarded")
+    hub_server.store.commit("model", "org/uncarded", "main", {}, ["README.md"], "remove the card")
+    result = cli.fails(1, "pull", "org/uncarded", "--to", str(tmp_path / "pulled"))
+    assert "README.md, the model card `pa push` publishes with policyalign.json, is missing" in result.stderr
+    assert "not a policyalign adapter" not in result.stderr
+    assert "hf repos tag list org/uncarded" in result.stderr and not (tmp_path / "pulled").exists()
+    cli.ok("pull", "org/uncarded@uncarded-v1.0.0", "--to", str(tmp_path / "pulled"))  # the tag still verifies
 
 
 def test_pull_errors_are_clear(cli: Cli) -> None:

@@ -103,6 +103,23 @@ def test_a_failed_push_says_what_the_hub_holds_and_the_same_command_finishes_it(
 
 
 
+
+def test_a_push_refused_for_its_token_after_committing_says_what_the_hub_holds(cli: Cli, hub_server, make_run,  # type: ignore[no-untyped-def]
+                                                                               tmp_path: Path) -> None:
+    """A token rejected (401: expired, revoked) or not allowed to tag (403) after the commit landed said
+    only "log in": not that main now held the new files untagged, nor that the same command tags them."""
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "revoked"))
+    for status in (401, 403):
+        hub_server.fail("POST", r"/api/models/org/revoked/tag/.*", status=status)
+        failed = cli.fails(1, "push", str(run), "--repo-id", "org/revoked")
+        assert f"({status} " in failed.stderr
+        assert "the files are on the main branch (commit " in failed.stderr
+        assert "not tagged revoked-v1.0.0; run the same command again to tag them" in failed.stderr
+    assert hub_server.tags("org/revoked") == []
+    cli.ok("push", str(run), "--repo-id", "org/revoked")
+    assert hub_server.tags("org/revoked") == ["revoked-v1.0.0"]
+
+
 # --------------------------------------------------------------------------- downloads (shared)
 
 
