@@ -598,6 +598,9 @@ def card_context(artifacts: RunArtifacts, repo_id: str, revision: str, metadata:
         "has_eval": bool(artifacts.evals),
         "eval_stages": [s for s in EVAL_STAGES if s in artifacts.evals],
         "judge": after.get("judge") or (artifacts.evals.get("before") or {}).get("judge"),
+        # which version of the judge's built-in rules (or an llm: judge's prompt) gave the verdicts: the same
+        # judge under other rules labels answers otherwise, and the card alone made two such evals look alike
+        "judge_rules": after.get("judge_rules") or (artifacts.evals.get("before") or {}).get("judge_rules"),
         "set_rows": rows,
         "unmeasured": unmeasured_categories(pack, artifacts.evals),
         "limited": any(row.limited for row in rows),

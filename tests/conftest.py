@@ -195,7 +195,7 @@ def _eval_json(pack, model: str, rates: dict[str, float]) -> dict:  # type: igno
         sets[eval_set.name] = {"kind": eval_set.kind, "n": len(eval_set.items), metric: rates[eval_set.kind],
                                "per_category": {c: {metric: rates[eval_set.kind]} for c in cats}}
     return {"model": model, "adapter": None, "pack": {"name": pack.name, "version": pack.version, "digest": pack.digest},
-            "judge": "refusal", "sets": sets}
+            "judge": "refusal", "judge_rules": "0123456789abcdef", "sets": sets}
 
 
 @pytest.fixture

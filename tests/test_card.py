@@ -72,6 +72,15 @@ def test_eval_table_numbers(tmp_path: Path, make_run) -> None:  # type: ignore[n
     assert "| 10.0% | 5.0% | -5.0 pp |" in body
 
 
+def test_the_card_names_the_judges_rules(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
+    """The card said only "Judge: refusal": two adapters evaluated under other versions of the refusal
+    detector's rules (or of an llm: judge's prompt), whose same answers may be labelled otherwise, had cards
+    that looked alike; only the published eval.json told them apart."""
+    run = make_run(tmp_path / "run", ROOT_PACK)
+    _, body = card.parse_card(_render(run))
+    assert "Judge: refusal (rules `0123456789abcdef`" in body
+
+
 def test_card_without_eval_says_so(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
     run = make_run(tmp_path / "run", ROOT_PACK, evals=False)
     text = _render(run)
