@@ -326,12 +326,23 @@ def _override(col: Collector, index: int, parent: Category, raw: dict[str, Any],
                     "for what your domain adds")
             return parent
     if raw.get("remove"):
+        _check_remove_alone(col, where, parent.id, raw)
         return None
     extra = tuple(_seed(parent.id, len(parent.seeds) + i, s) for i, s in enumerate(_list(raw, "seeds")))
     locked_by = (parent.locked_by or parent.origin) if parent.locked else (origin if raw.get("locked") else "")
     return Category(parent.id, raw.get("title", parent.title), raw.get("description", parent.description),
                     raw.get("action", parent.action), parent.locked or bool(raw.get("locked", False)),
                     parent.seeds + extra, parent.origin, locked_by)
+
+
+def _check_remove_alone(col: Collector, where: str, category_id: str, raw: dict[str, Any]) -> None:
+    """`{id: scams, remove: true, action: refuse}` dropped the category and silently ignored the rest: the
+    author meant either to drop it or to change it, and was told neither."""
+    extra = [str(key) for key in raw if key not in ("id", "remove")]
+    if extra:
+        col.add(MANIFEST, f"{where}/{extra[0]}", f"category {category_id!r} is removed (`remove: true`), so its "
+                f"{', '.join(extra)} would be ignored", "`remove: true` takes only `id`: delete the other fields, "
+                "or delete `remove: true` to keep the category and change it")
 
 
 def _check_seeds_ask(col: Collector, index: int, raw: dict[str, Any]) -> None:

@@ -255,6 +255,11 @@ FAULTS = [
     Fault("remove-mistyped-parent-category", "child-pack", _edit("pack.yaml", "  - id: records\n", "  - id: scam\n    remove: true\n  - id: records\n"),
           ("pack.yaml", "/categories/1/remove", "category 'scam' is not inherited, nothing to remove",
            "did you mean 'scams'? (a parent's category)")),
+    # Fields beside `remove: true` were dropped with the category, without a word.
+    Fault("remove-with-other-fields", "child-pack", _edit("pack.yaml", "  - id: records\n", "  - id: scams\n    remove: true\n"
+                                                          "    title: Scam messages\n    action: refuse\n  - id: records\n"),
+          ("pack.yaml", "/categories/1/title", "category 'scams' is removed (`remove: true`), so its title, action would be ignored",
+           "`remove: true` takes only `id`")),
     Fault("override-mistyped-parent-category", "child-pack", _edit("pack.yaml", "  - id: records\n", "  - id: scam\n    action: refuse\n  - id: records\n"),
           ("pack.yaml", "/categories/1:", "new category 'scam' is missing title, description",
            "did you mean 'scams'? (a parent's category)")),
