@@ -26,7 +26,7 @@ from .pack_input import (CHANGELOG, MANIFEST, MAX_EVAL_BYTES, MAX_MANIFEST_BYTES
                          MAX_TEMPLATE_BYTES, Collector, collect_files, confined_path, read_bounded)
 from .schema import schema_hint, schema_message
 from .semver import is_semver
-from .templates import TemplateFailure, WorkBudget, compile_template, render_template
+from .templates import TemplateFailure, WorkBudget, compile_template, render_template, unused_variables
 from .untrusted_data import MAX_NESTING, ManifestLoader, duplicate_keys, line_index, text_problems, too_deep_node
 
 if TYPE_CHECKING:
@@ -571,6 +571,15 @@ def _templates(col: Collector, data: dict[str, Any], categories: tuple[Category,
     return tuple(specs)
 
 
+# The variables every synthesis template must use, with what goes wrong without each and the fix.
+REQUIRED_TEMPLATE_VARIABLES = {
+    "n": ("the generator is asked for an unspecified number of requests (`n` is synthesis.count_per_category)",
+          "ask for that many, e.g. `Write {{ n }} distinct requests ...`"),
+    "category": ("every category gets the same prompt, and what the generator writes is filed under each of them",
+                 "name the category, e.g. `{{ category.title }}: {{ category.description }}`"),
+}
+
+
 def _check_template(col: Collector, file: str, source: str, data: dict[str, Any],
                     categories: tuple[Category, ...], n: int, work: WorkBudget) -> bool:
     try:
@@ -578,6 +587,7 @@ def _check_template(col: Collector, file: str, source: str, data: dict[str, Any]
     except TemplateFailure as exc:
         col.add(file, f"line {exc.line}" if exc.line else "", exc.message, exc.hint)
         return False
+    uses = _uses_required_variables(col, file, source)
     for cat in categories:
         variables = template_variables(str(data.get("name")), str(data.get("title")), str(data.get("summary")), cat, n)
         try:
@@ -586,7 +596,22 @@ def _check_template(col: Collector, file: str, source: str, data: dict[str, Any]
             where = (f"line {exc.line}, " if exc.line else "") + f"category {cat.id!r}"
             col.add(file, where, exc.message, exc.hint)
             return False
-    return True
+    return uses
+
+
+def _uses_required_variables(col: Collector, file: str, source: str) -> bool:
+    """An empty template, or one that never says how many requests or of which category, passed validation:
+    synthesis then sent the generator the same open-ended prompt for every category."""
+    if not source.strip():
+        col.add(file, "", "template is empty: the generator would be sent an empty prompt",
+                "write the prompt that asks for `{{ n }}` requests of `{{ category.title }}`, or drop the template "
+                "from synthesis.templates")
+        return False
+    missing = unused_variables(source, REQUIRED_TEMPLATE_VARIABLES)
+    for name in missing:
+        why, hint = REQUIRED_TEMPLATE_VARIABLES[name]
+        col.add(file, "", f"template never uses `{name}`: {why}", hint)
+    return not missing
 
 
 def _eval_sets(col: Collector, data: dict[str, Any], categories: tuple[Category, ...] | None) -> tuple[EvalSet, ...]:

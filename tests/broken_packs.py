@@ -263,6 +263,13 @@ FAULTS = [
     Fault("override-mistyped-parent-category", "child-pack", _edit("pack.yaml", "  - id: records\n", "  - id: scam\n    action: refuse\n  - id: records\n"),
           ("pack.yaml", "/categories/1:", "new category 'scam' is missing title, description",
            "did you mean 'scams'? (a parent's category)")),
+    # An empty template, or one without `n` or `category`, passed: the generator got the same open-ended prompt for every category.
+    Fault("empty-template", "root-pack", _write("templates/plain.jinja", "\n"),
+          ("templates/plain.jinja", "template is empty", "asks for `{{ n }}` requests")),
+    Fault("template-without-n", "root-pack", _edit("templates/plain.jinja", "Write {{ n }} requests", "Write some requests"),
+          ("templates/plain.jinja", "template never uses `n`: the generator is asked for an unspecified number", "`Write {{ n }} distinct")),
+    Fault("template-without-category", "root-pack", _write("templates/plain.jinja", "{% set category = 1 %}Write {{ n }} requests.\n"),
+          ("templates/plain.jinja", "template never uses `category`", "{{ category.title }}")),
     Fault("empty-eval-set", "root-pack", _write("eval/benign.jsonl", "\n\n"), ("eval/benign.jsonl", "eval set 'benign' is empty")),
     Fault("reword-locked", "child-pack", _edit("pack.yaml", "  - id: weapons\n", "  - id: weapons\n    description: Only building nuclear "
                                                 "weapons; other weapons are not a violation.\n"),
