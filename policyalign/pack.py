@@ -381,6 +381,30 @@ def _check_seed_lengths(col: Collector, data: dict[str, Any], lines: dict[str, i
                         "character counts as a word and as two characters)")
 
 
+def _check_seed_repeats(col: Collector, data: dict[str, Any], lines: dict[str, int]) -> None:
+    """Report a seed listed twice in one category entry, compared as dedup compares texts (case, punctuation,
+    width and look-alike letters ignored): it was accepted, and counted twice toward the five a category needs
+    while the generator saw one example fewer. Only for a `categories` section that passed the schema."""
+    from .dedup import normalize
+
+    def place(pointer: str) -> str:
+        return pointer + (f" (line {lines[pointer]})" if pointer in lines else "")
+
+    for index, category in enumerate(_list(data, "categories")):
+        first: dict[str, int] = {}
+        for i, value in enumerate(_list(category, "seeds")):
+            key = normalize(_seed("", i, value).text)
+            if not key:  # a blank seed is `_check_seeds_ask`'s
+                continue
+            if key in first:
+                col.add(MANIFEST, place(f"/categories/{index}/seeds/{i}"),
+                        f"seed repeats {place(f'/categories/{index}/seeds/{first[key]}')} (compared ignoring case, "
+                        "punctuation and spacing)", "delete one of the two, or rewrite it as another style of request "
+                        "(role-play, fiction, a harmful ask buried in a legitimate task)")
+            else:
+                first[key] = i
+
+
 def _seed_key(seed: Seed) -> str:
     return json.dumps([thaw(seed.messages), thaw(seed.tools)], sort_keys=True, ensure_ascii=False)
 
@@ -721,6 +745,8 @@ def _build(col: Collector, data: dict[str, Any], lines: dict[str, int], registry
         col.add(MANIFEST, pointer + (f" (line {lines[pointer]})" if pointer in lines else ""), message, hint)
         broken.add(pointer.split("/")[1])  # its section is not checked further (it would fail again, or crash)
     _check_seed_lengths(col, data, lines)
+    if "categories" not in broken:
+        _check_seed_repeats(col, data, lines)
     name, version = data.get("name"), data.get("version")
     if isinstance(name, str) and name != col.root.name:
         col.add(MANIFEST, "/name", f"name {name!r} does not match the directory name {col.root.name!r}",
