@@ -105,7 +105,13 @@ def read_bounded(col: Collector, rel: str, limit: int, where: str) -> str | None
         col.add(MANIFEST, where, f"{rel!r}: {target}", "use a relative path to a file inside the pack directory")
         return None
     if not target.is_file():
-        col.add(MANIFEST, where, f"referenced file {rel!r} does not exist", "create the file or fix the path")
+        if target.is_dir():  # "does not exist" sent the user looking for a path that is right there
+            col.add(MANIFEST, where, f"referenced file {rel!r} is a directory, and a file is needed here",
+                    "give the path of the file itself (e.g. one inside that directory), not of a directory")
+        elif target.exists():  # a FIFO or device: `collect_files` names it too
+            col.add(MANIFEST, where, f"referenced file {rel!r} is not a regular file", "make it a plain file in the pack")
+        else:
+            col.add(MANIFEST, where, f"referenced file {rel!r} does not exist", "create the file or fix the path")
         return None
     if col.digested is not None and target.relative_to(col.root).as_posix() not in col.digested:
         # The digest pins the pack's content; a file it skips could change without changing the digest.
