@@ -649,6 +649,7 @@ def _eval_sets(col: Collector, data: dict[str, Any], categories: tuple[Category,
         if entry.get("name") in names:
             col.add(MANIFEST, f"/eval/{index}/name", f"duplicate eval set name {entry.get('name')!r}", "rename one")
         names.add(entry.get("name"))
+        _check_eval_file_name(col, index, entry.get("file"))
         text = read_bounded(col, entry.get("file", ""), MAX_EVAL_BYTES, f"/eval/{index}/file")
         if text is None:
             continue
@@ -659,6 +660,17 @@ def _eval_sets(col: Collector, data: dict[str, Any], categories: tuple[Category,
         items = eval_items(col, entry["file"], text, known, seen_ids, str(entry.get("kind")))
         sets.append(EvalSet(str(entry.get("name")), str(entry.get("kind")), entry["file"], tuple(items)))
     return tuple(sets)
+
+
+def _check_eval_file_name(col: Collector, index: int, file: Any) -> None:
+    """An eval set named `eval/harmful.json` was read under the eval-set bound but held by `collect_files` (and
+    `pa pack pull`, which sees names before any manifest) to the 2 MB bound of other files: the 8 MB bound is
+    for eval sets, and an eval set is known by its `.jsonl` name."""
+    if isinstance(file, str) and file and not file.endswith(".jsonl"):
+        col.add(MANIFEST, f"/eval/{index}/file", f"eval set file {file!r} does not end in .jsonl: eval sets are "
+                f"JSONL files, and only a .jsonl file may have up to {MAX_EVAL_BYTES} bytes (others {MAX_OTHER_BYTES})",
+                "rename the file to end in .jsonl and change `file` here to match")
+
 
 def _check_changelog(col: Collector, version: str) -> None:
     path = col.root / CHANGELOG

@@ -191,7 +191,8 @@ def collect_files(col: Collector) -> list[Path]:
         size = path.stat().st_size
         if size > file_cap(rel.as_posix()):  # unreferenced files too: `pa pack pull` refuses the pack for any
             col.add(str(rel), "", f"file is {size} bytes, over the {file_cap(rel.as_posix())}-byte limit",
-                    "split or shorten the file, or remove it from the pack")
+                    "split or shorten the file, or remove it from the pack" + ("" if rel.suffix == ".jsonl" or rel.name == MANIFEST
+                    else f" (an eval set: name it .jsonl, which may have up to {MAX_EVAL_BYTES} bytes)"))
         total += size
         files.append(path)
     if len(files) > MAX_PACK_FILES:

@@ -73,6 +73,12 @@ def _policy_directory(root: Path) -> None:
     (root / "policy.md").mkdir()
 
 
+def _eval_not_jsonl(root: Path) -> None:
+    """An eval set named .json: read under the 8 MB eval bound, held by `collect_files` to 2 MB."""
+    (root / "eval" / "benign.jsonl").rename(root / "eval" / "benign.json")
+    _edit("pack.yaml", "file: eval/benign.jsonl", "file: eval/benign.json")(root)
+
+
 def _oversized(root: Path) -> None:
     (root / "policy.md").write_text("Be safe. " * 20000)
 
@@ -286,6 +292,9 @@ FAULTS = [
     Fault("policy-is-a-directory", "root-pack", _policy_directory,
           ("pack.yaml", "/policy", "referenced file 'policy.md' is a directory, and a file is needed here",
            "give the path of the file itself")),
+    Fault("eval-file-not-jsonl", "root-pack", _eval_not_jsonl,
+          ("pack.yaml", "/eval/1/file", "eval set file 'eval/benign.json' does not end in .jsonl",
+           "rename the file to end in .jsonl")),
     Fault("empty-eval-set", "root-pack", _write("eval/benign.jsonl", "\n\n"), ("eval/benign.jsonl", "eval set 'benign' is empty")),
     Fault("reword-locked", "child-pack", _edit("pack.yaml", "  - id: weapons\n", "  - id: weapons\n    description: Only building nuclear "
                                                 "weapons; other weapons are not a violation.\n"),
