@@ -26,7 +26,7 @@ from .pack_input import (CHANGELOG, MANIFEST, MAX_EVAL_BYTES, MAX_MANIFEST_BYTES
                          MAX_TEMPLATE_BYTES, Collector, collect_files, confined_path, read_bounded)
 from .schema import schema_hint, schema_message
 from .semver import is_semver
-from .templates import TemplateFailure, WorkBudget, compile_template, render_template
+from .templates import TemplateFailure, WorkBudget, compile_template, render_template, unused_variables
 from .untrusted_data import MAX_NESTING, ManifestLoader, duplicate_keys, line_index, text_problems, too_deep_node
 
 if TYPE_CHECKING:
@@ -326,12 +326,23 @@ def _override(col: Collector, index: int, parent: Category, raw: dict[str, Any],
                     "for what your domain adds")
             return parent
     if raw.get("remove"):
+        _check_remove_alone(col, where, parent.id, raw)
         return None
     extra = tuple(_seed(parent.id, len(parent.seeds) + i, s) for i, s in enumerate(_list(raw, "seeds")))
     locked_by = (parent.locked_by or parent.origin) if parent.locked else (origin if raw.get("locked") else "")
     return Category(parent.id, raw.get("title", parent.title), raw.get("description", parent.description),
                     raw.get("action", parent.action), parent.locked or bool(raw.get("locked", False)),
                     parent.seeds + extra, parent.origin, locked_by)
+
+
+def _check_remove_alone(col: Collector, where: str, category_id: str, raw: dict[str, Any]) -> None:
+    """`{id: scams, remove: true, action: refuse}` dropped the category and silently ignored the rest: the
+    author meant either to drop it or to change it, and was told neither."""
+    extra = [str(key) for key in raw if key not in ("id", "remove")]
+    if extra:
+        col.add(MANIFEST, f"{where}/{extra[0]}", f"category {category_id!r} is removed (`remove: true`), so its "
+                f"{', '.join(extra)} would be ignored", "`remove: true` takes only `id`: delete the other fields, "
+                "or delete `remove: true` to keep the category and change it")
 
 
 def _check_seeds_ask(col: Collector, index: int, raw: dict[str, Any]) -> None:
@@ -368,6 +379,30 @@ def _check_seed_lengths(col: Collector, data: dict[str, Any], lines: dict[str, i
                         f"{value!r} is too short: synthesis drops a generated instruction this short as too_short",
                         f"write at least {MIN_WORDS} words and {MIN_CHARS} characters (a Chinese or Japanese "
                         "character counts as a word and as two characters)")
+
+
+def _check_seed_repeats(col: Collector, data: dict[str, Any], lines: dict[str, int]) -> None:
+    """Report a seed listed twice in one category entry, compared as dedup compares texts (case, punctuation,
+    width and look-alike letters ignored): it was accepted, and counted twice toward the five a category needs
+    while the generator saw one example fewer. Only for a `categories` section that passed the schema."""
+    from .dedup import normalize
+
+    def place(pointer: str) -> str:
+        return pointer + (f" (line {lines[pointer]})" if pointer in lines else "")
+
+    for index, category in enumerate(_list(data, "categories")):
+        first: dict[str, int] = {}
+        for i, value in enumerate(_list(category, "seeds")):
+            key = normalize(_seed("", i, value).text)
+            if not key:  # a blank seed is `_check_seeds_ask`'s
+                continue
+            if key in first:
+                col.add(MANIFEST, place(f"/categories/{index}/seeds/{i}"),
+                        f"seed repeats {place(f'/categories/{index}/seeds/{first[key]}')} (compared ignoring case, "
+                        "punctuation and spacing)", "delete one of the two, or rewrite it as another style of request "
+                        "(role-play, fiction, a harmful ask buried in a legitimate task)")
+            else:
+                first[key] = i
 
 
 def _seed_key(seed: Seed) -> str:
@@ -560,6 +595,15 @@ def _templates(col: Collector, data: dict[str, Any], categories: tuple[Category,
     return tuple(specs)
 
 
+# The variables every synthesis template must use, with what goes wrong without each and the fix.
+REQUIRED_TEMPLATE_VARIABLES = {
+    "n": ("the generator is asked for an unspecified number of requests (`n` is synthesis.count_per_category)",
+          "ask for that many, e.g. `Write {{ n }} distinct requests ...`"),
+    "category": ("every category gets the same prompt, and what the generator writes is filed under each of them",
+                 "name the category, e.g. `{{ category.title }}: {{ category.description }}`"),
+}
+
+
 def _check_template(col: Collector, file: str, source: str, data: dict[str, Any],
                     categories: tuple[Category, ...], n: int, work: WorkBudget) -> bool:
     try:
@@ -567,6 +611,7 @@ def _check_template(col: Collector, file: str, source: str, data: dict[str, Any]
     except TemplateFailure as exc:
         col.add(file, f"line {exc.line}" if exc.line else "", exc.message, exc.hint)
         return False
+    uses = _uses_required_variables(col, file, source)
     for cat in categories:
         variables = template_variables(str(data.get("name")), str(data.get("title")), str(data.get("summary")), cat, n)
         try:
@@ -575,7 +620,22 @@ def _check_template(col: Collector, file: str, source: str, data: dict[str, Any]
             where = (f"line {exc.line}, " if exc.line else "") + f"category {cat.id!r}"
             col.add(file, where, exc.message, exc.hint)
             return False
-    return True
+    return uses
+
+
+def _uses_required_variables(col: Collector, file: str, source: str) -> bool:
+    """An empty template, or one that never says how many requests or of which category, passed validation:
+    synthesis then sent the generator the same open-ended prompt for every category."""
+    if not source.strip():
+        col.add(file, "", "template is empty: the generator would be sent an empty prompt",
+                "write the prompt that asks for `{{ n }}` requests of `{{ category.title }}`, or drop the template "
+                "from synthesis.templates")
+        return False
+    missing = unused_variables(source, REQUIRED_TEMPLATE_VARIABLES)
+    for name in missing:
+        why, hint = REQUIRED_TEMPLATE_VARIABLES[name]
+        col.add(file, "", f"template never uses `{name}`: {why}", hint)
+    return not missing
 
 
 def _eval_sets(col: Collector, data: dict[str, Any], categories: tuple[Category, ...] | None) -> tuple[EvalSet, ...]:
@@ -589,6 +649,7 @@ def _eval_sets(col: Collector, data: dict[str, Any], categories: tuple[Category,
         if entry.get("name") in names:
             col.add(MANIFEST, f"/eval/{index}/name", f"duplicate eval set name {entry.get('name')!r}", "rename one")
         names.add(entry.get("name"))
+        _check_eval_file_name(col, index, entry.get("file"))
         text = read_bounded(col, entry.get("file", ""), MAX_EVAL_BYTES, f"/eval/{index}/file")
         if text is None:
             continue
@@ -599,6 +660,17 @@ def _eval_sets(col: Collector, data: dict[str, Any], categories: tuple[Category,
         items = eval_items(col, entry["file"], text, known, seen_ids, str(entry.get("kind")))
         sets.append(EvalSet(str(entry.get("name")), str(entry.get("kind")), entry["file"], tuple(items)))
     return tuple(sets)
+
+
+def _check_eval_file_name(col: Collector, index: int, file: Any) -> None:
+    """An eval set named `eval/harmful.json` was read under the eval-set bound but held by `collect_files` (and
+    `pa pack pull`, which sees names before any manifest) to the 2 MB bound of other files: the 8 MB bound is
+    for eval sets, and an eval set is known by its `.jsonl` name."""
+    if isinstance(file, str) and file and not file.endswith(".jsonl"):
+        col.add(MANIFEST, f"/eval/{index}/file", f"eval set file {file!r} does not end in .jsonl: eval sets are "
+                f"JSONL files, and only a .jsonl file may have up to {MAX_EVAL_BYTES} bytes (others {MAX_OTHER_BYTES})",
+                "rename the file to end in .jsonl and change `file` here to match")
+
 
 def _check_changelog(col: Collector, version: str) -> None:
     path = col.root / CHANGELOG
@@ -685,6 +757,8 @@ def _build(col: Collector, data: dict[str, Any], lines: dict[str, int], registry
         col.add(MANIFEST, pointer + (f" (line {lines[pointer]})" if pointer in lines else ""), message, hint)
         broken.add(pointer.split("/")[1])  # its section is not checked further (it would fail again, or crash)
     _check_seed_lengths(col, data, lines)
+    if "categories" not in broken:
+        _check_seed_repeats(col, data, lines)
     name, version = data.get("name"), data.get("version")
     if isinstance(name, str) and name != col.root.name:
         col.add(MANIFEST, "/name", f"name {name!r} does not match the directory name {col.root.name!r}",

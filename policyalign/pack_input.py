@@ -105,7 +105,13 @@ def read_bounded(col: Collector, rel: str, limit: int, where: str) -> str | None
         col.add(MANIFEST, where, f"{rel!r}: {target}", "use a relative path to a file inside the pack directory")
         return None
     if not target.is_file():
-        col.add(MANIFEST, where, f"referenced file {rel!r} does not exist", "create the file or fix the path")
+        if target.is_dir():  # "does not exist" sent the user looking for a path that is right there
+            col.add(MANIFEST, where, f"referenced file {rel!r} is a directory, and a file is needed here",
+                    "give the path of the file itself (e.g. one inside that directory), not of a directory")
+        elif target.exists():  # a FIFO or device: `collect_files` names it too
+            col.add(MANIFEST, where, f"referenced file {rel!r} is not a regular file", "make it a plain file in the pack")
+        else:
+            col.add(MANIFEST, where, f"referenced file {rel!r} does not exist", "create the file or fix the path")
         return None
     if col.digested is not None and target.relative_to(col.root).as_posix() not in col.digested:
         # The digest pins the pack's content; a file it skips could change without changing the digest.
@@ -185,7 +191,8 @@ def collect_files(col: Collector) -> list[Path]:
         size = path.stat().st_size
         if size > file_cap(rel.as_posix()):  # unreferenced files too: `pa pack pull` refuses the pack for any
             col.add(str(rel), "", f"file is {size} bytes, over the {file_cap(rel.as_posix())}-byte limit",
-                    "split or shorten the file, or remove it from the pack")
+                    "split or shorten the file, or remove it from the pack" + ("" if rel.suffix == ".jsonl" or rel.name == MANIFEST
+                    else f" (an eval set: name it .jsonl, which may have up to {MAX_EVAL_BYTES} bytes)"))
         total += size
         files.append(path)
     if len(files) > MAX_PACK_FILES:

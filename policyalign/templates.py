@@ -45,7 +45,7 @@ from contextvars import ContextVar
 from functools import wraps
 from typing import Any, Callable, Iterable, Iterator
 
-from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, UndefinedError, nodes, pass_context
+from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, UndefinedError, meta, nodes, pass_context
 from jinja2.runtime import LoopContext
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from jinja2.visitor import NodeTransformer
@@ -511,6 +511,14 @@ def compile_template(source: str) -> Any:
                               "simplify the constant expressions in the template") from None
     finally:
         _BUDGET.reset(token)
+
+
+def unused_variables(source: str, names: Iterable[str]) -> list[str]:
+    """Those of `names` that the template never reads from the variables it is given (one it `{% set %}`s
+    itself does not count). Static: a use in a branch that never runs counts as a use. For a `source`
+    that `compile_template` accepted."""
+    used = meta.find_undeclared_variables(_ENV.parse(source))
+    return [name for name in names if name not in used]
 
 
 def _describe(exc: BaseException) -> str:
