@@ -453,6 +453,7 @@ def _checked_settings(options: ApplyOptions, pack: Pack) -> tuple[Any, Any]:
                              {"max_new_tokens": options.synth_max_new_tokens})
     fconf = filter_config(pack, **_filter_options(options))
     dconf = distill_config(pack, _distill_overrides(options))
+    _check_target_modules(options.model, pack, dconf.target_modules)
     check_eval_options(options.judge, options.eval_limit, limit_flag="--eval-limit")
     device = training_device(options.device, *launch_rank()[1:])
     check_device_and_dtype(device)  # and PA_DTYPE, which else fails once synthesis loads its model
@@ -460,6 +461,20 @@ def _checked_settings(options: ApplyOptions, pack: Pack) -> tuple[Any, Any]:
         check_vllm_rollouts(device)
     _check_push_options(options)
     return fconf, dconf
+
+
+def _check_target_modules(model: str, pack: Pack, targets: tuple[str, ...] | str) -> None:
+    """The LoRA targets checked against the model's modules (its weightless skeleton) before the first stage:
+    a misspelt `training.target_modules` passes `pa validate`, which cannot know the model, and was refused
+    only by distillation, after synthesis, filtering and the first evaluation."""
+    from .distill_settings import target_modules_origin
+    from .models import module_skeleton, resolve_model
+    from .trainer import check_module_names
+
+    if isinstance(targets, str) or (skeleton := module_skeleton(model)) is None:
+        return
+    check_module_names(skeleton, resolve_model(model).name, targets,
+                       target_modules_origin(pack, targets, flag="target_modules in --config"))
 
 
 def _apply(options: ApplyOptions, pack: Pack, run_dir: Path, settings: tuple[Any, Any],

@@ -922,3 +922,25 @@ def test_another_users_lock_file_still_locks_a_shared_run_directory(tmp_path: Pa
     with hold_run(tmp_path), pytest.raises(RunError, match=r"another pa process \(pid \?\)"):
         with run_lock(tmp_path):
             pass
+
+
+def test_a_misspelt_lora_target_is_refused_before_any_stage_runs(tmp_path: Path, fixture_packs: Path) -> None:
+    """`training.target_modules: [q_proj, v_prj]` passes `pa validate` (it cannot know the model) and was refused
+    only by distillation, after synthesis, filtering and the first evaluation: named now, with its file and entry."""
+    from policyalign.tiny import tiny_model_path
+
+    model = tmp_path / "my-model"  # a local model: tiny's demo settings would replace the pack's targets
+    shutil.copytree(tiny_model_path(), model)
+    manifest = fixture_packs / "root-pack" / "pack.yaml"
+    manifest.write_text(manifest.read_text().replace("  lora_r: 4\n", "  lora_r: 4\n  target_modules: [q_proj, v_prj]\n"))
+    with pytest.raises(InvalidInputError, match="LoRA target modules \\['v_prj'\\]: no such module in \\S*my-model") as caught:
+        apply(_options(fixture_packs, tmp_path / "run", pack=str(fixture_packs / "root-pack"), model=str(model)),
+              Registry([fixture_packs]).load("root-pack"))
+    problem = caught.value.problem
+    assert (problem.file, problem.where) == (str(manifest), "training.target_modules[1]")
+    assert "did you mean 'v_proj'?" in problem.hint and "gate_proj" in problem.hint
+    assert not (tmp_path / "run").exists(), "no stage ran"
+    with pytest.raises(InvalidInputError, match="\\['q_prj'\\]") as caught:  # from --config, over tiny's all-linear
+        apply(_options(fixture_packs, tmp_path / "run", target_modules=["q_prj"]), Registry([fixture_packs]).load("child-pack"))
+    assert caught.value.problem.where == "target_modules in --config"
+    assert not (tmp_path / "run").exists()
