@@ -521,9 +521,14 @@ def _apply(options: ApplyOptions, pack: Pack, run_dir: Path, settings: tuple[Any
     same = recorded.get("resume_key") == resume_key(run_dir, pack, options.model, dconf) or recorded.get("key") == dkey
     # The weights too: with policyalign.json alone, a run whose weights were deleted skipped distill, then failed
     # to load the adapter in eval_after ("Repo id must be in the form ...") instead of restoring it.
-    step("distill", dkey, ["adapter/policyalign.json", "adapter/adapter_config.json", "adapter/adapter_model.*"],
-         lambda: run_distill(run_dir, model=options.model, pack=pack, resume=same, restart_if_past=True,
-                             overrides=_distill_overrides(options), report_to=tuple(options.report_to), **common))
+
+    def distill() -> Any:
+        if not same and (fresh := _fresh_training_note(run_dir, pack, options.model, dconf, recorded)):
+            on_note(fresh)
+        return run_distill(run_dir, model=options.model, pack=pack, resume=same, restart_if_past=True,
+                           overrides=_distill_overrides(options), report_to=tuple(options.report_to), **common)
+
+    step("distill", dkey, ["adapter/policyalign.json", "adapter/adapter_config.json", "adapter/adapter_model.*"], distill)
     step("eval_after", eval_key(run_dir, pack, options.model, "after", eopts), ["eval/after/eval.json"],
          lambda: run_eval(run_dir, "after", model=options.model, pack=pack, **eopts, **common))
     # The directory's own name however --out spelled it: `--out .` named the card's repository "local/",
@@ -538,6 +543,26 @@ def _apply(options: ApplyOptions, pack: Pack, run_dir: Path, settings: tuple[Any
              lambda: _push(run_dir, options, pkey))
         url = read_manifest(run_dir)["stages"]["push"]["url"]
     return ApplyResult(run_dir, reports, run_summary(run_dir), url)
+
+
+# What a checkpoint was trained on besides its settings: a change there retrains as every stage after it does.
+_UPSTREAM = ("selected", "heldout", "pack", "model", "model_files")
+
+
+def _fresh_training_note(run_dir: Path, pack: Pack, model: str, dconf: Any, recorded: dict[str, Any]) -> str | None:
+    """Why distillation starts over although a checkpoint is there, when training settings changed (None
+    otherwise): it is not continued, and its checkpoints were replaced without a word, as if the rerun had
+    resumed. A new selection, pack or model retrains the stages before it too, and says so (`unbumped_change`)."""
+    from .checkpoints import resume_point
+    from .stages import resume_settings, setting_changes
+
+    checkpoint = resume_point(run_dir)
+    settings = {k: v for k, v in resume_settings(run_dir, pack, model, dconf).items() if k not in _UPSTREAM}
+    changes = setting_changes(recorded.get("settings") or {}, settings)
+    if checkpoint is None or not changes:
+        return None
+    return (f"distill: {checkpoint.name} was trained with other settings: {'; '.join(changes)}; "
+            "training afresh, replacing its checkpoints")
 
 
 def _check_push_options(options: ApplyOptions) -> None:

@@ -88,8 +88,13 @@ def test_apply_runs_every_stage_then_resumes_by_skipping(tmp_path: Path, fixture
     restored = apply(_options(fixture_packs, run), pack)
     assert [s.name for s in restored.stages if s.status == "ran"] == ["distill"]
     assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == weights
-    # A changed distillation option re-runs distill and what depends on it, not synthesis or filtering.
-    changed = apply(_options(fixture_packs, run, learning_rate=5e-3, report_to=["tensorboard"]), pack)
+    # A changed distillation option re-runs distill and what depends on it, not synthesis or filtering;
+    # the checkpoint it does not continue is named with the change (it was replaced without a word).
+    notes: list[str] = []
+    changed = apply(_options(fixture_packs, run, learning_rate=5e-3, report_to=["tensorboard"]), pack,
+                    on_note=notes.append)
+    assert notes == ["distill: checkpoint-6 was trained with other settings: --lr 0.01 then, 0.005 now; "
+                     "training afresh, replacing its checkpoints"]
     status = {s.name: s.status for s in changed.stages}
     assert status == {"synthesize": "skipped", "filter": "skipped", "eval_before": "skipped", "distill": "ran",
                       "eval_after": "ran", "card": "ran"}
@@ -99,7 +104,8 @@ def test_apply_runs_every_stage_then_resumes_by_skipping(tmp_path: Path, fixture
     marked = json.loads(state.read_text())
     marked["log_history"].append({"step": 6, "marker": "first run"})
     state.write_text(json.dumps(marked))
-    longer = apply(_options(fixture_packs, run, learning_rate=5e-3, max_steps=8), pack)
+    longer = apply(_options(fixture_packs, run, learning_rate=5e-3, max_steps=8), pack, on_note=notes.append)
+    assert len(notes) == 1, "continued, not replaced"
     assert {s.name: s.status for s in longer.stages}["distill"] == "ran"
     resumed = json.loads((run / "checkpoints" / "checkpoint-8" / "trainer_state.json").read_text())
     assert {"step": 6, "marker": "first run"} in resumed["log_history"]
