@@ -356,6 +356,29 @@ def with_model_defaults(options: ApplyOptions) -> ApplyOptions:
     return options
 
 
+# tiny's demo options that replace a pack's `training:` value of another name.
+_PACK_SETTING_OF_OPTION = {"keep": "filter_keep", "kl_top_k": "top_k"}
+
+
+def demo_replacements(options: ApplyOptions, pack: Pack) -> list[str]:
+    """The pack's `training:` values that tiny's demo defaults replaced (`with_model_defaults` applied), as
+    `setting DEMO (pack: PACK)`: a pack author trying their LoRA rank, targets or learning rate on tiny saw none
+    of them used and was not told (policyalign.json and the card record the values used)."""
+    from .frozen import thaw
+
+    if options.model.strip().lower() != "tiny":
+        return []
+    replaced = []
+    for key in TINY_DEFAULTS:
+        setting = _PACK_SETTING_OF_OPTION.get(key, key)
+        if key in options.explicit or setting not in pack.training:
+            continue
+        used, written = getattr(options, key), thaw(pack.training[setting])
+        if used is not None and (list(used) if isinstance(used, tuple) else used) != written:
+            replaced.append(f"{setting} {used!r} (pack: {written!r})")
+    return replaced
+
+
 def remove_stale_temporaries(run_dir: Path) -> None:
     """Delete half-written `.NAME.*.tmp` files a killed run left behind (never renamed into place)."""
     for path in run_dir.rglob(".*.tmp"):
@@ -427,10 +450,13 @@ def apply(options: ApplyOptions, pack: Pack, *, on_stage: Callable[[str, str], N
           on_note: Callable[[str], None] = lambda text: None) -> ApplyResult:
     """Run (or resume) every stage for `pack` and `options.model` in one run directory, which it holds
     (`run.run_lock`) from before it clears stale temporaries until the end. `on_note` hears, before any
-    stage runs, that finished work is about to be replaced (`run.unbumped_change`), and that the pack
-    is still a `pa new` draft."""
+    stage runs, that finished work is about to be replaced (`run.unbumped_change`), that the pack
+    is still a `pa new` draft, and which of its training values tiny's demo settings replace."""
     options = with_model_defaults(options)
     settings = _checked_settings(options, pack)
+    if replaced := demo_replacements(options, pack):
+        on_note("--model tiny trains with its demo settings, not the pack's training values: " + ", ".join(replaced)
+                + " (give an option, or put it in --config, to choose its value)")
     if leftovers := draft_leftovers(pack):
         on_note(f"{pack.ref} still holds {len(leftovers)} piece(s) of stand-in text from `pa new` (`pa validate "
                 f"{pack.root}` lists them): this run trains and evaluates on them")
