@@ -356,6 +356,29 @@ def with_model_defaults(options: ApplyOptions) -> ApplyOptions:
     return options
 
 
+# tiny's demo options that replace a pack's `training:` value of another name.
+_PACK_SETTING_OF_OPTION = {"keep": "filter_keep", "kl_top_k": "top_k"}
+
+
+def demo_replacements(options: ApplyOptions, pack: Pack) -> list[str]:
+    """The pack's `training:` values that tiny's demo defaults replaced (`with_model_defaults` applied), as
+    `setting DEMO (pack: PACK)`: a pack author trying their LoRA rank, targets or learning rate on tiny saw none
+    of them used and was not told (policyalign.json and the card record the values used)."""
+    from .frozen import thaw
+
+    if options.model.strip().lower() != "tiny":
+        return []
+    replaced = []
+    for key in TINY_DEFAULTS:
+        setting = _PACK_SETTING_OF_OPTION.get(key, key)
+        if key in options.explicit or setting not in pack.training:
+            continue
+        used, written = getattr(options, key), thaw(pack.training[setting])
+        if used is not None and (list(used) if isinstance(used, tuple) else used) != written:
+            replaced.append(f"{setting} {used!r} (pack: {written!r})")
+    return replaced
+
+
 def remove_stale_temporaries(run_dir: Path) -> None:
     """Delete half-written `.NAME.*.tmp` files a killed run left behind (never renamed into place)."""
     for path in run_dir.rglob(".*.tmp"):
@@ -427,10 +450,13 @@ def apply(options: ApplyOptions, pack: Pack, *, on_stage: Callable[[str, str], N
           on_note: Callable[[str], None] = lambda text: None) -> ApplyResult:
     """Run (or resume) every stage for `pack` and `options.model` in one run directory, which it holds
     (`run.run_lock`) from before it clears stale temporaries until the end. `on_note` hears, before any
-    stage runs, that finished work is about to be replaced (`run.unbumped_change`), and that the pack
-    is still a `pa new` draft."""
+    stage runs, that finished work is about to be replaced (`run.unbumped_change`), that the pack
+    is still a `pa new` draft, and which of its training values tiny's demo settings replace."""
     options = with_model_defaults(options)
     settings = _checked_settings(options, pack)
+    if replaced := demo_replacements(options, pack):
+        on_note("--model tiny trains with its demo settings, not the pack's training values: " + ", ".join(replaced)
+                + " (give an option, or put it in --config, to choose its value)")
     if leftovers := draft_leftovers(pack):
         on_note(f"{pack.ref} still holds {len(leftovers)} piece(s) of stand-in text from `pa new` (`pa validate "
                 f"{pack.root}` lists them): this run trains and evaluates on them")
@@ -453,6 +479,7 @@ def _checked_settings(options: ApplyOptions, pack: Pack) -> tuple[Any, Any]:
                              {"max_new_tokens": options.synth_max_new_tokens})
     fconf = filter_config(pack, **_filter_options(options))
     dconf = distill_config(pack, _distill_overrides(options))
+    _check_target_modules(options.model, pack, dconf.target_modules)
     check_eval_options(options.judge, options.eval_limit, limit_flag="--eval-limit")
     device = training_device(options.device, *launch_rank()[1:])
     check_device_and_dtype(device)  # and PA_DTYPE, which else fails once synthesis loads its model
@@ -460,6 +487,20 @@ def _checked_settings(options: ApplyOptions, pack: Pack) -> tuple[Any, Any]:
         check_vllm_rollouts(device)
     _check_push_options(options)
     return fconf, dconf
+
+
+def _check_target_modules(model: str, pack: Pack, targets: tuple[str, ...] | str) -> None:
+    """The LoRA targets checked against the model's modules (its weightless skeleton) before the first stage:
+    a misspelt `training.target_modules` passes `pa validate`, which cannot know the model, and was refused
+    only by distillation, after synthesis, filtering and the first evaluation."""
+    from .distill_settings import target_modules_origin
+    from .models import module_skeleton, resolve_model
+    from .trainer import check_module_names
+
+    if isinstance(targets, str) or (skeleton := module_skeleton(model)) is None:
+        return
+    check_module_names(skeleton, resolve_model(model).name, targets,
+                       target_modules_origin(pack, targets, flag="target_modules in --config"))
 
 
 def _apply(options: ApplyOptions, pack: Pack, run_dir: Path, settings: tuple[Any, Any],
@@ -506,9 +547,14 @@ def _apply(options: ApplyOptions, pack: Pack, run_dir: Path, settings: tuple[Any
     same = recorded.get("resume_key") == resume_key(run_dir, pack, options.model, dconf) or recorded.get("key") == dkey
     # The weights too: with policyalign.json alone, a run whose weights were deleted skipped distill, then failed
     # to load the adapter in eval_after ("Repo id must be in the form ...") instead of restoring it.
-    step("distill", dkey, ["adapter/policyalign.json", "adapter/adapter_config.json", "adapter/adapter_model.*"],
-         lambda: run_distill(run_dir, model=options.model, pack=pack, resume=same, restart_if_past=True,
-                             overrides=_distill_overrides(options), report_to=tuple(options.report_to), **common))
+
+    def distill() -> Any:
+        if not same and (fresh := _fresh_training_note(run_dir, pack, options.model, dconf, recorded)):
+            on_note(fresh)
+        return run_distill(run_dir, model=options.model, pack=pack, resume=same, restart_if_past=True,
+                           overrides=_distill_overrides(options), report_to=tuple(options.report_to), **common)
+
+    step("distill", dkey, ["adapter/policyalign.json", "adapter/adapter_config.json", "adapter/adapter_model.*"], distill)
     step("eval_after", eval_key(run_dir, pack, options.model, "after", eopts), ["eval/after/eval.json"],
          lambda: run_eval(run_dir, "after", model=options.model, pack=pack, **eopts, **common))
     # The directory's own name however --out spelled it: `--out .` named the card's repository "local/",
@@ -523,6 +569,26 @@ def _apply(options: ApplyOptions, pack: Pack, run_dir: Path, settings: tuple[Any
              lambda: _push(run_dir, options, pkey))
         url = read_manifest(run_dir)["stages"]["push"]["url"]
     return ApplyResult(run_dir, reports, run_summary(run_dir), url)
+
+
+# What a checkpoint was trained on besides its settings: a change there retrains as every stage after it does.
+_UPSTREAM = ("selected", "heldout", "pack", "model", "model_files")
+
+
+def _fresh_training_note(run_dir: Path, pack: Pack, model: str, dconf: Any, recorded: dict[str, Any]) -> str | None:
+    """Why distillation starts over although a checkpoint is there, when training settings changed (None
+    otherwise): it is not continued, and its checkpoints were replaced without a word, as if the rerun had
+    resumed. A new selection, pack or model retrains the stages before it too, and says so (`unbumped_change`)."""
+    from .checkpoints import resume_point
+    from .stages import resume_settings, setting_changes
+
+    checkpoint = resume_point(run_dir)
+    settings = {k: v for k, v in resume_settings(run_dir, pack, model, dconf).items() if k not in _UPSTREAM}
+    changes = setting_changes(recorded.get("settings") or {}, settings)
+    if checkpoint is None or not changes:
+        return None
+    return (f"distill: {checkpoint.name} was trained with other settings: {'; '.join(changes)}; "
+            "training afresh, replacing its checkpoints")
 
 
 def _check_push_options(options: ApplyOptions) -> None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from .adapter_save import plot_loss, save_adapter
 from .checkpoints import CHECKPOINT_RECORD, checkpoint_dir, resume_point
+from .distill_settings import target_modules_origin
 from .errors import RunError
 from .internalization import internalization
 from .io import write_json
@@ -86,7 +87,7 @@ def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillCon
     with cpu_threads(loaded):
         # Built before any checkpoint is removed: a setting the trainer rejects loses nothing.
         trainer = build_trainer(loaded, pack.policy, records, config, checkpoints, progress=progress and main,
-                                report_to=report_to)
+                                report_to=report_to, targets_from=target_modules_origin(pack, config.target_modules))
         for line in attach_reports(trainer, run_dir) if main else []:
             print(f"training logs: {line}", file=sys.stderr)
         trainer.check_prompts_fit(records, run_dir / "selected.jsonl")

@@ -8,9 +8,12 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from .errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from .pack import Pack
 
 
 # The largest training seed: numpy's legacy seeding (called by transformers' set_seed) takes 0..2**32-1, and
@@ -125,3 +128,21 @@ def setting_error(settings: Mapping[str, Any]) -> tuple[str, Any, str] | None:
         if error is not None:
             return name, plain, schema_message(error)
     return None
+
+
+def target_modules_origin(pack: "Pack", targets: tuple[str, ...] | str,
+                          flag: str = "--target-modules") -> tuple[str, str]:
+    """(file, place) where the LoRA targets in use were written, for the error naming a misspelt one: the pack's
+    pack.yaml when they are its `training.target_modules`, else `flag` (the command line, a config file's key),
+    or the default when neither set them. Blaming a flag the user never gave sent them looking in the wrong place."""
+    from .pack_input import MANIFEST
+
+    def plain(value: Any) -> Any:
+        return value if isinstance(value, str) else tuple(value)
+
+    written = pack.training.get("target_modules")
+    if written is not None and plain(written) == plain(targets):
+        return str(pack.root / MANIFEST), "training.target_modules"
+    if written is None and plain(targets) == DistillConfig.target_modules:
+        return "", f"the default target modules (set training.target_modules in the pack, or {flag})"
+    return "", flag

@@ -533,6 +533,23 @@ def load_model(
     return LoadedModel(model=model, tokenizer=tokenizer, ref=ref, device=dev, dtype=torch_dtype, config=model.config)
 
 
+def module_skeleton(name: str) -> Any | None:
+    """The model's modules without weights (on the meta device), built from its config alone, or None where
+    the config cannot be had here (the stage that loads the model says why). Enough to check settings that name
+    modules (LoRA targets) before synthesis and filtering run, at no cost in memory."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    ref = resolve_model(name)
+    try:
+        _check_local_config(ref)
+        config = AutoConfig.from_pretrained(ref.location, **({"revision": ref.revision} if ref.revision else {}))
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config)
+    except Exception:  # noqa: BLE001 - an early check must not refuse a model the stages themselves can report on
+        return None
+
+
 def _check_local_config(ref: ModelRef) -> None:
     """A local directory's config.json must hold a JSON object: transformers indexes whatever it parsed,
     so an array or a string (`[...]`, `"..."`) was a TypeError traceback from every stage that loads it.

@@ -288,7 +288,7 @@ def resume_key(run_dir: Path, pack: "Pack", model: str, config: Any) -> str:
     return fingerprint(resume_settings(run_dir, pack, model, config))
 
 
-def _setting_changes(recorded: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+def setting_changes(recorded: dict[str, Any], settings: dict[str, Any]) -> list[str]:
     """Each setting that differs from the checkpoint's, as the user would name it."""
     from .distill_settings import FLAGS
 
@@ -314,7 +314,7 @@ def check_resumable(run_dir: Path, settings: dict[str, Any]) -> None:
     checkpoint = resume_point(run_dir)
     if checkpoint is None or entry.get("resume_key") in (None, fingerprint(settings)):
         return
-    changes = _setting_changes(entry.get("settings") or {}, settings)
+    changes = setting_changes(entry.get("settings") or {}, settings)
     what = "settings: " + "; ".join(changes) if changes else "data, model or options"
     raise RunError(f"--resume would continue {checkpoint.name}, trained with other {what}", file=str(source),
                    where=where,

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from .chat import encode_chat, student_messages, teacher_messages
 from .checkpoints import save_error
-from .errors import InvalidInputError
+from .errors import InvalidInputError, did_you_mean
 from .io import make_files_ordinary
 
 if TYPE_CHECKING:
@@ -378,13 +378,18 @@ def training_prompt(record: dict[str, Any]) -> str:
     return json.dumps({"messages": record["messages"], **({"tools": record["tools"]} if record.get("tools") else {})})
 
 
+# Where LoRA targets come from when the caller does not say: a flag, or else the pack.
+TARGETS_FROM = ("", "--target-modules, else the pack's training.target_modules")
+
+
 def build_trainer(loaded: "LoadedModel", policy: str, records: list[dict[str, Any]], config: DistillConfig,
                   output_dir: Path, *, trainer_cls: type | None = None, progress: bool = False,
-                  report_to: tuple[str, ...] = ()) -> Any:
+                  report_to: tuple[str, ...] = (), targets_from: tuple[str, str] = TARGETS_FROM) -> Any:
     """Our trainer on `loaded` (or `trainer_cls`, stock trl for the benchmark, given the same model,
     data and settings), with the target modules checked before trl wraps the model in PEFT, where a
     misspelt module would surface as an error far from the option that named it. `report_to` names
-    the reporting integrations (`tracking.report_targets`), none by default."""
+    the reporting integrations (`tracking.report_targets`), none by default; `targets_from` (file, place)
+    where the target modules were written, for the error naming a misspelt one."""
     from .models import max_context
 
     from transformers.trainer_callback import PrinterCallback
@@ -395,7 +400,7 @@ def build_trainer(loaded: "LoadedModel", policy: str, records: list[dict[str, An
         kwargs = {"policy": policy, "context_limit": max_context(loaded), "prefix_cache": config.prefix_cache}
     head = loaded.model.get_output_embeddings()
     vocab = head.weight.shape[0] if head is not None else loaded.model.config.get_text_config().vocab_size
-    check_target_modules(loaded, config.target_modules)
+    check_target_modules(loaded, config.target_modules, targets_from)
     args = sdft_config(config, output_dir, device=loaded.device, dtype=loaded.dtype,
                        report_to=list(report_to) or "none", vocab_size=vocab)
     trainer = cls(model=loaded.model, args=args,
@@ -408,22 +413,36 @@ def build_trainer(loaded: "LoadedModel", policy: str, records: list[dict[str, An
     return trainer
 
 
-def check_target_modules(loaded: "LoadedModel", targets: tuple[str, ...] | str) -> None:
+def check_target_modules(loaded: "LoadedModel", targets: tuple[str, ...] | str,
+                         named_in: tuple[str, str] = TARGETS_FROM) -> None:
     """Every named LoRA target must be a module of the model, as peft matches it (the name, or a dotted suffix).
 
     peft adapts whatever matches and drops the other names without a word, failing only when
     none matches: `--target-modules q_proj,v_projj` trained q_proj alone.
     """
+    check_module_names(loaded.model, loaded.ref.name, targets, named_in)
+
+
+def check_module_names(model: Any, model_name: str, targets: tuple[str, ...] | str,
+                       named_in: tuple[str, str] = TARGETS_FROM) -> None:
+    """`check_target_modules` on any model, a weightless one included (`models.module_skeleton`), the error
+    naming `named_in` (file, place: a pack's `training.target_modules`, a flag) with the first bad entry's index:
+    `pa validate` cannot know the model's modules, so this is where a pack's typo is first caught."""
     if isinstance(targets, str):  # all-linear
         return
-    names = [name for name, _ in loaded.model.named_modules()]
+    names = [name for name, _ in model.named_modules()]
     missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
     if missing:
-        # Not named as a flag: the names may be the pack's (or a resumed checkpoint's), given on no command line.
-        raise InvalidInputError(f"LoRA target modules {missing!r}: no such module in {loaded.ref.name}",
-                                where="--target-modules, else the pack's training.target_modules",
-                                hint=f"adapt some of {', '.join(linear_module_names(loaded.model))} "
-                                     "(or all-linear), on the command line or in the pack")
+        file, where = named_in
+        if file:  # a list in a file: point at the entry, as `pa validate` does
+            where = f"{where}[{list(targets).index(missing[0])}]"
+        place = f"in {named_in[1]}" if file else "on the command line or in the pack"
+        linear = linear_module_names(model)
+        close = did_you_mean(missing[0], linear)
+        raise InvalidInputError(f"LoRA target modules {missing!r}: no such module in {model_name}",
+                                file=file, where=where,
+                                hint=(f"{close} " if close else "") + f"adapt some of {', '.join(linear)} "
+                                     f"(or all-linear), {place}")
 
 
 def linear_module_names(model: Any) -> list[str]:

@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import fields
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from typer.testing import CliRunner
@@ -34,6 +35,11 @@ def _options(packs: Path, out: Path, **extra) -> ApplyOptions:
                 max_new_tokens=8, progress=False)
     base.update(extra)
     return ApplyOptions(**base, explicit=set(base))
+
+
+def _run_notes(notes: list[str]) -> Callable[[str], None]:
+    """Collect `pa apply`'s notes into `notes`, but the one naming the pack values tiny's demo settings replace."""
+    return lambda text: None if text.startswith("--model tiny trains with its demo settings") else notes.append(text)
 
 
 def _check_complete(run: Path) -> None:
@@ -88,8 +94,13 @@ def test_apply_runs_every_stage_then_resumes_by_skipping(tmp_path: Path, fixture
     restored = apply(_options(fixture_packs, run), pack)
     assert [s.name for s in restored.stages if s.status == "ran"] == ["distill"]
     assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == weights
-    # A changed distillation option re-runs distill and what depends on it, not synthesis or filtering.
-    changed = apply(_options(fixture_packs, run, learning_rate=5e-3, report_to=["tensorboard"]), pack)
+    # A changed distillation option re-runs distill and what depends on it, not synthesis or filtering;
+    # the checkpoint it does not continue is named with the change (it was replaced without a word).
+    notes: list[str] = []
+    changed = apply(_options(fixture_packs, run, learning_rate=5e-3, report_to=["tensorboard"]), pack,
+                    on_note=_run_notes(notes))
+    assert notes == ["distill: checkpoint-6 was trained with other settings: --lr 0.01 then, 0.005 now; "
+                     "training afresh, replacing its checkpoints"]
     status = {s.name: s.status for s in changed.stages}
     assert status == {"synthesize": "skipped", "filter": "skipped", "eval_before": "skipped", "distill": "ran",
                       "eval_after": "ran", "card": "ran"}
@@ -99,7 +110,8 @@ def test_apply_runs_every_stage_then_resumes_by_skipping(tmp_path: Path, fixture
     marked = json.loads(state.read_text())
     marked["log_history"].append({"step": 6, "marker": "first run"})
     state.write_text(json.dumps(marked))
-    longer = apply(_options(fixture_packs, run, learning_rate=5e-3, max_steps=8), pack)
+    longer = apply(_options(fixture_packs, run, learning_rate=5e-3, max_steps=8), pack, on_note=_run_notes(notes))
+    assert len(notes) == 1, "continued, not replaced"
     assert {s.name: s.status for s in longer.stages}["distill"] == "ran"
     resumed = json.loads((run / "checkpoints" / "checkpoint-8" / "trainer_state.json").read_text())
     assert {"step": 6, "marker": "first run"} in resumed["log_history"]
@@ -128,14 +140,14 @@ def test_every_stage_uses_the_pack_apply_resolved_and_a_policy_edit_retrains(tmp
     run = tmp_path / "run"
     pack = Registry([packs]).load("child-pack")
     notes: list[str] = []
-    apply(_options(packs, run), pack, on_note=notes.append)
+    apply(_options(packs, run), pack, on_note=_run_notes(notes))
     assert notes == []
     trained_on = json.loads((run / "adapter" / "policyalign.json").read_text())["pack"]["digest"]
     assert trained_on == pack.digest == json.loads((run / "run.json").read_text())["inputs"]["pack"]["digest"]
     with (packs / "child-pack" / "policy.md").open("a") as f:
         f.write("\n- A rule added after the first run.\n")
     edited = Registry([packs]).load("child-pack")
-    status = {s.name: s.status for s in apply(_options(packs, run), edited, on_note=notes.append).stages}
+    status = {s.name: s.status for s in apply(_options(packs, run), edited, on_note=_run_notes(notes)).stages}
     assert status["filter"] == status["distill"] == "ran"
     # ... and says so before it replaces the adapter of the content it was made from under one version
     assert len(notes) == 1 and "child-pack@1.0.0 is not the child-pack@1.0.0 this run was made from" in notes[0]
@@ -922,3 +934,43 @@ def test_another_users_lock_file_still_locks_a_shared_run_directory(tmp_path: Pa
     with hold_run(tmp_path), pytest.raises(RunError, match=r"another pa process \(pid \?\)"):
         with run_lock(tmp_path):
             pass
+
+
+def test_a_misspelt_lora_target_is_refused_before_any_stage_runs(tmp_path: Path, fixture_packs: Path) -> None:
+    """`training.target_modules: [q_proj, v_prj]` passes `pa validate` (it cannot know the model) and was refused
+    only by distillation, after synthesis, filtering and the first evaluation: named now, with its file and entry."""
+    from policyalign.tiny import tiny_model_path
+
+    model = tmp_path / "my-model"  # a local model: tiny's demo settings would replace the pack's targets
+    shutil.copytree(tiny_model_path(), model)
+    manifest = fixture_packs / "root-pack" / "pack.yaml"
+    manifest.write_text(manifest.read_text().replace("  lora_r: 4\n", "  lora_r: 4\n  target_modules: [q_proj, v_prj]\n"))
+    with pytest.raises(InvalidInputError, match="LoRA target modules \\['v_prj'\\]: no such module in \\S*my-model") as caught:
+        apply(_options(fixture_packs, tmp_path / "run", pack=str(fixture_packs / "root-pack"), model=str(model)),
+              Registry([fixture_packs]).load("root-pack"))
+    problem = caught.value.problem
+    assert (problem.file, problem.where) == (str(manifest), "training.target_modules[1]")
+    assert "did you mean 'v_proj'?" in problem.hint and "gate_proj" in problem.hint
+    assert not (tmp_path / "run").exists(), "no stage ran"
+    with pytest.raises(InvalidInputError, match="\\['q_prj'\\]") as caught:  # from --config, over tiny's all-linear
+        apply(_options(fixture_packs, tmp_path / "run", target_modules=["q_prj"]), Registry([fixture_packs]).load("child-pack"))
+    assert caught.value.problem.where == "target_modules in --config"
+    assert not (tmp_path / "run").exists()
+
+
+def test_tiny_names_the_pack_training_values_its_demo_settings_replace(tmp_path: Path, fixture_packs: Path) -> None:
+    """`--model tiny` trained with LoRA rank 16, alpha 32 on every linear layer whatever the pack's `training:`
+    said, without a word: a pack author trying their settings on tiny saw none of them used."""
+    from policyalign.apply import demo_replacements, with_model_defaults
+
+    pack = Registry([fixture_packs]).load("root-pack")  # training: lora_r 4, lora_alpha 8
+    options = with_model_defaults(ApplyOptions(pack="root-pack", model="tiny", lora_alpha=8.0, explicit={"lora_alpha"}))
+    assert demo_replacements(options, pack) == ["lora_r 16 (pack: 4)"], "a value given is the user's, not the demo's"
+    notes: list[str] = []
+    (tmp_path / "not-a-run.txt").write_text("x")  # refused as a run directory: stops before any stage, after the note
+    with pytest.raises(RunError):
+        apply(ApplyOptions(pack="root-pack", model="tiny", out=tmp_path), pack, on_note=notes.append)
+    assert notes == ["--model tiny trains with its demo settings, not the pack's training values: lora_r 16 (pack: 4), "
+                     "lora_alpha 32 (pack: 8) (give an option, or put it in --config, to choose its value)"]
+    local = ApplyOptions(pack="root-pack", model="./my-model", lora_r=None)
+    assert demo_replacements(local, pack) == []

@@ -175,3 +175,13 @@ def test_every_pack_training_setting_can_be_overridden_on_the_command_line() -> 
         if name != "filter_keep":  # a filter setting: pa filter --keep
             assert FLAGS.get(name, "--" + name.replace("_", "-")) in distill_flags, f"pa distill has no flag for {name}"
         assert name in apply_keys, f"pa apply cannot set training.{name}"
+
+
+def test_ctrl_c_in_pa_distill_says_to_resume_with_resume() -> None:
+    """Ctrl-C in `pa distill` said "run the same command again to continue": run again without --resume, it
+    trained from step 0 and deleted the checkpoints (checkpoint-85 replaced by checkpoint-10)."""
+    from policyalign.cli import interrupted_message
+
+    message = interrupted_message("distill")
+    assert "checkpoints are kept" in message and "with --resume to continue" in message
+    assert "run the same command again to continue" not in message

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -189,3 +190,22 @@ def test_resuming_a_checkpoint_that_trained_every_step_trains_no_more(recorded_r
     assert result.steps == 2 and [c.name for c in checkpoint_dir(run).glob("checkpoint-*")] == ["checkpoint-2"]
     assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == trained
     assert [h["step"] for h in result.history] == [1, 2]
+
+
+def test_a_packs_misspelt_target_module_names_the_pack_file_and_entry(run_dir, fixture_packs: Path) -> None:
+    """`pa distill` blamed "--target-modules, else the pack's training.target_modules" for a pack's typo, naming
+    no file and no entry: it names the pack's pack.yaml, the entry, and the module meant."""
+    from policyalign.registry import Registry
+
+    run, _ = run_dir
+    manifest = fixture_packs / "root-pack" / "pack.yaml"
+    manifest.write_text(manifest.read_text().replace("  lora_r: 4\n", "  lora_r: 4\n  target_modules: [q_prj]\n"))
+    pack = Registry([fixture_packs]).load("root-pack")
+    with pytest.raises(InvalidInputError, match="\\['q_prj'\\]: no such module in tiny") as caught:
+        distill_run(run, pack, "tiny", DistillConfig.from_pack(pack.training, max_steps=1), progress=False)
+    assert (caught.value.problem.file, caught.value.problem.where) == (str(manifest), "training.target_modules[0]")
+    assert caught.value.problem.hint.startswith("did you mean 'q_proj'?")
+    with pytest.raises(InvalidInputError, match="\\['o_prj'\\]") as caught:  # a flag's typo is the flag's
+        distill_run(run, pack, "tiny", DistillConfig.from_pack(pack.training, max_steps=1, target_modules=["o_prj"]),
+                    progress=False)
+    assert (caught.value.problem.file, caught.value.problem.where) == ("", "--target-modules")

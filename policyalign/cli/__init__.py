@@ -99,7 +99,11 @@ RESUMABLE = ("apply", "synthesize", "filter", "distill")
 
 def interrupted_message(command: str | None) -> str:
     """What Ctrl-C leaves: the run stages, `pa eval` and `pa judge` keep work to continue from; `pa pull`
-    stopped halfway has nothing to resume, and saying otherwise would be a promise not kept."""
+    stopped halfway has nothing to resume, and saying otherwise would be a promise not kept. `pa distill`
+    continues only with --resume: without it, it trains from step 0 and removes the old checkpoints."""
+    if command == "distill":  # run again as typed, it trains afresh and deletes the checkpoints it was told are kept
+        return ("interrupted: finished stages, scores and checkpoints are kept; run the same command again with "
+                "--resume to continue from the last checkpoint")
     if command in RESUMABLE:
         kept = "scores, eval answers" if command == "apply" else "scores"  # apply's eval stages journal their answers
         return f"interrupted: finished stages, {kept} and checkpoints are kept; run the same command again to continue"

@@ -96,7 +96,8 @@ def apply(
     Re-running the same command resumes: finished stages with unchanged inputs are skipped.
 
     Options left unset take the pack's `training:` and `synthesis:` values; with --model tiny,
-    demo defaults (few steps, a short eval) are used instead.
+    demo defaults (few steps, a short eval, and their own LoRA rank, alpha, dropout, target modules,
+    learning rate, batch and --keep) are used instead, and a note names each pack value they replace.
     """
     from ..apply import apply as run_apply
     from ..apply import build_options
