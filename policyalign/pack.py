@@ -578,10 +578,16 @@ def _check_template(col: Collector, file: str, source: str, data: dict[str, Any]
     for cat in categories:
         variables = template_variables(str(data.get("name")), str(data.get("title")), str(data.get("summary")), cat, n)
         try:
-            render_template(template, variables, work)
+            rendered = render_template(template, variables, work)
         except TemplateFailure as exc:
             where = (f"line {exc.line}, " if exc.line else "") + f"category {cat.id!r}"
             col.add(file, where, exc.message, exc.hint)
+            return False
+        # A token the template assembles ({{ "<|im_" ~ "start|>" }}); one in its text or the pack's is reported there.
+        given = [{"content": source}, {"content": json.dumps(variables, ensure_ascii=False)}]
+        if (forged := chat_token_problem([{"content": rendered}])) and not chat_token_problem(given):
+            col.add(file, f"category {cat.id!r}", f"the rendered prompt {forged[1]}",
+                    "build no chat-template token in the template: " + forged[2])
             return False
     return True
 
