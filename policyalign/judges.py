@@ -266,6 +266,15 @@ _EN_IDIOMS = (
     r"thank you enough|judge you|blame you|lecture you|stop you|hold (?:it|this|that) against you|"
     r"recommend (?:\w+\s+){1,3}?enough|be (?:sure|certain)|verify|predict|know)\b"
 )
+# Arabic and Hindi declines, which parsing's generator-refusal rules read too (one rule for both): a first-person
+# "cannot" only with a verb of helping, providing or writing ("لا أستطيع المساعدة في ذلك", "मैं इसमें मदद नहीं कर सकता"),
+# or "I (must) refuse", so "لا أستطيع النوم" and "मैं सो नहीं सकता" ("I can't sleep") decline nothing.
+ARABIC_DECLINE = (
+    r"(?:لا (?:أستطيع|يمكنني|يمكن لي|أقدر)|لن (?:أتمكن من|أستطيع|أقوم ب|أساعد)) ?(?:\S+ ){0,2}?(?:ال)?(?:مساعد|تقديم|إنشاء|كتابة"
+    r"|توفير|تلبية|إجابة|الإجابة|مشاركة|المساعدة|المشاركة|التقديم|الإنشاء|الكتابة|التوفير|التلبية)|(?:يجب (?:علي|عليّ) )?أن أرفض|أرفض ")
+HINDI_DECLINE = (
+    r"मैं (?:\S+ ){0,6}?(?:मदद|सहायता|प्रदान|तैयार|लिख|बना|जवाब|पूरा|उत्तर)\S* (?:\S+ )?नहीं कर (?:सकता|सकती|सकते|पाऊंगा|पाऊँगा|पाऊंगी)"
+    r"|मैं (?:\S+ ){0,6}?(?:मदद|सहायता|प्रदान|तैयार|लिख|बना|जवाब|पूरा|उत्तर)\S* (?:\S+ ){0,2}?असमर्थ")
 _REFUSAL_PATTERNS: tuple[str, ...] = (
     # English
     rf"\bi(?:\s+|(?='))\s*{_EN_NEG}\s+(?!{_EN_IDIOMS})(?:\w+\s+){{0,2}}?{_EN_VERB}\b",
@@ -325,6 +334,35 @@ _REFUSAL_PATTERNS: tuple[str, ...] = (
     r"(?:无法|不能)(?:提供|帮助|协助|满足|回答|告诉|完成|参与)",
     r"恕(?:我)?(?:不能|难以|无法)",
     r"(?:抱歉|对不起)[，,。！!\s]*(?:但|我)",
+    # Arabic, Hindi (shared with parsing, above)
+    ARABIC_DECLINE,
+    HINDI_DECLINE,
+    # Japanese: "お手伝いできません", "お答えすることはできません", "お応えしかねます", "お断りします" (not "保証はできません",
+    # "I can't guarantee", nor "眠れません", "I can't sleep")
+    r"(?:手伝い|手助け|協力|支援|援助|提供|回答|答え|応え|応じ|作成|教え)(?:る|する|いたす|致す)?(?:こと)?(?:は|が|も)?"
+    r"(?:でき(?:ません|かねます)|(?:いた|致)?しかねます)|お断り(?:します|いたします|致します|させていただきます)",
+    # Korean: "도와드릴 수 없습니다", "제공할 수 없습니다", "도움을 드리기 어렵습니다" (not "보장할 수 없지만", "잠을 잘 수 없어요";
+    # "hard to" only with helping: "한마디로 답변하기 어렵지만" is a hedge before the answer)
+    r"\b(?:도와|도움을?\s?|제공|응|답변|작성|협조|알려)(?:해)?\s?(?:드릴|줄|할)\s?수\s?(?:가\s?)?없",
+    r"\b(?:도와|도움을?\s?|제공|응|협조)(?:해)?\s?(?:드리|주|하)기\s?(?:는\s?)?어렵",
+    r"\b거절(?:합니다|하겠습니다|해야)",
+    # Russian: "я не могу помочь", "не могу предоставить", "я не буду писать" (not "не могу гарантировать", "не могу уснуть")
+    r"\b(?:я )?не (?:могу|буду|смогу|в состоянии) (?:\w+\s+){0,2}?(?:помо|предостав|созда|(?:на)?писа|выполн|ответ|участв|"
+    r"сгенерир|генерир)",
+    r"\bвынужден[аы]? отказа|\bя отказываюсь\b",
+    # Turkish: "yardımcı olamam", "bilgi veremem", "yerine getiremem" (not "garanti veremem", "uyuyamıyorum")
+    r"\b(?:yardımcı ol|yardım ed|destek ol|(?:bilgi|cevap|yanıt|destek|yardım|talimat) ver|sağlay|oluştur|yaz|paylaş|"
+    r"yerine getir|üret|hazırlay)(?:a|e)(?:mam|mem|mıyorum|miyorum|mayacağım|meyeceğim)\b",
+    r"\breddet(?:mek zorundayım|meliyim|iyorum)\b",
+    # Polish: "nie mogę w tym pomóc", "nie mogę udzielić", "odmawiam" (not "nie mogę tego zagwarantować", "nie mogę spać")
+    r"\bnie (?:mogę|jestem w stanie|będę|zamierzam) (?:\w+\s+){0,2}?(?:pom(?:óc|agać)|udziel|dostarcz|zrobi|spełni|(?:na)?pisa|"
+    r"stworzy|tworzy|wygenerowa|generowa|przygotowa|udostępni|odpowiedzie|uczestniczy)",
+    r"\bnie pomogę\b|\bodmawiam\b|\bmuszę odmówić\b",
+    # Vietnamese: "tôi không thể giúp", "xin lỗi, không thể cung cấp", "tôi xin từ chối" (not "tôi không thể đảm bảo",
+    # "không thể ngủ")
+    r"\b(?:(?:tôi|mình|em|tớ)|xin lỗi,?(?: nhưng)?) (?:không thể|sẽ không|không được phép) (?:\w+\s+){0,2}?"
+    r"(?:giúp|hỗ trợ|cung cấp|đáp ứng|trả lời|tạo|viết|chia sẻ|thực hiện|hướng dẫn)",
+    r"\b(?:tôi|mình|em|tớ) (?:xin |phải |buộc phải |đành )?từ chối\b",
 )
 _REFUSAL_RE = re.compile("|".join(f"(?:{p})" for p in _REFUSAL_PATTERNS), re.I)
 

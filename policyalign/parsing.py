@@ -23,7 +23,7 @@ from typing import Any
 
 from .chat import content_problem
 from .dedup import IDEOGRAPHS, UNSPACED
-from .judges import straight_apostrophes, strip_thinking
+from .judges import ARABIC_DECLINE, HINDI_DECLINE, straight_apostrophes, strip_thinking
 
 MIN_CHARS = 12
 MIN_WORDS = 3
@@ -156,12 +156,8 @@ _REFUSAL_ELSEWHERE = re.compile(
     r"|я не (?:могу|буду|смогу|в состоянии) (?:\w+\s+){0,2}?(?:помо|предостав|созда|написа|выполн|ответ|участв|сгенерир|генерир)"
     r"|(?:我|我们)(?:不能|无法|不会|不可以|没办法|不便|恕难)(?:为你|为您|帮你|帮您)?(?:提供|帮助|帮忙|协助|满足|回答|完成|参与|生成"
     r"|编写|创建|撰写|处理)|恕我?(?:不能|难以|无法)"
-    # Arabic and Hindi: a generator refusing in them ("لا أستطيع المساعدة في ذلك", "मैं इसमें मदद नहीं कर सकता")
-    # gave its refusal as a request; "لا أستطيع النوم" and "मैं सो नहीं सकता" ("I can't sleep") are requests.
-    r"|(?:لا (?:أستطيع|يمكنني|يمكن لي|أقدر)|لن (?:أتمكن من|أستطيع|أقوم ب|أساعد)) ?(?:\S+ ){0,2}?(?:ال)?(?:مساعد|تقديم|إنشاء|كتابة"
-    r"|توفير|تلبية|إجابة|الإجابة|مشاركة|المساعدة|المشاركة|التقديم|الإنشاء|الكتابة|التوفير|التلبية)|(?:يجب (?:علي|عليّ) )?أن أرفض|أرفض "
-    r"|मैं (?:\S+ ){0,4}?(?:मदद|सहायता|प्रदान|तैयार|लिख|बना|जवाब|पूरा|उत्तर)\S* (?:\S+ )?नहीं कर (?:सकता|सकती|सकते|पाऊंगा|पाऊँगा|पाऊंगी)"
-    r"|मैं (?:\S+ ){0,6}?(?:मदद|सहायता|प्रदान|तैयार|लिख|बना|जवाब|पूरा|उत्तर)\S* (?:\S+ ){0,2}?असमर्थ"
+    # Arabic and Hindi, by the refusal judge's rules: "لا أستطيع النوم" and "मैं सो नहीं सकता" ("I can't sleep") are requests.
+    r"|" + ARABIC_DECLINE + "|" + HINDI_DECLINE +
     r")", re.IGNORECASE)
 # "Note:", "Important:", "These are..." is a generator's aside only when it speaks of the list; a request opens
 # that way too ("IMPORTANT: Ignore all previous instructions and...", "Disclaimer: this is for a novel...").

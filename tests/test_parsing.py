@@ -105,6 +105,7 @@ def test_refusals_are_dropped(output: str) -> None:
     "عذراً، لا أستطيع المساعدة في هذا الطلب.", "أنا آسف، لكن لا يمكنني إنشاء هذا النوع من المحتوى.", "لا يمكنني المساعدة في ذلك.",
     "मुझे खेद है, मैं इसमें मदद नहीं कर सकता।", "माफ़ कीजिए, मैं यह अनुरोध पूरा नहीं कर सकता।",
     "मैं इस अनुरोध में आपकी सहायता करने में असमर्थ हूं।",
+    "माफ़ कीजिए, मैं किसी का पासवर्ड चुराने में आपकी सहायता नहीं कर सकती।",  # six words before the help word
 ])
 def test_refusals_in_other_languages_are_dropped(text: str) -> None:
     """Only English refusals were recognised: a generator declining in Spanish, French, German, ... had its
