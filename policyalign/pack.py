@@ -328,11 +328,27 @@ def _override(col: Collector, index: int, parent: Category, raw: dict[str, Any],
     if raw.get("remove"):
         _check_remove_alone(col, where, parent.id, raw)
         return None
+    _check_inherited_seed_repeats(col, index, parent, raw)
     extra = tuple(_seed(parent.id, len(parent.seeds) + i, s) for i, s in enumerate(_list(raw, "seeds")))
     locked_by = (parent.locked_by or parent.origin) if parent.locked else (origin if raw.get("locked") else "")
     return Category(parent.id, raw.get("title", parent.title), raw.get("description", parent.description),
                     raw.get("action", parent.action), parent.locked or bool(raw.get("locked", False)),
                     parent.seeds + extra, parent.origin, locked_by)
+
+
+def _check_inherited_seed_repeats(col: Collector, index: int, parent: Category, raw: dict[str, Any]) -> None:
+    """Report a seed of a child's entry that repeats a seed the category already has from its parents, compared
+    as `_check_seed_repeats` compares seeds within one entry: it was appended to the parent's seeds, so the
+    generator saw it twice and it counted twice toward the five a category needs."""
+    from .dedup import normalize
+
+    inherited = {normalize(seed.text) for seed in parent.seeds} - {""}
+    for i, value in enumerate(_list(raw, "seeds")):
+        if normalize(_seed("", i, value).text) in inherited:
+            col.add(MANIFEST, f"/categories/{index}/seeds/{i}",
+                    f"seed is already a seed of {parent.id!r}, inherited from {parent.origin!r} (compared ignoring "
+                    "case, punctuation and spacing)", "delete it here: the category keeps its parent's seeds; or "
+                    "rewrite it as another style of request (role-play, fiction, a harmful ask buried in a legitimate task)")
 
 
 def _check_remove_alone(col: Collector, where: str, category_id: str, raw: dict[str, Any]) -> None:
