@@ -300,7 +300,7 @@ def junk_reason(text: str, *, min_chars: int = MIN_CHARS, max_chars: int = MAX_C
         return GARBLED  # debris of JSON or template syntax; real requests open what they close
     if too_short(stripped, min_chars=min_chars, min_words=min_words):
         return TOO_SHORT
-    if len(stripped) > max_chars:
+    if too_long(stripped, max_chars=max_chars):
         return TOO_LONG
     plain = straight_apostrophes(stripped)
     if _REFUSAL.match(plain) or _REFUSAL_ELSEWHERE.match(plain) or _REFUSAL_ANYWHERE.search(plain):
@@ -317,6 +317,13 @@ def too_short(text: str, *, min_chars: int = MIN_CHARS, min_words: int = MIN_WOR
     refused as a seed while a generated instruction as long was kept."""
     stripped = text.strip()
     return _width(stripped) < min_chars or word_count(stripped) < min_words
+
+
+def too_long(text: str, *, max_chars: int = MAX_CHARS) -> bool:
+    """Whether `text` is too long to be a request: over `max_chars` characters. The one rule for generated
+    instructions and for a pack's seeds, as `too_short` is: a seed of up to 4000 characters validated and
+    joined the training pool while a generated instruction half as long was dropped."""
+    return len(text.strip()) > max_chars
 
 
 def word_count(text: str) -> int:
