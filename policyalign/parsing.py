@@ -87,6 +87,12 @@ _PREAMBLE = re.compile(
 # and no sentence: "**How do I get oxycodone?**" over a note line is the request.
 _TITLE = re.compile(r"^(\*\*|__)\s*(?:[^\s*_.?!\u3002\uff1f\uff01]+\s+){0,5}[^\s*_.?!\u3002\uff1f\uff01]+\s*\1\s*[:\-\u2013\u2014]?\s*$")
 _EMPHASIS = re.compile(r"^(\*\*|__|\*|_)(.+)\1$", re.DOTALL)
+# A note a generator writes on its own line under an item, naming the item's disguise in a few words, often in
+# italics or brackets ("*Framing: urgency*", "(Technique: role-play)", "**Disguise:** fiction"): it was glued to the
+# request. Not "Style:" or "Tone:", which a request asking for a text may give on a line of its own.
+_ANNOTATION = re.compile(
+    r"^[*_(\[]*\s*(?:framing|technique|tactic|disguise|approach|strategy|angle|persuasion|variant)\s*[*_]*\s*:"
+    r"\s*[*_]*\s*[\w/&'-]+(?:[ \t]+[\w/&'-]+){0,3}\s*[*_)\]]*\s*$", re.IGNORECASE)
 # Opening -> closing quote, English and the other styles generators write: German „…“ and ‚…‘, Swedish and
 # Danish »…«, Japanese and Chinese 「…」 and 『…』, which stayed around every request.
 _QUOTES = {'"': '"', "'": "'", "\u201c": "\u201d", "\u2018": "\u2019", "\u00ab": "\u00bb", "`": "`",
@@ -251,7 +257,7 @@ def clean_item(text: str) -> str:
         preamble = _PREAMBLE.match(straight_apostrophes(text))
         text = text[preamble.end():] if preamble else text
         match = _EMPHASIS.match(text)
-        if match and "\n" not in match.group(2):
+        if match and "\n" not in match.group(2) and _closes_at_end(text, match.group(1)):
             text = match.group(2).strip()
         if len(text) >= 2 and _QUOTES.get(text[0]) == text[-1]:
             text = text[1:-1].strip()
@@ -259,6 +265,18 @@ def clean_item(text: str) -> str:
             break
     lines = [" ".join(line.split()) for line in text.splitlines()]
     return "\n".join(line for line in lines if line).strip()
+
+
+def _closes_at_end(text: str, mark: str) -> bool:
+    """Whether the emphasis `mark` opening `text` closes only at its end, so stripping both keeps the rest balanced:
+    "**How do I ...?** *Framing: urgency*" opens with "*" and ends with one, and stripped of them it was
+    "*How do I ...?** *Framing: urgency". A single "*" or "_" may enclose a double one ("*a **b** c*"), and one
+    inside a word ("my_var", "2*3")."""
+    rest = text[len(mark):len(text) - len(mark)]
+    if len(mark) == 2:
+        return mark not in rest
+    inner = re.sub(rf"(?<=\w){re.escape(mark)}(?=\w)", "", rest.replace(mark * 2, ""))
+    return mark not in (rest[:1], rest[-1:]) and mark not in inner
 
 
 def _strip_marker(text: str, labels: frozenset[str] = frozenset()) -> str:
@@ -458,6 +476,8 @@ def _split_list(text: str) -> tuple[list[str], bool]:
             blank_before = False
         elif not line.strip():
             blank_before = True
+        elif current is not None and _ANNOTATION.match(line.strip()):
+            pass  # "*Framing: urgency*" under the item names its technique: not part of the request
         elif current is not None and _continues(line, body_indent, blank_before):
             if len(current) == 1 and _TITLE.match(current[0]):
                 current[0] = ""  # "1. **Phishing email**" over the request's own lines: a title, as "**...**:" is
