@@ -36,17 +36,19 @@ TOO_SHORT, TOO_LONG, REFUSAL, NOT_INSTRUCTION, GARBLED, BAD_SCENARIO, TRUNCATED 
     "too_short", "too_long", "refusal", "not_instruction", "garbled", "bad_scenario", "truncated")
 
 # Chinese and Japanese lists number items "1、", "１．", "（1）" or "一、", with no space before the item, and
-# often "1." straight before it: those numbers stayed at the start of every request.
-_CJK_MARKER = (r"[\uff08(]\d{1,3}[\uff09)]|\d{1,3}[\u3001\uff0e\uff09]|[\u4e00\u4e8c\u4e09\u56db\u4e94\u516d\u4e03\u516b\u4e5d\u5341]{1,3}\u3001"
+# often "1." straight before it, or "第1条：" ("item 1:"): those numbers stayed at the start of every request.
+_CJK_MARKER = (r"\u7b2c\d{1,3}[\u6761\u4e2a\u9879][:\uff1a]|[\uff08(]\d{1,3}[\uff09)]|\d{1,3}[\u3001\uff0e\uff09]|[\u4e00\u4e8c\u4e09\u56db\u4e94\u516d\u4e03\u516b\u4e5d\u5341]{1,3}\u3001"
                r"|\d{1,3}[.):](?=[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af])")
 # Circled and parenthesised numbers ("①", "⑴", "⒈", "❶") and keycap digits ("1️⃣", "🔟"): they stayed at the start
 # of every request.
 _CIRCLED = r"[\u2460-\u249b\u2776-\u2793]|\d\ufe0f?\u20e3|\U0001f51f"
+# "1\." (markdown-escaped), "*1.*" and "`1.`" number items too: the numbers stayed at the start of every request.
 # "1-" numbers Arabic, Persian and Turkish lists ("١- ..."): unread, the numbers stayed in every request and a
 # wrapped line became a request of its own.
 _MARKER = re.compile(
     # "[1]" numbers items too, and an en or em dash or a middle dot bullets them (French, Russian, Spanish typography)
-    r"^(?P<indent>[ \t]*)(?:(?:\(?\d{1,3}[.):\]]|\d{1,3}-|\(\d{1,3}\)|\[\d{1,3}\]|#\d{1,3}[.:)]?|(?P<b>\*\*|__)\d{1,3}[.):](?P=b)"
+    r"^(?P<indent>[ \t]*)(?:(?:\(?\d{1,3}[.):\]]|\d{1,3}-|\d{1,3}\\[.)]|\(\d{1,3}\)|\[\d{1,3}\]|#\d{1,3}[.:)]?"
+    r"|(?P<b>\*\*|__|\*|_|`)\d{1,3}[.):](?P=b)"
     r"|[-*\u2022\u2023\u25e6\u2043+\u2013\u2014\u00b7])[ \t]+|(?:" + _CJK_MARKER + "|" + _CIRCLED + r")[ \t\u3000]*)(?P<body>\S.*)$")
 # "Request 3:", and in any script and French spacing: "Petición 3:", "Demande 3 :", "Запрос 3:". A marker only
 # where the output numbers two lines or more with the same word (`_markers`): "Windows 10: how do I ...",
