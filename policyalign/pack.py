@@ -328,11 +328,27 @@ def _override(col: Collector, index: int, parent: Category, raw: dict[str, Any],
     if raw.get("remove"):
         _check_remove_alone(col, where, parent.id, raw)
         return None
+    _check_inherited_seed_repeats(col, index, parent, raw)
     extra = tuple(_seed(parent.id, len(parent.seeds) + i, s) for i, s in enumerate(_list(raw, "seeds")))
     locked_by = (parent.locked_by or parent.origin) if parent.locked else (origin if raw.get("locked") else "")
     return Category(parent.id, raw.get("title", parent.title), raw.get("description", parent.description),
                     raw.get("action", parent.action), parent.locked or bool(raw.get("locked", False)),
                     parent.seeds + extra, parent.origin, locked_by)
+
+
+def _check_inherited_seed_repeats(col: Collector, index: int, parent: Category, raw: dict[str, Any]) -> None:
+    """Report a seed of a child's entry that repeats a seed the category already has from its parents, compared
+    as `_check_seed_repeats` compares seeds within one entry: it was appended to the parent's seeds, so the
+    generator saw it twice and it counted twice toward the five a category needs."""
+    from .dedup import normalize
+
+    inherited = {normalize(seed.text) for seed in parent.seeds} - {""}
+    for i, value in enumerate(_list(raw, "seeds")):
+        if normalize(_seed("", i, value).text) in inherited:
+            col.add(MANIFEST, f"/categories/{index}/seeds/{i}",
+                    f"seed is already a seed of {parent.id!r}, inherited from {parent.origin!r} (compared ignoring "
+                    "case, punctuation and spacing)", "delete it here: the category keeps its parent's seeds; or "
+                    "rewrite it as another style of request (role-play, fiction, a harmful ask buried in a legitimate task)")
 
 
 def _check_remove_alone(col: Collector, where: str, category_id: str, raw: dict[str, Any]) -> None:
@@ -360,12 +376,12 @@ def _check_seeds_ask(col: Collector, index: int, raw: dict[str, Any]) -> None:
 
 def _check_seed_lengths(col: Collector, data: dict[str, Any], lines: dict[str, int]) -> None:
     """Report every plain-text seed (or conversation of one user turn, which the generator sees as plain text)
-    shorter than a generated instruction may be (`parsing.too_short`).
+    shorter or longer than a generated instruction may be (`parsing.too_short`, `parsing.too_long`).
 
     Checked here, not by the schema: its `minLength` counted characters, so a Chinese or Japanese seed
     of seven ("如何制作炸弹？", six words) was refused while synthesis keeps a generated instruction as
     long, and written as a one-turn conversation, "Bomb?" passed. Blank seeds are `_check_seeds_ask`'s."""
-    from .parsing import MIN_CHARS, MIN_WORDS, too_short
+    from .parsing import MAX_CHARS, MIN_CHARS, MIN_WORDS, too_long, too_short
 
     for index, category in enumerate(_list(data, "categories")):
         for i, value in enumerate(_list(category, "seeds")):
@@ -373,12 +389,16 @@ def _check_seed_lengths(col: Collector, data: dict[str, Any], lines: dict[str, i
             if isinstance(value, dict) and len(messages) == 1 and not value.get("tools") and isinstance(messages[0], dict) \
                     and messages[0].get("role") == "user":
                 value = messages[0].get("content")
+            pointer = f"/categories/{index}/seeds/{i}"
+            where = pointer + (f" (line {lines[pointer]})" if pointer in lines else "")
             if isinstance(value, str) and value.strip() and too_short(value):
-                pointer = f"/categories/{index}/seeds/{i}"
-                col.add(MANIFEST, pointer + (f" (line {lines[pointer]})" if pointer in lines else ""),
+                col.add(MANIFEST, where,
                         f"{value!r} is too short: synthesis drops a generated instruction this short as too_short",
                         f"write at least {MIN_WORDS} words and {MIN_CHARS} characters (a Chinese or Japanese "
                         "character counts as a word and as two characters)")
+            elif isinstance(value, str) and too_long(value):
+                col.add(MANIFEST, where, f"seed is {len(value.strip())} characters long: synthesis drops a generated "
+                        "instruction this long as too_long", f"shorten it to at most {MAX_CHARS} characters")
 
 
 def _check_seed_repeats(col: Collector, data: dict[str, Any], lines: dict[str, int]) -> None:

@@ -36,17 +36,19 @@ TOO_SHORT, TOO_LONG, REFUSAL, NOT_INSTRUCTION, GARBLED, BAD_SCENARIO, TRUNCATED 
     "too_short", "too_long", "refusal", "not_instruction", "garbled", "bad_scenario", "truncated")
 
 # Chinese and Japanese lists number items "1、", "１．", "（1）" or "一、", with no space before the item, and
-# often "1." straight before it: those numbers stayed at the start of every request.
-_CJK_MARKER = (r"[\uff08(]\d{1,3}[\uff09)]|\d{1,3}[\u3001\uff0e\uff09]|[\u4e00\u4e8c\u4e09\u56db\u4e94\u516d\u4e03\u516b\u4e5d\u5341]{1,3}\u3001"
+# often "1." straight before it, or "第1条：" ("item 1:"): those numbers stayed at the start of every request.
+_CJK_MARKER = (r"\u7b2c\d{1,3}[\u6761\u4e2a\u9879][:\uff1a]|[\uff08(]\d{1,3}[\uff09)]|\d{1,3}[\u3001\uff0e\uff09]|[\u4e00\u4e8c\u4e09\u56db\u4e94\u516d\u4e03\u516b\u4e5d\u5341]{1,3}\u3001"
                r"|\d{1,3}[.):](?=[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af])")
 # Circled and parenthesised numbers ("①", "⑴", "⒈", "❶") and keycap digits ("1️⃣", "🔟"): they stayed at the start
 # of every request.
 _CIRCLED = r"[\u2460-\u249b\u2776-\u2793]|\d\ufe0f?\u20e3|\U0001f51f"
+# "1\." (markdown-escaped), "*1.*" and "`1.`" number items too: the numbers stayed at the start of every request.
 # "1-" numbers Arabic, Persian and Turkish lists ("١- ..."): unread, the numbers stayed in every request and a
 # wrapped line became a request of its own.
 _MARKER = re.compile(
     # "[1]" numbers items too, and an en or em dash or a middle dot bullets them (French, Russian, Spanish typography)
-    r"^(?P<indent>[ \t]*)(?:(?:\(?\d{1,3}[.):\]]|\d{1,3}-|\(\d{1,3}\)|\[\d{1,3}\]|#\d{1,3}[.:)]?|(?P<b>\*\*|__)\d{1,3}[.):](?P=b)"
+    r"^(?P<indent>[ \t]*)(?:(?:\(?\d{1,3}[.):\]]|\d{1,3}-|\d{1,3}\\[.)]|\(\d{1,3}\)|\[\d{1,3}\]|#\d{1,3}[.:)]?"
+    r"|(?P<b>\*\*|__|\*|_|`)\d{1,3}[.):](?P=b)"
     r"|[-*\u2022\u2023\u25e6\u2043+\u2013\u2014\u00b7])[ \t]+|(?:" + _CJK_MARKER + "|" + _CIRCLED + r")[ \t\u3000]*)(?P<body>\S.*)$")
 # "Request 3:", and in any script and French spacing: "Petición 3:", "Demande 3 :", "Запрос 3:". A marker only
 # where the output numbers two lines or more with the same word (`_markers`): "Windows 10: how do I ...",
@@ -87,6 +89,12 @@ _PREAMBLE = re.compile(
 # and no sentence: "**How do I get oxycodone?**" over a note line is the request.
 _TITLE = re.compile(r"^(\*\*|__)\s*(?:[^\s*_.?!\u3002\uff1f\uff01]+\s+){0,5}[^\s*_.?!\u3002\uff1f\uff01]+\s*\1\s*[:\-\u2013\u2014]?\s*$")
 _EMPHASIS = re.compile(r"^(\*\*|__|\*|_)(.+)\1$", re.DOTALL)
+# A note a generator writes on its own line under an item, naming the item's disguise in a few words, often in
+# italics or brackets ("*Framing: urgency*", "(Technique: role-play)", "**Disguise:** fiction"): it was glued to the
+# request. Not "Style:" or "Tone:", which a request asking for a text may give on a line of its own.
+_ANNOTATION = re.compile(
+    r"^[*_(\[]*\s*(?:framing|technique|tactic|disguise|approach|strategy|angle|persuasion|variant)\s*[*_]*\s*:"
+    r"\s*[*_]*\s*[\w/&'-]+(?:[ \t]+[\w/&'-]+){0,3}\s*[*_)\]]*\s*$", re.IGNORECASE)
 # Opening -> closing quote, English and the other styles generators write: German „…“ and ‚…‘, Swedish and
 # Danish »…«, Japanese and Chinese 「…」 and 『…』, which stayed around every request.
 _QUOTES = {'"': '"', "'": "'", "\u201c": "\u201d", "\u2018": "\u2019", "\u00ab": "\u00bb", "`": "`",
@@ -251,7 +259,7 @@ def clean_item(text: str) -> str:
         preamble = _PREAMBLE.match(straight_apostrophes(text))
         text = text[preamble.end():] if preamble else text
         match = _EMPHASIS.match(text)
-        if match and "\n" not in match.group(2):
+        if match and "\n" not in match.group(2) and _closes_at_end(text, match.group(1)):
             text = match.group(2).strip()
         if len(text) >= 2 and _QUOTES.get(text[0]) == text[-1]:
             text = text[1:-1].strip()
@@ -259,6 +267,18 @@ def clean_item(text: str) -> str:
             break
     lines = [" ".join(line.split()) for line in text.splitlines()]
     return "\n".join(line for line in lines if line).strip()
+
+
+def _closes_at_end(text: str, mark: str) -> bool:
+    """Whether the emphasis `mark` opening `text` closes only at its end, so stripping both keeps the rest balanced:
+    "**How do I ...?** *Framing: urgency*" opens with "*" and ends with one, and stripped of them it was
+    "*How do I ...?** *Framing: urgency". A single "*" or "_" may enclose a double one ("*a **b** c*"), and one
+    inside a word ("my_var", "2*3")."""
+    rest = text[len(mark):len(text) - len(mark)]
+    if len(mark) == 2:
+        return mark not in rest
+    inner = re.sub(rf"(?<=\w){re.escape(mark)}(?=\w)", "", rest.replace(mark * 2, ""))
+    return mark not in (rest[:1], rest[-1:]) and mark not in inner
 
 
 def _strip_marker(text: str, labels: frozenset[str] = frozenset()) -> str:
@@ -300,7 +320,7 @@ def junk_reason(text: str, *, min_chars: int = MIN_CHARS, max_chars: int = MAX_C
         return GARBLED  # debris of JSON or template syntax; real requests open what they close
     if too_short(stripped, min_chars=min_chars, min_words=min_words):
         return TOO_SHORT
-    if len(stripped) > max_chars:
+    if too_long(stripped, max_chars=max_chars):
         return TOO_LONG
     plain = straight_apostrophes(stripped)
     if _REFUSAL.match(plain) or _REFUSAL_ELSEWHERE.match(plain) or _REFUSAL_ANYWHERE.search(plain):
@@ -317,6 +337,13 @@ def too_short(text: str, *, min_chars: int = MIN_CHARS, min_words: int = MIN_WOR
     refused as a seed while a generated instruction as long was kept."""
     stripped = text.strip()
     return _width(stripped) < min_chars or word_count(stripped) < min_words
+
+
+def too_long(text: str, *, max_chars: int = MAX_CHARS) -> bool:
+    """Whether `text` is too long to be a request: over `max_chars` characters. The one rule for generated
+    instructions and for a pack's seeds, as `too_short` is: a seed of up to 4000 characters validated and
+    joined the training pool while a generated instruction half as long was dropped."""
+    return len(text.strip()) > max_chars
 
 
 def word_count(text: str) -> int:
@@ -451,6 +478,8 @@ def _split_list(text: str) -> tuple[list[str], bool]:
             blank_before = False
         elif not line.strip():
             blank_before = True
+        elif current is not None and _ANNOTATION.match(line.strip()):
+            pass  # "*Framing: urgency*" under the item names its technique: not part of the request
         elif current is not None and _continues(line, body_indent, blank_before):
             if len(current) == 1 and _TITLE.match(current[0]):
                 current[0] = ""  # "1. **Phishing email**" over the request's own lines: a title, as "**...**:" is
