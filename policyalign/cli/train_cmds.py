@@ -84,7 +84,6 @@ def distill(
 
     Settings left unset take the pack's `training:` values (with --resume, the checkpoint's).
     """
-    from ..checkpoints import checkpoint_dir, resume_point
     from ..distill_settings import under_given
     from ..stages import recorded_distill_config, run_distill
     from ..tracking import report_targets
@@ -97,8 +96,6 @@ def distill(
         teacher=teacher, ema_decay=ema_decay, seed=seed, prefix_cache=prefix_cache, use_vllm=vllm,
         save_steps=save_steps).items() if v is not None}
     reports = report_targets(report_to)
-    if resume and resume_point(run_dir) is None:
-        typer.echo(f"--resume: no complete checkpoint in {checkpoint_dir(run_dir)}; training from the start", err=True)
     # --resume continues the interrupted training as it was set up; flags given now still win.
     overrides = under_given(recorded_distill_config(run_dir), given) if resume else given
     result = run_distill(run_dir, model=model, pack=pack, packs_path=packs_path, device=device, resume=resume,
