@@ -97,6 +97,7 @@ class ApplyOptions:
     progress: bool = True
     report_to: Any = None  # integrations the training logs go to (`tracking.report_targets`)
     explicit: set[str] = field(default_factory=set, repr=False)
+    flags: set[str] = field(default_factory=set, repr=False)  # those of `explicit` given on the command line
 
     def __post_init__(self) -> None:
         """One spelling of the backend (`--backend vLLM` is `vllm`, which `_distill_overrides` compares),
@@ -129,7 +130,7 @@ def load_config_file(path: Path) -> dict[str, Any]:
                                 hint="save the file as UTF-8") from None
     if not isinstance(data, dict):
         raise InvalidInputError("config must be a mapping of option: value", file=str(path))
-    names = {f.name for f in fields(ApplyOptions)} - {"explicit"}
+    names = {f.name for f in fields(ApplyOptions)} - {"explicit", "flags"}
     options = {str(k).replace("-", "_"): v for k, v in data.items()}
     if len(options) < len(data):
         _refuse_two_spellings(data, path)
@@ -319,7 +320,8 @@ def build_options(cli: dict[str, Any], config: Path | None) -> ApplyOptions:
     from_file = load_config_file(config) if config else {}
     if any(selection_given(cli.get(name)) for name in SELECTION_FLAGS):
         from_file = {k: v for k, v in from_file.items() if k not in SELECTION_FLAGS}
-    merged = under_given(from_file, {key: value for key, value in cli.items() if value is not None and value is not False})
+    flags = {key: value for key, value in cli.items() if value is not None and value is not False}
+    merged = under_given(from_file, flags)
     explicit = set(merged)
     for key in ("pack", "model"):
         if not merged.get(key):
@@ -330,7 +332,7 @@ def build_options(cli: dict[str, Any], config: Path | None) -> ApplyOptions:
     if "out" in merged and merged["out"] is not None:
         merged["out"] = Path(merged["out"]).expanduser()
     merged["pack"] = os.path.expanduser(merged["pack"])  # as a model directory's `~` is (`models.resolve_model`)
-    return ApplyOptions(**merged, explicit=explicit)
+    return ApplyOptions(**merged, explicit=explicit, flags=set(flags))
 
 
 def _check_push_keys(from_file: dict[str, Any], merged: dict[str, Any], config: Path | None) -> None:
@@ -479,7 +481,8 @@ def _checked_settings(options: ApplyOptions, pack: Pack) -> tuple[Any, Any]:
                              {"max_new_tokens": options.synth_max_new_tokens})
     fconf = filter_config(pack, **_filter_options(options))
     dconf = distill_config(pack, _distill_overrides(options))
-    _check_target_modules(options.model, pack, dconf.target_modules)
+    _check_target_modules(options.model, pack, dconf.target_modules,
+                          "--target-modules" if "target_modules" in options.flags else "target_modules in --config")
     check_eval_options(options.judge, options.eval_limit, limit_flag="--eval-limit")
     device = training_device(options.device, *launch_rank()[1:])
     check_device_and_dtype(device)  # and PA_DTYPE, which else fails once synthesis loads its model
@@ -489,10 +492,11 @@ def _checked_settings(options: ApplyOptions, pack: Pack) -> tuple[Any, Any]:
     return fconf, dconf
 
 
-def _check_target_modules(model: str, pack: Pack, targets: tuple[str, ...] | str) -> None:
+def _check_target_modules(model: str, pack: Pack, targets: tuple[str, ...] | str, flag: str) -> None:
     """The LoRA targets checked against the model's modules (its weightless skeleton) before the first stage:
     a misspelt `training.target_modules` passes `pa validate`, which cannot know the model, and was refused
-    only by distillation, after synthesis, filtering and the first evaluation."""
+    only by distillation, after synthesis, filtering and the first evaluation. `flag` is where the user set
+    them, the command line or --config, for the error to name."""
     from .distill_settings import target_modules_origin
     from .models import module_skeleton, resolve_model
     from .trainer import check_module_names
@@ -500,7 +504,7 @@ def _check_target_modules(model: str, pack: Pack, targets: tuple[str, ...] | str
     if isinstance(targets, str) or (skeleton := module_skeleton(model)) is None:
         return
     check_module_names(skeleton, resolve_model(model).name, targets,
-                       target_modules_origin(pack, targets, flag="target_modules in --config"))
+                       target_modules_origin(pack, targets, flag=flag))
 
 
 def _apply(options: ApplyOptions, pack: Pack, run_dir: Path, settings: tuple[Any, Any],
@@ -508,7 +512,7 @@ def _apply(options: ApplyOptions, pack: Pack, run_dir: Path, settings: tuple[Any
     remove_stale_temporaries(run_dir)
     note = unbumped_change(read_manifest(run_dir), pack)
     record_inputs(run_dir, pack, options.model, options={k: v for k, v in asdict(options).items()
-                                                          if k not in ("explicit", "progress", "out")})
+                                                          if k not in ("explicit", "flags", "progress", "out")})
     if note:
         on_note(note)
     common = {"device": options.device, "progress": options.progress}

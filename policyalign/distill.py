@@ -132,8 +132,9 @@ def _checkpoint_to_continue(trainer: Any, run_dir: Path, resume: bool,
     """
     checkpoint = resume_point(run_dir) if resume else None
     if checkpoint is None:
-        if resume and trainer.is_world_process_zero():  # --resume trained from step 0 without a word
-            print(f"resume: no checkpoint in {checkpoint_dir(run_dir)}; training from the start", file=sys.stderr)
+        # --resume trained from step 0 without a word; said here only (not by `pa distill` too, which said it twice)
+        if resume and trainer.is_world_process_zero():
+            print(f"resume: no complete checkpoint in {checkpoint_dir(run_dir)}; training from the start", file=sys.stderr)
         return None, False
     done = int(json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8")).get("global_step", 0))
     planned = trainer.set_initial_training_values(trainer.args, trainer.get_train_dataloader())[-1]

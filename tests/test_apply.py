@@ -219,7 +219,7 @@ def test_config_help_names_every_option_with_no_flag() -> None:
     command = typer.main.get_command(app).commands["apply"]  # type: ignore[attr-defined]
     config_help = next(p.help for p in command.params if p.name == "config")
     flags = {p.name for p in command.params}
-    renamed = {"top_n", "learning_rate", "num_epochs", "gradient_accumulation_steps", "progress", "explicit"}
+    renamed = {"top_n", "learning_rate", "num_epochs", "gradient_accumulation_steps", "progress", "explicit", "flags"}
     missing = [f.name for f in fields(ApplyOptions) if f.name not in flags | renamed and f.name not in config_help]
     assert not missing, f"--config help does not name {missing}"
 
@@ -388,6 +388,33 @@ def test_a_synthesis_count_below_one_leaves_no_run_directory(tmp_path: Path, fla
     and its run.json were made: `pa runs` listed the empty run left behind."""
     result = CliRunner().invoke(app, ["apply", "general", "--model", "tiny", flag, "0", "--out", str(tmp_path / "run")])
     assert result.exit_code == 2 and flag in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_pa_apply_target_modules_is_checked_against_the_model_before_any_stage(tmp_path: Path) -> None:
+    """`pa apply` had no --target-modules (only `target_modules:` in --config) though `pa distill` has one; given
+    now, a misspelt module is refused before synthesis, naming the flag, as the pack's and the file's are."""
+    result = CliRunner().invoke(app, ["apply", "general", "--model", "tiny", "--target-modules", "q_prj",
+                                      "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "LoRA target modules ['q_prj']: no such module in tiny" in result.output
+    assert "--target-modules" in result.output and "--config" not in result.output
+    assert not (tmp_path / "run").exists(), "no stage ran"
+
+
+def test_pa_apply_target_modules_and_kl_top_k_reach_the_training_settings(tmp_path: Path) -> None:
+    """The comma-separated --target-modules (spaces allowed) and --kl-top-k are the settings `pa distill`'s flags give."""
+    from policyalign.apply import _distill_overrides
+
+    options = build_options({"pack": "general", "model": "tiny", "target_modules": None, "kl_top_k": None}, None)
+    assert options.target_modules is None and options.kl_top_k is None
+    from policyalign.cli.common import target_module_names
+
+    options = build_options({"pack": "general", "model": "tiny", "kl_top_k": 8,
+                             "target_modules": target_module_names("q_proj, v_proj")}, None)
+    overrides = _distill_overrides(options)
+    assert (overrides["target_modules"], overrides["top_k"]) == (("q_proj", "v_proj"), 8)
+    result = CliRunner().invoke(app, ["apply", "general", "--model", "tiny", "--kl-top-k", "-1", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "--kl-top-k -1" in result.output
     assert not (tmp_path / "run").exists()
 
 

@@ -185,3 +185,21 @@ def test_ctrl_c_in_pa_distill_says_to_resume_with_resume() -> None:
     message = interrupted_message("distill")
     assert "checkpoints are kept" in message and "with --resume to continue" in message
     assert "run the same command again to continue" not in message
+
+
+# Options `pa apply` and `pa distill` both take whose meaning differs: apply's --seed also seeds synthesis and the
+# filter, its --max-new-tokens also sets the filter's samples, and its --model names the run's model (distill's
+# defaults to the run's).
+_APPLY_WIDER = {"--seed", "--max-new-tokens", "--model"}
+
+
+def test_pa_apply_and_pa_distill_share_each_training_option() -> None:
+    """One way to do each thing: an option both commands take is the one shared typer option (`cli.common`), the
+    same help; `pa apply` had no --target-modules or --kl-top-k, and its own --teacher and --save-steps text."""
+    command = typer.main.get_command(app)
+    options = {name: {o: p for p in command.commands[name].params for o in p.opts}  # type: ignore[attr-defined]
+               for name in ("apply", "distill")}
+    for flag in ("--target-modules", "--kl-top-k", "--teacher", "--save-steps", "--lora-r", "--lr", "--temperature"):
+        assert flag in options["apply"], f"pa apply has no {flag}"
+    for flag in (set(options["apply"]) & set(options["distill"])) - _APPLY_WIDER:
+        assert options["apply"][flag].help == options["distill"][flag].help, flag

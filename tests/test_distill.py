@@ -71,7 +71,7 @@ def test_resume_refuses_a_checkpoint_of_other_settings_but_may_train_longer(reco
     run, pack = recorded_run
     options = {"max_steps": 2, "max_new_tokens": 8, "batch_size": 4, "save_steps": 1}
     run_distill(run, resume=True, overrides=options, progress=False)  # nothing to resume yet: it says so
-    assert f"resume: no checkpoint in {checkpoint_dir(run)}; training from the start" in capsys.readouterr().err
+    assert f"resume: no complete checkpoint in {checkpoint_dir(run)}; training from the start" in capsys.readouterr().err
     with pytest.raises(RunError, match="checkpoint-2, trained with other settings: --lora-r 4 then, 2 now\n") as caught:
         run_distill(run, resume=True, overrides={**options, "lora_r": 2}, progress=False)
     # The record the settings were read from: the checkpoints' own, not run.json (which named them wrongly).
@@ -95,7 +95,8 @@ def test_resume_refuses_a_checkpoint_of_other_settings_but_may_train_longer(reco
 
 @pytest.mark.slow
 def test_pa_distill_resume_continues_with_the_settings_the_run_was_trained_with(recorded_run) -> None:
-    """After a crash, `pa distill RUN --resume` alone continues; it used to need every flag of the first command again."""
+    """After a crash, `pa distill RUN --resume` alone continues; it used to need every flag of the first command again.
+    With nothing to resume it says so, once."""
     from typer.testing import CliRunner
 
     from policyalign.cli import app
@@ -105,7 +106,9 @@ def test_pa_distill_resume_continues_with_the_settings_the_run_was_trained_with(
              "--batch-size", "4", "--lr", "0.005", "--lora-dropout", "0", "--no-prefix-cache"]
     result = CliRunner().invoke(app, first)
     assert result.exit_code == 0, result.output
-    assert "--resume: no complete checkpoint" in result.output, "a --resume with nothing to resume says so"
+    assert "resume: no complete checkpoint" in result.output, "a --resume with nothing to resume says so"
+    # once: the command said it, then the training it started said it again
+    assert result.output.count("training from the start") == 1, result.output
     # A switch recorded as off can be turned back on when resuming (it used to have only its --no- form).
     result = CliRunner().invoke(app, ["distill", str(run), "--resume", "--max-steps", "3", "--prefix-cache"])
     assert result.exit_code == 0, result.output

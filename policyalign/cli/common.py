@@ -27,6 +27,13 @@ Epochs = typer.Option(None, "--epochs", help="Passes over the selected instructi
 MaxSteps = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps (default: the pack's, else --epochs).")
 BatchSize = typer.Option(None, "--batch-size", help="Rollouts per device per step (default: the pack's).")
 GradAccum = typer.Option(None, "--grad-accum", help="Gradient accumulation steps (default: the pack's).")
+TargetModules = typer.Option(None, "--target-modules", help="LoRA target modules: comma-separated module names, "
+                             "or all-linear (default: the pack's).")
+KlTopK = typer.Option(None, "--kl-top-k", help="Top-k support of the reverse KL (default: the pack's; paper: 256).")
+Teacher = typer.Option(None, "--teacher", help="base (adapter disabled) or ema (default: the pack's).")
+SaveSteps = typer.Option(None, "--save-steps", help="Checkpoint every N optimizer steps, for resuming (default 50).")
+Device = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: cuda if available). Training runs on the "
+                      "first visible GPU: choose it with CUDA_VISIBLE_DEVICES.")
 # Sampling of the student's on-policy responses: `pa filter` scores them, `pa distill` trains on them, and the
 # two must agree (`stages.filter_config`), so the three commands share one flag.
 Temperature = typer.Option(None, "--temperature", help="Sampling temperature of the student's on-policy responses: "
@@ -36,6 +43,14 @@ EmaDecay = typer.Option(None, "--ema-decay", help="With --teacher ema: the share
 ReportTo = typer.Option(None, "--report-to", help="Send training logs live to tensorboard (into RUN_DIR/tensorboard), "
                         "wandb, mlflow, trackio, ... (repeatable or comma-separated; the package must be installed). "
                         "Default: none.")
+
+
+def target_module_names(value: Optional[str]) -> Optional[tuple[str, ...] | str]:
+    """--target-modules as the training setting: all-linear kept whole, else the comma-separated names
+    (spaces after the commas allowed), for `pa apply` and `pa distill` alike."""
+    if value is None or value == "all-linear":
+        return value
+    return tuple(name.strip() for name in value.split(",") if name.strip())
 
 
 def registry(packs_path: Optional[list[Path]] = None):  # type: ignore[no-untyped-def]

@@ -9,8 +9,9 @@ import typer
 
 from . import app
 from ..stats import format_rate
-from .common import (BatchSize, EmaDecay, Epochs, GradAccum, LearningRate, License, LoraAlpha, LoraDropout, LoraR, MaxSteps,
-                     PacksPath, ReportTo, Temperature, console, fold_table, print_json)
+from .common import (BatchSize, Device, EmaDecay, Epochs, GradAccum, KlTopK, LearningRate, License, LoraAlpha, LoraDropout,
+                     LoraR, MaxSteps, PacksPath, ReportTo, SaveSteps, TargetModules, Teacher, Temperature, console,
+                     fold_table, print_json, target_module_names)
 
 
 def _num(value: Any) -> str:
@@ -44,7 +45,7 @@ def apply(
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file of options, keyed by their long names "
                                           "(max-steps: 100); --lr, --epochs, --grad-accum, --top-k and --quiet are "
                                           "learning_rate, num_epochs, gradient_accumulation_steps, top_n and "
-                                          "progress: false; also target_modules, kl_top_k, samples, synth_max_new_tokens, gen_batch_size, "
+                                          "progress: false; also samples, synth_max_new_tokens, gen_batch_size, "
                                           "eval_max_new_tokens. Relative paths in the file (out, a pack, model, generator "
                                           "or judge directory) are read from the file's directory, those on the command "
                                           "line from the current one. The command line wins over the file, and both over "
@@ -54,8 +55,7 @@ def apply(
     license: Optional[str] = License,
     revision: Optional[str] = typer.Option(None, "--revision", help="With --push-to: tag for this version "
                                            "(default: PACK-vVERSION; a retrained run needs a new one)."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: cuda if available). "
-                                         "Training runs on the first visible GPU: choose it with CUDA_VISIBLE_DEVICES."),
+    device: Optional[str] = Device,
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of synthesis, the filter's samples and held-out "
                                        "split, and training (default 0)."),
     generator: Optional[str] = typer.Option(None, "--generator", help="A stronger model to synthesize instructions (default: --model)."),
@@ -76,15 +76,17 @@ def apply(
     lora_r: Optional[int] = LoraR,
     lora_alpha: Optional[float] = LoraAlpha,
     lora_dropout: Optional[float] = LoraDropout,
+    target_modules: Optional[str] = TargetModules,
     learning_rate: Optional[float] = LearningRate,
     epochs: Optional[float] = Epochs,
     max_steps: Optional[int] = MaxSteps,
     batch_size: Optional[int] = BatchSize,
     grad_accum: Optional[int] = GradAccum,
-    teacher: Optional[str] = typer.Option(None, "--teacher", help="base or ema (default: the pack's)."),
+    teacher: Optional[str] = Teacher,
     ema_decay: Optional[float] = EmaDecay,
+    kl_top_k: Optional[int] = KlTopK,
     temperature: Optional[float] = Temperature,
-    save_steps: Optional[int] = typer.Option(None, "--save-steps", help="Checkpoint every N optimizer steps (default 50)."),
+    save_steps: Optional[int] = SaveSteps,
     judge: Optional[str] = typer.Option(None, "--judge", help="refusal (default) | guard:MODEL | llm:MODEL"),
     eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="At most N items per eval set (default: all)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
@@ -109,9 +111,10 @@ def apply(
            "seed": seed, "generator": generator, "n": n, "rounds": rounds, "backend": backend, "keep": keep,
            "top_n": top_k, "min_score": min_score, "no_filter": no_filter, "heldout": heldout,
            "max_new_tokens": max_new_tokens, "lora_r": lora_r, "lora_alpha": lora_alpha,
-           "lora_dropout": lora_dropout, "learning_rate": learning_rate, "num_epochs": epochs, "max_steps": max_steps, "batch_size": batch_size,
+           "lora_dropout": lora_dropout, "target_modules": target_module_names(target_modules),
+           "learning_rate": learning_rate, "num_epochs": epochs, "max_steps": max_steps, "batch_size": batch_size,
            "gradient_accumulation_steps": grad_accum,
-           "teacher": teacher, "ema_decay": ema_decay, "temperature": temperature, "save_steps": save_steps, "judge": judge,
+           "teacher": teacher, "ema_decay": ema_decay, "kl_top_k": kl_top_k, "temperature": temperature, "save_steps": save_steps, "judge": judge,
            "eval_limit": eval_limit, "report_to": report_to or None}
     options = build_options(cli, config)
     if quiet:  # --quiet wins; without it, `progress:` in --config stands

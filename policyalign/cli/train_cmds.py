@@ -8,16 +8,14 @@ from typing import Optional
 import typer
 
 from . import app
-from .common import (BatchSize, EmaDecay, Epochs, GradAccum, LearningRate, LoraAlpha, LoraDropout, LoraR, MaxSteps,
-                     PacksPath, ReportTo, Temperature)
+from .common import (BatchSize, Device, EmaDecay, Epochs, GradAccum, KlTopK, LearningRate, LoraAlpha, LoraDropout, LoraR,
+                     MaxSteps, PacksPath, ReportTo, SaveSteps, Teacher, TargetModules, Temperature, target_module_names)
 
 RunDir = typer.Argument(..., help="Run directory (from `pa synthesize` or `pa apply`).")
 ModelOpt = typer.Option(None, "--model", help="Model (default: the run's; a run with stages keeps its model). tiny, an "
                         "alias, a Hub id or a path.")
 PackOpt = typer.Option(None, "--pack", help="Pack (default: the run's): another version or path of the run's pack, "
                        "never another pack.")
-DeviceOpt = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: cuda if available). Training runs on the "
-                         "first visible GPU: choose it with CUDA_VISIBLE_DEVICES.")
 
 
 @app.command("filter")
@@ -58,16 +56,16 @@ def distill(
     lora_r: Optional[int] = LoraR,
     lora_alpha: Optional[float] = LoraAlpha,
     lora_dropout: Optional[float] = LoraDropout,
-    target_modules: Optional[str] = typer.Option(None, "--target-modules", help="Comma-separated module names, or all-linear (default: the pack's)."),
+    target_modules: Optional[str] = TargetModules,
     learning_rate: Optional[float] = LearningRate,
     epochs: Optional[float] = Epochs,
     max_steps: Optional[int] = MaxSteps,
     batch_size: Optional[int] = BatchSize,
     grad_accum: Optional[int] = GradAccum,
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Length of the student's rollouts (default: the pack's)."),
-    top_k: Optional[int] = typer.Option(None, "--kl-top-k", help="Top-k support of the reverse KL (default: the pack's; paper: 256)."),
+    top_k: Optional[int] = KlTopK,
     temperature: Optional[float] = Temperature,
-    teacher: Optional[str] = typer.Option(None, "--teacher", help="base (adapter disabled) or ema (default: the pack's)."),
+    teacher: Optional[str] = Teacher,
     ema_decay: Optional[float] = EmaDecay,
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the rollouts, data order and LoRA init (default 0)."),
     prefix_cache: Optional[bool] = typer.Option(None, "--prefix-cache/--no-prefix-cache",
@@ -75,10 +73,10 @@ def distill(
                                                 "recompute it every step."),
     vllm: Optional[bool] = typer.Option(None, "--vllm/--no-vllm",
                                         help="Roll out with vLLM (GPU, needs the \\[vllm] extra) or transformers (default)."),
-    save_steps: Optional[int] = typer.Option(None, "--save-steps", help="Checkpoint every N optimizer steps, for --resume (default 50)."),
+    save_steps: Optional[int] = SaveSteps,
     resume: bool = typer.Option(False, "--resume", help="Continue from the last complete checkpoint, with the "
                                 "settings it was trained with (flags given now override them)."),
-    device: Optional[str] = DeviceOpt,
+    device: Optional[str] = Device,
     report_to: Optional[list[str]] = ReportTo,
     packs_path: Optional[list[Path]] = PacksPath,
 ) -> None:
@@ -86,13 +84,11 @@ def distill(
 
     Settings left unset take the pack's `training:` values (with --resume, the checkpoint's).
     """
-    from ..checkpoints import checkpoint_dir, resume_point
     from ..distill_settings import under_given
     from ..stages import recorded_distill_config, run_distill
     from ..tracking import report_targets
 
-    targets = target_modules if target_modules in (None, "all-linear") else \
-        tuple(name.strip() for name in target_modules.split(",") if name.strip())
+    targets = target_module_names(target_modules)
     given = {k: v for k, v in dict(
         lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=targets,
         learning_rate=learning_rate, num_epochs=epochs, max_steps=max_steps, batch_size=batch_size,
@@ -100,8 +96,6 @@ def distill(
         teacher=teacher, ema_decay=ema_decay, seed=seed, prefix_cache=prefix_cache, use_vllm=vllm,
         save_steps=save_steps).items() if v is not None}
     reports = report_targets(report_to)
-    if resume and resume_point(run_dir) is None:
-        typer.echo(f"--resume: no complete checkpoint in {checkpoint_dir(run_dir)}; training from the start", err=True)
     # --resume continues the interrupted training as it was set up; flags given now still win.
     overrides = under_given(recorded_distill_config(run_dir), given) if resume else given
     result = run_distill(run_dir, model=model, pack=pack, packs_path=packs_path, device=device, resume=resume,
