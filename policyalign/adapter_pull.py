@@ -272,13 +272,55 @@ def pull_adapter(spec: str, *, to: str | Path | None = None, token: str | None =
     # refused before the download: `pa pull` of a base model (not an adapter) fetched all its weights first
     _policyalign_block(card.hub_card_metadata(info.card_data), label)
     if to is None:
-        path = _snapshot(repo_id, commit, None, token)
-        metadata, provenance = verify_adapter(path, label)
+        path, provenance = _pull_cached(repo_id, commit, label, token)
     else:
         path, provenance = _pull_into(Path(to), repo_id, commit, label, token)
     warnings, notes = compare_local_pack(provenance["pack"], registry, token=token)
     return PullResult(repo_id, revision, str(commit), path, provenance["pack"], provenance["base_model"],
                       tuple(warnings), tuple(notes))
+
+
+def _pull_cached(repo_id: str, commit: str, label: str, token: str | None) -> tuple[Path, dict[str, Any]]:
+    """Download `commit` into the Hugging Face cache and verify it there.
+
+    A refused revision's files that this pull downloaded are removed from the cache again: they stayed
+    there, and `PeftModel.from_pretrained(REPO, revision=COMMIT)` loaded them without any check."""
+    repo = _cache_repo(repo_id)
+    before = _cache_files(repo)
+    path = _snapshot(repo_id, commit, None, token)
+    try:
+        _, provenance = verify_adapter(path, label)
+    except PolicyAlignError:
+        _forget_added(repo, commit, before)
+        raise
+    return path, provenance
+
+
+def _cache_repo(repo_id: str) -> Path:
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    return Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model")
+
+
+def _cache_files(repo: Path) -> set[Path]:
+    """Every file and link of a repository's folder in the Hugging Face cache."""
+    return {p for p in repo.rglob("*") if p.is_symlink() or p.is_file()} if repo.is_dir() else set()
+
+
+def _forget_added(repo: Path, commit: str, before: set[Path]) -> None:
+    """Remove what a refused pull of `commit` added to the cache (snapshot links, blobs, tree listing).
+    Files that were there before stay, and so does a blob another snapshot links to: the cache shares
+    one blob among the revisions holding the same content (a verified revision's card, say)."""
+    snapshots = repo / "snapshots"
+    refused = snapshots / commit
+    used = {link.resolve() for link in snapshots.rglob("*") if link.is_symlink() and refused not in link.parents}
+    for added in sorted(_cache_files(repo) - before):
+        if not (added.parent == repo / "blobs" and added.resolve() in used):
+            added.unlink(missing_ok=True)
+    for folder in sorted((p for p in refused.rglob("*") if p.is_dir()), reverse=True) + [refused]:
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def _refuse_removed_card(info: Any, label: str) -> None:

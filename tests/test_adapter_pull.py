@@ -460,6 +460,30 @@ def test_pull_of_an_adapter_whose_card_was_removed_says_so(cli: Cli, hub_server,
     cli.ok("pull", "org/uncarded@uncarded-v1.0.0", "--to", str(tmp_path / "pulled"))  # the tag still verifies
 
 
+def _cached_bytes(cache: Path) -> set[bytes]:
+    return {p.read_bytes() for p in cache.rglob("*") if p.is_file() and not p.is_symlink()}
+
+
+def test_a_pull_refused_leaves_none_of_its_files_in_the_hugging_face_cache(cli: Cli, hub_server, make_run,  # type: ignore[no-untyped-def]
+                                                                           tmp_path: Path) -> None:
+    """Without --to, a refused revision's files stayed in the Hugging Face cache (README: "nothing is pulled"),
+    where `PeftModel.from_pretrained(REPO, revision=COMMIT)` loaded the swapped weights without any check.
+    Only what the refused pull added goes: the verified revision's snapshot, and the blobs it shares, stay."""
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "cached"))
+    cli.ok("push", str(run), "--repo-id", "org/cached")
+    verified = Path(cli.ok("pull", "org/cached@cached-v1.0.0").stdout.split(") to ", 1)[1].split("\n", 1)[0])
+    weights = bytearray((run / "adapter" / "adapter_model.safetensors").read_bytes())
+    weights[-1] ^= 0xFF
+    hub_server.put_files("org/cached", {"adapter_model.safetensors": bytes(weights)}, "swap weights")
+    refused = hub_server.store.rev(hub_server.repo_path("org/cached"), "main")
+    assert "adapter_model.safetensors does not match" in cli.fails(1, "pull", "org/cached").stderr
+    cache = verified.parents[1]
+    assert not (cache / "snapshots" / refused).exists() and not (cache / "trees" / f"{refused}.json").exists()
+    assert bytes(weights) not in _cached_bytes(cache)
+    assert [p.name for p in (cache / "snapshots").iterdir()] == [verified.name]
+    adapter_pull.verify_adapter(verified, "org/cached@cached-v1.0.0")  # its files, shared blobs included, intact
+
+
 def test_pull_errors_are_clear(cli: Cli) -> None:
     assert "not found" in cli.fails(1, "pull", "org/does-not-exist").stderr
     assert "invalid repository id" in cli.fails(2, "pull", "not-a-repo-id").stderr
