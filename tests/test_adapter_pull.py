@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hubcli import REPO_ROOT, Cli, make_pack
+from hubcli import DEFAULT, REPO_ROOT, Cli, make_pack
 from policyalign import adapter_pull, card
 from policyalign.pack import load_pack
 from policyalign.registry import Registry
@@ -482,6 +482,38 @@ def test_a_pull_refused_leaves_none_of_its_files_in_the_hugging_face_cache(cli: 
     assert bytes(weights) not in _cached_bytes(cache)
     assert [p.name for p in (cache / "snapshots").iterdir()] == [verified.name]
     adapter_pull.verify_adapter(verified, "org/cached@cached-v1.0.0")  # its files, shared blobs included, intact
+
+
+class OfflineCli(Cli):
+    """`pa` with HF_HUB_OFFLINE=1, as on a machine without internet."""
+
+    def env(self, token: object = DEFAULT) -> dict[str, str]:
+        return {**super().env(token), "HF_HUB_OFFLINE": "1"}
+
+
+def test_pull_offline_verifies_the_copy_in_the_hugging_face_cache(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """With HF_HUB_OFFLINE=1 every `pa pull` failed with "offline mode is enabled", an adapter pulled and
+    verified before included: none could be pulled on a machine without internet. A tag a pull verified,
+    or a commit, is now found in the cache and verified there; one not in the cache names the fix."""
+    cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "airgap"))), "--repo-id", "org/airgap")
+    commit = hub_server.store.rev(hub_server.repo_path("org/airgap"), "main")
+    cli.ok("pull", "org/airgap@airgap-v1.0.0")
+    offline = OfflineCli(cli.hub, cli.home, cli.packs, cli.cwd)
+    for spec in ("org/airgap@airgap-v1.0.0", f"org/airgap@{commit}"):
+        pulled = offline.ok("pull", spec)
+        assert f"(commit {commit[:12]})" in pulled.stdout and "verified: pack airgap@1.0.0" in pulled.stdout
+        assert "offline (HF_HUB_OFFLINE=1): verified the copy of commit" in pulled.stdout
+    offline.ok("pull", "org/airgap@airgap-v1.0.0", "--to", str(tmp_path / "pulled"))
+    assert (tmp_path / "pulled" / "adapter_model.safetensors").is_file()
+    assert not (tmp_path / "pulled" / "adapter_model.safetensors").is_symlink()
+    missing = offline.fails(1, "pull", "org/airgap")  # main was never pulled here
+    assert "org/airgap@main: not in the Hugging Face cache, and HF_HUB_OFFLINE=1" in missing.stderr
+    assert "pull it once with internet (`pa pull org/airgap@main`" in missing.stderr
+    assert "offline mode is enabled" not in missing.stderr
+    snapshot = cli.home / "hf" / "hub" / "models--org--airgap" / "snapshots" / commit
+    edited = (snapshot / "policyalign.json").resolve()
+    edited.write_text(edited.read_text().replace("airgap", "elsewhere"))
+    assert "policyalign.json does not match its sha256" in offline.fails(1, "pull", f"org/airgap@{commit}").stderr
 
 
 def test_pull_errors_are_clear(cli: Cli) -> None:
