@@ -9,6 +9,7 @@ then compares the pack, and each pack it extends, with the local one (`compare_l
 from __future__ import annotations
 
 import glob
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 # Files a pulled adapter repository may hold without the card listing them (the card itself,
 # and the .gitattributes the Hub adds); any other unlisted file is a provenance problem.
 UNLISTED_OK = {"README.md", ".gitattributes"}
+REGEX_COMMIT = re.compile(r"[0-9a-f]{40}")
 # What a second `pa pull` into the same --to is told (run.run_lock's `busy`).
 PULL_BUSY = ("`pa pull --to` target", "wait for the other `pa pull` into it to finish, or pull into another --to")
 
@@ -261,24 +263,106 @@ def pull_adapter(spec: str, *, to: str | Path | None = None, token: str | None =
 
     Without `to` the files stay in the Hugging Face cache (where `PeftModel.from_pretrained`
     looks too); with `to` they are downloaded beside it, verified, and only then moved there.
+    Offline (HF_HUB_OFFLINE=1) the revision must be in the cache (`_cached_snapshot`), and that
+    copy is verified alike.
     """
     repo_id, revision = split_spec(spec)
     revision = revision or DEFAULT_BRANCH
-    api = hub_api(token)
-    with hub_call(f"looking up revision {revision}", token=token, repo=repo_id):
-        info = api.model_info(repo_id, revision=revision)
-    commit, label = info.sha, f"{repo_id}@{revision}"
-    _refuse_removed_card(info, label)
-    # refused before the download: `pa pull` of a base model (not an adapter) fetched all its weights first
-    _policyalign_block(card.hub_card_metadata(info.card_data), label)
-    if to is None:
-        path = _snapshot(repo_id, commit, None, token)
-        metadata, provenance = verify_adapter(path, label)
+    label = f"{repo_id}@{revision}"
+    cached, notes = None, []
+    if _offline():
+        cached = _cached_snapshot(repo_id, revision, label)
+        commit = cached.name
+        notes.append(f"offline (HF_HUB_OFFLINE=1): verified the copy of commit {commit[:12]} in the Hugging Face "
+                     f"cache; the Hub was not asked which commit {revision} names now")
     else:
-        path, provenance = _pull_into(Path(to), repo_id, commit, label, token)
-    warnings, notes = compare_local_pack(provenance["pack"], registry, token=token)
+        api = hub_api(token)
+        with hub_call(f"looking up revision {revision}", token=token, repo=repo_id):
+            info = api.model_info(repo_id, revision=revision)
+        commit = info.sha
+        _refuse_removed_card(info, label)
+        # refused before the download: `pa pull` of a base model (not an adapter) fetched all its weights first
+        _policyalign_block(card.hub_card_metadata(info.card_data), label)
+    if to is not None:
+        path, provenance = _pull_into(Path(to), repo_id, commit, label, token, cached)
+    elif cached is not None:
+        path, provenance = cached, verify_adapter(cached, label)[1]
+    else:
+        path, provenance = _pull_cached(repo_id, revision, commit, label, token)
+    warnings, more = compare_local_pack(provenance["pack"], registry, token=token)
     return PullResult(repo_id, revision, str(commit), path, provenance["pack"], provenance["base_model"],
-                      tuple(warnings), tuple(notes))
+                      tuple(warnings), tuple(notes + more))
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _cached_snapshot(repo_id: str, revision: str, label: str) -> Path:
+    """The Hugging Face cache's snapshot of `revision` (a commit, or a tag or branch its `refs/` records),
+    for a pull offline. Offline, every pull failed at the revision lookup ("offline mode is enabled"),
+    an adapter pulled and verified before included: none could be pulled on a machine without internet."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        with hub_call("reading the Hugging Face cache", repo=repo_id):
+            return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+    except (LocalEntryNotFoundError, HubError):
+        names = "" if REGEX_COMMIT.fullmatch(revision) else f", and which commit {revision} names"
+        raise HubError("not in the Hugging Face cache, and HF_HUB_OFFLINE=1 keeps `pa pull` from the Hub", file=label,
+                       hint=f"pull it once with internet (`pa pull {label}` records it in the cache{names}), "
+                            f"or name a commit pulled before: `pa pull {repo_id}@COMMIT`") from None
+
+
+def _pull_cached(repo_id: str, revision: str, commit: str, label: str, token: str | None) -> tuple[Path, dict[str, Any]]:
+    """Download `commit` into the Hugging Face cache and verify it there; then record that `revision`
+    names it (`refs/`), so that a pull offline finds it by the same name.
+
+    A refused revision's files that this pull downloaded are removed from the cache again: they stayed
+    there, and `PeftModel.from_pretrained(REPO, revision=COMMIT)` loaded them without any check."""
+    repo = _cache_repo(repo_id)
+    before = _cache_files(repo)
+    path = _snapshot(repo_id, commit, None, token)
+    try:
+        _, provenance = verify_adapter(path, label)
+    except PolicyAlignError:
+        _forget_added(repo, commit, before)
+        raise
+    if revision != commit:
+        ref = repo / "refs" / revision
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        ref.write_text(commit, encoding="utf-8")
+    return path, provenance
+
+
+def _cache_repo(repo_id: str) -> Path:
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    return Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model")
+
+
+def _cache_files(repo: Path) -> set[Path]:
+    """Every file and link of a repository's folder in the Hugging Face cache."""
+    return {p for p in repo.rglob("*") if p.is_symlink() or p.is_file()} if repo.is_dir() else set()
+
+
+def _forget_added(repo: Path, commit: str, before: set[Path]) -> None:
+    """Remove what a refused pull of `commit` added to the cache (snapshot links, blobs, tree listing).
+    Files that were there before stay, and so does a blob another snapshot links to: the cache shares
+    one blob among the revisions holding the same content (a verified revision's card, say)."""
+    snapshots = repo / "snapshots"
+    refused = snapshots / commit
+    used = {link.resolve() for link in snapshots.rglob("*") if link.is_symlink() and refused not in link.parents}
+    for added in sorted(_cache_files(repo) - before):
+        if not (added.parent == repo / "blobs" and added.resolve() in used):
+            added.unlink(missing_ok=True)
+    for folder in sorted((p for p in refused.rglob("*") if p.is_dir()), reverse=True) + [refused]:
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def _refuse_removed_card(info: Any, label: str) -> None:
@@ -297,8 +381,10 @@ def _snapshot(repo_id: str, commit: str, local_dir: Path | None, token: str | No
         return Path(snapshot_download(repo_id, revision=commit, local_dir=local_dir, token=token, endpoint=endpoint()))
 
 
-def _pull_into(target: Path, repo_id: str, commit: str, label: str, token: str | None) -> tuple[Path, dict[str, Any]]:
-    """Download into a hidden sibling of `target`, verify, then swap it in (nothing left on failure).
+def _pull_into(target: Path, repo_id: str, commit: str, label: str, token: str | None,
+               cached: Path | None = None) -> tuple[Path, dict[str, Any]]:
+    """Download into a hidden sibling of `target` (offline: copy the `cached` snapshot there), verify,
+    then swap it in (nothing left on failure).
 
     Holds a lock beside `target`: two pulls into one --to share its staging directory, and one's
     cleanup deleted the files the other was verifying, a provenance failure for an untouched adapter."""
@@ -309,12 +395,19 @@ def _pull_into(target: Path, repo_id: str, commit: str, label: str, token: str |
     with run_lock(target.parent, PULL_BUSY, name=f".{target.name}.pa-pull.lock"):
         staging = _staging_dir(target, commit)
         try:
-            downloaded = _snapshot(repo_id, commit, staging / "adapter", token)
+            downloaded = _copy(cached, staging / "adapter") if cached else _snapshot(repo_id, commit, staging / "adapter", token)
             _, provenance = verify_adapter(downloaded, label)
             swap_in(downloaded, target)
             return target, provenance
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _copy(snapshot: Path, dest: Path) -> Path:
+    """A cached snapshot's files (its links followed) at `dest`, nothing a killed pull left there beside them."""
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(snapshot, dest)
+    return dest
 
 
 def _staging_dir(target: Path, commit: str) -> Path:

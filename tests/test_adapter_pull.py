@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hubcli import REPO_ROOT, Cli, make_pack
+from hubcli import DEFAULT, REPO_ROOT, Cli, make_pack
 from policyalign import adapter_pull, card
 from policyalign.pack import load_pack
 from policyalign.registry import Registry
@@ -458,6 +458,62 @@ def test_pull_of_an_adapter_whose_card_was_removed_says_so(cli: Cli, hub_server,
     assert "not a policyalign adapter" not in result.stderr
     assert "hf repos tag list org/uncarded" in result.stderr and not (tmp_path / "pulled").exists()
     cli.ok("pull", "org/uncarded@uncarded-v1.0.0", "--to", str(tmp_path / "pulled"))  # the tag still verifies
+
+
+def _cached_bytes(cache: Path) -> set[bytes]:
+    return {p.read_bytes() for p in cache.rglob("*") if p.is_file() and not p.is_symlink()}
+
+
+def test_a_pull_refused_leaves_none_of_its_files_in_the_hugging_face_cache(cli: Cli, hub_server, make_run,  # type: ignore[no-untyped-def]
+                                                                           tmp_path: Path) -> None:
+    """Without --to, a refused revision's files stayed in the Hugging Face cache (README: "nothing is pulled"),
+    where `PeftModel.from_pretrained(REPO, revision=COMMIT)` loaded the swapped weights without any check.
+    Only what the refused pull added goes: the verified revision's snapshot, and the blobs it shares, stay."""
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "cached"))
+    cli.ok("push", str(run), "--repo-id", "org/cached")
+    verified = Path(cli.ok("pull", "org/cached@cached-v1.0.0").stdout.split(") to ", 1)[1].split("\n", 1)[0])
+    weights = bytearray((run / "adapter" / "adapter_model.safetensors").read_bytes())
+    weights[-1] ^= 0xFF
+    hub_server.put_files("org/cached", {"adapter_model.safetensors": bytes(weights)}, "swap weights")
+    refused = hub_server.store.rev(hub_server.repo_path("org/cached"), "main")
+    assert "adapter_model.safetensors does not match" in cli.fails(1, "pull", "org/cached").stderr
+    cache = verified.parents[1]
+    assert not (cache / "snapshots" / refused).exists() and not (cache / "trees" / f"{refused}.json").exists()
+    assert bytes(weights) not in _cached_bytes(cache)
+    assert [p.name for p in (cache / "snapshots").iterdir()] == [verified.name]
+    adapter_pull.verify_adapter(verified, "org/cached@cached-v1.0.0")  # its files, shared blobs included, intact
+
+
+class OfflineCli(Cli):
+    """`pa` with HF_HUB_OFFLINE=1, as on a machine without internet."""
+
+    def env(self, token: object = DEFAULT) -> dict[str, str]:
+        return {**super().env(token), "HF_HUB_OFFLINE": "1"}
+
+
+def test_pull_offline_verifies_the_copy_in_the_hugging_face_cache(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """With HF_HUB_OFFLINE=1 every `pa pull` failed with "offline mode is enabled", an adapter pulled and
+    verified before included: none could be pulled on a machine without internet. A tag a pull verified,
+    or a commit, is now found in the cache and verified there; one not in the cache names the fix."""
+    cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "airgap"))), "--repo-id", "org/airgap")
+    commit = hub_server.store.rev(hub_server.repo_path("org/airgap"), "main")
+    cli.ok("pull", "org/airgap@airgap-v1.0.0")
+    offline = OfflineCli(cli.hub, cli.home, cli.packs, cli.cwd)
+    for spec in ("org/airgap@airgap-v1.0.0", f"org/airgap@{commit}"):
+        pulled = offline.ok("pull", spec)
+        assert f"(commit {commit[:12]})" in pulled.stdout and "verified: pack airgap@1.0.0" in pulled.stdout
+        assert "offline (HF_HUB_OFFLINE=1): verified the copy of commit" in pulled.stdout
+    offline.ok("pull", "org/airgap@airgap-v1.0.0", "--to", str(tmp_path / "pulled"))
+    assert (tmp_path / "pulled" / "adapter_model.safetensors").is_file()
+    assert not (tmp_path / "pulled" / "adapter_model.safetensors").is_symlink()
+    missing = offline.fails(1, "pull", "org/airgap")  # main was never pulled here
+    assert "org/airgap@main: not in the Hugging Face cache, and HF_HUB_OFFLINE=1" in missing.stderr
+    assert "pull it once with internet (`pa pull org/airgap@main`" in missing.stderr
+    assert "offline mode is enabled" not in missing.stderr
+    snapshot = cli.home / "hf" / "hub" / "models--org--airgap" / "snapshots" / commit
+    edited = (snapshot / "policyalign.json").resolve()
+    edited.write_text(edited.read_text().replace("airgap", "elsewhere"))
+    assert "policyalign.json does not match its sha256" in offline.fails(1, "pull", f"org/airgap@{commit}").stderr
 
 
 def test_pull_errors_are_clear(cli: Cli) -> None:
