@@ -96,7 +96,15 @@ def hub_call(action: str, *, token: str | None = None, repo: str = "", state: st
 
 
 def _hub_error(exc: BaseException, action: str, token: str | None, repo: str, state: str = "") -> HubError:
-    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError
+
+    # huggingface_hub's own "Cannot reach https://huggingface.co/api/...: offline mode is enabled" named neither
+    # the variable that caused it nor what to do about it
+    if isinstance(exc, OfflineModeIsEnabled):
+        return HubError(f"{action}: HF_HUB_OFFLINE=1 is set, and this needs the Hub", file=repo,
+                        hint="; ".join(filter(None, ["unset HF_HUB_OFFLINE where the Hub can be reached (an adapter "
+                                                     "pulled before is found offline: `pa pull ORG/NAME@REVISION`)",
+                                                     state])))
 
     status = getattr(getattr(exc, "response", None), "status_code", None)
     detail = _first_line(exc)

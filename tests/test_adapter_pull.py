@@ -510,6 +510,9 @@ def test_pull_offline_verifies_the_copy_in_the_hugging_face_cache(cli: Cli, hub_
     assert "org/airgap@main: not in the Hugging Face cache, and HF_HUB_OFFLINE=1" in missing.stderr
     assert "pull it once with internet (`pa pull org/airgap@main`" in missing.stderr
     assert "offline mode is enabled" not in missing.stderr
+    search = offline.fails(1, "pull", "--pack", "airgap")  # finding adapters needs the Hub: say so, not its URL
+    assert "searching the Hub: HF_HUB_OFFLINE=1 is set, and this needs the Hub" in search.stderr
+    assert "unset HF_HUB_OFFLINE" in search.stderr and "offline mode is enabled" not in search.stderr
     snapshot = cli.home / "hf" / "hub" / "models--org--airgap" / "snapshots" / commit
     edited = (snapshot / "policyalign.json").resolve()
     edited.write_text(edited.read_text().replace("airgap", "elsewhere"))
