@@ -623,8 +623,10 @@ def _check_adapter_base(adapter: Path, ref: ModelRef, commit: str | None) -> Non
 def _attach_adapter(model: Any, adapter: Path, trainable: bool, ref: ModelRef) -> Any:
     """Wrap the base model with a local PEFT adapter (trainable when training continues)."""
     if not (adapter / "adapter_config.json").is_file():
+        # a path that is not there was "no adapter_config.json in adapter directory X", as if X existed
         problem = f"{adapter} is a file, not an adapter directory" if adapter.is_file() else \
-            f"no adapter_config.json in adapter directory {adapter}"
+            f"no adapter_config.json in adapter directory {adapter}" if adapter.is_dir() else \
+            f"adapter directory not found: {adapter}"
         raise ModelError(
             problem, file=str(adapter),
             hint="pass the directory a distill run wrote (RUN_DIR/adapter) or one saved with PEFT",
