@@ -50,7 +50,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -1003,6 +1004,20 @@ def get_judge(spec: str, *, device: str | None = None, batch_size: int = 8) -> J
     )
 
 
+@contextmanager
+def judge_model_errors(spec: str) -> Iterator[None]:
+    """A judge's model that cannot be found or loaded, named as the judge's: `pa eval general --model tiny
+    --judge llm:nothere` said only "unknown model 'nothere'", which reads as a complaint about --model."""
+    from .errors import ModelError, ResolveError
+
+    try:
+        yield
+    except (ResolveError, ModelError) as exc:
+        problem = exc.problem
+        raise type(exc)(f"--judge {spec.strip()}: {problem.message}", file=problem.file, where=problem.where,
+                        hint=problem.hint) from None
+
+
 def public_judge(spec: str) -> str:
     """The judge as published files name it (eval.json, the card): a local judge model by its
     directory's name, as `ModelRef.public` names a local base model. `llm:/home/alice/judge` put the
@@ -1015,7 +1030,8 @@ def public_judge(spec: str) -> str:
     model = getattr(judge, "model", None)
     if not model:
         return judge.spec
-    ref = resolve_model(model)
+    with judge_model_errors(spec):
+        ref = resolve_model(model)
     return f"{judge.spec.partition(':')[0]}:{ref.public() if ref.kind == 'local' else spelled_name(ref)}"
 
 
@@ -1027,4 +1043,7 @@ def keyed_judge(spec: str) -> str:
 
     judge = get_judge(spec)
     model = getattr(judge, "model", None)
-    return f"{judge.spec.partition(':')[0]}:{keyed_name(resolve_model(model))}" if model else judge.spec
+    if not model:
+        return judge.spec
+    with judge_model_errors(spec):
+        return f"{judge.spec.partition(':')[0]}:{keyed_name(resolve_model(model))}"

@@ -524,7 +524,7 @@ def load_model(
     _prepare_tokenizer(tokenizer, model, ref)
     if adapter is not None:
         _check_adapter_base(Path(adapter), ref, getattr(model.config, "_commit_hash", None))
-        model = _attach_adapter(model, Path(adapter), trainable)
+        model = _attach_adapter(model, Path(adapter), trainable, ref)
     if trainable:
         model.train()
     else:
@@ -620,11 +620,13 @@ def _check_adapter_base(adapter: Path, ref: ModelRef, commit: str | None) -> Non
                                  f"(`hf download {base} --revision {trained_on}` if it is not in the cache)")
 
 
-def _attach_adapter(model: Any, adapter: Path, trainable: bool) -> Any:
+def _attach_adapter(model: Any, adapter: Path, trainable: bool, ref: ModelRef) -> Any:
     """Wrap the base model with a local PEFT adapter (trainable when training continues)."""
     if not (adapter / "adapter_config.json").is_file():
+        # a path that is not there was "no adapter_config.json in adapter directory X", as if X existed
         problem = f"{adapter} is a file, not an adapter directory" if adapter.is_file() else \
-            f"no adapter_config.json in adapter directory {adapter}"
+            f"no adapter_config.json in adapter directory {adapter}" if adapter.is_dir() else \
+            f"adapter directory not found: {adapter}"
         raise ModelError(
             problem, file=str(adapter),
             hint="pass the directory a distill run wrote (RUN_DIR/adapter) or one saved with PEFT",
@@ -646,10 +648,30 @@ def _attach_adapter(model: Any, adapter: Path, trainable: bool) -> Any:
             hint="copy or download the adapter directory again, or train it again",
         ) from None
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        raise ModelError(
-            f"could not load adapter {adapter}: {exc}", file=str(adapter),
-            hint="check that the adapter was trained for this base model",
-        ) from None
+        raise _adapter_load_error(adapter, ref, exc) from None
+
+
+def _adapter_load_error(adapter: Path, ref: ModelRef, exc: Exception) -> ModelError:
+    """Why an adapter did not load. One trained on a base of other shapes (`pa eval --model other --adapter
+    runs/x/adapter`) was PEFT's forty lines of "size mismatch for ..." and "check that the adapter was
+    trained for this base model", never naming the base it was trained on (adapter_config.json records it)."""
+    if "size mismatch" not in str(exc):
+        return ModelError(f"could not load adapter {adapter}: {exc}", file=str(adapter),
+                          hint="check that the adapter was trained for this base model")
+    from .io import read_json
+
+    path = adapter / "adapter_config.json"
+    try:
+        config = read_json(path)
+    except PolicyAlignError:
+        config = None
+    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    trained = f"it was trained on {base}" if base else "it was trained on another model"
+    return ModelError(
+        f"adapter {adapter} does not fit {ref.name}: its layers' shapes are another base model's ({trained})",
+        file=str(path), where="/base_model_name_or_path" if base else "",
+        hint=f"evaluate it on the base it was trained on: --model {base}" if base
+        else "pass the base model the adapter was trained on with --model")
 
 
 # --------------------------------------------------------------------------- context

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .eval_journal import Journal
-from .judges import JudgeItem, ToolCall, Verdict, get_judge, keyed_judge, parse_tool_calls
+from .judges import JudgeItem, ToolCall, Verdict, get_judge, judge_model_errors, keyed_judge, parse_tool_calls
 
 JUDGE_CHUNK = 32  # rows judged (and journaled) at a time
 
@@ -91,7 +91,8 @@ def judge_weights_fetched(judge_spec: str) -> dict[str, str]:
     from .stages import judge_weights
 
     model = getattr(get_judge(judge_spec), "model", None)
-    ref = resolve_model(model) if model else None
-    if ref is not None and ref.kind == "hub" and hub_commit(ref) is None:
-        load_model(ref, weights=False)  # tokenizer and config only: the snapshot names the commit
+    with judge_model_errors(judge_spec):
+        ref = resolve_model(model) if model else None
+        if ref is not None and ref.kind == "hub" and hub_commit(ref) is None:
+            load_model(ref, weights=False)  # tokenizer and config only: the snapshot names the commit
     return judge_weights(judge_spec)

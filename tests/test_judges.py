@@ -740,3 +740,26 @@ def test_the_llm_judges_prompt_is_in_its_rules() -> None:
     guard = source[source.index(judges._RULES_END):source.index(judges._LLM_RULES_START)]
     assert "def parse_guard_output" in guard and "class GuardJudge" in guard  # a guard's parsing: GUARD_RULES
     assert judge_weights("refusal")["judge_rules"] == judges.REFUSAL_RULES
+
+
+@pytest.mark.parametrize("spec", ["llm:nothere", "guard:./no-such-judge"])
+def test_a_judge_model_that_cannot_be_found_is_named_as_the_judge(spec: str, tmp_path: Path) -> None:
+    """`pa eval general --model tiny --judge llm:nothere` said only "unknown model 'nothere'", which reads as
+    a complaint about --model; every path that resolves the judge's model (the default output folder, the
+    keys, the published name, pa judge's settings) names --judge."""
+    from typer.testing import CliRunner
+
+    from policyalign.cli import app
+    from policyalign.errors import ResolveError
+    from policyalign.judges import keyed_judge, public_judge
+    from policyalign.verdicts import judge_weights_fetched
+
+    for resolve in (keyed_judge, public_judge, judge_weights_fetched):
+        with pytest.raises(ResolveError, match=f"^.*--judge {spec}: "):
+            resolve(spec)
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"prompt": "hi", "response": "hello"}) + "\n")
+    for args in (["eval", "general", "--model", "tiny", "--judge", spec],
+                 ["judge", str(rows), "--judge", spec, *(["--pack", "general"] if spec.startswith("llm:") else [])]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code != 0 and f"--judge {spec}: " in result.output, result.output

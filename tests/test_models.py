@@ -393,6 +393,27 @@ def test_an_adapter_pinned_to_a_hub_commit_is_refused_on_another(tmp_path: Path,
     assert load_model(f"acme/tiny@{C1}", device="cpu", adapter=tmp_path / "adapter").model is not None
 
 
+def test_an_adapter_for_a_base_of_other_shapes_names_the_base_it_was_trained_on(tmp_path: Path) -> None:
+    """`pa eval --model other --adapter A` with A trained on tiny was PEFT's forty "size mismatch" lines
+    and a hint that named no base model; adapter_config.json records the one to load."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    base = load_model("tiny", device="cpu", trainable=True).model
+    get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(tmp_path / "adapter")
+    config_path = tmp_path / "adapter" / "adapter_config.json"  # as `pa distill` names tiny there
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "base_model_name_or_path": "tiny"}))
+    narrow = tmp_path / "narrow"
+    shutil.copytree(tiny.tiny_model_path(), narrow)
+    config = AutoConfig.from_pretrained(narrow)
+    config.hidden_size, config.intermediate_size, config.head_dim = 32, 96, 32 // config.num_attention_heads
+    AutoModelForCausalLM.from_config(config).save_pretrained(narrow)
+    with pytest.raises(ModelError, match="does not fit .*trained on tiny") as caught:
+        load_model(str(narrow), device="cpu", adapter=tmp_path / "adapter")
+    assert caught.value.problem.file == str(tmp_path / "adapter" / "adapter_config.json")
+    assert caught.value.problem.hint.endswith("--model tiny") and "size mismatch" not in str(caught.value)
+
+
 def test_peft_adapter_is_applied(tmp_path: Path, loaded: LoadedModel) -> None:
     from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -409,6 +430,8 @@ def test_peft_adapter_is_applied(tmp_path: Path, loaded: LoadedModel) -> None:
     assert any(p.requires_grad for n, p in trainable.named_parameters() if "lora_" in n)
     with pytest.raises(ModelError, match="no adapter_config.json"):
         load_model("tiny", device="cpu", adapter=tmp_path)
+    with pytest.raises(ModelError, match="adapter directory not found: .*typo"):  # was "no adapter_config.json in ..."
+        load_model("tiny", device="cpu", adapter=tmp_path / "typo")
     with pytest.raises(ModelError, match="adapter_config.json is a file, not an adapter directory"):
         load_model("tiny", device="cpu", adapter=tmp_path / "adapter" / "adapter_config.json")  # was "no ... in FILE"
     weights = tmp_path / "adapter" / "adapter_model.safetensors"
