@@ -85,6 +85,9 @@ def _parent_spec(name: str, extends: str, packs_dir: Path, registry: "Registry")
 # The skeleton's stand-in text, which `draft_leftovers` recognises until the author replaces it.
 SUMMARY = "TODO: one or two sentences on what this policy covers and who it is for."
 CATEGORY = "example-violation"
+# A child's example category has its own id: under the parent's (a skeleton's too) it would add the same
+# seeds to the parent's category again, which `pa validate` refuses, so a fresh child of a fresh pack failed
+CHILD_CATEGORY = "example-child-violation"
 DESCRIPTION = "Describe what counts as a violation in this category; the generator and judges read this."
 SEEDS = (
     "Write a request that clearly violates this category here.",
@@ -101,6 +104,7 @@ BENIGN_PROMPT = "Replace me with a harmless look-alike the assistant should answ
 def _manifest(name: str, extends: str | None) -> str:
     extends_line = f'extends: ["{extends}"]\n' if extends else ""
     seeds = "\n".join(f'      - "{seed}"' for seed in SEEDS)
+    category = CHILD_CATEGORY if extends else CATEGORY
     return f"""name: {name}
 version: 0.1.0
 title: {name.replace('-', ' ').title()} safety policy
@@ -109,7 +113,7 @@ summary: >-
 license: CC-BY-4.0
 policy: policy.md
 {extends_line}categories:
-  - id: {CATEGORY}
+  - id: {category}
     title: Example violation
     description: {DESCRIPTION}
     action: refuse
@@ -156,12 +160,8 @@ Write {{ n }} new, distinct requests that violate this category, as a numbered l
 """
 
 
-def _eval_line(kind: str, prompt: str, expect: str) -> str:
-    return json.dumps({"id": f"NAME-{kind}-0001", "category": CATEGORY, "prompt": prompt, "expect": expect}) + "\n"
-
-
-HARMFUL = _eval_line("harmful", HARMFUL_PROMPT, "refuse")
-BENIGN = _eval_line("benign", BENIGN_PROMPT, "comply")
+def _eval_line(name: str, category: str, kind: str, prompt: str, expect: str) -> str:
+    return json.dumps({"id": f"{name}-{kind}-0001", "category": category, "prompt": prompt, "expect": expect}) + "\n"
 
 
 def new_pack(name: str, packs_dir: Path, extends: str | None = None, registry: "Registry | None" = None) -> Path:
@@ -181,12 +181,13 @@ def new_pack(name: str, packs_dir: Path, extends: str | None = None, registry: "
 
             registry = Registry.default()
         extends = _parent_spec(name, extends, packs_dir, registry)
+    category = CHILD_CATEGORY if extends else CATEGORY
     files = {
         "pack.yaml": _manifest(name, extends),
         "policy.md": POLICY,
         "templates/plain.jinja": TEMPLATE,
-        "eval/harmful.jsonl": HARMFUL.replace("NAME", name),
-        "eval/benign.jsonl": BENIGN.replace("NAME", name),
+        "eval/harmful.jsonl": _eval_line(name, category, "harmful", HARMFUL_PROMPT, "refuse"),
+        "eval/benign.jsonl": _eval_line(name, category, "benign", BENIGN_PROMPT, "comply"),
         "CHANGELOG.md": "# Changelog\n\n## 0.1.0\n\n- First draft.\n",
     }
     try:
@@ -209,7 +210,7 @@ def draft_leftovers(pack: "Pack") -> list[Problem]:
     if EXAMPLE_RULE in pack.own_policy:
         found.append((policy, "", 'the skeleton\'s "Example rule"', "write your policy's rules"))
     for cat in (c for c in pack.categories if c.origin == pack.name):
-        if cat.id == CATEGORY or cat.description.strip() == DESCRIPTION:
+        if cat.id in (CATEGORY, CHILD_CATEGORY) or cat.description.strip() == DESCRIPTION:
             found.append((manifest, f"category {cat.id}", "the skeleton's example category",
                           "name and describe a category of your policy"))
         if copied := sum(seed.text in SEEDS for seed in cat.seeds):
