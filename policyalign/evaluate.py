@@ -322,6 +322,10 @@ def evaluate(
         params = params or greedy_params()
         adapter_str = str(adapter) if adapter else None
         with_drift = bool(adapter_str) if drift is None else drift
+        if adapter_str:
+            from .models import check_adapter_dir
+
+            check_adapter_dir(Path(adapter_str))
         adapter_hash = adapter_sha256(adapter_str)  # before loading: the weights this eval measures
         generated = _generate(
             tasks, pack, model_name, adapter=adapter_str, adapter_hash=adapter_hash, policy_in_context=policy_in_context,

@@ -620,8 +620,9 @@ def _check_adapter_base(adapter: Path, ref: ModelRef, commit: str | None) -> Non
                                  f"(`hf download {base} --revision {trained_on}` if it is not in the cache)")
 
 
-def _attach_adapter(model: Any, adapter: Path, trainable: bool, ref: ModelRef) -> Any:
-    """Wrap the base model with a local PEFT adapter (trainable when training continues)."""
+def check_adapter_dir(adapter: Path) -> None:
+    """Refuse a path that holds no PEFT adapter (missing, a file, no config, no weights). Called before the
+    base model loads too (`evaluate`): a mistyped --adapter was noticed only once a real model had loaded."""
     if not (adapter / "adapter_config.json").is_file():
         # a path that is not there was "no adapter_config.json in adapter directory X", as if X existed
         problem = f"{adapter} is a file, not an adapter directory" if adapter.is_file() else \
@@ -637,6 +638,11 @@ def _attach_adapter(model: Any, adapter: Path, trainable: bool, ref: ModelRef) -
             hint="the directory holds an adapter's config but not its weights: train it again (`pa apply`, "
                  "or `pa distill RUN_DIR --resume` for a run's adapter) or copy the whole directory",
         )
+
+
+def _attach_adapter(model: Any, adapter: Path, trainable: bool, ref: ModelRef) -> Any:
+    """Wrap the base model with a local PEFT adapter (trainable when training continues)."""
+    check_adapter_dir(adapter)
     from peft import PeftModel
     from safetensors import SafetensorError
 
