@@ -46,11 +46,12 @@ def test_ctrl_c_promises_a_resume_only_where_one_exists() -> None:
 
 
 def test_ctrl_c_in_pa_eval_says_the_answers_so_far_are_kept() -> None:
-    """`pa eval` resumes from its journal now: "interrupted" alone let the user think the answers were lost."""
+    """`pa eval` resumes from its journal now: "interrupted" alone let the user think the answers were lost. It
+    says "any": Ctrl-C while the model loaded was told "the answers so far are kept" when none had been made."""
     from policyalign.cli import interrupted_message
 
-    assert interrupted_message("eval") == ("interrupted: the answers so far are kept (responses.partial.jsonl in "
-                                           "the output folder); run the same command again to continue")
+    assert interrupted_message("eval") == ("interrupted: any answers generated so far are kept (responses.partial.jsonl "
+                                           "in the output folder); run the same command again to continue")
 
 
 def test_ctrl_c_in_pa_judge_says_the_verdicts_so_far_are_kept() -> None:

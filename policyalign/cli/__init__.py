@@ -108,7 +108,8 @@ def interrupted_message(command: str | None) -> str:
         kept = "scores, eval answers" if command == "apply" else "scores"  # apply's eval stages journal their answers
         return f"interrupted: finished stages, {kept} and checkpoints are kept; run the same command again to continue"
     if command == "eval":
-        return ("interrupted: the answers so far are kept (responses.partial.jsonl in the output folder); "
+        # "any": Ctrl-C while the model loads has answered nothing yet, and its empty output folder is removed
+        return ("interrupted: any answers generated so far are kept (responses.partial.jsonl in the output folder); "
                 "run the same command again to continue")
     if command == "judge":
         return ("interrupted: the verdicts so far are kept beside the output (X.partial.jsonl for --out X.jsonl, "
