@@ -21,6 +21,7 @@ and `compare`). `pa judge` is `judge_file`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
@@ -428,10 +429,15 @@ def _removed_if_left_empty(out_dir: Path) -> Iterator[None]:
     from .run import LOCK_FILE
 
     existed = out_dir.exists()
+    # the folders above it this call creates (`pa-eval/general-1.0.0/`): left behind empty after a failure too
+    created = [folder for folder in out_dir.absolute().parents if not folder.exists()]
     output_dir(out_dir)
     try:
         yield
     except BaseException:
         if not existed and {p.name for p in out_dir.iterdir()} <= {LOCK_FILE}:
             shutil.rmtree(out_dir, ignore_errors=True)
+            for folder in created:  # deepest first; one another process has filled since stays
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
         raise

@@ -367,7 +367,11 @@ def test_an_evaluation_refused_before_its_first_answer_leaves_no_folder(tmp_path
     assert not out.exists()
     with pytest.raises(InvalidInputError):
         evaluate(general_pack(), "tiny", out_dir=out, sets=["harmfull"], params=greedy_params(4))
-    assert not out.exists()
+    assert not (tmp_path / "pa-eval").exists()  # nor the empty pa-eval/general/ it made to hold it
+    (tmp_path / "pa-eval" / "general" / "tiny").mkdir(parents=True)  # another evaluation's folders stay
+    with pytest.raises(InvalidInputError):
+        evaluate(general_pack(), "tiny", out_dir=out, sets=["harmfull"], params=greedy_params(4))
+    assert not out.exists() and (tmp_path / "pa-eval" / "general" / "tiny").is_dir()
     out.mkdir(parents=True)  # a folder the user made (or an earlier evaluation's) stays
     with pytest.raises(PolicyAlignError):
         evaluate(general_pack(), "acme/absent-model", out_dir=out, limit=1, params=greedy_params(4))
