@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import InvalidInputError
 from .io import iter_jsonl, output_dir, read_json, write_json, write_jsonl, write_text
-from .metrics import RATE_METRICS, paired_p
+from .metrics import RATE_METRICS, scoped_paired_change
 from .stats import format_change, format_p, format_rate, is_number
 
 @dataclass
@@ -399,6 +399,16 @@ def _compare_label(source: Any, summary: Mapping[str, Any]) -> str:
     return f"{where}{summary.get('model')}{adapter}{of_pack} ({summary.get('timestamp')})"
 
 
+def _p_cell(change: Mapping[str, Any] | None) -> str:
+    """The paired p, and on how many items when fewer than a side measured: evals of another --limit (8 items
+    vs 80) showed a p of the 8 both answered beside a change of rates on 8 and 80, as if it tested that."""
+    if change is None:
+        return format_p(None)
+    fewer = change["items"] < max(change["measured"])
+    return format_p(change["p"]) + (f" ({change['items']} paired of {'/'.join(map(str, change['measured']))})"
+                                    if fewer else "")
+
+
 def compare(a_eval_json: Any, b_eval_json: Any) -> str:
     """A Markdown table of every rate, overall, per set and per category, A vs B with the change
     in percentage points; notes first when the two runs are not like for like. Outcome rates show
@@ -423,7 +433,7 @@ def compare(a_eval_json: Any, b_eval_json: Any) -> str:
             if x is None and y is None:
                 continue
             lines.append(f"| {scope} | {key} | {rate_with_interval(ma, key)} | {rate_with_interval(mb, key)} | "
-                         f"{format_change(x, y)} | {format_p(paired_p(rows_a, rows_b, key, select))} |")
+                         f"{format_change(x, y)} | {_p_cell(scoped_paired_change(rows_a, rows_b, key, select))} |")
     da, db = (a.get("drift") or {}).get("kl"), (b.get("drift") or {}).get("kl")
     if da is not None or db is not None:
         fmt = lambda v: "–" if v is None else f"{v:.4g}"  # noqa: E731

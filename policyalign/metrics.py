@@ -160,9 +160,21 @@ def paired_p(rows_a: Sequence[Mapping[str, Any]] | None, rows_b: Sequence[Mappin
              scope: tuple[str, str] | None = None) -> float | None:
     """`paired_change`'s p for the rows whose `scope` field (set, category) has the given value;
     None without responses on both sides or nothing to pair."""
+    change = scoped_paired_change(rows_a, rows_b, key, scope)
+    return None if change is None else change["p"]
+
+
+def scoped_paired_change(rows_a: Sequence[Mapping[str, Any]] | None, rows_b: Sequence[Mapping[str, Any]] | None,
+                         key: str, scope: tuple[str, str] | None = None) -> dict[str, Any] | None:
+    """`paired_change` for the rows whose `scope` field (set, category) has the given value, with how many
+    items each side measured there (`measured`): a p on fewer items than a rate was computed on (evals of
+    other --limit) must say so. None without responses on both sides or nothing to pair."""
     if rows_a is None or rows_b is None or key not in OUTCOMES:  # nothing to pair: skip the filtering
         return None
     if scope is not None:
         rows_a, rows_b = ([r for r in rows if str(r.get(scope[0])) == scope[1]] for rows in (rows_a, rows_b))
     change = paired_change(rows_a, rows_b, key)
-    return None if change is None else change["p"]
+    if change is None:
+        return None
+    in_scope = OUTCOMES[key][0]
+    return {**change, "measured": tuple(sum(1 for row in rows if in_scope(row)) for rows in (rows_a, rows_b))}

@@ -90,6 +90,17 @@ def test_compare_tests_the_change_on_paired_items_only_where_both_have_responses
     assert "| set:s | violation_rate | 100.0% [61.0–100.0] | 0.0% [0.0–39.0] | -100.0 pp | – |" in compare(a, b)
 
 
+def test_compare_says_on_how_many_items_the_p_is_when_fewer_than_a_rate(tmp_path: Path) -> None:
+    """Evals of another --limit (4 items vs 10): the p of the 4 items both answered sat beside rates of 4 and
+    10 items as if it tested their change; it now says how many items it paired of each side's."""
+    four = [{**row("refuse", "comply"), "id": f"h{i}"} for i in range(4)]
+    ten = [{**row("refuse", "refuse"), "id": f"h{i}"} for i in range(10)]
+    a = write_eval(tmp_path / "a", _summary(four), four)
+    b = write_eval(tmp_path / "b", _summary(ten), ten)
+    assert "| -100.0 pp | 0.125 (4 paired of 4/10) |" in compare(a, b)
+    assert "| -100.0 pp | 0.125 |" in compare(a, write_eval(tmp_path / "c", _summary(ten[:4]), ten[:4]))
+
+
 def test_compare_names_each_side_by_where_it_was_read_and_the_pack_it_measured(tmp_path: Path) -> None:
     """Two runs' after-evals both record their adapter as `adapter` (relative to their run): the header
     read "A: adapter", "B: adapter", so which side was mypol@1.0.0 and which 1.1.0 was left to guess."""
