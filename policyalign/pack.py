@@ -252,8 +252,7 @@ def _schema_problems(col: Collector, data: dict[str, Any], lines: dict[str, int]
     for error in sorted(errors, key=lambda e: [str(p) for p in e.absolute_path]):
         path = [str(p) for p in error.absolute_path]
         pointer = "/" + "/".join(path)
-        where = pointer + (f" (line {lines[pointer]})" if pointer in lines else "")
-        col.add(MANIFEST, where, schema_message(error), schema_hint(error))
+        col.add(MANIFEST, _place(pointer, lines), schema_message(error), schema_hint(error))
         broken.add(path[0] if path else "")
     return broken
 
@@ -276,6 +275,11 @@ def _own_categories(col: Collector, data: dict[str, Any], name: str) -> list[dic
                     "give each category a unique id")
         seen.add(cat["id"])
     return cats
+
+
+def _place(pointer: str, lines: dict[str, int]) -> str:
+    """A manifest problem's place: its JSON pointer, and the line it is on where the loader recorded one."""
+    return pointer + (f" (line {lines[pointer]})" if pointer in lines else "")
 
 
 def _new_category(col: Collector, index: int, raw: dict[str, Any], origin: str, inherited: list[str]) -> Category | None:
@@ -336,6 +340,10 @@ def _override(col: Collector, index: int, parent: Category, raw: dict[str, Any],
                     parent.seeds + extra, parent.origin, locked_by)
 
 
+# The fix for a seed that repeats another, beside deleting it.
+RESTYLE_SEED = "rewrite it as another style of request (role-play, fiction, a harmful ask buried in a legitimate task)"
+
+
 def _check_inherited_seed_repeats(col: Collector, index: int, parent: Category, raw: dict[str, Any]) -> None:
     """Report a seed of a child's entry that repeats a seed the category already has from its parents, compared
     as `_check_seed_repeats` compares seeds within one entry: it was appended to the parent's seeds, so the
@@ -347,8 +355,8 @@ def _check_inherited_seed_repeats(col: Collector, index: int, parent: Category, 
         if normalize(_seed("", i, value).text) in inherited:
             col.add(MANIFEST, f"/categories/{index}/seeds/{i}",
                     f"seed is already a seed of {parent.id!r}, inherited from {parent.origin!r} (compared ignoring "
-                    "case, punctuation and spacing)", "delete it here: the category keeps its parent's seeds; or "
-                    "rewrite it as another style of request (role-play, fiction, a harmful ask buried in a legitimate task)")
+                    "case, punctuation and spacing)",
+                    f"delete it here: the category keeps its parent's seeds; or {RESTYLE_SEED}")
 
 
 def _check_remove_alone(col: Collector, where: str, category_id: str, raw: dict[str, Any]) -> None:
@@ -389,8 +397,7 @@ def _check_seed_lengths(col: Collector, data: dict[str, Any], lines: dict[str, i
             if isinstance(value, dict) and len(messages) == 1 and not value.get("tools") and isinstance(messages[0], dict) \
                     and messages[0].get("role") == "user":
                 value = messages[0].get("content")
-            pointer = f"/categories/{index}/seeds/{i}"
-            where = pointer + (f" (line {lines[pointer]})" if pointer in lines else "")
+            where = _place(f"/categories/{index}/seeds/{i}", lines)
             if isinstance(value, str) and value.strip() and too_short(value):
                 col.add(MANIFEST, where,
                         f"{value!r} is too short: synthesis drops a generated instruction this short as too_short",
@@ -407,9 +414,6 @@ def _check_seed_repeats(col: Collector, data: dict[str, Any], lines: dict[str, i
     while the generator saw one example fewer. Only for a `categories` section that passed the schema."""
     from .dedup import normalize
 
-    def place(pointer: str) -> str:
-        return pointer + (f" (line {lines[pointer]})" if pointer in lines else "")
-
     for index, category in enumerate(_list(data, "categories")):
         first: dict[str, int] = {}
         for i, value in enumerate(_list(category, "seeds")):
@@ -417,10 +421,10 @@ def _check_seed_repeats(col: Collector, data: dict[str, Any], lines: dict[str, i
             if not key:  # a blank seed is `_check_seeds_ask`'s
                 continue
             if key in first:
-                col.add(MANIFEST, place(f"/categories/{index}/seeds/{i}"),
-                        f"seed repeats {place(f'/categories/{index}/seeds/{first[key]}')} (compared ignoring case, "
-                        "punctuation and spacing)", "delete one of the two, or rewrite it as another style of request "
-                        "(role-play, fiction, a harmful ask buried in a legitimate task)")
+                earlier = _place(f"/categories/{index}/seeds/{first[key]}", lines)
+                col.add(MANIFEST, _place(f"/categories/{index}/seeds/{i}", lines),
+                        f"seed repeats {earlier} (compared ignoring case, punctuation and spacing)",
+                        f"delete one of the two, or {RESTYLE_SEED}")
             else:
                 first[key] = i
 
@@ -436,8 +440,7 @@ def _check_prompt_text(col: Collector, data: dict[str, Any], lines: dict[str, in
             fields += [(f"/categories/{index}/{key}", category.get(key)) for key in ("title", "description")]
     for pointer, value in fields:
         if isinstance(value, str) and (forged := chat_token_problem([{"content": value}])):
-            col.add(MANIFEST, pointer + (f" (line {lines[pointer]})" if pointer in lines else ""),
-                    f"{pointer.rsplit('/', 1)[1]} {forged[1]}", forged[2])
+            col.add(MANIFEST, _place(pointer, lines), f"{pointer.rsplit('/', 1)[1]} {forged[1]}", forged[2])
 
 
 def _check_file_chat_tokens(col: Collector, file: str, text: str, what: str) -> None:
@@ -545,9 +548,8 @@ def _check_parents_named_once(col: Collector, data: dict[str, Any], lines: dict[
         if name not in first:
             first[name] = (index, spec)
             continue
-        pointer = f"/extends/{index}"
-        where = pointer + (f" (line {lines[pointer]})" if pointer in lines else "")
-        col.add(MANIFEST, where, f"{spec!r} names parent {name!r} again (first as {first[name][1]!r}, /extends/{first[name][0]})",
+        col.add(MANIFEST, _place(f"/extends/{index}", lines),
+                f"{spec!r} names parent {name!r} again (first as {first[name][1]!r}, /extends/{first[name][0]})",
                 f"name each parent once: keep one entry for {name} with the version range you mean, and delete the other")
 
 
@@ -808,7 +810,7 @@ def _build(col: Collector, data: dict[str, Any], lines: dict[str, int], registry
            stack: tuple[str, ...], siblings: Path) -> Pack | None:
     broken = _schema_problems(col, data, lines)
     for pointer, message, hint in text_problems(data):
-        col.add(MANIFEST, pointer + (f" (line {lines[pointer]})" if pointer in lines else ""), message, hint)
+        col.add(MANIFEST, _place(pointer, lines), message, hint)
         broken.add(pointer.split("/")[1])  # its section is not checked further (it would fail again, or crash)
     _check_seed_lengths(col, data, lines)
     if "categories" not in broken:
