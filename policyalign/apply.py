@@ -22,6 +22,7 @@ from .errors import HubError, InvalidInputError, PolicyAlignError, PublicReposit
 from .distill_settings import MAX_SEED, under_given
 from .evaluate import check_eval_options
 from .io import output_dir
+from .judges import split_judge
 from .launch import check_vllm_rollouts, launch_rank, training_device
 from .models import check_device_and_dtype
 from .pack import Pack
@@ -171,9 +172,9 @@ def from_config_dir(options: dict[str, Any], base: Path) -> dict[str, Any]:
     for key in ("model", "generator"):
         if isinstance(resolved.get(key), str):
             resolved[key] = model_from(resolved[key], base)
-    kind, colon, judge = str(resolved.get("judge") or "").partition(":")
-    if colon and kind.strip() in ("guard", "llm") and judge.strip():
-        resolved["judge"] = f"{kind}:{model_from(judge.strip(), base)}"
+    kind, judge = split_judge(str(resolved.get("judge") or ""))
+    if kind in ("guard", "llm") and judge:
+        resolved["judge"] = f"{kind}:{model_from(judge, base)}"
     return resolved
 
 

@@ -696,7 +696,7 @@ def judge_rules(spec: str) -> str | None:
     (`LLM_JUDGE_RULES`) with the refusal detector's, which parse the tool calls it is shown and label a forbidden
     call or a cut-off answer without it. An `llm:` judge's prompt had no part in any key: a new policyalign asking
     another question kept the verdicts the old question got, as a guard's output parsed anew kept the old parse's."""
-    kind = get_judge(spec).spec.partition(":")[0]
+    kind = split_judge(get_judge(spec).spec)[0]
     if kind == "refusal":
         return REFUSAL_RULES
     from .run import fingerprint
@@ -989,15 +989,22 @@ LLM_JUDGE_RULES = _rules_fingerprint(_LLM_RULES_START, _LLM_RULES_END, "\n".join
 # Factory
 
 
+def split_judge(spec: str | None) -> tuple[str, str]:
+    """(kind, model) of a judge spec, each stripped: ("llm", "Qwen/Qwen3-8B"), ("refusal", ""). The one
+    reading of `kind:MODEL` for the factory, the stage keys (`stages.judge_weights`) and the paths a
+    config file gives (`apply`); it checks nothing (`get_judge` does)."""
+    kind, _, model = (spec or "").strip().partition(":")
+    return kind.strip(), model.strip()
+
+
 def get_judge(spec: str, *, device: str | None = None, batch_size: int = 8) -> Judge:
     """`refusal`, `guard:MODEL` or `llm:MODEL`; model-backed judges load their model lazily."""
-    text = (spec or "").strip()
-    if text == "refusal":
+    if (spec or "").strip() == "refusal":
         return RefusalJudge()
-    kind, _, model = text.partition(":")
-    if kind in ("guard", "llm") and model.strip():
+    kind, model = split_judge(spec)
+    if kind in ("guard", "llm") and model:
         cls = GuardJudge if kind == "guard" else LLMJudge
-        return cls(f"{kind}:{model.strip()}", model.strip(), device=device, batch_size=batch_size)
+        return cls(f"{kind}:{model}", model, device=device, batch_size=batch_size)
     raise InvalidInputError(
         f"--judge: unknown judge {spec!r}",
         hint="use 'refusal', 'guard:MODEL' (e.g. guard:Qwen/Qwen3Guard-Gen-0.6B) or 'llm:MODEL'",
@@ -1032,7 +1039,7 @@ def public_judge(spec: str) -> str:
         return judge.spec
     with judge_model_errors(spec):
         ref = resolve_model(model)
-    return f"{judge.spec.partition(':')[0]}:{ref.public() if ref.kind == 'local' else spelled_name(ref)}"
+    return f"{split_judge(judge.spec)[0]}:{ref.public() if ref.kind == 'local' else spelled_name(ref)}"
 
 
 def keyed_judge(spec: str) -> str:
@@ -1046,4 +1053,4 @@ def keyed_judge(spec: str) -> str:
     if not model:
         return judge.spec
     with judge_model_errors(spec):
-        return f"{judge.spec.partition(':')[0]}:{keyed_name(resolve_model(model))}"
+        return f"{split_judge(judge.spec)[0]}:{keyed_name(resolve_model(model))}"

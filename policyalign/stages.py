@@ -398,11 +398,11 @@ def judge_weights(judge: str) -> dict[str, str]:
     directory must re-judge, not report the old judge's verdicts. And the rules its verdicts come from
     (`judges.judge_rules`: the refusal detector's, an `llm:` judge's prompt): rules changed in a new policyalign
     must re-judge too, not keep the verdicts of the old."""
-    from .judges import judge_rules
+    from .judges import judge_rules, split_judge
 
-    kind, _, model = judge.strip().partition(":")
-    rules = judge_rules(judge) if judge.strip() else None
-    files = _model_key(model.strip(), None, "judge_files") if kind.strip() in ("guard", "llm") and model.strip() else {}
+    kind, model = split_judge(judge)
+    rules = judge_rules(judge) if kind else None
+    files = _model_key(model, None, "judge_files") if kind in ("guard", "llm") and model else {}
     return {**files, **({"judge_rules": rules} if rules else {})}
 
 

@@ -68,14 +68,14 @@ def _model_slug(model: str) -> str:
 def _judge_slug(judge: str) -> str:
     """The judge as one folder-name part: its kind and its model as `_model_slug` names a model. Named as
     typed, `llm:./j`, `llm:/abs/j` and `llm:j/` were three folders for one judge."""
-    from ..judges import get_judge, judge_model_errors
+    from ..judges import get_judge, judge_model_errors, split_judge
 
     parsed = get_judge(judge)
     model = getattr(parsed, "model", None)
     if not model:
         return _slug(parsed.spec)
     with judge_model_errors(judge):
-        return f"{parsed.spec.partition(':')[0]}-{_model_slug(model)}"
+        return f"{split_judge(parsed.spec)[0]}-{_model_slug(model)}"
 
 
 def _slug(name: str) -> str:
