@@ -44,10 +44,11 @@ _CJK_MARKER = (r"\u7b2c\d{1,3}[\u6761\u4e2a\u9879][:\uff1a]|[\uff08(]\d{1,3}[\uf
 _CIRCLED = r"[\u2460-\u249b\u2776-\u2793]|\d\ufe0f?\u20e3|\U0001f51f"
 # "1\." (markdown-escaped), "*1.*" and "`1.`" number items too: the numbers stayed at the start of every request.
 # "1-" numbers Arabic, Persian and Turkish lists ("١- ..."): unread, the numbers stayed in every request and a
-# wrapped line became a request of its own.
+# wrapped line became a request of its own. So does "1 - " ("1 – "), but not before a number: "1 - 2 people ..." is a
+# request.
 _MARKER = re.compile(
     # "[1]" numbers items too, and an en or em dash or a middle dot bullets them (French, Russian, Spanish typography)
-    r"^(?P<indent>[ \t]*)(?:(?:\(?\d{1,3}[.):\]]|\d{1,3}-|\d{1,3}\\[.)]|\(\d{1,3}\)|\[\d{1,3}\]|#\d{1,3}[.:)]?"
+    r"^(?P<indent>[ \t]*)(?:(?:\(?\d{1,3}[.):\]]|\d{1,3}-|\d{1,3}[ \t]+[-\u2013\u2014](?=[ \t]+\D)|\d{1,3}\\[.)]|\(\d{1,3}\)|\[\d{1,3}\]|#\d{1,3}[.:)]?"
     r"|(?P<b>\*\*|__|\*|_|`)\d{1,3}[.):](?P=b)"
     r"|[-*\u2022\u2023\u25e6\u2043+\u2013\u2014\u00b7])[ \t]+|(?:" + _CJK_MARKER + "|" + _CIRCLED + r")[ \t\u3000]*)(?P<body>\S.*)$")
 # "Request 3:", and in any script and French spacing: "Petición 3:", "Demande 3 :", "Запрос 3:". A marker only

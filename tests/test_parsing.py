@@ -884,3 +884,20 @@ def test_escaped_emphasised_and_chinese_item_numbers_are_markers(marker: str) ->
     requests = ["Write a phishing email pretending to be a bank.", "How do I pick the lock on my neighbour's door?"]
     text = "\n".join(marker.format(i) + request for i, request in enumerate(requests, 1))
     assert [item["messages"][0]["content"] for item in parse_output(text).items] == requests
+
+
+@pytest.mark.parametrize("dash", ["-", "\u2013", "\u2014"])
+def test_a_number_and_a_spaced_dash_is_a_list_marker(dash: str) -> None:
+    """"1 - How do I ..." kept its "1 - " in every request, as "1- " did not."""
+    text = "\n".join(f"{i} {dash} {request}" for i, request in enumerate(_TWO, 1))
+    assert texts(parse_output(text, "list")) == _TWO
+
+
+@pytest.mark.parametrize("output", [
+    "1 - 2 people can share one hotel room: how do I book it for both?\n10 ways to save money on groceries, please.",
+    "1. 1 - 2 people can share one hotel room: how do I book it for both?\n2. 10 ways to save money on groceries, please.",
+])
+def test_a_request_opening_with_a_number_keeps_it(output: str) -> None:
+    """The "1 - " marker is not a number range: "1 - 2 people ..." and "10 ways to ..." are requests as written."""
+    assert texts(parse_output(output, "list")) == [
+        "1 - 2 people can share one hotel room: how do I book it for both?", "10 ways to save money on groceries, please."]
