@@ -62,6 +62,9 @@ _LABEL_MARKER = re.compile(r"^(?P<indent>[ \t]*)(?P<word>[^\W\d_]{1,12})\s?(?P<n
 _LETTER_MARKER = re.compile(
     r"^(?P<indent>[ \t]*)(?:\((?P<paren>[a-zA-Z]|[ivxIVX]{2,5})\)|(?P<label>[a-zA-Z]|[ivxIVX]{2,5})[.)])[ \t]+(?P<body>\S.*)$")
 _LETTER_STARTS = (["a", "b"], ["A", "B"], ["i", "ii"], ["I", "II"])
+# A markdown blockquote ("> 1. How do I ...", "> - ..."): in a list quoted so, the "> " stayed in front of every request.
+# At the line's start only: "   > 1. error at line 3" indented under an item quotes what the request is about.
+_BLOCKQUOTE = re.compile(r"^>(?:[ \t]*>)*[ \t]?")
 _FENCE = re.compile(r"```[ \t]*(?:json|JSON|javascript|js)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _HEADING = re.compile(r"^\s*(?:#{1,6}\s|={3,}|-{3,}|\*{3,}|_{3,})")
 _FENCE_LINE = re.compile(r"^\s*```")
@@ -450,7 +453,7 @@ def _lettered(lines: list[str], found: list[re.Match[str] | None]) -> bool:
 def _split_list(text: str) -> tuple[list[str], bool]:
     """`split_list`, and whether the last item runs to the end of the text (no epilogue, heading or
     closing fence after it): only then can the token limit have cut it off."""
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    lines = _unquoted(text.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
     markers = _markers(lines)
     if not any(markers):
         kept = [line for line in lines if line.strip() and not _HEADING.match(line) and not _FENCE_LINE.match(line)]
@@ -489,6 +492,13 @@ def _split_list(text: str) -> tuple[list[str], bool]:
         else:
             current = None  # interstitial prose or epilogue ends the item
     return [clean_item("".join(parts)) for parts in items], current is not None
+
+
+def _unquoted(lines: list[str]) -> list[str]:
+    """`lines` without their blockquote marks ("> "), where the output quotes a list item ("> 1. How do I ...")."""
+    if not any(_MARKER.match(_BLOCKQUOTE.sub("", line)) for line in lines if _BLOCKQUOTE.match(line)):
+        return lines
+    return [_BLOCKQUOTE.sub("", line) for line in lines]
 
 
 def _continues(line: str, body_indent: int, blank_before: bool) -> bool:
@@ -795,7 +805,7 @@ def _holds_json(text: str) -> bool:
     tool call's JSON was taken for JSON, held none, and every request was lost without a count.
     """
     opens_json = text.lstrip().startswith(("[", "{", "```"))
-    if any(_markers(text.splitlines())):
+    if any(_markers(_unquoted(text.splitlines()))):
         return opens_json and _holds_requests(extract_json_list(text))
     return _holds_requests(extract_json_list(text))
 

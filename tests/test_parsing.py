@@ -886,6 +886,16 @@ def test_escaped_emphasised_and_chinese_item_numbers_are_markers(marker: str) ->
     assert [item["messages"][0]["content"] for item in parse_output(text).items] == requests
 
 
+@pytest.mark.parametrize("marker", ["> {}. ", ">{}. ", "> > {}) ", "> - "])
+def test_a_blockquoted_list_loses_its_quote_marks(marker: str) -> None:
+    """A list quoted item by item ("> 1. How do I ...") was no list: every line was a request, "> 1. " and all."""
+    text = ("Here are the requests:\n" + "\n".join(marker.format(i) + request for i, request in enumerate(_TWO, 1))
+            + "\n>    Make it sound urgent.")
+    assert texts(parse_output(text, "list")) == [_TWO[0], _TWO[1] + " Make it sound urgent."]
+    quoting = "1. Explain this compiler output:\n   > 1. error: undefined name x\n2. " + _TWO[1]
+    assert texts(parse_output(quoting, "list")) == ["Explain this compiler output: > 1. error: undefined name x", _TWO[1]]
+
+
 @pytest.mark.parametrize("dash", ["-", "\u2013", "\u2014"])
 def test_a_number_and_a_spaced_dash_is_a_list_marker(dash: str) -> None:
     """"1 - How do I ..." kept its "1 - " in every request, as "1- " did not."""
