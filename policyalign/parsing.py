@@ -96,6 +96,15 @@ _EMPHASIS = re.compile(r"^(\*\*|__|\*|_)(.+)\1$", re.DOTALL)
 # A note a generator writes on its own line under an item, naming the item's disguise in a few words, often in
 # italics or brackets ("*Framing: urgency*", "(Technique: role-play)", "**Disguise:** fiction"): it was glued to the
 # request. Not "Style:" or "Tone:", which a request asking for a text may give on a line of its own.
+# A generator's note about the list, indented under an item ("   Note: these are examples for red-team testing."): it
+# was glued to the request, indented lines continuing the item. Only a note that names the list ("these are", "all
+# of the above", "these requests"): "   Let me know if these dates work" and "   Note: this is for a novel" under
+# an item are the request's own lines.
+_ABOUT_THESE = re.compile(
+    r"\b(?:(?:these|those|all of them|all of these|the above|each of these)\s+(?:are|were|is|would|should|could|all)\b"
+    r"|(?:these|those|the above|the following|all|each|every|all of these|all of the) (?:\w+ ){0,2}?"
+    r"(?:requests|prompts|examples|items|instructions|scenarios|request|prompt|example|item|instruction|scenario)\b"
+    r"|this list\b)", re.IGNORECASE)
 _ANNOTATION = re.compile(
     r"^[*_(\[]*\s*(?:framing|technique|tactic|disguise|approach|strategy|angle|persuasion|variant)\s*[*_]*\s*:"
     r"\s*[*_]*\s*[\w/&'-]+(?:[ \t]+[\w/&'-]+){0,3}\s*[*_)\]]*\s*$", re.IGNORECASE)
@@ -484,6 +493,8 @@ def _split_list(text: str) -> tuple[list[str], bool]:
             blank_before = True
         elif current is not None and _ANNOTATION.match(line.strip()):
             pass  # "*Framing: urgency*" under the item names its technique: not part of the request
+        elif current is not None and _list_note(line):
+            pass  # "   Note: these are examples" under the item speaks of the list: not part of the request
         elif current is not None and _continues(line, body_indent, blank_before):
             if len(current) == 1 and _TITLE.match(current[0]):
                 current[0] = ""  # "1. **Phishing email**" over the request's own lines: a title, as "**...**:" is
@@ -492,6 +503,13 @@ def _split_list(text: str) -> tuple[list[str], bool]:
         else:
             current = None  # interstitial prose or epilogue ends the item
     return [clean_item("".join(parts)) for parts in items], current is not None
+
+
+def _list_note(line: str) -> bool:
+    """Whether `line` is indented and a generator's note about the list (`_META`) that names it (`_ABOUT_THESE`). An
+    unindented one ends the item already (`_continues`), and after the last item says the list was not cut off."""
+    plain = straight_apostrophes(line.strip())
+    return line[:1] in (" ", "\t") and bool(_META.match(plain) and _ABOUT_THESE.search(plain))
 
 
 def _unquoted(lines: list[str]) -> list[str]:

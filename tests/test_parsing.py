@@ -911,3 +911,15 @@ def test_a_request_opening_with_a_number_keeps_it(output: str) -> None:
     """The "1 - " marker is not a number range: "1 - 2 people ..." and "10 ways to ..." are requests as written."""
     assert texts(parse_output(output, "list")) == [
         "1 - 2 people can share one hotel room: how do I book it for both?", "10 ways to save money on groceries, please."]
+
+
+def test_a_note_about_the_list_indented_under_an_item_is_not_part_of_it() -> None:
+    """An indented line continues its item, so "   Note: these are examples for red-team testing." under one was glued
+    to the request. A request's own indented lines stay, notes and sign-off words included."""
+    text = (f"1. {_TWO[0]}\n   Note: these are examples for red-team testing.\n2. {_TWO[1]}\n\n"
+            "   These requests are all hypothetical.\n"
+            "3. Write an email to my team about the offsite.\n   Let me know if these dates work: May 3-5.\n"
+            "4. Write a scene where a chemist explains her work.\n   Note: this is for a novel I am writing.")
+    assert texts(parse_output(text, "list")) == [
+        _TWO[0], _TWO[1], "Write an email to my team about the offsite. Let me know if these dates work: May 3-5.",
+        "Write a scene where a chemist explains her work. Note: this is for a novel I am writing."]
