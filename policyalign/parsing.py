@@ -44,10 +44,11 @@ _CJK_MARKER = (r"\u7b2c\d{1,3}[\u6761\u4e2a\u9879][:\uff1a]|[\uff08(]\d{1,3}[\uf
 _CIRCLED = r"[\u2460-\u249b\u2776-\u2793]|\d\ufe0f?\u20e3|\U0001f51f"
 # "1\." (markdown-escaped), "*1.*" and "`1.`" number items too: the numbers stayed at the start of every request.
 # "1-" numbers Arabic, Persian and Turkish lists ("١- ..."): unread, the numbers stayed in every request and a
-# wrapped line became a request of its own.
+# wrapped line became a request of its own. So does "1 - " ("1 – "), but not before a number: "1 - 2 people ..." is a
+# request.
 _MARKER = re.compile(
     # "[1]" numbers items too, and an en or em dash or a middle dot bullets them (French, Russian, Spanish typography)
-    r"^(?P<indent>[ \t]*)(?:(?:\(?\d{1,3}[.):\]]|\d{1,3}-|\d{1,3}\\[.)]|\(\d{1,3}\)|\[\d{1,3}\]|#\d{1,3}[.:)]?"
+    r"^(?P<indent>[ \t]*)(?:(?:\(?\d{1,3}[.):\]]|\d{1,3}-|\d{1,3}[ \t]+[-\u2013\u2014](?=[ \t]+\D)|\d{1,3}\\[.)]|\(\d{1,3}\)|\[\d{1,3}\]|#\d{1,3}[.:)]?"
     r"|(?P<b>\*\*|__|\*|_|`)\d{1,3}[.):](?P=b)"
     r"|[-*\u2022\u2023\u25e6\u2043+\u2013\u2014\u00b7])[ \t]+|(?:" + _CJK_MARKER + "|" + _CIRCLED + r")[ \t\u3000]*)(?P<body>\S.*)$")
 # "Request 3:", and in any script and French spacing: "Petición 3:", "Demande 3 :", "Запрос 3:". A marker only
@@ -61,6 +62,9 @@ _LABEL_MARKER = re.compile(r"^(?P<indent>[ \t]*)(?P<word>[^\W\d_]{1,12})\s?(?P<n
 _LETTER_MARKER = re.compile(
     r"^(?P<indent>[ \t]*)(?:\((?P<paren>[a-zA-Z]|[ivxIVX]{2,5})\)|(?P<label>[a-zA-Z]|[ivxIVX]{2,5})[.)])[ \t]+(?P<body>\S.*)$")
 _LETTER_STARTS = (["a", "b"], ["A", "B"], ["i", "ii"], ["I", "II"])
+# A markdown blockquote ("> 1. How do I ...", "> - ..."): in a list quoted so, the "> " stayed in front of every request.
+# At the line's start only: "   > 1. error at line 3" indented under an item quotes what the request is about.
+_BLOCKQUOTE = re.compile(r"^>(?:[ \t]*>)*[ \t]?")
 _FENCE = re.compile(r"```[ \t]*(?:json|JSON|javascript|js)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _HEADING = re.compile(r"^\s*(?:#{1,6}\s|={3,}|-{3,}|\*{3,}|_{3,})")
 _FENCE_LINE = re.compile(r"^\s*```")
@@ -92,6 +96,15 @@ _EMPHASIS = re.compile(r"^(\*\*|__|\*|_)(.+)\1$", re.DOTALL)
 # A note a generator writes on its own line under an item, naming the item's disguise in a few words, often in
 # italics or brackets ("*Framing: urgency*", "(Technique: role-play)", "**Disguise:** fiction"): it was glued to the
 # request. Not "Style:" or "Tone:", which a request asking for a text may give on a line of its own.
+# A generator's note about the list, indented under an item ("   Note: these are examples for red-team testing."): it
+# was glued to the request, indented lines continuing the item. Only a note that names the list ("these are", "all
+# of the above", "these requests"): "   Let me know if these dates work" and "   Note: this is for a novel" under
+# an item are the request's own lines.
+_ABOUT_THESE = re.compile(
+    r"\b(?:(?:these|those|all of them|all of these|the above|each of these)\s+(?:are|were|is|would|should|could|all)\b"
+    r"|(?:these|those|the above|the following|all|each|every|all of these|all of the) (?:\w+ ){0,2}?"
+    r"(?:requests|prompts|examples|items|instructions|scenarios|request|prompt|example|item|instruction|scenario)\b"
+    r"|this list\b)", re.IGNORECASE)
 _ANNOTATION = re.compile(
     r"^[*_(\[]*\s*(?:framing|technique|tactic|disguise|approach|strategy|angle|persuasion|variant)\s*[*_]*\s*:"
     r"\s*[*_]*\s*[\w/&'-]+(?:[ \t]+[\w/&'-]+){0,3}\s*[*_)\]]*\s*$", re.IGNORECASE)
@@ -449,7 +462,7 @@ def _lettered(lines: list[str], found: list[re.Match[str] | None]) -> bool:
 def _split_list(text: str) -> tuple[list[str], bool]:
     """`split_list`, and whether the last item runs to the end of the text (no epilogue, heading or
     closing fence after it): only then can the token limit have cut it off."""
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    lines = _unquoted(text.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
     markers = _markers(lines)
     if not any(markers):
         kept = [line for line in lines if line.strip() and not _HEADING.match(line) and not _FENCE_LINE.match(line)]
@@ -480,6 +493,8 @@ def _split_list(text: str) -> tuple[list[str], bool]:
             blank_before = True
         elif current is not None and _ANNOTATION.match(line.strip()):
             pass  # "*Framing: urgency*" under the item names its technique: not part of the request
+        elif current is not None and _list_note(line):
+            pass  # "   Note: these are examples" under the item speaks of the list: not part of the request
         elif current is not None and _continues(line, body_indent, blank_before):
             if len(current) == 1 and _TITLE.match(current[0]):
                 current[0] = ""  # "1. **Phishing email**" over the request's own lines: a title, as "**...**:" is
@@ -488,6 +503,20 @@ def _split_list(text: str) -> tuple[list[str], bool]:
         else:
             current = None  # interstitial prose or epilogue ends the item
     return [clean_item("".join(parts)) for parts in items], current is not None
+
+
+def _list_note(line: str) -> bool:
+    """Whether `line` is indented and a generator's note about the list (`_META`) that names it (`_ABOUT_THESE`). An
+    unindented one ends the item already (`_continues`), and after the last item says the list was not cut off."""
+    plain = straight_apostrophes(line.strip())
+    return line[:1] in (" ", "\t") and bool(_META.match(plain) and _ABOUT_THESE.search(plain))
+
+
+def _unquoted(lines: list[str]) -> list[str]:
+    """`lines` without their blockquote marks ("> "), where the output quotes a list item ("> 1. How do I ...")."""
+    if not any(_MARKER.match(_BLOCKQUOTE.sub("", line)) for line in lines if _BLOCKQUOTE.match(line)):
+        return lines
+    return [_BLOCKQUOTE.sub("", line) for line in lines]
 
 
 def _continues(line: str, body_indent: int, blank_before: bool) -> bool:
@@ -794,7 +823,7 @@ def _holds_json(text: str) -> bool:
     tool call's JSON was taken for JSON, held none, and every request was lost without a count.
     """
     opens_json = text.lstrip().startswith(("[", "{", "```"))
-    if any(_markers(text.splitlines())):
+    if any(_markers(_unquoted(text.splitlines()))):
         return opens_json and _holds_requests(extract_json_list(text))
     return _holds_requests(extract_json_list(text))
 
