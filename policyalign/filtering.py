@@ -326,10 +326,14 @@ def _round_robin(by_cat: dict[str, list[dict]], total: int) -> list[dict]:
 
 
 def threshold(selected: list[dict[str, Any]], scored: list[dict[str, Any]]) -> float | None:
-    """The lowest selected score, when the selection dropped anything (for the histogram)."""
+    """The lowest selected score, when the selection dropped anything and kept every instruction scoring
+    at least that (for the histogram's "kept >=" line). A selection per category (--keep, --top-k) is no
+    such cut: it drops instructions scoring above another category's lowest kept one, which the line
+    said were kept."""
     if len(selected) == len(scored) or not selected:
         return None
-    return min(r["score"] for r in selected)
+    cut = min(r["score"] for r in selected)
+    return cut if sum(r["score"] >= cut for r in scored) == len(selected) else None
 
 
 def plot_histogram(scored: list[dict[str, Any]], selected: list[dict[str, Any]], path: Path) -> None:
@@ -340,13 +344,17 @@ def plot_histogram(scored: list[dict[str, Any]], selected: list[dict[str, Any]],
 
     from .io import atomic_open
 
-    scores = [r["score"] for r in scored]
+    kept_ids = {r["id"] for r in selected}
+    kept = [r["score"] for r in scored if r["id"] in kept_ids]
+    dropped = [r["score"] for r in scored if r["id"] not in kept_ids]
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.hist(scores, bins=min(40, max(5, len(scores) // 3)), color="#4c72b0", alpha=0.85)
+    # Kept and dropped stacked: a selection per category keeps some scores below others it drops.
+    ax.hist([kept, dropped], bins=min(40, max(5, len(scored) // 3)), stacked=True, color=["#4c72b0", "#b0b0b0"],
+            alpha=0.85, label=["kept", "not kept"])
     cut = threshold(selected, scored)
     if cut is not None:
         ax.axvline(cut, color="#c44e52", linestyle="--", label=f"kept >= {cut:.3g}")
-        ax.legend()
+    ax.legend()
     ax.set_xlabel("policy sensitivity: mean reverse KL(student || teacher) per token")
     ax.set_ylabel("instructions")
     ax.set_title(f"Policy-Sensitive Filtering: {len(selected)} of {len(scored)} kept")

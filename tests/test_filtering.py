@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from policyalign.errors import InvalidInputError
-from policyalign.filtering import FilterConfig, PARTIAL, filter_run, select, split_heldout
+from policyalign.filtering import FilterConfig, PARTIAL, filter_run, select, split_heldout, threshold
 from policyalign.io import read_jsonl, write_jsonl
 
 
@@ -37,6 +37,18 @@ def test_top_n_is_balanced_round_robin() -> None:
 def test_min_score_and_no_filter() -> None:
     assert {r["id"] for r in select(ROWS, FilterConfig(keep=None, min_score=1.0))} == {"c-0", "c-1", "c-2", "c-3", "c-4"}
     assert len(select(ROWS, FilterConfig(no_filter=True))) == len(ROWS)
+
+
+def test_the_histogram_draws_a_kept_line_only_for_a_selection_that_is_a_cut() -> None:
+    """--keep and --top-k select per category: category c's 2.0 is dropped while a's 0.5 is kept, and the
+    histogram's "kept >= 0.5" line said every instruction scoring 0.5 or more was kept."""
+    per_category = select(ROWS, FilterConfig(keep=0.5))
+    kept = {r["id"] for r in per_category}
+    assert "a-2" in kept and "c-3" not in kept  # 0.5 kept, 2.0 dropped
+    assert threshold(per_category, ROWS) is None
+    assert threshold(select(ROWS, FilterConfig(keep=None, top_n=3)), ROWS) is None
+    assert threshold(select(ROWS, FilterConfig(keep=None, min_score=0.5)), ROWS) == 0.5
+    assert threshold(select(ROWS, FilterConfig(no_filter=True)), ROWS) is None
 
 
 def test_conflicting_rules_are_rejected() -> None:
