@@ -19,6 +19,10 @@ def internalization(loaded: "LoadedModel", policy: str, records: list[dict[str, 
     The teacher is always the base model with the policy in context; the student is the base
     model (`adapter_on=False`, before training) or the adapted one. This is the gap distillation
     exists to close.
+
+    The student samples at temperature 1 and the divergence is between the models' own (untempered)
+    distributions, whatever temperature training or filtering used: the metric describes the models,
+    so runs trained at different temperatures are compared on one scale.
     """
     from .filtering import FilterConfig, check_finite, sample_and_score, sampling_params
     from .models import base_weights
