@@ -595,6 +595,8 @@ def card_context(artifacts: RunArtifacts, repo_id: str, revision: str, metadata:
         "lora": _lora_summary(adapter_config),
         "settings": _flatten(prov.get("config") or {}) + _flatten(prov.get("training") or {}, "run"),
         "data": _flatten(prov.get("data") or {}),
+        # a --no-filter ablation trained on every instruction: its card must not say they were selected
+        "filtered": (prov.get("data") or {}).get("selection") != "none",
         "internalization": _internalization_rows(prov.get("internalization") or {}),
         "seeds": _flatten(prov.get("seeds") or {}),
         "has_eval": bool(artifacts.evals),
