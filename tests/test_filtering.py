@@ -39,6 +39,15 @@ def test_min_score_and_no_filter() -> None:
     assert len(select(ROWS, FilterConfig(no_filter=True))) == len(ROWS)
 
 
+def test_the_histogram_draws_a_cut_only_where_one_score_divides_kept_from_dropped() -> None:
+    """--keep selects per category: a line at the lowest kept score (here b's 0.2) read "kept >= 0.2" while a's 0.3
+    and c's 2.0 were dropped. --min-score is a real cut, and is drawn."""
+    from policyalign.filtering import threshold
+
+    assert threshold(select(ROWS, FilterConfig(keep=0.5)), ROWS) is None
+    assert threshold(select(ROWS, FilterConfig(keep=None, min_score=1.0)), ROWS) == 1.0
+
+
 def test_conflicting_rules_are_rejected() -> None:
     with pytest.raises(InvalidInputError):
         FilterConfig(keep=None, top_n=3, min_score=0.1)
