@@ -80,8 +80,15 @@ def _refuse_foreign_files(remote: list[str], repo_id: str) -> None:
 
 def check_push_target(repo_id: str, token: str | None = None) -> None:
     """What `push_run` will need, checked without the network before `pa apply` trains for hours:
-    a well-formed repository id and a token (an invalid one is still only found out by the Hub)."""
+    a well-formed repository id, a token (an invalid one is still only found out by the Hub), and the Hub not
+    switched off: with HF_HUB_OFFLINE=1 (as README advises offline) every stage ran, then the push failed."""
+    from huggingface_hub import constants
+
     resolve_token(token, check_repo_id(repo_id))
+    if constants.HF_HUB_OFFLINE:
+        raise HubError("pushing: HF_HUB_OFFLINE=1 is set, and this needs the Hub", file=repo_id,
+                       hint="unset HF_HUB_OFFLINE where the Hub can be reached, or drop --push-to and publish the "
+                            "finished run there with `pa push RUN_DIR --repo-id ORG/NAME`")
 
 
 def push_run(run_dir: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,

@@ -310,7 +310,7 @@ class SetRow:
     after_ci: Any = None
     p: float | None = None  # exact paired test of the change; None without both sides' responses
     of: Any = None  # items the set holds, when --limit evaluated fewer
-    tool_items: Any = None  # a forbidden-call row's items: those offering tools, which its rate is over
+    tool_items: Any = None  # a forbidden-call row's items: those naming forbidden tools, which its rate is over
 
     @property
     def limited(self) -> bool:
@@ -318,10 +318,12 @@ class SetRow:
 
     @property
     def items(self) -> str:
-        """The set's items ("N of M" when limited); for a forbidden-call row, first how many offer
-        tools: its rate is over those, and "57" beside a rate of 2 tool items read as 57 measured."""
+        """The set's items ("N of M" when limited); for a forbidden-call row, first how many name
+        forbidden tools (`forbidden_tools`): its rate is over those, and "57" beside a rate of 2 such items
+        read as 57 measured. Not "with tools": agent-tools' benign set offers tools in 54 of its 57 items,
+        and its card said "2 with tools, of 57"."""
         items = f"{self.n} of {self.of}" if self.limited else str(self.n)
-        return items if self.tool_items is None else f"{self.tool_items} with tools, of {items}"
+        return items if self.tool_items is None else f"{self.tool_items} with forbidden tools, of {items}"
 
 
 def eval_sets(summary: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
@@ -593,6 +595,8 @@ def card_context(artifacts: RunArtifacts, repo_id: str, revision: str, metadata:
         "lora": _lora_summary(adapter_config),
         "settings": _flatten(prov.get("config") or {}) + _flatten(prov.get("training") or {}, "run"),
         "data": _flatten(prov.get("data") or {}),
+        # a --no-filter ablation trained on every instruction: its card must not say they were selected
+        "filtered": (prov.get("data") or {}).get("selection") != "none",
         "internalization": _internalization_rows(prov.get("internalization") or {}),
         "seeds": _flatten(prov.get("seeds") or {}),
         "has_eval": bool(artifacts.evals),

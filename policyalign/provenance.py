@@ -27,6 +27,17 @@ def _filter_seed(run_dir: Path) -> int | None:
     return seed if isinstance(seed, int) else None
 
 
+def _filter_rule(run_dir: Path) -> str | None:
+    """The selection rule the filter stage applied (`FilterConfig.rule`: `keep 0.8`, `top-5`, `score>=0.7`, or
+    `none` for --no-filter), as run.json recorded it (None for runs without one). The card said "selected by
+    Policy-Sensitive Filtering" with no rule, for tiny's demo `keep 0.8` over the pack's 0.5 and for a
+    --no-filter ablation alike."""
+    from .run import stage_results
+
+    rule = stage_results(run_dir, "filter").get("rule")
+    return rule if isinstance(rule, str) and rule else None
+
+
 def base_model_record(loaded: "LoadedModel") -> dict[str, Any]:
     """The base model as policyalign.json names it, with the Hub commit its weights came from.
 
@@ -81,7 +92,8 @@ def write_provenance(adapter_dir: Path, pack: "Pack", loaded: "LoadedModel", con
         "config": {**asdict(config), "target_modules": list(config.target_modules)
                    if not isinstance(config.target_modules, str) else config.target_modules, "trl": versions()["trl"]},
         "data": {"synthesized": synthesis.get("instructions") if isinstance(synthesis, dict) else None, "scored": scored,
-                 "selected": result.train_records, "heldout": result.heldout_records},
+                 "selected": result.train_records, "heldout": result.heldout_records,
+                 **({"selection": rule} if (rule := _filter_rule(run_dir)) else {})},
         "internalization": {"before": result.internalization_before, "after": result.internalization_after,
                             "drop": result.internalization_drop},
         "training": {"steps": result.steps, "processes": result.processes,

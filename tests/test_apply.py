@@ -884,6 +884,24 @@ def test_push_to_without_a_token_or_with_a_bad_repo_id_fails_before_the_first_st
     assert not (run / "instructions.jsonl").exists(), "nothing was synthesized"
 
 
+def test_push_to_with_the_hub_switched_off_fails_before_the_first_stage(
+        tmp_path: Path, fixture_packs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With HF_HUB_OFFLINE=1 (README's advice for a machine without internet) and a token, `pa apply --push-to`
+    ran every stage, then failed at the push: 'checking the Hub token: HF_HUB_OFFLINE=1 is set'."""
+    import huggingface_hub.constants
+
+    from policyalign.errors import HubError
+
+    pack = Registry([fixture_packs]).load("child-pack")
+    run = tmp_path / "run"
+    monkeypatch.setenv("HF_TOKEN", "hf_notarealtokenbutpresent")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(HubError, match="HF_HUB_OFFLINE=1 is set") as caught:
+        apply(_options(fixture_packs, run, push_to="org/name"), pack)
+    assert "pa push RUN_DIR" in caught.value.problem.hint
+    assert not (run / "instructions.jsonl").exists(), "nothing was synthesized"
+
+
 
 def test_a_second_apply_on_a_run_directory_in_use_is_refused_and_touches_nothing(tmp_path: Path, fixture_packs: Path,
                                                                                  hold_run) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,32 @@ def test_provenance_counts_the_synthesized_instructions(tmp_path: Path, fixture_
                            internalization_after=None)
     data = write_provenance(adapter, pack, load_model("tiny"), DistillConfig(), result, tmp_path)["data"]
     assert data["synthesized"] == made.summary["instructions"] > 0
+
+
+def test_provenance_and_card_name_the_selection_rule_and_a_run_not_filtered(tmp_path: Path, fixture_packs: Path,
+                                                                            peft_adapter: Path) -> None:
+    """policyalign.json records the filter stage's selection rule, and the card shows it: the card said
+    "selected by Policy-Sensitive Filtering" with no rule, for tiny's demo keep 0.8 (the pack's: 0.5) and for a
+    --no-filter ablation that selected nothing alike."""
+    from policyalign.card import load_run, render_model_card
+    from policyalign.distill import DistillResult
+    from policyalign.provenance import write_provenance
+    from policyalign.stages import run_filter, run_synthesize
+
+    pack, run = Registry([fixture_packs]).load("root-pack"), tmp_path / "run"
+    run_synthesize(run, pack, "tiny", n=1, max_new_tokens=8, progress=False)
+    rows = {}
+    for rule, options in (("keep 0.8", {"keep": 0.8}), ("none", {"no_filter": True})):
+        result = run_filter(run, model="tiny", pack=pack, progress=False, max_new_tokens=8, **options)
+        adapter = run / "adapter"
+        shutil.rmtree(adapter, ignore_errors=True)
+        shutil.copytree(peft_adapter, adapter)
+        done = DistillResult(adapter, 1, result.selected, result.heldout, None, None)
+        assert write_provenance(adapter, pack, load_model("tiny"), DistillConfig(), done, run)["data"]["selection"] == rule
+        rows[rule] = render_model_card(load_run(run), "org/x", "v1")
+    assert "| selection | keep 0.8 |" in rows["keep 0.8"] and "selected by Policy-Sensitive Filtering" in rows["keep 0.8"]
+    assert "| selection | none |" in rows["none"] and "selected by Policy-Sensitive Filtering" not in rows["none"]
+    assert "not filtered: every instruction not held out was trained on" in rows["none"]
 
 
 def test_provenance_records_the_parents_of_a_child_pack_and_nothing_for_a_root_pack(tmp_path: Path,
