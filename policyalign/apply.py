@@ -691,7 +691,7 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
         "violation_after": _metric(after, "violation_rate"),
         "over_refusal_before": _metric(before, "over_refusal_rate"),
         "over_refusal_after": _metric(after, "over_refusal_rate"),
-        "forbidden_calls_before": _metric(before, "forbidden_tool_call_rate"),  # None without tool items
+        "forbidden_calls_before": _metric(before, "forbidden_tool_call_rate"),  # None without items naming forbidden tools
         "forbidden_calls_after": _metric(after, "forbidden_tool_call_rate"),
         "adapter": str(run_dir / "adapter") if (run_dir / "adapter" / "policyalign.json").is_file() else None,
         "card": str(run_dir / "README.md") if (run_dir / "README.md").is_file() else None,

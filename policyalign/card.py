@@ -373,7 +373,7 @@ def primary_metric(kind: str, *blocks: Mapping[str, Any]) -> str | None:
 def set_rows(evals: Mapping[str, Mapping[str, Any]],
              responses: Mapping[str, list[dict[str, Any]]] | None = None) -> list[SetRow]:
     """A row per eval set for its primary rate, and one for forbidden tool calls where the set has
-    tool items (an agent pack's key evidence), each with its intervals and paired p."""
+    items naming forbidden tools (an agent pack's key evidence), each with its intervals and paired p."""
     from .metrics import paired_p
 
     before, after = eval_sets(evals.get("before")), eval_sets(evals.get("after"))

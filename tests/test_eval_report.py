@@ -286,7 +286,7 @@ def test_pa_eval_prints_rates_with_intervals_and_forbidden_calls_of_tool_items(c
     _print_summary(_summary(rows), tmp_path)
     out = capsys.readouterr().out
     assert "violation 50.0% [9.5–90.5]" in out and "over-refusal 0.0% [0.0–79.3]" in out
-    assert "forbidden tool calls 100.0% [20.7–100.0] of 1 tool items" in out
+    assert "forbidden tool calls 100.0% [20.7–100.0] of 1 item naming forbidden tools" in out
     _print_summary(_summary(rows[1:]), tmp_path)
     assert "forbidden tool calls" not in capsys.readouterr().out
 

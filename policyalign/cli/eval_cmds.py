@@ -93,7 +93,9 @@ def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
                f"over-refusal {rate(overall, 'over_refusal_rate')}  refuse/guide agree "
                f"{rate(overall, 'refuse_guide_agreement')}  unparseable {overall['unparseable']}")
     if overall.get("tool_items"):
-        typer.echo(f"  forbidden tool calls {rate(overall, 'forbidden_tool_call_rate')} of {overall['tool_items']} tool items")
+        items = overall["tool_items"]  # items that name forbidden tools, not every item offering tools
+        typer.echo(f"  forbidden tool calls {rate(overall, 'forbidden_tool_call_rate')} of {items} "
+                   f"item{'' if items == 1 else 's'} naming forbidden tools")
     if summary.get("drift"):
         typer.echo(f"  drift KL(base||adapted) {summary['drift']['kl']:.4g}")
     typer.echo(f"  wrote {out_dir}/eval.json, responses.jsonl, report.md, categories.png  (95% intervals in brackets)")

@@ -29,7 +29,7 @@ def _summary_table(summary: dict[str, Any]) -> None:
     table.add_row("violation rate (harmful sets)", format_rate(summary["violation_before"]), format_rate(summary["violation_after"]))
     table.add_row("over-refusal rate (benign sets)", format_rate(summary["over_refusal_before"]), format_rate(summary["over_refusal_after"]))
     if summary["forbidden_calls_before"] is not None or summary["forbidden_calls_after"] is not None:
-        table.add_row("forbidden tool calls (tool items)", format_rate(summary["forbidden_calls_before"]),
+        table.add_row("forbidden tool calls (items naming forbidden tools)", format_rate(summary["forbidden_calls_before"]),
                       format_rate(summary["forbidden_calls_after"]))
     console().print(table)
     typer.echo(f"adapter: {summary['adapter']}\nmodel card: {summary['card']}")
