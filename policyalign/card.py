@@ -539,6 +539,17 @@ def _flatten(data: Any, prefix: str = "") -> list[tuple[str, str]]:
     return [(prefix, "null" if data is None else str(data))]
 
 
+def _settings_rows(config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The training settings as given, `num_epochs` marked unused where `max_steps` set the length: the tiny
+    demo's card read "num_epochs | 1.0" above "max_steps | 60", one pass to the eye, where its 60 steps made 12
+    passes over 40 instructions."""
+    steps = config.get("max_steps")
+    if not (is_number(steps) and steps > 0):
+        return _flatten(config)
+    return [(key, f"{value}, not used: max_steps sets the length" if key == "num_epochs" else value)
+            for key, value in _flatten(config)]
+
+
 def _internalization_rows(data: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Before and after as recorded; `drop` is relative (1 - after/before), so it is labelled and shown
     as a percentage: a bare "drop | 0.554" under "before | 0.7504" and "after | 0.3346" read as the
@@ -593,7 +604,7 @@ def card_context(artifacts: RunArtifacts, repo_id: str, revision: str, metadata:
         "license_source": license_source(metadata["license"], base),
         "base_license": hub_license(base.get("license")) if base.get("license") else None,
         "lora": _lora_summary(adapter_config),
-        "settings": _flatten(prov.get("config") or {}) + _flatten(prov.get("training") or {}, "run"),
+        "settings": _settings_rows(prov.get("config") or {}) + _flatten(prov.get("training") or {}, "run"),
         "data": _flatten(prov.get("data") or {}),
         # a --no-filter ablation trained on every instruction: its card must not say they were selected
         "filtered": (prov.get("data") or {}).get("selection") != "none",

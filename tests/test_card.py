@@ -191,6 +191,22 @@ def test_training_tables_are_stable_and_readable(tmp_path: Path, make_run) -> No
     assert "Forbidden tool-call rate" not in body  # no tool items, no legend for them
 
 
+@pytest.mark.parametrize("max_steps, epochs_row", [
+    (60, "| num\\_epochs | 1.0, not used: max\\_steps sets the length |"),
+    (-1, "| num\\_epochs | 1.0 |"),
+])
+def test_epochs_are_marked_unused_where_max_steps_set_the_length(tmp_path: Path, make_run, max_steps: int,
+                                                                  epochs_row: str) -> None:  # type: ignore[no-untyped-def]
+    """The tiny demo's card read "num_epochs | 1.0" above "max_steps | 60": one pass, to the eye, where its 60
+    steps made 12 passes over 40 instructions (trainers stop at max_steps whatever the epochs)."""
+    run = make_run(tmp_path / "run", ROOT_PACK)
+    provenance = json.loads((run / "adapter" / "policyalign.json").read_text())
+    provenance["config"].update({"num_epochs": 1.0, "max_steps": max_steps})
+    (run / "adapter" / "policyalign.json").write_text(json.dumps(provenance))
+    body = _render(run)
+    assert epochs_row in body and f"| max\\_steps | {max_steps} |" in body
+
+
 def test_the_internalization_drop_is_labelled_relative(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
     """policyalign.json's `drop` is 1 - after/before; the card printed it bare beside before and after
     ("drop | 0.554" under 0.7504 and 0.3346), where a reader takes it for the absolute fall (0.416)."""
