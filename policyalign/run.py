@@ -303,7 +303,7 @@ def run_lock(run_dir: Path, busy: tuple[str, str] = RUN_DIR_BUSY, name: str = LO
         except PermissionError:  # another user's lock file in a shared run directory: flock needs no write access
             fd, writable = os.open(path, os.O_RDONLY), False
     try:
-        if not _try_lock(fd, fcntl.LOCK_EX):
+        if not _take_lock(fd):
             owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
             raise RunError(f"another pa process (pid {owner}) is working in this {busy[0]}", file=str(path),
                            hint=busy[1])
@@ -333,6 +333,22 @@ def run_active(run_dir: Path) -> bool:
         return not _try_lock(fd, fcntl.LOCK_SH)
     finally:
         os.close(fd)
+
+
+# How long taking the lock waits out a holder before refusing: `run_active` (`pa runs`) holds a shared lock
+# for a moment to ask whether a run is running, and a `pa apply` starting in that moment was refused,
+# naming the pid of the process that held the directory last, long gone. A working holder holds it for minutes.
+LOCK_PATIENCE_S = 0.5
+
+
+def _take_lock(fd: int) -> bool:
+    """The exclusive lock on `fd`, tried again for LOCK_PATIENCE_S before giving up (False)."""
+    deadline = time.monotonic() + LOCK_PATIENCE_S
+    while not _try_lock(fd, fcntl.LOCK_EX):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def _try_lock(fd: int, kind: int) -> bool:

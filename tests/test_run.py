@@ -365,3 +365,22 @@ def test_a_runs_model_directory_moved_elsewhere_is_still_its_model(tmp_path: Pat
     (other / "generation_config.json").write_text("{}")
     with pytest.raises(RunError, match="holds a run of pack"):
         record_inputs(run, pack, str(other))
+
+
+def test_a_run_is_not_refused_for_the_moment_pa_runs_asks_whether_it_is_running(tmp_path: Path) -> None:
+    """`run_active` (`pa runs`) takes a shared lock for a moment; a `pa apply` starting in that moment was
+    refused as if another process worked there, naming the pid of the run that held the directory last."""
+    import fcntl
+    import threading
+
+    with run_lock(tmp_path):
+        pass
+    probe = os.open(tmp_path / LOCK_FILE, os.O_RDONLY)
+    fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)  # as `run_active` holds it while it asks
+    released = threading.Timer(0.05, os.close, [probe])
+    released.start()
+    try:
+        with run_lock(tmp_path):
+            assert run_active(tmp_path)
+    finally:
+        released.join()
