@@ -62,7 +62,7 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
 def _check_manifest_shape(data: dict[str, Any], path: Path) -> None:
     """The objects every reader of run.json indexes into: a hand-edited `"stages": "x"` (or a stage, its
     results or the pack record, that is no object) was an AttributeError traceback from `pa apply`, and
-    from `pa runs`, which then listed no run at all."""
+    from `pa runs`, which then listed no run at all. So was a model that is no name (`"model": 5`)."""
     places = [("/inputs", data["inputs"]), ("/stages", data["stages"])]
     if isinstance(data["inputs"], dict) and "pack" in data["inputs"]:
         places.append(("/inputs/pack", data["inputs"]["pack"]))
@@ -74,6 +74,10 @@ def _check_manifest_shape(data: dict[str, Any], path: Path) -> None:
         if not isinstance(value, dict):
             raise RunError(f"run.json's {where.lstrip('/')} is not a JSON object", file=str(path), where=where,
                            hint="restore it, or delete run.json to start the run afresh")
+    model = data["inputs"].get("model") if isinstance(data["inputs"], dict) else None
+    if model is not None and not isinstance(model, str):  # `same_model` and the stage commands take it as a name
+        raise RunError("run.json's inputs/model is not a string (a model name or directory)", file=str(path),
+                       where="/inputs/model", hint="restore it, or delete run.json to start the run afresh")
 
 
 def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:

@@ -138,6 +138,18 @@ def test_a_run_json_whose_parts_are_no_objects_is_refused_naming_the_part(tmp_pa
     assert (caught.value.problem.file, caught.value.problem.where) == (str(tmp_path / MANIFEST), where)
 
 
+def test_a_run_json_whose_model_is_no_name_is_refused_naming_it(tmp_path: Path) -> None:
+    """`"model": 5` was an AttributeError traceback from `pa apply` (`same_model`) and a TypeError from the
+    stage commands, while `pa runs` listed the run as complete with model 5."""
+    _run_stage(tmp_path, "k")
+    manifest = read_manifest(tmp_path)
+    manifest["inputs"]["model"] = 5
+    write_manifest(tmp_path, manifest)
+    with pytest.raises(RunError, match="inputs/model is not a string") as caught:
+        stage_done(tmp_path, "fake", "k")
+    assert (caught.value.problem.file, caught.value.problem.where) == (str(tmp_path / MANIFEST), "/inputs/model")
+
+
 # --------------------------------------------------------------------------- keys
 
 
