@@ -6,6 +6,7 @@ disk refuses becomes.
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 from .errors import RunError
@@ -18,9 +19,32 @@ def last_complete_checkpoint(directory: Path) -> Path | None:
     found = sorted((p for p in directory.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
                    key=lambda p: int(p.name.split("-")[-1]), reverse=True)
     for path in found:
-        if _state_written(path / "trainer_state.json") and any(path.glob("adapter_model.*")):
+        if _state_written(path / "trainer_state.json") and _files_whole(path):
             return path
     return None
+
+
+def _files_whole(checkpoint: Path) -> bool:
+    """Its adapter weights, and the optimizer, scheduler and RNG states beside them, end where their formats
+    say they end. The Trainer writes them before trainer_state.json but neither fsyncs nor renames them: after
+    a machine crash (not a killed process) the state can be on disk with the weights cut short, and resuming
+    from it was a SafetensorError traceback at every re-run, never the checkpoint before or a fresh start."""
+    weights = sorted(checkpoint.glob("adapter_model.*"))
+    states = [*checkpoint.glob("*.pt"), *checkpoint.glob("*.pth")]
+    return bool(weights) and all(_whole(path) for path in (*weights, *states))
+
+
+def _whole(path: Path) -> bool:
+    """A safetensors file its header covers exactly, or a torch.save archive with its closing record."""
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt"):
+                return True
+        except (OSError, SafetensorError):
+            return False
+    return zipfile.is_zipfile(path) if path.suffix in (".pt", ".pth", ".bin") else True
 
 
 def save_error(exc: Exception, folder: Path) -> RunError:

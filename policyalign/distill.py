@@ -140,7 +140,10 @@ def _checkpoint_to_continue(trainer: Any, run_dir: Path, resume: bool,
     planned = trainer.set_initial_training_values(trainer.args, trainer.get_train_dataloader())[-1]
     if done <= planned:
         return checkpoint, done == planned
-    if restart_if_past:
+    if restart_if_past:  # said, as `apply._fresh_training_note` says it of other settings: its checkpoints go
+        if trainer.is_world_process_zero():
+            print(f"distill: {checkpoint.name} has already trained {done} optimizer steps, more than the {planned} "
+                  "these settings train; training afresh, replacing its checkpoints", file=sys.stderr)
         return None, False
     raise RunError(f"{checkpoint.name} has already trained {done} optimizer steps, more than the {planned} "
                    "these settings train", file=str(checkpoint / "trainer_state.json"),

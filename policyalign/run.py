@@ -62,7 +62,7 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
 def _check_manifest_shape(data: dict[str, Any], path: Path) -> None:
     """The objects every reader of run.json indexes into: a hand-edited `"stages": "x"` (or a stage, its
     results or the pack record, that is no object) was an AttributeError traceback from `pa apply`, and
-    from `pa runs`, which then listed no run at all."""
+    from `pa runs`, which then listed no run at all. So was a model that is no name (`"model": 5`)."""
     places = [("/inputs", data["inputs"]), ("/stages", data["stages"])]
     if isinstance(data["inputs"], dict) and "pack" in data["inputs"]:
         places.append(("/inputs/pack", data["inputs"]["pack"]))
@@ -74,6 +74,10 @@ def _check_manifest_shape(data: dict[str, Any], path: Path) -> None:
         if not isinstance(value, dict):
             raise RunError(f"run.json's {where.lstrip('/')} is not a JSON object", file=str(path), where=where,
                            hint="restore it, or delete run.json to start the run afresh")
+    model = data["inputs"].get("model") if isinstance(data["inputs"], dict) else None
+    if model is not None and not isinstance(model, str):  # `same_model` and the stage commands take it as a name
+        raise RunError("run.json's inputs/model is not a string (a model name or directory)", file=str(path),
+                       where="/inputs/model", hint="restore it, or delete run.json to start the run afresh")
 
 
 def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
@@ -303,7 +307,7 @@ def run_lock(run_dir: Path, busy: tuple[str, str] = RUN_DIR_BUSY, name: str = LO
         except PermissionError:  # another user's lock file in a shared run directory: flock needs no write access
             fd, writable = os.open(path, os.O_RDONLY), False
     try:
-        if not _try_lock(fd, fcntl.LOCK_EX):
+        if not _take_lock(fd):
             owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
             raise RunError(f"another pa process (pid {owner}) is working in this {busy[0]}", file=str(path),
                            hint=busy[1])
@@ -333,6 +337,22 @@ def run_active(run_dir: Path) -> bool:
         return not _try_lock(fd, fcntl.LOCK_SH)
     finally:
         os.close(fd)
+
+
+# How long taking the lock waits out a holder before refusing: `run_active` (`pa runs`) holds a shared lock
+# for a moment to ask whether a run is running, and a `pa apply` starting in that moment was refused,
+# naming the pid of the process that held the directory last, long gone. A working holder holds it for minutes.
+LOCK_PATIENCE_S = 0.5
+
+
+def _take_lock(fd: int) -> bool:
+    """The exclusive lock on `fd`, tried again for LOCK_PATIENCE_S before giving up (False)."""
+    deadline = time.monotonic() + LOCK_PATIENCE_S
+    while not _try_lock(fd, fcntl.LOCK_EX):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def _try_lock(fd: int, kind: int) -> bool:

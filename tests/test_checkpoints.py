@@ -7,11 +7,21 @@ from pathlib import Path
 from policyalign.checkpoints import last_complete_checkpoint
 
 
+def _checkpoint(folder: Path, state: str = '{"global_step": 1}') -> Path:
+    """A checkpoint as the Trainer leaves it: adapter weights, an optimizer state, trainer_state.json last."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir()
+    save_file({"lora_A": torch.zeros(2, 2)}, str(folder / "adapter_model.safetensors"))
+    torch.save({"state": {}}, folder / "optimizer.pt")
+    (folder / "trainer_state.json").write_text(state)
+    return folder
+
+
 def test_a_checkpoint_killed_while_writing_its_state_is_not_resumed_from(tmp_path: Path) -> None:
     for step, state in ((2, '{"global_step": 2}'), (3, '{"global_st')):  # checkpoint-3 cut short mid-write
-        (tmp_path / f"checkpoint-{step}").mkdir()
-        (tmp_path / f"checkpoint-{step}" / "adapter_model.safetensors").write_bytes(b"weights")
-        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+        _checkpoint(tmp_path / f"checkpoint-{step}", state)
     assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
     (tmp_path / "checkpoint-2" / "trainer_state.json").write_text("")
     assert last_complete_checkpoint(tmp_path) is None
@@ -31,3 +41,16 @@ def test_a_checkpoint_the_full_disk_refuses_is_an_error_naming_it(recorded_run) 
     assert f"error: {run / 'checkpoints' / 'checkpoint-1'}: writing checkpoint-1 failed (" in result.stderr
     assert "is the disk full?" in result.stderr and "Traceback" not in result.stderr
     assert resume_point(run) is None, "the half-written checkpoint is not taken for a complete one"
+
+
+def test_a_checkpoint_whose_weights_or_optimizer_a_crash_cut_short_is_not_resumed_from(tmp_path: Path) -> None:
+    """The Trainer neither fsyncs nor renames a checkpoint's files: after a machine crash trainer_state.json
+    can be whole beside weights cut short, and `pa apply` then failed with a SafetensorError traceback at
+    every re-run instead of going on from the checkpoint before."""
+    for step in (2, 3, 4):
+        _checkpoint(tmp_path / f"checkpoint-{step}", f'{{"global_step": {step}}}')
+    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-4"
+    for step, name in ((4, "adapter_model.safetensors"), (3, "optimizer.pt")):
+        path = tmp_path / f"checkpoint-{step}" / name
+        path.write_bytes(path.read_bytes()[:-10])
+    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-2"

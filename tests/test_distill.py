@@ -138,8 +138,9 @@ def test_a_run_that_failed_before_training_does_not_disown_the_checkpoints_it_ke
 
 
 @pytest.mark.slow
-def test_a_checkpoint_past_the_requested_length_is_refused_or_set_aside(recorded_run) -> None:
-    """Resuming checkpoint-3 for 2 steps would train nothing and save the 3-step adapter as the 2-step one."""
+def test_a_checkpoint_past_the_requested_length_is_refused_or_set_aside(recorded_run, capsys) -> None:
+    """Resuming checkpoint-3 for 2 steps would train nothing and save the 3-step adapter as the 2-step one.
+    Set aside (`pa apply` going back to a shorter --max-steps), it is replaced: that was done without a word."""
 
     run, pack = recorded_run
     options = {"max_steps": 3, "max_new_tokens": 8, "batch_size": 4, "save_steps": 1}
@@ -149,7 +150,10 @@ def test_a_checkpoint_past_the_requested_length_is_refused_or_set_aside(recorded
         run_distill(run, resume=True, overrides=shorter, progress=False)
     assert "drop --resume" in caught.value.problem.hint
     assert last_complete_checkpoint(checkpoint_dir(run)).name == "checkpoint-3", "a refusal loses nothing"
+    capsys.readouterr()
     result = run_distill(run, resume=True, restart_if_past=True, overrides=shorter, progress=False)  # as pa apply does
+    assert ("checkpoint-3 has already trained 3 optimizer steps, more than the 2 these settings train; training afresh"
+            in capsys.readouterr().err)
     assert result.steps == 2 and [h["step"] for h in result.history] == [1, 2]
     assert json.loads((run / "adapter" / "policyalign.json").read_text())["training"]["steps"] == 2
     assert last_complete_checkpoint(checkpoint_dir(run)).name == "checkpoint-2", "the longer run's checkpoints are gone"

@@ -138,6 +138,18 @@ def test_a_run_json_whose_parts_are_no_objects_is_refused_naming_the_part(tmp_pa
     assert (caught.value.problem.file, caught.value.problem.where) == (str(tmp_path / MANIFEST), where)
 
 
+def test_a_run_json_whose_model_is_no_name_is_refused_naming_it(tmp_path: Path) -> None:
+    """`"model": 5` was an AttributeError traceback from `pa apply` (`same_model`) and a TypeError from the
+    stage commands, while `pa runs` listed the run as complete with model 5."""
+    _run_stage(tmp_path, "k")
+    manifest = read_manifest(tmp_path)
+    manifest["inputs"]["model"] = 5
+    write_manifest(tmp_path, manifest)
+    with pytest.raises(RunError, match="inputs/model is not a string") as caught:
+        stage_done(tmp_path, "fake", "k")
+    assert (caught.value.problem.file, caught.value.problem.where) == (str(tmp_path / MANIFEST), "/inputs/model")
+
+
 # --------------------------------------------------------------------------- keys
 
 
@@ -365,3 +377,22 @@ def test_a_runs_model_directory_moved_elsewhere_is_still_its_model(tmp_path: Pat
     (other / "generation_config.json").write_text("{}")
     with pytest.raises(RunError, match="holds a run of pack"):
         record_inputs(run, pack, str(other))
+
+
+def test_a_run_is_not_refused_for_the_moment_pa_runs_asks_whether_it_is_running(tmp_path: Path) -> None:
+    """`run_active` (`pa runs`) takes a shared lock for a moment; a `pa apply` starting in that moment was
+    refused as if another process worked there, naming the pid of the run that held the directory last."""
+    import fcntl
+    import threading
+
+    with run_lock(tmp_path):
+        pass
+    probe = os.open(tmp_path / LOCK_FILE, os.O_RDONLY)
+    fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)  # as `run_active` holds it while it asks
+    released = threading.Timer(0.05, os.close, [probe])
+    released.start()
+    try:
+        with run_lock(tmp_path):
+            assert run_active(tmp_path)
+    finally:
+        released.join()
