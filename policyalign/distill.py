@@ -91,6 +91,9 @@ def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillCon
         for line in attach_reports(trainer, run_dir) if main else []:
             print(f"training logs: {line}", file=sys.stderr)
         trainer.check_prompts_fit(records, run_dir / "selected.jsonl")
+        # The held-out ones are measured before and after training: one too long failed only at the first
+        # measurement, after the previous run's checkpoints were removed, naming neither file nor instruction.
+        trainer.check_prompts_fit(heldout, run_dir / "heldout.jsonl")
         if processes > 1 and (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
             raise RunError("multi-process training supports data parallelism (DDP) only, not FSDP or DeepSpeed",
                            hint="launch with `torchrun --nproc_per_node N` or `accelerate launch --multi_gpu` "

@@ -216,3 +216,24 @@ def test_a_packs_misspelt_target_module_names_the_pack_file_and_entry(run_dir, f
         distill_run(run, pack, "tiny", DistillConfig.from_pack(pack.training, max_steps=1, target_modules=["o_prj"]),
                     progress=False)
     assert (caught.value.problem.file, caught.value.problem.where) == ("", "--target-modules")
+
+
+def test_a_heldout_instruction_too_long_is_named_before_any_checkpoint_is_removed(recorded_run) -> None:
+    """A held-out instruction that leaves no room for its response failed at the first internalization
+    measurement, after the previous run's checkpoints were removed, naming no file: it fails before, naming
+    heldout.jsonl and the instruction, as one in selected.jsonl does."""
+    from policyalign.filtering import read_instructions
+    from policyalign.io import write_jsonl
+
+    run, _ = recorded_run
+    kept = checkpoint_dir(run) / "checkpoint-5"
+    kept.mkdir(parents=True)
+    (kept / "trainer_state.json").write_text('{"global_step": 5}')
+    heldout = read_instructions(run / "heldout.jsonl")
+    heldout[0]["messages"][-1]["content"] += " " + " ".join(f"w{i}x{i * 7919 % 1000}" for i in range(2000))
+    write_jsonl(run / "heldout.jsonl", heldout)
+    with pytest.raises(InvalidInputError, match="needs .* tokens") as caught:
+        run_distill(run, overrides={"max_steps": 1, "max_new_tokens": 8}, progress=False)
+    assert caught.value.problem.file == str(run / "heldout.jsonl")
+    assert caught.value.problem.where == f"id {heldout[0]['id']}"
+    assert kept.is_dir(), "a held-out instruction too long must not cost the previous run's checkpoints"
