@@ -63,8 +63,16 @@ def stable_adapter_config(adapter_dir: Path) -> None:
         write_json(path, config)
 
 
-def plot_loss(history: list[dict[str, Any]], path: Path) -> None:
-    """loss.png beside the adapter: the card shows whether training converged, not just that it ran."""
+def loss_label(alpha: float, top_k: int) -> str:
+    """What the loss is, as configured: the axis said "reverse KL ..., top-k" also for `--kl-top-k 0` (the whole
+    vocabulary) and for an `alpha` other than 1 (not the reverse KL)."""
+    divergence = "reverse KL(student || teacher)" if alpha == 1 else f"distillation loss (alpha {alpha:g})"
+    return f"{divergence}, {f'top-{top_k}' if top_k > 0 else 'full vocabulary'}"
+
+
+def plot_loss(history: list[dict[str, Any]], path: Path, label: str) -> None:
+    """loss.png beside the adapter: the card shows whether training converged, not just that it ran.
+    `label`: the y axis (`loss_label`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -75,7 +83,7 @@ def plot_loss(history: list[dict[str, Any]], path: Path) -> None:
     if points:
         ax.plot(*zip(*points), marker="o", markersize=3, color="#4c72b0")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("reverse KL(student || teacher), top-k")
+    ax.set_ylabel(label)
     ax.set_title("Distillation loss")
     fig.tight_layout()
     with atomic_open(path, "wb") as handle:

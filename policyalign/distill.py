@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from .adapter_save import plot_loss, save_adapter
+from .adapter_save import loss_label, plot_loss, save_adapter
 from .checkpoints import CHECKPOINT_RECORD, checkpoint_dir, resume_point
 from .distill_settings import target_modules_origin
 from .errors import RunError
@@ -119,7 +119,7 @@ def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillCon
         def describe(staged: Path) -> None:
             provenance = write_provenance(staged, pack, loaded, config, result, run_dir)
             name_base_model(staged, provenance["base_model"])
-            plot_loss(history, staged / "loss.png")
+            plot_loss(history, staged / "loss.png", loss_label(config.alpha, config.top_k))
 
         save_adapter(trainer.accelerator.unwrap_model(trainer.model), adapter_dir, describe)
     _leave_process_group(trainer)

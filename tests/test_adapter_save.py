@@ -75,3 +75,13 @@ def test_an_adapter_the_full_disk_refuses_is_an_error_and_leaves_the_old_one(tmp
     assert printed.startswith(f"{target}: writing adapter failed (SafetensorError: "), printed
     assert "is the disk full?" in printed
     assert (target / "policyalign.json").read_text() == "{}" and not (tmp_path / ".adapter.tmp").exists()
+
+
+def test_the_loss_curve_names_the_loss_as_configured() -> None:
+    """loss.png's axis said "reverse KL(student || teacher), top-k" also for --kl-top-k 0 (the whole vocabulary)
+    and for an alpha other than 1, which is not the reverse KL."""
+    from policyalign.adapter_save import loss_label
+
+    assert loss_label(1.0, 256) == "reverse KL(student || teacher), top-256"
+    assert loss_label(1.0, 0) == "reverse KL(student || teacher), full vocabulary"
+    assert loss_label(0.5, 256) == "distillation loss (alpha 0.5), top-256"

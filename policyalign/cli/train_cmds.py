@@ -102,7 +102,9 @@ def distill(
                          overrides=overrides, report_to=reports)
     if not result.main:
         return  # rank 0 of a multi-process run reports
-    typer.echo(f"trained {result.steps} steps on {result.train_records} instructions; adapter in {result.adapter_dir}")
+    steps, records = result.steps, result.train_records
+    typer.echo(f"trained {steps} step{'' if steps == 1 else 's'} on {records} instruction{'' if records == 1 else 's'}; "
+               f"adapter in {result.adapter_dir}")
     if result.internalization_before is not None:
         drop = result.internalization_drop
         typer.echo(f"internalization (held-out teacher-student reverse KL): {result.internalization_before:.4f} -> "
