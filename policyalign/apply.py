@@ -27,12 +27,12 @@ from .launch import check_vllm_rollouts, launch_rank, training_device
 from .models import check_device_and_dtype
 from .pack import Pack
 from .run import (check_run_directory, read_manifest, record_inputs, run_active, run_lock, stage_done, stage_results,
-                  unbumped_change, write_manifest)
+                  started_at, unbumped_change, write_manifest)
 from .scaffold import draft_leftovers
 from .stages import (
     SELECTION_FLAGS, distill_config, distill_key, eval_key, filter_config, filter_key, run_distill, run_eval, run_filter,
-    card_key, check_models, check_one_selection_rule, checkpoint_record, push_key, resume_key, run_card, run_synthesize,
-    selection_given, synthesize_key, synthesize_options,
+    card_key, check_models, check_one_selection_rule, checkpoint_record, outdated_stage, push_key, resume_key, run_card,
+    run_synthesize, selection_given, synthesize_key, synthesize_options,
 )
 from .stats import is_number
 from .tracking import report_targets
@@ -681,7 +681,7 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
         "run_dir": str(run_dir),
         "pack": f"{(inputs.get('pack') or {}).get('name', '?')}@{(inputs.get('pack') or {}).get('version', '?')}",
         "model": inputs.get("model"),
-        "status": _status(stages, run_active(run_dir)),
+        "status": _status(stages, run_active(run_dir), lambda: outdated_stage(run_dir, stages)),
         "instructions": synth.get("instructions"),
         "selected": filt.get("selected"),
         "heldout": filt.get("heldout"),
@@ -714,20 +714,23 @@ _SUMMARY_KEYS = ("run_dir", "pack", "model", "status", "instructions", "selected
 PIPELINE = ("synthesize", "filter", "eval_before", "distill", "eval_after", "card")
 
 
-def _status(stages: dict[str, Any], active: bool = False) -> str:
-    """`active`: a process holds the run now, so a stage marked running is running, not interrupted."""
+def _status(stages: dict[str, Any], active: bool = False, outdated: Callable[[], str | None] = lambda: None) -> str:
+    """`active`: a process holds the run now, so a stage marked running is running, not interrupted.
+    Of the stages that failed or stopped, the one that started last tells: an evaluation that failed
+    once stays recorded as failed while a later attempt is killed in synthesis, and the run read
+    "failed at eval_after". `outdated`: for a run otherwise complete, the stage whose inputs changed
+    after it ran (`stages.outdated_stage`), asked only then (it hashes the run's files)."""
     running = [n for n in PIPELINE if stages.get(n, {}).get("status") == "running"]
     if running and active:
         return f"running {running[0]}"
-    failed = [n for n in PIPELINE if stages.get(n, {}).get("status") == "failed"]
-    if failed:
-        return f"failed at {failed[0]}"
-    stopped = [n for n in PIPELINE if stages.get(n, {}).get("status") in ("running", "interrupted")]
+    stopped = [n for n in PIPELINE if stages.get(n, {}).get("status") in ("failed", "running", "interrupted")]
     if stopped:
-        return f"interrupted in {stopped[0]}"
+        last = max(stopped, key=lambda n: (started_at(stages[n]), -PIPELINE.index(n)))
+        return f"{'failed at' if stages[last]['status'] == 'failed' else 'interrupted in'} {last}"
     done = [n for n in PIPELINE if stages.get(n, {}).get("status") == "done"]
     if len(done) == len(PIPELINE):
-        return "complete"
+        stale = outdated()
+        return f"outdated from {stale} (re-run `pa apply`)" if stale else "complete"
     return f"partial ({len(done)}/{len(PIPELINE)} stages)" if done else "empty"
 
 

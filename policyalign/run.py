@@ -368,6 +368,12 @@ def _try_lock(fd: int, kind: int) -> bool:
     return True
 
 
+def started_at(entry: Any) -> float:
+    """When a stage's record says it started; 0 for a record without a time (hand-edited, or malformed)."""
+    value = entry.get("started") if isinstance(entry, dict) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+
 def rekey_stage(run_dir: Path, name: str, **keys: str) -> None:
     """Record a running stage's keys again once it has loaded its model. A Hub model the stage
     downloaded has a commit only from then on: keys recorded before it never match the next run's,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import InvalidInputError, RunError
 from .io import output_dir, read_json, sha256_file
@@ -29,6 +29,37 @@ if TYPE_CHECKING:
 def _file_hash(run_dir: Path, name: str) -> str | None:
     path = Path(run_dir) / name
     return sha256_file(path) if path.is_file() else None
+
+
+def outdated_stage(run_dir: Path, stages: dict[str, Any]) -> str | None:
+    """The first finished stage whose inputs changed after it ran, or None. `pa filter` re-run by hand on a
+    finished run (`--top-k 10`) selected anew, and `pa runs` called the run complete beside the numbers of
+    the adapter trained on the old selection. Each stage's record names the files it was made from (by
+    sha256), which are compared with the files there now; a record from before they were named is not."""
+    def entry(name: str) -> dict[str, Any]:
+        value = stages.get(name)
+        return value if isinstance(value, dict) else {}
+
+    settings, card = entry("distill").get("settings"), entry("card").get("made_from")
+    recorded = {"filter": {"instructions": entry("filter").get("instructions")},
+                "distill": {k: settings.get(k) for k in ("selected", "heldout")} if isinstance(settings, dict) else {},
+                "eval_after": {"adapter": entry("eval_after").get("adapter")},
+                "card": card if isinstance(card, dict) else {}}
+    now = {"instructions": lambda: _file_hash(run_dir, "instructions.jsonl"),
+           "selected": lambda: _file_hash(run_dir, "selected.jsonl"),
+           "heldout": lambda: _file_hash(run_dir, "heldout.jsonl"), **_card_inputs(run_dir)}
+    for name, made_from in recorded.items():
+        if any(key in now and value is not None and value != now[key]() for key, value in made_from.items()):
+            return name
+    return None
+
+
+def _card_inputs(run_dir: Path) -> dict[str, Callable[[], str | None]]:
+    """The files the card reports, each hashed when asked (`pa runs` asks only of a finished run)."""
+    return {"adapter": lambda: _adapter_hash(run_dir),
+            "provenance": lambda: _file_hash(run_dir, "adapter/policyalign.json"),
+            "before": lambda: _file_hash(run_dir, "eval/before/eval.json"),
+            "after": lambda: _file_hash(run_dir, "eval/after/eval.json")}
 
 
 def _adapter_hash(run_dir: Path) -> str | None:
@@ -419,8 +450,9 @@ def run_eval(run_dir: Path, which: str, *, model: str | None = None, pack: "str 
     options = {"judge": judge, "limit": limit, "max_new_tokens": max_new_tokens}
     adapter = run_dir / "adapter" if which == "after" else None
     check_device_and_dtype(device)
+    made_from = {"adapter": _adapter_hash(run_dir)} if which == "after" else {}  # for `outdated_stage`
     with stage(run_dir, f"eval_{which}", lambda: eval_key(run_dir, the_pack, model, which, options),
-               options=options) as results:
+               options=options, **made_from) as results:
         result = evaluate(the_pack, model, adapter=adapter, judge=judge, params=greedy_params(max_new_tokens),
                           out_dir=run_dir / "eval" / which, limit=limit, device=device, batch_size=batch_size,
                           progress=progress)
@@ -434,11 +466,12 @@ def run_eval(run_dir: Path, which: str, *, model: str | None = None, pack: "str 
 def card_key(run_dir: Path, repo_id: str, license: str | None = None, revision: str | None = None) -> str:
     """A license or revision is keyed only when given, so runs carded before `--license` and
     `--revision` existed keep their key."""
-    return fingerprint({"repo": repo_id, "adapter": _adapter_hash(run_dir),
-                        "provenance": _file_hash(run_dir, "adapter/policyalign.json"),
-                        "before": _file_hash(run_dir, "eval/before/eval.json"),
-                        "after": _file_hash(run_dir, "eval/after/eval.json"),
+    return fingerprint({"repo": repo_id, **_card_made_from(run_dir),
                         **({"license": license} if license else {}), **({"revision": revision} if revision else {})})
+
+
+def _card_made_from(run_dir: Path) -> dict[str, str | None]:
+    return {name: hashed() for name, hashed in _card_inputs(run_dir).items()}
 
 
 def push_key(run_dir: Path, repo_id: str, private: bool = False) -> str:
@@ -455,7 +488,8 @@ def run_card(run_dir: Path, repo_id: str, license: str | None = None, revision: 
     from .eval_report import plot_before_after
     from .io import write_text
 
-    with stage(run_dir, "card", card_key(run_dir, repo_id, license, revision)):  # the key `pa apply` compares
+    # the key `pa apply` compares; `made_from` for `outdated_stage`
+    with stage(run_dir, "card", card_key(run_dir, repo_id, license, revision), made_from=_card_made_from(run_dir)):
         plot_before_after(run_dir / "eval" / "before" / "eval.json", run_dir / "eval" / "after" / "eval.json",
                           run_dir / "eval" / "before_after.png")
         artifacts = load_run(run_dir)

@@ -616,6 +616,50 @@ def test_runs_lists_status_and_metrics(tmp_path: Path) -> None:
     assert row["status"] == "interrupted in filter" and row["instructions"] == 10 and row["pack"] == "general@1.0.0"
 
 
+def _runs_status(root: Path) -> str:
+    result = CliRunner().invoke(app, ["runs", str(root), "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)[0]["status"]
+
+
+def test_runs_names_the_latest_of_a_failure_and_a_later_interruption(tmp_path: Path) -> None:
+    """An evaluation that failed once stays recorded as failed while a later attempt (another --seed) is killed
+    in synthesis, and `pa runs` said "failed at eval_after", whatever happened last."""
+    run = tmp_path / "runs" / "r1"
+    run.mkdir(parents=True)
+    stages = {name: {"status": "done", "started": 100.0} for name in ("filter", "eval_before", "distill", "card")}
+    stages |= {"synthesize": {"status": "interrupted", "started": 300.0},
+               "eval_after": {"status": "failed", "started": 200.0}}
+    manifest = {"inputs": {"pack": {"name": "general", "version": "1.0.0"}, "model": "tiny"}, "stages": stages}
+    (run / "run.json").write_text(json.dumps(manifest))
+    assert _runs_status(tmp_path / "runs") == "interrupted in synthesize"
+    stages["eval_after"]["started"] = 400.0
+    (run / "run.json").write_text(json.dumps(manifest))
+    assert _runs_status(tmp_path / "runs") == "failed at eval_after"
+
+
+def test_runs_calls_a_run_whose_selection_changed_after_training_outdated(tmp_path: Path) -> None:
+    """`pa filter RUN --top-k 10` on a finished run selected anew, and `pa runs` called the run complete beside
+    the internalization and eval numbers of the adapter trained on the old selection."""
+    from policyalign.io import sha256_file
+
+    run = tmp_path / "runs" / "r1"
+    run.mkdir(parents=True)
+    for name in ("instructions", "selected", "heldout"):
+        (run / f"{name}.jsonl").write_text(json.dumps({"id": name}) + "\n")
+    stages = {name: {"status": "done"} for name in ("synthesize", "eval_before", "eval_after", "card")}
+    stages["filter"] = {"status": "done", "instructions": sha256_file(run / "instructions.jsonl")}
+    stages["distill"] = {"status": "done", "settings": {"selected": sha256_file(run / "selected.jsonl"),
+                                                        "heldout": sha256_file(run / "heldout.jsonl"), "lora_r": 16}}
+    (run / "run.json").write_text(json.dumps({"inputs": {"pack": {"name": "general", "version": "1.0.0"},
+                                                         "model": "tiny"}, "stages": stages}))
+    assert _runs_status(tmp_path / "runs") == "complete"
+    (run / "selected.jsonl").write_text(json.dumps({"id": "another selection"}) + "\n")
+    assert _runs_status(tmp_path / "runs") == "outdated from distill (re-run `pa apply`)"
+    (run / "instructions.jsonl").write_text(json.dumps({"id": "synthesized again"}) + "\n")
+    assert _runs_status(tmp_path / "runs") == "outdated from filter (re-run `pa apply`)"
+
+
 def _table_column(output: str, index: int) -> str:
     """The text of one column of a rich table holding one row, its wrapped pieces joined (spaces dropped)."""
     body = output.split("┡", 1)[1].splitlines()[1:]
