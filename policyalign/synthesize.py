@@ -134,6 +134,24 @@ def _positive(value: Any, name: str, where: str) -> int:
     return value
 
 
+def synthesis_bound(setting: str) -> int:
+    """The pack schema's maximum for `synthesis.<setting>` (count_per_category, rounds)."""
+    from .schema import schema_text
+
+    return int(json.loads(schema_text("pack.schema.json"))["properties"]["synthesis"]["properties"][setting]["maximum"])
+
+
+def _within_schema(value: int, setting: str, flag: str) -> int:
+    """A given count held to the pack schema's bound for `synthesis.<setting>`: a pack cannot ask for more,
+    and `--rounds 100000000` built a request per round of every template and category before sampling any,
+    running for minutes with no output until memory ran out."""
+    bound = synthesis_bound(setting)
+    if value > bound:
+        raise InvalidInputError(f"{setting} must be at most {bound} (the pack schema's bound for synthesis.{setting}), "
+                                f"got {value!r}", where=flag, hint=f"use {flag} {bound} or less")
+    return value
+
+
 def _sampling_settings(pack: Pack, sampling: SamplingParams | Mapping[str, Any] | None) -> dict[str, Any]:
     """Pack defaults, overridden by the caller's settings; the run seed is kept separately."""
     settings = dict(DEFAULT_SAMPLING)
@@ -568,6 +586,8 @@ def check_settings(pack: Pack, *, n_per_category: int | None, rounds: int | None
     n = _positive(n_per_category if n_per_category is not None else pack.synthesis.get("count_per_category", DEFAULT_COUNT),
                   "n_per_category", "--n")
     rounds = _positive(rounds if rounds is not None else pack.synthesis.get("rounds", 1), "rounds", "--rounds")
+    _within_schema(n, "count_per_category", "--n")
+    _within_schema(rounds, "rounds", "--rounds")
     _positive(batch_size, "batch_size", "--batch-size")
     if max_per_category is not None:
         _positive(max_per_category, "max_per_category", "--max-per-category")

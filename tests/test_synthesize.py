@@ -542,6 +542,22 @@ def test_a_refused_option_leaves_the_run_directory_alone(tmp_path: Path, flag: l
     assert (done / "run.json").read_bytes() == before
 
 
+
+@pytest.mark.parametrize("flag, bound", [("--rounds", 100), ("--n", 1000)])
+def test_a_count_past_the_pack_schemas_bound_is_refused_naming_the_flag(tmp_path: Path, flag: str, bound: int) -> None:
+    """`pa synthesize --rounds 100000000` built a request for every round, template and category before sampling
+    any, running silently until memory ran out; a pack cannot ask for more than the schema's bound either."""
+    import policyalign.cli.synth_cmds  # noqa: F401
+    from policyalign.cli import app
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["synthesize", str(PACK_DIR), "--model", "tiny", "--out", str(out),
+                                      flag, "100000000"])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert f"{flag}:" in text and f"must be at most {bound}" in text and f"use {flag} {bound} or less" in text
+    assert not out.exists()
+
 def _save_tiny(dest: Path, *, scale: float = 1.0) -> Path:
     """`tiny` saved into `dest` like a fine-tune would be, its weights scaled by `scale`."""
     import torch
