@@ -489,6 +489,26 @@ def test_generator_samples_do_not_depend_on_the_batch_size(tmp_path: Path) -> No
     assert len(one) == 12 and one == four
 
 
+def test_generations_made_in_another_precision_are_made_again_not_mixed_in(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """A synthesis stopped under `PA_DTYPE=bf16` (a GPU's default) and run again in fp32 was served the bf16
+    samples from generations/ beside new fp32 ones; every other resumable stage redoes what it made in other numerics."""
+    pack = load_pack(PACK_DIR)
+    monkeypatch.setenv("PA_DTYPE", "bf16")
+    synthesize(pack, "tiny", out_dir=tmp_path, sampling={"max_new_tokens": 8}, progress=False)
+    bf16 = {p.name: read_json(p) for p in (tmp_path / "generations").glob("*.json")}
+    assert {e["made_under"]["dtype"] for e in bf16.values()} == {"torch.bfloat16"}
+
+    monkeypatch.delenv("PA_DTYPE")
+    result = synthesize(pack, "tiny", out_dir=tmp_path, sampling={"max_new_tokens": 8}, progress=False)
+    assert result.generated == result.requests == 4
+    assert "generating 4 requests again" in capsys.readouterr().err
+    fp32 = {p.name: read_json(p) for p in (tmp_path / "generations").glob("*.json")}
+    assert fp32.keys() == bf16.keys() and {e["made_under"]["dtype"] for e in fp32.values()} == {"torch.float32"}
+    again = synthesize(pack, "tiny", out_dir=tmp_path, sampling={"max_new_tokens": 8}, progress=False)
+    assert again.generated == 0
+
 def test_a_prompt_too_long_for_the_generator_names_its_template_and_category(tmp_path: Path) -> None:
     """Synthesis asked the generator for unnamed conversations: the error said "conversation 0"."""
     from policyalign.errors import ModelError
