@@ -371,6 +371,18 @@ def test_a_junk_only_generator_still_yields_the_seeds(pack: Pack, tmp_path: Path
     assert result.per_category == {"weapons": 2, "agent-harm": 2}
 
 
+def test_a_conversation_seed_echoed_in_a_list_is_a_duplicate_of_the_seed(pack: Pack, tmp_path: Path) -> None:
+    """The plain template shows agent-harm's conversation seed as JSON; a list item echoing it was kept as a
+    user turn holding that JSON, a copy of the seed that dedup (comparing turns) never matched."""
+    seed = next(s for s in pack.category("agent-harm").seeds if s.tools)
+
+    def echo(template: str, category: str) -> str:
+        return f"1. {seed.text}" if (template, category) == ("plain", "agent-harm") else "[]"
+
+    result = synthesize(pack, FixedOutputs(echo), out_dir=tmp_path, progress=False)
+    assert [r for r in result.instructions if r["provenance"]["source"] == "generated"] == []
+    assert result.dropped.get("duplicate_exact") == 1
+
 def _distinct_requests(count: int, seed: int) -> str:
     rng = random.Random(seed)
     vocab = [f"{a}{b}" for a in ("zor", "vel", "mak", "tin", "pol", "ruk", "sef", "dab") for b in
