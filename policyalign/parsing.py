@@ -835,12 +835,27 @@ def _holds_requests(values: list[Any] | None) -> bool:
                for v in values or ())
 
 
+def _scenario_object(text: str) -> dict[str, Any] | None:
+    """A list item that is a whole {"messages": [...]} scenario in JSON, else None. A template shows a
+    conversation seed to the generator as such JSON (`Seed.text`), and a list item imitating it was kept as a
+    user turn holding the JSON: no request, and a copy of the seed that dedup, comparing turns, never matched."""
+    if not text.startswith("{"):
+        return None
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) and "messages" in value else None
+
+
 def _accept(value: Any, labels: frozenset[str], **limits: int) -> tuple[dict[str, Any] | None, str | None]:
     """One raw item (string or JSON object) -> (conversation, None) or (None, drop reason)."""
     if isinstance(value, str):
         text = clean_item(_strip_marker(value.strip(), labels))
-        reason = junk_reason(text, **limits)
-        return (None, reason) if reason else (_text_item(text), None)
+        value = _scenario_object(text)
+        if value is None:
+            reason = junk_reason(text, **limits)
+            return (None, reason) if reason else (_text_item(text), None)
     if not isinstance(value, dict):
         return None, BAD_SCENARIO
     item = scenario(value)

@@ -181,8 +181,14 @@ def run_synthesize(run_dir: Path, pack: "Pack", model: str, *, generator: str | 
                    sampling=sampling, seed=seed)  # before the run directory is made or its record changed
     check_device_and_dtype(device)
     check_models(model, generator)
-    run_dir = output_dir(run_dir)
+    # An unknown --backend made an empty run directory, and `--backend vllm` without vLLM installed (known only
+    # when the generator loaded) marked a finished run's synthesis "failed" or left a run of nothing.
     options = synthesize_options(model, generator, n, rounds, seed, max_per_category, max_new_tokens, backend)
+    if options.get("backend") == "vllm":
+        from .generation import require_vllm
+
+        require_vllm()
+    run_dir = output_dir(run_dir)
     with run_lock(run_dir):  # from the first write to run.json
         check_run_directory(run_dir)
         record_inputs(run_dir, pack, model)

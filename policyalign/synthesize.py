@@ -10,9 +10,10 @@ reasoning generator is asked without its `<think>` block (`enable_thinking=False
 chat template has the switch): reasoning would eat the token budget and is dropped anyway.
 
 Raw generator outputs are cached under `OUT_DIR/generations/`, one file per request keyed by
-(generator, rendered prompt, sampling, seed, round): a re-run reuses them and generates only
-what changed (a new template, more rounds, another sampling setting), and does not even load
-the generator when nothing changed. Parsing and filtering always re-run: they are cheap, and
+(generator, rendered prompt, sampling, seed, round) and recording the device type and precision
+it was sampled in: a re-run reuses those sampled as it would sample and generates only what
+changed (a new template, more rounds, another sampling setting, `PA_DTYPE` or device type), and
+does not even load the generator when nothing changed. Parsing and filtering always re-run: they are cheap, and
 improvements to them apply to cached outputs.
 
 Outputs: `instructions.jsonl` (the "Instruction" records of docs/ARCHITECTURE.md, ids derived
@@ -134,6 +135,24 @@ def _positive(value: Any, name: str, where: str) -> int:
     return value
 
 
+def synthesis_bound(setting: str) -> int:
+    """The pack schema's maximum for `synthesis.<setting>` (count_per_category, rounds)."""
+    from .schema import schema_text
+
+    return int(json.loads(schema_text("pack.schema.json"))["properties"]["synthesis"]["properties"][setting]["maximum"])
+
+
+def _within_schema(value: int, setting: str, flag: str) -> int:
+    """A given count held to the pack schema's bound for `synthesis.<setting>`: a pack cannot ask for more,
+    and `--rounds 100000000` built a request per round of every template and category before sampling any,
+    running for minutes with no output until memory ran out."""
+    bound = synthesis_bound(setting)
+    if value > bound:
+        raise InvalidInputError(f"{setting} must be at most {bound} (the pack schema's bound for synthesis.{setting}), "
+                                f"got {value!r}", where=flag, hint=f"use {flag} {bound} or less")
+    return value
+
+
 def _sampling_settings(pack: Pack, sampling: SamplingParams | Mapping[str, Any] | None) -> dict[str, Any]:
     """Pack defaults, overridden by the caller's settings; the run seed is kept separately."""
     settings = dict(DEFAULT_SAMPLING)
@@ -170,6 +189,18 @@ class _Generator:
         self._name = backend_or_name if isinstance(backend_or_name, str) else None
         self._device, self._backend_name = device, backend_name
         self.id = self._identify()
+        self.made_under = self._numerics()
+
+    def _numerics(self) -> dict[str, str] | None:
+        """The device type and precision it samples in (`models.numerics`), known before it loads: bf16 on a GPU
+        samples other tokens than fp32 on a CPU from the same seed. None for a ready backend that names none."""
+        from .models import numerics, resolve_device, resolve_dtype
+
+        if self._backend is not None:
+            loaded = getattr(self._backend, "loaded", None)
+            return numerics(loaded.device, loaded.dtype) if loaded is not None else None
+        where = resolve_device(self._device)
+        return numerics(where, resolve_dtype(None, where))
 
     def _identify(self) -> str:
         """A string naming what produces the samples: it keys the generation cache. A backend other than
@@ -257,7 +288,8 @@ def _cache_path(cache: Path, key: str) -> Path:
 
 
 def _load_cached(cache: Path, key: str) -> dict[str, Any] | None:
-    """A cached generation, or None when absent or unreadable (then it is simply regenerated)."""
+    """A cached generation, or None when absent or unreadable (then it is simply regenerated); its numerics
+    are `_reusable`'s to check."""
     path = _cache_path(cache, key)
     if not path.is_file():
         return None
@@ -267,6 +299,20 @@ def _load_cached(cache: Path, key: str) -> dict[str, Any] | None:
         return None
     ok = isinstance(entry, dict) and entry.get("key") == key and isinstance(entry.get("text"), str)
     return entry if ok else None
+
+
+def _reusable(cache: Path, requests: list[Request], made_under: dict[str, str] | None) -> dict[str, dict[str, Any]]:
+    """{key: cached generation} made in the generator's device type and precision, saying how many were made in
+    others, which are generated again: a synthesis stopped on a GPU in bf16 and resumed with `PA_DTYPE=fp32` (or on
+    the CPU) mixed the two samplers' outputs in one run, where every other resumable stage redoes them."""
+    import sys
+
+    cached = {r.key: e for r in requests if (e := _load_cached(cache, r.key)) is not None}
+    entries = {key: e for key, e in cached.items() if made_under is None or e.get("made_under") == made_under}
+    if len(entries) < len(cached) and made_under is not None:
+        print(f"{cache}: generating {len(cached) - len(entries)} requests again, made on another device type or in "
+              f"another precision than {made_under['device']} {made_under['dtype']}", file=sys.stderr)
+    return entries
 
 
 def _request_seed(key: str) -> int:
@@ -303,6 +349,8 @@ def _generate_missing(missing: list[Request], generator: _Generator, settings: M
                      "template": request.template, "round": request.round, "seed": seed, "request_seed": request_seed,
                      "sampling": dict(settings), "prompt": request.prompt, "text": output.text,
                      "finish_reason": output.finish_reason, "completion_tokens": len(output.token_ids)}
+            if generator.made_under is not None:
+                entry["made_under"] = generator.made_under
             write_json(_cache_path(cache, request.key), entry)
             entries[request.key] = entry
     return entries
@@ -568,6 +616,8 @@ def check_settings(pack: Pack, *, n_per_category: int | None, rounds: int | None
     n = _positive(n_per_category if n_per_category is not None else pack.synthesis.get("count_per_category", DEFAULT_COUNT),
                   "n_per_category", "--n")
     rounds = _positive(rounds if rounds is not None else pack.synthesis.get("rounds", 1), "rounds", "--rounds")
+    _within_schema(n, "count_per_category", "--n")
+    _within_schema(rounds, "rounds", "--rounds")
     _positive(batch_size, "batch_size", "--batch-size")
     if max_per_category is not None:
         _positive(max_per_category, "max_per_category", "--max-per-category")
@@ -616,7 +666,7 @@ def synthesize(
     generator = _Generator(generator_backend_or_name, device=device, backend_name=backend)
 
     requests = _requests(pack, generator.id, n, rounds, settings, seed)
-    entries = {r.key: e for r in requests if (e := _load_cached(cache, r.key)) is not None}
+    entries = _reusable(cache, requests, generator.made_under)
     missing = list({r.key: r for r in requests if r.key not in entries}.values())
     entries.update(_generate_missing(missing, generator, settings, seed, cache, batch_size, progress))
 

@@ -485,6 +485,16 @@ def test_config_counts_below_one_are_named_before_any_stage(tmp_path: Path, key:
     assert (caught.value.problem.file, caught.value.problem.where) == (str(config), key)
 
 
+@pytest.mark.parametrize("key, bound", [("n", 1000), ("rounds", 100)])
+def test_config_synthesis_counts_past_the_schema_bound_are_named_as_the_files_key(tmp_path: Path, key: str,
+                                                                                  bound: int) -> None:
+    """`rounds: 100000000` ran synthesis silently until memory ran out; refused, it must name the file's key."""
+    config = tmp_path / "run.yaml"
+    config.write_text(f"pack: general\nmodel: tiny\n{key}: 100000000\n")
+    with pytest.raises(InvalidInputError, match=f"{key}: 100000000: must be at most {bound}") as caught:
+        build_options({}, config)
+    assert (caught.value.problem.file, caught.value.problem.where) == (str(config), key)
+
 @pytest.mark.parametrize("text, message", [("backend: foo", "backend: unknown generation backend 'foo'"),
                                            ("judge: bogus", "judge: unknown judge 'bogus'"),
                                            ("device: gpu", "device: unknown device 'gpu'")])

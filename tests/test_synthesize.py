@@ -371,6 +371,18 @@ def test_a_junk_only_generator_still_yields_the_seeds(pack: Pack, tmp_path: Path
     assert result.per_category == {"weapons": 2, "agent-harm": 2}
 
 
+def test_a_conversation_seed_echoed_in_a_list_is_a_duplicate_of_the_seed(pack: Pack, tmp_path: Path) -> None:
+    """The plain template shows agent-harm's conversation seed as JSON; a list item echoing it was kept as a
+    user turn holding that JSON, a copy of the seed that dedup (comparing turns) never matched."""
+    seed = next(s for s in pack.category("agent-harm").seeds if s.tools)
+
+    def echo(template: str, category: str) -> str:
+        return f"1. {seed.text}" if (template, category) == ("plain", "agent-harm") else "[]"
+
+    result = synthesize(pack, FixedOutputs(echo), out_dir=tmp_path, progress=False)
+    assert [r for r in result.instructions if r["provenance"]["source"] == "generated"] == []
+    assert result.dropped.get("duplicate_exact") == 1
+
 def _distinct_requests(count: int, seed: int) -> str:
     rng = random.Random(seed)
     vocab = [f"{a}{b}" for a in ("zor", "vel", "mak", "tin", "pol", "ruk", "sef", "dab") for b in
@@ -489,6 +501,26 @@ def test_generator_samples_do_not_depend_on_the_batch_size(tmp_path: Path) -> No
     assert len(one) == 12 and one == four
 
 
+def test_generations_made_in_another_precision_are_made_again_not_mixed_in(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """A synthesis stopped under `PA_DTYPE=bf16` (a GPU's default) and run again in fp32 was served the bf16
+    samples from generations/ beside new fp32 ones; every other resumable stage redoes what it made in other numerics."""
+    pack = load_pack(PACK_DIR)
+    monkeypatch.setenv("PA_DTYPE", "bf16")
+    synthesize(pack, "tiny", out_dir=tmp_path, sampling={"max_new_tokens": 8}, progress=False)
+    bf16 = {p.name: read_json(p) for p in (tmp_path / "generations").glob("*.json")}
+    assert {e["made_under"]["dtype"] for e in bf16.values()} == {"torch.bfloat16"}
+
+    monkeypatch.delenv("PA_DTYPE")
+    result = synthesize(pack, "tiny", out_dir=tmp_path, sampling={"max_new_tokens": 8}, progress=False)
+    assert result.generated == result.requests == 4
+    assert "generating 4 requests again" in capsys.readouterr().err
+    fp32 = {p.name: read_json(p) for p in (tmp_path / "generations").glob("*.json")}
+    assert fp32.keys() == bf16.keys() and {e["made_under"]["dtype"] for e in fp32.values()} == {"torch.float32"}
+    again = synthesize(pack, "tiny", out_dir=tmp_path, sampling={"max_new_tokens": 8}, progress=False)
+    assert again.generated == 0
+
 def test_a_prompt_too_long_for_the_generator_names_its_template_and_category(tmp_path: Path) -> None:
     """Synthesis asked the generator for unnamed conversations: the error said "conversation 0"."""
     from policyalign.errors import ModelError
@@ -521,26 +553,48 @@ def test_cli_reports_bad_input_without_traceback(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("flag", [["--batch-size", "0"], ["--n", "0"], ["--rounds", "0"], ["--max-new-tokens", "0"],
-                                  ["--max-per-category", "0"]])
+                                  ["--max-per-category", "0"], ["--backend", "foo"], ["--backend", "vllm"]])
 def test_a_refused_option_leaves_the_run_directory_alone(tmp_path: Path, flag: list[str]) -> None:
     """Refused after the stage began, a mistyped flag marked a finished run's synthesis "failed" (and made
-    a run of nothing, listed by `pa runs`, in a new directory)."""
+    a run of nothing, listed by `pa runs`, in a new directory); so did `--backend vllm` without vLLM installed."""
+    import importlib.util
+
     import policyalign.cli.synth_cmds  # noqa: F401
     from policyalign.cli import app
 
+    vllm = flag == ["--backend", "vllm"]
+    if vllm and importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    refused = 1 if vllm else 2  # a ModelError (the missing package), not bad input
     base = ["synthesize", str(PACK_DIR), "--model", "tiny", "--n", "2"]
     fresh = tmp_path / "fresh"
     result = CliRunner().invoke(app, [*base, "--out", str(fresh), *flag])
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == refused, result.output
     assert not fresh.exists()
 
     done = tmp_path / "done"
     assert CliRunner().invoke(app, [*base, "--out", str(done)]).exit_code == 0
     before = (done / "run.json").read_bytes()
     result = CliRunner().invoke(app, [*base, "--out", str(done), *flag])
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == refused, result.output
     assert (done / "run.json").read_bytes() == before
 
+
+
+@pytest.mark.parametrize("flag, bound", [("--rounds", 100), ("--n", 1000)])
+def test_a_count_past_the_pack_schemas_bound_is_refused_naming_the_flag(tmp_path: Path, flag: str, bound: int) -> None:
+    """`pa synthesize --rounds 100000000` built a request for every round, template and category before sampling
+    any, running silently until memory ran out; a pack cannot ask for more than the schema's bound either."""
+    import policyalign.cli.synth_cmds  # noqa: F401
+    from policyalign.cli import app
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["synthesize", str(PACK_DIR), "--model", "tiny", "--out", str(out),
+                                      flag, "100000000"])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert f"{flag}:" in text and f"must be at most {bound}" in text and f"use {flag} {bound} or less" in text
+    assert not out.exists()
 
 def _save_tiny(dest: Path, *, scale: float = 1.0) -> Path:
     """`tiny` saved into `dest` like a fine-tune would be, its weights scaled by `scale`."""
