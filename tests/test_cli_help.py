@@ -197,6 +197,19 @@ def test_pa_apply_help_shows_values_and_flags_apart() -> None:
     assert rows["--private"].split()[0] == "With" and rows["--help"].split()[0] == "Show"
 
 
+def test_pa_apply_options_that_state_a_default_give_tiny_s_where_it_differs() -> None:
+    """`pa apply --heldout` said "(default 0.1)", but `--model tiny` held out 0.2: not a pack value, so no note
+    named it, and the help's list of tiny's demo defaults left it out."""
+    from policyalign.apply import TINY_DEFAULTS
+
+    command = typer.main.get_command(app).commands["apply"]  # type: ignore[attr-defined]
+    for param in command.params:
+        stated = re.search(r"\(default (\d[\d.]*)", getattr(param, "help", None) or "")
+        demo = TINY_DEFAULTS.get(param.name or "")
+        if stated and demo is not None and float(stated[1]) != demo:
+            assert f"with --model tiny {demo}" in param.help, f"{param.opts[0]}: {param.help!r}"  # type: ignore[attr-defined]
+
+
 def test_every_pack_training_setting_can_be_overridden_on_the_command_line() -> None:
     """The pack schema says each `training:` default can be overridden on the command line; `ema_decay`
     could not (no flag on pa distill or pa apply, no `--config` key), short of editing the pack."""
