@@ -75,7 +75,8 @@ def model_names(model: str) -> set[str]:
 def find_adapters(pack_name: str, *, token: str | None = None) -> list[Candidate]:
     """Every published revision (tags and main) of every adapter repo tagged `pack:<pack_name>`."""
     api = hub_api(token)
-    with hub_call("searching the Hub", token=token, repo=f"pack:{pack_name}"):
+    with hub_call("searching the Hub", token=token, repo=f"pack:{pack_name}",
+                  state="an adapter pulled before is found offline: `pa pull ORG/NAME@REVISION`"):
         repos = [m.id for m in api.list_models(filter=["policyalign", f"pack:{pack_name}"])]
     found: dict[tuple[str, str], Candidate] = {}
     for repo_id in repos:

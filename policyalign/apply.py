@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import types
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
@@ -364,27 +365,43 @@ def with_model_defaults(options: ApplyOptions) -> ApplyOptions:
     return options
 
 
-# tiny's demo options that replace a pack's `training:` value of another name.
-_PACK_SETTING_OF_OPTION = {"keep": "filter_keep", "kl_top_k": "top_k"}
+# tiny's demo options that replace a pack value of another name: a `training:` setting, or a `synthesis.` path.
+_PACK_SETTING_OF_OPTION = {"keep": "filter_keep", "kl_top_k": "top_k", "n": "synthesis.count_per_category",
+                           "synth_max_new_tokens": "synthesis.sampling.max_new_tokens"}
 
 
 def demo_replacements(options: ApplyOptions, pack: Pack) -> list[str]:
-    """The pack's `training:` values that tiny's demo defaults replaced (`with_model_defaults` applied), as
-    `setting DEMO (pack: PACK)`: a pack author trying their LoRA rank, targets or learning rate on tiny saw none
-    of them used and was not told (policyalign.json and the card record the values used)."""
-    from .frozen import thaw
-
+    """The pack's `training:` and `synthesis:` values that tiny's demo defaults replaced (`with_model_defaults`
+    applied), as `setting DEMO (pack: PACK)`: a pack author trying their LoRA rank, targets or learning rate on tiny
+    saw none of them used and was not told (policyalign.json and the card record the values used); nor their
+    count_per_category (16 asked, 4 made), though `pa apply --help` says a note names each pack value replaced."""
     if options.model.strip().lower() != "tiny":
         return []
     replaced = []
     for key in TINY_DEFAULTS:
         setting = _PACK_SETTING_OF_OPTION.get(key, key)
-        if key in options.explicit or setting not in pack.training:
+        written = _pack_value(pack, setting)
+        if key in options.explicit or written is None:
             continue
-        used, written = getattr(options, key), thaw(pack.training[setting])
+        used = getattr(options, key)
         if used is not None and (list(used) if isinstance(used, tuple) else used) != written:
             replaced.append(f"{setting} {used!r} (pack: {written!r})")
     return replaced
+
+
+def _pack_value(pack: Pack, setting: str) -> Any:
+    """The pack's value of a `training:` setting or a dotted `synthesis.` path, plain; None where it sets none."""
+    from .frozen import thaw
+
+    node: Any = pack.training
+    names = setting.split(".")
+    if names[0] == "synthesis":
+        node, names = pack.synthesis, names[1:]
+    for name in names:
+        if not isinstance(node, Mapping) or name not in node:
+            return None
+        node = node[name]
+    return thaw(node)
 
 
 def remove_stale_temporaries(run_dir: Path) -> None:
@@ -459,11 +476,11 @@ def apply(options: ApplyOptions, pack: Pack, *, on_stage: Callable[[str, str], N
     """Run (or resume) every stage for `pack` and `options.model` in one run directory, which it holds
     (`run.run_lock`) from before it clears stale temporaries until the end. `on_note` hears, before any
     stage runs, that finished work is about to be replaced (`run.unbumped_change`), that the pack
-    is still a `pa new` draft, and which of its training values tiny's demo settings replace."""
+    is still a `pa new` draft, and which of its values tiny's demo settings replace."""
     options = with_model_defaults(options)
     settings = _checked_settings(options, pack)
     if replaced := demo_replacements(options, pack):
-        on_note("--model tiny trains with its demo settings, not the pack's training values: " + ", ".join(replaced)
+        on_note("--model tiny trains with its demo settings, not the pack's values: " + ", ".join(replaced)
                 + " (give an option, or put it in --config, to choose its value)")
     if leftovers := draft_leftovers(pack):
         on_note(f"{pack.ref} still holds {len(leftovers)} piece(s) of stand-in text from `pa new` (`pa validate "

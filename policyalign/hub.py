@@ -101,10 +101,10 @@ def _hub_error(exc: BaseException, action: str, token: str | None, repo: str, st
     # huggingface_hub's own "Cannot reach https://huggingface.co/api/...: offline mode is enabled" named neither
     # the variable that caused it nor what to do about it
     if isinstance(exc, OfflineModeIsEnabled):
+        # what else works offline is the caller's to say (`state`): `pa pull --pack` has `pa pull ORG/NAME@REVISION`,
+        # which `pa push`, `pa pack push` and `pa pack pull` were told too, though it fetches neither a pack nor a push
         return HubError(f"{action}: HF_HUB_OFFLINE=1 is set, and this needs the Hub", file=repo,
-                        hint="; ".join(filter(None, ["unset HF_HUB_OFFLINE where the Hub can be reached (an adapter "
-                                                     "pulled before is found offline: `pa pull ORG/NAME@REVISION`)",
-                                                     state])))
+                        hint="; ".join(filter(None, ["unset HF_HUB_OFFLINE where the Hub can be reached", state])))
 
     status = getattr(getattr(exc, "response", None), "status_code", None)
     detail = _first_line(exc)

@@ -1069,7 +1069,21 @@ def test_tiny_names_the_pack_training_values_its_demo_settings_replace(tmp_path:
     (tmp_path / "not-a-run.txt").write_text("x")  # refused as a run directory: stops before any stage, after the note
     with pytest.raises(RunError):
         apply(ApplyOptions(pack="root-pack", model="tiny", out=tmp_path), pack, on_note=notes.append)
-    assert notes == ["--model tiny trains with its demo settings, not the pack's training values: lora_r 16 (pack: 4), "
+    assert notes == ["--model tiny trains with its demo settings, not the pack's values: lora_r 16 (pack: 4), "
                      "lora_alpha 32 (pack: 8) (give an option, or put it in --config, to choose its value)"]
     local = ApplyOptions(pack="root-pack", model="./my-model", lora_r=None)
     assert demo_replacements(local, pack) == []
+
+
+def test_tiny_names_the_pack_synthesis_values_its_demo_settings_replace() -> None:
+    """`pa apply --help` says a note names each pack value tiny's demo defaults replace, the `synthesis:` values
+    among the ones options leave to the pack; general's count_per_category 16 became 4 and its generator's
+    max_new_tokens 1024 became 64 without a word."""
+    from policyalign.apply import demo_replacements, with_model_defaults
+
+    general = Registry([Path(__file__).resolve().parents[1] / "packs"]).load("general")
+    replaced = demo_replacements(with_model_defaults(ApplyOptions(pack="general", model="tiny")), general)
+    assert "synthesis.count_per_category 4 (pack: 16)" in replaced
+    assert "synthesis.sampling.max_new_tokens 64 (pack: 1024)" in replaced
+    given = with_model_defaults(ApplyOptions(pack="general", model="tiny", n=4, explicit={"n"}))
+    assert not any(r.startswith("synthesis.count_per_category") for r in demo_replacements(given, general))

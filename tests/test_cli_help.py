@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -157,6 +158,56 @@ def test_every_option_says_what_it_does(path: tuple[str, ...]) -> None:
         command = command.commands[name]  # type: ignore[attr-defined]
     bare = [p.name for p in command.params if p.param_type_name == "option" and not p.help]
     assert not bare, f"pa {' '.join(path)}: options without help: {bare}"
+
+
+def _option_rows(path: tuple[str, ...]) -> dict[str, str]:
+    """`pa PATH --help` as rendered, one row per option, keyed by its first long name (wide, so one line each)."""
+    result = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    rows = (re.match(r"│\s*(?:\*\s+)?(--[\w-]+)\s(.*)", line) for line in result.output.splitlines())
+    return {row[1]: row[2] for row in rows if row}
+
+
+@pytest.mark.parametrize("path", [(), *COMMANDS], ids=["pa", *(" ".join(p) for p in COMMANDS)])
+def test_help_shows_a_value_only_beside_options_that_take_one(path: tuple[str, ...]) -> None:
+    """Every flag was listed with a type, `--quiet <bool>`, `--no-filter <bool>`, `--help <bool>`, as if it took
+    a value (`pa apply --quiet true` is refused): a flag shows none, an option that takes a value its type or
+    the metavar it was given (`--push-to <str>`, `--compare A B`)."""
+    command = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]  # type: ignore[attr-defined]
+    rows = _option_rows(path)
+    assert "--help" in rows and "<bool>" not in rows["--help"]
+    for param in command.params:
+        long = next((o for o in param.opts if o.startswith("--")), None)
+        if param.param_type_name != "option" or long is None:
+            continue
+        first = next((w for w in rows[long].split() if not w.startswith("-")), "")  # past -m, --no-resume
+        if param.is_flag:  # type: ignore[attr-defined]
+            assert not first.startswith("<"), f"pa {' '.join(path)} {long}: {rows[long]!r}"
+        else:
+            shown = param.metavar.split()[0] if param.metavar else "<"
+            assert first.startswith(shown), f"pa {' '.join(path)} {long} shows no value: {rows[long]!r}"
+
+
+def test_pa_apply_help_shows_values_and_flags_apart() -> None:
+    rows = _option_rows(("apply",))
+    assert rows["--push-to"].split()[0] == "<str>" and rows["--keep"].split()[0] == "<float>"
+    assert rows["--quiet"].split()[0] == "No" and rows["--no-filter"].split()[0] == "Train"
+    assert rows["--private"].split()[0] == "With" and rows["--help"].split()[0] == "Show"
+
+
+def test_pa_apply_options_that_state_a_default_give_tiny_s_where_it_differs() -> None:
+    """`pa apply --heldout` said "(default 0.1)", but `--model tiny` held out 0.2: not a pack value, so no note
+    named it, and the help's list of tiny's demo defaults left it out."""
+    from policyalign.apply import TINY_DEFAULTS
+
+    command = typer.main.get_command(app).commands["apply"]  # type: ignore[attr-defined]
+    for param in command.params:
+        stated = re.search(r"\(default (\d[\d.]*)", getattr(param, "help", None) or "")
+        demo = TINY_DEFAULTS.get(param.name or "")
+        if stated and demo is not None and float(stated[1]) != demo:
+            assert f"with --model tiny {demo}" in param.help, f"{param.opts[0]}: {param.help!r}"  # type: ignore[attr-defined]
 
 
 def test_every_pack_training_setting_can_be_overridden_on_the_command_line() -> None:

@@ -220,3 +220,23 @@ def test_several_builds_of_one_version_are_refused_in_one_wording() -> None:
     assert caught.value.problem.message == ("org/p publishes 2 builds (v1.0.0+a, v1.0.0+b), one version by SemVer "
                                             "precedence (build metadata after '+' does not order versions), so none is the newest")
     assert caught.value.problem.file == "org/p" and caught.value.problem.hint == "name one"
+
+
+def test_offline_hub_calls_name_only_a_fix_that_applies(offline_hub, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """With HF_HUB_OFFLINE=1, `pa pack pull`, `pa pack push` and `pa push` were told "an adapter pulled before is
+    found offline: `pa pull ORG/NAME@REVISION`": `pa pull` fetches no pack, and a push has nothing to find. That
+    tip is `pa pull --pack`'s alone."""
+    from typer.testing import CliRunner
+
+    from policyalign.cli import app
+
+    monkeypatch.setenv("HF_TOKEN", "hf_" + "x" * 34)
+    packs = Path(__file__).resolve().parents[1] / "packs"
+    for args in (["pack", "pull", "org/medical"], ["pack", "push", str(packs / "general"), "--repo-id", "org/general"]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 1, result.output
+        assert "HF_HUB_OFFLINE=1 is set, and this needs the Hub" in result.output and "unset HF_HUB_OFFLINE" in result.output
+        assert "pa pull" not in result.output, result.output
+    search = CliRunner().invoke(app, ["pull", "--pack", "medical"])
+    assert search.exit_code == 1 and "searching the Hub: HF_HUB_OFFLINE=1 is set" in search.output
+    assert "an adapter pulled before is found offline: `pa pull ORG/NAME@REVISION`" in search.output

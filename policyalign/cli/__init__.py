@@ -36,11 +36,28 @@ def forget_interrupt() -> None:
 
 try:
     import typer
-    from typer.core import TyperGroup
+    from typer.core import TyperCommand, TyperGroup, TyperOption
 
     from ..errors import PolicyAlignError, disk_error
 except KeyboardInterrupt:
     exit_interrupted()
+
+
+def flags_take_no_value(params: list) -> list:  # type: ignore[type-arg]
+    """Give each flag an empty metavar: typer's rich help shows a type beside every option, so `--quiet <bool>`
+    and `--help <bool>` said the flag takes a value (`pa apply --quiet true` is refused). An option that takes
+    one keeps its type (`--push-to <str>`) or the metavar the code gave it (`--compare A B`)."""
+    for param in params:
+        if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class PaCommand(TyperCommand):
+    """A command whose help shows no value for a flag (`flags_take_no_value`)."""
+
+    def get_params(self, ctx):  # type: ignore[no-untyped-def]
+        return flags_take_no_value(super().get_params(ctx))
 
 
 class PaGroup(TyperGroup):
@@ -54,6 +71,9 @@ class PaGroup(TyperGroup):
         super().__init__(*args, **kwargs)
         for command in self.commands.values():
             command.help = reflow_help(command.help)
+
+    def get_params(self, ctx):  # type: ignore[no-untyped-def]
+        return flags_take_no_value(super().get_params(ctx))
 
     def make_context(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         """Parsing the command line: typer turns Ctrl-C here into a silent exit 130."""
@@ -117,7 +137,14 @@ def interrupted_message(command: str | None) -> str:
     return "interrupted"
 
 
-app = typer.Typer(
+class PaTyper(typer.Typer):
+    """A typer app whose commands are `PaCommand`s: set here once, not in each `@app.command()`."""
+
+    def command(self, *args, cls=None, **kwargs):  # type: ignore[no-untyped-def]
+        return super().command(*args, cls=cls or PaCommand, **kwargs)
+
+
+app = PaTyper(
     cls=PaGroup,
     help="policyalign: align an LLM directly to a natural-language safety policy pack.",
     no_args_is_help=True,
@@ -128,7 +155,7 @@ app = typer.Typer(
 
 def sub_app(name: str, help: str) -> typer.Typer:
     """A command group (e.g. `pa pack push`) with the same error handling."""
-    group = typer.Typer(cls=PaGroup, help=help, no_args_is_help=True, pretty_exceptions_enable=False)
+    group = PaTyper(cls=PaGroup, help=help, no_args_is_help=True, pretty_exceptions_enable=False)
     app.add_typer(group, name=name)
     return group
 
