@@ -752,7 +752,7 @@ def _status(stages: dict[str, Any], active: bool = False, outdated: Callable[[],
     done = [n for n in PIPELINE if stages.get(n, {}).get("status") == "done"]
     if len(done) == len(PIPELINE):
         stale = outdated()
-        return f"outdated from {stale} (re-run `pa apply`)" if stale else "complete"
+        return f"outdated from {stale}" if stale else "complete"
     return f"partial ({len(done)}/{len(PIPELINE)} stages)" if done else "empty"
 
 

@@ -665,9 +665,11 @@ def test_runs_calls_a_run_whose_selection_changed_after_training_outdated(tmp_pa
                                                          "model": "tiny"}, "stages": stages}))
     assert _runs_status(tmp_path / "runs") == "complete"
     (run / "selected.jsonl").write_text(json.dumps({"id": "another selection"}) + "\n")
-    assert _runs_status(tmp_path / "runs") == "outdated from distill (re-run `pa apply`)"
+    assert _runs_status(tmp_path / "runs") == "outdated from distill"
+    table = CliRunner().invoke(app, ["runs", str(tmp_path / "runs")])
+    assert "distill's inputs changed after it ran" in table.output and "re-run `pa apply` on this run" in table.output
     (run / "instructions.jsonl").write_text(json.dumps({"id": "synthesized again"}) + "\n")
-    assert _runs_status(tmp_path / "runs") == "outdated from filter (re-run `pa apply`)"
+    assert _runs_status(tmp_path / "runs") == "outdated from filter"
 
 
 def _table_column(output: str, index: int) -> str:

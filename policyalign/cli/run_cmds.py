@@ -155,3 +155,7 @@ def runs(
     for s in summaries:
         if s.get("problem"):
             typer.echo(f"{s['run_dir']}: unreadable: {s['problem']}", err=True)
+        elif str(s.get("status")).startswith("outdated from "):
+            stage = s["status"].removeprefix("outdated from ")
+            typer.echo(f"{s['run_dir']}: {stage}'s inputs changed after it ran, so its numbers and those after it are "
+                       "the old ones: re-run `pa apply` on this run", err=True)
