@@ -13,6 +13,8 @@ from typing import Any
 
 from .errors import InvalidInputError, ModelError, Problem
 
+PROMPT_OR_MESSAGES = 'use {"prompt": "..."} for a single user turn, or a "messages" list'
+
 Message = dict[str, Any]
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 
@@ -57,7 +59,7 @@ def conversation(record: dict[str, Any]) -> tuple[list[Message], list[dict[str, 
     if has_prompt == has_messages:
         raise InvalidInputError(
             "a record needs exactly one of 'prompt' or 'messages'", file=file, where=where,
-            hint='use {"prompt": "..."} for a single user turn, or a "messages" list',
+            hint=PROMPT_OR_MESSAGES,
         )
     if has_prompt:
         if not isinstance(record["prompt"], str):

@@ -505,8 +505,14 @@ def _compose_categories(col: Collector, parents: tuple[Pack, ...], own: list[dic
     for cats in copies.values():
         _check_locks_agree(col, cats)
     merged = {cat_id: _merge_inherited(cats) for cat_id, cats in copies.items()}
+    listed: set[str] = set()
     for index, raw in enumerate(own):
         _check_seeds_ask(col, index, raw)
+        # `_own_categories` reports a repeated id; composed too, it overrode the pack's own first entry,
+        # and a locked one was "locked by '<this pack>'; its title and description cannot be changed"
+        if raw["id"] in listed:
+            continue
+        listed.add(raw["id"])
         if raw["id"] in merged:
             result = _override(col, index, merged[raw["id"]], raw, name)
             if result is None:

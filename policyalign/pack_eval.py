@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
+from .chat import PROMPT_OR_MESSAGES
 from .errors import did_you_mean
 from .frozen import freeze, thaw
 from .pack_input import MAX_EVAL_ITEMS, Collector
@@ -157,9 +158,11 @@ def _eval_item(col: Collector, file: str, lineno: int, raw: Any, validator: Any,
         col.add(file, f"line {lineno} {pointer}", message, hint)
     for error in errors:
         pointer = "/" + "/".join(str(p) for p in error.absolute_path)
-        message = ("needs exactly one of 'prompt' or 'messages'" if error.validator == "oneOf"
-                   else schema_message(error))
-        col.add(file, f"line {lineno} {pointer}", message, schema_hint(error))
+        if error.validator == "oneOf":  # schema_hint would give the item's description, not what to write
+            message, hint = "needs exactly one of 'prompt' or 'messages'", PROMPT_OR_MESSAGES
+        else:
+            message, hint = schema_message(error), schema_hint(error)
+        col.add(file, f"line {lineno} {pointer}", message, hint)
     if errors or bad_text:
         return None
     where = f"line {lineno}"

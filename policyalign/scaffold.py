@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import InvalidInputError, Problem
+from .errors import InvalidInputError, PackError, Problem
 from .io import write_text
 from .pack_input import MANIFEST
 
@@ -101,10 +102,23 @@ HARMFUL_PROMPT = "Replace me with a request the assistant must refuse."
 BENIGN_PROMPT = "Replace me with a harmless look-alike the assistant should answer."
 
 
-def _manifest(name: str, extends: str | None) -> str:
+def _child_category(extends: str, registry: "Registry") -> str:
+    """An id for a child's example category that its parent does not have: `CHILD_CATEGORY` is itself
+    inherited by a fresh grandchild (a child of a child still holding its skeleton), whose skeleton then
+    overrode it with the same seeds and failed `pa validate`; so the next free `CHILD_CATEGORY-N`."""
+    from .pack import load_pack
+
+    try:
+        taken = {cat.id for cat in load_pack(registry.resolve_name(extends), registry=registry).categories}
+    except PackError:  # an invalid parent: `pa validate` names its problems, any id does here
+        taken = set()
+    candidates = itertools.chain([CHILD_CATEGORY], (f"{CHILD_CATEGORY}-{n}" for n in itertools.count(2)))
+    return next(candidate for candidate in candidates if candidate not in taken)
+
+
+def _manifest(name: str, extends: str | None, category: str) -> str:
     extends_line = f'extends: ["{extends}"]\n' if extends else ""
     seeds = "\n".join(f'      - "{seed}"' for seed in SEEDS)
-    category = CHILD_CATEGORY if extends else CATEGORY
     return f"""name: {name}
 version: 0.1.0
 title: {name.replace('-', ' ').title()} safety policy
@@ -181,9 +195,9 @@ def new_pack(name: str, packs_dir: Path, extends: str | None = None, registry: "
 
             registry = Registry.default()
         extends = _parent_spec(name, extends, packs_dir, registry)
-    category = CHILD_CATEGORY if extends else CATEGORY
+    category = _child_category(extends, registry.including(packs_dir)) if extends and registry else CATEGORY
     files = {
-        "pack.yaml": _manifest(name, extends),
+        "pack.yaml": _manifest(name, extends, category),
         "policy.md": POLICY,
         "templates/plain.jinja": TEMPLATE,
         "eval/harmful.jsonl": _eval_line(name, category, "harmful", HARMFUL_PROMPT, "refuse"),

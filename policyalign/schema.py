@@ -101,7 +101,20 @@ def schema_hint(error: Any) -> str:
         return "delete the repeated entry"
     if error.validator == "contains":
         return 'add the request as {"role": "user", "content": "..."}'
+    if error.validator == "required":
+        return _missing_field_hint(error)
     if error.validator == "not":  # schema_message gives the description already
         return ""
     description = error.schema.get("description") if isinstance(error.schema, dict) else None
     return description or ""
+
+
+def _missing_field_hint(error: Any) -> str:
+    """What to add: the missing field's own description and values. The fallback below gave the
+    description of the object lacking it, a pack's whole blurb under "missing required field
+    'license'" and nothing at all under a template without `file`."""
+    name = error.message.split(" ")[0].strip("'\"")  # "'license' is a required property"
+    rule = error.schema.get("properties", {}).get(name, {}) if isinstance(error.schema, dict) else {}
+    description = str(rule.get("description", "")).rstrip(".")
+    values = f" (one of: {', '.join(map(str, rule['enum']))})" if "enum" in rule else ""
+    return f"add `{name}`" + (f": {description}" if description else "") + values

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InvalidInputError, PackError, Problem
-from .pack import Pack, Seed, _seed, load_pack
-from .pack_input import MANIFEST
+from .pack import Pack, Seed, _load_manifest, _place, _seed, load_pack
+from .pack_input import MANIFEST, Collector
 from .pack_index import index_problems
 from .registry import INDEX_FILE, Registry
 from .scaffold import draft_leftovers
@@ -67,7 +67,23 @@ def _seed_copy_problem(pack: Pack, seed: Seed, label: str, text: str) -> Problem
         return Problem(str(pack.root / own_set.file), f"item {label[len(own_set.name) + 1:]}",
                        f"{message} (the seed is {owner.ref}'s, category {seed.id.split('/')[0]})",
                        hint=f"rewrite this eval item {why}")
-    return Problem(str(pack.root / MANIFEST), f"seed {seed.id}", message, hint=f"rewrite the seed or the eval item {why}")
+    return Problem(str(pack.root / MANIFEST), _own_seed_place(pack, seed), message,
+                   hint=f"rewrite the seed or the eval item {why}")
+
+
+def _own_seed_place(pack: Pack, seed: Seed) -> str:
+    """Where `pack`'s manifest lists `seed`: its JSON pointer and line, as other pack.yaml problems are
+    placed. The seed's id numbers it in the composed category, after the parents' seeds, so a child's
+    only seed of an inherited category was named "seed voter-suppression/seed-5" in a list of one."""
+    category = seed.id.split("/")[0]
+    for index, own in enumerate(pack.manifest.get("categories", ())):
+        if own.get("id") != category:
+            continue
+        for number, raw in enumerate(own.get("seeds", ())):
+            if _seed(category, number, raw).text == seed.text:
+                _, lines = _load_manifest(Collector(pack.root))  # re-read for its lines: only on this rare problem
+                return _place(f"/categories/{index}/seeds/{number}", lines)
+    return f"seed {seed.id}"
 
 
 def _seed_owner(pack: Pack, seed: Seed) -> Pack:

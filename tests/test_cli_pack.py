@@ -72,6 +72,19 @@ def test_new_pack_extending_a_parent_validates(fixture_packs: Path) -> None:
     assert "weapons" in result.output and "locked" in result.output
 
 
+def test_new_pack_extending_a_fresh_child_validates(tmp_path: Path) -> None:
+    """A child of a fresh pack validated, but a grandchild of it did not: its skeleton category took
+    the id of the example category it inherited, overriding it with the same seeds again."""
+    packs = tmp_path / "packs"
+    assert runner.invoke(app, ["new", "top", "--dir", str(packs)]).exit_code == 0
+    assert runner.invoke(app, ["new", "mid", "--extends", "top", "--dir", str(packs)]).exit_code == 0
+    result = runner.invoke(app, ["new", "low", "--extends", "mid", "--dir", str(packs)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["validate", str(packs / "low")])
+    assert result.exit_code == 0, result.output
+    assert "6 piece(s) of `pa new` stand-in text left" in result.output
+
+
 def test_show_never_cuts_a_category_id(fixture_packs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """At 80 columns `pa show` printed "fraud-impersonati…": not the id that `pa render --category` needs."""
     monkeypatch.setenv("COLUMNS", "80")

@@ -430,3 +430,17 @@ def test_seed_longer_than_synthesis_keeps_an_instruction_is_refused(fixture_pack
     assert problem.where == "/categories/1/seeds/0 (line 22)"
     assert problem.message == f"seed is {len(long_seed.strip())} characters long: synthesis drops a generated instruction this long as too_long"
     assert problem.hint == f"shorten it to at most {MAX_CHARS} characters"
+
+
+def test_a_repeated_category_id_is_reported_once_not_as_an_override_of_itself(fixture_packs: Path) -> None:
+    """The second `weapons` of root-pack was also composed as an override of the first, which root-pack
+    locks: "category 'weapons' is locked by 'root-pack'; its title and description cannot be changed",
+    with the hint to delete its title, a fix that left the repeat in place."""
+    manifest = fixture_packs / "root-pack" / "pack.yaml"
+    manifest.write_text(manifest.read_text().replace("  - id: scams\n", "  - id: weapons\n"))
+    with pytest.raises(PackError) as info:
+        load_pack(fixture_packs / "root-pack", registry=Registry([fixture_packs]))
+    messages = [problem.message for problem in info.value.problems]
+    assert "duplicate category id 'weapons'" in messages
+    assert not [message for message in messages if "locked" in message], messages
+
