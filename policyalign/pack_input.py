@@ -88,6 +88,9 @@ def confined_path(root: Path, rel: str) -> Path | str:
         return "absolute paths are not allowed"
     if ".." in Path(rel).parts:
         return "'..' is not allowed: paths must stay inside the pack"
+    problem = text_problem(rel)
+    if problem:  # a NUL or a lone surrogate made Path.resolve raise: a traceback from `pa validate`
+        return f"path {problem[1]}"
     target = root / rel
     try:
         resolved = target.resolve()
