@@ -15,7 +15,7 @@ passes or fails on every machine), by three mechanisms:
   *before* it runs: the binary operators `*` `+` `%` `**` (`call_binop`), `~`
   concatenation, list/tuple/dict literals, and the growing filters (`center`,
   `indent`, `format`, `join`, `replace`, `wordwrap`, `batch`, `slice`, `sum`).
-  Every filter input and result, and every output expression, is checked too, so
+  Every filter input and result (a lazy one item by item), and every output expression, is checked too, so
   no filter ever works on more than `MAX_VALUE_CHARS` worth of data. Integers are
   capped at `MAX_INT_BITS` (so `7**99999999` is refused, not computed). String
   methods are limited to a read-only allow-list (`"x".ljust(10**9)`,
@@ -342,9 +342,22 @@ def _guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
             check(*args[offset:], **kwargs)
         result = func(*args, **kwargs)
         _limit(_size(result))
-        return result
+        return _sized_items(result) if isinstance(result, Iterator) else result
 
     return guarded
+
+
+def _sized_items(items: Iterator[Any]) -> Iterator[Any]:
+    """A filter's lazy result (`map`, `select`, `unique`, `batch`...), its items charged as they come: each was
+    size-checked alone, so `([0] * 66000)|map("center", 199990)|list` built 13 GB before `list`'s result was
+    seen. Together they may not exceed MAX_VALUE_CHARS, as the list they could make may not."""
+    total = 0
+    for item in items:
+        size = _size(item)
+        total += size
+        _limit(total)
+        _spend(1 + size // CHARS_PER_STEP)
+        yield item
 
 
 # --------------------------------------------------------------------------- hooks inserted by the AST rewrite

@@ -33,6 +33,7 @@ ATTACKS = [
     ("join-growth", '{% set b = "x" * 100000 %}{{ [b, b, b, b, b, b, b, b]|join }}\n', TOO_BIG),
     ("printf-width", '{{ "%0999999999d" % 1 }}\n', "format width"),
     ("format-filter-width", '{{ "%0999999999d"|format(1) }}\n', "format width"),
+    ("lazy-map-growth", '{{ ([0] * 66000)|map("string")|map("center", 199990)|list|length }}\n', TOO_BIG),
     ("printf-many-widths", '{{ ("%(a)199999s" * 16000) % {"a": 1} }}\n', "format widths and precisions add up"),
     ("format-filter-many-widths", '{{ ("%(a)199999s" * 16000)|format(a=1) }}\n', "format widths and precisions add up"),
     ("str-method-width", '{{ "x".ljust(1000000000) }}\n', "'ljust' of 'str' object is unsafe"),
