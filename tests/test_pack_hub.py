@@ -456,3 +456,18 @@ def test_pack_pull_of_a_repo_whose_card_yaml_cannot_be_built_is_an_error_not_a_t
     result = cli.fails(1, "pack", "pull", "org/baddate")
     assert "Traceback" not in result.stderr and "its card has no `policyalign` metadata" in result.stderr, result.stderr
     nothing_installed(cli, "baddate")
+
+
+def test_pack_pull_of_a_card_listing_a_file_name_that_is_not_text_is_an_error_not_a_traceback(  # type: ignore[no-untyped-def]
+        cli: Cli, hub_server, tmp_path: Path) -> None:
+    """A hostile card's `files: {1: ...}` (a number for a name) crashed the listing check with TypeError."""
+    files = pack_bytes(make_pack(tmp_path / "src", "numname"))
+    publish_raw_pack(hub_server, "org/numname", "numname", files)
+    metadata, body = card.parse_card(hub_server.store.read(hub_server.repo_path("org/numname", "dataset"), "main",
+                                                           "README.md").decode())
+    metadata["policyalign"]["files"][1] = "0" * 64
+    hub_server.put_files("org/numname", {"README.md": (card.dump_front_matter(metadata) + body).encode()},
+                         repo_type="dataset")
+    result = cli.fails(1, "pack", "pull", "org/numname")
+    assert "Traceback" not in result.stderr and "the card's `files` must map file names" in result.stderr, result.stderr
+    nothing_installed(cli, "numname")
