@@ -14,7 +14,8 @@ passes or fails on every machine), by three mechanisms:
   value much bigger than its inputs is checked against `MAX_VALUE_CHARS`
   *before* it runs: the binary operators `*` `+` `%` `**` (`call_binop`), `~`
   concatenation, list/tuple/dict literals, and the growing filters (`center`,
-  `indent`, `format`, `join`, `replace`, `wordwrap`, `batch`, `slice`, `sum`).
+  `indent`, `format`, `join`, `replace`, `wordwrap`, `batch`, `slice`, `sum`, `tojson`,
+  `urlize`).
   Every filter input and result (a lazy one item by item), and every output expression, is checked too, so
   no filter ever works on more than `MAX_VALUE_CHARS` worth of data. Integers are
   capped at `MAX_INT_BITS` (so `7**99999999` is refused, not computed). String
@@ -306,10 +307,32 @@ def _check_sum(iterable: Any, attribute: Any = None, start: Any = 0) -> None:
         raise TemplateLimitExceeded("sum() may only add numbers in pack templates")
 
 
+def _check_tojson(value: Any, indent: Any = None) -> None:
+    """`indent` adds a line per item, indented by the item's depth: `([0] * 60000)|tojson(indent=199990)`
+    is 12 GB of spaces."""
+    width = len(indent) if isinstance(indent, str) else _int_arg(indent)
+    if width <= 0:
+        return
+    total, stack = _size(value), [(value, 1)]
+    while stack and total <= MAX_VALUE_CHARS:
+        item, depth = stack.pop()
+        children = list(item.values()) if isinstance(item, dict) else item if isinstance(item, (list, tuple)) else ()
+        total += (len(children) + 1) * depth * width  # each child's line, and the closing bracket's
+        stack.extend((child, depth + 1) for child in children)
+    _limit(total, "an indented JSON text")
+
+
+def _check_urlize(value: Any, trim_url_limit: Any = None, nofollow: Any = False, target: Any = None, rel: Any = None,
+                  extra_schemes: Any = None) -> None:
+    """`target` and `rel` go into the link of every URL: 40,000 URLs and a 199,000-character target are 8 GB."""
+    extra = sum(len(part) for part in (target, rel) if isinstance(part, str))
+    _limit(_size(value) + len(str(value).split()) * extra, "links")
+
+
 _FILTER_CHECKS: dict[str, Callable[..., None]] = {
     "center": _check_center, "indent": _check_indent, "format": _check_format, "join": _check_join,
     "replace": _check_replace, "wordwrap": _check_wordwrap, "batch": _check_count_arg,
-    "slice": _check_count_arg, "sum": _check_sum,
+    "slice": _check_count_arg, "sum": _check_sum, "tojson": _check_tojson, "urlize": _check_urlize,
 }
 
 
