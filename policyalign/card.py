@@ -290,7 +290,9 @@ def parse_card(text: str) -> tuple[dict[str, Any], str]:
         return {}, text
     try:
         data = yaml.safe_load(match.group(1))
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError, ValueError, TypeError, KeyError, AttributeError, OverflowError):
+        # Also a value PyYAML cannot build (`2001-13-45`, an integer past Python's digit limit) or block nesting
+        # past the stack: a Hub repo's card is anyone's text, and `pa pack pull` of one crashed with a traceback.
         return {}, text
     return (data if isinstance(data, dict) else {}), text[match.end():]
 

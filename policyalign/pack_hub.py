@@ -210,6 +210,10 @@ def _read_pack_card(repo_id: str, commit: str, workdir: Path, token: str | None)
     if not isinstance(pack, dict) or not isinstance(recorded.get("files"), dict):
         raise HubError("not a policyalign pack repo (its card has no `policyalign` metadata)", file=repo_id,
                        hint="publish packs with `pa pack push`")
+    if not all(isinstance(rel, str) and isinstance(sha, str) for rel, sha in recorded["files"].items()):
+        # `1: abc` (YAML reads the name as a number) crashed the listing check, which prints each name as text.
+        raise HubError("the card's `files` must map file names to their sha256 digests, all text", file=repo_id,
+                       hint="publish packs with `pa pack push`")
     if not isinstance(pack.get("name"), str) or not PACK_NAME_RE.match(pack["name"]):
         raise HubError(f"the card names an invalid pack {pack.get('name')!r}", file=repo_id)
     # Both are printed (a mismatch error, a digest warning): a hostile card's escape sequences must not be.

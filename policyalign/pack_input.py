@@ -49,6 +49,7 @@ class Collector:
         self.overflowed = False  # more than MAX_PROBLEMS: the rest are dropped (readers may stop early)
         # Relative POSIX paths of the files the digest covers (set by `collect_files`).
         self.digested: set[str] | None = None
+        self.read = 0  # bytes `read_bounded` has read: at most MAX_PACK_BYTES in all
 
     def shown(self, path: Path | str) -> str:
         """`path` as a problem prints it: as the pack's directory was given (`packs/foo/pack.yaml`, from where
@@ -88,6 +89,9 @@ def confined_path(root: Path, rel: str) -> Path | str:
         return "absolute paths are not allowed"
     if ".." in Path(rel).parts:
         return "'..' is not allowed: paths must stay inside the pack"
+    problem = text_problem(rel)
+    if problem:  # a NUL or a lone surrogate made Path.resolve raise: a traceback from `pa validate`
+        return f"path {problem[1]}"
     target = root / rel
     try:
         resolved = target.resolve()
@@ -124,6 +128,13 @@ def read_bounded(col: Collector, rel: str, limit: int, where: str) -> str | None
     if size > limit:
         col.add(rel, "", f"file is {size} bytes, over the {limit}-byte limit", "split or shorten the file")
         return None
+    if col.read + size > MAX_PACK_BYTES:
+        # Sixteen eval sets under 8 MiB each are 128 MiB: all were read and parsed (70 s) after the pack was
+        # already reported over its 32 MiB in all.
+        col.add(rel, "", f"not read: the pack's files take more than {MAX_PACK_BYTES} bytes in all",
+                "shrink the eval sets (the pack's total size is reported too)")
+        return None
+    col.read += size
     try:
         # utf-8-sig: a byte-order mark (Windows editors add one) would otherwise open the teacher's
         # system message and every synthesis prompt, and make line 1 of an eval set malformed JSON.

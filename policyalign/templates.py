@@ -14,8 +14,9 @@ passes or fails on every machine), by three mechanisms:
   value much bigger than its inputs is checked against `MAX_VALUE_CHARS`
   *before* it runs: the binary operators `*` `+` `%` `**` (`call_binop`), `~`
   concatenation, list/tuple/dict literals, and the growing filters (`center`,
-  `indent`, `format`, `join`, `replace`, `wordwrap`, `batch`, `slice`, `sum`).
-  Every filter input and result, and every output expression, is checked too, so
+  `indent`, `format`, `join`, `replace`, `wordwrap`, `batch`, `slice`, `sum`, `tojson`,
+  `urlize`).
+  Every filter input and result (a lazy one item by item), and every output expression, is checked too, so
   no filter ever works on more than `MAX_VALUE_CHARS` worth of data. Integers are
   capped at `MAX_INT_BITS` (so `7**99999999` is refused, not computed). String
   methods are limited to a read-only allow-list (`"x".ljust(10**9)`,
@@ -207,13 +208,20 @@ def _checked_size(value: Any) -> int:
 _PRINTF_WIDTH = re.compile(r"%(?:\([^)]*\))?[#0\- +]*(\*|\d+)?(?:\.(\*|\d+))?")
 
 
-def _check_printf(fmt: Any) -> None:
+def _check_printf(fmt: Any) -> int:
+    """The characters `fmt`'s widths and precisions may add, all of them: each one under the bound was
+    not enough, as `"%(a)199999s" * 16000 % {"a": 1}` built a 3 GB string from a 192 KB format."""
     if not isinstance(fmt, str):
-        return
+        return 0
+    padding = 0
     for width, precision in _PRINTF_WIDTH.findall(fmt):
         for number in (width, precision):
             if number == "*" or (number and int(number) > MAX_VALUE_CHARS):
                 raise TemplateLimitExceeded(f"format width or precision {number!r} is not allowed in pack templates")
+            padding += int(number or 0)
+    if padding > MAX_VALUE_CHARS:
+        raise TemplateLimitExceeded(f"format widths and precisions add up to more than {MAX_VALUE_CHARS} characters")
+    return padding
 
 
 def _is_int(value: Any) -> bool:
@@ -242,8 +250,7 @@ def _check_binop(operator: str, left: Any, right: Any) -> None:
             _spend(1 + size // CHARS_PER_STEP)
     elif operator == "%":
         if isinstance(left, str):
-            _check_printf(left)
-            size = len(left) + _size(right)
+            size = len(left) + _check_printf(left) + _size(right)
             _limit(size)
             _spend(1 + size // CHARS_PER_STEP)
 
@@ -266,8 +273,7 @@ def _check_indent(s: Any, width: Any = 4, first: bool = False, blank: bool = Fal
 
 
 def _check_format(value: Any, *args: Any, **kwargs: Any) -> None:
-    _check_printf(value)
-    _limit(_size(value) + _size(list(args)) + _size(kwargs))
+    _limit(_size(value) + _check_printf(value) + _size(list(args)) + _size(kwargs))
 
 
 def _check_join(value: Any, d: Any = "", attribute: Any = None) -> None:
@@ -301,10 +307,32 @@ def _check_sum(iterable: Any, attribute: Any = None, start: Any = 0) -> None:
         raise TemplateLimitExceeded("sum() may only add numbers in pack templates")
 
 
+def _check_tojson(value: Any, indent: Any = None) -> None:
+    """`indent` adds a line per item, indented by the item's depth: `([0] * 60000)|tojson(indent=199990)`
+    is 12 GB of spaces."""
+    width = len(indent) if isinstance(indent, str) else _int_arg(indent)
+    if width <= 0:
+        return
+    total, stack = _size(value), [(value, 1)]
+    while stack and total <= MAX_VALUE_CHARS:
+        item, depth = stack.pop()
+        children = list(item.values()) if isinstance(item, dict) else item if isinstance(item, (list, tuple)) else ()
+        total += (len(children) + 1) * depth * width  # each child's line, and the closing bracket's
+        stack.extend((child, depth + 1) for child in children)
+    _limit(total, "an indented JSON text")
+
+
+def _check_urlize(value: Any, trim_url_limit: Any = None, nofollow: Any = False, target: Any = None, rel: Any = None,
+                  extra_schemes: Any = None) -> None:
+    """`target` and `rel` go into the link of every URL: 40,000 URLs and a 199,000-character target are 8 GB."""
+    extra = sum(len(part) for part in (target, rel) if isinstance(part, str))
+    _limit(_size(value) + len(str(value).split()) * extra, "links")
+
+
 _FILTER_CHECKS: dict[str, Callable[..., None]] = {
     "center": _check_center, "indent": _check_indent, "format": _check_format, "join": _check_join,
     "replace": _check_replace, "wordwrap": _check_wordwrap, "batch": _check_count_arg,
-    "slice": _check_count_arg, "sum": _check_sum,
+    "slice": _check_count_arg, "sum": _check_sum, "tojson": _check_tojson, "urlize": _check_urlize,
 }
 
 
@@ -337,9 +365,22 @@ def _guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
             check(*args[offset:], **kwargs)
         result = func(*args, **kwargs)
         _limit(_size(result))
-        return result
+        return _sized_items(result) if isinstance(result, Iterator) else result
 
     return guarded
+
+
+def _sized_items(items: Iterator[Any]) -> Iterator[Any]:
+    """A filter's lazy result (`map`, `select`, `unique`, `batch`...), its items charged as they come: each was
+    size-checked alone, so `([0] * 66000)|map("center", 199990)|list` built 13 GB before `list`'s result was
+    seen. Together they may not exceed MAX_VALUE_CHARS, as the list they could make may not."""
+    total = 0
+    for item in items:
+        size = _size(item)
+        total += size
+        _limit(total)
+        _spend(1 + size // CHARS_PER_STEP)
+        yield item
 
 
 # --------------------------------------------------------------------------- hooks inserted by the AST rewrite

@@ -499,3 +499,10 @@ def test_card_shows_inherited_sets_and_their_categories_as_measured(tmp_path: Pa
         "harmful", "benign", "root-pack/harmful", "root-pack/benign"}
     provenance = json.loads((run / "adapter" / "policyalign.json").read_text())
     assert adapter_pull._result_problems(run, metadata, provenance) == []  # what `pa pull` checks
+
+
+@pytest.mark.parametrize("value", ["2001-13-45", "9" * 5000, "[" * 3000])
+def test_a_card_whose_metadata_yaml_cannot_be_built_has_no_metadata(value: str) -> None:
+    """A date out of range, an integer past Python's digit limit or nesting past the stack raised ValueError or
+    RecursionError, not yaml.YAMLError: `pa pack pull` of a repository with such a card crashed."""
+    assert card.parse_card(f"---\nlicense: mit\nx: {value}\n---\nbody\n") == ({}, f"---\nlicense: mit\nx: {value}\n---\nbody\n")

@@ -443,3 +443,31 @@ def test_a_revision_tag_cannot_publish_another_version_or_a_second_build(cli: Cl
     assert hub_server.tags("org/retagged", repo_type="dataset") == ["v1.0.0+a"]
     cli.ok("pack", "push", str(second), "--repo-id", "org/retagged", "--revision", "retagged-build-b")  # not a version tag
     assert "installed retagged@1.0.0+a" in cli.ok("pack", "pull", "org/retagged@^1", "--to", str(tmp_path / "x")).stdout
+
+
+def test_pack_pull_of_a_repo_whose_card_yaml_cannot_be_built_is_an_error_not_a_traceback(  # type: ignore[no-untyped-def]
+        cli: Cli, hub_server, tmp_path: Path) -> None:
+    """`x: 2001-13-45` in a hostile repository's card raised ValueError in the card parser: a traceback."""
+    files = pack_bytes(make_pack(tmp_path / "src", "baddate"))
+    publish_raw_pack(hub_server, "org/baddate", "baddate", files)
+    text = hub_server.store.read(hub_server.repo_path("org/baddate", "dataset"), "main", "README.md").decode()
+    hub_server.put_files("org/baddate", {"README.md": text.replace("---\n", "---\nx: 2001-13-45\n", 1).encode()},
+                         repo_type="dataset")
+    result = cli.fails(1, "pack", "pull", "org/baddate")
+    assert "Traceback" not in result.stderr and "its card has no `policyalign` metadata" in result.stderr, result.stderr
+    nothing_installed(cli, "baddate")
+
+
+def test_pack_pull_of_a_card_listing_a_file_name_that_is_not_text_is_an_error_not_a_traceback(  # type: ignore[no-untyped-def]
+        cli: Cli, hub_server, tmp_path: Path) -> None:
+    """A hostile card's `files: {1: ...}` (a number for a name) crashed the listing check with TypeError."""
+    files = pack_bytes(make_pack(tmp_path / "src", "numname"))
+    publish_raw_pack(hub_server, "org/numname", "numname", files)
+    metadata, body = card.parse_card(hub_server.store.read(hub_server.repo_path("org/numname", "dataset"), "main",
+                                                           "README.md").decode())
+    metadata["policyalign"]["files"][1] = "0" * 64
+    hub_server.put_files("org/numname", {"README.md": (card.dump_front_matter(metadata) + body).encode()},
+                         repo_type="dataset")
+    result = cli.fails(1, "pack", "pull", "org/numname")
+    assert "Traceback" not in result.stderr and "the card's `files` must map file names" in result.stderr, result.stderr
+    nothing_installed(cli, "numname")

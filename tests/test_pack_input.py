@@ -134,3 +134,37 @@ def test_directories_nested_past_the_path_length_limit_are_a_problem_not_a_trace
         _load(fixture_packs, "root-pack")
     assert [str(p) for p in caught.value.problems] == [f"{root}: the pack's files cannot be listed: File name too long\n"
                                                        "    hint: flatten the pack's directories and shorten their names"]
+
+
+@pytest.mark.parametrize("escape", ["\\0", "\\ud800"])
+def test_a_referenced_path_holding_a_nul_or_a_lone_surrogate_is_a_problem_not_a_traceback(
+        fixture_packs: Path, escape: str) -> None:
+    """`policy: "policy\\0.md"` (or a template's or an eval set's `file`) made Path.resolve raise ValueError
+    ("embedded null byte", or UnicodeEncodeError for a surrogate): `pa validate` and every pack lookup crashed."""
+    root = fixture_packs / "root-pack"
+    text = (root / "pack.yaml").read_text()
+    text = text.replace("policy: policy.md", f'policy: "policy{escape}.md"')
+    text = text.replace("file: templates/plain.jinja", f'file: "templates/plain{escape}.jinja"')
+    (root / "pack.yaml").write_text(text)
+    with pytest.raises(PackError) as caught:
+        _load(fixture_packs, "root-pack")
+    wheres = {p.where for p in caught.value.problems if p.message.startswith("'") and ": path holds" in p.message}
+    assert wheres == {"/policy", "/synthesis/templates/0/file"}
+    result = CliRunner().invoke(app, ["validate", str(root), "--packs-path", str(fixture_packs)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_files_past_the_packs_total_size_are_not_read(fixture_packs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The total bound was only reported: sixteen eval sets of 8 MiB (128 MiB, four times the bound) were all
+    read and parsed, 70 s of `pa validate`. Referenced files are read until the bound, the rest are named."""
+    from policyalign import pack_input
+
+    root = fixture_packs / "root-pack"
+    (root / "eval" / "benign.jsonl").write_text("x\n" * 100)
+    referenced = [root / "policy.md", *(root / "templates").iterdir(), *(root / "eval").iterdir()]
+    monkeypatch.setattr(pack_input, "MAX_PACK_BYTES", sum(p.stat().st_size for p in referenced) - 50)
+    with pytest.raises(PackError) as caught:
+        _load(fixture_packs, "root-pack")
+    messages = [str(p) for p in caught.value.problems]
+    assert [m for m in messages if m.startswith(f"{root}/eval/benign.jsonl: not read: the pack's files take more")]
+    assert not [m for m in messages if "malformed JSON" in m] and [m for m in messages if "over the limit of" in m]

@@ -33,6 +33,13 @@ ATTACKS = [
     ("join-growth", '{% set b = "x" * 100000 %}{{ [b, b, b, b, b, b, b, b]|join }}\n', TOO_BIG),
     ("printf-width", '{{ "%0999999999d" % 1 }}\n', "format width"),
     ("format-filter-width", '{{ "%0999999999d"|format(1) }}\n', "format width"),
+    ("lazy-map-growth", '{{ ([0] * 66000)|map("string")|map("center", 199990)|list|length }}\n', TOO_BIG),
+    ("tojson-indent", '{{ ([0] * 60000)|tojson(indent=199990) }}\n', "build an indented JSON text of"),
+    ("tojson-indent-depth", '{% set ns = namespace(x=[]) %}{% for i in range(900) %}{% set ns.x = [ns.x] %}{% endfor %}'
+     '{{ ns.x|tojson(indent=100) }}\n', "build an indented JSON text of"),
+    ("urlize-target", '{{ ("http://a.co " * 8000)|urlize(target="x" * 90000) }}\n', "build links of"),
+    ("printf-many-widths", '{{ ("%(a)199999s" * 16000) % {"a": 1} }}\n', "format widths and precisions add up"),
+    ("format-filter-many-widths", '{{ ("%(a)199999s" * 16000)|format(a=1) }}\n', "format widths and precisions add up"),
     ("str-method-width", '{{ "x".ljust(1000000000) }}\n', "'ljust' of 'str' object is unsafe"),
     ("str-format-width", '{{ "{:>999999999}".format(1) }}\n', "'format' of 'str' object is unsafe"),
     ("concat-doubling", '{% set a = "x" * 100000 %}' + "{% set a = a ~ a %}" * 40 + "{{ a|length }}\n", TOO_BIG),
