@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_prefix_cache import POLICY, SHAPES, build_model, describe, records, sync  # noqa: E402
+from common import distill_config  # noqa: E402
 
 from policyalign.distill_settings import DistillConfig  # noqa: E402
 from policyalign.models import cpu_threads  # noqa: E402
@@ -137,6 +138,16 @@ def teacher_prompt_tokens(loaded: Any, recs: list[dict]) -> tuple[float, float]:
     return statistics.mean(mine), statistics.mean(theirs)
 
 
+def lora_dropout_rate(model: Any) -> float:
+    """The largest LoRA dropout rate in `model` as it trains: both trainers must run the same one."""
+    import torch
+
+    rates = [layers["default"].p for module in model.modules()
+             if isinstance(layers := getattr(module, "lora_dropout", None), torch.nn.ModuleDict)
+             and "default" in layers and isinstance(layers["default"], torch.nn.Dropout)]
+    return float(max(rates, default=0.0))
+
+
 def run_trainer(kind: str, args: argparse.Namespace, config: DistillConfig, recs: list[dict]) -> dict[str, Any]:
     """Build one trainer on a fresh copy of the model (same seed), train, return its timings."""
     import torch
@@ -152,7 +163,7 @@ def run_trainer(kind: str, args: argparse.Namespace, config: DistillConfig, recs
         trainer.train()
         result = {"steps": timer.steps, **record, "where": describe(loaded), "device": loaded.device,
                   "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if loaded.device.startswith("cuda") else None,
-                  "teacher_tokens": teacher_prompt_tokens(loaded, recs)}
+                  "teacher_tokens": teacher_prompt_tokens(loaded, recs), "lora_dropout": lora_dropout_rate(trainer.model)}
     del trainer, loaded
     gc.collect()
     if torch.cuda.is_available():
@@ -198,8 +209,8 @@ def main() -> int:
         args.steps, args.warmup, args.batch_size, args.max_new_tokens, args.records, args.repeats = 1, 1, 2, 4, 4, 1
     args.device = args.device or ("cpu" if args.shape == "tiny" else None)
 
-    config = DistillConfig(max_steps=args.warmup + args.steps, batch_size=args.batch_size,
-                           max_new_tokens=args.max_new_tokens, seed=args.seed, save_steps=10**9)
+    # LoRA dropout 0 for both (common.distill_config): stock switches it off, ours applies it.
+    config = distill_config(args)
     recs = records(max(args.records, args.batch_size))
     # Alternate the trainers, so a change in machine load between runs hits both alike.
     runs = {"ours": [], "stock": []}
@@ -212,7 +223,8 @@ def main() -> int:
     t_ours, t_stock = results["ours"]["teacher_tokens"]
     print(results["ours"]["where"])
     print(f"batch {args.batch_size}, max_new_tokens {args.max_new_tokens}, LoRA r={config.lora_r} on "
-          f"{','.join(config.target_modules)}; teacher prompts: ours {t_ours:.0f} tokens (policy as system, "
+          f"{','.join(config.target_modules)}, LoRA dropout ours {results['ours']['lora_dropout']} / stock "
+          f"{results['stock']['lora_dropout']}; teacher prompts: ours {t_ours:.0f} tokens (policy as system, "
           f"prefix cached), stock {t_stock:.0f} (policy in user turn); mean of {a['n']} steps after {args.warmup} warm-up, "
           f"median of {args.repeats} alternating runs of each")
     print(f"  {'':<22} {'ours':>10} {'stock':>10} {'ours/stock':>11}")

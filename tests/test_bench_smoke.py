@@ -46,6 +46,13 @@ def test_gpu_step_without_cuda_says_so(capsys, monkeypatch) -> None:
     assert "needs a CUDA GPU" in out and "nothing measured" in out
 
 
+def test_train_step_runs_both_trainers_without_lora_dropout(capsys, monkeypatch) -> None:
+    """Stock trl switches LoRA dropout off and ours applies the configured rate, so only at 0 do both compute
+    the same thing: the benchmark built DistillConfig with the default 0.05, timing ours with dropout on."""
+    out = _run("train_step", "--smoke", capsys=capsys, monkeypatch=monkeypatch)
+    assert "LoRA dropout ours 0.0 / stock 0.0" in out
+
+
 def _work_ratio(out: str) -> float:
     line = next(line for line in out.splitlines() if "multiply-adds:" in line)
     return float(line.split("ratio ")[1].split()[0])
