@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import best_of  # noqa: E402
+from common import best_of, count  # noqa: E402
 
 from policyalign.dedup import NearDupIndex, dedup, find_near_duplicates, lsh_params, text_similarity  # noqa: E402
 
@@ -130,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="25000,50000,100000")
     parser.add_argument("--threshold", type=float, default=0.8)
-    parser.add_argument("--repeats", type=int, default=1, help="best of N runs per size")
-    parser.add_argument("--stream-size", type=int, default=25000,
+    parser.add_argument("--repeats", type=count(1), default=1, help="best of N runs per size")
+    parser.add_argument("--stream-size", type=count(0), default=25000,
                         help="also time the streaming datasketch index on this many texts (0: skip)")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]

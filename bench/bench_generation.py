@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import best_of  # noqa: E402
+from common import best_of, count  # noqa: E402
 
 from policyalign.generation import SamplingParams, get_backend  # noqa: E402
 from policyalign.models import load_model  # noqa: E402
@@ -33,10 +33,10 @@ def prompts(n: int) -> list[dict]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=32, help="number of prompts")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--n", type=count(1), default=32, help="number of prompts")
+    parser.add_argument("--max-new-tokens", type=count(1), default=32)
+    parser.add_argument("--batch-size", type=count(1), default=16)
+    parser.add_argument("--repeats", type=count(1), default=3)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_train_step import instrument, step_timer  # noqa: E402
 from common import (  # noqa: E402
-    GIB, POLICY, add_model_options, add_step_options, build_model, describe, distill_config, last_loss, records)
+    GIB, POLICY, add_model_options, add_step_options, build_model, count, describe, distill_config, last_loss, records)
 
 from policyalign.models import cpu_threads  # noqa: E402
 
@@ -40,7 +40,7 @@ def main() -> int:
     add_model_options(parser, shape="qwen2.5-7b", device=False,
                       smoke_help="tiny model on any device, one step (code-path check)")
     add_step_options(parser, steps=3, steps_help="timed steps after the warm-up", warmup=1)
-    parser.add_argument("--lora-r", type=int, default=16)
+    parser.add_argument("--lora-r", type=count(1), default=16)
     args = parser.parse_args()
 
     import torch

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import (  # noqa: E402,F401  (POLICY, SHAPES, describe, records, sync: re-exported for other benchmarks)
-    POLICY, SHAPES, add_model_options, build_model, describe, dtype_name, model_device, records, sync, timed)
+    POLICY, SHAPES, add_model_options, build_model, count, describe, dtype_name, model_device, records, sync, timed)
 
 from policyalign.models import cpu_threads  # noqa: E402
 
@@ -83,11 +83,11 @@ def pack_policy(parser: argparse.ArgumentParser, path: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_options(parser)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--completion-tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--batch-size", type=count(1), default=8)
+    parser.add_argument("--completion-tokens", type=count(1), default=128)
+    parser.add_argument("--repeats", type=count(1), default=10)
     parser.add_argument("--pack", default=None, help="use this pack's policy instead of the ~400-token one")
-    parser.add_argument("--tool-rows", type=int, default=0,
+    parser.add_argument("--tool-rows", type=count(0), default=0,
                         help="give this many rows a tool (as agent-tools instructions have): the batch then "
                              "continues from the part of the prefix that ends with the policy")
     args = parser.parse_args()

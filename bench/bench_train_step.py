@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_prefix_cache import POLICY, SHAPES, build_model, describe, records, sync  # noqa: E402
-from common import distill_config  # noqa: E402
+from common import count, distill_config  # noqa: E402
 
 from policyalign.distill_settings import DistillConfig  # noqa: E402
 from policyalign.models import cpu_threads  # noqa: E402
@@ -196,13 +196,13 @@ def main() -> int:
     parser.add_argument("--shape", default="tiny", choices=["tiny", *SHAPES])
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cpu for tiny, else cuda if available)")
     parser.add_argument("--dtype", default=None)
-    parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps per trainer")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--records", type=int, default=32)
+    parser.add_argument("--steps", type=count(1), default=10, help="timed optimizer steps per trainer")
+    parser.add_argument("--warmup", type=count(0), default=1)
+    parser.add_argument("--batch-size", type=count(1), default=4)
+    parser.add_argument("--max-new-tokens", type=count(1), default=128)
+    parser.add_argument("--records", type=count(1), default=32)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each trainer, alternating; medians are printed")
+    parser.add_argument("--repeats", type=count(1), default=3, help="runs of each trainer, alternating; medians are printed")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds")
     args = parser.parse_args()
     if args.smoke:

@@ -211,6 +211,22 @@ def distill_config(args: argparse.Namespace, **overrides: Any) -> DistillConfig:
 # --------------------------------------------------------------------------- command line
 
 
+def count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an int of at least `minimum`, else a usage error naming the option.
+
+    `--repeats 0`, `--batch-size 0` and the like were accepted and ended in a traceback (an empty
+    best-of result, `max()` of no completions) or, for `--steps 0`, silently trained a whole epoch."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "int"  # argparse names the type in its "invalid int value" message
+    return parse
+
+
+
 def add_model_options(parser: argparse.ArgumentParser, *, shape: str = "tiny", device: bool = True,
                       smoke_help: str = "tiny sizes, a few seconds") -> None:
     """--shape (tiny or a random-init shape), --device and --dtype (unless `device` is False), --smoke."""
@@ -224,11 +240,11 @@ def add_model_options(parser: argparse.ArgumentParser, *, shape: str = "tiny", d
 def add_step_options(parser: argparse.ArgumentParser, *, steps: int, steps_help: str, warmup: int | None = None,
                      batch_size: int = 4, max_new_tokens: int = 128) -> None:
     """--steps, --warmup (when given a default), --batch-size, --max-new-tokens, --seed of a trainer benchmark."""
-    parser.add_argument("--steps", type=int, default=steps, help=steps_help)
+    parser.add_argument("--steps", type=count(1), default=steps, help=steps_help)
     if warmup is not None:
-        parser.add_argument("--warmup", type=int, default=warmup, help="untimed steps before the timed ones")
-    parser.add_argument("--batch-size", type=int, default=batch_size)
-    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+        parser.add_argument("--warmup", type=count(0), default=warmup, help="untimed steps before the timed ones")
+    parser.add_argument("--batch-size", type=count(1), default=batch_size)
+    parser.add_argument("--max-new-tokens", type=count(1), default=max_new_tokens)
     parser.add_argument("--seed", type=int, default=0)
 
 

@@ -77,3 +77,15 @@ def test_prefix_cache_with_a_bad_pack_is_a_usage_error(tmp_path: Path, capsys, m
             runpy.run_path(str(BENCH / "bench_prefix_cache.py"), run_name="__main__")
         assert exit_info.value.code == 2
         assert f"error: --pack {bad}: 1 problem found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, option", [("prefix_cache", "--repeats"), ("prefix_cache", "--batch-size"),
+                                          ("train_step", "--repeats"), ("generation", "--repeats")])
+def test_a_zero_count_is_a_usage_error(name: str, option: str, capsys, monkeypatch) -> None:
+    """`--repeats 0` or `--batch-size 0` ran to a traceback (no result to compare, `max()` of no completions)."""
+    monkeypatch.setattr(sys, "argv", [str(BENCH / f"bench_{name}.py"), option, "0"])
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(BENCH / f"bench_{name}.py"), run_name="__main__")
+    assert exit_info.value.code == 2
+    assert f"argument {option}: must be at least 1, got 0" in capsys.readouterr().err
