@@ -37,7 +37,9 @@ def test_bench_runs_with_smoke(name: str, expect: str, capsys, monkeypatch) -> N
 def test_bench_runs_on_a_random_init_shape(name: str, expect: str, capsys, monkeypatch) -> None:
     """The GPU rows come from `--shape qwen2.5-7b`; that path (random-init Qwen2 config) had stopped
     importing after a rename, unseen because every smoke run took tiny. `mini` is the same path on CPU."""
-    assert expect in _run(name, "--smoke", "--shape", "mini", capsys=capsys, monkeypatch=monkeypatch)
+    out = _run(name, "--smoke", "--shape", "mini", capsys=capsys, monkeypatch=monkeypatch)
+    assert expect in out
+    assert "random mini" in out  # teacher_memory's --smoke had replaced the shape with tiny
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message printed without CUDA")
