@@ -140,7 +140,9 @@ def main() -> int:
     u_work = multiply_adds(config, args.batch_size, full_len, full_len, args.batch_size * t_max)
     c_work = multiply_adds(config, args.batch_size, suffix_len, full_len, args.batch_size * t_max)
     print(where)
-    shared = f" (the core of {len(scorer.prefix)}: {args.tool_rows} row(s) with tools)" if args.tool_rows else ""
+    # The rows that got a tool, not --tool-rows: the batch may be smaller (--smoke makes it 2).
+    with_tools = sum("tools" in r for r in rows)
+    shared = f" (the core of {len(scorer.prefix)}: {with_tools} row(s) with tools)" if with_tools else ""
     print(f"batch {args.batch_size}: policy prefix {prefix_len} tokens{shared}, teacher prompts {prompt_tokens / args.batch_size:.0f} "
           f"tokens each, completions {comp_tokens} tokens; median of {len(u_times)} runs each")
     print(f"  {'path':<34} {'median':>10} {'best':>10}  tokens forwarded")

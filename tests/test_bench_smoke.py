@@ -55,6 +55,13 @@ def test_train_step_runs_both_trainers_without_lora_dropout(capsys, monkeypatch)
     assert "LoRA dropout ours 0.0 / stock 0.0" in out
 
 
+def test_prefix_cache_counts_the_rows_that_got_tools(capsys, monkeypatch) -> None:
+    """--tool-rows past the batch size gives every row a tool; the header printed the option's value
+    ("8 row(s) with tools" in a batch of 2) instead of the rows that have one."""
+    out = _run("prefix_cache", "--smoke", "--tool-rows", "8", capsys=capsys, monkeypatch=monkeypatch)
+    assert "(the core of 394: 2 row(s) with tools)" in out
+
+
 def _work_ratio(out: str) -> float:
     line = next(line for line in out.splitlines() if "multiply-adds:" in line)
     return float(line.split("ratio ")[1].split()[0])
