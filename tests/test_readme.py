@@ -42,3 +42,14 @@ def test_readme_names_every_runs_status() -> None:
         shown = re.sub(r" \(\d+/\d+ stages\)$", "", status)
         shown = re.sub(rf"\b({'|'.join(PIPELINE)})$", "STAGE", shown)
         assert shown in row, f"pa runs shows {status!r}; the README's `pa runs` row does not name {shown!r}"
+
+
+def test_architecture_lists_every_module() -> None:
+    """docs/ARCHITECTURE.md's layout is the module map: a module added without a line there is undocumented."""
+    layout = (ROOT / "docs" / "ARCHITECTURE.md").read_text().split("## Layout", 1)[1].split("```")[1]
+    listed = set(re.findall(r"^  (\S+\.py)\b", layout, re.M))
+    package = ROOT / "policyalign"
+    missing = sorted(p.name for p in package.glob("*.py") if p.name != "__init__.py" and p.name not in listed)
+    missing += sorted(f"cli/{p.name}" for p in (package / "cli").glob("*.py")
+                      if p.name != "__init__.py" and p.name not in layout)
+    assert not missing, f"docs/ARCHITECTURE.md's layout does not list {missing}"
