@@ -53,3 +53,29 @@ def test_architecture_lists_every_module() -> None:
     missing += sorted(f"cli/{p.name}" for p in (package / "cli").glob("*.py")
                       if p.name != "__init__.py" and p.name not in layout)
     assert not missing, f"docs/ARCHITECTURE.md's layout does not list {missing}"
+
+
+def test_architecture_signatures_name_real_parameters() -> None:
+    """A call written out in docs/ARCHITECTURE.md (`keyed_name(ref, name)`) names only parameters the function
+    has: the page fixes the contracts between modules, so a stale signature there misleads whoever builds on it."""
+    import importlib
+    import inspect
+
+    functions: dict[str, object] = {}
+    for path in sorted((ROOT / "policyalign").glob("*.py")):
+        if path.stem.startswith("__"):
+            continue
+        module = importlib.import_module(f"policyalign.{path.stem}")
+        for name, value in vars(module).items():
+            if callable(value) and getattr(value, "__module__", "") == module.__name__:
+                functions.setdefault(name, value)
+    stale = []
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    for match in re.finditer(r"`(?:[a-z_]+\.)?([A-Za-z_]\w*)\(([^`()]*)\)", text):
+        name, args = match.groups()
+        if name not in functions or not args.strip():
+            continue
+        real = inspect.signature(functions[name]).parameters  # type: ignore[arg-type]
+        named = [a.split("=")[0].split(":")[0].strip() for a in args.split(",")]
+        stale += [f"{name}({arg})" for arg in named if re.fullmatch(r"\w+", arg) and arg not in real]
+    assert not stale, f"docs/ARCHITECTURE.md names parameters these functions lack: {stale}"
