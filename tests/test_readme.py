@@ -79,3 +79,26 @@ def test_architecture_signatures_name_real_parameters() -> None:
         named = [a.split("=")[0].split(":")[0].strip() for a in args.split(",")]
         stale += [f"{name}({arg})" for arg in named if re.fullmatch(r"\w+", arg) and arg not in real]
     assert not stale, f"docs/ARCHITECTURE.md names parameters these functions lack: {stale}"
+
+
+def test_doc_commands_exist_with_their_options() -> None:
+    """Every `pa ...` command README.md and packs/README.md show is a real command, and every option written
+    after it is one that command takes: a user copies these lines as they are."""
+    import typer
+
+    from policyalign.cli import app
+
+    root = typer.main.get_command(app)
+    wrong = []
+    for doc in ("README.md", "packs/README.md"):
+        text = (ROOT / doc).read_text()
+        for shown in re.findall(r"`(pa [^`]+)`", text) + re.findall(r"^(pa [^\n#]+)", text, re.M):
+            for line in re.split(r"\s*(?:&&|/)\s+(?=pa )", shown):
+                words, command, used = line.split()[1:], root, 0
+                while used < len(words) and words[used] in getattr(command, "commands", {}):
+                    command, used = command.commands[words[used]], used + 1  # type: ignore[attr-defined]
+                options = {o for param in command.params for o in param.opts + param.secondary_opts}
+                wrong += [f"{doc}: {line!r} (no such command)"] if not used else [
+                    f"{doc}: {line!r} ({word})" for word in words[used:]
+                    if word.strip("[]").startswith("-") and word.strip("[]").split("=")[0] not in options]
+    assert not wrong, "\n".join(wrong)
