@@ -21,3 +21,84 @@ def test_quick_start_has_demo_and_test_commands() -> None:
     blocks = [b.strip() for b in _bash_blocks()[:2]]
     assert all(b.startswith("pip install torch==2.13.0 && ") for b in blocks), "torch's CPU build must come first"
     assert "pytest" in blocks[1] and "pa " in blocks[0]
+
+
+def test_readme_names_every_runs_status() -> None:
+    """`pa runs` grew "outdated from STAGE" and the README's row still listed the statuses before it."""
+    from policyalign.apply import PIPELINE, _status
+
+    row = next(line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `pa runs`"))
+    done = {name: {"status": "done"} for name in PIPELINE}
+    statuses = {
+        _status({}),
+        _status(done),
+        _status(done, outdated=lambda: "filter"),
+        _status({"synthesize": {"status": "running", "started": 1}}, active=True),
+        _status({"synthesize": {"status": "running", "started": 1}}),
+        _status({**done, "eval_after": {"status": "failed", "started": 1}}),
+        _status({"synthesize": {"status": "done"}}),
+    }
+    for status in statuses:
+        shown = re.sub(r" \(\d+/\d+ stages\)$", "", status)
+        shown = re.sub(rf"\b({'|'.join(PIPELINE)})$", "STAGE", shown)
+        assert shown in row, f"pa runs shows {status!r}; the README's `pa runs` row does not name {shown!r}"
+
+
+def test_architecture_lists_every_module() -> None:
+    """docs/ARCHITECTURE.md's layout is the module map: a module added without a line there is undocumented."""
+    layout = (ROOT / "docs" / "ARCHITECTURE.md").read_text().split("## Layout", 1)[1].split("```")[1]
+    listed = set(re.findall(r"^  (\S+\.py)\b", layout, re.M))
+    package = ROOT / "policyalign"
+    missing = sorted(p.name for p in package.glob("*.py") if p.name != "__init__.py" and p.name not in listed)
+    missing += sorted(f"cli/{p.name}" for p in (package / "cli").glob("*.py")
+                      if p.name != "__init__.py" and p.name not in layout)
+    assert not missing, f"docs/ARCHITECTURE.md's layout does not list {missing}"
+
+
+def test_architecture_signatures_name_real_parameters() -> None:
+    """A call written out in docs/ARCHITECTURE.md (`keyed_name(ref, name)`) names only parameters the function
+    has: the page fixes the contracts between modules, so a stale signature there misleads whoever builds on it."""
+    import importlib
+    import inspect
+
+    functions: dict[str, object] = {}
+    for path in sorted((ROOT / "policyalign").glob("*.py")):
+        if path.stem.startswith("__"):
+            continue
+        module = importlib.import_module(f"policyalign.{path.stem}")
+        for name, value in vars(module).items():
+            if callable(value) and getattr(value, "__module__", "") == module.__name__:
+                functions.setdefault(name, value)
+    stale = []
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    for match in re.finditer(r"`(?:[a-z_]+\.)?([A-Za-z_]\w*)\(([^`()]*)\)", text):
+        name, args = match.groups()
+        if name not in functions or not args.strip():
+            continue
+        real = inspect.signature(functions[name]).parameters  # type: ignore[arg-type]
+        named = [a.split("=")[0].split(":")[0].strip() for a in args.split(",")]
+        stale += [f"{name}({arg})" for arg in named if re.fullmatch(r"\w+", arg) and arg not in real]
+    assert not stale, f"docs/ARCHITECTURE.md names parameters these functions lack: {stale}"
+
+
+def test_doc_commands_exist_with_their_options() -> None:
+    """Every `pa ...` command README.md and packs/README.md show is a real command, and every option written
+    after it is one that command takes: a user copies these lines as they are."""
+    import typer
+
+    from policyalign.cli import app
+
+    root = typer.main.get_command(app)
+    wrong = []
+    for doc in ("README.md", "packs/README.md"):
+        text = (ROOT / doc).read_text()
+        for shown in re.findall(r"`(pa [^`]+)`", text) + re.findall(r"^(pa [^\n#]+)", text, re.M):
+            for line in re.split(r"\s*(?:&&|/)\s+(?=pa )", shown):
+                words, command, used = line.split()[1:], root, 0
+                while used < len(words) and words[used] in getattr(command, "commands", {}):
+                    command, used = command.commands[words[used]], used + 1  # type: ignore[attr-defined]
+                options = {o for param in command.params for o in param.opts + param.secondary_opts}
+                wrong += [f"{doc}: {line!r} (no such command)"] if not used else [
+                    f"{doc}: {line!r} ({word})" for word in words[used:]
+                    if word.strip("[]").startswith("-") and word.strip("[]").split("=")[0] not in options]
+    assert not wrong, "\n".join(wrong)
