@@ -832,6 +832,18 @@ def defused(text: str) -> str:
     return CHAT_TOKEN.sub(lambda m: m.group() if m.group() in _CALL_TAGS else f"< {m.group()[1:-1]} >", text)
 
 
+def _with_calls(message: dict[str, Any]) -> str:
+    """A turn's text as a judge is shown it: an assistant turn's `tool_calls` after its content, one JSON call a
+    line (as the response's own calls are shown). A turn that only called a tool was shown empty, so the judge
+    read a tool result, or a response acting on it, without the call the assistant had made."""
+    content = message.get("content") or ""
+    calls = message.get("tool_calls") if message.get("role") == "assistant" else None
+    if not isinstance(calls, list) or not calls:
+        return content
+    shown = [json.dumps(c.to_dict() if (c := _as_tool_call(call)) else call, ensure_ascii=False) for call in calls]
+    return "\n".join([content, *shown] if content else shown)
+
+
 def _conversation_for_review(messages: list[dict[str, Any]], response: str) -> list[dict[str, Any]]:
     """User/assistant turns only (guard chat templates accept nothing else), ending with the
     response under review, without its `<think>` reasoning: the user is not shown it, and the refusal and
@@ -839,7 +851,7 @@ def _conversation_for_review(messages: list[dict[str, Any]], response: str) -> l
     turns: list[dict[str, Any]] = []
     for message in messages:
         role = message.get("role")
-        content = defused(message.get("content") or "")
+        content = defused(_with_calls(message))
         if role == "system":
             continue
         if role == "tool":
@@ -997,7 +1009,7 @@ def _render_conversation(messages: list[dict[str, Any]]) -> str:
     for message in messages:
         if message.get("role") == "system":
             continue
-        lines.append(f"[{message.get('role', '?')}] {message.get('content') or ''}")
+        lines.append(f"[{message.get('role', '?')}] {_with_calls(message)}")
     return "\n".join(lines) if lines else "(none)"
 
 
