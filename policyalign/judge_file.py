@@ -4,6 +4,7 @@ line), the verdicts journaled beside the output so a stopped run resumes, the ra
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,10 +40,24 @@ def _check_messages(path: Path, lineno: int, messages: Any) -> list[dict[str, An
     return [dict(m) for m in messages]
 
 
+def _check_encodable(path: Path, lineno: int, raw: dict[str, Any]) -> None:
+    """Refuse a row holding a lone UTF-16 surrogate ("\\ud83d", a string cut inside an emoji's pair): JSON reads
+    the escape, but no verdict key, journal or output can write it as UTF-8, and `pa judge` ended in a
+    UnicodeEncodeError traceback."""
+    from .templates import LONE_SURROGATE
+
+    surrogate = LONE_SURROGATE.search(json.dumps(raw, ensure_ascii=False))
+    if surrogate:
+        raise _bad_row(path, lineno, f"holds a lone UTF-16 surrogate ({ascii(surrogate.group())[1:-1]}), which cannot "
+                       "be written as UTF-8", "write the character itself, or drop the escape (a string cut inside "
+                       "a surrogate pair)")
+
+
 def _judge_row(path: Path, lineno: int, raw: Any) -> dict[str, Any]:
     """Validate one `pa judge` input row and normalise it to {messages, response, ...}."""
     if not isinstance(raw, dict):
         raise _bad_row(path, lineno, "each line must be a JSON object", _ROW_HINT)
+    _check_encodable(path, lineno, raw)
     if not isinstance(raw.get("response"), str):
         raise _bad_row(path, lineno, "missing or non-string \"response\"", _ROW_HINT)
     if "messages" in raw:

@@ -58,6 +58,18 @@ def test_judge_file_bad_lines_name_file_and_line(tmp_path: Path, line: str, mess
     assert message in text and "bad.jsonl" in text and "line 2" in text
 
 
+def test_a_row_holding_a_lone_surrogate_is_named_by_its_line(tmp_path: Path) -> None:
+    """JSON reads "\\ud83d" (a response cut inside an emoji's surrogate pair), but no verdict key, journal or
+    output can write it as UTF-8: `pa judge` ended in a UnicodeEncodeError traceback."""
+    src = _write_lines(tmp_path / "cut.jsonl", [json.dumps({"prompt": "ok", "response": "fine"}),
+                                                 '{"prompt": "hi", "response": "sure \\ud83d"}'])
+    with pytest.raises(InvalidInputError) as info:
+        judge_file(src)
+    text = str(info.value)
+    assert "surrogate" in text and "cut.jsonl" in text and "line 2" in text
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["cut.jsonl"]
+
+
 def test_judge_file_names_a_directory_given_as_its_file(tmp_path: Path) -> None:
     """`pa judge pa-eval/general-1.0.0/tiny` said "no such file" of a folder that is there."""
     with pytest.raises(InvalidInputError, match="a directory, not a file") as info:
