@@ -4,6 +4,7 @@ line), the verdicts journaled beside the output so a stopped run resumes, the ra
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,10 +40,24 @@ def _check_messages(path: Path, lineno: int, messages: Any) -> list[dict[str, An
     return [dict(m) for m in messages]
 
 
+def _check_encodable(path: Path, lineno: int, raw: dict[str, Any]) -> None:
+    """Refuse a row holding a lone UTF-16 surrogate ("\\ud83d", a string cut inside an emoji's pair): JSON reads
+    the escape, but no verdict key, journal or output can write it as UTF-8, and `pa judge` ended in a
+    UnicodeEncodeError traceback."""
+    from .templates import LONE_SURROGATE
+
+    surrogate = LONE_SURROGATE.search(json.dumps(raw, ensure_ascii=False))
+    if surrogate:
+        raise _bad_row(path, lineno, f"holds a lone UTF-16 surrogate ({ascii(surrogate.group())[1:-1]}), which cannot "
+                       "be written as UTF-8", "write the character itself, or drop the escape (a string cut inside "
+                       "a surrogate pair)")
+
+
 def _judge_row(path: Path, lineno: int, raw: Any) -> dict[str, Any]:
     """Validate one `pa judge` input row and normalise it to {messages, response, ...}."""
     if not isinstance(raw, dict):
         raise _bad_row(path, lineno, "each line must be a JSON object", _ROW_HINT)
+    _check_encodable(path, lineno, raw)
     if not isinstance(raw.get("response"), str):
         raise _bad_row(path, lineno, "missing or non-string \"response\"", _ROW_HINT)
     if "messages" in raw:
@@ -107,12 +122,37 @@ def _checked_judge_out(source: Path, out: Path) -> Path:
         if path.resolve() == source.resolve():
             raise InvalidInputError(f"{what}: judging would overwrite the input", file=str(source),
                                     hint="give --out another file name (the default is FILE.judged.jsonl)")
+    if (journal.exists() or journal.is_symlink()) and not _judge_journal(journal):
+        raise InvalidInputError(f"--out {out.name} keeps its journal here, and it holds another file: judging would "
+                                "replace it, then delete it", file=str(journal),
+                                hint="move that file away, or give --out another file name")
     try:
         output_dir(out.parent)
     except InvalidInputError:
         raise InvalidInputError("--out: its folder cannot be made, a file has its name or a parent's",
                                 file=str(out), hint="give --out a file in a folder (created when missing)") from None
     return journal
+
+
+def _judge_journal(path: Path) -> bool:
+    """Whether `path` is a journal `pa judge` wrote (its first line a journal header of `judge_settings`) or empty: any
+    other file there (the user's own `X.partial.jsonl`, `pa eval`'s journal of answers) was discarded as a journal
+    made under other settings, and deleted once the output was written."""
+    from .eval_journal import JOURNAL_SCHEMA
+
+    if not path.is_file():
+        return False
+    if not path.stat().st_size:  # nothing there to lose
+        return True
+    with path.open("rb") as handle:
+        first = handle.readline()
+    try:
+        header = json.loads(first)
+    except ValueError:  # not JSON, or not UTF-8
+        return False
+    if not isinstance(header, dict) or not isinstance(header.get("settings"), dict):
+        return False
+    return header.get("journal") == JOURNAL_SCHEMA and "judge" in header["settings"]
 
 
 def judge_settings(judge: str, policy: str, device: str | None) -> dict[str, Any]:

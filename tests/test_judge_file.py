@@ -58,6 +58,18 @@ def test_judge_file_bad_lines_name_file_and_line(tmp_path: Path, line: str, mess
     assert message in text and "bad.jsonl" in text and "line 2" in text
 
 
+def test_a_row_holding_a_lone_surrogate_is_named_by_its_line(tmp_path: Path) -> None:
+    """JSON reads "\\ud83d" (a response cut inside an emoji's surrogate pair), but no verdict key, journal or
+    output can write it as UTF-8: `pa judge` ended in a UnicodeEncodeError traceback."""
+    src = _write_lines(tmp_path / "cut.jsonl", [json.dumps({"prompt": "ok", "response": "fine"}),
+                                                 '{"prompt": "hi", "response": "sure \\ud83d"}'])
+    with pytest.raises(InvalidInputError) as info:
+        judge_file(src)
+    text = str(info.value)
+    assert "surrogate" in text and "cut.jsonl" in text and "line 2" in text
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["cut.jsonl"]
+
+
 def test_judge_file_names_a_directory_given_as_its_file(tmp_path: Path) -> None:
     """`pa judge pa-eval/general-1.0.0/tiny` said "no such file" of a folder that is there."""
     with pytest.raises(InvalidInputError, match="a directory, not a file") as info:
@@ -287,6 +299,38 @@ def test_pa_judge_refuses_an_out_that_would_overwrite_its_input_or_is_no_file(
     assert result.exit_code == 2, result.output
     assert message in result.output and "hint: give --out" in result.output and "Traceback" not in result.output
     assert judged == [] and src.read_bytes() == original and (tmp_path / judge_input).read_bytes() == original
+
+
+@pytest.mark.parametrize("other", [
+    '{"id": "x", "response": "the user\'s own partial results"}\n',
+    '{"journal": "policyalign.eval-journal/1", "settings": {"model": "tiny"}}\n',  # `pa eval`'s journal of answers
+    "[1, 2]\n",
+])
+def test_pa_judge_keeps_another_file_where_its_journal_would_go(tmp_path: Path, other: str) -> None:
+    """`--out results.jsonl` beside a `results.partial.jsonl` that `pa judge` had not written discarded it as a
+    journal made under other settings, replaced it, and deleted it once the output was written."""
+    src = _pairs(tmp_path / "pairs.jsonl", 2)
+    kept = tmp_path / "results.partial.jsonl"
+    kept.write_text(other, encoding="utf-8")
+    with pytest.raises(InvalidInputError) as info:
+        judge_file(src, out=tmp_path / "results.jsonl")
+    assert "holds another file" in str(info.value) and "results.partial.jsonl" in str(info.value)
+    assert kept.read_text(encoding="utf-8") == other and not (tmp_path / "results.jsonl").exists()
+
+
+def test_pa_judge_resumes_its_own_journal_beside_its_out(tmp_path: Path) -> None:
+    """The journal check refuses only another file: `pa judge`'s own journal is resumed."""
+    src = _pairs(tmp_path / "pairs.jsonl", 4)
+    out = tmp_path / "results.jsonl"
+    judge_file(src, out=out)
+    rows = out.read_text(encoding="utf-8")
+    journal = tmp_path / "results.partial.jsonl"
+    from policyalign.eval_journal import Journal
+    from policyalign.judge_file import judge_settings
+
+    Journal.open(journal, judge_settings("refusal", "", None), made="verdicts")  # a run stopped before its first verdict
+    assert judge_file(src, out=out).out_path == out and out.read_text(encoding="utf-8") == rows
+    assert not journal.exists()
 
 
 @pytest.mark.parametrize("judge", ["refusal", "guard:tiny"])
