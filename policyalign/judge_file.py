@@ -13,7 +13,7 @@ from typing import Any
 from .errors import InvalidInputError
 from .eval_journal import Journal
 from .io import iter_jsonl, output_dir, write_jsonl
-from .judges import get_judge, keyed_judge
+from .judges import get_judge, keyed_judge, structured_tool_calls
 from .metrics import summarize
 from .run import JUDGE_OUT_BUSY, run_lock
 from .schema import BENIGN_EXPECT, HARMFUL_EXPECT
@@ -26,7 +26,8 @@ def _bad_row(path: Path, lineno: int, message: str, hint: str) -> InvalidInputEr
     return InvalidInputError(message, file=str(path), where=f"line {lineno}", hint=hint)
 
 
-_ROW_HINT = 'each line needs {"prompt": str | "messages": [...], "response": str} and optionally "category", "expect"'
+_ROW_HINT = ('each line needs {"prompt": str | "messages": [...], "response": str} and optionally "category", "expect", '
+             '"forbidden_tools", "tool_calls"')
 
 
 def _check_messages(path: Path, lineno: int, messages: Any) -> list[dict[str, Any]]:
@@ -72,6 +73,10 @@ def _judge_row(path: Path, lineno: int, raw: Any) -> dict[str, Any]:
     forbidden = raw.get("forbidden_tools") or []
     if not isinstance(forbidden, list) or not all(isinstance(t, str) for t in forbidden):
         raise _bad_row(path, lineno, "\"forbidden_tools\" must be a list of tool names", _ROW_HINT)
+    if raw.get("tool_calls") is not None and structured_tool_calls(raw["tool_calls"]) is None:
+        raise _bad_row(path, lineno, "\"tool_calls\" must be a list of function calls",
+                       'write each as {"type": "function", "function": {"name": ..., "arguments": {...}}}, or leave '
+                       "the calls in \"response\"")
     category = raw.get("category", "")
     if not isinstance(category, str):
         raise _bad_row(path, lineno, "\"category\" must be a string", _ROW_HINT)

@@ -210,6 +210,16 @@ def _calls_in(value: Any, *, tagged: bool = False) -> list[ToolCall]:
     return [call for call in (_as_tool_call(item) for item in items) if call is not None]
 
 
+def structured_tool_calls(value: Any) -> list[ToolCall] | None:
+    """The calls a row lists in its own `tool_calls` field (OpenAI-style `{"type": "function", "function": {...}}`
+    or `{"name", "arguments"}`), as an API returns a response's calls beside its text; None when the field is
+    no list of calls."""
+    if not isinstance(value, list):
+        return None
+    calls = _calls_in(value, tagged=True)
+    return calls if len(calls) == len(value) else None
+
+
 def parse_tool_calls(text: str) -> list[ToolCall]:
     """Find function calls in a response: Qwen-style `<tool_call>{json}</tool_call>` blocks, or
     bare JSON function calls (`{"name", "arguments"}`, OpenAI-style `{"type": "function",

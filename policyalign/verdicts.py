@@ -10,7 +10,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .eval_journal import Journal
-from .judges import JudgeItem, ToolCall, Verdict, get_judge, judge_model_errors, keyed_judge, parse_tool_calls
+from .judges import (JudgeItem, ToolCall, Verdict, get_judge, judge_model_errors, keyed_judge, parse_tool_calls,
+                     structured_tool_calls)
 
 JUDGE_CHUNK = 32  # rows judged (and journaled) at a time
 
@@ -33,7 +34,7 @@ def _judged(rows: list[dict[str, Any]], judge: Any, judge_spec: str, policy: str
     items, calls_per_row = [], []
     for k, row in enumerate(rows):
         file, line = places[k] if places else ("", 0)
-        calls = parse_tool_calls(row["response"])
+        calls = response_tool_calls(row)
         calls_per_row.append(calls)
         items.append(JudgeItem(messages=row["messages"], response=row["response"], category=row.get("category", ""),
                                policy=policy, tool_calls=tuple(calls),
@@ -51,13 +52,27 @@ def _judged(rows: list[dict[str, Any]], judge: Any, judge_spec: str, policy: str
     return judged
 
 
+def response_tool_calls(row: Mapping[str, Any]) -> list[ToolCall]:
+    """The calls a response made: in its text (`parse_tool_calls`), else in the row's own `tool_calls`, where
+    structured output (an API's) puts them. `pa judge` of `{"response": "", "tool_calls": [rm]}` with `rm`
+    forbidden read no call, judged a refusal, and wrote `"tool_calls": []` over the row's."""
+    return parse_tool_calls(row["response"]) or structured_tool_calls(row.get("tool_calls")) or []
+
+
+def _given_calls(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The row's own `tool_calls`, where they are the calls judged (none in the text): part of the verdict's key."""
+    given = row.get("tool_calls")
+    return {"tool_calls": given} if given and not parse_tool_calls(row["response"]) else {}
+
+
 def _verdict_key(judge_key: str, row: Mapping[str, Any]) -> str:
     """Everything a verdict depends on: the judge (`judge_key`: spec, files and the policy it is
     shown) and the row it is shown."""
     from .run import fingerprint
 
     return fingerprint({"judge": judge_key, "messages": row["messages"], "response": row["response"],
-                        "category": row.get("category", ""), "forbidden_tools": row.get("forbidden_tools") or []})
+                        "category": row.get("category", ""), "forbidden_tools": row.get("forbidden_tools") or [],
+                        **_given_calls(row)})
 
 
 def judge_journaled(rows: list[dict[str, Any]], judge_spec: str, journal: Journal, *, policy: str,
