@@ -436,7 +436,10 @@ def check_module_names(model: Any, model_name: str, targets: tuple[str, ...] | s
         file, where = named_in
         if file:  # a list in a file: point at the entry, as `pa validate` does
             where = f"{where}[{list(targets).index(missing[0])}]"
-        place = f"in {named_in[1]}" if file else "on the command line or in the pack"
+        # A pack's targets suit the models it was written for; one whose modules are named otherwise (Phi-3's
+        # fused qkv_proj) needs them overridden for this run, not the pack (shared, installed) edited for all.
+        place = f"in {named_in[1]}, or for this model alone with --target-modules" if file \
+            else "on the command line or in the pack"
         linear = linear_module_names(model)
         close = did_you_mean(missing[0], linear)
         raise InvalidInputError(f"LoRA target modules {missing!r}: no such module in {model_name}",

@@ -451,3 +451,24 @@ def test_a_model_that_does_not_resolve_leaves_no_run_directory(tmp_path: Path, f
         with pytest.raises(ResolveError, match="model directory not found"):
             run_synthesize(tmp_path / "run", pack, model, generator=generator, n=1, progress=False)
         assert not (tmp_path / "run").exists()
+
+
+def test_a_first_synthesis_that_failed_is_not_said_to_have_left_instructions(tmp_path: Path, fixture_packs: Path) -> None:
+    """`pa filter` after a run's first synthesis failed (a model without a chat template) said instructions.jsonl
+    "is an earlier attempt's", of a run directory that holds none."""
+    import pytest
+
+    from policyalign.errors import ModelError, RunError
+    from policyalign.stages import run_filter, run_synthesize
+    from policyalign.tiny import tiny_model_path
+
+    model = tmp_path / "no-template"
+    shutil.copytree(tiny_model_path(), model)
+    (model / "chat_template.jinja").unlink()
+    run = tmp_path / "run"
+    with pytest.raises(ModelError, match="no chat template"):
+        run_synthesize(run, Registry([fixture_packs]).load("root-pack"), str(model), n=1, progress=False)
+    assert not (run / "instructions.jsonl").exists()
+    with pytest.raises(RunError, match="synthesize stage did not finish") as caught:
+        run_filter(run, progress=False)
+    assert "instructions.jsonl is not its output (missing" in caught.value.problem.message

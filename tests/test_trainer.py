@@ -341,3 +341,16 @@ def test_the_trainer_runs_where_and_in_the_precision_the_model_was_loaded(tmp_pa
     assert device_flags("cuda:0", torch.float32)["bf16"] is False
     args = sdft_config(DistillConfig(), tmp_path, device="cpu", dtype=torch.float32)
     assert args.use_cpu and args.device.type == "cpu" and args.n_gpu == 0
+
+
+def test_a_packs_target_modules_missing_from_the_model_name_the_flag_that_overrides_them(tmp_path: Path) -> None:
+    """A pack's q_proj/k_proj/v_proj on a model with a fused qkv_proj (Phi-3) was refused with the hint to change
+    the pack's training.target_modules, which the pack's other models need: the flag overrides them for one run."""
+    from policyalign.models import module_skeleton
+    from policyalign.trainer import check_module_names
+
+    manifest = str(tmp_path / "pack.yaml")
+    with pytest.raises(InvalidInputError) as caught:
+        check_module_names(module_skeleton("tiny"), "tiny", ("q_proj", "qkv_proj"), (manifest, "training.target_modules"))
+    assert (caught.value.problem.file, caught.value.problem.where) == (manifest, "training.target_modules[1]")
+    assert "for this model alone with --target-modules" in caught.value.problem.hint
