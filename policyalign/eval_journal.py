@@ -98,9 +98,14 @@ class Journal:
             self._take(row)
 
 
+def is_journal_header(row: Any) -> bool:
+    """Whether `row` (a journal's first line) is the header of a journal this version of policyalign wrote."""
+    return isinstance(row, Mapping) and row.get("journal") == JOURNAL_SCHEMA and isinstance(row.get("settings"), dict)
+
+
 def _journal_change(found: Mapping[str, Any], header: Mapping[str, Any], made: str = "responses") -> str:
     """Why a journal cannot be resumed, naming the settings that changed."""
-    if found.get("journal") != JOURNAL_SCHEMA or not isinstance(found.get("settings"), dict):
+    if not is_journal_header(found):
         return "not a journal this version of policyalign wrote"
     then, now = found["settings"], header["settings"]
     changed = sorted(name for name in set(then) | set(now) if then.get(name) != now.get(name))

@@ -143,7 +143,7 @@ def _judge_journal(path: Path) -> bool:
     """Whether `path` is a journal `pa judge` wrote (its first line a journal header of `judge_settings`) or empty: any
     other file there (the user's own `X.partial.jsonl`, `pa eval`'s journal of answers) was discarded as a journal
     made under other settings, and deleted once the output was written."""
-    from .eval_journal import JOURNAL_SCHEMA
+    from .eval_journal import is_journal_header
 
     if not path.is_file():
         return False
@@ -155,9 +155,7 @@ def _judge_journal(path: Path) -> bool:
         header = json.loads(first)
     except ValueError:  # not JSON, or not UTF-8
         return False
-    if not isinstance(header, dict) or not isinstance(header.get("settings"), dict):
-        return False
-    return header.get("journal") == JOURNAL_SCHEMA and "judge" in header["settings"]
+    return is_journal_header(header) and "judge" in header["settings"]
 
 
 def judge_settings(judge: str, policy: str, device: str | None) -> dict[str, Any]:
@@ -169,10 +167,9 @@ def judge_settings(judge: str, policy: str, device: str | None) -> dict[str, Any
 
     settings: dict[str, Any] = {"judge": keyed_judge(judge), **judge_weights_fetched(judge), "policy": fingerprint(policy)}
     if settings["judge"] != "refusal":
-        from .models import numerics, resolve_device, resolve_dtype
+        from .models import expected_numerics
 
-        where = resolve_device(device)
-        settings.update(numerics(where, resolve_dtype(None, where)))
+        settings.update(expected_numerics(device))
     return settings
 
 

@@ -431,6 +431,13 @@ def numerics(device: Any, dtype: Any) -> dict[str, str]:
     return {"device": torch.device(str(device)).type, "dtype": str(dtype)}
 
 
+def expected_numerics(device: str | None) -> dict[str, str]:
+    """`numerics` of a model not loaded yet, as `load_model(device=device)` would load it: a resumable job
+    keys what it keeps before (or without) loading its model."""
+    where = resolve_device(device)
+    return numerics(where, resolve_dtype(None, where))
+
+
 DTYPE_ENV = "PA_DTYPE"
 # What to do when a model's logits overflow to NaN or infinity, whichever stage finds them.
 OVERFLOW_HINT = (f"the model overflowed (float16 weights often do): run with {DTYPE_ENV}=bf16 (a GPU of compute "

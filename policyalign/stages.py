@@ -472,7 +472,11 @@ def run_eval(run_dir: Path, which: str, *, model: str | None = None, pack: "str 
 def card_key(run_dir: Path, repo_id: str, license: str | None = None, revision: str | None = None) -> str:
     """A license or revision is keyed only when given, so runs carded before `--license` and
     `--revision` existed keep their key."""
-    return fingerprint({"repo": repo_id, **_card_made_from(run_dir),
+    return _card_key(_card_made_from(run_dir), repo_id, license, revision)
+
+
+def _card_key(made_from: dict[str, str | None], repo_id: str, license: str | None, revision: str | None) -> str:
+    return fingerprint({"repo": repo_id, **made_from,
                         **({"license": license} if license else {}), **({"revision": revision} if revision else {})})
 
 
@@ -494,8 +498,8 @@ def run_card(run_dir: Path, repo_id: str, license: str | None = None, revision: 
     from .eval_report import plot_before_after
     from .io import write_text
 
-    # the key `pa apply` compares; `made_from` for `outdated_stage`
-    with stage(run_dir, "card", card_key(run_dir, repo_id, license, revision), made_from=_card_made_from(run_dir)):
+    made_from = _card_made_from(run_dir)  # hashed once: the key `pa apply` compares, and for `outdated_stage`
+    with stage(run_dir, "card", _card_key(made_from, repo_id, license, revision), made_from=made_from):
         plot_before_after(run_dir / "eval" / "before" / "eval.json", run_dir / "eval" / "after" / "eval.json",
                           run_dir / "eval" / "before_after.png")
         artifacts = load_run(run_dir)

@@ -194,13 +194,12 @@ class _Generator:
     def _numerics(self) -> dict[str, str] | None:
         """The device type and precision it samples in (`models.numerics`), known before it loads: bf16 on a GPU
         samples other tokens than fp32 on a CPU from the same seed. None for a ready backend that names none."""
-        from .models import numerics, resolve_device, resolve_dtype
+        from .models import expected_numerics, numerics
 
         if self._backend is not None:
             loaded = getattr(self._backend, "loaded", None)
             return numerics(loaded.device, loaded.dtype) if loaded is not None else None
-        where = resolve_device(self._device)
-        return numerics(where, resolve_dtype(None, where))
+        return expected_numerics(self._device)
 
     def _identify(self) -> str:
         """A string naming what produces the samples: it keys the generation cache. A backend other than
