@@ -75,25 +75,27 @@ def _own_seed_place(pack: Pack, seed: Seed) -> str:
     """Where `pack`'s manifest lists `seed`: its JSON pointer and line, as other pack.yaml problems are
     placed. The seed's id numbers it in the composed category, after the parents' seeds, so a child's
     only seed of an inherited category was named "seed voter-suppression/seed-5" in a list of one."""
-    category = seed.id.split("/")[0]
-    for index, own in enumerate(pack.manifest.get("categories", ())):
-        if own.get("id") != category:
-            continue
-        for number, raw in enumerate(own.get("seeds", ())):
-            if _seed(category, number, raw).text == seed.text:
-                _, lines = _load_manifest(Collector(pack.root))  # re-read for its lines: only on this rare problem
-                return _place(f"/categories/{index}/seeds/{number}", lines)
-    return f"seed {seed.id}"
+    pointer = _own_seed_pointer(pack, seed)
+    if pointer is None:
+        return f"seed {seed.id}"
+    _, lines = _load_manifest(Collector(pack.root))  # re-read for its lines: only on this rare problem
+    return _place(pointer, lines)
 
 
 def _seed_owner(pack: Pack, seed: Seed) -> Pack:
     """The pack in `pack`'s ancestry whose own manifest lists `seed` (the nearest, `pack` itself first)."""
+    return next((c for c in reversed(pack.ancestry()) if _own_seed_pointer(c, seed) is not None), pack)
+
+
+def _own_seed_pointer(pack: Pack, seed: Seed) -> str | None:
+    """The JSON pointer of `seed` in `pack`'s own manifest (under the first category of its id, the one
+    composed), None where that manifest does not list it."""
     category = seed.id.split("/")[0]
-    for candidate in reversed(pack.ancestry()):
-        own = next((c for c in candidate.manifest.get("categories", ()) if c.get("id") == category), None)
-        if own is not None and any(_seed(category, 0, raw).text == seed.text for raw in own.get("seeds", ())):
-            return candidate
-    return pack
+    for index, own in enumerate(pack.manifest.get("categories", ())):
+        if own.get("id") == category:
+            return next((f"/categories/{index}/seeds/{number}" for number, raw in enumerate(own.get("seeds", ()))
+                         if _seed(category, number, raw).text == seed.text), None)
+    return None
 
 
 def validate_all(packs_dir: Path, registry: Registry) -> ValidationReport:
