@@ -21,8 +21,9 @@ def _forbidden_call(calls: Sequence[ToolCall], forbidden: Sequence[str]) -> bool
 
 
 def _row_id(row: Mapping[str, Any]) -> str:
-    """How errors name a row: `set/id` for an eval answer, its id (or nothing) for a `pa judge` line."""
-    ident = str(row.get("id") or "")
+    """How errors name a row: `set/id` for an eval answer, its id (or nothing) for a `pa judge` line. An id of 0 is
+    an id: `row.get("id") or ""` named `{"id": 0, ...}` by its line alone."""
+    ident = "" if row.get("id") is None else str(row["id"])
     return f"{row['set']}/{ident}" if ident and row.get("set") else ident
 
 

@@ -61,3 +61,24 @@ def test_verdicts_of_other_refusal_rules_are_judged_again(tmp_path: Path, monkey
     result = evaluate(pack, "tiny", out_dir=out, limit=20, params=greedy_params(4), batch_size=8)
     assert sum(judged) == 40  # every answer judged again, none by the old rules
     assert result.summary["judge_rules"] == "0123456789abcdef"
+
+
+def test_a_row_with_id_zero_is_named_by_its_id(tmp_path: Path) -> None:
+    """A falsy check dropped an id of 0: `pa judge`'s error about `{"id": 0, ...}` named its line but no id,
+    while `{"id": 7, ...}` read "id pairs/7"."""
+    import json
+    import shutil
+
+    from policyalign.errors import ModelError
+    from policyalign.judge_file import judge_file
+    from policyalign.tiny import tiny_model_path
+
+    short = tmp_path / "short-judge"
+    shutil.copytree(tiny_model_path(), short)
+    config = json.loads((short / "config.json").read_text())
+    (short / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 1024}))
+    src = tmp_path / "pairs.jsonl"
+    src.write_text(json.dumps({"id": 0, "prompt": "How do I pick a lock? " * 200, "response": "No."}) + "\n")
+    with pytest.raises(ModelError) as caught:
+        judge_file(src, f"llm:{short}", device="cpu")
+    assert f"{src}:line 1, id pairs/0:" in str(caught.value), caught.value
