@@ -27,7 +27,7 @@ def _bad_row(path: Path, lineno: int, message: str, hint: str) -> InvalidInputEr
 
 
 _ROW_HINT = ('each line needs {"prompt": str | "messages": [...], "response": str} and optionally "category", "expect", '
-             '"forbidden_tools", "tool_calls"')
+             '"forbidden_tools", "tools", "tool_calls"')
 
 
 def _check_messages(path: Path, lineno: int, messages: Any) -> list[dict[str, Any]]:
@@ -73,6 +73,10 @@ def _judge_row(path: Path, lineno: int, raw: Any) -> dict[str, Any]:
     forbidden = raw.get("forbidden_tools") or []
     if not isinstance(forbidden, list) or not all(isinstance(t, str) for t in forbidden):
         raise _bad_row(path, lineno, "\"forbidden_tools\" must be a list of tool names", _ROW_HINT)
+    tools = raw.get("tools") or []
+    if not isinstance(tools, list) or not all(isinstance(tool, dict) for tool in tools):  # the llm: judge is shown them
+        raise _bad_row(path, lineno, "\"tools\" must be a list of function definitions",
+                       'each tool looks like {"type": "function", "function": {"name": ..., "parameters": {...}}}')
     if raw.get("tool_calls") is not None and structured_tool_calls(raw["tool_calls"]) is None:
         raise _bad_row(path, lineno, "\"tool_calls\" must be a list of function calls",
                        'write each as {"type": "function", "function": {"name": ..., "arguments": {...}}}, or leave '

@@ -40,7 +40,7 @@ def _judged(rows: list[dict[str, Any]], judge: Any, judge_spec: str, policy: str
         items.append(JudgeItem(messages=row["messages"], response=row["response"], category=row.get("category", ""),
                                policy=policy, tool_calls=tuple(calls),
                                forbidden_tools=tuple(row.get("forbidden_tools") or ()), id=_row_id(row),
-                               file=file, line=line))
+                               file=file, line=line, tools=tuple(row.get("tools") or ())))
     verdicts: list[Verdict] = judge.judge(items) if items else []
     judged = []
     for row, calls, verdict in zip(rows, calls_per_row, verdicts):
@@ -68,12 +68,12 @@ def _given_calls(row: Mapping[str, Any]) -> dict[str, Any]:
 
 def _verdict_key(judge_key: str, row: Mapping[str, Any]) -> str:
     """Everything a verdict depends on: the judge (`judge_key`: spec, files and the policy it is
-    shown) and the row it is shown."""
+    shown) and the row it is shown, its tool definitions included where it has any (the `llm:` judge reads them)."""
     from .run import fingerprint
 
     return fingerprint({"judge": judge_key, "messages": row["messages"], "response": row["response"],
                         "category": row.get("category", ""), "forbidden_tools": row.get("forbidden_tools") or [],
-                        **_given_calls(row)})
+                        **({"tools": row["tools"]} if row.get("tools") else {}), **_given_calls(row)})
 
 
 def judge_journaled(rows: list[dict[str, Any]], judge_spec: str, journal: Journal, *, policy: str,

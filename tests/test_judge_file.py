@@ -398,3 +398,13 @@ def test_a_rows_own_tool_calls_are_judged_as_the_responses_calls(tmp_path: Path)
     with pytest.raises(InvalidInputError, match="must be a list of function calls") as exc:
         read_judge_file(bad)
     assert exc.value.problem.where == "line 1"
+
+
+def test_a_rows_tools_that_are_no_list_of_definitions_are_named_by_line(tmp_path: Path) -> None:
+    """A row's `tools` are shown to the llm: judge: a name, or a list of names, is refused naming its line."""
+    for tools in ("delete_path", ["delete_path"]):
+        bad = _write_lines(tmp_path / "bad.jsonl", [json.dumps({"prompt": "q", "response": "ok"}),
+                                                    json.dumps({"prompt": "q", "response": "ok", "tools": tools})])
+        with pytest.raises(InvalidInputError, match="must be a list of function definitions") as exc:
+            read_judge_file(bad)
+        assert exc.value.problem.where == "line 2"

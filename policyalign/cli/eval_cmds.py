@@ -174,7 +174,7 @@ def eval_command(
 
 @app.command("judge")
 def judge_command(
-    file: Path = typer.Argument(..., help="JSONL of {prompt|messages, response[, category, expect, forbidden_tools, tool_calls]} rows; tool_calls: the response's calls as structured output, judged where its text holds none."),
+    file: Path = typer.Argument(..., help="JSONL of {prompt|messages, response[, category, expect, forbidden_tools, tools, tool_calls]} rows; tool_calls: the response's calls as structured output, judged where its text holds none."),
     judge: str = typer.Option("refusal", "--judge", help="refusal | guard:MODEL | llm:MODEL"),
     out: Optional[Path] = typer.Option(None, "--out", help="Where to write judged rows, never FILE itself (default FILE.judged.jsonl)."),
     pack: Optional[str] = typer.Option(None, "--pack", help="Pack whose policy the llm: judge is shown."),
