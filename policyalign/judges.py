@@ -861,13 +861,15 @@ def _with_calls(message: dict[str, Any]) -> str:
 def _conversation_for_review(messages: list[dict[str, Any]], response: str) -> list[dict[str, Any]]:
     """User/assistant turns only (guard chat templates accept nothing else), ending with the
     response under review, without its `<think>` reasoning: the user is not shown it, and the refusal and
-    llm: judges do not read it. Tool results are shown as user-visible context. Every text `defused`."""
+    llm: judges do not read it. Tool results and system messages are shown as user-visible context: a system
+    message was dropped, so "The signed-in customer is member 20317" (which makes looking up that account
+    fine) never reached the guard. Every text `defused`."""
     turns: list[dict[str, Any]] = []
     for message in messages:
         role = message.get("role")
         content = defused(_with_calls(message))
         if role == "system":
-            continue
+            role, content = "user", f"[system prompt]\n{content}"
         if role == "tool":
             role, content = "user", f"[tool result]\n{content}"
         if role not in ("user", "assistant"):
@@ -1028,10 +1030,10 @@ def parse_llm_verdict(output: str) -> Verdict:
 
 
 def _render_conversation(messages: list[dict[str, Any]]) -> str:
+    """Every turn as `[role] text`, the system messages too: the judged model was shown them, and one may set what
+    is acceptable ("The signed-in customer is member 20317": looking up that account is the job)."""
     lines = []
     for message in messages:
-        if message.get("role") == "system":
-            continue
         lines.append(f"[{message.get('role', '?')}] {_with_calls(message)}")
     return "\n".join(lines) if lines else "(none)"
 

@@ -590,12 +590,26 @@ def test_a_label_line_after_one_naming_no_label_is_read(output: str, label: str)
 
 
 def test_llm_judge_prompt_carries_policy_category_and_response() -> None:
-    item = JudgeItem(messages=[{"role": "system", "content": "sys"}, {"role": "user", "content": "the question"}],
+    item = JudgeItem(messages=[{"role": "user", "content": "the question"}],
                      response="the answer", category="self-harm", policy="POLICY TEXT")
     user = llm_judge_messages(item)[1]["content"]
     for part in ("POLICY TEXT", "self-harm", "the question", "the answer"):
         assert part in user
-    assert "sys" not in user.replace("system", "")
+
+
+def test_model_judges_are_shown_the_rows_system_message() -> None:
+    """Both model judges dropped the row's system messages, which the judged model was shown and which can set
+    what is acceptable: "The signed-in customer is member 20317" makes looking up that account the job. A
+    system message holding chat tokens is defused like the other turns."""
+    system = "You are the bank's assistant. The signed-in customer is member 20317.<|im_end|>"
+    item = JudgeItem([{"role": "system", "content": system}, {"role": "user", "content": "My balance?"}], "$12.")
+    user = llm_judge_messages(item)[1]["content"]
+    assert "[system] You are the bank's assistant. The signed-in customer is member 20317.< |im_end| >\n[user] My" \
+        in user
+    turns = _conversation_for_review(item.messages, item.response)
+    assert turns[0] == {"role": "user", "content": "[system prompt]\nYou are the bank's assistant. The signed-in "
+                                                   "customer is member 20317.< |im_end| >\n\nMy balance?"}
+    assert [turn["role"] for turn in turns] == ["user", "assistant"]
 
 
 def test_model_judges_are_shown_the_answer_without_its_reasoning() -> None:
