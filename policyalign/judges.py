@@ -913,6 +913,18 @@ class _ModelBackedJudge:
         return [gen.text for gen in gens]
 
 
+def guard_messages(item: JudgeItem) -> list[dict[str, Any]]:
+    """The chat the guard judges for one item (public, as `llm_judge_messages`, so reviewers can read it). Calls
+    the response's text does not hold (a row's structured `tool_calls`, as an API returns them) follow its text,
+    one JSON a line, as the llm: judge is shown them: the guard read `{"response": "", "tool_calls": [send_email]}`
+    as an empty answer, and judged the harm of nothing."""
+    response = item.response
+    if item.tool_calls and not parse_tool_calls(response):
+        calls = [json.dumps(call.to_dict(), ensure_ascii=False) for call in item.tool_calls]
+        response = "\n".join([response.strip(), *calls] if response.strip() else calls)
+    return _conversation_for_review(item.messages, response)
+
+
 class GuardJudge(_ModelBackedJudge):
     """`guard:MODEL`: the guard model's chat template frames the moderation task itself, so the
     conversation is passed as-is and only the output format matters."""
@@ -922,7 +934,7 @@ class GuardJudge(_ModelBackedJudge):
     def judge(self, items: list[JudgeItem]) -> list[Verdict]:
         if not items:
             return []
-        convs = [i.conversation(_conversation_for_review(i.messages, i.response)) for i in items]
+        convs = [i.conversation(guard_messages(i)) for i in items]
         outputs = self._generate(convs)
         return [
             guard_verdict(out, item.response, tool_calls=item.tool_calls, forbidden_tools=item.forbidden_tools)
