@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import best_of, count  # noqa: E402
+from common import DEVICE, best_of, count  # noqa: E402
 
 from policyalign.generation import SamplingParams, get_backend  # noqa: E402
 from policyalign.models import load_model  # noqa: E402
@@ -37,7 +37,7 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=count(1), default=32)
     parser.add_argument("--batch-size", type=count(1), default=16)
     parser.add_argument("--repeats", type=count(1), default=3)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", type=DEVICE, default="cpu")
     args = parser.parse_args()
 
     loaded = load_model("tiny", device=args.device)

@@ -98,3 +98,26 @@ def test_a_zero_count_is_a_usage_error(name: str, option: str, capsys, monkeypat
         runpy.run_path(str(BENCH / f"bench_{name}.py"), run_name="__main__")
     assert exit_info.value.code == 2
     assert f"argument {option}: must be at least 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, args, message", [
+    ("prefix_cache", ["--dtype", "bogus"], "argument --dtype: unknown dtype 'bogus' (use \"bf16\""),
+    ("prefix_cache", ["--device", "bogus"], "argument --device: unknown device 'bogus'"),
+    ("teacher_memory", ["--dtype", "bogus"], "argument --dtype: unknown dtype 'bogus'"),
+    ("train_step", ["--device", "bogus"], "argument --device: unknown device 'bogus'"),
+    ("generation", ["--device", "bogus"], "argument --device: unknown device 'bogus'"),
+    ("dedup", ["--sizes", "abc"], "argument --sizes: invalid int list value: 'abc'"),
+    ("dedup", ["--sizes", "10,-5"], "argument --sizes: must be at least 1, got -5"),
+    ("dedup", ["--sizes", "200,200"], "argument --sizes: each size must differ"),
+    ("dedup", ["--threshold", "2"], "argument --threshold: near-duplicate threshold must be in (0, 1], got 2.0"),
+])
+def test_a_bad_option_is_a_one_line_usage_error(name: str, args: list[str], message: str, capsys, monkeypatch) -> None:
+    """A bad --dtype/--device reached policyalign only when the model loaded and ended in a ModelError
+    traceback; dedup's --sizes and --threshold ended in ValueError, ZeroDivisionError or InvalidInputError ones."""
+    monkeypatch.setattr(sys, "argv", [str(BENCH / f"bench_{name}.py"), *args])
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(BENCH / f"bench_{name}.py"), run_name="__main__")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err.splitlines()[-1]
