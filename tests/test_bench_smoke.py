@@ -121,3 +121,9 @@ def test_a_bad_option_is_a_one_line_usage_error(name: str, args: list[str], mess
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err.splitlines()[-1]
+
+
+def test_generation_prints_the_batch_it_ran(capsys, monkeypatch) -> None:
+    """With fewer prompts than --batch-size the backend ran one batch of them all, printed as "size 16"."""
+    out = _run("generation", "--n", "3", "--max-new-tokens", "2", "--repeats", "1", capsys=capsys, monkeypatch=monkeypatch)
+    assert "batched (size   3)" in out
