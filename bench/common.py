@@ -248,7 +248,7 @@ def library_checked(check: Callable[[str], T], name: str) -> Callable[[str], T]:
 
     `--dtype bogus` or `--device bogus` reached policyalign when the model loaded, and its ModelError
     ended the benchmark in a traceback; the same check at parse time names the option and exits 2.
-    `check` is imported by the caller's lambda only when an option is given (common imports nothing heavy)."""
+    `check` imports policyalign itself, and only when the option is given (common imports nothing heavy)."""
     def parse(text: str) -> T:
         from policyalign.errors import PolicyAlignError
 
