@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import THRESHOLD, best_of, count, distinct_counts  # noqa: E402
+from common import THRESHOLD, best_of, count, distinct_counts, run  # noqa: E402
 
 from policyalign.dedup import NearDupIndex, dedup, find_near_duplicates, lsh_params, text_similarity  # noqa: E402
 
@@ -172,4 +172,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(main))

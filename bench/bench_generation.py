@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import DEVICE, best_of, count  # noqa: E402
+from common import DEVICE, best_of, count, run  # noqa: E402
 
 from policyalign.generation import SamplingParams, get_backend  # noqa: E402
 from policyalign.models import load_model  # noqa: E402
@@ -65,4 +65,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

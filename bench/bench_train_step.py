@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_prefix_cache import POLICY, SHAPES, build_model, describe, records, sync  # noqa: E402
-from common import DEVICE, DTYPE, count, distill_config  # noqa: E402
+from common import DEVICE, DTYPE, count, distill_config, run  # noqa: E402
 
 from policyalign.distill_settings import DistillConfig  # noqa: E402
 from policyalign.models import cpu_threads  # noqa: E402
@@ -252,4 +252,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -243,6 +243,33 @@ def distinct_counts(minimum: int) -> Callable[[str], list[int]]:
     return parse
 
 
+def one_line(exc: Exception) -> str:
+    """A policyalign error as one line: its message, then its hint in brackets."""
+    problem = getattr(exc, "problem", None)
+    if problem is None:
+        return str(exc)
+    place = ":".join(part for part in (problem.file, problem.where) if part)
+    text = f"{place}: {problem.message}" if place else problem.message
+    return f"{text} ({problem.hint})" if problem.hint else text
+
+
+def run(main: Callable[[], int]) -> int:
+    """`main()`'s exit status, or a one-line error and the error's exit code for a policyalign error a user caused.
+
+    What the options' types cannot see before the run, such as a bad `PA_DTYPE` (the dtype every model loads
+    with), ended a benchmark in a ModelError traceback."""
+    import os
+    import sys
+
+    from policyalign.errors import PolicyAlignError
+
+    try:
+        return main()
+    except PolicyAlignError as exc:
+        print(f"{os.path.basename(sys.argv[0])}: error: {one_line(exc)}", file=sys.stderr)
+        return exc.exit_code
+
+
 def library_checked(check: Callable[[str], T], name: str) -> Callable[[str], T]:
     """An argparse type: `check(text)` (policyalign's own check of the value), or a one-line usage error.
 
@@ -254,7 +281,7 @@ def library_checked(check: Callable[[str], T], name: str) -> Callable[[str], T]:
 
         try:
             return check(text)
-        except PolicyAlignError as exc:
+        except PolicyAlignError as exc:  # argparse names the option: the error's own place would name it twice
             hint = f" ({exc.problem.hint})" if exc.problem.hint else ""
             raise argparse.ArgumentTypeError(f"{exc.problem.message}{hint}") from None
 

@@ -127,3 +127,17 @@ def test_generation_prints_the_batch_it_ran(capsys, monkeypatch) -> None:
     """With fewer prompts than --batch-size the backend ran one batch of them all, printed as "size 16"."""
     out = _run("generation", "--n", "3", "--max-new-tokens", "2", "--repeats", "1", capsys=capsys, monkeypatch=monkeypatch)
     assert "batched (size   3)" in out
+
+
+@pytest.mark.parametrize("name", ["prefix_cache", "generation"])
+def test_a_bad_pa_dtype_is_a_one_line_error(name: str, capsys, monkeypatch) -> None:
+    """PA_DTYPE (the dtype every model loads with) is read when the model loads, past the options' checks:
+    a bad one ended the benchmark in a ModelError traceback."""
+    monkeypatch.setenv("PA_DTYPE", "bogus")
+    monkeypatch.setattr(sys, "argv", [str(BENCH / f"bench_{name}.py"), "--smoke" if name != "generation" else "--n=1"])
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(BENCH / f"bench_{name}.py"), run_name="__main__")
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err == (f"bench_{name}.py: error: unknown PA_DTYPE=bogus "
+                                       "(use \"bf16\", \"fp16\", \"fp32\" or \"auto\")\n")
