@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import best_of, count  # noqa: E402
+from common import THRESHOLD, best_of, count, distinct_counts, run  # noqa: E402
 
 from policyalign.dedup import NearDupIndex, dedup, find_near_duplicates, lsh_params, text_similarity  # noqa: E402
 
@@ -128,20 +128,20 @@ def stream(texts: list[str], threshold: float) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="25000,50000,100000")
-    parser.add_argument("--threshold", type=float, default=0.8)
+    parser.add_argument("--sizes", type=distinct_counts(1), default=[25_000, 50_000, 100_000],
+                        help="comma-separated corpus sizes (default: 25000,50000,100000)")
+    parser.add_argument("--threshold", type=THRESHOLD, default=0.8)
     parser.add_argument("--repeats", type=count(1), default=1, help="best of N runs per size")
     parser.add_argument("--stream-size", type=count(0), default=25000,
                         help="also time the streaming datasketch index on this many texts (0: skip)")
     args = parser.parse_args(argv)
-    sizes = [int(s) for s in args.sizes.split(",")]
     print(f"near-dedup benchmark (threshold {args.threshold}, word 5-shingles, 128 permutations, "
           f"LSH bands x rows = {lsh_params(args.threshold)})")
     print(f"{'n':>8} {'find_pairs wall/cpu s':>22} {'dedup wall/cpu s':>18} {'pairs':>7} {'kept':>7} "
           f"{'planted':>8} {'recall':>7}")
     find_near_duplicates(corpus(2000)[0], threshold=args.threshold)  # warm-up: imports, permutations
     rows = []
-    for n in sizes:
+    for n in args.sizes:
         r = measure(n, args.threshold, args.repeats)
         rows.append(r)
         print(f"{r['n']:>8} {r['pairs_s']:>13.2f} / {r['pairs_cpu']:<6.2f} {r['dedup_s']:>9.2f} / {r['dedup_cpu']:<6.2f} "
@@ -172,4 +172,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(main))

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_train_step import instrument, step_timer  # noqa: E402
 from common import (  # noqa: E402
-    GIB, POLICY, add_model_options, add_step_options, build_model, count, describe, distill_config, last_loss, records)
+    GIB, POLICY, add_model_options, add_step_options, build_model, count, describe, distill_config, last_loss, records, run)
 
 from policyalign.models import cpu_threads  # noqa: E402
 
@@ -101,4 +101,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

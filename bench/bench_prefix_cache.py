@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import (  # noqa: E402,F401  (POLICY, SHAPES, describe, records, sync: re-exported for other benchmarks)
-    POLICY, SHAPES, add_model_options, build_model, count, describe, dtype_name, model_device, records, sync, timed)
+    POLICY, SHAPES, add_model_options, build_model, count, describe, dtype_name, model_device, records, run, sync, timed)
 
 from policyalign.models import cpu_threads  # noqa: E402
 
@@ -159,4 +159,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_train_step import instrument, step_timer  # noqa: E402
 from common import (  # noqa: E402
     GIB, MIB, POLICY, add_model_options, add_step_options, build_model, describe, distill_config, free_memory,
-    last_loss, model_device, records, timed, uses_cuda)
+    last_loss, model_device, records, run, timed, uses_cuda)
 
 from policyalign.distill_settings import DistillConfig  # noqa: E402
 from policyalign.models import cpu_threads  # noqa: E402
@@ -248,4 +248,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

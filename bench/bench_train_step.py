@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_prefix_cache import POLICY, SHAPES, build_model, describe, records, sync  # noqa: E402
-from common import count, distill_config  # noqa: E402
+from common import DEVICE, DTYPE, count, distill_config, run  # noqa: E402
 
 from policyalign.distill_settings import DistillConfig  # noqa: E402
 from policyalign.models import cpu_threads  # noqa: E402
@@ -194,8 +194,9 @@ def median_summary(summaries: list[dict[str, float]]) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="tiny", choices=["tiny", *SHAPES])
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cpu for tiny, else cuda if available)")
-    parser.add_argument("--dtype", default=None)
+    parser.add_argument("--device", type=DEVICE, default=None,
+                        help="cpu or cuda (default: cpu for tiny, else cuda if available)")
+    parser.add_argument("--dtype", type=DTYPE, default=None)
     parser.add_argument("--steps", type=count(1), default=10, help="timed optimizer steps per trainer")
     parser.add_argument("--warmup", type=count(0), default=1)
     parser.add_argument("--batch-size", type=count(1), default=4)
@@ -251,4 +252,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

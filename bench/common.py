@@ -226,14 +226,107 @@ def count(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def distinct_counts(minimum: int) -> Callable[[str], list[int]]:
+    """An argparse type: comma-separated distinct ints of at least `minimum` (dedup's --sizes), else a usage error.
+
+    `--sizes abc` ended in a ValueError traceback, a negative size in a math domain error and a repeated
+    one in a ZeroDivisionError (the scaling fit over sizes that do not differ), after the first sizes ran."""
+    one = count(minimum)
+
+    def parse(text: str) -> list[int]:
+        values = [one(part) for part in text.split(",")]
+        if len(set(values)) != len(values):
+            raise argparse.ArgumentTypeError(f"each size must differ, got {text}")
+        return values
+
+    parse.__name__ = "int list"
+    return parse
+
+
+def one_line(exc: Exception) -> str:
+    """A policyalign error as one line: its message, then its hint in brackets."""
+    problem = getattr(exc, "problem", None)
+    if problem is None:
+        return str(exc)
+    place = ":".join(part for part in (problem.file, problem.where) if part)
+    text = f"{place}: {problem.message}" if place else problem.message
+    return f"{text} ({problem.hint})" if problem.hint else text
+
+
+def run(main: Callable[[], int]) -> int:
+    """`main()`'s exit status, or a one-line error and the error's exit code for a policyalign error a user caused.
+
+    What the options' types cannot see before the run, such as a bad `PA_DTYPE` (the dtype every model loads
+    with), ended a benchmark in a ModelError traceback."""
+    import os
+    import sys
+
+    from policyalign.errors import PolicyAlignError
+
+    try:
+        return main()
+    except PolicyAlignError as exc:
+        print(f"{os.path.basename(sys.argv[0])}: error: {one_line(exc)}", file=sys.stderr)
+        return exc.exit_code
+
+
+def library_checked(check: Callable[[str], T], name: str) -> Callable[[str], T]:
+    """An argparse type: `check(text)` (policyalign's own check of the value), or a one-line usage error.
+
+    `--dtype bogus` or `--device bogus` reached policyalign when the model loaded, and its ModelError
+    ended the benchmark in a traceback; the same check at parse time names the option and exits 2.
+    `check` imports policyalign itself, and only when the option is given (common imports nothing heavy)."""
+    def parse(text: str) -> T:
+        from policyalign.errors import PolicyAlignError
+
+        try:
+            return check(text)
+        except PolicyAlignError as exc:  # argparse names the option: the error's own place would name it twice
+            hint = f" ({exc.problem.hint})" if exc.problem.hint else ""
+            raise argparse.ArgumentTypeError(f"{exc.problem.message}{hint}") from None
+
+    parse.__name__ = name
+    return parse
+
+
+def _check_device(text: str) -> str:
+    from policyalign.models import resolve_device
+
+    resolve_device(text)
+    return text
+
+
+def _check_dtype(text: str) -> str:
+    from policyalign.models import resolve_dtype
+
+    resolve_dtype(text, "cpu")  # which names are valid does not depend on the device
+    return text
+
+
+def _check_threshold(text: str) -> float:
+    from policyalign.dedup import check_threshold
+    from policyalign.errors import InvalidInputError
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise InvalidInputError(f"not a number: {text!r}") from None
+    return check_threshold(value)
+
+
+DEVICE = library_checked(_check_device, "device")
+DTYPE = library_checked(_check_dtype, "dtype")
+THRESHOLD = library_checked(_check_threshold, "threshold")
+
 
 def add_model_options(parser: argparse.ArgumentParser, *, shape: str = "tiny", device: bool = True,
                       smoke_help: str = "tiny sizes, a few seconds") -> None:
     """--shape (tiny or a random-init shape), --device and --dtype (unless `device` is False), --smoke."""
     parser.add_argument("--shape", default=shape, choices=["tiny", *SHAPES], help="model: tiny or a random-init shape")
     if device:
-        parser.add_argument("--device", default=None, help="cpu or cuda (default: cpu for tiny, else cuda if available)")
-        parser.add_argument("--dtype", default=None, help="bf16 / fp32 (default: bf16 on CUDA, fp32 on CPU)")
+        parser.add_argument("--device", type=DEVICE, default=None,
+                            help="cpu or cuda (default: cpu for tiny, else cuda if available)")
+        parser.add_argument("--dtype", type=DTYPE, default=None, help="bf16 / fp32 (default: bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--smoke", action="store_true", help=smoke_help)
 
 

@@ -91,6 +91,7 @@ class ApplyOptions:
     ema_decay: float | None = None
     kl_top_k: int | None = None
     temperature: float | None = None
+    prefix_cache: bool | None = None
     save_steps: int | None = None
     # evaluation
     judge: str = "refusal"
@@ -109,6 +110,8 @@ class ApplyOptions:
         self.backend = backend_name(self.backend)
         self.report_to = list(report_targets(self.report_to))
 
+
+_FIELD_DEFAULTS = {f.name: f.default for f in fields(ApplyOptions)}
 
 # Command-line flags whose `--config` key differs: a file saying `lr:` or `top_k:` is told the key to write
 # (`top_k` is not taken as --top-k: in a pack's `training:` the same word is the reverse KL's top-k).
@@ -317,6 +320,12 @@ def _check_filter_options(options: dict[str, Any], path: Path) -> None:
                                 hint=f"fix {' and '.join(named) or 'the filter settings'} in the file") from None
 
 
+def _given(key: str, value: Any) -> bool:
+    """Whether a command-line value was given: an on/off flag whose default is off (--private, --no-filter) is
+    False when left out, but --no-prefix-cache's False (its default None) is a choice, and was dropped."""
+    return value is not None and (value is not False or _FIELD_DEFAULTS.get(key) is not False)
+
+
 def build_options(cli: dict[str, Any], config: Path | None) -> ApplyOptions:
     """Config file first, then every option the user actually gave on the command line.
 
@@ -327,7 +336,7 @@ def build_options(cli: dict[str, Any], config: Path | None) -> ApplyOptions:
     from_file = load_config_file(config) if config else {}
     if any(selection_given(cli.get(name)) for name in SELECTION_FLAGS):
         from_file = {k: v for k, v in from_file.items() if k not in SELECTION_FLAGS}
-    flags = {key: value for key, value in cli.items() if value is not None and value is not False}
+    flags = {key: value for key, value in cli.items() if _given(key, value)}
     merged = under_given(from_file, flags)
     explicit = set(merged)
     for key in ("pack", "model"):
@@ -447,7 +456,7 @@ def _filter_options(o: ApplyOptions) -> dict[str, Any]:
 _SETTING_NAMES = {"kl_top_k": "top_k"}
 _DISTILL_OPTIONS = ("lora_r", "lora_alpha", "lora_dropout", "target_modules", "learning_rate", "num_epochs",
                     "max_steps", "batch_size", "gradient_accumulation_steps", "max_new_tokens", "teacher",
-                    "ema_decay", "kl_top_k", "seed", "temperature", "save_steps")
+                    "ema_decay", "kl_top_k", "seed", "temperature", "prefix_cache", "save_steps")
 
 
 def _distill_overrides(o: ApplyOptions) -> dict[str, Any]:

@@ -162,8 +162,22 @@ def plot_categories(summary: Mapping[str, Any], path: str | os.PathLike[str]) ->
     for k, (key, title) in enumerate(series):
         _bars(ax, [i + (k - 1) * width for i in range(len(names))], [cats.get(n, {}).get(key) for n in names],
               width, title)
-    _finish_axes(ax, names, f"{summary.get('model')} — judge {summary.get('judge')}")
+    _finish_axes(ax, names, categories_title(summary, path))
     return _save(fig, plt, path)
+
+
+def categories_title(summary: Mapping[str, Any], path: str | os.PathLike[str]) -> str:
+    """categories.png's title: which run stage (a run's eval/before or eval/after, as the card captions them),
+    model, adapter, policy in context and pack it measured. It said only "tiny — judge refusal", the same on a
+    run's before and after charts, and named no adapter: a chart opened on its own could be either."""
+    out = Path(path).parent
+    stage = f" {out.name} training" if out.parent.name == "eval" and out.name in ("before", "after") else ""
+    adapter = f' + adapter "{summary["adapter"]}"' if summary.get("adapter") else ", no adapter (base model)"
+    in_context = ", policy in context" if summary.get("policy_in_context") else ""
+    pack = summary.get("pack") if isinstance(summary.get("pack"), Mapping) else {}
+    of_pack = f"pack {pack.get('name')}@{pack.get('version')}, " if pack.get("name") else ""
+    return (f"Per-category rates{stage}: {summary.get('model')}{adapter}{in_context}\n"
+            f"{of_pack}judge {summary.get('judge')}")
 
 
 def _bars(ax: Any, xs: Sequence[float], values: Sequence[float | None], width: float, label: str) -> None:

@@ -1089,3 +1089,24 @@ def test_tiny_names_the_pack_synthesis_values_its_demo_settings_replace() -> Non
     assert "synthesis.sampling.max_new_tokens 64 (pack: 1024)" in replaced
     given = with_model_defaults(ApplyOptions(pack="general", model="tiny", n=4, explicit={"n"}))
     assert not any(r.startswith("synthesis.count_per_category") for r in demo_replacements(given, general))
+
+
+def test_prefix_cache_can_be_switched_off_for_a_whole_apply_run(tmp_path: Path, fixture_packs: Path) -> None:
+    """`pa distill` had --[no-]prefix-cache but `pa apply` no such option (nor a `prefix_cache:` key), so a run could
+    not be trained with the teacher's prefix recomputed every step, e.g. to compare; the flag's False (its default
+    None) must not be dropped as an unset on/off flag's is."""
+    from policyalign.apply import _distill_overrides
+
+    assert _distill_overrides(build_options({"pack": "general", "model": "tiny", "prefix_cache": False}, None))[
+        "prefix_cache"] is False
+    assert _distill_overrides(build_options({"pack": "general", "model": "tiny"}, None))["prefix_cache"] is None
+    config = tmp_path / "run.yaml"
+    config.write_text("pack: general\nmodel: tiny\nprefix_cache: false\n")
+    assert _distill_overrides(build_options({}, config))["prefix_cache"] is False
+    assert _distill_overrides(build_options({"prefix_cache": True}, config))["prefix_cache"] is True
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["apply", str(fixture_packs / "child-pack"), "--model", "tiny", "--out", str(run),
+                                      "--no-prefix-cache", "--quiet", "--n", "2", "--max-new-tokens", "8",
+                                      "--min-score", "1e9"])  # stops after filtering: the options are recorded by then
+    assert result.exit_code == 1 and "selected no instructions" in result.output
+    assert json.loads((run / "run.json").read_text())["inputs"]["options"]["prefix_cache"] is False

@@ -98,3 +98,46 @@ def test_a_zero_count_is_a_usage_error(name: str, option: str, capsys, monkeypat
         runpy.run_path(str(BENCH / f"bench_{name}.py"), run_name="__main__")
     assert exit_info.value.code == 2
     assert f"argument {option}: must be at least 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, args, message", [
+    ("prefix_cache", ["--dtype", "bogus"], "argument --dtype: unknown dtype 'bogus' (use \"bf16\""),
+    ("prefix_cache", ["--device", "bogus"], "argument --device: unknown device 'bogus'"),
+    ("teacher_memory", ["--dtype", "bogus"], "argument --dtype: unknown dtype 'bogus'"),
+    ("train_step", ["--device", "bogus"], "argument --device: unknown device 'bogus'"),
+    ("generation", ["--device", "bogus"], "argument --device: unknown device 'bogus'"),
+    ("dedup", ["--sizes", "abc"], "argument --sizes: invalid int list value: 'abc'"),
+    ("dedup", ["--sizes", "10,-5"], "argument --sizes: must be at least 1, got -5"),
+    ("dedup", ["--sizes", "200,200"], "argument --sizes: each size must differ"),
+    ("dedup", ["--threshold", "2"], "argument --threshold: near-duplicate threshold must be in (0, 1], got 2.0"),
+])
+def test_a_bad_option_is_a_one_line_usage_error(name: str, args: list[str], message: str, capsys, monkeypatch) -> None:
+    """A bad --dtype/--device reached policyalign only when the model loaded and ended in a ModelError
+    traceback; dedup's --sizes and --threshold ended in ValueError, ZeroDivisionError or InvalidInputError ones."""
+    monkeypatch.setattr(sys, "argv", [str(BENCH / f"bench_{name}.py"), *args])
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(BENCH / f"bench_{name}.py"), run_name="__main__")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err.splitlines()[-1]
+
+
+def test_generation_prints_the_batch_it_ran(capsys, monkeypatch) -> None:
+    """With fewer prompts than --batch-size the backend ran one batch of them all, printed as "size 16"."""
+    out = _run("generation", "--n", "3", "--max-new-tokens", "2", "--repeats", "1", capsys=capsys, monkeypatch=monkeypatch)
+    assert "batched (size   3)" in out
+
+
+@pytest.mark.parametrize("name", ["prefix_cache", "generation"])
+def test_a_bad_pa_dtype_is_a_one_line_error(name: str, capsys, monkeypatch) -> None:
+    """PA_DTYPE (the dtype every model loads with) is read when the model loads, past the options' checks:
+    a bad one ended the benchmark in a ModelError traceback."""
+    monkeypatch.setenv("PA_DTYPE", "bogus")
+    monkeypatch.setattr(sys, "argv", [str(BENCH / f"bench_{name}.py"), "--smoke" if name != "generation" else "--n=1"])
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(BENCH / f"bench_{name}.py"), run_name="__main__")
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err == (f"bench_{name}.py: error: unknown PA_DTYPE=bogus "
+                                       "(use \"bf16\", \"fp16\", \"fp32\" or \"auto\")\n")

@@ -307,3 +307,17 @@ def test_evals_of_a_hub_model_compare_by_the_commit_they_measured(tmp_path: Path
     assert [note for note in comparable_notes(plain, newer) if "model differs" in note]
     older = {**plain, "model_info": {k: v for k, v in plain["model_info"].items() if k != "commit"}}
     assert [note for note in comparable_notes(older, pinned) if "model differs" in note], "no commit: names compared"
+
+
+def test_the_categories_chart_title_says_which_evaluation_it_shows(tmp_path: Path) -> None:
+    """categories.png was titled "tiny — judge refusal" on a run's before and after charts alike, naming neither
+    the stage nor the adapter nor the pack: a chart opened on its own could have been either."""
+    from policyalign.eval_report import categories_title
+
+    before = categories_title(_summary(BEFORE), tmp_path / "run" / "eval" / "before" / "categories.png")
+    after = categories_title(_summary(AFTER, adapter="adapter"), tmp_path / "run" / "eval" / "after" / "categories.png")
+    assert before == "Per-category rates before training: tiny, no adapter (base model)\npack p@1.0.0, judge refusal"
+    assert after == "Per-category rates after training: tiny + adapter \"adapter\"\npack p@1.0.0, judge refusal"
+    teacher = {**_summary(BEFORE), "policy_in_context": True}
+    assert categories_title(teacher, tmp_path / "out" / "categories.png") == (
+        "Per-category rates: tiny, no adapter (base model), policy in context\npack p@1.0.0, judge refusal")

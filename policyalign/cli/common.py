@@ -32,6 +32,8 @@ TargetModules = typer.Option(None, "--target-modules", help="LoRA target modules
 KlTopK = typer.Option(None, "--kl-top-k", help="Top-k support of the reverse KL (default: the pack's; paper: 256).")
 Teacher = typer.Option(None, "--teacher", help="base (adapter disabled) or ema (default: the pack's).")
 SaveSteps = typer.Option(None, "--save-steps", help="Checkpoint every N optimizer steps, for resuming (default 50).")
+PrefixCache = typer.Option(None, "--prefix-cache/--no-prefix-cache", help="Encode the teacher's policy prefix once "
+                           "and reuse it (default), or recompute it every step.")
 Device = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: cuda if available). Training runs on the "
                       "first visible GPU: choose it with CUDA_VISIBLE_DEVICES.")
 # Sampling of the student's on-policy responses: `pa filter` scores them, `pa distill` trains on them, and the

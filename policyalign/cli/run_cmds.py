@@ -10,7 +10,7 @@ import typer
 from . import app
 from ..stats import format_rate
 from .common import (BatchSize, Device, EmaDecay, Epochs, GradAccum, KlTopK, LearningRate, License, LoraAlpha, LoraDropout,
-                     LoraR, MaxSteps, PacksPath, ReportTo, SaveSteps, TargetModules, Teacher, Temperature, console,
+                     LoraR, MaxSteps, PacksPath, PrefixCache, ReportTo, SaveSteps, TargetModules, Teacher, Temperature, console,
                      fold_table, print_json, target_module_names)
 
 
@@ -86,6 +86,7 @@ def apply(
     ema_decay: Optional[float] = EmaDecay,
     kl_top_k: Optional[int] = KlTopK,
     temperature: Optional[float] = Temperature,
+    prefix_cache: Optional[bool] = PrefixCache,
     save_steps: Optional[int] = SaveSteps,
     judge: Optional[str] = typer.Option(None, "--judge", help="refusal (default) | guard:MODEL | llm:MODEL"),
     eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="At most N items per eval set (default: all)."),
@@ -114,7 +115,8 @@ def apply(
            "lora_dropout": lora_dropout, "target_modules": target_module_names(target_modules),
            "learning_rate": learning_rate, "num_epochs": epochs, "max_steps": max_steps, "batch_size": batch_size,
            "gradient_accumulation_steps": grad_accum,
-           "teacher": teacher, "ema_decay": ema_decay, "kl_top_k": kl_top_k, "temperature": temperature, "save_steps": save_steps, "judge": judge,
+           "teacher": teacher, "ema_decay": ema_decay, "kl_top_k": kl_top_k, "temperature": temperature,
+           "prefix_cache": prefix_cache, "save_steps": save_steps, "judge": judge,
            "eval_limit": eval_limit, "report_to": report_to or None}
     options = build_options(cli, config)
     if quiet:  # --quiet wins; without it, `progress:` in --config stands

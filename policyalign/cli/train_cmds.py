@@ -9,7 +9,7 @@ import typer
 
 from . import app
 from .common import (BatchSize, Device, EmaDecay, Epochs, GradAccum, KlTopK, LearningRate, LoraAlpha, LoraDropout, LoraR,
-                     MaxSteps, PacksPath, ReportTo, SaveSteps, Teacher, TargetModules, Temperature, target_module_names)
+                     MaxSteps, PacksPath, PrefixCache, ReportTo, SaveSteps, Teacher, TargetModules, Temperature, target_module_names)
 
 RunDir = typer.Argument(..., help="Run directory (from `pa synthesize` or `pa apply`).")
 ModelOpt = typer.Option(None, "--model", help="Model (default: the run's; a run with stages keeps its model). tiny, an "
@@ -68,9 +68,7 @@ def distill(
     teacher: Optional[str] = Teacher,
     ema_decay: Optional[float] = EmaDecay,
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the rollouts, data order and LoRA init (default 0)."),
-    prefix_cache: Optional[bool] = typer.Option(None, "--prefix-cache/--no-prefix-cache",
-                                                help="Encode the policy prefix once and reuse it (default), or "
-                                                "recompute it every step."),
+    prefix_cache: Optional[bool] = PrefixCache,
     vllm: Optional[bool] = typer.Option(None, "--vllm/--no-vllm",
                                         help="Roll out with vLLM (GPU, needs the \\[vllm] extra) or transformers (default)."),
     save_steps: Optional[int] = SaveSteps,
