@@ -174,7 +174,24 @@ def _resolve_pack_revision(api: Any, repo_id: str, wanted: str | None, token: st
 
     versions = ", ".join(_shown(v) for v in sorted((t[1:] if t.startswith("v") else t for t in tags), key=version_key)) or "none"
     what = f"matches {wanted!r}" if in_range is not None and not is_semver(wanted) else f"{wanted!r} is published"
-    raise HubError(f"no version {what}", file=repo_id, hint=f"published versions: {versions}")
+    syntax = f"; after '@' give {RANGE_SYNTAX}" if in_range is None else ""  # `@notaver`: neither a ref nor a range
+    raise HubError(f"no version {what}", file=repo_id, hint=f"published versions: {versions}{syntax}")
+
+
+RANGE_SYNTAX = "a version or range (1.2.0, ^1, ~1.2, '>=1.0,<2'), a tag, a branch or a commit"
+
+
+def _check_range_syntax(spec: str, wanted: str | None) -> None:
+    """An InvalidInputError, before the Hub is contacted, for a revision written as a range (an operator
+    first, a comma or a space: no tag or branch is named so) that does not parse: `@^x` listed the
+    repository's tags, or failed offline, then said only that no version '^x' was published."""
+    if not wanted or not (wanted[0] in "^~<>=" or "," in wanted or " " in wanted):
+        return
+    try:
+        parse_range(wanted)
+    except ValueError as exc:
+        raise InvalidInputError(f"bad version range in {spec!r}: {exc}",
+                                hint=f"write ORG/NAME@REVISION, REVISION being {RANGE_SYNTAX}") from None
 
 
 def _highest_tag_in_range(repo_id: str, tags: Mapping[str, str], wanted: str) -> str | None:
@@ -309,6 +326,7 @@ def pull_pack(spec: str, *, to: str | Path | None = None, token: str | None = No
     from .registry import Registry, user_packs_dir
 
     repo_id, wanted = split_spec(spec)
+    _check_range_syntax(spec, wanted)
     api = hub_api(token)
     revision, commit = _resolve_pack_revision(api, repo_id, wanted, token)
     parent = Path(to) if to is not None else user_packs_dir()

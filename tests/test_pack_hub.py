@@ -173,6 +173,20 @@ def test_pack_pull_of_a_range_installs_the_highest_published_version_in_it(cli: 
 
 
 
+def test_pack_pull_of_a_range_that_does_not_parse_fails_before_the_hub_is_asked(cli: Cli, tmp_path: Path) -> None:
+    """`pa pack pull ORG/NAME@^x` listed the repository's tags first (offline, it failed on the Hub), then said
+    only that no version '^x' was published; a name that is no range nor any ref must say what '@' takes."""
+    for spec in ("org/absent@^x", "org/absent@>=abc", "org/absent@~1.x", "org/absent@1.0, zz"):
+        failed = cli.fails(2, "pack", "pull", spec).stderr
+        assert f"bad version range in {spec!r}" in failed, failed
+        assert "^1, ~1.2" in failed and "a tag, a branch or a commit" in failed
+    cli.ok("pack", "push", str(make_pack(tmp_path / "src", "unranged")), "--repo-id", "org/unranged")
+    failed = cli.fails(1, "pack", "pull", "org/unranged@notaver").stderr
+    assert "no version 'notaver' is published" in failed and "published versions: 1.0.0" in failed
+    assert "a tag, a branch or a commit" in failed, failed
+
+
+
 def test_pack_pull_of_a_range_does_not_guess_between_two_builds_of_its_highest_version(cli: Cli, hub_server,  # type: ignore[no-untyped-def]
                                                                                        tmp_path: Path) -> None:
     """A repository tagged v1.0.0+a and v1.0.0+b (before `pa pack push` refused the second): one SemVer
