@@ -271,6 +271,9 @@ def _listing_problems(repo_id: str, entries: list[tuple[str, int]], expected: Ma
         elif rel not in expected:
             problems.append(Problem(where, "", "file is not listed in the pack's card", "the repository was modified after `pa pack push`"))
     listed = {rel for rel, _ in entries}
+    problems += [Problem(f"{repo_id}:{PACK_DIR}/{_shown(rel)}", "", f"inside the listed file {PACK_DIR}/{_shown(file)}: "
+                         "a path cannot be both a file and a directory", "the listing is not a repository's; not installable")
+                 for rel, file in _under_a_listed_file(listed)]
     problems += [Problem(f"{repo_id}:{PACK_DIR}/{_shown(rel)}", "", "listed in the card but missing from the repository",
                          "the repository is incomplete") for rel in expected if rel not in listed]
     total = sum(size for _, size in entries)
@@ -279,6 +282,18 @@ def _listing_problems(repo_id: str, entries: list[tuple[str, int]], expected: Ma
     if total > MAX_PACK_BYTES:
         problems.append(Problem(repo_id, "", f"{total} bytes in all, over the limit of {MAX_PACK_BYTES}", "not installable"))
     return problems
+
+
+def _under_a_listed_file(listed: set[str]) -> list[tuple[str, str]]:
+    """(path, listed file it lies under) for each listed path inside another listed path: no repository
+    holds both `notes` and `notes/x`, but a listing is untrusted, and the download wrote the file `notes`
+    and then failed making it a directory, with a traceback."""
+    found = []
+    for rel in sorted(listed):
+        parts = rel.split("/")
+        if file := next((p for p in ("/".join(parts[:n]) for n in range(1, len(parts))) if p in listed), None):
+            found.append((rel, file))
+    return found
 
 
 def _list_pack_files(api: Any, repo_id: str, commit: str, token: str | None) -> list[tuple[str, int]]:

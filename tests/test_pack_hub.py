@@ -308,6 +308,27 @@ def test_pack_pull_rejects_paths_outside_the_pack(cli: Cli, hub_server, tmp_path
 
 
 
+def test_pack_pull_of_a_listing_with_a_file_inside_a_listed_file_is_an_error_not_a_traceback(  # type: ignore[no-untyped-def]
+        cli: Cli, hub_server, tmp_path: Path) -> None:
+    """A hostile Hub lists `pack/notes` and `pack/notes/x` (no real repository holds both, a listing is
+    untrusted): the download wrote the file `notes`, then failed making it a directory, with a traceback."""
+    files = pack_bytes(make_pack(tmp_path / "src", "prefixed"))
+    publish_raw_pack(hub_server, "org/prefixed", "prefixed", files)
+    metadata, _ = card.parse_card(hub_server.read("org/prefixed", "README.md", repo_type="dataset").decode())
+    metadata["policyalign"]["files"].update({"notes": hashlib.sha256(b"a").hexdigest(),
+                                             "notes/x": hashlib.sha256(b"b").hexdigest()})
+    commit = hub_server.put_files("org/prefixed", {"README.md": card.dump_front_matter(metadata).encode(),
+                                                   "pack/notes": b"a"}, "a file and a directory", repo_type="dataset")
+    listing = [{"type": "file", "oid": "0" * 40, "size": len(data), "path": f"pack/{rel}"} for rel, data in files.items()]
+    listing += [{"type": "file", "oid": "1" * 40, "size": 1, "path": "pack/notes"},
+                {"type": "file", "oid": "2" * 40, "size": 1, "path": "pack/notes/x"}]
+    hub_server.forge(f"/api/datasets/org/prefixed/tree/{commit}/pack", listing)
+    result = cli.fails(2, "pack", "pull", "org/prefixed")
+    assert "org/prefixed:pack/notes/x" in result.stderr and "inside the listed file pack/notes" in result.stderr, result.stderr
+    nothing_installed(cli, "prefixed")
+
+
+
 def test_pack_pull_prints_a_listed_file_name_with_terminal_escapes_escaped(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A hostile Hub listing `pack/\x1b]0;pwned\x07.txt`: the error printed the name raw, so the escape
     sequence reached the terminal of whoever pulled."""
