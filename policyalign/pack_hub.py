@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
@@ -271,6 +272,9 @@ def _listing_problems(repo_id: str, entries: list[tuple[str, int]], expected: Ma
         elif rel not in expected:
             problems.append(Problem(where, "", "file is not listed in the pack's card", "the repository was modified after `pa pack push`"))
     listed = {rel for rel, _ in entries}
+    # the second download of a name listed twice found the first's file: "[Errno 17] File exists" in the staging directory
+    problems += [Problem(f"{repo_id}:{PACK_DIR}/{_shown(rel)}", "", "listed twice", "the listing is not a repository's; "
+                         "not installable") for rel, times in sorted(Counter(rel for rel, _ in entries).items()) if times > 1]
     problems += [Problem(f"{repo_id}:{PACK_DIR}/{_shown(rel)}", "", f"inside the listed file {PACK_DIR}/{_shown(file)}: "
                          "a path cannot be both a file and a directory", "the listing is not a repository's; not installable")
                  for rel, file in _under_a_listed_file(listed)]

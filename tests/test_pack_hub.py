@@ -329,6 +329,22 @@ def test_pack_pull_of_a_listing_with_a_file_inside_a_listed_file_is_an_error_not
 
 
 
+def test_pack_pull_of_a_listing_naming_a_file_twice_says_so(  # type: ignore[no-untyped-def]
+        cli: Cli, hub_server, tmp_path: Path) -> None:
+    """A hostile Hub lists a file twice (a listing is untrusted): the second download found the
+    first's file in place: "[Errno 17] File exists", naming a staging directory already deleted."""
+    files = pack_bytes(make_pack(tmp_path / "src", "twice"))
+    publish_raw_pack(hub_server, "org/twice", "twice", files)
+    commit = hub_server.store.rev(hub_server.repo_path("org/twice", "dataset"), "v1.0.0")
+    listing = [{"type": "file", "oid": "0" * 40, "size": len(data), "path": f"pack/{rel}"} for rel, data in files.items()]
+    listing.append(dict(listing[0]))
+    hub_server.forge(f"/api/datasets/org/twice/tree/{commit}/pack", listing)
+    result = cli.fails(2, "pack", "pull", "org/twice@1.0.0")
+    assert f"org/twice:{listing[0]['path']}: listed twice" in result.stderr, result.stderr
+    nothing_installed(cli, "twice")
+
+
+
 def test_pack_pull_prints_a_listed_file_name_with_terminal_escapes_escaped(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A hostile Hub listing `pack/\x1b]0;pwned\x07.txt`: the error printed the name raw, so the escape
     sequence reached the terminal of whoever pulled."""
