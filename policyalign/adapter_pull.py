@@ -387,12 +387,13 @@ def _pull_into(target: Path, repo_id: str, commit: str, label: str, token: str |
     then swap it in (nothing left on failure).
 
     Holds a lock beside `target`: two pulls into one --to share its staging directory, and one's
-    cleanup deleted the files the other was verifying, a provenance failure for an untouched adapter."""
+    cleanup deleted the files the other was verifying, a provenance failure for an untouched adapter.
+    The lock file goes with the pull, as the staging directory does: it sat for good in the user's folder."""
     from .run import run_lock
 
     _check_replaceable(target)
     output_dir(target.parent, "--to")  # a file in the way is an error naming it, not a FileExistsError traceback
-    with run_lock(target.parent, PULL_BUSY, name=f".{target.name}.pa-pull.lock"):
+    with run_lock(target.parent, PULL_BUSY, name=f".{target.name}.pa-pull.lock", remove=True):
         staging = _staging_dir(target, commit)
         try:
             downloaded = _copy(cached, staging / "adapter") if cached else _snapshot(repo_id, commit, staging / "adapter", token)

@@ -188,7 +188,9 @@ def compose_digest(own: str, parents: tuple[Pack, ...]) -> str:
 # --------------------------------------------------------------------------- manifest
 
 
-def _load_manifest(col: Collector) -> tuple[dict[str, Any] | None, dict[str, int]]:
+def load_manifest(col: Collector) -> tuple[dict[str, Any] | None, dict[str, int]]:
+    """The pack's pack.yaml as a mapping and the line of each JSON pointer in it, or (None, {}) with the
+    problems added to `col`. Public for `validation`, which re-reads it to place a problem found later."""
     path = col.root / MANIFEST
     if not path.is_file():
         if path.exists() or path.is_symlink():  # a directory, FIFO or device (or a link to one, or to nothing)
@@ -252,7 +254,7 @@ def _schema_problems(col: Collector, data: dict[str, Any], lines: dict[str, int]
     for error in sorted(errors, key=lambda e: [str(p) for p in e.absolute_path]):
         path = [str(p) for p in error.absolute_path]
         pointer = "/" + "/".join(path)
-        col.add(MANIFEST, _place(pointer, lines), schema_message(error), schema_hint(error))
+        col.add(MANIFEST, manifest_place(pointer, lines), schema_message(error), schema_hint(error))
         broken.add(path[0] if path else "")
     return broken
 
@@ -260,7 +262,8 @@ def _schema_problems(col: Collector, data: dict[str, Any], lines: dict[str, int]
 # --------------------------------------------------------------------------- categories and composition
 
 
-def _seed(category_id: str, index: int, raw: Any) -> Seed:
+def parse_seed(category_id: str, index: int, raw: Any) -> Seed:
+    """The `index`th seed of `category_id` from its manifest entry `raw`: a text, or a conversation mapping."""
     if isinstance(raw, str):
         return Seed(f"{category_id}/seed-{index}", (freeze({"role": "user", "content": raw}),))
     return Seed(f"{category_id}/seed-{index}", freeze(raw.get("messages", [])), freeze(raw.get("tools", [])))
@@ -277,7 +280,7 @@ def _own_categories(col: Collector, data: dict[str, Any], name: str) -> list[dic
     return cats
 
 
-def _place(pointer: str, lines: dict[str, int]) -> str:
+def manifest_place(pointer: str, lines: dict[str, int]) -> str:
     """A manifest problem's place: its JSON pointer, and the line it is on where the loader recorded one."""
     return pointer + (f" (line {lines[pointer]})" if pointer in lines else "")
 
@@ -297,7 +300,7 @@ def _new_category(col: Collector, index: int, raw: dict[str, Any], origin: str, 
         col.add(MANIFEST, f"/categories/{index}", f"new category {raw['id']!r} is missing {', '.join(missing)}",
                 "; ".join([*typo, "a category not inherited from a parent needs title, description and action"]))
         return None
-    seeds = tuple(_seed(raw["id"], i, s) for i, s in enumerate(_list(raw, "seeds")))
+    seeds = tuple(parse_seed(raw["id"], i, s) for i, s in enumerate(_list(raw, "seeds")))
     locked = bool(raw.get("locked", False))
     return Category(raw["id"], raw["title"], raw["description"], raw["action"], locked, seeds, origin,
                     origin if locked else "")
@@ -333,7 +336,7 @@ def _override(col: Collector, index: int, parent: Category, raw: dict[str, Any],
         _check_remove_alone(col, where, parent.id, raw)
         return None
     _check_inherited_seed_repeats(col, index, parent, raw)
-    extra = tuple(_seed(parent.id, len(parent.seeds) + i, s) for i, s in enumerate(_list(raw, "seeds")))
+    extra = tuple(parse_seed(parent.id, len(parent.seeds) + i, s) for i, s in enumerate(_list(raw, "seeds")))
     locked_by = (parent.locked_by or parent.origin) if parent.locked else (origin if raw.get("locked") else "")
     return Category(parent.id, raw.get("title", parent.title), raw.get("description", parent.description),
                     raw.get("action", parent.action), parent.locked or bool(raw.get("locked", False)),
@@ -352,7 +355,7 @@ def _check_inherited_seed_repeats(col: Collector, index: int, parent: Category, 
 
     inherited = {normalize(seed.text) for seed in parent.seeds} - {""}
     for i, value in enumerate(_list(raw, "seeds")):
-        if normalize(_seed("", i, value).text) in inherited:
+        if normalize(parse_seed("", i, value).text) in inherited:
             col.add(MANIFEST, f"/categories/{index}/seeds/{i}",
                     f"seed is already a seed of {parent.id!r}, inherited from {parent.origin!r} (compared ignoring "
                     "case, punctuation and spacing)",
@@ -373,7 +376,7 @@ def _check_seeds_ask(col: Collector, index: int, raw: dict[str, Any]) -> None:
     """Report every seed of a category entry whose text is blank (`asks_nothing`) or forges a turn
     (`chat_token_problem`)."""
     for i, value in enumerate(_list(raw, "seeds")):
-        messages = _seed(raw["id"], i, value).messages
+        messages = parse_seed(raw["id"], i, value).messages
         if asks_nothing(messages):
             col.add(MANIFEST, f"/categories/{index}/seeds/{i}", "seed asks nothing: its text is blank",
                     "write the request, or delete the seed")
@@ -397,7 +400,7 @@ def _check_seed_lengths(col: Collector, data: dict[str, Any], lines: dict[str, i
             if isinstance(value, dict) and len(messages) == 1 and not value.get("tools") and isinstance(messages[0], dict) \
                     and messages[0].get("role") == "user":
                 value = messages[0].get("content")
-            where = _place(f"/categories/{index}/seeds/{i}", lines)
+            where = manifest_place(f"/categories/{index}/seeds/{i}", lines)
             if isinstance(value, str) and value.strip() and too_short(value):
                 col.add(MANIFEST, where,
                         f"{value!r} is too short: synthesis drops a generated instruction this short as too_short",
@@ -417,12 +420,12 @@ def _check_seed_repeats(col: Collector, data: dict[str, Any], lines: dict[str, i
     for index, category in enumerate(_list(data, "categories")):
         first: dict[str, int] = {}
         for i, value in enumerate(_list(category, "seeds")):
-            key = normalize(_seed("", i, value).text)
+            key = normalize(parse_seed("", i, value).text)
             if not key:  # a blank seed is `_check_seeds_ask`'s
                 continue
             if key in first:
-                earlier = _place(f"/categories/{index}/seeds/{first[key]}", lines)
-                col.add(MANIFEST, _place(f"/categories/{index}/seeds/{i}", lines),
+                earlier = manifest_place(f"/categories/{index}/seeds/{first[key]}", lines)
+                col.add(MANIFEST, manifest_place(f"/categories/{index}/seeds/{i}", lines),
                         f"seed repeats {earlier} (compared ignoring case, punctuation and spacing)",
                         f"delete one of the two, or {RESTYLE_SEED}")
             else:
@@ -440,7 +443,7 @@ def _check_prompt_text(col: Collector, data: dict[str, Any], lines: dict[str, in
             fields += [(f"/categories/{index}/{key}", category.get(key)) for key in ("title", "description")]
     for pointer, value in fields:
         if isinstance(value, str) and (forged := chat_token_problem([{"content": value}])):
-            col.add(MANIFEST, _place(pointer, lines), f"{pointer.rsplit('/', 1)[1]} {forged[1]}", forged[2])
+            col.add(MANIFEST, manifest_place(pointer, lines), f"{pointer.rsplit('/', 1)[1]} {forged[1]}", forged[2])
 
 
 def _check_file_chat_tokens(col: Collector, file: str, text: str, what: str) -> None:
@@ -554,7 +557,7 @@ def _check_parents_named_once(col: Collector, data: dict[str, Any], lines: dict[
         if name not in first:
             first[name] = (index, spec)
             continue
-        col.add(MANIFEST, _place(f"/extends/{index}", lines),
+        col.add(MANIFEST, manifest_place(f"/extends/{index}", lines),
                 f"{spec!r} names parent {name!r} again (first as {first[name][1]!r}, /extends/{first[name][0]})",
                 f"name each parent once: keep one entry for {name} with the version range you mean, and delete the other")
 
@@ -799,7 +802,7 @@ def load_pack(path: str | Path, *, registry: "Registry | None" = None, siblings:
         failed = registry.failure(root)
         if failed is not None:
             raise PackError(failed.problems)  # a fresh error: re-raising one object grows its traceback
-    data, lines = _load_manifest(col)
+    data, lines = load_manifest(col)
     pack = _build(col, data, lines, registry, _stack, siblings or root.parent) if data is not None else None
     if col.problems or pack is None:
         error = PackError(col.problems)
@@ -816,7 +819,7 @@ def _build(col: Collector, data: dict[str, Any], lines: dict[str, int], registry
            stack: tuple[str, ...], siblings: Path) -> Pack | None:
     broken = _schema_problems(col, data, lines)
     for pointer, message, hint in text_problems(data):
-        col.add(MANIFEST, _place(pointer, lines), message, hint)
+        col.add(MANIFEST, manifest_place(pointer, lines), message, hint)
         broken.add(pointer.split("/")[1])  # its section is not checked further (it would fail again, or crash)
     _check_seed_lengths(col, data, lines)
     if "categories" not in broken:

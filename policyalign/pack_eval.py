@@ -144,14 +144,14 @@ def eval_items(col: Collector, file: str, text: str, known: list[str] | None, se
             col.add(file, f"line {lineno}", f"JSON nested more than {MAX_NESTING} levels deep",
                     "flatten the item: eval items need no deep nesting")
             continue
-        item = _eval_item(col, file, lineno, raw, validator, known, seen_ids)
+        item = _eval_item(col, file, lineno, raw, validator, known, seen_ids, kind)
         if item is not None and _expect_fits_kind(col, file, f"line {lineno}", item, kind):
             items.append(item)
     return items
 
 
 def _eval_item(col: Collector, file: str, lineno: int, raw: Any, validator: Any, known: list[str] | None,
-               seen_ids: dict[str, str]) -> EvalItem | None:
+               seen_ids: dict[str, str], kind: str) -> EvalItem | None:
     errors = list(validator.iter_errors(raw))
     bad_text = text_problems(raw)
     for pointer, message, hint in bad_text:
@@ -162,6 +162,8 @@ def _eval_item(col: Collector, file: str, lineno: int, raw: Any, validator: Any,
             message, hint = "needs exactly one of 'prompt' or 'messages'", PROMPT_OR_MESSAGES
         else:
             message, hint = schema_message(error), schema_hint(error)
+            if error.validator == "required" and not error.absolute_path and "'category'" in message and known is not None:
+                hint = _category_hint(known, kind)
         col.add(file, f"line {lineno} {pointer}", message, hint)
     if errors or bad_text:
         return None
@@ -172,7 +174,7 @@ def _eval_item(col: Collector, file: str, lineno: int, raw: Any, validator: Any,
     seen_ids.setdefault(raw["id"], f"{file} line {lineno}")
     if known is not None and raw["category"] not in known:
         col.add(file, where + " /category", f"unknown category {raw['category']!r}",
-                did_you_mean(raw["category"], known, "known categories"))
+                did_you_mean(raw["category"], known, "known categories") if kind != "capability" else _category_hint(known, kind))
         return None
     if not _forbidden_tools_offered(col, file, where, raw):
         return None
@@ -188,6 +190,17 @@ def _eval_item(col: Collector, file: str, lineno: int, raw: Any, validator: Any,
         return None
     return EvalItem(raw["id"], raw["category"], freeze(messages), freeze(raw.get("tools", [])), raw["expect"],
                     tuple(raw.get("forbidden_tools", [])), raw.get("note", ""))
+
+
+def _category_hint(known: list[str], kind: str) -> str:
+    """Which category to name: a capability item asks something outside the policy's reach, yet must name
+    one of the pack's categories, and "add `category`: Id of a category of the composed pack" said neither
+    which ones there are nor which a request outside all of them takes."""
+    hint = f"add `category`, one of: {', '.join(known)}"
+    if kind == "capability":
+        hint = (f"a capability item names the category nearest its topic (its results count with that category's "
+                f"benign items in the per-category rates pooled over all sets), one of: {', '.join(known)}")
+    return hint
 
 
 def chat_token_problem(messages: Any) -> tuple[int, str, str] | None:

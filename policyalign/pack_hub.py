@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
@@ -174,7 +175,24 @@ def _resolve_pack_revision(api: Any, repo_id: str, wanted: str | None, token: st
 
     versions = ", ".join(_shown(v) for v in sorted((t[1:] if t.startswith("v") else t for t in tags), key=version_key)) or "none"
     what = f"matches {wanted!r}" if in_range is not None and not is_semver(wanted) else f"{wanted!r} is published"
-    raise HubError(f"no version {what}", file=repo_id, hint=f"published versions: {versions}")
+    syntax = f"; after '@' give {RANGE_SYNTAX}" if in_range is None else ""  # `@notaver`: neither a ref nor a range
+    raise HubError(f"no version {what}", file=repo_id, hint=f"published versions: {versions}{syntax}")
+
+
+RANGE_SYNTAX = "a version or range (1.2.0, ^1, ~1.2, '>=1.0,<2'), a tag, a branch or a commit"
+
+
+def _check_range_syntax(spec: str, wanted: str | None) -> None:
+    """An InvalidInputError, before the Hub is contacted, for a revision written as a range (an operator
+    first, a comma or a space: no tag or branch is named so) that does not parse: `@^x` listed the
+    repository's tags, or failed offline, then said only that no version '^x' was published."""
+    if not wanted or not (wanted[0] in "^~<>=" or "," in wanted or " " in wanted):
+        return
+    try:
+        parse_range(wanted)
+    except ValueError as exc:
+        raise InvalidInputError(f"bad version range in {spec!r}: {exc}",
+                                hint=f"write ORG/NAME@REVISION, REVISION being {RANGE_SYNTAX}") from None
 
 
 def _highest_tag_in_range(repo_id: str, tags: Mapping[str, str], wanted: str) -> str | None:
@@ -254,6 +272,12 @@ def _listing_problems(repo_id: str, entries: list[tuple[str, int]], expected: Ma
         elif rel not in expected:
             problems.append(Problem(where, "", "file is not listed in the pack's card", "the repository was modified after `pa pack push`"))
     listed = {rel for rel, _ in entries}
+    # the second download of a name listed twice found the first's file: "[Errno 17] File exists" in the staging directory
+    problems += [Problem(f"{repo_id}:{PACK_DIR}/{_shown(rel)}", "", "listed twice", "the listing is not a repository's; "
+                         "not installable") for rel, times in sorted(Counter(rel for rel, _ in entries).items()) if times > 1]
+    problems += [Problem(f"{repo_id}:{PACK_DIR}/{_shown(rel)}", "", f"inside the listed file {PACK_DIR}/{_shown(file)}: "
+                         "a path cannot be both a file and a directory", "the listing is not a repository's; not installable")
+                 for rel, file in _under_a_listed_file(listed)]
     problems += [Problem(f"{repo_id}:{PACK_DIR}/{_shown(rel)}", "", "listed in the card but missing from the repository",
                          "the repository is incomplete") for rel in expected if rel not in listed]
     total = sum(size for _, size in entries)
@@ -262,6 +286,18 @@ def _listing_problems(repo_id: str, entries: list[tuple[str, int]], expected: Ma
     if total > MAX_PACK_BYTES:
         problems.append(Problem(repo_id, "", f"{total} bytes in all, over the limit of {MAX_PACK_BYTES}", "not installable"))
     return problems
+
+
+def _under_a_listed_file(listed: set[str]) -> list[tuple[str, str]]:
+    """(path, listed file it lies under) for each listed path inside another listed path: no repository
+    holds both `notes` and `notes/x`, but a listing is untrusted, and the download wrote the file `notes`
+    and then failed making it a directory, with a traceback."""
+    found = []
+    for rel in sorted(listed):
+        parts = rel.split("/")
+        if file := next((p for p in ("/".join(parts[:n]) for n in range(1, len(parts))) if p in listed), None):
+            found.append((rel, file))
+    return found
 
 
 def _list_pack_files(api: Any, repo_id: str, commit: str, token: str | None) -> list[tuple[str, int]]:
@@ -309,6 +345,7 @@ def pull_pack(spec: str, *, to: str | Path | None = None, token: str | None = No
     from .registry import Registry, user_packs_dir
 
     repo_id, wanted = split_spec(spec)
+    _check_range_syntax(spec, wanted)
     api = hub_api(token)
     revision, commit = _resolve_pack_revision(api, repo_id, wanted, token)
     parent = Path(to) if to is not None else user_packs_dir()

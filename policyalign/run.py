@@ -15,7 +15,7 @@ import json
 import os
 import platform
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -284,7 +284,8 @@ JUDGE_OUT_BUSY = ("`pa judge` output", "wait for the `pa judge` writing it to fi
 
 
 @contextmanager
-def run_lock(run_dir: Path, busy: tuple[str, str] = RUN_DIR_BUSY, name: str = LOCK_FILE) -> Iterator[None]:
+def run_lock(run_dir: Path, busy: tuple[str, str] = RUN_DIR_BUSY, name: str = LOCK_FILE, *,
+             remove: bool = False) -> Iterator[None]:
     """Hold `run_dir` for this process (re-entrant), or raise a RunError naming the process holding it.
 
     Two `pa apply` (or stage commands) in one directory each deleted the other's half-written
@@ -292,6 +293,8 @@ def run_lock(run_dir: Path, busy: tuple[str, str] = RUN_DIR_BUSY, name: str = LO
     trained on one selection recorded under the other's key. `busy` is (what the directory is, how
     to get past it) for that error: an evaluation folder is no run `pa runs` lists. `name` is the lock
     file's: one output among others in a folder (`pa judge --out`) is held by a lock of its own.
+    `remove` deletes the lock file on release, for a lock in a folder of the user's (`pa pull --to`),
+    where one was left beside every target pulled into it.
     """
     path = Path(run_dir).resolve() / name
     if path in _held:
@@ -301,16 +304,8 @@ def run_lock(run_dir: Path, busy: tuple[str, str] = RUN_DIR_BUSY, name: str = LO
         finally:
             _held[path] -= 1
         return
-    with naming_disk_errors(path):
-        try:
-            fd, writable = os.open(path, os.O_RDWR | os.O_CREAT, 0o666), True
-        except PermissionError:  # another user's lock file in a shared run directory: flock needs no write access
-            fd, writable = os.open(path, os.O_RDONLY), False
+    fd, writable = _locked(path, busy, remove)
     try:
-        if not _take_lock(fd):
-            owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-            raise RunError(f"another pa process (pid {owner}) is working in this {busy[0]}", file=str(path),
-                           hint=busy[1])
         if writable:
             os.ftruncate(fd, 0)
             os.pwrite(fd, str(os.getpid()).encode(), 0)
@@ -319,8 +314,41 @@ def run_lock(run_dir: Path, busy: tuple[str, str] = RUN_DIR_BUSY, name: str = LO
             yield
         finally:
             del _held[path]
+            if remove and writable:  # while still held: a process that opened it meanwhile finds it gone (`_locked`)
+                with suppress(OSError):  # left behind, it is only litter: no reason to fail the work done
+                    path.unlink(missing_ok=True)
     finally:
         os.close(fd)  # releases the lock
+
+
+def _locked(path: Path, busy: tuple[str, str], removable: bool) -> tuple[int, bool]:
+    """(fd, writable) of the lock file at `path`, exclusively locked, or a RunError naming its holder.
+    Where holders remove it on release (`removable`), the file locked must still be the one at `path`:
+    one locked after its holder removed it is no lock, as a third process creates and locks a new one."""
+    while True:
+        with naming_disk_errors(path):
+            try:
+                fd, writable = os.open(path, os.O_RDWR | os.O_CREAT, 0o666), True
+            except PermissionError:  # another user's lock file in a shared run directory: flock needs no write access
+                fd, writable = os.open(path, os.O_RDONLY), False
+        if not _take_lock(fd):
+            owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise RunError(f"another pa process (pid {owner}) is working in this {busy[0]}", file=str(path),
+                           hint=busy[1])
+        if not removable or _same_file(fd, path):
+            return fd, writable
+        os.close(fd)  # its holder removed it while this process waited: lock the one at `path` now
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether `fd` is the file now at `path`."""
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fd)
+    return (opened.st_dev, opened.st_ino) == (now.st_dev, now.st_ino)
 
 
 def run_active(run_dir: Path) -> bool:

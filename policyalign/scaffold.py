@@ -224,7 +224,7 @@ def draft_leftovers(pack: "Pack") -> list[Problem]:
     if EXAMPLE_RULE in pack.own_policy:
         found.append((policy, "", 'the skeleton\'s "Example rule"', "write your policy's rules"))
     for cat in (c for c in pack.categories if c.origin == pack.name):
-        if cat.id in (CATEGORY, CHILD_CATEGORY) or cat.description.strip() == DESCRIPTION:
+        if _is_example_id(cat.id) or cat.description.strip() == DESCRIPTION:
             found.append((manifest, f"category {cat.id}", "the skeleton's example category",
                           "name and describe a category of your policy"))
         if copied := sum(seed.text in SEEDS for seed in cat.seeds):
@@ -235,6 +235,12 @@ def draft_leftovers(pack: "Pack") -> list[Problem]:
             found.append((str(pack.root / eval_set.file), f"item {stand_ins[0]}",
                           f'{len(stand_ins)} "Replace me" eval item(s)', "write real prompts for this eval set"))
     return [Problem(file, where, f"still holds {what} from `pa new`", hint=hint) for file, where, what, hint in found]
+
+
+def _is_example_id(category_id: str) -> bool:
+    """Whether `category_id` is one `pa new` gives its example category: `_child_category` numbers the
+    child's (`example-child-violation-2`, ...), which were recognised only while their stand-in description stayed."""
+    return category_id == CATEGORY or re.fullmatch(rf"{re.escape(CHILD_CATEGORY)}(?:-\d+)?", category_id) is not None
 
 
 def _user_text(messages: Any) -> str:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InvalidInputError, PackError, Problem
-from .pack import Pack, Seed, _load_manifest, _place, _seed, load_pack
+from .pack import Pack, Seed, load_manifest, load_pack, manifest_place, parse_seed
 from .pack_input import MANIFEST, Collector
 from .pack_index import index_problems
 from .registry import INDEX_FILE, Registry
@@ -78,8 +78,8 @@ def _own_seed_place(pack: Pack, seed: Seed) -> str:
     pointer = _own_seed_pointer(pack, seed)
     if pointer is None:
         return f"seed {seed.id}"
-    _, lines = _load_manifest(Collector(pack.root))  # re-read for its lines: only on this rare problem
-    return _place(pointer, lines)
+    _, lines = load_manifest(Collector(pack.root))  # re-read for its lines: only on this rare problem
+    return manifest_place(pointer, lines)
 
 
 def _seed_owner(pack: Pack, seed: Seed) -> Pack:
@@ -94,7 +94,7 @@ def _own_seed_pointer(pack: Pack, seed: Seed) -> str | None:
     for index, own in enumerate(pack.manifest.get("categories", ())):
         if own.get("id") == category:
             return next((f"/categories/{index}/seeds/{number}" for number, raw in enumerate(own.get("seeds", ()))
-                         if _seed(category, number, raw).text == seed.text), None)
+                         if parse_seed(category, number, raw).text == seed.text), None)
     return None
 
 

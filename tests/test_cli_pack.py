@@ -85,6 +85,21 @@ def test_new_pack_extending_a_fresh_child_validates(tmp_path: Path) -> None:
     assert "6 piece(s) of `pa new` stand-in text left" in result.output
 
 
+def test_validate_names_a_numbered_example_category_left_in_a_grandchild(tmp_path: Path) -> None:
+    """A grandchild's example category is `example-child-violation-2`: with its description replaced, the
+    draft check no longer named it, though `example-violation` and `example-child-violation` are caught by id."""
+    packs = tmp_path / "packs"
+    for args in (["top"], ["mid", "--extends", "top"], ["low", "--extends", "mid"]):
+        assert runner.invoke(app, ["new", *args, "--dir", str(packs)]).exit_code == 0
+    manifest = packs / "low" / "pack.yaml"
+    assert "id: example-child-violation-2" in manifest.read_text()
+    manifest.write_text(manifest.read_text().replace(
+        "Describe what counts as a violation in this category; the generator and judges read this.", "Real description."))
+    result = runner.invoke(app, ["validate", str(packs / "low"), "--packs-path", str(packs)])
+    assert result.exit_code == 0, result.output
+    assert "category example-child-violation-2: still holds the skeleton's example category" in result.output, result.output
+
+
 def test_show_never_cuts_a_category_id(fixture_packs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """At 80 columns `pa show` printed "fraud-impersonati…": not the id that `pa render --category` needs."""
     monkeypatch.setenv("COLUMNS", "80")

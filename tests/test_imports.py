@@ -44,3 +44,11 @@ def test_every_policyalign_import_names_something_that_exists() -> None:
     missing = [f"{path.relative_to(ROOT)}:{line}: {module} has no {name!r}"
                for path in SOURCES for line, module, name in _imported(path) if not _exists(module, name)]
     assert not missing, "\n".join(missing)
+
+
+def test_no_policyalign_module_imports_another_ones_private_names() -> None:
+    """validation.py imported pack's `_load_manifest`, `_place` and `_seed`: a helper another module
+    needs is public under one name, so renaming a private one never breaks a module that reached in."""
+    private = [f"{path.relative_to(ROOT)}:{line}: {module}.{name}" for path in SOURCES if path.is_relative_to(ROOT / "policyalign")
+               for line, module, name in _imported(path) if name.startswith("_") and not name.startswith("__")]
+    assert not private, "\n".join(private)

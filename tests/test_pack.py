@@ -364,14 +364,14 @@ def test_an_invalid_pack_reached_by_many_paths_is_loaded_once(fixture_packs: Pat
             _derived(fixture_packs, f"l{level}{side}", below, f'  - id: scams\n    seeds: ["One more seed, from l{level}{side}."]\n')
         below = [f"l{level}a@*", f"l{level}b@*"]
     loads = 0
-    real = pack_module._load_manifest
+    real = pack_module.load_manifest
 
     def counted(col):  # type: ignore[no-untyped-def]
         nonlocal loads
         loads += 1
         return real(col)
 
-    monkeypatch.setattr(pack_module, "_load_manifest", counted)
+    monkeypatch.setattr(pack_module, "load_manifest", counted)
     with pytest.raises(PackError) as caught:
         _load(fixture_packs, "l9a")
     assert "parent 'l8a@*' is invalid" in str(caught.value)

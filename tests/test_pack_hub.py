@@ -173,6 +173,20 @@ def test_pack_pull_of_a_range_installs_the_highest_published_version_in_it(cli: 
 
 
 
+def test_pack_pull_of_a_range_that_does_not_parse_fails_before_the_hub_is_asked(cli: Cli, tmp_path: Path) -> None:
+    """`pa pack pull ORG/NAME@^x` listed the repository's tags first (offline, it failed on the Hub), then said
+    only that no version '^x' was published; a name that is no range nor any ref must say what '@' takes."""
+    for spec in ("org/absent@^x", "org/absent@>=abc", "org/absent@~1.x", "org/absent@1.0, zz"):
+        failed = cli.fails(2, "pack", "pull", spec).stderr
+        assert f"bad version range in {spec!r}" in failed, failed
+        assert "^1, ~1.2" in failed and "a tag, a branch or a commit" in failed
+    cli.ok("pack", "push", str(make_pack(tmp_path / "src", "unranged")), "--repo-id", "org/unranged")
+    failed = cli.fails(1, "pack", "pull", "org/unranged@notaver").stderr
+    assert "no version 'notaver' is published" in failed and "published versions: 1.0.0" in failed
+    assert "a tag, a branch or a commit" in failed, failed
+
+
+
 def test_pack_pull_of_a_range_does_not_guess_between_two_builds_of_its_highest_version(cli: Cli, hub_server,  # type: ignore[no-untyped-def]
                                                                                        tmp_path: Path) -> None:
     """A repository tagged v1.0.0+a and v1.0.0+b (before `pa pack push` refused the second): one SemVer
@@ -291,6 +305,43 @@ def test_pack_pull_rejects_paths_outside_the_pack(cli: Cli, hub_server, tmp_path
     assert "unsafe path" in result.stderr and "pack/../../../evil.txt" in result.stderr
     nothing_installed(cli, "escape")
     assert not any(path.endswith("evil.txt") for _, path, _ in hub_server.requests)
+
+
+
+def test_pack_pull_of_a_listing_with_a_file_inside_a_listed_file_is_an_error_not_a_traceback(  # type: ignore[no-untyped-def]
+        cli: Cli, hub_server, tmp_path: Path) -> None:
+    """A hostile Hub lists `pack/notes` and `pack/notes/x` (no real repository holds both, a listing is
+    untrusted): the download wrote the file `notes`, then failed making it a directory, with a traceback."""
+    files = pack_bytes(make_pack(tmp_path / "src", "prefixed"))
+    publish_raw_pack(hub_server, "org/prefixed", "prefixed", files)
+    metadata, _ = card.parse_card(hub_server.read("org/prefixed", "README.md", repo_type="dataset").decode())
+    metadata["policyalign"]["files"].update({"notes": hashlib.sha256(b"a").hexdigest(),
+                                             "notes/x": hashlib.sha256(b"b").hexdigest()})
+    commit = hub_server.put_files("org/prefixed", {"README.md": card.dump_front_matter(metadata).encode(),
+                                                   "pack/notes": b"a"}, "a file and a directory", repo_type="dataset")
+    listing = [{"type": "file", "oid": "0" * 40, "size": len(data), "path": f"pack/{rel}"} for rel, data in files.items()]
+    listing += [{"type": "file", "oid": "1" * 40, "size": 1, "path": "pack/notes"},
+                {"type": "file", "oid": "2" * 40, "size": 1, "path": "pack/notes/x"}]
+    hub_server.forge(f"/api/datasets/org/prefixed/tree/{commit}/pack", listing)
+    result = cli.fails(2, "pack", "pull", "org/prefixed")
+    assert "org/prefixed:pack/notes/x" in result.stderr and "inside the listed file pack/notes" in result.stderr, result.stderr
+    nothing_installed(cli, "prefixed")
+
+
+
+def test_pack_pull_of_a_listing_naming_a_file_twice_says_so(  # type: ignore[no-untyped-def]
+        cli: Cli, hub_server, tmp_path: Path) -> None:
+    """A hostile Hub lists a file twice (a listing is untrusted): the second download found the
+    first's file in place: "[Errno 17] File exists", naming a staging directory already deleted."""
+    files = pack_bytes(make_pack(tmp_path / "src", "twice"))
+    publish_raw_pack(hub_server, "org/twice", "twice", files)
+    commit = hub_server.store.rev(hub_server.repo_path("org/twice", "dataset"), "v1.0.0")
+    listing = [{"type": "file", "oid": "0" * 40, "size": len(data), "path": f"pack/{rel}"} for rel, data in files.items()]
+    listing.append(dict(listing[0]))
+    hub_server.forge(f"/api/datasets/org/twice/tree/{commit}/pack", listing)
+    result = cli.fails(2, "pack", "pull", "org/twice@1.0.0")
+    assert f"org/twice:{listing[0]['path']}: listed twice" in result.stderr, result.stderr
+    nothing_installed(cli, "twice")
 
 
 

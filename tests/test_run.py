@@ -260,6 +260,36 @@ def test_the_lock_is_reentrant_and_held_until_the_outermost_holder_lets_go(tmp_p
     assert _child(attempt, tmp_path).stdout.strip() == "held"
 
 
+def test_a_removed_lock_is_gone_after_its_holder_and_never_held_by_two(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """`remove=True` (a lock in the user's folder, `pa pull --to`) deletes the file on release. A process
+    that opened it while the holder worked, then locked it once released, held a deleted file: a third
+    locking the new file at that path would work beside it, so it must lock the file there now."""
+    import fcntl
+    import threading
+
+    from policyalign import run as run_module
+
+    monkeypatch.setattr(run_module, "LOCK_PATIENCE_S", 30)  # the holder below lets go well within it
+    path = tmp_path / ".x.lock"
+    holder = os.open(path, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+
+    def let_go() -> None:  # as a `remove=True` holder does: delete the file, then release it
+        threading.Event().wait(0.2)
+        path.unlink()
+        os.close(holder)
+
+    threading.Thread(target=let_go).start()
+    with run_lock(tmp_path, name=".x.lock", remove=True):
+        other = os.open(path, os.O_RDWR | os.O_CREAT)  # what a third process opens at that path now
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(other)
+    assert not path.exists()
+
+
 # --------------------------------------------------------------------------- inputs
 
 
