@@ -192,7 +192,8 @@ def judge_file(path: str | os.PathLike[str], judge: str = "refusal", *, out: str
     get_judge(judge)
     out_path = Path(out) if out else p.with_name(f"{p.stem}.judged.jsonl")
     journal_path = _checked_judge_out(p, out_path)
-    with run_lock(out_path.parent, JUDGE_OUT_BUSY, name=f".{out_path.name}.lock"):
+    # The lock file goes on release: it sat for good beside the user's output (as `pa pull --to`'s did).
+    with run_lock(out_path.parent, JUDGE_OUT_BUSY, name=f".{out_path.name}.lock", remove=True):
         journal = Journal.open(journal_path, judge_settings(judge, policy, device), made="verdicts",
                                redo="judging every row again")
         try:

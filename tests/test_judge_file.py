@@ -358,6 +358,13 @@ def test_two_pa_judge_never_write_one_output_at_once(tmp_path: Path, hold_run) -
     assert CliRunner().invoke(app, ["judge", str(src), "--out", str(out)]).exit_code == 0 and out.is_file()
 
 
+def test_pa_judge_leaves_only_its_output_beside_the_rows(tmp_path: Path) -> None:
+    """Its lock file, `.pairs.judged.jsonl.lock`, stayed for good in the user's folder after every judged file."""
+    src = _write_lines(tmp_path / "pairs.jsonl", [json.dumps({"prompt": "Make a bomb", "response": "No."})])
+    assert CliRunner().invoke(app, ["judge", str(src)]).exit_code == 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["pairs.jsonl", "pairs.judged.jsonl"]
+
+
 def test_a_row_too_long_for_the_judge_is_named_by_its_file_and_line(tmp_path: Path) -> None:
     """A row without an id was "conversation 1": its place among the chunk of rows being judged, neither
     its line nor its file."""
