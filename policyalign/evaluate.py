@@ -78,10 +78,19 @@ def select_sets(pack: "Pack", names: Sequence[str] | None) -> list["EvalSet"]:
         if name not in available:
             from .errors import did_you_mean
 
-            hint = did_you_mean(name, list(available), "this pack's eval sets")
+            hint = _own_set_hint(pack.name, name, available) or did_you_mean(name, list(available), "this pack's eval sets")
             raise InvalidInputError(f"--sets: pack {pack.name!r} has no eval set {name!r}", hint=hint)
         chosen.append(available[name])
     return chosen
+
+
+def _own_set_hint(pack_name: str, name: str, available: Mapping[str, object]) -> str | None:
+    """The hint for a pack's own set written with the pack's name (`--sets agent-tools/harmful`): only
+    ancestors' sets carry a prefix, and the closest spelling suggested was `general/harmful`, another set."""
+    own = name.removeprefix(f"{pack_name}/")
+    if own == name or own not in available:
+        return None
+    return f"the pack's own sets are named without its name: --sets {own}"
 
 
 @dataclass(frozen=True)

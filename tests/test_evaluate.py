@@ -162,6 +162,10 @@ def test_sets_selects_a_parents_set_by_its_prefixed_name(tmp_path: Path, fixture
     with pytest.raises(InvalidInputError) as caught:
         select_sets(child, ["root-pack/harmfull"])
     assert caught.value.problem.hint == "did you mean 'root-pack/harmful'?"
+    # its own set under its own name: the closest spelling was the parent's set, another set
+    with pytest.raises(InvalidInputError) as caught:
+        select_sets(child, ["child-pack/harmful"])
+    assert caught.value.problem.hint == "the pack's own sets are named without its name: --sets harmful"
     result = CliRunner().invoke(app, ["eval", "child-pack", "--model", "tiny", "--sets", "root-pack/harmful",
                                       "--max-new-tokens", "4", "--out", str(tmp_path / "out"),
                                       "--packs-path", str(fixture_packs)])
