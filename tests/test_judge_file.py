@@ -87,6 +87,7 @@ def test_pa_judge_cli(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "refuse 1" in result.output and out.is_file()
     assert "violation rate: 0.0% [0.0–79.3]" in result.output  # one item proves little, and says so
+    assert "refuse/guide agreement: 100.0% [20.7–100.0]" in result.output  # one declined harmful row, agreeing
     bad = _write_lines(tmp_path / "bad.jsonl", ['{"prompt": 1}'])
     result = CliRunner().invoke(app, ["judge", str(bad)])
     assert result.exit_code == 2

@@ -205,6 +205,7 @@ def judge_command(
     labels = ", ".join(f"{k} {v}" for k, v in overall["labels"].items())
     typer.echo(f"{overall['n']} rows judged with {judge}: {labels}")
     for key, title in (("violation_rate", "violation rate"), ("over_refusal_rate", "over-refusal rate"),
+                       ("refuse_guide_agreement", "refuse/guide agreement"),  # computed, and printed by pa eval only
                        ("forbidden_tool_call_rate", "forbidden tool-call rate")):
         if overall[key] is not None:
             typer.echo(f"  {title}: {rate_with_interval(overall, key)} (95% interval in brackets)")
