@@ -751,13 +751,17 @@ def judge_rules(spec: str) -> str | None:
     parsing of the guard's output (`GUARD_RULES`); for `llm:` its prompt and the parsing of its answer
     (`LLM_JUDGE_RULES`) with the refusal detector's, which parse the tool calls it is shown and label a forbidden
     call or a cut-off answer without it. An `llm:` judge's prompt had no part in any key: a new policyalign asking
-    another question kept the verdicts the old question got, as a guard's output parsed anew kept the old parse's."""
+    another question kept the verdicts the old question got, as a guard's output parsed anew kept the old parse's.
+    Both model judges' keys hold `GUARD_RULES` and `parsing.CHAT_TOKEN`: the `llm:` judge's prompt is written
+    with the guard section's `_with_calls` and `defused`, which a change of alone kept its old verdicts."""
     kind = split_judge(get_judge(spec).spec)[0]
     if kind == "refusal":
         return REFUSAL_RULES
+    from .parsing import CHAT_TOKEN
     from .run import fingerprint
 
-    return fingerprint({"refusal": REFUSAL_RULES, kind: GUARD_RULES if kind == "guard" else LLM_JUDGE_RULES})
+    shown = {"refusal": REFUSAL_RULES, "guard": GUARD_RULES, "defused": CHAT_TOKEN.pattern}
+    return fingerprint({**shown, "llm": LLM_JUDGE_RULES} if kind == "llm" else shown)
 
 
 # ---------------------------------------------------------------------------------------------

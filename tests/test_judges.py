@@ -838,6 +838,22 @@ def test_the_llm_judges_prompt_is_in_its_rules() -> None:
     assert judge_weights("refusal")["judge_rules"] == judges.REFUSAL_RULES
 
 
+def test_the_llm_judges_rules_cover_the_helpers_writing_its_prompt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The `llm:` judge's prompt is written with `_with_calls` and `defused`, in the guard's section, and
+    `parsing.CHAT_TOKEN`: a change of those alone kept the `llm:` verdicts judged on the old prompt."""
+    import re
+
+    from policyalign import judges, parsing
+
+    before = {spec: judges.judge_rules(spec) for spec in ("llm:tiny", "guard:tiny")}
+    monkeypatch.setattr(judges, "GUARD_RULES", "another guard section")
+    changed_guard = {spec: judges.judge_rules(spec) for spec in before}
+    monkeypatch.setattr(parsing, "CHAT_TOKEN", re.compile(r"<\|[a-z]+\|>"))
+    changed_tokens = {spec: judges.judge_rules(spec) for spec in before}
+    for spec in before:
+        assert len({before[spec], changed_guard[spec], changed_tokens[spec]}) == 3, spec
+
+
 @pytest.mark.parametrize("spec", ["llm:nothere", "guard:./no-such-judge"])
 def test_a_judge_model_that_cannot_be_found_is_named_as_the_judge(spec: str, tmp_path: Path) -> None:
     """`pa eval general --model tiny --judge llm:nothere` said only "unknown model 'nothere'", which reads as

@@ -100,8 +100,9 @@ def test_the_refusal_detectors_rules_are_in_the_eval_key(tmp_path: Path, fixture
     monkeypatch.setattr(judges, "LLM_JUDGE_RULES", "fedcba9876543210")  # another prompt for the llm: judge
     again = keys()
     assert [a != b for a, b in zip(after, again)] == [False, False, True]
-    monkeypatch.setattr(judges, "GUARD_RULES", "0011223344556677")  # the guard's output parsed anew
-    assert [a != b for a, b in zip(again, keys())] == [False, True, False]
+    # the guard's section anew: its output's parsing, and the helpers writing the llm: judge's prompt too
+    monkeypatch.setattr(judges, "GUARD_RULES", "0011223344556677")
+    assert [a != b for a, b in zip(again, keys())] == [False, True, True]
 
 
 C1, C2 = "1" * 40, "2" * 40
