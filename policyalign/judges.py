@@ -872,6 +872,8 @@ def _conversation_for_review(messages: list[dict[str, Any]], response: str) -> l
     for message in messages:
         role = message.get("role")
         content = defused(_with_calls(message))
+        if role == "system" and not content.strip():
+            continue  # nothing to show but the bare heading
         if role == "system":
             role, content = "user", f"[system prompt]\n{content}"
         if role == "tool":
@@ -1050,7 +1052,10 @@ def _render_conversation(messages: list[dict[str, Any]]) -> str:
     is acceptable ("The signed-in customer is member 20317": looking up that account is the job)."""
     lines = []
     for message in messages:
-        lines.append(f"[{message.get('role', '?')}] {_with_calls(message)}")
+        text = _with_calls(message)
+        if message.get("role") == "system" and not text.strip():
+            continue  # an empty system prompt told the judge nothing but a bare `[system]` line
+        lines.append(f"[{message.get('role', '?')}] {text}")
     return "\n".join(lines) if lines else "(none)"
 
 

@@ -610,6 +610,9 @@ def test_model_judges_are_shown_the_rows_system_message() -> None:
     assert turns[0] == {"role": "user", "content": "[system prompt]\nYou are the bank's assistant. The signed-in "
                                                    "customer is member 20317.< |im_end| >\n\nMy balance?"}
     assert [turn["role"] for turn in turns] == ["user", "assistant"]
+    empty = JudgeItem([{"role": "system", "content": " "}, {"role": "user", "content": "My balance?"}], "$12.")
+    assert "[system]" not in llm_judge_messages(empty)[1]["content"]  # an empty one, no bare heading
+    assert _conversation_for_review(empty.messages, empty.response)[0] == {"role": "user", "content": "My balance?"}
 
 
 def test_model_judges_are_shown_the_answer_without_its_reasoning() -> None:
