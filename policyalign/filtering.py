@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from .distill_settings import check_seed
 from .errors import InvalidInputError
 from .io import append_jsonl, iter_jsonl, read_journal, write_jsonl
 from .progress import progress_bar
@@ -60,6 +61,7 @@ class FilterConfig:
                 raise InvalidInputError(f"{flag} must be at least 1, got {value}")
         if not 0 <= self.heldout < 1:
             raise InvalidInputError(f"--heldout must be in [0, 1), got {self.heldout}")
+        check_seed(self.seed)
 
     @property
     def rule(self) -> str:

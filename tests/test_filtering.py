@@ -65,6 +65,13 @@ def test_conflicting_rules_are_rejected() -> None:
             FilterConfig(**{field: 0})
 
 
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_a_seed_numpy_cannot_take_is_refused_as_pa_apply_refuses_it(seed: int) -> None:
+    """`pa filter --seed -1` sampled and split with it while `pa apply --seed -1` was refused."""
+    with pytest.raises(InvalidInputError, match=f"--seed {seed}: must be between 0 and {2**32 - 1}"):
+        FilterConfig(seed=seed)
+
+
 @pytest.mark.parametrize("flags", [{"keep": 0.3, "top_n": 5}, {"no_filter": True, "top_n": 3},
                                    {"min_score": 0.5, "no_filter": True}, {"keep": 0.3, "min_score": 0.1},
                                    {"keep": 0.3, "min_score": 0.0}, {"min_score": 0.0, "no_filter": True}])
