@@ -20,7 +20,7 @@ from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from .errors import HubError, InvalidInputError, PolicyAlignError, PublicRepositoryError, RunError
-from .distill_settings import MAX_SEED, under_given
+from .distill_settings import MAX_SEED, check_ema_decay, under_given
 from .evaluate import check_eval_options
 from .io import output_dir
 from .judges import split_judge
@@ -504,6 +504,8 @@ def _checked_settings(options: ApplyOptions, pack: Pack) -> tuple[Any, Any]:
                              {"max_new_tokens": options.synth_max_new_tokens})
     fconf = filter_config(pack, **_filter_options(options))
     dconf = distill_config(pack, _distill_overrides(options))
+    check_ema_decay(dconf, None if "ema_decay" not in options.explicit else
+                    "--ema-decay" if "ema_decay" in options.flags else "ema_decay in --config")
     _check_target_modules(options.model, pack, dconf.target_modules,
                           "--target-modules" if "target_modules" in options.flags else "target_modules in --config")
     check_eval_options(options.judge, options.eval_limit, limit_flag="--eval-limit")

@@ -87,6 +87,17 @@ def check_seed(seed: int) -> None:
                                 hint="training seeds numpy's generator, which takes a 32-bit unsigned seed")
 
 
+def check_ema_decay(config: DistillConfig, given_as: str | None) -> None:
+    """Refuse an EMA rate given for a teacher that is no EMA: `--ema-decay 0.5` without `--teacher ema` trained
+    against the base teacher, the rate silently unused, though its help says "With --teacher ema". `given_as` is
+    how the user set it (`--ema-decay`, or `ema_decay in --config`), None when they did not."""
+    if given_as is not None and config.teacher != "ema":
+        raise InvalidInputError(f"{given_as} applies only with --teacher ema, and this run's teacher is "
+                                f"{config.teacher!r}",
+                                hint="add --teacher ema (or `teacher: ema` in --config, or training.teacher: ema in "
+                                     f"the pack) to train against the EMA teacher, or drop {given_as}")
+
+
 def under_given(base: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
     """`base` settings (a checkpoint's, a model's demo defaults) with `given` ones over them, where
     `num_epochs` given without `max_steps` also drops base's `max_steps`: trainers stop at max_steps

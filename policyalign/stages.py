@@ -390,8 +390,10 @@ def recorded_distill_config(run_dir: Path) -> dict[str, Any]:
 
 def run_distill(run_dir: Path, *, model: str | None = None, pack: "str | Pack | None" = None,
                 packs_path: list[Path] | None = None, device: str | None = None, resume: bool = False, restart_if_past: bool = False, overrides: dict[str, Any] | None = None,
-                progress: bool = True, report_to: tuple[str, ...] = ()) -> "DistillResult":
+                progress: bool = True, report_to: tuple[str, ...] = (), ema_decay_given_as: str | None = None) -> "DistillResult":
+    """`ema_decay_given_as` names how the user gave the EMA rate (`--ema-decay`), to refuse it for a base teacher."""
     from .distill import distill_run
+    from .distill_settings import check_ema_decay
     from .launch import launch_rank
 
     run_dir = Path(run_dir)
@@ -399,6 +401,7 @@ def run_distill(run_dir: Path, *, model: str | None = None, pack: "str | Pack | 
     _check_upstream(run_dir, "filter", {"instructions": _file_hash(run_dir, "instructions.jsonl")},
                     "selected.jsonl", "`pa filter`")
     config = distill_config(the_pack, overrides or {})
+    check_ema_decay(config, ema_decay_given_as)
     check_device_and_dtype(device)
     settings = resume_settings(run_dir, the_pack, model, config)
     if resume:

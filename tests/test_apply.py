@@ -418,6 +418,23 @@ def test_pa_apply_target_modules_and_kl_top_k_reach_the_training_settings(tmp_pa
     assert not (tmp_path / "run").exists()
 
 
+def test_an_ema_decay_without_the_ema_teacher_is_refused_before_any_stage(tmp_path: Path) -> None:
+    """`--ema-decay 0.5` (or `ema_decay: 0.5` in --config) without `--teacher ema` trained against the base teacher,
+    the rate silently unused; with the EMA teacher it is taken."""
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["apply", "general", "--model", "tiny", "--ema-decay", "0.5", "--out", str(run)])
+    assert result.exit_code == 2 and "--ema-decay applies only with --teacher ema" in result.output
+    config = tmp_path / "run.yaml"
+    config.write_text("pack: general\nmodel: tiny\nema_decay: 0.5\n")
+    result = CliRunner().invoke(app, ["apply", "--config", str(config), "--out", str(run)])
+    assert result.exit_code == 2 and "ema_decay in --config applies only with --teacher ema" in result.output
+    assert not run.exists(), "no stage ran"
+    options = build_options({"teacher": "ema"}, config)
+    from policyalign.apply import _checked_settings
+
+    assert _checked_settings(options, Registry.default().load("general"))[1].ema_decay == 0.5
+
+
 def test_private_without_push_to_is_refused_before_any_stage(tmp_path: Path) -> None:
     """`pa apply ... --private` without --push-to trained and published nothing private, without a word."""
     result = CliRunner().invoke(app, ["apply", "general", "--model", "tiny", "--private", "--out", str(tmp_path / "run")])

@@ -185,6 +185,18 @@ def test_pa_distill_target_modules_may_have_spaces_after_the_commas(recorded_run
     assert sorted(adapter["target_modules"]) == ["q_proj", "v_proj"]
 
 
+def test_pa_distill_refuses_an_ema_decay_without_the_ema_teacher(recorded_run) -> None:
+    """`pa distill RUN --ema-decay 0.5` trained against the base teacher, the rate silently unused."""
+    from typer.testing import CliRunner
+
+    from policyalign.cli import app
+
+    run, _ = recorded_run
+    result = CliRunner().invoke(app, ["distill", str(run), "--ema-decay", "0.5", "--max-steps", "1"])
+    assert result.exit_code == 2 and "--ema-decay applies only with --teacher ema" in result.output
+    assert not (run / "adapter").exists()
+
+
 def test_resuming_a_checkpoint_that_trained_every_step_trains_no_more(recorded_run) -> None:
     """A run stopped after its final checkpoint (while measuring or saving the adapter) came back one
     step longer than its --max-steps: the Trainer, resumed at its last step, checks the limit only

@@ -99,7 +99,8 @@ def distill(
     # --resume continues the interrupted training as it was set up; flags given now still win.
     overrides = under_given(recorded_distill_config(run_dir), given) if resume else given
     result = run_distill(run_dir, model=model, pack=pack, packs_path=packs_path, device=device, resume=resume,
-                         overrides=overrides, report_to=reports)
+                         overrides=overrides, report_to=reports,
+                         ema_decay_given_as="--ema-decay" if ema_decay is not None else None)
     if not result.main:
         return  # rank 0 of a multi-process run reports
     steps, records = result.steps, result.train_records
