@@ -230,6 +230,17 @@ def test_a_packs_misspelt_target_module_names_the_pack_file_and_entry(run_dir, f
     assert (caught.value.problem.file, caught.value.problem.where) == ("", "--target-modules")
 
 
+def test_a_selection_cut_short_mid_line_is_named_with_how_to_write_it_anew(recorded_run) -> None:
+    """selected.jsonl cut mid-JSON was named by file and line, the hint not saying that `pa filter` writes it anew."""
+    run, _ = recorded_run
+    selected = run / "selected.jsonl"
+    selected.write_bytes(selected.read_bytes()[:-20])
+    with pytest.raises(InvalidInputError, match="malformed JSON line") as caught:
+        run_distill(run, overrides={"max_steps": 1}, progress=False)
+    assert caught.value.problem.file == str(selected)
+    assert "delete selected.jsonl and run `pa filter RUN_DIR`" in caught.value.problem.hint
+
+
 def test_a_heldout_instruction_too_long_is_named_before_any_checkpoint_is_removed(recorded_run) -> None:
     """A held-out instruction that leaves no room for its response failed at the first internalization
     measurement, after the previous run's checkpoints were removed, naming no file: it fails before, naming

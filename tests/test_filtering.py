@@ -133,6 +133,19 @@ def test_a_malformed_instruction_is_named_by_line_before_any_scoring(tmp_path: P
     assert caught.value.problem.file == str(tmp_path / "instructions.jsonl") and caught.value.problem.where == "line 2"
 
 
+def test_instructions_cut_short_mid_line_are_named_with_how_to_write_them_anew(tmp_path: Path) -> None:
+    """A last line cut mid-JSON was named by file and line, the hint saying only what a line must be:
+    not that deleting the file and synthesizing again (the run's `pa apply`) writes it anew."""
+    good = '{"id": "r%d", "category": "a", "messages": [{"role": "user", "content": "hi"}]}'
+    (tmp_path / "instructions.jsonl").write_text(good % 0 + "\n" + (good % 1)[:30], encoding="utf-8")
+    with pytest.raises(InvalidInputError, match="malformed JSON line") as caught:
+        filter_run(tmp_path, None, "policy", FilterConfig(), progress=False)  # type: ignore[arg-type]
+    problem = caught.value.problem
+    assert problem.file == str(tmp_path / "instructions.jsonl") and problem.where == "line 2"
+    assert "delete instructions.jsonl and run `pa synthesize PACK --model M --out RUN_DIR`" in problem.hint
+    assert "`pa apply`" in problem.hint
+
+
 @pytest.mark.parametrize("provenance", ["null", '"seed"', '["seed"]'])
 def test_a_provenance_that_is_not_an_object_is_named_by_line(tmp_path: Path, provenance: str) -> None:
     """split_heldout reads provenance["source"]: a hand-edited null or string used to crash it."""
