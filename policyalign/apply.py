@@ -289,6 +289,28 @@ def _check_named_choices(options: dict[str, Any], path: Path) -> None:
             raise InvalidInputError(f"{key}: {message}", file=str(path), where=key, hint=exc.problem.hint) from None
 
 
+def _check_named_values(options: dict[str, Any], path: Path) -> None:
+    """The file's run directory and push settings checked as the command line's are (`out` read from the file's
+    directory), the error naming the file and key: `out: f.txt` naming a file was "--out .../f.txt is not a
+    directory", `license: x y` "invalid license id 'x y' (--license)" and `push_to: bad id` named no file."""
+    from .card import check_license
+    from .hub import check_repo_id, check_tag
+    from .io import check_output_dir
+
+    checks: dict[str, Callable[[Any], Any]] = {"out": check_output_dir, "push_to": check_repo_id,
+                                               "revision": check_tag, "license": check_license}
+    for key, check in checks.items():
+        if not isinstance(options.get(key), str):
+            continue
+        try:
+            check(options[key])
+        except PolicyAlignError as exc:
+            flag = "--" + key.replace("_", "-")
+            message = exc.problem.message.removeprefix(f"{flag}: ").removeprefix(f"{flag} ").replace(f" ({flag})", "")
+            raise InvalidInputError(f"{key}: {message}", file=str(path), where=key,
+                                    hint=exc.problem.hint.replace(flag, key)) from None
+
+
 # Counts a config file may hold below 1, named as its keys: those only a file sets had no check before their
 # stage loaded its model (`eval_max_new_tokens: 0` failed after synthesis and filtering, as "max_new_tokens"),
 # and the others' checks name the flag (`eval_limit: 0` said "--eval-limit must be at least 1", naming no file).
@@ -328,6 +350,8 @@ def build_options(cli: dict[str, Any], config: Path | None) -> ApplyOptions:
     if any(selection_given(cli.get(name)) for name in SELECTION_FLAGS):
         from_file = {k: v for k, v in from_file.items() if k not in SELECTION_FLAGS}
     flags = {key: value for key, value in cli.items() if value is not None and value is not False}
+    if config:  # the file's values the command line does not replace
+        _check_named_values({key: value for key, value in from_file.items() if key not in flags}, config)
     merged = under_given(from_file, flags)
     explicit = set(merged)
     for key in ("pack", "model"):
