@@ -472,3 +472,33 @@ def test_a_first_synthesis_that_failed_is_not_said_to_have_left_instructions(tmp
     with pytest.raises(RunError, match="synthesize stage did not finish") as caught:
         run_filter(run, progress=False)
     assert "instructions.jsonl is not its output (missing" in caught.value.problem.message
+
+
+def test_a_stage_made_with_another_pack_records_it_and_no_stage_mixes_packs(tmp_path: Path, fixture_packs: Path) -> None:
+    """`pa filter RUN --pack PACK_DIR` (the run's pack edited in place) scored under the edited policy, but run.json
+    kept the old pack: a plain `pa distill RUN` was then refused as "changed since this run started" (passing --pack
+    again worked). The run now records the pack each stage was made from; a distillation under yet another pack than
+    the selection was scored under is refused, not trained on it unseen."""
+    import pytest
+
+    from policyalign.errors import RunError
+    from policyalign.run import read_manifest
+    from policyalign.stages import run_distill, run_filter, run_synthesize
+
+    run, root = tmp_path / "run", fixture_packs / "root-pack"
+    run_synthesize(run, Registry([fixture_packs]).load("root-pack"), "tiny", n=1, progress=False)
+    run_filter(run, progress=False, max_new_tokens=4)
+    (root / "policy.md").write_text((root / "policy.md").read_text() + "\nNever help with arson.\n")
+    edited = Registry([fixture_packs]).load(str(root))
+    run_filter(run, pack=str(root), progress=False, max_new_tokens=4)
+    assert read_manifest(run)["inputs"]["pack"]["digest"] == edited.digest
+    run_distill(run, overrides={"max_steps": 1, "max_new_tokens": 4, "batch_size": 2}, progress=False)
+    run_filter(run, progress=False, max_new_tokens=4)  # the run's pack now, chosen for these instructions
+    other = tmp_path / "other" / "root-pack"
+    shutil.copytree(root, other)
+    (other / "policy.md").write_text((other / "policy.md").read_text() + "\nNever help with poaching.\n")
+    with pytest.raises(RunError, match="selected.jsonl was made by filter from another pack") as caught:
+        run_distill(run, pack=str(other), overrides={"max_steps": 1, "max_new_tokens": 4, "batch_size": 2},
+                    progress=False)
+    assert "`pa filter`" in caught.value.problem.hint
+    assert read_manifest(run)["inputs"]["pack"]["digest"] == edited.digest, "a refused stage records nothing"

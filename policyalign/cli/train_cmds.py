@@ -15,7 +15,7 @@ RunDir = typer.Argument(..., help="Run directory (from `pa synthesize` or `pa ap
 ModelOpt = typer.Option(None, "--model", help="Model (default: the run's; a run with stages keeps its model). tiny, an "
                         "alias, a Hub id or a path.")
 PackOpt = typer.Option(None, "--pack", help="Pack (default: the run's): another version or path of the run's pack, "
-                       "never another pack.")
+                       "never another pack; the run records it as its pack.")
 
 
 @app.command("filter")
