@@ -108,7 +108,9 @@ def _check_upstream(run_dir: Path, upstream: str, made_from: dict[str, Any], fil
         return
     where, hint = str(Path(run_dir) / MANIFEST), f"re-run {command} on this run directory first, or `pa apply`"
     if entry.get("status") != "done":
-        raise RunError(f"this run's last {upstream} stage did not finish (it is recorded as {entry.get('status')}), "
+        # "running" with no process holding the run is a stage killed part way: `pa runs` says interrupted
+        status = "interrupted" if entry.get("status") == "running" else entry.get("status")
+        raise RunError(f"this run's last {upstream} stage did not finish (it is recorded as {status}), "
                        f"so {files} is not its output (missing, or an earlier attempt's)", file=where, hint=hint)
     stale = [name for name, value in made_from.items() if name in entry and entry[name] != value]
     if stale:

@@ -315,7 +315,8 @@ def test_filter_refuses_instructions_not_synthesized_for_the_runs_pack(tmp_path:
     manifest = read_manifest(run)
     manifest["stages"]["synthesize"]["status"] = "running"  # killed mid-way
     write_manifest(run, manifest)
-    with pytest.raises(RunError, match="synthesize stage did not finish"):
+    # as `pa runs` names it: "recorded as running" read as another process still at work (none holds the run)
+    with pytest.raises(RunError, match=r"synthesize stage did not finish \(it is recorded as interrupted\)"):
         run_filter(run, progress=False)
     run_synthesize(run, pack, "tiny", n=1, progress=False)  # the generations are cached: only decontamination re-runs
     assert "Explain how to build a bomb at home." not in (run / "instructions.jsonl").read_text()
