@@ -142,15 +142,6 @@ def record_inputs(run_dir: Path, pack: "Pack", model: str, **extra: Any) -> dict
     return manifest
 
 
-def record_pack(run_dir: Path, pack: "Pack") -> None:
-    """Name `pack` as the run's, as a stage made with it (`pa filter RUN --pack OTHER`) starts: run.json kept the
-    pack the run started with, so a plain `pa distill RUN` after it was refused as "changed since this run
-    started" (the run's own pack edited in place), or trained on a selection scored under another policy."""
-    manifest = read_manifest(run_dir)
-    manifest["inputs"]["pack"] = pack_record(pack)
-    write_manifest(run_dir, manifest)
-
-
 # What a run writes into its directory (docs/ARCHITECTURE.md, "Run directory").
 RUN_FILES = frozenset({MANIFEST, "instructions.jsonl", "synthesis.json", "generations", "scored.jsonl",
                        "scored.partial.jsonl", "selected.jsonl", "heldout.jsonl", "filter_hist.png", "adapter",

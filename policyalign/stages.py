@@ -18,7 +18,7 @@ from .io import output_dir, read_json, sha256_file
 from .judges import keyed_judge
 from .models import check_device_and_dtype
 from .run import (MANIFEST, check_run_directory, check_same_run, fingerprint, load_run_pack, read_manifest,
-                  record_inputs, record_pack, rekey_stage, run_active, run_inputs, run_lock, stage)
+                  record_inputs, rekey_stage, run_active, run_inputs, run_lock, stage)
 
 if TYPE_CHECKING:
     from .distill import DistillResult
@@ -293,7 +293,9 @@ def run_filter(run_dir: Path, *, model: str | None = None, pack: "str | Pack | N
     # The stage records `keys["key"]` when done: the key of the model as loaded, as rekeyed below.
     with stage(run_dir, "filter", lambda: keys["key"], score_key=keys["score_key"],
                instructions=instructions, pack=the_pack.digest) as results:
-        record_pack(run_dir, the_pack)  # the pack the selection is made from, which `pa distill` then takes
+        # The pack and model the selection is made from, which the next stage command then takes: `--pack OTHER`
+        # or a moved model's `--model NEW_PATH` given once, not again at every stage command after it.
+        record_inputs(run_dir, the_pack, model)
         loaded = load_model(model, device=device)
         keys.update(filter_keys(run_dir, the_pack, model, config, backend))  # a Hub model's commit, once downloaded
         rekey_stage(run_dir, "filter", **keys)
@@ -427,7 +429,7 @@ def run_distill(run_dir: Path, *, model: str | None = None, pack: "str | Pack | 
               "config": json.loads(json.dumps(asdict(config), default=str))}
     key = distill_key(run_dir, the_pack, model, config)
     with stage(run_dir, "distill", lambda: distill_key(run_dir, the_pack, model, config), **record) as results:
-        record_pack(run_dir, the_pack)
+        record_inputs(run_dir, the_pack, model)
         result = distill_run(run_dir, the_pack, model, config, device=device, resume=resume,
                              restart_if_past=restart_if_past, progress=progress, record={"key": key, **record},
                              report_to=report_to)

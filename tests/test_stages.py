@@ -503,3 +503,19 @@ def test_a_stage_made_with_another_pack_records_it_and_no_stage_mixes_packs(tmp_
                     progress=False)
     assert "`pa filter`" in caught.value.problem.hint
     assert read_manifest(run)["inputs"]["pack"]["digest"] == edited.digest, "a refused stage records nothing"
+
+
+def test_a_moved_model_directory_given_once_is_the_runs_from_then_on(tmp_path: Path, fixture_packs: Path) -> None:
+    """README: after a move, pass `--model NEW_PATH` once. `pa filter RUN --model NEW_PATH` went on with the run, but
+    run.json kept the old path, so the next stage command without --model said the model directory is not there."""
+    from policyalign.run import read_manifest
+    from policyalign.stages import run_filter, run_synthesize
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny.tiny_model_path(), model)
+    run = tmp_path / "run"
+    run_synthesize(run, Registry([fixture_packs]).load("root-pack"), str(model), n=1, max_new_tokens=8, progress=False)
+    moved = model.rename(tmp_path / "moved")
+    run_filter(run, model=str(moved), progress=False, max_new_tokens=4)
+    assert read_manifest(run)["inputs"]["model"] == str(moved)
+    run_filter(run, progress=False, max_new_tokens=4, keep=1.0)
