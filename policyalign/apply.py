@@ -20,7 +20,7 @@ from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from .errors import HubError, InvalidInputError, PolicyAlignError, PublicRepositoryError, RunError
-from .distill_settings import MAX_SEED, under_given
+from .distill_settings import MAX_SEED, check_ema_decay, under_given
 from .evaluate import check_eval_options
 from .io import output_dir
 from .judges import split_judge
@@ -292,6 +292,28 @@ def _check_named_choices(options: dict[str, Any], path: Path) -> None:
             raise InvalidInputError(f"{key}: {message}", file=str(path), where=key, hint=exc.problem.hint) from None
 
 
+def _check_named_values(options: dict[str, Any], path: Path) -> None:
+    """The file's run directory and push settings checked as the command line's are (`out` read from the file's
+    directory), the error naming the file and key: `out: f.txt` naming a file was "--out .../f.txt is not a
+    directory", `license: x y` "invalid license id 'x y' (--license)" and `push_to: bad id` named no file."""
+    from .card import check_license
+    from .hub import check_repo_id, check_tag
+    from .io import check_output_dir
+
+    checks: dict[str, Callable[[Any], Any]] = {"out": check_output_dir, "push_to": check_repo_id,
+                                               "revision": check_tag, "license": check_license}
+    for key, check in checks.items():
+        if not isinstance(options.get(key), str):
+            continue
+        try:
+            check(options[key])
+        except PolicyAlignError as exc:
+            flag = "--" + key.replace("_", "-")
+            message = exc.problem.message.removeprefix(f"{flag}: ").removeprefix(f"{flag} ").replace(f" ({flag})", "")
+            raise InvalidInputError(f"{key}: {message}", file=str(path), where=key,
+                                    hint=exc.problem.hint.replace(flag, key)) from None
+
+
 # Counts a config file may hold below 1, named as its keys: those only a file sets had no check before their
 # stage loaded its model (`eval_max_new_tokens: 0` failed after synthesis and filtering, as "max_new_tokens"),
 # and the others' checks name the flag (`eval_limit: 0` said "--eval-limit must be at least 1", naming no file).
@@ -337,6 +359,8 @@ def build_options(cli: dict[str, Any], config: Path | None) -> ApplyOptions:
     if any(selection_given(cli.get(name)) for name in SELECTION_FLAGS):
         from_file = {k: v for k, v in from_file.items() if k not in SELECTION_FLAGS}
     flags = {key: value for key, value in cli.items() if _given(key, value)}
+    if config:  # the file's values the command line does not replace
+        _check_named_values({key: value for key, value in from_file.items() if key not in flags}, config)
     merged = under_given(from_file, flags)
     explicit = set(merged)
     for key in ("pack", "model"):
@@ -513,6 +537,8 @@ def _checked_settings(options: ApplyOptions, pack: Pack) -> tuple[Any, Any]:
                              {"max_new_tokens": options.synth_max_new_tokens})
     fconf = filter_config(pack, **_filter_options(options))
     dconf = distill_config(pack, _distill_overrides(options))
+    check_ema_decay(dconf, None if "ema_decay" not in options.explicit else
+                    "--ema-decay" if "ema_decay" in options.flags else "ema_decay in --config")
     _check_target_modules(options.model, pack, dconf.target_modules,
                           "--target-modules" if "target_modules" in options.flags else "target_modules in --config")
     check_eval_options(options.judge, options.eval_limit, limit_flag="--eval-limit")

@@ -70,8 +70,9 @@ def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillCon
     from .run import require
 
     run_dir = Path(run_dir)
-    records = read_instructions(require(run_dir, "selected.jsonl", "pa filter RUN_DIR"))
-    heldout = read_instructions(run_dir / "heldout.jsonl") if (run_dir / "heldout.jsonl").is_file() else []
+    remake = "`pa filter RUN_DIR` (or the run's `pa apply`)"
+    records = read_instructions(require(run_dir, "selected.jsonl", "pa filter RUN_DIR"), remake)
+    heldout = read_instructions(run_dir / "heldout.jsonl", remake) if (run_dir / "heldout.jsonl").is_file() else []
     if not records:
         raise RunError("selected.jsonl is empty: nothing to train on", file=str(run_dir / "selected.jsonl"),
                        hint="keep more with `pa filter RUN_DIR --keep 0.8` or `--no-filter`")

@@ -71,13 +71,31 @@ class DistillConfig:
             {k: (tuple(v) if isinstance(v, list) else v) for k, v in given.items()}))
         if config.teacher not in ("base", "ema"):
             raise InvalidInputError(f"unknown teacher {config.teacher!r}", hint="use base or ema")
-        if not 0 <= config.seed <= MAX_SEED:  # transformers' set_seed seeds numpy, which takes no other
-            raise InvalidInputError(f"--seed {config.seed}: must be between 0 and {MAX_SEED}",
-                                    hint="training seeds numpy's generator, which takes a 32-bit unsigned seed")
+        check_seed(config.seed)
         if config.save_steps < 1:
             raise InvalidInputError(f"--save-steps {config.save_steps}: must be at least 1",
                                     hint="checkpoint every N >= 1 optimizer steps")
         return config
+
+
+def check_seed(seed: int) -> None:
+    """Refuse a seed numpy cannot take (transformers' set_seed seeds it, which takes no other). Every command
+    with --seed holds it to this: `pa synthesize --seed -1` and `pa filter --seed -1` ran while `pa apply
+    --seed -1` was refused, so the stage commands made runs `pa apply` could not re-run or resume."""
+    if not 0 <= seed <= MAX_SEED:
+        raise InvalidInputError(f"--seed {seed}: must be between 0 and {MAX_SEED}",
+                                hint="training seeds numpy's generator, which takes a 32-bit unsigned seed")
+
+
+def check_ema_decay(config: DistillConfig, given_as: str | None) -> None:
+    """Refuse an EMA rate given for a teacher that is no EMA: `--ema-decay 0.5` without `--teacher ema` trained
+    against the base teacher, the rate silently unused, though its help says "With --teacher ema". `given_as` is
+    how the user set it (`--ema-decay`, or `ema_decay in --config`), None when they did not."""
+    if given_as is not None and config.teacher != "ema":
+        raise InvalidInputError(f"{given_as} applies only with --teacher ema, and this run's teacher is "
+                                f"{config.teacher!r}",
+                                hint="add --teacher ema (or `teacher: ema` in --config, or training.teacher: ema in "
+                                     f"the pack) to train against the EMA teacher, or drop {given_as}")
 
 
 def under_given(base: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from .distill_settings import check_seed
 from .errors import InvalidInputError
 from .io import append_jsonl, iter_jsonl, read_journal, write_jsonl
 from .progress import progress_bar
@@ -60,6 +61,7 @@ class FilterConfig:
                 raise InvalidInputError(f"{flag} must be at least 1, got {value}")
         if not 0 <= self.heldout < 1:
             raise InvalidInputError(f"--heldout must be in [0, 1), got {self.heldout}")
+        check_seed(self.seed)
 
     @property
     def rule(self) -> str:
@@ -88,16 +90,24 @@ INSTRUCTION_HINT = ('each line needs "id" (unique), "category" and "messages" (c
                     "as `pa synthesize` writes; fix or delete the line")
 
 
-def read_instructions(path: Path) -> list[dict[str, Any]]:
+def read_instructions(path: Path, remake: str = "") -> list[dict[str, Any]]:
     """Instruction rows (instructions/selected/heldout.jsonl), checked up front: a hand-edited line
     would otherwise fail as a bare KeyError after minutes of scoring, and a repeated id would
-    silently share one score (ids key the resumable partial file)."""
+    silently share one score (ids key the resumable partial file). `remake` is the command that writes
+    the file anew, which a bad line's hint names: a file cut short mid-line was named by file and line
+    alone, leaving the user to guess whether the run could go on and how."""
+    again = f"; or delete {path.name} and run {remake} again to write it anew" if remake else ""
+    try:
+        numbered = list(iter_jsonl(path))
+    except InvalidInputError as exc:  # a line that is no JSON object: cut short, or edited by hand
+        raise InvalidInputError(exc.problem.message, file=exc.problem.file, where=exc.problem.where,
+                                hint=exc.problem.hint + again) from None
     rows: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
-    for lineno, row in iter_jsonl(path):
+    for lineno, row in numbered:
         problem = _instruction_problem(row, seen)
         if problem:
-            raise InvalidInputError(problem, file=str(path), where=f"line {lineno}", hint=INSTRUCTION_HINT)
+            raise InvalidInputError(problem, file=str(path), where=f"line {lineno}", hint=INSTRUCTION_HINT + again)
         seen[row["id"]] = lineno
         rows.append(row)
     return rows
@@ -387,7 +397,9 @@ def filter_run(run_dir: Path, loaded: "LoadedModel", policy: str, config: Filter
     from .scoring import PolicyScorer
 
     run_dir = Path(run_dir)
-    records = read_instructions(require(run_dir, "instructions.jsonl", "pa synthesize PACK --model M --out RUN_DIR"))
+    synthesize = "pa synthesize PACK --model M --out RUN_DIR"
+    records = read_instructions(require(run_dir, "instructions.jsonl", synthesize),
+                                remake=f"`{synthesize}` (or the run's `pa apply`)")
     if not records:
         raise InvalidInputError("instructions.jsonl is empty", file=str(run_dir / "instructions.jsonl"),
                                 hint="re-run synthesis; the pack's seeds alone should give some instructions")

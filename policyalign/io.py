@@ -95,6 +95,18 @@ def _umask() -> int:
     return mask
 
 
+def check_output_dir(path: str | os.PathLike[str], option: str = "--out") -> None:
+    """Refuse, as `output_dir` would, a directory a file blocks (it or a parent), without making anything:
+    a config file's `out:` is checked when the file is read, before a run directory may be made."""
+    target = Path(path)
+    for place in (target, *target.parents):
+        if place.exists():
+            if not place.is_dir():
+                raise InvalidInputError(f"{option} {target} is not a directory: a file has its name or a parent's",
+                                        file=str(target), hint=f"give {option} a directory (it is created when missing)")
+            return
+
+
 def output_dir(path: str | os.PathLike[str], option: str = "--out") -> Path:
     """Create the directory a command writes into, before its work: a file already holding the name
     (or a parent's) was a bare FileExistsError traceback, for `pa eval` after every response was generated."""

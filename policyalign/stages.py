@@ -108,12 +108,21 @@ def _check_upstream(run_dir: Path, upstream: str, made_from: dict[str, Any], fil
         return
     where, hint = str(Path(run_dir) / MANIFEST), f"re-run {command} on this run directory first, or `pa apply`"
     if entry.get("status") != "done":
-        raise RunError(f"this run's last {upstream} stage did not finish (it is recorded as {entry.get('status')}), "
+        # "running" with no process holding the run is a stage killed part way: `pa runs` says interrupted
+        status = "interrupted" if entry.get("status") == "running" else entry.get("status")
+        raise RunError(f"this run's last {upstream} stage did not finish (it is recorded as {status}), "
                        f"so {files} is not its output (missing, or an earlier attempt's)", file=where, hint=hint)
     stale = [name for name, value in made_from.items() if name in entry and entry[name] != value]
     if stale:
         raise RunError(f"{files} was made by {upstream} from another {' and '.join(stale)} than this run's now",
                        file=where, hint=hint)
+
+
+def _made_from(run_dir: Path, name: str, **made_from: Any) -> bool:
+    """Whether stage `name` finished, recording each of `made_from` as it is now."""
+    entry = read_manifest(run_dir)["stages"].get(name)
+    return isinstance(entry, dict) and entry.get("status") == "done" and all(
+        entry.get(key) == value for key, value in made_from.items())
 
 
 def _model_key(model: str, field: str | None = "model", files: str | None = "model_files") -> dict[str, str]:
@@ -272,15 +281,21 @@ def run_filter(run_dir: Path, *, model: str | None = None, pack: "str | Pack | N
 
     run_dir = Path(run_dir)
     the_pack, model = _pack_and_model(run_dir, pack, model, packs_path)
-    # --pack may name another version of the run's pack on purpose; the run's own must be the one synthesized for.
-    _check_upstream(run_dir, "synthesize", {} if isinstance(pack, str) else {"pack": the_pack.digest},
+    instructions = _file_hash(run_dir, "instructions.jsonl")
+    # --pack may name another version of the run's pack on purpose (and a filter of these instructions
+    # with it, done, chose it); the run's own must otherwise be the one synthesized for.
+    chosen = isinstance(pack, str) or _made_from(run_dir, "filter", pack=the_pack.digest, instructions=instructions)
+    _check_upstream(run_dir, "synthesize", {} if chosen else {"pack": the_pack.digest},
                     "instructions.jsonl", "`pa synthesize`")
     config = filter_config(the_pack, **options)
     check_device_and_dtype(device)
     keys = filter_keys(run_dir, the_pack, model, config, backend)
     # The stage records `keys["key"]` when done: the key of the model as loaded, as rekeyed below.
     with stage(run_dir, "filter", lambda: keys["key"], score_key=keys["score_key"],
-               instructions=_file_hash(run_dir, "instructions.jsonl")) as results:
+               instructions=instructions, pack=the_pack.digest) as results:
+        # The pack and model the selection is made from, which the next stage command then takes: `--pack OTHER`
+        # or a moved model's `--model NEW_PATH` given once, not again at every stage command after it.
+        record_inputs(run_dir, the_pack, model)
         loaded = load_model(model, device=device)
         keys.update(filter_keys(run_dir, the_pack, model, config, backend))  # a Hub model's commit, once downloaded
         rekey_stage(run_dir, "filter", **keys)
@@ -390,15 +405,19 @@ def recorded_distill_config(run_dir: Path) -> dict[str, Any]:
 
 def run_distill(run_dir: Path, *, model: str | None = None, pack: "str | Pack | None" = None,
                 packs_path: list[Path] | None = None, device: str | None = None, resume: bool = False, restart_if_past: bool = False, overrides: dict[str, Any] | None = None,
-                progress: bool = True, report_to: tuple[str, ...] = ()) -> "DistillResult":
+                progress: bool = True, report_to: tuple[str, ...] = (), ema_decay_given_as: str | None = None) -> "DistillResult":
+    """`ema_decay_given_as` names how the user gave the EMA rate (`--ema-decay`), to refuse it for a base teacher."""
     from .distill import distill_run
+    from .distill_settings import check_ema_decay
     from .launch import launch_rank
 
     run_dir = Path(run_dir)
     the_pack, model = _pack_and_model(run_dir, pack, model, packs_path)
-    _check_upstream(run_dir, "filter", {"instructions": _file_hash(run_dir, "instructions.jsonl")},
-                    "selected.jsonl", "`pa filter`")
+    # The teacher's policy is the one the selection was scored under: another pack's would train on it unseen.
+    _check_upstream(run_dir, "filter", {"instructions": _file_hash(run_dir, "instructions.jsonl"),
+                                        "pack": the_pack.digest}, "selected.jsonl", "`pa filter`")
     config = distill_config(the_pack, overrides or {})
+    check_ema_decay(config, ema_decay_given_as)
     check_device_and_dtype(device)
     settings = resume_settings(run_dir, the_pack, model, config)
     if resume:
@@ -410,6 +429,7 @@ def run_distill(run_dir: Path, *, model: str | None = None, pack: "str | Pack | 
               "config": json.loads(json.dumps(asdict(config), default=str))}
     key = distill_key(run_dir, the_pack, model, config)
     with stage(run_dir, "distill", lambda: distill_key(run_dir, the_pack, model, config), **record) as results:
+        record_inputs(run_dir, the_pack, model)
         result = distill_run(run_dir, the_pack, model, config, device=device, resume=resume,
                              restart_if_past=restart_if_past, progress=progress, record={"key": key, **record},
                              report_to=report_to)

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .dedup import check_threshold, combining_marks, dedup, find_near_duplicates, normalize
+from .distill_settings import check_seed
 from .errors import InvalidInputError
 from .io import read_json, write_json, write_jsonl
 from .frozen import thaw
@@ -622,6 +623,7 @@ def check_settings(pack: Pack, *, n_per_category: int | None, rounds: int | None
         _positive(max_per_category, "max_per_category", "--max-per-category")
     if isinstance(sampling, Mapping) and sampling.get("max_new_tokens") is not None:  # `pa synthesize --max-new-tokens`:
         _positive(sampling["max_new_tokens"], "max_new_tokens", "--max-new-tokens")  # SamplingParams names no flag
+    check_seed(seed)
     settings = _sampling_settings(pack, sampling)
     _params(settings, seed)
     return n, rounds, settings

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -418,11 +419,49 @@ def test_pa_apply_target_modules_and_kl_top_k_reach_the_training_settings(tmp_pa
     assert not (tmp_path / "run").exists()
 
 
+def test_an_ema_decay_without_the_ema_teacher_is_refused_before_any_stage(tmp_path: Path) -> None:
+    """`--ema-decay 0.5` (or `ema_decay: 0.5` in --config) without `--teacher ema` trained against the base teacher,
+    the rate silently unused; with the EMA teacher it is taken."""
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["apply", "general", "--model", "tiny", "--ema-decay", "0.5", "--out", str(run)])
+    assert result.exit_code == 2 and "--ema-decay applies only with --teacher ema" in result.output
+    config = tmp_path / "run.yaml"
+    config.write_text("pack: general\nmodel: tiny\nema_decay: 0.5\n")
+    result = CliRunner().invoke(app, ["apply", "--config", str(config), "--out", str(run)])
+    assert result.exit_code == 2 and "ema_decay in --config applies only with --teacher ema" in result.output
+    assert not run.exists(), "no stage ran"
+    options = build_options({"teacher": "ema"}, config)
+    from policyalign.apply import _checked_settings
+
+    assert _checked_settings(options, Registry.default().load("general"))[1].ema_decay == 0.5
+
+
 def test_private_without_push_to_is_refused_before_any_stage(tmp_path: Path) -> None:
     """`pa apply ... --private` without --push-to trained and published nothing private, without a word."""
     result = CliRunner().invoke(app, ["apply", "general", "--model", "tiny", "--private", "--out", str(tmp_path / "run")])
     assert result.exit_code == 2 and "--private only applies with --push-to" in result.output
     assert not (tmp_path / "run" / "instructions.jsonl").exists()
+
+
+@pytest.mark.parametrize("line, message", [("out: f.txt", "out: {base}/f.txt is not a directory"),
+                                           ("out: f.txt/run", "out: {base}/f.txt/run is not a directory"),
+                                           ("push_to: 'bad id'", "push_to: invalid repository id 'bad id'"),
+                                           ("license: 'x y'", "license: invalid license id 'x y'$")])
+def test_a_config_files_bad_value_is_named_by_the_file_and_key_not_as_a_flag(tmp_path: Path, line: str,
+                                                                             message: str) -> None:
+    """`out: f.txt` naming a file was "--out .../f.txt is not a directory" (a flag never typed), `license: x y`
+    "(--license)" and `push_to: bad id` named no file."""
+    (tmp_path / "f.txt").write_text("not a run\n")
+    config = tmp_path / "run.yaml"
+    config.write_text(f"pack: general\nmodel: tiny\n{line}\n")
+    with pytest.raises(InvalidInputError) as caught:
+        build_options({}, config)
+    problem, key = caught.value.problem, line.split(":")[0]
+    assert (problem.file, problem.where) == (str(config), key)
+    assert re.search(message.format(base=re.escape(str(tmp_path))), problem.message), problem.message
+    assert "--" not in problem.message + problem.hint
+    assert build_options({key: "other" if key == "license" else "me/x" if key == "push_to" else str(tmp_path / "run")},
+                         config), "the command line's value wins over the file's, unchecked"
 
 
 def test_config_values_of_the_wrong_type_fail_before_any_stage_runs(tmp_path: Path) -> None:

@@ -185,6 +185,18 @@ def test_pa_distill_target_modules_may_have_spaces_after_the_commas(recorded_run
     assert sorted(adapter["target_modules"]) == ["q_proj", "v_proj"]
 
 
+def test_pa_distill_refuses_an_ema_decay_without_the_ema_teacher(recorded_run) -> None:
+    """`pa distill RUN --ema-decay 0.5` trained against the base teacher, the rate silently unused."""
+    from typer.testing import CliRunner
+
+    from policyalign.cli import app
+
+    run, _ = recorded_run
+    result = CliRunner().invoke(app, ["distill", str(run), "--ema-decay", "0.5", "--max-steps", "1"])
+    assert result.exit_code == 2 and "--ema-decay applies only with --teacher ema" in result.output
+    assert not (run / "adapter").exists()
+
+
 def test_resuming_a_checkpoint_that_trained_every_step_trains_no_more(recorded_run) -> None:
     """A run stopped after its final checkpoint (while measuring or saving the adapter) came back one
     step longer than its --max-steps: the Trainer, resumed at its last step, checks the limit only
@@ -216,6 +228,17 @@ def test_a_packs_misspelt_target_module_names_the_pack_file_and_entry(run_dir, f
         distill_run(run, pack, "tiny", DistillConfig.from_pack(pack.training, max_steps=1, target_modules=["o_prj"]),
                     progress=False)
     assert (caught.value.problem.file, caught.value.problem.where) == ("", "--target-modules")
+
+
+def test_a_selection_cut_short_mid_line_is_named_with_how_to_write_it_anew(recorded_run) -> None:
+    """selected.jsonl cut mid-JSON was named by file and line, the hint not saying that `pa filter` writes it anew."""
+    run, _ = recorded_run
+    selected = run / "selected.jsonl"
+    selected.write_bytes(selected.read_bytes()[:-20])
+    with pytest.raises(InvalidInputError, match="malformed JSON line") as caught:
+        run_distill(run, overrides={"max_steps": 1}, progress=False)
+    assert caught.value.problem.file == str(selected)
+    assert "delete selected.jsonl and run `pa filter RUN_DIR`" in caught.value.problem.hint
 
 
 def test_a_heldout_instruction_too_long_is_named_before_any_checkpoint_is_removed(recorded_run) -> None:

@@ -65,6 +65,13 @@ def test_conflicting_rules_are_rejected() -> None:
             FilterConfig(**{field: 0})
 
 
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_a_seed_numpy_cannot_take_is_refused_as_pa_apply_refuses_it(seed: int) -> None:
+    """`pa filter --seed -1` sampled and split with it while `pa apply --seed -1` was refused."""
+    with pytest.raises(InvalidInputError, match=f"--seed {seed}: must be between 0 and {2**32 - 1}"):
+        FilterConfig(seed=seed)
+
+
 @pytest.mark.parametrize("flags", [{"keep": 0.3, "top_n": 5}, {"no_filter": True, "top_n": 3},
                                    {"min_score": 0.5, "no_filter": True}, {"keep": 0.3, "min_score": 0.1},
                                    {"keep": 0.3, "min_score": 0.0}, {"min_score": 0.0, "no_filter": True}])
@@ -124,6 +131,19 @@ def test_a_malformed_instruction_is_named_by_line_before_any_scoring(tmp_path: P
     with pytest.raises(InvalidInputError, match=message) as caught:
         filter_run(tmp_path, None, "policy", FilterConfig(), progress=False)  # type: ignore[arg-type]
     assert caught.value.problem.file == str(tmp_path / "instructions.jsonl") and caught.value.problem.where == "line 2"
+
+
+def test_instructions_cut_short_mid_line_are_named_with_how_to_write_them_anew(tmp_path: Path) -> None:
+    """A last line cut mid-JSON was named by file and line, the hint saying only what a line must be:
+    not that deleting the file and synthesizing again (the run's `pa apply`) writes it anew."""
+    good = '{"id": "r%d", "category": "a", "messages": [{"role": "user", "content": "hi"}]}'
+    (tmp_path / "instructions.jsonl").write_text(good % 0 + "\n" + (good % 1)[:30], encoding="utf-8")
+    with pytest.raises(InvalidInputError, match="malformed JSON line") as caught:
+        filter_run(tmp_path, None, "policy", FilterConfig(), progress=False)  # type: ignore[arg-type]
+    problem = caught.value.problem
+    assert problem.file == str(tmp_path / "instructions.jsonl") and problem.where == "line 2"
+    assert "delete instructions.jsonl and run `pa synthesize PACK --model M --out RUN_DIR`" in problem.hint
+    assert "`pa apply`" in problem.hint
 
 
 @pytest.mark.parametrize("provenance", ["null", '"seed"', '["seed"]'])

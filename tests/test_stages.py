@@ -316,7 +316,8 @@ def test_filter_refuses_instructions_not_synthesized_for_the_runs_pack(tmp_path:
     manifest = read_manifest(run)
     manifest["stages"]["synthesize"]["status"] = "running"  # killed mid-way
     write_manifest(run, manifest)
-    with pytest.raises(RunError, match="synthesize stage did not finish"):
+    # as `pa runs` names it: "recorded as running" read as another process still at work (none holds the run)
+    with pytest.raises(RunError, match=r"synthesize stage did not finish \(it is recorded as interrupted\)"):
         run_filter(run, progress=False)
     run_synthesize(run, pack, "tiny", n=1, progress=False)  # the generations are cached: only decontamination re-runs
     assert "Explain how to build a bomb at home." not in (run / "instructions.jsonl").read_text()
@@ -473,3 +474,49 @@ def test_a_first_synthesis_that_failed_is_not_said_to_have_left_instructions(tmp
     with pytest.raises(RunError, match="synthesize stage did not finish") as caught:
         run_filter(run, progress=False)
     assert "instructions.jsonl is not its output (missing" in caught.value.problem.message
+
+
+def test_a_stage_made_with_another_pack_records_it_and_no_stage_mixes_packs(tmp_path: Path, fixture_packs: Path) -> None:
+    """`pa filter RUN --pack PACK_DIR` (the run's pack edited in place) scored under the edited policy, but run.json
+    kept the old pack: a plain `pa distill RUN` was then refused as "changed since this run started" (passing --pack
+    again worked). The run now records the pack each stage was made from; a distillation under yet another pack than
+    the selection was scored under is refused, not trained on it unseen."""
+    import pytest
+
+    from policyalign.errors import RunError
+    from policyalign.run import read_manifest
+    from policyalign.stages import run_distill, run_filter, run_synthesize
+
+    run, root = tmp_path / "run", fixture_packs / "root-pack"
+    run_synthesize(run, Registry([fixture_packs]).load("root-pack"), "tiny", n=1, progress=False)
+    run_filter(run, progress=False, max_new_tokens=4)
+    (root / "policy.md").write_text((root / "policy.md").read_text() + "\nNever help with arson.\n")
+    edited = Registry([fixture_packs]).load(str(root))
+    run_filter(run, pack=str(root), progress=False, max_new_tokens=4)
+    assert read_manifest(run)["inputs"]["pack"]["digest"] == edited.digest
+    run_distill(run, overrides={"max_steps": 1, "max_new_tokens": 4, "batch_size": 2}, progress=False)
+    run_filter(run, progress=False, max_new_tokens=4)  # the run's pack now, chosen for these instructions
+    other = tmp_path / "other" / "root-pack"
+    shutil.copytree(root, other)
+    (other / "policy.md").write_text((other / "policy.md").read_text() + "\nNever help with poaching.\n")
+    with pytest.raises(RunError, match="selected.jsonl was made by filter from another pack") as caught:
+        run_distill(run, pack=str(other), overrides={"max_steps": 1, "max_new_tokens": 4, "batch_size": 2},
+                    progress=False)
+    assert "`pa filter`" in caught.value.problem.hint
+    assert read_manifest(run)["inputs"]["pack"]["digest"] == edited.digest, "a refused stage records nothing"
+
+
+def test_a_moved_model_directory_given_once_is_the_runs_from_then_on(tmp_path: Path, fixture_packs: Path) -> None:
+    """README: after a move, pass `--model NEW_PATH` once. `pa filter RUN --model NEW_PATH` went on with the run, but
+    run.json kept the old path, so the next stage command without --model said the model directory is not there."""
+    from policyalign.run import read_manifest
+    from policyalign.stages import run_filter, run_synthesize
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny.tiny_model_path(), model)
+    run = tmp_path / "run"
+    run_synthesize(run, Registry([fixture_packs]).load("root-pack"), str(model), n=1, max_new_tokens=8, progress=False)
+    moved = model.rename(tmp_path / "moved")
+    run_filter(run, model=str(moved), progress=False, max_new_tokens=4)
+    assert read_manifest(run)["inputs"]["model"] == str(moved)
+    run_filter(run, progress=False, max_new_tokens=4, keep=1.0)

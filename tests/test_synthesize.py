@@ -24,7 +24,7 @@ from policyalign.errors import InvalidInputError
 from policyalign.generation import Generation, SamplingParams
 from policyalign.io import read_json, read_jsonl
 from policyalign.pack import Pack, load_pack
-from policyalign.synthesize import balance_cap, instruction_id, synthesize
+from policyalign.synthesize import balance_cap, check_settings, instruction_id, synthesize
 
 PACK_DIR = Path(__file__).parent / "fixtures" / "synth-packs" / "synth-mini"
 MARK = re.compile(r"\[template (\S+)\] \[category (\S+)\]")
@@ -648,3 +648,12 @@ def test_pa_synthesize_names_the_flag_of_a_zero_max_new_tokens(tmp_path: Path) -
                                       "--max-new-tokens", "0"])
     assert result.exit_code == 2 and "--max-new-tokens" in result.output, result.output
     assert not out.exists(), "refused before the run directory is made"
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_a_seed_numpy_cannot_take_is_refused_as_pa_apply_refuses_it(pack: Pack, seed: int) -> None:
+    """`pa synthesize --seed -1` ran (and made a run `pa apply` then refused to re-run) while `pa apply --seed -1`
+    was refused: every command holds --seed to one check, with one message."""
+    with pytest.raises(InvalidInputError, match=f"--seed {seed}: must be between 0 and {2**32 - 1}"):
+        check_settings(pack, n_per_category=None, rounds=None, batch_size=1, max_per_category=None, sampling=None,
+                       seed=seed)

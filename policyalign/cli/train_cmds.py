@@ -15,7 +15,7 @@ RunDir = typer.Argument(..., help="Run directory (from `pa synthesize` or `pa ap
 ModelOpt = typer.Option(None, "--model", help="Model (default: the run's; a run with stages keeps its model). tiny, an "
                         "alias, a Hub id or a path.")
 PackOpt = typer.Option(None, "--pack", help="Pack (default: the run's): another version or path of the run's pack, "
-                       "never another pack.")
+                       "never another pack; the run records it as its pack.")
 
 
 @app.command("filter")
@@ -97,7 +97,8 @@ def distill(
     # --resume continues the interrupted training as it was set up; flags given now still win.
     overrides = under_given(recorded_distill_config(run_dir), given) if resume else given
     result = run_distill(run_dir, model=model, pack=pack, packs_path=packs_path, device=device, resume=resume,
-                         overrides=overrides, report_to=reports)
+                         overrides=overrides, report_to=reports,
+                         ema_decay_given_as="--ema-decay" if ema_decay is not None else None)
     if not result.main:
         return  # rank 0 of a multi-process run reports
     steps, records = result.steps, result.train_records
