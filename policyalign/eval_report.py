@@ -318,12 +318,16 @@ def _benchmark_ids(summary: Mapping[str, Any]) -> list[tuple[Any, ...]]:
 def _measured_models(a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[Any, Any]:
     """The models two evals measured, to compare: Hub models by repository and the commit their weights
     came from (an alias, `org/name` and `org/name@<commit>` loading one commit are one model, two
-    commits of `org/name` are two), else, and when either eval recorded no commit, by the name given."""
+    commits of `org/name` are two), local directories by name and their files' fingerprint (two models
+    saved as `m` in two places were one), else, and when either eval recorded neither, by the name given."""
     def pinned(summary: Mapping[str, Any]) -> str | None:
         info = summary.get("model_info") if isinstance(summary.get("model_info"), Mapping) else {}
         resolved = info.get("resolved") if isinstance(info.get("resolved"), Mapping) else {}
-        commit, location = info.get("commit"), resolved.get("location")
-        return f"{location}@{commit}" if isinstance(commit, str) and isinstance(location, str) else None
+        location = resolved.get("location")
+        for key, mark in (("commit", "@"), ("files", "@files:")):
+            if isinstance(info.get(key), str) and isinstance(location, str):
+                return f"{location}{mark}{info[key]}"
+        return None
 
     both = pinned(a), pinned(b)
     return both if None not in both else (a.get("model"), b.get("model"))

@@ -180,7 +180,7 @@ def _generate(tasks: Sequence[EvalTask], pack: "Pack", model_name: str, *, adapt
     """Load the model once, answer every task the journal has no answer for, measure drift on the
     same weights, free the model."""
     from .generation import get_backend, request_seed
-    from .models import load_model, loaded_commit
+    from .models import load_model, loaded_commit, weights_key
 
     loaded = load_model(model_name, device=device, adapter=adapter)
     conversations = [{**_conversation(t.item, pack.policy, policy_in_context), "file": _task_file(pack, t)}
@@ -204,8 +204,12 @@ def _generate(tasks: Sequence[EvalTask], pack: "Pack", model_name: str, *, adapt
     ref = getattr(loaded, "ref", None)
     public = ref.public() if ref is not None else None  # eval.json is published with the adapter: no local paths
     commit = loaded_commit(loaded) if ref is not None else None  # the weights measured, past a moved `main`
+    # a local directory's weights by their files' fingerprint: eval.json names it by its directory's name
+    # alone, so two models saved as `m` in two places were "measured alike" (`eval_report._measured_models`)
+    files = weights_key(ref) if ref is not None and ref.kind == "local" else None
     model_info = {"name": public.name if public is not None and public.kind == "local" else model_name,
                   "resolved": _ref_dict(public), **({"commit": commit} if commit else {}),
+                  **({"files": files} if files else {}),
                   "device": str(getattr(loaded, "device", "")), "dtype": str(getattr(loaded, "dtype", ""))}
     del loaded
     gc.collect()

@@ -309,6 +309,26 @@ def test_evals_of_a_hub_model_compare_by_the_commit_they_measured(tmp_path: Path
     assert [note for note in comparable_notes(older, pinned) if "model differs" in note], "no commit: names compared"
 
 
+def test_evals_of_two_local_models_of_one_name_are_not_measured_alike(tmp_path: Path) -> None:
+    """eval.json named a local model by its directory's name alone: models saved as `m` in two places, with
+    other weights, compared as one model (no "model differs" note, and the card accepted the pair)."""
+    from policyalign.eval_report import comparable_notes
+    from policyalign.tiny import tiny_model_path
+
+    for where in ("a", "b", "c"):
+        shutil.copytree(tiny_model_path(), tmp_path / where / "m")
+    from safetensors.torch import load_file, save_file
+
+    weights = tmp_path / "b" / "m" / "model.safetensors"  # other weights, as another fine-tune saved there has
+    save_file({k: v * 2 if v.is_floating_point() else v for k, v in load_file(weights).items()}, weights,
+              metadata={"format": "pt"})
+    a, b, c = (evaluate(general_pack(), str(tmp_path / where / "m"), out_dir=tmp_path / f"eval-{where}", limit=1,
+                        params=greedy_params(4)).summary for where in ("a", "b", "c"))
+    assert a["model"] == b["model"] == "m" and str(tmp_path) not in json.dumps(a["model_info"])
+    assert [note for note in comparable_notes(a, b) if "model differs" in note]
+    assert not [note for note in comparable_notes(a, c) if "model differs" in note], "the same files in two places"
+
+
 def test_the_categories_chart_title_says_which_evaluation_it_shows(tmp_path: Path) -> None:
     """categories.png was titled "tiny — judge refusal" on a run's before and after charts alike, naming neither
     the stage nor the adapter nor the pack: a chart opened on its own could have been either."""
