@@ -112,6 +112,13 @@ def test_pa_eval_needs_pack_and_model() -> None:
     assert result.exit_code == 2 and "--model" in result.output
 
 
+def test_pa_eval_refuses_sets_naming_no_set(tmp_path: Path) -> None:
+    """`--sets ","` evaluated every set, silently, as if --sets were left out."""
+    result = CliRunner().invoke(app, ["eval", "general", "--model", "tiny", "--sets", " , ", "--out", str(tmp_path / "e")])
+    assert result.exit_code == 2, result.output
+    assert "--sets ' , ' names no eval set" in result.output and not (tmp_path / "e").exists()
+
+
 # ------------------------------------------------------------------------------- choosing what to evaluate
 
 

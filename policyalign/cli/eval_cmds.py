@@ -15,7 +15,14 @@ from .common import PacksPath
 
 
 def _split_sets(sets: Optional[str]) -> list[str] | None:
+    """--sets as names; None when not given. Given but naming none (`--sets ","`), it is an error: it
+    evaluated every set, silently, as if --sets were left out."""
     names = [s.strip() for s in (sets or "").split(",") if s.strip()]
+    if sets is not None and not names:
+        from ..errors import InvalidInputError
+
+        raise InvalidInputError(f"--sets {sets!r} names no eval set",
+                                hint="name sets comma-separated (--sets harmful,benign), or leave --sets out for all")
     return names or None
 
 
