@@ -414,7 +414,9 @@ def _compare_label(source: Any, summary: Mapping[str, Any]) -> str:
     where = f"{source}: " if isinstance(source, (str, os.PathLike)) else ""
     adapter = f" + {summary['adapter']}" if summary.get("adapter") else ""
     of_pack = f", pack {pack.get('name')}@{pack.get('version')}" if pack.get("name") else ""
-    return f"{where}{summary.get('model')}{adapter}{of_pack} ({summary.get('timestamp')})"
+    # the teacher's eval (`pa eval --policy-in-context`) and the student's read alike but for the timestamp
+    in_context = ", policy in context" if summary.get("policy_in_context") else ""
+    return f"{where}{summary.get('model')}{adapter}{of_pack}{in_context} ({summary.get('timestamp')})"
 
 
 def _p_cell(change: Mapping[str, Any] | None) -> str:

@@ -110,6 +110,9 @@ def test_compare_names_each_side_by_where_it_was_read_and_the_pack_it_measured(t
     lines = compare(old.eval_json, new.out_dir).splitlines()
     assert lines[0] == f"A: {old.eval_json}: tiny + adapter, pack p@1.0.0 (2026-01-01T00:00:00+00:00)"
     assert lines[1] == f"B: {new.out_dir}: tiny + adapter, pack p@1.1.0 (2026-01-01T00:00:00+00:00)"
+    teacher = write_eval(tmp_path / "teacher", {**_summary(BEFORE), "policy_in_context": True}, BEFORE)
+    assert compare(old.eval_json, teacher.out_dir).splitlines()[1] == \
+        f"B: {teacher.out_dir}: tiny, pack p@1.0.0, policy in context (2026-01-01T00:00:00+00:00)"
 
 
 def test_compare_flags_different_item_sets(tmp_path: Path) -> None:
