@@ -391,6 +391,7 @@ def _pull_into(target: Path, repo_id: str, commit: str, label: str, token: str |
     The lock file goes with the pull, as the staging directory does: it sat for good in the user's folder."""
     from .run import run_lock
 
+    _check_not_cwd(target)
     _check_replaceable(target)
     output_dir(target.parent, "--to")  # a file in the way is an error naming it, not a FileExistsError traceback
     with run_lock(target.parent, PULL_BUSY, name=f".{target.name}.pa-pull.lock", remove=True):
@@ -423,6 +424,17 @@ def _staging_dir(target: Path, commit: str) -> Path:
             shutil.rmtree(stale, ignore_errors=True)
     staging.mkdir(exist_ok=True)
     return staging
+
+
+def _check_not_cwd(target: Path) -> None:
+    """Refuse a --to that is the current directory or holds it (`--to .`, `--to ..`): a pull replaces its
+    target whole by renaming, which cannot move the directory a process works in (`--to .` in an empty
+    directory was an OSError traceback, "Device or resource busy") and would leave the shell in a deleted one."""
+    cwd = Path.cwd().resolve()
+    resolved = target.resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise HubError("is the current directory (or holds it): a pull replaces its --to directory whole",
+                       file=str(target), hint="pull into a new directory, e.g. --to ./adapter")
 
 
 def _check_replaceable(target: Path) -> None:

@@ -567,3 +567,12 @@ def test_local_pack_differing_in_a_recorded_parent_names_the_versions_trained_wi
         handle.write("\nA local edit without a version bump.\n")
     warnings, _ = adapter_pull.compare_local_pack(record, Registry([tmp_path / "packs"]))
     assert "(in its own files: the packs it extends are the ones it was trained with)" in warnings[0]
+
+
+def test_pull_into_the_current_directory_is_a_clear_error(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`pa pull ORG/NAME --to .` in an empty directory passed the checks, then swapping the verified download
+    in renamed the working directory: an OSError traceback ("Device or resource busy")."""
+    cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "here"))), "--repo-id", "org/here")
+    result = cli.fails(1, "pull", "org/here", "--to", ".")
+    assert "is the current directory" in result.stderr and "--to ./adapter" in result.stderr
+    assert list(cli.cwd.iterdir()) == []  # no lock file or staging directory left
