@@ -448,10 +448,19 @@ def _check_replaceable(target: Path) -> None:
                        hint="choose an empty or new directory for --to")
     changed = [name for name in _downloaded_files(target) if name not in UNLISTED_OK
                and (name not in pulled or sha256_file(target / name) != pulled[name])]
+    changed = (["README.md"] if _card_edited(target / "README.md") else []) + changed
     if changed:
         shown = ", ".join(changed[:10]) + (f" and {len(changed) - 10} more" if len(changed) > 10 else "")
         raise HubError(f"holds files added or changed since it was pulled: {shown}", file=str(target),
                        hint="a pull replaces the whole directory: move those files out first, or pull into another --to")
+
+
+def _card_edited(readme: Path) -> bool:
+    """The pulled card's text is no longer what `pa push` wrote (its `body_sha256`): the card is not among
+    the files it lists, so notes a user added to a pulled README.md were replaced by the next pull without
+    a word, where notes in any other file stop it. A card without the hash claims nothing."""
+    metadata, body = card.parse_card(readme.read_text(encoding="utf-8", errors="replace"))
+    return bool(_body_problems(body, metadata.get("policyalign") or {}))
 
 
 def _pulled_files(path: Path) -> dict[str, str] | None:
