@@ -391,6 +391,7 @@ def _pull_into(target: Path, repo_id: str, commit: str, label: str, token: str |
     The lock file goes with the pull, as the staging directory does: it sat for good in the user's folder."""
     from .run import run_lock
 
+    _check_not_cwd(target)
     _check_replaceable(target)
     output_dir(target.parent, "--to")  # a file in the way is an error naming it, not a FileExistsError traceback
     with run_lock(target.parent, PULL_BUSY, name=f".{target.name}.pa-pull.lock", remove=True):
@@ -425,6 +426,17 @@ def _staging_dir(target: Path, commit: str) -> Path:
     return staging
 
 
+def _check_not_cwd(target: Path) -> None:
+    """Refuse a --to that is the current directory or holds it (`--to .`, `--to ..`): a pull replaces its
+    target whole by renaming, which cannot move the directory a process works in (`--to .` in an empty
+    directory was an OSError traceback, "Device or resource busy") and would leave the shell in a deleted one."""
+    cwd = Path.cwd().resolve()
+    resolved = target.resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise HubError("is the current directory (or holds it): a pull replaces its --to directory whole",
+                       file=str(target), hint="pull into a new directory, e.g. --to ./adapter")
+
+
 def _check_replaceable(target: Path) -> None:
     """Raise unless a pull may replace `target` whole: new, empty, or an earlier pull's adapter as it was
     pulled. A pull into an earlier one deleted the notes a user had added there and their edits."""
@@ -436,10 +448,19 @@ def _check_replaceable(target: Path) -> None:
                        hint="choose an empty or new directory for --to")
     changed = [name for name in _downloaded_files(target) if name not in UNLISTED_OK
                and (name not in pulled or sha256_file(target / name) != pulled[name])]
+    changed = (["README.md"] if _card_edited(target / "README.md") else []) + changed
     if changed:
         shown = ", ".join(changed[:10]) + (f" and {len(changed) - 10} more" if len(changed) > 10 else "")
         raise HubError(f"holds files added or changed since it was pulled: {shown}", file=str(target),
                        hint="a pull replaces the whole directory: move those files out first, or pull into another --to")
+
+
+def _card_edited(readme: Path) -> bool:
+    """The pulled card's text is no longer what `pa push` wrote (its `body_sha256`): the card is not among
+    the files it lists, so notes a user added to a pulled README.md were replaced by the next pull without
+    a word, where notes in any other file stop it. A card without the hash claims nothing."""
+    metadata, body = card.parse_card(readme.read_text(encoding="utf-8", errors="replace"))
+    return bool(_body_problems(body, metadata.get("policyalign") or {}))
 
 
 def _pulled_files(path: Path) -> dict[str, str] | None:

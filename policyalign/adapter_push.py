@@ -21,9 +21,10 @@ from .hub import (PushResult, check_repo_id, check_tag, commit_and_tag, endpoint
 from .io import write_text
 
 # Files a previous push may have left that this push must replace or remove, so an older
-# version's results can never sit next to a newer adapter.
-MANAGED_FILES = {"README.md", *card.REQUIRED_ADAPTER_FILES, *card.OPTIONAL_ADAPTER_FILES}
-MANAGED_DIRS = ("eval/",)
+# version's results can never sit next to a newer adapter. The eval files by name, as `card.load_run`
+# collects them: every path under eval/ was taken for one, and a report someone uploaded there was deleted.
+MANAGED_FILES = {"README.md", *card.REQUIRED_ADAPTER_FILES, *card.OPTIONAL_ADAPTER_FILES, "eval/before_after.png",
+                 *(f"eval/{stage}/{name}" for stage in card.EVAL_STAGES for name in card.EVAL_FILES)}
 
 
 def push_adapter(run_dir: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
@@ -57,7 +58,7 @@ def _push_adapter(run_dir: str | Path, repo_id: str, *, private: bool, revision:
     uploads["README.md"] = readme.encode("utf-8")
     remote = remote_files(api, repo_id, "model", token)
     _refuse_foreign_files(remote, repo_id)
-    stale = [p for p in remote if (p in MANAGED_FILES or p.startswith(MANAGED_DIRS)) and p not in uploads]
+    stale = [p for p in remote if p in MANAGED_FILES and p not in uploads]
     base = artifacts.base_model
     message = f"policyalign: {pack['name']}@{pack['version']} adapter for {base['id']}"
     commit = commit_and_tag(api, repo_id, "model", uploads, stale, message, tag, token)
@@ -69,7 +70,7 @@ def _refuse_foreign_files(remote: list[str], repo_id: str) -> None:
     """Refuse, before uploading, a repository holding files `pa push` does not manage (someone's
     config.json, notes, another tool's weights): the card cannot vouch for them, so `pa pull` would
     reject the adapter as tampered with, and `pa push` will not delete files it did not write."""
-    foreign = sorted(p for p in remote if p not in MANAGED_FILES and not p.startswith(MANAGED_DIRS) and p not in UNLISTED_OK)
+    foreign = sorted(p for p in remote if p not in MANAGED_FILES and p not in UNLISTED_OK)
     if foreign:
         shown = ", ".join(foreign[:10]) + (f" (and {len(foreign) - 10} more)" if len(foreign) > 10 else "")
         command = f"hf repos delete-files {repo_id} " + (" ".join(map(card.sh, foreign)) if len(foreign) <= 10 else "PATTERN...")

@@ -86,6 +86,7 @@ def load_run(run_dir: str | Path) -> RunArtifacts:
     if not root.is_dir():
         raise RunError("run directory not found", file=str(root),
                        hint="pass the directory `pa apply` wrote (it holds run.json and adapter/)")
+    _refuse_adapter_dir(root)
     adapter = root / ADAPTER_DIR
     for name in REQUIRED_ADAPTER_FILES:
         if not (adapter / name).is_file():
@@ -109,6 +110,14 @@ def load_run(run_dir: str | Path) -> RunArtifacts:
         files["eval/before_after.png"] = root / "eval" / "before_after.png"
     return RunArtifacts(run_dir=root, provenance=provenance, evals=evals, files=files,
                         responses=_stage_responses(root, evals))
+
+
+def _refuse_adapter_dir(root: Path) -> None:
+    """`pa push RUN/adapter` (the adapter's own folder, an easy slip) was told "missing adapter/adapter_config.json"
+    and to train with `pa apply` first, hours of work, where the fix is to pass the run directory holding it."""
+    if not (root / ADAPTER_DIR).is_dir() and all((root / name).is_file() for name in REQUIRED_ADAPTER_FILES):
+        raise RunError("this is the run's adapter directory, not the run directory (which holds adapter/ and eval/)",
+                       file=str(root), hint=f"pass the run directory that holds it: {root.absolute().parent}")
 
 
 def _stage_responses(root: Path, evals: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:

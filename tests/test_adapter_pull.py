@@ -398,6 +398,19 @@ def test_pull_again_into_a_pulled_adapter_keeps_what_the_user_added_or_changed(c
     assert json.loads((dest / "adapter_config.json").read_text())["r"] == 64
 
 
+def test_pull_again_keeps_notes_added_to_the_pulled_card(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """README.md is not among the files the card lists, so notes a user added to a pulled card were
+    replaced by the next pull into that --to without a word, where notes in any other file stop it."""
+    cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "noted"))), "--repo-id", "org/noted")
+    dest = tmp_path / "pulled"
+    cli.ok("pull", "org/noted", "--to", str(dest))
+    readme = dest / "README.md"
+    readme.write_text(readme.read_text() + "\nMy notes: works best at temperature 0.3.\n")
+    result = cli.fails(1, "pull", "org/noted", "--to", str(dest))
+    assert "holds files added or changed since it was pulled: README.md" in result.stderr
+    assert "My notes" in readme.read_text()
+
+
 def test_a_pull_killed_part_way_is_resumed_and_leaves_nothing_beside_the_target(cli: Cli, hub_server, make_run,  # type: ignore[no-untyped-def]
                                                                                 tmp_path: Path) -> None:
     """A `pa pull --to` killed mid-download (no `finally` runs) left its randomly named hidden staging
@@ -567,3 +580,12 @@ def test_local_pack_differing_in_a_recorded_parent_names_the_versions_trained_wi
         handle.write("\nA local edit without a version bump.\n")
     warnings, _ = adapter_pull.compare_local_pack(record, Registry([tmp_path / "packs"]))
     assert "(in its own files: the packs it extends are the ones it was trained with)" in warnings[0]
+
+
+def test_pull_into_the_current_directory_is_a_clear_error(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`pa pull ORG/NAME --to .` in an empty directory passed the checks, then swapping the verified download
+    in renamed the working directory: an OSError traceback ("Device or resource busy")."""
+    cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "here"))), "--repo-id", "org/here")
+    result = cli.fails(1, "pull", "org/here", "--to", ".")
+    assert "is the current directory" in result.stderr and "--to ./adapter" in result.stderr
+    assert list(cli.cwd.iterdir()) == []  # no lock file or staging directory left

@@ -126,6 +126,20 @@ def test_push_refuses_a_repository_with_files_it_does_not_publish(cli: Cli, hub_
     assert "checkpoint-1/optimizer.pt, checkpoint-10/optimizer.pt" in many.stderr and "(and 4 more)" in many.stderr
 
 
+def test_push_keeps_files_under_eval_it_does_not_publish(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Every file under eval/ was taken for one `pa push` publishes: a report someone uploaded there
+    (eval/after/report.md, eval/notes.md) was deleted by the next push without a word, where any other
+    file it does not publish is refused, never deleted."""
+    pack = make_pack(cli.packs, "reported")
+    cli.ok("push", str(make_run(tmp_path / "run", pack)), "--repo-id", "org/reported")
+    hub_server.put_files("org/reported", {"eval/after/report.md": b"# report", "eval/notes.md": b"mine"}, "reports")
+    before = hub_server.store.rev(hub_server.repo_path("org/reported"), "refs/heads/main")
+    result = cli.fails(1, "push", str(tmp_path / "run"), "--repo-id", "org/reported", "--revision", "second")
+    assert "does not publish: eval/after/report.md, eval/notes.md" in result.stderr
+    assert hub_server.store.rev(hub_server.repo_path("org/reported"), "refs/heads/main") == before
+    assert hub_server.read("org/reported", "eval/notes.md") == b"mine"
+
+
 
 # --------------------------------------------------------------------------- API used by `pa apply --push-to`
 

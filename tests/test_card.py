@@ -365,6 +365,16 @@ def test_missing_adapter_files_name_the_file_and_the_command(tmp_path: Path, mak
     assert "adapter/adapter_model.safetensors" in str(excinfo.value) and "pa apply" in excinfo.value.problem.hint
 
 
+def test_the_adapter_directory_given_for_the_run_names_the_run(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
+    """`pa push RUN/adapter` (the adapter's folder, an easy slip) was told "missing adapter/adapter_config.json"
+    and to train it with `pa apply` first, hours of work, where the fix is to pass its parent, the run."""
+    run = make_run(tmp_path / "run", ROOT_PACK)
+    with pytest.raises(RunError) as excinfo:
+        card.load_run(run / "adapter")
+    assert "is the run's adapter directory" in str(excinfo.value)
+    assert excinfo.value.problem.hint == f"pass the run directory that holds it: {run}"
+
+
 def test_missing_or_incomplete_policyalign_json(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
     run = make_run(tmp_path / "run", ROOT_PACK)
     path = run / "adapter" / "policyalign.json"
