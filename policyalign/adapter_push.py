@@ -37,6 +37,8 @@ def push_adapter(run_dir: str | Path, repo_id: str, *, private: bool = False, re
 
     from .run import run_lock
 
+    if Path(run_dir).is_dir():  # before the lock, which left its file in the adapter folder it refused
+        card.refuse_adapter_dir(Path(run_dir))
     with run_lock(Path(run_dir)) if Path(run_dir).is_dir() else nullcontext():
         return _push_adapter(run_dir, repo_id, private=private, revision=revision, token=token, license=license)
 

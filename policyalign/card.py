@@ -86,7 +86,7 @@ def load_run(run_dir: str | Path) -> RunArtifacts:
     if not root.is_dir():
         raise RunError("run directory not found", file=str(root),
                        hint="pass the directory `pa apply` wrote (it holds run.json and adapter/)")
-    _refuse_adapter_dir(root)
+    refuse_adapter_dir(root)
     adapter = root / ADAPTER_DIR
     for name in REQUIRED_ADAPTER_FILES:
         if not (adapter / name).is_file():
@@ -112,7 +112,7 @@ def load_run(run_dir: str | Path) -> RunArtifacts:
                         responses=_stage_responses(root, evals))
 
 
-def _refuse_adapter_dir(root: Path) -> None:
+def refuse_adapter_dir(root: Path) -> None:
     """`pa push RUN/adapter` (the adapter's own folder, an easy slip) was told "missing adapter/adapter_config.json"
     and to train with `pa apply` first, hours of work, where the fix is to pass the run directory holding it."""
     if not (root / ADAPTER_DIR).is_dir() and all((root / name).is_file() for name in REQUIRED_ADAPTER_FILES):

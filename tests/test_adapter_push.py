@@ -100,6 +100,18 @@ def test_push_refuses_a_run_directory_in_use(cli: Cli, hub_server, make_run, tmp
 
 
 
+def test_push_of_the_adapter_folder_leaves_nothing_in_it(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
+    """`pa push RUN/adapter` was refused, naming the run, but took the run lock first: `.pa.lock` stayed in the
+    adapter folder, a file a later push of the run would publish beside it."""
+    from policyalign.errors import RunError
+
+    adapter = make_run(tmp_path / "run", make_pack(tmp_path / "packs", "slip")) / "adapter"
+    before = sorted(p.name for p in adapter.iterdir())
+    with pytest.raises(RunError, match="is the run's adapter directory"):
+        adapter_push.push_adapter(adapter, "org/slip")
+    assert sorted(p.name for p in adapter.iterdir()) == before
+
+
 def test_push_removes_stale_eval_files(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     pack = make_pack(cli.packs, "stale")
     cli.ok("push", str(make_run(tmp_path / "with-eval", pack)), "--repo-id", "org/stale")
