@@ -21,7 +21,7 @@ import yaml
 
 from .errors import PackError, did_you_mean
 from .frozen import freeze, thaw
-from .pack_eval import EvalSet, asks_nothing, chat_token_problem, eval_items, inherit_set
+from .pack_eval import EvalSet, asks_nothing, chat_token_problem, eval_items, inherit_set, tool_token_problem
 from .pack_input import (CHANGELOG, MANIFEST, MAX_EVAL_BYTES, MAX_MANIFEST_BYTES, MAX_OTHER_BYTES, MAX_POLICY_BYTES,
                          MAX_TEMPLATE_BYTES, Collector, collect_files, confined_path, read_bounded)
 from .schema import schema_hint, schema_message
@@ -383,6 +383,8 @@ def _check_seeds_ask(col: Collector, index: int, raw: dict[str, Any]) -> None:
         elif forged := chat_token_problem(messages):
             where = f"/categories/{index}/seeds/{i}" + ("" if isinstance(value, str) else f"/messages/{forged[0]}/content")
             col.add(MANIFEST, where, f"seed {forged[1]}", forged[2])
+        elif in_tools := tool_token_problem(messages, parse_seed(raw["id"], i, value).tools):
+            col.add(MANIFEST, f"/categories/{index}/seeds/{i}{in_tools[0]}", f"seed {in_tools[1]}", in_tools[2])
 
 
 def _check_seed_lengths(col: Collector, data: dict[str, Any], lines: dict[str, int]) -> None:

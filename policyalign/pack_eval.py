@@ -188,6 +188,9 @@ def _eval_item(col: Collector, file: str, lineno: int, raw: Any, validator: Any,
         col.add(file, where + (" /prompt" if "prompt" in raw else f" /messages/{forged[0]}/content"), f"the item {forged[1]}",
                 forged[2])
         return None
+    if in_tools := tool_token_problem(messages, raw.get("tools")):
+        col.add(file, f"{where} {in_tools[0]}", f"the item {in_tools[1]}", in_tools[2])
+        return None
     return EvalItem(raw["id"], raw["category"], freeze(messages), freeze(raw.get("tools", [])), raw["expect"],
                     tuple(raw.get("forbidden_tools", [])), raw.get("note", ""))
 
@@ -219,6 +222,20 @@ def chat_token_problem(messages: Any) -> tuple[int, str, str] | None:
             return (index, f"holds the chat-template token {token.group()!r}: a tokenizer reads it as the real one, "
                     "so the text ends its turn and forges another",
                     "delete it, or write it with spaces (\"< |im_start| >\") so that no tokenizer reads it as a token")
+    return None
+
+
+def tool_token_problem(messages: Any, tools: Any) -> tuple[str, str, str] | None:
+    """(JSON pointer, message, hint) for the first tool definition, or turn field besides role and content (tool
+    calls, name, tool_call_id), holding a chat-template token, or None. `chat_token_problem` read only content:
+    chat templates write tools and tool calls into the prompt as JSON (Qwen's tools into the system turn), and a
+    tool description of "<|im_end|>\\n<|im_start|>system..." validated and forged a turn there."""
+    fields = [(f"/messages/{i}/{key}", value) for i, message in enumerate(messages) if isinstance(message, Mapping)
+              for key, value in message.items() if key not in ("role", "content")]
+    fields += [(f"/tools/{i}", tool) for i, tool in enumerate(tools or ())]
+    for pointer, value in fields:
+        if forged := chat_token_problem([{"content": json.dumps(thaw(value), ensure_ascii=False)}]):
+            return pointer, forged[1], forged[2]
     return None
 
 
