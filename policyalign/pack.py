@@ -653,12 +653,14 @@ def template_variables(pack_name: str, title: str, summary: str, category: Categ
 def _templates(col: Collector, data: dict[str, Any], categories: tuple[Category, ...]) -> tuple[TemplateSpec, ...]:
     specs: list[TemplateSpec] = []
     synthesis = _dict(data, "synthesis")
-    # An entry without a file name is the schema check's to report (once).
-    entries = [t for t in _list(synthesis, "templates") if isinstance(t, dict) and isinstance(t.get("file"), str) and t["file"]]
+    # An entry without a file name is the schema check's to report (once). Numbered before that filter: numbered
+    # after it, the missing file of a second entry was reported at /synthesis/templates/0/file, the entry without one.
+    entries = [(index, t) for index, t in enumerate(_list(synthesis, "templates"))
+               if isinstance(t, dict) and isinstance(t.get("file"), str) and t["file"]]
     seen: set[str] = set()
     n = synthesis.get("count_per_category", 20)
     work = WorkBudget()  # one budget for every render below: bounds the time validation can take
-    for index, entry in enumerate(entries):
+    for index, entry in entries:
         if entry.get("id") in seen:
             col.add(MANIFEST, f"/synthesis/templates/{index}/id", f"duplicate template id {entry.get('id')!r}",
                     "give each template a unique id")
