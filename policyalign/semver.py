@@ -23,8 +23,15 @@ from functools import total_ordering
 
 # \Z, not $: `$` also matches before a trailing newline, and "1.0.0\n" (or " 1.0.0", when the text was
 # stripped first) passed as a pack's version, then named it `hh@ 1.0.0` and went into tags and the index.
-_SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z.-]+))?(?:\+([0-9A-Za-z.-]+))?\Z")
-_PARTIAL = re.compile(r"^(0|[1-9]\d*)(?:\.(0|[1-9]\d*))?(?:\.(0|[1-9]\d*))?\Z")
+# Prerelease and build identifiers as SemVer 2.0 has them: dot-separated, none empty, a numeric prerelease one
+# without leading zeros. `[0-9A-Za-z.-]+` took "1.0.0-rc." (its tag v1.0.0-rc. then refused by `pa pack push`) and
+# "1.0.0-01", equal in precedence to 1.0.0-1 though another string. ASCII: a Unicode `\d` took "1.0.1٣" (an
+# Arabic-Indic three), which int() read as version 1.0.13.
+_PRE_ID = r"(?:0|[1-9]\d*|\d*[A-Za-z-][0-9A-Za-z-]*)"
+_BUILD_ID = r"[0-9A-Za-z-]+"
+_SEMVER = re.compile(rf"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-({_PRE_ID}(?:\.{_PRE_ID})*))?"
+                     rf"(?:\+({_BUILD_ID}(?:\.{_BUILD_ID})*))?\Z", re.ASCII)
+_PARTIAL = re.compile(r"^(0|[1-9]\d*)(?:\.(0|[1-9]\d*))?(?:\.(0|[1-9]\d*))?\Z", re.ASCII)
 
 
 @total_ordering

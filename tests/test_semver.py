@@ -25,6 +25,17 @@ def test_ordering_and_prerelease() -> None:
     assert is_semver("1.2.3") and not is_semver("1.2") and not is_semver("01.2.3")
 
 
+def test_only_semver_2_identifiers_are_a_version() -> None:
+    """An empty or zero-padded prerelease identifier, or a non-ASCII digit, validated as a pack's version: v1.0.0-rc.
+    was then refused as a tag by `pa pack push`, 1.0.0-01 equalled 1.0.0-1, and 1.0.1٣ was 1.0.13."""
+    for bad in ("1.0.0-rc.", "1.0.0-a..b", "1.0.0-.a", "1.0.0-01", "1.0.0+", "1.0.0+a..b", "1.0.1\u0663", "1.0.0-rc.\u0661"):
+        assert not is_semver(bad), bad
+    for good in ("1.0.0-0", "1.0.0-0a", "1.0.0-x-y.7.z-92", "1.0.0+001.exp", "1.0.0-alpha.1+b.01"):
+        assert is_semver(good), good
+    with pytest.raises(ValueError):
+        VersionRange("^1.0.1\u0663")
+
+
 def test_bad_range_raises_value_error() -> None:
     with pytest.raises(ValueError):
         VersionRange("^one")
