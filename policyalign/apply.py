@@ -195,6 +195,8 @@ def _refuse_two_spellings(data: dict[Any, Any], path: Path) -> None:
 
 _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", Path: "a string"}
 _EXAMPLES = {bool: "true", int: "1", float: "0.5", str: '"..."', Path: '"..."'}
+# The options of type Any, each a name or a list of names: `report_to: []` was told to write `report_to: [q_proj, v_proj]`.
+_LIST_EXAMPLES = {"target_modules": "target_modules: [q_proj, v_proj]", "report_to": "report_to: [tensorboard]"}
 
 
 def check_config_types(options: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -214,8 +216,7 @@ def check_config_types(options: dict[str, Any], path: Path) -> dict[str, Any]:
                     isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
                 checked[key] = value
             else:
-                bad.append((key, f"expected a string or a list of strings, got {value!r}",
-                            f"{key}: [q_proj, v_proj]"))
+                bad.append((key, f"expected a string or a list of strings, got {value!r}", _LIST_EXAMPLES[key]))
             continue
         allowed = get_args(hint) if get_origin(hint) in (Union, types.UnionType) else (hint,)
         kinds = [t for t in allowed if t is not type(None)]

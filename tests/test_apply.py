@@ -489,6 +489,17 @@ def test_config_values_of_the_wrong_type_fail_before_any_stage_runs(tmp_path: Pa
     assert options.out == tmp_path / "runs/x" and options.private is True and options.target_modules == ["q_proj", "v_proj"]
 
 
+def test_a_bad_report_to_in_the_config_is_shown_a_report_to_example(tmp_path: Path) -> None:
+    """`report_to: []` (or `[1]`) was told to write `report_to: [q_proj, v_proj]`, target_modules' example."""
+    config = tmp_path / "run.yaml"
+    for bad in ("[]", "[1]", "5"):
+        config.write_text(f"pack: general\nmodel: tiny\nreport_to: {bad}\n")
+        with pytest.raises(InvalidInputError) as caught:
+            build_options({}, config)
+        assert caught.value.problem.where == "report_to"
+        assert "`report_to: [tensorboard]`" in caught.value.problem.hint and "q_proj" not in caught.value.problem.hint
+
+
 def test_a_bad_pa_dtype_fails_before_any_stage_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Found once synthesis loaded its model, `PA_DTYPE=int8 pa apply` left a run whose synthesis failed."""
     monkeypatch.setenv("PA_DTYPE", "int8")
