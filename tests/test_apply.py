@@ -1107,6 +1107,13 @@ def test_a_misspelt_lora_target_is_refused_before_any_stage_runs(tmp_path: Path,
         apply(_options(fixture_packs, tmp_path / "run", target_modules=["q_prj"]), Registry([fixture_packs]).load("child-pack"))
     assert caught.value.problem.where == "target_modules in --config"
     assert not (tmp_path / "run").exists()
+    config = tmp_path / "run.yaml"  # read from a file, the error names it and the key to fix there
+    config.write_text(f"pack: {fixture_packs / 'child-pack'}\nmodel: tiny\ntarget_modules: [q_proj, q_prj]\n")
+    with pytest.raises(InvalidInputError, match="\\['q_prj'\\]") as caught:
+        apply(build_options({}, config), Registry([fixture_packs]).load("child-pack"))
+    assert (caught.value.problem.file, caught.value.problem.where) == (str(config), "target_modules[1]")
+    assert "on the command line or in the pack" not in caught.value.problem.hint
+    assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()
 
 
 def test_tiny_names_the_pack_training_values_its_demo_settings_replace(tmp_path: Path, fixture_packs: Path) -> None:
