@@ -101,6 +101,7 @@ class ApplyOptions:
     report_to: Any = None  # integrations the training logs go to (`tracking.report_targets`)
     explicit: set[str] = field(default_factory=set, repr=False)
     flags: set[str] = field(default_factory=set, repr=False)  # those of `explicit` given on the command line
+    config: Path | None = field(default=None, repr=False)  # the --config file, for an error to name
 
     def __post_init__(self) -> None:
         """One spelling of the backend (`--backend vLLM` is `vllm`, which `_distill_overrides` compares),
@@ -135,7 +136,7 @@ def load_config_file(path: Path) -> dict[str, Any]:
                                 hint="save the file as UTF-8") from None
     if not isinstance(data, dict):
         raise InvalidInputError("config must be a mapping of option: value", file=str(path))
-    names = {f.name for f in fields(ApplyOptions)} - {"explicit", "flags"}
+    names = {f.name for f in fields(ApplyOptions)} - {"explicit", "flags", "config"}
     options = {str(k).replace("-", "_"): v for k, v in data.items()}
     if len(options) < len(data):
         _refuse_two_spellings(data, path)
@@ -195,6 +196,8 @@ def _refuse_two_spellings(data: dict[Any, Any], path: Path) -> None:
 
 _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", Path: "a string"}
 _EXAMPLES = {bool: "true", int: "1", float: "0.5", str: '"..."', Path: '"..."'}
+# The options of type Any, each a name or a list of names: `report_to: []` was told to write `report_to: [q_proj, v_proj]`.
+_LIST_EXAMPLES = {"target_modules": "target_modules: [q_proj, v_proj]", "report_to": "report_to: [tensorboard]"}
 
 
 def check_config_types(options: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -214,8 +217,7 @@ def check_config_types(options: dict[str, Any], path: Path) -> dict[str, Any]:
                     isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
                 checked[key] = value
             else:
-                bad.append((key, f"expected a string or a list of strings, got {value!r}",
-                            f"{key}: [q_proj, v_proj]"))
+                bad.append((key, f"expected a string or a list of strings, got {value!r}", _LIST_EXAMPLES[key]))
             continue
         allowed = get_args(hint) if get_origin(hint) in (Union, types.UnionType) else (hint,)
         kinds = [t for t in allowed if t is not type(None)]
@@ -372,7 +374,7 @@ def build_options(cli: dict[str, Any], config: Path | None) -> ApplyOptions:
     if "out" in merged and merged["out"] is not None:
         merged["out"] = Path(merged["out"]).expanduser()
     merged["pack"] = os.path.expanduser(merged["pack"])  # as a model directory's `~` is (`models.resolve_model`)
-    return ApplyOptions(**merged, explicit=explicit, flags=set(flags))
+    return ApplyOptions(**merged, explicit=explicit, flags=set(flags), config=config)
 
 
 def _check_push_keys(from_file: dict[str, Any], merged: dict[str, Any], config: Path | None) -> None:
@@ -540,7 +542,8 @@ def _checked_settings(options: ApplyOptions, pack: Pack) -> tuple[Any, Any]:
     check_ema_decay(dconf, None if "ema_decay" not in options.explicit else
                     "--ema-decay" if "ema_decay" in options.flags else "ema_decay in --config")
     _check_target_modules(options.model, pack, dconf.target_modules,
-                          "--target-modules" if "target_modules" in options.flags else "target_modules in --config")
+                          "--target-modules" if "target_modules" in options.flags else "target_modules in --config",
+                          options.config if "target_modules" in options.explicit - options.flags else None)
     check_eval_options(options.judge, options.eval_limit, limit_flag="--eval-limit")
     device = training_device(options.device, *launch_rank()[1:])
     check_device_and_dtype(device)  # and PA_DTYPE, which else fails once synthesis loads its model
@@ -550,11 +553,14 @@ def _checked_settings(options: ApplyOptions, pack: Pack) -> tuple[Any, Any]:
     return fconf, dconf
 
 
-def _check_target_modules(model: str, pack: Pack, targets: tuple[str, ...] | str, flag: str) -> None:
+def _check_target_modules(model: str, pack: Pack, targets: tuple[str, ...] | str, flag: str,
+                          config: Path | None = None) -> None:
     """The LoRA targets checked against the model's modules (its weightless skeleton) before the first stage:
     a misspelt `training.target_modules` passes `pa validate`, which cannot know the model, and was refused
     only by distillation, after synthesis, filtering and the first evaluation. `flag` is where the user set
-    them, the command line or --config, for the error to name."""
+    them, the command line or --config, for the error to name; `config` the --config file when the targets in
+    use are its `target_modules:`, named as a file (the error said "target_modules in --config", naming none,
+    and told the user to fix them "on the command line or in the pack")."""
     from .distill_settings import target_modules_origin
     from .models import module_skeleton, resolve_model
     from .trainer import check_module_names
@@ -562,7 +568,7 @@ def _check_target_modules(model: str, pack: Pack, targets: tuple[str, ...] | str
     if isinstance(targets, str) or (skeleton := module_skeleton(model)) is None:
         return
     check_module_names(skeleton, resolve_model(model).name, targets,
-                       target_modules_origin(pack, targets, flag=flag))
+                       (str(config), "target_modules") if config else target_modules_origin(pack, targets, flag=flag))
 
 
 def _apply(options: ApplyOptions, pack: Pack, run_dir: Path, settings: tuple[Any, Any],
@@ -570,7 +576,7 @@ def _apply(options: ApplyOptions, pack: Pack, run_dir: Path, settings: tuple[Any
     remove_stale_temporaries(run_dir)
     note = unbumped_change(read_manifest(run_dir), pack)
     record_inputs(run_dir, pack, options.model, options={k: v for k, v in asdict(options).items()
-                                                          if k not in ("explicit", "flags", "progress", "out")})
+                                                          if k not in ("explicit", "flags", "config", "progress", "out")})
     if note:
         on_note(note)
     common = {"device": options.device, "progress": options.progress}

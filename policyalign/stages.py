@@ -166,8 +166,20 @@ def synthesize_options(model: str, generator: str | None, n: int | None, rounds:
 
 
 def synthesize_key(pack: "Pack", model: str, options: dict[str, Any]) -> str:
-    return fingerprint({"pack": pack.digest, **options, **_model_key(model, files=None),
+    return fingerprint({"pack": pack.digest, **_unset_if_pack_default(pack, options), **_model_key(model, files=None),
                         **_model_key(options["generator"], "generator", "generator_files"), **inherited_sets(pack)})
+
+
+def _unset_if_pack_default(pack: "Pack", options: dict[str, Any]) -> dict[str, Any]:
+    """The options keyed as left out (None) where they give the pack's own value, which synthesizes the same
+    instructions: `rounds: 1` (or `n:` the pack's count_per_category) in `pa apply --config` re-ran synthesis
+    of a run made without it. Left-out options keep their key, so existing runs keep theirs."""
+    from .synthesize import check_settings
+
+    n, rounds, sampling = check_settings(pack, n_per_category=None, rounds=None, batch_size=1, max_per_category=None,
+                                         sampling=None, seed=0)
+    defaults = {"n": n, "rounds": rounds, "max_new_tokens": sampling.get("max_new_tokens")}
+    return {k: None if k in defaults and v is not None and v == defaults[k] else v for k, v in options.items()}
 
 
 def inherited_sets(pack: "Pack") -> dict[str, Any]:

@@ -489,6 +489,17 @@ def test_config_values_of_the_wrong_type_fail_before_any_stage_runs(tmp_path: Pa
     assert options.out == tmp_path / "runs/x" and options.private is True and options.target_modules == ["q_proj", "v_proj"]
 
 
+def test_a_bad_report_to_in_the_config_is_shown_a_report_to_example(tmp_path: Path) -> None:
+    """`report_to: []` (or `[1]`) was told to write `report_to: [q_proj, v_proj]`, target_modules' example."""
+    config = tmp_path / "run.yaml"
+    for bad in ("[]", "[1]", "5"):
+        config.write_text(f"pack: general\nmodel: tiny\nreport_to: {bad}\n")
+        with pytest.raises(InvalidInputError) as caught:
+            build_options({}, config)
+        assert caught.value.problem.where == "report_to"
+        assert "`report_to: [tensorboard]`" in caught.value.problem.hint and "q_proj" not in caught.value.problem.hint
+
+
 def test_a_bad_pa_dtype_fails_before_any_stage_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Found once synthesis loaded its model, `PA_DTYPE=int8 pa apply` left a run whose synthesis failed."""
     monkeypatch.setenv("PA_DTYPE", "int8")
@@ -1096,6 +1107,13 @@ def test_a_misspelt_lora_target_is_refused_before_any_stage_runs(tmp_path: Path,
         apply(_options(fixture_packs, tmp_path / "run", target_modules=["q_prj"]), Registry([fixture_packs]).load("child-pack"))
     assert caught.value.problem.where == "target_modules in --config"
     assert not (tmp_path / "run").exists()
+    config = tmp_path / "run.yaml"  # read from a file, the error names it and the key to fix there
+    config.write_text(f"pack: {fixture_packs / 'child-pack'}\nmodel: tiny\ntarget_modules: [q_proj, q_prj]\n")
+    with pytest.raises(InvalidInputError, match="\\['q_prj'\\]") as caught:
+        apply(build_options({}, config), Registry([fixture_packs]).load("child-pack"))
+    assert (caught.value.problem.file, caught.value.problem.where) == (str(config), "target_modules[1]")
+    assert "on the command line or in the pack" not in caught.value.problem.hint
+    assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()
 
 
 def test_tiny_names_the_pack_training_values_its_demo_settings_replace(tmp_path: Path, fixture_packs: Path) -> None:

@@ -520,3 +520,17 @@ def test_a_moved_model_directory_given_once_is_the_runs_from_then_on(tmp_path: P
     run_filter(run, model=str(moved), progress=False, max_new_tokens=4)
     assert read_manifest(run)["inputs"]["model"] == str(moved)
     run_filter(run, progress=False, max_new_tokens=4, keep=1.0)
+
+
+def test_synthesize_options_giving_the_packs_own_values_keep_the_key(fixture_packs: Path) -> None:
+    """`rounds: 1` (the pack's default), or `n:`/`synth_max_new_tokens:` equal to the pack's values, in `pa apply
+    --config` synthesize what leaving them out does, yet changed the key: a run resumed with them re-synthesized."""
+    from policyalign.synthesize import check_settings
+
+    pack = Registry([fixture_packs]).load("root-pack")
+    n, rounds, sampling = check_settings(pack, n_per_category=None, rounds=None, batch_size=1, max_per_category=None,
+                                         sampling=None, seed=0)
+    left_out = synthesize_key(pack, "tiny", synthesize_options("tiny", None, None, None, 0, None, None))
+    given = synthesize_options("tiny", None, n, rounds, 0, None, sampling["max_new_tokens"])
+    assert synthesize_key(pack, "tiny", given) == left_out
+    assert synthesize_key(pack, "tiny", synthesize_options("tiny", None, n, rounds + 1, 0, None, None)) != left_out
