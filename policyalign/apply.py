@@ -540,7 +540,7 @@ def _checked_settings(options: ApplyOptions, pack: Pack) -> tuple[Any, Any]:
     fconf = filter_config(pack, **_filter_options(options))
     dconf = distill_config(pack, _distill_overrides(options))
     check_ema_decay(dconf, None if "ema_decay" not in options.explicit else
-                    "--ema-decay" if "ema_decay" in options.flags else "ema_decay in --config")
+                    "--ema-decay" if "ema_decay" in options.flags else f"ema_decay in {options.config}")
     _check_target_modules(options.model, pack, dconf.target_modules,
                           "--target-modules" if "target_modules" in options.flags else "target_modules in --config",
                           options.config if "target_modules" in options.explicit - options.flags else None)

@@ -428,10 +428,14 @@ def test_an_ema_decay_without_the_ema_teacher_is_refused_before_any_stage(tmp_pa
     config = tmp_path / "run.yaml"
     config.write_text("pack: general\nmodel: tiny\nema_decay: 0.5\n")
     result = CliRunner().invoke(app, ["apply", "--config", str(config), "--out", str(run)])
-    assert result.exit_code == 2 and "ema_decay in --config applies only with --teacher ema" in result.output
+    assert result.exit_code == 2 and "applies only with --teacher ema" in result.output
     assert not run.exists(), "no stage ran"
-    options = build_options({"teacher": "ema"}, config)
     from policyalign.apply import _checked_settings
+
+    with pytest.raises(InvalidInputError) as caught:  # the file named, as its other values' errors name it
+        _checked_settings(build_options({}, config), Registry.default().load("general"))
+    assert str(caught.value.problem).startswith(f"ema_decay in {config} applies only with --teacher ema")
+    options = build_options({"teacher": "ema"}, config)
 
     assert _checked_settings(options, Registry.default().load("general"))[1].ema_decay == 0.5
 
