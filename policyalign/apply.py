@@ -116,6 +116,9 @@ _FIELD_DEFAULTS = {f.name: f.default for f in fields(ApplyOptions)}
 
 # Command-line flags whose `--config` key differs: a file saying `lr:` or `top_k:` is told the key to write
 # (`top_k` is not taken as --top-k: in a pack's `training:` the same word is the reverse KL's top-k).
+# Options of `pa apply` a config file cannot hold: they say where to find the config and the packs it names.
+COMMAND_LINE_ONLY = {"packs_path": "give --packs-path on the command line, or set PA_PACKS_PATH",
+                     "config": "a config file names no other config: give --config on the command line"}
 CONFIG_KEYS_OF_FLAGS = {"lr": "learning_rate", "epochs": "num_epochs", "grad_accum": "gradient_accumulation_steps",
                         "top_k": "top_n (and --kl-top-k, the reverse KL's top-k, is kl_top_k)",
                         "quiet": "progress: false"}
@@ -146,6 +149,9 @@ def load_config_file(path: Path) -> dict[str, Any]:
         if key in CONFIG_KEYS_OF_FLAGS:
             raise InvalidInputError(f"unknown option {key!r}", file=str(path), where=key,
                                     hint=f"in a config file, --{key.replace('_', '-')} is {CONFIG_KEYS_OF_FLAGS[key]}")
+        if key in COMMAND_LINE_ONLY:  # "unknown", with the list of known keys, read as a misspelling
+            raise InvalidInputError(f"{key!r} is not read from a config file", file=str(path), where=key,
+                                    hint=COMMAND_LINE_ONLY[key])
         if key not in names:
             raise InvalidInputError(f"unknown option {key!r}", file=str(path), where=key,
                                     hint=did_you_mean(key, sorted(names), "known options"))

@@ -164,6 +164,10 @@ def test_config_file_and_command_line_precedence(tmp_path: Path) -> None:
     config.write_text("pack: general\nmodel: tiny\nmax_stepz: 7\n")
     with pytest.raises(InvalidInputError, match="did you mean 'max_steps'"):
         build_options({}, config)
+    config.write_text("pack: general\nmodel: tiny\npacks_path: [mypacks]\n")  # --help: "keyed by their long names"
+    with pytest.raises(InvalidInputError, match="'packs_path' is not read from a config file") as caught:
+        build_options({}, config)
+    assert caught.value.problem.hint == "give --packs-path on the command line, or set PA_PACKS_PATH"
     with pytest.raises(InvalidInputError, match="missing model"):
         build_options({"pack": "general"}, None)
 
