@@ -862,6 +862,15 @@ def _with_calls(message: dict[str, Any]) -> str:
     return "\n".join([content, *shown] if content else shown)
 
 
+def _shown_turns(messages: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], str]]:
+    """Each turn with its text as a judge is shown it (`_with_calls`), but an empty system prompt: it told the
+    judge nothing but a bare heading (`[system] `, `[system prompt]`)."""
+    for message in messages:
+        text = _with_calls(message)
+        if message.get("role") != "system" or text.strip():
+            yield message, text
+
+
 def _conversation_for_review(messages: list[dict[str, Any]], response: str) -> list[dict[str, Any]]:
     """User/assistant turns only (guard chat templates accept nothing else), ending with the
     response under review, without its `<think>` reasoning: the user is not shown it, and the refusal and
@@ -869,11 +878,8 @@ def _conversation_for_review(messages: list[dict[str, Any]], response: str) -> l
     message was dropped, so "The signed-in customer is member 20317" (which makes looking up that account
     fine) never reached the guard. Every text `defused`."""
     turns: list[dict[str, Any]] = []
-    for message in messages:
-        role = message.get("role")
-        content = defused(_with_calls(message))
-        if role == "system" and not content.strip():
-            continue  # nothing to show but the bare heading
+    for message, text in _shown_turns(messages):
+        role, content = message.get("role"), defused(text)
         if role == "system":
             role, content = "user", f"[system prompt]\n{content}"
         if role == "tool":
@@ -1050,12 +1056,7 @@ def parse_llm_verdict(output: str) -> Verdict:
 def _render_conversation(messages: list[dict[str, Any]]) -> str:
     """Every turn as `[role] text`, the system messages too: the judged model was shown them, and one may set what
     is acceptable ("The signed-in customer is member 20317": looking up that account is the job)."""
-    lines = []
-    for message in messages:
-        text = _with_calls(message)
-        if message.get("role") == "system" and not text.strip():
-            continue  # an empty system prompt told the judge nothing but a bare `[system]` line
-        lines.append(f"[{message.get('role', '?')}] {text}")
+    lines = [f"[{message.get('role', '?')}] {text}" for message, text in _shown_turns(messages)]
     return "\n".join(lines) if lines else "(none)"
 
 
