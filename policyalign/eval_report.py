@@ -173,11 +173,20 @@ def categories_title(summary: Mapping[str, Any], path: str | os.PathLike[str]) -
     out = Path(path).parent
     stage = f" {out.name} training" if out.parent.name == "eval" and out.name in ("before", "after") else ""
     adapter = f' + adapter "{summary["adapter"]}"' if summary.get("adapter") else ", no adapter (base model)"
-    in_context = ", policy in context" if summary.get("policy_in_context") else ""
-    pack = summary.get("pack") if isinstance(summary.get("pack"), Mapping) else {}
-    of_pack = f"pack {pack.get('name')}@{pack.get('version')}, " if pack.get("name") else ""
-    return (f"Per-category rates{stage}: {summary.get('model')}{adapter}{in_context}\n"
+    of_pack = f"pack {pack}, " if (pack := _pack_measured(summary)) else ""
+    return (f"Per-category rates{stage}: {summary.get('model')}{adapter}{_in_context(summary)}\n"
             f"{of_pack}judge {summary.get('judge')}")
+
+
+def _pack_measured(summary: Mapping[str, Any]) -> str:
+    """`name@version` of the pack an eval measured, or "" where its eval.json records none."""
+    pack = summary.get("pack") if isinstance(summary.get("pack"), Mapping) else {}
+    return f"{pack.get('name')}@{pack.get('version')}" if pack.get("name") else ""
+
+
+def _in_context(summary: Mapping[str, Any]) -> str:
+    """", policy in context" for an eval of the teacher (`--policy-in-context`), which else reads as the student's."""
+    return ", policy in context" if summary.get("policy_in_context") else ""
 
 
 def _bars(ax: Any, xs: Sequence[float], values: Sequence[float | None], width: float, label: str) -> None:
@@ -410,13 +419,10 @@ def _compare_label(source: Any, summary: Mapping[str, Any]) -> str:
     """One side of a comparison: where it was read, then the model, adapter and pack it measured. A run's
     eval.json names its adapter `adapter` (relative to the run), so the after-evals of two runs (mypol@1.0.0
     and mypol@1.1.0) read "A: adapter", "B: adapter", told apart only by their timestamps."""
-    pack = summary.get("pack") if isinstance(summary.get("pack"), Mapping) else {}
     where = f"{source}: " if isinstance(source, (str, os.PathLike)) else ""
     adapter = f" + {summary['adapter']}" if summary.get("adapter") else ""
-    of_pack = f", pack {pack.get('name')}@{pack.get('version')}" if pack.get("name") else ""
-    # the teacher's eval (`pa eval --policy-in-context`) and the student's read alike but for the timestamp
-    in_context = ", policy in context" if summary.get("policy_in_context") else ""
-    return f"{where}{summary.get('model')}{adapter}{of_pack}{in_context} ({summary.get('timestamp')})"
+    of_pack = f", pack {pack}" if (pack := _pack_measured(summary)) else ""
+    return f"{where}{summary.get('model')}{adapter}{of_pack}{_in_context(summary)} ({summary.get('timestamp')})"
 
 
 def _p_cell(change: Mapping[str, Any] | None) -> str:
