@@ -376,14 +376,15 @@ def _check_seeds_ask(col: Collector, index: int, raw: dict[str, Any]) -> None:
     """Report every seed of a category entry whose text is blank (`asks_nothing`) or forges a turn
     (`chat_token_problem`)."""
     for i, value in enumerate(_list(raw, "seeds")):
-        messages = parse_seed(raw["id"], i, value).messages
+        seed = parse_seed(raw["id"], i, value)
+        messages = seed.messages
         if asks_nothing(messages):
             col.add(MANIFEST, f"/categories/{index}/seeds/{i}", "seed asks nothing: its text is blank",
                     "write the request, or delete the seed")
         elif forged := chat_token_problem(messages):
             where = f"/categories/{index}/seeds/{i}" + ("" if isinstance(value, str) else f"/messages/{forged[0]}/content")
             col.add(MANIFEST, where, f"seed {forged[1]}", forged[2])
-        elif in_tools := tool_token_problem(messages, parse_seed(raw["id"], i, value).tools):
+        elif in_tools := tool_token_problem(messages, seed.tools):
             col.add(MANIFEST, f"/categories/{index}/seeds/{i}{in_tools[0]}", f"seed {in_tools[1]}", in_tools[2])
 
 

@@ -136,8 +136,10 @@ def _positive(value: Any, name: str, where: str) -> int:
     return value
 
 
+@lru_cache(maxsize=None)
 def synthesis_bound(setting: str) -> int:
-    """The pack schema's maximum for `synthesis.<setting>` (count_per_category, rounds)."""
+    """The pack schema's maximum for `synthesis.<setting>` (count_per_category, rounds); read once, as every
+    `check_settings` (and each synthesize stage key) asks."""
     from .schema import schema_text
 
     return int(json.loads(schema_text("pack.schema.json"))["properties"]["synthesis"]["properties"][setting]["maximum"])
