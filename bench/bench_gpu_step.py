@@ -78,7 +78,7 @@ def main() -> int:
 
     print(where)
     print(f"batch {args.batch_size}, max_new_tokens {args.max_new_tokens}, LoRA r={config.lora_r} on "
-          f"{','.join(config.target_modules)} ({trainable / 1e6:.1f}M trainable), gradient checkpointing "
+          f"{','.join(config.target_modules)} ({trainable:,} trainable), gradient checkpointing "
           f"{'on' if checkpointing else 'off'}, policy prefix {prefix} tokens (cached), teacher base")
     print(f"  {'step':<8} {'total s':>8} {'rollout s':>10} {'teacher s':>10} {'rest s':>8} {'tokens':>7} "
           f"{'tok/s':>8} {'rollout tok/s':>14}")

@@ -181,7 +181,12 @@ def summarise(result: dict[str, Any], warmup: int) -> dict[str, float]:
     mean = statistics.mean
     return {"step": mean(steps), "rollout": mean(rollout), "teacher": mean(teacher),
             "rest": mean(steps) - mean(rollout) - mean(teacher), "tokens": mean(tokens),
-            "sd": statistics.stdev(steps) if n > 1 else 0.0, "n": n}
+            "sd": statistics.stdev(steps) if n > 1 else None, "n": n}
+
+
+def spread(summary: dict[str, Any]) -> str:
+    """The step times' standard deviation; one timed step has none (printing 0.000 s claimed a perfectly steady run)."""
+    return "n/a (1 step)" if summary["sd"] is None else f"{summary['sd']:.3f} s"
 
 
 def median_summary(summaries: list[dict[str, float]]) -> dict[str, float]:
@@ -246,7 +251,7 @@ def main() -> int:
         print(f"  {'peak GPU memory (GiB)':<22} {results['ours']['peak_gib']:10.2f} {results['stock']['peak_gib']:10.2f}")
     print(f"  step time ours/stock: {a['step'] / b['step']:.2f}x (target <= {TARGET}x), per completion token "
           f"{per_token['ours'][1] / per_token['stock'][1]:.2f}x; "
-          f"without the rollout: {no_roll:.2f}x; step sd ours {a['sd']:.3f} s, stock {b['sd']:.3f} s")
+          f"without the rollout: {no_roll:.2f}x; step sd ours {spread(a)}, stock {spread(b)}")
     print("  each run's ratio: " + ", ".join(f"{x / y:.2f}x" for x, y in zip(a["runs"], b["runs"])))
     return 0
 

@@ -53,6 +53,13 @@ def test_train_step_runs_both_trainers_without_lora_dropout(capsys, monkeypatch)
     the same thing: the benchmark built DistillConfig with the default 0.05, timing ours with dropout on."""
     out = _run("train_step", "--smoke", capsys=capsys, monkeypatch=monkeypatch)
     assert "LoRA dropout ours 0.0 / stock 0.0" in out
+    assert "step sd ours n/a (1 step), stock n/a (1 step)" in out  # --smoke times one step: it printed sd 0.000 s
+
+
+def test_gpu_step_smoke_counts_its_trainable_parameters(capsys, monkeypatch) -> None:
+    """tiny's LoRA has 21,504 trainable parameters, which the millions format printed as "0.0M trainable"."""
+    out = _run("gpu_step", "--smoke", capsys=capsys, monkeypatch=monkeypatch)
+    assert "(21,504 trainable)" in out
 
 
 def test_prefix_cache_counts_the_rows_that_got_tools(capsys, monkeypatch) -> None:
