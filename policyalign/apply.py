@@ -302,24 +302,17 @@ def _check_named_choices(options: dict[str, Any], path: Path) -> None:
 
 def _check_named_values(options: dict[str, Any], path: Path) -> None:
     """The file's run directory and push settings checked as the command line's are (`out` read from the file's
-    directory), the error naming the file and key: `out: f.txt` naming a file was "--out .../f.txt is not a
-    directory", `license: x y` "invalid license id 'x y' (--license)" and `push_to: bad id` named no file."""
+    directory), each check naming the value `KEY in FILE`: `out: f.txt` naming a file was "--out .../f.txt is not
+    a directory", `license: x y` "invalid license id 'x y' (--license)" and `push_to: bad id` named no file."""
     from .card import check_license
     from .hub import check_repo_id, check_tag
     from .io import check_output_dir
 
-    checks: dict[str, Callable[[Any], Any]] = {"out": check_output_dir, "push_to": check_repo_id,
-                                               "revision": check_tag, "license": check_license}
+    checks: dict[str, Callable[[Any, str], Any]] = {"out": check_output_dir, "push_to": check_repo_id,
+                                                    "revision": check_tag, "license": check_license}
     for key, check in checks.items():
-        if not isinstance(options.get(key), str):
-            continue
-        try:
-            check(options[key])
-        except PolicyAlignError as exc:
-            flag = "--" + key.replace("_", "-")
-            message = exc.problem.message.removeprefix(f"{flag}: ").removeprefix(f"{flag} ").replace(f" ({flag})", "")
-            raise InvalidInputError(f"{key}: {message}", file=str(path), where=key,
-                                    hint=exc.problem.hint.replace(flag, key)) from None
+        if isinstance(options.get(key), str):
+            check(options[key], f"{key} in {path}")
 
 
 # Counts a config file may hold below 1, named as its keys: those only a file sets had no check before their
@@ -526,7 +519,7 @@ def apply(options: ApplyOptions, pack: Pack, *, on_stage: Callable[[str, str], N
     if leftovers := draft_leftovers(pack):
         on_note(f"{pack.ref} still holds {len(leftovers)} piece(s) of stand-in text from `pa new` (`pa validate "
                 f"{pack.root}` lists them): this run trains and evaluates on them")
-    run_dir = output_dir(options.out or default_run_dir(pack, options.model))
+    run_dir = output_dir(options.out or default_run_dir(pack, options.model), _given_as(options, "out"))
     with run_lock(run_dir):
         check_run_directory(run_dir)
         return _apply(options, pack, run_dir, settings, on_stage, on_note)
@@ -545,8 +538,7 @@ def _checked_settings(options: ApplyOptions, pack: Pack) -> tuple[Any, Any]:
                              {"max_new_tokens": options.synth_max_new_tokens})
     fconf = filter_config(pack, **_filter_options(options))
     dconf = distill_config(pack, _distill_overrides(options))
-    check_ema_decay(dconf, None if "ema_decay" not in options.explicit else
-                    "--ema-decay" if "ema_decay" in options.flags else f"ema_decay in {options.config}")
+    check_ema_decay(dconf, _given_as(options, "ema_decay") if "ema_decay" in options.explicit else None)
     _check_target_modules(options.model, pack, dconf.target_modules,
                           "--target-modules" if "target_modules" in options.flags else "target_modules in --config",
                           options.config if "target_modules" in options.explicit - options.flags else None)
@@ -557,6 +549,14 @@ def _checked_settings(options: ApplyOptions, pack: Pack) -> tuple[Any, Any]:
         check_vllm_rollouts(device)
     _check_push_options(options)
     return fconf, dconf
+
+
+def _given_as(options: ApplyOptions, key: str) -> str:
+    """Where the user gave option `key`, for an error to name: its flag, or `key in FILE` when --config set it
+    and the command line did not."""
+    if options.config is not None and key in options.explicit - options.flags:
+        return f"{key} in {options.config}"
+    return "--" + key.replace("_", "-")
 
 
 def _check_target_modules(model: str, pack: Pack, targets: tuple[str, ...] | str, flag: str,
@@ -675,10 +675,10 @@ def _check_push_options(options: ApplyOptions) -> None:
         if given and not options.push_to:
             raise InvalidInputError(f"{flag} only applies with --push-to", hint=f"add --push-to ORG/NAME, or drop {flag}")
     if options.push_to:
-        check_push_target(options.push_to)
+        check_push_target(options.push_to, option=_given_as(options, "push_to"))
     if options.revision:
-        check_tag(options.revision)
-    check_license(options.license)  # the card stage writes it with or without --push-to
+        check_tag(options.revision, _given_as(options, "revision"))
+    check_license(options.license, _given_as(options, "license"))  # the card stage writes it with or without --push-to
 
 
 def _push(run_dir: Path, options: ApplyOptions, key: str) -> None:

@@ -451,25 +451,48 @@ def test_private_without_push_to_is_refused_before_any_stage(tmp_path: Path) -> 
     assert not (tmp_path / "run" / "instructions.jsonl").exists()
 
 
-@pytest.mark.parametrize("line, message", [("out: f.txt", "out: {base}/f.txt is not a directory"),
-                                           ("out: f.txt/run", "out: {base}/f.txt/run is not a directory"),
-                                           ("push_to: 'bad id'", "push_to: invalid repository id 'bad id'"),
-                                           ("license: 'x y'", "license: invalid license id 'x y'$")])
+@pytest.mark.parametrize("line, message", [("out: f.txt", "{base}/f.txt is not a directory"),
+                                           ("out: f.txt/run", "{base}/f.txt/run is not a directory"),
+                                           ("push_to: 'bad id'", "invalid repository id 'bad id'$"),
+                                           ("revision: main", "invalid revision tag 'main': it names the main branch"),
+                                           ("license: 'x y'", "invalid license id 'x y'$")])
 def test_a_config_files_bad_value_is_named_by_the_file_and_key_not_as_a_flag(tmp_path: Path, line: str,
                                                                              message: str) -> None:
     """`out: f.txt` naming a file was "--out .../f.txt is not a directory" (a flag never typed), `license: x y`
-    "(--license)" and `push_to: bad id` named no file."""
+    "(--license)" and `push_to: bad id` named no file. Each check names the value itself, `KEY in FILE`:
+    the caller no longer rewrites their messages afterwards (dropping `--out `, ` (--license)`), hung on each wording."""
     (tmp_path / "f.txt").write_text("not a run\n")
     config = tmp_path / "run.yaml"
     config.write_text(f"pack: general\nmodel: tiny\n{line}\n")
     with pytest.raises(InvalidInputError) as caught:
         build_options({}, config)
     problem, key = caught.value.problem, line.split(":")[0]
-    assert (problem.file, problem.where) == (str(config), key)
+    assert problem.message.startswith(f"{key} in {config}: "), problem.message
     assert re.search(message.format(base=re.escape(str(tmp_path))), problem.message), problem.message
     assert "--" not in problem.message + problem.hint
-    assert build_options({key: "other" if key == "license" else "me/x" if key == "push_to" else str(tmp_path / "run")},
-                         config), "the command line's value wins over the file's, unchecked"
+    assert build_options({"push_to": "me/x", key: "other" if key == "license" else "me/x" if key == "push_to" else
+                          "v2" if key == "revision" else str(tmp_path / "run")}, config), \
+        "the command line's value wins over the file's, unchecked"
+
+
+def test_a_bad_push_value_on_the_command_line_is_named_by_its_flag(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same checks name a flag's value by the flag, over a config file's value too."""
+    import huggingface_hub.constants
+
+    from policyalign.apply import _checked_settings
+
+    monkeypatch.setenv("HF_TOKEN", "hf_notarealtokenbutpresent")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    config = tmp_path / "run.yaml"
+    config.write_text("pack: general\nmodel: tiny\npush_to: me/x\nlicense: mit\n")
+    pack = Registry.default().load("general")
+    for given, message in (({"push_to": "bad id"}, "--push-to: invalid repository id 'bad id'"),
+                           ({"revision": "a..b"}, "--revision: invalid revision tag 'a..b'"),
+                           ({"license": "x y"}, "--license: invalid license id 'x y'")):
+        with pytest.raises(InvalidInputError) as caught:
+            _checked_settings(build_options(given, config), pack)
+        assert caught.value.problem.message == message
 
 
 def test_config_values_of_the_wrong_type_fail_before_any_stage_runs(tmp_path: Path) -> None:
@@ -973,7 +996,7 @@ def test_an_out_that_is_a_file_is_a_clear_error(tmp_path: Path, fixture_packs: P
     taken = tmp_path / "run"
     taken.write_text("not a directory")
     pack = Registry([fixture_packs]).load("child-pack")
-    with pytest.raises(InvalidInputError, match="--out .* is not a directory") as caught:
+    with pytest.raises(InvalidInputError, match="--out: .* is not a directory") as caught:
         apply(_options(fixture_packs, taken), pack)
     assert caught.value.problem.file == str(taken)
 
