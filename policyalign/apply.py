@@ -531,7 +531,7 @@ def _checked_settings(options: ApplyOptions, pack: Pack) -> tuple[Any, Any]:
     synthesis and filtering, nor a bad --keep leave behind an empty run that `pa runs` lists."""
     from .synthesize import check_settings as check_synthesis_settings
 
-    check_models(options.model, options.generator)
+    check_models((options.model, _given_as(options, "model")), (options.generator, _given_as(options, "generator")))
     check_synthesis_settings(pack, n_per_category=options.n, rounds=options.rounds, batch_size=options.gen_batch_size,
                              max_per_category=None, seed=options.seed,
                              sampling=None if options.synth_max_new_tokens is None else
@@ -542,7 +542,9 @@ def _checked_settings(options: ApplyOptions, pack: Pack) -> tuple[Any, Any]:
     _check_target_modules(options.model, pack, dconf.target_modules,
                           "--target-modules" if "target_modules" in options.flags else "target_modules in --config",
                           options.config if "target_modules" in options.explicit - options.flags else None)
-    check_eval_options(options.judge, options.eval_limit, limit_flag="--eval-limit")
+    judge_as = _given_as(options, "judge")  # as --judge, its error names the spec too (`--judge llm:j: ...`)
+    check_eval_options(options.judge, options.eval_limit, limit_flag="--eval-limit",
+                       judge_as=None if judge_as == "--judge" else judge_as)
     device = training_device(options.device, *launch_rank()[1:])
     check_device_and_dtype(device)  # and PA_DTYPE, which else fails once synthesis loads its model
     if options.backend == "vllm":  # synthesis, filtering and the rollouts: refused now, not once a model has loaded

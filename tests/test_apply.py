@@ -387,6 +387,27 @@ def test_a_model_that_does_not_resolve_leaves_no_run_directory(tmp_path: Path) -
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("line", ["model: ./mdoel", "generator: ./gen", "judge: llm:./judge", "judge: guard:empty"])
+def test_a_config_files_model_that_does_not_resolve_is_named_by_the_file_and_key(tmp_path: Path, line: str) -> None:
+    """`generator: ./gen` (or the model, or an llm:/guard: judge directory) missing from where run.yaml says was
+    "model directory not found: .../gen", naming neither the file nor the key, and the judge's "--judge llm:...",
+    a flag never typed. The command line's are still named by their flags."""
+    from policyalign.apply import _checked_settings
+
+    (tmp_path / "empty").mkdir()
+    config = tmp_path / "run.yaml"
+    config.write_text(f"pack: general\n{'' if line.startswith('model') else 'model: tiny'}\n{line}\n")
+    key = line.split(":")[0]
+    with pytest.raises(InvalidInputError) as caught:
+        _checked_settings(build_options({}, config), Registry.default().load("general"))
+    assert caught.value.problem.message.startswith(f"{key} in {config}: "), caught.value.problem.message
+    assert re.search("model directory not found|no config.json", caught.value.problem.message)
+    result = CliRunner().invoke(app, ["apply", "--config", str(config), "--out", str(tmp_path / "run"),
+                                      f"--{key}", line.split(": ")[1].replace("./", "./x-")])
+    assert result.exit_code == 2 and f"--{key}" in result.output and str(config) not in result.output, result.output
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("flag", ["--n", "--rounds"])
 def test_a_synthesis_count_below_one_leaves_no_run_directory(tmp_path: Path, flag: str) -> None:
     """`pa apply general --model tiny --n 0` was refused only by the synthesize stage, after the run directory
