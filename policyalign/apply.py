@@ -9,6 +9,7 @@ completion without losing finished work.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import types
@@ -125,18 +126,22 @@ CONFIG_KEYS_OF_FLAGS = {"lr": "learning_rate", "epochs": "num_epochs", "grad_acc
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
-    """Options from a YAML file, named as `ApplyOptions` fields (dashes allowed): mostly the long
+    """Options from a YAML (or JSON) file, named as `ApplyOptions` fields (dashes allowed): mostly the long
     command-line names, except the flags in CONFIG_KEYS_OF_FLAGS."""
     if not path.is_file():  # a directory was "config file not found", though it is right there
         what = "a directory, not a config file" if path.is_dir() else "config file not found"
-        raise InvalidInputError(what, file=str(path), hint="pass an existing YAML file to --config")
+        raise InvalidInputError(what, file=str(path), hint="pass an existing YAML or JSON file to --config")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=ManifestLoader) or {}
-    except yaml.YAMLError as exc:
-        raise InvalidInputError(f"invalid YAML: {exc}", file=str(path), hint="fix the YAML syntax") from None
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:  # a file saved as UTF-16 or Latin-1 was a traceback
         raise InvalidInputError(f"not UTF-8 text (byte {exc.start})", file=str(path),
                                 hint="save the file as UTF-8") from None
+    data = _json_config(text, path)
+    if data is None:
+        try:
+            data = yaml.load(text, Loader=ManifestLoader) or {}
+        except yaml.YAMLError as exc:
+            raise InvalidInputError(f"invalid YAML: {exc}", file=str(path), hint="fix the YAML syntax") from None
     if not isinstance(data, dict):
         raise InvalidInputError("config must be a mapping of option: value", file=str(path))
     names = {f.name for f in fields(ApplyOptions)} - {"explicit", "flags", "config"}
@@ -162,6 +167,27 @@ def load_config_file(path: Path) -> dict[str, Any]:
     checked = check_config_ranges(check_config_types(options, path), path)
     report_targets(checked.get("report_to"), flag="report_to:", file=str(path))
     return from_config_dir(checked, path.parent)
+
+
+def _json_config(text: str, path: Path) -> Any:
+    """The file read as JSON when it is JSON (a `.json` file, or text that parses as JSON), else None for YAML:
+    JSON is YAML but for tabs, which YAML forbids, and a JSON config indented with tabs (as `json.dumps(indent="\\t")`
+    and many editors write) was refused as invalid YAML. A key given twice is refused, as in YAML."""
+    from .untrusted_data import DuplicateKey, unique_keys
+
+    try:
+        return json.loads(text.removeprefix("\ufeff"), object_pairs_hook=unique_keys)
+    except DuplicateKey as exc:
+        raise InvalidInputError(f"duplicate key {exc.key!r}: JSON would keep only the last value", file=str(path),
+                                where=exc.key, hint="delete one of the two") from None
+    except json.JSONDecodeError as exc:
+        if path.suffix.lower() != ".json":
+            return None
+        raise InvalidInputError(f"invalid JSON: {exc.msg}", file=str(path), where=f"line {exc.lineno}",
+                                hint="fix the JSON syntax at that line") from None
+    except RecursionError:
+        raise InvalidInputError("invalid JSON: nested too deep", file=str(path),
+                                hint="a config file is one mapping of option: value") from None
 
 
 def from_config_dir(options: dict[str, Any], base: Path) -> dict[str, Any]:

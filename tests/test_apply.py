@@ -208,6 +208,26 @@ def test_a_config_file_that_is_not_utf8_is_an_error_naming_it(tmp_path: Path) ->
     assert caught.value.problem.file == str(config) and "not UTF-8 text" in str(caught.value)
 
 
+@pytest.mark.parametrize("name", ["run.json", "run.yaml"])
+def test_a_json_config_indented_with_tabs_is_read_as_json(tmp_path: Path, name: str) -> None:
+    """JSON is YAML but for tabs: a config written by `json.dump(..., indent="\\t")` was refused as "invalid YAML:
+    found character '\\t' that cannot start any token", .json or not. Read as JSON, a repeated key is still
+    refused, and a broken .json file is told its JSON error and line, not YAML's."""
+    config = tmp_path / name
+    options = {"pack": "general", "model": "tiny", "max_steps": 3, "target_modules": ["q_proj", "v_proj"]}
+    config.write_text(json.dumps(options, indent="\t") + "\n")
+    built = build_options({}, config)
+    assert (built.pack, built.model, built.max_steps, built.target_modules) == ("general", "tiny", 3, ["q_proj", "v_proj"])
+    config.write_text('{\n\t"pack": "general",\n\t"model": "tiny",\n\t"max_steps": 3,\n\t"max_steps": 4\n}\n')
+    with pytest.raises(InvalidInputError, match="duplicate key 'max_steps'") as caught:
+        build_options({}, config)
+    assert caught.value.problem.file == str(config)
+    (tmp_path / "bad.json").write_text('{\n\t"pack": "general",\n\t"model": "tiny",\n}\n')
+    with pytest.raises(InvalidInputError, match="invalid JSON") as caught:
+        build_options({}, tmp_path / "bad.json")
+    assert caught.value.problem.where == "line 4"
+
+
 def test_a_config_that_is_a_directory_is_called_one(tmp_path: Path) -> None:
     """`--config DIR` was "config file not found", though DIR is right there."""
     with pytest.raises(InvalidInputError, match="a directory, not a config file") as caught:
