@@ -21,7 +21,7 @@ from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from .errors import HubError, InvalidInputError, PolicyAlignError, PublicRepositoryError, RunError
-from .distill_settings import MAX_SEED, check_ema_decay, under_given
+from .distill_settings import MAX_SEED, check_ema_decay, target_module_names, under_given
 from .evaluate import check_eval_options
 from .io import output_dir
 from .judges import split_judge
@@ -244,12 +244,18 @@ def check_config_types(options: dict[str, Any], path: Path) -> dict[str, Any]:
     bad: list[tuple[str, str, str]] = []  # key, what is wrong, an example of a right value
     for key, value in options.items():
         hint = hints[key]
-        if hint is Any:  # target_modules: one name (e.g. all-linear) or a list of names
-            if value is None or isinstance(value, str) or (
-                    isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
-                checked[key] = value
+        if hint is Any:  # target_modules: all-linear or names; report_to: one name or a list of names
+            # A string of targets is read as --target-modules reads it, all-linear or comma-separated names:
+            # `target_modules: q_proj,v_proj` was refused in the pack schema's words ("is not valid under any of
+            # the given schemas"), though the command line takes it.
+            read = target_module_names(value) if key == "target_modules" and isinstance(value, str) else value
+            if read is None or isinstance(read, str) or (
+                    isinstance(read, (list, tuple)) and read and all(isinstance(v, str) for v in read)):
+                checked[key] = read
             else:
-                bad.append((key, f"expected a string or a list of strings, got {value!r}", _LIST_EXAMPLES[key]))
+                expected = ("all-linear or module names (a list, or comma-separated as --target-modules takes them)"
+                            if key == "target_modules" else "a string or a list of strings")
+                bad.append((key, f"expected {expected}, got {value!r}", _LIST_EXAMPLES[key]))
             continue
         allowed = get_args(hint) if get_origin(hint) in (Union, types.UnionType) else (hint,)
         kinds = [t for t in allowed if t is not type(None)]

@@ -464,6 +464,30 @@ def test_pa_apply_target_modules_and_kl_top_k_reach_the_training_settings(tmp_pa
     assert not (tmp_path / "run").exists()
 
 
+def test_target_modules_as_one_string_in_the_config_file_is_read_as_the_command_line_reads_it(tmp_path: Path) -> None:
+    """`target_modules: q_proj,v_proj` (what --target-modules takes) was refused as "'q_proj,v_proj' is not valid
+    under any of the given schemas", the pack schema's words, with no hint of the fix; a single misspelt name got the
+    same. Now it is the command line's reading, a misspelt name is told its closest module, and an empty one the
+    forms that work."""
+    from policyalign.apply import _checked_settings
+    from policyalign.cli.common import target_module_names
+
+    config = tmp_path / "run.yaml"
+    for text, targets in (("q_proj,v_proj", ("q_proj", "v_proj")), ("'q_proj, v_proj'", ("q_proj", "v_proj")),
+                          ("all-linear", "all-linear")):
+        config.write_text(f"pack: general\nmodel: tiny\ntarget_modules: {text}\n")
+        assert build_options({}, config).target_modules == targets == target_module_names(text.strip("'"))
+    config.write_text("pack: general\nmodel: tiny\ntarget_modules: qproj\n")
+    with pytest.raises(InvalidInputError, match="no such module in tiny") as caught:
+        _checked_settings(build_options({}, config), Registry.default().load("general"))
+    assert (caught.value.problem.file, caught.value.problem.where) == (str(config), "target_modules[0]")
+    assert "did you mean 'q_proj'" in caught.value.problem.hint
+    config.write_text("pack: general\nmodel: tiny\ntarget_modules: ','\n")
+    with pytest.raises(InvalidInputError, match="expected all-linear or module names .* comma-separated") as caught:
+        build_options({}, config)
+    assert "schemas" not in str(caught.value) and "`target_modules: [q_proj, v_proj]`" in caught.value.problem.hint
+
+
 def test_an_ema_decay_without_the_ema_teacher_is_refused_before_any_stage(tmp_path: Path) -> None:
     """`--ema-decay 0.5` (or `ema_decay: 0.5` in --config) without `--teacher ema` trained against the base teacher,
     the rate silently unused; with the EMA teacher it is taken."""
