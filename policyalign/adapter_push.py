@@ -81,13 +81,14 @@ def _refuse_foreign_files(remote: list[str], repo_id: str) -> None:
                        hint=f"push to a new repository, or delete those files first (`{command}`)")
 
 
-def check_push_target(repo_id: str, token: str | None = None) -> None:
+def check_push_target(repo_id: str, token: str | None = None, *, option: str = "--push-to") -> None:
     """What `push_run` will need, checked without the network before `pa apply` trains for hours:
     a well-formed repository id, a token (an invalid one is still only found out by the Hub), and the Hub not
-    switched off: with HF_HUB_OFFLINE=1 (as README advises offline) every stage ran, then the push failed."""
+    switched off: with HF_HUB_OFFLINE=1 (as README advises offline) every stage ran, then the push failed.
+    `option` is where the repository was given (`push_to in FILE`), for a bad id's error to name."""
     from huggingface_hub import constants
 
-    resolve_token(token, check_repo_id(repo_id))
+    resolve_token(token, check_repo_id(repo_id, option))
     if constants.HF_HUB_OFFLINE:
         raise HubError("pushing: HF_HUB_OFFLINE=1 is set, and this needs the Hub", file=repo_id,
                        hint="unset HF_HUB_OFFLINE where the Hub can be reached, or drop --push-to and publish the "

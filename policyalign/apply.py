@@ -9,6 +9,7 @@ completion without losing finished work.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import types
@@ -20,7 +21,7 @@ from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from .errors import HubError, InvalidInputError, PolicyAlignError, PublicRepositoryError, RunError
-from .distill_settings import MAX_SEED, check_ema_decay, under_given
+from .distill_settings import MAX_SEED, check_ema_decay, target_module_names, under_given
 from .evaluate import check_eval_options
 from .io import output_dir
 from .judges import split_judge
@@ -125,18 +126,22 @@ CONFIG_KEYS_OF_FLAGS = {"lr": "learning_rate", "epochs": "num_epochs", "grad_acc
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
-    """Options from a YAML file, named as `ApplyOptions` fields (dashes allowed): mostly the long
+    """Options from a YAML (or JSON) file, named as `ApplyOptions` fields (dashes allowed): mostly the long
     command-line names, except the flags in CONFIG_KEYS_OF_FLAGS."""
     if not path.is_file():  # a directory was "config file not found", though it is right there
         what = "a directory, not a config file" if path.is_dir() else "config file not found"
-        raise InvalidInputError(what, file=str(path), hint="pass an existing YAML file to --config")
+        raise InvalidInputError(what, file=str(path), hint="pass an existing YAML or JSON file to --config")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=ManifestLoader) or {}
-    except yaml.YAMLError as exc:
-        raise InvalidInputError(f"invalid YAML: {exc}", file=str(path), hint="fix the YAML syntax") from None
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:  # a file saved as UTF-16 or Latin-1 was a traceback
         raise InvalidInputError(f"not UTF-8 text (byte {exc.start})", file=str(path),
                                 hint="save the file as UTF-8") from None
+    data = _json_config(text, path)
+    if data is None:
+        try:
+            data = yaml.load(text, Loader=ManifestLoader) or {}
+        except yaml.YAMLError as exc:
+            raise InvalidInputError(f"invalid YAML: {exc}", file=str(path), hint="fix the YAML syntax") from None
     if not isinstance(data, dict):
         raise InvalidInputError("config must be a mapping of option: value", file=str(path))
     names = {f.name for f in fields(ApplyOptions)} - {"explicit", "flags", "config"}
@@ -162,6 +167,27 @@ def load_config_file(path: Path) -> dict[str, Any]:
     checked = check_config_ranges(check_config_types(options, path), path)
     report_targets(checked.get("report_to"), flag="report_to:", file=str(path))
     return from_config_dir(checked, path.parent)
+
+
+def _json_config(text: str, path: Path) -> Any:
+    """The file read as JSON when it is JSON (a `.json` file, or text that parses as JSON), else None for YAML:
+    JSON is YAML but for tabs, which YAML forbids, and a JSON config indented with tabs (as `json.dumps(indent="\\t")`
+    and many editors write) was refused as invalid YAML. A key given twice is refused, as in YAML."""
+    from .untrusted_data import DuplicateKey, unique_keys
+
+    try:
+        return json.loads(text.removeprefix("\ufeff"), object_pairs_hook=unique_keys)
+    except DuplicateKey as exc:
+        raise InvalidInputError(f"duplicate key {exc.key!r}: JSON would keep only the last value", file=str(path),
+                                where=exc.key, hint="delete one of the two") from None
+    except json.JSONDecodeError as exc:
+        if path.suffix.lower() != ".json":
+            return None
+        raise InvalidInputError(f"invalid JSON: {exc.msg}", file=str(path), where=f"line {exc.lineno}",
+                                hint="fix the JSON syntax at that line") from None
+    except RecursionError:
+        raise InvalidInputError("invalid JSON: nested too deep", file=str(path),
+                                hint="a config file is one mapping of option: value") from None
 
 
 def from_config_dir(options: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -218,12 +244,18 @@ def check_config_types(options: dict[str, Any], path: Path) -> dict[str, Any]:
     bad: list[tuple[str, str, str]] = []  # key, what is wrong, an example of a right value
     for key, value in options.items():
         hint = hints[key]
-        if hint is Any:  # target_modules: one name (e.g. all-linear) or a list of names
-            if value is None or isinstance(value, str) or (
-                    isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
-                checked[key] = value
+        if hint is Any:  # target_modules: all-linear or names; report_to: one name or a list of names
+            # A string of targets is read as --target-modules reads it, all-linear or comma-separated names:
+            # `target_modules: q_proj,v_proj` was refused in the pack schema's words ("is not valid under any of
+            # the given schemas"), though the command line takes it.
+            read = target_module_names(value) if key == "target_modules" and isinstance(value, str) else value
+            if read is None or isinstance(read, str) or (
+                    isinstance(read, (list, tuple)) and read and all(isinstance(v, str) for v in read)):
+                checked[key] = read
             else:
-                bad.append((key, f"expected a string or a list of strings, got {value!r}", _LIST_EXAMPLES[key]))
+                expected = ("all-linear or module names (a list, or comma-separated as --target-modules takes them)"
+                            if key == "target_modules" else "a string or a list of strings")
+                bad.append((key, f"expected {expected}, got {value!r}", _LIST_EXAMPLES[key]))
             continue
         allowed = get_args(hint) if get_origin(hint) in (Union, types.UnionType) else (hint,)
         kinds = [t for t in allowed if t is not type(None)]
@@ -302,24 +334,17 @@ def _check_named_choices(options: dict[str, Any], path: Path) -> None:
 
 def _check_named_values(options: dict[str, Any], path: Path) -> None:
     """The file's run directory and push settings checked as the command line's are (`out` read from the file's
-    directory), the error naming the file and key: `out: f.txt` naming a file was "--out .../f.txt is not a
-    directory", `license: x y` "invalid license id 'x y' (--license)" and `push_to: bad id` named no file."""
+    directory), each check naming the value `KEY in FILE`: `out: f.txt` naming a file was "--out .../f.txt is not
+    a directory", `license: x y` "invalid license id 'x y' (--license)" and `push_to: bad id` named no file."""
     from .card import check_license
     from .hub import check_repo_id, check_tag
     from .io import check_output_dir
 
-    checks: dict[str, Callable[[Any], Any]] = {"out": check_output_dir, "push_to": check_repo_id,
-                                               "revision": check_tag, "license": check_license}
+    checks: dict[str, Callable[[Any, str], Any]] = {"out": check_output_dir, "push_to": check_repo_id,
+                                                    "revision": check_tag, "license": check_license}
     for key, check in checks.items():
-        if not isinstance(options.get(key), str):
-            continue
-        try:
-            check(options[key])
-        except PolicyAlignError as exc:
-            flag = "--" + key.replace("_", "-")
-            message = exc.problem.message.removeprefix(f"{flag}: ").removeprefix(f"{flag} ").replace(f" ({flag})", "")
-            raise InvalidInputError(f"{key}: {message}", file=str(path), where=key,
-                                    hint=exc.problem.hint.replace(flag, key)) from None
+        if isinstance(options.get(key), str):
+            check(options[key], f"{key} in {path}")
 
 
 # Counts a config file may hold below 1, named as its keys: those only a file sets had no check before their
@@ -526,7 +551,7 @@ def apply(options: ApplyOptions, pack: Pack, *, on_stage: Callable[[str, str], N
     if leftovers := draft_leftovers(pack):
         on_note(f"{pack.ref} still holds {len(leftovers)} piece(s) of stand-in text from `pa new` (`pa validate "
                 f"{pack.root}` lists them): this run trains and evaluates on them")
-    run_dir = output_dir(options.out or default_run_dir(pack, options.model))
+    run_dir = output_dir(options.out or default_run_dir(pack, options.model), _given_as(options, "out"))
     with run_lock(run_dir):
         check_run_directory(run_dir)
         return _apply(options, pack, run_dir, settings, on_stage, on_note)
@@ -538,25 +563,34 @@ def _checked_settings(options: ApplyOptions, pack: Pack) -> tuple[Any, Any]:
     synthesis and filtering, nor a bad --keep leave behind an empty run that `pa runs` lists."""
     from .synthesize import check_settings as check_synthesis_settings
 
-    check_models(options.model, options.generator)
+    check_models((options.model, _given_as(options, "model")), (options.generator, _given_as(options, "generator")))
     check_synthesis_settings(pack, n_per_category=options.n, rounds=options.rounds, batch_size=options.gen_batch_size,
                              max_per_category=None, seed=options.seed,
                              sampling=None if options.synth_max_new_tokens is None else
                              {"max_new_tokens": options.synth_max_new_tokens})
     fconf = filter_config(pack, **_filter_options(options))
     dconf = distill_config(pack, _distill_overrides(options))
-    check_ema_decay(dconf, None if "ema_decay" not in options.explicit else
-                    "--ema-decay" if "ema_decay" in options.flags else f"ema_decay in {options.config}")
+    check_ema_decay(dconf, _given_as(options, "ema_decay") if "ema_decay" in options.explicit else None)
     _check_target_modules(options.model, pack, dconf.target_modules,
                           "--target-modules" if "target_modules" in options.flags else "target_modules in --config",
                           options.config if "target_modules" in options.explicit - options.flags else None)
-    check_eval_options(options.judge, options.eval_limit, limit_flag="--eval-limit")
+    judge_as = _given_as(options, "judge")  # as --judge, its error names the spec too (`--judge llm:j: ...`)
+    check_eval_options(options.judge, options.eval_limit, limit_flag="--eval-limit",
+                       judge_as=None if judge_as == "--judge" else judge_as)
     device = training_device(options.device, *launch_rank()[1:])
     check_device_and_dtype(device)  # and PA_DTYPE, which else fails once synthesis loads its model
     if options.backend == "vllm":  # synthesis, filtering and the rollouts: refused now, not once a model has loaded
         check_vllm_rollouts(device)
     _check_push_options(options)
     return fconf, dconf
+
+
+def _given_as(options: ApplyOptions, key: str) -> str:
+    """Where the user gave option `key`, for an error to name: its flag, or `key in FILE` when --config set it
+    and the command line did not."""
+    if options.config is not None and key in options.explicit - options.flags:
+        return f"{key} in {options.config}"
+    return "--" + key.replace("_", "-")
 
 
 def _check_target_modules(model: str, pack: Pack, targets: tuple[str, ...] | str, flag: str,
@@ -675,10 +709,10 @@ def _check_push_options(options: ApplyOptions) -> None:
         if given and not options.push_to:
             raise InvalidInputError(f"{flag} only applies with --push-to", hint=f"add --push-to ORG/NAME, or drop {flag}")
     if options.push_to:
-        check_push_target(options.push_to)
+        check_push_target(options.push_to, option=_given_as(options, "push_to"))
     if options.revision:
-        check_tag(options.revision)
-    check_license(options.license)  # the card stage writes it with or without --push-to
+        check_tag(options.revision, _given_as(options, "revision"))
+    check_license(options.license, _given_as(options, "license"))  # the card stage writes it with or without --push-to
 
 
 def _push(run_dir: Path, options: ApplyOptions, key: str) -> None:

@@ -480,11 +480,12 @@ def hub_license(value: Any) -> str:
     return text if re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", text) else "other"
 
 
-def check_license(given: str | None) -> None:
+def check_license(given: str | None, option: str = "--license") -> None:
     """A `--license` the Hub cannot take is refused: `hub_license` turned it into `other`, and the
-    card then said the base model's license "was not found" instead of the one the publisher gave."""
+    card then said the base model's license "was not found" instead of the one the publisher gave.
+    `option` is where it was given, for the error to name (`license in FILE`)."""
     if given is not None and hub_license(given) == "other" and str(given).strip().lower() != "other":
-        raise InvalidInputError(f"invalid license id {given!r} (--license)",
+        raise InvalidInputError(f"{option}: invalid license id {given!r}",
                                 hint="use the Hub's license id (letters, digits, '.', '+' or '-'), e.g. apache-2.0, "
                                      "mit, cc-by-4.0, or `other`")
 

@@ -87,6 +87,15 @@ def check_seed(seed: int) -> None:
                                 hint="training seeds numpy's generator, which takes a 32-bit unsigned seed")
 
 
+def target_module_names(value: str | None) -> tuple[str, ...] | str | None:
+    """--target-modules as the training setting: all-linear kept whole, else the comma-separated names
+    (spaces after the commas allowed), for `pa apply` and `pa distill` alike, and a `pa apply --config`
+    file's `target_modules:` written as one string."""
+    if value is None or value == "all-linear":
+        return value
+    return tuple(name.strip() for name in value.split(",") if name.strip())
+
+
 def check_ema_decay(config: DistillConfig, given_as: str | None) -> None:
     """Refuse an EMA rate given for a teacher that is no EMA: `--ema-decay 0.5` without `--teacher ema` trained
     against the base teacher, the rate silently unused, though its help says "With --teacher ema". `given_as` is

@@ -103,12 +103,14 @@ class EvalTask:
     file: str = ""  # the set's file, relative to the pack (a benchmark's dataset id): errors name it
 
 
-def check_eval_options(judge: str, limit: int | None, *, limit_flag: str = "--limit") -> None:
+def check_eval_options(judge: str, limit: int | None, *, limit_flag: str = "--limit",
+                       judge_as: str | None = None) -> None:
     """The judge (its spec, and its model: a directory that is not there, a Hub judge neither in the
     cache nor downloadable) and the item limit, checked before any model loads; `pa apply` checks
     them before its first stage, not after synthesis and filtering have run. A model judge was
-    loaded only after every answer had been generated, and refused then."""
-    judge_weights_fetched(judge)
+    loaded only after every answer had been generated, and refused then. `judge_as` names a judge
+    given other than as --judge (`judge in FILE`)."""
+    judge_weights_fetched(judge, judge_as)
     if limit is not None and limit < 1:
         raise InvalidInputError(f"{limit_flag} must be at least 1, got {limit}",
                                 hint=f"pass a positive number of items per set, or omit {limit_flag}")

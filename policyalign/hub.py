@@ -137,22 +137,25 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def check_repo_id(repo_id: str) -> str:
+def check_repo_id(repo_id: str, option: str = "") -> str:
+    """`repo_id` if it is ORG/NAME; `option`, where it was given (`--push-to`, `push_to in FILE`), is named by
+    the error when there is one to name (a positional ORG/NAME has none)."""
     if not isinstance(repo_id, str) or not REPO_ID_RE.match(repo_id) or ".." in repo_id:
-        raise InvalidInputError(f"invalid repository id {repo_id!r}",
+        raise InvalidInputError(f"{option}: " * bool(option) + f"invalid repository id {repo_id!r}",
                                 hint="use ORG/NAME, e.g. my-org/medical-qwen2.5-7b")
     return repo_id
 
 
-def check_tag(tag: str) -> str:
+def check_tag(tag: str, option: str = "--revision") -> str:
+    """`tag` if the Hub can tag a version with it; `option` is where it was given (`revision in FILE`)."""
     if not TAG_RE.match(tag) or ".." in tag or tag.endswith((".lock", ".")):
-        raise InvalidInputError(f"invalid revision tag {tag!r} (--revision)",
+        raise InvalidInputError(f"{option}: invalid revision tag {tag!r}",
                                 hint="use letters, digits, '.', '_', '-' or '+', e.g. medical-v1.0.0")
     if tag == DEFAULT_BRANCH or re.fullmatch(r"[0-9a-fA-F]{40}", tag):
         # a tag `main` shadows the branch: `ORG/NAME` (and @main) resolved to the tagged commit for
         # good, never to what later pushes committed; a 40-hex tag reads as a commit id
-        raise InvalidInputError(f"invalid revision tag {tag!r} (--revision): it names the {DEFAULT_BRANCH} branch "
-                                "or a commit, not a version", hint="--revision is the tag this version gets "
+        raise InvalidInputError(f"{option}: invalid revision tag {tag!r}: it names the {DEFAULT_BRANCH} branch "
+                                "or a commit, not a version", hint=f"{option} is the tag this version gets "
                                 "(every push commits to main), e.g. medical-v1.0.0-r2")
     return tag
 

@@ -97,26 +97,33 @@ def _umask() -> int:
 
 def check_output_dir(path: str | os.PathLike[str], option: str = "--out") -> None:
     """Refuse, as `output_dir` would, a directory a file blocks (it or a parent), without making anything:
-    a config file's `out:` is checked when the file is read, before a run directory may be made."""
+    a config file's `out:` is checked when the file is read (`option` then `out in FILE`), before a run
+    directory may be made."""
     target = Path(path)
     for place in (target, *target.parents):
         if place.exists():
             if not place.is_dir():
-                raise InvalidInputError(f"{option} {target} is not a directory: a file has its name or a parent's",
-                                        file=str(target), hint=f"give {option} a directory (it is created when missing)")
+                raise _not_a_directory(target, option)
             return
+
+
+def _not_a_directory(target: Path, option: str) -> InvalidInputError:
+    """The error of a directory a file blocks, naming where it was given: `option` is a flag (`--out`) or a
+    config file's key (`out in FILE`)."""
+    return InvalidInputError(f"{option}: {target} is not a directory: a file has its name or a parent's",
+                             file=str(target), hint=f"give {option} a directory (it is created when missing)")
 
 
 def output_dir(path: str | os.PathLike[str], option: str = "--out") -> Path:
     """Create the directory a command writes into, before its work: a file already holding the name
-    (or a parent's) was a bare FileExistsError traceback, for `pa eval` after every response was generated."""
+    (or a parent's) was a bare FileExistsError traceback, for `pa eval` after every response was generated.
+    `option` is where the directory was given, for the error to name (`--to`, `out in FILE`)."""
     target = Path(path)
     try:
         with naming_disk_errors(target):
             target.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        raise InvalidInputError(f"{option} {target} is not a directory: a file has its name or a parent's",
-                                file=str(target), hint=f"give {option} a directory (it is created when missing)") from None
+        raise _not_a_directory(target, option) from None
     return target
 
 

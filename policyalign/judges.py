@@ -1138,17 +1138,14 @@ def get_judge(spec: str, *, device: str | None = None, batch_size: int = 8) -> J
 
 
 @contextmanager
-def judge_model_errors(spec: str) -> Iterator[None]:
+def judge_model_errors(spec: str, given_as: str | None = None) -> Iterator[None]:
     """A judge's model that cannot be found or loaded, named as the judge's: `pa eval general --model tiny
-    --judge llm:nothere` said only "unknown model 'nothere'", which reads as a complaint about --model."""
-    from .errors import ModelError, ResolveError
+    --judge llm:nothere` said only "unknown model 'nothere'", which reads as a complaint about --model.
+    `given_as` names a judge the command line did not give (`judge in FILE`)."""
+    from .models import named_model_errors
 
-    try:
+    with named_model_errors(given_as or f"--judge {spec.strip()}"):
         yield
-    except (ResolveError, ModelError) as exc:
-        problem = exc.problem
-        raise type(exc)(f"--judge {spec.strip()}: {problem.message}", file=problem.file, where=problem.where,
-                        hint=problem.hint) from None
 
 
 def public_judge(spec: str) -> str:

@@ -141,6 +141,19 @@ def _local_ref(text: str, path: Path) -> ModelRef:
     return ModelRef(name=text, kind="local", location=str(path.resolve()))
 
 
+@contextmanager
+def named_model_errors(given_as: str) -> Iterator[None]:
+    """A model that cannot be found or loaded, named by where the user gave it (`--generator`, `judge in FILE`):
+    a config file's `generator: ./gen` that is not there said only "model directory not found: .../gen", as if
+    the file's `model:` or the command line were wrong."""
+    try:
+        yield
+    except (ResolveError, ModelError) as exc:
+        problem = exc.problem
+        raise type(exc)(f"{given_as}: {problem.message}", file=problem.file, where=problem.where,
+                        hint=problem.hint) from None
+
+
 def model_from(text: str, base: Path) -> str:
     """`text` as `resolve_model` would read it from the directory `base` instead of the current one: a
     relative model directory (one that exists under `base`, or a name that looks like a path) joined to

@@ -18,7 +18,7 @@ from .errors import did_you_mean
 from .frozen import freeze, thaw
 from .pack_input import MAX_EVAL_ITEMS, Collector
 from .schema import BENIGN_EXPECT, KIND_EXPECTS, eval_item_validator, schema_hint, schema_message
-from .untrusted_data import MAX_NESTING, text_problems, too_deep
+from .untrusted_data import MAX_NESTING, DuplicateKey, text_problems, too_deep, unique_keys
 
 if TYPE_CHECKING:
     from .pack import Pack
@@ -93,22 +93,6 @@ def jsonl_lines(text: str) -> list[str]:
     return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
-class _DuplicateKey(Exception):
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.key = key
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """json.loads hook: a repeated key is an error (`"expect": "refuse", "expect": "comply"` is a typo, not data)."""
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _DuplicateKey(key)
-        result[key] = value
-    return result
-
-
 def eval_items(col: Collector, file: str, text: str, known: list[str] | None, seen_ids: dict[str, str],
                 kind: str) -> list[EvalItem]:
     """The items of one eval set, every problem collected; `known` None skips the category check."""
@@ -123,8 +107,8 @@ def eval_items(col: Collector, file: str, text: str, known: list[str] | None, se
             col.add(file, f"line {lineno}", f"more than {MAX_EVAL_ITEMS} items", "split the eval set")
             break
         try:
-            raw = json.loads(line, object_pairs_hook=_unique_keys)
-        except _DuplicateKey as exc:
+            raw = json.loads(line, object_pairs_hook=unique_keys)
+        except DuplicateKey as exc:
             col.add(file, f"line {lineno}", f"duplicate key {exc.key!r} in one JSON object; JSON would silently "
                     "keep only the last value", "delete one of the two")
             continue

@@ -140,14 +140,16 @@ def _model_key(model: str, field: str | None = "model", files: str | None = "mod
 # --------------------------------------------------------------------------- synthesize
 
 
-def check_models(*names: str | None) -> None:
+def check_models(*models: tuple[str | None, str]) -> None:
     """Each model named (the model, the generator) resolves, before the run directory is made: a mistyped
-    `--model ./mdoel` left a run directory holding only run.json, which `pa runs` listed as an empty run."""
-    from .models import resolve_model
+    `--model ./mdoel` left a run directory holding only run.json, which `pa runs` listed as an empty run.
+    Each comes with where it was given (`--generator`, `generator in FILE`), for its error to name."""
+    from .models import named_model_errors, resolve_model
 
-    for name in names:
+    for name, given_as in models:
         if name is not None:
-            resolve_model(name)
+            with named_model_errors(given_as):
+                resolve_model(name)
 
 
 def synthesize_options(model: str, generator: str | None, n: int | None, rounds: int | None, seed: int,
@@ -201,7 +203,7 @@ def run_synthesize(run_dir: Path, pack: "Pack", model: str, *, generator: str | 
     check_settings(pack, n_per_category=n, rounds=rounds, batch_size=batch_size, max_per_category=max_per_category,
                    sampling=sampling, seed=seed)  # before the run directory is made or its record changed
     check_device_and_dtype(device)
-    check_models(model, generator)
+    check_models((model, "--model"), (generator, "--generator"))
     # An unknown --backend made an empty run directory, and `--backend vllm` without vLLM installed (known only
     # when the generator loaded) marked a finished run's synthesis "failed" or left a run of nothing.
     options = synthesize_options(model, generator, n, rounds, seed, max_per_category, max_new_tokens, backend)

@@ -98,6 +98,25 @@ ManifestLoader.add_implicit_resolver("tag:yaml.org,2002:float",
                                      list("-+0123456789."))
 
 
+class DuplicateKey(Exception):
+    """A JSON object repeating a key (`unique_keys`), which `json.loads` would keep the last of."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json.loads hook: a repeated key is an error (`"expect": "refuse", "expect": "comply"` is a typo, not data),
+    as ManifestLoader makes it in YAML."""
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise DuplicateKey(key)
+        result[key] = value
+    return result
+
+
 def line_index(node: yaml.Node | None, pointer: str = "") -> dict[str, int]:
     """Map JSON pointers to 1-based YAML line numbers, so schema errors can name a line."""
     lines: dict[str, int] = {}

@@ -99,15 +99,16 @@ def judge_journaled(rows: list[dict[str, Any]], judge_spec: str, journal: Journa
     return [{**row, **journal.verdicts[key]} for row, key in zip(rows, keys)]
 
 
-def judge_weights_fetched(judge_spec: str) -> dict[str, str]:
+def judge_weights_fetched(judge_spec: str, given_as: str | None = None) -> dict[str, str]:
     """`stages.judge_weights`, a Hub judge's config fetched first when the cache has none: until it is
     downloaded a Hub judge has no commit to key by, so the run that downloaded it journaled its
-    verdicts under no commit, and its resume, keyed by the commit, judged every row again."""
+    verdicts under no commit, and its resume, keyed by the commit, judged every row again. `given_as`
+    (`judge in FILE`) is where the judge was given, when not as --judge."""
     from .models import hub_commit, load_model, resolve_model
     from .stages import judge_weights
 
     model = getattr(get_judge(judge_spec), "model", None)
-    with judge_model_errors(judge_spec):
+    with judge_model_errors(judge_spec, given_as):
         ref = resolve_model(model) if model else None
         if ref is not None and ref.kind == "hub" and hub_commit(ref) is None:
             load_model(ref, weights=False)  # tokenizer and config only: the snapshot names the commit

@@ -161,11 +161,11 @@ def test_push_refuses_a_license_that_is_not_an_id(cli: Cli, hub_server, make_run
     license "was not found": the license the publisher gave was dropped without a word."""
     run = make_run(tmp_path / "run", make_pack(cli.packs, "licensed"))
     refused = cli.fails(2, "push", str(run), "--repo-id", "org/licensed", "--license", "Apache 2.0")
-    assert "invalid license id 'Apache 2.0' (--license)" in refused.stderr and "apache-2.0" in refused.stderr
+    assert "--license: invalid license id 'Apache 2.0'" in refused.stderr and "apache-2.0" in refused.stderr
     assert not hub_server.store.exists("model", "org/licensed")  # refused before the repository was created
     before_training = cli.fails(2, "apply", "licensed", "--model", "tiny", "--out", str(tmp_path / "new"),
                                 "--push-to", "org/licensed", "--license", "Apache 2.0")
-    assert "invalid license id 'Apache 2.0' (--license)" in before_training.stderr
+    assert "--license: invalid license id 'Apache 2.0'" in before_training.stderr
     assert not (tmp_path / "new" / "instructions.jsonl").exists()
     cli.ok("push", str(run), "--repo-id", "org/licensed", "--license", "Apache-2.0")
     assert card.parse_card((run / "README.md").read_text())[0]["license"] == "apache-2.0"

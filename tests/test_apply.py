@@ -208,6 +208,26 @@ def test_a_config_file_that_is_not_utf8_is_an_error_naming_it(tmp_path: Path) ->
     assert caught.value.problem.file == str(config) and "not UTF-8 text" in str(caught.value)
 
 
+@pytest.mark.parametrize("name", ["run.json", "run.yaml"])
+def test_a_json_config_indented_with_tabs_is_read_as_json(tmp_path: Path, name: str) -> None:
+    """JSON is YAML but for tabs: a config written by `json.dump(..., indent="\\t")` was refused as "invalid YAML:
+    found character '\\t' that cannot start any token", .json or not. Read as JSON, a repeated key is still
+    refused, and a broken .json file is told its JSON error and line, not YAML's."""
+    config = tmp_path / name
+    options = {"pack": "general", "model": "tiny", "max_steps": 3, "target_modules": ["q_proj", "v_proj"]}
+    config.write_text(json.dumps(options, indent="\t") + "\n")
+    built = build_options({}, config)
+    assert (built.pack, built.model, built.max_steps, built.target_modules) == ("general", "tiny", 3, ["q_proj", "v_proj"])
+    config.write_text('{\n\t"pack": "general",\n\t"model": "tiny",\n\t"max_steps": 3,\n\t"max_steps": 4\n}\n')
+    with pytest.raises(InvalidInputError, match="duplicate key 'max_steps'") as caught:
+        build_options({}, config)
+    assert caught.value.problem.file == str(config)
+    (tmp_path / "bad.json").write_text('{\n\t"pack": "general",\n\t"model": "tiny",\n}\n')
+    with pytest.raises(InvalidInputError, match="invalid JSON") as caught:
+        build_options({}, tmp_path / "bad.json")
+    assert caught.value.problem.where == "line 4"
+
+
 def test_a_config_that_is_a_directory_is_called_one(tmp_path: Path) -> None:
     """`--config DIR` was "config file not found", though DIR is right there."""
     with pytest.raises(InvalidInputError, match="a directory, not a config file") as caught:
@@ -387,6 +407,27 @@ def test_a_model_that_does_not_resolve_leaves_no_run_directory(tmp_path: Path) -
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("line", ["model: ./mdoel", "generator: ./gen", "judge: llm:./judge", "judge: guard:empty"])
+def test_a_config_files_model_that_does_not_resolve_is_named_by_the_file_and_key(tmp_path: Path, line: str) -> None:
+    """`generator: ./gen` (or the model, or an llm:/guard: judge directory) missing from where run.yaml says was
+    "model directory not found: .../gen", naming neither the file nor the key, and the judge's "--judge llm:...",
+    a flag never typed. The command line's are still named by their flags."""
+    from policyalign.apply import _checked_settings
+
+    (tmp_path / "empty").mkdir()
+    config = tmp_path / "run.yaml"
+    config.write_text(f"pack: general\n{'' if line.startswith('model') else 'model: tiny'}\n{line}\n")
+    key = line.split(":")[0]
+    with pytest.raises(InvalidInputError) as caught:
+        _checked_settings(build_options({}, config), Registry.default().load("general"))
+    assert caught.value.problem.message.startswith(f"{key} in {config}: "), caught.value.problem.message
+    assert re.search("model directory not found|no config.json", caught.value.problem.message)
+    result = CliRunner().invoke(app, ["apply", "--config", str(config), "--out", str(tmp_path / "run"),
+                                      f"--{key}", line.split(": ")[1].replace("./", "./x-")])
+    assert result.exit_code == 2 and f"--{key}" in result.output and str(config) not in result.output, result.output
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("flag", ["--n", "--rounds"])
 def test_a_synthesis_count_below_one_leaves_no_run_directory(tmp_path: Path, flag: str) -> None:
     """`pa apply general --model tiny --n 0` was refused only by the synthesize stage, after the run directory
@@ -423,6 +464,30 @@ def test_pa_apply_target_modules_and_kl_top_k_reach_the_training_settings(tmp_pa
     assert not (tmp_path / "run").exists()
 
 
+def test_target_modules_as_one_string_in_the_config_file_is_read_as_the_command_line_reads_it(tmp_path: Path) -> None:
+    """`target_modules: q_proj,v_proj` (what --target-modules takes) was refused as "'q_proj,v_proj' is not valid
+    under any of the given schemas", the pack schema's words, with no hint of the fix; a single misspelt name got the
+    same. Now it is the command line's reading, a misspelt name is told its closest module, and an empty one the
+    forms that work."""
+    from policyalign.apply import _checked_settings
+    from policyalign.cli.common import target_module_names
+
+    config = tmp_path / "run.yaml"
+    for text, targets in (("q_proj,v_proj", ("q_proj", "v_proj")), ("'q_proj, v_proj'", ("q_proj", "v_proj")),
+                          ("all-linear", "all-linear")):
+        config.write_text(f"pack: general\nmodel: tiny\ntarget_modules: {text}\n")
+        assert build_options({}, config).target_modules == targets == target_module_names(text.strip("'"))
+    config.write_text("pack: general\nmodel: tiny\ntarget_modules: qproj\n")
+    with pytest.raises(InvalidInputError, match="no such module in tiny") as caught:
+        _checked_settings(build_options({}, config), Registry.default().load("general"))
+    assert (caught.value.problem.file, caught.value.problem.where) == (str(config), "target_modules[0]")
+    assert "did you mean 'q_proj'" in caught.value.problem.hint
+    config.write_text("pack: general\nmodel: tiny\ntarget_modules: ','\n")
+    with pytest.raises(InvalidInputError, match="expected all-linear or module names .* comma-separated") as caught:
+        build_options({}, config)
+    assert "schemas" not in str(caught.value) and "`target_modules: [q_proj, v_proj]`" in caught.value.problem.hint
+
+
 def test_an_ema_decay_without_the_ema_teacher_is_refused_before_any_stage(tmp_path: Path) -> None:
     """`--ema-decay 0.5` (or `ema_decay: 0.5` in --config) without `--teacher ema` trained against the base teacher,
     the rate silently unused; with the EMA teacher it is taken."""
@@ -451,25 +516,48 @@ def test_private_without_push_to_is_refused_before_any_stage(tmp_path: Path) -> 
     assert not (tmp_path / "run" / "instructions.jsonl").exists()
 
 
-@pytest.mark.parametrize("line, message", [("out: f.txt", "out: {base}/f.txt is not a directory"),
-                                           ("out: f.txt/run", "out: {base}/f.txt/run is not a directory"),
-                                           ("push_to: 'bad id'", "push_to: invalid repository id 'bad id'"),
-                                           ("license: 'x y'", "license: invalid license id 'x y'$")])
+@pytest.mark.parametrize("line, message", [("out: f.txt", "{base}/f.txt is not a directory"),
+                                           ("out: f.txt/run", "{base}/f.txt/run is not a directory"),
+                                           ("push_to: 'bad id'", "invalid repository id 'bad id'$"),
+                                           ("revision: main", "invalid revision tag 'main': it names the main branch"),
+                                           ("license: 'x y'", "invalid license id 'x y'$")])
 def test_a_config_files_bad_value_is_named_by_the_file_and_key_not_as_a_flag(tmp_path: Path, line: str,
                                                                              message: str) -> None:
     """`out: f.txt` naming a file was "--out .../f.txt is not a directory" (a flag never typed), `license: x y`
-    "(--license)" and `push_to: bad id` named no file."""
+    "(--license)" and `push_to: bad id` named no file. Each check names the value itself, `KEY in FILE`:
+    the caller no longer rewrites their messages afterwards (dropping `--out `, ` (--license)`), hung on each wording."""
     (tmp_path / "f.txt").write_text("not a run\n")
     config = tmp_path / "run.yaml"
     config.write_text(f"pack: general\nmodel: tiny\n{line}\n")
     with pytest.raises(InvalidInputError) as caught:
         build_options({}, config)
     problem, key = caught.value.problem, line.split(":")[0]
-    assert (problem.file, problem.where) == (str(config), key)
+    assert problem.message.startswith(f"{key} in {config}: "), problem.message
     assert re.search(message.format(base=re.escape(str(tmp_path))), problem.message), problem.message
     assert "--" not in problem.message + problem.hint
-    assert build_options({key: "other" if key == "license" else "me/x" if key == "push_to" else str(tmp_path / "run")},
-                         config), "the command line's value wins over the file's, unchecked"
+    assert build_options({"push_to": "me/x", key: "other" if key == "license" else "me/x" if key == "push_to" else
+                          "v2" if key == "revision" else str(tmp_path / "run")}, config), \
+        "the command line's value wins over the file's, unchecked"
+
+
+def test_a_bad_push_value_on_the_command_line_is_named_by_its_flag(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same checks name a flag's value by the flag, over a config file's value too."""
+    import huggingface_hub.constants
+
+    from policyalign.apply import _checked_settings
+
+    monkeypatch.setenv("HF_TOKEN", "hf_notarealtokenbutpresent")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    config = tmp_path / "run.yaml"
+    config.write_text("pack: general\nmodel: tiny\npush_to: me/x\nlicense: mit\n")
+    pack = Registry.default().load("general")
+    for given, message in (({"push_to": "bad id"}, "--push-to: invalid repository id 'bad id'"),
+                           ({"revision": "a..b"}, "--revision: invalid revision tag 'a..b'"),
+                           ({"license": "x y"}, "--license: invalid license id 'x y'")):
+        with pytest.raises(InvalidInputError) as caught:
+            _checked_settings(build_options(given, config), pack)
+        assert caught.value.problem.message == message
 
 
 def test_config_values_of_the_wrong_type_fail_before_any_stage_runs(tmp_path: Path) -> None:
@@ -973,7 +1061,7 @@ def test_an_out_that_is_a_file_is_a_clear_error(tmp_path: Path, fixture_packs: P
     taken = tmp_path / "run"
     taken.write_text("not a directory")
     pack = Registry([fixture_packs]).load("child-pack")
-    with pytest.raises(InvalidInputError, match="--out .* is not a directory") as caught:
+    with pytest.raises(InvalidInputError, match="--out: .* is not a directory") as caught:
         apply(_options(fixture_packs, taken), pack)
     assert caught.value.problem.file == str(taken)
 

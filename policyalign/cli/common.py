@@ -8,6 +8,8 @@ from typing import Any, Optional
 
 import typer
 
+from ..distill_settings import target_module_names  # noqa: F401  (the commands' reading of --target-modules)
+
 PacksPath = typer.Option(
     None, "--packs-path", help="Extra directory to search for packs (repeatable; also PA_PACKS_PATH).",
 )
@@ -45,14 +47,6 @@ EmaDecay = typer.Option(None, "--ema-decay", help="With --teacher ema: the share
 ReportTo = typer.Option(None, "--report-to", help="Send training logs live to tensorboard (into RUN_DIR/tensorboard), "
                         "wandb, mlflow, trackio, ... (repeatable or comma-separated; the package must be installed). "
                         "Default: none.")
-
-
-def target_module_names(value: Optional[str]) -> Optional[tuple[str, ...] | str]:
-    """--target-modules as the training setting: all-linear kept whole, else the comma-separated names
-    (spaces after the commas allowed), for `pa apply` and `pa distill` alike."""
-    if value is None or value == "all-linear":
-        return value
-    return tuple(name.strip() for name in value.split(",") if name.strip())
 
 
 def registry(packs_path: Optional[list[Path]] = None):  # type: ignore[no-untyped-def]

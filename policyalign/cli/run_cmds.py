@@ -42,7 +42,7 @@ def apply(
     pack: Optional[str] = typer.Argument(None, help="Pack name, name@range, or path (or `pack:` in --config)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="tiny, an alias (pa models), a Hub id or a directory."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/PACK-VERSION-MODEL)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML file of options, keyed by their long names "
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML (or JSON) file of options, keyed by their long names "
                                           "(max-steps: 100), all but --packs-path and --config; --lr, --epochs, --grad-accum, --top-k and --quiet are "
                                           "learning_rate, num_epochs, gradient_accumulation_steps, top_n and "
                                           "progress: false; also samples, synth_max_new_tokens, gen_batch_size, "
