@@ -445,6 +445,9 @@ def run_distill(run_dir: Path, *, model: str | None = None, pack: "str | Pack | 
         result = distill_run(run_dir, the_pack, model, config, device=device, resume=resume,
                              restart_if_past=restart_if_past, progress=progress, record={"key": key, **record},
                              report_to=report_to)
+        # what training recorded it was trained with: a restored checkpoint's speed switches, not this call's
+        if isinstance(trained := checkpoint_record(run_dir).get("config"), dict):
+            rekey_stage(run_dir, "distill", config=trained)
         results.update({"steps": result.steps, "selected": result.train_records, "heldout": result.heldout_records,
                         "internalization_before": result.internalization_before,
                         "internalization_after": result.internalization_after})
