@@ -246,7 +246,8 @@ def filter_config(pack: "Pack", **options: Any) -> Any:
 
     check_one_selection_rule(options)
     keep = options.pop("keep", None)
-    if keep is None and options.get("top_n") is None and options.get("min_score") is None:
+    # the pack's filter_keep is the default rule only: with --no-filter, run.json recorded a `keep` never applied
+    if keep is None and not any(selection_given(options.get(name)) for name in ("top_n", "min_score", "no_filter")):
         keep = float(pack.training.get("filter_keep", 0.5))
     if options.get("max_new_tokens") is None:
         options["max_new_tokens"] = int(pack.training.get("max_new_tokens", 128))
