@@ -65,7 +65,30 @@ def _push_adapter(run_dir: str | Path, repo_id: str, *, private: bool, revision:
     message = f"policyalign: {pack['name']}@{pack['version']} adapter for {base['id']}"
     commit = commit_and_tag(api, repo_id, "model", uploads, stale, message, tag, token)
     write_text(Path(run_dir) / "README.md", readme)  # the card as published, kept with the run
-    return PushResult(repo_url(repo_id, "model", tag), repo_id, tag, commit, tuple(sorted(uploads)))
+    return PushResult(repo_url(repo_id, "model", tag), repo_id, tag, commit, tuple(sorted(uploads)),
+                      outdated_warnings(Path(run_dir)))
+
+
+# What changed under an outdated stage (`stages.outdated_stage`) that `pa push` names: the card is rendered
+# anew by the push, and an after-eval of other weights than the adapter's is refused by `card.load_run`.
+_CHANGED_UNDER = {"filter": "instructions.jsonl changed after the selection the adapter was trained on was made from it",
+                  "distill": "selected.jsonl or heldout.jsonl changed after the adapter was trained on them"}
+
+
+def outdated_warnings(run_dir: Path) -> tuple[str, ...]:
+    """Why the adapter published is not what the run's files make now, when `pa runs` lists it as outdated:
+    `pa filter` re-run by hand after training (a new --top-k, --no-filter), then `pa push`, published the
+    old adapter without a word, as if it were the new selection's. Its card stays true (it records the selection
+    the adapter was trained on), so this is said, not refused."""
+    from .run import read_manifest
+    from .stages import outdated_stage
+
+    stale = outdated_stage(run_dir, read_manifest(run_dir)["stages"])
+    if stale not in _CHANGED_UNDER:
+        return ()
+    return (f"{run_dir} is outdated from {stale} (as `pa runs` lists it): {_CHANGED_UNDER[stale]}, so the adapter "
+            f"pushed was trained on the old ones; to publish what the files there make now, re-run `pa apply` on "
+            f"this run and push it under a new --revision",)
 
 
 def _refuse_foreign_files(remote: list[str], repo_id: str) -> None:

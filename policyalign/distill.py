@@ -19,7 +19,7 @@ from .checkpoints import CHECKPOINT_RECORD, checkpoint_dir, resume_point
 from .distill_settings import target_modules_origin
 from .errors import RunError
 from .internalization import internalization
-from .io import write_json
+from .io import read_json, write_json
 from .launch import check_vllm_rollouts, fit_batch, launch_rank, training_device
 from .provenance import name_base_model, write_provenance
 from .tracking import attach_reports
@@ -102,6 +102,8 @@ def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillCon
         resume_from, finished = _checkpoint_to_continue(trainer, run_dir, resume, restart_if_past)
         if resume_from is None and main:
             shutil.rmtree(checkpoints, ignore_errors=True)
+        if finished and resume_from is not None:  # no step is trained: the checkpoint's switches made this adapter
+            config, record = _as_trained(config, record, checkpoints)
         if record is not None and main:
             write_json(checkpoints / CHECKPOINT_RECORD, dict(record))
         before = _measure(trainer, loaded, pack.policy, heldout, config, adapter_on=False) if main else None
@@ -125,6 +127,28 @@ def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillCon
         save_adapter(trainer.accelerator.unwrap_model(trainer.model), adapter_dir, describe)
     _leave_process_group(trainer)
     return result
+
+
+# The speed switches among what a resumed run may change (`stages.RESUMABLE_CHANGES`): how fast a step runs,
+# not what it computes.
+SPEED_SWITCHES = ("prefix_cache", "use_vllm")
+
+
+def _as_trained(config: "DistillConfig", record: Mapping[str, Any] | None,
+                checkpoints: Path) -> tuple["DistillConfig", Mapping[str, Any] | None]:
+    """`config` and the checkpoint `record` with the speed switches the restored checkpoint was trained with.
+
+    A finished run re-run with `--no-prefix-cache` restores its last checkpoint and trains 0 steps, yet
+    policyalign.json, the card and trained_with.json said the adapter was trained without the prefix cache."""
+    recorded = checkpoints / CHECKPOINT_RECORD
+    data = read_json(recorded) if recorded.is_file() else None
+    old = data.get("config") if isinstance(data, dict) else None
+    kept = {k: old[k] for k in SPEED_SWITCHES if isinstance(old, dict) and isinstance(old.get(k), bool)}
+    if not kept:
+        return config, record
+    if record is not None and isinstance(record.get("config"), dict):
+        record = {**record, "config": {**record["config"], **kept}}
+    return replace(config, **kept), record
 
 
 def _checkpoint_to_continue(trainer: Any, run_dir: Path, resume: bool,

@@ -39,6 +39,7 @@ class PushResult:
     revision: str
     commit: str
     files: tuple[str, ...]
+    warnings: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------- client plumbing

@@ -306,28 +306,30 @@ def _new_category(col: Collector, index: int, raw: dict[str, Any], origin: str, 
                     origin if locked else "")
 
 
-def _override(col: Collector, index: int, parent: Category, raw: dict[str, Any], origin: str) -> Category | None:
-    """Apply a child's category entry to an inherited one, enforcing the lock rules."""
+def _override(col: Collector, index: int, parent: Category, raw: dict[str, Any], origin: str,
+              lines: dict[str, int]) -> Category | None:
+    """Apply a child's category entry to an inherited one, enforcing the lock rules. A breach names the line
+    of pack.yaml it is on (`lines`), as the schema's problems do: it named the JSON pointer alone."""
     where = f"/categories/{index}"
     if parent.locked:
         if raw.get("remove"):
-            col.add(MANIFEST, where + "/remove", f"category {parent.id!r} is locked by {parent.locked_by or parent.origin!r} and cannot be removed",
+            col.add(MANIFEST, manifest_place(where + "/remove", lines), f"category {parent.id!r} is locked by {parent.locked_by or parent.origin!r} and cannot be removed",
                     "locked categories are the non-overridable global layer; delete this entry")
             return parent
         if "action" in raw and ACTION_STRENGTH.get(raw["action"], 0) < ACTION_STRENGTH[parent.action]:
-            col.add(MANIFEST, where + "/action",
+            col.add(MANIFEST, manifest_place(where + "/action", lines),
                     f"category {parent.id!r} is locked by {parent.locked_by or parent.origin!r} at {parent.action!r}; {raw['action']!r} weakens it",
                     f"use {parent.action!r} or a stricter action (refuse > guide > comply)")
             return parent
         if raw.get("locked") is False:
-            col.add(MANIFEST, where + "/locked", f"category {parent.id!r} is locked by {parent.locked_by or parent.origin!r} and cannot be unlocked",
+            col.add(MANIFEST, manifest_place(where + "/locked", lines), f"category {parent.id!r} is locked by {parent.locked_by or parent.origin!r} and cannot be unlocked",
                     "remove `locked: false`")
             return parent
         # The description is what the generator writes violations from and the judges grade with:
         # rewriting it ("not a violation: ...") would weaken the category while its action stays put.
         reworded = [key for key in ("title", "description") if key in raw and raw[key] != getattr(parent, key)]
         if reworded:
-            col.add(MANIFEST, f"{where}/{reworded[0]}",
+            col.add(MANIFEST, manifest_place(f"{where}/{reworded[0]}", lines),
                     f"category {parent.id!r} is locked by {parent.locked_by or parent.origin!r}; its {' and '.join(reworded)} "
                     "cannot be changed", "delete the field here; add seeds to the category, or a category of your own "
                     "for what your domain adds")
@@ -520,7 +522,8 @@ def _check_locks_agree(col: Collector, copies: list[Category]) -> None:
             return
 
 
-def _compose_categories(col: Collector, parents: tuple[Pack, ...], own: list[dict[str, Any]], name: str) -> tuple[Category, ...]:
+def _compose_categories(col: Collector, parents: tuple[Pack, ...], own: list[dict[str, Any]], name: str,
+                        lines: dict[str, int]) -> tuple[Category, ...]:
     copies: dict[str, list[Category]] = {}
     for parent in parents:
         for cat in parent.categories:
@@ -537,7 +540,7 @@ def _compose_categories(col: Collector, parents: tuple[Pack, ...], own: list[dic
             continue
         listed.add(raw["id"])
         if raw["id"] in merged:
-            result = _override(col, index, merged[raw["id"]], raw, name)
+            result = _override(col, index, merged[raw["id"]], raw, name, lines)
             if result is None:
                 del merged[raw["id"]]
             else:
@@ -550,7 +553,7 @@ def _compose_categories(col: Collector, parents: tuple[Pack, ...], own: list[dic
 
 
 def _resolve_parents(col: Collector, data: dict[str, Any], registry: "Registry | None",
-                     stack: tuple[str, ...], siblings: Path) -> tuple[Pack, ...]:
+                     stack: tuple[str, ...], siblings: Path, lines: dict[str, int]) -> tuple[Pack, ...]:
     specs = [s for s in _list(data, "extends") if isinstance(s, str)]
     if not specs:
         return ()
@@ -561,7 +564,7 @@ def _resolve_parents(col: Collector, data: dict[str, Any], registry: "Registry |
     registry = registry.including(siblings)  # sibling packs can always be parents
     parents: list[Pack] = []
     for index, spec in enumerate(specs):
-        parent = _load_parent(col, registry, spec, f"/extends/{index}", stack)
+        parent = _load_parent(col, registry, spec, f"/extends/{index}", stack, lines)
         if parent is not None:
             parents.append(parent)
     _check_one_version_each(col, parents)
@@ -596,13 +599,16 @@ def _check_one_version_each(col: Collector, parents: list[Pack]) -> None:
                         f"change the version ranges in `extends` so that every parent uses the same {pack.name} version")
 
 
-def _load_parent(col: Collector, registry: "Registry", spec: str, where: str, stack: tuple[str, ...]) -> Pack | None:
+def _load_parent(col: Collector, registry: "Registry", spec: str, where: str, stack: tuple[str, ...],
+                 lines: dict[str, int]) -> Pack | None:
+    """The parent `spec` (at `where` in pack.yaml), or None with the problem added; a cycle names the line of
+    the entry that closes it (`lines`), as the schema's problems do: it named the JSON pointer alone."""
     from .errors import ResolveError
 
     name = spec.split("@", 1)[0]
     if name in stack:
         cycle = " -> ".join([*stack, name])
-        col.add(MANIFEST, where, f"extends cycle: {cycle}", "a pack cannot (indirectly) extend itself")
+        col.add(MANIFEST, manifest_place(where, lines), f"extends cycle: {cycle}", "a pack cannot (indirectly) extend itself")
         return None
     if len(stack) >= MAX_EXTENDS_DEPTH:  # each level recurses: a chain of 300 packs crashed every command with RecursionError
         col.add(MANIFEST, where, f"extends chain more than {MAX_EXTENDS_DEPTH} packs deep: {stack[0]} -> ... -> {stack[-1]} -> {name}",
@@ -865,11 +871,11 @@ def _build(col: Collector, data: dict[str, Any], lines: dict[str, int], registry
     # Deeper checks assume their section passed the schema; a broken section is reported once, above.
     if "extends" not in broken:
         _check_parents_named_once(col, data, lines)
-    parents = _resolve_parents(col, data, registry, (*stack, str(name)), siblings) if "extends" not in broken else ()
+    parents = _resolve_parents(col, data, registry, (*stack, str(name)), siblings, lines) if "extends" not in broken else ()
     # Without every parent, an override of a parent's category reads as a new category "missing title,
     # description" and a parent's category in an eval item as unknown: wrong fixes for an `extends` problem.
     composed = not broken & {"categories", ""} and len(parents) == len(_list(data, "extends"))
-    categories = _compose_categories(col, parents, _own_categories(col, data, str(name)), str(name)) if composed else ()
+    categories = _compose_categories(col, parents, _own_categories(col, data, str(name)), str(name), lines) if composed else ()
     # With `synthesis` (or a variable's section) broken the templates are still read and compiled, so a
     # typo in `format` does not hide their syntax errors; they are rendered only when all of it is sound.
     renderable = not broken & {"synthesis", "name", "title", "summary"}

@@ -30,9 +30,21 @@ def synthesis_prompts(pack: Pack, *, category: str | None = None, template: str 
     if template is not None and not temps:
         raise InvalidInputError(f"pack {pack.name} has no template {template!r}",
                                 hint=did_you_mean(template, [t.id for t in pack.templates], "its templates"))
+    _check_n(n)
     count = n if n is not None else int(pack.synthesis.get("count_per_category", 20))
     return [SynthesisPrompt(spec.id, spec.format, cat.id, render_synthesis_prompt(pack, spec, cat, count))
             for spec in temps for cat in cats]
+
+
+def _check_n(n: int | None) -> None:
+    """`pa render --n` held to the bound `pa synthesize --n` is (the pack schema's for count_per_category):
+    `--n 100000` rendered, as "exactly as the generator sees them", a prompt no synthesis would ever send."""
+    from .synthesize import synthesis_bound
+
+    if n is not None and n > (bound := synthesis_bound("count_per_category")):
+        raise InvalidInputError(f"count_per_category must be at most {bound} (the pack schema's bound for "
+                                f"synthesis.count_per_category, as `pa synthesize --n` is held to), got {n!r}",
+                                where="--n", hint=f"use --n {bound} or less")
 
 
 def render_synthesis_prompt(pack: Pack, template: TemplateSpec, category: Category, n: int) -> str:

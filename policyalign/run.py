@@ -402,11 +402,12 @@ def started_at(entry: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
-def rekey_stage(run_dir: Path, name: str, **keys: str) -> None:
+def rekey_stage(run_dir: Path, name: str, **keys: Any) -> None:
     """Record a running stage's keys again once it has loaded its model. A Hub model the stage
     downloaded has a commit only from then on: keys recorded before it never match the next run's,
     which then throws away what this stage keeps for a resume (a filter's partial scores) if it is
-    interrupted, and scores again from the start."""
+    interrupted, and scores again from the start. (Also what a stage learnt only as it ran: the settings
+    a restored checkpoint was trained with.)"""
     manifest = read_manifest(run_dir)
     manifest["stages"][name].update(keys)
     write_manifest(run_dir, manifest)

@@ -248,7 +248,8 @@ def filter_config(pack: "Pack", **options: Any) -> Any:
 
     check_one_selection_rule(options)
     keep = options.pop("keep", None)
-    if keep is None and options.get("top_n") is None and options.get("min_score") is None:
+    # the pack's filter_keep is the default rule only: with --no-filter, run.json recorded a `keep` never applied
+    if keep is None and not any(selection_given(options.get(name)) for name in ("top_n", "min_score", "no_filter")):
         keep = float(pack.training.get("filter_keep", 0.5))
     if options.get("max_new_tokens") is None:
         options["max_new_tokens"] = int(pack.training.get("max_new_tokens", 128))
@@ -447,6 +448,9 @@ def run_distill(run_dir: Path, *, model: str | None = None, pack: "str | Pack | 
         result = distill_run(run_dir, the_pack, model, config, device=device, resume=resume,
                              restart_if_past=restart_if_past, progress=progress, record={"key": key, **record},
                              report_to=report_to)
+        # what training recorded it was trained with: a restored checkpoint's speed switches, not this call's
+        if isinstance(trained := checkpoint_record(run_dir).get("config"), dict):
+            rekey_stage(run_dir, "distill", config=trained)
         results.update({"steps": result.steps, "selected": result.train_records, "heldout": result.heldout_records,
                         "internalization_before": result.internalization_before,
                         "internalization_after": result.internalization_after})

@@ -100,6 +100,23 @@ def test_push_refuses_a_run_directory_in_use(cli: Cli, hub_server, make_run, tmp
 
 
 
+def test_push_of_an_outdated_run_warns_that_the_adapter_is_the_old_selections(cli: Cli, hub_server, make_run,  # type: ignore[no-untyped-def]
+                                                                          tmp_path: Path) -> None:
+    """`pa filter` re-run by hand after training (a new --top-k): `pa runs` lists the run as outdated, yet
+    `pa push` published the adapter of the old selection without a word, as if it were the new one's."""
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "stale-run"))
+    (run / "selected.jsonl").write_text('{"id": "a"}\n')
+    distill = {"status": "done", "key": "k", "settings": {"selected": sha(run / "selected.jsonl"), "heldout": None}}
+    (run / "run.json").write_text(json.dumps({"inputs": {}, "stages": {"distill": distill}}))
+    first = cli.ok("push", str(run), "--repo-id", "org/stale-run")
+    assert "warning" not in first.stderr, first.stderr
+    (run / "selected.jsonl").write_text('{"id": "b"}\n')
+    second = cli.ok("push", str(run), "--repo-id", "org/stale-run", "--revision", "second")
+    text = " ".join(second.stderr.split())
+    assert f"warning: {run} is outdated from distill" in text and "selected.jsonl or heldout.jsonl changed" in text
+    assert "re-run `pa apply` on this run" in text and hub_server.tags("org/stale-run") == ["second", "stale-run-v1.0.0"]
+
+
 def test_push_of_the_adapter_folder_leaves_nothing_in_it(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
     """`pa push RUN/adapter` was refused, naming the run, but took the run lock first: `.pa.lock` stayed in the
     adapter folder, a file a later push of the run would publish beside it."""

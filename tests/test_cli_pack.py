@@ -182,16 +182,27 @@ def test_render_empty_category_or_template_is_an_error(fixture_packs: Path) -> N
 def test_render_with_an_n_the_template_cannot_take_is_a_clear_error(fixture_packs: Path) -> None:
     """Validation renders with the pack's n; `--n` may still break a template: file, line and category, no traceback."""
     template = fixture_packs / "root-pack" / "templates" / "plain.jinja"
-    template.write_text(template.read_text() + "{% for i in range(n) %}{{ i }} {% endfor %}\n")
+    template.write_text(template.read_text() + "{% for i in range(n * 4) %}{{ i }} {% endfor %}\n")
     args = ["render", "root-pack", "--packs-path", str(fixture_packs), "--category", "scams"]
     assert runner.invoke(app, args).exit_code == 0
-    result = runner.invoke(app, [*args, "--n", "5000"])
+    result = runner.invoke(app, [*args, "--n", "500"])
     assert result.exit_code == 2 and result.exception.__class__.__name__ == "SystemExit", result.output
     text = " ".join(result.output.split())
-    assert "root-pack/templates/plain.jinja:line" in text and "category 'scams' with n=5000" in text
+    assert "root-pack/templates/plain.jinja:line" in text and "category 'scams' with n=500" in text
     assert "range() of more than 1000 items" in text
     for bad in ("0", "-3"):  # `--n 0` used to mean the default, `--n -3` asked for "-3 new requests"
         assert runner.invoke(app, [*args, "--n", bad]).exit_code == 2
+
+
+def test_render_holds_n_to_the_bound_synthesis_is_held_to(fixture_packs: Path) -> None:
+    """`pa render --n 100000` printed prompts asking for 100000 requests, "exactly as the generator sees them",
+    where `pa synthesize --n 100000` is refused: the same bound now, named as the flag."""
+    args = ["render", "root-pack", "--packs-path", str(fixture_packs), "--category", "scams"]
+    assert runner.invoke(app, [*args, "--n", "1000"]).exit_code == 0
+    result = runner.invoke(app, [*args, "--n", "100000"])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "--n: count_per_category must be at most 1000" in text and "use --n 1000 or less" in text
 
 
 def test_real_process_reports_without_traceback(fixture_packs: Path) -> None:

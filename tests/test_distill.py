@@ -211,6 +211,23 @@ def test_resuming_a_checkpoint_that_trained_every_step_trains_no_more(recorded_r
     assert [h["step"] for h in result.history] == [1, 2]
 
 
+def test_a_restored_checkpoint_records_the_speed_switches_it_was_trained_with(recorded_run) -> None:
+    """A finished run re-run with `--no-prefix-cache` (a speed switch: it may change on resume) restores its
+    last checkpoint and trains 0 steps, yet policyalign.json, the card, trained_with.json and run.json then
+    said the adapter was trained without the prefix cache. They keep what it was trained with."""
+    from policyalign.run import read_manifest
+
+    run, _ = recorded_run
+    options = {"max_steps": 2, "max_new_tokens": 8, "batch_size": 4, "save_steps": 2}
+    run_distill(run, overrides=options, progress=False)
+    result = run_distill(run, resume=True, overrides={**options, "prefix_cache": False}, progress=False)
+    assert result.steps == 2
+    provenance = json.loads((run / "adapter" / "policyalign.json").read_text())
+    assert provenance["config"]["prefix_cache"] is True
+    assert json.loads((checkpoint_dir(run) / "trained_with.json").read_text())["config"]["prefix_cache"] is True
+    assert read_manifest(run)["stages"]["distill"]["config"]["prefix_cache"] is True
+
+
 def test_a_packs_misspelt_target_module_names_the_pack_file_and_entry(run_dir, fixture_packs: Path) -> None:
     """`pa distill` blamed "--target-modules, else the pack's training.target_modules" for a pack's typo, naming
     no file and no entry: it names the pack's pack.yaml, the entry, and the module meant."""

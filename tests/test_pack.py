@@ -444,3 +444,20 @@ def test_a_repeated_category_id_is_reported_once_not_as_an_override_of_itself(fi
     assert "duplicate category id 'weapons'" in messages
     assert not [message for message in messages if "locked" in message], messages
 
+
+
+def test_composition_problems_name_the_line_of_pack_yaml(fixture_packs: Path) -> None:
+    """A lock breach and an extends cycle named the JSON pointer alone, where the schema's problems (and a seed's)
+    name the line of pack.yaml too: in a long manifest the author had to count list entries to find it."""
+    manifest = fixture_packs / "child-pack" / "pack.yaml"
+    text = manifest.read_text()
+    manifest.write_text(text.replace("  - id: weapons\n", "  - id: weapons\n    action: comply\n", 1))
+    with pytest.raises(PackError) as caught:
+        _load(fixture_packs, "child-pack")
+    [problem] = caught.value.problems
+    assert problem.where == "/categories/0/action (line 10)" and "weakens it" in problem.message
+    manifest.write_text(text.replace('extends: ["root-pack@^1"]', 'extends: ["child-pack"]'))
+    with pytest.raises(PackError) as caught:
+        _load(fixture_packs, "child-pack")
+    [problem] = caught.value.problems
+    assert problem.where == "/extends/0 (line 7)" and problem.message == "extends cycle: child-pack -> child-pack"

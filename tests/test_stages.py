@@ -416,6 +416,21 @@ def test_pa_filter_takes_the_temperature_distillation_samples_at(tmp_path: Path,
     assert read_manifest(run)["stages"]["filter"] == second, "refused before the stage began"
 
 
+def test_a_run_filtered_without_a_selection_records_no_keep(tmp_path: Path, fixture_packs: Path) -> None:
+    """`pa filter --no-filter` (or `no_filter: true`) trains on every instruction, yet run.json's filter config
+    recorded the pack's `filter_keep` as its `keep`, a selection that never happened."""
+    from policyalign.run import read_manifest
+    from policyalign.stages import run_filter, run_synthesize
+
+    run = tmp_path / "run"
+    run_synthesize(run, Registry([fixture_packs]).load("root-pack"), "tiny", n=1, progress=False)
+    run_filter(run, packs_path=[fixture_packs], progress=False, max_new_tokens=4, no_filter=True)
+    results = read_manifest(run)["stages"]["filter"]["results"]
+    assert results["rule"] == "none" and results["config"]["no_filter"] is True
+    assert results["config"]["keep"] is None
+    assert results["selected"] + results["heldout"] == results["scored"]
+
+
 def test_a_stage_command_says_to_name_a_moved_model_directory(tmp_path: Path, fixture_packs: Path) -> None:
     """run.json names a local model by its absolute path: once it moved, `pa filter RUN` said "model directory
     not found" with a hint to use an alias or a Hub id, not that --model NEW_PATH goes on with the run."""

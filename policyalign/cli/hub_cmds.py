@@ -40,6 +40,8 @@ def push(
     from ..adapter_push import push_adapter
 
     result = push_adapter(run_dir, repo_id, private=private, revision=revision, license=license)
+    for warning in result.warnings:
+        typer.echo(f"warning: {warning}", err=True)
     typer.echo(f"pushed {result.repo_id} at tag {result.revision} (commit {result.commit[:12]}, {len(result.files)} files)")
     typer.echo(result.url)
 
