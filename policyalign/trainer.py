@@ -57,7 +57,8 @@ def _trainer_classes() -> tuple[type, type]:
 
         def build(self, prompts, privileged_contexts, completion_ids, completion_mask):  # type: ignore[no-untyped-def]
             teacher = [self._compose_teacher_prompt(p, None) for p in prompts]
-            ids = [torch.tensor(x) for x in self.trainer._tokenize_prompts(teacher, what="the policy plus instruction")]
+            ids = [torch.tensor(x) for x in self.trainer._tokenize_prompts(
+                teacher, what="the policy plus instruction", with_policy=True)]
             pad_id = self.trainer._tokenizer.pad_token_id
             device = completion_ids.device
             prompt_ids = pad(ids, padding_value=pad_id, padding_side="left").to(device)
@@ -170,8 +171,8 @@ def _trainer_classes() -> tuple[type, type]:
             stock.__class__ = EpochRepeatSampler  # same state, plus set_epoch
             return stock
 
-        def _tokenize_prompts(self, prompts: list[Any], what: str = "instruction",
-                              file: Path | None = None, where: str = "") -> list[list[int]]:
+        def _tokenize_prompts(self, prompts: list[Any], what: str = "instruction", file: Path | None = None,
+                              where: str = "", with_policy: bool = False) -> list[list[int]]:
             out = []
             for prompt in prompts:
                 conv = json.loads(prompt)
@@ -179,10 +180,12 @@ def _trainer_classes() -> tuple[type, type]:
                                   file=str(file) if file else "", where=where)
                 need = len(ids) + (self.max_completion_length or 0)
                 if need > self.context_limit:
+                    # The student's prompt holds no policy: "shorten the policy" sent its user to the wrong file.
+                    shorten = "shorten the policy, " if with_policy else ""
                     raise InvalidInputError(
                         f"{what} needs {need} tokens (prompt + max_new_tokens) but the model fits {self.context_limit}",
                         file=str(file) if file else "", where=where,
-                        hint="shorten the policy, drop long instructions, lower --max-new-tokens, or use a longer-context model")
+                        hint=f"{shorten}drop long instructions, lower --max-new-tokens, or use a longer-context model")
                 out.append(ids)
             return out
 
@@ -199,7 +202,7 @@ def _trainer_classes() -> tuple[type, type]:
                 name, where = f"instruction {record['id']!r}", f"id {record['id']}"
                 self._tokenize_prompts([prompt], what=name, file=file, where=where)
                 self._tokenize_prompts([self.teacher_context_builder._compose_teacher_prompt(prompt, None)],
-                                       what=f"the policy plus {name}", file=file, where=where)
+                                       what=f"the policy plus {name}", file=file, where=where, with_policy=True)
 
         def _generate_transformers(self, prompt_ids: list[list[int]]) -> tuple[list[list[int]], list[list[int]]]:
             """Rollouts from the student as it is, decoded fast: eval mode, adapter merged, `generation.decode`.

@@ -354,3 +354,17 @@ def test_a_packs_target_modules_missing_from_the_model_name_the_flag_that_overri
         check_module_names(module_skeleton("tiny"), "tiny", ("q_proj", "qkv_proj"), (manifest, "training.target_modules"))
     assert (caught.value.problem.file, caught.value.problem.where) == (manifest, "training.target_modules[1]")
     assert "for this model alone with --target-modules" in caught.value.problem.hint
+
+
+def test_an_instruction_too_long_alone_is_not_blamed_on_the_policy(tmp_path: Path, fixture_packs: Path) -> None:
+    """The student's prompt holds no policy: when the instruction alone leaves no room for the rollout, the
+    hint told the user to shorten the policy, which cannot help; the policy's own check still says it."""
+    pack = Registry([fixture_packs]).load("root-pack")
+    rows = pack_instructions(pack)[:2]
+    rows.insert(1, {"id": "too-long", "category": rows[0]["category"], "messages": [{"role": "user", "content": "word " * 4090}]})
+    write_jsonl(tmp_path / "selected.jsonl", rows)
+    config = DistillConfig(max_new_tokens=8, batch_size=1, target_modules=("q_proj",))
+    with pytest.raises(InvalidInputError, match="id too-long: instruction 'too-long' needs") as caught:
+        distill_run(tmp_path, pack, "tiny", config, progress=False)
+    assert "policy" not in caught.value.problem.hint
+    assert "drop long instructions" in caught.value.problem.hint
