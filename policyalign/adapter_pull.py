@@ -19,6 +19,7 @@ from . import card
 from .errors import HubError, PolicyAlignError
 from .hub import DEFAULT_BRANCH, endpoint, hub_api, hub_call, is_safe_relpath, split_spec, swap_in
 from .io import output_dir, read_json, sha256_file
+from .pack_hub import _shown
 
 if TYPE_CHECKING:
     from .pack import Pack
@@ -119,7 +120,7 @@ def _result_problems(path: Path, metadata: Mapping[str, Any], provenance: Mappin
     for split, metric in sorted(set(expected) | set(claimed)):
         want, got = expected.get((split, metric)), claimed.get((split, metric))
         if not (isinstance(want, (int, float)) and isinstance(got, (int, float)) and abs(want - got) <= 1e-6):
-            problems.append(f"model-index result {split} {metric}: the card says {got!r}, "
+            problems.append(f"model-index result {_shown(split)} {_shown(metric)}: the card says {got!r}, "
                             f"eval/after/eval.json says {want!r}")
     return problems
 
@@ -171,9 +172,10 @@ def _provenance_problems(metadata: Mapping[str, Any], recorded: Mapping[str, Any
                         f"{card.PROVENANCE_FILE} `base_model.id` says {base_file!r}")
     tags = metadata.get("tags") or []
     name, version = _get(provenance, "pack", "name"), _get(provenance, "pack", "version")
+    ref = f"{name}@{version}"  # shown escaped, like the tag: a forged name's terminal escapes went raw to stderr
     for tag in ([f"pack:{name}", f"pack-version:{version}"] if name and version else []):
         if tag not in tags:
-            problems.append(f"README.md's `tags` lack {tag!r} ({card.PROVENANCE_FILE} says pack {name}@{version})")
+            problems.append(f"README.md's `tags` lack {tag!r} ({card.PROVENANCE_FILE} says pack {ref!r})")
     return problems
 
 
@@ -234,10 +236,10 @@ def _file_problems(path: Path, recorded: Mapping[str, Any]) -> list[str]:
     for name, digest in files.items():
         target = path / str(name)
         if not is_safe_relpath(str(name)) or not target.is_file():
-            problems.append(f"{name} is listed in the card but missing")
+            problems.append(f"{_shown(str(name))} is listed in the card but missing")
         elif sha256_file(target) != digest:
-            problems.append(f"{name} does not match its sha256 in the card")
-    problems += [f"{name} is in the repository but not listed in the card"
+            problems.append(f"{_shown(str(name))} does not match its sha256 in the card")
+    problems += [f"{_shown(name)} is in the repository but not listed in the card"
                  for name in _downloaded_files(path) if name not in files and name not in UNLISTED_OK]
     return problems
 
