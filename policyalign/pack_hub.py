@@ -232,12 +232,14 @@ def _read_pack_card(repo_id: str, commit: str, workdir: Path, token: str | None)
         # `1: abc` (YAML reads the name as a number) crashed the listing check, which prints each name as text.
         raise HubError("the card's `files` must map file names to their sha256 digests, all text", file=repo_id,
                        hint="publish packs with `pa pack push`")
-    if not isinstance(pack.get("name"), str) or not PACK_NAME_RE.match(pack["name"]):
+    # fullmatch: `$` also matches before a final newline, so a card naming `NAME\n` passed, and the pull failed
+    # blaming pack.yaml's name for not matching the directory `NAME\n` the card's name made
+    if not isinstance(pack.get("name"), str) or not PACK_NAME_RE.fullmatch(pack["name"]):
         raise HubError(f"the card names an invalid pack {pack.get('name')!r}", file=repo_id)
     # Both are printed (a mismatch error, a digest warning): a hostile card's escape sequences must not be.
     if not isinstance(pack.get("version"), str) or not is_semver(pack["version"]):
         raise HubError(f"the card names an invalid version {pack.get('version')!r}", file=repo_id)
-    if not isinstance(pack.get("digest"), str) or not DIGEST_RE.match(pack["digest"]):
+    if not isinstance(pack.get("digest"), str) or not DIGEST_RE.fullmatch(pack["digest"]):
         raise HubError(f"the card names an invalid digest {pack.get('digest')!r}", file=repo_id)
     return recorded
 
