@@ -78,10 +78,23 @@ def verify_adapter(path: Path, label: str) -> tuple[dict[str, Any], dict[str, An
                        where=exc.problem.where,
                        hint="`pa push` never publishes such an adapter, so its pack cannot be known; "
                             "do not use it, or ask its publisher to re-push") from None
+    _check_base_text(provenance, label)
     problems = _result_problems(path, metadata, provenance)
     if problems:
         raise _tampered(problems, label)
     return metadata, provenance
+
+
+def _check_base_text(provenance: Mapping[str, Any], label: str) -> None:
+    """The base model's name, revision and commit, when recorded, must be plain text: `pa pull` prints the commit
+    (or revision) in the `pa eval ... --model BASE@COMMIT` it suggests, and a card and policyalign.json forged
+    alike with ESC ]0;... BEL there verified and sent it to the puller's terminal."""
+    for key in ("name", "revision", "commit"):
+        value = provenance["base_model"].get(key)
+        if value is not None and (not isinstance(value, str) or card._UNSAFE_ID.search(value)):
+            raise HubError(f"provenance check failed: base_model.{key} is not plain text",
+                           file=f"{label}:{card.PROVENANCE_FILE}", where=f"/base_model/{key}",
+                           hint="`pa push` never publishes such an adapter; do not use it, or ask its publisher to re-push")
 
 
 def _policyalign_block(metadata: Mapping[str, Any], label: str) -> dict[str, Any]:

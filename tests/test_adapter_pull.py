@@ -234,6 +234,16 @@ def test_a_forged_adapter_sends_no_terminal_escape_to_the_puller(cli: Cli, hub_s
     assert "model-index result \\x1b]0;PWN\\x07 " in result.stderr
     assert "\x1b" not in result.stdout + result.stderr
 
+    def pin(metadata: dict) -> None:  # printed in `pa eval ... --model BASE@COMMIT`, shell-quoted but not escaped
+        metadata["policyalign"]["base_model"]["commit"] = evil
+
+    hub_server.put_files(repo, {"README.md": hub_server.read(repo, "README.md", "escapes-v1.0.0")}, "undo again")
+    _forge(hub_server, repo, json.dumps({**provenance, "base_model": {**provenance["base_model"], "commit": evil}}).encode(),
+           pin, "escape commit")
+    result = cli.fails(1, "pull", repo, "--to", str(tmp_path / "commit"))
+    assert "policyalign.json:/base_model/commit: provenance check failed: base_model.commit is not plain text" in result.stderr
+    assert "\x1b" not in result.stdout + result.stderr
+
 
 def _edit_card(hub_server, repo: str, edit, message: str) -> None:  # type: ignore[no-untyped-def]
     """Edit the card's metadata on the Hub, as its web editor would; the files stay as pushed."""
