@@ -19,7 +19,7 @@ from . import card
 from .errors import HubError, PolicyAlignError
 from .hub import DEFAULT_BRANCH, endpoint, hub_api, hub_call, is_safe_relpath, split_spec, swap_in
 from .io import output_dir, read_json, sha256_file
-from .pack_hub import _shown
+from .pack_hub import escaped_name
 
 if TYPE_CHECKING:
     from .pack import Pack
@@ -133,7 +133,7 @@ def _result_problems(path: Path, metadata: Mapping[str, Any], provenance: Mappin
     for split, metric in sorted(set(expected) | set(claimed)):
         want, got = expected.get((split, metric)), claimed.get((split, metric))
         if not (isinstance(want, (int, float)) and isinstance(got, (int, float)) and abs(want - got) <= 1e-6):
-            problems.append(f"model-index result {_shown(split)} {_shown(metric)}: the card says {got!r}, "
+            problems.append(f"model-index result {escaped_name(split)} {escaped_name(metric)}: the card says {got!r}, "
                             f"eval/after/eval.json says {want!r}")
     return problems
 
@@ -249,10 +249,10 @@ def _file_problems(path: Path, recorded: Mapping[str, Any]) -> list[str]:
     for name, digest in files.items():
         target = path / str(name)
         if not is_safe_relpath(str(name)) or not target.is_file():
-            problems.append(f"{_shown(str(name))} is listed in the card but missing")
+            problems.append(f"{escaped_name(str(name))} is listed in the card but missing")
         elif sha256_file(target) != digest:
-            problems.append(f"{_shown(str(name))} does not match its sha256 in the card")
-    problems += [f"{_shown(name)} is in the repository but not listed in the card"
+            problems.append(f"{escaped_name(str(name))} does not match its sha256 in the card")
+    problems += [f"{escaped_name(name)} is in the repository but not listed in the card"
                  for name in _downloaded_files(path) if name not in files and name not in UNLISTED_OK]
     return problems
 
