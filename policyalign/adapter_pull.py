@@ -19,6 +19,7 @@ from . import card
 from .errors import HubError, PolicyAlignError
 from .hub import DEFAULT_BRANCH, endpoint, hub_api, hub_call, is_safe_relpath, split_spec, swap_in
 from .io import output_dir, read_json, sha256_file
+from .pack_hub import escaped_name
 
 if TYPE_CHECKING:
     from .pack import Pack
@@ -77,10 +78,23 @@ def verify_adapter(path: Path, label: str) -> tuple[dict[str, Any], dict[str, An
                        where=exc.problem.where,
                        hint="`pa push` never publishes such an adapter, so its pack cannot be known; "
                             "do not use it, or ask its publisher to re-push") from None
+    _check_base_text(provenance, label)
     problems = _result_problems(path, metadata, provenance)
     if problems:
         raise _tampered(problems, label)
     return metadata, provenance
+
+
+def _check_base_text(provenance: Mapping[str, Any], label: str) -> None:
+    """The base model's name, revision and commit, when recorded, must be plain text: `pa pull` prints the commit
+    (or revision) in the `pa eval ... --model BASE@COMMIT` it suggests, and a card and policyalign.json forged
+    alike with ESC ]0;... BEL there verified and sent it to the puller's terminal."""
+    for key in ("name", "revision", "commit"):
+        value = provenance["base_model"].get(key)
+        if value is not None and (not isinstance(value, str) or card._UNSAFE_ID.search(value)):
+            raise HubError(f"provenance check failed: base_model.{key} is not plain text",
+                           file=f"{label}:{card.PROVENANCE_FILE}", where=f"/base_model/{key}",
+                           hint="`pa push` never publishes such an adapter; do not use it, or ask its publisher to re-push")
 
 
 def _policyalign_block(metadata: Mapping[str, Any], label: str) -> dict[str, Any]:
@@ -119,7 +133,7 @@ def _result_problems(path: Path, metadata: Mapping[str, Any], provenance: Mappin
     for split, metric in sorted(set(expected) | set(claimed)):
         want, got = expected.get((split, metric)), claimed.get((split, metric))
         if not (isinstance(want, (int, float)) and isinstance(got, (int, float)) and abs(want - got) <= 1e-6):
-            problems.append(f"model-index result {split} {metric}: the card says {got!r}, "
+            problems.append(f"model-index result {escaped_name(split)} {escaped_name(metric)}: the card says {got!r}, "
                             f"eval/after/eval.json says {want!r}")
     return problems
 
@@ -171,9 +185,10 @@ def _provenance_problems(metadata: Mapping[str, Any], recorded: Mapping[str, Any
                         f"{card.PROVENANCE_FILE} `base_model.id` says {base_file!r}")
     tags = metadata.get("tags") or []
     name, version = _get(provenance, "pack", "name"), _get(provenance, "pack", "version")
+    ref = f"{name}@{version}"  # shown escaped, like the tag: a forged name's terminal escapes went raw to stderr
     for tag in ([f"pack:{name}", f"pack-version:{version}"] if name and version else []):
         if tag not in tags:
-            problems.append(f"README.md's `tags` lack {tag!r} ({card.PROVENANCE_FILE} says pack {name}@{version})")
+            problems.append(f"README.md's `tags` lack {tag!r} ({card.PROVENANCE_FILE} says pack {ref!r})")
     return problems
 
 
@@ -234,10 +249,10 @@ def _file_problems(path: Path, recorded: Mapping[str, Any]) -> list[str]:
     for name, digest in files.items():
         target = path / str(name)
         if not is_safe_relpath(str(name)) or not target.is_file():
-            problems.append(f"{name} is listed in the card but missing")
+            problems.append(f"{escaped_name(str(name))} is listed in the card but missing")
         elif sha256_file(target) != digest:
-            problems.append(f"{name} does not match its sha256 in the card")
-    problems += [f"{name} is in the repository but not listed in the card"
+            problems.append(f"{escaped_name(str(name))} does not match its sha256 in the card")
+    problems += [f"{escaped_name(name)} is in the repository but not listed in the card"
                  for name in _downloaded_files(path) if name not in files and name not in UNLISTED_OK]
     return problems
 

@@ -16,6 +16,7 @@ from . import card
 from .adapter_pull import PullResult, pull_adapter
 from .errors import HubError, PolicyAlignError
 from .hub import DEFAULT_BRANCH, hub_api, hub_call, refuse_several_builds
+from .pack_hub import escaped_name
 from .semver import Version, is_semver
 
 if TYPE_CHECKING:
@@ -82,6 +83,10 @@ def find_adapters(pack_name: str, *, token: str | None = None) -> list[Candidate
     for repo_id in repos:
         refs = _unless_unreadable(repo_id, lambda: _refs(api, repo_id, token))
         for revision in [t.name for t in refs.tags] + [DEFAULT_BRANCH] if refs is not None else []:
+            if _CONTROL.search(revision):  # no git tag holds one: a hostile Hub's, printed wherever the candidate is
+                print(f"warning: skipped {repo_id}@{escaped_name(revision)}: the tag name holds control characters",
+                      file=sys.stderr)
+                continue
             candidate = _unless_unreadable(f"{repo_id}@{revision}", lambda: read_candidate(api, repo_id, revision, token))
             if candidate is not None and candidate.pack_name == pack_name:
                 found.setdefault((repo_id, candidate.commit), candidate)

@@ -50,6 +50,7 @@ VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 MODEL_CARD_TEMPLATE = "model_card.md.jinja"
 PACK_CARD_TEMPLATE = "pack_card.md.jinja"
 _UNSAFE_ID = re.compile(r"[`\x00-\x1f\x7f]")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 # --------------------------------------------------------------------------- run artifacts
@@ -202,6 +203,11 @@ def _check_provenance(data: Any, path: Path) -> None:
         if _UNSAFE_ID.search(data[section][key]):
             raise RunError(f"{section}.{key} contains control characters or backticks", file=str(path),
                            where=f"/{section}/{key}", hint="names and ids must be plain text")
+    if not _SHA256.fullmatch(data["pack"]["digest"]):
+        # A pulled adapter's forged digest ("\x1b[2J...") passed as verified and went raw to the terminal:
+        # `pa pull` prints it, and compares it with the local pack's.
+        raise RunError("pack.digest is not a sha256 digest (64 hex digits)", file=str(path), where="/pack/digest",
+                       hint="re-run the distill stage; it records the digest of the pack it trained on")
     _check_parents(data["pack"].get("parents", []), path)
 
 

@@ -173,7 +173,7 @@ def _resolve_pack_revision(api: Any, repo_id: str, wanted: str | None, token: st
         return in_range, tags[in_range]
     from .registry import version_key
 
-    versions = ", ".join(_shown(v) for v in sorted((t[1:] if t.startswith("v") else t for t in tags), key=version_key)) or "none"
+    versions = ", ".join(escaped_name(v) for v in sorted((t[1:] if t.startswith("v") else t for t in tags), key=version_key)) or "none"
     what = f"matches {wanted!r}" if in_range is not None and not is_semver(wanted) else f"{wanted!r} is published"
     syntax = f"; after '@' give {RANGE_SYNTAX}" if in_range is None else ""  # `@notaver`: neither a ref nor a range
     raise HubError(f"no version {what}", file=repo_id, hint=f"published versions: {versions}{syntax}")
@@ -209,9 +209,9 @@ def _highest_tag_in_range(repo_id: str, tags: Mapping[str, str], wanted: str) ->
         return ""
     highest = max(Version.parse(tag[1:]) for tag in matching)
     builds = sorted(tag for tag in matching if Version.parse(tag[1:]) == highest)
-    refuse_several_builds([_shown(tag) for tag in builds],
+    refuse_several_builds([escaped_name(tag) for tag in builds],
                           f"the highest version in {wanted!r}, {Version(*highest.release, highest.pre)}, is published as",
-                          file=repo_id, hint=f"name the one to install, e.g. `pa pack pull {repo_id}@{_shown(builds[0][1:])}`")
+                          file=repo_id, hint=f"name the one to install, e.g. `pa pack pull {repo_id}@{escaped_name(builds[0][1:])}`")
     return builds[0]
 
 
@@ -232,17 +232,19 @@ def _read_pack_card(repo_id: str, commit: str, workdir: Path, token: str | None)
         # `1: abc` (YAML reads the name as a number) crashed the listing check, which prints each name as text.
         raise HubError("the card's `files` must map file names to their sha256 digests, all text", file=repo_id,
                        hint="publish packs with `pa pack push`")
-    if not isinstance(pack.get("name"), str) or not PACK_NAME_RE.match(pack["name"]):
+    # fullmatch: `$` also matches before a final newline, so a card naming `NAME\n` passed, and the pull failed
+    # blaming pack.yaml's name for not matching the directory `NAME\n` the card's name made
+    if not isinstance(pack.get("name"), str) or not PACK_NAME_RE.fullmatch(pack["name"]):
         raise HubError(f"the card names an invalid pack {pack.get('name')!r}", file=repo_id)
     # Both are printed (a mismatch error, a digest warning): a hostile card's escape sequences must not be.
     if not isinstance(pack.get("version"), str) or not is_semver(pack["version"]):
         raise HubError(f"the card names an invalid version {pack.get('version')!r}", file=repo_id)
-    if not isinstance(pack.get("digest"), str) or not DIGEST_RE.match(pack["digest"]):
+    if not isinstance(pack.get("digest"), str) or not DIGEST_RE.fullmatch(pack["digest"]):
         raise HubError(f"the card names an invalid digest {pack.get('digest')!r}", file=repo_id)
     return recorded
 
 
-def _shown(rel: str) -> str:
+def escaped_name(rel: str) -> str:
     """A remote file name as an error may print it: escaped when it holds control characters, which a
     hostile Hub would otherwise send to the terminal of whoever pulls (`\x1b]0;...` retitles it)."""
     from .templates import text_problem
@@ -257,7 +259,7 @@ def _listing_problems(repo_id: str, entries: list[tuple[str, int]], expected: Ma
 
     problems = []
     for rel, size in entries:
-        where = f"{repo_id}:{PACK_DIR}/{_shown(rel)}"
+        where = f"{repo_id}:{PACK_DIR}/{escaped_name(rel)}"
         if not is_safe_relpath(rel) or text_problem(rel):
             problems.append(Problem(where, "", "unsafe path (absolute, '..', empty parts or control characters)",
                                     "a pack's files must stay inside the pack directory"))
@@ -273,12 +275,12 @@ def _listing_problems(repo_id: str, entries: list[tuple[str, int]], expected: Ma
             problems.append(Problem(where, "", "file is not listed in the pack's card", "the repository was modified after `pa pack push`"))
     listed = {rel for rel, _ in entries}
     # the second download of a name listed twice found the first's file: "[Errno 17] File exists" in the staging directory
-    problems += [Problem(f"{repo_id}:{PACK_DIR}/{_shown(rel)}", "", "listed twice", "the listing is not a repository's; "
+    problems += [Problem(f"{repo_id}:{PACK_DIR}/{escaped_name(rel)}", "", "listed twice", "the listing is not a repository's; "
                          "not installable") for rel, times in sorted(Counter(rel for rel, _ in entries).items()) if times > 1]
-    problems += [Problem(f"{repo_id}:{PACK_DIR}/{_shown(rel)}", "", f"inside the listed file {PACK_DIR}/{_shown(file)}: "
+    problems += [Problem(f"{repo_id}:{PACK_DIR}/{escaped_name(rel)}", "", f"inside the listed file {PACK_DIR}/{escaped_name(file)}: "
                          "a path cannot be both a file and a directory", "the listing is not a repository's; not installable")
                  for rel, file in _under_a_listed_file(listed)]
-    problems += [Problem(f"{repo_id}:{PACK_DIR}/{_shown(rel)}", "", "listed in the card but missing from the repository",
+    problems += [Problem(f"{repo_id}:{PACK_DIR}/{escaped_name(rel)}", "", "listed in the card but missing from the repository",
                          "the repository is incomplete") for rel in expected if rel not in listed]
     total = sum(size for _, size in entries)
     if len(entries) > MAX_PACK_FILES:

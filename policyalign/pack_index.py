@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import Problem
 from .io import write_json
 from .semver import Version, is_semver
+from .templates import text_problem
 
 if TYPE_CHECKING:
     from .pack import Pack
@@ -84,6 +85,10 @@ def _shape_problems(rel: str, index: dict[str, Any]) -> list[Problem]:
             if not isinstance(entry.get(key), str):
                 found = "missing" if key not in entry else f"{_json_kind(entry[key])}, not a string"
                 problems.append(Problem(rel, f"/packs/{i}/{key}", f"packs index is corrupt: `{key}` is {found}", fix))
+            elif problem := text_problem(entry[key]):
+                # every other problem names an entry by name@version: an ESC ]0;... BEL in an edited index's
+                # name went raw to the terminal of whoever ran `pa validate --all`
+                problems.append(Problem(rel, f"/packs/{i}/{key}", f"packs index is corrupt: `{key}` {problem[1]}", fix))
     return problems
 
 

@@ -191,7 +191,8 @@ def collect_files(col: Collector) -> list[Path]:
                 col.add(str(rel), "", "symlink cannot be resolved", "remove the symlink")
                 continue
             if not target.is_relative_to(root):
-                col.add(str(rel), "", f"symlink points outside the pack ({target})",
+                # the link's target is the pack's text too: a target holding ESC ]0;... BEL retitled the terminal
+                col.add(str(rel), "", f"symlink points outside the pack ({col.shown(target)})",
                         "replace the symlink with a copy of the file inside the pack")
                 continue
         if path.is_dir():

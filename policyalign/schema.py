@@ -71,7 +71,27 @@ def specific(error: Any) -> Any:
     return specific((inside or typed)[0]) if inside or typed else error
 
 
+# The most characters of an offending value a problem repeats (see `_clipped`).
+MAX_SHOWN_VALUE = 200
+
+
 def schema_message(error: Any) -> str:
+    return _clipped(_message(error), error.instance)
+
+
+def _clipped(message: str, instance: Any) -> str:
+    """`message` with the value it repeats cut short: jsonschema's messages open with the whole value, so a
+    2 MB eval prompt over its 20,000-character bound was a 2 MB line of `pa validate` output, and 200 seeds
+    over their bound of items were all repeated."""
+    shown = repr(instance)
+    if len(shown) <= MAX_SHOWN_VALUE or shown not in message:
+        return message
+    size = f"{len(instance)} {'characters' if isinstance(instance, str) else 'items'}" if isinstance(
+        instance, (str, list, dict)) else f"{len(shown)} characters"
+    return message.replace(shown, f"{shown[:MAX_SHOWN_VALUE]}... ({size})", 1)
+
+
+def _message(error: Any) -> str:
     if error.validator == "additionalProperties":
         return error.message.replace("Additional properties are not allowed", "unknown field(s)")
     if error.validator == "required":

@@ -543,7 +543,10 @@ def compile_template(source: str) -> Any:
     token = _BUDGET.set(_Budget(MAX_WORK))  # constant folding runs filters and operators at compile time
     try:
         tree = _ENV.parse(source)
+        _refuse_other_templates(tree)
         return _ENV.from_string(_Meter().visit(tree))
+    except TemplateFailure:
+        raise
     except TemplateSyntaxError as exc:
         raise TemplateFailure(f"template syntax error: {exc.message}", exc.lineno,
                               "fix the Jinja syntax on that line") from None
@@ -552,6 +555,16 @@ def compile_template(source: str) -> Any:
                               "simplify the constant expressions in the template") from None
     finally:
         _BUDGET.reset(token)
+
+
+def _refuse_other_templates(tree: nodes.Template) -> None:
+    """`{% include %}`, `{% import %}` and `{% extends %}` read another template, which the sandbox has no loader
+    for (a pack's files stay data): they failed only when rendered, as "no loader for this environment
+    specified" with the hint to check the expression, which said neither why nor what to do instead."""
+    for node in tree.find_all((nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends)):
+        keyword = {"Include": "include", "Import": "import", "FromImport": "import", "Extends": "extends"}[type(node).__name__]
+        raise TemplateFailure(f"`{{% {keyword} %}}` is not allowed: a pack template cannot read other templates or "
+                              "files", node.lineno, "write the text it would bring in into this template itself")
 
 
 def unused_variables(source: str, names: Iterable[str]) -> list[str]:

@@ -196,6 +196,55 @@ def test_pull_requires_the_pack_and_base_model_in_policyalign_json(cli: Cli, hub
 
 
 
+def test_a_forged_adapter_sends_no_terminal_escape_to_the_puller(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A forged card and policyalign.json agreeing on a pack digest of escape sequences verified, and `pa pull`
+    printed it raw ("verified: pack forged@1.0.0 (digest ESC]0;PWN BEL...)"); a forged pack name (the card's tags
+    left as pushed), a file the card lists and a model-index split went raw into the provenance problems too."""
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "escapes"))
+    repo, evil = "org/escapes", "\x1b]0;PWN\x07"
+    cli.ok("push", str(run), "--repo-id", repo)
+    provenance = json.loads((run / "adapter" / "policyalign.json").read_text())
+
+    def digest(metadata: dict) -> None:
+        metadata["policyalign"]["pack"]["digest"] = evil
+
+    _forge(hub_server, repo, json.dumps({**provenance, "pack": {**provenance["pack"], "digest": evil}}).encode(),
+           digest, "escape digest")
+    result = cli.fails(1, "pull", repo, "--to", str(tmp_path / "digest"))
+    assert "policyalign.json:/pack/digest: provenance check failed: pack.digest is not a sha256 digest" in result.stderr
+    assert "\x1b" not in result.stdout + result.stderr
+
+    def name_and_file(metadata: dict) -> None:
+        metadata["policyalign"]["pack"]["name"] = "escapes" + evil
+        metadata["policyalign"]["files"][evil] = "0" * 64
+
+    _forge(hub_server, repo, json.dumps({**provenance, "pack": {**provenance["pack"], "name": "escapes" + evil}}).encode(),
+           name_and_file, "escape name")
+    result = cli.fails(1, "pull", repo, "--to", str(tmp_path / "name"))
+    assert "policyalign.json says pack 'escapes\\x1b]0;PWN\\x07@1.0.0'" in result.stderr
+    assert "\\x1b]0;PWN\\x07 is listed in the card but missing" in result.stderr
+    assert "\x1b" not in result.stdout + result.stderr
+
+    def split(metadata: dict) -> None:  # checked once the files verify
+        metadata["model-index"][0]["results"][0]["dataset"]["split"] = evil
+
+    hub_server.put_files(repo, {"README.md": hub_server.read(repo, "README.md", "escapes-v1.0.0")}, "undo")
+    _forge(hub_server, repo, json.dumps(provenance).encode(), split, "escape split")
+    result = cli.fails(1, "pull", repo, "--to", str(tmp_path / "split"))
+    assert "model-index result \\x1b]0;PWN\\x07 " in result.stderr
+    assert "\x1b" not in result.stdout + result.stderr
+
+    def pin(metadata: dict) -> None:  # printed in `pa eval ... --model BASE@COMMIT`, shell-quoted but not escaped
+        metadata["policyalign"]["base_model"]["commit"] = evil
+
+    hub_server.put_files(repo, {"README.md": hub_server.read(repo, "README.md", "escapes-v1.0.0")}, "undo again")
+    _forge(hub_server, repo, json.dumps({**provenance, "base_model": {**provenance["base_model"], "commit": evil}}).encode(),
+           pin, "escape commit")
+    result = cli.fails(1, "pull", repo, "--to", str(tmp_path / "commit"))
+    assert "policyalign.json:/base_model/commit: provenance check failed: base_model.commit is not plain text" in result.stderr
+    assert "\x1b" not in result.stdout + result.stderr
+
+
 def _edit_card(hub_server, repo: str, edit, message: str) -> None:  # type: ignore[no-untyped-def]
     """Edit the card's metadata on the Hub, as its web editor would; the files stay as pushed."""
     metadata, body = card.parse_card(hub_server.read(repo, "README.md").decode())

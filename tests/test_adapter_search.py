@@ -99,6 +99,22 @@ def test_a_candidate_the_hub_cannot_read_is_skipped_with_a_warning(cli: Cli, hub
         cli.ok("pull", "--pack", "flaky", "--to", str(tmp_path / "y")).stderr
 
 
+def test_a_hostile_tag_name_reaches_no_terminal(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Tag names come from the Hub: one holding ESC ]0;... BEL (no git tag can) was printed raw in the warning that
+    skipped it ("warning: skipped org/x@TAG: reading the card at TAG ..."), and one a hostile Hub answered for went
+    raw into every line naming the candidate. Such a tag is skipped, named escaped."""
+    cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "tagesc"))), "--repo-id", "org/tagesc")
+    evil = "v1\x1b]0;pwned\x07"
+    commit = hub_server.store.rev(hub_server.repo_path("org/tagesc", "model"), "main")
+    hub_server.forge("/api/models/org/tagesc/refs", {"branches": [{"name": "main", "ref": "refs/heads/main",
+                                                                   "targetCommit": commit}],
+                                                     "tags": [{"name": evil, "ref": "refs/tags/x", "targetCommit": commit}],
+                                                     "converts": []})
+    result = cli.ok("pull", "--pack", "tagesc", "--to", str(tmp_path / "x"))
+    assert "\x1b" not in result.stdout + result.stderr
+    assert "warning: skipped org/tagesc@v1\\x1b]0;pwned\\x07: the tag name holds control characters" in result.stderr
+
+
 def _candidate(repo: str, version: str, digest: str = "d", base: str = "Qwen/Qwen2.5-0.5B-Instruct",
                revision: str = "", when: str = "2026-01-01") -> adapter_search.Candidate:
     return adapter_search.Candidate(repo, revision or f"p-v{version}", "c" * 40, "p", version, digest, base, base, when)

@@ -387,6 +387,21 @@ def test_pack_pull_prints_no_terminal_escape_from_the_card_or_the_tags(cli: Cli,
 
 
 
+def test_pack_pull_of_a_card_naming_the_pack_with_a_final_newline_blames_the_card(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`$` also matches before a final newline: a card naming `cardnl\\n` passed the card's checks, and the pull
+    failed blaming pack.yaml ("name 'cardnl' does not match the directory name 'cardnl\\n'", hint: rename the
+    directory), a directory the card's name had made in staging."""
+    publish_raw_pack(hub_server, "org/cardnl", "cardnl", pack_bytes(make_pack(tmp_path / "src", "cardnl")))
+    repo = hub_server.repo_path("org/cardnl", "dataset")
+    metadata, body = card.parse_card(hub_server.store.read(repo, "main", "README.md").decode())
+    for key, value in (("name", "cardnl\n"), ("digest", metadata["policyalign"]["pack"]["digest"] + "\n")):
+        forged = {**metadata, "policyalign": {**metadata["policyalign"], "pack": {**metadata["policyalign"]["pack"], key: value}}}
+        hub_server.put_files("org/cardnl", {"README.md": (card.dump_front_matter(forged) + body).encode()}, repo_type="dataset")
+        result = cli.fails(1, "pack", "pull", "org/cardnl")
+        assert f"org/cardnl: the card names an invalid {'pack' if key == 'name' else key} {value!r}" in result.stderr, result.stderr
+    nothing_installed(cli, "cardnl")
+
+
 def test_pack_pull_of_a_repo_with_dotdot_entries_installs_nothing(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A git tree with '..' entries (which `git mktree` accepts) cannot even be listed: clean failure."""
     files = pack_bytes(make_pack(tmp_path / "src", "dotdot"))

@@ -182,8 +182,11 @@ def test_a_parent_change_asks_for_a_child_version_bump_naming_the_parent(fixture
     (b'{"index_version": 1, "packs": [{"name": "x"}]}', "/packs/0/version", "packs index is corrupt: `version` is missing"),
     (b"[" * 100000, "", "packs index is not valid JSON"),
     (b"[1, 2]", "", "packs index is not a JSON object"),
+    # every other problem names an entry by name@version: the escape went raw to the terminal
+    (b'{"index_version": 1, "packs": [{"name": "x\\u001b]0;pwned\\u0007", "version": "1.0.0"}]}', "/packs/0/name",
+     "packs index is corrupt: `name` holds the control character U+001B"),
 ], ids=["not-utf8", "packs-number", "packs-missing", "entry-number", "name-list", "version-object",
-        "version-missing", "deep-nesting", "top-level-list"])
+        "version-missing", "deep-nesting", "top-level-list", "name-terminal-escape"])
 def test_corrupt_index_is_a_problem_not_a_traceback(fixture_packs: Path, content: bytes, where: str, message: str) -> None:
     (fixture_packs / "INDEX.json").write_bytes(content)
     result = _validate_all(fixture_packs)
@@ -191,6 +194,6 @@ def test_corrupt_index_is_a_problem_not_a_traceback(fixture_packs: Path, content
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     text = norm(result.output)
     assert f"INDEX.json{':' + where if where else ''}: {message}" in text, text
-    assert "run `pa index` to rewrite it" in text
+    assert "run `pa index` to rewrite it" in text and "\x1b" not in text
     assert runner.invoke(app, ["index", "--dir", str(fixture_packs)]).exit_code == 0
     assert _validate_all(fixture_packs).exit_code == 0

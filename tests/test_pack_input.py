@@ -99,6 +99,16 @@ def test_a_file_name_with_a_terminal_escape_is_a_problem_printed_escaped(fixture
     assert "root-pack/\\x1b]0;pwned\\x07notes.txt: file name holds a control character" in str(caught.value)
 
 
+def test_a_symlink_whose_target_holds_a_terminal_escape_is_printed_escaped(fixture_packs: Path) -> None:
+    """A link's target is the pack's text too: `notes.md -> /tmp/\\x1b]0;...\\x07` was reported as pointing outside
+    the pack with the target raw, and the escape retitled the terminal of whoever ran `pa validate`."""
+    os.symlink("/tmp/\x1b]0;pwned\x07", fixture_packs / "root-pack" / "notes.md")
+    with pytest.raises(PackError) as caught:
+        _load(fixture_packs, "root-pack")
+    assert "\x1b" not in str(caught.value) and "\x07" not in str(caught.value)
+    assert "notes.md: symlink points outside the pack (/tmp/\\x1b]0;pwned\\x07)" in str(caught.value)
+
+
 def test_problems_name_each_file_as_the_pack_was_given(fixture_packs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`pa validate packs/root-pack` from the repository root printed `root-pack/pack.yaml:...` (relative to
     the pack's parent directory): a path that does not exist from where the user stands, and one that does

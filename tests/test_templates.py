@@ -105,6 +105,26 @@ def test_template_bomb_through_cli_has_no_traceback(fixture_packs: Path, small_b
     assert FILE in norm(result.output) and TOO_MUCH_WORK in norm(result.output)
 
 
+@pytest.mark.parametrize(("source", "keyword", "line"), [
+    ("{{ n }} {{ category.title }}\n{% include '/etc/passwd' %}\n", "include", 2),
+    ("{{ n }} {{ category.title }}\n{% import 'common.jinja' as common %}\n", "import", 2),
+    ("{{ n }} {{ category.title }}\n\n{% from '../x.jinja' import m %}\n", "import", 3),
+    ("{% extends 'base.jinja' %}{{ n }} {{ category.title }}\n", "extends", 1),
+])
+def test_a_template_reading_another_says_it_cannot(fixture_packs: Path, source: str, keyword: str, line: int) -> None:
+    """An include, import or extends failed as "no loader for this environment specified", with the hint to
+    check the expression: neither why (a pack template reads no other file) nor what to do instead."""
+    root = fixture_packs / "root-pack"
+    (root / FILE).write_text(source)
+    with pytest.raises(PackError) as info:
+        load_pack(root, registry=Registry([fixture_packs]))
+    [problem] = info.value.problems
+    assert problem.where == f"line {line}", problem
+    assert problem.message == (f"`{{% {keyword} %}}` is not allowed: a pack template cannot read other templates "
+                               "or files"), problem
+    assert problem.hint == "write the text it would bring in into this template itself"
+
+
 @pytest.mark.parametrize("source", [
     '{% set ns = namespace(items=[]) %}{% for s in seeds %}{% set ns.items = ns.items + [s|upper] %}{% endfor %}'
     '{{ ns.items|join(", ") }} {{ "ab" * 3 }} {{ 2 ** 10 }} {{ "%-5s|" % "x" }} {{ seeds|length ~ "!" }}',

@@ -1,0 +1,29 @@
+"""schema: the shipped JSON Schemas' errors worded as problems."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from policyalign.errors import PackError
+from policyalign.pack import load_pack
+from policyalign.registry import Registry
+
+
+def test_a_value_over_its_bound_is_not_repeated_whole(fixture_packs: Path) -> None:
+    """jsonschema's message opens with the whole value: a 2 MB eval prompt over its 20,000-character bound was a
+    2 MB line of `pa validate` output, and the seeds of a category over its 200 were all repeated."""
+    item = {"id": "root-h9", "category": "weapons", "prompt": "word " * 400_000, "expect": "refuse"}
+    with (fixture_packs / "root-pack" / "eval" / "harmful.jsonl").open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(item) + "\n")
+    manifest = fixture_packs / "root-pack" / "pack.yaml"
+    seeds = "".join(f"      - \"Seed number {i} asks for the forbidden thing {'at length ' * 100}\"\n" for i in range(201))
+    manifest.write_text(manifest.read_text().replace("    seeds:\n", "    seeds:\n" + seeds, 1))
+    with pytest.raises(PackError) as caught:
+        load_pack(fixture_packs / "root-pack", registry=Registry([fixture_packs]))
+    messages = {p.where.split(" ")[0]: p.message for p in caught.value.problems}
+    assert messages["line"].endswith("... (2000000 characters) is too long"), messages
+    assert messages["/categories/0/seeds"].endswith(" items) is too long"), messages
+    assert all(len(message) < 300 for message in messages.values())
