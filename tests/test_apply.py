@@ -453,7 +453,7 @@ def test_pa_apply_target_modules_and_kl_top_k_reach_the_training_settings(tmp_pa
 
     options = build_options({"pack": "general", "model": "tiny", "target_modules": None, "kl_top_k": None}, None)
     assert options.target_modules is None and options.kl_top_k is None
-    from policyalign.cli.common import target_module_names
+    from policyalign.distill_settings import target_module_names
 
     options = build_options({"pack": "general", "model": "tiny", "kl_top_k": 8,
                              "target_modules": target_module_names("q_proj, v_proj")}, None)
@@ -470,7 +470,7 @@ def test_target_modules_as_one_string_in_the_config_file_is_read_as_the_command_
     same. Now it is the command line's reading, a misspelt name is told its closest module, and an empty one the
     forms that work."""
     from policyalign.apply import _checked_settings
-    from policyalign.cli.common import target_module_names
+    from policyalign.distill_settings import target_module_names
 
     config = tmp_path / "run.yaml"
     for text, targets in (("q_proj,v_proj", ("q_proj", "v_proj")), ("'q_proj, v_proj'", ("q_proj", "v_proj")),

@@ -8,8 +8,6 @@ from typing import Any, Optional
 
 import typer
 
-from ..distill_settings import target_module_names  # noqa: F401  (the commands' reading of --target-modules)
-
 PacksPath = typer.Option(
     None, "--packs-path", help="Extra directory to search for packs (repeatable; also PA_PACKS_PATH).",
 )

@@ -9,9 +9,10 @@ import typer
 
 from . import app
 from ..stats import format_rate
+from ..distill_settings import target_module_names
 from .common import (BatchSize, Device, EmaDecay, Epochs, GradAccum, KlTopK, LearningRate, License, LoraAlpha, LoraDropout,
                      LoraR, MaxSteps, PacksPath, PrefixCache, ReportTo, SaveSteps, TargetModules, Teacher, Temperature, console,
-                     fold_table, print_json, target_module_names)
+                     fold_table, print_json)
 
 
 def _num(value: Any) -> str:

@@ -8,8 +8,9 @@ from typing import Optional
 import typer
 
 from . import app
+from ..distill_settings import target_module_names
 from .common import (BatchSize, Device, EmaDecay, Epochs, GradAccum, KlTopK, LearningRate, LoraAlpha, LoraDropout, LoraR,
-                     MaxSteps, PacksPath, PrefixCache, ReportTo, SaveSteps, Teacher, TargetModules, Temperature, target_module_names)
+                     MaxSteps, PacksPath, PrefixCache, ReportTo, SaveSteps, Teacher, TargetModules, Temperature)
 
 RunDir = typer.Argument(..., help="Run directory (from `pa synthesize` or `pa apply`).")
 ModelOpt = typer.Option(None, "--model", help="Model (default: the run's; a run with stages keeps its model). tiny, an "
