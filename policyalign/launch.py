@@ -48,7 +48,23 @@ def fit_batch(config: DistillConfig, records: int, processes: int = 1) -> Distil
         where = f" over {processes} processes" if processes > 1 else ""
         print(f"note: {records} instructions cannot fill batch {config.batch_size} x accumulation "
               f"{config.gradient_accumulation_steps}{where}; training with {batch} x {accumulation}", file=sys.stderr)
+    _note_left_out(records, batch * accumulation * processes, config.max_steps)
     return replace(config, batch_size=batch, gradient_accumulation_steps=accumulation)
+
+
+def _note_left_out(records: int, draw: int, max_steps: int) -> None:
+    """Say how many instructions each epoch leaves out when `--epochs` sets the length.
+
+    trl drops the partial generation batch of every epoch: 30 instructions at 4 x 4 trained one
+    step on 16, while `pa distill` said it trained on 30 and `--epochs` promises passes over them.
+    """
+    left = records % draw
+    if left and max_steps <= 0:
+        import sys
+
+        print(f"note: training draws whole batches of {draw} instructions, so each epoch trains on {records - left} "
+              f"of the {records} and leaves {left} out (a different {left} each epoch); for every instruction in "
+              f"every epoch, pick --batch-size x --grad-accum dividing {records}", file=sys.stderr)
 
 
 def training_device(device: str | None, local_rank: int, processes: int) -> str:

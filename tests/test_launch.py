@@ -24,6 +24,15 @@ def test_small_selection_shrinks_the_batch_instead_of_training_zero_steps() -> N
     assert fit_batch(config, 3, 2).batch_size == 1
 
 
+def test_an_epoch_that_leaves_instructions_out_says_how_many(capsys) -> None:
+    """trl drops each epoch's partial batch: 30 instructions at 4 x 4 trained on 16 per epoch without a word."""
+    fit_batch(DistillConfig(batch_size=4, gradient_accumulation_steps=4), 30)
+    assert "each epoch trains on 16 of the 30 and leaves 14 out" in capsys.readouterr().err
+    fit_batch(DistillConfig(batch_size=4, gradient_accumulation_steps=4), 32)
+    fit_batch(DistillConfig(batch_size=4, gradient_accumulation_steps=4, max_steps=5), 30)  # steps, not epochs
+    assert "leaves" not in capsys.readouterr().err
+
+
 # The two launchers the README shows, each starting two real processes on the CPU (gloo), as they
 # would start one per GPU. accelerate's flags are explicit so no user config file changes the run.
 LAUNCHERS = {
