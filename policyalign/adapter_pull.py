@@ -91,7 +91,7 @@ def _check_base_text(provenance: Mapping[str, Any], label: str) -> None:
     alike with ESC ]0;... BEL there verified and sent it to the puller's terminal."""
     for key in ("name", "revision", "commit"):
         value = provenance["base_model"].get(key)
-        if value is not None and (not isinstance(value, str) or card._UNSAFE_ID.search(value)):
+        if value is not None and (not isinstance(value, str) or card.unsafe_id(value)):
             raise HubError(f"provenance check failed: base_model.{key} is not plain text",
                            file=f"{label}:{card.PROVENANCE_FILE}", where=f"/base_model/{key}",
                            hint="`pa push` never publishes such an adapter; do not use it, or ask its publisher to re-push")

@@ -30,6 +30,7 @@ from . import __version__
 from .errors import InvalidInputError, RunError
 from .io import read_json, sha256_file
 from .stats import format_change, format_p, format_rate, is_number
+from .templates import text_problem
 
 ADAPTER_DIR = "adapter"
 PROVENANCE_FILE = "policyalign.json"
@@ -49,7 +50,9 @@ DISTILL_HINT = "produced by the distill stage: run `pa apply PACK --model MODEL`
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 MODEL_CARD_TEMPLATE = "model_card.md.jinja"
 PACK_CARD_TEMPLATE = "pack_card.md.jinja"
-_UNSAFE_ID = re.compile(r"[`\x00-\x1f\x7f]")
+# What an id may hold beyond what pack text may (templates.text_problem): no backtick (cards quote ids in
+# markdown code spans) and no tab or line break.
+_UNSAFE_ID = re.compile(r"[`\t\n\r\x85]")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -187,6 +190,13 @@ def _check_eval_matches(stage: str, summary: Any, path: Path, provenance: Mappin
                        file=str(path), where="/adapter_sha256", hint=hint)
 
 
+def unsafe_id(value: str) -> bool:
+    """Whether a name, version or id a card or policyalign.json records is unfit to print: it holds what pack
+    text may not (C0 and C1 controls, U+009B being a one-character CSI; bidirectional overrides), or a backtick
+    or line break. Checking C0 controls alone, a forged adapter's `1.0.0<U+009B>2J` verified and was printed."""
+    return bool(_UNSAFE_ID.search(value) or text_problem(value))
+
+
 def _check_provenance(data: Any, path: Path) -> None:
     """policyalign.json must name the pack (name, version, digest) and the base model (id)."""
     required = {"pack": ("name", "version", "digest"), "base_model": ("id",)}
@@ -200,7 +210,7 @@ def _check_provenance(data: Any, path: Path) -> None:
                 raise RunError(f"policyalign.json lacks {section}.{key}", file=str(path), where=f"/{section}/{key}",
                                hint="re-run the distill stage; it writes the pack and base model it trained on")
     for section, key in (("pack", "name"), ("pack", "version"), ("base_model", "id")):
-        if _UNSAFE_ID.search(data[section][key]):
+        if unsafe_id(data[section][key]):
             raise RunError(f"{section}.{key} contains control characters or backticks", file=str(path),
                            where=f"/{section}/{key}", hint="names and ids must be plain text")
     if not _SHA256.fullmatch(data["pack"]["digest"]):
@@ -220,7 +230,7 @@ def _check_parents(parents: Any, path: Path) -> None:
     for index, parent in enumerate(parents):
         for key in PARENT_FIELDS:
             value = parent.get(key) if isinstance(parent, dict) else None
-            if not isinstance(value, str) or not value or _UNSAFE_ID.search(value):
+            if not isinstance(value, str) or not value or unsafe_id(value):
                 raise RunError(f"policyalign.json's pack.parents[{index}] lacks a plain-text {key}", file=str(path),
                                where=f"/pack/parents/{index}/{key}", hint=hint)
 

@@ -638,3 +638,35 @@ def test_pull_into_the_current_directory_is_a_clear_error(cli: Cli, make_run, tm
     result = cli.fails(1, "pull", "org/here", "--to", ".")
     assert "is the current directory" in result.stderr and "--to ./adapter" in result.stderr
     assert list(cli.cwd.iterdir()) == []  # no lock file or staging directory left
+
+
+@pytest.mark.parametrize("evil", ["\u009b2J", "\u202e"])
+def test_a_forged_adapter_with_c1_or_bidi_controls_does_not_verify(cli: Cli, hub_server, make_run, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                                    evil: str) -> None:
+    """card._UNSAFE_ID blocked only C0 controls and DEL: a card and policyalign.json forged alike with a C1 control
+    (U+009B is a one-character CSI on some terminals) or a bidirectional override in the pack version, or the base
+    commit, verified and went raw to the puller's terminal. They are held to the pack-text check (text_problem)."""
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "cones"))
+    repo = f"org/cones-{ord(evil[0]):x}"  # the loopback Hub outlives one case
+    cli.ok("push", str(run), "--repo-id", repo)
+    provenance = json.loads((run / "adapter" / "policyalign.json").read_text())
+
+    def version(metadata: dict) -> None:
+        metadata["policyalign"]["pack"]["version"] = "1.0.0" + evil  # tags and all, as a forger would
+        metadata["tags"] = [t.replace("pack-version:1.0.0", "pack-version:1.0.0" + evil) for t in metadata["tags"]]
+
+    _forge(hub_server, repo, json.dumps({**provenance, "pack": {**provenance["pack"], "version": "1.0.0" + evil}}).encode(),
+           version, "forged version")
+    result = cli.fails(1, "pull", repo, "--to", str(tmp_path / "version"))
+    assert "policyalign.json:/pack/version: provenance check failed: pack.version contains control characters" in result.stderr
+    assert evil not in result.stdout + result.stderr
+
+    def pin(metadata: dict) -> None:
+        metadata["policyalign"]["base_model"]["commit"] = "a" * 40 + evil
+
+    hub_server.put_files(repo, {"README.md": hub_server.read(repo, "README.md", "cones-v1.0.0")}, "undo")
+    _forge(hub_server, repo, json.dumps({**provenance, "base_model": {**provenance["base_model"], "commit": "a" * 40 + evil}}).encode(),
+           pin, "forged commit")
+    result = cli.fails(1, "pull", repo, "--to", str(tmp_path / "commit"))
+    assert "policyalign.json:/base_model/commit: provenance check failed: base_model.commit is not plain text" in result.stderr
+    assert evil not in result.stdout + result.stderr

@@ -71,6 +71,8 @@ def test_malformed_candidates_do_not_hide_good_ones(cli: Cli, hub_server, make_r
                "digest-is-a-dict": {"pack": {**good_pack, "digest": {"a": 1}}, "base_model": good_base},
                "id-is-missing": {"pack": good_pack, "base_model": {"name": "Qwen2.5-0.5B"}},
                "control-characters": {"pack": {**good_pack, "version": "1.0.0\x1b[2J"}, "base_model": good_base},
+               "c1-control": {"pack": {**good_pack, "version": "1.0.0\u009b2J"}, "base_model": good_base},
+               "bidi-override": {"pack": good_pack, "base_model": {**good_base, "name": "Qwen\u202e"}},
                "block-is-a-string": "findme"}
     for name, block in hostile.items():
         meta = {"tags": ["policyalign", "pack:findme"], "policyalign": block}
