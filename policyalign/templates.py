@@ -550,11 +550,46 @@ def compile_template(source: str) -> Any:
     except TemplateSyntaxError as exc:
         raise TemplateFailure(f"template syntax error: {exc.message}", exc.lineno,
                               "fix the Jinja syntax on that line") from None
+    except (RecursionError, SyntaxError):
+        # Jinja parses recursively, and Python compiles its generated code to at most 100 indentation levels
+        # and 20 nested loops: ~100 nested `{% if %}`s failed as "maximum recursion depth exceeded" (or "too
+        # many levels of indentation (<template>, line 215)", a line of generated code), hinted to simplify
+        # constant expressions.
+        raise TemplateFailure("template is nested too deeply (blocks such as `{% if %}` and `{% for %}` inside one "
+                              "another, or brackets in an expression)", _deepest_line(source),
+                              "nest less: chain conditions with `{% elif %}` rather than an `{% if %}` in each "
+                              "`{% else %}`, and split long expressions with `{% set %}`") from None
     except Exception as exc:  # noqa: BLE001 - untrusted input: any failure is the template's fault
         raise TemplateFailure(f"template could not be compiled: {_describe(exc)}", None,
                               "simplify the constant expressions in the template") from None
     finally:
         _BUDGET.reset(token)
+
+
+_NESTING_TAGS = frozenset({"if", "for", "macro", "call", "filter", "with", "block", "autoescape"})
+
+
+def _deepest_line(source: str) -> int | None:
+    """The line where the template's nesting (blocks and brackets) first reaches its deepest, from the lexer,
+    which does not recurse; None when the template does not lex."""
+    depth, deepest, line, after_block_begin = 0, 0, None, False
+    try:
+        for lineno, kind, value in _ENV.lex(source):
+            if kind == "whitespace":
+                continue
+            if kind == "name" and after_block_begin:
+                depth += value in _NESTING_TAGS
+                depth -= value.startswith("end") and value[3:] in _NESTING_TAGS
+            elif kind == "operator" and value in "([{":
+                depth += 1
+            elif kind == "operator" and value in ")]}":
+                depth -= 1
+            after_block_begin = kind == "block_begin"
+            if depth > deepest:
+                deepest, line = depth, lineno
+    except TemplateSyntaxError:
+        return None
+    return line
 
 
 def _refuse_other_templates(tree: nodes.Template) -> None:

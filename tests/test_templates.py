@@ -125,6 +125,27 @@ def test_a_template_reading_another_says_it_cannot(fixture_packs: Path, source: 
     assert problem.hint == "write the text it would bring in into this template itself"
 
 
+@pytest.mark.parametrize(("source", "line"), [
+    ("{{ n }} {{ category.title }}\n" + "{% if n %}\n" * 400 + "x" + "{% endif %}" * 400 + "\n", 401),
+    ("{{ n }} {{ category.title }}\n" + "{% if n %}" * 100 + "x" + "{% endif %}" * 100 + "\n", 2),
+    ("{{ n }} {{ category.title }}\n\n" + "".join(f"{{% for i{d} in [1] %}}" for d in range(25)) + "x"
+     + "{% endfor %}" * 25 + "\n", 3),
+    ("{{ n }} {{ category.title }}\n{{ " + "(" * 300 + "1" + ")" * 300 + " }}\n", 2),
+], ids=["parser-recursion", "python-indentation", "python-nested-loops", "brackets"])
+def test_a_template_nested_too_deeply_says_so(fixture_packs: Path, source: str, line: int) -> None:
+    """A deep `{% if %}` chain failed as "template could not be compiled: maximum recursion depth exceeded" (or
+    "too many levels of indentation (<template>, line 215)", a line of Jinja's generated code), with no line and
+    the hint to "simplify the constant expressions in the template", which it held none of."""
+    root = fixture_packs / "root-pack"
+    (root / FILE).write_text(source)
+    with pytest.raises(PackError) as info:
+        load_pack(root, registry=Registry([fixture_packs]))
+    [problem] = info.value.problems
+    assert problem.where == f"line {line}", problem
+    assert problem.message.startswith("template is nested too deeply"), problem
+    assert "{% elif %}" in problem.hint and "constant expressions" not in problem.hint, problem
+
+
 @pytest.mark.parametrize("source", [
     '{% set ns = namespace(items=[]) %}{% for s in seeds %}{% set ns.items = ns.items + [s|upper] %}{% endfor %}'
     '{{ ns.items|join(", ") }} {{ "ab" * 3 }} {{ 2 ** 10 }} {{ "%-5s|" % "x" }} {{ seeds|length ~ "!" }}',
