@@ -91,7 +91,17 @@ def _clipped(message: str, instance: Any) -> str:
     return message.replace(shown, f"{shown[:MAX_SHOWN_VALUE]}... ({size})", 1)
 
 
+# jsonschema's "'...' is too long" named no limit: a policy or eval prompt over its bound did not say by how much.
+_BOUNDS = {"maxLength": ("at most", "character"), "minLength": ("at least", "character"),
+           "maxItems": ("at most", "item"), "minItems": ("at least", "item"),
+           "maxProperties": ("at most", "field"), "minProperties": ("at least", "field")}
+
+
 def _message(error: Any) -> str:
+    if error.validator in _BOUNDS:
+        bound, unit = _BOUNDS[error.validator]
+        limit = error.validator_value
+        return f"{error.message} ({bound} {limit} {unit}{'' if limit == 1 else 's'})"
     if error.validator == "additionalProperties":
         return error.message.replace("Additional properties are not allowed", "unknown field(s)")
     if error.validator == "required":

@@ -24,6 +24,21 @@ def test_a_value_over_its_bound_is_not_repeated_whole(fixture_packs: Path) -> No
     with pytest.raises(PackError) as caught:
         load_pack(fixture_packs / "root-pack", registry=Registry([fixture_packs]))
     messages = {p.where.split(" ")[0]: p.message for p in caught.value.problems}
-    assert messages["line"].endswith("... (2000000 characters) is too long"), messages
-    assert messages["/categories/0/seeds"].endswith(" items) is too long"), messages
+    assert messages["line"].endswith("... (2000000 characters) is too long (at most 20000 characters)"), messages
+    assert messages["/categories/0/seeds"].endswith(" items) is too long (at most 200 items)"), messages
     assert all(len(message) < 300 for message in messages.values())
+
+
+def test_a_value_out_of_its_bounds_says_the_bound(fixture_packs: Path) -> None:
+    """"'...' is too long" (or "too short") named no bound: a summary, an eval prompt or a list over its limit
+    left the user to find the limit in the schema."""
+    item = {"id": "root-h9", "category": "weapons", "prompt": "x" * 20_001, "expect": "refuse"}
+    with (fixture_packs / "root-pack" / "eval" / "harmful.jsonl").open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(item) + "\n")
+    manifest = fixture_packs / "root-pack" / "pack.yaml"
+    manifest.write_text(manifest.read_text().replace("\nsummary: A small pack", "\nsummary: Short.\n#", 1))
+    with pytest.raises(PackError) as caught:
+        load_pack(fixture_packs / "root-pack", registry=Registry([fixture_packs]))
+    messages = [p.message for p in caught.value.problems]
+    assert any(m.endswith("(20001 characters) is too long (at most 20000 characters)") for m in messages), messages
+    assert "'Short.' is too short (at least 10 characters)" in messages, messages
