@@ -48,6 +48,18 @@ def test_a_pack_given_as_the_packs_directory_is_named_as_such(fixture_packs: Pat
     assert not (fixture_packs / "root-pack" / "INDEX.json").exists()
 
 
+def test_an_extends_cycle_is_listed_once(fixture_packs: Path) -> None:
+    """`pa index` over two packs extending each other listed the one cycle twice ("2 problems found"): every
+    pack in the loop fails on it, and their problems were joined as they were."""
+    manifest = fixture_packs / "root-pack" / "pack.yaml"
+    manifest.write_text(manifest.read_text().replace("name: root-pack\n", "name: root-pack\nextends: [child-pack]\n", 1))
+    result = runner.invoke(app, ["index", "--dir", str(fixture_packs)])
+    assert result.exit_code == 2, result.output
+    assert norm(result.output).count("extends cycle:") == 1, result.output
+    assert "2 problems" not in result.output
+    assert not (fixture_packs / "INDEX.json").exists()
+
+
 def test_missing_index_fails(fixture_packs: Path) -> None:
     result = _validate_all(fixture_packs)
     assert result.exit_code == 2

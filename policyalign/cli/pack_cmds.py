@@ -211,7 +211,8 @@ def index(
     # which parent a pack composes with, or the digests written would depend on the machine.
     report = validate_all(packs_dir, Registry([packs_dir]))
     if report.failures:
-        raise PackError([p for problems in report.failures.values() for p in problems])
+        # Once each: packs extending each other in a loop all fail on the one cycle, listed twice as two problems.
+        raise PackError(list(dict.fromkeys(p for problems in report.failures.values() for p in problems)))
     refused = unrecordable(packs_dir / INDEX_FILE, report.packs)
     if refused:
         raise PackError(refused)
