@@ -103,3 +103,23 @@ def test_doc_commands_exist_with_their_options() -> None:
                     f"{doc}: {line!r} ({word})" for word in words[used:]
                     if word.strip("[]").startswith("-") and word.strip("[]").split("=")[0] not in options]
     assert not wrong, "\n".join(wrong)
+
+
+def test_architecture_eval_json_names_the_keys_written(tmp_path: Path) -> None:
+    """docs/ARCHITECTURE.md's eval.json record is the contract `pa eval --compare`, the card and `pa runs` read:
+    every top-level key an evaluation writes is named there (in order), and every one named there is written."""
+    import json
+
+    from policyalign.evaluate import evaluate
+    from policyalign.generation import greedy_params
+    from policyalign.registry import Registry
+
+    section = (ROOT / "docs" / "ARCHITECTURE.md").read_text().split("## eval.json", 1)[1]
+    record = section[section.index("`{") + 2:section.index("}` where M holds")]
+    while re.search(r"\{[^{}]*\}|\[[^\[\]]*\]", record):  # nested objects and lists: values, not keys
+        record = re.sub(r"\{[^{}]*\}|\[[^\[\]]*\]", "", record)
+    documented = re.findall(r'"(\w+)"', record)
+    pack = Registry([ROOT / "packs"]).load(str(ROOT / "packs" / "general"))
+    result = evaluate(pack, "tiny", out_dir=tmp_path / "eval", limit=1, params=greedy_params(2), sets=["benign"])
+    written = list(json.loads(result.eval_json.read_text()))
+    assert documented == written, f"docs/ARCHITECTURE.md's eval.json names {documented}; evaluate writes {written}"
