@@ -91,7 +91,7 @@ def test_doc_commands_exist_with_their_options() -> None:
 
     root = typer.main.get_command(app)
     wrong = []
-    for doc in ("README.md", "packs/README.md"):
+    for doc in ("README.md", "packs/README.md", "docs/ARCHITECTURE.md"):
         text = (ROOT / doc).read_text()
         for shown in re.findall(r"`(pa [^`]+)`", text) + re.findall(r"^(pa [^\n#]+)", text, re.M):
             for line in re.split(r"\s*(?:&&|/)\s+(?=pa )", shown):
