@@ -123,3 +123,16 @@ def test_architecture_eval_json_names_the_keys_written(tmp_path: Path) -> None:
     result = evaluate(pack, "tiny", out_dir=tmp_path / "eval", limit=1, params=greedy_params(2), sets=["benign"])
     written = list(json.loads(result.eval_json.read_text()))
     assert documented == written, f"docs/ARCHITECTURE.md's eval.json names {documented}; evaluate writes {written}"
+
+
+def test_packs_readme_lists_the_files_pa_new_writes(tmp_path: Path) -> None:
+    """packs/README.md's `packs/my-domain/` tree is what a user finds after `pa new my-domain --extends general`."""
+    from policyalign.registry import Registry
+    from policyalign.scaffold import new_pack
+
+    text = (ROOT / "packs" / "README.md").read_text()
+    tree = text.split("```\npacks/my-domain/\n", 1)[1].split("```", 1)[0]
+    listed = sorted(line.split()[0] for line in tree.splitlines() if line.strip())
+    made = new_pack("my-domain", tmp_path, "general", registry=Registry([ROOT / "packs"]))
+    written = sorted(str(p.relative_to(made)) for p in made.rglob("*") if p.is_file())
+    assert listed == written, f"packs/README.md lists {listed}; pa new writes {written}"
