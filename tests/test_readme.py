@@ -136,3 +136,19 @@ def test_packs_readme_lists_the_files_pa_new_writes(tmp_path: Path) -> None:
     made = new_pack("my-domain", tmp_path, "general", registry=Registry([ROOT / "packs"]))
     written = sorted(str(p.relative_to(made)) for p in made.rglob("*") if p.is_file())
     assert listed == written, f"packs/README.md lists {listed}; pa new writes {written}"
+
+
+def test_readme_names_every_command() -> None:
+    """Every `pa` command (and `pa pack` subcommand) is shown in README.md: a command added without a line there
+    is one users do not find."""
+    import typer
+
+    from policyalign.cli import app
+
+    text = (ROOT / "README.md").read_text()
+    root = typer.main.get_command(app)
+    paths = [(name,) if not hasattr(command, "commands") else (name, sub)  # a group: typer vendors click
+             for name, command in root.commands.items()  # type: ignore[attr-defined]
+             for sub in (getattr(command, "commands", None) or [None])]
+    missing = [" ".join(p) for p in paths if not re.search(rf"`pa {' '.join(p)}\b", text)]
+    assert not missing, f"README.md shows no `pa {missing}`"
