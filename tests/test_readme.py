@@ -71,7 +71,8 @@ def test_architecture_signatures_name_real_parameters() -> None:
                 functions.setdefault(name, value)
     stale = []
     text = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
-    for match in re.finditer(r"`(?:[a-z_]+\.)?([A-Za-z_]\w*)\(([^`()]*)\)", text):
+    # A default may hold parentheses of its own (`report_to=()`): a signature with one went unchecked.
+    for match in re.finditer(r"`(?:[a-z_]+\.)?([A-Za-z_]\w*)\(((?:[^`()]|\([^`()]*\))*)\)", text):
         name, args = match.groups()
         if name not in functions or not args.strip():
             continue
@@ -90,7 +91,7 @@ def test_doc_commands_exist_with_their_options() -> None:
 
     root = typer.main.get_command(app)
     wrong = []
-    for doc in ("README.md", "packs/README.md"):
+    for doc in ("README.md", "packs/README.md", "docs/ARCHITECTURE.md"):
         text = (ROOT / doc).read_text()
         for shown in re.findall(r"`(pa [^`]+)`", text) + re.findall(r"^(pa [^\n#]+)", text, re.M):
             for line in re.split(r"\s*(?:&&|/)\s+(?=pa )", shown):
@@ -102,3 +103,52 @@ def test_doc_commands_exist_with_their_options() -> None:
                     f"{doc}: {line!r} ({word})" for word in words[used:]
                     if word.strip("[]").startswith("-") and word.strip("[]").split("=")[0] not in options]
     assert not wrong, "\n".join(wrong)
+
+
+def test_architecture_eval_json_names_the_keys_written(tmp_path: Path) -> None:
+    """docs/ARCHITECTURE.md's eval.json record is the contract `pa eval --compare`, the card and `pa runs` read:
+    every top-level key an evaluation writes is named there (in order), and every one named there is written."""
+    import json
+
+    from policyalign.evaluate import evaluate
+    from policyalign.generation import greedy_params
+    from policyalign.registry import Registry
+
+    section = (ROOT / "docs" / "ARCHITECTURE.md").read_text().split("## eval.json", 1)[1]
+    record = section[section.index("`{") + 2:section.index("}` where M holds")]
+    while re.search(r"\{[^{}]*\}|\[[^\[\]]*\]", record):  # nested objects and lists: values, not keys
+        record = re.sub(r"\{[^{}]*\}|\[[^\[\]]*\]", "", record)
+    documented = re.findall(r'"(\w+)"', record)
+    pack = Registry([ROOT / "packs"]).load(str(ROOT / "packs" / "general"))
+    result = evaluate(pack, "tiny", out_dir=tmp_path / "eval", limit=1, params=greedy_params(2), sets=["benign"])
+    written = list(json.loads(result.eval_json.read_text()))
+    assert documented == written, f"docs/ARCHITECTURE.md's eval.json names {documented}; evaluate writes {written}"
+
+
+def test_packs_readme_lists_the_files_pa_new_writes(tmp_path: Path) -> None:
+    """packs/README.md's `packs/my-domain/` tree is what a user finds after `pa new my-domain --extends general`."""
+    from policyalign.registry import Registry
+    from policyalign.scaffold import new_pack
+
+    text = (ROOT / "packs" / "README.md").read_text()
+    tree = text.split("```\npacks/my-domain/\n", 1)[1].split("```", 1)[0]
+    listed = sorted(line.split()[0] for line in tree.splitlines() if line.strip())
+    made = new_pack("my-domain", tmp_path, "general", registry=Registry([ROOT / "packs"]))
+    written = sorted(str(p.relative_to(made)) for p in made.rglob("*") if p.is_file())
+    assert listed == written, f"packs/README.md lists {listed}; pa new writes {written}"
+
+
+def test_readme_names_every_command() -> None:
+    """Every `pa` command (and `pa pack` subcommand) is shown in README.md: a command added without a line there
+    is one users do not find."""
+    import typer
+
+    from policyalign.cli import app
+
+    text = (ROOT / "README.md").read_text()
+    root = typer.main.get_command(app)
+    paths = [(name,) if not hasattr(command, "commands") else (name, sub)  # a group: typer vendors click
+             for name, command in root.commands.items()  # type: ignore[attr-defined]
+             for sub in (getattr(command, "commands", None) or [None])]
+    missing = [" ".join(p) for p in paths if not re.search(rf"`pa {' '.join(p)}\b", text)]
+    assert not missing, f"README.md shows no `pa {missing}`"
