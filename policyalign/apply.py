@@ -28,7 +28,7 @@ from .judges import split_judge
 from .launch import check_vllm_rollouts, launch_rank, training_device
 from .models import check_device_and_dtype
 from .pack import Pack
-from .run import (check_run_directory, read_manifest, record_inputs, run_active, run_lock, stage_done, stage_results,
+from .run import (check_run_directory, read_manifest, record_inputs, run_active, run_held, stage_done, stage_results,
                   started_at, unbumped_change, write_manifest)
 from .scaffold import draft_leftovers
 from .stages import (
@@ -470,13 +470,6 @@ def _pack_value(pack: Pack, setting: str) -> Any:
     return thaw(node)
 
 
-def remove_stale_temporaries(run_dir: Path) -> None:
-    """Delete half-written `.NAME.*.tmp` files a killed run left behind (never renamed into place)."""
-    for path in run_dir.rglob(".*.tmp"):
-        if path.is_file():
-            path.unlink(missing_ok=True)
-
-
 def default_run_dir(pack: Pack, model: str) -> Path:
     """runs/PACK-VERSION-MODEL, the model in its one spelling (`models.spelled_name`): named as typed,
     `--model Tiny` (or `qwen2.5-7b`) started a new run, re-running every stage of the `--model tiny` one."""
@@ -540,7 +533,7 @@ def _require_selection(run_dir: Path) -> None:
 def apply(options: ApplyOptions, pack: Pack, *, on_stage: Callable[[str, str], None] = lambda n, s: None,
           on_note: Callable[[str], None] = lambda text: None) -> ApplyResult:
     """Run (or resume) every stage for `pack` and `options.model` in one run directory, which it holds
-    (`run.run_lock`) from before it clears stale temporaries until the end. `on_note` hears, before any
+    (`run.run_held`, which clears its stale temporaries) until the end. `on_note` hears, before any
     stage runs, that finished work is about to be replaced (`run.unbumped_change`), that the pack
     is still a `pa new` draft, and which of its values tiny's demo settings replace."""
     options = with_model_defaults(options)
@@ -552,7 +545,7 @@ def apply(options: ApplyOptions, pack: Pack, *, on_stage: Callable[[str, str], N
         on_note(f"{pack.ref} still holds {len(leftovers)} piece(s) of stand-in text from `pa new` (`pa validate "
                 f"{pack.root}` lists them): this run trains and evaluates on them")
     run_dir = output_dir(options.out or default_run_dir(pack, options.model), _given_as(options, "out"))
-    with run_lock(run_dir):
+    with run_held(run_dir):
         check_run_directory(run_dir)
         return _apply(options, pack, run_dir, settings, on_stage, on_note)
 
@@ -613,7 +606,6 @@ def _check_target_modules(model: str, pack: Pack, targets: tuple[str, ...] | str
 
 def _apply(options: ApplyOptions, pack: Pack, run_dir: Path, settings: tuple[Any, Any],
            on_stage: Callable[[str, str], None], on_note: Callable[[str], None]) -> ApplyResult:
-    remove_stale_temporaries(run_dir)
     note = unbumped_change(read_manifest(run_dir), pack)
     record_inputs(run_dir, pack, options.model, options={k: v for k, v in asdict(options).items()
                                                           if k not in ("explicit", "flags", "config", "progress", "out")})

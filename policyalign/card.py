@@ -29,6 +29,7 @@ import yaml
 from . import __version__
 from .errors import InvalidInputError, RunError
 from .io import read_json, sha256_file
+from .models import TINY
 from .stats import format_change, format_p, format_rate, is_number
 from .templates import text_problem
 
@@ -628,6 +629,7 @@ def card_context(artifacts: RunArtifacts, repo_id: str, revision: str, metadata:
         "categories": [c for c in pack.get("categories") or [] if isinstance(c, Mapping)],
         "base": base,
         "base_is_hub": is_hub_id(base["id"]),
+        "base_is_tiny": base["id"] == TINY,  # policyalign's own, which transformers cannot load by that name
         "license": metadata["license"],
         "license_source": license_source(metadata["license"], base),
         "base_license": hub_license(base.get("license")) if base.get("license") else None,

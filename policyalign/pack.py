@@ -507,16 +507,16 @@ def _merge_inherited(copies: list[Category]) -> Category:
                     (lockers[0].locked_by or lockers[0].origin) if lockers else "")
 
 
-def _check_locks_agree(col: Collector, copies: list[Category]) -> None:
+def _check_locks_agree(col: Collector, copies: list[Category], lines: dict[str, int]) -> None:
     """Two parents that lock one category id with different titles or descriptions cannot compose: the
     first in `extends` gave its text, so `extends: [other, general]`, other locking its own `self-harm`
     as "not a violation: methods", reworded general's locked category, the very change a child of
-    general is refused."""
+    general is refused. Named at `extends` with its line (`lines`), as a lock breach is."""
     lockers = [c for c in copies if c.locked]
     for other in lockers[1:]:
         if (other.title, other.description) != (lockers[0].title, lockers[0].description):
             first, second = lockers[0].locked_by or lockers[0].origin, other.locked_by or other.origin
-            col.add(MANIFEST, "/extends", f"category {other.id!r} is locked by both {first!r} and {second!r}, "
+            col.add(MANIFEST, manifest_place("/extends", lines), f"category {other.id!r} is locked by both {first!r} and {second!r}, "
                     "with different titles or descriptions", f"extend only one of {first!r} and {second!r}, or "
                     f"make the two agree (a locked category's text cannot be changed by an extending pack)")
             return
@@ -529,7 +529,7 @@ def _compose_categories(col: Collector, parents: tuple[Pack, ...], own: list[dic
         for cat in parent.categories:
             copies.setdefault(cat.id, []).append(cat)
     for cats in copies.values():
-        _check_locks_agree(col, cats)
+        _check_locks_agree(col, cats, lines)
     merged = {cat_id: _merge_inherited(cats) for cat_id, cats in copies.items()}
     listed: set[str] = set()
     for index, raw in enumerate(own):
@@ -567,7 +567,7 @@ def _resolve_parents(col: Collector, data: dict[str, Any], registry: "Registry |
         parent = _load_parent(col, registry, spec, f"/extends/{index}", stack, lines)
         if parent is not None:
             parents.append(parent)
-    _check_one_version_each(col, parents)
+    _check_one_version_each(col, parents, lines)
     return tuple(parents)
 
 
@@ -585,24 +585,25 @@ def _check_parents_named_once(col: Collector, data: dict[str, Any], lines: dict[
                 f"name each parent once: keep one entry for {name} with the version range you mean, and delete the other")
 
 
-def _check_one_version_each(col: Collector, parents: list[Pack]) -> None:
+def _check_one_version_each(col: Collector, parents: list[Pack], lines: dict[str, int]) -> None:
     """Two versions of one pack in the ancestry (`extends: [general@^2, medical@^1]` with medical on
     general@^1) cannot compose: the policy keeps one of them under its name and drops the other's
-    text, while the categories of both are merged."""
+    text, while the categories of both are merged. Named at `extends` with its line (`lines`)."""
     seen: dict[str, tuple[str, str]] = {}
     for parent in parents:
         for pack in parent.ancestry():
             via = parent.ref if pack is parent else f"{pack.ref} through {parent.ref}"
             first = seen.setdefault(pack.name, (pack.version, via))
             if first[0] != pack.version:
-                col.add(MANIFEST, "/extends", f"the parents need two versions of {pack.name!r}: {first[1]} and {via}",
+                col.add(MANIFEST, manifest_place("/extends", lines), f"the parents need two versions of {pack.name!r}: {first[1]} and {via}",
                         f"change the version ranges in `extends` so that every parent uses the same {pack.name} version")
 
 
 def _load_parent(col: Collector, registry: "Registry", spec: str, where: str, stack: tuple[str, ...],
                  lines: dict[str, int]) -> Pack | None:
-    """The parent `spec` (at `where` in pack.yaml), or None with the problem added; a cycle names the line of
-    the entry that closes it (`lines`), as the schema's problems do: it named the JSON pointer alone."""
+    """The parent `spec` (at `where` in pack.yaml), or None with the problem added; each problem (a cycle, a
+    chain too deep, a parent not found or invalid) names the line of the entry (`lines`), as the schema's
+    problems do: they named the JSON pointer alone."""
     from .errors import ResolveError
 
     name = spec.split("@", 1)[0]
@@ -611,13 +612,13 @@ def _load_parent(col: Collector, registry: "Registry", spec: str, where: str, st
         col.add(MANIFEST, manifest_place(where, lines), f"extends cycle: {cycle}", "a pack cannot (indirectly) extend itself")
         return None
     if len(stack) >= MAX_EXTENDS_DEPTH:  # each level recurses: a chain of 300 packs crashed every command with RecursionError
-        col.add(MANIFEST, where, f"extends chain more than {MAX_EXTENDS_DEPTH} packs deep: {stack[0]} -> ... -> {stack[-1]} -> {name}",
+        col.add(MANIFEST, manifest_place(where, lines), f"extends chain more than {MAX_EXTENDS_DEPTH} packs deep: {stack[0]} -> ... -> {stack[-1]} -> {name}",
                 "extend a pack nearer the root (general), not a long chain of packs")
         return None
     try:
         path = registry.resolve_name(spec, parent=True)
     except ResolveError as exc:
-        col.add(MANIFEST, where, f"parent {spec!r} not found: {exc.problem.message}", exc.problem.hint)
+        col.add(MANIFEST, manifest_place(where, lines), f"parent {spec!r} not found: {exc.problem.message}", exc.problem.hint)
         return None
     try:
         return load_pack(path, registry=registry, _stack=stack)
@@ -626,7 +627,7 @@ def _load_parent(col: Collector, registry: "Registry", spec: str, where: str, st
         if cycle:
             col.problems.extend(cycle)
         else:
-            col.add(MANIFEST, where, f"parent {spec!r} is invalid ({len(exc.problems)} problems)",
+            col.add(MANIFEST, manifest_place(where, lines), f"parent {spec!r} is invalid ({len(exc.problems)} problems)",
                     f"run `pa validate {path}` and fix the parent first")
         return None
 

@@ -154,18 +154,21 @@ def check_run_directory(run_dir: Path) -> None:
     directory, and a run there replaced a project's README.md with the model card. Hidden files (the
     run's own lock, a killed write's temporary, a .gitkeep) do not count, nor a run's own files with its
     run.json deleted to start it afresh (a README.md alone is no run's)."""
-    run_dir = Path(run_dir)
-    if (run_dir / MANIFEST).is_file() or not run_dir.is_dir():
-        return
-    names = {p.name for p in run_dir.iterdir() if not p.name.startswith(".")}
-    if names <= RUN_FILES and names - {"README.md"}:
-        return
-    others = sorted(names - RUN_FILES) or sorted(names)
-    if others:
+    if others := _other_files(Path(run_dir)):
         shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
         raise RunError(f"not a run directory (no {MANIFEST}) and holds other files ({shown}), which the run's "
                        "files would be written among and over", file=str(run_dir),
                        hint="give --out a new or empty directory, or the directory of an existing run")
+
+
+def _other_files(run_dir: Path) -> list[str]:
+    """The files in `run_dir` that are no run's (`check_run_directory`): none where it holds run.json or is not there."""
+    if (run_dir / MANIFEST).is_file() or not run_dir.is_dir():
+        return []
+    names = {p.name for p in run_dir.iterdir() if not p.name.startswith(".")}
+    if names <= RUN_FILES and names - {"README.md"}:
+        return []
+    return sorted(names - RUN_FILES) or sorted(names)
 
 
 def check_same_run(run_dir: Path, manifest: dict[str, Any], pack_name: str, model: str, *,
@@ -321,6 +324,28 @@ def run_lock(run_dir: Path, busy: tuple[str, str] = RUN_DIR_BUSY, name: str = LO
         os.close(fd)  # releases the lock
 
 
+@contextmanager
+def run_held(run_dir: Path) -> Iterator[None]:
+    """`run_lock` on a run directory, whose first hold (not a re-entry: a stage inside `pa apply`) clears
+    its stale temporaries: `pa synthesize`, `pa filter` and `pa distill` left a killed write's
+    `.NAME.*.tmp` behind for good, only `pa apply` cleared them. Only here, under the run's lock, and
+    only in a directory that holds a run's files alone (`check_run_directory`): a folder that is no
+    run (a `pa pull --to` target, a `pa judge --out` or `pa eval --out` folder, a project's `--out .`)
+    holds hidden files that are not the run's."""
+    first = Path(run_dir).resolve() / LOCK_FILE not in _held
+    with run_lock(run_dir):
+        if first and not _other_files(Path(run_dir)):
+            remove_stale_temporaries(Path(run_dir))
+        yield
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Delete half-written `.NAME.*.tmp` files a killed run left behind (never renamed into place)."""
+    for path in run_dir.rglob(".*.tmp"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+
+
 def _locked(path: Path, busy: tuple[str, str], removable: bool) -> tuple[int, bool]:
     """(fd, writable) of the lock file at `path`, exclusively locked, or a RunError naming its holder.
     Where holders remove it on release (`removable`), the file locked must still be the one at `path`:
@@ -422,7 +447,7 @@ def stage(run_dir: Path, name: str, key: str | Callable[[], str], **info: Any) -
     loaded is only then known (a Hub model it downloaded keys by the commit it downloaded, which the
     cache could not name before), and the next run compares its key with that one."""
     current = key if callable(key) else lambda: key
-    with run_lock(run_dir):
+    with run_held(run_dir):
         manifest = read_manifest(run_dir)
         started = time.time()
         manifest["stages"][name] = {"status": "running", "key": current(), "started": started, **info}

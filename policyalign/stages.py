@@ -18,7 +18,7 @@ from .io import output_dir, read_json, sha256_file
 from .judges import keyed_judge
 from .models import check_device_and_dtype
 from .run import (MANIFEST, check_run_directory, check_same_run, fingerprint, load_run_pack, read_manifest,
-                  record_inputs, rekey_stage, run_active, run_inputs, run_lock, stage)
+                  record_inputs, rekey_stage, run_active, run_held, run_inputs, stage)
 
 if TYPE_CHECKING:
     from .distill import DistillResult
@@ -212,7 +212,7 @@ def run_synthesize(run_dir: Path, pack: "Pack", model: str, *, generator: str | 
 
         require_vllm()
     run_dir = output_dir(run_dir)
-    with run_lock(run_dir):  # from the first write to run.json
+    with run_held(run_dir):  # from the first write to run.json
         check_run_directory(run_dir)
         record_inputs(run_dir, pack, model)
         with stage(run_dir, "synthesize", lambda: synthesize_key(pack, model, options), options=options,

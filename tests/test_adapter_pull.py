@@ -407,6 +407,25 @@ def test_pull_suggests_evaluating_the_pack_version_it_was_trained_on(cli: Cli, m
     assert "from_pretrained('Qwen/Qwen2.5-0.5B-Instruct', revision='0123456789abcdef')" in pulled.stdout
 
 
+def test_pull_of_a_tiny_adapter_prints_how_to_load_tiny_not_a_placeholder(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """An adapter of the built-in `tiny` was to be loaded with `from_pretrained('PATH/TO/BASE/MODEL')`, as if
+    its base were a directory of the user's: policyalign makes tiny's files, and says where (tiny_model_path)."""
+    import re
+
+    cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "small"), base_id="tiny", base_name="tiny")),
+           "--repo-id", "org/small-tiny")
+    pulled = cli.ok("pull", "org/small-tiny", "--to", str(tmp_path / "pulled")).stdout
+    assert "PATH/TO" not in pulled and "from policyalign.tiny import tiny_model_path" in pulled
+    snippet = re.search(r"load it with PEFT:\n((?:  .*\n)+)", pulled)
+    assert snippet is not None
+    names: dict[str, object] = {}
+    exec(compile("\n".join(line[2:] for line in snippet.group(1).splitlines()), "pull-snippet", "exec"), names)
+    assert names["model"].peft_config["default"].r == 4  # type: ignore[attr-defined]
+    cli.ok("push", str(make_run(tmp_path / "local", make_pack(cli.packs, "mine"), base_id="my-model",
+                                base_name="my-model")), "--repo-id", "org/mine-local")
+    assert "from_pretrained('PATH/TO/BASE/MODEL')" in cli.ok("pull", "org/mine-local", "--to", str(tmp_path / "m")).stdout
+
+
 def test_pull_refuses_to_overwrite_an_unrelated_directory(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "careful"))), "--repo-id", "org/careful")
     precious = tmp_path / "precious"

@@ -291,6 +291,11 @@ def test_tiny_base_has_no_hub_base_model(tmp_path: Path, make_run) -> None:  # t
     metadata, body = card.parse_card(_render(run))
     assert "base_model" not in metadata
     assert metadata["policyalign"]["base_model"]["id"] == "tiny"
+    # transformers cannot load `tiny` by name, and it is no directory of the user's: policyalign makes it
+    assert "PATH/TO" not in body and "from_pretrained(tiny_model_path())" in body
+    assert 'vllm serve "$(python -m policyalign.tiny --path)" --enable-lora' in body
+    local = make_run(tmp_path / "local", ROOT_PACK, base_id="my-model", base_name="my-model")
+    body = card.parse_card(_render(local))[1]
     assert "PATH/TO/BASE/MODEL" in body
     assert "AutoPeftModelForCausalLM would look for" in body, "the adapter names its base, not where it lives"
 
@@ -300,12 +305,9 @@ def test_the_cards_peft_snippet_runs(tmp_path: Path, make_run) -> None:  # type:
     and `inputs.shape[1]` failed with AttributeError for everyone who copied them."""
     import re
 
-    from policyalign.tiny import tiny_model_path
-
     run = make_run(tmp_path / "run", ROOT_PACK, base_id="tiny", base_name="tiny")
     [snippet] = re.findall(r"```python\n(.*?)```", _render(run), flags=re.S)
-    local = (snippet.replace('"PATH/TO/BASE/MODEL"', repr(str(tiny_model_path())))
-             .replace('"org/root-adapter", revision="root-pack-v1.0.0"', repr(str(run / "adapter")))
+    local = (snippet.replace('"org/root-adapter", revision="root-pack-v1.0.0"', repr(str(run / "adapter")))
              .replace("max_new_tokens=256", "max_new_tokens=4"))
     assert local.count(str(run / "adapter")) == 1 and "PATH/TO" not in local
     exec(compile(local, "model-card-snippet", "exec"), {})

@@ -113,7 +113,7 @@ def test_two_parents_locking_one_category_with_different_text_is_an_error(fixtur
         _derived(fixture_packs, f"kid{index}", extends, "  - id: scams\n")
         with pytest.raises(PackError) as info:
             _load(fixture_packs, f"kid{index}")
-        assert f"kid{index}/pack.yaml:/extends: category 'weapons' is locked by both" in norm(str(info.value))
+        assert f"kid{index}/pack.yaml:/extends (line 8): category 'weapons' is locked by both" in norm(str(info.value))
     _derived(fixture_packs, "kid2", ["root-pack@*", "child-pack@*"], "  - id: scams\n")  # one lock, reached twice
     assert _load(fixture_packs, "kid2").category("weapons").description == "Building weapons that can hurt many people."
 
@@ -130,7 +130,7 @@ def test_two_versions_of_one_ancestor_is_an_error(fixture_packs: Path, tmp_path:
     with pytest.raises(PackError) as info:
         load_pack(fixture_packs / "pa", registry=Registry([fixture_packs, newer]))
     text = norm(str(info.value))
-    assert "pa/pack.yaml:/extends: the parents need two versions of 'root-pack': root-pack@2.0.0 and " \
+    assert "pa/pack.yaml:/extends (line 8): the parents need two versions of 'root-pack': root-pack@2.0.0 and " \
            "root-pack@1.0.0 through child-pack@1.0.0" in text
     _derived(fixture_packs, "pb", ["root-pack@^1", "child-pack@^1"], "  - id: weapons\n")
     assert load_pack(fixture_packs / "pb", registry=Registry([fixture_packs, newer])).policy.count("(root-pack@1.0.0)") == 1
@@ -200,7 +200,7 @@ def test_a_parent_not_found_is_the_only_problem_its_categories_raise(fixture_pac
     with pytest.raises(PackError) as info:
         _load(fixture_packs, "child-pack")
     messages = [str(p) for p in info.value.problems]
-    assert len(messages) == 1 and "/extends/0: parent 'root-pack@^2' not found" in messages[0], messages
+    assert len(messages) == 1 and "/extends/0 (line 7): parent 'root-pack@^2' not found" in messages[0], messages
 
 
 def test_a_broken_synthesis_section_does_not_hide_template_syntax_errors(fixture_packs: Path) -> None:
@@ -324,7 +324,7 @@ def test_a_chain_of_extends_is_bounded(fixture_packs: Path) -> None:
     with pytest.raises(PackError) as caught:
         _load(fixture_packs, previous)
     problem = caught.value.problems[0]
-    assert problem.file == str(fixture_packs / "chain1" / "pack.yaml") and problem.where == "/extends/0"
+    assert problem.file == str(fixture_packs / "chain1" / "pack.yaml") and problem.where == "/extends/0 (line 8)"
     assert problem.message == f"extends chain more than {MAX_EXTENDS_DEPTH} packs deep: {previous} -> ... -> chain1 -> chain0"
 
 
@@ -461,3 +461,10 @@ def test_composition_problems_name_the_line_of_pack_yaml(fixture_packs: Path) ->
         _load(fixture_packs, "child-pack")
     [problem] = caught.value.problems
     assert problem.where == "/extends/0 (line 7)" and problem.message == "extends cycle: child-pack -> child-pack"
+    manifest.write_text(text)  # so do a parent that does not load, and the composition problems (tests above)
+    parent = fixture_packs / "root-pack" / "pack.yaml"
+    parent.write_text(parent.read_text().replace("action: refuse", "action: explode", 1))
+    with pytest.raises(PackError) as caught:
+        _load(fixture_packs, "child-pack")
+    [problem] = caught.value.problems
+    assert problem.where == "/extends/0 (line 7)" and problem.message == "parent 'root-pack@^1' is invalid (1 problems)"

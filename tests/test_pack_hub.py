@@ -268,7 +268,7 @@ def test_pack_pull_names_no_staging_directory_in_its_problems(cli: Cli, hub_serv
     bare = Cli(cli.hub, cli.home, tmp_path / "empty", cli.cwd)
     missing = " ".join(bare.fails(2, "pack", "pull", "org/child-orphan").stderr.split())
     assert ".pa-pull-" not in missing and "known packs: child-pack" not in missing, missing
-    assert "org/child-orphan:pack/pack.yaml:/extends/0: parent 'root-pack@^1' not found" in missing
+    assert "org/child-orphan:pack/pack.yaml:/extends/0 (line 7): parent 'root-pack@^1' not found" in missing
     assert f"searched {tmp_path / 'empty'}, ./packs, {bare.home / 'pa' / 'packs'});" in missing
 
     files = pack_bytes(make_pack(tmp_path / "src", "unsure"))

@@ -232,6 +232,40 @@ def test_same_model_is_one_model_however_named(recorded: str, given: str, same: 
 # --------------------------------------------------------------------------- the run lock
 
 
+def test_a_stage_command_clears_the_temporaries_a_killed_write_left_but_not_those_of_its_own_process(
+        tmp_path: Path, fixture_packs: Path) -> None:
+    """`pa synthesize`, `pa filter` and `pa distill` re-run after one was killed mid-write left its hidden
+    `generations/.KEY.json.RAND.tmp` behind for good: only `pa apply` cleared them."""
+    from policyalign.io import atomic_open
+    from policyalign.registry import Registry
+    from policyalign.stages import run_synthesize
+
+    run = tmp_path / "run"
+    run.mkdir()
+    killed = _child("import os, signal, sys\nfrom pathlib import Path\nfrom policyalign.io import atomic_open\n"
+                    "from policyalign.run import stage\n(Path(sys.argv[1]) / 'generations').mkdir()\n"
+                    "with stage(sys.argv[1], 'fake', 'k'), atomic_open(Path(sys.argv[1]) / 'generations' / 'a.json') as f:\n"
+                    "    f.write('{'); f.flush(); os.kill(os.getpid(), signal.SIGKILL)\n", run)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert len(list((run / "generations").glob(".a.json.*.tmp"))) == 1
+    with stage(run, "fake", "k"):  # `pa filter`, `pa distill`, `pa eval` on the run
+        assert not list(run.rglob(".*.tmp"))
+        with atomic_open(run / "b.json") as f:  # this process's own write, in flight
+            f.write("{")
+            f.flush()
+            with stage(run, "other", "k"):  # a stage inside `pa apply`: the directory is already clear
+                assert list(run.glob(".b.json.*.tmp"))
+    (run / "generations" / ".c.json.x1y2.tmp").write_text("{")
+    run_synthesize(run, Registry([fixture_packs]).load("root-pack"), "tiny", n=1, max_new_tokens=8,
+                   batch_size=4, progress=False)
+    assert not list(run.rglob(".*.tmp"))
+    (tmp_path / "notes.txt").write_text("x\n")  # a folder that is no run's: its hidden files are not the run's
+    (tmp_path / ".draft.md.x1y2.tmp").write_text("mine")
+    with stage(tmp_path, "fake", "k"):
+        pass
+    assert (tmp_path / ".draft.md.x1y2.tmp").is_file()
+
+
 def test_a_second_process_is_refused_the_run_directory_until_the_first_is_gone(tmp_path: Path, hold_run) -> None:  # type: ignore[no-untyped-def]
     with hold_run(tmp_path) as pid:
         assert run_active(tmp_path)

@@ -76,6 +76,7 @@ def pull(
 
 def _print_pull(result, packs_path: list[Path]) -> None:  # type: ignore[no-untyped-def]
     from ..card import parents_of, sh
+    from ..models import TINY
 
     pack, base = result.pack, result.base_model
     typer.echo(f"pulled {result.repo_id}@{result.revision} (commit {result.commit[:12]}) to {result.path}")
@@ -84,14 +85,16 @@ def _print_pull(result, packs_path: list[Path]) -> None:  # type: ignore[no-unty
                f"base model {base['id']}")
     for note in result.notes:
         typer.echo(note)
-    hub = "/" in str(base["id"])
-    base_id = base["id"] if hub else "PATH/TO/BASE/MODEL"
+    hub, tiny = "/" in str(base["id"]), str(base["id"]) == TINY
+    # `tiny` is no name transformers knows: policyalign makes its files, where tiny_model_path says
+    base_id = repr(base["id"]) if hub else "tiny_model_path()" if tiny else repr("PATH/TO/BASE/MODEL")
     # the base's weights the adapter was trained on: `main` may have moved on since
     pin = (base.get("commit") or base.get("revision")) if hub else None
     typer.echo("\nload it with PEFT:\n"
                "  from peft import PeftModel\n"
                "  from transformers import AutoModelForCausalLM\n"
-               f"  model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base_id!r}"
+               + ("  from policyalign.tiny import tiny_model_path\n" if tiny else "")
+               + f"  model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base_id}"
                f"{f', revision={pin!r}' if pin else ''}), {str(result.path)!r})")
     # name@version: a bare name would evaluate the newest local version, not the one it was trained on;
     # the --packs-path that found the pack here must be passed on, or `pa eval` reports it unknown
