@@ -8,6 +8,7 @@ budget is lowered here so the budget cases stay fast.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -105,6 +106,16 @@ def test_template_bomb_through_cli_has_no_traceback(fixture_packs: Path, small_b
     assert FILE in norm(result.output) and TOO_MUCH_WORK in norm(result.output)
 
 
+def _the_problem_of(fixture_packs: Path, source: str) -> Any:
+    """The one problem loading the fixture root pack raises with `source` as its template."""
+    root = fixture_packs / "root-pack"
+    (root / FILE).write_text(source)
+    with pytest.raises(PackError) as info:
+        load_pack(root, registry=Registry([fixture_packs]))
+    [problem] = info.value.problems
+    return problem
+
+
 @pytest.mark.parametrize(("source", "keyword", "line"), [
     ("{{ n }} {{ category.title }}\n{% include '/etc/passwd' %}\n", "include", 2),
     ("{{ n }} {{ category.title }}\n{% import 'common.jinja' as common %}\n", "import", 2),
@@ -114,11 +125,7 @@ def test_template_bomb_through_cli_has_no_traceback(fixture_packs: Path, small_b
 def test_a_template_reading_another_says_it_cannot(fixture_packs: Path, source: str, keyword: str, line: int) -> None:
     """An include, import or extends failed as "no loader for this environment specified", with the hint to
     check the expression: neither why (a pack template reads no other file) nor what to do instead."""
-    root = fixture_packs / "root-pack"
-    (root / FILE).write_text(source)
-    with pytest.raises(PackError) as info:
-        load_pack(root, registry=Registry([fixture_packs]))
-    [problem] = info.value.problems
+    problem = _the_problem_of(fixture_packs, source)
     assert problem.where == f"line {line}", problem
     assert problem.message == (f"`{{% {keyword} %}}` is not allowed: a pack template cannot read other templates "
                                "or files"), problem
@@ -136,11 +143,7 @@ def test_a_template_nested_too_deeply_says_so(fixture_packs: Path, source: str, 
     """A deep `{% if %}` chain failed as "template could not be compiled: maximum recursion depth exceeded" (or
     "too many levels of indentation (<template>, line 215)", a line of Jinja's generated code), with no line and
     the hint to "simplify the constant expressions in the template", which it held none of."""
-    root = fixture_packs / "root-pack"
-    (root / FILE).write_text(source)
-    with pytest.raises(PackError) as info:
-        load_pack(root, registry=Registry([fixture_packs]))
-    [problem] = info.value.problems
+    problem = _the_problem_of(fixture_packs, source)
     assert problem.where == f"line {line}", problem
     assert problem.message.startswith("template is nested too deeply"), problem
     assert "{% elif %}" in problem.hint and "constant expressions" not in problem.hint, problem
