@@ -6,7 +6,6 @@ for the local pack version and the requested base model, or lists the candidates
 
 from __future__ import annotations
 
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,19 +17,11 @@ from .errors import HubError, PolicyAlignError
 from .hub import DEFAULT_BRANCH, hub_api, hub_call, refuse_several_builds
 from .pack_hub import escaped_name
 from .semver import Version, is_semver
-from .templates import text_problem
 
 if TYPE_CHECKING:
     from .registry import Registry
     from .semver import VersionRange
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # tab and line breaks too, which pack text may hold
-
-
-def _unprintable(text: str) -> bool:
-    """Whether Hub-given text holds a control character: C0 ones, and what pack text may not hold
-    (templates.text_problem: C1 controls, U+009B being a one-character CSI, and bidirectional overrides)."""
-    return bool(_CONTROL.search(text) or text_problem(text))
 
 
 @dataclass(frozen=True)
@@ -90,7 +81,7 @@ def find_adapters(pack_name: str, *, token: str | None = None) -> list[Candidate
     for repo_id in repos:
         refs = _unless_unreadable(repo_id, lambda: _refs(api, repo_id, token))
         for revision in [t.name for t in refs.tags] + [DEFAULT_BRANCH] if refs is not None else []:
-            if _unprintable(revision):  # no git tag holds one: a hostile Hub's, printed wherever the candidate is
+            if card.unprintable(revision):  # no git tag holds one: a hostile Hub's, printed wherever the candidate is
                 print(f"warning: skipped {repo_id}@{escaped_name(revision)}: the tag name holds control characters",
                       file=sys.stderr)
                 continue
@@ -137,7 +128,7 @@ def read_candidate(api: Any, repo_id: str, revision: str, token: str | None) -> 
 
 def _plain_text(value: Any) -> bool:
     """A non-empty string without control characters (it is printed when candidates are listed)."""
-    return isinstance(value, str) and bool(value) and not _unprintable(value)
+    return isinstance(value, str) and bool(value) and not card.unprintable(value)
 
 
 def choose_adapter(candidates: list[Candidate], pack_name: str, *, model: str | None = None,

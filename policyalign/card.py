@@ -51,9 +51,9 @@ DISTILL_HINT = "produced by the distill stage: run `pa apply PACK --model MODEL`
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 MODEL_CARD_TEMPLATE = "model_card.md.jinja"
 PACK_CARD_TEMPLATE = "pack_card.md.jinja"
-# What an id may hold beyond what pack text may (templates.text_problem): no backtick (cards quote ids in
-# markdown code spans) and no tab or line break.
-_UNSAFE_ID = re.compile(r"[`\t\n\r\x85]")
+# What printed text from a card or the Hub may not hold beyond what pack text may (templates.text_problem): a tab or
+# line break, which would split the line it is printed on.
+_LINE_BREAK = re.compile(r"[\t\n\r\x85]")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -191,11 +191,17 @@ def _check_eval_matches(stage: str, summary: Any, path: Path, provenance: Mappin
                        file=str(path), where="/adapter_sha256", hint=hint)
 
 
+def unprintable(value: str) -> bool:
+    """Whether text a card, policyalign.json or the Hub gives is unfit to print: it holds what pack text may not
+    (C0 and C1 controls, U+009B being a one-character CSI; bidirectional overrides), or a tab or line break.
+    Checking C0 controls alone, a forged adapter's `1.0.0<U+009B>2J` verified and was printed."""
+    return bool(_LINE_BREAK.search(value) or text_problem(value))
+
+
 def unsafe_id(value: str) -> bool:
-    """Whether a name, version or id a card or policyalign.json records is unfit to print: it holds what pack
-    text may not (C0 and C1 controls, U+009B being a one-character CSI; bidirectional overrides), or a backtick
-    or line break. Checking C0 controls alone, a forged adapter's `1.0.0<U+009B>2J` verified and was printed."""
-    return bool(_UNSAFE_ID.search(value) or text_problem(value))
+    """Whether a name, version or id a card or policyalign.json records is unfit for a card: `unprintable`, or
+    holding a backtick (cards quote ids in markdown code spans)."""
+    return "`" in value or unprintable(value)
 
 
 def _check_provenance(data: Any, path: Path) -> None:
