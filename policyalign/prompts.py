@@ -39,12 +39,10 @@ def synthesis_prompts(pack: Pack, *, category: str | None = None, template: str 
 def _check_n(n: int | None) -> None:
     """`pa render --n` held to the bound `pa synthesize --n` is (the pack schema's for count_per_category):
     `--n 100000` rendered, as "exactly as the generator sees them", a prompt no synthesis would ever send."""
-    from .synthesize import synthesis_bound
+    from .synthesize import within_schema
 
-    if n is not None and n > (bound := synthesis_bound("count_per_category")):
-        raise InvalidInputError(f"count_per_category must be at most {bound} (the pack schema's bound for "
-                                f"synthesis.count_per_category, as `pa synthesize --n` is held to), got {n!r}",
-                                where="--n", hint=f"use --n {bound} or less")
+    if n is not None:
+        within_schema(n, "count_per_category", "--n")
 
 
 def render_synthesis_prompt(pack: Pack, template: TemplateSpec, category: Category, n: int) -> str:

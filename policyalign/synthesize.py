@@ -145,7 +145,7 @@ def synthesis_bound(setting: str) -> int:
     return int(json.loads(schema_text("pack.schema.json"))["properties"]["synthesis"]["properties"][setting]["maximum"])
 
 
-def _within_schema(value: int, setting: str, flag: str) -> int:
+def within_schema(value: int, setting: str, flag: str) -> int:
     """A given count held to the pack schema's bound for `synthesis.<setting>`: a pack cannot ask for more,
     and `--rounds 100000000` built a request per round of every template and category before sampling any,
     running for minutes with no output until memory ran out."""
@@ -618,8 +618,8 @@ def check_settings(pack: Pack, *, n_per_category: int | None, rounds: int | None
     n = _positive(n_per_category if n_per_category is not None else pack.synthesis.get("count_per_category", DEFAULT_COUNT),
                   "n_per_category", "--n")
     rounds = _positive(rounds if rounds is not None else pack.synthesis.get("rounds", 1), "rounds", "--rounds")
-    _within_schema(n, "count_per_category", "--n")
-    _within_schema(rounds, "rounds", "--rounds")
+    within_schema(n, "count_per_category", "--n")
+    within_schema(rounds, "rounds", "--rounds")
     _positive(batch_size, "batch_size", "--batch-size")
     if max_per_category is not None:
         _positive(max_per_category, "max_per_category", "--max-per-category")
