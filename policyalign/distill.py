@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from .adapter_save import loss_label, plot_loss, save_adapter
 from .checkpoints import CHECKPOINT_RECORD, checkpoint_dir, resume_point
-from .distill_settings import target_modules_origin
+from .distill_settings import SPEED_SWITCHES, target_modules_origin
 from .errors import RunError
 from .internalization import internalization
 from .io import read_json, write_json
@@ -127,11 +127,6 @@ def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillCon
         save_adapter(trainer.accelerator.unwrap_model(trainer.model), adapter_dir, describe)
     _leave_process_group(trainer)
     return result
-
-
-# The speed switches among what a resumed run may change (`stages.RESUMABLE_CHANGES`): how fast a step runs,
-# not what it computes.
-SPEED_SWITCHES = ("prefix_cache", "use_vllm")
 
 
 def _as_trained(config: "DistillConfig", record: Mapping[str, Any] | None,

@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 # The largest training seed: numpy's legacy seeding (called by transformers' set_seed) takes 0..2**32-1, and
 # `--seed -1` crashed with its ValueError traceback after synthesis, filtering and the first evaluation.
 MAX_SEED = 2**32 - 1
+# The settings that change how fast a training step runs, not what it computes: a resumed run may switch them
+# (`stages.RESUMABLE_CHANGES`), and an adapter restored without training keeps those it was trained with.
+SPEED_SWITCHES = ("prefix_cache", "use_vllm")
 
 
 @dataclass(frozen=True)
