@@ -810,19 +810,22 @@ PIPELINE = ("synthesize", "filter", "eval_before", "distill", "eval_after", "car
 
 
 def _status(stages: dict[str, Any], active: bool = False, outdated: Callable[[], str | None] = lambda: None) -> str:
-    """`active`: a process holds the run now, so a stage marked running is running, not interrupted.
+    """`active`: a process holds the run now, so the run is running whatever its stage records say: a
+    stage marked running is running, not interrupted, and between two stages (no stage marked running
+    for a moment) `pa apply` was "partial (3/6 stages)", or "failed at" an earlier attempt's stage, so
+    `pa runs` in a loop flickered. A lock whose holder died is no hold (the kernel released it).
     Of the stages that failed or stopped, the one that started last tells: an evaluation that failed
     once stays recorded as failed while a later attempt is killed in synthesis, and the run read
     "failed at eval_after". `outdated`: for a run otherwise complete, the stage whose inputs changed
     after it ran (`stages.outdated_stage`), asked only then (it hashes the run's files)."""
     running = [n for n in PIPELINE if stages.get(n, {}).get("status") == "running"]
-    if running and active:
-        return f"running {running[0]}"
+    done = [n for n in PIPELINE if stages.get(n, {}).get("status") == "done"]
+    if active:
+        return f"running {running[0]}" if running else f"running ({len(done)}/{len(PIPELINE)} stages done)"
     stopped = [n for n in PIPELINE if stages.get(n, {}).get("status") in ("failed", "running", "interrupted")]
     if stopped:
         last = max(stopped, key=lambda n: (started_at(stages[n]), -PIPELINE.index(n)))
         return f"{'failed at' if stages[last]['status'] == 'failed' else 'interrupted in'} {last}"
-    done = [n for n in PIPELINE if stages.get(n, {}).get("status") == "done"]
     if len(done) == len(PIPELINE):
         stale = outdated()
         return f"outdated from {stale}" if stale else "complete"

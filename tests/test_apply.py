@@ -1149,6 +1149,28 @@ def test_runs_tells_a_running_run_from_an_interrupted_one(tmp_path: Path, hold_r
     assert json.loads(killed.output)[0]["status"] == "interrupted in filter"
 
 
+def test_runs_lists_a_held_run_between_two_stages_as_running(tmp_path: Path, hold_run) -> None:
+    """Between one stage's end and the next one's start no stage is marked running, and a run a live
+    `pa apply` holds was listed as "partial (3/6 stages)" (or "failed at" an earlier attempt's stage) for
+    that moment: `pa runs` in a loop flickered. A lock its holder left by dying holds nothing."""
+    from policyalign.run import LOCK_FILE
+
+    run = tmp_path / "runs" / "r1"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({
+        "inputs": {"pack": {"name": "general", "version": "1.0.0"}, "model": "tiny"},
+        "stages": {"synthesize": {"status": "done"}, "filter": {"status": "done"}, "eval_before": {"status": "done"},
+                   "eval_after": {"status": "failed", "started": 1}}}))
+    with hold_run(run) as pid:
+        assert _runs_status(tmp_path / "runs") == "running (3/6 stages done)"
+    assert (run / LOCK_FILE).read_text() == str(pid), "the dead holder's pid is still in the lock file"
+    assert _runs_status(tmp_path / "runs") == "failed at eval_after"
+    manifest = json.loads((run / "run.json").read_text())
+    del manifest["stages"]["eval_after"]
+    (run / "run.json").write_text(json.dumps(manifest))
+    assert _runs_status(tmp_path / "runs") == "partial (3/6 stages)"
+
+
 def test_ctrl_c_exits_130_with_a_message_and_records_the_stage_as_interrupted(tmp_path: Path,
                                                                               fixture_packs: Path) -> None:
     """Ctrl-C printed a blank line, and `pa runs` then called the run "failed at synthesize"."""

@@ -35,11 +35,13 @@ def test_readme_names_every_runs_status() -> None:
         _status(done, outdated=lambda: "filter"),
         _status({"synthesize": {"status": "running", "started": 1}}, active=True),
         _status({"synthesize": {"status": "running", "started": 1}}),
+        _status({"synthesize": {"status": "done"}}, active=True),
         _status({**done, "eval_after": {"status": "failed", "started": 1}}),
         _status({"synthesize": {"status": "done"}}),
     }
     for status in statuses:
-        shown = re.sub(r" \(\d+/\d+ stages\)$", "", status)
+        shown = re.sub(r"\(\d+/\d+ stages done\)$", "(N/6 stages done)", status)
+        shown = re.sub(r" \(\d+/\d+ stages\)$", "", shown)
         shown = re.sub(rf"\b({'|'.join(PIPELINE)})$", "STAGE", shown)
         assert shown in row, f"pa runs shows {status!r}; the README's `pa runs` row does not name {shown!r}"
 
