@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .checkpoints import save_error
-from .io import atomic_open, make_files_ordinary, read_json, write_json
+from .io import atomic_open, make_files_ordinary, read_json, sync_directory, sync_tree, write_json
 
 
 def save_adapter(model: Any, target: Path, finish: Callable[[Path], Any] = lambda staged: None) -> None:
@@ -33,11 +33,13 @@ def save_adapter(model: Any, target: Path, finish: Callable[[Path], Any] = lambd
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     make_files_ordinary(tmp)  # safetensors writes the weights owner-only
+    sync_tree(tmp)  # durable before it takes the adapter's name (`io.sync_tree`)
     old = target.parent / f".{target.name}.old"
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
         target.rename(old)
     tmp.rename(target)
+    sync_directory(target.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .errors import HubError, InvalidInputError, PolicyAlignError, PublicRepositoryError
+from .io import sync_directory, sync_tree
 
 DEFAULT_BRANCH = "main"
 LOGIN_HINT = "run `hf auth login` (or the older `huggingface-cli login`), or set HF_TOKEN"
@@ -263,7 +264,10 @@ def is_safe_relpath(rel: str) -> bool:
 
 
 def swap_in(source: Path, target: Path) -> None:
-    """Move a verified directory into place; a previous one is replaced only after the move works."""
+    """Move a verified directory into place; a previous one is replaced only after the move works. Its
+    files are synced first and the move after (`io.sync_tree`), so a power cut cannot leave the new
+    name over empty files."""
+    sync_tree(source)
     previous = None
     if target.exists():
         previous = source.parent / f".previous-{target.name}"
@@ -274,5 +278,6 @@ def swap_in(source: Path, target: Path) -> None:
         if previous is not None:
             os.replace(previous, target)
         raise
+    sync_directory(target.parent)
     if previous is not None:
         shutil.rmtree(previous, ignore_errors=True)

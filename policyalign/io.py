@@ -1,12 +1,15 @@
 """Atomic file writes and JSONL reading: the one place runs touch the disk.
 
 Every artifact is written to a temporary name in the same directory, flushed,
-fsynced and renamed, so a crash leaves either the old file or the new one,
-never half of one.
+fsynced and renamed, and the directory fsynced after the rename, so a crash or a
+power cut leaves either the old file or the new one, never half of one nor an
+empty one under the new name. A directory put in place by rename (an adapter, a
+pulled pack) has its files synced first (`sync_tree`), the same way.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -56,12 +59,52 @@ def _replacing(target: Path, mode: str) -> Iterator[Any]:
             os.fsync(handle.fileno())
         _keep_mode(target, tmp)
         os.replace(tmp, target)
+        sync_directory(target.parent)
     except BaseException:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
         raise
+
+
+# fsync errors of a filesystem that cannot sync (some network and FUSE mounts, a directory on some):
+# the write stands as written, as an unlockable filesystem runs unlocked (`run._try_lock`).
+_CANNOT_SYNC = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EBADF)
+
+
+def sync_directory(directory: str | os.PathLike[str]) -> None:
+    """fsync `directory`, so a rename or a new name in it survives a power cut: fsyncing a file makes
+    its bytes durable but not the name it was renamed to, and ext4, XFS and others could come back with
+    the rename and not the data (a renamed but empty run.json) or with neither. Where the OS cannot
+    open a directory (Windows: no O_DIRECTORY) there is nothing to sync."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    _sync(os.open(directory, os.O_RDONLY | os.O_DIRECTORY))
+
+
+def sync_tree(directory: str | os.PathLike[str]) -> None:
+    """fsync every file below `directory` and every directory in it, before `directory` is renamed into
+    place: the files a library wrote there (safetensors, save_pretrained, a download) were never synced,
+    and a power cut after the rename could leave the adapter with empty weights under its final name."""
+    root = Path(directory)
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            _sync(os.open(path, os.O_RDONLY))
+    for path in sorted((p for p in root.rglob("*") if p.is_dir() and not p.is_symlink()), reverse=True):
+        sync_directory(path)
+    sync_directory(root)
+
+
+def _sync(fd: int) -> None:
+    """fsync and close `fd`, over a filesystem that cannot sync (`_CANNOT_SYNC`) without a word."""
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in _CANNOT_SYNC:
+            raise
+    finally:
+        os.close(fd)
 
 
 def _keep_mode(target: Path, tmp: str) -> None:

@@ -34,7 +34,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .io import write_json, write_text
+from .io import sync_directory, sync_tree, write_json, write_text
 
 DATA_DIR = Path(__file__).parent / "data" / "tiny"
 CORPUS_FILE = "corpus.txt"
@@ -324,11 +324,13 @@ def tiny_model_path(root: Path | None = None) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=models))
     try:
         _write_model(tmp)
+        sync_tree(tmp)  # its config.json is the sign it is whole: never an empty one after a power cut
         try:
             os.rename(tmp, final)
         except OSError:
             if not (final / "config.json").is_file():
                 raise
+        sync_directory(models)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

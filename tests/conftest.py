@@ -81,6 +81,61 @@ def hold_run():  # type: ignore[no-untyped-def]
     return holding
 
 
+Inode = tuple[int, int]  # (st_dev, st_ino): a file or directory, whatever its name when it is asked
+
+
+def inode(path: Path) -> Inode | None:
+    """The inode at `path` now, or None where nothing has that name."""
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+class Fsyncs:
+    """Each os.fsync this process makes while it records, as (the inode synced, the inode at `target` when
+    it ran); the real fsync still runs. A power cut cannot be had in a test; the order that survives one
+    can be checked (`problems`)."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        self.calls: list[tuple[Inode, Inode | None]] = []
+
+    def record(self, fd: int) -> None:
+        synced = os.fstat(fd)
+        self.calls.append(((synced.st_dev, synced.st_ino), inode(self.target)))
+
+    def problems(self) -> list[str]:
+        """What a power cut could lose: `target` (a file, or a directory and all below it) is durable when
+        each of its files and directories was synced before the rename gave `target` its inode (the inode
+        at `target` then was another, or none), and its parent directory after (`target` then was it)."""
+        final = inode(self.target)
+        parts = [self.target, *(sorted(self.target.rglob("*")) if self.target.is_dir() else [])]
+        found = [f"{part} was not synced before the rename" for part in parts
+                 if not any(synced == inode(part) and seen != final for synced, seen in self.calls)]
+        if not any(synced == inode(self.target.parent) and seen == final for synced, seen in self.calls):
+            found.append(f"{self.target.parent} was not synced after the rename")
+        return found
+
+
+@pytest.fixture
+def fsyncs(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """`synced = fsyncs(target)`: records every os.fsync from then on (`Fsyncs`); `synced.problems()` after
+    writing `target` says what of it a power cut could lose."""
+    def watch(target: Path) -> Fsyncs:
+        recorder, real = Fsyncs(target), os.fsync
+
+        def recording(fd: int) -> None:
+            recorder.record(fd)
+            real(fd)
+
+        monkeypatch.setattr(os, "fsync", recording)
+        return recorder
+
+    return watch
+
+
 @pytest.fixture
 def fixture_packs(tmp_path: Path) -> Path:
     """A fresh, writable copy of tests/fixtures/packs (root-pack, child-pack)."""

@@ -77,6 +77,23 @@ def test_an_adapter_the_full_disk_refuses_is_an_error_and_leaves_the_old_one(tmp
     assert (target / "policyalign.json").read_text() == "{}" and not (tmp_path / ".adapter.tmp").exists()
 
 
+def test_an_adapter_reaches_the_disk_before_it_takes_the_adapter_name(tmp_path: Path, fsyncs) -> None:  # type: ignore[no-untyped-def]
+    """The weights save_pretrained wrote were neither fsynced nor was the rename: a power cut could leave
+    `adapter/` holding empty weights, or the previous training's adapter under a run that recorded this one."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from policyalign.adapter_save import save_adapter
+    from policyalign.tiny import tiny_model_path
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_path()), LoraConfig(r=4, target_modules=["q_proj"]))
+    for _ in range(2):  # a first adapter, then one replacing it
+        synced = fsyncs(tmp_path / "adapter")
+        save_adapter(model, tmp_path / "adapter")
+        assert not synced.problems()
+        assert (tmp_path / "adapter" / "adapter_model.safetensors").stat().st_size
+
+
 def test_the_loss_curve_names_the_loss_as_configured() -> None:
     """loss.png's axis said "reverse KL(student || teacher), top-k" also for --kl-top-k 0 (the whole vocabulary)
     and for an alpha other than 1, which is not the reverse KL."""

@@ -240,3 +240,17 @@ def test_offline_hub_calls_name_only_a_fix_that_applies(offline_hub, monkeypatch
     search = CliRunner().invoke(app, ["pull", "--pack", "medical"])
     assert search.exit_code == 1 and "searching the Hub: HF_HUB_OFFLINE=1 is set" in search.output
     assert "an adapter pulled before is found offline: `pa pull ORG/NAME@REVISION`" in search.output
+
+
+def test_a_pulled_directory_is_on_disk_before_it_takes_its_name(tmp_path: Path, fsyncs) -> None:  # type: ignore[no-untyped-def]
+    """`swap_in` moved a download into place unsynced: after a power cut `pa pull` could have left a pack or
+    adapter of empty files under its name, which the next `pa pull` finds present and keeps."""
+    for version in ("1", "2"):  # a first pull, then one replacing it
+        staged = tmp_path / ".staging" / "pack"
+        staged.mkdir(parents=True)
+        (staged / "pack.yaml").write_text(f"version: {version}\n")
+        synced = fsyncs(tmp_path / "packs" / "general")
+        (tmp_path / "packs").mkdir(exist_ok=True)
+        hub.swap_in(staged, tmp_path / "packs" / "general")
+        assert not synced.problems()
+    assert (tmp_path / "packs" / "general" / "pack.yaml").read_text() == "version: 2\n"

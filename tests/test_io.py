@@ -9,7 +9,7 @@ import pytest
 
 from fulldisk import run_python
 from policyalign.errors import InvalidInputError
-from policyalign.io import read_json, read_jsonl
+from policyalign.io import read_json, read_jsonl, sync_directory, sync_tree, write_json
 
 
 def test_a_full_disk_is_an_error_naming_the_file_and_leaves_no_temporary(tmp_path: Path) -> None:
@@ -83,3 +83,29 @@ def test_a_file_rewritten_in_place_keeps_its_permissions(tmp_path: Path) -> None
     finally:
         os.umask(umask)
     assert stat.S_IMODE((tmp_path / "fresh").stat().st_mode) == 0o644, "a new file is an ordinary one"
+
+
+def test_an_atomic_write_is_synced_before_its_rename_and_its_directory_after(tmp_path: Path, fsyncs) -> None:  # type: ignore[no-untyped-def]
+    """The file was fsynced but not its directory after the rename: a power cut could come back with the old
+    run.json, or with none where it was new. Replacing one, and making one, are both durable now."""
+    for target in (tmp_path / "run.json", tmp_path / "new" / "eval.json"):
+        synced = fsyncs(target)
+        write_json(target, {"stages": {}})
+        assert not synced.problems()
+        synced = fsyncs(target)
+        write_json(target, {"stages": {"synthesize": {}}})
+        assert not synced.problems()
+
+
+def test_a_directory_put_in_place_is_synced_whole(tmp_path: Path, fsyncs) -> None:  # type: ignore[no-untyped-def]
+    """`sync_tree` before a directory's rename, `sync_directory` of its parent after: each file and directory below it
+    reaches the disk before the name does."""
+    staged = tmp_path / ".adapter.tmp"
+    (staged / "sub").mkdir(parents=True)
+    (staged / "weights.bin").write_bytes(b"\1" * 64)
+    (staged / "sub" / "notes.txt").write_text("x")
+    synced = fsyncs(tmp_path / "adapter")
+    sync_tree(staged)
+    staged.rename(tmp_path / "adapter")
+    sync_directory(tmp_path)
+    assert not synced.problems()

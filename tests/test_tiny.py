@@ -76,6 +76,14 @@ def test_build_is_cached_atomic_and_honours_pa_cache_dir(tmp_path: Path, monkeyp
     assert [p.name for p in (tmp_path / "models").iterdir()] == [path.name]  # no temp dirs left
 
 
+def test_the_built_model_is_on_disk_before_it_takes_its_name(tmp_path: Path, fsyncs) -> None:  # type: ignore[no-untyped-def]
+    """Its config.json is what says a build is whole: unsynced, a power cut could leave an empty one under the
+    final name, and every later run failed loading the model instead of building it again."""
+    synced = fsyncs(tmp_path / "models" / f"tiny-{tiny.content_key()[:16]}")
+    tiny.tiny_model_path(tmp_path)
+    assert not synced.problems()
+
+
 def test_build_leaves_the_global_rng_alone(tmp_path: Path) -> None:
     torch.manual_seed(7)
     expected = torch.rand(3)
