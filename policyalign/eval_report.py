@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import InvalidInputError
 from .io import iter_jsonl, output_dir, read_json, write_json, write_jsonl, write_text
-from .metrics import RATE_METRICS, scoped_paired_change
+from .metrics import ITEM_FIELDS, RATE_METRICS, same_item, scoped_paired_change
 from .stats import format_change, format_p, format_rate, is_number
 
 @dataclass
@@ -342,24 +342,37 @@ def _measured_models(a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[Any, A
     return both if None not in both else (a.get("model"), b.get("model"))
 
 
+def _judged_otherwise(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(why there is no paired p, the note) for each way two evaluations were not judged alike: another
+    judge, the same model judge with other weights, or other rules. A paired test asks whether the same
+    items' labels changed; labels from two judges differ by judge as well as by answer."""
+    found = []
+    if a.get("judge") != b.get("judge"):
+        found.append(("judged by different judges",
+                      f"- judge differs: `{json.dumps(a.get('judge'))}` vs `{json.dumps(b.get('judge'))}`"))
+    if "judge_weights" in a and "judge_weights" in b and a["judge_weights"] != b["judge_weights"]:
+        found.append(("judged by other judge weights",
+                      f"- judge weights differ: `{json.dumps(a['judge_weights'])}` vs `{json.dumps(b['judge_weights'])}` "
+                      f"(the same judge `{a.get('judge')}` loaded other files)"))
+    if a.get("judge") == b.get("judge") and a.get("judge_rules") != b.get("judge_rules"):
+        # `pa eval` records them for every judge (`judges.judge_rules`): none recorded is unknown rules
+        rules = [f"`{s['judge_rules']}`" if s.get("judge_rules") else "not recorded" for s in (a, b)]
+        found.append(("judged by other judge rules",
+                      f"- judge rules differ: {rules[0]} vs {rules[1]} (the same judge `{a.get('judge')}` with another "
+                      "version of the refusal detector's rules, a guard's output parsing or an llm: judge's prompt: "
+                      "the same answer may get another label)"))
+    return found
+
+
 def comparable_notes(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     """How two evaluations were not measured alike (judge, sampling, model, --limit, pack, sets, ...);
     `pa eval --compare` prints them, and the model card refuses a before/after pair that has any."""
-    notes = []
-    for key, title in (("judge", "judge"), ("sampling", "sampling"), ("model", "model"),
+    notes = [note for _, note in _judged_otherwise(a, b)]
+    for key, title in (("sampling", "sampling"), ("model", "model"),
                        ("limit", "--limit"), ("policy_in_context", "policy in context")):
         value_a, value_b = _measured_models(a, b) if key == "model" else (a.get(key), b.get(key))
         if value_a != value_b:
             notes.append(f"- {title} differs: `{json.dumps(value_a)}` vs `{json.dumps(value_b)}`")
-    if "judge_weights" in a and "judge_weights" in b and a["judge_weights"] != b["judge_weights"]:
-        notes.append(f"- judge weights differ: `{json.dumps(a['judge_weights'])}` vs `{json.dumps(b['judge_weights'])}` "
-                     f"(the same judge `{a.get('judge')}` loaded other files)")
-    if a.get("judge") == b.get("judge") and a.get("judge_rules") != b.get("judge_rules"):
-        # `pa eval` records them for every judge (`judges.judge_rules`): none recorded is unknown rules
-        rules = [f"`{s['judge_rules']}`" if s.get("judge_rules") else "not recorded" for s in (a, b)]
-        notes.append(f"- judge rules differ: {rules[0]} vs {rules[1]} (the same judge `{a.get('judge')}` with another "
-                     "version of the refusal detector's rules, a guard's output parsing or an llm: judge's prompt: "
-                     "the same answer may get another label)")
     pack_a, pack_b = a.get("pack") or {}, b.get("pack") or {}
     if pack_a.get("digest") != pack_b.get("digest"):
         notes.append(f"- pack differs: {pack_a.get('name')}@{pack_a.get('version')} vs "
@@ -425,9 +438,38 @@ def _compare_label(source: Any, summary: Mapping[str, Any]) -> str:
     return f"{where}{summary.get('model')}{adapter}{of_pack}{_in_context(summary)} ({summary.get('timestamp')})"
 
 
-def _p_cell(change: Mapping[str, Any] | None) -> str:
+def _no_paired_p(a: Mapping[str, Any], b: Mapping[str, Any], rows_a: list[dict[str, Any]] | None,
+                 rows_b: list[dict[str, Any]] | None) -> str | None:
+    """Why two evaluations get no paired p at all, or None: they were judged otherwise (`_judged_otherwise`;
+    `pa eval --compare` printed a McNemar p across two judges' labels beside the note saying so), or their
+    packs differ and their responses do not record what each item asked, so one id may be two items."""
+    if judged := _judged_otherwise(a, b):
+        return judged[0][0]
+    if rows_a is None or rows_b is None or (a.get("pack") or {}).get("digest") == (b.get("pack") or {}).get("digest"):
+        return None
+    recorded = all(field in row for row in (*rows_a, *rows_b) for field in ITEM_FIELDS)
+    return None if recorded else "other packs, items not recorded"
+
+
+def _reworded_notes(rows_a: list[dict[str, Any]] | None, rows_b: list[dict[str, Any]] | None) -> list[str]:
+    """The note on items of one set and id that ask other things in A and B (`metrics.same_item`), which the
+    paired p leaves out: an eval item reworded in another pack version keeps its id."""
+    if rows_a is None or rows_b is None:
+        return []
+    earlier = {(r.get("set"), r.get("id")): r for r in rows_a if r.get("id") is not None}
+    other = [key for r in rows_b if (key := (r.get("set"), r.get("id"))) in earlier and not same_item(earlier[key], r)]
+    if not other:
+        return []
+    return [f"- {len(other)} item(s) have one set and id in A and B but ask other things (first: {other[0][0]} "
+            f"{other[0][1]}): the paired p leaves them out"]
+
+
+def _p_cell(change: Mapping[str, Any] | None, unpaired: str | None = None) -> str:
     """The paired p, and on how many items when fewer than a side measured: evals of another --limit (8 items
-    vs 80) showed a p of the 8 both answered beside a change of rates on 8 and 80, as if it tested that."""
+    vs 80) showed a p of the 8 both answered beside a change of rates on 8 and 80, as if it tested that.
+    `unpaired`: why there is none to give (`_no_paired_p`), said in its place."""
+    if unpaired is not None:
+        return f"n/a: {unpaired}"
     if change is None:
         return format_p(None)
     fewer = change["items"] < max(change["measured"])
@@ -439,11 +481,13 @@ def compare(a_eval_json: Any, b_eval_json: Any) -> str:
     """A Markdown table of every rate, overall, per set and per category, A vs B with the change
     in percentage points; notes first when the two runs are not like for like. Outcome rates show
     their 95% interval, and, where both directories hold responses.jsonl, the exact McNemar p of
-    the change on the items both measured: a 10-point drop on 48 items can be noise."""
+    the change on the items both measured: a 10-point drop on 48 items can be noise. Not where the
+    two were judged otherwise: the cell says why (`_no_paired_p`)."""
     a, b = load_summary(a_eval_json), load_summary(b_eval_json)
     rows_a, rows_b = responses_beside(a_eval_json), responses_beside(b_eval_json)
     lines = [f"A: {_compare_label(a_eval_json, a)}", f"B: {_compare_label(b_eval_json, b)}", ""]
-    notes = comparable_notes(a, b)
+    notes = comparable_notes(a, b) + _reworded_notes(rows_a, rows_b)
+    unpaired = _no_paired_p(a, b, rows_a, rows_b)
     if notes:
         lines += ["Not like for like:", *notes, ""]
     lines += ["| scope | metric | A [95% CI] | B [95% CI] | Δ (B−A) | p (paired) |", "|---|---|---|---|---|---|"]
@@ -459,7 +503,7 @@ def compare(a_eval_json: Any, b_eval_json: Any) -> str:
             if x is None and y is None:
                 continue
             lines.append(f"| {scope} | {key} | {rate_with_interval(ma, key)} | {rate_with_interval(mb, key)} | "
-                         f"{format_change(x, y)} | {_p_cell(scoped_paired_change(rows_a, rows_b, key, select))} |")
+                         f"{format_change(x, y)} | {_p_cell(scoped_paired_change(rows_a, rows_b, key, select), unpaired)} |")
     da, db = (a.get("drift") or {}).get("kl"), (b.get("drift") or {}).get("kl")
     if da is not None or db is not None:
         fmt = lambda v: "–" if v is None else f"{v:.4g}"  # noqa: E731

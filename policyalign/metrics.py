@@ -114,10 +114,22 @@ def compute_metrics(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
+# What a judged row records of the item it answered (`evaluate`): the prompt, the expected behaviour and
+# the tools it must not call.
+ITEM_FIELDS = ("messages", "expect", "forbidden_tools")
+
+
+def same_item(x: Mapping[str, Any], y: Mapping[str, Any]) -> bool:
+    """Whether two evaluations' rows of one set and id asked the same thing: an eval item reworded in
+    another version of its pack (or a benchmark's of another revision) keeps its id, and a paired test
+    compared answers to two prompts as one item's. Rows that record none of it (written by hand) go by id."""
+    return all(x.get(field) == y.get(field) for field in ITEM_FIELDS)
+
+
 def paired_change(before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[str, Any]],
                   metric: str) -> dict[str, Any] | None:
     """The before -> after change of `metric` on the items both evaluations measured (matched by
-    set and id), with the exact McNemar p-value: whether the change is more than noise on a few
+    set and id, and asking the same thing: `same_item`), with the exact McNemar p-value: whether the change is more than noise on a few
     dozen items. None when `metric` is not an outcome rate or no item was measured in both (rows
     without an `id`, as `pa judge` may read, cannot be matched)."""
     if metric not in OUTCOMES:
@@ -125,7 +137,7 @@ def paired_change(before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[s
     in_scope, bad = OUTCOMES[metric]
     earlier = {(r.get("set"), r["id"]): r for r in before if in_scope(r) and r.get("id") is not None}
     pairs = [(bad(earlier[key]), bad(r)) for r in after if in_scope(r) and r.get("id") is not None
-             and (key := (r.get("set"), r["id"])) in earlier]
+             and (key := (r.get("set"), r["id"])) in earlier and same_item(earlier[key], r)]
     if not pairs:
         return None
     worse, better = paired_changes(pairs)

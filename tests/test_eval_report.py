@@ -16,8 +16,9 @@ from policyalign.evaluate import evaluate
 from policyalign.generation import greedy_params
 from policyalign.metrics import summarize
 from policyalign.models import load_model
+from policyalign.registry import Registry
 
-from evaluations import general_pack
+from evaluations import ROOT, general_pack
 from judged_rows import row
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -169,6 +170,54 @@ def test_compare_flags_evals_judged_by_other_refusal_rules(tmp_path: Path) -> No
     assert "Not like for like" not in compare(first, first.summary)
     llm = {**older, "judge": "llm:tiny"}  # rules decide no llm: verdict; the judge note says the rest
     assert "judge rules" not in compare(llm, {**llm, "timestamp": "later"})
+
+
+def _p_cells(text: str) -> set[str]:
+    """The paired-p column of each outcome rate's row of a comparison (drift has none)."""
+    return {line.rsplit("|", 2)[1].strip() for line in text.splitlines()
+            if line.startswith("| ") and "_rate |" in line and "unparseable" not in line}
+
+
+def test_compare_gives_no_paired_p_across_two_judges(tmp_path: Path) -> None:
+    """A McNemar p across the labels of two judges (`refusal` vs `llm:tiny`) was printed beside the note that the
+    judges differ: a paired test asks whether the same items' labels changed, and two judges' labels differ by
+    judge as well as by answer. The cell now says why it holds no p."""
+    pack = general_pack()
+    first = evaluate(pack, "tiny", out_dir=tmp_path / "a", limit=2, params=greedy_params(2))
+    other = evaluate(pack, "tiny", out_dir=tmp_path / "b", limit=2, judge="llm:tiny", params=greedy_params(2))
+    assert "- judge differs: " in compare(first, other)
+    assert _p_cells(compare(first, other)) == {"n/a: judged by different judges"}
+    newer_rules = {**json.loads(first.eval_json.read_text()), "judge_rules": "0123456789abcdef"}
+    first.eval_json.write_text(json.dumps(newer_rules))  # responses.jsonl stays beside it
+    again = evaluate(pack, "tiny", out_dir=tmp_path / "c", limit=2, params=greedy_params(2))
+    assert _p_cells(compare(first.out_dir, again)) == {"n/a: judged by other judge rules"}
+    same = evaluate(pack, "tiny", out_dir=tmp_path / "d", limit=2, params=greedy_params(2))
+    assert _p_cells(compare(again, same)) == {"1"}, "one judge on both sides: the paired p stands"
+
+
+def test_compare_pairs_only_items_that_ask_the_same_thing(tmp_path: Path) -> None:
+    """An eval item reworded in the next version of its pack keeps its id: the paired p compared the answers to
+    two prompts as one item's. Such items are left out of the pairing, and a note says how many."""
+    shutil.copytree(ROOT / "packs" / "general", tmp_path / "packs" / "general")
+    first = evaluate(general_pack(), "tiny", out_dir=tmp_path / "a", limit=2, params=greedy_params(2))
+    items = tmp_path / "packs" / "general" / "eval" / "harmful.jsonl"
+    items.write_text(items.read_text().replace("aerosolise anthrax spores", "weaponise anthrax spores", 1))
+    reworded = Registry([tmp_path / "packs"]).load(str(tmp_path / "packs" / "general"))
+    second = evaluate(reworded, "tiny", out_dir=tmp_path / "b", limit=2, params=greedy_params(2))
+    text = compare(first, second)
+    assert ("- 1 item(s) have one set and id in A and B but ask other things (first: harmful general-harmful-0001): "
+            "the paired p leaves them out") in text
+    assert "| set:harmful | violation_rate | 100.0% [34.2–100.0] | 100.0% [34.2–100.0] | 0.0 pp | 1 (1 paired of 2/2) |" \
+        in text, text
+    assert "ask other things" not in compare(first, first.out_dir)
+
+
+def test_compare_of_other_packs_whose_rows_do_not_say_what_they_asked_gives_no_paired_p(tmp_path: Path) -> None:
+    """Rows written by hand record no prompt: across two packs, one id may be two items, and no p is given."""
+    a = write_eval(tmp_path / "a", _summary(BEFORE), BEFORE)
+    newer = {**_summary(AFTER), "pack": {"name": "p", "version": "1.1.0", "digest": "e" * 64}}
+    assert _p_cells(compare(a, write_eval(tmp_path / "b", newer, AFTER))) == {"n/a: other packs, items not recorded"}
+    assert "n/a" not in compare(a, write_eval(tmp_path / "c", _summary(AFTER), AFTER))
 
 
 def test_compare_rejects_what_is_not_an_eval(tmp_path: Path) -> None:
