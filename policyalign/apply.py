@@ -137,13 +137,13 @@ def load_config_file(path: Path) -> dict[str, Any]:
         raise InvalidInputError(f"not UTF-8 text (byte {exc.start})", file=str(path),
                                 hint="save the file as UTF-8") from None
     data = _json_config(text, path)
-    if data is None:
+    if data is _NOT_JSON:
         try:
-            data = yaml.load(text, Loader=ManifestLoader) or {}
+            data = yaml.load(text, Loader=ManifestLoader)
         except yaml.YAMLError as exc:
             raise InvalidInputError(f"invalid YAML: {exc}", file=str(path), hint="fix the YAML syntax") from None
     if not isinstance(data, dict):
-        raise InvalidInputError("config must be a mapping of option: value", file=str(path))
+        _refuse_non_mapping(data, text, path)
     names = {f.name for f in fields(ApplyOptions)} - {"explicit", "flags", "config"}
     options = {str(k).replace("-", "_"): v for k, v in data.items()}
     if len(options) < len(data):
@@ -169,8 +169,23 @@ def load_config_file(path: Path) -> dict[str, Any]:
     return from_config_dir(checked, path.parent)
 
 
+def _refuse_non_mapping(data: Any, text: str, path: Path) -> None:
+    """A config that is not one mapping refused, saying what it is. An empty file (or one of comments, `null` or
+    `~` only) is refused too, as an empty pack.yaml is: it read as no options at all, so `--config` naming the wrong
+    or an unsaved file ran on the command line's options alone without a word; a JSON `null` was also read so,
+    as YAML (JSON's null was taken for "not JSON")."""
+    blank = all(not line.strip() or line.lstrip().startswith("#") for line in text.removeprefix("\ufeff").splitlines())
+    what = ("empty" if blank else "null") if data is None else (
+        "a list" if isinstance(data, list) else "text" if isinstance(data, str) else repr(data))
+    raise InvalidInputError(f"config is {what}: a config must be a mapping of option: value", file=str(path),
+                            hint="write one `option: value` per line, e.g. `pack: NAME` and `model: NAME`")
+
+
+_NOT_JSON = object()  # `_json_config`'s answer for text to read as YAML: None is JSON's `null`
+
+
 def _json_config(text: str, path: Path) -> Any:
-    """The file read as JSON when it is JSON (a `.json` file, or text that parses as JSON), else None for YAML:
+    """The file read as JSON when it is JSON (a `.json` file, or text that parses as JSON), else _NOT_JSON for YAML:
     JSON is YAML but for tabs, which YAML forbids, and a JSON config indented with tabs (as `json.dumps(indent="\\t")`
     and many editors write) was refused as invalid YAML. A key given twice is refused, as in YAML."""
     from .untrusted_data import DuplicateKey, unique_keys
@@ -182,7 +197,7 @@ def _json_config(text: str, path: Path) -> Any:
                                 where=exc.key, hint="delete one of the two") from None
     except json.JSONDecodeError as exc:
         if path.suffix.lower() != ".json":
-            return None
+            return _NOT_JSON
         raise InvalidInputError(f"invalid JSON: {exc.msg}", file=str(path), where=f"line {exc.lineno}",
                                 hint="fix the JSON syntax at that line") from None
     except RecursionError:

@@ -228,6 +228,21 @@ def test_a_json_config_indented_with_tabs_is_read_as_json(tmp_path: Path, name: 
     assert caught.value.problem.where == "line 4"
 
 
+@pytest.mark.parametrize("name, text, what", [
+    ("run.json", "null\n", "null"), ("run.yaml", "null\n", "null"), ("run.yaml", "~\n", "null"),
+    ("run.yaml", "", "empty"), ("run.yaml", "# pack: general\n\n", "empty"), ("run.json", "[]", "a list"),
+    ("run.json", '"general"', "text"), ("run.yaml", "3\n", "3")])
+def test_a_config_that_is_not_a_mapping_is_refused_saying_what_it_is(tmp_path: Path, name: str, text: str,
+                                                                     what: str) -> None:
+    """A JSON `null` was taken for "not JSON", read again as YAML and, like an empty YAML file or one of comments
+    only, read as no options: `--config` naming the wrong or an unsaved file ran on the command line alone."""
+    config = tmp_path / name
+    config.write_text(text)
+    with pytest.raises(InvalidInputError, match=f"config is {what}: a config must be a mapping") as caught:
+        build_options({"pack": "general", "model": "tiny"}, config)
+    assert caught.value.problem.file == str(config)
+
+
 def test_a_config_that_is_a_directory_is_called_one(tmp_path: Path) -> None:
     """`--config DIR` was "config file not found", though DIR is right there."""
     with pytest.raises(InvalidInputError, match="a directory, not a config file") as caught:
