@@ -243,6 +243,20 @@ def test_a_config_that_is_not_a_mapping_is_refused_saying_what_it_is(tmp_path: P
     assert caught.value.problem.file == str(config)
 
 
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+def test_a_number_that_is_not_finite_in_a_json_config_is_refused_naming_its_key(tmp_path: Path, value: str) -> None:
+    """Python's JSON reads `NaN` and `Infinity` as YAML reads `.nan` and `.inf`, and each float option must refuse
+    them by its key: `min_score: Infinity` kept nothing and `-Infinity` everything, without a word."""
+    floats = [f.name for f in fields(ApplyOptions) if "float" in str(f.type)]
+    assert "min_score" in floats and "learning_rate" in floats
+    config = tmp_path / "run.json"
+    for key in floats:
+        config.write_text(f'{{"pack": "general", "model": "tiny", "{key}": {value}}}')
+        with pytest.raises(InvalidInputError) as caught:
+            build_options({}, config)
+        assert (caught.value.problem.file, caught.value.problem.where) == (str(config), key), key
+
+
 def test_a_config_that_is_a_directory_is_called_one(tmp_path: Path) -> None:
     """`--config DIR` was "config file not found", though DIR is right there."""
     with pytest.raises(InvalidInputError, match="a directory, not a config file") as caught:
