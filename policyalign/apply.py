@@ -589,7 +589,7 @@ def _checked_settings(options: ApplyOptions, pack: Pack) -> tuple[Any, Any]:
     check_device_and_dtype(device)  # and PA_DTYPE, which else fails once synthesis loads its model
     if options.backend == "vllm":  # synthesis, filtering and the rollouts: refused now, not once a model has loaded
         check_vllm_rollouts(device)
-    _check_push_options(options)
+    _check_push_options(options, pack)
     return fconf, dconf
 
 
@@ -706,19 +706,20 @@ def _fresh_training_note(run_dir: Path, pack: Pack, model: str, dconf: Any, reco
             "training afresh, replacing its checkpoints")
 
 
-def _check_push_options(options: ApplyOptions) -> None:
-    """What the push will need, checked before training: a repository id, a token and a valid tag."""
+def _check_push_options(options: ApplyOptions, pack: Pack) -> None:
+    """What the push will need, checked before training: a repository id, a token and a valid tag (the default
+    one, made from the pack's name and version, as well: it was checked only by the push, after training)."""
     from .adapter_push import check_push_target
-    from .card import check_license
-    from .hub import check_tag
+    from .card import adapter_tag, check_license
+    from .hub import push_tag
 
     for flag, given in (("--revision", options.revision), ("--private", options.private)):
         if given and not options.push_to:
             raise InvalidInputError(f"{flag} only applies with --push-to", hint=f"add --push-to ORG/NAME, or drop {flag}")
     if options.push_to:
         check_push_target(options.push_to, option=_given_as(options, "push_to"))
-    if options.revision:
-        check_tag(options.revision, _given_as(options, "revision"))
+        push_tag(options.revision, adapter_tag(pack.name, pack.version), f"pack {pack.ref}",
+                 _given_as(options, "revision"))
     check_license(options.license, _given_as(options, "license"))  # the card stage writes it with or without --push-to
 
 

@@ -589,6 +589,28 @@ def test_a_bad_push_value_on_the_command_line_is_named_by_its_flag(tmp_path: Pat
         assert caught.value.problem.message == message
 
 
+def test_a_default_push_tag_the_hub_cannot_take_fails_before_training(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pa apply --push-to` checked only a given --revision before training: the default tag, made from the pack's
+    name and version (`p-v1.0.0-x.lock`, which ends in .lock), failed the push after training, as "--revision"."""
+    import huggingface_hub.constants
+    from hubcli import make_pack
+
+    from policyalign.apply import _checked_settings
+    from policyalign.pack import load_pack
+
+    monkeypatch.setenv("HF_TOKEN", "hf_notarealtokenbutpresent")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    pack = load_pack(make_pack(tmp_path, "locked", version="1.0.0-x.lock"))
+    options = build_options({"pack": str(pack.root), "model": "tiny", "push_to": "me/x"}, None)
+    with pytest.raises(InvalidInputError) as caught:
+        _checked_settings(options, pack)
+    assert caught.value.problem.message == ("the default tag 'locked-v1.0.0-x.lock', made from pack locked@1.0.0-x.lock, "
+                                            "is not a valid revision tag")
+    assert _checked_settings(build_options({"pack": str(pack.root), "model": "tiny", "push_to": "me/x",
+                                            "revision": "locked-x"}, None), pack)
+
+
 def test_config_values_of_the_wrong_type_fail_before_any_stage_runs(tmp_path: Path) -> None:
     """`seed: abc` used to run synthesis and evaluation for minutes, then crash in distillation."""
     config = tmp_path / "run.yaml"
