@@ -359,7 +359,7 @@ def _check_named_values(options: dict[str, Any], path: Path) -> None:
                                                     "revision": check_tag, "license": check_license}
     for key, check in checks.items():
         if isinstance(options.get(key), str):
-            check(options[key], f"{key} in {path}")
+            check(options[key], _config_place(key, path))
 
 
 # Counts a config file may hold below 1, named as its keys: those only a file sets had no check before their
@@ -597,8 +597,13 @@ def _given_as(options: ApplyOptions, key: str) -> str:
     """Where the user gave option `key`, for an error to name: its flag, or `key in FILE` when --config set it
     and the command line did not."""
     if options.config is not None and key in options.explicit - options.flags:
-        return f"{key} in {options.config}"
+        return _config_place(key, options.config)
     return "--" + key.replace("_", "-")
+
+
+def _config_place(key: str, config: Path) -> str:
+    """A --config file's value named for an error, `KEY in FILE`, as a flag's is named `--flag`."""
+    return f"{key} in {config}"
 
 
 def _check_target_modules(model: str, pack: Pack, targets: tuple[str, ...] | str, flag: str,
