@@ -302,7 +302,7 @@ def check_config_ranges(options: dict[str, Any], path: Path) -> dict[str, Any]:
     """Training values in the file held to the pack schema's bounds, named as the file's keys: the same
     check runs later on the merged options, but its error would name a command-line flag the user never typed."""
     from .distill_settings import setting_error
-    from .synthesize import synthesis_bound
+    from .synthesize import within_schema
 
     _check_filter_options(options, path)
     _check_named_choices(options, path)
@@ -311,9 +311,8 @@ def check_config_ranges(options: dict[str, Any], path: Path) -> dict[str, Any]:
             raise InvalidInputError(f"{key}: {options[key]!r}: must be at least 1", file=str(path), where=key,
                                     hint=f"give {key} a positive number, or leave it out for the default")
     for key, setting in (("n", "count_per_category"), ("rounds", "rounds")):  # synthesize's bounds, named as the keys
-        if options.get(key) is not None and options[key] > (bound := synthesis_bound(setting)):
-            raise InvalidInputError(f"{key}: {options[key]!r}: must be at most {bound} (the pack schema's bound for "
-                                    f"synthesis.{setting})", file=str(path), where=key, hint=f"give {key} {bound} or less")
+        if options.get(key) is not None:
+            within_schema(options[key], setting, key, file=path)
     if options.get("seed") is not None and not 0 <= options["seed"] <= MAX_SEED:  # not in the pack schema's training
         raise InvalidInputError(f"seed: {options['seed']!r}: must be between 0 and {MAX_SEED}", file=str(path),
                                 where="seed", hint="training seeds numpy's generator, which takes a 32-bit unsigned seed")

@@ -202,7 +202,8 @@ def test_render_holds_n_to_the_bound_synthesis_is_held_to(fixture_packs: Path) -
     result = runner.invoke(app, [*args, "--n", "100000"])
     assert result.exit_code == 2, result.output
     text = " ".join(result.output.split())
-    assert "--n: count_per_category must be at most 1000" in text and "use --n 1000 or less" in text
+    assert "--n: 100000: must be at most 1000 (the pack schema's bound for synthesis.count_per_category)" in text \
+        and "use --n 1000 or less" in text
 
 
 def test_real_process_reports_without_traceback(fixture_packs: Path) -> None:
