@@ -16,8 +16,8 @@ from . import card
 from .adapter_pull import UNLISTED_OK
 from .adapter_search import read_candidate
 from .errors import HubError, PolicyAlignError
-from .hub import (PushResult, check_repo_id, check_tag, commit_and_tag, endpoint, hub_api, hub_call, prepare_repo,
-                  remote_files, repo_url, resolve_token)
+from .hub import (PushResult, check_repo_id, commit_and_tag, endpoint, hub_api, hub_call, prepare_repo,
+                  push_tag, remote_files, repo_url, resolve_token)
 from .io import write_text
 
 # Files a previous push may have left that this push must replace or remove, so an older
@@ -48,7 +48,7 @@ def _push_adapter(run_dir: str | Path, repo_id: str, *, private: bool, revision:
     artifacts = card.load_run(run_dir)
     check_repo_id(repo_id)
     card.check_license(license)
-    tag = check_tag(revision or artifacts.default_tag)
+    tag = push_tag(revision, artifacts.default_tag, f"the run's pack {artifacts.pack['name']}@{artifacts.pack['version']}")
     token = resolve_token(token, repo_id)
     api = hub_api(token)
     pack = artifacts.pack
@@ -132,7 +132,7 @@ def published_url(run_dir: str | Path, repo_id: str, *, revision: str | None = N
     The same files under another card (a re-run with another --license) are not it: that card is not
     published, and recording the push as done reported it published."""
     artifacts = card.load_run(run_dir)
-    tag = check_tag(revision or artifacts.default_tag)
+    tag = push_tag(revision, artifacts.default_tag, f"the run's pack {artifacts.pack['name']}@{artifacts.pack['version']}")
     token = resolve_token(token, repo_id)
     readme = card.render_model_card(artifacts, repo_id, tag, license=license)
     if _published_at(hub_api(token), repo_id, tag, artifacts, token, readme) != "card":

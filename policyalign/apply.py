@@ -137,13 +137,13 @@ def load_config_file(path: Path) -> dict[str, Any]:
         raise InvalidInputError(f"not UTF-8 text (byte {exc.start})", file=str(path),
                                 hint="save the file as UTF-8") from None
     data = _json_config(text, path)
-    if data is None:
+    if data is _NOT_JSON:
         try:
-            data = yaml.load(text, Loader=ManifestLoader) or {}
+            data = yaml.load(text, Loader=ManifestLoader)
         except yaml.YAMLError as exc:
             raise InvalidInputError(f"invalid YAML: {exc}", file=str(path), hint="fix the YAML syntax") from None
     if not isinstance(data, dict):
-        raise InvalidInputError("config must be a mapping of option: value", file=str(path))
+        _refuse_non_mapping(data, text, path)
     names = {f.name for f in fields(ApplyOptions)} - {"explicit", "flags", "config"}
     options = {str(k).replace("-", "_"): v for k, v in data.items()}
     if len(options) < len(data):
@@ -169,8 +169,23 @@ def load_config_file(path: Path) -> dict[str, Any]:
     return from_config_dir(checked, path.parent)
 
 
+def _refuse_non_mapping(data: Any, text: str, path: Path) -> None:
+    """A config that is not one mapping refused, saying what it is. An empty file (or one of comments, `null` or
+    `~` only) is refused too, as an empty pack.yaml is: it read as no options at all, so `--config` naming the wrong
+    or an unsaved file ran on the command line's options alone without a word; a JSON `null` was also read so,
+    as YAML (JSON's null was taken for "not JSON")."""
+    blank = all(not line.strip() or line.lstrip().startswith("#") for line in text.removeprefix("\ufeff").splitlines())
+    what = ("empty" if blank else "null") if data is None else (
+        "a list" if isinstance(data, list) else "text" if isinstance(data, str) else repr(data))
+    raise InvalidInputError(f"config is {what}: a config must be a mapping of option: value", file=str(path),
+                            hint="write one `option: value` per line, e.g. `pack: NAME` and `model: NAME`")
+
+
+_NOT_JSON = object()  # `_json_config`'s answer for text to read as YAML: None is JSON's `null`
+
+
 def _json_config(text: str, path: Path) -> Any:
-    """The file read as JSON when it is JSON (a `.json` file, or text that parses as JSON), else None for YAML:
+    """The file read as JSON when it is JSON (a `.json` file, or text that parses as JSON), else _NOT_JSON for YAML:
     JSON is YAML but for tabs, which YAML forbids, and a JSON config indented with tabs (as `json.dumps(indent="\\t")`
     and many editors write) was refused as invalid YAML. A key given twice is refused, as in YAML."""
     from .untrusted_data import DuplicateKey, unique_keys
@@ -182,7 +197,7 @@ def _json_config(text: str, path: Path) -> Any:
                                 where=exc.key, hint="delete one of the two") from None
     except json.JSONDecodeError as exc:
         if path.suffix.lower() != ".json":
-            return None
+            return _NOT_JSON
         raise InvalidInputError(f"invalid JSON: {exc.msg}", file=str(path), where=f"line {exc.lineno}",
                                 hint="fix the JSON syntax at that line") from None
     except RecursionError:
@@ -287,7 +302,7 @@ def check_config_ranges(options: dict[str, Any], path: Path) -> dict[str, Any]:
     """Training values in the file held to the pack schema's bounds, named as the file's keys: the same
     check runs later on the merged options, but its error would name a command-line flag the user never typed."""
     from .distill_settings import setting_error
-    from .synthesize import synthesis_bound
+    from .synthesize import within_schema
 
     _check_filter_options(options, path)
     _check_named_choices(options, path)
@@ -296,9 +311,8 @@ def check_config_ranges(options: dict[str, Any], path: Path) -> dict[str, Any]:
             raise InvalidInputError(f"{key}: {options[key]!r}: must be at least 1", file=str(path), where=key,
                                     hint=f"give {key} a positive number, or leave it out for the default")
     for key, setting in (("n", "count_per_category"), ("rounds", "rounds")):  # synthesize's bounds, named as the keys
-        if options.get(key) is not None and options[key] > (bound := synthesis_bound(setting)):
-            raise InvalidInputError(f"{key}: {options[key]!r}: must be at most {bound} (the pack schema's bound for "
-                                    f"synthesis.{setting})", file=str(path), where=key, hint=f"give {key} {bound} or less")
+        if options.get(key) is not None:
+            within_schema(options[key], setting, key, file=path)
     if options.get("seed") is not None and not 0 <= options["seed"] <= MAX_SEED:  # not in the pack schema's training
         raise InvalidInputError(f"seed: {options['seed']!r}: must be between 0 and {MAX_SEED}", file=str(path),
                                 where="seed", hint="training seeds numpy's generator, which takes a 32-bit unsigned seed")
@@ -344,7 +358,7 @@ def _check_named_values(options: dict[str, Any], path: Path) -> None:
                                                     "revision": check_tag, "license": check_license}
     for key, check in checks.items():
         if isinstance(options.get(key), str):
-            check(options[key], f"{key} in {path}")
+            check(options[key], _config_place(key, path))
 
 
 # Counts a config file may hold below 1, named as its keys: those only a file sets had no check before their
@@ -574,7 +588,7 @@ def _checked_settings(options: ApplyOptions, pack: Pack) -> tuple[Any, Any]:
     check_device_and_dtype(device)  # and PA_DTYPE, which else fails once synthesis loads its model
     if options.backend == "vllm":  # synthesis, filtering and the rollouts: refused now, not once a model has loaded
         check_vllm_rollouts(device)
-    _check_push_options(options)
+    _check_push_options(options, pack)
     return fconf, dconf
 
 
@@ -582,8 +596,13 @@ def _given_as(options: ApplyOptions, key: str) -> str:
     """Where the user gave option `key`, for an error to name: its flag, or `key in FILE` when --config set it
     and the command line did not."""
     if options.config is not None and key in options.explicit - options.flags:
-        return f"{key} in {options.config}"
+        return _config_place(key, options.config)
     return "--" + key.replace("_", "-")
+
+
+def _config_place(key: str, config: Path) -> str:
+    """A --config file's value named for an error, `KEY in FILE`, as a flag's is named `--flag`."""
+    return f"{key} in {config}"
 
 
 def _check_target_modules(model: str, pack: Pack, targets: tuple[str, ...] | str, flag: str,
@@ -691,19 +710,20 @@ def _fresh_training_note(run_dir: Path, pack: Pack, model: str, dconf: Any, reco
             "training afresh, replacing its checkpoints")
 
 
-def _check_push_options(options: ApplyOptions) -> None:
-    """What the push will need, checked before training: a repository id, a token and a valid tag."""
+def _check_push_options(options: ApplyOptions, pack: Pack) -> None:
+    """What the push will need, checked before training: a repository id, a token and a valid tag (the default
+    one, made from the pack's name and version, as well: it was checked only by the push, after training)."""
     from .adapter_push import check_push_target
-    from .card import check_license
-    from .hub import check_tag
+    from .card import adapter_tag, check_license
+    from .hub import push_tag
 
     for flag, given in (("--revision", options.revision), ("--private", options.private)):
         if given and not options.push_to:
             raise InvalidInputError(f"{flag} only applies with --push-to", hint=f"add --push-to ORG/NAME, or drop {flag}")
     if options.push_to:
         check_push_target(options.push_to, option=_given_as(options, "push_to"))
-    if options.revision:
-        check_tag(options.revision, _given_as(options, "revision"))
+        push_tag(options.revision, adapter_tag(pack.name, pack.version), f"pack {pack.ref}",
+                 _given_as(options, "revision"))
     check_license(options.license, _given_as(options, "license"))  # the card stage writes it with or without --push-to
 
 

@@ -82,7 +82,12 @@ class RunArtifacts:
     @property
     def default_tag(self) -> str:
         """The revision tag a push gets unless told otherwise: `<pack>-v<version>`."""
-        return f"{self.pack['name']}-v{self.pack['version']}"
+        return adapter_tag(self.pack["name"], self.pack["version"])
+
+
+def adapter_tag(pack_name: str, version: str) -> str:
+    """The revision tag an adapter trained on pack `pack_name` at `version` is pushed under by default."""
+    return f"{pack_name}-v{version}"
 
 
 def load_run(run_dir: str | Path) -> RunArtifacts:

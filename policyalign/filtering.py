@@ -51,8 +51,10 @@ class FilterConfig:
             raise InvalidInputError("use only one of --top-k and --min-score (or --keep)")
         if self.keep is not None and not 0 < self.keep <= 1:
             raise InvalidInputError(f"--keep must be in (0, 1], got {self.keep}")
-        if self.min_score is not None and math.isnan(self.min_score):  # no score is >= NaN: an empty selection
-            raise InvalidInputError("--min-score must be a number, got nan", hint="e.g. --min-score 0.5")
+        # No score is >= NaN or inf (an empty selection), and every one is >= -inf (--no-filter, in other words).
+        if self.min_score is not None and not math.isfinite(self.min_score):
+            raise InvalidInputError(f"--min-score must be a finite number, got {self.min_score}",
+                                    hint="e.g. --min-score 0.5 (or --no-filter to keep every instruction)")
         if self.top_n is not None and self.top_n < 1:
             raise InvalidInputError(f"--top-k must be at least 1, got {self.top_n}")
         for flag, value in (("--samples", self.samples), ("--batch-size", self.batch_size),

@@ -162,6 +162,20 @@ def check_tag(tag: str, option: str = "--revision") -> str:
     return tag
 
 
+def push_tag(revision: str | None, default: str, made_from: str, option: str = "--revision") -> str:
+    """The tag a push gets: `revision` when given, else `default`, checked either way. A bad default is named
+    as what it was made from (`made_from`, e.g. "pack general@1.0.0-x.lock's version"): it was refused as
+    "--revision: invalid revision tag", a flag the user never gave."""
+    if revision:
+        return check_tag(revision, option)
+    try:
+        return check_tag(default)
+    except InvalidInputError:
+        raise InvalidInputError(f"the default tag {default!r}, made from {made_from}, is not a valid revision tag",
+                                hint=f"give {option} a tag of letters, digits, '.', '_', '-' or '+' (at most 128 "
+                                     "characters, not ending in '.' or '.lock')") from None
+
+
 def split_spec(spec: str) -> tuple[str, str | None]:
     """`ORG/NAME[@REV]` -> (repo id, revision or None)."""
     repo_id, sep, revision = spec.partition("@")

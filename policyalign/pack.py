@@ -857,10 +857,10 @@ def _build(col: Collector, data: dict[str, Any], lines: dict[str, int], registry
     _check_blank_text(col, data, lines)
     name, version = data.get("name"), data.get("version")
     if isinstance(name, str) and name != col.root.name:
-        col.add(MANIFEST, "/name", f"name {name!r} does not match the directory name {col.root.name!r}",
+        col.add(MANIFEST, manifest_place("/name", lines), f"name {name!r} does not match the directory name {col.root.name!r}",
                 f"rename the directory to {name!r} or set name: {col.root.name}")
     if isinstance(version, str) and not is_semver(version):
-        col.add(MANIFEST, "/version", f"{version!r} is not a semantic version", "use MAJOR.MINOR.PATCH, e.g. 1.0.0")
+        col.add(MANIFEST, manifest_place("/version", lines), f"{version!r} is not a semantic version", "use MAJOR.MINOR.PATCH, e.g. 1.0.0")
     files = collect_files(col)
     policy = read_bounded(col, data.get("policy", ""), MAX_POLICY_BYTES, "/policy") if isinstance(data.get("policy"), str) else None
     if policy is not None and not policy.strip():

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from . import card
 from .errors import HubError, InvalidInputError, PackError, Problem
-from .hub import (DEFAULT_BRANCH, TAKEN_TAG_HINTS, PushResult, check_repo_id, check_tag, commit_and_tag, endpoint,
+from .hub import (DEFAULT_BRANCH, TAKEN_TAG_HINTS, PushResult, check_repo_id, commit_and_tag, endpoint,
                   hub_api, hub_call, is_safe_relpath, prepare_repo, refuse_several_builds, remote_files, repo_url,
-                  resolve_token, split_spec, swap_in)
+                  push_tag, resolve_token, split_spec, swap_in)
 from .io import sha256_file
 from .pack_input import file_cap
 from .scaffold import draft_leftovers
@@ -77,7 +77,7 @@ def push_pack(path: str | Path, repo_id: str, *, private: bool = False, revision
                                 f"text left, first {leftovers[0]}",
                                 hint=f"replace them (`pa validate {pack.root}` lists every one), then push")
     check_repo_id(repo_id)
-    tag = check_tag(revision or f"v{pack.version}")
+    tag = push_tag(revision, f"v{pack.version}", f"pack {pack.ref}'s version")
     versioned = tag.startswith("v") and is_semver(tag[1:])  # what `pa pack pull ORG/NAME@RANGE` reads as a version
     if versioned and tag[1:] != pack.version:
         raise InvalidInputError(f"--revision {tag!r} names version {tag[1:]}, but the pack is {pack.ref}",

@@ -145,14 +145,15 @@ def synthesis_bound(setting: str) -> int:
     return int(json.loads(schema_text("pack.schema.json"))["properties"]["synthesis"]["properties"][setting]["maximum"])
 
 
-def within_schema(value: int, setting: str, flag: str) -> int:
+def within_schema(value: int, setting: str, flag: str, file: Path | None = None) -> int:
     """A given count held to the pack schema's bound for `synthesis.<setting>`: a pack cannot ask for more,
     and `--rounds 100000000` built a request per round of every template and category before sampling any,
-    running for minutes with no output until memory ran out."""
+    running for minutes with no output until memory ran out. `flag` names where it was given: a flag, or
+    the key of the --config `file`."""
     bound = synthesis_bound(setting)
     if value > bound:
-        raise InvalidInputError(f"{setting} must be at most {bound} (the pack schema's bound for synthesis.{setting}), "
-                                f"got {value!r}", where=flag, hint=f"use {flag} {bound} or less")
+        raise InvalidInputError(f"{value!r}: must be at most {bound} (the pack schema's bound for synthesis.{setting})",
+                                file=None if file is None else str(file), where=flag, hint=f"use {flag} {bound} or less")
     return value
 
 

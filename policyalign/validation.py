@@ -24,8 +24,13 @@ class ValidationReport:
     def ok(self) -> bool:
         return not self.failures and not self.index
 
+    def distinct_problems(self) -> list[Problem]:
+        """Every failing pack's problems, each once: packs extending each other in a loop all fail on the one
+        cycle, which was listed and counted once per pack ("2 problem(s) found" for one cycle)."""
+        return list(dict.fromkeys(p for problems in self.failures.values() for p in problems))
+
     def problem_count(self) -> int:
-        return sum(len(p) for p in self.failures.values()) + len(self.index)
+        return len(self.distinct_problems()) + len(self.index)
 
 
 def validate_paths(paths: list[Path], registry: Registry) -> ValidationReport:

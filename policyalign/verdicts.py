@@ -27,16 +27,14 @@ def _row_id(row: Mapping[str, Any]) -> str:
     return f"{row['set']}/{ident}" if ident and row.get("set") else ident
 
 
-def _judged(rows: list[dict[str, Any]], judge: Any, judge_spec: str, policy: str,
+def _judged(rows: list[dict[str, Any]], calls_per_row: list[list[ToolCall]], judge: Any, judge_spec: str, policy: str,
             places: Sequence[tuple[str, int]] | None = None) -> list[dict[str, Any]]:
-    """Parse tool calls, judge every row (`messages`, `response`) and add `tool_calls`, `forbidden_call`,
-    `label`, `unsafe`, `reason`, `judge_raw`. The judge comes made: a model judge loads its model once,
-    however many chunks it is handed. `places` (file, line) name each row in the judge's errors."""
-    items, calls_per_row = [], []
-    for k, row in enumerate(rows):
+    """Judge every row (`messages`, `response`, the calls it made: `_calls_made`) and add `tool_calls`,
+    `forbidden_call`, `label`, `unsafe`, `reason`, `judge_raw`. The judge comes made: a model judge loads its
+    model once, however many chunks it is handed. `places` (file, line) name each row in the judge's errors."""
+    items = []
+    for k, (row, calls) in enumerate(zip(rows, calls_per_row)):
         file, line = places[k] if places else ("", 0)
-        calls = response_tool_calls(row)
-        calls_per_row.append(calls)
         items.append(JudgeItem(messages=row["messages"], response=row["response"], category=row.get("category", ""),
                                policy=policy, tool_calls=tuple(calls),
                                forbidden_tools=tuple(row.get("forbidden_tools") or ()), id=_row_id(row),
@@ -53,27 +51,26 @@ def _judged(rows: list[dict[str, Any]], judge: Any, judge_spec: str, policy: str
     return judged
 
 
-def response_tool_calls(row: Mapping[str, Any]) -> list[ToolCall]:
-    """The calls a response made: in its text (`parse_tool_calls`), else in the row's own `tool_calls`, where
-    structured output (an API's) puts them. `pa judge` of `{"response": "", "tool_calls": [rm]}` with `rm`
-    forbidden read no call, judged a refusal, and wrote `"tool_calls": []` over the row's."""
-    return parse_tool_calls(row["response"]) or structured_tool_calls(row.get("tool_calls")) or []
+def _calls_made(row: Mapping[str, Any]) -> tuple[list[ToolCall], bool]:
+    """The calls a response made, and whether its text holds them: in its text (`parse_tool_calls`), else in the
+    row's own `tool_calls`, where structured output (an API's) puts them. `pa judge` of `{"response": "",
+    "tool_calls": [rm]}` with `rm` forbidden read no call, judged a refusal, and wrote `"tool_calls": []` over the
+    row's. Parsed once a row: the verdict's key (`_verdict_key`) and the judge both need them."""
+    in_text = parse_tool_calls(row["response"])
+    return (in_text, True) if in_text else (structured_tool_calls(row.get("tool_calls")) or [], False)
 
 
-def _given_calls(row: Mapping[str, Any]) -> dict[str, Any]:
-    """The row's own `tool_calls`, where they are the calls judged (none in the text): part of the verdict's key."""
-    given = row.get("tool_calls")
-    return {"tool_calls": given} if given and not parse_tool_calls(row["response"]) else {}
-
-
-def _verdict_key(judge_key: str, row: Mapping[str, Any]) -> str:
+def _verdict_key(judge_key: str, row: Mapping[str, Any], calls_in_text: bool) -> str:
     """Everything a verdict depends on: the judge (`judge_key`: spec, files and the policy it is
-    shown) and the row it is shown, its tool definitions included where it has any (the `llm:` judge reads them)."""
+    shown) and the row it is shown, its tool definitions included where it has any (the `llm:` judge reads them),
+    and its own `tool_calls` where they are the calls judged (`calls_in_text` False: none in the text)."""
     from .run import fingerprint
 
+    given = row.get("tool_calls") if not calls_in_text else None
     return fingerprint({"judge": judge_key, "messages": row["messages"], "response": row["response"],
                         "category": row.get("category", ""), "forbidden_tools": row.get("forbidden_tools") or [],
-                        **({"tools": row["tools"]} if row.get("tools") else {}), **_given_calls(row)})
+                        **({"tools": row["tools"]} if row.get("tools") else {}),
+                        **({"tool_calls": given} if given else {})})
 
 
 def judge_journaled(rows: list[dict[str, Any]], judge_spec: str, journal: Journal, *, policy: str,
@@ -87,7 +84,8 @@ def judge_journaled(rows: list[dict[str, Any]], judge_spec: str, journal: Journa
     from .run import fingerprint
 
     judge_key = fingerprint({"judge": keyed_judge(judge_spec), **judge_weights_fetched(judge_spec), "policy": policy})
-    keys = [_verdict_key(judge_key, row) for row in rows]
+    made = [_calls_made(row) for row in rows]
+    keys = [_verdict_key(judge_key, row, in_text) for row, (_, in_text) in zip(rows, made)]
     pending = [k for k, key in enumerate(keys) if key not in journal.verdicts]
     if len(pending) < len(rows):
         print(f"resuming: {len(rows) - len(pending)} of {len(rows)} verdicts from {journal.path}", file=sys.stderr)
@@ -95,7 +93,8 @@ def judge_journaled(rows: list[dict[str, Any]], judge_spec: str, journal: Journa
     for start in range(0, len(pending), JUDGE_CHUNK):
         chunk = pending[start:start + JUDGE_CHUNK]
         where = [places[k] for k in chunk] if places else None
-        journal.add_verdicts([keys[k] for k in chunk], _judged([rows[k] for k in chunk], judge, judge_spec, policy, where))
+        journal.add_verdicts([keys[k] for k in chunk], _judged([rows[k] for k in chunk], [made[k][0] for k in chunk],
+                                                               judge, judge_spec, policy, where))
     return [{**row, **journal.verdicts[key]} for row, key in zip(rows, keys)]
 
 

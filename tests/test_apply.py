@@ -228,6 +228,35 @@ def test_a_json_config_indented_with_tabs_is_read_as_json(tmp_path: Path, name: 
     assert caught.value.problem.where == "line 4"
 
 
+@pytest.mark.parametrize("name, text, what", [
+    ("run.json", "null\n", "null"), ("run.yaml", "null\n", "null"), ("run.yaml", "~\n", "null"),
+    ("run.yaml", "", "empty"), ("run.yaml", "# pack: general\n\n", "empty"), ("run.json", "[]", "a list"),
+    ("run.json", '"general"', "text"), ("run.yaml", "3\n", "3")])
+def test_a_config_that_is_not_a_mapping_is_refused_saying_what_it_is(tmp_path: Path, name: str, text: str,
+                                                                     what: str) -> None:
+    """A JSON `null` was taken for "not JSON", read again as YAML and, like an empty YAML file or one of comments
+    only, read as no options: `--config` naming the wrong or an unsaved file ran on the command line alone."""
+    config = tmp_path / name
+    config.write_text(text)
+    with pytest.raises(InvalidInputError, match=f"config is {what}: a config must be a mapping") as caught:
+        build_options({"pack": "general", "model": "tiny"}, config)
+    assert caught.value.problem.file == str(config)
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+def test_a_number_that_is_not_finite_in_a_json_config_is_refused_naming_its_key(tmp_path: Path, value: str) -> None:
+    """Python's JSON reads `NaN` and `Infinity` as YAML reads `.nan` and `.inf`, and each float option must refuse
+    them by its key: `min_score: Infinity` kept nothing and `-Infinity` everything, without a word."""
+    floats = [f.name for f in fields(ApplyOptions) if "float" in str(f.type)]
+    assert "min_score" in floats and "learning_rate" in floats
+    config = tmp_path / "run.json"
+    for key in floats:
+        config.write_text(f'{{"pack": "general", "model": "tiny", "{key}": {value}}}')
+        with pytest.raises(InvalidInputError) as caught:
+            build_options({}, config)
+        assert (caught.value.problem.file, caught.value.problem.where) == (str(config), key), key
+
+
 def test_a_config_that_is_a_directory_is_called_one(tmp_path: Path) -> None:
     """`--config DIR` was "config file not found", though DIR is right there."""
     with pytest.raises(InvalidInputError, match="a directory, not a config file") as caught:
@@ -558,6 +587,28 @@ def test_a_bad_push_value_on_the_command_line_is_named_by_its_flag(tmp_path: Pat
         with pytest.raises(InvalidInputError) as caught:
             _checked_settings(build_options(given, config), pack)
         assert caught.value.problem.message == message
+
+
+def test_a_default_push_tag_the_hub_cannot_take_fails_before_training(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pa apply --push-to` checked only a given --revision before training: the default tag, made from the pack's
+    name and version (`p-v1.0.0-x.lock`, which ends in .lock), failed the push after training, as "--revision"."""
+    import huggingface_hub.constants
+    from hubcli import make_pack
+
+    from policyalign.apply import _checked_settings
+    from policyalign.pack import load_pack
+
+    monkeypatch.setenv("HF_TOKEN", "hf_notarealtokenbutpresent")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    pack = load_pack(make_pack(tmp_path, "locked", version="1.0.0-x.lock"))
+    options = build_options({"pack": str(pack.root), "model": "tiny", "push_to": "me/x"}, None)
+    with pytest.raises(InvalidInputError) as caught:
+        _checked_settings(options, pack)
+    assert caught.value.problem.message == ("the default tag 'locked-v1.0.0-x.lock', made from pack locked@1.0.0-x.lock, "
+                                            "is not a valid revision tag")
+    assert _checked_settings(build_options({"pack": str(pack.root), "model": "tiny", "push_to": "me/x",
+                                            "revision": "locked-x"}, None), pack)
 
 
 def test_config_values_of_the_wrong_type_fail_before_any_stage_runs(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import runpy
+import subprocess
 import sys
 from pathlib import Path
 
@@ -148,3 +149,12 @@ def test_a_bad_pa_dtype_is_a_one_line_error(name: str, capsys, monkeypatch) -> N
     assert exit_info.value.code == 1
     assert capsys.readouterr().err == (f"bench_{name}.py: error: unknown PA_DTYPE=bogus "
                                        "(use \"bf16\", \"fp16\", \"fp32\" or \"auto\")\n")
+
+
+def test_run_py_without_a_name_lists_the_benchmarks_and_succeeds() -> None:
+    """`python bench/run.py` lists the benchmarks, as bench/README.md says it does, and exited 2 doing it, as a
+    script or CI step failing; an unknown name is still a usage error."""
+    listed = subprocess.run([sys.executable, str(BENCH / "run.py")], capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0 and "benchmarks: " in listed.stdout and "train_step" in listed.stdout, listed
+    unknown = subprocess.run([sys.executable, str(BENCH / "run.py"), "nosuch"], capture_output=True, text=True, timeout=60)
+    assert unknown.returncode == 2 and "unknown benchmark 'nosuch'" in unknown.stderr, unknown

@@ -202,7 +202,8 @@ def test_render_holds_n_to_the_bound_synthesis_is_held_to(fixture_packs: Path) -
     result = runner.invoke(app, [*args, "--n", "100000"])
     assert result.exit_code == 2, result.output
     text = " ".join(result.output.split())
-    assert "--n: count_per_category must be at most 1000" in text and "use --n 1000 or less" in text
+    assert "--n: 100000: must be at most 1000 (the pack schema's bound for synthesis.count_per_category)" in text \
+        and "use --n 1000 or less" in text
 
 
 def test_real_process_reports_without_traceback(fixture_packs: Path) -> None:
@@ -339,5 +340,5 @@ def test_new_names_the_field_when_the_parent_has_no_semantic_version(fixture_pac
     manifest.write_text(manifest.read_text().replace("version: 1.0.0", 'version: "1.0"'))
     result = runner.invoke(app, ["new", "kid", "--extends", "root-pack", "--dir", str(fixture_packs)])
     assert result.exit_code == 2
-    assert "root-pack/pack.yaml:/version: '1.0' is not a semantic version" in result.output
+    assert "root-pack/pack.yaml:/version (line 2): '1.0' is not a semantic version" in result.output
     assert not (fixture_packs / "kid").exists()

@@ -58,8 +58,9 @@ def test_conflicting_rules_are_rejected() -> None:
         FilterConfig(keep=1.5)
     with pytest.raises(InvalidInputError, match="--top-k must be at least 1"):
         FilterConfig(keep=None, top_n=0)
-    with pytest.raises(InvalidInputError, match="--min-score must be a number, got nan"):  # kept nothing, silently
-        FilterConfig(keep=None, min_score=float("nan"))
+    for value in ("nan", "inf", "-inf"):  # nan and inf kept nothing, silently; -inf kept all, as --no-filter does
+        with pytest.raises(InvalidInputError, match=f"--min-score must be a finite number, got {value}"):
+            FilterConfig(keep=None, min_score=float(value))
     for flag, field in (("--batch-size", "batch_size"), ("--max-new-tokens", "max_new_tokens"), ("--samples", "samples")):
         with pytest.raises(InvalidInputError, match=f"{flag} must be at least 1, got 0"):
             FilterConfig(**{field: 0})

@@ -511,6 +511,19 @@ def test_a_revision_tag_cannot_publish_another_version_or_a_second_build(cli: Cl
     assert "installed retagged@1.0.0+a" in cli.ok("pack", "pull", "org/retagged@^1", "--to", str(tmp_path / "x")).stdout
 
 
+def test_a_default_tag_the_hub_cannot_take_is_named_as_made_from_the_version(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Version 1.0.0-x.lock is SemVer, but its tag v1.0.0-x.lock ends in .lock, which no Hub tag may: the push
+    said "--revision: invalid revision tag", a flag the user never gave. `--revision` still fixes it."""
+    pack = make_pack(tmp_path, "locked", version="1.0.0-x.lock")
+    refused = cli.fails(2, "pack", "push", str(pack), "--repo-id", "org/locked").stderr
+    assert "the default tag 'v1.0.0-x.lock', made from pack locked@1.0.0-x.lock's version, is not a valid" in refused
+    assert "--revision:" not in refused and "give --revision a tag" in refused, refused
+    assert cli.fails(2, "pack", "push", str(pack), "--repo-id", "org/locked", "--revision", "v1.lock").stderr.startswith(
+        "error: --revision: invalid revision tag 'v1.lock'")
+    cli.ok("pack", "push", str(pack), "--repo-id", "org/locked", "--revision", "locked-x")
+    assert hub_server.tags("org/locked", repo_type="dataset") == ["locked-x"]
+
+
 def test_pack_pull_of_a_repo_whose_card_yaml_cannot_be_built_is_an_error_not_a_traceback(  # type: ignore[no-untyped-def]
         cli: Cli, hub_server, tmp_path: Path) -> None:
     """`x: 2001-13-45` in a hostile repository's card raised ValueError in the card parser: a traceback."""

@@ -48,15 +48,21 @@ def test_a_pack_given_as_the_packs_directory_is_named_as_such(fixture_packs: Pat
     assert not (fixture_packs / "root-pack" / "INDEX.json").exists()
 
 
-def test_an_extends_cycle_is_listed_once(fixture_packs: Path) -> None:
-    """`pa index` over two packs extending each other listed the one cycle twice ("2 problems found"): every
-    pack in the loop fails on it, and their problems were joined as they were."""
+@pytest.mark.parametrize("command", [["index"], ["validate", "--all"]])
+def test_an_extends_cycle_is_listed_once(fixture_packs: Path, command: list[str]) -> None:
+    """`pa index` and `pa validate --all` over two packs extending each other listed the one cycle twice
+    ("2 problem(s) found"): every pack in the loop fails on it, and their problems were joined as they were.
+    `pa validate --all` still calls both packs invalid."""
     manifest = fixture_packs / "root-pack" / "pack.yaml"
     manifest.write_text(manifest.read_text().replace("name: root-pack\n", "name: root-pack\nextends: [child-pack]\n", 1))
-    result = runner.invoke(app, ["index", "--dir", str(fixture_packs)])
+    result = runner.invoke(app, [*command, "--dir", str(fixture_packs)])
     assert result.exit_code == 2, result.output
     assert norm(result.output).count("extends cycle:") == 1, result.output
-    assert "2 problems" not in result.output
+    assert "2 problems" not in result.output and "2 problem(s)" not in result.output
+    if command != ["index"]:
+        assert f"INVALID {fixture_packs / 'child-pack'}: 1 problem(s)" in norm(result.output), result.output
+        assert "root-pack: 1 problem(s), 1 of them listed above" in norm(result.output), result.output
+        assert "1 problem(s) found" in result.output
     assert not (fixture_packs / "INDEX.json").exists()
 
 

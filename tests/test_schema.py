@@ -10,6 +10,7 @@ import pytest
 from policyalign.errors import PackError
 from policyalign.pack import load_pack
 from policyalign.registry import Registry
+from policyalign.schema import schema_text
 
 
 def test_a_value_over_its_bound_is_not_repeated_whole(fixture_packs: Path) -> None:
@@ -42,3 +43,14 @@ def test_a_value_out_of_its_bounds_says_the_bound(fixture_packs: Path) -> None:
     messages = [p.message for p in caught.value.problems]
     assert any(m.endswith("(20001 characters) is too long (at most 20000 characters)") for m in messages), messages
     assert "'Short.' is too short (at least 10 characters)" in messages, messages
+
+
+def test_the_chat_message_schema_is_the_same_in_both_schema_files() -> None:
+    """A chat turn is checked by two schema files: pack.schema.json's `$defs/message` (a seed's conversation) and
+    eval-item.schema.json's `messages` items (an eval item's). Each file stays whole in itself, as the published
+    schemas/ an editor reads alone (a `$ref` from one to the other would send it to policyalign.dev, which does not
+    serve them), so the two copies are held equal here: one changed alone would let a seed hold a turn that an eval
+    item may not, or the reverse."""
+    pack = json.loads(schema_text("pack.schema.json"))
+    item = json.loads(schema_text("eval-item.schema.json"))
+    assert item["properties"]["messages"]["items"] == pack["$defs"]["message"]

@@ -103,5 +103,5 @@ def test_a_rows_tools_reach_the_judge_and_key_its_verdict(tmp_path: Path, monkey
     judge_file(src, "refusal")
     assert [item.tools for item in seen] == [(tool,)]
     shown = {"messages": [{"role": "user", "content": "q"}], "response": "r"}
-    assert _verdict_key("j", {**shown, "tools": [tool]}) != _verdict_key("j", shown) == _verdict_key("j", {**shown,
-                                                                                                    "tools": []})
+    assert _verdict_key("j", {**shown, "tools": [tool]}, False) != _verdict_key("j", shown, False) \
+        == _verdict_key("j", {**shown, "tools": []}, False)

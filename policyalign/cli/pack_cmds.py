@@ -11,6 +11,7 @@ from . import app
 from .common import PacksPath, console, fold_table, load, print_json, registry
 
 if TYPE_CHECKING:
+    from ..errors import Problem
     from ..registry import Registry
 
 
@@ -136,10 +137,14 @@ def validate(
                        "(valid, but `pa pack push` refuses it until they are replaced)", err=True)
             for problem in leftovers:
                 typer.echo(f"  {problem}", err=True)
+    listed: set[Problem] = set()  # a problem two packs share (the extends cycle they form) is printed once
     for path, problems in report.failures.items():
-        typer.echo(f"INVALID  {_printable(path)}: {len(problems)} problem(s)", err=True)
-        for problem in problems:
+        new = [p for p in problems if p not in listed]
+        above = f", {len(problems) - len(new)} of them listed above" if len(new) < len(problems) else ""
+        typer.echo(f"INVALID  {_printable(path)}: {len(problems)} problem(s){above}", err=True)
+        for problem in new:
             typer.echo(f"  {problem}", err=True)
+        listed.update(new)
     for problem in report.index:
         typer.echo(f"INDEX    {problem}", err=True)
     if not report.ok:
@@ -211,8 +216,7 @@ def index(
     # which parent a pack composes with, or the digests written would depend on the machine.
     report = validate_all(packs_dir, Registry([packs_dir]))
     if report.failures:
-        # Once each: packs extending each other in a loop all fail on the one cycle, listed twice as two problems.
-        raise PackError(list(dict.fromkeys(p for problems in report.failures.values() for p in problems)))
+        raise PackError(report.distinct_problems())
     refused = unrecordable(packs_dir / INDEX_FILE, report.packs)
     if refused:
         raise PackError(refused)
