@@ -8,8 +8,11 @@ command runs, in `exit_interrupted`).
 
 from __future__ import annotations
 
+import _thread
+import os
 import signal
 import sys
+import time
 from typing import Any, NoReturn
 
 # Ctrl-C: the shell's code for SIGINT (128 + 2), as for any interrupted Unix command.
@@ -36,12 +39,32 @@ def _raise_stopped(signum: int, frame: Any) -> None:
     raise Stopped(signum)
 
 
+def _redeliver_interrupt(unraisable: Any) -> None:
+    """A Ctrl-C (or SIGTERM) whose exception is raised inside a finalizer (a weakref callback torch or
+    transformers runs in garbage collection, a `__del__`) is one CPython prints as "Exception ignored"
+    and drops: the run went on to the end, as if the key was never pressed. The signal is sent again
+    by a thread a moment later, once this hook has returned: raised in the hook, it would be dropped
+    the same way (`threading.Thread.start` waits for its thread, so it is not used here). Landing in a
+    finalizer again, it comes back here and is sent again."""
+    exc = unraisable.exc_value
+    if not isinstance(exc, KeyboardInterrupt):
+        sys.__unraisablehook__(unraisable)
+        return
+    _thread.start_new_thread(_send_again, (exc.signum if isinstance(exc, Stopped) else signal.SIGINT,))
+
+
+def _send_again(signum: int) -> None:
+    time.sleep(0.05)
+    os.kill(os.getpid(), signum)
+
+
 def handle_stop_signals() -> None:
     """SIGTERM and SIGHUP stop `pa` as Ctrl-C does (`Stopped`), unless ignored (`nohup` ignores SIGHUP:
-    that run goes on)."""
+    that run goes on), and no interrupt is lost in a finalizer (`_redeliver_interrupt`)."""
     for signum in (signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(signum) == signal.SIG_DFL:
             signal.signal(signum, _raise_stopped)
+    sys.unraisablehook = _redeliver_interrupt
 
 
 def exit_interrupted(exc: KeyboardInterrupt) -> NoReturn:
