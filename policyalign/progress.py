@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 
 @contextmanager
@@ -18,4 +18,11 @@ def progress_bar(enabled: bool, total: int, label: str) -> Iterator[Callable[[in
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
         task = bar.add_task(label, total=total)
-        yield lambda n: bar.advance(task, n)
+        try:
+            yield lambda n: bar.advance(task, n)
+        except KeyboardInterrupt:
+            # Closing the terminal (SIGHUP) stops the run, and the bar's last frame, written to a terminal
+            # that is gone, raised OSError (EIO) in place of the stop: the stage recorded "failed", exit 1.
+            with suppress(OSError):
+                bar.stop()
+            raise

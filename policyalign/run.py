@@ -451,9 +451,11 @@ def stage(run_dir: Path, name: str, key: str | Callable[[], str], **info: Any) -
         manifest = read_manifest(run_dir)
         started = time.time()
         manifest["stages"][name] = {"status": "running", "key": current(), "started": started, **info}
-        write_manifest(run_dir, manifest)
         results: dict[str, Any] = {}
         try:
+            # Inside the try: a Ctrl-C or SIGTERM landing just after the "running" record is written
+            # (as the file appears, when a watcher sends it) left the stage "running" for good.
+            write_manifest(run_dir, manifest)
             yield results
             # Inside the try: a done record the disk had no room for (or a key function that raised)
             # is a failed stage, not one left "running", which `pa runs` reads as interrupted.
@@ -462,7 +464,9 @@ def stage(run_dir: Path, name: str, key: str | Callable[[], str], **info: Any) -
             write_manifest(run_dir, manifest)
         except BaseException as exc:
             manifest = read_manifest(run_dir)
-            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            manifest["stages"][name].update({"status": status, "error": type(exc).__name__})
-            write_manifest(run_dir, manifest)
+            record = manifest["stages"].get(name, {})
+            if record.get("started") == started and record.get("status") == "running":  # this run's record, written
+                status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+                record.update({"status": status, "error": type(exc).__name__})
+                write_manifest(run_dir, manifest)
             raise

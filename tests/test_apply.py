@@ -1222,9 +1222,14 @@ def test_runs_lists_a_held_run_between_two_stages_as_running(tmp_path: Path, hol
     assert _runs_status(tmp_path / "runs") == "partial (3/6 stages)"
 
 
-def test_ctrl_c_exits_130_with_a_message_and_records_the_stage_as_interrupted(tmp_path: Path,
-                                                                              fixture_packs: Path) -> None:
-    """Ctrl-C printed a blank line, and `pa runs` then called the run "failed at synthesize"."""
+@pytest.mark.parametrize(("stop", "code", "said"), [(signal.SIGINT, 130, "interrupted"),
+                                                     (signal.SIGTERM, 143, "stopped by SIGTERM"),
+                                                     (signal.SIGHUP, 129, "stopped by SIGHUP")])
+def test_ctrl_c_exits_130_with_a_message_and_records_the_stage_as_interrupted(
+        tmp_path: Path, fixture_packs: Path, stop: signal.Signals, code: int, said: str) -> None:
+    """Ctrl-C printed a blank line, and `pa runs` then called the run "failed at synthesize". SIGTERM (a
+    scheduler's, before SIGKILL) and SIGHUP (the terminal closed) killed it on the spot: no word, no exit
+    code but -15 or -1, its stage left "running" in run.json; now they stop it as Ctrl-C does."""
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "policyalign", "apply", str(fixture_packs / "child-pack"), "--model", "tiny",
            "--out", str(run), "--quiet", *FAST]
@@ -1233,10 +1238,10 @@ def test_ctrl_c_exits_130_with_a_message_and_records_the_stage_as_interrupted(tm
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert _wait_for_stage(run, "synthesize", proc)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert "interrupted: finished stages" in err and "run the same command again" in err and "Traceback" not in err
+    assert proc.returncode == code, err
+    assert f"{said}: finished stages" in err and "run the same command again" in err and "Traceback" not in err
     assert json.loads((run / "run.json").read_text())["stages"]["synthesize"]["status"] == "interrupted"
     assert run_summary(run)["status"] == "interrupted in synthesize"
 

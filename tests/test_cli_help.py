@@ -118,6 +118,47 @@ def test_ctrl_c_before_the_command_runs_exits_130_without_a_traceback(where: str
     assert proc.stderr.strip() == "interrupted" and proc.stdout == ""
 
 
+# `pa list` whose work is hit by Ctrl-C inside a weakref callback run by garbage collection, as torch's and
+# transformers' are while a model loads, then goes on working for a while (200 short steps) unless stopped.
+_CTRL_C_IN_A_FINALIZER = """
+import gc, os, signal, sys, time, weakref
+from policyalign.registry import Registry
+discover = Registry.discover
+class Loaded:
+    pass
+def callback(ref):
+    os.kill(os.getpid(), signal.SIGINT)
+    sum(range(10**6))  # the KeyboardInterrupt is raised here, in the finalizer
+def discover_while_collecting(self):
+    obj = Loaded()
+    keep = weakref.ref(obj, callback)
+    del obj
+    gc.collect()
+    for _ in range(200):
+        time.sleep(0.01)
+    return discover(self)
+Registry.discover = discover_while_collecting
+sys.argv = ["pa", "list"]
+from policyalign.cli import main
+main()
+"""
+
+
+def test_ctrl_c_landing_in_a_finalizer_still_stops_the_command(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Ctrl-C during `pa apply`'s first evaluation often landed in a weakref callback: CPython printed
+    "Exception ignored in ... KeyboardInterrupt" and dropped it, and the run went on through distillation
+    to the end, exit 0. The interrupt is now sent again once the finalizer returns."""
+    import signal
+    import subprocess
+    import sys
+
+    (tmp_path / "ctrl_c_in_a_finalizer.py").write_text(_CTRL_C_IN_A_FINALIZER)
+    proc = subprocess.run([sys.executable, "-m", "ctrl_c_in_a_finalizer"], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert proc.returncode == 130, (proc.returncode, proc.stderr[-2000:])
+    assert proc.stderr.strip() == "interrupted" and proc.stdout == ""
+
+
 def _help_texts(path: tuple[str, ...]) -> list[str]:
     command = typer.main.get_command(app)
     for name in path:

@@ -80,6 +80,31 @@ def test_a_process_killed_inside_a_stage_leaves_it_running_unlocked_and_the_next
     assert _run_stage(tmp_path, "k") and stage_done(tmp_path, "fake", "k")
 
 
+def test_ctrl_c_just_after_the_running_record_is_written_records_the_stage_interrupted(tmp_path: Path) -> None:
+    """A Ctrl-C or SIGTERM sent as run.json shows the stage running (a watcher's, a test's) could land after
+    the record was written and before the stage's try: it left the stage "running" for good, exit 130."""
+    code = ("import os, signal, sys\nfrom policyalign import run\nwrite = run.write_manifest\n"
+            "def write_then_ctrl_c(run_dir, manifest):\n    write(run_dir, manifest)\n"
+            "    if manifest['stages']['fake']['status'] == 'running':\n        os.kill(os.getpid(), signal.SIGINT)\n"
+            "run.write_manifest = write_then_ctrl_c\n"
+            "try:\n    with run.stage(sys.argv[1], 'fake', 'k'):\n        pass\nexcept KeyboardInterrupt:\n    print('stopped')\n")
+    child = _child(code, tmp_path, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert child.stdout == "stopped\n", child.stderr
+    assert (_entry(tmp_path)["status"], _entry(tmp_path)["error"]) == ("interrupted", "KeyboardInterrupt")
+
+
+def test_a_stage_stopped_before_its_running_record_is_written_leaves_the_last_record(tmp_path: Path) -> None:
+    """A stop before the new "running" record reached the disk marks nothing: the record there is the last run's."""
+    _run_stage(tmp_path, "k")
+    code = ("import sys\nfrom policyalign import run\n"
+            "def interrupted(run_dir, manifest):\n    raise KeyboardInterrupt\n"
+            "run.write_manifest = interrupted\n"
+            "try:\n    with run.stage(sys.argv[1], 'fake', 'k2'):\n        pass\nexcept KeyboardInterrupt:\n    print('stopped')\n")
+    child = _child(code, tmp_path)
+    assert child.stdout == "stopped\n", child.stderr
+    assert stage_done(tmp_path, "fake", "k")
+
+
 def test_a_record_cut_short_by_a_full_disk_leaves_run_json_whole_and_the_stage_failed(tmp_path: Path) -> None:
     """The done record is the last write of a stage and the largest (its results): a disk filling up
     while it was written must leave the previous run.json, every other stage's record in it intact,

@@ -8,21 +8,88 @@ command runs, in `exit_interrupted`).
 
 from __future__ import annotations
 
+import _thread
+import os
+import signal
 import sys
-from typing import NoReturn
+import time
+from typing import Any, NoReturn
 
 # Ctrl-C: the shell's code for SIGINT (128 + 2), as for any interrupted Unix command.
 INTERRUPTED = 130
 
 
-def exit_interrupted() -> NoReturn:
+class Stopped(KeyboardInterrupt):
+    """SIGTERM (what Slurm and Kubernetes send some 30 s before SIGKILL) or SIGHUP (the terminal closed),
+    raised where Ctrl-C raises KeyboardInterrupt. Both killed `pa` on the spot, leaving its stage
+    "running" in run.json and its eval or judge journal unflushed; as a KeyboardInterrupt, every place
+    that keeps work on Ctrl-C keeps it on these too."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def exit_code(exc: KeyboardInterrupt) -> int:
+    """128 + the signal's number, as a shell reports a command the signal stopped: 130, 143 or 129."""
+    return 128 + exc.signum if isinstance(exc, Stopped) else INTERRUPTED
+
+
+def _raise_stopped(signum: int, frame: Any) -> None:
+    raise Stopped(signum)
+
+
+def _redeliver_interrupt(unraisable: Any) -> None:
+    """A Ctrl-C (or SIGTERM) whose exception is raised inside a finalizer (a weakref callback torch or
+    transformers runs in garbage collection, a `__del__`) is one CPython prints as "Exception ignored"
+    and drops: the run went on to the end, as if the key was never pressed. The signal is sent again
+    by a thread a moment later, once this hook has returned: raised in the hook, it would be dropped
+    the same way (`threading.Thread.start` waits for its thread, so it is not used here). Landing in a
+    finalizer again, it comes back here and is sent again."""
+    exc = unraisable.exc_value
+    if not isinstance(exc, KeyboardInterrupt):
+        sys.__unraisablehook__(unraisable)
+        return
+    _thread.start_new_thread(_send_again, (exc.signum if isinstance(exc, Stopped) else signal.SIGINT,))
+
+
+def _send_again(signum: int) -> None:
+    time.sleep(0.05)
+    os.kill(os.getpid(), signum)
+
+
+def handle_stop_signals() -> None:
+    """SIGTERM and SIGHUP stop `pa` as Ctrl-C does (`Stopped`), unless ignored (`nohup` ignores SIGHUP:
+    that run goes on), and no interrupt is lost in a finalizer (`_redeliver_interrupt`)."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) == signal.SIG_DFL:
+            signal.signal(signum, _raise_stopped)
+    sys.unraisablehook = _redeliver_interrupt
+
+
+def exit_interrupted(exc: KeyboardInterrupt) -> NoReturn:
     """Ctrl-C before `PaGroup.invoke` runs a command: while the command line's modules load (the first
     ~0.3 s of every `pa`), or typer builds and parses it. That was a KeyboardInterrupt traceback, killed
     by SIGINT (-2 to a parent process), or a silent exit 130, by the moment; now it is what Ctrl-C
     does in a command, without a traceback."""
-    sys.stderr.write("\ninterrupted\n")
+    say(f"\n{_stopped_word(exc)}\n")
     forget_interrupt()
-    raise SystemExit(INTERRUPTED)
+    raise SystemExit(exit_code(exc))
+
+
+def _stopped_word(exc: KeyboardInterrupt) -> str:
+    """How the message after a stop begins: "interrupted" (Ctrl-C) or "stopped by SIGTERM"."""
+    return f"stopped by {signal.Signals(exc.signum).name}" if isinstance(exc, Stopped) else "interrupted"
+
+
+def say(text: str) -> None:
+    """`text` on stderr, if it is still there: after SIGHUP the terminal that was stderr is gone, and
+    writing to it raises OSError (EIO), which would turn a clean stop into a traceback."""
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except OSError:
+        pass
 
 
 def forget_interrupt() -> None:
@@ -39,8 +106,8 @@ try:
     from typer.core import TyperCommand, TyperGroup, TyperOption
 
     from ..errors import PolicyAlignError, disk_error
-except KeyboardInterrupt:
-    exit_interrupted()
+except KeyboardInterrupt as exc:
+    exit_interrupted(exc)
 
 
 def flags_take_no_value(params: list) -> list:  # type: ignore[type-arg]
@@ -79,8 +146,8 @@ class PaGroup(TyperGroup):
         """Parsing the command line: typer turns Ctrl-C here into a silent exit 130."""
         try:
             return super().make_context(*args, **kwargs)
-        except KeyboardInterrupt:
-            exit_interrupted()
+        except KeyboardInterrupt as exc:
+            exit_interrupted(exc)
 
     def invoke(self, ctx):  # type: ignore[no-untyped-def]
         try:
@@ -94,10 +161,10 @@ class PaGroup(TyperGroup):
                 raise
             typer.echo(f"error: {error}", err=True)
             ctx.exit(error.exit_code)
-        except KeyboardInterrupt:
-            typer.echo(f"\n{interrupted_message(ctx.invoked_subcommand)}", err=True)
+        except KeyboardInterrupt as exc:
+            say(f"\n{interrupted_message(ctx.invoked_subcommand, _stopped_word(exc))}\n")
             forget_interrupt()
-            ctx.exit(INTERRUPTED)
+            ctx.exit(exit_code(exc))
 
 
 def reflow_help(text: str | None) -> str | None:
@@ -117,24 +184,25 @@ def reflow_help(text: str | None) -> str | None:
 RESUMABLE = ("apply", "synthesize", "filter", "distill")
 
 
-def interrupted_message(command: str | None) -> str:
+def interrupted_message(command: str | None, how: str = "interrupted") -> str:
     """What Ctrl-C leaves: the run stages, `pa eval` and `pa judge` keep work to continue from; `pa pull`
     stopped halfway has nothing to resume, and saying otherwise would be a promise not kept. `pa distill`
-    continues only with --resume: without it, it trains from step 0 and removes the old checkpoints."""
+    continues only with --resume: without it, it trains from step 0 and removes the old checkpoints.
+    `how` begins it: "interrupted", or "stopped by SIGTERM" (`Stopped`), which keep the same."""
     if command == "distill":  # run again as typed, it trains afresh and deletes the checkpoints it was told are kept
-        return ("interrupted: finished stages, scores and checkpoints are kept; run the same command again with "
+        return (f"{how}: finished stages, scores and checkpoints are kept; run the same command again with "
                 "--resume to continue from the last checkpoint")
     if command in RESUMABLE:
         kept = "scores, eval answers" if command == "apply" else "scores"  # apply's eval stages journal their answers
-        return f"interrupted: finished stages, {kept} and checkpoints are kept; run the same command again to continue"
+        return f"{how}: finished stages, {kept} and checkpoints are kept; run the same command again to continue"
     if command == "eval":
         # "any": Ctrl-C while the model loads has answered nothing yet, and its empty output folder is removed
-        return ("interrupted: any answers generated so far are kept (responses.partial.jsonl in the output folder); "
+        return (f"{how}: any answers generated so far are kept (responses.partial.jsonl in the output folder); "
                 "run the same command again to continue")
     if command == "judge":
-        return ("interrupted: the verdicts so far are kept beside the output (X.partial.jsonl for --out X.jsonl, "
+        return (f"{how}: the verdicts so far are kept beside the output (X.partial.jsonl for --out X.jsonl, "
                 "FILE.judged.partial.jsonl by default); run the same command again to continue")
-    return "interrupted"
+    return how
 
 
 class PaTyper(typer.Typer):
@@ -164,13 +232,14 @@ def sub_app(name: str, help: str) -> typer.Typer:
 # heavy imports stay inside the commands. isort: off
 try:
     from . import pack_cmds, run_cmds, synth_cmds, train_cmds, eval_cmds, hub_cmds, model_cmds  # noqa: E402,F401,I001
-except KeyboardInterrupt:
-    exit_interrupted()
+except KeyboardInterrupt as exc:
+    exit_interrupted(exc)
 # isort: on
 
 
 def main(argv: list[str] | None = None) -> None:
     try:
+        handle_stop_signals()
         app(args=argv if argv is not None else sys.argv[1:], prog_name="pa")
-    except KeyboardInterrupt:  # while typer builds the click command from `app`
-        exit_interrupted()
+    except KeyboardInterrupt as exc:  # while typer builds the click command from `app`
+        exit_interrupted(exc)
