@@ -23,7 +23,7 @@ from .errors import PackError, did_you_mean
 from .frozen import freeze, thaw
 from .pack_eval import EvalSet, asks_nothing, chat_token_problem, eval_items, inherit_set, tool_token_problem
 from .pack_input import (CHANGELOG, MANIFEST, MAX_EVAL_BYTES, MAX_MANIFEST_BYTES, MAX_OTHER_BYTES, MAX_POLICY_BYTES,
-                         MAX_TEMPLATE_BYTES, Collector, collect_files, confined_path, read_bounded)
+                         MAX_TEMPLATE_BYTES, Collector, collect_files, confined_path, manifest_place, read_bounded)
 from .schema import schema_hint, schema_message
 from .semver import is_semver
 from .templates import TemplateFailure, WorkBudget, compile_template, render_template, unused_variables
@@ -242,7 +242,8 @@ def load_manifest(col: Collector) -> tuple[dict[str, Any] | None, dict[str, int]
     if not isinstance(data, dict):
         col.add(MANIFEST, "", "manifest must be a YAML mapping", "start with `name: ...`, `version: ...`")
         return None, {}
-    return data, line_index(node)
+    col.manifest_lines = line_index(node)
+    return data, col.manifest_lines
 
 
 def _schema_problems(col: Collector, data: dict[str, Any], lines: dict[str, int]) -> set[str]:
@@ -278,11 +279,6 @@ def _own_categories(col: Collector, data: dict[str, Any], name: str) -> list[dic
                     "give each category a unique id")
         seen.add(cat["id"])
     return cats
-
-
-def manifest_place(pointer: str, lines: dict[str, int]) -> str:
-    """A manifest problem's place: its JSON pointer, and the line it is on where the loader recorded one."""
-    return pointer + (f" (line {lines[pointer]})" if pointer in lines else "")
 
 
 def _new_category(col: Collector, index: int, raw: dict[str, Any], origin: str, inherited: list[str]) -> Category | None:

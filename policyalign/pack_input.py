@@ -31,6 +31,11 @@ MAX_EVAL_ITEMS = 20000
 MAX_PROBLEMS = 1000  # problems kept for one pack: an 8 MB eval set of junk lines is millions of them
 
 
+def manifest_place(pointer: str, lines: dict[str, int]) -> str:
+    """A manifest problem's place: its JSON pointer, and the line it is on where the loader recorded one."""
+    return pointer + (f" (line {lines[pointer]})" if pointer in lines else "")
+
+
 def file_cap(rel: str) -> int:
     """The most bytes one pack file may have, by its kind (the relative POSIX path): what `pa pack pull`
     downloads at most, and what `collect_files` holds every file to, referenced or not."""
@@ -50,6 +55,10 @@ class Collector:
         # Relative POSIX paths of the files the digest covers (set by `collect_files`).
         self.digested: set[str] | None = None
         self.read = 0  # bytes `read_bounded` has read: at most MAX_PACK_BYTES in all
+        # The line of each JSON pointer in pack.yaml (set by `pack.load_manifest`), so that every manifest
+        # problem placed by its pointer names its line too: half the checks gave `/version` or `/policy`
+        # alone, and a contributor had to count their way through the YAML to it.
+        self.manifest_lines: dict[str, int] = {}
 
     def shown(self, path: Path | str) -> str:
         """`path` as a problem prints it: as the pack's directory was given (`packs/foo/pack.yaml`, from where
@@ -69,6 +78,8 @@ class Collector:
         if self.overflowed:
             return
         name = self.shown(self.root / file)  # an absolute `file` stays as it is
+        if str(file) == MANIFEST and where.startswith("/") and "(line " not in where:
+            where = manifest_place(where, self.manifest_lines)
         key = (name, where, message)
         if key in self._seen:
             return

@@ -339,5 +339,5 @@ def test_new_names_the_field_when_the_parent_has_no_semantic_version(fixture_pac
     manifest.write_text(manifest.read_text().replace("version: 1.0.0", 'version: "1.0"'))
     result = runner.invoke(app, ["new", "kid", "--extends", "root-pack", "--dir", str(fixture_packs)])
     assert result.exit_code == 2
-    assert "root-pack/pack.yaml:/version: '1.0' is not a semantic version" in result.output
+    assert "root-pack/pack.yaml:/version (line 2): '1.0' is not a semantic version" in result.output
     assert not (fixture_packs / "kid").exists()

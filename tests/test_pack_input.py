@@ -159,7 +159,7 @@ def test_a_referenced_path_holding_a_nul_or_a_lone_surrogate_is_a_problem_not_a_
     with pytest.raises(PackError) as caught:
         _load(fixture_packs, "root-pack")
     wheres = {p.where for p in caught.value.problems if p.message.startswith("'") and ": path holds" in p.message}
-    assert wheres == {"/policy", "/synthesis/templates/0/file"}
+    assert wheres == {"/policy (line 6)", "/synthesis/templates/0/file (line 26)"}
     result = CliRunner().invoke(app, ["validate", str(root), "--packs-path", str(fixture_packs)])
     assert result.exit_code == 2 and "Traceback" not in result.output
 
@@ -178,3 +178,17 @@ def test_files_past_the_packs_total_size_are_not_read(fixture_packs: Path, monke
     messages = [str(p) for p in caught.value.problems]
     assert [m for m in messages if m.startswith(f"{root}/eval/benign.jsonl: not read: the pack's files take more")]
     assert not [m for m in messages if "malformed JSON" in m] and [m for m in messages if "over the limit of" in m]
+
+
+def test_every_manifest_problem_placed_by_a_pointer_names_its_line(fixture_packs: Path) -> None:
+    """A bad `version:` or a `policy:` path out of the pack was placed as `/version` or `/policy` alone, while a
+    schema error on the same key named its line: the checks that did not thread the lines through left the
+    contributor to find the key in the YAML themselves."""
+    root = fixture_packs / "root-pack"
+    text = (root / "pack.yaml").read_text()
+    (root / "pack.yaml").write_text(text.replace("version: 1.0.0", "version: v1.0.0").replace(
+        "policy: policy.md", "policy: ../policy.md"))
+    with pytest.raises(PackError) as info:
+        _load(fixture_packs, "root-pack")
+    assert "pack.yaml:/version (line 2): 'v1.0.0' is not a semantic version" in str(info.value)
+    assert "pack.yaml:/policy (line 6): '../policy.md'" in str(info.value)

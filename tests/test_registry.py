@@ -298,7 +298,7 @@ def test_a_pack_whose_version_is_not_semantic_is_reported_by_field(fixture_packs
     result = CliRunner().invoke(app, ["show", "root-pack", "--packs-path", str(fixture_packs)])
     assert result.exit_code == 2
     assert "no version of" not in result.output
-    assert "root-pack/pack.yaml:/version: '1.0' is not a semantic version" in result.output
+    assert "root-pack/pack.yaml:/version (line 2): '1.0' is not a semantic version" in result.output
 
 
 def test_a_range_that_only_a_pack_without_a_semantic_version_could_match_loads_it_to_say_why(
@@ -314,7 +314,7 @@ def test_a_range_that_only_a_pack_without_a_semantic_version_could_match_loads_i
     assert child.exit_code == 2 and "available versions" not in child.output
     assert "parent 'root-pack@^1' is invalid" in child.output and f"pa validate {fixture_packs / 'root-pack'}" in child.output
     shown = CliRunner().invoke(app, ["show", "root-pack@^1", "--packs-path", str(fixture_packs)])
-    assert shown.exit_code == 2 and "root-pack/pack.yaml:/version: '1.0' is not a semantic version" in shown.output
+    assert shown.exit_code == 2 and "root-pack/pack.yaml:/version (line 2): '1.0' is not a semantic version" in shown.output
 
 
 def test_what_a_pack_composes_with_does_not_depend_on_what_was_loaded_first(fixture_packs: Path,
