@@ -23,7 +23,8 @@ from .errors import PackError, did_you_mean
 from .frozen import freeze, thaw
 from .pack_eval import EvalSet, asks_nothing, chat_token_problem, eval_items, inherit_set, tool_token_problem
 from .pack_input import (CHANGELOG, MANIFEST, MAX_EVAL_BYTES, MAX_MANIFEST_BYTES, MAX_OTHER_BYTES, MAX_POLICY_BYTES,
-                         MAX_TEMPLATE_BYTES, Collector, collect_files, confined_path, manifest_place, read_bounded)
+                         MAX_TEMPLATE_BYTES, Collector, collect_files, confined_path, manifest_place, read_bounded,
+                         undecodable_place)
 from .schema import schema_hint, schema_message
 from .semver import is_semver
 from .templates import TemplateFailure, WorkBudget, compile_template, render_template, unused_variables
@@ -231,8 +232,8 @@ def load_manifest(col: Collector) -> tuple[dict[str, Any] | None, dict[str, int]
             return None, {}
         finally:
             loader.dispose()
-    except UnicodeDecodeError:
-        col.add(MANIFEST, "", "manifest is not valid UTF-8", "save pack.yaml as UTF-8")
+    except UnicodeDecodeError as exc:
+        col.add(MANIFEST, undecodable_place(exc), "manifest is not valid UTF-8", "save pack.yaml as UTF-8")
         return None, {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)

@@ -36,6 +36,14 @@ def manifest_place(pointer: str, lines: dict[str, int]) -> str:
     return pointer + (f" (line {lines[pointer]})" if pointer in lines else "")
 
 
+def undecodable_place(exc: UnicodeDecodeError) -> str:
+    """Where a file stops being UTF-8, as a line a contributor can open: `byte 517` alone sent them counting bytes
+    (a Latin-1 `é` pasted into policy.md), and pack.yaml's problem gave no place at all."""
+    data = exc.object if isinstance(exc.object, bytes) else bytes(exc.object)
+    lines_before = data.count(b"\n", 0, exc.start)
+    return f"line {lines_before + 1}"
+
+
 def file_cap(rel: str) -> int:
     """The most bytes one pack file may have, by its kind (the relative POSIX path): what `pa pack pull`
     downloads at most, and what `collect_files` holds every file to, referenced or not."""
@@ -151,7 +159,7 @@ def read_bounded(col: Collector, rel: str, limit: int, where: str) -> str | None
         # system message and every synthesis prompt, and make line 1 of an eval set malformed JSON.
         text = target.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
-        col.add(rel, f"byte {exc.start}", "file is not valid UTF-8", "save the file as UTF-8")
+        col.add(rel, undecodable_place(exc), "file is not valid UTF-8", "save the file as UTF-8")
         return None
     problem = text_problem(text)
     if problem:

@@ -192,3 +192,18 @@ def test_every_manifest_problem_placed_by_a_pointer_names_its_line(fixture_packs
         _load(fixture_packs, "root-pack")
     assert "pack.yaml:/version (line 2): 'v1.0.0' is not a semantic version" in str(info.value)
     assert "pack.yaml:/policy (line 6): '../policy.md'" in str(info.value)
+
+
+def test_a_file_that_is_not_utf8_is_placed_by_its_line(fixture_packs: Path) -> None:
+    """A Latin-1 `é` pasted into policy.md was placed as `byte 517`, and in pack.yaml not placed at all."""
+    root = fixture_packs / "root-pack"
+    (root / "policy.md").write_bytes((root / "policy.md").read_bytes() + "Café rules.\n".encode("latin-1"))
+    lines_before = (root / "policy.md").read_bytes().count(b"\n") - 1
+    (root / "pack.yaml").write_bytes((root / "pack.yaml").read_bytes().replace(b"title: Fixture", b"title: \xc9 Fixture"))
+    with pytest.raises(PackError) as info:
+        _load(fixture_packs, "root-pack")
+    assert "root-pack/pack.yaml:line 3: manifest is not valid UTF-8" in str(info.value)
+    (root / "pack.yaml").write_bytes((root / "pack.yaml").read_bytes().replace(b"\xc9 ", b""))
+    with pytest.raises(PackError) as info:
+        _load(fixture_packs, "root-pack")
+    assert f"root-pack/policy.md:line {lines_before + 1}: file is not valid UTF-8" in str(info.value)
