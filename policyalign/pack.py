@@ -28,7 +28,8 @@ from .pack_input import (CHANGELOG, MANIFEST, MAX_EVAL_BYTES, MAX_MANIFEST_BYTES
 from .schema import schema_hint, schema_message
 from .semver import is_semver
 from .templates import TemplateFailure, WorkBudget, compile_template, render_template, unused_variables
-from .untrusted_data import MAX_NESTING, ManifestLoader, duplicate_keys, line_index, text_problems, too_deep_node
+from .untrusted_data import (MAX_NESTING, ManifestLoader, duplicate_keys, line_index, text_problems, too_deep_node,
+                             yaml_syntax_hint)
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -237,8 +238,8 @@ def load_manifest(col: Collector) -> tuple[dict[str, Any] | None, dict[str, int]
         return None, {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        where = f"line {mark.line + 1}" if mark else ""
-        col.add(MANIFEST, where, f"invalid YAML: {getattr(exc, 'problem', None) or exc}", "fix the YAML syntax")
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        col.add(MANIFEST, where, f"invalid YAML: {getattr(exc, 'problem', None) or exc}", yaml_syntax_hint(exc))
         return None, {}
     if not isinstance(data, dict):
         col.add(MANIFEST, "", "manifest must be a YAML mapping", "start with `name: ...`, `version: ...`")
