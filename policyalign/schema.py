@@ -136,7 +136,20 @@ def schema_hint(error: Any) -> str:
     if error.validator == "not":  # schema_message gives the description already
         return ""
     description = error.schema.get("description") if isinstance(error.schema, dict) else None
-    return description or ""
+    unquoted = _unquoted_text_hint(error)
+    return "; ".join(part for part in (unquoted, description) if part)
+
+
+def _unquoted_text_hint(error: Any) -> str:
+    """Why a text field holds a number or true/false: YAML read the unquoted value so (`version: 1.0` is the
+    float 1.0, `title: yes` is true, `version: 1.10` is 1.1), and "1.0 is not of type 'string'" did not say
+    that quotes fix it. Empty for any other error."""
+    expected = error.validator_value if error.validator == "type" else None
+    wants_text = expected == "string" or (isinstance(expected, list) and "string" in expected)
+    if not wants_text or not isinstance(error.instance, (bool, int, float)):
+        return ""
+    kind = "true/false" if isinstance(error.instance, bool) else "a number"
+    return f"YAML read the unquoted value as {kind}: put it in quotes to keep it as text"
 
 
 def _missing_field_hint(error: Any) -> str:

@@ -42,3 +42,17 @@ def test_a_value_out_of_its_bounds_says_the_bound(fixture_packs: Path) -> None:
     messages = [p.message for p in caught.value.problems]
     assert any(m.endswith("(20001 characters) is too long (at most 20000 characters)") for m in messages), messages
     assert "'Short.' is too short (at least 10 characters)" in messages, messages
+
+
+def test_a_text_field_yaml_read_as_a_number_or_a_boolean_is_told_to_quote_it(fixture_packs: Path) -> None:
+    """`version: 1.0` is YAML's float and `title: yes` its true: "1.0 is not of type 'string'" came with the
+    field's description as the hint, which did not say that the value only needs quotes."""
+    manifest = fixture_packs / "root-pack" / "pack.yaml"
+    manifest.write_text(manifest.read_text().replace("version: 1.0.0", "version: 1.0").replace(
+        "title: Scams", "title: yes"))
+    with pytest.raises(PackError) as caught:
+        load_pack(fixture_packs / "root-pack", registry=Registry([fixture_packs]))
+    hints = {p.where.split(" ")[0]: p.hint for p in caught.value.problems}
+    assert hints["/version"].startswith("YAML read the unquoted value as a number: put it in quotes"), hints
+    assert "MAJOR.MINOR.PATCH" in hints["/version"]
+    assert hints["/categories/1/title"].startswith("YAML read the unquoted value as true/false"), hints
