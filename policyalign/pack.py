@@ -706,6 +706,11 @@ def _check_template(col: Collector, file: str, source: str, data: dict[str, Any]
             where = (f"line {exc.line}, " if exc.line else "") + f"category {cat.id!r}"
             col.add(file, where, exc.message, exc.hint)
             return False
+        if not rendered.strip():  # `{% if category.id == "mine" %}...{% endif %}`: the others sent an empty prompt
+            col.add(file, f"category {cat.id!r}", "the template renders to an empty prompt for this category: the "
+                    "generator would be asked for nothing", "templates render for every category of the composed "
+                    "pack, inherited ones included: keep the request outside any `{% if %}` that skips a category")
+            return False
         # A token the template assembles ({{ "<|im_" ~ "start|>" }}); one in its text or the pack's is reported there.
         given = [{"content": source}, {"content": json.dumps(variables, ensure_ascii=False)}]
         if (forged := chat_token_problem([{"content": rendered}])) and not chat_token_problem(given):
