@@ -39,13 +39,29 @@ def test_validate_lists_the_stand_in_text_a_new_pack_still_holds(tmp_path: Path)
     manifest.write_text(manifest.read_text().replace("TODO: one or two sentences on what this policy covers and who it is for.",
                                                      "Rules for an HR assistant.").replace("example-violation", "pay-data")
                         .replace("Describe what counts as a violation in this category; the generator and judges read this.",
-                                 "Requests to reveal a colleague's pay."))
+                                 "Requests to reveal a colleague's pay.").replace("title: Example violation", "title: Pay data"))
     for eval_file in (root / "eval").glob("*.jsonl"):
         eval_file.write_text(eval_file.read_text().replace("example-violation", "pay-data"))
     result = runner.invoke(app, ["validate", str(root)])
     assert result.exit_code == 0 and "4 piece(s)" in result.output, result.output
     assert ":summary" not in result.output and "example category" not in result.output
     assert "5 of the skeleton's seeds" in result.output
+
+
+def test_a_category_still_titled_as_the_skeleton_is_a_draft(tmp_path: Path) -> None:
+    """A category renamed and described but still titled "Example violation" was no longer a draft: `pa pack push`
+    published it, and the generator and judges were shown that title beside the real description."""
+    packs = tmp_path / "packs"
+    assert runner.invoke(app, ["new", "mypack", "--dir", str(packs)]).exit_code == 0
+    manifest = packs / "mypack" / "pack.yaml"
+    manifest.write_text(manifest.read_text().replace("example-violation", "pay-data").replace(
+        "Describe what counts as a violation in this category; the generator and judges read this.",
+        "Requests to reveal a colleague's pay."))
+    for eval_file in (packs / "mypack" / "eval").glob("*.jsonl"):
+        eval_file.write_text(eval_file.read_text().replace("example-violation", "pay-data"))
+    result = runner.invoke(app, ["validate", str(packs / "mypack")])
+    assert result.exit_code == 0, result.output
+    assert f"{manifest}:category pay-data: still holds the skeleton's example category" in result.output, result.output
 
 
 def test_validate_finds_no_stand_in_text_in_the_shipped_packs() -> None:
