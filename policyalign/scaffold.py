@@ -189,7 +189,7 @@ def new_pack(name: str, packs_dir: Path, extends: str | None = None, registry: "
     _check_name(name)
     root = packs_dir / name
     if root.exists():
-        raise InvalidInputError(f"{root} already exists", file=str(root), hint="choose another name or delete the directory")
+        raise InvalidInputError("a file or directory of this name already exists", file=str(root), hint="choose another name or delete the directory")
     if extends:
         if registry is None:
             from .registry import Registry

@@ -133,8 +133,10 @@ def test_show_never_cuts_a_category_id(fixture_packs: Path, monkeypatch: pytest.
 
 
 def test_new_refuses_to_overwrite(fixture_packs: Path) -> None:
+    """The refusal named the directory twice: "error: packs/root-pack: packs/root-pack already exists"."""
     result = runner.invoke(app, ["new", "root-pack", "--dir", str(fixture_packs)])
     assert result.exit_code == 2 and "already exists" in result.output
+    assert result.output.count(str(fixture_packs / "root-pack")) == 1, result.output
 
 
 def test_list_json(fixture_packs: Path) -> None:
