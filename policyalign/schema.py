@@ -136,8 +136,15 @@ def schema_hint(error: Any) -> str:
     if error.validator == "not":  # schema_message gives the description already
         return ""
     description = error.schema.get("description") if isinstance(error.schema, dict) else None
-    unquoted = _unquoted_text_hint(error)
-    return "; ".join(part for part in (unquoted, description) if part)
+    return "; ".join(part for part in (_unquoted_text_hint(error), _single_value_hint(error), description) if part)
+
+
+def _single_value_hint(error: Any) -> str:
+    """A list field given one bare value (`extends: general@^1`): "'general@^1' is not of type 'array'" did not
+    show the list syntax that fixes it. Empty for any other error."""
+    if error.validator != "type" or error.validator_value != "array" or isinstance(error.instance, (list, dict)):
+        return ""
+    return f"write it as a list, even of one: [{json.dumps(error.instance)}]"
 
 
 def _unquoted_text_hint(error: Any) -> str:

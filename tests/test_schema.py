@@ -56,3 +56,16 @@ def test_a_text_field_yaml_read_as_a_number_or_a_boolean_is_told_to_quote_it(fix
     assert hints["/version"].startswith("YAML read the unquoted value as a number: put it in quotes"), hints
     assert "MAJOR.MINOR.PATCH" in hints["/version"]
     assert hints["/categories/1/title"].startswith("YAML read the unquoted value as true/false"), hints
+
+
+def test_a_list_field_given_one_bare_value_is_shown_the_list_syntax(fixture_packs: Path) -> None:
+    """`extends: root-pack@^1` got "'root-pack@^1' is not of type 'array'" and the field's description."""
+    manifest = fixture_packs / "child-pack" / "pack.yaml"
+    text = manifest.read_text()
+    extends = next(line for line in text.splitlines() if line.startswith("extends:"))
+    manifest.write_text(text.replace(extends, "extends: root-pack@^1"))
+    with pytest.raises(PackError) as caught:
+        load_pack(fixture_packs / "child-pack", registry=Registry([fixture_packs]))
+    problem = caught.value.problems[0]
+    assert problem.message == "'root-pack@^1' is not of type 'array'"
+    assert problem.hint.startswith('write it as a list, even of one: ["root-pack@^1"]'), problem
