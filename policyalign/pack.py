@@ -877,8 +877,9 @@ def _build(col: Collector, data: dict[str, Any], lines: dict[str, int], registry
         _check_parents_named_once(col, data, lines)
     parents = _resolve_parents(col, data, registry, (*stack, str(name)), siblings, lines) if "extends" not in broken else ()
     # Without every parent, an override of a parent's category reads as a new category "missing title,
-    # description" and a parent's category in an eval item as unknown: wrong fixes for an `extends` problem.
-    composed = not broken & {"categories", ""} and len(parents) == len(_list(data, "extends"))
+    # description" and a parent's category in an eval item as unknown: wrong fixes for an `extends` problem. So
+    # with `extends` not a list (`extends: general@^1`): none was resolved, and none was counted as asked for.
+    composed = not broken & {"categories", "extends", ""} and len(parents) == len(_list(data, "extends"))
     categories = _compose_categories(col, parents, _own_categories(col, data, str(name)), str(name), lines) if composed else ()
     # With `synthesis` (or a variable's section) broken the templates are still read and compiled, so a
     # typo in `format` does not hide their syntax errors; they are rendered only when all of it is sound.
