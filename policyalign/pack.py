@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import yaml
 
-from .errors import PackError, did_you_mean
+from .errors import InvalidInputError, PackError, did_you_mean
 from .frozen import freeze, thaw
 from .pack_eval import EvalSet, asks_nothing, chat_token_problem, eval_items, inherit_set, tool_token_problem
 from .pack_input import (CHANGELOG, MANIFEST, MAX_EVAL_BYTES, MAX_MANIFEST_BYTES, MAX_OTHER_BYTES, MAX_POLICY_BYTES,
@@ -806,6 +806,20 @@ def changelog_entry(text: str, version: str) -> str | None:
 # --------------------------------------------------------------------------- entry point
 
 
+def _missing_directory_hint(path: str | Path, registry: "Registry | None") -> str:
+    """The hint for a pack directory that does not exist. `pa validate education` (a name, as `pa show` and
+    `pa render` take) was told to pass a directory and not which one: the pack of that name is named."""
+    hint = "pass the path of a directory holding pack.yaml"
+    spec = str(path)
+    if registry is None or "/" in spec or "\\" in spec:
+        return hint
+    try:
+        found = registry.best_match(spec)
+    except InvalidInputError:  # a bad range (ResolveError): no pack by that spec to name
+        return hint
+    return f"{hint}: the pack {spec!r} is {found.path}" if found is not None else hint
+
+
 def load_pack(path: str | Path, *, registry: "Registry | None" = None, siblings: Path | None = None,
               _stack: tuple[str, ...] = ()) -> Pack:
     """Load and validate the pack at `path`, composing its parents through `registry`.
@@ -825,7 +839,7 @@ def load_pack(path: str | Path, *, registry: "Registry | None" = None, siblings:
             col.add(root.resolve(), "", "a file, not a pack directory", f"pass the directory holding pack.yaml"
                     f"{', ' + str(root.parent) if root.name == MANIFEST else ''}")
         else:
-            col.add(root.resolve(), "", "pack directory does not exist", "pass the path of a directory holding pack.yaml")
+            col.add(root.resolve(), "", "pack directory does not exist", _missing_directory_hint(path, registry))
         raise PackError(col.problems)
     if registry is not None:
         cached = registry.cached(root)

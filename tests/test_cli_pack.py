@@ -64,6 +64,17 @@ def test_a_category_still_titled_as_the_skeleton_is_a_draft(tmp_path: Path) -> N
     assert f"{manifest}:category pay-data: still holds the skeleton's example category" in result.output, result.output
 
 
+def test_validate_given_a_packs_name_names_its_directory(fixture_packs: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pa validate root-pack` (a name, as `pa show` and `pa render` take) was told "pass the path of a directory
+    holding pack.yaml" and not which one."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PA_HOME", str(tmp_path / "home"))
+    result = runner.invoke(app, ["validate", "root-pack", "--packs-path", str(fixture_packs)])
+    assert result.exit_code == 2
+    assert f"the pack 'root-pack' is {fixture_packs / 'root-pack'}" in result.output, result.output
+
+
 def test_validate_finds_no_stand_in_text_in_the_shipped_packs() -> None:
     packs = Path(__file__).parents[1] / "packs"
     result = runner.invoke(app, ["validate", "--all", "--dir", str(packs)])
