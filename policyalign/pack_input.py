@@ -211,8 +211,10 @@ def collect_files(col: Collector) -> list[Path]:
                 continue
             if not target.is_relative_to(root):
                 # the link's target is the pack's text too: a target holding ESC ]0;... BEL retitled the terminal
+                # A linked directory (`templates -> ../shared`) was told to become "a copy of the file".
+                what = "directory" if target.is_dir() else "file"
                 col.add(str(rel), "", f"symlink points outside the pack ({col.shown(target)})",
-                        "replace the symlink with a copy of the file inside the pack")
+                        f"replace the symlink with a copy of the {what} inside the pack")
                 continue
         if path.is_dir():
             continue

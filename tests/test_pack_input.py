@@ -207,3 +207,15 @@ def test_a_file_that_is_not_utf8_is_placed_by_its_line(fixture_packs: Path) -> N
     with pytest.raises(PackError) as info:
         _load(fixture_packs, "root-pack")
     assert f"root-pack/policy.md:line {lines_before + 1}: file is not valid UTF-8" in str(info.value)
+
+
+def test_a_directory_linked_from_outside_the_pack_is_told_to_be_copied_as_a_directory(fixture_packs: Path,
+                                                                                      tmp_path: Path) -> None:
+    """`templates -> ../shared-templates` was told to "replace the symlink with a copy of the file"."""
+    root = fixture_packs / "root-pack"
+    (root / "templates").rename(tmp_path / "shared-templates")
+    os.symlink(tmp_path / "shared-templates", root / "templates")
+    with pytest.raises(PackError) as caught:
+        _load(fixture_packs, "root-pack")
+    [hint] = {p.hint for p in caught.value.problems if p.message.startswith("symlink points outside the pack")}
+    assert hint == "replace the symlink with a copy of the directory inside the pack"
