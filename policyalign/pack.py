@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -742,11 +743,21 @@ def _eval_sets(col: Collector, data: dict[str, Any], categories: tuple[Category,
     seen_ids: dict[str, str] = {}
     sets: list[EvalSet] = []
     names: set[str] = set()
+    # A set's entry copied and renamed but still naming the first set's file: its items were read again, and
+    # every one was reported as a duplicate id of itself, and as mislabelled for the second set's kind.
+    files: dict[str, Any] = {}
     for index, entry in enumerate(e for e in _list(data, "eval") if isinstance(e, dict)):
         if entry.get("name") in names:
             col.add(MANIFEST, f"/eval/{index}/name", f"duplicate eval set name {entry.get('name')!r}", "rename one")
         names.add(entry.get("name"))
         _check_eval_file_name(col, index, entry.get("file"))
+        file = posixpath.normpath(entry["file"]) if isinstance(entry.get("file"), str) else None
+        if file in files:
+            col.add(MANIFEST, f"/eval/{index}/file", f"{entry['file']!r} is already the file of eval set "
+                    f"{files[file]!r}", "give each eval set its own file")
+            continue
+        if file is not None:
+            files[file] = entry.get("name")
         text = read_bounded(col, entry.get("file", ""), MAX_EVAL_BYTES, f"/eval/{index}/file")
         if text is None:
             continue
