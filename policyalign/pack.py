@@ -872,6 +872,11 @@ def load_pack(path: str | Path, *, registry: "Registry | None" = None, siblings:
     return pack
 
 
+# "split or shorten the file", the hint for any file over its bound, does not fit the one file the teacher reads whole.
+POLICY_TOO_BIG = ("shorten the policy: it is the system message of every teacher prompt, and packs/README.md "
+                  "suggests 300 to 600 words")
+
+
 def _build(col: Collector, data: dict[str, Any], lines: dict[str, int], registry: "Registry | None",
            stack: tuple[str, ...], siblings: Path) -> Pack | None:
     broken = _schema_problems(col, data, lines)
@@ -890,7 +895,8 @@ def _build(col: Collector, data: dict[str, Any], lines: dict[str, int], registry
     if isinstance(version, str) and not is_semver(version):
         col.add(MANIFEST, "/version", f"{version!r} is not a semantic version", "use MAJOR.MINOR.PATCH, e.g. 1.0.0")
     files = collect_files(col)
-    policy = read_bounded(col, data.get("policy", ""), MAX_POLICY_BYTES, "/policy") if isinstance(data.get("policy"), str) else None
+    policy = read_bounded(col, data["policy"], MAX_POLICY_BYTES, "/policy", POLICY_TOO_BIG) \
+        if isinstance(data.get("policy"), str) else None
     if policy is not None and not policy.strip():
         col.add(str(data["policy"]), "", "policy text is empty", "write the policy the teacher should follow")
     if policy is not None:

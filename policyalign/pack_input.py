@@ -121,8 +121,9 @@ def confined_path(root: Path, rel: str) -> Path | str:
     return target
 
 
-def read_bounded(col: Collector, rel: str, limit: int, where: str) -> str | None:
-    """Read a referenced pack file as UTF-8, reporting escape, absence, size and encoding problems."""
+def read_bounded(col: Collector, rel: str, limit: int, where: str, too_big: str = "split or shorten the file") -> str | None:
+    """Read a referenced pack file as UTF-8, reporting escape, absence, size and encoding problems; `too_big` is
+    the fix for a file over `limit` (a policy cannot be split: it is one system message)."""
     target = confined_path(col.root, rel)
     if isinstance(target, str):
         col.add(MANIFEST, where, f"{rel!r}: {target}", "use a relative path to a file inside the pack directory")
@@ -145,7 +146,7 @@ def read_bounded(col: Collector, rel: str, limit: int, where: str) -> str | None
         return None
     size = target.stat().st_size
     if size > limit:
-        col.add(rel, "", f"file is {size} bytes, over the {limit}-byte limit", "split or shorten the file")
+        col.add(rel, "", f"file is {size} bytes, over the {limit}-byte limit", too_big)
         return None
     if col.read + size > MAX_PACK_BYTES:
         # Sixteen eval sets under 8 MiB each are 128 MiB: all were read and parsed (70 s) after the pack was

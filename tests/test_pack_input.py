@@ -219,3 +219,14 @@ def test_a_directory_linked_from_outside_the_pack_is_told_to_be_copied_as_a_dire
         _load(fixture_packs, "root-pack")
     [hint] = {p.hint for p in caught.value.problems if p.message.startswith("symlink points outside the pack")}
     assert hint == "replace the symlink with a copy of the directory inside the pack"
+
+
+def test_a_policy_over_its_bound_is_told_to_be_shortened_not_split(fixture_packs: Path) -> None:
+    """"split or shorten the file", the hint for any file over its bound, for the one file the teacher reads whole."""
+    root = fixture_packs / "root-pack"
+    (root / "policy.md").write_text("Be careful with every request. " * 5000)
+    with pytest.raises(PackError) as caught:
+        _load(fixture_packs, "root-pack")
+    [problem] = caught.value.problems
+    assert problem.message.endswith("over the 131072-byte limit")
+    assert problem.hint.startswith("shorten the policy: it is the system message of every teacher prompt"), problem
