@@ -32,7 +32,8 @@ def test_validate_lists_the_stand_in_text_a_new_pack_still_holds(tmp_path: Path)
     result = runner.invoke(app, ["validate", str(root)])
     assert result.exit_code == 0, result.output
     assert f"draft    {root}: 6 piece(s) of `pa new` stand-in text left" in result.output
-    for place in (f"{root / 'pack.yaml'}:summary", f"{root / 'policy.md'}: ", f"{root / 'pack.yaml'}:category example-violation",
+    for place in (f"{root / 'pack.yaml'}:summary (line 4): ", f"{root / 'policy.md'}:line 3: ",
+                  f"{root / 'pack.yaml'}:category example-violation (line 9): ",
                   f"{root / 'eval' / 'harmful.jsonl'}:item mypack-harmful-0001", f"{root / 'eval' / 'benign.jsonl'}:item"):
         assert place in result.output, place
     manifest = root / "pack.yaml"
@@ -61,7 +62,7 @@ def test_a_category_still_titled_as_the_skeleton_is_a_draft(tmp_path: Path) -> N
         eval_file.write_text(eval_file.read_text().replace("example-violation", "pay-data"))
     result = runner.invoke(app, ["validate", str(packs / "mypack")])
     assert result.exit_code == 0, result.output
-    assert f"{manifest}:category pay-data: still holds the skeleton's example category" in result.output, result.output
+    assert f"{manifest}:category pay-data (line 9): still holds the skeleton's example category" in result.output, result.output
 
 
 def test_validate_given_a_packs_name_names_its_directory(fixture_packs: Path, tmp_path: Path,
@@ -124,7 +125,7 @@ def test_validate_names_a_numbered_example_category_left_in_a_grandchild(tmp_pat
         "Describe what counts as a violation in this category; the generator and judges read this.", "Real description."))
     result = runner.invoke(app, ["validate", str(packs / "low"), "--packs-path", str(packs)])
     assert result.exit_code == 0, result.output
-    assert "category example-child-violation-2: still holds the skeleton's example category" in result.output, result.output
+    assert "category example-child-violation-2 (line 10): still holds the skeleton's example category" in result.output, result.output
 
 
 def test_show_never_cuts_a_category_id(fixture_packs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
