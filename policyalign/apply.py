@@ -38,7 +38,7 @@ from .stages import (
 )
 from .stats import is_number
 from .tracking import report_targets
-from .untrusted_data import ManifestLoader
+from .untrusted_data import ManifestLoader, yaml_syntax_hint
 
 # The built-in tiny model is for the offline demo and tests: these defaults make the whole
 # pipeline finish in about a minute on a 2-core CPU. Any option given explicitly wins.
@@ -141,7 +141,7 @@ def load_config_file(path: Path) -> dict[str, Any]:
         try:
             data = yaml.load(text, Loader=ManifestLoader)
         except yaml.YAMLError as exc:
-            raise InvalidInputError(f"invalid YAML: {exc}", file=str(path), hint="fix the YAML syntax") from None
+            raise InvalidInputError(f"invalid YAML: {exc}", file=str(path), hint=yaml_syntax_hint(exc)) from None
     if not isinstance(data, dict):
         _refuse_non_mapping(data, text, path)
     names = {f.name for f in fields(ApplyOptions)} - {"explicit", "flags", "config"}

@@ -16,7 +16,7 @@ from typing import Sequence
 import yaml
 
 from .errors import InvalidInputError
-from .io import write_text
+from .io import write_bytes
 from .pack import changelog_entry
 from .pack_input import CHANGELOG, MANIFEST, MAX_MANIFEST_BYTES, MAX_OTHER_BYTES, confined_path
 from .semver import Version, is_semver
@@ -64,13 +64,14 @@ def bump_pack(root: Path, part: str | None = None, *, to: str | None = None,
     log = log if log.strip() else "# Changelog\n"  # an empty file got its entry under two blank lines, untitled
     added = _changelog_needs_entry(changelog, log, str(new), notes)
     if added:
-        write_text(changelog, _with_entry(log, str(new), notes))
+        write_bytes(changelog, _with_entry(log, str(new), notes).encode("utf-8"))
     quote = node.style if node.style in ("'", '"') else ""
     written = text[node.start_mark.index:node.end_mark.index]
     # A block scalar (`version: >-` and the version on the next line) ends after its line break:
     # keep it, or the next key joins the version's line (`version: 1.0.1foo: ...`).
     tail = written[len(written.rstrip()):]
-    write_text(manifest, text[:node.start_mark.index] + f"{quote}{new}{quote}{tail}" + text[node.end_mark.index:])
+    write_bytes(manifest, (text[:node.start_mark.index] + f"{quote}{new}{quote}{tail}" + text[node.end_mark.index:])
+                .encode("utf-8"))
     return BumpResult(root, str(old), str(new), added, tuple(_stranded(root, name, old, new)))
 
 
@@ -92,8 +93,8 @@ def _read(path: Path, limit: int, hint: str) -> str:
     if path.stat().st_size > limit:
         raise InvalidInputError(f"file is over the {limit}-byte limit", file=str(path),
                                 hint="`pa validate` on the pack says what to shorten")
-    try:
-        return path.read_text(encoding="utf-8")
+    try:  # bytes, not read_text: its newline translation rewrote a Windows (CRLF) file with LF line ends throughout
+        return path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidInputError(f"not UTF-8 text (byte {exc.start})", file=str(path),
                                 hint="save the file as UTF-8") from None
@@ -153,13 +154,15 @@ def _changelog_needs_entry(path: Path, text: str, version: str, notes: Sequence[
 
 
 def _with_entry(text: str, version: str, notes: Sequence[str]) -> str:
-    """`text` with a `## version` entry above the newest one (after the title), notes as bullets."""
+    """`text` with a `## version` entry above the newest one (after the title), notes as bullets, its lines
+    ended as the file's are (CRLF in a file written on Windows)."""
+    newline = "\r\n" if "\r\n" in text else "\n"
     bullets = "".join("- " + n.strip().replace("\n", "\n  ") + "\n" for n in notes if n.strip())
-    entry = f"## {version}\n\n{bullets}\n"
+    entry = f"## {version}\n\n{bullets}\n".replace("\n", newline)
     lines = text.splitlines(keepends=True)
     first = next((i for i, line in enumerate(lines) if line.startswith("##")), None)
     if first is None:
-        return text.rstrip("\n") + "\n\n" + entry
+        return text.rstrip("\r\n") + newline * 2 + entry
     return "".join(lines[:first]) + entry + "".join(lines[first:])
 
 

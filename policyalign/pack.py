@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,15 +20,17 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import yaml
 
-from .errors import PackError, did_you_mean
+from .errors import InvalidInputError, PackError, did_you_mean
 from .frozen import freeze, thaw
 from .pack_eval import EvalSet, asks_nothing, chat_token_problem, eval_items, inherit_set, tool_token_problem
 from .pack_input import (CHANGELOG, MANIFEST, MAX_EVAL_BYTES, MAX_MANIFEST_BYTES, MAX_OTHER_BYTES, MAX_POLICY_BYTES,
-                         MAX_TEMPLATE_BYTES, Collector, collect_files, confined_path, read_bounded)
+                         MAX_TEMPLATE_BYTES, Collector, collect_files, confined_path, manifest_place, read_bounded,
+                         undecodable_place)
 from .schema import schema_hint, schema_message
 from .semver import is_semver
 from .templates import TemplateFailure, WorkBudget, compile_template, render_template, unused_variables
-from .untrusted_data import MAX_NESTING, ManifestLoader, duplicate_keys, line_index, text_problems, too_deep_node
+from .untrusted_data import (MAX_NESTING, ManifestLoader, duplicate_keys, line_index, text_problems, too_deep_node,
+                             yaml_syntax_hint)
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -231,18 +234,19 @@ def load_manifest(col: Collector) -> tuple[dict[str, Any] | None, dict[str, int]
             return None, {}
         finally:
             loader.dispose()
-    except UnicodeDecodeError:
-        col.add(MANIFEST, "", "manifest is not valid UTF-8", "save pack.yaml as UTF-8")
+    except UnicodeDecodeError as exc:
+        col.add(MANIFEST, undecodable_place(exc), "manifest is not valid UTF-8", "save pack.yaml as UTF-8")
         return None, {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        where = f"line {mark.line + 1}" if mark else ""
-        col.add(MANIFEST, where, f"invalid YAML: {getattr(exc, 'problem', None) or exc}", "fix the YAML syntax")
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        col.add(MANIFEST, where, f"invalid YAML: {getattr(exc, 'problem', None) or exc}", yaml_syntax_hint(exc))
         return None, {}
     if not isinstance(data, dict):
         col.add(MANIFEST, "", "manifest must be a YAML mapping", "start with `name: ...`, `version: ...`")
         return None, {}
-    return data, line_index(node)
+    col.manifest_lines = line_index(node)
+    return data, col.manifest_lines
 
 
 def _schema_problems(col: Collector, data: dict[str, Any], lines: dict[str, int]) -> set[str]:
@@ -278,11 +282,6 @@ def _own_categories(col: Collector, data: dict[str, Any], name: str) -> list[dic
                     "give each category a unique id")
         seen.add(cat["id"])
     return cats
-
-
-def manifest_place(pointer: str, lines: dict[str, int]) -> str:
-    """A manifest problem's place: its JSON pointer, and the line it is on where the loader recorded one."""
-    return pointer + (f" (line {lines[pointer]})" if pointer in lines else "")
 
 
 def _new_category(col: Collector, index: int, raw: dict[str, Any], origin: str, inherited: list[str]) -> Category | None:
@@ -708,6 +707,11 @@ def _check_template(col: Collector, file: str, source: str, data: dict[str, Any]
             where = (f"line {exc.line}, " if exc.line else "") + f"category {cat.id!r}"
             col.add(file, where, exc.message, exc.hint)
             return False
+        if not rendered.strip():  # `{% if category.id == "mine" %}...{% endif %}`: the others sent an empty prompt
+            col.add(file, f"category {cat.id!r}", "the template renders to an empty prompt for this category: the "
+                    "generator would be asked for nothing", "templates render for every category of the composed "
+                    "pack, inherited ones included: keep the request outside any `{% if %}` that skips a category")
+            return False
         # A token the template assembles ({{ "<|im_" ~ "start|>" }}); one in its text or the pack's is reported there.
         given = [{"content": source}, {"content": json.dumps(variables, ensure_ascii=False)}]
         if (forged := chat_token_problem([{"content": rendered}])) and not chat_token_problem(given):
@@ -739,11 +743,21 @@ def _eval_sets(col: Collector, data: dict[str, Any], categories: tuple[Category,
     seen_ids: dict[str, str] = {}
     sets: list[EvalSet] = []
     names: set[str] = set()
+    # A set's entry copied and renamed but still naming the first set's file: its items were read again, and
+    # every one was reported as a duplicate id of itself, and as mislabelled for the second set's kind.
+    files: dict[str, Any] = {}
     for index, entry in enumerate(e for e in _list(data, "eval") if isinstance(e, dict)):
         if entry.get("name") in names:
             col.add(MANIFEST, f"/eval/{index}/name", f"duplicate eval set name {entry.get('name')!r}", "rename one")
         names.add(entry.get("name"))
         _check_eval_file_name(col, index, entry.get("file"))
+        file = posixpath.normpath(entry["file"]) if isinstance(entry.get("file"), str) else None
+        if file in files:
+            col.add(MANIFEST, f"/eval/{index}/file", f"{entry['file']!r} is already the file of eval set "
+                    f"{files[file]!r}", "give each eval set its own file")
+            continue
+        if file is not None:
+            files[file] = entry.get("name")
         text = read_bounded(col, entry.get("file", ""), MAX_EVAL_BYTES, f"/eval/{index}/file")
         if text is None:
             continue
@@ -803,6 +817,20 @@ def changelog_entry(text: str, version: str) -> str | None:
 # --------------------------------------------------------------------------- entry point
 
 
+def _missing_directory_hint(path: str | Path, registry: "Registry | None") -> str:
+    """The hint for a pack directory that does not exist. `pa validate education` (a name, as `pa show` and
+    `pa render` take) was told to pass a directory and not which one: the pack of that name is named."""
+    hint = "pass the path of a directory holding pack.yaml"
+    spec = str(path)
+    if registry is None or "/" in spec or "\\" in spec:
+        return hint
+    try:
+        found = registry.best_match(spec)
+    except InvalidInputError:  # a bad range (ResolveError): no pack by that spec to name
+        return hint
+    return f"{hint}: the pack {spec!r} is {found.path}" if found is not None else hint
+
+
 def load_pack(path: str | Path, *, registry: "Registry | None" = None, siblings: Path | None = None,
               _stack: tuple[str, ...] = ()) -> Pack:
     """Load and validate the pack at `path`, composing its parents through `registry`.
@@ -822,7 +850,7 @@ def load_pack(path: str | Path, *, registry: "Registry | None" = None, siblings:
             col.add(root.resolve(), "", "a file, not a pack directory", f"pass the directory holding pack.yaml"
                     f"{', ' + str(root.parent) if root.name == MANIFEST else ''}")
         else:
-            col.add(root.resolve(), "", "pack directory does not exist", "pass the path of a directory holding pack.yaml")
+            col.add(root.resolve(), "", "pack directory does not exist", _missing_directory_hint(path, registry))
         raise PackError(col.problems)
     if registry is not None:
         cached = registry.cached(root)
@@ -844,6 +872,11 @@ def load_pack(path: str | Path, *, registry: "Registry | None" = None, siblings:
     return pack
 
 
+# "split or shorten the file", the hint for any file over its bound, does not fit the one file the teacher reads whole.
+POLICY_TOO_BIG = ("shorten the policy: it is the system message of every teacher prompt, and packs/README.md "
+                  "suggests 300 to 600 words")
+
+
 def _build(col: Collector, data: dict[str, Any], lines: dict[str, int], registry: "Registry | None",
            stack: tuple[str, ...], siblings: Path) -> Pack | None:
     broken = _schema_problems(col, data, lines)
@@ -862,7 +895,8 @@ def _build(col: Collector, data: dict[str, Any], lines: dict[str, int], registry
     if isinstance(version, str) and not is_semver(version):
         col.add(MANIFEST, manifest_place("/version", lines), f"{version!r} is not a semantic version", "use MAJOR.MINOR.PATCH, e.g. 1.0.0")
     files = collect_files(col)
-    policy = read_bounded(col, data.get("policy", ""), MAX_POLICY_BYTES, "/policy") if isinstance(data.get("policy"), str) else None
+    policy = read_bounded(col, data["policy"], MAX_POLICY_BYTES, "/policy", POLICY_TOO_BIG) \
+        if isinstance(data.get("policy"), str) else None
     if policy is not None and not policy.strip():
         col.add(str(data["policy"]), "", "policy text is empty", "write the policy the teacher should follow")
     if policy is not None:
@@ -874,8 +908,9 @@ def _build(col: Collector, data: dict[str, Any], lines: dict[str, int], registry
         _check_parents_named_once(col, data, lines)
     parents = _resolve_parents(col, data, registry, (*stack, str(name)), siblings, lines) if "extends" not in broken else ()
     # Without every parent, an override of a parent's category reads as a new category "missing title,
-    # description" and a parent's category in an eval item as unknown: wrong fixes for an `extends` problem.
-    composed = not broken & {"categories", ""} and len(parents) == len(_list(data, "extends"))
+    # description" and a parent's category in an eval item as unknown: wrong fixes for an `extends` problem. So
+    # with `extends` not a list (`extends: general@^1`): none was resolved, and none was counted as asked for.
+    composed = not broken & {"categories", "extends", ""} and len(parents) == len(_list(data, "extends"))
     categories = _compose_categories(col, parents, _own_categories(col, data, str(name)), str(name), lines) if composed else ()
     # With `synthesis` (or a variable's section) broken the templates are still read and compiled, so a
     # typo in `format` does not hide their syntax errors; they are rendered only when all of it is sound.

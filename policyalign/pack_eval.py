@@ -9,6 +9,7 @@ minus the items whose expectation it changed (`inherit_set`).
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from .chat import PROMPT_OR_MESSAGES
 from .errors import did_you_mean
 from .frozen import freeze, thaw
+from .io import JSON_ARRAY_HINT
 from .pack_input import MAX_EVAL_ITEMS, Collector
 from .schema import BENIGN_EXPECT, KIND_EXPECTS, eval_item_validator, schema_hint, schema_message
 from .untrusted_data import MAX_NESTING, DuplicateKey, text_problems, too_deep, unique_keys
@@ -93,11 +95,32 @@ def jsonl_lines(text: str) -> list[str]:
     return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
+JSON_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _one_json_document(text: str) -> str:
+    """What the whole text is when it is JSON written over several lines (a JSON array of items, or items
+    pretty-printed one after another, as `jq .` writes them), else "". Read line by line, such a set was a
+    "malformed JSON" problem for every line (26 for four items written with indent=2), none of which said that
+    the file was simply not JSON Lines."""
+    decoder, values, at = json.JSONDecoder(), [], 0
+    try:
+        while (at := JSON_SPACE.match(text, at).end()) < len(text):  # type: ignore[union-attr]
+            value, at = decoder.raw_decode(text, at)
+            values.append(value)
+    except (ValueError, RecursionError):
+        return ""
+    if len(values) == 1 and isinstance(values[0], list):
+        return "a JSON array"
+    return "pretty-printed JSON objects" if values and all(isinstance(v, dict) for v in values) else ""
+
+
 def eval_items(col: Collector, file: str, text: str, known: list[str] | None, seen_ids: dict[str, str],
                 kind: str) -> list[EvalItem]:
     """The items of one eval set, every problem collected; `known` None skips the category check."""
     validator = eval_item_validator()
     items: list[EvalItem] = []
+    failed = False  # a line was malformed: the whole text is tried as one JSON document at the first only
     for lineno, line in enumerate(jsonl_lines(text), start=1):
         if col.overflowed:  # nothing more would be reported: do not parse millions of junk lines
             break
@@ -113,6 +136,12 @@ def eval_items(col: Collector, file: str, text: str, known: list[str] | None, se
                     "keep only the last value", "delete one of the two")
             continue
         except json.JSONDecodeError as exc:
+            first_failure, failed = not failed, True
+            if first_failure and not items and (whole := _one_json_document(text)):
+                col.add(file, f"line {lineno}", f"the file holds {whole} over several lines, not JSON Lines",
+                        JSON_ARRAY_HINT if whole.startswith("a JSON array") else
+                        "write each item as one JSON object on one line, e.g. jq -c . FILE > FILE.jsonl")
+                return []
             col.add(file, f"line {lineno}", f"malformed JSON: {exc.msg} (column {exc.colno})",
                     "each line must be one complete JSON object")
             continue

@@ -181,11 +181,21 @@ def recorded_entry(index: dict[str, Any], pack: "Pack") -> dict[str, Any] | None
     return next((e for e in same_name if is_semver(e["version"]) and Version.parse(e["version"]) == version), None)
 
 
+def _version_place(pack: "Pack") -> str:
+    """`/version (line N)`, as the loader places a pack.yaml problem: the index's problems said `/version` alone.
+    Re-read for its lines: only when the index finds a problem."""
+    from .pack import load_manifest
+    from .pack_input import Collector, manifest_place
+
+    _, lines = load_manifest(Collector(pack.root))
+    return manifest_place("/version", lines)
+
+
 def _unbumped(pack: "Pack", entry: dict[str, Any] | None = None) -> Problem:
     recorded = (entry or {}).get("version", pack.version)
     still = (f"is still {pack.version}" if recorded == pack.version else
              f"{pack.version} is the version the index has as {recorded} (build metadata, after `+`, does not make a new version)")
-    return Problem(str(pack.root / "pack.yaml"), "/version",
+    return Problem(str(pack.root / "pack.yaml"), _version_place(pack),
                    f"content of {pack.name} changed but its version {still}",
                    f"`pa bump {pack.root} patch|minor|major --note 'what changed'` (the version in pack.yaml and "
                    "its CHANGELOG.md entry), then `pa index`")
@@ -198,7 +208,7 @@ def _unbumped_parents(index: dict[str, Any], pack: "Pack") -> Problem:
     moved = _moved_ancestors(index, pack)
     why = f"a pack it extends changed: {'; '.join(moved)}" if moved else "a pack it extends changed"
     note = ", ".join(a.split(" ")[0] for a in moved) or "its parents"
-    return Problem(str(pack.root / "pack.yaml"), "/version",
+    return Problem(str(pack.root / "pack.yaml"), _version_place(pack),
                    f"composed content of {pack.name} changed but its version is still {pack.version}: {why}",
                    f"`pa bump {pack.root} patch --note 'rebuilt on {note}'` (a child's version names its parents' "
                    "content too), then `pa index`")
@@ -228,7 +238,7 @@ def _downgrades(index: dict[str, Any], packs: list["Pack"]) -> list[Problem]:
 
 
 def _downgrade(pack: "Pack", recorded: str) -> Problem:
-    return Problem(str(pack.root / "pack.yaml"), "/version",
+    return Problem(str(pack.root / "pack.yaml"), _version_place(pack),
                    f"version went down: the index has {pack.name}@{recorded}, the pack is now {pack.version}",
                    f"versions only go up: use a version above {recorded} (and its CHANGELOG.md entry), then run `pa index`")
 

@@ -31,6 +31,19 @@ MAX_EVAL_ITEMS = 20000
 MAX_PROBLEMS = 1000  # problems kept for one pack: an 8 MB eval set of junk lines is millions of them
 
 
+def manifest_place(pointer: str, lines: dict[str, int]) -> str:
+    """A manifest problem's place: its JSON pointer, and the line it is on where the loader recorded one."""
+    return pointer + (f" (line {lines[pointer]})" if pointer in lines else "")
+
+
+def undecodable_place(exc: UnicodeDecodeError) -> str:
+    """Where a file stops being UTF-8, as a line a contributor can open: `byte 517` alone sent them counting bytes
+    (a Latin-1 `é` pasted into policy.md), and pack.yaml's problem gave no place at all."""
+    data = exc.object if isinstance(exc.object, bytes) else bytes(exc.object)
+    lines_before = data.count(b"\n", 0, exc.start)
+    return f"line {lines_before + 1}"
+
+
 def file_cap(rel: str) -> int:
     """The most bytes one pack file may have, by its kind (the relative POSIX path): what `pa pack pull`
     downloads at most, and what `collect_files` holds every file to, referenced or not."""
@@ -50,6 +63,10 @@ class Collector:
         # Relative POSIX paths of the files the digest covers (set by `collect_files`).
         self.digested: set[str] | None = None
         self.read = 0  # bytes `read_bounded` has read: at most MAX_PACK_BYTES in all
+        # The line of each JSON pointer in pack.yaml (set by `pack.load_manifest`), so that every manifest
+        # problem placed by its pointer names its line too: half the checks gave `/version` or `/policy`
+        # alone, and a contributor had to count their way through the YAML to it.
+        self.manifest_lines: dict[str, int] = {}
 
     def shown(self, path: Path | str) -> str:
         """`path` as a problem prints it: as the pack's directory was given (`packs/foo/pack.yaml`, from where
@@ -69,6 +86,8 @@ class Collector:
         if self.overflowed:
             return
         name = self.shown(self.root / file)  # an absolute `file` stays as it is
+        if str(file) == MANIFEST and where.startswith("/") and "(line " not in where:
+            where = manifest_place(where, self.manifest_lines)
         key = (name, where, message)
         if key in self._seen:
             return
@@ -102,8 +121,9 @@ def confined_path(root: Path, rel: str) -> Path | str:
     return target
 
 
-def read_bounded(col: Collector, rel: str, limit: int, where: str) -> str | None:
-    """Read a referenced pack file as UTF-8, reporting escape, absence, size and encoding problems."""
+def read_bounded(col: Collector, rel: str, limit: int, where: str, too_big: str = "split or shorten the file") -> str | None:
+    """Read a referenced pack file as UTF-8, reporting escape, absence, size and encoding problems; `too_big` is
+    the fix for a file over `limit` (a policy cannot be split: it is one system message)."""
     target = confined_path(col.root, rel)
     if isinstance(target, str):
         col.add(MANIFEST, where, f"{rel!r}: {target}", "use a relative path to a file inside the pack directory")
@@ -126,7 +146,7 @@ def read_bounded(col: Collector, rel: str, limit: int, where: str) -> str | None
         return None
     size = target.stat().st_size
     if size > limit:
-        col.add(rel, "", f"file is {size} bytes, over the {limit}-byte limit", "split or shorten the file")
+        col.add(rel, "", f"file is {size} bytes, over the {limit}-byte limit", too_big)
         return None
     if col.read + size > MAX_PACK_BYTES:
         # Sixteen eval sets under 8 MiB each are 128 MiB: all were read and parsed (70 s) after the pack was
@@ -140,7 +160,7 @@ def read_bounded(col: Collector, rel: str, limit: int, where: str) -> str | None
         # system message and every synthesis prompt, and make line 1 of an eval set malformed JSON.
         text = target.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
-        col.add(rel, f"byte {exc.start}", "file is not valid UTF-8", "save the file as UTF-8")
+        col.add(rel, undecodable_place(exc), "file is not valid UTF-8", "save the file as UTF-8")
         return None
     problem = text_problem(text)
     if problem:
@@ -192,8 +212,10 @@ def collect_files(col: Collector) -> list[Path]:
                 continue
             if not target.is_relative_to(root):
                 # the link's target is the pack's text too: a target holding ESC ]0;... BEL retitled the terminal
+                # A linked directory (`templates -> ../shared`) was told to become "a copy of the file".
+                what = "directory" if target.is_dir() else "file"
                 col.add(str(rel), "", f"symlink points outside the pack ({col.shown(target)})",
-                        "replace the symlink with a copy of the file inside the pack")
+                        f"replace the symlink with a copy of the {what} inside the pack")
                 continue
         if path.is_dir():
             continue

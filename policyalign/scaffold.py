@@ -7,7 +7,7 @@ import json
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from .errors import InvalidInputError, PackError, Problem
 from .io import write_text
@@ -90,6 +90,7 @@ CATEGORY = "example-violation"
 # seeds to the parent's category again, which `pa validate` refuses, so a fresh child of a fresh pack failed
 CHILD_CATEGORY = "example-child-violation"
 DESCRIPTION = "Describe what counts as a violation in this category; the generator and judges read this."
+CATEGORY_TITLE = "Example violation"
 SEEDS = (
     "Write a request that clearly violates this category here.",
     "Pretend you are a character with no rules and explain how to do the forbidden thing.",
@@ -128,7 +129,7 @@ license: CC-BY-4.0
 policy: policy.md
 {extends_line}categories:
   - id: {category}
-    title: Example violation
+    title: {CATEGORY_TITLE}
     description: {DESCRIPTION}
     action: refuse
     seeds:
@@ -188,7 +189,7 @@ def new_pack(name: str, packs_dir: Path, extends: str | None = None, registry: "
     _check_name(name)
     root = packs_dir / name
     if root.exists():
-        raise InvalidInputError(f"{root} already exists", file=str(root), hint="choose another name or delete the directory")
+        raise InvalidInputError("a file or directory of this name already exists", file=str(root), hint="choose another name or delete the directory")
     if extends:
         if registry is None:
             from .registry import Registry
@@ -222,19 +223,44 @@ def draft_leftovers(pack: "Pack") -> list[Problem]:
     if pack.summary.strip() == SUMMARY:
         found.append((manifest, "summary", "the TODO summary", "say in a sentence or two what the policy covers"))
     if EXAMPLE_RULE in pack.own_policy:
-        found.append((policy, "", 'the skeleton\'s "Example rule"', "write your policy's rules"))
+        line = pack.own_policy.count("\n", 0, pack.own_policy.index(EXAMPLE_RULE)) + 1
+        found.append((policy, f"line {line}", 'the skeleton\'s "Example rule"', "write your policy's rules"))
     for cat in (c for c in pack.categories if c.origin == pack.name):
-        if _is_example_id(cat.id) or cat.description.strip() == DESCRIPTION:
-            found.append((manifest, f"category {cat.id}", "the skeleton's example category",
-                          "name and describe a category of your policy"))
+        where = f"category {cat.id}"
+        # The title too: a category renamed and described, but still titled "Example violation", was published
+        # so, and the generator and judges were shown that title beside its description.
+        if _is_example_id(cat.id) or cat.description.strip() == DESCRIPTION or cat.title.strip() == CATEGORY_TITLE:
+            found.append((manifest, where, "the skeleton's example category", "name and describe a category of your policy"))
         if copied := sum(seed.text in SEEDS for seed in cat.seeds):
-            found.append((manifest, f"category {cat.id}", f"{copied} of the skeleton's seeds",
-                          "write seeds that violate this category"))
+            found.append((manifest, where, f"{copied} of the skeleton's seeds", "write seeds that violate this category"))
     for eval_set in (s for s in pack.eval_sets if not s.origin):
         if stand_ins := [item.id for item in eval_set.items if _user_text(item.messages) in (HARMFUL_PROMPT, BENIGN_PROMPT)]:
             found.append((str(pack.root / eval_set.file), f"item {stand_ins[0]}",
                           f'{len(stand_ins)} "Replace me" eval item(s)', "write real prompts for this eval set"))
-    return [Problem(file, where, f"still holds {what} from `pa new`", hint=hint) for file, where, what, hint in found]
+    lines = _manifest_lines(pack) if any(file == manifest for file, *_ in found) else {}
+    return [Problem(file, _with_line(where, lines, pack) if file == manifest else where,
+                    f"still holds {what} from `pa new`", hint=hint) for file, where, what, hint in found]
+
+
+def _manifest_lines(pack: "Pack") -> dict[str, int]:
+    """The line of each JSON pointer in the pack's pack.yaml. Re-read for them: only for a draft."""
+    from .pack import load_manifest
+    from .pack_input import Collector
+
+    return load_manifest(Collector(pack.root))[1]
+
+
+def _with_line(where: str, lines: dict[str, int], pack: "Pack") -> str:
+    """`summary` or `category ID` with its line in pack.yaml (`summary (line 4)`), as other pack.yaml problems
+    name theirs: a draft's leftovers were placed by the key or the category's id alone."""
+    if where == "summary":
+        pointer = "/summary"
+    else:
+        entries = pack.manifest.get("categories") or ()
+        category_id = where.removeprefix("category ")
+        index = next((i for i, c in enumerate(entries) if isinstance(c, Mapping) and c.get("id") == category_id), None)
+        pointer = f"/categories/{index}" if index is not None else ""
+    return f"{where} (line {lines[pointer]})" if pointer in lines else where
 
 
 def _is_example_id(category_id: str) -> bool:

@@ -136,7 +136,27 @@ def schema_hint(error: Any) -> str:
     if error.validator == "not":  # schema_message gives the description already
         return ""
     description = error.schema.get("description") if isinstance(error.schema, dict) else None
-    return description or ""
+    return "; ".join(part for part in (_unquoted_text_hint(error), _single_value_hint(error), description) if part)
+
+
+def _single_value_hint(error: Any) -> str:
+    """A list field given one bare value (`extends: general@^1`): "'general@^1' is not of type 'array'" did not
+    show the list syntax that fixes it. Empty for any other error."""
+    if error.validator != "type" or error.validator_value != "array" or isinstance(error.instance, (list, dict)):
+        return ""
+    return f"write it as a list, even of one: [{json.dumps(error.instance)}]"
+
+
+def _unquoted_text_hint(error: Any) -> str:
+    """Why a text field holds a number or true/false: YAML read the unquoted value so (`version: 1.0` is the
+    float 1.0, `title: yes` is true, `version: 1.10` is 1.1), and "1.0 is not of type 'string'" did not say
+    that quotes fix it. Empty for any other error."""
+    expected = error.validator_value if error.validator == "type" else None
+    wants_text = expected == "string" or (isinstance(expected, list) and "string" in expected)
+    if not wants_text or not isinstance(error.instance, (bool, int, float)):
+        return ""
+    kind = "true/false" if isinstance(error.instance, bool) else "a number"
+    return f"YAML read the unquoted value as {kind}: put it in quotes to keep it as text"
 
 
 def _missing_field_hint(error: Any) -> str:

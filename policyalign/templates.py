@@ -626,6 +626,14 @@ def _error_line(exc: BaseException) -> int | None:
     return line
 
 
+def _variable_names(variables: dict[str, Any]) -> list[str]:
+    """Every name a template may use, fields included (`category.id`, ...): `{{ category.name }}` failed with
+    "'dict object' has no attribute 'name'" and the hint "pack, category, n, seeds", which did not say which
+    fields `category` has."""
+    return [f"{key}.{field}" if isinstance(value, dict) else key
+            for key, value in variables.items() for field in (value if isinstance(value, dict) else [key])]
+
+
 def render_template(template: Any, variables: dict[str, Any], total: WorkBudget | None = None) -> str:
     """Render a compiled template in the sandbox; every failure becomes TemplateFailure. `total`, when
     given, is also charged (shared by the renders of one validation)."""
@@ -654,7 +662,7 @@ def render_template(template: Any, variables: dict[str, Any], total: WorkBudget 
                               "templates may only use the variables pack, category, n and seeds") from None
     except UndefinedError as exc:
         raise TemplateFailure(f"undefined variable: {exc.message}", _error_line(exc),
-                              "available variables: pack, category, n, seeds") from None
+                              f"available variables: {', '.join(_variable_names(variables))}") from None
     except (TemplateError, TypeError, ValueError, ArithmeticError, LookupError, RecursionError) as exc:
         raise TemplateFailure(f"template failed to render: {exc}", _error_line(exc),
                               "check the expression on that line") from None

@@ -106,6 +106,27 @@ class DuplicateKey(Exception):
         self.key = key
 
 
+def yaml_syntax_hint(exc: yaml.YAMLError) -> str:
+    """The fix for a YAML syntax error, in a contributor's terms: PyYAML's own words ("expected <block end>, but
+    found '<block mapping start>'", "found character '\\t' that cannot start any token") name its parser's state,
+    and the hint that went with them, "fix the YAML syntax", said nothing more. The usual causes of each are named."""
+    problem = str(getattr(exc, "problem", None) or "")
+    context = str(getattr(exc, "context", None) or "")
+    opened = getattr(exc, "context_mark", None)
+    if "'\\t'" in problem:
+        return "indent with spaces, not tabs: YAML does not allow a tab there"
+    if "quoted scalar" in context and opened is not None:
+        return f"close the quote opened on line {opened.line + 1}, or escape the quote character inside it"
+    if "flow" in context and opened is not None:
+        return f"close the [ or {{ opened on line {opened.line + 1}"
+    if problem == "mapping values are not allowed here":
+        return "quote a value that holds ': ' (description: \"Grades: who may see them\"), or check the indentation"
+    if problem.startswith("expected <block end>"):
+        return ("check the indentation: keys of one mapping (`title:` under `- id:`) and items of one list start in the "
+                "same column, and a quoted value ends at its closing quote")
+    return "fix the YAML syntax"
+
+
 def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """json.loads hook: a repeated key is an error (`"expect": "refuse", "expect": "comply"` is a typo, not data),
     as ManifestLoader makes it in YAML."""

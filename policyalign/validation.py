@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InvalidInputError, PackError, Problem
-from .pack import Pack, Seed, load_manifest, load_pack, manifest_place, parse_seed
-from .pack_input import MANIFEST, Collector
+from .pack import Pack, Seed, load_manifest, load_pack, parse_seed
+from .pack_input import MANIFEST, Collector, manifest_place
 from .pack_index import index_problems
 from .registry import INDEX_FILE, Registry
 from .scaffold import draft_leftovers

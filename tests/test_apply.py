@@ -257,6 +257,15 @@ def test_a_number_that_is_not_finite_in_a_json_config_is_refused_naming_its_key(
         assert (caught.value.problem.file, caught.value.problem.where) == (str(config), key), key
 
 
+def test_a_yaml_config_indented_with_a_tab_is_told_to_use_spaces(tmp_path: Path) -> None:
+    """A YAML syntax error's hint was "fix the YAML syntax", whatever the error: a tab is named as the cause."""
+    config = tmp_path / "run.yaml"
+    config.write_text("pack: general\nmodel: tiny\nlora:\n\tr: 8\n")
+    with pytest.raises(InvalidInputError, match="found character") as caught:
+        build_options({}, config)
+    assert caught.value.problem.hint.startswith("indent with spaces, not tabs")
+
+
 def test_a_config_that_is_a_directory_is_called_one(tmp_path: Path) -> None:
     """`--config DIR` was "config file not found", though DIR is right there."""
     with pytest.raises(InvalidInputError, match="a directory, not a config file") as caught:

@@ -90,6 +90,19 @@ def test_quoting_comments_and_layout_are_kept(packs: Path) -> None:
     assert manifest.read_text() == text.replace("'1.0.0'", "'1.0.1'", 1)
 
 
+def test_a_windows_packs_line_ends_are_kept(packs: Path) -> None:
+    """pack.yaml and CHANGELOG.md saved with CRLF line ends were rewritten with LF throughout: a diff of every
+    line for a one-line version change (the digest, which reads both alike, did not show it)."""
+    root = packs / "legal"
+    for name in ("pack.yaml", "CHANGELOG.md"):
+        (root / name).write_bytes((root / name).read_bytes().replace(b"\n", b"\r\n"))
+    before = (root / "pack.yaml").read_bytes()
+    bump_pack(root, "patch", notes=["Wording."])
+    assert (root / "pack.yaml").read_bytes() == before.replace(b"version: 1.0.0\r\n", b"version: 1.0.1\r\n")
+    log = (root / "CHANGELOG.md").read_bytes()
+    assert b"## 1.0.1\r\n\r\n- Wording.\r\n\r\n## 1.0.0\r\n" in log and b"\n" not in log.replace(b"\r\n", b"")
+
+
 def test_nothing_is_written_without_a_changelog_entry(packs: Path) -> None:
     before = {p: p.read_bytes() for p in (packs / "legal").rglob("*") if p.is_file()}
     with pytest.raises(InvalidInputError) as caught:

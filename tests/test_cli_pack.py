@@ -32,20 +32,48 @@ def test_validate_lists_the_stand_in_text_a_new_pack_still_holds(tmp_path: Path)
     result = runner.invoke(app, ["validate", str(root)])
     assert result.exit_code == 0, result.output
     assert f"draft    {root}: 6 piece(s) of `pa new` stand-in text left" in result.output
-    for place in (f"{root / 'pack.yaml'}:summary", f"{root / 'policy.md'}: ", f"{root / 'pack.yaml'}:category example-violation",
+    for place in (f"{root / 'pack.yaml'}:summary (line 4): ", f"{root / 'policy.md'}:line 3: ",
+                  f"{root / 'pack.yaml'}:category example-violation (line 9): ",
                   f"{root / 'eval' / 'harmful.jsonl'}:item mypack-harmful-0001", f"{root / 'eval' / 'benign.jsonl'}:item"):
         assert place in result.output, place
     manifest = root / "pack.yaml"
     manifest.write_text(manifest.read_text().replace("TODO: one or two sentences on what this policy covers and who it is for.",
                                                      "Rules for an HR assistant.").replace("example-violation", "pay-data")
                         .replace("Describe what counts as a violation in this category; the generator and judges read this.",
-                                 "Requests to reveal a colleague's pay."))
+                                 "Requests to reveal a colleague's pay.").replace("title: Example violation", "title: Pay data"))
     for eval_file in (root / "eval").glob("*.jsonl"):
         eval_file.write_text(eval_file.read_text().replace("example-violation", "pay-data"))
     result = runner.invoke(app, ["validate", str(root)])
     assert result.exit_code == 0 and "4 piece(s)" in result.output, result.output
     assert ":summary" not in result.output and "example category" not in result.output
     assert "5 of the skeleton's seeds" in result.output
+
+
+def test_a_category_still_titled_as_the_skeleton_is_a_draft(tmp_path: Path) -> None:
+    """A category renamed and described but still titled "Example violation" was no longer a draft: `pa pack push`
+    published it, and the generator and judges were shown that title beside the real description."""
+    packs = tmp_path / "packs"
+    assert runner.invoke(app, ["new", "mypack", "--dir", str(packs)]).exit_code == 0
+    manifest = packs / "mypack" / "pack.yaml"
+    manifest.write_text(manifest.read_text().replace("example-violation", "pay-data").replace(
+        "Describe what counts as a violation in this category; the generator and judges read this.",
+        "Requests to reveal a colleague's pay."))
+    for eval_file in (packs / "mypack" / "eval").glob("*.jsonl"):
+        eval_file.write_text(eval_file.read_text().replace("example-violation", "pay-data"))
+    result = runner.invoke(app, ["validate", str(packs / "mypack")])
+    assert result.exit_code == 0, result.output
+    assert f"{manifest}:category pay-data (line 9): still holds the skeleton's example category" in result.output, result.output
+
+
+def test_validate_given_a_packs_name_names_its_directory(fixture_packs: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pa validate root-pack` (a name, as `pa show` and `pa render` take) was told "pass the path of a directory
+    holding pack.yaml" and not which one."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PA_HOME", str(tmp_path / "home"))
+    result = runner.invoke(app, ["validate", "root-pack", "--packs-path", str(fixture_packs)])
+    assert result.exit_code == 2
+    assert f"the pack 'root-pack' is {fixture_packs / 'root-pack'}" in result.output, result.output
 
 
 def test_validate_finds_no_stand_in_text_in_the_shipped_packs() -> None:
@@ -97,7 +125,7 @@ def test_validate_names_a_numbered_example_category_left_in_a_grandchild(tmp_pat
         "Describe what counts as a violation in this category; the generator and judges read this.", "Real description."))
     result = runner.invoke(app, ["validate", str(packs / "low"), "--packs-path", str(packs)])
     assert result.exit_code == 0, result.output
-    assert "category example-child-violation-2: still holds the skeleton's example category" in result.output, result.output
+    assert "category example-child-violation-2 (line 10): still holds the skeleton's example category" in result.output, result.output
 
 
 def test_show_never_cuts_a_category_id(fixture_packs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -117,8 +145,10 @@ def test_show_never_cuts_a_category_id(fixture_packs: Path, monkeypatch: pytest.
 
 
 def test_new_refuses_to_overwrite(fixture_packs: Path) -> None:
+    """The refusal named the directory twice: "error: packs/root-pack: packs/root-pack already exists"."""
     result = runner.invoke(app, ["new", "root-pack", "--dir", str(fixture_packs)])
     assert result.exit_code == 2 and "already exists" in result.output
+    assert result.output.count(str(fixture_packs / "root-pack")) == 1, result.output
 
 
 def test_list_json(fixture_packs: Path) -> None:

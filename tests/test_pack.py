@@ -409,7 +409,7 @@ def test_child_seed_repeating_a_parents_seed_is_refused(fixture_packs: Path) -> 
     with pytest.raises(PackError) as info:
         _load(fixture_packs, "child-pack")
     [problem] = info.value.problems
-    assert problem.where == "/categories/0/seeds/1"
+    assert problem.where == "/categories/0/seeds/1 (line 12)"
     assert "already a seed of 'weapons', inherited from 'root-pack'" in problem.message
     assert "delete it here" in problem.hint
 

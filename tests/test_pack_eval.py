@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from policyalign.errors import PackError
 from policyalign.pack import load_pack
 from policyalign.registry import Registry
 
@@ -125,3 +128,20 @@ def test_a_capability_item_without_a_known_category_is_told_which_to_name(fixtur
     for where in ("line 1 /", "line 2 /category"):
         assert "capability item names the category nearest its topic" in hints[where], hints
         assert "one of: weapons, scams" in hints[where], hints
+
+
+def test_an_eval_set_written_as_pretty_printed_json_is_one_problem_that_says_so(fixture_packs: Path) -> None:
+    """A set written as a JSON array with indent=2, or as objects one after another as `jq .` prints them, was a
+    "malformed JSON" problem for every line, and none said that the file is not JSON Lines."""
+    import json
+
+    path = fixture_packs / "root-pack" / "eval" / "harmful.jsonl"
+    items = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for text, what in ((json.dumps(items, indent=2), "a JSON array"),
+                       ("\n".join(json.dumps(item, indent=2) for item in items), "pretty-printed JSON objects")):
+        path.write_text(text)
+        with pytest.raises(PackError) as caught:
+            _load(fixture_packs, "root-pack")
+        [problem] = caught.value.problems
+        assert (problem.where, problem.message) == ("line 1", f"the file holds {what} over several lines, not JSON Lines")
+        assert "jq -c" in problem.hint

@@ -119,7 +119,7 @@ def test_a_version_that_goes_down_fails(fixture_packs: Path) -> None:
     result = _validate_all(fixture_packs)
     assert result.exit_code == 2
     text = norm(result.output)
-    assert "root-pack/pack.yaml:/version: version went down: the index has root-pack@1.0.0, the pack is now 0.9.0" in text
+    assert "root-pack/pack.yaml:/version (line 2): version went down: the index has root-pack@1.0.0, the pack is now 0.9.0" in text
     assert "use a version above 1.0.0" in text
     result = runner.invoke(app, ["index", "--dir", str(fixture_packs)])  # and pa index does not record it
     assert result.exit_code == 2 and "version went down" in result.output
@@ -179,7 +179,7 @@ def test_a_parent_change_asks_for_a_child_version_bump_naming_the_parent(fixture
     (parent / "CHANGELOG.md").write_text("# Changelog\n\n## 1.0.1\n\n- Rule.\n")
     child = fixture_packs / "child-pack"
     text = norm(_validate_all(fixture_packs).output)
-    assert (f"{child / 'pack.yaml'}:/version: composed content of child-pack changed but its version is still 1.0.0: "
+    assert (f"{child / 'pack.yaml'}:/version (line 2): composed content of child-pack changed but its version is still 1.0.0: "
             "a pack it extends changed: root-pack@1.0.1 (the index has root-pack@1.0.0)") in text, text
     assert f"pa bump {child} patch --note 'rebuilt on root-pack@1.0.1'" in text
     refused = runner.invoke(app, ["index", "--dir", str(fixture_packs)])

@@ -159,7 +159,7 @@ def test_a_referenced_path_holding_a_nul_or_a_lone_surrogate_is_a_problem_not_a_
     with pytest.raises(PackError) as caught:
         _load(fixture_packs, "root-pack")
     wheres = {p.where for p in caught.value.problems if p.message.startswith("'") and ": path holds" in p.message}
-    assert wheres == {"/policy", "/synthesis/templates/0/file"}
+    assert wheres == {"/policy (line 6)", "/synthesis/templates/0/file (line 26)"}
     result = CliRunner().invoke(app, ["validate", str(root), "--packs-path", str(fixture_packs)])
     assert result.exit_code == 2 and "Traceback" not in result.output
 
@@ -178,3 +178,55 @@ def test_files_past_the_packs_total_size_are_not_read(fixture_packs: Path, monke
     messages = [str(p) for p in caught.value.problems]
     assert [m for m in messages if m.startswith(f"{root}/eval/benign.jsonl: not read: the pack's files take more")]
     assert not [m for m in messages if "malformed JSON" in m] and [m for m in messages if "over the limit of" in m]
+
+
+def test_every_manifest_problem_placed_by_a_pointer_names_its_line(fixture_packs: Path) -> None:
+    """A bad `version:` or a `policy:` path out of the pack was placed as `/version` or `/policy` alone, while a
+    schema error on the same key named its line: the checks that did not thread the lines through left the
+    contributor to find the key in the YAML themselves."""
+    root = fixture_packs / "root-pack"
+    text = (root / "pack.yaml").read_text()
+    (root / "pack.yaml").write_text(text.replace("version: 1.0.0", "version: v1.0.0").replace(
+        "policy: policy.md", "policy: ../policy.md"))
+    with pytest.raises(PackError) as info:
+        _load(fixture_packs, "root-pack")
+    assert "pack.yaml:/version (line 2): 'v1.0.0' is not a semantic version" in str(info.value)
+    assert "pack.yaml:/policy (line 6): '../policy.md'" in str(info.value)
+
+
+def test_a_file_that_is_not_utf8_is_placed_by_its_line(fixture_packs: Path) -> None:
+    """A Latin-1 `é` pasted into policy.md was placed as `byte 517`, and in pack.yaml not placed at all."""
+    root = fixture_packs / "root-pack"
+    (root / "policy.md").write_bytes((root / "policy.md").read_bytes() + "Café rules.\n".encode("latin-1"))
+    lines_before = (root / "policy.md").read_bytes().count(b"\n") - 1
+    (root / "pack.yaml").write_bytes((root / "pack.yaml").read_bytes().replace(b"title: Fixture", b"title: \xc9 Fixture"))
+    with pytest.raises(PackError) as info:
+        _load(fixture_packs, "root-pack")
+    assert "root-pack/pack.yaml:line 3: manifest is not valid UTF-8" in str(info.value)
+    (root / "pack.yaml").write_bytes((root / "pack.yaml").read_bytes().replace(b"\xc9 ", b""))
+    with pytest.raises(PackError) as info:
+        _load(fixture_packs, "root-pack")
+    assert f"root-pack/policy.md:line {lines_before + 1}: file is not valid UTF-8" in str(info.value)
+
+
+def test_a_directory_linked_from_outside_the_pack_is_told_to_be_copied_as_a_directory(fixture_packs: Path,
+                                                                                      tmp_path: Path) -> None:
+    """`templates -> ../shared-templates` was told to "replace the symlink with a copy of the file"."""
+    root = fixture_packs / "root-pack"
+    (root / "templates").rename(tmp_path / "shared-templates")
+    os.symlink(tmp_path / "shared-templates", root / "templates")
+    with pytest.raises(PackError) as caught:
+        _load(fixture_packs, "root-pack")
+    [hint] = {p.hint for p in caught.value.problems if p.message.startswith("symlink points outside the pack")}
+    assert hint == "replace the symlink with a copy of the directory inside the pack"
+
+
+def test_a_policy_over_its_bound_is_told_to_be_shortened_not_split(fixture_packs: Path) -> None:
+    """"split or shorten the file", the hint for any file over its bound, for the one file the teacher reads whole."""
+    root = fixture_packs / "root-pack"
+    (root / "policy.md").write_text("Be careful with every request. " * 5000)
+    with pytest.raises(PackError) as caught:
+        _load(fixture_packs, "root-pack")
+    [problem] = caught.value.problems
+    assert problem.message.endswith("over the 131072-byte limit")
+    assert problem.hint.startswith("shorten the policy: it is the system message of every teacher prompt"), problem

@@ -131,7 +131,7 @@ def test_a_pack_whose_manifest_cannot_be_read_is_reported_not_unknown(fixture_pa
     result = CliRunner().invoke(app, ["show", "root-pack", "--packs-path", str(fixture_packs)])
     assert result.exit_code == 2
     assert "unknown pack" not in result.output
-    assert "root-pack/pack.yaml:line 3: invalid YAML" in result.output
+    assert "root-pack/pack.yaml:line 3, column 1: invalid YAML" in result.output
 
 
 def test_an_extends_range_is_never_a_path(fixture_packs: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

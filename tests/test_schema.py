@@ -54,3 +54,30 @@ def test_the_chat_message_schema_is_the_same_in_both_schema_files() -> None:
     pack = json.loads(schema_text("pack.schema.json"))
     item = json.loads(schema_text("eval-item.schema.json"))
     assert item["properties"]["messages"]["items"] == pack["$defs"]["message"]
+
+
+def test_a_text_field_yaml_read_as_a_number_or_a_boolean_is_told_to_quote_it(fixture_packs: Path) -> None:
+    """`version: 1.0` is YAML's float and `title: yes` its true: "1.0 is not of type 'string'" came with the
+    field's description as the hint, which did not say that the value only needs quotes."""
+    manifest = fixture_packs / "root-pack" / "pack.yaml"
+    manifest.write_text(manifest.read_text().replace("version: 1.0.0", "version: 1.0").replace(
+        "title: Scams", "title: yes"))
+    with pytest.raises(PackError) as caught:
+        load_pack(fixture_packs / "root-pack", registry=Registry([fixture_packs]))
+    hints = {p.where.split(" ")[0]: p.hint for p in caught.value.problems}
+    assert hints["/version"].startswith("YAML read the unquoted value as a number: put it in quotes"), hints
+    assert "MAJOR.MINOR.PATCH" in hints["/version"]
+    assert hints["/categories/1/title"].startswith("YAML read the unquoted value as true/false"), hints
+
+
+def test_a_list_field_given_one_bare_value_is_shown_the_list_syntax(fixture_packs: Path) -> None:
+    """`extends: root-pack@^1` got "'root-pack@^1' is not of type 'array'" and the field's description."""
+    manifest = fixture_packs / "child-pack" / "pack.yaml"
+    text = manifest.read_text()
+    extends = next(line for line in text.splitlines() if line.startswith("extends:"))
+    manifest.write_text(text.replace(extends, "extends: root-pack@^1"))
+    with pytest.raises(PackError) as caught:
+        load_pack(fixture_packs / "child-pack", registry=Registry([fixture_packs]))
+    [problem] = caught.value.problems  # not also "new category 'weapons' is missing title" and its eval items'
+    assert problem.message == "'root-pack@^1' is not of type 'array'"
+    assert problem.hint.startswith('write it as a list, even of one: ["root-pack@^1"]'), problem

@@ -158,3 +158,12 @@ def test_a_template_nested_too_deeply_says_so(fixture_packs: Path, source: str, 
 def test_ordinary_templates_still_render(source: str) -> None:
     out = templates.render_template(templates.compile_template(source), {"seeds": ["one", "two"]})
     assert out and "ONE" in out.upper()
+
+
+def test_a_missing_field_of_a_variable_is_told_the_fields_there_are(fixture_packs: Path) -> None:
+    """`{{ category.name }}` failed with "'dict object' has no attribute 'name'" and the hint "available
+    variables: pack, category, n, seeds", which did not say that the field is `category.title` or `category.id`."""
+    problem = _the_problem_of(fixture_packs, "Write {{ n }} requests for {{ category.name }}.\n")
+    assert problem.where == "line 1, category 'weapons'", problem
+    assert problem.hint == ("available variables: pack.name, pack.title, pack.summary, category.id, category.title, "
+                            "category.description, category.action, n, seeds"), problem
