@@ -24,13 +24,18 @@ def _text(vocab: int, eos: int, pad: int, **extra: Any) -> dict[str, Any]:
 
 
 def family_config(family: str) -> Any:
-    """The config of a small `family` model: gemma2, gemma3 (text only, the 1B kind) or gemma3-vision
+    """The config of a small `family` model: qwen3-next, gemma2, gemma3 (text only, the 1B kind) or gemma3-vision
     (Gemma3ForConditionalGeneration with a SigLIP tower, as gemma-3-4b-it and larger load)."""
     import transformers
 
     from policyalign.tiny import _token_id, _vocab_size
 
     vocab, eos, pad = _vocab_size(), _token_id("<|im_end|>"), _token_id("<|endoftext|>")
+    if family == "qwen3-next":  # a hybrid: its first layer's cache is a recurrent state, not keys and values
+        return transformers.Qwen3NextConfig(**_text(vocab, eos, pad, layer_types=["linear_attention", "full_attention"],
+                                                    num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                                                    linear_num_value_heads=2, linear_num_key_heads=2,
+                                                    linear_key_head_dim=16, linear_value_head_dim=16))
     if family == "gemma2":
         return transformers.Gemma2Config(**_text(vocab, eos, pad, sliding_window=8, final_logit_softcapping=30.0,
                                                  attn_logit_softcapping=50.0))
