@@ -200,7 +200,8 @@ class PrefixCache:
             with torch.no_grad(), eval_mode(model):
                 model(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=cache, use_cache=True)
             kept = [(getattr(layer, "keys", None), getattr(layer, "values", None)) for layer in cache.layers]
-            self._serves = all(isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor) for k, v in kept)
+            self._serves = not _chunked_attention(model) and all(
+                isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor) for k, v in kept)
             self._layers = [(k.detach(), v.detach()) for k, v in kept] if self._serves else []
         return self._layers
 
@@ -208,7 +209,9 @@ class PrefixCache:
         """Whether `model`'s cache is keys and values in every layer, which `expanded` slices and repeats per row.
         A recurrent layer's state (Mamba, the linear attention of Qwen3-Next's hybrid layers) is neither: such a
         model's teacher forwards each prompt whole, as with `--no-prefix-cache` (iterating its cache for keys was
-        an AttributeError from the first teacher forward)."""
+        an AttributeError from the first teacher forward). So does a model with chunked attention (Llama 4):
+        a cache rebuilt from its chunked layers' kept keys loses where the chunks begin, and the logits after it
+        were other logits."""
         if self._serves is None:
             self.layers(model)
         return bool(self._serves)
@@ -238,6 +241,12 @@ class PrefixCache:
             if n and all(len(p) > n and list(p[:n]) == head for p in prompts):
                 return n, [list(p[n:]) for p in prompts]
         return None
+
+
+def _chunked_attention(model: Any) -> bool:
+    """Whether some layer of `model` attends within fixed chunks of positions (Llama 4's `chunked_attention`)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return "chunked_attention" in (getattr(config, "layer_types", None) or ())
 
 
 # --------------------------------------------------------------------------- forward passes

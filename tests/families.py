@@ -24,7 +24,7 @@ def _text(vocab: int, eos: int, pad: int, **extra: Any) -> dict[str, Any]:
 
 
 def family_config(family: str) -> Any:
-    """The config of a small `family` model: qwen3-next, gemma2, gemma3 (text only, the 1B kind) or gemma3-vision
+    """The config of a small `family` model: qwen3-next, llama4, gemma2, gemma3 (text only, the 1B kind) or gemma3-vision
     (Gemma3ForConditionalGeneration with a SigLIP tower, as gemma-3-4b-it and larger load)."""
     import transformers
 
@@ -36,6 +36,10 @@ def family_config(family: str) -> Any:
                                                     num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
                                                     linear_num_value_heads=2, linear_num_key_heads=2,
                                                     linear_key_head_dim=16, linear_value_head_dim=16))
+    if family == "llama4":  # text only, as Llama 4 Scout's language model: chunked attention, then a global layer
+        return transformers.Llama4TextConfig(**_text(vocab, eos, pad, layer_types=["chunked_attention", "full_attention"],
+                                                     attention_chunk_size=16, no_rope_layers=[1, 0], num_local_experts=2,
+                                                     num_experts_per_tok=1, intermediate_size_mlp=128))
     if family == "gemma2":
         return transformers.Gemma2Config(**_text(vocab, eos, pad, sliding_window=8, final_logit_softcapping=30.0,
                                                  attn_logit_softcapping=50.0))
