@@ -536,6 +536,7 @@ def load_model(
             config = AutoConfig.from_pretrained(ref.location, **kwargs)
             _prepare_tokenizer(tokenizer, None, ref)
             return LoadedModel(None, tokenizer, ref, dev, torch_dtype, config)
+        _check_causal_lm(ref, AutoConfig.from_pretrained(ref.location, **kwargs))
         model = AutoModelForCausalLM.from_pretrained(
             ref.location, dtype=torch_dtype, device_map=dev if dev != "cpu" else None, **kwargs,
         )
@@ -591,6 +592,30 @@ def _check_local_config(ref: ModelRef) -> None:
             hint="save the model's config again (`AutoConfig.from_pretrained(BASE).save_pretrained(DIR)`), "
                  "or copy config.json from the model it was made from",
         )
+
+
+def _check_causal_lm(ref: ModelRef, config: Any) -> None:
+    """The model must be one `AutoModelForCausalLM` loads: every stage generates and trains through it. An
+    image-text model outside its mapping (Mistral Small 3.1's Mistral3, Qwen2.5-VL, LLaVA) was refused in
+    transformers' words, "Unrecognized configuration class ... for AutoModelForCausalLM", under a hint to check
+    the checkpoint was complete and memory sufficed. Gemma 3 and 4, whose multimodal classes are in it, load."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+    )
+
+    kind = getattr(config, "model_type", None)
+    if not kind or kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or getattr(config, "auto_map", None):
+        return
+    architecture = (getattr(config, "architectures", None) or [MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.get(kind, kind)])[0]
+    if kind in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        raise ModelError(f"{ref} is an image-text model ({architecture}): policyalign trains text causal LMs, "
+                         "which AutoModelForCausalLM loads, and it does not load this one",
+                         file=ref.location if ref.kind == "local" else "",
+                         hint="use the text-only model of its family (Qwen2.5-VL: Qwen2.5-Instruct; Mistral Small 3.1: "
+                              "Mistral-Small-24B-Instruct-2501), or a checkpoint of its language model alone")
+    raise ModelError(f"{ref} ({architecture}) is not a causal language model: AutoModelForCausalLM does not load it",
+                     file=ref.location if ref.kind == "local" else "",
+                     hint="policyalign aligns decoder-only chat models (Qwen, Llama, Mistral, Gemma, Phi): pass one")
 
 
 def _prepare_tokenizer(tokenizer: Any, model: Any, ref: ModelRef) -> None:

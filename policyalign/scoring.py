@@ -175,6 +175,7 @@ class PrefixCache:
         self.prefix_ids = list(prefix_ids)
         self.core = len(self.prefix_ids) if core is None else core
         self._layers: list[tuple[Any, Any]] | None = None
+        self._serves: bool | None = None  # a property of the architecture, kept across invalidate()
 
     @classmethod
     def for_policy(cls, tokenizer: Any, policy: str) -> "PrefixCache":
@@ -198,8 +199,22 @@ class PrefixCache:
             cache = DynamicCache(config=model.config)
             with torch.no_grad(), eval_mode(model):
                 model(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=cache, use_cache=True)
-            self._layers = [(k.detach(), v.detach()) for k, v, *_ in cache]
+            kept = [(getattr(layer, "keys", None), getattr(layer, "values", None)) for layer in cache.layers]
+            self._serves = not _chunked_attention(model) and all(
+                isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor) for k, v in kept)
+            self._layers = [(k.detach(), v.detach()) for k, v in kept] if self._serves else []
         return self._layers
+
+    def serves(self, model: Any) -> bool:
+        """Whether `model`'s cache is keys and values in every layer, which `expanded` slices and repeats per row.
+        A recurrent layer's state (Mamba, the linear attention of Qwen3-Next's hybrid layers) is neither: such a
+        model's teacher forwards each prompt whole, as with `--no-prefix-cache` (iterating its cache for keys was
+        an AttributeError from the first teacher forward). So does a model with chunked attention (Llama 4):
+        a cache rebuilt from its chunked layers' kept keys loses where the chunks begin, and the logits after it
+        were other logits."""
+        if self._serves is None:
+            self.layers(model)
+        return bool(self._serves)
 
     def expanded(self, model: Any, batch: int, length: int | None = None) -> Any:
         """A fresh DynamicCache of the first `length` positions for `batch` rows; the stored prefix is never mutated."""
@@ -226,6 +241,12 @@ class PrefixCache:
             if n and all(len(p) > n and list(p[:n]) == head for p in prompts):
                 return n, [list(p[n:]) for p in prompts]
         return None
+
+
+def _chunked_attention(model: Any) -> bool:
+    """Whether some layer of `model` attends within fixed chunks of positions (Llama 4's `chunked_attention`)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return "chunked_attention" in (getattr(config, "layer_types", None) or ())
 
 
 # --------------------------------------------------------------------------- forward passes
@@ -299,7 +320,7 @@ def teacher_completion_logits(model: Any, prompts: Sequence[Sequence[int]], comp
                               pad_id: int, prefix: PrefixCache | None) -> CompletionLogits:
     """Teacher logits over the completions: from the prefix cache when the batch shares it, else in full."""
     split = prefix.split(prompts) if prefix is not None else None
-    if split is None:
+    if split is None or not prefix.serves(model):
         return completion_logits(model, prompts, completions, pad_id=pad_id)
     length, suffixes = split
     if length < len(prefix) and not prefix.holds_every_position(model):

@@ -359,14 +359,57 @@ def device_flags(device: str, dtype: Any) -> dict[str, Any]:
             "fp16": on_gpu and dtype == torch.float16, "gradient_checkpointing": on_gpu}
 
 
-def lora_config(config: DistillConfig) -> Any:
+def lora_config(config: DistillConfig, model: Any = None) -> Any:
     """The student's LoRA: no bias terms, so the base weights stay untouched and the adapter is the
-    whole difference (the `base` teacher is the same model with the adapter disabled)."""
+    whole difference (the `base` teacher is the same model with the adapter disabled).
+
+    Given the `model`, only its language model is adapted (`beside_language_model`): a multimodal one
+    (Gemma 3 4B and up loads as Gemma3ForConditionalGeneration) also holds a vision tower whose attention
+    is named `q_proj` too, and peft, matching names by suffix, adapted it as well, with no image ever seen.
+    There `all-linear` is resolved here, to the language model's linear layers: peft's own resolution
+    recorded the vision tower's `fc1`, `fc2` and `out_proj` as targets in adapter_config.json (and the card),
+    names vLLM does not know for the language model."""
     from peft import LoraConfig
 
+    from .models import unwrapped
+
     targets = config.target_modules if isinstance(config.target_modules, str) else list(config.target_modules)
+    beside = beside_language_model(unwrapped(model)) if model is not None else []
+    if beside and isinstance(targets, str):
+        targets = linear_module_names(unwrapped(model))
     return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=targets, task_type="CAUSAL_LM", bias="none")
+                      target_modules=targets, task_type="CAUSAL_LM", bias="none", exclude_modules=outside_pattern(beside))
+
+
+def beside_language_model(model: Any) -> list[str]:
+    """The modules of `model` that hold linear layers and are no part of its language model (a vision
+    tower, an audio tower, a projector), by name, outermost only; none for a text-only model.
+
+    The language model is what `get_decoder` finds (`model.language_model` in a multimodal model,
+    `model` in a text-only one); the output head is the language model's own."""
+    import torch
+
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    names = {id(module): name for name, module in model.named_modules()}
+    inside = names.get(id(decoder))
+    if not inside:  # not found, or the model is its own decoder
+        return []
+    ancestors = {inside.rsplit(".", i)[0] for i in range(inside.count(".") + 1)}
+    roots = set()
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear) or module is head or name.startswith(inside + "."):
+            continue
+        parts = name.split(".")
+        roots.add(next(".".join(parts[:i]) for i in range(1, len(parts) + 1) if ".".join(parts[:i]) not in ancestors))
+    return sorted(roots)
+
+
+def outside_pattern(roots: list[str]) -> str | None:
+    """peft's `exclude_modules` for the modules under `roots` (a regex it matches against whole module
+    names); None where there are none, so a text-only model's adapter_config.json is as it was."""
+    import re
+
+    return f"(?:{'|'.join(re.escape(root) for root in roots)})\\..*" if roots else None
 
 
 def training_dataset(records: list[dict[str, Any]]) -> Any:
@@ -408,7 +451,7 @@ def build_trainer(loaded: "LoadedModel", policy: str, records: list[dict[str, An
                        report_to=list(report_to) or "none", vocab_size=vocab)
     trainer = cls(model=loaded.model, args=args,
                   train_dataset=training_dataset(records), processing_class=loaded.tokenizer,
-                  peft_config=lora_config(config), **kwargs)
+                  peft_config=lora_config(config, loaded.model), **kwargs)
     trainer.remove_callback(PrinterCallback)  # raw log dicts on stdout; progress has its own bar
     trainer.add_callback(_ordinary_checkpoints_callback())
     if progress:
@@ -433,7 +476,7 @@ def check_module_names(model: Any, model_name: str, targets: tuple[str, ...] | s
     `pa validate` cannot know the model's modules, so this is where a pack's typo is first caught."""
     if isinstance(targets, str):  # all-linear
         return
-    names = [name for name, _ in model.named_modules()]
+    names = adaptable_module_names(model)
     missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
     if missing:
         file, where = named_in
@@ -456,8 +499,16 @@ def linear_module_names(model: Any) -> list[str]:
     import torch
 
     head = model.get_output_embeddings()
+    adaptable = set(adaptable_module_names(model))
     return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                   if isinstance(module, torch.nn.Linear) and module is not head})
+                   if isinstance(module, torch.nn.Linear) and module is not head and name in adaptable})
+
+
+def adaptable_module_names(model: Any) -> list[str]:
+    """The names of `model`'s modules that LoRA may adapt: all but those beside its language model
+    (`beside_language_model`), so a target only a vision tower has is refused as missing."""
+    roots = tuple(root + "." for root in beside_language_model(model))
+    return [name for name, _ in model.named_modules() if not (name + ".").startswith(roots)]
 
 
 def _ordinary_checkpoints_callback() -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -233,6 +234,25 @@ def test_load_local_directory_through_the_same_path(tmp_path: Path) -> None:
     ids = torch.tensor([[1, 2, 3]])
     with torch.no_grad():
         assert torch.equal(local.model(ids).logits, load_model("tiny", device="cpu").model(ids).logits)
+
+
+@pytest.mark.parametrize(("config", "named", "hint"), [
+    ({"model_type": "mistral3", "architectures": ["Mistral3ForConditionalGeneration"]},
+     "image-text model (Mistral3ForConditionalGeneration)", "text-only model of its family"),
+    ({"model_type": "qwen2_5_vl"}, "image-text model (Qwen2_5_VLForConditionalGeneration)", "Qwen2.5-Instruct"),
+    ({"model_type": "t5", "architectures": ["T5ForConditionalGeneration"]},
+     "(T5ForConditionalGeneration) is not a causal language model", "decoder-only chat models"),
+])
+def test_a_model_causal_lm_loading_cannot_load_is_named_with_its_kind(tmp_path: Path, config: dict[str, Any],
+                                                                       named: str, hint: str) -> None:
+    """Mistral Small 3.1 or Qwen2.5-VL was refused in transformers' words ("Unrecognized configuration class ... for
+    AutoModelForCausalLM") under a hint to check the checkpoint was complete and memory sufficed."""
+    model = tmp_path / "vlm"
+    shutil.copytree(tiny.tiny_model_path(), model)
+    (model / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match=re.escape(named)) as caught:
+        load_model(str(model), device="cpu")
+    assert hint in caught.value.problem.hint and caught.value.problem.file == str(model)
 
 
 def test_public_ref_names_a_local_directory_by_its_name_only(tmp_path: Path) -> None:

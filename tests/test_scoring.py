@@ -141,6 +141,42 @@ def test_a_sliding_window_model_is_not_served_from_the_core_of_its_cache(tiny) -
     assert torch.allclose(torch.log_softmax(got, -1), torch.log_softmax(ref, -1), atol=1e-4)
 
 
+def test_a_hybrid_model_whose_cache_holds_recurrent_state_scores_its_teacher_uncached(tmp_path) -> None:
+    """Qwen3-Next's linear-attention layers cache a recurrent state, no keys and values to slice per row: its
+    teacher forward was an AttributeError; it now forwards each prompt whole, with the logits of a plain forward."""
+    from families import family_model
+
+    from policyalign.tiny import CHAT_TEMPLATE
+
+    hybrid = load_model(str(family_model(tmp_path / "qwen3-next", "qwen3-next", CHAT_TEMPLATE)), device="cpu")
+    scorer = PolicyScorer(hybrid, POLICY)
+    _, teachers = scorer.prompts(RECORDS)
+    with torch.no_grad():
+        got = scorer.teacher_logits(teachers, COMPLETIONS)
+    assert not scorer.prefix.serves(hybrid.model)
+    for i, completion in enumerate(COMPLETIONS):
+        ref = _reference(hybrid.model, teachers[i], completion)
+        assert torch.allclose(torch.log_softmax(got.logits[i, : len(completion)], -1), torch.log_softmax(ref, -1), atol=1e-4)
+
+
+def test_a_chunked_attention_model_scores_its_teacher_uncached(tmp_path) -> None:
+    """Llama 4's chunked layers keep only the prefix's last chunk, and a cache rebuilt from those keys loses where
+    the chunks begin: the teacher's logits after the whole cached prefix were off by several nats."""
+    from families import family_model
+
+    from chat_templates import NO_SYSTEM_ROLE
+
+    chunked = load_model(str(family_model(tmp_path / "llama4", "llama4", NO_SYSTEM_ROLE)), device="cpu")
+    scorer = PolicyScorer(chunked, POLICY)
+    _, teachers = scorer.prompts(RECORDS[:2])
+    assert scorer.prefix.split(teachers)[0] == len(scorer.prefix) > 16  # the whole prefix, past the first chunk
+    with torch.no_grad():
+        got = scorer.teacher_logits(teachers, COMPLETIONS[:2])
+    for i, completion in enumerate(COMPLETIONS[:2]):
+        ref = _reference(chunked.model, teachers[i], completion)
+        assert torch.allclose(torch.log_softmax(got.logits[i, : len(completion)], -1), torch.log_softmax(ref, -1), atol=1e-4)
+
+
 def test_prefix_cache_is_built_once_and_not_mutated(tiny) -> None:
     cache = PrefixCache(policy_prefix_ids(tiny.tokenizer, POLICY))
     first = cache.layers(tiny.model)

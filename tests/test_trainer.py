@@ -368,3 +368,37 @@ def test_an_instruction_too_long_alone_is_not_blamed_on_the_policy(tmp_path: Pat
         distill_run(tmp_path, pack, "tiny", config, progress=False)
     assert "policy" not in caught.value.problem.hint
     assert "drop long instructions" in caught.value.problem.hint
+
+
+@pytest.fixture(scope="module")
+def gemma3_vision(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small Gemma3ForConditionalGeneration: what AutoModelForCausalLM loads gemma-3-4b-it and larger as."""
+    from families import family_model
+
+    return family_model(tmp_path_factory.mktemp("models") / "gemma3-vision", "gemma3-vision")
+
+
+@pytest.mark.parametrize("targets", [("q_proj", "v_proj"), "all-linear"])
+def test_a_multimodal_models_lora_adapts_its_language_model_alone(gemma3_vision: Path, tmp_path: Path,
+                                                                   targets: tuple[str, ...] | str) -> None:
+    """Its SigLIP tower's attention is named q_proj too, and peft, matching by suffix, adapted it as well: LoRA on a
+    tower no training prompt (text only) ever reaches, and target names vLLM does not know for the language model."""
+    from policyalign.trainer import build_trainer
+
+    loaded = load_model(str(gemma3_vision), device="cpu", trainable=True)
+    trainer = build_trainer(loaded, "Be safe.", [{"messages": [{"role": "user", "content": "hi"}]}],
+                            DistillConfig(target_modules=targets, max_steps=1), tmp_path)
+    adapted = [name for name, module in trainer.model.named_modules() if hasattr(module, "lora_A") and module.lora_A]
+    assert adapted and all(".language_model.layers." in name for name in adapted)
+    assert len(adapted) == 2 * (2 if targets != "all-linear" else 7)  # two layers, each of its named linears
+    assert "fc1" not in trainer.model.peft_config["default"].target_modules
+
+
+def test_a_target_only_a_vision_tower_has_is_refused(gemma3_vision: Path) -> None:
+    """SigLIP's fc1 is no module of the language model LoRA adapts: named as missing, with the ones there are."""
+    from policyalign.models import module_skeleton
+    from policyalign.trainer import check_module_names
+
+    with pytest.raises(InvalidInputError, match="\\['fc1'\\]: no such module") as caught:
+        check_module_names(module_skeleton(str(gemma3_vision)), "gemma3", ("q_proj", "fc1"))
+    assert "q_proj" in caught.value.problem.hint and "out_proj" not in caught.value.problem.hint
