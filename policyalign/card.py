@@ -605,15 +605,20 @@ def _internalization_rows(data: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def _lora_summary(adapter_config: Mapping[str, Any]) -> dict[str, str]:
-    """Rank, alpha and targets for the card, plus the `--max-lora-rank` vLLM needs for this rank."""
+    """Rank, alpha and targets for the card, plus the `--max-lora-rank` vLLM needs for this rank. On a
+    multimodal base the targets alone read as if the vision tower's `q_proj` were adapted too (`trainer.lora_config`
+    leaves it out through `exclude_modules`), so the card says they are the language model's."""
     rank = adapter_config.get("r")
     targets = adapter_config.get("target_modules")
     allowed = [r for r in VLLM_LORA_RANKS if isinstance(rank, int) and r >= rank]
+    # PEFT saves a resolved `all-linear` as a set, in a different order each process
+    shown = ", ".join(sorted(map(str, targets))) if isinstance(targets, (list, tuple)) else str(targets or "?")
+    if adapter_config.get("exclude_modules"):  # a multimodal base: its vision tower's q_proj is left alone
+        shown += " (language model only: exclude_modules in adapter_config.json names the rest)"
     return {
         "r": str(rank if rank is not None else "?"),
         "alpha": str(adapter_config.get("lora_alpha", "?")),
-        # PEFT saves a resolved `all-linear` as a set, in a different order each process
-        "targets": ", ".join(sorted(map(str, targets))) if isinstance(targets, (list, tuple)) else str(targets or "?"),
+        "targets": shown,
         "vllm_max_rank": str(allowed[0] if allowed else 16),
     }
 

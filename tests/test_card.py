@@ -191,6 +191,18 @@ def test_training_tables_are_stable_and_readable(tmp_path: Path, make_run) -> No
     assert "Forbidden tool-call rate" not in body  # no tool items, no legend for them
 
 
+def test_a_multimodal_bases_targets_are_said_to_be_the_language_models(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
+    """On a Gemma 3 4B-style base the LoRA leaves the vision tower's `q_proj` alone (`exclude_modules`), but the
+    card listed `q_proj, v_proj` bare, as if every module of that name had been adapted."""
+    run = make_run(tmp_path / "run", ROOT_PACK)
+    config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    config["exclude_modules"] = "(?:model\\.vision_tower)\\..*"
+    (run / "adapter" / "adapter_config.json").write_text(json.dumps(config))
+    row = next(line for line in _render(run).splitlines() if line.startswith("| LoRA target modules |"))
+    assert "language model only" in row and "exclude\\_modules" in row, row
+    assert "language model only" not in _render(make_run(tmp_path / "text-only", ROOT_PACK))
+
+
 @pytest.mark.parametrize("max_steps, epochs_row", [
     (60, "| num\\_epochs | 1.0, not used: max\\_steps sets the length |"),
     (-1, "| num\\_epochs | 1.0 |"),
