@@ -838,10 +838,10 @@ def _status(stages: dict[str, Any], active: bool = False, outdated: Callable[[],
     once stays recorded as failed while a later attempt is killed in synthesis, and the run read
     "failed at eval_after". `outdated`: for a run otherwise complete, the stage whose inputs changed
     after it ran (`stages.outdated_stage`), asked only then (it hashes the run's files)."""
-    running = [n for n in PIPELINE if stages.get(n, {}).get("status") == "running"]
     done = [n for n in PIPELINE if stages.get(n, {}).get("status") == "done"]
     if active:
-        return f"running {running[0]}" if running else f"running ({len(done)}/{len(PIPELINE)} stages done)"
+        current = _current_stage(stages)
+        return f"running {current}" if current else f"running ({len(done)}/{len(PIPELINE)} stages done)"
     stopped = [n for n in PIPELINE if stages.get(n, {}).get("status") in ("failed", "running", "interrupted")]
     if stopped:
         last = max(stopped, key=lambda n: (started_at(stages[n]), -PIPELINE.index(n)))
@@ -850,6 +850,22 @@ def _status(stages: dict[str, Any], active: bool = False, outdated: Callable[[],
         stale = outdated()
         return f"outdated from {stale}" if stale else "complete"
     return f"partial ({len(done)}/{len(PIPELINE)} stages)" if done else "empty"
+
+
+def _current_stage(stages: dict[str, Any]) -> str | None:
+    """The stage the process holding the run is in: the running record that started last, if no other
+    stage's record started after it. An earlier attempt killed in eval_after leaves that stage "running";
+    a new `pa apply` re-running filter showed "running eval_after" between its stages until it got there.
+    Compared by `started`, which every record of this process is newer than (the lock's time is not
+    recorded where `pa runs` can read it); only until this process starts its first stage may such a
+    record still show, and it is then the stage the run stopped at. Records without a time (0) tie, and
+    a tie is no later start: the running one stands."""
+    running = [n for n in PIPELINE if stages.get(n, {}).get("status") == "running"]
+    if not running:
+        return None
+    latest = max(running, key=lambda n: (started_at(stages[n]), -PIPELINE.index(n)))
+    newer = [n for n in PIPELINE if n in stages and started_at(stages[n]) > started_at(stages[latest])]
+    return None if newer else latest
 
 
 def find_runs(roots: list[Path], *, must_exist: bool = False) -> list[Path]:

@@ -49,7 +49,7 @@ def naming_disk_errors(path: str | os.PathLike[str]) -> Iterator[None]:
 
 @contextmanager
 def _replacing(target: Path, mode: str) -> Iterator[Any]:
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_directories(target.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         kwargs = {"encoding": "utf-8", "newline": "\n"} if mode == "w" else {}
@@ -81,6 +81,16 @@ def sync_directory(directory: str | os.PathLike[str]) -> None:
     if not hasattr(os, "O_DIRECTORY"):
         return
     _sync(os.open(directory, os.O_RDONLY | os.O_DIRECTORY))
+
+
+def make_directories(directory: str | os.PathLike[str]) -> None:
+    """`mkdir -p`, durably: each directory it creates is synced into its parent (`sync_directory`), so a new
+    `eval/after/` and the file written in it do not vanish after a power cut, the file's own sync notwithstanding."""
+    target = Path(directory)
+    missing = [place for place in (target, *target.parents) if not place.exists()]
+    target.mkdir(parents=True, exist_ok=True)
+    for place in reversed(missing):  # outermost first, as they were made
+        sync_directory(place.parent)
 
 
 def sync_tree(directory: str | os.PathLike[str]) -> None:
@@ -164,7 +174,7 @@ def output_dir(path: str | os.PathLike[str], option: str = "--out") -> Path:
     target = Path(path)
     try:
         with naming_disk_errors(target):
-            target.mkdir(parents=True, exist_ok=True)
+            make_directories(target)
     except (FileExistsError, NotADirectoryError):
         raise _not_a_directory(target, option) from None
     return target
@@ -199,7 +209,7 @@ def append_jsonl(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) -
     crash loses at most the rows being written. A line torn by an earlier kill is ended first, so
     the new rows do not join it (`read_journal` skips it)."""
     target = Path(path)
-    torn = False
+    torn, new = False, not target.exists()
     if target.is_file() and target.stat().st_size:
         with target.open("rb") as existing:
             existing.seek(-1, os.SEEK_END)
@@ -211,6 +221,9 @@ def append_jsonl(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) -
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
+    if new:  # the journal's name, too: a power cut lost a new journal whole, rows synced or not
+        with naming_disk_errors(target):
+            sync_directory(target.parent)
 
 
 def read_journal(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

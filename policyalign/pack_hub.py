@@ -70,6 +70,7 @@ def push_pack(path: str | Path, repo_id: str, *, private: bool = False, revision
               token: str | None = None, registry: "Registry | None" = None) -> PushResult:
     """Validate a pack, publish it as a dataset repo (files under pack/), tag it `v<version>`."""
     from .pack import files_digest, load_pack
+    from .validation import unlisted_files
 
     pack = load_pack(Path(path), registry=registry)
     if leftovers := draft_leftovers(pack):
@@ -99,7 +100,8 @@ def push_pack(path: str | Path, repo_id: str, *, private: bool = False, revision
              if (p.startswith(f"{PACK_DIR}/") or p == "README.md") and p not in uploads]
     message = f"policyalign pack {pack.ref} (digest {pack.digest[:12]})"
     commit = commit_and_tag(api, repo_id, "dataset", uploads, stale, message, tag, token)
-    return PushResult(repo_url(repo_id, "dataset", tag), repo_id, tag, commit, tuple(sorted(uploads)))
+    return PushResult(repo_url(repo_id, "dataset", tag), repo_id, tag, commit, tuple(sorted(uploads)),
+                      tuple(str(problem) for problem in unlisted_files(pack)))
 
 
 def _refuse_same_version(api: Any, repo_id: str, version: str, token: str) -> None:

@@ -118,6 +118,17 @@ def _message(error: Any) -> str:
     return error.message
 
 
+def unknown_fields(error: Any) -> list[tuple[str, str, str]]:
+    """An `additionalProperties` error as one (field, message, hint) per unknown field, for a problem at the
+    field's own place: `x: 1` in pack.yaml was "pack.yaml:/: unknown field(s)", placed at the mapping
+    holding it (for a top-level field, no line), with one hint for all. Empty for any other error."""
+    if error.validator != "additionalProperties" or not isinstance(error.instance, dict):
+        return []
+    allowed = list(error.schema.get("properties", {}))
+    return [(str(key), f"unknown field {key!r}", did_you_mean(str(key), allowed) or f"allowed fields: {', '.join(allowed)}")
+            for key in error.instance if key not in allowed]  # YAML keys may be numbers or null
+
+
 def schema_hint(error: Any) -> str:
     if error.validator == "additionalProperties":
         allowed = list(error.schema.get("properties", {}))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +21,7 @@ class ValidationReport:
     failures: dict[str, list[Problem]] = field(default_factory=dict)
     index: list[Problem] = field(default_factory=list)
     drafts: dict[str, list[Problem]] = field(default_factory=dict)  # valid, but `pa new` stand-in text is left
+    warnings: dict[str, list[Problem]] = field(default_factory=dict)  # valid, but a file pack.yaml does not list
 
     @property
     def ok(self) -> bool:
@@ -46,7 +49,34 @@ def validate_paths(paths: list[Path], registry: Registry) -> ValidationReport:
             report.failures[str(pack.root)] = copies
         if leftovers := draft_leftovers(pack):
             report.drafts[str(pack.root)] = leftovers
+        if unlisted := unlisted_files(pack):
+            report.warnings[str(pack.root)] = unlisted
     return report
+
+
+# The pack's own files pack.yaml lists by folder and suffix, and where it lists them.
+LISTED_FILES = (("templates", ".jinja", "synthesis.templates"), ("eval", ".jsonl", "eval"))
+
+
+def unlisted_files(pack: Pack) -> list[Problem]:
+    """A template or eval set in the pack's folder that its pack.yaml does not list: validation never reads
+    it, synthesis and `pa eval` never use it, and `pa pack push` publishes it (a renamed eval set's old file,
+    or one whose entry was forgotten). A warning, not a problem: packs already published with such a file
+    must still pull."""
+    from .pack_input import not_pack_content
+
+    synthesis = pack.manifest.get("synthesis")
+    entries = [*(synthesis.get("templates") or () if isinstance(synthesis, Mapping) else ()), *(pack.manifest.get("eval") or ())]
+    listed = {os.path.normpath(e["file"]) for e in entries if isinstance(e, Mapping) and isinstance(e.get("file"), str)}
+    found = []
+    for folder, suffix, section in LISTED_FILES:
+        for path in sorted((pack.root / folder).rglob(f"*{suffix}")):
+            rel = path.relative_to(pack.root)
+            if path.is_file() and rel.as_posix() not in listed and not any(not_pack_content(p) for p in rel.parts):
+                found.append(Problem(str(path), "", f"not listed in {MANIFEST}: `pa validate` does not check it, no "
+                                     "stage uses it, and `pa pack push` publishes it",
+                                     f"list it under `{section}` in {MANIFEST}, or delete it"))
+    return found
 
 
 def seed_copy_problems(pack: Pack) -> list[Problem]:

@@ -245,13 +245,16 @@ class GitStore:
 
 
 def front_matter(text: str) -> dict[str, Any]:
-    """The YAML metadata block of a README, or {} (the Hub treats a broken block as empty)."""
+    """The YAML metadata block of a README, or {} (the Hub treats a broken block as empty). A block YAML parses
+    but cannot build (`x: 2001-13-45`, an integer past Python's digit limit, nesting past the stack) is broken
+    too: its ValueError made every listing answer 500 while such a repo was on the server, and `pa pull`, whose
+    pack search then failed, told "`pa pack pull ORG/NAME@1.0.0`" in whatever test ran after test_pack_hub's."""
     match = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", text, flags=re.S)
     if not match:
         return {}
     try:
         data = yaml.safe_load(match.group(1))
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 

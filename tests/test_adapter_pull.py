@@ -33,7 +33,11 @@ def test_pull_suggests_an_eval_command_that_finds_the_pack(cli: Cli, hub_server,
 
 
 def test_pull_names_the_repo_that_publishes_a_missing_pack(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """Without the pack locally, `pa pull` said "get it with `pa pack pull ORG/NAME@1.0.0`": which ORG/NAME?"""
+    """Without the pack locally, `pa pull` said "get it with `pa pack pull ORG/NAME@1.0.0`": which ORG/NAME? Also
+    with a repository on the Hub whose card's YAML cannot be built (test_pack_hub leaves one): the loopback Hub's
+    listing failed for it, and this test failed when run after that one."""
+    hub_server.store.create("dataset", "org/elsewhere-baddate", False)
+    hub_server.put_files("org/elsewhere-baddate", {"README.md": b"---\nx: 2001-13-45\n---\n"}, repo_type="dataset")
     source = make_pack(cli.packs, "elsewhere")
     cli.ok("pack", "push", str(source), "--repo-id", "org/elsewhere-pack")
     cli.ok("push", str(make_run(tmp_path / "run", source)), "--repo-id", "org/elsewhere-qwen")

@@ -1231,6 +1231,25 @@ def test_runs_lists_a_held_run_between_two_stages_as_running(tmp_path: Path, hol
     assert _runs_status(tmp_path / "runs") == "partial (3/6 stages)"
 
 
+def test_runs_does_not_show_a_killed_attempts_later_stage_as_running(tmp_path: Path, hold_run) -> None:
+    """An attempt killed in eval_after left that stage "running"; a new `pa apply` holding the run and
+    re-running filter was listed as "running eval_after" between its stages, a stage it had not reached."""
+    run = tmp_path / "runs" / "r1"
+    run.mkdir(parents=True)
+    stages = {"synthesize": {"status": "done", "started": 100.0}, "eval_after": {"status": "running", "started": 200.0},
+              "filter": {"status": "running", "started": 300.0}}
+    manifest = {"inputs": {"pack": {"name": "general", "version": "1.0.0"}, "model": "tiny"}, "stages": stages}
+    (run / "run.json").write_text(json.dumps(manifest))
+    with hold_run(run):
+        assert _runs_status(tmp_path / "runs") == "running filter"
+        stages["filter"]["status"] = "done"  # between filter and eval_before
+        (run / "run.json").write_text(json.dumps(manifest))
+        assert _runs_status(tmp_path / "runs") == "running (2/6 stages done)"
+        stages["eval_before"] = {"status": "running", "started": 400.0}
+        (run / "run.json").write_text(json.dumps(manifest))
+        assert _runs_status(tmp_path / "runs") == "running eval_before"
+
+
 @pytest.mark.parametrize(("stop", "code", "said"), [(signal.SIGINT, 130, "interrupted"),
                                                      (signal.SIGTERM, 143, "stopped by SIGTERM"),
                                                      (signal.SIGHUP, 129, "stopped by SIGHUP")])

@@ -9,7 +9,7 @@ import pytest
 
 from fulldisk import run_python
 from policyalign.errors import InvalidInputError
-from policyalign.io import read_json, read_jsonl, sync_directory, sync_tree, write_json
+from policyalign.io import append_jsonl, output_dir, read_json, read_jsonl, sync_directory, sync_tree, write_json
 
 
 def test_a_full_disk_is_an_error_naming_the_file_and_leaves_no_temporary(tmp_path: Path) -> None:
@@ -95,6 +95,23 @@ def test_an_atomic_write_is_synced_before_its_rename_and_its_directory_after(tmp
         synced = fsyncs(target)
         write_json(target, {"stages": {"synthesize": {}}})
         assert not synced.problems()
+
+
+def test_directories_a_write_creates_are_synced_into_their_parents(tmp_path: Path, fsyncs) -> None:  # type: ignore[no-untyped-def]
+    """A write into a new `eval/after/` made the folders with mkdir and synced the file and `after/`, never the
+    entries naming `eval` and `after`: after a power cut the folder, file and all, could be gone. So too a
+    run directory `output_dir` makes, and a new journal's name in its folder."""
+    def synced_directories(write, *places: Path) -> set[Path]:  # type: ignore[no-untyped-def]
+        synced = fsyncs(tmp_path / "unused")
+        write()
+        inodes = {call[0] for call in synced.calls}
+        return {place for place in places if (place.stat().st_dev, place.stat().st_ino) not in inodes}
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert not synced_directories(lambda: write_json(run / "eval" / "after" / "eval.json", {}), run, run / "eval")
+    assert not synced_directories(lambda: output_dir(tmp_path / "runs" / "r1"), tmp_path, tmp_path / "runs")
+    assert not synced_directories(lambda: append_jsonl(run / "rows.partial.jsonl", [{"a": 1}]), run)
 
 
 def test_a_directory_put_in_place_is_synced_whole(tmp_path: Path, fsyncs) -> None:  # type: ignore[no-untyped-def]

@@ -158,6 +158,19 @@ def test_broken_pack_reports_file_place_and_message(fixture_packs: Path, fault) 
     assert fault.expect[-1] in norm(result.output)
 
 
+def test_each_unknown_field_is_placed_at_its_own_line(fixture_packs: Path) -> None:
+    """`x: 1` at the top of pack.yaml was "pack.yaml:/: unknown field(s) (...)": placed at the whole manifest,
+    no line, every unknown field in one problem with one hint."""
+    manifest = fixture_packs / "root-pack" / "pack.yaml"
+    manifest.write_text(manifest.read_text() + "x: 1\nlicence: mit\n")
+    last = len(manifest.read_text().splitlines())
+    with pytest.raises(PackError) as info:
+        _load(fixture_packs, "root-pack")
+    unknown = [(p.where, p.message, p.hint) for p in info.value.problems if "unknown field" in p.message]
+    assert unknown[0][:2] == (f"/x (line {last - 1})", "unknown field 'x'") and unknown[0][2].startswith("allowed fields: ")
+    assert unknown[1:] == [(f"/licence (line {last})", "unknown field 'licence'", "did you mean 'license'?")], unknown
+
+
 def test_at_least_fifteen_distinct_faults() -> None:
     assert len(set(fault_ids())) >= 15
 

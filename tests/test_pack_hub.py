@@ -83,6 +83,15 @@ def test_pack_push_then_pull(cli: Cli, hub_server, tmp_path: Path) -> None:  # t
 
 
 
+def test_pack_push_warns_of_a_file_pack_yaml_does_not_list(cli: Cli, hub_server) -> None:  # type: ignore[no-untyped-def]
+    """A template pack.yaml did not list was published without a word, as `pa validate` passed it."""
+    source = make_pack(cli.packs, "unlisted")
+    (source / "templates" / "forgotten.jinja").write_text("{{ nothing }}\n")
+    pushed = cli.ok("pack", "push", str(source), "--repo-id", "org/unlisted")
+    assert (f"warning: {source / 'templates' / 'forgotten.jinja'}: not listed in pack.yaml" in pushed.stderr
+            and "list it under `synthesis.templates` in pack.yaml, or delete it" in pushed.stderr), pushed.stderr
+
+
 def test_pack_push_refuses_a_pack_still_holding_new_stand_in_text(cli: Cli, hub_server) -> None:  # type: ignore[no-untyped-def]
     """A `pa new` skeleton validates, and it was published as is: a registry pack whose policy reads
     "Example rule" and whose eval set is "Replace me"."""

@@ -56,6 +56,21 @@ def test_the_chat_message_schema_is_the_same_in_both_schema_files() -> None:
     assert item["properties"]["messages"]["items"] == pack["$defs"]["message"]
 
 
+def test_a_seed_conversation_has_the_bounds_of_an_eval_items(fixture_packs: Path) -> None:
+    """An eval item holds at most 64 messages and 64 tools; a seed conversation, which becomes a training prompt
+    the same way, had no bound at all: 10,000 turns in one seed validated."""
+    pack = json.loads(schema_text("pack.schema.json"))["$defs"]["seed"]["oneOf"][1]["properties"]
+    item = json.loads(schema_text("eval-item.schema.json"))["properties"]
+    assert [pack[k]["maxItems"] for k in ("messages", "tools")] == [item[k]["maxItems"] for k in ("messages", "tools")]
+    manifest = fixture_packs / "root-pack" / "pack.yaml"
+    turns = "".join("          - {role: user, content: \"One more turn of this long chat.\"}\n" for _ in range(65))
+    manifest.write_text(manifest.read_text().replace("    seeds:\n", "    seeds:\n      - messages:\n" + turns, 1))
+    with pytest.raises(PackError) as caught:
+        load_pack(fixture_packs / "root-pack", registry=Registry([fixture_packs]))
+    assert any(p.where.startswith("/categories/0/seeds/0/messages") and p.message.endswith("(at most 64 items)")
+               for p in caught.value.problems), caught.value.problems
+
+
 def test_a_text_field_yaml_read_as_a_number_or_a_boolean_is_told_to_quote_it(fixture_packs: Path) -> None:
     """`version: 1.0` is YAML's float and `title: yes` its true: "1.0 is not of type 'string'" came with the
     field's description as the hint, which did not say that the value only needs quotes."""

@@ -72,3 +72,19 @@ def test_a_childs_eval_item_copying_a_parents_seed_names_the_item(fixture_packs:
     assert code == 2, output
     assert f"{child / 'eval' / 'harmful.jsonl'}:item child-h9:" in output, output
     assert "the seed is root-pack@1.0.0's" in output and "rewrite this eval item" in output
+
+
+def test_a_template_or_eval_set_pack_yaml_does_not_list_is_warned_about(fixture_packs: Path) -> None:
+    """An eval set renamed in pack.yaml but left on disk, or a template never listed, was ignored without a
+    word by `pa validate` and published by `pa pack push`. A warning: packs published so must still pull."""
+    root = fixture_packs / "root-pack"
+    (root / "eval" / "old-harmful.jsonl").write_text("not even JSON\n")
+    (root / "templates" / "chatty.jinja").write_text("{{ nothing }}\n")
+    code, output = _validate(root)
+    assert code == 0, output
+    assert (f"warning: {root / 'eval' / 'old-harmful.jsonl'}: not listed in pack.yaml: `pa validate` does not check it, "
+            "no stage uses it, and `pa pack push` publishes it\n    hint: list it under `eval` in pack.yaml, or delete it") in output
+    assert f"warning: {root / 'templates' / 'chatty.jinja'}: not listed in pack.yaml" in output
+    assert "hint: list it under `synthesis.templates` in pack.yaml, or delete it" in output
+    assert "warning" not in _validate(fixture_packs / "child-pack")[1]
+

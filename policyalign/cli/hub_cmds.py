@@ -116,6 +116,8 @@ def pack_push(
     from ..pack_hub import push_pack
 
     result = push_pack(path, repo_id, private=private, revision=revision, registry=registry(packs_path))
+    for warning in result.warnings:
+        typer.echo(f"warning: {warning}", err=True)
     typer.echo(f"pushed pack to {result.repo_id} at tag {result.revision} (commit {result.commit[:12]})")
     typer.echo(result.url)
 

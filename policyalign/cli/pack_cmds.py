@@ -137,6 +137,10 @@ def validate(
                        "(valid, but `pa pack push` refuses it until they are replaced)", err=True)
             for problem in leftovers:
                 typer.echo(f"  {problem}", err=True)
+    for path, unlisted in report.warnings.items():
+        if path not in report.failures:
+            for problem in unlisted:
+                typer.echo(f"warning: {problem}", err=True)
     listed: set[Problem] = set()  # a problem two packs share (the extends cycle they form) is printed once
     for path, problems in report.failures.items():
         new = [p for p in problems if p not in listed]
