@@ -15,19 +15,10 @@ import sys
 import time
 from typing import Any, NoReturn
 
+from ..errors import Stopped
+
 # Ctrl-C: the shell's code for SIGINT (128 + 2), as for any interrupted Unix command.
 INTERRUPTED = 130
-
-
-class Stopped(KeyboardInterrupt):
-    """SIGTERM (what Slurm and Kubernetes send some 30 s before SIGKILL) or SIGHUP (the terminal closed),
-    raised where Ctrl-C raises KeyboardInterrupt. Both killed `pa` on the spot, leaving its stage
-    "running" in run.json and its eval or judge journal unflushed; as a KeyboardInterrupt, every place
-    that keeps work on Ctrl-C keeps it on these too."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 def exit_code(exc: KeyboardInterrupt) -> int:
