@@ -286,6 +286,7 @@ def test_sigterm_during_training_keeps_the_step_under_way_and_resumes_as_if_neve
     every 50 steps by default): the requeued job, with --resume, trained from step 0 again. Now the step under
     way ends and is saved, `pa` stops as before (143, the stage interrupted), and the resumed run ends with the
     adapter an uninterrupted one makes, byte for byte."""
+    import shlex
     import shutil
     import signal
     import subprocess
@@ -306,6 +307,7 @@ def test_sigterm_during_training_keeps_the_step_under_way_and_resumes_as_if_neve
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 143, err
     assert "SIGTERM: finishing this training step and saving a checkpoint" in err and "Traceback" not in err
+    assert f"run: {shlex.join(['pa', 'distill', str(run), *flags, '--resume'])}\n" in err  # as typed, to paste
     kept = last_complete_checkpoint(checkpoint_dir(run))
     assert kept is not None, "no checkpoint: the stop landed before training or was not kept"
     stopped_at = int(kept.name.split("-")[1])
