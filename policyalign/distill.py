@@ -23,7 +23,7 @@ from .io import read_json, write_json
 from .launch import check_vllm_rollouts, fit_batch, launch_rank, training_device
 from .provenance import name_base_model, write_provenance
 from .tracking import attach_reports
-from .trainer import build_trainer
+from .trainer import build_trainer, stop_callback
 
 if TYPE_CHECKING:
     from .distill_settings import DistillConfig
@@ -110,7 +110,7 @@ def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillCon
         if finished and resume_from is not None:
             trainer.restore_finished(resume_from)
         else:
-            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+            _train(trainer, resume_from)
         if trainer.state.global_step == 0:
             raise RunError("training ran no optimizer step", file=str(run_dir / "selected.jsonl"),
                            hint="check --max-steps/--epochs, or select more instructions (--keep, --no-filter)")
@@ -171,6 +171,20 @@ def _checkpoint_to_continue(trainer: Any, run_dir: Path, resume: bool,
     raise RunError(f"{checkpoint.name} has already trained {done} optimizer steps, more than the {planned} "
                    "these settings train", file=str(checkpoint / "trainer_state.json"),
                    hint=f"drop --resume to train {planned} steps afresh, or resume with a larger --max-steps or --epochs")
+
+
+def _train(trainer: Any, resume_from: Path | None) -> None:
+    """Train (on from `resume_from`); a stop signal during training ends the step, saves a checkpoint
+    (`trainer.StopAfterStep`) and is raised here, once every rank has left the process group."""
+    stop = stop_callback(trainer)
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    finally:
+        stop.restore()
+    stopped = stop.stopped()
+    if stopped is not None:
+        _leave_process_group(trainer)
+        raise stopped
 
 
 def _leave_process_group(trainer: Any) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import errno
+import signal
 from dataclasses import dataclass
 
 
@@ -103,3 +104,20 @@ def did_you_mean(word: str, options: list[str] | tuple[str, ...], known: str = "
     if close:
         return f"did you mean {close[0]!r}?"
     return f"{known}: {', '.join(options) or 'none'}" if known else ""
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM (what Slurm and Kubernetes send some 30 s before SIGKILL) or SIGHUP (the terminal closed),
+    raised where Ctrl-C raises KeyboardInterrupt. Both killed `pa` on the spot, leaving its stage
+    "running" in run.json and its eval or judge journal unflushed; as a KeyboardInterrupt, every place
+    that keeps work on Ctrl-C keeps it on these too."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def stop_exception(signum: int) -> KeyboardInterrupt:
+    """What a stop signal raises: KeyboardInterrupt for Ctrl-C (SIGINT), `Stopped` for SIGTERM and SIGHUP, for a
+    stop handled later than the signal (`trainer.StopAfterStep`) to end as one handled at once would."""
+    return KeyboardInterrupt() if signum == signal.SIGINT else Stopped(signum)

@@ -454,6 +454,7 @@ def build_trainer(loaded: "LoadedModel", policy: str, records: list[dict[str, An
                   peft_config=lora_config(config, loaded.model), **kwargs)
     trainer.remove_callback(PrinterCallback)  # raw log dicts on stdout; progress has its own bar
     trainer.add_callback(_ordinary_checkpoints_callback())
+    trainer.add_callback(_stop_after_step_callback())
     if progress:
         trainer.add_callback(_progress_callback())
     return trainer
@@ -548,3 +549,105 @@ def _progress_callback() -> Any:
             self.bar.stop()
 
     return RichProgress()
+
+
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+
+
+def _stop_after_step_callback() -> Any:
+    """`StopAfterStep`: made here, as the other callbacks are, so that importing this module does not import transformers."""
+    from transformers import TrainerCallback
+
+    class StopAfterStep(TrainerCallback):
+        """Ctrl-C, SIGTERM or SIGHUP during training finishes the optimizer step under way, saves a checkpoint
+        and then stops as `pa` stops on them elsewhere (`stopped`).
+
+        They stopped training where they landed, and the last checkpoint was up to `save_steps - 1` steps
+        old (49 by default): a job a scheduler stopped (SIGTERM, some 30 s before SIGKILL) and requeued
+        trained those again, or from the start when it had none. The signal only notes the stop; the step
+        ends (its rollout included), every rank agrees on it at the step's end (`_stop_requested`) and the
+        Trainer saves its ordinary checkpoint, the one `--resume` restores. A second signal stops at once:
+        the checkpoint it cuts short has no trainer_state.json and `--resume` skips it. Not under torchrun
+        (or `accelerate launch`): its agent passes on the signal it gets, so a worker that got one itself (Ctrl-C
+        reaches the whole process group, Slurm signals every process) gets it twice; there the launcher's own
+        SIGKILL, 30 s after it passed the signal on, is the stop at once. Signals ignored (SIGHUP under nohup, SIGINT in a background job) stay ignored."""
+
+        def __init__(self) -> None:
+            self.signum = 0
+            self.main = self.at_once = True
+            self._previous: dict[int, Any] = {}
+
+        def on_train_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            import os
+            import signal
+            import threading
+
+            from .cli import say
+
+            self.signum, self.main, self._say = 0, state.is_world_process_zero, say
+            self.at_once = "TORCHELASTIC_RUN_ID" not in os.environ  # a second signal is not the launcher's echo
+            if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+                return
+            for name in STOP_SIGNALS:
+                signum = getattr(signal, name)
+                if signal.getsignal(signum) != signal.SIG_IGN:
+                    self._previous[signum] = signal.signal(signum, self._note)
+
+        def _note(self, signum: int, frame: Any) -> None:
+            import signal
+
+            from .errors import stop_exception
+
+            if self.signum:
+                if self.at_once:
+                    raise stop_exception(signum)
+                return
+            self.signum = signum
+            if self.main:
+                again = "send it again to stop at once" if self.at_once else "the launcher stops it at once 30 s on"
+                self._say(f"\n{signal.Signals(signum).name}: finishing this training step and saving a checkpoint; "
+                          f"{again}\n")
+
+        def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            agreed = _stop_requested(self.signum, args.device)  # every rank stops, whichever was told
+            if agreed:  # not written back otherwise: a signal landing after the read would be lost
+                self.signum = self.signum or agreed
+                control.should_save = control.should_training_stop = True
+
+        def on_train_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            self.restore()
+
+        def restore(self) -> None:
+            """Give the signals back their handlers: the stop is raised once training has returned (`stopped`)."""
+            import signal
+
+            for signum, handler in self._previous.items():
+                signal.signal(signum, handler)
+            self._previous = {}
+
+        def stopped(self) -> KeyboardInterrupt | None:
+            """The KeyboardInterrupt (or `Stopped`) to raise for the stop noted during training, if any."""
+            from .errors import stop_exception
+
+            return stop_exception(self.signum) if self.signum else None
+
+    return StopAfterStep()
+
+
+def _stop_requested(signum: int, device: Any) -> int:
+    """The stop signal any rank was told (0: none): under torchrun a signal may reach one rank only (or each at a different
+    step), and a rank saving alone waits forever in the save's collectives. One all-reduced scalar a step."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return signum
+    import torch
+
+    flag = torch.tensor([signum], dtype=torch.int64, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item())
+
+
+def stop_callback(trainer: Any) -> Any:
+    """The trainer's `StopAfterStep` (`build_trainer` adds one to every trainer)."""
+    return next(c for c in trainer.callback_handler.callbacks if type(c).__name__ == "StopAfterStep")

@@ -1,5 +1,5 @@
 """Judging response rows into verdicts, shared by `pa eval` and `pa judge`: tool calls parsed, each
-row's label and reasons added, a chunk at a time through the journal so that a slow model judge
+row's label and reasons added, a batch at a time through the journal so that a slow model judge
 stopped part way does not judge again what it had judged (`judge_journaled`).
 """
 
@@ -13,7 +13,16 @@ from .eval_journal import Journal
 from .judges import (JudgeItem, ToolCall, Verdict, get_judge, judge_model_errors, keyed_judge, parse_tool_calls,
                      structured_tool_calls)
 
-JUDGE_CHUNK = 32  # rows judged (and journaled) at a time
+JUDGE_CHUNK = 32  # rows the refusal judge judges (and journals) at a time; a model judge: `judge_chunk`
+
+
+def judge_chunk(judge: Any, batch_size: int) -> int:
+    """Rows judged and journaled at a time: for a model judge its generation batch, the unit it finishes, so a stop
+    keeps every verdict made before the batch under way. 32 at a time (4 batches of 8) lost up to 31 of them, and
+    a `pa judge` stopped before its 32nd verdict kept none, though it said the verdicts so far were kept; journaled
+    a batch at a time, 64 rows judged by `llm:tiny` took as long, and wrote the same bytes. The refusal judge's
+    rules take microseconds a row: it journals 32 at a time."""
+    return batch_size if getattr(judge, "model", None) else JUDGE_CHUNK
 
 
 def _forbidden_call(calls: Sequence[ToolCall], forbidden: Sequence[str]) -> bool:
@@ -76,7 +85,7 @@ def _verdict_key(judge_key: str, row: Mapping[str, Any], calls_in_text: bool) ->
 def judge_journaled(rows: list[dict[str, Any]], judge_spec: str, journal: Journal, *, policy: str,
                     device: str | None, batch_size: int,
                     places: Sequence[tuple[str, int]] | None = None) -> list[dict[str, Any]]:
-    """Rows judged (`_judged`) a chunk at a time, each chunk's verdicts journaled: an `llm:` judge on a real
+    """Rows judged (`_judged`) a chunk at a time (`judge_chunk`), each chunk's verdicts journaled: an `llm:` judge on a real
     model is slow too, and a resumed evaluation (or `pa judge`) judges only what was not judged yet.
     A verdict is reused for the same judge (spec and weights), policy shown and row (`_verdict_key`).
     `places`, one (file, line) per row, name `pa judge`'s rows in errors: a row without an id was
@@ -90,8 +99,9 @@ def judge_journaled(rows: list[dict[str, Any]], judge_spec: str, journal: Journa
     if len(pending) < len(rows):
         print(f"resuming: {len(rows) - len(pending)} of {len(rows)} verdicts from {journal.path}", file=sys.stderr)
     judge = get_judge(judge_spec, device=device, batch_size=batch_size) if pending else None
-    for start in range(0, len(pending), JUDGE_CHUNK):
-        chunk = pending[start:start + JUDGE_CHUNK]
+    size = judge_chunk(judge, batch_size)
+    for start in range(0, len(pending), size):
+        chunk = pending[start:start + size]
         where = [places[k] for k in chunk] if places else None
         journal.add_verdicts([keys[k] for k in chunk], _judged([rows[k] for k in chunk], [made[k][0] for k in chunk],
                                                                judge, judge_spec, policy, where))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -1269,7 +1270,8 @@ def test_ctrl_c_exits_130_with_a_message_and_records_the_stage_as_interrupted(
     proc.send_signal(stop)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err
-    assert f"{said}: finished stages" in err and "run the same command again" in err and "Traceback" not in err
+    assert f"{said}: finished stages" in err and "Traceback" not in err
+    assert f"to continue, run: {shlex.join(['pa', *cmd[3:]])}\n" in err  # the command as typed, to paste
     assert json.loads((run / "run.json").read_text())["stages"]["synthesize"]["status"] == "interrupted"
     assert run_summary(run)["status"] == "interrupted in synthesize"
 

@@ -40,7 +40,7 @@ def test_ctrl_c_promises_a_resume_only_where_one_exists() -> None:
     """Ctrl-C in `pa pull` or `pa eval` said "finished stages, scores and checkpoints are kept"."""
     from policyalign.cli import RESUMABLE, interrupted_message
 
-    assert "run the same command again to continue" in interrupted_message("apply")
+    assert "to continue, run the same command again" in interrupted_message("apply")
     assert "eval answers" in interrupted_message("apply") and "eval answers" not in interrupted_message("distill")
     assert all("checkpoints are kept" in interrupted_message(c) for c in RESUMABLE)
     assert interrupted_message("pull") == interrupted_message(None) == "interrupted"
@@ -52,7 +52,7 @@ def test_ctrl_c_in_pa_eval_says_the_answers_so_far_are_kept() -> None:
     from policyalign.cli import interrupted_message
 
     assert interrupted_message("eval") == ("interrupted: any answers generated so far are kept (responses.partial.jsonl "
-                                           "in the output folder); run the same command again to continue")
+                                           "in the output folder); to continue, run the same command again")
 
 
 def test_ctrl_c_in_pa_judge_says_the_verdicts_so_far_are_kept() -> None:
@@ -60,8 +60,8 @@ def test_ctrl_c_in_pa_judge_says_the_verdicts_so_far_are_kept() -> None:
     from policyalign.cli import interrupted_message
 
     message = interrupted_message("judge")
-    assert "verdicts so far are kept" in message and "FILE.judged.partial.jsonl" in message
-    assert "run the same command again to continue" in message
+    assert "the verdicts of the batches judged so far are kept" in message and "FILE.judged.partial.jsonl" in message
+    assert "to continue, run the same command again" in message
 
 
 # Run like the `pa` console script (`from policyalign.cli import main; main()`), sending itself a real SIGINT
@@ -276,8 +276,21 @@ def test_ctrl_c_in_pa_distill_says_to_resume_with_resume() -> None:
     from policyalign.cli import interrupted_message
 
     message = interrupted_message("distill")
-    assert "checkpoints are kept" in message and "with --resume to continue" in message
-    assert "run the same command again to continue" not in message
+    assert "checkpoints are kept" in message and message.endswith("run the same command again with --resume")
+
+
+def test_a_stop_message_gives_the_command_to_run_again_as_typed_quoted_to_paste() -> None:
+    """It said "run the same command again": the user had to find it (a scheduler's log, a closed terminal), and
+    `pa distill` needed --resume added. Now it is printed, shell-quoted, `pa distill` given --resume if it lacks it."""
+    from policyalign.cli import interrupted_message
+
+    typed = ["distill", "runs/my run", "--max-steps", "5"]
+    assert interrupted_message("distill", "stopped by SIGTERM", typed).endswith(
+        "to continue from the last checkpoint, run: pa distill 'runs/my run' --max-steps 5 --resume")
+    assert interrupted_message("distill", typed=[*typed, "--resume"]).endswith(
+        "run: pa distill 'runs/my run' --max-steps 5 --resume")
+    assert interrupted_message("judge", typed=["judge", "a b.jsonl"]).endswith("to continue, run: pa judge 'a b.jsonl'")
+    assert "\n" not in interrupted_message("apply", typed=["apply", "general", "--out", "it's"])
 
 
 # Options `pa apply` and `pa distill` both take whose meaning differs: apply's --seed also seeds synthesis and the

@@ -277,3 +277,44 @@ def test_a_heldout_instruction_too_long_is_named_before_any_checkpoint_is_remove
     assert caught.value.problem.file == str(run / "heldout.jsonl")
     assert caught.value.problem.where == f"id {heldout[0]['id']}"
     assert kept.is_dir(), "a held-out instruction too long must not cost the previous run's checkpoints"
+
+
+@pytest.mark.slow
+def test_sigterm_during_training_keeps_the_step_under_way_and_resumes_as_if_never_stopped(recorded_run,
+                                                                                          tmp_path: Path) -> None:
+    """SIGTERM (a scheduler's, some 30 s before SIGKILL) a moment into `pa distill` left no checkpoint (one
+    every 50 steps by default): the requeued job, with --resume, trained from step 0 again. Now the step under
+    way ends and is saved, `pa` stops as before (143, the stage interrupted), and the resumed run ends with the
+    adapter an uninterrupted one makes, byte for byte."""
+    import shlex
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run, _ = recorded_run
+    twin = shutil.copytree(run, tmp_path / "twin")
+    options = {"max_steps": 60, "max_new_tokens": 8, "batch_size": 4}
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
+    proc = subprocess.Popen([sys.executable, "-m", "policyalign", "distill", str(run), *flags],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    record = checkpoint_dir(run) / "trained_with.json"  # written as training begins, after the model loads
+    while proc.poll() is None and not record.is_file():
+        time.sleep(0.05)
+    time.sleep(1.0)  # the held-out measurement (a fraction of it) and then some steps
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err
+    assert "SIGTERM: finishing this training step and saving a checkpoint" in err and "Traceback" not in err
+    assert f"run: {shlex.join(['pa', 'distill', str(run), *flags, '--resume'])}\n" in err  # as typed, to paste
+    kept = last_complete_checkpoint(checkpoint_dir(run))
+    assert kept is not None, "no checkpoint: the stop landed before training or was not kept"
+    stopped_at = int(kept.name.split("-")[1])
+    assert 0 < stopped_at < options["max_steps"]
+    assert json.loads((run / "run.json").read_text())["stages"]["distill"]["status"] == "interrupted"
+    resumed = run_distill(run, resume=True, overrides=options, progress=False)
+    assert [h["step"] for h in resumed.history][stopped_at - 1:stopped_at + 1] == [stopped_at, stopped_at + 1]
+    run_distill(twin, overrides=options, progress=False)
+    assert ((run / "adapter" / "adapter_model.safetensors").read_bytes()
+            == (twin / "adapter" / "adapter_model.safetensors").read_bytes())

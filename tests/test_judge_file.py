@@ -189,9 +189,9 @@ def test_a_model_judge_spelt_in_another_case_resumes_the_same_journal(
     """The judge's model was keyed as typed: `pa judge --judge llm:tiny` stopped part way and resumed as
     `--judge llm:Tiny` (one model, resolved whatever its case) discarded its journal and judged every row again."""
     from policyalign.judges import LLMJudge
-    from policyalign.verdicts import JUDGE_CHUNK
 
-    src = _pairs(tmp_path / "pairs.jsonl", JUDGE_CHUNK + 1)
+    batch = 4  # a model judge journals a batch at a time
+    src = _pairs(tmp_path / "pairs.jsonl", batch + 1)
     judged: list[int] = []
     original = LLMJudge.judge
 
@@ -203,11 +203,11 @@ def test_a_model_judge_spelt_in_another_case_resumes_the_same_journal(
 
     monkeypatch.setattr(LLMJudge, "judge", judge)
     with pytest.raises(KeyboardInterrupt):
-        judge_file(src, "llm:tiny", device="cpu")
-    judge_file(src, "llm:Tiny", device="cpu")
+        judge_file(src, "llm:tiny", device="cpu", batch_size=batch)
+    judge_file(src, "llm:Tiny", device="cpu", batch_size=batch)
     err = capsys.readouterr().err
-    assert "discarding" not in err and f"resuming: {JUDGE_CHUNK} of {JUDGE_CHUNK + 1} verdicts" in err
-    assert judged == [JUDGE_CHUNK, 1]
+    assert "discarding" not in err and f"resuming: {batch} of {batch + 1} verdicts" in err
+    assert judged == [batch, 1]
 
 
 @pytest.mark.slow
@@ -416,3 +416,29 @@ def test_a_rows_tools_that_are_no_list_of_definitions_are_named_by_line(tmp_path
         with pytest.raises(InvalidInputError, match="must be a list of function definitions") as exc:
             read_judge_file(bad)
         assert exc.value.problem.where == "line 2"
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_pa_judge_keeps_every_batch_judged_before_it(tmp_path: Path) -> None:
+    """`pa judge` journaled 32 verdicts at a time: Ctrl-C before the 32nd kept none, though it said "the verdicts
+    so far are kept". A model judge's verdicts are journaled a generation batch at a time now: Ctrl-C keeps every
+    batch judged before it, and the same command run again judges only the rest."""
+    import signal
+    import time
+
+    src = _pairs(tmp_path / "pairs.jsonl", 24)
+    journal = tmp_path / "pairs.judged.partial.jsonl"
+    command = [sys.executable, "-m", "policyalign", "judge", str(src), "--judge", "llm:tiny", "--batch-size", "2"]
+    proc = subprocess.Popen(command, env=pa_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal
+    while proc.poll() is None and not (journal.is_file() and len(journal.read_text().splitlines()) > 1):
+        time.sleep(0.02)
+    assert proc.poll() is None, "pa judge journaled no verdict before it finished"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    kept = len(read_journal(journal)) - 1
+    assert 0 < kept < 24
+    resumed = subprocess.run(command, env=pa_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming: {kept} of 24 verdicts" in resumed.stderr

@@ -87,3 +87,49 @@ def test_vllm_rollouts_without_a_gpu_are_refused_before_the_model_loads(recorded
     assert result.exit_code == 2, result.output
     assert "vLLM rollouts (pa distill --vllm, pa apply --backend vllm) need a CUDA GPU" in result.output
     assert "--no-vllm" in result.output
+
+
+def _worker_of_rank(launcher_pid: int, rank: int) -> int | None:
+    """The pid of the launcher's worker process of `rank` (read from its environment), if it has started."""
+    children = Path(f"/proc/{launcher_pid}/task/{launcher_pid}/children")
+    for pid in children.read_text().split() if children.is_file() else []:
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ:
+            return int(pid)
+    return None
+
+
+@pytest.mark.slow
+def test_a_stop_signal_to_one_rank_stops_every_rank_after_one_checkpoint(run_dir) -> None:
+    """A stop signal during training saves a checkpoint once the step ends; under torchrun it may reach one rank
+    alone (`kill` of one worker, a scheduler signalling some processes), and that rank saving (or stopping) alone
+    would leave the other waiting forever in a collective. The ranks agree at each step's end: both save the one
+    checkpoint, with each rank's RNG state, and stop."""
+    import signal
+    import time
+
+    from policyalign.checkpoints import checkpoint_dir, last_complete_checkpoint
+
+    run, pack = run_dir
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HOME": str(run / ".hf")}
+    proc = subprocess.Popen([sys.executable, *LAUNCHERS["torchrun"], "-m", "policyalign", "distill", str(run),
+                             "--pack", str(pack.root), "--model", "tiny", "--max-steps", "300", "--batch-size", "2",
+                             "--max-new-tokens", "8"], cwd=run, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    record = checkpoint_dir(run) / "trained_with.json"  # written as training begins
+    while proc.poll() is None and not record.is_file():
+        time.sleep(0.05)
+    time.sleep(2.0)  # the held-out measurement, and some steps
+    worker = _worker_of_rank(proc.pid, 1)
+    assert worker is not None and proc.poll() is None
+    os.kill(worker, signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    kept = last_complete_checkpoint(checkpoint_dir(run))
+    assert kept is not None, err[-3000:]
+    assert 0 < int(kept.name.split("-")[1]) < 300
+    assert sorted(p.name for p in kept.glob("rng_state_*.pth")) == ["rng_state_0.pth", "rng_state_1.pth"]
+    assert err.count("stopped by SIGTERM: finished stages") == 2, err[-3000:]  # each rank stopped as told
+    assert json.loads((run / "run.json").read_text())["stages"]["distill"]["status"] == "interrupted"

@@ -402,3 +402,77 @@ def test_a_target_only_a_vision_tower_has_is_refused(gemma3_vision: Path) -> Non
     with pytest.raises(InvalidInputError, match="\\['fc1'\\]: no such module") as caught:
         check_module_names(module_skeleton(str(gemma3_vision)), "gemma3", ("q_proj", "fc1"))
     assert "q_proj" in caught.value.problem.hint and "out_proj" not in caught.value.problem.hint
+
+
+def _trainer_signalled_in_rollout(fixture_packs: Path, out: Path, signals: list[int], at_rollout: int = 3):
+    """A tiny trainer (save_steps far off) whose `at_rollout`th generation sends this process `signals`, for real:
+    the signal lands in the rollout part of an optimizer step, where most of a step's time goes."""
+    import os
+
+    from policyalign.trainer import build_trainer
+
+    pack = Registry([fixture_packs]).load("root-pack")
+    config = DistillConfig(max_steps=8, max_new_tokens=4, batch_size=2, save_steps=1000)
+    trainer = build_trainer(load_model("tiny", trainable=True), pack.policy, pack_instructions(pack)[:8], config, out)
+    generate, calls = trainer._generate_transformers, []
+
+    def signalled(prompt_ids):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == at_rollout:
+            for signum in signals:
+                os.kill(os.getpid(), signum)
+        return generate(prompt_ids)
+
+    trainer._generate_transformers = signalled
+    return trainer
+
+
+def test_a_stop_signal_in_a_rollout_finishes_the_step_saves_a_checkpoint_and_then_stops(
+        fixture_packs: Path, tmp_path: Path) -> None:
+    """SIGTERM (a scheduler's, 30 s before SIGKILL) stopped training where it landed: with a checkpoint every 50 steps,
+    up to 49 steps were lost, all of them before the first. Now the step under way ends, is saved, and the stop is
+    raised once training has returned, as `pa` raises it elsewhere (exit 143); the signal's handler is given back."""
+    import signal
+
+    from policyalign.cli import _raise_stopped
+    from policyalign.distill import _train
+    from policyalign.errors import Stopped
+
+    before = signal.signal(signal.SIGTERM, _raise_stopped)  # as `pa` handles it (`handle_stop_signals`)
+    try:
+        trainer = _trainer_signalled_in_rollout(fixture_packs, tmp_path, [signal.SIGTERM])
+        with pytest.raises(Stopped) as stopped:
+            _train(trainer, None)
+        assert signal.getsignal(signal.SIGTERM) == _raise_stopped
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert stopped.value.signum == signal.SIGTERM and trainer.state.global_step == 3
+    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-3"
+
+
+def test_a_second_stop_signal_stops_at_once_and_its_cut_checkpoint_is_not_resumed_from(
+        fixture_packs: Path, tmp_path: Path) -> None:
+    """The first signal asks for a checkpoint; a second one does not wait for it. One cut short while saving (here
+    before its optimizer state and trainer_state.json) is not a checkpoint `--resume` takes."""
+    import signal
+
+    from policyalign.distill import _train
+
+    trainer = _trainer_signalled_in_rollout(fixture_packs, tmp_path, [signal.SIGINT, signal.SIGINT])
+    with pytest.raises(KeyboardInterrupt):
+        _train(trainer, None)
+    assert trainer.state.global_step == 2 and last_complete_checkpoint(tmp_path) is None
+    trainer = _trainer_signalled_in_rollout(fixture_packs, tmp_path, [signal.SIGINT])
+    save = trainer._save_optimizer_and_scheduler
+
+    def second_signal_while_saving(output_dir):  # type: ignore[no-untyped-def]
+        import os
+
+        os.kill(os.getpid(), signal.SIGINT)
+        save(output_dir)
+
+    trainer._save_optimizer_and_scheduler = second_signal_while_saving
+    with pytest.raises(KeyboardInterrupt):
+        _train(trainer, None)
+    assert (tmp_path / "checkpoint-3" / "adapter_model.safetensors").is_file()
+    assert last_complete_checkpoint(tmp_path) is None

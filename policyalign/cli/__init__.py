@@ -15,19 +15,12 @@ import sys
 import time
 from typing import Any, NoReturn
 
+from ..errors import Stopped
+
 # Ctrl-C: the shell's code for SIGINT (128 + 2), as for any interrupted Unix command.
 INTERRUPTED = 130
-
-
-class Stopped(KeyboardInterrupt):
-    """SIGTERM (what Slurm and Kubernetes send some 30 s before SIGKILL) or SIGHUP (the terminal closed),
-    raised where Ctrl-C raises KeyboardInterrupt. Both killed `pa` on the spot, leaving its stage
-    "running" in run.json and its eval or judge journal unflushed; as a KeyboardInterrupt, every place
-    that keeps work on Ctrl-C keeps it on these too."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
+# Where `PaGroup.make_context` keeps the arguments as typed, in the meta all of a command line's contexts share.
+TYPED = "policyalign.typed"
 
 
 def exit_code(exc: KeyboardInterrupt) -> int:
@@ -142,12 +135,16 @@ class PaGroup(TyperGroup):
     def get_params(self, ctx):  # type: ignore[no-untyped-def]
         return flags_take_no_value(super().get_params(ctx))
 
-    def make_context(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        """Parsing the command line: typer turns Ctrl-C here into a silent exit 130."""
+    def make_context(self, info_name, args, *rest, **kwargs):  # type: ignore[no-untyped-def]
+        """Parsing the command line: typer turns Ctrl-C here into a silent exit 130. The arguments as typed are
+        kept (`TYPED`, in the meta every context shares; the outermost group's) for the stop message to repeat."""
+        typed = list(args)
         try:
-            return super().make_context(*args, **kwargs)
+            ctx = super().make_context(info_name, args, *rest, **kwargs)
         except KeyboardInterrupt as exc:
             exit_interrupted(exc)
+        ctx.meta.setdefault(TYPED, typed)
+        return ctx
 
     def invoke(self, ctx):  # type: ignore[no-untyped-def]
         try:
@@ -162,7 +159,7 @@ class PaGroup(TyperGroup):
             typer.echo(f"error: {error}", err=True)
             ctx.exit(error.exit_code)
         except KeyboardInterrupt as exc:
-            say(f"\n{interrupted_message(ctx.invoked_subcommand, _stopped_word(exc))}\n")
+            say(f"\n{interrupted_message(ctx.invoked_subcommand, _stopped_word(exc), ctx.meta.get(TYPED))}\n")
             forget_interrupt()
             ctx.exit(exit_code(exc))
 
@@ -184,25 +181,37 @@ def reflow_help(text: str | None) -> str | None:
 RESUMABLE = ("apply", "synthesize", "filter", "distill")
 
 
-def interrupted_message(command: str | None, how: str = "interrupted") -> str:
+def interrupted_message(command: str | None, how: str = "interrupted", typed: list[str] | None = None) -> str:
     """What Ctrl-C leaves: the run stages, `pa eval` and `pa judge` keep work to continue from; `pa pull`
     stopped halfway has nothing to resume, and saying otherwise would be a promise not kept. `pa distill`
     continues only with --resume: without it, it trains from step 0 and removes the old checkpoints.
-    `how` begins it: "interrupted", or "stopped by SIGTERM" (`Stopped`), which keep the same."""
+    `how` begins it: "interrupted", or "stopped by SIGTERM" (`Stopped`), which keep the same. `typed`, the
+    arguments as typed, is repeated as the command to run (`_run_again`)."""
     if command == "distill":  # run again as typed, it trains afresh and deletes the checkpoints it was told are kept
-        return (f"{how}: finished stages, scores and checkpoints are kept; run the same command again with "
-                "--resume to continue from the last checkpoint")
+        return (f"{how}: finished stages, scores and checkpoints are kept; to continue from the last checkpoint, "
+                + _run_again(typed, "--resume"))
     if command in RESUMABLE:
         kept = "scores, eval answers" if command == "apply" else "scores"  # apply's eval stages journal their answers
-        return f"{how}: finished stages, {kept} and checkpoints are kept; run the same command again to continue"
+        return f"{how}: finished stages, {kept} and checkpoints are kept; to continue, {_run_again(typed)}"
     if command == "eval":
         # "any": Ctrl-C while the model loads has answered nothing yet, and its empty output folder is removed
         return (f"{how}: any answers generated so far are kept (responses.partial.jsonl in the output folder); "
-                "run the same command again to continue")
-    if command == "judge":
-        return (f"{how}: the verdicts so far are kept beside the output (X.partial.jsonl for --out X.jsonl, "
-                "FILE.judged.partial.jsonl by default); run the same command again to continue")
+                f"to continue, {_run_again(typed)}")
+    if command == "judge":  # a batch is what a model judge finishes (`verdicts.judge_chunk`)
+        return (f"{how}: the verdicts of the batches judged so far are kept beside the output (X.partial.jsonl for "
+                f"--out X.jsonl, FILE.judged.partial.jsonl by default); to continue, {_run_again(typed)}")
     return how
+
+
+def _run_again(typed: list[str] | None, needed: str = "") -> str:
+    """"run: pa ARGS", the command as typed, shell-quoted to paste, with `needed` (a flag) added when it lacks it:
+    "run the same command again" left the user to find it, and a `pa distill` run again without --resume trained
+    from step 0. Without `typed` (no command line: a caller of `interrupted_message`), the same words as before."""
+    if typed is None:
+        return f"run the same command again{f' with {needed}' if needed else ''}"
+    import shlex
+
+    return "run: " + shlex.join(["pa", *typed, *([needed] if needed and needed not in typed else [])])
 
 
 class PaTyper(typer.Typer):
