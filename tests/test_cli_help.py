@@ -296,3 +296,20 @@ def test_pa_apply_and_pa_distill_share_each_training_option() -> None:
         assert flag in options["apply"], f"pa apply has no {flag}"
     for flag in (set(options["apply"]) & set(options["distill"])) - _APPLY_WIDER:
         assert options["apply"][flag].help == options["distill"][flag].help, flag
+
+
+def test_every_command_that_draws_progress_bars_takes_quiet(fixture_packs, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Only `pa apply` took --quiet: a CI job running the stages one by one, or `pa eval`, got a bar on
+    stderr per generation pass with no way to turn it off. Each takes it now, draws no bar, and still
+    prints its result on stdout."""
+    run, pack = tmp_path / "run", str(fixture_packs / "root-pack")
+    steps = [["synthesize", pack, "--model", "tiny", "--out", str(run), "--n", "2", "--rounds", "1", "--max-new-tokens", "8"],
+             ["filter", str(run), "--max-new-tokens", "4", "--heldout", "0.2"],
+             ["distill", str(run), "--max-steps", "1", "--batch-size", "2", "--grad-accum", "1", "--max-new-tokens", "4"],
+             ["eval", pack, "--model", "tiny", "--adapter", str(run / "adapter"), "--out", str(tmp_path / "eval"),
+              "--limit", "2", "--max-new-tokens", "4", "--no-drift"]]
+    for args in steps:
+        result = CliRunner().invoke(app, [*args, "--quiet"])
+        assert result.exit_code == 0, (args, result.output)
+        assert "━" not in result.stderr, (args, result.stderr)  # the bar rich draws
+        assert result.stdout.strip(), args  # the result is still printed
