@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import errno
+import os
 from dataclasses import dataclass
 
 
@@ -94,6 +95,20 @@ def disk_error(exc: OSError, file: str | None = None) -> RunError | None:
     return RunError(exc.strerror or str(exc), file=str(file or exc.filename or ""),
                     hint="make room on that disk or make it writable (or give --out another directory), "
                          "then run the same command again: finished stages are kept")
+
+
+def unreadable_error(exc: OSError) -> InvalidInputError | None:
+    """An InvalidInputError naming a file or directory this user may not read, or None for other OSErrors.
+
+    A pack.yaml, run.json or eval file without read permission reached the CLI as a disk refusing a write
+    (`disk_error`): "make room on that disk or make it writable", exit 1, where the input is the problem
+    (exit 2, as click gives an unreadable `pa judge FILE`) and its permissions the fix."""
+    path = exc.filename
+    if exc.errno not in (errno.EACCES, errno.EPERM) or not path or not os.path.exists(path) or os.access(path, os.R_OK):
+        return None  # a write refused, or a path whose directory cannot be searched: the disk's message fits
+    what = "directory" if os.path.isdir(path) else "file"
+    return InvalidInputError(f"permission denied: this user may not read this {what}", file=str(path),
+                             hint=f"make it readable (e.g. `chmod u+r {path}`), or run pa as a user who can read it")
 
 
 def did_you_mean(word: str, options: list[str] | tuple[str, ...], known: str = "") -> str:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -313,3 +318,34 @@ def test_every_command_that_draws_progress_bars_takes_quiet(fixture_packs, tmp_p
         assert result.exit_code == 0, (args, result.output)
         assert "━" not in result.stderr, (args, result.stderr)  # the bar rich draws
         assert result.stdout.strip(), args  # the result is still printed
+
+
+def _as_a_user_bound_by_permissions() -> list[str]:
+    """A command prefix under which file permissions apply: none needed for a user, and for root (who reads
+    any file) `setpriv` dropping the capabilities that let it."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("root reads any file, and setpriv, to drop that, is not installed")
+    caps = "-dac_override,-dac_read_search"
+    return ["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}", "--"]
+
+
+def test_an_unreadable_input_is_named_as_one_not_as_a_full_disk(fixture_packs, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A pack.yaml or run.json without read permission was reported as a disk refusing a write: "make room on
+    that disk or make it writable (or give --out another directory)", exit 1. It is bad input: exit 2, the
+    file named, and the fix its permissions; stdout stays empty for `--json`."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text("{}\n")
+    (run / "run.json").chmod(0)
+    (fixture_packs / "root-pack" / "pack.yaml").chmod(0)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_HUB_OFFLINE": "1"}
+    for args, unreadable in ((["show", str(fixture_packs / "root-pack")], fixture_packs / "root-pack" / "pack.yaml"),
+                             (["runs", str(run), "--json"], run / "run.json"), (["filter", str(run)], run / "run.json")):
+        proc = subprocess.run([*_as_a_user_bound_by_permissions(), sys.executable, "-m", "policyalign", *args],
+                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120, check=False)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert proc.stdout == "" and "Traceback" not in proc.stderr, (args, proc.stderr)
+        assert f"{unreadable}: permission denied: this user may not read this file" in proc.stderr, (args, proc.stderr)
+        assert f"chmod u+r {unreadable}" in proc.stderr and "make room" not in proc.stderr, (args, proc.stderr)

@@ -105,7 +105,7 @@ try:
     import typer
     from typer.core import TyperCommand, TyperGroup, TyperOption
 
-    from ..errors import PolicyAlignError, disk_error
+    from ..errors import PolicyAlignError, disk_error, unreadable_error
 except KeyboardInterrupt as exc:
     exit_interrupted(exc)
 
@@ -130,7 +130,8 @@ class PaCommand(TyperCommand):
 class PaGroup(TyperGroup):
     """Turns every `PolicyAlignError` raised by a sub-command into a message and exit code.
 
-    So does a disk that refuses a write outside `io.atomic_open` (a checkpoint, a cache entry),
+    So does a disk that refuses a write outside `io.atomic_open` (a checkpoint, a cache entry), a file
+    or directory this user may not read (`unreadable_error`: exit 2, as for any bad input),
     and Ctrl-C, which says the work done so far is kept rather than printing a blank line.
     """
 
@@ -156,7 +157,7 @@ class PaGroup(TyperGroup):
             typer.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
         except OSError as exc:
-            error = disk_error(exc)
+            error = unreadable_error(exc) or disk_error(exc)
             if error is None:
                 raise
             typer.echo(f"error: {error}", err=True)
