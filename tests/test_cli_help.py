@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -349,3 +350,25 @@ def test_an_unreadable_input_is_named_as_one_not_as_a_full_disk(fixture_packs, t
         assert proc.stdout == "" and "Traceback" not in proc.stderr, (args, proc.stderr)
         assert f"{unreadable}: permission denied: this user may not read this file" in proc.stderr, (args, proc.stderr)
         assert f"chmod u+r {unreadable}" in proc.stderr and "make room" not in proc.stderr, (args, proc.stderr)
+
+
+def test_an_unreadable_pack_is_listed_and_validated_as_invalid(fixture_packs, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """One pack whose file this user may not read stopped `pa list` (every pack) and `pa validate` at the first
+    such pack, with no listing; it is now an invalid pack like any other, its problem naming the file."""
+    unreadable = fixture_packs / "child-pack" / "policy.md"
+    unreadable.chmod(0)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_HUB_OFFLINE": "1",
+           "PA_HOME": str(tmp_path / "home")}
+    env.pop("PA_PACKS_PATH", None)
+
+    def pa(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*_as_a_user_bound_by_permissions(), sys.executable, "-m", "policyalign", *args],
+                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120, check=False)
+
+    listed = pa("list", "--json", "--packs-path", str(fixture_packs))
+    assert listed.returncode == 0, listed.stderr
+    rows = {row["name"]: row for row in json.loads(listed.stdout)}
+    assert rows["root-pack"]["valid"] and not rows["child-pack"]["valid"], rows
+    validated = pa("validate", str(fixture_packs / "root-pack"), str(fixture_packs / "child-pack"))
+    assert validated.returncode == 2 and "ok       root-pack@1.0.0" in validated.stdout, validated.stderr
+    assert f"{unreadable}: permission denied: this user may not read this file" in validated.stderr, validated.stderr
