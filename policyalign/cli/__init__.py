@@ -213,9 +213,14 @@ class PaTyper(typer.Typer):
         return super().command(*args, cls=cls or PaCommand, **kwargs)
 
 
+# For scripts, under `pa --help` (README.md says more): the codes of errors.py's classes and of `exit_code`.
+EXIT_CODES = ("Exit codes: 0 success, 2 invalid input, 1 any other failure, 130 interrupted by Ctrl-C "
+              "(143 by SIGTERM, 129 by SIGHUP).")
+
 app = PaTyper(
     cls=PaGroup,
     help="policyalign: align an LLM directly to a natural-language safety policy pack.",
+    epilog=EXIT_CODES,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
