@@ -372,3 +372,22 @@ def test_an_unreadable_pack_is_listed_and_validated_as_invalid(fixture_packs, tm
     validated = pa("validate", str(fixture_packs / "root-pack"), str(fixture_packs / "child-pack"))
     assert validated.returncode == 2 and "ok       root-pack@1.0.0" in validated.stdout, validated.stderr
     assert f"{unreadable}: permission denied: this user may not read this file" in validated.stderr, validated.stderr
+
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["eval", "general", "--model", "tiny", "--device", "bogus"], {}, "unknown device 'bogus'"),
+    (["distill", "RUN", "--device", "bogus"], {}, "unknown device 'bogus'"),
+    (["eval", "general", "--model", "tiny"], {"PA_DTYPE": "int8"}, "unknown PA_DTYPE=int8"),
+])
+def test_a_malformed_device_or_pa_dtype_is_invalid_input(args: list[str], env: dict[str, str], message: str,
+                                                         request, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """`--device bogus` and `PA_DTYPE=int8` exited 1, a failed run, where `--backend bogus`, `--judge bogus` and
+    a bad PA_PACKS_PATH exit 2: a script could not tell a typo to fix from a run to retry. All exit 2."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    if "RUN" in args:
+        args = [str(request.getfixturevalue("recorded_run")[0]) if a == "RUN" else a for a in args]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and "Traceback" not in result.output
