@@ -391,3 +391,17 @@ def test_a_malformed_device_or_pa_dtype_is_invalid_input(args: list[str], env: d
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2, result.output
     assert message in result.stderr and "Traceback" not in result.output
+
+
+def test_an_hf_endpoint_that_is_no_url_is_named(monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """HF_ENDPOINT without its scheme (`hub.example.org`) failed every Hub command with httpx's "Request URL is
+    missing an 'http://' or 'https://' protocol", exit 1, naming neither the variable nor the fix."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_TOKEN", "hf_" + "x" * 34)
+    monkeypatch.setenv("HF_ENDPOINT", "hub.example.org")
+    for args in (["pack", "pull", "org/pack"], ["pull", "--pack", "general"], ["pull", "org/adapter"]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "HF_ENDPOINT='hub.example.org' is not an http(s) URL" in result.stderr, (args, result.stderr)
+        assert "e.g. https://huggingface.co, or unset it" in result.stderr and result.stdout == ""
