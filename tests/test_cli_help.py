@@ -405,3 +405,14 @@ def test_an_hf_endpoint_that_is_no_url_is_named(monkeypatch, tmp_path) -> None: 
         assert result.exit_code == 2, (args, result.output)
         assert "HF_ENDPOINT='hub.example.org' is not an http(s) URL" in result.stderr, (args, result.stderr)
         assert "e.g. https://huggingface.co, or unset it" in result.stderr and result.stdout == ""
+
+
+def test_a_pa_cache_dir_that_is_a_file_is_named(monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """PA_CACHE_DIR naming a file ended `pa eval --model tiny` (any command building tiny) in a NotADirectoryError
+    traceback; it is invalid input, naming the directory it could not make and the variable to fix."""
+    (tmp_path / "a-file").write_text("x\n")
+    monkeypatch.setenv("PA_CACHE_DIR", str(tmp_path / "a-file"))
+    result = CliRunner().invoke(app, ["eval", "general", "--model", "tiny", "--limit", "1", "--out", str(tmp_path / "e")])
+    assert result.exit_code == 2, result.output
+    assert f"{tmp_path / 'a-file' / 'models'}: the tiny model's cache directory cannot be made" in result.stderr
+    assert "point PA_CACHE_DIR at a directory" in result.stderr and "Traceback" not in result.output
