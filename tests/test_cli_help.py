@@ -396,7 +396,10 @@ def test_a_malformed_device_or_pa_dtype_is_invalid_input(args: list[str], env: d
 def test_an_hf_endpoint_that_is_no_url_is_named(monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """HF_ENDPOINT without its scheme (`hub.example.org`) failed every Hub command with httpx's "Request URL is
     missing an 'http://' or 'https://' protocol", exit 1, naming neither the variable nor the fix."""
+    import huggingface_hub
+
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # read once, when it was imported
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_TOKEN", "hf_" + "x" * 34)
     monkeypatch.setenv("HF_ENDPOINT", "hub.example.org")
