@@ -419,3 +419,12 @@ def test_a_pa_cache_dir_that_is_a_file_is_named(monkeypatch, tmp_path) -> None: 
     assert result.exit_code == 2, result.output
     assert f"{tmp_path / 'a-file' / 'models'}: the tiny model's cache directory cannot be made" in result.stderr
     assert "point PA_CACHE_DIR at a directory" in result.stderr and "Traceback" not in result.output
+
+
+def test_pa_version_prints_the_package_version() -> None:
+    """A CI log could not record which pa ran: `pa --version` was "No such option", exit 2."""
+    from policyalign import __version__
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"policyalign {__version__}\n"

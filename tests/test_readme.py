@@ -101,6 +101,8 @@ def test_doc_commands_exist_with_their_options() -> None:
                 while used < len(words) and words[used] in getattr(command, "commands", {}):
                     command, used = command.commands[words[used]], used + 1  # type: ignore[attr-defined]
                 options = {o for param in command.params for o in param.opts + param.secondary_opts}
+                if not used and words and words[0] in options:  # an option of `pa` itself: `pa --version`
+                    continue
                 wrong += [f"{doc}: {line!r} (no such command)"] if not used else [
                     f"{doc}: {line!r} ({word})" for word in words[used:]
                     if word.strip("[]").startswith("-") and word.strip("[]").split("=")[0] not in options]

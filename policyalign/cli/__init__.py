@@ -227,6 +227,20 @@ app = PaTyper(
 )
 
 
+def _print_version(given: bool) -> None:
+    if given:
+        from .. import __version__
+
+        typer.echo(f"policyalign {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="Print policyalign's version and exit.")) -> None:
+    """`pa --version`, for a CI log to record which pa ran: it was "No such option", exit 2."""
+
+
 def sub_app(name: str, help: str) -> typer.Typer:
     """A command group (e.g. `pa pack push`) with the same error handling."""
     group = PaTyper(cls=PaGroup, help=help, no_args_is_help=True, pretty_exceptions_enable=False)
