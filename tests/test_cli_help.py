@@ -431,3 +431,20 @@ def test_pa_version_prints_the_package_version() -> None:
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0, result.output
     assert result.stdout == f"policyalign {__version__}\n"
+
+
+def test_a_directory_that_cannot_be_entered_is_named(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A run directory without execute permission (its files cannot be reached) was a disk refusing a write,
+    "make room on that disk", exit 1: it is bad input, exit 2, naming the directory and the chmod that fixes it."""
+    run = tmp_path / "run"
+    (run / "eval" / "before").mkdir(parents=True)
+    (run / "run.json").write_text("{}\n")
+    run.chmod(0o600)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_HUB_OFFLINE": "1"}
+    for args in (["runs", str(run), "--json"], ["eval", "--compare", str(run / "eval" / "before"), str(tmp_path)]):
+        proc = subprocess.run([*_as_a_user_bound_by_permissions(), sys.executable, "-m", "policyalign", *args],
+                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120, check=False)
+        assert proc.returncode == 2 and proc.stdout == "", (args, proc.stderr)
+        assert f"permission denied: this user may not enter the directory {run}" in proc.stderr, (args, proc.stderr)
+        assert f"chmod u+rx {run}" in proc.stderr and "make room" not in proc.stderr, (args, proc.stderr)
+    run.chmod(0o700)
