@@ -228,6 +228,7 @@ app = PaTyper(
 
 
 def _print_version(given: bool) -> None:
+    """`--version`'s callback: eager, so it answers before a command is looked for (`pa --version` has none)."""
     if given:
         from .. import __version__
 
