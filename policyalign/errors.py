@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import errno
+import os
 import signal
 from dataclasses import dataclass
 
@@ -95,6 +96,39 @@ def disk_error(exc: OSError, file: str | None = None) -> RunError | None:
     return RunError(exc.strerror or str(exc), file=str(file or exc.filename or ""),
                     hint="make room on that disk or make it writable (or give --out another directory), "
                          "then run the same command again: finished stages are kept")
+
+
+def unreadable_error(exc: OSError) -> InvalidInputError | None:
+    """An InvalidInputError naming a file or directory this user may not read (or a directory on its path
+    they may not enter), or None for other OSErrors.
+
+    A pack.yaml, run.json or eval file without read permission reached the CLI as a disk refusing a write
+    (`disk_error`): "make room on that disk or make it writable", exit 1, where the input is the problem
+    (exit 2, as click gives an unreadable `pa judge FILE`) and its permissions the fix."""
+    if exc.errno not in (errno.EACCES, errno.EPERM) or not exc.filename:
+        return None
+    path = os.path.abspath(exc.filename)
+    if os.path.exists(path):
+        if os.access(path, os.R_OK):
+            return None  # a write refused: the disk's message fits
+        what = "directory" if os.path.isdir(path) else "file"
+        return InvalidInputError(f"permission denied: this user may not read this {what}", file=str(exc.filename),
+                                 hint=f"make it readable (e.g. `chmod u+r {exc.filename}`), or run pa as a user who can read it")
+    closed = _closed_directory(path)
+    if closed is None:
+        return None
+    return InvalidInputError(f"permission denied: this user may not enter the directory {closed}", file=str(exc.filename),
+                             hint=f"make it searchable (e.g. `chmod u+rx {closed}`), or run pa as a user who can")
+
+
+def _closed_directory(path: str) -> str | None:
+    """The nearest existing directory above `path` that this user may not enter (no execute permission)."""
+    parent = os.path.dirname(path)
+    while parent and not os.path.exists(parent):
+        if parent == os.path.dirname(parent):
+            return None
+        parent = os.path.dirname(parent)
+    return parent if parent and os.path.isdir(parent) and not os.access(parent, os.X_OK) else None
 
 
 def did_you_mean(word: str, options: list[str] | tuple[str, ...], known: str = "") -> str:

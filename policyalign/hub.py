@@ -47,10 +47,21 @@ class PushResult:
 
 
 def endpoint() -> str:
-    """The Hub endpoint in effect: HF_ENDPOINT now, else huggingface_hub's default."""
+    """The Hub endpoint in effect: HF_ENDPOINT now, else huggingface_hub's default.
+
+    An HF_ENDPOINT that is no http(s) URL (`hub.example.org`, a stray quote) failed every Hub command with
+    httpx's "Request URL is missing an 'http://' or 'https://' protocol", naming neither the variable nor the fix."""
+    from urllib.parse import urlsplit
+
     from huggingface_hub import constants
 
-    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+    given = os.environ.get("HF_ENDPOINT", "").strip()
+    if given:
+        parts = urlsplit(given)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise InvalidInputError(f"HF_ENDPOINT={given!r} is not an http(s) URL",
+                                    hint="set HF_ENDPOINT to the Hub's address, e.g. https://huggingface.co, or unset it")
+    return (given or constants.ENDPOINT).rstrip("/")
 
 
 def hub_api(token: str | None = None) -> Any:

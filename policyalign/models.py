@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import ModelError, PolicyAlignError, ResolveError
+from .errors import InvalidInputError, ModelError, PolicyAlignError, ResolveError
 
 # Short names for the chat models the method was tried on; values are Hub ids.
 MODEL_ALIASES: dict[str, str] = {
@@ -367,7 +367,8 @@ def recorded_weights(model: str) -> dict[str, str]:
 
 def resolve_device(device: str | None) -> str:
     """None/"auto" picks CUDA when present, else CPU; an explicit CUDA (or other accelerator) without
-    one is an error."""
+    one is an error. A name that is no device is invalid input (exit 2, as `--backend bogus` is), where the
+    machine lacking the device asked for is not (exit 1: the same command runs on another)."""
     import torch
 
     wanted = (device or "auto").strip().lower()
@@ -376,7 +377,7 @@ def resolve_device(device: str | None) -> str:
     try:
         parsed = torch.device(wanted)
     except RuntimeError:
-        raise ModelError(f"unknown device {device!r}", hint='use "cpu", "cuda", "cuda:N" or "auto"') from None
+        raise InvalidInputError(f"unknown device {device!r}", hint='use "cpu", "cuda", "cuda:N" or "auto"') from None
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
             raise ModelError(f"device {device!r} requested but no CUDA GPU is available", hint='use --device cpu')
@@ -424,7 +425,7 @@ def resolve_dtype(dtype: Any, device: str) -> Any:
         return torch.float32
     if wanted not in _DTYPES:
         where = f"{DTYPE_ENV}={given}" if from_env else f"dtype {given!r}"
-        raise ModelError(f"unknown {where}", hint='use "bf16", "fp16", "fp32" or "auto"')
+        raise InvalidInputError(f"unknown {where}", hint='use "bf16", "fp16", "fp32" or "auto"')  # exit 2, as PA_PACKS_PATH
     return getattr(torch, _DTYPES[wanted])
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import yaml
 
-from .errors import InvalidInputError, PackError, did_you_mean
+from .errors import InvalidInputError, PackError, did_you_mean, unreadable_error
 from .frozen import freeze, thaw
 from .pack_eval import EvalSet, asks_nothing, chat_token_problem, eval_items, inherit_set, tool_token_problem
 from .pack_input import (CHANGELOG, MANIFEST, MAX_EVAL_BYTES, MAX_MANIFEST_BYTES, MAX_OTHER_BYTES, MAX_POLICY_BYTES,
@@ -862,8 +862,15 @@ def load_pack(path: str | Path, *, registry: "Registry | None" = None, siblings:
         failed = registry.failure(root)
         if failed is not None:
             raise PackError(failed.problems)  # a fresh error: re-raising one object grows its traceback
-    data, _ = load_manifest(col)
-    pack = _build(col, data, registry, _stack, siblings or root.parent) if data is not None else None
+    try:
+        data, _ = load_manifest(col)
+        pack = _build(col, data, registry, _stack, siblings or root.parent) if data is not None else None
+    except PermissionError as exc:  # one unreadable pack stopped `pa list` and `pa validate` of every pack
+        unreadable = unreadable_error(exc)
+        if unreadable is None:
+            raise
+        col.add(Path(exc.filename).absolute(), "", unreadable.problem.message, unreadable.problem.hint)
+        pack = None
     if col.problems or pack is None:
         error = PackError(col.problems)
         # A chain too deep is too deep only below the pack it was loaded from: loaded directly, it may be fine.

@@ -31,8 +31,19 @@ def user_packs_dir() -> Path:
 
 
 def env_packs_paths() -> list[Path]:
+    """The directories PA_PACKS_PATH names (separated by os.pathsep), each of which must be a directory.
+
+    Discovery skips a path that is not one, so a stale or mistyped PA_PACKS_PATH (a CI job's, a
+    notebook's) was ignored without a word while `pa show` took another copy of the pack, or none."""
     raw = os.environ.get("PA_PACKS_PATH", "")
-    return [Path(p) for p in raw.split(os.pathsep) if p]
+    paths = [Path(p) for p in raw.split(os.pathsep) if p]
+    for path in paths:
+        if not path.is_dir():
+            what = "is a file, not a directory" if path.exists() else "does not exist"
+            raise ResolveError(f"this PA_PACKS_PATH entry {what}", file=str(path),
+                               hint=f"set PA_PACKS_PATH to directories holding pack directories, separated by "
+                                    f"{os.pathsep!r}, or unset it")
+    return paths
 
 
 def check_packs_path(packs_path: list[Path]) -> None:

@@ -34,6 +34,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .errors import InvalidInputError
 from .io import sync_directory, sync_tree, write_json, write_text
 
 DATA_DIR = Path(__file__).parent / "data" / "tiny"
@@ -320,7 +321,11 @@ def tiny_model_path(root: Path | None = None) -> Path:
     final = models / f"tiny-{content_key()[:16]}"
     if (final / "config.json").is_file():
         return final
-    models.mkdir(parents=True, exist_ok=True)
+    try:
+        models.mkdir(parents=True, exist_ok=True)
+    except (NotADirectoryError, FileExistsError):  # was a traceback: PA_CACHE_DIR naming a file is a setting to fix
+        raise InvalidInputError("the tiny model's cache directory cannot be made: a file is in its path", file=str(models),
+                                hint="point PA_CACHE_DIR at a directory (unset, it is ~/.cache/policyalign)") from None
     tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=models))
     try:
         _write_model(tmp)

@@ -662,7 +662,7 @@ def test_a_bad_pa_dtype_fails_before_any_stage_runs(tmp_path: Path, monkeypatch:
     monkeypatch.setenv("PA_DTYPE", "int8")
     run = tmp_path / "run"
     result = CliRunner().invoke(app, ["apply", "general", "--model", "tiny", "--out", str(run)])
-    assert result.exit_code == 1 and "PA_DTYPE=int8" in result.output
+    assert result.exit_code == 2 and "PA_DTYPE=int8" in result.output  # invalid input, as a bad PA_PACKS_PATH
     assert not run.exists(), "no stage ran"
 
 

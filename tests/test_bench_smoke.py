@@ -146,7 +146,7 @@ def test_a_bad_pa_dtype_is_a_one_line_error(name: str, capsys, monkeypatch) -> N
     monkeypatch.setattr(sys, "path", list(sys.path))
     with pytest.raises(SystemExit) as exit_info:
         runpy.run_path(str(BENCH / f"bench_{name}.py"), run_name="__main__")
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == 2  # invalid input
     assert capsys.readouterr().err == (f"bench_{name}.py: error: unknown PA_DTYPE=bogus "
                                        "(use \"bf16\", \"fp16\", \"fp32\" or \"auto\")\n")
 

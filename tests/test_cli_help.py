@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -309,3 +315,149 @@ def test_pa_apply_and_pa_distill_share_each_training_option() -> None:
         assert flag in options["apply"], f"pa apply has no {flag}"
     for flag in (set(options["apply"]) & set(options["distill"])) - _APPLY_WIDER:
         assert options["apply"][flag].help == options["distill"][flag].help, flag
+
+
+def test_every_command_that_draws_progress_bars_takes_quiet(fixture_packs, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Only `pa apply` took --quiet: a CI job running the stages one by one, or `pa eval`, got a bar on
+    stderr per generation pass with no way to turn it off. Each takes it now, draws no bar, and still
+    prints its result on stdout."""
+    run, pack = tmp_path / "run", str(fixture_packs / "root-pack")
+    steps = [["synthesize", pack, "--model", "tiny", "--out", str(run), "--n", "2", "--rounds", "1", "--max-new-tokens", "8"],
+             ["filter", str(run), "--max-new-tokens", "4", "--heldout", "0.2"],
+             ["distill", str(run), "--max-steps", "1", "--batch-size", "2", "--grad-accum", "1", "--max-new-tokens", "4"],
+             ["eval", pack, "--model", "tiny", "--adapter", str(run / "adapter"), "--out", str(tmp_path / "eval"),
+              "--limit", "2", "--max-new-tokens", "4", "--no-drift"]]
+    for args in steps:
+        result = CliRunner().invoke(app, [*args, "--quiet"])
+        assert result.exit_code == 0, (args, result.output)
+        assert "━" not in result.stderr, (args, result.stderr)  # the bar rich draws
+        assert result.stdout.strip(), args  # the result is still printed
+
+
+def _as_a_user_bound_by_permissions() -> list[str]:
+    """A command prefix under which file permissions apply: none needed for a user, and for root (who reads
+    any file) `setpriv` dropping the capabilities that let it."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("root reads any file, and setpriv, to drop that, is not installed")
+    caps = "-dac_override,-dac_read_search"
+    prefix = ["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}", "--"]
+    if subprocess.run([*prefix, "true"], capture_output=True, check=False).returncode != 0:
+        pytest.skip("root reads any file, and setpriv may not drop that here (no CAP_SETPCAP)")
+    return prefix
+
+
+def test_an_unreadable_input_is_named_as_one_not_as_a_full_disk(fixture_packs, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A pack.yaml or run.json without read permission was reported as a disk refusing a write: "make room on
+    that disk or make it writable (or give --out another directory)", exit 1. It is bad input: exit 2, the
+    file named, and the fix its permissions; stdout stays empty for `--json`."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text("{}\n")
+    (run / "run.json").chmod(0)
+    (fixture_packs / "root-pack" / "pack.yaml").chmod(0)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_HUB_OFFLINE": "1"}
+    for args, unreadable in ((["show", str(fixture_packs / "root-pack")], fixture_packs / "root-pack" / "pack.yaml"),
+                             (["runs", str(run), "--json"], run / "run.json"), (["filter", str(run)], run / "run.json")):
+        proc = subprocess.run([*_as_a_user_bound_by_permissions(), sys.executable, "-m", "policyalign", *args],
+                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120, check=False)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert proc.stdout == "" and "Traceback" not in proc.stderr, (args, proc.stderr)
+        assert f"{unreadable}: permission denied: this user may not read this file" in proc.stderr, (args, proc.stderr)
+        assert f"chmod u+r {unreadable}" in proc.stderr and "make room" not in proc.stderr, (args, proc.stderr)
+
+
+def test_an_unreadable_pack_is_listed_and_validated_as_invalid(fixture_packs, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """One pack whose file this user may not read stopped `pa list` (every pack) and `pa validate` at the first
+    such pack, with no listing; it is now an invalid pack like any other, its problem naming the file."""
+    unreadable = fixture_packs / "child-pack" / "policy.md"
+    unreadable.chmod(0)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_HUB_OFFLINE": "1",
+           "PA_HOME": str(tmp_path / "home")}
+    env.pop("PA_PACKS_PATH", None)
+
+    def pa(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*_as_a_user_bound_by_permissions(), sys.executable, "-m", "policyalign", *args],
+                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120, check=False)
+
+    listed = pa("list", "--json", "--packs-path", str(fixture_packs))
+    assert listed.returncode == 0, listed.stderr
+    rows = {row["name"]: row for row in json.loads(listed.stdout)}
+    assert rows["root-pack"]["valid"] and not rows["child-pack"]["valid"], rows
+    validated = pa("validate", str(fixture_packs / "root-pack"), str(fixture_packs / "child-pack"))
+    assert validated.returncode == 2 and "ok       root-pack@1.0.0" in validated.stdout, validated.stderr
+    assert f"{unreadable}: permission denied: this user may not read this file" in validated.stderr, validated.stderr
+
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["eval", "general", "--model", "tiny", "--device", "bogus"], {}, "unknown device 'bogus'"),
+    (["distill", "RUN", "--device", "bogus"], {}, "unknown device 'bogus'"),
+    (["eval", "general", "--model", "tiny"], {"PA_DTYPE": "int8"}, "unknown PA_DTYPE=int8"),
+])
+def test_a_malformed_device_or_pa_dtype_is_invalid_input(args: list[str], env: dict[str, str], message: str,
+                                                         request, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """`--device bogus` and `PA_DTYPE=int8` exited 1, a failed run, where `--backend bogus`, `--judge bogus` and
+    a bad PA_PACKS_PATH exit 2: a script could not tell a typo to fix from a run to retry. All exit 2."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    if "RUN" in args:
+        args = [str(request.getfixturevalue("recorded_run")[0]) if a == "RUN" else a for a in args]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and "Traceback" not in result.output
+
+
+def test_an_hf_endpoint_that_is_no_url_is_named(monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """HF_ENDPOINT without its scheme (`hub.example.org`) failed every Hub command with httpx's "Request URL is
+    missing an 'http://' or 'https://' protocol", exit 1, naming neither the variable nor the fix."""
+    import huggingface_hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # read once, when it was imported
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_TOKEN", "hf_" + "x" * 34)
+    monkeypatch.setenv("HF_ENDPOINT", "hub.example.org")
+    for args in (["pack", "pull", "org/pack"], ["pull", "--pack", "general"], ["pull", "org/adapter"]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "HF_ENDPOINT='hub.example.org' is not an http(s) URL" in result.stderr, (args, result.stderr)
+        assert "e.g. https://huggingface.co, or unset it" in result.stderr and result.stdout == ""
+
+
+def test_a_pa_cache_dir_that_is_a_file_is_named(monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """PA_CACHE_DIR naming a file ended `pa eval --model tiny` (any command building tiny) in a NotADirectoryError
+    traceback; it is invalid input, naming the directory it could not make and the variable to fix."""
+    (tmp_path / "a-file").write_text("x\n")
+    monkeypatch.setenv("PA_CACHE_DIR", str(tmp_path / "a-file"))
+    result = CliRunner().invoke(app, ["eval", "general", "--model", "tiny", "--limit", "1", "--out", str(tmp_path / "e")])
+    assert result.exit_code == 2, result.output
+    assert f"{tmp_path / 'a-file' / 'models'}: the tiny model's cache directory cannot be made" in result.stderr
+    assert "point PA_CACHE_DIR at a directory" in result.stderr and "Traceback" not in result.output
+
+
+def test_pa_version_prints_the_package_version() -> None:
+    """A CI log could not record which pa ran: `pa --version` was "No such option", exit 2."""
+    from policyalign import __version__
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"policyalign {__version__}\n"
+
+
+def test_a_directory_that_cannot_be_entered_is_named(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A run directory without execute permission (its files cannot be reached) was a disk refusing a write,
+    "make room on that disk", exit 1: it is bad input, exit 2, naming the directory and the chmod that fixes it."""
+    run = tmp_path / "run"
+    (run / "eval" / "before").mkdir(parents=True)
+    (run / "run.json").write_text("{}\n")
+    run.chmod(0o600)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_HUB_OFFLINE": "1"}
+    for args in (["runs", str(run), "--json"], ["eval", "--compare", str(run / "eval" / "before"), str(tmp_path)]):
+        proc = subprocess.run([*_as_a_user_bound_by_permissions(), sys.executable, "-m", "policyalign", *args],
+                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120, check=False)
+        assert proc.returncode == 2 and proc.stdout == "", (args, proc.stderr)
+        assert f"permission denied: this user may not enter the directory {run}" in proc.stderr, (args, proc.stderr)
+        assert f"chmod u+rx {run}" in proc.stderr and "make room" not in proc.stderr, (args, proc.stderr)
+    run.chmod(0o700)

@@ -204,7 +204,7 @@ def test_pa_dtype_sets_the_precision_every_stage_loads_in(monkeypatch: pytest.Mo
     assert loaded.dtype == torch.bfloat16 and next(loaded.model.parameters()).dtype == torch.bfloat16
     assert load_model("tiny", device="cpu", dtype="fp32").dtype == torch.float32, "a caller's dtype comes first"
     monkeypatch.setenv("PA_DTYPE", "float8")
-    with pytest.raises(ModelError, match="PA_DTYPE") as info:
+    with pytest.raises(InvalidInputError, match="PA_DTYPE") as info:  # exit 2: a value to fix, not a model failing
         load_model("tiny", device="cpu")
     assert "fp32" in info.value.problem.hint
 
@@ -285,8 +285,8 @@ def test_model_license_is_read_from_the_models_readme(tmp_path: Path) -> None:
     ({"dtype": "fp8"}, "unknown dtype"),
     ({"device": "tpu-ish"}, "unknown device"),
 ])
-def test_bad_device_or_dtype_is_a_model_error(kwargs: dict[str, str], message: str) -> None:
-    with pytest.raises(ModelError, match=message):
+def test_bad_device_or_dtype_is_invalid_input(kwargs: dict[str, str], message: str) -> None:
+    with pytest.raises(InvalidInputError, match=message):
         load_model("tiny", **kwargs)
 
 

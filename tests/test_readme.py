@@ -101,6 +101,8 @@ def test_doc_commands_exist_with_their_options() -> None:
                 while used < len(words) and words[used] in getattr(command, "commands", {}):
                     command, used = command.commands[words[used]], used + 1  # type: ignore[attr-defined]
                 options = {o for param in command.params for o in param.opts + param.secondary_opts}
+                if not used and words and words[0] in options:  # an option of `pa` itself: `pa --version`
+                    continue
                 wrong += [f"{doc}: {line!r} (no such command)"] if not used else [
                     f"{doc}: {line!r} ({word})" for word in words[used:]
                     if word.strip("[]").startswith("-") and word.strip("[]").split("=")[0] not in options]
@@ -154,3 +156,25 @@ def test_readme_names_every_command() -> None:
              for sub in (getattr(command, "commands", None) or [None])]
     missing = [" ".join(p) for p in paths if not re.search(rf"`pa {' '.join(p)}\b", text)]
     assert not missing, f"README.md shows no `pa {missing}`"
+
+
+def test_the_exit_codes_a_script_reads_are_documented_as_the_code_sets_them() -> None:
+    """Neither README.md nor `pa --help` said which exit code means what, so a CI job could not tell bad input
+    (fix and rerun) from a failed run or an interrupt. Both say it now, with the codes errors.py and the
+    signal handling use."""
+    import signal
+
+    from typer.testing import CliRunner
+
+    from policyalign.cli import INTERRUPTED, Stopped, app, exit_code
+    from policyalign.errors import HubError, InvalidInputError, ModelError, PolicyAlignError, RunError
+
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    shown = " ".join(CliRunner().invoke(app, ["--help"]).stdout.replace("│", " ").split())
+    failure = PolicyAlignError.exit_code
+    assert {RunError.exit_code, ModelError.exit_code, HubError.exit_code} == {failure}
+    for text in (readme, shown):
+        assert "Exit codes: 0 success" in text
+        assert f"{InvalidInputError.exit_code} invalid input" in text and f"{failure} any other failure" in text
+        assert f"{INTERRUPTED} interrupted by Ctrl-C" in text
+        assert f"{exit_code(Stopped(signal.SIGTERM))} by SIGTERM" in text and f"{exit_code(Stopped(signal.SIGHUP))} by SIGHUP" in text

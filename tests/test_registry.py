@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -368,3 +369,22 @@ def test_discovery_resolves_no_path_of_a_plain_manifest(fixture_packs: Path, tmp
     manifest.symlink_to(outside)
     assert [loc.name for loc in Registry([fixture_packs]).discover()] == ["child-pack"]
     assert Registry([fixture_packs]).unreadable() == [fixture_packs / "root-pack"]
+
+
+def test_a_packs_path_variable_naming_no_directory_is_refused(fixture_packs: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              tmp_path: Path) -> None:
+    """PA_PACKS_PATH naming a missing directory (a stale CI variable) was skipped without a word, as a
+    --packs-path typo once was: `pa show` then took another copy of the pack. It is refused naming the
+    variable and the entry, exit 2, and `--json` prints nothing for a script to mistake for a result."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PA_HOME", str(tmp_path / "home"))
+    (tmp_path / "a-file").write_text("x\n")
+    for bad, why in ((tmp_path / "no-such-dir", "does not exist"), (tmp_path / "a-file", "is a file, not a directory")):
+        monkeypatch.setenv("PA_PACKS_PATH", os.pathsep.join([str(fixture_packs), str(bad)]))
+        for args in (["list", "--json"], ["show", "root-pack"], ["render", "root-pack"]):
+            result = CliRunner().invoke(app, args)
+            assert result.exit_code == 2, (args, result.output)
+            assert result.stdout == ""
+            assert f"{bad}: this PA_PACKS_PATH entry {why}" in result.stderr and "Traceback" not in result.output
+    monkeypatch.setenv("PA_PACKS_PATH", f"{fixture_packs}{os.pathsep}")  # an empty entry is no entry
+    assert {loc.name for loc in Registry.default().discover()} == {"root-pack", "child-pack"}

@@ -98,7 +98,7 @@ try:
     import typer
     from typer.core import TyperCommand, TyperGroup, TyperOption
 
-    from ..errors import PolicyAlignError, disk_error
+    from ..errors import PolicyAlignError, disk_error, unreadable_error
 except KeyboardInterrupt as exc:
     exit_interrupted(exc)
 
@@ -123,7 +123,8 @@ class PaCommand(TyperCommand):
 class PaGroup(TyperGroup):
     """Turns every `PolicyAlignError` raised by a sub-command into a message and exit code.
 
-    So does a disk that refuses a write outside `io.atomic_open` (a checkpoint, a cache entry),
+    So does a disk that refuses a write outside `io.atomic_open` (a checkpoint, a cache entry), a file
+    or directory this user may not read (`unreadable_error`: exit 2, as for any bad input),
     and Ctrl-C, which says the work done so far is kept rather than printing a blank line.
     """
 
@@ -153,7 +154,7 @@ class PaGroup(TyperGroup):
             typer.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
         except OSError as exc:
-            error = disk_error(exc)
+            error = unreadable_error(exc) or disk_error(exc)
             if error is None:
                 raise
             typer.echo(f"error: {error}", err=True)
@@ -221,13 +222,33 @@ class PaTyper(typer.Typer):
         return super().command(*args, cls=cls or PaCommand, **kwargs)
 
 
+# For scripts, under `pa --help` (README.md says more): the codes of errors.py's classes and of `exit_code`.
+EXIT_CODES = ("Exit codes: 0 success, 2 invalid input, 1 any other failure, 130 interrupted by Ctrl-C "
+              "(143 by SIGTERM, 129 by SIGHUP).")
+
 app = PaTyper(
     cls=PaGroup,
     help="policyalign: align an LLM directly to a natural-language safety policy pack.",
+    epilog=EXIT_CODES,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(given: bool) -> None:
+    """`--version`'s callback: eager, so it answers before a command is looked for (`pa --version` has none)."""
+    if given:
+        from .. import __version__
+
+        typer.echo(f"policyalign {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="Print policyalign's version and exit.")) -> None:
+    """`pa --version`, for a CI log to record which pa ran: it was "No such option", exit 2."""
 
 
 def sub_app(name: str, help: str) -> typer.Typer:

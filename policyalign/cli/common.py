@@ -42,6 +42,9 @@ Temperature = typer.Option(None, "--temperature", help="Sampling temperature of 
                            "the filter's samples and the trainer's rollouts (default: the pack's; paper: 1.0).")
 EmaDecay = typer.Option(None, "--ema-decay", help="With --teacher ema: the share of the student "
                         "mixed into the teacher each step (default: the pack's, else 0.05).")
+# Every command that draws progress bars takes it: only `pa apply` did, so a CI job could not quiet the
+# stage commands or `pa eval`. Stage lines, notes and errors still go to stderr.
+Quiet = typer.Option(False, "--quiet", help="No progress bars.")
 ReportTo = typer.Option(None, "--report-to", help="Send training logs live to tensorboard (into RUN_DIR/tensorboard), "
                         "wandb, mlflow, trackio, ... (repeatable or comma-separated; the package must be installed). "
                         "Default: none.")

@@ -11,7 +11,7 @@ from typing import Any, Optional
 import typer
 
 from . import app
-from .common import PacksPath
+from .common import PacksPath, Quiet
 
 
 def _split_sets(sets: Optional[str]) -> list[str] | None:
@@ -131,6 +131,7 @@ def eval_command(
     no_drift: bool = typer.Option(False, "--no-drift", help="Skip the drift measurement with --adapter."),
     compare: Optional[tuple[Path, Path]] = typer.Option(None, "--compare", metavar="A B",
                                                        help="Compare two eval.json files (or their directories)."),
+    quiet: bool = Quiet,
     packs_path: Optional[list[Path]] = PacksPath,
 ) -> None:
     """Evaluate a model (optionally with an adapter) on a pack's eval sets, or compare two evals.
@@ -175,7 +176,7 @@ def eval_command(
     result = evaluate(loaded_pack, model, adapter=adapter, policy_in_context=policy_in_context,
                       sets=_split_sets(sets), judge=judge, params=greedy_params(max_new_tokens), out_dir=out_dir,
                       limit=limit, device=device, batch_size=batch_size, benchmarks=benchmark or (),
-                      drift=False if no_drift else None, progress=True)
+                      drift=False if no_drift else None, progress=not quiet)
     _print_summary(result.summary, result.out_dir)
 
 

@@ -11,7 +11,7 @@ from . import app
 from ..stats import format_rate
 from ..distill_settings import target_module_names
 from .common import (BatchSize, Device, EmaDecay, Epochs, GradAccum, KlTopK, LearningRate, License, LoraAlpha, LoraDropout,
-                     LoraR, MaxSteps, PacksPath, PrefixCache, ReportTo, SaveSteps, TargetModules, Teacher, Temperature, console,
+                     LoraR, MaxSteps, PacksPath, PrefixCache, Quiet, ReportTo, SaveSteps, TargetModules, Teacher, Temperature, console,
                      fold_table, print_json)
 
 
@@ -91,7 +91,7 @@ def apply(
     save_steps: Optional[int] = SaveSteps,
     judge: Optional[str] = typer.Option(None, "--judge", help="refusal (default) | guard:MODEL | llm:MODEL"),
     eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="At most N items per eval set (default: all)."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    quiet: bool = Quiet,
     report_to: Optional[list[str]] = ReportTo,
     packs_path: Optional[list[Path]] = PacksPath,
 ) -> None:

@@ -8,7 +8,7 @@ from typing import Any, Optional
 import typer
 
 from . import app
-from .common import PacksPath
+from .common import PacksPath, Quiet
 
 
 def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
@@ -41,6 +41,7 @@ def synthesize_command(
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens",
                                                  help="Longest generator output (default: the pack's sampling setting)."),
     backend: str = typer.Option("transformers", "--backend", help="Generation backend: transformers or vllm."),
+    quiet: bool = Quiet,
     packs_path: Optional[list[Path]] = PacksPath,
 ) -> None:
     """Generate policy-violating instructions from a pack's templates.
@@ -56,6 +57,6 @@ def synthesize_command(
     result = run_synthesize(
         out, load(pack, packs_path), model, generator=generator, n=n, rounds=rounds, seed=seed,
         max_per_category=max_per_category, batch_size=batch_size, device=device, backend=backend,
-        max_new_tokens=max_new_tokens,
+        max_new_tokens=max_new_tokens, progress=not quiet,
     )
     _print_summary(result.summary, out)

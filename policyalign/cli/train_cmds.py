@@ -10,7 +10,7 @@ import typer
 from . import app
 from ..distill_settings import target_module_names
 from .common import (BatchSize, Device, EmaDecay, Epochs, GradAccum, KlTopK, LearningRate, LoraAlpha, LoraDropout, LoraR,
-                     MaxSteps, PacksPath, PrefixCache, ReportTo, SaveSteps, Teacher, TargetModules, Temperature)
+                     MaxSteps, PacksPath, PrefixCache, Quiet, ReportTo, SaveSteps, Teacher, TargetModules, Temperature)
 
 RunDir = typer.Argument(..., help="Run directory (from `pa synthesize` or `pa apply`).")
 ModelOpt = typer.Option(None, "--model", help="Model (default: the run's; a run with stages keeps its model). tiny, an "
@@ -35,6 +35,7 @@ def filter_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the sampled responses and the held-out split."),
     batch_size: int = typer.Option(8, "--batch-size", help="Instructions sampled and scored together."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: cuda if available)."),
+    quiet: bool = Quiet,
     packs_path: Optional[list[Path]] = PacksPath,
 ) -> None:
     """Score each instruction's policy sensitivity and select the training set."""
@@ -42,7 +43,7 @@ def filter_cmd(
 
     result = run_filter(run_dir, model=model, pack=pack, packs_path=packs_path, keep=keep, top_n=top_k, min_score=min_score,
                         no_filter=no_filter, samples=samples, max_new_tokens=max_new_tokens, temperature=temperature, heldout=heldout,
-                        seed=seed, batch_size=batch_size, device=device)
+                        seed=seed, batch_size=batch_size, device=device, progress=not quiet)
     before = result.internalization_before
     typer.echo(f"scored {result.scored}, selected {result.selected}, held out {result.heldout}"
                + (f"; mean held-out sensitivity {before:.4f}" if before is not None else ""))
@@ -77,6 +78,7 @@ def distill(
                                 "settings it was trained with (flags given now override them)."),
     device: Optional[str] = Device,
     report_to: Optional[list[str]] = ReportTo,
+    quiet: bool = Quiet,
     packs_path: Optional[list[Path]] = PacksPath,
 ) -> None:
     """Distill the policy into a LoRA adapter (on-policy, reverse KL to the policy-prompted teacher).
@@ -98,7 +100,7 @@ def distill(
     # --resume continues the interrupted training as it was set up; flags given now still win.
     overrides = under_given(recorded_distill_config(run_dir), given) if resume else given
     result = run_distill(run_dir, model=model, pack=pack, packs_path=packs_path, device=device, resume=resume,
-                         overrides=overrides, report_to=reports,
+                         overrides=overrides, report_to=reports, progress=not quiet,
                          ema_decay_given_as="--ema-decay" if ema_decay is not None else None)
     if not result.main:
         return  # rank 0 of a multi-process run reports
