@@ -64,6 +64,36 @@ class Cli:
         assert "Traceback" not in result.stderr, result.stderr
         return result
 
+    def published(self, run: Path, repo_id: str) -> str:
+        """`run` published as `repo_id`, as `pa push RUN --repo-id REPO_ID` does, for a test of something else
+        (pulling, searching): `push_adapter`, which that command runs, called in this process with this Cli's
+        environment, returning the URL. A subprocess per setup push cost a second of interpreter start and
+        imports; `pa push` as a user runs it is still what the push tests (test_adapter_push.py, test_hub.py) run."""
+        from huggingface_hub import constants
+
+        from policyalign.adapter_push import push_adapter
+
+        prefixes = ("HF_", "HUGGING_FACE", "PA_")
+        env = {k: v for k, v in self.env().items() if k.startswith(prefixes)}
+        saved = {k: os.environ.get(k) for k in {*env, *(k for k in os.environ if k.startswith(prefixes))}}
+        switches = {"HF_HUB_DISABLE_XET": True, "HF_HUB_DISABLE_TELEMETRY": True, "HF_HUB_OFFLINE": False}
+        before = {k: getattr(constants, k) for k in switches}
+        try:  # the environment `run` gives its subprocess, and the switches huggingface_hub read from it at import
+            for name in saved:
+                os.environ.pop(name, None)
+            os.environ.update(env)
+            for name, value in switches.items():
+                setattr(constants, name, value)
+            return push_adapter(run, repo_id).url
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+            for name, value in before.items():
+                setattr(constants, name, value)
+
 
 
 def make_pack(dest_root: Path, name: str, version: str = "1.0.0", policy_note: str = "") -> Path:
