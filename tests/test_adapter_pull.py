@@ -35,7 +35,7 @@ def test_pull_suggests_an_eval_command_that_finds_the_pack(cli: Cli, hub_server,
 def test_pull_names_the_repo_that_publishes_a_missing_pack(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Without the pack locally, `pa pull` said "get it with `pa pack pull ORG/NAME@1.0.0`": which ORG/NAME?"""
     source = make_pack(cli.packs, "elsewhere")
-    cli.ok("pack", "push", str(source), "--repo-id", "org/elsewhere-pack")
+    cli.pack_published(source, "org/elsewhere-pack")
     cli.published(make_run(tmp_path / "run", source), "org/elsewhere-qwen")
     (tmp_path / "empty").mkdir()
     bare = Cli(cli.hub, cli.home, tmp_path / "empty", cli.cwd)  # PA_PACKS_PATH holds no `elsewhere`
@@ -50,7 +50,7 @@ def test_pull_names_how_to_get_the_pack_version_it_was_trained_on(cli: Cli, hub_
     fix (only a pack not installed at all got the `pa pack pull` command), while the `pa eval NAME@VERSION`
     it printed next failed with "no version matches" until that version was installed."""
     published = make_pack(tmp_path / "published", "stepped", version="1.1.0")
-    cli.ok("pack", "push", str(published), "--repo-id", "org/stepped-pack")
+    cli.pack_published(published, "org/stepped-pack")
     cli.published(make_run(tmp_path / "run", published), "org/stepped-qwen")
     make_pack(cli.packs, "stepped")  # only 1.0.0 is installed
     pulled = cli.ok("pull", "org/stepped-qwen", "--to", str(tmp_path / "pulled"))
