@@ -148,18 +148,34 @@ def fixture_packs(tmp_path: Path) -> Path:
 # The distill, trainer, launch, checkpoint and adapter tests train on a filtered run of root-pack.
 
 
-@pytest.fixture
-def run_dir(tmp_path: Path, fixture_packs: Path):
+@pytest.fixture(scope="session")
+def filtered_root_pack(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """root-pack's instructions scored and filtered on tiny once a session, by the real `filter_run`:
+    filtering is seeded, so every test's run would be these same bytes, and the ~28 tests that train
+    on one spent over a second each making it again. Tests copy it (`run_dir`), never change it."""
     from distill_runs import pack_instructions
     from policyalign.filtering import FilterConfig, filter_run
     from policyalign.io import write_jsonl
     from policyalign.models import load_model
     from policyalign.registry import Registry
 
-    pack = Registry([fixture_packs]).load("root-pack")
-    write_jsonl(tmp_path / "instructions.jsonl", pack_instructions(pack))
-    filter_run(tmp_path, load_model("tiny"), pack.policy, FilterConfig(keep=1.0, max_new_tokens=16, heldout=0.2),
+    run = tmp_path_factory.mktemp("filtered-root-pack")
+    pack = Registry([FIXTURES / "packs"]).load("root-pack")
+    write_jsonl(run / "instructions.jsonl", pack_instructions(pack))
+    filter_run(run, load_model("tiny"), pack.policy, FilterConfig(keep=1.0, max_new_tokens=16, heldout=0.2),
                progress=False)
+    return run
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path, fixture_packs: Path, filtered_root_pack: Path):
+    """A filtered run of root-pack in tmp_path (with the test's own copy of the fixture packs in
+    tmp_path/packs): a fresh copy of `filtered_root_pack`, its files written now (copyfile, not the
+    session's mtimes)."""
+    from policyalign.registry import Registry
+
+    pack = Registry([fixture_packs]).load("root-pack")
+    shutil.copytree(filtered_root_pack, tmp_path, dirs_exist_ok=True, copy_function=shutil.copyfile)
     return tmp_path, pack
 
 

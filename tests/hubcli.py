@@ -15,8 +15,10 @@ import os
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import yaml
 
@@ -64,6 +66,56 @@ class Cli:
         assert "Traceback" not in result.stderr, result.stderr
         return result
 
+    @contextmanager
+    def inside(self) -> Iterator[None]:
+        """This process given the working directory and environment `run` gives its subprocess (HF_*, PA_*: a
+        registry searches ./packs and PA_PACKS_PATH), and the switches huggingface_hub read from that environment
+        at import (Xet and telemetry off, online); all as they were after."""
+        from huggingface_hub import constants
+
+        prefixes = ("HF_", "HUGGING_FACE", "PA_")
+        env = {k: v for k, v in self.env().items() if k.startswith(prefixes)}
+        saved = {k: os.environ.get(k) for k in {*env, *(k for k in os.environ if k.startswith(prefixes))}}
+        switches = {"HF_HUB_DISABLE_XET": True, "HF_HUB_DISABLE_TELEMETRY": True, "HF_HUB_OFFLINE": False}
+        before, cwd = {k: getattr(constants, k) for k in switches}, os.getcwd()
+        try:
+            os.chdir(self.cwd)
+            for name in saved:
+                os.environ.pop(name, None)
+            os.environ.update(env)
+            for name, value in switches.items():
+                setattr(constants, name, value)
+            yield
+        finally:
+            os.chdir(cwd)
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+            for name, value in before.items():
+                setattr(constants, name, value)
+
+    # Setup for a test of something else (pulling, searching): what `pa push` / `pa pack push` run, called
+    # `inside` this process. A subprocess per setup push cost a second of interpreter start and imports; the
+    # commands as a user runs them are still what the push tests (test_adapter_push.py, test_hub.py, and
+    # test_pack_hub.py's push tests) run through `ok` and `fails`.
+
+    def published(self, run: Path, repo_id: str) -> str:
+        """`run` published as `repo_id`, as `pa push RUN --repo-id REPO_ID` does (`push_adapter`); the URL."""
+        from policyalign.adapter_push import push_adapter
+
+        with self.inside():
+            return push_adapter(run, repo_id).url
+
+    def pack_published(self, pack: Path, repo_id: str) -> str:
+        """`pack` published as `repo_id`, as `pa pack push PACK --repo-id REPO_ID` does (`push_pack` with the
+        packs the command finds); the URL."""
+        from policyalign.cli.common import registry
+        from policyalign.pack_hub import push_pack
+
+        with self.inside():
+            return push_pack(pack, repo_id, registry=registry(None)).url
 
 
 def make_pack(dest_root: Path, name: str, version: str = "1.0.0", policy_note: str = "") -> Path:

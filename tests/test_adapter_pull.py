@@ -22,7 +22,7 @@ def test_pull_suggests_an_eval_command_that_finds_the_pack(cli: Cli, hub_server,
     """With the pack found through --packs-path, `pa pull` suggested `pa eval NAME@VERSION ...` without it:
     run as printed, that command answered "unknown pack"."""
     run = make_run(tmp_path / "run", make_pack(cli.packs, "shelved"))
-    cli.ok("push", str(run), "--repo-id", "org/shelved-qwen")
+    cli.published(run, "org/shelved-qwen")
     (tmp_path / "empty").mkdir()
     bare = Cli(cli.hub, cli.home, tmp_path / "empty", cli.cwd)  # PA_PACKS_PATH holds no `shelved`
     pulled = bare.ok("pull", "org/shelved-qwen", "--to", str(tmp_path / "pulled"), "--packs-path", str(cli.packs))
@@ -39,8 +39,8 @@ def test_pull_names_the_repo_that_publishes_a_missing_pack(cli: Cli, hub_server,
     hub_server.store.create("dataset", "org/elsewhere-baddate", False)
     hub_server.put_files("org/elsewhere-baddate", {"README.md": b"---\nx: 2001-13-45\n---\n"}, repo_type="dataset")
     source = make_pack(cli.packs, "elsewhere")
-    cli.ok("pack", "push", str(source), "--repo-id", "org/elsewhere-pack")
-    cli.ok("push", str(make_run(tmp_path / "run", source)), "--repo-id", "org/elsewhere-qwen")
+    cli.pack_published(source, "org/elsewhere-pack")
+    cli.published(make_run(tmp_path / "run", source), "org/elsewhere-qwen")
     (tmp_path / "empty").mkdir()
     bare = Cli(cli.hub, cli.home, tmp_path / "empty", cli.cwd)  # PA_PACKS_PATH holds no `elsewhere`
     pulled = bare.ok("pull", "org/elsewhere-qwen", "--to", str(tmp_path / "pulled"))
@@ -54,8 +54,8 @@ def test_pull_names_how_to_get_the_pack_version_it_was_trained_on(cli: Cli, hub_
     fix (only a pack not installed at all got the `pa pack pull` command), while the `pa eval NAME@VERSION`
     it printed next failed with "no version matches" until that version was installed."""
     published = make_pack(tmp_path / "published", "stepped", version="1.1.0")
-    cli.ok("pack", "push", str(published), "--repo-id", "org/stepped-pack")
-    cli.ok("push", str(make_run(tmp_path / "run", published)), "--repo-id", "org/stepped-qwen")
+    cli.pack_published(published, "org/stepped-pack")
+    cli.published(make_run(tmp_path / "run", published), "org/stepped-qwen")
     make_pack(cli.packs, "stepped")  # only 1.0.0 is installed
     pulled = cli.ok("pull", "org/stepped-qwen", "--to", str(tmp_path / "pulled"))
     assert ("trained on stepped@1.1.0, but the local pack is at version 1.0.0; get stepped@1.1.0 with "
@@ -72,7 +72,7 @@ def test_pulled_adapter_loads_with_peft(cli: Cli, make_run, tmp_path: Path) -> N
     base_path = json.loads((run / "adapter" / "adapter_config.json").read_text()).get("base_model_name_or_path")
     if not base_path or not Path(base_path).is_dir():
         pytest.skip("the test adapter's base model is not on disk")
-    cli.ok("push", str(run), "--repo-id", "org/loadable")
+    cli.published(run, "org/loadable")
     cli.ok("pull", "org/loadable@loadable-v1.0.0", "--to", str(tmp_path / "pulled"))
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), tmp_path / "pulled")
     assert model.peft_config["default"].r == 4
@@ -85,7 +85,7 @@ def test_pulled_adapter_loads_with_peft(cli: Cli, make_run, tmp_path: Path) -> N
 def test_pull_detects_tampered_provenance(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     run = make_run(tmp_path / "run", make_pack(cli.packs, "tamper"))
     repo = "org/tamper"
-    cli.ok("push", str(run), "--repo-id", repo)
+    cli.published(run, repo)
     provenance = json.loads((run / "adapter" / "policyalign.json").read_text())
     provenance["pack"]["digest"] = "0" * 64
     hub_server.put_files(repo, {"policyalign.json": json.dumps(provenance).encode()}, "swap the pack digest")
@@ -105,7 +105,7 @@ def test_pull_detects_tampered_provenance(cli: Cli, hub_server, make_run, tmp_pa
 
 def test_pull_detects_swapped_weights(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     run = make_run(tmp_path / "run", make_pack(cli.packs, "weights"))
-    cli.ok("push", str(run), "--repo-id", "org/weights")
+    cli.published(run, "org/weights")
     weights = bytearray((run / "adapter" / "adapter_model.safetensors").read_bytes())
     weights[-1] ^= 0xFF
     hub_server.put_files("org/weights", {"adapter_model.safetensors": bytes(weights)}, "swap weights")
@@ -116,7 +116,7 @@ def test_pull_detects_swapped_weights(cli: Cli, hub_server, make_run, tmp_path: 
 def test_pull_detects_results_edited_in_the_card(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """An edited model-index (the results the Hub displays) passed `pa pull` as verified: only the
     file hashes were checked, and eval/after/eval.json still said 0.125."""
-    cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "boast"))), "--repo-id", "org/boast")
+    cli.published(make_run(tmp_path / "run", make_pack(cli.packs, "boast")), "org/boast")
     metadata, body = card.parse_card(hub_server.read("org/boast", "README.md").decode())
     metadata["model-index"][0]["results"][0]["metrics"][0]["value"] = 0.01
     hub_server.put_files("org/boast", {"README.md": (card.dump_front_matter(metadata) + body).encode()}, "better numbers")
@@ -131,7 +131,7 @@ def test_pull_detects_the_cards_text_edited(cli: Cli, hub_server, make_run, tmp_
     """The card's text repeats the pack digest and the rates (and says "`pa pull` checks the digest
     above"), but only its metadata was checked: a digest or a rate edited in the text passed as verified."""
     run = make_run(tmp_path / "run", make_pack(cli.packs, "prose"))
-    cli.ok("push", str(run), "--repo-id", "org/prose")
+    cli.published(run, "org/prose")
     digest = json.loads((run / "adapter" / "policyalign.json").read_text())["pack"]["digest"]
     metadata, body = card.parse_card(hub_server.read("org/prose", "README.md").decode())
     assert f"| Digest (sha256) | {digest} |" in body
@@ -147,7 +147,7 @@ def test_pull_detects_the_cards_text_edited(cli: Cli, hub_server, make_run, tmp_
 
 
 def test_pull_refuses_files_the_card_does_not_list(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "extra"))), "--repo-id", "org/extra")
+    cli.published(make_run(tmp_path / "run", make_pack(cli.packs, "extra")), "org/extra")
     hub_server.put_files("org/extra", {"chat_template.jinja": b"{{ 'EVIL' }}", "adapter_model.bin": b"junk",
                                        "eval/after/extra.json": b"{}"}, "add files the card does not list")
     dest = tmp_path / "pulled"
@@ -175,7 +175,7 @@ def _forge(hub_server, repo: str, provenance: bytes, edit_card, message: str) ->
 def test_pull_requires_the_pack_and_base_model_in_policyalign_json(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     run = make_run(tmp_path / "run", make_pack(cli.packs, "forged"))
     repo = "org/forged"
-    cli.ok("push", str(run), "--repo-id", repo)
+    cli.published(run, repo)
     provenance = json.loads((run / "adapter" / "policyalign.json").read_text())
     del provenance["pack"]["digest"]
 
@@ -206,7 +206,7 @@ def test_a_forged_adapter_sends_no_terminal_escape_to_the_puller(cli: Cli, hub_s
     left as pushed), a file the card lists and a model-index split went raw into the provenance problems too."""
     run = make_run(tmp_path / "run", make_pack(cli.packs, "escapes"))
     repo, evil = "org/escapes", "\x1b]0;PWN\x07"
-    cli.ok("push", str(run), "--repo-id", repo)
+    cli.published(run, repo)
     provenance = json.loads((run / "adapter" / "policyalign.json").read_text())
 
     def digest(metadata: dict) -> None:
@@ -266,7 +266,7 @@ def test_pull_refuses_a_card_whose_facts_policyalign_json_does_not_record(cli: C
     provenance["base_model"]["commit"] = trained
     (run / "adapter" / "policyalign.json").write_text(json.dumps(provenance, indent=2))
     repo = "org/facts"
-    cli.ok("push", str(run), "--repo-id", repo)
+    cli.published(run, repo)
     pushed, _ = card.parse_card(hub_server.read(repo, "README.md").decode())
     assert pushed["policyalign"]["base_model"]["commit"] == trained
 
@@ -331,7 +331,7 @@ def test_a_card_without_a_base_commit_claims_none(cli: Cli, hub_server, make_run
     provenance = json.loads((run / "adapter" / "policyalign.json").read_text())
     provenance["base_model"]["commit"] = "a" * 40
     (run / "adapter" / "policyalign.json").write_text(json.dumps(provenance, indent=2))
-    cli.ok("push", str(run), "--repo-id", "org/older")
+    cli.published(run, "org/older")
     _edit_card(hub_server, "org/older", lambda m: m["policyalign"]["base_model"].pop("commit"), "as an older card")
     cli.ok("pull", "org/older", "--to", str(tmp_path / "pulled"))
 
@@ -344,7 +344,7 @@ def test_an_adapter_of_a_child_pack_records_and_reports_its_parents(cli: Cli, hu
     run = make_run(tmp_path / "run", cli.packs / "child-pack")
     parents = [{"name": "root-pack", "version": "1.0.0", "digest": root.digest}]
     assert json.loads((run / "adapter" / "policyalign.json").read_text())["pack"]["parents"] == parents
-    cli.ok("push", str(run), "--repo-id", "org/child-qwen")
+    cli.published(run, "org/child-qwen")
     readme = hub_server.read("org/child-qwen", "README.md").decode()
     metadata, body = card.parse_card(readme)
     assert metadata["policyalign"]["pack"] == {"name": "child-pack", "version": "1.0.0", "digest": child.digest,
@@ -384,7 +384,7 @@ def test_an_adapter_of_a_child_pack_records_and_reports_its_parents(cli: Cli, hu
 
 def test_pull_warns_when_the_local_pack_differs(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     pack = make_pack(cli.packs, "drifty")
-    cli.ok("push", str(make_run(tmp_path / "run", pack)), "--repo-id", "org/drifty")
+    cli.published(make_run(tmp_path / "run", pack), "org/drifty")
     with (pack / "policy.md").open("a") as handle:
         handle.write("\nA local edit without a version bump.\n")
     same_version = cli.ok("pull", "org/drifty", "--to", str(tmp_path / "a"))
@@ -402,7 +402,7 @@ def test_pull_suggests_evaluating_the_pack_version_it_was_trained_on(cli: Cli, m
     """With the trained-on version and a newer one installed, `pa pull` said it matched the local
     pack and suggested `pa eval NAME ...`, which evaluates the newest version instead. Its commands
     also loaded the base model at `main`, not at the revision the adapter was trained on."""
-    cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "versioned"))), "--repo-id", "org/versioned")
+    cli.published(make_run(tmp_path / "run", make_pack(cli.packs, "versioned")), "org/versioned")
     make_pack(tmp_path / "newer", "versioned", version="1.1.0")
     dest = tmp_path / "pulled dir"
     pulled = cli.ok("pull", "org/versioned", "--to", str(dest), "--packs-path", str(tmp_path / "newer"))
@@ -416,8 +416,8 @@ def test_pull_of_a_tiny_adapter_prints_how_to_load_tiny_not_a_placeholder(cli: C
     its base were a directory of the user's: policyalign makes tiny's files, and says where (tiny_model_path)."""
     import re
 
-    cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "small"), base_id="tiny", base_name="tiny")),
-           "--repo-id", "org/small-tiny")
+    cli.published(make_run(tmp_path / "run", make_pack(cli.packs, "small"), base_id="tiny", base_name="tiny"),
+                  "org/small-tiny")
     pulled = cli.ok("pull", "org/small-tiny", "--to", str(tmp_path / "pulled")).stdout
     assert "PATH/TO" not in pulled and "from policyalign.tiny import tiny_model_path" in pulled
     snippet = re.search(r"load it with PEFT:\n((?:  .*\n)+)", pulled)
@@ -425,13 +425,13 @@ def test_pull_of_a_tiny_adapter_prints_how_to_load_tiny_not_a_placeholder(cli: C
     names: dict[str, object] = {}
     exec(compile("\n".join(line[2:] for line in snippet.group(1).splitlines()), "pull-snippet", "exec"), names)
     assert names["model"].peft_config["default"].r == 4  # type: ignore[attr-defined]
-    cli.ok("push", str(make_run(tmp_path / "local", make_pack(cli.packs, "mine"), base_id="my-model",
-                                base_name="my-model")), "--repo-id", "org/mine-local")
+    cli.published(make_run(tmp_path / "local", make_pack(cli.packs, "mine"), base_id="my-model", base_name="my-model"),
+                  "org/mine-local")
     assert "from_pretrained('PATH/TO/BASE/MODEL')" in cli.ok("pull", "org/mine-local", "--to", str(tmp_path / "m")).stdout
 
 
 def test_pull_refuses_to_overwrite_an_unrelated_directory(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "careful"))), "--repo-id", "org/careful")
+    cli.published(make_run(tmp_path / "run", make_pack(cli.packs, "careful")), "org/careful")
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "notes.txt").write_text("keep me")
@@ -444,7 +444,7 @@ def test_pull_refuses_to_overwrite_an_unrelated_directory(cli: Cli, make_run, tm
 def test_pull_refuses_to_replace_a_runs_own_adapter(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A run's adapter/ holds policyalign.json, which was taken for "a previously pulled adapter":
     `pa pull ORG/NAME --to RUN/adapter` replaced the weights the user trained with the downloaded ones."""
-    cli.ok("push", str(make_run(tmp_path / "published", make_pack(cli.packs, "mine"))), "--repo-id", "org/mine")
+    cli.published(make_run(tmp_path / "published", make_pack(cli.packs, "mine")), "org/mine")
     trained = make_run(tmp_path / "run", make_pack(tmp_path / "other", "mine", policy_note="Trained here.")) / "adapter"
     before = {p.name: p.read_bytes() for p in trained.iterdir()}
     result = cli.fails(1, "pull", "org/mine", "--to", str(trained))
@@ -455,7 +455,7 @@ def test_pull_refuses_to_replace_a_runs_own_adapter(cli: Cli, make_run, tmp_path
 def test_pull_again_into_a_pulled_adapter_keeps_what_the_user_added_or_changed(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A pull replaces its --to whole: pulled again into an earlier pull, it deleted the notes a user
     had put there and undid their edits without a word."""
-    cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "repull"))), "--repo-id", "org/repull")
+    cli.published(make_run(tmp_path / "run", make_pack(cli.packs, "repull")), "org/repull")
     dest = tmp_path / "pulled"
     cli.ok("pull", "org/repull", "--to", str(dest))
     cli.ok("pull", "org/repull", "--to", str(dest))  # as pulled: replaced
@@ -473,7 +473,7 @@ def test_pull_again_into_a_pulled_adapter_keeps_what_the_user_added_or_changed(c
 def test_pull_again_keeps_notes_added_to_the_pulled_card(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """README.md is not among the files the card lists, so notes a user added to a pulled card were
     replaced by the next pull into that --to without a word, where notes in any other file stop it."""
-    cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "noted"))), "--repo-id", "org/noted")
+    cli.published(make_run(tmp_path / "run", make_pack(cli.packs, "noted")), "org/noted")
     dest = tmp_path / "pulled"
     cli.ok("pull", "org/noted", "--to", str(dest))
     readme = dest / "README.md"
@@ -491,7 +491,7 @@ def test_a_pull_killed_part_way_is_resumed_and_leaves_nothing_beside_the_target(
     while the first works rather than deleting the files it is verifying."""
     from huggingface_hub import snapshot_download
 
-    cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "killed"))), "--repo-id", "org/killed")
+    cli.published(make_run(tmp_path / "run", make_pack(cli.packs, "killed")), "org/killed")
     commit = hub_server.store.rev(hub_server.repo_path("org/killed"), "main")
     older = tmp_path / ".pulled.pa-pull-x1y2z3"  # what a killed pull of an earlier version left
     (older / "adapter").mkdir(parents=True)
@@ -513,7 +513,7 @@ def test_a_pull_killed_part_way_is_resumed_and_leaves_nothing_beside_the_target(
 
 def test_pull_into_a_path_under_a_file_is_a_clear_error(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """`--to FILE/sub` (a file where a parent directory must be) was a FileExistsError traceback."""
-    cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "underfile"))), "--repo-id", "org/underfile")
+    cli.published(make_run(tmp_path / "run", make_pack(cli.packs, "underfile")), "org/underfile")
     (tmp_path / "afile").write_text("not a directory")
     result = cli.fails(2, "pull", "org/underfile", "--to", str(tmp_path / "afile" / "sub"))
     assert "is not a directory: a file has its name or a parent's" in result.stderr
@@ -536,7 +536,7 @@ def test_pull_of_a_repo_that_is_not_an_adapter_downloads_nothing(cli: Cli, hub_s
 def test_pull_of_an_adapter_whose_card_was_removed_says_so(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """With its README.md deleted on the Hub, a `pa push`ed adapter (policyalign.json and all) was refused as
     "not a policyalign adapter", hinting that only adapters `pa push` published can be verified: it was one."""
-    cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "uncarded"))), "--repo-id", "org/uncarded")
+    cli.published(make_run(tmp_path / "run", make_pack(cli.packs, "uncarded")), "org/uncarded")
     hub_server.store.commit("model", "org/uncarded", "main", {}, ["README.md"], "remove the card")
     result = cli.fails(1, "pull", "org/uncarded", "--to", str(tmp_path / "pulled"))
     assert "README.md, the model card `pa push` publishes with policyalign.json, is missing" in result.stderr
@@ -555,7 +555,7 @@ def test_a_pull_refused_leaves_none_of_its_files_in_the_hugging_face_cache(cli: 
     where `PeftModel.from_pretrained(REPO, revision=COMMIT)` loaded the swapped weights without any check.
     Only what the refused pull added goes: the verified revision's snapshot, and the blobs it shares, stay."""
     run = make_run(tmp_path / "run", make_pack(cli.packs, "cached"))
-    cli.ok("push", str(run), "--repo-id", "org/cached")
+    cli.published(run, "org/cached")
     verified = Path(cli.ok("pull", "org/cached@cached-v1.0.0").stdout.split(") to ", 1)[1].split("\n", 1)[0])
     weights = bytearray((run / "adapter" / "adapter_model.safetensors").read_bytes())
     weights[-1] ^= 0xFF
@@ -580,7 +580,7 @@ def test_pull_offline_verifies_the_copy_in_the_hugging_face_cache(cli: Cli, hub_
     """With HF_HUB_OFFLINE=1 every `pa pull` failed with "offline mode is enabled", an adapter pulled and
     verified before included: none could be pulled on a machine without internet. A tag a pull verified,
     or a commit, is now found in the cache and verified there; one not in the cache names the fix."""
-    cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "airgap"))), "--repo-id", "org/airgap")
+    cli.published(make_run(tmp_path / "run", make_pack(cli.packs, "airgap")), "org/airgap")
     commit = hub_server.store.rev(hub_server.repo_path("org/airgap"), "main")
     cli.ok("pull", "org/airgap@airgap-v1.0.0")
     offline = OfflineCli(cli.hub, cli.home, cli.packs, cli.cwd)
@@ -657,7 +657,7 @@ def test_local_pack_differing_in_a_recorded_parent_names_the_versions_trained_wi
 def test_pull_into_the_current_directory_is_a_clear_error(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """`pa pull ORG/NAME --to .` in an empty directory passed the checks, then swapping the verified download
     in renamed the working directory: an OSError traceback ("Device or resource busy")."""
-    cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "here"))), "--repo-id", "org/here")
+    cli.published(make_run(tmp_path / "run", make_pack(cli.packs, "here")), "org/here")
     result = cli.fails(1, "pull", "org/here", "--to", ".")
     assert "is the current directory" in result.stderr and "--to ./adapter" in result.stderr
     assert list(cli.cwd.iterdir()) == []  # no lock file or staging directory left
@@ -671,7 +671,7 @@ def test_a_forged_adapter_with_c1_or_bidi_controls_does_not_verify(cli: Cli, hub
     commit, verified and went raw to the puller's terminal. They are held to the pack-text check (text_problem)."""
     run = make_run(tmp_path / "run", make_pack(cli.packs, "cones"))
     repo = f"org/cones-{ord(evil[0]):x}"  # the loopback Hub outlives one case
-    cli.ok("push", str(run), "--repo-id", repo)
+    cli.published(run, repo)
     provenance = json.loads((run / "adapter" / "policyalign.json").read_text())
 
     def version(metadata: dict) -> None:

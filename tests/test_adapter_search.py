@@ -24,7 +24,7 @@ def test_pull_by_pack_picks_the_best_match(cli: Cli, hub_server, make_run, tmp_p
             ("org/select-a", newer, "Qwen/Qwen2.5-0.5B-Instruct", "Qwen2.5-0.5B", "select-v2.0.0"),
             ("org/select-d", edited, "Qwen/Qwen2.5-0.5B-Instruct", "Qwen2.5-0.5B", "select-v1.0.0")]
     for i, (repo, pack, base_id, base_name, _) in enumerate(runs):
-        cli.ok("push", str(make_run(tmp_path / f"run{i}", pack, base_id=base_id, base_name=base_name)), "--repo-id", repo)
+        cli.published(make_run(tmp_path / f"run{i}", pack, base_id=base_id, base_name=base_name), repo)
 
     chosen = cli.ok("pull", "--pack", "select", "--model", "Qwen2.5-0.5B", "--to", str(tmp_path / "x"))
     assert "best match: org/select-a@select-v1.0.0" in chosen.stdout  # exact digest beats org/select-d; not v2 on main
@@ -47,7 +47,7 @@ def test_pull_by_pack_takes_a_version_range(cli: Cli, make_run, tmp_path: Path) 
     old = make_pack(tmp_path / "old", "ranged")
     new = make_pack(cli.packs, "ranged", version="1.1.0")
     for pack in (old, new):
-        cli.ok("push", str(make_run(tmp_path / f"run-{pack.parent.name}", pack)), "--repo-id", "org/ranged")
+        cli.published(make_run(tmp_path / f"run-{pack.parent.name}", pack), "org/ranged")
     search = ("--packs-path", str(tmp_path / "old"))
 
     pinned = cli.ok("pull", "--pack", "ranged@1.0.0", *search, "--to", str(tmp_path / "a"))
@@ -62,7 +62,7 @@ def test_pull_by_pack_takes_a_version_range(cli: Cli, make_run, tmp_path: Path) 
 
 
 def test_malformed_candidates_do_not_hide_good_ones(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "findme"))), "--repo-id", "org/good-findme")
+    cli.published(make_run(tmp_path / "run", make_pack(cli.packs, "findme")), "org/good-findme")
     good_pack = {"name": "findme", "version": "1.0.0", "digest": "d" * 64}
     good_base = {"id": "Qwen/Qwen2.5-0.5B-Instruct", "name": "Qwen2.5-0.5B"}
     hostile = {"base-is-a-string": {"pack": {"name": "findme", "version": "1.0.0"}, "base_model": "Qwen/x"},
@@ -90,8 +90,8 @@ def test_a_candidate_the_hub_cannot_read_is_skipped_with_a_warning(cli: Cli, hub
     """A repository deleted during the search (its card then answers 404) stopped `pa pull --pack` with an
     error about a candidate the user never asked for, though a good one was published."""
     pack = make_pack(cli.packs, "flaky")
-    cli.ok("push", str(make_run(tmp_path / "run", pack)), "--repo-id", "org/good-flaky")
-    cli.ok("push", str(make_run(tmp_path / "run2", pack)), "--repo-id", "org/gone-flaky")
+    cli.published(make_run(tmp_path / "run", pack), "org/good-flaky")
+    cli.published(make_run(tmp_path / "run2", pack), "org/gone-flaky")
     hub_server.fail("GET", r"/api/models/org/gone-flaky/revision/.*", status=404, times=100)
     result = cli.ok("pull", "--pack", "flaky", "--to", str(tmp_path / "x"))
     assert "best match: org/good-flaky@flaky-v1.0.0" in result.stdout
@@ -105,7 +105,7 @@ def test_a_hostile_tag_name_reaches_no_terminal(cli: Cli, hub_server, make_run, 
     """Tag names come from the Hub: one holding ESC ]0;... BEL (no git tag can) was printed raw in the warning that
     skipped it ("warning: skipped org/x@TAG: reading the card at TAG ..."), and one a hostile Hub answered for went
     raw into every line naming the candidate. Such a tag is skipped, named escaped."""
-    cli.ok("push", str(make_run(tmp_path / "run", make_pack(cli.packs, "tagesc"))), "--repo-id", "org/tagesc")
+    cli.published(make_run(tmp_path / "run", make_pack(cli.packs, "tagesc")), "org/tagesc")
     evil = "v1\x1b]0;pwned\x07"
     commit = hub_server.store.rev(hub_server.repo_path("org/tagesc", "model"), "main")
     hub_server.forge("/api/models/org/tagesc/refs", {"branches": [{"name": "main", "ref": "refs/heads/main",

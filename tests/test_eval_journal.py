@@ -85,14 +85,14 @@ def test_pa_eval_killed_mid_generation_resumes_from_its_journal(tmp_path: Path) 
 
     def command(out: Path) -> list[str]:
         return [sys.executable, "-m", "policyalign", "eval", "general", "--model", "tiny", "--batch-size", "1",
-                "--max-new-tokens", "16", "--limit", "30", "--out", str(out)]
+                "--max-new-tokens", "16", "--limit", "12", "--out", str(out)]
 
     env = pa_env()
     out = tmp_path / "killed"
     reused = killed_once_journaled(command(out), out / JOURNAL, 4)
     resumed = subprocess.run(command(out), env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming: {reused} of 60 responses from {out / JOURNAL}" in resumed.stderr
+    assert f"resuming: {reused} of 24 responses from {out / JOURNAL}" in resumed.stderr
     whole = subprocess.run(command(tmp_path / "whole"), env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert whole.returncode == 0, whole.stderr
     assert (out / "responses.jsonl").read_text() == (tmp_path / "whole" / "responses.jsonl").read_text()

@@ -106,7 +106,7 @@ def test_pack_pull_of_another_version_says_which_one_it_replaced(cli: Cli, tmp_p
     """The install directory holds one version per pack: pulling 1.0.0 over an installed 1.1.0 removed
     it without a word (a child pinned to ^1.1 then stops resolving)."""
     for version in ("1.0.0", "1.1.0"):
-        cli.ok("pack", "push", str(make_pack(tmp_path / version, "versioned", version=version)), "--repo-id", "org/versioned")
+        cli.pack_published(make_pack(tmp_path / version, "versioned", version=version), "org/versioned")
     assert "replaced" not in cli.ok("pack", "pull", "org/versioned@1.1.0").stderr
     older = cli.ok("pack", "pull", "org/versioned@1.0.0")
     assert "installed versioned@1.0.0" in older.stdout and "replaced versioned@1.1.0" in older.stderr
@@ -119,7 +119,7 @@ def test_pack_pull_says_which_local_copies_the_pulled_version_takes_over_from(cl
     silently became what the name (and every child's `extends` range) resolved to."""
     make_pack(cli.packs, "shadowed", version="1.0.0")
     for version in ("1.99.0", "0.9.0"):
-        cli.ok("pack", "push", str(make_pack(tmp_path / version, "shadowed", version=version)), "--repo-id", "org/evil")
+        cli.pack_published(make_pack(tmp_path / version, "shadowed", version=version), "org/evil")
     higher = cli.ok("pack", "pull", "org/evil@1.99.0")
     assert (f"warning: shadowed@1.99.0 from org/evil now takes precedence over shadowed@1.0.0 in {cli.packs}, "
             "wherever `shadowed` (or a version range admitting 1.99.0) names it") in higher.stderr
@@ -130,17 +130,17 @@ def test_pack_pull_says_when_a_local_copy_of_the_same_version_hides_the_pulled_o
     """./packs/forked@1.0.0 and a published forked@1.0.0 with other files: discovery keeps the first copy of
     a version, so the pulled one was installed, reported, and never used by name, without a word."""
     make_pack(cli.packs, "forked", version="1.0.0")
-    cli.ok("pack", "push", str(make_pack(tmp_path / "fork", "forked", policy_note="2. A fork's rule.")), "--repo-id", "org/fork")
+    cli.pack_published(make_pack(tmp_path / "fork", "forked", policy_note="2. A fork's rule."), "org/fork")
     pulled = cli.ok("pack", "pull", "org/fork")
     assert f"but {cli.packs / 'forked'} holds another forked@1.0.0 earlier on the search path" in pulled.stderr, pulled.stderr
-    cli.ok("pack", "push", str(make_pack(tmp_path / "same", "forked")), "--repo-id", "org/same")
+    cli.pack_published(make_pack(tmp_path / "same", "forked"), "org/same")
     assert "holds another" not in cli.ok("pack", "pull", "org/same").stderr  # the same files: nothing is hidden
 
 
 def test_pack_pull_does_not_delete_a_directory_that_is_not_that_pack(cli: Cli, tmp_path: Path) -> None:
     """`--to DIR` whose DIR/NAME was not a pack (someone's work, or another pack) was replaced and deleted
     without a word; the install replaces only an installed copy of the same pack."""
-    cli.ok("pack", "push", str(make_pack(tmp_path / "src", "shared")), "--repo-id", "org/shared")
+    cli.pack_published(make_pack(tmp_path / "src", "shared"), "org/shared")
     dest = tmp_path / "dest"
     (dest / "shared").mkdir(parents=True)
     (dest / "shared" / "thesis.txt").write_text("months of work\n")
@@ -158,7 +158,7 @@ def test_pack_pull_does_not_delete_a_directory_that_is_not_that_pack(cli: Cli, t
 
 
 def test_pack_pull_to_a_file_is_an_error_not_a_traceback(cli: Cli, tmp_path: Path) -> None:
-    cli.ok("pack", "push", str(make_pack(tmp_path / "src", "placed")), "--repo-id", "org/placed")
+    cli.pack_published(make_pack(tmp_path / "src", "placed"), "org/placed")
     (tmp_path / "afile").write_text("not a directory\n")
     for to in (tmp_path / "afile", tmp_path / "afile" / "sub"):
         result = cli.fails(2, "pack", "pull", "org/placed", "--to", str(to))
@@ -171,7 +171,7 @@ def test_pack_pull_of_a_range_installs_the_highest_published_version_in_it(cli: 
     """Every other pack argument takes `name@^1`; `pa pack pull ORG/NAME@^1` answered "no version '^1' is
     published" and listed the very versions the range holds."""
     for version in ("1.0.0", "1.1.0", "2.0.0", "10.0.0"):
-        cli.ok("pack", "push", str(make_pack(tmp_path / version, "ranged", version=version)), "--repo-id", "org/ranged")
+        cli.pack_published(make_pack(tmp_path / version, "ranged", version=version), "org/ranged")
     pulled = cli.ok("pack", "pull", "org/ranged@^1")
     assert "installed ranged@1.1.0" in pulled.stdout and "org/ranged@v1.1.0" in pulled.stdout
     assert "installed ranged@1.0.0" in cli.ok("pack", "pull", "org/ranged@>=1.0,<1.1").stdout
@@ -189,7 +189,7 @@ def test_pack_pull_of_a_range_that_does_not_parse_fails_before_the_hub_is_asked(
         failed = cli.fails(2, "pack", "pull", spec).stderr
         assert f"bad version range in {spec!r}" in failed, failed
         assert "^1, ~1.2" in failed and "a tag, a branch or a commit" in failed
-    cli.ok("pack", "push", str(make_pack(tmp_path / "src", "unranged")), "--repo-id", "org/unranged")
+    cli.pack_published(make_pack(tmp_path / "src", "unranged"), "org/unranged")
     failed = cli.fails(1, "pack", "pull", "org/unranged@notaver").stderr
     assert "no version 'notaver' is published" in failed and "published versions: 1.0.0" in failed
     assert "a tag, a branch or a commit" in failed, failed
@@ -200,8 +200,8 @@ def test_pack_pull_of_a_range_does_not_guess_between_two_builds_of_its_highest_v
                                                                                        tmp_path: Path) -> None:
     """A repository tagged v1.0.0+a and v1.0.0+b (before `pa pack push` refused the second): one SemVer
     precedence, and `pa pack pull ORG/NAME@^1` installed whichever tag the Hub listed last."""
-    cli.ok("pack", "push", str(make_pack(tmp_path / "b", "builds", version="1.0.0+b")), "--repo-id", "org/builds-b")
-    cli.ok("pack", "push", str(make_pack(tmp_path / "a", "builds", version="1.0.0+a")), "--repo-id", "org/builds")
+    cli.pack_published(make_pack(tmp_path / "b", "builds", version="1.0.0+b"), "org/builds-b")
+    cli.pack_published(make_pack(tmp_path / "a", "builds", version="1.0.0+a"), "org/builds")
     b_repo = hub_server.repo_path("org/builds-b", "dataset")
     files = {path: hub_server.read("org/builds-b", path, repo_type="dataset")
              for path in hub_server.store.files(b_repo, "main")}
@@ -221,10 +221,10 @@ def test_pack_pull_of_a_version_takes_its_one_build_and_refuses_to_guess_between
     """`pa pack pull ORG/NAME@1.0.0` with only v1.0.0+b5 published said "no version '1.0.0' is published",
     though 1.0.0+b5 is 1.0.0 by SemVer precedence and `pa pull --pack NAME@1.0.0` and the local registry
     both take it; with two builds it must refuse as a range does, naming both."""
-    cli.ok("pack", "push", str(make_pack(tmp_path / "b5", "built", version="1.0.0+b5")), "--repo-id", "org/onebuild")
+    cli.pack_published(make_pack(tmp_path / "b5", "built", version="1.0.0+b5"), "org/onebuild")
     pulled = cli.ok("pack", "pull", "org/onebuild@1.0.0", "--to", str(tmp_path / "x")).stdout
     assert "installed built@1.0.0+b5" in pulled and "org/onebuild@v1.0.0+b5" in pulled
-    cli.ok("pack", "push", str(make_pack(tmp_path / "b6", "built", version="1.0.0+b6")), "--repo-id", "org/onebuild-b6")
+    cli.pack_published(make_pack(tmp_path / "b6", "built", version="1.0.0+b6"), "org/onebuild-b6")
     b6_repo = hub_server.repo_path("org/onebuild-b6", "dataset")
     files = {path: hub_server.read("org/onebuild-b6", path, repo_type="dataset")
              for path in hub_server.store.files(b6_repo, "main")}
@@ -238,7 +238,7 @@ def test_pack_pull_of_a_version_takes_its_one_build_and_refuses_to_guess_between
 
 
 def test_pack_with_parents_pulls_when_parents_are_local(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    cli.ok("pack", "push", str(cli.packs / "child-pack"), "--repo-id", "org/child-pack")
+    cli.pack_published(cli.packs / "child-pack", "org/child-pack")
     cli.ok("pack", "pull", "org/child-pack@1.0.0", "--to", str(tmp_path / "installed"))
     registry = Registry.default(extra=[cli.packs])
     assert load_pack(tmp_path / "installed" / "child-pack", registry=registry).digest == \
@@ -251,7 +251,7 @@ def test_pack_pull_finds_parents_where_it_installs_and_says_how_to_get_missing_o
     """`pa pack pull --to DIR` refused a pack whose parent sat in DIR, where it would live once installed
     (it looked beside its staging directory instead); `pa pack pull` took no --packs-path; and with the
     parent nowhere, the hint was "known packs: child-pack": neither where it looked nor the fix."""
-    cli.ok("pack", "push", str(cli.packs / "child-pack"), "--repo-id", "org/child-elsewhere")
+    cli.pack_published(cli.packs / "child-pack", "org/child-elsewhere")
     (tmp_path / "empty").mkdir()
     bare = Cli(cli.hub, cli.home, tmp_path / "empty", cli.cwd)  # PA_PACKS_PATH holds no root-pack
     missing = " ".join(bare.fails(2, "pack", "pull", "org/child-elsewhere").stderr.split())
@@ -272,7 +272,7 @@ def test_pack_pull_names_no_staging_directory_in_its_problems(cli: Cli, hub_serv
     """A pulled pack is checked in a staging directory, deleted before the error is printed: "searched" listed
     it (`.../packs/.pa-pull-x7f3`) as a place the missing parent was looked for, "known packs" the pulled pack
     itself, and each problem named a file in it (or `child-pack/pack.yaml`, which is nowhere)."""
-    cli.ok("pack", "push", str(cli.packs / "child-pack"), "--repo-id", "org/child-orphan")
+    cli.pack_published(cli.packs / "child-pack", "org/child-orphan")
     (tmp_path / "empty").mkdir()
     bare = Cli(cli.hub, cli.home, tmp_path / "empty", cli.cwd)
     missing = " ".join(bare.fails(2, "pack", "pull", "org/child-orphan").stderr.split())
@@ -459,7 +459,7 @@ def test_pack_pull_rejects_oversized_files(cli: Cli, hub_server, tmp_path: Path)
 
 
 def test_pack_pull_rejects_tampered_files(cli: Cli, hub_server) -> None:  # type: ignore[no-untyped-def]
-    cli.ok("pack", "push", str(make_pack(cli.packs, "edited")), "--repo-id", "org/edited")
+    cli.pack_published(make_pack(cli.packs, "edited"), "org/edited")
     hub_server.put_files("org/edited", {"pack/policy.md": b"Anything goes.\n"}, repo_type="dataset")
     result = cli.fails(1, "pack", "pull", "org/edited")
     assert "pack/policy.md does not match its sha256" in result.stderr
@@ -497,7 +497,7 @@ def test_download_cap_holds_while_streaming(tmp_path: Path) -> None:
 def test_a_version_differing_only_in_build_metadata_is_not_pushed_again(cli: Cli, hub_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """1.0.0+b after v1.0.0+a went up as a second tag of one version (SemVer precedence ignores build
     metadata), and `pa pack pull ORG/NAME@^1` then took either, by the order the Hub listed the tags."""
-    cli.ok("pack", "push", str(make_pack(tmp_path / "a", "built", version="1.0.0+a")), "--repo-id", "org/built")
+    cli.pack_published(make_pack(tmp_path / "a", "built", version="1.0.0+a"), "org/built")
     source = make_pack(tmp_path / "b", "built", version="1.0.0+b", policy_note="2. Another rule.")
     refused = cli.fails(1, "pack", "push", str(source), "--repo-id", "org/built")
     assert "version 1.0.0+b is already published as tag 'v1.0.0+a'" in refused.stderr and "bump its version" in refused.stderr
@@ -509,7 +509,7 @@ def test_a_revision_tag_cannot_publish_another_version_or_a_second_build(cli: Cl
     """The check refusing 1.0.0+b after v1.0.0+a ran only without --revision: `--revision v1.0.0+b` published
     the second build all the same (`pa pack pull ORG/NAME@^1` then refused the repository), and
     `--revision v2.0.0` tagged a 1.0.0 pack as 2.0.0, which `pa pack pull ORG/NAME@^2` installed."""
-    cli.ok("pack", "push", str(make_pack(tmp_path / "a", "retagged", version="1.0.0+a")), "--repo-id", "org/retagged")
+    cli.pack_published(make_pack(tmp_path / "a", "retagged", version="1.0.0+a"), "org/retagged")
     second = make_pack(tmp_path / "b", "retagged", version="1.0.0+b", policy_note="2. Another rule.")
     refused = cli.fails(1, "pack", "push", str(second), "--repo-id", "org/retagged", "--revision", "v1.0.0+b").stderr
     assert "version 1.0.0+b is already published as tag 'v1.0.0+a'" in refused, refused
