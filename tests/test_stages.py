@@ -347,17 +347,18 @@ def test_a_bad_device_or_pa_dtype_is_refused_before_a_stage_begins(tmp_path: Pat
                                                                     monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Found only once the stage loaded its model, `pa filter RUN --device gpu` marked a finished filter
     stage failed (`pa distill` then refused the selection: "did not finish"), and `PA_DTYPE=int8
-    pa synthesize` left a run of nothing in a new directory."""
+    pa synthesize` left a run of nothing in a new directory. Both are invalid input (exit 2), as `--backend`
+    and a bad PA_PACKS_PATH are."""
     import pytest
 
-    from policyalign.errors import ModelError
+    from policyalign.errors import InvalidInputError
     from policyalign.run import read_manifest, record_inputs, write_manifest
     from policyalign.stages import run_distill, run_eval, run_filter, run_synthesize
 
     pack = Registry([fixture_packs]).load("root-pack")
     fresh = tmp_path / "fresh"
     monkeypatch.setenv("PA_DTYPE", "int8")
-    with pytest.raises(ModelError, match="PA_DTYPE=int8"):
+    with pytest.raises(InvalidInputError, match="PA_DTYPE=int8"):
         run_synthesize(fresh, pack, "tiny", n=1, progress=False)
     assert not fresh.exists()
     monkeypatch.delenv("PA_DTYPE")
@@ -371,7 +372,7 @@ def test_a_bad_device_or_pa_dtype_is_refused_before_a_stage_begins(tmp_path: Pat
     for stage_command in (lambda: run_filter(run, device="gpu", progress=False),
                           lambda: run_distill(run, device="gpu", progress=False),
                           lambda: run_eval(run, "before", device="gpu", progress=False)):
-        with pytest.raises(ModelError, match="unknown device 'gpu'"):
+        with pytest.raises(InvalidInputError, match="unknown device 'gpu'"):
             stage_command()
     assert (run / "run.json").read_text() == before
 
