@@ -844,7 +844,7 @@ def _status(stages: dict[str, Any], active: bool = False, outdated: Callable[[],
         return f"running {current}" if current else f"running ({len(done)}/{len(PIPELINE)} stages done)"
     stopped = [n for n in PIPELINE if stages.get(n, {}).get("status") in ("failed", "running", "interrupted")]
     if stopped:
-        last = max(stopped, key=lambda n: (started_at(stages[n]), -PIPELINE.index(n)))
+        last = _started_last(stopped, stages)
         return f"{'failed at' if stages[last]['status'] == 'failed' else 'interrupted in'} {last}"
     if len(done) == len(PIPELINE):
         stale = outdated()
@@ -863,9 +863,15 @@ def _current_stage(stages: dict[str, Any]) -> str | None:
     running = [n for n in PIPELINE if stages.get(n, {}).get("status") == "running"]
     if not running:
         return None
-    latest = max(running, key=lambda n: (started_at(stages[n]), -PIPELINE.index(n)))
+    latest = _started_last(running, stages)
     newer = [n for n in PIPELINE if n in stages and started_at(stages[n]) > started_at(stages[latest])]
     return None if newer else latest
+
+
+def _started_last(names: list[str], stages: dict[str, Any]) -> str:
+    """Of the stages `names`, the one whose record started last; a tie (records without a time) goes to the
+    earlier stage of the pipeline."""
+    return max(names, key=lambda n: (started_at(stages[n]), -PIPELINE.index(n)))
 
 
 def find_runs(roots: list[Path], *, must_exist: bool = False) -> list[Path]:
