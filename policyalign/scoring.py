@@ -319,8 +319,9 @@ def completion_logits(
 def teacher_completion_logits(model: Any, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], *,
                               pad_id: int, prefix: PrefixCache | None) -> CompletionLogits:
     """Teacher logits over the completions: from the prefix cache when the batch shares it, else in full."""
-    split = prefix.split(prompts) if prefix is not None else None
-    if split is None or not prefix.serves(model):
+    # `serves` first: a model the cache cannot serve (recurrent or chunked layers) skips `split`'s compare of every prompt
+    split = prefix.split(prompts) if prefix is not None and prefix.serves(model) else None
+    if split is None:
         return completion_logits(model, prompts, completions, pad_id=pad_id)
     length, suffixes = split
     if length < len(prefix) and not prefix.holds_every_position(model):
