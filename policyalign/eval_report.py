@@ -503,7 +503,7 @@ def compare(a_eval_json: Any, b_eval_json: Any) -> str:
             if x is None and y is None:
                 continue
             lines.append(f"| {scope} | {key} | {rate_with_interval(ma, key)} | {rate_with_interval(mb, key)} | "
-                         f"{format_change(x, y)} | {_p_cell(scoped_paired_change(rows_a, rows_b, key, select), unpaired)} |")
+                         f"{format_change(x, y)} | {_p_cell(None if unpaired else scoped_paired_change(rows_a, rows_b, key, select), unpaired)} |")
     da, db = (a.get("drift") or {}).get("kl"), (b.get("drift") or {}).get("kl")
     if da is not None or db is not None:
         fmt = lambda v: "–" if v is None else f"{v:.4g}"  # noqa: E731
