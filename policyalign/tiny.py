@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InvalidInputError
-from .io import sync_directory, sync_tree, write_json, write_text
+from .io import make_directories, sync_directory, sync_tree, write_json, write_text
 
 DATA_DIR = Path(__file__).parent / "data" / "tiny"
 CORPUS_FILE = "corpus.txt"
@@ -322,7 +322,7 @@ def tiny_model_path(root: Path | None = None) -> Path:
     if (final / "config.json").is_file():
         return final
     try:
-        models.mkdir(parents=True, exist_ok=True)
+        make_directories(models)  # synced into its parent when new, as the model directory renamed into it
     except (NotADirectoryError, FileExistsError):  # was a traceback: PA_CACHE_DIR naming a file is a setting to fix
         raise InvalidInputError("the tiny model's cache directory cannot be made: a file is in its path", file=str(models),
                                 hint="point PA_CACHE_DIR at a directory (unset, it is ~/.cache/policyalign)") from None
