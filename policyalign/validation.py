@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +67,7 @@ def unlisted_files(pack: Pack) -> list[Problem]:
 
     synthesis = pack.manifest.get("synthesis")
     entries = [*(synthesis.get("templates") or () if isinstance(synthesis, Mapping) else ()), *(pack.manifest.get("eval") or ())]
-    listed = {os.path.normpath(e["file"]) for e in entries if isinstance(e, Mapping) and isinstance(e.get("file"), str)}
+    listed = {posixpath.normpath(e["file"]) for e in entries if isinstance(e, Mapping) and isinstance(e.get("file"), str)}
     found = []
     for folder, suffix, section in LISTED_FILES:
         for path in sorted((pack.root / folder).rglob(f"*{suffix}")):
