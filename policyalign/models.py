@@ -533,13 +533,13 @@ def load_model(
     _check_local_config(ref)
     with _load_errors(ref):
         tokenizer = AutoTokenizer.from_pretrained(ref.location, **kwargs)
+        config = AutoConfig.from_pretrained(ref.location, **kwargs)  # read once: checked, then given to the model
         if not weights:
-            config = AutoConfig.from_pretrained(ref.location, **kwargs)
             _prepare_tokenizer(tokenizer, None, ref)
             return LoadedModel(None, tokenizer, ref, dev, torch_dtype, config)
-        _check_causal_lm(ref, AutoConfig.from_pretrained(ref.location, **kwargs))
+        _check_causal_lm(ref, config)
         model = AutoModelForCausalLM.from_pretrained(
-            ref.location, dtype=torch_dtype, device_map=dev if dev != "cpu" else None, **kwargs,
+            ref.location, config=config, dtype=torch_dtype, device_map=dev if dev != "cpu" else None, **kwargs,
         )
     if dev == "cpu":
         model = model.to(dev)
