@@ -37,12 +37,8 @@ def env_packs_paths() -> list[Path]:
     notebook's) was ignored without a word while `pa show` took another copy of the pack, or none."""
     raw = os.environ.get("PA_PACKS_PATH", "")
     paths = [Path(p) for p in raw.split(os.pathsep) if p]
-    for path in paths:
-        if not path.is_dir():
-            what = "is a file, not a directory" if path.exists() else "does not exist"
-            raise ResolveError(f"this PA_PACKS_PATH entry {what}", file=str(path),
-                               hint=f"set PA_PACKS_PATH to directories holding pack directories, separated by "
-                                    f"{os.pathsep!r}, or unset it")
+    _check_directories(paths, "PA_PACKS_PATH entry", f"set PA_PACKS_PATH to directories holding pack directories, "
+                                                     f"separated by {os.pathsep!r}, or unset it")
     return paths
 
 
@@ -50,11 +46,16 @@ def check_packs_path(packs_path: list[Path]) -> None:
     """A ResolveError for a --packs-path that is not a directory. Discovery skips such a path, so a typo
     in it was silently ignored (`pa list` listed the other packs, `pa show` took another copy); `--dir`
     of `pa validate --all` and `pa index` is refused the same way."""
-    for path in packs_path:
+    _check_directories(packs_path, "--packs-path",
+                       "pass --packs-path a directory holding pack directories (each with a pack.yaml)")
+
+
+def _check_directories(paths: list[Path], label: str, hint: str) -> None:
+    """A ResolveError naming the first of `paths` that is not a directory, as `this LABEL is a file, ...`."""
+    for path in paths:
         if not Path(path).is_dir():
             what = "is a file, not a directory" if Path(path).exists() else "does not exist"
-            raise ResolveError(f"this --packs-path {what}", file=str(path),
-                               hint="pass --packs-path a directory holding pack directories (each with a pack.yaml)")
+            raise ResolveError(f"this {label} {what}", file=str(path), hint=hint)
 
 
 @dataclass(frozen=True)
