@@ -43,12 +43,17 @@ def push_adapter(run_dir: str | Path, repo_id: str, *, private: bool = False, re
         return _push_adapter(run_dir, repo_id, private=private, revision=revision, token=token, license=license)
 
 
+def _run_tag(artifacts: "card.RunArtifacts", revision: str | None) -> str:
+    """The tag a push of this run goes under (`--revision`, else the run's default tag), checked by `hub.push_tag`."""
+    return push_tag(revision, artifacts.default_tag, f"the run's pack {artifacts.pack['name']}@{artifacts.pack['version']}")
+
+
 def _push_adapter(run_dir: str | Path, repo_id: str, *, private: bool, revision: str | None,
                   token: str | None, license: str | None) -> PushResult:
     artifacts = card.load_run(run_dir)
     check_repo_id(repo_id)
     card.check_license(license)
-    tag = push_tag(revision, artifacts.default_tag, f"the run's pack {artifacts.pack['name']}@{artifacts.pack['version']}")
+    tag = _run_tag(artifacts, revision)
     token = resolve_token(token, repo_id)
     api = hub_api(token)
     pack = artifacts.pack
@@ -132,7 +137,7 @@ def published_url(run_dir: str | Path, repo_id: str, *, revision: str | None = N
     The same files under another card (a re-run with another --license) are not it: that card is not
     published, and recording the push as done reported it published."""
     artifacts = card.load_run(run_dir)
-    tag = push_tag(revision, artifacts.default_tag, f"the run's pack {artifacts.pack['name']}@{artifacts.pack['version']}")
+    tag = _run_tag(artifacts, revision)
     token = resolve_token(token, repo_id)
     readme = card.render_model_card(artifacts, repo_id, tag, license=license)
     if _published_at(hub_api(token), repo_id, tag, artifacts, token, readme) != "card":
