@@ -100,6 +100,11 @@ class Pack:
     files_digest: str
     digest: str
     manifest: Mapping[str, Any] = field(repr=False, default_factory=dict)
+    # The line of each JSON pointer in pack.yaml, as the loader recorded them (`Collector.manifest_lines`), so a
+    # problem found after loading (the index's, a draft's, a seed copying an eval item) names its line as the
+    # loader's problems do, without reading and parsing pack.yaml again. Where the text is, not what it says:
+    # no part of equality (the digest covers the file).
+    manifest_lines: Mapping[str, int] = field(repr=False, compare=False, default_factory=dict)
 
     @property
     def ref(self) -> str:
@@ -192,8 +197,8 @@ def compose_digest(own: str, parents: tuple[Pack, ...]) -> str:
 
 
 def load_manifest(col: Collector) -> tuple[dict[str, Any] | None, dict[str, int]]:
-    """The pack's pack.yaml as a mapping and the line of each JSON pointer in it, or (None, {}) with the
-    problems added to `col`. Public for `validation`, which re-reads it to place a problem found later."""
+    """The pack's pack.yaml as a mapping and the line of each JSON pointer in it (kept in `col.manifest_lines`
+    too, and so on the loaded `Pack`), or (None, {}) with the problems added to `col`."""
     path = col.root / MANIFEST
     if not path.is_file():
         if path.exists() or path.is_symlink():  # a directory, FIFO or device (or a link to one, or to nothing)
@@ -939,4 +944,5 @@ def _build(col: Collector, data: dict[str, Any], registry: "Registry | None",
         extends=tuple(data.get("extends", [])), parents=parents, categories=categories, templates=templates,
         synthesis=freeze(synthesis), eval_sets=eval_sets, training=freeze(data.get("training", {})),
         files_digest=own_digest, digest=compose_digest(own_digest, parents), manifest=freeze(data),
+        manifest_lines=freeze(col.manifest_lines),
     )

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InvalidInputError, PackError, Problem
-from .pack import Pack, Seed, load_manifest, load_pack, parse_seed
-from .pack_input import MANIFEST, Collector, manifest_place
+from .pack import Pack, Seed, load_pack, parse_seed
+from .pack_input import MANIFEST, manifest_place
 from .pack_index import index_problems
 from .registry import INDEX_FILE, Registry
 from .scaffold import draft_leftovers
@@ -113,8 +113,7 @@ def _own_seed_place(pack: Pack, seed: Seed) -> str:
     pointer = _own_seed_pointer(pack, seed)
     if pointer is None:
         return f"seed {seed.id}"
-    _, lines = load_manifest(Collector(pack.root))  # re-read for its lines: only on this rare problem
-    return manifest_place(pointer, lines)
+    return manifest_place(pointer, pack.manifest_lines)
 
 
 def _seed_owner(pack: Pack, seed: Seed) -> Pack:
