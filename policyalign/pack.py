@@ -105,6 +105,10 @@ class Pack:
     # loader's problems do, without reading and parsing pack.yaml again. Where the text is, not what it says:
     # no part of equality (the digest covers the file).
     manifest_lines: Mapping[str, int] = field(repr=False, compare=False, default_factory=dict)
+    # The pack's own files as `collect_files` found them (relative POSIX paths, in its sorted order): those the digest covers,
+    # hidden entries, editor backups and files under a symlinked directory left out. Checks of the pack's files
+    # after loading (`validation.unlisted_files`) use this walk rather than a second one with its own rule.
+    files: tuple[str, ...] = field(repr=False, compare=False, default=())
 
     @property
     def ref(self) -> str:
@@ -944,5 +948,5 @@ def _build(col: Collector, data: dict[str, Any], registry: "Registry | None",
         extends=tuple(data.get("extends", [])), parents=parents, categories=categories, templates=templates,
         synthesis=freeze(synthesis), eval_sets=eval_sets, training=freeze(data.get("training", {})),
         files_digest=own_digest, digest=compose_digest(own_digest, parents), manifest=freeze(data),
-        manifest_lines=freeze(col.manifest_lines),
+        manifest_lines=freeze(col.manifest_lines), files=tuple(path.relative_to(col.root).as_posix() for path in files),
     )

@@ -62,19 +62,16 @@ def unlisted_files(pack: Pack) -> list[Problem]:
     """A template or eval set in the pack's folder that its pack.yaml does not list: validation never reads
     it, synthesis and `pa eval` never use it, and `pa pack push` publishes it (a renamed eval set's old file,
     or one whose entry was forgotten). A warning, not a problem: packs already published with such a file
-    must still pull."""
-    from .pack_input import not_pack_content
-
+    must still pull. Among the files the loader walked (`Pack.files`): those are the ones pushed."""
     synthesis = pack.manifest.get("synthesis")
     entries = [*(synthesis.get("templates") or () if isinstance(synthesis, Mapping) else ()), *(pack.manifest.get("eval") or ())]
     listed = {posixpath.normpath(e["file"]) for e in entries if isinstance(e, Mapping) and isinstance(e.get("file"), str)}
     found = []
     for folder, suffix, section in LISTED_FILES:
-        for path in sorted((pack.root / folder).rglob(f"*{suffix}")):
-            rel = path.relative_to(pack.root)
-            if path.is_file() and rel.as_posix() not in listed and not any(not_pack_content(p) for p in rel.parts):
-                found.append(Problem(str(path), "", f"not listed in {MANIFEST}: `pa validate` does not check it, no "
-                                     "stage uses it, and `pa pack push` publishes it",
+        for rel in pack.files:
+            if rel.startswith(f"{folder}/") and rel.endswith(suffix) and rel not in listed:
+                found.append(Problem(str(pack.root.joinpath(*rel.split("/"))), "", f"not listed in {MANIFEST}: `pa "
+                                     "validate` does not check it, no stage uses it, and `pa pack push` publishes it",
                                      f"list it under `{section}` in {MANIFEST}, or delete it"))
     return found
 
