@@ -26,7 +26,7 @@ from .pack_eval import EvalSet, asks_nothing, chat_token_problem, eval_items, in
 from .pack_input import (CHANGELOG, MANIFEST, MAX_EVAL_BYTES, MAX_MANIFEST_BYTES, MAX_OTHER_BYTES, MAX_POLICY_BYTES,
                          MAX_TEMPLATE_BYTES, Collector, collect_files, confined_path, manifest_place, read_bounded,
                          undecodable_place)
-from .schema import schema_hint, schema_message, unknown_fields
+from .schema import schema_problems
 from .semver import is_semver
 from .templates import TemplateFailure, WorkBudget, compile_template, render_template, unused_variables
 from .untrusted_data import (MAX_NESTING, ManifestLoader, duplicate_keys, line_index, text_problems, too_deep_node,
@@ -265,14 +265,9 @@ def _schema_problems(col: Collector, data: dict[str, Any]) -> set[str]:
     broken: set[str] = set()
     errors = [specific(error) for error in manifest_validator().iter_errors(data)]
     for error in sorted(errors, key=lambda e: [str(p) for p in e.absolute_path]):
-        path = [str(p) for p in error.absolute_path]
-        pointer = "/" + "/".join(path)
-        fields = unknown_fields(error)
-        for key, message, hint in fields:  # each at its own place: `/x (line 7)`, not the mapping's `/`
-            col.add(MANIFEST, "/".join([pointer.rstrip("/"), key]), message, hint)
-        if not fields:
-            col.add(MANIFEST, pointer, schema_message(error), schema_hint(error))
-        broken.add(path[0] if path else "")
+        for pointer, message, hint in schema_problems(error):  # an unknown field at its own place: `/x (line 7)`
+            col.add(MANIFEST, pointer, message, hint)
+        broken.add(str(error.absolute_path[0]) if error.absolute_path else "")
     return broken
 
 
