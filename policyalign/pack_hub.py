@@ -71,10 +71,10 @@ def push_pack(path: str | Path, repo_id: str, *, private: bool = False, revision
               on_warning: Callable[[str], None] = lambda text: None) -> PushResult:
     """Validate a pack, publish it as a dataset repo (files under pack/), tag it `v<version>`.
 
-    Each warning (a file pack.yaml does not list, which is published all the same) goes to `on_warning` before
-    anything is sent, while the user can still stop the push, and is in the result too."""
+    Each warning (`validation.pack_warnings`: a file pack.yaml does not list, published all the same) goes to
+    `on_warning` before anything is sent, while the user can still stop the push, and is in the result too."""
     from .pack import files_digest, load_pack
-    from .validation import unlisted_files
+    from .validation import pack_warnings
 
     pack = load_pack(Path(path), registry=registry)
     if leftovers := draft_leftovers(pack):
@@ -82,7 +82,7 @@ def push_pack(path: str | Path, repo_id: str, *, private: bool = False, revision
                                 f"text left, first {leftovers[0]}",
                                 hint=f"replace them (`pa validate {pack.root}` lists every one), then push")
     check_repo_id(repo_id)
-    warnings = tuple(str(problem) for problem in unlisted_files(pack))
+    warnings = tuple(str(problem) for problem in pack_warnings(pack))
     for warning in warnings:
         on_warning(warning)
     tag = push_tag(revision, f"v{pack.version}", f"pack {pack.ref}'s version")

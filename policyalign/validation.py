@@ -49,9 +49,15 @@ def validate_paths(paths: list[Path], registry: Registry) -> ValidationReport:
             report.failures[str(pack.root)] = copies
         if leftovers := draft_leftovers(pack):
             report.drafts[str(pack.root)] = leftovers
-        if unlisted := unlisted_files(pack):
-            report.warnings[str(pack.root)] = unlisted
+        if warnings := pack_warnings(pack):
+            report.warnings[str(pack.root)] = warnings
     return report
+
+
+def pack_warnings(pack: Pack) -> list[Problem]:
+    """What is worth saying about a valid pack without failing it (packs already published so must still
+    pull): `pa validate` lists these, and `pa pack push` before it uploads."""
+    return [*unlisted_files(pack), *byte_order_marks(pack)]
 
 
 # The pack's own files pack.yaml lists by folder and suffix, and where it lists them.
@@ -73,6 +79,26 @@ def unlisted_files(pack: Pack) -> list[Problem]:
                 found.append(Problem(str(pack.root.joinpath(*rel.split("/"))), "", f"not listed in {MANIFEST}: `pa "
                                      "validate` does not check it, no stage uses it, and `pa pack push` publishes it",
                                      f"list it under `{section}` in {MANIFEST}, or delete it"))
+    return found
+
+
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def byte_order_marks(pack: Pack) -> list[Problem]:
+    """A pack file starting with a UTF-8 byte-order mark (Windows editors add one). Every loader reads past it,
+    but the digest counts it, as it does not count CRLF line endings (which a checkout may change): saved again
+    without one, the same text had another digest, and `pa validate --all` asked for a new version with nothing
+    to see in the file. Warned about, not stripped from the digest: that would change the digest of every pack
+    already published or trained on with one, and `pa pack pull` would refuse them as changed."""
+    found = []
+    for rel in pack.files:
+        path = pack.root.joinpath(*rel.split("/"))
+        with path.open("rb") as handle:
+            if handle.read(len(UTF8_BOM)) == UTF8_BOM:
+                found.append(Problem(str(path), "line 1", "starts with a UTF-8 byte-order mark, which the pack digest "
+                                     "counts (unlike line endings): saved without one, the same text has another digest",
+                                     "save it as UTF-8 without a byte-order mark"))
     return found
 
 
