@@ -10,7 +10,7 @@ with the pack version (`medical-v1.0.0`). `push_run` is the same for `pa apply -
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from . import card
 from .adapter_pull import UNLISTED_OK
@@ -28,11 +28,13 @@ MANAGED_FILES = {"README.md", *card.REQUIRED_ADAPTER_FILES, *card.OPTIONAL_ADAPT
 
 
 def push_adapter(run_dir: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
-                 token: str | None = None, license: str | None = None) -> PushResult:
+                 token: str | None = None, license: str | None = None,
+                 on_warning: Callable[[str], None] = lambda text: None) -> PushResult:
     """Publish a run's adapter with its model card; tag the commit `<pack>-v<version>` (or `revision`).
 
     Holds the run's lock: beside a `pa apply` retraining in the same directory, the adapter, its
-    evals and the card could be read from two different trainings and published as one."""
+    evals and the card could be read from two different trainings and published as one. Each warning
+    (`outdated_warnings`) goes to `on_warning` before anything is sent, and is in the result too."""
     from contextlib import nullcontext
 
     from .run import run_lock
@@ -40,7 +42,8 @@ def push_adapter(run_dir: str | Path, repo_id: str, *, private: bool = False, re
     if Path(run_dir).is_dir():  # before the lock, which left its file in the adapter folder it refused
         card.refuse_adapter_dir(Path(run_dir))
     with run_lock(Path(run_dir)) if Path(run_dir).is_dir() else nullcontext():
-        return _push_adapter(run_dir, repo_id, private=private, revision=revision, token=token, license=license)
+        return _push_adapter(run_dir, repo_id, private=private, revision=revision, token=token, license=license,
+                             on_warning=on_warning)
 
 
 def _run_tag(artifacts: "card.RunArtifacts", revision: str | None) -> str:
@@ -49,11 +52,14 @@ def _run_tag(artifacts: "card.RunArtifacts", revision: str | None) -> str:
 
 
 def _push_adapter(run_dir: str | Path, repo_id: str, *, private: bool, revision: str | None,
-                  token: str | None, license: str | None) -> PushResult:
+                  token: str | None, license: str | None, on_warning: Callable[[str], None]) -> PushResult:
     artifacts = card.load_run(run_dir)
     check_repo_id(repo_id)
     card.check_license(license)
     tag = _run_tag(artifacts, revision)
+    warnings = outdated_warnings(Path(run_dir))
+    for warning in warnings:
+        on_warning(warning)
     token = resolve_token(token, repo_id)
     api = hub_api(token)
     pack = artifacts.pack
@@ -70,8 +76,7 @@ def _push_adapter(run_dir: str | Path, repo_id: str, *, private: bool, revision:
     message = f"policyalign: {pack['name']}@{pack['version']} adapter for {base['id']}"
     commit = commit_and_tag(api, repo_id, "model", uploads, stale, message, tag, token)
     write_text(Path(run_dir) / "README.md", readme)  # the card as published, kept with the run
-    return PushResult(repo_url(repo_id, "model", tag), repo_id, tag, commit, tuple(sorted(uploads)),
-                      outdated_warnings(Path(run_dir)))
+    return PushResult(repo_url(repo_id, "model", tag), repo_id, tag, commit, tuple(sorted(uploads)), warnings)
 
 
 # What changed under an outdated stage (`stages.outdated_stage`) that `pa push` names: the card is rendered

@@ -26,7 +26,7 @@ from .pack_eval import EvalSet, asks_nothing, chat_token_problem, eval_items, in
 from .pack_input import (CHANGELOG, MANIFEST, MAX_EVAL_BYTES, MAX_MANIFEST_BYTES, MAX_OTHER_BYTES, MAX_POLICY_BYTES,
                          MAX_TEMPLATE_BYTES, Collector, collect_files, confined_path, manifest_place, read_bounded,
                          undecodable_place)
-from .schema import schema_hint, schema_message, unknown_fields
+from .schema import schema_problems
 from .semver import is_semver
 from .templates import TemplateFailure, WorkBudget, compile_template, render_template, unused_variables
 from .untrusted_data import (MAX_NESTING, ManifestLoader, duplicate_keys, line_index, text_problems, too_deep_node,
@@ -100,6 +100,15 @@ class Pack:
     files_digest: str
     digest: str
     manifest: Mapping[str, Any] = field(repr=False, default_factory=dict)
+    # The line of each JSON pointer in pack.yaml, as the loader recorded them (`Collector.manifest_lines`), so a
+    # problem found after loading (the index's, a draft's, a seed copying an eval item) names its line as the
+    # loader's problems do, without reading and parsing pack.yaml again. Where the text is, not what it says:
+    # no part of equality (the digest covers the file).
+    manifest_lines: Mapping[str, int] = field(repr=False, compare=False, default_factory=dict)
+    # The pack's own files as `collect_files` found them (relative POSIX paths, in its sorted order): those the digest covers,
+    # hidden entries, editor backups and files under a symlinked directory left out. Checks of the pack's files
+    # after loading (`validation.unlisted_files`) use this walk rather than a second one with its own rule.
+    files: tuple[str, ...] = field(repr=False, compare=False, default=())
 
     @property
     def ref(self) -> str:
@@ -192,8 +201,8 @@ def compose_digest(own: str, parents: tuple[Pack, ...]) -> str:
 
 
 def load_manifest(col: Collector) -> tuple[dict[str, Any] | None, dict[str, int]]:
-    """The pack's pack.yaml as a mapping and the line of each JSON pointer in it, or (None, {}) with the
-    problems added to `col`. Public for `validation`, which re-reads it to place a problem found later."""
+    """The pack's pack.yaml as a mapping and the line of each JSON pointer in it (kept in `col.manifest_lines`
+    too, and so on the loaded `Pack`), or (None, {}) with the problems added to `col`."""
     path = col.root / MANIFEST
     if not path.is_file():
         if path.exists() or path.is_symlink():  # a directory, FIFO or device (or a link to one, or to nothing)
@@ -256,14 +265,9 @@ def _schema_problems(col: Collector, data: dict[str, Any]) -> set[str]:
     broken: set[str] = set()
     errors = [specific(error) for error in manifest_validator().iter_errors(data)]
     for error in sorted(errors, key=lambda e: [str(p) for p in e.absolute_path]):
-        path = [str(p) for p in error.absolute_path]
-        pointer = "/" + "/".join(path)
-        fields = unknown_fields(error)
-        for key, message, hint in fields:  # each at its own place: `/x (line 7)`, not the mapping's `/`
-            col.add(MANIFEST, "/".join([pointer.rstrip("/"), key]), message, hint)
-        if not fields:
-            col.add(MANIFEST, pointer, schema_message(error), schema_hint(error))
-        broken.add(path[0] if path else "")
+        for pointer, message, hint in schema_problems(error):  # an unknown field at its own place: `/x (line 7)`
+            col.add(MANIFEST, pointer, message, hint)
+        broken.add(str(error.absolute_path[0]) if error.absolute_path else "")
     return broken
 
 
@@ -939,4 +943,5 @@ def _build(col: Collector, data: dict[str, Any], registry: "Registry | None",
         extends=tuple(data.get("extends", [])), parents=parents, categories=categories, templates=templates,
         synthesis=freeze(synthesis), eval_sets=eval_sets, training=freeze(data.get("training", {})),
         files_digest=own_digest, digest=compose_digest(own_digest, parents), manifest=freeze(data),
+        manifest_lines=freeze(col.manifest_lines), files=tuple(path.relative_to(col.root).as_posix() for path in files),
     )

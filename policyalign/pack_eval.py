@@ -19,7 +19,7 @@ from .errors import did_you_mean
 from .frozen import freeze, thaw
 from .io import JSON_ARRAY_HINT
 from .pack_input import MAX_EVAL_ITEMS, Collector
-from .schema import BENIGN_EXPECT, KIND_EXPECTS, eval_item_validator, schema_hint, schema_message
+from .schema import BENIGN_EXPECT, KIND_EXPECTS, eval_item_validator, schema_problems
 from .untrusted_data import MAX_NESTING, DuplicateKey, text_problems, too_deep, unique_keys
 
 if TYPE_CHECKING:
@@ -170,14 +170,8 @@ def _eval_item(col: Collector, file: str, lineno: int, raw: Any, validator: Any,
     for pointer, message, hint in bad_text:
         col.add(file, f"line {lineno} {pointer}", message, hint)
     for error in errors:
-        pointer = "/" + "/".join(str(p) for p in error.absolute_path)
-        if error.validator == "oneOf":  # schema_hint would give the item's description, not what to write
-            message, hint = "needs exactly one of 'prompt' or 'messages'", PROMPT_OR_MESSAGES
-        else:
-            message, hint = schema_message(error), schema_hint(error)
-            if error.validator == "required" and not error.absolute_path and "'category'" in message and known is not None:
-                hint = _category_hint(known, kind)
-        col.add(file, f"line {lineno} {pointer}", message, hint)
+        for pointer, message, hint in _item_schema_problems(error, known, kind):
+            col.add(file, f"line {lineno} {pointer}", message, hint)
     if errors or bad_text:
         return None
     where = f"line {lineno}"
@@ -206,6 +200,18 @@ def _eval_item(col: Collector, file: str, lineno: int, raw: Any, validator: Any,
         return None
     return EvalItem(raw["id"], raw["category"], freeze(messages), freeze(raw.get("tools", [])), raw["expect"],
                     tuple(raw.get("forbidden_tools", [])), raw.get("note", ""))
+
+
+def _item_schema_problems(error: Any, known: list[str] | None, kind: str) -> list[tuple[str, str, str]]:
+    """One schema error of an eval item as (JSON pointer, message, hint) problems (`schema.schema_problems`: an
+    unknown field each at its own place, as in pack.yaml), with what to write for the item's two own cases."""
+    if error.validator == "oneOf":  # schema_hint would give the item's description, not what to write
+        return [("/" + "/".join(str(p) for p in error.absolute_path), "needs exactly one of 'prompt' or 'messages'",
+                 PROMPT_OR_MESSAGES)]
+    problems = schema_problems(error)
+    if error.validator == "required" and not error.absolute_path and "'category'" in problems[0][1] and known is not None:
+        return [(pointer, message, _category_hint(known, kind)) for pointer, message, _ in problems]
+    return problems
 
 
 def _category_hint(known: list[str], kind: str) -> str:

@@ -13,7 +13,7 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from . import card
 from .errors import HubError, InvalidInputError, PackError, Problem
@@ -67,10 +67,14 @@ def pack_files(root: Path) -> list[Path]:
 
 
 def push_pack(path: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
-              token: str | None = None, registry: "Registry | None" = None) -> PushResult:
-    """Validate a pack, publish it as a dataset repo (files under pack/), tag it `v<version>`."""
+              token: str | None = None, registry: "Registry | None" = None,
+              on_warning: Callable[[str], None] = lambda text: None) -> PushResult:
+    """Validate a pack, publish it as a dataset repo (files under pack/), tag it `v<version>`.
+
+    Each warning (`validation.pack_warnings`: a file pack.yaml does not list, published all the same) goes to
+    `on_warning` before anything is sent, while the user can still stop the push, and is in the result too."""
     from .pack import files_digest, load_pack
-    from .validation import unlisted_files
+    from .validation import pack_warnings
 
     pack = load_pack(Path(path), registry=registry)
     if leftovers := draft_leftovers(pack):
@@ -78,6 +82,9 @@ def push_pack(path: str | Path, repo_id: str, *, private: bool = False, revision
                                 f"text left, first {leftovers[0]}",
                                 hint=f"replace them (`pa validate {pack.root}` lists every one), then push")
     check_repo_id(repo_id)
+    warnings = tuple(str(problem) for problem in pack_warnings(pack))
+    for warning in warnings:
+        on_warning(warning)
     tag = push_tag(revision, f"v{pack.version}", f"pack {pack.ref}'s version")
     versioned = tag.startswith("v") and is_semver(tag[1:])  # what `pa pack pull ORG/NAME@RANGE` reads as a version
     if versioned and tag[1:] != pack.version:
@@ -100,8 +107,7 @@ def push_pack(path: str | Path, repo_id: str, *, private: bool = False, revision
              if (p.startswith(f"{PACK_DIR}/") or p == "README.md") and p not in uploads]
     message = f"policyalign pack {pack.ref} (digest {pack.digest[:12]})"
     commit = commit_and_tag(api, repo_id, "dataset", uploads, stale, message, tag, token)
-    return PushResult(repo_url(repo_id, "dataset", tag), repo_id, tag, commit, tuple(sorted(uploads)),
-                      tuple(str(problem) for problem in unlisted_files(pack)))
+    return PushResult(repo_url(repo_id, "dataset", tag), repo_id, tag, commit, tuple(sorted(uploads)), warnings)
 
 
 def _refuse_same_version(api: Any, repo_id: str, version: str, token: str) -> None:

@@ -182,13 +182,10 @@ def recorded_entry(index: dict[str, Any], pack: "Pack") -> dict[str, Any] | None
 
 
 def _version_place(pack: "Pack") -> str:
-    """`/version (line N)`, as the loader places a pack.yaml problem: the index's problems said `/version` alone.
-    Re-read for its lines: only when the index finds a problem."""
-    from .pack import load_manifest
-    from .pack_input import Collector, manifest_place
+    """`/version (line N)`, as the loader places a pack.yaml problem: the index's problems said `/version` alone."""
+    from .pack_input import manifest_place
 
-    _, lines = load_manifest(Collector(pack.root))
-    return manifest_place("/version", lines)
+    return manifest_place("/version", pack.manifest_lines)
 
 
 def _unbumped(pack: "Pack", entry: dict[str, Any] | None = None) -> Problem:

@@ -86,7 +86,7 @@ class Collector:
         if self.overflowed:
             return
         name = self.shown(self.root / file)  # an absolute `file` stays as it is
-        if str(file) == MANIFEST and where.startswith("/") and "(line " not in where:
+        if str(file) == MANIFEST and where.startswith("/"):
             where = manifest_place(where, self.manifest_lines)
         key = (name, where, message)
         if key in self._seen:

@@ -237,20 +237,11 @@ def draft_leftovers(pack: "Pack") -> list[Problem]:
         if stand_ins := [item.id for item in eval_set.items if _user_text(item.messages) in (HARMFUL_PROMPT, BENIGN_PROMPT)]:
             found.append((str(pack.root / eval_set.file), f"item {stand_ins[0]}",
                           f'{len(stand_ins)} "Replace me" eval item(s)', "write real prompts for this eval set"))
-    lines = _manifest_lines(pack) if any(file == manifest for file, *_ in found) else {}
-    return [Problem(file, _with_line(where, lines, pack) if file == manifest else where,
+    return [Problem(file, _with_line(where, pack) if file == manifest else where,
                     f"still holds {what} from `pa new`", hint=hint) for file, where, what, hint in found]
 
 
-def _manifest_lines(pack: "Pack") -> dict[str, int]:
-    """The line of each JSON pointer in the pack's pack.yaml. Re-read for them: only for a draft."""
-    from .pack import load_manifest
-    from .pack_input import Collector
-
-    return load_manifest(Collector(pack.root))[1]
-
-
-def _with_line(where: str, lines: dict[str, int], pack: "Pack") -> str:
+def _with_line(where: str, pack: "Pack") -> str:
     """`summary` or `category ID` with its line in pack.yaml (`summary (line 4)`), as other pack.yaml problems
     name theirs: a draft's leftovers were placed by the key or the category's id alone."""
     if where == "summary":
@@ -260,7 +251,7 @@ def _with_line(where: str, lines: dict[str, int], pack: "Pack") -> str:
         category_id = where.removeprefix("category ")
         index = next((i for i, c in enumerate(entries) if isinstance(c, Mapping) and c.get("id") == category_id), None)
         pointer = f"/categories/{index}" if index is not None else ""
-    return f"{where} (line {lines[pointer]})" if pointer in lines else where
+    return f"{where} (line {pack.manifest_lines[pointer]})" if pointer in pack.manifest_lines else where
 
 
 def _is_example_id(category_id: str) -> bool:

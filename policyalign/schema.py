@@ -118,6 +118,16 @@ def _message(error: Any) -> str:
     return error.message
 
 
+def schema_problems(error: Any) -> list[tuple[str, str, str]]:
+    """One schema error as (JSON pointer, message, hint) problems, for pack.yaml and eval items alike: one
+    per unknown field (`unknown_fields`) at the field's own pointer, else the one at the error's place."""
+    pointer = "/" + "/".join(str(part) for part in error.absolute_path)
+    fields = unknown_fields(error)
+    if fields:
+        return [(f"{pointer.rstrip('/')}/{key}", message, hint) for key, message, hint in fields]
+    return [(pointer, schema_message(error), schema_hint(error))]
+
+
 def unknown_fields(error: Any) -> list[tuple[str, str, str]]:
     """An `additionalProperties` error as one (field, message, hint) per unknown field, for a problem at the
     field's own place: `x: 1` in pack.yaml was "pack.yaml:/: unknown field(s)", placed at the mapping
@@ -130,12 +140,7 @@ def unknown_fields(error: Any) -> list[tuple[str, str, str]]:
 
 
 def schema_hint(error: Any) -> str:
-    if error.validator == "additionalProperties":
-        allowed = list(error.schema.get("properties", {}))
-        extra = [k for k in error.instance if k not in allowed] if isinstance(error.instance, dict) else []
-        suggestions = [did_you_mean(str(k), allowed) for k in extra]  # YAML keys may be numbers or null
-        hint = "; ".join(s for s in suggestions if s)
-        return hint or f"allowed fields: {', '.join(allowed)}"
+    """The fix for one schema error. An unknown field's is `unknown_fields`', each field's own (`schema_problems`)."""
     if error.validator == "enum":
         return f"use one of: {', '.join(map(str, error.validator_value))}"
     if error.validator == "uniqueItems":

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InvalidInputError, PackError, Problem
-from .pack import Pack, Seed, load_manifest, load_pack, parse_seed
-from .pack_input import MANIFEST, Collector, manifest_place
+from .pack import Pack, Seed, load_pack, parse_seed
+from .pack_input import MANIFEST, manifest_place
 from .pack_index import index_problems
 from .registry import INDEX_FILE, Registry
 from .scaffold import draft_leftovers
@@ -49,9 +49,15 @@ def validate_paths(paths: list[Path], registry: Registry) -> ValidationReport:
             report.failures[str(pack.root)] = copies
         if leftovers := draft_leftovers(pack):
             report.drafts[str(pack.root)] = leftovers
-        if unlisted := unlisted_files(pack):
-            report.warnings[str(pack.root)] = unlisted
+        if warnings := pack_warnings(pack):
+            report.warnings[str(pack.root)] = warnings
     return report
+
+
+def pack_warnings(pack: Pack) -> list[Problem]:
+    """What is worth saying about a valid pack without failing it (packs already published so must still
+    pull): `pa validate` lists these, and `pa pack push` before it uploads."""
+    return [*unlisted_files(pack), *byte_order_marks(pack)]
 
 
 # The pack's own files pack.yaml lists by folder and suffix, and where it lists them.
@@ -62,20 +68,37 @@ def unlisted_files(pack: Pack) -> list[Problem]:
     """A template or eval set in the pack's folder that its pack.yaml does not list: validation never reads
     it, synthesis and `pa eval` never use it, and `pa pack push` publishes it (a renamed eval set's old file,
     or one whose entry was forgotten). A warning, not a problem: packs already published with such a file
-    must still pull."""
-    from .pack_input import not_pack_content
-
+    must still pull. Among the files the loader walked (`Pack.files`): those are the ones pushed."""
     synthesis = pack.manifest.get("synthesis")
     entries = [*(synthesis.get("templates") or () if isinstance(synthesis, Mapping) else ()), *(pack.manifest.get("eval") or ())]
     listed = {posixpath.normpath(e["file"]) for e in entries if isinstance(e, Mapping) and isinstance(e.get("file"), str)}
     found = []
     for folder, suffix, section in LISTED_FILES:
-        for path in sorted((pack.root / folder).rglob(f"*{suffix}")):
-            rel = path.relative_to(pack.root)
-            if path.is_file() and rel.as_posix() not in listed and not any(not_pack_content(p) for p in rel.parts):
-                found.append(Problem(str(path), "", f"not listed in {MANIFEST}: `pa validate` does not check it, no "
-                                     "stage uses it, and `pa pack push` publishes it",
+        for rel in pack.files:
+            if rel.startswith(f"{folder}/") and rel.endswith(suffix) and rel not in listed:
+                found.append(Problem(str(pack.root.joinpath(*rel.split("/"))), "", f"not listed in {MANIFEST}: `pa "
+                                     "validate` does not check it, no stage uses it, and `pa pack push` publishes it",
                                      f"list it under `{section}` in {MANIFEST}, or delete it"))
+    return found
+
+
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def byte_order_marks(pack: Pack) -> list[Problem]:
+    """A pack file starting with a UTF-8 byte-order mark (Windows editors add one). Every loader reads past it,
+    but the digest counts it, as it does not count CRLF line endings (which a checkout may change): saved again
+    without one, the same text had another digest, and `pa validate --all` asked for a new version with nothing
+    to see in the file. Warned about, not stripped from the digest: that would change the digest of every pack
+    already published or trained on with one, and `pa pack pull` would refuse them as changed."""
+    found = []
+    for rel in pack.files:
+        path = pack.root.joinpath(*rel.split("/"))
+        with path.open("rb") as handle:
+            if handle.read(len(UTF8_BOM)) == UTF8_BOM:
+                found.append(Problem(str(path), "line 1", "starts with a UTF-8 byte-order mark, which the pack digest "
+                                     "counts (unlike line endings): saved without one, the same text has another digest",
+                                     "save it as UTF-8 without a byte-order mark"))
     return found
 
 
@@ -113,8 +136,7 @@ def _own_seed_place(pack: Pack, seed: Seed) -> str:
     pointer = _own_seed_pointer(pack, seed)
     if pointer is None:
         return f"seed {seed.id}"
-    _, lines = load_manifest(Collector(pack.root))  # re-read for its lines: only on this rare problem
-    return manifest_place(pointer, lines)
+    return manifest_place(pointer, pack.manifest_lines)
 
 
 def _seed_owner(pack: Pack, seed: Seed) -> Pack:

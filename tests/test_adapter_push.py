@@ -111,6 +111,10 @@ def test_push_of_an_outdated_run_warns_that_the_adapter_is_the_old_selections(cl
     first = cli.ok("push", str(run), "--repo-id", "org/stale-run")
     assert "warning" not in first.stderr, first.stderr
     (run / "selected.jsonl").write_text('{"id": "b"}\n')
+    hub_server.fail("POST", r"/api/models/org/stale-run/commit/.*", times=10)  # said before the upload, not after it
+    failed = cli.fails(1, "push", str(run), "--repo-id", "org/stale-run", "--revision", "second")
+    assert 0 <= failed.stderr.find(f"warning: {run} is outdated") < failed.stderr.index("500 Internal Server Error")
+    hub_server.outages.clear()
     second = cli.ok("push", str(run), "--repo-id", "org/stale-run", "--revision", "second")
     text = " ".join(second.stderr.split())
     assert f"warning: {run} is outdated from distill" in text and "selected.jsonl or heldout.jsonl changed" in text

@@ -84,12 +84,19 @@ def test_pack_push_then_pull(cli: Cli, hub_server, tmp_path: Path) -> None:  # t
 
 
 def test_pack_push_warns_of_a_file_pack_yaml_does_not_list(cli: Cli, hub_server) -> None:  # type: ignore[no-untyped-def]
-    """A template pack.yaml did not list was published without a word, as `pa validate` passed it."""
+    """A template pack.yaml did not list was published without a word, as `pa validate` passed it. Then the
+    warning came after the upload, too late to stop it: it is said before anything is sent, so a push that
+    fails (or that the user stops on reading it) has said it all the same."""
     source = make_pack(cli.packs, "unlisted")
     (source / "templates" / "forgotten.jinja").write_text("{{ nothing }}\n")
-    pushed = cli.ok("pack", "push", str(source), "--repo-id", "org/unlisted")
-    assert (f"warning: {source / 'templates' / 'forgotten.jinja'}: not listed in pack.yaml" in pushed.stderr
-            and "list it under `synthesis.templates` in pack.yaml, or delete it" in pushed.stderr), pushed.stderr
+    hub_server.fail("POST", r"/api/datasets/org/unlisted/commit/.*", times=10)
+    failed = cli.fails(1, "pack", "push", str(source), "--repo-id", "org/unlisted")
+    assert failed.stderr.index("warning: ") < failed.stderr.index("500 Internal Server Error"), failed.stderr
+    hub_server.outages.clear()
+    for pushed in (failed, cli.ok("pack", "push", str(source), "--repo-id", "org/unlisted")):
+        assert (f"warning: {source / 'templates' / 'forgotten.jinja'}: not listed in pack.yaml" in pushed.stderr
+                and "list it under `synthesis.templates` in pack.yaml, or delete it" in pushed.stderr), pushed.stderr
+        assert pushed.stderr.count("warning: ") == 1, pushed.stderr
 
 
 def test_pack_push_refuses_a_pack_still_holding_new_stand_in_text(cli: Cli, hub_server) -> None:  # type: ignore[no-untyped-def]

@@ -88,3 +88,20 @@ def test_a_template_or_eval_set_pack_yaml_does_not_list_is_warned_about(fixture_
     assert "hint: list it under `synthesis.templates` in pack.yaml, or delete it" in output
     assert "warning" not in _validate(fixture_packs / "child-pack")[1]
 
+
+
+def test_a_file_starting_with_a_byte_order_mark_is_warned_about(fixture_packs: Path) -> None:
+    """A UTF-8 byte-order mark (Windows editors add one) is read past by every loader, yet the pack digest
+    counts it, as it does not count CRLF line endings: saved again without one, the same text had another
+    digest, and `pa validate --all` asked for a new version, with nothing to see in the file."""
+    root = fixture_packs / "root-pack"
+    for name in ("pack.yaml", "policy.md"):
+        (root / name).write_bytes(b"\xef\xbb\xbf" + (root / name).read_bytes())
+    code, output = _validate(root)
+    assert code == 0, output
+    for name in ("pack.yaml", "policy.md"):
+        assert (f"warning: {root / name}:line 1: starts with a UTF-8 byte-order mark, which the pack digest counts "
+                "(unlike line endings)") in output, output
+    assert "hint: save it as UTF-8 without a byte-order mark" in output
+    assert output.count("byte-order mark, which") == 2, output
+    assert "warning" not in _validate(fixture_packs / "child-pack")[1]

@@ -28,6 +28,11 @@ def _pack_group() -> typer.Typer:
 pack_app = _pack_group()
 
 
+def _warn(text: str) -> None:
+    """Print a push's warning as it is found, before the upload: printed after it, it came too late to stop it."""
+    typer.echo(f"warning: {text}", err=True)
+
+
 @app.command("push")
 def push(
     run_dir: Path = typer.Argument(..., help="Run directory holding adapter/ (and eval/, if evaluated)."),
@@ -39,9 +44,7 @@ def push(
     """Publish a run's LoRA adapter with a model card recording the pack version and eval results."""
     from ..adapter_push import push_adapter
 
-    result = push_adapter(run_dir, repo_id, private=private, revision=revision, license=license)
-    for warning in result.warnings:
-        typer.echo(f"warning: {warning}", err=True)
+    result = push_adapter(run_dir, repo_id, private=private, revision=revision, license=license, on_warning=_warn)
     typer.echo(f"pushed {result.repo_id} at tag {result.revision} (commit {result.commit[:12]}, {len(result.files)} files)")
     typer.echo(result.url)
 
@@ -115,9 +118,7 @@ def pack_push(
     """Publish a policy pack as a dataset repository tagged with its version."""
     from ..pack_hub import push_pack
 
-    result = push_pack(path, repo_id, private=private, revision=revision, registry=registry(packs_path))
-    for warning in result.warnings:
-        typer.echo(f"warning: {warning}", err=True)
+    result = push_pack(path, repo_id, private=private, revision=revision, registry=registry(packs_path), on_warning=_warn)
     typer.echo(f"pushed pack to {result.repo_id} at tag {result.revision} (commit {result.commit[:12]})")
     typer.echo(result.url)
 
