@@ -155,10 +155,14 @@ def _transient(exc: BaseException) -> str | None:
     """"unreachable" (connection refused, reset or dropped; a timeout), "unavailable" (HTTP 5xx, 429, 408), or
     None for a failure that running again would repeat (401, 403, 404, a refusal). The cause chain is read
     too: huggingface_hub's downloads wrap the HTTP or connection error in a LocalEntryNotFoundError ("check
-    your connection"), whatever it was. The first link that carries an HTTP status or a network error decides."""
+    your connection"), whatever it was. The first link that carries an HTTP status or a network error decides;
+    HF_HUB_OFFLINE=1 (OfflineModeIsEnabled, a ConnectionError) is a setting, not an outage."""
     import httpx
+    from huggingface_hub.errors import OfflineModeIsEnabled
 
     for link in _causes(exc):
+        if isinstance(link, OfflineModeIsEnabled):
+            return None
         status = getattr(getattr(link, "response", None), "status_code", None)
         if isinstance(status, int):
             return "unavailable" if status in TRANSIENT_STATUSES or 500 <= status <= 599 else None

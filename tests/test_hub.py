@@ -164,6 +164,37 @@ def test_a_hub_answering_no_keeps_exit_1(cli: Cli, hub_server, make_run, tmp_pat
     assert "worth retrying" not in cli.fails(1, "pack", "pull", "org/refused-pack").stderr
 
 
+def test_offline_mode_wrapped_by_a_download_is_no_outage() -> None:
+    """HF_HUB_OFFLINE=1 raises OfflineModeIsEnabled, a ConnectionError, which huggingface_hub's snapshot_download
+    wraps in a LocalEntryNotFoundError: read as a connection failure, a setting would exit 3, "worth retrying",
+    and a CI job would retry what can never work. An outage wrapped alike (a download's HEAD answered 503 after
+    huggingface_hub's own retries, a connection reset) is one; a 403 wrapped alike is not."""
+    import httpx
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    from policyalign.errors import HubError
+
+    def wrapped(cause: Exception) -> HubError:
+        try:
+            try:
+                raise cause
+            except Exception as inner:
+                raise LocalEntryNotFoundError("cannot find the requested files in the local cache") from inner
+        except LocalEntryNotFoundError as outer:
+            return hub._hub_error(outer, "downloading", None, "org/x")
+
+    offline = wrapped(OfflineModeIsEnabled("offline mode is enabled"))
+    assert offline.exit_code == 1 and "worth retrying" not in str(offline)
+    reset = wrapped(ConnectionResetError(104, "Connection reset by peer"))
+    assert reset.exit_code == 3 and "worth retrying" in str(reset)
+
+    def answered(status: int) -> HfHubHTTPError:
+        request = httpx.Request("HEAD", "http://127.0.0.1:9/org/x/resolve/main/README.md")
+        return HfHubHTTPError(f"{status} error", response=httpx.Response(status, request=request))
+
+    assert wrapped(answered(503)).exit_code == 3 and wrapped(answered(403)).exit_code == 1
+
+
 def test_a_hub_that_cannot_be_reached_exits_3(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A closed port (connection refused: the Hub or the network down) exits 3, for every Hub command family."""
     run = make_run(tmp_path / "run", make_pack(cli.packs, "unreached"))
