@@ -119,7 +119,8 @@ _FIELD_DEFAULTS = {f.name: f.default for f in fields(ApplyOptions)}
 # (`top_k` is not taken as --top-k: in a pack's `training:` the same word is the reverse KL's top-k).
 # Options of `pa apply` a config file cannot hold: they say where to find the config and the packs it names.
 COMMAND_LINE_ONLY = {"packs_path": "give --packs-path on the command line, or set PA_PACKS_PATH",
-                     "config": "a config file names no other config: give --config on the command line"}
+                     "config": "a config file names no other config: give --config on the command line",
+                     "json": "how the result is printed is the command line's choice: give --json there"}
 CONFIG_KEYS_OF_FLAGS = {"lr": "learning_rate", "epochs": "num_epochs", "grad_accum": "gradient_accumulation_steps",
                         "top_k": "top_n (and --kl-top-k, the reverse KL's top-k, is kl_top_k)",
                         "quiet": "progress: false"}

@@ -73,6 +73,16 @@ class HubError(PolicyAlignError):
     """A Hub operation failed (auth, missing repo, provenance mismatch)."""
 
 
+class HubUnavailableError(HubError):
+    """The Hub could not be reached, timed out, or answered that it cannot serve now (HTTP 5xx, 429); exit code 3.
+
+    Every Hub failure exited 1, as a failed run does, so a CI job could not retry on network flakiness
+    alone: a refused token, a missing repository or a tampered download (exit 1) fail the same way
+    when run again, an outage may not."""
+
+    exit_code = 3
+
+
 class PublicRepositoryError(HubError):
     """`--private` was asked of a repository that is public: never to be taken for "already published"."""
 

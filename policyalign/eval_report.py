@@ -477,36 +477,58 @@ def _p_cell(change: Mapping[str, Any] | None, unpaired: str | None = None) -> st
                                     if fewer else "")
 
 
-def compare(a_eval_json: Any, b_eval_json: Any) -> str:
-    """A Markdown table of every rate, overall, per set and per category, A vs B with the change
-    in percentage points; notes first when the two runs are not like for like. Outcome rates show
-    their 95% interval, and, where both directories hold responses.jsonl, the exact McNemar p of
-    the change on the items both measured: a 10-point drop on 48 items can be noise. Not where the
-    two were judged otherwise: the cell says why (`_no_paired_p`)."""
+def comparison(a_eval_json: Any, b_eval_json: Any) -> dict[str, Any]:
+    """Two evaluations compared, as data: `compare`'s table, and what `pa eval --compare --json` prints, so a
+    script reads the numbers rather than parsing Markdown. Each side's label; the notes on how the two were
+    not measured alike; why there is no paired p at all (`no_paired_p`, else None); a row per rate, overall,
+    per set and per category (`a`, `b` and `change` as fractions, each side's 95% interval, and the exact
+    McNemar test of the change on the items both measured, `paired`, where both directories hold
+    responses.jsonl); and the drift KL of each side (`drift_kl`, None when neither measured it)."""
     a, b = load_summary(a_eval_json), load_summary(b_eval_json)
     rows_a, rows_b = responses_beside(a_eval_json), responses_beside(b_eval_json)
-    lines = [f"A: {_compare_label(a_eval_json, a)}", f"B: {_compare_label(b_eval_json, b)}", ""]
-    notes = comparable_notes(a, b) + _reworded_notes(rows_a, rows_b)
     unpaired = _no_paired_p(a, b, rows_a, rows_b)
-    if notes:
-        lines += ["Not like for like:", *notes, ""]
-    lines += ["| scope | metric | A [95% CI] | B [95% CI] | Δ (B−A) | p (paired) |", "|---|---|---|---|---|---|"]
     scopes: list[tuple[str, Mapping[str, Any], Mapping[str, Any], tuple[str, str] | None]] = [
         ("overall", a["metrics"]["overall"], b["metrics"]["overall"], None)]
     for group, field_name in (("sets", "set"), ("categories", "category")):
         for name in sorted(set(a["metrics"][group]) | set(b["metrics"][group])):
             scopes.append((f"{group[:-1] if group == 'sets' else 'category'}:{name}",
                            a["metrics"][group].get(name, {}), b["metrics"][group].get(name, {}), (field_name, name)))
+    rows = []
     for scope, ma, mb, select in scopes:
         for key in RATE_METRICS:
             x, y = ma.get(key), mb.get(key)
             if x is None and y is None:
                 continue
-            lines.append(f"| {scope} | {key} | {rate_with_interval(ma, key)} | {rate_with_interval(mb, key)} | "
-                         f"{format_change(x, y)} | {_p_cell(None if unpaired else scoped_paired_change(rows_a, rows_b, key, select), unpaired)} |")
+            paired = None if unpaired else scoped_paired_change(rows_a, rows_b, key, select)
+            rows.append({"scope": scope, "metric": key, "a": x, "b": y,
+                         "a_ci95": (ma.get("ci95") or {}).get(key), "b_ci95": (mb.get("ci95") or {}).get(key),
+                         "change": None if x is None or y is None else float(y) - float(x),
+                         "paired": None if paired is None else {**paired, "measured": list(paired["measured"])}})
     da, db = (a.get("drift") or {}).get("kl"), (b.get("drift") or {}).get("kl")
-    if da is not None or db is not None:
+    return {"a": _compare_label(a_eval_json, a), "b": _compare_label(b_eval_json, b),
+            "notes": [note.removeprefix("- ") for note in comparable_notes(a, b) + _reworded_notes(rows_a, rows_b)],
+            "no_paired_p": unpaired, "rows": rows,
+            "drift_kl": None if da is None and db is None else
+            {"a": da, "b": db, "change": None if da is None or db is None else db - da}}
+
+
+def compare(a_eval_json: Any, b_eval_json: Any) -> str:
+    """A Markdown table of every rate, overall, per set and per category, A vs B with the change
+    in percentage points; notes first when the two runs are not like for like. Outcome rates show
+    their 95% interval, and, where both directories hold responses.jsonl, the exact McNemar p of
+    the change on the items both measured: a 10-point drop on 48 items can be noise. Not where the
+    two were judged otherwise: the cell says why (`_no_paired_p`). The numbers are `comparison`'s."""
+    compared = comparison(a_eval_json, b_eval_json)
+    lines = [f"A: {compared['a']}", f"B: {compared['b']}", ""]
+    if compared["notes"]:
+        lines += ["Not like for like:", *(f"- {note}" for note in compared["notes"]), ""]
+    lines += ["| scope | metric | A [95% CI] | B [95% CI] | Δ (B−A) | p (paired) |", "|---|---|---|---|---|---|"]
+    for row in compared["rows"]:
+        lines.append(f"| {row['scope']} | {row['metric']} | {format_rate(row['a'], row['a_ci95'])} | "
+                     f"{format_rate(row['b'], row['b_ci95'])} | {format_change(row['a'], row['b'])} | "
+                     f"{_p_cell(row['paired'], compared['no_paired_p'])} |")
+    if (drift := compared["drift_kl"]) is not None:
         fmt = lambda v: "–" if v is None else f"{v:.4g}"  # noqa: E731
-        change = "–" if da is None or db is None else f"{db - da:+.4g}"
-        lines.append(f"| overall | drift_kl | {fmt(da)} | {fmt(db)} | {change} | – |")
+        change = "–" if drift["change"] is None else f"{drift['change']:+.4g}"
+        lines.append(f"| overall | drift_kl | {fmt(drift['a'])} | {fmt(drift['b'])} | {change} | – |")
     return "\n".join(lines) + "\n"

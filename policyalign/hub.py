@@ -23,11 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .errors import HubError, InvalidInputError, PolicyAlignError, PublicRepositoryError
+from .errors import HubError, HubUnavailableError, InvalidInputError, PolicyAlignError, PublicRepositoryError
 from .io import sync_directory, sync_tree
 
 DEFAULT_BRANCH = "main"
 LOGIN_HINT = "run `hf auth login` (or the older `huggingface-cli login`), or set HF_TOKEN"
+# What a transient failure (`HubUnavailableError`, exit code 3) adds to its hint: the fix is waiting, not editing.
+RETRY_HINT = "a network or Hub outage, not a problem with the command: worth retrying later (pa exits 3 for it)"
+# HTTP answers that say "not now" rather than "no": request timeout, too many requests (and every 5xx).
+TRANSIENT_STATUSES = frozenset({408, 429})
 REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 TAG_RE = re.compile(r"^[A-Za-z0-9][\w.+-]{0,127}$")
 _TOKEN_LIKE = re.compile(r"(hf_[A-Za-z0-9_]{6,}|Bearer\s+\S+)")
@@ -137,12 +141,45 @@ def _hub_error(exc: BaseException, action: str, token: str | None, repo: str, st
     if isinstance(exc, RepositoryNotFoundError):
         return HubError(f"{action}: repository not found (or private)", file=repo,
                         hint="check ORG/NAME; for a private repo, log in with a token that can read it")
-    import httpx
-
-    if isinstance(exc, (httpx.ConnectError, httpx.TimeoutException)):
-        return HubError(f"{action}: could not reach the Hub at {endpoint()} ({detail})", file=repo,
-                        hint="; ".join(filter(None, ["check the network connection or HF_ENDPOINT", state])))
+    transient = _transient(exc)
+    if transient == "unreachable":
+        return HubUnavailableError(f"{action}: could not reach the Hub at {endpoint()} ({detail})", file=repo,
+                                   hint="; ".join(filter(None, ["check the network connection or HF_ENDPOINT",
+                                                                RETRY_HINT, state])))
+    if transient == "unavailable":
+        return HubUnavailableError(f"{action}: {detail}", file=repo, hint="; ".join(filter(None, [RETRY_HINT, state])))
     return HubError(f"{action}: {detail}", file=repo, hint=state)
+
+
+def _transient(exc: BaseException) -> str | None:
+    """"unreachable" (connection refused, reset or dropped; a timeout), "unavailable" (HTTP 5xx, 429, 408), or
+    None for a failure that running again would repeat (401, 403, 404, a refusal). The cause chain is read
+    too: huggingface_hub's downloads wrap the HTTP or connection error in a LocalEntryNotFoundError ("check
+    your connection"), whatever it was. The first link that carries an HTTP status or a network error decides;
+    HF_HUB_OFFLINE=1 (OfflineModeIsEnabled, a ConnectionError) is a setting, not an outage."""
+    import httpx
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    for link in _causes(exc):
+        if isinstance(link, OfflineModeIsEnabled):
+            return None
+        status = getattr(getattr(link, "response", None), "status_code", None)
+        if isinstance(status, int):
+            return "unavailable" if status in TRANSIENT_STATUSES or 500 <= status <= 599 else None
+        if isinstance(link, (httpx.NetworkError, httpx.TimeoutException, httpx.RemoteProtocolError,
+                             ConnectionError, TimeoutError)):
+            return "unreachable"
+    return None
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc`, then what it was raised from (or while handling), each once."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        yield link
+        link = link.__cause__ or (None if link.__suppress_context__ else link.__context__)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1053,6 +1053,38 @@ def test_rerunning_apply_with_push_to_skips_the_push_it_already_made(tmp_path: P
     assert hub_server.tags("org/apply-rerun") == [f"{pack.name}-v{pack.version}"]
 
 
+@pytest.mark.slow
+def test_pa_apply_json_prints_what_pa_runs_lists_for_the_run(tmp_path: Path, fixture_packs: Path,  # type: ignore[no-untyped-def]
+                                                            hub_server) -> None:
+    """`pa apply` ended with a table for people only: a CI job had to read run.json and eval.json for the gap, the
+    adapter or the published URL. With --json, stdout is the run as `pa runs RUN_DIR --json` lists it (stage lines,
+    bars and notes on stderr); run as a user runs it, in a process of its own, so nothing else on stdout can hide."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE"))}
+    env.update(HF_ENDPOINT=hub_server.endpoint, HF_TOKEN=hub_server.token, HF_HOME=str(tmp_path / "hf"),
+               HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1", OMP_NUM_THREADS="1",
+               PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    run = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "policyalign", "apply", str(fixture_packs / "child-pack"), "--model",
+                           "tiny", "--out", str(run), "--push-to", "org/apply-json", *FAST, "--json"], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    printed = json.loads(done.stdout)
+    assert [printed] == json.loads(CliRunner().invoke(app, ["runs", str(run), "--json"]).stdout)
+    manifest = json.loads((run / "run.json").read_text())
+    trained = manifest["stages"]["distill"]["results"]
+    assert printed["status"] == "complete" and printed["run_dir"] == str(run) and printed["adapter"] == str(run / "adapter")
+    assert (printed["internalization_before"], printed["internalization_after"]) == (
+        trained["internalization_before"], trained["internalization_after"]) and trained["internalization_before"] > 0
+    after = json.loads((run / "eval" / "after" / "eval.json").read_text())["metrics"]["overall"]
+    assert printed["violation_after"] == after["violation_rate"]
+    assert printed["url"] == manifest["stages"]["push"]["url"] and printed["url"].startswith(hub_server.endpoint)
+    assert "[push] running" in done.stderr
+    config = tmp_path / "run.yaml"  # how the result is printed is the command line's to say
+    config.write_text("pack: general\nmodel: tiny\njson: true\n")
+    with pytest.raises(InvalidInputError, match="'json' is not read from a config file"):
+        build_options({}, config)
+
+
 def test_rerunning_a_public_push_with_private_says_the_repository_is_public(tmp_path: Path, fixture_packs: Path,
                                                                           hub_server,  # type: ignore[no-untyped-def]
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:

@@ -293,6 +293,31 @@ def test_pa_eval_compare_cli(tmp_path: Path) -> None:
     assert "violation_rate" in result.output and "-50.0 pp" in result.output
 
 
+def test_pa_eval_compare_json_gives_the_tables_numbers_to_a_script(tmp_path: Path) -> None:
+    """`pa eval --compare` printed only a Markdown table, which a CI job had to parse for a rate or a p; with --json
+    it is one JSON document on stdout: each side, the notes, and a row per rate with its change and paired test."""
+    before = [{**row("refuse", "comply"), "id": f"h{i}"} for i in range(6)]
+    after = [{**row("refuse", "refuse"), "id": f"h{i}"} for i in range(6)]
+    write_eval(tmp_path / "a", _summary(before), before)
+    write_eval(tmp_path / "b", {**_summary(after), "limit": 6}, after)
+    result = CliRunner().invoke(app, ["eval", "--compare", str(tmp_path / "a"), str(tmp_path / "b"), "--json"])
+    assert result.exit_code == 0, result.output
+    compared = json.loads(result.stdout)
+    assert compared["a"].startswith(f"{tmp_path / 'a'}: tiny") and compared["b"].startswith(f"{tmp_path / 'b'}: tiny")
+    assert compared["notes"] == ["--limit differs: `null` vs `6`"] and compared["no_paired_p"] is None
+    by_scope = {(r["scope"], r["metric"]): r for r in compared["rows"]}
+    overall = by_scope[("overall", "violation_rate")]
+    assert (overall["a"], overall["b"], overall["change"]) == (1.0, 0.0, -1.0)
+    assert overall["a_ci95"] == pytest.approx([0.61, 1.0], abs=0.001)
+    assert overall["paired"] == {"items": 6, "worse": 0, "better": 6, "p": pytest.approx(0.03125), "measured": [6, 6]}
+    assert by_scope[("set:s", "violation_rate")]["paired"]["p"] == pytest.approx(0.03125)
+    assert compared["drift_kl"] is None
+    # the same numbers as the table's
+    table = CliRunner().invoke(app, ["eval", "--compare", str(tmp_path / "a"), str(tmp_path / "b")]).stdout
+    assert "| overall | violation_rate | 100.0% [61.0–100.0] | 0.0% [0.0–39.0] | -100.0 pp | 0.0312 |" in table
+    assert "- --limit differs: `null` vs `6`" in table
+
+
 def test_pa_eval_compare_refuses_an_item_twice_in_a_hand_edited_responses_jsonl(tmp_path: Path) -> None:
     """A row pasted twice into one side's responses.jsonl was paired twice on that side (and once, the last
     copy, on the other): the p-value came from lopsided pairs (0.00195 for 0.0312) without a word."""

@@ -181,6 +181,31 @@ def test_sets_selects_a_parents_set_by_its_prefixed_name(tmp_path: Path, fixture
     assert [s["name"] for s in summary["sets"]] == ["root-pack/harmful"]
 
 
+def test_pa_eval_json_prints_what_eval_json_holds_and_nothing_else(tmp_path: Path) -> None:
+    """`pa eval` printed a table for people only: a CI job read eval.json from a folder whose default name it had
+    to work out. With --json, stdout is that evaluation as one JSON document (progress and where it was written
+    on stderr); run as a user runs it, in a process of its own, so nothing else printed on stdout can hide."""
+    import subprocess
+    import sys
+
+    from evaluations import pa_env
+
+    out = tmp_path / "eval"
+    done = subprocess.run([sys.executable, "-m", "policyalign", "eval", "general", "--model", "tiny", "--limit", "1",
+                           "--max-new-tokens", "4", "--out", str(out), "--packs-path", str(ROOT / "packs"), "--json"],
+                          env=pa_env(), cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    printed = json.loads(done.stdout)
+    assert printed == json.loads((out / "eval.json").read_text())
+    assert printed["model"] == "tiny" and printed["counts"]["items"] == printed["metrics"]["overall"]["n"] == 2
+    assert f"wrote {out}/eval.json" in done.stderr
+    # an error under --json: on stderr, with the usual exit code, and nothing on stdout
+    refused = subprocess.run([sys.executable, "-m", "policyalign", "eval", "general", "--model", "tiny", "--sets", ",",
+                              "--packs-path", str(ROOT / "packs"), "--json"], env=pa_env(), cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                             check=False)
+    assert refused.returncode == 2 and refused.stdout == "" and "names no eval set" in refused.stderr
+
+
 # ------------------------------------------------------------------------------- end to end on tiny
 
 

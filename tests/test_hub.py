@@ -5,9 +5,11 @@ against the loopback Hub (tests/hubserver.py, run through tests/hubcli.py).
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -90,11 +92,11 @@ def test_a_failed_push_says_what_the_hub_holds_and_the_same_command_finishes_it(
     whose commit landed untagged could not tell whether to re-run, bump the version or use --revision."""
     run = make_run(tmp_path / "run", make_pack(cli.packs, "flaky"))
     hub_server.fail("POST", r"/api/models/org/flaky/commit/.*")
-    failed = cli.fails(1, "push", str(run), "--repo-id", "org/flaky")
+    failed = cli.fails(3, "push", str(run), "--repo-id", "org/flaky")  # a 500: an outage, worth retrying
     assert "nothing is tagged flaky-v1.0.0 yet; run the same command again" in failed.stderr
     assert failed.stderr.count("500 Internal Server Error") == 1
     hub_server.fail("POST", r"/api/models/org/flaky/tag/.*")
-    untagged = cli.fails(1, "push", str(run), "--repo-id", "org/flaky")
+    untagged = cli.fails(3, "push", str(run), "--repo-id", "org/flaky")
     assert "the files are on the main branch (commit " in untagged.stderr
     assert "not tagged flaky-v1.0.0; run the same command again to tag them" in untagged.stderr
     assert hub_server.tags("org/flaky") == []
@@ -118,6 +120,94 @@ def test_a_push_refused_for_its_token_after_committing_says_what_the_hub_holds(c
     assert hub_server.tags("org/revoked") == []
     cli.ok("push", str(run), "--repo-id", "org/revoked")
     assert hub_server.tags("org/revoked") == ["revoked-v1.0.0"]
+
+
+# --------------------------------------------------------------------------- transient failures (exit code 3)
+
+
+def test_a_hub_answering_not_now_exits_3_for_push_pull_and_packs(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Every Hub failure exited 1, as a failed run does, so a CI job could not retry on an outage alone: a 503 or
+    429 (the Hub busy, or rate-limiting) exits 3 and says it is worth retrying; the same command then succeeds."""
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "busy"))
+    hub_server.fail("POST", r"/api/models/org/busy/commit/.*", status=503)
+    pushed = cli.fails(3, "push", str(run), "--repo-id", "org/busy")
+    assert "503 Service Unavailable" in pushed.stderr and "worth retrying" in pushed.stderr
+    cli.ok("push", str(run), "--repo-id", "org/busy")
+    for status in (503, 429):
+        hub_server.fail("GET", r"/api/models/org/busy/revision/.*", status=status)
+        pulled = cli.fails(3, "pull", "org/busy", "--to", str(tmp_path / "pulled"))
+        assert "looking up revision main: " in pulled.stderr and f"'{status} " in pulled.stderr and "worth retrying" in pulled.stderr
+        assert not (tmp_path / "pulled").exists()
+    cli.ok("pull", "org/busy", "--to", str(tmp_path / "pulled"))
+
+    hub_server.fail("POST", r"/api/datasets/org/busy-pack/commit/.*", status=503)
+    assert "worth retrying" in cli.fails(3, "pack", "push", str(cli.packs / "busy"), "--repo-id", "org/busy-pack").stderr
+    cli.ok("pack", "push", str(cli.packs / "busy"), "--repo-id", "org/busy-pack")
+    hub_server.fail("GET", r"/api/datasets/org/busy-pack/refs", status=429)
+    assert "429 Too Many Requests" in cli.fails(3, "pack", "pull", "org/busy-pack").stderr
+    cli.ok("pack", "pull", "org/busy-pack")
+
+
+def test_a_hub_answering_no_keeps_exit_1(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Only an outage is exit 3: a missing repository, a refused token or a forbidden write fails the same way
+    when run again, and a CI job retrying on it would only wait longer for the same error."""
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "refused"))
+    assert "repository not found" in cli.fails(1, "pull", "org/refused-nowhere").stderr
+    missing_pack = cli.fails(1, "pack", "pull", "org/refused-nowhere").stderr
+    assert "404" in missing_pack and "worth retrying" not in missing_pack
+    for status in (401, 403):
+        hub_server.fail("POST", r"/api/models/org/refused/commit/.*", status=status)
+        refused = cli.fails(1, "push", str(run), "--repo-id", "org/refused")
+        assert f"({status} " in refused.stderr and "worth retrying" not in refused.stderr
+    cli.ok("pack", "push", str(cli.packs / "refused"), "--repo-id", "org/refused-pack")
+    hub_server.fail("GET", r"/api/datasets/org/refused-pack/refs", status=401)
+    assert "worth retrying" not in cli.fails(1, "pack", "pull", "org/refused-pack").stderr
+
+
+def test_offline_mode_wrapped_by_a_download_is_no_outage() -> None:
+    """HF_HUB_OFFLINE=1 raises OfflineModeIsEnabled, a ConnectionError, which huggingface_hub's snapshot_download
+    wraps in a LocalEntryNotFoundError: read as a connection failure, a setting would exit 3, "worth retrying",
+    and a CI job would retry what can never work. An outage wrapped alike (a download's HEAD answered 503 after
+    huggingface_hub's own retries, a connection reset) is one; a 403 wrapped alike is not."""
+    import httpx
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    from policyalign.errors import HubError
+
+    def wrapped(cause: Exception) -> HubError:
+        try:
+            try:
+                raise cause
+            except Exception as inner:
+                raise LocalEntryNotFoundError("cannot find the requested files in the local cache") from inner
+        except LocalEntryNotFoundError as outer:
+            return hub._hub_error(outer, "downloading", None, "org/x")
+
+    offline = wrapped(OfflineModeIsEnabled("offline mode is enabled"))
+    assert offline.exit_code == 1 and "worth retrying" not in str(offline)
+    reset = wrapped(ConnectionResetError(104, "Connection reset by peer"))
+    assert reset.exit_code == 3 and "worth retrying" in str(reset)
+
+    def answered(status: int) -> HfHubHTTPError:
+        request = httpx.Request("HEAD", "http://127.0.0.1:9/org/x/resolve/main/README.md")
+        return HfHubHTTPError(f"{status} error", response=httpx.Response(status, request=request))
+
+    assert wrapped(answered(503)).exit_code == 3 and wrapped(answered(403)).exit_code == 1
+
+
+def test_a_hub_that_cannot_be_reached_exits_3(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A closed port (connection refused: the Hub or the network down) exits 3, for every Hub command family."""
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "unreached"))
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: refused, and no other process can take the port
+        down = dataclasses.replace(cli, hub=SimpleNamespace(endpoint=f"http://127.0.0.1:{closed.getsockname()[1]}",
+                                                            token=cli.hub.token))
+        for args in (["push", str(run), "--repo-id", "org/unreached"], ["pull", "org/unreached"],
+                     ["pack", "push", str(cli.packs / "unreached"), "--repo-id", "org/unreached-pack"],
+                     ["pack", "pull", "org/unreached-pack"]):
+            failed = down.fails(3, *args)
+            assert "could not reach the Hub at http://127.0.0.1:" in failed.stderr, failed.stderr
+            assert "worth retrying" in failed.stderr
 
 
 # --------------------------------------------------------------------------- downloads (shared)

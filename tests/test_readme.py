@@ -167,7 +167,7 @@ def test_the_exit_codes_a_script_reads_are_documented_as_the_code_sets_them() ->
     from typer.testing import CliRunner
 
     from policyalign.cli import INTERRUPTED, Stopped, app, exit_code
-    from policyalign.errors import HubError, InvalidInputError, ModelError, PolicyAlignError, RunError
+    from policyalign.errors import HubError, HubUnavailableError, InvalidInputError, ModelError, PolicyAlignError, RunError
 
     readme = " ".join((ROOT / "README.md").read_text().split())
     shown = " ".join(CliRunner().invoke(app, ["--help"]).stdout.replace("│", " ").split())
@@ -177,4 +177,6 @@ def test_the_exit_codes_a_script_reads_are_documented_as_the_code_sets_them() ->
         assert "Exit codes: 0 success" in text
         assert f"{InvalidInputError.exit_code} invalid input" in text and f"{failure} any other failure" in text
         assert f"{INTERRUPTED} interrupted by Ctrl-C" in text
+        # a transient Hub failure (an outage: a CI job retries on this code alone) has its own
+        assert f"{HubUnavailableError.exit_code} the Hub unavailable" in text and "worth retrying" in text
         assert f"{exit_code(Stopped(signal.SIGTERM))} by SIGTERM" in text and f"{exit_code(Stopped(signal.SIGHUP))} by SIGHUP" in text

@@ -223,8 +223,8 @@ class PaTyper(typer.Typer):
 
 
 # For scripts, under `pa --help` (README.md says more): the codes of errors.py's classes and of `exit_code`.
-EXIT_CODES = ("Exit codes: 0 success, 2 invalid input, 1 any other failure, 130 interrupted by Ctrl-C "
-              "(143 by SIGTERM, 129 by SIGHUP).")
+EXIT_CODES = ("Exit codes: 0 success, 2 invalid input, 1 any other failure, 3 the Hub unavailable (unreachable, "
+              "timed out, HTTP 5xx or 429), worth retrying, 130 interrupted by Ctrl-C (143 by SIGTERM, 129 by SIGHUP).")
 
 app = PaTyper(
     cls=PaGroup,

@@ -11,7 +11,7 @@ from typing import Any, Optional
 import typer
 
 from . import app
-from .common import PacksPath, Quiet
+from .common import PacksPath, Quiet, print_json
 
 
 def _split_sets(sets: Optional[str]) -> list[str] | None:
@@ -90,6 +90,13 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]", "-", name.replace("/", "--"))
 
 
+def _print_json(summary: dict[str, Any], out_dir: Path) -> None:
+    """`pa eval --json`: the evaluation as eval.json holds it, one JSON document on stdout for a script
+    (`json.loads`, `jq`); where it was written goes to stderr, beside the progress and notes."""
+    print_json(summary)
+    typer.echo(f"wrote {out_dir}/eval.json, responses.jsonl, report.md, categories.png", err=True)
+
+
 def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
     from ..eval_report import rate_with_interval as rate
 
@@ -132,6 +139,8 @@ def eval_command(
     compare: Optional[tuple[Path, Path]] = typer.Option(None, "--compare", metavar="A B",
                                                        help="Compare two eval.json files (or their directories)."),
     quiet: bool = Quiet,
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout: what eval.json holds, "
+                                 "or with --compare each rate of A and B, its change and paired p."),
     packs_path: Optional[list[Path]] = PacksPath,
 ) -> None:
     """Evaluate a model (optionally with an adapter) on a pack's eval sets, or compare two evals.
@@ -157,7 +166,12 @@ def eval_command(
             raise InvalidInputError(f"--compare reads two finished evaluations; {', '.join(ignored)} would be ignored",
                                     hint="drop them, or run the evaluation first: pa eval PACK --model M ...")
 
-        typer.echo(compare_evals(compare[0], compare[1]), nl=False)
+        if as_json:
+            from ..eval_report import comparison
+
+            print_json(comparison(compare[0], compare[1]))
+        else:
+            typer.echo(compare_evals(compare[0], compare[1]), nl=False)
         return
     if not pack or not model:
         raise InvalidInputError("`pa eval` needs a PACK and --model (or --compare A B)",
@@ -177,7 +191,7 @@ def eval_command(
                       sets=_split_sets(sets), judge=judge, params=greedy_params(max_new_tokens), out_dir=out_dir,
                       limit=limit, device=device, batch_size=batch_size, benchmarks=benchmark or (),
                       drift=False if no_drift else None, progress=not quiet)
-    _print_summary(result.summary, result.out_dir)
+    (_print_json if as_json else _print_summary)(result.summary, result.out_dir)
 
 
 @app.command("judge")

@@ -44,7 +44,7 @@ def apply(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="tiny, an alias (pa models), a Hub id or a directory."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/PACK-VERSION-MODEL)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML (or JSON) file of options, keyed by their long names "
-                                          "(max-steps: 100), all but --packs-path and --config; --lr, --epochs, --grad-accum, --top-k and --quiet are "
+                                          "(max-steps: 100), all but --packs-path, --config and --json; --lr, --epochs, --grad-accum, --top-k and --quiet are "
                                           "learning_rate, num_epochs, gradient_accumulation_steps, top_n and "
                                           "progress: false; also samples, synth_max_new_tokens, gen_batch_size, "
                                           "eval_max_new_tokens. Relative paths in the file (out, a pack, model, generator "
@@ -93,6 +93,9 @@ def apply(
     eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="At most N items per eval set (default: all)."),
     quiet: bool = Quiet,
     report_to: Optional[list[str]] = ReportTo,
+    as_json: bool = typer.Option(False, "--json", help="At the end, print the run as JSON on stdout instead of the "
+                                 "table: what `pa runs RUN_DIR --json` lists for it (run directory, status, "
+                                 "internalization gap before and after, rates, adapter, card, published URL)."),
     packs_path: Optional[list[Path]] = PacksPath,
 ) -> None:
     """Align a model to a pack: synthesize, filter, evaluate, distill, evaluate, write the card (and push).
@@ -129,6 +132,11 @@ def apply(
             typer.echo(f"[{name}] {'skipped (finished, inputs unchanged)' if status == 'skipped' else 'running'}", err=True)
 
     result = run_apply(options, the_pack, on_stage=on_stage, on_note=lambda text: typer.echo(f"note: {text}", err=True))
+    if as_json:  # read once the run is released: while `pa apply` held it, its status was "running (6/6 stages done)"
+        from ..apply import listed_summary
+
+        print_json(listed_summary(result.run_dir))
+        return
     _summary_table(result.summary)
 
 
