@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from . import card
 from .adapter_pull import PullResult, pull_adapter
-from .errors import HubError, PolicyAlignError
+from .errors import HubError, HubUnavailableError, PolicyAlignError
 from .hub import DEFAULT_BRANCH, hub_api, hub_call, refuse_several_builds
 from .pack_hub import escaped_name
 from .semver import Version, is_semver
@@ -99,9 +99,13 @@ def _refs(api: Any, repo_id: str, token: str | None) -> Any:
 def _unless_unreadable(where: str, read: Callable[[], Any]) -> Any:
     """`read()`, or None with a warning naming `where` when the Hub cannot answer it: one repository
     deleted during the search, or one revision the Hub fails on, stopped the whole `pa pull --pack`
-    with an error about a candidate the user never asked for. The search itself failing still stops it."""
+    with an error about a candidate the user never asked for. The search itself failing still stops it, and
+    so does an outage (`HubUnavailableError`, exit 3): skipped, the candidate it hid (perhaps the newest
+    match) was passed over for another, and the pull ended 0 with an adapter a rerun would not choose."""
     try:
         return read()
+    except HubUnavailableError:
+        raise
     except HubError as exc:
         print(f"warning: skipped {where}: {exc.problem.message}", file=sys.stderr)
         return None

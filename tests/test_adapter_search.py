@@ -101,6 +101,19 @@ def test_a_candidate_the_hub_cannot_read_is_skipped_with_a_warning(cli: Cli, hub
         cli.ok("pull", "--pack", "flaky", "--to", str(tmp_path / "y")).stderr
 
 
+def test_an_outage_on_one_candidate_stops_the_search_to_retry(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A 503 on the newest match's card was skipped like a deleted repository: the pull ended 0 with the
+    older adapter, which a rerun a minute later would not have chosen. It stops with exit 3 (retry) now."""
+    pack = make_pack(cli.packs, "outage")
+    cli.published(make_run(tmp_path / "run", pack), "org/old-outage")
+    newer = make_pack(cli.packs / "v2", "outage", version="1.1.0")
+    cli.published(make_run(tmp_path / "run2", newer), "org/new-outage")
+    hub_server.fail("GET", r"/api/models/org/new-outage/revision/.*", status=503, times=100)
+    failed = cli.fails(3, "pull", "--pack", "outage", "--to", str(tmp_path / "x"))
+    assert "org/new-outage" in failed.stderr and "best match" not in failed.stdout
+    assert not (tmp_path / "x").exists()
+
+
 def test_a_hostile_tag_name_reaches_no_terminal(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Tag names come from the Hub: one holding ESC ]0;... BEL (no git tag can) was printed raw in the warning that
     skipped it ("warning: skipped org/x@TAG: reading the card at TAG ..."), and one a hostile Hub answered for went
