@@ -633,9 +633,13 @@ def _prepare_tokenizer(tokenizer: Any, model: Any, ref: ModelRef) -> None:
             "(`AutoTokenizer.from_pretrained(BASE).save_pretrained(DIR)`)",
         )
     if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = processor_chat_template(ref)
+    if not getattr(tokenizer, "chat_template", None):
         raise ModelError(
-            f"{ref} has no chat template",
-            hint="policyalign works on chat models: use the instruction-tuned variant (e.g. an -Instruct or -it model)",
+            f"{ref} has no chat template (none in tokenizer_config.json, {TEMPLATE_FILE} or {PROCESSOR_TEMPLATE_FILE})",
+            file=ref.location if ref.kind == "local" else "",
+            hint="policyalign works on chat models: use the instruction-tuned variant (e.g. an -Instruct or -it model), "
+                 f"or save the chat model's template beside the weights as {TEMPLATE_FILE}",
         )
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
@@ -645,6 +649,34 @@ def _prepare_tokenizer(tokenizer: Any, model: Any, ref: ModelRef) -> None:
     gen = getattr(model, "generation_config", None)
     if gen is not None and gen.pad_token_id is None:
         gen.pad_token_id = tokenizer.pad_token_id
+
+
+# Where a model ships its chat template besides tokenizer_config.json: the file AutoTokenizer reads (newer
+# transformers save it so), and the one only a multimodal model's processor reads (AutoTokenizer does not).
+TEMPLATE_FILE, PROCESSOR_TEMPLATE_FILE = "chat_template.jinja", "chat_template.json"
+
+
+def processor_chat_template(ref: ModelRef) -> str | None:
+    """The chat template in the model's chat_template.json (`{"chat_template": "..."}`), or None without that file.
+
+    Multimodal chat models (LLaVA and others) ship their template only there, for their processor: AutoTokenizer
+    loaded none, and `pa` refused the model as having no chat template, telling its user to find an -Instruct variant
+    of what was one. Read from the model directory, or fetched and cached from the Hub as from_pretrained does."""
+    from transformers.utils import cached_file
+
+    from .io import read_json
+
+    found = cached_file(ref.location, PROCESSOR_TEMPLATE_FILE, revision=ref.revision,
+                        _raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False)
+    if found is None:
+        return None
+    data = read_json(found)
+    template = data.get("chat_template") if isinstance(data, dict) else None
+    if not isinstance(template, str) or not template.strip():
+        raise ModelError(f"{PROCESSOR_TEMPLATE_FILE} holds no chat template", file=str(found), where="chat_template",
+                         hint='the file must be a JSON object {"chat_template": "<the Jinja template>"}; or save '
+                              f"the template itself as {TEMPLATE_FILE} beside it")
+    return template
 
 
 def _check_adapter_base(adapter: Path, ref: ModelRef, commit: str | None) -> None:

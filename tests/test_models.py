@@ -377,13 +377,55 @@ def test_model_whose_tokenizer_json_was_left_behind_says_so(tmp_path: Path) -> N
 
 
 def test_model_without_chat_template_is_a_model_error(tmp_path: Path) -> None:
+    """Named with the directory and the files a template is looked for in (tiny ships its own as chat_template.jinja)."""
     copy = tmp_path / "base-model"
     shutil.copytree(tiny.tiny_model_path(), copy)
     (copy / "chat_template.jinja").unlink()
     with pytest.raises(ModelError) as info:
         load_model(str(copy))
-    assert "has no chat template" in str(info.value)
-    assert "Instruct" in info.value.problem.hint
+    assert "has no chat template (none in tokenizer_config.json, chat_template.jinja or chat_template.json)" \
+        in str(info.value)
+    assert info.value.problem.file == str(copy.resolve())
+    assert "Instruct" in info.value.problem.hint and "chat_template.jinja" in info.value.problem.hint
+
+
+def _template_as_processor_file(model_dir: Path) -> str:
+    """Move `model_dir`'s chat template into chat_template.json, as multimodal models ship it; returns the template."""
+    template = (model_dir / "chat_template.jinja").read_text(encoding="utf-8")
+    (model_dir / "chat_template.jinja").unlink()
+    (model_dir / "chat_template.json").write_text(json.dumps({"chat_template": template}), encoding="utf-8")
+    return template
+
+
+def test_a_chat_template_shipped_only_in_chat_template_json_is_used(tmp_path: Path, hf_cache: Any,
+                                                                    offline_hub: object) -> None:
+    """Multimodal chat models (LLaVA and others) ship their template only there, for the processor; AutoTokenizer
+    reads none from it, and the model was refused as having no chat template (use an -Instruct variant)."""
+    from policyalign.chat import encode_chat
+
+    local = tmp_path / "processor-model"
+    shutil.copytree(tiny.tiny_model_path(), local)
+    template = _template_as_processor_file(local)
+    cache = hf_cache("acme/vision-chat", C1)
+    _template_as_processor_file(cache / "models--acme--vision-chat" / "snapshots" / C1)
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    expected = encode_chat(load_model("tiny", weights=False).tokenizer, chat)
+    for name in (str(local), "acme/vision-chat"):
+        loaded = load_model(name, weights=False)
+        assert loaded.tokenizer.chat_template == template, name
+        assert encode_chat(loaded.tokenizer, chat) == expected, name
+
+
+def test_a_chat_template_json_without_a_template_names_the_file(tmp_path: Path) -> None:
+    copy = tmp_path / "processor-model"
+    shutil.copytree(tiny.tiny_model_path(), copy)
+    (copy / "chat_template.jinja").unlink()
+    (copy / "chat_template.json").write_text(json.dumps({"template": "{{ messages }}"}), encoding="utf-8")
+    with pytest.raises(ModelError, match="chat_template.json holds no chat template") as info:
+        load_model(str(copy))
+    problem = info.value.problem
+    assert (problem.file, problem.where) == (str(copy.resolve() / "chat_template.json"), "chat_template")
+    assert '{"chat_template":' in problem.hint
 
 
 def test_broken_local_checkpoint_is_a_model_error(tmp_path: Path) -> None:
