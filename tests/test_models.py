@@ -416,6 +416,32 @@ def test_a_chat_template_shipped_only_in_chat_template_json_is_used(tmp_path: Pa
         assert encode_chat(loaded.tokenizer, chat) == expected, name
 
 
+# Content as a list of parts only, as LLaVA's processor template reads it; and as Gemma 3's reads either.
+PARTS_ONLY = ("{% for m in messages %}{{ m['role'].upper() }}: {% for part in m['content'] | selectattr('type', 'equalto', "
+              "'text') %}{{ part['text'] }} {% endfor %}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+PARTS_OR_TEXT = ("{% for m in messages %}{{ m['role'].upper() }}: {% if m['content'] is string %}{{ m['content'] }}"
+                 "{% else %}{% for part in m['content'] %}{{ part['text'] }}{% endfor %}{% endif %} {% endfor %}"
+                 "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+
+
+@pytest.mark.parametrize("template, refused", [(PARTS_ONLY, True), (PARTS_OR_TEXT, False)])
+def test_a_chat_template_that_drops_text_content_is_refused(tmp_path: Path, template: str, refused: bool) -> None:
+    """LLaVA's processor template skips content that is not a list of parts: every student prompt rendered as
+    'USER: ASSISTANT:', the instruction silently gone (the teacher's failed, blamed on its system message)."""
+    from policyalign.chat import render_chat
+
+    copy = tmp_path / "processor-model"
+    shutil.copytree(tiny.tiny_model_path(), copy)
+    (copy / "chat_template.jinja").unlink()
+    (copy / "chat_template.json").write_text(json.dumps({"chat_template": template}), encoding="utf-8")
+    if not refused:
+        assert "hello" in render_chat(load_model(str(copy), weights=False).tokenizer, [{"role": "user", "content": "hello"}])
+        return
+    with pytest.raises(ModelError, match="renders a turn's text only given as a list of parts") as info:
+        load_model(str(copy), weights=False)
+    assert info.value.problem.file == str(copy.resolve()) and "chat_template.jinja" in info.value.problem.hint
+
+
 def test_a_chat_template_json_without_a_template_names_the_file(tmp_path: Path) -> None:
     copy = tmp_path / "processor-model"
     shutil.copytree(tiny.tiny_model_path(), copy)
