@@ -468,6 +468,21 @@ def _load_errors(ref: ModelRef) -> Iterator[None]:
         yield
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         raise _model_error(ref, exc) from None
+    except ImportError as exc:
+        raise _missing_package_error(ref, exc) from None
+
+
+def _missing_package_error(ref: ModelRef, exc: ImportError) -> ModelError:
+    """A model whose code needs a package not installed here (Gemma 3n's vision tower needs timm), as a ModelError:
+    transformers raises ImportError for it, which escaped from `pa` as a traceback from inside from_pretrained."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    command = re.search(r"`(pip install [^`]+)`", text)
+    install = f"run `{command.group(1)}`" if command else "install the package named above"
+    return ModelError(
+        f"could not load the model {ref}: {text.split('. ')[0].removesuffix('.')}",
+        file=ref.location if ref.kind == "local" else "",
+        hint=f"{install} in the environment policyalign runs in, then run again",
+    )
 
 
 def _offline_advice(lowered_error: str) -> str:

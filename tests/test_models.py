@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
@@ -452,6 +453,24 @@ def test_a_chat_template_json_without_a_template_names_the_file(tmp_path: Path) 
     problem = info.value.problem
     assert (problem.file, problem.where) == (str(copy.resolve() / "chat_template.json"), "chat_template")
     assert '{"chat_template":' in problem.hint
+
+
+@pytest.mark.skipif(importlib.util.find_spec("timm") is not None, reason="timm is installed: Gemma 3n's vision tower loads")
+def test_a_model_needing_a_package_not_installed_is_a_model_error(tmp_path: Path) -> None:
+    """Gemma 3n (Gemma3nForConditionalGeneration) builds its vision tower with timm, which policyalign does not
+    depend on: transformers' ImportError escaped `pa` as a traceback from inside from_pretrained."""
+    import transformers
+    from safetensors.torch import save_file
+
+    copy = tmp_path / "gemma-3n"
+    shutil.copytree(tiny.tiny_model_path(), copy)
+    text = {"vocab_size": 512, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}
+    transformers.Gemma3nConfig(text_config=text).save_pretrained(copy)
+    save_file({"unused": torch.zeros(1)}, str(copy / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ModelError, match="requires the timm library") as info:
+        load_model(str(copy))
+    assert info.value.problem.file == str(copy.resolve()) and "`pip install timm`" in info.value.problem.hint
 
 
 def test_broken_local_checkpoint_is_a_model_error(tmp_path: Path) -> None:
