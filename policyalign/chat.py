@@ -228,6 +228,24 @@ def _apply_template(tokenizer: Any, messages: Sequence[Message], tools: Sequence
                                          add_generation_prompt=add_generation_prompt, tokenize=False, **options)
 
 
+_PROBE = "policyalign probe 7f3a"
+
+
+def drops_text_content(tokenizer: Any) -> bool:
+    """Whether the chat template leaves out a turn's text given as a string, yet renders it given as a text part.
+
+    A multimodal processor's template (LLaVA's, in its chat_template.json) reads each turn's content as a list of
+    {"type": ...} parts and skips whatever else it is given: every prompt, whose content is a string
+    (`content_problem`), rendered as the bare role markup, its instruction gone, and nothing failed."""
+    def shown(content: Any) -> bool:
+        try:
+            return _PROBE in _apply_template(tokenizer, [{"role": "user", "content": content}], None, True, {})
+        except Exception:  # noqa: BLE001 - a template that fails on this probe is judged by its real prompts
+            return False
+
+    return not shown(_PROBE) and shown([{"type": "text", "text": _PROBE}])
+
+
 def _system_in_first_user_turn(messages: Sequence[Message]) -> list[Message] | None:
     """The conversation with its system message moved to the top of the first user turn, or None.
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from .chat import drops_text_content
 from .errors import InvalidInputError, ModelError, PolicyAlignError, ResolveError
 
 # Short names for the chat models the method was tried on; values are Hub ids.
@@ -467,6 +468,21 @@ def _load_errors(ref: ModelRef) -> Iterator[None]:
         yield
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         raise _model_error(ref, exc) from None
+    except ImportError as exc:
+        raise _missing_package_error(ref, exc) from None
+
+
+def _missing_package_error(ref: ModelRef, exc: ImportError) -> ModelError:
+    """A model whose code needs a package not installed here (Gemma 3n's vision tower needs timm), as a ModelError:
+    transformers raises ImportError for it, which escaped from `pa` as a traceback from inside from_pretrained."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    command = re.search(r"`(pip install [^`]+)`", text)
+    install = f"run `{command.group(1)}`" if command else "install the package named above"
+    return ModelError(
+        f"could not load the model {ref}: {text.split('. ')[0].removesuffix('.')}",
+        file=ref.location if ref.kind == "local" else "",
+        hint=f"{install} in the environment policyalign runs in, then run again",
+    )
 
 
 def _offline_advice(lowered_error: str) -> str:
@@ -633,9 +649,21 @@ def _prepare_tokenizer(tokenizer: Any, model: Any, ref: ModelRef) -> None:
             "(`AutoTokenizer.from_pretrained(BASE).save_pretrained(DIR)`)",
         )
     if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = processor_chat_template(ref)
+    if not getattr(tokenizer, "chat_template", None):
         raise ModelError(
-            f"{ref} has no chat template",
-            hint="policyalign works on chat models: use the instruction-tuned variant (e.g. an -Instruct or -it model)",
+            f"{ref} has no chat template (none in tokenizer_config.json, {TEMPLATE_FILE} or {PROCESSOR_TEMPLATE_FILE})",
+            file=ref.location if ref.kind == "local" else "",
+            hint="policyalign works on chat models: use the instruction-tuned variant (e.g. an -Instruct or -it model), "
+                 f"or save the chat model's template beside the weights as {TEMPLATE_FILE}",
+        )
+    if drops_text_content(tokenizer):
+        raise ModelError(
+            f"the chat template of {ref} renders a turn's text only given as a list of parts (a multimodal processor's "
+            "format): every prompt's text would be left out of what the model reads",
+            file=ref.location if ref.kind == "local" else "",
+            hint="use a copy of the model directory with a chat template that renders plain-text content, "
+                 f"saved as {TEMPLATE_FILE} (its text-only chat variant's, if it has one)",
         )
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
@@ -645,6 +673,34 @@ def _prepare_tokenizer(tokenizer: Any, model: Any, ref: ModelRef) -> None:
     gen = getattr(model, "generation_config", None)
     if gen is not None and gen.pad_token_id is None:
         gen.pad_token_id = tokenizer.pad_token_id
+
+
+# Where a model ships its chat template besides tokenizer_config.json: the file AutoTokenizer reads (newer
+# transformers save it so), and the one only a multimodal model's processor reads (AutoTokenizer does not).
+TEMPLATE_FILE, PROCESSOR_TEMPLATE_FILE = "chat_template.jinja", "chat_template.json"
+
+
+def processor_chat_template(ref: ModelRef) -> str | None:
+    """The chat template in the model's chat_template.json (`{"chat_template": "..."}`), or None without that file.
+
+    Multimodal chat models (LLaVA and others) ship their template only there, for their processor: AutoTokenizer
+    loaded none, and `pa` refused the model as having no chat template, telling its user to find an -Instruct variant
+    of what was one. Read from the model directory, or fetched and cached from the Hub as from_pretrained does."""
+    from transformers.utils import cached_file
+
+    from .io import read_json
+
+    found = cached_file(ref.location, PROCESSOR_TEMPLATE_FILE, revision=ref.revision,
+                        _raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False)
+    if found is None:
+        return None
+    data = read_json(found)
+    template = data.get("chat_template") if isinstance(data, dict) else None
+    if not isinstance(template, str) or not template.strip():
+        raise ModelError(f"{PROCESSOR_TEMPLATE_FILE} holds no chat template", file=str(found), where="chat_template",
+                         hint='the file must be a JSON object {"chat_template": "<the Jinja template>"}; or save '
+                              f"the template itself as {TEMPLATE_FILE} beside it")
+    return template
 
 
 def _check_adapter_base(adapter: Path, ref: ModelRef, commit: str | None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
@@ -377,13 +378,99 @@ def test_model_whose_tokenizer_json_was_left_behind_says_so(tmp_path: Path) -> N
 
 
 def test_model_without_chat_template_is_a_model_error(tmp_path: Path) -> None:
+    """Named with the directory and the files a template is looked for in (tiny ships its own as chat_template.jinja)."""
     copy = tmp_path / "base-model"
     shutil.copytree(tiny.tiny_model_path(), copy)
     (copy / "chat_template.jinja").unlink()
     with pytest.raises(ModelError) as info:
         load_model(str(copy))
-    assert "has no chat template" in str(info.value)
-    assert "Instruct" in info.value.problem.hint
+    assert "has no chat template (none in tokenizer_config.json, chat_template.jinja or chat_template.json)" \
+        in str(info.value)
+    assert info.value.problem.file == str(copy.resolve())
+    assert "Instruct" in info.value.problem.hint and "chat_template.jinja" in info.value.problem.hint
+
+
+def _template_as_processor_file(model_dir: Path) -> str:
+    """Move `model_dir`'s chat template into chat_template.json, as multimodal models ship it; returns the template."""
+    template = (model_dir / "chat_template.jinja").read_text(encoding="utf-8")
+    (model_dir / "chat_template.jinja").unlink()
+    (model_dir / "chat_template.json").write_text(json.dumps({"chat_template": template}), encoding="utf-8")
+    return template
+
+
+def test_a_chat_template_shipped_only_in_chat_template_json_is_used(tmp_path: Path, hf_cache: Any,
+                                                                    offline_hub: object) -> None:
+    """Multimodal chat models (LLaVA and others) ship their template only there, for the processor; AutoTokenizer
+    reads none from it, and the model was refused as having no chat template (use an -Instruct variant)."""
+    from policyalign.chat import encode_chat
+
+    local = tmp_path / "processor-model"
+    shutil.copytree(tiny.tiny_model_path(), local)
+    template = _template_as_processor_file(local)
+    cache = hf_cache("acme/vision-chat", C1)
+    _template_as_processor_file(cache / "models--acme--vision-chat" / "snapshots" / C1)
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    expected = encode_chat(load_model("tiny", weights=False).tokenizer, chat)
+    for name in (str(local), "acme/vision-chat"):
+        loaded = load_model(name, weights=False)
+        assert loaded.tokenizer.chat_template == template, name
+        assert encode_chat(loaded.tokenizer, chat) == expected, name
+
+
+# Content as a list of parts only, as LLaVA's processor template reads it; and as Gemma 3's reads either.
+PARTS_ONLY = ("{% for m in messages %}{{ m['role'].upper() }}: {% for part in m['content'] | selectattr('type', 'equalto', "
+              "'text') %}{{ part['text'] }} {% endfor %}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+PARTS_OR_TEXT = ("{% for m in messages %}{{ m['role'].upper() }}: {% if m['content'] is string %}{{ m['content'] }}"
+                 "{% else %}{% for part in m['content'] %}{{ part['text'] }}{% endfor %}{% endif %} {% endfor %}"
+                 "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+
+
+@pytest.mark.parametrize("template, refused", [(PARTS_ONLY, True), (PARTS_OR_TEXT, False)])
+def test_a_chat_template_that_drops_text_content_is_refused(tmp_path: Path, template: str, refused: bool) -> None:
+    """LLaVA's processor template skips content that is not a list of parts: every student prompt rendered as
+    'USER: ASSISTANT:', the instruction silently gone (the teacher's failed, blamed on its system message)."""
+    from policyalign.chat import render_chat
+
+    copy = tmp_path / "processor-model"
+    shutil.copytree(tiny.tiny_model_path(), copy)
+    (copy / "chat_template.jinja").unlink()
+    (copy / "chat_template.json").write_text(json.dumps({"chat_template": template}), encoding="utf-8")
+    if not refused:
+        assert "hello" in render_chat(load_model(str(copy), weights=False).tokenizer, [{"role": "user", "content": "hello"}])
+        return
+    with pytest.raises(ModelError, match="renders a turn's text only given as a list of parts") as info:
+        load_model(str(copy), weights=False)
+    assert info.value.problem.file == str(copy.resolve()) and "chat_template.jinja" in info.value.problem.hint
+
+
+def test_a_chat_template_json_without_a_template_names_the_file(tmp_path: Path) -> None:
+    copy = tmp_path / "processor-model"
+    shutil.copytree(tiny.tiny_model_path(), copy)
+    (copy / "chat_template.jinja").unlink()
+    (copy / "chat_template.json").write_text(json.dumps({"template": "{{ messages }}"}), encoding="utf-8")
+    with pytest.raises(ModelError, match="chat_template.json holds no chat template") as info:
+        load_model(str(copy))
+    problem = info.value.problem
+    assert (problem.file, problem.where) == (str(copy.resolve() / "chat_template.json"), "chat_template")
+    assert '{"chat_template":' in problem.hint
+
+
+@pytest.mark.skipif(importlib.util.find_spec("timm") is not None, reason="timm is installed: Gemma 3n's vision tower loads")
+def test_a_model_needing_a_package_not_installed_is_a_model_error(tmp_path: Path) -> None:
+    """Gemma 3n (Gemma3nForConditionalGeneration) builds its vision tower with timm, which policyalign does not
+    depend on: transformers' ImportError escaped `pa` as a traceback from inside from_pretrained."""
+    import transformers
+    from safetensors.torch import save_file
+
+    copy = tmp_path / "gemma-3n"
+    shutil.copytree(tiny.tiny_model_path(), copy)
+    text = {"vocab_size": 512, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}
+    transformers.Gemma3nConfig(text_config=text).save_pretrained(copy)
+    save_file({"unused": torch.zeros(1)}, str(copy / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ModelError, match="requires the timm library") as info:
+        load_model(str(copy))
+    assert info.value.problem.file == str(copy.resolve()) and "`pip install timm`" in info.value.problem.hint
 
 
 def test_broken_local_checkpoint_is_a_model_error(tmp_path: Path) -> None:
