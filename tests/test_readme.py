@@ -166,7 +166,7 @@ def test_the_exit_codes_a_script_reads_are_documented_as_the_code_sets_them() ->
 
     from typer.testing import CliRunner
 
-    from policyalign.cli import INTERRUPTED, Stopped, app, exit_code
+    from policyalign.cli import CLOSED_PIPE, INTERRUPTED, Stopped, app, exit_code
     from policyalign.errors import HubError, InvalidInputError, ModelError, PolicyAlignError, RunError
 
     readme = " ".join((ROOT / "README.md").read_text().split())
@@ -178,3 +178,4 @@ def test_the_exit_codes_a_script_reads_are_documented_as_the_code_sets_them() ->
         assert f"{InvalidInputError.exit_code} invalid input" in text and f"{failure} any other failure" in text
         assert f"{INTERRUPTED} interrupted by Ctrl-C" in text
         assert f"{exit_code(Stopped(signal.SIGTERM))} by SIGTERM" in text and f"{exit_code(Stopped(signal.SIGHUP))} by SIGHUP" in text
+        assert f"{CLOSED_PIPE} output into a closed pipe" in text

@@ -66,9 +66,18 @@ def print_json(data: Any) -> None:
 
 
 def console():  # type: ignore[no-untyped-def]
+    """The console tables and text are printed on (stdout)."""
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=True)
+    from . import exit_closed_pipe
+
+    class PipedConsole(Console):  # here, not at the top: rich loads only for the commands that print with it
+        def on_broken_pipe(self) -> None:
+            """rich's own ends pa with exit 1, as a failure would (`pa list | head -1`): `exit_closed_pipe`'s 141."""
+            self.quiet = True
+            exit_closed_pipe()
+
+    return PipedConsole(highlight=False, soft_wrap=True)
 
 
 def fold_table(*headers: str, fold: tuple[str, ...], **options: Any):  # type: ignore[no-untyped-def]
