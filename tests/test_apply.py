@@ -18,7 +18,8 @@ from typing import Callable
 import pytest
 from typer.testing import CliRunner
 
-from policyalign.apply import ApplyOptions, apply, build_options, run_summary
+from policyalign.apply import ApplyOptions, apply, build_options
+from policyalign.runs import run_summary
 from policyalign.cli import app
 from policyalign.errors import HubError, InvalidInputError, PolicyAlignError, RunError
 from policyalign.io import read_jsonl

@@ -503,3 +503,28 @@ def test_output_flushed_at_exit_into_a_closed_pipe_ends_pa_quietly_with_141(tmp_
     "Exception ignored ... BrokenPipeError" on stderr, exit 120."""
     proc = _into_a_closed_pipe(cwd=tmp_path, code=_LEFT_IN_THE_BUFFER)
     assert proc.returncode == 141 and proc.stderr == "", (proc.returncode, proc.stderr)
+
+
+# Run `pa ARGS` in this process and print the heavy modules it loaded: what a command imports is what it waits for.
+_HEAVY_AFTER = """
+import contextlib, io, sys
+from policyalign.cli import main
+with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+    main(sys.argv[1:])
+print(" ".join(m for m in ("torch", "transformers", "numpy", "jsonschema", "policyalign.stages") if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize(("args", "allowed"), [(["--version"], ""), (["--help"], ""), (["runs"], ""),
+                                               (["list"], "jsonschema"), (["render", "root-pack"], "jsonschema")],
+                         ids=lambda v: " ".join(v) if isinstance(v, list) else v)
+def test_the_quick_commands_import_no_numpy_or_torch(args: list[str], allowed: str, fixture_packs: Path) -> None:
+    """Each `pa list`, `pa show` and `pa render` imported numpy to load a pack: its seed checks normalize text, and
+    `normalize` lived beside the MinHash code that needs numpy. `pa runs` imported every stage (evaluation, judges,
+    models), where its code lived in apply.py. No command that only reads packs or runs waits for numpy, torch or
+    the stages; those that load a pack do validate it with jsonschema."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", _HEAVY_AFTER, *args], capture_output=True, text=True, env=env,
+                          cwd=fixture_packs.parent, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == allowed, (args, proc.stdout, proc.stderr)

@@ -25,7 +25,7 @@ def test_quick_start_has_demo_and_test_commands() -> None:
 
 def test_readme_names_every_runs_status() -> None:
     """`pa runs` grew "outdated from STAGE" and the README's row still listed the statuses before it."""
-    from policyalign.apply import PIPELINE, _status
+    from policyalign.runs import PIPELINE, _status
 
     row = next(line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `pa runs`"))
     done = {name: {"status": "done"} for name in PIPELINE}
