@@ -93,9 +93,9 @@ def adapter_tag(pack_name: str, version: str) -> str:
 def load_run(run_dir: str | Path) -> RunArtifacts:
     """Collect a run's publishable artifacts; missing required pieces are a RunError naming them."""
     root = Path(run_dir)
-    if not root.is_dir():
-        raise RunError("run directory not found", file=str(root),
-                       hint="pass the directory `pa apply` wrote (it holds run.json and adapter/)")
+    if not root.is_dir():  # a path the user typed: invalid input, exit 2, as `run.run_inputs` and `pa runs` say
+        raise InvalidInputError("a file, not a run directory" if root.exists() else "run directory not found",
+                                file=str(root), hint="pass the directory `pa apply` wrote (it holds run.json and adapter/)")
     refuse_adapter_dir(root)
     adapter = root / ADAPTER_DIR
     for name in REQUIRED_ADAPTER_FILES:

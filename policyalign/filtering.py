@@ -279,7 +279,7 @@ def split_heldout(records: list[dict[str, Any]], fraction: float, seed: int) -> 
     """
     if fraction <= 0:
         return list(records), []
-    from .dedup import normalize
+    from .textnorm import normalize
     from .parsing import instruction_text
 
     # A row with no user text to compare is its own instruction.

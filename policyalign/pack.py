@@ -360,7 +360,7 @@ def _check_inherited_seed_repeats(col: Collector, index: int, parent: Category, 
     """Report a seed of a child's entry that repeats a seed the category already has from its parents, compared
     as `_check_seed_repeats` compares seeds within one entry: it was appended to the parent's seeds, so the
     generator saw it twice and it counted twice toward the five a category needs."""
-    from .dedup import normalize
+    from .textnorm import normalize
 
     inherited = {normalize(seed.text) for seed in parent.seeds} - {""}
     for i, value in enumerate(_list(raw, "seeds")):
@@ -427,7 +427,7 @@ def _check_seed_repeats(col: Collector, data: dict[str, Any]) -> None:
     """Report a seed listed twice in one category entry, compared as dedup compares texts (case, punctuation,
     width and look-alike letters ignored): it was accepted, and counted twice toward the five a category needs
     while the generator saw one example fewer. Only for a `categories` section that passed the schema."""
-    from .dedup import normalize
+    from .textnorm import normalize
 
     for index, category in enumerate(_list(data, "categories")):
         first: dict[str, int] = {}

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .chat import content_problem
-from .dedup import IDEOGRAPHS, UNSPACED
+from .textnorm import IDEOGRAPHS, UNSPACED
 from .judges import ARABIC_DECLINE, HINDI_DECLINE, straight_apostrophes, strip_thinking
 
 MIN_CHARS = 12

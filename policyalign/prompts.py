@@ -39,10 +39,11 @@ def synthesis_prompts(pack: Pack, *, category: str | None = None, template: str 
 def _check_n(n: int | None) -> None:
     """`pa render --n` held to the bound `pa synthesize --n` is (the pack schema's for count_per_category):
     `--n 100000` rendered, as "exactly as the generator sees them", a prompt no synthesis would ever send."""
-    from .synthesize import within_schema
+    if n is None:
+        return
+    from .synthesize import within_schema  # only for a given --n: synthesize imports dedup, and numpy with it
 
-    if n is not None:
-        within_schema(n, "count_per_category", "--n")
+    within_schema(n, "count_per_category", "--n")
 
 
 def render_synthesis_prompt(pack: Pack, template: TemplateSpec, category: Category, n: int) -> str:

@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from .errors import PolicyAlignError, RunError
+from .errors import InvalidInputError, PolicyAlignError, RunError
 from .io import naming_disk_errors, read_json, write_json
 
 if TYPE_CHECKING:
@@ -211,14 +211,18 @@ def same_model(recorded: str, given: str, recorded_files: str | None = None) -> 
 
 
 def run_inputs(run_dir: Path) -> dict[str, Any]:
-    """The recorded inputs of an existing run, or a RunError saying how to start one."""
+    """The recorded inputs of an existing run, or an error saying how to start one.
+
+    A path that is not there, or a file, is invalid input (exit 2), as `pa runs` and any input file that is
+    not there: it was a RunError (exit 1) from `pa filter` and `pa distill` only. A directory that holds no
+    run, or a run that does not record its inputs, is a RunError."""
     run_dir = Path(run_dir)
     start = "start a run with `pa apply PACK --model M --out DIR` or `pa synthesize PACK --model M --out DIR`"
     if not run_dir.is_dir():
         # A file (`pa filter runs/x/run.json`) was told "run directory ... does not exist", though it is right there.
         what = f"{run_dir} is a file, not a run directory" if run_dir.exists() else f"run directory {run_dir} does not exist"
         hint = f"pass its directory, {run_dir.parent}" if run_dir.name == MANIFEST else start
-        raise RunError(what, file=str(run_dir), hint=hint)
+        raise InvalidInputError(what, file=str(run_dir), hint=hint)
     if not (run_dir / MANIFEST).is_file():
         # was "DIR/run.json: this run does not record its pack and model", naming a file that is not there
         raise RunError(f"{run_dir} is not a run directory (no {MANIFEST})", file=str(run_dir),

@@ -35,7 +35,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .dedup import check_threshold, combining_marks, dedup, find_near_duplicates, normalize
+from .dedup import check_threshold, dedup, find_near_duplicates
 from .distill_settings import check_seed
 from .errors import InvalidInputError
 from .io import read_json, write_json, write_jsonl
@@ -43,6 +43,7 @@ from .frozen import thaw
 from .pack import Pack, Seed
 from .parsing import instruction_text, parse_output, word_count
 from .prompts import render_synthesis_prompt
+from .textnorm import combining_marks, normalize
 
 if TYPE_CHECKING:
     from .generation import Backend, SamplingParams

@@ -18,7 +18,8 @@ from typing import Callable
 import pytest
 from typer.testing import CliRunner
 
-from policyalign.apply import ApplyOptions, apply, build_options, run_summary
+from policyalign.apply import ApplyOptions, apply, build_options
+from policyalign.runs import run_summary
 from policyalign.cli import app
 from policyalign.errors import HubError, InvalidInputError, PolicyAlignError, RunError
 from policyalign.io import read_jsonl
@@ -899,6 +900,21 @@ def test_runs_table_never_cuts_the_run_pack_or_status(tmp_path: Path, monkeypatc
     assert _table_column(result.output, 0) == str(run)
     assert _table_column(result.output, 1) == "election-integrity@1.0.0"
     assert _table_column(result.output, 3) == "interruptedinfilter"
+
+
+def test_runs_piped_shows_each_run_on_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Piped (`pa runs | grep NAME`), the table was 80 columns wide, so a run's path, pack and status were folded
+    over lines and grep found pieces of them; without COLUMNS it is as wide as its rows."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    run = tmp_path / "runs" / "elections-1.0.0-qwen2.5-7b-instruct-with-a-long-name-as-sweeps-give-them"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({
+        "inputs": {"pack": {"name": "election-integrity", "version": "1.0.0"}, "model": "tiny"},
+        "stages": {"synthesize": {"status": "done", "results": {"instructions": 10}}, "filter": {"status": "running"}}}))
+    result = CliRunner().invoke(app, ["runs", str(run)])
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if str(run) in line)
+    assert "election-integrity@1.0.0" in row and "interrupted in filter" in row, result.output
 
 
 def test_runs_lists_an_unreadable_run_beside_the_others(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import pytest
 from huggingface_hub import ModelCard
 
 from policyalign import card
-from policyalign.errors import RunError
+from policyalign.errors import InvalidInputError, RunError
 from policyalign.io import sha256_file
 from policyalign.pack import load_pack
 from policyalign.stats import format_change
@@ -370,7 +370,7 @@ def test_values_from_packs_cannot_inject(tmp_path: Path, make_run) -> None:  # t
 
 
 def test_missing_adapter_files_name_the_file_and_the_command(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(RunError, match="run directory not found"):
+    with pytest.raises(InvalidInputError, match="run directory not found"):  # a path typed wrong: exit 2
         card.load_run(tmp_path / "nope")
     run = make_run(tmp_path / "run", ROOT_PACK)
     (run / "adapter" / "adapter_model.safetensors").unlink()

@@ -461,3 +461,70 @@ def test_a_directory_that_cannot_be_entered_is_named(tmp_path) -> None:  # type:
         assert f"permission denied: this user may not enter the directory {run}" in proc.stderr, (args, proc.stderr)
         assert f"chmod u+rx {run}" in proc.stderr and "make room" not in proc.stderr, (args, proc.stderr)
     run.chmod(0o700)
+
+
+def _into_a_closed_pipe(*args: str, cwd: Path, code: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`pa ARGS` (or the script `code`) with stdout a pipe whose reader has gone, as `pa ... | head -1` leaves it
+    once head has read its line: each write raises EPIPE, whatever its size and the moment head exits."""
+    reader, writer = os.pipe()
+    os.close(reader)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_HUB_OFFLINE": "1"}
+    command = ["-c", code] if code else ["-m", "policyalign", *args]
+    try:
+        return subprocess.run([sys.executable, *command], stdout=writer, stderr=subprocess.PIPE, text=True, env=env,
+                              cwd=cwd, timeout=120, check=False)
+    finally:
+        os.close(writer)
+
+
+@pytest.mark.parametrize("args", [["--help"], [], ["--version"], ["list"], ["list", "--json"], ["show", "root-pack"],
+                                  ["render", "root-pack"], ["runs"], ["runs", "--json"], ["models"], ["list", "--help"],
+                                  ["pack", "--help"]], ids=" ".join)
+def test_output_into_a_closed_pipe_ends_pa_quietly_with_141(args: list[str], fixture_packs: Path) -> None:
+    """`pa render general | head -1` and `pa --help | head -1` exited 1, a failure to a script, as click (and rich,
+    for tables and help) answer a closed pipe: it is 141, as the shell reports a command SIGPIPE stopped, with
+    nothing on stderr."""
+    proc = _into_a_closed_pipe(*args, cwd=fixture_packs.parent)
+    assert proc.returncode == 141 and proc.stderr == "", (args, proc.returncode, proc.stderr)
+
+
+_LEFT_IN_THE_BUFFER = """
+import sys
+from policyalign.cli import app, main
+@app.command("unflushed")
+def unflushed() -> None:
+    sys.stdout.write("a result written without a flush")
+main(["unflushed"])
+"""
+
+
+def test_output_flushed_at_exit_into_a_closed_pipe_ends_pa_quietly_with_141(tmp_path: Path) -> None:
+    """Output still in stdout's buffer when a command returned met the closed pipe as the interpreter flushed it:
+    "Exception ignored ... BrokenPipeError" on stderr, exit 120."""
+    proc = _into_a_closed_pipe(cwd=tmp_path, code=_LEFT_IN_THE_BUFFER)
+    assert proc.returncode == 141 and proc.stderr == "", (proc.returncode, proc.stderr)
+
+
+# Run `pa ARGS` in this process and print the heavy modules it loaded: what a command imports is what it waits for.
+_HEAVY_AFTER = """
+import contextlib, io, sys
+from policyalign.cli import main
+with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+    main(sys.argv[1:])
+print(" ".join(m for m in ("torch", "transformers", "numpy", "jsonschema", "policyalign.stages") if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize(("args", "allowed"), [(["--version"], ""), (["--help"], ""), (["runs"], ""),
+                                               (["list"], "jsonschema"), (["render", "root-pack"], "jsonschema")],
+                         ids=lambda v: " ".join(v) if isinstance(v, list) else v)
+def test_the_quick_commands_import_no_numpy_or_torch(args: list[str], allowed: str, fixture_packs: Path) -> None:
+    """Each `pa list`, `pa show` and `pa render` imported numpy to load a pack: its seed checks normalize text, and
+    `normalize` lived beside the MinHash code that needs numpy. `pa runs` imported every stage (evaluation, judges,
+    models), where its code lived in apply.py. No command that only reads packs or runs waits for numpy, torch or
+    the stages; those that load a pack do validate it with jsonschema."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", _HEAVY_AFTER, *args], capture_output=True, text=True, env=env,
+                          cwd=fixture_packs.parent, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == allowed, (args, proc.stdout, proc.stderr)

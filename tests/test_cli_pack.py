@@ -144,6 +144,31 @@ def test_show_never_cuts_a_category_id(fixture_packs: Path, monkeypatch: pytest.
     assert "election-worker-intimidation" in ids
 
 
+def test_list_piped_shows_each_pack_on_one_line_as_wide_as_its_content(fixture_packs: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Piped (`pa list | grep`, a CI log), the table was 80 columns wide: each title wrapped over lines and the
+    12-character digests were cut to "aefe0fdb2a…". Without COLUMNS it is as wide as its rows; COLUMNS still rules."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    title = "A fixture pack whose title runs on well past the eighty columns a pipe was given by rich"
+    manifest = fixture_packs / "root-pack" / "pack.yaml"
+    manifest.write_text(manifest.read_text().replace("title: Fixture pack root-pack", f"title: {title}"))
+    result = runner.invoke(app, ["list", "--packs-path", str(fixture_packs)])
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if "root-pack" in line)
+    assert title in row and "…" not in result.output and len(row) > 120, result.output
+    monkeypatch.setenv("COLUMNS", "80")
+    narrow = runner.invoke(app, ["list", "--packs-path", str(fixture_packs)])
+    assert max(len(line) for line in narrow.output.splitlines()) == 80, narrow.output
+
+
+def test_show_piped_draws_its_rule_80_columns_wide(fixture_packs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A table piped is as wide as its content, which would have made `pa show`'s rule a million columns."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    result = runner.invoke(app, ["show", "root-pack", "--packs-path", str(fixture_packs)])
+    assert result.exit_code == 0, result.output
+    assert [len(line) for line in result.output.splitlines() if "policy (the teacher's system message)" in line] == [80]
+
+
 def test_new_refuses_to_overwrite(fixture_packs: Path) -> None:
     """The refusal named the directory twice: "error: packs/root-pack: packs/root-pack already exists"."""
     result = runner.invoke(app, ["new", "root-pack", "--dir", str(fixture_packs)])

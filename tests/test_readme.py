@@ -25,7 +25,7 @@ def test_quick_start_has_demo_and_test_commands() -> None:
 
 def test_readme_names_every_runs_status() -> None:
     """`pa runs` grew "outdated from STAGE" and the README's row still listed the statuses before it."""
-    from policyalign.apply import PIPELINE, _status
+    from policyalign.runs import PIPELINE, _status
 
     row = next(line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `pa runs`"))
     done = {name: {"status": "done"} for name in PIPELINE}
@@ -166,7 +166,7 @@ def test_the_exit_codes_a_script_reads_are_documented_as_the_code_sets_them() ->
 
     from typer.testing import CliRunner
 
-    from policyalign.cli import INTERRUPTED, Stopped, app, exit_code
+    from policyalign.cli import CLOSED_PIPE, INTERRUPTED, Stopped, app, exit_code
     from policyalign.errors import HubError, HubUnavailableError, InvalidInputError, ModelError, PolicyAlignError, RunError
 
     readme = " ".join((ROOT / "README.md").read_text().split())
@@ -180,3 +180,4 @@ def test_the_exit_codes_a_script_reads_are_documented_as_the_code_sets_them() ->
         # a transient Hub failure (an outage: a CI job retries on this code alone) has its own
         assert f"{HubUnavailableError.exit_code} the Hub unavailable" in text and "worth retrying" in text
         assert f"{exit_code(Stopped(signal.SIGTERM))} by SIGTERM" in text and f"{exit_code(Stopped(signal.SIGHUP))} by SIGHUP" in text
+        assert f"{CLOSED_PIPE} output into a closed pipe" in text

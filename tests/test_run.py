@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import pytest
 
-from policyalign.errors import PolicyAlignError, RunError
+from policyalign.errors import InvalidInputError, PolicyAlignError, RunError
 from policyalign.run import (LOCK_FILE, MANIFEST, fingerprint, load_run_pack, read_manifest, record_inputs, rekey_stage,
                              run_active, run_inputs, run_lock, same_model, stage, stage_done, stage_results,
                              unbumped_change, write_manifest)
@@ -353,12 +353,12 @@ def test_a_removed_lock_is_gone_after_its_holder_and_never_held_by_two(tmp_path:
 
 
 def test_run_inputs_name_the_command_that_starts_a_run(tmp_path: Path) -> None:
-    with pytest.raises(RunError, match="does not exist") as missing:
+    with pytest.raises(InvalidInputError, match="does not exist") as missing:
         run_inputs(tmp_path / "nowhere")
     assert "pa apply PACK" in missing.value.problem.hint
     # a file, and a directory without run.json, were "does not exist" and "DIR/run.json: this run does not record..."
     (tmp_path / "notes.txt").write_text("x\n")
-    with pytest.raises(RunError, match="notes.txt is a file, not a run directory"):
+    with pytest.raises(InvalidInputError, match="notes.txt is a file, not a run directory"):
         run_inputs(tmp_path / "notes.txt")
     with pytest.raises(RunError, match="is not a run directory \\(no run.json\\)") as not_a_run:
         run_inputs(tmp_path)
@@ -367,6 +367,23 @@ def test_run_inputs_name_the_command_that_starts_a_run(tmp_path: Path) -> None:
     with pytest.raises(RunError, match="does not record its pack and model") as unrecorded:
         run_inputs(tmp_path)
     assert "--pack and --model" in unrecorded.value.problem.hint
+
+
+@pytest.mark.parametrize("command", [["runs"], ["filter"], ["distill"], ["distill", "--resume"],
+                                     ["push", "--repo-id", "org/name"]], ids=" ".join)
+def test_every_run_directory_command_gives_a_path_that_is_not_there_exit_2(command: list[str], tmp_path: Path) -> None:
+    """`pa runs /missing` exited 2 (invalid input) and `pa filter`, `pa distill` and `pa push` 1 (a failure) for
+    the same mistyped path: a script could not tell "fix the command" from "the run failed". All say 2 now, as
+    README.md's exit codes do for an input that is not there; a file given as the run directory too."""
+    from typer.testing import CliRunner
+
+    from policyalign.cli import app
+
+    (tmp_path / "notes.txt").write_text("x\n")
+    for given in (tmp_path / "nowhere", tmp_path / "notes.txt"):
+        args = [command[0], str(given), *command[1:]]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2 and str(given) in result.stderr, (args, result.exit_code, result.output)
 
 
 def test_a_run_refuses_its_pack_once_edited_but_takes_a_pack_it_is_given(tmp_path: Path, fixture_packs: Path) -> None:

@@ -19,6 +19,8 @@ from ..errors import Stopped
 
 # Ctrl-C: the shell's code for SIGINT (128 + 2), as for any interrupted Unix command.
 INTERRUPTED = 130
+# Output into a closed pipe (`pa list | head -1`): the shell's code for a command SIGPIPE stopped (128 + 13).
+CLOSED_PIPE = 141
 # Where `PaGroup.make_context` keeps the arguments as typed, in the meta all of a command line's contexts share.
 TYPED = "policyalign.typed"
 
@@ -75,6 +77,43 @@ def _stopped_word(exc: KeyboardInterrupt) -> str:
     return f"stopped by {signal.Signals(exc.signum).name}" if isinstance(exc, Stopped) else "interrupted"
 
 
+def exit_closed_pipe() -> NoReturn:
+    """The reader of pa's output went away (`pa render general | head -1`): stop quietly with `CLOSED_PIPE`.
+
+    Python ignores SIGPIPE, so the write raises BrokenPipeError instead, which click turned into a silent exit 1
+    (rich into its own `SystemExit(1)`): to a script, a failure like any other. 141 is what a shell reports for
+    `yes` in `yes | head -1`, and, like 130 for Ctrl-C, an exit code rather than a death by the signal, which
+    would stop pa mid-write anywhere, a Hub upload's socket included. stdout is pointed at /dev/null, so that
+    what its buffer still holds is not flushed into the closed pipe at exit ("Exception ignored ...
+    BrokenPipeError", exit 120); stderr too when it is the closed pipe (`pa apply 2>&1 | head`)."""
+    _discard(sys.stdout)
+    try:
+        sys.stderr.flush()
+    except OSError:
+        _discard(sys.stderr)
+    raise SystemExit(CLOSED_PIPE)
+
+
+def _discard(stream: Any) -> None:
+    """Point `stream`'s file descriptor at /dev/null; a stream without one (a test's buffer) is left alone."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def flush_output() -> None:
+    """Flush stdout before the interpreter does: output still buffered at exit met a closed pipe there as
+    "Exception ignored ... BrokenPipeError" and exit 120, outside any handler."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        exit_closed_pipe()
+
+
 def say(text: str) -> None:
     """`text` on stderr, if it is still there: after SIGHUP the terminal that was stderr is gone, and
     writing to it raises OSError (EIO), which would turn a clean stop into a traceback."""
@@ -113,19 +152,33 @@ def flags_take_no_value(params: list) -> list:  # type: ignore[type-arg]
     return params
 
 
-class PaCommand(TyperCommand):
+class PipedHelp:
+    """Help into a closed pipe (`pa --help | head -1`) ends pa as any output there does (`exit_closed_pipe`).
+
+    typer prints help with a rich Console of its own, whose answer to the BrokenPipeError is `SystemExit(1)`:
+    the only SystemExit that formatting help raises."""
+
+    def format_help(self, ctx, formatter):  # type: ignore[no-untyped-def]
+        try:
+            return super().format_help(ctx, formatter)  # type: ignore[misc]
+        except SystemExit:
+            exit_closed_pipe()
+
+
+class PaCommand(PipedHelp, TyperCommand):
     """A command whose help shows no value for a flag (`flags_take_no_value`)."""
 
     def get_params(self, ctx):  # type: ignore[no-untyped-def]
         return flags_take_no_value(super().get_params(ctx))
 
 
-class PaGroup(TyperGroup):
+class PaGroup(PipedHelp, TyperGroup):
     """Turns every `PolicyAlignError` raised by a sub-command into a message and exit code.
 
     So does a disk that refuses a write outside `io.atomic_open` (a checkpoint, a cache entry), a file
     or directory this user may not read (`unreadable_error`: exit 2, as for any bad input),
-    and Ctrl-C, which says the work done so far is kept rather than printing a blank line.
+    Ctrl-C, which says the work done so far is kept rather than printing a blank line, and output
+    into a closed pipe, which ends pa quietly (`exit_closed_pipe`).
     """
 
     def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -138,12 +191,15 @@ class PaGroup(TyperGroup):
 
     def make_context(self, info_name, args, *rest, **kwargs):  # type: ignore[no-untyped-def]
         """Parsing the command line: typer turns Ctrl-C here into a silent exit 130. The arguments as typed are
-        kept (`TYPED`, in the meta every context shares; the outermost group's) for the stop message to repeat."""
+        kept (`TYPED`, in the meta every context shares; the outermost group's) for the stop message to repeat.
+        `pa --help` and `pa --version` print here, before any command runs (`pa --help | head -1`)."""
         typed = list(args)
         try:
             ctx = super().make_context(info_name, args, *rest, **kwargs)
         except KeyboardInterrupt as exc:
             exit_interrupted(exc)
+        except BrokenPipeError:
+            exit_closed_pipe()
         ctx.meta.setdefault(TYPED, typed)
         return ctx
 
@@ -153,6 +209,8 @@ class PaGroup(TyperGroup):
         except PolicyAlignError as exc:
             typer.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except BrokenPipeError:
+            exit_closed_pipe()
         except OSError as exc:
             error = unreadable_error(exc) or disk_error(exc)
             if error is None:
@@ -224,7 +282,8 @@ class PaTyper(typer.Typer):
 
 # For scripts, under `pa --help` (README.md says more): the codes of errors.py's classes and of `exit_code`.
 EXIT_CODES = ("Exit codes: 0 success, 2 invalid input, 1 any other failure, 3 the Hub unavailable (unreachable, "
-              "timed out, HTTP 5xx or 429), worth retrying, 130 interrupted by Ctrl-C (143 by SIGTERM, 129 by SIGHUP).")
+              "timed out, HTTP 5xx or 429), worth retrying, 130 interrupted by Ctrl-C (143 by SIGTERM, 129 by SIGHUP), "
+              "141 output into a closed pipe (pa list | head -1).")
 
 app = PaTyper(
     cls=PaGroup,
@@ -273,3 +332,6 @@ def main(argv: list[str] | None = None) -> None:
         app(args=argv if argv is not None else sys.argv[1:], prog_name="pa")
     except KeyboardInterrupt as exc:  # while typer builds the click command from `app`
         exit_interrupted(exc)
+    except SystemExit:  # how every command ends (typer's standalone mode)
+        flush_output()
+        raise

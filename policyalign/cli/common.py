@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -65,10 +66,38 @@ def print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
-def console():  # type: ignore[no-untyped-def]
-    from rich.console import Console
+# The width of the console on a stdout that is no terminal and has no COLUMNS: as wide as the content.
+UNBOUNDED = 1_000_000
+# rich's width for a stdout that is no terminal: what a rule (`pa show`'s) spans there.
+PIPE_WIDTH = 80
 
-    return Console(highlight=False, soft_wrap=True)
+
+def console():  # type: ignore[no-untyped-def]
+    """The console tables and text are printed on (stdout).
+
+    On a terminal, as wide as the terminal. Into a pipe, a file or a CI log, COLUMNS if set, else as wide as the
+    content: rich gave them 80 columns (or, piped from a terminal, the terminal's), so `pa list | cat` wrapped
+    each title over three lines and cut the 12-character digests to "aefe0fdb2a…", and `pa runs | grep` found
+    a run's path split over lines."""
+    from rich.console import Console
+    from rich.rule import Rule
+
+    from . import exit_closed_pipe
+
+    class PipedConsole(Console):  # here, not at the top: rich loads only for the commands that print with it
+        def on_broken_pipe(self) -> None:
+            """rich's own ends pa with exit 1, as a failure would (`pa list | head -1`): `exit_closed_pipe`'s 141."""
+            self.quiet = True
+            exit_closed_pipe()
+
+        def rule(self, title: str = "", **options: Any) -> None:
+            """A rule spans the console: on an unbounded one, the 80 columns it had, not a million."""
+            self.print(Rule(title, **options), width=PIPE_WIDTH if self.width == UNBOUNDED else None)
+
+    out = PipedConsole(highlight=False, soft_wrap=True)
+    if not out.is_terminal and not os.environ.get("COLUMNS", "").isdigit():
+        out.width = UNBOUNDED
+    return out
 
 
 def fold_table(*headers: str, fold: tuple[str, ...], **options: Any):  # type: ignore[no-untyped-def]

@@ -146,7 +146,7 @@ def runs(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """List run directories with their status and key metrics."""
-    from ..apply import find_runs, listed_summary
+    from ..runs import find_runs, listed_summary
 
     summaries = [listed_summary(d) for d in find_runs(list(dirs or [Path("runs")]), must_exist=bool(dirs))]
     if as_json:
