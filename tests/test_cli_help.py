@@ -505,6 +505,27 @@ def test_output_flushed_at_exit_into_a_closed_pipe_ends_pa_quietly_with_141(tmp_
     assert proc.returncode == 141 and proc.stderr == "", (proc.returncode, proc.stderr)
 
 
+_ANOTHER_PIPE = """
+import os
+from policyalign.cli import app, main
+@app.command("feed")
+def feed() -> None:
+    reader, writer = os.pipe()  # as a subprocess's stdin that exited early
+    os.close(reader)
+    os.write(writer, b"input the subprocess never read")
+main(["feed"])
+"""
+
+
+def test_a_broken_pipe_other_than_pas_output_is_not_taken_for_a_closed_reader(tmp_path: Path) -> None:
+    """Any BrokenPipeError reaching the CLI ended pa quietly with 141, a subprocess's or a socket's too: a failure
+    a script read as `head` having had enough. Only stdout or stderr being the closed pipe is."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", _ANOTHER_PIPE], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=120, check=False)
+    assert proc.returncode not in (0, 141) and "BrokenPipeError" in proc.stderr, (proc.returncode, proc.stderr)
+
+
 # Run `pa ARGS` in this process and print the heavy modules it loaded: what a command imports is what it waits for.
 _HEAVY_AFTER = """
 import contextlib, io, sys

@@ -11,6 +11,7 @@ from __future__ import annotations
 import _thread
 import os
 import signal
+import select
 import sys
 import time
 from typing import Any, NoReturn
@@ -92,6 +93,19 @@ def exit_closed_pipe() -> NoReturn:
     except OSError:
         _discard(sys.stderr)
     raise SystemExit(CLOSED_PIPE)
+
+
+def closed_pipe(stream: Any) -> bool:
+    """Whether `stream` is a pipe whose reader has gone. A BrokenPipeError from anything else that reached the CLI
+    (a pipe to a subprocess, a socket) ended pa as a silent 141 too, a failure hidden as `head` having read enough.
+    A stream without a file descriptor (a test's buffer), or no poll() (Windows), counts as closed, as before."""
+    try:
+        fd = stream.fileno()
+        poller = select.poll()
+    except (AttributeError, OSError, ValueError):
+        return True
+    poller.register(fd, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
 
 
 def _discard(stream: Any) -> None:
@@ -209,7 +223,10 @@ class PaGroup(PipedHelp, TyperGroup):
         except PolicyAlignError as exc:
             typer.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
-        except BrokenPipeError:
+        except BrokenPipeError as exc:
+            if not (closed_pipe(sys.stdout) or closed_pipe(sys.stderr)):  # a subprocess's, a socket's: a bug, shown
+                # as one (click ends any EPIPE as a silent exit 1)
+                raise RuntimeError("a pipe that is not pa's output broke") from exc
             exit_closed_pipe()
         except OSError as exc:
             error = unreadable_error(exc) or disk_error(exc)
