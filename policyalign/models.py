@@ -725,15 +725,15 @@ def _check_adapter_base(adapter: Path, ref: ModelRef, commit: str | None) -> Non
 def check_adapter_dir(adapter: Path) -> None:
     """Refuse a path that holds no PEFT adapter (missing, a file, no config, no weights). Called before the
     base model loads too (`evaluate`): a mistyped --adapter was noticed only once a real model had loaded."""
-    if not (adapter / "adapter_config.json").is_file():
-        # a path that is not there was "no adapter_config.json in adapter directory X", as if X existed
-        problem = f"{adapter} is a file, not an adapter directory" if adapter.is_file() else \
-            f"no adapter_config.json in adapter directory {adapter}" if adapter.is_dir() else \
+    hint = "pass the directory a distill run wrote (RUN_DIR/adapter) or one saved with PEFT"
+    if not adapter.is_dir():
+        # a path that is not there was "no adapter_config.json in adapter directory X", as if X existed; a path
+        # mistyped is invalid input (exit 2), as a --model or run directory that is not there (it was 1)
+        problem = f"{adapter} is a file, not an adapter directory" if adapter.exists() else \
             f"adapter directory not found: {adapter}"
-        raise ModelError(
-            problem, file=str(adapter),
-            hint="pass the directory a distill run wrote (RUN_DIR/adapter) or one saved with PEFT",
-        )
+        raise InvalidInputError(problem, file=str(adapter), hint=hint)
+    if not (adapter / "adapter_config.json").is_file():
+        raise ModelError(f"no adapter_config.json in adapter directory {adapter}", file=str(adapter), hint=hint)
     if not any(adapter.glob("adapter_model.*")):  # PEFT would look for them on the Hub: "Repo id must be ..."
         raise ModelError(
             f"no adapter weights (adapter_model.safetensors) in adapter directory {adapter}", file=str(adapter),

@@ -528,11 +528,9 @@ def test_pa_eval_default_out_names_a_local_model_by_what_it_resolves_to(tmp_path
 def test_a_mistyped_adapter_is_refused_before_the_base_model_loads(tmp_path: Path) -> None:
     """`pa eval --adapter nothere` said so only after the base model had loaded: seconds on tiny, the whole
     load of a 7B model. The adapter is checked first: a base that cannot load is not reached."""
-    from policyalign.errors import ModelError
-
     broken_base = tmp_path / "base"
     broken_base.mkdir()
     (broken_base / "config.json").write_text("{}")  # loading it would fail with a model error of its own
-    with pytest.raises(ModelError, match="adapter directory not found") as raised:
+    with pytest.raises(InvalidInputError, match="adapter directory not found") as raised:
         evaluate(general_pack(), str(broken_base), adapter=tmp_path / "nothere", out_dir=tmp_path / "out", limit=1)
     assert raised.value.problem.file == str(tmp_path / "nothere")

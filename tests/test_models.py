@@ -537,9 +537,9 @@ def test_peft_adapter_is_applied(tmp_path: Path, loaded: LoadedModel) -> None:
     assert any(p.requires_grad for n, p in trainable.named_parameters() if "lora_" in n)
     with pytest.raises(ModelError, match="no adapter_config.json"):
         load_model("tiny", device="cpu", adapter=tmp_path)
-    with pytest.raises(ModelError, match="adapter directory not found: .*typo"):  # was "no adapter_config.json in ..."
+    with pytest.raises(InvalidInputError, match="adapter directory not found: .*typo"):  # was "no adapter_config.json in ..."
         load_model("tiny", device="cpu", adapter=tmp_path / "typo")
-    with pytest.raises(ModelError, match="adapter_config.json is a file, not an adapter directory"):
+    with pytest.raises(InvalidInputError, match="adapter_config.json is a file, not an adapter directory"):
         load_model("tiny", device="cpu", adapter=tmp_path / "adapter" / "adapter_config.json")  # was "no ... in FILE"
     weights = tmp_path / "adapter" / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:4])  # a truncated copy was a SafetensorError traceback
