@@ -16,6 +16,7 @@ import time
 from typing import Any, NoReturn
 
 from ..errors import Stopped
+from ..launch import launch_rank
 
 # Ctrl-C: the shell's code for SIGINT (128 + 2), as for any interrupted Unix command.
 INTERRUPTED = 130
@@ -167,8 +168,9 @@ class PaGroup(TyperGroup):
             ctx.exit(error.exit_code)
         except KeyboardInterrupt as exc:
             command = ctx.invoked_subcommand
-            message = interrupted_message(command, _stopped_word(exc), ctx.meta.get(TYPED), _checkpoint_kept(command, ctx))
-            say(f"\n{message}\n")
+            if launch_rank()[0] == 0:  # once under torchrun, as the trainer's note that it is stopping is said
+                message = interrupted_message(command, _stopped_word(exc), ctx.meta.get(TYPED), _checkpoint_kept(command, ctx))
+                say(f"\n{message}\n")
             forget_interrupt()
             ctx.exit(exit_code(exc))
 
