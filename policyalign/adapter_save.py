@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .checkpoints import save_error
-from .io import atomic_open, make_files_ordinary, read_json, sync_directory, sync_tree, write_json
+from .hub import swap_in
+from .io import atomic_open, make_files_ordinary, read_json, write_json
 
 
 def save_adapter(model: Any, target: Path, finish: Callable[[Path], Any] = lambda staged: None) -> None:
@@ -17,7 +18,7 @@ def save_adapter(model: Any, target: Path, finish: Callable[[Path], Any] = lambd
 
     `finish` writes the files that describe these weights (policyalign.json, loss.png) into the
     staged directory first: the adapter directory is replaced whole or not at all, never new
-    weights beside the previous training's provenance.
+    weights beside the previous training's provenance. `hub.swap_in` moves it in, as a pull does.
     """
     tmp = target.parent / f".{target.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -33,14 +34,7 @@ def save_adapter(model: Any, target: Path, finish: Callable[[Path], Any] = lambd
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     make_files_ordinary(tmp)  # safetensors writes the weights owner-only
-    sync_tree(tmp)  # durable before it takes the adapter's name (`io.sync_tree`)
-    old = target.parent / f".{target.name}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        target.rename(old)
-    tmp.rename(target)
-    sync_directory(target.parent)
-    shutil.rmtree(old, ignore_errors=True)
+    swap_in(tmp, target)
 
 
 # adapter_config.json fields PEFT holds as sets and writes as lists in the set's order, which

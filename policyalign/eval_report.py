@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import InvalidInputError
 from .io import iter_jsonl, output_dir, read_json, write_json, write_jsonl, write_text
-from .metrics import ITEM_FIELDS, RATE_METRICS, same_item, scoped_paired_change
+from .metrics import ITEM_FIELDS, RATE_METRICS, matched_rows, same_item, scoped_paired_change
 from .stats import format_change, format_p, format_rate, is_number
 
 @dataclass
@@ -367,7 +367,12 @@ def _judged_otherwise(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[tuple[
 def comparable_notes(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     """How two evaluations were not measured alike (judge, sampling, model, --limit, pack, sets, ...);
     `pa eval --compare` prints them, and the model card refuses a before/after pair that has any."""
-    notes = [note for _, note in _judged_otherwise(a, b)]
+    return [note for _, note in _judged_otherwise(a, b)] + _measured_otherwise(a, b)
+
+
+def _measured_otherwise(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    """`comparable_notes` but the judge's: sampling, model, --limit, pack, benchmarks and sets."""
+    notes: list[str] = []
     for key, title in (("sampling", "sampling"), ("model", "model"),
                        ("limit", "--limit"), ("policy_in_context", "policy in context")):
         value_a, value_b = _measured_models(a, b) if key == "model" else (a.get(key), b.get(key))
@@ -438,12 +443,13 @@ def _compare_label(source: Any, summary: Mapping[str, Any]) -> str:
     return f"{where}{summary.get('model')}{adapter}{of_pack}{_in_context(summary)} ({summary.get('timestamp')})"
 
 
-def _no_paired_p(a: Mapping[str, Any], b: Mapping[str, Any], rows_a: list[dict[str, Any]] | None,
-                 rows_b: list[dict[str, Any]] | None) -> str | None:
-    """Why two evaluations get no paired p at all, or None: they were judged otherwise (`_judged_otherwise`;
-    `pa eval --compare` printed a McNemar p across two judges' labels beside the note saying so), or their
-    packs differ and their responses do not record what each item asked, so one id may be two items."""
-    if judged := _judged_otherwise(a, b):
+def _no_paired_p(judged: list[tuple[str, str]], a: Mapping[str, Any], b: Mapping[str, Any],
+                 rows_a: list[dict[str, Any]] | None, rows_b: list[dict[str, Any]] | None) -> str | None:
+    """Why two evaluations get no paired p at all, or None: they were judged otherwise (`judged`, their
+    `_judged_otherwise`: `pa eval --compare` printed a McNemar p across two judges' labels beside the note
+    saying so), or their packs differ and their responses do not record what each item asked, so one id may
+    be two items."""
+    if judged:
         return judged[0][0]
     if rows_a is None or rows_b is None or (a.get("pack") or {}).get("digest") == (b.get("pack") or {}).get("digest"):
         return None
@@ -456,8 +462,7 @@ def _reworded_notes(rows_a: list[dict[str, Any]] | None, rows_b: list[dict[str, 
     paired p leaves out: an eval item reworded in another pack version keeps its id."""
     if rows_a is None or rows_b is None:
         return []
-    earlier = {(r.get("set"), r.get("id")): r for r in rows_a if r.get("id") is not None}
-    other = [key for r in rows_b if (key := (r.get("set"), r.get("id"))) in earlier and not same_item(earlier[key], r)]
+    other = [(y.get("set"), y["id"]) for x, y in matched_rows(rows_a, rows_b) if not same_item(x, y)]
     if not other:
         return []
     return [f"- {len(other)} item(s) have one set and id in A and B but ask other things (first: {other[0][0]} "
@@ -486,7 +491,9 @@ def comparison(a_eval_json: Any, b_eval_json: Any) -> dict[str, Any]:
     responses.jsonl); and the drift KL of each side (`drift_kl`, None when neither measured it)."""
     a, b = load_summary(a_eval_json), load_summary(b_eval_json)
     rows_a, rows_b = responses_beside(a_eval_json), responses_beside(b_eval_json)
-    unpaired = _no_paired_p(a, b, rows_a, rows_b)
+    judged = _judged_otherwise(a, b)
+    notes = [note for _, note in judged] + _measured_otherwise(a, b) + _reworded_notes(rows_a, rows_b)
+    unpaired = _no_paired_p(judged, a, b, rows_a, rows_b)
     scopes: list[tuple[str, Mapping[str, Any], Mapping[str, Any], tuple[str, str] | None]] = [
         ("overall", a["metrics"]["overall"], b["metrics"]["overall"], None)]
     for group, field_name in (("sets", "set"), ("categories", "category")):
@@ -506,7 +513,7 @@ def comparison(a_eval_json: Any, b_eval_json: Any) -> dict[str, Any]:
                          "paired": None if paired is None else {**paired, "measured": list(paired["measured"])}})
     da, db = (a.get("drift") or {}).get("kl"), (b.get("drift") or {}).get("kl")
     return {"a": _compare_label(a_eval_json, a), "b": _compare_label(b_eval_json, b),
-            "notes": [note.removeprefix("- ") for note in comparable_notes(a, b) + _reworded_notes(rows_a, rows_b)],
+            "notes": [note.removeprefix("- ") for note in notes],
             "no_paired_p": unpaired, "rows": rows,
             "drift_kl": None if da is None and db is None else
             {"a": da, "b": db, "change": None if da is None or db is None else db - da}}

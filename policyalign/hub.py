@@ -328,18 +328,41 @@ def is_safe_relpath(rel: str) -> bool:
 def swap_in(source: Path, target: Path) -> None:
     """Move a verified directory into place; a previous one is replaced only after the move works. Its
     files are synced first and the move after (`io.sync_tree`), so a power cut cannot leave the new
-    name over empty files."""
+    name over empty files.
+
+    The previous one waits beside `target` as `.previous-NAME` until the move is done, at one place
+    whatever `source`'s: a swap killed part way leaves it where the next swap into `target` finds it
+    (`_settle_previous`), which neither fails on it nor deletes the only copy left."""
     sync_tree(source)
-    previous = None
-    if target.exists():
-        previous = source.parent / f".previous-{target.name}"
+    previous = target.parent / f".previous-{target.name}"
+    _settle_previous(previous, target)
+    moved_away = target.exists()
+    if moved_away:
         os.replace(target, previous)
     try:
         os.replace(source, target)
     except OSError:
-        if previous is not None:
+        if moved_away:
             os.replace(previous, target)
         raise
     sync_directory(target.parent)
-    if previous is not None:
+    if moved_away:
         shutil.rmtree(previous, ignore_errors=True)
+
+
+def _settle_previous(previous: Path, target: Path) -> None:
+    """What a swap killed part way left at `previous`, dealt with before the next swap into `target`.
+    Killed after the new directory took `target`'s name, `previous` is the replaced one not yet deleted
+    (whole or in part): it is deleted, where it made moving `target` aside fail (a directory is not
+    renamed over one that is not empty). Killed between moving `target` aside and moving the new one in,
+    `previous` is the only copy of `target`: it is put back, so this swap replaces it as any other and a
+    failed move leaves it in place."""
+    if not previous.exists() and not previous.is_symlink():
+        return
+    if target.exists() or target.is_symlink():
+        if previous.is_dir() and not previous.is_symlink():
+            shutil.rmtree(previous)
+        else:
+            previous.unlink()
+    else:
+        os.replace(previous, target)

@@ -1137,6 +1137,12 @@ def get_judge(spec: str, *, device: str | None = None, batch_size: int = 8) -> J
     )
 
 
+def judge_model(judge: Judge | None) -> str | None:
+    """The model a model-backed judge (`guard:`, `llm:`) loads, None for the refusal judge's rules (or no
+    judge): what its published name, its keys and its journal's chunks (`verdicts.judge_chunk`) go by."""
+    return judge.model if isinstance(judge, _ModelBackedJudge) else None
+
+
 @contextmanager
 def judge_model_errors(spec: str, given_as: str | None = None) -> Iterator[None]:
     """A judge's model that cannot be found or loaded, named as the judge's: `pa eval general --model tiny
@@ -1157,7 +1163,7 @@ def public_judge(spec: str) -> str:
     from .models import resolve_model, spelled_name
 
     judge = get_judge(spec)
-    model = getattr(judge, "model", None)
+    model = judge_model(judge)
     if not model:
         return judge.spec
     with judge_model_errors(spec):
@@ -1172,7 +1178,7 @@ def keyed_judge(spec: str) -> str:
     from .models import keyed_name, resolve_model
 
     judge = get_judge(spec)
-    model = getattr(judge, "model", None)
+    model = judge_model(judge)
     if not model:
         return judge.spec
     with judge_model_errors(spec):

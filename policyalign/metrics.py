@@ -22,7 +22,7 @@ the model card) also test a before -> after change on the items both evaluations
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from .schema import BENIGN_EXPECT, HARMFUL_EXPECT
@@ -126,6 +126,18 @@ def same_item(x: Mapping[str, Any], y: Mapping[str, Any]) -> bool:
     return all(x.get(field) == y.get(field) for field in ITEM_FIELDS)
 
 
+def matched_rows(before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[str, Any]],
+                 keep: Callable[[Mapping[str, Any]], bool] = lambda row: True
+                 ) -> Iterator[tuple[Mapping[str, Any], Mapping[str, Any]]]:
+    """(row of `before`, row of `after`) for each item of one set and id in both, among the rows `keep`
+    takes: the pairing `paired_change` tests and `eval_report` checks for reworded items (`same_item`).
+    Rows without an `id` (as `pa judge` may read) cannot be matched."""
+    earlier = {(r.get("set"), r["id"]): r for r in before if keep(r) and r.get("id") is not None}
+    for row in after:
+        if keep(row) and row.get("id") is not None and (key := (row.get("set"), row["id"])) in earlier:
+            yield earlier[key], row
+
+
 def paired_change(before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[str, Any]],
                   metric: str) -> dict[str, Any] | None:
     """The before -> after change of `metric` on the items both evaluations measured (matched by
@@ -135,9 +147,7 @@ def paired_change(before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[s
     if metric not in OUTCOMES:
         return None
     in_scope, bad = OUTCOMES[metric]
-    earlier = {(r.get("set"), r["id"]): r for r in before if in_scope(r) and r.get("id") is not None}
-    pairs = [(bad(earlier[key]), bad(r)) for r in after if in_scope(r) and r.get("id") is not None
-             and (key := (r.get("set"), r["id"])) in earlier and same_item(earlier[key], r)]
+    pairs = [(bad(x), bad(y)) for x, y in matched_rows(before, after, in_scope) if same_item(x, y)]
     if not pairs:
         return None
     worse, better = paired_changes(pairs)

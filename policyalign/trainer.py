@@ -566,7 +566,8 @@ def _stop_after_step_callback() -> Any:
         old (49 by default): a job a scheduler stopped (SIGTERM, some 30 s before SIGKILL) and requeued
         trained those again, or from the start when it had none. The signal only notes the stop; the step
         ends (its rollout included), every rank agrees on it at the step's end (`_stop_requested`) and the
-        Trainer saves its ordinary checkpoint, the one `--resume` restores. A second signal stops at once:
+        Trainer saves its ordinary checkpoint, the one `--resume` restores; one that lands while a regular checkpoint is
+        saved stops on that checkpoint. A second signal stops at once:
         the checkpoint it cuts short has no trainer_state.json and `--resume` skips it. Not under torchrun
         (or `accelerate launch`): its agent passes on the signal it gets, so a worker that got one itself (Ctrl-C
         reaches the whole process group, Slurm signals every process) gets it twice; there the launcher's own
@@ -609,10 +610,21 @@ def _stop_after_step_callback() -> Any:
                           f"{again}\n")
 
         def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
-            agreed = _stop_requested(self.signum, args.device)  # every rank stops, whichever was told
+            if self._agreed(args):
+                control.should_save = control.should_training_stop = True
+
+        def on_save(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            """A signal that landed while a regular checkpoint was saved stops on it: it came after the step's
+            `on_step_end` had asked, and training went on a step more and saved that one too."""
+            if self._agreed(args):
+                control.should_training_stop = True
+
+        def _agreed(self, args: Any) -> bool:
+            """Whether any rank was told to stop (`_stop_requested`: every rank stops, whichever was told)."""
+            agreed = _stop_requested(self.signum, args.device)
             if agreed:  # not written back otherwise: a signal landing after the read would be lost
                 self.signum = self.signum or agreed
-                control.should_save = control.should_training_stop = True
+            return bool(agreed)
 
         def on_train_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
             self.restore()
@@ -636,7 +648,7 @@ def _stop_after_step_callback() -> Any:
 
 def _stop_requested(signum: int, device: Any) -> int:
     """The stop signal any rank was told (0: none): under torchrun a signal may reach one rank only (or each at a different
-    step), and a rank saving alone waits forever in the save's collectives. One all-reduced scalar a step."""
+    step), and a rank saving alone waits forever in the save's collectives. One all-reduced scalar a step (and a save)."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):

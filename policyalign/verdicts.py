@@ -10,19 +10,19 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .eval_journal import Journal
-from .judges import (JudgeItem, ToolCall, Verdict, get_judge, judge_model_errors, keyed_judge, parse_tool_calls,
-                     structured_tool_calls)
+from .judges import (Judge, JudgeItem, ToolCall, Verdict, get_judge, judge_model, judge_model_errors, keyed_judge,
+                     parse_tool_calls, structured_tool_calls)
 
 JUDGE_CHUNK = 32  # rows the refusal judge judges (and journals) at a time; a model judge: `judge_chunk`
 
 
-def judge_chunk(judge: Any, batch_size: int) -> int:
+def judge_chunk(judge: Judge | None, batch_size: int) -> int:
     """Rows judged and journaled at a time: for a model judge its generation batch, the unit it finishes, so a stop
     keeps every verdict made before the batch under way. 32 at a time (4 batches of 8) lost up to 31 of them, and
     a `pa judge` stopped before its 32nd verdict kept none, though it said the verdicts so far were kept; journaled
     a batch at a time, 64 rows judged by `llm:tiny` took as long, and wrote the same bytes. The refusal judge's
     rules take microseconds a row: it journals 32 at a time."""
-    return batch_size if getattr(judge, "model", None) else JUDGE_CHUNK
+    return batch_size if judge_model(judge) else JUDGE_CHUNK
 
 
 def _forbidden_call(calls: Sequence[ToolCall], forbidden: Sequence[str]) -> bool:
@@ -116,7 +116,7 @@ def judge_weights_fetched(judge_spec: str, given_as: str | None = None) -> dict[
     from .models import hub_commit, load_model, resolve_model
     from .stages import judge_weights
 
-    model = getattr(get_judge(judge_spec), "model", None)
+    model = judge_model(get_judge(judge_spec))
     with judge_model_errors(judge_spec, given_as):
         ref = resolve_model(model) if model else None
         if ref is not None and ref.kind == "hub" and hub_commit(ref) is None:

@@ -511,6 +511,41 @@ def test_a_pull_killed_part_way_is_resumed_and_leaves_nothing_beside_the_target(
     assert not [path for method, path, _ in hub_server.requests if path.endswith("/adapter_model.safetensors")]
 
 
+def test_a_pull_killed_while_swapping_the_adapter_in_neither_fails_the_next_pull_nor_loses_the_earlier_one(  # type: ignore[no-untyped-def]
+        cli: Cli, hub_server, make_run, tmp_path: Path) -> None:
+    """A pull moves the earlier pull aside as `.previous-NAME`, moves the new one in, then deletes it. Killed
+    after the move in, the replaced adapter was left there and the next pull of that commit failed (a directory
+    is not renamed over one that is not empty); killed before, the earlier adapter lay in that pull's staging
+    directory, which a pull of another commit deletes. The earlier one now waits beside --to, where the next
+    pull deletes it once replaced or puts it back first."""
+    cli.published(make_run(tmp_path / "run", make_pack(cli.packs, "swapped")), "org/swapped")
+    commit = hub_server.store.rev(hub_server.repo_path("org/swapped"), "main")
+    dest = tmp_path / "pulled"
+    cli.ok("pull", "org/swapped", "--to", str(dest))
+
+    def files(adapter: Path) -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in adapter.iterdir() if p.is_file()}
+
+    pulled = files(dest)
+
+    def left_beside() -> list[str]:
+        return sorted(p.name for p in tmp_path.iterdir() if p.name.startswith((".pulled", ".previous")))
+
+    for stale in (tmp_path / f".pulled.pa-pull-{commit}" / ".previous-pulled", tmp_path / ".previous-pulled"):
+        shutil.copytree(dest, stale)  # killed after the move in: where that pull kept the replaced one, and beside --to
+    cli.ok("pull", "org/swapped", "--to", str(dest))
+    assert files(dest) == pulled and left_beside() == []
+
+    dest.rename(tmp_path / ".previous-pulled")  # killed between the two moves: the only copy is aside
+    weights = bytearray(pulled["adapter_model.safetensors"])
+    weights[-1] ^= 0xFF
+    hub_server.put_files("org/swapped", {"adapter_model.safetensors": bytes(weights)}, "swap weights")
+    assert "does not match its sha256" in cli.fails(1, "pull", "org/swapped", "--to", str(dest)).stderr
+    assert files(tmp_path / ".previous-pulled") == pulled  # still there
+    cli.ok("pull", "org/swapped@swapped-v1.0.0", "--to", str(dest))
+    assert files(dest) == pulled and left_beside() == []
+
+
 def test_pull_into_a_path_under_a_file_is_a_clear_error(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """`--to FILE/sub` (a file where a parent directory must be) was a FileExistsError traceback."""
     cli.published(make_run(tmp_path / "run", make_pack(cli.packs, "underfile")), "org/underfile")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -92,6 +93,41 @@ def test_an_adapter_reaches_the_disk_before_it_takes_the_adapter_name(tmp_path: 
         save_adapter(model, tmp_path / "adapter")
         assert not synced.problems()
         assert (tmp_path / "adapter" / "adapter_model.safetensors").stat().st_size
+
+
+def test_a_save_killed_while_swapping_the_adapter_in_neither_fails_the_next_save_nor_loses_the_earlier_one(
+        tmp_path: Path) -> None:
+    """The adapter goes in as a pull's does (`hub.swap_in`): what a save killed between moving the previous
+    adapter aside and deleting it leaves beside the adapter is dealt with by the next save, which replaces the
+    previous adapter as any other and keeps it while the new one cannot be moved in."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from policyalign.adapter_save import save_adapter
+    from policyalign.tiny import tiny_model_path
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_path()), LoraConfig(r=4, target_modules=["q_proj"]))
+    target, aside = tmp_path / "adapter", tmp_path / ".previous-adapter"
+
+    def saved_anew() -> bool:
+        return (target / "adapter_model.safetensors").is_file() and not (target / "notes.txt").exists()
+
+    def refused(staged: Path) -> None:
+        raise RuntimeError("no provenance")
+
+    save_adapter(model, target)
+    (target / "notes.txt").write_text("the previous training's")
+    shutil.copytree(target, aside)  # killed after the new adapter took the name: the replaced one is left aside
+    save_adapter(model, target)
+    assert saved_anew() and sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+
+    (target / "notes.txt").write_text("the previous training's")
+    target.rename(aside)  # killed between the two moves: the only copy is aside
+    with pytest.raises(RuntimeError, match="no provenance"):
+        save_adapter(model, target, refused)
+    assert (aside / "notes.txt").is_file()  # kept, not deleted as a leftover
+    save_adapter(model, target)
+    assert saved_anew() and sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
 
 
 def test_the_loss_curve_names_the_loss_as_configured() -> None:

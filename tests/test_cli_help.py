@@ -70,6 +70,39 @@ def test_ctrl_c_in_pa_judge_says_the_verdicts_so_far_are_kept() -> None:
     assert "to continue, run the same command again" in message
 
 
+# `pa distill ARGS` (run like the `pa` console script) sending itself SIGTERM as it starts loading the model.
+_STOPPED_WHILE_LOADING = """
+import os, signal, sys
+import policyalign.models as models
+load = models.load_model
+def stopped_while_loading(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return load(*args, **kwargs)
+models.load_model = stopped_while_loading
+sys.argv = ["pa", "distill", *sys.argv[1:]]
+from policyalign.cli import main
+main()
+"""
+
+
+def test_a_distill_stopped_before_its_first_step_says_it_starts_from_the_beginning(recorded_run, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Stopped while the model loaded, `pa distill` said its checkpoints were kept and to continue from the last
+    one with --resume: there was none, and the run it suggested trained from the start all the same."""
+    import shlex
+    import subprocess
+    import sys
+
+    run, _ = recorded_run
+    flags = ["--max-steps", "2", "--batch-size", "2", "--max-new-tokens", "4"]
+    proc = subprocess.run([sys.executable, "-c", _STOPPED_WHILE_LOADING, str(run), *flags], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    assert proc.stderr.endswith(
+        "\nstopped by SIGTERM before any training step was finished: there is no checkpoint to continue from; "
+        f"to start training from the beginning, run: {shlex.join(['pa', 'distill', str(run), *flags])}\n"), proc.stderr
+    assert "--resume" not in proc.stderr and "Traceback" not in proc.stderr
+
+
 # Run like the `pa` console script (`from policyalign.cli import main; main()`), sending itself a real SIGINT
 # at one moment before a command runs: while a module loads (a meta path hook), or inside an eval of text
 # while typer builds the command (where CPython then also marked the caught Ctrl-C unhandled).

@@ -450,6 +450,31 @@ def test_a_stop_signal_in_a_rollout_finishes_the_step_saves_a_checkpoint_and_the
     assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-3"
 
 
+def test_a_stop_signal_during_a_checkpoints_save_stops_on_that_checkpoint(fixture_packs: Path, tmp_path: Path) -> None:
+    """A signal that landed while a regular checkpoint was being saved came after that step's end had asked for
+    a stop: training went on a step more and saved it too. The checkpoint being saved is the one to resume from."""
+    import os
+    import signal
+
+    from policyalign.distill import _train
+    from policyalign.trainer import build_trainer
+
+    pack = Registry([fixture_packs]).load("root-pack")
+    config = DistillConfig(max_steps=8, max_new_tokens=4, batch_size=2, save_steps=2)
+    trainer = build_trainer(load_model("tiny", trainable=True), pack.policy, pack_instructions(pack)[:8], config, tmp_path)
+    save = trainer._save_optimizer_and_scheduler
+
+    def signal_while_saving(output_dir):  # type: ignore[no-untyped-def]
+        os.kill(os.getpid(), signal.SIGINT)
+        save(output_dir)
+
+    trainer._save_optimizer_and_scheduler = signal_while_saving
+    with pytest.raises(KeyboardInterrupt):
+        _train(trainer, None)
+    assert trainer.state.global_step == 2 and last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2"]
+
+
 def test_a_second_stop_signal_stops_at_once_and_its_cut_checkpoint_is_not_resumed_from(
         fixture_packs: Path, tmp_path: Path) -> None:
     """The first signal asks for a checkpoint; a second one does not wait for it. One cut short while saving (here

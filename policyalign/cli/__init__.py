@@ -17,6 +17,7 @@ import time
 from typing import Any, NoReturn
 
 from ..errors import Stopped
+from ..launch import launch_rank
 
 # Ctrl-C: the shell's code for SIGINT (128 + 2), as for any interrupted Unix command.
 INTERRUPTED = 130
@@ -24,6 +25,8 @@ INTERRUPTED = 130
 CLOSED_PIPE = 141
 # Where `PaGroup.make_context` keeps the arguments as typed, in the meta all of a command line's contexts share.
 TYPED = "policyalign.typed"
+# Where `PaCommand.invoke` keeps the command's parameters, in that meta, for the stop message (`_checkpoint_kept`).
+PARAMS = "policyalign.params"
 
 
 def exit_code(exc: KeyboardInterrupt) -> int:
@@ -185,6 +188,10 @@ class PaCommand(PipedHelp, TyperCommand):
     def get_params(self, ctx):  # type: ignore[no-untyped-def]
         return flags_take_no_value(super().get_params(ctx))
 
+    def invoke(self, ctx):  # type: ignore[no-untyped-def]
+        ctx.meta[PARAMS] = ctx.params  # the stop message reads them (`_checkpoint_kept`)
+        return super().invoke(ctx)
+
 
 class PaGroup(PipedHelp, TyperGroup):
     """Turns every `PolicyAlignError` raised by a sub-command into a message and exit code.
@@ -235,7 +242,10 @@ class PaGroup(PipedHelp, TyperGroup):
             typer.echo(f"error: {error}", err=True)
             ctx.exit(error.exit_code)
         except KeyboardInterrupt as exc:
-            say(f"\n{interrupted_message(ctx.invoked_subcommand, _stopped_word(exc), ctx.meta.get(TYPED))}\n")
+            command = ctx.invoked_subcommand
+            if launch_rank()[0] == 0:  # once under torchrun, as the trainer's note that it is stopping is said
+                message = interrupted_message(command, _stopped_word(exc), ctx.meta.get(TYPED), _checkpoint_kept(command, ctx))
+                say(f"\n{message}\n")
             forget_interrupt()
             ctx.exit(exit_code(exc))
 
@@ -257,12 +267,18 @@ def reflow_help(text: str | None) -> str | None:
 RESUMABLE = ("apply", "synthesize", "filter", "distill")
 
 
-def interrupted_message(command: str | None, how: str = "interrupted", typed: list[str] | None = None) -> str:
+def interrupted_message(command: str | None, how: str = "interrupted", typed: list[str] | None = None,
+                        checkpoint: bool = True) -> str:
     """What Ctrl-C leaves: the run stages, `pa eval` and `pa judge` keep work to continue from; `pa pull`
     stopped halfway has nothing to resume, and saying otherwise would be a promise not kept. `pa distill`
-    continues only with --resume: without it, it trains from step 0 and removes the old checkpoints.
+    continues only with --resume: without it, it trains from step 0 and removes the old checkpoints; without
+    a `checkpoint` to continue from (stopped while the model loaded, before its first step ended) it starts from
+    the beginning either way, which it says rather than suggest a --resume with nothing to resume.
     `how` begins it: "interrupted", or "stopped by SIGTERM" (`Stopped`), which keep the same. `typed`, the
     arguments as typed, is repeated as the command to run (`_run_again`)."""
+    if command == "distill" and not checkpoint:
+        return (f"{how} before any training step was finished: there is no checkpoint to continue from; "
+                f"to start training from the beginning, {_run_again(typed)}")
     if command == "distill":  # run again as typed, it trains afresh and deletes the checkpoints it was told are kept
         return (f"{how}: finished stages, scores and checkpoints are kept; to continue from the last checkpoint, "
                 + _run_again(typed, "--resume"))
@@ -277,6 +293,21 @@ def interrupted_message(command: str | None, how: str = "interrupted", typed: li
         return (f"{how}: the verdicts of the batches judged so far are kept beside the output (X.partial.jsonl for "
                 f"--out X.jsonl, FILE.judged.partial.jsonl by default); to continue, {_run_again(typed)}")
     return how
+
+
+def _checkpoint_kept(command: str | None, ctx: Any) -> bool:
+    """Whether a stopped `pa distill` left a checkpoint in its run directory for --resume (`checkpoints.resume_point`):
+    one stopped before its first step ended (while the model loaded) has none. True for other commands, and where
+    the directory cannot be read: the message then says what it always said."""
+    run_dir = (ctx.meta.get(PARAMS) or {}).get("run_dir") if command == "distill" else None
+    if run_dir is None:
+        return True
+    from ..checkpoints import resume_point
+
+    try:
+        return resume_point(run_dir) is not None
+    except OSError:
+        return True
 
 
 def _run_again(typed: list[str] | None, needed: str = "") -> str:

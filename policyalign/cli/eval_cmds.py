@@ -75,10 +75,10 @@ def _model_slug(model: str) -> str:
 def _judge_slug(judge: str) -> str:
     """The judge as one folder-name part: its kind and its model as `_model_slug` names a model. Named as
     typed, `llm:./j`, `llm:/abs/j` and `llm:j/` were three folders for one judge."""
-    from ..judges import get_judge, judge_model_errors, split_judge
+    from ..judges import get_judge, judge_model, judge_model_errors, split_judge
 
     parsed = get_judge(judge)
-    model = getattr(parsed, "model", None)
+    model = judge_model(parsed)
     if not model:
         return _slug(parsed.spec)
     with judge_model_errors(judge):
