@@ -158,14 +158,10 @@ class Registry:
         """Every directory with a pack.yaml directly under a search path, first path winning ties; a
         manifest naming another pack than its directory is left to `unreadable` (it cannot load)."""
         found: dict[tuple[str, str], PackLocation] = {}
-        for base in self.paths:
-            if not base.is_dir():
-                continue
-            for child in sorted(base.iterdir()):
-                if child.is_dir() and (child / "pack.yaml").is_file():
-                    loc = read_header(child)
-                    if loc is not None and loc.name == child.name:
-                        found.setdefault((loc.name, loc.version), loc)
+        for child in self.pack_dirs():
+            loc = read_header(child)
+            if loc is not None and loc.name == child.name:
+                found.setdefault((loc.name, loc.version), loc)
         return sorted(found.values(), key=lambda l: (l.name, version_key(l.version)))
 
     def unreadable(self) -> list[Path]:
@@ -177,11 +173,14 @@ class Registry:
         return [d for d in self.pack_dirs() if (loc := read_header(d)) is None or loc.name != d.name]
 
     def pack_dirs(self) -> list[Path]:
-        """Every directory with a pack.yaml, readable or not (for `pa validate --all`)."""
+        """Every directory with a pack.yaml, readable or not (for `pa validate --all`), in search-path order.
+        Hidden ones are not packs (no pack name starts with "."): the `.previous-NAME` a killed `pa pack pull`
+        leaves beside NAME (`hub.swap_in`) was listed by `pa list` and `pa validate --all` as an invalid pack."""
         dirs: list[Path] = []
         for base in self.paths:
             if base.is_dir():
-                dirs += [c for c in sorted(base.iterdir()) if c.is_dir() and (c / "pack.yaml").is_file()]
+                dirs += [c for c in sorted(base.iterdir())
+                         if not c.name.startswith(".") and c.is_dir() and (c / "pack.yaml").is_file()]
         return dirs
 
     def resolve_path(self, spec: str) -> Path:

@@ -388,3 +388,18 @@ def test_a_packs_path_variable_naming_no_directory_is_refused(fixture_packs: Pat
             assert f"{bad}: this PA_PACKS_PATH entry {why}" in result.stderr and "Traceback" not in result.output
     monkeypatch.setenv("PA_PACKS_PATH", f"{fixture_packs}{os.pathsep}")  # an empty entry is no entry
     assert {loc.name for loc in Registry.default().discover()} == {"root-pack", "child-pack"}
+
+
+def test_a_hidden_copy_a_killed_pull_left_is_not_a_pack(fixture_packs: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         tmp_path: Path) -> None:
+    """A `pa pack pull` killed mid-swap leaves `.previous-root-pack` beside root-pack (`hub.swap_in`, which puts it
+    back or deletes it on the next pull): `pa list` and `pa validate --all` listed it as an invalid pack."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PA_HOME", str(tmp_path / "home"))
+    shutil.copytree(fixture_packs / "root-pack", fixture_packs / ".previous-root-pack")
+    reg = Registry([fixture_packs])
+    assert fixture_packs / ".previous-root-pack" not in reg.pack_dirs() and reg.unreadable() == []
+    listed = CliRunner().invoke(app, ["list", "--json", "--packs-path", str(fixture_packs)])
+    assert listed.exit_code == 0 and ".previous" not in listed.output
+    validated = CliRunner().invoke(app, ["validate", "--all", "--dir", str(fixture_packs)])
+    assert "ok       root-pack@1.0.0" in validated.output and ".previous" not in validated.output
