@@ -112,7 +112,7 @@ def test_push_of_an_outdated_run_warns_that_the_adapter_is_the_old_selections(cl
     assert "warning" not in first.stderr, first.stderr
     (run / "selected.jsonl").write_text('{"id": "b"}\n')
     hub_server.fail("POST", r"/api/models/org/stale-run/commit/.*", times=10)  # said before the upload, not after it
-    failed = cli.fails(1, "push", str(run), "--repo-id", "org/stale-run", "--revision", "second")
+    failed = cli.fails(3, "push", str(run), "--repo-id", "org/stale-run", "--revision", "second")
     assert 0 <= failed.stderr.find(f"warning: {run} is outdated") < failed.stderr.index("500 Internal Server Error")
     hub_server.outages.clear()
     second = cli.ok("push", str(run), "--repo-id", "org/stale-run", "--revision", "second")

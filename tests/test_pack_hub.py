@@ -90,7 +90,7 @@ def test_pack_push_warns_of_a_file_pack_yaml_does_not_list(cli: Cli, hub_server)
     source = make_pack(cli.packs, "unlisted")
     (source / "templates" / "forgotten.jinja").write_text("{{ nothing }}\n")
     hub_server.fail("POST", r"/api/datasets/org/unlisted/commit/.*", times=10)
-    failed = cli.fails(1, "pack", "push", str(source), "--repo-id", "org/unlisted")
+    failed = cli.fails(3, "pack", "push", str(source), "--repo-id", "org/unlisted")
     assert failed.stderr.index("warning: ") < failed.stderr.index("500 Internal Server Error"), failed.stderr
     hub_server.outages.clear()
     for pushed in (failed, cli.ok("pack", "push", str(source), "--repo-id", "org/unlisted")):
