@@ -33,20 +33,21 @@ if TYPE_CHECKING:
     from .models import LoadedModel
 
 
-@lru_cache(maxsize=1)
-def _trainer_classes() -> tuple[type, type]:
-    """Build the trl subclasses lazily, so importing this module does not import trl."""
+def _silence_trl_experimental() -> None:
+    """Call before importing trl.experimental: its import warns that its APIs may change, which `pa`'s
+    users cannot act on (pyproject.toml pins the trl version whose API this module uses)."""
     import os
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    import torch
-    from trl.experimental.sdft import SDFTTrainer
-    from trl.experimental.sdft.sdft_trainer import DemonstrationTeacherContextBuilder, DistillationLogits
-    from trl.trainer.utils import RepeatSampler, pad
 
-    from .generation import RowSampler, decode, request_seed
-    from .models import merged_adapter
-    from .scoring import PrefixCache, eval_mode, teacher_completion_logits
+
+@lru_cache(maxsize=1)
+def _teacher_context_builder_class() -> type:
+    """`PolicyTeacherContextBuilder`, built lazily so that importing this module does not import trl."""
+    _silence_trl_experimental()
+    import torch
+    from trl.experimental.sdft.sdft_trainer import DemonstrationTeacherContextBuilder
+    from trl.trainer.utils import pad
 
     class PolicyTeacherContextBuilder(DemonstrationTeacherContextBuilder):
         """Teacher prompt = the policy as system message + the instruction's own turns (and tools)."""
@@ -66,6 +67,15 @@ def _trainer_classes() -> tuple[type, type]:
             return {"teacher_input_ids": torch.cat([prompt_ids, completion_ids], 1),
                     "teacher_attention_mask": torch.cat([prompt_mask, completion_mask], 1)}
 
+    return PolicyTeacherContextBuilder
+
+
+@lru_cache(maxsize=1)
+def _epoch_repeat_sampler_class() -> type:
+    """`EpochRepeatSampler`, built lazily so that importing this module does not import trl."""
+    import torch
+    from trl.trainer.utils import RepeatSampler
+
     class EpochRepeatSampler(RepeatSampler):
         """trl's RepeatSampler, whose shuffle depends on the epoch rather than on how many epochs this process ran.
 
@@ -81,6 +91,23 @@ def _trainer_classes() -> tuple[type, type]:
             self.generator.manual_seed(self.seed)
             for _ in range(epoch):
                 torch.randperm(self.num_samples, generator=self.generator)
+
+    return EpochRepeatSampler
+
+
+@lru_cache(maxsize=1)
+def _trainer_classes() -> tuple[type, type]:
+    """(PolicySDFTTrainer, PolicyTeacherContextBuilder), built lazily so that importing this module does not import trl."""
+    _silence_trl_experimental()
+    import torch
+    from trl.experimental.sdft import SDFTTrainer
+    from trl.experimental.sdft.sdft_trainer import DistillationLogits
+
+    from .generation import RowSampler, decode, request_seed
+    from .models import merged_adapter
+    from .scoring import PrefixCache, eval_mode, teacher_completion_logits
+
+    PolicyTeacherContextBuilder, EpochRepeatSampler = _teacher_context_builder_class(), _epoch_repeat_sampler_class()
 
     class PolicySDFTTrainer(SDFTTrainer):
         """SDFTTrainer with the policy as system message, no truncation and a teacher prefix cache."""
@@ -317,9 +344,7 @@ def follow_schedule(optimizer: Any, scheduler: Any) -> None:
 def sdft_config(config: DistillConfig, output_dir: Path, *, device: str, dtype: Any, report_to: str | list[str] = "none",
                 vocab_size: int | None = None) -> Any:
     """The trl SDFTConfig for our settings (the paper's reverse-KL top-k objective), on the model's device."""
-    import os
-
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    _silence_trl_experimental()
     from trl.experimental.sdft import SDFTConfig
 
     args = SDFTConfig(
