@@ -115,6 +115,12 @@ def read_instructions(path: Path, remake: str = "") -> list[dict[str, Any]]:
     return rows
 
 
+def instruction_conversation(record: dict[str, Any]) -> dict[str, Any]:
+    """The conversation an instruction row holds (its messages, and its tools when it has any), as sampling
+    and training both give it to the model: a row's id, category and provenance are no part of the prompt."""
+    return {"messages": record["messages"], **({"tools": record["tools"]} if record.get("tools") else {})}
+
+
 def _instruction_problem(row: dict[str, Any], seen: dict[str, int]) -> str | None:
     from .chat import conversation
 
@@ -160,7 +166,7 @@ def sample_and_score(scorer: "PolicyScorer", records: Sequence[dict[str, Any]], 
     from .generation import get_backend
 
     gen = get_backend(backend, scorer.loaded) if isinstance(backend, str) else backend
-    conversations = [{"messages": r["messages"], **({"tools": r["tools"]} if r.get("tools") else {})} for r in records]
+    conversations = [instruction_conversation(r) for r in records]
     per_record: list[list[tuple[Any, Any]]] = [[] for _ in records]
     for k in range(samples):
         with scorer.student_context():

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from .chat import encode_chat, student_messages, teacher_messages
 from .checkpoints import save_error
 from .errors import InvalidInputError, did_you_mean
+from .filtering import instruction_conversation
 from .io import make_files_ordinary
 
 if TYPE_CHECKING:
@@ -446,7 +447,7 @@ def training_dataset(records: list[dict[str, Any]]) -> Any:
 
 def training_prompt(record: dict[str, Any]) -> str:
     """One instruction as the trainer's prompt column holds it: its conversation (and tools) as JSON."""
-    return json.dumps({"messages": record["messages"], **({"tools": record["tools"]} if record.get("tools") else {})})
+    return json.dumps(instruction_conversation(record))
 
 
 # Where LoRA targets come from when the caller does not say: a flag, or else the pack.
