@@ -119,6 +119,8 @@ def eval_mode(model: Any) -> Iterator[None]:
 
 
 def common_prefix(sequences: Sequence[Sequence[int]]) -> list[int]:
+    """The ids every one of `sequences` starts with: how the policy's prefix is found from rendered prompts
+    (`policy_prefix_ids`) without knowing any chat template's layout."""
     first = list(sequences[0])
     length = len(first)
     for seq in sequences[1:]:

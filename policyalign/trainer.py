@@ -98,7 +98,7 @@ def _epoch_repeat_sampler_class() -> type:
 
 @lru_cache(maxsize=1)
 def _trainer_classes() -> tuple[type, type]:
-    """(PolicySDFTTrainer, PolicyTeacherContextBuilder), built lazily so that importing this module does not import trl."""
+    """(PolicySDFTTrainer, PolicyTeacherContextBuilder), built lazily: importing this module imports no trl."""
     _silence_trl_experimental()
     import torch
     from trl.experimental.sdft import SDFTTrainer
@@ -290,7 +290,7 @@ def _trainer_classes() -> tuple[type, type]:
                 loss_mask = completion_mask * (positions >= self.num_loss_tokens_to_skip).long()
             return DistillationLogits(completion_ids, loss_mask, student, teacher)
 
-        def _teacher_logits(self, teacher_model: Any, inputs: dict, steps: int) -> Any:
+        def _teacher_logits(self, teacher_model: Any, inputs: dict[str, Any], steps: int) -> Any:
             version = self._teacher_version()
             if self.prefix is not None and version != self._prefix_version:
                 self.prefix.invalidate()
