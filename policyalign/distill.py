@@ -65,17 +65,10 @@ def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillCon
     once training starts, not before: a failure before then leaves the old checkpoints theirs.
     `report_to` sends the training logs live to those integrations (`tracking`).
     """
-    from .filtering import read_instructions
     from .models import cpu_threads, load_model
-    from .run import require
 
     run_dir = Path(run_dir)
-    remake = "`pa filter RUN_DIR` (or the run's `pa apply`)"
-    records = read_instructions(require(run_dir, "selected.jsonl", "pa filter RUN_DIR"), remake)
-    heldout = read_instructions(run_dir / "heldout.jsonl", remake) if (run_dir / "heldout.jsonl").is_file() else []
-    if not records:
-        raise RunError("selected.jsonl is empty: nothing to train on", file=str(run_dir / "selected.jsonl"),
-                       hint="keep more with `pa filter RUN_DIR --keep 0.8` or `--no-filter`")
+    records, heldout = _training_records(run_dir)
     rank, local_rank, processes = launch_rank()
     main = rank == 0
     device = training_device(device, local_rank, processes)
@@ -91,14 +84,7 @@ def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillCon
                                 report_to=report_to, targets_from=target_modules_origin(pack, config.target_modules))
         for line in attach_reports(trainer, run_dir) if main else []:
             print(f"training logs: {line}", file=sys.stderr)
-        trainer.check_prompts_fit(records, run_dir / "selected.jsonl")
-        # The held-out ones are measured before and after training: one too long failed only at the first
-        # measurement, after the previous run's checkpoints were removed, naming neither file nor instruction.
-        trainer.check_prompts_fit(heldout, run_dir / "heldout.jsonl")
-        if processes > 1 and (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
-            raise RunError("multi-process training supports data parallelism (DDP) only, not FSDP or DeepSpeed",
-                           hint="launch with `torchrun --nproc_per_node N` or `accelerate launch --multi_gpu` "
-                                "without an FSDP/DeepSpeed config: rank 0 alone measures and saves the adapter")
+        _check_trainable(trainer, records, heldout, run_dir, processes)
         resume_from, finished = _checkpoint_to_continue(trainer, run_dir, resume, restart_if_past)
         if resume_from is None and main:
             shutil.rmtree(checkpoints, ignore_errors=True)
@@ -119,14 +105,51 @@ def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillCon
     result = DistillResult(adapter_dir, trainer.state.global_step, len(records), len(heldout), before, after, history,
                            processes=processes, main=main)
     if main:
-        def describe(staged: Path) -> None:
-            provenance = write_provenance(staged, pack, loaded, config, result, run_dir)
-            name_base_model(staged, provenance["base_model"])
-            plot_loss(history, staged / "loss.png", loss_label(config.alpha, config.top_k))
-
-        save_adapter(trainer.accelerator.unwrap_model(trainer.model), adapter_dir, describe)
+        _write_adapter(trainer, adapter_dir, pack, loaded, config, result, run_dir)
     _leave_process_group(trainer)
     return result
+
+
+def _training_records(run_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(selected, held out) instructions of the run, refusing an empty selection before the model loads.
+
+    heldout.jsonl is optional (`--heldout 0` writes none): without it nothing is measured.
+    """
+    from .filtering import read_instructions
+    from .run import require
+
+    remake = "`pa filter RUN_DIR` (or the run's `pa apply`)"
+    records = read_instructions(require(run_dir, "selected.jsonl", "pa filter RUN_DIR"), remake)
+    heldout = read_instructions(run_dir / "heldout.jsonl", remake) if (run_dir / "heldout.jsonl").is_file() else []
+    if not records:
+        raise RunError("selected.jsonl is empty: nothing to train on", file=str(run_dir / "selected.jsonl"),
+                       hint="keep more with `pa filter RUN_DIR --keep 0.8` or `--no-filter`")
+    return records, heldout
+
+
+def _check_trainable(trainer: Any, records: list[dict[str, Any]], heldout: list[dict[str, Any]], run_dir: Path,
+                     processes: int) -> None:
+    """Refuse, before any checkpoint is removed, what would otherwise fail mid-training or mid-measurement."""
+    trainer.check_prompts_fit(records, run_dir / "selected.jsonl")
+    # The held-out ones are measured before and after training: one too long failed only at the first
+    # measurement, after the previous run's checkpoints were removed, naming neither file nor instruction.
+    trainer.check_prompts_fit(heldout, run_dir / "heldout.jsonl")
+    if processes > 1 and (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
+        raise RunError("multi-process training supports data parallelism (DDP) only, not FSDP or DeepSpeed",
+                       hint="launch with `torchrun --nproc_per_node N` or `accelerate launch --multi_gpu` "
+                            "without an FSDP/DeepSpeed config: rank 0 alone measures and saves the adapter")
+
+
+def _write_adapter(trainer: Any, adapter_dir: Path, pack: "Pack", loaded: "LoadedModel", config: "DistillConfig",
+                   result: DistillResult, run_dir: Path) -> None:
+    """Save the trained adapter with its provenance and loss plot (rank 0 only), staged and swapped in whole
+    by `save_adapter`, so an interrupted save never leaves a half-described adapter in place."""
+    def describe(staged: Path) -> None:
+        provenance = write_provenance(staged, pack, loaded, config, result, run_dir)
+        name_base_model(staged, provenance["base_model"])
+        plot_loss(result.history, staged / "loss.png", loss_label(config.alpha, config.top_k))
+
+    save_adapter(trainer.accelerator.unwrap_model(trainer.model), adapter_dir, describe)
 
 
 def _as_trained(config: "DistillConfig", record: Mapping[str, Any] | None,
@@ -202,6 +225,8 @@ def _leave_process_group(trainer: Any) -> None:
 
 def _measure(trainer: Any, loaded: "LoadedModel", policy: str, heldout: list[dict[str, Any]],
              config: DistillConfig, *, adapter_on: bool) -> float | None:
+    """Internalization of the model as it is now (rank 0 only), with or without the adapter: eval mode, as the
+    trainer leaves the model in train mode and LoRA dropout would make the measurement noisy."""
     from .scoring import eval_mode
 
     model = trainer.accelerator.unwrap_model(trainer.model)

@@ -33,6 +33,9 @@ CHUNK = 32
 
 @dataclass(frozen=True)
 class FilterConfig:
+    """Filtering settings (`pa filter`'s flags, the pack's and `pa apply`'s), checked when made: a bad one
+    is refused naming its flag before the model loads, not as a backend error after minutes of loading."""
+
     keep: float | None = 0.5
     top_n: int | None = None
     min_score: float | None = None
@@ -67,6 +70,8 @@ class FilterConfig:
 
     @property
     def rule(self) -> str:
+        """The selection rule in words (`keep 0.5`, `top-5`, `score>=0.7`, `none`): run.json and the card say
+        how the training set was chosen without the reader decoding which of the exclusive flags was given."""
         if self.no_filter:
             return "none"
         if self.top_n is not None:
@@ -115,6 +120,12 @@ def read_instructions(path: Path, remake: str = "") -> list[dict[str, Any]]:
     return rows
 
 
+def instruction_conversation(record: dict[str, Any]) -> dict[str, Any]:
+    """The conversation an instruction row holds (its messages, and its tools when it has any), as sampling
+    and training both give it to the model: a row's id, category and provenance are no part of the prompt."""
+    return {"messages": record["messages"], **({"tools": record["tools"]} if record.get("tools") else {})}
+
+
 def _instruction_problem(row: dict[str, Any], seen: dict[str, int]) -> str | None:
     from .chat import conversation
 
@@ -138,6 +149,8 @@ def _instruction_problem(row: dict[str, Any], seen: dict[str, int]) -> str | Non
 
 
 def sampling_params(config: FilterConfig, seed: int) -> "SamplingParams":
+    """The student's on-policy sampling for scoring: greedy at temperature 0, seeded by the caller
+    (`chunk_seed`) so that a resumed run samples the same responses."""
     from .generation import SamplingParams
 
     return SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
@@ -160,7 +173,7 @@ def sample_and_score(scorer: "PolicyScorer", records: Sequence[dict[str, Any]], 
     from .generation import get_backend
 
     gen = get_backend(backend, scorer.loaded) if isinstance(backend, str) else backend
-    conversations = [{"messages": r["messages"], **({"tools": r["tools"]} if r.get("tools") else {})} for r in records]
+    conversations = [instruction_conversation(r) for r in records]
     per_record: list[list[tuple[Any, Any]]] = [[] for _ in records]
     for k in range(samples):
         with scorer.student_context():
@@ -269,7 +282,8 @@ def _reusable_scores(run_dir: Path, records: list[dict[str, Any]],
 # --------------------------------------------------------------------------- selection
 
 
-def split_heldout(records: list[dict[str, Any]], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+def split_heldout(records: list[dict[str, Any]], fraction: float,
+                  seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(train pool, held out): per category, a deterministic `fraction` of the distinct instructions (at
     least one when the category has three or more, and never all); generated instructions are held out before seeds.
 
@@ -284,7 +298,7 @@ def split_heldout(records: list[dict[str, Any]], fraction: float, seed: int) -> 
 
     # A row with no user text to compare is its own instruction.
     text = {r["id"]: normalize(instruction_text(r)) or f"\0{r['id']}" for r in records}
-    by_cat: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    by_cat: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
         by_cat[r["category"]][text[r["id"]]].append(r)
 
@@ -306,7 +320,7 @@ def select(scored: list[dict[str, Any]], config: FilterConfig) -> list[dict[str,
         return list(scored)
     if config.min_score is not None:
         return [r for r in scored if r["score"] >= config.min_score]
-    by_cat: dict[str, list[dict]] = defaultdict(list)
+    by_cat: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in sorted(scored, key=lambda r: (-r["score"], r["id"])):
         by_cat[r["category"]].append(r)
     if config.top_n is not None:
@@ -325,9 +339,9 @@ def kept_count(keep: float, rows: int) -> int:
     return max(1, math.ceil(keep * rows - 1e-9))
 
 
-def _round_robin(by_cat: dict[str, list[dict]], total: int) -> list[dict]:
+def _round_robin(by_cat: dict[str, list[dict[str, Any]]], total: int) -> list[dict[str, Any]]:
     """Take the best remaining instruction of each category in turn until `total` are chosen."""
-    chosen: list[dict] = []
+    chosen: list[dict[str, Any]] = []
     depth = 0
     while len(chosen) < total and any(depth < len(rows) for rows in by_cat.values()):
         for rows in by_cat.values():
@@ -349,6 +363,8 @@ def threshold(selected: list[dict[str, Any]], scored: list[dict[str, Any]]) -> f
 
 
 def plot_histogram(scored: list[dict[str, Any]], selected: list[dict[str, Any]], path: Path) -> None:
+    """filter_hist.png: the scores kept and not kept, with the cut where one score separates them (`threshold`),
+    so a user choosing --keep or --min-score sees where the selection falls in the distribution."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -376,7 +392,10 @@ def plot_histogram(scored: list[dict[str, Any]], selected: list[dict[str, Any]],
     plt.close(fig)
 
 
-def per_category(scored: list[dict], selected: list[dict], heldout: list[dict]) -> dict[str, dict[str, int]]:
+def per_category(scored: list[dict[str, Any]], selected: list[dict[str, Any]],
+                 heldout: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Scored, selected and held-out counts per category, recorded in run.json: selection balances per
+    category, and a category the filter left with nothing to train on shows here rather than in a worse adapter."""
     table: dict[str, dict[str, int]] = defaultdict(lambda: {"scored": 0, "selected": 0, "heldout": 0})
     for name, rows in (("scored", scored), ("selected", selected), ("heldout", heldout)):
         for r in rows:
@@ -385,6 +404,7 @@ def per_category(scored: list[dict], selected: list[dict], heldout: list[dict]) 
 
 
 def mean_score(rows: list[dict[str, Any]]) -> float | None:
+    """The mean policy sensitivity of `rows`, None for none: over held-out rows, the internalization gap."""
     return sum(r["score"] for r in rows) / len(rows) if rows else None
 
 

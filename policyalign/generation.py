@@ -239,15 +239,7 @@ def decode(model: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
         return [[] for _ in prompts]
     device = next(model.parameters()).device
     width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
-        mask[row, width - len(prompt):] = 1
-    positions = (mask.cumsum(1) - 1).clamp(min=0).to(device)
-    ids = ids.to(device)
-    # Room for every step's mask column up front: the loop passes growing views, never copies.
-    mask = torch.cat([mask, torch.ones((len(prompts), max_new_tokens), dtype=torch.long)], dim=1).to(device)
+    ids, mask, positions = _left_padded(prompts, pad_id, width, max_new_tokens, device)
     eos = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
     cache = DynamicCache(config=model.config)
     live = torch.ones(len(prompts), dtype=torch.bool, device=device)
@@ -273,6 +265,25 @@ def decode(model: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
         sampler.check()
     eos_set = set(eos_ids)
     return [_cut_at_eos(row, eos_set)[0] for row in torch.stack(steps, dim=1).tolist()]
+
+
+def _left_padded(prompts: Sequence[Sequence[int]], pad_id: int, width: int, max_new_tokens: int,
+                 device: Any) -> tuple[Any, Any, Any]:
+    """(ids, attention mask, position ids) of the left-padded prompts on `device`.
+
+    Positions count real tokens only, so a padded row sees the positions it would unpadded. The
+    mask has room for every step's column up front: the loop passes growing views, never copies.
+    """
+    import torch
+
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
+        mask[row, width - len(prompt):] = 1
+    positions = (mask.cumsum(1) - 1).clamp(min=0).to(device)
+    mask = torch.cat([mask, torch.ones((len(prompts), max_new_tokens), dtype=torch.long)], dim=1).to(device)
+    return ids.to(device), mask, positions
 
 
 def _next_tokens(logits: Any, live: Any, sampler: RowSampler | None, pad_id: int, step: int) -> Any:

@@ -24,7 +24,7 @@ def internalization(loaded: "LoadedModel", policy: str, records: list[dict[str, 
     distributions, whatever temperature training or filtering used: the metric describes the models,
     so runs trained at different temperatures are compared on one scale.
     """
-    from .filtering import FilterConfig, check_finite, sample_and_score, sampling_params
+    from .filtering import FilterConfig, check_finite, mean_score, sample_and_score, sampling_params
     from .models import base_weights
     from .scoring import PolicyScorer
 
@@ -38,4 +38,4 @@ def internalization(loaded: "LoadedModel", policy: str, records: list[dict[str, 
     params = sampling_params(FilterConfig(max_new_tokens=max_new_tokens), seed)
     rows = sample_and_score(scorer, records, params, 1, batch_size=batch_size)
     check_finite(rows)  # a NaN mean went into policyalign.json (as non-standard JSON) and the card
-    return sum(r["score"] for r in rows) / len(rows)
+    return mean_score(rows)

@@ -608,6 +608,26 @@ def _summary(pack: Pack, generator: str, settings: Mapping[str, Any], options: M
 # --------------------------------------------------------------------------- entry point
 
 
+def _check_cleanup(dedup_threshold: float, decontam_threshold: float, balance_factor: float) -> None:
+    """Refuse a bad dedup, decontamination or balance setting before any generation, which may take hours."""
+    check_threshold(dedup_threshold, "dedup_threshold")
+    check_threshold(decontam_threshold, "decontam_threshold")
+    if not balance_factor > 0:
+        raise InvalidInputError(f"balance_factor must be > 0, got {balance_factor!r}", where="balance_factor",
+                                hint="e.g. 2.0: no category gets more than twice the smallest")
+
+
+def _balanced(candidates: list[Candidate], category_ids: list[str], n: int, factor: float,
+              max_per_category: int | None, seed: int, dropped: Counter[str],
+              dropped_by_category: dict[str, Counter[str]]) -> tuple[list[Candidate], int]:
+    """(the candidates capped per category, the cap): the cap comes from the counts left after dedup and
+    decontamination, so categories are balanced on what will actually be trained on."""
+    counts = Counter(c.category for c in candidates)
+    cap = balance_cap({c: counts[c] for c in category_ids}, n_per_category=n, factor=factor,
+                      max_per_category=max_per_category)
+    return _balance(candidates, category_ids, cap, seed, dropped, dropped_by_category), cap
+
+
 def check_settings(pack: Pack, *, n_per_category: int | None, rounds: int | None, batch_size: int,
                    max_per_category: int | None, sampling: SamplingParams | Mapping[str, Any] | None,
                    seed: int) -> tuple[int, int, dict[str, Any]]:
@@ -661,11 +681,7 @@ def synthesize(
     """
     n, rounds, settings = check_settings(pack, n_per_category=n_per_category, rounds=rounds, batch_size=batch_size,
                                          max_per_category=max_per_category, sampling=sampling, seed=seed)
-    check_threshold(dedup_threshold, "dedup_threshold")
-    check_threshold(decontam_threshold, "decontam_threshold")
-    if not balance_factor > 0:
-        raise InvalidInputError(f"balance_factor must be > 0, got {balance_factor!r}", where="balance_factor",
-                                hint="e.g. 2.0: no category gets more than twice the smallest")
+    _check_cleanup(dedup_threshold, decontam_threshold, balance_factor)
     out = Path(out_dir)
     cache = out / GENERATIONS_DIR
     generator = _Generator(generator_backend_or_name, device=device, backend_name=backend)
@@ -681,11 +697,9 @@ def synthesize(
     candidates = seeds + _generated_candidates(pack, requests, entries, dropped, by_category)
     candidates = _decontaminate(candidates, pack.eval_prompts(), decontam_threshold, dropped, by_category)
     candidates = _drop_duplicates(candidates, dedup_threshold, dropped, by_category)
-    counts = Counter(c.category for c in candidates)
     category_ids = [c.id for c in pack.categories]
-    cap = balance_cap({c: counts[c] for c in category_ids}, n_per_category=n, factor=balance_factor,
-                      max_per_category=max_per_category)
-    candidates = _balance(candidates, category_ids, cap, seed, dropped, by_category)
+    candidates, cap = _balanced(candidates, category_ids, n, balance_factor, max_per_category, seed, dropped,
+                                by_category)
     if not candidates:
         raise InvalidInputError(
             f"synthesis for {pack.ref} produced no instructions: the pack has no usable seeds and the generator "

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from .chat import encode_chat, student_messages, teacher_messages
 from .checkpoints import save_error
 from .errors import InvalidInputError, did_you_mean
+from .filtering import instruction_conversation
 from .io import make_files_ordinary
 
 if TYPE_CHECKING:
@@ -33,20 +34,21 @@ if TYPE_CHECKING:
     from .models import LoadedModel
 
 
-@lru_cache(maxsize=1)
-def _trainer_classes() -> tuple[type, type]:
-    """Build the trl subclasses lazily, so importing this module does not import trl."""
+def _silence_trl_experimental() -> None:
+    """Call before importing trl.experimental: its import warns that its APIs may change, which `pa`'s
+    users cannot act on (pyproject.toml pins the trl version whose API this module uses)."""
     import os
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    import torch
-    from trl.experimental.sdft import SDFTTrainer
-    from trl.experimental.sdft.sdft_trainer import DemonstrationTeacherContextBuilder, DistillationLogits
-    from trl.trainer.utils import RepeatSampler, pad
 
-    from .generation import RowSampler, decode, request_seed
-    from .models import merged_adapter
-    from .scoring import PrefixCache, eval_mode, teacher_completion_logits
+
+@lru_cache(maxsize=1)
+def _teacher_context_builder_class() -> type:
+    """`PolicyTeacherContextBuilder`, built lazily so that importing this module does not import trl."""
+    _silence_trl_experimental()
+    import torch
+    from trl.experimental.sdft.sdft_trainer import DemonstrationTeacherContextBuilder
+    from trl.trainer.utils import pad
 
     class PolicyTeacherContextBuilder(DemonstrationTeacherContextBuilder):
         """Teacher prompt = the policy as system message + the instruction's own turns (and tools)."""
@@ -66,6 +68,15 @@ def _trainer_classes() -> tuple[type, type]:
             return {"teacher_input_ids": torch.cat([prompt_ids, completion_ids], 1),
                     "teacher_attention_mask": torch.cat([prompt_mask, completion_mask], 1)}
 
+    return PolicyTeacherContextBuilder
+
+
+@lru_cache(maxsize=1)
+def _epoch_repeat_sampler_class() -> type:
+    """`EpochRepeatSampler`, built lazily so that importing this module does not import trl."""
+    import torch
+    from trl.trainer.utils import RepeatSampler
+
     class EpochRepeatSampler(RepeatSampler):
         """trl's RepeatSampler, whose shuffle depends on the epoch rather than on how many epochs this process ran.
 
@@ -81,6 +92,23 @@ def _trainer_classes() -> tuple[type, type]:
             self.generator.manual_seed(self.seed)
             for _ in range(epoch):
                 torch.randperm(self.num_samples, generator=self.generator)
+
+    return EpochRepeatSampler
+
+
+@lru_cache(maxsize=1)
+def _trainer_classes() -> tuple[type, type]:
+    """(PolicySDFTTrainer, PolicyTeacherContextBuilder), built lazily: importing this module imports no trl."""
+    _silence_trl_experimental()
+    import torch
+    from trl.experimental.sdft import SDFTTrainer
+    from trl.experimental.sdft.sdft_trainer import DistillationLogits
+
+    from .generation import RowSampler, decode, request_seed
+    from .models import merged_adapter
+    from .scoring import PrefixCache, eval_mode, teacher_completion_logits
+
+    PolicyTeacherContextBuilder, EpochRepeatSampler = _teacher_context_builder_class(), _epoch_repeat_sampler_class()
 
     class PolicySDFTTrainer(SDFTTrainer):
         """SDFTTrainer with the policy as system message, no truncation and a teacher prefix cache."""
@@ -262,7 +290,7 @@ def _trainer_classes() -> tuple[type, type]:
                 loss_mask = completion_mask * (positions >= self.num_loss_tokens_to_skip).long()
             return DistillationLogits(completion_ids, loss_mask, student, teacher)
 
-        def _teacher_logits(self, teacher_model: Any, inputs: dict, steps: int) -> Any:
+        def _teacher_logits(self, teacher_model: Any, inputs: dict[str, Any], steps: int) -> Any:
             version = self._teacher_version()
             if self.prefix is not None and version != self._prefix_version:
                 self.prefix.invalidate()
@@ -317,9 +345,7 @@ def follow_schedule(optimizer: Any, scheduler: Any) -> None:
 def sdft_config(config: DistillConfig, output_dir: Path, *, device: str, dtype: Any, report_to: str | list[str] = "none",
                 vocab_size: int | None = None) -> Any:
     """The trl SDFTConfig for our settings (the paper's reverse-KL top-k objective), on the model's device."""
-    import os
-
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    _silence_trl_experimental()
     from trl.experimental.sdft import SDFTConfig
 
     args = SDFTConfig(
@@ -421,7 +447,7 @@ def training_dataset(records: list[dict[str, Any]]) -> Any:
 
 def training_prompt(record: dict[str, Any]) -> str:
     """One instruction as the trainer's prompt column holds it: its conversation (and tools) as JSON."""
-    return json.dumps({"messages": record["messages"], **({"tools": record["tools"]} if record.get("tools") else {})})
+    return json.dumps(instruction_conversation(record))
 
 
 # Where LoRA targets come from when the caller does not say: a flag, or else the pack.
