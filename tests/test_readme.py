@@ -181,3 +181,36 @@ def test_the_exit_codes_a_script_reads_are_documented_as_the_code_sets_them() ->
         assert f"{HubUnavailableError.exit_code} the Hub unavailable" in text and "worth retrying" in text
         assert f"{exit_code(Stopped(signal.SIGTERM))} by SIGTERM" in text and f"{exit_code(Stopped(signal.SIGHUP))} by SIGHUP" in text
         assert f"{CLOSED_PIPE} output into a closed pipe" in text
+
+
+def test_readme_names_every_key_of_eval_compare_json(tmp_path: Path) -> None:
+    """README's `pa eval --compare` row lists what `--json` gives a script; it left out `drift_kl`, added to
+    `eval_report.comparison` after the row was written. Every top-level key and every row key is named there."""
+    from policyalign.eval_report import comparison
+    from policyalign.evaluate import evaluate
+    from policyalign.generation import greedy_params
+    from policyalign.registry import Registry
+
+    row = next(line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `pa eval --compare"))
+    shown = set(re.findall(r"`(\w+)`", row.split("`--json` gives the same as data", 1)[1]))
+    pack = Registry([ROOT / "packs"]).load(str(ROOT / "packs" / "general"))
+    result = evaluate(pack, "tiny", out_dir=tmp_path / "eval", limit=1, params=greedy_params(2), sets=["benign"])
+    compared = comparison(result.eval_json, result.eval_json)
+    keys = set(compared) | {key for r in compared["rows"] for key in r}
+    assert keys <= shown, f"README.md's `pa eval --compare` row does not name {sorted(keys - shown)}"
+
+
+def test_the_commands_readme_says_take_quiet_take_it() -> None:
+    """README says `--quiet` (`pa apply`, the stage commands and `pa eval`) draws no bars: each of them takes it."""
+    import typer
+
+    from policyalign.cli import app
+
+    text = " ".join((ROOT / "README.md").read_text().split())
+    named = re.search(r"`--quiet` \(([^)]*)\)", text)
+    assert named and "the stage commands" in named.group(1), "README.md no longer says which commands take --quiet"
+    commands = re.findall(r"`pa (\w+)`", named.group(1)) + ["synthesize", "filter", "distill"]
+    root = typer.main.get_command(app)
+    lacking = [name for name in commands
+               if "--quiet" not in {o for p in root.commands[name].params for o in p.opts}]  # type: ignore[attr-defined]
+    assert not lacking, f"README.md says these take --quiet; they do not: {lacking}"

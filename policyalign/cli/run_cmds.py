@@ -133,7 +133,7 @@ def apply(
 
     result = run_apply(options, the_pack, on_stage=on_stage, on_note=lambda text: typer.echo(f"note: {text}", err=True))
     if as_json:  # read once the run is released: while `pa apply` held it, its status was "running (6/6 stages done)"
-        from ..apply import listed_summary
+        from ..runs import listed_summary
 
         print_json(listed_summary(result.run_dir))
         return
