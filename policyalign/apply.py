@@ -30,7 +30,7 @@ from .models import check_device_and_dtype
 from .pack import Pack
 from .run import (check_run_directory, read_manifest, record_inputs, run_held, stage_done, stage_results, unbumped_change,
                   write_manifest)
-from .runs import run_summary
+from .runs import adapter_hash, run_summary
 from .scaffold import draft_leftovers
 from .stages import (
     SELECTION_FLAGS, distill_config, distill_key, eval_key, filter_config, filter_key, run_distill, run_eval, run_filter,
@@ -744,5 +744,6 @@ def _push(run_dir: Path, options: ApplyOptions, key: str) -> None:
         if url is None:
             raise
     manifest = read_manifest(run_dir)
-    manifest["stages"]["push"] = {"status": "done", "key": key, "url": url}
+    # the adapter it published: retrained later, the run no longer holds what the URL shows (`runs._published_url`)
+    manifest["stages"]["push"] = {"status": "done", "key": key, "url": url, "adapter": adapter_hash(run_dir)}
     write_manifest(run_dir, manifest)

@@ -75,8 +75,24 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
         "forbidden_calls_after": _metric(after, "forbidden_tool_call_rate"),
         "adapter": str(run_dir / "adapter") if (run_dir / "adapter" / "policyalign.json").is_file() else None,
         "card": str(run_dir / "README.md") if (run_dir / "README.md").is_file() else None,
-        "url": stages.get("push", {}).get("url"),
+        "url": _published_url(run_dir, stages.get("push") or {}),
     }
+
+
+def adapter_hash(run_dir: Path) -> str | None:
+    """The sha256 of the run's adapter weights (None before training): what the card reports and a push published."""
+    from .io import sha256_file
+
+    weights = sorted((Path(run_dir) / "adapter").glob("adapter_model.*"))
+    return sha256_file(weights[0]) if weights else None
+
+
+def _published_url(run_dir: Path, push: dict[str, Any]) -> str | None:
+    """Where `pa apply --push-to` published this run's adapter, while it is the adapter there now. Retrained
+    since (`pa apply` again without --push-to), the summary and `pa runs` still said `published: URL`, the URL of
+    an adapter the run no longer holds. A record from before the push named its adapter is taken as it is."""
+    pushed = push.get("adapter")
+    return push.get("url") if pushed is None or pushed == adapter_hash(run_dir) else None
 
 
 def listed_summary(run_dir: Path) -> dict[str, Any]:

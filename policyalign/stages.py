@@ -20,6 +20,7 @@ from .judges import keyed_judge
 from .models import check_device_and_dtype
 from .run import (MANIFEST, check_run_directory, check_same_run, fingerprint, load_run_pack, read_manifest,
                   record_inputs, rekey_stage, run_active, run_held, run_inputs, stage)
+from .runs import adapter_hash
 
 if TYPE_CHECKING:
     from .distill import DistillResult
@@ -57,15 +58,10 @@ def outdated_stage(run_dir: Path, stages: dict[str, Any]) -> str | None:
 
 def _card_inputs(run_dir: Path) -> dict[str, Callable[[], str | None]]:
     """The files the card reports, each hashed when asked (`pa runs` asks only of a finished run)."""
-    return {"adapter": lambda: _adapter_hash(run_dir),
+    return {"adapter": lambda: adapter_hash(run_dir),
             "provenance": lambda: _file_hash(run_dir, "adapter/policyalign.json"),
             "before": lambda: _file_hash(run_dir, "eval/before/eval.json"),
             "after": lambda: _file_hash(run_dir, "eval/after/eval.json")}
-
-
-def _adapter_hash(run_dir: Path) -> str | None:
-    weights = sorted((Path(run_dir) / "adapter").glob("adapter_model.*"))
-    return sha256_file(weights[0]) if weights else None
 
 
 def _model(run_dir: Path, model: str | None) -> str:
@@ -462,7 +458,7 @@ def run_distill(run_dir: Path, *, model: str | None = None, pack: "str | Pack | 
 
 
 def eval_key(run_dir: Path, pack: "Pack", model: str, which: str, options: dict[str, Any]) -> str:
-    adapter = _adapter_hash(run_dir) if which == "after" else None
+    adapter = adapter_hash(run_dir) if which == "after" else None
     judge = options.get("judge") or ""
     return fingerprint({"pack": pack.digest, **_model_key(model), "adapter": adapter, **options,
                         **({"judge": keyed_judge(judge)} if judge else {}), **judge_weights(judge),
@@ -495,7 +491,7 @@ def run_eval(run_dir: Path, which: str, *, model: str | None = None, pack: "str 
     options = {"judge": judge, "limit": limit, "max_new_tokens": max_new_tokens}
     adapter = run_dir / "adapter" if which == "after" else None
     check_device_and_dtype(device)
-    made_from = {"adapter": _adapter_hash(run_dir)} if which == "after" else {}  # for `outdated_stage`
+    made_from = {"adapter": adapter_hash(run_dir)} if which == "after" else {}  # for `outdated_stage`
     with stage(run_dir, f"eval_{which}", lambda: eval_key(run_dir, the_pack, model, which, options),
                options=options, **made_from) as results:
         result = evaluate(the_pack, model, adapter=adapter, judge=judge, params=greedy_params(max_new_tokens),

@@ -1067,6 +1067,11 @@ def test_rerunning_apply_with_push_to_skips_the_push_it_already_made(tmp_path: P
     assert [s.status for s in again.stages] == ["skipped"] * 7
     assert again.url == first.url == run_summary(run)["url"]
     assert hub_server.tags("org/apply-rerun") == [f"{pack.name}-v{pack.version}"]
+    # retrained since (as `pa apply --max-steps 70` without --push-to leaves it): the URL shows an adapter the run
+    # no longer holds, and the summary and `pa runs` said `published: URL` all the same
+    weights = run / "adapter" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    assert run_summary(run)["url"] is None
 
 
 @pytest.mark.slow
