@@ -103,6 +103,40 @@ def test_a_distill_stopped_before_its_first_step_says_it_starts_from_the_beginni
     assert "--resume" not in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_a_fresh_distill_stopped_before_its_first_step_does_not_suggest_continuing_an_earlier_training(  # type: ignore[no-untyped-def]
+        recorded_run) -> None:
+    """A `pa distill` without --resume removes an earlier training's checkpoints once its trainer is built; stopped
+    while the model loaded, those were still there, and it suggested --resume, which continues that training."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    import torch
+    from safetensors.torch import save_file
+
+    run, _ = recorded_run
+    earlier = run / "checkpoints" / "checkpoint-2"  # an earlier training's, complete (`checkpoints.resume_point`)
+    earlier.mkdir(parents=True)
+    save_file({"w": torch.zeros(1)}, str(earlier / "adapter_model.safetensors"))
+    (earlier / "trainer_state.json").write_text("{}")
+    os.utime(earlier, (1, 1))
+    flags = ["--max-steps", "2", "--batch-size", "2", "--max-new-tokens", "4"]
+    proc = subprocess.run([sys.executable, "-c", _STOPPED_WHILE_LOADING, str(run), *flags], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    assert proc.stderr.endswith(
+        "\nstopped by SIGTERM before any training step was finished: the checkpoints in the run directory are an "
+        "earlier training's, which --resume would continue instead of this one; to start training from the "
+        f"beginning, run: {shlex.join(['pa', 'distill', str(run), *flags])}\n"), proc.stderr
+    assert "Traceback" not in proc.stderr
+
+    resumed = subprocess.run([sys.executable, "-c", _STOPPED_WHILE_LOADING, str(run), *flags, "--resume"],
+                             capture_output=True, text=True, timeout=300)  # told to continue it: it is the one kept
+    assert resumed.stderr.endswith("to continue from the last checkpoint, run: "
+                                   f"{shlex.join(['pa', 'distill', str(run), *flags, '--resume'])}\n"), resumed.stderr
+
+
 # Run like the `pa` console script (`from policyalign.cli import main; main()`), sending itself a real SIGINT
 # at one moment before a command runs: while a module loads (a meta path hook), or inside an eval of text
 # while typer builds the command (where CPython then also marked the caught Ctrl-C unhandled).
