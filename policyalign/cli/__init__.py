@@ -72,8 +72,10 @@ def exit_interrupted(exc: KeyboardInterrupt) -> NoReturn:
     """Ctrl-C before `PaGroup.invoke` runs a command: while the command line's modules load (the first
     ~0.3 s of every `pa`), or typer builds and parses it. That was a KeyboardInterrupt traceback, killed
     by SIGINT (-2 to a parent process), or a silent exit 130, by the moment; now it is what Ctrl-C
-    does in a command, without a traceback."""
-    say(f"\n{_stopped_word(exc)}\n")
+    does in a command, without a traceback. Said by rank 0 alone under torchrun, as a command's stop message is:
+    each rank got the signal, and each said it."""
+    if launch_rank()[0] == 0:
+        say(f"\n{_stopped_word(exc)}\n")
     forget_interrupt()
     raise SystemExit(exit_code(exc))
 
