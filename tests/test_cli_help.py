@@ -572,6 +572,38 @@ def test_output_flushed_at_exit_into_a_closed_pipe_ends_pa_quietly_with_141(tmp_
     assert proc.returncode == 141 and proc.stderr == "", (proc.returncode, proc.stderr)
 
 
+_A_BAR = """
+from policyalign.cli import app, main
+from policyalign.progress import progress_bar
+@app.command("bar")
+def bar() -> None:
+    with progress_bar(True, 3, "working") as advance:
+        for _ in range(3):
+            advance(1)
+    print("done")
+main(["bar"])
+"""
+
+
+def test_an_error_or_a_progress_bar_into_a_closed_stderr_exits_with_its_own_code(tmp_path: Path) -> None:
+    """An error whose message could not be written to stderr (`pa show NAME 2>&1 | true`) exited 1, not its own code
+    (2 for bad input): the failed write escaped the handler. A progress bar into it (`pa apply 2>&1 | head`) exited 1
+    by rich's own answer, and pointed stdout at /dev/null: it is output into a closed pipe (141)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_HUB_OFFLINE": "1"}
+
+    def run(*command: str) -> int:
+        reader, writer = os.pipe()
+        os.close(reader)
+        try:
+            return subprocess.run([sys.executable, *command], stdout=subprocess.DEVNULL, stderr=writer, cwd=tmp_path,
+                                  env=env, timeout=120, check=False).returncode
+        finally:
+            os.close(writer)
+
+    assert run("-m", "policyalign", "show", "no-such-pack") == 2
+    assert run("-c", _A_BAR) == 141
+
+
 _ANOTHER_PIPE = """
 import os
 from policyalign.cli import app, main

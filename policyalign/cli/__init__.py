@@ -145,6 +145,17 @@ def say(text: str) -> None:
         pass
 
 
+def tell_error(text: str) -> None:
+    """`text` on stderr, where an error's message goes. Where stderr cannot be written (`2>&-`, a pipe whose reader
+    has gone) it is not said, and pa still exits with the error's code: the failed write escaped `PaGroup.invoke`,
+    and click ended it as exit 1, whatever the error. stderr is then pointed at /dev/null (`_discard`), so that
+    its buffer is not flushed into it again at exit ("Exception ignored", exit 120)."""
+    try:
+        typer.echo(text, err=True)
+    except OSError:
+        _discard(sys.stderr)
+
+
 def forget_interrupt() -> None:
     """Let a Ctrl-C that was handled exit 130. CPython marks a KeyboardInterrupt that escapes an eval or
     exec of source text (typer evaluating annotations, a dataclass's generated `__init__`) as unhandled,
@@ -233,7 +244,7 @@ class PaGroup(PipedHelp, TyperGroup):
         try:
             return super().invoke(ctx)
         except PolicyAlignError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            tell_error(f"error: {exc}")
             ctx.exit(exc.exit_code)
         except BrokenPipeError as exc:
             if not (closed_pipe(sys.stdout) or closed_pipe(sys.stderr)):  # a subprocess's, a socket's: a bug, shown
@@ -244,7 +255,7 @@ class PaGroup(PipedHelp, TyperGroup):
             error = unreadable_error(exc) or disk_error(exc)
             if error is None:
                 raise
-            typer.echo(f"error: {error}", err=True)
+            tell_error(f"error: {error}")
             ctx.exit(error.exit_code)
         except KeyboardInterrupt as exc:
             command = ctx.invoked_subcommand
