@@ -4,6 +4,7 @@ with an adapter_config.json that is the same bytes for the same training, and th
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Callable
@@ -34,7 +35,23 @@ def save_adapter(model: Any, target: Path, finish: Callable[[Path], Any] = lambd
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     make_files_ordinary(tmp)  # safetensors writes the weights owner-only
+    _hand_over_legacy_aside(target)
     swap_in(tmp, target)
+
+
+def _hand_over_legacy_aside(target: Path) -> None:
+    """What a save killed under a pa from before `hub.swap_in` left: it moved the previous adapter aside as
+    `.NAME.old`, which its next save deleted; saves now look for swap_in's `.previous-NAME` alone, so a run killed
+    then and resumed now kept it for good (or, killed between its two moves, had no adapter, the only copy hidden
+    there). It is handed to swap_in as `.previous-NAME`, which deletes it or puts it back (`hub._settle_previous`);
+    where there is one already, that one is the later, and this one is deleted."""
+    legacy, previous = target.parent / f".{target.name}.old", target.parent / f".previous-{target.name}"
+    if not legacy.is_dir() or legacy.is_symlink():
+        return
+    if previous.exists() or previous.is_symlink():
+        shutil.rmtree(legacy)
+    else:
+        os.replace(legacy, previous)
 
 
 # adapter_config.json fields PEFT holds as sets and writes as lists in the set's order, which

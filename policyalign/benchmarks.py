@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import HubError, InvalidInputError, PolicyAlignError
+from .errors import HubError, HubUnavailableError, InvalidInputError, PolicyAlignError
 
 if TYPE_CHECKING:
     from .pack_eval import EvalItem, EvalSet
@@ -74,9 +74,7 @@ def load_benchmark(name: str, *, revision: str = "main") -> Benchmark:
     try:
         data = datasets.load_dataset(spec.dataset, split=spec.split, revision=revision)
     except Exception as exc:  # datasets raises many types for network/auth/missing-repo problems
-        raise HubError(f"could not load benchmark {spec.dataset!r} (revision {revision!r}): {exc}",
-                       hint="check network access to the Hugging Face Hub, or pre-populate the datasets cache "
-                            "and set HF_DATASETS_OFFLINE=1") from None
+        raise _benchmark_error(exc, spec.dataset, revision) from None
     from .pack_eval import EvalSet
 
     items = tuple(_benchmark_item(spec, i, row) for i, row in enumerate(data, start=1))
@@ -84,6 +82,24 @@ def load_benchmark(name: str, *, revision: str = "main") -> Benchmark:
             "resolved_revision": _resolved_revision(spec.dataset, revision), "license": spec.license,
             "url": spec.url, "items_in_set": len(items)}  # `evaluate` adds the `items` it evaluated (after --limit)
     return Benchmark(EvalSet(name=f"bench:{spec.name}", kind=spec.kind, file=spec.dataset, items=items), meta)
+
+
+def _benchmark_error(exc: Exception, dataset: str, revision: str) -> HubError:
+    """What `datasets` failing to load a benchmark is: a HubUnavailableError (exit 3, worth retrying) for an outage,
+    a HubError (exit 1) for anything else. An outage exited 1, as a missing dataset does, so CI could not retry it.
+
+    datasets raises a builtin ConnectionError "Couldn't reach 'X' on the Hub (CAUSE)" both for an outage and in
+    offline mode (HF_HUB_OFFLINE, HF_DATASETS_OFFLINE), and drops its cause (`raise e1 from None`): CAUSE is
+    OfflineModeIsEnabled for the setting (or its own message, "offline mode is enabled"), which no retry changes. Anything else is read as the Hub's own
+    errors are (`hub._transient`: a connection error, a timeout, HTTP 5xx or 429)."""
+    from .hub import RETRY_HINT, _transient
+
+    message = f"could not load benchmark {dataset!r} (revision {revision!r}): {exc}"
+    offline = any(mark in str(exc).lower() for mark in ("offlinemodeisenabled", "offline mode is enabled"))
+    if not offline and _transient(exc) is not None:
+        return HubUnavailableError(message, hint=f"check the network connection or HF_ENDPOINT; {RETRY_HINT}")
+    return HubError(message, hint="check network access to the Hugging Face Hub, or pre-populate the datasets cache "
+                                  "and set HF_DATASETS_OFFLINE=1")
 
 
 def _resolved_revision(dataset: str, revision: str) -> str | None:

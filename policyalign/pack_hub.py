@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -351,9 +352,10 @@ def pull_pack(spec: str, *, to: str | Path | None = None, token: str | None = No
     through `registry` (default: the standard search path) and among the packs already in the
     install directory: once installed, those are its siblings, which the loader always searches.
     """
-    from .pack import files_digest, load_pack
-    from .registry import Registry, user_packs_dir
+    from .registry import user_packs_dir
+    from .run import run_lock
 
+    started = time.time()
     repo_id, wanted = split_spec(spec)
     _check_range_syntax(spec, wanted)
     api = hub_api(token)
@@ -361,10 +363,52 @@ def pull_pack(spec: str, *, to: str | Path | None = None, token: str | None = No
     parent = Path(to) if to is not None else user_packs_dir()
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".pa-pull-", dir=parent))
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=parent))
     except OSError as exc:  # `--to` naming a file, or a directory that cannot be made or written: not a traceback
         raise InvalidInputError(f"cannot install packs here: {exc.strerror or exc}", file=str(parent),
                                 hint="give --to a directory you can write to (it is created if missing)") from None
+    with run_lock(staging):  # this pull's, while it runs: no other pull removes it (`_remove_stale_staging`)
+        _remove_stale_staging(parent, staging, started)
+        pack, target, warnings, replaced = _install(api, repo_id, commit, staging, parent, token, registry)
+    return PackPullResult(pack.name, pack.version, pack.digest, target, repo_id, revision, str(commit), tuple(warnings),
+                          replaced)
+
+
+# The prefix of a pull's staging directory in the install directory, where a killed pull leaves it.
+STAGING_PREFIX = ".pa-pull-"
+# What a second `pa pack pull` installing the same pack into one directory is told (run.run_lock's `busy`).
+PACK_PULL_BUSY = ("pack's install directory", "wait for the other `pa pack pull` of this pack into it to finish, "
+                                              "or install into another packs directory with --to")
+
+
+def _remove_stale_staging(parent: Path, own: Path, started: float) -> None:
+    """Delete the staging directories killed pulls left in `parent`: each pull's is randomly named, and a
+    killed one (no `finally` runs) left it there for good. Only one no live pull holds (each holds a lock in
+    its own, `run.run_active`) and that is older than this pull (`started`): one made by a pull started since
+    may not hold its lock yet."""
+    from .run import run_active
+
+    for stale in parent.glob(f"{STAGING_PREFIX}*"):
+        if stale == own or stale.is_symlink() or not stale.is_dir():
+            continue
+        try:
+            older = stale.stat().st_mtime < started
+        except OSError:  # removed meanwhile
+            continue
+        if older and not run_active(stale):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _install(api: Any, repo_id: str, commit: str, staging: Path, parent: Path, token: str | None,
+             registry: "Registry | None") -> tuple["Pack", Path, list[str], str]:
+    """(pack, where installed, warnings, the other version replaced) of the pack at `commit`, downloaded into
+    `staging`, checked, and moved into `parent`. The move holds a lock beside the pack's directory, as `pa pull`
+    does: two pulls of one pack into one directory each moved the installed one aside as `.previous-NAME` and
+    one put back or deleted what the other had moved (`hub.swap_in`)."""
+    from .pack import files_digest, load_pack
+    from .registry import Registry
+    from .run import run_lock
+
     try:
         recorded = _read_pack_card(repo_id, commit, staging, token)
         name, hashes = recorded["pack"]["name"], recorded["files"]
@@ -387,13 +431,13 @@ def pull_pack(spec: str, *, to: str | Path | None = None, token: str | None = No
         warnings = _pack_identity_problems(pack, recorded["pack"], repo_id)
         target = parent / name
         warnings += _shadowed(pack, repo_id, search, target)
-        _check_replaceable(target, name)
-        replaced = _other_version(target, pack.version)
-        swap_in(stage, target)
+        with run_lock(parent, PACK_PULL_BUSY, name=f".{name}.pa-pull.lock", remove=True):
+            _check_replaceable(target, name)
+            replaced = _other_version(target, pack.version)
+            swap_in(stage, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return PackPullResult(pack.name, pack.version, pack.digest, target, repo_id, revision, str(commit), tuple(warnings),
-                          replaced)
+    return pack, target, warnings, replaced
 
 
 def _as_published(problem: Problem, stage: Path, repo_id: str) -> Problem:

@@ -553,14 +553,15 @@ def _ordinary_checkpoints_callback() -> Any:
 
 def _progress_callback() -> Any:
     """A rich progress bar over optimizer steps showing the current distillation loss."""
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from transformers import TrainerCallback
+
+    from .progress import stderr_console
 
     class RichProgress(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
             self.bar = Progress(TextColumn("distilling"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[loss]}"),
-                                TimeElapsedColumn(), console=Console(stderr=True))
+                                TimeElapsedColumn(), console=stderr_console())
             self.task = self.bar.add_task("distill", total=state.max_steps, completed=state.global_step, loss="")
             self.bar.start()
 

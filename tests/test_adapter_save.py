@@ -130,6 +130,34 @@ def test_a_save_killed_while_swapping_the_adapter_in_neither_fails_the_next_save
     assert saved_anew() and sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
 
 
+def test_a_save_killed_under_an_older_pa_leaves_nothing_beside_the_adapter_once_resumed(tmp_path: Path) -> None:
+    """Saves before `hub.swap_in` moved the previous adapter aside as `.NAME.old` and deleted what a killed one left
+    there; saves since look for `.previous-NAME` only, so a run killed under the older pa and resumed under this one
+    kept `.adapter.old` for good. It is dealt with as a `.previous-adapter` is: deleted once replaced."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from policyalign.adapter_save import save_adapter
+    from policyalign.tiny import tiny_model_path
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_path()), LoraConfig(r=4, target_modules=["q_proj"]))
+    target, legacy = tmp_path / "adapter", tmp_path / ".adapter.old"
+    save_adapter(model, target)
+    shutil.copytree(target, legacy)  # killed after the new adapter took the name
+    save_adapter(model, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+
+    target.rename(legacy)  # killed between the two moves: the only copy is aside
+    save_adapter(model, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+
+    shutil.copytree(target, legacy)  # and a save under this pa killed after its move in, since
+    shutil.copytree(target, tmp_path / ".previous-adapter")
+    save_adapter(model, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+    assert (target / "adapter_model.safetensors").is_file()
+
+
 def test_the_loss_curve_names_the_loss_as_configured() -> None:
     """loss.png's axis said "reverse KL(student || teacher), top-k" also for --kl-top-k 0 (the whole vocabulary)
     and for an alpha other than 1, which is not the reverse KL."""

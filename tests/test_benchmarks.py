@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -40,3 +41,47 @@ def test_benchmark_offline_is_a_clear_error(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert "HUBERROR" in out.stdout, out.stderr[-2000:]
     assert "walledai/StrongREJECT" in out.stdout and "HF_DATASETS_OFFLINE" in out.stdout
+
+
+def _hub_failing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, outage: bool) -> None:
+    """`datasets` failing to reach the Hub, so that its own code builds what it raises: in offline mode, or with the
+    Hub unreachable. For the outage, the download fails as huggingface_hub's does against a closed port once its
+    retries are spent (~24 s for real): a LocalEntryNotFoundError from httpx's real ConnectError."""
+    import datasets
+    import httpx
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")  # nothing cached to fall back on
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", not outage)
+    try:
+        with socket.socket() as closed:  # a port nothing listens on
+            closed.bind(("127.0.0.1", 0))
+            port = closed.getsockname()[1]
+        httpx.get(f"http://127.0.0.1:{port}/")
+    except httpx.ConnectError as refused:
+        connect_error = refused
+
+    def unreachable(*args: object, **kwargs: object) -> None:
+        raise LocalEntryNotFoundError("An error happened while trying to locate the file on the Hub") from connect_error
+
+    monkeypatch.setattr(HfApi, "hf_hub_download", unreachable)
+
+
+@pytest.mark.parametrize("outage", [True, False], ids=["outage", "offline"])
+def test_a_benchmark_the_hub_cannot_be_reached_for_is_an_outage_and_offline_mode_is_not(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, outage: bool) -> None:
+    """`pa eval --benchmark` exited 1 in a network outage, as for a missing dataset: CI could not retry it. datasets
+    raises the same builtin ConnectionError ("Couldn't reach ...") for an outage and for offline mode, whose cause
+    it drops; an outage is exit 3 (worth retrying), offline mode stays exit 1 with its hint."""
+    pytest.importorskip("datasets")
+    from policyalign.errors import HubError
+
+    _hub_failing(monkeypatch, tmp_path, outage)
+    with pytest.raises(HubError) as info:
+        load_benchmark("strongreject")
+    assert "Couldn't reach 'walledai/StrongREJECT' on the Hub" in str(info.value), info.value
+    if outage:
+        assert info.value.exit_code == 3 and "worth retrying" in info.value.problem.hint, info.value
+    else:
+        assert info.value.exit_code == 1 and "HF_DATASETS_OFFLINE=1" in info.value.problem.hint, info.value

@@ -103,6 +103,40 @@ def test_a_distill_stopped_before_its_first_step_says_it_starts_from_the_beginni
     assert "--resume" not in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_a_fresh_distill_stopped_before_its_first_step_does_not_suggest_continuing_an_earlier_training(  # type: ignore[no-untyped-def]
+        recorded_run) -> None:
+    """A `pa distill` without --resume removes an earlier training's checkpoints once its trainer is built; stopped
+    while the model loaded, those were still there, and it suggested --resume, which continues that training."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    import torch
+    from safetensors.torch import save_file
+
+    run, _ = recorded_run
+    earlier = run / "checkpoints" / "checkpoint-2"  # an earlier training's, complete (`checkpoints.resume_point`)
+    earlier.mkdir(parents=True)
+    save_file({"w": torch.zeros(1)}, str(earlier / "adapter_model.safetensors"))
+    (earlier / "trainer_state.json").write_text("{}")
+    os.utime(earlier, (1, 1))
+    flags = ["--max-steps", "2", "--batch-size", "2", "--max-new-tokens", "4"]
+    proc = subprocess.run([sys.executable, "-c", _STOPPED_WHILE_LOADING, str(run), *flags], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    assert proc.stderr.endswith(
+        "\nstopped by SIGTERM before any training step was finished: the checkpoints in the run directory are an "
+        "earlier training's, which --resume would continue instead of this one; to start training from the "
+        f"beginning, run: {shlex.join(['pa', 'distill', str(run), *flags])}\n"), proc.stderr
+    assert "Traceback" not in proc.stderr
+
+    resumed = subprocess.run([sys.executable, "-c", _STOPPED_WHILE_LOADING, str(run), *flags, "--resume"],
+                             capture_output=True, text=True, timeout=300)  # told to continue it: it is the one kept
+    assert resumed.stderr.endswith("to continue from the last checkpoint, run: "
+                                   f"{shlex.join(['pa', 'distill', str(run), *flags, '--resume'])}\n"), resumed.stderr
+
+
 # Run like the `pa` console script (`from policyalign.cli import main; main()`), sending itself a real SIGINT
 # at one moment before a command runs: while a module loads (a meta path hook), or inside an eval of text
 # while typer builds the command (where CPython then also marked the caught Ctrl-C unhandled).
@@ -536,6 +570,38 @@ def test_output_flushed_at_exit_into_a_closed_pipe_ends_pa_quietly_with_141(tmp_
     "Exception ignored ... BrokenPipeError" on stderr, exit 120."""
     proc = _into_a_closed_pipe(cwd=tmp_path, code=_LEFT_IN_THE_BUFFER)
     assert proc.returncode == 141 and proc.stderr == "", (proc.returncode, proc.stderr)
+
+
+_A_BAR = """
+from policyalign.cli import app, main
+from policyalign.progress import progress_bar
+@app.command("bar")
+def bar() -> None:
+    with progress_bar(True, 3, "working") as advance:
+        for _ in range(3):
+            advance(1)
+    print("done")
+main(["bar"])
+"""
+
+
+def test_an_error_or_a_progress_bar_into_a_closed_stderr_exits_with_its_own_code(tmp_path: Path) -> None:
+    """An error whose message could not be written to stderr (`pa show NAME 2>&1 | true`) exited 1, not its own code
+    (2 for bad input): the failed write escaped the handler. A progress bar into it (`pa apply 2>&1 | head`) exited 1
+    by rich's own answer, and pointed stdout at /dev/null: it is output into a closed pipe (141)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_HUB_OFFLINE": "1"}
+
+    def run(*command: str) -> int:
+        reader, writer = os.pipe()
+        os.close(reader)
+        try:
+            return subprocess.run([sys.executable, *command], stdout=subprocess.DEVNULL, stderr=writer, cwd=tmp_path,
+                                  env=env, timeout=120, check=False).returncode
+        finally:
+            os.close(writer)
+
+    assert run("-m", "policyalign", "show", "no-such-pack") == 2
+    assert run("-c", _A_BAR) == 141
 
 
 _ANOTHER_PIPE = """

@@ -133,3 +133,14 @@ def test_a_stop_signal_to_one_rank_stops_every_rank_after_one_checkpoint(run_dir
     assert sorted(p.name for p in kept.glob("rng_state_*.pth")) == ["rng_state_0.pth", "rng_state_1.pth"]
     assert err.count("stopped by SIGTERM: finished stages") == 1, err[-3000:]  # said once, by rank 0, as the note is
     assert json.loads((run / "run.json").read_text())["stages"]["distill"]["status"] == "interrupted"
+
+
+def test_ctrl_c_before_the_command_runs_is_said_once_under_torchrun(tmp_path: Path) -> None:
+    """Ctrl-C reaches every rank; one landing before the command ran (its modules loading: `cli.exit_interrupted`)
+    was said by each, where a stop in the command is said by rank 0 alone."""
+    from test_cli_help import _CTRL_C_EARLY
+
+    (tmp_path / "ctrl_c_early.py").write_text(_CTRL_C_EARLY)
+    proc = _launch("ctrl_c_early.py", "policyalign.cli.model_cmds", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert [line for line in proc.stderr.splitlines() if line.strip() == "interrupted"] == ["interrupted"], proc.stderr

@@ -121,6 +121,45 @@ def test_pack_pull_of_another_version_says_which_one_it_replaced(cli: Cli, tmp_p
 
 
 
+def test_pack_pull_removes_the_staging_directories_killed_pulls_left_and_no_other_pulls(  # type: ignore[no-untyped-def]
+        cli: Cli, tmp_path: Path) -> None:
+    """Each pull stages into a randomly named `.pa-pull-*` in the install directory; a killed one left it there
+    for good. The next pull removes those, but not one a pull still running holds, nor one newer than itself."""
+    import os
+
+    from policyalign.run import run_lock
+
+    cli.pack_published(make_pack(tmp_path / "src", "tidy"), "org/tidy")
+    packs = cli.home / "pa" / "packs"
+    killed, running, newer = (packs / f".pa-pull-{n}" for n in ("killed01", "running1", "newer001"))
+    for staging in (killed, running, newer):
+        (staging / "tidy").mkdir(parents=True)
+        (staging / "tidy" / "pack.yaml").write_text("half downloaded")
+    with run_lock(running):  # a pull still working in it
+        os.utime(killed, (1, 1))
+        os.utime(running, (1, 1))
+        os.utime(newer, (2**33, 2**33))  # made after this pull started (by a pull not holding its lock yet)
+        cli.ok("pack", "pull", "org/tidy")
+    assert (packs / "tidy" / "pack.yaml").is_file()
+    assert sorted(p.name for p in packs.iterdir() if p.name.startswith(".")) == sorted([running.name, newer.name])
+
+
+def test_two_pack_pulls_of_one_pack_into_one_directory_do_not_swap_it_in_at_once(cli: Cli, tmp_path: Path) -> None:
+    """Both moved the installed pack aside as `.previous-NAME` (`hub.swap_in`), and one put back or deleted what
+    the other had moved. The install holds a lock beside the pack, as `pa pull` does: the second is refused."""
+    from policyalign.run import run_lock
+
+    cli.pack_published(make_pack(tmp_path / "src", "busy"), "org/busy")
+    packs = cli.home / "pa" / "packs"
+    packs.mkdir(parents=True)
+    with run_lock(packs, name=".busy.pa-pull.lock"):  # another pull installing it
+        refused = cli.fails(1, "pack", "pull", "org/busy")
+    assert "is working in this pack's install directory" in refused.stderr, refused.stderr
+    nothing_installed(cli, "busy")
+    cli.ok("pack", "pull", "org/busy")
+    assert sorted(p.name for p in packs.iterdir()) == ["busy"]  # its lock file goes with it
+
+
 def test_pack_pull_says_which_local_copies_the_pulled_version_takes_over_from(cli: Cli, tmp_path: Path) -> None:
     """Any repository may publish a pack named like a shipped one at a higher version; installed, it
     silently became what the name (and every child's `extends` range) resolved to."""

@@ -27,6 +27,8 @@ CLOSED_PIPE = 141
 TYPED = "policyalign.typed"
 # Where `PaCommand.invoke` keeps the command's parameters, in that meta, for the stop message (`_checkpoint_kept`).
 PARAMS = "policyalign.params"
+# Where it keeps when the command started (time.time()), for the stop message to tell this run's checkpoints.
+STARTED = "policyalign.started"
 
 
 def exit_code(exc: KeyboardInterrupt) -> int:
@@ -70,8 +72,10 @@ def exit_interrupted(exc: KeyboardInterrupt) -> NoReturn:
     """Ctrl-C before `PaGroup.invoke` runs a command: while the command line's modules load (the first
     ~0.3 s of every `pa`), or typer builds and parses it. That was a KeyboardInterrupt traceback, killed
     by SIGINT (-2 to a parent process), or a silent exit 130, by the moment; now it is what Ctrl-C
-    does in a command, without a traceback."""
-    say(f"\n{_stopped_word(exc)}\n")
+    does in a command, without a traceback. Said by rank 0 alone under torchrun, as a command's stop message is:
+    each rank got the signal, and each said it."""
+    if launch_rank()[0] == 0:
+        say(f"\n{_stopped_word(exc)}\n")
     forget_interrupt()
     raise SystemExit(exit_code(exc))
 
@@ -141,6 +145,17 @@ def say(text: str) -> None:
         pass
 
 
+def tell_error(text: str) -> None:
+    """`text` on stderr, where an error's message goes. Where stderr cannot be written (`2>&-`, a pipe whose reader
+    has gone) it is not said, and pa still exits with the error's code: the failed write escaped `PaGroup.invoke`,
+    and click ended it as exit 1, whatever the error. stderr is then pointed at /dev/null (`_discard`), so that
+    its buffer is not flushed into it again at exit ("Exception ignored", exit 120)."""
+    try:
+        typer.echo(text, err=True)
+    except OSError:
+        _discard(sys.stderr)
+
+
 def forget_interrupt() -> None:
     """Let a Ctrl-C that was handled exit 130. CPython marks a KeyboardInterrupt that escapes an eval or
     exec of source text (typer evaluating annotations, a dataclass's generated `__init__`) as unhandled,
@@ -190,6 +205,7 @@ class PaCommand(PipedHelp, TyperCommand):
 
     def invoke(self, ctx):  # type: ignore[no-untyped-def]
         ctx.meta[PARAMS] = ctx.params  # the stop message reads them (`_checkpoint_kept`)
+        ctx.meta[STARTED] = time.time()
         return super().invoke(ctx)
 
 
@@ -228,7 +244,7 @@ class PaGroup(PipedHelp, TyperGroup):
         try:
             return super().invoke(ctx)
         except PolicyAlignError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            tell_error(f"error: {exc}")
             ctx.exit(exc.exit_code)
         except BrokenPipeError as exc:
             if not (closed_pipe(sys.stdout) or closed_pipe(sys.stderr)):  # a subprocess's, a socket's: a bug, shown
@@ -239,12 +255,13 @@ class PaGroup(PipedHelp, TyperGroup):
             error = unreadable_error(exc) or disk_error(exc)
             if error is None:
                 raise
-            typer.echo(f"error: {error}", err=True)
+            tell_error(f"error: {error}")
             ctx.exit(error.exit_code)
         except KeyboardInterrupt as exc:
             command = ctx.invoked_subcommand
             if launch_rank()[0] == 0:  # once under torchrun, as the trainer's note that it is stopping is said
-                message = interrupted_message(command, _stopped_word(exc), ctx.meta.get(TYPED), _checkpoint_kept(command, ctx))
+                kept, earlier = _checkpoint_kept(command, ctx)
+                message = interrupted_message(command, _stopped_word(exc), ctx.meta.get(TYPED), kept, earlier=earlier)
                 say(f"\n{message}\n")
             forget_interrupt()
             ctx.exit(exit_code(exc))
@@ -268,14 +285,20 @@ RESUMABLE = ("apply", "synthesize", "filter", "distill")
 
 
 def interrupted_message(command: str | None, how: str = "interrupted", typed: list[str] | None = None,
-                        checkpoint: bool = True) -> str:
+                        checkpoint: bool = True, *, earlier: bool = False) -> str:
     """What Ctrl-C leaves: the run stages, `pa eval` and `pa judge` keep work to continue from; `pa pull`
     stopped halfway has nothing to resume, and saying otherwise would be a promise not kept. `pa distill`
     continues only with --resume: without it, it trains from step 0 and removes the old checkpoints; without
     a `checkpoint` to continue from (stopped while the model loaded, before its first step ended) it starts from
-    the beginning either way, which it says rather than suggest a --resume with nothing to resume.
+    the beginning either way, which it says rather than suggest a --resume with nothing to resume. Nor does it
+    suggest one where the checkpoint is an `earlier` training's, which a `pa distill` without --resume stopped
+    before it removed them leaves: --resume would continue that training, not this one.
     `how` begins it: "interrupted", or "stopped by SIGTERM" (`Stopped`), which keep the same. `typed`, the
     arguments as typed, is repeated as the command to run (`_run_again`)."""
+    if command == "distill" and earlier:
+        return (f"{how} before any training step was finished: the checkpoints in the run directory are an earlier "
+                f"training's, which --resume would continue instead of this one; to start training from the "
+                f"beginning, {_run_again(typed)}")
     if command == "distill" and not checkpoint:
         return (f"{how} before any training step was finished: there is no checkpoint to continue from; "
                 f"to start training from the beginning, {_run_again(typed)}")
@@ -295,19 +318,27 @@ def interrupted_message(command: str | None, how: str = "interrupted", typed: li
     return how
 
 
-def _checkpoint_kept(command: str | None, ctx: Any) -> bool:
-    """Whether a stopped `pa distill` left a checkpoint in its run directory for --resume (`checkpoints.resume_point`):
-    one stopped before its first step ended (while the model loaded) has none. True for other commands, and where
-    the directory cannot be read: the message then says what it always said."""
-    run_dir = (ctx.meta.get(PARAMS) or {}).get("run_dir") if command == "distill" else None
+def _checkpoint_kept(command: str | None, ctx: Any) -> tuple[bool, bool]:
+    """(kept, earlier): whether a stopped `pa distill` left a checkpoint in its run directory for --resume
+    (`checkpoints.resume_point`), and whether that is an earlier training's. One stopped before its first step
+    ended (while the model loaded) has none of its own; without --resume, the checkpoints there then are those of
+    an earlier training, written before this command started (it removes them once its trainer is built).
+    (True, False) for other commands, and where the directory cannot be read: the message then says what it
+    always said."""
+    params = ctx.meta.get(PARAMS) or {}
+    run_dir = params.get("run_dir") if command == "distill" else None
     if run_dir is None:
-        return True
+        return True, False
     from ..checkpoints import resume_point
 
     try:
-        return resume_point(run_dir) is not None
+        point = resume_point(run_dir)
+        if point is None:
+            return False, False
+        earlier = not params.get("resume") and point.stat().st_mtime < ctx.meta.get(STARTED, 0.0)
     except OSError:
-        return True
+        return True, False
+    return not earlier, earlier
 
 
 def _run_again(typed: list[str] | None, needed: str = "") -> str:
