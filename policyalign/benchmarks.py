@@ -91,12 +91,12 @@ def _benchmark_error(exc: Exception, dataset: str, revision: str) -> HubError:
     datasets raises a builtin ConnectionError "Couldn't reach 'X' on the Hub (CAUSE)" both for an outage and in
     offline mode (HF_HUB_OFFLINE, HF_DATASETS_OFFLINE), and drops its cause (`raise e1 from None`): CAUSE is
     OfflineModeIsEnabled for the setting (or its own message, "offline mode is enabled"), which no retry changes. Anything else is read as the Hub's own
-    errors are (`hub._transient`: a connection error, a timeout, HTTP 5xx or 429)."""
-    from .hub import RETRY_HINT, _transient
+    errors are (`hub.outage_kind`: a connection error, a timeout, HTTP 5xx or 429)."""
+    from .hub import RETRY_HINT, outage_kind
 
     message = f"could not load benchmark {dataset!r} (revision {revision!r}): {exc}"
     offline = any(mark in str(exc).lower() for mark in ("offlinemodeisenabled", "offline mode is enabled"))
-    if not offline and _transient(exc) is not None:
+    if not offline and outage_kind(exc) is not None:
         return HubUnavailableError(message, hint=f"check the network connection or HF_ENDPOINT; {RETRY_HINT}")
     return HubError(message, hint="check network access to the Hugging Face Hub, or pre-populate the datasets cache "
                                   "and set HF_DATASETS_OFFLINE=1")

@@ -141,7 +141,7 @@ def _hub_error(exc: BaseException, action: str, token: str | None, repo: str, st
     if isinstance(exc, RepositoryNotFoundError):
         return HubError(f"{action}: repository not found (or private)", file=repo,
                         hint="check ORG/NAME; for a private repo, log in with a token that can read it")
-    transient = _transient(exc)
+    transient = outage_kind(exc)
     if transient == "unreachable":
         return HubUnavailableError(f"{action}: could not reach the Hub at {endpoint()} ({detail})", file=repo,
                                    hint="; ".join(filter(None, ["check the network connection or HF_ENDPOINT",
@@ -151,7 +151,7 @@ def _hub_error(exc: BaseException, action: str, token: str | None, repo: str, st
     return HubError(f"{action}: {detail}", file=repo, hint=state)
 
 
-def _transient(exc: BaseException) -> str | None:
+def outage_kind(exc: BaseException) -> str | None:
     """"unreachable" (connection refused, reset or dropped; a timeout), "unavailable" (HTTP 5xx, 429, 408), or
     None for a failure that running again would repeat (401, 403, 404, a refusal). The cause chain is read
     too: huggingface_hub's downloads wrap the HTTP or connection error in a LocalEntryNotFoundError ("check
