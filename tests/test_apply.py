@@ -886,14 +886,19 @@ def _table_column(output: str, index: int) -> str:
     return "".join(line.split("│")[index + 1].replace(" ", "") for line in body if line.startswith("│"))
 
 
-def test_runs_table_never_cuts_the_run_pack_or_status(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """At 80 columns (or in a log) `pa runs` printed "/tmp/j… electi… comple…": which run, which status?"""
-    monkeypatch.setenv("COLUMNS", "80")
-    run = tmp_path / "runs" / "elections-1.0.0-qwen2.5-7b-instruct"
+def _interrupted_in_filter(run: Path) -> None:
+    """A run of election-integrity@1.0.0 whose filter stage was left running (no process holds it)."""
     run.mkdir(parents=True)
     (run / "run.json").write_text(json.dumps({
         "inputs": {"pack": {"name": "election-integrity", "version": "1.0.0"}, "model": "tiny"},
         "stages": {"synthesize": {"status": "done", "results": {"instructions": 10}}, "filter": {"status": "running"}}}))
+
+
+def test_runs_table_never_cuts_the_run_pack_or_status(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At 80 columns (or in a log) `pa runs` printed "/tmp/j… electi… comple…": which run, which status?"""
+    monkeypatch.setenv("COLUMNS", "80")
+    run = tmp_path / "runs" / "elections-1.0.0-qwen2.5-7b-instruct"
+    _interrupted_in_filter(run)
     result = CliRunner().invoke(app, ["runs", str(run)])
     assert result.exit_code == 0, result.output
     assert max(len(line) for line in result.output.splitlines()) <= 80
@@ -907,10 +912,7 @@ def test_runs_piped_shows_each_run_on_one_line(tmp_path: Path, monkeypatch: pyte
     over lines and grep found pieces of them; without COLUMNS it is as wide as its rows."""
     monkeypatch.delenv("COLUMNS", raising=False)
     run = tmp_path / "runs" / "elections-1.0.0-qwen2.5-7b-instruct-with-a-long-name-as-sweeps-give-them"
-    run.mkdir(parents=True)
-    (run / "run.json").write_text(json.dumps({
-        "inputs": {"pack": {"name": "election-integrity", "version": "1.0.0"}, "model": "tiny"},
-        "stages": {"synthesize": {"status": "done", "results": {"instructions": 10}}, "filter": {"status": "running"}}}))
+    _interrupted_in_filter(run)
     result = CliRunner().invoke(app, ["runs", str(run)])
     assert result.exit_code == 0, result.output
     row = next(line for line in result.output.splitlines() if str(run) in line)
