@@ -292,8 +292,7 @@ def pull_adapter(spec: str, *, to: str | Path | None = None, token: str | None =
                      f"cache; the Hub was not asked which commit {revision} names now")
     else:
         api = hub_api(token)
-        with hub_call(f"looking up revision {revision}", token=token, repo=repo_id):
-            info = api.model_info(repo_id, revision=revision)
+        info = _revision_info(api, repo_id, revision, token)
         commit = info.sha
         _refuse_removed_card(info, label)
         # refused before the download: `pa pull` of a base model (not an adapter) fetched all its weights first
@@ -307,6 +306,39 @@ def pull_adapter(spec: str, *, to: str | Path | None = None, token: str | None =
     warnings, more = compare_local_pack(provenance["pack"], registry, token=token)
     return PullResult(repo_id, revision, str(commit), path, provenance["pack"], provenance["base_model"],
                       tuple(warnings), tuple(notes + more))
+
+
+def _revision_info(api: Any, repo_id: str, revision: str, token: str | None) -> Any:
+    """`model_info` at `revision`; a revision the repository lacks is named with the tags and branches it has.
+
+    `pa pull org/name@v2` of a repository tagged otherwise said "repository not found (or private)" and
+    "check ORG/NAME" (a Hub that answers a missing revision as RepoNotFound), or only "revision not found":
+    the user was left to guess the tag `pa push` set (PACK-vVERSION). When the refs cannot be listed either,
+    the repository is what is missing, and the lookup's own error stands."""
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    with hub_call(f"looking up revision {revision}", token=token, repo=repo_id):
+        try:
+            return api.model_info(repo_id, revision=revision)
+        except (RevisionNotFoundError, RepositoryNotFoundError):
+            refs = _refs_or_none(api, repo_id, token)
+            if refs is None:
+                raise  # the lookup's own error: hub_call names the repository as not found (or private)
+            tags = ", ".join(escaped_name(t.name) for t in refs.tags) or "none"
+            branches = ", ".join(escaped_name(b.name) for b in refs.branches) or "none"
+            example = escaped_name(refs.tags[0].name if refs.tags else DEFAULT_BRANCH)
+            raise HubError(f"no revision {escaped_name(revision)!r} in {repo_id} (no tag, branch or commit of that name)",
+                           file=repo_id, hint=f"its tags: {tags}; branches: {branches}. "
+                                              f"Pull one of them, e.g. `pa pull {repo_id}@{example}`") from None
+
+
+def _refs_or_none(api: Any, repo_id: str, token: str | None) -> Any:
+    """The repository's tags and branches, or None when they cannot be read (it is missing, private, or the Hub failed)."""
+    try:
+        with hub_call("reading the repository's tags", token=token, repo=repo_id):
+            return api.list_repo_refs(repo_id)
+    except HubError:
+        return None
 
 
 def _offline() -> bool:

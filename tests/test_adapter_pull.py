@@ -645,6 +645,20 @@ def test_pull_errors_are_clear(cli: Cli) -> None:
     assert "either ORG/NAME" in cli.fails(2, "pull").stderr
 
 
+def test_pull_of_a_revision_the_repository_lacks_names_its_tags(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`pa pull org/name@v2` of a repository published with another tag said "repository not found (or
+    private)" and "check ORG/NAME": the repository was there, the revision was not, and its tags went unsaid."""
+    run = make_run(tmp_path / "run", cli.packs / "root-pack")
+    cli.published(run, "org/tagged-adapter")
+    failed = cli.fails(1, "pull", "org/tagged-adapter@v2", "--to", str(tmp_path / "pulled"))
+    said = " ".join(failed.stderr.split())
+    assert "no revision 'v2' in org/tagged-adapter" in said and "repository not found" not in said
+    assert "its tags: root-pack-v1.0.0; branches: main" in said
+    assert "pa pull org/tagged-adapter@root-pack-v1.0.0" in said
+    assert not (tmp_path / "pulled").exists()
+    assert "repository not found" in cli.fails(1, "pull", "org/never-published@v2").stderr  # no repository: as before
+
+
 def test_local_pack_differing_only_in_a_parent_names_the_parent(tmp_path: Path) -> None:
     """A child's digest composes its parents': an edited parent makes `pa pull` warn about the
     child, whose own files are untouched, so the warning must point at the parent too."""
