@@ -659,6 +659,28 @@ def test_pull_of_a_revision_the_repository_lacks_names_its_tags(cli: Cli, make_r
     assert "repository not found" in cli.fails(1, "pull", "org/never-published@v2").stderr  # no repository: as before
 
 
+def test_pull_json_says_where_the_adapter_went_what_was_verified_and_what_to_run_next(cli: Cli, make_run,  # type: ignore[no-untyped-def]
+                                                                                      tmp_path: Path) -> None:
+    """`pa pull --json` was "No such option": a script pulling in CI scraped "pulled ... to PATH" for where the
+    adapter went. stdout is one JSON document (the pulled lines and the best match are not printed)."""
+    run = make_run(tmp_path / "run", cli.packs / "root-pack")
+    cli.published(run, "org/json-adapter")
+    pack = load_pack(cli.packs / "root-pack")
+    for args in (["org/json-adapter@root-pack-v1.0.0"], ["--pack", "root-pack"]):
+        to = tmp_path / f"pulled-{len(args)}"
+        pulled = json.loads(cli.ok("pull", *args, "--to", str(to), "--json").stdout)
+        assert pulled["path"] == str(to) and (to / "adapter_model.safetensors").is_file()
+        assert (pulled["repo_id"], pulled["revision"]) == ("org/json-adapter", "root-pack-v1.0.0")
+        assert len(pulled["commit"]) == 40
+        assert pulled["pack"] == {"name": "root-pack", "version": pack.version, "digest": pack.digest, "parents": []}
+        assert pulled["base_model"] == {"id": "Qwen/Qwen2.5-0.5B-Instruct", "name": "Qwen2.5-0.5B",
+                                        "revision": "0123456789abcdef", "commit": None}
+        assert pulled["warnings"] == [] and any("matches the local pack root-pack" in n for n in pulled["notes"])
+        assert pulled["eval_command"] == (f"pa eval root-pack@{pack.version} --model "
+                                          f"Qwen/Qwen2.5-0.5B-Instruct@0123456789abcdef --adapter {to}")
+    assert cli.fails(1, "pull", "org/json-adapter@v9", "--json").stdout == ""  # a failed --json prints nothing there
+
+
 def test_local_pack_differing_only_in_a_parent_names_the_parent(tmp_path: Path) -> None:
     """A child's digest composes its parents': an edited parent makes `pa pull` warn about the
     child, whose own files are untouched, so the warning must point at the parent too."""
