@@ -43,6 +43,7 @@ class PullResult:
     base_model: Mapping[str, Any]
     warnings: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    covered: str = ""  # what verify_adapter checked besides the pack and base model (`coverage`)
 
 
 def verify_adapter(path: Path, label: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -303,9 +304,37 @@ def pull_adapter(spec: str, *, to: str | Path | None = None, token: str | None =
         path, provenance = cached, verify_adapter(cached, label)[1]
     else:
         path, provenance = _pull_cached(repo_id, revision, commit, label, token)
+    covered, unverified = coverage(path, provenance)
     warnings, more = compare_local_pack(provenance["pack"], registry, token=token)
     return PullResult(repo_id, revision, str(commit), path, provenance["pack"], provenance["base_model"],
-                      tuple(warnings), tuple(notes + more))
+                      tuple(warnings), tuple(notes + unverified + more), covered)
+
+
+def coverage(path: Path, provenance: Mapping[str, Any]) -> tuple[str, list[str]]:
+    """What `verify_adapter` checked in the verified adapter at `path` besides the pack and base model, and a
+    "not verified: ..." note for each thing it could not check. `pa pull` said "verified: pack P@V, base
+    model B" only: a card pushed before its text was hashed (no `body_sha256`) passed with its text
+    unchecked, and a Hub base recorded without a commit names no weights, without a word of either."""
+    metadata, _ = card.parse_card((path / "README.md").read_text(encoding="utf-8", errors="replace"))
+    recorded = metadata.get("policyalign") if isinstance(metadata.get("policyalign"), dict) else {}
+    files = recorded.get("files")
+    hashed = f"the sha256 of its {len(files) if isinstance(files, dict) else 0} files"
+    notes = []
+    if "body_sha256" in recorded:
+        covered = f"{hashed}, the card's text and results"
+    else:
+        covered = f"{hashed} and the card's results"
+        notes.append("not verified: the card's text (pushed before `pa push` recorded its sha256; its metadata was verified)")
+    base = provenance.get("base_model") or {}
+    base_id, commit, revision = str(base.get("id")), base.get("commit"), base.get("revision")
+    if "/" in base_id and not commit and not (isinstance(revision, str) and REGEX_COMMIT.fullmatch(revision)):
+        loaded = f", only the revision {revision!r} it was loaded at" if revision else ""
+        notes.append(f"not verified: which weights of {base_id} it was trained on: {card.PROVENANCE_FILE} records no "
+                     f"commit of it{loaded} (a branch or tag may have moved since)")
+    elif base.get("kind") == "local":
+        notes.append(f"not verified: the base model's weights: it was trained on a local directory named {base_id}, "
+                     f"which {card.PROVENANCE_FILE} names but does not hash")
+    return covered, notes
 
 
 def _revision_info(api: Any, repo_id: str, revision: str, token: str | None) -> Any:

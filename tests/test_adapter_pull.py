@@ -681,6 +681,27 @@ def test_pull_json_says_where_the_adapter_went_what_was_verified_and_what_to_run
     assert cli.fails(1, "pull", "org/json-adapter@v9", "--json").stdout == ""  # a failed --json prints nothing there
 
 
+def test_pull_says_what_it_verified_and_what_it_could_not(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`pa pull` said "verified: pack P@V (digest ...), base model B" and nothing more: not that every file's
+    sha256 was checked, nor what it left unchecked, an older card's text (no `body_sha256`: claims nothing)
+    and a Hub base trained at a branch or tag, not a commit (whose weights may have moved on since)."""
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "covered"))  # base revision "0123456789abcdef": no commit
+    cli.published(run, "org/covered")
+    files = len(card.parse_card(hub_server.read("org/covered", "README.md").decode())[0]["policyalign"]["files"])
+    pulled = cli.ok("pull", "org/covered", "--to", str(tmp_path / "pulled"))
+    assert f"base model Qwen/Qwen2.5-0.5B-Instruct; the sha256 of its {files} files, the card's text and results" \
+           in pulled.stdout
+    assert ("not verified: which weights of Qwen/Qwen2.5-0.5B-Instruct it was trained on: policyalign.json records "
+            "no commit of it, only the revision '0123456789abcdef' it was loaded at") in pulled.stdout
+    assert "the card's text" not in pulled.stdout.split("not verified")[1]
+    _edit_card(hub_server, "org/covered", lambda m: m["policyalign"].pop("body_sha256"), "as an older card")
+    older = cli.ok("pull", "org/covered", "--to", str(tmp_path / "older"))
+    assert f"the sha256 of its {files} files and the card's results" in older.stdout
+    assert "not verified: the card's text (pushed before `pa push` recorded its sha256;" in older.stdout
+    pulled_json = json.loads(cli.ok("pull", "org/covered", "--to", str(tmp_path / "older"), "--json").stdout)
+    assert any(n.startswith("not verified: the card's text") for n in pulled_json["notes"])
+
+
 def test_local_pack_differing_only_in_a_parent_names_the_parent(tmp_path: Path) -> None:
     """A child's digest composes its parents': an edited parent makes `pa pull` warn about the
     child, whose own files are untouched, so the warning must point at the parent too."""

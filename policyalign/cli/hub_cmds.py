@@ -94,7 +94,7 @@ def _pull_json(result, packs_path: list[Path]) -> dict:  # type: ignore[no-untyp
             "pack": {"name": pack["name"], "version": pack["version"], "digest": pack["digest"],
                      "parents": parents_of(pack)},
             "base_model": {key: base.get(key) for key in ("id", "name", "revision", "commit")},
-            "notes": list(result.notes), "warnings": list(result.warnings),
+            "verified": result.covered, "notes": list(result.notes), "warnings": list(result.warnings),
             "eval_command": _eval_command(result, packs_path)}
 
 
@@ -124,7 +124,7 @@ def _print_pull(result, packs_path: list[Path]) -> None:  # type: ignore[no-unty
     typer.echo(f"pulled {result.repo_id}@{result.revision} (commit {result.commit[:12]}) to {result.path}")
     parents = "".join(f", extends {p['name']}@{p['version']} (digest {str(p['digest'])[:12]}…)" for p in parents_of(pack))
     typer.echo(f"verified: pack {pack['name']}@{pack['version']} (digest {pack['digest'][:12]}…){parents}, "
-               f"base model {base['id']}")
+               f"base model {base['id']}" + (f"; {result.covered}" if result.covered else ""))
     for note in result.notes:
         typer.echo(note)
     hub, tiny = "/" in str(base["id"]), str(base["id"]) == TINY
