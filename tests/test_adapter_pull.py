@@ -702,6 +702,17 @@ def test_pull_says_what_it_verified_and_what_it_could_not(cli: Cli, hub_server, 
     assert any(n.startswith("not verified: the card's text") for n in pulled_json["notes"])
 
 
+def test_push_and_pull_draw_no_hub_bars_on_a_stderr_that_is_no_terminal(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """On a stderr that is no terminal (a CI log) huggingface_hub's own bars ("Fetching 11 files", each LFS
+    upload's) were written frame by frame with carriage returns and cursor-up escapes (ESC [A), where README
+    promises one line per bar: the log of one `pa push` held dozens of frames."""
+    run = make_run(tmp_path / "run", cli.packs / "root-pack")
+    pushed = cli.ok("push", str(run), "--repo-id", "org/quiet-adapter")
+    pulled = cli.ok("pull", "org/quiet-adapter", "--to", str(tmp_path / "pulled"))
+    for stderr in (pushed.stderr, pulled.stderr):
+        assert "\r" not in stderr and "\x1b[A" not in stderr and "it/s" not in stderr, stderr
+
+
 def test_local_pack_differing_only_in_a_parent_names_the_parent(tmp_path: Path) -> None:
     """A child's digest composes its parents': an edited parent makes `pa pull` warn about the
     child, whose own files are untouched, so the warning must point at the parent too."""
