@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from . import card
-from .errors import HubError, PolicyAlignError
+from .errors import HubError, PolicyAlignError, UnverifiedAdapterError
 from .hub import DEFAULT_BRANCH, endpoint, hub_api, hub_call, is_safe_relpath, split_spec, swap_in
 from .io import output_dir, read_json, sha256_file
 from .pack_hub import escaped_name
@@ -58,15 +58,15 @@ def verify_adapter(path: Path, label: str) -> tuple[dict[str, Any], dict[str, An
     """
     readme = path / "README.md"
     if not readme.is_file():
-        raise HubError("no model card (README.md)", file=label, hint="only adapters published with `pa push` can be verified")
+        raise UnverifiedAdapterError("no model card (README.md)", file=label, hint="only adapters published with `pa push` can be verified")
     metadata, body = card.parse_card(readme.read_text(encoding="utf-8", errors="replace"))
     recorded = _policyalign_block(metadata, label)
     if not (path / card.PROVENANCE_FILE).is_file():
-        raise HubError(f"no {card.PROVENANCE_FILE}", file=label, hint="the repository is incomplete; ask its publisher to re-push")
+        raise UnverifiedAdapterError(f"no {card.PROVENANCE_FILE}", file=label, hint="the repository is incomplete; ask its publisher to re-push")
     try:
         provenance = read_json(path / card.PROVENANCE_FILE)
     except PolicyAlignError:
-        raise HubError(f"{card.PROVENANCE_FILE} is not valid JSON", file=label) from None
+        raise UnverifiedAdapterError(f"{card.PROVENANCE_FILE} is not valid JSON", file=label) from None
     problems = _provenance_problems(metadata, recorded, provenance) + _file_problems(path, recorded)
     problems += _body_problems(body, recorded)
     problems += _base_revision_problems(path, provenance)
@@ -75,7 +75,7 @@ def verify_adapter(path: Path, label: str) -> tuple[dict[str, Any], dict[str, An
     try:  # the same fields `pa push` requires: pack name, version and digest, base model id
         card._check_provenance(provenance, path / card.PROVENANCE_FILE)
     except PolicyAlignError as exc:
-        raise HubError(f"provenance check failed: {exc.problem.message}", file=f"{label}:{card.PROVENANCE_FILE}",
+        raise UnverifiedAdapterError(f"provenance check failed: {exc.problem.message}", file=f"{label}:{card.PROVENANCE_FILE}",
                        where=exc.problem.where,
                        hint="`pa push` never publishes such an adapter, so its pack cannot be known; "
                             "do not use it, or ask its publisher to re-push") from None
@@ -93,7 +93,7 @@ def _check_base_text(provenance: Mapping[str, Any], label: str) -> None:
     for key in ("name", "revision", "commit"):
         value = provenance["base_model"].get(key)
         if value is not None and (not isinstance(value, str) or card.unsafe_id(value)):
-            raise HubError(f"provenance check failed: base_model.{key} is not plain text",
+            raise UnverifiedAdapterError(f"provenance check failed: base_model.{key} is not plain text",
                            file=f"{label}:{card.PROVENANCE_FILE}", where=f"/base_model/{key}",
                            hint="`pa push` never publishes such an adapter; do not use it, or ask its publisher to re-push")
 
@@ -102,14 +102,14 @@ def _policyalign_block(metadata: Mapping[str, Any], label: str) -> dict[str, Any
     """The card's `policyalign` metadata; a card without it is not an adapter `pa push` published."""
     recorded = metadata.get("policyalign")
     if not isinstance(recorded, dict):
-        raise HubError("not a policyalign adapter: its card has no `policyalign` metadata", file=label,
+        raise UnverifiedAdapterError("not a policyalign adapter: its card has no `policyalign` metadata", file=label,
                        hint="only adapters published with `pa push` can be verified")
     return recorded
 
 
-def _tampered(problems: list[str], label: str) -> HubError:
+def _tampered(problems: list[str], label: str) -> UnverifiedAdapterError:
     repo_id = label.partition("@")[0]
-    return HubError("provenance check failed:\n" + "\n".join(f"  - {p}" for p in problems), file=label,
+    return UnverifiedAdapterError("provenance check failed:\n" + "\n".join(f"  - {p}" for p in problems), file=label,
                     hint="`pa push` writes the card and the files together, so they disagree only if the repository "
                          "was changed after it (a card edited on the Hub, a file replaced): do not use this revision. "
                          f"Pull one that verifies (a tag `pa push` set: `hf repos tag list {repo_id}`), or ask its "
