@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from . import card
-from .errors import HubError, PolicyAlignError
+from .errors import HubError, PolicyAlignError, UnverifiedAdapterError
 from .hub import DEFAULT_BRANCH, endpoint, hub_api, hub_call, is_safe_relpath, split_spec, swap_in
 from .io import output_dir, read_json, sha256_file
 from .pack_hub import escaped_name
@@ -43,6 +43,7 @@ class PullResult:
     base_model: Mapping[str, Any]
     warnings: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    covered: str = ""  # what verify_adapter checked besides the pack and base model (`coverage`)
 
 
 def verify_adapter(path: Path, label: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -57,15 +58,15 @@ def verify_adapter(path: Path, label: str) -> tuple[dict[str, Any], dict[str, An
     """
     readme = path / "README.md"
     if not readme.is_file():
-        raise HubError("no model card (README.md)", file=label, hint="only adapters published with `pa push` can be verified")
+        raise UnverifiedAdapterError("no model card (README.md)", file=label, hint="only adapters published with `pa push` can be verified")
     metadata, body = card.parse_card(readme.read_text(encoding="utf-8", errors="replace"))
     recorded = _policyalign_block(metadata, label)
     if not (path / card.PROVENANCE_FILE).is_file():
-        raise HubError(f"no {card.PROVENANCE_FILE}", file=label, hint="the repository is incomplete; ask its publisher to re-push")
+        raise UnverifiedAdapterError(f"no {card.PROVENANCE_FILE}", file=label, hint="the repository is incomplete; ask its publisher to re-push")
     try:
         provenance = read_json(path / card.PROVENANCE_FILE)
     except PolicyAlignError:
-        raise HubError(f"{card.PROVENANCE_FILE} is not valid JSON", file=label) from None
+        raise UnverifiedAdapterError(f"{card.PROVENANCE_FILE} is not valid JSON", file=label) from None
     problems = _provenance_problems(metadata, recorded, provenance) + _file_problems(path, recorded)
     problems += _body_problems(body, recorded)
     problems += _base_revision_problems(path, provenance)
@@ -74,7 +75,7 @@ def verify_adapter(path: Path, label: str) -> tuple[dict[str, Any], dict[str, An
     try:  # the same fields `pa push` requires: pack name, version and digest, base model id
         card._check_provenance(provenance, path / card.PROVENANCE_FILE)
     except PolicyAlignError as exc:
-        raise HubError(f"provenance check failed: {exc.problem.message}", file=f"{label}:{card.PROVENANCE_FILE}",
+        raise UnverifiedAdapterError(f"provenance check failed: {exc.problem.message}", file=f"{label}:{card.PROVENANCE_FILE}",
                        where=exc.problem.where,
                        hint="`pa push` never publishes such an adapter, so its pack cannot be known; "
                             "do not use it, or ask its publisher to re-push") from None
@@ -92,7 +93,7 @@ def _check_base_text(provenance: Mapping[str, Any], label: str) -> None:
     for key in ("name", "revision", "commit"):
         value = provenance["base_model"].get(key)
         if value is not None and (not isinstance(value, str) or card.unsafe_id(value)):
-            raise HubError(f"provenance check failed: base_model.{key} is not plain text",
+            raise UnverifiedAdapterError(f"provenance check failed: base_model.{key} is not plain text",
                            file=f"{label}:{card.PROVENANCE_FILE}", where=f"/base_model/{key}",
                            hint="`pa push` never publishes such an adapter; do not use it, or ask its publisher to re-push")
 
@@ -101,14 +102,14 @@ def _policyalign_block(metadata: Mapping[str, Any], label: str) -> dict[str, Any
     """The card's `policyalign` metadata; a card without it is not an adapter `pa push` published."""
     recorded = metadata.get("policyalign")
     if not isinstance(recorded, dict):
-        raise HubError("not a policyalign adapter: its card has no `policyalign` metadata", file=label,
+        raise UnverifiedAdapterError("not a policyalign adapter: its card has no `policyalign` metadata", file=label,
                        hint="only adapters published with `pa push` can be verified")
     return recorded
 
 
-def _tampered(problems: list[str], label: str) -> HubError:
+def _tampered(problems: list[str], label: str) -> UnverifiedAdapterError:
     repo_id = label.partition("@")[0]
-    return HubError("provenance check failed:\n" + "\n".join(f"  - {p}" for p in problems), file=label,
+    return UnverifiedAdapterError("provenance check failed:\n" + "\n".join(f"  - {p}" for p in problems), file=label,
                     hint="`pa push` writes the card and the files together, so they disagree only if the repository "
                          "was changed after it (a card edited on the Hub, a file replaced): do not use this revision. "
                          f"Pull one that verifies (a tag `pa push` set: `hf repos tag list {repo_id}`), or ask its "
@@ -292,8 +293,7 @@ def pull_adapter(spec: str, *, to: str | Path | None = None, token: str | None =
                      f"cache; the Hub was not asked which commit {revision} names now")
     else:
         api = hub_api(token)
-        with hub_call(f"looking up revision {revision}", token=token, repo=repo_id):
-            info = api.model_info(repo_id, revision=revision)
+        info = _revision_info(api, repo_id, revision, token)
         commit = info.sha
         _refuse_removed_card(info, label)
         # refused before the download: `pa pull` of a base model (not an adapter) fetched all its weights first
@@ -304,9 +304,70 @@ def pull_adapter(spec: str, *, to: str | Path | None = None, token: str | None =
         path, provenance = cached, verify_adapter(cached, label)[1]
     else:
         path, provenance = _pull_cached(repo_id, revision, commit, label, token)
+    covered, unverified = coverage(path, provenance)
     warnings, more = compare_local_pack(provenance["pack"], registry, token=token)
     return PullResult(repo_id, revision, str(commit), path, provenance["pack"], provenance["base_model"],
-                      tuple(warnings), tuple(notes + more))
+                      tuple(warnings), tuple(notes + unverified + more), covered)
+
+
+def coverage(path: Path, provenance: Mapping[str, Any]) -> tuple[str, list[str]]:
+    """What `verify_adapter` checked in the verified adapter at `path` besides the pack and base model, and a
+    "not verified: ..." note for each thing it could not check. `pa pull` said "verified: pack P@V, base
+    model B" only: a card pushed before its text was hashed (no `body_sha256`) passed with its text
+    unchecked, and a Hub base recorded without a commit names no weights, without a word of either."""
+    metadata, _ = card.parse_card((path / "README.md").read_text(encoding="utf-8", errors="replace"))
+    recorded = metadata.get("policyalign") if isinstance(metadata.get("policyalign"), dict) else {}
+    files = recorded.get("files")
+    hashed = f"the sha256 of its {len(files) if isinstance(files, dict) else 0} files"
+    notes = []
+    if "body_sha256" in recorded:
+        covered = f"{hashed}, the card's text and results"
+    else:
+        covered = f"{hashed} and the card's results"
+        notes.append("not verified: the card's text (pushed before `pa push` recorded its sha256; its metadata was verified)")
+    base = provenance.get("base_model") or {}
+    base_id, commit, revision = str(base.get("id")), base.get("commit"), base.get("revision")
+    if "/" in base_id and not commit and not (isinstance(revision, str) and REGEX_COMMIT.fullmatch(revision)):
+        loaded = f", only the revision {revision!r} it was loaded at" if revision else ""
+        notes.append(f"not verified: which weights of {base_id} it was trained on: {card.PROVENANCE_FILE} records no "
+                     f"commit of it{loaded} (a branch or tag may have moved since)")
+    elif base.get("kind") == "local":
+        notes.append(f"not verified: the base model's weights: it was trained on a local directory named {base_id}, "
+                     f"which {card.PROVENANCE_FILE} names but does not hash")
+    return covered, notes
+
+
+def _revision_info(api: Any, repo_id: str, revision: str, token: str | None) -> Any:
+    """`model_info` at `revision`; a revision the repository lacks is named with the tags and branches it has.
+
+    `pa pull org/name@v2` of a repository tagged otherwise said "repository not found (or private)" and
+    "check ORG/NAME" (a Hub that answers a missing revision as RepoNotFound), or only "revision not found":
+    the user was left to guess the tag `pa push` set (PACK-vVERSION). When the refs cannot be listed either,
+    the repository is what is missing, and the lookup's own error stands."""
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    with hub_call(f"looking up revision {revision}", token=token, repo=repo_id):
+        try:
+            return api.model_info(repo_id, revision=revision)
+        except (RevisionNotFoundError, RepositoryNotFoundError):
+            refs = _refs_or_none(api, repo_id, token)
+            if refs is None:
+                raise  # the lookup's own error: hub_call names the repository as not found (or private)
+            tags = ", ".join(escaped_name(t.name) for t in refs.tags) or "none"
+            branches = ", ".join(escaped_name(b.name) for b in refs.branches) or "none"
+            example = escaped_name(refs.tags[0].name if refs.tags else DEFAULT_BRANCH)
+            raise HubError(f"no revision {escaped_name(revision)!r} in {repo_id} (no tag, branch or commit of that name)",
+                           file=repo_id, hint=f"its tags: {tags}; branches: {branches}. "
+                                              f"Pull one of them, e.g. `pa pull {repo_id}@{example}`") from None
+
+
+def _refs_or_none(api: Any, repo_id: str, token: str | None) -> Any:
+    """The repository's tags and branches, or None when they cannot be read (it is missing, private, or the Hub failed)."""
+    try:
+        with hub_call("reading the repository's tags", token=token, repo=repo_id):
+            return api.list_repo_refs(repo_id)
+    except HubError:
+        return None
 
 
 def _offline() -> bool:

@@ -6,6 +6,7 @@ for the local pack version and the requested base model, or lists the candidates
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from . import card
 from .adapter_pull import PullResult, pull_adapter
-from .errors import HubError, HubUnavailableError, PolicyAlignError
+from .errors import HubError, HubUnavailableError, PolicyAlignError, UnverifiedAdapterError
 from .hub import DEFAULT_BRANCH, hub_api, hub_call, refuse_several_builds
 from .pack_hub import escaped_name
 from .semver import Version, is_semver
@@ -138,7 +139,16 @@ def _plain_text(value: Any) -> bool:
 def choose_adapter(candidates: list[Candidate], pack_name: str, *, model: str | None = None,
                    local_version: str | None = None, local_digest: str | None = None,
                    versions: "VersionRange | None" = None) -> Candidate:
-    """The best candidate: same base model, then the local pack's exact digest, then its exact version.
+    """The best candidate (`rank_adapters`' first)."""
+    return rank_adapters(candidates, pack_name, model=model, local_version=local_version, local_digest=local_digest,
+                         versions=versions)[0]
+
+
+def rank_adapters(candidates: list[Candidate], pack_name: str, *, model: str | None = None,
+                  local_version: str | None = None, local_digest: str | None = None,
+                  versions: "VersionRange | None" = None) -> list[Candidate]:
+    """The candidates that match, best first: same base model, then the local pack's exact digest, then its
+    exact version; tags before main, then the most recently modified.
 
     Without a local pack the newest pack version (in `versions`, when given) wins. Anything
     ambiguous or missing is a HubError that lists the candidates, so the user can pull one explicitly.
@@ -172,8 +182,7 @@ def choose_adapter(candidates: list[Candidate], pack_name: str, *, model: str | 
     # one precedence: the most recently modified was pulled, a choice between two policies the user could not see
     refuse_several_builds(sorted({c.pack_version for c in pool}), f"adapters for {what} were trained on",
                           file=f"pack:{pack_name}", hint=_candidates_hint(pool, pack_name))
-    tagged = [c for c in pool if c.revision != DEFAULT_BRANCH] or pool
-    return max(tagged, key=lambda c: c.last_modified)
+    return sorted(pool, key=lambda c: (c.revision != DEFAULT_BRANCH, c.last_modified), reverse=True)
 
 
 def _candidates_hint(candidates: list[Candidate], pack_name: str) -> str:
@@ -203,7 +212,28 @@ def pull_for_pack(pack_spec: str, *, model: str | None = None, to: str | Path | 
             local_digest = load_pack(best.path, registry=registry).digest
         except PolicyAlignError:
             local_digest = None
-    chosen = choose_adapter(find_adapters(pack_name, token=token), pack_name, model=model, versions=versions,
-                            local_version=local_version, local_digest=local_digest)
-    result = pull_adapter(f"{chosen.repo_id}@{chosen.revision}", to=to, token=token, registry=registry)
-    return result, chosen
+    ranked = rank_adapters(find_adapters(pack_name, token=token), pack_name, model=model, versions=versions,
+                           local_version=local_version, local_digest=local_digest)
+    return _pull_first_verified(ranked, to=to, token=token, registry=registry)
+
+
+def _pull_first_verified(ranked: list[Candidate], *, to: str | Path | None, token: str | None,
+                         registry: "Registry") -> tuple[PullResult, Candidate]:
+    """Pull the best of `ranked` that verifies. Anyone may publish an adapter tagged pack:NAME, and one whose
+    files do not match its card, ranked first, stopped every `pa pull --pack NAME` though verified ones were
+    published: it is passed over with a warning. When none verifies, the best match's error stands; any
+    other failure (an outage, the --to directory) stops the search."""
+    passed_over: list[str] = []
+    first: UnverifiedAdapterError | None = None
+    for chosen in ranked:
+        label = f"{chosen.repo_id}@{escaped_name(chosen.revision)}"
+        try:
+            result = pull_adapter(f"{chosen.repo_id}@{chosen.revision}", to=to, token=token, registry=registry)
+        except UnverifiedAdapterError as exc:
+            first = first or exc
+            passed_over.append(f"passed over {label}: {' '.join(exc.problem.message.split())}")
+            continue
+        return dataclasses.replace(result, warnings=(*passed_over, *result.warnings)), chosen
+    if first is None:  # rank_adapters raises rather than rank none
+        raise HubError("no published adapter to pull")
+    raise first

@@ -83,6 +83,11 @@ class HubUnavailableError(HubError):
     exit_code = 3
 
 
+class UnverifiedAdapterError(HubError):
+    """A revision whose files, card and policyalign.json do not agree (or that `pa push` never published):
+    `pa pull --pack` passes over it for the next best match, where another failure stops the search."""
+
+
 class PublicRepositoryError(HubError):
     """`--private` was asked of a repository that is public: never to be taken for "already published"."""
 

@@ -287,6 +287,40 @@ def trained_elsewhere(adapter: str | os.PathLike[str] | None, pack: "Pack") -> s
             f"{pack.ref} (digest {pack.digest[:12]}): {fix}")
 
 
+def trained_on_another_base(adapter: str | os.PathLike[str] | None, model: str) -> str | None:
+    """Which other base model the adapter's policyalign.json says it was trained on, or None.
+
+    Only a Hub base at another commit was refused (`models._check_adapter_base`): a pulled `tiny` adapter
+    on a local model, or an Instruct model's adapter on its base model (the same shapes, so it loads),
+    evaluated without a word, and the report read as the adapter's. A policyalign.json that cannot be read
+    or records no base says nothing here (`trained_elsewhere` names it); a model that cannot be resolved
+    is `evaluate`'s to report."""
+    from .card import PROVENANCE_FILE
+    from .models import resolve_model
+
+    path = Path(adapter) / PROVENANCE_FILE if adapter else None
+    try:
+        recorded = read_json(path) if path is not None and path.is_file() else None
+        given = resolve_model(model).public()
+    except (OSError, PolicyAlignError):
+        return None
+    base = recorded.get("base_model") if isinstance(recorded, dict) else None
+    trained_id = base.get("id") if isinstance(base, dict) else None
+    if not isinstance(trained_id, str) or not trained_id:
+        return None
+    kind = base.get("kind")
+    if trained_id.lower() == given.location.lower() and kind in (None, given.kind):
+        return None
+    if kind == "local":
+        trained, fix = f"a local model directory named {trained_id}", f"--model PATH/TO/{trained_id}"
+    else:
+        pin = base.get("commit") or base.get("revision") if kind == "hub" else None
+        trained, fix = f"base model {trained_id}", f"--model {trained_id}@{pin}" if isinstance(pin, str) and pin \
+            else f"--model {trained_id}"
+    return (f"the adapter was trained on {trained} ({PROVENANCE_FILE}), this evaluates it on {given.location}: "
+            f"`{fix}` measures it on the base it was trained on")
+
+
 def adapter_sha256(adapter: str | os.PathLike[str] | None) -> str | None:
     """sha256 of a local PEFT adapter's weights file (safetensors preferred), None when there is
     none: eval.json records it so an after-eval can be tied to the exact weights it measured."""

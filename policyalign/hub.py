@@ -69,9 +69,24 @@ def endpoint() -> str:
 
 
 def hub_api(token: str | None = None) -> Any:
+    """The Hub client every push and pull goes through (with `quiet_hub_bars` applied first)."""
     from huggingface_hub import HfApi
 
+    quiet_hub_bars()
     return HfApi(endpoint=endpoint(), token=token)
+
+
+def quiet_hub_bars() -> None:
+    """Turn huggingface_hub's own tqdm bars off on a stderr that is no terminal. There they were written frame
+    by frame, with carriage returns and cursor-up escapes (ESC [A) between a push's parallel uploads: dozens of
+    lines of a CI log per `pa push` or `pa pull`, where pa's own bars write one line each. On a terminal they stay."""
+    import sys
+
+    from huggingface_hub.utils import disable_progress_bars
+
+    stream = sys.stderr
+    if stream is None or not stream.isatty():
+        disable_progress_bars()
 
 
 def resolve_token(token: str | None = None, repo: str = "") -> str:

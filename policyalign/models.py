@@ -731,7 +731,7 @@ def check_adapter_dir(adapter: Path) -> None:
         # mistyped is invalid input (exit 2), as a --model or run directory that is not there (it was 1)
         problem = f"{adapter} is a file, not an adapter directory" if adapter.exists() else \
             f"adapter directory not found: {adapter}"
-        raise InvalidInputError(problem, file=str(adapter), hint=hint)
+        raise InvalidInputError(problem, file=str(adapter), hint=_published_hint(adapter) or hint)
     if not (adapter / "adapter_config.json").is_file():
         raise ModelError(f"no adapter_config.json in adapter directory {adapter}", file=str(adapter), hint=hint)
     if not any(adapter.glob("adapter_model.*")):  # PEFT would look for them on the Hub: "Repo id must be ..."
@@ -740,6 +740,16 @@ def check_adapter_dir(adapter: Path) -> None:
             hint="the directory holds an adapter's config but not its weights: train it again (`pa apply`, "
                  "or `pa distill RUN_DIR --resume` for a run's adapter) or copy the whole directory",
         )
+
+
+def _published_hint(adapter: Path) -> str | None:
+    """For an --adapter that is not there but reads as a Hub repository (`org/name[@REV]`, as a model card or
+    `pa pull --pack` names it): pull it first. Only "pass the directory a distill run wrote" was said."""
+    base, _, revision = str(adapter).partition("@")
+    if adapter.exists() or not _HUB_ID.match(base) or not re.fullmatch(r"[\w./-]*", revision):
+        return None
+    return (f"--adapter takes a directory; if {adapter} is a published adapter, pull it first: `pa pull {adapter}` "
+            "(it verifies the adapter and prints the `pa eval` command with the directory it put it in)")
 
 
 def _attach_adapter(model: Any, adapter: Path, trainable: bool, ref: ModelRef) -> Any:

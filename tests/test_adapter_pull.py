@@ -645,6 +645,74 @@ def test_pull_errors_are_clear(cli: Cli) -> None:
     assert "either ORG/NAME" in cli.fails(2, "pull").stderr
 
 
+def test_pull_of_a_revision_the_repository_lacks_names_its_tags(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`pa pull org/name@v2` of a repository published with another tag said "repository not found (or
+    private)" and "check ORG/NAME": the repository was there, the revision was not, and its tags went unsaid."""
+    run = make_run(tmp_path / "run", cli.packs / "root-pack")
+    cli.published(run, "org/tagged-adapter")
+    failed = cli.fails(1, "pull", "org/tagged-adapter@v2", "--to", str(tmp_path / "pulled"))
+    said = " ".join(failed.stderr.split())
+    assert "no revision 'v2' in org/tagged-adapter" in said and "repository not found" not in said
+    assert "its tags: root-pack-v1.0.0; branches: main" in said
+    assert "pa pull org/tagged-adapter@root-pack-v1.0.0" in said
+    assert not (tmp_path / "pulled").exists()
+    assert "repository not found" in cli.fails(1, "pull", "org/never-published@v2").stderr  # no repository: as before
+
+
+def test_pull_json_says_where_the_adapter_went_what_was_verified_and_what_to_run_next(cli: Cli, make_run,  # type: ignore[no-untyped-def]
+                                                                                      tmp_path: Path) -> None:
+    """`pa pull --json` was "No such option": a script pulling in CI scraped "pulled ... to PATH" for where the
+    adapter went. stdout is one JSON document (the pulled lines and the best match are not printed)."""
+    run = make_run(tmp_path / "run", cli.packs / "root-pack")
+    cli.published(run, "org/json-adapter")
+    pack = load_pack(cli.packs / "root-pack")
+    for args in (["org/json-adapter@root-pack-v1.0.0"], ["--pack", "root-pack"]):
+        to = tmp_path / f"pulled-{len(args)}"
+        pulled = json.loads(cli.ok("pull", *args, "--to", str(to), "--json").stdout)
+        assert pulled["path"] == str(to) and (to / "adapter_model.safetensors").is_file()
+        assert (pulled["repo_id"], pulled["revision"]) == ("org/json-adapter", "root-pack-v1.0.0")
+        assert len(pulled["commit"]) == 40
+        assert pulled["pack"] == {"name": "root-pack", "version": pack.version, "digest": pack.digest, "parents": []}
+        assert pulled["base_model"] == {"id": "Qwen/Qwen2.5-0.5B-Instruct", "name": "Qwen2.5-0.5B",
+                                        "revision": "0123456789abcdef", "commit": None}
+        assert pulled["warnings"] == [] and any("matches the local pack root-pack" in n for n in pulled["notes"])
+        assert pulled["eval_command"] == (f"pa eval root-pack@{pack.version} --model "
+                                          f"Qwen/Qwen2.5-0.5B-Instruct@0123456789abcdef --adapter {to}")
+    assert cli.fails(1, "pull", "org/json-adapter@v9", "--json").stdout == ""  # a failed --json prints nothing there
+
+
+def test_pull_says_what_it_verified_and_what_it_could_not(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`pa pull` said "verified: pack P@V (digest ...), base model B" and nothing more: not that every file's
+    sha256 was checked, nor what it left unchecked, an older card's text (no `body_sha256`: claims nothing)
+    and a Hub base trained at a branch or tag, not a commit (whose weights may have moved on since)."""
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "covered"))  # base revision "0123456789abcdef": no commit
+    cli.published(run, "org/covered")
+    files = len(card.parse_card(hub_server.read("org/covered", "README.md").decode())[0]["policyalign"]["files"])
+    pulled = cli.ok("pull", "org/covered", "--to", str(tmp_path / "pulled"))
+    assert f"base model Qwen/Qwen2.5-0.5B-Instruct; the sha256 of its {files} files, the card's text and results" \
+           in pulled.stdout
+    assert ("not verified: which weights of Qwen/Qwen2.5-0.5B-Instruct it was trained on: policyalign.json records "
+            "no commit of it, only the revision '0123456789abcdef' it was loaded at") in pulled.stdout
+    assert "the card's text" not in pulled.stdout.split("not verified")[1]
+    _edit_card(hub_server, "org/covered", lambda m: m["policyalign"].pop("body_sha256"), "as an older card")
+    older = cli.ok("pull", "org/covered", "--to", str(tmp_path / "older"))
+    assert f"the sha256 of its {files} files and the card's results" in older.stdout
+    assert "not verified: the card's text (pushed before `pa push` recorded its sha256;" in older.stdout
+    pulled_json = json.loads(cli.ok("pull", "org/covered", "--to", str(tmp_path / "older"), "--json").stdout)
+    assert any(n.startswith("not verified: the card's text") for n in pulled_json["notes"])
+
+
+def test_push_and_pull_draw_no_hub_bars_on_a_stderr_that_is_no_terminal(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """On a stderr that is no terminal (a CI log) huggingface_hub's own bars ("Fetching 11 files", each LFS
+    upload's) were written frame by frame with carriage returns and cursor-up escapes (ESC [A), where README
+    promises one line per bar: the log of one `pa push` held dozens of frames."""
+    run = make_run(tmp_path / "run", cli.packs / "root-pack")
+    pushed = cli.ok("push", str(run), "--repo-id", "org/quiet-adapter")
+    pulled = cli.ok("pull", "org/quiet-adapter", "--to", str(tmp_path / "pulled"))
+    for stderr in (pushed.stderr, pulled.stderr):
+        assert "\r" not in stderr and "\x1b[A" not in stderr and "it/s" not in stderr, stderr
+
+
 def test_local_pack_differing_only_in_a_parent_names_the_parent(tmp_path: Path) -> None:
     """A child's digest composes its parents': an edited parent makes `pa pull` warn about the
     child, whose own files are untouched, so the warning must point at the parent too."""

@@ -101,6 +101,31 @@ def test_a_candidate_the_hub_cannot_read_is_skipped_with_a_warning(cli: Cli, hub
         cli.ok("pull", "--pack", "flaky", "--to", str(tmp_path / "y")).stderr
 
 
+def test_a_best_match_that_does_not_verify_is_passed_over_for_the_next(cli: Cli, hub_server, make_run,  # type: ignore[no-untyped-def]
+                                                                        tmp_path: Path) -> None:
+    """Anyone may publish an adapter tagged pack:NAME: one whose files do not match its card (tampered, or
+    broken on purpose), ranked above the good ones (a tag beats main), stopped every `pa pull --pack NAME`
+    with its provenance error, though a verified adapter of the same pack was published. It is passed over,
+    with a warning; when none verifies, the best match's own error stands."""
+    pack = make_pack(cli.packs, "fallback")
+    cli.published(make_run(tmp_path / "run", pack), "org/good-fallback")
+    cli.published(make_run(tmp_path / "run2", pack), "evil/newer-fallback")
+    for repo in ("org/good-fallback", "evil/newer-fallback"):  # main only; the evil one's tag is put on a swap below
+        hub_server.store.git(hub_server.repo_path(repo), "tag", "-d", "fallback-v1.0.0")
+    commit = hub_server.put_files("evil/newer-fallback", {"adapter_model.safetensors": b"not the weights"}, "swap")
+    hub_server.store.tag("model", "evil/newer-fallback", commit, "fallback-v1.0.0-new", None)
+    pulled = cli.ok("pull", "--pack", "fallback", "--to", str(tmp_path / "x"))
+    assert "best match: org/good-fallback@main" in pulled.stdout
+    warned = " ".join(pulled.stderr.split())
+    assert ("warning: passed over evil/newer-fallback@fallback-v1.0.0-new: provenance check failed: "
+            "- adapter_model.safetensors does not match its sha256 in the card") in warned
+    assert (tmp_path / "x" / "adapter_model.safetensors").read_bytes() != b"not the weights"
+    hub_server.put_files("org/good-fallback", {"adapter_model.safetensors": b"not these either"}, "swap")
+    failed = " ".join(cli.fails(1, "pull", "--pack", "fallback", "--to", str(tmp_path / "y")).stderr.split())
+    assert "error: evil/newer-fallback@fallback-v1.0.0-new: provenance check failed" in failed  # none verifies
+    assert not (tmp_path / "y").exists()
+
+
 def test_an_outage_on_one_candidate_stops_the_search_to_retry(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A 503 on the newest match's card was skipped like a deleted repository: the pull ended 0 with the
     older adapter, which a rerun a minute later would not have chosen. It stops with exit 3 (retry) now."""

@@ -441,6 +441,44 @@ def test_an_adapter_trained_on_another_version_of_the_pack_is_named(tmp_path: Pa
         assert note is not None and f"{adapter / 'policyalign.json'} {says}" in note and "unknown" in note
 
 
+def test_an_adapter_trained_on_another_base_model_is_named(tmp_path: Path, peft_adapter: Path) -> None:
+    """`pa eval general --model OTHER --adapter A` of an adapter whose policyalign.json says it was trained on
+    another base (a pulled `tiny` adapter on a local model; an Instruct model's adapter on the base model of
+    the same shapes) evaluated without a word: its numbers read as the adapter's, measured on a base it was
+    never trained for. Only a Hub base at another commit was caught."""
+    from policyalign.evaluate import trained_on_another_base
+    from policyalign.tiny import tiny_model_path
+
+    adapter, other = tmp_path / "adapter", tmp_path / "other-model"
+    shutil.copytree(peft_adapter, adapter)
+    shutil.copytree(tiny_model_path(), other)
+    assert trained_on_another_base(adapter, str(other)) is None  # no policyalign.json: nothing recorded
+    (adapter / "policyalign.json").write_text(json.dumps({"base_model": {"id": "tiny", "name": "tiny", "kind": "tiny"}}))
+    assert trained_on_another_base(adapter, "tiny") is None and trained_on_another_base(adapter, "TINY") is None
+    assert trained_on_another_base(adapter, "acme/unknown-model") is not None
+    result = CliRunner().invoke(app, ["eval", "general", "--model", str(other), "--adapter", str(adapter), "--limit", "1",
+                                      "--max-new-tokens", "2", "--no-drift", "--out", str(tmp_path / "e"),
+                                      "--packs-path", str(ROOT / "packs")])
+    assert result.exit_code == 0, result.output
+    assert ("note: the adapter was trained on base model tiny (policyalign.json), this evaluates it on other-model: "
+            "`--model tiny` measures it on the base it was trained on") in " ".join(result.output.split())
+    hub = {"base_model": {"id": "Qwen/Qwen2.5-0.5B-Instruct", "name": "Qwen2.5-0.5B", "kind": "hub", "commit": "a" * 40}}
+    (adapter / "policyalign.json").write_text(json.dumps(hub))
+    for same in ("Qwen/Qwen2.5-0.5B-Instruct", "qwen/qwen2.5-0.5b-instruct", f"Qwen/Qwen2.5-0.5B-Instruct@{'a' * 40}"):
+        assert trained_on_another_base(adapter, same) is None
+    note = trained_on_another_base(adapter, "Qwen/Qwen2.5-0.5B")
+    assert note is not None and f"`--model Qwen/Qwen2.5-0.5B-Instruct@{'a' * 40}`" in note
+    (adapter / "policyalign.json").write_text(json.dumps({"base_model": {"id": "my-model", "kind": "local"}}))
+    note = trained_on_another_base(adapter, "tiny")
+    assert note is not None and "a local model directory named my-model" in note and "--model PATH/TO/my-model" in note
+    assert trained_on_another_base(adapter, str(other)) is not None
+    shutil.copytree(tiny_model_path(), other.parent / "my-model")
+    assert trained_on_another_base(adapter, str(other.parent / "my-model")) is None  # its own name: no note
+    for broken in ("", "[]", '{"base_model": []}', '{"base_model": {"id": 3}}'):  # trained_elsewhere names these
+        (adapter / "policyalign.json").write_text(broken)
+        assert trained_on_another_base(adapter, "tiny") is None
+
+
 @pytest.mark.slow
 def test_an_evaluation_run_again_with_the_same_results_leaves_a_published_run_published(
         tmp_path: Path, fixture_packs: Path, hub_server, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]

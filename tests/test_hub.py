@@ -128,24 +128,24 @@ def test_a_push_refused_for_its_token_after_committing_says_what_the_hub_holds(c
 def test_a_hub_answering_not_now_exits_3_for_push_pull_and_packs(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Every Hub failure exited 1, as a failed run does, so a CI job could not retry on an outage alone: a 503 or
     429 (the Hub busy, or rate-limiting) exits 3 and says it is worth retrying; the same command then succeeds."""
-    run = make_run(tmp_path / "run", make_pack(cli.packs, "busy"))
-    hub_server.fail("POST", r"/api/models/org/busy/commit/.*", status=503)
-    pushed = cli.fails(3, "push", str(run), "--repo-id", "org/busy")
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "not-now"))
+    hub_server.fail("POST", r"/api/models/org/not-now/commit/.*", status=503)
+    pushed = cli.fails(3, "push", str(run), "--repo-id", "org/not-now")
     assert "503 Service Unavailable" in pushed.stderr and "worth retrying" in pushed.stderr
-    cli.ok("push", str(run), "--repo-id", "org/busy")
+    cli.ok("push", str(run), "--repo-id", "org/not-now")
     for status in (503, 429):
-        hub_server.fail("GET", r"/api/models/org/busy/revision/.*", status=status)
-        pulled = cli.fails(3, "pull", "org/busy", "--to", str(tmp_path / "pulled"))
+        hub_server.fail("GET", r"/api/models/org/not-now/revision/.*", status=status)
+        pulled = cli.fails(3, "pull", "org/not-now", "--to", str(tmp_path / "pulled"))
         assert "looking up revision main: " in pulled.stderr and f"'{status} " in pulled.stderr and "worth retrying" in pulled.stderr
         assert not (tmp_path / "pulled").exists()
-    cli.ok("pull", "org/busy", "--to", str(tmp_path / "pulled"))
+    cli.ok("pull", "org/not-now", "--to", str(tmp_path / "pulled"))
 
-    hub_server.fail("POST", r"/api/datasets/org/busy-pack/commit/.*", status=503)
-    assert "worth retrying" in cli.fails(3, "pack", "push", str(cli.packs / "busy"), "--repo-id", "org/busy-pack").stderr
-    cli.ok("pack", "push", str(cli.packs / "busy"), "--repo-id", "org/busy-pack")
-    hub_server.fail("GET", r"/api/datasets/org/busy-pack/refs", status=429)
-    assert "429 Too Many Requests" in cli.fails(3, "pack", "pull", "org/busy-pack").stderr
-    cli.ok("pack", "pull", "org/busy-pack")
+    hub_server.fail("POST", r"/api/datasets/org/not-now-pack/commit/.*", status=503)
+    assert "worth retrying" in cli.fails(3, "pack", "push", str(cli.packs / "not-now"), "--repo-id", "org/not-now-pack").stderr
+    cli.ok("pack", "push", str(cli.packs / "not-now"), "--repo-id", "org/not-now-pack")
+    hub_server.fail("GET", r"/api/datasets/org/not-now-pack/refs", status=429)
+    assert "429 Too Many Requests" in cli.fails(3, "pack", "pull", "org/not-now-pack").stderr
+    cli.ok("pack", "pull", "org/not-now-pack")
 
 
 def test_a_hub_answering_no_keeps_exit_1(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

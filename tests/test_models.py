@@ -721,3 +721,21 @@ def test_a_config_json_that_is_not_an_object_is_a_model_error(tmp_path: Path, te
         load_model(str(model), device="cpu")
     assert info.value.problem.file == str(model / "config.json")
     assert "save_pretrained" in info.value.problem.hint
+
+
+def test_an_adapter_named_as_a_hub_repository_is_told_to_pull_it_first(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pa eval general --model tiny --adapter org/name@TAG`, the name a model card or `pa pull --pack` gives,
+    said only "adapter directory not found" and to pass a run's directory: nothing of `pa pull`, which
+    verifies it and prints the `pa eval` command with its path. A mistyped path keeps the old hint."""
+    from policyalign.models import check_adapter_dir
+
+    monkeypatch.chdir(tmp_path)
+    for named in ("acme/tiny-general", "acme/tiny-general@general-v1.0.0"):
+        with pytest.raises(InvalidInputError) as raised:
+            check_adapter_dir(Path(named))
+        assert f"if {named} is a published adapter, pull it first: `pa pull {named}`" in raised.value.problem.hint
+    for path in ("./runs/x/adapter", "runs/x/adapter", str(tmp_path / "typo")):
+        with pytest.raises(InvalidInputError) as raised:
+            check_adapter_dir(Path(path))
+        assert "pa pull" not in raised.value.problem.hint

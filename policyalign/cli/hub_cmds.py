@@ -14,7 +14,7 @@ import typer
 
 from ..errors import InvalidInputError
 from . import app, sub_app
-from .common import License, PacksPath, registry
+from .common import License, PacksPath, print_json, registry
 
 
 def _pack_group() -> typer.Typer:
@@ -56,6 +56,9 @@ def pull(
     model: Optional[str] = typer.Option(None, "--model", help="With --pack: the base model the adapter must be for; MODEL@COMMIT only an adapter trained on that commit of it."),
     to: Optional[Path] = typer.Option(None, "--to", help="Directory to place the adapter in (default: the Hugging Face cache)."),
     packs_path: Optional[list[Path]] = PacksPath,
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout: repository, revision, commit, "
+                                 "path, the verified pack and base model, notes, warnings and the `pa eval` command "
+                                 "that measures it."),
 ) -> None:
     """Download a published adapter, verify its provenance, and compare it with the local pack."""
     from ..adapter_pull import pull_adapter
@@ -69,42 +72,72 @@ def pull(
     reg = registry(packs_path)
     if pack is not None:
         result, chosen = pull_for_pack(pack, model=model, to=to, registry=reg)
-        typer.echo(f"best match: {chosen.describe()}")
+        if not as_json:
+            typer.echo(f"best match: {chosen.describe()}")
     else:
         result = pull_adapter(spec or "", to=to, registry=reg)
     for warning in result.warnings:
         typer.echo(f"warning: {warning}", err=True)
-    _print_pull(result, packs_path or [])
+    if as_json:
+        print_json(_pull_json(result, packs_path or []))
+    else:
+        _print_pull(result, packs_path or [])
+
+
+def _pull_json(result, packs_path: list[Path]) -> dict:  # type: ignore[no-untyped-def]
+    """`pa pull --json`: what the lines of `_print_pull` say, as data. A script that pulls in CI had to
+    scrape "pulled ... to PATH" for where the adapter went, and the `pa eval` line for what to run next."""
+    from ..card import parents_of
+
+    pack, base = result.pack, result.base_model
+    return {"repo_id": result.repo_id, "revision": result.revision, "commit": result.commit, "path": str(result.path),
+            "pack": {"name": pack["name"], "version": pack["version"], "digest": pack["digest"],
+                     "parents": parents_of(pack)},
+            "base_model": {key: base.get(key) for key in ("id", "name", "revision", "commit")},
+            "verified": result.covered, "notes": list(result.notes), "warnings": list(result.warnings),
+            "eval_command": _eval_command(result, packs_path)}
+
+
+def _base_pin(base) -> str | None:  # type: ignore[no-untyped-def]
+    """The commit (else revision) of a Hub base the adapter was trained on: `main` may have moved on since."""
+    return (base.get("commit") or base.get("revision")) if "/" in str(base["id"]) else None
+
+
+def _eval_command(result, packs_path: list[Path]) -> str:  # type: ignore[no-untyped-def]
+    """The `pa eval` that measures the pulled adapter on the pack version and base it was trained on."""
+    from ..card import sh
+
+    pack, base = result.pack, result.base_model
+    pin = _base_pin(base)
+    # name@version: a bare name would evaluate the newest local version, not the one it was trained on;
+    # the --packs-path that found the pack here must be passed on, or `pa eval` reports it unknown
+    search = "".join(f" --packs-path {sh(path)}" for path in packs_path)
+    model = f"{base['id']}@{pin}" if pin else base["id"]
+    return f"pa eval {sh(pack['name'] + '@' + pack['version'])} --model {sh(model)} --adapter {sh(result.path)}{search}"
 
 
 def _print_pull(result, packs_path: list[Path]) -> None:  # type: ignore[no-untyped-def]
-    from ..card import parents_of, sh
+    from ..card import parents_of
     from ..models import TINY
 
     pack, base = result.pack, result.base_model
     typer.echo(f"pulled {result.repo_id}@{result.revision} (commit {result.commit[:12]}) to {result.path}")
     parents = "".join(f", extends {p['name']}@{p['version']} (digest {str(p['digest'])[:12]}…)" for p in parents_of(pack))
     typer.echo(f"verified: pack {pack['name']}@{pack['version']} (digest {pack['digest'][:12]}…){parents}, "
-               f"base model {base['id']}")
+               f"base model {base['id']}" + (f"; {result.covered}" if result.covered else ""))
     for note in result.notes:
         typer.echo(note)
     hub, tiny = "/" in str(base["id"]), str(base["id"]) == TINY
     # `tiny` is no name transformers knows: policyalign makes its files, where tiny_model_path says
     base_id = repr(base["id"]) if hub else "tiny_model_path()" if tiny else repr("PATH/TO/BASE/MODEL")
-    # the base's weights the adapter was trained on: `main` may have moved on since
-    pin = (base.get("commit") or base.get("revision")) if hub else None
+    pin = _base_pin(base)
     typer.echo("\nload it with PEFT:\n"
                "  from peft import PeftModel\n"
                "  from transformers import AutoModelForCausalLM\n"
                + ("  from policyalign.tiny import tiny_model_path\n" if tiny else "")
                + f"  model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base_id}"
                f"{f', revision={pin!r}' if pin else ''}), {str(result.path)!r})")
-    # name@version: a bare name would evaluate the newest local version, not the one it was trained on;
-    # the --packs-path that found the pack here must be passed on, or `pa eval` reports it unknown
-    search = "".join(f" --packs-path {sh(path)}" for path in packs_path)
-    model = f"{base['id']}@{pin}" if pin else base["id"]
-    typer.echo(f"or evaluate it: pa eval {sh(pack['name'] + '@' + pack['version'])} --model {sh(model)} "
-               f"--adapter {sh(result.path)}{search}")
+    typer.echo(f"or evaluate it: {_eval_command(result, packs_path)}")
 
 
 @pack_app.command("push")
