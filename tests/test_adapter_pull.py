@@ -163,6 +163,23 @@ def test_pull_refuses_files_the_card_does_not_list(cli: Cli, hub_server, make_ru
 
 
 
+def test_pull_refuses_files_the_card_does_not_list_before_downloading_them(cli: Cli, hub_server, make_run,  # type: ignore[no-untyped-def]
+                                                                          tmp_path: Path) -> None:
+    """A repository holding files its card does not list (a pickle `*.pt`, `*.pkl`, any size) was downloaded
+    whole, into --to's staging directory or the Hugging Face cache, and only then refused: a hostile repo made
+    `pa pull` fetch gigabytes. The repository's listing is checked against the card before any download."""
+    cli.published(make_run(tmp_path / "run", make_pack(cli.packs, "pickled")), "org/pickled")
+    hub_server.put_files("org/pickled", {"training_args.pkl": b"\x80\x04junk", "weights/extra.pt": b"\0" * 65536},
+                         "add pickles the card does not list")
+    hub_server.requests.clear()
+    for target in (("--to", str(tmp_path / "pulled")), ()):
+        result = cli.fails(1, "pull", "org/pickled", *target)
+        for name in ("training_args.pkl", "weights/extra.pt"):
+            assert f"{name} is in the repository but not listed in the card" in result.stderr, result.stderr
+    assert not [path for method, path, _ in hub_server.requests if "/resolve/" in path], hub_server.requests
+    assert not (tmp_path / "pulled").exists()
+
+
 def _forge(hub_server, repo: str, provenance: bytes, edit_card, message: str) -> None:  # type: ignore[no-untyped-def]
     """Replace policyalign.json and re-sign it in the card, so card and files agree (a forged push)."""
     metadata, body = card.parse_card(hub_server.read(repo, "README.md").decode())
