@@ -88,9 +88,15 @@ def resolve_token(token: str | None = None, repo: str = "") -> str:
 
 
 def scrub(text: str, token: str | None) -> str:
-    """Remove a token (and anything token-shaped) from text bound for the user."""
-    if token:
-        text = text.replace(token, "hf_***")
+    """Remove a token (and anything token-shaped) from text bound for the user.
+
+    Without `token`, the one huggingface_hub sends (HF_TOKEN, the cached login) is removed: `pa pull` and `pa pack
+    pull` pass none, and a token not shaped like `hf_...` (a mirror's) that a Hub's error repeated was printed whole."""
+    from huggingface_hub import get_token
+
+    for secret in {token, get_token()}:
+        if secret and len(secret.strip()) >= 6:  # a one-letter HF_TOKEN would blank every such letter
+            text = text.replace(secret, "hf_***")
     return _TOKEN_LIKE.sub("hf_***", text)
 
 

@@ -6,8 +6,10 @@ against the loopback Hub (tests/hubserver.py, run through tests/hubcli.py).
 from __future__ import annotations
 
 import dataclasses
+import http.server
 import socket
 import subprocess
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,6 +17,7 @@ import pytest
 
 from hubcli import Cli, make_pack
 from policyalign import hub
+from policyalign.errors import HubError
 
 
 # --------------------------------------------------------------------------- publishing (shared)
@@ -270,6 +273,42 @@ def test_scrub_removes_tokens() -> None:
     text = "401 for url with Authorization: Bearer hf_abcdefghijk and token=hf_zyxwvut9876"
     assert "hf_abc" not in hub.scrub(text, None) and "hf_zyx" not in hub.scrub(text, None)
     assert hub.scrub("secret-token-value leaked", "secret-token-value") == "hf_*** leaked"
+
+
+
+class _EchoingHub(http.server.BaseHTTPRequestHandler):
+    """A hostile (or buggy) mirror: the request id of its error, which huggingface_hub puts on the error's first
+    line, repeats the token it was sent (without the `Bearer ` that `scrub` recognises)."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.send_response(400)
+        self.send_header("X-Request-Id", f"echo {self.headers.get('authorization', 'none').split()[-1]}")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_token_not_shaped_like_hf_is_scrubbed_when_taken_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`scrub` removed the token it was given and anything shaped like `hf_...`; `pa pull` and `pa pack pull`
+    pass none (huggingface_hub reads HF_TOKEN itself), so a token of another shape (a mirror's, an old
+    `api_...` one) that a Hub's error message repeated was printed whole."""
+    from huggingface_hub import constants
+
+    secret = "mirror-secret-4f2a9c7e"
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _EchoingHub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", secret)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    try:
+        with pytest.raises(HubError) as info, hub.hub_call("looking up revision main", repo="org/x"):
+            hub.hub_api(None).model_info("org/x")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "(Request ID: echo " in str(info.value) and secret not in str(info.value), str(info.value)
 
 
 
