@@ -121,6 +121,8 @@ def hub_call(action: str, *, token: str | None = None, repo: str = "", state: st
 def _hub_error(exc: BaseException, action: str, token: str | None, repo: str, state: str = "") -> HubError:
     from huggingface_hub.errors import OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError
 
+    from .pack_hub import escaped_name
+
     # huggingface_hub's own "Cannot reach https://huggingface.co/api/...: offline mode is enabled" named neither
     # the variable that caused it nor what to do about it
     if isinstance(exc, OfflineModeIsEnabled):
@@ -134,7 +136,8 @@ def _hub_error(exc: BaseException, action: str, token: str | None, repo: str, st
     cause = _first_line(exc.__cause__) if exc.__cause__ is not None else detail
     if cause != detail:  # e.g. "Error while uploading X" wraps the HTTP error that says why
         detail = f"{detail} ({cause})"
-    detail = scrub(detail, token)
+    # a hostile Hub's words (X-Request-Id lands on the first line) sent ESC ]0;... to the terminal of whoever ran pa
+    detail = escaped_name(scrub(detail, token))
     # a token refused after the commit landed (expired, revoked, not allowed to tag): what main now holds, too
     if status == 401 and not isinstance(exc, RepositoryNotFoundError):
         return HubError(f"{action}: the Hub rejected the token (401 Unauthorized)", file=repo,

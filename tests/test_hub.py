@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 from hubcli import Cli, make_pack
-from policyalign import hub
+from policyalign import hub, templates
 from policyalign.errors import HubError
 
 
@@ -276,31 +276,30 @@ def test_scrub_removes_tokens() -> None:
 
 
 
-class _EchoingHub(http.server.BaseHTTPRequestHandler):
-    """A hostile (or buggy) mirror: the request id of its error, which huggingface_hub puts on the error's first
-    line, repeats the token it was sent (without the `Bearer ` that `scrub` recognises)."""
+class _HostileHub(http.server.BaseHTTPRequestHandler):
+    """A hostile (or buggy) mirror answering every request 400, with a request id of its choosing: huggingface_hub
+    puts it on the error's first line, which pa prints. This one's repeats the token it was sent (without the
+    `Bearer ` that `scrub` recognises)."""
+
+    def request_id(self) -> str:
+        return f"echo {self.headers.get('authorization', 'none').split()[-1]}"
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        self.send_response(400)
-        self.send_header("X-Request-Id", f"echo {self.headers.get('authorization', 'none').split()[-1]}")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
+        # as bytes: send_response and send_header take latin-1 only
+        self.wfile.write(f"HTTP/1.1 400 Bad Request\r\nX-Request-Id: {self.request_id()}\r\nContent-Length: 0\r\n"
+                         "Connection: close\r\n\r\n".encode())
 
     def log_message(self, *args: object) -> None:
         pass
 
 
-def test_a_token_not_shaped_like_hf_is_scrubbed_when_taken_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`scrub` removed the token it was given and anything shaped like `hf_...`; `pa pull` and `pa pack pull`
-    pass none (huggingface_hub reads HF_TOKEN itself), so a token of another shape (a mirror's, an old
-    `api_...` one) that a Hub's error message repeated was printed whole."""
+def _hub_error_from(handler: type[http.server.BaseHTTPRequestHandler], monkeypatch: pytest.MonkeyPatch) -> str:
+    """The HubError a `model_info` call to a server run by `handler` becomes, as pa prints it."""
     from huggingface_hub import constants
 
-    secret = "mirror-secret-4f2a9c7e"
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _EchoingHub)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setenv("HF_TOKEN", secret)
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
     try:
         with pytest.raises(HubError) as info, hub.hub_call("looking up revision main", repo="org/x"):
@@ -308,8 +307,30 @@ def test_a_token_not_shaped_like_hf_is_scrubbed_when_taken_from_the_environment(
     finally:
         server.shutdown()
         server.server_close()
-    assert "(Request ID: echo " in str(info.value) and secret not in str(info.value), str(info.value)
+    return str(info.value)
 
+
+def test_a_token_not_shaped_like_hf_is_scrubbed_when_taken_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`scrub` removed the token it was given and anything shaped like `hf_...`; `pa pull` and `pa pack pull`
+    pass none (huggingface_hub reads HF_TOKEN itself), so a token of another shape (a mirror's, an old
+    `api_...` one) that a Hub's error message repeated was printed whole."""
+    secret = "mirror-secret-4f2a9c7e"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    text = _hub_error_from(_HostileHub, monkeypatch)
+    assert "(Request ID: echo " in text and secret not in text, text
+
+
+class _EscapingHub(_HostileHub):
+    def request_id(self) -> str:
+        return "\x1b]0;pwned\x07\x1b[2J \u202eboom"
+
+
+def test_a_hubs_error_sends_no_terminal_escape_to_the_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The request id of a Hub's error reached the terminal raw in pa's `error:` line: ESC ]0; retitled it,
+    ESC [2J cleared it, a U+202E reversed the text after it. They are shown escaped."""
+    text = _hub_error_from(_EscapingHub, monkeypatch)
+    assert "\\x1b]0;pwned\\x07\\x1b[2J \\u202eboom" in text, text
+    assert not templates.text_problem(text), text
 
 
 # --------------------------------------------------------------------------- the loopback Hub
