@@ -68,6 +68,15 @@ def endpoint() -> str:
     return (given or constants.ENDPOINT).rstrip("/")
 
 
+def shown_endpoint() -> str:
+    """`endpoint()` as pa prints or records it: without the user and password a mirror's URL may carry
+    (`https://user:password@mirror`), which went into error messages and the run.json of `pa apply --push-to`."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(endpoint())
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
 def hub_api(token: str | None = None) -> Any:
     from huggingface_hub import HfApi
 
@@ -152,7 +161,7 @@ def _hub_error(exc: BaseException, action: str, token: str | None, repo: str, st
                         hint="check ORG/NAME; for a private repo, log in with a token that can read it")
     transient = _transient(exc)
     if transient == "unreachable":
-        return HubUnavailableError(f"{action}: could not reach the Hub at {endpoint()} ({detail})", file=repo,
+        return HubUnavailableError(f"{action}: could not reach the Hub at {shown_endpoint()} ({detail})", file=repo,
                                    hint="; ".join(filter(None, ["check the network connection or HF_ENDPOINT",
                                                                 RETRY_HINT, state])))
     if transient == "unavailable":
@@ -254,7 +263,7 @@ def refuse_several_builds(builds: list[str], lead: str, *, file: str, hint: str)
 
 def repo_url(repo_id: str, repo_type: str, revision: str) -> str:
     prefix = "datasets/" if repo_type == "dataset" else ""
-    return f"{endpoint()}/{prefix}{repo_id}/tree/{revision}"
+    return f"{shown_endpoint()}/{prefix}{repo_id}/tree/{revision}"
 
 
 # --------------------------------------------------------------------------- publishing (shared)

@@ -333,6 +333,23 @@ def test_a_hubs_error_sends_no_terminal_escape_to_the_user(monkeypatch: pytest.M
     assert not templates.text_problem(text), text
 
 
+def test_credentials_in_hf_endpoint_are_neither_printed_nor_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mirror's password in HF_ENDPOINT (`https://user:password@mirror`) was printed in "could not reach the Hub
+    at ..." and in the URL `pa push` prints, which `pa apply --push-to` records in run.json."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://puller:s3cret-pass@127.0.0.1:{port}")
+    assert hub.repo_url("org/x", "dataset", "v1") == f"http://127.0.0.1:{port}/datasets/org/x/tree/v1"
+    with pytest.raises(HubError) as info, hub.hub_call("looking up revision main", repo="org/x"):
+        hub.hub_api(None).model_info("org/x")
+    assert f"could not reach the Hub at http://127.0.0.1:{port} (" in str(info.value), str(info.value)
+
+
+
 # --------------------------------------------------------------------------- the loopback Hub
 
 
