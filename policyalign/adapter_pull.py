@@ -69,6 +69,8 @@ def verify_adapter(path: Path, label: str) -> tuple[dict[str, Any], dict[str, An
     problems = _provenance_problems(metadata, recorded, provenance) + _file_problems(path, recorded)
     problems += _body_problems(body, recorded)
     problems += _base_revision_problems(path, provenance)
+    if not problems:  # the config is the one the card lists: read only then
+        problems += config_problems(read_json(path / "adapter_config.json"))
     if problems:
         raise _tampered(problems, label)
     try:  # the same fields `pa push` requires: pack name, version and digest, base model id
@@ -200,6 +202,31 @@ def _body_problems(body: str, recorded: Mapping[str, Any]) -> list[str]:
         return []
     return ["README.md's text below its metadata does not match its sha256 in the card (`policyalign.body_sha256`): "
             "it was edited after `pa push`"]
+
+
+# A module name, as `pa distill` lists `target_modules` (PEFT writes `all-linear` out as names), and the
+# `exclude_modules` it writes for a multimodal model (`trainer.outside_pattern`: escaped names, then `\..*`).
+_MODULE_NAME = re.compile(r"[\w.-]{1,200}")
+_OUTSIDE = re.compile(r"\(\?:(?:[\w-]|\\\.){1,200}(?:\|(?:[\w-]|\\\.){1,200}){0,50}\)\\\.\.\*")
+
+
+def config_problems(config: Any) -> list[str]:
+    """adapter_config.json's module patterns, where they are not what `pa distill` writes. PEFT matches a string
+    `target_modules` or `exclude_modules`, and the keys of `rank_pattern` and `alpha_pattern`, as regexes against
+    every module name of the base: a forged `(.*.*)*X` hung `pa eval --adapter` in the regex engine."""
+    if not isinstance(config, dict):
+        return ["adapter_config.json is not a JSON object"]
+    problems = []
+    for key in ("target_modules", "exclude_modules", "rank_pattern", "alpha_pattern", "layers_pattern"):
+        value = config.get(key)
+        names = value if isinstance(value, list) else list(value) if isinstance(value, dict) else [value]
+        plain = all(isinstance(name, str) and _MODULE_NAME.fullmatch(name) for name in names)
+        if value is None or (isinstance(value, (list, dict)) and not value) or plain \
+                or (key == "exclude_modules" and isinstance(value, str) and _OUTSIDE.fullmatch(value)):
+            continue
+        problems.append(f"adapter_config.json `{key}` is not plain module names ({escaped_name(str(value)[:80])}): "
+                        "PEFT would match it as a regular expression against every module of the base")
+    return problems
 
 
 def _base_revision_problems(path: Path, provenance: Any) -> list[str]:

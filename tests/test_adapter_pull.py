@@ -16,6 +16,7 @@ from hubcli import DEFAULT, REPO_ROOT, Cli, make_pack
 from policyalign import adapter_pull, card
 from policyalign.pack import load_pack
 from policyalign.registry import Registry
+from policyalign.trainer import outside_pattern
 
 
 def test_pull_suggests_an_eval_command_that_finds_the_pack(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -215,6 +216,27 @@ def test_pull_requires_the_pack_and_base_model_in_policyalign_json(cli: Cli, hub
         assert not dest.exists() and not any(".pa-pull-" in p.name for p in tmp_path.iterdir())
         assert message in cli.fails(1, "pull", repo).stderr  # HF-cache path checks too
 
+
+
+def test_pull_refuses_an_adapter_config_whose_module_patterns_are_not_plain_names(cli: Cli, hub_server, make_run,  # type: ignore[no-untyped-def]
+                                                                                 tmp_path: Path) -> None:
+    """PEFT matches a string `target_modules` (and `exclude_modules`, and `rank_pattern`'s keys) as a regex against
+    every module name: a forged adapter_config.json holding `(.*.*)*X`, its hash in the card, verified, and
+    `pa eval --adapter` then hung in the regex engine (a 30-character module name takes years). Only the plain
+    module names, and the exclusion pattern, that `pa distill` writes are accepted."""
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "redos"))
+    cli.published(run, "org/redos")
+    config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    for i, (key, value) in enumerate([("target_modules", "(.*.*)*X"), ("exclude_modules", ["(a+)+$"]),
+                                      ("rank_pattern", {"(.*)*q": 4})]):
+        forged = json.dumps({**config, key: value}).encode()
+        metadata, body = card.parse_card(hub_server.read("org/redos", "README.md", "redos-v1.0.0").decode())
+        metadata["policyalign"]["files"]["adapter_config.json"] = hashlib.sha256(forged).hexdigest()
+        hub_server.put_files("org/redos", {"adapter_config.json": forged,
+                                           "README.md": (card.dump_front_matter(metadata) + body).encode()}, f"forge {i}")
+        result = cli.fails(1, "pull", "org/redos", "--to", str(tmp_path / f"pulled{i}"))
+        assert f"adapter_config.json `{key}` is not plain module names" in result.stderr, result.stderr
+    assert adapter_pull.config_problems({**config, "exclude_modules": outside_pattern(["model.vision_tower"])}) == []
 
 
 def test_a_forged_adapter_sends_no_terminal_escape_to_the_puller(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
