@@ -70,6 +70,8 @@ def verify_adapter(path: Path, label: str) -> tuple[dict[str, Any], dict[str, An
     problems = _provenance_problems(metadata, recorded, provenance) + _file_problems(path, recorded)
     problems += _body_problems(body, recorded)
     problems += _base_revision_problems(path, provenance)
+    if not problems:  # the config is the one the card lists: read only then
+        problems += config_problems(read_json(path / "adapter_config.json"))
     if problems:
         raise _tampered(problems, label)
     try:  # the same fields `pa push` requires: pack name, version and digest, base model id
@@ -203,6 +205,31 @@ def _body_problems(body: str, recorded: Mapping[str, Any]) -> list[str]:
             "it was edited after `pa push`"]
 
 
+# A module name, as `pa distill` lists `target_modules` (PEFT writes `all-linear` out as names), and the
+# `exclude_modules` it writes for a multimodal model (`trainer.outside_pattern`: escaped names, then `\..*`).
+_MODULE_NAME = re.compile(r"[\w.-]{1,200}")
+_OUTSIDE = re.compile(r"\(\?:(?:[\w-]|\\\.){1,200}(?:\|(?:[\w-]|\\\.){1,200}){0,50}\)\\\.\.\*")
+
+
+def config_problems(config: Any) -> list[str]:
+    """adapter_config.json's module patterns, where they are not what `pa distill` writes. PEFT matches a string
+    `target_modules` or `exclude_modules`, and the keys of `rank_pattern` and `alpha_pattern`, as regexes against
+    every module name of the base: a forged `(.*.*)*X` hung `pa eval --adapter` in the regex engine."""
+    if not isinstance(config, dict):
+        return ["adapter_config.json is not a JSON object"]
+    problems = []
+    for key in ("target_modules", "exclude_modules", "rank_pattern", "alpha_pattern", "layers_pattern"):
+        value = config.get(key)
+        names = value if isinstance(value, list) else list(value) if isinstance(value, dict) else [value]
+        plain = all(isinstance(name, str) and _MODULE_NAME.fullmatch(name) for name in names)
+        if value is None or (isinstance(value, (list, dict)) and not value) or plain \
+                or (key == "exclude_modules" and isinstance(value, str) and _OUTSIDE.fullmatch(value)):
+            continue
+        problems.append(f"adapter_config.json `{key}` is not plain module names ({escaped_name(str(value)[:80])}): "
+                        "PEFT would match it as a regular expression against every module of the base")
+    return problems
+
+
 def _base_revision_problems(path: Path, provenance: Any) -> list[str]:
     """adapter_config.json's `revision` is the base commit `AutoPeftModelForCausalLM` loads (written from
     policyalign.json's `base_model.commit`): when both are recorded they must be one."""
@@ -285,7 +312,7 @@ def pull_adapter(spec: str, *, to: str | Path | None = None, token: str | None =
     repo_id, revision = split_spec(spec)
     revision = revision or DEFAULT_BRANCH
     label = f"{repo_id}@{revision}"
-    cached, notes = None, []
+    cached, notes, wanted = None, [], None
     if _offline():
         cached = _cached_snapshot(repo_id, revision, label)
         commit = cached.name
@@ -297,13 +324,13 @@ def pull_adapter(spec: str, *, to: str | Path | None = None, token: str | None =
         commit = info.sha
         _refuse_removed_card(info, label)
         # refused before the download: `pa pull` of a base model (not an adapter) fetched all its weights first
-        _policyalign_block(card.hub_card_metadata(info.card_data), label)
+        wanted = _refuse_unlisted(info, _policyalign_block(card.hub_card_metadata(info.card_data), label), label)
     if to is not None:
-        path, provenance = _pull_into(Path(to), repo_id, commit, label, token, cached)
+        path, provenance = _pull_into(Path(to), repo_id, commit, label, token, cached, wanted)
     elif cached is not None:
         path, provenance = cached, verify_adapter(cached, label)[1]
     else:
-        path, provenance = _pull_cached(repo_id, revision, commit, label, token)
+        path, provenance = _pull_cached(repo_id, revision, commit, label, token, wanted)
     covered, unverified = coverage(path, provenance)
     warnings, more = compare_local_pack(provenance["pack"], registry, token=token)
     return PullResult(repo_id, revision, str(commit), path, provenance["pack"], provenance["base_model"],
@@ -385,7 +412,9 @@ def _cached_snapshot(repo_id: str, revision: str, label: str) -> Path:
 
     try:
         with hub_call("reading the Hugging Face cache", repo=repo_id):
-            return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+            # only the card is required here: `verify_adapter` checks every file it lists, and a pull downloads no
+            # other (the .gitattributes of the tree listing, say, which asking for all files would require)
+            return Path(snapshot_download(repo_id, revision=revision, local_files_only=True, allow_patterns=["README.md"]))
     except (LocalEntryNotFoundError, HubError):
         names = "" if REGEX_COMMIT.fullmatch(revision) else f", and which commit {revision} names"
         raise HubError("not in the Hugging Face cache, and HF_HUB_OFFLINE=1 keeps `pa pull` from the Hub", file=label,
@@ -393,7 +422,8 @@ def _cached_snapshot(repo_id: str, revision: str, label: str) -> Path:
                             f"or name a commit pulled before: `pa pull {repo_id}@COMMIT`") from None
 
 
-def _pull_cached(repo_id: str, revision: str, commit: str, label: str, token: str | None) -> tuple[Path, dict[str, Any]]:
+def _pull_cached(repo_id: str, revision: str, commit: str, label: str, token: str | None,
+                 wanted: list[str] | None = None) -> tuple[Path, dict[str, Any]]:
     """Download `commit` into the Hugging Face cache and verify it there; then record that `revision`
     names it (`refs/`), so that a pull offline finds it by the same name.
 
@@ -401,7 +431,7 @@ def _pull_cached(repo_id: str, revision: str, commit: str, label: str, token: st
     there, and `PeftModel.from_pretrained(REPO, revision=COMMIT)` loaded them without any check."""
     repo = _cache_repo(repo_id)
     before = _cache_files(repo)
-    path = _snapshot(repo_id, commit, None, token)
+    path = _snapshot(repo_id, commit, None, token, wanted)
     try:
         _, provenance = verify_adapter(path, label)
     except PolicyAlignError:
@@ -445,20 +475,44 @@ def _refuse_removed_card(info: Any, label: str) -> None:
     """A revision holding policyalign.json but no README.md is an adapter `pa push` published whose card
     was deleted after it: refused as tampered with, naming the missing card. It was refused as "not a
     policyalign adapter", with the hint that only adapters `pa push` published can be verified."""
-    files = {str(getattr(sibling, "rfilename", "")) for sibling in getattr(info, "siblings", None) or []}
+    files = _repo_files(info)
     if card.PROVENANCE_FILE in files and "README.md" not in files:
         raise _tampered([f"README.md, the model card `pa push` publishes with {card.PROVENANCE_FILE}, is missing"], label)
 
 
-def _snapshot(repo_id: str, commit: str, local_dir: Path | None, token: str | None) -> Path:
+def _repo_files(info: Any) -> set[str]:
+    """The file names the Hub's `model_info` lists for a revision."""
+    return {str(getattr(sibling, "rfilename", "")) for sibling in getattr(info, "siblings", None) or []}
+
+
+def _refuse_unlisted(info: Any, recorded: Mapping[str, Any], label: str) -> list[str] | None:
+    """The files to download (those the card lists, and the card), after refusing a repository that holds
+    others; None when the card lists no files (`verify_adapter` says so after the download).
+
+    A file the card does not list (a pickle `*.pt` or `*.pkl`, of any size) was downloaded with the rest and
+    refused only then: a hostile repository made `pa pull` fetch as many gigabytes as it held."""
+    files = recorded.get("files")
+    if not isinstance(files, dict) or not files:
+        return None
+    unlisted = sorted(name for name in _repo_files(info) if name not in files and name not in UNLISTED_OK)
+    if unlisted:
+        raise _tampered([f"{escaped_name(name)} is in the repository but not listed in the card" for name in unlisted], label)
+    return ["README.md", *(str(name) for name in files)]
+
+
+def _snapshot(repo_id: str, commit: str, local_dir: Path | None, token: str | None, wanted: list[str] | None) -> Path:
+    """Download `commit`; only the `wanted` files when given (names escaped: `allow_patterns` are globs), so a
+    file the tree listing holds and `model_info` did not is not fetched either."""
     from huggingface_hub import snapshot_download
 
+    patterns = None if wanted is None else [glob.escape(name) for name in wanted]
     with hub_call("downloading", token=token, repo=repo_id):
-        return Path(snapshot_download(repo_id, revision=commit, local_dir=local_dir, token=token, endpoint=endpoint()))
+        return Path(snapshot_download(repo_id, revision=commit, local_dir=local_dir, token=token, endpoint=endpoint(),
+                                      allow_patterns=patterns))
 
 
 def _pull_into(target: Path, repo_id: str, commit: str, label: str, token: str | None,
-               cached: Path | None = None) -> tuple[Path, dict[str, Any]]:
+               cached: Path | None = None, wanted: list[str] | None = None) -> tuple[Path, dict[str, Any]]:
     """Download into a hidden sibling of `target` (offline: copy the `cached` snapshot there), verify,
     then swap it in (nothing left on failure).
 
@@ -473,7 +527,7 @@ def _pull_into(target: Path, repo_id: str, commit: str, label: str, token: str |
     with run_lock(target.parent, PULL_BUSY, name=f".{target.name}.pa-pull.lock", remove=True):
         staging = _staging_dir(target, commit)
         try:
-            downloaded = _copy(cached, staging / "adapter") if cached else _snapshot(repo_id, commit, staging / "adapter", token)
+            downloaded = _copy(cached, staging / "adapter") if cached else _snapshot(repo_id, commit, staging / "adapter", token, wanted)
             _, provenance = verify_adapter(downloaded, label)
             swap_in(downloaded, target)
             return target, provenance

@@ -68,6 +68,15 @@ def endpoint() -> str:
     return (given or constants.ENDPOINT).rstrip("/")
 
 
+def shown_endpoint() -> str:
+    """`endpoint()` as pa prints or records it: without the user and password a mirror's URL may carry
+    (`https://user:password@mirror`), which went into error messages and the run.json of `pa apply --push-to`."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(endpoint())
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
 def hub_api(token: str | None = None) -> Any:
     """The Hub client every push and pull goes through (with `quiet_hub_bars` applied first)."""
     from huggingface_hub import HfApi
@@ -103,9 +112,15 @@ def resolve_token(token: str | None = None, repo: str = "") -> str:
 
 
 def scrub(text: str, token: str | None) -> str:
-    """Remove a token (and anything token-shaped) from text bound for the user."""
-    if token:
-        text = text.replace(token, "hf_***")
+    """Remove a token (and anything token-shaped) from text bound for the user.
+
+    Without `token`, the one huggingface_hub sends (HF_TOKEN, the cached login) is removed: `pa pull` and `pa pack
+    pull` pass none, and a token not shaped like `hf_...` (a mirror's) that a Hub's error repeated was printed whole."""
+    from huggingface_hub import get_token
+
+    for secret in {token, get_token()}:
+        if secret and len(secret.strip()) >= 6:  # a one-letter HF_TOKEN would blank every such letter
+            text = text.replace(secret, "hf_***")
     return _TOKEN_LIKE.sub("hf_***", text)
 
 
@@ -130,6 +145,8 @@ def hub_call(action: str, *, token: str | None = None, repo: str = "", state: st
 def _hub_error(exc: BaseException, action: str, token: str | None, repo: str, state: str = "") -> HubError:
     from huggingface_hub.errors import OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError
 
+    from .pack_hub import escaped_name
+
     # huggingface_hub's own "Cannot reach https://huggingface.co/api/...: offline mode is enabled" named neither
     # the variable that caused it nor what to do about it
     if isinstance(exc, OfflineModeIsEnabled):
@@ -143,7 +160,8 @@ def _hub_error(exc: BaseException, action: str, token: str | None, repo: str, st
     cause = _first_line(exc.__cause__) if exc.__cause__ is not None else detail
     if cause != detail:  # e.g. "Error while uploading X" wraps the HTTP error that says why
         detail = f"{detail} ({cause})"
-    detail = scrub(detail, token)
+    # a hostile Hub's words (X-Request-Id lands on the first line) sent ESC ]0;... to the terminal of whoever ran pa
+    detail = escaped_name(scrub(detail, token))
     # a token refused after the commit landed (expired, revoked, not allowed to tag): what main now holds, too
     if status == 401 and not isinstance(exc, RepositoryNotFoundError):
         return HubError(f"{action}: the Hub rejected the token (401 Unauthorized)", file=repo,
@@ -158,7 +176,7 @@ def _hub_error(exc: BaseException, action: str, token: str | None, repo: str, st
                         hint="check ORG/NAME; for a private repo, log in with a token that can read it")
     transient = outage_kind(exc)
     if transient == "unreachable":
-        return HubUnavailableError(f"{action}: could not reach the Hub at {endpoint()} ({detail})", file=repo,
+        return HubUnavailableError(f"{action}: could not reach the Hub at {shown_endpoint()} ({detail})", file=repo,
                                    hint="; ".join(filter(None, ["check the network connection or HF_ENDPOINT",
                                                                 RETRY_HINT, state])))
     if transient == "unavailable":
@@ -260,7 +278,7 @@ def refuse_several_builds(builds: list[str], lead: str, *, file: str, hint: str)
 
 def repo_url(repo_id: str, repo_type: str, revision: str) -> str:
     prefix = "datasets/" if repo_type == "dataset" else ""
-    return f"{endpoint()}/{prefix}{repo_id}/tree/{revision}"
+    return f"{shown_endpoint()}/{prefix}{repo_id}/tree/{revision}"
 
 
 # --------------------------------------------------------------------------- publishing (shared)

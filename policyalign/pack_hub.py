@@ -254,8 +254,8 @@ def _read_pack_card(repo_id: str, commit: str, workdir: Path, token: str | None)
 
 
 def escaped_name(rel: str) -> str:
-    """A remote file name as an error may print it: escaped when it holds control characters, which a
-    hostile Hub would otherwise send to the terminal of whoever pulls (`\x1b]0;...` retitles it)."""
+    """Remote text (a file name, a Hub's error) as an error may print it: escaped when it holds control characters,
+    which a hostile Hub would otherwise send to the terminal of whoever pulls (`\x1b]0;...` retitles it)."""
     from .templates import text_problem
 
     return ascii(rel)[1:-1] if text_problem(rel) else rel

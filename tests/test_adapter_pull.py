@@ -16,6 +16,7 @@ from hubcli import DEFAULT, REPO_ROOT, Cli, make_pack
 from policyalign import adapter_pull, card
 from policyalign.pack import load_pack
 from policyalign.registry import Registry
+from policyalign.trainer import outside_pattern
 
 
 def test_pull_suggests_an_eval_command_that_finds_the_pack(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -163,6 +164,23 @@ def test_pull_refuses_files_the_card_does_not_list(cli: Cli, hub_server, make_ru
 
 
 
+def test_pull_refuses_files_the_card_does_not_list_before_downloading_them(cli: Cli, hub_server, make_run,  # type: ignore[no-untyped-def]
+                                                                          tmp_path: Path) -> None:
+    """A repository holding files its card does not list (a pickle `*.pt`, `*.pkl`, any size) was downloaded
+    whole, into --to's staging directory or the Hugging Face cache, and only then refused: a hostile repo made
+    `pa pull` fetch gigabytes. The repository's listing is checked against the card before any download."""
+    cli.published(make_run(tmp_path / "run", make_pack(cli.packs, "pickled")), "org/pickled")
+    hub_server.put_files("org/pickled", {"training_args.pkl": b"\x80\x04junk", "weights/extra.pt": b"\0" * 65536},
+                         "add pickles the card does not list")
+    hub_server.requests.clear()
+    for target in (("--to", str(tmp_path / "pulled")), ()):
+        result = cli.fails(1, "pull", "org/pickled", *target)
+        for name in ("training_args.pkl", "weights/extra.pt"):
+            assert f"{name} is in the repository but not listed in the card" in result.stderr, result.stderr
+    assert not [path for method, path, _ in hub_server.requests if "/resolve/" in path], hub_server.requests
+    assert not (tmp_path / "pulled").exists()
+
+
 def _forge(hub_server, repo: str, provenance: bytes, edit_card, message: str) -> None:  # type: ignore[no-untyped-def]
     """Replace policyalign.json and re-sign it in the card, so card and files agree (a forged push)."""
     metadata, body = card.parse_card(hub_server.read(repo, "README.md").decode())
@@ -198,6 +216,27 @@ def test_pull_requires_the_pack_and_base_model_in_policyalign_json(cli: Cli, hub
         assert not dest.exists() and not any(".pa-pull-" in p.name for p in tmp_path.iterdir())
         assert message in cli.fails(1, "pull", repo).stderr  # HF-cache path checks too
 
+
+
+def test_pull_refuses_an_adapter_config_whose_module_patterns_are_not_plain_names(cli: Cli, hub_server, make_run,  # type: ignore[no-untyped-def]
+                                                                                 tmp_path: Path) -> None:
+    """PEFT matches a string `target_modules` (and `exclude_modules`, and `rank_pattern`'s keys) as a regex against
+    every module name: a forged adapter_config.json holding `(.*.*)*X`, its hash in the card, verified, and
+    `pa eval --adapter` then hung in the regex engine (a 30-character module name takes years). Only the plain
+    module names, and the exclusion pattern, that `pa distill` writes are accepted."""
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "redos"))
+    cli.published(run, "org/redos")
+    config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    for i, (key, value) in enumerate([("target_modules", "(.*.*)*X"), ("exclude_modules", ["(a+)+$"]),
+                                      ("rank_pattern", {"(.*)*q": 4})]):
+        forged = json.dumps({**config, key: value}).encode()
+        metadata, body = card.parse_card(hub_server.read("org/redos", "README.md", "redos-v1.0.0").decode())
+        metadata["policyalign"]["files"]["adapter_config.json"] = hashlib.sha256(forged).hexdigest()
+        hub_server.put_files("org/redos", {"adapter_config.json": forged,
+                                           "README.md": (card.dump_front_matter(metadata) + body).encode()}, f"forge {i}")
+        result = cli.fails(1, "pull", "org/redos", "--to", str(tmp_path / f"pulled{i}"))
+        assert f"adapter_config.json `{key}` is not plain module names" in result.stderr, result.stderr
+    assert adapter_pull.config_problems({**config, "exclude_modules": outside_pattern(["model.vision_tower"])}) == []
 
 
 def test_a_forged_adapter_sends_no_terminal_escape_to_the_puller(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

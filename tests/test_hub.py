@@ -6,15 +6,18 @@ against the loopback Hub (tests/hubserver.py, run through tests/hubcli.py).
 from __future__ import annotations
 
 import dataclasses
+import http.server
 import socket
 import subprocess
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from hubcli import Cli, make_pack
-from policyalign import hub
+from policyalign import hub, templates
+from policyalign.errors import HubError
 
 
 # --------------------------------------------------------------------------- publishing (shared)
@@ -270,6 +273,80 @@ def test_scrub_removes_tokens() -> None:
     text = "401 for url with Authorization: Bearer hf_abcdefghijk and token=hf_zyxwvut9876"
     assert "hf_abc" not in hub.scrub(text, None) and "hf_zyx" not in hub.scrub(text, None)
     assert hub.scrub("secret-token-value leaked", "secret-token-value") == "hf_*** leaked"
+
+
+
+class _HostileHub(http.server.BaseHTTPRequestHandler):
+    """A hostile (or buggy) mirror answering every request 400, with a request id of its choosing: huggingface_hub
+    puts it on the error's first line, which pa prints. This one's repeats the token it was sent (without the
+    `Bearer ` that `scrub` recognises)."""
+
+    def request_id(self) -> str:
+        return f"echo {self.headers.get('authorization', 'none').split()[-1]}"
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        # as bytes: send_response and send_header take latin-1 only
+        self.wfile.write(f"HTTP/1.1 400 Bad Request\r\nX-Request-Id: {self.request_id()}\r\nContent-Length: 0\r\n"
+                         "Connection: close\r\n\r\n".encode())
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _hub_error_from(handler: type[http.server.BaseHTTPRequestHandler], monkeypatch: pytest.MonkeyPatch) -> str:
+    """The HubError a `model_info` call to a server run by `handler` becomes, as pa prints it."""
+    from huggingface_hub import constants
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    try:
+        with pytest.raises(HubError) as info, hub.hub_call("looking up revision main", repo="org/x"):
+            hub.hub_api(None).model_info("org/x")
+    finally:
+        server.shutdown()
+        server.server_close()
+    return str(info.value)
+
+
+def test_a_token_not_shaped_like_hf_is_scrubbed_when_taken_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`scrub` removed the token it was given and anything shaped like `hf_...`; `pa pull` and `pa pack pull`
+    pass none (huggingface_hub reads HF_TOKEN itself), so a token of another shape (a mirror's, an old
+    `api_...` one) that a Hub's error message repeated was printed whole."""
+    secret = "mirror-secret-4f2a9c7e"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    text = _hub_error_from(_HostileHub, monkeypatch)
+    assert "(Request ID: echo " in text and secret not in text, text
+
+
+class _EscapingHub(_HostileHub):
+    def request_id(self) -> str:
+        return "\x1b]0;pwned\x07\x1b[2J \u202eboom"
+
+
+def test_a_hubs_error_sends_no_terminal_escape_to_the_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The request id of a Hub's error reached the terminal raw in pa's `error:` line: ESC ]0; retitled it,
+    ESC [2J cleared it, a U+202E reversed the text after it. They are shown escaped."""
+    text = _hub_error_from(_EscapingHub, monkeypatch)
+    assert "\\x1b]0;pwned\\x07\\x1b[2J \\u202eboom" in text, text
+    assert not templates.text_problem(text), text
+
+
+def test_credentials_in_hf_endpoint_are_neither_printed_nor_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mirror's password in HF_ENDPOINT (`https://user:password@mirror`) was printed in "could not reach the Hub
+    at ..." and in the URL `pa push` prints, which `pa apply --push-to` records in run.json."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://puller:s3cret-pass@127.0.0.1:{port}")
+    assert hub.repo_url("org/x", "dataset", "v1") == f"http://127.0.0.1:{port}/datasets/org/x/tree/v1"
+    with pytest.raises(HubError) as info, hub.hub_call("looking up revision main", repo="org/x"):
+        hub.hub_api(None).model_info("org/x")
+    assert f"could not reach the Hub at http://127.0.0.1:{port} (" in str(info.value), str(info.value)
 
 
 
