@@ -63,7 +63,7 @@ def endpoint() -> str:
     if given:
         parts = urlsplit(given)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise InvalidInputError(f"HF_ENDPOINT={given!r} is not an http(s) URL",
+            raise InvalidInputError(f"HF_ENDPOINT={_without_credentials(given)!r} is not an http(s) URL",
                                     hint="set HF_ENDPOINT to the Hub's address, e.g. https://huggingface.co, or unset it")
     return (given or constants.ENDPOINT).rstrip("/")
 
@@ -71,10 +71,13 @@ def endpoint() -> str:
 def shown_endpoint() -> str:
     """`endpoint()` as pa prints or records it: without the user and password a mirror's URL may carry
     (`https://user:password@mirror`), which went into error messages and the run.json of `pa apply --push-to`."""
-    from urllib.parse import urlsplit, urlunsplit
+    return _without_credentials(endpoint())
 
-    parts = urlsplit(endpoint())
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+def _without_credentials(url: str) -> str:
+    """`url` without a `user:password@` before its host, with or without a scheme: an HF_ENDPOINT refused as no
+    http(s) URL (`ftp://user:password@mirror`, `user:password@mirror`) was printed whole in its error."""
+    return re.sub(r"(^|//)[^/@\s]*@", r"\1", url, count=1)
 
 
 def hub_api(token: str | None = None) -> Any:

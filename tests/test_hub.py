@@ -17,7 +17,7 @@ import pytest
 
 from hubcli import Cli, make_pack
 from policyalign import hub, templates
-from policyalign.errors import HubError
+from policyalign.errors import HubError, InvalidInputError
 
 
 # --------------------------------------------------------------------------- publishing (shared)
@@ -347,6 +347,11 @@ def test_credentials_in_hf_endpoint_are_neither_printed_nor_recorded(monkeypatch
     with pytest.raises(HubError) as info, hub.hub_call("looking up revision main", repo="org/x"):
         hub.hub_api(None).model_info("org/x")
     assert f"could not reach the Hub at http://127.0.0.1:{port} (" in str(info.value), str(info.value)
+    for refused in ("ftp://puller:s3cret-pass@mirror", "puller:s3cret-pass@mirror"):  # no http(s) URL: refused
+        monkeypatch.setenv("HF_ENDPOINT", refused)
+        with pytest.raises(InvalidInputError, match="is not an http") as info:
+            hub.endpoint()
+        assert "s3cret" not in str(info.value) and "mirror" in str(info.value), str(info.value)
 
 
 
