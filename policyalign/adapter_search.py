@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from . import card
 from .adapter_pull import PullResult, pull_adapter
 from .errors import HubError, HubUnavailableError, PolicyAlignError, UnverifiedAdapterError
-from .hub import DEFAULT_BRANCH, hub_api, hub_call, refuse_several_builds
+from .hub import DEFAULT_BRANCH, LOGIN_HINT, hub_api, hub_call, refuse_several_builds
 from .pack_hub import escaped_name
 from .semver import Version, is_semver
 
@@ -187,9 +187,21 @@ def rank_adapters(candidates: list[Candidate], pack_name: str, *, model: str | N
 
 def _candidates_hint(candidates: list[Candidate], pack_name: str) -> str:
     if not candidates:
-        return f"nobody has published an adapter tagged pack:{pack_name} yet"
+        return _none_listed_hint(pack_name)
     lines = "\n".join(f"      {c.describe()}" for c in sorted(candidates, key=lambda c: (c.repo_id, c.revision)))
     return f"candidates (pull one with `pa pull ORG/NAME@REV`):\n{lines}"
+
+
+def _none_listed_hint(pack_name: str) -> str:
+    """Why the listing was empty. The Hub lists a private repository only to a token that can read it, so
+    "nobody has published" was untrue to a user without a token (or with another user's) whose adapter
+    was private: say what was searched, and how to search the private ones too."""
+    from huggingface_hub import get_token
+
+    if get_token():
+        return f"nobody has published an adapter tagged pack:{pack_name} that this token can read"
+    return (f"no public adapter is tagged pack:{pack_name}, and private ones are listed only to a token that can "
+            f"read them: {LOGIN_HINT}")
 
 
 def pull_for_pack(pack_spec: str, *, model: str | None = None, to: str | Path | None = None,

@@ -19,7 +19,11 @@ local repository, so listings are answered here from the card metadata instead.
 
 Both servers bind 127.0.0.1 on ephemeral ports; `HubServer.stop()` shuts both down.
 Writes need `Authorization: Bearer <token>` with the server's token (401 otherwise, with the
-Hub's "Invalid credentials" message); reads are public.
+Hub's "Invalid credentials" message). Reads of a public repository are open to anyone; a
+private repository is read only with the server's token (its owner's), and anyone else gets what
+huggingface.co answers for one: the not-found answer of a missing repository (401 with
+`X-Error-Code: RepoNotFound` without a token, 404 with one), so the client raises
+`RepositoryNotFoundError` and cannot tell private from absent.
 """
 
 from __future__ import annotations
@@ -468,7 +472,22 @@ class HubServer:
                         return handler(request, **match.groupdict())
                     except HubHTTPError as exc:
                         return self.error(exc)
+        try:
+            self.require_read(request)
+        except HubHTTPError as exc:
+            return self.error(exc)
         return self.with_privacy(request, self.missing_entry(request, self.proxy(request)))
+
+    def require_read(self, request: Request) -> None:
+        """Refuse a read of a private repository to anyone but its owner the way the Hub does:
+        as if it were missing (401 anonymous, 404 with another token; RepoNotFound either way)."""
+        repo = _read_target(request.path)
+        if repo is None or self.authorized(request):
+            return
+        repo_type, repo_id = repo
+        if self.store.exists(repo_type, repo_id) and self.store.meta(repo_type, repo_id).get("private"):
+            status = 404 if request.headers.get("authorization") else 401
+            raise HubHTTPError(status, "Repository not found", "RepoNotFound")
 
     def missing_entry(self, request: Request, response: Response) -> Response:
         """olah answers 401 for a file or folder a model repository lacks; the Hub answers 404
@@ -681,6 +700,17 @@ def _olah_path(path: str) -> str:
     if re.fullmatch(REPO + r"/tree/[^/]+", path):
         return path + "/"
     return path
+
+
+def _read_target(path: str) -> tuple[str, str] | None:
+    """(repo type, repo id) a read request is about: API info/refs/trees or a `resolve` download."""
+    match = re.match(REPO + r"(?:/|$)", path)
+    if match:
+        return REPO_TYPES[match["type"]], f"{match['org']}/{match['name']}"
+    match = re.match(r"/(?P<datasets>datasets/)?(?P<org>[^/]+)/(?P<name>[^/]+)/resolve/", path)
+    if match:
+        return ("dataset" if match["datasets"] else "model"), f"{match['org']}/{match['name']}"
+    return None
 
 
 def _checked_path(path: str) -> str:

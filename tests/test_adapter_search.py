@@ -11,6 +11,7 @@ import pytest
 
 from hubcli import Cli, make_pack
 from policyalign import adapter_search, card
+from policyalign.adapter_push import push_adapter
 from policyalign.errors import HubError
 
 
@@ -39,6 +40,23 @@ def test_pull_by_pack_picks_the_best_match(cli: Cli, hub_server, make_run, tmp_p
     assert "org/select-a@select-v2.0.0" in missing.stderr  # the candidates are listed
     assert "nobody has published" in cli.fails(1, "pull", "--pack", "never-published").stderr
 
+
+
+def test_pull_by_pack_without_a_token_does_not_say_a_private_adapter_is_unpublished(cli: Cli, make_run,  # type: ignore[no-untyped-def]
+                                                                                    tmp_path: Path) -> None:
+    """The Hub lists a private repository only to a token that can read it. `pa pull --pack NAME` without a
+    token, when the only adapter for NAME was private, said "nobody has published an adapter tagged
+    pack:NAME yet" and left out the login that would have found it."""
+    pack = make_pack(cli.packs, "hidden")
+    run = make_run(tmp_path / "run", pack)
+    with cli.inside():
+        push_adapter(run, "org/hidden-private", private=True)
+    anonymous = " ".join(cli.fails(1, "pull", "--pack", "hidden", token=None).stderr.split())
+    assert "no public adapter is tagged pack:hidden" in anonymous and "nobody has published" not in anonymous
+    assert "listed only to a token that can read them" in anonymous and "HF_TOKEN" in anonymous
+    wrong = " ".join(cli.fails(1, "pull", "--pack", "hidden", token="hf_notTheOwnersToken").stderr.split())
+    assert "nobody has published an adapter tagged pack:hidden that this token can read" in wrong
+    assert "best match: org/hidden-private" in cli.ok("pull", "--pack", "hidden", "--to", str(tmp_path / "p")).stdout
 
 
 def test_pull_by_pack_takes_a_version_range(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -90,6 +90,22 @@ def test_push_private_refuses_an_existing_public_repository(cli: Cli, hub_server
 
 
 
+def test_a_private_repository_read_without_its_owners_token_is_not_found_or_private(cli: Cli, make_run,  # type: ignore[no-untyped-def]
+                                                                                     tmp_path: Path) -> None:
+    """The Hub answers a private repository read without a token that can read it as it answers a missing
+    one (RepoNotFound): `pa pull` and `pa pack pull` say "not found (or private)" with the login fix, and
+    exit 1, not 3 (no outage: retrying changes nothing)."""
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "secret"))
+    cli.ok("push", str(run), "--repo-id", "org/secret-adapter", "--private")
+    cli.ok("pack", "push", str(cli.packs / "secret"), "--repo-id", "org/secret-pack", "--private")
+    for token in (None, "hf_notTheOwnersToken"):
+        for args in (["pull", "org/secret-adapter", "--to", str(tmp_path / "pulled")], ["pack", "pull", "org/secret-pack"]):
+            said = " ".join(cli.fails(1, *args, token=token).stderr.split())
+            assert "repository not found (or private)" in said and "log in with a token that can read it" in said, said
+    assert not (tmp_path / "pulled").exists()
+    cli.ok("pull", "org/secret-adapter", "--to", str(tmp_path / "pulled"))  # the owner's token reads it
+
+
 def test_a_failed_push_says_what_the_hub_holds_and_the_same_command_finishes_it(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A Hub error while committing or tagging printed the HTTP error twice and no hint, so a user
     whose commit landed untagged could not tell whether to re-run, bump the version or use --revision."""
