@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from . import card
 from .errors import HubError, PolicyAlignError, UnverifiedAdapterError
-from .hub import DEFAULT_BRANCH, endpoint, hub_api, hub_call, is_safe_relpath, split_spec, swap_in
+from .hub import (DEFAULT_BRANCH, case_clashes, endpoint, hub_api, hub_call, is_safe_relpath, split_spec, swap_in,
+                  unportable_part)
 from .io import output_dir, read_json, sha256_file
 from .pack_hub import escaped_name
 
@@ -497,7 +498,24 @@ def _refuse_unlisted(info: Any, recorded: Mapping[str, Any], label: str) -> list
     unlisted = sorted(name for name in _repo_files(info) if name not in files and name not in UNLISTED_OK)
     if unlisted:
         raise _tampered([f"{escaped_name(name)} is in the repository but not listed in the card" for name in unlisted], label)
-    return ["README.md", *(str(name) for name in files)]
+    wanted = ["README.md", *(str(name) for name in files)]
+    _refuse_unportable(wanted, label)
+    return wanted
+
+
+def _refuse_unportable(names: list[str], label: str) -> None:
+    """Refuse, before the download, names that cannot all be written on every system: `CON.json` (a Windows
+    device), `x.` (Windows drops the dot), `A.json` beside `a.json` (one file on macOS and Windows, where
+    the second download failed with a bare "File exists"). The same adapter installs alike everywhere.
+    `pa push` publishes none of them, so it is an UnverifiedAdapterError: `pa pull --pack` tries the next match."""
+    safe = [name for name in names if is_safe_relpath(name)]  # unsafe ones: `verify_adapter` says missing
+    problems = [f"{escaped_name(name)}: {reason}" for name in safe if (reason := unportable_part(name))]
+    problems += [" and ".join(escaped_name(name) for name in group) + " differ only in case"
+                 for group in case_clashes(safe)]
+    if problems:
+        raise UnverifiedAdapterError("the adapter cannot be installed on every system:\n"
+                                     + "\n".join(f"  - {p}" for p in problems), file=label,
+                                     hint="rename the file(s) in the repository, in the card's `files` too")
 
 
 def _snapshot(repo_id: str, commit: str, local_dir: Path | None, token: str | None, wanted: list[str] | None) -> Path:

@@ -17,7 +17,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Iterator
+import unicodedata
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -359,6 +360,35 @@ def is_safe_relpath(rel: str) -> bool:
     if not rel or rel.startswith("/") or "\\" in rel or re.match(r"^[A-Za-z]:", rel) or "\x00" in rel:
         return False
     return all(part not in ("", ".", "..") for part in rel.split("/"))
+
+
+# Names Windows keeps for devices, whatever their extension (`con.md` opens the console) and case.
+_DEVICE_NAMES = frozenset({"con", "prn", "aux", "nul", *(f"{d}{n}" for d in ("com", "lpt") for n in range(1, 10))})
+
+
+def unportable_part(rel: str) -> str | None:
+    """Why a safe relative path cannot be written on every system (None when it can): a component that is a
+    Windows device name (`con`, `aux.txt`, `COM1.md`) or ends in a dot or a space, which Windows drops, so
+    `notes.` is written as `notes`. Linux writes them all: refused everywhere, a pack is the same on each."""
+    for part in rel.split("/"):
+        if part.split(".")[0].rstrip(" ").lower() in _DEVICE_NAMES:
+            return f"`{part}` is a Windows device name"
+        if part.endswith((".", " ")):
+            return f"`{part}` ends in a {'dot' if part.endswith('.') else 'space'}, which Windows drops"
+    return None
+
+
+def case_clashes(paths: Iterable[str]) -> list[list[str]]:
+    """The groups of paths (or of their directories) that differ only in case or Unicode normalization:
+    `A.md` and `a.md` are one file on macOS and Windows, so the second download failed ("File exists"),
+    and on Linux the pack held both, a pack that differed by system. Each group sorted, longest names last."""
+    spellings: dict[str, set[str]] = {}
+    for path in paths:
+        parts = path.split("/")
+        for n in range(1, len(parts) + 1):
+            prefix = "/".join(parts[:n])
+            spellings.setdefault(unicodedata.normalize("NFC", prefix).casefold(), set()).add(prefix)
+    return [sorted(group) for _, group in sorted(spellings.items()) if len(group) > 1]
 
 
 def swap_in(source: Path, target: Path) -> None:

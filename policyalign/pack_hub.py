@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from . import card
 from .errors import HubError, InvalidInputError, PackError, Problem
-from .hub import (DEFAULT_BRANCH, TAKEN_TAG_HINTS, PushResult, check_repo_id, commit_and_tag, endpoint,
+from .hub import (DEFAULT_BRANCH, TAKEN_TAG_HINTS, PushResult, case_clashes, check_repo_id, commit_and_tag, endpoint,
                   hub_api, hub_call, is_safe_relpath, prepare_repo, refuse_several_builds, remote_files, repo_url,
-                  push_tag, resolve_token, split_spec, swap_in)
+                  push_tag, resolve_token, split_spec, swap_in, unportable_part)
 from .io import sha256_file
 from .pack_input import file_cap
 from .scaffold import draft_leftovers
@@ -277,6 +277,9 @@ def _listing_problems(repo_id: str, entries: list[tuple[str, int]], expected: Ma
             # pack outside its digest (and pass for a parent's difference in the digest warning).
             problems.append(Problem(where, "", "not pack content (a hidden file or directory, a cache or an editor backup)",
                                     "`pa pack push` does not publish such files; the repository was made by other means"))
+        elif reason := unportable_part(rel):
+            problems.append(Problem(where, "", f"{reason}: a pack holding it cannot be installed on every system",
+                                    "rename the file in the repository (`pa pack push` refuses such names)"))
         elif size > file_cap(rel):
             problems.append(Problem(where, "", f"file is {size} bytes, over the {file_cap(rel)}-byte limit",
                                     "packs are bounded in size; this one cannot be installed"))
@@ -289,6 +292,10 @@ def _listing_problems(repo_id: str, entries: list[tuple[str, int]], expected: Ma
     problems += [Problem(f"{repo_id}:{PACK_DIR}/{escaped_name(rel)}", "", f"inside the listed file {PACK_DIR}/{escaped_name(file)}: "
                          "a path cannot be both a file and a directory", "the listing is not a repository's; not installable")
                  for rel, file in _under_a_listed_file(listed)]
+    problems += [Problem(f"{repo_id}:{PACK_DIR}/{escaped_name(group[-1])}", "", "differs only in case from "
+                         + ", ".join(f"{PACK_DIR}/{escaped_name(rel)}" for rel in group[:-1]) + ": one file on macOS and "
+                         "Windows, so a pack holding both cannot be installed on every system",
+                         "rename one of them in the repository") for group in case_clashes(listed)]
     problems += [Problem(f"{repo_id}:{PACK_DIR}/{escaped_name(rel)}", "", "listed in the card but missing from the repository",
                          "the repository is incomplete") for rel in expected if rel not in listed]
     total = sum(size for _, size in entries)

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from .errors import Problem
-from .hub import is_safe_relpath
+from .hub import case_clashes, is_safe_relpath, unportable_part
 from .templates import LONE_SURROGATE, text_problem
 
 MANIFEST = "pack.yaml"
@@ -204,6 +204,10 @@ def collect_files(col: Collector) -> list[Path]:
             col.add(str(rel), "", "file name has a backslash or starts with a drive letter (`c:`), which "
                     "`pa pack pull` refuses as unsafe on Windows", "rename the file")
             continue
+        if reason := unportable_part(rel.as_posix()):  # `con.md`, `notes.`: pushed, then refused by every pull
+            col.add(str(rel), "", f"{reason}, so `pa pack pull` refuses a pack holding it (it cannot be installed "
+                    "on every system)", "rename the file")
+            continue
         if path.is_symlink():
             try:
                 target = path.resolve()
@@ -234,4 +238,7 @@ def collect_files(col: Collector) -> list[Path]:
     if total > MAX_PACK_BYTES:
         col.add(".", "", f"pack is {total} bytes, over the limit of {MAX_PACK_BYTES}", "shrink the eval sets")
     col.digested = {path.relative_to(col.root).as_posix() for path in files}
+    for group in case_clashes(col.digested):  # `A.md` and `a.md`: one file on macOS and Windows, refused by every pull
+        col.add(group[-1], "", "differs only in case from " + ", ".join(group[:-1]) + ", so `pa pack pull` refuses "
+                "the pack (both cannot be installed on every system)", "rename one of them")
     return files

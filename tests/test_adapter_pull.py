@@ -181,6 +181,29 @@ def test_pull_refuses_files_the_card_does_not_list_before_downloading_them(cli: 
     assert not (tmp_path / "pulled").exists()
 
 
+def test_pull_refuses_names_not_every_system_can_write_before_downloading(cli: Cli, hub_server, make_run,  # type: ignore[no-untyped-def]
+                                                                          tmp_path: Path) -> None:
+    """A repository whose card lists `notes/CON.json` (a Windows device), `notes.` (Windows drops the dot) and
+    `readme.md` beside `README.md` (one file on macOS and Windows: the second download failed with a bare
+    "File exists"): refused before any download, naming each; on Linux it installed, unlike elsewhere."""
+    cli.published(make_run(tmp_path / "run", make_pack(cli.packs, "devices")), "org/adapter-devices")
+    added = {"notes/CON.json": b"{}", "notes.": b"x", "readme.md": b"# other\n"}
+    metadata, body = card.parse_card(hub_server.read("org/adapter-devices", "README.md").decode())
+    metadata["policyalign"]["files"].update({name: hashlib.sha256(data).hexdigest() for name, data in added.items()})
+    hub_server.put_files("org/adapter-devices", {**added, "README.md": (card.dump_front_matter(metadata) + body).encode()},
+                         "names Windows and macOS cannot hold")
+    hub_server.requests.clear()
+    for target in (("--to", str(tmp_path / "pulled")), ()):
+        result = cli.fails(1, "pull", "org/adapter-devices", *target)
+        assert "org/adapter-devices@main: the adapter cannot be installed on every system" in result.stderr, result.stderr
+        assert "notes/CON.json: `CON.json` is a Windows device name" in result.stderr
+        assert "notes.: `notes.` ends in a dot, which Windows drops" in result.stderr
+        assert "README.md and readme.md differ only in case" in result.stderr
+        assert "rename the file(s) in the repository" in result.stderr
+    assert not [path for method, path, _ in hub_server.requests if "/resolve/" in path], hub_server.requests
+    assert not (tmp_path / "pulled").exists()
+
+
 def _forge(hub_server, repo: str, provenance: bytes, edit_card, message: str) -> None:  # type: ignore[no-untyped-def]
     """Replace policyalign.json and re-sign it in the card, so card and files agree (a forged push)."""
     metadata, body = card.parse_card(hub_server.read(repo, "README.md").decode())

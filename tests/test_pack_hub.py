@@ -345,6 +345,21 @@ def test_invalid_pack_is_not_pushed(cli: Cli, hub_server) -> None:  # type: igno
 
 
 
+def test_a_pack_holding_names_pull_refuses_is_not_pushed(cli: Cli, hub_server) -> None:  # type: ignore[no-untyped-def]
+    """`con.md` and `notes/A.md` beside `notes/a.md` validated on Linux and were pushed; every `pa pack pull`
+    then refused the pack (it cannot be installed on every system), so push refuses it first."""
+    pack = make_pack(cli.packs, "unportable")
+    (pack / "con.md").write_text("console\n")
+    (pack / "notes").mkdir()
+    (pack / "notes" / "A.md").write_text("upper\n")
+    (pack / "notes" / "a.md").write_text("lower\n")
+    result = cli.fails(2, "pack", "push", str(pack), "--repo-id", "org/unportable")
+    assert "con.md: `con.md` is a Windows device name" in result.stderr, result.stderr
+    assert "notes/a.md: differs only in case from notes/A.md" in result.stderr, result.stderr
+    assert not hub_server.store.exists("dataset", "org/unportable")
+
+
+
 # --------------------------------------------------------------------------- an untrusted repository
 
 
@@ -397,6 +412,36 @@ def test_pack_pull_of_a_listing_naming_a_file_twice_says_so(  # type: ignore[no-
     result = cli.fails(2, "pack", "pull", "org/twice@1.0.0")
     assert f"org/twice:{listing[0]['path']}: listed twice" in result.stderr, result.stderr
     nothing_installed(cli, "twice")
+
+
+
+def test_pack_pull_refuses_names_differing_only_in_case_before_downloading(  # type: ignore[no-untyped-def]
+        cli: Cli, hub_server, tmp_path: Path) -> None:
+    """A repository holding `pack/notes/A.md` and `pack/notes/a.md` (git stores both): on macOS and Windows the
+    second download failed with a bare "File exists", and on Linux the pack held two files it cannot hold there."""
+    files = pack_bytes(make_pack(tmp_path / "src", "cased"))
+    publish_raw_pack(hub_server, "org/cased", "cased", {**files, "notes/A.md": b"upper\n", "notes/a.md": b"lower\n"})
+    result = cli.fails(2, "pack", "pull", "org/cased@1.0.0")
+    assert "org/cased:pack/notes/a.md: differs only in case from pack/notes/A.md" in result.stderr, result.stderr
+    assert "cannot be installed on every system" in result.stderr and "rename one of them in the repository" in result.stderr
+    nothing_installed(cli, "cased")
+    assert not any("org/cased/resolve/" in path and "/pack/" in path for _, path, _ in hub_server.requests)
+
+
+
+@pytest.mark.parametrize("name", ["con.md", "notes/AUX", "Lpt3.tar.gz", "nul/x.md", "notes.", "notes "])
+def test_pack_pull_refuses_names_windows_cannot_write_before_downloading(  # type: ignore[no-untyped-def]
+        cli: Cli, hub_server, tmp_path: Path, name: str) -> None:
+    """A device name (`con.md` opens the console on Windows) or a name ending in a dot or space (Windows drops
+    it) passed the listing check: installed on Linux, a failure or another file on Windows."""
+    repo_id = f"org/devices-{uuid.uuid4().hex[:8]}"
+    files = pack_bytes(make_pack(tmp_path / "src", "devices"))
+    publish_raw_pack(hub_server, repo_id, "devices", {**files, name: b"x\n"})
+    result = cli.fails(2, "pack", "pull", f"{repo_id}@1.0.0")
+    assert f"{repo_id}:pack/{name}: `" in result.stderr and "cannot be installed on every system" in result.stderr, result.stderr
+    assert "rename the file in the repository" in result.stderr
+    nothing_installed(cli, "devices")
+    assert not any(f"{repo_id}/resolve/" in path and "/pack/" in path for _, path, _ in hub_server.requests)
 
 
 

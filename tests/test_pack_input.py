@@ -64,6 +64,36 @@ def test_a_file_name_pa_pack_pull_refuses_is_a_problem(fixture_packs: Path, name
     assert f"root-pack/{name}: file name has a backslash or starts with a drive letter" in str(info.value)
 
 
+@pytest.mark.parametrize(("name", "reason"), [("con.md", "`con.md` is a Windows device name"),
+                                              ("notes/Com7", "`Com7` is a Windows device name"),
+                                              ("nul/x.md", "`nul` is a Windows device name"),
+                                              ("notes.", "`notes.` ends in a dot"), ("notes ", "`notes ` ends in a space")])
+def test_a_file_name_windows_cannot_write_is_a_problem(fixture_packs: Path, name: str, reason: str) -> None:
+    """`con.md` (a device on Windows) or `notes.` (Windows drops the dot) validated and was pushed; every pull
+    then refused the pack, which cannot be installed on every system."""
+    root = fixture_packs / "root-pack"
+    (root / name).parent.mkdir(parents=True, exist_ok=True)
+    (root / name).write_text("notes\n")
+    with pytest.raises(PackError) as info:
+        _load(fixture_packs, "root-pack")
+    assert f"root-pack/{name}: {reason}" in str(info.value) and "`pa pack pull` refuses" in str(info.value), str(info.value)
+
+
+def test_file_names_differing_only_in_case_are_a_problem(fixture_packs: Path) -> None:
+    """`notes/A.md` and `notes/a.md` (or `Eval/` beside `eval/`) validated on Linux and were pushed; on macOS and
+    Windows they are one file, and every pull then refused the pack."""
+    root = fixture_packs / "root-pack"
+    (root / "notes").mkdir()
+    (root / "notes" / "A.md").write_text("upper\n")
+    (root / "notes" / "a.md").write_text("lower\n")
+    (root / "Eval").mkdir()
+    (root / "Eval" / "other.md").write_text("x\n")
+    with pytest.raises(PackError) as info:
+        _load(fixture_packs, "root-pack")
+    assert "root-pack/notes/a.md: differs only in case from notes/A.md" in str(info.value), str(info.value)
+    assert "root-pack/eval: differs only in case from Eval" in str(info.value), str(info.value)
+
+
 def test_an_eval_set_of_junk_lines_reports_a_bounded_number_of_problems(fixture_packs: Path) -> None:
     """Each problem was checked against every earlier one (a list scan): 20,000 junk lines took two
     minutes to report and an 8 MB eval set of them (4 million lines, under the size bound) practically
