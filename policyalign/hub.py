@@ -363,18 +363,21 @@ def is_safe_relpath(rel: str) -> bool:
 
 
 # Names Windows keeps for devices, whatever their extension (`con.md` opens the console) and case.
+_WINDOWS_RESERVED = frozenset(':<>"|?*')
 _DEVICE_NAMES = frozenset({"con", "prn", "aux", "nul", *(f"{d}{n}" for d in ("com", "lpt") for n in range(1, 10))})
 
 
 def unportable_part(rel: str) -> str | None:
     """Why a safe relative path cannot be written on every system (None when it can): a component that is a
-    Windows device name (`con`, `aux.txt`, `COM1.md`) or ends in a dot or a space, which Windows drops, so
-    `notes.` is written as `notes`. Linux writes them all: refused everywhere, a pack is the same on each."""
+    Windows device name (`con`, `aux.txt`, `COM1.md`), ends in a dot or a space, which Windows drops, so
+    `notes.` is written as `notes`, or holds a character Windows names cannot (`:<>"|?*`). Linux writes them all: refused everywhere, a pack is the same on each."""
     for part in rel.split("/"):
         if part.split(".")[0].rstrip(" ").lower() in _DEVICE_NAMES:
             return f"`{part}` is a Windows device name"
         if part.endswith((".", " ")):
             return f"`{part}` ends in a {'dot' if part.endswith('.') else 'space'}, which Windows drops"
+        if reserved := sorted(set(part) & _WINDOWS_RESERVED):  # `a:b.md` is NTFS's stream b.md of the file a
+            return f"`{part}` holds {' '.join(reserved)}, which Windows file names cannot hold"
     return None
 
 

@@ -67,7 +67,9 @@ def test_a_file_name_pa_pack_pull_refuses_is_a_problem(fixture_packs: Path, name
 @pytest.mark.parametrize(("name", "reason"), [("con.md", "`con.md` is a Windows device name"),
                                               ("notes/Com7", "`Com7` is a Windows device name"),
                                               ("nul/x.md", "`nul` is a Windows device name"),
-                                              ("notes.", "`notes.` ends in a dot"), ("notes ", "`notes ` ends in a space")])
+                                              ("notes.", "`notes.` ends in a dot"), ("notes ", "`notes ` ends in a space"),
+                                              ("notes/a:b.md", "`a:b.md` holds :, which Windows file names cannot"),
+                                              ("why?.md", "`why?.md` holds ?, which Windows")])
 def test_a_file_name_windows_cannot_write_is_a_problem(fixture_packs: Path, name: str, reason: str) -> None:
     """`con.md` (a device on Windows) or `notes.` (Windows drops the dot) validated and was pushed; every pull
     then refused the pack, which cannot be installed on every system."""
