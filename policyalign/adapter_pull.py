@@ -17,10 +17,9 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from . import card
 from .errors import HubError, PolicyAlignError, UnverifiedAdapterError
-from .hub import (DEFAULT_BRANCH, case_clashes, endpoint, hub_api, hub_call, is_safe_relpath, split_spec, swap_in,
-                  unportable_part)
+from .hub import (DEFAULT_BRANCH, case_clashes, endpoint, escaped_name, hub_api, hub_call, is_safe_relpath, split_spec,
+                  swap_in, unportable_part)
 from .io import output_dir, read_json, sha256_file
-from .pack_hub import escaped_name
 
 if TYPE_CHECKING:
     from .pack import Pack

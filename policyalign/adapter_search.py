@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from . import card
 from .adapter_pull import PullResult, pull_adapter
 from .errors import HubError, HubUnavailableError, PolicyAlignError, UnverifiedAdapterError
-from .hub import DEFAULT_BRANCH, LOGIN_HINT, hub_api, hub_call, refuse_several_builds
-from .pack_hub import escaped_name
+from .hub import DEFAULT_BRANCH, LOGIN_HINT, escaped_name, hub_api, hub_call, refuse_several_builds
 from .semver import Version, is_semver
 
 if TYPE_CHECKING:

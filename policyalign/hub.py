@@ -149,8 +149,6 @@ def hub_call(action: str, *, token: str | None = None, repo: str = "", state: st
 def _hub_error(exc: BaseException, action: str, token: str | None, repo: str, state: str = "") -> HubError:
     from huggingface_hub.errors import OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError
 
-    from .pack_hub import escaped_name
-
     # huggingface_hub's own "Cannot reach https://huggingface.co/api/...: offline mode is enabled" named neither
     # the variable that caused it nor what to do about it
     if isinstance(exc, OfflineModeIsEnabled):
@@ -217,6 +215,14 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         seen.add(id(link))
         yield link
         link = link.__cause__ or (None if link.__suppress_context__ else link.__context__)
+
+
+def escaped_name(rel: str) -> str:
+    """Remote text (a file name, a Hub's error) as an error may print it: escaped when it holds control characters,
+    which a hostile Hub would otherwise send to the terminal of whoever pulls (`\x1b]0;...` retitles it)."""
+    from .templates import text_problem
+
+    return ascii(rel)[1:-1] if text_problem(rel) else rel
 
 
 def _first_line(exc: BaseException) -> str:

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from . import card
 from .errors import HubError, InvalidInputError, PackError, Problem
 from .hub import (DEFAULT_BRANCH, TAKEN_TAG_HINTS, PushResult, case_clashes, check_repo_id, commit_and_tag, endpoint,
-                  hub_api, hub_call, is_safe_relpath, prepare_repo, refuse_several_builds, remote_files, repo_url,
-                  push_tag, resolve_token, split_spec, swap_in, unportable_part)
+                  escaped_name, hub_api, hub_call, is_safe_relpath, prepare_repo, refuse_several_builds, remote_files,
+                  repo_url, push_tag, resolve_token, split_spec, swap_in, unportable_part)
 from .io import sha256_file
 from .pack_input import file_cap
 from .scaffold import draft_leftovers
@@ -251,14 +251,6 @@ def _read_pack_card(repo_id: str, commit: str, workdir: Path, token: str | None)
     if not isinstance(pack.get("digest"), str) or not DIGEST_RE.fullmatch(pack["digest"]):
         raise HubError(f"the card names an invalid digest {pack.get('digest')!r}", file=repo_id)
     return recorded
-
-
-def escaped_name(rel: str) -> str:
-    """Remote text (a file name, a Hub's error) as an error may print it: escaped when it holds control characters,
-    which a hostile Hub would otherwise send to the terminal of whoever pulls (`\x1b]0;...` retitles it)."""
-    from .templates import text_problem
-
-    return ascii(rel)[1:-1] if text_problem(rel) else rel
 
 
 def _listing_problems(repo_id: str, entries: list[tuple[str, int]], expected: Mapping[str, Any]) -> list[Problem]:
