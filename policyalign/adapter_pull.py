@@ -326,23 +326,22 @@ def pull_adapter(spec: str, *, to: str | Path | None = None, token: str | None =
         # refused before the download: `pa pull` of a base model (not an adapter) fetched all its weights first
         wanted = _refuse_unlisted(info, _policyalign_block(card.hub_card_metadata(info.card_data), label), label)
     if to is not None:
-        path, provenance = _pull_into(Path(to), repo_id, commit, label, token, cached, wanted)
+        path, (metadata, provenance) = _pull_into(Path(to), repo_id, commit, label, token, cached, wanted)
     elif cached is not None:
-        path, provenance = cached, verify_adapter(cached, label)[1]
+        path, (metadata, provenance) = cached, verify_adapter(cached, label)
     else:
-        path, provenance = _pull_cached(repo_id, revision, commit, label, token, wanted)
-    covered, unverified = coverage(path, provenance)
+        path, (metadata, provenance) = _pull_cached(repo_id, revision, commit, label, token, wanted)
+    covered, unverified = coverage(metadata, provenance)
     warnings, more = compare_local_pack(provenance["pack"], registry, token=token)
     return PullResult(repo_id, revision, str(commit), path, provenance["pack"], provenance["base_model"],
                       tuple(warnings), tuple(notes + unverified + more), covered)
 
 
-def coverage(path: Path, provenance: Mapping[str, Any]) -> tuple[str, list[str]]:
-    """What `verify_adapter` checked in the verified adapter at `path` besides the pack and base model, and a
-    "not verified: ..." note for each thing it could not check. `pa pull` said "verified: pack P@V, base
-    model B" only: a card pushed before its text was hashed (no `body_sha256`) passed with its text
-    unchecked, and a Hub base recorded without a commit names no weights, without a word of either."""
-    metadata, _ = card.parse_card((path / "README.md").read_text(encoding="utf-8", errors="replace"))
+def coverage(metadata: Mapping[str, Any], provenance: Mapping[str, Any]) -> tuple[str, list[str]]:
+    """What `verify_adapter` checked besides the pack and base model, from the card metadata and policyalign.json
+    it returned, and a "not verified: ..." note for each thing it could not check. `pa pull` said "verified:
+    pack P@V, base model B" only: a card pushed before its text was hashed (no `body_sha256`) passed with its
+    text unchecked, and a Hub base recorded without a commit names no weights, without a word of either."""
     recorded = metadata.get("policyalign") if isinstance(metadata.get("policyalign"), dict) else {}
     files = recorded.get("files")
     hashed = f"the sha256 of its {len(files) if isinstance(files, dict) else 0} files"
@@ -423,8 +422,8 @@ def _cached_snapshot(repo_id: str, revision: str, label: str) -> Path:
 
 
 def _pull_cached(repo_id: str, revision: str, commit: str, label: str, token: str | None,
-                 wanted: list[str] | None = None) -> tuple[Path, dict[str, Any]]:
-    """Download `commit` into the Hugging Face cache and verify it there; then record that `revision`
+                 wanted: list[str] | None = None) -> tuple[Path, tuple[dict[str, Any], dict[str, Any]]]:
+    """Download `commit` into the Hugging Face cache and verify it there (`verify_adapter`'s result with the path); then record that `revision`
     names it (`refs/`), so that a pull offline finds it by the same name.
 
     A refused revision's files that this pull downloaded are removed from the cache again: they stayed
@@ -433,7 +432,7 @@ def _pull_cached(repo_id: str, revision: str, commit: str, label: str, token: st
     before = _cache_files(repo)
     path = _snapshot(repo_id, commit, None, token, wanted)
     try:
-        _, provenance = verify_adapter(path, label)
+        verified = verify_adapter(path, label)
     except PolicyAlignError:
         _forget_added(repo, commit, before)
         raise
@@ -441,7 +440,7 @@ def _pull_cached(repo_id: str, revision: str, commit: str, label: str, token: st
         ref = repo / "refs" / revision
         ref.parent.mkdir(parents=True, exist_ok=True)
         ref.write_text(commit, encoding="utf-8")
-    return path, provenance
+    return path, verified
 
 
 def _cache_repo(repo_id: str) -> Path:
@@ -529,9 +528,10 @@ def _snapshot(repo_id: str, commit: str, local_dir: Path | None, token: str | No
 
 
 def _pull_into(target: Path, repo_id: str, commit: str, label: str, token: str | None,
-               cached: Path | None = None, wanted: list[str] | None = None) -> tuple[Path, dict[str, Any]]:
-    """Download into a hidden sibling of `target` (offline: copy the `cached` snapshot there), verify,
-    then swap it in (nothing left on failure).
+               cached: Path | None = None,
+               wanted: list[str] | None = None) -> tuple[Path, tuple[dict[str, Any], dict[str, Any]]]:
+    """Download into a hidden sibling of `target` (offline: copy the `cached` snapshot there), verify (`verify_adapter`,
+    whose result is returned with the path), then swap it in (nothing left on failure).
 
     Holds a lock beside `target`: two pulls into one --to share its staging directory, and one's
     cleanup deleted the files the other was verifying, a provenance failure for an untouched adapter.
@@ -545,9 +545,9 @@ def _pull_into(target: Path, repo_id: str, commit: str, label: str, token: str |
         staging = _staging_dir(target, commit)
         try:
             downloaded = _copy(cached, staging / "adapter") if cached else _snapshot(repo_id, commit, staging / "adapter", token, wanted)
-            _, provenance = verify_adapter(downloaded, label)
+            verified = verify_adapter(downloaded, label)
             swap_in(downloaded, target)
-            return target, provenance
+            return target, verified
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
