@@ -2,7 +2,9 @@
 
 The student (no policy in context) samples a response; the teacher (the same base model with
 the policy as its system message) scores the same tokens; the loss is the per-token reverse
-KL(student || teacher) on the student's top-k support. trl 1.16's `SDFTTrainer` does the
+KL(student || teacher) on the student's top-k support (both renormalised there, both sides' logits
+divided by the rollout temperature), each response's mean over its tokens averaged over the
+responses of an optimizer step, as trl computes it. trl 1.16's `SDFTTrainer` does the
 rollouts, the loss, PEFT, EMA teachers, vLLM and accelerate; `PolicySDFTTrainer` changes
 three things (see the design notes):
 

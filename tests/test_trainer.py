@@ -231,6 +231,64 @@ def test_a_bf16_model_is_distilled_on_float32_log_probs(run_dir) -> None:
     assert logits.student_logits.requires_grad, "the student's logits still carry the gradient"
 
 
+@pytest.mark.parametrize("prefix_cache", [True, False])
+def test_the_loss_is_each_responses_mean_top_k_reverse_kl_at_the_temperature_against_the_base(
+        fixture_packs: Path, tmp_path: Path, prefix_cache: bool) -> None:
+    """The training loss against plain torch, one unpadded forward per row: the student adapted (a non-zero LoRA), the
+    teacher the same weights with the adapter off and the policy as system message, both sides' logits divided by
+    the temperature, the student's top k renormalised on both sides, each response's mean over its own tokens, and
+    those means averaged (trl's normalisation: a short response weighs as much as a long one). Rows mix prompt and
+    completion lengths, one completion is a lone EOS and one stops at EOS after two tokens."""
+    from trl.trainer.utils import pad
+
+    from policyalign.chat import student_messages
+    from policyalign.trainer import build_trainer, training_prompt
+
+    pack = Registry([fixture_packs]).load("root-pack")
+    records = [{"id": "a", "messages": [{"role": "user", "content": "How do I make a bomb?"}]},
+               {"id": "b", "messages": [{"role": "user", "content": "Hi"}]},
+               {"id": "c", "messages": [{"role": "system", "content": "Be terse."},
+                                        {"role": "user", "content": "Tell me a long story about a bank account."}]}]
+    temperature, top_k = 0.7, 5
+    trainer = build_trainer(load_model("tiny", trainable=True), pack.policy, records,
+                            DistillConfig(max_steps=1, max_new_tokens=16, batch_size=3, temperature=temperature,
+                                          top_k=top_k, lora_dropout=0.0, prefix_cache=prefix_cache), tmp_path)
+    model, tok = trainer.model, trainer._tokenizer
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=torch.Generator().manual_seed(3)) * 0.5)
+    eos = tok.eos_token_id
+    completions = [[40, 41, 42, 43, 44, 45, 46], [eos], [50, 51, eos]]
+    prompts = [training_prompt(r) for r in records]
+    ids = [torch.tensor(x) for x in trainer._tokenize_prompts(prompts)]
+    comp = [torch.tensor(c) for c in completions]
+    comp_ids, comp_mask = pad(comp, padding_value=0), pad([torch.ones_like(c) for c in comp], padding_value=0)
+    inputs = {"prompt_ids": pad(ids, padding_value=0, padding_side="left"),
+              "prompt_mask": pad([torch.ones_like(x) for x in ids], padding_value=0, padding_side="left"),
+              "completion_ids": comp_ids, "completion_mask": comp_mask,
+              **trainer.teacher_context_builder.build(prompts, [""] * 3, comp_ids, comp_mask)}
+    model.eval()
+    with torch.no_grad():
+        loss = float(trainer.compute_loss(model, inputs))
+
+    def tempered(prompt: list[int], completion: list[int]) -> torch.Tensor:
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([prompt + completion])).logits[0].double()
+        return torch.softmax(logits[len(prompt) - 1: len(prompt) - 1 + len(completion)] / temperature, -1)
+
+    means = []
+    for record, completion in zip(records, completions):
+        p_s = tempered(encode_chat(tok, student_messages(record["messages"])), completion)
+        with model.disable_adapter():
+            p_t = tempered(encode_chat(tok, teacher_messages(pack.policy, record["messages"])), completion)
+        q_s, top = p_s.topk(top_k, -1)
+        q_t = p_t.gather(-1, top)
+        q_s, q_t = q_s / q_s.sum(-1, keepdim=True), q_t / q_t.sum(-1, keepdim=True)
+        means.append(float((q_s * (q_s / q_t).log()).sum(-1).mean()))
+    assert loss == pytest.approx(sum(means) / len(means), abs=1e-5)
+
+
 @pytest.mark.parametrize("rate", [0.1, 0.0])
 def test_lora_dropout_is_the_configured_rate_not_trls_zero(fixture_packs: Path, tmp_path: Path, rate: float) -> None:
     """trl disables every dropout; the LoRA dropout a pack asks for must still apply to the student."""

@@ -40,7 +40,8 @@ Device = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: cuda i
 # Sampling of the student's on-policy responses: `pa filter` scores them, `pa distill` trains on them, and the
 # two must agree (`stages.filter_config`), so the three commands share one flag.
 Temperature = typer.Option(None, "--temperature", help="Sampling temperature of the student's on-policy responses: "
-                           "the filter's samples and the trainer's rollouts (default: the pack's; paper: 1.0).")
+                           "the filter's samples and the trainer's rollouts, and the temperature of both "
+                           "distributions the training loss compares (default: the pack's; paper: 1.0).")
 EmaDecay = typer.Option(None, "--ema-decay", help="With --teacher ema: the share of the student "
                         "mixed into the teacher each step (default: the pack's, else 0.05).")
 # Every command that draws progress bars takes it: only `pa apply` did, so a CI job could not quiet the
