@@ -9,6 +9,7 @@ then compares the pack, and each pack it extends, with the local one (`compare_l
 from __future__ import annotations
 
 import glob
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -16,9 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from . import card
-from .errors import HubError, PolicyAlignError, UnverifiedAdapterError
-from .hub import (DEFAULT_BRANCH, case_clashes, endpoint, escaped_name, hub_api, hub_call, is_safe_relpath, split_spec,
-                  swap_in, unportable_part)
+from .errors import HubError, InvalidInputError, PolicyAlignError, UnverifiedAdapterError
+from .hub import (DEFAULT_BRANCH, MAX_CARD_BYTES, case_clashes, endpoint, escaped_name, hub_api, hub_call,
+                  is_safe_relpath, split_spec, swap_in, unportable_part)
 from .io import output_dir, read_json, sha256_file
 
 if TYPE_CHECKING:
@@ -31,6 +32,28 @@ UNLISTED_OK = {"README.md", ".gitattributes"}
 REGEX_COMMIT = re.compile(r"[0-9a-f]{40}")
 # What a second `pa pull` into the same --to is told (run.run_lock's `busy`).
 PULL_BUSY = ("`pa pull --to` target", "wait for the other `pa pull` into it to finish, or pull into another --to")
+
+# The most bytes `pa pull` takes of each kind of file (`adapter_file_cap`), checked on the Hub's listing before any
+# download: a pulled repository is untrusted, and pa reads the card and the JSON files whole to parse them.
+# JSON: adapter_config.json and policyalign.json are a few kilobytes, an eval.json tens of kilobytes.
+MAX_JSON_BYTES = 4 * 1024 * 1024
+# Tokenizer files a run may publish (card.OPTIONAL_ADAPTER_FILES): the largest tokenizer.json of a common model
+# (Gemma 3's, a 262k vocabulary) is 33 MB; Qwen2.5's is 7 MB, Llama 3's 9 MB.
+TOKENIZER_FILES = frozenset(name for name in card.OPTIONAL_ADAPTER_FILES if not name.endswith(".png"))
+MAX_TOKENIZER_BYTES = 64 * 1024 * 1024
+# Anything else the card may list (the loss and eval plots: tens of kilobytes), hashed but not parsed by pa.
+MAX_OTHER_BYTES = 16 * 1024 * 1024
+# Adapter weights, the one kind a genuine adapter can make large: a LoRA on every linear layer of a 70B Llama
+# (80 layers; q and o 8192x8192, k and v 8192x1024, gate and up 8192x28672, down 28672x8192: rank x 161,792
+# parameters a layer) at rank 256, in fp32 (PEFT keeps adapter weights in fp32), is 80 x 161,792 x 256 x 4 bytes
+# = 13.3 GB (12.3 GiB); on Llama 3.1 405B (126 layers, rank x 309,248 a layer) rank 64 is 10.0 GB. pa's default,
+# rank 16 on the attention projections, is 0.26 GB on the 70B. 16 GiB is above all of them; WEIGHTS_LIMIT_ENV
+# raises it for a larger one (a higher rank still).
+DEFAULT_MAX_WEIGHTS_BYTES = 16 * 1024 ** 3
+WEIGHTS_LIMIT_ENV = "PA_PULL_MAX_WEIGHTS"
+WEIGHTS_KIND = "adapter weights"
+_SIZE = re.compile(r"(\d+) ?(B|KiB|MiB|GiB|TiB)?", re.IGNORECASE)
+_UNITS = {"b": 1, "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3, "tib": 1024 ** 4}
 
 
 @dataclass(frozen=True)
@@ -312,10 +335,13 @@ def pull_adapter(spec: str, *, to: str | Path | None = None, token: str | None =
     repo_id, revision = split_spec(spec)
     revision = revision or DEFAULT_BRANCH
     label = f"{repo_id}@{revision}"
-    cached, notes, wanted = None, [], None
+    weights_limit()
+    cached, notes, wanted, sizes = None, [], None, None
     if _offline():
         cached = _cached_snapshot(repo_id, revision, label)
         commit = cached.name
+        _refuse_oversized({name: (cached / name).stat().st_size for name in _downloaded_files(cached)
+                           if (cached / name).is_file()}, label)
         notes.append(f"offline (HF_HUB_OFFLINE=1): verified the copy of commit {commit[:12]} in the Hugging Face "
                      f"cache; the Hub was not asked which commit {revision} names now")
     else:
@@ -325,12 +351,14 @@ def pull_adapter(spec: str, *, to: str | Path | None = None, token: str | None =
         _refuse_removed_card(info, label)
         # refused before the download: `pa pull` of a base model (not an adapter) fetched all its weights first
         wanted = _refuse_unlisted(info, _policyalign_block(card.hub_card_metadata(info.card_data), label), label)
+        sizes = _listed_sizes(api, repo_id, commit, wanted, token)
+        _refuse_oversized(sizes, label)
     if to is not None:
-        path, (metadata, provenance) = _pull_into(Path(to), repo_id, commit, label, token, cached, wanted)
+        path, (metadata, provenance) = _pull_into(Path(to), repo_id, commit, label, token, cached, wanted, sizes)
     elif cached is not None:
         path, (metadata, provenance) = cached, verify_adapter(cached, label)
     else:
-        path, (metadata, provenance) = _pull_cached(repo_id, revision, commit, label, token, wanted)
+        path, (metadata, provenance) = _pull_cached(repo_id, revision, commit, label, token, wanted, sizes)
     covered, unverified = coverage(metadata, provenance)
     warnings, more = compare_local_pack(provenance["pack"], registry, token=token)
     return PullResult(repo_id, revision, str(commit), path, provenance["pack"], provenance["base_model"],
@@ -422,7 +450,8 @@ def _cached_snapshot(repo_id: str, revision: str, label: str) -> Path:
 
 
 def _pull_cached(repo_id: str, revision: str, commit: str, label: str, token: str | None,
-                 wanted: list[str] | None = None) -> tuple[Path, tuple[dict[str, Any], dict[str, Any]]]:
+                 wanted: list[str] | None = None,
+                 sizes: Mapping[str, int] | None = None) -> tuple[Path, tuple[dict[str, Any], dict[str, Any]]]:
     """Download `commit` into the Hugging Face cache and verify it there (`verify_adapter`'s result with the path); then record that `revision`
     names it (`refs/`), so that a pull offline finds it by the same name.
 
@@ -432,6 +461,7 @@ def _pull_cached(repo_id: str, revision: str, commit: str, label: str, token: st
     before = _cache_files(repo)
     path = _snapshot(repo_id, commit, None, token, wanted)
     try:
+        _check_listed_sizes(path, sizes or {}, label)
         verified = verify_adapter(path, label)
     except PolicyAlignError:
         _forget_added(repo, commit, before)
@@ -516,6 +546,80 @@ def _refuse_unportable(names: list[str], label: str) -> None:
                                      hint="rename the file(s) in the repository, in the card's `files` too")
 
 
+def weights_limit() -> int:
+    """The most bytes pulled adapter weights may have: `PA_PULL_MAX_WEIGHTS` (bytes, or a number with KiB, MiB,
+    GiB or TiB) where set, else DEFAULT_MAX_WEIGHTS_BYTES. Read by each pull, so that a bad value is refused
+    (exit 2) before the Hub is asked, not after a search found a match."""
+    given = os.environ.get(WEIGHTS_LIMIT_ENV, "").strip()
+    if not given:
+        return DEFAULT_MAX_WEIGHTS_BYTES
+    match = _SIZE.fullmatch(given)
+    if not match:
+        raise InvalidInputError(f"{WEIGHTS_LIMIT_ENV}={given!r} is not a size",
+                                hint=f"give bytes, or a number with KiB, MiB, GiB or TiB: {WEIGHTS_LIMIT_ENV}=32GiB")
+    return int(match[1]) * _UNITS[(match[2] or "b").lower()]
+
+
+def adapter_file_cap(name: str) -> tuple[int, str]:
+    """(the most bytes `pa pull` takes of the file `name`, what kind of file that is), by its name: the card,
+    the weights (raised by PA_PULL_MAX_WEIGHTS), a tokenizer file, another JSON file, anything else."""
+    if name == "README.md":
+        return MAX_CARD_BYTES, "a model card"
+    if name.endswith((".safetensors", ".bin")):
+        return weights_limit(), WEIGHTS_KIND
+    if name in TOKENIZER_FILES:
+        return MAX_TOKENIZER_BYTES, "a tokenizer file"
+    if name.endswith(".json"):
+        return MAX_JSON_BYTES, "a JSON file"
+    return MAX_OTHER_BYTES, "a file that is neither weights, JSON nor a tokenizer file"
+
+
+def _listed_sizes(api: Any, repo_id: str, commit: str, wanted: list[str] | None, token: str | None) -> dict[str, int]:
+    """{name: size} of the files a pull of `commit` downloads (`wanted`; None: all), as the Hub's tree listing gives
+    them (`model_info` gives none). A name the listing lacks is left out: `verify_adapter` says it is missing."""
+    from huggingface_hub.hf_api import RepoFile
+
+    with hub_call("listing the adapter's files", token=token, repo=repo_id):
+        listed = {entry.path: int(entry.size or 0) for entry in api.list_repo_tree(repo_id, recursive=True, revision=commit)
+                  if isinstance(entry, RepoFile)}
+    return {name: size for name, size in listed.items() if (wanted is None or name in wanted) and is_safe_relpath(name)}
+
+
+def _refuse_oversized(sizes: Mapping[str, int], label: str) -> None:
+    """Refuse, before the download, a file over its limit (`adapter_file_cap`): the card and the JSON files were
+    read whole whatever their size, and a repository could make `pa pull` fetch and parse gigabytes. An
+    UnverifiedAdapterError, as `pa push` publishes none: `pa pull --pack` goes on to the next match."""
+    problems, kinds = [], set()
+    for name, size in sorted(sizes.items()):
+        limit, kind = adapter_file_cap(name)
+        if size > limit:
+            problems.append(f"{escaped_name(name)} is {size} bytes, over the {limit}-byte limit for {kind}")
+            kinds.add(kind)
+    if not problems:
+        return
+    hints = []
+    if kinds - {WEIGHTS_KIND}:
+        hints.append("no adapter `pa push` publishes holds such a file: do not use this revision")
+    if WEIGHTS_KIND in kinds:
+        hints.append(f"if the weights are genuine (a high rank on a very large model), raise their limit: "
+                     f"{WEIGHTS_LIMIT_ENV}=64GiB pa pull {label}")
+    raise UnverifiedAdapterError("files too large to pull:\n" + "\n".join(f"  - {p}" for p in problems), file=label,
+                                 hint="; ".join(hints))
+
+
+def _check_listed_sizes(path: Path, sizes: Mapping[str, int], label: str) -> None:
+    """Each downloaded file must have the size the Hub's listing gave: the limits were checked on those sizes, so
+    a server whose listing understated a file got past them (the download itself is not cut off at the size)."""
+    problems = [f"{escaped_name(name)} is {actual} bytes, the Hub's listing said {size}"
+                for name, size in sorted(sizes.items())
+                if (path / name).is_file() and (actual := (path / name).stat().st_size) != size]
+    if problems:
+        raise UnverifiedAdapterError("the download does not match the Hub's listing:\n"
+                                     + "\n".join(f"  - {p}" for p in problems), file=label,
+                                     hint="the Hub (or the server HF_ENDPOINT names) answered inconsistently: "
+                                          "do not use this revision")
+
+
 def _snapshot(repo_id: str, commit: str, local_dir: Path | None, token: str | None, wanted: list[str] | None) -> Path:
     """Download `commit`; only the `wanted` files when given (names escaped: `allow_patterns` are globs), so a
     file the tree listing holds and `model_info` did not is not fetched either."""
@@ -528,10 +632,10 @@ def _snapshot(repo_id: str, commit: str, local_dir: Path | None, token: str | No
 
 
 def _pull_into(target: Path, repo_id: str, commit: str, label: str, token: str | None,
-               cached: Path | None = None,
-               wanted: list[str] | None = None) -> tuple[Path, tuple[dict[str, Any], dict[str, Any]]]:
-    """Download into a hidden sibling of `target` (offline: copy the `cached` snapshot there), verify (`verify_adapter`,
-    whose result is returned with the path), then swap it in (nothing left on failure).
+               cached: Path | None = None, wanted: list[str] | None = None,
+               sizes: Mapping[str, int] | None = None) -> tuple[Path, tuple[dict[str, Any], dict[str, Any]]]:
+    """Download into a hidden sibling of `target` (offline: copy the `cached` snapshot there), check the files' `sizes`
+    as listed, verify (`verify_adapter`, whose result is returned with the path), then swap it in (nothing left on failure).
 
     Holds a lock beside `target`: two pulls into one --to share its staging directory, and one's
     cleanup deleted the files the other was verifying, a provenance failure for an untouched adapter.
@@ -545,6 +649,7 @@ def _pull_into(target: Path, repo_id: str, commit: str, label: str, token: str |
         staging = _staging_dir(target, commit)
         try:
             downloaded = _copy(cached, staging / "adapter") if cached else _snapshot(repo_id, commit, staging / "adapter", token, wanted)
+            _check_listed_sizes(downloaded, sizes or {}, label)
             verified = verify_adapter(downloaded, label)
             swap_in(downloaded, target)
             return target, verified

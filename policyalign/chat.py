@@ -8,6 +8,7 @@ scoring, distillation and evaluation (no stage formats a prompt by hand).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -224,26 +225,66 @@ def _render_system_in_first_user_turn(tokenizer: Any, messages: Sequence[Message
 
 def _apply_template(tokenizer: Any, messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None,
                     add_generation_prompt: bool, options: dict[str, Any]) -> str:
+    """The template applied, each turn of a role it reads only as parts (`text_part_roles`) given its text as one."""
+    roles = text_part_roles(tokenizer)
+    if roles:
+        messages = [{**m, "content": [{"type": "text", "text": m["content"]}]}
+                    if m.get("role") in roles and isinstance(m.get("content"), str) else m for m in messages]
+    return _apply_raw(tokenizer, messages, tools, add_generation_prompt, options)
+
+
+def _apply_raw(tokenizer: Any, messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None,
+               add_generation_prompt: bool, options: dict[str, Any]) -> str:
     return tokenizer.apply_chat_template(list(messages), tools=list(tools) if tools else None,
                                          add_generation_prompt=add_generation_prompt, tokenize=False, **options)
 
 
 _PROBE = "policyalign probe 7f3a"
+# Each role probed in the smallest chat a template takes it in: (turns before it, whether a reply is prompted).
+_PROBED_ROLES = {"system": ([], False), "user": ([], True), "assistant": ([{"role": "user", "content": "hello"}], False)}
+_TEXT_PART_ROLES: dict[str, frozenset[str]] = {}  # by template text: computed once per template
 
 
-def drops_text_content(tokenizer: Any) -> bool:
-    """Whether the chat template leaves out a turn's text given as a string, yet renders it given as a text part.
+def text_part_roles(tokenizer: Any) -> frozenset[str]:
+    """The roles whose text the chat template leaves out given as a string, yet renders given as a text part
+    ([{"type": "text", "text": ...}]): their string contents are rendered as that part (`_apply_template`).
 
     A multimodal processor's template (LLaVA's, in its chat_template.json) reads each turn's content as a list of
     {"type": ...} parts and skips whatever else it is given: every prompt, whose content is a string
-    (`content_problem`), rendered as the bare role markup, its instruction gone, and nothing failed."""
+    (`content_problem`), rendered as the bare role markup, its instruction gone, and nothing failed; pa refused
+    such a model. Probed role by role, on its own text: a template may read the system turn as a string and the
+    others as parts, and a part rendered as a Python list (`{{ m['content'] }}`) shows the text but is no rendering
+    of it, so it does not count as shown."""
+    template = getattr(tokenizer, "chat_template", None)
+    key = json.dumps(template, sort_keys=True, default=str)
+    if key not in _TEXT_PART_ROLES:
+        _TEXT_PART_ROLES[key] = frozenset(role for role in _PROBED_ROLES if _reads_parts_only(tokenizer, role))
+    return _TEXT_PART_ROLES[key]
+
+
+def _reads_parts_only(tokenizer: Any, role: str) -> bool:
+    """Whether the template leaves out `role`'s text given as a string, and renders it (not a list's repr) as a part."""
+    before, prompted = _PROBED_ROLES[role]
+    after = [{"role": "user", "content": "hello"}] if role == "system" else []
+
     def shown(content: Any) -> bool:
         try:
-            return _PROBE in _apply_template(tokenizer, [{"role": "user", "content": content}], None, True, {})
+            text = _apply_raw(tokenizer, [*before, {"role": role, "content": content}, *after], None, prompted, {})
         except Exception:  # noqa: BLE001 - a template that fails on this probe is judged by its real prompts
             return False
+        return _PROBE in text and "'type'" not in text and '"type"' not in text
 
     return not shown(_PROBE) and shown([{"type": "text", "text": _PROBE}])
+
+
+def leaves_out_user_text(tokenizer: Any) -> bool:
+    """Whether the template, given a user turn as pa gives it (a string, or a text part where `text_part_roles`
+    says so), renders that turn without its text: every prompt would reach the model without its instruction.
+    A template that fails on this probe is judged by its real prompts (`render_chat` names the record)."""
+    try:
+        return _PROBE not in _apply_template(tokenizer, [{"role": "user", "content": _PROBE}], None, True, {})
+    except Exception:  # noqa: BLE001 - see above
+        return False
 
 
 def _system_in_first_user_turn(messages: Sequence[Message]) -> list[Message] | None:

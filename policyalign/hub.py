@@ -33,6 +33,9 @@ LOGIN_HINT = "run `hf auth login` (or the older `huggingface-cli login`), or set
 RETRY_HINT = "a network or Hub outage, not a problem with the command: worth retrying later (pa exits 3 for it)"
 # HTTP answers that say "not now" rather than "no": request timeout, too many requests (and every 5xx).
 TRANSIENT_STATUSES = frozenset({408, 429})
+# The most bytes a pulled model card (README.md) may have, a pack's or an adapter's: `pa push` and `pa pack push`
+# write a few kilobytes (front matter, a results table), and both pulls read the card whole to parse it.
+MAX_CARD_BYTES = 1024 * 1024
 REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 TAG_RE = re.compile(r"^[A-Za-z0-9][\w.+-]{0,127}$")
 _TOKEN_LIKE = re.compile(r"(hf_[A-Za-z0-9_]{6,}|Bearer\s+\S+)")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .chat import drops_text_content
+from .chat import leaves_out_user_text
 from .errors import InvalidInputError, ModelError, PolicyAlignError, ResolveError
 
 # Short names for the chat models the method was tried on; values are Hub ids.
@@ -657,10 +657,10 @@ def _prepare_tokenizer(tokenizer: Any, model: Any, ref: ModelRef) -> None:
             hint="policyalign works on chat models: use the instruction-tuned variant (e.g. an -Instruct or -it model), "
                  f"or save the chat model's template beside the weights as {TEMPLATE_FILE}",
         )
-    if drops_text_content(tokenizer):
+    if leaves_out_user_text(tokenizer):
         raise ModelError(
-            f"the chat template of {ref} renders a turn's text only given as a list of parts (a multimodal processor's "
-            "format): every prompt's text would be left out of what the model reads",
+            f"the chat template of {ref} renders a user turn without its text, given as a string or as a text part: "
+            "every prompt's text would be left out of what the model reads",
             file=ref.location if ref.kind == "local" else "",
             hint="use a copy of the model directory with a chat template that renders plain-text content, "
                  f"saved as {TEMPLATE_FILE} (its text-only chat variant's, if it has one)",

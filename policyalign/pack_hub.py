@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from . import card
 from .errors import HubError, InvalidInputError, PackError, Problem
-from .hub import (DEFAULT_BRANCH, TAKEN_TAG_HINTS, PushResult, case_clashes, check_repo_id, commit_and_tag, endpoint,
-                  escaped_name, hub_api, hub_call, is_safe_relpath, prepare_repo, refuse_several_builds, remote_files,
-                  repo_url, push_tag, resolve_token, split_spec, swap_in, unportable_part)
+from .hub import (DEFAULT_BRANCH, MAX_CARD_BYTES, TAKEN_TAG_HINTS, PushResult, case_clashes, check_repo_id,
+                  commit_and_tag, endpoint, escaped_name, hub_api, hub_call, is_safe_relpath, prepare_repo,
+                  refuse_several_builds, remote_files, repo_url, push_tag, resolve_token, split_spec, swap_in,
+                  unportable_part)
 from .io import sha256_file
 from .pack_input import file_cap
 from .scaffold import draft_leftovers
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
     from .registry import Registry
 
 PACK_DIR = "pack"
-MAX_CARD_BYTES = 1024 * 1024
 PACK_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")

@@ -204,6 +204,96 @@ def test_pull_refuses_names_not_every_system_can_write_before_downloading(cli: C
     assert not (tmp_path / "pulled").exists()
 
 
+class LimitCli(Cli):
+    """`pa` with PA_PULL_MAX_WEIGHTS set to `limit` (and HF_HUB_OFFLINE=1 when `offline`)."""
+
+    limit = ""
+    offline = False
+
+    def env(self, token: object = DEFAULT) -> dict[str, str]:
+        return {**super().env(token), "PA_PULL_MAX_WEIGHTS": self.limit, **({"HF_HUB_OFFLINE": "1"} if self.offline else {})}
+
+
+def _with_limit(cli: Cli, limit: str, offline: bool = False) -> LimitCli:
+    limited = LimitCli(cli.hub, cli.home, cli.packs, cli.cwd)
+    limited.limit, limited.offline = limit, offline
+    return limited
+
+
+def test_pull_refuses_files_over_their_size_limit_before_downloading(cli: Cli, hub_server, make_run,  # type: ignore[no-untyped-def]
+                                                                     tmp_path: Path) -> None:
+    """A card and a policyalign.json of any size were downloaded and read whole to be parsed: a repository could
+    make `pa pull` fetch and parse gigabytes. Files over their limit are refused on the Hub's listing, before any
+    download, naming the repository, each file, its size and the limit (padded JSON is still valid JSON)."""
+    cli.published(make_run(tmp_path / "run", make_pack(cli.packs, "bloated")), "org/bloated")
+    provenance = hub_server.read("org/bloated", "policyalign.json") + b" " * (4 * 1024 * 1024)
+    metadata, body = card.parse_card(hub_server.read("org/bloated", "README.md").decode())
+    metadata["policyalign"]["files"]["policyalign.json"] = hashlib.sha256(provenance).hexdigest()
+    readme = (card.dump_front_matter(metadata) + body + "padding\n" * (128 * 1024)).encode()  # olah's card regex is
+    # quadratic in a run of whitespace
+    hub_server.put_files("org/bloated", {"policyalign.json": provenance, "README.md": readme}, "pad the card and JSON")
+    hub_server.requests.clear()
+    for target in (("--to", str(tmp_path / "pulled")), ()):
+        said = " ".join(cli.fails(1, "pull", "org/bloated", *target).stderr.split())
+        assert "org/bloated@main: files too large to pull" in said, said
+        assert f"README.md is {len(readme)} bytes, over the 1048576-byte limit for a model card" in said
+        assert f"policyalign.json is {len(provenance)} bytes, over the 4194304-byte limit for a JSON file" in said
+        assert "no adapter `pa push` publishes holds such a file" in said and "PA_PULL_MAX_WEIGHTS" not in said
+    assert not [path for method, path, _ in hub_server.requests if "/resolve/" in path], hub_server.requests
+    assert not (tmp_path / "pulled").exists()
+
+
+def test_pull_refuses_weights_over_a_limit_the_user_can_raise(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Adapter weights had no limit at all. Over PA_PULL_MAX_WEIGHTS (default 16 GiB) they are refused before the
+    download, with the variable to raise it by (offline, the copy in the Hugging Face cache alike); a bad value is
+    an input error before the Hub is asked."""
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "heavy"))
+    cli.published(run, "org/heavy")
+    size = (run / "adapter" / "adapter_model.safetensors").stat().st_size
+    hub_server.requests.clear()
+    refused = " ".join(_with_limit(cli, "4KiB").fails(1, "pull", "org/heavy", "--to", str(tmp_path / "pulled")).stderr.split())
+    assert f"adapter_model.safetensors is {size} bytes, over the 4096-byte limit for adapter weights" in refused
+    assert "raise their limit: PA_PULL_MAX_WEIGHTS=64GiB pa pull org/heavy@main" in refused
+    assert "do not use this revision" not in refused
+    assert not [path for method, path, _ in hub_server.requests if "/resolve/" in path], hub_server.requests
+    _with_limit(cli, "1 MiB").ok("pull", "org/heavy", "--to", str(tmp_path / "pulled"))
+    _with_limit(cli, str(size)).ok("pull", "org/heavy", "--to", str(tmp_path / "pulled"))
+    bad = _with_limit(cli, "lots").fails(2, "pull", "org/heavy")
+    assert "PA_PULL_MAX_WEIGHTS='lots' is not a size" in bad.stderr and "PA_PULL_MAX_WEIGHTS=32GiB" in bad.stderr
+    cli.ok("pull", "org/heavy")  # into the Hugging Face cache
+    offline = " ".join(_with_limit(cli, "4KiB", offline=True).fails(1, "pull", "org/heavy").stderr.split())
+    assert f"adapter_model.safetensors is {size} bytes, over the 4096-byte limit for adapter weights" in offline
+    bad = _with_limit(cli, "lots", offline=True).fails(2, "pull", "org/heavy")
+    assert "PA_PULL_MAX_WEIGHTS='lots' is not a size" in bad.stderr and "PA_PULL_MAX_WEIGHTS=32GiB" in bad.stderr
+
+
+def test_pull_refuses_files_whose_size_is_not_the_one_the_hub_listed(cli: Cli, hub_server, make_run,  # type: ignore[no-untyped-def]
+                                                                      tmp_path: Path) -> None:
+    """The limits are checked on the sizes the Hub's listing gives: a server understating the weights in it got
+    past them. Each downloaded file must have its listed size, else the pull is refused and nothing kept."""
+    import urllib.request
+
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "understated"))
+    cli.published(run, "org/understated")
+    commit = hub_server.store.rev(hub_server.repo_path("org/understated"), "main")
+    tree = f"/api/models/org/understated/tree/{commit}"
+    with urllib.request.urlopen(f"{hub_server.endpoint}{tree}?recursive=true") as response:
+        listing = json.loads(response.read())
+    weights = next(entry for entry in listing if entry["path"] == "adapter_model.safetensors")
+    real = weights["size"]
+    weights["size"] = weights["lfs"]["size"] = 100
+    hub_server.forge(tree, listing)
+    try:
+        for target in (("--to", str(tmp_path / "pulled")), ()):
+            said = " ".join(_with_limit(cli, "1KiB").fails(1, "pull", "org/understated", *target).stderr.split())
+            assert "org/understated@main: the download does not match the Hub's listing" in said, said
+            assert f"adapter_model.safetensors is {real} bytes, the Hub's listing said 100" in said
+    finally:
+        hub_server.forged.pop(tree)
+    assert not (tmp_path / "pulled").exists()
+    assert not list((cli.home / "hf").rglob("adapter_model.safetensors"))
+
+
 def _forge(hub_server, repo: str, provenance: bytes, edit_card, message: str) -> None:  # type: ignore[no-untyped-def]
     """Replace policyalign.json and re-sign it in the card, so card and files agree (a forged push)."""
     metadata, body = card.parse_card(hub_server.read(repo, "README.md").decode())

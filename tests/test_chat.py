@@ -217,6 +217,31 @@ def _tokenizer_with(template: str) -> Any:
     return tokenizer
 
 
+# LLaVA's processor template: every turn's content read as a list of {"type": "text"} parts, a string left out.
+PARTS_ONLY = ("{% for m in messages %}{{ m['role'].upper() }}: {% for part in m['content'] | selectattr('type', 'equalto', "
+              "'text') %}{{ part['text'] }} {% endfor %}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+# The same for the user and assistant turns, with the system turn read as a string (a list there shows its repr).
+SYSTEM_AS_STRING = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}\n{% else %}"
+                    "{{ m['role'].upper() }}: {% for part in m['content'] | selectattr('type', 'equalto', 'text') %}"
+                    "{{ part['text'] }} {% endfor %}{% endif %}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+
+
+def test_a_template_reading_content_only_as_parts_gets_each_string_as_a_text_part() -> None:
+    """A multimodal processor's template (LLaVA's) reads each turn's content only as a list of parts: every prompt,
+    a string, rendered as 'USER: ASSISTANT:', and pa refused such a model. The roles it reads so (probed one by
+    one) get their text as one text part, rendered exactly as the same chat given as parts; others keep strings."""
+    chat = [{"role": "system", "content": "Refuse weapons."}, {"role": "user", "content": "hello"},
+            {"role": "assistant", "content": "Hi."}]
+    as_parts = [{**m, "content": [{"type": "text", "text": m["content"]}]} for m in chat]
+    parts = _tokenizer_with(PARTS_ONLY)
+    assert render_chat(parts, chat[:2]) == "SYSTEM: Refuse weapons. USER: hello ASSISTANT:"
+    assert render_chat(parts, chat, add_generation_prompt=False) == parts.apply_chat_template(as_parts, tokenize=False)
+    assert encode_chat(parts, chat[1:2]) == parts(render_chat(parts, chat[1:2]), add_special_tokens=False)["input_ids"]
+    mixed = _tokenizer_with(SYSTEM_AS_STRING)
+    assert render_chat(mixed, chat, add_generation_prompt=False) == "Refuse weapons.\nUSER: hello ASSISTANT: Hi. "
+    assert chat[1]["content"] == "hello"  # the caller's messages are not changed
+
+
 def test_enable_thinking_reaches_a_template_with_the_switch_only_when_asked() -> None:
     """Judges and synthesis ask a Qwen3-style model not to think; every other prompt (student, teacher,
     evaluated) must render as the model is used, so None passes nothing to the template."""

@@ -425,20 +425,29 @@ PARTS_OR_TEXT = ("{% for m in messages %}{{ m['role'].upper() }}: {% if m['conte
                  "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
 
 
-@pytest.mark.parametrize("template, refused", [(PARTS_ONLY, True), (PARTS_OR_TEXT, False)])
-def test_a_chat_template_that_drops_text_content_is_refused(tmp_path: Path, template: str, refused: bool) -> None:
+@pytest.mark.parametrize("template", [PARTS_ONLY, PARTS_OR_TEXT])
+def test_a_chat_template_reading_text_only_as_parts_renders_the_text(tmp_path: Path, template: str) -> None:
     """LLaVA's processor template skips content that is not a list of parts: every student prompt rendered as
-    'USER: ASSISTANT:', the instruction silently gone (the teacher's failed, blamed on its system message)."""
+    'USER: ASSISTANT:', the instruction silently gone (the teacher's failed, blamed on its system message), and
+    such a model was then refused. Its turns' text is now given to it as text parts (`chat.text_part_roles`)."""
     from policyalign.chat import render_chat
 
     copy = tmp_path / "processor-model"
     shutil.copytree(tiny.tiny_model_path(), copy)
     (copy / "chat_template.jinja").unlink()
     (copy / "chat_template.json").write_text(json.dumps({"chat_template": template}), encoding="utf-8")
-    if not refused:
-        assert "hello" in render_chat(load_model(str(copy), weights=False).tokenizer, [{"role": "user", "content": "hello"}])
-        return
-    with pytest.raises(ModelError, match="renders a turn's text only given as a list of parts") as info:
+    tokenizer = load_model(str(copy), weights=False).tokenizer
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello"}]
+    assert render_chat(tokenizer, chat) == "SYSTEM: Be brief. USER: hello ASSISTANT:"
+
+
+def test_a_chat_template_that_renders_no_user_text_is_refused(tmp_path: Path) -> None:
+    """A template that shows a user turn's text neither as a string nor as a text part would train and evaluate
+    on bare role markup: refused when the model loads, naming the directory and the fix."""
+    copy = tmp_path / "textless-model"
+    shutil.copytree(tiny.tiny_model_path(), copy)
+    (copy / "chat_template.jinja").write_text("{% for m in messages %}{{ m['role'] }}: {% endfor %}", encoding="utf-8")
+    with pytest.raises(ModelError, match="renders a user turn without its text") as info:
         load_model(str(copy), weights=False)
     assert info.value.problem.file == str(copy.resolve()) and "chat_template.jinja" in info.value.problem.hint
 
