@@ -324,6 +324,20 @@ def _benchmark_ids(summary: Mapping[str, Any]) -> list[tuple[Any, ...]]:
                   for b in summary.get("benchmarks") or [] if isinstance(b, Mapping))
 
 
+def _benchmark_commit_notes(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    """A note for each benchmark both evaluations ran at one revision that resolved to two commits: `main` of a
+    dataset moves, and xstest's items are numbered by position (`xstest-0001`), so two evals of "xstest@main"
+    months apart compared other prompts under one id as like for like. Unknown commits (offline) say nothing."""
+    def commits(summary: Mapping[str, Any]) -> dict[tuple[str, ...], Any]:
+        return {(str(b.get("name")), str(b.get("dataset")), str(b.get("split")), str(b.get("revision"))):
+                b.get("resolved_revision") for b in summary.get("benchmarks") or [] if isinstance(b, Mapping)}
+
+    ours, theirs = commits(a), commits(b)
+    return [f"- benchmark {key[0]} ({key[1]} {key[2]}@{key[3]}) is at other commits: `{ours[key]}` vs `{theirs[key]}`: "
+            "items may not match" for key in sorted(set(ours) & set(theirs))
+            if isinstance(ours[key], str) and isinstance(theirs[key], str) and ours[key] != theirs[key]]
+
+
 def _measured_models(a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[Any, Any]:
     """The models two evals measured, to compare: Hub models by repository and the commit their weights
     came from (an alias, `org/name` and `org/name@<commit>` loading one commit are one model, two
@@ -386,6 +400,7 @@ def _measured_otherwise(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]
     if bench_a != bench_b:
         fmt = lambda ids: ", ".join(f"{n} ({d} {s}@{r})" for n, d, s, r in ids) or "none"  # noqa: E731
         notes.append(f"- benchmarks differ: {fmt(bench_a)} vs {fmt(bench_b)}")
+    notes += _benchmark_commit_notes(a, b)
     counts_a, counts_b = _set_counts(a), _set_counts(b)
     only_a, only_b = sorted(set(counts_a) - set(counts_b)), sorted(set(counts_b) - set(counts_a))
     if only_a or only_b:

@@ -138,6 +138,19 @@ def test_compare_flags_different_item_sets(tmp_path: Path) -> None:
     assert "Not like for like" not in compare(a, write_eval(tmp_path / "g", {**_summary(two), "limit": 2}, two))
 
 
+def test_compare_notes_a_benchmark_revision_that_resolved_to_other_commits(tmp_path: Path) -> None:
+    """Two evals of xstest@main a dataset commit apart compared other prompts, numbered alike by position, as
+    like for like (and the card took such a before/after pair). One commit unknown (offline) says nothing."""
+    two = [row("refuse", "refuse", set_name="harmful"), row("refuse", "comply", set_name="harmful")]
+    bench = {"name": "xstest", "dataset": "x/xstest", "split": "test", "revision": "main", "license": "cc-by-4.0"}
+    at = lambda name, commit: write_eval(tmp_path / name, {  # noqa: E731
+        **_summary(two), "benchmarks": [{**bench, "resolved_revision": commit}]}, two)
+    text = compare(at("a", "1" * 40), at("b", "2" * 40))
+    assert f"- benchmark xstest (x/xstest test@main) is at other commits: `{'1' * 40}` vs `{'2' * 40}`" in text
+    assert "Not like for like" not in compare(at("c", "1" * 40), at("d", "1" * 40))
+    assert "Not like for like" not in compare(at("e", "1" * 40), at("f", None))
+
+
 def test_compare_flags_a_model_judge_whose_weights_changed(tmp_path: Path) -> None:
     """Two evals judged by `llm:./judge` before and after its weights were replaced compared as like for like."""
     judge = tmp_path / "judge"
