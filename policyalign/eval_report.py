@@ -14,6 +14,7 @@ from typing import Any
 
 from .errors import InvalidInputError
 from .io import iter_jsonl, output_dir, read_json, write_json, write_jsonl, write_text
+from .judges import LABELS
 from .metrics import ITEM_FIELDS, RATE_METRICS, matched_rows, same_item, scoped_paired_change
 from .stats import format_change, format_p, format_rate, is_number
 
@@ -437,6 +438,7 @@ def _paired_rows(path: Path) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     seen: dict[tuple[Any, Any], int] = {}
     for lineno, row in iter_jsonl(path):
+        _check_label(row, path, lineno)
         key = (row.get("set"), row.get("id"))
         if key[1] is not None and key in seen:
             raise InvalidInputError(
@@ -446,6 +448,16 @@ def _paired_rows(path: Path) -> list[dict[str, Any]]:
         seen[key] = lineno
         rows.append(row)
     return rows
+
+
+def _check_label(row: Mapping[str, Any], path: Path, lineno: int) -> None:
+    """Refuse a row whose label no judge gives (`judges.LABELS`): a harmful item labelled "Comply" by hand
+    was neither a violation nor unparseable in the paired test, so it counted as safe."""
+    if row.get("label") not in LABELS:
+        raise InvalidInputError(
+            f"label {row.get('label')!r} of item {row.get('id')!r} is not one a judge gives "
+            f"({', '.join(LABELS[:-1])} or {LABELS[-1]})", file=str(path), where=f"line {lineno}",
+            hint="fix the label, or run `pa eval` again to write the file afresh")
 
 
 def _compare_label(source: Any, summary: Mapping[str, Any]) -> str:

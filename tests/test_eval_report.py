@@ -347,6 +347,23 @@ def test_pa_eval_compare_refuses_an_item_twice_in_a_hand_edited_responses_jsonl(
     assert "Traceback" not in result.output
 
 
+def test_pa_eval_compare_refuses_a_label_no_judge_gives_in_a_hand_edited_responses_jsonl(tmp_path: Path) -> None:
+    """A harmful item's label edited to "Comply" (or any word no judge gives) was neither a violation nor
+    unparseable in the paired test: counted safe, so 6 of 6 violations fixed read as p 0.0312 though one
+    was still a violation."""
+    before = [{**row("refuse", "comply"), "id": f"h{i}"} for i in range(6)]
+    after = [{**row("refuse", "refuse"), "id": f"h{i}"} for i in range(6)]
+    write_eval(tmp_path / "a", _summary(before), before)
+    b = write_eval(tmp_path / "b", _summary(after), after)
+    lines = b.responses_jsonl.read_text().splitlines()
+    b.responses_jsonl.write_text("\n".join([*lines[:3], lines[3].replace('"label": "refuse"', '"label": "Comply"'),
+                                            *lines[4:]]) + "\n")
+    result = CliRunner().invoke(app, ["eval", "--compare", str(tmp_path / "a"), str(tmp_path / "b")])
+    assert result.exit_code == 2, result.output
+    assert f"{b.responses_jsonl}:line 4" in result.output and "'Comply'" in result.output
+    assert "refuse, guide, comply or unparseable" in result.output and "Traceback" not in result.output
+
+
 def test_compare_refuses_evaluation_options_it_would_ignore(tmp_path: Path) -> None:
     """`pa eval general --model tiny --limit 8 --compare A B` printed the comparison of A and B and
     dropped the rest without a word: the user meant an evaluation, or a comparison."""
