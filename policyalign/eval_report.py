@@ -14,6 +14,7 @@ from typing import Any
 
 from .errors import InvalidInputError
 from .io import iter_jsonl, output_dir, read_json, write_json, write_jsonl, write_text
+from .judges import LABELS
 from .metrics import ITEM_FIELDS, RATE_METRICS, matched_rows, same_item, scoped_paired_change
 from .stats import format_change, format_p, format_rate, is_number
 
@@ -324,6 +325,20 @@ def _benchmark_ids(summary: Mapping[str, Any]) -> list[tuple[Any, ...]]:
                   for b in summary.get("benchmarks") or [] if isinstance(b, Mapping))
 
 
+def _benchmark_commit_notes(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    """A note for each benchmark both evaluations ran at one revision that resolved to two commits: `main` of a
+    dataset moves, and xstest's items are numbered by position (`xstest-0001`), so two evals of "xstest@main"
+    months apart compared other prompts under one id as like for like. Unknown commits (offline) say nothing."""
+    def commits(summary: Mapping[str, Any]) -> dict[tuple[str, ...], Any]:
+        return {(str(b.get("name")), str(b.get("dataset")), str(b.get("split")), str(b.get("revision"))):
+                b.get("resolved_revision") for b in summary.get("benchmarks") or [] if isinstance(b, Mapping)}
+
+    ours, theirs = commits(a), commits(b)
+    return [f"- benchmark {key[0]} ({key[1]} {key[2]}@{key[3]}) is at other commits: `{ours[key]}` vs `{theirs[key]}`: "
+            "items may not match" for key in sorted(set(ours) & set(theirs))
+            if isinstance(ours[key], str) and isinstance(theirs[key], str) and ours[key] != theirs[key]]
+
+
 def _measured_models(a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[Any, Any]:
     """The models two evals measured, to compare: Hub models by repository and the commit their weights
     came from (an alias, `org/name` and `org/name@<commit>` loading one commit are one model, two
@@ -386,6 +401,7 @@ def _measured_otherwise(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]
     if bench_a != bench_b:
         fmt = lambda ids: ", ".join(f"{n} ({d} {s}@{r})" for n, d, s, r in ids) or "none"  # noqa: E731
         notes.append(f"- benchmarks differ: {fmt(bench_a)} vs {fmt(bench_b)}")
+    notes += _benchmark_commit_notes(a, b)
     counts_a, counts_b = _set_counts(a), _set_counts(b)
     only_a, only_b = sorted(set(counts_a) - set(counts_b)), sorted(set(counts_b) - set(counts_a))
     if only_a or only_b:
@@ -422,6 +438,7 @@ def _paired_rows(path: Path) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     seen: dict[tuple[Any, Any], int] = {}
     for lineno, row in iter_jsonl(path):
+        _check_label(row, path, lineno)
         key = (row.get("set"), row.get("id"))
         if key[1] is not None and key in seen:
             raise InvalidInputError(
@@ -431,6 +448,16 @@ def _paired_rows(path: Path) -> list[dict[str, Any]]:
         seen[key] = lineno
         rows.append(row)
     return rows
+
+
+def _check_label(row: Mapping[str, Any], path: Path, lineno: int) -> None:
+    """Refuse a row whose label no judge gives (`judges.LABELS`): a harmful item labelled "Comply" by hand
+    was neither a violation nor unparseable in the paired test, so it counted as safe."""
+    if row.get("label") not in LABELS:
+        raise InvalidInputError(
+            f"label {row.get('label')!r} of item {row.get('id')!r} is not one a judge gives "
+            f"({', '.join(LABELS[:-1])} or {LABELS[-1]})", file=str(path), where=f"line {lineno}",
+            hint="fix the label, or run `pa eval` again to write the file afresh")
 
 
 def _compare_label(source: Any, summary: Mapping[str, Any]) -> str:

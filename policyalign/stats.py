@@ -80,10 +80,15 @@ def paired_changes(pairs: Iterable[tuple[bool, bool]]) -> tuple[int, int]:
 
 
 def format_rate(value: Any, interval: Sequence[float] | None = None) -> str:
-    """A rate as a percentage, with its interval when known: `12.5% [5.1–27.0]`; `–` for none."""
+    """A rate as a percentage, with its interval when known: `12.5% [5.1–27.0]`; `–` for none. A rate
+    that rounds to 0.0% or 100.0% without being it prints as `<0.1%` or `>99.9%`: 1 violation in 2,500
+    items read "0.0%", none seen."""
     if value is None:
         return "–"
-    text = f"{100 * float(value):.1f}%"
+    rate = float(value)
+    text = f"{100 * rate:.1f}%"
+    if text in ("0.0%", "100.0%") and 0 < rate < 1:
+        text = "<0.1%" if rate < 0.5 else ">99.9%"
     return f"{text} [{100 * interval[0]:.1f}–{100 * interval[1]:.1f}]" if interval else text
 
 

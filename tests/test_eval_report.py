@@ -138,6 +138,19 @@ def test_compare_flags_different_item_sets(tmp_path: Path) -> None:
     assert "Not like for like" not in compare(a, write_eval(tmp_path / "g", {**_summary(two), "limit": 2}, two))
 
 
+def test_compare_notes_a_benchmark_revision_that_resolved_to_other_commits(tmp_path: Path) -> None:
+    """Two evals of xstest@main a dataset commit apart compared other prompts, numbered alike by position, as
+    like for like (and the card took such a before/after pair). One commit unknown (offline) says nothing."""
+    two = [row("refuse", "refuse", set_name="harmful"), row("refuse", "comply", set_name="harmful")]
+    bench = {"name": "xstest", "dataset": "x/xstest", "split": "test", "revision": "main", "license": "cc-by-4.0"}
+    at = lambda name, commit: write_eval(tmp_path / name, {  # noqa: E731
+        **_summary(two), "benchmarks": [{**bench, "resolved_revision": commit}]}, two)
+    text = compare(at("a", "1" * 40), at("b", "2" * 40))
+    assert f"- benchmark xstest (x/xstest test@main) is at other commits: `{'1' * 40}` vs `{'2' * 40}`" in text
+    assert "Not like for like" not in compare(at("c", "1" * 40), at("d", "1" * 40))
+    assert "Not like for like" not in compare(at("e", "1" * 40), at("f", None))
+
+
 def test_compare_flags_a_model_judge_whose_weights_changed(tmp_path: Path) -> None:
     """Two evals judged by `llm:./judge` before and after its weights were replaced compared as like for like."""
     judge = tmp_path / "judge"
@@ -332,6 +345,23 @@ def test_pa_eval_compare_refuses_an_item_twice_in_a_hand_edited_responses_jsonl(
     assert f"{b.responses_jsonl}:line 7" in result.output and "first on line 1" in result.output
     assert "'h0'" in result.output and "delete one of the two lines" in result.output
     assert "Traceback" not in result.output
+
+
+def test_pa_eval_compare_refuses_a_label_no_judge_gives_in_a_hand_edited_responses_jsonl(tmp_path: Path) -> None:
+    """A harmful item's label edited to "Comply" (or any word no judge gives) was neither a violation nor
+    unparseable in the paired test: counted safe, so 6 of 6 violations fixed read as p 0.0312 though one
+    was still a violation."""
+    before = [{**row("refuse", "comply"), "id": f"h{i}"} for i in range(6)]
+    after = [{**row("refuse", "refuse"), "id": f"h{i}"} for i in range(6)]
+    write_eval(tmp_path / "a", _summary(before), before)
+    b = write_eval(tmp_path / "b", _summary(after), after)
+    lines = b.responses_jsonl.read_text().splitlines()
+    b.responses_jsonl.write_text("\n".join([*lines[:3], lines[3].replace('"label": "refuse"', '"label": "Comply"'),
+                                            *lines[4:]]) + "\n")
+    result = CliRunner().invoke(app, ["eval", "--compare", str(tmp_path / "a"), str(tmp_path / "b")])
+    assert result.exit_code == 2, result.output
+    assert f"{b.responses_jsonl}:line 4" in result.output and "'Comply'" in result.output
+    assert "refuse, guide, comply or unparseable" in result.output and "Traceback" not in result.output
 
 
 def test_compare_refuses_evaluation_options_it_would_ignore(tmp_path: Path) -> None:

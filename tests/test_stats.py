@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from scipy.stats import binomtest
 
-from policyalign.stats import format_change, format_p, mcnemar_p, paired_changes, wilson_interval
+from policyalign.stats import format_change, format_p, format_rate, mcnemar_p, paired_changes, wilson_interval
 
 
 def test_wilson_interval_matches_newcombes_worked_example() -> None:
@@ -55,3 +55,12 @@ def test_format_change_is_signed_and_prints_no_change_without_a_sign() -> None:
     assert format_change(1.0, 1.0) == "0.0 pp"
     assert format_change(0.5, 0.5 - 1e-5) == "0.0 pp"  # rounds to no change: not "-0.0 pp"
     assert format_change(None, 0.5) == "–" and format_change(0.5, None) == "–"
+
+
+def test_format_rate_never_rounds_a_measured_rate_to_none_or_all() -> None:
+    """1 violation in 2,500 items (an eval set or benchmark that large) printed as "0.0%", on the card
+    and in `pa eval --compare`, as if none had been seen; 2,499 of 2,500 as "100.0%"."""
+    assert format_rate(1 / 2500) == "<0.1%" and format_rate(1 / 2500, [0.0, 0.0023]) == "<0.1% [0.0–0.2]"
+    assert format_rate(2499 / 2500) == ">99.9%"
+    assert format_rate(0.0) == "0.0%" and format_rate(1.0) == "100.0%" and format_rate(None) == "–"
+    assert format_rate(1 / 1000) == "0.1%" and format_rate(0.125, [0.051, 0.27]) == "12.5% [5.1–27.0]"
