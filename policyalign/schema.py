@@ -152,7 +152,7 @@ def schema_hint(error: Any) -> str:
     if error.validator == "not":  # schema_message gives the description already
         return ""
     description = error.schema.get("description") if isinstance(error.schema, dict) else None
-    return "; ".join(part for part in (_unquoted_text_hint(error), _single_value_hint(error), _range_hint(error),
+    return "; ".join(part for part in (_unquoted_text_hint(error), _single_value_hint(error), range_hint(error),
                                        description) if part)
 
 
@@ -160,7 +160,7 @@ def schema_hint(error: Any) -> str:
 _RANGE_WORDS = {"minimum": "at least", "exclusiveMinimum": "above", "maximum": "at most", "exclusiveMaximum": "below"}
 
 
-def _range_hint(error: Any) -> str:
+def range_hint(error: Any) -> str:
     """The whole range a number out of its bounds must land in: `lora_r: 0` was hinted only "LoRA rank.",
     and `learning_rate: 0` ("less than or equal to the minimum of 0") got no hint at all, nor its maximum.
     Empty for any other error."""
