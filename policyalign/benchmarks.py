@@ -9,6 +9,7 @@ meaningless.
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -96,10 +97,24 @@ def _benchmark_error(exc: Exception, dataset: str, revision: str) -> HubError:
 
     message = f"could not load benchmark {dataset!r} (revision {revision!r}): {exc}"
     offline = any(mark in str(exc).lower() for mark in ("offlinemodeisenabled", "offline mode is enabled"))
-    if not offline and outage_kind(exc) is not None:
+    if offline:
+        # The hint said "set HF_DATASETS_OFFLINE=1" to someone whose offline setting was what refused the download.
+        return HubError(f"could not load benchmark {dataset!r} (revision {revision!r}): {_offline_setting()} keeps "
+                        f"it from the Hub, and the datasets cache holds no copy ({exc})",
+                        hint="run it once with HF_HUB_OFFLINE and HF_DATASETS_OFFLINE unset where the Hub can be "
+                             "reached: datasets caches the benchmark (under HF_HOME), and offline runs read that copy")
+    if outage_kind(exc) is not None:
         return HubUnavailableError(message, hint=f"check the network connection or HF_ENDPOINT; {RETRY_HINT}")
     return HubError(message, hint="check network access to the Hugging Face Hub, or pre-populate the datasets cache "
                                   "and set HF_DATASETS_OFFLINE=1")
+
+
+def _offline_setting() -> str:
+    """The offline variables set in the environment, as `HF_HUB_OFFLINE=1`, for the message that names the cause."""
+    truthy = {"1", "ON", "YES", "TRUE"}
+    names = [f"{var}={os.environ[var]}" for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+             if os.environ.get(var, "").strip().upper() in truthy]
+    return " and ".join(names) or "offline mode"
 
 
 def _resolved_revision(dataset: str, revision: str) -> str | None:

@@ -145,7 +145,7 @@ def check_settings(settings: Mapping[str, Any], *, from_command_line: bool) -> N
 def setting_error(settings: Mapping[str, Any]) -> tuple[str, Any, str] | None:
     """(setting, value, what is wrong) for the first setting outside the pack schema's bounds; the
     caller names it the way its user wrote it (a flag, a pack key, a config-file key)."""
-    from .schema import schema_message, schema_text, validator_class
+    from .schema import range_hint, schema_message, schema_text, validator_class
 
     properties = json.loads(schema_text("pack.schema.json"))["properties"]["training"]["properties"]
     for name, value in settings.items():
@@ -155,8 +155,9 @@ def setting_error(settings: Mapping[str, Any]) -> tuple[str, Any, str] | None:
         if isinstance(plain, float) and not math.isfinite(plain):  # NaN passes every bound: no comparison is true
             return name, plain, "must be a finite number"
         error = next(validator_class()(properties[name]).iter_errors(plain), None)
-        if error is not None:
-            return name, plain, schema_message(error)
+        if error is not None:  # with the range it must land in: "give --lr a value the pack schema allows" said none
+            allowed = range_hint(error)
+            return name, plain, schema_message(error) + (f" ({allowed})" if allowed else "")
     return None
 
 

@@ -706,6 +706,8 @@ def _check_template(col: Collector, file: str, source: str, data: dict[str, Any]
         col.add(file, f"line {exc.line}" if exc.line else "", exc.message, exc.hint)
         return False
     uses = _uses_required_variables(col, file, source)
+    if not source.strip():  # "template is empty" says it all: "renders to an empty prompt" for a category repeated it
+        return False
     for cat in categories:
         variables = template_variables(str(data.get("name")), str(data.get("title")), str(data.get("summary")), cat, n)
         try:

@@ -12,7 +12,7 @@ import os
 import re
 from pathlib import Path
 
-from .errors import Problem
+from .errors import Problem, did_you_mean
 from .hub import case_clashes, is_safe_relpath, unportable_part
 from .templates import LONE_SURROGATE, text_problem
 
@@ -121,6 +121,14 @@ def confined_path(root: Path, rel: str) -> Path | str:
     return target
 
 
+def missing_file_hint(col: Collector, rel: str) -> str:
+    """The fix for a referenced file that is not there: the pack's file whose path is close to `rel`, if any.
+    "create the file or fix the path" alone left `policy: Policy.md` (the file is policy.md) or
+    `templates/plain.j2` (it is plain.jinja) to be spotted by eye; the close name says which it is."""
+    close = did_you_mean(rel, sorted(col.digested or ()))
+    return f"{close} Fix the path, or create the file" if close else "create the file or fix the path"
+
+
 def read_bounded(col: Collector, rel: str, limit: int, where: str, too_big: str = "split or shorten the file") -> str | None:
     """Read a referenced pack file as UTF-8, reporting escape, absence, size and encoding problems; `too_big` is
     the fix for a file over `limit` (a policy cannot be split: it is one system message)."""
@@ -135,7 +143,7 @@ def read_bounded(col: Collector, rel: str, limit: int, where: str, too_big: str 
         elif target.exists():  # a FIFO or device: `collect_files` names it too
             col.add(MANIFEST, where, f"referenced file {rel!r} is not a regular file", "make it a plain file in the pack")
         else:
-            col.add(MANIFEST, where, f"referenced file {rel!r} does not exist", "create the file or fix the path")
+            col.add(MANIFEST, where, f"referenced file {rel!r} does not exist", missing_file_hint(col, rel))
         return None
     if col.digested is not None and target.relative_to(col.root).as_posix() not in col.digested:
         # The digest pins the pack's content; a file it skips could change without changing the digest.

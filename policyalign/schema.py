@@ -152,7 +152,23 @@ def schema_hint(error: Any) -> str:
     if error.validator == "not":  # schema_message gives the description already
         return ""
     description = error.schema.get("description") if isinstance(error.schema, dict) else None
-    return "; ".join(part for part in (_unquoted_text_hint(error), _single_value_hint(error), description) if part)
+    return "; ".join(part for part in (_unquoted_text_hint(error), _single_value_hint(error), range_hint(error),
+                                       description) if part)
+
+
+# A numeric bound of the schema, as the range a fix must land in says it.
+_RANGE_WORDS = {"minimum": "at least", "exclusiveMinimum": "above", "maximum": "at most", "exclusiveMaximum": "below"}
+
+
+def range_hint(error: Any) -> str:
+    """The whole range a number out of its bounds must land in: `lora_r: 0` was hinted only "LoRA rank.",
+    and `learning_rate: 0` ("less than or equal to the minimum of 0") got no hint at all, nor its maximum.
+    Empty for any other error."""
+    if error.validator not in _RANGE_WORDS or not isinstance(error.schema, dict):
+        return ""
+    bounds = [f"{words} {error.schema[key]}" for key, words in _RANGE_WORDS.items() if key in error.schema]
+    kind = "an integer" if error.schema.get("type") == "integer" else "a number"
+    return f"use {kind} {' and '.join(bounds)}"
 
 
 def _single_value_hint(error: Any) -> str:

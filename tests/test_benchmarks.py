@@ -40,7 +40,11 @@ def test_benchmark_offline_is_a_clear_error(tmp_path: Path) -> None:
             "try:\n    load_benchmark('strongreject')\nexcept HubError as e:\n    print('HUBERROR', e)\n")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert "HUBERROR" in out.stdout, out.stderr[-2000:]
-    assert "walledai/StrongREJECT" in out.stdout and "HF_DATASETS_OFFLINE" in out.stdout
+    assert "walledai/StrongREJECT" in out.stdout
+    # the setting that refused it is named, and the fix is not "set HF_DATASETS_OFFLINE=1", which it already was
+    assert "HF_HUB_OFFLINE=1 and HF_DATASETS_OFFLINE=1 keeps it from the Hub, and the datasets cache holds no copy" \
+        in out.stdout, out.stdout
+    assert "set HF_DATASETS_OFFLINE=1" not in out.stdout and "HF_HUB_OFFLINE and HF_DATASETS_OFFLINE unset" in out.stdout
 
 
 def _hub_failing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, outage: bool) -> None:
@@ -84,4 +88,4 @@ def test_a_benchmark_the_hub_cannot_be_reached_for_is_an_outage_and_offline_mode
     if outage:
         assert info.value.exit_code == 3 and "worth retrying" in info.value.problem.hint, info.value
     else:
-        assert info.value.exit_code == 1 and "HF_DATASETS_OFFLINE=1" in info.value.problem.hint, info.value
+        assert info.value.exit_code == 1 and "HF_DATASETS_OFFLINE unset" in info.value.problem.hint, info.value

@@ -85,3 +85,15 @@ def test_epochs_given_alone_set_the_length_over_a_max_steps_default() -> None:
     assert under_given(recorded, {"max_steps": 9}) == {**recorded, "max_steps": 9}
     resumed = DistillConfig.from_pack({}, **under_given(recorded, {"num_epochs": 3}))
     assert (resumed.max_steps, resumed.num_epochs, resumed.lora_r) == (-1, 3.0, 8)
+
+
+@pytest.mark.parametrize(("given", "said"), [
+    ({"learning_rate": 0.0}, "--lr 0.0: 0.0 is less than or equal to the minimum of 0 (use a number above 0 and at most 1)"),
+    ({"lora_r": 0}, "--lora-r 0: 0 is less than the minimum of 1 (use an integer at least 1 and at most 1024)"),
+])
+def test_a_flag_out_of_its_bounds_is_told_its_range(given: dict, said: str) -> None:
+    """`pa apply --lr 0` said "less than or equal to the minimum of 0" and hinted "give --lr a value the pack
+    schema allows": neither said which values those are (the maximum least of all)."""
+    with pytest.raises(InvalidInputError) as info:
+        DistillConfig.from_pack({}, **given)
+    assert info.value.problem.message == said

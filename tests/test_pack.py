@@ -158,6 +158,16 @@ def test_broken_pack_reports_file_place_and_message(fixture_packs: Path, fault) 
     assert fault.expect[-1] in norm(result.output)
 
 
+def test_an_empty_template_is_one_problem(fixture_packs: Path) -> None:
+    """An empty template was reported twice: "template is empty", then "renders to an empty prompt for this
+    category" with a hint about `{% if %}` guards the template does not have. One fault, one problem."""
+    (fixture_packs / "root-pack" / "templates" / "plain.jinja").write_text("\n")
+    with pytest.raises(PackError) as info:
+        _load(fixture_packs, "root-pack")
+    about = [p for p in info.value.problems if p.file.endswith("plain.jinja")]
+    assert [p.message for p in about] == ["template is empty: the generator would be sent an empty prompt"]
+
+
 def test_each_unknown_field_is_placed_at_its_own_line(fixture_packs: Path) -> None:
     """`x: 1` at the top of pack.yaml was "pack.yaml:/: unknown field(s) (...)": placed at the whole manifest,
     no line, every unknown field in one problem with one hint."""

@@ -262,3 +262,31 @@ def test_a_policy_over_its_bound_is_told_to_be_shortened_not_split(fixture_packs
     [problem] = caught.value.problems
     assert problem.message.endswith("over the 131072-byte limit")
     assert problem.hint.startswith("shorten the policy: it is the system message of every teacher prompt"), problem
+
+
+@pytest.mark.parametrize(("field", "wrong", "right"), [
+    ("policy: policy.md", "Policy.md", "policy.md"),
+    ("file: templates/plain.jinja", "templates/plain.j2", "templates/plain.jinja"),
+    ("file: eval/harmful.jsonl", "eval/harmfull.jsonl", "eval/harmful.jsonl"),
+])
+def test_a_mistyped_path_names_the_file_it_is_close_to(fixture_packs: Path, field: str, wrong: str, right: str) -> None:
+    """`policy: Policy.md` (the file is policy.md) got "create the file or fix the path", leaving the pack's
+    author to spot the difference by eye; the hint names the pack's file that the path is close to."""
+    manifest = fixture_packs / "root-pack" / "pack.yaml"
+    key = field.split(":")[0]
+    manifest.write_text(manifest.read_text().replace(field, f"{key}: {wrong}"))
+    with pytest.raises(PackError) as info:
+        _load(fixture_packs, "root-pack")
+    [problem] = [p for p in info.value.problems if "does not exist" in p.message]
+    assert problem.message == f"referenced file {wrong!r} does not exist"
+    assert problem.hint == f"did you mean {right!r}? Fix the path, or create the file"
+
+
+def test_a_path_close_to_no_file_keeps_the_plain_hint(fixture_packs: Path) -> None:
+    """Nothing in the pack resembles the path: no guess, the plain fix."""
+    manifest = fixture_packs / "root-pack" / "pack.yaml"
+    manifest.write_text(manifest.read_text().replace("policy: policy.md", "policy: rules/text.txt"))
+    with pytest.raises(PackError) as info:
+        _load(fixture_packs, "root-pack")
+    [problem] = [p for p in info.value.problems if "does not exist" in p.message]
+    assert problem.hint == "create the file or fix the path"

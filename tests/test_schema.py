@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,22 @@ def test_a_list_field_given_one_bare_value_is_shown_the_list_syntax(fixture_pack
     [problem] = caught.value.problems  # not also "new category 'weapons' is missing title" and its eval items'
     assert problem.message == "'root-pack@^1' is not of type 'array'"
     assert problem.hint.startswith('write it as a list, even of one: ["root-pack@^1"]'), problem
+
+
+@pytest.mark.parametrize(("field", "value", "hint"), [
+    ("lora_r", "0", "use an integer at least 1 and at most 1024; LoRA rank."),
+    ("learning_rate", "0", "use a number above 0 and at most 1"),
+    ("filter_keep", "1.5", "use a number above 0 and at most 1; Fraction of synthesized instructions kept"),
+])
+def test_a_number_out_of_its_bounds_is_told_its_range(fixture_packs: Path, field: str, value: str, hint: str) -> None:
+    """`lora_r: 0` was hinted only with the field's description ("LoRA rank."), and `learning_rate: 0` got no
+    hint at all: neither said which values are allowed. The hint gives the whole range."""
+    manifest = fixture_packs / "root-pack" / "pack.yaml"
+    text = manifest.read_text()
+    assert "\ntraining:\n" in text, "fixture drifted: root-pack has no training section"
+    text = re.sub(rf"\n  {field}: .*", "", text)  # root-pack sets lora_r itself: a second one is a repeated key
+    manifest.write_text(text.replace("\ntraining:\n", f"\ntraining:\n  {field}: {value}\n", 1))
+    with pytest.raises(PackError) as caught:
+        load_pack(fixture_packs / "root-pack", registry=Registry([fixture_packs]))
+    [problem] = [p for p in caught.value.problems if p.where.startswith(f"/training/{field}")]
+    assert problem.hint.startswith(hint), problem.hint
