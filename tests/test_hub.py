@@ -238,6 +238,20 @@ def test_safe_paths() -> None:
     assert hub.is_safe_relpath("eval/harmful.jsonl")
 
 
+@pytest.mark.parametrize("name", ["COM\u00b9.md", "lpt\u00b2", "notes/Com\u00b3.json", "LPT\u00b9/x.md", "conin$", "CONOUT$.txt"])
+def test_a_superscript_port_or_a_console_name_is_a_windows_device_name(name: str) -> None:
+    """Windows reads the superscripts ¹ ² ³ as digits of a port name (`COM¹` is a port, as `COM1` is), and
+    CONIN$/CONOUT$ open the console as CON does: all passed as portable names, so such a pack installed on
+    Linux and failed, or wrote to a device, on Windows."""
+    assert hub.unportable_part(name) is not None and "is a Windows device name" in hub.unportable_part(name), name
+
+
+@pytest.mark.parametrize("name", ["COM0.md", "lpt0", "com10", "console.md", "COM\u2074"])
+def test_names_windows_writes_as_files_are_portable(name: str) -> None:
+    """COM0 and LPT0 are no devices (Windows writes `com0.c`), nor is a longer name or another superscript."""
+    assert hub.unportable_part(name) is None, name
+
+
 
 # --------------------------------------------------------------------------- tokens
 
