@@ -54,7 +54,7 @@ def test_pull_by_pack_without_a_token_does_not_say_a_private_adapter_is_unpublis
     anonymous = " ".join(cli.fails(1, "pull", "--pack", "hidden", token=None).stderr.split())
     assert "no public adapter is tagged pack:hidden" in anonymous and "nobody has published" not in anonymous
     assert "listed only to a token that can read them" in anonymous and "HF_TOKEN" in anonymous
-    wrong = " ".join(cli.fails(1, "pull", "--pack", "hidden", token="hf_notTheOwnersToken").stderr.split())
+    wrong = " ".join(cli.fails(1, "pull", "--pack", "hidden", token=cli.hub.other_token).stderr.split())
     assert "nobody has published an adapter tagged pack:hidden that this token can read" in wrong
     assert "best match: org/hidden-private" in cli.ok("pull", "--pack", "hidden", "--to", str(tmp_path / "p")).stdout
 
