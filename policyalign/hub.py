@@ -29,6 +29,9 @@ from .io import sync_directory, sync_tree
 
 DEFAULT_BRANCH = "main"
 LOGIN_HINT = "run `hf auth login` (or the older `huggingface-cli login`), or set HF_TOKEN"
+# The Hub's words for a token it does not know (mistyped, revoked), sent with a 401 to any request carrying one, a
+# public repository's read included; huggingface_hub reads them too, to tell that 401 from a repository not found.
+INVALID_TOKEN = "Invalid credentials in Authorization header"
 # What a transient failure (`HubUnavailableError`, exit code 3) adds to its hint: the fix is waiting, not editing.
 RETRY_HINT = "a network or Hub outage, not a problem with the command: worth retrying later (pa exits 3 for it)"
 # HTTP answers that say "not now" rather than "no": request timeout, too many requests (and every 5xx).
