@@ -137,17 +137,18 @@ def _plain_text(value: Any) -> bool:
 
 def choose_adapter(candidates: list[Candidate], pack_name: str, *, model: str | None = None,
                    local_version: str | None = None, local_digest: str | None = None,
-                   versions: "VersionRange | None" = None) -> Candidate:
+                   versions: "VersionRange | None" = None, token: str | None = None) -> Candidate:
     """The best candidate (`rank_adapters`' first)."""
     return rank_adapters(candidates, pack_name, model=model, local_version=local_version, local_digest=local_digest,
-                         versions=versions)[0]
+                         versions=versions, token=token)[0]
 
 
 def rank_adapters(candidates: list[Candidate], pack_name: str, *, model: str | None = None,
                   local_version: str | None = None, local_digest: str | None = None,
-                  versions: "VersionRange | None" = None) -> list[Candidate]:
+                  versions: "VersionRange | None" = None, token: str | None = None) -> list[Candidate]:
     """The candidates that match, best first: same base model, then the local pack's exact digest, then its
-    exact version; tags before main, then the most recently modified.
+    exact version; tags before main, then the most recently modified. `token` is the one `candidates` were
+    searched with (None: huggingface_hub's own, HF_TOKEN or the cached login), for the hint of an empty search.
 
     Without a local pack the newest pack version (in `versions`, when given) wins. Anything
     ambiguous or missing is a HubError that lists the candidates, so the user can pull one explicitly.
@@ -174,30 +175,31 @@ def rank_adapters(candidates: list[Candidate], pack_name: str, *, model: str | N
         pool = [c for c in pool if newest is None or (is_semver(c.pack_version) and Version.parse(c.pack_version) == newest)]
     if not pool:
         raise HubError(f"no published adapter matches {what}", file=f"pack:{pack_name}",
-                       hint=_candidates_hint(candidates, pack_name))
+                       hint=_candidates_hint(candidates, pack_name, token))
     if model is None and len({c.base_id for c in pool}) > 1:
         raise HubError(f"adapters for {what} exist for several base models; pass --model", file=f"pack:{pack_name}",
-                       hint=_candidates_hint(pool, pack_name))
+                       hint=_candidates_hint(pool, pack_name, token))
     # one precedence: the most recently modified was pulled, a choice between two policies the user could not see
     refuse_several_builds(sorted({c.pack_version for c in pool}), f"adapters for {what} were trained on",
-                          file=f"pack:{pack_name}", hint=_candidates_hint(pool, pack_name))
+                          file=f"pack:{pack_name}", hint=_candidates_hint(pool, pack_name, token))
     return sorted(pool, key=lambda c: (c.revision != DEFAULT_BRANCH, c.last_modified), reverse=True)
 
 
-def _candidates_hint(candidates: list[Candidate], pack_name: str) -> str:
+def _candidates_hint(candidates: list[Candidate], pack_name: str, token: str | None) -> str:
     if not candidates:
-        return _none_listed_hint(pack_name)
+        return _none_listed_hint(pack_name, token)
     lines = "\n".join(f"      {c.describe()}" for c in sorted(candidates, key=lambda c: (c.repo_id, c.revision)))
     return f"candidates (pull one with `pa pull ORG/NAME@REV`):\n{lines}"
 
 
-def _none_listed_hint(pack_name: str) -> str:
+def _none_listed_hint(pack_name: str, token: str | None) -> str:
     """Why the listing was empty. The Hub lists a private repository only to a token that can read it, so
     "nobody has published" was untrue to a user without a token (or with another user's) whose adapter
-    was private: say what was searched, and how to search the private ones too."""
+    was private: say what was searched, and how to search the private ones too. The token is the one the
+    search sent (`token`, else huggingface_hub's own): `pull_for_pack(token=...)` without a login was told to log in."""
     from huggingface_hub import get_token
 
-    if get_token():
+    if token or get_token():
         return f"nobody has published an adapter tagged pack:{pack_name} that this token can read"
     return (f"no public adapter is tagged pack:{pack_name}, and private ones are listed only to a token that can "
             f"read them: {LOGIN_HINT}")
@@ -224,7 +226,7 @@ def pull_for_pack(pack_spec: str, *, model: str | None = None, to: str | Path | 
         except PolicyAlignError:
             local_digest = None
     ranked = rank_adapters(find_adapters(pack_name, token=token), pack_name, model=model, versions=versions,
-                           local_version=local_version, local_digest=local_digest)
+                           local_version=local_version, local_digest=local_digest, token=token)
     return _pull_first_verified(ranked, to=to, token=token, registry=registry)
 
 

@@ -261,20 +261,29 @@ def recorded_adapter(adapter: str | None, out_dir: str | os.PathLike[str]) -> st
     return resolved.relative_to(run_dir).as_posix() if resolved.is_relative_to(run_dir) else adapter
 
 
-def trained_elsewhere(adapter: str | os.PathLike[str] | None, pack: "Pack") -> str | None:
-    """Which other pack (version, content) the adapter's policyalign.json says it was trained on, or None.
-
-    Measuring an adapter trained on mypol@1.1.0 against mypol@1.0.0's sets and policy is allowed (how does
-    the new adapter do on the old rules?) but was silent: the report reads as that of a mypol@1.0.0 adapter."""
+def adapter_notes(adapter: str | os.PathLike[str] | None, pack: "Pack", model: str) -> list[str]:
+    """What `pa eval --adapter` notes before it measures: the other pack (`trained_elsewhere`) and the other base
+    model (`trained_on_another_base`) the adapter's policyalign.json says it was trained on. The file is read
+    and parsed once here for both (each read it again), and one that cannot be read is named once."""
     from .card import PROVENANCE_FILE
 
     path = Path(adapter) / PROVENANCE_FILE if adapter else None
     if path is None or not path.is_file():
-        return None
+        return []
     try:
         recorded = read_json(path)
     except (OSError, PolicyAlignError) as error:  # the adapter loads without it: nothing else would say so
-        return f"{path} cannot be read ({error}), so which pack the adapter was trained on is unknown"
+        return [f"{path} cannot be read ({error}), so which pack the adapter was trained on is unknown"]
+    notes = (trained_elsewhere(recorded, path, pack), trained_on_another_base(recorded, model))
+    return [note for note in notes if note]
+
+
+def trained_elsewhere(recorded: Any, path: Path, pack: "Pack") -> str | None:
+    """Which other pack (version, content) `recorded`, the adapter's parsed policyalign.json at `path`, says it
+    was trained on, or None.
+
+    Measuring an adapter trained on mypol@1.1.0 against mypol@1.0.0's sets and policy is allowed (how does
+    the new adapter do on the old rules?) but was silent: the report reads as that of a mypol@1.0.0 adapter."""
     trained = recorded.get("pack") if isinstance(recorded, dict) else None
     if not isinstance(trained, dict):
         return f"{path} records no pack, so which pack the adapter was trained on is unknown"
@@ -287,26 +296,24 @@ def trained_elsewhere(adapter: str | os.PathLike[str] | None, pack: "Pack") -> s
             f"{pack.ref} (digest {pack.digest[:12]}): {fix}")
 
 
-def trained_on_another_base(adapter: str | os.PathLike[str] | None, model: str) -> str | None:
-    """Which other base model the adapter's policyalign.json says it was trained on, or None.
+def trained_on_another_base(recorded: Any, model: str) -> str | None:
+    """Which other base model `recorded`, the adapter's parsed policyalign.json, says it was trained on, or None.
 
     Only a Hub base at another commit was refused (`models._check_adapter_base`): a pulled `tiny` adapter
     on a local model, or an Instruct model's adapter on its base model (the same shapes, so it loads),
-    evaluated without a word, and the report read as the adapter's. A policyalign.json that cannot be read
-    or records no base says nothing here (`trained_elsewhere` names it); a model that cannot be resolved
-    is `evaluate`'s to report."""
+    evaluated without a word, and the report read as the adapter's. A record that holds no base says
+    nothing here (`trained_elsewhere`, or `adapter_notes` for a file that cannot be read, names it); a model
+    that cannot be resolved is `evaluate`'s to report."""
     from .card import PROVENANCE_FILE
     from .models import resolve_model
 
-    path = Path(adapter) / PROVENANCE_FILE if adapter else None
-    try:
-        recorded = read_json(path) if path is not None and path.is_file() else None
-        given = resolve_model(model).public()
-    except (OSError, PolicyAlignError):
-        return None
     base = recorded.get("base_model") if isinstance(recorded, dict) else None
     trained_id = base.get("id") if isinstance(base, dict) else None
     if not isinstance(trained_id, str) or not trained_id:
+        return None
+    try:
+        given = resolve_model(model).public()
+    except (OSError, PolicyAlignError):
         return None
     kind = base.get("kind")
     if trained_id.lower() == given.location.lower() and kind in (None, given.kind):

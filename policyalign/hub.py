@@ -29,6 +29,9 @@ from .io import sync_directory, sync_tree
 
 DEFAULT_BRANCH = "main"
 LOGIN_HINT = "run `hf auth login` (or the older `huggingface-cli login`), or set HF_TOKEN"
+# The Hub's words for a token it does not know (mistyped, revoked), sent with a 401 to any request carrying one, a
+# public repository's read included; huggingface_hub reads them too, to tell that 401 from a repository not found.
+INVALID_TOKEN = "Invalid credentials in Authorization header"
 # What a transient failure (`HubUnavailableError`, exit code 3) adds to its hint: the fix is waiting, not editing.
 RETRY_HINT = "a network or Hub outage, not a problem with the command: worth retrying later (pa exits 3 for it)"
 # HTTP answers that say "not now" rather than "no": request timeout, too many requests (and every 5xx).
@@ -371,9 +374,13 @@ def is_safe_relpath(rel: str) -> bool:
     return all(part not in ("", ".", "..") for part in rel.split("/"))
 
 
-# Names Windows keeps for devices, whatever their extension (`con.md` opens the console) and case.
+# Names Windows keeps for devices, whatever their extension (`con.md` opens the console) and case: COM and LPT
+# take the digits 1-9 and the Latin-1 superscripts ¹ ² ³, which Windows reads as digits too (`COM¹.md` is the
+# port); COM0 and LPT0 are ordinary file names (Windows 10 writes `com0.c`, which git for Windows found); CONIN$
+# and CONOUT$ open the console's input and output (CreateFile) as CON does.
 _WINDOWS_RESERVED = frozenset(':<>"|?*')
-_DEVICE_NAMES = frozenset({"con", "prn", "aux", "nul", *(f"{d}{n}" for d in ("com", "lpt") for n in range(1, 10))})
+_DEVICE_NAMES = frozenset({"con", "prn", "aux", "nul", "conin$", "conout$",
+                           *(f"{d}{n}" for d in ("com", "lpt") for n in "123456789\u00b9\u00b2\u00b3")})
 
 
 def unportable_part(rel: str) -> str | None:

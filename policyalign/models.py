@@ -499,7 +499,13 @@ def _model_error(ref: ModelRef, exc: Exception) -> ModelError:
     text = str(exc).strip()
     detail = text.splitlines()[0] if text else type(exc).__name__
     if ref.kind == "hub" and isinstance(exc, OSError):  # transformers wraps every Hub failure in OSError
+        from .hub import INVALID_TOKEN, LOGIN_HINT
+
         lowered = text.lower()
+        if INVALID_TOKEN.lower() in lowered:  # its 401 said "gated: accept its license", of a public model too
+            return ModelError(f"the Hub rejected the token (401 Unauthorized) while downloading {ref}",
+                              hint=f"the token in HF_TOKEN (or the cached login) is not valid: {LOGIN_HINT} with a "
+                                   "valid one, or unset HF_TOKEN to download a public model without one")
         if "gated" in lowered or "401" in lowered or "403" in lowered:
             return ModelError(
                 f"{ref} is gated on the Hugging Face Hub: {detail}",

@@ -28,15 +28,27 @@ def progress_bar(enabled: bool, total: int, label: str) -> Iterator[Callable[[in
             raise
 
 
-def stderr_console() -> Any:
-    """The rich Console progress bars draw on: stderr. rich answers a write into a closed pipe (`pa apply 2>&1 |
-    head`) by pointing stdout at /dev/null and raising `SystemExit(1)`, a failure to a script. Here the
-    BrokenPipeError goes on, for the CLI to end pa as output into any closed pipe (`cli.exit_closed_pipe`: 141).
-    Into a pipe rich draws a bar once, as it stops, in the thread that stops it: no refresh thread meets the pipe."""
+def piped_console(closed: Callable[[], Any] | None = None, **options: Any) -> Any:
+    """A rich Console (`options` are rich's) that leaves a write into a closed pipe to pa: rich's own answer, pointing
+    stdout at /dev/null and raising `SystemExit(1)`, is a failure to a script (`pa list | head -1`). `closed` is
+    called instead, the console quiet from then on (the CLI's `exit_closed_pipe`: 141); without it the
+    BrokenPipeError goes on, for the CLI to end pa the same way. The one such class, for stdout's console
+    (`cli.common.console`) and stderr's (`stderr_console`); rich loads here, only for what prints with it."""
     from rich.console import Console
 
     class PipedConsole(Console):
         def on_broken_pipe(self) -> None:
-            raise  # the BrokenPipeError that rich's write is handling
+            if closed is None:
+                raise  # the BrokenPipeError that rich's write is handling
+            self.quiet = True
+            closed()
 
-    return PipedConsole(stderr=True)
+    return PipedConsole(**options)
+
+
+def stderr_console() -> Any:
+    """The rich Console progress bars draw on: stderr. A write into a closed pipe (`pa apply 2>&1 | head`) raises
+    its BrokenPipeError (`piped_console`), for the CLI to end pa as output into any closed pipe
+    (`cli.exit_closed_pipe`: 141). Into a pipe rich draws a bar once, as it stops, in the thread that stops it: no
+    refresh thread meets the pipe."""
+    return piped_console(stderr=True)

@@ -18,11 +18,15 @@ the slash is added before forwarding; olah reports `tags: []` and `private: fals
 local repository, so listings are answered here from the card metadata instead.
 
 Both servers bind 127.0.0.1 on ephemeral ports; `HubServer.stop()` shuts both down.
-Writes need `Authorization: Bearer <token>` with the server's token (401 otherwise, with the
-Hub's "Invalid credentials" message). Reads of a public repository are open to anyone; a
-private repository is read only with the server's token (its owner's), and anyone else gets what
-huggingface.co answers for one: the not-found answer of a missing repository (401 with
-`X-Error-Code: RepoNotFound` without a token, 404 with one), so the client raises
+The server knows two tokens: its owner's (`token`, which every repository belongs to) and
+`other_token`, a real user's who owns nothing. Any other token is invalid, and huggingface.co
+answers every request carrying one, a public repository's read included, with 401 "Invalid
+credentials in Authorization header" (which the client raises as a plain 401, not as
+RepositoryNotFound); so does this server. Writes need the owner's token (401 otherwise, with that
+message). Reads of a public repository are open to anyone with no token or a known one; a
+private repository is read only with the owner's token, and anyone else gets what huggingface.co
+answers for one: the not-found answer of a missing repository (401 with `X-Error-Code:
+RepoNotFound` without a token, 404 with another user's), so the client raises
 `RepositoryNotFoundError` and cannot tell private from absent.
 """
 
@@ -53,6 +57,9 @@ import yaml
 REPO_TYPES = {"models": "model", "datasets": "dataset"}
 URL_PREFIX = {"model": "", "dataset": "datasets/"}
 USER = "pa-tester"
+# A valid token of another user of the Hub, who owns no repository here.
+OTHER_TOKEN = "hf_anotherUserOfThisHub7sK2pQ9"
+INVALID_TOKEN = "Invalid credentials in Authorization header"  # huggingface.co's words, which huggingface_hub reads
 LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {size}\n"
 POINTER_RE = re.compile(r"^version https://git-lfs\.github\.com/spec/v1\noid sha256:([0-9a-f]{64})\nsize (\d+)\n$")
 GITATTRIBUTES = "".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n" for p in (
@@ -339,9 +346,10 @@ REPO = r"/api/(?P<type>models|datasets)/(?P<org>[^/]+)/(?P<name>[^/]+)"
 class HubServer:
     """The write/listing half of the Hub on loopback, in front of olah (the read half)."""
 
-    def __init__(self, root: Path, token: str) -> None:
+    def __init__(self, root: Path, token: str, other_token: str = OTHER_TOKEN) -> None:
         self.root = root
         self.token = token
+        self.other_token = other_token
         self.store = GitStore(root)
         self.requests: list[tuple[str, str, int]] = []
         self.forged: dict[str, Response] = {}
@@ -462,6 +470,10 @@ class HubServer:
             if times > 0 and method == request.method and pattern.fullmatch(request.path):
                 outage[3] -= 1
                 return self.error(HubHTTPError(status, "Internal Error - We're working hard to fix this"))
+        try:
+            self.refuse_unknown_token(request)
+        except HubHTTPError as exc:
+            return self.error(exc)
         if request.method == "GET" and request.path in self.forged:
             return self.forged[request.path]
         for method, pattern, handler in self.routes:
@@ -480,7 +492,7 @@ class HubServer:
 
     def require_read(self, request: Request) -> None:
         """Refuse a read of a private repository to anyone but its owner the way the Hub does:
-        as if it were missing (401 anonymous, 404 with another token; RepoNotFound either way)."""
+        as if it were missing (401 anonymous, 404 with another user's token; RepoNotFound either way)."""
         repo = _read_target(request.path)
         if repo is None or self.authorized(request):
             return
@@ -522,7 +534,15 @@ class HubServer:
 
     def require_auth(self, request: Request) -> None:
         if not self.authorized(request):
-            raise HubHTTPError(401, "Invalid credentials in Authorization header")
+            raise HubHTTPError(401, INVALID_TOKEN)
+
+    def refuse_unknown_token(self, request: Request) -> None:
+        """A token the Hub does not know (mistyped, revoked) is refused on every request, a public repository's
+        read included, as huggingface.co refuses it: this server let it read public repositories, so no test
+        could see what pa says to a user whose HF_TOKEN is wrong and who pulls a public adapter or pack."""
+        given = request.headers.get("authorization")
+        if given is not None and given not in (f"Bearer {self.token}", f"Bearer {self.other_token}"):
+            raise HubHTTPError(401, INVALID_TOKEN)
 
     # -- endpoints
 

@@ -54,9 +54,25 @@ def test_pull_by_pack_without_a_token_does_not_say_a_private_adapter_is_unpublis
     anonymous = " ".join(cli.fails(1, "pull", "--pack", "hidden", token=None).stderr.split())
     assert "no public adapter is tagged pack:hidden" in anonymous and "nobody has published" not in anonymous
     assert "listed only to a token that can read them" in anonymous and "HF_TOKEN" in anonymous
-    wrong = " ".join(cli.fails(1, "pull", "--pack", "hidden", token="hf_notTheOwnersToken").stderr.split())
+    wrong = " ".join(cli.fails(1, "pull", "--pack", "hidden", token=cli.hub.other_token).stderr.split())
     assert "nobody has published an adapter tagged pack:hidden that this token can read" in wrong
     assert "best match: org/hidden-private" in cli.ok("pull", "--pack", "hidden", "--to", str(tmp_path / "p")).stdout
+
+
+def test_pull_for_pack_given_a_token_without_a_login_does_not_ask_to_log_in(cli: Cli, hub_server, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pull_for_pack(token=...)` searched with the token given, but the hint of an empty search looked for a
+    login (HF_TOKEN, the cached one) instead: without one it told a caller who had passed a token to log in."""
+    import huggingface_hub
+
+    with cli.inside():
+        monkeypatch.delenv("HF_TOKEN")
+        monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+        with pytest.raises(HubError) as info:
+            adapter_search.pull_for_pack("never-published", token=hub_server.token, to=tmp_path / "x")
+    hint = " ".join(info.value.problem.hint.split())
+    assert "nobody has published an adapter tagged pack:never-published that this token can read" in hint, hint
+    assert "hf auth login" not in hint
 
 
 def test_pull_by_pack_takes_a_version_range(cli: Cli, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

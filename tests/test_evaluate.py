@@ -417,28 +417,29 @@ def test_an_evaluation_refused_before_its_first_answer_leaves_no_folder(tmp_path
 def test_an_adapter_trained_on_another_version_of_the_pack_is_named(tmp_path: Path, fixture_packs: Path) -> None:
     """`pa eval root-pack@1.0.0 --adapter` of an adapter trained on root-pack@1.1.0 measured it against
     the old rules without a word; its report reads as that of an adapter of the pack it names."""
-    from policyalign.evaluate import trained_elsewhere
+    from policyalign.evaluate import adapter_notes
     from policyalign.registry import Registry
 
     pack = Registry([fixture_packs]).load("root-pack")
     adapter = tmp_path / "adapter"
     adapter.mkdir()
-    assert trained_elsewhere(adapter, pack) is None and trained_elsewhere(None, pack) is None  # nothing recorded
+    assert adapter_notes(adapter, pack, "tiny") == [] and adapter_notes(None, pack, "tiny") == []  # nothing recorded
     for version, digest, expected in (("1.0.0", pack.digest, None),
                                       ("1.1.0", "f" * 64, "`pa eval root-pack@1.1.0` measures it on the policy it learned"),
                                       ("1.0.0", "f" * 64, "the pack changed since, without a version bump")):
         (adapter / "policyalign.json").write_text(json.dumps({"pack": {"name": "root-pack", "version": version,
                                                                         "digest": digest}}))
-        note = trained_elsewhere(adapter, pack)
+        notes = adapter_notes(adapter, pack, "tiny")
         if expected is None:
-            assert note is None  # the very pack it was trained on
+            assert notes == []  # the very pack it was trained on
             continue
-        assert note is not None and expected in note
+        assert len(notes) == 1 and expected in notes[0], notes
+        note = notes[0]
         assert f"trained on root-pack@{version} (digest ffffffffffff), this evaluates it on root-pack@1.0.0" in note
     for broken, says in (("", "cannot be read"), ("[]", "records no pack")):  # it was skipped without a word
         (adapter / "policyalign.json").write_text(broken)
-        note = trained_elsewhere(adapter, pack)
-        assert note is not None and f"{adapter / 'policyalign.json'} {says}" in note and "unknown" in note
+        notes = adapter_notes(adapter, pack, "tiny")  # named once, though both notes need the file
+        assert len(notes) == 1 and f"{adapter / 'policyalign.json'} {says}" in notes[0] and "unknown" in notes[0], notes
 
 
 def test_an_adapter_trained_on_another_base_model_is_named(tmp_path: Path, peft_adapter: Path) -> None:
@@ -452,10 +453,10 @@ def test_an_adapter_trained_on_another_base_model_is_named(tmp_path: Path, peft_
     adapter, other = tmp_path / "adapter", tmp_path / "other-model"
     shutil.copytree(peft_adapter, adapter)
     shutil.copytree(tiny_model_path(), other)
-    assert trained_on_another_base(adapter, str(other)) is None  # no policyalign.json: nothing recorded
-    (adapter / "policyalign.json").write_text(json.dumps({"base_model": {"id": "tiny", "name": "tiny", "kind": "tiny"}}))
-    assert trained_on_another_base(adapter, "tiny") is None and trained_on_another_base(adapter, "TINY") is None
-    assert trained_on_another_base(adapter, "acme/unknown-model") is not None
+    tiny = {"base_model": {"id": "tiny", "name": "tiny", "kind": "tiny"}}
+    assert trained_on_another_base(tiny, "tiny") is None and trained_on_another_base(tiny, "TINY") is None
+    assert trained_on_another_base(tiny, "acme/unknown-model") is not None
+    (adapter / "policyalign.json").write_text(json.dumps(tiny))
     result = CliRunner().invoke(app, ["eval", "general", "--model", str(other), "--adapter", str(adapter), "--limit", "1",
                                       "--max-new-tokens", "2", "--no-drift", "--out", str(tmp_path / "e"),
                                       "--packs-path", str(ROOT / "packs")])
@@ -463,20 +464,18 @@ def test_an_adapter_trained_on_another_base_model_is_named(tmp_path: Path, peft_
     assert ("note: the adapter was trained on base model tiny (policyalign.json), this evaluates it on other-model: "
             "`--model tiny` measures it on the base it was trained on") in " ".join(result.output.split())
     hub = {"base_model": {"id": "Qwen/Qwen2.5-0.5B-Instruct", "name": "Qwen2.5-0.5B", "kind": "hub", "commit": "a" * 40}}
-    (adapter / "policyalign.json").write_text(json.dumps(hub))
     for same in ("Qwen/Qwen2.5-0.5B-Instruct", "qwen/qwen2.5-0.5b-instruct", f"Qwen/Qwen2.5-0.5B-Instruct@{'a' * 40}"):
-        assert trained_on_another_base(adapter, same) is None
-    note = trained_on_another_base(adapter, "Qwen/Qwen2.5-0.5B")
+        assert trained_on_another_base(hub, same) is None
+    note = trained_on_another_base(hub, "Qwen/Qwen2.5-0.5B")
     assert note is not None and f"`--model Qwen/Qwen2.5-0.5B-Instruct@{'a' * 40}`" in note
-    (adapter / "policyalign.json").write_text(json.dumps({"base_model": {"id": "my-model", "kind": "local"}}))
-    note = trained_on_another_base(adapter, "tiny")
+    local = {"base_model": {"id": "my-model", "kind": "local"}}
+    note = trained_on_another_base(local, "tiny")
     assert note is not None and "a local model directory named my-model" in note and "--model PATH/TO/my-model" in note
-    assert trained_on_another_base(adapter, str(other)) is not None
+    assert trained_on_another_base(local, str(other)) is not None
     shutil.copytree(tiny_model_path(), other.parent / "my-model")
-    assert trained_on_another_base(adapter, str(other.parent / "my-model")) is None  # its own name: no note
-    for broken in ("", "[]", '{"base_model": []}', '{"base_model": {"id": 3}}'):  # trained_elsewhere names these
-        (adapter / "policyalign.json").write_text(broken)
-        assert trained_on_another_base(adapter, "tiny") is None
+    assert trained_on_another_base(local, str(other.parent / "my-model")) is None  # its own name: no note
+    for broken in (None, [], {"base_model": []}, {"base_model": {"id": 3}}):  # adapter_notes names these, once
+        assert trained_on_another_base(broken, "tiny") is None
 
 
 @pytest.mark.slow

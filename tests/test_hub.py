@@ -98,7 +98,7 @@ def test_a_private_repository_read_without_its_owners_token_is_not_found_or_priv
     run = make_run(tmp_path / "run", make_pack(cli.packs, "secret"))
     cli.ok("push", str(run), "--repo-id", "org/secret-adapter", "--private")
     cli.ok("pack", "push", str(cli.packs / "secret"), "--repo-id", "org/secret-pack", "--private")
-    for token in (None, "hf_notTheOwnersToken"):
+    for token in (None, cli.hub.other_token):  # no token, another user's
         for args in (["pull", "org/secret-adapter", "--to", str(tmp_path / "pulled")], ["pack", "pull", "org/secret-pack"]):
             said = " ".join(cli.fails(1, *args, token=token).stderr.split())
             assert "repository not found (or private)" in said and "log in with a token that can read it" in said, said
@@ -238,6 +238,20 @@ def test_safe_paths() -> None:
     assert hub.is_safe_relpath("eval/harmful.jsonl")
 
 
+@pytest.mark.parametrize("name", ["COM\u00b9.md", "lpt\u00b2", "notes/Com\u00b3.json", "LPT\u00b9/x.md", "conin$", "CONOUT$.txt"])
+def test_a_superscript_port_or_a_console_name_is_a_windows_device_name(name: str) -> None:
+    """Windows reads the superscripts ¹ ² ³ as digits of a port name (`COM¹` is a port, as `COM1` is), and
+    CONIN$/CONOUT$ open the console as CON does: all passed as portable names, so such a pack installed on
+    Linux and failed, or wrote to a device, on Windows."""
+    assert hub.unportable_part(name) is not None and "is a Windows device name" in hub.unportable_part(name), name
+
+
+@pytest.mark.parametrize("name", ["COM0.md", "lpt0", "com10", "console.md", "COM\u2074"])
+def test_names_windows_writes_as_files_are_portable(name: str) -> None:
+    """COM0 and LPT0 are no devices (Windows writes `com0.c`), nor is a longer name or another superscript."""
+    assert hub.unportable_part(name) is None, name
+
+
 
 # --------------------------------------------------------------------------- tokens
 
@@ -259,6 +273,27 @@ def test_invalid_token_is_rejected_without_echoing_it(cli: Cli, hub_server, make
     assert "rejected the token (401 Unauthorized)" in result.stderr and "HF_TOKEN" in result.stderr
     assert wrong not in result.stdout + result.stderr
     assert not hub_server.store.exists("model", "org/badtoken")
+
+
+
+def test_an_invalid_token_reading_a_public_repository_is_named_as_the_problem(cli: Cli, make_run,  # type: ignore[no-untyped-def]
+                                                                               tmp_path: Path) -> None:
+    """The Hub refuses every request that carries a token it does not know (401), a public repository's read
+    included; the test Hub let such a token read, so what `pa pull`, `pa pack pull` and `pa pull --pack` say
+    to a user whose HF_TOKEN is mistyped or revoked was never seen. Each says the Hub rejected the token, with
+    the login fix, exit 1, without echoing it, and pulls nothing."""
+    wrong = "hf_WRONGwrongWRONG0123456789"
+    pack = make_pack(cli.packs, "opentoken")
+    cli.published(make_run(tmp_path / "run", pack), "org/opentoken")
+    cli.pack_published(pack, "org/opentoken-pack")
+    for args in (["pull", "org/opentoken", "--to", str(tmp_path / "pulled")], ["pack", "pull", "org/opentoken-pack"],
+                 ["pull", "--pack", "opentoken", "--to", str(tmp_path / "pulled")]):
+        result = cli.fails(1, *args, token=wrong)
+        said = " ".join(result.stderr.split())
+        assert "the Hub rejected the token (401 Unauthorized)" in said and "HF_TOKEN" in said, said
+        assert "not found" not in said and wrong not in result.stdout + result.stderr, said
+    assert not (tmp_path / "pulled").exists()
+    cli.ok("pull", "org/opentoken", "--to", str(tmp_path / "pulled"), token=None)  # public: no token reads it
 
 
 

@@ -330,6 +330,22 @@ def test_uncached_hub_model_offline_is_a_model_error_with_a_fix(offline_hub: obj
     assert "huggingface-cli download" in hint and "local directory" in hint
 
 
+def test_a_public_hub_model_refused_for_an_invalid_token_names_the_token(cli: Any, tmp_path: Path) -> None:
+    """The Hub answers 401 to a token it does not know (mistyped, revoked), a public model's download included:
+    pa read the 401 as a gated model ("accept its license on the Hub"), a fix that cannot work for a model that
+    has no license to accept. It names the token, and logging in again or unsetting HF_TOKEN."""
+    cli.hub.store.create("model", "org/open-model", False)
+    cli.hub.put_files("org/open-model", {p.name: p.read_bytes() for p in tiny.tiny_model_path().iterdir() if p.is_file()})
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "hi", "response": "no"}) + "\n")
+    judge = ("judge", str(pairs), "--judge", "llm:org/open-model", "--out", str(tmp_path / "judged.jsonl"))
+    result = cli.fails(1, *judge, token="hf_WRONGwrongWRONG0123456789")
+    said = " ".join(result.stderr.split())
+    assert "the Hub rejected the token (401 Unauthorized) while downloading org/open-model" in said, said
+    assert "gated" not in said and "unset HF_TOKEN" in said and "hf auth login" in said and "WRONG" not in said, said
+    cli.ok(*judge, token=None)  # public: no token downloads it
+
+
 def test_a_hub_out_of_reach_suggests_offline_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     """On a machine without internet `pa eval` of an uncached model spent ~50 s in huggingface_hub's
     retries before failing, and nothing said how to skip them."""

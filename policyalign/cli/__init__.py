@@ -361,7 +361,7 @@ class PaTyper(typer.Typer):
 
 # For scripts, under `pa --help` (README.md says more): the codes of errors.py's classes and of `exit_code`.
 EXIT_CODES = ("Exit codes: 0 success, 2 invalid input, 1 any other failure, 3 the Hub unavailable (unreachable, "
-              "timed out, HTTP 5xx or 429), worth retrying, 130 interrupted by Ctrl-C (143 by SIGTERM, 129 by SIGHUP), "
+              "timed out, HTTP 5xx, 429 or 408), worth retrying, 130 interrupted by Ctrl-C (143 by SIGTERM, 129 by SIGHUP), "
               "141 output into a closed pipe (pa list | head -1).")
 
 app = PaTyper(

@@ -80,25 +80,21 @@ def console():  # type: ignore[no-untyped-def]
     content: rich gave them 80 columns (or, piped from a terminal, the terminal's), so `pa list | cat` wrapped
     each title over three lines and cut the 12-character digests to "aefe0fdb2a…", and `pa runs | grep` found
     a run's path split over lines."""
-    from rich.console import Console
-    from rich.rule import Rule
-
+    from ..progress import piped_console
     from . import exit_closed_pipe
 
-    class PipedConsole(Console):  # here, not at the top: rich loads only for the commands that print with it
-        def on_broken_pipe(self) -> None:
-            """rich's own ends pa with exit 1, as a failure would (`pa list | head -1`): `exit_closed_pipe`'s 141."""
-            self.quiet = True
-            exit_closed_pipe()
-
-        def rule(self, title: str = "", **options: Any) -> None:
-            """A rule spans the console: on an unbounded one, the 80 columns it had, not a million."""
-            self.print(Rule(title, **options), width=PIPE_WIDTH if self.width == UNBOUNDED else None)
-
-    out = PipedConsole(highlight=False, soft_wrap=True)
+    out = piped_console(exit_closed_pipe, highlight=False, soft_wrap=True)  # `pa list | head -1`: 141
     if not out.is_terminal and not os.environ.get("COLUMNS", "").isdigit():
         out.width = UNBOUNDED
     return out
+
+
+def print_rule(out: Any, title: str) -> None:
+    """A rule across `out` (a `console()`) headed `title`: on an unbounded console, the 80 columns rich gives a pipe,
+    not a million."""
+    from rich.rule import Rule
+
+    out.print(Rule(title), width=PIPE_WIDTH if out.width == UNBOUNDED else None)
 
 
 def fold_table(*headers: str, fold: tuple[str, ...], **options: Any):  # type: ignore[no-untyped-def]

@@ -176,14 +176,13 @@ def eval_command(
     if not pack or not model:
         raise InvalidInputError("`pa eval` needs a PACK and --model (or --compare A B)",
                                 hint="e.g. pa eval general --model tiny, or pa eval --compare before/ after/")
-    from ..evaluate import evaluate, trained_elsewhere, trained_on_another_base
+    from ..evaluate import adapter_notes, evaluate
     from ..generation import greedy_params
     from .common import load
 
     loaded_pack = load(pack, packs_path)
-    for elsewhere in (trained_elsewhere(adapter, loaded_pack), trained_on_another_base(adapter, model)):
-        if elsewhere:
-            typer.echo(f"note: {elsewhere}", err=True)
+    for note in adapter_notes(adapter, loaded_pack, model):
+        typer.echo(f"note: {note}", err=True)
     out_dir = out or _default_out(f"{loaded_pack.name}-{loaded_pack.version}", model, adapter, policy_in_context, sets=_split_sets(sets),
                                   limit=limit, judge=judge, max_new_tokens=max_new_tokens,
                                   benchmarks=benchmark or (), no_drift=no_drift)

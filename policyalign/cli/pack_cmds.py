@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Optional
 import typer
 
 from . import app
-from .common import PacksPath, console, fold_table, load, print_json, registry
+from .common import PacksPath, console, fold_table, load, print_json, print_rule, registry
 
 if TYPE_CHECKING:
     from ..errors import Problem
@@ -96,7 +96,7 @@ def show(
     out.print(p.summary, markup=False)
     if p.extends:
         out.print(f"extends: {', '.join(p.extends)}", markup=False)
-    out.rule("policy (the teacher's system message)")
+    print_rule(out, "policy (the teacher's system message)")
     out.print(p.policy, markup=False)
     table = fold_table("category", "title", "action", "locked", "from", "seeds", fold=("category",))
     for cat in p.categories:
