@@ -6,8 +6,10 @@ disk refuses becomes.
 from __future__ import annotations
 
 import json
+import uuid
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from .errors import RunError
 
@@ -68,6 +70,40 @@ def _state_written(path: Path) -> bool:
 
 # Beside the checkpoints: the stage settings they were trained with (see stages.checkpoint_record).
 CHECKPOINT_RECORD = "trained_with.json"
+# The field of CHECKPOINT_RECORD naming the training that wrote the checkpoints beside it (`training_id`).
+TRAINING = "training"
+
+
+def training_id(checkpoints: Path, continuing: bool) -> str:
+    """The id to record for the training about to write into `checkpoints`: the recorded one when it
+    `continuing`ly trains on from them (a resumed training is the same training), else a new one.
+
+    Who wrote a checkpoint was told from its modification time against the command's start, which clock
+    skew, a run directory copied with its times (cp -p, rsync -a) or a coarse file system got wrong."""
+    if continuing:
+        recorded = read_record(checkpoints / CHECKPOINT_RECORD).get(TRAINING)
+        if isinstance(recorded, str) and recorded:
+            return recorded
+    return uuid.uuid4().hex
+
+
+def checkpoint_owner(run_dir: Path) -> tuple[Path, str | None] | None:
+    """The run's resume point and the id of the training that wrote it (None when its record holds none:
+    checkpoints written before the id was recorded, or by a `distill_run` given no record); None without one."""
+    point = resume_point(run_dir)
+    if point is None:
+        return None
+    recorded = read_record(point.parent / CHECKPOINT_RECORD).get(TRAINING)
+    return point, recorded if isinstance(recorded, str) and recorded else None
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """CHECKPOINT_RECORD's fields, or none where it is missing or unreadable (cut short by a kill)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def checkpoint_dir(run_dir: Path) -> Path:

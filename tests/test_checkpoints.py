@@ -54,3 +54,27 @@ def test_a_checkpoint_whose_weights_or_optimizer_a_crash_cut_short_is_not_resume
         path = tmp_path / f"checkpoint-{step}" / name
         path.write_bytes(path.read_bytes()[:-10])
     assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
+
+
+def test_a_fresh_training_gets_a_new_id_and_a_continued_one_keeps_it(tmp_path: Path) -> None:
+    """The id `pa distill`'s stop message tells an earlier training's checkpoints by (not their mtime, which
+    clock skew and copies made with cp -p got wrong). A record from before the id, or one cut short, has none."""
+    import json
+
+    from policyalign.checkpoints import checkpoint_owner, training_id
+
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    point = _checkpoint(checkpoints / "checkpoint-1")
+    record = checkpoints / "trained_with.json"
+    assert checkpoint_owner(tmp_path) == (point, None)  # no record at all
+    record.write_text(json.dumps({"resume_key": "k"}))  # written by a pa from before the id
+    assert checkpoint_owner(tmp_path) == (point, None)
+    assert training_id(checkpoints, continuing=True) != training_id(checkpoints, continuing=True)
+    record.write_text(json.dumps({"resume_key": "k", "training": "abc"}))
+    assert checkpoint_owner(tmp_path) == (point, "abc")
+    assert training_id(checkpoints, continuing=True) == "abc"
+    assert training_id(checkpoints, continuing=False) not in ("abc", training_id(checkpoints, continuing=False))
+    record.write_text('{"resume_key": "k", "trai')
+    assert checkpoint_owner(tmp_path) == (point, None)
+    assert checkpoint_owner(tmp_path / "nothing") is None
