@@ -39,14 +39,26 @@ def _files_whole(checkpoint: Path) -> bool:
 def _whole(path: Path) -> bool:
     """A safetensors file its header covers exactly, or a torch.save archive with its closing record."""
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(path), framework="pt"):
-                return True
-        except (OSError, SafetensorError):
-            return False
+        return _safetensors_whole(path)
     return zipfile.is_zipfile(path) if path.suffix in (".pt", ".pth", ".bin") else True
+
+
+def _safetensors_whole(path: Path) -> bool:
+    """Whether the file is as long as its header says, read without safetensors' torch loader: the stop message
+    of a `pa distill` stopped while torch imported asks this (`cli._checkpoint_kept`), and `safe_open(...,
+    framework="pt")` imported the half-imported torch again, a RuntimeError traceback in place of the message."""
+    try:
+        with path.open("rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(size)) if 0 < size <= HEADER_CAP else None
+        end = max((entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"), default=0)
+        return 8 + size + int(end) == path.stat().st_size
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return False
+
+
+# safetensors' own limit on a header's length (100 MB): a longer one is no header.
+HEADER_CAP = 100_000_000
 
 
 def save_error(exc: Exception, folder: Path) -> RunError:
