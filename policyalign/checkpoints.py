@@ -6,8 +6,10 @@ disk refuses becomes.
 from __future__ import annotations
 
 import json
+import uuid
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from .errors import RunError
 
@@ -37,14 +39,26 @@ def _files_whole(checkpoint: Path) -> bool:
 def _whole(path: Path) -> bool:
     """A safetensors file its header covers exactly, or a torch.save archive with its closing record."""
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(path), framework="pt"):
-                return True
-        except (OSError, SafetensorError):
-            return False
+        return _safetensors_whole(path)
     return zipfile.is_zipfile(path) if path.suffix in (".pt", ".pth", ".bin") else True
+
+
+def _safetensors_whole(path: Path) -> bool:
+    """Whether the file is as long as its header says, read without safetensors' torch loader: the stop message
+    of a `pa distill` stopped while torch imported asks this (`cli._checkpoint_kept`), and `safe_open(...,
+    framework="pt")` imported the half-imported torch again, a RuntimeError traceback in place of the message."""
+    try:
+        with path.open("rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(size)) if 0 < size <= HEADER_CAP else None
+        end = max((entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"), default=0)
+        return 8 + size + int(end) == path.stat().st_size
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return False
+
+
+# safetensors' own limit on a header's length (100 MB): a longer one is no header.
+HEADER_CAP = 100_000_000
 
 
 def save_error(exc: Exception, folder: Path) -> RunError:
@@ -68,6 +82,40 @@ def _state_written(path: Path) -> bool:
 
 # Beside the checkpoints: the stage settings they were trained with (see stages.checkpoint_record).
 CHECKPOINT_RECORD = "trained_with.json"
+# The field of CHECKPOINT_RECORD naming the training that wrote the checkpoints beside it (`training_id`).
+TRAINING = "training"
+
+
+def training_id(checkpoints: Path, continuing: bool) -> str:
+    """The id to record for the training about to write into `checkpoints`: the recorded one when it
+    `continuing`ly trains on from them (a resumed training is the same training), else a new one.
+
+    Who wrote a checkpoint was told from its modification time against the command's start, which clock
+    skew, a run directory copied with its times (cp -p, rsync -a) or a coarse file system got wrong."""
+    if continuing:
+        recorded = read_record(checkpoints / CHECKPOINT_RECORD).get(TRAINING)
+        if isinstance(recorded, str) and recorded:
+            return recorded
+    return uuid.uuid4().hex
+
+
+def checkpoint_owner(run_dir: Path) -> tuple[Path, str | None] | None:
+    """The run's resume point and the id of the training that wrote it (None when its record holds none:
+    checkpoints written before the id was recorded, or by a `distill_run` given no record); None without one."""
+    point = resume_point(run_dir)
+    if point is None:
+        return None
+    recorded = read_record(point.parent / CHECKPOINT_RECORD).get(TRAINING)
+    return point, recorded if isinstance(recorded, str) and recorded else None
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """CHECKPOINT_RECORD's fields, or none where it is missing or unreadable (cut short by a kill)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def checkpoint_dir(run_dir: Path) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from .adapter_save import loss_label, plot_loss, save_adapter
-from .checkpoints import CHECKPOINT_RECORD, checkpoint_dir, resume_point
+from .checkpoints import CHECKPOINT_RECORD, TRAINING, checkpoint_dir, resume_point, training_id
 from .distill_settings import SPEED_SWITCHES, target_modules_origin
 from .errors import RunError
 from .internalization import internalization
@@ -62,7 +62,9 @@ def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillCon
     `resume` continues the last checkpoint. One that has already trained more steps than
     `config` asks for is refused, or with `restart_if_past` (what `pa apply` wants) set aside
     for a fresh run. `record` (what the checkpoints are trained with) is written beside them
-    once training starts, not before: a failure before then leaves the old checkpoints theirs.
+    once training starts, not before: a failure before then leaves the old checkpoints theirs. It carries
+    the id of the training (kept when resuming, new when training afresh), by which a `pa distill` stopped
+    before its first step tells an earlier training's checkpoints from its own (`cli._checkpoint_kept`).
     `report_to` sends the training logs live to those integrations (`tracking`).
     """
     from .models import cpu_threads, load_model
@@ -90,8 +92,9 @@ def distill_run(run_dir: Path, pack: "Pack", model_name: str, config: DistillCon
             shutil.rmtree(checkpoints, ignore_errors=True)
         if finished and resume_from is not None:  # no step is trained: the checkpoint's switches made this adapter
             config, record = _as_trained(config, record, checkpoints)
-        if record is not None and main:
-            write_json(checkpoints / CHECKPOINT_RECORD, dict(record))
+        if record is not None and main:  # with the id of the training writing them, for `cli._checkpoint_kept`
+            write_json(checkpoints / CHECKPOINT_RECORD,
+                       {**record, TRAINING: training_id(checkpoints, continuing=resume_from is not None)})
         before = _measure(trainer, loaded, pack.policy, heldout, config, adapter_on=False) if main else None
         if finished and resume_from is not None:
             trainer.restore_finished(resume_from)

@@ -54,3 +54,68 @@ def test_a_checkpoint_whose_weights_or_optimizer_a_crash_cut_short_is_not_resume
         path = tmp_path / f"checkpoint-{step}" / name
         path.write_bytes(path.read_bytes()[:-10])
     assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
+
+
+def test_a_fresh_training_gets_a_new_id_and_a_continued_one_keeps_it(tmp_path: Path) -> None:
+    """The id `pa distill`'s stop message tells an earlier training's checkpoints by (not their mtime, which
+    clock skew and copies made with cp -p got wrong). A record from before the id, or one cut short, has none."""
+    import json
+
+    from policyalign.checkpoints import checkpoint_owner, training_id
+
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    point = _checkpoint(checkpoints / "checkpoint-1")
+    record = checkpoints / "trained_with.json"
+    assert checkpoint_owner(tmp_path) == (point, None)  # no record at all
+    record.write_text(json.dumps({"resume_key": "k"}))  # written by a pa from before the id
+    assert checkpoint_owner(tmp_path) == (point, None)
+    assert training_id(checkpoints, continuing=True) != training_id(checkpoints, continuing=True)
+    record.write_text(json.dumps({"resume_key": "k", "training": "abc"}))
+    assert checkpoint_owner(tmp_path) == (point, "abc")
+    assert training_id(checkpoints, continuing=True) == "abc"
+    assert training_id(checkpoints, continuing=False) not in ("abc", training_id(checkpoints, continuing=False))
+    record.write_text('{"resume_key": "k", "trai')
+    assert checkpoint_owner(tmp_path) == (point, None)
+    assert checkpoint_owner(tmp_path / "nothing") is None
+
+
+# `pa distill ARGS` (run like the `pa` console script) sending itself SIGTERM as torch starts importing.
+_STOPPED_WHILE_TORCH_IMPORTS = """
+import os, signal, sys
+class StopAtTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch.nn":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGTERM)
+sys.meta_path.insert(0, StopAtTorch())
+sys.argv = ["pa", "distill", *sys.argv[1:]]
+from policyalign.cli import main
+main()
+"""
+
+
+def test_a_distill_stopped_while_torch_imports_says_what_is_kept(recorded_run) -> None:  # type: ignore[no-untyped-def]
+    """The stop message asks whether the run's checkpoint is whole; safetensors' `safe_open(framework="pt")`
+    imported torch for that, which the stop had cut off mid-import: `RuntimeError: generic_type: cannot initialize
+    type ...` and a traceback, exit 1, in place of the message and exit 143. The header is read without torch."""
+    import subprocess
+    import sys
+
+    run, _ = recorded_run
+    (run / "checkpoints").mkdir()
+    _checkpoint(run / "checkpoints" / "checkpoint-2")
+    proc = subprocess.run([sys.executable, "-c", _STOPPED_WHILE_TORCH_IMPORTS, str(run), "--max-steps", "2"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "the checkpoints in the run directory are an earlier training's" in proc.stderr
+
+
+def test_a_safetensors_file_is_whole_only_as_long_as_its_header_says(tmp_path: Path) -> None:
+    """Read without torch (see above), the check still refuses a file cut short, grown, or with no header."""
+    weights = _checkpoint(tmp_path / "checkpoint-1") / "adapter_model.safetensors"
+    data = weights.read_bytes()
+    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-1"
+    for broken in (data[:-1], data + b"\0", data[:8], b"", b"\xff" * 16):
+        weights.write_bytes(broken)
+        assert last_complete_checkpoint(tmp_path) is None, broken[:16]

@@ -137,6 +137,64 @@ def test_a_fresh_distill_stopped_before_its_first_step_does_not_suggest_continui
                                    f"{shlex.join(['pa', 'distill', str(run), *flags, '--resume'])}\n"), resumed.stderr
 
 
+@pytest.mark.parametrize("recorded", [{"training": "an-earlier-one"}, None], ids=["with-id", "before-ids"])
+def test_an_earlier_trainings_checkpoint_newer_than_the_command_is_still_called_earlier(  # type: ignore[no-untyped-def]
+        recorded_run, recorded) -> None:
+    """Who wrote a checkpoint was told by its modification time against the command's start: a run directory
+    copied with its times (cp -p, rsync -a) from a machine whose clock runs ahead, or a clock stepped back, made an
+    earlier training's checkpoint look like this command's, and `pa distill` stopped while the model loaded told
+    the user to --resume it. The training's id beside the checkpoints says whose they are, whatever their times;
+    checkpoints recorded without one (a pa from before the id) are never this command's, which records its own."""
+    import shlex
+    import time
+
+    import torch
+    from safetensors.torch import save_file
+
+    run, _ = recorded_run
+    earlier = run / "checkpoints" / "checkpoint-2"
+    earlier.mkdir(parents=True)
+    save_file({"w": torch.zeros(1)}, str(earlier / "adapter_model.safetensors"))
+    (earlier / "trainer_state.json").write_text("{}")
+    if recorded is not None:
+        (run / "checkpoints" / "trained_with.json").write_text(json.dumps(recorded))
+    ahead = time.time() + 86400  # written "tomorrow" by the clock of the machine it was copied from
+    os.utime(earlier, (ahead, ahead))
+    flags = ["--max-steps", "2", "--batch-size", "2", "--max-new-tokens", "4"]
+    proc = subprocess.run([sys.executable, "-c", _STOPPED_WHILE_LOADING, str(run), *flags], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    assert proc.stderr.endswith(
+        "\nstopped by SIGTERM before any training step was finished: the checkpoints in the run directory are an "
+        "earlier training's, which --resume would continue instead of this one; to start training from the "
+        f"beginning, run: {shlex.join(['pa', 'distill', str(run), *flags])}\n"), proc.stderr
+
+
+def test_a_checkpoint_this_training_wrote_is_its_own_whatever_its_time(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The other way round: a checkpoint whose record carries an id other than the one found as `pa distill`
+    started was written by this command's training, even with a time from before it started (a clock stepped
+    back, a file system keeping coarse times), and the stop message offers --resume."""
+    import click
+    import torch
+    from safetensors.torch import save_file
+
+    from policyalign.cli import FOUND, PARAMS, _checkpoint_kept
+
+    checkpoint = tmp_path / "checkpoints" / "checkpoint-2"
+    checkpoint.mkdir(parents=True)
+    save_file({"w": torch.zeros(1)}, str(checkpoint / "adapter_model.safetensors"))
+    (checkpoint / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoints" / "trained_with.json").write_text(json.dumps({"training": "this-one"}))
+    os.utime(checkpoint, (1, 1))
+    ctx = click.Context(click.Command("distill"))
+    for found, expected in ((None, (True, False)), ((checkpoint, "an-earlier-one"), (True, False)),
+                            ((checkpoint, "this-one"), (False, True))):
+        ctx.meta.update({PARAMS: {"run_dir": tmp_path, "resume": False}, FOUND: found})
+        assert _checkpoint_kept("distill", ctx) == expected, found
+    ctx.meta[PARAMS] = {"run_dir": tmp_path, "resume": True}  # --resume continues whichever it finds
+    assert _checkpoint_kept("distill", ctx) == (True, False)
+
+
 # Run like the `pa` console script (`from policyalign.cli import main; main()`), sending itself a real SIGINT
 # at one moment before a command runs: while a module loads (a meta path hook), or inside an eval of text
 # while typer builds the command (where CPython then also marked the caught Ctrl-C unhandled).

@@ -228,6 +228,20 @@ def test_a_restored_checkpoint_records_the_speed_switches_it_was_trained_with(re
     assert read_manifest(run)["stages"]["distill"]["config"]["prefix_cache"] is True
 
 
+def test_checkpoints_record_the_training_that_wrote_them_and_a_resume_keeps_it(recorded_run) -> None:
+    """`pa distill` stopped before its first step told an earlier training's checkpoints from its own by their
+    modification time; each training now records an id beside them (`checkpoints.training_id`), which a training
+    resumed from them keeps (it is the same training) and a fresh one replaces."""
+    run, _ = recorded_run
+    options = {"max_steps": 2, "max_new_tokens": 4, "batch_size": 4, "save_steps": 2}
+    run_distill(run, overrides=options, progress=False)
+    record = checkpoint_dir(run) / "trained_with.json"
+    first = json.loads(record.read_text())["training"]
+    run_distill(run, resume=True, overrides={**options, "max_steps": 3}, progress=False)
+    assert json.loads(record.read_text())["training"] == first
+    assert json.loads(record.read_text())["resume_key"]  # beside the settings, not instead of them
+
+
 def test_a_packs_misspelt_target_module_names_the_pack_file_and_entry(run_dir, fixture_packs: Path) -> None:
     """`pa distill` blamed "--target-modules, else the pack's training.target_modules" for a pack's typo, naming
     no file and no entry: it names the pack's pack.yaml, the entry, and the module meant."""

@@ -27,8 +27,9 @@ CLOSED_PIPE = 141
 TYPED = "policyalign.typed"
 # Where `PaCommand.invoke` keeps the command's parameters, in that meta, for the stop message (`_checkpoint_kept`).
 PARAMS = "policyalign.params"
-# Where it keeps when the command started (time.time()), for the stop message to tell this run's checkpoints.
-STARTED = "policyalign.started"
+# Where it keeps, for `pa distill`, the checkpoint found as the command started and the training that wrote it
+# (`checkpoints.checkpoint_owner`), for the stop message to tell an earlier training's checkpoints from this one's.
+FOUND = "policyalign.found"
 
 
 def exit_code(exc: KeyboardInterrupt) -> int:
@@ -205,7 +206,8 @@ class PaCommand(PipedHelp, TyperCommand):
 
     def invoke(self, ctx):  # type: ignore[no-untyped-def]
         ctx.meta[PARAMS] = ctx.params  # the stop message reads them (`_checkpoint_kept`)
-        ctx.meta[STARTED] = time.time()
+        if ctx.command.name == "distill":
+            ctx.meta[FOUND] = _checkpoint_found(ctx.params.get("run_dir"))
         return super().invoke(ctx)
 
 
@@ -322,23 +324,43 @@ def _checkpoint_kept(command: str | None, ctx: Any) -> tuple[bool, bool]:
     """(kept, earlier): whether a stopped `pa distill` left a checkpoint in its run directory for --resume
     (`checkpoints.resume_point`), and whether that is an earlier training's. One stopped before its first step
     ended (while the model loaded) has none of its own; without --resume, the checkpoints there then are those of
-    an earlier training, written before this command started (it removes them once its trainer is built).
+    an earlier training (it removes them once its trainer is built). Told by identity, not by clock: a training
+    records its id beside its checkpoints before its first step (`checkpoints.training_id`), so the checkpoint
+    is an earlier training's when it is the one found as the command started (`FOUND`), trained by the same
+    training, or when its record holds no id: written by a pa from before the id was recorded, or by no
+    training of this command, which writes its id before it writes a checkpoint. (Their modification time,
+    compared with the command's start, was wrong after clock skew or a run directory copied with its times.)
     (True, False) for other commands, and where the directory cannot be read: the message then says what it
     always said."""
     params = ctx.meta.get(PARAMS) or {}
     run_dir = params.get("run_dir") if command == "distill" else None
     if run_dir is None:
         return True, False
-    from ..checkpoints import resume_point
+    from ..checkpoints import checkpoint_owner
 
     try:
-        point = resume_point(run_dir)
-        if point is None:
-            return False, False
-        earlier = not params.get("resume") and point.stat().st_mtime < ctx.meta.get(STARTED, 0.0)
+        found = checkpoint_owner(run_dir)
     except OSError:
         return True, False
+    if found is None:
+        return False, False
+    at_start = ctx.meta.get(FOUND)
+    training = found[1]
+    earlier = not params.get("resume") and (training is None or (at_start is not None and training == at_start[1]))
     return not earlier, earlier
+
+
+def _checkpoint_found(run_dir: Any) -> tuple[Any, str | None] | None:
+    """`checkpoints.checkpoint_owner` of `pa distill`'s run directory as it starts; None where it cannot say
+    (no directory, an unreadable one): the command itself then says what is wrong."""
+    if run_dir is None:
+        return None
+    from ..checkpoints import checkpoint_owner
+
+    try:
+        return checkpoint_owner(run_dir)
+    except OSError:
+        return None
 
 
 def _run_again(typed: list[str] | None, needed: str = "") -> str:
