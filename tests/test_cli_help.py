@@ -85,21 +85,47 @@ main()
 """
 
 
+_FLAGS = ["--max-steps", "2", "--batch-size", "2", "--max-new-tokens", "4"]
+_EARLIER = ("\nstopped by SIGTERM before any training step was finished: the checkpoints in the run directory are an "
+            "earlier training's, which --resume would continue instead of this one; to start training from the "
+            "beginning, run: ")
+
+
+def _stopped_while_loading(run, *extra: str):  # type: ignore[no-untyped-def]
+    """`pa distill RUN _FLAGS EXTRA` stopped by SIGTERM while its model loads (`_STOPPED_WHILE_LOADING`)."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", _STOPPED_WHILE_LOADING, str(run), *_FLAGS, *extra],
+                          capture_output=True, text=True, timeout=300)
+
+
+def _complete_checkpoint(run, modified: float):  # type: ignore[no-untyped-def]
+    """A complete checkpoint-2 (`checkpoints.resume_point`) in RUN's checkpoints, modified at `modified`."""
+    import os
+
+    import torch
+    from safetensors.torch import save_file
+
+    kept = run / "checkpoints" / "checkpoint-2"
+    kept.mkdir(parents=True)
+    save_file({"w": torch.zeros(1)}, str(kept / "adapter_model.safetensors"))
+    (kept / "trainer_state.json").write_text("{}")
+    os.utime(kept, (modified, modified))
+    return kept
+
+
 def test_a_distill_stopped_before_its_first_step_says_it_starts_from_the_beginning(recorded_run, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Stopped while the model loaded, `pa distill` said its checkpoints were kept and to continue from the last
     one with --resume: there was none, and the run it suggested trained from the start all the same."""
     import shlex
-    import subprocess
-    import sys
 
     run, _ = recorded_run
-    flags = ["--max-steps", "2", "--batch-size", "2", "--max-new-tokens", "4"]
-    proc = subprocess.run([sys.executable, "-c", _STOPPED_WHILE_LOADING, str(run), *flags], capture_output=True,
-                          text=True, timeout=300)
+    proc = _stopped_while_loading(run)
     assert proc.returncode == 143, proc.stderr[-2000:]
     assert proc.stderr.endswith(
         "\nstopped by SIGTERM before any training step was finished: there is no checkpoint to continue from; "
-        f"to start training from the beginning, run: {shlex.join(['pa', 'distill', str(run), *flags])}\n"), proc.stderr
+        f"to start training from the beginning, run: {shlex.join(['pa', 'distill', str(run), *_FLAGS])}\n"), proc.stderr
     assert "--resume" not in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -107,34 +133,18 @@ def test_a_fresh_distill_stopped_before_its_first_step_does_not_suggest_continui
         recorded_run) -> None:
     """A `pa distill` without --resume removes an earlier training's checkpoints once its trainer is built; stopped
     while the model loaded, those were still there, and it suggested --resume, which continues that training."""
-    import os
     import shlex
-    import subprocess
-    import sys
-
-    import torch
-    from safetensors.torch import save_file
 
     run, _ = recorded_run
-    earlier = run / "checkpoints" / "checkpoint-2"  # an earlier training's, complete (`checkpoints.resume_point`)
-    earlier.mkdir(parents=True)
-    save_file({"w": torch.zeros(1)}, str(earlier / "adapter_model.safetensors"))
-    (earlier / "trainer_state.json").write_text("{}")
-    os.utime(earlier, (1, 1))
-    flags = ["--max-steps", "2", "--batch-size", "2", "--max-new-tokens", "4"]
-    proc = subprocess.run([sys.executable, "-c", _STOPPED_WHILE_LOADING, str(run), *flags], capture_output=True,
-                          text=True, timeout=300)
+    _complete_checkpoint(run, modified=1)  # an earlier training's
+    proc = _stopped_while_loading(run)
     assert proc.returncode == 143, proc.stderr[-2000:]
-    assert proc.stderr.endswith(
-        "\nstopped by SIGTERM before any training step was finished: the checkpoints in the run directory are an "
-        "earlier training's, which --resume would continue instead of this one; to start training from the "
-        f"beginning, run: {shlex.join(['pa', 'distill', str(run), *flags])}\n"), proc.stderr
+    assert proc.stderr.endswith(f"{_EARLIER}{shlex.join(['pa', 'distill', str(run), *_FLAGS])}\n"), proc.stderr
     assert "Traceback" not in proc.stderr
 
-    resumed = subprocess.run([sys.executable, "-c", _STOPPED_WHILE_LOADING, str(run), *flags, "--resume"],
-                             capture_output=True, text=True, timeout=300)  # told to continue it: it is the one kept
+    resumed = _stopped_while_loading(run, "--resume")  # told to continue it: it is the one kept
     assert resumed.stderr.endswith("to continue from the last checkpoint, run: "
-                                   f"{shlex.join(['pa', 'distill', str(run), *flags, '--resume'])}\n"), resumed.stderr
+                                   f"{shlex.join(['pa', 'distill', str(run), *_FLAGS, '--resume'])}\n"), resumed.stderr
 
 
 @pytest.mark.parametrize("recorded", [{"training": "an-earlier-one"}, None], ids=["with-id", "before-ids"])
@@ -148,26 +158,13 @@ def test_an_earlier_trainings_checkpoint_newer_than_the_command_is_still_called_
     import shlex
     import time
 
-    import torch
-    from safetensors.torch import save_file
-
     run, _ = recorded_run
-    earlier = run / "checkpoints" / "checkpoint-2"
-    earlier.mkdir(parents=True)
-    save_file({"w": torch.zeros(1)}, str(earlier / "adapter_model.safetensors"))
-    (earlier / "trainer_state.json").write_text("{}")
+    _complete_checkpoint(run, modified=time.time() + 86400)  # "tomorrow" by the clock of the machine it came from
     if recorded is not None:
         (run / "checkpoints" / "trained_with.json").write_text(json.dumps(recorded))
-    ahead = time.time() + 86400  # written "tomorrow" by the clock of the machine it was copied from
-    os.utime(earlier, (ahead, ahead))
-    flags = ["--max-steps", "2", "--batch-size", "2", "--max-new-tokens", "4"]
-    proc = subprocess.run([sys.executable, "-c", _STOPPED_WHILE_LOADING, str(run), *flags], capture_output=True,
-                          text=True, timeout=300)
+    proc = _stopped_while_loading(run)
     assert proc.returncode == 143, proc.stderr[-2000:]
-    assert proc.stderr.endswith(
-        "\nstopped by SIGTERM before any training step was finished: the checkpoints in the run directory are an "
-        "earlier training's, which --resume would continue instead of this one; to start training from the "
-        f"beginning, run: {shlex.join(['pa', 'distill', str(run), *flags])}\n"), proc.stderr
+    assert proc.stderr.endswith(f"{_EARLIER}{shlex.join(['pa', 'distill', str(run), *_FLAGS])}\n"), proc.stderr
 
 
 def test_a_checkpoint_this_training_wrote_is_its_own_whatever_its_time(tmp_path) -> None:  # type: ignore[no-untyped-def]
