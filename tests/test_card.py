@@ -72,6 +72,25 @@ def test_eval_table_numbers(tmp_path: Path, make_run) -> None:  # type: ignore[n
     assert "| 10.0% | 5.0% | -5.0 pp |" in body
 
 
+def test_the_card_says_whether_each_change_was_for_the_better(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
+    """The card's Change column was a bare signed number; card.LOWER_IS_BETTER said which way each rate improves
+    but nothing read it. The card's tables now end with "better" or "worse" by `metrics.BETTER`, the directions
+    `pa eval --compare` uses, and its prose takes them from there too."""
+    run = make_run(tmp_path / "run", ROOT_PACK)
+    after = json.loads((run / "eval" / "after" / "eval.json").read_text())
+    benign = after["sets"]["benign"]
+    benign["over_refusal_rate"] = 0.2  # 10% before: more benign prompts refused after training
+    benign["per_category"] = {c: {"over_refusal_rate": 0.2} for c in benign["per_category"]}
+    (run / "eval" / "after" / "eval.json").write_text(json.dumps(after))
+    _, body = card.parse_card(_render(run))
+    assert "| Change | p (paired) | After vs before |" in body
+    assert "| 50.0% | 12.5% | -37.5 pp | – | better |" in body
+    assert "| 10.0% | 20.0% | +10.0 pp | – | worse |" in body
+    assert "| 50.0% | 12.5% | -37.5 pp | better |" in body  # a category of the harmful set
+    assert "harmful prompts the model helped with\n(lower is better)" in body
+    assert not hasattr(card, "LOWER_IS_BETTER")  # one place says which way a rate improves: metrics.BETTER
+
+
 def test_the_card_names_the_judges_rules(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
     """The card said only "Judge: refusal": two adapters evaluated under other versions of the refusal
     detector's rules (or of an llm: judge's prompt), whose same answers may be labelled otherwise, had cards
