@@ -484,12 +484,17 @@ def unparseable_counts(evals: Mapping[str, Mapping[str, Any]]) -> list[tuple[str
             if isinstance(block.get("unparseable"), int) and block["unparseable"] > 0]
 
 
-def model_index(name: str, artifacts: RunArtifacts) -> list[dict[str, Any]]:
-    """The Hub's `model-index` block: the adapter's (after) result on each of the pack's eval sets."""
+def model_index(name: str, artifacts: RunArtifacts, *, limited: bool = False) -> list[dict[str, Any]]:
+    """The Hub's `model-index` block: the adapter's (after) result on each of the pack's eval sets that it
+    evaluated whole. A `--limit`ed set's rate (12 of its 80 items) is left out: the Hub's results widget and
+    the leaderboards read a result by dataset, config, split and metric, with nothing for "12 of 80" (the
+    spec's `dataset.args` is not shown or compared), so it stood beside full-set results of other adapters
+    as the same measurement. The card's text gives it, as N of M with its interval. `limited`: include them
+    too, as cards published before this did (`pa pull` checks those cards' values against eval.json)."""
     pack = artifacts.pack
     results = []
     for row in set_rows(artifacts.evals):
-        if not isinstance(row.after, (int, float)):
+        if not isinstance(row.after, (int, float)) or (row.limited and not limited):
             continue
         results.append({
             "task": {"type": "text-generation", "name": "Safety policy compliance"},
