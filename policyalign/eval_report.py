@@ -191,12 +191,13 @@ def _in_context(summary: Mapping[str, Any]) -> str:
 
 
 def _bars(ax: Any, xs: Sequence[float], values: Sequence[float | None], width: float, label: str) -> None:
-    """Bars labelled with their value, and "n/a" where a rate has no items: a 0% bar and a
+    """Bars labelled with their value as the tables print it (`format_rate`: 0.4% is "0.4%", 1 in 2,500
+    "<0.1%"; whole percents gave "0%", as if none), and "n/a" where a rate has no items: a 0% bar and a
     missing one look alike otherwise."""
     heights = [float(v) if v is not None else 0.0 for v in values]
     ax.bar(xs, heights, width, label=label)
     for x, value, height in zip(xs, values, heights):
-        text = "n/a" if value is None else f"{100 * float(value):.0f}%"
+        text = "n/a" if value is None else format_rate(value)
         ax.text(x, height + 0.01, text, ha="center", va="bottom", fontsize=6, rotation=90)
 
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from policyalign.cli import app
 from policyalign.errors import InvalidInputError
-from policyalign.eval_report import compare, plot_before_after, render_report, write_eval
+from policyalign.eval_report import _bars, _pyplot, compare, plot_before_after, render_report, write_eval
 from policyalign.evaluate import evaluate
 from policyalign.generation import greedy_params
 from policyalign.metrics import BETTER, RATE_METRICS, summarize
@@ -482,3 +482,13 @@ def test_compare_says_which_way_each_rate_is_better_and_which_way_b_moved(tmp_pa
 def test_every_rate_has_a_direction() -> None:
     """A rate added to metrics.RATE_METRICS without one would get no verdict in `pa eval --compare`."""
     assert set(BETTER) == set(RATE_METRICS) and set(BETTER.values()) == {"lower", "higher"}
+
+
+def test_chart_bars_are_labelled_as_the_tables_print_rates() -> None:
+    """The bars' labels were whole percents: a 0.4% violation rate read "0%" on categories.png and the card's
+    before/after chart while report.md said 0.4%. They print as format_rate does, "<0.1%" for 1 in 2,500."""
+    plt = _pyplot()
+    fig, ax = plt.subplots()
+    _bars(ax, [0, 1, 2, 3, 4], [0.004, 0.0004, 0.0, 0.125, None], 0.4, "violation")
+    assert [t.get_text() for t in ax.texts] == ["0.4%", "<0.1%", "0.0%", "12.5%", "n/a"]
+    plt.close(fig)
