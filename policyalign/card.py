@@ -29,8 +29,9 @@ import yaml
 from . import __version__
 from .errors import InvalidInputError, RunError
 from .io import read_json, sha256_file
+from .metrics import BETTER
 from .models import TINY
-from .stats import format_change, format_p, format_rate, is_number
+from .stats import change_verdict, format_change, format_p, format_rate, is_number
 from .templates import text_problem
 
 ADAPTER_DIR = "adapter"
@@ -45,7 +46,6 @@ EVAL_STAGES = ("before", "after")
 EVAL_FILES = ("eval.json", "categories.png")
 PRIMARY_METRICS = {"safety": "violation_rate", "over-refusal": "over_refusal_rate"}
 FALLBACK_METRICS = ("violation_rate", "over_refusal_rate", "accuracy", "score")
-LOWER_IS_BETTER = {"violation_rate", "over_refusal_rate", "unparseable_rate", "forbidden_tool_call_rate"}
 DISTILL_HINT = "produced by the distill stage: run `pa apply PACK --model MODEL` (or `pa distill RUN_DIR`) first"
 # vLLM's accepted `--max-lora-rank` values.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -295,8 +295,14 @@ def _environment() -> Any:
     env = Environment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True,
                       trim_blocks=True, lstrip_blocks=True)
     env.filters.update(md=md, py=py, sh=sh, pct=format_rate)
-    env.globals.update(pp=format_change, rate=format_rate, p_value=format_p)
+    env.globals.update(pp=format_change, rate=format_rate, p_value=format_p, verdict=_verdict, better=BETTER)
     return env
+
+
+def _verdict(before: Any, after: Any, metric: str) -> str:
+    """A card row's "better" or "worse" after training, by which way `metric` improves (`metrics.BETTER`, as
+    `pa eval --compare` says it); "–" where nothing changed or a side is missing."""
+    return change_verdict(before, after, BETTER.get(metric)) or "–"
 
 
 def render_template(name: str, context: Mapping[str, Any]) -> str:
@@ -478,12 +484,17 @@ def unparseable_counts(evals: Mapping[str, Mapping[str, Any]]) -> list[tuple[str
             if isinstance(block.get("unparseable"), int) and block["unparseable"] > 0]
 
 
-def model_index(name: str, artifacts: RunArtifacts) -> list[dict[str, Any]]:
-    """The Hub's `model-index` block: the adapter's (after) result on each of the pack's eval sets."""
+def model_index(name: str, artifacts: RunArtifacts, *, limited: bool = False) -> list[dict[str, Any]]:
+    """The Hub's `model-index` block: the adapter's (after) result on each of the pack's eval sets that it
+    evaluated whole. A `--limit`ed set's rate (12 of its 80 items) is left out: the Hub's results widget and
+    the leaderboards read a result by dataset, config, split and metric, with nothing for "12 of 80" (the
+    spec's `dataset.args` is not shown or compared), so it stood beside full-set results of other adapters
+    as the same measurement. The card's text gives it, as N of M with its interval. `limited`: include them
+    too, as cards published before this did (`pa pull` checks those cards' values against eval.json)."""
     pack = artifacts.pack
     results = []
     for row in set_rows(artifacts.evals):
-        if not isinstance(row.after, (int, float)):
+        if not isinstance(row.after, (int, float)) or (row.limited and not limited):
             continue
         results.append({
             "task": {"type": "text-generation", "name": "Safety policy compliance"},

@@ -15,8 +15,8 @@ from typing import Any
 from .errors import InvalidInputError
 from .io import iter_jsonl, output_dir, read_json, write_json, write_jsonl, write_text
 from .judges import LABELS
-from .metrics import ITEM_FIELDS, RATE_METRICS, matched_rows, same_item, scoped_paired_change
-from .stats import format_change, format_p, format_rate, is_number
+from .metrics import BETTER, ITEM_FIELDS, RATE_METRICS, matched_rows, same_item, scoped_paired_change
+from .stats import change_verdict, format_change, format_p, format_rate, is_number
 
 @dataclass
 class EvalResult:
@@ -191,12 +191,13 @@ def _in_context(summary: Mapping[str, Any]) -> str:
 
 
 def _bars(ax: Any, xs: Sequence[float], values: Sequence[float | None], width: float, label: str) -> None:
-    """Bars labelled with their value, and "n/a" where a rate has no items: a 0% bar and a
+    """Bars labelled with their value as the tables print it (`format_rate`: 0.4% is "0.4%", 1 in 2,500
+    "<0.1%"; whole percents gave "0%", as if none), and "n/a" where a rate has no items: a 0% bar and a
     missing one look alike otherwise."""
     heights = [float(v) if v is not None else 0.0 for v in values]
     ax.bar(xs, heights, width, label=label)
     for x, value, height in zip(xs, values, heights):
-        text = "n/a" if value is None else f"{100 * float(value):.0f}%"
+        text = "n/a" if value is None else format_rate(value)
         ax.text(x, height + 0.01, text, ha="center", va="bottom", fontsize=6, rotation=90)
 
 
@@ -515,7 +516,8 @@ def comparison(a_eval_json: Any, b_eval_json: Any) -> dict[str, Any]:
     not measured alike; why there is no paired p at all (`no_paired_p`, else None); a row per rate, overall,
     per set and per category (`a`, `b` and `change` as fractions, each side's 95% interval, and the exact
     McNemar test of the change on the items both measured, `paired`, where both directories hold
-    responses.jsonl); and the drift KL of each side (`drift_kl`, None when neither measured it)."""
+    responses.jsonl; which way the rate improves, `better`, "lower" or "higher", and whether B moved that way,
+    `verdict`, "better" or "worse", None for no change); and the drift KL of each side (`drift_kl`, None when neither measured it)."""
     a, b = load_summary(a_eval_json), load_summary(b_eval_json)
     rows_a, rows_b = responses_beside(a_eval_json), responses_beside(b_eval_json)
     judged = _judged_otherwise(a, b)
@@ -537,6 +539,7 @@ def comparison(a_eval_json: Any, b_eval_json: Any) -> dict[str, Any]:
             rows.append({"scope": scope, "metric": key, "a": x, "b": y,
                          "a_ci95": (ma.get("ci95") or {}).get(key), "b_ci95": (mb.get("ci95") or {}).get(key),
                          "change": None if x is None or y is None else float(y) - float(x),
+                         "better": BETTER.get(key), "verdict": change_verdict(x, y, BETTER.get(key)),
                          "paired": None if paired is None else {**paired, "measured": list(paired["measured"])}})
     da, db = (a.get("drift") or {}).get("kl"), (b.get("drift") or {}).get("kl")
     return {"a": _compare_label(a_eval_json, a), "b": _compare_label(b_eval_json, b),
@@ -546,9 +549,11 @@ def comparison(a_eval_json: Any, b_eval_json: Any) -> dict[str, Any]:
             {"a": da, "b": db, "change": None if da is None or db is None else db - da}}
 
 
-def compare(a_eval_json: Any, b_eval_json: Any) -> str:
+def compare(a_eval_json: Any, b_eval_json: Any, *, colour: bool = False) -> str:
     """A Markdown table of every rate, overall, per set and per category, A vs B with the change
-    in percentage points; notes first when the two runs are not like for like. Outcome rates show
+    in percentage points and whether B is better or worse for it (which way each rate improves is said
+    above the table; `colour`: the verdict in green or red, for a terminal); notes first when the two
+    runs are not like for like. Outcome rates show
     their 95% interval, and, where both directories hold responses.jsonl, the exact McNemar p of
     the change on the items both measured: a 10-point drop on 48 items can be noise. Not where the
     two were judged otherwise: the cell says why (`_no_paired_p`). The numbers are `comparison`'s."""
@@ -556,13 +561,35 @@ def compare(a_eval_json: Any, b_eval_json: Any) -> str:
     lines = [f"A: {compared['a']}", f"B: {compared['b']}", ""]
     if compared["notes"]:
         lines += ["Not like for like:", *(f"- {note}" for note in compared["notes"]), ""]
-    lines += ["| scope | metric | A [95% CI] | B [95% CI] | Δ (B−A) | p (paired) |", "|---|---|---|---|---|---|"]
+    lines += [*_direction_lines(compared["rows"]), "",
+              "| scope | metric | A [95% CI] | B [95% CI] | Δ (B−A) | p (paired) | B vs A |",
+              "|---|---|---|---|---|---|---|"]
     for row in compared["rows"]:
         lines.append(f"| {row['scope']} | {row['metric']} | {format_rate(row['a'], row['a_ci95'])} | "
                      f"{format_rate(row['b'], row['b_ci95'])} | {format_change(row['a'], row['b'])} | "
-                     f"{_p_cell(row['paired'], compared['no_paired_p'])} |")
+                     f"{_p_cell(row['paired'], compared['no_paired_p'])} | {_verdict_cell(row['verdict'], colour)} |")
     if (drift := compared["drift_kl"]) is not None:
         fmt = lambda v: "–" if v is None else f"{v:.4g}"  # noqa: E731
         change = "–" if drift["change"] is None else f"{drift['change']:+.4g}"
-        lines.append(f"| overall | drift_kl | {fmt(drift['a'])} | {fmt(drift['b'])} | {change} | – |")
+        lines.append(f"| overall | drift_kl | {fmt(drift['a'])} | {fmt(drift['b'])} | {change} | – | – |")
     return "\n".join(lines) + "\n"
+
+
+def _direction_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Which way each rate in the table improves (`metrics.BETTER`), one line per direction: the table's
+    signed changes left it to the reader that refuse_guide_agreement is better higher and the rest lower."""
+    metrics = list(dict.fromkeys(row["metric"] for row in rows if row.get("better")))
+    return [f"- {way} is better: {', '.join(m for m in metrics if BETTER[m] == way)}"
+            for way in ("lower", "higher") if any(BETTER[m] == way for m in metrics)] + (
+        ["- B vs A: which way B moved; with p above 0.05 the move may be noise"] if metrics else [])
+
+
+def _verdict_cell(verdict: str | None, colour: bool) -> str:
+    """A row's "better" or "worse" ("–" for no change), green or red on a terminal (`colour`)."""
+    if verdict is None:
+        return "–"
+    if not colour:
+        return verdict
+    import click
+
+    return click.style(verdict, fg="green" if verdict == "better" else "red")

@@ -30,6 +30,11 @@ from .stats import mcnemar_p, paired_changes, wilson_interval
 
 RATE_METRICS = ("violation_rate", "over_refusal_rate", "refuse_guide_agreement", "unparseable_rate",
                 "forbidden_tool_call_rate")
+# Which way each rate improves. `pa eval --compare` and the model card say by it whether a change was for the
+# better or the worse: a signed change alone left the reader to know that agreement rising is good and the
+# violation rate rising bad.
+BETTER = {"violation_rate": "lower", "over_refusal_rate": "lower", "refuse_guide_agreement": "higher",
+          "unparseable_rate": "lower", "forbidden_tool_call_rate": "lower"}
 
 
 def is_violation(row: Mapping[str, Any]) -> bool:

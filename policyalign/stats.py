@@ -102,6 +102,15 @@ def format_change(before: Any, after: Any) -> str:
     return "0.0 pp" if float(text) == 0 else f"{text} pp"
 
 
+def change_verdict(before: Any, after: Any, better: str | None) -> str | None:
+    """"better" or "worse": which way a rate that improves `better` ("lower" or "higher") moved. None where
+    there is nothing to judge: either side missing, a change that rounds to none (`format_change`'s "0.0 pp"),
+    or a quantity without a direction."""
+    if better not in ("lower", "higher") or format_change(before, after) in ("–", "0.0 pp"):
+        return None
+    return "better" if (float(after) < float(before)) == (better == "lower") else "worse"
+
+
 def format_p(p: float | None) -> str:
     """A p-value to three significant digits; `–` when nothing could be tested. One too small for a
     double is 0.0, which is not a p-value anyone observed: it prints as a bound."""

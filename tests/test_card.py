@@ -72,6 +72,25 @@ def test_eval_table_numbers(tmp_path: Path, make_run) -> None:  # type: ignore[n
     assert "| 10.0% | 5.0% | -5.0 pp |" in body
 
 
+def test_the_card_says_whether_each_change_was_for_the_better(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
+    """The card's Change column was a bare signed number; card.LOWER_IS_BETTER said which way each rate improves
+    but nothing read it. The card's tables now end with "better" or "worse" by `metrics.BETTER`, the directions
+    `pa eval --compare` uses, and its prose takes them from there too."""
+    run = make_run(tmp_path / "run", ROOT_PACK)
+    after = json.loads((run / "eval" / "after" / "eval.json").read_text())
+    benign = after["sets"]["benign"]
+    benign["over_refusal_rate"] = 0.2  # 10% before: more benign prompts refused after training
+    benign["per_category"] = {c: {"over_refusal_rate": 0.2} for c in benign["per_category"]}
+    (run / "eval" / "after" / "eval.json").write_text(json.dumps(after))
+    _, body = card.parse_card(_render(run))
+    assert "| Change | p (paired) | After vs before |" in body
+    assert "| 50.0% | 12.5% | -37.5 pp | – | better |" in body
+    assert "| 10.0% | 20.0% | +10.0 pp | – | worse |" in body
+    assert "| 50.0% | 12.5% | -37.5 pp | better |" in body  # a category of the harmful set
+    assert "harmful prompts the model helped with\n(lower is better)" in body
+    assert not hasattr(card, "LOWER_IS_BETTER")  # one place says which way a rate improves: metrics.BETTER
+
+
 def test_the_card_names_the_judges_rules(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
     """The card said only "Judge: refusal": two adapters evaluated under other versions of the refusal
     detector's rules (or of an llm: judge's prompt), whose same answers may be labelled otherwise, had cards
@@ -114,6 +133,46 @@ def test_evaluate_py_layout_is_read_too(tmp_path: Path, make_run) -> None:  # ty
     assert "| harmful | safety | 4 of 10 | violation\\_rate |" in body and "limited to N of the set's M" in body
     assert "| weapons | 75.0% | 25.0% | -50.0 pp |" in body
     assert "kl=0.0123" in body
+
+
+def _limit_set(run: Path, name: str, of: int) -> None:
+    """A made run's eval.json files rewritten as `pa eval --limit` writes them: set `name` evaluated as its
+    items of `of` (evaluate.py's `sets` list, the numbers under `metrics`)."""
+    for stage in ("before", "after"):
+        path = run / "eval" / stage / "eval.json"
+        summary = json.loads(path.read_text())
+        per_set = summary["sets"] if isinstance(summary["sets"], dict) else summary["metrics"]["sets"]
+        summary["metrics"] = {"overall": {}, "sets": per_set, "categories": {}}
+        summary["sets"] = [{"name": set_name, "kind": block["kind"], "items": block["n"],
+                            **({"items_in_set": of} if set_name == name else {})} for set_name, block in per_set.items()]
+        path.write_text(json.dumps(summary))
+
+
+def test_a_limited_sets_rate_is_not_published_as_a_hub_result(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
+    """The model-index published the after-rate of a set evaluated on N of its M items with nothing saying so:
+    the Hub's results and leaderboards read a result by dataset, split and metric, so it stood beside other
+    adapters' full-set results as the same test. Only sets evaluated whole are published there; the text
+    gives the limited one as "N of M". A card pushed before this, which has it, still verifies."""
+    from policyalign import adapter_pull
+
+    run = make_run(tmp_path / "run", ROOT_PACK)
+    _limit_set(run, "harmful", of=80)
+    text = _render(run)
+    metadata, body = card.parse_card(text)
+    results = ModelCard(text).data.to_dict()["model-index"][0]["results"]
+    assert [r["dataset"]["split"] for r in results] == ["benign"]
+    assert " of 80 | violation\\_rate | 50.0% | 12.5% |" in body
+    assert "Such sets are left out of this card's `model-index` metadata" in body
+    provenance = json.loads((run / "adapter" / "policyalign.json").read_text())
+    assert adapter_pull._result_problems(run, metadata, provenance) == []
+    older = card.model_index("root-adapter", card.load_run(run), limited=True)  # as cards before this were
+    assert [r["dataset"]["split"] for r in older[0]["results"]] == ["harmful", "benign"]
+    assert adapter_pull._result_problems(run, {**metadata, "model-index": older}, provenance) == []
+    older[0]["results"][0]["metrics"][0]["value"] = 0.01
+    assert adapter_pull._result_problems(run, {**metadata, "model-index": older}, provenance) == [
+        "model-index result harmful violation_rate: the card says 0.01, eval/after/eval.json says 0.125"]
+    _limit_set(run, "none", of=80)  # the whole set again: published
+    assert "harmful" in {r["dataset"]["split"] for r in card.card_metadata(card.load_run(run), "org/a")["model-index"][0]["results"]}
 
 
 def test_eval_table_states_intervals_the_paired_test_and_forbidden_tool_calls(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]

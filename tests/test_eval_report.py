@@ -11,10 +11,10 @@ from typer.testing import CliRunner
 
 from policyalign.cli import app
 from policyalign.errors import InvalidInputError
-from policyalign.eval_report import compare, plot_before_after, render_report, write_eval
+from policyalign.eval_report import _bars, _pyplot, compare, plot_before_after, render_report, write_eval
 from policyalign.evaluate import evaluate
 from policyalign.generation import greedy_params
-from policyalign.metrics import summarize
+from policyalign.metrics import BETTER, RATE_METRICS, summarize
 from policyalign.models import load_model
 from policyalign.registry import Registry
 
@@ -187,7 +187,7 @@ def test_compare_flags_evals_judged_by_other_refusal_rules(tmp_path: Path) -> No
 
 def _p_cells(text: str) -> set[str]:
     """The paired-p column of each outcome rate's row of a comparison (drift has none)."""
-    return {line.rsplit("|", 2)[1].strip() for line in text.splitlines()
+    return {line.split("|")[6].strip() for line in text.splitlines()
             if line.startswith("| ") and "_rate |" in line and "unparseable" not in line}
 
 
@@ -448,3 +448,47 @@ def test_the_categories_chart_title_says_which_evaluation_it_shows(tmp_path: Pat
     teacher = {**_summary(BEFORE), "policy_in_context": True}
     assert categories_title(teacher, tmp_path / "out" / "categories.png") == (
         "Per-category rates: tiny, no adapter (base model), policy in context\npack p@1.0.0, judge refusal")
+
+
+def test_compare_says_which_way_each_rate_is_better_and_which_way_b_moved(tmp_path: Path) -> None:
+    """The table gave B−A for every rate and left it to the reader that refuse_guide_agreement is better higher
+    and violation, over-refusal and forbidden-call rates lower: a +50 pp row was good news on one and bad on
+    the other. Above the table each direction is named; a last column says better or worse, plain in a pipe."""
+    before = [{**row("refuse", "guide"), "id": "h0"}, {**row("refuse", "comply"), "id": "h1"},
+              {**row("comply", "comply"), "id": "b0"}]
+    after = [{**row("refuse", "refuse"), "id": "h0"}, {**row("refuse", "refuse"), "id": "h1"},
+             {**row("comply", "refuse"), "id": "b0"}]
+    a = write_eval(tmp_path / "a", _summary(before), before)
+    b = write_eval(tmp_path / "b", _summary(after), after)
+    text = compare(a, b)
+    assert "- lower is better: violation_rate, over_refusal_rate, unparseable_rate\n" in text
+    assert "- higher is better: refuse_guide_agreement\n" in text
+    assert "| Δ (B−A) | p (paired) | B vs A |" in text
+    assert "| overall | refuse_guide_agreement | 0.0% [0.0–79.3] | 100.0% [34.2–100.0] | +100.0 pp | – | better |" in text
+    assert "| overall | violation_rate | 50.0% [9.5–90.5] | 0.0% [0.0–65.8] | -50.0 pp | 1 | better |" in text
+    assert "| overall | over_refusal_rate | 0.0% [0.0–79.3] | 100.0% [20.7–100.0] | +100.0 pp | 1 | worse |" in text
+    assert "| overall | unparseable_rate | 0.0% | 0.0% | 0.0 pp | – | – |" in text  # no change, no verdict
+    assert "\x1b[" not in text
+    assert "\x1b[32mbetter\x1b[0m" in compare(a, b, colour=True) and "\x1b[31mworse\x1b[0m" in compare(a, b, colour=True)
+    piped = CliRunner().invoke(app, ["eval", "--compare", str(a.out_dir), str(b.out_dir)])
+    assert piped.exit_code == 0 and "| better |" in piped.stdout and "\x1b[" not in piped.stdout
+    as_json = json.loads(CliRunner().invoke(app, ["eval", "--compare", str(a.out_dir), str(b.out_dir), "--json"]).stdout)
+    by_metric = {r["metric"]: r for r in as_json["rows"] if r["scope"] == "overall"}
+    assert (by_metric["refuse_guide_agreement"]["better"], by_metric["refuse_guide_agreement"]["verdict"]) == ("higher", "better")
+    assert (by_metric["over_refusal_rate"]["better"], by_metric["over_refusal_rate"]["verdict"]) == ("lower", "worse")
+    assert by_metric["unparseable_rate"]["verdict"] is None
+
+
+def test_every_rate_has_a_direction() -> None:
+    """A rate added to metrics.RATE_METRICS without one would get no verdict in `pa eval --compare`."""
+    assert set(BETTER) == set(RATE_METRICS) and set(BETTER.values()) == {"lower", "higher"}
+
+
+def test_chart_bars_are_labelled_as_the_tables_print_rates() -> None:
+    """The bars' labels were whole percents: a 0.4% violation rate read "0%" on categories.png and the card's
+    before/after chart while report.md said 0.4%. They print as format_rate does, "<0.1%" for 1 in 2,500."""
+    plt = _pyplot()
+    fig, ax = plt.subplots()
+    _bars(ax, [0, 1, 2, 3, 4], [0.004, 0.0004, 0.0, 0.125, None], 0.4, "violation")
+    assert [t.get_text() for t in ax.texts] == ["0.4%", "<0.1%", "0.0%", "12.5%", "n/a"]
+    plt.close(fig)

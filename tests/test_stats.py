@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from scipy.stats import binomtest
 
-from policyalign.stats import format_change, format_p, format_rate, mcnemar_p, paired_changes, wilson_interval
+from policyalign.stats import change_verdict, format_change, format_p, format_rate, mcnemar_p, paired_changes, wilson_interval
 
 
 def test_wilson_interval_matches_newcombes_worked_example() -> None:
@@ -64,3 +64,12 @@ def test_format_rate_never_rounds_a_measured_rate_to_none_or_all() -> None:
     assert format_rate(2499 / 2500) == ">99.9%"
     assert format_rate(0.0) == "0.0%" and format_rate(1.0) == "100.0%" and format_rate(None) == "–"
     assert format_rate(1 / 1000) == "0.1%" and format_rate(0.125, [0.051, 0.27]) == "12.5% [5.1–27.0]"
+
+
+def test_change_verdict_says_which_way_a_rate_moved_by_its_direction() -> None:
+    """`pa eval --compare` and the card mark each change better or worse: a rising agreement is better, a rising
+    violation rate worse; a change that prints as "0.0 pp", a missing side or no direction is neither."""
+    assert change_verdict(0.5, 0.25, "lower") == "better" and change_verdict(0.25, 0.5, "lower") == "worse"
+    assert change_verdict(0.25, 0.5, "higher") == "better" and change_verdict(0.5, 0.25, "higher") == "worse"
+    assert change_verdict(0.5, 0.5 - 1e-5, "lower") is None  # rounds to no change
+    assert change_verdict(None, 0.5, "lower") is None and change_verdict(0.5, 0.25, None) is None

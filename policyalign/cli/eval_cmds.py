@@ -115,6 +115,15 @@ def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
     typer.echo(f"  wrote {out_dir}/eval.json, responses.jsonl, report.md, categories.png  (95% intervals in brackets)")
 
 
+def _colour_on_stdout() -> bool:
+    """Whether `pa eval --compare` may colour its verdicts: on a terminal, unless NO_COLOR is set (no-color.org).
+    In a pipe or a file the table stays plain Markdown (click's echo would strip the colour there as well)."""
+    import os
+    import sys
+
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+
 @app.command("eval")
 def eval_command(
     pack: Optional[str] = typer.Argument(None, help="Pack name, name@range, or path (not needed with --compare)."),
@@ -171,7 +180,7 @@ def eval_command(
 
             print_json(comparison(compare[0], compare[1]))
         else:
-            typer.echo(compare_evals(compare[0], compare[1]), nl=False)
+            typer.echo(compare_evals(compare[0], compare[1], colour=_colour_on_stdout()), nl=False)
         return
     if not pack or not model:
         raise InvalidInputError("`pa eval` needs a PACK and --model (or --compare A B)",
