@@ -45,7 +45,7 @@ PARENT_FIELDS = ("name", "version", "digest")
 EVAL_STAGES = ("before", "after")
 EVAL_FILES = ("eval.json", "categories.png")
 PRIMARY_METRICS = {"safety": "violation_rate", "over-refusal": "over_refusal_rate"}
-FALLBACK_METRICS = ("violation_rate", "over_refusal_rate", "accuracy", "score")
+FALLBACK_METRICS = ("violation_rate", "over_refusal_rate")  # the rates an eval writes (`metrics.BETTER`)
 DISTILL_HINT = "produced by the distill stage: run `pa apply PACK --model MODEL` (or `pa distill RUN_DIR`) first"
 # vLLM's accepted `--max-lora-rank` values.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
