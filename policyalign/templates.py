@@ -697,10 +697,12 @@ def _unknown_attribute_message(exc: UnknownAttribute, variables: dict[str, Any])
     if isinstance(owner, (list, tuple)) and not isinstance(attribute, str):
         return f"{what} has no item {attribute!r}: it has {len(owner)}, numbered from 0"
     lookup = f"attribute {attribute!r}" if isinstance(attribute, str) else f"element {attribute!r}"
-    if isinstance(owner, dict):
-        return f"{what} has no {lookup}; it has: {', '.join(map(str, owner)) or 'none'}"
+    if isinstance(owner, dict) and name:  # the fields of a given variable; a mapping the template built may hold
+        return f"{what} has no {lookup}; it has: {', '.join(map(str, owner)) or 'none'}"  # any text, escapes too
     if isinstance(owner, (list, tuple)):
         return f"{what} has no {lookup}: loop over it (`{{% for item in ... %}}`) or take one item (`[0]`)"
+    if isinstance(owner, dict):
+        return f"{what} has no {lookup}"
     return f"{what} has no {lookup}: use it as it is" + (f", as `{{{{ {name} }}}}`" if name and " " not in name else "")
 
 
