@@ -158,14 +158,17 @@ def rank_adapters(candidates: list[Candidate], pack_name: str, *, model: str | N
         pool = [c for c in pool if is_semver(c.pack_version) and Version.parse(c.pack_version) in versions]
         # `name@1.0.0+a`: that build, not 1.0.0+b, which the range admits (one precedence)
         pool = [c for c in pool if c.pack_version == versions.text] or pool
+    asked = f"@{local_version}" if local_version else (f"@{versions.text}" if versions is not None else "")
+    what = f"pack {pack_name}{asked}" + (f" on {model}" if model else "")
     if model is not None:
         wanted, _, pinned = model.partition("@")
         names = model_names(wanted)
+        on_any_base = pool
         pool = [c for c in pool if c.base_id.lower() in names or c.base_name.lower() in names]
+        if not pool and on_any_base and not _known_model(wanted):
+            raise _unknown_base_error(wanted, on_any_base, what, pack_name, token)
         if pinned:  # MODEL@REV: an adapter trained on other weights of that model does not fit them
             pool = [c for c in pool if c.trained_at(pinned)]
-    asked = f"@{local_version}" if local_version else (f"@{versions.text}" if versions is not None else "")
-    what = f"pack {pack_name}{asked}" + (f" on {model}" if model else "")
     if local_version is not None:
         pool = [c for c in pool if c.pack_version == local_version]
         exact = [c for c in pool if local_digest and c.pack_digest == local_digest]
@@ -183,6 +186,34 @@ def rank_adapters(candidates: list[Candidate], pack_name: str, *, model: str | N
     refuse_several_builds(sorted({c.pack_version for c in pool}), f"adapters for {what} were trained on",
                           file=f"pack:{pack_name}", hint=_candidates_hint(pool, pack_name, token))
     return sorted(pool, key=lambda c: (c.revision != DEFAULT_BRANCH, c.last_modified), reverse=True)
+
+
+def _known_model(name: str) -> bool:
+    """Whether `name` is a model pa knows: `tiny`, an alias, an ORG/NAME Hub id or a model directory."""
+    from .models import resolve_model
+
+    if name.strip().lower() == "tiny":  # resolving tiny would build it
+        return True
+    try:
+        resolve_model(name)
+    except PolicyAlignError:
+        return False
+    return True
+
+
+def _unknown_base_error(model: str, candidates: list[Candidate], what: str, pack_name: str,
+                        token: str | None) -> HubError:
+    """`pa pull --pack general --model tyni`: a --model pa does not know, that no candidate was trained on, said
+    only "no published adapter matches", as if nobody had trained on the model meant. It names the bases the
+    adapters were trained on, and the close one when there is one."""
+    from .errors import did_you_mean
+
+    bases = sorted({c.base_id for c in candidates})
+    # the names are few and long but for tiny, whose typos are a swapped pair ("tyni"): a lower cutoff catches it
+    close = did_you_mean(model, sorted({c.base_id for c in candidates} | {c.base_name for c in candidates}), cutoff=0.5)
+    return HubError(f"no published adapter matches {what}: {model!r} is not a model pa knows, and the adapters "
+                    f"found were trained on {', '.join(bases)}", file=f"pack:{pack_name}",
+                    hint=(f"{close} " if close else "") + _candidates_hint(candidates, pack_name, token))
 
 
 def _candidates_hint(candidates: list[Candidate], pack_name: str, token: str | None) -> str:

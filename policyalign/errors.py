@@ -146,10 +146,11 @@ def _closed_directory(path: str) -> str | None:
     return parent if parent and os.path.isdir(parent) and not os.access(parent, os.X_OK) else None
 
 
-def did_you_mean(word: str, options: list[str] | tuple[str, ...], known: str = "") -> str:
+def did_you_mean(word: str, options: list[str] | tuple[str, ...], known: str = "", cutoff: float = 0.6) -> str:
     """The close match, else (with `known`, e.g. "known categories") every option: a hint that is
-    empty when the typo is far off leaves the user guessing what the names are."""
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    empty when the typo is far off leaves the user guessing what the names are. `cutoff` is difflib's:
+    two letters swapped in a short name ("tyni" for "tiny") score 0.5."""
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=cutoff)
     if close:
         return f"did you mean {close[0]!r}?"
     return f"{known}: {', '.join(options) or 'none'}" if known else ""

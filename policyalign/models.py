@@ -301,6 +301,20 @@ def hub_commit(ref: ModelRef) -> str | None:
     return Path(found).parent.name if isinstance(found, str) else None
 
 
+def fetch_hub_files(ref: ModelRef) -> None:
+    """A Hub model whose config the cache does not hold for its revision: its tokenizer and config fetched now
+    (`load_model(weights=False)`, so the weights still load once, in the stage that needs them), so that one
+    neither cached nor downloadable (offline, a misspelt id) is refused before a run directory is made or a
+    stage starts: `pa apply --model Qwen2.5-7B` offline left a run that `pa runs` listed as "failed at
+    synthesize". Other models, and a Hub model already cached, are left alone."""
+    if ref.kind != "hub":
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(ref.location, "config.json", revision=ref.revision), str):
+        load_model(ref, weights=False)
+
+
 def weights_key(ref: ModelRef) -> str | None:
     """What a cache key must add to the model's name so changed weights change it: the files'
     fingerprint of a local directory, the commit of a Hub model (`hub_commit`); None for `tiny`

@@ -137,16 +137,20 @@ def _model_key(model: str, field: str | None = "model", files: str | None = "mod
 # --------------------------------------------------------------------------- synthesize
 
 
-def check_models(*models: tuple[str | None, str]) -> None:
-    """Each model named (the model, the generator) resolves, before the run directory is made: a mistyped
-    `--model ./mdoel` left a run directory holding only run.json, which `pa runs` listed as an empty run.
-    Each comes with where it was given (`--generator`, `generator in FILE`), for its error to name."""
-    from .models import named_model_errors, resolve_model
+def check_models(*models: tuple[str | None, str], fetch: bool = True) -> None:
+    """Each model named (the model, the generator) resolves, and with `fetch` a Hub model is in the cache or
+    downloadable (`fetch_hub_files`, as the judge is checked), before the run directory is made: a mistyped
+    `--model ./mdoel`, or a Hub model missing offline, left a run directory holding only run.json, which `pa runs`
+    listed as an empty or failed run. A stage fetches only what it loads (`pa synthesize --generator G` does not
+    load --model). Each comes with where it was given (`--generator`, `generator in FILE`), for its error to name."""
+    from .models import fetch_hub_files, named_model_errors, resolve_model
 
     for name, given_as in models:
         if name is not None:
             with named_model_errors(given_as):
-                resolve_model(name)
+                ref = resolve_model(name)
+                if fetch:
+                    fetch_hub_files(ref)
 
 
 def synthesize_options(model: str, generator: str | None, n: int | None, rounds: int | None, seed: int,
@@ -200,7 +204,8 @@ def run_synthesize(run_dir: Path, pack: "Pack", model: str, *, generator: str | 
     check_settings(pack, n_per_category=n, rounds=rounds, batch_size=batch_size, max_per_category=max_per_category,
                    sampling=sampling, seed=seed)  # before the run directory is made or its record changed
     check_device_and_dtype(device)
-    check_models((model, "--model"), (generator, "--generator"))
+    check_models((model, "--model"), fetch=generator is None)  # synthesis loads the generator when there is one
+    check_models((generator, "--generator"))
     # An unknown --backend made an empty run directory, and `--backend vllm` without vLLM installed (known only
     # when the generator loaded) marked a finished run's synthesis "failed" or left a run of nothing.
     options = synthesize_options(model, generator, n, rounds, seed, max_per_category, max_new_tokens, backend)

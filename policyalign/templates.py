@@ -43,11 +43,11 @@ from __future__ import annotations
 
 import re
 from contextvars import ContextVar
-from functools import wraps
+from functools import partial, wraps
 from typing import Any, Callable, Iterable, Iterator
 
 from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, UndefinedError, meta, nodes, pass_context
-from jinja2.runtime import LoopContext
+from jinja2.runtime import LoopContext, missing
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from jinja2.visitor import NodeTransformer
 
@@ -107,7 +107,8 @@ def text_problem(text: str) -> tuple[int, str, str] | None:
     return None
 
 __all__ = [
-    "TemplateFailure", "TemplateLimitExceeded", "WorkBudget", "compile_template", "render_template", "template_env",
+    "TemplateFailure", "TemplateLimitExceeded", "UnknownAttribute", "WorkBudget", "compile_template", "render_template",
+    "template_env",
     "SecurityError", "TemplateSyntaxError", "UndefinedError",
 ]
 
@@ -521,9 +522,32 @@ def _bounded_range(*args: int) -> range:
     return rng
 
 
+class UnknownAttribute(UndefinedError):
+    """A lookup of a name or element that the value holds none of (`{{ category.name }}`), keeping the value
+    (`owner`) and the name (`attribute`): Jinja's own message, "'dict object' has no attribute 'name'", says
+    neither which variable that is nor what it does have."""
+
+    def __init__(self, message: str, owner: Any, attribute: Any) -> None:
+        super().__init__(message)
+        self.owner, self.attribute = owner, attribute
+
+
+class _PackUndefined(StrictUndefined):
+    """StrictUndefined whose failed lookups raise `UnknownAttribute` (a top-level name that is not a variable
+    stays Jinja's "'x' is undefined")."""
+
+    __slots__ = ()
+
+    def __init__(self, hint: str | None = None, obj: Any = missing, name: Any = None,
+                 exc: Any = UndefinedError) -> None:
+        if obj is not missing and exc is UndefinedError:
+            exc = partial(UnknownAttribute, owner=obj, attribute=name)
+        super().__init__(hint, obj, name, exc)
+
+
 def template_env() -> PackSandbox:
     env = PackSandbox(
-        undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True,
+        undefined=_PackUndefined, autoescape=False, keep_trailing_newline=True,
         trim_blocks=True, lstrip_blocks=True,
     )
     env.globals["range"] = _bounded_range
@@ -634,6 +658,54 @@ def _variable_names(variables: dict[str, Any]) -> list[str]:
             for key, value in variables.items() for field in (value if isinstance(value, dict) else [key])]
 
 
+def _kind(value: Any) -> str:
+    """What a template value is, as a pack author would say it."""
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return "a " + type(value).__name__
+
+
+def _value_name(value: Any, variables: dict[str, Any]) -> str | None:
+    """The variable (`category`, `category.title`, `an item of seeds`) that `value` is, found by identity
+    among the variables the template was given; None for a value the template built itself."""
+    for key, given in variables.items():
+        if given is value:
+            return key
+        if isinstance(given, dict):
+            found = next((f"{key}.{field}" for field, inner in given.items() if inner is value), None)
+        elif isinstance(given, (list, tuple)):
+            found = next((f"an item of {key}" for inner in given if inner is value), None)
+        else:
+            found = None
+        if found:
+            return found
+    return None
+
+
+def _unknown_attribute_message(exc: UnknownAttribute, variables: dict[str, Any]) -> str:
+    """`{{ category.name }}` in the pack's terms: which variable has no such attribute, and what it has
+    (a mapping's fields; text, a number or a list has none a template may use)."""
+    owner, attribute = exc.owner, exc.attribute
+    name = _value_name(owner, variables)
+    what = name if name and isinstance(owner, dict) else f"{name} ({_kind(owner)})" if name else _kind(owner)
+    if isinstance(owner, (list, tuple)) and not isinstance(attribute, str):
+        return f"{what} has no item {attribute!r}: it has {len(owner)}, numbered from 0"
+    lookup = f"attribute {attribute!r}" if isinstance(attribute, str) else f"element {attribute!r}"
+    if isinstance(owner, dict) and name:  # the fields of a given variable; a mapping the template built may hold
+        return f"{what} has no {lookup}; it has: {', '.join(map(str, owner)) or 'none'}"  # any text, escapes too
+    if isinstance(owner, (list, tuple)):
+        return f"{what} has no {lookup}: loop over it (`{{% for item in ... %}}`) or take one item (`[0]`)"
+    if isinstance(owner, dict):
+        return f"{what} has no {lookup}"
+    return f"{what} has no {lookup}: use it as it is" + (f", as `{{{{ {name} }}}}`" if name and " " not in name else "")
+
+
 def render_template(template: Any, variables: dict[str, Any], total: WorkBudget | None = None) -> str:
     """Render a compiled template in the sandbox; every failure becomes TemplateFailure. `total`, when
     given, is also charged (shared by the renders of one validation)."""
@@ -660,6 +732,9 @@ def render_template(template: Any, variables: dict[str, Any], total: WorkBudget 
     except SecurityError as exc:
         raise TemplateFailure(f"unsafe template operation blocked by the sandbox: {exc}", _error_line(exc),
                               "templates may only use the variables pack, category, n and seeds") from None
+    except UnknownAttribute as exc:
+        raise TemplateFailure(_unknown_attribute_message(exc, variables), _error_line(exc),
+                              f"available variables: {', '.join(_variable_names(variables))}") from None
     except UndefinedError as exc:
         raise TemplateFailure(f"undefined variable: {exc.message}", _error_line(exc),
                               f"available variables: {', '.join(_variable_names(variables))}") from None

@@ -113,12 +113,11 @@ def judge_weights_fetched(judge_spec: str, given_as: str | None = None) -> dict[
     downloaded a Hub judge has no commit to key by, so the run that downloaded it journaled its
     verdicts under no commit, and its resume, keyed by the commit, judged every row again. `given_as`
     (`judge in FILE`) is where the judge was given, when not as --judge."""
-    from .models import hub_commit, load_model, resolve_model
+    from .models import fetch_hub_files, resolve_model
     from .stages import judge_weights
 
     model = judge_model(get_judge(judge_spec))
     with judge_model_errors(judge_spec, given_as):
-        ref = resolve_model(model) if model else None
-        if ref is not None and ref.kind == "hub" and hub_commit(ref) is None:
-            load_model(ref, weights=False)  # tokenizer and config only: the snapshot names the commit
+        if model:
+            fetch_hub_files(resolve_model(model))  # tokenizer and config only: the snapshot names the commit
     return judge_weights(judge_spec)

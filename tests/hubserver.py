@@ -491,15 +491,25 @@ class HubServer:
         return self.with_privacy(request, self.missing_entry(request, self.proxy(request)))
 
     def require_read(self, request: Request) -> None:
+<<<<<<< HEAD
         """Refuse a read of a private repository to anyone but its owner the way the Hub does:
         as if it were missing (401 anonymous, 404 with another user's token; RepoNotFound either way)."""
+=======
+        """Answer a read of a repository that does not exist the way the Hub does (401 anonymous, 404 with a
+        token; RepoNotFound either way), and a private one read by anyone but its owner as if it were missing.
+        olah answered a missing repository's refs with 404 EntryNotFound, which the client reads as a missing
+        file, so `pa pack pull my-org/typo` said "404 Client Error" here and "repository not found" on the Hub."""
+>>>>>>> usererrors
         repo = _read_target(request.path)
-        if repo is None or self.authorized(request):
+        if repo is None:
             return
         repo_type, repo_id = repo
-        if self.store.exists(repo_type, repo_id) and self.store.meta(repo_type, repo_id).get("private"):
-            status = 404 if request.headers.get("authorization") else 401
-            raise HubHTTPError(status, "Repository not found", "RepoNotFound")
+        exists = self.store.exists(repo_type, repo_id)
+        if exists and (self.authorized(request) or not self.store.meta(repo_type, repo_id).get("private")):
+            return
+        if request.headers.get("authorization"):
+            raise HubHTTPError(404, "Repository not found", "RepoNotFound")
+        raise HubHTTPError(401, "Invalid username or password.", "RepoNotFound")
 
     def missing_entry(self, request: Request, response: Response) -> Response:
         """olah answers 401 for a file or folder a model repository lacks; the Hub answers 404

@@ -236,3 +236,21 @@ def test_choose_adapter_honours_a_pinned_base_commit() -> None:
     with pytest.raises(HubError, match="no published adapter matches") as caught:
         adapter_search.choose_adapter(pool, "p", model=f"{base}@{'c' * 40}")
     assert f"base {base}@{old[:12]}" in str(caught.value.problem.hint)  # the candidates show what they were trained on
+
+
+def test_a_model_pa_does_not_know_is_told_the_bases_found() -> None:
+    """`pa pull --pack general --model tyni` said only "no published adapter matches pack general on tyni",
+    as if nobody had trained on the model meant: it names the bases found, and the close one."""
+    pool = [_candidate("o/a", "1.0.0", base="tiny"), _candidate("o/b", "1.0.0", base="Qwen/Qwen2.5-0.5B-Instruct")]
+    with pytest.raises(HubError, match="no published adapter matches pack p on tyni") as caught:
+        adapter_search.choose_adapter(pool, "p", model="tyni")
+    problem = caught.value.problem
+    assert problem.message.endswith("'tyni' is not a model pa knows, and the adapters found were trained on "
+                                    "Qwen/Qwen2.5-0.5B-Instruct, tiny"), problem.message
+    assert problem.hint.startswith("did you mean 'tiny'? candidates"), problem.hint
+    with pytest.raises(HubError, match="trained on Qwen/Qwen2.5-0.5B-Instruct, tiny") as far:
+        adapter_search.choose_adapter(pool, "p", model="llama-x")
+    assert far.value.problem.hint.startswith("candidates"), far.value.problem.hint
+    with pytest.raises(HubError) as known:  # a model pa knows that nobody trained on: the candidates, as before
+        adapter_search.choose_adapter(pool, "p", model="Qwen2.5-7B")
+    assert "not a model pa knows" not in known.value.problem.message

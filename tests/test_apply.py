@@ -447,6 +447,26 @@ def test_a_model_that_does_not_resolve_leaves_no_run_directory(tmp_path: Path) -
     assert not (tmp_path / "run").exists()
 
 
+def test_a_hub_model_missing_offline_leaves_no_run_directory_and_an_earlier_run_untouched(
+        tmp_path: Path, offline_hub: object) -> None:
+    """`pa apply general --model Qwen2.5-7B` offline, the model not in the cache, failed at once but only once
+    synthesis loaded it: it left a run directory that `pa runs` listed as "failed at synthesize". The model is
+    now looked for before the directory is made, as the judge is, and an earlier run's directory is not touched."""
+    from policyalign.run import record_inputs
+
+    out = tmp_path / "run"
+    args = ["apply", "general", "--model", "acme/absent-model", "--out", str(out)]
+    for command in (args, ["synthesize", "general", "--model", "acme/absent-model", "--out", str(out)]):
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 1 and "--model: acme/absent-model is not in the local Hugging Face cache" in result.output
+        assert not out.exists()
+    record_inputs(out, Registry.default().load("general"), "acme/absent-model")  # an earlier run, its model since gone
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1 and "not in the local Hugging Face cache" in result.output
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
 @pytest.mark.parametrize("line", ["model: ./mdoel", "generator: ./gen", "judge: llm:./judge", "judge: guard:empty"])
 def test_a_config_files_model_that_does_not_resolve_is_named_by_the_file_and_key(tmp_path: Path, line: str) -> None:
     """`generator: ./gen` (or the model, or an llm:/guard: judge directory) missing from where run.yaml says was

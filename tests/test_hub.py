@@ -173,7 +173,7 @@ def test_a_hub_answering_no_keeps_exit_1(cli: Cli, hub_server, make_run, tmp_pat
     run = make_run(tmp_path / "run", make_pack(cli.packs, "refused"))
     assert "repository not found" in cli.fails(1, "pull", "org/refused-nowhere").stderr
     missing_pack = cli.fails(1, "pack", "pull", "org/refused-nowhere").stderr
-    assert "404" in missing_pack and "worth retrying" not in missing_pack
+    assert "repository not found (or private)" in missing_pack and "worth retrying" not in missing_pack
     for status in (401, 403):
         hub_server.fail("POST", r"/api/models/org/refused/commit/.*", status=status)
         refused = cli.fails(1, "push", str(run), "--repo-id", "org/refused")

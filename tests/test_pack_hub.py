@@ -83,6 +83,25 @@ def test_pack_push_then_pull(cli: Cli, hub_server, tmp_path: Path) -> None:  # t
 
 
 
+def test_pack_pull_of_a_repo_that_does_not_exist_says_so(cli: Cli, hub_server) -> None:  # type: ignore[no-untyped-def]
+    """`pa pack pull my-org/medcal-pack` (no such repo) said "reading the repository's tags: 404 Client Error ..."
+    with no hint against the test Hub, which answered a missing repo unlike the Hub: 404 (401 without a token)
+    with X-Error-Code RepoNotFound, read by huggingface_hub as RepositoryNotFoundError."""
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(f"{hub_server.endpoint}/api/datasets/my-org/medcal-pack/refs",
+                                     headers={"authorization": f"Bearer {hub_server.token}"})
+    with pytest.raises(urllib.error.HTTPError) as answered:
+        urllib.request.urlopen(request)
+    assert answered.value.code == 404 and answered.value.headers["X-Error-Code"] == "RepoNotFound"
+    assert json.loads(answered.value.read())["error"] == "Repository not found"
+    for token in (cli.hub.token, None):
+        failed = " ".join(cli.fails(1, "pack", "pull", "my-org/medcal-pack", token=token).stderr.split())
+        assert "reading the repository's tags: repository not found (or private)" in failed, failed
+        assert "check ORG/NAME" in failed and "Client Error" not in failed, failed
+
+
 def test_pack_push_warns_of_a_file_pack_yaml_does_not_list(cli: Cli, hub_server) -> None:  # type: ignore[no-untyped-def]
     """A template pack.yaml did not list was published without a word, as `pa validate` passed it. Then the
     warning came after the upload, too late to stop it: it is said before anything is sent, so a push that

@@ -160,6 +160,29 @@ def test_ordinary_templates_still_render(source: str) -> None:
     assert out and "ONE" in out.upper()
 
 
+@pytest.mark.parametrize(("use", "message"), [
+    ("{{ category.name }}", "category has no attribute 'name'; it has: id, title, description, action"),
+    ("{{ pack['nme'] }}", "pack has no attribute 'nme'; it has: name, title, summary"),
+    ("{{ category.title.name }}", "category.title (a string) has no attribute 'name': use it as it is, as "
+                                  "`{{ category.title }}`"),
+    ("{% for s in seeds %}{{ s.text }}{% endfor %}", "an item of seeds (a string) has no attribute 'text'"),
+    ("{{ seeds.first }}", "seeds (a list) has no attribute 'first': loop over it"),
+    ("{{ seeds[99] }}", "seeds (a list) has no item 99: it has 2, numbered from 0"),
+    ("{% if n.count %}x{% endif %}", "n (a number) has no attribute 'count'"),
+    # a mapping the template built: its keys (any text, a terminal escape too) are not printed
+    ('{% set d = {"\\x1b]0;x\\x07": 1} %}{{ d.name }}', "a mapping has no attribute 'name'"),
+])
+def test_an_unknown_attribute_is_named_in_the_packs_terms(fixture_packs: Path, use: str, message: str) -> None:
+    """`{{ category.name }}` (`category` a mapping, or `category.title.name`, a string) failed with Jinja's
+    "undefined variable: 'dict object' has no attribute 'name'", which named neither the variable nor the
+    attributes it has. The template's file and line are named as before."""
+    problem = _the_problem_of(fixture_packs, f"Write {{{{ n }}}} requests for {{{{ category.title }}}}.\n{use}\n")
+    assert problem.file.endswith(FILE) and problem.where.startswith("line 2, category "), problem
+    assert problem.message.startswith(message), problem.message
+    assert "object" not in problem.message and problem.hint.startswith("available variables: "), problem
+    assert "\x1b" not in problem.message, problem.message
+
+
 def test_a_missing_field_of_a_variable_is_told_the_fields_there_are(fixture_packs: Path) -> None:
     """`{{ category.name }}` failed with "'dict object' has no attribute 'name'" and the hint "available
     variables: pack, category, n, seeds", which did not say that the field is `category.title` or `category.id`."""
