@@ -491,15 +491,10 @@ class HubServer:
         return self.with_privacy(request, self.missing_entry(request, self.proxy(request)))
 
     def require_read(self, request: Request) -> None:
-<<<<<<< HEAD
-        """Refuse a read of a private repository to anyone but its owner the way the Hub does:
-        as if it were missing (401 anonymous, 404 with another user's token; RepoNotFound either way)."""
-=======
         """Answer a read of a repository that does not exist the way the Hub does (401 anonymous, 404 with a
         token; RepoNotFound either way), and a private one read by anyone but its owner as if it were missing.
         olah answered a missing repository's refs with 404 EntryNotFound, which the client reads as a missing
         file, so `pa pack pull my-org/typo` said "404 Client Error" here and "repository not found" on the Hub."""
->>>>>>> usererrors
         repo = _read_target(request.path)
         if repo is None:
             return
