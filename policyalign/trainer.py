@@ -169,9 +169,28 @@ def _trainer_classes() -> tuple[type, type]:
             self.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
 
         def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
-            super()._load_optimizer_and_scheduler(checkpoint)
+            if checkpoint is not None and self._on_indexed_cpu():
+                self._load_optimizer_and_scheduler_on_cpu(Path(checkpoint))
+            else:
+                super()._load_optimizer_and_scheduler(checkpoint)
             if checkpoint is not None:
                 follow_schedule(self.optimizer, self.lr_scheduler)
+
+        def _on_indexed_cpu(self) -> bool:
+            """Whether this process trains on the CPU as one of several (`cpu:RANK`), not sharded (FSDP, DeepSpeed)."""
+            device = self.args.device
+            return (device.type == "cpu" and device.index is not None and self.args.world_size > 1
+                    and not (self.is_fsdp_enabled or self.is_deepspeed_enabled))
+
+        def _load_optimizer_and_scheduler_on_cpu(self, checkpoint: Path) -> None:
+            """The Trainer's own loading, onto the plain CPU: with several processes it maps the optimizer
+            state onto `args.device`, there `cpu:RANK`, which torch.load cannot restore to, so `--resume`
+            under torchrun on the CPU ended in "don't know how to restore data location ... (tagged with cpu:0)"."""
+            from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME
+
+            self.optimizer.load_state_dict(torch.load(checkpoint / OPTIMIZER_NAME, map_location="cpu", weights_only=True))
+            self.lr_scheduler.load_state_dict(torch.load(checkpoint / SCHEDULER_NAME, map_location="cpu",
+                                                         weights_only=True))
 
         def _restore_ema_teacher(self, checkpoint: Path) -> None:
             """Take an EMA run's two adapters back from its checkpoint.

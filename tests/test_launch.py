@@ -178,3 +178,19 @@ def test_two_processes_halving_the_batch_train_the_adapter_one_process_trains(ru
     assert len(one_losses) == 2 and two_losses == pytest.approx(one_losses, rel=1e-5, abs=1e-6)
     assert one.keys() == two.keys()
     assert max((one[k] - two[k]).abs().max().item() for k in one) < 1e-4
+
+
+@pytest.mark.slow
+def test_resume_under_torchrun_on_the_cpu_continues_the_checkpoint(run_dir) -> None:
+    """`--resume` under torchrun on the CPU ended in torch.load's "don't know how to restore data location of
+    torch.storage.UntypedStorage (tagged with cpu:0)": the Trainer maps a multi-process run's optimizer state onto
+    `args.device`, there `cpu:RANK`. It continues the checkpoint now, as an uninterrupted run would."""
+    run, pack = run_dir
+    flags = ["-m", "policyalign", "distill", str(run), "--pack", str(pack.root), "--model", "tiny", "--batch-size", "2",
+             "--max-new-tokens", "8", "--save-steps", "1", "--quiet"]
+    assert _launch(*flags, "--max-steps", "1", cwd=run).returncode == 0
+    done = _launch(*flags, "--max-steps", "2", "--resume", cwd=run)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resume: no complete checkpoint" not in done.stderr
+    assert json.loads((run / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text())["global_step"] == 2
+    assert json.loads((run / "adapter" / "policyalign.json").read_text())["training"]["steps"] == 2
