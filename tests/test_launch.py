@@ -194,3 +194,23 @@ def test_resume_under_torchrun_on_the_cpu_continues_the_checkpoint(run_dir) -> N
     assert "resume: no complete checkpoint" not in done.stderr
     assert json.loads((run / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text())["global_step"] == 2
     assert json.loads((run / "adapter" / "policyalign.json").read_text())["training"]["steps"] == 2
+
+
+@pytest.mark.slow
+def test_a_checkpoint_is_resumed_on_as_many_processes_as_trained_it(run_dir) -> None:
+    """A checkpoint trained on 2 processes (2 x 2 instructions a step) resumed by a plain `pa distill` (or `pa apply`)
+    trained on at 2 a step, in another order, and policyalign.json said 1 process trained it all. Refused now, with
+    the launch that continues it (`test_resume_under_torchrun_on_the_cpu_continues_the_checkpoint`)."""
+    from typer.testing import CliRunner
+
+    from policyalign.cli import app
+
+    run, pack = run_dir
+    flags = ["distill", str(run), "--pack", str(pack.root), "--model", "tiny", "--batch-size", "2",
+             "--max-new-tokens", "8", "--save-steps", "1", "--quiet"]
+    assert _launch("-m", "policyalign", *flags, "--max-steps", "1", cwd=run).returncode == 0
+    result = CliRunner().invoke(app, [*flags, "--max-steps", "2", "--resume"])
+    assert result.exit_code == 1, result.output
+    assert "--resume would continue checkpoint-1, trained on 2 processes, on 1 process" in result.output
+    assert "torchrun --nproc_per_node 2 -m policyalign distill RUN_DIR --resume" in " ".join(result.output.split())
+    assert not (run / "checkpoints" / "checkpoint-2").exists()
