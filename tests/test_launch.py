@@ -72,6 +72,8 @@ def test_pa_distill_under_a_launcher_reports_and_writes_once(run_dir, launcher: 
     assert done.stdout.count("trained 2 steps") == 1
     meta = json.loads((run / "adapter" / "policyalign.json").read_text())
     assert meta["training"]["processes"] == 2 and meta["training"]["steps"] == 2
+    # each process draws --batch-size x --grad-accum: the config alone named half the batch each step trained on
+    assert meta["training"]["effective_batch"] == 2 * meta["config"]["gradient_accumulation_steps"] * 2
     assert json.loads((run / "run.json").read_text())["stages"]["distill"]["status"] == "done"
 
 
