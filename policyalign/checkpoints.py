@@ -127,6 +127,12 @@ def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
+def trained_processes(checkpoint: Path) -> int:
+    """How many processes trained `checkpoint`: the Trainer saves one RNG state per process
+    (`rng_state_RANK.pth`) under torchrun or `accelerate launch`, and one `rng_state.pth` alone."""
+    return len(list(checkpoint.glob("rng_state_*.pth"))) or 1
+
+
 def resume_point(run_dir: Path) -> Path | None:
     """The run's newest complete checkpoint, also where runs before 0.1.0's release kept them (adapter/checkpoints).
 

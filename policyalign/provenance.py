@@ -70,6 +70,12 @@ def name_base_model(adapter_dir: Path, base: Mapping[str, Any]) -> None:
         write_json(path, {**config, **named})
 
 
+def effective_batch(config: DistillConfig, processes: int) -> int:
+    """The instructions each optimizer step trains on: `batch_size` and `gradient_accumulation_steps` are each
+    process's, so under torchrun policyalign.json's config alone understated the batch by the process count."""
+    return config.batch_size * config.gradient_accumulation_steps * processes
+
+
 def write_provenance(adapter_dir: Path, pack: "Pack", loaded: "LoadedModel", config: DistillConfig,
                      result: DistillResult, run_dir: Path) -> dict[str, Any]:
     """policyalign.json: exactly which pack, model, data and settings made this adapter."""
@@ -97,6 +103,7 @@ def write_provenance(adapter_dir: Path, pack: "Pack", loaded: "LoadedModel", con
         "internalization": {"before": result.internalization_before, "after": result.internalization_after,
                             "drop": result.internalization_drop},
         "training": {"steps": result.steps, "processes": result.processes,
+                     "effective_batch": effective_batch(config, result.processes),
                      "final_loss": result.history[-1]["loss"] if result.history else None},
         "seeds": {k: v for k, v in {
             "synthesis": synthesis.get("seed") if isinstance(synthesis, dict) else None,

@@ -371,8 +371,9 @@ def setting_changes(recorded: dict[str, Any], settings: dict[str, Any]) -> list[
     return changes
 
 
-def check_resumable(run_dir: Path, settings: dict[str, Any]) -> None:
-    """Refuse to continue a checkpoint trained on other data, model or settings (only the length may change).
+def check_resumable(run_dir: Path, settings: dict[str, Any], processes: int = 1) -> None:
+    """Refuse to continue a checkpoint trained on other data, model or settings (only the length may change),
+    or by another number of processes (`processes`, this launch's).
 
     Otherwise the Trainer either fails deep inside with a tensor size mismatch (another LoRA
     rank) or, worse, carries on silently with the checkpoint's optimizer and schedule.
@@ -381,6 +382,8 @@ def check_resumable(run_dir: Path, settings: dict[str, Any]) -> None:
 
     entry, source, where = _checkpoint_record(run_dir)
     checkpoint = resume_point(run_dir)
+    if checkpoint is not None:
+        _check_same_processes(checkpoint, processes)
     if checkpoint is None or entry.get("resume_key") in (None, fingerprint(settings)):
         return
     changes = setting_changes(entry.get("settings") or {}, settings)
@@ -389,6 +392,24 @@ def check_resumable(run_dir: Path, settings: dict[str, Any]) -> None:
                    where=where,
                    hint="resume with the options of the interrupted run (only --max-steps, --epochs, "
                         "--save-steps, --[no-]prefix-cache and --[no-]vllm may change), or drop --resume to train afresh")
+
+
+def _check_same_processes(checkpoint: Path, processes: int) -> None:
+    """Refuse to continue on another number of processes than trained `checkpoint`. Each step draws
+    --batch-size x --grad-accum instructions per process: a run trained on 2 processes and resumed
+    by a plain `pa distill` (or `pa apply`) went on at half the batch, and in another order, while
+    policyalign.json named 1 process for the whole run."""
+    from .checkpoints import trained_processes
+
+    trained = trained_processes(checkpoint)
+    if trained == processes:
+        return
+    how = f"`torchrun --nproc_per_node {trained} -m policyalign distill RUN_DIR --resume`" if trained > 1 \
+        else "`pa distill RUN_DIR --resume` in one process"
+    raise RunError(f"--resume would continue {checkpoint.name}, trained on {trained} process{'es' * (trained > 1)}, "
+                   f"on {processes} process{'es' * (processes > 1)}: each step would draw another batch",
+                   file=str(checkpoint),
+                   hint=f"resume it as it was launched, with {how}, or train afresh (`pa distill RUN_DIR` without --resume)")
 
 
 def checkpoint_record(run_dir: Path) -> dict[str, Any]:
@@ -438,7 +459,7 @@ def run_distill(run_dir: Path, *, model: str | None = None, pack: "str | Pack | 
     check_device_and_dtype(device)
     settings = resume_settings(run_dir, the_pack, model, config)
     if resume:
-        check_resumable(run_dir, settings)
+        check_resumable(run_dir, settings, launch_rank()[2])
     if launch_rank()[0] != 0:  # another rank of a multi-process run: train; rank 0 keeps the books
         return distill_run(run_dir, the_pack, model, config, device=device, resume=resume,
                            restart_if_past=restart_if_past, progress=False, report_to=report_to)

@@ -169,9 +169,28 @@ def _trainer_classes() -> tuple[type, type]:
             self.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
 
         def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
-            super()._load_optimizer_and_scheduler(checkpoint)
+            if checkpoint is not None and self._on_indexed_cpu():
+                self._load_optimizer_and_scheduler_on_cpu(Path(checkpoint))
+            else:
+                super()._load_optimizer_and_scheduler(checkpoint)
             if checkpoint is not None:
                 follow_schedule(self.optimizer, self.lr_scheduler)
+
+        def _on_indexed_cpu(self) -> bool:
+            """Whether this process trains on the CPU as one of several (`cpu:RANK`), not sharded (FSDP, DeepSpeed)."""
+            device = self.args.device
+            return (device.type == "cpu" and device.index is not None and self.args.world_size > 1
+                    and not (self.is_fsdp_enabled or self.is_deepspeed_enabled))
+
+        def _load_optimizer_and_scheduler_on_cpu(self, checkpoint: Path) -> None:
+            """The Trainer's own loading, onto the plain CPU: with several processes it maps the optimizer
+            state onto `args.device`, there `cpu:RANK`, which torch.load cannot restore to, so `--resume`
+            under torchrun on the CPU ended in "don't know how to restore data location ... (tagged with cpu:0)"."""
+            from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME
+
+            self.optimizer.load_state_dict(torch.load(checkpoint / OPTIMIZER_NAME, map_location="cpu", weights_only=True))
+            self.lr_scheduler.load_state_dict(torch.load(checkpoint / SCHEDULER_NAME, map_location="cpu",
+                                                         weights_only=True))
 
         def _restore_ema_teacher(self, checkpoint: Path) -> None:
             """Take an EMA run's two adapters back from its checkpoint.
@@ -239,8 +258,7 @@ def _trainer_classes() -> tuple[type, type]:
 
             Stock decodes with `model.generate` through the unmerged, train-mode PEFT model, and
             rollouts are most of a training step (83-94% measured). Each row samples from its own
-            stream seeded by (seed, step, rank, row), so a resumed run draws what an uninterrupted
-            one would have. Sampling settings our loop does not implement, and FSDP or DeepSpeed
+            stream (`_rollout_sampler`), so a resumed run draws what an uninterrupted one would have. Sampling settings our loop does not implement, and FSDP or DeepSpeed
             (sharded weights), go to stock's path.
             """
             args = self.args
@@ -261,13 +279,20 @@ def _trainer_classes() -> tuple[type, type]:
             return prompt_ids, completions
 
         def _rollout_sampler(self, rows: int) -> RowSampler | None:
-            """This step's per-row sampler (None = greedy), seeded by (seed, optimizer step, rank, row)."""
+            """This step's per-row sampler (None = greedy), seeded by (seed, optimizer step, the row's place in
+            the step's whole batch over all processes).
+
+            Each rank rolls out its block of that batch (rank r: rows r x `rows` on), so an instruction
+            samples the same whether 1 process draws 8 rows a step or 2 draw 4 each: seeded by (step, rank,
+            row), the same run launched on 2 processes trained on other rollouts, and ended with another
+            adapter, than on 1 process with the same batch per step. A single process seeds as it did.
+            """
             if self.temperature <= 0:
                 return None
-            step = request_seed(self.args.seed, self.state.global_step * self.accelerator.num_processes
-                                + self.accelerator.process_index)
-            return RowSampler([request_seed(step, i) for i in range(rows)], self.temperature, self.args.top_p,
-                              self.accelerator.device)
+            step = request_seed(self.args.seed, self.state.global_step)
+            first = self.accelerator.process_index * rows
+            return RowSampler([request_seed(step, first + i) for i in range(rows)], self.temperature,
+                              self.args.top_p, self.accelerator.device)
 
         def _teacher_version(self) -> int:
             """Changes whenever the teacher's weights may have changed (never for a frozen base teacher)."""
