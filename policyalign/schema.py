@@ -134,8 +134,12 @@ def unknown_fields(error: Any) -> list[tuple[str, str, str]]:
     holding it (for a top-level field, no line), with one hint for all. Empty for any other error."""
     if error.validator != "additionalProperties" or not isinstance(error.instance, dict):
         return []
+    from .distill_settings import RUN_CHOICES
+
     allowed = list(error.schema.get("properties", {}))
-    return [(str(key), f"unknown field {key!r}", did_you_mean(str(key), allowed) or f"allowed fields: {', '.join(allowed)}")
+    elsewhere = RUN_CHOICES if list(error.absolute_path) == ["training"] else {}  # a pack's training: section
+    return [(str(key), f"unknown field {key!r}", elsewhere.get(str(key)) or did_you_mean(str(key), allowed)
+             or f"allowed fields: {', '.join(allowed)}")
             for key in error.instance if key not in allowed]  # YAML keys may be numbers or null
 
 
