@@ -22,6 +22,9 @@ MAX_SEED = 2**32 - 1
 # The settings that change how fast a training step runs, not what it computes: a resumed run may switch them
 # (`stages.RESUMABLE_CHANGES`), and an adapter restored without training keeps those it was trained with.
 SPEED_SWITCHES = ("prefix_cache", "use_vllm")
+# The settings that say how training keeps its books (checkpoints, log lines), not what it computes: a resumed run
+# may change them too, and an adapter restored without training keeps those its checkpoints were written under.
+BOOKKEEPING = ("save_steps", "logging_steps")
 
 
 @dataclass(frozen=True)
