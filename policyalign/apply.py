@@ -124,6 +124,14 @@ COMMAND_LINE_ONLY = {"packs_path": "give --packs-path on the command line, or se
 CONFIG_KEYS_OF_FLAGS = {"lr": "learning_rate", "epochs": "num_epochs", "grad_accum": "gradient_accumulation_steps",
                         "top_k": "top_n (and --kl-top-k, the reverse KL's top-k, is kl_top_k)",
                         "quiet": "progress: false"}
+# Names of settings as a pack's `training:` or an adapter's policyalign.json spells them, which a user copies into a
+# config file: `filter_keep: 0.3` was hinted "did you mean 'no_filter'?", which trains on everything, and `alpha`
+# "did you mean 'lora_alpha'?", the LoRA scale, though policyalign.json's alpha is the loss's KL direction.
+CONFIG_KEYS_OF_SETTINGS = {"filter_keep": "a pack's training.filter_keep is keep in a config file (--keep on the "
+                                          "command line)",
+                           "use_vllm": "rollouts with vLLM are `backend: vllm` in a config file (--backend vllm)",
+                           "alpha": "the loss's alpha (1.0, reverse KL, as policyalign.json records it) is fixed: "
+                                    "no option sets it; the LoRA scale is lora_alpha"}
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
@@ -155,6 +163,9 @@ def load_config_file(path: Path) -> dict[str, Any]:
         if key in CONFIG_KEYS_OF_FLAGS:
             raise InvalidInputError(f"unknown option {key!r}", file=str(path), where=key,
                                     hint=f"in a config file, --{key.replace('_', '-')} is {CONFIG_KEYS_OF_FLAGS[key]}")
+        if key in CONFIG_KEYS_OF_SETTINGS:
+            raise InvalidInputError(f"unknown option {key!r}", file=str(path), where=key,
+                                    hint=CONFIG_KEYS_OF_SETTINGS[key])
         if key in COMMAND_LINE_ONLY:  # "unknown", with the list of known keys, read as a misspelling
             raise InvalidInputError(f"{key!r} is not read from a config file", file=str(path), where=key,
                                     hint=COMMAND_LINE_ONLY[key])

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from .adapter_save import loss_label, plot_loss, save_adapter
 from .checkpoints import CHECKPOINT_RECORD, TRAINING, checkpoint_dir, resume_point, training_id
-from .distill_settings import SPEED_SWITCHES, target_modules_origin
+from .distill_settings import BOOKKEEPING, SPEED_SWITCHES, target_modules_origin
 from .errors import RunError
 from .internalization import internalization
 from .io import read_json, write_json
@@ -157,14 +157,17 @@ def _write_adapter(trainer: Any, adapter_dir: Path, pack: "Pack", loaded: "Loade
 
 def _as_trained(config: "DistillConfig", record: Mapping[str, Any] | None,
                 checkpoints: Path) -> tuple["DistillConfig", Mapping[str, Any] | None]:
-    """`config` and the checkpoint `record` with the speed switches the restored checkpoint was trained with.
+    """`config` and the checkpoint `record` with the speed switches and bookkeeping the restored checkpoint was
+    trained with.
 
     A finished run re-run with `--no-prefix-cache` restores its last checkpoint and trains 0 steps, yet
-    policyalign.json, the card and trained_with.json said the adapter was trained without the prefix cache."""
+    policyalign.json, the card and trained_with.json said the adapter was trained without the prefix cache; and
+    re-run with `--save-steps 10` (`pa apply` re-runs distill for it), that it checkpointed every 10 steps."""
     recorded = checkpoints / CHECKPOINT_RECORD
     data = read_json(recorded) if recorded.is_file() else None
     old = data.get("config") if isinstance(data, dict) else None
-    kept = {k: old[k] for k in SPEED_SWITCHES if isinstance(old, dict) and isinstance(old.get(k), bool)}
+    kept = {k: old[k] for k in (*SPEED_SWITCHES, *BOOKKEEPING) if isinstance(old, dict)
+            and type(old.get(k)) is type(getattr(config, k))}  # a bool is no count, a count no bool
     if not kept:
         return config, record
     if record is not None and isinstance(record.get("config"), dict):

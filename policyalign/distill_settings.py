@@ -22,6 +22,9 @@ MAX_SEED = 2**32 - 1
 # The settings that change how fast a training step runs, not what it computes: a resumed run may switch them
 # (`stages.RESUMABLE_CHANGES`), and an adapter restored without training keeps those it was trained with.
 SPEED_SWITCHES = ("prefix_cache", "use_vllm")
+# The settings that say how training keeps its books (checkpoints, log lines), not what it computes: a resumed run
+# may change them too, and an adapter restored without training keeps those its checkpoints were written under.
+BOOKKEEPING = ("save_steps", "logging_steps")
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,26 @@ def under_given(base: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, 
 # Command-line flags whose name differs from the training setting they override.
 FLAGS = {"learning_rate": "--lr", "num_epochs": "--epochs", "gradient_accumulation_steps": "--grad-accum",
          "top_k": "--kl-top-k"}
+
+
+# Keys a pack author writes in `training:` that set something elsewhere, hinted there rather than at the closest
+# spelling: `top_n: 5` was "did you mean 'top_k'?" (the reverse KL's top-k, not the selection count), `save_steps` "did
+# you mean 'max_steps'?" (the training's length) and `alpha` "did you mean 'lora_alpha'?" (the LoRA scale).
+RUN_CHOICES = {
+    "keep": "the fraction filtering keeps is training.filter_keep in a pack (--keep on the command line)",
+    "top_n": "how many instructions filtering keeps is a run's choice, not a pack's: --top-k (top_n in pa apply "
+             "--config); training.top_k is the reverse KL's top-k",
+    "min_score": "a score threshold is a run's choice, not a pack's: --min-score (min_score in pa apply --config)",
+    "seed": "the seed is a run's choice, not a pack's: --seed (seed in pa apply --config)",
+    "save_steps": "the checkpoint interval is a run's choice, not a pack's: --save-steps (save_steps in pa apply "
+                  "--config); training.max_steps is the training's length",
+    "prefix_cache": "the prefix cache is a run's choice, not a pack's: --[no-]prefix-cache (prefix_cache in pa apply "
+                    "--config)",
+    "use_vllm": "vLLM rollouts are a run's choice, not a pack's: pa apply --backend vllm, pa distill --vllm",
+    "alpha": "the loss's alpha is fixed (1.0, reverse KL): no setting takes it; the LoRA scale is training.lora_alpha",
+    **{FLAGS[setting].removeprefix("--").replace("-", "_"): f"{FLAGS[setting]} is training.{setting} in a pack"
+       for setting in FLAGS},
+}
 
 
 def check_settings(settings: Mapping[str, Any], *, from_command_line: bool) -> None:

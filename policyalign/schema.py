@@ -112,6 +112,8 @@ def _message(error: Any) -> str:
         return f"{repeat!r} is listed twice"
     if error.validator == "contains":  # the only `contains`: a conversation's user turn
         return "no user turn: the model would be asked to answer no request"
+    if _list_or_word(error):
+        return f"{error.instance!r} is neither {error.validator_value!r} nor a list"
     if error.validator == "not":  # jsonschema's "0 should not be valid under {'const': 0}" says nothing useful
         description = error.schema.get("description") if isinstance(error.schema, dict) else None
         return f"{error.instance!r} is not allowed" + (f": {description}" if description else "")
@@ -134,8 +136,12 @@ def unknown_fields(error: Any) -> list[tuple[str, str, str]]:
     holding it (for a top-level field, no line), with one hint for all. Empty for any other error."""
     if error.validator != "additionalProperties" or not isinstance(error.instance, dict):
         return []
+    from .distill_settings import RUN_CHOICES
+
     allowed = list(error.schema.get("properties", {}))
-    return [(str(key), f"unknown field {key!r}", did_you_mean(str(key), allowed) or f"allowed fields: {', '.join(allowed)}")
+    elsewhere = RUN_CHOICES if list(error.absolute_path) == ["training"] else {}  # a pack's training: section
+    return [(str(key), f"unknown field {key!r}", elsewhere.get(str(key)) or did_you_mean(str(key), allowed)
+             or f"allowed fields: {', '.join(allowed)}")
             for key in error.instance if key not in allowed]  # YAML keys may be numbers or null
 
 
@@ -152,8 +158,22 @@ def schema_hint(error: Any) -> str:
     if error.validator == "not":  # schema_message gives the description already
         return ""
     description = error.schema.get("description") if isinstance(error.schema, dict) else None
+    if _list_or_word(error):
+        names = [name.strip() for name in str(error.instance).split(",") if name.strip()] or [str(error.instance)]
+        shown = ", ".join(names) if isinstance(error.instance, str) else "q_proj, v_proj"
+        return f"write it as a list, even of one: [{shown}], or {error.validator_value}"
     return "; ".join(part for part in (_unquoted_text_hint(error), _single_value_hint(error), range_hint(error),
                                        description) if part)
+
+
+def _list_or_word(error: Any) -> bool:
+    """Whether `error` is another value than a list given for a list-or-one-word field (training.target_modules: a list of
+    names or `all-linear`): `target_modules: q_proj` (or `q_proj,v_proj`, as --target-modules and a config file
+    take them) was "'all-linear' was expected", with no hint, as if all-linear were the only value allowed."""
+    parent = getattr(error, "parent", None)
+    return (error.validator == "const" and not isinstance(error.instance, (list, dict)) and parent is not None
+            and parent.validator == "oneOf"
+            and any(isinstance(branch, dict) and branch.get("type") == "array" for branch in parent.validator_value))
 
 
 # A numeric bound of the schema, as the range a fix must land in says it.

@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from .distill_settings import SPEED_SWITCHES
+from .distill_settings import BOOKKEEPING, SPEED_SWITCHES
 from .errors import InvalidInputError, RunError
 from .io import output_dir, read_json, sha256_file
 from .judges import keyed_judge
@@ -334,7 +334,7 @@ def distill_config(pack: "Pack", overrides: dict[str, Any]) -> Any:
 
 # What may change between a checkpoint and the run that continues it: the length, the bookkeeping
 # and the speed switches. Everything else is what the checkpoint was trained on.
-RESUMABLE_CHANGES = ("max_steps", "num_epochs", "save_steps", "logging_steps", *SPEED_SWITCHES)
+RESUMABLE_CHANGES = ("max_steps", "num_epochs", *BOOKKEEPING, *SPEED_SWITCHES)
 
 
 def _distill_inputs(run_dir: Path, pack: "Pack", model: str, config: Any) -> dict[str, Any]:

@@ -201,6 +201,22 @@ def test_a_flag_name_in_the_config_file_is_told_its_key(tmp_path: Path, key: str
         assert "kl_top_k" in caught.value.problem.hint
 
 
+@pytest.mark.parametrize(("key", "right", "wrong"), [("filter_keep", "is keep", "no_filter"),
+                                                     ("use_vllm", "backend: vllm", None),
+                                                     ("alpha", "no option sets it", "did you mean")])
+def test_a_pack_or_provenance_setting_name_in_the_config_file_is_told_its_key(tmp_path: Path, key: str, right: str,
+                                                                               wrong: str | None) -> None:
+    """A pack's `filter_keep:` copied into --config was hinted "did you mean 'no_filter'?" (train on everything),
+    and policyalign.json's `alpha` "did you mean 'lora_alpha'?", another setting altogether."""
+    config = tmp_path / "run.yaml"
+    config.write_text(f"pack: general\nmodel: tiny\n{key}: 1\n")
+    with pytest.raises(InvalidInputError) as caught:
+        build_options({}, config)
+    hint = caught.value.problem.hint
+    assert right in hint and (wrong is None or wrong not in hint), hint
+    assert (caught.value.problem.file, caught.value.problem.where) == (str(config), key)
+
+
 def test_a_config_file_that_is_not_utf8_is_an_error_naming_it(tmp_path: Path) -> None:
     """A run.yaml saved as UTF-16 (as Windows editors may) was a UnicodeDecodeError traceback from `pa apply`."""
     config = tmp_path / "run.yaml"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -211,21 +212,24 @@ def test_resuming_a_checkpoint_that_trained_every_step_trains_no_more(recorded_r
     assert [h["step"] for h in result.history] == [1, 2]
 
 
-def test_a_restored_checkpoint_records_the_speed_switches_it_was_trained_with(recorded_run) -> None:
+@pytest.mark.parametrize(("setting", "trained", "now"), [("prefix_cache", True, False), ("save_steps", 2, 5)])
+def test_a_restored_checkpoint_records_the_switches_and_bookkeeping_it_was_trained_with(recorded_run, setting: str,
+                                                                                         trained: Any, now: Any) -> None:
     """A finished run re-run with `--no-prefix-cache` (a speed switch: it may change on resume) restores its
     last checkpoint and trains 0 steps, yet policyalign.json, the card, trained_with.json and run.json then
-    said the adapter was trained without the prefix cache. They keep what it was trained with."""
+    said the adapter was trained without the prefix cache; re-run with `--save-steps 5`, that it checkpointed
+    every 5 steps. They keep what it was trained with."""
     from policyalign.run import read_manifest
 
     run, _ = recorded_run
     options = {"max_steps": 2, "max_new_tokens": 8, "batch_size": 4, "save_steps": 2}
     run_distill(run, overrides=options, progress=False)
-    result = run_distill(run, resume=True, overrides={**options, "prefix_cache": False}, progress=False)
+    result = run_distill(run, resume=True, overrides={**options, setting: now}, progress=False)
     assert result.steps == 2
     provenance = json.loads((run / "adapter" / "policyalign.json").read_text())
-    assert provenance["config"]["prefix_cache"] is True
-    assert json.loads((checkpoint_dir(run) / "trained_with.json").read_text())["config"]["prefix_cache"] is True
-    assert read_manifest(run)["stages"]["distill"]["config"]["prefix_cache"] is True
+    assert provenance["config"][setting] == trained
+    assert json.loads((checkpoint_dir(run) / "trained_with.json").read_text())["config"][setting] == trained
+    assert read_manifest(run)["stages"]["distill"]["config"][setting] == trained
 
 
 def test_checkpoints_record_the_training_that_wrote_them_and_a_resume_keeps_it(recorded_run) -> None:

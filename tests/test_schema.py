@@ -116,3 +116,38 @@ def test_a_number_out_of_its_bounds_is_told_its_range(fixture_packs: Path, field
         load_pack(fixture_packs / "root-pack", registry=Registry([fixture_packs]))
     [problem] = [p for p in caught.value.problems if p.where.startswith(f"/training/{field}")]
     assert problem.hint.startswith(hint), problem.hint
+
+
+@pytest.mark.parametrize(("field", "hint"), [
+    ("top_n", "--top-k (top_n in pa apply --config); training.top_k is the reverse KL's top-k"),
+    ("save_steps", "--save-steps (save_steps in pa apply --config)"),
+    ("alpha", "the LoRA scale is training.lora_alpha"),
+    ("keep", "training.filter_keep"),
+    ("lr", "--lr is training.learning_rate"),
+])
+def test_a_run_option_in_a_packs_training_is_told_where_it_belongs(fixture_packs: Path, field: str, hint: str) -> None:
+    """A run's option written into `training:` was hinted at the closest spelling there: `top_n` "did you mean
+    'top_k'?" (the reverse KL's top-k, not the selection count), `save_steps` "did you mean 'max_steps'?" (the
+    training's length), `alpha` "did you mean 'lora_alpha'?"; `keep` and `lr` got the list of every field."""
+    manifest = fixture_packs / "root-pack" / "pack.yaml"
+    manifest.write_text(manifest.read_text().replace("\ntraining:\n", f"\ntraining:\n  {field}: 1\n", 1))
+    with pytest.raises(PackError) as caught:
+        load_pack(fixture_packs / "root-pack", registry=Registry([fixture_packs]))
+    [problem] = [p for p in caught.value.problems if p.where.startswith(f"/training/{field}")]
+    assert problem.message == f"unknown field {field!r}" and hint in problem.hint, problem.hint
+    assert "did you mean" not in problem.hint and problem.file.endswith("pack.yaml")
+
+
+@pytest.mark.parametrize(("value", "hint"), [("q_proj", "[q_proj], or all-linear"),
+                                             ("q_proj, v_proj", "[q_proj, v_proj], or all-linear"),
+                                             ("5", "[q_proj, v_proj], or all-linear")])
+def test_training_target_modules_not_a_list_is_shown_the_list(fixture_packs: Path, value: str, hint: str) -> None:
+    """`target_modules: q_proj` (or `q_proj, v_proj`, as --target-modules and a `pa apply --config` file take them)
+    was "'all-linear' was expected", with no hint: as if all-linear were the only value a pack may give."""
+    manifest = fixture_packs / "root-pack" / "pack.yaml"
+    text = re.sub(r"\n  target_modules: .*", "", manifest.read_text())
+    manifest.write_text(text.replace("\ntraining:\n", f"\ntraining:\n  target_modules: {value}\n", 1))
+    with pytest.raises(PackError) as caught:
+        load_pack(fixture_packs / "root-pack", registry=Registry([fixture_packs]))
+    [problem] = [p for p in caught.value.problems if p.where.startswith("/training/target_modules")]
+    assert problem.message.endswith("is neither 'all-linear' nor a list") and problem.hint.endswith(hint), problem
