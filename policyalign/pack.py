@@ -675,10 +675,12 @@ def _templates(col: Collector, data: dict[str, Any], categories: tuple[Category,
     n = synthesis.get("count_per_category", 20)
     work = WorkBudget()  # one budget for every render below: bounds the time validation can take
     for index, entry in entries:
-        if entry.get("id") in seen:
-            col.add(MANIFEST, f"/synthesis/templates/{index}/id", f"duplicate template id {entry.get('id')!r}",
-                    "give each template a unique id")
-        seen.add(entry.get("id"))
+        template_id = entry.get("id")
+        if isinstance(template_id, str):  # another type is the schema's to report (and a list cannot be looked up)
+            if template_id in seen:
+                col.add(MANIFEST, f"/synthesis/templates/{index}/id", f"duplicate template id {template_id!r}",
+                        "give each template a unique id")
+            seen.add(template_id)
         source = read_bounded(col, entry.get("file", ""), MAX_TEMPLATE_BYTES, f"/synthesis/templates/{index}/file")
         if source is None:
             continue
