@@ -366,12 +366,13 @@ def _stand_ins(own: list[tuple[int, dict[str, Any]]], broken: set[Place], origin
     (the id for a text, `refuse` for the action, no seeds): what templates are rendered against to find an
     undefined variable when no category is valid yet, so that a misspelt `categroy` is not left for the next
     round. Only a template's own failures are reported from them (`_check_template`)."""
-    def text(index: int, raw: dict[str, Any], key: str) -> str:
+    def given(index: int, raw: dict[str, Any], key: str, default: str) -> str:
+        """The entry's value of `key` if the schema passed it (a string of its kind), else `default`."""
         value = raw.get(key)
-        return value if isinstance(value, str) and not _broken_at(broken, "categories", index, key) else raw["id"]
+        return value if isinstance(value, str) and not _broken_at(broken, "categories", index, key) else default
 
-    return tuple(Category(raw["id"], text(index, raw, "title"), text(index, raw, "description"),
-                          raw["action"] if raw.get("action") in ACTION_STRENGTH else "refuse", False,
+    return tuple(Category(raw["id"], given(index, raw, "title", raw["id"]), given(index, raw, "description", raw["id"]),
+                          given(index, raw, "action", "refuse"), False,
                           () if _broken_at(broken, "categories", index, "seeds") else
                           tuple(parse_seed(raw["id"], i, s) for i, s in enumerate(_list(raw, "seeds"))), origin)
                  for index, raw in own if raw.get("remove") is not True)

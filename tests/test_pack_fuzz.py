@@ -72,12 +72,17 @@ def _places(value: object, at: tuple = ()) -> list[tuple]:
     return [place for key, child in children for place in [(*at, key), *_places(child, (*at, key))]]
 
 
-def _replaced(data: dict, place: tuple, value: object) -> dict:
+def _replaced(data: dict, places: list[tuple], value: object) -> dict:
+    """A copy of `data` with `value` at each of `places` (a place another replacement removed is skipped)."""
     data = copy.deepcopy(data)
-    holder = data
-    for key in place[:-1]:
-        holder = holder[key]
-    holder[place[-1]] = value
+    for place in places:
+        holder = data
+        try:
+            for key in place[:-1]:
+                holder = holder[key]
+            holder[place[-1]] = copy.deepcopy(value)  # one object twice is dumped as a YAML alias, which is refused
+        except (KeyError, IndexError, TypeError):
+            continue
     return data
 
 
@@ -90,14 +95,17 @@ def test_a_wrong_type_anywhere_in_a_manifest_raises_only_pack_errors(tmp_path: P
         manifest = packs / name / "pack.yaml"
         original = manifest.read_text()
         base = yaml.safe_load(original)
-        for place in _places(base):
+        # One place at a time, and a field of the first category in every category at once (no category valid).
+        every = [[("categories", c, *place[2:]) for c in range(len(base["categories"]))] for place in _places(base)
+                 if place[:2] == ("categories", 0) and len(place) > 2]
+        for places in [[place] for place in _places(base)] + every:
             for value in WRONG_TYPES:
-                manifest.write_text(yaml.safe_dump(_replaced(base, place, value)))
+                manifest.write_text(yaml.safe_dump(_replaced(base, places, value)))
                 try:
                     load_pack(packs / name, registry=Registry([packs]))
                 except PackError:
                     pass
                 except Exception as exc:  # noqa: BLE001 - any other error is the bug this test looks for
-                    crashes.append(f"{name} {'/'.join(map(str, place))} = {value!r}: {exc!r}")
+                    crashes.append(f"{name} {' '.join('/'.join(map(str, p)) for p in places)} = {value!r}: {exc!r}")
         manifest.write_text(original)
     assert not crashes, "\n".join(crashes)
