@@ -22,11 +22,20 @@ class Problem:
     where: str
     message: str
     hint: str = ""
+    # A line of the report that is no problem of its own: a check that waits for the problems listed with it
+    # ("eval items' categories not checked until ..."). Listed, not counted (`problem_count`).
+    note: bool = False
 
     def __str__(self) -> str:
         place = ":".join(part for part in (self.file, self.where) if part)
         text = f"{place}: {self.message}" if place else self.message
         return f"{text}\n    hint: {self.hint}" if self.hint else text
+
+
+def problem_count(problems: "list[Problem]") -> int:
+    """How many of `problems` are problems: notes (`Problem.note`) are listed with them but not counted, so one
+    extends cycle is "1 problem" in each pack of the loop, as it was before the notes said what it holds up."""
+    return sum(1 for problem in problems if not problem.note)
 
 
 class PolicyAlignError(Exception):
@@ -56,7 +65,7 @@ class PackError(InvalidInputError):
         self.problem = self.problems[0]
 
     def render(self) -> str:
-        count = len(self.problems)
+        count = problem_count(self.problems)
         head = f"{count} problem{'s' if count != 1 else ''} found:"
         return "\n".join([head, *(f"  {p}" for p in self.problems)])
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import yaml
 
-from .errors import InvalidInputError, PackError, did_you_mean, unreadable_error
+from .errors import InvalidInputError, PackError, did_you_mean, problem_count, unreadable_error
 from .frozen import freeze, thaw
 from .pack_eval import EvalSet, asks_nothing, chat_token_problem, eval_items, inherit_set, tool_token_problem
 from .pack_input import (CHANGELOG, MANIFEST, MAX_EVAL_BYTES, MAX_MANIFEST_BYTES, MAX_OTHER_BYTES, MAX_POLICY_BYTES,
@@ -258,17 +258,29 @@ def load_manifest(col: Collector) -> tuple[dict[str, Any] | None, dict[str, int]
     return data, col.manifest_lines
 
 
-def _schema_problems(col: Collector, data: dict[str, Any]) -> set[str]:
-    """Report schema violations; return the top-level sections that have any."""
+# The place of a problem already reported in pack.yaml, as the parts of its JSON pointer (() for the mapping itself).
+Place = tuple[str, ...]
+
+
+def _schema_problems(col: Collector, data: dict[str, Any]) -> set[Place]:
+    """Report schema violations; return the place of each, so that a later check skips only what the
+    schema refused (one category's `action`, not the whole `categories` section and the checks after it)."""
     from .schema import manifest_validator, specific
 
-    broken: set[str] = set()
+    broken: set[Place] = set()
     errors = [specific(error) for error in manifest_validator().iter_errors(data)]
     for error in sorted(errors, key=lambda e: [str(p) for p in e.absolute_path]):
         for pointer, message, hint in schema_problems(error):  # an unknown field at its own place: `/x (line 7)`
             col.add(MANIFEST, pointer, message, hint)
-        broken.add(str(error.absolute_path[0]) if error.absolute_path else "")
+        broken.add(tuple(str(part) for part in error.absolute_path))
     return broken
+
+
+def _broken_at(broken: set[Place], *place: object) -> bool:
+    """Whether a problem was reported at `place` in pack.yaml or anywhere under it: a later check of that
+    value would fail again (a knock-on problem) or crash on a type the schema refused."""
+    key = tuple(str(part) for part in place)
+    return any(found[:len(key)] == key for found in broken)
 
 
 # --------------------------------------------------------------------------- categories and composition
@@ -281,10 +293,13 @@ def parse_seed(category_id: str, index: int, raw: Any) -> Seed:
     return Seed(f"{category_id}/seed-{index}", freeze(raw.get("messages", [])), freeze(raw.get("tools", [])))
 
 
-def _own_categories(col: Collector, data: dict[str, Any], name: str) -> list[dict[str, Any]]:
-    cats = [c for c in _list(data, "categories") if isinstance(c, dict) and isinstance(c.get("id"), str)]
+def _own_categories(col: Collector, data: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
+    """The pack's own category entries with an id, each with its index in `categories` (the place problems
+    name: numbered after leaving out an entry without an id, a later one was named at the wrong entry)."""
+    cats = [(index, c) for index, c in enumerate(_list(data, "categories"))
+            if isinstance(c, dict) and isinstance(c.get("id"), str)]
     seen: set[str] = set()
-    for index, cat in enumerate(cats):
+    for index, cat in cats:
         if cat["id"] in seen:
             col.add(MANIFEST, f"/categories/{index}/id", f"duplicate category id {cat['id']!r}",
                     "give each category a unique id")
@@ -302,15 +317,65 @@ def _new_category(col: Collector, index: int, raw: dict[str, Any], origin: str, 
         col.add(MANIFEST, f"/categories/{index}/remove", f"category {raw['id']!r} is not inherited, nothing to remove",
                 "; ".join([*typo, "`remove: true` only drops a parent's category"]))
         return None
-    missing = [k for k in ("title", "description", "action") if k not in raw]
-    if missing:
-        col.add(MANIFEST, f"/categories/{index}", f"new category {raw['id']!r} is missing {', '.join(missing)}",
-                "; ".join([*typo, "a category not inherited from a parent needs title, description and action"]))
+    if _missing_fields(col, index, raw, typo):
         return None
     seeds = tuple(parse_seed(raw["id"], i, s) for i, s in enumerate(_list(raw, "seeds")))
     locked = bool(raw.get("locked", False))
     return Category(raw["id"], raw["title"], raw["description"], raw["action"], locked, seeds, origin,
                     origin if locked else "")
+
+
+NEW_CATEGORY_FIELDS = ("title", "description", "action")
+
+
+def _missing_fields(col: Collector, index: int, raw: dict[str, Any], typo: list[str]) -> bool:
+    """Report the fields a new category lacks; whether it lacks any. A field an unknown key of the entry is
+    close to (`descripton:`) is not missing but misspelt: the schema names that key, with the fix."""
+    from .schema import manifest_validator
+
+    allowed = manifest_validator().schema["$defs"]["category"]["properties"]
+    unknown = [str(key) for key in raw if key not in allowed]
+    missing = [k for k in NEW_CATEGORY_FIELDS if k not in raw]
+    if missing and not [k for k in missing if did_you_mean(k, unknown)]:
+        col.add(MANIFEST, f"/categories/{index}", f"new category {raw['id']!r} is missing {', '.join(missing)}",
+                "; ".join([*typo, "a category not inherited from a parent needs title, description and action"]))
+    return bool(missing)
+
+
+def _check_refused_entries(col: Collector, own: list[tuple[int, dict[str, Any]]], inherited: list[str]) -> None:
+    """The one check a category entry the schema refused still gets: the fields a new category lacks (an
+    `action: refuze` left out of composition hid a missing description until the next round). Nothing else
+    of it is read: its values may be of any type."""
+    for index, raw in own:
+        if raw["id"] not in inherited and "remove" not in raw:
+            close = did_you_mean(raw["id"], inherited)
+            _missing_fields(col, index, raw, [f"{close} (a parent's category)"] if close else [])
+
+
+def _standalone_categories(own: list[tuple[int, dict[str, Any]]], origin: str) -> tuple[Category, ...]:
+    """The pack's own complete, schema-valid category entries as categories, where the composed pack cannot
+    be built (a parent missing, `extends` or `categories` itself refused): what templates are rendered
+    against meanwhile. Nothing is reported: an entry that lacks a field may override a parent's category."""
+    return tuple(Category(raw["id"], raw["title"], raw["description"], raw["action"], bool(raw.get("locked", False)),
+                          tuple(parse_seed(raw["id"], i, s) for i, s in enumerate(_list(raw, "seeds"))), origin)
+                 for _, raw in own if all(k in raw for k in NEW_CATEGORY_FIELDS) and not raw.get("remove"))
+
+
+def _stand_ins(own: list[tuple[int, dict[str, Any]]], broken: set[Place], origin: str) -> tuple[Category, ...]:
+    """A category for each own entry with an id (none removing one), its missing or refused fields filled in
+    (the id for a text, `refuse` for the action, no seeds): what templates are rendered against to find an
+    undefined variable when no category is valid yet, so that a misspelt `categroy` is not left for the next
+    round. Only a template's own failures are reported from them (`_check_template`)."""
+    def given(index: int, raw: dict[str, Any], key: str, default: str) -> str:
+        """The entry's value of `key` if the schema passed it (a string of its kind), else `default`."""
+        value = raw.get(key)
+        return value if isinstance(value, str) and not _broken_at(broken, "categories", index, key) else default
+
+    return tuple(Category(raw["id"], given(index, raw, "title", raw["id"]), given(index, raw, "description", raw["id"]),
+                          given(index, raw, "action", "refuse"), False,
+                          () if _broken_at(broken, "categories", index, "seeds") else
+                          tuple(parse_seed(raw["id"], i, s) for i, s in enumerate(_list(raw, "seeds"))), origin)
+                 for index, raw in own if raw.get("remove") is not True)
 
 
 def _override(col: Collector, index: int, parent: Category, raw: dict[str, Any], origin: str) -> Category | None:
@@ -423,13 +488,15 @@ def _check_seed_lengths(col: Collector, data: dict[str, Any]) -> None:
                         "instruction this long as too_long", f"shorten it to at most {MAX_CHARS} characters")
 
 
-def _check_seed_repeats(col: Collector, data: dict[str, Any]) -> None:
+def _check_seed_repeats(col: Collector, data: dict[str, Any], broken: set[Place]) -> None:
     """Report a seed listed twice in one category entry, compared as dedup compares texts (case, punctuation,
     width and look-alike letters ignored): it was accepted, and counted twice toward the five a category needs
-    while the generator saw one example fewer. Only for a `categories` section that passed the schema."""
+    while the generator saw one example fewer. Only for category entries that passed the schema."""
     from .textnorm import normalize
 
     for index, category in enumerate(_list(data, "categories")):
+        if _broken_at(broken, "categories", index):
+            continue
         first: dict[str, int] = {}
         for i, value in enumerate(_list(category, "seeds")):
             key = normalize(parse_seed("", i, value).text)
@@ -529,8 +596,10 @@ def _check_locks_agree(col: Collector, copies: list[Category]) -> None:
             return
 
 
-def _compose_categories(col: Collector, parents: tuple[Pack, ...], own: list[dict[str, Any]],
+def _compose_categories(col: Collector, parents: tuple[Pack, ...], own: list[tuple[int, dict[str, Any]]],
                         name: str) -> tuple[Category, ...]:
+    """The composed categories: the parents' merged, then each own entry (with its index in `categories`)
+    applied. Every entry given must have passed the schema."""
     copies: dict[str, list[Category]] = {}
     for parent in parents:
         for cat in parent.categories:
@@ -539,7 +608,7 @@ def _compose_categories(col: Collector, parents: tuple[Pack, ...], own: list[dic
         _check_locks_agree(col, cats)
     merged = {cat_id: _merge_inherited(cats) for cat_id, cats in copies.items()}
     listed: set[str] = set()
-    for index, raw in enumerate(own):
+    for index, raw in own:
         _check_seeds_ask(col, index, raw)
         # `_own_categories` reports a repeated id; composed too, it overrode the pack's own first entry,
         # and a locked one was "locked by '<this pack>'; its title and description cannot be changed"
@@ -633,7 +702,7 @@ def _load_parent(col: Collector, registry: "Registry", spec: str, where: str, st
         if cycle:
             col.problems.extend(cycle)
         else:
-            col.add(MANIFEST, where, f"parent {spec!r} is invalid ({len(exc.problems)} problems)",
+            col.add(MANIFEST, where, f"parent {spec!r} is invalid ({problem_count(exc.problems)} problems)",
                     f"run `pa validate {path}` and fix the parent first")
         return None
 
@@ -664,7 +733,12 @@ def template_variables(pack_name: str, title: str, summary: str, category: Categ
     }
 
 
-def _templates(col: Collector, data: dict[str, Any], categories: tuple[Category, ...]) -> tuple[TemplateSpec, ...]:
+def _templates(col: Collector, data: dict[str, Any], categories: tuple[Category, ...],
+               stand_ins: tuple[Category, ...], broken: set[Place]) -> tuple[TemplateSpec, ...]:
+    """The pack's templates, each read, compiled and rendered for every category in `categories`: the
+    composed pack's, or as many as are valid while other problems stand. With none, they are rendered
+    against `stand_ins` (`_stand_ins`) for undefined variables; with none of those either, compiled only,
+    and the report says that they were not rendered."""
     specs: list[TemplateSpec] = []
     synthesis = _dict(data, "synthesis")
     # An entry without a file name is the schema check's to report (once). Numbered before that filter: numbered
@@ -672,20 +746,30 @@ def _templates(col: Collector, data: dict[str, Any], categories: tuple[Category,
     entries = [(index, t) for index, t in enumerate(_list(synthesis, "templates"))
                if isinstance(t, dict) and isinstance(t.get("file"), str) and t["file"]]
     seen: set[str] = set()
-    n = synthesis.get("count_per_category", 20)
+    # A count the schema refused (`many`, `true`, 10**9) is reported there: rendered with the default instead.
+    n = 20 if _broken_at(broken, "synthesis", "count_per_category") else synthesis.get("count_per_category", 20)
     work = WorkBudget()  # one budget for every render below: bounds the time validation can take
+    read = 0
     for index, entry in entries:
-        if entry.get("id") in seen:
-            col.add(MANIFEST, f"/synthesis/templates/{index}/id", f"duplicate template id {entry.get('id')!r}",
-                    "give each template a unique id")
-        seen.add(entry.get("id"))
+        template_id = entry.get("id")
+        if isinstance(template_id, str):  # another type is the schema's to report (and a list cannot be looked up)
+            if template_id in seen:
+                col.add(MANIFEST, f"/synthesis/templates/{index}/id", f"duplicate template id {template_id!r}",
+                        "give each template a unique id")
+            seen.add(template_id)
         source = read_bounded(col, entry.get("file", ""), MAX_TEMPLATE_BYTES, f"/synthesis/templates/{index}/file")
         if source is None:
             continue
         _check_file_chat_tokens(col, entry["file"], source, "template")
-        if _check_template(col, entry["file"], source, data, categories, n if isinstance(n, int) else 20, work):
+        read += bool(source.strip())
+        if _check_template(col, entry["file"], source, data, categories or stand_ins, n if isinstance(n, int) else 20,
+                           work, stand_in=not categories):
             specs.append(TemplateSpec(entry.get("id", ""), entry["file"], entry.get("description", ""),
                                       entry.get("format", "list"), source))
+    if read and not (categories or stand_ins) and col.problems:
+        col.add(MANIFEST, "/synthesis/templates", "templates not rendered until the problems above are fixed: no "
+                "category is known yet, so a variable they misspell is not found", "fix the problems above and run "
+                "`pa validate` again", note=True)
     return tuple(specs)
 
 
@@ -699,7 +783,10 @@ REQUIRED_TEMPLATE_VARIABLES = {
 
 
 def _check_template(col: Collector, file: str, source: str, data: dict[str, Any],
-                    categories: tuple[Category, ...], n: int, work: WorkBudget) -> bool:
+                    categories: tuple[Category, ...], n: int, work: WorkBudget, stand_in: bool = False) -> bool:
+    """Compile `source` and render it for each category, reporting its problems; whether it is sound.
+    For `stand_in` categories (`_stand_ins`) only a failure to render is reported: what a stand-in's
+    made-up text renders to says nothing of the template."""
     try:
         template = compile_template(source)
     except TemplateFailure as exc:
@@ -716,6 +803,8 @@ def _check_template(col: Collector, file: str, source: str, data: dict[str, Any]
             where = (f"line {exc.line}, " if exc.line else "") + f"category {cat.id!r}"
             col.add(file, where, exc.message, exc.hint)
             return False
+        if stand_in:
+            continue
         if not rendered.strip():  # `{% if category.id == "mine" %}...{% endif %}`: the others sent an empty prompt
             col.add(file, f"category {cat.id!r}", "the template renders to an empty prompt for this category: the "
                     "generator would be asked for nothing", "templates render for every category of the composed "
@@ -745,20 +834,27 @@ def _uses_required_variables(col: Collector, file: str, source: str) -> bool:
     return not missing
 
 
-def _eval_sets(col: Collector, data: dict[str, Any], categories: tuple[Category, ...] | None) -> tuple[EvalSet, ...]:
-    """The pack's eval sets; `categories` None when they could not be composed (a schema problem in
-    `categories`): every item is checked all the same, except whether its category exists."""
-    known = None if categories is None else [c.id for c in categories]
+def _eval_sets(col: Collector, data: dict[str, Any], known: list[str] | None,
+               broken: set[Place]) -> tuple[EvalSet, ...]:
+    """The pack's eval sets; `known` the category ids items may name, None when they are not known (the
+    pack's categories could not be composed): every item is checked all the same, except whether its
+    category exists, and the report says so. An entry whose `file` the schema refused is not read; one
+    whose `name` or `kind` it refused is read without them (no kind: no check of what its items expect)."""
     seen_ids: dict[str, str] = {}
     sets: list[EvalSet] = []
     names: set[str] = set()
     # A set's entry copied and renamed but still naming the first set's file: its items were read again, and
     # every one was reported as a duplicate id of itself, and as mislabelled for the second set's kind.
     files: dict[str, Any] = {}
-    for index, entry in enumerate(e for e in _list(data, "eval") if isinstance(e, dict)):
-        if entry.get("name") in names:
-            col.add(MANIFEST, f"/eval/{index}/name", f"duplicate eval set name {entry.get('name')!r}", "rename one")
-        names.add(entry.get("name"))
+    unchecked = False  # items whose category was not checked
+    for index, entry in enumerate(_list(data, "eval")):
+        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or _broken_at(broken, "eval", index, "file"):
+            continue  # the schema reported it: reading "" or a path it refused would only add a knock-on problem
+        name = entry.get("name") if isinstance(entry.get("name"), str) else None
+        kind = "" if _broken_at(broken, "eval", index, "kind") else str(entry.get("kind"))
+        if name is not None and name in names:
+            col.add(MANIFEST, f"/eval/{index}/name", f"duplicate eval set name {name!r}", "rename one")
+        names.add(name)
         _check_eval_file_name(col, index, entry.get("file"))
         file = posixpath.normpath(entry["file"]) if isinstance(entry.get("file"), str) else None
         if file in files:
@@ -774,8 +870,12 @@ def _eval_sets(col: Collector, data: dict[str, Any], categories: tuple[Category,
             col.add(entry["file"], "", f"eval set {entry.get('name')!r} is empty",
                     "add one eval item per line (schemas/eval-item.schema.json), or drop the set from `eval`")
             continue
-        items = eval_items(col, entry["file"], text, known, seen_ids, str(entry.get("kind")))
-        sets.append(EvalSet(str(entry.get("name")), str(entry.get("kind")), entry["file"], tuple(items)))
+        items = eval_items(col, entry["file"], text, known, seen_ids, kind)
+        unchecked = unchecked or (known is None and bool(items))
+        sets.append(EvalSet(str(name), kind, entry["file"], tuple(items)))
+    if unchecked and col.problems:
+        col.add(MANIFEST, "/eval", "eval items' categories not checked until the problems above are fixed: the "
+                "pack's categories are not known yet", "fix the problems above and run `pa validate` again", note=True)
     return tuple(sets)
 
 
@@ -888,6 +988,33 @@ def load_pack(path: str | Path, *, registry: "Registry | None" = None, siblings:
     return pack
 
 
+def _categories(col: Collector, data: dict[str, Any], own: list[tuple[int, dict[str, Any]]], broken: set[Place],
+                parents: tuple[Pack, ...], name: str) -> tuple[tuple[Category, ...], list[str] | None]:
+    """The categories templates are rendered against, and the ids eval items may name (None: not known).
+
+    Composed from the parents and the own entries that passed the schema; a refused entry is left out, its id
+    still known to eval items. Without every parent, an override of a parent's category reads as a new
+    category "missing title, description" and a parent's category in an eval item as unknown: wrong fixes for
+    an `extends` problem. So with `extends` refused (`extends: general@^1`), a parent not loaded, `categories`
+    itself refused, or a problem at the top level (a misspelt `extends:`, a missing `categories`), only the
+    own entries complete on their own are used, and eval items' categories are not checked."""
+    refused = [(index, raw) for index, raw in own if _broken_at(broken, "categories", index)]
+    intact = [(index, raw) for index, raw in own if (index, raw) not in refused]
+    composed = not ({(), ("categories",)} & broken or _broken_at(broken, "extends")) \
+        and len(parents) == len(_list(data, "extends"))
+    if not composed:
+        return _standalone_categories(intact, name), None
+    categories = _compose_categories(col, parents, intact, name)
+    inherited = list(dict.fromkeys(cat.id for parent in parents for cat in parent.categories))
+    _check_refused_entries(col, refused, inherited)
+    # An entry whose id was refused ("weapons\n") names no category an item could be checked against.
+    if len(own) < len(_list(data, "categories")) or any(_broken_at(broken, "categories", index, "id") for index, _ in own):
+        return categories, None
+    # An entry left out (refused, or missing a field) still names a category: an item naming it is not "unknown".
+    return categories, list(dict.fromkeys([*(cat.id for cat in categories),
+                                           *(raw["id"] for _, raw in own if raw.get("remove") is not True)]))
+
+
 # "split or shorten the file", the hint for any file over its bound, does not fit the one file the teacher reads whole.
 POLICY_TOO_BIG = ("shorten the policy: it is the system message of every teacher prompt, and packs/README.md "
                   "suggests 300 to 600 words")
@@ -898,10 +1025,9 @@ def _build(col: Collector, data: dict[str, Any], registry: "Registry | None",
     broken = _schema_problems(col, data)
     for pointer, message, hint in text_problems(data):
         col.add(MANIFEST, pointer, message, hint)
-        broken.add(pointer.split("/")[1])  # its section is not checked further (it would fail again, or crash)
+        broken.add(tuple(pointer.split("/")[1:]) if pointer != "/" else ())  # not checked further: it would fail again, or crash
     _check_seed_lengths(col, data)
-    if "categories" not in broken:
-        _check_seed_repeats(col, data)
+    _check_seed_repeats(col, data, broken)
     _check_prompt_text(col, data)
     _check_blank_text(col, data)
     name, version = data.get("name"), data.get("version")
@@ -919,21 +1045,16 @@ def _build(col: Collector, data: dict[str, Any], registry: "Registry | None",
         _check_file_chat_tokens(col, str(data["policy"]), policy, "policy")
     if isinstance(version, str) and is_semver(version):
         _check_changelog(col, version)
-    # Deeper checks assume their section passed the schema; a broken section is reported once, above.
-    if "extends" not in broken:
+    # Deeper checks skip only what the schema refused, each value reported once, above.
+    extends_refused = _broken_at(broken, "extends")
+    if not extends_refused:
         _check_parents_named_once(col, data)
-    parents = _resolve_parents(col, data, registry, (*stack, str(name)), siblings) if "extends" not in broken else ()
-    # Without every parent, an override of a parent's category reads as a new category "missing title,
-    # description" and a parent's category in an eval item as unknown: wrong fixes for an `extends` problem. So
-    # with `extends` not a list (`extends: general@^1`): none was resolved, and none was counted as asked for.
-    composed = not broken & {"categories", "extends", ""} and len(parents) == len(_list(data, "extends"))
-    categories = _compose_categories(col, parents, _own_categories(col, data, str(name)), str(name)) if composed else ()
-    # With `synthesis` (or a variable's section) broken the templates are still read and compiled, so a
-    # typo in `format` does not hide their syntax errors; they are rendered only when all of it is sound.
-    renderable = not broken & {"synthesis", "name", "title", "summary"}
-    templates = _templates(col, data, categories if renderable else ())
-    # A typo in one category's action must not hide every eval item's problems until the next round.
-    eval_sets = _eval_sets(col, data, categories if composed else None) if "eval" not in broken else ()
+    parents = _resolve_parents(col, data, registry, (*stack, str(name)), siblings) if not extends_refused else ()
+    own = _own_categories(col, data)
+    categories, known = _categories(col, data, own, broken, parents, str(name))
+    # Rendered against the categories that are valid: `pack.*` are strings whatever the schema said of them.
+    templates = _templates(col, data, categories, () if categories else _stand_ins(own, broken, str(name)), broken)
+    eval_sets = _eval_sets(col, data, known, broken)
     if col.problems or policy is None:
         return None
     own_digest = files_digest(col.root, files)

@@ -78,8 +78,9 @@ class Collector:
         name = str(path)
         return ascii(name)[1:-1] if text_problem(name) else name
 
-    def add(self, file: Path | str, where: str, message: str, hint: str = "") -> None:
-        """Keep a problem, once (an oversized eval set is found by `collect_files` and by its reader).
+    def add(self, file: Path | str, where: str, message: str, hint: str = "", *, note: bool = False) -> None:
+        """Keep a problem (or a note, `Problem.note`), once (an oversized eval set is found by `collect_files` and
+        by its reader).
 
         Looked up in a set, and no more than MAX_PROBLEMS kept: scanning the list made a 20,000-line
         eval set of junk take two minutes to report, and an 8 MB one (4 million lines) practically forever."""
@@ -97,7 +98,7 @@ class Collector:
                                          "problems: the rest are not listed", hint="fix these and validate again"))
             return
         self._seen.add(key)
-        self.problems.append(Problem(file=name, where=where, message=message, hint=hint))
+        self.problems.append(Problem(file=name, where=where, message=message, hint=hint, note=note))
 
 
 def confined_path(root: Path, rel: str) -> Path | str:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InvalidInputError, PackError, Problem
+from .errors import InvalidInputError, PackError, Problem, problem_count
 from .pack import Pack, Seed, load_pack, parse_seed
 from .pack_input import MANIFEST, manifest_place
 from .pack_index import index_problems
@@ -33,7 +33,7 @@ class ValidationReport:
         return list(dict.fromkeys(p for problems in self.failures.values() for p in problems))
 
     def problem_count(self) -> int:
-        return len(self.distinct_problems()) + len(self.index)
+        return problem_count(self.distinct_problems()) + len(self.index)
 
 
 def validate_paths(paths: list[Path], registry: Registry) -> ValidationReport:

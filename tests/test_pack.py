@@ -223,7 +223,11 @@ def test_a_parent_not_found_is_the_only_problem_its_categories_raise(fixture_pac
     with pytest.raises(PackError) as info:
         _load(fixture_packs, "child-pack")
     messages = [str(p) for p in info.value.problems]
-    assert len(messages) == 1 and "/extends/0 (line 7): parent 'root-pack@^2' not found" in messages[0], messages
+    assert len(messages) == 2 and "/extends/0 (line 7): parent 'root-pack@^2' not found" in messages[0], messages
+    # Not a problem of its own: the report says once which check waits for the parent, and counts one problem.
+    assert "/eval (line 24): eval items' categories not checked until the problems above are fixed" \
+        in messages[1], messages
+    assert info.value.problems[1].note and str(info.value).startswith("1 problem found:")
 
 
 def test_a_broken_synthesis_section_does_not_hide_template_syntax_errors(fixture_packs: Path) -> None:
@@ -482,12 +486,99 @@ def test_composition_problems_name_the_line_of_pack_yaml(fixture_packs: Path) ->
     manifest.write_text(text.replace('extends: ["root-pack@^1"]', 'extends: ["child-pack"]'))
     with pytest.raises(PackError) as caught:
         _load(fixture_packs, "child-pack")
-    [problem] = caught.value.problems
+    problem, unchecked = caught.value.problems
     assert problem.where == "/extends/0 (line 7)" and problem.message == "extends cycle: child-pack -> child-pack"
+    assert unchecked.where == "/eval (line 24)" and "categories not checked until" in unchecked.message
     manifest.write_text(text)  # so do a parent that does not load, and the composition problems (tests above)
     parent = fixture_packs / "root-pack" / "pack.yaml"
     parent.write_text(parent.read_text().replace("action: refuse", "action: explode", 1))
     with pytest.raises(PackError) as caught:
         _load(fixture_packs, "child-pack")
-    [problem] = caught.value.problems
+    problem, unchecked = caught.value.problems
     assert problem.where == "/extends/0 (line 7)" and problem.message == "parent 'root-pack@^1' is invalid (1 problems)"
+    assert unchecked.where == "/eval (line 24)"
+
+
+def _four_problems(root: Path) -> None:
+    """The docs walk's pack: a refused action, a new category without its description, a misspelt template
+    variable and an eval item naming a misspelt category."""
+    manifest = root / "pack.yaml"
+    manifest.write_text(manifest.read_text().replace("action: guide", "action: refuze")
+                        .replace("    description: Building weapons that can hurt many people.\n", ""))
+    template = root / "templates" / "plain.jinja"
+    template.write_text(template.read_text().replace("{{ category.title }}", "{{ categroy.title }}"))
+    harmful = root / "eval" / "harmful.jsonl"
+    harmful.write_text(harmful.read_text().replace('"category": "weapons"', '"category": "weapns"'))
+
+
+def test_validate_reports_every_stage_of_problems_in_one_run(fixture_packs: Path) -> None:
+    """A refused `action` stopped composition, and with it the template and eval checks: the missing
+    description, the template's misspelt variable and the eval item's unknown category each came to light
+    only in a later round, one round per stage."""
+    root = fixture_packs / "root-pack"
+    _four_problems(root)
+    result = CliRunner().invoke(app, ["validate", str(root)])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if not line.startswith(("    hint:", "INVALID"))]
+    assert lines == [
+        f"  {root}/pack.yaml:/categories/1/action (line 19): 'refuze' is not one of ['refuse', 'guide', 'comply']",
+        f"  {root}/pack.yaml:/categories/0 (line 9): new category 'weapons' is missing description",
+        f"  {root}/templates/plain.jinja:line 1, category 'weapons': undefined variable: 'categroy' is undefined",
+        f"  {root}/eval/harmful.jsonl:line 1 /category: unknown category 'weapns'",
+        "4 problem(s) found"], result.output
+    assert "did you mean 'weapons'?" in result.output  # the category left out of composition is still known
+
+
+def test_a_refused_category_entry_is_left_out_and_the_rest_composed(fixture_packs: Path) -> None:
+    """The other entries are composed and rendered; the refused one is checked only for missing fields, and
+    a field misspelt (`descripton`, an unknown field the schema names) is not also reported as missing."""
+    manifest = fixture_packs / "child-pack" / "pack.yaml"
+    text = manifest.read_text()
+    assert "  - id: records\n    title: Medical records\n    description:" in text
+    manifest.write_text(text.replace("  - id: records\n    title: Medical records\n    description:",
+                                     "  - id: records\n    title: Medical records\n    descripton:")
+                        .replace("  - id: weapons\n    seeds:\n", "  - id: weapons\n    locked: 1\n    seeds:\n", 1))
+    template = fixture_packs / "child-pack" / "templates" / "plain.jinja"
+    template.write_text(template.read_text() + "{{ n.count }}\n")
+    with pytest.raises(PackError) as caught:
+        _load(fixture_packs, "child-pack")
+    found = [(p.where.split(" ")[0], p.message) for p in caught.value.problems]
+    assert ("/categories/0/locked", "1 is not of type 'boolean'") in found
+    assert ("/categories/1/descripton", "unknown field 'descripton'") in found
+    assert not [m for _, m in found if "missing" in m or "unknown category" in m], found
+    assert [w for w, _ in found if w.startswith("line")] == ["line"], found  # the template, rendered
+
+
+def test_templates_render_against_stand_ins_when_no_category_is_valid(fixture_packs: Path) -> None:
+    """With every category refused a misspelt variable is still found; with no category at all, the report
+    says once that the templates were not rendered."""
+    manifest = fixture_packs / "root-pack" / "pack.yaml"
+    text = manifest.read_text()
+    manifest.write_text(text.replace("action: refuse", "action: 3").replace("action: guide", "action: guide!"))
+    template = fixture_packs / "root-pack" / "templates" / "plain.jinja"
+    template.write_text(template.read_text() + "{{ seed }}\n")
+    with pytest.raises(PackError) as caught:
+        _load(fixture_packs, "root-pack")
+    assert [p.message for p in caught.value.problems][2:] == ["undefined variable: 'seed' is undefined"]
+    manifest.write_text(text.replace("categories:\n", "categories: 7\nold:\n"))
+    with pytest.raises(PackError) as caught:
+        _load(fixture_packs, "root-pack")
+    notes = [p.message for p in caught.value.problems if "until the problems above are fixed" in p.message]
+    assert [note.split(":")[0] for note in notes] == ["templates not rendered until the problems above are fixed",
+                                                    "eval items' categories not checked until the problems above are fixed"]
+
+
+def test_an_eval_set_with_a_refused_kind_still_has_its_items_checked(fixture_packs: Path) -> None:
+    """`kind: safty` hid every item's problems; a refused `file` is not read (no knock-on "is a directory")."""
+    root = fixture_packs / "root-pack"
+    manifest = root / "pack.yaml"
+    manifest.write_text(manifest.read_text().replace("kind: safety", "kind: safty")
+                        .replace("file: eval/benign.jsonl", "file: [eval/benign.jsonl]"))
+    with (root / "eval" / "harmful.jsonl").open("a") as handle:
+        handle.write("not json\n")
+    with pytest.raises(PackError) as caught:
+        _load(fixture_packs, "root-pack")
+    found = [(Path(p.file).name, p.where.split(" (")[0], p.message.split(":")[0]) for p in caught.value.problems]
+    assert found == [("pack.yaml", "/eval/0/kind", "'safty' is not one of ['safety', 'over-refusal', 'capability']"),
+                     ("pack.yaml", "/eval/1/file", "['eval/benign.jsonl'] is not of type 'string'"),
+                     ("harmful.jsonl", "line 3", "malformed JSON")], found

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 from pathlib import Path
 
@@ -53,3 +54,58 @@ def test_random_yaml_text_raises_only_pack_errors(tmp_path_factory, text: str) -
         load_pack(root, registry=Registry([root.parent]))
     except PackError:
         pass
+
+
+# A value of each type the schema refuses somewhere: later checks now run beside the schema's problems, on
+# what it did not refuse, and must never read a refused value as if it had passed.
+WRONG_TYPES = [None, 7, ["x"], {"x": 1}]
+
+
+def _places(value: object, at: tuple = ()) -> list[tuple]:
+    """The path of every value in a parsed manifest, containers and their items alike (not the root)."""
+    if isinstance(value, dict):
+        children = [(key, child) for key, child in value.items()]
+    elif isinstance(value, list):
+        children = list(enumerate(value))
+    else:
+        children = []
+    return [place for key, child in children for place in [(*at, key), *_places(child, (*at, key))]]
+
+
+def _replaced(data: dict, places: list[tuple], value: object) -> dict:
+    """A copy of `data` with `value` at each of `places` (a place another replacement removed is skipped)."""
+    data = copy.deepcopy(data)
+    for place in places:
+        holder = data
+        try:
+            for key in place[:-1]:
+                holder = holder[key]
+            holder[place[-1]] = copy.deepcopy(value)  # one object twice is dumped as a YAML alias, which is refused
+        except (KeyError, IndexError, TypeError):
+            continue
+    return data
+
+
+def test_a_wrong_type_anywhere_in_a_manifest_raises_only_pack_errors(tmp_path: Path) -> None:
+    """Every place in both fixture manifests (a parent and a child), given each wrong type in turn."""
+    packs = tmp_path / "packs"
+    shutil.copytree(FIXTURE.parent, packs)
+    crashes = []
+    for name in ("root-pack", "child-pack"):
+        manifest = packs / name / "pack.yaml"
+        original = manifest.read_text()
+        base = yaml.safe_load(original)
+        # One place at a time, and a field of the first category in every category at once (no category valid).
+        every = [[("categories", c, *place[2:]) for c in range(len(base["categories"]))] for place in _places(base)
+                 if place[:2] == ("categories", 0) and len(place) > 2]
+        for places in [[place] for place in _places(base)] + every:
+            for value in WRONG_TYPES:
+                manifest.write_text(yaml.safe_dump(_replaced(base, places, value)))
+                try:
+                    load_pack(packs / name, registry=Registry([packs]))
+                except PackError:
+                    pass
+                except Exception as exc:  # noqa: BLE001 - any other error is the bug this test looks for
+                    crashes.append(f"{name} {' '.join('/'.join(map(str, p)) for p in places)} = {value!r}: {exc!r}")
+        manifest.write_text(original)
+    assert not crashes, "\n".join(crashes)

@@ -21,7 +21,7 @@ def list_packs(
     packs_path: Optional[list[Path]] = PacksPath,
 ) -> None:
     """List the packs found on the search path."""
-    from ..errors import PackError
+    from ..errors import PackError, problem_count
     from ..pack import load_pack
 
     reg = registry(packs_path)
@@ -31,7 +31,7 @@ def list_packs(
             pack = load_pack(loc.path, registry=reg)
         except PackError as exc:
             rows.append({"name": loc.name, "version": loc.version, "path": str(loc.path), "valid": False,
-                         "problems": len(exc.problems)})
+                         "problems": problem_count(exc.problems)})
             continue
         rows.append({"name": pack.name, "version": pack.version, "title": pack.title, "path": str(loc.path),
                      "valid": True, "categories": len(pack.categories),
@@ -45,7 +45,7 @@ def list_packs(
 
 def _unreadable_row(path: Path, reg: "Registry") -> dict:
     """An invalid row for a pack whose manifest can't even be read for its name; `problem` says why."""
-    from ..errors import PackError
+    from ..errors import PackError, problem_count
     from ..pack import load_pack
 
     row = {"name": path.name, "version": "", "path": str(path), "valid": False, "problems": 1,
@@ -53,7 +53,7 @@ def _unreadable_row(path: Path, reg: "Registry") -> dict:
     try:
         load_pack(path, registry=reg)
     except PackError as exc:
-        row.update(problems=len(exc.problems), problem=str(exc.problem))
+        row.update(problems=problem_count(exc.problems), problem=str(exc.problem))
     return row
 
 
@@ -114,7 +114,7 @@ def validate(
     packs_path: Optional[list[Path]] = PacksPath,
 ) -> None:
     """Validate packs, reporting every problem at once (exit code 2 when any is invalid)."""
-    from ..errors import InvalidInputError
+    from ..errors import InvalidInputError, problem_count
     from ..registry import Registry
     from ..validation import validate_all, validate_paths
 
@@ -144,8 +144,9 @@ def validate(
     listed: set[Problem] = set()  # a problem two packs share (the extends cycle they form) is printed once
     for path, problems in report.failures.items():
         new = [p for p in problems if p not in listed]
-        above = f", {len(problems) - len(new)} of them listed above" if len(new) < len(problems) else ""
-        typer.echo(f"INVALID  {_printable(path)}: {len(problems)} problem(s){above}", err=True)
+        repeated = problem_count(problems) - problem_count(new)
+        above = f", {repeated} of them listed above" if repeated else ""
+        typer.echo(f"INVALID  {_printable(path)}: {problem_count(problems)} problem(s){above}", err=True)
         for problem in new:
             typer.echo(f"  {problem}", err=True)
         listed.update(new)
