@@ -27,7 +27,10 @@ message). Reads of a public repository are open to anyone with no token or a kno
 private repository is read only with the owner's token, and anyone else gets what huggingface.co
 answers for one: the not-found answer of a missing repository (401 with `X-Error-Code:
 RepoNotFound` without a token, 404 with another user's), so the client raises
-`RepositoryNotFoundError` and cannot tell private from absent.
+`RepositoryNotFoundError` and cannot tell private from absent. A gated repository (created with
+`gated=True`) is read only with the owner's token too, and anyone else gets huggingface.co's
+answers for one not granted access: 401 with `X-Error-Code: GatedRepo` without a token, 403 with
+one, which the client raises as `GatedRepoError`.
 """
 
 from __future__ import annotations
@@ -143,15 +146,16 @@ class GitStore:
 
     # -- writes
 
-    def create(self, repo_type: str, repo_id: str, private: bool) -> bool:
-        """Create a repo with the Hub's initial commit (a .gitattributes); False if it exists."""
+    def create(self, repo_type: str, repo_id: str, private: bool, gated: bool = False) -> bool:
+        """Create a repo with the Hub's initial commit (a .gitattributes); False if it exists. A `gated` one
+        is read only by its owner, as if no one else had been granted access (see `require_read`)."""
         with self.lock:
             if self.exists(repo_type, repo_id):
                 return False
             path = self.path(repo_type, repo_id)
             path.mkdir(parents=True, exist_ok=True)
             self.git(path, "init", "-q", "-b", "main")
-            (path / ".git" / "hubserver.json").write_text(json.dumps({"private": private}))
+            (path / ".git" / "hubserver.json").write_text(json.dumps({"private": private, "gated": gated}))
             self.commit(repo_type, repo_id, "main", {".gitattributes": GITATTRIBUTES.encode()}, [], "initial commit")
             return True
 
@@ -492,14 +496,23 @@ class HubServer:
 
     def require_read(self, request: Request) -> None:
         """Refuse a read of a private repository to anyone but its owner the way the Hub does:
-        as if it were missing (401 anonymous, 404 with another user's token; RepoNotFound either way)."""
+        as if it were missing (401 anonymous, 404 with another user's token; RepoNotFound either way); and
+        of a gated one with GatedRepo (401 anonymous, 403 with a token of a user not granted access)."""
         repo = _read_target(request.path)
         if repo is None or self.authorized(request):
             return
         repo_type, repo_id = repo
-        if self.store.exists(repo_type, repo_id) and self.store.meta(repo_type, repo_id).get("private"):
+        if not self.store.exists(repo_type, repo_id):
+            return
+        if self.store.meta(repo_type, repo_id).get("private"):
             status = 404 if request.headers.get("authorization") else 401
             raise HubHTTPError(status, "Repository not found", "RepoNotFound")
+        if self.store.meta(repo_type, repo_id).get("gated"):  # huggingface.co's words for a gated repository
+            if request.headers.get("authorization"):
+                raise HubHTTPError(403, f"Access to model {repo_id} is restricted and you are not in the authorized "
+                                        f"list. Visit {self.endpoint}/{repo_id} to ask for access.", "GatedRepo")
+            raise HubHTTPError(401, f"Access to model {repo_id} is restricted. You must have access to it and be "
+                                    "authenticated to access it. Please log in.", "GatedRepo")
 
     def missing_entry(self, request: Request, response: Response) -> Response:
         """olah answers 401 for a file or folder a model repository lacks; the Hub answers 404
