@@ -175,8 +175,7 @@ def _hub_error(exc: BaseException, action: str, token: str | None, repo: str, st
         return HubError(f"{action}: the Hub rejected the token (401 Unauthorized)", file=repo,
                         hint="; ".join(filter(None, [LOGIN_HINT, state])))
     if status == 403:
-        return HubError(f"{action}: the token may not write to this repository (403 Forbidden)", file=repo,
-                        hint="; ".join(filter(None, ["use a token with write access to that user or organization", state])))
+        return _forbidden(action, repo, state)
     if isinstance(exc, RevisionNotFoundError):
         return HubError(f"{action}: revision not found", file=repo, hint="check the tag or branch name after '@'")
     if isinstance(exc, RepositoryNotFoundError):
@@ -234,6 +233,16 @@ def escaped_name(rel: str) -> str:
     from .templates import text_problem
 
     return ascii(rel)[1:-1] if text_problem(rel) or _C0_CONTROL.search(rel) else rel
+
+
+def _forbidden(action: str, repo: str, state: str) -> HubError:
+    """A 403: the Hub answers it to a valid token of an account that may not write to the repository's user or
+    organization, named here with the fix ("this repository" left the user to guess whose access was missing)."""
+    owner = repo.split("/")[0] if "/" in repo else "the repository's user or organization"
+    return HubError(f"{action}: the token has no write access to {owner} (403 Forbidden)", file=repo,
+                    hint="; ".join(filter(None, [f"use a token of an account that may write to {owner} (a member with "
+                                                 "the write role; a fine-grained token needs write access to its "
+                                                 f"repositories): {LOGIN_HINT}", state])))
 
 
 def _first_line(exc: BaseException) -> str:

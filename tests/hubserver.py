@@ -22,10 +22,10 @@ The server knows two tokens: its owner's (`token`, which every repository belong
 `other_token`, a real user's who owns nothing. Any other token is invalid, and huggingface.co
 answers every request carrying one, a public repository's read included, with 401 "Invalid
 credentials in Authorization header" (which the client raises as a plain 401, not as
-RepositoryNotFound); so does this server. Writes need the owner's token (401 otherwise, with that
-message). Reads of a public repository are open to anyone with no token or a known one; a
-private repository is read only with the owner's token, and anyone else gets what huggingface.co
-answers for one: the not-found answer of a missing repository (401 with `X-Error-Code:
+RepositoryNotFound); so does this server. Writes need the owner's token (401 without a token, with
+that message; 403 with `other_token`, as the Hub answers a token without write access). Reads of
+a public repository are open to anyone with no token or a known one; a private repository is read
+only with the owner's token, and anyone else gets what huggingface.co answers for one: the not-found answer of a missing repository (401 with `X-Error-Code:
 RepoNotFound` without a token, 404 with another user's), so the client raises
 `RepositoryNotFoundError` and cannot tell private from absent. A gated repository (created with
 `gated=True`) is read only with the owner's token too, and anyone else gets huggingface.co's
@@ -62,6 +62,7 @@ URL_PREFIX = {"model": "", "dataset": "datasets/"}
 USER = "pa-tester"
 # A valid token of another user of the Hub, who owns no repository here.
 OTHER_TOKEN = "hf_anotherUserOfThisHub7sK2pQ9"
+OTHER_USER = "another-user"
 INVALID_TOKEN = "Invalid credentials in Authorization header"  # huggingface.co's words, which huggingface_hub reads
 LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {size}\n"
 POINTER_RE = re.compile(r"^version https://git-lfs\.github\.com/spec/v1\noid sha256:([0-9a-f]{64})\nsize (\d+)\n$")
@@ -545,9 +546,15 @@ class HubServer:
     def authorized(self, request: Request) -> bool:
         return request.headers.get("authorization", "") == f"Bearer {self.token}"
 
-    def require_auth(self, request: Request) -> None:
-        if not self.authorized(request):
-            raise HubHTTPError(401, INVALID_TOKEN)
+    def require_auth(self, request: Request, refused: str = "You don't have write access to this repository") -> None:
+        """A write (or whoami) needs the owner's token: none is a 401, and another user's valid token a 403 with
+        `refused`, as huggingface.co answers a token without write access (this server answered it 401, the
+        invalid-token answer, so no test could see what pa says to a user pushing to an organization not theirs)."""
+        if self.authorized(request):
+            return
+        if request.headers.get("authorization") == f"Bearer {self.other_token}":
+            raise HubHTTPError(403, refused)
+        raise HubHTTPError(401, INVALID_TOKEN)
 
     def refuse_unknown_token(self, request: Request) -> None:
         """A token the Hub does not know (mistyped, revoked) is refused on every request, a public repository's
@@ -560,6 +567,9 @@ class HubServer:
     # -- endpoints
 
     def whoami(self, request: Request) -> Response:
+        if request.headers.get("authorization") == f"Bearer {self.other_token}":
+            return Response.json({"type": "user", "name": OTHER_USER, "fullname": "Another User", "orgs": [],
+                                  "auth": {"type": "access_token", "accessToken": {"displayName": "theirs", "role": "write"}}})
         self.require_auth(request)
         return Response.json({"type": "user", "name": USER, "fullname": "Test User", "orgs": [],
                               "auth": {"type": "access_token", "accessToken": {"displayName": "tests", "role": "write"}}})
@@ -569,12 +579,12 @@ class HubServer:
         return Response.json({"errors": [{"message": p} for p in problems], "warnings": []}, 400 if problems else 200)
 
     def create_repo(self, request: Request) -> Response:
-        self.require_auth(request)
         payload = request.json()
         repo_type = payload.get("type") or "model"
+        name, org = payload.get("name", ""), payload.get("organization") or USER
+        self.require_auth(request, f'You don\'t have the rights to create a {repo_type} under the namespace "{org}"')
         if repo_type not in URL_PREFIX:
             raise HubHTTPError(400, f"unsupported repo type {repo_type}")
-        name, org = payload.get("name", ""), payload.get("organization") or USER
         if not re.fullmatch(r"[\w.-]+", name or "") or not re.fullmatch(r"[\w.-]+", org):
             raise HubHTTPError(400, "invalid repo name")
         repo_id = f"{org}/{name}"
