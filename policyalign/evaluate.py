@@ -27,7 +27,6 @@ import gc
 import json
 import os
 import shutil
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from .eval_report import EvalResult, write_eval
 from .judges import public_judge
 from .io import output_dir, read_json, sha256_file
 from .metrics import compute_metrics, summarize
+from .progress import say_resuming
 from .verdicts import judge_journaled, judge_weights_fetched
 
 if TYPE_CHECKING:
@@ -192,7 +192,7 @@ def _generate(tasks: Sequence[EvalTask], pack: "Pack", model_name: str, *, adapt
     shown = [_shown_key(task, conv) for task, conv in zip(tasks, conversations)]
     pending = [k for k, key in enumerate(shown) if key not in journal.responses]
     if len(pending) < len(tasks):
-        print(f"resuming: {len(tasks) - len(pending)} of {len(tasks)} responses from {journal.path}", file=sys.stderr)
+        say_resuming(len(tasks) - len(pending), len(tasks), "responses", journal.path)
 
     def keep(batch: list[int], gens: list[Any]) -> None:
         journal.add_responses([(tasks[pending[i]], shown[pending[i]], gen) for i, gen in zip(batch, gens)])

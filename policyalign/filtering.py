@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from .distill_settings import check_seed
 from .errors import InvalidInputError
 from .io import append_jsonl, iter_jsonl, read_journal, write_jsonl
-from .progress import progress_bar
+from .progress import progress_bar, say_resuming
 
 if TYPE_CHECKING:
     from .generation import Backend, SamplingParams
@@ -266,13 +266,18 @@ def _reusable_scores(run_dir: Path, records: list[dict[str, Any]],
                      made_under: dict[str, str]) -> dict[str, dict[str, Any]]:
     """{id: scored row} of scored.jsonl and then scored.partial.jsonl (torn lines skipped, see
     `io.read_journal`) made under `made_under`, saying how many instructions they held scores of
-    made otherwise, which are scored again."""
+    made otherwise, which are scored again, and, as `pa eval` does, how many scores a stopped run
+    left in scored.partial.jsonl are picked up (the resume went unsaid)."""
     import sys
 
-    rows = [row for name in ("scored.jsonl", PARTIAL) for row in read_journal(run_dir / name)
-            if all(key in row for key in SCORED_KEYS)]
+    saved, partial = ([row for row in read_journal(run_dir / name) if all(key in row for key in SCORED_KEYS)]
+                      for name in ("scored.jsonl", PARTIAL))
+    rows = saved + partial
     done = {row["id"]: row for row in rows if row.get("made_under") == made_under}
-    again = ({row["id"] for row in rows} - set(done)) & {r["id"] for r in records}
+    wanted = {r["id"] for r in records}
+    if resumed := {row["id"] for row in partial if done.get(row["id"]) is row} & wanted:  # its last score of the id
+        say_resuming(len(resumed), len(wanted), "scores", run_dir / PARTIAL)
+    again = ({row["id"] for row in rows} - set(done)) & wanted
     if again:
         print(f"{run_dir}: scoring {len(again)} instructions again, scored with other settings or inputs, or on "
               f"another device type or precision than {made_under['device']} {made_under['dtype']}", file=sys.stderr)

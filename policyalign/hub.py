@@ -175,8 +175,7 @@ def _hub_error(exc: BaseException, action: str, token: str | None, repo: str, st
         return HubError(f"{action}: the Hub rejected the token (401 Unauthorized)", file=repo,
                         hint="; ".join(filter(None, [LOGIN_HINT, state])))
     if status == 403:
-        return HubError(f"{action}: the token may not write to this repository (403 Forbidden)", file=repo,
-                        hint="; ".join(filter(None, ["use a token with write access to that user or organization", state])))
+        return _forbidden(action, repo, state)
     if isinstance(exc, RevisionNotFoundError):
         return HubError(f"{action}: revision not found", file=repo, hint="check the tag or branch name after '@'")
     if isinstance(exc, RepositoryNotFoundError):
@@ -223,12 +222,27 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         link = link.__cause__ or (None if link.__suppress_context__ else link.__context__)
 
 
+# The C0 control characters but U+0000, tab and newline included: Windows file names cannot hold them (U+0000 ends
+# every name, and `is_safe_relpath` refuses it), and a name holding a tab or a newline prints as two names.
+_C0_CONTROL = re.compile("[\x01-\x1f]")
+
+
 def escaped_name(rel: str) -> str:
     """Remote text (a file name, a Hub's error) as an error may print it: escaped when it holds control characters,
     which a hostile Hub would otherwise send to the terminal of whoever pulls (`\x1b]0;...` retitles it)."""
     from .templates import text_problem
 
-    return ascii(rel)[1:-1] if text_problem(rel) else rel
+    return ascii(rel)[1:-1] if text_problem(rel) or _C0_CONTROL.search(rel) else rel
+
+
+def _forbidden(action: str, repo: str, state: str) -> HubError:
+    """A 403: the Hub answers it to a valid token of an account that may not write to the repository's user or
+    organization, named here with the fix ("this repository" left the user to guess whose access was missing)."""
+    owner = repo.split("/")[0] if "/" in repo else "the repository's user or organization"
+    return HubError(f"{action}: the token has no write access to {owner} (403 Forbidden)", file=repo,
+                    hint="; ".join(filter(None, [f"use a token of an account that may write to {owner} (a member with "
+                                                 "the write role; a fine-grained token needs write access to its "
+                                                 f"repositories): {LOGIN_HINT}", state])))
 
 
 def _first_line(exc: BaseException) -> str:
@@ -386,14 +400,20 @@ _DEVICE_NAMES = frozenset({"con", "prn", "aux", "nul", "conin$", "conout$",
 def unportable_part(rel: str) -> str | None:
     """Why a safe relative path cannot be written on every system (None when it can): a component that is a
     Windows device name (`con`, `aux.txt`, `COM1.md`), ends in a dot or a space, which Windows drops, so
-    `notes.` is written as `notes`, or holds a character Windows names cannot (`:<>"|?*`). Linux writes them all: refused everywhere, a pack is the same on each."""
+    `notes.` is written as `notes`, or holds a character Windows names cannot (`:<>"|?*` and the control
+    characters U+0001-U+001F). Linux writes them all: refused everywhere, a pack is the same on each.
+    The reason shows the component escaped (`escaped_name`): the name may come from a hostile Hub."""
     for part in rel.split("/"):
+        shown = escaped_name(part)
+        if control := _C0_CONTROL.search(part):  # first: `con\x01.md` is no device name, `a\x1b.` no dot name
+            return (f"`{shown}` holds the control character U+{ord(control.group()):04X}, which Windows file "
+                    "names cannot hold")
         if part.split(".")[0].rstrip(" ").lower() in _DEVICE_NAMES:
-            return f"`{part}` is a Windows device name"
+            return f"`{shown}` is a Windows device name"
         if part.endswith((".", " ")):
-            return f"`{part}` ends in a {'dot' if part.endswith('.') else 'space'}, which Windows drops"
+            return f"`{shown}` ends in a {'dot' if part.endswith('.') else 'space'}, which Windows drops"
         if reserved := sorted(set(part) & _WINDOWS_RESERVED):  # `a:b.md` is NTFS's stream b.md of the file a
-            return f"`{part}` holds {' '.join(reserved)}, which Windows file names cannot hold"
+            return f"`{shown}` holds {' '.join(reserved)}, which Windows file names cannot hold"
     return None
 
 

@@ -509,6 +509,42 @@ def _offline_advice(lowered_error: str) -> str:
     return "; without internet, set HF_HUB_OFFLINE=1 to fail at once instead of retrying the Hub for about a minute"
 
 
+def _refused_download(ref: ModelRef, exc: Exception) -> ModelError | None:
+    """The Hub's refusal of a download, told by its error class as huggingface_hub raises it from the Hub's
+    X-Error-Code, not by the status: a gated model (GatedRepo: 401 without a token, 403 for an account that has
+    not been granted access), a repository missing or private to this token (RepoNotFound), or another 401/403
+    (a fine-grained token without read access). Every 401 and 403 read as "gated: accept its license", a fix
+    that cannot work for a private repository or a token's permissions. None for anything else."""
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    from .hub import LOGIN_HINT, _causes, escaped_name, shown_endpoint
+
+    cause = next((c for c in _causes(exc) if isinstance(c, HfHubHTTPError)), None)
+    status = getattr(getattr(cause, "response", None), "status_code", None)
+    page = f"{shown_endpoint()}/{ref.location}"
+    if isinstance(cause, GatedRepoError) and status == 403:
+        return ModelError(f"{ref} is gated on the Hugging Face Hub and the token's account has not been granted "
+                          "access (403 Forbidden)",
+                          hint=f"accept its license (ask for access) at {page} while logged in as that account "
+                               "(some authors approve each request), then run again")
+    if isinstance(cause, GatedRepoError):
+        return ModelError(f"{ref} is gated on the Hugging Face Hub and was asked for without a token "
+                          f"({'401 Unauthorized' if status == 401 else status})",
+                          hint=f"accept its license at {page}, then {LOGIN_HINT} with that account's token")
+    if isinstance(cause, RepositoryNotFoundError):
+        return ModelError(f"the Hugging Face Hub has no model {ref.location} that this token may read (Repository "
+                          "Not Found: the name is wrong, or the repository is private)",
+                          hint="check the name; for a private repository, use a token of an account that can read "
+                               f"it: {LOGIN_HINT}")
+    if status in (401, 403):
+        said = escaped_name(" ".join((getattr(cause, "server_message", None) or "").split()))
+        return ModelError(f"the Hugging Face Hub refused the download of {ref} ({status}"
+                          + (f": {said})" if said else ")"),
+                          hint="use a token that may read the repository (a fine-grained token needs read access "
+                               f"to it): {LOGIN_HINT}")
+    return None
+
+
 def _model_error(ref: ModelRef, exc: Exception) -> ModelError:
     text = str(exc).strip()
     detail = text.splitlines()[0] if text else type(exc).__name__
@@ -520,11 +556,8 @@ def _model_error(ref: ModelRef, exc: Exception) -> ModelError:
             return ModelError(f"the Hub rejected the token (401 Unauthorized) while downloading {ref}",
                               hint=f"the token in HF_TOKEN (or the cached login) is not valid: {LOGIN_HINT} with a "
                                    "valid one, or unset HF_TOKEN to download a public model without one")
-        if "gated" in lowered or "401" in lowered or "403" in lowered:
-            return ModelError(
-                f"{ref} is gated on the Hugging Face Hub: {detail}",
-                hint="accept its license on the Hub, then `hf auth login` (or set HF_TOKEN)",
-            )
+        if refused := _refused_download(ref, exc):
+            return refused
         return ModelError(
             f"{ref} is not in the local Hugging Face cache and could not be downloaded: {detail}",
             hint=(

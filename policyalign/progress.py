@@ -7,6 +7,14 @@ from contextlib import contextmanager, suppress
 from typing import Any
 
 
+def say_resuming(done: int, total: int, what: str, source: object) -> None:
+    """The one line on stderr that says a stage picks up work a stopped run saved (`pa eval`'s responses, a judge's
+    verdicts, `pa filter`'s scores), so a resumed run is not taken for a fresh one: "resuming: N of M WHAT from FILE"."""
+    import sys
+
+    print(f"resuming: {done} of {total} {what} from {source}", file=sys.stderr)
+
+
 @contextmanager
 def progress_bar(enabled: bool, total: int, label: str) -> Iterator[Callable[[int], None]]:
     """A rich progress bar on stderr (nothing at all when disabled)."""

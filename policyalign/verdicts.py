@@ -5,11 +5,11 @@ stopped part way does not judge again what it had judged (`judge_journaled`).
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .eval_journal import Journal
+from .progress import say_resuming
 from .judges import (Judge, JudgeItem, ToolCall, Verdict, get_judge, judge_model, judge_model_errors, keyed_judge,
                      parse_tool_calls, structured_tool_calls)
 
@@ -97,7 +97,7 @@ def judge_journaled(rows: list[dict[str, Any]], judge_spec: str, journal: Journa
     keys = [_verdict_key(judge_key, row, in_text) for row, (_, in_text) in zip(rows, made)]
     pending = [k for k, key in enumerate(keys) if key not in journal.verdicts]
     if len(pending) < len(rows):
-        print(f"resuming: {len(rows) - len(pending)} of {len(rows)} verdicts from {journal.path}", file=sys.stderr)
+        say_resuming(len(rows) - len(pending), len(rows), "verdicts", journal.path)
     judge = get_judge(judge_spec, device=device, batch_size=batch_size) if pending else None
     size = judge_chunk(judge, batch_size)
     for start in range(0, len(pending), size):

@@ -22,12 +22,15 @@ The server knows two tokens: its owner's (`token`, which every repository belong
 `other_token`, a real user's who owns nothing. Any other token is invalid, and huggingface.co
 answers every request carrying one, a public repository's read included, with 401 "Invalid
 credentials in Authorization header" (which the client raises as a plain 401, not as
-RepositoryNotFound); so does this server. Writes need the owner's token (401 otherwise, with that
-message). Reads of a public repository are open to anyone with no token or a known one; a
-private repository is read only with the owner's token, and anyone else gets what huggingface.co
-answers for one: the not-found answer of a missing repository (401 with `X-Error-Code:
+RepositoryNotFound); so does this server. Writes need the owner's token (401 without a token, with
+that message; 403 with `other_token`, as the Hub answers a token without write access). Reads of
+a public repository are open to anyone with no token or a known one; a private repository is read
+only with the owner's token, and anyone else gets what huggingface.co answers for one: the not-found answer of a missing repository (401 with `X-Error-Code:
 RepoNotFound` without a token, 404 with another user's), so the client raises
-`RepositoryNotFoundError` and cannot tell private from absent.
+`RepositoryNotFoundError` and cannot tell private from absent. A gated repository (created with
+`gated=True`) is read only with the owner's token too, and anyone else gets huggingface.co's
+answers for one not granted access: 401 with `X-Error-Code: GatedRepo` without a token, 403 with
+one, which the client raises as `GatedRepoError`.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ URL_PREFIX = {"model": "", "dataset": "datasets/"}
 USER = "pa-tester"
 # A valid token of another user of the Hub, who owns no repository here.
 OTHER_TOKEN = "hf_anotherUserOfThisHub7sK2pQ9"
+OTHER_USER = "another-user"
 INVALID_TOKEN = "Invalid credentials in Authorization header"  # huggingface.co's words, which huggingface_hub reads
 LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {size}\n"
 POINTER_RE = re.compile(r"^version https://git-lfs\.github\.com/spec/v1\noid sha256:([0-9a-f]{64})\nsize (\d+)\n$")
@@ -143,15 +147,16 @@ class GitStore:
 
     # -- writes
 
-    def create(self, repo_type: str, repo_id: str, private: bool) -> bool:
-        """Create a repo with the Hub's initial commit (a .gitattributes); False if it exists."""
+    def create(self, repo_type: str, repo_id: str, private: bool, gated: bool = False) -> bool:
+        """Create a repo with the Hub's initial commit (a .gitattributes); False if it exists. A `gated` one
+        is read only by its owner, as if no one else had been granted access (see `require_read`)."""
         with self.lock:
             if self.exists(repo_type, repo_id):
                 return False
             path = self.path(repo_type, repo_id)
             path.mkdir(parents=True, exist_ok=True)
             self.git(path, "init", "-q", "-b", "main")
-            (path / ".git" / "hubserver.json").write_text(json.dumps({"private": private}))
+            (path / ".git" / "hubserver.json").write_text(json.dumps({"private": private, "gated": gated}))
             self.commit(repo_type, repo_id, "main", {".gitattributes": GITATTRIBUTES.encode()}, [], "initial commit")
             return True
 
@@ -492,19 +497,28 @@ class HubServer:
 
     def require_read(self, request: Request) -> None:
         """Answer a read of a repository that does not exist the way the Hub does (401 anonymous, 404 with a
-        token; RepoNotFound either way), and a private one read by anyone but its owner as if it were missing.
-        olah answered a missing repository's refs with 404 EntryNotFound, which the client reads as a missing
-        file, so `pa pack pull my-org/typo` said "404 Client Error" here and "repository not found" on the Hub."""
+        token; RepoNotFound either way), a private one read by anyone but its owner as if it were missing, and
+        a gated one with GatedRepo (401 anonymous, 403 with a token of a user not granted access). olah
+        answered a missing repository's refs with 404 EntryNotFound, which the client reads as a missing file,
+        so `pa pack pull my-org/typo` said "404 Client Error" here and "repository not found" on the Hub."""
         repo = _read_target(request.path)
         if repo is None:
             return
         repo_type, repo_id = repo
         exists = self.store.exists(repo_type, repo_id)
-        if exists and (self.authorized(request) or not self.store.meta(repo_type, repo_id).get("private")):
+        if exists and self.authorized(request):
             return
-        if request.headers.get("authorization"):
-            raise HubHTTPError(404, "Repository not found", "RepoNotFound")
-        raise HubHTTPError(401, "Invalid username or password.", "RepoNotFound")
+        meta = self.store.meta(repo_type, repo_id) if exists else {}
+        if not exists or meta.get("private"):
+            if request.headers.get("authorization"):
+                raise HubHTTPError(404, "Repository not found", "RepoNotFound")
+            raise HubHTTPError(401, "Invalid username or password.", "RepoNotFound")
+        if meta.get("gated"):  # huggingface.co's words for a gated repository
+            if request.headers.get("authorization"):
+                raise HubHTTPError(403, f"Access to model {repo_id} is restricted and you are not in the authorized "
+                                        f"list. Visit {self.endpoint}/{repo_id} to ask for access.", "GatedRepo")
+            raise HubHTTPError(401, f"Access to model {repo_id} is restricted. You must have access to it and be "
+                                    "authenticated to access it. Please log in.", "GatedRepo")
 
     def missing_entry(self, request: Request, response: Response) -> Response:
         """olah answers 401 for a file or folder a model repository lacks; the Hub answers 404
@@ -537,9 +551,15 @@ class HubServer:
     def authorized(self, request: Request) -> bool:
         return request.headers.get("authorization", "") == f"Bearer {self.token}"
 
-    def require_auth(self, request: Request) -> None:
-        if not self.authorized(request):
-            raise HubHTTPError(401, INVALID_TOKEN)
+    def require_auth(self, request: Request, refused: str = "You don't have write access to this repository") -> None:
+        """A write (or whoami) needs the owner's token: none is a 401, and another user's valid token a 403 with
+        `refused`, as huggingface.co answers a token without write access (this server answered it 401, the
+        invalid-token answer, so no test could see what pa says to a user pushing to an organization not theirs)."""
+        if self.authorized(request):
+            return
+        if request.headers.get("authorization") == f"Bearer {self.other_token}":
+            raise HubHTTPError(403, refused)
+        raise HubHTTPError(401, INVALID_TOKEN)
 
     def refuse_unknown_token(self, request: Request) -> None:
         """A token the Hub does not know (mistyped, revoked) is refused on every request, a public repository's
@@ -552,6 +572,9 @@ class HubServer:
     # -- endpoints
 
     def whoami(self, request: Request) -> Response:
+        if request.headers.get("authorization") == f"Bearer {self.other_token}":
+            return Response.json({"type": "user", "name": OTHER_USER, "fullname": "Another User", "orgs": [],
+                                  "auth": {"type": "access_token", "accessToken": {"displayName": "theirs", "role": "write"}}})
         self.require_auth(request)
         return Response.json({"type": "user", "name": USER, "fullname": "Test User", "orgs": [],
                               "auth": {"type": "access_token", "accessToken": {"displayName": "tests", "role": "write"}}})
@@ -561,12 +584,12 @@ class HubServer:
         return Response.json({"errors": [{"message": p} for p in problems], "warnings": []}, 400 if problems else 200)
 
     def create_repo(self, request: Request) -> Response:
-        self.require_auth(request)
         payload = request.json()
         repo_type = payload.get("type") or "model"
+        name, org = payload.get("name", ""), payload.get("organization") or USER
+        self.require_auth(request, f'You don\'t have the rights to create a {repo_type} under the namespace "{org}"')
         if repo_type not in URL_PREFIX:
             raise HubHTTPError(400, f"unsupported repo type {repo_type}")
-        name, org = payload.get("name", ""), payload.get("organization") or USER
         if not re.fullmatch(r"[\w.-]+", name or "") or not re.fullmatch(r"[\w.-]+", org):
             raise HubHTTPError(400, "invalid repo name")
         repo_id = f"{org}/{name}"

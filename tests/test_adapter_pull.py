@@ -187,7 +187,7 @@ def test_pull_refuses_names_not_every_system_can_write_before_downloading(cli: C
     `readme.md` beside `README.md` (one file on macOS and Windows: the second download failed with a bare
     "File exists"): refused before any download, naming each; on Linux it installed, unlike elsewhere."""
     cli.published(make_run(tmp_path / "run", make_pack(cli.packs, "devices")), "org/adapter-devices")
-    added = {"notes/CON.json": b"{}", "notes.": b"x", "readme.md": b"# other\n"}
+    added = {"notes/CON.json": b"{}", "notes.": b"x", "readme.md": b"# other\n", "notes/a\x1b]0;x\x07.json": b"{}"}
     metadata, body = card.parse_card(hub_server.read("org/adapter-devices", "README.md").decode())
     metadata["policyalign"]["files"].update({name: hashlib.sha256(data).hexdigest() for name, data in added.items()})
     hub_server.put_files("org/adapter-devices", {**added, "README.md": (card.dump_front_matter(metadata) + body).encode()},
@@ -199,6 +199,8 @@ def test_pull_refuses_names_not_every_system_can_write_before_downloading(cli: C
         assert "notes/CON.json: `CON.json` is a Windows device name" in result.stderr
         assert "notes.: `notes.` ends in a dot, which Windows drops" in result.stderr
         assert "README.md and readme.md differ only in case" in result.stderr
+        assert ("notes/a\\x1b]0;x\\x07.json: `a\\x1b]0;x\\x07.json` holds the control character U+001B"
+                in result.stderr), result.stderr
         assert "rename the file(s) in the repository" in result.stderr
     assert not [path for method, path, _ in hub_server.requests if "/resolve/" in path], hub_server.requests
     assert not (tmp_path / "pulled").exists()
@@ -370,15 +372,21 @@ def test_a_forged_adapter_sends_no_terminal_escape_to_the_puller(cli: Cli, hub_s
     assert "policyalign.json:/pack/digest: provenance check failed: pack.digest is not a sha256 digest" in result.stderr
     assert "\x1b" not in result.stdout + result.stderr
 
-    def name_and_file(metadata: dict) -> None:
+    def name(metadata: dict) -> None:
         metadata["policyalign"]["pack"]["name"] = "escapes" + evil
-        metadata["policyalign"]["files"][evil] = "0" * 64
 
     _forge(hub_server, repo, json.dumps({**provenance, "pack": {**provenance["pack"], "name": "escapes" + evil}}).encode(),
-           name_and_file, "escape name")
+           name, "escape name")
     result = cli.fails(1, "pull", repo, "--to", str(tmp_path / "name"))
     assert "policyalign.json says pack 'escapes\\x1b]0;PWN\\x07@1.0.0'" in result.stderr
-    assert "\\x1b]0;PWN\\x07 is listed in the card but missing" in result.stderr
+    assert "\x1b" not in result.stdout + result.stderr
+
+    def file(metadata: dict) -> None:  # no name with a control character installs on Windows: refused before download
+        metadata["policyalign"]["files"][evil] = "0" * 64
+
+    _forge(hub_server, repo, json.dumps(provenance).encode(), file, "escape file")
+    result = cli.fails(1, "pull", repo, "--to", str(tmp_path / "file"))
+    assert "\\x1b]0;PWN\\x07: `\\x1b]0;PWN\\x07` holds the control character U+001B" in result.stderr, result.stderr
     assert "\x1b" not in result.stdout + result.stderr
 
     def split(metadata: dict) -> None:  # checked once the files verify

@@ -133,6 +133,24 @@ def test_push_of_the_adapter_folder_leaves_nothing_in_it(tmp_path: Path, make_ru
     assert sorted(p.name for p in adapter.iterdir()) == before
 
 
+def test_a_push_with_a_token_without_write_access_names_the_organization_and_the_fix(  # type: ignore[no-untyped-def]
+        cli: Cli, hub_server, make_run, tmp_path: Path) -> None:
+    """A valid token of a user who may not write to ORG gets 403 from the Hub (this test Hub answered 401, the
+    invalid-token answer, so pa's message for it was never seen): to a new repository (refused at its creation)
+    and to an existing public one (refused at the commit), pa says the token has no write access to ORG and
+    how to get one, and nothing is published."""
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "theirs"))
+    cli.ok("push", str(run), "--repo-id", "org/existing", "--revision", "first")
+    for repo_id in ("org/existing", "org/brand-new"):
+        said = " ".join(cli.fails(1, "push", str(run), "--repo-id", repo_id, token=hub_server.other_token).stderr.split())
+        assert "the token has no write access to org (403 Forbidden)" in said, said
+        assert "a token of an account that may write to org" in said and "hf auth login" in said, said
+        assert "rejected the token" not in said and hub_server.other_token not in said, said
+    assert not hub_server.store.exists("model", "org/brand-new")
+    assert list(hub_server.store.files(hub_server.repo_path("org/existing"), "main")) == \
+        list(hub_server.store.files(hub_server.repo_path("org/existing"), "first"))
+
+
 def test_push_removes_stale_eval_files(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     pack = make_pack(cli.packs, "stale")
     cli.ok("push", str(make_run(tmp_path / "with-eval", pack)), "--repo-id", "org/stale")

@@ -384,6 +384,35 @@ def test_the_cards_peft_snippet_runs(tmp_path: Path, make_run) -> None:  # type:
     exec(compile(local, "model-card-snippet", "exec"), {})
 
 
+# LLaVA's processor template: each turn's content read only as a list of {"type": "text"} parts, a string left out.
+PARTS_ONLY = ("{% for m in messages %}{{ m['role'].upper() }}: {% for part in m['content'] | selectattr('type', 'equalto', "
+              "'text') %}{{ part['text'] }} {% endfor %}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+
+
+@pytest.mark.parametrize("template", ["string", "parts"])
+def test_the_cards_snippet_prompts_with_its_text_whatever_form_the_template_reads(  # type: ignore[no-untyped-def]
+        tmp_path: Path, make_run, template: str) -> None:
+    """A base whose chat template reads a turn's text only as parts (`chat.text_part_roles`: pa trains such a
+    model) rendered the card's `{"role": "user", "content": "Hello!"}` as a bare 'USER: ASSISTANT:': whoever
+    copied the snippet prompted the adapter with nothing. The card cannot know the template, so the snippet
+    checks that its text shows and gives it as a text part when it does not; a string template keeps the string."""
+    import re
+
+    from chat_templates import tiny_with_template
+    from policyalign.tiny import CHAT_TEMPLATE
+
+    base = tiny_with_template(tmp_path / "base", PARTS_ONLY if template == "parts" else CHAT_TEMPLATE)
+    run = make_run(tmp_path / "run", ROOT_PACK, base_id=str(base), base_name="local base")
+    [snippet] = re.findall(r"```python\n(.*?)```", _render(run), flags=re.S)
+    local = (snippet.replace('"org/root-adapter", revision="root-pack-v1.0.0"', repr(str(run / "adapter")))
+             .replace('"PATH/TO/BASE/MODEL"', repr(str(base))).replace("max_new_tokens=256", "max_new_tokens=4"))
+    names: dict = {}
+    exec(compile(local, "model-card-snippet", "exec"), names)
+    prompt = names["tokenizer"].decode(names["inputs"]["input_ids"][0])
+    assert "Hello!" in prompt, prompt
+    assert isinstance(names["messages"][0]["content"], list if template == "parts" else str)
+
+
 def test_the_card_pins_the_hub_commit_the_base_model_was_trained_on(tmp_path: Path, make_run, hf_cache,  # type: ignore[no-untyped-def]
                                                                     offline_hub) -> None:
     """policyalign.json recorded the commit of a Hub base asked for without a revision, but the card

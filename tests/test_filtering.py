@@ -162,9 +162,10 @@ def test_a_provenance_that_is_not_an_object_is_named_by_line(tmp_path: Path, pro
 @pytest.mark.parametrize("torn", [b'{"id": "r2", "resp', '{"id": "r2", "response": "caf\u00e9'.encode()[:-1]],
                          ids=["mid-line", "mid-character"])
 def test_a_torn_partial_line_is_skipped_and_later_resumes_keep_their_rows(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, torn: bytes) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], torn: bytes) -> None:
     """A kill mid-write leaves an unterminated line: resuming must not append onto it, and a
-    second resume must reuse everything the first one scored."""
+    second resume must reuse everything the first one scored. Each resume says so on stderr as `pa eval`
+    does ("resuming: N of M ..."; `pa filter` picked its partial scores up silently), a fresh start does not."""
     from policyalign import filtering
 
     scored: list[str] = []
@@ -181,14 +182,20 @@ def test_a_torn_partial_line_is_skipped_and_later_resumes_keep_their_rows(
     records = [{"id": f"r{i}", "category": "a", "messages": [{"role": "user", "content": "hi"}]} for i in range(6)]
     config = FilterConfig(max_new_tokens=4)
     first = filtering.score_instructions(tmp_path, scorer, records[:2], config, progress=False)  # type: ignore[arg-type]
+    assert "resuming" not in capsys.readouterr().err
     with (tmp_path / PARTIAL).open("ab") as handle:
         handle.write(torn)
     scored.clear()
     filtering.score_instructions(tmp_path, scorer, records, config, progress=False)  # type: ignore[arg-type]
     assert scored == ["r2", "r3", "r4", "r5"]
+    assert f"resuming: 2 of 6 scores from {tmp_path / PARTIAL}" in capsys.readouterr().err
     scored.clear()
     again = filtering.score_instructions(tmp_path, scorer, records, config, progress=False)  # type: ignore[arg-type]
     assert scored == [] and [r["id"] for r in again] == [r["id"] for r in records] and again[:2] == first
+    assert f"resuming: 6 of 6 scores from {tmp_path / PARTIAL}" in capsys.readouterr().err
+    (tmp_path / PARTIAL).rename(tmp_path / "scored.jsonl")  # the stage's finished scores: reused, not resumed
+    filtering.score_instructions(tmp_path, scorer, records, config, progress=False)  # type: ignore[arg-type]
+    assert scored == [] and "resuming" not in capsys.readouterr().err
 
 
 def test_a_policy_too_long_for_the_response_fails_before_any_sampling(

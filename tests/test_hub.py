@@ -246,6 +246,18 @@ def test_a_superscript_port_or_a_console_name_is_a_windows_device_name(name: str
     assert hub.unportable_part(name) is not None and "is a Windows device name" in hub.unportable_part(name), name
 
 
+@pytest.mark.parametrize("name", ["a\x01b.md", "notes/x\x1b]0;pwned\x07.json", "tab\there.md", "line\nbreak", "nul\x1f."])
+def test_a_control_character_is_unportable_and_shown_escaped(name: str) -> None:
+    """Windows file names cannot hold U+0001-U+001F, yet only U+0000 was refused: an adapter whose card listed
+    `a\x01b.md` passed `pa pull`'s portability check. The reason shows the name escaped, never the raw
+    character (a hostile Hub's `\x1b]0;...` would retitle the terminal of whoever pulls)."""
+    reason = hub.unportable_part(name)
+    assert reason is not None and "holds the control character U+00" in reason, (name, reason)
+    assert "which Windows file names cannot hold" in reason
+    assert not any(ord(char) < 32 for char in reason), reason
+    assert ascii(name.split("/")[-1])[1:-1] in reason, reason
+
+
 @pytest.mark.parametrize("name", ["COM0.md", "lpt0", "com10", "console.md", "COM\u2074"])
 def test_names_windows_writes_as_files_are_portable(name: str) -> None:
     """COM0 and LPT0 are no devices (Windows writes `com0.c`), nor is a longer name or another superscript."""

@@ -346,6 +346,61 @@ def test_a_public_hub_model_refused_for_an_invalid_token_names_the_token(cli: An
     cli.ok(*judge, token=None)  # public: no token downloads it
 
 
+def test_a_refused_hub_download_is_told_by_the_hub_error_not_its_status(cli: Any, tmp_path: Path) -> None:
+    """Every 401 and 403 of a model download (but the invalid-token one) was reported as "gated ... accept its
+    license on the Hub": a private repository read with another user's token too, a fix that cannot work. The
+    message follows the Hub's error code: GatedRepo without a token (401: log in) or for an account not granted
+    access (403: ask for access), and RepoNotFound for a missing or private repository (check the name)."""
+    files = {p.name: p.read_bytes() for p in tiny.tiny_model_path().iterdir() if p.is_file()}
+    cli.hub.store.create("model", "org/gated-model", False, gated=True)
+    cli.hub.store.create("model", "org/private-model", True)
+    for repo_id in ("org/gated-model", "org/private-model"):
+        cli.hub.put_files(repo_id, files)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "hi", "response": "no"}) + "\n")
+
+    def said(model: str, token: object) -> str:
+        judge = ("judge", str(pairs), "--judge", f"llm:{model}", "--out", str(tmp_path / "judged.jsonl"))
+        return " ".join(cli.fails(1, *judge, token=token).stderr.split())
+
+    anonymous = said("org/gated-model", None)
+    assert "org/gated-model is gated on the Hugging Face Hub and was asked for without a token (401 Unauthorized)" \
+        in anonymous, anonymous
+    assert f"accept its license at {cli.hub.endpoint}/org/gated-model" in anonymous and "hf auth login" in anonymous
+    refused = said("org/gated-model", cli.hub.other_token)
+    assert "the token's account has not been granted access (403 Forbidden)" in refused, refused
+    assert "ask for access" in refused and cli.hub.other_token not in refused
+    private = said("org/private-model", cli.hub.other_token)
+    assert "the Hugging Face Hub has no model org/private-model that this token may read" in private, private
+    assert "gated" not in private and "license" not in private and "check the name" in private, private
+
+
+def test_a_forbidden_download_that_is_not_gated_is_not_called_gated() -> None:
+    """A 403 without GatedRepo (a fine-grained token not allowed to read the repository) reaches `_model_error` as
+    transformers' OSError raised from huggingface_hub's HfHubHTTPError: its "403" made pa say "gated, accept its
+    license". The Hub's own words are shown (escaped) and the fix is the token's read access."""
+    import httpx
+    from huggingface_hub.utils import hf_raise_for_status
+
+    from policyalign.models import _model_error, resolve_model
+
+    url = "https://huggingface.co/acme/model/resolve/main/config.json"
+    answer = httpx.Response(403, headers={"X-Error-Message": "Forbidden: token lacks \x1b[31mread"},
+                            request=httpx.Request("GET", url))
+    try:
+        try:
+            hf_raise_for_status(answer)
+        except Exception as http_error:  # as transformers.utils.hub.cached_files wraps it
+            raise OSError(f"There was a specific connection error when trying to load acme/model:\n{http_error}") \
+                from http_error
+    except OSError as failure:
+        error = _model_error(resolve_model("acme/model"), failure)
+    said = f"{error.problem.message} {error.problem.hint}"
+    assert "the Hugging Face Hub refused the download of acme/model (403: Forbidden: token lacks \\x1b[31mread)" in said
+    assert "gated" not in said and "license" not in said, said
+    assert "read access" in said and "\x1b" not in said
+
+
 def test_a_hub_out_of_reach_suggests_offline_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     """On a machine without internet `pa eval` of an uncached model spent ~50 s in huggingface_hub's
     retries before failing, and nothing said how to skip them."""
