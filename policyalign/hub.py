@@ -200,7 +200,7 @@ def outage_kind(exc: BaseException) -> str | None:
     import httpx
     from huggingface_hub.errors import OfflineModeIsEnabled
 
-    for link in _causes(exc):
+    for link in causes(exc):
         if isinstance(link, OfflineModeIsEnabled):
             return None
         status = getattr(getattr(link, "response", None), "status_code", None)
@@ -212,7 +212,7 @@ def outage_kind(exc: BaseException) -> str | None:
     return None
 
 
-def _causes(exc: BaseException) -> Iterator[BaseException]:
+def causes(exc: BaseException) -> Iterator[BaseException]:
     """`exc`, then what it was raised from (or while handling), each once."""
     seen: set[int] = set()
     link: BaseException | None = exc

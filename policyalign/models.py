@@ -517,9 +517,9 @@ def _refused_download(ref: ModelRef, exc: Exception) -> ModelError | None:
     that cannot work for a private repository or a token's permissions. None for anything else."""
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
-    from .hub import LOGIN_HINT, _causes, escaped_name, shown_endpoint
+    from .hub import LOGIN_HINT, causes, escaped_name, shown_endpoint
 
-    cause = next((c for c in _causes(exc) if isinstance(c, HfHubHTTPError)), None)
+    cause = next((c for c in causes(exc) if isinstance(c, HfHubHTTPError)), None)
     status = getattr(getattr(cause, "response", None), "status_code", None)
     page = f"{shown_endpoint()}/{ref.location}"
     if isinstance(cause, GatedRepoError) and status == 403:
