@@ -153,7 +153,8 @@ def hub_call(action: str, *, token: str | None = None, repo: str = "", state: st
 
 
 def _hub_error(exc: BaseException, action: str, token: str | None, repo: str, state: str = "") -> HubError:
-    from huggingface_hub.errors import OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (GatedRepoError, OfflineModeIsEnabled, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
 
     # huggingface_hub's own "Cannot reach https://huggingface.co/api/...: offline mode is enabled" named neither
     # the variable that caused it nor what to do about it
@@ -170,6 +171,8 @@ def _hub_error(exc: BaseException, action: str, token: str | None, repo: str, st
         detail = f"{detail} ({cause})"
     # a hostile Hub's words (X-Request-Id lands on the first line) sent ESC ]0;... to the terminal of whoever ran pa
     detail = escaped_name(scrub(detail, token))
+    if isinstance(exc, GatedRepoError):  # before RepositoryNotFoundError, its base class, and the 401/403 below
+        return _gated(exc, action, repo, state)
     # a token refused after the commit landed (expired, revoked, not allowed to tag): what main now holds, too
     if status == 401 and not isinstance(exc, RepositoryNotFoundError):
         return HubError(f"{action}: the Hub rejected the token (401 Unauthorized)", file=repo,
@@ -234,6 +237,21 @@ def escaped_name(rel: str) -> str:
 
     return ascii(rel)[1:-1] if text_problem(rel) or _C0_CONTROL.search(rel) else rel
 
+
+def _gated(exc: BaseException, action: str, repo: str, state: str) -> HubError:
+    """A gated repository (GatedRepo): 401 asked for without a token, 403 by an account not granted access. It was
+    "repository not found (or private)" and "the token has no write access", though the repository is there and
+    the fix is to ask for access on its page (a dataset's, a pack, under /datasets/)."""
+    response = getattr(exc, "response", None)
+    kind = "datasets/" if "/datasets/" in str(getattr(response, "url", "")) else ""
+    page = f"{shown_endpoint()}/{kind}{repo}"
+    if getattr(response, "status_code", None) == 403:
+        return HubError(f"{action}: {repo} is gated and the token's account has not been granted access (403 Forbidden)",
+                        file=repo, hint="; ".join(filter(None, [f"ask for access at {page} while logged in as that "
+                                                                "account (some authors approve each request)", state])))
+    return HubError(f"{action}: {repo} is gated (401 Unauthorized: asked for without a token)", file=repo,
+                    hint="; ".join(filter(None, [f"ask for access at {page}, then {LOGIN_HINT} with that account's "
+                                                 "token", state])))
 
 def _forbidden(action: str, repo: str, state: str) -> HubError:
     """A 403: the Hub answers it to a valid token of an account that may not write to the repository's user or

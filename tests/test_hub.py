@@ -106,6 +106,29 @@ def test_a_private_repository_read_without_its_owners_token_is_not_found_or_priv
     cli.ok("pull", "org/secret-adapter", "--to", str(tmp_path / "pulled"))  # the owner's token reads it
 
 
+
+def test_a_gated_repository_is_called_gated_with_where_to_ask_for_access(cli: Cli, hub_server, make_run,  # type: ignore[no-untyped-def]
+                                                                        tmp_path: Path) -> None:
+    """A gated adapter or pack (GatedRepo, a RepositoryNotFoundError to huggingface_hub) read without a token was
+    "repository not found (or private)", and read by an account not granted access (403) "the token has no write
+    access to org": neither says the repository is there and access must be asked for on its page."""
+    run = make_run(tmp_path / "run", make_pack(cli.packs, "guarded"))
+    hub_server.store.create("model", "org/gated-adapter", False, gated=True)
+    hub_server.store.create("dataset", "org/gated-pack", False, gated=True)
+    cli.ok("push", str(run), "--repo-id", "org/gated-adapter")
+    cli.ok("pack", "push", str(cli.packs / "guarded"), "--repo-id", "org/gated-pack")
+    pulls = {"org/gated-adapter": ["pull", "org/gated-adapter", "--to", str(tmp_path / "pulled")],
+             "org/gated-pack": ["pack", "pull", "org/gated-pack"]}
+    for repo, args in pulls.items():
+        page = f"{hub_server.endpoint}/{'datasets/' if 'pack' in repo else ''}{repo}"
+        anonymous = " ".join(cli.fails(1, *args, token=None).stderr.split())
+        assert "is gated (401 Unauthorized: asked for without a token)" in anonymous and f"ask for access at {page}" in anonymous, anonymous
+        assert "hf auth login" in anonymous and "not found" not in anonymous, anonymous
+        refused = " ".join(cli.fails(1, *args, token=hub_server.other_token).stderr.split())
+        assert "is gated and the token's account has not been granted access (403 Forbidden)" in refused, refused
+        assert f"ask for access at {page}" in refused and "write access" not in refused, refused
+    assert not (tmp_path / "pulled").exists()
+
 def test_a_failed_push_says_what_the_hub_holds_and_the_same_command_finishes_it(cli: Cli, hub_server, make_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A Hub error while committing or tagging printed the HTTP error twice and no hint, so a user
     whose commit landed untagged could not tell whether to re-run, bump the version or use --revision."""
