@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from .errors import Problem, did_you_mean
-from .hub import case_clashes, is_safe_relpath, unportable_part
+from .hub import case_clashes, escaped_name, is_safe_relpath, unportable_part
 from .templates import LONE_SURROGATE, text_problem
 
 MANIFEST = "pack.yaml"
@@ -214,7 +214,7 @@ def collect_files(col: Collector) -> list[Path]:
                     "`pa pack pull` refuses as unsafe on Windows", "rename the file")
             continue
         if reason := unportable_part(rel.as_posix()):  # `con.md`, `notes.`: pushed, then refused by every pull
-            col.add(str(rel), "", f"{reason}, so `pa pack pull` refuses a pack holding it (it cannot be installed "
+            col.add(escaped_name(str(rel)), "", f"{reason}, so `pa pack pull` refuses a pack holding it (it cannot be installed "
                     "on every system)", "rename the file")
             continue
         if path.is_symlink():

@@ -81,6 +81,16 @@ def test_a_file_name_windows_cannot_write_is_a_problem(fixture_packs: Path, name
     assert f"root-pack/{name}: {reason}" in str(info.value) and "`pa pack pull` refuses" in str(info.value), str(info.value)
 
 
+
+def test_a_file_name_with_a_tab_is_named_escaped(fixture_packs: Path) -> None:
+    """A tab in a pack file's name is refused (Windows cannot hold control characters), and the name that names
+    the place was printed raw, the tab in it, though the reason beside it was escaped."""
+    (fixture_packs / "root-pack" / "a\tb.md").write_text("notes\n")
+    with pytest.raises(PackError) as info:
+        _load(fixture_packs, "root-pack")
+    said = str(info.value)
+    assert "root-pack/a\\tb.md: " in said and "\t" not in said, said
+
 def test_file_names_differing_only_in_case_are_a_problem(fixture_packs: Path) -> None:
     """`notes/A.md` and `notes/a.md` (or `Eval/` beside `eval/`) validated on Linux and were pushed; on macOS and
     Windows they are one file, and every pull then refused the pack."""
