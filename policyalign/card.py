@@ -591,14 +591,15 @@ def _flatten(data: Any, prefix: str = "") -> list[tuple[str, str]]:
 
 
 def _settings_rows(config: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """The training settings as given, `num_epochs` marked unused where `max_steps` set the length: the tiny
-    demo's card read "num_epochs | 1.0" above "max_steps | 60", one pass to the eye, where its 60 steps made 12
-    passes over 40 instructions."""
+    """The training settings as given, each one that did not act marked unused: `num_epochs` where `max_steps`
+    set the length (the tiny demo's card read "num_epochs | 1.0" above "max_steps | 60", one pass to the eye,
+    where its 60 steps made 12 passes over 40 instructions), and `ema_decay`, always recorded, beside the base
+    teacher."""
     steps = config.get("max_steps")
-    if not (is_number(steps) and steps > 0):
-        return _flatten(config)
-    return [(key, f"{value}, not used: max_steps sets the length" if key == "num_epochs" else value)
-            for key, value in _flatten(config)]
+    unused = {"num_epochs": "max_steps sets the length"} if is_number(steps) and steps > 0 else {}
+    if config.get("teacher") == "base":
+        unused["ema_decay"] = "the teacher is the base model"
+    return [(key, f"{value}, not used: {unused[key]}" if key in unused else value) for key, value in _flatten(config)]
 
 
 def _internalization_rows(data: Mapping[str, Any]) -> list[tuple[str, str]]:

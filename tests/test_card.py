@@ -278,6 +278,22 @@ def test_epochs_are_marked_unused_where_max_steps_set_the_length(tmp_path: Path,
     assert epochs_row in body and f"| max\\_steps | {max_steps} |" in body
 
 
+
+@pytest.mark.parametrize("teacher, decay_row", [
+    ("base", "| ema\\_decay | 0.99, not used: the teacher is the base model |"),
+    ("ema", "| ema\\_decay | 0.99 |"),
+])
+def test_the_ema_rate_is_marked_unused_with_the_base_teacher(tmp_path: Path, make_run, teacher: str,
+                                                             decay_row: str) -> None:  # type: ignore[no-untyped-def]
+    """Every card listed "ema_decay | 0.99" (the default, always recorded) beside "teacher | base", as if the
+    adapter had been distilled from an averaged teacher."""
+    run = make_run(tmp_path / "run", ROOT_PACK)
+    provenance = json.loads((run / "adapter" / "policyalign.json").read_text())
+    provenance["config"].update({"teacher": teacher, "ema_decay": 0.99})
+    (run / "adapter" / "policyalign.json").write_text(json.dumps(provenance))
+    body = _render(run)
+    assert decay_row in body and f"| teacher | {teacher} |" in body, body
+
 def test_the_internalization_drop_is_labelled_relative(tmp_path: Path, make_run) -> None:  # type: ignore[no-untyped-def]
     """policyalign.json's `drop` is 1 - after/before; the card printed it bare beside before and after
     ("drop | 0.554" under 0.7504 and 0.3346), where a reader takes it for the absolute fall (0.416)."""
