@@ -34,8 +34,8 @@ from .runs import adapter_hash, run_summary
 from .scaffold import draft_leftovers
 from .stages import (
     SELECTION_FLAGS, distill_config, distill_key, eval_key, filter_config, filter_key, run_distill, run_eval, run_filter,
-    card_key, check_models, check_one_selection_rule, checkpoint_record, push_key, resume_key, run_card,
-    run_synthesize, selection_given, synthesize_key, synthesize_options,
+    card_key, check_models, check_one_selection_rule, checkpoint_record, finished_distill_changes, push_key, resume_key,
+    run_card, run_synthesize, selection_given, synthesize_key, synthesize_options,
 )
 from .tracking import report_targets
 from .untrusted_data import ManifestLoader, yaml_syntax_hint
@@ -646,8 +646,12 @@ def _apply(options: ApplyOptions, pack: Pack, run_dir: Path, settings: tuple[Any
     reports: list[StageReport] = []
     fconf, dconf = settings
 
-    def step(name: str, key: str, outputs: list[str], action: Callable[[], Any]) -> None:
-        if stage_done(run_dir, name, key) and _outputs_exist(run_dir, outputs):
+    def step(name: str, key: str, outputs: list[str], action: Callable[[], Any], kept: str | None = None) -> None:
+        """Run stage `name` unless it finished under `key`, or finished and `kept` is the note saying why the
+        changes since (another key) do not change what it made."""
+        if (stage_done(run_dir, name, key) or kept is not None) and _outputs_exist(run_dir, outputs):
+            if kept:
+                on_note(kept)
             reports.append(StageReport(name, "skipped"))
             on_stage(name, "skipped")
             return
@@ -685,7 +689,14 @@ def _apply(options: ApplyOptions, pack: Pack, run_dir: Path, settings: tuple[Any
         return run_distill(run_dir, model=options.model, pack=pack, resume=same, restart_if_past=True,
                            overrides=_distill_overrides(options), report_to=tuple(options.report_to), **common)
 
-    step("distill", dkey, ["adapter/policyalign.json", "adapter/adapter_config.json", "adapter/adapter_model.*"], distill)
+    # Only --save-steps or a speed switch changed since distill finished: its adapter is what training would
+    # restore from the last checkpoint, so it is kept, with the settings it was trained with on record.
+    unused = finished_distill_changes(run_dir, pack, options.model, dconf)
+    kept = None if unused is None else "" if not unused else (
+        f"distill: {'; '.join(unused)}: no effect on the finished adapter, kept as trained (how training runs, "
+        "not what it trains)")
+    step("distill", dkey, ["adapter/policyalign.json", "adapter/adapter_config.json", "adapter/adapter_model.*"],
+         distill, kept)
     step("eval_after", eval_key(run_dir, pack, options.model, "after", eopts), ["eval/after/eval.json"],
          lambda: run_eval(run_dir, "after", model=options.model, pack=pack, **eopts, **common))
     # The directory's own name however --out spelled it: `--out .` named the card's repository "local/",

@@ -348,6 +348,28 @@ def distill_key(run_dir: Path, pack: "Pack", model: str, config: Any) -> str:
     return fingerprint(_distill_inputs(run_dir, pack, model, config))
 
 
+# Of those, the ones that say how training runs, not what it trains: changed, a finished adapter stays what it is.
+RUN_ONLY_SETTINGS = (*BOOKKEEPING, *SPEED_SWITCHES)
+
+
+def finished_distill_changes(run_dir: Path, pack: "Pack", model: str, config: Any) -> list[str] | None:
+    """The run-only settings (`RUN_ONLY_SETTINGS`) `config` gives otherwise than the finished distill stage was trained
+    with, as `setting_changes` names them, when nothing else differs; None when something else does, or distill has
+    not finished. A finished run re-run with `--save-steps 10` (or `--no-prefix-cache`) re-ran distill, since its key
+    covers every setting: it reloaded the model to restore the same adapter, and the next run without the flag
+    did so again. The key is not changed (finished runs keep theirs); the stage's record is compared instead."""
+    entry = read_manifest(run_dir)["stages"].get("distill")
+    trained = entry.get("config") if isinstance(entry, dict) and entry.get("status") == "done" else None
+    if not isinstance(trained, dict):
+        return None
+    if entry.get("resume_key") != resume_key(run_dir, pack, model, config):
+        return None  # the data, model or a training setting changed
+    now = json.loads(json.dumps(asdict(config), default=str))  # as run.json holds it
+    if any(trained.get(name) != now.get(name) for name in RESUMABLE_CHANGES if name not in RUN_ONLY_SETTINGS):
+        return None  # another length: training goes on, or starts over
+    return setting_changes(trained, {name: now[name] for name in RUN_ONLY_SETTINGS})
+
+
 def resume_settings(run_dir: Path, pack: "Pack", model: str, config: Any) -> dict[str, Any]:
     """What a checkpoint must have been trained with to be continued."""
     return {k: v for k, v in _distill_inputs(run_dir, pack, model, config).items() if k not in RESUMABLE_CHANGES}

@@ -125,6 +125,35 @@ def test_apply_runs_every_stage_then_resumes_by_skipping(tmp_path: Path, fixture
     assert provenance["training"]["steps"] == 4 and provenance["config"]["max_steps"] == 4
 
 
+def test_a_finished_run_rerun_with_another_save_steps_or_prefix_cache_keeps_its_adapter(tmp_path: Path,
+                                                                                         fixture_packs: Path) -> None:
+    """A finished run re-run with `--save-steps 1 --no-prefix-cache` (settings of how training runs, not of what it
+    trains) re-ran distill, since its key covers every setting: it reloaded the model to restore the same adapter
+    from its last checkpoint, and the next run without them did so again, alternating for ever. Distill is kept, the
+    user told the flags had no effect on it, and the run still records the settings it was trained with."""
+    pack = Registry([fixture_packs]).load("child-pack")
+    run = tmp_path / "run"
+    quick = {"max_steps": 2, "eval_limit": 2}
+    apply(_options(fixture_packs, run, **quick), pack)
+    trained = json.loads((run / "run.json").read_text())["stages"]["distill"]
+    provenance = (run / "adapter" / "policyalign.json").read_bytes()
+    notes: list[str] = []
+    changed = apply(_options(fixture_packs, run, **quick, save_steps=1, prefix_cache=False), pack,
+                    on_note=_run_notes(notes))
+    assert [s.status for s in changed.stages] == ["skipped"] * 6
+    assert notes == ["distill: --save-steps 50 then, 1 now; --prefix-cache True then, False now: no effect on the "
+                     "finished adapter, kept as trained (how training runs, not what it trains)"]
+    assert json.loads((run / "run.json").read_text())["stages"]["distill"] == trained
+    assert (run / "adapter" / "policyalign.json").read_bytes() == provenance
+    again = apply(_options(fixture_packs, run, **quick), pack, on_note=_run_notes(notes))
+    assert [s.status for s in again.stages] == ["skipped"] * 6 and len(notes) == 1
+    # Another length still trains (on from the last checkpoint), and the flags given then are what it records.
+    longer = apply(_options(fixture_packs, run, max_steps=3, eval_limit=2, save_steps=1), pack)
+    assert {s.name: s.status for s in longer.stages}["distill"] == "ran"
+    assert {k: json.loads((run / "run.json").read_text())["stages"]["distill"]["config"][k]
+            for k in ("max_steps", "save_steps")} == {"max_steps": 3, "save_steps": 1}
+
+
 @pytest.mark.slow
 def test_every_stage_uses_the_pack_apply_resolved_and_a_policy_edit_retrains(tmp_path: Path, fixture_packs: Path,
                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
