@@ -83,7 +83,7 @@ def test_published_files_hold_no_local_paths(cli: Cli, hub_server, tmp_path: Pat
     assert "verified: pack root-pack@1.0.0" in pulled.stdout and "base model my-base" in pulled.stdout
     again = cli.ok("apply", "root-pack", "--model", str(model), "--out", str(run), "--config", str(config),
                    "--push-to", "org/no-paths")  # resumes: every stage, the push included, is skipped
-    assert again.stderr.count("skipped (finished, inputs unchanged)") == 7 and "running" not in again.stderr
+    assert again.stderr.count("skipped (finished, up to date)") == 7 and "running" not in again.stderr
 
 
 

@@ -129,7 +129,7 @@ def apply(
 
     def on_stage(name: str, status: str) -> None:
         if status != "done":
-            typer.echo(f"[{name}] {'skipped (finished, inputs unchanged)' if status == 'skipped' else 'running'}", err=True)
+            typer.echo(f"[{name}] {'skipped (finished, up to date)' if status == 'skipped' else 'running'}", err=True)
 
     result = run_apply(options, the_pack, on_stage=on_stage, on_note=lambda text: typer.echo(f"note: {text}", err=True))
     if as_json:  # read once the run is released: while `pa apply` held it, its status was "running (6/6 stages done)"
