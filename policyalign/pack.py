@@ -361,11 +361,22 @@ def _standalone_categories(own: list[tuple[int, dict[str, Any]]], origin: str) -
                  for _, raw in own if all(k in raw for k in NEW_CATEGORY_FIELDS) and not raw.get("remove"))
 
 
+def _placeholder_seeds(category_id: str) -> tuple[Seed, ...]:
+    """Seeds for a stand-in whose `seeds` the schema refused (`seeds: 7`): as many as the schema allows, so
+    that no `{{ seeds[0] }}` a valid list could satisfy fails for want of them, a knock-on problem of the one
+    reported at `seeds`. Their text is made up: only a template's failure to render is read from a stand-in."""
+    from .schema import manifest_validator
+
+    most = manifest_validator().schema["$defs"]["category"]["properties"]["seeds"]["maxItems"]
+    return tuple(parse_seed(category_id, i, f"seed {i + 1} of {category_id}") for i in range(most))
+
+
 def _stand_ins(own: list[tuple[int, dict[str, Any]]], broken: set[Place], origin: str) -> tuple[Category, ...]:
     """A category for each own entry with an id (none removing one), its missing or refused fields filled in
-    (the id for a text, `refuse` for the action, no seeds): what templates are rendered against to find an
-    undefined variable when no category is valid yet, so that a misspelt `categroy` is not left for the next
-    round. Only a template's own failures are reported from them (`_check_template`)."""
+    (the id for a text, `refuse` for the action, placeholder seeds for refused ones): what templates are
+    rendered against to find an undefined variable when no category is valid yet, so that a misspelt
+    `categroy` is not left for the next round. Only a template's own failures are reported from them
+    (`_check_template`)."""
     def given(index: int, raw: dict[str, Any], key: str, default: str) -> str:
         """The entry's value of `key` if the schema passed it (a string of its kind), else `default`."""
         value = raw.get(key)
@@ -373,7 +384,7 @@ def _stand_ins(own: list[tuple[int, dict[str, Any]]], broken: set[Place], origin
 
     return tuple(Category(raw["id"], given(index, raw, "title", raw["id"]), given(index, raw, "description", raw["id"]),
                           given(index, raw, "action", "refuse"), False,
-                          () if _broken_at(broken, "categories", index, "seeds") else
+                          _placeholder_seeds(raw["id"]) if _broken_at(broken, "categories", index, "seeds") else
                           tuple(parse_seed(raw["id"], i, s) for i, s in enumerate(_list(raw, "seeds"))), origin)
                  for index, raw in own if raw.get("remove") is not True)
 
