@@ -748,8 +748,8 @@ def _templates(col: Collector, data: dict[str, Any], categories: tuple[Category,
                stand_ins: tuple[Category, ...], broken: set[Place]) -> tuple[TemplateSpec, ...]:
     """The pack's templates, each read, compiled and rendered for every category in `categories`: the
     composed pack's, or as many as are valid while other problems stand. With none, they are rendered
-    against `stand_ins` (`_stand_ins`) for undefined variables; with none of those either, compiled only,
-    and the report says that they were not rendered."""
+    against `stand_ins` (`_stand_ins`) for undefined variables only; with none of those either, compiled
+    only. Either way the report says which checks wait (`_note_templates_wait`)."""
     specs: list[TemplateSpec] = []
     synthesis = _dict(data, "synthesis")
     # An entry without a file name is the schema check's to report (once). Numbered before that filter: numbered
@@ -777,11 +777,24 @@ def _templates(col: Collector, data: dict[str, Any], categories: tuple[Category,
                            work, stand_in=not categories):
             specs.append(TemplateSpec(entry.get("id", ""), entry["file"], entry.get("description", ""),
                                       entry.get("format", "list"), source))
-    if read and not (categories or stand_ins) and col.problems:
-        col.add(MANIFEST, "/synthesis/templates", "templates not rendered until the problems above are fixed: no "
-                "category is known yet, so a variable they misspell is not found", "fix the problems above and run "
-                "`pa validate` again", note=True)
+    if read and not categories and col.problems:
+        _note_templates_wait(col, bool(stand_ins))
     return tuple(specs)
+
+
+def _note_templates_wait(col: Collector, stand_ins: bool) -> None:
+    """Say once which template checks wait for the problems listed: with no category valid, none (no stand-in
+    either: not rendered) or only the render against stand-ins ran. Whether a template renders to an empty
+    prompt or builds a chat-template token for a category depends on the category's title, description and
+    action, which a stand-in makes up: reported from one, either could be a problem of no real category."""
+    if stand_ins:
+        message = ("templates checked only for undefined variables until the problems above are fixed: no category "
+                   "is valid yet, so whether one renders to an empty prompt or builds a chat-template token for a "
+                   "category is not checked")
+    else:
+        message = ("templates not rendered until the problems above are fixed: no category is known yet, so a "
+                   "variable they misspell is not found")
+    col.add(MANIFEST, "/synthesis/templates", message, "fix the problems above and run `pa validate` again", note=True)
 
 
 # The variables every synthesis template must use, with what goes wrong without each and the fix.
