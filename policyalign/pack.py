@@ -371,12 +371,14 @@ def _placeholder_seeds(category_id: str) -> tuple[Seed, ...]:
     return tuple(parse_seed(category_id, i, f"seed {i + 1} of {category_id}") for i in range(most))
 
 
-def _stand_ins(own: list[tuple[int, dict[str, Any]]], broken: set[Place], origin: str) -> tuple[Category, ...]:
+def _stand_ins(own: list[tuple[int, dict[str, Any]]], broken: set[Place], origin: str,
+               inherits: bool) -> tuple[Category, ...]:
     """A category for each own entry with an id (none removing one), its missing or refused fields filled in
     (the id for a text, `refuse` for the action, placeholder seeds for refused ones): what templates are
     rendered against to find an undefined variable when no category is valid yet, so that a misspelt
     `categroy` is not left for the next round. Only a template's own failures are reported from them
-    (`_check_template`)."""
+    (`_check_template`). When the pack `inherits` (it extends a parent, not loaded, or stand-ins would not be
+    needed), each gets placeholder seeds: an entry may override a parent's category, whose seeds it adds to."""
     def given(index: int, raw: dict[str, Any], key: str, default: str) -> str:
         """The entry's value of `key` if the schema passed it (a string of its kind), else `default`."""
         value = raw.get(key)
@@ -384,7 +386,7 @@ def _stand_ins(own: list[tuple[int, dict[str, Any]]], broken: set[Place], origin
 
     return tuple(Category(raw["id"], given(index, raw, "title", raw["id"]), given(index, raw, "description", raw["id"]),
                           given(index, raw, "action", "refuse"), False,
-                          _placeholder_seeds(raw["id"]) if _broken_at(broken, "categories", index, "seeds") else
+                          _placeholder_seeds(raw["id"]) if inherits or _broken_at(broken, "categories", index, "seeds") else
                           tuple(parse_seed(raw["id"], i, s) for i, s in enumerate(_list(raw, "seeds"))), origin)
                  for index, raw in own if raw.get("remove") is not True)
 
@@ -1077,7 +1079,8 @@ def _build(col: Collector, data: dict[str, Any], registry: "Registry | None",
     own = _own_categories(col, data)
     categories, known = _categories(col, data, own, broken, parents, str(name))
     # Rendered against the categories that are valid: `pack.*` are strings whatever the schema said of them.
-    templates = _templates(col, data, categories, () if categories else _stand_ins(own, broken, str(name)), broken)
+    stand_ins = () if categories else _stand_ins(own, broken, str(name), inherits=bool(data.get("extends")))
+    templates = _templates(col, data, categories, stand_ins, broken)
     eval_sets = _eval_sets(col, data, known, broken)
     if col.problems or policy is None:
         return None
