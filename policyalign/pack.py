@@ -14,7 +14,7 @@ import hashlib
 import json
 import posixpath
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -28,7 +28,8 @@ from .pack_input import (CHANGELOG, MANIFEST, MAX_EVAL_BYTES, MAX_MANIFEST_BYTES
                          undecodable_place)
 from .schema import schema_problems
 from .semver import is_semver
-from .templates import TemplateFailure, WorkBudget, compile_template, render_template, unused_variables
+from .templates import (UNDEFINED, TemplateFailure, WorkBudget, compile_template, render_template,
+                        unused_variables)
 from .untrusted_data import (MAX_NESTING, ManifestLoader, duplicate_keys, line_index, text_problems, too_deep_node,
                              yaml_syntax_hint)
 
@@ -825,7 +826,10 @@ def _check_template(col: Collector, file: str, source: str, data: dict[str, Any]
         variables = template_variables(str(data.get("name")), str(data.get("title")), str(data.get("summary")), cat, n)
         try:
             rendered = render_template(template, variables, work)
-        except TemplateFailure as exc:
+        except TemplateFailure as failure:
+            exc = _stand_in_failure(template, data, cat, n, work, failure) if stand_in else failure
+            if exc is None:
+                continue
             where = (f"line {exc.line}, " if exc.line else "") + f"category {cat.id!r}"
             col.add(file, where, exc.message, exc.hint)
             return False
@@ -843,6 +847,30 @@ def _check_template(col: Collector, file: str, source: str, data: dict[str, Any]
                     "build no chat-template token in the template: " + forged[2])
             return False
     return uses
+
+
+def _stand_in_failure(template: Any, data: dict[str, Any], cat: Category, n: int, work: WorkBudget,
+                      failure: TemplateFailure) -> TemplateFailure | None:
+    """The failure to report of `failure`, a stand-in's render failure: none where it may come from placeholder
+    seeds (`_placeholder_seeds`) alone. They are as many as the schema allows, so that no index a real list
+    could hold fails; so a loop over them may overflow the output or work limits that the real seeds would not.
+    A variable undefined (a misspelt `categroy`) does not depend on how many there are, nor does a failure
+    that recurs rendered again with one seed (the undefined variable after such a loop is found so too); any
+    other may, and waits for the real seeds, as does any once the renders have spent the budget they share
+    (`work`): placeholders may have spent it."""
+    if failure.message.startswith(UNDEFINED) or cat.seeds != _placeholder_seeds(cat.id):
+        return failure
+    if work.left < 0:
+        return None
+    one = replace(cat, seeds=cat.seeds[:1])
+    try:
+        render_template(template, template_variables(str(data.get("name")), str(data.get("title")),
+                                                     str(data.get("summary")), one, n), work)
+    except TemplateFailure as again:
+        if work.left >= 0 and ((again.message, again.line) == (failure.message, failure.line)
+                               or again.message.startswith(UNDEFINED)):
+            return again
+    return None
 
 
 def _uses_required_variables(col: Collector, file: str, source: str) -> bool:
