@@ -14,7 +14,7 @@ import hashlib
 import json
 import posixpath
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -28,7 +28,8 @@ from .pack_input import (CHANGELOG, MANIFEST, MAX_EVAL_BYTES, MAX_MANIFEST_BYTES
                          undecodable_place)
 from .schema import schema_problems
 from .semver import is_semver
-from .templates import TemplateFailure, WorkBudget, compile_template, render_template, unused_variables
+from .templates import (UNDEFINED, TemplateFailure, WorkBudget, compile_template, render_template,
+                        unused_variables)
 from .untrusted_data import (MAX_NESTING, ManifestLoader, duplicate_keys, line_index, text_problems, too_deep_node,
                              yaml_syntax_hint)
 
@@ -361,11 +362,24 @@ def _standalone_categories(own: list[tuple[int, dict[str, Any]]], origin: str) -
                  for _, raw in own if all(k in raw for k in NEW_CATEGORY_FIELDS) and not raw.get("remove"))
 
 
-def _stand_ins(own: list[tuple[int, dict[str, Any]]], broken: set[Place], origin: str) -> tuple[Category, ...]:
+def _placeholder_seeds(category_id: str) -> tuple[Seed, ...]:
+    """Seeds for a stand-in whose `seeds` the schema refused (`seeds: 7`): as many as the schema allows, so
+    that no `{{ seeds[0] }}` a valid list could satisfy fails for want of them, a knock-on problem of the one
+    reported at `seeds`. Their text is made up: only a template's failure to render is read from a stand-in."""
+    from .schema import manifest_validator
+
+    most = manifest_validator().schema["$defs"]["category"]["properties"]["seeds"]["maxItems"]
+    return tuple(parse_seed(category_id, i, f"seed {i + 1} of {category_id}") for i in range(most))
+
+
+def _stand_ins(own: list[tuple[int, dict[str, Any]]], broken: set[Place], origin: str,
+               inherits: bool) -> tuple[Category, ...]:
     """A category for each own entry with an id (none removing one), its missing or refused fields filled in
-    (the id for a text, `refuse` for the action, no seeds): what templates are rendered against to find an
-    undefined variable when no category is valid yet, so that a misspelt `categroy` is not left for the next
-    round. Only a template's own failures are reported from them (`_check_template`)."""
+    (the id for a text, `refuse` for the action, placeholder seeds for refused ones): what templates are
+    rendered against to find an undefined variable when no category is valid yet, so that a misspelt
+    `categroy` is not left for the next round. Only a template's own failures are reported from them
+    (`_check_template`). When the pack `inherits` (it extends a parent, not loaded, or stand-ins would not be
+    needed), each gets placeholder seeds: an entry may override a parent's category, whose seeds it adds to."""
     def given(index: int, raw: dict[str, Any], key: str, default: str) -> str:
         """The entry's value of `key` if the schema passed it (a string of its kind), else `default`."""
         value = raw.get(key)
@@ -373,7 +387,7 @@ def _stand_ins(own: list[tuple[int, dict[str, Any]]], broken: set[Place], origin
 
     return tuple(Category(raw["id"], given(index, raw, "title", raw["id"]), given(index, raw, "description", raw["id"]),
                           given(index, raw, "action", "refuse"), False,
-                          () if _broken_at(broken, "categories", index, "seeds") else
+                          _placeholder_seeds(raw["id"]) if inherits or _broken_at(broken, "categories", index, "seeds") else
                           tuple(parse_seed(raw["id"], i, s) for i, s in enumerate(_list(raw, "seeds"))), origin)
                  for index, raw in own if raw.get("remove") is not True)
 
@@ -737,8 +751,8 @@ def _templates(col: Collector, data: dict[str, Any], categories: tuple[Category,
                stand_ins: tuple[Category, ...], broken: set[Place]) -> tuple[TemplateSpec, ...]:
     """The pack's templates, each read, compiled and rendered for every category in `categories`: the
     composed pack's, or as many as are valid while other problems stand. With none, they are rendered
-    against `stand_ins` (`_stand_ins`) for undefined variables; with none of those either, compiled only,
-    and the report says that they were not rendered."""
+    against `stand_ins` (`_stand_ins`) for undefined variables only; with none of those either, compiled
+    only. Either way the report says which checks wait (`_note_templates_wait`)."""
     specs: list[TemplateSpec] = []
     synthesis = _dict(data, "synthesis")
     # An entry without a file name is the schema check's to report (once). Numbered before that filter: numbered
@@ -766,11 +780,24 @@ def _templates(col: Collector, data: dict[str, Any], categories: tuple[Category,
                            work, stand_in=not categories):
             specs.append(TemplateSpec(entry.get("id", ""), entry["file"], entry.get("description", ""),
                                       entry.get("format", "list"), source))
-    if read and not (categories or stand_ins) and col.problems:
-        col.add(MANIFEST, "/synthesis/templates", "templates not rendered until the problems above are fixed: no "
-                "category is known yet, so a variable they misspell is not found", "fix the problems above and run "
-                "`pa validate` again", note=True)
+    if read and not categories and col.problems:
+        _note_templates_wait(col, bool(stand_ins))
     return tuple(specs)
+
+
+def _note_templates_wait(col: Collector, stand_ins: bool) -> None:
+    """Say once which template checks wait for the problems listed: with no category valid, none (no stand-in
+    either: not rendered) or only the render against stand-ins ran. Whether a template renders to an empty
+    prompt or builds a chat-template token for a category depends on the category's title, description and
+    action, which a stand-in makes up: reported from one, either could be a problem of no real category."""
+    if stand_ins:
+        message = ("templates checked only for undefined variables until the problems above are fixed: no category "
+                   "is valid yet, so whether one renders to an empty prompt or builds a chat-template token for a "
+                   "category is not checked")
+    else:
+        message = ("templates not rendered until the problems above are fixed: no category is known yet, so a "
+                   "variable they misspell is not found")
+    col.add(MANIFEST, "/synthesis/templates", message, "fix the problems above and run `pa validate` again", note=True)
 
 
 # The variables every synthesis template must use, with what goes wrong without each and the fix.
@@ -799,7 +826,10 @@ def _check_template(col: Collector, file: str, source: str, data: dict[str, Any]
         variables = template_variables(str(data.get("name")), str(data.get("title")), str(data.get("summary")), cat, n)
         try:
             rendered = render_template(template, variables, work)
-        except TemplateFailure as exc:
+        except TemplateFailure as failure:
+            exc = _stand_in_failure(template, data, cat, n, work, failure) if stand_in else failure
+            if exc is None:
+                continue
             where = (f"line {exc.line}, " if exc.line else "") + f"category {cat.id!r}"
             col.add(file, where, exc.message, exc.hint)
             return False
@@ -817,6 +847,30 @@ def _check_template(col: Collector, file: str, source: str, data: dict[str, Any]
                     "build no chat-template token in the template: " + forged[2])
             return False
     return uses
+
+
+def _stand_in_failure(template: Any, data: dict[str, Any], cat: Category, n: int, work: WorkBudget,
+                      failure: TemplateFailure) -> TemplateFailure | None:
+    """The failure to report of `failure`, a stand-in's render failure: none where it may come from placeholder
+    seeds (`_placeholder_seeds`) alone. They are as many as the schema allows, so that no index a real list
+    could hold fails; so a loop over them may overflow the output or work limits that the real seeds would not.
+    A variable undefined (a misspelt `categroy`) does not depend on how many there are, nor does a failure
+    that recurs rendered again with one seed (the undefined variable after such a loop is found so too); any
+    other may, and waits for the real seeds, as does any once the renders have spent the budget they share
+    (`work`): placeholders may have spent it."""
+    if failure.message.startswith(UNDEFINED) or cat.seeds != _placeholder_seeds(cat.id):
+        return failure
+    if work.left < 0:
+        return None
+    one = replace(cat, seeds=cat.seeds[:1])
+    try:
+        render_template(template, template_variables(str(data.get("name")), str(data.get("title")),
+                                                     str(data.get("summary")), one, n), work)
+    except TemplateFailure as again:
+        if work.left >= 0 and ((again.message, again.line) == (failure.message, failure.line)
+                               or again.message.startswith(UNDEFINED)):
+            return again
+    return None
 
 
 def _uses_required_variables(col: Collector, file: str, source: str) -> bool:
@@ -1053,7 +1107,8 @@ def _build(col: Collector, data: dict[str, Any], registry: "Registry | None",
     own = _own_categories(col, data)
     categories, known = _categories(col, data, own, broken, parents, str(name))
     # Rendered against the categories that are valid: `pack.*` are strings whatever the schema said of them.
-    templates = _templates(col, data, categories, () if categories else _stand_ins(own, broken, str(name)), broken)
+    stand_ins = () if categories else _stand_ins(own, broken, str(name), inherits=bool(data.get("extends")))
+    templates = _templates(col, data, categories, stand_ins, broken)
     eval_sets = _eval_sets(col, data, known, broken)
     if col.problems or policy is None:
         return None

@@ -107,10 +107,15 @@ def text_problem(text: str) -> tuple[int, str, str] | None:
     return None
 
 __all__ = [
-    "TemplateFailure", "TemplateLimitExceeded", "UnknownAttribute", "WorkBudget", "compile_template", "render_template",
-    "template_env",
+    "TemplateFailure", "TemplateLimitExceeded", "UNDEFINED", "UnknownAttribute", "WorkBudget", "compile_template",
+    "render_template", "template_env",
     "SecurityError", "TemplateSyntaxError", "UndefinedError",
 ]
+
+
+# How the failure for a variable the template names but is not given begins (`pack._stand_in_failure` tells it
+# from the others: it depends on no variable's value).
+UNDEFINED = "undefined variable: "
 
 
 class TemplateFailure(Exception):
@@ -736,7 +741,7 @@ def render_template(template: Any, variables: dict[str, Any], total: WorkBudget 
         raise TemplateFailure(_unknown_attribute_message(exc, variables), _error_line(exc),
                               f"available variables: {', '.join(_variable_names(variables))}") from None
     except UndefinedError as exc:
-        raise TemplateFailure(f"undefined variable: {exc.message}", _error_line(exc),
+        raise TemplateFailure(f"{UNDEFINED}{exc.message}", _error_line(exc),
                               f"available variables: {', '.join(_variable_names(variables))}") from None
     except (TemplateError, TypeError, ValueError, ArithmeticError, LookupError, RecursionError) as exc:
         raise TemplateFailure(f"template failed to render: {exc}", _error_line(exc),
