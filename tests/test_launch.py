@@ -137,12 +137,27 @@ def test_a_stop_signal_to_one_rank_stops_every_rank_after_one_checkpoint(run_dir
     assert json.loads((run / "run.json").read_text())["stages"]["distill"]["status"] == "interrupted"
 
 
+# Indented for the body of `_CTRL_C_EARLY`'s find_spec: wait (up to 2 minutes) until every rank has got there.
+_BOTH_RANKS_HERE = """\
+            import pathlib, time
+            pathlib.Path(f"ready-{os.environ['RANK']}").touch()
+            deadline = time.monotonic() + 120
+            while len(list(pathlib.Path().glob("ready-*"))) < int(os.environ["WORLD_SIZE"]) and time.monotonic() < deadline:
+                time.sleep(0.01)
+"""
+
+
 def test_ctrl_c_before_the_command_runs_is_said_once_under_torchrun(tmp_path: Path) -> None:
     """Ctrl-C reaches every rank; one landing before the command ran (its modules loading: `cli.exit_interrupted`)
     was said by each, where a stop in the command is said by rank 0 alone."""
     from test_cli_help import _CTRL_C_EARLY
 
-    (tmp_path / "ctrl_c_early.py").write_text(_CTRL_C_EARLY)
+    # A terminal's Ctrl-C reaches both ranks at once. Each rank here stops itself as it imports `where`, so both wait
+    # there for each other first: on a loaded machine rank 1 got there, stopped and exited first, and torchrun
+    # ended rank 0, still loading, with SIGTERM before its own Ctrl-C, so nothing said "interrupted" (seen in CI).
+    together = _CTRL_C_EARLY.replace("        if name == where:\n", "        if name == where:\n" + _BOTH_RANKS_HERE, 1)
+    assert together != _CTRL_C_EARLY
+    (tmp_path / "ctrl_c_early.py").write_text(together)
     proc = _launch("ctrl_c_early.py", "policyalign.cli.model_cmds", cwd=tmp_path)
     assert proc.returncode != 0
     assert [line for line in proc.stderr.splitlines() if line.strip() == "interrupted"] == ["interrupted"], proc.stderr
