@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from .adapter_save import loss_label, plot_loss, save_adapter
 from .checkpoints import CHECKPOINT_RECORD, TRAINING, checkpoint_dir, resume_point, training_id
-from .distill_settings import BOOKKEEPING, SPEED_SWITCHES, target_modules_origin
+from .distill_settings import RUN_ONLY_SETTINGS, target_modules_origin
 from .errors import RunError
 from .internalization import internalization
 from .io import read_json, write_json
@@ -166,7 +166,7 @@ def _as_trained(config: "DistillConfig", record: Mapping[str, Any] | None,
     recorded = checkpoints / CHECKPOINT_RECORD
     data = read_json(recorded) if recorded.is_file() else None
     old = data.get("config") if isinstance(data, dict) else None
-    kept = {k: old[k] for k in (*SPEED_SWITCHES, *BOOKKEEPING) if isinstance(old, dict)
+    kept = {k: old[k] for k in RUN_ONLY_SETTINGS if isinstance(old, dict)
             and type(old.get(k)) is type(getattr(config, k))}  # a bool is no count, a count no bool
     if not kept:
         return config, record

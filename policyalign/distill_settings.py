@@ -25,6 +25,9 @@ SPEED_SWITCHES = ("prefix_cache", "use_vllm")
 # The settings that say how training keeps its books (checkpoints, log lines), not what it computes: a resumed run
 # may change them too, and an adapter restored without training keeps those its checkpoints were written under.
 BOOKKEEPING = ("save_steps", "logging_steps")
+# Both: how training runs, not what it trains. Changed, a finished adapter stays what it is
+# (`stages.finished_distill_changes`).
+RUN_ONLY_SETTINGS = (*BOOKKEEPING, *SPEED_SWITCHES)
 
 
 @dataclass(frozen=True)

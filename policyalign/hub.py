@@ -253,6 +253,7 @@ def _gated(exc: BaseException, action: str, repo: str, state: str) -> HubError:
                     hint="; ".join(filter(None, [f"ask for access at {page}, then {LOGIN_HINT} with that account's "
                                                  "token", state])))
 
+
 def _forbidden(action: str, repo: str, state: str) -> HubError:
     """A 403: the Hub answers it to a valid token of an account that may not write to the repository's user or
     organization, named here with the fix ("this repository" left the user to guess whose access was missing)."""

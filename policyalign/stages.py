@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from .distill_settings import BOOKKEEPING, SPEED_SWITCHES
+from .distill_settings import RUN_ONLY_SETTINGS
 from .errors import InvalidInputError, RunError
 from .io import output_dir, read_json, sha256_file
 from .judges import keyed_judge
@@ -334,7 +334,9 @@ def distill_config(pack: "Pack", overrides: dict[str, Any]) -> Any:
 
 # What may change between a checkpoint and the run that continues it: the length, the bookkeeping
 # and the speed switches. Everything else is what the checkpoint was trained on.
-RESUMABLE_CHANGES = ("max_steps", "num_epochs", *BOOKKEEPING, *SPEED_SWITCHES)
+# The length: changed, training goes on from the checkpoint (or starts over).
+LENGTH = ("max_steps", "num_epochs")
+RESUMABLE_CHANGES = (*LENGTH, *RUN_ONLY_SETTINGS)
 
 
 def _distill_inputs(run_dir: Path, pack: "Pack", model: str, config: Any) -> dict[str, Any]:
@@ -346,10 +348,6 @@ def _distill_inputs(run_dir: Path, pack: "Pack", model: str, config: Any) -> dic
 
 def distill_key(run_dir: Path, pack: "Pack", model: str, config: Any) -> str:
     return fingerprint(_distill_inputs(run_dir, pack, model, config))
-
-
-# Of those, the ones that say how training runs, not what it trains: changed, a finished adapter stays what it is.
-RUN_ONLY_SETTINGS = (*BOOKKEEPING, *SPEED_SWITCHES)
 
 
 def finished_distill_changes(run_dir: Path, pack: "Pack", model: str, config: Any) -> list[str] | None:
@@ -365,7 +363,7 @@ def finished_distill_changes(run_dir: Path, pack: "Pack", model: str, config: An
     if entry.get("resume_key") != resume_key(run_dir, pack, model, config):
         return None  # the data, model or a training setting changed
     now = json.loads(json.dumps(asdict(config), default=str))  # as run.json holds it
-    if any(trained.get(name) != now.get(name) for name in RESUMABLE_CHANGES if name not in RUN_ONLY_SETTINGS):
+    if any(trained.get(name) != now.get(name) for name in LENGTH):
         return None  # another length: training goes on, or starts over
     return setting_changes(trained, {name: now[name] for name in RUN_ONLY_SETTINGS})
 
