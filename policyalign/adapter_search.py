@@ -210,7 +210,7 @@ def _unknown_base_error(model: str, candidates: list[Candidate], what: str, pack
 
     bases = sorted({c.base_id for c in candidates})
     # the names are few and long but for tiny, whose typos are a swapped pair ("tyni"): a lower cutoff catches it
-    close = did_you_mean(model, sorted({c.base_id for c in candidates} | {c.base_name for c in candidates}), cutoff=0.5)
+    close = did_you_mean(model, sorted({*bases, *(c.base_name for c in candidates)}), cutoff=0.5)
     return HubError(f"no published adapter matches {what}: {model!r} is not a model pa knows, and the adapters "
                     f"found were trained on {', '.join(bases)}", file=f"pack:{pack_name}",
                     hint=(f"{close} " if close else "") + _candidates_hint(candidates, pack_name, token))
